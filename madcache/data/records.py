@@ -1,0 +1,110 @@
+"""The one record type every reader yields, and the words inside its texts.
+
+Words (not sub-tokens) are the unit of token selection and per-word distillation: teacher and
+student tokenizers differ, so both sides pool their sub-tokens over a word's character span
+(MAD.md, "Token selection"). That keeps cached targets usable by any student.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True)
+class Word:
+    """One word of a `Text`: its characters `text == owner.text[start:end]`.
+
+    `boxes` holds the 0-based object indices a VCR object reference points to (empty otherwise).
+    """
+
+    text: str
+    start: int
+    end: int
+    boxes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Text:
+    """A string and its words with character spans (validated on construction)."""
+
+    text: str
+    words: tuple[Word, ...]
+
+    def __post_init__(self) -> None:
+        for word in self.words:
+            if self.text[word.start:word.end] != word.text:
+                raise ValueError(f"word {word!r} does not match span of {self.text!r}")
+
+    @classmethod
+    def from_string(cls, text: str) -> "Text":
+        from madcache.data.words import split_words
+
+        return cls(text, split_words(text))
+
+    def concat(self, other: "Text", sep: str = " ") -> "Text":
+        """`self + sep + other` with `other`'s word spans shifted."""
+        shift = len(self.text) + len(sep)
+        moved = tuple(Word(w.text, w.start + shift, w.end + shift, w.boxes) for w in other.words)
+        return Text(self.text + sep + other.text, self.words + moved)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One scored item of a dataset.
+
+    - `id`: a content id, never a row number: VCR `annot_id:qa` / `annot_id:qar`, SNLI-VE
+      `pairID`, VQA `question_id` (as a string). Caches and splits are keyed by it.
+    - `image_path`: posix path relative to the dataset root (already checked not to escape it).
+    - `context`: VCR's question (Q->A) or question + correct answer (QA->R); None elsewhere.
+    - `choices`: VCR's 4 answers / rationales; SNLI-VE `(hypothesis,)`; VQA `(question,)`.
+    - `texts`: what a model scores, one per choice: context + " " + choice, or the choice alone.
+    - `label`: VCR choice index, SNLI-VE class index (see `snli_ve.LABELS`); None when unknown
+      (VCR/SNLI-VE test) and for VQA, whose targets are `answer_scores` (soft, 0/.3/.6/.9/1).
+    - `group`: examples that are scored jointly (VCR Q2AR joins `qa` and `qar` of one annot_id).
+    - `raw`: the original record, for reference (not compared, not hashed).
+    """
+
+    id: str
+    dataset: str
+    split: str
+    image_id: str
+    image_path: str
+    choices: tuple[Text, ...]
+    label: int | None
+    category: str
+    context: Text | None = None
+    group: str = ""
+    meta_path: str | None = None
+    answers: tuple[str, ...] = ()
+    answer_scores: Mapping[str, float] | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def texts(self) -> tuple[Text, ...]:
+        if self.context is None:
+            return self.choices
+        return tuple(self.context.concat(choice) for choice in self.choices)
+
+    @property
+    def num_choices(self) -> int:
+        return len(self.choices)
+
+
+@dataclass(frozen=True)
+class BadRecord:
+    """A record skipped under `--skip-bad`, with where and why (written to a report)."""
+
+    file: str
+    line: int | None
+    field: str | None
+    record_id: str | None
+    reason: str
+
+
+@dataclass
+class ReadResult:
+    """What a reader returns: the examples, and any records skipped under `skip_bad`."""
+
+    examples: list[Example]
+    skipped: list[BadRecord] = field(default_factory=list)

@@ -1,0 +1,75 @@
+"""Token selection (MAD.md, "Token selection (TS)"): which words of a text get distilled.
+
+S_j = S_vr / |S_vr|_1 + S_si / |S_si|_1, then the top m words. Everything here is a pure function;
+extraction precomputes `vr`, `yake` and the combined score per word into the cache.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from madcache.data.records import Text
+from madcache.data.words import split_words
+
+
+def visual_relevance(image_embedding: torch.Tensor, word_features: torch.Tensor) -> torch.Tensor:
+    """S_vr[l] = cos(V_t, f(w_l)) for each word feature row. Returns [W] (may be negative)."""
+    if word_features.shape[0] == 0:
+        return word_features.new_zeros(0)
+    return torch.nn.functional.cosine_similarity(
+        word_features.float(), image_embedding.float().unsqueeze(0), dim=-1)
+
+
+def combine_scores(vr: torch.Tensor, si: torch.Tensor) -> torch.Tensor:
+    """Negative `vr` clipped to 0, each vector divided by its L1 norm (all-zero stays zero), summed."""
+    return _l1_normalise(vr.float().clamp(min=0)) + _l1_normalise(si.float().clamp(min=0))
+
+
+def _l1_normalise(x: torch.Tensor) -> torch.Tensor:
+    norm = x.abs().sum()
+    return x / norm if norm > 0 else x
+
+
+def top_words(scores: torch.Tensor, m: int) -> torch.Tensor:
+    """Indices of the m highest scores, best first; ties -> lower index; fewer words -> all."""
+    order = torch.sort(scores, descending=True, stable=True).indices
+    return order[:m]
+
+
+def random_words(n_words: int, m: int, generator: torch.Generator) -> torch.Tensor:
+    """The random-selection ablation control: m distinct word indices drawn uniformly."""
+    return torch.randperm(n_words, generator=generator)[:m]
+
+
+@lru_cache(maxsize=8)
+def _yake_extractor(language: str, max_ngram: int, top: int):
+    import yake
+
+    return yake.KeywordExtractor(lan=language, n=max_ngram, top=top)
+
+
+def yake_word_scores(text: Text, *, max_ngram: int = 3, top: int = 20,
+                     language: str = "en") -> np.ndarray:
+    """S_si per word: YAKE keyword scores (lower = more important) mapped to 1 / (1 + score);
+    each word takes the max over the keywords that contain it; words in no keyword get 0."""
+    scores = np.zeros(len(text.words), dtype=np.float32)
+    if not text.words:
+        return scores
+    lowered = [w.text.lower() for w in text.words]
+    for keyword, raw in _yake_extractor(language, max_ngram, top).extract_keywords(text.text):
+        value = 1.0 / (1.0 + float(raw))
+        parts = [w.text.lower() for w in split_words(keyword)]
+        for start in _occurrences(lowered, parts):
+            span = slice(start, start + len(parts))
+            scores[span] = np.maximum(scores[span], value)
+    return scores
+
+
+def _occurrences(words: list[str], parts: list[str]) -> list[int]:
+    n = len(parts)
+    if n == 0:
+        return []
+    return [i for i in range(len(words) - n + 1) if words[i:i + n] == parts]

@@ -1,0 +1,59 @@
+"""What any vision-language student must expose for MAD, and the student registry.
+
+A student scores `example.texts[c]` against the image's regions for every choice c, and exposes:
+- task logits (VCR: one score per choice -> [B, 4]; SNLI-VE [B, 3]; VQA [B, V] over the vocabulary);
+- V_s, the output at the first visual token ("img" token), and T_s, the output at the text CLS
+  token, for each scored sequence;
+- per-token text outputs with the character spans of its own tokens in `example.texts[c].text`,
+  so per-word features can be pooled against the cached teacher words (word = char span).
+External students (a UNITER / VL-BERT port) implement this protocol: see docs/students.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+
+import torch
+
+from madcache.data.records import Example
+from madcache.registry import Registry
+
+
+@dataclass
+class RegionInputs:
+    """Visual inputs for a batch of images: region features + normalised boxes."""
+
+    feat: torch.Tensor       # [B, R, Dr] float32
+    boxes: torch.Tensor      # [B, R, 4] float32, (x1, y1, x2, y2) / (width, height)
+    mask: torch.Tensor       # [B, R] bool: real region (False = padding)
+
+
+@dataclass
+class StudentOutput:
+    logits: torch.Tensor         # [B, K]
+    image_token: torch.Tensor    # [B, C, H]  V_s
+    cls_token: torch.Tensor      # [B, C, H]  T_s
+    text_tokens: torch.Tensor    # [B, C, L, H]
+    token_spans: torch.Tensor    # [B, C, L, 2] long; (-1, -1) for special tokens and padding
+
+
+@runtime_checkable
+class Student(Protocol):
+    hidden_size: int
+    task: str                    # "multiple_choice" | "classification" | "multilabel"
+
+    def prepare(self, examples: Sequence[Example], regions: RegionInputs) -> Mapping[str, Any]:
+        """Tokenise texts and build model inputs for a batch (no teacher involved)."""
+        ...
+
+    def __call__(self, inputs: Mapping[str, Any]) -> StudentOutput: ...
+
+    def pretrain_losses(self, inputs: Mapping[str, Any],
+                        generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Adaptive-finetuning stage losses without task labels: {'mlm': .., 'itm': ..}."""
+        ...
+
+
+StudentFactory = Callable[..., Student]
+STUDENTS: Registry[StudentFactory] = Registry("student")

@@ -1,0 +1,85 @@
+"""The fixed feature contract every teacher honours, and the teacher registry.
+
+A teacher is split so that extraction can overlap CPU work with the forward pass:
+- `image_transform()` and `text_processor()` return picklable callables (no model inside) that run
+  in worker processes: PIL image -> pixel tensor; texts -> a `TokenBatch`.
+- `encode_images` / `encode_tokens` run the frozen model (inference mode) in the main process.
+Per-word features are pooled inside the teacher (it alone knows its tokenizer): a word's feature
+is the mean of its sub-token features, in the same space as the text embedding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+
+import torch
+
+from madcache.data.records import Text
+from madcache.registry import Registry
+
+
+@dataclass
+class TokenBatch:
+    """Tokenised texts. `token_word[b, l]` is the word index of token l (-1: special/padding)."""
+
+    input_ids: torch.Tensor          # [B, L] long
+    attention_mask: torch.Tensor     # [B, L] long/bool
+    token_word: torch.Tensor         # [B, L] long
+    n_words: list[int]               # words per text (the dataset layer's words)
+    truncated: torch.Tensor          # [B] bool: the text did not fit the context length
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TextEncoding:
+    eos: torch.Tensor                # [B, Dt] text embedding (CLIP: projected EOS)
+    word_feat: list[torch.Tensor]    # B x [W_b, Dt]: mean of each word's sub-token features
+    word_truncated: list[torch.Tensor]  # B x [W_b] bool: word lost (wholly or partly) to truncation
+    truncated: torch.Tensor          # [B] bool
+
+
+@runtime_checkable
+class Teacher(Protocol):
+    name: str
+    modalities: frozenset[str]       # subset of {"image", "text"}
+    joint_space: bool                # image/text embeddings comparable by cosine (CLIP-style)
+    image_dim: int | None
+    text_dim: int | None
+
+    def image_transform(self) -> Callable[[Any], torch.Tensor]: ...
+
+    def text_processor(self) -> Callable[[Sequence[Text]], TokenBatch]: ...
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor: ...
+
+    def encode_tokens(self, batch: TokenBatch) -> TextEncoding: ...
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Name, checkpoint file digest(s) and preprocessing: everything that changes outputs."""
+        ...
+
+
+def pool_words(token_feat: torch.Tensor, token_word: torch.Tensor,
+               n_words: Sequence[int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Mean of sub-token features per word. Words with no surviving token get zeros + a flag.
+
+    token_feat [B, L, D], token_word [B, L] (-1 = not a word token). Returns per text the
+    [W, D] word features and a [W] bool 'truncated' mask.
+    """
+    feats, lost = [], []
+    for b, n in enumerate(n_words):
+        ids = token_word[b]
+        keep = ids >= 0
+        sums = torch.zeros(n, token_feat.shape[-1], dtype=torch.float32, device=token_feat.device)
+        counts = torch.zeros(n, dtype=torch.float32, device=token_feat.device)
+        if n:
+            sums.index_add_(0, ids[keep], token_feat[b][keep].float())
+            counts.index_add_(0, ids[keep], torch.ones_like(ids[keep], dtype=torch.float32))
+        feats.append(sums / counts.clamp(min=1).unsqueeze(-1))
+        lost.append(counts == 0)
+    return feats, lost
+
+
+TeacherFactory = Callable[..., Teacher]
+TEACHERS: Registry[TeacherFactory] = Registry("teacher")
