@@ -1,0 +1,16 @@
+"""`madcache demo ...`: the built-in demo world (data, the tiny CLIP-style teacher, the main job)."""
+
+from __future__ import annotations
+
+import click
+
+from madcache.cli import LazyGroup
+
+
+@click.group(cls=LazyGroup, lazy={
+    "data": "madcache.commands.demo_data:demo_data",
+    "teacher": "madcache.commands.demo_teacher:demo_teacher",
+    "run": "madcache.commands.demo_run:demo_run",
+})
+def demo() -> None:
+    """The demo world: generate data, pretrain its teacher, run the whole pipeline."""
