@@ -1,0 +1,293 @@
+"""open_clip teachers: CLIP image and text towers in one joint space.
+
+Features (see docs/teachers.md):
+- image: `model.encode_image(pixels)`, the projected image embedding;
+- text "EOS": the projected EOS-token feature, equal to `model.encode_text(ids)` on the same ids;
+- words: the mean of the word's sub-token features after `ln_final`, each projected by
+  `text_projection`, so words live in the same space as the EOS and image embeddings.
+Nothing is L2-normalised here: cosines normalise, and L1 distillation wants the raw scale.
+
+Texts are tokenised word by word (the dataset layer's words) with open_clip's own BPE, so every
+token knows its word. This equals whole-text tokenisation except that a run of punctuation
+("...") that the dataset splits into several words is encoded piece by piece.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from contextlib import nullcontext
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from madcache.data.records import Text
+from madcache.errors import CheckpointNotFoundError, ConfigError
+from madcache.teachers.base import TextEncoding, TokenBatch, pool_words
+from madcache.teachers.weights import file_sha256
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+# Hub repos (open_clip's own pretrained table) whose files count as a local cache hit.
+CACHE_FILENAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
+                   "open_clip_pytorch_model.bin")
+
+
+def _open_clip():
+    """Import open_clip offline, with madcache's own model configs registered."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import open_clip
+
+    if "madcache-demo" not in open_clip.list_models():
+        open_clip.add_model_config(CONFIG_DIR)
+    return open_clip
+
+
+@lru_cache(maxsize=4)
+def _simple_tokenizer(kwargs: tuple[tuple[str, Any], ...]):
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return SimpleTokenizer(**dict(kwargs))
+
+
+class WordTokenizer:
+    """Texts -> `TokenBatch`, word by word with open_clip's BPE. Picklable (no vocab inside:
+    each process builds the tokenizer once)."""
+
+    def __init__(self, context_length: int, tokenizer_kwargs: dict[str, Any] | None = None):
+        self.context_length = context_length
+        self.tokenizer_kwargs = tuple(sorted((tokenizer_kwargs or {}).items()))
+
+    def __call__(self, texts: Sequence[Text]) -> TokenBatch:
+        tok = _simple_tokenizer(self.tokenizer_kwargs)
+        length = self.context_length
+        ids = torch.zeros(len(texts), length, dtype=torch.long)
+        owner = torch.full((len(texts), length), -1, dtype=torch.long)
+        truncated = torch.zeros(len(texts), dtype=torch.bool)
+        word_cut = []
+        for b, text in enumerate(texts):
+            row, words = [tok.sot_token_id], [-1]
+            for i, word in enumerate(text.words):
+                pieces = tok.encode(word.text)
+                row += pieces
+                words += [i] * len(pieces)
+            row.append(tok.eot_token_id)
+            words.append(-1)
+            cut = torch.zeros(len(text.words), dtype=torch.bool)
+            if len(row) > length:  # as open_clip: keep length-1 tokens, then EOT
+                lost = [w for w in words[length - 1:] if w >= 0]
+                cut[lost] = True
+                row = row[:length - 1] + [tok.eot_token_id]
+                words = words[:length - 1] + [-1]
+                truncated[b] = True
+            ids[b, :len(row)] = torch.tensor(row)
+            owner[b, :len(words)] = torch.tensor(words)
+            word_cut.append(cut)
+        return TokenBatch(input_ids=ids, attention_mask=(ids != 0).long(), token_word=owner,
+                          n_words=[len(t.words) for t in texts], truncated=truncated,
+                          extra={"word_truncated": word_cut})
+
+
+class OpenClipTeacher:
+    """A frozen open_clip `CLIP` model behind the `Teacher` protocol."""
+
+    modalities = frozenset({"image", "text"})
+    joint_space = True
+
+    def __init__(self, model: torch.nn.Module, *, name: str, model_name: str,
+                 config: dict[str, Any], checkpoint: Path | None, device: str = "cpu",
+                 autocast: bool = True) -> None:
+        open_clip = _open_clip()
+        if not isinstance(model, open_clip.CLIP):
+            raise ConfigError(f"teacher {name}: open_clip model {model_name} is a "
+                              f"{type(model).__name__}; madcache reads per-token text features "
+                              "from open_clip.CLIP models only")
+        text_cfg = config.get("text_cfg", {})
+        if "hf_tokenizer_name" in text_cfg:
+            raise ConfigError(f"teacher {name}: open_clip model {model_name} uses a Hugging Face "
+                              "tokenizer; word-by-word tokenisation supports open_clip's BPE only")
+        self.name = name
+        self.model_name = model_name
+        self.config = config
+        self.checkpoint = checkpoint
+        self.device = device
+        self.model = model.to(device).eval().requires_grad_(False)
+        self.context_length = int(model.context_length)
+        self.tokenizer_kwargs = dict(text_cfg.get("tokenizer_kwargs", {}))
+        self.image_dim = self.text_dim = int(config["embed_dim"])
+        self.preprocess_cfg = dict(open_clip.get_model_preprocess_cfg(model))
+        use_bf16 = autocast and str(device).startswith("cuda")
+        self._autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 \
+            else nullcontext
+
+    def image_transform(self) -> Callable[[Any], torch.Tensor]:
+        from open_clip.transform import PreprocessCfg, image_transform_v2
+
+        return image_transform_v2(PreprocessCfg(**self.preprocess_cfg), is_train=False)
+
+    def text_processor(self) -> Callable[[Sequence[Text]], TokenBatch]:
+        return WordTokenizer(self.context_length, self.tokenizer_kwargs)
+
+    @torch.inference_mode()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            return self.model.encode_image(pixels.to(self.device)).float().cpu()
+
+    @torch.inference_mode()
+    def encode_tokens(self, batch: TokenBatch) -> TextEncoding:
+        from open_clip.transformer import text_global_pool
+
+        model = self.model
+        ids = batch.input_ids.to(self.device)
+        with self._autocast():
+            tokens = self.token_features(ids)
+            eos = text_global_pool(tokens, ids, model.text_pool_type,
+                                   eos_token_id=getattr(model, "text_eos_id", None))
+            eos, tokens = self._project(eos), self._project(tokens)
+        word_feat, no_token = pool_words(tokens.float().cpu(), batch.token_word, batch.n_words)
+        cut = batch.extra.get("word_truncated") or [torch.zeros(n, dtype=torch.bool)
+                                                    for n in batch.n_words]
+        return TextEncoding(eos=eos.float().cpu(), word_feat=word_feat,
+                            word_truncated=[c | z for c, z in zip(cut, no_token)],
+                            truncated=batch.truncated.clone())
+
+    def token_features(self, ids: torch.Tensor) -> torch.Tensor:
+        """Per-token text features after `ln_final` (unprojected), exactly as `encode_text`."""
+        model = self.model
+        cast_dtype = model.transformer.get_cast_dtype()
+        x = model.token_embedding(ids).to(cast_dtype)
+        x = x + model.positional_embedding.to(cast_dtype)
+        x = model.transformer(x, attn_mask=model.attn_mask)
+        return model.ln_final(x)
+
+    def _project(self, x: torch.Tensor) -> torch.Tensor:
+        proj = self.model.text_projection
+        if proj is None:
+            return x
+        return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+
+    def fingerprint(self) -> dict[str, Any]:
+        open_clip = _open_clip()
+        ckpt = None if self.checkpoint is None else {
+            "file": self.checkpoint.name, "sha256": file_sha256(self.checkpoint)}
+        return {
+            "teacher": self.name,
+            "backend": f"open_clip {open_clip.__version__}",
+            "model": self.model_name,
+            "config": self.config,
+            "checkpoint": ckpt,
+            "preprocess": {k: list(v) if isinstance(v, tuple) else v
+                           for k, v in self.preprocess_cfg.items()},
+            "tokenizer": {"kind": "open_clip.SimpleTokenizer, word by word",
+                          "kwargs": self.tokenizer_kwargs},
+            "context_length": self.context_length,
+            "features": {"image": "encode_image (projected, unnormalised)",
+                         "eos": "projected EOS token == encode_text (unnormalised)",
+                         "word": "mean of projected sub-token features after ln_final"},
+        }
+
+
+def load_openclip(*, arg: str, name: str | None = None, checkpoint: str | Path | None = None,
+                  device: str = "cpu", pretrained: str | None = "openai",
+                  random_init: bool = False, autocast: bool = True) -> OpenClipTeacher:
+    """A teacher for an open_clip model name (a built-in config, or madcache's `madcache-demo`).
+
+    `pretrained` names the open_clip tag whose preprocessing and QuickGELU setting the weights
+    were trained with (ignored when the model has no such tag); `random_init` builds the model
+    without weights (smoke tests only; the fingerprint records `checkpoint: null`).
+    """
+    _check_file(arg, checkpoint)  # before importing open_clip: a typo fails at once
+    open_clip = _open_clip()
+    config = open_clip.get_model_config(arg)
+    if config is None:
+        raise ConfigError(f"open_clip has no model '{arg}'. Available: "
+                          f"{', '.join(open_clip.list_models())}")
+    tag = open_clip.get_pretrained_cfg(arg, pretrained) if pretrained else {}
+    path = None if random_init else resolve_checkpoint(arg, checkpoint, tag)
+    return _build(open_clip, name or f"openclip:{arg}", arg, config, path, tag, device, autocast)
+
+
+def load_openclip_config(*, arg: str, name: str | None = None,
+                         checkpoint: str | Path | None = None, device: str = "cpu",
+                         random_init: bool = False, autocast: bool = True) -> OpenClipTeacher:
+    """A teacher from an open_clip model-config JSON file (registered under the file's stem)."""
+    import json
+
+    path = Path(arg)
+    _check_file(path.stem, checkpoint)
+    open_clip = _open_clip()
+    if not path.is_file():
+        raise ConfigError(f"open_clip model config not found: {path}")
+    config = json.loads(path.read_text())
+    known = open_clip.get_model_config(path.stem)
+    if known is not None and known != config:
+        raise ConfigError(f"{path}: open_clip already has a model '{path.stem}' with another "
+                          "config; rename the file")
+    if known is None:
+        open_clip.add_model_config(path)
+    weights = None if random_init else resolve_checkpoint(path.stem, checkpoint, {})
+    return _build(open_clip, name or f"openclip-config:{arg}", path.stem, config, weights, {},
+                  device, autocast)
+
+
+def _build(open_clip, name: str, model_name: str, config: dict[str, Any], path: Path | None,
+           tag: dict[str, Any], device: str, autocast: bool) -> OpenClipTeacher:
+    import logging
+
+    preprocess = {k: tag[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag}
+    quick_gelu = bool(tag.get("quick_gelu", False))
+    level = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)  # open_clip warns about random init by design
+    try:
+        model = open_clip.create_model(model_name, pretrained=None if path is None else str(path),
+                                       force_quick_gelu=quick_gelu,
+                                       force_preprocess_cfg=preprocess)
+    finally:
+        logging.getLogger().setLevel(level)
+    config = copy.deepcopy(config)
+    if quick_gelu:
+        config["quick_gelu"] = True
+    return OpenClipTeacher(model, name=name, model_name=model_name, config=config,
+                           checkpoint=path, device=device, autocast=autocast)
+
+
+def resolve_checkpoint(model_name: str, checkpoint: str | Path | None,
+                       tag: dict[str, Any]) -> Path:
+    """The local weights file: `checkpoint`, else a hub-cache copy of the tag's files.
+
+    Never downloads; raises `CheckpointNotFoundError` at once, naming the file to provide.
+    """
+    if checkpoint is not None:
+        return _check_file(model_name, checkpoint)
+    repo = str(tag.get("hf_hub", "")).strip("/")
+    if repo:
+        from huggingface_hub import try_to_load_from_cache
+
+        for filename in CACHE_FILENAMES:
+            hit = try_to_load_from_cache(repo, filename)
+            if isinstance(hit, str):
+                return Path(hit)
+    raise CheckpointNotFoundError(_missing_message(model_name, repo))
+
+
+def _check_file(model_name: str, checkpoint: str | Path | None) -> Path | None:
+    if checkpoint is None:
+        return None
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise CheckpointNotFoundError(f"checkpoint for open_clip model {model_name} not found: "
+                                      f"{path}")
+    return path
+
+
+def _missing_message(model_name: str, repo: str) -> str:
+    if model_name == "madcache-demo":
+        return ("teacher madcache-demo needs weights: pretrain them with `madcache demo teacher "
+                "--data DEMO_DIR --out demo-teacher.safetensors`, then pass --checkpoint "
+                "demo-teacher.safetensors")
+    source = (f" (e.g. open_clip_model.safetensors or open_clip_pytorch_model.bin from the "
+              f"Hugging Face repo {repo})") if repo else ""
+    return (f"open_clip model {model_name} needs weights: pass --checkpoint "
+            f"/path/to/{model_name}.safetensors{source}. madcache never downloads; "
+            "nothing was found in the local Hugging Face cache.")
