@@ -1,0 +1,322 @@
+"""The training loop on stand-ins defined here (a tiny Student, hand-built Targets)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from madcache import train as train_mod
+from madcache.cache.targets import Targets, WordTargets
+from madcache.data.records import Example, Text
+from madcache.distill import Projections
+from madcache.errors import ConfigError
+from madcache.methods import get_method
+from madcache.students.base import RegionInputs, StudentOutput
+from madcache.train import (DataSource, Setup, TrainConfig, epoch_order, loss_step, lr_at,
+                            targets_to_tensors, train)
+
+VOCAB, H, DV, DT, DR = 64, 8, 6, 5, 4
+
+
+class TinyStudent(nn.Module):
+    """Implements the Student protocol: one token per word, mean pooling, dropout."""
+
+    hidden_size = H
+    task = "multiple_choice"
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(VOCAB, H)
+        self.region = nn.Linear(DR, H)
+        self.drop = nn.Dropout(0.2)
+        self.head = nn.Linear(H, 1)
+        self.mlm = nn.Linear(H, VOCAB)
+
+    def prepare(self, examples, regions):
+        texts = [[t for t in ex.texts] for ex in examples]
+        length = max(len(t.words) for row in texts for t in row)
+        ids = torch.zeros(len(examples), len(texts[0]), length, dtype=torch.long)
+        spans = torch.full((len(examples), len(texts[0]), length, 2), -1, dtype=torch.long)
+        for b, row in enumerate(texts):
+            for c, text in enumerate(row):
+                for i, word in enumerate(text.words):
+                    ids[b, c, i] = sum(map(ord, word.text.lower())) % (VOCAB - 1) + 1
+                    spans[b, c, i] = torch.tensor([word.start, word.end])
+        return {"ids": ids, "spans": spans, "regions": regions}
+
+    def forward(self, inputs):
+        ids, regions = inputs["ids"], inputs["regions"]
+        img = self.region(regions.feat).mean(dim=1)                    # [B, H]
+        tokens = self.drop(self.emb(ids)) + img[:, None, None, :]     # [B, C, L, H]
+        real = (ids > 0).unsqueeze(-1).float()
+        cls = (tokens * real).sum(2) / real.sum(2).clamp(min=1)       # [B, C, H]
+        image_token = img[:, None, :] + 0.5 * cls
+        return StudentOutput(logits=self.head(torch.tanh(cls + image_token)).squeeze(-1),
+                             image_token=image_token, cls_token=cls, text_tokens=tokens,
+                             token_spans=inputs["spans"])
+
+    def pretrain_losses(self, inputs, generator):
+        ids = inputs["ids"]
+        masked = ids.clone()
+        pick = (torch.rand(ids.shape, generator=generator) < 0.3) & (ids > 0)
+        masked[pick] = 0
+        out = self({**inputs, "ids": masked})
+        mlm = nn.functional.cross_entropy(self.mlm(out.text_tokens).flatten(0, 2),
+                                          ids.flatten(), reduction="mean")
+        itm = out.logits.pow(2).mean()
+        return {"mlm": mlm, "itm": itm}
+
+
+def pool_spans(text_tokens, token_spans, word_span, word_mask):
+    """Stand-in for students.tokens.pool_token_spans: tokens whose span lies in the word's."""
+    inside = ((token_spans[..., None, :, 0] >= word_span[..., :, None, 0])
+              & (token_spans[..., None, :, 1] <= word_span[..., :, None, 1])
+              & (token_spans[..., None, :, 0] >= 0)).float()            # [B, C, m, L]
+    count = inside.sum(-1)
+    feat = inside @ text_tokens / count.clamp(min=1).unsqueeze(-1)
+    return feat, word_mask & (count > 0)
+
+
+SENTENCES = ["a red dog runs", "the cat sleeps here", "two birds fly high", "a man reads books",
+             "people walk on streets", "the car is blue"]
+
+
+def make_examples(n, split="train"):
+    rng = np.random.default_rng(7 if split == "train" else 8)
+    out = []
+    for i in range(n):
+        choices = tuple(Text.from_string(SENTENCES[(i + k) % len(SENTENCES)]) for k in range(4))
+        out.append(Example(id=f"{split}{i}:qa", dataset="vcr", split=split, image_id=f"img{i % 5}",
+                           image_path=f"img{i % 5}.jpg", choices=choices,
+                           label=int(rng.integers(4)), category="activity", group=f"{split}{i}",
+                           context=Text.from_string("what is it?")))
+    return out
+
+
+def make_targets(examples):
+    rng = np.random.default_rng(abs(hash(tuple(e.id for e in examples))) % 2**32)
+    texts = [t for ex in examples for t in ex.texts]
+    counts = [len(t.words) for t in texts]
+    n_words = sum(counts)
+    words = WordTargets(
+        offsets=np.cumsum([0] + counts).astype(np.int64),
+        feat=rng.standard_normal((n_words, DT)).astype(np.float32),
+        span=np.array([[w.start, w.end] for t in texts for w in t.words], dtype=np.int32),
+        vr=np.zeros(n_words, np.float32), yake=np.zeros(n_words, np.float32),
+        score=rng.random(n_words).astype(np.float32), truncated=np.zeros(n_words, bool))
+    return Targets(example_ids=[e.id for e in examples], num_choices=4,
+                   image=rng.standard_normal((len(examples), DV)).astype(np.float32),
+                   text_eos=rng.standard_normal((len(examples), 4, DT)).astype(np.float32),
+                   words=words, logits={"ia": rng.standard_normal((len(examples), 4))
+                                        .astype(np.float32)}, default_logits="ia")
+
+
+def regions(examples):
+    feats = torch.stack([torch.sin(torch.arange(3 * DR, dtype=torch.float32).reshape(3, DR)
+                                   * (1 + int(ex.image_id[3:]))) for ex in examples])
+    return RegionInputs(feats, torch.zeros(len(examples), 3, 4), torch.ones(len(examples), 3, dtype=bool))
+
+
+def make_setup(tmp_path, method="mad", chunk=None, **overrides):
+    torch.manual_seed(0)
+    values = dict(dataset="vcr", root=str(tmp_path), out=str(tmp_path / "run"), method=method,
+                  cache="hand-built", batch_size=4, lr=1e-2, epochs=3, eval_split="val")
+    config = TrainConfig(**{**values, **overrides})
+    m = get_method(method)
+    student = TinyStudent()
+    train_examples = make_examples(10)
+    table = make_targets(train_examples)
+    index = table.row_of()
+
+    def load(examples):
+        if not m.distils:
+            return None
+        rows = [index[e.id] for e in examples]
+        sub = Targets(example_ids=[e.id for e in examples], num_choices=4, image=table.image[rows],
+                      text_eos=table.text_eos[rows], words=_word_rows(table.words, rows),
+                      logits={"ia": table.logits["ia"][rows]}, default_logits="ia")
+        return targets_to_tensors(sub, m, m=config.m, logits=None, seed=config.seed)
+
+    size = chunk or len(train_examples)
+    chunks = [list(range(i, min(i + size, 10))) for i in range(0, 10, size)]
+    source = DataSource(train_examples, chunks, load)
+    return Setup(config=config, method=m, student=student,
+                 projections=Projections(H, image_dim=DV, text_dim=DT, words=m.words),
+                 task_source=source,
+                 af_source=DataSource(train_examples, chunks, load) if config.af_epochs else None,
+                 regions=regions, eval_examples=make_examples(6, "val"),
+                 provenance={"cache_fingerprint": "abc"},
+                 save_student=lambda s, p: (p.mkdir(parents=True, exist_ok=True),
+                                            save_file(s.state_dict(), str(p / "model.safetensors"))))
+
+
+def _word_rows(words, rows):
+    pieces = [slice(words.offsets[r * 4], words.offsets[r * 4 + 4]) for r in rows]
+    counts = np.concatenate([np.diff(words.offsets[r * 4:r * 4 + 5]) for r in rows])
+    cat = lambda a: np.concatenate([a[p] for p in pieces])
+    return WordTargets(offsets=np.cumsum([0, *counts]).astype(np.int64), feat=cat(words.feat),
+                       span=cat(words.span), vr=cat(words.vr), yake=cat(words.yake),
+                       score=cat(words.score), truncated=cat(words.truncated))
+
+
+@pytest.fixture(autouse=True)
+def _pool(monkeypatch):
+    monkeypatch.setattr(train_mod, "student_word_features",
+                        lambda out, t: pool_spans(out.text_tokens, out.token_spans,
+                                                  t.word_span, t.word_mask))
+
+
+# ---------------------------------------------------------------- config
+
+def test_config_rejects_unknown_keys_and_methods():
+    with pytest.raises(ConfigError, match="unknown training config key.*lr_max"):
+        TrainConfig.from_dict({"dataset": "vcr", "root": ".", "out": "o", "lr_max": 1})
+    with pytest.raises(Exception, match="Available: baseline"):
+        TrainConfig(dataset="vcr", root=".", out="o", method="kd")
+
+
+def test_w_prime_defaults_to_w_times_two_plus_m_over_two(tmp_path):
+    config = TrainConfig(dataset="vcr", root=".", out="o", w=0.05, m=2)
+    assert config.resolved_w_prime == pytest.approx(0.1)
+    assert TrainConfig(dataset="vcr", root=".", out="o", w_prime=0.3).resolved_w_prime == 0.3
+
+
+def test_config_from_toml_with_overrides(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[train]\ndataset = "vcr"\nroot = "r"\nout = "o"\nlr = 0.001\n'
+                    '[train.student_options]\nlayers = 2\n')
+    config = TrainConfig.from_toml(path, seed=3)
+    assert (config.lr, config.seed, config.student_options) == (0.001, 3, {"layers": 2})
+
+
+# ---------------------------------------------------------------- pieces
+
+def test_lr_schedule_warms_up_then_decays_linearly():
+    lrs = [lr_at(s, 10, base=1.0, warmup=0.2) for s in range(10)]
+    assert lrs == pytest.approx([0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125])
+
+
+def test_epoch_order_is_a_pure_function_of_seed_stage_epoch():
+    source = DataSource(list(range(10)), [list(range(6)), list(range(6, 10))], lambda e: None)
+    a = epoch_order(source, seed=1, stage="task", epoch=2, batch_size=4)
+    b = epoch_order(source, seed=1, stage="task", epoch=2, batch_size=4)
+    c = epoch_order(source, seed=1, stage="task", epoch=3, batch_size=4)
+    assert [(ci, r.tolist()) for ci, r in a] == [(ci, r.tolist()) for ci, r in b]
+    assert [(ci, r.tolist()) for ci, r in a] != [(ci, r.tolist()) for ci, r in c]
+    assert sorted(len(r) for _, r in a) == [2, 4, 4]  # 6 -> 4 + 2, 4 -> 4: batches stay inside their chunk
+
+
+def test_loss_step_baseline_is_cross_entropy(tmp_path):
+    setup = make_setup(tmp_path, method="baseline")
+    setup.student.eval()
+    examples = setup.task_source.examples[:4]
+    loss, parts = loss_step(setup, examples, None, regions(examples))
+    logits = setup.student(setup.student.prepare(examples, regions(examples))).logits
+    expected = torch.nn.functional.cross_entropy(logits, torch.tensor([e.label for e in examples]))
+    assert loss.item() == pytest.approx(expected.item()) and set(parts) == {"task"}
+
+
+def test_loss_step_mad_matches_a_hand_assembled_total(tmp_path):
+    setup = make_setup(tmp_path, method="mad")
+    setup.student.eval()
+    examples = setup.task_source.examples[:4]
+    targets = setup.task_source.chunk(0).targets.rows(torch.arange(4))
+    loss, parts = loss_step(setup, examples, targets, regions(examples))
+    out = setup.student(setup.student.prepare(examples, regions(examples)))
+    p = setup.projections
+    dv = (targets.image[:, None] - p.vision(out.image_token)).abs().mean(-1).mean(1)
+    dt = (targets.text_eos - p.text(out.cls_token)).abs().mean(-1).mean(1)
+    feat, mask = pool_spans(out.text_tokens, out.token_spans, targets.word_span, targets.word_mask)
+    per_word = (targets.word_feat - p.word(feat)).abs().mean(-1) * mask
+    dwt = per_word.flatten(1).sum(1) / mask.flatten(1).sum(1)
+    t_conf = targets.logits.softmax(-1).max(-1).values
+    s_conf = out.logits.softmax(-1).max(-1).values
+    w_r = torch.where(t_conf / s_conf > 1, 0.1, 0.0)  # w' = 0.05 * (2 + 2) / 2
+    task = torch.nn.functional.cross_entropy(out.logits, torch.tensor([e.label for e in examples]))
+    assert loss.item() == pytest.approx((task + (w_r * (dv + dt + dwt)).mean()).item(), rel=1e-5)
+    assert set(parts) == {"task", "loss", "dv", "dt", "dwt"}
+
+
+def test_word_selection_happens_at_load_time(tmp_path):
+    setup = make_setup(tmp_path, method="mad")
+    targets = setup.task_source.chunk(0).targets
+    assert targets.word_feat.shape == (10, 4, 2, DT) and targets.word_mask.all()
+    random = make_setup(tmp_path, method="mad-random").task_source.chunk(0).targets
+    assert not torch.equal(random.word_span, targets.word_span)
+
+
+# ---------------------------------------------------------------- the loop
+
+@pytest.mark.parametrize("method", ["baseline", "md", "mad"])
+def test_training_writes_the_run_directory(tmp_path, method):
+    metrics = train(make_setup(tmp_path, method=method, eval_every=4))
+    run = tmp_path / "run"
+    on_disk = json.loads((run / "metrics.json").read_text())
+    assert on_disk == json.loads(json.dumps(metrics))
+    assert set(on_disk) == {"run", "dataset", "method", "student", "teachers", "shots", "seed",
+                            "status", "history", "eval", "provenance"}
+    assert on_disk["status"] == "complete" and on_disk["method"] == method
+    assert set(on_disk["eval"]["val"]) == {"q2a", "qa2r", "q2ar"}
+    assert [h["step"] for h in on_disk["history"]] == [4, 8, 9]  # 3 epochs x 3 batches
+    assert json.loads((run / "config.json").read_text())["method"] == method
+    assert (run / "checkpoint.safetensors").exists() and (run / "trainer_state.json").exists()
+    assert (run / "student" / "model.safetensors").exists()
+
+
+def test_same_seed_same_result(tmp_path):
+    a = train(make_setup(tmp_path / "a", method="mad"))
+    b = train(make_setup(tmp_path / "b", method="mad"))
+    assert a["history"] == b["history"]
+
+
+def test_training_lowers_the_loss(tmp_path):
+    metrics = train(make_setup(tmp_path, method="md", epochs=12, eval_every=9))
+    losses = [h["loss"] for h in metrics["history"]]
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("method,af,chunk", [("mad", 0, None), ("md", 1, 4)])
+def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch, method, af, chunk):
+    full = train(make_setup(tmp_path / "full", method=method, af_epochs=af, chunk=chunk,
+                            eval_every=2, checkpoint_every=4))
+    full_weights = load_file(str(tmp_path / "full" / "run" / "checkpoint.safetensors"))
+
+    calls = {"n": 0}
+    real = train_mod.loss_step
+
+    def crash_after_five(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "loss_step", crash_after_five)
+    with pytest.raises(KeyboardInterrupt):
+        train(make_setup(tmp_path / "cut", method=method, af_epochs=af, chunk=chunk,
+                         eval_every=2, checkpoint_every=4))
+    monkeypatch.setattr(train_mod, "loss_step", real)
+    resumed = train(make_setup(tmp_path / "cut", method=method, af_epochs=af, chunk=chunk,
+                               eval_every=2, checkpoint_every=4, resume=True))
+    resumed_weights = load_file(str(tmp_path / "cut" / "run" / "checkpoint.safetensors"))
+    assert resumed["history"] == full["history"] and resumed["eval"] == full["eval"]
+    assert full_weights.keys() == resumed_weights.keys()
+    for key in full_weights:
+        assert torch.equal(full_weights[key], resumed_weights[key]), key
+
+
+def test_af_stage_runs_first_without_labels(tmp_path, monkeypatch):
+    seen = []
+    real = train_mod.af_step
+
+    def spy(setup, examples, *args):
+        seen.append(len(examples))
+        return real(setup, examples, *args)
+
+    monkeypatch.setattr(train_mod, "af_step", spy)
+    metrics = train(make_setup(tmp_path, method="md", af_epochs=2, epochs=1))
+    assert sum(seen) == 20  # two AF epochs over all 10 training examples
+    stages = [h["stage"] for h in metrics["history"]]
+    assert stages[-1] == "task"
