@@ -67,7 +67,8 @@ def _load_model(path: Path, weights: Path, auto_cls) -> torch.nn.Module:
         return auto_cls.from_pretrained(str(path), local_files_only=True)
     from transformers import AutoConfig
 
-    model = auto_cls.from_config(AutoConfig.from_pretrained(str(path), local_files_only=True))
+    build = getattr(auto_cls, "from_config", auto_cls)  # AutoModel.from_config, or ViTModel(...)
+    model = build(AutoConfig.from_pretrained(str(path), local_files_only=True))
     state = load_state_dict(weights)
     prefix = model.base_model_prefix + "."
     state = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
