@@ -1,0 +1,99 @@
+"""`madcache extract`: run the teachers once over a dataset split into a resumable cache."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import click
+
+from madcache.cli import UserError
+from madcache.errors import FingerprintMismatchError
+
+_path = click.Path(path_type=Path)
+_existing = click.Path(path_type=Path, exists=True)
+
+
+@click.command("extract")
+@click.option("--teacher", help="Teacher for both towers, e.g. clip-vit-b16, madcache-demo.")
+@click.option("--checkpoint", type=_existing, help="Local weights of --teacher.")
+@click.option("--vision-teacher", help="Image teacher (overrides --teacher), e.g. vit:DIR.")
+@click.option("--vision-checkpoint", type=_existing)
+@click.option("--text-teacher", help="Text teacher (overrides --teacher), e.g. roberta:DIR.")
+@click.option("--text-checkpoint", type=_existing)
+@click.option("--relevance-model", help="Joint-space (CLIP) model for word relevance and logits; "
+                                        "default: the CLIP teacher when one is used.")
+@click.option("--relevance-checkpoint", type=_existing)
+@click.option("--dataset", required=True, type=click.Choice(["vcr", "snli-ve", "vqa"]))
+@click.option("--root", required=True, type=_existing, help="Dataset root (original files).")
+@click.option("--split", required=True)
+@click.option("--out", type=_path, help="Cache path [default: cache/<dataset>/<split>/<teachers>].")
+@click.option("--format", "store_format", type=click.Choice(["zarr", "hdf5"]), default="zarr",
+              show_default=True)
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16",
+              show_default=True, help="Storage dtype of features.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Worker processes for decoding, tokenising and YAKE (0: in-process).")
+@click.option("--shard-size", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="About this many examples per shard (whole images).")
+@click.option("--limit", type=click.IntRange(min=1), help="Keep the first N examples.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--force", is_flag=True, help="Overwrite a cache built with another fingerprint.")
+@click.option("--skip-bad", is_flag=True, help="Skip malformed records (listed in the manifest).")
+@click.option("--answer-vocab", type=_existing, help="VQA answer vocabulary (.txt or .json) "
+                                                     "[default: ROOT/answers.txt, else the split's answers].")
+@click.option("--answer-top-k", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--sentence-encoder", type=_existing, help="Sentence encoder directory for VQA "
+                                                         "answer prefiltering [default: MiniLM].")
+@click.option("--default-logits", help="Logits used for confidence weighting [default: vcr ia, "
+                                       "snli-ve kmeans, vqa template].")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def extract(store_format: str, no_progress: bool, **options: Any) -> None:
+    """Run the teachers once over a split and write every MAD target into a sharded cache.
+
+    A killed run resumes at the first incomplete shard when run again with the same options.
+    """
+    from madcache.extraction import ExtractConfig, extract as run_extraction
+
+    config = ExtractConfig(format=store_format, progress=not no_progress, **options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = _show_warning
+        try:
+            summary = run_extraction(config)
+        except FingerprintMismatchError as exc:
+            raise UserError(_mismatch_message(exc, config.output_path())) from None
+    click.echo(format_summary(summary))
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    click.secho(f"warning: {message}", fg="yellow", err=True)
+
+
+def _mismatch_message(exc: FingerprintMismatchError, out: Path) -> str:
+    differs = "\n".join(f"  - {d}" for d in exc.differences) or f"  {exc}"
+    return (f"the cache at {out} was built with a different fingerprint; what differs:\n"
+            f"{differs}\nuse --force to overwrite it, or --out for a new cache")
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The final summary as a two-column table."""
+    rows = [("cache", summary["out"]), ("format", summary["format"]),
+            ("examples", summary["examples"]), ("images", summary["images"]),
+            ("texts", summary["texts"]),
+            ("shards", f"{summary['shards']} ({summary['shards_written']} written, "
+                       f"{summary['shards_resumed']} resumed)"),
+            ("bytes", _human_bytes(summary["bytes"])), ("seconds", f"{summary['seconds']:.1f}"),
+            ("samples/s", summary["samples_per_s"])]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)

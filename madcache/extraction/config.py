@@ -1,0 +1,150 @@
+"""`ExtractConfig`: the single source of truth for one extraction run (CLI flags only fill it)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from madcache.errors import ConfigError
+
+DTYPES = ("float16", "float32")
+FORMATS = ("zarr", "hdf5")
+# The zero-shot protocol whose logits confidence weighting uses by default (docs/extraction.md):
+# VCR's answer-only prompt scored best zero-shot in the paper (54.82 vs 50.27 for IQA).
+DEFAULT_LOGITS = {"vcr": "ia", "snli-ve": "kmeans", "vqa": "template"}
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """One role's teacher: a registry name and an optional local checkpoint file."""
+
+    name: str
+    checkpoint: Path | None = None
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Everything that decides what `extract` computes and where it writes it.
+
+    Teachers: `teacher` sets both the vision and the text teacher (`checkpoint` is its weights);
+    `vision_teacher` / `text_teacher` override one role. `relevance_model` is the joint-space
+    (CLIP-style) model that scores visual relevance and the zero-shot logits; by default the
+    vision or text teacher when it is joint-space. Without one, those targets are unavailable.
+    """
+
+    dataset: str
+    root: Path
+    split: str
+    teacher: str | None = None
+    checkpoint: Path | None = None
+    vision_teacher: str | None = None
+    vision_checkpoint: Path | None = None
+    text_teacher: str | None = None
+    text_checkpoint: Path | None = None
+    relevance_model: str | None = None
+    relevance_checkpoint: Path | None = None
+    out: Path | None = None
+    format: Literal["zarr", "hdf5"] = "zarr"
+    dtype: Literal["float16", "float32"] = "float16"
+    batch_size: int = 64
+    workers: int = 0
+    shard_size: int = 1024
+    limit: int | None = None
+    device: str = "cpu"
+    force: bool = False
+    skip_bad: bool = False
+    read_options: dict[str, Any] = field(default_factory=dict)
+    yake_max_ngram: int = 3
+    yake_top: int = 20
+    yake_language: str = "en"
+    protocol: str | None = None
+    default_logits: str | None = None
+    answer_vocab: Path | None = None
+    answer_vocab_size: int = 3129
+    answer_top_k: int = 10
+    sentence_encoder: Path | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("root", "out", "checkpoint", "vision_checkpoint", "text_checkpoint",
+                     "relevance_checkpoint", "answer_vocab", "sentence_encoder"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value).expanduser())
+        self._validate()
+
+    def _validate(self) -> None:
+        if self.format not in FORMATS:
+            raise ConfigError(f"format must be one of {', '.join(FORMATS)}, not {self.format!r}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
+        for name in ("batch_size", "shard_size", "answer_top_k", "answer_vocab_size",
+                     "yake_max_ngram", "yake_top"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.workers < 0:
+            raise ConfigError(f"workers must be >= 0, got {self.workers}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"limit must be >= 1, got {self.limit}")
+        if self.vision_spec is None or self.text_spec is None:
+            raise ConfigError("name the teachers: --teacher NAME, or both --vision-teacher and "
+                              "--text-teacher")
+
+    @property
+    def vision_spec(self) -> TeacherSpec | None:
+        return self._spec(self.vision_teacher, self.vision_checkpoint)
+
+    @property
+    def text_spec(self) -> TeacherSpec | None:
+        return self._spec(self.text_teacher, self.text_checkpoint)
+
+    @property
+    def relevance_spec(self) -> TeacherSpec | None:
+        """The explicitly named relevance model (None: choose a joint-space teacher later)."""
+        if self.relevance_model is None:
+            return None
+        return self._spec(self.relevance_model, self.relevance_checkpoint)
+
+    def _spec(self, name: str | None, checkpoint: Path | None) -> TeacherSpec | None:
+        """A role's teacher: its own name/checkpoint, else `--teacher` / `--checkpoint`."""
+        if name is None:
+            if self.teacher is None:
+                return None
+            return TeacherSpec(self.teacher, checkpoint or self.checkpoint)
+        if checkpoint is None and name == self.teacher:
+            checkpoint = self.checkpoint
+        return TeacherSpec(name, checkpoint)
+
+    @property
+    def task_protocol(self) -> str:
+        """The teacher-logit protocol (vcr, snli-ve, vqa): `protocol`, else the dataset name,
+        so a user-registered VCR-format dataset can pass `protocol="vcr"`."""
+        return self.protocol or self.dataset
+
+    @property
+    def logits_default(self) -> str:
+        return self.default_logits or DEFAULT_LOGITS.get(self.task_protocol, "")
+
+    def teacher_set_name(self) -> str:
+        """A path-safe name for the teacher set, e.g. `clip-vit-b16` or `vit-x+roberta-y`."""
+        names = [self.vision_spec.name, self.text_spec.name]
+        if self.relevance_model is not None:
+            names.append(self.relevance_model)
+        unique = list(dict.fromkeys(_slug(name) for name in names))
+        return "+".join(unique)
+
+    def output_path(self) -> Path:
+        """`out`, else `cache/<dataset>/<split>/<teacher-set>`."""
+        if self.out is not None:
+            return self.out
+        return Path("cache") / self.dataset / self.split / self.teacher_set_name()
+
+
+def _slug(name: str) -> str:
+    """`vit:/models/vit-base` -> `vit-vit-base`; `openclip:ViT-B-32` -> `openclip-ViT-B-32`."""
+    prefix, _, arg = name.partition(":")
+    if arg:
+        name = f"{prefix}-{Path(arg).stem or arg}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "teacher"

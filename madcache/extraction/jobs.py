@@ -1,0 +1,147 @@
+"""The CPU side of extraction: jobs that decode images, tokenise texts and score YAKE keywords.
+
+Jobs run in DataLoader worker processes (`workers` > 0) while the main process runs the teacher
+forward on earlier jobs: the loader keeps `prefetch_factor` jobs per worker in flight, so the next
+batches are ready when the model finishes. The job stream is a *sampler* consumed lazily in the
+main process, so shard plans (and VQA's answer prefiltering) are built just ahead of their jobs.
+Everything a worker holds is picklable: the teachers' `image_transform()` / `text_processor()`
+callables, never a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
+
+import numpy as np
+import torch
+
+from madcache.data.paths import safe_join
+from madcache.data.records import Text
+from madcache.errors import DataError, DataFileNotFoundError
+from madcache.extraction.plan import ShardPlan
+from madcache.selection import yake_word_scores
+
+JobKind = Literal["image", "text", "aux"]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One batch of one shard: images (relative paths), scored texts, or prompt texts."""
+
+    shard: int
+    kind: JobKind
+    start: int                  # offset of the batch in the shard's list of that kind
+    items: tuple[Any, ...]
+
+
+def shard_jobs(plan: ShardPlan, batch_size: int, *, with_aux: bool) -> list[Job]:
+    """A shard's jobs in the order the main process consumes them."""
+    lists: list[tuple[JobKind, Sequence[Any]]] = [("image", plan.image_paths),
+                                                  ("text", plan.texts)]
+    if with_aux:
+        lists.append(("aux", plan.aux_texts))
+    return [Job(plan.index, kind, start, tuple(items[start:start + batch_size]))
+            for kind, items in lists for start in range(0, len(items), batch_size)]
+
+
+@dataclass(frozen=True)
+class YakeSettings:
+    max_ngram: int = 3
+    top: int = 20
+    language: str = "en"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"method": "yake", "n": self.max_ngram, "top": self.top,
+                "language": self.language, "word_score": "max over keywords of 1 / (1 + score)"}
+
+
+class Preprocessor:
+    """Turns a `Job` into model inputs. Runs in worker processes (picklable)."""
+
+    def __init__(self, root: Path, *, image_transforms: dict[str, Callable[[Any], torch.Tensor]],
+                 text_processors: dict[str, Callable[[Sequence[Text]], Any]],
+                 aux_processors: dict[str, Callable[[Sequence[Text]], Any]],
+                 yake: YakeSettings) -> None:
+        self.root = Path(root)
+        self.image_transforms = image_transforms
+        self.text_processors = text_processors
+        self.aux_processors = aux_processors
+        self.yake = yake
+
+    def __call__(self, job: Job) -> dict[str, Any]:
+        if job.kind == "image":
+            return self.images(job.items)
+        processors = self.text_processors if job.kind == "text" else self.aux_processors
+        out: dict[str, Any] = {"tokens": {key: fn(job.items) for key, fn in processors.items()}}
+        if job.kind == "text":
+            out["yake"] = [yake_word_scores(t, max_ngram=self.yake.max_ngram, top=self.yake.top,
+                                            language=self.yake.language) for t in job.items]
+        return out
+
+    def images(self, paths: Sequence[str]) -> dict[str, Any]:
+        """Decode each image once, then apply every teacher's transform."""
+        decoded = [load_rgb(self.root, path) for path in paths]
+        return {"pixels": {key: torch.stack([transform(img) for img in decoded])
+                           for key, transform in self.image_transforms.items()}}
+
+
+def load_rgb(root: Path, relative: str):
+    """A dataset image as an RGB PIL image; a missing or broken file names its path."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = safe_join(root, relative)
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise DataFileNotFoundError("image not found", file=path) from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"image cannot be decoded ({exc})", file=path) from None
+
+
+class JobDataset(torch.utils.data.Dataset):
+    """Map-style dataset whose 'indices' are the jobs themselves (see `JobStream`)."""
+
+    def __init__(self, preprocessor: Preprocessor) -> None:
+        self.preprocessor = preprocessor
+
+    def __getitem__(self, job: Job) -> tuple[Job, dict[str, Any]]:
+        return job, self.preprocessor(job)
+
+
+class JobStream(torch.utils.data.Sampler):
+    """Yields the jobs of each pending shard, planning a shard only when its jobs are due.
+
+    `plan_shard(index)` runs in the main process (it may use a model: VQA prefiltering) and
+    registers the plan where the consumer finds it.
+    """
+
+    def __init__(self, shard_indices: Iterable[int], plan_shard: Callable[[int], ShardPlan],
+                 batch_size: int, *, with_aux: bool) -> None:
+        self.shard_indices = list(shard_indices)
+        self.plan_shard = plan_shard
+        self.batch_size = batch_size
+        self.with_aux = with_aux
+
+    def __iter__(self) -> Iterator[Job]:
+        for index in self.shard_indices:
+            yield from shard_jobs(self.plan_shard(index), self.batch_size, with_aux=self.with_aux)
+
+
+def keep_as_is(sample: Any) -> Any:
+    """DataLoader collate_fn: jobs are already batches."""
+    return sample
+
+
+def make_loader(preprocessor: Preprocessor, stream: JobStream, *, workers: int,
+                pin_memory: bool) -> torch.utils.data.DataLoader:
+    extra = {"prefetch_factor": 4} if workers > 0 else {}
+    return torch.utils.data.DataLoader(JobDataset(preprocessor), sampler=stream, batch_size=None,
+                                       collate_fn=keep_as_is, num_workers=workers,
+                                       pin_memory=pin_memory, **extra)
+
+
+def yake_arrays(scores: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(scores).astype(np.float32) if scores else np.zeros(0, np.float32)

@@ -1,0 +1,105 @@
+"""The cache manifest of an extraction: fingerprint, dims, settings, unavailable targets.
+
+The fingerprint holds everything that changes a stored value (teacher weights and preprocessing,
+dataset bytes and read options, selection and prompt settings, dtype, which examples and how
+they are sharded). Run-time choices that do not (batch size, workers, device) stay outside it,
+so a resume may change them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from madcache import __version__
+from madcache.extraction.config import ExtractConfig
+from madcache.extraction.jobs import YakeSettings
+from madcache.extraction.roles import TeacherSet
+from madcache.extraction.tasks import Task
+
+ROW_LAYOUT = ("text rows are (image, text) pairs within a shard: a string scored under two "
+              "images is stored twice, since word_vr depends on the image")
+
+
+def build_fingerprint(config: ExtractConfig, teachers: TeacherSet, task: Task,
+                      yake: YakeSettings, dataset_fp: dict[str, Any],
+                      format_version: Any) -> dict[str, Any]:
+    return {
+        "format_version": format_version,
+        "dataset": dataset_fp,
+        "teachers": teachers.fingerprint(),
+        "selection": yake.as_dict(),
+        "prompts": {"protocol": config.task_protocol, **task.settings(),
+                    "default_logits": config.logits_default},
+        "dtype": config.dtype,
+        "examples": {"limit": config.limit, "shard_size": config.shard_size,
+                     "skip_bad": config.skip_bad, "grouping": "by image_id, sorted"},
+    }
+
+
+def build_manifest(config: ExtractConfig, teachers: TeacherSet, task: Task,
+                   fingerprint: dict[str, Any], *, num_choices: int, num_examples: int,
+                   num_shards: int, skipped: list[dict[str, Any]]) -> dict[str, Any]:
+    missing = unavailable_targets(task, teachers.relevance is not None)
+    return {
+        "fingerprint": fingerprint,
+        "dataset": config.dataset,
+        "split": config.split,
+        "root": str(config.root),
+        "teachers": teachers.names(),
+        "dims": {"image": teachers.vision.image_dim, "text": teachers.text.text_dim},
+        "num_choices": num_choices,
+        "num_examples": num_examples,
+        "num_shards": num_shards,
+        "dtype": config.dtype,
+        "logits": [] if missing else list(task.logit_names),
+        "default_logits": None if missing else config.logits_default,
+        "settings": {"default_logits": config.logits_default, "shard_size": config.shard_size,
+                     "limit": config.limit, "batch_size": config.batch_size,
+                     "workers": config.workers, "device": config.device,
+                     "text_rows": ROW_LAYOUT,
+                     "zero_shot": "prediction = argmax of the stored logits (SNLI-VE: of "
+                                  "-|similarity - kmeans centre|)"},
+        "unavailable": missing,
+        "unavailable_methods": unavailable_methods(missing),
+        "skipped_records": skipped,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "madcache_version": __version__,
+    }
+
+
+def unavailable_targets(task: Task, has_relevance: bool) -> list[str]:
+    """Targets that need a joint-space relevance model, when there is none."""
+    if has_relevance:
+        return []
+    others = [name for name in task.arrays if not name.startswith("logits/")]
+    return ["word_vr", "word_score", "logits", *others]
+
+
+def unavailable_methods(missing: list[str]) -> dict[str, str]:
+    """Registered methods that cannot run on this cache, with the reason."""
+    from madcache.methods import METHODS
+
+    if not missing:
+        return {}
+    reasons = {}
+    for name in METHODS:
+        method = METHODS.get(name)
+        why = []
+        if method.confidence:
+            why.append("confidence weighting needs teacher logits")
+        if method.words and method.selection == "top":
+            why.append("token selection needs word_vr / word_score")
+        if why:
+            reasons[name] = "; ".join(why)
+    return reasons
+
+
+def unavailable_warning(manifest: dict[str, Any]) -> str | None:
+    missing = manifest["unavailable"]
+    if not missing:
+        return None
+    methods = ", ".join(f"{name} ({why})" for name, why in manifest["unavailable_methods"].items())
+    return (f"no joint-space relevance model (pass --relevance-model, e.g. a CLIP teacher): "
+            f"targets {', '.join(missing)} are not computed (word_vr is stored as NaN), so "
+            f"these methods cannot run on this cache: {methods or 'none'}")
