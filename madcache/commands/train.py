@@ -1,6 +1,6 @@
 """`madcache train`: build a `TrainConfig` from a TOML file and flags, call `run_training`.
 
-Imports no teacher module and not open_clip (tests/test_train_cli.py makes those imports fail).
+Imports no teacher module and not open_clip (tests/test_train.py makes those imports fail).
 """
 
 from __future__ import annotations
@@ -48,6 +48,8 @@ def parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--lr", type=float)
 @click.option("--w", type=float, help="MD weight w (default 0.05).")
 @click.option("--m", type=int, help="Words selected per text (default 2).")
+@click.option("--w-prime", type=float, help="MAD weight w' (default w (2 + m) / 2).")
+@click.option("--teacher-logits", help="Cached logits used for CW (default: the cache's).")
 @click.option("--eval-every", type=int)
 @click.option("--checkpoint-every", type=int)
 @click.option("--student", help="Registered student (default single-stream).")

@@ -1,0 +1,218 @@
+"""Step time of MAD on cached targets vs the baseline, and vs MAD with an online teacher.
+
+All three run side by side in one process on the same batches, interleaved after a warm-up:
+- `baseline`: L_task only;
+- `mad`: L_task + CW-weighted (L_dv + L_dt + L'_dt) on cached targets (what `madcache train` does);
+- `mad-online`: the same loss, but each step first runs a CLIP-style teacher (open_clip, built from
+  madcache/teachers/configs/madcache-demo.json, or a small ViT-B-like config) on the batch's
+  images and texts, as an online distillation loop would. Only this benchmark imports open_clip.
+
+Goal: median(mad) / median(baseline) <= 1.10. Prints a JSON line; runs in well under 2 minutes.
+    python benchmarks/bench_train_step.py [--iters 15] [--batch-size 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from madcache.data.records import Example, Text
+from madcache.distill import Projections, SelectedWords
+from madcache.methods import get_method
+from madcache.students.base import RegionInputs, StudentOutput
+from madcache.train import BatchTargets, DataSource, Setup, TrainConfig, loss_step
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_TEACHER = REPO / "madcache" / "teachers" / "configs" / "madcache-demo.json"
+VIT_B_LIKE = {"embed_dim": 256, "vision_cfg": {"image_size": 96, "layers": 6, "width": 384,
+                                               "patch_size": 16},
+              "text_cfg": {"context_length": 64, "vocab_size": 49408, "width": 256, "heads": 4,
+                           "layers": 6}}
+WORDS = "a man holds the red umbrella while two dogs run across wet street near old car".split()
+
+
+class BenchStudent(nn.Module):
+    """A single-stream VL transformer stand-in (regions + word tokens, one sequence per choice),
+    used when the built-in student is not importable."""
+
+    task = "multiple_choice"
+
+    def __init__(self, hidden: int = 256, layers: int = 4, region_dim: int = 64) -> None:
+        super().__init__()
+        self.hidden_size = hidden
+        self.tok = nn.Embedding(512, hidden)
+        self.reg = nn.Linear(region_dim, hidden)
+        self.img = nn.Parameter(torch.zeros(hidden))
+        self.cls = nn.Parameter(torch.zeros(hidden))
+        layer = nn.TransformerEncoderLayer(hidden, 4, 4 * hidden, dropout=0.1, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers)
+        self.head = nn.Linear(hidden, 1)
+
+    def prepare(self, examples, regions):
+        texts = [t for ex in examples for t in ex.texts]
+        length = max(len(t.words) for t in texts)
+        ids = torch.zeros(len(texts), length, dtype=torch.long)
+        spans = torch.full((len(texts), length, 2), -1, dtype=torch.long)
+        for r, text in enumerate(texts):
+            for i, word in enumerate(text.words):
+                ids[r, i] = hash(word.text) % 511 + 1
+                spans[r, i] = torch.tensor([word.start, word.end])
+        return {"ids": ids, "spans": spans, "regions": regions, "C": examples[0].num_choices}
+
+    def forward(self, inputs):
+        ids, regions, c = inputs["ids"], inputs["regions"], inputs["C"]
+        rows = ids.shape[0]
+        visual = self.reg(regions.feat).repeat_interleave(c, dim=0)
+        special = torch.stack([self.img, self.cls]).expand(rows, 2, -1)
+        x = self.encoder(torch.cat([special, visual, self.tok(ids)], dim=1))
+        b = rows // c
+        text = x[:, 2 + visual.shape[1]:]
+        return StudentOutput(logits=self.head(x[:, 1]).view(b, c), image_token=x[:, 0].view(b, c, -1),
+                             cls_token=x[:, 1].view(b, c, -1),
+                             text_tokens=text.reshape(b, c, *text.shape[1:]),
+                             token_spans=inputs["spans"].view(b, c, *inputs["spans"].shape[1:]))
+
+    def pretrain_losses(self, inputs, generator):
+        raise NotImplementedError
+
+
+def make_batch(batch: int, rng: np.random.Generator) -> list[Example]:
+    out = []
+    for i in range(batch):
+        choices = tuple(Text.from_string(" ".join(rng.choice(WORDS, 8))) for _ in range(4))
+        out.append(Example(id=f"{i}:qa", dataset="vcr", split="train", image_id=str(i),
+                           image_path=f"{i}.jpg", choices=choices, label=int(rng.integers(4)),
+                           category="activity", group=str(i),
+                           context=Text.from_string(" ".join(rng.choice(WORDS, 6)))))
+    return out
+
+
+def cached_targets(examples: list[Example], dv: int, dt: int, m: int,
+                   rng: np.random.Generator) -> BatchTargets:
+    n, c = len(examples), 4
+    span = np.array([[[[w.start, w.end] for w in t.words[:m]] for t in ex.texts]
+                     for ex in examples], dtype=np.int64)
+    words = SelectedWords(rng.standard_normal((n, c, m, dt)).astype(np.float32), span,
+                          np.ones((n, c, m), dtype=bool))
+    return BatchTargets(image=torch.randn(n, dv), text_eos=torch.randn(n, c, dt),
+                        word_feat=torch.from_numpy(words.feat), word_span=torch.from_numpy(span),
+                        word_mask=torch.from_numpy(words.mask), logits=torch.randn(n, c))
+
+
+def build_student():
+    try:
+        from madcache.students import build_student as build
+
+        return build("single-stream"), "single-stream"
+    except Exception:  # the built-in student may not be installed in this checkout yet
+        return BenchStudent(), "bench-stand-in"
+
+
+def ensure_word_pooling() -> None:
+    """Use students.tokens.pool_token_spans when present; otherwise a span-mean stand-in."""
+    try:
+        import madcache.students.tokens  # noqa: F401
+    except ImportError:
+        import madcache.train
+
+        def pool(out, t):
+            spans = out.token_spans
+            inside = ((spans[..., None, :, 0] >= t.word_span[..., :, None, 0])
+                      & (spans[..., None, :, 1] <= t.word_span[..., :, None, 1])
+                      & (spans[..., None, :, 0] >= 0)).float()
+            count = inside.sum(-1)
+            return inside @ out.text_tokens / count.clamp(min=1).unsqueeze(-1), count > 0
+
+        madcache.train.student_word_features = pool
+
+
+def build_teacher():
+    import open_clip
+
+    config = json.loads(DEMO_TEACHER.read_text()) if DEMO_TEACHER.exists() else VIT_B_LIKE
+    model = open_clip.CLIP(**config).eval()
+    tokenizer = open_clip.SimpleTokenizer(context_length=config["text_cfg"]["context_length"])
+    return model, tokenizer, config
+
+
+def online_targets(teacher, examples: list[Example], m: int) -> BatchTargets:
+    """What an online loop computes every step: tokenise, run both towers, pool words."""
+    model, tokenizer, config = teacher
+    size = config["vision_cfg"]["image_size"]
+    texts = [t.text for ex in examples for t in ex.texts]
+    with torch.no_grad():
+        image = model.encode_image(torch.randn(len(examples), 3, size, size))
+        tokens = tokenizer(texts)
+        x = model.token_embedding(tokens) + model.positional_embedding[:tokens.shape[1]]
+        x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:tokens.shape[1], :tokens.shape[1]]))
+        eos = x[torch.arange(len(texts)), tokens.argmax(-1)] @ model.text_projection
+        words = (x[:, 1:1 + m] @ model.text_projection)
+    n, c = len(examples), 4
+    span = torch.tensor([[[[w.start, w.end] for w in t.words[:m]] for t in ex.texts]
+                         for ex in examples], dtype=torch.long)
+    return BatchTargets(image=image, text_eos=eos.view(n, c, -1),
+                        word_feat=words.reshape(n, c, m, -1), word_span=span,
+                        word_mask=torch.ones(n, c, m, dtype=torch.bool),
+                        logits=100 * torch.randn(n, c))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--iters", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=8)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    ensure_word_pooling()
+    rng = np.random.default_rng(0)
+    teacher = build_teacher()
+    dim = teacher[2]["embed_dim"]
+    student, student_name = build_student()
+    regions = RegionInputs(torch.randn(args.batch_size, 36, 64), torch.rand(args.batch_size, 36, 4),
+                           torch.ones(args.batch_size, 36, dtype=torch.bool))
+    batches = [make_batch(args.batch_size, rng) for _ in range(4)]
+    cached = [cached_targets(b, dim, dim, 2, rng) for b in batches]
+
+    def make(method: str) -> Setup:
+        config = TrainConfig(dataset="vcr", root=".", out="unused", method=method)
+        m = get_method(method)
+        return Setup(config=config, method=m, student=student,
+                     projections=Projections(student.hidden_size, image_dim=dim, text_dim=dim,
+                                             words=m.words),
+                     task_source=DataSource([], [[]], lambda e: None), af_source=None,
+                     regions=lambda e: regions, eval_examples=[], provenance={},
+                     save_student=lambda s, p: None)
+
+    setups = {"baseline": make("baseline"), "mad": make("mad"), "mad-online": make("mad")}
+    params = list(student.parameters()) + [p for s in setups.values() for p in s.projections.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    times: dict[str, list[float]] = {name: [] for name in setups}
+    for it in range(args.warmup + args.iters):
+        k = it % len(batches)
+        for name, setup in setups.items():
+            start = time.perf_counter()
+            targets = online_targets(teacher, batches[k], 2) if name == "mad-online" else cached[k]
+            loss, _ = loss_step(setup, batches[k], None if name == "baseline" else targets, regions)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if it >= args.warmup:
+                times[name].append(time.perf_counter() - start)
+    med = {name: statistics.median(v) for name, v in times.items()}
+    print(json.dumps({
+        "student": student_name, "teacher": DEMO_TEACHER.stem if DEMO_TEACHER.exists() else "vit-b-like",
+        "batch_size": args.batch_size, "median_s": {k: round(v, 5) for k, v in med.items()},
+        "mad_over_baseline": round(med["mad"] / med["baseline"], 3),
+        "online_mad_over_baseline": round(med["mad-online"] / med["baseline"], 3),
+        "goal_mad_over_baseline": 1.10}))
+
+
+if __name__ == "__main__":
+    main()
