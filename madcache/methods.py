@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
+
 from madcache.cache.targets import Targets
 from madcache.errors import MissingTargetError
 from madcache.registry import Registry
@@ -71,6 +73,10 @@ def check_targets(method: Method, targets: Targets, *, cache: str, logits: str |
             missing = getattr(targets, need) is None
             what = {"image": "image features (V_t)", "text_eos": "text features (T_t)",
                     "words": "per-word features"}[need]
+        if need == "words" and not missing and method.selection == "top":
+            scores = targets.words.score
+            missing = scores.size > 0 and bool(np.isnan(scores).all())
+            what = "word selection scores (word_score; extracted without a relevance model)"
         if missing:
             raise MissingTargetError(
                 f"method '{method.name}' needs {what} but the cache {cache} has none; "

@@ -12,6 +12,15 @@ def _targets(**fields):
     return Targets(**base)
 
 
+def _words(score):
+    from madcache.cache.targets import WordTargets
+
+    scores = np.full(2, score, np.float32)
+    return WordTargets(offsets=np.array([0, 2]), feat=np.zeros((2, 3), np.float32),
+                       span=np.zeros((2, 2), np.int32), vr=scores, yake=np.zeros(2, np.float32),
+                       score=scores, truncated=np.zeros(2, bool))
+
+
 def test_registry_holds_the_methods_and_ablations():
     assert METHODS.names() == sorted(["baseline", "md", "md-vision", "md-text", "mad",
                                       "mad-no-cw", "mad-no-ts", "mad-random"])
@@ -35,7 +44,7 @@ def test_weights_md_uses_w_and_mad_uses_w_prime():
 
 
 def test_mad_on_a_cache_without_logits_names_the_target_and_the_cache():
-    t = _targets(image=np.zeros((1, 2)), text_eos=np.zeros((1, 1, 2)), words=object())
+    t = _targets(image=np.zeros((1, 2)), text_eos=np.zeros((1, 1, 2)), words=_words(0.5))
     with pytest.raises(MissingTargetError, match=r"teacher logits.*cache/demo/train"):
         check_targets(get_method("mad"), t, cache="cache/demo/train")
     check_targets(get_method("mad-no-cw"), t, cache="x")
@@ -54,3 +63,13 @@ def test_named_logits_must_exist():
                       text_eos=np.zeros((1, 1, 2)), logits={"ia": np.zeros((1, 4))}),
                       cache="c", logits="iqa")
     assert t.logits
+
+
+def test_top_selection_needs_word_scores():
+    words = _words(np.nan)
+    t = _targets(image=np.zeros((1, 2)), text_eos=np.zeros((1, 1, 2)), words=words)
+    with pytest.raises(MissingTargetError, match="word_score"):
+        check_targets(get_method("mad-no-cw"), t, cache="c")
+    check_targets(get_method("mad-random"), _targets(image=np.zeros((1, 2)),
+                  text_eos=np.zeros((1, 1, 2)), words=words, logits={"ia": np.zeros((1, 1))}),
+                  cache="c")
