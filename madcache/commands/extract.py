@@ -25,7 +25,7 @@ _existing = click.Path(path_type=Path, exists=True)
 @click.option("--relevance-model", help="Joint-space (CLIP) model for word relevance and logits; "
                                         "default: the CLIP teacher when one is used.")
 @click.option("--relevance-checkpoint", type=_existing)
-@click.option("--dataset", required=True, type=click.Choice(["vcr", "snli-ve", "vqa"]))
+@click.option("--dataset", required=True, help="A registered dataset: vcr, snli-ve, vqa.")
 @click.option("--root", required=True, type=_existing, help="Dataset root (original files).")
 @click.option("--split", required=True)
 @click.option("--out", type=_path, help="Cache path [default: cache/<dataset>/<split>/<teachers>].")

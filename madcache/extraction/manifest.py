@@ -8,7 +8,6 @@ so a resume may change them.
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from madcache import __version__
@@ -63,7 +62,6 @@ def build_manifest(config: ExtractConfig, teachers: TeacherSet, task: Task,
         "unavailable": missing,
         "unavailable_methods": unavailable_methods(missing),
         "skipped_records": skipped,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "madcache_version": __version__,
     }
 

@@ -118,18 +118,18 @@ def _directory_fingerprint(directory: Path) -> dict[str, Any]:
 def _open_writer(config: ExtractConfig, teachers: TeacherSet, task: Task, yake: YakeSettings,
                  examples: list[Example], shards: list[list[Example]],
                  skipped: list[dict[str, Any]]):
-    from madcache.cache import writer as cache_writer
     from madcache.cache.fingerprint import dataset_fingerprint
+    from madcache.cache.writer import FORMAT_VERSION, CacheWriter
 
     dataset_fp = dataset_fingerprint(config.dataset, config.root, config.split,
                                      config.read_options)
     fingerprint = build_fingerprint(config, teachers, task, yake, dataset_fp,
-                                    getattr(cache_writer, "FORMAT_VERSION", 1))
+                                    FORMAT_VERSION)
     manifest = build_manifest(config, teachers, task, fingerprint,
                               num_choices=num_choices(examples), num_examples=len(examples),
                               num_shards=len(shards), skipped=skipped)
-    writer = cache_writer.CacheWriter.open(config.output_path(), manifest=manifest,
-                                           format=config.format, force=config.force)
+    writer = CacheWriter.open(config.output_path(), manifest=manifest, format=config.format,
+                              force=config.force)
     return writer, manifest
 
 

@@ -1,0 +1,149 @@
+"""Fixtures for extraction tests: a tiny CLIP checkpoint saved here, and a toy dataset with real
+image files, registered under its own names so the tests do not depend on the real readers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+TINY_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
+    "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+def save_tiny_clip(root: Path, seed: int = 1) -> tuple[Path, Path]:
+    """(config json, safetensors checkpoint) of a seeded tiny open_clip CLIP."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    root.mkdir(parents=True, exist_ok=True)
+    config = root / "madcache-extract-tiny.json"
+    config.write_text(json.dumps(TINY_CLIP))
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(**TINY_CLIP).eval()
+    checkpoint = root / f"tiny-{seed}.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(checkpoint))
+    return config, checkpoint
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> tuple[str, Path]:
+    """(teacher name, checkpoint) for `load_teacher`."""
+    config, checkpoint = save_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
+    return f"openclip-config:{config}", checkpoint
+
+
+# --- a toy dataset: jsonl annotations + PNG images, one reader for three protocols ----------
+
+TOY_IMAGES = 5
+VCR_CHOICES = ["walking to the shop", "sitting on a bench", "he is driving fast", "nothing"]
+
+
+class ToyDataset:
+    """`<split>.jsonl` lines {id, image, context?, choices, label, answers?} under a root."""
+
+    categories = ("toy",)
+    label_names = None
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def annotation_files(self, root: Path, split: str) -> list[Path]:
+        return [Path(root) / f"{split}.jsonl"]
+
+    def read(self, root: Path, split: str, *, skip_bad: bool = False, **options):
+        from madcache.data.records import Example, ReadResult, Text
+
+        examples = []
+        for line in self.annotation_files(root, split)[0].read_text().splitlines():
+            rec = json.loads(line)
+            context = Text.from_string(rec["context"]) if rec.get("context") else None
+            examples.append(Example(
+                id=rec["id"], dataset=self.name, split=split, image_id=rec["image"],
+                image_path=f"images/{rec['image']}.png",
+                choices=tuple(Text.from_string(c) for c in rec["choices"]), label=rec["label"],
+                category="toy", context=context, group=rec["id"].split(":")[0],
+                answers=tuple(rec.get("answers", ()))))
+        return ReadResult(examples)
+
+
+def write_toy_world(root: Path) -> Path:
+    """Images and the three toy splits: `vcr` (question + 4 answers; one answer string shared
+    by two images), `snli` (hypotheses), `vqa` (questions with answers)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    for i in range(TOY_IMAGES):
+        pixels = rng.integers(0, 255, (40 + 4 * i, 48, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / "images" / f"im{i}.png")
+    vcr, snli, vqa = [], [], []
+    for n in range(12):
+        image = f"im{(n * 3) % TOY_IMAGES}"
+        vcr.append({"id": f"v{n}:qa", "image": image, "label": n % 4,
+                    "context": f"What is person {n % 3} doing near the red car?",
+                    "choices": [VCR_CHOICES[0] + f" {n % 2}"] + VCR_CHOICES[1:]})
+        snli.append({"id": f"s{n}", "image": image, "label": n % 3,
+                     "choices": [["A dog runs on the beach.", "Two people sit outside.",
+                                  "A man is cooking dinner in a small kitchen."][n % 3]]})
+        vqa.append({"id": f"{1000 + n}", "image": image, "label": None,
+                    "choices": [["What color is the car?", "How many people are there?",
+                                 "Is there a dog?"][n % 3]],
+                    "answers": [["red", "blue", "red"], ["2", "3", "2"], ["yes", "no", "yes"]][n % 3]})
+    for name, records in (("vcr", vcr), ("snli", snli), ("vqa", vqa)):
+        (root / f"{name}.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    return root
+
+
+def register_toy_datasets() -> None:
+    from madcache.data.base import DATASETS
+
+    for name in ("toy-vcr", "toy-snli", "toy-vqa"):
+        if name not in DATASETS:
+            DATASETS.register(name, ToyDataset(name))
+
+
+@pytest.fixture(scope="session")
+def toy_root(tmp_path_factory) -> Path:
+    register_toy_datasets()
+    return write_toy_world(tmp_path_factory.mktemp("toy"))
+
+
+# --- reading what extraction wrote --------------------------------------------------------
+
+class CacheContents:
+    """What extraction wrote: `shards(out)` (arrays per shard, in order), `manifest(out)`."""
+
+    @staticmethod
+    def shards(out: Path) -> list[dict[str, np.ndarray]]:
+        return _read_shards(out)
+
+    @staticmethod
+    def manifest(out: Path) -> dict:
+        return _read_manifest(out)
+
+
+@pytest.fixture(scope="session")
+def cache() -> CacheContents:
+    return CacheContents()
+
+
+def _read_shards(out: Path) -> list[dict[str, np.ndarray]]:
+    from madcache.cache.backends import get_backend
+
+    manifest = _read_manifest(out)
+    backend = get_backend(manifest["format"])
+    return [backend.read(backend.shard_path(Path(out), int(entry["index"])))
+            for entry in manifest["shards"]]
+
+
+def _read_manifest(out: Path) -> dict:
+    from madcache.cache.manifest import read_manifest
+
+    return read_manifest(out)
