@@ -205,7 +205,7 @@ def load_openclip(*, arg: str, name: str | None = None, checkpoint: str | Path |
                           f"{', '.join(open_clip.list_models())}")
     tag = open_clip.get_pretrained_cfg(arg, pretrained) if pretrained else {}
     path = None if random_init else resolve_checkpoint(arg, checkpoint, tag)
-    return _build(open_clip, name or f"openclip:{arg}", arg, config, path, tag, device, autocast)
+    return _build(name or f"openclip:{arg}", arg, config, path, tag, device, autocast)
 
 
 def load_openclip_config(*, arg: str, name: str | None = None,
@@ -227,29 +227,35 @@ def load_openclip_config(*, arg: str, name: str | None = None,
     if known is None:
         open_clip.add_model_config(path)
     weights = None if random_init else resolve_checkpoint(path.stem, checkpoint, {})
-    return _build(open_clip, name or f"openclip-config:{arg}", path.stem, config, weights, {},
+    return _build(name or f"openclip-config:{arg}", path.stem, config, weights, {},
                   device, autocast)
 
 
-def _build(open_clip, name: str, model_name: str, config: dict[str, Any], path: Path | None,
+def _build(name: str, model_name: str, config: dict[str, Any], path: Path | None,
            tag: dict[str, Any], device: str, autocast: bool) -> OpenClipTeacher:
-    import logging
-
     preprocess = {k: tag[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag}
     quick_gelu = bool(tag.get("quick_gelu", False))
-    level = logging.getLogger().level
-    logging.getLogger().setLevel(logging.ERROR)  # open_clip warns about random init by design
-    try:
-        model = open_clip.create_model(model_name, pretrained=None if path is None else str(path),
-                                       force_quick_gelu=quick_gelu,
-                                       force_preprocess_cfg=preprocess)
-    finally:
-        logging.getLogger().setLevel(level)
+    model = create_model(model_name, pretrained=None if path is None else str(path),
+                         force_quick_gelu=quick_gelu, force_preprocess_cfg=preprocess)
     config = copy.deepcopy(config)
     if quick_gelu:
         config["quick_gelu"] = True
     return OpenClipTeacher(model, name=name, model_name=model_name, config=config,
                            checkpoint=path, device=device, autocast=autocast)
+
+
+def create_model(model_name: str, **kwargs: Any) -> torch.nn.Module:
+    """`open_clip.create_model`, offline, without its "initialized randomly" log warning."""
+    import logging
+
+    open_clip = _open_clip()
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        return open_clip.create_model(model_name, **kwargs)
+    finally:
+        root.setLevel(level)
 
 
 def resolve_checkpoint(model_name: str, checkpoint: str | Path | None,

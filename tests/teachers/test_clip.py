@@ -114,7 +114,7 @@ def test_madcache_demo_loads_a_checkpoint_by_the_same_path(tmp_path):
     path = tmp_path / "demo.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     teacher = load_teacher("madcache-demo", checkpoint=path)
-    pixels = torch.randn(2, 3, 64, 64)
+    pixels = torch.randn(2, 3, 96, 96)
     with torch.no_grad():
         torch.testing.assert_close(teacher.encode_images(pixels), model.encode_image(pixels),
                                    atol=1e-5, rtol=0)
