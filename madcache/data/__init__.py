@@ -10,6 +10,13 @@ from typing import Any
 
 from madcache.data.base import DATASETS, Dataset
 from madcache.data.records import BadRecord, Example, ReadResult, Text, Word
+from madcache.data.snli_ve import SnliVeDataset
+from madcache.data.vcr import VcrDataset
+from madcache.data.vqa import VqaDataset
+
+DATASETS.register("vcr", VcrDataset())
+DATASETS.register("snli-ve", SnliVeDataset())
+DATASETS.register("vqa", VqaDataset())
 
 
 def read_examples(dataset: str, root: str | Path, split: str, *, skip_bad: bool = False,

@@ -1,0 +1,84 @@
+"""Shared reading helpers for the readers: JSON lines with 1-based line numbers, per-record error
+handling under `skip_bad`, and option checking."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, TypeVar
+
+from madcache.data.records import BadRecord
+from madcache.errors import ConfigError, DataError, DataFileNotFoundError
+
+T = TypeVar("T")
+
+
+def iter_json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any] | DataError]]:
+    """`(line number, record)` for each non-blank line; a malformed line yields its DataError
+    instead of raising, so the caller decides (raise, or skip under `skip_bad`)."""
+    if not path.is_file():
+        raise DataFileNotFoundError(f"annotation file not found: {path}; check --root and the "
+                                    "split name", file=path)
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield number, DataError(f"malformed JSON ({exc.msg} at column {exc.colno}); fix "
+                                        "or remove the line", file=path, line=number)
+                continue
+            if not isinstance(record, dict):
+                yield number, DataError(f"expected a JSON object, got {type(record).__name__}",
+                                        file=path, line=number)
+                continue
+            yield number, record
+
+
+def bad_record(error: DataError) -> BadRecord:
+    return BadRecord(file=error.file or "", line=error.line, field=error.field,
+                     record_id=error.record_id, reason=error.reason)
+
+
+def guarded(convert: Callable[[], T], skipped: list[BadRecord], skip_bad: bool) -> T | None:
+    """`convert()`, or None with the error recorded in `skipped` when `skip_bad` is set."""
+    try:
+        return convert()
+    except DataError as error:
+        if not skip_bad:
+            raise
+        skipped.append(bad_record(error))
+        return None
+
+
+def check_options(dataset: str, options: Mapping[str, Any], defaults: Mapping[str, Any]
+                  ) -> dict[str, Any]:
+    """`defaults` updated with `options`; an unknown option names the valid ones."""
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise ConfigError(f"unknown {dataset} option(s) {', '.join(unknown)}. Valid options: "
+                          f"{', '.join(sorted(defaults))}")
+    return {**defaults, **options}
+
+
+def as_bool(value: Any, name: str) -> bool:
+    """A boolean option that may come from the command line as text."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+        return value.lower() in ("true", "1", "yes")
+    raise ConfigError(f"option {name} must be true or false, got {value!r}")
+
+
+def split_file(root: Path, split: str, named: Mapping[str, str]) -> Path:
+    """The annotation file of a split: a standard name (`named[split]`) or a relative `.jsonl`
+    path under root."""
+    from madcache.data.paths import safe_join
+
+    if split in named:
+        return root / named[split]
+    if split.endswith(".jsonl"):
+        return safe_join(root, split, field="split")
+    raise ConfigError(f"unknown split {split!r}: use one of {', '.join(named)} or a .jsonl path "
+                      "relative to the root")

@@ -1,0 +1,292 @@
+"""VCR reader: the original `train/val/test.jsonl` annotations (Zellers et al. 2019).
+
+Each annotation gives two examples: `<annot_id>:qa` (question -> 4 answers) and `<annot_id>:qar`
+(question + correct answer -> 4 rationales), in one `group` so Q2AR can join them. Object
+references are lists of 0-based indices into `objects`; they become words ("person1") whose
+`Word.boxes` keep the indices, so a student can ground them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from madcache.data.categories import VCR_CATEGORIES, vcr_category
+from madcache.data.jsonl import as_bool, check_options, guarded, iter_json_lines, split_file
+from madcache.data.paths import safe_join
+from madcache.data.records import BadRecord, Example, ReadResult, Text, Word
+from madcache.errors import ConfigError, DataError, DataFileNotFoundError
+
+SPLIT_FILES = {"train": "train.jsonl", "val": "val.jsonl", "test": "test.jsonl"}
+MODES = ("qa", "qar")
+RENDERERS = ("tag", "class", "name")
+NUM_CHOICES = 4
+REQUIRED_KEYS = ("annot_id", "objects", "img_fn", "metadata_fn", "question", "answer_choices",
+                 "rationale_choices")
+
+# Gender-neutral names for the "name" renderer (R2C's list, its duplicate "Peyton" removed).
+# Person i is called NAMES[i % len(NAMES)].
+NAMES = ("Casey", "Riley", "Jessie", "Jackie", "Avery", "Jaime", "Peyton", "Kerry", "Jody",
+         "Kendall", "Skyler", "Frankie", "Pat", "Quinn")
+
+DEFAULT_OPTIONS: dict[str, Any] = {"modes": MODES, "renderer": "tag", "images_dir": "vcr1images",
+                                   "annotations": None, "check_files": False}
+
+Token = Any  # str, or a list of object indices
+
+
+# ----------------------------------------------------------------------------- rendering
+
+def reference_name(index: int, objects: Sequence[str], renderer: str) -> str:
+    """The word for object `index`: "person1" (tag), "person" (class) or "Casey" (name)."""
+    name = objects[index]
+    if renderer == "tag":
+        return f"{name}{index + 1}"
+    if renderer == "name" and name == "person":
+        return NAMES[index % len(NAMES)]
+    return name
+
+
+def _reference_parts(indices: Sequence[int], objects: Sequence[str], renderer: str
+                     ) -> list[tuple[str, tuple[int, ...], bool]]:
+    """(word, boxes, glued to the previous word) of one reference, in the given order:
+    "a", "a and b", "a, b and c"."""
+    names = [(reference_name(i, objects, renderer), (i,), False) for i in indices]
+    if len(names) == 1:
+        return names
+    parts: list[tuple[str, tuple[int, ...], bool]] = []
+    for name in names[:-2]:
+        parts += [name, (",", (), True)]
+    return parts + [names[-2], ("and", (), False), names[-1]]
+
+
+def render_tokens(tokens: Sequence[Token], objects: Sequence[str], renderer: str = "tag") -> Text:
+    """Join VCR tokens with single spaces; each original token is one `Word`. A reference with
+    several indices gives several words ("person2 and person1"; "a, b and c")."""
+    text = ""
+    words: list[Word] = []
+    for token in tokens:
+        parts = [(token, (), False)] if isinstance(token, str) else \
+            _reference_parts(token, objects, renderer)
+        for part, boxes, glued in parts:
+            if text and not glued:
+                text += " "
+            words.append(Word(part, len(text), len(text) + len(part), boxes))
+            text += part
+    return Text(text, tuple(words))
+
+
+# ----------------------------------------------------------------------------- validation
+
+def _check_tokens(tokens: Any, objects: Sequence[str], where: dict[str, Any]) -> None:
+    if not isinstance(tokens, list) or not tokens:
+        raise DataError("empty text: expected a non-empty list of tokens", **where)
+    for position, token in enumerate(tokens):
+        if isinstance(token, str):
+            if not token.strip():
+                raise DataError(f"token {position} is an empty string", **where)
+            continue
+        if not isinstance(token, list) or not token or not all(
+                isinstance(i, int) and not isinstance(i, bool) for i in token):
+            raise DataError(f"token {position} must be a word or a non-empty list of object "
+                            f"indices, got {token!r}", **where)
+        for index in token:
+            if not 0 <= index < len(objects):
+                raise DataError(f"token {position}: object index {index} is out of range "
+                                f"(the record has {len(objects)} objects)", **where)
+
+
+def _check_label(record: Mapping[str, Any], key: str, where: dict[str, Any]) -> int | None:
+    label = record.get(key)
+    if label is None:
+        return None
+    if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < NUM_CHOICES:
+        raise DataError(f"label must be an integer in 0..{NUM_CHOICES - 1}, got {label!r}",
+                        **{**where, "field": key})
+    return label
+
+
+def validate_record(record: Mapping[str, Any], *, file: object, line: int | None
+                    ) -> tuple[int | None, int | None]:
+    """Check one VCR annotation; returns its (answer_label, rationale_label), None if absent."""
+    annot_id = record.get("annot_id")
+    where: dict[str, Any] = {"file": file, "line": line,
+                             "record_id": annot_id if isinstance(annot_id, str) else None}
+    for key in REQUIRED_KEYS:
+        if key not in record:
+            raise DataError(f"missing required key '{key}'", **where, field=key)
+    if not isinstance(annot_id, str) or not annot_id:
+        raise DataError("annot_id must be a non-empty string", **where, field="annot_id")
+    objects = record["objects"]
+    if not isinstance(objects, list) or not all(isinstance(o, str) and o for o in objects):
+        raise DataError("objects must be a list of class names", **where, field="objects")
+    for key in ("img_fn", "metadata_fn"):
+        if not isinstance(record[key], str) or not record[key]:
+            raise DataError("must be a non-empty relative path", **where, field=key)
+    _check_tokens(record["question"], objects, {**where, "field": "question"})
+    for key in ("answer_choices", "rationale_choices"):
+        choices = record[key]
+        if not isinstance(choices, list) or len(choices) != NUM_CHOICES:
+            count = len(choices) if isinstance(choices, list) else type(choices).__name__
+            raise DataError(f"expected {NUM_CHOICES} choices, got {count}", **where, field=key)
+        for c, tokens in enumerate(choices):
+            _check_tokens(tokens, objects, {**where, "field": f"{key}[{c}]"})
+    return _check_label(record, "answer_label", where), _check_label(record, "rationale_label",
+                                                                      where)
+
+
+# ----------------------------------------------------------------------------- examples
+
+def _relative(images_dir: str, name: str) -> str:
+    return str(PurePosixPath(images_dir) / name) if images_dir not in ("", ".") else name
+
+
+def record_examples(record: Mapping[str, Any], *, split: str, file: object, line: int | None,
+                    root: Path, modes: Sequence[str] = MODES, renderer: str = "tag",
+                    images_dir: str = "vcr1images", check_files: bool = False) -> list[Example]:
+    """The `qa` / `qar` examples of one validated-on-the-fly VCR annotation."""
+    answer_label, rationale_label = validate_record(record, file=file, line=line)
+    annot_id = record["annot_id"]
+    paths = {}
+    for key in ("img_fn", "metadata_fn"):
+        relative = _relative(images_dir, record[key])
+        full = safe_join(root, relative, file=file, line=line, field=key)
+        if check_files and not full.is_file():
+            raise DataFileNotFoundError(f"{key} {full} does not exist; check --root and the "
+                                        "images_dir option", file=file, line=line, field=key,
+                                        record_id=annot_id)
+        paths[key] = relative
+    objects = record["objects"]
+    question = render_tokens(record["question"], objects, renderer)
+    answers = tuple(render_tokens(t, objects, renderer) for t in record["answer_choices"])
+    common = dict(dataset="vcr", split=split, image_id=str(record.get("img_id") or record["img_fn"]),
+                  image_path=paths["img_fn"], meta_path=paths["metadata_fn"], group=annot_id,
+                  category=vcr_category(render_tokens(record["question"], objects, "tag").text),
+                  raw=record)
+    examples = []
+    if "qa" in modes:
+        examples.append(Example(id=f"{annot_id}:qa", context=question, choices=answers,
+                                label=answer_label, **common))
+    if "qar" in modes and answer_label is not None:
+        rationales = tuple(render_tokens(t, objects, renderer) for t in record["rationale_choices"])
+        examples.append(Example(id=f"{annot_id}:qar", context=question.concat(answers[answer_label]),
+                                choices=rationales, label=rationale_label, **common))
+    return examples
+
+
+def _modes(value: Any) -> tuple[str, ...]:
+    modes = tuple(m.strip() for m in value.split(",")) if isinstance(value, str) else tuple(value)
+    if not modes or any(m not in MODES for m in modes):
+        raise ConfigError(f"option modes must be a subset of {', '.join(MODES)}, got {value!r}")
+    return modes
+
+
+def _renderer(value: Any) -> str:
+    if value not in RENDERERS:
+        raise ConfigError(f"option renderer must be one of {', '.join(RENDERERS)}, got {value!r}")
+    return value
+
+
+class VcrDataset:
+    """The `Dataset` for VCR. Options: `modes`, `renderer`, `images_dir`, `annotations`,
+    `check_files` (see docs/datasets.md)."""
+
+    name = "vcr"
+    categories = VCR_CATEGORIES
+    label_names = None
+
+    def annotation_file(self, root: Path, split: str, annotations: str | None = None) -> Path:
+        if annotations is not None:
+            return Path(annotations)
+        return split_file(Path(root), split, SPLIT_FILES)
+
+    def annotation_files(self, root: Path, split: str, **options: Any) -> list[Path]:
+        return [self.annotation_file(root, split, options.get("annotations"))]
+
+    def read(self, root: Path, split: str, *, skip_bad: bool = False, **options: Any) -> ReadResult:
+        opts = check_options("vcr", options, DEFAULT_OPTIONS)
+        settings = dict(modes=_modes(opts["modes"]), renderer=_renderer(opts["renderer"]),
+                        images_dir=str(opts["images_dir"]),
+                        check_files=as_bool(opts["check_files"], "check_files"))
+        path = self.annotation_file(Path(root), split, opts["annotations"])
+        examples: list[Example] = []
+        skipped: list[BadRecord] = []
+        seen: dict[str, tuple[int, Any]] = {}
+        for line, record in iter_json_lines(path):
+            found = guarded(lambda: self._convert(record, seen, path, line, root, split, settings),
+                            skipped, skip_bad)
+            examples.extend(found or [])
+        return ReadResult(examples, skipped)
+
+    @staticmethod
+    def _convert(record: Any, seen: dict[str, tuple[int, Any]], path: Path, line: int,
+                 root: Path, split: str, settings: dict[str, Any]) -> list[Example]:
+        if isinstance(record, DataError):
+            raise record
+        examples = record_examples(record, split=split, file=path, line=line, root=Path(root),
+                                   **settings)
+        annot_id = record["annot_id"]
+        if annot_id in seen:
+            first_line, first = seen[annot_id]
+            kind = "an identical copy" if first == record else "a conflicting copy"
+            raise DataError(f"duplicate annot_id: {kind} of line {first_line}; ids must be "
+                            "unique (--skip-bad keeps the first and reports this one)",
+                            file=path, line=line, field="annot_id", record_id=annot_id)
+        seen[annot_id] = (line, record)
+        return examples
+
+
+# ----------------------------------------------------------------------------- metadata
+
+@dataclass(frozen=True)
+class VcrMetadata:
+    """One image's detections: `boxes` [N, 5] float32 (x1, y1, x2, y2, score), `names` (the
+    classes, equal to the annotation's `objects`), image size, and polygon `segms`."""
+
+    boxes: np.ndarray
+    names: list[str]
+    width: int
+    height: int
+    segms: list[Any]
+
+
+def load_vcr_metadata(root: str | Path, example: Example) -> VcrMetadata:
+    """Read and validate the metadata json of `example` (boxes match the objects it names)."""
+    if example.meta_path is None:
+        raise DataError(f"example {example.id} has no metadata file", record_id=example.id)
+    path = safe_join(root, example.meta_path, field="metadata_fn")
+    if not path.is_file():
+        raise DataFileNotFoundError(f"metadata file not found: {path}", file=path,
+                                    record_id=example.id)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"malformed JSON ({exc.msg})", file=path, line=exc.lineno) from None
+    for key in ("boxes", "names", "width", "height", "segms"):
+        if key not in data:
+            raise DataError(f"missing required key '{key}'", file=path, field=key)
+    try:
+        boxes = np.asarray(data["boxes"], dtype=np.float32).reshape(len(data["boxes"]), -1)
+    except (TypeError, ValueError):
+        raise DataError("boxes must be a list of [x1, y1, x2, y2, score]", file=path,
+                        field="boxes") from None
+    names = data["names"]
+    if boxes.shape[1:] != (5,) and len(boxes):
+        raise DataError(f"boxes must have 5 numbers each, got shape {boxes.shape}", file=path,
+                        field="boxes")
+    if len(names) != len(boxes) or len(data["segms"]) != len(boxes):
+        raise DataError(f"{len(boxes)} boxes but {len(names)} names and {len(data['segms'])} "
+                        "segms", file=path, field="names")
+    objects = example.raw.get("objects")
+    if objects is not None and list(objects) != list(names):
+        raise DataError(f"names {names} differ from the annotation's objects {objects}",
+                        file=path, field="names", record_id=example.id)
+    for key in ("width", "height"):
+        if isinstance(data[key], bool) or not isinstance(data[key], int) or data[key] <= 0:
+            raise DataError(f"must be a positive integer, got {data[key]!r}", file=path, field=key)
+    return VcrMetadata(boxes.reshape(-1, 5), list(names), data["width"], data["height"],
+                       data["segms"])

@@ -1,0 +1,319 @@
+"""VQA v2 reader (Goyal et al. 2017), the official answer normalisation and accuracy, and
+answer-vocabulary files.
+
+One example per question: `choices = (question,)`, `label = None`; the targets are the 10
+normalised human `answers` and their soft `answer_scores` (0/.3/.6/.9/1 for 0/1/2/3/>=4 votes).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from madcache.data.categories import VQA_CATEGORIES, vqa_category
+from madcache.data.jsonl import as_bool, bad_record, check_options
+from madcache.data.paths import safe_join
+from madcache.data.records import BadRecord, Example, ReadResult, Text
+from madcache.errors import ConfigError, DataError, DataFileNotFoundError
+
+SUBTYPES = {"train": "train2014", "val": "val2014", "test": "test2015",
+            "test-dev": "test-dev2015"}
+UNLABELLED_SUBTYPES = ("test2015", "test-dev2015")
+FILE_DIRS = (".", "questions", "annotations")
+DEFAULT_OPTIONS: dict[str, Any] = {"questions_file": None, "annotations_file": None,
+                                   "images_dir": None, "check_files": False}
+
+# ----------------------------------------------------------------------------- normalisation
+# The official evaluator's tables (GT-Vision-Lab/VQA, vqaEval.py), kept as they are.
+
+CONTRACTIONS = {
+    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've",
+    "couldnt": "couldn't", "couldn'tve": "couldn't've", "couldnt've": "couldn't've",
+    "didnt": "didn't", "doesnt": "doesn't", "dont": "don't", "hadnt": "hadn't",
+    "hadnt've": "hadn't've", "hadn'tve": "hadn't've", "hasnt": "hasn't", "havent": "haven't",
+    "hed": "he'd", "hed've": "he'd've", "he'dve": "he'd've", "hes": "he's", "howd": "how'd",
+    "howll": "how'll", "hows": "how's", "Id've": "I'd've", "I'dve": "I'd've", "Im": "I'm",
+    "Ive": "I've", "isnt": "isn't", "itd": "it'd", "itd've": "it'd've", "it'dve": "it'd've",
+    "itll": "it'll", "let's": "let's", "maam": "ma'am", "mightnt": "mightn't",
+    "mightnt've": "mightn't've", "mightn'tve": "mightn't've", "mightve": "might've",
+    "mustnt": "mustn't", "mustve": "must've", "neednt": "needn't", "notve": "not've",
+    "oclock": "o'clock", "oughtnt": "oughtn't", "ow's'at": "'ow's'at", "'ows'at": "'ow's'at",
+    "'ow'sat": "'ow's'at", "shant": "shan't", "shed've": "she'd've", "she'dve": "she'd've",
+    "she's": "she's", "shouldve": "should've", "shouldnt": "shouldn't",
+    "shouldnt've": "shouldn't've", "shouldn'tve": "shouldn't've", "somebody'd": "somebodyd",
+    "somebodyd've": "somebody'd've", "somebody'dve": "somebody'd've",
+    "somebodyll": "somebody'll", "somebodys": "somebody's", "someoned": "someone'd",
+    "someoned've": "someone'd've", "someone'dve": "someone'd've", "someonell": "someone'll",
+    "someones": "someone's", "somethingd": "something'd", "somethingd've": "something'd've",
+    "something'dve": "something'd've", "somethingll": "something'll", "thats": "that's",
+    "thered": "there'd", "thered've": "there'd've", "there'dve": "there'd've",
+    "therere": "there're", "theres": "there's", "theyd": "they'd", "theyd've": "they'd've",
+    "they'dve": "they'd've", "theyll": "they'll", "theyre": "they're", "theyve": "they've",
+    "twas": "'twas", "wasnt": "wasn't", "wed've": "we'd've", "we'dve": "we'd've",
+    "weve": "we've", "werent": "weren't", "whatll": "what'll", "whatre": "what're",
+    "whats": "what's", "whatve": "what've", "whens": "when's", "whered": "where'd",
+    "wheres": "where's", "whereve": "where've", "whod": "who'd", "whod've": "who'd've",
+    "who'dve": "who'd've", "wholl": "who'll", "whos": "who's", "whove": "who've",
+    "whyll": "why'll", "whyre": "why're", "whys": "why's", "wont": "won't",
+    "wouldve": "would've", "wouldnt": "wouldn't", "wouldnt've": "wouldn't've",
+    "wouldn'tve": "wouldn't've", "yall": "y'all", "yall'll": "y'all'll", "y'allll": "y'all'll",
+    "yall'd've": "y'all'd've", "y'alld've": "y'all'd've", "y'all'dve": "y'all'd've",
+    "youd": "you'd", "youd've": "you'd've", "you'dve": "you'd've", "youll": "you'll",
+    "youre": "you're", "youve": "you've",
+}
+NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4",
+                "five": "5", "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
+ARTICLES = ("a", "an", "the")
+PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<",
+               "@", "`", ",", "?", "!")
+# The official regexes, quirks included: "(?!<=\d)" is a lookahead, not a lookbehind.
+_PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
+_COMMA_STRIP = re.compile(r"(\d)(\,)(\d)")
+
+
+def process_punctuation(text: str) -> str:
+    """The evaluator's processPunctuation: drop or space out punctuation, strip periods."""
+    out = text
+    for mark in PUNCTUATION:
+        if mark + " " in text or " " + mark in text or _COMMA_STRIP.search(text) is not None:
+            out = out.replace(mark, "")
+        else:
+            out = out.replace(mark, " ")
+    return _PERIOD_STRIP.sub("", out)
+
+
+def process_digit_article(text: str) -> str:
+    """The evaluator's processDigitArticle: lower case, number words -> digits, no articles,
+    contractions fixed."""
+    words = [NUMBER_WORDS.get(w, w) for w in text.lower().split()]
+    words = [w for w in words if w not in ARTICLES]
+    return " ".join(CONTRACTIONS.get(w, w) for w in words)
+
+
+def normalize_answer(answer: str) -> str:
+    """An answer as the official evaluator compares it."""
+    text = answer.replace("\n", " ").replace("\t", " ").strip()
+    return process_digit_article(process_punctuation(text))
+
+
+def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
+    """Official VQA accuracy: mean over the leave-one-out sets of the human answers of
+    min(1, matches among the others / 3).
+
+    Unlike vqaEval.py, the prediction and answers are always normalised (the evaluator skips
+    normalising when all humans agree verbatim, which only matters for unnormalised predictions).
+    """
+    if not answers:
+        return 0.0
+    target = normalize_answer(prediction)
+    normal = [normalize_answer(a) for a in answers]
+    matches = sum(a == target for a in normal)
+    return sum(min(1.0, (matches - (a == target)) / 3) for a in normal) / len(normal)
+
+
+def soft_score(count: int) -> float:
+    """Training target for an answer given by `count` humans: 0/.3/.6/.9/1 for 0/1/2/3/>=4."""
+    return min(1.0, round(0.3 * count, 1))
+
+
+def answer_scores(answers: Sequence[str]) -> dict[str, float]:
+    """Soft score per distinct (normalised) answer."""
+    return {answer: soft_score(count) for answer, count in Counter(answers).items()}
+
+
+# ----------------------------------------------------------------------------- vocabularies
+
+def load_answer_vocab(path: str | Path) -> list[str]:
+    """Answers by label id from LXMERT `label2ans` (a list) / `ans2label` (a dict), MCAN
+    `answer_dict.json` (`[ans_to_ix, ix_to_ans]`), or plain text (one per line, e.g. mmf's with
+    "<unk>" first). Entries are kept as they are (LXMERT's label 0 is "")."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataFileNotFoundError(f"answer vocabulary not found: {path}", file=path)
+    text = path.read_text(encoding="utf-8")
+    if path.suffix != ".json":
+        return _unique(text.split("\n")[:-1] if text.endswith("\n") else text.split("\n"), path)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"malformed JSON ({exc.msg})", file=path, line=exc.lineno) from None
+    if isinstance(data, list) and len(data) == 2 and all(isinstance(d, dict) for d in data):
+        return _by_index({answer: int(i) for i, answer in data[1].items()}, path, "[1]")
+    if isinstance(data, dict):
+        return _by_index(data, path, None)
+    if isinstance(data, list) and all(isinstance(a, str) for a in data):
+        return _unique(data, path)
+    raise DataError("unknown answer vocabulary format: expected a list of answers, an "
+                    "{answer: id} dict or [ans_to_ix, ix_to_ans]", file=path)
+
+
+def _by_index(answer_to_id: Mapping[str, Any], path: Path, field: str | None) -> list[str]:
+    ids = sorted(answer_to_id.values())
+    if ids != list(range(len(ids))):
+        raise DataError("answer ids must be 0..n-1 without gaps or repeats", file=path,
+                        field=field)
+    return _unique(sorted(answer_to_id, key=answer_to_id.__getitem__), path)
+
+
+def _unique(answers: list[str], path: Path) -> list[str]:
+    answers = [a.rstrip("\r") for a in answers]
+    repeated = [a for a, n in Counter(answers).items() if n > 1]
+    if repeated:
+        raise DataError(f"answers repeated: {repeated[:5]}", file=path)
+    return answers
+
+
+# ----------------------------------------------------------------------------- reader
+
+def subtype_of(split: str) -> str:
+    if split in SUBTYPES:
+        return SUBTYPES[split]
+    if split in SUBTYPES.values():
+        return split
+    raise ConfigError(f"unknown VQA split {split!r}: use one of {', '.join(SUBTYPES)}")
+
+
+def _find(root: Path, given: str | None, name: str, what: str) -> Path:
+    if given is not None:
+        path = safe_join(root, given, field=f"{what}_file")
+        if not path.is_file():
+            raise DataFileNotFoundError(f"{what} file not found: {path}", file=path)
+        return path
+    for directory in FILE_DIRS:
+        path = root / directory / name
+        if path.is_file():
+            return path
+    raise DataFileNotFoundError(f"{name} not found in {root} or its questions/, annotations/ "
+                                f"folders; pass --option {what}_file=PATH", file=root / name)
+
+
+def default_images_dir(root: Path, subtype: str) -> str:
+    return next(d for d in (subtype, f"images/{subtype}", "images", ".")
+                if (Path(root) / d).is_dir())
+
+
+def _load_json(path: Path, key: str) -> list[Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"malformed JSON ({exc.msg})", file=path, line=exc.lineno) from None
+    if not isinstance(data, dict) or not isinstance(data.get(key), list):
+        raise DataError(f"expected an object with a '{key}' list", file=path, field=key)
+    return data[key]
+
+
+def _int_field(record: Any, key: str, where: dict[str, Any]) -> int:
+    value = record.get(key) if isinstance(record, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DataError(f"{key} must be an integer, got {value!r}", **where,
+                        field=f"{where['field']}.{key}")
+    return value
+
+
+class VqaDataset:
+    """The `Dataset` for VQA v2. Options: `questions_file`, `annotations_file`, `images_dir`,
+    `check_files`."""
+
+    name = "vqa"
+    categories = VQA_CATEGORIES
+    label_names = None
+
+    def files(self, root: Path, split: str, **options: Any) -> tuple[Path, Path | None]:
+        subtype = subtype_of(split)
+        questions = _find(Path(root), options.get("questions_file"),
+                          f"v2_OpenEnded_mscoco_{subtype}_questions.json", "questions")
+        if subtype in UNLABELLED_SUBTYPES and options.get("annotations_file") is None:
+            return questions, None
+        annotations = _find(Path(root), options.get("annotations_file"),
+                            f"v2_mscoco_{subtype}_annotations.json", "annotations")
+        return questions, annotations
+
+    def annotation_files(self, root: Path, split: str, **options: Any) -> list[Path]:
+        return [p for p in self.files(root, split, **options) if p is not None]
+
+    def read(self, root: Path, split: str, *, skip_bad: bool = False, **options: Any) -> ReadResult:
+        opts = check_options("vqa", options, DEFAULT_OPTIONS)
+        root = Path(root)
+        subtype = subtype_of(split)
+        questions_path, annotations_path = self.files(root, split, **opts)
+        images_dir = opts["images_dir"] or default_images_dir(root, subtype)
+        check_files = as_bool(opts["check_files"], "check_files")
+        skipped: list[BadRecord] = []
+        answers = {} if annotations_path is None else \
+            self._answers(annotations_path, skipped, skip_bad)
+        examples: list[Example] = []
+        seen: set[int] = set()
+        for position, record in enumerate(_load_json(questions_path, "questions")):
+            where = {"file": questions_path, "line": None, "field": f"questions[{position}]"}
+            try:
+                example = self._example(record, where, answers, annotations_path, root,
+                                        split, subtype, images_dir, check_files, seen)
+            except DataError as error:
+                if not skip_bad:
+                    raise
+                skipped.append(bad_record(error))
+                continue
+            examples.append(example)
+        return ReadResult(examples, skipped)
+
+    @staticmethod
+    def _answers(path: Path, skipped: list[BadRecord], skip_bad: bool
+                 ) -> dict[int, tuple[int, tuple[str, ...]]]:
+        """question_id -> (image_id, normalised answers), validated."""
+        found: dict[int, tuple[int, tuple[str, ...]]] = {}
+        for position, record in enumerate(_load_json(path, "annotations")):
+            where = {"file": path, "line": None, "field": f"annotations[{position}]"}
+            try:
+                question_id = _int_field(record, "question_id", where)
+                image_id = _int_field(record, "image_id", where)
+                raw = record.get("answers")
+                if not isinstance(raw, list) or not raw or not all(
+                        isinstance(a, dict) and isinstance(a.get("answer"), str) for a in raw):
+                    raise DataError("answers must be a non-empty list of {answer: str}",
+                                    **{**where, "field": where["field"] + ".answers"},
+                                    record_id=str(question_id))
+                if question_id in found:
+                    raise DataError("duplicate question_id", **where, record_id=str(question_id))
+            except DataError as error:
+                if not skip_bad:
+                    raise
+                skipped.append(bad_record(error))
+                continue
+            found[question_id] = (image_id, tuple(normalize_answer(a["answer"]) for a in raw))
+        return found
+
+    @staticmethod
+    def _example(record: Any, where: dict[str, Any], answers: Mapping[int, Any],
+                 annotations_path: Path | None, root: Path, split: str, subtype: str,
+                 images_dir: str, check_files: bool, seen: set[int]) -> Example:
+        question_id = _int_field(record, "question_id", where)
+        image_id = _int_field(record, "image_id", where)
+        ident = {**where, "record_id": str(question_id)}
+        question = record.get("question")
+        if not isinstance(question, str) or not question.strip():
+            raise DataError("empty text: question must be a non-empty string",
+                            **{**ident, "field": where["field"] + ".question"})
+        if question_id in seen:
+            raise DataError("duplicate question_id", **ident)
+        seen.add(question_id)
+        human: tuple[str, ...] = ()
+        if annotations_path is not None:
+            if question_id not in answers:
+                raise DataError(f"question has no annotation in {annotations_path}", **ident)
+            annotated_image, human = answers[question_id]
+            if annotated_image != image_id:
+                raise DataError(f"image_id {image_id} differs from the annotation's "
+                                f"{annotated_image}", **ident)
+        name = f"COCO_{subtype}_{image_id:012d}.jpg"
+        relative = name if images_dir == "." else f"{images_dir}/{name}"
+        full = safe_join(root, relative, field="images_dir")
+        if check_files and not full.is_file():
+            raise DataFileNotFoundError(f"image {full} does not exist; check --root and the "
+                                        "images_dir option", **ident)
+        return Example(id=str(question_id), dataset="vqa", split=split, image_id=str(image_id),
+                       image_path=relative, choices=(Text.from_string(question),), label=None,
+                       category=vqa_category(question), answers=human,
+                       answer_scores=answer_scores(human) if human else None, raw=record)
