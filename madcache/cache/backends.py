@@ -1,0 +1,254 @@
+"""Shard storage backends: one small interface, three implementations (Zarr v3, HDF5, memory).
+
+A shard is one unit of storage holding named arrays: a Zarr group directory (`shard-00000.zarr`)
+or one HDF5 file (`shard-00000.h5`). Names may contain "/" (`logits/iqa`): both formats store
+them as nested groups. Arrays are written once, whole, uncompressed (compression gains ~1.08x
+on fp16 features, docs/cache-format.md) and read back whole: the reader never asks a backend
+for single rows.
+
+Strings are stored as variable-length UTF-8 (Zarr's `string` data type, HDF5's vlen str) and
+always come back as a numpy unicode (`U`) array, so every backend round-trips the same values.
+The writer owns atomicity: it writes to a temporary path and `rename`s it into place.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from madcache.errors import UnknownNameError
+
+# Zarr stores at most this many bytes per chunk; a shard array is still read whole.
+MAX_CHUNK_BYTES = 64 * 2**20
+
+
+def is_string_array(array: np.ndarray) -> bool:
+    return array.dtype.kind in "UOT"
+
+
+def as_unicode(array: np.ndarray) -> np.ndarray:
+    """Any array of strings (U, object, StringDType, bytes objects) as a numpy `U` array."""
+    if array.dtype.kind == "U":
+        return array
+    flat = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in array.ravel().tolist()]
+    return np.array(flat, dtype=str).reshape(array.shape) if flat \
+        else np.zeros(array.shape, dtype="<U1")
+
+
+class Backend(ABC):
+    """Stores a shard's arrays at a path. Subclasses implement five operations."""
+
+    name: str
+    suffix: str
+
+    def shard_path(self, root: Path, shard: int) -> Path:
+        return root / f"shard-{shard:05d}{self.suffix}"
+
+    def temp_path(self, root: Path, shard: int) -> Path:
+        return root / f".tmp-shard-{shard:05d}{self.suffix}.{os.getpid()}"
+
+    def shards_present(self, root: Path) -> dict[int, Path]:
+        """Finished shards under `root` by index (temporary ones excluded)."""
+        return _by_index(self._entries(root), self.suffix)
+
+    def temp_paths(self, root: Path) -> list[Path]:
+        """Half-written shards left by a killed writer."""
+        return [p for p in self._entries(root) if p.name.startswith(".tmp-shard-")]
+
+    def _entries(self, root: Path) -> list[Path]:
+        return sorted(root.iterdir()) if root.is_dir() else []
+
+    @abstractmethod
+    def write(self, path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+        """Write every array (whole) to a new shard at `path` (which must not exist)."""
+
+    @abstractmethod
+    def read(self, path: Path, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        """Read the named arrays (default: all) whole; strings come back as `U` arrays."""
+
+    @abstractmethod
+    def names(self, path: Path) -> list[str]:
+        """The names of every array in the shard, sorted."""
+
+    def exists(self, path: Path) -> bool:
+        return path.exists()
+
+    def remove(self, path: Path) -> None:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+    def rename(self, source: Path, target: Path) -> None:
+        """Move a finished shard into place (atomic on one POSIX file system)."""
+        self.remove(target)
+        os.replace(source, target)
+
+    def nbytes(self, path: Path) -> int:
+        if path.is_file():
+            return path.stat().st_size
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+class ZarrBackend(Backend):
+    """Zarr v3 group per shard; uncompressed, chunked by rows up to `MAX_CHUNK_BYTES`."""
+
+    name = "zarr"
+    suffix = ".zarr"
+
+    def write(self, path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+        import zarr
+
+        group = zarr.open_group(str(path), mode="w-")
+        for name, array in arrays.items():
+            array = np.asarray(array)
+            dtype = str if is_string_array(array) else array.dtype
+            stored = group.create_array(name, shape=array.shape, dtype=dtype,
+                                        chunks=_chunks(array), compressors=None, filters=None)
+            if array.size:
+                stored[...] = array
+
+    def read(self, path: Path, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        import zarr
+
+        group = zarr.open_group(str(path), mode="r")
+        wanted = self.names(path) if names is None else list(names)
+        out = {}
+        for name in wanted:
+            array = group[name][...]
+            out[name] = as_unicode(array) if is_string_array(array) else array
+        return out
+
+    def names(self, path: Path) -> list[str]:
+        import zarr
+
+        group = zarr.open_group(str(path), mode="r")
+        return sorted(name for name, node in group.members(max_depth=None)
+                      if isinstance(node, zarr.Array))
+
+
+def _chunks(array: np.ndarray) -> tuple[int, ...]:
+    if array.ndim == 0:
+        return ()
+    row_bytes = max(1, array[:1].nbytes if len(array) else array.itemsize)
+    rows = max(1, min(len(array), MAX_CHUNK_BYTES // row_bytes))
+    return (rows, *(max(1, s) for s in array.shape[1:]))
+
+
+class Hdf5Backend(Backend):
+    """One HDF5 file per shard; contiguous (unchunked) datasets, vlen UTF-8 strings."""
+
+    name = "hdf5"
+    suffix = ".h5"
+
+    def write(self, path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+        import h5py
+
+        with h5py.File(path, "w-") as handle:
+            for name, array in arrays.items():
+                array = np.asarray(array)
+                if is_string_array(array):
+                    handle.create_dataset(name, data=as_unicode(array).astype(object),
+                                          dtype=h5py.string_dtype("utf-8"))
+                else:
+                    handle.create_dataset(name, data=array)
+
+    def read(self, path: Path, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        import h5py
+
+        with h5py.File(path, "r") as handle:
+            wanted = _h5_names(handle) if names is None else list(names)
+            return {name: _h5_read(handle[name]) for name in wanted}
+
+    def names(self, path: Path) -> list[str]:
+        import h5py
+
+        with h5py.File(path, "r") as handle:
+            return _h5_names(handle)
+
+
+def _h5_names(handle) -> list[str]:
+    import h5py
+
+    found: list[str] = []
+    handle.visititems(lambda name, node: found.append(name)
+                      if isinstance(node, h5py.Dataset) else None)
+    return sorted(found)
+
+
+def _h5_read(dataset) -> np.ndarray:
+    import h5py
+
+    if h5py.check_string_dtype(dataset.dtype) is not None:
+        return as_unicode(dataset.asstr()[...])
+    return dataset[...]
+
+
+class MemoryBackend(Backend):
+    """Shards held in a process-wide dict keyed by path (tests, notebooks); nothing on disk."""
+
+    name = "memory"
+    suffix = ".mem"
+    _store: dict[str, dict[str, np.ndarray]] = {}
+    _lock = threading.Lock()
+
+    def write(self, path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+        with self._lock:
+            if str(path) in self._store:
+                raise FileExistsError(path)
+            self._store[str(path)] = {
+                name: as_unicode(np.asarray(a)) if is_string_array(np.asarray(a))
+                else np.array(a, copy=True) for name, a in arrays.items()}
+
+    def read(self, path: Path, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        shard = self._store[str(path)]
+        wanted = sorted(shard) if names is None else list(names)
+        return {name: shard[name].copy() for name in wanted}
+
+    def names(self, path: Path) -> list[str]:
+        return sorted(self._store[str(path)])
+
+    def exists(self, path: Path) -> bool:
+        return str(path) in self._store
+
+    def remove(self, path: Path) -> None:
+        with self._lock:
+            self._store.pop(str(path), None)
+
+    def rename(self, source: Path, target: Path) -> None:
+        with self._lock:
+            self._store[str(target)] = self._store.pop(str(source))
+
+    def nbytes(self, path: Path) -> int:
+        return sum(a.nbytes for a in self._store.get(str(path), {}).values())
+
+    def _entries(self, root: Path) -> list[Path]:
+        prefix = str(root) + os.sep
+        return sorted(Path(key) for key in self._store
+                      if key.startswith(prefix) and os.sep not in key[len(prefix):])
+
+
+def _by_index(paths: Iterable[Path], suffix: str) -> dict[int, Path]:
+    found = {}
+    for path in paths:
+        stem = path.name[len("shard-"):-len(suffix)] if path.name.endswith(suffix) else ""
+        if path.name.startswith("shard-") and stem.isdigit():
+            found[int(stem)] = path
+    return found
+
+
+BACKENDS: dict[str, type[Backend]] = {"zarr": ZarrBackend, "hdf5": Hdf5Backend,
+                                      "memory": MemoryBackend}
+
+
+def get_backend(name: str) -> Backend:
+    if name not in BACKENDS:
+        raise UnknownNameError(f"cache format '{name}' not found. Available: "
+                               f"{', '.join(sorted(BACKENDS))}")
+    return BACKENDS[name]()

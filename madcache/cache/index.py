@@ -1,0 +1,98 @@
+"""`index.parquet`: example id -> (shard, row), image id, and per-example columns.
+
+The writer stores one small part per shard (`index-parts/00000.parquet`) with the shard, so a
+resumed extraction still knows the columns of shards written by an earlier run; `finish` joins
+the parts, in shard order, into `index.parquet`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from madcache.cache.manifest import INDEX, INDEX_PARTS
+from madcache.errors import CacheCorruptError
+
+RESERVED = ("example_id", "shard", "row", "image_id")
+
+
+def part_path(root: Path, shard: int) -> Path:
+    return root / INDEX_PARTS / f"{shard:05d}.parquet"
+
+
+def write_part(root: Path, shard: int, arrays: Mapping[str, np.ndarray],
+               columns: Mapping[str, list[Any]] | None) -> None:
+    """The index rows of one shard, written atomically (tmp + os.replace)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ids = arrays["example_id"].tolist()
+    data: dict[str, Any] = {"example_id": pa.array(ids, pa.string()),
+                            "shard": pa.array(np.full(len(ids), shard, np.int32)),
+                            "row": pa.array(np.arange(len(ids), dtype=np.int64))}
+    data["image_id"] = pa.array(_image_ids(arrays, columns, len(ids)), pa.string())
+    for name, values in (columns or {}).items():
+        if name in RESERVED:
+            continue
+        if len(values) != len(ids):
+            raise ValueError(f"index column {name!r} has {len(values)} values for "
+                             f"{len(ids)} examples")
+        data[name] = pa.array(list(values))
+    path = part_path(root, shard)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(pa.table(data), temp)
+    os.replace(temp, path)
+
+
+def _image_ids(arrays: Mapping[str, np.ndarray], columns: Mapping[str, list[Any]] | None,
+               n: int) -> list[str | None]:
+    """From the shard (`image_id[example_image]`), else the writer's column, else nulls."""
+    if "image_id" in arrays and "example_image" in arrays:
+        return arrays["image_id"][arrays["example_image"]].tolist()
+    if columns and "image_id" in columns:
+        return [None if v is None else str(v) for v in columns["image_id"]]
+    return [None] * n
+
+
+def read_parts(root: Path, shards: Iterable[int]):
+    """The index of the given shards, in shard order, as one pyarrow Table."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables = [pq.read_table(part_path(root, s)) for s in sorted(shards)]
+    if not tables:
+        return pa.table({"example_id": pa.array([], pa.string()),
+                         "shard": pa.array([], pa.int32()), "row": pa.array([], pa.int64()),
+                         "image_id": pa.array([], pa.string())})
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def build_index(root: Path, shards: Iterable[int]) -> None:
+    """Join the parts into `index.parquet`; duplicate example ids -> `CacheCorruptError`."""
+    import pyarrow.parquet as pq
+
+    table = read_parts(root, shards)
+    check_unique(table.column("example_id").to_pylist())
+    temp = root / f".{INDEX}.tmp-{os.getpid()}"
+    pq.write_table(table, temp)
+    os.replace(temp, root / INDEX)
+
+
+def check_unique(ids: list[str]) -> None:
+    if len(set(ids)) == len(ids):
+        return
+    dupes = [i for i, n in Counter(ids).items() if n > 1]
+    raise CacheCorruptError(f"{len(dupes)} example ids occur more than once across shards "
+                            f"(e.g. {', '.join(map(repr, dupes[:5]))}): each example must be "
+                            "written to exactly one shard")
+
+
+def read_index(root: Path):
+    import pyarrow.parquet as pq
+
+    return pq.read_table(root / INDEX)

@@ -1,0 +1,106 @@
+"""`manifest.json`: the one file that says what a cache is, and what is in it.
+
+Reading it never needs the shards; every update replaces it atomically (write a temporary file,
+then `os.replace`), so a reader or a killed writer never sees half a manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from madcache.cache.backends import as_unicode, is_string_array
+from madcache.cache.fingerprint import canonical_json, digest
+from madcache.errors import CacheCorruptError, CacheNotFoundError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+INDEX = "index.parquet"
+INDEX_PARTS = "index-parts"
+STATE_WRITING = "writing"
+STATE_COMPLETE = "complete"
+REQUIRED_KEYS = ("fingerprint", "dataset", "split", "num_choices", "dims", "settings")
+
+
+def read_manifest(root: str | Path) -> dict[str, Any]:
+    """The manifest of the cache at `root`; `CacheNotFoundError` if there is none."""
+    root = Path(root)
+    path = root / MANIFEST
+    if not path.is_file():
+        hint = ("the directory exists but holds no manifest.json (not a madcache cache, or an "
+                "extraction that never wrote a shard)" if root.is_dir()
+                else "no such directory")
+        raise CacheNotFoundError(f"no cache at {root}: {hint}. Build one with "
+                                 f"`madcache extract ... --out {root}` or check the path.")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CacheCorruptError(f"{path}: not valid JSON ({exc}); re-run the extraction "
+                                "with --force") from None
+
+
+def write_manifest(root: str | Path, manifest: dict[str, Any]) -> None:
+    """Atomically replace `root/manifest.json` (tmp file + fsync + os.replace)."""
+    root = Path(root)
+    temp = root / f".{MANIFEST}.tmp-{os.getpid()}"
+    text = json.dumps(json.loads(canonical_json(manifest)), indent=1, sort_keys=True)
+    with open(temp, "w", encoding="utf-8") as handle:
+        handle.write(text + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, root / MANIFEST)
+
+
+def check_required(manifest: dict[str, Any]) -> None:
+    missing = [key for key in REQUIRED_KEYS if key not in manifest]
+    if missing:
+        raise ValueError(f"a cache manifest needs the keys {', '.join(missing)}")
+    if not isinstance(manifest["fingerprint"], dict):
+        raise ValueError("manifest['fingerprint'] must be a dict of named parts")
+
+
+def fingerprint_digest(manifest: dict[str, Any]) -> str:
+    return digest(manifest["fingerprint"])
+
+
+def array_checksum(array: np.ndarray) -> str:
+    """sha256 over dtype, shape and values. Strings hash their UTF-8 text (length-prefixed),
+    so the check does not depend on how a backend pads or encodes them."""
+    sha = hashlib.sha256()
+    sha.update(repr(tuple(array.shape)).encode())
+    if is_string_array(array):
+        sha.update(b"str")
+        for value in as_unicode(array).ravel().tolist():
+            data = value.encode("utf-8")
+            sha.update(len(data).to_bytes(8, "little") + data)
+    else:
+        sha.update(array.dtype.str.encode())
+        sha.update(np.ascontiguousarray(array).tobytes())
+    return sha.hexdigest()
+
+
+def dtype_name(array: np.ndarray) -> str:
+    return "str" if is_string_array(array) else array.dtype.name
+
+
+def array_record(array: np.ndarray) -> dict[str, Any]:
+    return {"shape": list(array.shape), "dtype": dtype_name(array),
+            "sha256": array_checksum(array)}
+
+
+def shard_counts(arrays: dict[str, np.ndarray]) -> dict[str, int]:
+    """Rows of each kind in a shard (examples, images, texts, words)."""
+    def rows(name: str) -> int:
+        return int(arrays[name].shape[0]) if name in arrays else 0
+
+    offsets = arrays.get("word_offsets")
+    texts = rows("text_eos") or rows("text_key") or (len(offsets) - 1 if offsets is not None
+                                                     and len(offsets) else 0)
+    return {"examples": rows("example_id"), "images": rows("image_id") or rows("image_feat"),
+            "texts": texts,
+            "words": int(offsets[-1]) if offsets is not None and len(offsets) else 0}

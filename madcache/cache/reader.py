@@ -1,0 +1,314 @@
+"""Read-only access to a cache: `open_cache(path) -> Cache`, `Cache.load_targets(ids)`.
+
+A reader never writes, locks or repairs anything, so any number of processes (one per seed)
+can read one cache at once. Training targets are loaded in one pass, shard by shard in order,
+each needed array read whole (sequential I/O) and then gathered in memory: fetching rows one by
+one from Zarr costs ~0.35 ms per chunk touched (docs/cache-format.md, "Why whole shards").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from madcache.cache import index as cache_index
+from madcache.cache.backends import Backend, get_backend
+from madcache.cache.fingerprint import diff_fingerprints
+from madcache.cache.manifest import (INDEX, STATE_COMPLETE, fingerprint_digest, read_manifest)
+from madcache.cache.targets import Targets, WordTargets
+from madcache.errors import CacheCorruptError, CacheError, FingerprintMismatchError, \
+    MissingTargetError
+
+WORD_FIELDS = {"feat": ("word_feat", np.float32), "span": ("word_span", np.int32),
+               "vr": ("word_vr", np.float32), "yake": ("word_yake", np.float32),
+               "score": ("word_score", np.float32), "truncated": ("word_truncated", bool)}
+ROW_INDEXES = {"example_image": "images", "example_texts": "texts"}
+
+
+def open_cache(path: str | Path, *, allow_incomplete: bool = False) -> "Cache":
+    """Open the cache at `path` read-only. `CacheNotFoundError` if there is none; an
+    incomplete cache (extraction still running or killed) only with `allow_incomplete`."""
+    root = Path(path)
+    manifest = read_manifest(root)
+    if manifest.get("state") != STATE_COMPLETE and not allow_incomplete:
+        done = len(manifest.get("shards", []))
+        planned = manifest.get("num_shards", "?")
+        raise CacheError(f"the cache at {root} is incomplete (state {manifest.get('state')!r}, "
+                         f"{done}/{planned} shards): resume the extraction with the same "
+                         "command, or open it with allow_incomplete=True")
+    return Cache(root, manifest, get_backend(manifest.get("format", "zarr")))
+
+
+class Cache:
+    """An opened cache. Cheap to create; shards are read only when asked."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any], backend: Backend) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.backend = backend
+        self._locations: dict[str, tuple[int, int]] | None = None
+
+    @property
+    def format(self) -> str:
+        return self.backend.name
+
+    @property
+    def fingerprint(self) -> dict[str, Any]:
+        return self.manifest["fingerprint"]
+
+    @property
+    def num_choices(self) -> int:
+        return int(self.manifest["num_choices"])
+
+    @property
+    def shards(self) -> list[dict[str, Any]]:
+        return sorted(self.manifest.get("shards", []), key=lambda e: int(e["index"]))
+
+    def __repr__(self) -> str:
+        return f"Cache({str(self.path)!r}, format={self.format!r}, shards={len(self.shards)})"
+
+    # ------------------------------------------------------------------ index
+
+    def index(self):
+        """`index.parquet` as a pyarrow Table (example_id, shard, row, image_id, ...)."""
+        if self.manifest.get("state") == STATE_COMPLETE and (self.path / INDEX).is_file():
+            return cache_index.read_index(self.path)
+        return cache_index.read_parts(self.path, [int(e["index"]) for e in self.shards])
+
+    def example_ids(self) -> list[str]:
+        return self.index().column("example_id").to_pylist()
+
+    def _location_map(self) -> dict[str, tuple[int, int]]:
+        if self._locations is None:
+            table = self.index()
+            ids = table.column("example_id").to_pylist()
+            shards = table.column("shard").to_numpy().tolist()
+            rows = table.column("row").to_numpy().tolist()
+            self._locations = dict(zip(ids, zip(shards, rows)))
+        return self._locations
+
+    def _locate(self, example_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        where = self._location_map()
+        missing = [eid for eid in example_ids if eid not in where]
+        if missing:
+            shown = ", ".join(repr(e) for e in missing[:5])
+            raise MissingTargetError(
+                f"{len(missing)} of {len(example_ids)} example ids are not in the cache at "
+                f"{self.path} (e.g. {shown}): was it extracted for this dataset split (and "
+                "without --limit)?")
+        pairs = np.array([where[eid] for eid in example_ids], dtype=np.int64).reshape(-1, 2)
+        return pairs[:, 0], pairs[:, 1]
+
+    # ------------------------------------------------------------------ arrays
+
+    def _shard_path(self, entry: dict[str, Any]) -> Path:
+        return self.path / entry["name"]
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every stored array, concatenated over shards in order; `example_image`,
+        `example_texts` and `word_offsets` rebased to global rows (notebooks, tests)."""
+        parts = [self.backend.read(self._shard_path(e)) for e in self.shards]
+        if not parts:
+            return {}
+        out = {}
+        for name in parts[0]:
+            pieces = [_rebased(name, p, self.shards[:i]) for i, p in enumerate(parts)]
+            if name == "word_offsets":
+                pieces = [pieces[0]] + [p[1:] for p in pieces[1:]]
+            out[name] = np.concatenate(pieces)
+        return out
+
+    def load_targets(self, example_ids: Sequence[str], *, progress: bool = False) -> Targets:
+        """Teacher targets of `example_ids`, rows in that order (see `Targets`).
+
+        One pass over the needed shards in order; each needed array is read whole, then the
+        rows are gathered. fp16 features come back as float32."""
+        ids = list(example_ids)
+        shard_of, row_of = self._locate(ids)
+        entries = {int(e["index"]): e for e in self.shards}
+        needed = sorted(set(shard_of.tolist()))
+        template = entries[needed[0]] if needed else (self.shards[0] if self.shards else None)
+        out = _Assembler(len(ids), self.num_choices, template)
+        for shard in _progress(needed, progress):
+            positions = np.flatnonzero(shard_of == shard)
+            entry = entries[shard]
+            arrays = self.backend.read(self._shard_path(entry), _target_names(entry))
+            out.add_shard(positions, row_of[positions], arrays)
+        return out.targets(ids, self.manifest)
+
+    # ------------------------------------------------------------------ checks and info
+
+    def check_compatible(self, expected_fingerprint_parts: dict[str, Any]) -> None:
+        """Raise `FingerprintMismatchError` if any given part (e.g. `{"dataset": ...}`)
+        differs from this cache's fingerprint; parts not given are not compared."""
+        actual = {key: self.fingerprint[key] for key in expected_fingerprint_parts
+                  if key in self.fingerprint}
+        differences = diff_fingerprints(dict(expected_fingerprint_parts), actual)
+        if differences:
+            raise FingerprintMismatchError(
+                f"the cache at {self.path} was built for something else (requested != cache):"
+                "\n  " + "\n  ".join(differences) + "\nRe-extract for this data (`madcache "
+                "extract ... --out NEW_DIR`) or pass a matching --cache.", differences)
+
+    def info(self) -> dict[str, Any]:
+        """A summary for `madcache cache info` (counts, size, dims, fingerprint, state)."""
+        totals = {key: sum(int(e.get(key, 0)) for e in self.shards)
+                  for key in ("examples", "images", "texts", "words")}
+        return {
+            "path": str(self.path), "format": self.format,
+            "format_version": self.manifest.get("format_version"),
+            "state": self.manifest.get("state"), "created": self.manifest.get("created"),
+            "dataset": self.manifest.get("dataset"), "split": self.manifest.get("split"),
+            "num_choices": self.manifest.get("num_choices"), **totals,
+            "shards": len(self.shards), "bytes": self._disk_bytes(),
+            "dims": self.manifest.get("dims", {}),
+            "arrays": _array_summary(self.shards),
+            "fingerprint_digest": self.manifest.get("fingerprint_digest")
+            or fingerprint_digest(self.manifest),
+            "summary": self.manifest.get("summary", {}),
+        }
+
+    def _disk_bytes(self) -> int:
+        files = sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+        if self.format == "memory":
+            files += sum(self.backend.nbytes(self._shard_path(e)) for e in self.shards)
+        return files
+
+
+def _rebased(name: str, arrays: dict[str, np.ndarray], before: list[dict[str, Any]]) -> np.ndarray:
+    array = arrays[name]
+    if name in ROW_INDEXES:
+        return array + sum(int(e[ROW_INDEXES[name]]) for e in before)
+    if name == "word_offsets":
+        return array + sum(int(e["words"]) for e in before)
+    return array
+
+
+def _target_names(entry: dict[str, Any]) -> list[str]:
+    """The arrays `load_targets` needs (not the string arrays: the index has the ids)."""
+    wanted = {"example_image", "example_texts", "image_feat", "text_eos", "word_offsets",
+              "candidates", "similarity", *(name for name, _ in WORD_FIELDS.values())}
+    return [name for name in entry["arrays"] if name in wanted or name.startswith("logits/")]
+
+
+def _array_summary(shards: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    if not shards:
+        return {}
+    return {name: {"dtype": rec["dtype"], "row_shape": rec["shape"][1:]}
+            for name, rec in shards[0]["arrays"].items()}
+
+
+def _progress(shards: list[int], enabled: bool) -> Iterable[int]:
+    if not enabled:
+        return shards
+    from tqdm import tqdm
+
+    return tqdm(shards, desc="loading targets", unit="shard")
+
+
+def ragged_index(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Concatenation of `arange(s, s + n)` for each (s, n), without a Python loop."""
+    counts = np.asarray(counts, dtype=np.int64)
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    return np.repeat(np.asarray(starts, dtype=np.int64) - first, counts) + np.arange(total)
+
+
+class _Assembler:
+    """Collects each shard's gathered rows and scatters them into request order."""
+
+    def __init__(self, n: int, num_choices: int, template: dict[str, Any] | None) -> None:
+        self.n = n
+        self.c = num_choices
+        self.records = template["arrays"] if template else {}
+        self.rows: dict[str, np.ndarray] = {}
+        self.word_parts: list[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]] = []
+        self.counts = np.zeros(n * num_choices, dtype=np.int64)
+
+    def _out(self, name: str, trailing: Sequence[int], dtype) -> np.ndarray:
+        if name not in self.rows:
+            self.rows[name] = np.zeros((self.n, *trailing), dtype=dtype)
+        return self.rows[name]
+
+    def add_shard(self, positions: np.ndarray, rows: np.ndarray,
+                  arrays: dict[str, np.ndarray]) -> None:
+        if set(_target_names({"arrays": self.records})) != set(arrays):
+            raise CacheCorruptError("shards of this cache hold different arrays: "
+                                    f"{sorted(arrays)} vs {sorted(self.records)}")
+        texts = arrays["example_texts"][rows] if "example_texts" in arrays else None
+        if "image_feat" in arrays:
+            feat = arrays["image_feat"][arrays["example_image"][rows]]
+            self._out("image", feat.shape[1:], np.float32)[positions] = feat
+        if "text_eos" in arrays and texts is not None:
+            eos = arrays["text_eos"][texts]
+            self._out("text_eos", eos.shape[1:], np.float32)[positions] = eos
+        for name in arrays:
+            if name.startswith("logits/") or name in ("candidates", "similarity"):
+                dtype = np.int64 if name == "candidates" else np.float32
+                self._out(name, arrays[name].shape[1:], dtype)[positions] = arrays[name][rows]
+        if "word_offsets" in arrays and texts is not None:
+            self._add_words(positions, texts.reshape(-1), arrays)
+
+    def _add_words(self, positions: np.ndarray, text_rows: np.ndarray,
+                   arrays: dict[str, np.ndarray]) -> None:
+        offsets = arrays["word_offsets"]
+        counts = offsets[text_rows + 1] - offsets[text_rows]
+        take = ragged_index(offsets[text_rows], counts)
+        targets = (positions[:, None] * self.c + np.arange(self.c)).reshape(-1)
+        self.counts[targets] = counts
+        words = {name: arrays[name][take] for name, _ in WORD_FIELDS.values() if name in arrays}
+        self.word_parts.append((targets, counts, words))
+
+    def _words(self) -> WordTargets | None:
+        if "word_offsets" not in self.records:
+            return None
+        offsets = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
+        fields = {}
+        for field, (name, dtype) in WORD_FIELDS.items():
+            trailing = self.records[name]["shape"][1:] if name in self.records else \
+                ([2] if field == "span" else [])
+            fill = np.nan if dtype is np.float32 and field != "feat" else 0
+            out = np.full((int(offsets[-1]), *trailing), fill, dtype=dtype)
+            for targets, counts, words in self.word_parts:
+                if name in words:
+                    out[ragged_index(offsets[targets], counts)] = words[name]
+            fields[field] = out
+        return WordTargets(offsets=offsets, **fields)
+
+    def _ensure(self, name: str, dtype, trailing: Sequence[int] | None = None) -> np.ndarray | None:
+        """The output for `name`, also when no row was requested (shapes from the manifest)."""
+        if name in self.rows:
+            return self.rows[name]
+        source = {"image": "image_feat", "text_eos": "text_eos"}.get(name, name)
+        if source not in self.records:
+            return None
+        shape = trailing if trailing is not None else self.records[source]["shape"][1:]
+        return np.zeros((self.n, *shape), dtype=dtype)
+
+    def targets(self, ids: list[str], manifest: dict[str, Any]) -> Targets:
+        logits = {name[len("logits/"):]: self._ensure(name, np.float32)
+                  for name in self.records if name.startswith("logits/")}
+        similarity = self._ensure("similarity", np.float32)
+        centres = manifest.get("extra", {}).get("kmeans_centres")
+        if similarity is not None and centres:
+            centres = np.asarray(centres, dtype=np.float32)
+            logits["kmeans"] = -np.abs(similarity[:, None] - centres[None, :])
+        eos_shape = None
+        if "text_eos" in self.records:
+            eos_shape = [self.c, *self.records["text_eos"]["shape"][1:]]
+        return Targets(example_ids=ids, num_choices=self.c,
+                       image=self._ensure("image", np.float32),
+                       text_eos=self._ensure("text_eos", np.float32, eos_shape),
+                       words=self._words(), logits=logits,
+                       candidates=self._ensure("candidates", np.int64),
+                       default_logits=_default_logits(manifest, logits))
+
+
+def _default_logits(manifest: dict[str, Any], logits: dict[str, np.ndarray]) -> str | None:
+    name = manifest["default_logits"] if "default_logits" in manifest \
+        else manifest.get("settings", {}).get("default_logits")
+    return name if name in logits else None
