@@ -224,6 +224,7 @@ class Setup:
     eval_examples: list[Example]
     provenance: dict[str, Any]
     save_student: Callable[[Any, Path], None]
+    teachers: Any = None                  # the cache manifest's teacher names
 
 
 def setup(config: TrainConfig) -> Setup:
@@ -240,8 +241,9 @@ def setup(config: TrainConfig) -> Setup:
     student = build_student(config.student, **config.student_options).to(config.device)
     loader = target_loader(config, method, cache)
     whole = config.split_file is None and config.per_category is None
-    task_source = _source(subset, loader, config.chunk_size if whole else None)
-    af_source = _source(examples, loader, config.chunk_size) if config.af_epochs else None
+    stream = _cache_order(examples, cache)
+    task_source = _source(stream if whole else subset, loader, config.chunk_size if whole else None)
+    af_source = _source(stream, loader, config.chunk_size) if config.af_epochs else None
     return Setup(
         config=config, method=method, student=student,
         projections=make_projections(student, cache, method).to(config.device),
@@ -249,7 +251,7 @@ def setup(config: TrainConfig) -> Setup:
         eval_examples=load_eval_examples(config, config.eval_split) if config.eval_split else [],
         provenance={"cache_fingerprint": _cache_digest(cache), **split_info,
                     "git_commit": _git_commit(), "madcache_version": madcache.__version__},
-        save_student=save_student)
+        save_student=save_student, teachers=None if cache is None else cache.manifest.get("teachers"))
 
 
 def training_subset(config: TrainConfig, examples: list[Example]) -> tuple[list[Example], dict]:
@@ -332,6 +334,14 @@ def load_eval_examples(config: TrainConfig, split: str, *, sm: bool = False) -> 
 
         examples = shortcut_mitigate(examples)
     return examples
+
+
+def _cache_order(examples: list[Example], cache) -> list[Example]:
+    """`examples` in the cache's storage order (whole shards read in sequence when streaming)."""
+    if cache is None:
+        return examples
+    rank = {eid: i for i, eid in enumerate(cache.example_ids())}
+    return sorted(examples, key=lambda ex: rank.get(ex.id, len(rank)))
 
 
 def _source(examples: list[Example], load: Callable, chunk_size: int | None) -> DataSource:
@@ -578,7 +588,7 @@ def run_metrics(setup: Setup, state: TrainerState) -> dict[str, Any]:
     final = state.history[-1].get("eval") if state.history else None
     evaluation = {config.eval_split: final} if final is not None else {}
     return {"run": Path(config.out).name, "dataset": config.dataset, "method": config.method,
-            "student": config.student, "teachers": _teachers(config),
+            "student": config.student, "teachers": setup.teachers,
             "shots": config.per_category, "seed": config.seed, "status": "complete",
             "history": state.history, "eval": evaluation, "provenance": setup.provenance}
 
@@ -645,21 +655,9 @@ def load_run_student(run_dir: str | Path, *, device: str = "cpu"):
 def _cache_digest(cache) -> str | None:
     if cache is None:
         return None
-    fingerprint = cache.manifest.get("fingerprint")
-    if isinstance(fingerprint, dict):
-        return fingerprint.get("digest") or _json_digest(fingerprint)
-    return fingerprint
+    from madcache.cache.manifest import fingerprint_digest
 
-
-def _teachers(config: TrainConfig) -> Any:
-    if config.cache is None:
-        return None
-    path = Path(config.cache) / "manifest.json"
-    return json.loads(path.read_text()).get("teachers") if path.exists() else None
-
-
-def _json_digest(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+    return cache.manifest.get("fingerprint_digest") or fingerprint_digest(cache.manifest)
 
 
 def _file_digest(path: str | Path) -> str:
