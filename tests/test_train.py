@@ -320,3 +320,53 @@ def test_af_stage_runs_first_without_labels(tmp_path, monkeypatch):
     assert sum(seen) == 20  # two AF epochs over all 10 training examples
     stages = [h["stage"] for h in metrics["history"]]
     assert stages[-1] == "task"
+
+
+# ---------------------------------------------------------------- the command
+
+def _run_cli(monkeypatch, args):
+    from click.testing import CliRunner
+
+    from madcache.cli import cli
+
+    seen = {}
+
+    def fake(config):
+        seen["config"] = config
+        return {"history": [{"global_step": 3}], "eval": {"val": {"q2a": 50.0}}}
+
+    monkeypatch.setattr(train_mod, "run_training", fake)
+    result = CliRunner().invoke(cli, ["train", *args])
+    return result, seen.get("config")
+
+
+def test_train_command_builds_the_config_from_flags_and_toml(monkeypatch, tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text('[train]\ndataset = "vcr"\nroot = "data"\nlr = 0.001\nbatch_size = 4\n')
+    result, config = _run_cli(monkeypatch, [
+        "--config", str(toml), "--method", "mad", "--cache", "c", "--out", "runs/x",
+        "--per-category", "5", "--seed", "2", "--batch-size", "8", "--student-option", "layers=2",
+        "--student-option", "name=tiny", "--af-epochs", "1"])
+    assert result.exit_code == 0, result.output
+    assert (config.method, config.lr, config.batch_size, config.per_category, config.seed) == \
+        ("mad", 0.001, 8, 5, 2)
+    assert config.student_options == {"layers": 2, "name": "tiny"} and config.af_epochs == 1
+    assert not config.resume
+    assert "q2a 50.00" in result.output
+
+
+def test_train_command_reports_config_errors_in_one_line(monkeypatch, tmp_path):
+    toml = tmp_path / "bad.toml"
+    toml.write_text('dataset = "vcr"\nroot = "r"\nout = "o"\nlearning_rate = 1\n')
+    result, _ = _run_cli(monkeypatch, ["--config", str(toml)])
+    assert result.exit_code == 2 and "unknown training config key(s) learning_rate" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_eval_zero_shot_needs_a_cache():
+    from click.testing import CliRunner
+
+    from madcache.cli import cli
+
+    result = CliRunner().invoke(cli, ["eval", "--zero-shot"])
+    assert result.exit_code == 2 and "--zero-shot needs --cache" in result.output
