@@ -1,0 +1,75 @@
+"""`madcache cache info PATH [--json]` and `madcache cache verify PATH`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+
+@click.group()
+def cache() -> None:
+    """Inspect and check teacher-target caches."""
+
+
+@cache.command()
+@click.argument("path", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def info(path: str, as_json: bool) -> None:
+    """What a cache holds: counts, size, dims, arrays, fingerprint, state."""
+    from madcache.cache.reader import open_cache
+
+    summary = open_cache(path, allow_incomplete=True).info()
+    if as_json:
+        click.echo(json.dumps(summary, indent=1, sort_keys=True))
+    else:
+        click.echo(format_info(summary))
+
+
+@cache.command()
+@click.argument("path", type=click.Path())
+def verify(path: str) -> None:
+    """Check every array's checksum and shape, the shard list and the index (exit 1 on
+    problems)."""
+    from madcache.cache.reader import open_cache
+    from madcache.cache.verify import verify_cache
+
+    problems = verify_cache(path)
+    if problems:
+        for problem in problems:
+            click.echo(f"PROBLEM: {problem}")
+        click.echo(f"{len(problems)} problem(s) in {path}", err=True)
+        raise SystemExit(1)
+    summary = open_cache(path).info()
+    click.echo(f"OK {path}: {summary['examples']} examples, {summary['images']} images, "
+               f"{summary['texts']} texts, {summary['words']} words in {summary['shards']} "
+               f"shards ({_size(summary['bytes'])})")
+
+
+def format_info(summary: dict[str, Any]) -> str:
+    rows = [("path", summary["path"]),
+            ("dataset / split", f"{summary['dataset']} / {summary['split']}"),
+            ("format", f"{summary['format']} (version {summary['format_version']})"),
+            ("state", summary["state"]), ("created", summary["created"]),
+            ("examples", summary["examples"]), ("images", summary["images"]),
+            ("texts", summary["texts"]), ("words", summary["words"]),
+            ("choices per example", summary["num_choices"]), ("shards", summary["shards"]),
+            ("size on disk", _size(summary["bytes"])),
+            ("dims", ", ".join(f"{k}={v}" for k, v in summary["dims"].items())),
+            ("fingerprint", summary["fingerprint_digest"])]
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{k:<{width}}  {v}" for k, v in rows]
+    if summary["arrays"]:
+        lines.append("arrays:")
+        lines += [f"  {name:<{width}}{spec['dtype']:<9} [n{''.join(f', {d}' for d in spec['row_shape'])}]"
+                  for name, spec in summary["arrays"].items()]
+    return "\n".join(lines)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"

@@ -1,0 +1,150 @@
+"""open_cache / Cache: load_targets against a loop-built reference, arrays(), checks, info."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from madcache.cache.reader import open_cache, ragged_index
+from madcache.errors import (CacheError, CacheNotFoundError, FingerprintMismatchError,
+                             MissingTargetError)
+
+
+@pytest.fixture
+def cache(tmp_path, world, fmt, kit):
+    kit.write_world(tmp_path / "c", world, fmt=fmt)
+    return open_cache(tmp_path / "c")
+
+
+def requested(world) -> list[str]:
+    """Across shards, out of stored order, with a repeat."""
+    ids = [e.id for e in world.examples]
+    return [ids[7], ids[0], ids[22], ids[3], ids[7], ids[15], ids[1]]
+
+
+def test_load_targets_matches_reference(cache, world, kit):
+    ids = requested(world)
+    targets = cache.load_targets(ids)
+    by_id = {e.id: e for e in world.examples}
+    assert targets.example_ids == ids and targets.num_choices == kit.C
+    expected_image = np.stack([world.image_feat[by_id[i].image] for i in ids]).astype(np.float32)
+    np.testing.assert_array_equal(targets.image, expected_image)
+    assert targets.image.dtype == np.float32
+    expected_eos = np.stack([[world.text_eos[t] for t in by_id[i].texts] for i in ids])
+    np.testing.assert_array_equal(targets.text_eos, expected_eos.astype(np.float32))
+    assert targets.text_eos.shape == (len(ids), kit.C, kit.DT)
+    np.testing.assert_array_equal(targets.logits["iqa"], np.stack([by_id[i].logits for i in ids]))
+    assert targets.default_logits == "iqa"
+    assert targets.candidates is None
+
+
+def test_ragged_words_in_scored_text_order(cache, world):
+    ids = requested(world)
+    words = cache.load_targets(ids).words
+    expected = world.expected_words(ids)
+    np.testing.assert_array_equal(words.offsets, expected["offsets"])
+    np.testing.assert_array_equal(words.feat, expected["word_feat"].astype(np.float32))
+    np.testing.assert_array_equal(words.span, expected["word_span"])
+    np.testing.assert_array_equal(words.truncated, expected["word_truncated"])
+    for field, name in (("vr", "word_vr"), ("yake", "word_yake"), ("score", "word_score")):
+        np.testing.assert_array_equal(getattr(words, field), expected[name])
+    assert words.feat.dtype == np.float32 and words.span.dtype == np.int32
+    # text row n*C + c is example n's choice c
+    n, c = 3, 2
+    texts = {e.id: e for e in world.examples}[ids[n]].texts
+    np.testing.assert_array_equal(words.span[words.text_slice(n * 3 + c)],
+                                  world.words[texts[c]]["word_span"])
+
+
+def test_kmeans_logits_from_similarity_and_centres(cache, world):
+    ids = requested(world)
+    logits = cache.load_targets(ids).logits["kmeans"]
+    by_id = {e.id: e for e in world.examples}
+    for row, eid in enumerate(ids):
+        for k, centre in enumerate(world.centres):
+            assert logits[row, k] == pytest.approx(-abs(by_id[eid].similarity - centre), abs=1e-6)
+
+
+def test_empty_request_has_shapes(cache, kit):
+    targets = cache.load_targets([])
+    assert targets.image.shape == (0, kit.DV)
+    assert targets.text_eos.shape == (0, kit.C, kit.DT)
+    assert targets.words.offsets.tolist() == [0]
+    assert targets.logits["kmeans"].shape == (0, 3)
+
+
+def test_unknown_ids_are_listed(cache):
+    with pytest.raises(MissingTargetError, match=r"2 of 3 example ids .*'nope-1', 'nope-2'"):
+        cache.load_targets(["ex-000", "nope-1", "nope-2"])
+
+
+def test_arrays_rebased_to_global_rows(cache, world):
+    arrays = cache.arrays()
+    ids = arrays["example_id"].tolist()
+    assert ids == [e.id for s in world.shards for e in s]
+    by_id = {e.id: e for e in world.examples}
+    for n, eid in enumerate(ids):
+        assert arrays["image_id"][arrays["example_image"][n]] == by_id[eid].image
+        for c, row in enumerate(arrays["example_texts"][n]):
+            text = by_id[eid].texts[c]
+            assert arrays["text_key"][row] == text
+            off = arrays["word_offsets"]
+            np.testing.assert_array_equal(arrays["word_feat"][off[row]:off[row + 1]],
+                                          world.words[text]["word_feat"])
+    assert arrays["word_offsets"][-1] == len(arrays["word_feat"])
+
+
+def test_index_and_example_ids(cache, world):
+    assert cache.example_ids() == [e.id for s in world.shards for e in s]
+    assert set(cache.index().column_names) >= {"example_id", "shard", "row", "image_id",
+                                               "category", "label"}
+
+
+def test_missing_cache_is_a_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no cache at .*madcache extract"):
+        open_cache(tmp_path / "absent")
+    with pytest.raises(CacheNotFoundError, match="holds no manifest.json"):
+        open_cache(tmp_path)
+
+
+def test_incomplete_cache_needs_allow_incomplete(tmp_path, world, kit):
+    kit.write_world(tmp_path / "c", world, fmt="zarr", finish=False, shards=[0, 2])
+    with pytest.raises(CacheError, match=r"incomplete .*2/3 shards"):
+        open_cache(tmp_path / "c")
+    cache = open_cache(tmp_path / "c", allow_incomplete=True)
+    ids = [e.id for e in world.shards[2]][:2]
+    np.testing.assert_array_equal(cache.load_targets(ids).logits["iqa"],
+                                  np.stack([e.logits for e in world.shards[2][:2]]))
+
+
+def test_check_compatible_compares_only_given_parts(cache, kit):
+    fingerprint = kit.make_manifest()["fingerprint"]
+    cache.check_compatible({"dataset": fingerprint["dataset"]})
+    other = {**fingerprint["dataset"], "files": {"a.jsonl": "11"}}
+    with pytest.raises(FingerprintMismatchError) as info:
+        cache.check_compatible({"dataset": other})
+    assert info.value.differences == ["fingerprint.dataset.files.a.jsonl: '11' != '00'"]
+    with pytest.raises(FingerprintMismatchError, match="fingerprint.regions: 1 != <missing>"):
+        cache.check_compatible({"regions": 1})
+
+
+def test_info(cache, world, fmt):
+    info = cache.info()
+    assert info["examples"] == len(world.examples) and info["shards"] == 3
+    assert info["images"] == sum(len({e.image for e in s}) for s in world.shards)
+    assert info["format"] == fmt and info["state"] == "complete"
+    assert info["bytes"] > 0 and len(info["fingerprint_digest"]) == 64
+    assert info["arrays"]["image_feat"] == {"dtype": "float16", "row_shape": [6]}
+    assert info["summary"] == {"seconds": 1.5}
+
+
+def test_memory_backend_behind_the_same_reader(tmp_path, world, kit):
+    kit.write_world(tmp_path / "m", world, fmt="memory")
+    ids = requested(world)
+    targets = open_cache(tmp_path / "m").load_targets(ids)
+    np.testing.assert_array_equal(targets.words.offsets, world.expected_words(ids)["offsets"])
+
+
+def test_ragged_index():
+    assert ragged_index(np.array([5, 0, 9]), np.array([2, 0, 3])).tolist() == [5, 6, 9, 10, 11]
+    assert ragged_index(np.array([], int), np.array([], int)).tolist() == []
