@@ -208,8 +208,8 @@ def _load_json(path: Path, key: str) -> list[Any]:
 def _int_field(record: Any, key: str, where: dict[str, Any]) -> int:
     value = record.get(key) if isinstance(record, dict) else None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise DataError(f"{key} must be an integer, got {value!r}", **where,
-                        field=f"{where['field']}.{key}")
+        raise DataError(f"{key} must be an integer, got {value!r}",
+                        **{**where, "field": f"{where['field']}.{key}"})
     return value
 
 
