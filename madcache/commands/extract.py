@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,9 @@ _existing = click.Path(path_type=Path, exists=True)
                                         "default: the CLIP teacher when one is used.")
 @click.option("--relevance-checkpoint", type=_existing)
 @click.option("--dataset", required=True, help="A registered dataset: vcr, snli-ve, vqa.")
+@click.option("--protocol", type=click.Choice(["vcr", "snli-ve", "vqa"]),
+              help="Teacher-logit protocol for a dataset registered under another name "
+                   "[default: the dataset's].")
 @click.option("--root", required=True, type=_existing, help="Dataset root (original files).")
 @click.option("--split", required=True)
 @click.option("--out", type=_path, help="Cache path [default: cache/<dataset>/<split>/<teachers>].")
@@ -49,15 +53,20 @@ _existing = click.Path(path_type=Path, exists=True)
                                                          "answer prefiltering [default: MiniLM].")
 @click.option("--default-logits", help="Logits used for confidence weighting [default: vcr ia, "
                                        "snli-ve kmeans, vqa template].")
+@click.option("--option", "read_options", multiple=True, metavar="KEY=VALUE",
+              help="A dataset reader option (repeatable), e.g. annotations=FILE for VCR; "
+                   "VALUE is parsed as JSON when it can be.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def extract(store_format: str, no_progress: bool, **options: Any) -> None:
+def extract(store_format: str, no_progress: bool, read_options: tuple[str, ...],
+            **options: Any) -> None:
     """Run the teachers once over a split and write every MAD target into a sharded cache.
 
     A killed run resumes at the first incomplete shard when run again with the same options.
     """
     from madcache.extraction import ExtractConfig, extract as run_extraction
 
-    config = ExtractConfig(format=store_format, progress=not no_progress, **options)
+    config = ExtractConfig(format=store_format, progress=not no_progress,
+                           read_options=_parse_options(read_options), **options)
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = _show_warning
@@ -66,6 +75,19 @@ def extract(store_format: str, no_progress: bool, **options: Any) -> None:
         except FingerprintMismatchError as exc:
             raise UserError(_mismatch_message(exc, config.output_path())) from None
     click.echo(format_summary(summary))
+
+
+def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--option")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

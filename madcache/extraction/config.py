@@ -118,6 +118,14 @@ class ExtractConfig:
         return TeacherSpec(name, checkpoint)
 
     @property
+    def dataset_options(self) -> dict[str, Any]:
+        """Reader options: images are checked to exist at read time (a missing image is a bad
+        record, skipped under `skip_bad`) unless `read_options` says otherwise."""
+        if self.dataset in ("vcr", "snli-ve", "vqa"):
+            return {"check_files": True, **self.read_options}
+        return dict(self.read_options)
+
+    @property
     def task_protocol(self) -> str:
         """The teacher-logit protocol (vcr, snli-ve, vqa): `protocol`, else the dataset name,
         so a user-registered VCR-format dataset can pass `protocol="vcr"`."""
@@ -139,7 +147,7 @@ class ExtractConfig:
         """`out`, else `cache/<dataset>/<split>/<teacher-set>`."""
         if self.out is not None:
             return self.out
-        return Path("cache") / self.dataset / self.split / self.teacher_set_name()
+        return Path("cache") / self.dataset / _slug(self.split) / self.teacher_set_name()
 
 
 def _slug(name: str) -> str:

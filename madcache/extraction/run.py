@@ -66,7 +66,7 @@ def extract(config: ExtractConfig, *, teacher_loader: Loader | None = None,
 
 def _read(config: ExtractConfig) -> tuple[list[Example], list[dict[str, Any]]]:
     result = read_examples(config.dataset, config.root, config.split, skip_bad=config.skip_bad,
-                           **config.read_options)
+                           **config.dataset_options)
     examples = result.examples[:config.limit] if config.limit else result.examples
     if not examples:
         raise ConfigError(f"{config.dataset} split {config.split!r} under {config.root} has no "
@@ -122,7 +122,7 @@ def _open_writer(config: ExtractConfig, teachers: TeacherSet, task: Task, yake: 
     from madcache.cache.writer import FORMAT_VERSION, CacheWriter
 
     dataset_fp = dataset_fingerprint(config.dataset, config.root, config.split,
-                                     config.read_options)
+                                     config.dataset_options)
     fingerprint = build_fingerprint(config, teachers, task, yake, dataset_fp,
                                     FORMAT_VERSION)
     manifest = build_manifest(config, teachers, task, fingerprint,

@@ -173,21 +173,15 @@ IGNORED_ANSWERS = {"", "<unk>"}
 
 
 def read_answer_vocab(path: Path) -> list[str]:
-    """Answers from a `.txt` (one per line) or `.json` file (a list, `{answer: id}`, or a
-    `[ans_to_ix, ix_to_ans]` pair). Empty and `<unk>` entries are dropped."""
-    if not path.is_file():
-        raise ConfigError(f"answer vocabulary not found: {path}")
-    if path.suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(data, list) and len(data) == 2 and all(isinstance(d, dict) for d in data):
-            data = data[0]
-        answers = sorted(data, key=data.get) if isinstance(data, dict) else list(data)
-    else:
-        answers = path.read_text(encoding="utf-8").splitlines()
-    vocab = list(dict.fromkeys(a.strip() for a in answers if a.strip() not in IGNORED_ANSWERS))
+    """A vocabulary file's answers (see `madcache.data.vqa.load_answer_vocab` for the formats)
+    without the empty and `<unk>` entries, which are never candidates. Candidate ids index this
+    list, which the manifest stores as `extra.answer_vocab`."""
+    from madcache.data.vqa import load_answer_vocab
+
+    vocab = [a.strip() for a in load_answer_vocab(path) if a.strip() not in IGNORED_ANSWERS]
     if not vocab:
         raise ConfigError(f"answer vocabulary {path} holds no answers")
-    return vocab
+    return list(dict.fromkeys(vocab))
 
 
 def build_answer_vocab(examples: list[Example], size: int) -> list[str]:

@@ -33,6 +33,12 @@ def save_tiny_clip(root: Path, seed: int = 1) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="session")
+def clip_saver():
+    """`save_tiny_clip(root, seed)`, for tests that need a second checkpoint."""
+    return save_tiny_clip
+
+
+@pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory) -> tuple[str, Path]:
     """(teacher name, checkpoint) for `load_teacher`."""
     config, checkpoint = save_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))

@@ -1,0 +1,114 @@
+"""A SIGKILLed `madcache extract` resumes to exactly the cache of an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from madcache.cache.reader import open_cache
+from madcache.cli import cli
+
+IMAGES = 12
+HYPOTHESES = ("A dog runs on the grass.", "Two people sit on a bench near the water.",
+              "A man is cooking dinner.")
+
+# The real CLI in a child process, with each shard write followed by a pause so the parent can
+# kill it reliably between shards (the kill itself is a plain external SIGKILL).
+SLOW_CLI = """
+import sys, time
+import madcache.cache.writer as writer
+original = writer.CacheWriter.write_shard
+def slow(self, *args, **kwargs):
+    original(self, *args, **kwargs)
+    time.sleep(0.4)
+writer.CacheWriter.write_shard = slow
+from madcache.cli import main
+sys.argv = ["madcache", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.fixture(scope="module")
+def snli_root(tmp_path_factory) -> Path:
+    """A hand-made SNLI-VE split: 12 images x 3 hypotheses, in the original format."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("snli")
+    (root / "images").mkdir()
+    rng = np.random.default_rng(3)
+    lines = []
+    for i in range(IMAGES):
+        image_id = str(1000 + i)
+        Image.fromarray(rng.integers(0, 255, (36, 40, 3), np.uint8)).save(
+            root / "images" / f"{image_id}.jpg")
+        for k, (hypothesis, label) in enumerate(zip(HYPOTHESES, ("entailment", "neutral",
+                                                                 "contradiction"))):
+            lines.append(json.dumps({"Flickr30K_ID": image_id, "gold_label": label,
+                                     "pairID": f"{image_id}.jpg#0r1{label[0]}{k}",
+                                     "sentence2": hypothesis}))
+    (root / "snli_ve_train.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def cli_args(root: Path, out: Path, tiny_clip, store_format: str) -> list[str]:
+    name, checkpoint = tiny_clip
+    return ["extract", "--teacher", name, "--checkpoint", str(checkpoint), "--dataset",
+            "snli-ve", "--root", str(root), "--split", "train", "--out", str(out),
+            "--format", store_format, "--shard-size", "3", "--batch-size", "2", "--no-progress"]
+
+
+def completed(out: Path) -> int:
+    try:
+        return len(json.loads((out / "manifest.json").read_text())["shards"])
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return 0
+
+
+def kill_after_first_shard(args: list[str], out: Path) -> int:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    child = subprocess.Popen([sys.executable, "-c", SLOW_CLI, *args], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while completed(out) < 1:
+        if child.poll() is not None:
+            raise AssertionError(f"extraction ended early: {child.stderr.read().decode()}")
+        assert time.monotonic() < deadline, "no shard completed within 60 s"
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    return completed(out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("store_format", ["zarr", "hdf5"])
+def test_killed_extraction_resumes_to_the_uninterrupted_cache(tmp_path, snli_root, tiny_clip,
+                                                              store_format):
+    runner = CliRunner()
+    reference = tmp_path / "reference"
+    result = runner.invoke(cli, cli_args(snli_root, reference, tiny_clip, store_format))
+    assert result.exit_code == 0, result.output
+
+    resumed = tmp_path / "resumed"
+    args = cli_args(snli_root, resumed, tiny_clip, store_format)
+    done = kill_after_first_shard(args, resumed)
+    assert 1 <= done < IMAGES, done
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert f"{IMAGES} ({IMAGES - done} written, {done} resumed)" in result.output
+
+    expected, actual = open_cache(reference).arrays(), open_cache(resumed).arrays()
+    assert sorted(actual) == sorted(expected)
+    for name in expected:
+        np.testing.assert_array_equal(actual[name], expected[name], err_msg=name)
+    manifests = [json.loads((p / "manifest.json").read_text()) for p in (reference, resumed)]
+    assert manifests[0]["extra"]["kmeans_centres"] == manifests[1]["extra"]["kmeans_centres"]
+    assert manifests[0]["fingerprint"] == manifests[1]["fingerprint"]
