@@ -115,24 +115,6 @@ def build_student():
         return BenchStudent(), "bench-stand-in"
 
 
-def ensure_word_pooling() -> None:
-    """Use students.tokens.pool_token_spans when present; otherwise a span-mean stand-in."""
-    try:
-        import madcache.students.tokens  # noqa: F401
-    except ImportError:
-        import madcache.train
-
-        def pool(out, t):
-            spans = out.token_spans
-            inside = ((spans[..., None, :, 0] >= t.word_span[..., :, None, 0])
-                      & (spans[..., None, :, 1] <= t.word_span[..., :, None, 1])
-                      & (spans[..., None, :, 0] >= 0)).float()
-            count = inside.sum(-1)
-            return inside @ out.text_tokens / count.clamp(min=1).unsqueeze(-1), count > 0
-
-        madcache.train.student_word_features = pool
-
-
 def build_teacher(config: dict):
     import open_clip
 
@@ -171,7 +153,6 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    ensure_word_pooling()
     rng = np.random.default_rng(0)
     teachers = {"mad-online-vitb": build_teacher(VIT_B_LIKE)}
     if DEMO_TEACHER.exists():

@@ -15,6 +15,7 @@ from madcache.distill import Projections
 from madcache.errors import ConfigError
 from madcache.methods import get_method
 from madcache.students.base import RegionInputs, StudentOutput
+from madcache.students.tokens import pool_token_spans
 from madcache.train import (DataSource, Setup, TrainConfig, epoch_order, loss_step, lr_at,
                             targets_to_tensors, train)
 
@@ -68,16 +69,6 @@ class TinyStudent(nn.Module):
                                           ids.flatten(), reduction="mean")
         itm = out.logits.pow(2).mean()
         return {"mlm": mlm, "itm": itm}
-
-
-def pool_spans(text_tokens, token_spans, word_span, word_mask):
-    """Stand-in for students.tokens.pool_token_spans: tokens whose span lies in the word's."""
-    inside = ((token_spans[..., None, :, 0] >= word_span[..., :, None, 0])
-              & (token_spans[..., None, :, 1] <= word_span[..., :, None, 1])
-              & (token_spans[..., None, :, 0] >= 0)).float()            # [B, C, m, L]
-    count = inside.sum(-1)
-    feat = inside @ text_tokens / count.clamp(min=1).unsqueeze(-1)
-    return feat, word_mask & (count > 0)
 
 
 SENTENCES = ["a red dog runs", "the cat sleeps here", "two birds fly high", "a man reads books",
@@ -162,13 +153,6 @@ def _word_rows(words, rows):
                        score=cat(words.score), truncated=cat(words.truncated))
 
 
-@pytest.fixture(autouse=True)
-def _pool(monkeypatch):
-    monkeypatch.setattr(train_mod, "student_word_features",
-                        lambda out, t: pool_spans(out.text_tokens, out.token_spans,
-                                                  t.word_span, t.word_mask))
-
-
 # ---------------------------------------------------------------- config
 
 def test_config_rejects_unknown_keys_and_methods():
@@ -229,7 +213,7 @@ def test_loss_step_mad_matches_a_hand_assembled_total(tmp_path):
     p = setup.projections
     dv = (targets.image[:, None] - p.vision(out.image_token)).abs().mean(-1).mean(1)
     dt = (targets.text_eos - p.text(out.cls_token)).abs().mean(-1).mean(1)
-    feat, mask = pool_spans(out.text_tokens, out.token_spans, targets.word_span, targets.word_mask)
+    feat, mask = pool_token_spans(out.text_tokens, out.token_spans, targets.word_span, targets.word_mask)
     per_word = (targets.word_feat - p.word(feat)).abs().mean(-1) * mask
     dwt = per_word.flatten(1).sum(1) / mask.flatten(1).sum(1)
     t_conf = targets.logits.softmax(-1).max(-1).values
