@@ -129,6 +129,12 @@ def _feel(scene: Scene, rng: np.random.Generator) -> Asked:
     return Asked(f"How does the {p.short_look} feel?", "how", "other", p.colour.mood)
 
 
+def _why_here(scene: Scene, rng: np.random.Generator) -> Asked:
+    p = _target(scene, rng)
+    return Asked(f"Why is the {p.short_look} here?", "why is the", "other",
+                 f"to {p.shape.purpose}")
+
+
 def _looks_mood(scene: Scene, rng: np.random.Generator) -> Asked:
     p = _target(scene, rng)
     colour = p.colour if rng.random() < 0.5 else COLOURS[int(rng.integers(len(COLOURS)))]
@@ -149,7 +155,7 @@ def _any_colour(scene: Scene, rng: np.random.Generator) -> Asked:
 
 TEMPLATES: tuple[Callable[[Scene, np.random.Generator], Asked | None], ...] = (
     _colour_of, _count_shape, _count_people, _is_there, _shape_of, _where, _is_large, _job,
-    _who, _doing, _feel, _looks_mood, _which_colour, _any_colour,
+    _who, _doing, _feel, _why_here, _looks_mood, _which_colour, _any_colour,
 )
 
 
@@ -243,6 +249,7 @@ def possible_answers() -> set[str]:
     values |= {c.name for c in COLOURS} | {c.mood for c in COLOURS}
     values |= {s.name for s in SHAPES} | {s.job for s in SHAPES}
     values |= set(ACTIVITY_WORD.values()) | set(COLUMN_ANSWER.values())
+    values |= {f"to {s.purpose}" for s in SHAPES}
     return values
 
 
