@@ -1,0 +1,64 @@
+"""`madcache regions`: extract region features of a dataset split into a region store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+_path = click.Path(path_type=Path)
+_existing = click.Path(path_type=Path, exists=True)
+
+
+def parse_read_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """`KEY=VALUE` pairs; VALUE parsed as JSON when it can be."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--read-option")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+@click.command("regions")
+@click.option("--dataset", required=True, help="A registered dataset: vcr, snli-ve, vqa.")
+@click.option("--root", required=True, type=_existing, help="Dataset root (original files).")
+@click.option("--split", required=True)
+@click.option("--extractor", default="boxcrop", show_default=True,
+              help="boxcrop, backbone or butd-tsv.")
+@click.option("--weights", type=_existing, help="backbone: local weights (.safetensors / .pt).")
+@click.option("--backbone", help="backbone: a timm name or torchvision:NAME [default: resnet50].")
+@click.option("--image-size", type=click.IntRange(min=32), help="backbone: input size [224].")
+@click.option("--device", help="backbone: cpu, cuda or cuda:N [cpu].")
+@click.option("--tsv", type=_existing, help="butd-tsv: the bottom-up-attention TSV file.")
+@click.option("--out", type=_path, help="Store path [default: cache/<dataset>/<split>/"
+                                        "regions-<extractor>].")
+@click.option("--max-regions", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--shard-size", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Images per shard.")
+@click.option("--format", "store_format", type=click.Choice(["zarr", "hdf5"]), default="zarr",
+              show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite a store built with another fingerprint.")
+@click.option("--read-option", "read_options", multiple=True, metavar="KEY=VALUE",
+              help="A dataset reader option (repeatable), e.g. annotations=FILE for VCR.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def regions(dataset: str, root: Path, split: str, extractor: str, out: Path | None,
+            max_regions: int, shard_size: int, store_format: str, force: bool,
+            read_options: tuple[str, ...], no_progress: bool, **extractor_options: Any) -> None:
+    """Extract region features (one entry per image) for the student; resumable."""
+    from madcache.students.regions import build_region_store
+
+    summary = build_region_store(
+        dataset=dataset, root=root, split=split, extractor=extractor, out=out,
+        max_regions=max_regions, format=store_format, force=force, shard_size=shard_size,
+        read_options=parse_read_options(read_options), progress=not no_progress,
+        extractor_options={k: v for k, v in extractor_options.items() if v is not None})
+    click.echo(f"region store {summary['path']}: {summary['images']} images, "
+               f"{summary['regions']} regions ({summary['shards_written']} shards written, "
+               f"{summary['shards_reused']} reused)")

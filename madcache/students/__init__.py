@@ -1,0 +1,64 @@
+"""Students: the `Student` protocol (base.py), the built-in single-stream VL transformer, region
+features (regions.py, region_extractors.py) and word pooling (tokens.py). docs/students.md.
+
+Adding a student = one module with a factory and one `STUDENTS.register` line below.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from madcache.errors import CheckpointNotFoundError
+from madcache.students.base import STUDENTS, RegionInputs, Student, StudentOutput
+from madcache.students.single_stream import single_stream
+
+STUDENTS.register("single-stream", single_stream)
+
+STUDENT_JSON = "student.json"
+STUDENT_WEIGHTS = "model.safetensors"
+PATH_OPTIONS = ("tokenizer_dir",)
+
+
+def build_student(name: str, **options: Any) -> Student:
+    """A registered student built from its options (unknown names list the valid ones)."""
+    return STUDENTS.get(name)(**options)
+
+
+def save_student(model, directory: str | Path) -> None:
+    """`student.json` (name + options that rebuild it) + `model.safetensors` (+ side files).
+
+    The student needs `name` and `export_options(directory) -> dict` (see docs/students.md);
+    path options it returns relative to `directory` are resolved against it on loading.
+    """
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    options = model.export_options(directory)
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / STUDENT_WEIGHTS))
+    meta = {"student": model.name, "options": options}
+    (directory / STUDENT_JSON).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+
+
+def load_student(directory: str | Path):
+    """The student `save_student` wrote (eval mode is left to the caller)."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    if not (directory / STUDENT_JSON).is_file():
+        raise CheckpointNotFoundError(f"no saved student in {directory} (no {STUDENT_JSON})")
+    meta = json.loads((directory / STUDENT_JSON).read_text())
+    options = dict(meta["options"])
+    for key in PATH_OPTIONS:
+        if options.get(key) is not None and not Path(options[key]).is_absolute():
+            options[key] = str(directory / options[key])
+    model = build_student(meta["student"], **options)
+    model.load_state_dict(load_file(str(directory / STUDENT_WEIGHTS)))
+    return model
+
+
+__all__ = ["STUDENTS", "RegionInputs", "Student", "StudentOutput", "build_student",
+           "save_student", "load_student"]

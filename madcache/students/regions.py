@@ -1,0 +1,224 @@
+"""Region features for the student: which boxes, the region store, and batching.
+
+Boxes per image: datasets with per-image metadata (VCR, the demo VCR) give the whole image
+followed by the metadata's boxes in object order (so `person1` stays box 1); datasets without
+boxes (SNLI-VE, VQA without a TSV) use a fixed grid: the whole image, 2x2 and 3x3 cells. At most
+`max_regions` regions per image are kept.
+
+The region store is written like the teacher cache (madcache/cache: sharded, atomic, resumable,
+a manifest with the extractor fingerprint and the dataset digest), one row per unique image:
+
+| array | shape, dtype |
+|---|---|
+| `example_id` | [n_img] str, the image id (the cache's row key) |
+| `region_offsets` | [n_img + 1] int64 |
+| `region_feat` | [n_regions, Dr] float32 |
+| `region_boxes` | [n_regions, 4] float32, normalised (x1, y1, x2, y2) |
+
+`open_regions(path).load(image_ids)` reads it back; `collate_regions` pads a batch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from madcache.data.records import Example
+from madcache.errors import CacheError
+from madcache.students.base import RegionInputs
+from madcache.students.region_extractors import (GEOMETRY_DIM, WHOLE_IMAGE, ImageItem,
+                                                 RegionExtractor, box_geometry, build_extractor,
+                                                 grid_boxes)
+
+KIND = "regions"
+BOX_RULE = "metadata boxes after the whole image, else grid (1, 2, 3)"
+ARRAYS = ("region_offsets", "region_feat", "region_boxes")
+
+__all__ = ["GEOMETRY_DIM", "box_geometry", "grid_boxes", "image_boxes", "image_items",
+           "build_region_store", "default_out", "open_regions", "RegionStore", "collate_regions"]
+
+
+# ----------------------------------------------------------------------------- boxes
+
+def image_boxes(root: str | Path, example: Example, max_regions: int) -> np.ndarray:
+    """Normalised boxes of `example`'s image: [min(R, max_regions), 4], whole image first."""
+    if example.meta_path is None:
+        return grid_boxes()[:max_regions]
+    from madcache.data.vcr import load_vcr_metadata
+
+    meta = load_vcr_metadata(root, example)
+    scale = np.array([meta.width, meta.height, meta.width, meta.height], np.float32)
+    boxes = np.clip(meta.boxes[:, :4] / scale, 0.0, 1.0).astype(np.float32)
+    return np.concatenate([WHOLE_IMAGE, boxes])[:max_regions]
+
+
+def image_items(root: str | Path, examples: Sequence[Example],
+                max_regions: int) -> Iterator[ImageItem]:
+    """One item per unique image id, in order of first appearance (boxes read lazily)."""
+    from madcache.data.paths import safe_join
+
+    first: dict[str, Example] = {}
+    for example in examples:
+        first.setdefault(example.image_id, example)
+    for image_id, example in first.items():
+        path = safe_join(root, example.image_path, field="image_path")
+        yield ImageItem(image_id, path, image_boxes(root, example, max_regions))
+
+
+# ----------------------------------------------------------------------------- writing
+
+def default_out(dataset: str, split: str, extractor: str) -> Path:
+    return Path("cache") / dataset / split / f"regions-{extractor}"
+
+
+def region_manifest(*, dataset: str, root: str | Path, split: str, extractor: RegionExtractor,
+                    max_regions: int, read_options: Mapping[str, Any]) -> dict[str, Any]:
+    from madcache.cache.fingerprint import dataset_fingerprint
+
+    return {"kind": KIND, "dataset": dataset, "split": split, "num_choices": 0,
+            "dims": {"region": extractor.feature_dim},
+            "fingerprint": {"dataset": dataset_fingerprint(dataset, root, split, dict(read_options)),
+                            "regions": {**extractor.fingerprint(), "max_regions": max_regions,
+                                        "boxes": BOX_RULE}},
+            "settings": {"extractor": extractor.name, "max_regions": max_regions}}
+
+
+def shard_arrays(image_ids: list[str], regions: list[tuple[np.ndarray, np.ndarray]],
+                 max_regions: int) -> dict[str, np.ndarray]:
+    feats = [feat[:max_regions] for feat, _ in regions]
+    boxes = [box[:max_regions] for _, box in regions]
+    counts = np.array([len(f) for f in feats], dtype=np.int64)
+    return {"example_id": np.array(image_ids, dtype=str),
+            "region_offsets": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+            "region_feat": np.concatenate(feats).astype(np.float32),
+            "region_boxes": np.concatenate(boxes).astype(np.float32)}
+
+
+def build_region_store(*, dataset: str, root: str | Path, split: str, extractor: str,
+                       out: str | Path | None = None, max_regions: int = 16,
+                       format: str = "zarr", force: bool = False, shard_size: int = 256,
+                       read_options: Mapping[str, Any] | None = None,
+                       extractor_options: Mapping[str, Any] | None = None,
+                       progress: bool = True) -> dict[str, Any]:
+    """Extract region features of every image of a split into a store; resumes a killed run.
+
+    Returns a summary: path, images, regions, shards written now, shards reused.
+    """
+    from tqdm.auto import tqdm
+
+    from madcache.cache.writer import CacheWriter
+    from madcache.data import read_examples
+
+    if max_regions < 1 or shard_size < 1:
+        raise CacheError("max_regions and shard_size must be >= 1")
+    read_options = dict(read_options or {})
+    examples = read_examples(dataset, root, split, **read_options).examples
+    extractor_obj = build_extractor(extractor, **dict(extractor_options or {}))
+    path = Path(out) if out is not None else default_out(dataset, split, extractor)
+    manifest = region_manifest(dataset=dataset, root=root, split=split, extractor=extractor_obj,
+                               max_regions=max_regions, read_options=read_options)
+    writer = CacheWriter.open(path, manifest=manifest, format=format, force=force)
+    done = writer.completed_shards()
+    image_ids = list(dict.fromkeys(ex.image_id for ex in examples))
+    by_image = {ex.image_id: ex for ex in reversed(examples)}
+    shards = [image_ids[i:i + shard_size] for i in range(0, len(image_ids), shard_size)]
+    bar = tqdm(total=len(image_ids), desc=f"regions {extractor}", unit="img", disable=not progress)
+    written = 0
+    for index, ids in enumerate(shards):
+        if index in done:
+            bar.update(len(ids))
+            continue
+        regions = []
+        for item in image_items(root, [by_image[i] for i in ids], max_regions):
+            regions.append(extractor_obj.regions(item))
+            bar.update(1)
+        writer.write_shard(index, shard_arrays(ids, regions, max_regions),
+                           index_columns={"image_id": ids})
+        written += 1
+    bar.close()
+    total = sum(int(e["arrays"]["region_feat"]["shape"][0]) for e in writer.manifest["shards"])
+    summary = {"images": len(image_ids), "regions": total}
+    writer.finish(summary=summary)
+    return {"path": str(path), **summary, "shards_written": written,
+            "shards_reused": len(shards) - written}
+
+
+# ----------------------------------------------------------------------------- reading
+
+def open_regions(path: str | Path) -> "RegionStore":
+    """Open a region store read-only (`CacheNotFoundError` if there is none)."""
+    from madcache.cache.reader import open_cache
+
+    cache = open_cache(path)
+    if cache.manifest.get("kind") != KIND:
+        raise CacheError(f"{path} is not a region store (it is a teacher-target cache?): build "
+                         "one with `madcache regions`")
+    return RegionStore(cache)
+
+
+class RegionStore:
+    """Region features per image id. `load` reads each needed shard once, in order."""
+
+    def __init__(self, cache) -> None:
+        self.cache = cache
+        self.path = cache.path
+        self.manifest = cache.manifest
+        self.feature_dim = int(cache.manifest["dims"]["region"])
+        self.max_regions = int(cache.manifest["settings"]["max_regions"])
+        self._where: dict[str, tuple[int, int]] | None = None
+
+    def __repr__(self) -> str:
+        return f"RegionStore({str(self.path)!r}, dim={self.feature_dim})"
+
+    def _locations(self) -> dict[str, tuple[int, int]]:
+        if self._where is None:
+            table = self.cache.index()
+            self._where = {i: (int(s), int(r)) for i, s, r in zip(
+                table.column("example_id").to_pylist(), table.column("shard").to_pylist(),
+                table.column("row").to_pylist())}
+        return self._where
+
+    def image_ids(self) -> list[str]:
+        return list(self._locations())
+
+    def load(self, image_ids: Iterable[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """{image id: (features [R, Dr] float32, normalised boxes [R, 4] float32)}."""
+        wanted = list(dict.fromkeys(image_ids))
+        where = self._locations()
+        missing = [i for i in wanted if i not in where]
+        if missing:
+            raise CacheError(f"{len(missing)} image(s) are not in the region store {self.path} "
+                             f"(e.g. {', '.join(map(repr, missing[:5]))}): build it for this "
+                             "dataset split")
+        entries = {int(e["index"]): e for e in self.cache.shards}
+        out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for shard in sorted({where[i][0] for i in wanted}):
+            arrays = self.cache.backend.read(self.path / entries[shard]["name"], ARRAYS)
+            offsets = arrays["region_offsets"]
+            for image_id in (i for i in wanted if where[i][0] == shard):
+                row = where[image_id][1]
+                rows = slice(int(offsets[row]), int(offsets[row + 1]))
+                out[image_id] = (torch.from_numpy(np.array(arrays["region_feat"][rows])),
+                                 torch.from_numpy(np.array(arrays["region_boxes"][rows])))
+        return {i: out[i] for i in wanted}
+
+
+# ----------------------------------------------------------------------------- batching
+
+def collate_regions(items: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> RegionInputs:
+    """Pad per-image (features [R_i, Dr], boxes [R_i, 4]) to a batch; mask marks real regions."""
+    if not items:
+        raise ValueError("collate_regions needs at least one image")
+    dim = items[0][0].shape[-1]
+    most = max(len(feat) for feat, _ in items)
+    feat = torch.zeros(len(items), most, dim, dtype=torch.float32)
+    boxes = torch.zeros(len(items), most, 4, dtype=torch.float32)
+    mask = torch.zeros(len(items), most, dtype=torch.bool)
+    for b, (f, box) in enumerate(items):
+        feat[b, :len(f)] = torch.as_tensor(f, dtype=torch.float32)
+        boxes[b, :len(box)] = torch.as_tensor(box, dtype=torch.float32)
+        mask[b, :len(f)] = True
+    return RegionInputs(feat, boxes, mask)

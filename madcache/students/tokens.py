@@ -1,0 +1,47 @@
+"""Student tokens -> words: pool a student's sub-token outputs over the teacher's word spans.
+
+MAD distils per *word* (MAD.md, "Token selection"): the cache stores each word's character span
+in `example.texts[c].text`, and the student reports the character span of each of its own tokens
+in the same text. A word's student feature is the mean of the tokens whose span overlaps the
+word's span; this works for any pair of tokenizers (WordPiece, BPE, ...).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def overlap_matrix(token_spans: torch.Tensor, word_spans: torch.Tensor,
+                   word_mask: torch.Tensor) -> torch.Tensor:
+    """[N, m, L] bool: token l overlaps word j (`tok.start < word.end and tok.end > word.start`).
+
+    Tokens with span (-1, -1) (special tokens, padding) and empty spans never overlap.
+    """
+    tokens = token_spans.long()
+    words = word_spans.long()
+    real = (tokens[..., 0] >= 0) & (tokens[..., 1] > tokens[..., 0])            # [N, L]
+    starts_before_end = tokens[:, None, :, 0] < words[:, :, None, 1]           # [N, m, L]
+    ends_after_start = tokens[:, None, :, 1] > words[:, :, None, 0]
+    return starts_before_end & ends_after_start & real[:, None, :] & word_mask[:, :, None].bool()
+
+
+def pool_token_spans(text_tokens: torch.Tensor, token_spans: torch.Tensor,
+                     word_spans: torch.Tensor, word_mask: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean of the student tokens overlapping each word: ([..., m, H], updated mask [..., m]).
+
+    Shapes: `text_tokens` [..., L, H], `token_spans` [..., L, 2], `word_spans` [..., m, 2],
+    `word_mask` [..., m] with the same leading dims (e.g. [N] or [B, C]). A word that no token
+    overlaps (e.g. cut off by the student's max length) gets zeros and its mask bit cleared.
+    """
+    lead = text_tokens.shape[:-2]
+    length, hidden = text_tokens.shape[-2:]
+    m = word_spans.shape[-2]
+    tokens = text_tokens.reshape(-1, length, hidden)
+    overlap = overlap_matrix(token_spans.reshape(-1, length, 2), word_spans.reshape(-1, m, 2),
+                             word_mask.reshape(-1, m))
+    weights = overlap.to(tokens.dtype)
+    count = weights.sum(dim=-1, keepdim=True)
+    pooled = torch.bmm(weights, tokens) / count.clamp(min=1)
+    mask = count.squeeze(-1) > 0
+    return pooled.reshape(*lead, m, hidden), mask.reshape(*lead, m)
