@@ -63,9 +63,9 @@ VQA_QUESTION_TYPES = (
     "what does the", "how many people are", "what is in the", "what is this", "do", "what are",
     "are they", "what time", "what sport is", "are there any", "is he", "what color is", "why",
     "where are the", "what color", "who is", "what animal is", "is the woman", "is this an",
-    "do you", "how many people are in", "what room is", "has", "is this person", "what is the woman",
-    "can you", "why is the", "is the person", "what is the color of the", "what is the person",
-    "could", "was", "is that a", "what number is", "what is the name", "what brand",
+    "do you", "how many people are in", "what room is", "has", "is this person",
+    "what is the woman", "can you", "why is the", "is the person", "what is the color of the",
+    "what is the person", "could", "was", "is that a", "what number is", "what is the name", "what brand",
     "none of the above",
 )
 VQA_NONE = "none of the above"

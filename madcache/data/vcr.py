@@ -145,12 +145,9 @@ def _relative(images_dir: str, name: str) -> str:
     return str(PurePosixPath(images_dir) / name) if images_dir not in ("", ".") else name
 
 
-def record_examples(record: Mapping[str, Any], *, split: str, file: object, line: int | None,
-                    root: Path, modes: Sequence[str] = MODES, renderer: str = "tag",
-                    images_dir: str = "vcr1images", check_files: bool = False) -> list[Example]:
-    """The `qa` / `qar` examples of one validated-on-the-fly VCR annotation."""
-    answer_label, rationale_label = validate_record(record, file=file, line=line)
-    annot_id = record["annot_id"]
+def _file_paths(record: Mapping[str, Any], root: Path, images_dir: str, check_files: bool,
+                file: object, line: int | None) -> dict[str, str]:
+    """`img_fn` / `metadata_fn` relative to root, checked not to escape it (and to exist)."""
     paths = {}
     for key in ("img_fn", "metadata_fn"):
         relative = _relative(images_dir, record[key])
@@ -158,23 +155,34 @@ def record_examples(record: Mapping[str, Any], *, split: str, file: object, line
         if check_files and not full.is_file():
             raise DataFileNotFoundError(f"{key} {full} does not exist; check --root and the "
                                         "images_dir option", file=file, line=line, field=key,
-                                        record_id=annot_id)
+                                        record_id=record["annot_id"])
         paths[key] = relative
+    return paths
+
+
+def record_examples(record: Mapping[str, Any], *, split: str, file: object, line: int | None,
+                    root: Path, modes: Sequence[str] = MODES, renderer: str = "tag",
+                    images_dir: str = "vcr1images", check_files: bool = False) -> list[Example]:
+    """The `qa` / `qar` examples of one VCR annotation (validated first)."""
+    answer_label, rationale_label = validate_record(record, file=file, line=line)
+    annot_id = record["annot_id"]
+    paths = _file_paths(record, root, images_dir, check_files, file, line)
     objects = record["objects"]
     question = render_tokens(record["question"], objects, renderer)
     answers = tuple(render_tokens(t, objects, renderer) for t in record["answer_choices"])
-    common = dict(dataset="vcr", split=split, image_id=str(record.get("img_id") or record["img_fn"]),
-                  image_path=paths["img_fn"], meta_path=paths["metadata_fn"], group=annot_id,
-                  category=vcr_category(render_tokens(record["question"], objects, "tag").text),
-                  raw=record)
+    common = dict(dataset="vcr", split=split, group=annot_id, raw=record,
+                  image_id=str(record.get("img_id") or record["img_fn"]),
+                  image_path=paths["img_fn"], meta_path=paths["metadata_fn"],
+                  category=vcr_category(render_tokens(record["question"], objects, "tag").text))
     examples = []
     if "qa" in modes:
         examples.append(Example(id=f"{annot_id}:qa", context=question, choices=answers,
                                 label=answer_label, **common))
     if "qar" in modes and answer_label is not None:
-        rationales = tuple(render_tokens(t, objects, renderer) for t in record["rationale_choices"])
-        examples.append(Example(id=f"{annot_id}:qar", context=question.concat(answers[answer_label]),
-                                choices=rationales, label=rationale_label, **common))
+        rationales = tuple(render_tokens(t, objects, renderer)
+                           for t in record["rationale_choices"])
+        examples.append(Example(id=f"{annot_id}:qar", choices=rationales, label=rationale_label,
+                                context=question.concat(answers[answer_label]), **common))
     return examples
 
 
