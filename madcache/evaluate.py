@@ -62,18 +62,23 @@ def score(dataset: str, examples: Sequence[Example], logits: torch.Tensor,
 
 
 def evaluate_run(run_dir: str | Path, *, split: str, sm: bool = False,
-                 root: str | Path | None = None) -> dict[str, float]:
+                 root: str | Path | None = None, regions: str | Path | None = None
+                 ) -> dict[str, float]:
     """Score a run's saved student on `split` (SM-transformed when `sm`) and record the result in
-    metrics.json["eval"][split or f"{split}_sm"]. `root` overrides the dataset root of the run."""
-    from madcache.train import TrainConfig, load_eval_examples, predict_logits, load_run_student
+    metrics.json["eval"][split or f"{split}_sm"]. `root` overrides the run's dataset root,
+    `regions` its region store (default: the run's eval-split store for its eval split)."""
+    from madcache.train import (TrainConfig, load_eval_examples, load_run_student,
+                                predict_logits, region_loader)
 
     run_dir = Path(run_dir)
     config = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
     if root is not None:
         config.root = str(root)
+    if regions is None:
+        regions = (config.eval_regions if split == config.eval_split else None) or config.regions
     examples = load_eval_examples(config, split, sm=sm)
     student = load_run_student(run_dir, device=config.device)
-    logits = predict_logits(student, examples, config)
+    logits = predict_logits(student, examples, config, regions=region_loader(str(regions)))
     result = score(config.dataset, examples, logits, getattr(student, "answers", None))
     record_eval(run_dir, f"{split}_sm" if sm else split, result)
     return result

@@ -55,7 +55,8 @@ class TrainConfig:
     out: str
     method: str = "baseline"
     cache: str | None = None              # teacher-target cache (optional for baseline)
-    regions: str | None = None            # region feature store
+    regions: str | None = None            # region feature store of the training split
+    eval_regions: str | None = None       # ... of the eval split (None: `regions`)
     split: str = "train"                  # the training split
     eval_split: str | None = "val"
     read_options: dict[str, Any] = field(default_factory=dict)
@@ -225,6 +226,7 @@ class Setup:
     provenance: dict[str, Any]
     save_student: Callable[[Any, Path], None]
     teachers: Any = None                  # the cache manifest's teacher names
+    eval_regions: Callable[[Sequence[Example]], RegionInputs] | None = None  # None: `regions`
 
 
 def setup(config: TrainConfig) -> Setup:
@@ -238,7 +240,9 @@ def setup(config: TrainConfig) -> Setup:
                              **config.read_options).examples
     subset, split_info = training_subset(config, examples)
     cache = open_checked_cache(config, method)
-    student = build_student(config.student, **config.student_options).to(config.device)
+    regions = region_loader(config.regions)
+    options = student_defaults(config, cache, regions.store) | config.student_options
+    student = build_student(config.student, **options).to(config.device)
     loader = target_loader(config, method, cache)
     whole = config.split_file is None and config.per_category is None
     stream = _cache_order(examples, cache)
@@ -247,8 +251,9 @@ def setup(config: TrainConfig) -> Setup:
     return Setup(
         config=config, method=method, student=student,
         projections=make_projections(student, cache, method).to(config.device),
-        task_source=task_source, af_source=af_source, regions=region_loader(config),
+        task_source=task_source, af_source=af_source, regions=regions,
         eval_examples=load_eval_examples(config, config.eval_split) if config.eval_split else [],
+        eval_regions=region_loader(config.eval_regions) if config.eval_regions else regions,
         provenance={"cache_fingerprint": _cache_digest(cache), **split_info,
                     "git_commit": _git_commit(), "madcache_version": madcache.__version__},
         save_student=save_student, teachers=None if cache is None else cache.manifest.get("teachers"))
@@ -308,21 +313,43 @@ def make_projections(student, cache, method: Method) -> Projections:
                        words=method.words)
 
 
-def region_loader(config: TrainConfig) -> Callable[[Sequence[Example]], RegionInputs]:
+class RegionLoader:
     """Region features for a batch's images, read once per image and kept in memory."""
-    from madcache.students.regions import collate_regions, open_regions
 
-    if config.regions is None:
-        raise ConfigError("training needs --regions (a region feature store)")
-    store = open_regions(config.regions)
-    memo: dict[str, Any] = {}
+    def __init__(self, store) -> None:
+        self.store = store
+        self.memo: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def regions(examples: Sequence[Example]) -> RegionInputs:
-        missing = sorted({ex.image_id for ex in examples} - set(memo))
+    def __call__(self, examples: Sequence[Example]) -> RegionInputs:
+        from madcache.students.regions import collate_regions
+
+        missing = sorted({ex.image_id for ex in examples} - set(self.memo))
         if missing:
-            memo.update(zip(missing, store.load(missing)))
-        return collate_regions([memo[ex.image_id] for ex in examples])
-    return regions
+            self.memo.update(self.store.load(missing))
+        return collate_regions([self.memo[ex.image_id] for ex in examples])
+
+
+def region_loader(path: str | None) -> RegionLoader:
+    from madcache.students.regions import open_regions
+
+    if path is None:
+        raise ConfigError("training needs --regions (a region feature store: `madcache regions`)")
+    return RegionLoader(open_regions(path))
+
+
+TASKS = {"vcr": "multiple_choice", "snli-ve": "classification", "vqa": "multilabel"}
+
+
+def student_defaults(config: TrainConfig, cache, store) -> dict[str, Any]:
+    """Student options implied by the data (explicit --student-option values win): the task of
+    the dataset, the region feature width, and VQA's answer vocabulary (the cache's)."""
+    options: dict[str, Any] = {"region_dim": store.feature_dim}
+    if config.dataset in TASKS:
+        options["task"] = TASKS[config.dataset]
+    vocab = (cache.manifest.get("extra") or {}).get("answer_vocab") if cache is not None else None
+    if vocab and "answer_vocab" not in config.student_options:
+        options["answers"] = list(vocab)
+    return options
 
 
 def load_eval_examples(config: TrainConfig, split: str, *, sm: bool = False) -> list[Example]:
@@ -561,7 +588,7 @@ def validate(setup: Setup) -> dict[str, float] | None:
     if not setup.eval_examples:
         return None
     logits = predict_logits(setup.student, setup.eval_examples, setup.config,
-                            regions=setup.regions)
+                            regions=setup.eval_regions or setup.regions)
     return score(setup.config.dataset, setup.eval_examples, logits,
                  getattr(setup.student, "answers", None))
 
@@ -570,7 +597,7 @@ def validate(setup: Setup) -> dict[str, float] | None:
 def predict_logits(student, examples: Sequence[Example], config: TrainConfig, *,
                    regions: Callable[[Sequence[Example]], RegionInputs] | None = None) -> torch.Tensor:
     """The student's logits for `examples`, in order (eval mode; train mode restored)."""
-    regions = regions or region_loader(config)
+    regions = regions or region_loader(config.eval_regions or config.regions)
     was_training = student.training
     student.eval()
     out = []

@@ -16,10 +16,11 @@ from madcache.errors import ConfigError
 @click.option("--split", default="val", show_default=True)
 @click.option("--sm", is_flag=True, help="Evaluate the shortcut-mitigated split (VCR).")
 @click.option("--root", help="Dataset root, if it moved since training.")
+@click.option("--regions", help="Region store of the split (default: the run's).")
 @click.option("--zero-shot", "zero_shot", is_flag=True, help="Teacher-only accuracy from a cache.")
 @click.option("--cache", help="The cache to score with --zero-shot.")
-def eval_command(run_dir: str | None, split: str, sm: bool, root: str | None, zero_shot: bool,
-                 cache: str | None) -> None:
+def eval_command(run_dir: str | None, split: str, sm: bool, root: str | None,
+                 regions: str | None, zero_shot: bool, cache: str | None) -> None:
     """Evaluate a run (metrics into its metrics.json) or a teacher zero-shot."""
     if zero_shot:
         if cache is None:
@@ -32,6 +33,6 @@ def eval_command(run_dir: str | None, split: str, sm: bool, root: str | None, ze
         raise ConfigError("give --run runs/NAME (or --zero-shot --cache PATH)")
     from madcache.evaluate import evaluate_run
 
-    result = evaluate_run(run_dir, split=split, sm=sm, root=root)
+    result = evaluate_run(run_dir, split=split, sm=sm, root=root, regions=regions)
     key = f"{split}_sm" if sm else split
     click.echo(f"{key}: " + ", ".join(f"{k} {v:.2f}" for k, v in result.items()))

@@ -34,7 +34,8 @@ def parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--cache", help="Teacher-target cache (not needed for baseline).")
 @click.option("--dataset", help="vcr, snli-ve, vqa or demo.")
 @click.option("--root", help="Dataset root (its original files).")
-@click.option("--regions", help="Region feature store.")
+@click.option("--regions", help="Region feature store of the training split.")
+@click.option("--eval-regions", help="Region feature store of the eval split (default --regions).")
 @click.option("--split", help="Training split (default train).")
 @click.option("--eval-split", help="Validation split (default val).")
 @click.option("--split-file", type=click.Path(exists=True, dir_okay=False),
