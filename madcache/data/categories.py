@@ -65,8 +65,8 @@ VQA_QUESTION_TYPES = (
     "where are the", "what color", "who is", "what animal is", "is the woman", "is this an",
     "do you", "how many people are in", "what room is", "has", "is this person",
     "what is the woman", "can you", "why is the", "is the person", "what is the color of the",
-    "what is the person", "could", "was", "is that a", "what number is", "what is the name", "what brand",
-    "none of the above",
+    "what is the person", "could", "was", "is that a", "what number is", "what is the name",
+    "what brand", "none of the above",
 )
 VQA_NONE = "none of the above"
 
