@@ -224,3 +224,10 @@ def test_check_files_finds_images_and_options_are_checked(tmp_path):
         read_examples("vcr", tmp_path, "dev")
     with pytest.raises(DataFileNotFoundError):
         read_examples("vcr", tmp_path, "train")
+
+
+def test_readers_are_registered_datasets():
+    from madcache.data import Dataset
+
+    for name in ("vcr", "snli-ve", "vqa"):
+        assert isinstance(DATASETS.get(name), Dataset) and DATASETS.get(name).name == name
