@@ -166,7 +166,7 @@ def test_captions_corpus(world):
         assert words[word] > 0, word
 
 
-def test_readers_load_every_split_and_all_vcr_categories_appear(world):
+def test_readers_load_every_split_and_all_categories_appear(world):
     from madcache.data import read_examples
 
     root, summary = world
@@ -184,9 +184,13 @@ def test_readers_load_every_split_and_all_vcr_categories_appear(world):
     for split in ("train", "dev", "test"):
         result = read_examples("snli-ve", root / "snli-ve", split, check_files=True)
         assert result.skipped == [] and len(result.examples) == counts["snli-ve"][split]["pairs"]
+    vqa_categories = Counter()
     for split in ("train", "val"):
         result = read_examples("vqa", root / "vqa", split, check_files=True)
         assert result.skipped == [] and len(result.examples) == counts["vqa"][split]["questions"]
+        vqa_categories.update(e.category for e in result.examples)
+    assert set(vqa_categories) == {"yes/no", "what", "what color", "how many", "where", "who",
+                                   "why", "other"}
 
 
 def test_distractors_use_values_nobody_in_the_image_has():
@@ -220,7 +224,7 @@ def test_correct_answers_overlap_the_question_and_sm_removes_it(world):
     standard = np.mean([overlap_pick(r) == r["answer_label"] for r in records])
     mitigated = np.mean([overlap_pick(m) == m["answer_label"]
                          for m, _ in map(mitigate_record, records)])
-    assert standard > 0.85 and mitigated < 0.2
+    assert 0.45 < standard < 0.7 and mitigated < 0.1  # chance: 0.25
 
 
 def test_same_seed_same_bytes_other_seed_other_bytes(world, tmp_path):

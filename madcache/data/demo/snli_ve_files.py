@@ -17,7 +17,7 @@ import numpy as np
 from madcache.data.demo.render import render_scene
 from madcache.data.demo.text import (NUMBER_WORDS, OPPOSITE, a, capitalised, image_captions,
                                      relation, words_of)
-from madcache.data.demo.world import COLOURS, SHAPES, Scene, SceneSpec, Thing, sample_scene
+from madcache.data.demo.world import COLOURS, SHAPES, Scene, SceneSpec, sample_scene
 
 LABELS = ("entailment", "neutral", "contradiction")
 SNLI_SCENES = SceneSpec(min_persons=1, max_persons=3, max_props=2)

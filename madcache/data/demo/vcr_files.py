@@ -24,7 +24,10 @@ from madcache.data.demo.world import (COLOURS, IMAGE_SIZE, REGIONS, SHAPES, SIZE
 CATEGORY_SHARES = {"explanation": 0.38, "activity": 0.24, "temporal": 0.13, "mental": 0.08,
                    "role": 0.07, "scene": 0.05, "hypothetical": 0.05}
 QUESTIONS_PER_IMAGE = (3, 2, 4, 3)  # cycled, so an image count follows from a question count
-SHORTCUT_RATE = 0.9  # how often distractors name other persons (else the question's own)
+# Each distractor names another person with this probability (else the question's person, as
+# the correct answer always does). Picking the answer that overlaps the question most then
+# scores about 54% (chance: 25%) before SM and about 0% after it.
+OTHER_PERSON_RATE = 0.6
 MOVIES_PER_SPLIT = 4
 MOVIE_BASE = {"train": 9001, "val": 9101, "test": 9201}
 LABEL_KEYS = ("answer_orig", "question_orig", "rationale_orig", "answer_match_iter",
@@ -145,13 +148,14 @@ def _choice_set(kind: Kind, scene: Scene, person: Thing, rng: np.random.Generato
     present = {kind.attribute.key(p) for p in persons}
     absent = [k for k in kind.attribute.keys if k not in present]
     others = [scene.index(p) for p in persons if p is not person]
-    use_others = rng.random() < SHORTCUT_RATE
 
     def fill(template: str, value: str, tag: int) -> tuple[str, dict]:
         return template.replace("{v}", value), {"x": tag}
 
     def distractor_tag() -> int:
-        return others[int(rng.integers(len(others)))] if use_others else x
+        if rng.random() < OTHER_PERSON_RATE:
+            return others[int(rng.integers(len(others)))]
+        return x
 
     wrong_keys = [absent[i] for i in rng.permutation(len(absent))[:3]]
     wrong_sizes = [SIZES[int(i)] for i in rng.integers(2, size=len(wrong_keys))]
@@ -179,8 +183,8 @@ def _order(rng: np.random.Generator, match_index: int, n_in_split: int
     return label, iters, sources
 
 
-def _record(kind: Kind, scene: Scene, person: Thing, image: dict, split: str,
-            match_index: int, n_in_split: int, rng: np.random.Generator) -> dict:
+def _record(kind: Kind, scene: Scene, person: Thing, image: dict, question_number: int,
+            split: str, match_index: int, n_in_split: int, rng: np.random.Generator) -> dict:
     x = scene.index(person)
     answers, rationales = _choice_set(kind, scene, person, rng)
     a_label, a_iter, a_sources = _order(rng, match_index, n_in_split)
@@ -209,7 +213,7 @@ def _record(kind: Kind, scene: Scene, person: Thing, image: dict, split: str,
         "rationale_match_iter": r_iter,
         "rationale_label": r_label,
         "img_id": image["img_id"],
-        "question_number": image["asked"],
+        "question_number": question_number,
         "annot_id": f"{split}-{match_index}",
         "match_fold": f"{split}-0",
         "match_index": match_index,
@@ -242,8 +246,8 @@ def _image_names(split: str, index: int) -> dict:
     start = 5 * (index // MOVIES_PER_SPLIT)
     stem = f"{movie}_{_clock(start)}-{_clock(start + 3)}@0"
     folder = f"lsmdc_{movie}"
-    return {"movie": movie, "img_fn": f"{folder}/{stem}.jpg", "metadata_fn": f"{folder}/{stem}.json",
-            "img_id": f"{split}-{index}"}
+    return {"movie": movie, "img_fn": f"{folder}/{stem}.jpg",
+            "metadata_fn": f"{folder}/{stem}.json", "img_id": f"{split}-{index}"}
 
 
 def _clock(seconds: int) -> str:
@@ -270,9 +274,8 @@ def write_vcr_split(root: Path, split: str, n_questions: int, rng: np.random.Gen
             options = kinds_by_category[categories[len(lines)]]
             kind = options[int(rng.integers(len(options)))]
             person = scene.persons[int(rng.integers(len(scene.persons)))]
-            image["asked"] = asked
-            lines.append(json.dumps(_record(kind, scene, person, image, split, len(lines),
-                                            n_questions, rng)))
+            lines.append(json.dumps(_record(kind, scene, person, image, asked, split,
+                                            len(lines), n_questions, rng)))
         tick()
     (out / f"{split}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return {"questions": len(lines), "images": n_images}
