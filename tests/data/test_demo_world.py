@@ -129,8 +129,11 @@ def test_vqa_schema_and_answer_vocabulary(world):
     from madcache.data.categories import vqa_question_type
 
     root, _ = world
+    from madcache.data.vqa import load_answer_vocab
+
     vocabulary = (root / "vqa/answers.txt").read_text().splitlines()
     assert vocabulary == sorted(set(vocabulary)) and "yes" in vocabulary
+    assert load_answer_vocab(root / "vqa/answers.txt") == vocabulary
     for subtype in ("train2014", "val2014"):
         questions = json.loads((root / f"vqa/v2_OpenEnded_mscoco_{subtype}_questions.json")
                                .read_text())
