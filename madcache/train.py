@@ -289,9 +289,16 @@ def open_checked_cache(config: TrainConfig, method: Method):
     from madcache.cache.reader import open_cache
 
     cache = open_cache(config.cache)
-    cache.check_compatible({"dataset": dataset_fingerprint(
-        config.dataset, config.root, config.split, config.read_options)})
+    expected = dataset_fingerprint(config.dataset, config.root, config.split, config.read_options)
+    cached_options = cache.fingerprint.get("dataset", {}).get("read_options", {})
+    options = {k: v for k, v in expected["read_options"].items() if k not in TEXT_NEUTRAL_OPTIONS}
+    options |= {k: v for k, v in cached_options.items() if k in TEXT_NEUTRAL_OPTIONS}
+    cache.check_compatible({"dataset": {**expected, "read_options": options}})
     return cache
+
+
+# reader options that do not change any text a teacher saw (extraction sets check_files=True)
+TEXT_NEUTRAL_OPTIONS = ("check_files",)
 
 
 def target_loader(config: TrainConfig, method: Method, cache) -> Callable:

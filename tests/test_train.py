@@ -354,3 +354,132 @@ def test_eval_zero_shot_needs_a_cache():
 
     result = CliRunner().invoke(cli, ["eval", "--zero-shot"])
     assert result.exit_code == 2 and "--zero-shot needs --cache" in result.output
+
+
+# ---------------------------------------------------------------- end to end on the demo world
+
+TINY_STUDENT = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_length=48)
+
+BLOCKER = r"""
+import importlib.abc, sys
+
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "open_clip" or name == "madcache.teachers" \
+                or name.startswith("madcache.teachers."):
+            raise ImportError(f"{name} must not be imported by `madcache train`")
+        return None
+
+sys.meta_path.insert(0, Blocker())
+from madcache.cli import main
+sys.argv = ["madcache", *sys.argv[1:]]
+try:
+    main()
+finally:
+    leaked = [m for m in sys.modules if m.startswith(("open_clip", "madcache.teachers"))]
+    assert not leaked, leaked
+"""
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The small demo world, a cache of 40 VCR training examples extracted with a tiny CLIP,
+    region stores for train and val, and a low-shot split file of cached examples."""
+    import importlib.util
+    import sys
+
+    from madcache.cache.reader import open_cache
+    from madcache.data import read_examples
+    from madcache.data.demo import generate_demo_world
+    from madcache.data.lowshot import sample_per_category
+    from madcache.extraction import ExtractConfig, extract
+    from madcache.students.regions import build_region_store
+
+    spec = importlib.util.spec_from_file_location(
+        "extraction_conftest", str(train_mod.Path(__file__).parent / "extraction" / "conftest.py"))
+    helpers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helpers)
+    base = tmp_path_factory.mktemp("demo")
+    generate_demo_world(base / "world", size="small")
+    root = base / "world" / "vcr"
+    config, checkpoint = helpers.save_tiny_clip(base / "clip")
+    extract(ExtractConfig(dataset="vcr", root=root, split="train",
+                          teacher=f"openclip-config:{config}", checkpoint=checkpoint,
+                          out=base / "cache", progress=False, limit=40, shard_size=16))
+    for split in ("train", "val"):
+        build_region_store(dataset="vcr", root=root, split=split, extractor="boxcrop",
+                           out=base / f"regions-{split}", max_regions=4, progress=False)
+    cached = set(open_cache(base / "cache").example_ids())
+    examples = [e for e in read_examples("vcr", root, "train").examples if e.id in cached]
+    sample_per_category(examples, k=2, seed=0).save(base / "split.json")
+    assert "open_clip" in sys.modules  # extraction ran a teacher in *this* process
+    return base
+
+
+def _demo_config(demo, name, **overrides):
+    values = dict(dataset="vcr", root=str(demo / "world" / "vcr"), out=str(demo / "runs" / name),
+                  cache=str(demo / "cache"), regions=str(demo / "regions-train"),
+                  eval_regions=str(demo / "regions-val"), split_file=str(demo / "split.json"),
+                  max_steps=2, batch_size=4, lr=1e-3, student_options=TINY_STUDENT)
+    return TrainConfig(**{**values, **overrides})
+
+
+def test_demo_train_cli_runs_mad_without_importing_a_teacher(demo):
+    import subprocess
+    import sys
+
+    run = demo / "runs" / "cli-mad"
+    args = ["train", "--method", "mad", "--dataset", "vcr", "--root", str(demo / "world" / "vcr"),
+            "--cache", str(demo / "cache"), "--regions", str(demo / "regions-train"),
+            "--eval-regions", str(demo / "regions-val"), "--split-file", str(demo / "split.json"),
+            "--max-steps", "2", "--batch-size", "4", "--out", str(run)]
+    args += [f"--student-option={k}={v}" for k, v in TINY_STUDENT.items()]
+    done = subprocess.run([sys.executable, "-c", BLOCKER, *args], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "complete" and set(metrics["eval"]["val"]) == {"q2a", "qa2r", "q2ar"}
+    assert metrics["provenance"]["cache_fingerprint"] and metrics["provenance"]["split_digest"]
+    assert metrics["teachers"]["vision"].startswith("openclip-config:")
+
+
+@pytest.mark.parametrize("method", ["baseline", "md"])
+def test_demo_methods_train_and_evaluate(demo, method):
+    from madcache.evaluate import evaluate_run
+
+    overrides = {"cache": None} if method == "baseline" else {}
+    metrics = train_mod.run_training(_demo_config(demo, method, method=method, **overrides))
+    assert metrics["method"] == method and metrics["history"][-1]["step"] == 2
+    result = evaluate_run(demo / "runs" / method, split="val")
+    assert result == metrics["eval"]["val"]  # the saved student scores as the trained one did
+
+
+def test_demo_mad_on_a_cache_for_another_split_is_refused(demo):
+    from madcache.errors import FingerprintMismatchError
+
+    with pytest.raises(FingerprintMismatchError, match="split"):
+        train_mod.run_training(_demo_config(demo, "wrong", method="mad", split="val",
+                                            split_file=None))
+
+
+def test_demo_resume_equals_uninterrupted(demo, monkeypatch):
+    config = dict(method="mad", max_steps=4, checkpoint_every=2, eval_split=None)
+    full = train_mod.run_training(_demo_config(demo, "full", **config))
+    real = train_mod.loss_step
+    calls = {"n": 0}
+
+    def crash_at_third(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "loss_step", crash_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.run_training(_demo_config(demo, "cut", **config))
+    monkeypatch.setattr(train_mod, "loss_step", real)
+    resumed = train_mod.run_training(_demo_config(demo, "cut", resume=True, **config))
+    assert resumed["history"] == full["history"]
+    a = load_file(str(demo / "runs" / "full" / "student" / "model.safetensors"))
+    b = load_file(str(demo / "runs" / "cut" / "student" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
