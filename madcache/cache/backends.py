@@ -24,8 +24,13 @@ import numpy as np
 
 from madcache.errors import UnknownNameError
 
-# Zarr stores at most this many bytes per chunk; a shard array is still read whole.
-MAX_CHUNK_BYTES = 64 * 2**20
+# Zarr chunk size: small enough that loading a sparse subset touches few bytes, large enough
+# that a whole-array read is a few hundred sequential chunk reads (benchmarks/bench_cache_read.py).
+MAX_CHUNK_BYTES = 2**20
+# `read_rows` reads the whole array when more than this fraction of its rows is wanted.
+DENSE_FRACTION = 0.5
+# HDF5 row runs separated by at most this many rows are read as one slice.
+MAX_GAP_ROWS = 16
 
 
 def is_string_array(array: np.ndarray) -> bool:
@@ -71,6 +76,28 @@ class Backend(ABC):
     @abstractmethod
     def read(self, path: Path, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
         """Read the named arrays (default: all) whole; strings come back as `U` arrays."""
+
+    def read_rows(self, path: Path,
+                  rows: Mapping[str, np.ndarray | None]) -> dict[str, np.ndarray]:
+        """For each name, the rows at sorted unique indices `rows[name]` (None = all rows).
+
+        Never a read per row: whole arrays when most rows are wanted, else the backend's
+        batched selection (touched Zarr chunks, coalesced HDF5 slices)."""
+        whole = [n for n, r in rows.items() if r is None or _dense(r, self._length(path, n))]
+        out = self.read(path, whole) if whole else {}
+        for name in whole:
+            if rows[name] is not None:
+                out[name] = out[name][rows[name]]
+        sparse = {n: np.asarray(r, dtype=np.int64) for n, r in rows.items() if n not in out}
+        out.update(self._read_selected(path, sparse) if sparse else {})
+        return out
+
+    def _length(self, path: Path, name: str) -> int:
+        return len(self.read(path, [name])[name])
+
+    def _read_selected(self, path: Path,
+                       rows: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {name: array[rows[name]] for name, array in self.read(path, list(rows)).items()}
 
     @abstractmethod
     def names(self, path: Path) -> list[str]:
@@ -125,12 +152,40 @@ class ZarrBackend(Backend):
             out[name] = as_unicode(array) if is_string_array(array) else array
         return out
 
+    def read_rows(self, path: Path,
+                  rows: Mapping[str, np.ndarray | None]) -> dict[str, np.ndarray]:
+        import zarr
+
+        group = zarr.open_group(str(path), mode="r")
+        out = {}
+        for name, wanted in rows.items():
+            stored = group[name]
+            if wanted is None or _dense_chunks(wanted, stored.shape[0], stored.chunks[0]):
+                array = stored[...] if wanted is None else stored[...][wanted]
+            elif len(wanted) == 0:
+                array = np.zeros((0, *stored.shape[1:]), dtype=stored.dtype)
+            else:  # one call: zarr fetches the touched chunks concurrently
+                array = stored.get_orthogonal_selection(
+                    (np.asarray(wanted, dtype=np.int64), *[slice(None)] * (stored.ndim - 1)))
+            out[name] = as_unicode(array) if is_string_array(array) else array
+        return out
+
     def names(self, path: Path) -> list[str]:
         import zarr
 
         group = zarr.open_group(str(path), mode="r")
         return sorted(name for name, node in group.members(max_depth=None)
                       if isinstance(node, zarr.Array))
+
+
+def _dense(rows: np.ndarray, length: int) -> bool:
+    return len(rows) > DENSE_FRACTION * max(1, length)
+
+
+def _dense_chunks(rows: np.ndarray, length: int, chunk_rows: int) -> bool:
+    """Zarr reads whole chunks: go whole-array when most chunks would be touched anyway."""
+    touched = len(np.unique(np.asarray(rows) // chunk_rows)) if len(rows) else 0
+    return touched > DENSE_FRACTION * max(1, -(-length // chunk_rows))
 
 
 def _chunks(array: np.ndarray) -> tuple[int, ...]:
@@ -166,11 +221,41 @@ class Hdf5Backend(Backend):
             wanted = _h5_names(handle) if names is None else list(names)
             return {name: _h5_read(handle[name]) for name in wanted}
 
+    def read_rows(self, path: Path,
+                  rows: Mapping[str, np.ndarray | None]) -> dict[str, np.ndarray]:
+        import h5py
+
+        with h5py.File(path, "r") as handle:
+            out = {}
+            for name, wanted in rows.items():
+                dataset = handle[name]
+                if wanted is None or _dense(wanted, dataset.shape[0]):
+                    array = _h5_read(dataset)
+                    out[name] = array if wanted is None else array[wanted]
+                else:
+                    out[name] = _h5_runs(dataset, np.asarray(wanted, dtype=np.int64))
+                    if h5py.check_string_dtype(dataset.dtype) is not None:
+                        out[name] = as_unicode(out[name])
+            return out
+
     def names(self, path: Path) -> list[str]:
         import h5py
 
         with h5py.File(path, "r") as handle:
             return _h5_names(handle)
+
+
+def _h5_runs(dataset, rows: np.ndarray) -> np.ndarray:
+    """Rows read as a few contiguous slices (runs joined across gaps of <= MAX_GAP_ROWS)."""
+    if len(rows) == 0:
+        return np.zeros((0, *dataset.shape[1:]), dtype=dataset.dtype)
+    breaks = np.flatnonzero(np.diff(rows) > MAX_GAP_ROWS + 1) + 1
+    starts = rows[np.concatenate([[0], breaks])]
+    ends = rows[np.concatenate([breaks - 1, [len(rows) - 1]])] + 1
+    blocks = np.concatenate([dataset[int(a):int(b)] for a, b in zip(starts, ends)])
+    block_start = np.concatenate([[0], np.cumsum(ends - starts)[:-1]])
+    run = np.searchsorted(starts, rows, side="right") - 1
+    return blocks[rows - starts[run] + block_start[run]]
 
 
 def _h5_names(handle) -> list[str]:

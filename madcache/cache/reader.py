@@ -8,6 +8,7 @@ one from Zarr costs ~0.35 ms per chunk touched (docs/cache-format.md, "Why whole
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -25,6 +26,7 @@ WORD_FIELDS = {"feat": ("word_feat", np.float32), "span": ("word_span", np.int32
                "vr": ("word_vr", np.float32), "yake": ("word_yake", np.float32),
                "score": ("word_score", np.float32), "truncated": ("word_truncated", bool)}
 ROW_INDEXES = {"example_image": "images", "example_texts": "texts"}
+PER_EXAMPLE = ("example_image", "example_texts", "candidates", "similarity")
 
 
 def open_cache(path: str | Path, *, allow_incomplete: bool = False) -> "Cache":
@@ -123,8 +125,9 @@ class Cache:
     def load_targets(self, example_ids: Sequence[str], *, progress: bool = False) -> Targets:
         """Teacher targets of `example_ids`, rows in that order (see `Targets`).
 
-        One pass over the needed shards in order; each needed array is read whole, then the
-        rows are gathered. fp16 features come back as float32."""
+        One pass over the needed shards in order. Per shard, the needed rows of each array are
+        read in one batched, sorted request (whole arrays when most rows are needed; never one
+        read per row), then gathered in memory. fp16 features come back as float32."""
         ids = list(example_ids)
         shard_of, row_of = self._locate(ids)
         entries = {int(e["index"]): e for e in self.shards}
@@ -132,10 +135,12 @@ class Cache:
         template = entries[needed[0]] if needed else (self.shards[0] if self.shards else None)
         out = _Assembler(len(ids), self.num_choices, template)
         for shard in _progress(needed, progress):
+            if set(_target_names(entries[shard])) != set(_target_names(template)):
+                raise CacheCorruptError(f"shard {shard} of {self.path} holds other arrays than "
+                                        f"shard {template['index']}: run `madcache cache verify`")
             positions = np.flatnonzero(shard_of == shard)
-            entry = entries[shard]
-            arrays = self.backend.read(self._shard_path(entry), _target_names(entry))
-            out.add_shard(positions, row_of[positions], arrays)
+            read = partial(self.backend.read_rows, self._shard_path(entries[shard]))
+            out.add_shard(positions, row_of[positions], read)
         return out.targets(ids, self.manifest)
 
     # ------------------------------------------------------------------ checks and info
@@ -208,6 +213,42 @@ def _progress(shards: list[int], enabled: bool) -> Iterable[int]:
     return tqdm(shards, desc="loading targets", unit="shard")
 
 
+class _RowPlan:
+    """Which image, text and word rows of a shard the requested examples need (sorted,
+    unique, as the store wants them), and how to map them back to requested order."""
+
+    def __init__(self, per_example: dict[str, np.ndarray], inverse: np.ndarray,
+                 names: set[str]) -> None:
+        self.names = names
+        self.image_rows = self.image_inverse = None
+        if "image_feat" in names:
+            self.image_rows, self.image_inverse = np.unique(
+                per_example["example_image"][inverse], return_inverse=True)
+        self.text_rows = self.text_inverse = self.word_rows = None
+        if "example_texts" in per_example:
+            texts = per_example["example_texts"][inverse].reshape(-1)   # n*C scored texts
+            self.text_rows, self.text_inverse = np.unique(texts, return_inverse=True)
+            self.text_inverse = self.text_inverse.reshape(-1)
+        if "word_offsets" in per_example and self.text_rows is not None:
+            offsets = per_example["word_offsets"]
+            self.text_counts = offsets[self.text_rows + 1] - offsets[self.text_rows]
+            self.text_compact_start = np.concatenate(
+                [[0], np.cumsum(self.text_counts)[:-1]]).astype(np.int64)
+            # sorted, since the texts' word ranges are disjoint and in order
+            self.word_rows = ragged_index(offsets[self.text_rows], self.text_counts)
+
+    def requests(self) -> dict[str, np.ndarray]:
+        wanted = {}
+        if self.image_rows is not None:
+            wanted["image_feat"] = self.image_rows
+        if self.text_rows is not None and "text_eos" in self.names:
+            wanted["text_eos"] = self.text_rows
+        if self.word_rows is not None:
+            wanted.update({name: self.word_rows for name, _ in WORD_FIELDS.values()
+                           if name in self.names})
+        return wanted
+
+
 def ragged_index(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Concatenation of `arange(s, s + n)` for each (s, n), without a Python loop."""
     counts = np.asarray(counts, dtype=np.int64)
@@ -234,34 +275,34 @@ class _Assembler:
             self.rows[name] = np.zeros((self.n, *trailing), dtype=dtype)
         return self.rows[name]
 
-    def add_shard(self, positions: np.ndarray, rows: np.ndarray,
-                  arrays: dict[str, np.ndarray]) -> None:
-        if set(_target_names({"arrays": self.records})) != set(arrays):
-            raise CacheCorruptError("shards of this cache hold different arrays: "
-                                    f"{sorted(arrays)} vs {sorted(self.records)}")
-        texts = arrays["example_texts"][rows] if "example_texts" in arrays else None
-        if "image_feat" in arrays:
-            feat = arrays["image_feat"][arrays["example_image"][rows]]
-            self._out("image", feat.shape[1:], np.float32)[positions] = feat
-        if "text_eos" in arrays and texts is not None:
-            eos = arrays["text_eos"][texts]
-            self._out("text_eos", eos.shape[1:], np.float32)[positions] = eos
-        for name in arrays:
+    def add_shard(self, positions: np.ndarray, rows: np.ndarray, read) -> None:
+        """Gather one shard's rows with two batched reads: the per-example arrays (and
+        `word_offsets`), then the image, text and word rows they point at.
+        `read({name: sorted unique rows | None})` reads from the shard."""
+        names = set(_target_names({"arrays": self.records}))
+        example_rows, inverse = np.unique(rows, return_inverse=True)
+        first = {n: example_rows for n in names if n in PER_EXAMPLE or n.startswith("logits/")}
+        first.update({"word_offsets": None} if "word_offsets" in names else {})
+        per_example = read(first)
+        for name, array in per_example.items():
             if name.startswith("logits/") or name in ("candidates", "similarity"):
                 dtype = np.int64 if name == "candidates" else np.float32
-                self._out(name, arrays[name].shape[1:], dtype)[positions] = arrays[name][rows]
-        if "word_offsets" in arrays and texts is not None:
-            self._add_words(positions, texts.reshape(-1), arrays)
-
-    def _add_words(self, positions: np.ndarray, text_rows: np.ndarray,
-                   arrays: dict[str, np.ndarray]) -> None:
-        offsets = arrays["word_offsets"]
-        counts = offsets[text_rows + 1] - offsets[text_rows]
-        take = ragged_index(offsets[text_rows], counts)
-        targets = (positions[:, None] * self.c + np.arange(self.c)).reshape(-1)
-        self.counts[targets] = counts
-        words = {name: arrays[name][take] for name, _ in WORD_FIELDS.values() if name in arrays}
-        self.word_parts.append((targets, counts, words))
+                self._out(name, array.shape[1:], dtype)[positions] = array[inverse]
+        plan = _RowPlan(per_example, inverse, names)
+        stored = read(plan.requests())
+        if "image_feat" in stored:
+            feat = stored["image_feat"][plan.image_inverse]
+            self._out("image", feat.shape[1:], np.float32)[positions] = feat
+        if "text_eos" in stored:
+            eos = stored["text_eos"][plan.text_inverse].reshape(len(positions), self.c, -1)
+            self._out("text_eos", eos.shape[1:], np.float32)[positions] = eos
+        if plan.word_rows is not None:
+            counts = plan.text_counts[plan.text_inverse]
+            take = ragged_index(plan.text_compact_start[plan.text_inverse], counts)
+            targets = (positions[:, None] * self.c + np.arange(self.c)).reshape(-1)
+            self.counts[targets] = counts
+            words = {n: a[take] for n, a in stored.items() if n.startswith("word_")}
+            self.word_parts.append((targets, counts, words))
 
     def _words(self) -> WordTargets | None:
         if "word_offsets" not in self.records:
