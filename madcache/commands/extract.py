@@ -46,8 +46,9 @@ _existing = click.Path(path_type=Path, exists=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--force", is_flag=True, help="Overwrite a cache built with another fingerprint.")
 @click.option("--skip-bad", is_flag=True, help="Skip malformed records (listed in the manifest).")
-@click.option("--answer-vocab", type=_existing, help="VQA answer vocabulary (.txt or .json) "
-                                                     "[default: ROOT/answers.txt, else the split's answers].")
+@click.option("--answer-vocab", type=_existing,
+              help="VQA answer vocabulary (.txt or .json) [default: ROOT/answers.txt, else the "
+                   "split's most frequent answers].")
 @click.option("--answer-top-k", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--sentence-encoder", type=_existing, help="Sentence encoder directory for VQA "
                                                          "answer prefiltering [default: MiniLM].")

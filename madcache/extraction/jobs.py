@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
-import numpy as np
 import torch
 
 from madcache.data.paths import safe_join
@@ -142,6 +141,3 @@ def make_loader(preprocessor: Preprocessor, stream: JobStream, *, workers: int,
                                        collate_fn=keep_as_is, num_workers=workers,
                                        pin_memory=pin_memory, **extra)
 
-
-def yake_arrays(scores: list[np.ndarray]) -> np.ndarray:
-    return np.concatenate(scores).astype(np.float32) if scores else np.zeros(0, np.float32)

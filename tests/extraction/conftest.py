@@ -110,7 +110,8 @@ def write_toy_world(root: Path) -> Path:
         vqa.append({"id": f"{1000 + n}", "image": image, "label": None,
                     "choices": [["What color is the car?", "How many people are there?",
                                  "Is there a dog?"][n % 3]],
-                    "answers": [["red", "blue", "red"], ["2", "3", "2"], ["yes", "no", "yes"]][n % 3]})
+                    "answers": [["red", "blue", "red"], ["2", "3", "2"],
+                                ["yes", "no", "yes"]][n % 3]})
     for name, records in (("vcr", vcr), ("snli", snli), ("vqa", vqa)):
         (root / f"{name}.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
     return root

@@ -116,7 +116,8 @@ def test_changed_setting_is_refused_and_force_overwrites(fresh, cache):
 
 def test_cli_names_what_differs_and_prints_a_summary(fresh):
     args = ["extract", "--teacher", fresh.teacher, "--checkpoint", str(fresh.checkpoint),
-            "--dataset", "toy-vcr", "--protocol", "vcr", "--root", str(fresh.root), "--split", "vcr",
+            "--dataset", "toy-vcr", "--protocol", "vcr", "--root", str(fresh.root),
+            "--split", "vcr",
             "--out", str(fresh.out), "--shard-size", "6", "--no-progress"]
     result = CliRunner().invoke(cli, args + ["--dtype", "float32"])
     assert result.exit_code == 2, result.output

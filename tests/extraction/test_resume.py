@@ -29,7 +29,7 @@ import madcache.cache.writer as writer
 original = writer.CacheWriter.write_shard
 def slow(self, *args, **kwargs):
     original(self, *args, **kwargs)
-    time.sleep(0.4)
+    time.sleep(0.25)
 writer.CacheWriter.write_shard = slow
 from madcache.cli import main
 sys.argv = ["madcache", *sys.argv[1:]]

@@ -1,0 +1,133 @@
+"""Extraction throughput vs the bare teacher forward, side by side on the same inputs.
+
+- `forward`: the teacher work extraction cannot avoid — every unique image of the split and
+  every unique scored/prompt text of each shard, already decoded, transformed and tokenised in
+  memory; only `encode_images` / `encode_tokens` are timed.
+- `extract`: `madcache.extract` end to end on the same split (read, decode, tokenise and YAKE in
+  `--workers` processes overlapped with the forward, assemble, write zarr shards); the teacher is
+  loaded once beforehand, so model construction is in neither number.
+
+Both run alternately (`--repeats`, medians), one torch thread in the main process each time.
+Goal: extract / forward >= 0.8 (examples per second). Prints a JSON line; < 2 minutes.
+    python benchmarks/bench_extract.py [--examples 256] [--workers 1] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from madcache.data import read_examples  # noqa: E402
+from madcache.extract import ExtractConfig, extract  # noqa: E402
+from madcache.extraction.jobs import load_rgb  # noqa: E402
+from madcache.extraction.plan import build_shard_plan, group_into_shards  # noqa: E402
+from madcache.extraction.tasks import make_task  # noqa: E402
+from madcache.teachers import load_teacher  # noqa: E402
+
+VIT_B_LIKE = {"embed_dim": 256, "vision_cfg": {"image_size": 96, "layers": 6, "width": 384,
+                                               "patch_size": 16},
+              "text_cfg": {"context_length": 64, "vocab_size": 49408, "width": 256, "heads": 4,
+                           "layers": 6}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--examples", type=int, default=256)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--shard-size", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--model", choices=["demo", "vit-b-like"], default="demo",
+                        help="demo: madcache-demo (tiny); vit-b-like: 6-layer 96 px towers")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = demo_root(Path(tmp))
+        name = teacher_name(args.model, Path(tmp))
+        teacher = load_teacher(name, random_init=True)
+        config = ExtractConfig(dataset="vcr", root=root, split="train", teacher=name,
+                               limit=args.examples, batch_size=args.batch_size,
+                               shard_size=args.shard_size, workers=args.workers,
+                               progress=False)
+        inputs = prepared_inputs(teacher, config)
+        forward, full = [], []
+        for repeat in range(args.repeats):
+            forward.append(time_forward(teacher, inputs))
+            out = Path(tmp) / f"cache-{repeat}"
+            full.append(time_extract(teacher, config, out))
+    n = inputs["examples"]
+    rate = {"forward": n / statistics.median(forward), "extract": n / statistics.median(full)}
+    print(json.dumps({
+        "benchmark": "extract", "model": args.model, "examples": n, "images": inputs["images"],
+        "texts": inputs["texts"], "workers": args.workers, "batch_size": args.batch_size,
+        "forward_samples_per_s": round(rate["forward"], 1),
+        "extract_samples_per_s": round(rate["extract"], 1),
+        "ratio_extract_over_forward": round(rate["extract"] / rate["forward"], 3),
+        "goal": ">= 0.8", "forward_s": [round(t, 3) for t in forward],
+        "extract_s": [round(t, 3) for t in full]}))
+
+
+def teacher_name(model: str, tmp: Path) -> str:
+    if model == "demo":
+        return "madcache-demo"
+    path = tmp / "bench-vit-b-like.json"
+    path.write_text(json.dumps(VIT_B_LIKE))
+    return f"openclip-config:{path}"
+
+
+def demo_root(tmp: Path) -> Path:
+    from madcache.data.demo import generate_demo_world
+
+    generate_demo_world(tmp / "world", size="small")
+    return tmp / "world" / "vcr"
+
+
+def prepared_inputs(teacher, config: ExtractConfig) -> dict:
+    """Pixel batches and token batches of exactly what extraction encodes, per shard."""
+    examples = read_examples("vcr", config.root, "train").examples[:config.limit]
+    task = make_task("vcr")
+    transform, tokenize = teacher.image_transform(), teacher.text_processor()
+    images, texts, n_images, n_texts = [], [], 0, 0
+    for index, shard in enumerate(group_into_shards(examples, config.shard_size)):
+        plan = build_shard_plan(index, shard)
+        task.prepare(plan)
+        pixels = torch.stack([transform(load_rgb(config.root, p)) for p in plan.image_paths])
+        images += list(pixels.split(config.batch_size))
+        for batch_texts in (plan.texts, plan.aux_texts):
+            texts += [tokenize(batch_texts[i:i + config.batch_size])
+                      for i in range(0, len(batch_texts), config.batch_size)]
+        n_images += len(plan.image_paths)
+        n_texts += len(plan.texts) + len(plan.aux_texts)
+    return {"images": n_images, "texts": n_texts, "examples": len(examples),
+            "pixel_batches": images, "token_batches": texts}
+
+
+def time_forward(teacher, inputs: dict) -> float:
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for pixels in inputs["pixel_batches"]:
+            teacher.encode_images(pixels)
+        for tokens in inputs["token_batches"]:
+            teacher.encode_tokens(tokens)
+    return time.perf_counter() - started
+
+
+def time_extract(teacher, config: ExtractConfig, out: Path) -> float:
+    from dataclasses import replace
+
+    started = time.perf_counter()
+    extract(replace(config, out=out), teacher_loader=lambda *a, **k: teacher)
+    return time.perf_counter() - started
+
+
+if __name__ == "__main__":
+    main()
