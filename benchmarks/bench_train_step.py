@@ -110,7 +110,7 @@ def build_student():
     try:
         from madcache.students import build_student as build
 
-        return build("single-stream"), "single-stream"
+        return build("single-stream", region_dim=64), "single-stream"
     except Exception:  # the built-in student may not be installed in this checkout yet
         return BenchStudent(), "bench-stand-in"
 
