@@ -29,7 +29,8 @@ def parse_read_options(pairs: tuple[str, ...]) -> dict[str, Any]:
 @click.command("regions")
 @click.option("--dataset", required=True, help="A registered dataset: vcr, snli-ve, vqa.")
 @click.option("--root", required=True, type=_existing, help="Dataset root (original files).")
-@click.option("--split", required=True)
+@click.option("--split", required=True, help="A split, or several: train,val (one store for "
+                                            "training and validation).")
 @click.option("--extractor", default="boxcrop", show_default=True,
               help="boxcrop, backbone or butd-tsv.")
 @click.option("--weights", type=_existing, help="backbone: local weights (.safetensors / .pt).")
@@ -38,7 +39,7 @@ def parse_read_options(pairs: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--device", help="backbone: cpu, cuda or cuda:N [cpu].")
 @click.option("--tsv", type=_existing, help="butd-tsv: the bottom-up-attention TSV file.")
 @click.option("--out", type=_path, help="Store path [default: cache/<dataset>/<split>/"
-                                        "regions-<extractor>].")
+                                        "regions-<extractor>]; splits joined by +.")
 @click.option("--max-regions", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--shard-size", type=click.IntRange(min=1), default=256, show_default=True,
               help="Images per shard.")

@@ -70,20 +70,33 @@ def image_items(root: str | Path, examples: Sequence[Example],
 
 # ----------------------------------------------------------------------------- writing
 
-def default_out(dataset: str, split: str, extractor: str) -> Path:
-    return Path("cache") / dataset / split / f"regions-{extractor}"
+def default_out(dataset: str, splits: Sequence[str], extractor: str) -> Path:
+    return Path("cache") / dataset / "+".join(splits) / f"regions-{extractor}"
 
 
-def region_manifest(*, dataset: str, root: str | Path, split: str, extractor: RegionExtractor,
-                    max_regions: int, read_options: Mapping[str, Any]) -> dict[str, Any]:
+def split_list(split: str | Sequence[str]) -> list[str]:
+    """`"train"`, `"train,val"` or `["train", "val"]` -> the splits, in order, once each."""
+    parts = split.split(",") if isinstance(split, str) else [p for s in split for p in s.split(",")]
+    splits = list(dict.fromkeys(p.strip() for p in parts if p.strip()))
+    if not splits:
+        raise CacheError("no split given")
+    return splits
+
+
+def region_manifest(*, dataset: str, root: str | Path, splits: Sequence[str],
+                    extractor: RegionExtractor, max_regions: int,
+                    read_options: Mapping[str, Any]) -> dict[str, Any]:
     from madcache.cache.fingerprint import dataset_fingerprint
 
-    return {"kind": KIND, "dataset": dataset, "split": split, "num_choices": 0,
+    digests = {split: dataset_fingerprint(dataset, root, split, dict(read_options))
+               for split in splits}
+    return {"kind": KIND, "dataset": dataset, "split": "+".join(splits), "num_choices": 0,
             "dims": {"region": extractor.feature_dim},
-            "fingerprint": {"dataset": dataset_fingerprint(dataset, root, split, dict(read_options)),
+            "fingerprint": {"dataset": digests,
                             "regions": {**extractor.fingerprint(), "max_regions": max_regions,
                                         "boxes": BOX_RULE}},
-            "settings": {"extractor": extractor.name, "max_regions": max_regions}}
+            "settings": {"extractor": extractor.name, "max_regions": max_regions,
+                         "splits": list(splits)}}
 
 
 def shard_arrays(image_ids: list[str], regions: list[tuple[np.ndarray, np.ndarray]],
@@ -97,15 +110,15 @@ def shard_arrays(image_ids: list[str], regions: list[tuple[np.ndarray, np.ndarra
             "region_boxes": np.concatenate(boxes).astype(np.float32)}
 
 
-def build_region_store(*, dataset: str, root: str | Path, split: str, extractor: str,
+def build_region_store(*, dataset: str, root: str | Path, split: str | Sequence[str],
+                       extractor: str,
                        out: str | Path | None = None, max_regions: int = 16,
                        format: str = "zarr", force: bool = False, shard_size: int = 256,
                        read_options: Mapping[str, Any] | None = None,
                        extractor_options: Mapping[str, Any] | None = None,
                        progress: bool = True) -> dict[str, Any]:
-    """Extract region features of every image of a split into a store; resumes a killed run.
-
-    Returns a summary: path, images, regions, shards written now, shards reused.
+    """Extract region features of every image of one or more splits (`"train,val"`: one store
+    for training and validation) into a store; resumes a killed run. Returns a summary: path, images, regions, shards written now, shards reused.
     """
     from tqdm.auto import tqdm
 
@@ -115,10 +128,11 @@ def build_region_store(*, dataset: str, root: str | Path, split: str, extractor:
     if max_regions < 1 or shard_size < 1:
         raise CacheError("max_regions and shard_size must be >= 1")
     read_options = dict(read_options or {})
-    examples = read_examples(dataset, root, split, **read_options).examples
+    splits = split_list(split)
+    examples = [ex for s in splits for ex in read_examples(dataset, root, s, **read_options).examples]
     extractor_obj = build_extractor(extractor, **dict(extractor_options or {}))
-    path = Path(out) if out is not None else default_out(dataset, split, extractor)
-    manifest = region_manifest(dataset=dataset, root=root, split=split, extractor=extractor_obj,
+    path = Path(out) if out is not None else default_out(dataset, splits, extractor)
+    manifest = region_manifest(dataset=dataset, root=root, splits=splits, extractor=extractor_obj,
                                max_regions=max_regions, read_options=read_options)
     writer = CacheWriter.open(path, manifest=manifest, format=format, force=force)
     done = writer.completed_shards()

@@ -219,7 +219,7 @@ def test_cli_butd_tsv_on_the_demo_snli_ve(tmp_path, demo_root):
     store = open_regions(out)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["fingerprint"]["regions"]["name"] == "butd-tsv"
-    assert manifest["fingerprint"]["dataset"]["split"] == "dev"
+    assert manifest["fingerprint"]["dataset"]["dev"]["split"] == "dev"
     feat, boxes = store.load([image_ids[0]])[image_ids[0]]
     order = np.argsort(-rows[image_ids[0]]["conf"])[:4]
     assert torch.equal(feat, torch.from_numpy(rows[image_ids[0]]["features"][order].astype(np.float32)))
@@ -227,3 +227,16 @@ def test_cli_butd_tsv_on_the_demo_snli_ve(tmp_path, demo_root):
                                       "--split", "dev", "--extractor", "backbone",
                                       "--out", str(tmp_path / "b"), "--no-progress"])
     assert result.exit_code == 2 and "--weights" in result.output
+
+
+def test_one_store_for_several_splits(tmp_path, demo_root):
+    from madcache.data import read_examples
+
+    root = demo_root / "vqa"
+    summary = build_region_store(dataset="vqa", root=root, split="train,val", extractor="boxcrop",
+                                 out=tmp_path / "s", max_regions=2, progress=False)
+    wanted = {ex.image_id for s in ("train", "val") for ex in read_examples("vqa", root, s).examples}
+    store = open_regions(tmp_path / "s")
+    assert set(store.image_ids()) == wanted and summary["regions"] == 2 * len(wanted)
+    assert sorted(store.manifest["fingerprint"]["dataset"]) == ["train", "val"]
+    assert store.manifest["split"] == "train+val"
