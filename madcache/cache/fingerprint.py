@@ -75,7 +75,7 @@ def dataset_fingerprint(dataset: str, root: str | Path, split: str,
     from madcache.data import DATASETS
 
     root = Path(root)
-    files = DATASETS.get(dataset).annotation_files(root, split)
+    files = DATASETS.get(dataset).annotation_files(root, split, **(read_options or {}))
     return {"name": dataset, "split": split,
             "files": {_relative(Path(f), root): file_sha256(f) for f in files},
             "read_options": to_json(read_options or {})}

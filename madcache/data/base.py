@@ -21,8 +21,9 @@ class Dataset(Protocol):
     categories: tuple[str, ...]
     label_names: tuple[str, ...] | None
 
-    def annotation_files(self, root: Path, split: str) -> list[Path]:
-        """The files whose bytes define this split (hashed into cache fingerprints)."""
+    def annotation_files(self, root: Path, split: str, **options: Any) -> list[Path]:
+        """The files whose bytes define this split (hashed into cache fingerprints); the same
+        `options` as `read` (e.g. VCR `annotations=`, VQA `questions_file=`) pick the files."""
         ...
 
     def read(self, root: Path, split: str, *, skip_bad: bool = False,
