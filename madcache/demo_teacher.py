@@ -172,7 +172,7 @@ def _settings(cfg: DemoTeacherConfig) -> dict[str, Any]:
 
 def pretrain_demo_teacher(cfg: DemoTeacherConfig, *, progress: bool = True) -> dict[str, Any]:
     """Train, save `cfg.out` (+ sidecar) and return the sidecar's summary."""
-    from madcache.teachers.clip import create_model
+    from madcache.teachers.clip import create_model, encode_text_trimmed
     from open_clip.loss import ClipLoss
 
     torch.manual_seed(cfg.seed)
@@ -194,8 +194,10 @@ def pretrain_demo_teacher(cfg: DemoTeacherConfig, *, progress: bool = True) -> d
             group["lr"] = lr_at(step, cfg)
         batch = _batch(train_rows, corpus, cfg.batch_size, generator)
         pixels = normalise_pixels(corpus.images[corpus.caption_image[batch]], model)
-        image_f, text_f, scale = model(pixels, corpus.tokens[batch])[:3]
-        loss = loss_fn(image_f, text_f, scale)
+        image_f = model.encode_image(pixels, normalize=True)
+        text_f = torch.nn.functional.normalize(encode_text_trimmed(model, corpus.tokens[batch]),
+                                               dim=-1)
+        loss = loss_fn(image_f, text_f, model.logit_scale.exp())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -136,16 +136,13 @@ class OpenClipTeacher:
 
     @torch.inference_mode()
     def encode_tokens(self, batch: TokenBatch) -> TextEncoding:
-        from open_clip.transformer import text_global_pool
-
-        model = self.model
-        ids = batch.input_ids.to(self.device)
+        ids = trim_padding(batch.input_ids).to(self.device)
         with self._autocast():
             tokens = self.token_features(ids)
-            eos = text_global_pool(tokens, ids, model.text_pool_type,
-                                   eos_token_id=getattr(model, "text_eos_id", None))
-            eos, tokens = self._project(eos), self._project(tokens)
-        word_feat, no_token = pool_words(tokens.float().cpu(), batch.token_word, batch.n_words)
+            eos = project_text(self.model, pool_eos(self.model, tokens, ids))
+            tokens = project_text(self.model, tokens)
+        word_feat, no_token = pool_words(tokens.float().cpu(), batch.token_word[:, :ids.shape[1]],
+                                         batch.n_words)
         cut = batch.extra.get("word_truncated") or [torch.zeros(n, dtype=torch.bool)
                                                     for n in batch.n_words]
         return TextEncoding(eos=eos.float().cpu(), word_feat=word_feat,
@@ -153,19 +150,8 @@ class OpenClipTeacher:
                             truncated=batch.truncated.clone())
 
     def token_features(self, ids: torch.Tensor) -> torch.Tensor:
-        """Per-token text features after `ln_final` (unprojected), exactly as `encode_text`."""
-        model = self.model
-        cast_dtype = model.transformer.get_cast_dtype()
-        x = model.token_embedding(ids).to(cast_dtype)
-        x = x + model.positional_embedding.to(cast_dtype)
-        x = model.transformer(x, attn_mask=model.attn_mask)
-        return model.ln_final(x)
-
-    def _project(self, x: torch.Tensor) -> torch.Tensor:
-        proj = self.model.text_projection
-        if proj is None:
-            return x
-        return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+        """Per-token text features after `ln_final` (unprojected), as in `encode_text`."""
+        return text_token_features(self.model, ids)
 
     def fingerprint(self) -> dict[str, Any]:
         open_clip = _open_clip()
@@ -186,6 +172,45 @@ class OpenClipTeacher:
                          "eos": "projected EOS token == encode_text (unnormalised)",
                          "word": "mean of projected sub-token features after ln_final"},
         }
+
+
+def trim_padding(ids: torch.Tensor) -> torch.Tensor:
+    """Drop the all-padding columns at the end. CLIP's text attention is causal, so tokens never
+    see later positions: trimming changes no feature at the kept positions, only saves work."""
+    used = int((ids != 0).sum(1).max()) if ids.numel() else 0
+    return ids[:, :max(used, 1)]
+
+
+def text_token_features(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """Per-token features after `ln_final` for ids [B, L <= context_length]: `encode_text`'s
+    computation (ENV.md) with the positional embedding and causal mask cut to L."""
+    length = ids.shape[1]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(ids).to(cast_dtype)
+    x = x + model.positional_embedding[:length].to(cast_dtype)
+    mask = model.attn_mask
+    x = model.transformer(x, attn_mask=None if mask is None else mask[:length, :length])
+    return model.ln_final(x)
+
+
+def pool_eos(model: torch.nn.Module, tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    from open_clip.transformer import text_global_pool
+
+    return text_global_pool(tokens, ids, model.text_pool_type,
+                            eos_token_id=getattr(model, "text_eos_id", None))
+
+
+def project_text(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    proj = model.text_projection
+    if proj is None:
+        return x
+    return proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+
+
+def encode_text_trimmed(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """`model.encode_text(ids)` (unnormalised) computed on the padding-trimmed ids."""
+    ids = trim_padding(ids)
+    return project_text(model, pool_eos(model, text_token_features(model, ids), ids))
 
 
 def load_openclip(*, arg: str, name: str | None = None, checkpoint: str | Path | None = None,

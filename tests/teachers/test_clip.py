@@ -145,3 +145,13 @@ def test_unknown_teacher_lists_valid_names():
     assert "clip-vit-b16" in str(info.value) and "openclip:<model>" in str(info.value)
     with pytest.raises(UnknownNameError, match="roberta:<dir>"):
         load_teacher("nosuch:thing")
+
+
+def test_trimmed_text_encoding_equals_encode_text(teacher, tiny_clip):
+    from madcache.teachers.clip import encode_text_trimmed, trim_padding
+
+    ids = teacher.text_processor()(TEXTS).input_ids
+    assert trim_padding(ids).shape == (2, 13)  # SOT + 11 tokens + EOT of the longer text
+    with torch.no_grad():
+        torch.testing.assert_close(encode_text_trimmed(tiny_clip[2], ids),
+                                   tiny_clip[2].encode_text(ids), atol=1e-5, rtol=0)
