@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from madcache.errors import ConfigError
+from madcache.zeroshot import teachers_label
 
 METRIC_ORDER = ("q2a", "qa2r", "q2ar", "accuracy", "vqa_accuracy")
 METHOD_ORDER = ("baseline", "md-vision", "md-text", "md", "mad-no-ts", "mad-no-cw",
@@ -76,18 +77,6 @@ class Cell:
 
 
 # ----------------------------------------------------------------------------- reading
-
-def teachers_label(teachers: Any) -> str:
-    """A short name for a teacher set: the distinct names of its roles, or "-" for none."""
-    if not teachers:
-        return "-"
-    if isinstance(teachers, Mapping):
-        names = [str(v) for v in teachers.values() if v]
-        return "+".join(dict.fromkeys(names)) or "-"
-    if isinstance(teachers, (list, tuple)):
-        return "+".join(dict.fromkeys(str(t) for t in teachers)) or "-"
-    return str(teachers)
-
 
 def shots_label(shots: Any) -> str:
     return FULL if shots in (None, FULL) else f"k{int(shots)}"
@@ -277,8 +266,10 @@ def plot_cells(cells: Mapping[CellKey, Cell], zero_shot: Sequence[Mapping[str, A
             shots = sorted({k[5] for k in cells if k[0] == dataset and k[6] == metric
                             and k[4] == split}, key=_shots_sort)
             fig, ax = plt.subplots(figsize=(6, 4))
-            for row in rows(cells, dataset, metric):
-                points = [(i, cells[(dataset, *row, split, s, metric)])
+            lines = rows(cells, dataset, metric)
+            for j, row in enumerate(lines):
+                dodge = (j - (len(lines) - 1) / 2) * 0.04     # keep error bars apart
+                points = [(i + dodge, cells[(dataset, *row, split, s, metric)])
                           for i, s in enumerate(shots) if (dataset, *row, split, s, metric) in cells]
                 if points:
                     ax.errorbar([i for i, _ in points], [c.mean for _, c in points],
@@ -303,10 +294,10 @@ def _reference_lines(ax, zero_shot: Sequence[Mapping[str, Any]], dataset: str, s
     for result in zero_shot:
         if result.get("dataset") != dataset or result.get("split") != split:
             continue
-        for protocol, scores in result["protocols"].items():
+        for k, (protocol, scores) in enumerate(result["protocols"].items()):
             if metric in scores["overall"]:
-                ax.axhline(scores["overall"][metric], linestyle="--", linewidth=1,
-                           label=f"zero-shot {protocol}", color="grey")
+                ax.axhline(scores["overall"][metric], linestyle=("--", "-.")[k % 2], linewidth=1,
+                           label=f"zero-shot {protocol}", color=("grey", "tab:brown")[k % 2])
         if metric in result.get("chance", {}):
             ax.axhline(result["chance"][metric], linestyle=":", linewidth=1, color="black",
                        label="chance")

@@ -251,7 +251,7 @@ def zero_shot_markdown(result: Mapping[str, Any]) -> str:
     """One row per (prompt, category); chance levels in the last row."""
     names = metric_names(result)
     lines = [f"## Zero-shot: {result['dataset']} {result.get('split') or ''} "
-             f"(teachers: {_teacher_label(result.get('teachers'))})", "",
+             f"(teachers: {teachers_label(result.get('teachers'))})", "",
              "| protocol | category | " + " | ".join(names) + " | n |",
              "|---|---|" + "---|" * (len(names) + 1)]
     for prompt, scores in result["protocols"].items():
@@ -266,10 +266,15 @@ def zero_shot_markdown(result: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _teacher_label(teachers: Any) -> str:
+def teachers_label(teachers: Any) -> str:
+    """A short name for a teacher set: the distinct names of its roles, or "-" for none."""
+    if not teachers:
+        return "-"
     if isinstance(teachers, Mapping):
-        return ", ".join(f"{k}={v}" for k, v in teachers.items())
-    return str(teachers) if teachers else "?"
+        teachers = [v for v in teachers.values() if v]
+    if isinstance(teachers, (list, tuple)):
+        return "+".join(dict.fromkeys(str(t) for t in teachers)) or "-"
+    return str(teachers)
 
 
 def _fmt(value: Any) -> str:

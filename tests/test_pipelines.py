@@ -50,7 +50,7 @@ def test_the_demo_pipeline():
     assert len(config.seeds) >= 4 and len([s for s in config.shots if s is not None]) == 2
     assert config.dataset == "vcr" and "val_sm" in config.eval and config.zero_shot
     repo = PIPELINES.parent
-    assert config.root == str(repo / "demo" / "world")
+    assert config.root == str(repo / "demo" / "world" / "vcr")
     assert config.out == str(repo / "demo" / "runs")
     assert config.teachers[0].cache.startswith(str(repo / "demo" / "cache"))
     assert len(plan(config)) == len(config.methods) * 2 * len(config.seeds)

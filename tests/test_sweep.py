@@ -305,3 +305,57 @@ def test_one_job_as_a_subprocess(tmp_path):
     assert json.loads((spec.run_dir / "metrics.json").read_text())["status"] == "complete"
     assert (spec.run_dir / "sweep-job.json").is_file() and (spec.run_dir / "sweep.log").is_file()
     execute(job_payload(config, spec))          # complete: nothing to do, no error
+
+
+# ----------------------------------------------------------------------------- end to end
+
+def test_end_to_end_tiny_demo_sweep_and_report(tmp_path):
+    """Demo world -> random demo teacher -> caches + regions -> sweep (baseline, MAD, adapter,
+    zero-shot, val + SM) -> rerun does nothing -> report."""
+    import open_clip
+    import torch
+    from click.testing import CliRunner
+    from safetensors.torch import save_file
+
+    from madcache.cli import cli
+    from madcache.report import build_report
+    from madcache.teachers import load_teacher
+
+    def invoke(*args):
+        result = CliRunner().invoke(cli, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    invoke("demo", "data", "--out", tmp_path / "world", "--size", "small", "--quiet")
+    load_teacher("madcache-demo", random_init=True)          # registers the shipped config
+    torch.manual_seed(3)
+    model = open_clip.create_model("madcache-demo").eval()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+              str(tmp_path / "teacher.safetensors"))
+    root = tmp_path / "world" / "vcr"
+    for split in ("train", "val"):
+        invoke("extract", "--teacher", "madcache-demo", "--checkpoint",
+               tmp_path / "teacher.safetensors", "--dataset", "vcr", "--root", root,
+               "--split", split, "--out", tmp_path / "cache" / f"vcr-{split}", "--format", "hdf5",
+               "--no-progress")
+    invoke("regions", "--dataset", "vcr", "--root", root, "--split", "train,val", "--out",
+           tmp_path / "regions", "--no-progress")
+    (tmp_path / "p.toml").write_text(
+        'dataset = "vcr"\nroot = "world/vcr"\nregions = "regions"\ncache = "cache/vcr-train"\n'
+        'eval_caches = { val = "cache/vcr-val" }\nout = "runs"\n'
+        'methods = ["baseline", "mad", "adapter-linear"]\nshots = [2]\nseeds = [0]\n'
+        'eval = ["val", "val_sm"]\nzero_shot = true\n'
+        '[train]\nmax_steps = 2\nbatch_size = 8\n[adapter]\nepochs = 5\n')
+    config = load_sweep(tmp_path / "p.toml")
+    result = run_sweep(config, runner=in_process_runner, progress=False)
+    assert len(result.ran) == 3 and not result.failed, result.failed
+    mad = json.loads((tmp_path / "runs/vcr/single-stream/mad/k2/seed0/metrics.json").read_text())
+    assert mad["status"] == "complete" and set(mad["eval"]) == {"val", "val_sm"}
+    assert mad["provenance"]["split_file"] == str(tmp_path / "runs/splits/vcr-k2-seed0.json")
+    baseline = json.loads(
+        (tmp_path / "runs/vcr/single-stream/baseline/k2/seed0/metrics.json").read_text())
+    assert baseline["provenance"]["split_digest"] == mad["provenance"]["split_digest"]
+    assert not run_sweep(config, runner=in_process_runner, progress=False).ran
+    report = build_report(tmp_path / "runs", plots=False)
+    assert "| single-stream | mad | madcache-demo |" in report["markdown"]
+    assert "## Zero-shot: vcr val" in report["markdown"]
