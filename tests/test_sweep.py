@@ -230,6 +230,23 @@ def test_methods_needing_a_teacher_need_a_cache(tmp_path):
         load_sweep(write(tmp_path, text))
 
 
+def test_cli_dry_run_lists_runs_and_states(tmp_path):
+    from click.testing import CliRunner
+
+    from madcache.cli import cli
+
+    path = write(tmp_path)
+    run_sweep(load_sweep(path), runner=FakeRunner(), only="/md/k2/", make_split=fake_splits([]),
+              progress=False)
+    result = CliRunner().invoke(cli, ["sweep", str(path), "--dry-run", "--set", "seeds=[0]"])
+    assert result.exit_code == 0, result.output
+    assert "     todo  vcr/single-stream/baseline/k2/seed0" in result.output
+    assert " complete  vcr/single-stream/md/k2/seed0" in result.output
+    assert "6 runs: 1 complete already, 0 ran, 0 failed" in result.output
+    bad = CliRunner().invoke(cli, ["sweep", str(write(tmp_path, PIPELINE + "x = 1\n")), "--dry-run"])
+    assert bad.exit_code == 2 and "unknown key 'train.x'" in bad.output
+
+
 # ----------------------------------------------------------------------------- real jobs
 
 def toy_vcr_cache(path, n_questions, split, seed):
