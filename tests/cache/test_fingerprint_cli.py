@@ -49,7 +49,7 @@ def test_dataset_fingerprint_hashes_annotation_files(tmp_path, monkeypatch):
     (tmp_path / "ann" / "train.jsonl").write_text('{"id": 1}\n')
 
     class Fake:
-        def annotation_files(self, root: Path, split: str) -> list[Path]:
+        def annotation_files(self, root: Path, split: str, **options) -> list[Path]:
             return [root / "ann" / f"{split}.jsonl"]
 
     monkeypatch.setattr(DATASETS, "get", lambda name: Fake())
