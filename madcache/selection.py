@@ -54,10 +54,18 @@ def _yake_extractor(language: str, max_ngram: int, top: int):
 def yake_word_scores(text: Text, *, max_ngram: int = 3, top: int = 20,
                      language: str = "en") -> np.ndarray:
     """S_si per word: YAKE keyword scores (lower = more important) mapped to 1 / (1 + score);
-    each word takes the max over the keywords that contain it; words in no keyword get 0."""
+    each word takes the max over the keywords that contain it; words in no keyword get 0.
+
+    Memoised per process: YAKE is the costliest CPU step of extraction and datasets repeat texts
+    (VCR answers under many images, SNLI-VE hypotheses)."""
+    return np.array(_yake_word_scores(text, max_ngram, top, language), dtype=np.float32)
+
+
+@lru_cache(maxsize=65_536)
+def _yake_word_scores(text: Text, max_ngram: int, top: int, language: str) -> tuple[float, ...]:
     scores = np.zeros(len(text.words), dtype=np.float32)
     if not text.words:
-        return scores
+        return ()
     lowered = [w.text.lower() for w in text.words]
     for keyword, raw in _yake_extractor(language, max_ngram, top).extract_keywords(text.text):
         value = 1.0 / (1.0 + float(raw))
@@ -65,7 +73,7 @@ def yake_word_scores(text: Text, *, max_ngram: int = 3, top: int = 20,
         for start in _occurrences(lowered, parts):
             span = slice(start, start + len(parts))
             scores[span] = np.maximum(scores[span], value)
-    return scores
+    return tuple(scores.tolist())
 
 
 def _occurrences(words: list[str], parts: list[str]) -> list[int]:

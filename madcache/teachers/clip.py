@@ -51,6 +51,13 @@ def _simple_tokenizer(kwargs: tuple[tuple[str, Any], ...]):
     return SimpleTokenizer(**dict(kwargs))
 
 
+@lru_cache(maxsize=262_144)
+def _word_pieces(tokenizer_kwargs: tuple, word: str) -> tuple[int, ...]:
+    """BPE ids of one word, memoised per process: datasets repeat words endlessly, and open_clip's
+    text cleaning (ftfy) dominated extraction's CPU time when run on every occurrence."""
+    return tuple(_simple_tokenizer(tokenizer_kwargs).encode(word))
+
+
 class WordTokenizer:
     """Texts -> `TokenBatch`, word by word with open_clip's BPE. Picklable (no vocab inside:
     each process builds the tokenizer once)."""
@@ -69,7 +76,7 @@ class WordTokenizer:
         for b, text in enumerate(texts):
             row, words = [tok.sot_token_id], [-1]
             for i, word in enumerate(text.words):
-                pieces = tok.encode(word.text)
+                pieces = _word_pieces(self.tokenizer_kwargs, word.text)
                 row += pieces
                 words += [i] * len(pieces)
             row.append(tok.eot_token_id)
