@@ -451,6 +451,8 @@ def subprocess_runner(spec: RunSpec, payload: dict[str, Any]) -> None:
     job = spec.run_dir / JOB_FILE
     job.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
     env = {**os.environ, "TQDM_DISABLE": "1"}
+    if "threads" in payload:   # jobs share the cores: N jobs x all cores each would thrash
+        env.setdefault("OMP_NUM_THREADS", str(payload["threads"]))
     with open(spec.run_dir / LOG_FILE, "a", encoding="utf-8") as log:
         code = subprocess.run([sys.executable, "-m", "madcache.sweep", str(job)], stdout=log,
                               stderr=subprocess.STDOUT, env=env).returncode
@@ -558,8 +560,10 @@ def _dispatch(config: SweepConfig, pending: list[RunSpec], run: Runner,
         for spec in pending:
             yield spec, _attempt(run, spec, job_payload(config, spec))
         return
+    threads = max(1, (os.cpu_count() or 1) // jobs)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(_attempt, run, s, job_payload(config, s)): s for s in pending}
+        futures = {pool.submit(_attempt, run, s, {**job_payload(config, s), "threads": threads}): s
+                   for s in pending}
         for future in as_completed(futures):
             yield futures[future], future.result()
 
