@@ -10,23 +10,10 @@ from typing import Any
 
 import click
 
+from madcache.commands.options import parse_key_values
 from madcache.data.records import ReadResult
 
 DATASET_NAMES = ("vcr", "snli-ve", "vqa")
-
-
-def parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
-    """`KEY=VALUE` pairs; a VALUE that parses as JSON (true, 3, ["qa"]) is taken as such."""
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--option")
-        try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key] = value
-    return options
 
 
 def read_options(func):
@@ -51,7 +38,7 @@ def _read(dataset: str, root: Path, split: str, skip_bad: bool, options: tuple[s
           ) -> ReadResult:
     from madcache.data import read_examples
 
-    return read_examples(dataset, root, split, skip_bad=skip_bad, **parse_options(options))
+    return read_examples(dataset, root, split, skip_bad=skip_bad, **parse_key_values(options, flag="--option"))
 
 
 def split_stats(dataset: str, result: ReadResult) -> dict[str, Any]:

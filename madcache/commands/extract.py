@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import click
 
 from madcache.cli import UserError
+from madcache.commands.options import parse_key_values
 from madcache.errors import FingerprintMismatchError
 
 _path = click.Path(path_type=Path)
@@ -67,7 +67,7 @@ def extract(store_format: str, no_progress: bool, read_options: tuple[str, ...],
     from madcache.extraction import ExtractConfig, extract as run_extraction
 
     config = ExtractConfig(format=store_format, progress=not no_progress,
-                           read_options=_parse_options(read_options), **options)
+                           read_options=parse_key_values(read_options, flag="--option"), **options)
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = _show_warning
@@ -76,19 +76,6 @@ def extract(store_format: str, no_progress: bool, read_options: tuple[str, ...],
         except FingerprintMismatchError as exc:
             raise UserError(_mismatch_message(exc, config.output_path())) from None
     click.echo(format_summary(summary))
-
-
-def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--option")
-        try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key] = value
-    return options
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import click
 
+from madcache.commands.options import parse_key_values
+
 _path = click.Path(path_type=Path)
 _existing = click.Path(path_type=Path, exists=True)
-
-
-def parse_read_options(pairs: tuple[str, ...]) -> dict[str, Any]:
-    """`KEY=VALUE` pairs; VALUE parsed as JSON when it can be."""
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--read-option")
-        try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key] = value
-    return options
 
 
 @click.command("regions")
@@ -58,7 +45,7 @@ def regions(dataset: str, root: Path, split: str, extractor: str, out: Path | No
     summary = build_region_store(
         dataset=dataset, root=root, split=split, extractor=extractor, out=out,
         max_regions=max_regions, format=store_format, force=force, shard_size=shard_size,
-        read_options=parse_read_options(read_options), progress=not no_progress,
+        read_options=parse_key_values(read_options, flag="--read-option"), progress=not no_progress,
         extractor_options={k: v for k, v in extractor_options.items() if v is not None})
     click.echo(f"region store {summary['path']}: {summary['images']} images, "
                f"{summary['regions']} regions ({summary['shards_written']} shards written, "

@@ -5,26 +5,12 @@ Imports no teacher module and not open_clip (tests/test_train.py makes those imp
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import click
 
+from madcache.commands.options import parse_key_values
 from madcache.methods import METHODS
-
-
-def parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
-    """`k=v` pairs; values parsed as JSON when they are JSON (numbers, booleans), else strings."""
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"expected key=value, got {pair!r}", param_hint="--student-option")
-        try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key] = value
-    return options
 
 
 @click.command()
@@ -64,7 +50,7 @@ def train(config_file: str | None, student_option: tuple[str, ...], **flags: Any
 
     values = {k: v for k, v in flags.items() if v is not None}
     if student_option:
-        values["student_options"] = parse_options(student_option)
+        values["student_options"] = parse_key_values(student_option, flag="--student-option")
     config = (TrainConfig.from_toml(config_file, **values) if config_file
               else TrainConfig.from_dict(values))
     metrics = run_training(config)

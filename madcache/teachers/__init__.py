@@ -9,7 +9,6 @@ first colon (a model name, a config file, a local directory) is passed to the fa
 from __future__ import annotations
 
 import importlib
-from functools import partial
 from pathlib import Path
 from typing import Any
 

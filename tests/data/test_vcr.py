@@ -183,7 +183,7 @@ def test_bad_records_name_file_line_and_field(tmp_path, changes, field, message)
     with pytest.raises(DataError) as err:
         read_examples("vcr", tmp_path, "val")
     assert (err.value.file, err.value.line, err.value.field) == (str(path), 2, field)
-    assert message in str(err.value) and f"val.jsonl:2" in str(err.value)
+    assert message in str(err.value) and "val.jsonl:2" in str(err.value)
 
 
 def test_missing_key_malformed_line_and_duplicates(tmp_path):
