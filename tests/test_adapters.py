@@ -138,3 +138,22 @@ def test_config_rejects_unknown_keys_and_adapters():
         AdapterConfig.from_dict({"dataset": "vcr", "cache": "c", "out": "o", "colour": 1})
     with pytest.raises(ConfigError, match="Available: adapter-linear"):
         AdapterConfig(dataset="vcr", cache="c", out="o", method="adapter-huge")
+
+
+def test_train_command_runs_an_adapter_method(tmp_path, vcr_caches):
+    from click.testing import CliRunner
+
+    from madcache.cli import cli
+
+    train, val = vcr_caches
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["train", "--method", "adapter-linear", "--dataset", "vcr",
+                                      "--cache", train, "--eval-cache", f"val={val}",
+                                      "--epochs", "40", "--lr", "3e-3", "--seed", "3",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["method"] == "adapter-linear" and saved["eval"]["val"]["q2a"] > 60  # chance 25
+    refused = CliRunner().invoke(cli, ["train", "--method", "adapter-mlp3", "--dataset", "vcr",
+                                       "--cache", train, "--regions", "r", "--out", str(out)])
+    assert refused.exit_code == 2 and "does not take regions" in refused.output

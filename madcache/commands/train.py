@@ -9,14 +9,24 @@ from typing import Any
 
 import click
 
+from madcache.adapters import ADAPTERS
 from madcache.commands.options import parse_key_values
+from madcache.errors import ConfigError
 from madcache.methods import METHODS
+
+# The paper's adapter baselines train on frozen cached teacher features, not a student
+# (madcache/adapters.py); `madcache train --method adapter-*` runs them with these flags.
+ADAPTER_FLAGS = {"dataset", "cache", "out", "method", "root", "split_file", "per_category", "seed",
+                 "epochs", "batch_size", "lr", "device"}
 
 
 @click.command()
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
               help="TOML file with training settings (a [train] table); flags override it.")
-@click.option("--method", type=click.Choice(METHODS.names()), help="Default: baseline.")
+@click.option("--method", type=click.Choice([*METHODS.names(), *ADAPTERS]),
+              help="Default: baseline. adapter-* train a head on frozen cached teacher features.")
+@click.option("--eval-cache", "eval_cache", multiple=True, metavar="SPLIT=PATH",
+              help="adapter-* only: the cache of an evaluated split (e.g. val=cache/vcr/val).")
 @click.option("--cache", help="Teacher-target cache (not needed for baseline).")
 @click.option("--dataset", help="vcr, snli-ve, vqa or demo.")
 @click.option("--root", help="Dataset root (its original files).")
@@ -44,11 +54,16 @@ from madcache.methods import METHODS
 @click.option("--device")
 @click.option("--out", help="Run directory, e.g. runs/NAME.")
 @click.option("--resume", is_flag=True, default=None, help="Continue from the last checkpoint.")
-def train(config_file: str | None, student_option: tuple[str, ...], **flags: Any) -> None:
-    """Train a student on cached teacher targets (baseline, md, mad and ablations)."""
+def train(config_file: str | None, student_option: tuple[str, ...], eval_cache: tuple[str, ...],
+          **flags: Any) -> None:
+    """Train a student on cached teacher targets (baseline, md, mad and ablations), or an
+    adapter head on the frozen cached features (adapter-*)."""
+    values = {k: v for k, v in flags.items() if v is not None}
+    if str(values.get("method", "")).startswith("adapter-"):
+        train_adapter(values, parse_key_values(eval_cache, flag="--eval-cache"), config_file)
+        return
     from madcache.train import TrainConfig, run_training
 
-    values = {k: v for k, v in flags.items() if v is not None}
     if student_option:
         values["student_options"] = parse_key_values(student_option, flag="--student-option")
     config = (TrainConfig.from_toml(config_file, **values) if config_file
@@ -56,5 +71,19 @@ def train(config_file: str | None, student_option: tuple[str, ...], **flags: Any
     metrics = run_training(config)
     steps = metrics["history"][-1]["global_step"] if metrics["history"] else 0
     click.echo(f"run {config.out}: method {config.method}, {steps} steps")
+    for split, result in metrics["eval"].items():
+        click.echo(f"  {split}: " + ", ".join(f"{k} {v:.2f}" for k, v in result.items()))
+
+
+def train_adapter(values: dict[str, Any], eval_caches: dict[str, Any],
+                  config_file: str | None) -> None:
+    from madcache.adapters import AdapterConfig, run_adapter
+
+    unsupported = sorted(set(values) - ADAPTER_FLAGS) + (["--config"] if config_file else [])
+    if unsupported:
+        raise ConfigError(f"{values['method']} trains on cached features only; it does not take "
+                          f"{', '.join(unsupported)}")
+    metrics = run_adapter(AdapterConfig.from_dict({**values, "eval_caches": eval_caches}))
+    click.echo(f"run {values.get('out')}: method {values['method']}")
     for split, result in metrics["eval"].items():
         click.echo(f"  {split}: " + ", ".join(f"{k} {v:.2f}" for k, v in result.items()))
