@@ -32,6 +32,7 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.nn import functional as F
 
+from madcache.config import config_from_dict
 from madcache.errors import ConfigError
 
 ADAPTERS = ("adapter-linear", "adapter-mlp3", "adapter-transformer")
@@ -78,15 +79,7 @@ class AdapterConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "AdapterConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown adapter config key(s) {', '.join(unknown)}; "
-                              f"valid keys: {', '.join(sorted(known))}")
-        try:
-            return cls(**values)
-        except TypeError as exc:
-            raise ConfigError(f"adapter config: {exc}") from None
+        return config_from_dict(cls, values, noun="adapter config key")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 import madcache
 from madcache.cache.targets import Targets
+from madcache.config import config_from_dict
 from madcache.data.records import Example
 from madcache.distill import (Projections, af_loss, confidence_weights, mad_loss, md_loss,
                               select_words, text_term, vision_term, word_term)
@@ -96,15 +97,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown training config key(s) {', '.join(unknown)}; "
-                              f"valid keys: {', '.join(sorted(known))}")
-        try:
-            return cls(**values)
-        except TypeError as exc:
-            raise ConfigError(f"training config: {exc}") from None
+        return config_from_dict(cls, values, noun="training config key")
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":

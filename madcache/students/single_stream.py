@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from madcache.config import config_from_dict
 from madcache.data.records import Example
 from madcache.errors import CheckpointNotFoundError, ConfigError
 from madcache.students.base import RegionInputs, StudentOutput
@@ -81,12 +82,8 @@ class SingleStreamConfig:
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> "SingleStreamConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ConfigError(f"single-stream: unknown option(s) {', '.join(unknown)}; valid: "
-                              f"{', '.join(sorted(known - {'bert_config'}))}")
-        return cls(**options)
+        return config_from_dict(cls, options, noun="option", where="single-stream: ",
+                                hidden=frozenset({"bert_config"}))
 
 
 def read_answer_vocab(path: str | os.PathLike) -> list[str]:
