@@ -17,6 +17,7 @@ import numpy as np
 
 from madcache.data.demo.render import render_scene
 from madcache.data.demo.text import a, vcr_orig, vcr_tokens
+from madcache.data.demo import world
 from madcache.data.demo.world import (COLOURS, IMAGE_SIZE, REGIONS, SHAPES, SIZES, VCR_SCENES,
                                       Scene, Thing, sample_scene)
 
@@ -132,12 +133,8 @@ def category_plan(n_questions: int, rng: np.random.Generator) -> list[str]:
 
 
 def images_for(n_questions: int) -> int:
-    """How many images `n_questions` questions need (QUESTIONS_PER_IMAGE, cycled)."""
-    images, asked = 0, 0
-    while asked < n_questions:
-        asked += QUESTIONS_PER_IMAGE[images % len(QUESTIONS_PER_IMAGE)]
-        images += 1
-    return images
+    """How many images `n_questions` VCR questions need (QUESTIONS_PER_IMAGE, cycled)."""
+    return world.images_for(n_questions, QUESTIONS_PER_IMAGE)
 
 
 def _choice_set(kind: Kind, scene: Scene, person: Thing, rng: np.random.Generator

@@ -19,6 +19,7 @@ import numpy as np
 
 from madcache.data.demo.render import render_scene
 from madcache.data.demo.text import NUMBER_WORDS, plural
+from madcache.data.demo import world
 from madcache.data.demo.world import (COLOURS, OPEN_SCENES, SHAPES, Scene, Thing,
                                       sample_scene)
 
@@ -203,11 +204,8 @@ def _annotation(asked: Asked, image_id: int, question_id: int,
 
 
 def images_for(n_questions: int) -> int:
-    images, asked = 0, 0
-    while asked < n_questions:
-        asked += QUESTIONS_PER_IMAGE[images % len(QUESTIONS_PER_IMAGE)]
-        images += 1
-    return images
+    """How many images `n_questions` VQA questions need (QUESTIONS_PER_IMAGE, cycled)."""
+    return world.images_for(n_questions, QUESTIONS_PER_IMAGE)
 
 
 def write_vqa_split(root: Path, split: str, n_questions: int, rng: np.random.Generator,

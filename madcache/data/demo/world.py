@@ -292,3 +292,13 @@ def _try_scene(rng: np.random.Generator, spec: SceneSpec) -> Scene:
     tint = rng.integers(-8, 9, size=3)
     background = tuple(int(v) for v in np.clip(level + tint, 0, 255))
     return Scene(tuple(things[i] for i in order), background)
+
+
+def images_for(n_questions: int, questions_per_image: tuple[int, ...]) -> int:
+    """How many images `n_questions` questions need when image i gets
+    `questions_per_image[i % len(questions_per_image)]` of them (cycled)."""
+    images, asked = 0, 0
+    while asked < n_questions:
+        asked += questions_per_image[images % len(questions_per_image)]
+        images += 1
+    return images
