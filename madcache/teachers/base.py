@@ -10,6 +10,7 @@ is the mean of its sub-token features, in the same space as the text embedding.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
@@ -79,6 +80,14 @@ def pool_words(token_feat: torch.Tensor, token_word: torch.Tensor,
         feats.append(sums / counts.clamp(min=1).unsqueeze(-1))
         lost.append(counts == 0)
     return feats, lost
+
+
+def inference_autocast(device: str, enabled: bool) -> Callable[[], AbstractContextManager]:
+    """The context a teacher forward runs in: bf16 autocast on CUDA when enabled, else nothing
+    (CPU autocast gains nothing here and would change the cached values)."""
+    if enabled and str(device).startswith("cuda"):
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext
 
 
 TeacherFactory = Callable[..., Teacher]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import os
-from contextlib import nullcontext
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -25,7 +24,7 @@ import torch
 
 from madcache.data.records import Text
 from madcache.errors import CheckpointNotFoundError, ConfigError
-from madcache.teachers.base import TextEncoding, TokenBatch, pool_words
+from madcache.teachers.base import TextEncoding, TokenBatch, inference_autocast, pool_words
 from madcache.teachers.weights import file_sha256
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -124,9 +123,7 @@ class OpenClipTeacher:
         self.tokenizer_kwargs = dict(text_cfg.get("tokenizer_kwargs", {}))
         self.image_dim = self.text_dim = int(config["embed_dim"])
         self.preprocess_cfg = dict(open_clip.get_model_preprocess_cfg(model))
-        use_bf16 = autocast and str(device).startswith("cuda")
-        self._autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 \
-            else nullcontext
+        self._autocast = inference_autocast(device, autocast)
 
     def image_transform(self) -> Callable[[Any], torch.Tensor]:
         from open_clip.transform import PreprocessCfg, image_transform_v2

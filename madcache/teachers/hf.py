@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-from contextlib import nullcontext
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -24,7 +23,7 @@ import torch
 
 from madcache.data.records import Text
 from madcache.errors import CheckpointNotFoundError, ConfigError
-from madcache.teachers.base import TextEncoding, TokenBatch, pool_words
+from madcache.teachers.base import TextEncoding, TokenBatch, inference_autocast, pool_words
 from madcache.teachers.weights import file_sha256, load_state_dict
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
@@ -101,9 +100,7 @@ class _HFTeacher:
         self.pooling = pooling
         self.device = device
         self.model = model.to(device).eval().requires_grad_(False)
-        use_bf16 = autocast and str(device).startswith("cuda")
-        self._autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 \
-            else nullcontext
+        self._autocast = inference_autocast(device, autocast)
 
     def _fingerprint(self, **extra: Any) -> dict[str, Any]:
         import transformers
