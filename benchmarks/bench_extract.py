@@ -3,7 +3,7 @@
 - `forward`: the teacher work extraction cannot avoid — every unique image of the split and
   every unique scored/prompt text of each shard, already decoded, transformed and tokenised in
   memory; only `encode_images` / `encode_tokens` are timed.
-- `extract`: `madcache.extract` end to end on the same split (read, decode, tokenise and YAKE in
+- `extract`: `madcache.extraction` end to end on the same split (read, decode, tokenise and YAKE in
   `--workers` processes overlapped with the forward, assemble, write zarr shards); the teacher is
   loaded once beforehand, so model construction is in neither number.
 
@@ -27,10 +27,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from madcache.data import read_examples  # noqa: E402
-from madcache.extract import ExtractConfig, extract  # noqa: E402
+from madcache.extraction import ExtractConfig, extract  # noqa: E402
 from madcache.extraction.jobs import load_rgb  # noqa: E402
 from madcache.extraction.plan import build_shard_plan, group_into_shards  # noqa: E402
-from madcache.extraction.tasks import make_task  # noqa: E402
+from madcache.extraction.protocols import make_task  # noqa: E402
 from madcache.teachers import load_teacher  # noqa: E402
 
 VIT_B_LIKE = {"embed_dim": 256, "vision_cfg": {"image_size": 96, "layers": 6, "width": 384,
@@ -85,7 +85,7 @@ def teacher_name(model: str, tmp: Path) -> str:
 
 
 def demo_root(tmp: Path) -> Path:
-    from madcache.data.demo import generate_demo_world
+    from madcache.demo.world import generate_demo_world
 
     generate_demo_world(tmp / "world", size="small")
     return tmp / "world" / "vcr"

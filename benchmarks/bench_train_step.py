@@ -24,10 +24,14 @@ import torch
 from torch import nn
 
 from madcache.data.records import Example, Text
-from madcache.distill import Projections, SelectedWords
-from madcache.methods import get_method
+from madcache.method.losses import Projections
+from madcache.method.selection import SelectedWords
+from madcache.method.methods import get_method
 from madcache.students.base import RegionInputs, StudentOutput
-from madcache.train import BatchTargets, DataSource, Setup, TrainConfig, loss_step
+from madcache.train.config import TrainConfig
+from madcache.train.data import BatchTargets, DataSource
+from madcache.train.setup import Setup
+from madcache.train.step import loss_step
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_TEACHER = REPO / "madcache" / "teachers" / "configs" / "madcache-demo.json"

@@ -8,7 +8,7 @@ import importlib
 
 import click
 
-from madcache.errors import MadcacheError
+from madcache.core.errors import MadcacheError
 
 # name -> "module:attribute" of a click command or group
 COMMANDS = {

@@ -22,7 +22,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from madcache.errors import UnknownNameError
+from madcache.core.errors import UnknownNameError
 
 # Zarr chunk size: small enough that loading a sparse subset touches few bytes, large enough
 # that a whole-array read is a few hundred sequential chunk reads (benchmarks/bench_cache_read.py).

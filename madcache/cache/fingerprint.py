@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from pathlib import Path
 from typing import Any
 
-from madcache.errors import DataFileNotFoundError
+from madcache.core import io
+from madcache.core.errors import DataFileNotFoundError
 
-_FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
-_FILE_DIGESTS_LOCK = threading.Lock()
 _SHORT = 12
 
 
@@ -44,25 +42,13 @@ def digest(obj: Any) -> str:
     return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()
 
 
-def file_sha256(path: str | Path, *, chunk_size: int = 4 * 2**20) -> str:
-    """sha256 of a file, streamed; remembered per (path, size, mtime) within the process."""
-    path = Path(path)
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a dataset/weights file; a missing file is a `DataFileNotFoundError`."""
     try:
-        stat = path.stat()
+        return io.file_sha256(path)
     except FileNotFoundError:
         raise DataFileNotFoundError("file not found (needed for the cache fingerprint)",
                                     file=path) from None
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    with _FILE_DIGESTS_LOCK:
-        if key in _FILE_DIGESTS:
-            return _FILE_DIGESTS[key]
-    sha = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk_size):
-            sha.update(block)
-    with _FILE_DIGESTS_LOCK:
-        _FILE_DIGESTS[key] = sha.hexdigest()
-    return sha.hexdigest()
 
 
 def dataset_fingerprint(dataset: str, root: str | Path, split: str,

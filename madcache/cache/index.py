@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from madcache.cache.manifest import INDEX, INDEX_PARTS
-from madcache.errors import CacheCorruptError
+from madcache.core.errors import CacheCorruptError
 
 RESERVED = ("example_id", "shard", "row", "image_id")
 

@@ -10,13 +10,13 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
 from madcache.cache.backends import as_unicode, is_string_array
 from madcache.cache.fingerprint import canonical_json, digest
-from madcache.errors import CacheCorruptError, CacheNotFoundError
+from madcache.core.errors import CacheCorruptError, CacheNotFoundError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -66,6 +66,13 @@ def check_required(manifest: dict[str, Any]) -> None:
 
 def fingerprint_digest(manifest: dict[str, Any]) -> str:
     return digest(manifest["fingerprint"])
+
+
+def cache_digest(manifest: Mapping[str, Any]) -> str | None:
+    """The digest a run's provenance records for the cache it read (None without a fingerprint)."""
+    if manifest.get("fingerprint_digest"):
+        return manifest["fingerprint_digest"]
+    return fingerprint_digest(dict(manifest)) if "fingerprint" in manifest else None
 
 
 def array_checksum(array: np.ndarray) -> str:

@@ -18,8 +18,8 @@ from madcache.cache import index as cache_index
 from madcache.cache.backends import Backend, get_backend
 from madcache.cache.fingerprint import diff_fingerprints
 from madcache.cache.manifest import (INDEX, STATE_COMPLETE, fingerprint_digest, read_manifest)
-from madcache.cache.targets import Targets, WordTargets
-from madcache.errors import CacheCorruptError, CacheError, FingerprintMismatchError, \
+from madcache.cache.targets import kmeans_logits, Targets, WordTargets
+from madcache.core.errors import CacheCorruptError, CacheError, FingerprintMismatchError, \
     MissingTargetError
 
 WORD_FIELDS = {"feat": ("word_feat", np.float32), "span": ("word_span", np.int32),
@@ -173,6 +173,7 @@ class Cache:
             "fingerprint_digest": self.manifest.get("fingerprint_digest")
             or fingerprint_digest(self.manifest),
             "summary": self.manifest.get("summary", {}),
+            "unavailable": list(self.manifest.get("unavailable") or []),
         }
 
     def _disk_bytes(self) -> int:
@@ -336,8 +337,7 @@ class _Assembler:
         similarity = self._ensure("similarity", np.float32)
         centres = manifest.get("extra", {}).get("kmeans_centres")
         if similarity is not None and centres:
-            centres = np.asarray(centres, dtype=np.float32)
-            logits["kmeans"] = -np.abs(similarity[:, None] - centres[None, :])
+            logits["kmeans"] = kmeans_logits(similarity, centres)
         eos_shape = None
         if "text_eos" in self.records:
             eos_shape = [self.c, *self.records["text_eos"]["shape"][1:]]

@@ -44,3 +44,10 @@ class Targets:
 
     def row_of(self) -> dict[str, int]:
         return {eid: i for i, eid in enumerate(self.example_ids)}
+
+
+def kmeans_logits(similarity: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """SNLI-VE's k-means logits (MAD.md): -|similarity - centre_k| for every centre, [..., k],
+    ordered like `centres` (entailment, neutral, contradiction)."""
+    similarity = np.asarray(similarity, dtype=np.float32)
+    return -np.abs(similarity[..., None] - np.asarray(centres, dtype=np.float32))

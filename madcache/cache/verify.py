@@ -15,7 +15,7 @@ import numpy as np
 from madcache.cache.backends import Backend, get_backend
 from madcache.cache.manifest import (INDEX, STATE_COMPLETE, array_checksum, dtype_name,
                                      fingerprint_digest, read_manifest)
-from madcache.errors import CacheError
+from madcache.core.errors import CacheError
 
 IMAGE_ARRAYS = ("image_id", "image_feat")
 TEXT_ARRAYS = ("text_key", "text_eos", "text_truncated")

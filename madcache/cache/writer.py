@@ -25,7 +25,7 @@ from madcache.cache.manifest import (FORMAT_VERSION, INDEX, INDEX_PARTS, MANIFES
                                      fingerprint_digest, read_manifest, shard_counts,
                                      write_manifest)
 from madcache.cache.verify import shard_problems
-from madcache.errors import CacheError, FingerprintMismatchError
+from madcache.core.errors import CacheError, FingerprintMismatchError
 
 __all__ = ["CacheWriter", "FORMAT_VERSION"]
 

@@ -20,7 +20,10 @@ def info(path: str, as_json: bool) -> None:
     """What a cache holds: counts, size, dims, arrays, fingerprint, state."""
     from madcache.cache.reader import open_cache
 
+    from madcache.method.methods import unavailable_methods
+
     summary = open_cache(path, allow_incomplete=True).info()
+    summary["unavailable_methods"] = unavailable_methods(summary["unavailable"])
     if as_json:
         click.echo(json.dumps(summary, indent=1, sort_keys=True))
     else:
@@ -58,6 +61,10 @@ def format_info(summary: dict[str, Any]) -> str:
             ("size on disk", _size(summary["bytes"])),
             ("dims", ", ".join(f"{k}={v}" for k, v in summary["dims"].items())),
             ("fingerprint", summary["fingerprint_digest"])]
+    if summary.get("unavailable"):
+        rows.append(("not computed", ", ".join(summary["unavailable"])))
+        rows += [(f"cannot run: {name}", why)
+                 for name, why in summary.get("unavailable_methods", {}).items()]
     width = max(len(k) for k, _ in rows)
     lines = [f"{k:<{width}}  {v}" for k, v in rows]
     if summary["arrays"]:

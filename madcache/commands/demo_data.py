@@ -18,7 +18,7 @@ import click
 def demo_data(out: Path, size: str, seed: int, quiet: bool) -> None:
     """Generate the demo world in the original VCR / SNLI-VE / VQA v2 formats plus a caption
     corpus. Same seed, same bytes; a complete folder is left as it is."""
-    from madcache.data.demo_world import generate_demo_world
+    from madcache.demo.world import generate_demo_world
 
     summary = generate_demo_world(out, size=size, seed=seed, progress=not quiet)
     counts = summary["counts"]

@@ -18,13 +18,13 @@ import click
 @click.option("--jobs", type=click.IntRange(min=1), default=2, show_default=True,
               help="Training runs at once.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a setting of pipelines/demo.toml (e.g. seeds=[0,1]).")
+              help="Override a setting of the demo pipeline (madcache/demo/demo.toml) (e.g. seeds=[0,1]).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def demo_run(out: Path, size: str, seed: int, teacher_steps: int | None, jobs: int,
              overrides: tuple[str, ...], quiet: bool) -> None:
     """World -> teacher -> caches -> regions -> sweep (baseline/MD/MAD x seeds x shots,
     standard + SM, zero-shot) -> report. Rerunning reuses everything already done."""
-    from madcache.demo_run import DemoConfig, run_demo
+    from madcache.demo.run import DemoConfig, run_demo
 
     result = run_demo(DemoConfig(out=out, size=size, seed=seed, teacher_steps=teacher_steps,
                                  jobs=jobs, overrides=overrides, progress=not quiet),

@@ -20,7 +20,7 @@ def demo_teacher(data: Path, out: Path, steps: int, batch_size: int, seed: int,
                  quiet: bool) -> None:
     """Pretrain `madcache-demo` (CLIP loss, CPU-sized); a complete checkpoint with the same
     settings is kept as is. Load it with `--teacher madcache-demo --checkpoint OUT`."""
-    from madcache.demo_teacher import DemoTeacherConfig, pretrain_demo_teacher
+    from madcache.demo.teacher import DemoTeacherConfig, pretrain_demo_teacher
 
     cfg = DemoTeacherConfig(data=data, out=out, steps=steps, batch_size=batch_size, seed=seed)
     summary = pretrain_demo_teacher(cfg, progress=not quiet)

@@ -7,7 +7,7 @@ import json
 
 import click
 
-from madcache.errors import ConfigError
+from madcache.core.errors import ConfigError
 
 
 @click.command("eval")
@@ -25,13 +25,13 @@ def eval_command(run_dir: str | None, split: str, sm: bool, root: str | None,
     if zero_shot:
         if cache is None:
             raise ConfigError("--zero-shot needs --cache PATH")
-        from madcache.zeroshot import run_zero_shot
+        from madcache.evaluation.zeroshot import run_zero_shot
 
         click.echo(json.dumps(run_zero_shot(cache), indent=2, default=str))
         return
     if run_dir is None:
         raise ConfigError("give --run runs/NAME (or --zero-shot --cache PATH)")
-    from madcache.evaluate import evaluate_run
+    from madcache.evaluation.evaluate import evaluate_run
 
     result = evaluate_run(run_dir, split=split, sm=sm, root=root, regions=regions)
     key = f"{split}_sm" if sm else split

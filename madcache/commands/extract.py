@@ -10,7 +10,7 @@ import click
 
 from madcache.cli import UserError
 from madcache.commands.options import parse_key_values
-from madcache.errors import FingerprintMismatchError
+from madcache.core.errors import FingerprintMismatchError
 
 _path = click.Path(path_type=Path)
 _existing = click.Path(path_type=Path, exists=True)

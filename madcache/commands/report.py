@@ -12,7 +12,7 @@ import click
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 def report(runs_dir: str, out: str | None, no_plots: bool) -> None:
     """Aggregate every metrics.json under RUNS_DIR: mean ± std over seeds per cell."""
-    from madcache.report import build_report
+    from madcache.experiments.report import build_report
 
     result = build_report(runs_dir, out=out, plots=not no_plots)
     click.echo(result["markdown"])

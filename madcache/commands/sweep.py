@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from madcache.errors import MadcacheError
+from madcache.core.errors import MadcacheError
 
 
 class SweepFailed(MadcacheError):
@@ -23,7 +23,7 @@ class SweepFailed(MadcacheError):
 def sweep(pipeline: str, jobs: int, dry_run: bool, only: str | None,
           overrides: tuple[str, ...]) -> None:
     """Train and evaluate every missing run of a pipeline (methods x shots x seeds x students)."""
-    from madcache.sweep import load_sweep, run_sweep
+    from madcache.experiments.sweep import load_sweep, run_sweep
 
     config = load_sweep(pipeline, overrides)
     result = run_sweep(config, jobs=jobs, only=only, dry_run=dry_run)

@@ -9,13 +9,13 @@ from typing import Any
 
 import click
 
-from madcache.adapters import ADAPTERS
+from madcache.evaluation.adapters import ADAPTERS
 from madcache.commands.options import parse_key_values
-from madcache.errors import ConfigError
-from madcache.methods import METHODS
+from madcache.core.errors import ConfigError
+from madcache.method.methods import METHODS
 
 # The paper's adapter baselines train on frozen cached teacher features, not a student
-# (madcache/adapters.py); `madcache train --method adapter-*` runs them with these flags.
+# (madcache/evaluation/adapters.py); `madcache train --method adapter-*` runs them with these flags.
 ADAPTER_FLAGS = {"dataset", "cache", "out", "method", "root", "split_file", "per_category", "seed",
                  "epochs", "batch_size", "lr", "device"}
 
@@ -62,7 +62,8 @@ def train(config_file: str | None, student_option: tuple[str, ...], eval_cache: 
     if str(values.get("method", "")).startswith("adapter-"):
         train_adapter(values, parse_key_values(eval_cache, flag="--eval-cache"), config_file)
         return
-    from madcache.train import TrainConfig, run_training
+    from madcache.train.config import TrainConfig
+    from madcache.train.loop import run_training
 
     if student_option:
         values["student_options"] = parse_key_values(student_option, flag="--student-option")
@@ -77,7 +78,7 @@ def train(config_file: str | None, student_option: tuple[str, ...], eval_cache: 
 
 def train_adapter(values: dict[str, Any], eval_caches: dict[str, Any],
                   config_file: str | None) -> None:
-    from madcache.adapters import AdapterConfig, run_adapter
+    from madcache.evaluation.adapters import AdapterConfig, run_adapter
 
     unsupported = sorted(set(values) - ADAPTER_FLAGS) + (["--config"] if config_file else [])
     if unsupported:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from madcache.data.records import ReadResult
-from madcache.registry import Registry
+from madcache.core.registry import Registry
 
 
 @runtime_checkable

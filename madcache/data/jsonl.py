@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 from madcache.data.records import BadRecord
-from madcache.errors import ConfigError, DataError, DataFileNotFoundError
+from madcache.core.errors import ConfigError, DataError, DataFileNotFoundError
 
 T = TypeVar("T")
 

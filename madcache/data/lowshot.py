@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from madcache.data.records import Example
-from madcache.errors import ConfigError, DataError, DataFileNotFoundError
+from madcache.core.errors import ConfigError, DataError, DataFileNotFoundError
 
 FORMAT = "madcache-split/1"
 VQA_QUESTIONS_PER_IMAGE = 2

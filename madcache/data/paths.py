@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePosixPath
 
-from madcache.errors import UnsafePathError
+from madcache.core.errors import UnsafePathError
 
 
 def safe_join(root: str | os.PathLike, relative: str, *, file: object = None,

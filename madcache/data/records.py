@@ -7,6 +7,7 @@ student tokenizers differ, so both sides pool their sub-tokens over a word's cha
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -24,6 +25,15 @@ class Word:
     boxes: tuple[int, ...] = ()
 
 
+# A word is a run of letters/digits (with inner apostrophes or hyphens, "don't", "t-shirt"),
+# or a single punctuation character.
+_WORD = re.compile(r"[^\W_]+(?:['\u2019-][^\W_]+)*|[^\w\s]|_", re.UNICODE)
+
+
+def split_words(text: str) -> tuple[Word, ...]:
+    return tuple(Word(m.group(), m.start(), m.end()) for m in _WORD.finditer(text))
+
+
 @dataclass(frozen=True)
 class Text:
     """A string and its words with character spans (validated on construction)."""
@@ -38,8 +48,6 @@ class Text:
 
     @classmethod
     def from_string(cls, text: str) -> "Text":
-        from madcache.data.words import split_words
-
         return cls(text, split_words(text))
 
     def concat(self, other: "Text", sep: str = " ") -> "Text":

@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 from madcache.data.jsonl import bad_record, iter_json_lines
 from madcache.data.records import BadRecord, Example
 from madcache.data.vcr import RENDERERS, reference_name, render_tokens, validate_record
-from madcache.errors import ConfigError, DataError
+from madcache.core.errors import ConfigError, DataError
 
 PERSON = "person"
 NO_QUESTION_PERSON = "no person tag in the question"

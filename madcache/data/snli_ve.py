@@ -12,7 +12,7 @@ from typing import Any, Mapping
 from madcache.data.jsonl import as_bool, check_options, guarded, iter_json_lines, split_file
 from madcache.data.paths import safe_join
 from madcache.data.records import BadRecord, Example, ReadResult, Text
-from madcache.errors import DataError, DataFileNotFoundError
+from madcache.core.errors import DataError, DataFileNotFoundError
 
 LABELS = ("entailment", "neutral", "contradiction")
 UNLABELLED = "unlabelled"

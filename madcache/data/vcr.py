@@ -19,7 +19,7 @@ from madcache.data.categories import VCR_CATEGORIES, vcr_category
 from madcache.data.jsonl import as_bool, check_options, guarded, iter_json_lines, split_file
 from madcache.data.paths import safe_join
 from madcache.data.records import BadRecord, Example, ReadResult, Text, Word
-from madcache.errors import ConfigError, DataError, DataFileNotFoundError
+from madcache.core.errors import ConfigError, DataError, DataFileNotFoundError
 
 SPLIT_FILES = {"train": "train.jsonl", "val": "val.jsonl", "test": "test.jsonl"}
 MODES = ("qa", "qar")

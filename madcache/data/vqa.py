@@ -17,7 +17,7 @@ from madcache.data.categories import VQA_CATEGORIES, vqa_category
 from madcache.data.jsonl import as_bool, bad_record, check_options
 from madcache.data.paths import safe_join
 from madcache.data.records import BadRecord, Example, ReadResult, Text
-from madcache.errors import ConfigError, DataError, DataFileNotFoundError
+from madcache.core.errors import ConfigError, DataError, DataFileNotFoundError
 
 SUBTYPES = {"train": "train2014", "val": "val2014", "test": "test2015",
             "test-dev": "test-dev2015"}
@@ -149,6 +149,31 @@ def load_answer_vocab(path: str | Path) -> list[str]:
     raise DataError("unknown answer vocabulary format: expected a list of answers, an "
                     "{answer: id} dict or [ans_to_ix, ix_to_ans]", file=path)
 
+
+
+IGNORED_ANSWERS = {"", "<unk>"}
+
+
+def read_answer_vocab(path: str | Path) -> list[str]:
+    """A vocabulary file's answers (see `load_answer_vocab` for the formats)
+    without the empty and `<unk>` entries, which are never candidates. Candidate ids index this
+    list, which the manifest stores as `extra.answer_vocab`."""
+    vocab = [a.strip() for a in load_answer_vocab(path) if a.strip() not in IGNORED_ANSWERS]
+    if not vocab:
+        raise ConfigError(f"answer vocabulary {path} holds no answers")
+    return list(dict.fromkeys(vocab))
+
+
+def build_answer_vocab(examples: list[Example], size: int) -> list[str]:
+    """The `size` most frequent annotated answers of the split (ties: alphabetical)."""
+    counts = Counter(a.strip() for ex in examples for a in ex.answers
+                     if a.strip() not in IGNORED_ANSWERS)
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    vocab = [answer for answer, _ in ranked[:size]]
+    if not vocab:
+        raise ConfigError("no answer vocabulary: the split has no annotated answers; pass "
+                          "--answer-vocab FILE")
+    return vocab
 
 def _by_index(answer_to_id: Mapping[str, Any], path: Path, field: str | None) -> list[str]:
     ids = sorted(answer_to_id.values())

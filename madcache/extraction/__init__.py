@@ -1,5 +1,5 @@
 """Extraction: read a split, run the teachers once, write every MAD target into a sharded,
-resumable cache (docs/extraction.md). `madcache.extract` re-exports the public API."""
+resumable cache (docs/extraction.md). `madcache.extraction` re-exports the public API."""
 
 from madcache.extraction.config import ExtractConfig, TeacherSpec
 from madcache.extraction.run import extract

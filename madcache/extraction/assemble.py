@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from madcache.extraction.plan import ShardPlan
-from madcache.extraction.tasks import RelevanceFeatures, Task
-from madcache.selection import combine_scores, visual_relevance
+from madcache.extraction.protocols import RelevanceFeatures, Task
+from madcache.extraction.scores import combine_scores, visual_relevance
 from madcache.teachers.base import TextEncoding
 
 INDEX_COLUMNS = ("category", "label", "group", "image_id")

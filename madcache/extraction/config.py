@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from madcache.errors import ConfigError
+from madcache.core.errors import ConfigError
 
 DTYPES = ("float16", "float32")
 FORMATS = ("zarr", "hdf5")

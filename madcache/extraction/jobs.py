@@ -18,9 +18,9 @@ import torch
 
 from madcache.data.paths import safe_join
 from madcache.data.records import Text
-from madcache.errors import DataError, DataFileNotFoundError
+from madcache.core.errors import DataError, DataFileNotFoundError
 from madcache.extraction.plan import ShardPlan
-from madcache.selection import yake_word_scores
+from madcache.extraction.scores import yake_word_scores
 
 JobKind = Literal["image", "text", "aux"]
 

@@ -14,7 +14,7 @@ from madcache import __version__
 from madcache.extraction.config import ExtractConfig
 from madcache.extraction.jobs import YakeSettings
 from madcache.extraction.roles import TeacherSet
-from madcache.extraction.tasks import Task
+from madcache.extraction.protocols import Task
 
 ROW_LAYOUT = ("text rows are (image, text) pairs within a shard: a string scored under two "
               "images is stored twice, since word_vr depends on the image")
@@ -60,7 +60,6 @@ def build_manifest(config: ExtractConfig, teachers: TeacherSet, task: Task,
                      "zero_shot": "prediction = argmax of the stored logits (SNLI-VE: of "
                                   "-|similarity - kmeans centre|)"},
         "unavailable": missing,
-        "unavailable_methods": unavailable_methods(missing),
         "skipped_records": skipped,
         "madcache_version": __version__,
     }
@@ -74,30 +73,11 @@ def unavailable_targets(task: Task, has_relevance: bool) -> list[str]:
     return ["word_vr", "word_score", "logits", *others]
 
 
-def unavailable_methods(missing: list[str]) -> dict[str, str]:
-    """Registered methods that cannot run on this cache, with the reason."""
-    from madcache.methods import METHODS
-
-    if not missing:
-        return {}
-    reasons = {}
-    for name in METHODS:
-        method = METHODS.get(name)
-        why = []
-        if method.confidence:
-            why.append("confidence weighting needs teacher logits")
-        if method.words and method.selection == "top":
-            why.append("token selection needs word_vr / word_score")
-        if why:
-            reasons[name] = "; ".join(why)
-    return reasons
-
-
 def unavailable_warning(manifest: dict[str, Any]) -> str | None:
     missing = manifest["unavailable"]
     if not missing:
         return None
-    methods = ", ".join(f"{name} ({why})" for name, why in manifest["unavailable_methods"].items())
     return (f"no joint-space relevance model (pass --relevance-model, e.g. a CLIP teacher): "
             f"targets {', '.join(missing)} are not computed (word_vr is stored as NaN), so "
-            f"these methods cannot run on this cache: {methods or 'none'}")
+            "methods with token selection or confidence weighting (mad and its TS/CW ablations) "
+            "cannot run on this cache; `madcache cache info` lists them")

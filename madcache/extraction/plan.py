@@ -18,7 +18,7 @@ from itertools import groupby
 import numpy as np
 
 from madcache.data.records import Example, Text
-from madcache.errors import DataError
+from madcache.core.errors import DataError
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from madcache.errors import ConfigError
+from madcache.core.errors import ConfigError
 from madcache.extraction.config import ExtractConfig, TeacherSpec
 from madcache.teachers.base import Teacher
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from madcache.data import Example, read_examples
-from madcache.errors import ConfigError
+from madcache.core.errors import ConfigError
 from madcache.extraction.assemble import RoleKeys, ShardBuffers, EncodedTexts, assemble_shard
 from madcache.extraction.config import ExtractConfig
 from madcache.extraction.jobs import (Job, JobStream, Preprocessor, YakeSettings, make_loader,
@@ -29,8 +29,8 @@ from madcache.extraction.manifest import (build_fingerprint, build_manifest,
                                           unavailable_warning)
 from madcache.extraction.plan import ShardPlan, build_shard_plan, group_into_shards, num_choices
 from madcache.extraction.roles import Loader, TeacherSet, load_teacher_set
-from madcache.extraction.tasks import Task, VqaTask, build_answer_vocab, make_task, \
-    read_answer_vocab
+from madcache.data.vqa import build_answer_vocab, read_answer_vocab
+from madcache.extraction.protocols import Task, VqaTask, make_task
 
 Encoder = Any  # SentenceEncoder-like
 
@@ -108,7 +108,7 @@ def _load_sentence_encoder(config: ExtractConfig) -> tuple[Encoder, dict[str, An
 
 
 def _directory_fingerprint(directory: Path) -> dict[str, Any]:
-    from madcache.teachers.weights import file_sha256
+    from madcache.core.io import file_sha256
 
     files = sorted(p for p in Path(directory).iterdir()
                    if p.is_file() and p.suffix in {".json", ".txt", ".safetensors", ".bin"})

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from madcache.errors import CheckpointNotFoundError
+from madcache.core.errors import CheckpointNotFoundError
 from madcache.students.base import STUDENTS, RegionInputs, Student, StudentOutput
 from madcache.students.single_stream import single_stream
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 import torch
 
 from madcache.data.records import Example
-from madcache.registry import Registry
+from madcache.core.registry import Registry
 
 
 @dataclass
@@ -27,6 +27,9 @@ class RegionInputs:
     feat: torch.Tensor       # [B, R, Dr] float32
     boxes: torch.Tensor      # [B, R, 4] float32, (x1, y1, x2, y2) / (width, height)
     mask: torch.Tensor       # [B, R] bool: real region (False = padding)
+
+    def to(self, device: str | torch.device) -> "RegionInputs":
+        return RegionInputs(self.feat.to(device), self.boxes.to(device), self.mask.to(device))
 
 
 @dataclass

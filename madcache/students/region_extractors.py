@@ -23,9 +23,9 @@ from typing import Any, Callable, Protocol
 import numpy as np
 import torch
 
-from madcache.errors import CheckpointNotFoundError, ConfigError, DataError, \
+from madcache.core.errors import CheckpointNotFoundError, ConfigError, DataError, \
     DataFileNotFoundError
-from madcache.registry import Registry
+from madcache.core.registry import Registry
 
 GEOMETRY_DIM = 7
 BOXCROP_GRID = 8

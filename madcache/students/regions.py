@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from madcache.data.records import Example
-from madcache.errors import CacheError
+from madcache.core.errors import CacheError, ConfigError
 from madcache.students.base import RegionInputs
 from madcache.students.region_extractors import (GEOMETRY_DIM, WHOLE_IMAGE, ImageItem,
                                                  RegionExtractor, box_geometry, build_extractor,
@@ -236,3 +236,23 @@ def collate_regions(items: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> Regio
         boxes[b, :len(box)] = torch.as_tensor(box, dtype=torch.float32)
         mask[b, :len(f)] = True
     return RegionInputs(feat, boxes, mask)
+
+
+class RegionLoader:
+    """Region features for a batch's images, read once per image and kept in memory."""
+
+    def __init__(self, store) -> None:
+        self.store = store
+        self.memo: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, examples: Sequence[Example]) -> RegionInputs:
+        missing = sorted({ex.image_id for ex in examples} - set(self.memo))
+        if missing:
+            self.memo.update(self.store.load(missing))
+        return collate_regions([self.memo[ex.image_id] for ex in examples])
+
+
+def region_loader(path: str | None) -> RegionLoader:
+    if path is None:
+        raise ConfigError("training needs --regions (a region feature store: `madcache regions`)")
+    return RegionLoader(open_regions(path))

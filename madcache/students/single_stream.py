@@ -22,7 +22,6 @@ losses are MLM (15% of text tokens; 80% [MASK] / 10% random / 10% kept) and imag
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,9 +31,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from madcache.config import config_from_dict
+from madcache.core.config import config_from_dict
 from madcache.data.records import Example
-from madcache.errors import CheckpointNotFoundError, ConfigError
+from madcache.data.vqa import read_answer_vocab
+from madcache.core.errors import CheckpointNotFoundError, ConfigError
 from madcache.students.base import RegionInputs, StudentOutput
 from madcache.students.regions import GEOMETRY_DIM, box_geometry
 from madcache.students.region_extractors import BOXCROP_DIM
@@ -84,16 +84,6 @@ class SingleStreamConfig:
     def from_options(cls, options: Mapping[str, Any]) -> "SingleStreamConfig":
         return config_from_dict(cls, options, noun="option", where="single-stream: ",
                                 hidden=frozenset({"bert_config"}))
-
-
-def read_answer_vocab(path: str | os.PathLike) -> list[str]:
-    """Answers from a .json list or a .txt file (one answer per line)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"answer vocabulary not found: {path}")
-    if path.suffix == ".json":
-        return [str(a) for a in json.loads(path.read_text(encoding="utf-8"))]
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def default_tokenizer_dir() -> Path:

@@ -12,7 +12,7 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from madcache.errors import UnknownNameError
+from madcache.core.errors import UnknownNameError
 from madcache.teachers.base import TEACHERS, Teacher, TextEncoding, TokenBatch, pool_words
 
 __all__ = ["TEACHERS", "Teacher", "TextEncoding", "TokenBatch", "pool_words", "load_teacher"]

@@ -17,7 +17,7 @@ from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 import torch
 
 from madcache.data.records import Text
-from madcache.registry import Registry
+from madcache.core.registry import Registry
 
 
 @dataclass

@@ -23,9 +23,9 @@ from typing import Any, Callable, Sequence
 import torch
 
 from madcache.data.records import Text
-from madcache.errors import CheckpointNotFoundError, ConfigError
+from madcache.core.errors import CheckpointNotFoundError, ConfigError
 from madcache.teachers.base import TextEncoding, TokenBatch, inference_autocast, pool_words
-from madcache.teachers.weights import file_sha256
+from madcache.core.io import file_sha256
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 # Hub repos (open_clip's own pretrained table) whose files count as a local cache hit.

@@ -22,9 +22,10 @@ from typing import Any, Callable, Sequence
 import torch
 
 from madcache.data.records import Text
-from madcache.errors import CheckpointNotFoundError, ConfigError
+from madcache.core.errors import CheckpointNotFoundError, ConfigError
 from madcache.teachers.base import TextEncoding, TokenBatch, inference_autocast, pool_words
-from madcache.teachers.weights import file_sha256, load_state_dict
+from madcache.core.io import file_sha256
+from madcache.teachers.weights import load_state_dict
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
                 "pytorch_model.bin.index.json")

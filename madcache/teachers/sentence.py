@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from madcache.errors import CheckpointNotFoundError
+from madcache.core.errors import CheckpointNotFoundError
 
 
 def default_sentence_encoder_dir() -> Path | None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from madcache.cache.backends import Backend, Hdf5Backend, MemoryBackend, ZarrBackend, get_backend
-from madcache.errors import UnknownNameError
+from madcache.core.errors import UnknownNameError
 
 
 def sample_arrays() -> dict[str, np.ndarray]:

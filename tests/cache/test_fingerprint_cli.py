@@ -30,15 +30,10 @@ def test_diff_fingerprints_dotted_keys():
     assert fp.diff_fingerprints(expected, expected) == []
 
 
-def test_file_sha256_streams_and_notices_changes(tmp_path):
-    import hashlib
+def test_file_sha256_names_a_missing_dataset_file(tmp_path):
+    from madcache.core.errors import DataFileNotFoundError
 
-    path = tmp_path / "w.bin"
-    path.write_bytes(b"x" * 10_000)
-    assert fp.file_sha256(path, chunk_size=999) == hashlib.sha256(b"x" * 10_000).hexdigest()
-    path.write_bytes(b"y" * 10_001)
-    assert fp.file_sha256(path) == hashlib.sha256(b"y" * 10_001).hexdigest()
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(DataFileNotFoundError, match="absent"):
         fp.file_sha256(tmp_path / "absent")
 
 

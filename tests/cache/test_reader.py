@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from madcache.cache.reader import open_cache, ragged_index
-from madcache.errors import (CacheError, CacheNotFoundError, FingerprintMismatchError,
+from madcache.core.errors import (CacheError, CacheNotFoundError, FingerprintMismatchError,
                              MissingTargetError)
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from madcache.cache.manifest import array_checksum, read_manifest
 from madcache.cache.writer import CacheWriter
-from madcache.errors import CacheCorruptError, CacheError, FingerprintMismatchError
+from madcache.core.errors import CacheCorruptError, CacheError, FingerprintMismatchError
 
 
 def test_manifest_records_checksums_shapes_and_state(tmp_path, world, fmt, kit):

@@ -6,7 +6,7 @@ from madcache.data import read_examples
 from madcache.data.lowshot import (Split, load_split, sample_per_category, sample_snli_ve,
                                    sample_vcr, sample_vqa, save_split)
 from madcache.data.records import Example, Text
-from madcache.errors import ConfigError, DataError
+from madcache.core.errors import ConfigError, DataError
 
 
 def _example(dataset, id, category, image="i", group="", label=0):

@@ -2,8 +2,8 @@ import pytest
 
 from madcache.data.paths import safe_join
 from madcache.data.records import Example, Text, Word
-from madcache.data.words import split_words
-from madcache.errors import DataError, UnsafePathError
+from madcache.data.records import split_words
+from madcache.core.errors import DataError, UnsafePathError
 
 
 def test_split_words_spans_and_punctuation():

@@ -5,7 +5,7 @@ import pytest
 from madcache.data import read_examples
 from madcache.data.sm import (NO_QUESTION_PERSON, mitigate_record, rule_of, shortcut_mitigate,
                               shortcut_mitigate_file)
-from madcache.errors import ConfigError, DataError
+from madcache.core.errors import ConfigError, DataError
 
 VCR_CS = "annotations/vcr_cs_val_original.jsonl"
 

@@ -5,7 +5,7 @@ import pytest
 
 from madcache.data import DATASETS, read_examples
 from madcache.data.snli_ve import LABELS, default_images_dir
-from madcache.errors import DataError, DataFileNotFoundError, UnsafePathError
+from madcache.core.errors import DataError, DataFileNotFoundError, UnsafePathError
 
 PAIR = {"Flickr30K_ID": "42", "gold_label": "neutral", "pairID": "42.jpg#0r1n",
         "sentence1": "A caption.", "sentence2": "A dog runs."}

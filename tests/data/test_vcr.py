@@ -6,7 +6,7 @@ import pytest
 
 from madcache.data import DATASETS, read_examples
 from madcache.data.vcr import load_vcr_metadata, render_tokens
-from madcache.errors import ConfigError, DataError, DataFileNotFoundError, UnsafePathError
+from madcache.core.errors import ConfigError, DataError, DataFileNotFoundError, UnsafePathError
 
 VCR_CS = "annotations/vcr_cs_val_original.jsonl"
 VAL1 = "extracted/val-1_from_iflytek_VLE_examples_VCR_README.jsonl"

@@ -5,7 +5,7 @@ import pytest
 from madcache.data import read_examples
 from madcache.data.vqa import (answer_scores, load_answer_vocab, normalize_answer, soft_score,
                                vqa_accuracy)
-from madcache.errors import ConfigError, DataError, DataFileNotFoundError
+from madcache.core.errors import ConfigError, DataError, DataFileNotFoundError
 
 FILES = {"questions_file": "multimodal_testdata/v2_OpenEnded_mscoco_train2014_questions.json",
          "annotations_file": "multimodal_testdata/v2_mscoco_train2014_annotations.json"}

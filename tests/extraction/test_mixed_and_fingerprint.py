@@ -11,8 +11,8 @@ import torch
 from click.testing import CliRunner
 
 from madcache.cli import cli
-from madcache.errors import FingerprintMismatchError
-from madcache.extract import ExtractConfig, extract
+from madcache.core.errors import FingerprintMismatchError
+from madcache.extraction import ExtractConfig, extract
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def mixed_config(tmp_path, toy_root, vit_dir, minilm_dir, **options) -> ExtractC
 
 def test_vit_and_bert_without_relevance_model(tmp_path, toy_root, vit_dir, minilm_dir, cache):
     config = mixed_config(tmp_path, toy_root, vit_dir, minilm_dir)
-    with pytest.warns(UserWarning, match=r"word_vr, word_score, logits.*mad \(confidence"):
+    with pytest.warns(UserWarning, match=r"word_vr, word_score, logits.*token selection or confidence weighting"):
         extract(config)
     shard = cache.shards(config.out)[0]
     manifest = cache.manifest(config.out)
@@ -43,7 +43,10 @@ def test_vit_and_bert_without_relevance_model(tmp_path, toy_root, vit_dir, minil
     assert np.isnan(shard["word_vr"]).all() and np.isnan(shard["word_score"]).all()
     assert (shard["word_yake"] >= 0).all() and not any(k.startswith("logits/") for k in shard)
     assert manifest["unavailable"] == ["word_vr", "word_score", "logits"]
-    assert set(manifest["unavailable_methods"]) == {"mad", "mad-no-cw", "mad-no-ts", "mad-random"}
+    from madcache.method.methods import unavailable_methods
+
+    assert set(unavailable_methods(manifest["unavailable"])) == {"mad", "mad-no-cw", "mad-no-ts",
+                                                                 "mad-random"}
     assert manifest["fingerprint"]["teachers"]["relevance"] is None
     assert manifest["default_logits"] is None
 

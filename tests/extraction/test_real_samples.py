@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from madcache.cache.reader import open_cache
-from madcache.extract import ExtractConfig, extract
+from madcache.extraction import ExtractConfig, extract
 
 VCR_LINE = "extracted/val-1_from_iflytek_VLE_examples_VCR_README.jsonl"
 VQA_FILES = ("v2_OpenEnded_mscoco_train2014_questions.json", "v2_mscoco_train2014_annotations.json")

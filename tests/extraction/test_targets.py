@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from madcache import prompts
+from madcache.extraction import protocols
 from madcache.data import read_examples
-from madcache.extract import ExtractConfig, extract
-from madcache.selection import combine_scores, yake_word_scores
+from madcache.extraction import ExtractConfig, extract
+from madcache.extraction.scores import combine_scores, yake_word_scores
 from madcache.teachers import load_teacher
 
 FP16 = {"rtol": 2e-3, "atol": 2e-3}
@@ -155,7 +155,7 @@ def test_snli_similarity_and_kmeans_centres(cache, tmp_path, tiny_clip, toy_root
             expected = torch.nn.functional.cosine_similarity(eos, image, dim=0).item()
             assert shard["similarity"][n] == pytest.approx(expected, abs=1e-5)
         sims.append(shard["similarity"])
-    centres = prompts.kmeans_anchors(np.concatenate(sims))
+    centres = protocols.kmeans_anchors(np.concatenate(sims))
     np.testing.assert_allclose(manifest["extra"]["kmeans_centres"], centres)
     assert manifest["default_logits"] == "kmeans"
 
@@ -184,11 +184,11 @@ def test_vqa_candidates_and_template_logits(cache, tmp_path, tiny_clip, toy_root
     examples = {ex.id: ex for ex in read_examples("toy-vqa", toy_root, "vqa").examples}
     shard = shards[0]
     questions = [examples[str(e)].choices[0].text for e in shard["example_id"]]
-    expected = prompts.prefilter_answers(questions, vocab, CharEncoder(), k=3)
+    expected = protocols.prefilter_answers(questions, vocab, CharEncoder(), k=3)
     np.testing.assert_array_equal(shard["candidates"], expected)
     example = examples[str(shard["example_id"][0])]
     image = image_embedding(teacher, toy_root, example.image_id)
-    statements = [prompts.question_to_statement(questions[0], vocab[a]) for a in expected[0]]
+    statements = [protocols.question_to_statement(questions[0], vocab[a]) for a in expected[0]]
     from madcache.data.records import Text
 
     eos = torch.stack([direct_text(teacher, Text.from_string(s))[0] for s in statements])

@@ -52,7 +52,7 @@ def student():
 
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory):
-    from madcache.data.demo_world import generate_demo_world
+    from madcache.demo.world import generate_demo_world
 
     root = tmp_path_factory.mktemp("demo-world")
     generate_demo_world(root, size="small", progress=False)

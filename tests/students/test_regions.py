@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from madcache.errors import (CacheError, CacheNotFoundError, ConfigError, DataError,
+from madcache.core.errors import (CacheError, CacheNotFoundError, ConfigError, DataError,
                              DataFileNotFoundError, FingerprintMismatchError)
 from madcache.students.region_extractors import (BoxCrop, ImageItem, build_extractor,
                                                  grid_boxes, load_image)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from madcache.errors import ConfigError, UnknownNameError
+from madcache.core.errors import ConfigError, UnknownNameError
 from madcache.students import STUDENTS, build_student, load_student, save_student
 from madcache.students.base import Student
 from madcache.students.single_stream import itm_pairs, mask_tokens

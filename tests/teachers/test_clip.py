@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from madcache.data.records import Text
-from madcache.errors import CheckpointNotFoundError, UnknownNameError
+from madcache.core.errors import CheckpointNotFoundError, UnknownNameError
 from madcache.teachers import Teacher, load_teacher
 
 TEXTS = [Text.from_string("a red car parked near the old house"),

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from madcache.data.records import Text
-from madcache.errors import CheckpointNotFoundError
+from madcache.core.errors import CheckpointNotFoundError
 from madcache.teachers import load_teacher
 
 TEXT = Text.from_string("The skateboarder's jump looks unbelievably high, doesn't it?")

@@ -1,0 +1,136 @@
+"""The main job on the built-in demo world, end to end: what `make demo` runs.
+
+world -> demo teacher (pretrained on the world's captions) -> teacher caches (train, val) ->
+student region features -> the demo sweep (baseline / MD / MAD x seeds x shot sizes, standard
+and SM evaluation, zero-shot) -> report. Every step keeps what an earlier run finished, so a
+rerun (or a run after a kill) only does what is missing.
+
+This module drives the pipeline through the same library functions the CLI commands call; it
+is the one place that sees both sides of the cache, which is why the trainer itself never does.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+DEMO_DATASET = "vcr"
+PIPELINE = Path(__file__).with_name("demo.toml")
+
+
+@dataclass(frozen=True)
+class DemoPaths:
+    """Where each stage of the demo writes, under one folder (default `demo/`)."""
+
+    out: Path
+
+    @property
+    def world(self) -> Path:
+        return self.out / "world"
+
+    @property
+    def teacher(self) -> Path:
+        return self.out / "teacher" / "madcache-demo.safetensors"
+
+    def cache(self, split: str) -> Path:
+        return self.out / "cache" / f"{DEMO_DATASET}-{split}"
+
+    @property
+    def regions(self) -> Path:
+        return self.out / "regions"
+
+    @property
+    def runs(self) -> Path:
+        return self.out / "runs"
+
+    @property
+    def report(self) -> Path:
+        return self.out / "report"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    out: Path = Path("demo")
+    size: str = "default"
+    seed: int = 0
+    teacher_steps: int | None = None     # None: the demo teacher's own default
+    jobs: int = 2
+    workers: int = 0
+    pipeline: Path = PIPELINE
+    overrides: tuple[str, ...] = ()      # extra `KEY=VALUE` settings for the sweep
+    progress: bool = True
+
+
+def run_demo(config: DemoConfig, *, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or finish) every stage; return the report summary and the stage timings."""
+    paths = DemoPaths(Path(config.out))
+    timings: dict[str, float] = {}
+
+    def stage(name: str, action: Callable[[], Any]) -> Any:
+        log(f"[demo] {name} ...")
+        start = time.perf_counter()
+        result = action()
+        timings[name] = round(time.perf_counter() - start, 1)
+        log(f"[demo] {name}: done in {timings[name]:.1f} s")
+        return result
+
+    stage("world", lambda: make_world(paths, config))
+    teacher = stage("teacher", lambda: make_teacher(paths, config))
+    for split in ("train", "val"):
+        stage(f"cache {split}", lambda split=split: make_cache(paths, config, split))
+    stage("regions", lambda: make_regions(paths, config))
+    sweep = stage("sweep", lambda: run_demo_sweep(paths, config))
+    report = stage("report", lambda: make_report(paths))
+    return {"paths": paths, "timings": timings, "teacher": teacher, "sweep": sweep,
+            "report": report}
+
+
+def make_world(paths: DemoPaths, config: DemoConfig) -> dict[str, Any]:
+    from madcache.demo.world import generate_demo_world
+
+    return generate_demo_world(paths.world, size=config.size, seed=config.seed,
+                               progress=config.progress)
+
+
+def make_teacher(paths: DemoPaths, config: DemoConfig) -> dict[str, Any]:
+    from madcache.demo.teacher import DemoTeacherConfig, pretrain_demo_teacher
+
+    options: dict[str, Any] = {"seed": config.seed}
+    if config.teacher_steps is not None:
+        options["steps"] = config.teacher_steps
+    return pretrain_demo_teacher(DemoTeacherConfig(data=paths.world, out=paths.teacher, **options),
+                                 progress=config.progress)
+
+
+def make_cache(paths: DemoPaths, config: DemoConfig, split: str) -> dict[str, Any]:
+    from madcache.extraction import ExtractConfig, extract
+
+    return extract(ExtractConfig(
+        dataset=DEMO_DATASET, root=paths.world / DEMO_DATASET, split=split,
+        teacher="madcache-demo", checkpoint=paths.teacher, out=paths.cache(split),
+        workers=config.workers, progress=config.progress))
+
+
+def make_regions(paths: DemoPaths, config: DemoConfig) -> dict[str, Any]:
+    from madcache.students.regions import build_region_store
+
+    return build_region_store(dataset=DEMO_DATASET, root=paths.world / DEMO_DATASET,
+                              split=["train", "val"], extractor="boxcrop", out=paths.regions,
+                              progress=config.progress)
+
+
+def run_demo_sweep(paths: DemoPaths, config: DemoConfig):
+    from madcache.experiments.sweep import load_sweep, run_sweep
+
+    directory = f"DEMO_DIR={Path(paths.out).resolve()}"
+    sweep = load_sweep(config.pipeline, [directory, *config.overrides])
+    return run_sweep(sweep, jobs=config.jobs, progress=config.progress)
+
+
+def make_report(paths: DemoPaths) -> dict[str, Any]:
+    from madcache.experiments.report import build_report
+
+    return build_report(paths.runs, out=paths.report)
+

@@ -1,0 +1,35 @@
+"""The demo world's caption corpus: `captions/captions.jsonl` + `captions/images/*.jpg`.
+
+Cheap, plentiful image-text pairs (the CLIP-style teacher's pretraining data): each image gets
+several captions that name what is visible and what it means in this world.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from madcache.demo.world.render import render_scene
+from madcache.demo.world.text import image_captions
+from madcache.demo.world.world import OPEN_SCENES, sample_scene
+
+
+def write_captions(root: Path, n_images: int, per_image: int, rng: np.random.Generator,
+                   tick: Callable[[], None]) -> dict:
+    """Write `n_images` images with `per_image` captions each (fewer only for scenes too small
+    to describe in that many different ways); returns counts."""
+    out = root / "captions"
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for index in range(n_images):
+        scene = sample_scene(rng, OPEN_SCENES)
+        relative = f"captions/images/{index:06d}.jpg"
+        (root / relative).write_bytes(render_scene(scene, rng))
+        for caption in image_captions(scene, rng, per_image):
+            lines.append(json.dumps({"image": relative, "caption": caption}))
+        tick()
+    (out / "captions.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return {"images": n_images, "captions": len(lines)}

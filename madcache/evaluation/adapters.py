@@ -1,0 +1,346 @@
+"""Adapter baselines: small heads trained on frozen, cached teacher features (the paper's
+"adapters over frozen CLIP" rows), in seconds and without a student or a teacher model.
+
+Input per scored text (choice) c of an example: `[image_feat ; text_eos_c]` (both L2-normalised
+by default, as a CLIP linear probe does). Heads:
+
+- `adapter-linear`: one linear layer;
+- `adapter-mlp3`: three linear layers (ReLU between);
+- `adapter-transformer`: the image and the text feature as two tokens (each linearly projected
+  to `hidden`), one transformer encoder layer, mean-pooled, one linear layer.
+
+Outputs: VCR scores each of its 4 choices (one logit per choice, softmax over choices); SNLI-VE
+is a 3-way classifier; VQA a classifier over the cache's answer vocabulary trained with the soft
+VQA scores (BCE). Training uses the same low-shot split files as the students (`split_file`),
+is seeded, and writes a run directory in the trainer's contract (docs/architecture.md), so
+reports show adapters beside baseline / MD / MAD. Evaluation needs a cache of each evaluated
+split (`eval_caches`: e.g. `{"val": ..., "val_sm": ...}`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch import nn
+from torch.nn import functional as F
+
+from madcache.core.config import config_from_dict
+from madcache.cache.manifest import cache_digest
+from madcache.core.errors import ConfigError
+from madcache.core.io import file_sha256, git_commit, write_json
+from madcache.data.metrics import accuracy_scores, vcr_scores, vqa_scores, without_counts
+
+ADAPTERS = ("adapter-linear", "adapter-mlp3", "adapter-transformer")
+ADAPTER_STUDENT = "frozen-teacher"    # the "student" column of adapter rows in reports
+SNLI_VE_CLASSES = 3
+ADAPTER_WEIGHTS = "adapter.safetensors"
+
+
+def is_adapter(method: str) -> bool:
+    return method.startswith("adapter-")
+
+
+@dataclass
+class AdapterConfig:
+    """One adapter run. Paths are used as given (the sweep resolves them)."""
+
+    dataset: str
+    cache: str                              # cache of the training split
+    out: str
+    method: str = "adapter-linear"
+    eval_caches: dict[str, str] = field(default_factory=dict)  # eval name -> cache of it
+    root: str | None = None                 # dataset root (VQA: soft targets, human answers)
+    split_file: str | None = None           # low-shot split (ids); None = the whole cache
+    per_category: int | None = None         # recorded as `shots` (and sampled if no split_file)
+    seed: int = 0
+    epochs: int = 100
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    hidden: int = 256
+    heads: int = 4
+    dropout: float = 0.1
+    normalize: bool = True
+    read_options: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.method not in ADAPTERS:
+            raise ConfigError(f"unknown adapter '{self.method}'. Available: {', '.join(ADAPTERS)}")
+        if self.epochs < 1 or self.batch_size < 1 or self.hidden < 1 or self.heads < 1:
+            raise ConfigError("epochs, batch_size, hidden and heads must be >= 1")
+        if self.hidden % self.heads:
+            raise ConfigError(f"hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "AdapterConfig":
+        return config_from_dict(cls, values, noun="adapter config key")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------- the heads
+
+class AdapterHead(nn.Module):
+    """Maps image [N, Dv] and per-choice text [N, C, Dt] features to logits.
+
+    `out_dim == 1`: one score per choice -> [N, C]; otherwise (C == 1) class logits [N, out_dim].
+    """
+
+    def __init__(self, kind: str, image_dim: int, text_dim: int, out_dim: int, *,
+                 hidden: int = 256, heads: int = 4, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.kind = kind
+        width = image_dim + text_dim
+        if kind == "adapter-linear":
+            self.body = nn.Linear(width, out_dim)
+        elif kind == "adapter-mlp3":
+            self.body = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(dropout),
+                                      nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
+                                      nn.Linear(hidden, out_dim))
+        elif kind == "adapter-transformer":
+            self.image_in = nn.Linear(image_dim, hidden)
+            self.text_in = nn.Linear(text_dim, hidden)
+            self.layer = nn.TransformerEncoderLayer(hidden, heads, dim_feedforward=2 * hidden,
+                                                    dropout=dropout, batch_first=True)
+            self.body = nn.Linear(hidden, out_dim)
+        else:
+            raise ConfigError(f"unknown adapter '{kind}'. Available: {', '.join(ADAPTERS)}")
+        self.image_dim = image_dim
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        n, c = text.shape[:2]
+        image = image[:, None, :].expand(n, c, image.shape[-1])
+        if self.kind == "adapter-transformer":
+            tokens = torch.stack([self.image_in(image), self.text_in(text)], dim=2)
+            pooled = self.layer(tokens.reshape(n * c, 2, -1)).mean(dim=1).reshape(n, c, -1)
+            out = self.body(pooled)
+        else:
+            out = self.body(torch.cat([image, text], dim=-1))
+        return out.squeeze(-1) if out.shape[-1] == 1 else out[:, 0, :]
+
+
+# ----------------------------------------------------------------------------- data
+
+@dataclass
+class FeatureSet:
+    """Cached features of some examples plus what scores them."""
+
+    ids: list[str]
+    image: torch.Tensor                  # [N, Dv]
+    text: torch.Tensor                   # [N, C, Dt]
+    labels: list[int | None]
+    groups: list[str]
+    categories: list[str]
+    soft: torch.Tensor | None = None     # VQA [N, V] soft scores over the vocabulary
+    answers: list[tuple[str, ...]] | None = None   # VQA human answers (evaluation)
+
+
+def load_features(cache_path: str | Path, ids: Sequence[str] | None = None, *,
+                  normalize: bool = True) -> tuple[FeatureSet, dict[str, Any]]:
+    """Features (and index labels, groups, categories) of `ids` (default: every cached example)
+    from the cache at `cache_path`; returns them with the cache manifest."""
+    from madcache.cache.reader import open_cache
+
+    cache = open_cache(cache_path)
+    table = cache.index()
+    all_ids = table.column("example_id").to_pylist()
+    columns = {name: table.column(name).to_pylist() if name in table.column_names
+               else [None] * len(all_ids) for name in ("label", "group", "category")}
+    wanted = list(all_ids) if ids is None else list(ids)
+    row = {eid: i for i, eid in enumerate(all_ids)}
+    missing = [eid for eid in wanted if eid not in row]
+    if missing:
+        raise ConfigError(f"{len(missing)} split ids (e.g. {missing[0]!r}) are not in the cache "
+                          f"{cache_path}: was it extracted from this split?")
+    targets = cache.load_targets(wanted)
+    if targets.image is None or targets.text_eos is None:
+        raise ConfigError(f"adapters need image and text features; the cache {cache_path} "
+                          "lacks one of them")
+    image = torch.from_numpy(np.asarray(targets.image, dtype=np.float32))
+    text = torch.from_numpy(np.asarray(targets.text_eos, dtype=np.float32))
+    if normalize:
+        image, text = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
+    pick = [row[eid] for eid in wanted]
+    features = FeatureSet(
+        ids=wanted, image=image, text=text,
+        labels=[columns["label"][i] for i in pick],
+        groups=[columns["group"][i] or "" for i in pick],
+        categories=[columns["category"][i] if columns["category"][i] is not None else "all"
+                    for i in pick])
+    return features, cache.manifest
+
+
+def training_ids(config: AdapterConfig, cache_path: str) -> tuple[list[str] | None, dict[str, Any]]:
+    """The low-shot ids (split file, or sampled per category from the cache index) or None."""
+    from madcache.data import lowshot
+
+    if config.split_file is not None:
+        split = lowshot.Split.load(config.split_file)
+        return split.ids, {"split_file": config.split_file,
+                           "split_digest": file_sha256(config.split_file)}
+    if config.per_category is not None:
+        split = lowshot.sample_per_category(_index_examples(cache_path, config.dataset),
+                                            k=config.per_category, seed=config.seed)
+        path = Path(config.out) / "split.json"
+        split.save(path)
+        return split.ids, {"split_file": str(path), "split_digest": file_sha256(path)}
+    return None, {"split_file": None, "split_digest": None}
+
+
+def _index_examples(cache_path: str, dataset: str) -> list:
+    """Stand-in `Example`s (id, category, group, image, label) from the cache index, enough for
+    the low-shot samplers."""
+    from madcache.cache.reader import open_cache
+    from madcache.data.records import Example
+
+    table = open_cache(cache_path).index().to_pylist()
+    return [Example(id=r["example_id"], dataset=dataset, split="train",
+                    image_id=r.get("image_id") or "", image_path="", choices=(),
+                    label=r.get("label"), category=r.get("category") or "all",
+                    group=r.get("group") or "") for r in table]
+
+
+def attach_vqa(features: FeatureSet, vocab: Sequence[str], root: str | None, split: str,
+               read_options: Mapping[str, Any]) -> None:
+    """Soft scores over `vocab` and the human answers, from the dataset files."""
+    from madcache.data import read_examples
+
+    if root is None:
+        raise ConfigError("VQA adapters need the dataset root (soft scores, human answers)")
+    by_id = {ex.id: ex for ex in read_examples("vqa", root, split, **read_options).examples}
+    index = {a: i for i, a in enumerate(vocab)}
+    soft = torch.zeros(len(features.ids), len(vocab))
+    for n, eid in enumerate(features.ids):
+        for answer, value in (by_id[eid].answer_scores or {}).items():
+            if answer in index:
+                soft[n, index[answer]] = value
+    features.soft = soft
+    features.answers = [tuple(by_id[eid].answers) for eid in features.ids]
+
+
+# ----------------------------------------------------------------------------- training
+
+def output_size(dataset: str, num_choices: int, vocab: Sequence[str] | None) -> int:
+    if dataset == "vqa":
+        return len(vocab or ())
+    if num_choices > 1:
+        return 1
+    return SNLI_VE_CLASSES
+
+
+def adapter_loss(logits: torch.Tensor, features: FeatureSet, rows: torch.Tensor) -> torch.Tensor:
+    if features.soft is not None:
+        target = features.soft[rows]
+        return F.binary_cross_entropy_with_logits(logits, target) * logits.shape[1]
+    labels = torch.tensor([features.labels[i] for i in rows.tolist()])
+    return F.cross_entropy(logits, labels)
+
+
+def fit(head: AdapterHead, features: FeatureSet, config: AdapterConfig) -> list[dict[str, Any]]:
+    """AdamW with cosine decay over `epochs`; the order is a pure function of the seed."""
+    rows = torch.tensor([i for i, y in enumerate(features.labels)
+                         if y is not None or features.soft is not None], dtype=torch.long)
+    if len(rows) == 0:
+        raise ConfigError("no labelled training examples for the adapter")
+    optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps = config.epochs * math.ceil(len(rows) / config.batch_size)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    generator = torch.Generator().manual_seed(config.seed)
+    history = []
+    head.train()
+    for epoch in range(config.epochs):
+        order = rows[torch.randperm(len(rows), generator=generator)]
+        total, count = 0.0, 0
+        for start in range(0, len(order), config.batch_size):
+            batch = order[start:start + config.batch_size]
+            loss = adapter_loss(head(features.image[batch], features.text[batch]), features, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total, count = total + loss.item() * len(batch), count + len(batch)
+        history.append({"stage": "task", "epoch": epoch + 1, "loss": total / count})
+    return history
+
+
+@torch.no_grad()
+def predict(head: AdapterHead, features: FeatureSet, batch_size: int = 1024) -> torch.Tensor:
+    head.eval()
+    out = [head(features.image[i:i + batch_size], features.text[i:i + batch_size])
+           for i in range(0, len(features.ids), batch_size)]
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+def score(dataset: str, features: FeatureSet, logits: torch.Tensor,
+          vocab: Sequence[str] | None) -> dict[str, float]:
+    """The run-contract metrics (percent) of `logits` on `features`."""
+    predictions = logits.argmax(dim=-1).tolist()
+    if dataset == "vqa":
+        result = vqa_scores([vocab[p] for p in predictions], features.answers or [])
+    elif features.text.shape[1] > 1 and dataset == "vcr":
+        result = vcr_scores(features.ids, features.labels, features.groups, predictions)
+    else:
+        result = accuracy_scores(features.labels, predictions)
+    return without_counts(result)
+
+
+# ----------------------------------------------------------------------------- a run
+
+def run_adapter(config: AdapterConfig) -> dict[str, Any]:
+    """Train one adapter on cached features, evaluate it on each eval cache, and write the run
+    directory (config.json first; metrics.json with status "complete" last). Returns metrics."""
+    import madcache
+
+    run_dir = Path(config.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "config.json", config.to_dict())
+    torch.manual_seed(config.seed)
+    ids, split_info = training_ids(config, config.cache)
+    train, manifest = load_features(config.cache, ids, normalize=config.normalize)
+    vocab = _vocab(config, manifest)
+    if vocab is not None:
+        attach_vqa(train, vocab, config.root, manifest.get("split", "train"), config.read_options)
+    head = AdapterHead(config.method, train.image.shape[1], train.text.shape[2],
+                       output_size(config.dataset, train.text.shape[1], vocab),
+                       hidden=config.hidden, heads=config.heads, dropout=config.dropout)
+    history = fit(head, train, config)
+    evaluation = {name: evaluate_head(head, config, path, vocab)
+                  for name, path in config.eval_caches.items()}
+    metrics = {"run": run_dir.name, "dataset": config.dataset, "method": config.method,
+               "student": ADAPTER_STUDENT, "teachers": manifest.get("teachers"),
+               "shots": config.per_category, "seed": config.seed, "status": "complete",
+               "history": history, "eval": evaluation,
+               "provenance": {"cache_fingerprint": cache_digest(manifest), **split_info,
+                              "git_commit": git_commit(),
+                              "madcache_version": madcache.__version__}}
+    save_file({k: v.contiguous() for k, v in head.state_dict().items()},
+              str(run_dir / ADAPTER_WEIGHTS))
+    write_json(run_dir / "metrics.json", metrics)
+    return metrics
+
+
+def evaluate_head(head: AdapterHead, config: AdapterConfig, cache_path: str,
+                  vocab: Sequence[str] | None) -> dict[str, float]:
+    features, manifest = load_features(cache_path, normalize=config.normalize)
+    if vocab is not None:
+        attach_vqa(features, vocab, config.root, manifest.get("split", "val"), config.read_options)
+    return score(config.dataset, features, predict(head, features), vocab)
+
+
+def _vocab(config: AdapterConfig, manifest: Mapping[str, Any]) -> list[str] | None:
+    if config.dataset != "vqa":
+        return None
+    from madcache.evaluation.zeroshot import answer_vocabulary
+
+    return answer_vocabulary(manifest, Path(config.root) if config.root else None)
+

@@ -1,0 +1,591 @@
+"""Sweeps: many independent runs over one read-only cache (docs/evaluation.md, "Sweeps").
+
+A pipeline TOML file fills a typed `SweepConfig` (unknown keys raise `ConfigError` naming the key
+and the file; the file never runs code). `plan` expands the grid methods x shots x seeds x
+students (x teacher caches) into `RunSpec`s, each with a run directory derived from its cell:
+
+    <out>/<dataset>/<student>/<method>[/<teachers>]/k<K>|full/seed<S>
+
+`run_sweep` skips every run whose metrics.json says "complete" and holds every evaluated split,
+creates the low-shot split files once per (k, seed) under `<out>/splits/` (every method trains on
+the same examples), and runs the rest as independent processes, `jobs` at a time. A killed run
+leaves no "complete" metrics.json, so rerunning the sweep finishes only what is missing (a
+half-trained run resumes from its checkpoint; a trained run that missed an evaluation only
+evaluates). Run `python -m madcache.experiments.sweep JOB.json` to execute one job file by hand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from madcache.evaluation.adapters import ADAPTER_STUDENT, ADAPTERS, is_adapter
+from madcache.core.errors import ConfigError
+
+SM_SUFFIX = "_sm"
+SPLITS_DIR = "splits"
+ZERO_SHOT_DIR = "zero-shot"
+JOB_FILE = "sweep-job.json"
+LOG_FILE = "sweep.log"
+PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+VARIABLE = re.compile(r"[A-Z][A-Z0-9_]*")
+# TrainConfig / AdapterConfig fields the sweep sets for each run (not settable in [train])
+TRAIN_OWNED = ("dataset", "root", "out", "method", "cache", "regions", "split", "eval_split",
+               "read_options", "student", "student_options", "seed", "per_category",
+               "split_file", "resume")
+ADAPTER_OWNED = ("dataset", "cache", "out", "method", "eval_caches", "root", "split_file",
+                 "per_category", "seed", "read_options")
+PATH_KEYS = ("root", "out", "regions", "cache")
+
+
+# ----------------------------------------------------------------------------- config
+
+@dataclass(frozen=True)
+class TeacherCaches:
+    """One teacher set: the cache of the training split, and caches of evaluated splits (for
+    zero-shot and adapters), by eval name (`val`, `val_sm`)."""
+
+    name: str
+    cache: str
+    eval_caches: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StudentSpec:
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+    label: str = ""
+
+    @property
+    def dirname(self) -> str:
+        return self.label or self.name
+
+
+@dataclass
+class SweepConfig:
+    """A pipeline file, resolved: placeholders substituted, paths absolute."""
+
+    dataset: str
+    root: str
+    out: str
+    methods: list[str]
+    seeds: list[int]
+    shots: list[int | None] = field(default_factory=lambda: [None])     # None = full data
+    teachers: list[TeacherCaches] = field(default_factory=list)
+    students: list[StudentSpec] = field(default_factory=lambda: [StudentSpec("single-stream")])
+    regions: str | None = None
+    eval: list[str] = field(default_factory=lambda: ["val"])
+    zero_shot: bool = False
+    train_split: str = "train"
+    read_options: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    adapter: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+# Top-level keys of a pipeline file; `cache` / `eval_caches` are shorthand for one `[[teachers]]`.
+FILE_KEYS = {"dataset", "root", "out", "methods", "seeds", "shots", "teachers", "cache",
+             "eval_caches", "students", "regions", "eval", "zero_shot", "train_split",
+             "read_options", "train", "adapter", "vars"}
+TEACHER_KEYS = {"name", "cache", "eval_caches"}
+STUDENT_KEYS = {"name", "options", "label"}
+
+
+def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> SweepConfig:
+    """Read a pipeline file. `overrides` are `KEY=VALUE` strings: an UPPER_CASE key sets a
+    placeholder variable (`${ROOT}`), any other key a (dotted) config key, e.g. `seeds=[0,1]`
+    or `train.epochs=2` (values parsed as JSON when they are JSON)."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"pipeline file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    variables, settings = split_overrides(overrides, path)
+    defaults = {k: str(v) for k, v in data.pop("vars", {}).items()}
+    for key, value in settings.items():
+        set_dotted(data, key, value)
+
+    def lookup(name: str) -> str | None:
+        """`--set NAME=...`, else the environment, else the file's `[vars]` table."""
+        return variables.get(name, os.environ.get(name, defaults.get(name)))
+    data = substitute(data, lookup, path)
+    return from_dict(data, base=path.parent, source=path)
+
+
+def split_overrides(overrides: Sequence[str], path: Path) -> tuple[dict[str, str], dict[str, Any]]:
+    variables: dict[str, str] = {}
+    settings: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        if VARIABLE.fullmatch(key):
+            variables[key] = value
+        else:
+            try:
+                settings[key] = json.loads(value)
+            except json.JSONDecodeError:
+                settings[key] = value
+    return variables, settings
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    *parents, last = key.split(".")
+    for part in parents:
+        data = data.setdefault(part, {})
+        if not isinstance(data, dict):
+            raise ConfigError(f"--set {key}: '{part}' is not a table")
+    data[last] = value
+
+
+def substitute(value: Any, lookup: Callable[[str], str | None], path: Path) -> Any:
+    """Replace `${NAME}` in every string with `lookup(NAME)`; an unset name raises, naming it."""
+    if isinstance(value, dict):
+        return {k: substitute(v, lookup, path) for k, v in value.items()}
+    if isinstance(value, list):
+        return [substitute(v, lookup, path) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def one(match: re.Match) -> str:
+        found = lookup(match.group(1))
+        if found is None:
+            name = match.group(1)
+            raise ConfigError(f"{path}: ${{{name}}} is not set: pass --set {name}=VALUE "
+                              f"(or set the environment variable {name})")
+        return found
+    return PLACEHOLDER.sub(one, value)
+
+
+def from_dict(data: Mapping[str, Any], *, base: Path, source: Path | None = None) -> SweepConfig:
+    """Build a `SweepConfig` from a parsed pipeline file; relative paths are taken from `base`."""
+    where = str(source) if source else "sweep config"
+    _no_unknown(data, FILE_KEYS - {"vars"}, where, "")
+    for key in ("dataset", "root", "out", "methods", "seeds"):
+        if key not in data:
+            raise ConfigError(f"{where}: missing key '{key}'")
+    teachers = _teachers(data, base, where)
+    students = [_student(s, where) for s in data.get("students", ["single-stream"])]
+    values = {k: v for k, v in data.items() if k not in {"teachers", "cache", "eval_caches",
+                                                         "students"}}
+    for key in ("root", "out", "regions"):
+        if values.get(key) is not None:
+            values[key] = resolve(values[key], base)
+    values["shots"] = [_shot(s, where) for s in data.get("shots", ["full"])]
+    try:
+        return SweepConfig(**values, teachers=teachers, students=students, source=where)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def resolve(value: str, base: Path) -> str:
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else (base / path).resolve())
+
+
+def _no_unknown(data: Mapping[str, Any], known: set[str], where: str, table: str) -> None:
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key '{table}{unknown[0]}'; valid keys"
+                          f"{' in [' + table.rstrip('.') + ']' if table else ''}: "
+                          f"{', '.join(sorted(known))}")
+
+
+def _teachers(data: Mapping[str, Any], base: Path, where: str) -> list[TeacherCaches]:
+    if "teachers" in data and ("cache" in data or "eval_caches" in data):
+        raise ConfigError(f"{where}: give either 'cache' (+ 'eval_caches') or [[teachers]]")
+    entries = data.get("teachers")
+    if entries is None:
+        if "cache" not in data:
+            return []
+        entries = [{"name": "teacher", "cache": data["cache"],
+                    "eval_caches": data.get("eval_caches", {})}]
+    out = []
+    for i, entry in enumerate(entries):
+        if isinstance(entry, str):
+            entry = {"cache": entry}
+        _no_unknown(entry, TEACHER_KEYS, where, "teachers.")
+        if "cache" not in entry:
+            raise ConfigError(f"{where}: teachers[{i}] needs 'cache'")
+        evals = {k: resolve(v, base) for k, v in entry.get("eval_caches", {}).items()}
+        name = entry.get("name") or Path(entry["cache"]).name
+        out.append(TeacherCaches(name, resolve(entry["cache"], base), evals))
+    names = [t.name for t in out]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}: teacher names must be unique, got {names}")
+    return out
+
+
+def _student(entry: Any, where: str) -> StudentSpec:
+    if isinstance(entry, str):
+        return StudentSpec(entry)
+    if not isinstance(entry, dict) or "name" not in entry:
+        raise ConfigError(f"{where}: a student is a name or a table with 'name'")
+    _no_unknown(entry, STUDENT_KEYS, where, "students.")
+    return StudentSpec(entry["name"], dict(entry.get("options", {})), entry.get("label", ""))
+
+
+def _shot(value: Any, where: str) -> int | None:
+    if value == "full":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{where}: shots are per-category k >= 1 or \"full\", got {value!r}")
+    return value
+
+
+def validate(config: SweepConfig) -> None:
+    """Check names and combinations; every error names the file and the key."""
+    where = config.source or "sweep config"
+    from madcache.method.methods import METHODS
+
+    for method in config.methods:
+        if method not in METHODS and method not in ADAPTERS:
+            valid = ", ".join(sorted([*METHODS.names(), *ADAPTERS]))
+            raise ConfigError(f"{where}: unknown method '{method}' in 'methods'. Available: {valid}")
+    if not config.methods or not config.seeds or not config.students:
+        raise ConfigError(f"{where}: 'methods', 'seeds' and 'students' must not be empty")
+    if any(isinstance(s, bool) or not isinstance(s, int) for s in config.seeds) \
+            or len(set(config.seeds)) != len(config.seeds):
+        raise ConfigError(f"{where}: 'seeds' must be distinct integers, got {config.seeds}")
+    for name in config.eval:
+        if name.endswith(SM_SUFFIX) and config.dataset != "vcr":
+            raise ConfigError(f"{where}: eval '{name}': shortcut mitigation (SM) is VCR-only")
+    _check_tables(config, where)
+    needs_cache = [m for m in config.methods if is_adapter(m) or METHODS.get(m).distils]
+    if needs_cache and not config.teachers:
+        raise ConfigError(f"{where}: methods {', '.join(needs_cache)} need a teacher cache "
+                          "('cache' or [[teachers]])")
+    adapters = [m for m in config.methods if is_adapter(m)]
+    for teacher in config.teachers:
+        if (adapters or config.zero_shot) and not (set(config.eval) & set(teacher.eval_caches)):
+            raise ConfigError(f"{where}: {'adapters' if adapters else 'zero_shot'} need(s) a "
+                              f"cache of an evaluated split: 'eval_caches' of teacher "
+                              f"'{teacher.name}' has none of {config.eval}")
+
+
+def _check_tables(config: SweepConfig, where: str) -> None:
+    from madcache.evaluation.adapters import AdapterConfig
+    from madcache.train.config import TrainConfig
+
+    for table, cls, owned in (("train", TrainConfig, TRAIN_OWNED),
+                              ("adapter", AdapterConfig, ADAPTER_OWNED)):
+        values = getattr(config, table)
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where}: '{table}' must be a table")
+        known = {f.name for f in dataclasses.fields(cls)} - set(owned)
+        for key in values:
+            if key in owned:
+                raise ConfigError(f"{where}: '{table}.{key}' is set by the sweep for each run; "
+                                  "use the top-level keys instead")
+        _no_unknown(values, known, where, f"{table}.")
+
+
+# ----------------------------------------------------------------------------- the grid
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One cell of the grid."""
+
+    dataset: str
+    method: str
+    student: StudentSpec | None          # None for adapters (frozen teacher features)
+    teacher: TeacherCaches | None        # None for a method that needs no teacher
+    shots: int | None                    # None = full data
+    seed: int
+    run_dir: Path
+    evals: tuple[str, ...]
+    name: str                            # run_dir below the runs root (what --only matches)
+
+    @property
+    def kind(self) -> str:
+        return "adapter" if is_adapter(self.method) else "train"
+
+    @property
+    def split_key(self) -> tuple[int, int] | None:
+        return None if self.shots is None else (self.shots, self.seed)
+
+
+def shots_dir(shots: int | None) -> str:
+    return "full" if shots is None else f"k{shots}"
+
+
+def run_name(dataset: str, *, student: str, method: str, teacher: str | None,
+             shots: int | None, seed: int) -> str:
+    """`<dataset>/<student>/<method>[/<teachers>]/k<K>|full/seed<S>`."""
+    parts = [dataset, student, method] + ([teacher] if teacher else [])
+    return "/".join([*parts, shots_dir(shots), f"seed{seed}"])
+
+
+def plan(config: SweepConfig) -> list[RunSpec]:
+    """Every run of the grid, in a fixed order (students, methods, teachers, shots, seeds).
+    Adapters ignore the students; a method without distillation (baseline) runs once per
+    cell, without a teacher cache."""
+    from madcache.method.methods import METHODS
+
+    specs: list[RunSpec] = []
+    many = len(config.teachers) > 1
+    for student in config.students:
+        for method in config.methods:
+            adapter = is_adapter(method)
+            if adapter and student != config.students[0]:
+                continue
+            uses_teacher = adapter or METHODS.get(method).distils
+            teachers: list[TeacherCaches | None] = list(config.teachers) if uses_teacher else [None]
+            for teacher in teachers:
+                evals = tuple(e for e in config.eval if not adapter or e in teacher.eval_caches)
+                for shots in config.shots:
+                    for seed in config.seeds:
+                        name = run_name(config.dataset, method=method, shots=shots, seed=seed,
+                                        student=ADAPTER_STUDENT if adapter else student.dirname,
+                                        teacher=teacher.name if many and uses_teacher else None)
+                        specs.append(RunSpec(config.dataset, method, None if adapter else student,
+                                             teacher, shots, seed, Path(config.out) / name,
+                                             evals, name))
+    return specs
+
+
+def select(specs: Iterable[RunSpec], only: str | None) -> list[RunSpec]:
+    if not only:
+        return list(specs)
+    try:
+        pattern = re.compile(only)
+    except re.error as exc:
+        raise ConfigError(f"--only {only!r} is not a regular expression ({exc})") from None
+    return [s for s in specs if pattern.search(s.name)]
+
+
+def split_path(config: SweepConfig, shots: int, seed: int) -> Path:
+    return Path(config.out) / SPLITS_DIR / f"{config.dataset}-k{shots}-seed{seed}.json"
+
+
+# ----------------------------------------------------------------------------- run state
+
+def read_metrics(directory: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((directory / "metrics.json").read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def run_state(spec: RunSpec) -> str:
+    """"complete" (trained and every eval present), "evaluate" (trained, an eval missing) or
+    "todo"."""
+    metrics = read_metrics(spec.run_dir)
+    if not metrics or metrics.get("status") != "complete":
+        return "todo"
+    done = set(metrics.get("eval") or {})
+    return "complete" if set(spec.evals) <= done else "evaluate"
+
+
+# ----------------------------------------------------------------------------- jobs
+
+def job_payload(config: SweepConfig, spec: RunSpec) -> dict[str, Any]:
+    """What the worker process needs: the run's resolved config and the evals to have."""
+    split = None if spec.shots is None else str(split_path(config, spec.shots, spec.seed))
+    if spec.kind == "adapter":
+        values = {**config.adapter, "dataset": config.dataset, "cache": spec.teacher.cache,
+                  "out": str(spec.run_dir), "method": spec.method, "root": config.root,
+                  "eval_caches": {e: spec.teacher.eval_caches[e] for e in spec.evals},
+                  "split_file": split, "per_category": spec.shots, "seed": spec.seed,
+                  "read_options": config.read_options}
+    else:
+        plain = [e for e in spec.evals if not e.endswith(SM_SUFFIX)]
+        values = {**config.train, "dataset": config.dataset, "root": config.root,
+                  "out": str(spec.run_dir), "method": spec.method,
+                  "cache": spec.teacher.cache if spec.teacher else None,
+                  "regions": config.regions, "split": config.train_split,
+                  "eval_split": plain[0] if plain else None,
+                  "read_options": config.read_options, "student": spec.student.name,
+                  "student_options": spec.student.options, "seed": spec.seed,
+                  "per_category": spec.shots, "split_file": split, "resume": True}
+    return {"kind": spec.kind, "config": values, "evals": list(spec.evals)}
+
+
+def execute(payload: Mapping[str, Any]) -> None:
+    """Run one job in this process: train (or resume) unless complete, then the missing evals."""
+    directory = Path(payload["config"]["out"])
+    metrics = read_metrics(directory)
+    complete = bool(metrics) and metrics.get("status") == "complete"
+    if payload["kind"] == "adapter":
+        if not complete or not set(payload["evals"]) <= set(metrics.get("eval") or {}):
+            from madcache.evaluation.adapters import AdapterConfig, run_adapter
+
+            run_adapter(AdapterConfig.from_dict(payload["config"]))
+        return
+    if not complete:
+        from madcache.train.config import TrainConfig
+        from madcache.train.loop import run_training
+
+        metrics = run_training(TrainConfig.from_dict(payload["config"]))
+    from madcache.evaluation.evaluate import evaluate_run
+
+    for name in payload["evals"]:
+        if name not in (metrics.get("eval") or {}):
+            sm = name.endswith(SM_SUFFIX)
+            evaluate_run(directory, split=name[:-len(SM_SUFFIX)] if sm else name, sm=sm)
+
+
+Runner = Callable[[RunSpec, dict[str, Any]], None]
+
+
+class RunFailed(RuntimeError):
+    pass
+
+
+def subprocess_runner(spec: RunSpec, payload: dict[str, Any]) -> None:
+    """Run a job as its own process (`python -m madcache.experiments.sweep JOB.json`), output to a log."""
+    spec.run_dir.mkdir(parents=True, exist_ok=True)
+    job = spec.run_dir / JOB_FILE
+    job.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    if "threads" in payload:   # jobs share the cores: N jobs x all cores each would thrash
+        env.setdefault("OMP_NUM_THREADS", str(payload["threads"]))
+    with open(spec.run_dir / LOG_FILE, "a", encoding="utf-8") as log:
+        code = subprocess.run([sys.executable, "-m", "madcache.experiments.sweep", str(job)], stdout=log,
+                              stderr=subprocess.STDOUT, env=env).returncode
+    if code != 0:
+        tail = (spec.run_dir / LOG_FILE).read_text(encoding="utf-8").strip().splitlines()[-3:]
+        raise RunFailed(f"exit code {code}; see {spec.run_dir / LOG_FILE}: " + " | ".join(tail))
+
+
+def in_process_runner(spec: RunSpec, payload: dict[str, Any]) -> None:
+    execute(payload)
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+SplitMaker = Callable[[int, int], Any]     # (k, seed) -> madcache.data.lowshot.Split
+
+
+def dataset_split_maker(config: SweepConfig) -> SplitMaker:
+    """Samples splits from the training split's examples (read once, on first use)."""
+    examples: list[Any] = []
+
+    def make(k: int, seed: int):
+        from madcache.data import lowshot, read_examples
+
+        if not examples:
+            examples.extend(read_examples(config.dataset, config.root, config.train_split,
+                                          **config.read_options).examples)
+        return lowshot.sample_per_category(examples, k=k, seed=seed)
+    return make
+
+
+def ensure_splits(config: SweepConfig, specs: Iterable[RunSpec], make: SplitMaker) -> list[Path]:
+    """Create each (k, seed) split file the runs need, once; existing files are reused."""
+    created = []
+    for key in sorted({s.split_key for s in specs if s.split_key is not None}):
+        path = split_path(config, *key)
+        if path.is_file():
+            continue
+        temp = path.with_name(path.name + ".tmp")
+        make(*key).save(temp)
+        temp.replace(path)
+        created.append(path)
+    return created
+
+
+@dataclass
+class SweepResult:
+    planned: list[RunSpec]
+    skipped: list[RunSpec] = field(default_factory=list)
+    ran: list[RunSpec] = field(default_factory=list)
+    failed: list[tuple[RunSpec, str]] = field(default_factory=list)
+    zero_shot: list[Path] = field(default_factory=list)
+    states: dict[Path, str] = field(default_factory=dict)
+
+
+def zero_shot_dir(config: SweepConfig, teacher: TeacherCaches, eval_name: str) -> Path:
+    return Path(config.out) / config.dataset / ZERO_SHOT_DIR / teacher.name / eval_name
+
+
+def run_zero_shots(config: SweepConfig, result: SweepResult) -> None:
+    """Teacher-only results of each evaluated split that has a cache (skipped when present)."""
+    from madcache.evaluation.zeroshot import RESULT_JSON, run_zero_shot
+
+    for teacher in config.teachers:
+        for name in config.eval:
+            if name not in teacher.eval_caches:
+                continue
+            out = zero_shot_dir(config, teacher, name)
+            if not (out / RESULT_JSON).is_file():
+                run_zero_shot(teacher.eval_caches[name], root=config.root, out=out)
+            result.zero_shot.append(out / RESULT_JSON)
+
+
+def run_sweep(config: SweepConfig, *, jobs: int = 1, only: str | None = None,
+              dry_run: bool = False, runner: Runner | None = None,
+              make_split: SplitMaker | None = None, progress: bool = True) -> SweepResult:
+    """Run every missing run of the grid; see the module docstring."""
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+    specs = select(plan(config), only)
+    result = SweepResult(planned=specs, states={s.run_dir: run_state(s) for s in specs})
+    pending = [s for s in specs if result.states[s.run_dir] != "complete"]
+    result.skipped = [s for s in specs if result.states[s.run_dir] == "complete"]
+    if dry_run:
+        return result
+    if config.zero_shot:
+        run_zero_shots(config, result)
+    ensure_splits(config, pending, make_split or dataset_split_maker(config))
+    run = runner or subprocess_runner
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(specs), initial=len(result.skipped), desc="sweep", unit="run",
+              disable=not progress) as bar:
+        for spec, error in _dispatch(config, pending, run, jobs):
+            (result.failed.append((spec, error)) if error else result.ran.append(spec))
+            bar.update(1)
+    return result
+
+
+def _dispatch(config: SweepConfig, pending: list[RunSpec], run: Runner,
+              jobs: int) -> Iterable[tuple[RunSpec, str | None]]:
+    """Yield (spec, error or None) as runs finish; one at a time in this thread when jobs == 1
+    (an interrupt stops the sweep at once), else `jobs` at once."""
+    if jobs == 1:
+        for spec in pending:
+            yield spec, _attempt(run, spec, job_payload(config, spec))
+        return
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {pool.submit(_attempt, run, s, {**job_payload(config, s), "threads": threads}): s
+                   for s in pending}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
+
+
+def _attempt(run: Runner, spec: RunSpec, payload: dict[str, Any]) -> str | None:
+    try:
+        run(spec, payload)
+    except Exception as exc:          # one failed run does not stop the others
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m madcache.experiments.sweep JOB.json`: execute one job file written by the sweep."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1:
+        print("usage: python -m madcache.experiments.sweep JOB.json", file=sys.stderr)
+        return 2
+    execute(json.loads(Path(args[0]).read_text(encoding="utf-8")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,309 @@
+"""Teacher-logit protocols (MAD.md, "Teacher logits"): how a joint-space teacher scores the
+candidates of an example, for confidence weighting and zero-shot evaluation, and the per-dataset
+`Task` objects extraction runs.
+
+- VCR: `iqa` scores question + answer texts (`example.texts`), `ia` the answers alone
+  (`example.choices`); logit = 100 * cos(image, text) (CLIP's logit scale).
+- SNLI-VE: cos(image, hypothesis); 1-D k-means (k = 3) over a whole split's similarities, no
+  labels; centres sorted high -> low = entailment, neutral, contradiction; the cache reader derives
+  logit = -|sim - centre| (`madcache.cache.targets.kmeans_logits`).
+- VQA: each candidate answer turned into a statement with the question by `TEMPLATES`;
+  candidates prefiltered by a sentence encoder (`prefilter_answers`); logit = 100 * cos.
+
+A task adds relevance-only prompt texts to a shard plan (`prepare`), turns the relevance model's
+embeddings into per-example arrays (`score`), and may need the whole split afterwards
+(`finish`: SNLI-VE's k-means anchors). All logits come from the relevance model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+import torch
+
+from madcache.data.records import Example, Text
+from madcache.extraction.plan import ShardPlan, unique_texts
+
+if TYPE_CHECKING:
+    from madcache.teachers.sentence import SentenceEncoder
+
+LOGIT_SCALE = 100.0
+VCR_PROTOCOLS = ("iqa", "ia")
+SNLI_VE_ORDER = ("entailment", "neutral", "contradiction")
+
+
+def cosine_logits(image_emb: torch.Tensor, text_embs: torch.Tensor,
+                  scale: float = LOGIT_SCALE) -> torch.Tensor:
+    """`scale * cos(image, text_c)`: image [D] / [B, D], texts [C, D] / [B, C, D] -> [C] / [B, C]."""
+    image = torch.nn.functional.normalize(image_emb.float(), dim=-1).unsqueeze(-2)
+    texts = torch.nn.functional.normalize(text_embs.float(), dim=-1)
+    return scale * (image * texts).sum(-1)
+
+
+# --- VCR -----------------------------------------------------------------------------------
+
+def vcr_texts(example: Example, protocol: str) -> tuple[Text, ...]:
+    """The texts a teacher encodes for one VCR example: `iqa` = context + choice, `ia` = choice."""
+    if protocol == "iqa":
+        return example.texts
+    if protocol == "ia":
+        return example.choices
+    raise ValueError(f"unknown VCR protocol {protocol!r}; use one of {VCR_PROTOCOLS}")
+
+
+def vcr_logits(image_emb: torch.Tensor, text_embs: torch.Tensor) -> torch.Tensor:
+    """100 * cos(image, text_i) over the candidates (MAD.md, VCR Q->A and QA->R)."""
+    return cosine_logits(image_emb, text_embs)
+
+
+# --- SNLI-VE -------------------------------------------------------------------------------
+
+def kmeans_anchors(similarities: np.ndarray, k: int = 3, seed: int = 0,
+                   max_iter: int = 300) -> np.ndarray:
+    """1-D k-means on a split's image-hypothesis cosines; centres sorted descending
+    (entailment, neutral, contradiction for k = 3).
+
+    Deterministic: centres start at the (i + 0.5) / k quantiles; `seed` only picks the point
+    that re-seeds a cluster left empty.
+    """
+    x = np.asarray(similarities, dtype=np.float64).ravel()
+    if x.size < k:
+        raise ValueError(f"k-means needs at least k={k} similarities, got {x.size}")
+    rng = np.random.default_rng(seed)
+    centres = np.quantile(x, (np.arange(k) + 0.5) / k)
+    for _ in range(max_iter):
+        assign = np.abs(x[:, None] - centres[None, :]).argmin(1)
+        new = centres.copy()
+        for c in range(k):
+            members = x[assign == c]
+            new[c] = members.mean() if members.size else x[rng.integers(x.size)]
+        if np.allclose(new, centres, rtol=0, atol=1e-12):
+            break
+        centres = new
+    return np.sort(centres)[::-1].copy()
+
+
+# --- VQA -----------------------------------------------------------------------------------
+
+YES = {"yes", "yeah", "yep", "true"}
+
+StatementFn = Callable[[re.Match, str], str]
+
+
+def _yes(answer: str) -> bool:
+    return answer.strip().lower() in YES
+
+
+def _exist(m: re.Match, a: str) -> str:
+    verb, rest = m["verb"], m["rest"]
+    return f"there {verb} {re.sub(r'^any ', '', rest)}" if _yes(a) else f"there {verb} no {_drop_article(rest)}"
+
+
+def _this_is(m: re.Match, a: str) -> str:
+    return f"{m['subj']} is {m['rest']}" if _yes(a) else f"{m['subj']} is not {m['rest']}"
+
+
+def _drop_article(phrase: str) -> str:
+    return re.sub(r"^(a|an|any|the)\s+", "", phrase)
+
+
+# (name, pattern on the lower-cased question without "?", statement from match + answer).
+# First match wins; no match -> "question answer".
+TEMPLATES: tuple[tuple[str, re.Pattern, StatementFn], ...] = tuple(
+    (name, re.compile(pattern), fn) for name, pattern, fn in [
+        ("color", r"^what colou?r (?P<verb>is|are) (?P<subj>.+)$",
+         lambda m, a: f"{m['subj']} {m['verb']} {a}"),
+        ("count", r"^how many (?P<subj>.+?)(?: (?:are|is) (?:there|in|on|shown|visible).*"
+                  r"| do you see.*| can you see.*)?$",
+         lambda m, a: f"there are {a} {m['subj']}"),
+        ("exist", r"^(?P<verb>is|are) there (?P<rest>.+)$", _exist),
+        ("this-is", r"^is (?P<subj>this|that|it) (?P<rest>.+)$", _this_is),
+        ("doing", r"^what (?:is|are) (?P<subj>.+?) doing$", lambda m, a: f"{m['subj']} is {a}"),
+        ("kind", r"^what (?:kind|type|sort) of (?P<what>.+?) (?:is|are) (?P<rest>.+)$",
+         lambda m, a: f"{m['rest']} is a {a} {m['what']}"),
+        ("what-is-this", r"^what (?:is|are) (?P<subj>this|that|these|those|it)$",
+         lambda m, a: f"{m['subj']} is {a}"),
+        ("where", r"^where (?:is|are) (?P<subj>.+)$", lambda m, a: f"{m['subj']} is in {a}"),
+    ])
+
+
+def question_to_statement(question: str, answer: str) -> str:
+    """A declarative statement for (question, candidate answer) by the first matching template
+    in `TEMPLATES`, e.g. ("What color is the bus?", "red") -> "the bus is red"; a question no
+    template matches becomes "question answer"."""
+    q = " ".join(question.strip().lower().rstrip("?").split())
+    a = " ".join(answer.strip().split())
+    for _, pattern, fn in TEMPLATES:
+        m = pattern.match(q)
+        if m:
+            return fn(m, a)
+    return f"{question.strip()} {a}"
+
+
+def prefilter_answers(questions: list[str], vocab: list[str], encoder: "SentenceEncoder",
+                      k: int = 10, chunk: int = 1024) -> np.ndarray:
+    """[Q, k] answer-vocabulary ids ranked by the cosine between question and answer sentence
+    embeddings (best first; ties -> lower id). Questions are encoded and scored in chunks."""
+    k = min(k, len(vocab))
+    answers = encoder.encode(list(vocab))
+    out = np.zeros((len(questions), k), dtype=np.int64)
+    for i in range(0, len(questions), chunk):
+        sims = (encoder.encode(list(questions[i:i + chunk])) @ answers.T).numpy()
+        out[i:i + chunk] = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return out
+
+
+# --- extraction tasks ----------------------------------------------------------------------
+
+@dataclass
+class RelevanceFeatures:
+    """The relevance model's float32 embeddings for one shard."""
+
+    image: torch.Tensor                  # [n_img, D]
+    text_eos: torch.Tensor               # [n_unique_texts, D] (plan.texts)
+    aux_eos: torch.Tensor | None = None  # [n_aux, D] (plan.aux_texts)
+
+
+class Task:
+    """No teacher logits (a dataset without a protocol)."""
+
+    arrays: tuple[str, ...] = ()         # per-example arrays that need the relevance model
+    logit_names: tuple[str, ...] = ()
+
+    def prepare(self, plan: ShardPlan) -> None:
+        """Add prompt texts (`plan.aux_texts`, `plan.example_aux`) and up-front arrays."""
+
+    def score(self, plan: ShardPlan, rel: RelevanceFeatures) -> dict[str, np.ndarray]:
+        return {}
+
+    def finish(self, shard_arrays: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+        """Split-level results for the manifest's `extra` (from every shard's task arrays)."""
+        return {}
+
+    def settings(self) -> dict[str, Any]:
+        return {"logits": list(self.logit_names)}
+
+
+def _example_image(plan: ShardPlan, rel: RelevanceFeatures) -> torch.Tensor:
+    return rel.image[torch.as_tensor(plan.example_image)]
+
+
+def _scored_eos(plan: ShardPlan, rel: RelevanceFeatures) -> torch.Tensor:
+    """[n_ex, C, D]: the relevance embedding of each example's scored texts."""
+    unique = plan.text_rows[plan.example_texts, 1]
+    return rel.text_eos[torch.as_tensor(unique)]
+
+
+def _aux_eos(plan: ShardPlan, rel: RelevanceFeatures) -> torch.Tensor:
+    return rel.aux_eos[torch.as_tensor(plan.example_aux)]
+
+
+class VcrTask(Task):
+    """`iqa`: 100 cos(image, question + choice); `ia`: 100 cos(image, choice alone)."""
+
+    arrays = ("logits/iqa", "logits/ia")
+    logit_names = VCR_PROTOCOLS
+
+    def prepare(self, plan: ShardPlan) -> None:
+        plan.aux_texts, plan.example_aux = unique_texts(
+            [list(vcr_texts(ex, "ia")) for ex in plan.examples])
+
+    def score(self, plan: ShardPlan, rel: RelevanceFeatures) -> dict[str, np.ndarray]:
+        image = _example_image(plan, rel)
+        return {"logits/iqa": vcr_logits(image, _scored_eos(plan, rel)).numpy(),
+                "logits/ia": vcr_logits(image, _aux_eos(plan, rel)).numpy()}
+
+    def settings(self) -> dict[str, Any]:
+        return {"logits": list(self.logit_names), "scale": LOGIT_SCALE}
+
+
+class SnliVeTask(Task):
+    """`similarity` = cos(image, hypothesis); k-means centres over the whole split at the end."""
+
+    arrays = ("similarity",)
+    logit_names = ("kmeans",)
+    k = 3
+
+    def score(self, plan: ShardPlan, rel: RelevanceFeatures) -> dict[str, np.ndarray]:
+        image = _example_image(plan, rel)
+        hypothesis = _scored_eos(plan, rel)[:, 0]
+        return {"similarity": cosine_logits(image, hypothesis.unsqueeze(1),
+                                                     scale=1.0)[:, 0].numpy()}
+
+    def finish(self, shard_arrays: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+        values = [a["similarity"] for a in shard_arrays if "similarity" in a]
+        if not values:
+            return {}
+        similarities = np.concatenate(values)
+        if similarities.size < self.k:
+            return {}
+        centres = kmeans_anchors(similarities, k=self.k)
+        return {"kmeans_centres": [float(c) for c in centres],
+                "kmeans_order": list(SNLI_VE_ORDER)}
+
+    def settings(self) -> dict[str, Any]:
+        return {"logits": ["kmeans"], "similarity": "cos(image, hypothesis)", "kmeans_k": self.k,
+                "kmeans_logits": "-|similarity - centre_k|"}
+
+
+@dataclass
+class VqaTask(Task):
+    """Top-k answers by sentence similarity to the question; `template` = 100 cos(image,
+    statement(question, answer_k)) over those `candidates` (ids into `vocab`)."""
+
+    vocab: list[str]
+    vocab_source: str
+    encoder: Any                       # SentenceEncoder-like: .encode(list[str]) -> [N, D]
+    encoder_fingerprint: dict[str, Any]
+    top_k: int = 10
+    arrays: tuple[str, ...] = ("logits/template", "candidates")
+    logit_names: tuple[str, ...] = ("template",)
+    _vocab_emb: torch.Tensor | None = field(default=None, repr=False)
+
+    def prepare(self, plan: ShardPlan) -> None:
+        questions = [ex.choices[0].text for ex in plan.examples]
+        candidates = prefilter_answers(questions, self.vocab, _VocabCache(self),
+                                               k=self.top_k)
+        statements = [[Text.from_string(question_to_statement(q, self.vocab[a]))
+                       for a in row] for q, row in zip(questions, candidates)]
+        plan.aux_texts, plan.example_aux = unique_texts(statements)
+        plan.arrays["candidates"] = candidates.astype(np.int64)
+
+    def score(self, plan: ShardPlan, rel: RelevanceFeatures) -> dict[str, np.ndarray]:
+        image = _example_image(plan, rel)
+        return {"logits/template": cosine_logits(image, _aux_eos(plan, rel)).numpy()}
+
+    def settings(self) -> dict[str, Any]:
+        return {"logits": ["template"], "scale": LOGIT_SCALE, "top_k": self.top_k,
+                "answer_vocab": {"source": self.vocab_source, "size": len(self.vocab),
+                                 "sha256": _digest(self.vocab)},
+                "sentence_encoder": self.encoder_fingerprint,
+                "templates": [[name, pattern.pattern] for name, pattern, _ in TEMPLATES]}
+
+
+class _VocabCache:
+    """Wraps the sentence encoder so the answer vocabulary is embedded once per run."""
+
+    def __init__(self, task: VqaTask) -> None:
+        self.task = task
+
+    def encode(self, sentences: list[str]) -> torch.Tensor:
+        if sentences == self.task.vocab:
+            if self.task._vocab_emb is None:
+                self.task._vocab_emb = self.task.encoder.encode(sentences)
+            return self.task._vocab_emb
+        return self.task.encoder.encode(sentences)
+
+
+def _digest(values: list[str]) -> str:
+    return hashlib.sha256(json.dumps(values).encode()).hexdigest()
+
+
+def make_task(dataset: str) -> Task:
+    """The protocol object for datasets that need no extra inputs (VQA: `make_vqa_task`)."""
+    return {"vcr": VcrTask, "snli-ve": SnliVeTask}.get(dataset, Task)()

@@ -1,0 +1,61 @@
+"""Token selection at load time (MAD.md, "Token selection (TS)"): the top-m words of every
+scored text by the cached combined score S_j (or m random words: the ablation control)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from madcache.cache.targets import WordTargets
+
+
+def top_words(scores: torch.Tensor, m: int) -> torch.Tensor:
+    """Indices of the m highest scores, best first; ties -> lower index; fewer words -> all."""
+    order = torch.sort(scores, descending=True, stable=True).indices
+    return order[:m]
+
+
+def random_words(n_words: int, m: int, generator: torch.Generator) -> torch.Tensor:
+    """The random-selection ablation control: m distinct word indices drawn uniformly."""
+    return torch.randperm(n_words, generator=generator)[:m]
+
+
+@dataclass
+class SelectedWords:
+    """Dense per-word teacher targets for the m selected words of every scored text."""
+
+    feat: np.ndarray   # [N, C, m, Dt] float32
+    span: np.ndarray   # [N, C, m, 2] int64 (char spans in examples[n].texts[c].text)
+    mask: np.ndarray   # [N, C, m] bool
+
+
+def select_words(words: WordTargets, *, num_examples: int, num_choices: int, m: int,
+                 generator: torch.Generator | None = None) -> SelectedWords:
+    """Token selection (TS), done once at load time: per text row take the top-m words by the
+    cached combined score S_j (or m random words when `generator` is given: the ablation control).
+
+    Words the teacher truncated are never selected (their feature is incomplete). NaN scores
+    count as 0.
+    """
+    dim = words.feat.shape[1]
+    rows = num_examples * num_choices
+    feat = np.zeros((rows, m, dim), dtype=np.float32)
+    span = np.zeros((rows, m, 2), dtype=np.int64)
+    mask = np.zeros((rows, m), dtype=bool)
+    for row in range(rows):
+        sl = words.text_slice(row)
+        usable = np.flatnonzero(~words.truncated[sl])
+        if generator is None:
+            scores = torch.from_numpy(np.nan_to_num(words.score[sl][usable], nan=0.0))
+            chosen = top_words(scores, m)
+        else:
+            chosen = random_words(len(usable), m, generator)
+        picked = sl.start + usable[chosen.numpy()]
+        k = len(picked)
+        feat[row, :k] = words.feat[picked]
+        span[row, :k] = words.span[picked]
+        mask[row, :k] = True
+    shape = (num_examples, num_choices, m)
+    return SelectedWords(feat.reshape(*shape, dim), span.reshape(*shape, 2), mask.reshape(shape))

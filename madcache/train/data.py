@@ -1,0 +1,122 @@
+"""A stage's training data: examples in chunks, their cached targets as tensors, and the epoch
+order (a pure function of (seed, stage, epoch), so a resumed run sees the same batches)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from madcache.cache.targets import Targets
+from madcache.data.records import Example
+from madcache.method.methods import Method
+from madcache.method.selection import select_words
+
+
+@dataclass
+class BatchTargets:
+    """Teacher targets as tensors, rows aligned with a list of examples (None = not needed)."""
+
+    image: torch.Tensor | None = None        # [N, Dv]
+    text_eos: torch.Tensor | None = None     # [N, C, Dt]
+    word_feat: torch.Tensor | None = None    # [N, C, m, Dt]
+    word_span: torch.Tensor | None = None    # [N, C, m, 2]
+    word_mask: torch.Tensor | None = None    # [N, C, m]
+    logits: torch.Tensor | None = None       # [N, K] teacher logits for CW
+    candidates: torch.Tensor | None = None   # [N, K] VQA candidate answer ids
+
+    def rows(self, index: torch.Tensor) -> "BatchTargets":
+        return BatchTargets(**{f.name: None if getattr(self, f.name) is None
+                               else getattr(self, f.name)[index]
+                               for f in dataclasses.fields(self)})
+
+    def to(self, device: str) -> "BatchTargets":
+        return BatchTargets(**{f.name: None if getattr(self, f.name) is None
+                               else getattr(self, f.name).to(device)
+                               for f in dataclasses.fields(self)})
+
+
+def targets_to_tensors(targets: Targets, method: Method, *, m: int, logits: str | None,
+                       seed: int) -> BatchTargets:
+    """Keep what `method` needs, as tensors; run word selection (TS) once, here."""
+    out = BatchTargets()
+    if method.vision:
+        out.image = torch.from_numpy(np.asarray(targets.image, dtype=np.float32))
+    if method.text:
+        out.text_eos = torch.from_numpy(np.asarray(targets.text_eos, dtype=np.float32))
+    if method.words:
+        generator = torch.Generator().manual_seed(seed) if method.selection == "random" else None
+        chosen = select_words(targets.words, num_examples=len(targets.example_ids),
+                              num_choices=targets.num_choices, m=m, generator=generator)
+        out.word_feat = torch.from_numpy(chosen.feat)
+        out.word_span = torch.from_numpy(chosen.span)
+        out.word_mask = torch.from_numpy(chosen.mask)
+    if method.confidence:
+        name = logits or targets.default_logits or sorted(targets.logits)[0]
+        out.logits = torch.from_numpy(np.asarray(targets.logits[name], dtype=np.float32))
+        if targets.candidates is not None:
+            out.candidates = torch.from_numpy(np.asarray(targets.candidates, dtype=np.int64))
+    return out
+
+
+@dataclass
+class Chunk:
+    examples: list[Example]
+    targets: BatchTargets | None
+
+
+@dataclass
+class DataSource:
+    """A stage's training examples in chunks (one chunk = everything, for low-shot subsets).
+
+    `load(examples)` returns their targets (None when the method needs none); a lone chunk is
+    loaded once and kept, a full split is streamed chunk by chunk each epoch.
+    """
+
+    examples: list[Example]
+    chunks: list[list[int]]
+    load: Callable[[list[Example]], BatchTargets | None]
+    _kept: Chunk | None = None
+
+    def chunk(self, i: int) -> Chunk:
+        if self._kept is not None and len(self.chunks) == 1:
+            return self._kept
+        examples = [self.examples[j] for j in self.chunks[i]]
+        loaded = Chunk(examples, self.load(examples))
+        if len(self.chunks) == 1:
+            self._kept = loaded
+        return loaded
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return sum(math.ceil(len(c) / batch_size) for c in self.chunks)
+
+
+def epoch_order(source: DataSource, *, seed: int, stage: str, epoch: int,
+                batch_size: int) -> list[tuple[int, torch.Tensor]]:
+    """The (chunk, rows) batches of one epoch: a pure function of (seed, stage, epoch)."""
+    salt = int.from_bytes(hashlib.sha256(f"{seed}:{stage}:{epoch}".encode()).digest()[:8], "little")
+    generator = torch.Generator().manual_seed(salt)
+    order = []
+    for ci in torch.randperm(len(source.chunks), generator=generator).tolist():
+        rows = torch.randperm(len(source.chunks[ci]), generator=generator)
+        order.extend((ci, rows[i:i + batch_size]) for i in range(0, len(rows), batch_size))
+    return order
+
+
+def iterate(source: DataSource, *, seed: int, stage: str, batch_size: int,
+            start: int) -> Iterator[tuple[list[Example], BatchTargets | None]]:
+    """The stage's batches from step `start` on, epoch after epoch (a pure function of seed)."""
+    per_epoch = source.steps_per_epoch(batch_size)
+    epoch, skip = divmod(start, per_epoch)
+    while True:
+        for ci, rows in epoch_order(source, seed=seed, stage=stage, epoch=epoch,
+                                    batch_size=batch_size)[skip:]:
+            chunk = source.chunk(ci)
+            targets = None if chunk.targets is None else chunk.targets.rows(rows)
+            yield [chunk.examples[i] for i in rows.tolist()], targets
+        epoch, skip = epoch + 1, 0

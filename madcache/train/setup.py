@@ -1,0 +1,171 @@
+"""`setup(config)`: read the data, the low-shot split and the cache (fingerprint checked), build
+the student and the projections. Everything `madcache.train.loop.train` needs, in one `Setup`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+import madcache
+from madcache.cache.manifest import cache_digest
+from madcache.core.errors import ConfigError
+from madcache.core.io import file_sha256, git_commit
+from madcache.data.records import Example
+from madcache.method.losses import Projections
+from madcache.method.methods import Method, check_targets, get_method
+from madcache.students.base import RegionInputs
+from madcache.students.regions import region_loader
+from madcache.train.config import TrainConfig
+from madcache.train.data import BatchTargets, DataSource, targets_to_tensors
+
+
+@dataclass
+class Setup:
+    """Everything `train` needs, built by `setup(config)` (tests build one from stand-ins)."""
+
+    config: TrainConfig
+    method: Method
+    student: Any
+    projections: Projections
+    task_source: DataSource
+    af_source: DataSource | None
+    regions: Callable[[Sequence[Example]], RegionInputs]
+    eval_examples: list[Example]
+    provenance: dict[str, Any]
+    save_student: Callable[[Any, Path], None]
+    teachers: Any = None                  # the cache manifest's teacher names
+    eval_regions: Callable[[Sequence[Example]], RegionInputs] | None = None  # None: `regions`
+
+
+def setup(config: TrainConfig) -> Setup:
+    """Read the data, the low-shot split, the cache (fingerprint checked) and build the student."""
+    from madcache.data import read_examples
+    from madcache.students import build_student, save_student
+
+    method = get_method(config.method)
+    torch.manual_seed(config.seed)
+    examples = read_examples(config.dataset, config.root, config.split,
+                             **config.read_options).examples
+    subset, split_info = training_subset(config, examples)
+    cache = open_checked_cache(config, method)
+    regions = region_loader(config.regions)
+    options = student_defaults(config, cache, regions.store) | config.student_options
+    student = build_student(config.student, **options).to(config.device)
+    loader = target_loader(config, method, cache)
+    whole = config.split_file is None and config.per_category is None
+    stream = _cache_order(examples, cache)
+    task_source = _source(stream if whole else subset, loader, config.chunk_size if whole else None)
+    af_source = _source(stream, loader, config.chunk_size) if config.af_epochs else None
+    return Setup(
+        config=config, method=method, student=student,
+        projections=make_projections(student, cache, method).to(config.device),
+        task_source=task_source, af_source=af_source, regions=regions,
+        eval_examples=load_eval_examples(config, config.eval_split) if config.eval_split else [],
+        eval_regions=region_loader(config.eval_regions) if config.eval_regions else regions,
+        provenance={"cache_fingerprint": None if cache is None else cache_digest(cache.manifest), **split_info,
+                    "git_commit": git_commit(), "madcache_version": madcache.__version__},
+        save_student=save_student, teachers=None if cache is None else cache.manifest.get("teachers"))
+
+
+def training_subset(config: TrainConfig, examples: list[Example]) -> tuple[list[Example], dict]:
+    """The low-shot subset (from `split_file`, or sampled per category with `seed`) or all."""
+    from madcache.data import lowshot
+
+    if config.split_file is not None:
+        split = lowshot.Split.load(config.split_file)
+        path = config.split_file
+    elif config.per_category is not None:
+        split = lowshot.sample_per_category(examples, k=config.per_category, seed=config.seed)
+        path = str(Path(config.out) / "split.json")
+        Path(config.out).mkdir(parents=True, exist_ok=True)
+        split.save(path)
+    else:
+        return examples, {"split_file": None, "split_digest": None}
+    wanted = set(split.ids)
+    subset = [ex for ex in examples if ex.id in wanted]
+    return subset, {"split_file": path, "split_digest": file_sha256(path)}
+
+
+def open_checked_cache(config: TrainConfig, method: Method):
+    """Open the cache (None for a method that needs none without --cache) and refuse one built
+    for other data: its dataset fingerprint must match the dataset/split/text rendering in use."""
+    if config.cache is None:
+        if method.distils:
+            raise ConfigError(f"method '{method.name}' needs --cache")
+        return None
+    from madcache.cache.fingerprint import dataset_fingerprint
+    from madcache.cache.reader import open_cache
+
+    cache = open_cache(config.cache)
+    expected = dataset_fingerprint(config.dataset, config.root, config.split, config.read_options)
+    cached_options = cache.fingerprint.get("dataset", {}).get("read_options", {})
+    options = {k: v for k, v in expected["read_options"].items() if k not in TEXT_NEUTRAL_OPTIONS}
+    options |= {k: v for k, v in cached_options.items() if k in TEXT_NEUTRAL_OPTIONS}
+    cache.check_compatible({"dataset": {**expected, "read_options": options}})
+    return cache
+
+
+# reader options that do not change any text a teacher saw (extraction sets check_files=True)
+TEXT_NEUTRAL_OPTIONS = ("check_files",)
+
+
+def target_loader(config: TrainConfig, method: Method, cache) -> Callable:
+    def load(examples: list[Example]) -> BatchTargets | None:
+        if not method.distils:
+            return None
+        targets = cache.load_targets([ex.id for ex in examples])
+        check_targets(method, targets, cache=config.cache, logits=config.teacher_logits)
+        return targets_to_tensors(targets, method, m=config.m, logits=config.teacher_logits,
+                                  seed=config.seed)
+    return load
+
+
+def make_projections(student, cache, method: Method) -> Projections:
+    dims = cache.manifest.get("dims", {}) if cache is not None else {}
+    return Projections(student.hidden_size,
+                       image_dim=dims.get("image") if method.vision else None,
+                       text_dim=dims.get("text") if (method.text or method.words) else None,
+                       words=method.words)
+
+
+TASKS = {"vcr": "multiple_choice", "snli-ve": "classification", "vqa": "multilabel"}
+
+
+def student_defaults(config: TrainConfig, cache, store) -> dict[str, Any]:
+    """Student options implied by the data (explicit --student-option values win): the task of
+    the dataset, the region feature width, and VQA's answer vocabulary (the cache's)."""
+    options: dict[str, Any] = {"region_dim": store.feature_dim}
+    if config.dataset in TASKS:
+        options["task"] = TASKS[config.dataset]
+    vocab = (cache.manifest.get("extra") or {}).get("answer_vocab") if cache is not None else None
+    if vocab and "answer_vocab" not in config.student_options:
+        options["answers"] = list(vocab)
+    return options
+
+
+def load_eval_examples(config: TrainConfig, split: str, *, sm: bool = False) -> list[Example]:
+    from madcache.data import read_examples
+
+    examples = read_examples(config.dataset, config.root, split, **config.read_options).examples
+    if sm:
+        from madcache.data.sm import shortcut_mitigate
+
+        examples = shortcut_mitigate(examples)
+    return examples
+
+
+def _cache_order(examples: list[Example], cache) -> list[Example]:
+    """`examples` in the cache's storage order (whole shards read in sequence when streaming)."""
+    if cache is None:
+        return examples
+    rank = {eid: i for i, eid in enumerate(cache.example_ids())}
+    return sorted(examples, key=lambda ex: rank.get(ex.id, len(rank)))
+
+
+def _source(examples: list[Example], load: Callable, chunk_size: int | None) -> DataSource:
+    size = chunk_size or max(len(examples), 1)
+    chunks = [list(range(i, min(i + size, len(examples)))) for i in range(0, len(examples), size)]
+    return DataSource(examples, chunks or [[]], load)

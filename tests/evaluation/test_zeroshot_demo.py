@@ -1,0 +1,40 @@
+"""The zero-shot protocol itself, on the default demo world: a teacher pretrained on the demo
+captions is above chance from the cache alone, and the same model randomly initialised is not."""
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from madcache.demo.world import generate_demo_world
+from madcache.demo.teacher import DemoTeacherConfig, pretrain_demo_teacher
+from madcache.extraction import ExtractConfig, extract
+from madcache.teachers.clip import create_model
+from madcache.evaluation.zeroshot import run_zero_shot
+
+
+def zero_shot_of(world, checkpoint, out):
+    extract(ExtractConfig(dataset="vcr", root=world / "vcr", split="val", teacher="madcache-demo",
+                          checkpoint=checkpoint, out=out, progress=False))
+    return {name: protocol["overall"]
+            for name, protocol in run_zero_shot(out)["protocols"].items()}
+
+
+@pytest.mark.slow
+def test_pretrained_demo_teacher_is_above_chance_and_a_random_one_is_not(tmp_path):
+    world = tmp_path / "world"
+    generate_demo_world(world, size="default", seed=0)
+    trained = tmp_path / "trained.safetensors"
+    pretrain_demo_teacher(DemoTeacherConfig(data=world, out=trained), progress=False)
+    torch.manual_seed(123)
+    random = tmp_path / "random.safetensors"
+    save_file({k: v.contiguous() for k, v in create_model("madcache-demo").state_dict().items()},
+              str(random))
+
+    good = zero_shot_of(world, trained, tmp_path / "cache-trained")
+    chance = zero_shot_of(world, random, tmp_path / "cache-random")
+
+    assert good["iqa"]["n"] == chance["iqa"]["n"] == 500            # val questions
+    for prompt in ("iqa", "ia"):                                     # chance: 25 / 25 / 6.25
+        assert good[prompt]["q2a"] >= 35 and good[prompt]["qa2r"] >= 35
+        assert good[prompt]["q2a"] - chance[prompt]["q2a"] >= 7
+        assert 19 <= chance[prompt]["qa2r"] <= 31 and 19 <= chance[prompt]["q2a"] <= 32

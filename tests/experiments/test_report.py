@@ -1,0 +1,126 @@
+"""Reports: the numbers equal the means and sample stds (ddof = 1) of hand-written runs, every
+cell lists its runs, runs.csv carries provenance, plots and the CLI work."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+
+import pytest
+from click.testing import CliRunner
+
+from madcache.experiments.report import Cell, aggregate, build_report, collect_runs, teachers_label
+
+TEACHERS = {"vision": "clip-b16", "text": "clip-b16", "relevance": "clip-b16"}
+Q2A = {  # (method, shots) -> per-seed q2a on val
+    ("baseline", 100): [30.0, 31.0, 29.5, 32.5],
+    ("mad", 100): [40.0, 41.5, 39.0, 41.0],
+    ("mad", None): [77.0, 78.0],
+}
+
+
+def write_run(root, *, method, shots, seed, q2a, sm=None, status="complete", student="s1",
+              teachers=TEACHERS):
+    run = root / "vcr" / student / method / ("full" if shots is None else f"k{shots}") / f"seed{seed}"
+    run.mkdir(parents=True)
+    evaluation = {"val": {"q2a": q2a, "qa2r": q2a / 2, "q2ar": q2a / 4}}
+    if sm is not None:
+        evaluation["val_sm"] = {"q2a": sm, "qa2r": sm / 2, "q2ar": sm / 4}
+    metrics = {"run": run.name, "dataset": "vcr", "method": method, "student": student,
+               "teachers": teachers, "shots": shots, "seed": seed, "status": status,
+               "history": [], "eval": evaluation,
+               "provenance": {"cache_fingerprint": "fp123", "split_file": f"splits/k{shots}-{seed}",
+                              "split_digest": "d", "git_commit": "abc", "madcache_version": "0"}}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    (run / "config.json").write_text(json.dumps({"method": method, "seed": seed, "lr": 6e-5}))
+    return run
+
+
+@pytest.fixture
+def runs(tmp_path):
+    root = tmp_path / "runs"
+    for (method, shots), values in Q2A.items():
+        for seed, value in enumerate(values):
+            write_run(root, method=method, shots=shots, seed=seed, q2a=value,
+                      sm=value - 5 if shots == 100 else None)
+    write_run(root, method="mad", shots=100, seed=9, q2a=99.0, status="running")  # not counted
+    return root
+
+
+def test_cells_are_means_and_sample_stds_over_seeds(runs):
+    cells = aggregate(collect_runs(runs))
+    for (method, shots), values in Q2A.items():
+        label = "full" if shots is None else f"k{shots}"
+        cell = cells[("vcr", "s1", method, "clip-b16", "val", label, "q2a")]
+        assert cell.n == len(values)
+        assert cell.mean == pytest.approx(statistics.mean(values))
+        assert cell.std == pytest.approx(statistics.stdev(values))      # ddof = 1
+    sm = cells[("vcr", "s1", "baseline", "clip-b16", "val_sm", "k100", "q2ar")]
+    assert sm.mean == pytest.approx(statistics.mean([(v - 5) / 4 for v in Q2A[("baseline", 100)]]))
+    assert Cell([3.0], ["r"]).std is None and Cell([3.0], ["r"]).text() == "3.00 (n=1)"
+
+
+def test_report_files(runs, tmp_path):
+    out = tmp_path / "report"
+    result = build_report(runs, out=out)
+    markdown = (out / "report.md").read_text()
+    assert markdown == result["markdown"]
+    mean, std = statistics.mean(Q2A[("mad", 100)]), statistics.stdev(Q2A[("mad", 100)])
+    assert "| student | method | teachers | val k100 | val full | val_sm k100 |" in markdown
+    assert f"| s1 | mad | clip-b16 | {mean:.2f} ± {std:.2f} (n=4) |" in markdown
+    lines = markdown.splitlines()
+    assert lines.index(next(l for l in lines if "| s1 | baseline |" in l)) < \
+        lines.index(next(l for l in lines if "| s1 | mad |" in l))
+    with open(out / "report.csv") as handle:
+        cells = list(csv.DictReader(handle))
+    mad = next(c for c in cells if c["method"] == "mad" and c["shots"] == "k100"
+               and c["split"] == "val" and c["metric"] == "q2a")
+    assert float(mad["mean"]) == pytest.approx(mean) and float(mad["std"]) == pytest.approx(std)
+    assert mad["n"] == "4" and len(mad["runs"].split(";")) == 4
+    assert "vcr/s1/mad/k100/seed0" in mad["runs"].split(";")
+    full = next(c for c in cells if c["method"] == "mad" and c["shots"] == "full"
+                and c["metric"] == "q2a")
+    assert full["n"] == "2" and float(full["std"]) == pytest.approx(statistics.stdev([77, 78]))
+    with open(out / "runs.csv") as handle:
+        listed = list(csv.DictReader(handle))
+    assert len(listed) == 11
+    running = next(r for r in listed if r["status"] == "running")
+    assert running["run"] == "vcr/s1/mad/k100/seed9"
+    first = next(r for r in listed if r["run"] == "vcr/s1/baseline/k100/seed0")
+    assert (first["cache_fingerprint"], first["git_commit"], first["seed"]) == ("fp123", "abc", "0")
+    assert json.loads(first["config"])["lr"] == 6e-5
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert "vcr-val-q2a.png" in pngs and "vcr-val_sm-q2ar.png" in pngs
+    assert (out / "vcr-val-q2a.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_zero_shot_results_are_included(runs, tmp_path):
+    from madcache.evaluation.zeroshot import write_zero_shot
+
+    write_zero_shot({"dataset": "vcr", "split": "val", "teachers": TEACHERS, "cache": "c",
+                     "chance": {"q2a": 25.0},
+                     "protocols": {"ia": {"overall": {"q2a": 54.82, "n": 10},
+                                          "by_category": {}}}}, runs / "vcr/zero-shot/t/val")
+    result = build_report(runs, out=tmp_path / "r", plots=False)
+    assert "## Zero-shot: vcr val" in result["markdown"] and "54.82" in result["markdown"]
+    with open(tmp_path / "r" / "report.csv") as handle:
+        zero = [c for c in csv.DictReader(handle) if c["shots"] == "zero-shot"]
+    assert zero[0]["method"] == "zero-shot:ia" and float(zero[0]["mean"]) == 54.82
+
+
+def test_teachers_label():
+    assert teachers_label(TEACHERS) == "clip-b16"
+    assert teachers_label({"vision": "vit-b16", "text": "roberta", "relevance": None}) == \
+        "vit-b16+roberta"
+    assert teachers_label(None) == "-"
+
+
+def test_cli_prints_the_table(runs, tmp_path):
+    from madcache.cli import cli
+
+    result = CliRunner().invoke(cli, ["report", str(runs), "--out", str(tmp_path / "o"),
+                                      "--no-plots"])
+    assert result.exit_code == 0, result.output
+    assert "### vcr: q2a" in result.output and "(n=4)" in result.output
+    assert (tmp_path / "o" / "runs.csv").is_file()

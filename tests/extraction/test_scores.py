@@ -1,0 +1,48 @@
+import numpy as np
+import pytest
+import torch
+
+from madcache.data.records import Text
+from madcache.extraction.scores import combine_scores, visual_relevance, yake_word_scores
+from madcache.method.selection import top_words
+
+
+def test_combine_scores_clips_negative_vr_and_normalises():
+    vr = torch.tensor([-0.5, 0.2, 0.6, 0.0])
+    si = torch.tensor([0.0, 0.5, 0.25, 0.25])
+    # vr -> [0, .2, .6, 0] / .8 = [0, .25, .75, 0]; si / 1.0
+    assert torch.allclose(combine_scores(vr, si), torch.tensor([0.0, 0.75, 1.0, 0.25]))
+
+
+def test_combine_scores_all_zero_vector_stays_zero():
+    vr = torch.tensor([-1.0, -2.0])
+    si = torch.tensor([0.0, 0.0])
+    assert torch.equal(combine_scores(vr, si), torch.zeros(2))
+
+
+def test_visual_relevance_is_cosine():
+    img = torch.tensor([1.0, 0.0])
+    words = torch.tensor([[2.0, 0.0], [0.0, 1.0], [-1.0, 1.0]])
+    assert torch.allclose(visual_relevance(img, words), torch.tensor([1.0, 0.0, -2 ** -0.5]))
+
+
+def test_yake_scores_map_to_one_over_one_plus_score_and_take_max():
+    text = Text.from_string("Why is person1 holding a telegram while sending it to the old man?")
+    scores = yake_word_scores(text)
+    words = [w.text for w in text.words]
+    # yake 0.7.3 ranks "holding a telegram" first (score 0.0494...): its words get 1/(1+0.0494)
+    assert scores[words.index("telegram")] == pytest.approx(1 / (1 + 0.04940384002065631), rel=1e-5)
+    assert scores[words.index("a")] == scores[words.index("holding")]
+    # "man" alone scored 0.1583...; "Why" is in no keyword
+    assert scores[words.index("man")] == pytest.approx(1 / (1 + 0.15831692877998726), rel=1e-5)
+    assert scores[words.index("Why")] == 0.0
+    assert scores.dtype == np.float32 and scores.shape == (len(words),)
+
+
+def test_selection_picks_the_content_words_of_a_known_sentence():
+    text = Text.from_string("Why is person1 holding a telegram while sending it to the old man?")
+    si = torch.from_numpy(yake_word_scores(text))
+    vr = torch.zeros(len(text.words))
+    vr[5] = 0.9  # the image is about the telegram
+    chosen = top_words(combine_scores(vr, si), 2)
+    assert [text.words[i].text for i in chosen] == ["telegram", "holding"]

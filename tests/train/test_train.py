@@ -1,0 +1,495 @@
+"""The training loop on stand-ins defined here (a tiny Student, hand-built Targets)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from madcache.train import loop as train_mod
+from madcache.cache.targets import Targets, WordTargets
+from madcache.data.records import Example, Text
+from madcache.method.losses import Projections
+from madcache.core.errors import ConfigError
+from madcache.method.methods import get_method
+from madcache.students.base import RegionInputs, StudentOutput
+from madcache.students.tokens import pool_token_spans
+from madcache.train.config import TrainConfig
+from madcache.train.data import DataSource, epoch_order, targets_to_tensors
+from madcache.train.loop import lr_at, train
+from madcache.train.setup import Setup
+from madcache.train.step import loss_step
+
+VOCAB, H, DV, DT, DR = 64, 8, 6, 5, 4
+
+
+class TinyStudent(nn.Module):
+    """Implements the Student protocol: one token per word, mean pooling, dropout."""
+
+    hidden_size = H
+    task = "multiple_choice"
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(VOCAB, H)
+        self.region = nn.Linear(DR, H)
+        self.drop = nn.Dropout(0.2)
+        self.head = nn.Linear(H, 1)
+        self.mlm = nn.Linear(H, VOCAB)
+
+    def prepare(self, examples, regions):
+        texts = [[t for t in ex.texts] for ex in examples]
+        length = max(len(t.words) for row in texts for t in row)
+        ids = torch.zeros(len(examples), len(texts[0]), length, dtype=torch.long)
+        spans = torch.full((len(examples), len(texts[0]), length, 2), -1, dtype=torch.long)
+        for b, row in enumerate(texts):
+            for c, text in enumerate(row):
+                for i, word in enumerate(text.words):
+                    ids[b, c, i] = sum(map(ord, word.text.lower())) % (VOCAB - 1) + 1
+                    spans[b, c, i] = torch.tensor([word.start, word.end])
+        return {"ids": ids, "spans": spans, "regions": regions}
+
+    def forward(self, inputs):
+        ids, regions = inputs["ids"], inputs["regions"]
+        img = self.region(regions.feat).mean(dim=1)                    # [B, H]
+        tokens = self.drop(self.emb(ids)) + img[:, None, None, :]     # [B, C, L, H]
+        real = (ids > 0).unsqueeze(-1).float()
+        cls = (tokens * real).sum(2) / real.sum(2).clamp(min=1)       # [B, C, H]
+        image_token = img[:, None, :] + 0.5 * cls
+        return StudentOutput(logits=self.head(torch.tanh(cls + image_token)).squeeze(-1),
+                             image_token=image_token, cls_token=cls, text_tokens=tokens,
+                             token_spans=inputs["spans"])
+
+    def pretrain_losses(self, inputs, generator):
+        ids = inputs["ids"]
+        masked = ids.clone()
+        pick = (torch.rand(ids.shape, generator=generator) < 0.3) & (ids > 0)
+        masked[pick] = 0
+        out = self({**inputs, "ids": masked})
+        mlm = nn.functional.cross_entropy(self.mlm(out.text_tokens).flatten(0, 2),
+                                          ids.flatten(), reduction="mean")
+        itm = out.logits.pow(2).mean()
+        return {"mlm": mlm, "itm": itm}
+
+
+SENTENCES = ["a red dog runs", "the cat sleeps here", "two birds fly high", "a man reads books",
+             "people walk on streets", "the car is blue"]
+
+
+def make_examples(n, split="train"):
+    rng = np.random.default_rng(7 if split == "train" else 8)
+    out = []
+    for i in range(n):
+        choices = tuple(Text.from_string(SENTENCES[(i + k) % len(SENTENCES)]) for k in range(4))
+        out.append(Example(id=f"{split}{i}:qa", dataset="vcr", split=split, image_id=f"img{i % 5}",
+                           image_path=f"img{i % 5}.jpg", choices=choices,
+                           label=int(rng.integers(4)), category="activity", group=f"{split}{i}",
+                           context=Text.from_string("what is it?")))
+    return out
+
+
+def make_targets(examples):
+    rng = np.random.default_rng(abs(hash(tuple(e.id for e in examples))) % 2**32)
+    texts = [t for ex in examples for t in ex.texts]
+    counts = [len(t.words) for t in texts]
+    n_words = sum(counts)
+    words = WordTargets(
+        offsets=np.cumsum([0] + counts).astype(np.int64),
+        feat=rng.standard_normal((n_words, DT)).astype(np.float32),
+        span=np.array([[w.start, w.end] for t in texts for w in t.words], dtype=np.int32),
+        vr=np.zeros(n_words, np.float32), yake=np.zeros(n_words, np.float32),
+        score=rng.random(n_words).astype(np.float32), truncated=np.zeros(n_words, bool))
+    return Targets(example_ids=[e.id for e in examples], num_choices=4,
+                   image=rng.standard_normal((len(examples), DV)).astype(np.float32),
+                   text_eos=rng.standard_normal((len(examples), 4, DT)).astype(np.float32),
+                   words=words, logits={"ia": rng.standard_normal((len(examples), 4))
+                                        .astype(np.float32)}, default_logits="ia")
+
+
+def regions(examples):
+    feats = torch.stack([torch.sin(torch.arange(3 * DR, dtype=torch.float32).reshape(3, DR)
+                                   * (1 + int(ex.image_id[3:]))) for ex in examples])
+    return RegionInputs(feats, torch.zeros(len(examples), 3, 4), torch.ones(len(examples), 3, dtype=bool))
+
+
+def make_setup(tmp_path, method="mad", chunk=None, **overrides):
+    torch.manual_seed(0)
+    values = dict(dataset="vcr", root=str(tmp_path), out=str(tmp_path / "run"), method=method,
+                  cache="hand-built", batch_size=4, lr=1e-2, epochs=3, eval_split="val")
+    config = TrainConfig(**{**values, **overrides})
+    m = get_method(method)
+    student = TinyStudent()
+    train_examples = make_examples(10)
+    table = make_targets(train_examples)
+    index = table.row_of()
+
+    def load(examples):
+        if not m.distils:
+            return None
+        rows = [index[e.id] for e in examples]
+        sub = Targets(example_ids=[e.id for e in examples], num_choices=4, image=table.image[rows],
+                      text_eos=table.text_eos[rows], words=_word_rows(table.words, rows),
+                      logits={"ia": table.logits["ia"][rows]}, default_logits="ia")
+        return targets_to_tensors(sub, m, m=config.m, logits=None, seed=config.seed)
+
+    size = chunk or len(train_examples)
+    chunks = [list(range(i, min(i + size, 10))) for i in range(0, 10, size)]
+    source = DataSource(train_examples, chunks, load)
+    return Setup(config=config, method=m, student=student,
+                 projections=Projections(H, image_dim=DV, text_dim=DT, words=m.words),
+                 task_source=source,
+                 af_source=DataSource(train_examples, chunks, load) if config.af_epochs else None,
+                 regions=regions, eval_examples=make_examples(6, "val"),
+                 provenance={"cache_fingerprint": "abc"},
+                 save_student=lambda s, p: (p.mkdir(parents=True, exist_ok=True),
+                                            save_file(s.state_dict(), str(p / "model.safetensors"))))
+
+
+def _word_rows(words, rows):
+    pieces = [slice(words.offsets[r * 4], words.offsets[r * 4 + 4]) for r in rows]
+    counts = np.concatenate([np.diff(words.offsets[r * 4:r * 4 + 5]) for r in rows])
+    cat = lambda a: np.concatenate([a[p] for p in pieces])
+    return WordTargets(offsets=np.cumsum([0, *counts]).astype(np.int64), feat=cat(words.feat),
+                       span=cat(words.span), vr=cat(words.vr), yake=cat(words.yake),
+                       score=cat(words.score), truncated=cat(words.truncated))
+
+
+# ---------------------------------------------------------------- config
+
+def test_config_rejects_unknown_keys_and_methods():
+    with pytest.raises(ConfigError, match="unknown training config key.*lr_max"):
+        TrainConfig.from_dict({"dataset": "vcr", "root": ".", "out": "o", "lr_max": 1})
+    with pytest.raises(Exception, match="Available: baseline"):
+        TrainConfig(dataset="vcr", root=".", out="o", method="kd")
+
+
+def test_w_prime_defaults_to_w_times_two_plus_m_over_two(tmp_path):
+    config = TrainConfig(dataset="vcr", root=".", out="o", w=0.05, m=2)
+    assert config.resolved_w_prime == pytest.approx(0.1)
+    assert TrainConfig(dataset="vcr", root=".", out="o", w_prime=0.3).resolved_w_prime == 0.3
+
+
+def test_config_from_toml_with_overrides(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[train]\ndataset = "vcr"\nroot = "r"\nout = "o"\nlr = 0.001\n'
+                    '[train.student_options]\nlayers = 2\n')
+    config = TrainConfig.from_toml(path, seed=3)
+    assert (config.lr, config.seed, config.student_options) == (0.001, 3, {"layers": 2})
+
+
+# ---------------------------------------------------------------- pieces
+
+def test_lr_schedule_warms_up_then_decays_linearly():
+    lrs = [lr_at(s, 10, base=1.0, warmup=0.2) for s in range(10)]
+    assert lrs == pytest.approx([0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125])
+
+
+def test_epoch_order_is_a_pure_function_of_seed_stage_epoch():
+    source = DataSource(list(range(10)), [list(range(6)), list(range(6, 10))], lambda e: None)
+    a = epoch_order(source, seed=1, stage="task", epoch=2, batch_size=4)
+    b = epoch_order(source, seed=1, stage="task", epoch=2, batch_size=4)
+    c = epoch_order(source, seed=1, stage="task", epoch=3, batch_size=4)
+    assert [(ci, r.tolist()) for ci, r in a] == [(ci, r.tolist()) for ci, r in b]
+    assert [(ci, r.tolist()) for ci, r in a] != [(ci, r.tolist()) for ci, r in c]
+    assert sorted(len(r) for _, r in a) == [2, 4, 4]  # 6 -> 4 + 2, 4 -> 4: batches stay inside their chunk
+
+
+def test_loss_step_baseline_is_cross_entropy(tmp_path):
+    setup = make_setup(tmp_path, method="baseline")
+    setup.student.eval()
+    examples = setup.task_source.examples[:4]
+    loss, parts = loss_step(setup, examples, None, regions(examples))
+    logits = setup.student(setup.student.prepare(examples, regions(examples))).logits
+    expected = torch.nn.functional.cross_entropy(logits, torch.tensor([e.label for e in examples]))
+    assert loss.item() == pytest.approx(expected.item()) and set(parts) == {"task"}
+
+
+def test_loss_step_mad_matches_a_hand_assembled_total(tmp_path):
+    setup = make_setup(tmp_path, method="mad")
+    setup.student.eval()
+    examples = setup.task_source.examples[:4]
+    targets = setup.task_source.chunk(0).targets.rows(torch.arange(4))
+    loss, parts = loss_step(setup, examples, targets, regions(examples))
+    out = setup.student(setup.student.prepare(examples, regions(examples)))
+    p = setup.projections
+    dv = (targets.image[:, None] - p.vision(out.image_token)).abs().mean(-1).mean(1)
+    dt = (targets.text_eos - p.text(out.cls_token)).abs().mean(-1).mean(1)
+    feat, mask = pool_token_spans(out.text_tokens, out.token_spans, targets.word_span, targets.word_mask)
+    per_word = (targets.word_feat - p.word(feat)).abs().mean(-1) * mask
+    dwt = per_word.flatten(1).sum(1) / mask.flatten(1).sum(1)
+    t_conf = targets.logits.softmax(-1).max(-1).values
+    s_conf = out.logits.softmax(-1).max(-1).values
+    w_r = torch.where(t_conf / s_conf > 1, 0.1, 0.0)  # w' = 0.05 * (2 + 2) / 2
+    task = torch.nn.functional.cross_entropy(out.logits, torch.tensor([e.label for e in examples]))
+    assert loss.item() == pytest.approx((task + (w_r * (dv + dt + dwt)).mean()).item(), rel=1e-5)
+    assert set(parts) == {"task", "loss", "dv", "dt", "dwt"}
+
+
+def test_word_selection_happens_at_load_time(tmp_path):
+    setup = make_setup(tmp_path, method="mad")
+    targets = setup.task_source.chunk(0).targets
+    assert targets.word_feat.shape == (10, 4, 2, DT) and targets.word_mask.all()
+    random = make_setup(tmp_path, method="mad-random").task_source.chunk(0).targets
+    assert not torch.equal(random.word_span, targets.word_span)
+
+
+# ---------------------------------------------------------------- the loop
+
+@pytest.mark.parametrize("method", ["baseline", "md", "mad"])
+def test_training_writes_the_run_directory(tmp_path, method):
+    metrics = train(make_setup(tmp_path, method=method, eval_every=4))
+    run = tmp_path / "run"
+    on_disk = json.loads((run / "metrics.json").read_text())
+    assert on_disk == json.loads(json.dumps(metrics))
+    assert set(on_disk) == {"run", "dataset", "method", "student", "teachers", "shots", "seed",
+                            "status", "history", "eval", "provenance"}
+    assert on_disk["status"] == "complete" and on_disk["method"] == method
+    # the stand-in eval set has only :qa examples: QA2R and Q2AR have no denominator, so are absent
+    assert set(on_disk["eval"]["val"]) == {"q2a"}
+    assert [h["step"] for h in on_disk["history"]] == [4, 8, 9]  # 3 epochs x 3 batches
+    assert json.loads((run / "config.json").read_text())["method"] == method
+    assert (run / "checkpoint.safetensors").exists() and (run / "trainer_state.json").exists()
+    assert (run / "student" / "model.safetensors").exists()
+
+
+def test_same_seed_same_result(tmp_path):
+    a = train(make_setup(tmp_path / "a", method="mad"))
+    b = train(make_setup(tmp_path / "b", method="mad"))
+    assert a["history"] == b["history"]
+
+
+def test_training_lowers_the_loss(tmp_path):
+    metrics = train(make_setup(tmp_path, method="md", epochs=12, eval_every=9))
+    losses = [h["loss"] for h in metrics["history"]]
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("method,af,chunk", [("mad", 0, None), ("md", 1, 4)])
+def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch, method, af, chunk):
+    full = train(make_setup(tmp_path / "full", method=method, af_epochs=af, chunk=chunk,
+                            eval_every=2, checkpoint_every=4))
+    full_weights = load_file(str(tmp_path / "full" / "run" / "checkpoint.safetensors"))
+
+    calls = {"n": 0}
+    real = train_mod.loss_step
+
+    def crash_after_five(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "loss_step", crash_after_five)
+    with pytest.raises(KeyboardInterrupt):
+        train(make_setup(tmp_path / "cut", method=method, af_epochs=af, chunk=chunk,
+                         eval_every=2, checkpoint_every=4))
+    monkeypatch.setattr(train_mod, "loss_step", real)
+    resumed = train(make_setup(tmp_path / "cut", method=method, af_epochs=af, chunk=chunk,
+                               eval_every=2, checkpoint_every=4, resume=True))
+    resumed_weights = load_file(str(tmp_path / "cut" / "run" / "checkpoint.safetensors"))
+    assert resumed["history"] == full["history"] and resumed["eval"] == full["eval"]
+    assert full_weights.keys() == resumed_weights.keys()
+    for key in full_weights:
+        assert torch.equal(full_weights[key], resumed_weights[key]), key
+
+
+def test_af_stage_runs_first_without_labels(tmp_path, monkeypatch):
+    seen = []
+    real = train_mod.af_step
+
+    def spy(setup, examples, *args):
+        seen.append(len(examples))
+        return real(setup, examples, *args)
+
+    monkeypatch.setattr(train_mod, "af_step", spy)
+    metrics = train(make_setup(tmp_path, method="md", af_epochs=2, epochs=1))
+    assert sum(seen) == 20  # two AF epochs over all 10 training examples
+    stages = [h["stage"] for h in metrics["history"]]
+    assert stages[-1] == "task"
+
+
+# ---------------------------------------------------------------- the command
+
+def _run_cli(monkeypatch, args):
+    from click.testing import CliRunner
+
+    from madcache.cli import cli
+
+    seen = {}
+
+    def fake(config):
+        seen["config"] = config
+        return {"history": [{"global_step": 3}], "eval": {"val": {"q2a": 50.0}}}
+
+    monkeypatch.setattr(train_mod, "run_training", fake)
+    result = CliRunner().invoke(cli, ["train", *args])
+    return result, seen.get("config")
+
+
+def test_train_command_builds_the_config_from_flags_and_toml(monkeypatch, tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text('[train]\ndataset = "vcr"\nroot = "data"\nlr = 0.001\nbatch_size = 4\n')
+    result, config = _run_cli(monkeypatch, [
+        "--config", str(toml), "--method", "mad", "--cache", "c", "--out", "runs/x",
+        "--per-category", "5", "--seed", "2", "--batch-size", "8", "--student-option", "layers=2",
+        "--student-option", "name=tiny", "--af-epochs", "1"])
+    assert result.exit_code == 0, result.output
+    assert (config.method, config.lr, config.batch_size, config.per_category, config.seed) == \
+        ("mad", 0.001, 8, 5, 2)
+    assert config.student_options == {"layers": 2, "name": "tiny"} and config.af_epochs == 1
+    assert not config.resume
+    assert "q2a 50.00" in result.output
+
+
+def test_train_command_reports_config_errors_in_one_line(monkeypatch, tmp_path):
+    toml = tmp_path / "bad.toml"
+    toml.write_text('dataset = "vcr"\nroot = "r"\nout = "o"\nlearning_rate = 1\n')
+    result, _ = _run_cli(monkeypatch, ["--config", str(toml)])
+    assert result.exit_code == 2 and "unknown training config key(s) learning_rate" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_eval_zero_shot_needs_a_cache():
+    from click.testing import CliRunner
+
+    from madcache.cli import cli
+
+    result = CliRunner().invoke(cli, ["eval", "--zero-shot"])
+    assert result.exit_code == 2 and "--zero-shot needs --cache" in result.output
+
+
+# ---------------------------------------------------------------- end to end on the demo world
+
+TINY_STUDENT = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_length=48)
+
+BLOCKER = r"""
+import importlib.abc, sys
+
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "open_clip" or name == "madcache.teachers" \
+                or name.startswith("madcache.teachers."):
+            raise ImportError(f"{name} must not be imported by `madcache train`")
+        return None
+
+sys.meta_path.insert(0, Blocker())
+from madcache.cli import main
+sys.argv = ["madcache", *sys.argv[1:]]
+try:
+    main()
+finally:
+    leaked = [m for m in sys.modules if m.startswith(("open_clip", "madcache.teachers"))]
+    assert not leaked, leaked
+"""
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """A small demo world, a tiny CLIP's cache and region stores (the slow tests below)."""
+    """The small demo world, a cache of 40 VCR training examples extracted with a tiny CLIP,
+    region stores for train and val, and a low-shot split file of cached examples."""
+    import importlib.util
+    import sys
+
+    from madcache.cache.reader import open_cache
+    from madcache.data import read_examples
+    from madcache.demo.world import generate_demo_world
+    from madcache.data.lowshot import sample_per_category
+    from madcache.extraction import ExtractConfig, extract
+    from madcache.students.regions import build_region_store
+
+    spec = importlib.util.spec_from_file_location(
+        "extraction_conftest", str(Path(__file__).parents[1] / "extraction" / "conftest.py"))
+    helpers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helpers)
+    base = tmp_path_factory.mktemp("demo")
+    generate_demo_world(base / "world", size="small")
+    root = base / "world" / "vcr"
+    config, checkpoint = helpers.save_tiny_clip(base / "clip")
+    extract(ExtractConfig(dataset="vcr", root=root, split="train",
+                          teacher=f"openclip-config:{config}", checkpoint=checkpoint,
+                          out=base / "cache", progress=False, limit=40, shard_size=16))
+    for split in ("train", "val"):
+        build_region_store(dataset="vcr", root=root, split=split, extractor="boxcrop",
+                           out=base / f"regions-{split}", max_regions=4, progress=False)
+    cached = set(open_cache(base / "cache").example_ids())
+    examples = [e for e in read_examples("vcr", root, "train").examples if e.id in cached]
+    sample_per_category(examples, k=2, seed=0).save(base / "split.json")
+    assert "open_clip" in sys.modules  # extraction ran a teacher in *this* process
+    return base
+
+
+def _demo_config(demo, name, **overrides):
+    values = dict(dataset="vcr", root=str(demo / "world" / "vcr"), out=str(demo / "runs" / name),
+                  cache=str(demo / "cache"), regions=str(demo / "regions-train"),
+                  eval_regions=str(demo / "regions-val"), split_file=str(demo / "split.json"),
+                  max_steps=2, batch_size=4, lr=1e-3, student_options=TINY_STUDENT)
+    return TrainConfig(**{**values, **overrides})
+
+
+@pytest.mark.slow
+def test_demo_train_cli_runs_mad_without_importing_a_teacher(demo):
+    import subprocess
+    import sys
+
+    run = demo / "runs" / "cli-mad"
+    args = ["train", "--method", "mad", "--dataset", "vcr", "--root", str(demo / "world" / "vcr"),
+            "--cache", str(demo / "cache"), "--regions", str(demo / "regions-train"),
+            "--eval-regions", str(demo / "regions-val"), "--split-file", str(demo / "split.json"),
+            "--max-steps", "2", "--batch-size", "4", "--out", str(run)]
+    args += [f"--student-option={k}={v}" for k, v in TINY_STUDENT.items()]
+    done = subprocess.run([sys.executable, "-c", BLOCKER, *args], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "complete" and set(metrics["eval"]["val"]) == {"q2a", "qa2r", "q2ar"}
+    assert metrics["provenance"]["cache_fingerprint"] and metrics["provenance"]["split_digest"]
+    assert metrics["teachers"]["vision"].startswith("openclip-config:")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["baseline", "md"])
+def test_demo_methods_train_and_evaluate(demo, method):
+    from madcache.evaluation.evaluate import evaluate_run
+
+    overrides = {"cache": None} if method == "baseline" else {}
+    metrics = train_mod.run_training(_demo_config(demo, method, method=method, **overrides))
+    assert metrics["method"] == method and metrics["history"][-1]["step"] == 2
+    result = evaluate_run(demo / "runs" / method, split="val")
+    assert result == metrics["eval"]["val"]  # the saved student scores as the trained one did
+
+
+@pytest.mark.slow
+def test_demo_mad_on_a_cache_for_another_split_is_refused(demo):
+    from madcache.core.errors import FingerprintMismatchError
+
+    with pytest.raises(FingerprintMismatchError, match="split"):
+        train_mod.run_training(_demo_config(demo, "wrong", method="mad", split="val",
+                                            split_file=None))
+
+
+@pytest.mark.slow
+def test_demo_resume_equals_uninterrupted(demo, monkeypatch):
+    config = dict(method="mad", max_steps=4, checkpoint_every=2, eval_split=None)
+    full = train_mod.run_training(_demo_config(demo, "full", **config))
+    real = train_mod.loss_step
+    calls = {"n": 0}
+
+    def crash_at_third(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "loss_step", crash_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.run_training(_demo_config(demo, "cut", **config))
+    monkeypatch.setattr(train_mod, "loss_step", real)
+    resumed = train_mod.run_training(_demo_config(demo, "cut", resume=True, **config))
+    assert resumed["history"] == full["history"]
+    a = load_file(str(demo / "runs" / "full" / "student" / "model.safetensors"))
+    b = load_file(str(demo / "runs" / "cut" / "student" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
