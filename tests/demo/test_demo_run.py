@@ -13,6 +13,20 @@ TINY = ["--size", "small", "--teacher-steps", "5", "--jobs", "1", "--quiet",
         "--set", "train.epochs=1", "--set", "adapter.epochs=1"]
 
 
+def test_bad_settings_fail_before_the_first_stage(tmp_path):
+    from madcache.core.errors import ConfigError
+    from madcache.demo.run import DemoConfig
+
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(cli, ["demo", "run", "--out", str(out), "--set", "train.lr=fast"])
+    assert result.exit_code == 2 and not out.exists()
+    assert result.output.endswith("Error: --set train.lr: expected a number, got 'fast'\n")
+    with pytest.raises(ConfigError, match="^jobs: must be >= 1, got 0$"):
+        DemoConfig.from_dict({"jobs": 0})
+    with pytest.raises(ConfigError, match="^overrides: expected a list, got 'seeds=\\[0\\]'$"):
+        DemoConfig.from_dict({"overrides": "seeds=[0]"})
+
+
 @pytest.mark.slow
 def test_demo_run_builds_every_stage_and_a_rerun_reuses_them(tmp_path):
     out = tmp_path / "demo"
