@@ -11,7 +11,7 @@ from typing import Any, Callable, Literal, Mapping, TypeVar, Union, get_args, ge
 
 import click
 
-from madcache.core.config import field_types, parse_key_values
+from madcache.core.config import field_types, parse_key_values, parse_value
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -42,18 +42,22 @@ def option_spec(field: dataclasses.Field, hint: Any) -> tuple[list[str], dict[st
         kwargs.update(multiple=True, metavar="KEY=VALUE",
                       callback=lambda ctx, param, pairs: parse_key_values(
                           pairs, option=flag, as_json=as_json) if pairs else None)
-    elif origin is list:
+    elif origin is list and _click_type(field, get_args(hint)[0]) is not None:
         kwargs.update(multiple=True, type=_click_type(field, get_args(hint)[0]),
                       callback=lambda ctx, param, values: list(values) if values else None)
-    else:
+    elif _click_type(field, hint) is not None:
         kwargs["type"] = _click_type(field, hint)
+    else:       # any other type: JSON, checked against the annotation when the config loads
+        kwargs.update(metavar="JSON", callback=lambda ctx, param, text: None if text is None
+                      else parse_value(text, option=flag))
     return [flag, field.name], kwargs
 
 
-def _click_type(field: dataclasses.Field, hint: Any) -> click.ParamType:
+def _click_type(field: dataclasses.Field, hint: Any) -> click.ParamType | None:
+    """The click type of a scalar setting (with its range); None for any other type."""
     low, above, below = (field.metadata.get(k) for k in ("minimum", "above", "below"))
-    if get_origin(hint) is Literal:
-        return click.Choice([str(a) for a in get_args(hint)])
+    if get_origin(hint) is Literal and all(isinstance(a, str) for a in get_args(hint)):
+        return click.Choice(get_args(hint))
     if field.metadata.get("existing_file"):
         return click.Path(exists=True, dir_okay=False)
     if hint in (int, float):
@@ -62,9 +66,9 @@ def _click_type(field: dataclasses.Field, hint: Any) -> click.ParamType:
             return click.INT if hint is int else click.FLOAT
         return kind(min=above if above is not None else low, max=below,
                     min_open=above is not None, max_open=below is not None)
-    if hint in (str, Path):
-        return click.Path(path_type=Path) if hint is Path else click.STRING
-    raise TypeError(f"no click flag for {field.name}: {hint} (give it a flag by hand and skip it)")
+    if hint is Path:
+        return click.Path(path_type=Path)
+    return click.STRING if hint is str else None
 
 
 def _without_none(hint: Any) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+from typing import Literal
 
 import pytest
 from click.testing import CliRunner
@@ -121,3 +122,35 @@ def test_a_new_field_shows_up_as_a_typed_flag(monkeypatch, train_config_with_a_n
     result, _ = run_cli(monkeypatch, ["--dataset", "vcr", "--root", "r", "--out", "o",
                                       "--grad-accum", "x"])
     assert result.exit_code == 2 and "'--grad-accum': 'x' is not a valid integer" in result.output
+
+
+def test_flags_for_every_kind_of_setting():
+    """Literal -> a choice, list -> a repeatable flag, any other type -> JSON checked on load."""
+    import click
+
+    from madcache.commands.options import config_options
+    from madcache.core.config import config_from_dict
+
+    @dataclasses.dataclass
+    class Settings:
+        precision: Literal["fp32", "bf16"] = setting("fp32", help="Compute precision.")
+        evals: list[str] = setting(factory=list, help="An evaluated split (repeatable).")
+        window: tuple[int, int] = setting((0, 1), help="A step window.")
+
+    seen = {}
+
+    @click.command()
+    @config_options(Settings)
+    def command(**flags):
+        seen["config"] = config_from_dict(Settings, {k: v for k, v in flags.items()
+                                                     if v is not None}, noun="key")
+
+    result = CliRunner().invoke(command, ["--precision", "bf16", "--evals", "val", "--evals",
+                                          "val_sm", "--window", "[2, 5]"])
+    assert result.exit_code == 0, result.output
+    assert seen["config"] == Settings("bf16", ["val", "val_sm"], (2, 5))
+    assert "'fp16' is not one of 'fp32', 'bf16'" in \
+        CliRunner().invoke(command, ["--precision", "fp16"]).output
+    result = CliRunner().invoke(command, ["--window", "[2, 2.5]"])
+    assert isinstance(result.exception, ConfigValueError)
+    assert str(result.exception) == "window[1]: expected an integer, got 2.5"
