@@ -38,7 +38,8 @@ def _read(dataset: str, root: Path, split: str, skip_bad: bool, options: tuple[s
           ) -> ReadResult:
     from madcache.data import read_examples
 
-    return read_examples(dataset, root, split, skip_bad=skip_bad, **parse_key_values(options, option="--option"))
+    return read_examples(dataset, root, split, skip_bad=skip_bad,
+                         **parse_key_values(options, option="--option"))
 
 
 def split_stats(dataset: str, result: ReadResult) -> dict[str, Any]:

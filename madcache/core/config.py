@@ -59,7 +59,8 @@ def config_from_dict(cls: type[C], values: Mapping[str, Any], *, noun: str, wher
     missing = [f.name for f in dataclasses.fields(cls) if f.name not in values
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
-        raise ConfigError(f"{where}missing {noun}(s) {', '.join(_dotted(table, m) for m in missing)}")
+        raise ConfigError(f"{where}missing {noun}(s) "
+                          f"{', '.join(_dotted(table, m) for m in missing)}")
     return cls(**check_values(cls, values, where=where, table=table))
 
 
@@ -101,8 +102,13 @@ def _check(hint: Any, value: Any, key: str) -> Any:
             return value
     elif origin in (list, tuple):
         if isinstance(value, (list, tuple)):
-            item = args[0] if args else Any
-            checked = [_check(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+            fixed = origin is tuple and len(args) > 1 and args[-1] is not Ellipsis
+            if fixed and len(value) != len(args):
+                raise ConfigValueError(key, f"expected a list of {len(args)} values, "
+                                            f"got {_show(value)}")
+            items = args if fixed else [args[0] if args else Any] * len(value)
+            checked = [_check(item, v, f"{key}[{i}]")
+                       for i, (item, v) in enumerate(zip(items, value))]
             return checked if origin is list else tuple(checked)
     elif origin is dict or hint is dict:
         if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):

@@ -90,6 +90,11 @@ def test_check_value_alone():
     assert check_value(list[int | Literal["full"]], [1, "full"], key="shots") == [1, "full"]
     with pytest.raises(ConfigValueError, match="p.toml: shots: expected a list, got 8"):
         check_value(list[int], 8, key="shots", where="p.toml: ")
+    assert check_value(tuple[int, str], [1, "a"], key="pair") == (1, "a")
+    with pytest.raises(ConfigValueError, match=r"pair\[1\]: expected a string, got 2"):
+        check_value(tuple[int, str], [1, 2], key="pair")
+    with pytest.raises(ConfigValueError, match="pair: expected a list of 2 values, got \\[1\\]"):
+        check_value(tuple[int, str], [1], key="pair")
 
 
 def test_key_values_parse_json_or_keep_strings():

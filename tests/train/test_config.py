@@ -71,7 +71,8 @@ def test_the_command_names_a_bad_value_in_one_line(monkeypatch, tmp_path):
     result, config = run_cli(monkeypatch, ["--config", str(path)])
     assert result.exit_code == 2 and config is None
     assert result.output.strip() == f"Error: {path}: train.lr: expected a number, got 'fast'"
-    for flags, message in ((["--lr", "fast"], "Invalid value for '--lr': 'fast' is not a valid float"),
+    for flags, message in ((["--lr", "fast"], "Invalid value for '--lr': 'fast' is not a valid "
+                                              "float"),
                            (["--batch-size", "0"], "Invalid value for '--batch-size': 0 is not in "
                                                    "the range x>=1"),
                            (["--student-option", "layers"], "--student-option: expected "

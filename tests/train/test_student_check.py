@@ -74,7 +74,8 @@ def test_build_student_refuses_an_incomplete_student(stand_in):
 def test_training_fails_before_step_1(world, stand_in, monkeypatch, tmp_path):
     steps = []
     monkeypatch.setattr(loop_mod, "loss_step", lambda *a, **k: steps.append(1))
-    config = TrainConfig(dataset="vcr", root=str(world / "world" / "vcr"), out=str(tmp_path / "run"),
+    config = TrainConfig(dataset="vcr", root=str(world / "world" / "vcr"),
+                         out=str(tmp_path / "run"),
                          regions=str(world / "regions"), student="no-export", eval_split=None,
                          max_steps=2, batch_size=4)
     with pytest.raises(ConfigError, match="student 'no-export'.*missing export_options"):
