@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from madcache.commands.options import parse_key_values
+from madcache.core.config import parse_key_values
 from madcache.data.records import ReadResult
 
 DATASET_NAMES = ("vcr", "snli-ve", "vqa")
@@ -38,7 +38,8 @@ def _read(dataset: str, root: Path, split: str, skip_bad: bool, options: tuple[s
           ) -> ReadResult:
     from madcache.data import read_examples
 
-    return read_examples(dataset, root, split, skip_bad=skip_bad, **parse_key_values(options, flag="--option"))
+    return read_examples(dataset, root, split, skip_bad=skip_bad,
+                         **parse_key_values(options, option="--option"))
 
 
 def split_stats(dataset: str, result: ReadResult) -> dict[str, Any]:

@@ -26,8 +26,9 @@ def demo_run(out: Path, size: str, seed: int, teacher_steps: int | None, jobs: i
     standard + SM, zero-shot) -> report. Rerunning reuses everything already done."""
     from madcache.demo.run import DemoConfig, run_demo
 
-    result = run_demo(DemoConfig(out=out, size=size, seed=seed, teacher_steps=teacher_steps,
-                                 jobs=jobs, overrides=overrides, progress=not quiet),
+    config = DemoConfig.from_dict(dict(out=out, size=size, seed=seed, teacher_steps=teacher_steps,
+                                       jobs=jobs, overrides=overrides, progress=not quiet))
+    result = run_demo(config,
                       log=lambda line: click.echo(line, err=True))
     paths = result["paths"]
     click.echo("")

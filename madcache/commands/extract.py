@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from madcache.cli import UserError
-from madcache.commands.options import parse_key_values
+from madcache.core.config import parse_key_values
 from madcache.core.errors import FingerprintMismatchError
 
 _path = click.Path(path_type=Path)
@@ -66,8 +66,9 @@ def extract(store_format: str, no_progress: bool, read_options: tuple[str, ...],
     """
     from madcache.extraction import ExtractConfig, extract as run_extraction
 
-    config = ExtractConfig(format=store_format, progress=not no_progress,
-                           read_options=parse_key_values(read_options, flag="--option"), **options)
+    config = ExtractConfig.from_dict({
+        **options, "format": store_format, "progress": not no_progress,
+        "read_options": parse_key_values(read_options, option="--option")})
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = _show_warning

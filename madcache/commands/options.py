@@ -1,23 +1,89 @@
-"""Option parsing shared by the commands."""
+"""Click options generated from a config dataclass: one flag per setting, whose name, type,
+range and help come from the field (`madcache.core.config.setting`), so a new field is a new
+typed flag. Unset flags are None and supply nothing (a TOML file's value stands)."""
 
 from __future__ import annotations
 
-import json
-from typing import Any
+import dataclasses
+import types
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping, TypeVar, Union, get_args, get_origin
 
 import click
 
+from madcache.core.config import field_types, parse_key_values, parse_value
 
-def parse_key_values(pairs: tuple[str, ...], *, flag: str) -> dict[str, Any]:
-    """`KEY=VALUE` pairs given to `flag`; a VALUE that parses as JSON (true, 3, ["qa"]) is taken
-    as such, anything else as a string."""
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint=flag)
-        try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key] = value
-    return options
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def config_options(cls: type, *, skip: tuple[str, ...] = (),
+                   replace: Mapping[str, Mapping[str, Any]] = {}) -> Callable[[F], F]:
+    """Decorate a click command with a flag for each field of `cls` (less `skip`), in field
+    order. `replace` updates the click arguments of a flag (e.g. wider choices)."""
+    def decorate(command: F) -> F:
+        for f in reversed(dataclasses.fields(cls)):
+            if f.name not in skip:
+                decls, kwargs = option_spec(f, field_types(cls)[f.name])
+                command = click.option(*decls, **{**kwargs, **replace.get(f.name, {})})(command)
+        return command
+    return decorate
+
+
+def option_spec(field: dataclasses.Field, hint: Any) -> tuple[list[str], dict[str, Any]]:
+    """The declarations and click arguments of the flag of `field`."""
+    flag = "--" + field.metadata.get("flag", field.name.replace("_", "-"))
+    kwargs: dict[str, Any] = {"default": None, "help": flag_help(field)}
+    hint = _without_none(hint)
+    origin = get_origin(hint)
+    if hint is bool:
+        return [f"{flag}/--no-{flag[2:]}", field.name], kwargs
+    if origin is dict:
+        as_json = get_args(hint)[1:] != (str,)
+        kwargs.update(multiple=True, metavar="KEY=VALUE",
+                      callback=lambda ctx, param, pairs: parse_key_values(
+                          pairs, option=flag, as_json=as_json) if pairs else None)
+    elif origin is list and _click_type(field, get_args(hint)[0]) is not None:
+        kwargs.update(multiple=True, type=_click_type(field, get_args(hint)[0]),
+                      callback=lambda ctx, param, values: list(values) if values else None)
+    elif _click_type(field, hint) is not None:
+        kwargs["type"] = _click_type(field, hint)
+    else:       # any other type: JSON, checked against the annotation when the config loads
+        kwargs.update(metavar="JSON", callback=lambda ctx, param, text: None if text is None
+                      else parse_value(text, option=flag))
+    return [flag, field.name], kwargs
+
+
+def _click_type(field: dataclasses.Field, hint: Any) -> click.ParamType | None:
+    """The click type of a scalar setting (with its range); None for any other type."""
+    low, above, below = (field.metadata.get(k) for k in ("minimum", "above", "below"))
+    if get_origin(hint) is Literal and all(isinstance(a, str) for a in get_args(hint)):
+        return click.Choice(get_args(hint))
+    if field.metadata.get("existing_file"):
+        return click.Path(exists=True, dir_okay=False)
+    if hint in (int, float):
+        kind = click.IntRange if hint is int else click.FloatRange
+        if low is None and above is None and below is None:
+            return click.INT if hint is int else click.FLOAT
+        return kind(min=above if above is not None else low, max=below,
+                    min_open=above is not None, max_open=below is not None)
+    if hint is Path:
+        return click.Path(path_type=Path)
+    return click.STRING if hint is str else None
+
+
+def _without_none(hint: Any) -> Any:
+    if get_origin(hint) in (Union, types.UnionType):
+        arms = [a for a in get_args(hint) if a is not type(None)]
+        if len(arms) == 1:
+            return arms[0]
+    return hint
+
+
+def flag_help(field: dataclasses.Field, *, extra: str = "") -> str:
+    """The field's help text (+ `extra`) and its default."""
+    text = field.metadata.get("help", "") + extra
+    default = field.default
+    if default is dataclasses.MISSING or default is None or default == "":
+        return text
+    shown = str(default).lower() if isinstance(default, bool) else default
+    return f"{text} [default: {shown}]"

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from madcache.commands.options import parse_key_values
+from madcache.core.config import parse_key_values
 
 _path = click.Path(path_type=Path)
 _existing = click.Path(path_type=Path, exists=True)
@@ -45,7 +45,8 @@ def regions(dataset: str, root: Path, split: str, extractor: str, out: Path | No
     summary = build_region_store(
         dataset=dataset, root=root, split=split, extractor=extractor, out=out,
         max_regions=max_regions, format=store_format, force=force, shard_size=shard_size,
-        read_options=parse_key_values(read_options, flag="--read-option"), progress=not no_progress,
+        read_options=parse_key_values(read_options, option="--read-option"),
+        progress=not no_progress,
         extractor_options={k: v for k, v in extractor_options.items() if v is not None})
     click.echo(f"region store {summary['path']}: {summary['images']} images, "
                f"{summary['regions']} regions ({summary['shards_written']} shards written, "

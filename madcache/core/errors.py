@@ -50,6 +50,15 @@ class ConfigError(MadcacheError, ValueError):
     """A config file or option is invalid (unknown key, wrong type, bad value)."""
 
 
+class ConfigValueError(ConfigError):
+    """One setting has a value of the wrong type or out of its range. `key` is its dotted name
+    (`train.lr`, `seeds[1]`), `where` the file or option it came from ("p.toml: ")."""
+
+    def __init__(self, key: str, problem: str, *, where: str = "") -> None:
+        self.key, self.problem, self.where = key, problem, where
+        super().__init__(f"{where}{key}: {problem}")
+
+
 class CheckpointNotFoundError(MadcacheError, FileNotFoundError):
     """A teacher/student checkpoint is missing; the message says which file to provide."""
 

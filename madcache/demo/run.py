@@ -14,7 +14,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
+
+from madcache.core.config import check_ranges, config_from_dict, setting
 
 DEMO_DATASET = "vcr"
 PIPELINE = Path(__file__).with_name("demo.toml")
@@ -52,19 +54,29 @@ class DemoPaths:
 
 @dataclass(frozen=True)
 class DemoConfig:
-    out: Path = Path("demo")
-    size: str = "default"
-    seed: int = 0
-    teacher_steps: int | None = None     # None: the demo teacher's own default
-    jobs: int = 2
-    workers: int = 0
-    pipeline: Path = PIPELINE
-    overrides: tuple[str, ...] = ()      # extra `KEY=VALUE` settings for the sweep
-    progress: bool = True
+    out: Path = setting(Path("demo"), help="Folder for every stage's output.")
+    size: str = setting("default", help="Demo world size (small: a quick smoke run).")
+    seed: int = setting(0, minimum=0, help="World and teacher seed.")
+    teacher_steps: int | None = setting(None, minimum=1, help="Demo teacher pretraining steps "
+                                                              "(default: the teacher's own).")
+    jobs: int = setting(2, minimum=1, help="Training runs at once.")
+    workers: int = setting(0, minimum=0, help="Extraction worker processes.")
+    pipeline: Path = setting(PIPELINE, help="The demo pipeline file.")
+    overrides: tuple[str, ...] = setting((), help="Extra `KEY=VALUE` settings for the sweep.")
+    progress: bool = setting(True, help="Show progress bars.")
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "DemoConfig":
+        return config_from_dict(cls, values, noun="demo option")
 
 
 def run_demo(config: DemoConfig, *, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or finish) every stage; return the report summary and the stage timings."""
+    from madcache.experiments.sweep import run_sweep
+
     paths = DemoPaths(Path(config.out))
     timings: dict[str, float] = {}
 
@@ -76,12 +88,13 @@ def run_demo(config: DemoConfig, *, log: Callable[[str], None] = print) -> dict[
         log(f"[demo] {name}: done in {timings[name]:.1f} s")
         return result
 
+    pipeline = load_pipeline(paths, config)     # a bad --set fails now, not after the caches
     stage("world", lambda: make_world(paths, config))
     teacher = stage("teacher", lambda: make_teacher(paths, config))
     for split in ("train", "val"):
         stage(f"cache {split}", lambda split=split: make_cache(paths, config, split))
     stage("regions", lambda: make_regions(paths, config))
-    sweep = stage("sweep", lambda: run_demo_sweep(paths, config))
+    sweep = stage("sweep", lambda: run_sweep(pipeline, jobs=config.jobs, progress=config.progress))
     report = stage("report", lambda: make_report(paths))
     return {"paths": paths, "timings": timings, "teacher": teacher, "sweep": sweep,
             "report": report}
@@ -121,12 +134,12 @@ def make_regions(paths: DemoPaths, config: DemoConfig) -> dict[str, Any]:
                               progress=config.progress)
 
 
-def run_demo_sweep(paths: DemoPaths, config: DemoConfig):
-    from madcache.experiments.sweep import load_sweep, run_sweep
+def load_pipeline(paths: DemoPaths, config: DemoConfig):
+    """The demo sweep's config: the pipeline file with `DEMO_DIR` and the `--set` overrides."""
+    from madcache.experiments.sweep import load_sweep
 
     directory = f"DEMO_DIR={Path(paths.out).resolve()}"
-    sweep = load_sweep(config.pipeline, [directory, *config.overrides])
-    return run_sweep(sweep, jobs=config.jobs, progress=config.progress)
+    return load_sweep(config.pipeline, [directory, *config.overrides])
 
 
 def make_report(paths: DemoPaths) -> dict[str, Any]:

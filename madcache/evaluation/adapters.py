@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -31,7 +31,7 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.nn import functional as F
 
-from madcache.core.config import config_from_dict
+from madcache.core.config import check_ranges, config_from_dict, setting
 from madcache.cache.manifest import cache_digest
 from madcache.core.errors import ConfigError
 from madcache.core.io import file_sha256, git_commit, write_json
@@ -51,37 +51,46 @@ def is_adapter(method: str) -> bool:
 class AdapterConfig:
     """One adapter run. Paths are used as given (the sweep resolves them)."""
 
-    dataset: str
-    cache: str                              # cache of the training split
-    out: str
-    method: str = "adapter-linear"
-    eval_caches: dict[str, str] = field(default_factory=dict)  # eval name -> cache of it
-    root: str | None = None                 # dataset root (VQA: soft targets, human answers)
-    split_file: str | None = None           # low-shot split (ids); None = the whole cache
-    per_category: int | None = None         # recorded as `shots` (and sampled if no split_file)
-    seed: int = 0
-    epochs: int = 100
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    hidden: int = 256
-    heads: int = 4
-    dropout: float = 0.1
-    normalize: bool = True
-    read_options: dict[str, Any] = field(default_factory=dict)
-    device: str = "cpu"
+    dataset: str = setting(help="A registered dataset (vcr, snli-ve, vqa, ...).")
+    cache: str = setting(help="Teacher cache of the training split.")
+    out: str = setting(help="Run directory, e.g. runs/NAME.")
+    method: str = setting("adapter-linear", help="The head: " + ", ".join(ADAPTERS) + ".")
+    eval_caches: dict[str, str] = setting(factory=dict, help="Eval name -> the teacher cache "
+                                                             "of that split.")
+    root: str | None = setting(None, help="Dataset root (VQA: soft targets, human answers).")
+    split_file: str | None = setting(None, existing_file=True,
+                                     help="A saved low-shot split (ids); default: the whole "
+                                          "cache.")
+    per_category: int | None = setting(None, minimum=1, help="Low-shot: K examples per "
+                                                             "category (recorded as shots; "
+                                                             "sampled without split_file).")
+    seed: int = setting(0, minimum=0, help="Seed of the sample, the initialisation and the "
+                                           "data order.")
+    epochs: int = setting(100, minimum=1, help="Training epochs.")
+    batch_size: int = setting(64, minimum=1, help="Examples per step.")
+    lr: float = setting(1e-3, above=0, help="Learning rate (AdamW).")
+    weight_decay: float = setting(1e-4, minimum=0, help="AdamW weight decay.")
+    hidden: int = setting(256, minimum=1, help="Hidden width (mlp3, transformer).")
+    heads: int = setting(4, minimum=1, help="Attention heads (transformer).")
+    dropout: float = setting(0.1, minimum=0, below=1, help="Dropout (mlp3, transformer).")
+    normalize: bool = setting(True, help="L2-normalise the cached features first.")
+    read_options: dict[str, Any] = setting(factory=dict, flag="read-option",
+                                           help="A dataset reader option (repeatable).")
+    device: str = setting("cpu", help="Torch device: cpu, cuda or cuda:N.")
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         if self.method not in ADAPTERS:
             raise ConfigError(f"unknown adapter '{self.method}'. Available: {', '.join(ADAPTERS)}")
-        if self.epochs < 1 or self.batch_size < 1 or self.hidden < 1 or self.heads < 1:
-            raise ConfigError("epochs, batch_size, hidden and heads must be >= 1")
         if self.hidden % self.heads:
             raise ConfigError(f"hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "AdapterConfig":
-        return config_from_dict(cls, values, noun="adapter config key")
+    def from_dict(cls, values: Mapping[str, Any], *, where: str = "",
+                  table: str = "adapter") -> "AdapterConfig":
+        """Checked values (`madcache.core.config`); errors name `table.key` after `where`."""
+        return config_from_dict(cls, values, noun="adapter config key", where=where,
+                                table=table)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -26,10 +26,11 @@ import tomllib
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
+from madcache.core.config import check_value, check_values, parse_key_values, parse_value
+from madcache.core.errors import ConfigError, ConfigValueError
 from madcache.evaluation.adapters import ADAPTER_STUDENT, ADAPTERS, is_adapter
-from madcache.core.errors import ConfigError
 
 SM_SUFFIX = "_sm"
 SPLITS_DIR = "splits"
@@ -38,13 +39,6 @@ JOB_FILE = "sweep-job.json"
 LOG_FILE = "sweep.log"
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 VARIABLE = re.compile(r"[A-Z][A-Z0-9_]*")
-# TrainConfig / AdapterConfig fields the sweep sets for each run (not settable in [train])
-TRAIN_OWNED = ("dataset", "root", "out", "method", "cache", "regions", "split", "eval_split",
-               "read_options", "student", "student_options", "seed", "per_category",
-               "split_file", "resume")
-ADAPTER_OWNED = ("dataset", "cache", "out", "method", "eval_caches", "root", "split_file",
-                 "per_category", "seed", "read_options")
-PATH_KEYS = ("root", "out", "regions", "cache")
 
 
 # ----------------------------------------------------------------------------- config
@@ -106,7 +100,8 @@ STUDENT_KEYS = {"name", "options", "label"}
 def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> SweepConfig:
     """Read a pipeline file. `overrides` are `KEY=VALUE` strings: an UPPER_CASE key sets a
     placeholder variable (`${ROOT}`), any other key a (dotted) config key, e.g. `seeds=[0,1]`
-    or `train.epochs=2` (values parsed as JSON when they are JSON)."""
+    or `train.epochs=2` (values parsed as JSON when they are JSON). A bad value names the key
+    and where it came from: `FILE: train.lr: ...` or `--set train.lr: ...`."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -114,7 +109,7 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> SweepConfig:
         raise ConfigError(f"pipeline file not found: {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    variables, settings = split_overrides(overrides, path)
+    variables, settings = split_overrides(overrides)
     defaults = {k: str(v) for k, v in data.pop("vars", {}).items()}
     for key, value in settings.items():
         set_dotted(data, key, value)
@@ -123,23 +118,20 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> SweepConfig:
         """`--set NAME=...`, else the environment, else the file's `[vars]` table."""
         return variables.get(name, os.environ.get(name, defaults.get(name)))
     data = substitute(data, lookup, path)
-    return from_dict(data, base=path.parent, source=path)
+    try:
+        return from_dict(data, base=path.parent, source=path)
+    except ConfigValueError as exc:
+        if any(exc.key == k or exc.key.startswith((f"{k}.", f"{k}[")) for k in settings):
+            raise ConfigValueError(exc.key, exc.problem, where="--set ") from None
+        raise
 
 
-def split_overrides(overrides: Sequence[str], path: Path) -> tuple[dict[str, str], dict[str, Any]]:
-    variables: dict[str, str] = {}
-    settings: dict[str, Any] = {}
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        if VARIABLE.fullmatch(key):
-            variables[key] = value
-        else:
-            try:
-                settings[key] = json.loads(value)
-            except json.JSONDecodeError:
-                settings[key] = value
+def split_overrides(overrides: Sequence[str]) -> tuple[dict[str, str], dict[str, Any]]:
+    """(placeholder variables, as given; settings, parsed like every `KEY=VALUE` option)."""
+    pairs = parse_key_values(overrides, option="--set", as_json=False)
+    variables = {k: v for k, v in pairs.items() if VARIABLE.fullmatch(k)}
+    settings = {k: parse_value(v, option=f"--set {k}") for k, v in pairs.items()
+                if k not in variables}
     return variables, settings
 
 
@@ -172,24 +164,28 @@ def substitute(value: Any, lookup: Callable[[str], str | None], path: Path) -> A
 
 
 def from_dict(data: Mapping[str, Any], *, base: Path, source: Path | None = None) -> SweepConfig:
-    """Build a `SweepConfig` from a parsed pipeline file; relative paths are taken from `base`."""
+    """Build a `SweepConfig` from a parsed pipeline file; relative paths are taken from `base`.
+    Every value is type-checked, the `[train]` / `[adapter]` tables against `TrainConfig` /
+    `AdapterConfig`, so a bad value fails here, naming the file and the key, not in each run."""
     where = str(source) if source else "sweep config"
     _no_unknown(data, FILE_KEYS - {"vars"}, where, "")
     for key in ("dataset", "root", "out", "methods", "seeds"):
         if key not in data:
             raise ConfigError(f"{where}: missing key '{key}'")
     teachers = _teachers(data, base, where)
-    students = [_student(s, where) for s in data.get("students", ["single-stream"])]
+    students = [_student(s, i, where) for i, s in enumerate(
+        check_value(list[str | dict[str, Any]], data.get("students", ["single-stream"]),
+                    key="students", where=f"{where}: "))]
     values = {k: v for k, v in data.items() if k not in {"teachers", "cache", "eval_caches",
                                                          "students"}}
+    shots = check_value(list[int | Literal["full"]], data.get("shots", ["full"]), key="shots",
+                        where=f"{where}: ")
+    values = check_values(SweepConfig, {**values, "shots": [_shot(s, where) for s in shots]},
+                          where=f"{where}: ")
     for key in ("root", "out", "regions"):
         if values.get(key) is not None:
             values[key] = resolve(values[key], base)
-    values["shots"] = [_shot(s, where) for s in data.get("shots", ["full"])]
-    try:
-        return SweepConfig(**values, teachers=teachers, students=students, source=where)
-    except TypeError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+    return SweepConfig(**values, teachers=teachers, students=students, source=where)
 
 
 def resolve(value: str, base: Path) -> str:
@@ -209,11 +205,15 @@ def _teachers(data: Mapping[str, Any], base: Path, where: str) -> list[TeacherCa
     if "teachers" in data and ("cache" in data or "eval_caches" in data):
         raise ConfigError(f"{where}: give either 'cache' (+ 'eval_caches') or [[teachers]]")
     entries = data.get("teachers")
+    table = "teachers"
     if entries is None:
         if "cache" not in data:
             return []
         entries = [{"name": "teacher", "cache": data["cache"],
                     "eval_caches": data.get("eval_caches", {})}]
+        table = ""                      # the shorthand: errors name 'cache' / 'eval_caches'
+    entries = check_value(list[str | dict[str, Any]], entries, key="teachers",
+                          where=f"{where}: ")
     out = []
     for i, entry in enumerate(entries):
         if isinstance(entry, str):
@@ -221,6 +221,8 @@ def _teachers(data: Mapping[str, Any], base: Path, where: str) -> list[TeacherCa
         _no_unknown(entry, TEACHER_KEYS, where, "teachers.")
         if "cache" not in entry:
             raise ConfigError(f"{where}: teachers[{i}] needs 'cache'")
+        entry = check_values(TeacherCaches, entry, where=f"{where}: ",
+                             table=f"{table}[{i}]" if table else "")
         evals = {k: resolve(v, base) for k, v in entry.get("eval_caches", {}).items()}
         name = entry.get("name") or Path(entry["cache"]).name
         out.append(TeacherCaches(name, resolve(entry["cache"], base), evals))
@@ -230,19 +232,20 @@ def _teachers(data: Mapping[str, Any], base: Path, where: str) -> list[TeacherCa
     return out
 
 
-def _student(entry: Any, where: str) -> StudentSpec:
+def _student(entry: str | dict[str, Any], i: int, where: str) -> StudentSpec:
     if isinstance(entry, str):
         return StudentSpec(entry)
-    if not isinstance(entry, dict) or "name" not in entry:
+    if "name" not in entry:
         raise ConfigError(f"{where}: a student is a name or a table with 'name'")
     _no_unknown(entry, STUDENT_KEYS, where, "students.")
-    return StudentSpec(entry["name"], dict(entry.get("options", {})), entry.get("label", ""))
+    return StudentSpec(**check_values(StudentSpec, entry, where=f"{where}: ",
+                                      table=f"students[{i}]"))
 
 
-def _shot(value: Any, where: str) -> int | None:
+def _shot(value: int | str, where: str) -> int | None:
     if value == "full":
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if value < 1:
         raise ConfigError(f"{where}: shots are per-category k >= 1 or \"full\", got {value!r}")
     return value
 
@@ -258,9 +261,8 @@ def validate(config: SweepConfig) -> None:
             raise ConfigError(f"{where}: unknown method '{method}' in 'methods'. Available: {valid}")
     if not config.methods or not config.seeds or not config.students:
         raise ConfigError(f"{where}: 'methods', 'seeds' and 'students' must not be empty")
-    if any(isinstance(s, bool) or not isinstance(s, int) for s in config.seeds) \
-            or len(set(config.seeds)) != len(config.seeds):
-        raise ConfigError(f"{where}: 'seeds' must be distinct integers, got {config.seeds}")
+    if len(set(config.seeds)) != len(config.seeds) or min(config.seeds) < 0:
+        raise ConfigError(f"{where}: 'seeds' must be distinct integers >= 0, got {config.seeds}")
     for name in config.eval:
         if name.endswith(SM_SUFFIX) and config.dataset != "vcr":
             raise ConfigError(f"{where}: eval '{name}': shortcut mitigation (SM) is VCR-only")
@@ -278,20 +280,29 @@ def validate(config: SweepConfig) -> None:
 
 
 def _check_tables(config: SweepConfig, where: str) -> None:
+    """`[train]` / `[adapter]`: no key the sweep sets per run, every value type-checked."""
     from madcache.evaluation.adapters import AdapterConfig
     from madcache.train.config import TrainConfig
 
-    for table, cls, owned in (("train", TrainConfig, TRAIN_OWNED),
-                              ("adapter", AdapterConfig, ADAPTER_OWNED)):
+    for table, cls in (("train", TrainConfig), ("adapter", AdapterConfig)):
         values = getattr(config, table)
-        if not isinstance(values, dict):
-            raise ConfigError(f"{where}: '{table}' must be a table")
-        known = {f.name for f in dataclasses.fields(cls)} - set(owned)
+        owned = set(run_settings(config, _probe(config, table)))
         for key in values:
             if key in owned:
                 raise ConfigError(f"{where}: '{table}.{key}' is set by the sweep for each run; "
                                   "use the top-level keys instead")
-        _no_unknown(values, known, where, f"{table}.")
+        _no_unknown(values, {f.name for f in dataclasses.fields(cls)} - owned, where,
+                    f"{table}.")
+        setattr(config, table, check_values(cls, values, where=f"{where}: ", table=table))
+
+
+def _probe(config: SweepConfig, kind: str) -> RunSpec:
+    """A stand-in run of `kind` ("train" or "adapter"), to ask `run_settings` which keys the
+    sweep sets for such runs."""
+    teacher = config.teachers[0] if config.teachers else TeacherCaches("probe", "")
+    method = ADAPTERS[0] if kind == "adapter" else "baseline"
+    return RunSpec(config.dataset, method, config.students[0], teacher, None, 0,
+                   Path(config.out), (), "")
 
 
 # ----------------------------------------------------------------------------- the grid
@@ -395,24 +406,27 @@ def run_state(spec: RunSpec) -> str:
 
 def job_payload(config: SweepConfig, spec: RunSpec) -> dict[str, Any]:
     """What the worker process needs: the run's resolved config and the evals to have."""
+    table = config.adapter if spec.kind == "adapter" else config.train
+    return {"kind": spec.kind, "config": {**table, **run_settings(config, spec)},
+            "evals": list(spec.evals)}
+
+
+def run_settings(config: SweepConfig, spec: RunSpec) -> dict[str, Any]:
+    """The settings the sweep sets for one run (so `[train]` / `[adapter]` may not set them)."""
     split = None if spec.shots is None else str(split_path(config, spec.shots, spec.seed))
     if spec.kind == "adapter":
-        values = {**config.adapter, "dataset": config.dataset, "cache": spec.teacher.cache,
-                  "out": str(spec.run_dir), "method": spec.method, "root": config.root,
-                  "eval_caches": {e: spec.teacher.eval_caches[e] for e in spec.evals},
-                  "split_file": split, "per_category": spec.shots, "seed": spec.seed,
-                  "read_options": config.read_options}
-    else:
-        plain = [e for e in spec.evals if not e.endswith(SM_SUFFIX)]
-        values = {**config.train, "dataset": config.dataset, "root": config.root,
-                  "out": str(spec.run_dir), "method": spec.method,
-                  "cache": spec.teacher.cache if spec.teacher else None,
-                  "regions": config.regions, "split": config.train_split,
-                  "eval_split": plain[0] if plain else None,
-                  "read_options": config.read_options, "student": spec.student.name,
-                  "student_options": spec.student.options, "seed": spec.seed,
-                  "per_category": spec.shots, "split_file": split, "resume": True}
-    return {"kind": spec.kind, "config": values, "evals": list(spec.evals)}
+        return {"dataset": config.dataset, "cache": spec.teacher.cache,
+                "out": str(spec.run_dir), "method": spec.method, "root": config.root,
+                "eval_caches": {e: spec.teacher.eval_caches[e] for e in spec.evals},
+                "split_file": split, "per_category": spec.shots, "seed": spec.seed,
+                "read_options": config.read_options}
+    plain = [e for e in spec.evals if not e.endswith(SM_SUFFIX)]
+    return {"dataset": config.dataset, "root": config.root, "out": str(spec.run_dir),
+            "method": spec.method, "cache": spec.teacher.cache if spec.teacher else None,
+            "regions": config.regions, "split": config.train_split,
+            "eval_split": plain[0] if plain else None, "read_options": config.read_options,
+            "student": spec.student.name, "student_options": spec.student.options,
+            "seed": spec.seed, "per_category": spec.shots, "split_file": split, "resume": True}
 
 
 def execute(payload: Mapping[str, Any]) -> None:

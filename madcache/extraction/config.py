@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
+from madcache.core.config import config_from_dict
 from madcache.core.errors import ConfigError
 
 DTYPES = ("float16", "float32")
@@ -66,6 +67,11 @@ class ExtractConfig:
     answer_top_k: int = 10
     sentence_encoder: Path | None = None
     progress: bool = True
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "ExtractConfig":
+        """Checked values (`madcache.core.config`): a wrong type names the option."""
+        return config_from_dict(cls, values, noun="extract option")
 
     def __post_init__(self) -> None:
         for name in ("root", "out", "checkpoint", "vision_checkpoint", "text_checkpoint",

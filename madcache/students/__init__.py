@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from madcache.core.errors import CheckpointNotFoundError
-from madcache.students.base import STUDENTS, RegionInputs, Student, StudentOutput
+from madcache.students.base import STUDENTS, RegionInputs, Student, StudentOutput, check_student
 from madcache.students.single_stream import single_stream
 
 STUDENTS.register("single-stream", single_stream)
@@ -22,8 +22,11 @@ PATH_OPTIONS = ("tokenizer_dir",)
 
 
 def build_student(name: str, **options: Any) -> Student:
-    """A registered student built from its options (unknown names list the valid ones)."""
-    return STUDENTS.get(name)(**options)
+    """A registered student built from its options (unknown names list the valid ones),
+    checked to implement the whole `Student` protocol (so a gap fails before training)."""
+    student = STUDENTS.get(name)(**options)
+    check_student(student, name)
+    return student
 
 
 def save_student(model, directory: str | Path) -> None:

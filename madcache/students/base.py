@@ -12,11 +12,13 @@ External students (a UNITER / VL-BERT port) implement this protocol: see docs/st
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 import torch
 
 from madcache.data.records import Example
+from madcache.core.errors import ConfigError
 from madcache.core.registry import Registry
 
 
@@ -43,6 +45,7 @@ class StudentOutput:
 
 @runtime_checkable
 class Student(Protocol):
+    name: str                    # its registry name (`student.json` records it)
     hidden_size: int
     task: str                    # "multiple_choice" | "classification" | "multilabel"
 
@@ -56,6 +59,29 @@ class Student(Protocol):
                         generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Adaptive-finetuning stage losses without task labels: {'mlm': .., 'itm': ..}."""
         ...
+
+    def export_options(self, directory: Path) -> dict[str, Any]:
+        """Options that make the factory rebuild this architecture (`save_student`); side files
+        (a tokenizer) go into `directory`."""
+        ...
+
+
+def missing_members(student: object) -> list[str]:
+    """The members of the `Student` protocol that `student` lacks."""
+    members = [*Student.__annotations__,
+               *(n for n, v in vars(Student).items()
+                 if callable(v) and (n == "__call__" or not n.startswith("_")))]
+    return sorted(n for n in members if not hasattr(student, n))
+
+
+def check_student(student: object, name: str) -> None:
+    """Refuse a student that does not implement the whole protocol, before any training step
+    (`save_student` needs `name` and `export_options` at the end of a run)."""
+    missing = missing_members(student)
+    if missing:
+        raise ConfigError(f"student '{name}' ({type(student).__name__}) does not implement the "
+                          f"Student protocol: missing {', '.join(missing)} "
+                          "(madcache/students/base.py, docs/students.md)")
 
 
 StudentFactory = Callable[..., Student]

@@ -23,15 +23,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from madcache.core.config import config_from_dict
+from madcache.core.config import check_ranges, config_from_dict, setting
 from madcache.data.records import Example
 from madcache.data.vqa import read_answer_vocab
 from madcache.core.errors import CheckpointNotFoundError, ConfigError
@@ -39,7 +39,6 @@ from madcache.students.base import RegionInputs, StudentOutput
 from madcache.students.regions import GEOMETRY_DIM, box_geometry
 from madcache.students.region_extractors import BOXCROP_DIM
 
-TASKS = ("multiple_choice", "classification", "multilabel")
 TOKENIZER_SUBDIR = "tokenizer"
 
 
@@ -52,24 +51,28 @@ class SingleStreamConfig:
     `bert_config` is internal: `save_student` stores the resolved encoder config there.
     """
 
-    task: str = "multiple_choice"
-    num_classes: int = 3
-    answers: list[str] = field(default_factory=list)
-    answer_vocab: str | None = None
-    region_dim: int = BOXCROP_DIM
-    hidden_size: int = 128
-    num_layers: int = 2
-    num_heads: int = 4
-    intermediate_size: int = 512
-    dropout: float = 0.1
-    max_length: int = 128
-    tokenizer_dir: str | None = None
-    init_text_from: str | None = None
-    bert_config: dict[str, Any] | None = None
+    task: Literal["multiple_choice", "classification", "multilabel"] = setting(
+        "multiple_choice", help="classification for SNLI-VE, multilabel for VQA.")
+    num_classes: int = setting(3, minimum=2, help="Classes of the classification task.")
+    answers: list[str] = setting(factory=list, help="VQA: the answer vocabulary.")
+    answer_vocab: str | None = setting(None, help="VQA: a file with the answer vocabulary "
+                                                  "(.txt one per line, or a .json list).")
+    region_dim: int = setting(BOXCROP_DIM, minimum=1, help="Region feature width.")
+    hidden_size: int = setting(128, minimum=1, help="Random-init encoder width.")
+    num_layers: int = setting(2, minimum=1, help="Random-init encoder layers.")
+    num_heads: int = setting(4, minimum=1, help="Random-init encoder attention heads.")
+    intermediate_size: int = setting(512, minimum=1, help="Random-init encoder MLP width.")
+    dropout: float = setting(0.1, minimum=0, below=1, help="Hidden and attention dropout.")
+    max_length: int = setting(128, minimum=3, help="Text tokens per sequence, specials "
+                                                   "included.")
+    tokenizer_dir: str | None = setting(None, help="Local tokenizer directory.")
+    init_text_from: str | None = setting(None, help="Local BERT-family directory the encoder "
+                                                    "starts from.")
+    bert_config: dict[str, Any] | None = setting(None, help="Internal: the resolved encoder "
+                                                            "config (save_student).")
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ConfigError(f"single-stream: unknown task {self.task!r}; valid: {', '.join(TASKS)}")
+        check_ranges(self)
         if self.answer_vocab is not None and not self.answers:
             self.answers = read_answer_vocab(self.answer_vocab)
             self.answer_vocab = None
@@ -77,8 +80,10 @@ class SingleStreamConfig:
             raise ConfigError("single-stream task=multilabel (VQA) needs the answer vocabulary: "
                               "answer_vocab=FILE (.txt one per line, or a .json list), the same "
                               "vocabulary as the cache's (manifest extra.answer_vocab)")
-        if self.max_length < 3:
-            raise ConfigError(f"single-stream: max_length must be >= 3, got {self.max_length}")
+        sized_here = self.bert_config is None and self.init_text_from is None
+        if sized_here and self.hidden_size % self.num_heads:
+            raise ConfigError(f"single-stream: hidden_size ({self.hidden_size}) must be a "
+                              f"multiple of num_heads ({self.num_heads})")
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> "SingleStreamConfig":

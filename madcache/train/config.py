@@ -4,57 +4,74 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from madcache.core.config import config_from_dict
+from madcache.core.config import check_ranges, config_from_dict, setting
 from madcache.core.errors import ConfigError
 from madcache.method.methods import get_method
 
 
 @dataclass
 class TrainConfig:
-    """Everything a training run depends on. CLI flags and TOML files only supply values."""
+    """Everything a training run depends on. TOML files, `--set` and the `madcache train` flags
+    (generated from these fields: name, type, help, range) only supply values."""
 
-    dataset: str
-    root: str
-    out: str
-    method: str = "baseline"
-    cache: str | None = None              # teacher-target cache (optional for baseline)
-    regions: str | None = None            # region feature store of the training split
-    eval_regions: str | None = None       # ... of the eval split (None: `regions`)
-    split: str = "train"                  # the training split
-    eval_split: str | None = "val"
-    read_options: dict[str, Any] = field(default_factory=dict)
-    student: str = "single-stream"
-    student_options: dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
-    per_category: int | None = None       # low-shot: K examples per category (with seed)
-    split_file: str | None = None         # low-shot: a saved split (overrides per_category)
-    epochs: int = 1
-    max_steps: int | None = None          # task-stage steps (overrides epochs)
-    batch_size: int = 16
-    lr: float = 6e-5
-    weight_decay: float = 0.01
-    warmup: float = 0.1                   # fraction of a stage's steps spent warming up
-    w: float = 0.05                       # MD weight
-    m: int = 2                            # TS: words per text
-    w_prime: float | None = None          # MAD weight; None -> w (2 + m) / 2
-    teacher_logits: str | None = None     # CW logits name; None -> the cache's default
-    af_epochs: int = 0                    # adaptive finetuning epochs (stage 1)
-    eval_every: int = 0                   # task steps between validations (0: at the end only)
-    checkpoint_every: int = 0             # steps between checkpoints (0: at the end only)
-    chunk_size: int = 4096                # full-data runs: examples loaded per chunk
-    resume: bool = False
-    device: str = "cpu"
+    dataset: str = setting(help="A registered dataset (vcr, snli-ve, vqa, ...).")
+    root: str = setting(help="Dataset root (its original files).")
+    out: str = setting(help="Run directory, e.g. runs/NAME.")
+    method: str = setting("baseline", help="Training method: baseline, md, mad or an ablation "
+                                           "(docs/method.md).")
+    cache: str | None = setting(None, help="Teacher-target cache (not needed for baseline).")
+    regions: str | None = setting(None, help="Region feature store of the training split.")
+    eval_regions: str | None = setting(None, help="Region feature store of the eval split "
+                                                  "(default: regions).")
+    split: str = setting("train", help="Training split.")
+    eval_split: str | None = setting("val", help="Validation split.")
+    read_options: dict[str, Any] = setting(factory=dict, flag="read-option",
+                                           help="A dataset reader option (repeatable).")
+    student: str = setting("single-stream", help="Registered student.")
+    student_options: dict[str, Any] = setting(factory=dict, flag="student-option",
+                                              help="A student option (repeatable; "
+                                                   "docs/students.md).")
+    seed: int = setting(0, minimum=0, help="Seed of the low-shot sample, the initialisation "
+                                           "and the data order.")
+    per_category: int | None = setting(None, minimum=1, help="Low-shot: K examples per "
+                                                             "category (sampled with seed).")
+    split_file: str | None = setting(None, existing_file=True,
+                                     help="A saved low-shot split (overrides per_category).")
+    epochs: int = setting(1, minimum=1, help="Task-stage epochs.")
+    max_steps: int | None = setting(None, minimum=1, help="Task-stage steps (overrides epochs).")
+    batch_size: int = setting(16, minimum=1, help="Examples per step.")
+    lr: float = setting(6e-5, above=0, help="Peak learning rate (AdamW).")
+    weight_decay: float = setting(0.01, minimum=0, help="AdamW weight decay (not on biases and "
+                                                        "norms).")
+    warmup: float = setting(0.1, minimum=0, below=1, help="Fraction of a stage's steps spent "
+                                                          "warming up.")
+    w: float = setting(0.05, minimum=0, help="MD weight w.")
+    m: int = setting(2, minimum=0, help="Words selected per text (TS).")
+    w_prime: float | None = setting(None, minimum=0, help="MAD weight w' (default: "
+                                                          "w (2 + m) / 2).")
+    teacher_logits: str | None = setting(None, help="Cached logits used for CW (default: the "
+                                                    "cache's).")
+    af_epochs: int = setting(0, minimum=0, help="Adaptive finetuning epochs before the task "
+                                                "stage.")
+    eval_every: int = setting(0, minimum=0, help="Task steps between validations (0: at the "
+                                                 "end only).")
+    checkpoint_every: int = setting(0, minimum=0, help="Steps between checkpoints (0: at the "
+                                                       "end only).")
+    chunk_size: int = setting(4096, minimum=1, help="Full-data runs: examples loaded per "
+                                                    "chunk.")
+    resume: bool = setting(False, help="Continue from the last checkpoint.")
+    device: str = setting("cpu", help="Torch device: cpu, cuda or cuda:N.")
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.m < 0 or self.epochs < 0 or self.af_epochs < 0:
-            raise ConfigError("batch_size must be >= 1 and m, epochs, af_epochs >= 0")
-        if not 0.0 <= self.warmup < 1.0:
-            raise ConfigError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}")
-        get_method(self.method)  # unknown names list the valid ones
+        check_ranges(self)
+        method = get_method(self.method)  # unknown names list the valid ones
+        if method.words and self.m < 1:
+            raise ConfigError(f"m: method '{self.method}' selects m words per text; m must be "
+                              f">= 1, got {self.m}")
 
     @property
     def resolved_w_prime(self) -> float:
@@ -62,15 +79,22 @@ class TrainConfig:
         return self.w * (2 + self.m) / 2 if self.w_prime is None else self.w_prime
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
-        return config_from_dict(cls, values, noun="training config key")
+    def from_dict(cls, values: Mapping[str, Any], *, where: str = "",
+                  table: str = "train") -> "TrainConfig":
+        """Checked values (`madcache.core.config`); errors name `table.key` after `where`."""
+        return config_from_dict(cls, values, noun="training config key", where=where,
+                                table=table)
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
         """Values from a TOML file (a `[train]` table or the top level), then `overrides`."""
-        data = tomllib.loads(Path(path).read_text())
-        data = data.get("train", data)
-        return cls.from_dict({**data, **overrides})
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+        table = "train" if isinstance(data.get("train"), dict) else ""
+        values = {**(data["train"] if table else data), **overrides}
+        return cls.from_dict(values, where=f"{path}: ", table=table)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

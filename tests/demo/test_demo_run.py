@@ -10,6 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
+
+from madcache.cli import cli
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["--size", "small", "--teacher-steps", "5", "--jobs", "1", "--quiet",
@@ -50,6 +53,20 @@ def test_the_installed_package_is_the_wheel_and_ships_the_demo_pipeline(installe
     location, shipped = done.stdout.split()
     assert Path(location).is_relative_to(Path(installed["PYTHONPATH"])) and shipped == "True"
     assert madcache(["demo", "run", "--help"], installed, tmp_path).returncode == 0
+
+
+def test_bad_settings_fail_before_the_first_stage(tmp_path):
+    from madcache.core.errors import ConfigError
+    from madcache.demo.run import DemoConfig
+
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(cli, ["demo", "run", "--out", str(out), "--set", "train.lr=fast"])
+    assert result.exit_code == 2 and not out.exists()
+    assert result.output.endswith("Error: --set train.lr: expected a number, got 'fast'\n")
+    with pytest.raises(ConfigError, match="^jobs: must be >= 1, got 0$"):
+        DemoConfig.from_dict({"jobs": 0})
+    with pytest.raises(ConfigError, match="^overrides: expected a list, got 'seeds=\\[0\\]'$"):
+        DemoConfig.from_dict({"overrides": "seeds=[0]"})
 
 
 @pytest.mark.slow

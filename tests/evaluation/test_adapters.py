@@ -140,6 +140,17 @@ def test_config_rejects_unknown_keys_and_adapters():
         AdapterConfig(dataset="vcr", cache="c", out="o", method="adapter-huge")
 
 
+def test_config_values_are_type_checked_naming_the_key():
+    values = {"dataset": "vcr", "cache": "c", "out": "o"}
+    with pytest.raises(ConfigError, match="^adapter.epochs: expected an integer, got '3'$"):
+        AdapterConfig.from_dict({**values, "epochs": "3"})
+    with pytest.raises(ConfigError, match="^adapter.normalize: expected true or false, got 'no'$"):
+        AdapterConfig.from_dict({**values, "normalize": "no"})
+    with pytest.raises(ConfigError, match="^adapter.lr: must be > 0, got 0"):
+        AdapterConfig.from_dict({**values, "lr": 0})
+    assert AdapterConfig.from_dict({**values, "lr": 1}).lr == 1.0
+
+
 def test_train_command_runs_an_adapter_method(tmp_path, vcr_caches):
     from click.testing import CliRunner
 

@@ -208,6 +208,47 @@ def test_unknown_keys_raise_naming_key_and_file(tmp_path):
         load_sweep(write(tmp_path, PIPELINE.replace('"vcr"', '"snli-ve"')))
 
 
+def test_bad_values_are_refused_at_load_naming_file_and_key(tmp_path):
+    """[train] / [adapter] values are checked against TrainConfig / AdapterConfig when the sweep
+    loads, not inside each run."""
+    for old, new, message in [
+            ("epochs = 3", 'lr = "fast"', "p.toml: train.lr: expected a number, got 'fast'"),
+            ("epochs = 3", 'resume_every = 2', "p.toml: unknown key 'train.resume_every'"),
+            ("epochs = 3", "batch_size = 0", "p.toml: train.batch_size: must be >= 1, got 0"),
+            ("epochs = 3", "epochs = 3\n[adapter]\nepochs = \"3\"",
+             "p.toml: adapter.epochs: expected an integer, got '3'"),
+            ("seeds = [0, 1, 2, 3]", "seeds = 0", "p.toml: seeds: expected a list, got 0"),
+            ("[2, 8]", "8", "p.toml: shots: expected a list, got 8"),
+            ('eval = ["val", "val_sm"]', 'eval = "val"',
+             "p.toml: eval: expected a list, got 'val'"),
+            ("eval = [", 'zero_shot = "yes"\neval = [',
+             "p.toml: zero_shot: expected true or false, got 'yes'"),
+            ('{ val = "caches/val" }', "{ val = 3 }", "p.toml: eval_caches.val: expected a string"),
+            ("eval = [", 'students = [{ name = "single-stream", options = 3 }]\neval = [',
+             r"p.toml: students\[0\].options: expected a table, got 3")]:
+        with pytest.raises(ConfigError, match=message):
+            load_sweep(write(tmp_path, PIPELINE.replace(old, new, 1)))
+
+
+def test_bad_set_values_name_the_option(tmp_path):
+    path = write(tmp_path)
+    with pytest.raises(ConfigError, match=r"^--set train.lr: expected a number, got 'fast'$"):
+        load_sweep(path, ["train.lr=fast"])
+    with pytest.raises(ConfigError, match=r"^--set seeds\[1\]: expected an integer, got 'a'$"):
+        load_sweep(path, ['seeds=[0, "a"]'])
+    with pytest.raises(ConfigError, match=r"^--set seeds=\[0,1: not valid JSON"):
+        load_sweep(path, ["seeds=[0,1"])
+    with pytest.raises(ConfigError, match=r"^--set: expected KEY=VALUE, got 'seeds'$"):
+        load_sweep(path, ["seeds"])
+    from click.testing import CliRunner
+
+    from madcache.cli import cli
+
+    result = CliRunner().invoke(cli, ["sweep", str(path), "--dry-run", "--set", "train.lr=fast"])
+    assert result.exit_code == 2
+    assert result.output == "Error: --set train.lr: expected a number, got 'fast'\n"
+
+
 def test_placeholders_and_overrides(tmp_path, monkeypatch):
     text = PIPELINE.replace('[vars]\nROOT = "world"\n', "")
     with pytest.raises(ConfigError, match=r"\$\{ROOT\} is not set: pass --set ROOT=VALUE"):

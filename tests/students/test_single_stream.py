@@ -20,6 +20,21 @@ def test_registry_and_protocol(student):
         build_student("single-stream", hiden_size=8)
 
 
+@pytest.mark.parametrize("options, message", [
+    ({"hidden_size": "big"}, "single-stream: hidden_size: expected an integer, got 'big'"),
+    ({"task": "ranking"}, "single-stream: task: expected one of 'multiple_choice', "
+                          "'classification', 'multilabel', got 'ranking'"),
+    ({"answers": "yes"}, "single-stream: answers: expected a list, got 'yes'"),
+    ({"num_layers": 0}, "single-stream: num_layers: must be >= 1, got 0"),
+    ({"dropout": 1.0}, "single-stream: dropout: must be < 1, got 1.0"),
+    ({"hidden_size": 30, "num_heads": 4}, "single-stream: hidden_size \\(30\\) must be a multiple "
+                                          "of num_heads \\(4\\)"),
+])
+def test_options_are_type_checked_before_anything_is_built(options, message):
+    with pytest.raises(ConfigError, match=f"^{message}$"):
+        build_student("single-stream", **options)
+
+
 def test_multiple_choice_shapes(student, make):
     examples = [make.vcr(0), make.vcr(1), make.vcr(2)]
     out = student(student.prepare(examples, make.regions((3, 5, 2))))
