@@ -107,7 +107,6 @@ def test_no_import_cycles():
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
 
 
-@pytest.mark.xfail(strict=True, reason="the dataset spec (issue 9) is being built")
 def test_no_dataset_branches_outside_the_data_package():
     pattern = re.compile(r"""dataset\s*(==|!=|in)\s*\(?["']""")
     found = [f"{p.relative_to(PACKAGE.parent)}:{i}" for p in PACKAGE.rglob("*.py")

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from madcache.evaluation.adapters import ADAPTER_STUDENT, ADAPTERS, is_adapter
-from madcache.core.errors import ConfigError
+from madcache.core.errors import ConfigError, MadcacheError
+from madcache.data import DATASETS
 
 SM_SUFFIX = "_sm"
 SPLITS_DIR = "splits"
@@ -262,8 +263,11 @@ def validate(config: SweepConfig) -> None:
             or len(set(config.seeds)) != len(config.seeds):
         raise ConfigError(f"{where}: 'seeds' must be distinct integers, got {config.seeds}")
     for name in config.eval:
-        if name.endswith(SM_SUFFIX) and config.dataset != "vcr":
-            raise ConfigError(f"{where}: eval '{name}': shortcut mitigation (SM) is VCR-only")
+        if name.endswith(SM_SUFFIX):
+            try:
+                DATASETS.get(config.dataset).check_sm()
+            except MadcacheError as exc:
+                raise ConfigError(f"{where}: eval '{name}': {exc}") from None
     _check_tables(config, where)
     needs_cache = [m for m in config.methods if is_adapter(m) or METHODS.get(m).distils]
     if needs_cache and not config.teachers:

@@ -32,6 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from madcache.core.config import config_from_dict
+from madcache.data.base import TASKS
 from madcache.data.records import Example
 from madcache.data.vqa import read_answer_vocab
 from madcache.core.errors import CheckpointNotFoundError, ConfigError
@@ -39,7 +40,6 @@ from madcache.students.base import RegionInputs, StudentOutput
 from madcache.students.regions import GEOMETRY_DIM, box_geometry
 from madcache.students.region_extractors import BOXCROP_DIM
 
-TASKS = ("multiple_choice", "classification", "multilabel")
 TOKENIZER_SUBDIR = "tokenizer"
 
 
