@@ -33,7 +33,8 @@ def dataset_examples(dataset: str, root: str | Path, split: str | None, ids: Seq
 
     if split is None:
         raise ConfigError("the cache's manifest does not name its split")
-    by_id = {ex.id: ex for ex in read_examples(dataset, root, split, **dict(options or {})).examples}
+    read = read_examples(dataset, root, split, **dict(options or {}))
+    by_id = {ex.id: ex for ex in read.examples}
     missing = [i for i in ids if i not in by_id]
     if missing:
         raise ConfigError(f"{len(missing)} cached examples (e.g. {missing[0]!r}) are not in "

@@ -155,7 +155,8 @@ def test_a_dataset_registered_outside_the_package_runs_every_stage(toy):
     targets = val.load_targets(val.example_ids())
     labels = {ex.id: ex.label for ex in DATASETS.get(NAME).read(toy / "world", "val").examples}
     for prompt in ("iqa", "ia"):
-        right = np.asarray(targets.logits[prompt]).argmax(1) == [labels[i] for i in targets.example_ids]
+        gold = [labels[i] for i in targets.example_ids]
+        right = np.asarray(targets.logits[prompt]).argmax(1) == gold
         assert zero_shot["protocols"][prompt]["overall"] == {
             "accuracy": pytest.approx(100 * right.mean()), "n": 6}
         assert set(zero_shot["protocols"][prompt]["by_category"]) == set(SHAPES)

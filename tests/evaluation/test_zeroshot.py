@@ -11,8 +11,8 @@ import pytest
 from madcache.core.errors import ConfigError, UnknownNameError
 from madcache.data import DATASETS, Example
 from madcache.data.metrics import score_accuracy, score_vcr, score_vqa
-from madcache.evaluation.zeroshot import (ZERO_SHOT, logits_zero_shot, run_zero_shot,
-                                          vqa_predictions, vqa_zero_shot, zero_shot_markdown)
+from madcache.evaluation.zeroshot import (logits_zero_shot, run_zero_shot, vqa_predictions,
+                                          vqa_zero_shot, zero_shot_markdown)
 
 CHANCE = {name: DATASETS.get(name).chance for name in ("vcr", "snli-ve")}
 
