@@ -30,6 +30,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from madcache.cache.manifest import cache_digest
+from madcache.cache.targets import Targets
 from madcache.core.errors import ConfigError
 from madcache.core.io import write_json
 from madcache.core.registry import Registry
@@ -100,7 +101,7 @@ class CachedSplit:
 
     dataset: Dataset
     examples: list[Example]
-    targets: Any
+    targets: Targets
     manifest: Mapping[str, Any]
     root: Path | None = None
 
