@@ -10,16 +10,15 @@ from typing import Any
 
 import click
 
+from madcache.commands.options import NameChoice, dataset_names
 from madcache.core.config import parse_key_values
 from madcache.data.records import ReadResult
-
-DATASET_NAMES = ("vcr", "snli-ve", "vqa")
 
 
 def read_options(func):
     """The options every `data` command that reads a split takes."""
     decorators = [
-        click.option("--dataset", required=True, type=click.Choice(DATASET_NAMES)),
+        click.option("--dataset", required=True, type=NameChoice(dataset_names)),
         click.option("--root", required=True, type=click.Path(file_okay=False, path_type=Path),
                      help="The dataset's root folder."),
         click.option("--split", required=True,
@@ -123,9 +122,9 @@ def lowshot(dataset: str, root: Path, split: str, skip_bad: bool, options: tuple
 def sm(root: Path, split: str, annotations: Path | None, out: Path, skip_bad: bool) -> None:
     """Write the shortcut-mitigated version of a VCR split (Ye & Kovashka 2021)."""
     from madcache.data.sm import shortcut_mitigate_file
-    from madcache.data.vcr import VcrDataset
+    from madcache.data.vcr import VcrReader
 
-    source = VcrDataset().annotation_file(root, split, None if annotations is None
+    source = VcrReader().annotation_file(root, split, None if annotations is None
                                           else str(annotations))
     name = Path(split).name if split.endswith(".jsonl") else f"{split}.jsonl"
     report = shortcut_mitigate_file(source, out / name, skip_bad=skip_bad)

@@ -9,11 +9,18 @@ from typing import Any
 import click
 
 from madcache.cli import UserError
+from madcache.commands.options import NameChoice, dataset_names
 from madcache.core.config import parse_key_values
 from madcache.core.errors import FingerprintMismatchError
 
 _path = click.Path(path_type=Path)
 _existing = click.Path(path_type=Path, exists=True)
+
+
+def protocol_names() -> list[str]:
+    from madcache.extraction.protocols import PROTOCOLS
+
+    return PROTOCOLS.names()
 
 
 @click.command("extract")
@@ -26,10 +33,10 @@ _existing = click.Path(path_type=Path, exists=True)
 @click.option("--relevance-model", help="Joint-space (CLIP) model for word relevance and logits; "
                                         "default: the CLIP teacher when one is used.")
 @click.option("--relevance-checkpoint", type=_existing)
-@click.option("--dataset", required=True, help="A registered dataset: vcr, snli-ve, vqa.")
-@click.option("--protocol", type=click.Choice(["vcr", "snli-ve", "vqa"]),
-              help="Teacher-logit protocol for a dataset registered under another name "
-                   "[default: the dataset's].")
+@click.option("--dataset", required=True, type=NameChoice(dataset_names),
+              help="A registered dataset.")
+@click.option("--protocol", type=NameChoice(protocol_names),
+              help="Teacher-logit protocol [default: the dataset spec's `teacher_logits`].")
 @click.option("--root", required=True, type=_existing, help="Dataset root (original files).")
 @click.option("--split", required=True)
 @click.option("--out", type=_path, help="Cache path [default: cache/<dataset>/<split>/<teachers>].")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import types
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, TypeVar, Union, get_args, get_origin
+from typing import Any, Callable, Iterable, Literal, Mapping, TypeVar, Union, get_args, get_origin
 
 import click
 
@@ -87,3 +87,23 @@ def flag_help(field: dataclasses.Field, *, extra: str = "") -> str:
         return text
     shown = str(default).lower() if isinstance(default, bool) else default
     return f"{text} [default: {shown}]"
+
+
+class NameChoice(click.Choice):
+    """A `click.Choice` over a registry's names, read when a command parses its arguments rather
+    than when it is imported: a dataset registered after import is a valid choice, and
+    `madcache --help` imports no registry."""
+
+    def __init__(self, names: Callable[[], Iterable[str]]) -> None:
+        self._names = names
+        self.case_sensitive = True
+
+    @property
+    def choices(self) -> tuple[str, ...]:  # type: ignore[override]
+        return tuple(self._names())
+
+
+def dataset_names() -> list[str]:
+    from madcache.data import DATASETS
+
+    return DATASETS.names()

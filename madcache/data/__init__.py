@@ -1,6 +1,7 @@
 """Dataset layer: readers of the original VCR / SNLI-VE / VQA v2 files, splits, SM, demo world.
 
-Adding a dataset = one module with a `Dataset` and one `DATASETS.register` line below.
+Each dataset's facts are in its `Dataset` spec below (`madcache/data/base.py` says what each
+field decides). Adding a dataset = one reader module and one `DATASETS.register` line.
 """
 
 from __future__ import annotations
@@ -8,15 +9,32 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from madcache.data.base import DATASETS, Dataset
+from madcache.data import lowshot, metrics
+from madcache.data.base import CLASSIFICATION, DATASETS, MULTILABEL, MULTIPLE_CHOICE, Dataset
+from madcache.data.categories import VCR_CATEGORIES, VQA_CATEGORIES
 from madcache.data.records import BadRecord, Example, ReadResult, Text, Word
-from madcache.data.snli_ve import SnliVeDataset
-from madcache.data.vcr import VcrDataset
-from madcache.data.vqa import VqaDataset
+from madcache.data.snli_ve import LABELS as SNLI_VE_LABELS
+from madcache.data.snli_ve import SnliVeReader
+from madcache.data.vcr import VcrReader
+from madcache.data.vqa import VqaReader
 
-DATASETS.register("vcr", VcrDataset())
-DATASETS.register("snli-ve", SnliVeDataset())
-DATASETS.register("vqa", VqaDataset())
+# The built-in readers check that images exist when extraction reads a split.
+CHECK_FILES = {"check_files": True}
+
+DATASETS.register("vcr", Dataset(
+    name="vcr", reader=VcrReader(), task=MULTIPLE_CHOICE, score=metrics.score_vcr,
+    sample=lowshot.sample_groups, categories=VCR_CATEGORIES,
+    chance={"q2a": 25.0, "qa2r": 25.0, "q2ar": 6.25},
+    teacher_logits="vcr", zero_shot="logits", sm=True, extraction_options=CHECK_FILES))
+DATASETS.register("snli-ve", Dataset(
+    name="snli-ve", reader=SnliVeReader(), task=CLASSIFICATION, score=metrics.score_accuracy,
+    sample=lowshot.sample_snli_ve, categories=SNLI_VE_LABELS, label_names=SNLI_VE_LABELS,
+    chance={"accuracy": 100.0 / len(SNLI_VE_LABELS)},
+    teacher_logits="snli-ve", zero_shot="logits", extraction_options=CHECK_FILES))
+DATASETS.register("vqa", Dataset(
+    name="vqa", reader=VqaReader(), task=MULTILABEL, score=metrics.score_vqa,
+    sample=lowshot.sample_vqa, categories=VQA_CATEGORIES,
+    teacher_logits="vqa", zero_shot="answer-candidates", extraction_options=CHECK_FILES))
 
 
 def read_examples(dataset: str, root: str | Path, split: str, *, skip_bad: bool = False,

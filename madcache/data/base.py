@@ -1,25 +1,46 @@
-"""What a dataset must provide, and the dataset registry."""
+"""The Dataset spec: every fact the rest of the code needs about one dataset, and the registry.
+
+A dataset is a reader of its original files plus the facts the later stages look up instead of
+branching on the dataset's name: the task type, how predictions are scored, chance levels, the
+low-shot sampler, the teacher-logit and zero-shot protocols, SM support. Data comes first in the
+flow, so a spec names the later stages' protocols by string; each stage keeps its own small table
+of them (`madcache.extraction.protocols.PROTOCOLS`, `madcache.evaluation.zeroshot.ZERO_SHOT`)
+and an unknown name is an error there that lists the valid ones.
+
+Adding a dataset = one reader module and one `DATASETS.register("name", Dataset(...))` line
+(docs/architecture.md, "Adding things", has a worked example).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
-from madcache.data.records import ReadResult
+from madcache.core.errors import ConfigError
 from madcache.core.registry import Registry
+from madcache.data.records import Example, ReadResult
+
+MULTIPLE_CHOICE = "multiple_choice"   # one score per text of the example (VCR: 4 choices)
+CLASSIFICATION = "classification"     # one of `label_names` (SNLI-VE: 3 classes)
+MULTILABEL = "multilabel"             # soft scores over an answer vocabulary (VQA)
+TASKS = (MULTIPLE_CHOICE, CLASSIFICATION, MULTILABEL)
+
+# Scores predictions over examples -> {metric: percent, ..., "n": count}
+# (`madcache.data.metrics`). A prediction is a choice or class index; for a multilabel dataset,
+# the predicted answer string.
+Scorer = Callable[[Sequence[Example], Sequence[Any]], dict[str, float]]
+# `sample(examples, *, k, seed) -> madcache.data.lowshot.Split`: k units per category.
+Sampler = Callable[..., Any]
 
 
 @runtime_checkable
-class Dataset(Protocol):
+class Reader(Protocol):
     """A reader of one dataset's original files.
 
     `read` options (e.g. VCR's `modes` and `renderer`) must be JSON-serialisable: they decide the
     texts a teacher sees, so they are part of a cache's fingerprint.
     """
-
-    name: str
-    categories: tuple[str, ...]
-    label_names: tuple[str, ...] | None
 
     def annotation_files(self, root: Path, split: str, **options: Any) -> list[Path]:
         """The files whose bytes define this split (hashed into cache fingerprints); the same
@@ -29,6 +50,63 @@ class Dataset(Protocol):
     def read(self, root: Path, split: str, *, skip_bad: bool = False,
              **options: Any) -> ReadResult:
         ...
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One dataset: its reader and every fact the later stages need about it.
+
+    - `task`: what a student's head predicts, one of `TASKS` (also the adapters' output layout).
+    - `score`: the metrics of predictions (`Scorer`), the one scoring of students, adapters and
+      zero-shot teachers.
+    - `sample`: the low-shot sampler (`madcache.data.lowshot`).
+    - `categories`: the categories low-shot splits draw from and reports break results down by;
+      `label_names`: the class names (required for a classification dataset: their count is
+      the number of classes).
+    - `chance`: the chance level of each metric, shown beside zero-shot results.
+    - `teacher_logits`: the extraction protocol that scores its texts with a joint-space teacher
+      (a name in `madcache.extraction.protocols.PROTOCOLS`; `"none"`: no teacher logits).
+    - `zero_shot`: how the teacher alone is evaluated from a cache (a name in
+      `madcache.evaluation.zeroshot.ZERO_SHOT`; None: no zero-shot evaluation).
+    - `sm`: a shortcut-mitigated version of its splits exists (`madcache.data.sm`).
+    - `extraction_options`: reader options extraction adds (overridden by the user's), e.g.
+      `check_files` so a missing image is a bad record at read time.
+    """
+
+    name: str
+    reader: Reader
+    task: str
+    score: Scorer
+    sample: Sampler
+    categories: tuple[str, ...]
+    label_names: tuple[str, ...] | None = None
+    chance: Mapping[str, float] = field(default_factory=dict)
+    teacher_logits: str = "none"
+    zero_shot: str | None = None
+    sm: bool = False
+    extraction_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ConfigError(f"dataset '{self.name}': unknown task {self.task!r}; valid: "
+                              f"{', '.join(TASKS)}")
+        if self.task == CLASSIFICATION and not self.label_names:
+            raise ConfigError(f"dataset '{self.name}': a classification dataset needs "
+                              "label_names (one per class)")
+
+    def read(self, root: Path, split: str, *, skip_bad: bool = False,
+             **options: Any) -> ReadResult:
+        return self.reader.read(Path(root), split, skip_bad=skip_bad, **options)
+
+    def annotation_files(self, root: Path, split: str, **options: Any) -> list[Path]:
+        return self.reader.annotation_files(Path(root), split, **options)
+
+    def check_sm(self) -> None:
+        """Refuse shortcut mitigation for a dataset that has no SM version."""
+        if not self.sm:
+            raise ConfigError(f"shortcut mitigation (SM) is not defined for dataset "
+                              f"'{self.name}' (datasets with SM: "
+                              f"{', '.join(n for n in DATASETS if DATASETS.get(n).sm) or 'none'})")
 
 
 DATASETS: Registry[Dataset] = Registry("dataset")

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from madcache.data.base import DATASETS
 from madcache.data.records import Example
 from madcache.core.errors import ConfigError, DataError, DataFileNotFoundError
 
@@ -155,13 +156,8 @@ def sample_vqa(examples: Sequence[Example], *, k: int, seed: int,
                   questions_per_image=per_image)
 
 
-SAMPLERS: dict[str, Callable[..., Split]] = {"vcr": sample_vcr, "snli-ve": sample_snli_ve,
-                                             "vqa": sample_vqa}
-
-
 def sample_per_category(examples: Sequence[Example], *, k: int, seed: int) -> Split:
-    """The dataset's own sampler (chosen by `examples[0].dataset`; other datasets, e.g. the
-    demo world, are sampled by group like VCR)."""
+    """The dataset's own sampler: the `sample` of the spec named by `examples[0].dataset`."""
     if not examples:
         raise ConfigError("cannot sample a low-shot split from no examples")
-    return SAMPLERS.get(examples[0].dataset, sample_groups)(examples, k=k, seed=seed)
+    return DATASETS.get(examples[0].dataset).sample(examples, k=k, seed=seed)

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Sequence
 
+from madcache.data.base import DATASETS, MULTILABEL
+from madcache.data.records import Example
+
 COUNT = "n"
 
 
@@ -73,17 +76,35 @@ def _put(out: dict[str, float], name: str, flags: Iterable[bool]) -> None:
         out[name] = 100.0 * sum(flags) / len(flags)
 
 
-def score_logits(dataset: str, examples: Sequence[Any], logits: Any,
+# ----------------------------------------------------------------------------- scorers
+# What a `Dataset` spec's `score` names: metrics of predictions over examples (a prediction is a
+# choice or class index; for a multilabel dataset, the predicted answer string).
+
+def score_vcr(examples: Sequence[Example], predictions: Sequence[Any]) -> dict[str, float]:
+    """Q2A / QA2R / Q2AR (`vcr_scores`), examples joined into questions by `group`."""
+    return vcr_scores([ex.id for ex in examples], [ex.label for ex in examples],
+                      [ex.group for ex in examples], predictions)
+
+
+def score_accuracy(examples: Sequence[Example], predictions: Sequence[Any]) -> dict[str, float]:
+    """Accuracy over the labelled examples (`accuracy_scores`)."""
+    return accuracy_scores([ex.label for ex in examples], predictions)
+
+
+def score_vqa(examples: Sequence[Example], predictions: Sequence[Any]) -> dict[str, float]:
+    """VQA accuracy of predicted answer strings against each example's human `answers`."""
+    return vqa_scores(predictions, [ex.answers for ex in examples])
+
+
+def score_logits(dataset: str, examples: Sequence[Example], logits: Any,
                  answers: Sequence[str] | None = None) -> dict[str, float]:
-    """Metrics of `dataset` from a model's logits [N, K] over `examples`: the arg-max is the
-    prediction (VQA: an index into `answers`, the model's answer vocabulary)."""
+    """Metrics of `dataset` (its spec's `score`) from a model's logits [N, K] over `examples`:
+    the arg-max is the prediction (a multilabel dataset: an index into `answers`, the model's
+    answer vocabulary)."""
+    spec = DATASETS.get(dataset)
     predictions = logits.argmax(dim=-1).tolist()
-    labels = [ex.label for ex in examples]
-    if dataset == "vcr":
-        return vcr_scores([ex.id for ex in examples], labels, [ex.group for ex in examples],
-                          predictions)
-    if dataset == "vqa":
+    if spec.task == MULTILABEL:
         if answers is None:
-            raise ValueError("VQA scoring needs the model's answer vocabulary")
-        return vqa_scores([answers[i] for i in predictions], [ex.answers for ex in examples])
-    return accuracy_scores(labels, predictions)
+            raise ValueError(f"{dataset} scoring needs the model's answer vocabulary")
+        predictions = [answers[i] for i in predictions]
+    return spec.score(examples, predictions)

@@ -74,12 +74,8 @@ def record_example(record: Mapping[str, Any], *, split: str, file: object, line:
                    category=UNLABELLED if label is None else LABELS[label], raw=record)
 
 
-class SnliVeDataset:
-    """The `Dataset` for SNLI-VE. Options: `images_dir`, `check_files`."""
-
-    name = "snli-ve"
-    categories = LABELS
-    label_names = LABELS
+class SnliVeReader:
+    """The reader of SNLI-VE. Options: `images_dir`, `check_files`."""
 
     def annotation_files(self, root: Path, split: str, **options: Any) -> list[Path]:
         return [split_file(Path(root), split, SPLIT_FILES)]

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from madcache.data.categories import VCR_CATEGORIES, vcr_category
+from madcache.data.categories import vcr_category
 from madcache.data.jsonl import as_bool, check_options, guarded, iter_json_lines, split_file
 from madcache.data.paths import safe_join
 from madcache.data.records import BadRecord, Example, ReadResult, Text, Word
@@ -199,13 +199,9 @@ def _renderer(value: Any) -> str:
     return value
 
 
-class VcrDataset:
-    """The `Dataset` for VCR. Options: `modes`, `renderer`, `images_dir`, `annotations`,
+class VcrReader:
+    """The reader of VCR. Options: `modes`, `renderer`, `images_dir`, `annotations`,
     `check_files` (see docs/datasets.md)."""
-
-    name = "vcr"
-    categories = VCR_CATEGORIES
-    label_names = None
 
     def annotation_file(self, root: Path, split: str, annotations: str | None = None) -> Path:
         if annotations is not None:

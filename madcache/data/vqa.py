@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from madcache.data.categories import VQA_CATEGORIES, vqa_category
+from madcache.data.categories import vqa_category
 from madcache.data.jsonl import as_bool, bad_record, check_options
 from madcache.data.paths import safe_join
 from madcache.data.records import BadRecord, Example, ReadResult, Text
@@ -238,13 +238,9 @@ def _int_field(record: Any, key: str, where: dict[str, Any]) -> int:
     return value
 
 
-class VqaDataset:
-    """The `Dataset` for VQA v2. Options: `questions_file`, `annotations_file`, `images_dir`,
+class VqaReader:
+    """The reader of VQA v2. Options: `questions_file`, `annotations_file`, `images_dir`,
     `check_files`."""
-
-    name = "vqa"
-    categories = VQA_CATEGORIES
-    label_names = None
 
     def files(self, root: Path, split: str, **options: Any) -> tuple[Path, Path | None]:
         subtype = subtype_of(split)

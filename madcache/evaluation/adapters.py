@@ -9,8 +9,9 @@ by default, as a CLIP linear probe does). Heads:
 - `adapter-transformer`: the image and the text feature as two tokens (each linearly projected
   to `hidden`), one transformer encoder layer, mean-pooled, one linear layer.
 
-Outputs: VCR scores each of its 4 choices (one logit per choice, softmax over choices); SNLI-VE
-is a 3-way classifier; VQA a classifier over the cache's answer vocabulary trained with the soft
+Outputs follow the dataset spec's task: multiple choice scores each choice (one logit per choice,
+softmax over choices: VCR's 4); classification is a classifier over the spec's `label_names`
+(SNLI-VE's 3); multilabel a classifier over the cache's answer vocabulary trained with the soft
 VQA scores (BCE). Training uses the same low-shot split files as the students (`split_file`),
 is seeded, and writes a run directory in the trainer's contract (docs/architecture.md), so
 reports show adapters beside baseline / MD / MAD. Evaluation needs a cache of each evaluated
@@ -35,11 +36,13 @@ from madcache.core.config import check_ranges, config_from_dict, setting
 from madcache.cache.manifest import cache_digest
 from madcache.core.errors import ConfigError
 from madcache.core.io import file_sha256, git_commit, write_json
-from madcache.data.metrics import accuracy_scores, vcr_scores, vqa_scores, without_counts
+from madcache.data import DATASETS, Dataset, Example
+from madcache.data.base import CLASSIFICATION, MULTILABEL, MULTIPLE_CHOICE
+from madcache.data.metrics import score_logits, without_counts
+from madcache.evaluation.cached import dataset_examples, index_examples
 
 ADAPTERS = ("adapter-linear", "adapter-mlp3", "adapter-transformer")
 ADAPTER_STUDENT = "frozen-teacher"    # the "student" column of adapter rows in reports
-SNLI_VE_CLASSES = 3
 ADAPTER_WEIGHTS = "adapter.safetensors"
 
 
@@ -141,16 +144,18 @@ class AdapterHead(nn.Module):
 
 @dataclass
 class FeatureSet:
-    """Cached features of some examples plus what scores them."""
+    """Cached features of some examples plus what scores them: stand-in examples from the cache
+    index (ids, labels, groups, categories), or for a multilabel dataset its own examples (the
+    human answers and soft scores)."""
 
-    ids: list[str]
+    examples: list[Example]
     image: torch.Tensor                  # [N, Dv]
     text: torch.Tensor                   # [N, C, Dt]
-    labels: list[int | None]
-    groups: list[str]
-    categories: list[str]
-    soft: torch.Tensor | None = None     # VQA [N, V] soft scores over the vocabulary
-    answers: list[tuple[str, ...]] | None = None   # VQA human answers (evaluation)
+    soft: torch.Tensor | None = None     # multilabel [N, V] soft scores over the vocabulary
+
+    @property
+    def ids(self) -> list[str]:
+        return [ex.id for ex in self.examples]
 
 
 def load_features(cache_path: str | Path, ids: Sequence[str] | None = None, *,
@@ -160,13 +165,9 @@ def load_features(cache_path: str | Path, ids: Sequence[str] | None = None, *,
     from madcache.cache.reader import open_cache
 
     cache = open_cache(cache_path)
-    table = cache.index()
-    all_ids = table.column("example_id").to_pylist()
-    columns = {name: table.column(name).to_pylist() if name in table.column_names
-               else [None] * len(all_ids) for name in ("label", "group", "category")}
-    wanted = list(all_ids) if ids is None else list(ids)
-    row = {eid: i for i, eid in enumerate(all_ids)}
-    missing = [eid for eid in wanted if eid not in row]
+    by_id = {ex.id: ex for ex in index_examples(cache)}
+    wanted = list(by_id) if ids is None else list(ids)
+    missing = [eid for eid in wanted if eid not in by_id]
     if missing:
         raise ConfigError(f"{len(missing)} split ids (e.g. {missing[0]!r}) are not in the cache "
                           f"{cache_path}: was it extracted from this split?")
@@ -178,18 +179,12 @@ def load_features(cache_path: str | Path, ids: Sequence[str] | None = None, *,
     text = torch.from_numpy(np.asarray(targets.text_eos, dtype=np.float32))
     if normalize:
         image, text = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
-    pick = [row[eid] for eid in wanted]
-    features = FeatureSet(
-        ids=wanted, image=image, text=text,
-        labels=[columns["label"][i] for i in pick],
-        groups=[columns["group"][i] or "" for i in pick],
-        categories=[columns["category"][i] if columns["category"][i] is not None else "all"
-                    for i in pick])
-    return features, cache.manifest
+    return FeatureSet([by_id[eid] for eid in wanted], image, text), cache.manifest
 
 
 def training_ids(config: AdapterConfig, cache_path: str) -> tuple[list[str] | None, dict[str, Any]]:
     """The low-shot ids (split file, or sampled per category from the cache index) or None."""
+    from madcache.cache.reader import open_cache
     from madcache.data import lowshot
 
     if config.split_file is not None:
@@ -197,7 +192,8 @@ def training_ids(config: AdapterConfig, cache_path: str) -> tuple[list[str] | No
         return split.ids, {"split_file": config.split_file,
                            "split_digest": file_sha256(config.split_file)}
     if config.per_category is not None:
-        split = lowshot.sample_per_category(_index_examples(cache_path, config.dataset),
+        split = lowshot.sample_per_category(index_examples(open_cache(cache_path),
+                                                           config.dataset),
                                             k=config.per_category, seed=config.seed)
         path = Path(config.out) / "split.json"
         split.save(path)
@@ -205,59 +201,45 @@ def training_ids(config: AdapterConfig, cache_path: str) -> tuple[list[str] | No
     return None, {"split_file": None, "split_digest": None}
 
 
-def _index_examples(cache_path: str, dataset: str) -> list:
-    """Stand-in `Example`s (id, category, group, image, label) from the cache index, enough for
-    the low-shot samplers."""
-    from madcache.cache.reader import open_cache
-    from madcache.data.records import Example
-
-    table = open_cache(cache_path).index().to_pylist()
-    return [Example(id=r["example_id"], dataset=dataset, split="train",
-                    image_id=r.get("image_id") or "", image_path="", choices=(),
-                    label=r.get("label"), category=r.get("category") or "all",
-                    group=r.get("group") or "") for r in table]
-
-
-def attach_vqa(features: FeatureSet, vocab: Sequence[str], root: str | None, split: str,
-               read_options: Mapping[str, Any]) -> None:
-    """Soft scores over `vocab` and the human answers, from the dataset files."""
-    from madcache.data import read_examples
-
-    if root is None:
-        raise ConfigError("VQA adapters need the dataset root (soft scores, human answers)")
-    by_id = {ex.id: ex for ex in read_examples("vqa", root, split, **read_options).examples}
+def attach_answers(features: FeatureSet, vocab: Sequence[str], config: AdapterConfig,
+                   split: str) -> None:
+    """A multilabel dataset's own examples (human answers) and soft scores over `vocab`, read
+    from the dataset files."""
+    if config.root is None:
+        raise ConfigError(f"{config.dataset} adapters need the dataset root (soft scores, "
+                          "human answers)")
+    features.examples = dataset_examples(config.dataset, config.root, split, features.ids,
+                                         config.read_options)
     index = {a: i for i, a in enumerate(vocab)}
-    soft = torch.zeros(len(features.ids), len(vocab))
-    for n, eid in enumerate(features.ids):
-        for answer, value in (by_id[eid].answer_scores or {}).items():
+    soft = torch.zeros(len(features.examples), len(vocab))
+    for n, example in enumerate(features.examples):
+        for answer, value in (example.answer_scores or {}).items():
             if answer in index:
                 soft[n, index[answer]] = value
     features.soft = soft
-    features.answers = [tuple(by_id[eid].answers) for eid in features.ids]
 
 
 # ----------------------------------------------------------------------------- training
 
-def output_size(dataset: str, num_choices: int, vocab: Sequence[str] | None) -> int:
-    if dataset == "vqa":
-        return len(vocab or ())
-    if num_choices > 1:
-        return 1
-    return SNLI_VE_CLASSES
+def output_size(dataset: Dataset, vocab: Sequence[str] | None) -> int:
+    """The head's outputs by the dataset's task: one score per choice, one logit per class, or
+    one per answer of the vocabulary."""
+    return {MULTIPLE_CHOICE: 1, CLASSIFICATION: len(dataset.label_names or ()),
+            MULTILABEL: len(vocab or ())}[dataset.task]
 
 
 def adapter_loss(logits: torch.Tensor, features: FeatureSet, rows: torch.Tensor) -> torch.Tensor:
     if features.soft is not None:
         target = features.soft[rows]
         return F.binary_cross_entropy_with_logits(logits, target) * logits.shape[1]
-    labels = torch.tensor([features.labels[i] for i in rows.tolist()])
+    labels = torch.tensor([features.examples[i].label for i in rows.tolist()])
     return F.cross_entropy(logits, labels)
 
 
 def fit(head: AdapterHead, features: FeatureSet, config: AdapterConfig) -> list[dict[str, Any]]:
     """AdamW with cosine decay over `epochs`; the order is a pure function of the seed."""
-    rows = torch.tensor([i for i, y in enumerate(features.labels)
-                         if y is not None or features.soft is not None], dtype=torch.long)
+    rows = torch.tensor([i for i, ex in enumerate(features.examples)
+                         if ex.label is not None or features.soft is not None], dtype=torch.long)
     if len(rows) == 0:
         raise ConfigError("no labelled training examples for the adapter")
     optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -293,14 +275,7 @@ def predict(head: AdapterHead, features: FeatureSet, batch_size: int = 1024) -> 
 def score(dataset: str, features: FeatureSet, logits: torch.Tensor,
           vocab: Sequence[str] | None) -> dict[str, float]:
     """The run-contract metrics (percent) of `logits` on `features`."""
-    predictions = logits.argmax(dim=-1).tolist()
-    if dataset == "vqa":
-        result = vqa_scores([vocab[p] for p in predictions], features.answers or [])
-    elif features.text.shape[1] > 1 and dataset == "vcr":
-        result = vcr_scores(features.ids, features.labels, features.groups, predictions)
-    else:
-        result = accuracy_scores(features.labels, predictions)
-    return without_counts(result)
+    return without_counts(score_logits(dataset, features.examples, logits, vocab))
 
 
 # ----------------------------------------------------------------------------- a run
@@ -318,9 +293,9 @@ def run_adapter(config: AdapterConfig) -> dict[str, Any]:
     train, manifest = load_features(config.cache, ids, normalize=config.normalize)
     vocab = _vocab(config, manifest)
     if vocab is not None:
-        attach_vqa(train, vocab, config.root, manifest.get("split", "train"), config.read_options)
+        attach_answers(train, vocab, config, manifest.get("split", "train"))
     head = AdapterHead(config.method, train.image.shape[1], train.text.shape[2],
-                       output_size(config.dataset, train.text.shape[1], vocab),
+                       output_size(DATASETS.get(config.dataset), vocab),
                        hidden=config.hidden, heads=config.heads, dropout=config.dropout)
     history = fit(head, train, config)
     evaluation = {name: evaluate_head(head, config, path, vocab)
@@ -342,12 +317,12 @@ def evaluate_head(head: AdapterHead, config: AdapterConfig, cache_path: str,
                   vocab: Sequence[str] | None) -> dict[str, float]:
     features, manifest = load_features(cache_path, normalize=config.normalize)
     if vocab is not None:
-        attach_vqa(features, vocab, config.root, manifest.get("split", "val"), config.read_options)
+        attach_answers(features, vocab, config, manifest.get("split", "val"))
     return score(config.dataset, features, predict(head, features), vocab)
 
 
 def _vocab(config: AdapterConfig, manifest: Mapping[str, Any]) -> list[str] | None:
-    if config.dataset != "vqa":
+    if DATASETS.get(config.dataset).task != MULTILABEL:
         return None
     from madcache.evaluation.zeroshot import answer_vocabulary
 

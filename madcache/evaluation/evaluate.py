@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Mapping
 
 from madcache.core.io import write_json
+from madcache.data import DATASETS
 from madcache.data.metrics import score_logits, without_counts
 from madcache.students.predict import load_run_student, predict_logits
 from madcache.students.regions import region_loader
@@ -27,6 +28,8 @@ def evaluate_run(run_dir: str | Path, *, split: str, sm: bool = False,
     `regions` its region store (default: the run's eval-split store for its eval split)."""
     run_dir = Path(run_dir)
     config = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    if sm:
+        DATASETS.get(config.dataset).check_sm()
     if root is not None:
         config.root = str(root)
     if regions is None:

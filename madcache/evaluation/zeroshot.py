@@ -1,89 +1,72 @@
 """Zero-shot evaluation of the teacher alone, from its cache (MAD.md, "Teacher logits").
 
 No student and no teacher model: the prediction is the arg-max of the logits stored at
-extraction, scored against the labels in the cache index.
+extraction, scored by the dataset's own metric (its spec's `score`) against the labels in the
+cache index. The dataset spec names the protocol (`Dataset.zero_shot`), one of `ZERO_SHOT`:
 
-- VCR: Q2A (`:qa` examples), QA2R (`:qar`), Q2AR (a question is right only when both its `:qa`
-  and `:qar` predictions are; joined by the index's `group`), for each prompt (`iqa`, `ia`).
-- SNLI-VE: accuracy of the k-means logits (`kmeans`, derived by the reader from the stored
-  similarities and the split's cluster centres).
-- VQA: `template` logits over the prefiltered `candidates`; top-k prefiltering keeps the first k
-  candidates (they are stored in the sentence encoder's ranking). The answer string is
-  `vocabulary[candidate]` (the manifest's `extra.answer_vocab`, else `answers.txt` under the
-  dataset root). VQA accuracy needs the 10 human answers, which the cache does not hold: they are
-  read with `read_examples("vqa", root, split)` (root: the argument, else the manifest's root).
+- `logits`: each stored logits name on its own. VCR: Q2A (`:qa` examples), QA2R (`:qar`), Q2AR
+  (a question is right only when both its `:qa` and `:qar` predictions are; joined by the
+  index's `group`) for each prompt (`iqa`, `ia`); SNLI-VE: accuracy of the k-means logits
+  (`kmeans`, derived by the reader from the stored similarities and the split's cluster centres).
+- `answer-candidates` (VQA): `template` logits over the prefiltered `candidates`; top-k
+  prefiltering keeps the first k candidates (they are stored in the sentence encoder's ranking).
+  The answer string is `vocabulary[candidate]` (the manifest's `extra.answer_vocab`, else
+  `answers.txt` under the dataset root). VQA accuracy needs the 10 human answers, which the cache
+  does not hold: they are read from the dataset's files (root: the argument, else the
+  manifest's root).
 
 Every metric is in percent, overall and per category (VCR question category, SNLI-VE class, VQA
-question type), with chance levels alongside.
+question type), with the spec's chance levels alongside.
 """
 
 from __future__ import annotations
 
 import json
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from madcache.core.errors import ConfigError
 from madcache.cache.manifest import cache_digest
+from madcache.cache.targets import Targets
+from madcache.core.errors import ConfigError
 from madcache.core.io import write_json
-from madcache.data.metrics import accuracy_scores, vcr_scores, vqa_scores
+from madcache.core.registry import Registry
+from madcache.data import DATASETS, Dataset, Example
+from madcache.data.base import Scorer
+from madcache.evaluation.cached import dataset_examples, index_examples
 
-CHANCE = {"vcr": {"q2a": 25.0, "qa2r": 25.0, "q2ar": 6.25},
-          "snli-ve": {"accuracy": 100.0 / 3.0}}
 VQA_TOP_K = (1, 3, 10)
-VCR_PROMPTS = ("iqa", "ia")
 RESULT_JSON = "zeroshot.json"
 RESULT_MD = "zeroshot.md"
 
 
-# ----------------------------------------------------------------------------- scoring helpers
+# ----------------------------------------------------------------------------- scoring
 
-def by_category(categories: Sequence[str], score: Callable[[np.ndarray], dict[str, float]]
-                ) -> dict[str, dict[str, float]]:
-    """`score(rows)` for the rows of each category."""
+def overall_and_by_category(examples: Sequence[Example], predictions: Sequence[Any],
+                            score: Scorer) -> dict[str, Any]:
+    """`score` over all examples and over the examples of each category."""
     rows_of: dict[str, list[int]] = defaultdict(list)
-    for i, category in enumerate(categories):
-        rows_of[str(category)].append(i)
-    return {c: score(np.asarray(rows_of[c], dtype=np.int64)) for c in sorted(rows_of)}
+    for i, example in enumerate(examples):
+        rows_of[str(example.category)].append(i)
+
+    def on(rows: Sequence[int]) -> dict[str, float]:
+        return score([examples[r] for r in rows], [predictions[r] for r in rows])
+
+    return {"overall": on(range(len(examples))),
+            "by_category": {c: on(rows_of[c]) for c in sorted(rows_of)}}
 
 
-# ----------------------------------------------------------------------------- per dataset
-
-def vcr_zero_shot(ids: Sequence[str], logits: Mapping[str, np.ndarray],
-                  labels: Sequence[int | None], groups: Sequence[str],
-                  categories: Sequence[str]) -> dict[str, Any]:
-    """Per prompt: Q2A / QA2R / Q2AR overall and per question category (a `:qar` example takes
-    its question's category from the group's `:qa` example when there is one)."""
-    group_category = {g or i.rpartition(":")[0]: c
-                      for i, g, c in zip(ids, groups, categories) if i.endswith(":qa")}
-    cats = [group_category.get(g or i.rpartition(":")[0], c)
-            for i, g, c in zip(ids, groups, categories)]
-    out = {}
-    for prompt in [p for p in VCR_PROMPTS if p in logits] + sorted(set(logits) - set(VCR_PROMPTS)):
-        predictions = np.asarray(logits[prompt]).argmax(axis=1)
-
-        def score(rows: np.ndarray) -> dict[str, float]:
-            return vcr_scores([ids[r] for r in rows], [labels[r] for r in rows],
-                              [groups[r] for r in rows], predictions[rows])
-        out[prompt] = {"overall": score(np.arange(len(ids))), "by_category": by_category(cats, score)}
-    return out
-
-
-def snli_ve_zero_shot(logits: Mapping[str, np.ndarray], labels: Sequence[int | None],
-                      categories: Sequence[str]) -> dict[str, Any]:
-    """k-means accuracy overall and per class (`categories`)."""
-    if "kmeans" not in logits:
-        raise ConfigError("this SNLI-VE cache has no k-means logits (extracted without a "
-                          "relevance model?)")
-    predictions = np.asarray(logits["kmeans"]).argmax(axis=1)
-
-    def score(rows: np.ndarray) -> dict[str, float]:
-        return accuracy_scores([labels[r] for r in rows], predictions[rows])
-    return {"kmeans": {"overall": score(np.arange(len(labels))),
-                       "by_category": by_category(categories, score)}}
+def logits_zero_shot(examples: Sequence[Example], logits: Mapping[str, np.ndarray],
+                     score: Scorer, order: Sequence[str] = ()) -> dict[str, Any]:
+    """Per stored logits name (those in `order` first, then the rest by name): the arg-max
+    choice or class, scored overall and per category."""
+    names = [n for n in order if n in logits] + sorted(set(logits) - set(order))
+    return {name: overall_and_by_category(
+                examples, np.asarray(logits[name]).argmax(axis=1).tolist(), score)
+            for name in names}
 
 
 def vqa_predictions(logits: np.ndarray, candidates: np.ndarray, vocab: Sequence[str],
@@ -96,22 +79,55 @@ def vqa_predictions(logits: np.ndarray, candidates: np.ndarray, vocab: Sequence[
     return [vocab[i] if i >= 0 else "" for i in best.tolist()]
 
 
-def vqa_zero_shot(logits: Mapping[str, np.ndarray], candidates: np.ndarray | None,
-                  vocab: Sequence[str], answers: Sequence[Sequence[str]],
-                  categories: Sequence[str], top_ks: Sequence[int] = VQA_TOP_K) -> dict[str, Any]:
+def vqa_zero_shot(examples: Sequence[Example], logits: Mapping[str, np.ndarray],
+                  candidates: np.ndarray | None, vocab: Sequence[str], score: Scorer,
+                  top_ks: Sequence[int] = VQA_TOP_K) -> dict[str, Any]:
     """`template` logits with top-1/3/10 prefiltering, overall and per question type."""
     if "template" not in logits or candidates is None:
         raise ConfigError("this VQA cache has no template logits/candidates (extracted "
                           "without a relevance model?)")
-    out = {}
-    for k in [k for k in top_ks if k <= candidates.shape[1]]:
-        predictions = vqa_predictions(logits["template"], candidates, vocab, k)
+    return {f"template-top{k}": overall_and_by_category(
+                examples, vqa_predictions(logits["template"], candidates, vocab, k), score)
+            for k in top_ks if k <= candidates.shape[1]}
 
-        def score(rows: np.ndarray) -> dict[str, float]:
-            return vqa_scores([predictions[r] for r in rows], [answers[r] for r in rows])
-        out[f"template-top{k}"] = {"overall": score(np.arange(len(predictions))),
-                                   "by_category": by_category(categories, score)}
-    return out
+
+# ----------------------------------------------------------------------------- protocols
+
+@dataclass
+class CachedSplit:
+    """What a zero-shot protocol reads: the dataset spec, the cached examples (stand-ins from
+    the cache index, in its order), their stored targets, the cache manifest, and the dataset
+    root the user gave (None: the manifest's)."""
+
+    dataset: Dataset
+    examples: list[Example]
+    targets: Targets
+    manifest: Mapping[str, Any]
+    root: Path | None = None
+
+
+def stored_logits(split: CachedSplit) -> dict[str, Any]:
+    if not split.targets.logits:
+        raise ConfigError(f"this {split.dataset.name} cache has no teacher logits (extracted "
+                          "without a relevance model?)")
+    return logits_zero_shot(split.examples, split.targets.logits, split.dataset.score,
+                            order=split.manifest.get("logits") or ())
+
+
+def answer_candidates(split: CachedSplit) -> dict[str, Any]:
+    root = _dataset_root(split.manifest, split.root)
+    vocab = answer_vocabulary(split.manifest, root)
+    options = split.manifest.get("fingerprint", {}).get("dataset", {}).get("read_options", {})
+    examples = dataset_examples(split.dataset.name, root, split.manifest.get("split"),
+                                [ex.id for ex in split.examples], options)
+    return vqa_zero_shot(examples, split.targets.logits, split.targets.candidates, vocab,
+                         split.dataset.score)
+
+
+# The zero-shot protocols a dataset spec names (`Dataset.zero_shot`).
+ZERO_SHOT: Registry[Callable[[CachedSplit], dict[str, Any]]] = Registry("zero-shot protocol")
+ZERO_SHOT.register("logits", stored_logits)
+ZERO_SHOT.register("answer-candidates", answer_candidates)
 
 
 # ----------------------------------------------------------------------------- from a cache
@@ -123,38 +139,26 @@ def run_zero_shot(cache_path: str | Path, *, root: str | Path | None = None,
     from madcache.cache.reader import open_cache
 
     cache = open_cache(cache_path)
-    table = cache.index()
-    columns = {name: table.column(name).to_pylist() if name in table.column_names else None
-               for name in ("example_id", "label", "group", "category")}
-    ids = columns["example_id"]
-    n = len(ids)
-    labels = columns["label"] or [None] * n
-    groups = [g or "" for g in (columns["group"] or [""] * n)]
-    categories = [c if c is not None else "all" for c in (columns["category"] or ["all"] * n)]
-    targets = cache.load_targets(ids)
-    dataset = cache.manifest.get("dataset")
-    if dataset == "vcr":
-        protocols = vcr_zero_shot(ids, targets.logits, labels, groups, categories)
-    elif dataset == "snli-ve":
-        protocols = snli_ve_zero_shot(targets.logits, labels, categories)
-    elif dataset == "vqa":
-        root = _dataset_root(cache.manifest, root)
-        vocab = answer_vocabulary(cache.manifest, root)
-        answers = human_answers(root, cache.manifest.get("split"), ids,
-                                cache.fingerprint.get("dataset", {}).get("read_options", {}))
-        protocols = vqa_zero_shot(targets.logits, targets.candidates, vocab, answers, categories)
-    else:
-        raise ConfigError(f"no zero-shot protocol for dataset {dataset!r} (vcr, snli-ve, vqa)")
-    result = {"dataset": dataset, "split": cache.manifest.get("split"), "cache": str(cache_path),
-              "teachers": cache.manifest.get("teachers"),
+    dataset = DATASETS.get(cache.manifest.get("dataset"))
+    if dataset.zero_shot is None:
+        raise ConfigError(f"dataset '{dataset.name}' has no zero-shot protocol (its spec's "
+                          f"zero_shot; available: {', '.join(ZERO_SHOT.names())})")
+    protocol = ZERO_SHOT.get(dataset.zero_shot)
+    examples = index_examples(cache)
+    targets = cache.load_targets([ex.id for ex in examples])
+    protocols = protocol(CachedSplit(dataset, examples, targets, cache.manifest,
+                                     None if root is None else Path(root)))
+    result = {"dataset": dataset.name, "split": cache.manifest.get("split"),
+              "cache": str(cache_path), "teachers": cache.manifest.get("teachers"),
               "cache_fingerprint": cache_digest(cache.manifest),
-              "num_examples": n, "chance": CHANCE.get(dataset, {}), "protocols": protocols}
+              "num_examples": len(examples), "chance": dict(dataset.chance),
+              "protocols": protocols}
     if out is not None:
         write_zero_shot(result, out)
     return result
 
 
-def _dataset_root(manifest: Mapping[str, Any], root: str | Path | None) -> Path:
+def _dataset_root(manifest: Mapping[str, Any], root: Path | None) -> Path:
     candidate = root if root is not None else manifest.get("root")
     if candidate is None or not Path(candidate).is_dir():
         raise ConfigError("VQA zero-shot accuracy needs the 10 human answers per question, "
@@ -173,22 +177,6 @@ def answer_vocabulary(manifest: Mapping[str, Any], root: Path | None) -> list[st
         return read_answer_vocab(Path(root) / "answers.txt")
     raise ConfigError("the cache's manifest holds no answer vocabulary (extra.answer_vocab) "
                       "and there is no answers.txt under the dataset root")
-
-
-def human_answers(root: Path, split: str | None, ids: Sequence[str],
-                  options: Mapping[str, Any] | None = None) -> list[tuple[str, ...]]:
-    """The 10 human answers of each question id, from the dataset's own files."""
-    from madcache.data import read_examples
-
-    if split is None:
-        raise ConfigError("the cache's manifest does not name its split")
-    examples = read_examples("vqa", root, split, **dict(options or {})).examples
-    by_id = {ex.id: ex.answers for ex in examples}
-    missing = [i for i in ids if i not in by_id]
-    if missing:
-        raise ConfigError(f"{len(missing)} cached questions (e.g. {missing[0]!r}) are not in "
-                          f"VQA {split} under {root}: is this the root the cache was built from?")
-    return [tuple(by_id[i]) for i in ids]
 
 
 # ----------------------------------------------------------------------------- output

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
 from madcache.core.config import check_value, check_values, parse_key_values, parse_value
-from madcache.core.errors import ConfigError, ConfigValueError
+from madcache.core.errors import ConfigError, ConfigValueError, MadcacheError
+from madcache.data import DATASETS
 from madcache.evaluation.adapters import ADAPTER_STUDENT, ADAPTERS, is_adapter
 
 SM_SUFFIX = "_sm"
@@ -264,8 +265,11 @@ def validate(config: SweepConfig) -> None:
     if len(set(config.seeds)) != len(config.seeds) or min(config.seeds) < 0:
         raise ConfigError(f"{where}: 'seeds' must be distinct integers >= 0, got {config.seeds}")
     for name in config.eval:
-        if name.endswith(SM_SUFFIX) and config.dataset != "vcr":
-            raise ConfigError(f"{where}: eval '{name}': shortcut mitigation (SM) is VCR-only")
+        if name.endswith(SM_SUFFIX):
+            try:
+                DATASETS.get(config.dataset).check_sm()
+            except MadcacheError as exc:
+                raise ConfigError(f"{where}: eval '{name}': {exc}") from None
     _check_tables(config, where)
     needs_cache = [m for m in config.methods if is_adapter(m) or METHODS.get(m).distils]
     if needs_cache and not config.teachers:

@@ -9,6 +9,7 @@ from typing import Any, Literal, Mapping
 
 from madcache.core.config import config_from_dict
 from madcache.core.errors import ConfigError
+from madcache.data import DATASETS
 
 DTYPES = ("float16", "float32")
 FORMATS = ("zarr", "hdf5")
@@ -97,6 +98,9 @@ class ExtractConfig:
         if self.vision_spec is None or self.text_spec is None:
             raise ConfigError("name the teachers: --teacher NAME, or both --vision-teacher and "
                               "--text-teacher")
+        from madcache.extraction.protocols import PROTOCOLS
+
+        PROTOCOLS.get(self.task_protocol)  # an unknown dataset or protocol lists the valid ones
 
     @property
     def vision_spec(self) -> TeacherSpec | None:
@@ -125,17 +129,16 @@ class ExtractConfig:
 
     @property
     def dataset_options(self) -> dict[str, Any]:
-        """Reader options: images are checked to exist at read time (a missing image is a bad
-        record, skipped under `skip_bad`) unless `read_options` says otherwise."""
-        if self.dataset in ("vcr", "snli-ve", "vqa"):
-            return {"check_files": True, **self.read_options}
-        return dict(self.read_options)
+        """Reader options: the dataset spec's `extraction_options` (the built-in readers check
+        that images exist at read time, so a missing image is a bad record, skipped under
+        `skip_bad`), then `read_options`, which win."""
+        return {**DATASETS.get(self.dataset).extraction_options, **self.read_options}
 
     @property
     def task_protocol(self) -> str:
-        """The teacher-logit protocol (vcr, snli-ve, vqa): `protocol`, else the dataset name,
-        so a user-registered VCR-format dataset can pass `protocol="vcr"`."""
-        return self.protocol or self.dataset
+        """The teacher-logit protocol (a name in `protocols.PROTOCOLS`): `protocol`, else the
+        dataset spec's `teacher_logits`."""
+        return self.protocol or DATASETS.get(self.dataset).teacher_logits
 
     @property
     def logits_default(self) -> str:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import torch
 
+from madcache.core.registry import Registry
 from madcache.data.records import Example, Text
 from madcache.extraction.plan import ShardPlan, unique_texts
 
@@ -304,6 +305,17 @@ def _digest(values: list[str]) -> str:
     return hashlib.sha256(json.dumps(values).encode()).hexdigest()
 
 
-def make_task(dataset: str) -> Task:
-    """The protocol object for datasets that need no extra inputs (VQA: `make_vqa_task`)."""
-    return {"vcr": VcrTask, "snli-ve": SnliVeTask}.get(dataset, Task)()
+# The teacher-logit protocols a dataset spec names (`Dataset.teacher_logits`), or `--protocol`.
+PROTOCOLS: Registry[type[Task]] = Registry("teacher-logit protocol")
+PROTOCOLS.register("none", Task)
+PROTOCOLS.register("vcr", VcrTask)
+PROTOCOLS.register("snli-ve", SnliVeTask)
+PROTOCOLS.register("vqa", VqaTask)
+
+
+def make_task(protocol: str) -> Task:
+    """The task of a protocol that needs no extra inputs. VQA's needs an answer vocabulary and
+    a sentence encoder (`extraction.run` builds it); asked for here, without a relevance model,
+    it is the task without logits."""
+    task = PROTOCOLS.get(protocol)
+    return Task() if task is VqaTask else task()

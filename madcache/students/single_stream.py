@@ -32,6 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from madcache.core.config import check_ranges, config_from_dict, setting
+from madcache.data.base import TASKS
 from madcache.data.records import Example
 from madcache.data.vqa import read_answer_vocab
 from madcache.core.errors import CheckpointNotFoundError, ConfigError
@@ -51,7 +52,7 @@ class SingleStreamConfig:
     `bert_config` is internal: `save_student` stores the resolved encoder config there.
     """
 
-    task: Literal["multiple_choice", "classification", "multilabel"] = setting(
+    task: Literal[TASKS] = setting(
         "multiple_choice", help="classification for SNLI-VE, multilabel for VQA.")
     num_classes: int = setting(3, minimum=2, help="Classes of the classification task.")
     answers: list[str] = setting(factory=list, help="VQA: the answer vocabulary.")

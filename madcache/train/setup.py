@@ -13,6 +13,7 @@ import madcache
 from madcache.cache.manifest import cache_digest
 from madcache.core.errors import ConfigError
 from madcache.core.io import file_sha256, git_commit
+from madcache.data.base import CLASSIFICATION, DATASETS
 from madcache.data.records import Example
 from madcache.method.losses import Projections
 from madcache.method.methods import Method, check_targets, get_method
@@ -131,15 +132,14 @@ def make_projections(student, cache, method: Method) -> Projections:
                        words=method.words)
 
 
-TASKS = {"vcr": "multiple_choice", "snli-ve": "classification", "vqa": "multilabel"}
-
-
 def student_defaults(config: TrainConfig, cache, store) -> dict[str, Any]:
     """Student options implied by the data (explicit --student-option values win): the task of
-    the dataset, the region feature width, and VQA's answer vocabulary (the cache's)."""
-    options: dict[str, Any] = {"region_dim": store.feature_dim}
-    if config.dataset in TASKS:
-        options["task"] = TASKS[config.dataset]
+    the dataset (and a classifier's number of classes), the region feature width, and VQA's
+    answer vocabulary (the cache's)."""
+    spec = DATASETS.get(config.dataset)
+    options: dict[str, Any] = {"region_dim": store.feature_dim, "task": spec.task}
+    if spec.task == CLASSIFICATION:
+        options["num_classes"] = len(spec.label_names)
     vocab = (cache.manifest.get("extra") or {}).get("answer_vocab") if cache is not None else None
     if vocab and "answer_vocab" not in config.student_options:
         options["answers"] = list(vocab)

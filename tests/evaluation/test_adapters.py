@@ -133,6 +133,15 @@ def test_head_shapes():
         assert AdapterHead(kind, DV, DT, 3, hidden=8, heads=2)(image, text[:, :1]).shape == (5, 3)
 
 
+def test_output_layout_follows_the_dataset_task():
+    from madcache.data import DATASETS
+    from madcache.evaluation.adapters import output_size
+
+    assert output_size(DATASETS.get("vcr"), None) == 1                # one score per choice
+    assert output_size(DATASETS.get("snli-ve"), None) == 3            # one per label name
+    assert output_size(DATASETS.get("vqa"), ["yes", "no", "2"]) == 3  # one per answer
+
+
 def test_config_rejects_unknown_keys_and_adapters():
     with pytest.raises(ConfigError, match="unknown adapter config key.*colour"):
         AdapterConfig.from_dict({"dataset": "vcr", "cache": "c", "out": "o", "colour": 1})

@@ -8,9 +8,22 @@ import json
 import numpy as np
 import pytest
 
-from madcache.core.errors import ConfigError
-from madcache.evaluation.zeroshot import (CHANCE, run_zero_shot, snli_ve_zero_shot,
-                               vcr_zero_shot, vqa_predictions, vqa_zero_shot, zero_shot_markdown)
+from madcache.core.errors import ConfigError, UnknownNameError
+from madcache.data import DATASETS, Example
+from madcache.data.metrics import score_accuracy, score_vcr, score_vqa
+from madcache.evaluation.zeroshot import (logits_zero_shot, run_zero_shot, vqa_predictions,
+                                          vqa_zero_shot, zero_shot_markdown)
+
+CHANCE = {name: DATASETS.get(name).chance for name in ("vcr", "snli-ve")}
+
+
+def examples(ids, labels, categories, groups=None, answers=None, dataset="vcr"):
+    """Stand-in examples, as `index_examples` builds them from a cache index."""
+    n = len(ids)
+    return [Example(id=i, dataset=dataset, split="val", image_id="", image_path="", choices=(),
+                    label=y, category=c, group=g, answers=tuple(a))
+            for i, y, c, g, a in zip(ids, labels, categories, groups or [""] * n,
+                                     answers or [()] * n)]
 
 
 def write_cache(path, *, dataset, ids, labels, categories, logits, groups=None, C=4,
@@ -62,7 +75,8 @@ def vcr_world():
 
 def test_vcr_scores_hand_computed():
     ids, groups, labels, categories, logits = vcr_world()
-    result = vcr_zero_shot(ids, logits, labels, groups, categories)
+    result = logits_zero_shot(examples(ids, labels, categories, groups), logits, score_vcr,
+                              order=("iqa", "ia"))
     assert list(result) == ["iqa", "ia"]
     assert result["ia"]["overall"] == pytest.approx(
         {"q2a": 200 / 3, "qa2r": 200 / 3, "q2ar": 100 / 3, "n": 3})
@@ -78,9 +92,10 @@ def test_vcr_scores_hand_computed():
 def test_snli_ve_kmeans_accuracy_per_class():
     labels = [0, 0, 1, 2, 2, 1]
     kmeans = np.eye(3)[[0, 1, 1, 2, 0, 1]]
-    result = snli_ve_zero_shot({"kmeans": kmeans}, labels,
-                               ["entailment", "entailment", "neutral", "contradiction",
-                                "contradiction", "neutral"])["kmeans"]
+    categories = ["entailment", "entailment", "neutral", "contradiction", "contradiction",
+                  "neutral"]
+    result = logits_zero_shot(examples([f"p{i}" for i in range(6)], labels, categories),
+                              {"kmeans": kmeans}, score_accuracy)["kmeans"]
     assert result["overall"]["accuracy"] == pytest.approx(400 / 6)
     assert result["by_category"]["entailment"]["accuracy"] == pytest.approx(50.0)
     assert result["by_category"]["neutral"]["accuracy"] == pytest.approx(100.0)
@@ -93,13 +108,14 @@ def test_random_logits_are_near_chance():
     ids = [f"q{i // 2}:{'qa' if i % 2 == 0 else 'qar'}" for i in range(2 * n)]
     groups = [f"q{i // 2}" for i in range(2 * n)]
     labels = rng.integers(0, 4, 2 * n).tolist()
-    result = vcr_zero_shot(ids, {"ia": rng.normal(size=(2 * n, 4))}, labels, groups,
-                           ["x"] * (2 * n))["ia"]["overall"]
+    result = logits_zero_shot(examples(ids, labels, ["x"] * (2 * n), groups),
+                              {"ia": rng.normal(size=(2 * n, 4))}, score_vcr)["ia"]["overall"]
     assert abs(result["q2a"] - CHANCE["vcr"]["q2a"]) < 3
     assert abs(result["qa2r"] - CHANCE["vcr"]["qa2r"]) < 3
     assert abs(result["q2ar"] - CHANCE["vcr"]["q2ar"]) < 2
-    snli = snli_ve_zero_shot({"kmeans": rng.normal(size=(n, 3))}, rng.integers(0, 3, n).tolist(),
-                             ["x"] * n)["kmeans"]["overall"]
+    snli = logits_zero_shot(examples([str(i) for i in range(n)], rng.integers(0, 3, n).tolist(),
+                                     ["x"] * n), {"kmeans": rng.normal(size=(n, 3))},
+                            score_accuracy)["kmeans"]["overall"]
     assert abs(snli["accuracy"] - CHANCE["snli-ve"]["accuracy"]) < 3
 
 
@@ -110,7 +126,9 @@ def test_vqa_top_k_prefiltering_keeps_the_first_k_candidates():
     assert vqa_predictions(logits, candidates, vocab, 1) == ["yes", "red"]
     assert vqa_predictions(logits, candidates, vocab, 3) == ["2", "red"]
     answers = [["2"] * 10, ["red"] * 2 + ["blue"] * 8]
-    result = vqa_zero_shot({"template": logits}, candidates, vocab, answers, ["number", "color"])
+    questions = examples(["1", "2"], [None, None], ["number", "color"], answers=answers,
+                         dataset="vqa")
+    result = vqa_zero_shot(questions, {"template": logits}, candidates, vocab, score_vqa)
     assert set(result) == {"template-top1", "template-top3"}  # only k <= K candidates
     # top-1: "yes" vs ten "2" -> 0; "red" with 2 matches -> mean over 10 LOO sets of min(1, m/3)
     red = (8 * 2 / 3 + 2 * 1 / 3) / 10
@@ -151,3 +169,23 @@ def test_vqa_needs_a_root_for_the_human_answers(tmp_path):
                         C=1, candidates=np.zeros((2, 3)), extra={"answer_vocab": ["yes"]})
     with pytest.raises(ConfigError, match="--root"):
         run_zero_shot(cache)
+
+
+def test_the_protocol_comes_from_the_dataset_spec(tmp_path):
+    """A dataset's spec picks its zero-shot protocol and chance levels; the table of protocols
+    lists the valid names when a spec names an unknown one."""
+    from dataclasses import replace
+
+    ids, groups, labels, categories, logits = vcr_world()
+    for name, protocol in (("vcr-zs-nope", "nope"), ("vcr-zs-own-chance", "logits")):
+        if name not in DATASETS:
+            DATASETS.register(name, replace(DATASETS.get("vcr"), name=name, zero_shot=protocol,
+                                            chance={"q2a": 1.0}, sm=False))
+        write_cache(tmp_path / name, dataset=name, ids=ids, labels=labels,
+                    categories=categories, groups=groups, logits=logits)
+    with pytest.raises(UnknownNameError, match="zero-shot protocol 'nope'. Available: "
+                                               "answer-candidates, logits"):
+        run_zero_shot(tmp_path / "vcr-zs-nope")
+    result = run_zero_shot(tmp_path / "vcr-zs-own-chance")
+    assert result["chance"] == {"q2a": 1.0}
+    assert result["protocols"]["ia"]["overall"]["q2ar"] == pytest.approx(100 / 3)

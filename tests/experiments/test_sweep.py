@@ -204,7 +204,8 @@ def test_unknown_keys_raise_naming_key_and_file(tmp_path):
         load_sweep(write(tmp_path, PIPELINE.replace('"mad"]', '"mda"]')))
     with pytest.raises(ConfigError, match=r"shots are per-category k >= 1 or \"full\""):
         load_sweep(write(tmp_path, PIPELINE.replace("[2, 8]", "[0]")))
-    with pytest.raises(ConfigError, match="SM.*VCR-only"):
+    with pytest.raises(ConfigError, match=r"eval 'val_sm': .*\(SM\) is not defined for "
+                                          r"dataset 'snli-ve' \(datasets with SM: vcr"):
         load_sweep(write(tmp_path, PIPELINE.replace('"vcr"', '"snli-ve"')))
 
 
@@ -331,10 +332,11 @@ def adapter_sweep(tmp_path):
 
 
 def index_splits(cache_path):
-    from madcache.evaluation.adapters import _index_examples
+    from madcache.cache.reader import open_cache
     from madcache.data.lowshot import sample_per_category
+    from madcache.evaluation.cached import index_examples
 
-    examples = _index_examples(str(cache_path), "vcr")
+    examples = index_examples(open_cache(cache_path), "vcr")
     return lambda k, seed: sample_per_category(examples, k=k, seed=seed)
 
 

@@ -60,11 +60,8 @@ TOY_IMAGES = 5
 VCR_CHOICES = ["walking to the shop", "sitting on a bench", "he is driving fast", "nothing"]
 
 
-class ToyDataset:
+class ToyReader:
     """`<split>.jsonl` lines {id, image, context?, choices, label, answers?} under a root."""
-
-    categories = ("toy",)
-    label_names = None
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -118,11 +115,20 @@ def write_toy_world(root: Path) -> Path:
 
 
 def register_toy_datasets() -> None:
-    from madcache.data.base import DATASETS
+    """One spec per toy split, each with the teacher-logit protocol of its format."""
+    from madcache.data import lowshot, metrics
+    from madcache.data.base import DATASETS, Dataset
 
-    for name in ("toy-vcr", "toy-snli", "toy-vqa"):
+    for name, task, protocol, score in (
+            ("toy-vcr", "multiple_choice", "vcr", metrics.score_accuracy),
+            ("toy-snli", "classification", "snli-ve", metrics.score_accuracy),
+            ("toy-vqa", "multilabel", "vqa", metrics.score_vqa)):
         if name not in DATASETS:
-            DATASETS.register(name, ToyDataset(name))
+            DATASETS.register(name, Dataset(
+                name=name, reader=ToyReader(name), task=task, score=score,
+                sample=lowshot.sample_groups, categories=("toy",),
+                label_names=("a", "b", "c") if task == "classification" else None,
+                teacher_logits=protocol))
 
 
 @pytest.fixture(scope="session")
