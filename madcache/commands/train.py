@@ -12,7 +12,7 @@ import click
 from madcache.evaluation.adapters import ADAPTERS
 from madcache.commands.options import parse_key_values
 from madcache.core.errors import ConfigError
-from madcache.method.methods import METHODS
+from madcache.method.methods import METHODS, W_PRIME_RULES
 
 # The paper's adapter baselines train on frozen cached teacher features, not a student
 # (madcache/evaluation/adapters.py); `madcache train --method adapter-*` runs them with these flags.
@@ -38,14 +38,18 @@ ADAPTER_FLAGS = {"dataset", "cache", "out", "method", "root", "split_file", "per
               help="A saved low-shot split.")
 @click.option("--per-category", type=int, help="Low-shot: K examples per category.")
 @click.option("--seed", type=int)
-@click.option("--af-epochs", type=int, help="Adaptive finetuning epochs before the task stage.")
+@click.option("--af-epochs", type=int,
+              help="Length of the adaptive-finetuning stage of methods that have one (default 1).")
+@click.option("--af-max-steps", type=int, help="AF-stage steps (overrides --af-epochs).")
 @click.option("--epochs", type=int)
 @click.option("--max-steps", type=int, help="Task-stage steps (overrides --epochs).")
 @click.option("--batch-size", type=int)
 @click.option("--lr", type=float)
 @click.option("--w", type=float, help="MD weight w (default 0.05).")
 @click.option("--m", type=int, help="Words selected per text (default 2).")
-@click.option("--w-prime", type=float, help="MAD weight w' (default w (2 + m) / 2).")
+@click.option("--w-prime", type=float, help="MAD weight w' (default: by --w-prime-rule).")
+@click.option("--w-prime-rule", type=click.Choice(list(W_PRIME_RULES)),
+              help="w' = w (2 + m) / 2 (proportional, default) or w (m + 2) (per-feature).")
 @click.option("--teacher-logits", help="Cached logits used for CW (default: the cache's).")
 @click.option("--eval-every", type=int)
 @click.option("--checkpoint-every", type=int)

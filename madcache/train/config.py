@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 from madcache.core.config import config_from_dict
 from madcache.core.errors import ConfigError
-from madcache.method.methods import get_method
+from madcache.method.methods import AF, METHOD_ORDER, check_w_prime_rule, get_method
 
 
 @dataclass
@@ -40,9 +40,11 @@ class TrainConfig:
     warmup: float = 0.1                   # fraction of a stage's steps spent warming up
     w: float = 0.05                       # MD weight
     m: int = 2                            # TS: words per text
-    w_prime: float | None = None          # MAD weight; None -> w (2 + m) / 2
+    w_prime: float | None = None          # MAD weight w'; None -> by w_prime_rule
+    w_prime_rule: str = "proportional"    # w' = w (2 + m) / 2; "per-feature": w (m + 2)
     teacher_logits: str | None = None     # CW logits name; None -> the cache's default
-    af_epochs: int = 0                    # adaptive finetuning epochs (stage 1)
+    af_epochs: int = 1                    # length of the AF stage, for methods that have one
+    af_max_steps: int | None = None       # AF-stage steps (overrides af_epochs)
     eval_every: int = 0                   # task steps between validations (0: at the end only)
     checkpoint_every: int = 0             # steps between checkpoints (0: at the end only)
     chunk_size: int = 4096                # full-data runs: examples loaded per chunk
@@ -54,12 +56,14 @@ class TrainConfig:
             raise ConfigError("batch_size must be >= 1 and m, epochs, af_epochs >= 0")
         if not 0.0 <= self.warmup < 1.0:
             raise ConfigError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}")
-        get_method(self.method)  # unknown names list the valid ones
-
-    @property
-    def resolved_w_prime(self) -> float:
-        """w' = w (2 + m) / 2 unless set (MAD.md, TS)."""
-        return self.w * (2 + self.m) / 2 if self.w_prime is None else self.w_prime
+        method = get_method(self.method)  # unknown names list the valid ones
+        check_w_prime_rule(self.w_prime_rule)
+        af_length = self.af_epochs if self.af_max_steps is None else self.af_max_steps
+        if method.stage(AF) is not None and af_length < 1:
+            raise ConfigError(f"method '{self.method}' has an adaptive-finetuning stage: "
+                              "af_epochs (or af_max_steps) must be >= 1; the methods without "
+                              "AF are " + ", ".join(n for n in METHOD_ORDER
+                                                     if get_method(n).stage(AF) is None))
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":

@@ -10,7 +10,7 @@ from madcache.cli import cli
 
 TINY = ["--size", "small", "--teacher-steps", "5", "--jobs", "1", "--quiet",
         "--set", "seeds=[0]", "--set", "shots=[4]", "--set", 'methods=["baseline","mad"]',
-        "--set", "train.epochs=1", "--set", "adapter.epochs=1"]
+        "--set", "train.epochs=1", "--set", "train.af_max_steps=2", "--set", "adapter.epochs=1"]
 
 
 @pytest.mark.slow

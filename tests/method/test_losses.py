@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from madcache.method.losses import (Projections, af_loss, confidence_weights, feature_l1, mad_loss,
-                                    md_loss, text_term, vision_term, word_term)
+from madcache.method.losses import (Projections, confidence_weights, distillation_loss, feature_l1,
+                                    text_term, vision_term, word_term)
 
 
 def test_feature_l1_is_mean_absolute_error_over_last_dim():
@@ -54,29 +54,30 @@ def test_word_term_is_mean_over_selected_words_only():
     assert word_term(teacher, student, mask).tolist() == [3.0, 0.0]
 
 
-def test_md_loss_and_unimodal_ablations():
+def test_md_and_unimodal_ablations():
     task = torch.tensor(0.5)
     vision, text = torch.tensor([1.0, 3.0]), torch.tensor([2.0, 0.0])
-    # 0.5 + 0.05 * mean([3, 3]) = 0.65
-    assert md_loss(task, vision, text, w=0.05).item() == pytest.approx(0.65)
-    assert md_loss(task, vision, None, w=0.05).item() == pytest.approx(0.5 + 0.05 * 2.0)
-    assert md_loss(task, None, text, w=0.05).item() == pytest.approx(0.5 + 0.05 * 1.0)
+    # L_MD = 0.5 + 0.05 * mean([3, 3]) = 0.65
+    assert distillation_loss(task, [vision, text], 0.05).item() == pytest.approx(0.65)
+    assert distillation_loss(task, [vision], 0.05).item() == pytest.approx(0.5 + 0.05 * 2.0)
+    assert distillation_loss(task, [text], 0.05).item() == pytest.approx(0.5 + 0.05 * 1.0)
+    assert distillation_loss(task, [], 0.05).item() == 0.5            # baseline
 
 
-def test_mad_loss_with_cw_weights_and_with_constant_w_prime():
+def test_mad_with_cw_weights_and_with_constant_w_prime():
     task = torch.tensor(0.5)
     vision, text, words = torch.tensor([1.0, 3.0]), torch.tensor([2.0, 0.0]), torch.tensor([1.0, 1.0])
     # per instance 4 and 4; CW keeps only the first: (0.075 * 4 + 0) / 2 = 0.15
     cw = torch.tensor([0.075, 0.0])
-    assert mad_loss(task, vision, text, words, weights=cw).item() == pytest.approx(0.65)
+    assert distillation_loss(task, [vision, text, words], cw).item() == pytest.approx(0.65)
     # w' = 0.05 * (2 + 2) / 2 = 0.1 on both: 0.5 + 0.1 * 4 = 0.9
-    assert mad_loss(task, vision, text, words, weights=0.1).item() == pytest.approx(0.9)
+    assert distillation_loss(task, [vision, text, words], 0.1).item() == pytest.approx(0.9)
 
 
-def test_af_loss_adds_pretraining_losses_and_md():
-    pre = {"mlm": torch.tensor(1.0), "itm": torch.tensor(0.25)}
+def test_af_adds_pretraining_losses_and_md():
+    own = torch.tensor(1.0) + torch.tensor(0.25)                        # MLM + ITM
     # 1.25 + 0.05 * mean([1 + 2, 3 + 0]) = 1.4
-    total = af_loss(pre, torch.tensor([1.0, 3.0]), torch.tensor([2.0, 0.0]), w=0.05)
+    total = distillation_loss(own, [torch.tensor([1.0, 3.0]), torch.tensor([2.0, 0.0])], 0.05)
     assert total.item() == pytest.approx(1.4)
 
 
