@@ -86,3 +86,39 @@ def test_projections_map_student_width_to_teacher_widths():
     assert proj.vision(torch.zeros(1, 8)).shape == (1, 4)
     assert proj.word(torch.zeros(1, 8)).shape == (1, 6)
     assert Projections(8, image_dim=None, text_dim=6, words=False).word is None
+
+
+def test_cw_fires_on_a_cache_of_realistic_snli_ve_cosines(tmp_path):
+    """CLIP ViT-B/16 image-hypothesis cosines of one SNLI-VE split lie within a few hundredths
+    of each other (here entailment 0.28, neutral 0.26, contradiction 0.23, sd 0.03). With the
+    k-means logits on CLIP's logit scale the teacher is confident (max softmax ~0.87) and CW
+    fires for most instances against a student of max softmax ~0.6; on the raw cosine scale
+    (format 1) the teacher's max softmax stayed ~0.34 and CW never fired (MAD became MD)."""
+    from madcache.cache.reader import open_cache
+    from madcache.cache.writer import CacheWriter
+    from madcache.extraction.protocols import SnliVeTask
+
+    rng = np.random.default_rng(0)
+    sims = np.concatenate([rng.normal(mean, 0.03, 300) for mean in (0.28, 0.26, 0.23)])
+    n = len(sims)
+    arrays = {"example_id": np.array([f"p{i}" for i in range(n)], dtype=str),
+              "image_id": np.array([f"i{i}" for i in range(n)], dtype=str),
+              "image_feat": rng.normal(size=(n, 4)).astype(np.float16),
+              "example_image": np.arange(n, dtype=np.int64),
+              "similarity": sims.astype(np.float32)}
+    manifest = {"fingerprint": {"dataset": {"name": "snli-ve", "split": "train"}},
+                "dataset": "snli-ve", "split": "train", "num_choices": 1,
+                "dims": {"image": 4, "text": 4}, "settings": {}, "num_shards": 1}
+    writer = CacheWriter.open(tmp_path / "c", manifest=manifest, format="hdf5")
+    writer.write_shard(0, arrays, index_columns={"category": ["x"] * n, "label": [0] * n,
+                                                 "group": [""] * n})
+    writer.finish(extra=SnliVeTask().finish([{"similarity": sims.astype(np.float32)}]))
+    cache = open_cache(tmp_path / "c")
+    assert cache.manifest["extra"]["kmeans_scale"] == 100.0
+    teacher = torch.from_numpy(cache.load_targets([f"p{i}" for i in range(n)]).logits["kmeans"])
+    student = torch.from_numpy(rng.normal(0.0, 1.0, (n, 3)).astype(np.float32))
+    fired = (confidence_weights(teacher, student, 0.1) > 0).float().mean().item()
+    assert fired > 0.5
+    assert teacher.softmax(-1).amax(-1).mean() > 0.8
+    raw = (confidence_weights(teacher / 100.0, student, 0.1) > 0).float().mean().item()
+    assert raw < 0.01
