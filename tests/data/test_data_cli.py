@@ -95,3 +95,14 @@ def test_bad_input_gives_one_line_errors(tmp_path):
     assert malformed.exit_code == 2 and "KEY=VALUE" in malformed.output
     missing = run("data", "stats", "--dataset", "snli-ve", "--root", tmp_path, "--split", "dev")
     assert missing.exit_code == 2 and "annotation file not found" in missing.output
+
+
+@pytest.mark.real
+def test_sm_on_the_real_vcr_sample_keeps_only_qualifying_records(real_root, tmp_path):
+    result = run("data", "sm", "--root", real_root / "vcr", "--split", VCR_CS, "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "128 of 159 records in the SM split (singular 106, plural 22); 31 fit neither rule" \
+        in result.output
+    kept = [json.loads(line)["annot_id"] for line in (tmp_path / "vcr_cs_val_original.jsonl").open()]
+    report = json.loads((tmp_path / "sm_report.json").read_text())
+    assert len(kept) == 128 and not set(kept) & set(report["not_qualifying"])
