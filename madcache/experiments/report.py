@@ -148,7 +148,8 @@ def cw_cells(records: Iterable[RunRecord]) -> dict[tuple[str, str, str, str, str
         if record.status != "complete":
             continue
         for stage, fraction in record.cw_fired.items():
-            cell = cells.setdefault((record.dataset, *record.row, stage, record.shots), Cell([], []))
+            key = (record.dataset, *record.row, stage, record.shots)
+            cell = cells.setdefault(key, Cell([], []))
             cell.values.append(100.0 * float(fraction))
             cell.runs.append(record.path)
     return cells
@@ -161,7 +162,7 @@ def cw_markdown(cells: Mapping[tuple[str, str, str, str, str, str], Cell]) -> st
     for dataset in sorted({k[0] for k in cells}):
         keys = [k for k in cells if k[0] == dataset]
         columns = sorted({(k[4], k[5]) for k in keys}, key=lambda c: (c[0], _shots_sort(c[1])))
-        header = ["student", "method", "teachers", *(f"{stage} {shots}" for stage, shots in columns)]
+        header = ["student", "method", "teachers", *(f"{s} {shots}" for s, shots in columns)]
         lines = [f"### {dataset}: CW fired (% of training instances)", "",
                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for row in sorted({k[1:4] for k in keys}, key=lambda r: (r[0], _method_sort(r[1]), r[2])):

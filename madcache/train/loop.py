@@ -1,9 +1,8 @@
 """The training loop: a student, cached teacher targets, a method (docs/method.md).
 
 Reads top to bottom: `TrainConfig` (train/config.py) -> `setup` (train/setup.py: examples,
-low-shot split, cached targets, regions, student, projections) -> `train` (the AF stage when
-the method has one,
-then the task stage; checkpoints; periodic validation) -> the run directory of
+low-shot split, cached targets, regions, student, projections) -> `train` (the stages the
+method has: AF, then the task; checkpoints; periodic validation) -> the run directory of
 docs/architecture.md. The data order is a pure function of (seed, stage, epoch) and the RNG
 states are checkpointed, so a resumed run ends with the same weights and metrics as an
 uninterrupted one.

@@ -56,7 +56,8 @@ def setup(config: TrainConfig) -> Setup:
     student = build_student(config.student, **options).to(config.device)
     whole = config.split_file is None and config.per_category is None
     stream = _cache_order(examples, cache)
-    task_source = _source(stream if whole else subset, target_loader(config, method.only(TASK), cache),
+    task_source = _source(stream if whole else subset,
+                          target_loader(config, method.only(TASK), cache),
                           config.chunk_size if whole else None)
     af_source = None
     if method.stage(AF) is not None:      # AF: the whole training split, the AF stage's targets

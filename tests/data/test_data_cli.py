@@ -103,6 +103,7 @@ def test_sm_on_the_real_vcr_sample_keeps_only_qualifying_records(real_root, tmp_
     assert result.exit_code == 0, result.output
     assert "128 of 159 records in the SM split (singular 106, plural 22); 31 fit neither rule" \
         in result.output
-    kept = [json.loads(line)["annot_id"] for line in (tmp_path / "vcr_cs_val_original.jsonl").open()]
+    written = tmp_path / "vcr_cs_val_original.jsonl"
+    kept = [json.loads(line)["annot_id"] for line in written.open()]
     report = json.loads((tmp_path / "sm_report.json").read_text())
     assert len(kept) == 128 and not set(kept) & set(report["not_qualifying"])
