@@ -83,7 +83,7 @@ class BenchStudent(nn.Module):
                              text_tokens=text.reshape(b, c, *text.shape[1:]),
                              token_spans=inputs["spans"].view(b, c, *inputs["spans"].shape[1:]))
 
-    def pretrain_losses(self, inputs, generator):
+    def pretrain_losses(self, inputs, examples, generator):
         raise NotImplementedError
 
 
@@ -184,6 +184,7 @@ def main() -> None:
     optimizer = torch.optim.AdamW(params, lr=1e-5)
     times: dict[str, list[float]] = {name: [] for name in setups}
     names = list(setups)
+    generator = torch.Generator().manual_seed(0)
     for it in range(args.warmup + args.iters):
         k = it % len(batches)
         shift = it % len(names)
@@ -192,7 +193,8 @@ def main() -> None:
             start = time.perf_counter()
             targets = (online_targets(teachers[name], batches[k], 2) if name in teachers
                        else cached[k])
-            loss, _ = loss_step(setup, batches[k], None if name == "baseline" else targets, regions)
+            loss, _ = loss_step(setup, "task", batches[k], None if name == "baseline" else targets,
+                                regions, generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

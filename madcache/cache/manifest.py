@@ -18,7 +18,7 @@ from madcache.cache.backends import as_unicode, is_string_array
 from madcache.cache.fingerprint import canonical_json, digest
 from madcache.core.errors import CacheCorruptError, CacheNotFoundError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 INDEX = "index.parquet"
 INDEX_PARTS = "index-parts"

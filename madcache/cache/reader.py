@@ -17,7 +17,8 @@ import numpy as np
 from madcache.cache import index as cache_index
 from madcache.cache.backends import Backend, get_backend
 from madcache.cache.fingerprint import diff_fingerprints
-from madcache.cache.manifest import (INDEX, STATE_COMPLETE, fingerprint_digest, read_manifest)
+from madcache.cache.manifest import (FORMAT_VERSION, INDEX, STATE_COMPLETE, fingerprint_digest,
+                                     read_manifest)
 from madcache.cache.targets import kmeans_logits, Targets, WordTargets
 from madcache.core.errors import CacheCorruptError, CacheError, FingerprintMismatchError, \
     MissingTargetError
@@ -127,7 +128,9 @@ class Cache:
 
         One pass over the needed shards in order. Per shard, the needed rows of each array are
         read in one batched, sorted request (whole arrays when most rows are needed; never one
-        read per row), then gathered in memory. fp16 features come back as float32."""
+        read per row), then gathered in memory. fp16 features come back as float32. A cache of
+        another format version is refused (`check_format_version`)."""
+        check_format_version(self.manifest, self.path)
         ids = list(example_ids)
         shard_of, row_of = self._locate(ids)
         entries = {int(e["index"]): e for e in self.shards}
@@ -181,6 +184,25 @@ class Cache:
         if self.format == "memory":
             files += sum(self.backend.nbytes(self._shard_path(e)) for e in self.shards)
         return files
+
+
+def check_format_version(manifest: dict[str, Any], path: Path) -> None:
+    """Refuse teacher targets written by another format version: their values mean something
+    else (docs/cache-format.md, "Format versions"), so they must not be reused silently."""
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CacheError(
+            f"the cache at {path} has format version {version}, but this madcache reads version "
+            f"{FORMAT_VERSION}: its stored values were computed differently (docs/cache-format.md,"
+            " \"Format versions\"). Re-extract it: `madcache extract ... --out NEW_DIR`.")
+
+
+def _kmeans_scale(manifest: dict[str, Any]) -> float:
+    scale = manifest.get("extra", {}).get("kmeans_scale")
+    if scale is None:
+        raise CacheCorruptError("the manifest has extra.kmeans_centres but no "
+                                "extra.kmeans_scale: re-extract the cache")
+    return float(scale)
 
 
 def _rebased(name: str, arrays: dict[str, np.ndarray], before: list[dict[str, Any]]) -> np.ndarray:
@@ -337,7 +359,7 @@ class _Assembler:
         similarity = self._ensure("similarity", np.float32)
         centres = manifest.get("extra", {}).get("kmeans_centres")
         if similarity is not None and centres:
-            logits["kmeans"] = kmeans_logits(similarity, centres)
+            logits["kmeans"] = kmeans_logits(similarity, centres, _kmeans_scale(manifest))
         eos_shape = None
         if "text_eos" in self.records:
             eos_shape = [self.c, *self.records["text_eos"]["shape"][1:]]

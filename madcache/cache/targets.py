@@ -46,8 +46,12 @@ class Targets:
         return {eid: i for i, eid in enumerate(self.example_ids)}
 
 
-def kmeans_logits(similarity: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    """SNLI-VE's k-means logits (MAD.md): -|similarity - centre_k| for every centre, [..., k],
-    ordered like `centres` (entailment, neutral, contradiction)."""
+def kmeans_logits(similarity: np.ndarray, centres: np.ndarray, scale: float) -> np.ndarray:
+    """SNLI-VE's k-means logits (MAD.md): -scale |similarity - centre_k| for every centre,
+    [..., k], ordered like `centres` (entailment, neutral, contradiction).
+
+    `scale` is CLIP's logit scale (100, as for the VCR and VQA logits): cosines of one split lie
+    within a few hundredths of each other, so on the raw scale the softmax stays near uniform
+    and confidence weighting (r > 1) would almost never fire."""
     similarity = np.asarray(similarity, dtype=np.float32)
-    return -np.abs(similarity[..., None] - np.asarray(centres, dtype=np.float32))
+    return -scale * np.abs(similarity[..., None] - np.asarray(centres, dtype=np.float32))

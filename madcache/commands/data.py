@@ -130,5 +130,7 @@ def sm(root: Path, split: str, annotations: Path | None, out: Path, skip_bad: bo
     report = shortcut_mitigate_file(source, out / name, skip_bad=skip_bad)
     (out / "sm_report.json").write_text(json.dumps(report.to_json(), indent=1) + "\n",
                                         encoding="utf-8")
-    click.echo(f"{report.changed} of {report.records} records changed, {report.unchanged} "
-               f"unchanged, {len(report.skipped)} skipped -> {out / name}")
+    rules = ", ".join(f"{rule} {counts.records}" for rule, counts in report.rules.items())
+    click.echo(f"{report.written} of {report.records} records in the SM split ({rules}); "
+               f"{len(report.not_qualifying)} fit neither rule, {len(report.skipped)} skipped "
+               f"-> {out / name}")

@@ -70,6 +70,10 @@ class Example:
     - `label`: VCR choice index, SNLI-VE class index (see `snli_ve.LABELS`); None when unknown
       (VCR/SNLI-VE test) and for VQA, whose targets are `answer_scores` (soft, 0/.3/.6/.9/1).
     - `group`: examples that are scored jointly (VCR Q2AR joins `qa` and `qar` of one annot_id).
+    - `label_free_text`: a text that belongs with the image whatever the labels say (VCR and VQA
+      the question, SNLI-VE the premise caption); None when the dataset has none. Adaptive
+      finetuning's image-text matching takes its positives from it, never from the choices
+      (a wrong VCR answer or a contradicting hypothesis is not true of the image).
     - `raw`: the original record, for reference (not compared, not hashed).
     """
 
@@ -86,6 +90,7 @@ class Example:
     meta_path: str | None = None
     answers: tuple[str, ...] = ()
     answer_scores: Mapping[str, float] | None = None
+    label_free_text: Text | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property

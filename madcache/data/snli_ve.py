@@ -69,8 +69,11 @@ def record_example(record: Mapping[str, Any], *, split: str, file: object, line:
     if check_files and not full.is_file():
         raise DataFileNotFoundError(f"image {full} does not exist; check --root and the "
                                     "images_dir option", **where, field="Flickr30K_ID")
+    premise = record.get("sentence1")       # the Flickr30k caption the hypothesis came from
     return Example(id=pair_id, dataset="snli-ve", split=split, image_id=image_id,
                    image_path=relative, choices=(Text.from_string(hypothesis),), label=label,
+                   label_free_text=Text.from_string(premise) if isinstance(premise, str)
+                   and premise.strip() else None,
                    category=UNLABELLED if label is None else LABELS[label], raw=record)
 
 

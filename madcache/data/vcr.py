@@ -170,7 +170,7 @@ def record_examples(record: Mapping[str, Any], *, split: str, file: object, line
     objects = record["objects"]
     question = render_tokens(record["question"], objects, renderer)
     answers = tuple(render_tokens(t, objects, renderer) for t in record["answer_choices"])
-    common = dict(dataset="vcr", split=split, group=annot_id, raw=record,
+    common = dict(dataset="vcr", split=split, group=annot_id, raw=record, label_free_text=question,
                   image_id=str(record.get("img_id") or record["img_fn"]),
                   image_path=paths["img_fn"], meta_path=paths["metadata_fn"],
                   category=vcr_category(render_tokens(record["question"], objects, "tag").text))

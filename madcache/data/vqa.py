@@ -334,7 +334,8 @@ class VqaReader:
         if check_files and not full.is_file():
             raise DataFileNotFoundError(f"image {full} does not exist; check --root and the "
                                         "images_dir option", **ident)
+        text = Text.from_string(question)
         return Example(id=str(question_id), dataset="vqa", split=split, image_id=str(image_id),
-                       image_path=relative, choices=(Text.from_string(question),), label=None,
+                       image_path=relative, choices=(text,), label=None, label_free_text=text,
                        category=vqa_category(question), answers=human,
                        answer_scores=answer_scores(human) if human else None, raw=record)

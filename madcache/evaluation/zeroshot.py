@@ -7,7 +7,7 @@ cache index. The dataset spec names the protocol (`Dataset.zero_shot`), one of `
 - `logits`: each stored logits name on its own. VCR: Q2A (`:qa` examples), QA2R (`:qar`), Q2AR
   (a question is right only when both its `:qa` and `:qar` predictions are; joined by the
   index's `group`) for each prompt (`iqa`, `ia`); SNLI-VE: accuracy of the k-means logits
-  (`kmeans`, derived by the reader from the stored similarities and the split's cluster centres).
+  (`kmeans`, derived by the reader from the stored similarities, the split's cluster centres and the logit scale).
 - `answer-candidates` (VQA): `template` logits over the prefiltered `candidates`; top-k
   prefiltering keeps the first k candidates (they are stored in the sentence encoder's ranking).
   The answer string is `vocabulary[candidate]` (the manifest's `extra.answer_vocab`, else

@@ -5,7 +5,7 @@ Rows are (student, method, teachers); columns are settings (evaluated split x sh
 the *sample* standard deviation (ddof = 1; empty for a single run) and the number of runs n.
 Outputs: `report.md` (tables + zero-shot results), `report.csv` (one row per cell, long format,
 with the run directories behind it), `runs.csv` (one row per run with its provenance: cache
-fingerprint, split file and digest, seed, git commit, config) and PNG plots (metric vs shots per
+fingerprint, split file and digest, seed, git commit, CW firing rates, config) and PNG plots (metric vs shots per
 method, error bars = the std above), one per (dataset, split, metric).
 """
 
@@ -20,10 +20,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from madcache.core.errors import ConfigError
 from madcache.evaluation.zeroshot import teachers_label
+from madcache.method.methods import METHOD_ORDER
 
 METRIC_ORDER = ("q2a", "qa2r", "q2ar", "accuracy", "vqa_accuracy")
-METHOD_ORDER = ("baseline", "md-vision", "md-text", "md", "mad-no-ts", "mad-no-cw",
-                "mad-random", "mad")
 FULL = "full"
 
 
@@ -42,6 +41,7 @@ class RunRecord:
     eval: dict[str, dict[str, float]]
     provenance: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    cw_fired: dict[str, float] = field(default_factory=dict)   # stage -> fraction of instances
 
     @property
     def row(self) -> tuple[str, str, str]:
@@ -94,7 +94,8 @@ def read_run(path: Path, root: Path) -> RunRecord:
         method=str(metrics.get("method") or config.get("method") or "?"),
         teachers=teachers_label(metrics.get("teachers")), shots=shots_label(shots),
         seed=metrics.get("seed", config.get("seed")), eval=dict(metrics.get("eval") or {}),
-        provenance=dict(metrics.get("provenance") or {}), config=config)
+        provenance=dict(metrics.get("provenance") or {}), config=config,
+        cw_fired=dict(metrics.get("cw_fired") or {}))
 
 
 def collect_runs(runs_dir: str | Path) -> list[RunRecord]:
@@ -137,6 +138,39 @@ def aggregate(records: Iterable[RunRecord]) -> dict[CellKey, Cell]:
                 cell.values.append(float(value))
                 cell.runs.append(record.path)
     return cells
+
+
+def cw_cells(records: Iterable[RunRecord]) -> dict[tuple[str, str, str, str, str, str], Cell]:
+    """CW firing rates (percent of a stage's training instances) over seeds, from the complete
+    runs: (dataset, student, method, teachers, stage, shots) -> Cell."""
+    cells: dict[tuple[str, str, str, str, str, str], Cell] = {}
+    for record in records:
+        if record.status != "complete":
+            continue
+        for stage, fraction in record.cw_fired.items():
+            key = (record.dataset, *record.row, stage, record.shots)
+            cell = cells.setdefault(key, Cell([], []))
+            cell.values.append(100.0 * float(fraction))
+            cell.runs.append(record.path)
+    return cells
+
+
+def cw_markdown(cells: Mapping[tuple[str, str, str, str, str, str], Cell]) -> str:
+    """One table per dataset: how often confidence weighting fired (so a run whose teacher is
+    never more confident than its student, i.e. MAD silently reduced to MD, is visible)."""
+    parts = []
+    for dataset in sorted({k[0] for k in cells}):
+        keys = [k for k in cells if k[0] == dataset]
+        columns = sorted({(k[4], k[5]) for k in keys}, key=lambda c: (c[0], _shots_sort(c[1])))
+        header = ["student", "method", "teachers", *(f"{s} {shots}" for s, shots in columns)]
+        lines = [f"### {dataset}: CW fired (% of training instances)", "",
+                 "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for row in sorted({k[1:4] for k in keys}, key=lambda r: (r[0], _method_sort(r[1]), r[2])):
+            values = [cells[(dataset, *row, *c)].text() if (dataset, *row, *c) in cells else ""
+                      for c in columns]
+            lines.append("| " + " | ".join([*row, *values]) + " |")
+        parts.append("\n".join(lines) + "\n")
+    return "\n".join(parts)
 
 
 def _shots_sort(label: str) -> tuple[int, int]:
@@ -195,6 +229,9 @@ def markdown_report(cells: Mapping[CellKey, Cell], records: Sequence[RunRecord],
              f"{complete} complete run(s) of {len(records)}. Cells: mean ± sample std "
              "(ddof = 1) over seeds, n = runs; every run is listed in runs.csv.", ""]
     parts += [markdown_table(cells, d, m) for d, m in tables(cells)]
+    fired = cw_cells(records)
+    if fired:
+        parts.append(cw_markdown(fired))
     parts += [zero_shot_markdown(result) for result in zero_shot]
     return "\n".join(parts)
 
@@ -231,7 +268,7 @@ def cell_rows(cells: Mapping[CellKey, Cell],
 
 RUN_FIELDS = ("run", "status", "dataset", "student", "method", "teachers", "shots", "seed",
               "eval", "cache_fingerprint", "split_file", "split_digest", "git_commit",
-              "madcache_version", "config")
+              "madcache_version", "cw_fired", "config")
 
 
 def run_rows(records: Sequence[RunRecord]) -> list[dict[str, Any]]:
@@ -239,6 +276,7 @@ def run_rows(records: Sequence[RunRecord]) -> list[dict[str, Any]]:
              "method": r.method, "teachers": r.teachers, "shots": r.shots, "seed": r.seed,
              "eval": json.dumps(r.eval, sort_keys=True),
              **{k: r.provenance.get(k, "") for k in RUN_FIELDS[9:14]},
+             "cw_fired": json.dumps(r.cw_fired, sort_keys=True) if r.cw_fired else "",
              "config": json.dumps(r.config, sort_keys=True)} for r in records]
 
 

@@ -44,6 +44,7 @@ class ShardBuffers:
     texts: dict[str, EncodedTexts] = field(default_factory=dict)
     aux: dict[str, EncodedTexts] = field(default_factory=dict)
     yake: list[np.ndarray] = field(default_factory=list)
+    content: list[np.ndarray] = field(default_factory=list)     # per text: selectable words
     jobs_done: int = 0
 
     def image_matrix(self, key: str) -> torch.Tensor:
@@ -92,9 +93,10 @@ def _text_arrays(plan: ShardPlan, buffers: ShardBuffers, keys: RoleKeys,
     _check_word_counts(plan, encoded)
     vr = _visual_relevance(plan, buffers, keys.relevance)
     yake = [buffers.yake[u] for u in unique]
-    score = [combine_scores(torch.from_numpy(v), torch.from_numpy(y)).numpy()
+    content = [buffers.content[u] for u in unique]
+    score = [combine_scores(torch.from_numpy(v), torch.from_numpy(y), torch.from_numpy(c)).numpy()
              if keys.relevance is not None else np.full(len(y), np.nan, np.float32)
-             for v, y in zip(vr, yake)]
+             for v, y, c in zip(vr, yake, content)]
     dim = encoded.eos[0].shape[-1]
     return {
         "text_key": np.array([_text_key(plan.texts[u].text) for u in unique], dtype=str),

@@ -20,7 +20,7 @@ from madcache.data.paths import safe_join
 from madcache.data.records import Text
 from madcache.core.errors import DataError, DataFileNotFoundError
 from madcache.extraction.plan import ShardPlan
-from madcache.extraction.scores import yake_word_scores
+from madcache.extraction.scores import content_words, yake_word_scores
 
 JobKind = Literal["image", "text", "aux"]
 
@@ -53,7 +53,8 @@ class YakeSettings:
 
     def as_dict(self) -> dict[str, Any]:
         return {"method": "yake", "n": self.max_ngram, "top": self.top,
-                "language": self.language, "word_score": "max over keywords of 1 / (1 + score)"}
+                "language": self.language, "word_score": "max over keywords of 1 / (1 + score)",
+                "non_content": "stopwords (yake's list) and punctuation-only words score 0"}
 
 
 class Preprocessor:
@@ -77,6 +78,7 @@ class Preprocessor:
         if job.kind == "text":
             out["yake"] = [yake_word_scores(t, max_ngram=self.yake.max_ngram, top=self.yake.top,
                                             language=self.yake.language) for t in job.items]
+            out["content"] = [content_words(t, self.yake.language) for t in job.items]
         return out
 
     def images(self, paths: Sequence[str]) -> dict[str, Any]:

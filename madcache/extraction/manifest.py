@@ -58,7 +58,7 @@ def build_manifest(config: ExtractConfig, teachers: TeacherSet, task: Task,
                      "workers": config.workers, "device": config.device,
                      "text_rows": ROW_LAYOUT,
                      "zero_shot": "prediction = argmax of the stored logits (SNLI-VE: of "
-                                  "-|similarity - kmeans centre|)"},
+                                  "-scale * |similarity - kmeans centre|)"},
         "unavailable": missing,
         "skipped_records": skipped,
         "madcache_version": __version__,

@@ -6,7 +6,8 @@ candidates of an example, for confidence weighting and zero-shot evaluation, and
   (`example.choices`); logit = 100 * cos(image, text) (CLIP's logit scale).
 - SNLI-VE: cos(image, hypothesis); 1-D k-means (k = 3) over a whole split's similarities, no
   labels; centres sorted high -> low = entailment, neutral, contradiction; the cache reader derives
-  logit = -|sim - centre| (`madcache.cache.targets.kmeans_logits`).
+  logit = -100 |sim - centre| (`madcache.cache.targets.kmeans_logits`: CLIP's logit scale, like
+  the other logits, so confidence weighting can fire).
 - VQA: each candidate answer turned into a statement with the question by `TEMPLATES`;
   candidates prefiltered by a sentence encoder (`prefilter_answers`); logit = 100 * cos.
 
@@ -245,11 +246,11 @@ class SnliVeTask(Task):
             return {}
         centres = kmeans_anchors(similarities, k=self.k)
         return {"kmeans_centres": [float(c) for c in centres],
-                "kmeans_order": list(SNLI_VE_ORDER)}
+                "kmeans_order": list(SNLI_VE_ORDER), "kmeans_scale": LOGIT_SCALE}
 
     def settings(self) -> dict[str, Any]:
         return {"logits": ["kmeans"], "similarity": "cos(image, hypothesis)", "kmeans_k": self.k,
-                "kmeans_logits": "-|similarity - centre_k|"}
+                "kmeans_logits": "-scale * |similarity - centre_k|", "scale": LOGIT_SCALE}
 
 
 @dataclass

@@ -209,6 +209,7 @@ class ShardPipeline:
             for key, tokens in payload["tokens"].items():
                 target.setdefault(key, EncodedTexts()).add(teachers[key].encode_tokens(tokens))
             buf.yake.extend(payload.get("yake", []))
+            buf.content.extend(payload.get("content", []))
 
     def _read_back(self, done: set[int]) -> dict[int, dict[str, np.ndarray]]:
         """Task arrays of shards completed by an earlier run (SNLI-VE k-means needs them)."""

@@ -1,8 +1,11 @@
 """Token-selection scores (MAD.md, "Token selection (TS)"), computed once at extraction.
 
-S_j = S_vr / |S_vr|_1 + S_si / |S_si|_1 per word; extraction stores `vr`, `yake` and the combined
-score per word in the cache. Picking the top m words happens at load time
-(`madcache.method.selection`).
+S_j = S_vr / |S_vr|_1 + S_si / |S_si|_1 per word over the text's *content* words; stopwords (YAKE's
+own list for the language) and punctuation-only words get S_si = 0 and S_j = 0, so the top-m
+words are content words (the paper's Fig. 4 moves emphasis from "is" to "sending", "telegram";
+YAKE would otherwise pass a keyword's score to the "is" inside "dress is red"). Extraction stores
+`vr` (the raw cosine), `yake` and the combined score per word. Picking the top m words happens at
+load time (`madcache.method.selection`).
 """
 
 from __future__ import annotations
@@ -24,9 +27,13 @@ def visual_relevance(image_embedding: torch.Tensor, word_features: torch.Tensor)
         word_features.float(), image_embedding.float().unsqueeze(0), dim=-1)
 
 
-def combine_scores(vr: torch.Tensor, si: torch.Tensor) -> torch.Tensor:
-    """Negative `vr` clipped to 0, each vector divided by its L1 norm (all-zero stays zero), summed."""
-    return _l1_normalise(vr.float().clamp(min=0)) + _l1_normalise(si.float().clamp(min=0))
+def combine_scores(vr: torch.Tensor, si: torch.Tensor,
+                   content: torch.Tensor | None = None) -> torch.Tensor:
+    """S_j: negative `vr` clipped to 0, words outside `content` (a bool mask; None = all) set to
+    0, each vector divided by its L1 norm (all-zero stays zero), summed."""
+    keep = torch.ones_like(vr, dtype=torch.bool) if content is None else content.bool()
+    vr, si = vr.float().clamp(min=0) * keep, si.float().clamp(min=0) * keep
+    return _l1_normalise(vr) + _l1_normalise(si)
 
 
 def _l1_normalise(x: torch.Tensor) -> torch.Tensor:
@@ -41,10 +48,19 @@ def _yake_extractor(language: str, max_ngram: int, top: int):
     return yake.KeywordExtractor(lan=language, n=max_ngram, top=top)
 
 
+def content_words(text: Text, language: str = "en") -> np.ndarray:
+    """[W] bool: the words token selection may pick. False for stopwords (YAKE's own stopword
+    list of `language`, compared lower-cased) and for words without a letter or digit."""
+    stopwords = _yake_extractor(language, 3, 20).stopword_set
+    return np.array([any(c.isalnum() for c in w.text) and w.text.lower() not in stopwords
+                     for w in text.words], dtype=bool)
+
+
 def yake_word_scores(text: Text, *, max_ngram: int = 3, top: int = 20,
                      language: str = "en") -> np.ndarray:
     """S_si per word: YAKE keyword scores (lower = more important) mapped to 1 / (1 + score);
-    each word takes the max over the keywords that contain it; words in no keyword get 0.
+    each word takes the max over the keywords that contain it; words in no keyword, stopwords
+    and punctuation (`content_words`) get 0.
 
     Memoised per process: YAKE is the costliest CPU step of extraction and datasets repeat texts
     (VCR answers under many images, SNLI-VE hypotheses)."""
@@ -63,7 +79,7 @@ def _yake_word_scores(text: Text, max_ngram: int, top: int, language: str) -> tu
         for start in _occurrences(lowered, parts):
             span = slice(start, start + len(parts))
             scores[span] = np.maximum(scores[span], value)
-    return tuple(scores.tolist())
+    return tuple((scores * content_words(text, language)).tolist())
 
 
 def _occurrences(words: list[str], parts: list[str]) -> list[int]:

@@ -1,16 +1,24 @@
 """The distillation losses of MD and MAD (../shared/MAD.md; docs/method.md), as pure functions.
 
-Everything here works on tensors: the trainer turns a student output and a batch of cached teacher
-targets into the per-instance terms `L_dv`, `L_dt`, `L'_dt` (each [B]) and combines them with
-`md_loss` / `mad_loss` / `af_loss`. Word selection (TS) happens once, when targets are loaded
+Everything here works on tensors: a student output and a batch of cached teacher targets give the
+per-instance terms `L_dv`, `L_dt`, `L'_dt` (each [B], registered in `TERMS` by the names methods
+use), and `distillation_loss` adds them to a stage's own loss (`task_loss`, or the student's
+MLM + ITM). Word selection (TS) happens once, when targets are loaded
 (`madcache.method.selection.select_words`), never in the training step.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, Sequence
+
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from madcache.data.records import Example
+from madcache.students.base import StudentOutput
+from madcache.students.tokens import pool_token_spans
 
 
 def feature_l1(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
@@ -61,46 +69,90 @@ def word_term(teacher_words: torch.Tensor, student_words: torch.Tensor,
     return per_word.flatten(1).sum(dim=1) / count
 
 
-def md_loss(task: torch.Tensor, vision: torch.Tensor | None, text: torch.Tensor | None, *,
-            w: float) -> torch.Tensor:
-    """L_MD = L_task + w * (L_dv + L_dt) (MAD.md, "Multimodal Distillation").
+def distillation_loss(own: torch.Tensor, terms: Sequence[torch.Tensor],
+                      weights: torch.Tensor | float) -> torch.Tensor:
+    """A stage's loss: its own loss plus the weighted distillation terms, averaged over the batch:
+    `own + mean_b(weight_b * sum_k term_k,b)`.
 
-    `vision` / `text` are the per-instance terms [B]; pass None for the unimodal ablations
-    (vision-only: L_task + w L_dv; text-only: L_task + w L_dt).
+    This is every objective of the paper (MAD.md): L_MD = L_task + w (L_dv + L_dt); the unimodal
+    ablations with one term; L_MAD = L_task + w' (L_dv + L_dt + L'_dt), with CW passing the
+    per-instance w_r [B] from `confidence_weights` as `weights`; L_AF = L_MLM + L_ITM +
+    w (L_dv + L_dt). `terms` are per-instance [B] tensors (an empty list adds nothing).
     """
-    return task + w * _batch_mean(_sum_terms(vision, text, like=task))
-
-
-def mad_loss(task: torch.Tensor, vision: torch.Tensor | None, text: torch.Tensor | None,
-             words: torch.Tensor | None, *, weights: torch.Tensor | float) -> torch.Tensor:
-    """L_MAD = L_task + w' * (L_dv + L_dt + L'_dt) (MAD.md, "MAD").
-
-    `weights` is w' (a float), or the per-instance CW weights w_r [B] from `confidence_weights`,
-    which replace w' instance by instance. Terms set to None are off (the ablations).
-    """
-    distill = _sum_terms(vision, text, words, like=task)
-    return task + _batch_mean(distill * weights)
-
-
-def af_loss(pretrain: dict[str, torch.Tensor], vision: torch.Tensor | None,
-            text: torch.Tensor | None, *, w: float) -> torch.Tensor:
-    """L_AF = L_MLM + L_ITM + w * (L_dv + L_dt) (MAD.md, "Adaptive finetuning", stage 1).
-
-    `pretrain` is `student.pretrain_losses(...)` ({'mlm': .., 'itm': ..}); no task labels.
-    """
-    base = sum(pretrain.values(), torch.zeros(()))
-    return base + w * _batch_mean(_sum_terms(vision, text, like=base))
-
-
-def _sum_terms(*terms: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-    present = [t for t in terms if t is not None]
-    if not present:
-        return like.new_zeros(1)
-    return torch.stack(present).sum(dim=0)
+    if not terms:
+        return own
+    return own + _batch_mean(torch.stack(list(terms)).sum(dim=0) * weights)
 
 
 def _batch_mean(x: torch.Tensor) -> torch.Tensor:
     return x.mean() if x.numel() else x.sum()
+
+
+def task_loss(student: Any, logits: torch.Tensor, examples: Sequence[Example]) -> torch.Tensor:
+    """L_task: cross-entropy over choices/classes; VQA: BCE against the soft answer scores,
+    summed over the answer vocabulary (mean x V), as UNITER does."""
+    if student.task == "multilabel":
+        target = torch.zeros_like(logits)
+        index = {a: i for i, a in enumerate(student.answers)}
+        for b, ex in enumerate(examples):
+            for answer, value in (ex.answer_scores or {}).items():
+                if answer in index:
+                    target[b, index[answer]] = value
+        return F.binary_cross_entropy_with_logits(logits, target) * logits.shape[1]
+    labels = torch.tensor([ex.label for ex in examples], device=logits.device)
+    return F.cross_entropy(logits, labels)
+
+
+# ----------------------------------------------------------------------------- the terms
+
+class TeacherBatch(Protocol):
+    """The cached teacher targets of a batch as tensors, rows aligned with the examples (the
+    trainer's `BatchTargets`); a field a method does not need is None."""
+
+    image: torch.Tensor | None        # [B, Dv]
+    text_eos: torch.Tensor | None     # [B, C, Dt]
+    word_feat: torch.Tensor | None    # [B, C, m, Dt]
+    word_span: torch.Tensor | None    # [B, C, m, 2]
+    word_mask: torch.Tensor | None    # [B, C, m]
+    logits: torch.Tensor | None       # [B, K]
+    candidates: torch.Tensor | None   # [B, K]
+
+
+def vision_distillation(out: StudentOutput, targets: TeacherBatch,
+                        proj: "Projections") -> torch.Tensor:
+    """L_dv per instance, from the student's image tokens."""
+    return vision_term(targets.image, proj.vision(out.image_token))
+
+
+def text_distillation(out: StudentOutput, targets: TeacherBatch,
+                      proj: "Projections") -> torch.Tensor:
+    """L_dt per instance, from the student's CLS tokens."""
+    return text_term(targets.text_eos, proj.text(out.cls_token))
+
+
+def word_distillation(out: StudentOutput, targets: TeacherBatch,
+                      proj: "Projections") -> torch.Tensor:
+    """L'_dt per instance: f_st(w) is the mean of the student's sub-token outputs over each
+    selected word's character span."""
+    feat, mask = pool_token_spans(out.text_tokens, out.token_spans, targets.word_span,
+                                  targets.word_mask)
+    return word_term(targets.word_feat, proj.word(feat), mask & targets.word_mask)
+
+
+@dataclass(frozen=True)
+class Term:
+    """A distillation term: `compute(student output, teacher batch, projections) -> [B]`, and
+    the cached target it reads (`Targets` field: image, text_eos or words)."""
+
+    needs: str
+    compute: Callable[[StudentOutput, TeacherBatch, "Projections"], torch.Tensor]
+
+
+TERMS: dict[str, Term] = {
+    "dv": Term("image", vision_distillation),         # L_dv
+    "dt": Term("text_eos", text_distillation),        # L_dt
+    "dwt": Term("words", word_distillation),          # L'_dt (TS)
+}
 
 
 class Projections(nn.Module):

@@ -1,61 +1,163 @@
-"""The method registry: which loss terms a training run turns on (docs/method.md).
+"""The method registry: each method says which training stages it has and what each stage
+optimises (docs/method.md). A new method is one `Method(...)` entry in `METHODS`; a new
+distillation term is a function in `madcache.method.losses` plus its `TERMS` entry.
 
-A method is data: the distillation terms (MAD.md: L_dv, L_dt, L'_dt), confidence weighting and
-the word-selection rule. `needs` lists the cached targets it requires; `check_targets` raises a
-`MissingTargetError` naming the target and the cache when one is absent.
+A method is data. Its `stages` run in order: `af` (adaptive finetuning: the student's label-free
+MLM + ITM losses on the whole training split) and/or `task` (the task loss on the training set,
+low-shot or full). Each stage adds distillation `terms` (MAD.md: `dv` = L_dv, `dt` = L_dt,
+`dwt` = L'_dt over the selected words) with the weight `w` (MD) or `w'` (MAD), or per instance
+with confidence weighting (CW). `needs` lists the cached targets a method reads;
+`check_targets` raises a `MissingTargetError` naming the target and the cache when one is absent.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, replace
+from typing import Callable, Literal
 
 import numpy as np
 
 from madcache.cache.targets import Targets
 from madcache.core.errors import MissingTargetError
 from madcache.core.registry import Registry
+from madcache.method.losses import TERMS
+
+AF, TASK = "af", "task"
+STAGE_ORDER = (AF, TASK)
+
+# The two readings of MAD's "proportionally updated" w' (docs/method.md, "w'"); `m` is the number
+# of selected words the stage distils (0 without TS).
+W_PRIME_RULES: dict[str, Callable[[float, int], float]] = {
+    "proportional": lambda w, m: w * (2 + m) / 2,   # MAD.md: w scaled by (2 + m) features / MD's 2
+    "per-feature": lambda w, m: w * (m + 2),        # supplement "0.05, Token#+2": w per feature
+}
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training stage of a method: `name` ("af" or "task"), the distillation `terms` added to
+    the stage's own loss, their `weight` ("w" or "w_prime") and whether CW replaces that weight
+    per instance (`confidence`)."""
+
+    name: str
+    terms: tuple[str, ...] = ()
+    weight: Literal["w", "w_prime"] = "w"
+    confidence: bool = False
+
+    def __post_init__(self) -> None:
+        unknown = [t for t in self.terms if t not in TERMS]
+        if self.name not in STAGE_ORDER or unknown:
+            raise ValueError(f"stage {self.name!r} (valid: {STAGE_ORDER}) with unknown terms "
+                             f"{unknown} (valid: {sorted(TERMS)})")
+
+
+def task(*terms: str, weight: Literal["w", "w_prime"] = "w", confidence: bool = False) -> Stage:
+    return Stage(TASK, terms, weight, confidence)
+
+
+def adaptive_finetuning(*terms: str) -> Stage:
+    """The AF stage: MLM + ITM + w (the given terms) (MAD.md, "Adaptive finetuning")."""
+    return Stage(AF, terms)
 
 
 @dataclass(frozen=True)
 class Method:
+    """A training recipe: its stages in order, and how TS picks words (`top` / `random`).
+    `paper` names the row of the paper's Table 2 / S3 it reproduces."""
+
     name: str
-    vision: bool = False                  # L_dv = ||V_t - P_v(V_s)||_1
-    text: bool = False                    # L_dt = ||T_t - P_t(T_s)||_1
-    words: bool = False                   # TS: L'_dt over the m selected words
-    confidence: bool = False              # CW: per-instance w_r replaces w'
+    stages: tuple[Stage, ...]
     selection: Literal["top", "random"] = "top"
-    adaptive: bool = False                # MAD family: weight w' = w (2 + m) / 2 (m = 0 without TS)
+    paper: str = ""
+
+    def __post_init__(self) -> None:
+        names = [s.name for s in self.stages]
+        if names != [n for n in STAGE_ORDER if n in names]:
+            raise ValueError(f"method {self.name}: stages {names} must be a subsequence of "
+                             f"{STAGE_ORDER}")
+
+    def stage(self, name: str) -> Stage | None:
+        return next((s for s in self.stages if s.name == name), None)
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.stages)
+
+    def only(self, name: str) -> "Method":
+        """This method restricted to one stage (what that stage's data loader must load)."""
+        return replace(self, stages=tuple(s for s in self.stages if s.name == name))
+
+    @property
+    def terms(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(t for s in self.stages for t in s.terms))
+
+    @property
+    def vision(self) -> bool:
+        return "dv" in self.terms
+
+    @property
+    def text(self) -> bool:
+        return "dt" in self.terms
+
+    @property
+    def words(self) -> bool:
+        return "dwt" in self.terms
+
+    @property
+    def confidence(self) -> bool:
+        return any(s.confidence for s in self.stages)
 
     @property
     def distils(self) -> bool:
-        return self.vision or self.text or self.words
+        return bool(self.terms)
 
     @property
     def needs(self) -> tuple[str, ...]:
         """The cached targets this method reads (baseline: none)."""
-        wanted = [("image", self.vision), ("text_eos", self.text), ("words", self.words),
-                  ("logits", self.confidence)]
-        return tuple(name for name, on in wanted if on)
-
-    def weight(self, *, w: float, w_prime: float) -> float:
-        """The distillation weight: w for MD, w' for MAD with TS, w(2 + 0)/2 = w without TS."""
-        return w_prime if (self.adaptive and self.words) else w
+        found = [TERMS[t].needs for t in self.terms] + (["logits"] if self.confidence else [])
+        return tuple(dict.fromkeys(found))
 
 
+def stage_weight(stage: Stage, *, w: float, m: int, w_prime: float | None = None,
+                 w_prime_rule: str = "proportional") -> float:
+    """The distillation weight of a stage: `w`, or `w'` (set, or by `w_prime_rule` from w and
+    the number of distilled words: m with TS, 0 without)."""
+    if stage.weight == "w":
+        return w
+    if w_prime is not None:
+        return w_prime
+    return W_PRIME_RULES[w_prime_rule](w, m if "dwt" in stage.terms else 0)
+
+
+MD_TERMS = ("dv", "dt")
+TS_TERMS = ("dv", "dt", "dwt")
+MAD_TASK = task(*TS_TERMS, weight="w_prime", confidence=True)
+MAD_AF = adaptive_finetuning(*MD_TERMS)
+
+# In the order of the paper's Table 2 / S3 (reports list methods in this order).
+REGISTERED = (
+    Method("baseline", (task(),), paper="Baseline"),
+    Method("md-vision", (task("dv"),), paper="Unimodal distillation (V.)"),
+    Method("md-text", (task("dt"),), paper="Unimodal distillation (L.)"),
+    Method("md", (task(*MD_TERMS),), paper="Multimodal distillation (V. + L.)"),
+    Method("md-ts", (task(*TS_TERMS, weight="w_prime"),), paper="+ TS (V. L. TS)"),
+    Method("md-ts-random", (task(*TS_TERMS, weight="w_prime"),), selection="random",
+           paper="+ TS w/o language prior (random selection)"),
+    Method("md-ts-cw", (MAD_TASK,), paper="+ CW (V. L. TS CW), no AF"),
+    Method("md-af", (MAD_AF, task(*MD_TERMS)), paper="MD + AF (not a paper row)"),
+    Method("mad-af-plain", (adaptive_finetuning(), MAD_TASK),
+           paper="+ AF w/o distillation (2nd-stage \"pretraining\")"),
+    Method("mad", (MAD_AF, MAD_TASK), paper="MAD: V. L. TS CW AF (AF w/ distillation)"),
+    Method("mad-no-cw", (MAD_AF, task(*TS_TERMS, weight="w_prime")), paper="MAD without CW"),
+    Method("mad-no-ts", (MAD_AF, task(*MD_TERMS, weight="w_prime", confidence=True)),
+           paper="MAD without TS"),
+    Method("mad-random", (MAD_AF, MAD_TASK), selection="random",
+           paper="MAD with random word selection"),
+)
 METHODS: Registry[Method] = Registry("method")
-for _method in (
-    Method("baseline"),
-    Method("md", vision=True, text=True),
-    Method("md-vision", vision=True),
-    Method("md-text", text=True),
-    Method("mad", vision=True, text=True, words=True, confidence=True, adaptive=True),
-    Method("mad-no-cw", vision=True, text=True, words=True, adaptive=True),
-    Method("mad-no-ts", vision=True, text=True, confidence=True, adaptive=True),
-    Method("mad-random", vision=True, text=True, words=True, confidence=True, selection="random",
-           adaptive=True),
-):
+for _method in REGISTERED:
     METHODS.register(_method.name, _method)
+METHOD_ORDER = tuple(m.name for m in REGISTERED)
 
 
 def get_method(name: str) -> Method:

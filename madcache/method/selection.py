@@ -36,8 +36,9 @@ def select_words(words: WordTargets, *, num_examples: int, num_choices: int, m: 
     """Token selection (TS), done once at load time: per text row take the top-m words by the
     cached combined score S_j (or m random words when `generator` is given: the ablation control).
 
-    Words the teacher truncated are never selected (their feature is incomplete). NaN scores
-    count as 0.
+    Words the teacher truncated are never selected (their feature is incomplete). Top-m picks
+    only words with a positive score (stopwords and punctuation score 0, NaN counts as 0), so a
+    text with fewer such words gets fewer than m; random selection draws from all usable words.
     """
     dim = words.feat.shape[1]
     rows = num_examples * num_choices
@@ -46,11 +47,12 @@ def select_words(words: WordTargets, *, num_examples: int, num_choices: int, m: 
     mask = np.zeros((rows, m), dtype=bool)
     for row in range(rows):
         sl = words.text_slice(row)
-        usable = np.flatnonzero(~words.truncated[sl])
         if generator is None:
-            scores = torch.from_numpy(np.nan_to_num(words.score[sl][usable], nan=0.0))
-            chosen = top_words(scores, m)
+            scores = np.nan_to_num(words.score[sl], nan=0.0)
+            usable = np.flatnonzero(~words.truncated[sl] & (scores > 0))
+            chosen = top_words(torch.from_numpy(scores[usable]), m)
         else:
+            usable = np.flatnonzero(~words.truncated[sl])
             chosen = random_words(len(usable), m, generator)
         picked = sl.start + usable[chosen.numpy()]
         k = len(picked)

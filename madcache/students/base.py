@@ -5,7 +5,12 @@ A student scores `example.texts[c]` against the image's regions for every choice
 - V_s, the output at the first visual token ("img" token), and T_s, the output at the text CLS
   token, for each scored sequence;
 - per-token text outputs with the character spans of its own tokens in `example.texts[c].text`,
-  so per-word features can be pooled against the cached teacher words (word = char span).
+  so per-word features can be pooled against the cached teacher words (word = char span);
+- the adaptive-finetuning losses, without task labels. Their image-text matching must never use
+  a choice as a positive (a wrong VCR answer or a contradicting SNLI-VE hypothesis is not true
+  of the image): positives pair an image with its example's `label_free_text` (VCR/VQA question,
+  SNLI-VE premise), negatives pair that text with another image; examples whose
+  `label_free_text` is None take no part in ITM.
 External students (a UNITER / VL-BERT port) implement this protocol: see docs/students.md.
 """
 
@@ -55,9 +60,11 @@ class Student(Protocol):
 
     def __call__(self, inputs: Mapping[str, Any]) -> StudentOutput: ...
 
-    def pretrain_losses(self, inputs: Mapping[str, Any],
+    def pretrain_losses(self, inputs: Mapping[str, Any], examples: Sequence[Example],
                         generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """Adaptive-finetuning stage losses without task labels: {'mlm': .., 'itm': ..}."""
+        """Adaptive-finetuning stage losses without task labels, e.g. {'mlm': .., 'itm': ..}:
+        `inputs` is `prepare(examples, regions)`; ITM positives come only from
+        `example.label_free_text` (see the module docstring). Random draws use `generator`."""
         ...
 
     def export_options(self, directory: Path) -> dict[str, Any]:

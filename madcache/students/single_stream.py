@@ -15,8 +15,10 @@ The encoder is transformers' `BertModel` (random init from a small config, or th
 embeddings/encoder of a local BERT-family directory with `init_text_from`). Heads read the
 [CLS] output: one score per (image, text_c) pair ("multiple_choice", VCR), 3 classes
 ("classification", SNLI-VE) or one logit per answer ("multilabel", VQA). The adaptive-finetuning
-losses are MLM (15% of text tokens; 80% [MASK] / 10% random / 10% kept) and image-text matching
-(texts paired with another image of the batch; a binary head on [CLS]).
+losses are MLM over the scored texts (15% of text tokens; 80% [MASK] / 10% random / 10% kept) and
+image-text matching on label-free pairs only: each example's `label_free_text` (VCR/VQA question,
+SNLI-VE premise) with its own image is a positive, with another image of the batch a negative
+(a binary head on [CLS]); a choice is never an ITM text, since it may be wrong.
 """
 
 from __future__ import annotations
@@ -194,20 +196,24 @@ class SingleStreamStudent(nn.Module):
             raise ConfigError(f"region features have {regions.feat.shape[-1]} dims but the "
                               f"student expects region_dim={self.config.region_dim}: pass "
                               f"--student-option region_dim={regions.feat.shape[-1]}")
-        texts = [text.text for ex in examples for text in ex.texts]
-        encoded = self.tokenizer(texts, padding=True, truncation=True,
+        device = self.device
+        return {**self.tokenize([text.text for ex in examples for text in ex.texts]),
+                "num_choices": num_choices, "image_ids": [ex.image_id for ex in examples],
+                "regions": RegionInputs(regions.feat.to(device).float(),
+                                        regions.boxes.to(device).float(),
+                                        regions.mask.to(device).bool())}
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """WordPiece ids, attention mask and each token's char span ((-1, -1) for specials and
+        padding), on the student's device."""
+        encoded = self.tokenizer(list(texts), padding=True, truncation=True,
                                  max_length=self.config.max_length, return_offsets_mapping=True,
                                  return_special_tokens_mask=True, return_tensors="pt")
         mask = encoded["attention_mask"].bool()
         spans = encoded["offset_mapping"].long()
         spans[encoded["special_tokens_mask"].bool() | ~mask] = -1
-        device = self.device
-        return {"input_ids": encoded["input_ids"].to(device), "attention_mask": mask.to(device),
-                "token_spans": spans.to(device), "num_choices": num_choices,
-                "image_ids": [ex.image_id for ex in examples],
-                "regions": RegionInputs(regions.feat.to(device).float(),
-                                        regions.boxes.to(device).float(),
-                                        regions.mask.to(device).bool())}
+        return {"input_ids": encoded["input_ids"].to(self.device),
+                "attention_mask": mask.to(self.device), "token_spans": spans.to(self.device)}
 
     # ------------------------------------------------------------------ model
 
@@ -261,10 +267,11 @@ class SingleStreamStudent(nn.Module):
 
     # ------------------------------------------------------------------ AF stage
 
-    def pretrain_losses(self, inputs: Mapping[str, Any],
+    def pretrain_losses(self, inputs: Mapping[str, Any], examples: Sequence[Example],
                         generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """MLM + ITM on a prepared batch (no task labels). Random choices come from
-        `generator` (a CPU generator), so the masks and pairings repeat for a seed."""
+        """MLM on the prepared (scored) texts + ITM on the examples' label-free texts (no task
+        labels; see the module docstring). Random choices come from `generator` (a CPU
+        generator), so the masks and pairings repeat for a seed."""
         ids, choices = inputs["input_ids"], inputs["num_choices"]
         batch = ids.shape[0] // choices
         own = _image_of(batch, choices, ids.device)
@@ -273,10 +280,18 @@ class SingleStreamStudent(nn.Module):
                                            mask_id=self.tokenizer.mask_token_id)
         hidden = self.encode(masked_ids, inputs["attention_mask"], inputs["regions"], own)
         mlm = self._mlm_loss(hidden[:, :ids.shape[1]], ids, selected)
-        other, matched = itm_pairs(inputs["image_ids"], choices, generator)
-        hidden = self.encode(ids, inputs["attention_mask"], inputs["regions"], other.to(ids.device))
-        itm = F.cross_entropy(self.itm_head(hidden[:, 0]), matched.long().to(ids.device))
-        return {"mlm": mlm, "itm": itm}
+        return {"mlm": mlm, "itm": self._itm_loss(inputs, examples, generator)}
+
+    def _itm_loss(self, inputs: Mapping[str, Any], examples: Sequence[Example],
+                  generator: torch.Generator) -> torch.Tensor:
+        rows = [b for b, ex in enumerate(examples) if ex.label_free_text is not None]
+        if not rows:                      # no label-free text in the batch: no ITM pair
+            return self.itm_head.weight.sum() * 0.0
+        text = self.tokenize([examples[b].label_free_text.text for b in rows])
+        image, matched = itm_pairs(inputs["image_ids"], rows, generator)
+        hidden = self.encode(text["input_ids"], text["attention_mask"], inputs["regions"],
+                             image.to(self.device))
+        return F.cross_entropy(self.itm_head(hidden[:, 0]), matched.long().to(self.device))
 
     def _mlm_loss(self, hidden: torch.Tensor, ids: torch.Tensor,
                   selected: torch.Tensor) -> torch.Tensor:
@@ -313,16 +328,17 @@ def mask_tokens(ids: torch.Tensor, real: torch.Tensor, generator: torch.Generato
     return masked, selected
 
 
-def itm_pairs(image_ids: Sequence[str], choices: int, generator: torch.Generator
+def itm_pairs(image_ids: Sequence[str], rows: Sequence[int], generator: torch.Generator
               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each of the B x C sequences: the image it is paired with and whether that matches.
+    """For the label-free text of each example in `rows`: the image (batch row) it is paired
+    with, and whether that is its own image.
 
-    Half the sequences (a coin per sequence) take the image of another example of the batch
-    (a random shift); a pairing counts as a negative only when the image ids differ (VCR's Q->A
-    and QA->R examples share an image).
+    Half the texts (a coin per text) take the image of another example of the batch (a random
+    shift); a pairing counts as a negative only when the image ids differ (VCR's Q->A and QA->R
+    examples share an image).
     """
     batch = len(image_ids)
-    own = torch.arange(batch).repeat_interleave(choices)
+    own = torch.as_tensor(list(rows), dtype=torch.long)
     flip = torch.rand(own.shape, generator=generator) < 0.5
     shift = torch.randint(1, max(batch, 2), own.shape, generator=generator)
     other = torch.where(flip & (batch > 1), (own + shift) % batch, own)

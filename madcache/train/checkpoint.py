@@ -29,6 +29,19 @@ class TrainerState:
     loss_sum: float = 0.0
     loss_count: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    cw_counts: dict[str, list[int]] = field(default_factory=dict)   # stage -> [fired, seen]
+
+    def count_cw(self, parts: Mapping[str, float]) -> None:
+        """Add a step's CW counts (`cw_fired` / `cw_seen` in its loss parts) to its stage."""
+        if "cw_seen" in parts:
+            counts = self.cw_counts.setdefault(self.stage, [0, 0])
+            counts[0] += int(parts["cw_fired"])
+            counts[1] += int(parts["cw_seen"])
+
+    def cw_fired(self) -> dict[str, float]:
+        """Per stage with confidence weighting: the fraction of training instances (over all
+        its steps) where CW fired, i.e. the teacher was more confident than the student."""
+        return {stage: fired / seen for stage, (fired, seen) in self.cw_counts.items() if seen}
 
 
 def save_checkpoint(run_dir: Path, setup: Setup, state: TrainerState, optimizer, generator) -> None:

@@ -6,11 +6,11 @@ import dataclasses
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 from madcache.core.config import check_ranges, config_from_dict, setting
 from madcache.core.errors import ConfigError
-from madcache.method.methods import get_method
+from madcache.method.methods import AF, METHOD_ORDER, W_PRIME_RULES, get_method
 
 
 @dataclass
@@ -51,12 +51,18 @@ class TrainConfig:
                                                           "warming up.")
     w: float = setting(0.05, minimum=0, help="MD weight w.")
     m: int = setting(2, minimum=0, help="Words selected per text (TS).")
-    w_prime: float | None = setting(None, minimum=0, help="MAD weight w' (default: "
-                                                          "w (2 + m) / 2).")
+    w_prime: float | None = setting(None, minimum=0, help="MAD weight w' (default: by "
+                                                          "w_prime_rule).")
+    w_prime_rule: Literal[tuple(W_PRIME_RULES)] = setting(
+        "proportional", help="w' = w (2 + m) / 2 (proportional) or w (m + 2) (per-feature); "
+                             "docs/method.md.")
     teacher_logits: str | None = setting(None, help="Cached logits used for CW (default: the "
                                                     "cache's).")
-    af_epochs: int = setting(0, minimum=0, help="Adaptive finetuning epochs before the task "
-                                                "stage.")
+    af_epochs: int = setting(1, minimum=0, help="Length of the adaptive-finetuning stage, in "
+                                                "epochs of the training split, for methods "
+                                                "that have one.")
+    af_max_steps: int | None = setting(None, minimum=1, help="AF-stage steps (overrides "
+                                                             "af_epochs).")
     eval_every: int = setting(0, minimum=0, help="Task steps between validations (0: at the "
                                                  "end only).")
     checkpoint_every: int = setting(0, minimum=0, help="Steps between checkpoints (0: at the "
@@ -72,11 +78,12 @@ class TrainConfig:
         if method.words and self.m < 1:
             raise ConfigError(f"m: method '{self.method}' selects m words per text; m must be "
                               f">= 1, got {self.m}")
-
-    @property
-    def resolved_w_prime(self) -> float:
-        """w' = w (2 + m) / 2 unless set (MAD.md, TS)."""
-        return self.w * (2 + self.m) / 2 if self.w_prime is None else self.w_prime
+        af_length = self.af_epochs if self.af_max_steps is None else self.af_max_steps
+        if method.stage(AF) is not None and af_length < 1:
+            raise ConfigError(f"af_epochs: method '{self.method}' has an adaptive-finetuning "
+                              "stage, so af_epochs (or af_max_steps) must be >= 1; the methods "
+                              "without AF are " + ", ".join(n for n in METHOD_ORDER
+                                                            if get_method(n).stage(AF) is None))
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], *, where: str = "",

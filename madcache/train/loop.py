@@ -1,8 +1,8 @@
 """The training loop: a student, cached teacher targets, a method (docs/method.md).
 
 Reads top to bottom: `TrainConfig` (train/config.py) -> `setup` (train/setup.py: examples,
-low-shot split, cached targets, regions, student, projections) -> `train` (the AF stage when
-asked, then the task stage; checkpoints; periodic validation) -> the run directory of
+low-shot split, cached targets, regions, student, projections) -> `train` (the stages the
+method has: AF, then the task; checkpoints; periodic validation) -> the run directory of
 docs/architecture.md. The data order is a pure function of (seed, stage, epoch) and the RNG
 states are checkpointed, so a resumed run ends with the same weights and metrics as an
 uninterrupted one.
@@ -27,18 +27,21 @@ from madcache.train.checkpoint import (TRAINER_STATE, TrainerState, load_checkpo
 from madcache.train.config import TrainConfig
 from madcache.train.data import DataSource, iterate
 from madcache.train.setup import Setup, setup
-from madcache.train.step import af_step, loss_step
+from madcache.train.step import loss_step
 
 
 def stages(setup: Setup) -> list[tuple[str, DataSource, int]]:
-    """(name, data, steps) of each stage: AF (when af_epochs > 0), then the task."""
+    """(name, data, steps) of each stage the method has, in order: AF (the whole training
+    split, `af_epochs` or `af_max_steps` long), then the task."""
     config, out = setup.config, []
-    if config.af_epochs and setup.af_source is not None:
-        out.append(("af", setup.af_source,
-                    config.af_epochs * setup.af_source.steps_per_epoch(config.batch_size)))
-    per_epoch = setup.task_source.steps_per_epoch(config.batch_size)
-    out.append(("task", setup.task_source,
-                config.max_steps if config.max_steps is not None else config.epochs * per_epoch))
+    for name in setup.method.stage_names:
+        af = name == "af"
+        source = setup.af_source if af else setup.task_source
+        epochs, max_steps = (config.af_epochs, config.af_max_steps) if af else \
+            (config.epochs, config.max_steps)
+        steps = max_steps if max_steps is not None else \
+            epochs * source.steps_per_epoch(config.batch_size)
+        out.append((name, source, steps))
     return out
 
 
@@ -103,10 +106,8 @@ def run_stage(setup: Setup, state: TrainerState, optimizer: torch.optim.Optimize
         regions = setup.regions(examples).to(config.device)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(state.stage_step, total, base=config.lr, warmup=config.warmup)
-        if state.stage == "af":
-            loss, parts = af_step(setup, examples, targets, regions, generator)
-        else:
-            loss, parts = loss_step(setup, examples, targets, regions)
+        loss, parts = loss_step(setup, state.stage, examples, targets, regions, generator)
+        state.count_cw(parts)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -158,7 +159,8 @@ def run_metrics(setup: Setup, state: TrainerState) -> dict[str, Any]:
     return {"run": Path(config.out).name, "dataset": config.dataset, "method": config.method,
             "student": config.student, "teachers": setup.teachers,
             "shots": config.per_category, "seed": config.seed, "status": "complete",
-            "history": state.history, "eval": evaluation, "provenance": setup.provenance}
+            "history": state.history, "eval": evaluation, "cw_fired": state.cw_fired(),
+            "provenance": setup.provenance}
 
 
 def _stage_done(current: str, name: str) -> bool:

@@ -16,7 +16,7 @@ from madcache.core.io import file_sha256, git_commit
 from madcache.data.base import CLASSIFICATION, DATASETS
 from madcache.data.records import Example
 from madcache.method.losses import Projections
-from madcache.method.methods import Method, check_targets, get_method
+from madcache.method.methods import AF, TASK, Method, check_targets, get_method
 from madcache.students.base import RegionInputs
 from madcache.students.regions import region_loader
 from madcache.train.config import TrainConfig
@@ -55,11 +55,15 @@ def setup(config: TrainConfig) -> Setup:
     regions = region_loader(config.regions)
     options = student_defaults(config, cache, regions.store) | config.student_options
     student = build_student(config.student, **options).to(config.device)
-    loader = target_loader(config, method, cache)
     whole = config.split_file is None and config.per_category is None
     stream = _cache_order(examples, cache)
-    task_source = _source(stream if whole else subset, loader, config.chunk_size if whole else None)
-    af_source = _source(stream, loader, config.chunk_size) if config.af_epochs else None
+    task_source = _source(stream if whole else subset,
+                          target_loader(config, method.only(TASK), cache),
+                          config.chunk_size if whole else None)
+    af_source = None
+    if method.stage(AF) is not None:      # AF: the whole training split, the AF stage's targets
+        af_source = _source(stream, target_loader(config, method.only(AF), cache),
+                            config.chunk_size)
     return Setup(
         config=config, method=method, student=student,
         projections=make_projections(student, cache, method).to(config.device),
@@ -114,6 +118,7 @@ TEXT_NEUTRAL_OPTIONS = ("check_files",)
 
 
 def target_loader(config: TrainConfig, method: Method, cache) -> Callable:
+    """Loads the targets `method` (one stage of the run's method) needs, as tensors."""
     def load(examples: list[Example]) -> BatchTargets | None:
         if not method.distils:
             return None

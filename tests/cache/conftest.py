@@ -130,7 +130,8 @@ def write_world(path: Path, world: World, *, fmt: str, finish: bool = True,
     for s in range(len(world.shards)) if shards is None else shards:
         writer.write_shard(s, world.shard_arrays(s), index_columns=world.index_columns(s))
     if finish:
-        writer.finish(extra={"kmeans_centres": world.centres}, summary={"seconds": 1.5})
+        writer.finish(extra={"kmeans_centres": world.centres, "kmeans_scale": 100.0},
+                      summary={"seconds": 1.5})
     return writer
 
 

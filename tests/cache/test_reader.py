@@ -62,7 +62,8 @@ def test_kmeans_logits_from_similarity_and_centres(cache, world):
     by_id = {e.id: e for e in world.examples}
     for row, eid in enumerate(ids):
         for k, centre in enumerate(world.centres):
-            assert logits[row, k] == pytest.approx(-abs(by_id[eid].similarity - centre), abs=1e-6)
+            assert logits[row, k] == pytest.approx(-100 * abs(by_id[eid].similarity - centre),
+                                                   abs=1e-4)
 
 
 def test_empty_request_has_shapes(cache, kit):
@@ -148,3 +149,19 @@ def test_memory_backend_behind_the_same_reader(tmp_path, world, kit):
 def test_ragged_index():
     assert ragged_index(np.array([5, 0, 9]), np.array([2, 0, 3])).tolist() == [5, 6, 9, 10, 11]
     assert ragged_index(np.array([], int), np.array([], int)).tolist() == []
+
+
+def test_targets_of_another_format_version_are_refused(tmp_path, world, kit):
+    """Caches of format 1 hold token-selection scores that gave stopwords and punctuation a
+    score, and SNLI-VE logits on the raw cosine scale: never reuse them silently."""
+    import json
+
+    kit.write_world(tmp_path / "c", world, fmt="hdf5")
+    path = tmp_path / "c" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    path.write_text(json.dumps({**manifest, "format_version": 1}))
+    cache = open_cache(tmp_path / "c")
+    assert cache.info()["format_version"] == 1                # still inspectable
+    with pytest.raises(CacheError, match=r"format version 1, but this madcache reads version 2.*"
+                                         r"Re-extract"):
+        cache.load_targets(requested(world))

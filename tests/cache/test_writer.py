@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from madcache.cache.manifest import array_checksum, read_manifest
+from madcache.cache.manifest import FORMAT_VERSION, array_checksum, read_manifest
 from madcache.cache.writer import CacheWriter
 from madcache.core.errors import CacheCorruptError, CacheError, FingerprintMismatchError
 
@@ -34,7 +34,7 @@ def test_finish_builds_index_and_marks_complete(tmp_path, world, fmt, kit):
     kit.write_world(tmp_path / "c", world, fmt=fmt)
     manifest = read_manifest(tmp_path / "c")
     assert manifest["state"] == "complete"
-    assert manifest["extra"] == {"kmeans_centres": world.centres}
+    assert manifest["extra"] == {"kmeans_centres": world.centres, "kmeans_scale": 100.0}
     assert manifest["summary"] == {"seconds": 1.5}
     assert manifest["totals"]["examples"] == len(world.examples)
     table = pq.read_table(tmp_path / "c" / "index.parquet").to_pydict()
@@ -134,5 +134,5 @@ def test_manifest_is_plain_json_with_digest(tmp_path, world, kit):
     kit.write_world(tmp_path / "c", world, fmt="zarr", shards=[0])
     manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
     assert manifest["fingerprint_digest"] == digest(kit.make_manifest()["fingerprint"])
-    assert manifest["format_version"] == 1
+    assert manifest["format_version"] == FORMAT_VERSION == 2
     assert not list((tmp_path / "c").glob(".*tmp*"))

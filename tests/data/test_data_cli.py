@@ -75,11 +75,12 @@ def test_sm_writes_val_jsonl_and_report(tmp_path):
     (tmp_path / "val.jsonl").write_text(json.dumps(RECORD) + "\n")
     result = run("data", "sm", "--root", tmp_path, "--split", "val", "--out", tmp_path / "sm")
     assert result.exit_code == 0, result.output
-    assert "1 of 1 records changed" in result.output
+    assert "1 of 1 records in the SM split (singular 1, plural 0)" in result.output
     [changed] = [json.loads(line) for line in (tmp_path / "sm" / "val.jsonl").open()]
-    assert changed["answer_choices"][:2] == [[[1], "is", "."], [[0], "is", "."]]
+    assert changed["answer_choices"][:2] == [["He", "is", "."], [[0], "is", "."]]
     report = json.loads((tmp_path / "sm" / "sm_report.json").read_text())
-    assert report["changed_ids"] == ["val-1"] and report["rules"] == {"singular": 1}
+    assert report["rules"]["singular"] == {"records": 1, "answer_choices": 2,
+                                           "rationale_choices": 0}
 
 
 def test_bad_input_gives_one_line_errors(tmp_path):
@@ -94,3 +95,15 @@ def test_bad_input_gives_one_line_errors(tmp_path):
     assert malformed.exit_code == 2 and "KEY=VALUE" in malformed.output
     missing = run("data", "stats", "--dataset", "snli-ve", "--root", tmp_path, "--split", "dev")
     assert missing.exit_code == 2 and "annotation file not found" in missing.output
+
+
+@pytest.mark.real
+def test_sm_on_the_real_vcr_sample_keeps_only_qualifying_records(real_root, tmp_path):
+    result = run("data", "sm", "--root", real_root / "vcr", "--split", VCR_CS, "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "128 of 159 records in the SM split (singular 106, plural 22); 31 fit neither rule" \
+        in result.output
+    written = tmp_path / "vcr_cs_val_original.jsonl"
+    kept = [json.loads(line)["annot_id"] for line in written.open()]
+    report = json.loads((tmp_path / "sm_report.json").read_text())
+    assert len(kept) == 128 and not set(kept) & set(report["not_qualifying"])

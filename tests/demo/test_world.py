@@ -225,8 +225,9 @@ def test_correct_answers_overlap_the_question_and_sm_removes_it(world):
 
     records = _lines(root / "vcr/train.jsonl")
     standard = np.mean([overlap_pick(r) == r["answer_label"] for r in records])
-    mitigated = np.mean([overlap_pick(m) == m["answer_label"]
-                         for m, _ in map(mitigate_record, records)])
+    split = [done.record for done in map(mitigate_record, records) if done is not None]
+    mitigated = np.mean([overlap_pick(m) == m["answer_label"] for m in split])
+    assert len(split) > 0.9 * len(records)   # the demo questions ask about one person
     assert 0.45 < standard < 0.7 and mitigated < 0.1  # chance: 0.25
 
 

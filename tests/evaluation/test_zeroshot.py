@@ -55,7 +55,8 @@ def write_cache(path, *, dataset, ids, labels, categories, logits, groups=None, 
     writer.write_shard(0, arrays, index_columns={
         "category": list(categories), "label": list(labels),
         "group": list(groups) if groups is not None else [""] * n})
-    writer.finish(extra={**({"kmeans_centres": centres} if centres else {}), **(extra or {})})
+    kmeans = {"kmeans_centres": centres, "kmeans_scale": 100.0} if centres else {}
+    writer.finish(extra={**kmeans, **(extra or {})})
     return path
 
 

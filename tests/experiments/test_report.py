@@ -21,7 +21,7 @@ Q2A = {  # (method, shots) -> per-seed q2a on val
 
 
 def write_run(root, *, method, shots, seed, q2a, sm=None, status="complete", student="s1",
-              teachers=TEACHERS):
+              teachers=TEACHERS, cw_fired=None):
     run = root / "vcr" / student / method / ("full" if shots is None else f"k{shots}") / f"seed{seed}"
     run.mkdir(parents=True)
     evaluation = {"val": {"q2a": q2a, "qa2r": q2a / 2, "q2ar": q2a / 4}}
@@ -29,7 +29,7 @@ def write_run(root, *, method, shots, seed, q2a, sm=None, status="complete", stu
         evaluation["val_sm"] = {"q2a": sm, "qa2r": sm / 2, "q2ar": sm / 4}
     metrics = {"run": run.name, "dataset": "vcr", "method": method, "student": student,
                "teachers": teachers, "shots": shots, "seed": seed, "status": status,
-               "history": [], "eval": evaluation,
+               "history": [], "eval": evaluation, "cw_fired": cw_fired or {},
                "provenance": {"cache_fingerprint": "fp123", "split_file": f"splits/k{shots}-{seed}",
                               "split_digest": "d", "git_commit": "abc", "madcache_version": "0"}}
     (run / "metrics.json").write_text(json.dumps(metrics))
@@ -107,6 +107,21 @@ def test_zero_shot_results_are_included(runs, tmp_path):
     with open(tmp_path / "r" / "report.csv") as handle:
         zero = [c for c in csv.DictReader(handle) if c["shots"] == "zero-shot"]
     assert zero[0]["method"] == "zero-shot:ia" and float(zero[0]["mean"]) == 54.82
+
+
+def test_cw_firing_rates_are_reported(tmp_path):
+    root = tmp_path / "runs"
+    for seed, fired in enumerate([0.25, 0.75]):
+        write_run(root, method="mad", shots=100, seed=seed, q2a=40.0, cw_fired={"task": fired})
+    write_run(root, method="md", shots=100, seed=0, q2a=35.0)
+    result = build_report(root, out=tmp_path / "r", plots=False)
+    assert "### vcr: CW fired (% of training instances)" in result["markdown"]
+    assert "| student | method | teachers | task k100 |" in result["markdown"]
+    assert "| s1 | mad | clip-b16 | 50.00 ± 35.36 (n=2) |" in result["markdown"]
+    assert "| s1 | md |" not in result["markdown"].split("CW fired")[1]
+    with open(tmp_path / "r" / "runs.csv") as handle:
+        listed = {r["run"]: r for r in csv.DictReader(handle)}
+    assert json.loads(listed["vcr/s1/mad/k100/seed1"]["cw_fired"]) == {"task": 0.75}
 
 
 def test_teachers_label():

@@ -404,14 +404,24 @@ def test_end_to_end_tiny_demo_sweep_and_report(tmp_path):
     (tmp_path / "p.toml").write_text(
         'dataset = "vcr"\nroot = "world/vcr"\nregions = "regions"\ncache = "cache/vcr-train"\n'
         'eval_caches = { val = "cache/vcr-val" }\nout = "runs"\n'
-        'methods = ["baseline", "mad", "adapter-linear"]\nshots = [2]\nseeds = [0]\n'
+        'methods = ["baseline", "md", "mad", "adapter-linear"]\nshots = [2]\nseeds = [0]\n'
         'eval = ["val", "val_sm"]\nzero_shot = true\n'
-        '[train]\nmax_steps = 2\nbatch_size = 8\n[adapter]\nepochs = 5\n')
+        '[train]\nmax_steps = 2\nbatch_size = 8\naf_epochs = 1\n[adapter]\nepochs = 5\n')
     config = load_sweep(tmp_path / "p.toml")
     result = run_sweep(config, runner=in_process_runner, progress=False)
-    assert len(result.ran) == 3 and not result.failed, result.failed
+    assert len(result.ran) == 4 and not result.failed, result.failed
     mad = json.loads((tmp_path / "runs/vcr/single-stream/mad/k2/seed0/metrics.json").read_text())
     assert mad["status"] == "complete" and set(mad["eval"]) == {"val", "val_sm"}
+    # af_epochs in [train] gives an AF stage (one epoch over the 240 training examples, batch 8)
+    # to mad only: the paper's baseline and MD have none
+    stages = {}
+    for method in ("baseline", "md", "mad"):
+        run = tmp_path / f"runs/vcr/single-stream/{method}/k2/seed0"
+        stages[method] = [(h["stage"], h["step"])
+                          for h in json.loads((run / "metrics.json").read_text())["history"]]
+    assert stages == {"baseline": [("task", 2)], "md": [("task", 2)],
+                      "mad": [("af", 30), ("task", 2)]}
+    assert set(mad["cw_fired"]) == {"task"}
     assert mad["provenance"]["split_file"] == str(tmp_path / "runs/splits/vcr-k2-seed0.json")
     baseline = json.loads(
         (tmp_path / "runs/vcr/single-stream/baseline/k2/seed0/metrics.json").read_text())
@@ -419,4 +429,5 @@ def test_end_to_end_tiny_demo_sweep_and_report(tmp_path):
     assert not run_sweep(config, runner=in_process_runner, progress=False).ran
     report = build_report(tmp_path / "runs", plots=False)
     assert "| single-stream | mad | madcache-demo |" in report["markdown"]
+    assert "### vcr: CW fired (% of training instances)" in report["markdown"]
     assert "## Zero-shot: vcr val" in report["markdown"]

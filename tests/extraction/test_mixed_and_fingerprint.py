@@ -45,8 +45,8 @@ def test_vit_and_bert_without_relevance_model(tmp_path, toy_root, vit_dir, minil
     assert manifest["unavailable"] == ["word_vr", "word_score", "logits"]
     from madcache.method.methods import unavailable_methods
 
-    assert set(unavailable_methods(manifest["unavailable"])) == {"mad", "mad-no-cw", "mad-no-ts",
-                                                                 "mad-random"}
+    assert set(unavailable_methods(manifest["unavailable"])) == {
+        "md-ts", "md-ts-cw", "mad-af-plain", "mad", "mad-no-cw", "mad-no-ts", "mad-random"}
     assert manifest["fingerprint"]["teachers"]["relevance"] is None
     assert manifest["default_logits"] is None
 

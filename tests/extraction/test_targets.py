@@ -12,7 +12,7 @@ from PIL import Image
 from madcache.extraction import protocols
 from madcache.data import read_examples
 from madcache.extraction import ExtractConfig, extract
-from madcache.extraction.scores import combine_scores, yake_word_scores
+from madcache.extraction.scores import combine_scores, content_words, yake_word_scores
 from madcache.teachers import load_teacher
 
 FP16 = {"rtol": 2e-3, "atol": 2e-3}
@@ -112,8 +112,11 @@ def test_selection_scores_follow_mad(vcr, teacher, toy_root, toy_vcr_examples):
         yake = yake_word_scores(text)
         np.testing.assert_allclose(shard["word_yake"][flat], yake, rtol=1e-6)
         np.testing.assert_allclose(shard["word_vr"][flat], vr.numpy(), atol=1e-4)
+        content = torch.from_numpy(content_words(text))
         np.testing.assert_allclose(shard["word_score"][flat],
-                                   combine_scores(vr, torch.from_numpy(yake)).numpy(), atol=1e-4)
+                                   combine_scores(vr, torch.from_numpy(yake), content).numpy(),
+                                   atol=1e-4)
+        assert (shard["word_score"][flat][~content.numpy()] == 0).all()
     assert shard["word_yake"].max() > 0 and (shard["word_yake"] == 0).any()
 
 

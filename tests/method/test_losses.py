@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from madcache.method.losses import (Projections, af_loss, confidence_weights, feature_l1, mad_loss,
-                                    md_loss, text_term, vision_term, word_term)
+from madcache.method.losses import (Projections, confidence_weights, distillation_loss, feature_l1,
+                                    text_term, vision_term, word_term)
 
 
 def test_feature_l1_is_mean_absolute_error_over_last_dim():
@@ -54,29 +54,30 @@ def test_word_term_is_mean_over_selected_words_only():
     assert word_term(teacher, student, mask).tolist() == [3.0, 0.0]
 
 
-def test_md_loss_and_unimodal_ablations():
+def test_md_and_unimodal_ablations():
     task = torch.tensor(0.5)
     vision, text = torch.tensor([1.0, 3.0]), torch.tensor([2.0, 0.0])
-    # 0.5 + 0.05 * mean([3, 3]) = 0.65
-    assert md_loss(task, vision, text, w=0.05).item() == pytest.approx(0.65)
-    assert md_loss(task, vision, None, w=0.05).item() == pytest.approx(0.5 + 0.05 * 2.0)
-    assert md_loss(task, None, text, w=0.05).item() == pytest.approx(0.5 + 0.05 * 1.0)
+    # L_MD = 0.5 + 0.05 * mean([3, 3]) = 0.65
+    assert distillation_loss(task, [vision, text], 0.05).item() == pytest.approx(0.65)
+    assert distillation_loss(task, [vision], 0.05).item() == pytest.approx(0.5 + 0.05 * 2.0)
+    assert distillation_loss(task, [text], 0.05).item() == pytest.approx(0.5 + 0.05 * 1.0)
+    assert distillation_loss(task, [], 0.05).item() == 0.5            # baseline
 
 
-def test_mad_loss_with_cw_weights_and_with_constant_w_prime():
+def test_mad_with_cw_weights_and_with_constant_w_prime():
     task = torch.tensor(0.5)
     vision, text, words = torch.tensor([1.0, 3.0]), torch.tensor([2.0, 0.0]), torch.tensor([1.0, 1.0])
     # per instance 4 and 4; CW keeps only the first: (0.075 * 4 + 0) / 2 = 0.15
     cw = torch.tensor([0.075, 0.0])
-    assert mad_loss(task, vision, text, words, weights=cw).item() == pytest.approx(0.65)
+    assert distillation_loss(task, [vision, text, words], cw).item() == pytest.approx(0.65)
     # w' = 0.05 * (2 + 2) / 2 = 0.1 on both: 0.5 + 0.1 * 4 = 0.9
-    assert mad_loss(task, vision, text, words, weights=0.1).item() == pytest.approx(0.9)
+    assert distillation_loss(task, [vision, text, words], 0.1).item() == pytest.approx(0.9)
 
 
-def test_af_loss_adds_pretraining_losses_and_md():
-    pre = {"mlm": torch.tensor(1.0), "itm": torch.tensor(0.25)}
+def test_af_adds_pretraining_losses_and_md():
+    own = torch.tensor(1.0) + torch.tensor(0.25)                        # MLM + ITM
     # 1.25 + 0.05 * mean([1 + 2, 3 + 0]) = 1.4
-    total = af_loss(pre, torch.tensor([1.0, 3.0]), torch.tensor([2.0, 0.0]), w=0.05)
+    total = distillation_loss(own, [torch.tensor([1.0, 3.0]), torch.tensor([2.0, 0.0])], 0.05)
     assert total.item() == pytest.approx(1.4)
 
 
@@ -85,3 +86,39 @@ def test_projections_map_student_width_to_teacher_widths():
     assert proj.vision(torch.zeros(1, 8)).shape == (1, 4)
     assert proj.word(torch.zeros(1, 8)).shape == (1, 6)
     assert Projections(8, image_dim=None, text_dim=6, words=False).word is None
+
+
+def test_cw_fires_on_a_cache_of_realistic_snli_ve_cosines(tmp_path):
+    """CLIP ViT-B/16 image-hypothesis cosines of one SNLI-VE split lie within a few hundredths
+    of each other (here entailment 0.28, neutral 0.26, contradiction 0.23, sd 0.03). With the
+    k-means logits on CLIP's logit scale the teacher is confident (max softmax ~0.87) and CW
+    fires for most instances against a student of max softmax ~0.6; on the raw cosine scale
+    (format 1) the teacher's max softmax stayed ~0.34 and CW never fired (MAD became MD)."""
+    from madcache.cache.reader import open_cache
+    from madcache.cache.writer import CacheWriter
+    from madcache.extraction.protocols import SnliVeTask
+
+    rng = np.random.default_rng(0)
+    sims = np.concatenate([rng.normal(mean, 0.03, 300) for mean in (0.28, 0.26, 0.23)])
+    n = len(sims)
+    arrays = {"example_id": np.array([f"p{i}" for i in range(n)], dtype=str),
+              "image_id": np.array([f"i{i}" for i in range(n)], dtype=str),
+              "image_feat": rng.normal(size=(n, 4)).astype(np.float16),
+              "example_image": np.arange(n, dtype=np.int64),
+              "similarity": sims.astype(np.float32)}
+    manifest = {"fingerprint": {"dataset": {"name": "snli-ve", "split": "train"}},
+                "dataset": "snli-ve", "split": "train", "num_choices": 1,
+                "dims": {"image": 4, "text": 4}, "settings": {}, "num_shards": 1}
+    writer = CacheWriter.open(tmp_path / "c", manifest=manifest, format="hdf5")
+    writer.write_shard(0, arrays, index_columns={"category": ["x"] * n, "label": [0] * n,
+                                                 "group": [""] * n})
+    writer.finish(extra=SnliVeTask().finish([{"similarity": sims.astype(np.float32)}]))
+    cache = open_cache(tmp_path / "c")
+    assert cache.manifest["extra"]["kmeans_scale"] == 100.0
+    teacher = torch.from_numpy(cache.load_targets([f"p{i}" for i in range(n)]).logits["kmeans"])
+    student = torch.from_numpy(rng.normal(0.0, 1.0, (n, 3)).astype(np.float32))
+    fired = (confidence_weights(teacher, student, 0.1) > 0).float().mean().item()
+    assert fired > 0.5
+    assert teacher.softmax(-1).amax(-1).mean() > 0.8
+    raw = (confidence_weights(teacher / 100.0, student, 0.1) > 0).float().mean().item()
+    assert raw < 0.01

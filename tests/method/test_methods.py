@@ -3,7 +3,8 @@ import pytest
 
 from madcache.cache.targets import Targets
 from madcache.core.errors import MissingTargetError, UnknownNameError
-from madcache.method.methods import METHODS, check_targets, get_method
+from madcache.method.methods import (METHOD_ORDER, METHODS, Stage, check_targets,
+                                     get_method, stage_weight)
 
 
 def _targets(**fields):
@@ -22,8 +23,10 @@ def _words(score):
 
 
 def test_registry_holds_the_methods_and_ablations():
-    assert METHODS.names() == sorted(["baseline", "md", "md-vision", "md-text", "mad",
-                                      "mad-no-cw", "mad-no-ts", "mad-random"])
+    assert METHOD_ORDER == ("baseline", "md-vision", "md-text", "md", "md-ts", "md-ts-random",
+                            "md-ts-cw", "md-af", "mad-af-plain", "mad", "mad-no-cw",
+                            "mad-no-ts", "mad-random")
+    assert METHODS.names() == sorted(METHOD_ORDER)
     assert get_method("baseline").needs == ()
     assert get_method("md").needs == ("image", "text_eos")
     assert get_method("md-text").needs == ("text_eos",)
@@ -32,15 +35,34 @@ def test_registry_holds_the_methods_and_ablations():
     assert get_method("mad-random").selection == "random"
 
 
+def test_af_belongs_to_the_methods_of_table_2_that_have_it():
+    """The paper's baseline / MD / +TS / +CW rows have no AF stage; MAD and the AF ablations do."""
+    with_af = {name for name in METHOD_ORDER if get_method(name).stage("af") is not None}
+    assert with_af == {"md-af", "mad-af-plain", "mad", "mad-no-cw", "mad-no-ts", "mad-random"}
+    mad = get_method("mad")
+    assert mad.stage_names == ("af", "task")
+    assert mad.stage("af") == Stage("af", ("dv", "dt"))                 # L_AF: MLM + ITM + w MD
+    assert mad.stage("task") == Stage("task", ("dv", "dt", "dwt"), "w_prime", confidence=True)
+    assert get_method("mad-af-plain").stage("af").terms == ()           # AF w/o distillation
+    assert get_method("md-ts-cw").stages == (mad.stage("task"),)        # MAD without AF
+    assert mad.only("af").needs == ("image", "text_eos")                # AF loads no words
+    assert get_method("mad-af-plain").only("af").needs == ()
+
+
 def test_unknown_method_lists_the_valid_ones():
     with pytest.raises(UnknownNameError, match="Available: baseline, mad"):
         get_method("kd")
 
 
-def test_weights_md_uses_w_and_mad_uses_w_prime():
-    assert get_method("md").weight(w=0.05, w_prime=0.1) == 0.05
-    assert get_method("mad").weight(w=0.05, w_prime=0.1) == 0.1
-    assert get_method("mad-no-ts").weight(w=0.05, w_prime=0.1) == 0.05
+def test_stage_weights_w_for_md_and_w_prime_by_the_named_rule():
+    md, mad, no_ts = (get_method(n).stage("task") for n in ("md", "mad", "mad-no-ts"))
+    assert stage_weight(md, w=0.05, m=2) == 0.05
+    assert stage_weight(mad, w=0.05, m=2) == pytest.approx(0.1)          # w (2 + m) / 2
+    assert stage_weight(mad, w=0.05, m=3, w_prime_rule="per-feature") == pytest.approx(0.25)
+    assert stage_weight(no_ts, w=0.05, m=2) == pytest.approx(0.05)       # m = 0 without TS
+    assert stage_weight(no_ts, w=0.05, m=2, w_prime_rule="per-feature") == pytest.approx(0.1)
+    assert stage_weight(mad, w=0.05, m=2, w_prime=0.3) == 0.3            # set: wins
+    assert stage_weight(get_method("mad").stage("af"), w=0.05, m=2) == 0.05
 
 
 def test_mad_on_a_cache_without_logits_names_the_target_and_the_cache():

@@ -67,3 +67,15 @@ def test_random_selection_is_seeded_and_uses_only_usable_words():
                      generator=torch.Generator().manual_seed(3))
     assert np.array_equal(a.span, b.span) and a.mask.all()
     assert len(set(a.span[0, 0, :, 0].tolist())) == 2
+
+
+def test_top_selection_never_picks_a_zero_score_word():
+    """Stopwords and punctuation score 0 at extraction: a text with one content word gives one
+    selected word, not a stopword as the second."""
+    words = _words([[0.0, 0.7, 0.0, np.nan], [0.0, 0.0]])
+    sel = select_words(words, num_examples=1, num_choices=2, m=2)
+    assert sel.mask.tolist() == [[[True, False], [False, False]]]
+    assert sel.span[0, 0, 0].tolist() == [1, 2]
+    random = select_words(words, num_examples=1, num_choices=2, m=2,
+                          generator=torch.Generator().manual_seed(0))
+    assert random.mask.all()                      # the ablation control draws from every word

@@ -10,10 +10,10 @@ from madcache.data.records import Example, Text
 
 def vcr_example(i: int, image_id: str | None = None) -> Example:
     choices = ("a red square", "the blue circle on the left", "nothing at all", "person2 is")
+    question = Text.from_string(f"What is person{i + 1} holding?")
     return Example(id=f"a-{i}:qa", dataset="vcr", split="train", image_id=image_id or f"img{i}",
                    image_path=f"img{i}.jpg", choices=tuple(Text.from_string(c) for c in choices),
-                   label=i % 4, category="activity",
-                   context=Text.from_string(f"What is person{i + 1} holding?"))
+                   label=i % 4, category="activity", context=question, label_free_text=question)
 
 
 def single_example(i: int, text: str = "Two persons stand near a green triangle.") -> Example:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -111,14 +113,15 @@ def test_region_dim_mismatch_names_the_option(student, make):
 
 
 def test_pretrain_losses_finite_and_deterministic(student, make):
-    inputs = student.prepare([make.vcr(0), make.vcr(1), make.vcr(2)], make.regions((3, 5, 2)))
+    examples = [make.vcr(0), make.vcr(1), make.vcr(2)]
+    inputs = student.prepare(examples, make.regions((3, 5, 2)))
     student.train()
     runs = []
     for _ in range(2):
         torch.manual_seed(0)
-        runs.append(student.pretrain_losses(inputs, torch.Generator().manual_seed(7)))
+        runs.append(student.pretrain_losses(inputs, examples, torch.Generator().manual_seed(7)))
     torch.manual_seed(0)
-    other = student.pretrain_losses(inputs, torch.Generator().manual_seed(8))
+    other = student.pretrain_losses(inputs, examples, torch.Generator().manual_seed(8))
     student.eval()
     assert set(runs[0]) == {"mlm", "itm"}
     assert all(torch.isfinite(v) and v.requires_grad for v in runs[0].values())
@@ -144,15 +147,52 @@ def test_mask_tokens_rates_and_specials():
 
 
 def test_itm_pairs_negatives_only_across_images():
-    other, matched = itm_pairs(["a", "a", "b", "c"], 2, torch.Generator().manual_seed(0))
-    own = torch.arange(4).repeat_interleave(2)
-    ids = ["a", "a", "b", "c"]
-    assert other.shape == matched.shape == (8,)
-    for o, s, m in zip(own.tolist(), other.tolist(), matched.tolist()):
+    ids = ["a", "a", "b", "c", "d", "e", "f", "g"]
+    own = [0, 1, 2, 3, 5, 6, 7]
+    other, matched = itm_pairs(ids, own, torch.Generator().manual_seed(0))
+    assert other.shape == matched.shape == (7,)
+    for o, s, m in zip(own, other.tolist(), matched.tolist()):
         assert m == (ids[o] == ids[s])
     assert not matched.all() and matched.any()
-    _, lone = itm_pairs(["a"], 4, torch.Generator().manual_seed(0))
+    _, lone = itm_pairs(["a"], [0, 0], torch.Generator().manual_seed(0))
     assert lone.all()
+
+
+def test_itm_positives_are_label_free_texts_never_choices(student, make, monkeypatch):
+    """AF must not teach that wrong answers match the image: every ITM sequence is an
+    example's question (VCR) or premise (SNLI-VE), paired with its own image or another one."""
+    examples = [make.vcr(i) for i in range(4)]
+    examples[3] = replace(examples[3], label_free_text=None)   # no label-free text: no ITM pair
+    inputs = student.prepare(examples, make.regions((3, 5, 2, 4)))
+    encoded = []
+    real_encode = student.encode
+
+    def spy(ids, mask, regions, image_of):
+        encoded.append((ids, image_of))
+        return real_encode(ids, mask, regions, image_of)
+    monkeypatch.setattr(student, "encode", spy)
+    student.pretrain_losses(inputs, examples, torch.Generator().manual_seed(3))
+    (mlm_ids, _), (itm_ids, itm_images) = encoded
+    assert mlm_ids.shape[0] == 16                               # MLM: all 4 x 4 scored texts
+    texts = student.tokenizer.batch_decode(itm_ids, skip_special_tokens=True)
+    assert texts == [f"what is person{i + 1} holding?" for i in range(3)]
+    choices = {c.text for ex in examples for c in ex.choices}
+    assert not any(choice in text for text in texts for choice in choices)
+    assert len(itm_images) == 3
+
+
+@pytest.mark.real
+def test_readers_give_label_free_texts(real_root):
+    from madcache.data import read_examples
+
+    snli = read_examples("snli-ve", real_root / "snli_ve" / "allennlp_fixture",
+                         "sample_pairs.jsonl").examples[0]
+    assert snli.label_free_text.text == "A toddler poses in front of a computer at a business " \
+                                        "office."                 # the premise, not sentence2
+    vcr = read_examples("vcr", real_root / "vcr",
+                        "extracted/val-1_from_iflytek_VLE_examples_VCR_README.jsonl").examples
+    assert all(ex.label_free_text == vcr[0].label_free_text for ex in vcr[:2])
+    assert vcr[1].context.text.startswith(vcr[1].label_free_text.text + " ")
 
 
 def test_save_load_round_trip(tmp_path, student, make):

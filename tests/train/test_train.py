@@ -63,7 +63,7 @@ class TinyStudent(nn.Module):
                              image_token=image_token, cls_token=cls, text_tokens=tokens,
                              token_spans=inputs["spans"])
 
-    def pretrain_losses(self, inputs, generator):
+    def pretrain_losses(self, inputs, examples, generator):
         ids = inputs["ids"]
         masked = ids.clone()
         pick = (torch.rand(ids.shape, generator=generator) < 0.3) & (ids > 0)
@@ -141,7 +141,7 @@ def make_setup(tmp_path, method="mad", chunk=None, **overrides):
     return Setup(config=config, method=m, student=student,
                  projections=Projections(H, image_dim=DV, text_dim=DT, words=m.words),
                  task_source=source,
-                 af_source=DataSource(train_examples, chunks, load) if config.af_epochs else None,
+                 af_source=DataSource(train_examples, chunks, load) if m.stage("af") else None,
                  regions=regions, eval_examples=make_examples(6, "val"),
                  provenance={"cache_fingerprint": "abc"},
                  save_student=lambda s, p: (p.mkdir(parents=True, exist_ok=True),
@@ -166,10 +166,14 @@ def test_config_rejects_unknown_keys_and_methods():
         TrainConfig(dataset="vcr", root=".", out="o", method="kd")
 
 
-def test_w_prime_defaults_to_w_times_two_plus_m_over_two(tmp_path):
-    config = TrainConfig(dataset="vcr", root=".", out="o", w=0.05, m=2)
-    assert config.resolved_w_prime == pytest.approx(0.1)
-    assert TrainConfig(dataset="vcr", root=".", out="o", w_prime=0.3).resolved_w_prime == 0.3
+def test_af_length_and_w_prime_rule_are_checked():
+    with pytest.raises(ConfigError, match="'mad' has an adaptive-finetuning stage.*md-ts-cw"):
+        TrainConfig(dataset="vcr", root=".", out="o", method="mad", af_epochs=0)
+    assert TrainConfig(dataset="vcr", root=".", out="o", method="md", af_epochs=0).af_epochs == 0
+    TrainConfig(dataset="vcr", root=".", out="o", method="mad", af_epochs=0, af_max_steps=3)
+    with pytest.raises(ConfigError, match="w_prime_rule: expected one of 'proportional', "
+                                          "'per-feature', got '0.05\\(m\\+2\\)'"):
+        TrainConfig.from_dict(dict(dataset="vcr", root=".", out="o", w_prime_rule="0.05(m+2)"))
 
 
 def test_config_from_toml_with_overrides(tmp_path):
@@ -201,10 +205,10 @@ def test_loss_step_baseline_is_cross_entropy(tmp_path):
     setup = make_setup(tmp_path, method="baseline")
     setup.student.eval()
     examples = setup.task_source.examples[:4]
-    loss, parts = loss_step(setup, examples, None, regions(examples))
+    loss, parts = loss_step(setup, "task", examples, None, regions(examples), torch.Generator())
     logits = setup.student(setup.student.prepare(examples, regions(examples))).logits
     expected = torch.nn.functional.cross_entropy(logits, torch.tensor([e.label for e in examples]))
-    assert loss.item() == pytest.approx(expected.item()) and set(parts) == {"task"}
+    assert loss.item() == pytest.approx(expected.item()) and set(parts) == {"task", "loss"}
 
 
 def test_loss_step_mad_matches_a_hand_assembled_total(tmp_path):
@@ -212,7 +216,7 @@ def test_loss_step_mad_matches_a_hand_assembled_total(tmp_path):
     setup.student.eval()
     examples = setup.task_source.examples[:4]
     targets = setup.task_source.chunk(0).targets.rows(torch.arange(4))
-    loss, parts = loss_step(setup, examples, targets, regions(examples))
+    loss, parts = loss_step(setup, "task", examples, targets, regions(examples), torch.Generator())
     out = setup.student(setup.student.prepare(examples, regions(examples)))
     p = setup.projections
     dv = (targets.image[:, None] - p.vision(out.image_token)).abs().mean(-1).mean(1)
@@ -225,7 +229,8 @@ def test_loss_step_mad_matches_a_hand_assembled_total(tmp_path):
     w_r = torch.where(t_conf / s_conf > 1, 0.1, 0.0)  # w' = 0.05 * (2 + 2) / 2
     task = torch.nn.functional.cross_entropy(out.logits, torch.tensor([e.label for e in examples]))
     assert loss.item() == pytest.approx((task + (w_r * (dv + dt + dwt)).mean()).item(), rel=1e-5)
-    assert set(parts) == {"task", "loss", "dv", "dt", "dwt"}
+    assert set(parts) == {"task", "loss", "dv", "dt", "dwt", "cw_fired", "cw_seen"}
+    assert (parts["cw_fired"], parts["cw_seen"]) == ((w_r > 0).sum().item(), 4)
 
 
 def test_word_selection_happens_at_load_time(tmp_path):
@@ -238,14 +243,14 @@ def test_word_selection_happens_at_load_time(tmp_path):
 
 # ---------------------------------------------------------------- the loop
 
-@pytest.mark.parametrize("method", ["baseline", "md", "mad"])
+@pytest.mark.parametrize("method", ["baseline", "md", "md-ts-cw"])
 def test_training_writes_the_run_directory(tmp_path, method):
     metrics = train(make_setup(tmp_path, method=method, eval_every=4))
     run = tmp_path / "run"
     on_disk = json.loads((run / "metrics.json").read_text())
     assert on_disk == json.loads(json.dumps(metrics))
     assert set(on_disk) == {"run", "dataset", "method", "student", "teachers", "shots", "seed",
-                            "status", "history", "eval", "provenance"}
+                            "status", "history", "eval", "cw_fired", "provenance"}
     assert on_disk["status"] == "complete" and on_disk["method"] == method
     # the stand-in eval set has only :qa examples: QA2R and Q2AR have no denominator, so are absent
     assert set(on_disk["eval"]["val"]) == {"q2a"}
@@ -267,7 +272,7 @@ def test_training_lowers_the_loss(tmp_path):
     assert losses[-1] < losses[0]
 
 
-@pytest.mark.parametrize("method,af,chunk", [("mad", 0, None), ("md", 1, 4)])
+@pytest.mark.parametrize("method,af,chunk", [("md-ts-cw", 0, None), ("mad", 1, 4)])
 def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch, method, af, chunk):
     full = train(make_setup(tmp_path / "full", method=method, af_epochs=af, chunk=chunk,
                             eval_every=2, checkpoint_every=4))
@@ -291,6 +296,7 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch, m
                                eval_every=2, checkpoint_every=4, resume=True))
     resumed_weights = load_file(str(tmp_path / "cut" / "run" / "checkpoint.safetensors"))
     assert resumed["history"] == full["history"] and resumed["eval"] == full["eval"]
+    assert resumed["cw_fired"] == full["cw_fired"] and set(full["cw_fired"]) == {"task"}
     assert full_weights.keys() == resumed_weights.keys()
     for key in full_weights:
         assert torch.equal(full_weights[key], resumed_weights[key]), key
@@ -298,17 +304,57 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch, m
 
 def test_af_stage_runs_first_without_labels(tmp_path, monkeypatch):
     seen = []
-    real = train_mod.af_step
+    real = train_mod.loss_step
 
-    def spy(setup, examples, *args):
-        seen.append(len(examples))
-        return real(setup, examples, *args)
+    def spy(setup, stage, examples, *args):
+        seen.append((stage, len(examples), examples[0].label is not None))
+        return real(setup, stage, examples, *args)
 
-    monkeypatch.setattr(train_mod, "af_step", spy)
-    metrics = train(make_setup(tmp_path, method="md", af_epochs=2, epochs=1))
-    assert sum(seen) == 20  # two AF epochs over all 10 training examples
-    stages = [h["stage"] for h in metrics["history"]]
-    assert stages[-1] == "task"
+    monkeypatch.setattr(train_mod, "loss_step", spy)
+    metrics = train(make_setup(tmp_path, method="mad", af_epochs=2, epochs=1))
+    assert sum(n for stage, n, _ in seen if stage == "af") == 20  # 2 AF epochs over all 10
+    assert [stage for stage, _, _ in seen] == ["af"] * 6 + ["task"] * 3
+    assert [h["stage"] for h in metrics["history"]] == ["af", "task"]
+
+
+def test_af_epochs_of_a_sweep_give_an_af_stage_to_mad_only(tmp_path):
+    """`af_epochs` in a pipeline's [train] table reaches every run's config; only the methods
+    whose registry entry has an AF stage run one (baseline and md are the paper's rows without
+    AF)."""
+    from madcache.experiments.sweep import job_payload, load_sweep, plan
+
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text('dataset = "vcr"\nroot = "world"\ncache = "c"\nregions = "r"\n'
+                        'out = "runs"\nmethods = ["baseline", "md", "mad"]\nshots = [2]\n'
+                        'seeds = [0]\n[train]\naf_epochs = 2\nepochs = 1\n')
+    sweep = load_sweep(pipeline)
+    histories = {}
+    for spec in plan(sweep):
+        values = job_payload(sweep, spec)["config"]
+        assert values["af_epochs"] == 2
+        config = TrainConfig.from_dict(values)
+        overrides = {k: getattr(config, k) for k in ("af_epochs", "epochs", "method")}
+        metrics = train(make_setup(tmp_path / spec.method, **overrides))
+        histories[spec.method] = [h["stage"] for h in metrics["history"]]
+    assert histories == {"baseline": ["task"], "md": ["task"], "mad": ["af", "task"]}
+
+
+def test_cw_firing_rate_is_recorded_per_stage(tmp_path, monkeypatch):
+    parts_seen = []
+    real = train_mod.loss_step
+
+    def spy(setup, stage, *args):
+        loss, parts = real(setup, stage, *args)
+        parts_seen.append((stage, parts))
+        return loss, parts
+
+    monkeypatch.setattr(train_mod, "loss_step", spy)
+    metrics = train(make_setup(tmp_path, method="mad", epochs=2))
+    task = [parts for stage, parts in parts_seen if stage == "task"]
+    assert not any("cw_seen" in parts for stage, parts in parts_seen if stage == "af")
+    assert sum(p["cw_seen"] for p in task) == 20                       # 2 epochs x 10 examples
+    assert metrics["cw_fired"] == {"task": sum(p["cw_fired"] for p in task) / 20}
+    assert train(make_setup(tmp_path / "md", method="md"))["cw_fired"] == {}
 
 
 # ---------------------------------------------------------------- the command
@@ -389,7 +435,7 @@ finally:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     """A small demo world, a tiny CLIP's cache and region stores (the slow tests below)."""
-    """The small demo world, a cache of 40 VCR training examples extracted with a tiny CLIP,
+    """The small demo world, a cache of its VCR training split extracted with a tiny CLIP,
     region stores for train and val, and a low-shot split file of cached examples."""
     import importlib.util
     import sys
@@ -411,7 +457,7 @@ def demo(tmp_path_factory):
     config, checkpoint = helpers.save_tiny_clip(base / "clip")
     extract(ExtractConfig(dataset="vcr", root=root, split="train",
                           teacher=f"openclip-config:{config}", checkpoint=checkpoint,
-                          out=base / "cache", progress=False, limit=40, shard_size=16))
+                          out=base / "cache", progress=False, shard_size=64))
     for split in ("train", "val"):
         build_region_store(dataset="vcr", root=root, split=split, extractor="boxcrop",
                            out=base / f"regions-{split}", max_regions=4, progress=False)
@@ -426,7 +472,8 @@ def _demo_config(demo, name, **overrides):
     values = dict(dataset="vcr", root=str(demo / "world" / "vcr"), out=str(demo / "runs" / name),
                   cache=str(demo / "cache"), regions=str(demo / "regions-train"),
                   eval_regions=str(demo / "regions-val"), split_file=str(demo / "split.json"),
-                  max_steps=2, batch_size=4, lr=1e-3, student_options=TINY_STUDENT)
+                  max_steps=2, af_max_steps=1, batch_size=4, lr=1e-3,
+                  student_options=TINY_STUDENT)
     return TrainConfig(**{**values, **overrides})
 
 
@@ -439,7 +486,7 @@ def test_demo_train_cli_runs_mad_without_importing_a_teacher(demo):
     args = ["train", "--method", "mad", "--dataset", "vcr", "--root", str(demo / "world" / "vcr"),
             "--cache", str(demo / "cache"), "--regions", str(demo / "regions-train"),
             "--eval-regions", str(demo / "regions-val"), "--split-file", str(demo / "split.json"),
-            "--max-steps", "2", "--batch-size", "4", "--out", str(run)]
+            "--max-steps", "2", "--af-max-steps", "1", "--batch-size", "4", "--out", str(run)]
     args += [f"--student-option={k}={v}" for k, v in TINY_STUDENT.items()]
     done = subprocess.run([sys.executable, "-c", BLOCKER, *args], capture_output=True, text=True,
                           timeout=300)
