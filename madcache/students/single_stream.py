@@ -38,6 +38,7 @@ from madcache.core.errors import CheckpointNotFoundError, ConfigError
 from madcache.students.base import RegionInputs, StudentOutput
 from madcache.students.regions import GEOMETRY_DIM, box_geometry
 from madcache.students.region_extractors import BOXCROP_DIM
+from madcache.students.tokens import encode_texts
 
 TASKS = ("multiple_choice", "classification", "multilabel")
 TOKENIZER_SUBDIR = "tokenizer"
@@ -189,15 +190,9 @@ class SingleStreamStudent(nn.Module):
                               f"student expects region_dim={self.config.region_dim}: pass "
                               f"--student-option region_dim={regions.feat.shape[-1]}")
         texts = [text.text for ex in examples for text in ex.texts]
-        encoded = self.tokenizer(texts, padding=True, truncation=True,
-                                 max_length=self.config.max_length, return_offsets_mapping=True,
-                                 return_special_tokens_mask=True, return_tensors="pt")
-        mask = encoded["attention_mask"].bool()
-        spans = encoded["offset_mapping"].long()
-        spans[encoded["special_tokens_mask"].bool() | ~mask] = -1
+        encoded = encode_texts(self.tokenizer, texts, max_length=self.config.max_length)
         device = self.device
-        return {"input_ids": encoded["input_ids"].to(device), "attention_mask": mask.to(device),
-                "token_spans": spans.to(device), "num_choices": num_choices,
+        return {**{k: v.to(device) for k, v in encoded.items()}, "num_choices": num_choices,
                 "image_ids": [ex.image_id for ex in examples],
                 "regions": RegionInputs(regions.feat.to(device).float(),
                                         regions.boxes.to(device).float(),
@@ -246,12 +241,9 @@ class SingleStreamStudent(nn.Module):
             token_spans=inputs["token_spans"].reshape(batch, choices, length, 2))
 
     def _logits(self, cls: torch.Tensor, batch: int, choices: int) -> torch.Tensor:
-        scores = self.head(cls)
-        if self.task == "multiple_choice":
-            return scores.reshape(batch, choices)
-        if choices != 1:
-            raise ValueError(f"task {self.task} scores one text per example, got {choices}")
-        return scores
+        from madcache.students.pretrained import task_logits
+
+        return task_logits(self.head(cls), self.task, batch, choices)
 
     # ------------------------------------------------------------------ AF stage
 
