@@ -84,6 +84,13 @@ class SnliVeDataset:
     def annotation_files(self, root: Path, split: str, **options: Any) -> list[Path]:
         return [split_file(Path(root), split, SPLIT_FILES)]
 
+    @staticmethod
+    def label_free_text(example: Example) -> Text | None:
+        """A text true of the image that no label decided: the premise caption (`sentence1`, a
+        Flickr30k caption of the image); the hypothesis may contradict the image."""
+        premise = example.raw.get("sentence1")
+        return Text.from_string(premise) if isinstance(premise, str) and premise.strip() else None
+
     def read(self, root: Path, split: str, *, skip_bad: bool = False, **options: Any) -> ReadResult:
         opts = check_options("snli-ve", options, DEFAULT_OPTIONS)
         root = Path(root)

@@ -238,6 +238,12 @@ class VcrDataset:
     def annotation_files(self, root: Path, split: str, **options: Any) -> list[Path]:
         return [self.annotation_file(root, split, options.get("annotations"))]
 
+    @staticmethod
+    def label_free_text(example: Example) -> Text | None:
+        """A text true of the image that no label decided: the question (never an answer
+        choice: three are wrong, and knowing the right one is the label)."""
+        return question_text(example) if example.context is not None else None
+
     def read(self, root: Path, split: str, *, skip_bad: bool = False, **options: Any) -> ReadResult:
         opts = check_options("vcr", options, DEFAULT_OPTIONS)
         settings = dict(modes=_modes(opts["modes"]), renderer=_renderer(opts["renderer"]),

@@ -300,6 +300,11 @@ class VqaDataset:
     def annotation_files(self, root: Path, split: str, **options: Any) -> list[Path]:
         return [p for p in self.files(root, split, **options) if p is not None]
 
+    @staticmethod
+    def label_free_text(example: Example) -> Text:
+        """A text true of the image that no label decided: the question."""
+        return example.choices[0]
+
     def read(self, root: Path, split: str, *, skip_bad: bool = False, **options: Any) -> ReadResult:
         opts = check_options("vqa", options, DEFAULT_OPTIONS)
         root = Path(root)

@@ -77,5 +77,14 @@ class Student(Protocol):
         ...
 
 
+def task_logits(scores: torch.Tensor, task: str, batch: int, choices: int) -> torch.Tensor:
+    """Head scores of the B x C sequences -> logits: [B, C] for multiple choice, else [B, K]."""
+    if task == "multiple_choice":
+        return scores.reshape(batch, choices)
+    if choices != 1:
+        raise ValueError(f"task {task} scores one text per example, got {choices}")
+    return scores
+
+
 StudentFactory = Callable[..., Student]
 STUDENTS: Registry[StudentFactory] = Registry("student")

@@ -4,9 +4,10 @@ label-free texts of image-text matching.
 
 Image-text matching in the adaptive-finetuning stage has no task labels (MAD.md, "Adaptive
 finetuning"): a positive must be a text that is true of its image without knowing the answer.
-`label_free_text` gives one per example: the question (VCR, VQA) or the premise caption
-(SNLI-VE's `sentence1`, a Flickr30k caption of the image). A VCR answer choice is never used: three
-of the four are wrong, and the right one is a label.
+`label_free_text` asks the example's dataset for one (each reader's `label_free_text`): the
+question (VCR, VQA) or the premise caption (SNLI-VE's `sentence1`, a Flickr30k caption of the
+image). A VCR answer choice is never used: three of the four are wrong, and the right one is a
+label.
 """
 
 from __future__ import annotations
@@ -125,15 +126,6 @@ def export_options(model, directory: Path) -> dict[str, Any]:
     return options
 
 
-def task_logits(scores: torch.Tensor, task: str, batch: int, choices: int) -> torch.Tensor:
-    """Head scores of the B x C sequences -> logits: [B, C] for multiple choice, else [B, K]."""
-    if task == "multiple_choice":
-        return scores.reshape(batch, choices)
-    if choices != 1:
-        raise ValueError(f"task {task} scores one text per example, got {choices}")
-    return scores
-
-
 def image_of(batch: int, choices: int, device: torch.device) -> torch.Tensor:
     """The image row of each of the B x C sequences."""
     return torch.arange(batch, device=device).repeat_interleave(choices)
@@ -149,18 +141,14 @@ def num_choices(examples: Sequence[Example]) -> int:
 # ----------------------------------------------------------------------------- ITM positives
 
 def label_free_text(example: Example) -> Text | None:
-    """A text true of the example's image that no task label decided (None: there is none):
-    VCR the question, VQA the question, SNLI-VE the premise caption (`sentence1`)."""
-    if example.dataset == "vcr" and example.context is not None and "question" in example.raw:
-        from madcache.data.vcr import question_text
+    """A text true of the example's image that no task label decided, from its dataset's
+    `label_free_text` (VCR and VQA the question, SNLI-VE the premise caption); None when the
+    dataset has none."""
+    from madcache.data.base import DATASETS
 
-        return question_text(example)
-    if example.dataset == "vqa":
-        return example.choices[0]
-    if example.dataset == "snli-ve":
-        premise = example.raw.get("sentence1")
-        return Text.from_string(premise) if isinstance(premise, str) and premise.strip() else None
-    return None
+    dataset = DATASETS.get(example.dataset) if example.dataset in DATASETS else None
+    method = getattr(dataset, "label_free_text", None)
+    return None if method is None else method(example)
 
 
 def itm_batch(examples: Sequence[Example], generator: torch.Generator

@@ -35,7 +35,7 @@ from madcache.core.config import config_from_dict
 from madcache.data.records import Example
 from madcache.data.vqa import read_answer_vocab
 from madcache.core.errors import CheckpointNotFoundError, ConfigError
-from madcache.students.base import RegionInputs, StudentOutput
+from madcache.students.base import RegionInputs, StudentOutput, task_logits
 from madcache.students.regions import GEOMETRY_DIM, box_geometry
 from madcache.students.region_extractors import BOXCROP_DIM
 from madcache.students.tokens import encode_texts
@@ -241,8 +241,6 @@ class SingleStreamStudent(nn.Module):
             token_spans=inputs["token_spans"].reshape(batch, choices, length, 2))
 
     def _logits(self, cls: torch.Tensor, batch: int, choices: int) -> torch.Tensor:
-        from madcache.students.pretrained import task_logits
-
         return task_logits(self.head(cls), self.task, batch, choices)
 
     # ------------------------------------------------------------------ AF stage

@@ -35,10 +35,10 @@ from torch.nn import functional as F
 
 from madcache.core.errors import ConfigError
 from madcache.data.records import Example
-from madcache.students.base import RegionInputs, StudentOutput
+from madcache.students.base import RegionInputs, StudentOutput, task_logits
 from madcache.students.pretrained import (PretrainedStudentConfig, check_vocabulary,
                                           export_options, image_of, itm_batch, load_model,
-                                          num_choices, task_logits, tokenizer_for)
+                                          num_choices, tokenizer_for)
 from madcache.students.single_stream import mask_tokens
 from madcache.students.tokens import encode_texts
 
