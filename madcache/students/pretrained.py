@@ -16,14 +16,17 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
+from torch.nn import functional as F
 
 from madcache.core.config import config_from_dict
 from madcache.core.errors import CheckpointNotFoundError, ConfigError
 from madcache.data.records import Example, Text
 from madcache.data.vqa import read_answer_vocab
+from madcache.students.base import StudentOutput, task_logits
+from madcache.students.tokens import encode_texts
 
 TASKS = ("multiple_choice", "classification", "multilabel")
 TOKENIZER_SUBDIR = "tokenizer"
@@ -136,6 +139,67 @@ def num_choices(examples: Sequence[Example]) -> int:
     if len(counts) != 1:
         raise ValueError(f"a batch mixes examples with {sorted(counts)} choices")
     return counts.pop()
+
+
+# ----------------------------------------------------------------------------- the pieces
+# Both students have `encode(ids, mask, visual, rows) -> (hidden [N, L + V, H], pooled [N, H])`,
+# where sequence n sees image rows[n] of `visual` (VisualBERT: regions; ViLT: patch embeddings).
+
+def text_inputs(student, examples: Sequence[Example]) -> dict[str, Any]:
+    """Every `example.texts[c]` (B x C sequences) tokenised with character offsets, on the
+    student's device, with the examples themselves (the ITM texts come from them)."""
+    texts = [text.text for ex in examples for text in ex.texts]
+    encoded = encode_texts(student.tokenizer, texts, max_length=student.max_length)
+    return {**{k: v.to(student.device) for k, v in encoded.items()},
+            "num_choices": num_choices(examples), "examples": list(examples)}
+
+
+def student_output(student, inputs: Mapping[str, Any], visual: Any,
+                   head: Callable[[torch.Tensor], torch.Tensor]) -> StudentOutput:
+    """Run the B x C sequences: logits from `head(pooled)`, V_s at the first visual position
+    (right after the L text positions), T_s at the text [CLS]."""
+    ids, choices = inputs["input_ids"], inputs["num_choices"]
+    batch, length = ids.shape[0] // choices, ids.shape[1]
+    hidden, pooled = student.encode(ids, inputs["attention_mask"], visual,
+                                    image_of(batch, choices, ids.device))
+    size = hidden.shape[-1]
+    return StudentOutput(
+        logits=task_logits(head(pooled), student.task, batch, choices),
+        image_token=hidden[:, length].reshape(batch, choices, size),
+        cls_token=hidden[:, 0].reshape(batch, choices, size),
+        text_tokens=hidden[:, :length].reshape(batch, choices, length, size),
+        token_spans=inputs["token_spans"].reshape(batch, choices, length, 2))
+
+
+def mlm_itm_losses(student, inputs: Mapping[str, Any], visual: Any, generator: torch.Generator,
+                   *, mlm_head: Callable, itm_head: Callable, match_label: int
+                   ) -> dict[str, torch.Tensor]:
+    """The AF losses without task labels: MLM (`mask_tokens`: 15% of the real tokens of the
+    scored texts, with their own image) through `mlm_head`, and image-text matching of the
+    label-free texts (`itm_batch`) through `itm_head` on the pooled output, `match_label` being
+    the class of a matching pair in the checkpoint's convention. Random choices come from
+    `generator` (a CPU generator), so masks and pairings repeat for a seed."""
+    from madcache.students.single_stream import mask_tokens
+
+    ids, choices = inputs["input_ids"], inputs["num_choices"]
+    batch = ids.shape[0] // choices
+    real = inputs["token_spans"][..., 0] >= 0
+    masked, selected = mask_tokens(ids, real, generator, vocab_size=len(student.tokenizer),
+                                   mask_id=student.tokenizer.mask_token_id)
+    hidden, _ = student.encode(masked, inputs["attention_mask"], visual,
+                               image_of(batch, choices, ids.device))
+    text = hidden[:, :ids.shape[1]]
+    mlm = (F.cross_entropy(mlm_head(text[selected]), ids[selected])
+           if selected.any() else text.sum() * 0.0)
+    texts, rows, matched = itm_batch(inputs["examples"], generator)
+    if not texts:
+        return {"mlm": mlm, "itm": mlm * 0.0}
+    pair = encode_texts(student.tokenizer, texts, max_length=student.max_length)
+    _, pooled = student.encode(pair["input_ids"].to(ids.device),
+                               pair["attention_mask"].to(ids.device), visual,
+                               rows.to(ids.device))
+    labels = torch.where(matched, match_label, 1 - match_label).long().to(ids.device)
+    return {"mlm": mlm, "itm": F.cross_entropy(itm_head(pooled), labels)}
 
 
 # ----------------------------------------------------------------------------- ITM positives

@@ -31,16 +31,13 @@ from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from madcache.core.errors import CheckpointNotFoundError, ConfigError
 from madcache.data.records import Example
-from madcache.students.base import PixelInputs, StudentOutput, task_logits
+from madcache.students.base import PixelInputs, StudentOutput
 from madcache.students.pretrained import (PretrainedStudentConfig, check_vocabulary,
-                                          export_options, image_of, itm_batch, load_model,
-                                          num_choices, tokenizer_for)
-from madcache.students.single_stream import mask_tokens
-from madcache.students.tokens import encode_texts
+                                          export_options, load_model, mlm_itm_losses,
+                                          student_output, text_inputs, tokenizer_for)
 
 PROCESSOR_FILE = "preprocessor_config.json"
 PROCESSOR_SUBDIR = "image_processor"
@@ -116,12 +113,7 @@ class ViltStudent(nn.Module):
         if not isinstance(pixels, PixelInputs):
             raise ConfigError("vilt reads the images themselves (PixelInputs), not region "
                               "features")
-        texts = [text.text for ex in examples for text in ex.texts]
-        encoded = encode_texts(self.tokenizer, texts, max_length=self.max_length)
-        device = self.device
-        return {**{k: v.to(device) for k, v in encoded.items()},
-                "num_choices": num_choices(examples), "examples": list(examples),
-                "pixels": pixels.to(device)}
+        return {**text_inputs(self, examples), "pixels": pixels.to(self.device)}
 
     def patches(self, pixels: PixelInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """([image CLS] + patch embeddings [B, 1 + P, H], mask [B, 1 + P]), once per image."""
@@ -139,41 +131,14 @@ class ViltStudent(nn.Module):
         return out.last_hidden_state, out.pooler_output
 
     def forward(self, inputs: Mapping[str, Any]) -> StudentOutput:
-        ids, choices = inputs["input_ids"], inputs["num_choices"]
-        batch, length = ids.shape[0] // choices, ids.shape[1]
-        hidden, pooled = self.encode(ids, inputs["attention_mask"], self.patches(inputs["pixels"]),
-                                     image_of(batch, choices, ids.device))
-        size = hidden.shape[-1]
-        return StudentOutput(
-            logits=task_logits(self.head(pooled), self.task, batch, choices),
-            image_token=hidden[:, length].reshape(batch, choices, size),
-            cls_token=hidden[:, 0].reshape(batch, choices, size),
-            text_tokens=hidden[:, :length].reshape(batch, choices, length, size),
-            token_spans=inputs["token_spans"].reshape(batch, choices, length, 2))
+        return student_output(self, inputs, self.patches(inputs["pixels"]), self.head)
 
     def pretrain_losses(self, inputs: Mapping[str, Any],
                         generator: torch.Generator) -> dict[str, torch.Tensor]:
         """MLM through the checkpoint's `mlm_score` + ITM on label-free pairs (module docstring)."""
-        ids, choices = inputs["input_ids"], inputs["num_choices"]
-        batch = ids.shape[0] // choices
-        patches = self.patches(inputs["pixels"])
-        real = inputs["token_spans"][..., 0] >= 0
-        masked, selected = mask_tokens(ids, real, generator, vocab_size=len(self.tokenizer),
-                                       mask_id=self.tokenizer.mask_token_id)
-        hidden, _ = self.encode(masked, inputs["attention_mask"], patches,
-                                image_of(batch, choices, ids.device))
-        text = hidden[:, :ids.shape[1]]
-        mlm = (F.cross_entropy(self.model.mlm_score(text[selected]), ids[selected])
-               if selected.any() else text.sum() * 0.0)
-        texts, rows, matched = itm_batch(inputs["examples"], generator)
-        if not texts:
-            return {"mlm": mlm, "itm": mlm * 0.0}
-        pair = encode_texts(self.tokenizer, texts, max_length=self.max_length)
-        _, pooled = self.encode(pair["input_ids"].to(ids.device),
-                                pair["attention_mask"].to(ids.device), patches,
-                                rows.to(ids.device))
-        itm = F.cross_entropy(self.itm_head(pooled), matched.long().to(ids.device))
-        return {"mlm": mlm, "itm": itm}
+        return mlm_itm_losses(self, inputs, self.patches(inputs["pixels"]), generator,
+                              mlm_head=self.model.mlm_score, itm_head=self.itm_head,
+                              match_label=1)
 
     def export_options(self, directory: Path) -> dict[str, Any]:
         """`export_options` of students/pretrained.py, plus the image processor's settings."""

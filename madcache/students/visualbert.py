@@ -31,16 +31,13 @@ from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from madcache.core.errors import ConfigError
 from madcache.data.records import Example
-from madcache.students.base import RegionInputs, StudentOutput, task_logits
+from madcache.students.base import RegionInputs, StudentOutput
 from madcache.students.pretrained import (PretrainedStudentConfig, check_vocabulary,
-                                          export_options, image_of, itm_batch, load_model,
-                                          num_choices, tokenizer_for)
-from madcache.students.single_stream import mask_tokens
-from madcache.students.tokens import encode_texts
+                                          export_options, load_model, mlm_itm_losses,
+                                          student_output, text_inputs, tokenizer_for)
 
 
 @dataclass
@@ -90,12 +87,7 @@ class VisualBertStudent(nn.Module):
             raise ConfigError(f"region features have {regions.feat.shape[-1]} dims but the "
                               f"student expects region_dim={width}: pass --student-option "
                               f"region_dim={regions.feat.shape[-1]}")
-        texts = [text.text for ex in examples for text in ex.texts]
-        encoded = encode_texts(self.tokenizer, texts, max_length=self.max_length)
-        device = self.device
-        return {**{k: v.to(device) for k, v in encoded.items()},
-                "num_choices": num_choices(examples), "examples": list(examples),
-                "regions": regions.to(device)}
+        return {**text_inputs(self, examples), "regions": regions.to(self.device)}
 
     def encode(self, ids: torch.Tensor, mask: torch.Tensor, regions: RegionInputs,
                rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,41 +100,15 @@ class VisualBertStudent(nn.Module):
         return out.last_hidden_state, out.pooler_output
 
     def forward(self, inputs: Mapping[str, Any]) -> StudentOutput:
-        ids, choices = inputs["input_ids"], inputs["num_choices"]
-        batch, length = ids.shape[0] // choices, ids.shape[1]
-        hidden, pooled = self.encode(ids, inputs["attention_mask"], inputs["regions"],
-                                     image_of(batch, choices, ids.device))
-        size = hidden.shape[-1]
-        return StudentOutput(
-            logits=task_logits(self.head(self.dropout(pooled)), self.task, batch, choices),
-            image_token=hidden[:, length].reshape(batch, choices, size),
-            cls_token=hidden[:, 0].reshape(batch, choices, size),
-            text_tokens=hidden[:, :length].reshape(batch, choices, length, size),
-            token_spans=inputs["token_spans"].reshape(batch, choices, length, 2))
+        return student_output(self, inputs, inputs["regions"],
+                              lambda pooled: self.head(self.dropout(pooled)))
 
     def pretrain_losses(self, inputs: Mapping[str, Any],
                         generator: torch.Generator) -> dict[str, torch.Tensor]:
         """MLM + ITM through the checkpoint's pretraining heads (module docstring)."""
-        ids, choices, regions = inputs["input_ids"], inputs["num_choices"], inputs["regions"]
-        batch = ids.shape[0] // choices
-        real = inputs["token_spans"][..., 0] >= 0
-        masked, selected = mask_tokens(ids, real, generator, vocab_size=len(self.tokenizer),
-                                       mask_id=self.tokenizer.mask_token_id)
-        hidden, _ = self.encode(masked, inputs["attention_mask"], regions,
-                                image_of(batch, choices, ids.device))
-        text = hidden[:, :ids.shape[1]]
-        mlm = (F.cross_entropy(self.model.cls.predictions(text[selected]), ids[selected])
-               if selected.any() else text.sum() * 0.0)
-        texts, rows, matched = itm_batch(inputs["examples"], generator)
-        if not texts:
-            return {"mlm": mlm, "itm": mlm * 0.0}
-        pair = encode_texts(self.tokenizer, texts, max_length=self.max_length)
-        _, pooled = self.encode(pair["input_ids"].to(ids.device),
-                                pair["attention_mask"].to(ids.device), regions,
-                                rows.to(ids.device))
-        itm = F.cross_entropy(self.model.cls.seq_relationship(pooled),
-                              (~matched).long().to(ids.device))
-        return {"mlm": mlm, "itm": itm}
+        return mlm_itm_losses(self, inputs, inputs["regions"], generator,
+                              mlm_head=self.model.cls.predictions,
+                              itm_head=self.model.cls.seq_relationship, match_label=0)
 
     def export_options(self, directory: Path) -> dict[str, Any]:
         return export_options(self, directory)
