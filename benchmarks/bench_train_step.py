@@ -7,8 +7,13 @@ All three run side by side in one process on the same batches, interleaved after
   madcache/teachers/configs/madcache-demo.json, or a small ViT-B-like config) on the batch's
   images and texts, as an online distillation loop would. Only this benchmark imports open_clip.
 
+`--student` picks the student: the built-in `single-stream` (default), or `visualbert` / `vilt`
+built from a base-like random checkpoint written with `save_pretrained` to a temporary directory
+(hidden 256, 4 layers; VisualBERT reads 36 regions of 64 dims, ViLT 224-px images as its image
+processor prepares them).
+
 Goal: median(mad) / median(baseline) <= 1.10. Prints a JSON line; runs in well under 2 minutes.
-    python benchmarks/bench_train_step.py [--iters 15] [--batch-size 8]
+    python benchmarks/bench_train_step.py [--student vilt] [--iters 15] [--batch-size 8]
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -110,13 +116,47 @@ def cached_targets(examples: list[Example], dv: int, dt: int, m: int,
                         word_mask=torch.from_numpy(words.mask), logits=torch.randn(n, c))
 
 
-def build_student():
-    try:
-        from madcache.students import build_student as build
+PRETRAINED = dict(vocab_size=30522, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+                  intermediate_size=1024)
 
-        return build("single-stream", region_dim=64), "single-stream"
+
+def build_student(name: str, directory: Path):
+    """(student, its visual inputs for a batch) — a pretrained student from a checkpoint saved
+    in `directory` as a user's would be."""
+    from madcache.students import build_student as build
+
+    if name == "visualbert":
+        from transformers import VisualBertConfig, VisualBertForPreTraining
+
+        VisualBertForPreTraining(VisualBertConfig(visual_embedding_dim=64, **PRETRAINED)) \
+            .save_pretrained(str(directory))
+        return build("visualbert", checkpoint=str(directory), region_dim=64)
+    if name == "vilt":
+        from transformers import ViltConfig, ViltForMaskedLM, ViltImageProcessor
+
+        ViltForMaskedLM(ViltConfig(**PRETRAINED)).save_pretrained(str(directory))
+        ViltImageProcessor(size={"shortest_edge": 224}).save_pretrained(str(directory))
+        return build("vilt", checkpoint=str(directory))
+    try:
+        return build("single-stream", region_dim=64)
     except Exception:  # the built-in student may not be installed in this checkout yet
-        return BenchStudent(), "bench-stand-in"
+        return BenchStudent()
+
+
+def visual_inputs(student, batch: int):
+    """What the student reads for a batch: 36 regions per image, or processed random images."""
+    if getattr(student, "visual_input", "regions") == "pixels":
+        from PIL import Image
+
+        from madcache.students.visual import collate_pixels
+
+        rng = np.random.default_rng(1)
+        process = student.image_processor()
+        return collate_pixels([process(Image.fromarray(rng.integers(0, 255, (240, 320, 3),
+                                                                    dtype=np.uint8)))
+                               for _ in range(batch)])
+    return RegionInputs(torch.randn(batch, 36, 64), torch.rand(batch, 36, 4),
+                        torch.ones(batch, 36, dtype=torch.bool))
 
 
 def build_teacher(config: dict):
@@ -154,6 +194,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--student", default="single-stream",
+                        choices=["single-stream", "visualbert", "vilt"])
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -162,9 +204,10 @@ def main() -> None:
     if DEMO_TEACHER.exists():
         teachers["mad-online-demo"] = build_teacher(json.loads(DEMO_TEACHER.read_text()))
     dim = 128
-    student, student_name = build_student()
-    regions = RegionInputs(torch.randn(args.batch_size, 36, 64), torch.rand(args.batch_size, 36, 4),
-                           torch.ones(args.batch_size, 36, dtype=torch.bool))
+    with tempfile.TemporaryDirectory() as directory:
+        student = build_student(args.student, Path(directory))
+    student_name = getattr(student, "name", "bench-stand-in")
+    regions = visual_inputs(student, args.batch_size)
     batches = [make_batch(args.batch_size, rng) for _ in range(4)]
     cached = [cached_targets(b, dim, dim, 2, rng) for b in batches]
 

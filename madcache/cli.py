@@ -19,6 +19,7 @@ COMMANDS = {
     "regions": "madcache.commands.regions:regions",
     "train": "madcache.commands.train:train",
     "eval": "madcache.commands.evaluate:eval_command",
+    "predict": "madcache.commands.predict:predict",
     "sweep": "madcache.commands.sweep:sweep",
     "report": "madcache.commands.report:report",
 }

@@ -8,6 +8,7 @@ references are lists of 0-based indices into `objects`; they become words ("pers
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -184,6 +185,18 @@ def record_examples(record: Mapping[str, Any], *, split: str, file: object, line
         examples.append(Example(id=f"{annot_id}:qar", choices=rationales, label=rationale_label,
                                 context=question.concat(answers[answer_label]), **common))
     return examples
+
+
+def conditioned_rationale_examples(example: Example, renderer: str = "tag") -> list[Example]:
+    """For a `:qa` example, the QA->R example conditioned on each answer choice i (context =
+    question + answer i; id `<annot_id>:qar|a<i>`, unlabelled): what the VCR leaderboard's
+    `rationale_conditioned_on_a<i>_<j>` columns are computed from when the answer is unknown."""
+    record = example.raw
+    rationales = tuple(render_tokens(t, record["objects"], _renderer(renderer))
+                       for t in record["rationale_choices"])
+    return [dataclasses.replace(example, id=f"{example.group}:qar|a{i}", label=None,
+                                context=example.context.concat(answer), choices=rationales)
+            for i, answer in enumerate(example.choices)]
 
 
 def _modes(value: Any) -> tuple[str, ...]:

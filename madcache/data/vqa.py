@@ -1,8 +1,10 @@
 """VQA v2 reader (Goyal et al. 2017), the official answer normalisation and accuracy, and
 answer-vocabulary files.
 
-One example per question: `choices = (question,)`, `label = None`; the targets are the 10
-normalised human `answers` and their soft `answer_scores` (0/.3/.6/.9/1 for 0/1/2/3/>=4 votes).
+One example per question: `choices = (question,)`, `label = None`; `answers` are the 10 human
+answers as the annotation file has them (the official evaluator needs them unprocessed), and the
+training targets `answer_scores` are the soft scores of the normalised answers (0/.3/.6/.9/1 for
+0/1/2/3/>=4 votes).
 """
 
 from __future__ import annotations
@@ -72,6 +74,9 @@ PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_",
 # The official regexes, quirks included: "(?!<=\d)" is a lookahead, not a lookbehind.
 _PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
 _COMMA_STRIP = re.compile(r"(\d)(\,)(\d)")
+# vqaEval.py calls `periodStrip.sub("", text, re.UNICODE)`: the flag lands in `count`, so at most
+# re.UNICODE == 32 periods are removed.
+_PERIOD_STRIP_COUNT = int(re.UNICODE)
 
 
 def process_punctuation(text: str) -> str:
@@ -82,7 +87,7 @@ def process_punctuation(text: str) -> str:
             out = out.replace(mark, "")
         else:
             out = out.replace(mark, " ")
-    return _PERIOD_STRIP.sub("", out)
+    return _PERIOD_STRIP.sub("", out, count=_PERIOD_STRIP_COUNT)
 
 
 def process_digit_article(text: str) -> str:
@@ -93,25 +98,35 @@ def process_digit_article(text: str) -> str:
     return " ".join(CONTRACTIONS.get(w, w) for w in words)
 
 
+def clean_prediction(answer: str) -> str:
+    """The evaluator's first step on a predicted answer: newlines and tabs -> spaces, stripped."""
+    return answer.replace("\n", " ").replace("\t", " ").strip()
+
+
 def normalize_answer(answer: str) -> str:
-    """An answer as the official evaluator compares it."""
-    text = answer.replace("\n", " ").replace("\t", " ").strip()
-    return process_digit_article(process_punctuation(text))
+    """An answer with every processing step of the evaluator applied (the form of training
+    targets and answer vocabularies; the official metric itself is `vqa_accuracy`)."""
+    return process_digit_article(process_punctuation(clean_prediction(answer)))
 
 
 def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
-    """Official VQA accuracy: mean over the leave-one-out sets of the human answers of
-    min(1, matches among the others / 3).
+    """Accuracy of one predicted answer exactly as vqaEval.py (GT-Vision-Lab/VQA) computes it.
 
-    Unlike vqaEval.py, the prediction and answers are always normalised (the evaluator skips
-    normalising when all humans agree verbatim, which only matters for unnormalised predictions).
+    - the prediction: newlines/tabs -> spaces, stripped, processPunctuation, processDigitArticle;
+    - the human `answers` (unprocessed, as in the annotation file): processPunctuation only, and
+      only when they are not all identical (so "Two" from ten agreeing humans never matches a
+      prediction, which is lower-cased to "2");
+    - the mean over the leave-one-out sets (each human answer left out in turn; the others keep
+      their duplicates) of min(1, matches among the others / 3).
     """
     if not answers:
         return 0.0
     target = normalize_answer(prediction)
-    normal = [normalize_answer(a) for a in answers]
-    matches = sum(a == target for a in normal)
-    return sum(min(1.0, (matches - (a == target)) / 3) for a in normal) / len(normal)
+    humans = list(answers)
+    if len(set(humans)) > 1:
+        humans = [process_punctuation(a) for a in humans]
+    matches = sum(a == target for a in humans)
+    return sum(min(1.0, (matches - (a == target)) / 3) for a in humans) / len(humans)
 
 
 def soft_score(count: int) -> float:
@@ -120,8 +135,34 @@ def soft_score(count: int) -> float:
 
 
 def answer_scores(answers: Sequence[str]) -> dict[str, float]:
-    """Soft score per distinct (normalised) answer."""
-    return {answer: soft_score(count) for answer, count in Counter(answers).items()}
+    """Soft score per distinct normalised answer (`normalize_answer`)."""
+    counts = Counter(normalize_answer(a) for a in answers)
+    return {answer: soft_score(count) for answer, count in counts.items()}
+
+
+def read_vqa_results(path: str | Path) -> dict[str, str]:
+    """A results file in the official format (visualqa.org/evaluation: a JSON list of
+    `{"question_id": int, "answer": str}`) -> {question id as a string: answer}. Checked as the
+    official loader checks it (a list of objects), plus unique integer ids."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataFileNotFoundError(f"VQA results file not found: {path}", file=path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"malformed JSON ({exc.msg})", file=path, line=exc.lineno) from None
+    if not isinstance(data, list):
+        raise DataError("results must be a JSON list of {question_id, answer} objects", file=path)
+    found: dict[str, str] = {}
+    for position, record in enumerate(data):
+        where = {"file": path, "field": f"[{position}]"}
+        question_id = _int_field(record, "question_id", where)
+        if not isinstance(record.get("answer"), str):
+            raise DataError("answer must be a string", file=path, field=f"[{position}].answer")
+        if str(question_id) in found:
+            raise DataError("duplicate question_id", **where, record_id=str(question_id))
+        found[str(question_id)] = record["answer"]
+    return found
 
 
 # ----------------------------------------------------------------------------- vocabularies
@@ -165,8 +206,8 @@ def read_answer_vocab(path: str | Path) -> list[str]:
 
 
 def build_answer_vocab(examples: list[Example], size: int) -> list[str]:
-    """The `size` most frequent annotated answers of the split (ties: alphabetical)."""
-    counts = Counter(a.strip() for ex in examples for a in ex.answers
+    """The `size` most frequent normalised annotated answers of the split (ties: alphabetical)."""
+    counts = Counter(normalize_answer(a) for ex in examples for a in ex.answers
                      if a.strip() not in IGNORED_ANSWERS)
     ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
     vocab = [answer for answer, _ in ranked[:size]]
@@ -283,7 +324,7 @@ class VqaReader:
     @staticmethod
     def _answers(path: Path, skipped: list[BadRecord], skip_bad: bool
                  ) -> dict[int, tuple[int, tuple[str, ...]]]:
-        """question_id -> (image_id, normalised answers), validated."""
+        """question_id -> (image_id, the human answers as written), validated."""
         found: dict[int, tuple[int, tuple[str, ...]]] = {}
         for position, record in enumerate(_load_json(path, "annotations")):
             where = {"file": path, "line": None, "field": f"annotations[{position}]"}
@@ -303,7 +344,7 @@ class VqaReader:
                     raise
                 skipped.append(bad_record(error))
                 continue
-            found[question_id] = (image_id, tuple(normalize_answer(a["answer"]) for a in raw))
+            found[question_id] = (image_id, tuple(a["answer"] for a in raw))
         return found
 
     @staticmethod

@@ -15,7 +15,7 @@ from madcache.core.io import write_json
 from madcache.data import DATASETS
 from madcache.data.metrics import score_logits, without_counts
 from madcache.students.predict import load_run_student, predict_logits
-from madcache.students.regions import region_loader
+from madcache.students.visual import loader_for
 from madcache.train.config import TrainConfig
 from madcache.train.setup import load_eval_examples
 
@@ -36,7 +36,8 @@ def evaluate_run(run_dir: str | Path, *, split: str, sm: bool = False,
         regions = (config.eval_regions if split == config.eval_split else None) or config.regions
     examples = load_eval_examples(config, split, sm=sm)
     student = load_run_student(run_dir, device=config.device)
-    logits = predict_logits(student, examples, regions=region_loader(str(regions)),
+    logits = predict_logits(student, examples,
+                            regions=loader_for(student, root=config.root, regions=regions),
                             batch_size=config.batch_size, device=config.device)
     result = without_counts(score_logits(config.dataset, examples, logits,
                                          getattr(student, "answers", None)))

@@ -3,13 +3,14 @@ candidates of an example, for confidence weighting and zero-shot evaluation, and
 `Task` objects extraction runs.
 
 - VCR: `iqa` scores question + answer texts (`example.texts`), `ia` the answers alone
-  (`example.choices`); logit = 100 * cos(image, text) (CLIP's logit scale).
+  (`example.choices`); logit = s * cos(image, text) + b with the relevance model's own logit
+  scale s (100 for OpenAI CLIP) and bias b (SigLIP; 0 for CLIP): `with_logit_scale`.
 - SNLI-VE: cos(image, hypothesis); 1-D k-means (k = 3) over a whole split's similarities, no
   labels; centres sorted high -> low = entailment, neutral, contradiction; the cache reader derives
   logit = -100 |sim - centre| (`madcache.cache.targets.kmeans_logits`: CLIP's logit scale, like
   the other logits, so confidence weighting can fire).
 - VQA: each candidate answer turned into a statement with the question by `TEMPLATES`;
-  candidates prefiltered by a sentence encoder (`prefilter_answers`); logit = 100 * cos.
+  candidates prefiltered by a sentence encoder (`prefilter_answers`); logit = s * cos + b.
 
 A task adds relevance-only prompt texts to a shard plan (`prepare`), turns the relevance model's
 embeddings into per-example arrays (`score`), and may need the whole split afterwards
@@ -176,6 +177,15 @@ class Task:
 
     arrays: tuple[str, ...] = ()         # per-example arrays that need the relevance model
     logit_names: tuple[str, ...] = ()
+    logit_scale: float = LOGIT_SCALE     # the relevance model's (`with_logit_scale`)
+    logit_bias: float = 0.0
+
+    def logits(self, image: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
+        """`logit_scale * cos(image, text_c) + logit_bias` over the candidates."""
+        return cosine_logits(image, texts, scale=self.logit_scale) + self.logit_bias
+
+    def scale_settings(self) -> dict[str, float]:
+        return {"scale": self.logit_scale, "bias": self.logit_bias}
 
     def prepare(self, plan: ShardPlan) -> None:
         """Add prompt texts (`plan.aux_texts`, `plan.example_aux`) and up-front arrays."""
@@ -217,11 +227,11 @@ class VcrTask(Task):
 
     def score(self, plan: ShardPlan, rel: RelevanceFeatures) -> dict[str, np.ndarray]:
         image = _example_image(plan, rel)
-        return {"logits/iqa": vcr_logits(image, _scored_eos(plan, rel)).numpy(),
-                "logits/ia": vcr_logits(image, _aux_eos(plan, rel)).numpy()}
+        return {"logits/iqa": self.logits(image, _scored_eos(plan, rel)).numpy(),
+                "logits/ia": self.logits(image, _aux_eos(plan, rel)).numpy()}
 
     def settings(self) -> dict[str, Any]:
-        return {"logits": list(self.logit_names), "scale": LOGIT_SCALE}
+        return {"logits": list(self.logit_names), **self.scale_settings()}
 
 
 class SnliVeTask(Task):
@@ -246,11 +256,11 @@ class SnliVeTask(Task):
             return {}
         centres = kmeans_anchors(similarities, k=self.k)
         return {"kmeans_centres": [float(c) for c in centres],
-                "kmeans_order": list(SNLI_VE_ORDER), "kmeans_scale": LOGIT_SCALE}
+                "kmeans_order": list(SNLI_VE_ORDER), "kmeans_scale": self.logit_scale}
 
     def settings(self) -> dict[str, Any]:
         return {"logits": ["kmeans"], "similarity": "cos(image, hypothesis)", "kmeans_k": self.k,
-                "kmeans_logits": "-scale * |similarity - centre_k|", "scale": LOGIT_SCALE}
+                "kmeans_logits": "-scale * |similarity - centre_k|", "scale": self.logit_scale}
 
 
 @dataclass
@@ -278,10 +288,10 @@ class VqaTask(Task):
 
     def score(self, plan: ShardPlan, rel: RelevanceFeatures) -> dict[str, np.ndarray]:
         image = _example_image(plan, rel)
-        return {"logits/template": cosine_logits(image, _aux_eos(plan, rel)).numpy()}
+        return {"logits/template": self.logits(image, _aux_eos(plan, rel)).numpy()}
 
     def settings(self) -> dict[str, Any]:
-        return {"logits": ["template"], "scale": LOGIT_SCALE, "top_k": self.top_k,
+        return {"logits": ["template"], **self.scale_settings(), "top_k": self.top_k,
                 "answer_vocab": {"source": self.vocab_source, "size": len(self.vocab),
                                  "sha256": _digest(self.vocab)},
                 "sentence_encoder": self.encoder_fingerprint,
@@ -304,6 +314,14 @@ class _VocabCache:
 
 def _digest(values: list[str]) -> str:
     return hashlib.sha256(json.dumps(values).encode()).hexdigest()
+
+
+def with_logit_scale(task: Task, teacher: Any) -> Task:
+    """`task` scoring with the relevance model's own logit scale and bias (`teacher.logit_scale`,
+    `teacher.logit_bias`; a teacher without them keeps CLIP's 100 and no bias)."""
+    task.logit_scale = float(getattr(teacher, "logit_scale", LOGIT_SCALE))
+    task.logit_bias = float(getattr(teacher, "logit_bias", 0.0))
+    return task
 
 
 # The teacher-logit protocols a dataset spec names (`Dataset.teacher_logits`), or `--protocol`.

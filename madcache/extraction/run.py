@@ -30,7 +30,7 @@ from madcache.extraction.manifest import (build_fingerprint, build_manifest,
 from madcache.extraction.plan import ShardPlan, build_shard_plan, group_into_shards, num_choices
 from madcache.extraction.roles import Loader, TeacherSet, load_teacher_set
 from madcache.data.vqa import build_answer_vocab, read_answer_vocab
-from madcache.extraction.protocols import Task, VqaTask, make_task
+from madcache.extraction.protocols import Task, VqaTask, make_task, with_logit_scale
 
 Encoder = Any  # SentenceEncoder-like
 
@@ -77,14 +77,15 @@ def _read(config: ExtractConfig) -> tuple[list[Example], list[dict[str, Any]]]:
 def _make_task(config: ExtractConfig, examples: list[Example], teachers: TeacherSet,
                encoder: Encoder | None) -> Task:
     if config.task_protocol != "vqa" or teachers.relevance is None:
-        return make_task(config.task_protocol)
+        return with_logit_scale(make_task(config.task_protocol), teachers.relevance)
     vocab, source = _answer_vocab(config, examples)
     if encoder is None:
         encoder, encoder_fp = _load_sentence_encoder(config)
     else:
         encoder_fp = getattr(encoder, "fingerprint", lambda: {"name": type(encoder).__name__})()
-    return VqaTask(vocab=vocab, vocab_source=source, encoder=encoder,
-                   encoder_fingerprint=encoder_fp, top_k=config.answer_top_k)
+    return with_logit_scale(VqaTask(vocab=vocab, vocab_source=source, encoder=encoder,
+                                    encoder_fingerprint=encoder_fp, top_k=config.answer_top_k),
+                            teachers.relevance)
 
 
 def _answer_vocab(config: ExtractConfig, examples: list[Example]) -> tuple[list[str], str]:

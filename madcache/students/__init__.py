@@ -1,5 +1,7 @@
-"""Students: the `Student` protocol (base.py), the built-in single-stream VL transformer, region
-features (regions.py, region_extractors.py) and word pooling (tokens.py). docs/students.md.
+"""Students: the `Student` protocol (base.py), the built-in single-stream VL transformer, the
+pretrained transformers students `visualbert` and `vilt` (pretrained.py), region features
+(regions.py, region_extractors.py), pixels or regions by student (visual.py) and word pooling
+(tokens.py). docs/students.md.
 
 Adding a student = one module with a factory and one `STUDENTS.register` line below.
 """
@@ -13,12 +15,16 @@ from typing import Any
 from madcache.core.errors import CheckpointNotFoundError
 from madcache.students.base import STUDENTS, RegionInputs, Student, StudentOutput, check_student
 from madcache.students.single_stream import single_stream
+from madcache.students.vilt import vilt
+from madcache.students.visualbert import visualbert
 
 STUDENTS.register("single-stream", single_stream)
+STUDENTS.register("visualbert", visualbert)
+STUDENTS.register("vilt", vilt)
 
 STUDENT_JSON = "student.json"
 STUDENT_WEIGHTS = "model.safetensors"
-PATH_OPTIONS = ("tokenizer_dir",)
+PATH_OPTIONS = ("tokenizer_dir", "image_processor_dir")
 
 
 def build_student(name: str, **options: Any) -> Student:

@@ -40,6 +40,21 @@ class RegionInputs:
 
 
 @dataclass
+class PixelInputs:
+    """Visual inputs of a student that reads the image itself (`visual_input = "pixels"`): the
+    images as its own image processor prepared them, zero-padded to the batch's largest."""
+
+    pixels: torch.Tensor     # [B, 3, H, W] float32
+    mask: torch.Tensor       # [B, H, W] bool: real pixel (False = padding)
+
+    def to(self, device: str | torch.device) -> "PixelInputs":
+        return PixelInputs(self.pixels.to(device), self.mask.to(device))
+
+
+VisualInputs = RegionInputs | PixelInputs
+
+
+@dataclass
 class StudentOutput:
     logits: torch.Tensor         # [B, K]
     image_token: torch.Tensor    # [B, C, H]  V_s
@@ -50,11 +65,15 @@ class StudentOutput:
 
 @runtime_checkable
 class Student(Protocol):
+    """A student may also declare `visual_input = "pixels"` (its factory and its class): it then
+    gets `PixelInputs` from its own `image_processor()` instead of `RegionInputs` from a region
+    store (madcache/students/visual.py). Without it, a student reads regions."""
+
     name: str                    # its registry name (`student.json` records it)
     hidden_size: int
     task: str                    # "multiple_choice" | "classification" | "multilabel"
 
-    def prepare(self, examples: Sequence[Example], regions: RegionInputs) -> Mapping[str, Any]:
+    def prepare(self, examples: Sequence[Example], regions: VisualInputs) -> Mapping[str, Any]:
         """Tokenise texts and build model inputs for a batch (no teacher involved)."""
         ...
 
@@ -89,6 +108,15 @@ def check_student(student: object, name: str) -> None:
         raise ConfigError(f"student '{name}' ({type(student).__name__}) does not implement the "
                           f"Student protocol: missing {', '.join(missing)} "
                           "(madcache/students/base.py, docs/students.md)")
+
+
+def task_logits(scores: torch.Tensor, task: str, batch: int, choices: int) -> torch.Tensor:
+    """Head scores of the B x C sequences -> logits: [B, C] for multiple choice, else [B, K]."""
+    if task == "multiple_choice":
+        return scores.reshape(batch, choices)
+    if choices != 1:
+        raise ValueError(f"task {task} scores one text per example, got {choices}")
+    return scores
 
 
 StudentFactory = Callable[..., Student]

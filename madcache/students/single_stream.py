@@ -38,9 +38,10 @@ from madcache.data.base import TASKS
 from madcache.data.records import Example
 from madcache.data.vqa import read_answer_vocab
 from madcache.core.errors import CheckpointNotFoundError, ConfigError
-from madcache.students.base import RegionInputs, StudentOutput
+from madcache.students.base import RegionInputs, StudentOutput, task_logits
 from madcache.students.regions import GEOMETRY_DIM, box_geometry
 from madcache.students.region_extractors import BOXCROP_DIM
+from madcache.students.tokens import encode_texts
 
 TOKENIZER_SUBDIR = "tokenizer"
 
@@ -206,14 +207,8 @@ class SingleStreamStudent(nn.Module):
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """WordPiece ids, attention mask and each token's char span ((-1, -1) for specials and
         padding), on the student's device."""
-        encoded = self.tokenizer(list(texts), padding=True, truncation=True,
-                                 max_length=self.config.max_length, return_offsets_mapping=True,
-                                 return_special_tokens_mask=True, return_tensors="pt")
-        mask = encoded["attention_mask"].bool()
-        spans = encoded["offset_mapping"].long()
-        spans[encoded["special_tokens_mask"].bool() | ~mask] = -1
-        return {"input_ids": encoded["input_ids"].to(self.device),
-                "attention_mask": mask.to(self.device), "token_spans": spans.to(self.device)}
+        encoded = encode_texts(self.tokenizer, list(texts), max_length=self.config.max_length)
+        return {k: v.to(self.device) for k, v in encoded.items()}
 
     # ------------------------------------------------------------------ model
 
@@ -258,12 +253,7 @@ class SingleStreamStudent(nn.Module):
             token_spans=inputs["token_spans"].reshape(batch, choices, length, 2))
 
     def _logits(self, cls: torch.Tensor, batch: int, choices: int) -> torch.Tensor:
-        scores = self.head(cls)
-        if self.task == "multiple_choice":
-            return scores.reshape(batch, choices)
-        if choices != 1:
-            raise ValueError(f"task {self.task} scores one text per example, got {choices}")
-        return scores
+        return task_logits(self.head(cls), self.task, batch, choices)
 
     # ------------------------------------------------------------------ AF stage
 

@@ -45,3 +45,16 @@ def pool_token_spans(text_tokens: torch.Tensor, token_spans: torch.Tensor,
     pooled = torch.bmm(weights, tokens) / count.clamp(min=1)
     mask = count.squeeze(-1) > 0
     return pooled.reshape(*lead, m, hidden), mask.reshape(*lead, m)
+
+
+def encode_texts(tokenizer, texts: list[str], *, max_length: int) -> dict[str, torch.Tensor]:
+    """Tokenise `texts` whole with a fast tokenizer: `input_ids` and `attention_mask` [N, L] and
+    each token's character span `token_spans` [N, L, 2] ((-1, -1) for special tokens and
+    padding), truncated to `max_length` tokens, specials included."""
+    encoded = tokenizer(texts, padding=True, truncation=True, max_length=max_length,
+                        return_offsets_mapping=True, return_special_tokens_mask=True,
+                        return_tensors="pt")
+    mask = encoded["attention_mask"].bool()
+    spans = encoded["offset_mapping"].long()
+    spans[encoded["special_tokens_mask"].bool() | ~mask] = -1
+    return {"input_ids": encoded["input_ids"], "attention_mask": mask, "token_spans": spans}

@@ -31,6 +31,8 @@ _CLIP = "madcache.teachers.clip:load_openclip"
 _CLIP_CONFIG = "madcache.teachers.clip:load_openclip_config"
 _HF_IMAGE = "madcache.teachers.hf:load_vit"
 _HF_TEXT = "madcache.teachers.hf:load_text_model"
+_HF_CLIP = "madcache.teachers.hf_clip:load_hf_clip"
+_SIGLIP = "madcache.teachers.hf_clip:load_siglip"
 
 TEACHERS.register("clip-vit-b16", _lazy(_CLIP, arg="ViT-B-16", name="clip-vit-b16"))
 TEACHERS.register("clip-vit-b32", _lazy(_CLIP, arg="ViT-B-32", name="clip-vit-b32"))
@@ -42,6 +44,8 @@ TEACHERS.register("vit:<dir>", _lazy(_HF_IMAGE))
 TEACHERS.register("bert:<dir>", _lazy(_HF_TEXT, family="bert"))
 TEACHERS.register("roberta:<dir>", _lazy(_HF_TEXT, family="roberta"))
 TEACHERS.register("hf-text:<dir>", _lazy(_HF_TEXT, family="hf-text"))
+TEACHERS.register("hf-clip:<dir>", _lazy(_HF_CLIP))
+TEACHERS.register("siglip:<dir>", _lazy(_SIGLIP))
 
 
 def load_teacher(name: str, *, checkpoint: str | Path | None = None, device: str = "cpu",

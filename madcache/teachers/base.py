@@ -42,6 +42,9 @@ class TextEncoding:
 
 @runtime_checkable
 class Teacher(Protocol):
+    """A joint-space teacher (CLIP-style) also has `logit_scale` and `logit_bias`: its own
+    cosine -> logit map (`logit = logit_scale * cos + logit_bias`), used for teacher logits."""
+
     name: str
     modalities: frozenset[str]       # subset of {"image", "text"}
     joint_space: bool                # image/text embeddings comparable by cosine (CLIP-style)
@@ -80,6 +83,44 @@ def pool_words(token_feat: torch.Tensor, token_word: torch.Tensor,
         feats.append(sums / counts.clamp(min=1).unsqueeze(-1))
         lost.append(counts == 0)
     return feats, lost
+
+
+def word_piece_batch(texts: Sequence[Text], pieces_of: Callable[[str], Sequence[int]], *,
+                     prefix: Sequence[int], suffix: Sequence[int], length: int, pad_id: int,
+                     pad_to_length: bool) -> TokenBatch:
+    """Texts tokenised word by word (the dataset layer's words), so every token knows its word:
+    `prefix` + the pieces of each word + `suffix`. A row longer than `length` keeps its first
+    `length - len(suffix)` tokens, then the suffix (open_clip's truncation: EOT stays last); the
+    words that lost a token are flagged. Rows are padded with `pad_id` to `length`
+    (`pad_to_length`) or to the longest row; `attention_mask` marks the real tokens."""
+    rows, owners, cuts = [], [], []
+    truncated = torch.zeros(len(texts), dtype=torch.bool)
+    for b, text in enumerate(texts):
+        row, words = list(prefix), [-1] * len(prefix)
+        for i, word in enumerate(text.words):
+            pieces = list(pieces_of(word.text))
+            row += pieces
+            words += [i] * len(pieces)
+        cut = torch.zeros(len(text.words), dtype=torch.bool)
+        if len(row) + len(suffix) > length:
+            keep = length - len(suffix)
+            cut[[w for w in words[keep:] if w >= 0]] = True
+            row, words = row[:keep], words[:keep]
+            truncated[b] = True
+        rows.append(row + list(suffix))
+        owners.append(words + [-1] * len(suffix))
+        cuts.append(cut)
+    width = length if pad_to_length else max((len(r) for r in rows), default=0)
+    ids = torch.full((len(texts), width), pad_id, dtype=torch.long)
+    owner = torch.full((len(texts), width), -1, dtype=torch.long)
+    mask = torch.zeros(len(texts), width, dtype=torch.long)
+    for b, (row, words) in enumerate(zip(rows, owners)):
+        ids[b, :len(row)] = torch.tensor(row, dtype=torch.long)
+        owner[b, :len(row)] = torch.tensor(words, dtype=torch.long)
+        mask[b, :len(row)] = 1
+    return TokenBatch(input_ids=ids, attention_mask=mask, token_word=owner,
+                      n_words=[len(t.words) for t in texts], truncated=truncated,
+                      extra={"word_truncated": cuts})
 
 
 def inference_autocast(device: str, enabled: bool) -> Callable[[], AbstractContextManager]:

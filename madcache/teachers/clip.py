@@ -24,7 +24,8 @@ import torch
 
 from madcache.data.records import Text
 from madcache.core.errors import CheckpointNotFoundError, ConfigError
-from madcache.teachers.base import TextEncoding, TokenBatch, inference_autocast, pool_words
+from madcache.teachers.base import (TextEncoding, TokenBatch, inference_autocast, pool_words,
+                                    word_piece_batch)
 from madcache.core.io import file_sha256
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -67,32 +68,9 @@ class WordTokenizer:
 
     def __call__(self, texts: Sequence[Text]) -> TokenBatch:
         tok = _simple_tokenizer(self.tokenizer_kwargs)
-        length = self.context_length
-        ids = torch.zeros(len(texts), length, dtype=torch.long)
-        owner = torch.full((len(texts), length), -1, dtype=torch.long)
-        truncated = torch.zeros(len(texts), dtype=torch.bool)
-        word_cut = []
-        for b, text in enumerate(texts):
-            row, words = [tok.sot_token_id], [-1]
-            for i, word in enumerate(text.words):
-                pieces = _word_pieces(self.tokenizer_kwargs, word.text)
-                row += pieces
-                words += [i] * len(pieces)
-            row.append(tok.eot_token_id)
-            words.append(-1)
-            cut = torch.zeros(len(text.words), dtype=torch.bool)
-            if len(row) > length:  # as open_clip: keep length-1 tokens, then EOT
-                lost = [w for w in words[length - 1:] if w >= 0]
-                cut[lost] = True
-                row = row[:length - 1] + [tok.eot_token_id]
-                words = words[:length - 1] + [-1]
-                truncated[b] = True
-            ids[b, :len(row)] = torch.tensor(row)
-            owner[b, :len(words)] = torch.tensor(words)
-            word_cut.append(cut)
-        return TokenBatch(input_ids=ids, attention_mask=(ids != 0).long(), token_word=owner,
-                          n_words=[len(t.words) for t in texts], truncated=truncated,
-                          extra={"word_truncated": word_cut})
+        return word_piece_batch(texts, lambda word: _word_pieces(self.tokenizer_kwargs, word),
+                                prefix=[tok.sot_token_id], suffix=[tok.eot_token_id],
+                                length=self.context_length, pad_id=0, pad_to_length=True)
 
 
 class OpenClipTeacher:
@@ -123,6 +101,7 @@ class OpenClipTeacher:
         self.tokenizer_kwargs = dict(text_cfg.get("tokenizer_kwargs", {}))
         self.image_dim = self.text_dim = int(config["embed_dim"])
         self.preprocess_cfg = dict(open_clip.get_model_preprocess_cfg(model))
+        self.logit_scale, self.logit_bias = model_logit_scale(model)
         self._autocast = inference_autocast(device, autocast)
 
     def image_transform(self) -> Callable[[Any], torch.Tensor]:
@@ -140,7 +119,8 @@ class OpenClipTeacher:
 
     @torch.inference_mode()
     def encode_tokens(self, batch: TokenBatch) -> TextEncoding:
-        ids = trim_padding(batch.input_ids).to(self.device)
+        # trimmed by the attention mask: BPE id 0 is "!" as well as padding
+        ids = batch.input_ids[:, :max(int(batch.attention_mask.sum(1).max()), 1)].to(self.device)
         with self._autocast():
             tokens = self.token_features(ids)
             eos = project_text(self.model, pool_eos(self.model, tokens, ids))
@@ -172,10 +152,17 @@ class OpenClipTeacher:
             "tokenizer": {"kind": "open_clip.SimpleTokenizer, word by word",
                           "kwargs": self.tokenizer_kwargs},
             "context_length": self.context_length,
+            "logits": {"scale": self.logit_scale, "bias": self.logit_bias},
             "features": {"image": "encode_image (projected, unnormalised)",
                          "eos": "projected EOS token == encode_text (unnormalised)",
                          "word": "mean of projected sub-token features after ln_final"},
         }
+
+
+def model_logit_scale(model: torch.nn.Module) -> tuple[float, float]:
+    """(exp(logit_scale), logit_bias or 0): how the model itself turns cosines into logits."""
+    bias = getattr(model, "logit_bias", None)
+    return float(model.logit_scale.detach().exp()), 0.0 if bias is None else float(bias.detach())
 
 
 def trim_padding(ids: torch.Tensor) -> torch.Tensor:

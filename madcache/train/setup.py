@@ -18,7 +18,7 @@ from madcache.data.records import Example
 from madcache.method.losses import Projections
 from madcache.method.methods import AF, TASK, Method, check_targets, get_method
 from madcache.students.base import RegionInputs
-from madcache.students.regions import region_loader
+from madcache.students.visual import loader_for, region_store_for, visual_loader
 from madcache.train.config import TrainConfig
 from madcache.train.data import BatchTargets, DataSource, targets_to_tensors
 
@@ -52,9 +52,10 @@ def setup(config: TrainConfig) -> Setup:
                              **config.read_options).examples
     subset, split_info = training_subset(config, examples)
     cache = open_checked_cache(config, method)
-    regions = region_loader(config.regions)
-    options = student_defaults(config, cache, regions.store) | config.student_options
+    store = region_store_for(config.student, config.regions)  # None: the student reads pixels
+    options = student_defaults(config, cache, store) | config.student_options
     student = build_student(config.student, **options).to(config.device)
+    regions = visual_loader(student, root=config.root, store=store)
     whole = config.split_file is None and config.per_category is None
     stream = _cache_order(examples, cache)
     task_source = _source(stream if whole else subset,
@@ -69,7 +70,8 @@ def setup(config: TrainConfig) -> Setup:
         projections=make_projections(student, cache, method).to(config.device),
         task_source=task_source, af_source=af_source, regions=regions,
         eval_examples=load_eval_examples(config, config.eval_split) if config.eval_split else [],
-        eval_regions=region_loader(config.eval_regions) if config.eval_regions else regions,
+        eval_regions=loader_for(student, root=config.root, regions=config.eval_regions)
+        if config.eval_regions else regions,
         provenance={"cache_fingerprint": None if cache is None else cache_digest(cache.manifest), **split_info,
                     "git_commit": git_commit(), "madcache_version": madcache.__version__},
         save_student=save_student, teachers=None if cache is None else cache.manifest.get("teachers"))
@@ -139,10 +141,12 @@ def make_projections(student, cache, method: Method) -> Projections:
 
 def student_defaults(config: TrainConfig, cache, store) -> dict[str, Any]:
     """Student options implied by the data (explicit --student-option values win): the task of
-    the dataset (and a classifier's number of classes), the region feature width, and VQA's
-    answer vocabulary (the cache's)."""
+    the dataset (and a classifier's number of classes), the region feature width (region
+    students), and VQA's answer vocabulary (the cache's)."""
     spec = DATASETS.get(config.dataset)
-    options: dict[str, Any] = {"region_dim": store.feature_dim, "task": spec.task}
+    options: dict[str, Any] = {"task": spec.task}
+    if store is not None:
+        options["region_dim"] = store.feature_dim
     if spec.task == CLASSIFICATION:
         options["num_classes"] = len(spec.label_names)
     vocab = (cache.manifest.get("extra") or {}).get("answer_vocab") if cache is not None else None

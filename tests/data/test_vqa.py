@@ -3,9 +3,11 @@ import json
 import pytest
 
 from madcache.data import read_examples
-from madcache.data.vqa import (answer_scores, load_answer_vocab, normalize_answer, soft_score,
+from madcache.data.vqa import (answer_scores, build_answer_vocab, load_answer_vocab,
+                               normalize_answer, process_punctuation, read_vqa_results, soft_score,
                                vqa_accuracy)
 from madcache.core.errors import ConfigError, DataError, DataFileNotFoundError
+from madcache.data.records import Example, Text
 
 FILES = {"questions_file": "multimodal_testdata/v2_OpenEnded_mscoco_train2014_questions.json",
          "annotations_file": "multimodal_testdata/v2_mscoco_train2014_annotations.json"}
@@ -79,7 +81,65 @@ def test_answer_normalisation_follows_the_official_evaluator():
     assert normalize_answer("yes.") == "yes"
     assert normalize_answer("black/white") == "black white"
     assert [soft_score(n) for n in range(6)] == [0.0, 0.3, 0.6, 0.9, 1.0, 1.0]
-    assert answer_scores(["a"] * 3 + ["b"]) == {"a": 0.9, "b": 0.3}
+    assert answer_scores(["red"] * 3 + ["blue"]) == {"red": 0.9, "blue": 0.3}
+
+
+# Hand-computed against vqaEval.py (GT-Vision-Lab/VQA): the prediction is cleaned and fully
+# processed; the human answers get processPunctuation only, and only when they disagree.
+
+def test_agreeing_humans_are_compared_unprocessed():
+    # ten identical "two": the humans stay "two", the prediction becomes "2" -> never a match
+    assert vqa_accuracy("two", ["two"] * 10) == 0.0
+    assert vqa_accuracy("2", ["two"] * 10) == 0.0
+    assert vqa_accuracy("yes.", ["yes."] * 10) == 0.0     # "yes." vs the prediction "yes"
+    assert vqa_accuracy("yes", ["yes"] * 10) == 1.0
+
+
+def test_disagreeing_humans_get_punctuation_processing_only():
+    # "yes." -> "yes": all ten match the prediction "Yes" -> "yes"
+    assert vqa_accuracy("Yes", ["yes."] * 3 + ["yes"] * 7) == 1.0
+    # no digit/article step on humans: "the dog" stays, the prediction "the dog" becomes "dog";
+    # 8 sets without a "the dog" hold 2 "dog" (2/3), 2 sets without a "dog" hold 1 (1/3)
+    assert vqa_accuracy("the dog", ["the dog"] * 8 + ["dog"] * 2) == pytest.approx(
+        (8 * 2 / 3 + 2 * 1 / 3) / 10)
+    # "two" x 9 + "2": only the "2" matches the prediction "two" -> "2"
+    assert vqa_accuracy("two", ["two"] * 9 + ["2"]) == pytest.approx(9 * (1 / 3) / 10)
+    # the digit comma: "1,000" -> "1000" on both sides
+    assert vqa_accuracy("1,000", ["1,000"] * 5 + ["1000"] * 5) == 1.0
+
+
+def test_prediction_cleaning_and_the_period_count_quirk():
+    assert vqa_accuracy("\tRed\n", ["red"] * 2 + ["blue"] * 8) == pytest.approx(
+        (8 * 2 / 3 + 2 * 1 / 3) / 10)
+    # `periodStrip.sub("", text, re.UNICODE)`: re.UNICODE (32) is taken as the count
+    assert process_punctuation("." * 40) == "." * 8
+    assert process_punctuation("3.5 m.") == "3.5 m"
+
+
+def test_training_targets_and_vocabulary_use_normalised_answers():
+    assert answer_scores(["Two", "two", "2", "three"]) == {"2": 0.9, "3": 0.3}
+    examples = [Example(id=str(i), dataset="vqa", split="val", image_id="1",
+                        image_path="1.jpg", choices=(Text.from_string("how many?"),),
+                        label=None, category="how many", answers=answers)
+                for i, answers in enumerate([("Two", "two"), ("2", "A Cat", "<unk>")])]
+    assert build_answer_vocab(examples, 5) == ["2", "cat"]
+
+
+def test_results_file_reads_the_official_format(tmp_path):
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps([{"question_id": 5, "answer": "red"},
+                                {"question_id": 7, "answer": "2"}]))
+    assert read_vqa_results(path) == {"5": "red", "7": "2"}
+    path.write_text(json.dumps([{"question_id": "5", "answer": "red"}]))
+    with pytest.raises(DataError, match="question_id must be an integer"):
+        read_vqa_results(path)
+    path.write_text(json.dumps([{"question_id": 5, "answer": "a"},
+                                {"question_id": 5, "answer": "b"}]))
+    with pytest.raises(DataError, match="duplicate question_id"):
+        read_vqa_results(path)
+    path.write_text(json.dumps({"question_id": 5, "answer": "red"}))
+    with pytest.raises(DataError, match="JSON list"):
+        read_vqa_results(path)
 
 
 def _write_vqa(root, questions, annotations, subtype="val2014"):
@@ -99,7 +159,7 @@ def test_files_are_found_in_questions_and_annotations_folders(tmp_path):
     _write_vqa(tmp_path, [{"question_id": 1000, "image_id": 1, "question": "How many cats?"}],
                [_annotation(1000)])
     [ex] = read_examples("vqa", tmp_path, "val").examples
-    assert ex.answers == ("2",) * 10 and ex.answer_scores == {"2": 1.0}
+    assert ex.answers == ("two",) * 10 and ex.answer_scores == {"2": 1.0}
     assert ex.category == "how many" and ex.image_path == "COCO_val2014_000000000001.jpg"
     with pytest.raises(ConfigError, match="unknown VQA split"):
         read_examples("vqa", tmp_path, "dev")

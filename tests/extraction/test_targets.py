@@ -131,7 +131,8 @@ def test_a_text_under_two_images_gets_one_row_per_image(vcr):
     assert not np.allclose(shard["word_vr"][first], shard["word_vr"][second])
 
 
-def test_vcr_logits_are_100_cos(vcr, teacher, toy_root, toy_vcr_examples):
+def test_vcr_logits_are_the_teachers_own_scale_times_cos(vcr, teacher, toy_root,
+                                                        toy_vcr_examples):
     _, shards, manifest = vcr
     for shard in shards:
         for n, eid in enumerate(shard["example_id"]):
@@ -139,9 +140,11 @@ def test_vcr_logits_are_100_cos(vcr, teacher, toy_root, toy_vcr_examples):
             image = image_embedding(teacher, toy_root, example.image_id)
             for name, texts in (("iqa", example.texts), ("ia", example.choices)):
                 eos = torch.stack([direct_text(teacher, t)[0] for t in texts])
-                expected = 100 * torch.nn.functional.cosine_similarity(eos, image[None], dim=-1)
+                expected = teacher.model.logit_scale.exp() * \
+                    torch.nn.functional.cosine_similarity(eos, image[None], dim=-1)
                 np.testing.assert_allclose(shard[f"logits/{name}"][n], expected.numpy(),
                                            atol=2e-3)
+    assert teacher.logit_scale == pytest.approx(1 / 0.07) and teacher.logit_bias == 0.0
     assert manifest["default_logits"] == "ia" and manifest["num_choices"] == 4
     assert manifest["dims"] == {"image": 16, "text": 16} and manifest["unavailable"] == []
 
@@ -195,6 +198,6 @@ def test_vqa_candidates_and_template_logits(cache, tmp_path, tiny_clip, toy_root
     from madcache.data.records import Text
 
     eos = torch.stack([direct_text(teacher, Text.from_string(s))[0] for s in statements])
-    logits = 100 * torch.nn.functional.cosine_similarity(eos, image[None], dim=-1)
+    logits = teacher.logit_scale * torch.nn.functional.cosine_similarity(eos, image[None], dim=-1)
     np.testing.assert_allclose(shard["logits/template"][0], logits.numpy(), atol=2e-3)
     assert manifest["default_logits"] == "template"

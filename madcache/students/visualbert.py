@@ -1,0 +1,126 @@
+"""The `visualbert` student: transformers' `VisualBertModel` (Li et al. 2019), loaded from a local
+`save_pretrained` directory — single-stream, region features as `visual_embeds`, the family of
+VL-BERT and UNITER.
+
+One sequence per scored text (docs/students.md):
+
+    [CLS] text tokens [SEP] <pad..>   region_1 .. region_R <pad..>
+    token type 0, positions 0..L-1   visual token type 1, visual position 0
+
+- text: the checkpoint's BERT WordPiece tokenizer (uncased), character offsets kept;
+- regions: the region store's features, through a learned `Linear(region_dim,
+  visual_embedding_dim)` when their width differs from the checkpoint's (e.g. boxcrop's 199 or a
+  ResNet's 1024 into the 2048 of the COCO checkpoints), then the model's own `visual_projection`.
+  VisualBERT takes no box coordinates;
+- V_s is the output at the first visual token (the region store's first region: the whole image
+  for VCR and grid boxes, the most confident detection for a `butd-tsv` store), T_s the [CLS]
+  output;
+- task heads on the pooled [CLS] (tanh pooler), as transformers' VisualBERT task models: dropout
+  + linear;
+- adaptive finetuning through the model's own pretraining heads (`VisualBertForPreTraining.cls`):
+  MLM (`cls.predictions`, tied to the word embedding) on the scored texts with their image, and
+  image-text matching (`cls.seq_relationship` on the pooled output; label 0 = match, 1 = not, its
+  pretraining convention) on label-free image-question pairs (students/pretrained.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from madcache.core.errors import ConfigError
+from madcache.data.records import Example
+from madcache.students.base import RegionInputs, StudentOutput
+from madcache.students.pretrained import (PretrainedStudentConfig, check_vocabulary,
+                                          export_options, load_model, mlm_itm_losses,
+                                          student_output, text_inputs, tokenizer_for)
+
+
+@dataclass
+class VisualBertConfig(PretrainedStudentConfig):
+    """Options of `visualbert` (`--student-option KEY=VALUE`); see `PretrainedStudentConfig`.
+    `region_dim` is the region store's feature width (the trainer passes it)."""
+
+    region_dim: int | None = None
+
+    student = "visualbert"
+
+
+class VisualBertStudent(nn.Module):
+    """See the module docstring. Build with `visualbert(checkpoint=DIR, ...)`."""
+
+    name = "visualbert"
+    visual_input = "regions"
+
+    def __init__(self, config: VisualBertConfig, tokenizer, model) -> None:
+        super().__init__()
+        check_vocabulary(tokenizer, model.config, self.name)
+        self.config = config
+        self.tokenizer = tokenizer
+        self.model = model                          # VisualBertForPreTraining
+        hidden = model.config.hidden_size
+        self.hidden_size = hidden
+        self.task = config.task
+        self.answers = list(config.answers)
+        self.max_length = min(config.max_length, model.config.max_position_embeddings)
+        width = model.config.visual_embedding_dim
+        region_dim = config.region_dim or width
+        self.region_proj = nn.Linear(region_dim, width) if region_dim != width else nn.Identity()
+        self.dropout = nn.Dropout(model.config.hidden_dropout_prob)
+        self.head = nn.Linear(hidden, config.num_outputs())
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.weight.device
+
+    def prepare(self, examples: Sequence[Example], regions: RegionInputs) -> dict[str, Any]:
+        """Tokenise every `example.texts[c]` (B x C sequences) with character offsets."""
+        if not isinstance(regions, RegionInputs):
+            raise ConfigError("visualbert reads region features: build a region store with "
+                              "`madcache regions` and pass --regions")
+        width = self.config.region_dim or self.model.config.visual_embedding_dim
+        if regions.feat.shape[-1] != width:
+            raise ConfigError(f"region features have {regions.feat.shape[-1]} dims but the "
+                              f"student expects region_dim={width}: pass --student-option "
+                              f"region_dim={regions.feat.shape[-1]}")
+        return {**text_inputs(self, examples), "regions": regions.to(self.device)}
+
+    def encode(self, ids: torch.Tensor, mask: torch.Tensor, regions: RegionInputs,
+               rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(last hidden states [N, L + R, H], pooled [N, H]); sequence n sees image rows[n]."""
+        visual = self.region_proj(regions.feat.float())[rows]
+        out = self.model.visual_bert(input_ids=ids, attention_mask=mask.long(),
+                                     token_type_ids=torch.zeros_like(ids),
+                                     visual_embeds=visual,
+                                     visual_attention_mask=regions.mask[rows].long())
+        return out.last_hidden_state, out.pooler_output
+
+    def forward(self, inputs: Mapping[str, Any]) -> StudentOutput:
+        return student_output(self, inputs, inputs["regions"],
+                              lambda pooled: self.head(self.dropout(pooled)))
+
+    def pretrain_losses(self, inputs: Mapping[str, Any], examples: Sequence[Example],
+                        generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """MLM + ITM through the checkpoint's pretraining heads (module docstring)."""
+        return mlm_itm_losses(self, inputs, examples, inputs["regions"], generator,
+                              mlm_head=self.model.cls.predictions,
+                              itm_head=self.model.cls.seq_relationship, match_label=0)
+
+    def export_options(self, directory: Path) -> dict[str, Any]:
+        return export_options(self, directory)
+
+
+def visualbert(**options: Any) -> VisualBertStudent:
+    """Build the student from `--student-option` values (see `VisualBertConfig`)."""
+    from transformers import VisualBertForPreTraining
+
+    config = VisualBertConfig.from_options(options)
+    return VisualBertStudent(config, tokenizer_for(config),
+                             load_model(VisualBertForPreTraining, config))
+
+
+visualbert.visual_input = "regions"

@@ -1,0 +1,214 @@
+"""transformers CLIP and SigLIP teachers (`hf-clip:<dir>`, `siglip:<dir>`): image and text towers
+in one joint space, from a local `save_pretrained` directory, with the same targets as the
+open_clip teacher (docs/teachers.md):
+
+- image `V_t`: CLIP `visual_projection(vision_model(pixels).pooler_output)` (the post-layernorm
+  [CLS], projected) = `get_image_features`; SigLIP `vision_model(pixels).pooler_output` (the
+  attention-pooling head) = `get_image_features`;
+- text `T_t`: the model's own pooled text feature, projected: CLIP `text_projection` of the EOS
+  token after `final_layer_norm`; SigLIP `text_model.head` of the last position;
+- words `f_tt(w)`: the mean of the word's sub-token features after `final_layer_norm`, each
+  through the same projection (CLIP `text_projection`, SigLIP `head`), so they live in the joint
+  space with `T_t` and `V_t`;
+- logits: `logit_scale.exp() * cos + logit_bias` (no bias for CLIP), the model's own.
+
+Texts are tokenised word by word with the directory's tokenizer (CLIP's byte-level BPE,
+SigLIP's SentencePiece), so every token knows its word: for both, whitespace-separated words
+tokenise the same alone as inside the text. CLIP rows are `<|startoftext|>` + pieces +
+`<|endoftext|>`, at most 77 tokens (open_clip's truncation: EOT kept last), with an attention
+mask; SigLIP rows are pieces + `</s>`, padded with its pad token to 64 tokens and attended in full
+(`padding="max_length"` without a mask, how SigLIP was trained: it pools the last position).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from madcache.core.errors import ConfigError
+from madcache.core.io import file_sha256
+from madcache.data.records import Text
+from madcache.teachers.base import TextEncoding, TokenBatch, pool_words, word_piece_batch
+from madcache.teachers.hf import _HFTeacher, _load_model, _model_dir, _weights, processor_transform
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "spiece.model",
+                   "tokenizer_config.json", "special_tokens_map.json")
+PROBE = "a"
+
+
+@lru_cache(maxsize=4)
+def _tokenizer(path: str):
+    """The directory's tokenizer, fast or not (SigLIP's is SentencePiece, slow only)."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, ImportError) as exc:
+        raise ConfigError(f"{path}: cannot load its tokenizer ({str(exc).splitlines()[0]}); a "
+                          "SigLIP directory needs `pip install madcache[siglip]` "
+                          "(sentencepiece)") from None
+
+
+@lru_cache(maxsize=262_144)
+def _pieces(path: str, word: str) -> tuple[int, ...]:
+    return tuple(_tokenizer(path)(word, add_special_tokens=False)["input_ids"])
+
+
+def special_tokens(tokenizer) -> tuple[list[int], list[int]]:
+    """(prefix, suffix): the special token ids the tokenizer puts around a text."""
+    full = list(tokenizer(PROBE)["input_ids"])
+    core = list(tokenizer(PROBE, add_special_tokens=False)["input_ids"])
+    for start in range(len(full) - len(core) + 1):
+        if full[start:start + len(core)] == core:
+            return full[:start], full[start + len(core):]
+    raise ConfigError(f"cannot find the special tokens of {type(tokenizer).__name__}")
+
+
+class HFWordPieces:
+    """Texts -> `TokenBatch` word by word with a directory's tokenizer. Picklable (the
+    tokenizer is loaded once per process)."""
+
+    def __init__(self, path: str | Path, length: int, pad_to_length: bool) -> None:
+        self.path = str(path)
+        self.length = length
+        self.pad_to_length = pad_to_length
+
+    def __call__(self, texts: Sequence[Text]) -> TokenBatch:
+        tok = _tokenizer(self.path)
+        prefix, suffix = special_tokens(tok)
+        return word_piece_batch(texts, lambda word: _pieces(self.path, word), prefix=prefix,
+                                suffix=suffix, length=self.length, pad_id=int(tok.pad_token_id),
+                                pad_to_length=self.pad_to_length)
+
+
+class _JointTeacher(_HFTeacher):
+    """What the CLIP and SigLIP teachers share; subclasses say how text is encoded."""
+
+    modalities = frozenset({"image", "text"})
+    joint_space = True
+    pad_to_length = False
+
+    def __init__(self, model: torch.nn.Module, **kwargs: Any) -> None:
+        super().__init__(model, pooling="model", **kwargs)
+        self.image_size = int(model.config.vision_config.image_size)
+        self.context_length = int(model.config.text_config.max_position_embeddings)
+        self.image_dim = self.text_dim = int(self.embedding_dim())
+        self.logit_scale = float(model.logit_scale.detach().exp())
+        bias = getattr(model, "logit_bias", None)
+        self.logit_bias = 0.0 if bias is None else float(bias.detach())
+
+    def embedding_dim(self) -> int:
+        raise NotImplementedError
+
+    def image_transform(self) -> Callable[[Any], torch.Tensor]:
+        return processor_transform(self.path, self.image_size)
+
+    def text_processor(self) -> Callable[[Sequence[Text]], TokenBatch]:
+        return HFWordPieces(self.path, self.context_length, self.pad_to_length)
+
+    @torch.inference_mode()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            return self.image_features(pixels.to(self.device)).float().cpu()
+
+    @torch.inference_mode()
+    def encode_tokens(self, batch: TokenBatch) -> TextEncoding:
+        with self._autocast():
+            tokens, pooled = self.text_features(batch.input_ids.to(self.device),
+                                                batch.attention_mask.to(self.device))
+            eos, tokens = self.project(pooled), self.project(tokens)
+        word_feat, no_token = pool_words(tokens.float().cpu(), batch.token_word, batch.n_words)
+        cut = batch.extra.get("word_truncated") or [torch.zeros(n, dtype=torch.bool)
+                                                    for n in batch.n_words]
+        return TextEncoding(eos=eos.float().cpu(), word_feat=word_feat,
+                            word_truncated=[c | z for c, z in zip(cut, no_token)],
+                            truncated=batch.truncated.clone())
+
+    def fingerprint(self) -> dict[str, Any]:
+        files = {name: file_sha256(self.path / name) for name in TOKENIZER_FILES
+                 if (self.path / name).is_file()}
+        return self._fingerprint(
+            preprocess=repr(self.image_transform()), context_length=self.context_length,
+            tokenizer={"class": type(_tokenizer(str(self.path))).__name__, "files": files,
+                       "mapping": "word by word", "pad_to_length": self.pad_to_length},
+            logits={"scale": self.logit_scale, "bias": self.logit_bias})
+
+
+class HFClipTeacher(_JointTeacher):
+    """A frozen transformers `CLIPModel` behind the `Teacher` protocol."""
+
+    def embedding_dim(self) -> int:
+        return self.model.config.projection_dim
+
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.visual_projection(self.model.vision_model(pixel_values=pixels).pooler_output)
+
+    def text_features(self, ids: torch.Tensor, mask: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(per-token features after final_layer_norm, the model's pooled EOS feature)."""
+        out = self.model.text_model(input_ids=ids, attention_mask=mask)
+        return out.last_hidden_state, out.pooler_output
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.text_projection(x)
+
+
+class SiglipTeacher(_JointTeacher):
+    """A frozen transformers `SiglipModel` behind the `Teacher` protocol."""
+
+    pad_to_length = True
+
+    def embedding_dim(self) -> int:
+        return self.model.text_model.head.out_features
+
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.vision_model(pixel_values=pixels).pooler_output
+
+    def text_features(self, ids: torch.Tensor, mask: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(per-token features after final_layer_norm, the last position's): no attention mask,
+        the padding is attended as in SigLIP's training; `head` is applied by `project`."""
+        out = self.model.text_model(input_ids=ids)
+        return out.last_hidden_state, out.last_hidden_state[:, -1]
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.text_model.head(x)
+
+
+def _load(teacher_cls, model_cls, *, arg: str, name: str, checkpoint: str | Path | None,
+          device: str, autocast: bool):
+    path = _model_dir(arg, name)
+    found = json.loads((path / "config.json").read_text()).get("model_type")
+    if found != model_cls.config_class.model_type:
+        raise ConfigError(f"teacher {name}: {path} holds a {found} model, not "
+                          f"{model_cls.config_class.model_type}")
+    weights = _weights(path, checkpoint, name)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    model = _load_model(path, weights, model_cls)
+    _tokenizer(str(path))  # fail now, not in a worker
+    return teacher_cls(model.float(), name=name, path=path, weights=weights, device=device,
+                       autocast=autocast)
+
+
+def load_hf_clip(*, arg: str, name: str | None = None, checkpoint: str | Path | None = None,
+                 device: str = "cpu", autocast: bool = True) -> HFClipTeacher:
+    """A CLIP teacher from a local transformers `CLIPModel` directory."""
+    from transformers import CLIPModel
+
+    return _load(HFClipTeacher, CLIPModel, arg=arg, name=name or f"hf-clip:{arg}",
+                 checkpoint=checkpoint, device=device, autocast=autocast)
+
+
+def load_siglip(*, arg: str, name: str | None = None, checkpoint: str | Path | None = None,
+                device: str = "cpu", autocast: bool = True) -> SiglipTeacher:
+    """A SigLIP teacher from a local transformers `SiglipModel` directory."""
+    from transformers import SiglipModel
+
+    return _load(SiglipTeacher, SiglipModel, arg=arg, name=name or f"siglip:{arg}",
+                 checkpoint=checkpoint, device=device, autocast=autocast)
