@@ -233,16 +233,16 @@ def test_readers_are_registered_datasets():
         assert isinstance(DATASETS.get(name), Dataset) and DATASETS.get(name).name == name
 
 
-def test_question_text_and_answer_conditioned_rationales(tmp_path):
-    from madcache.data.vcr import conditioned_rationale_examples, question_text
+def test_label_free_text_and_answer_conditioned_rationales(tmp_path):
+    from madcache.data.vcr import conditioned_rationale_examples
     from madcache.demo.world import generate_demo_world
 
     generate_demo_world(tmp_path, size="small", progress=False)
     examples = read_examples("vcr", tmp_path / "vcr", "val", renderer="name").examples
     qa = next(ex for ex in examples if ex.id.endswith(":qa"))
     qar = next(ex for ex in examples if ex.id == f"{qa.group}:qar")
-    assert question_text(qa) == qa.context
-    assert question_text(qar) == qa.context          # the correct answer is cut off
+    assert qa.label_free_text == qa.context
+    assert qar.label_free_text == qa.context          # the question alone, without the answer
     conditioned = conditioned_rationale_examples(qa, renderer="name")
     assert [ex.id for ex in conditioned] == [f"{qa.group}:qar|a{i}" for i in range(4)]
     assert [ex.context.text for ex in conditioned] == [
