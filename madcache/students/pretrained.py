@@ -22,12 +22,13 @@ from torch.nn import functional as F
 
 from madcache.core.config import config_from_dict
 from madcache.core.errors import CheckpointNotFoundError, ConfigError
+from madcache.data.base import TASKS
 from madcache.data.records import Example
 from madcache.data.vqa import read_answer_vocab
 from madcache.students.base import StudentOutput, task_logits
 from madcache.students.tokens import encode_texts
+from madcache.students.pretraining import itm_batch, mask_tokens
 
-TASKS = ("multiple_choice", "classification", "multilabel")
 TOKENIZER_SUBDIR = "tokenizer"
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 
@@ -179,8 +180,6 @@ def mlm_itm_losses(student, inputs: Mapping[str, Any], examples: Sequence[Exampl
     label-free texts (`itm_batch`) through `itm_head` on the pooled output, `match_label` being
     the class of a matching pair in the checkpoint's convention. Random choices come from
     `generator` (a CPU generator), so masks and pairings repeat for a seed."""
-    from madcache.students.single_stream import mask_tokens
-
     ids, choices = inputs["input_ids"], inputs["num_choices"]
     batch = ids.shape[0] // choices
     real = inputs["token_spans"][..., 0] >= 0
@@ -200,23 +199,3 @@ def mlm_itm_losses(student, inputs: Mapping[str, Any], examples: Sequence[Exampl
                                rows.to(ids.device))
     labels = torch.where(matched, match_label, 1 - match_label).long().to(ids.device)
     return {"mlm": mlm, "itm": F.cross_entropy(itm_head(pooled), labels)}
-
-
-# ----------------------------------------------------------------------------- ITM positives
-
-def itm_batch(examples: Sequence[Example], generator: torch.Generator
-              ) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-    """Image-text matching pairs of a batch: (texts, image row per text, matched per text).
-
-    Each example with a label-free text contributes it once; with probability 1/2 the text is
-    paired with the image of another example of the batch (`itm_pairs`), a negative only when
-    the image ids differ."""
-    from madcache.students.single_stream import itm_pairs
-
-    rows = [(b, ex.label_free_text) for b, ex in enumerate(examples)
-            if ex.label_free_text is not None]
-    if not rows:
-        return [], torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.bool)
-    index = torch.tensor([b for b, _ in rows])
-    other, matched = itm_pairs([examples[b].image_id for b, _ in rows], 1, generator)
-    return [text.text for _, text in rows], index[other], matched

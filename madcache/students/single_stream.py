@@ -42,6 +42,7 @@ from madcache.students.base import RegionInputs, StudentOutput, task_logits
 from madcache.students.regions import GEOMETRY_DIM, box_geometry
 from madcache.students.region_extractors import BOXCROP_DIM
 from madcache.students.tokens import encode_texts
+from madcache.students.pretraining import itm_batch, mask_tokens
 
 TOKENIZER_SUBDIR = "tokenizer"
 
@@ -274,11 +275,10 @@ class SingleStreamStudent(nn.Module):
 
     def _itm_loss(self, inputs: Mapping[str, Any], examples: Sequence[Example],
                   generator: torch.Generator) -> torch.Tensor:
-        rows = [b for b, ex in enumerate(examples) if ex.label_free_text is not None]
-        if not rows:                      # no label-free text in the batch: no ITM pair
+        if all(ex.label_free_text is None for ex in examples):   # no ITM pair in the batch
             return self.itm_head.weight.sum() * 0.0
-        text = self.tokenize([examples[b].label_free_text.text for b in rows])
-        image, matched = itm_pairs(inputs["image_ids"], rows, generator)
+        texts, image, matched = itm_batch(examples, generator)
+        text = self.tokenize(texts)
         hidden = self.encode(text["input_ids"], text["attention_mask"], inputs["regions"],
                              image.to(self.device))
         return F.cross_entropy(self.itm_head(hidden[:, 0]), matched.long().to(self.device))
@@ -300,40 +300,6 @@ class SingleStreamStudent(nn.Module):
         options.update(tokenizer_dir=TOKENIZER_SUBDIR, init_text_from=None,
                        bert_config=self.bert.config.to_dict())
         return options
-
-
-def mask_tokens(ids: torch.Tensor, real: torch.Tensor, generator: torch.Generator, *,
-                vocab_size: int, mask_id: int, rate: float = 0.15
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """BERT masking: select `rate` of the real tokens; 80% -> [MASK], 10% -> random, 10% kept.
-    Returns (masked ids, selected [N, L] bool)."""
-    draw = torch.rand(ids.shape, generator=generator).to(ids.device)
-    kind = torch.rand(ids.shape, generator=generator).to(ids.device)
-    random_ids = torch.randint(vocab_size, ids.shape, generator=generator).to(ids.device)
-    selected = (draw < rate) & real
-    masked = ids.clone()
-    masked[selected & (kind < 0.8)] = mask_id
-    swap = selected & (kind >= 0.8) & (kind < 0.9)
-    masked[swap] = random_ids[swap]
-    return masked, selected
-
-
-def itm_pairs(image_ids: Sequence[str], rows: Sequence[int], generator: torch.Generator
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """For the label-free text of each example in `rows`: the image (batch row) it is paired
-    with, and whether that is its own image.
-
-    Half the texts (a coin per text) take the image of another example of the batch (a random
-    shift); a pairing counts as a negative only when the image ids differ (VCR's Q->A and QA->R
-    examples share an image).
-    """
-    batch = len(image_ids)
-    own = torch.as_tensor(list(rows), dtype=torch.long)
-    flip = torch.rand(own.shape, generator=generator) < 0.5
-    shift = torch.randint(1, max(batch, 2), own.shape, generator=generator)
-    other = torch.where(flip & (batch > 1), (own + shift) % batch, own)
-    same = torch.tensor([image_ids[a] == image_ids[b] for a, b in zip(own.tolist(), other.tolist())])
-    return other, same
 
 
 def _image_of(batch: int, choices: int, device: torch.device) -> torch.Tensor:

@@ -13,7 +13,7 @@ from madcache.data import read_examples
 from madcache.data.records import Example, Text
 from madcache.students import STUDENTS, build_student, load_student, save_student
 from madcache.students.base import PixelInputs, Student
-from madcache.students.pretrained import itm_batch
+from madcache.students.pretraining import itm_batch
 from madcache.students.visual import (PixelLoader, collate_pixels, region_store_for,
                                       student_visual_input, visual_loader)
 
@@ -169,9 +169,9 @@ def test_visualbert_af_losses_use_its_pretraining_heads(visualbert_dir, make, vc
     examples = vcr_demo[:4]
     inputs = model.prepare(examples, make.regions((3, 3, 3, 3)))
     torch.manual_seed(0)
-    losses = model.pretrain_losses(inputs, torch.Generator().manual_seed(5))
+    losses = model.pretrain_losses(inputs, examples, torch.Generator().manual_seed(5))
     torch.manual_seed(0)
-    again = model.pretrain_losses(inputs, torch.Generator().manual_seed(5))
+    again = model.pretrain_losses(inputs, examples, torch.Generator().manual_seed(5))
     assert set(losses) == {"mlm", "itm"} and all(torch.isfinite(v) for v in losses.values())
     assert all(torch.equal(losses[k], again[k]) for k in losses)
     (losses["mlm"] + losses["itm"]).backward()
@@ -224,7 +224,7 @@ def test_vilt_refuses_region_inputs(vilt_dir, make):
 def test_vilt_af_losses(vilt_dir, vcr_demo):
     model = build_student("vilt", checkpoint=str(vilt_dir))
     pixels = collate_pixels([model.image_processor()(image) for image in _images(4)])
-    losses = model.pretrain_losses(model.prepare(vcr_demo[:4], pixels),
+    losses = model.pretrain_losses(model.prepare(vcr_demo[:4], pixels), vcr_demo[:4],
                                    torch.Generator().manual_seed(1))
     (losses["mlm"] + losses["itm"]).backward()
     assert model.itm_head.weight.grad.abs().sum() > 0

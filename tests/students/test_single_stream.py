@@ -10,7 +10,7 @@ import torch
 from madcache.core.errors import ConfigError, UnknownNameError
 from madcache.students import STUDENTS, build_student, load_student, save_student
 from madcache.students.base import Student
-from madcache.students.single_stream import itm_pairs, mask_tokens
+from madcache.students.pretraining import itm_pairs, mask_tokens
 
 
 def test_registry_and_protocol(student):
