@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -35,12 +37,23 @@ from madcache.core.config import config_from_dict
 from madcache.data.records import Example
 from madcache.data.vqa import read_answer_vocab
 from madcache.core.errors import CheckpointNotFoundError, ConfigError
-from madcache.students.base import RegionInputs, StudentOutput
+from madcache.students.base import RegionInputs, StudentOutput, to_device
 from madcache.students.regions import GEOMETRY_DIM, box_geometry
 from madcache.students.region_extractors import BOXCROP_DIM
 
 TASKS = ("multiple_choice", "classification", "multilabel")
 TOKENIZER_SUBDIR = "tokenizer"
+_TOKENIZER_LOCK = threading.Lock()
+
+
+@dataclass
+class TokenisedExample:
+    """One example's texts as the student's tokens: `ids[c]` [L_c] and `spans[c]` [L_c, 2]
+    (character spans in `texts[c].text`; (-1, -1) for special tokens)."""
+
+    image_id: str
+    ids: list[np.ndarray]
+    spans: list[np.ndarray]
 
 
 @dataclass
@@ -181,27 +194,53 @@ class SingleStreamStudent(nn.Module):
 
     def prepare(self, examples: Sequence[Example], regions: RegionInputs) -> dict[str, Any]:
         """Tokenise every `example.texts[c]` (B x C sequences, flattened) with char offsets."""
-        num_choices = _num_choices(examples)
-        if regions.feat.shape[0] != len(examples):
-            raise ValueError(f"{len(examples)} examples but regions for {regions.feat.shape[0]}")
+        return to_device(self.collate(self.tokenise(examples), regions), self.device)
+
+    def tokenise(self, examples: Sequence[Example]) -> list[TokenisedExample]:
+        """Token ids and character spans of each example's texts, truncated to `max_length`
+        (the training pipeline calls this once per example, ahead of the step)."""
+        texts = [text.text for ex in examples for text in ex.texts]
+        if not texts:
+            return []
+        with _TOKENIZER_LOCK:   # the Rust tokenizer refuses concurrent use from two threads
+            encoded = self.tokenizer(texts, truncation=True, max_length=self.config.max_length,
+                                     return_offsets_mapping=True,
+                                     return_special_tokens_mask=True)
+        out, row = [], 0
+        for ex in examples:
+            ids, spans = [], []
+            for _ in ex.texts:
+                ids.append(np.asarray(encoded["input_ids"][row], dtype=np.int64))
+                span = np.asarray(encoded["offset_mapping"][row], dtype=np.int64).reshape(-1, 2)
+                span[np.asarray(encoded["special_tokens_mask"][row], dtype=bool)] = -1
+                spans.append(span)
+                row += 1
+            out.append(TokenisedExample(ex.image_id, ids, spans))
+        return out
+
+    def collate(self, items: Sequence[TokenisedExample], regions: RegionInputs) -> dict[str, Any]:
+        """A batch of tokenised examples -> padded CPU tensors (B x C sequences, flattened)."""
+        num_choices = _num_choices(items)
+        if regions.feat.shape[0] != len(items):
+            raise ValueError(f"{len(items)} examples but regions for {regions.feat.shape[0]}")
         if regions.feat.shape[-1] != self.config.region_dim:
             raise ConfigError(f"region features have {regions.feat.shape[-1]} dims but the "
                               f"student expects region_dim={self.config.region_dim}: pass "
                               f"--student-option region_dim={regions.feat.shape[-1]}")
-        texts = [text.text for ex in examples for text in ex.texts]
-        encoded = self.tokenizer(texts, padding=True, truncation=True,
-                                 max_length=self.config.max_length, return_offsets_mapping=True,
-                                 return_special_tokens_mask=True, return_tensors="pt")
-        mask = encoded["attention_mask"].bool()
-        spans = encoded["offset_mapping"].long()
-        spans[encoded["special_tokens_mask"].bool() | ~mask] = -1
-        device = self.device
-        return {"input_ids": encoded["input_ids"].to(device), "attention_mask": mask.to(device),
-                "token_spans": spans.to(device), "num_choices": num_choices,
-                "image_ids": [ex.image_id for ex in examples],
-                "regions": RegionInputs(regions.feat.to(device).float(),
-                                        regions.boxes.to(device).float(),
-                                        regions.mask.to(device).bool())}
+        sequences = [(ids, span) for item in items for ids, span in zip(item.ids, item.spans)]
+        length = max(len(ids) for ids, _ in sequences)
+        input_ids = np.full((len(sequences), length), self.tokenizer.pad_token_id, np.int64)
+        mask = np.zeros((len(sequences), length), dtype=bool)
+        spans = np.full((len(sequences), length, 2), -1, dtype=np.int64)
+        for n, (ids, span) in enumerate(sequences):
+            input_ids[n, :len(ids)] = ids
+            mask[n, :len(ids)] = True
+            spans[n, :len(ids)] = span
+        return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask),
+                "token_spans": torch.from_numpy(spans), "num_choices": num_choices,
+                "image_ids": [item.image_id for item in items],
+                "regions": RegionInputs(regions.feat.float(), regions.boxes.float(),
+                                        regions.mask.bool())}
 
     # ------------------------------------------------------------------ model
 
@@ -328,8 +367,8 @@ def _image_of(batch: int, choices: int, device: torch.device) -> torch.Tensor:
     return torch.arange(batch, device=device).repeat_interleave(choices)
 
 
-def _num_choices(examples: Sequence[Example]) -> int:
-    counts = {ex.num_choices for ex in examples}
+def _num_choices(items: Sequence[TokenisedExample]) -> int:
+    counts = {len(item.ids) for item in items}
     if len(counts) != 1:
         raise ValueError(f"a batch mixes examples with {sorted(counts)} choices")
     return counts.pop()

@@ -1,5 +1,7 @@
-"""Checkpoints: student + projections + optimizer tensors + RNG states as safetensors (no
-pickles), scalar trainer state as JSON."""
+"""Checkpoints: student + projections + optimizer tensors as safetensors (no pickles), scalar
+trainer state as JSON. No RNG state is needed: every random draw of a step (dropout, AF masks)
+is seeded from (seed, stage, step, rank, micro-batch), and the data order from (seed, stage,
+epoch), so a resumed run continues exactly where the checkpoint left off."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import Any, Mapping
 import torch
 from safetensors.torch import load_file, save_file
 
+from madcache.core.errors import ConfigError
 from madcache.core.io import write_json
 from madcache.train.setup import Setup
 
@@ -29,18 +32,18 @@ class TrainerState:
     loss_sum: float = 0.0
     loss_count: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    world_size: int = 1               # processes that trained up to this state
+    precision: str = "fp32"           # the resolved --precision
 
 
-def save_checkpoint(run_dir: Path, setup: Setup, state: TrainerState, optimizer, generator) -> None:
-    """Student + projections + optimizer tensors + RNG states as safetensors (no pickles);
-    scalar state as JSON. Written to temp names, then renamed (the JSON last)."""
+def save_checkpoint(run_dir: Path, setup: Setup, state: TrainerState, optimizer) -> None:
+    """Student + projections + optimizer tensors as safetensors (no pickles); scalar state as
+    JSON. Written to temp names, then renamed (the JSON last)."""
     tensors = {f"student.{k}": v for k, v in setup.student.state_dict().items()}
     tensors.update({f"projections.{k}": v for k, v in setup.projections.state_dict().items()})
     optim = optimizer.state_dict()
     for index, values in optim["state"].items():
         tensors.update({f"optim.{index}.{k}": torch.as_tensor(v) for k, v in values.items()})
-    tensors["rng.torch"] = torch.get_rng_state()
-    tensors["rng.generator"] = generator.get_state()
     tmp = run_dir / (CHECKPOINT + ".tmp")
     save_file({k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}, str(tmp))
     tmp.replace(run_dir / CHECKPOINT)
@@ -48,7 +51,7 @@ def save_checkpoint(run_dir: Path, setup: Setup, state: TrainerState, optimizer,
     write_json(run_dir / TRAINER_STATE, payload)
 
 
-def load_checkpoint(run_dir: Path, setup: Setup, optimizer, generator) -> TrainerState:
+def load_checkpoint(run_dir: Path, setup: Setup, optimizer) -> TrainerState:
     """Restore what `save_checkpoint` wrote; returns the trainer state."""
     payload = json.loads((run_dir / TRAINER_STATE).read_text())
     tensors = load_file(str(run_dir / CHECKPOINT))
@@ -61,9 +64,24 @@ def load_checkpoint(run_dir: Path, setup: Setup, optimizer, generator) -> Traine
         state.setdefault(int(index), {})[name] = value
     if payload["stage"] != "done":
         optimizer.load_state_dict({"state": state, "param_groups": groups})
-    torch.set_rng_state(tensors["rng.torch"])
-    generator.set_state(tensors["rng.generator"])
     return TrainerState(**payload)
+
+
+# settings that may change on --resume: they change where and how fast a run trains, not what
+# it computes (grad_accum splits the same global batch; see docs/training.md)
+RESUMABLE_CHANGES = frozenset({"resume", "device", "grad_accum", "prefetch", "report_to",
+                               "checkpoint_every"})
+
+
+def check_resume(saved: dict[str, Any], config: dict[str, Any], run_dir: Path) -> None:
+    """Refuse to resume with settings that would change the result (`saved` is the run's
+    config.json), naming the first one that differs."""
+    for key in sorted(set(saved) | set(config)):
+        if key in RESUMABLE_CHANGES or saved.get(key) == config.get(key):
+            continue
+        raise ConfigError(f"--resume: '{key}' is {config.get(key)!r} but the run in {run_dir} "
+                          f"was trained with {saved.get(key)!r}; resume with the same settings "
+                          "or train into a new --out")
 
 
 def _prefixed(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

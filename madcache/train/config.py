@@ -11,6 +11,8 @@ from typing import Any, Mapping
 from madcache.core.config import config_from_dict
 from madcache.core.errors import ConfigError
 from madcache.method.methods import get_method
+from madcache.train.precision import PRECISIONS
+from madcache.train.tracking import TRACKERS
 
 
 @dataclass
@@ -48,10 +50,32 @@ class TrainConfig:
     chunk_size: int = 4096                # full-data runs: examples loaded per chunk
     resume: bool = False
     device: str = "cpu"
+    grad_accum: int = field(default=1, metadata={"help": (
+        "Micro-batches per optimizer step on each process: the same global --batch-size in "
+        "N smaller pieces (less memory, same update).")})
+    grad_clip: float | None = field(default=None, metadata={"help": (
+        "Clip the global gradient norm to this value before each step (default: off).")})
+    precision: str | None = field(default=None, metadata={"help": (
+        "fp32, or bf16 autocast (default: bf16 on CUDA, fp32 on the CPU). TF32 matmuls are "
+        "on for CUDA either way.")})
+    prefetch: int = field(default=4, metadata={"help": (
+        "Batches the loader thread prepares ahead of the training step.")})
+    report_to: str = field(default="none", metadata={"help": (
+        "Also log scalars to: none, or tensorboard (<run>/tensorboard/; metrics.json stays "
+        "the record).")})
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.m < 0 or self.epochs < 0 or self.af_epochs < 0:
             raise ConfigError("batch_size must be >= 1 and m, epochs, af_epochs >= 0")
+        if self.grad_accum < 1 or self.prefetch < 1:
+            raise ConfigError(f"grad_accum and prefetch must be >= 1, got {self.grad_accum} "
+                              f"and {self.prefetch}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ConfigError(f"grad_clip must be > 0 (or unset), got {self.grad_clip}")
+        if self.precision not in (None, *PRECISIONS):
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, "
+                              f"got {self.precision!r}")
+        TRACKERS.get(self.report_to)  # unknown names list the valid ones
         if not 0.0 <= self.warmup < 1.0:
             raise ConfigError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}")
         get_method(self.method)  # unknown names list the valid ones

@@ -1,9 +1,12 @@
 """One optimisation step's loss: the task stage (L_task + MD / MAD terms) and the adaptive
-finetuning stage (MLM + ITM + MD), from a student output and a batch of cached targets."""
+finetuning stage (MLM + ITM + MD), from a student output and a batch of cached targets.
+
+`inputs` are the student's prepared inputs (tokenised and collated ahead of the step by the data
+pipeline, train/stream.py); the returned parts are means over the batch."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch.nn import functional as F
@@ -11,7 +14,7 @@ from torch.nn import functional as F
 from madcache.data.records import Example
 from madcache.method.losses import (af_loss, confidence_weights, mad_loss, md_loss, text_term,
                                     vision_term, word_term)
-from madcache.students.base import RegionInputs, StudentOutput
+from madcache.students.base import StudentOutput
 from madcache.train.data import BatchTargets
 from madcache.train.setup import Setup
 
@@ -38,10 +41,10 @@ def student_word_features(out: StudentOutput, targets: BatchTargets) -> tuple[to
 
 
 def loss_step(setup: Setup, examples: Sequence[Example], targets: BatchTargets | None,
-              regions: RegionInputs) -> tuple[torch.Tensor, dict[str, float]]:
+              inputs: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
     """One task-stage loss: L_task, plus MD (w) or MAD (w', CW per instance) terms."""
     method, proj, config = setup.method, setup.projections, setup.config
-    out = setup.student(setup.student.prepare(examples, regions))
+    out = setup.student(inputs)
     task = task_loss(setup.student, out.logits, examples)
     if not method.distils:
         return task, {"task": task.item()}
@@ -58,6 +61,7 @@ def loss_step(setup: Setup, examples: Sequence[Example], targets: BatchTargets |
             student_logits = out.logits.gather(1, targets.candidates.clamp(min=0))
         weights = confidence_weights(targets.logits, student_logits, weight)
         loss = mad_loss(task, vision, text, words, weights=weights)
+        cw_rate = (weights > 0).float().mean().item()
     elif method.adaptive:
         loss = mad_loss(task, vision, text, words, weights=weight)
     else:
@@ -66,14 +70,16 @@ def loss_step(setup: Setup, examples: Sequence[Example], targets: BatchTargets |
     for name, term in (("dv", vision), ("dt", text), ("dwt", words)):
         if term is not None:
             parts[name] = term.mean().item()
+    if method.confidence:
+        parts["cw_rate"] = cw_rate     # share of instances whose teacher is the more confident
     return loss, parts
 
 
 def af_step(setup: Setup, examples: Sequence[Example], targets: BatchTargets | None,
-            regions: RegionInputs, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+            inputs: Mapping[str, Any], generator: torch.Generator
+            ) -> tuple[torch.Tensor, dict[str, float]]:
     """One adaptive-finetuning loss: MLM + ITM (no labels) + w (L_dv + L_dt)."""
     method, proj = setup.method, setup.projections
-    inputs = setup.student.prepare(examples, regions)
     pretrain = setup.student.pretrain_losses(inputs, generator)
     vision = text = None
     if method.vision or method.text:

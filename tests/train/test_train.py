@@ -201,7 +201,7 @@ def test_loss_step_baseline_is_cross_entropy(tmp_path):
     setup = make_setup(tmp_path, method="baseline")
     setup.student.eval()
     examples = setup.task_source.examples[:4]
-    loss, parts = loss_step(setup, examples, None, regions(examples))
+    loss, parts = loss_step(setup, examples, None, setup.student.prepare(examples, regions(examples)))
     logits = setup.student(setup.student.prepare(examples, regions(examples))).logits
     expected = torch.nn.functional.cross_entropy(logits, torch.tensor([e.label for e in examples]))
     assert loss.item() == pytest.approx(expected.item()) and set(parts) == {"task"}
@@ -212,7 +212,7 @@ def test_loss_step_mad_matches_a_hand_assembled_total(tmp_path):
     setup.student.eval()
     examples = setup.task_source.examples[:4]
     targets = setup.task_source.chunk(0).targets.rows(torch.arange(4))
-    loss, parts = loss_step(setup, examples, targets, regions(examples))
+    loss, parts = loss_step(setup, examples, targets, setup.student.prepare(examples, regions(examples)))
     out = setup.student(setup.student.prepare(examples, regions(examples)))
     p = setup.projections
     dv = (targets.image[:, None] - p.vision(out.image_token)).abs().mean(-1).mean(1)
@@ -225,7 +225,8 @@ def test_loss_step_mad_matches_a_hand_assembled_total(tmp_path):
     w_r = torch.where(t_conf / s_conf > 1, 0.1, 0.0)  # w' = 0.05 * (2 + 2) / 2
     task = torch.nn.functional.cross_entropy(out.logits, torch.tensor([e.label for e in examples]))
     assert loss.item() == pytest.approx((task + (w_r * (dv + dt + dwt)).mean()).item(), rel=1e-5)
-    assert set(parts) == {"task", "loss", "dv", "dt", "dwt"}
+    assert set(parts) == {"task", "loss", "dv", "dt", "dwt", "cw_rate"}
+    assert parts["cw_rate"] == pytest.approx((w_r > 0).float().mean().item())
 
 
 def test_word_selection_happens_at_load_time(tmp_path):
@@ -245,7 +246,7 @@ def test_training_writes_the_run_directory(tmp_path, method):
     on_disk = json.loads((run / "metrics.json").read_text())
     assert on_disk == json.loads(json.dumps(metrics))
     assert set(on_disk) == {"run", "dataset", "method", "student", "teachers", "shots", "seed",
-                            "status", "history", "eval", "provenance"}
+                            "status", "history", "eval", "training", "provenance"}
     assert on_disk["status"] == "complete" and on_disk["method"] == method
     # the stand-in eval set has only :qa examples: QA2R and Q2AR have no denominator, so are absent
     assert set(on_disk["eval"]["val"]) == {"q2a"}
