@@ -5,6 +5,7 @@ Imports no teacher module and not open_clip (tests/test_train.py makes those imp
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import click
@@ -41,7 +42,7 @@ ADAPTER_FLAGS = {"dataset", "cache", "out", "method", "root", "split_file", "per
 @click.option("--af-epochs", type=int, help="Adaptive finetuning epochs before the task stage.")
 @click.option("--epochs", type=int)
 @click.option("--max-steps", type=int, help="Task-stage steps (overrides --epochs).")
-@click.option("--batch-size", type=int)
+@click.option("--batch-size", type=int, help="Examples per optimizer step, over all processes.")
 @click.option("--lr", type=float)
 @click.option("--w", type=float, help="MD weight w (default 0.05).")
 @click.option("--m", type=int, help="Words selected per text (default 2).")
@@ -51,7 +52,16 @@ ADAPTER_FLAGS = {"dataset", "cache", "out", "method", "root", "split_file", "per
 @click.option("--checkpoint-every", type=int)
 @click.option("--student", help="Registered student (default single-stream).")
 @click.option("--student-option", "student_option", multiple=True, metavar="K=V")
-@click.option("--device")
+@click.option("--device", help="cpu or cuda (under torchrun: each process takes the GPU of its "
+              "LOCAL_RANK).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]),
+              help="Default bf16 autocast on CUDA, fp32 on the CPU.")
+@click.option("--grad-accum", type=int, help="Micro-batches per optimizer step on each process "
+              "(same global --batch-size, less memory).")
+@click.option("--grad-clip", type=float, help="Clip the global gradient norm (default off).")
+@click.option("--prefetch", type=int, help="Batches prepared ahead of the step (default 4).")
+@click.option("--report-to", type=click.Choice(["none", "tensorboard"]),
+              help="Also log scalars to TensorBoard (<run>/tensorboard/).")
 @click.option("--out", help="Run directory, e.g. runs/NAME.")
 @click.option("--resume", is_flag=True, default=None, help="Continue from the last checkpoint.")
 def train(config_file: str | None, student_option: tuple[str, ...], eval_cache: tuple[str, ...],
@@ -70,6 +80,8 @@ def train(config_file: str | None, student_option: tuple[str, ...], eval_cache: 
     config = (TrainConfig.from_toml(config_file, **values) if config_file
               else TrainConfig.from_dict(values))
     metrics = run_training(config)
+    if int(os.environ.get("RANK", "0")) != 0:      # under torchrun, rank 0 reports
+        return
     steps = metrics["history"][-1]["global_step"] if metrics["history"] else 0
     click.echo(f"run {config.out}: method {config.method}, {steps} steps")
     for split, result in metrics["eval"].items():

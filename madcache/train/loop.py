@@ -162,7 +162,8 @@ def run_stage(run: Run, source: DataSource, total: int) -> None:
     layout = Layout(run.where.rank, run.where.world_size, config.grad_accum)
     stream = StageStream(source, preparer=Preparer(setup.student), regions=setup.regions,
                          seed=config.seed, stage=state.stage, batch_size=config.batch_size,
-                         start=state.stage_step, layout=layout, depth=config.prefetch,
+                         start=state.stage_step, stop=total, layout=layout,
+                         depth=config.prefetch,
                          pin=config.device.startswith("cuda"))
     bar = tqdm(total=total, initial=state.stage_step, desc=f"{state.stage} ({config.method})",
                disable=None if run.where.is_main else True)

@@ -69,14 +69,14 @@ class Visit:
 
 
 def visits(source: DataSource, *, seed: int, stage: str, batch_size: int, start: int,
-           layout: Layout) -> Iterator[Visit]:
-    """The chunk visits from stage step `start` on, epoch after epoch."""
+           stop: int, layout: Layout) -> Iterator[Visit]:
+    """The chunk visits of stage steps `start` to `stop` (exclusive), epoch after epoch."""
     per_epoch = source.steps_per_epoch(batch_size)
     if per_epoch == 0:
         return
     epoch = start // per_epoch
     step = epoch * per_epoch
-    while True:
+    while step < stop:
         order = epoch_order(source, seed=seed, stage=stage, epoch=epoch, batch_size=batch_size)
         for chunk, group in groupby(order, key=lambda item: item[0]):
             batches = []
@@ -85,9 +85,12 @@ def visits(source: DataSource, *, seed: int, stage: str, batch_size: int, start:
                 step += 1
             if batches[-1][0] < start:
                 continue
+            if batches[0][0] >= stop:
+                return
             mine = {r for _, rows in batches for piece in layout.share(rows)[0]
                     for r in piece.tolist()}
-            yield Visit(chunk, [(s, rows) for s, rows in batches if s >= start], sorted(mine))
+            yield Visit(chunk, [(s, rows) for s, rows in batches if start <= s < stop],
+                        sorted(mine))
         epoch += 1
 
 
@@ -173,17 +176,20 @@ def pinned(micro: MicroBatch) -> MicroBatch:
 
 
 class StageStream(IterableDataset):
-    """A stage's batches from step `start` on, for this rank: iterate it once, inside `with`
-    (leaving the block stops the threads). `wait_s` is the time the consumer waited for data."""
+    """A stage's batches of steps `start` to `stop` (exclusive), for this rank: iterate it once,
+    inside `with` (leaving the block stops the threads). `wait_s` is the time the consumer
+    waited for data; `rows_read` the examples read."""
 
     def __init__(self, source: DataSource, *, preparer: Preparer,
                  regions: Callable[[Sequence[Example]], RegionInputs], seed: int, stage: str,
-                 batch_size: int, start: int, layout: Layout, depth: int, pin: bool) -> None:
+                 batch_size: int, start: int, stop: int, layout: Layout, depth: int,
+                 pin: bool) -> None:
         super().__init__()
         self.source = source
         self.preparer = preparer
         self.loader = ChunkLoader(source, preparer, regions)
-        self.plan = dict(seed=seed, stage=stage, batch_size=batch_size, start=start, layout=layout)
+        self.plan = dict(seed=seed, stage=stage, batch_size=batch_size, start=start, stop=stop,
+                         layout=layout)
         self.layout = layout
         self.depth = depth
         self.pin = pin

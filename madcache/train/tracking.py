@@ -39,13 +39,15 @@ class TensorBoardTracker:
     """`torch.utils.tensorboard` event files in `<run>/tensorboard/`."""
 
     def __init__(self, run_dir: Path, *, start_step: int) -> None:
+        """`start_step`: the global step of the checkpoint a resumed run starts from; events
+        logged after it by the interrupted run are purged (they are logged again)."""
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise ConfigError("--report-to tensorboard needs the tensorboard package: "
                               "pip install 'madcache[tensorboard]'") from None
         self.writer = SummaryWriter(log_dir=str(run_dir / TENSORBOARD_DIR),
-                                    purge_step=start_step or None)
+                                    purge_step=start_step + 1 if start_step else None)
 
     def scalars(self, values: Mapping[str, float], step: int) -> None:
         for tag, value in values.items():

@@ -1,0 +1,122 @@
+"""Gradient accumulation, precision, gradient clipping and what --resume refuses. Stand-ins come
+from test_train.py."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from madcache.core.errors import ConfigError
+from madcache.train import loop as train_mod
+from madcache.train.config import TrainConfig
+from madcache.train.loop import train
+from madcache.train.precision import resolve_precision
+
+
+def _standins():
+    spec = importlib.util.spec_from_file_location("train_standins_optimisation",
+                                                  Path(__file__).with_name("test_train.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+S = _standins()
+
+
+def run(tmp_path, name, *, dropout=0.0, **overrides):
+    setup = S.make_setup(tmp_path / name, **overrides)
+    setup.student.drop.p = dropout
+    metrics = train(setup)
+    return metrics, load_file(str(tmp_path / name / "run" / "checkpoint.safetensors"))
+
+
+@pytest.mark.parametrize("method", ["mad", "md", "baseline"])
+def test_batch_8_x_1_equals_batch_2_x_4(tmp_path, method):
+    """The same global batch in 4 micro-batches of 2 (dropout off): the same per-step losses
+    and the same weights, to float tolerance."""
+    common = dict(method=method, batch_size=8, epochs=3, eval_every=2)
+    whole, whole_weights = run(tmp_path, "whole", grad_accum=1, **common)
+    micro, micro_weights = run(tmp_path, "micro", grad_accum=4, **common)
+    assert micro["training"]["micro_batch"] == 2 and whole["training"]["micro_batch"] == 8
+    # 10 examples, batch 8: steps of 8 and 2 rows, 3 epochs; a record every 2 steps
+    assert [h["step"] for h in whole["history"]] == [2, 4, 6]
+    for a, b in zip(whole["history"], micro["history"], strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6)
+        assert a["eval"] == b["eval"]
+    assert whole_weights.keys() == micro_weights.keys()
+    # the multiple-choice head's bias shifts every choice alike: its true gradient is 0, and Adam
+    # normalises the remaining float noise into full-size steps, so it is the one weight left out
+    for key in whole_weights:
+        if key.startswith(("student.", "projections.")) and key != "student.head.bias":
+            assert torch.allclose(whole_weights[key], micro_weights[key], atol=1e-5), key
+
+
+def test_a_different_global_batch_does_change_the_weights(tmp_path):
+    """The control for the test above: it would notice a changed update."""
+    _, a = run(tmp_path, "a", method="md", batch_size=8, epochs=2)
+    _, b = run(tmp_path, "b", method="md", batch_size=4, epochs=2)
+    assert not torch.allclose(a["student.emb.weight"], b["student.emb.weight"], atol=1e-4)
+
+
+def test_precision_defaults_bf16_on_cuda_fp32_on_cpu():
+    assert resolve_precision(None, "cpu") == "fp32"
+    assert resolve_precision(None, "cuda") == resolve_precision(None, "cuda:1") == "bf16"
+    assert resolve_precision("fp32", "cuda") == "fp32"
+    with pytest.raises(ConfigError, match="precision must be one of fp32, bf16"):
+        TrainConfig(dataset="vcr", root=".", out="o", precision="fp16")
+
+
+@pytest.mark.parametrize("precision,autocast", [(None, False), ("bf16", True)])
+def test_bf16_runs_the_forward_under_autocast(tmp_path, monkeypatch, precision, autocast):
+    seen = []
+    real = train_mod.loss_step
+
+    def spy(setup, examples, targets, inputs):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return real(setup, examples, targets, inputs)
+
+    monkeypatch.setattr(train_mod, "loss_step", spy)
+    metrics = train(S.make_setup(tmp_path, method="mad", precision=precision, epochs=1))
+    assert seen and all(enabled == autocast for enabled, _ in seen)
+    if autocast:
+        assert all(dtype == torch.bfloat16 for _, dtype in seen)
+    assert metrics["training"]["precision"] == ("bf16" if autocast else "fp32")
+    assert torch.isfinite(torch.tensor(metrics["history"][-1]["loss"]))
+
+
+def test_gradient_clipping_bounds_the_applied_gradient(tmp_path, monkeypatch):
+    norms = []
+    real_step = torch.optim.AdamW.step
+
+    def spy(self, *args, **kwargs):
+        grads = [p.grad for group in self.param_groups for p in group["params"]
+                 if p.grad is not None]
+        norms.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    train(S.make_setup(tmp_path / "free", method="mad", epochs=1))
+    assert min(norms) > 1e-3
+    norms.clear()
+    train(S.make_setup(tmp_path / "clipped", method="mad", epochs=1, grad_clip=1e-3))
+    assert norms and max(norms) <= 1e-3 * (1 + 1e-4)
+
+
+def test_resume_refuses_settings_that_change_the_result(tmp_path):
+    train(S.make_setup(tmp_path, method="md", checkpoint_every=2))
+    with pytest.raises(ConfigError, match="'lr' is 0.5 but the run .* was trained with 0.01"):
+        train(S.make_setup(tmp_path, method="md", checkpoint_every=2, resume=True, lr=0.5))
+    with pytest.raises(ConfigError, match="'precision' is 'bf16'"):
+        train(S.make_setup(tmp_path, method="md", checkpoint_every=2, resume=True,
+                           precision="bf16"))
+    # how the global batch is split is not part of the result
+    again = train(S.make_setup(tmp_path, method="md", checkpoint_every=2, resume=True,
+                               grad_accum=2))
+    assert again["status"] == "complete"
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["grad_accum"] == 2
