@@ -1,5 +1,7 @@
-"""Checkpoints: student + projections + optimizer tensors as safetensors (no pickles), scalar
-trainer state as JSON. No RNG state is needed: every random draw of a step (dropout, AF masks)
+"""Checkpoints: student + projections + optimizer tensors as safetensors (no pickles), with the
+scalar trainer state as JSON in the same file's metadata, so one rename commits both (a kill
+never pairs new weights with an old step). `trainer_state.json` mirrors that state for people
+and tools. No RNG state is needed: every random draw of a step (dropout, AF masks)
 is seeded from (seed, stage, step, rank, micro-batch), and the data order from (seed, stage,
 epoch), so a resumed run continues exactly where the checkpoint left off."""
 
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from madcache.core.errors import ConfigError
@@ -20,11 +23,12 @@ from madcache.train.setup import Setup
 
 CHECKPOINT = "checkpoint.safetensors"
 TRAINER_STATE = "trainer_state.json"
+STATE_KEY = "madcache.trainer_state"
 
 
 @dataclass
 class TrainerState:
-    """Where training is: resumable from `trainer_state.json` + `checkpoint.safetensors`."""
+    """Where training is: resumable from `checkpoint.safetensors` (tensors + this, as metadata)."""
 
     stage: str = "af"                 # "af" | "task" | "done"
     stage_step: int = 0
@@ -37,23 +41,25 @@ class TrainerState:
 
 
 def save_checkpoint(run_dir: Path, setup: Setup, state: TrainerState, optimizer) -> None:
-    """Student + projections + optimizer tensors as safetensors (no pickles); scalar state as
-    JSON. Written to temp names, then renamed (the JSON last)."""
+    """Student + projections + optimizer tensors as safetensors (no pickles), the scalar state
+    as JSON metadata of the same file; written to a temp name, then renamed. Then the mirror."""
     tensors = {f"student.{k}": v for k, v in setup.student.state_dict().items()}
     tensors.update({f"projections.{k}": v for k, v in setup.projections.state_dict().items()})
     optim = optimizer.state_dict()
     for index, values in optim["state"].items():
         tensors.update({f"optim.{index}.{k}": torch.as_tensor(v) for k, v in values.items()})
-    tmp = run_dir / (CHECKPOINT + ".tmp")
-    save_file({k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}, str(tmp))
-    tmp.replace(run_dir / CHECKPOINT)
     payload = {**dataclasses.asdict(state), "optimizer_param_groups": optim["param_groups"]}
+    tmp = run_dir / (CHECKPOINT + ".tmp")
+    save_file({k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}, str(tmp),
+              metadata={STATE_KEY: json.dumps(payload)})
+    tmp.replace(run_dir / CHECKPOINT)
     write_json(run_dir / TRAINER_STATE, payload)
 
 
 def load_checkpoint(run_dir: Path, setup: Setup, optimizer) -> TrainerState:
     """Restore what `save_checkpoint` wrote; returns the trainer state."""
-    payload = json.loads((run_dir / TRAINER_STATE).read_text())
+    with safe_open(str(run_dir / CHECKPOINT), framework="pt") as handle:
+        payload = json.loads(handle.metadata()[STATE_KEY])
     tensors = load_file(str(run_dir / CHECKPOINT))
     setup.student.load_state_dict(_prefixed(tensors, "student."))
     setup.projections.load_state_dict(_prefixed(tensors, "projections."))

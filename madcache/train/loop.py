@@ -34,7 +34,7 @@ from madcache.core.io import write_json
 from madcache.data.metrics import score_logits, without_counts
 from madcache.students.base import Preparer, to_device
 from madcache.students.predict import STUDENT_DIR, predict_logits
-from madcache.train.checkpoint import (TRAINER_STATE, TrainerState, check_resume,
+from madcache.train.checkpoint import (CHECKPOINT, TrainerState, check_resume,
                                        load_checkpoint, save_checkpoint)
 from madcache.train.config import TrainConfig
 from madcache.train.data import DataSource, derive_seed
@@ -103,7 +103,7 @@ def train(setup: Setup) -> dict[str, Any]:
     state = TrainerState(stage=stages(setup)[0][0], world_size=where.world_size,
                          precision=precision)
     optimizer = make_optimizer(setup)
-    if config.resume and (run_dir / TRAINER_STATE).exists():
+    if config.resume and (run_dir / CHECKPOINT).exists():
         check_resume(json.loads((run_dir / "config.json").read_text()), config.to_dict(), run_dir)
         state = resumed_state(load_checkpoint(run_dir, setup, optimizer), where, precision)
     if where.is_main:

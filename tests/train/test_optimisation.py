@@ -36,10 +36,11 @@ def run(tmp_path, name, *, dropout=0.0, **overrides):
     return metrics, load_file(str(tmp_path / name / "run" / "checkpoint.safetensors"))
 
 
-@pytest.mark.parametrize("method", ["mad", "md", "baseline"])
+@pytest.mark.parametrize("method", ["mad-no-cw", "md", "baseline"])
 def test_batch_8_x_1_equals_batch_2_x_4(tmp_path, method):
     """The same global batch in 4 micro-batches of 2 (dropout off): the same per-step losses
-    and the same weights, to float tolerance."""
+    and the same weights, to float tolerance. (Not `mad`: CW's hard threshold r > 1 may flip for
+    an instance whose ratio is within float noise of 1, and the stand-in targets are random.)"""
     common = dict(method=method, batch_size=8, epochs=3, eval_every=2)
     whole, whole_weights = run(tmp_path, "whole", grad_accum=1, **common)
     micro, micro_weights = run(tmp_path, "micro", grad_accum=4, **common)
