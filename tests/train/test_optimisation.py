@@ -121,3 +121,19 @@ def test_resume_refuses_settings_that_change_the_result(tmp_path):
                                grad_accum=2))
     assert again["status"] == "complete"
     assert json.loads((tmp_path / "run" / "config.json").read_text())["grad_accum"] == 2
+
+
+def test_train_command_takes_the_scaling_flags(monkeypatch, tmp_path):
+    result, config = S._run_cli(monkeypatch, [
+        "--dataset", "vcr", "--root", "r", "--out", str(tmp_path / "o"), "--precision", "bf16",
+        "--grad-accum", "4", "--grad-clip", "1.5", "--prefetch", "2",
+        "--report-to", "tensorboard"])
+    assert result.exit_code == 0, result.output
+    assert (config.precision, config.grad_accum, config.grad_clip, config.prefetch,
+            config.report_to) == ("bf16", 4, 1.5, 2, "tensorboard")
+    monkeypatch.setenv("RANK", "1")          # under torchrun only rank 0 reports
+    result, _ = S._run_cli(monkeypatch, ["--dataset", "vcr", "--root", "r", "--out", "o"])
+    assert result.exit_code == 0 and result.output == ""
+    bad, _ = S._run_cli(monkeypatch, ["--dataset", "vcr", "--root", "r", "--out", "o",
+                                      "--grad-accum", "0"])
+    assert bad.exit_code == 2 and "grad_accum and prefetch must be >= 1" in bad.output

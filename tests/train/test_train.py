@@ -494,3 +494,40 @@ def test_demo_resume_equals_uninterrupted(demo, monkeypatch):
     a = load_file(str(demo / "runs" / "full" / "student" / "model.safetensors"))
     b = load_file(str(demo / "runs" / "cut" / "student" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_demo_torchrun_two_processes_match_one(demo):
+    """`torchrun --nproc-per-node 2 -m madcache train` (gloo, CPU) with the real student, cache
+    and region stores: with dropout off it ends at the weights and metrics of one process."""
+    import os
+    import subprocess
+    import sys
+
+    args = ["train", "--method", "mad-no-cw", "--dataset", "vcr",
+            "--root", str(demo / "world" / "vcr"), "--cache", str(demo / "cache"),
+            "--regions", str(demo / "regions-train"), "--eval-regions", str(demo / "regions-val"),
+            "--split-file", str(demo / "split.json"), "--max-steps", "3", "--batch-size", "4",
+            "--lr", "1e-3"]
+    args += [f"--student-option={k}={v}" for k, v in {**TINY_STUDENT, "dropout": 0.0}.items()]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+              "2", "-m", "madcache"]
+    runs = {"one": [sys.executable, "-m", "madcache"], "two": launch}
+    for name, command in runs.items():
+        done = subprocess.run([*command, *args, "--out", str(demo / "runs" / f"ddp-{name}")],
+                              capture_output=True, text=True, timeout=600, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.count("run ") == 1          # rank 0 alone reports
+    one, two = (json.loads((demo / "runs" / f"ddp-{n}" / "metrics.json").read_text())
+                for n in ("one", "two"))
+    assert (one["training"]["world_size"], two["training"]["world_size"]) == (1, 2)
+    assert two["training"]["per_rank_batch"] == 2
+    assert one["eval"] == two["eval"]
+    for a, b in zip(one["history"], two["history"], strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    a, b = (load_file(str(demo / "runs" / f"ddp-{n}" / "student" / "model.safetensors"))
+            for n in ("one", "two"))
+    for key in a:
+        if key != "head.3.bias":       # shifts all four choices alike: a zero true gradient
+            assert torch.allclose(a[key], b[key], atol=1e-3), key
