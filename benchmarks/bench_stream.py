@@ -191,6 +191,7 @@ def train_epoch(root: Path, n: int, chunk_size: int, batch_size: int) -> dict:
             "rss_before_training_mb": round(before), "peak_rss_mb": round(peak),
             "rss_growth_mb": round(peak - before),
             "chunk_read_mb": round(read_mb, 1), "chunk_kept_mb": round(kept_mb, 1),
+            "split_read_mb": round(read_mb * n / len(chunk), 1),
             "split_kept_mb": round(kept_mb * n / len(chunk), 1)}
 
 
