@@ -22,12 +22,26 @@ import torch
 import torch.distributed as dist
 
 
+def load_standins():
+    """test_train.py's stand-ins, through tests/train/conftest.py (loaded by path)."""
+    spec = importlib.util.spec_from_file_location("train_conftest",
+                                                  Path(__file__).with_name("conftest.py"))
+    conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conftest)
+    return conftest.load_standins()
+
+
+def train_standin(out: Path, options: dict, *, dropout: float) -> dict:
+    """`train` on `make_setup(out / "work", **options)` with the stand-in's dropout set."""
+    from madcache.train import loop
+
+    setup = load_standins().make_setup(out / "work", **options)
+    setup.student.drop.p = dropout
+    return loop.train(setup)
+
+
 def main() -> None:
     out, options = Path(sys.argv[1]), json.loads(sys.argv[2])
-    spec = importlib.util.spec_from_file_location("train_standins_ddp",
-                                                  Path(__file__).with_name("test_train.py"))
-    standins = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(standins)
     from madcache.train import loop
     from madcache.train.distributed import init_distributed, shutdown
 
@@ -55,7 +69,7 @@ def main() -> None:
 
     loop.loss_step, loop.predict_logits, loop.save_checkpoint = \
         loss_step, predict_logits, save_checkpoint
-    setup = standins.make_setup(out / "work", **options)
+    setup = load_standins().make_setup(out / "work", **options)
     setup.student.drop.p = dropout
     metrics = loop.train(setup)
     digest = hashlib.sha256()

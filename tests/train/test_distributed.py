@@ -5,7 +5,6 @@ changed world size), and the AF stage's gradients are synchronised."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -16,21 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from madcache.train.loop import train
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _standins():
-    spec = importlib.util.spec_from_file_location("train_standins_distributed",
-                                                  Path(__file__).with_name("test_train.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-S = _standins()
 
 
 def torchrun(out: Path, options: dict, *, expect_ok: bool = True) -> subprocess.CompletedProcess:
@@ -54,20 +41,14 @@ def weights(out: Path) -> dict[str, torch.Tensor]:
     return load_file(str(out / "work" / "run" / "checkpoint.safetensors"))
 
 
-def one_process(out: Path, options: dict, *, dropout: float) -> dict:
-    setup = S.make_setup(out / "work", **options)
-    setup.student.drop.p = dropout
-    return train(setup)
-
-
 def in_a_fresh_process(*calls: tuple[Path, dict]) -> subprocess.CompletedProcess:
-    """`one_process(out, options, dropout=0)` for each call, in a process that hashes strings
-    like the torchrun workers (the stand-in targets are seeded from hash())."""
-    body = "; ".join(f"m.one_process(Path({str(out)!r}), {options!r}, dropout=0.0)"
+    """`ddp_worker.train_standin(out, options, dropout=0)` for each call, in one plain process
+    that hashes strings like the torchrun workers (the stand-in targets are seeded from hash())."""
+    body = "; ".join(f"m.train_standin(Path({str(out)!r}), {options!r}, dropout=0.0)"
                      for out, options in calls)
     script = (f"import sys; sys.path[:0] = [{str(REPO)!r}]; import importlib.util; "
               f"from pathlib import Path; "
-              f"spec = importlib.util.spec_from_file_location('s', {str(Path(__file__))!r}); "
+              f"spec = importlib.util.spec_from_file_location('w', {str(WORKER)!r}); "
               f"m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); {body}")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,

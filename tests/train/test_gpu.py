@@ -3,8 +3,6 @@ Stand-ins come from test_train.py."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,17 +14,6 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
-def _standins():
-    spec = importlib.util.spec_from_file_location("train_standins_gpu",
-                                                  Path(__file__).with_name("test_train.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-S = _standins()
-
-
 def on_cuda(setup):
     """The stand-in setup on the GPU (the stand-in student's `prepare` leaves its inputs on the
     CPU, which only the training pipeline moves: no validation here)."""
@@ -36,7 +23,7 @@ def on_cuda(setup):
     return setup
 
 
-def test_bf16_training_on_cuda(tmp_path, monkeypatch):
+def test_bf16_training_on_cuda(standins, tmp_path, monkeypatch):
     seen = []
     real = train_mod.loss_step
 
@@ -46,7 +33,7 @@ def test_bf16_training_on_cuda(tmp_path, monkeypatch):
         return real(setup, examples, targets, inputs)
 
     monkeypatch.setattr(train_mod, "loss_step", spy)
-    setup = on_cuda(S.make_setup(tmp_path, method="mad", device="cuda", chunk=4, epochs=2))
+    setup = on_cuda(standins.make_setup(tmp_path, method="mad", device="cuda", chunk=4, epochs=2))
     before = setup.student.emb.weight.detach().clone()
     metrics = train(setup)
     assert metrics["training"]["precision"] == "bf16"
@@ -56,7 +43,7 @@ def test_bf16_training_on_cuda(tmp_path, monkeypatch):
     assert not torch.equal(before, setup.student.emb.weight.detach())
 
 
-def test_fp32_on_cuda_when_asked(tmp_path):
-    setup = on_cuda(S.make_setup(tmp_path, method="md", device="cuda", precision="fp32",
+def test_fp32_on_cuda_when_asked(standins, tmp_path):
+    setup = on_cuda(standins.make_setup(tmp_path, method="md", device="cuda", precision="fp32",
                                  epochs=1))
     assert train(setup)["training"]["precision"] == "fp32"

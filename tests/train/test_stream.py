@@ -3,10 +3,8 @@ errors, and the prefetch threads. Stand-ins come from test_train.py."""
 
 from __future__ import annotations
 
-import importlib.util
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,17 +14,6 @@ from madcache.students.base import Preparer
 from madcache.train.data import DataSource, epoch_order
 from madcache.train.loop import train
 from madcache.train.stream import Layout, Prefetcher, StageStream
-
-
-def _standins():
-    spec = importlib.util.spec_from_file_location("train_standins_stream",
-                                                  Path(__file__).with_name("test_train.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-S = _standins()
 
 
 class CountingLoad:
@@ -44,30 +31,33 @@ class CountingLoad:
         return sum(len(c) for c in self.calls)
 
 
-class TokenisingStudent(S.TinyStudent):
-    """The stand-in with the optional tokenise/collate hooks, counting tokenised examples."""
+def tokenising_student(standins):
+    """The stand-in student with the optional tokenise/collate hooks, counting tokenised ids."""
 
-    def __init__(self):
-        super().__init__()
-        self.tokenised: list[str] = []
+    class TokenisingStudent(standins.TinyStudent):
+        def __init__(self):
+            super().__init__()
+            self.tokenised: list[str] = []
 
-    def tokenise(self, examples):
-        self.tokenised.extend(e.id for e in examples)
-        return list(examples)
+        def tokenise(self, examples):
+            self.tokenised.extend(e.id for e in examples)
+            return list(examples)
 
-    def collate(self, items, regions):
-        return self.prepare(items, regions)
+        def collate(self, items, regions):
+            return self.prepare(items, regions)
 
-
-def stream(source, *, student=None, start=0, stop=1000, layout=Layout(), batch_size=3,
-           stage="task"):
-    return StageStream(source, preparer=Preparer(student or S.TinyStudent()), regions=S.regions,
-                       seed=0, stage=stage, batch_size=batch_size, start=start, stop=stop,
-                       layout=layout, depth=3, pin=False)
+    return TokenisingStudent()
 
 
-def chunked(n, size, load=lambda examples: None):
-    examples = S.make_examples(n)
+def stream(standins, source, *, student=None, start=0, stop=1000, layout=Layout(),
+           batch_size=3, stage="task"):
+    return StageStream(source, preparer=Preparer(student or standins.TinyStudent()),
+                       regions=standins.regions, seed=0, stage=stage, batch_size=batch_size,
+                       start=start, stop=stop, layout=layout, depth=3, pin=False)
+
+
+def chunked(standins, n, size, load=lambda examples: None):
+    examples = standins.make_examples(n)
     return DataSource(examples, [list(range(i, min(i + size, n))) for i in range(0, n, size)],
                       load)
 
@@ -76,10 +66,10 @@ def take(batches, steps):
     return [next(batches) for _ in range(steps)]
 
 
-def test_each_example_is_read_once_per_epoch_whatever_the_chunk_size(tmp_path):
+def test_each_example_is_read_once_per_epoch_whatever_the_chunk_size(standins, tmp_path):
     """3 chunks (4, 4, 2), batch 2, 3 epochs: the old pipeline read a whole chunk per batch
     (36 rows an epoch); now each example once an epoch."""
-    setup = S.make_setup(tmp_path, method="md", chunk=4, batch_size=2, epochs=3)
+    setup = standins.make_setup(tmp_path, method="md", chunk=4, batch_size=2, epochs=3)
     counting = CountingLoad(setup.task_source.load)
     setup.task_source.load = counting
     metrics = train(setup)
@@ -91,9 +81,9 @@ def test_each_example_is_read_once_per_epoch_whatever_the_chunk_size(tmp_path):
     assert 0.0 <= metrics["training"]["data"]["task"]["data_wait_share"] < 1.0
 
 
-def test_a_lone_chunk_is_read_and_tokenised_once_per_run(tmp_path):
-    setup = S.make_setup(tmp_path, method="md", epochs=4)
-    setup.student = TokenisingStudent()
+def test_a_lone_chunk_is_read_and_tokenised_once_per_run(standins, tmp_path):
+    setup = standins.make_setup(tmp_path, method="md", epochs=4)
+    setup.student = tokenising_student(standins)
     counting = CountingLoad(setup.task_source.load)
     setup.task_source.load = counting
     train(setup)
@@ -101,38 +91,38 @@ def test_a_lone_chunk_is_read_and_tokenised_once_per_run(tmp_path):
     assert sorted(setup.student.tokenised) == sorted(e.id for e in setup.task_source.examples)
 
 
-def test_streamed_chunks_are_tokenised_once_per_epoch_not_per_step():
-    student = TokenisingStudent()
-    source = chunked(10, 4)
+def test_streamed_chunks_are_tokenised_once_per_epoch_not_per_step(standins):
+    student = tokenising_student(standins)
+    source = chunked(standins, 10, 4)
     steps = 2 * source.steps_per_epoch(2)
-    with stream(source, student=student, batch_size=2, stop=steps) as batches:
+    with stream(standins, source, student=student, batch_size=2, stop=steps) as batches:
         take(batches, steps)
         with pytest.raises(StopIteration):     # nothing is read past the stage's last step
             next(batches)
     assert len(student.tokenised) == 20 and len(set(student.tokenised)) == 10
 
 
-def test_batches_follow_the_epoch_order_and_a_late_start_resumes_it():
-    source = chunked(10, 4)
+def test_batches_follow_the_epoch_order_and_a_late_start_resumes_it(standins):
+    source = chunked(standins, 10, 4)
     order = [rows for epoch in range(2)
              for _, rows in epoch_order(source, seed=0, stage="task", epoch=epoch, batch_size=3)]
     chunks = [ci for epoch in range(2)
               for ci, _ in epoch_order(source, seed=0, stage="task", epoch=epoch, batch_size=3)]
     expected = [[source.examples[source.chunks[c][r]].id for r in rows.tolist()]
                 for c, rows in zip(chunks, order)]
-    with stream(source) as batches:
+    with stream(standins, source) as batches:
         got = [[e.id for m in b.micro for e in m.examples] for b in take(batches, len(order))]
     assert got == expected
-    with stream(source, start=5) as batches:
+    with stream(standins, source, start=5) as batches:
         late = take(batches, len(order) - 5)
     assert [b.step for b in late] == list(range(5, len(order)))
     assert [[e.id for m in b.micro for e in m.examples] for b in late] == expected[5:]
 
 
-def test_two_ranks_split_every_global_batch_and_read_only_their_share():
-    source = chunked(10, 4)
+def test_two_ranks_split_every_global_batch_and_read_only_their_share(standins):
+    source = chunked(standins, 10, 4)
     steps = 2 * source.steps_per_epoch(3)
-    ranks = [stream(source, layout=Layout(rank, 2, 2), stop=steps) for rank in range(2)]
+    ranks = [stream(standins, source, layout=Layout(rank, 2, 2), stop=steps) for rank in range(2)]
     with ranks[0] as zero, ranks[1] as one:
         for a, b in zip(take(zero, steps), take(one, steps)):
             assert a.step == b.step
@@ -154,8 +144,8 @@ def test_a_rank_without_rows_borrows_one_with_weight_zero():
     assert [p.tolist() for p in pieces] == [[0, 1, 2], [3, 4]]
 
 
-def test_a_loader_error_reaches_the_training_loop(tmp_path):
-    setup = S.make_setup(tmp_path, method="md", chunk=4)
+def test_a_loader_error_reaches_the_training_loop(standins, tmp_path):
+    setup = standins.make_setup(tmp_path, method="md", chunk=4)
 
     def broken(examples):
         raise MissingTargetError("no targets for these examples")

@@ -3,7 +3,6 @@ resumed run continues the curves. Stand-ins come from test_train.py."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -16,17 +15,6 @@ from madcache.train.loop import lr_at, train
 pytest.importorskip("tensorboard")
 
 
-def _standins():
-    spec = importlib.util.spec_from_file_location("train_standins_tracking",
-                                                  Path(__file__).with_name("test_train.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-S = _standins()
-
-
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -36,8 +24,8 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
             for tag in events.Tags()["scalars"]}
 
 
-def test_event_files_hold_loss_terms_lr_cw_rate_and_eval(tmp_path):
-    metrics = train(S.make_setup(tmp_path, method="mad", af_epochs=1, epochs=2, eval_every=3,
+def test_event_files_hold_loss_terms_lr_cw_rate_and_eval(standins, tmp_path):
+    metrics = train(standins.make_setup(tmp_path, method="mad", af_epochs=1, epochs=2, eval_every=3,
                                  report_to="tensorboard", grad_clip=5.0))
     logged = scalars(tmp_path / "run")
     for tag in ("af/loss", "af/mlm", "af/itm", "af/lr", "task/loss", "task/task", "task/dv",
@@ -58,7 +46,7 @@ def test_event_files_hold_loss_terms_lr_cw_rate_and_eval(tmp_path):
     assert first == pytest.approx(sum(v for _, v in logged["task/loss"][:3]) / 3, rel=1e-5)
 
 
-def test_a_resumed_run_continues_the_curves_without_forks(tmp_path, monkeypatch):
+def test_a_resumed_run_continues_the_curves_without_forks(standins, tmp_path, monkeypatch):
     real = train_mod.loss_step
     calls = {"n": 0}
 
@@ -71,9 +59,9 @@ def test_a_resumed_run_continues_the_curves_without_forks(tmp_path, monkeypatch)
     options = dict(method="md", epochs=3, checkpoint_every=3, report_to="tensorboard")
     monkeypatch.setattr(train_mod, "loss_step", crash_at_five)
     with pytest.raises(KeyboardInterrupt):
-        train(S.make_setup(tmp_path, **options))
+        train(standins.make_setup(tmp_path, **options))
     monkeypatch.setattr(train_mod, "loss_step", real)
-    train(S.make_setup(tmp_path, resume=True, **options))
+    train(standins.make_setup(tmp_path, resume=True, **options))
     steps = [s for s, _ in scalars(tmp_path / "run")["task/loss"]]
     assert steps == list(range(1, 10))     # step 4 (logged, then lost) is purged, not doubled
 
