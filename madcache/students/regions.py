@@ -36,7 +36,6 @@ from madcache.students.region_extractors import (GEOMETRY_DIM, WHOLE_IMAGE, Imag
 
 KIND = "regions"
 BOX_RULE = "metadata boxes after the whole image, else grid (1, 2, 3)"
-ARRAYS = ("region_offsets", "region_feat", "region_boxes")
 
 __all__ = ["GEOMETRY_DIM", "box_geometry", "grid_boxes", "image_boxes", "image_items",
            "build_region_store", "default_out", "open_regions", "RegionStore", "collate_regions"]
@@ -214,7 +213,7 @@ class RegionStore:
         for shard in sorted({where[i][0] for i in wanted}):
             path = self.path / entries[shard]["name"]
             ids = sorted({i for i in wanted if where[i][0] == shard}, key=lambda i: where[i][1])
-            offsets = self.cache.backend.read_rows(path, {"region_offsets": None})["region_offsets"]
+            offsets = self.cache.backend.read(path, ["region_offsets"])["region_offsets"]
             starts = np.array([offsets[where[i][1]] for i in ids], dtype=np.int64)
             counts = np.array([offsets[where[i][1] + 1] for i in ids], dtype=np.int64) - starts
             rows = ragged_index(starts, counts)      # sorted: images in row order

@@ -272,6 +272,7 @@ class Prefetcher(Iterator[T], Generic[T]):
         return item
 
     def signal_stop(self) -> None:
-        """Ask the thread to stop; a consumer blocked in `__next__` (another thread) sees the end."""
+        """Ask the thread to stop; a consumer blocked in `__next__` (another thread) sees the
+        end."""
         self.stop.set()
         self.queue.put((_END, None))
