@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from madcache.core.errors import MadcacheError
+from madcache.train.tracking import TRACKERS
 
 
 class SweepFailed(MadcacheError):
@@ -19,8 +20,9 @@ class SweepFailed(MadcacheError):
               "one GPU slot (CUDA_VISIBLE_DEVICES) and device cuda.")
 @click.option("--jobs-per-gpu", type=int, default=1, show_default=True,
               help="Small jobs sharing one GPU (slots per GPU).")
-@click.option("--report-to", type=click.Choice(["none", "tensorboard"]),
-              help="Also log each training run's scalars (<run>/tensorboard/).")
+@click.option("--report-to", type=click.Choice(TRACKERS.names()),
+              help="Also log each training run's scalars, e.g. to TensorBoard "
+                   "(<run>/tensorboard/).")
 @click.option("--dry-run", is_flag=True, help="List the runs and their state; run nothing.")
 @click.option("--only", metavar="REGEX", help="Only runs whose name (dataset/student/method/"
               "k<K>/seed<S>) matches.")

@@ -14,6 +14,8 @@ from madcache.evaluation.adapters import ADAPTERS
 from madcache.commands.options import parse_key_values
 from madcache.core.errors import ConfigError
 from madcache.method.methods import METHODS
+from madcache.train.precision import PRECISIONS
+from madcache.train.tracking import TRACKERS
 
 # The paper's adapter baselines train on frozen cached teacher features, not a student
 # (madcache/evaluation/adapters.py); `madcache train --method adapter-*` runs them with these flags.
@@ -54,14 +56,14 @@ ADAPTER_FLAGS = {"dataset", "cache", "out", "method", "root", "split_file", "per
 @click.option("--student-option", "student_option", multiple=True, metavar="K=V")
 @click.option("--device", help="cpu or cuda (under torchrun: each process takes the GPU of its "
               "LOCAL_RANK).")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]),
+@click.option("--precision", type=click.Choice(PRECISIONS),
               help="Default bf16 autocast on CUDA, fp32 on the CPU.")
 @click.option("--grad-accum", type=int, help="Micro-batches per optimizer step on each process "
               "(same global --batch-size, less memory).")
 @click.option("--grad-clip", type=float, help="Clip the global gradient norm (default off).")
 @click.option("--prefetch", type=int, help="Batches prepared ahead of the step (default 4).")
-@click.option("--report-to", type=click.Choice(["none", "tensorboard"]),
-              help="Also log scalars to TensorBoard (<run>/tensorboard/).")
+@click.option("--report-to", type=click.Choice(TRACKERS.names()),
+              help="Also log scalars, e.g. to TensorBoard (<run>/tensorboard/).")
 @click.option("--out", help="Run directory, e.g. runs/NAME.")
 @click.option("--resume", is_flag=True, default=None, help="Continue from the last checkpoint.")
 def train(config_file: str | None, student_option: tuple[str, ...], eval_cache: tuple[str, ...],
