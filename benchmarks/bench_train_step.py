@@ -12,6 +12,9 @@ built from a base-like random checkpoint written with `save_pretrained` to a tem
 (hidden 256, 4 layers; VisualBERT reads 36 regions of 64 dims, ViLT 224-px images as its image
 processor prepares them).
 
+On CUDA the student's step also runs in bf16 autocast (`--precision bf16`, the default there):
+`mad-bf16` / `baseline-bf16` and the fp32 / bf16 speed-up are printed too.
+
 Goal: median(mad) / median(baseline) <= 1.10. Prints a JSON line; runs in well under 2 minutes.
     python benchmarks/bench_train_step.py [--student vilt] [--iters 15] [--batch-size 8]
 """
@@ -33,9 +36,10 @@ from madcache.data.records import Example, Text
 from madcache.method.losses import Projections
 from madcache.method.selection import SelectedWords
 from madcache.method.methods import get_method
-from madcache.students.base import RegionInputs, StudentOutput
+from madcache.students.base import RegionInputs, StudentOutput, to_device
 from madcache.train.config import TrainConfig
 from madcache.train.data import BatchTargets, DataSource
+from madcache.train.precision import autocast, configure_matmuls
 from madcache.train.setup import Setup
 from madcache.train.step import loss_step
 
@@ -159,33 +163,33 @@ def visual_inputs(student, batch: int):
                         torch.ones(batch, 36, dtype=torch.bool))
 
 
-def build_teacher(config: dict):
+def build_teacher(config: dict, device: str):
     import open_clip
 
-    model = open_clip.CLIP(**config).eval()
+    model = open_clip.CLIP(**config).eval().to(device)
     tokenizer = open_clip.SimpleTokenizer(context_length=config["text_cfg"]["context_length"])
     return model, tokenizer, config
 
 
-def online_targets(teacher, examples: list[Example], m: int) -> BatchTargets:
+def online_targets(teacher, examples: list[Example], m: int, device: str) -> BatchTargets:
     """What an online loop computes every step: tokenise, run both towers, pool words."""
     model, tokenizer, config = teacher
     size = config["vision_cfg"]["image_size"]
     texts = [t.text for ex in examples for t in ex.texts]
     with torch.no_grad():
-        image = model.encode_image(torch.randn(len(examples), 3, size, size))
-        tokens = tokenizer(texts)
+        image = model.encode_image(torch.randn(len(examples), 3, size, size, device=device))
+        tokens = tokenizer(texts).to(device)
         x = model.token_embedding(tokens) + model.positional_embedding[:tokens.shape[1]]
         x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:tokens.shape[1], :tokens.shape[1]]))
         eos = x[torch.arange(len(texts)), tokens.argmax(-1)] @ model.text_projection
         words = (x[:, 1:1 + m] @ model.text_projection)
     n, c = len(examples), 4
     span = torch.tensor([[[[w.start, w.end] for w in t.words[:m]] for t in ex.texts]
-                         for ex in examples], dtype=torch.long)
+                         for ex in examples], dtype=torch.long, device=device)
     return BatchTargets(image=image, text_eos=eos.view(n, c, -1),
                         word_feat=words.reshape(n, c, m, -1), word_span=span,
-                        word_mask=torch.ones(n, c, m, dtype=torch.bool),
-                        logits=100 * torch.randn(n, c))
+                        word_mask=torch.ones(n, c, m, dtype=torch.bool, device=device),
+                        logits=100 * torch.randn(n, c, device=device))
 
 
 def main() -> None:
@@ -199,30 +203,39 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    configure_matmuls(device)
     rng = np.random.default_rng(0)
-    teachers = {"mad-online-vitb": build_teacher(VIT_B_LIKE)}
+    teachers = {"mad-online-vitb": build_teacher(VIT_B_LIKE, device)}
     if DEMO_TEACHER.exists():
-        teachers["mad-online-demo"] = build_teacher(json.loads(DEMO_TEACHER.read_text()))
+        teachers["mad-online-demo"] = build_teacher(json.loads(DEMO_TEACHER.read_text()), device)
     dim = 128
     with tempfile.TemporaryDirectory() as directory:
         student = build_student(args.student, Path(directory))
     student_name = getattr(student, "name", "bench-stand-in")
+    student.to(device)
     regions = visual_inputs(student, args.batch_size)
     batches = [make_batch(args.batch_size, rng) for _ in range(4)]
-    cached = [cached_targets(b, dim, dim, 2, rng) for b in batches]
+    # the training pipeline tokenises and collates ahead of the step (train/stream.py): not timed
+    inputs = [to_device(student.prepare(b, regions), device) for b in batches]
+    cached = [to_device(cached_targets(b, dim, dim, 2, rng), device) for b in batches]
 
     def make(method: str, dim: int = dim) -> Setup:
-        config = TrainConfig(dataset="vcr", root=".", out="unused", method=method)
+        config = TrainConfig(dataset="vcr", root=".", out="unused", method=method, device=device)
         m = get_method(method)
         return Setup(config=config, method=m, student=student,
                      projections=Projections(student.hidden_size, image_dim=dim, text_dim=dim,
-                                             words=m.words),
+                                             words=m.words).to(device),
                      task_source=DataSource([], [[]], lambda e: None), af_source=None,
                      regions=lambda e: regions, eval_examples=[], provenance={},
                      save_student=lambda s, p: None)
 
     setups = {"baseline": make("baseline"), "mad": make("mad"),
               **{name: make("mad", t[2]["embed_dim"]) for name, t in teachers.items()}}
+    precision = {name: "fp32" for name in setups}
+    if device == "cuda":          # the bf16 path (--precision bf16, the default on CUDA)
+        setups.update({"baseline-bf16": setups["baseline"], "mad-bf16": setups["mad"]})
+        precision.update({"baseline-bf16": "bf16", "mad-bf16": "bf16"})
     params = list(student.parameters()) + [p for s in setups.values() for p in s.projections.parameters()]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
     times: dict[str, list[float]] = {name: [] for name in setups}
@@ -233,23 +246,34 @@ def main() -> None:
         shift = it % len(names)
         for name in names[shift:] + names[:shift]:  # rotate so no method always runs first
             setup = setups[name]
+            synchronize(device)
             start = time.perf_counter()
-            targets = (online_targets(teachers[name], batches[k], 2) if name in teachers
+            targets = (online_targets(teachers[name], batches[k], 2, device) if name in teachers
                        else cached[k])
-            loss, _ = loss_step(setup, "task", batches[k], None if name == "baseline" else targets,
-                                regions, generator)
+            with autocast(precision[name], device):
+                loss, _ = loss_step(setup, "task", batches[k], None if name.startswith("baseline")
+                                    else targets, inputs[k], generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            synchronize(device)
             if it >= args.warmup:
                 times[name].append(time.perf_counter() - start)
     med = {name: statistics.median(v) for name, v in times.items()}
+    bf16 = {"mad_bf16_over_baseline_bf16": round(med["mad-bf16"] / med["baseline-bf16"], 3),
+            "mad_fp32_over_mad_bf16": round(med["mad"] / med["mad-bf16"], 3)} \
+        if device == "cuda" else {"bf16": "skipped: no CUDA device"}
     print(json.dumps({
-        "student": student_name, "batch_size": args.batch_size,
+        "student": student_name, "batch_size": args.batch_size, "device": device,
         "median_s": {k: round(v, 5) for k, v in med.items()},
         "mad_over_baseline": round(med["mad"] / med["baseline"], 3),
         **{f"{name}_over_baseline": round(med[name] / med["baseline"], 3) for name in teachers},
-        "goal_mad_over_baseline": 1.10}))
+        **bf16, "goal_mad_over_baseline": 1.10}))
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ is a new typed flag with its help. Imports no teacher module and not open_clip
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import click
@@ -50,6 +51,8 @@ def train(config_file: str | None, eval_cache: tuple[str, ...], **flags: Any) ->
     config = (TrainConfig.from_toml(config_file, **values) if config_file
               else TrainConfig.from_dict(values))
     metrics = run_training(config)
+    if int(os.environ.get("RANK", "0")) != 0:      # under torchrun, rank 0 reports
+        return
     steps = metrics["history"][-1]["global_step"] if metrics["history"] else 0
     click.echo(f"run {config.out}: method {config.method}, {steps} steps")
     for split, result in metrics["eval"].items():

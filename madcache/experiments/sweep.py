@@ -12,6 +12,10 @@ the same examples), and runs the rest as independent processes, `jobs` at a time
 leaves no "complete" metrics.json, so rerunning the sweep finishes only what is missing (a
 half-trained run resumes from its checkpoint; a trained run that missed an evaluation only
 evaluates). Run `python -m madcache.experiments.sweep JOB.json` to execute one job file by hand.
+
+GPUs (`gpus=["0", "1"]`, `jobs_per_gpu=K`): each GPU is K slots; a job takes a free slot, runs
+with `CUDA_VISIBLE_DEVICES` set to that GPU (and device "cuda"), and gives the slot back, so
+four GPUs run four seeds at once instead of stacking them on GPU 0.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import queue
 import re
 import subprocess
 import sys
@@ -469,7 +474,7 @@ def subprocess_runner(spec: RunSpec, payload: dict[str, Any]) -> None:
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     job = spec.run_dir / JOB_FILE
     job.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
-    env = {**os.environ, "TQDM_DISABLE": "1"}
+    env = {**os.environ, "TQDM_DISABLE": "1", **payload.get("env", {})}
     if "threads" in payload:   # jobs share the cores: N jobs x all cores each would thrash
         env.setdefault("OMP_NUM_THREADS", str(payload["threads"]))
     with open(spec.run_dir / LOG_FILE, "a", encoding="utf-8") as log:
@@ -481,6 +486,7 @@ def subprocess_runner(spec: RunSpec, payload: dict[str, Any]) -> None:
 
 
 def in_process_runner(spec: RunSpec, payload: dict[str, Any]) -> None:
+    """Run a job in this process (tests, notebooks); a GPU slot's environment is not applied."""
     execute(payload)
 
 
@@ -545,12 +551,46 @@ def run_zero_shots(config: SweepConfig, result: SweepResult) -> None:
             result.zero_shot.append(out / RESULT_JSON)
 
 
-def run_sweep(config: SweepConfig, *, jobs: int = 1, only: str | None = None,
+def gpu_slots(gpus: Sequence[str], jobs_per_gpu: int) -> list[str]:
+    """One `CUDA_VISIBLE_DEVICES` value per concurrent job: every GPU `jobs_per_gpu` times, in
+    round-robin order so that the first jobs go to different GPUs."""
+    if jobs_per_gpu < 1:
+        raise ConfigError(f"--jobs-per-gpu must be >= 1, got {jobs_per_gpu}")
+    names = [str(g).strip() for g in gpus]
+    if not names or any(not g for g in names) or len(set(names)) != len(names):
+        raise ConfigError(f"--gpus takes distinct GPU ids such as 0,1,2,3; got {','.join(names)}")
+    return [gpu for _ in range(jobs_per_gpu) for gpu in names]
+
+
+def on_slot(payload: dict[str, Any], gpu: str) -> dict[str, Any]:
+    """`payload` for a job on GPU `gpu`: that GPU is the job's only visible one, its "cuda"."""
+    return {**payload, "config": {**payload["config"], "device": "cuda"},
+            "env": {**payload.get("env", {}), "CUDA_VISIBLE_DEVICES": gpu}}
+
+
+def run_sweep(config: SweepConfig, *, jobs: int | None = 1, only: str | None = None,
               dry_run: bool = False, runner: Runner | None = None,
-              make_split: SplitMaker | None = None, progress: bool = True) -> SweepResult:
-    """Run every missing run of the grid; see the module docstring."""
+              make_split: SplitMaker | None = None, progress: bool = True,
+              gpus: Sequence[str] | None = None, jobs_per_gpu: int = 1,
+              report_to: str | None = None) -> SweepResult:
+    """Run every missing run of the grid; see the module docstring. `jobs` None: one per GPU
+    slot (one without GPUs); `report_to` sets each training run's tracker (--report-to)."""
+    slots = gpu_slots(gpus, jobs_per_gpu) if gpus else None
+    jobs = jobs if jobs is not None else (len(slots) if slots else 1)
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+    for table in ("train", "adapter"):
+        device = getattr(config, table).get("device")
+        if slots and device is not None and device != "cuda":
+            raise ConfigError(f"--gpus runs every job on its GPU slot ('cuda') but {table}.device "
+                              f"is {device!r}: drop it from the pipeline or drop --gpus")
+    if slots and jobs > len(slots):
+        raise ConfigError(f"--jobs {jobs} is more than the {len(slots)} GPU slot(s) of --gpus "
+                          f"{','.join(dict.fromkeys(slots))} x --jobs-per-gpu {jobs_per_gpu}")
+    if report_to is not None:
+        from madcache.train.tracking import TRACKERS
+
+        TRACKERS.get(report_to)
     specs = select(plan(config), only)
     result = SweepResult(planned=specs, states={s.run_dir: run_state(s) for s in specs})
     pending = [s for s in specs if result.states[s.run_dir] != "complete"]
@@ -563,25 +603,48 @@ def run_sweep(config: SweepConfig, *, jobs: int = 1, only: str | None = None,
     run = runner or subprocess_runner
     from tqdm.auto import tqdm
 
+    def payload_of(spec: RunSpec) -> dict[str, Any]:
+        payload = job_payload(config, spec)
+        if report_to is not None and spec.kind == "train":
+            payload["config"]["report_to"] = report_to
+        return payload
+
     with tqdm(total=len(specs), initial=len(result.skipped), desc="sweep", unit="run",
               disable=not progress) as bar:
-        for spec, error in _dispatch(config, pending, run, jobs):
+        for spec, error in _dispatch(pending, payload_of, run, jobs, slots):
             (result.failed.append((spec, error)) if error else result.ran.append(spec))
             bar.update(1)
     return result
 
 
-def _dispatch(config: SweepConfig, pending: list[RunSpec], run: Runner,
-              jobs: int) -> Iterable[tuple[RunSpec, str | None]]:
+def _dispatch(pending: list[RunSpec], payload_of: Callable[[RunSpec], dict[str, Any]],
+              run: Runner, jobs: int, slots: list[str] | None
+              ) -> Iterable[tuple[RunSpec, str | None]]:
     """Yield (spec, error or None) as runs finish; one at a time in this thread when jobs == 1
-    (an interrupt stops the sweep at once), else `jobs` at once."""
+    (an interrupt stops the sweep at once), else `jobs` at once. With GPU slots, each job holds
+    a free slot while it runs."""
+    free: queue.Queue[str] | None = None
+    if slots:
+        free = queue.Queue()
+        for slot in slots:
+            free.put(slot)
+
+    def attempt(spec: RunSpec, payload: dict[str, Any]) -> str | None:
+        if free is None:
+            return _attempt(run, spec, payload)
+        slot = free.get()
+        try:
+            return _attempt(run, spec, on_slot(payload, slot))
+        finally:
+            free.put(slot)
+
     if jobs == 1:
         for spec in pending:
-            yield spec, _attempt(run, spec, job_payload(config, spec))
+            yield spec, attempt(spec, payload_of(spec))
         return
     threads = max(1, (os.cpu_count() or 1) // jobs)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(_attempt, run, s, {**job_payload(config, s), "threads": threads}): s
+        futures = {pool.submit(attempt, s, {**payload_of(s), "threads": threads}): s
                    for s in pending}
         for future in as_completed(futures):
             yield futures[future], future.result()

@@ -10,7 +10,7 @@ touches this module.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -18,7 +18,7 @@ from madcache.data.records import Example
 from madcache.method.losses import (TERMS, Projections, TeacherBatch, confidence_weights,
                                     distillation_loss, task_loss)
 from madcache.method.methods import AF, Stage
-from madcache.students.base import RegionInputs, StudentOutput
+from madcache.students.base import StudentOutput
 
 
 def own_losses(stage: Stage, student: Any, inputs: Any, examples: Sequence[Example],
@@ -42,12 +42,12 @@ def candidate_logits(out: StudentOutput, targets: TeacherBatch) -> torch.Tensor:
 
 
 def stage_loss(stage: Stage, *, student: Any, projections: Projections,
-               examples: Sequence[Example], regions: RegionInputs, targets: TeacherBatch | None,
-               weight: float, generator: torch.Generator
+               examples: Sequence[Example], inputs: Mapping[str, Any],
+               targets: TeacherBatch | None, weight: float, generator: torch.Generator
                ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The loss of one batch in `stage`, and its parts for logging. With CW, `cw_fired` /
-    `cw_seen` count the instances whose teacher was more confident than the student."""
-    inputs = student.prepare(examples, regions)
+    """The loss of one batch in `stage` (`inputs`: the student's prepared inputs of `examples`),
+    and its parts for logging. With CW, `cw_fired` / `cw_seen` count the instances whose teacher
+    was more confident than the student."""
     own, out = own_losses(stage, student, inputs, examples, generator)
     base = sum(own.values(), torch.zeros((), device=next(iter(own.values())).device))
     parts = {name: value.item() for name, value in own.items()}

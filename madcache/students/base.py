@@ -12,10 +12,15 @@ A student scores `example.texts[c]` against the image's regions for every choice
   SNLI-VE premise), negatives pair that text with another image; examples whose
   `label_free_text` is None take no part in ITM.
 External students (a UNITER / VL-BERT port) implement this protocol: see docs/students.md.
+
+Optional hooks (`Preparer`): a student with `tokenise(examples)` and `collate(items, regions)` is
+tokenised once per example, by the training data pipeline, ahead of the step; any other student
+is prepared whole per batch with `prepare`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
@@ -117,6 +122,52 @@ def task_logits(scores: torch.Tensor, task: str, batch: int, choices: int) -> to
     if choices != 1:
         raise ValueError(f"task {task} scores one text per example, got {choices}")
     return scores
+
+
+class Preparer:
+    """How the training data pipeline builds a student's inputs: `tokenise` once per example (in
+    the loader thread, when a chunk is loaded), `collate` once per batch (ahead of the step).
+
+    A student may provide both hooks:
+    - `tokenise(examples) -> list`: one item per example (CPU, any type), e.g. token ids + spans;
+    - `collate(items, regions) -> inputs`: a batch of items + its `RegionInputs` -> the inputs of
+      `__call__`, as CPU tensors (the trainer moves them to the device);
+    with `prepare(examples, regions)` equal to `collate(tokenise(examples), regions)` on the
+    student's device. A student without them is prepared whole per batch: `tokenise` keeps the
+    examples and `collate` calls `prepare`.
+    """
+
+    def __init__(self, student: Any) -> None:
+        self.student = student
+        self.split = callable(getattr(student, "tokenise", None)) and \
+            callable(getattr(student, "collate", None))
+
+    def tokenise(self, examples: Sequence[Example]) -> list[Any]:
+        return self.student.tokenise(examples) if self.split else list(examples)
+
+    def collate(self, items: Sequence[Any], regions: RegionInputs) -> Mapping[str, Any]:
+        return self.student.collate(items, regions) if self.split \
+            else self.student.prepare(items, regions)
+
+
+def map_tensors(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """`value` with `fn` applied to every tensor inside it (mappings, lists, tuples and
+    dataclasses such as `RegionInputs` are rebuilt; anything else is kept)."""
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, Mapping):
+        return {k: map_tensors(v, fn) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(map_tensors(v, fn) for v in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.replace(value, **{f.name: map_tensors(getattr(value, f.name), fn)
+                                             for f in dataclasses.fields(value) if f.init})
+    return value
+
+
+def to_device(value: Any, device: str | torch.device, *, non_blocking: bool = False) -> Any:
+    """Every tensor in `value` on `device` (non-blocking copies from pinned memory on CUDA)."""
+    return map_tensors(value, lambda t: t.to(device, non_blocking=non_blocking))
 
 
 StudentFactory = Callable[..., Student]

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from madcache.data.records import Example
+from madcache.cache.reader import ragged_index
 from madcache.core.errors import CacheError, ConfigError
 from madcache.students.base import RegionInputs
 from madcache.students.region_extractors import (GEOMETRY_DIM, WHOLE_IMAGE, ImageItem,
@@ -35,7 +36,6 @@ from madcache.students.region_extractors import (GEOMETRY_DIM, WHOLE_IMAGE, Imag
 
 KIND = "regions"
 BOX_RULE = "metadata boxes after the whole image, else grid (1, 2, 3)"
-ARRAYS = ("region_offsets", "region_feat", "region_boxes")
 
 __all__ = ["GEOMETRY_DIM", "box_geometry", "grid_boxes", "image_boxes", "image_items",
            "build_region_store", "default_out", "open_regions", "RegionStore", "collate_regions"]
@@ -199,7 +199,8 @@ class RegionStore:
         return list(self._locations())
 
     def load(self, image_ids: Iterable[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """{image id: (features [R, Dr] float32, normalised boxes [R, 4] float32)}."""
+        """{image id: (features [R, Dr] float32, normalised boxes [R, 4] float32)}; per shard,
+        only the wanted images' rows are read (one batched request, never a read per image)."""
         wanted = list(dict.fromkeys(image_ids))
         where = self._locations()
         missing = [i for i in wanted if i not in where]
@@ -210,13 +211,18 @@ class RegionStore:
         entries = {int(e["index"]): e for e in self.cache.shards}
         out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for shard in sorted({where[i][0] for i in wanted}):
-            arrays = self.cache.backend.read(self.path / entries[shard]["name"], ARRAYS)
-            offsets = arrays["region_offsets"]
-            for image_id in (i for i in wanted if where[i][0] == shard):
-                row = where[image_id][1]
-                rows = slice(int(offsets[row]), int(offsets[row + 1]))
-                out[image_id] = (torch.from_numpy(np.array(arrays["region_feat"][rows])),
-                                 torch.from_numpy(np.array(arrays["region_boxes"][rows])))
+            path = self.path / entries[shard]["name"]
+            ids = sorted({i for i in wanted if where[i][0] == shard}, key=lambda i: where[i][1])
+            offsets = self.cache.backend.read(path, ["region_offsets"])["region_offsets"]
+            starts = np.array([offsets[where[i][1]] for i in ids], dtype=np.int64)
+            counts = np.array([offsets[where[i][1] + 1] for i in ids], dtype=np.int64) - starts
+            rows = ragged_index(starts, counts)      # sorted: images in row order
+            arrays = self.cache.backend.read_rows(path, {"region_feat": rows, "region_boxes": rows})
+            ends = np.cumsum(counts)
+            for image_id, end, count in zip(ids, ends, counts):
+                piece = slice(int(end - count), int(end))
+                out[image_id] = (torch.from_numpy(np.array(arrays["region_feat"][piece])),
+                                 torch.from_numpy(np.array(arrays["region_boxes"][piece])))
         return {i: out[i] for i in wanted}
 
 
@@ -239,7 +245,10 @@ def collate_regions(items: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> Regio
 
 
 class RegionLoader:
-    """Region features for a batch's images, read once per image and kept in memory."""
+    """Region features for a batch's images, read once per image and kept in memory.
+
+    `chunk(examples)` serves a training chunk instead: the chunk's images are read at once and
+    dropped with the chunk, so streaming a full split keeps ~one chunk of regions in memory."""
 
     def __init__(self, store) -> None:
         self.store = store
@@ -250,6 +259,19 @@ class RegionLoader:
         if missing:
             self.memo.update(self.store.load(missing))
         return collate_regions([self.memo[ex.image_id] for ex in examples])
+
+    def chunk(self, examples: Sequence[Example]) -> "ChunkRegions":
+        return ChunkRegions(self.store.load(ex.image_id for ex in examples))
+
+
+class ChunkRegions:
+    """The region features of one chunk's images (loaded together); batches of that chunk."""
+
+    def __init__(self, items: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.items = items
+
+    def __call__(self, examples: Sequence[Example]) -> RegionInputs:
+        return collate_regions([self.items[ex.image_id] for ex in examples])
 
 
 def region_loader(path: str | None) -> RegionLoader:

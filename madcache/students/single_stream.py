@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -38,13 +39,23 @@ from madcache.data.base import TASKS
 from madcache.data.records import Example
 from madcache.data.vqa import read_answer_vocab
 from madcache.core.errors import CheckpointNotFoundError, ConfigError
-from madcache.students.base import RegionInputs, StudentOutput, task_logits
+from madcache.students.base import RegionInputs, StudentOutput, task_logits, to_device
 from madcache.students.regions import GEOMETRY_DIM, box_geometry
 from madcache.students.region_extractors import BOXCROP_DIM
-from madcache.students.tokens import encode_texts
+from madcache.students.tokens import TOKENIZER_LOCK, encode_texts
 from madcache.students.pretraining import itm_batch, mask_tokens
 
 TOKENIZER_SUBDIR = "tokenizer"
+
+
+@dataclass
+class TokenisedExample:
+    """One example's texts as the student's tokens: `ids[c]` [L_c] and `spans[c]` [L_c, 2]
+    (character spans in `texts[c].text`; (-1, -1) for special tokens)."""
+
+    image_id: str
+    ids: list[np.ndarray]
+    spans: list[np.ndarray]
 
 
 @dataclass
@@ -191,21 +202,55 @@ class SingleStreamStudent(nn.Module):
 
     def prepare(self, examples: Sequence[Example], regions: RegionInputs) -> dict[str, Any]:
         """Tokenise every `example.texts[c]` (B x C sequences, flattened) with char offsets."""
-        num_choices = _num_choices(examples)
-        if regions.feat.shape[0] != len(examples):
-            raise ValueError(f"{len(examples)} examples but regions for {regions.feat.shape[0]}")
+        return to_device(self.collate(self.tokenise(examples), regions), self.device)
+
+    def tokenise(self, examples: Sequence[Example]) -> list[TokenisedExample]:
+        """Token ids and character spans of each example's texts, truncated to `max_length`
+        (the training pipeline calls this once per example, ahead of the step)."""
+        texts = [text.text for ex in examples for text in ex.texts]
+        if not texts:
+            return []
+        with TOKENIZER_LOCK:    # the Rust tokenizer refuses concurrent use from two threads
+            encoded = self.tokenizer(texts, truncation=True, max_length=self.config.max_length,
+                                     return_offsets_mapping=True,
+                                     return_special_tokens_mask=True)
+        out, row = [], 0
+        for ex in examples:
+            ids, spans = [], []
+            for _ in ex.texts:
+                ids.append(np.asarray(encoded["input_ids"][row], dtype=np.int64))
+                span = np.asarray(encoded["offset_mapping"][row], dtype=np.int64).reshape(-1, 2)
+                span[np.asarray(encoded["special_tokens_mask"][row], dtype=bool)] = -1
+                spans.append(span)
+                row += 1
+            out.append(TokenisedExample(ex.image_id, ids, spans))
+        return out
+
+    def collate(self, items: Sequence[TokenisedExample], regions: RegionInputs) -> dict[str, Any]:
+        """A batch of tokenised examples -> padded CPU tensors (B x C sequences, flattened)."""
+        num_choices = _num_choices(items)
+        if regions.feat.shape[0] != len(items):
+            raise ValueError(f"{len(items)} examples but regions for {regions.feat.shape[0]}")
         if regions.feat.shape[-1] != self.config.region_dim:
             raise ConfigError(f"region features have {regions.feat.shape[-1]} dims but the "
                               f"student expects region_dim={self.config.region_dim}: pass "
                               f"--student-option region_dim={regions.feat.shape[-1]}")
-        device = self.device
-        return {**self.tokenize([text.text for ex in examples for text in ex.texts]),
-                "num_choices": num_choices, "image_ids": [ex.image_id for ex in examples],
-                "regions": RegionInputs(regions.feat.to(device).float(),
-                                        regions.boxes.to(device).float(),
-                                        regions.mask.to(device).bool())}
+        sequences = [(ids, span) for item in items for ids, span in zip(item.ids, item.spans)]
+        length = max(len(ids) for ids, _ in sequences)
+        input_ids = np.full((len(sequences), length), self.tokenizer.pad_token_id, np.int64)
+        mask = np.zeros((len(sequences), length), dtype=bool)
+        spans = np.full((len(sequences), length, 2), -1, dtype=np.int64)
+        for n, (ids, span) in enumerate(sequences):
+            input_ids[n, :len(ids)] = ids
+            mask[n, :len(ids)] = True
+            spans[n, :len(ids)] = span
+        return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask),
+                "token_spans": torch.from_numpy(spans), "num_choices": num_choices,
+                "image_ids": [item.image_id for item in items],
+                "regions": RegionInputs(regions.feat.float(), regions.boxes.float(),
+                                        regions.mask.bool())}
 
-    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+    def _encode_texts(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """WordPiece ids, attention mask and each token's char span ((-1, -1) for specials and
         padding), on the student's device."""
         encoded = encode_texts(self.tokenizer, list(texts), max_length=self.config.max_length)
@@ -278,7 +323,7 @@ class SingleStreamStudent(nn.Module):
         if all(ex.label_free_text is None for ex in examples):   # no ITM pair in the batch
             return self.itm_head.weight.sum() * 0.0
         texts, image, matched = itm_batch(examples, generator)
-        text = self.tokenize(texts)
+        text = self._encode_texts(texts)
         hidden = self.encode(text["input_ids"], text["attention_mask"], inputs["regions"],
                              image.to(self.device))
         return F.cross_entropy(self.itm_head(hidden[:, 0]), matched.long().to(self.device))
@@ -306,8 +351,8 @@ def _image_of(batch: int, choices: int, device: torch.device) -> torch.Tensor:
     return torch.arange(batch, device=device).repeat_interleave(choices)
 
 
-def _num_choices(examples: Sequence[Example]) -> int:
-    counts = {ex.num_choices for ex in examples}
+def _num_choices(items: Sequence[TokenisedExample]) -> int:
+    counts = {len(item.ids) for item in items}
     if len(counts) != 1:
         raise ValueError(f"a batch mixes examples with {sorted(counts)} choices")
     return counts.pop()

@@ -8,7 +8,13 @@ word's span; this works for any pair of tokenizers (WordPiece, BPE, ...).
 
 from __future__ import annotations
 
+import threading
+
 import torch
+
+# A fast (Rust) tokenizer refuses to be used by two threads at once ("Already borrowed"); the
+# training pipeline tokenises in a loader thread while the step may tokenise (AF's ITM texts).
+TOKENIZER_LOCK = threading.Lock()
 
 
 def overlap_matrix(token_spans: torch.Tensor, word_spans: torch.Tensor,
@@ -51,9 +57,10 @@ def encode_texts(tokenizer, texts: list[str], *, max_length: int) -> dict[str, t
     """Tokenise `texts` whole with a fast tokenizer: `input_ids` and `attention_mask` [N, L] and
     each token's character span `token_spans` [N, L, 2] ((-1, -1) for special tokens and
     padding), truncated to `max_length` tokens, specials included."""
-    encoded = tokenizer(texts, padding=True, truncation=True, max_length=max_length,
-                        return_offsets_mapping=True, return_special_tokens_mask=True,
-                        return_tensors="pt")
+    with TOKENIZER_LOCK:
+        encoded = tokenizer(texts, padding=True, truncation=True, max_length=max_length,
+                            return_offsets_mapping=True, return_special_tokens_mask=True,
+                            return_tensors="pt")
     mask = encoded["attention_mask"].bool()
     spans = encoded["offset_mapping"].long()
     spans[encoded["special_tokens_mask"].bool() | ~mask] = -1

@@ -14,6 +14,7 @@ from a loaded student). Training, evaluation and prediction build their loader w
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -88,13 +89,15 @@ def collate_pixels(items: Sequence[tuple[torch.Tensor, torch.Tensor | None]]) ->
 
 class PixelLoader:
     """The images of a batch's examples (`example.image_path` under `root`), each processed once
-    and kept for the `keep` most recently used images."""
+    and kept for the `keep` most recently used images. Thread-safe: the training pipeline's
+    batch thread and validation in the main thread may share one loader."""
 
     def __init__(self, root: str | Path, processor: PixelProcessor, *, keep: int = 256) -> None:
         self.root = Path(root)
         self.processor = processor
         self.keep = keep
         self.memo: OrderedDict[str, tuple[torch.Tensor, torch.Tensor | None]] = OrderedDict()
+        self.lock = threading.Lock()
 
     def __call__(self, examples: Sequence[Example]) -> PixelInputs:
         return collate_pixels([self._image(ex) for ex in examples])
@@ -103,12 +106,14 @@ class PixelLoader:
         from madcache.data.paths import safe_join
         from madcache.students.region_extractors import load_image
 
-        if example.image_id in self.memo:
-            self.memo.move_to_end(example.image_id)
-            return self.memo[example.image_id]
+        with self.lock:
+            if example.image_id in self.memo:
+                self.memo.move_to_end(example.image_id)
+                return self.memo[example.image_id]
         path = safe_join(self.root, example.image_path, field="image_path")
         item = self.processor(load_image(path))
-        self.memo[example.image_id] = item
-        if len(self.memo) > self.keep:
-            self.memo.popitem(last=False)
+        with self.lock:
+            self.memo[example.image_id] = item
+            if len(self.memo) > self.keep:
+                self.memo.popitem(last=False)
         return item

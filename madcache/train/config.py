@@ -11,6 +11,8 @@ from typing import Any, Literal, Mapping
 from madcache.core.config import check_ranges, config_from_dict, setting
 from madcache.core.errors import ConfigError
 from madcache.method.methods import AF, METHOD_ORDER, W_PRIME_RULES, get_method
+from madcache.train.precision import PRECISIONS
+from madcache.train.tracking import TRACKERS
 
 
 @dataclass
@@ -43,7 +45,8 @@ class TrainConfig:
                                      help="A saved low-shot split (overrides per_category).")
     epochs: int = setting(1, minimum=1, help="Task-stage epochs.")
     max_steps: int | None = setting(None, minimum=1, help="Task-stage steps (overrides epochs).")
-    batch_size: int = setting(16, minimum=1, help="Examples per step.")
+    batch_size: int = setting(16, minimum=1, help="Examples per optimizer step, over all "
+                                                  "processes and micro-batches.")
     lr: float = setting(6e-5, above=0, help="Peak learning rate (AdamW).")
     weight_decay: float = setting(0.01, minimum=0, help="AdamW weight decay (not on biases and "
                                                         "norms).")
@@ -70,10 +73,25 @@ class TrainConfig:
     chunk_size: int = setting(4096, minimum=1, help="Full-data runs: examples loaded per "
                                                     "chunk.")
     resume: bool = setting(False, help="Continue from the last checkpoint.")
-    device: str = setting("cpu", help="Torch device: cpu, cuda or cuda:N.")
+    device: str = setting("cpu", help="Torch device: cpu, cuda or cuda:N (under torchrun: cpu "
+                                      "or cuda, each process taking the GPU of its LOCAL_RANK).")
+    grad_accum: int = setting(1, minimum=1, help="Micro-batches per optimizer step on each "
+                                                 "process: the same global batch_size in N "
+                                                 "smaller pieces (less memory, same update).")
+    grad_clip: float | None = setting(None, above=0, help="Clip the global gradient norm to "
+                                                          "this value before each step "
+                                                          "(default: off).")
+    precision: Literal[PRECISIONS] | None = setting(None, help="fp32, or bf16 autocast "
+                                                    "(default: bf16 on CUDA, fp32 on the CPU). "
+                                                    "TF32 matmuls are on for CUDA either way.")
+    prefetch: int = setting(4, minimum=1, help="Batches the loader thread prepares ahead of "
+                                               "the training step.")
+    report_to: str = setting("none", help="Also log scalars to: none, or tensorboard "
+                                          "(<run>/tensorboard/; metrics.json stays the record).")
 
     def __post_init__(self) -> None:
         check_ranges(self)
+        TRACKERS.get(self.report_to)      # unknown names list the valid ones
         method = get_method(self.method)  # unknown names list the valid ones
         if method.words and self.m < 1:
             raise ConfigError(f"m: method '{self.method}' selects m words per text; m must be "

@@ -7,7 +7,7 @@ import dataclasses
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -74,49 +74,37 @@ class Chunk:
 class DataSource:
     """A stage's training examples in chunks (one chunk = everything, for low-shot subsets).
 
-    `load(examples)` returns their targets (None when the method needs none); a lone chunk is
-    loaded once and kept, a full split is streamed chunk by chunk each epoch.
+    `load(examples)` returns their targets (None when the method needs none). The training
+    pipeline (train/stream.py) loads each chunk once per epoch, or once per run when there is
+    only one chunk.
     """
 
     examples: list[Example]
     chunks: list[list[int]]
     load: Callable[[list[Example]], BatchTargets | None]
-    _kept: Chunk | None = None
 
-    def chunk(self, i: int) -> Chunk:
-        if self._kept is not None and len(self.chunks) == 1:
-            return self._kept
-        examples = [self.examples[j] for j in self.chunks[i]]
-        loaded = Chunk(examples, self.load(examples))
-        if len(self.chunks) == 1:
-            self._kept = loaded
-        return loaded
+    def chunk(self, i: int, rows: Sequence[int] | None = None) -> Chunk:
+        """Chunk `i` (only its positions `rows`, when given) with its targets, read now."""
+        positions = self.chunks[i] if rows is None else [self.chunks[i][r] for r in rows]
+        examples = [self.examples[j] for j in positions]
+        return Chunk(examples, self.load(examples))
 
     def steps_per_epoch(self, batch_size: int) -> int:
         return sum(math.ceil(len(c) / batch_size) for c in self.chunks)
 
 
+def derive_seed(*key: object) -> int:
+    """A 64-bit seed that is a pure function of `key` (e.g. seed, stage, epoch)."""
+    return int.from_bytes(hashlib.sha256(":".join(map(str, key)).encode()).digest()[:8], "little")
+
+
 def epoch_order(source: DataSource, *, seed: int, stage: str, epoch: int,
                 batch_size: int) -> list[tuple[int, torch.Tensor]]:
-    """The (chunk, rows) batches of one epoch: a pure function of (seed, stage, epoch)."""
-    salt = int.from_bytes(hashlib.sha256(f"{seed}:{stage}:{epoch}".encode()).digest()[:8], "little")
-    generator = torch.Generator().manual_seed(salt)
+    """The (chunk, rows) batches of one epoch: a pure function of (seed, stage, epoch).
+    Chunks come in a shuffled order, each chunk's batches together (a chunk is read once)."""
+    generator = torch.Generator().manual_seed(derive_seed(seed, stage, epoch))
     order = []
     for ci in torch.randperm(len(source.chunks), generator=generator).tolist():
         rows = torch.randperm(len(source.chunks[ci]), generator=generator)
         order.extend((ci, rows[i:i + batch_size]) for i in range(0, len(rows), batch_size))
     return order
-
-
-def iterate(source: DataSource, *, seed: int, stage: str, batch_size: int,
-            start: int) -> Iterator[tuple[list[Example], BatchTargets | None]]:
-    """The stage's batches from step `start` on, epoch after epoch (a pure function of seed)."""
-    per_epoch = source.steps_per_epoch(batch_size)
-    epoch, skip = divmod(start, per_epoch)
-    while True:
-        for ci, rows in epoch_order(source, seed=seed, stage=stage, epoch=epoch,
-                                    batch_size=batch_size)[skip:]:
-            chunk = source.chunk(ci)
-            targets = None if chunk.targets is None else chunk.targets.rows(rows)
-            yield [chunk.examples[i] for i in rows.tolist()], targets
-        epoch, skip = epoch + 1, 0

@@ -21,6 +21,7 @@ from madcache.students.base import RegionInputs
 from madcache.students.visual import loader_for, region_store_for, visual_loader
 from madcache.train.config import TrainConfig
 from madcache.train.data import BatchTargets, DataSource, targets_to_tensors
+from madcache.train.distributed import main_first
 
 
 @dataclass
@@ -33,6 +34,8 @@ class Setup:
     projections: Projections
     task_source: DataSource
     af_source: DataSource | None
+    # visual inputs of a batch; a source with `chunk(examples) -> Callable` (RegionLoader) serves
+    # a training chunk from one read of the chunk's images (train/stream.py)
     regions: Callable[[Sequence[Example]], RegionInputs]
     eval_examples: list[Example]
     provenance: dict[str, Any]
@@ -87,8 +90,10 @@ def training_subset(config: TrainConfig, examples: list[Example]) -> tuple[list[
     elif config.per_category is not None:
         split = lowshot.sample_per_category(examples, k=config.per_category, seed=config.seed)
         path = str(Path(config.out) / "split.json")
-        Path(config.out).mkdir(parents=True, exist_ok=True)
-        split.save(path)
+        with main_first() as where:     # under torchrun, rank 0 writes it, the others read it
+            if where.is_main:
+                Path(config.out).mkdir(parents=True, exist_ok=True)
+                split.save(path)
     else:
         return examples, {"split_file": None, "split_digest": None}
     wanted = set(split.ids)

@@ -431,3 +431,101 @@ def test_end_to_end_tiny_demo_sweep_and_report(tmp_path):
     assert "| single-stream | mad | madcache-demo |" in report["markdown"]
     assert "### vcr: CW fired (% of training instances)" in report["markdown"]
     assert "## Zero-shot: vcr val" in report["markdown"]
+
+
+# ----------------------------------------------------------------------------- GPU slots
+
+class SlotRecorder(FakeRunner):
+    """Records each job's GPU (CUDA_VISIBLE_DEVICES of its payload) and how many jobs share a
+    GPU at once; each job lasts long enough for the others to start."""
+
+    def __init__(self):
+        super().__init__()
+        self.running: dict[str, int] = {}
+        self.most: dict[str, int] = {}
+        self.gpus: dict[str, str] = {}
+
+    def __call__(self, spec, payload):
+        gpu = payload["env"]["CUDA_VISIBLE_DEVICES"]
+        with self.lock:
+            self.gpus[spec.name] = gpu
+            self.running[gpu] = self.running.get(gpu, 0) + 1
+            self.most[gpu] = max(self.most.get(gpu, 0), self.running[gpu])
+        import time
+
+        time.sleep(0.05)
+        with self.lock:
+            self.running[gpu] -= 1
+        super().__call__(spec, payload)
+
+
+def test_gpu_slots_place_runs_on_gpus_without_stacking_them(tmp_path):
+    config = load_sweep(write(tmp_path))           # 3 methods x 2 shots x 4 seeds
+    runner = SlotRecorder()
+    result = run_sweep(config, runner=runner, jobs=None, gpus=["0", "1", "2", "3"],
+                       jobs_per_gpu=2, make_split=fake_splits([]), progress=False,
+                       report_to="tensorboard")
+    assert len(result.ran) == 24 and not result.failed
+    assert set(runner.gpus.values()) == {"0", "1", "2", "3"}
+    assert max(runner.most.values()) <= 2 and sum(runner.most.values()) > 4
+    assert all(p["config"]["device"] == "cuda" for p in runner.payloads)
+    assert all(p["config"]["report_to"] == "tensorboard" for p in runner.payloads)
+    assert all(p["threads"] >= 1 for p in runner.payloads)
+
+
+def test_gpu_slots_round_robin_and_bad_requests():
+    from madcache.experiments.sweep import gpu_slots
+
+    assert gpu_slots(["0", "1"], 2) == ["0", "1", "0", "1"]
+    with pytest.raises(ConfigError, match="distinct GPU ids"):
+        gpu_slots(["0", "0"], 1)
+    with pytest.raises(ConfigError, match="--jobs-per-gpu must be >= 1"):
+        gpu_slots(["0"], 0)
+
+
+def test_gpu_slot_requests_are_checked_before_running(tmp_path):
+    config = load_sweep(write(tmp_path))
+    with pytest.raises(ConfigError, match="--jobs 5 is more than the 4 GPU slot"):
+        run_sweep(config, runner=FakeRunner(), jobs=5, gpus=["0", "1"], jobs_per_gpu=2,
+                  make_split=fake_splits([]), progress=False)
+    cpu = load_sweep(write(tmp_path, PIPELINE + 'device = "cpu"\n', name="cpu.toml"))
+    with pytest.raises(ConfigError, match="train.device is 'cpu'"):
+        run_sweep(cpu, runner=FakeRunner(), gpus=["0"], make_split=fake_splits([]),
+                  progress=False)
+
+
+def test_a_subprocess_job_sees_only_its_gpu(tmp_path, monkeypatch):
+    """The real runner hands the slot to the job's process environment."""
+    import subprocess as sp
+
+    seen = {}
+
+    def fake_run(command, stdout, stderr, env):
+        seen.update(env)
+        return sp.CompletedProcess(command, 0)
+
+    monkeypatch.setattr("madcache.experiments.sweep.subprocess.run", fake_run)
+    config = load_sweep(write(tmp_path))
+    spec = plan(config)[0]
+    subprocess_runner(spec, {**job_payload(config, spec), "env": {"CUDA_VISIBLE_DEVICES": "3"}})
+    assert seen["CUDA_VISIBLE_DEVICES"] == "3" and seen["TQDM_DISABLE"] == "1"
+
+
+def test_cli_passes_gpus_jobs_per_gpu_and_report_to(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from madcache.cli import cli
+    from madcache.experiments import sweep as sweep_mod
+
+    seen = {}
+
+    def fake(config, **kwargs):
+        seen.update(kwargs)
+        return sweep_mod.SweepResult(planned=[])
+
+    monkeypatch.setattr(sweep_mod, "run_sweep", fake)
+    result = CliRunner().invoke(cli, ["sweep", str(write(tmp_path)), "--gpus", "0,1,2,3",
+                                      "--jobs-per-gpu", "2", "--report-to", "tensorboard"])
+    assert result.exit_code == 0, result.output
+    assert (seen["gpus"], seen["jobs_per_gpu"], seen["jobs"], seen["report_to"]) == \
+        (["0", "1", "2", "3"], 2, None, "tensorboard")

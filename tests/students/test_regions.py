@@ -161,7 +161,7 @@ def test_vcr_boxes_come_from_the_metadata(demo_root):
 
 
 @pytest.mark.parametrize("store_format", ["zarr", "hdf5"])
-def test_store_write_read_equal(tmp_path, demo_root, store_format):
+def test_store_write_read_equal(tmp_path, demo_root, store_format, monkeypatch):
     from madcache.cache.verify import verify_cache
     from madcache.data import read_examples
     from madcache.students.regions import image_items
@@ -185,6 +185,19 @@ def test_store_write_read_equal(tmp_path, demo_root, store_format):
         assert torch.equal(loaded[item.image_id][0], torch.from_numpy(feat))
         assert torch.equal(loaded[item.image_id][1], torch.from_numpy(boxes))
     assert verify_cache(out) == []
+    # a training chunk: read at once (only the chunk's rows), served per batch, not memoised
+    from madcache.students.regions import RegionLoader
+
+    requested = []
+    read_rows = store.cache.backend.read_rows
+    monkeypatch.setattr(store.cache.backend, "read_rows", lambda path, rows: (
+        requested.append(len(rows.get("region_feat", []))), read_rows(path, rows))[1])
+    loader = RegionLoader(store)
+    chunk = loader.chunk(examples[:4])
+    assert sum(requested) == sum(len(chunk.items[i][0]) for i in chunk.items)
+    assert not loader.memo
+    by_chunk, by_memo = chunk(examples[3::-1]), loader(examples[3::-1])
+    assert torch.equal(by_chunk.feat, by_memo.feat) and torch.equal(by_chunk.mask, by_memo.mask)
     again = build_region_store(dataset="vcr", root=root, split="val", extractor="boxcrop",
                                out=out, max_regions=3, format=store_format, shard_size=5,
                                progress=False)

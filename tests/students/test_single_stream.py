@@ -225,3 +225,31 @@ def test_init_text_from_minilm(tmp_path, make):
     loaded = load_student(tmp_path / "m").eval()
     inputs = model.prepare([make.single(0)], make.regions((2,)))
     assert torch.equal(model(inputs).logits, loaded(inputs).logits)
+
+
+def test_tokenise_once_then_collate_equals_prepare(student, make):
+    """The training pipeline tokenises each example once and collates batches of the items."""
+    from madcache.students.base import Preparer
+
+    examples = [make.vcr(0), make.vcr(1), make.vcr(2)]
+    regions = make.regions((3, 5, 2))
+    items = student.tokenise(examples)
+    assert len(items) == 3 and len(items[0].ids) == 4
+    prepared = student.prepare(examples, regions)
+    for order in ([0, 1, 2], [2, 0]):
+        collated = student.collate([items[i] for i in order],
+                                   make.regions(tuple((3, 5, 2)[i] for i in order)))
+        alone = student.prepare([examples[i] for i in order],
+                                make.regions(tuple((3, 5, 2)[i] for i in order)))
+        for key in ("input_ids", "attention_mask", "token_spans"):
+            assert torch.equal(collated[key], alone[key]), key
+    assert torch.equal(student.collate(items, regions)["input_ids"], prepared["input_ids"])
+    assert Preparer(student).split
+
+    class PrepareOnly:
+        def prepare(self, examples, regions):
+            return {"n": len(examples)}
+
+    plain = Preparer(PrepareOnly())
+    assert not plain.split and plain.tokenise(examples) == examples
+    assert plain.collate(examples, regions) == {"n": 3}

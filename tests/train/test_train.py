@@ -205,7 +205,8 @@ def test_loss_step_baseline_is_cross_entropy(tmp_path):
     setup = make_setup(tmp_path, method="baseline")
     setup.student.eval()
     examples = setup.task_source.examples[:4]
-    loss, parts = loss_step(setup, "task", examples, None, regions(examples), torch.Generator())
+    loss, parts = loss_step(setup, "task", examples, None,
+                            setup.student.prepare(examples, regions(examples)), torch.Generator())
     logits = setup.student(setup.student.prepare(examples, regions(examples))).logits
     expected = torch.nn.functional.cross_entropy(logits, torch.tensor([e.label for e in examples]))
     assert loss.item() == pytest.approx(expected.item()) and set(parts) == {"task", "loss"}
@@ -216,7 +217,8 @@ def test_loss_step_mad_matches_a_hand_assembled_total(tmp_path):
     setup.student.eval()
     examples = setup.task_source.examples[:4]
     targets = setup.task_source.chunk(0).targets.rows(torch.arange(4))
-    loss, parts = loss_step(setup, "task", examples, targets, regions(examples), torch.Generator())
+    loss, parts = loss_step(setup, "task", examples, targets,
+                            setup.student.prepare(examples, regions(examples)), torch.Generator())
     out = setup.student(setup.student.prepare(examples, regions(examples)))
     p = setup.projections
     dv = (targets.image[:, None] - p.vision(out.image_token)).abs().mean(-1).mean(1)
@@ -250,7 +252,8 @@ def test_training_writes_the_run_directory(tmp_path, method):
     on_disk = json.loads((run / "metrics.json").read_text())
     assert on_disk == json.loads(json.dumps(metrics))
     assert set(on_disk) == {"run", "dataset", "method", "student", "teachers", "shots", "seed",
-                            "status", "history", "eval", "cw_fired", "provenance"}
+                            "status", "history", "eval", "cw_fired", "training",
+                            "provenance"}
     assert on_disk["status"] == "complete" and on_disk["method"] == method
     # the stand-in eval set has only :qa examples: QA2R and Q2AR have no denominator, so are absent
     assert set(on_disk["eval"]["val"]) == {"q2a"}
@@ -632,3 +635,40 @@ def test_demo_train_cli_pretrained_student_mad(demo, hf_students, student):
     stores = {"val": demo / "regions-val", "test": demo / "regions-test"}
     _submission_round_trip(demo, run, lambda split: ["--regions", str(stores[split])]
                            if student == "visualbert" else [])
+
+
+@pytest.mark.slow
+def test_demo_torchrun_two_processes_match_one(demo):
+    """`torchrun --nproc-per-node 2 -m madcache train` (gloo, CPU) with the real student, cache
+    and region stores: with dropout off it ends at the weights and metrics of one process."""
+    import os
+    import subprocess
+    import sys
+
+    args = ["train", "--method", "mad-no-cw", "--dataset", "vcr",
+            "--root", str(demo / "world" / "vcr"), "--cache", str(demo / "cache"),
+            "--regions", str(demo / "regions-train"), "--eval-regions", str(demo / "regions-val"),
+            "--split-file", str(demo / "split.json"), "--max-steps", "3", "--batch-size", "4",
+            "--lr", "1e-3"]
+    args += [f"--student-option={k}={v}" for k, v in {**TINY_STUDENT, "dropout": 0.0}.items()]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+              "2", "-m", "madcache"]
+    runs = {"one": [sys.executable, "-m", "madcache"], "two": launch}
+    for name, command in runs.items():
+        done = subprocess.run([*command, *args, "--out", str(demo / "runs" / f"ddp-{name}")],
+                              capture_output=True, text=True, timeout=600, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.count("run ") == 1          # rank 0 alone reports
+    one, two = (json.loads((demo / "runs" / f"ddp-{n}" / "metrics.json").read_text())
+                for n in ("one", "two"))
+    assert (one["training"]["world_size"], two["training"]["world_size"]) == (1, 2)
+    assert two["training"]["per_rank_batch"] == 2
+    assert one["eval"] == two["eval"]
+    for a, b in zip(one["history"], two["history"], strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    a, b = (load_file(str(demo / "runs" / f"ddp-{n}" / "student" / "model.safetensors"))
+            for n in ("one", "two"))
+    for key in a:
+        if key != "head.3.bias":       # shifts all four choices alike: a zero true gradient
+            assert torch.allclose(a[key], b[key], atol=1e-3), key

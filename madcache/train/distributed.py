@@ -1,0 +1,149 @@
+"""Data-parallel training with PyTorch's own engine: DDP under `torchrun` (docs/training.md).
+
+`torchrun --nproc-per-node N -m madcache train ...` starts N processes with RANK / WORLD_SIZE /
+LOCAL_RANK set; `init_distributed` joins their process group (NCCL on CUDA, gloo on the CPU). A
+plain `madcache train` is one process and none of this does anything.
+
+What makes N processes train like one (docs/training.md, "Scaling up"):
+- `batch_size` is the *global* batch: every step's rows are split across the ranks (and each
+  rank's share into `grad_accum` micro-batches), each micro-batch loss is weighted by its share of
+  the global batch, and DDP averages the gradients, so the update is the one process's update;
+- `TrainModule` puts the student and the projections in one module whose forward computes the
+  stage's whole loss (task terms, distillation, AF's `pretrain_losses`), so DDP synchronises
+  every gradient of every stage;
+- rank 0 alone writes checkpoints, metrics.json, the split file and logs; every rank reads them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+import torch.distributed as torch_dist
+from torch import nn
+
+from madcache.core.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in the job (one process: rank 0 of 1)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def current() -> Dist:
+    """The process group this process is in (one process when none was started)."""
+    if not (torch_dist.is_available() and torch_dist.is_initialized()):
+        return Dist()
+    return Dist(torch_dist.get_rank(), torch_dist.get_world_size(),
+                int(os.environ.get("LOCAL_RANK", torch_dist.get_rank())))
+
+
+def init_distributed(device: str) -> bool:
+    """Join the process group torchrun describes in the environment (env://). Returns True when
+    this call started it (the caller then ends it with `shutdown`)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or torch_dist.is_initialized():
+        return False
+    cuda = device.startswith("cuda")
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"under torchrun --device is 'cuda' (each process takes the GPU of its "
+                          f"LOCAL_RANK) or 'cpu', got {device!r}")
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    torch_dist.init_process_group("nccl" if cuda else "gloo")
+    return True
+
+
+def shutdown(started: bool) -> None:
+    if started and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def main_first() -> Iterator[Dist]:
+    """Rank 0 runs the block first (e.g. writes a file), the other ranks after it."""
+    where = current()
+    if where.enabled and not where.is_main:
+        torch_dist.barrier()
+    yield where
+    if where.enabled and where.is_main:
+        torch_dist.barrier()
+
+
+class TrainModule(nn.Module):
+    """The student and the projections as one module, so that DDP registers every trainable
+    parameter and the whole stage loss runs inside its forward: `loss_of(stage, ...)` is the
+    trainer's dispatch to `loss_step` / `af_step` (AF's `pretrain_losses` included)."""
+
+    def __init__(self, setup: Any, loss_of: Callable[..., tuple[torch.Tensor, dict[str, float]]]
+                 ) -> None:
+        super().__init__()
+        self.student = setup.student
+        self.projections = setup.projections
+        self.setup = setup
+        self.loss_of = loss_of
+
+    def forward(self, stage: str, *args: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.loss_of(self.setup, stage, *args)
+
+
+def wrap(module: TrainModule, where: Dist, device: str) -> nn.Module:
+    """`module` under DDP when there are several processes. `find_unused_parameters`: each stage
+    uses only some heads (the ITM/MLM heads in AF, the task head and projections in the task)."""
+    if not where.enabled:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [torch.cuda.current_device()] if device.startswith("cuda") else None
+    return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
+
+
+def sync_context(model: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+    """Accumulate gradients locally (no all-reduce) unless `sync`: the last micro-batch syncs."""
+    if sync or not hasattr(model, "no_sync"):
+        return contextlib.nullcontext()
+    return model.no_sync()
+
+
+def sum_across(values: dict[str, float], where: Dist) -> dict[str, float]:
+    """Per-key sums of every rank's `values` (keys may differ between ranks)."""
+    if not where.enabled:
+        return dict(values)
+    gathered: list[Any] = [None] * where.world_size
+    torch_dist.all_gather_object(gathered, values)
+    total: dict[str, float] = {}
+    for part in gathered:
+        for key, value in part.items():
+            total[key] = total.get(key, 0.0) + value
+    return total
+
+
+def gather(value: Any, where: Dist) -> list[Any]:
+    """Every rank's `value`, in rank order (a one-element list in one process)."""
+    if not where.enabled:
+        return [value]
+    gathered: list[Any] = [None] * where.world_size
+    torch_dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def contiguous_share(items: Sequence[Any], where: Dist) -> Sequence[Any]:
+    """This rank's contiguous part of `items` (parts differ in size by at most one)."""
+    size, extra = divmod(len(items), where.world_size)
+    start = where.rank * size + min(where.rank, extra)
+    return items[start:start + size + (where.rank < extra)]

@@ -1,0 +1,84 @@
+"""One process of a torchrun job for tests/train/test_distributed.py (not a test module).
+
+    python -m torch.distributed.run --standalone --nproc-per-node 2 ddp_worker.py OUT OPTIONS
+
+Trains the stand-in setup of test_train.py (`make_setup(OUT / "work", **OPTIONS)`) with the real
+`train` under DDP (gloo), and writes what this rank saw to OUT/rank<R>.json: the sizes of the
+eval shares it predicted, whether it saved checkpoints, a digest of its final weights, and the
+metrics `train` returned. OPTIONS may also hold `dropout` (default 0.2) and `crash_at_call` (rank
+1 exits hard at that call of `loss_step`, as a killed process would).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+
+def load_standins():
+    """test_train.py's stand-ins, through tests/train/conftest.py (loaded by path)."""
+    spec = importlib.util.spec_from_file_location("train_conftest",
+                                                  Path(__file__).with_name("conftest.py"))
+    conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conftest)
+    return conftest.load_standins()
+
+
+def train_standin(out: Path, options: dict, *, dropout: float) -> dict:
+    """`train` on `make_setup(out / "work", **options)` with the stand-in's dropout set."""
+    from madcache.train import loop
+
+    setup = load_standins().make_setup(out / "work", **options)
+    setup.student.drop.p = dropout
+    return loop.train(setup)
+
+
+def main() -> None:
+    out, options = Path(sys.argv[1]), json.loads(sys.argv[2])
+    from madcache.train import loop
+    from madcache.train.distributed import init_distributed, shutdown
+
+    torch.set_num_threads(1)
+    started = init_distributed("cpu")
+    rank = dist.get_rank()
+    dropout = options.pop("dropout", 0.2)
+    crash = options.pop("crash_at_call", None)
+    seen = {"eval_sizes": [], "saved": 0}
+    real_loss, real_predict, real_save = loop.loss_step, loop.predict_logits, loop.save_checkpoint
+
+    def loss_step(*args, **kwargs):
+        seen["calls"] = seen.get("calls", 0) + 1
+        if rank == 1 and seen["calls"] == crash:
+            os._exit(3)
+        return real_loss(*args, **kwargs)
+
+    def predict_logits(student, examples, **kwargs):
+        seen["eval_sizes"].append(len(examples))
+        return real_predict(student, examples, **kwargs)
+
+    def save_checkpoint(*args, **kwargs):
+        seen["saved"] += 1
+        return real_save(*args, **kwargs)
+
+    loop.loss_step, loop.predict_logits, loop.save_checkpoint = \
+        loss_step, predict_logits, save_checkpoint
+    setup = load_standins().make_setup(out / "work", **options)
+    setup.student.drop.p = dropout
+    metrics = loop.train(setup)
+    digest = hashlib.sha256()
+    for key, value in sorted(setup.student.state_dict().items()):
+        digest.update(key.encode() + value.detach().cpu().numpy().tobytes())
+    (out / f"rank{rank}.json").write_text(json.dumps({**seen, "weights": digest.hexdigest(),
+                                                      "metrics": metrics}))
+    shutdown(started)
+
+
+if __name__ == "__main__":
+    main()
