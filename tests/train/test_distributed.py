@@ -68,7 +68,7 @@ def assert_close_weights(a: dict, b: dict) -> None:
 
 
 # dropout off, 10 examples in chunks of 4, a global batch of 4 (2 per rank), 3 epochs
-COMMON = dict(method="mad-no-cw", chunk=4, batch_size=4, epochs=3, eval_every=3,
+COMMON = dict(method="md-ts", chunk=4, batch_size=4, epochs=3, eval_every=3,
               checkpoint_every=4)
 
 

@@ -24,20 +24,20 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
             for tag in events.Tags()["scalars"]}
 
 
-def test_event_files_hold_loss_terms_lr_cw_rate_and_eval(standins, tmp_path):
+def test_event_files_hold_loss_terms_lr_cw_fired_and_eval(standins, tmp_path):
     metrics = train(standins.make_setup(tmp_path, method="mad", af_epochs=1, epochs=2, eval_every=3,
                                  report_to="tensorboard", grad_clip=5.0))
     logged = scalars(tmp_path / "run")
     for tag in ("af/loss", "af/mlm", "af/itm", "af/lr", "task/loss", "task/task", "task/dv",
-                "task/dt", "task/dwt", "task/cw_rate", "task/lr", "task/grad_norm",
+                "task/dt", "task/dwt", "task/cw_fired", "task/lr", "task/grad_norm",
                 "task/data_wait_s", "eval/val/q2a"):
         assert tag in logged, tag
-    af_steps, task_steps = 3, 6          # 10 examples, batch 4
+    task_steps = 6                       # 10 examples, batch 4: 3 steps an epoch
     assert [s for s, _ in logged["af/loss"]] == [1, 2, 3]
     assert [s for s, _ in logged["task/loss"]] == list(range(4, 4 + task_steps))
     assert [v for _, v in logged["task/lr"]] == pytest.approx(
         [lr_at(i, task_steps, base=1e-2, warmup=0.1) for i in range(task_steps)])
-    assert all(0.0 <= v <= 1.0 for _, v in logged["task/cw_rate"])
+    assert all(0.0 <= v <= 1.0 for _, v in logged["task/cw_fired"])
     # metrics.json stays the record: the logged curves are its numbers
     evals = [(h["global_step"], h["eval"]["q2a"]) for h in metrics["history"] if "eval" in h]
     assert logged["eval/val/q2a"] == [(s, pytest.approx(v)) for s, v in evals]

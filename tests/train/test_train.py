@@ -645,7 +645,7 @@ def test_demo_torchrun_two_processes_match_one(demo):
     import subprocess
     import sys
 
-    args = ["train", "--method", "mad-no-cw", "--dataset", "vcr",
+    args = ["train", "--method", "md-ts", "--dataset", "vcr",
             "--root", str(demo / "world" / "vcr"), "--cache", str(demo / "cache"),
             "--regions", str(demo / "regions-train"), "--eval-regions", str(demo / "regions-val"),
             "--split-file", str(demo / "split.json"), "--max-steps", "3", "--batch-size", "4",
