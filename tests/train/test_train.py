@@ -669,6 +669,7 @@ def test_demo_torchrun_two_processes_match_one(demo):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
     a, b = (load_file(str(demo / "runs" / f"ddp-{n}" / "student" / "model.safetensors"))
             for n in ("one", "two"))
-    for key in a:
-        if key != "head.3.bias":       # shifts all four choices alike: a zero true gradient
-            assert torch.allclose(a[key], b[key], atol=1e-3), key
+    # the head's last LayerNorm bias and output bias shift all four choices alike: their true
+    # gradient is 0, and Adam turns float noise there into full-size steps
+    for key in a.keys() - {"head.2.bias", "head.3.bias"}:
+        assert torch.allclose(a[key], b[key], atol=1e-3), (key, (a[key] - b[key]).abs().max())
