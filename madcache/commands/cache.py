@@ -1,4 +1,4 @@
-"""`madcache cache info PATH [--json]` and `madcache cache verify PATH`."""
+"""`madcache cache info PATH [--json]`, `madcache cache verify PATH`, `madcache cache finish PATH`."""
 
 from __future__ import annotations
 
@@ -48,6 +48,22 @@ def verify(path: str) -> None:
     click.echo(f"OK {path}: {summary['examples']} examples, {summary['images']} images, "
                f"{summary['texts']} texts, {summary['words']} words in {summary['shards']} "
                f"shards ({_size(summary['bytes'])})")
+
+
+@cache.command()
+@click.argument("path", type=click.Path())
+def finish(path: str) -> None:
+    """Complete a cache whose shards were extracted by several processes (a Slurm array,
+    --rank/--world-size): check that every planned shard is committed, compute the split-level
+    results (SNLI-VE k-means centres), join the index, mark the cache complete."""
+    from madcache.extraction.finish import finish_extraction
+
+    manifest = finish_extraction(path)
+    writers = sorted({(e["writer"]["world_size"], e["writer"]["host"])
+                      for e in manifest["shards"] if "writer" in e})
+    click.echo(f"finished {path}: {manifest['totals']['examples']} examples in "
+               f"{len(manifest['shards'])} shards, written by "
+               + (", ".join(f"{w} rank(s) on {h}" for w, h in writers) or "an earlier version"))
 
 
 def format_info(summary: dict[str, Any]) -> str:

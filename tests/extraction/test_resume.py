@@ -67,10 +67,8 @@ def cli_args(root: Path, out: Path, tiny_clip, store_format: str) -> list[str]:
 
 
 def completed(out: Path) -> int:
-    try:
-        return len(json.loads((out / "manifest.json").read_text())["shards"])
-    except (FileNotFoundError, json.JSONDecodeError, KeyError):
-        return 0
+    """Shards committed so far (one commit record each)."""
+    return len(list((out / "commits").glob("*.json")))
 
 
 def kill_after_first_shard(args: list[str], out: Path) -> int:
