@@ -17,13 +17,13 @@ import numpy as np
 from madcache.cache import index as cache_index
 from madcache.cache.backends import Backend, get_backend
 from madcache.cache.commits import read_commits
-from madcache.cache.fingerprint import diff_fingerprints
+from madcache.cache.fingerprint import diff_fingerprints, resolved_read_options
 from madcache.cache.manifest import STATE_COMPLETE, fingerprint_digest, read_manifest
 from madcache.cache.store import LocalStore
 from madcache.cache.verify import open_problems, read_index_or_none
 from madcache.cache.targets import kmeans_logits, Targets, WordTargets
 from madcache.core.errors import CacheCorruptError, CacheError, FingerprintMismatchError, \
-    MissingTargetError
+    MadcacheError, MissingTargetError
 
 WORD_FIELDS = {"feat": ("word_feat", np.float32), "span": ("word_span", np.int32),
                "vr": ("word_vr", np.float32), "yake": ("word_yake", np.float32),
@@ -32,20 +32,24 @@ ROW_INDEXES = {"example_image": "images", "example_texts": "texts"}
 PER_EXAMPLE = ("example_image", "example_texts", "candidates", "similarity")
 
 
-def open_cache(path: str | Path, *, allow_incomplete: bool = False) -> "Cache":
+def open_cache(path: str | Path, *, allow_incomplete: bool = False,
+               check: bool = True) -> "Cache":
     """Open the cache at `path` read-only. `CacheNotFoundError` if there is none; an
     incomplete cache (extraction still running or killed) only with `allow_incomplete`.
 
     A complete cache is checked cheaply before use (no shard is read): shards listed and on
     disk, one precision, an index whose rows and ids match what the manifest recorded per shard.
-    A damaged one raises `CacheCorruptError` telling to run `madcache cache verify`."""
+    A damaged one raises `CacheCorruptError` telling to run `madcache cache verify`
+    (`check=False` skips this, for `madcache cache info` on a damaged cache)."""
     root = Path(path)
     manifest = read_manifest(root)
+    backend = get_backend(manifest.get("format", "zarr"))
     if manifest.get("state") != STATE_COMPLETE:
         if not allow_incomplete:
             raise CacheError(_incomplete_message(root, manifest))
-        return Cache(root, manifest, get_backend(manifest.get("format", "zarr")))
-    backend = get_backend(manifest.get("format", "zarr"))
+        return Cache(root, manifest, backend)
+    if not check:
+        return Cache(root, manifest, backend)
     table = read_index_or_none(root)
     problems = open_problems(root, manifest, backend, table)
     if problems:
@@ -185,10 +189,12 @@ class Cache:
 
     def check_compatible(self, expected_fingerprint_parts: dict[str, Any]) -> None:
         """Raise `FingerprintMismatchError` if any given part (e.g. `{"dataset": ...}`)
-        differs from this cache's fingerprint; parts not given are not compared."""
-        actual = {key: self.fingerprint[key] for key in expected_fingerprint_parts
+        differs from this cache's fingerprint; parts not given are not compared. Dataset read
+        options are compared resolved on both sides (a default spelled out is no difference)."""
+        actual = {key: _resolved(key, self.fingerprint[key]) for key in expected_fingerprint_parts
                   if key in self.fingerprint}
-        differences = diff_fingerprints(dict(expected_fingerprint_parts), actual)
+        expected = {key: _resolved(key, part) for key, part in expected_fingerprint_parts.items()}
+        differences = diff_fingerprints(expected, actual)
         if differences:
             raise FingerprintMismatchError(
                 f"the cache at {self.path} was built for something else (requested != cache):"
@@ -228,6 +234,22 @@ def _rebased(name: str, arrays: dict[str, np.ndarray], before: list[dict[str, An
     if name == "word_offsets":
         return array + sum(int(e["words"]) for e in before)
     return array
+
+
+def _resolved(key: str, part: Any) -> Any:
+    """A fingerprint part with a dataset's read options resolved (caches from before options
+    were resolved at extraction compare equal to the same read spelled another way)."""
+    if key != "dataset" or not isinstance(part, dict) or "read_options" not in part:
+        return part
+    from madcache.data import DATASETS
+
+    if part.get("name") not in DATASETS:
+        return part
+    try:
+        options = resolved_read_options(part["name"], part["read_options"])
+    except MadcacheError:   # options this version no longer knows: compare as written
+        return part
+    return {**part, "read_options": options}
 
 
 def _check_ids(path: Path, shard: int, wanted: list[str], stored: np.ndarray) -> None:

@@ -22,7 +22,7 @@ def info(path: str, as_json: bool) -> None:
 
     from madcache.method.methods import unavailable_methods
 
-    summary = open_cache(path, allow_incomplete=True).info()
+    summary = open_cache(path, allow_incomplete=True, check=False).info()
     summary["unavailable_methods"] = unavailable_methods(summary["unavailable"])
     if as_json:
         click.echo(json.dumps(summary, indent=1, sort_keys=True))

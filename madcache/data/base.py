@@ -30,5 +30,9 @@ class Dataset(Protocol):
              **options: Any) -> ReadResult:
         ...
 
+    # Optional: `resolve_options(**options) -> dict`, the options with defaults filled in and
+    # values normalised, so that spelling out a default does not change a cache fingerprint
+    # (`madcache.cache.fingerprint.resolved_read_options`).
+
 
 DATASETS: Registry[Dataset] = Registry("dataset")
