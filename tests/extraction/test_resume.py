@@ -17,9 +17,7 @@ from click.testing import CliRunner
 from madcache.cache.reader import open_cache
 from madcache.cli import cli
 
-IMAGES = 12
-HYPOTHESES = ("A dog runs on the grass.", "Two people sit on a bench near the water.",
-              "A man is cooking dinner.")
+IMAGES = 12          # conftest.py: snli_root has 12 images x 3 hypotheses
 
 # The real CLI in a child process, with each shard write followed by a pause so the parent can
 # kill it reliably between shards (the kill itself is a plain external SIGKILL).
@@ -35,28 +33,6 @@ from madcache.cli import main
 sys.argv = ["madcache", *sys.argv[1:]]
 main()
 """
-
-
-@pytest.fixture(scope="module")
-def snli_root(tmp_path_factory) -> Path:
-    """A hand-made SNLI-VE split: 12 images x 3 hypotheses, in the original format."""
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("snli")
-    (root / "images").mkdir()
-    rng = np.random.default_rng(3)
-    lines = []
-    for i in range(IMAGES):
-        image_id = str(1000 + i)
-        Image.fromarray(rng.integers(0, 255, (36, 40, 3), np.uint8)).save(
-            root / "images" / f"{image_id}.jpg")
-        for k, (hypothesis, label) in enumerate(zip(HYPOTHESES, ("entailment", "neutral",
-                                                                 "contradiction"))):
-            lines.append(json.dumps({"Flickr30K_ID": image_id, "gold_label": label,
-                                     "pairID": f"{image_id}.jpg#0r1{label[0]}{k}",
-                                     "sentence2": hypothesis}))
-    (root / "snli_ve_train.jsonl").write_text("\n".join(lines) + "\n")
-    return root
 
 
 def cli_args(root: Path, out: Path, tiny_clip, store_format: str) -> list[str]:
