@@ -181,7 +181,13 @@ class Cache:
                                         f"shard {template['index']}: run `madcache cache verify`")
             positions = np.flatnonzero(shard_of == shard)
             read = partial(self.backend.read_rows, self._shard_path(entries[shard]))
-            stored_ids = out.add_shard(positions, row_of[positions], read)
+            try:
+                stored_ids = out.add_shard(positions, row_of[positions], read)
+            except Exception as exc:  # a damaged or replaced shard can fail in any decoder
+                raise CacheCorruptError(
+                    f"shard {shard} of {self.path} does not hold what the manifest describes "
+                    f"({type(exc).__name__}: {exc}): run `madcache cache verify {self.path}`") \
+                    from None
             _check_ids(self.path, shard, [ids[p] for p in positions], stored_ids)
         return out.targets(ids, self.manifest)
 
