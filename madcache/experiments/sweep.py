@@ -89,6 +89,7 @@ class SweepConfig:
     read_options: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
     adapter: dict[str, Any] = field(default_factory=dict)
+    slurm: dict[str, Any] = field(default_factory=dict)   # executors.SlurmSettings
     source: str | None = None
 
     def __post_init__(self) -> None:
@@ -98,7 +99,7 @@ class SweepConfig:
 # Top-level keys of a pipeline file; `cache` / `eval_caches` are shorthand for one `[[teachers]]`.
 FILE_KEYS = {"dataset", "root", "out", "methods", "seeds", "shots", "teachers", "cache",
              "eval_caches", "students", "regions", "eval", "zero_shot", "train_split",
-             "read_options", "train", "adapter", "vars"}
+             "read_options", "train", "adapter", "slurm", "vars"}
 TEACHER_KEYS = {"name", "cache", "eval_caches"}
 STUDENT_KEYS = {"name", "options", "label"}
 
@@ -507,6 +508,7 @@ class SweepResult:
     failed: list[tuple[RunSpec, str]] = field(default_factory=list)
     zero_shot: list[Path] = field(default_factory=list)
     states: dict[Path, str] = field(default_factory=dict)
+    submitted: list[Any] = field(default_factory=list)     # jobs of a cluster executor
 
 
 def zero_shot_dir(config: SweepConfig, teacher: TeacherCaches, eval_name: str) -> Path:
@@ -529,8 +531,10 @@ def run_zero_shots(config: SweepConfig, result: SweepResult) -> None:
 
 def run_sweep(config: SweepConfig, *, jobs: int = 1, only: str | None = None,
               dry_run: bool = False, runner: Runner | None = None,
-              make_split: SplitMaker | None = None, progress: bool = True) -> SweepResult:
-    """Run every missing run of the grid; see the module docstring."""
+              make_split: SplitMaker | None = None, progress: bool = True,
+              executor: Any = None) -> SweepResult:
+    """Run every missing run of the grid; see the module docstring. With an `executor`
+    (experiments/executors.py: a Slurm job array) the pending runs are submitted, not run."""
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     specs = select(plan(config), only)
@@ -542,6 +546,9 @@ def run_sweep(config: SweepConfig, *, jobs: int = 1, only: str | None = None,
     if config.zero_shot:
         run_zero_shots(config, result)
     ensure_splits(config, pending, make_split or dataset_split_maker(config))
+    if executor is not None:
+        result.submitted = executor.submit(config, pending)
+        return result
     run = runner or subprocess_runner
     from tqdm.auto import tqdm
 
