@@ -224,6 +224,8 @@ class Cache:
             or fingerprint_digest(self.manifest),
             "summary": self.manifest.get("summary", {}),
             "unavailable": list(self.manifest.get("unavailable") or []),
+            "writers": _writers(self.shards),
+            "precision": self.manifest.get("precision"),
         }
 
     def _disk_bytes(self) -> int:
@@ -273,6 +275,17 @@ def _target_names(entry: dict[str, Any]) -> list[str]:
     wanted = {"example_image", "example_texts", "image_feat", "text_eos", "word_offsets",
               "candidates", "similarity", *(name for name, _ in WORD_FIELDS.values())}
     return [name for name in entry["arrays"] if name in wanted or name.startswith("logits/")]
+
+
+def _writers(shards: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Who wrote the shards: one entry per (rank, world size, host) with its shard count."""
+    counts: dict[tuple, int] = {}
+    for entry in shards:
+        writer = entry.get("writer", {})
+        key = (writer.get("rank"), writer.get("world_size"), writer.get("host"))
+        counts[key] = counts.get(key, 0) + 1
+    return [{"rank": r, "world_size": w, "host": h, "shards": n}
+            for (r, w, h), n in sorted(counts.items(), key=lambda kv: str(kv[0]))]
 
 
 def _array_summary(shards: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -77,6 +77,14 @@ def format_info(summary: dict[str, Any]) -> str:
             ("size on disk", _size(summary["bytes"])),
             ("dims", ", ".join(f"{k}={v}" for k, v in summary["dims"].items())),
             ("fingerprint", summary["fingerprint_digest"])]
+    writers = [w for w in summary.get("writers", []) if w["rank"] is not None]
+    if writers:
+        rows.append(("written by", "; ".join(
+            f"rank {w['rank']}/{w['world_size']} on {w['host']}: {w['shards']} shard(s)"
+            for w in writers)))
+    if summary.get("precision"):
+        rows.append(("precision", f"{summary['precision']['device']}/"
+                                  f"{summary['precision']['compute_dtype']}"))
     if summary.get("unavailable"):
         rows.append(("not computed", ", ".join(summary["unavailable"])))
         rows += [(f"cannot run: {name}", why)

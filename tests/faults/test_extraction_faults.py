@@ -184,4 +184,6 @@ def test_resume_after_changing_the_world_size(tmp_path, snli_root, tiny_clip, re
     manifest = open_cache(out).manifest
     assert {(e["writer"]["rank"], e["writer"]["world_size"]) for e in manifest["shards"]} == \
         {(1, 3), (0, 2), (1, 2)}
+    info = CliRunner().invoke(cli, ["cache", "info", str(out)]).output
+    assert "rank 1/3 on" in info and ": 4 shard(s)" in info and "cpu/float32" in info
     assert_same_cache(out, reference)
