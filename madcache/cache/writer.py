@@ -88,6 +88,12 @@ class CacheWriter:
         return {index for index in read_commits(self.store)
                 if self.backend.exists(self.backend.shard_path(self.root, index))}
 
+    def committed_entries(self) -> list[dict[str, Any]]:
+        """The commit records of the committed shards, by index (the manifest's `shards`
+        once finished)."""
+        records = read_commits(self.store)
+        return [records[i] for i in sorted(self.completed_shards() & set(records))]
+
     def is_committed(self, shard: int) -> bool:
         return (self.store.exists(commit_key(shard))
                 and self.backend.exists(self.backend.shard_path(self.root, shard)))
