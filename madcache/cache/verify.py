@@ -111,8 +111,9 @@ def verify_cache(path: str | Path) -> list[str]:
     present = backend.shards_present(root)
     problems += [f"shard {i} is listed in the manifest but missing on disk"
                  for i in sorted(set(listed) - set(present))]
-    problems += [f"shard {i} is on disk but not {'listed in the manifest' if complete else 'committed'}"
-                 f" ({present[i].name})" for i in sorted(set(present) - set(listed))]
+    unlisted = "listed in the manifest" if complete else "committed"
+    problems += [f"shard {i} is on disk but not {unlisted} ({present[i].name})"
+                 for i in sorted(set(present) - set(listed))]
     if complete:
         problems += _commit_problems(root, listed)
     stored_ids: dict[int, np.ndarray] = {}

@@ -1,4 +1,5 @@
-"""`madcache cache info PATH [--json]`, `madcache cache verify PATH`, `madcache cache finish PATH`."""
+"""`madcache cache info PATH [--json]`, `madcache cache verify PATH`,
+`madcache cache finish PATH`."""
 
 from __future__ import annotations
 

@@ -64,7 +64,8 @@ def test_batch_size_never_changes_the_values(tmp_path, snli_root, tiny_clip, ref
 def test_forward_batch_is_in_the_fingerprint(tmp_path, snli_root, tiny_clip):
     out = tmp_path / "c"
     extract(config(snli_root, tiny_clip, out, rank=0, world_size=2))
-    with pytest.raises(FingerprintMismatchError, match=r"fingerprint\.forward\.micro_batch: 2 != 4"):
+    with pytest.raises(FingerprintMismatchError,
+                       match=r"fingerprint\.forward\.micro_batch: 2 != 4"):
         extract(config(snli_root, tiny_clip, out, forward_batch=4))
 
 
@@ -81,8 +82,8 @@ def test_a_default_reader_option_spelled_out_is_not_a_difference(tmp_path):
               "rationale_label": 3, "img_id": "val-0", "annot_id": "val-1"}
     (tmp_path / "val.jsonl").write_text(json.dumps(record) + "\n")
     plain = dataset_fingerprint("vcr", tmp_path, "val", {})
-    spelled = dataset_fingerprint("vcr", tmp_path, "val", {"renderer": "tag", "check_files": "false",
-                                                           "modes": "qa,qar"})
+    spelled = dataset_fingerprint("vcr", tmp_path, "val",
+                                  {"renderer": "tag", "check_files": "false", "modes": "qa,qar"})
     assert plain == spelled and plain["read_options"]["renderer"] == "tag"
     assert dataset_fingerprint("vcr", tmp_path, "val", {"renderer": "name"}) != plain
     old_cache = Cache(tmp_path, {"fingerprint": {"dataset": {**plain, "read_options":
@@ -140,8 +141,10 @@ def test_a_rank_killed_mid_shard_resumes_to_the_same_cache(tmp_path, snli_root, 
     commit record not written. Rank 0 finishes its shards (the cache stays incomplete), rank 1
     is rerun, the last rank finishes the cache: identical to one uninterrupted process."""
     out, marker = tmp_path / "c", tmp_path / "reached"
-    args = lambda rank: faults.extract_args(snli_root, out, tiny_clip, "--rank", str(rank),  # noqa: E731
-                                            "--world-size", "2")
+
+    def args(rank: int) -> list[str]:
+        return faults.extract_args(snli_root, out, tiny_clip, "--rank", str(rank),
+                                   "--world-size", "2")
     victim = faults.start_cli(args(1), point="before-commit", marker=marker)
     survivor = faults.start_cli(args(0))
     faults.wait_for(marker, victim)
