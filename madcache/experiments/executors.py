@@ -138,11 +138,7 @@ class SubmititExecutor:
         return jobs
 
     def _executor(self, config: SweepConfig):
-        try:
-            import submitit
-        except ImportError:
-            raise ConfigError("--executor slurm needs submitit: pip install 'madcache[slurm]'") \
-                from None
+        submitit = _submitit()
         folder = self.folder(config) / "%j"
         if self.cluster == "local":
             executor = submitit.LocalExecutor(folder=folder,
@@ -155,6 +151,7 @@ class SubmititExecutor:
 
     def preview(self, config: SweepConfig, pending: Sequence[RunSpec]) -> str:
         """What `submit` would send: the sbatch script of the array and its task -> run table."""
+        _submitit()
         from submitit.slurm.slurm import _make_sbatch_string
 
         command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit",
@@ -165,6 +162,15 @@ class SubmititExecutor:
         table = "\n".join(f"# task {i}: {spec.name}" for i, spec in enumerate(pending))
         return (f"{script}\n# {len(pending)} array task(s), requeued up to "
                 f"{self.settings.max_requeue} time(s) on preemption or time-out\n{table}")
+
+
+def _submitit():
+    try:
+        import submitit
+    except ImportError:
+        raise ConfigError("--executor slurm needs submitit: pip install 'madcache[slurm]'") \
+            from None
+    return submitit
 
 
 def make_executor(kind: str, config: SweepConfig,
