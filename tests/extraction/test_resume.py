@@ -51,11 +51,11 @@ def kill_after_first_shard(args: list[str], out: Path) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     child = subprocess.Popen([sys.executable, "-c", SLOW_CLI, *args], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 300   # a deadline, not a speed goal (busy CI cores)
     while completed(out) < 1:
         if child.poll() is not None:
             raise AssertionError(f"extraction ended early: {child.stderr.read().decode()}")
-        assert time.monotonic() < deadline, "no shard completed within 60 s"
+        assert time.monotonic() < deadline, "no shard completed within 300 s"
         time.sleep(0.02)
     child.send_signal(signal.SIGKILL)
     child.wait()

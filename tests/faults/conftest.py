@@ -33,9 +33,10 @@ extraction_helpers = _load("extraction/conftest.py", "faults_extraction_helpers"
 cache_helpers = _load("cache/conftest.py", "faults_cache_helpers")
 
 # The real CLI in a child process, with a hook at the named point FAULT_POINT: when reached it
-# writes FAULT_MARKER (its pid) and sleeps FAULT_PAUSE seconds, so the parent can kill it there.
+# writes FAULT_MARKER (its pid) and waits, FAULT_PAUSE seconds or, with FAULT_GO, until that file
+# exists; so the parent can kill it there, or hold it there while another process works.
 #   before-commit: a shard's arrays and index part are in place, its commit record is not
-#   after-shard:   after each committed shard (slows a writer down, e.g. to overlap two)
+#   after-shard:   after each committed shard
 CHILD = """
 import os, sys, time
 from pathlib import Path
@@ -44,10 +45,16 @@ import madcache.cache.writer as writer
 point = os.environ.get("FAULT_POINT", "")
 marker = Path(os.environ.get("FAULT_MARKER", os.devnull))
 pause = float(os.environ.get("FAULT_PAUSE", "60"))
+go = os.environ.get("FAULT_GO")
 
 def reached():
     marker.write_text(str(os.getpid()))
-    time.sleep(pause)
+    if go is None:
+        time.sleep(pause)
+        return
+    deadline = time.monotonic() + 600
+    while not Path(go).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 if point == "before-commit":
     commit = writer.write_commit
@@ -77,15 +84,16 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 def start_cli(args: list[str], *, point: str = "", marker: Path | None = None,
-              pause: float = 60.0) -> subprocess.Popen:
-    """`madcache ARGS` in a child process with the fault hook at `point`."""
+              pause: float = 60.0, go: Path | None = None) -> subprocess.Popen:
+    """`madcache ARGS` in a child process with the fault hook at `point` (held until the file
+    `go` exists, when given)."""
     env = child_env(FAULT_POINT=point, FAULT_MARKER=str(marker or os.devnull),
-                    FAULT_PAUSE=str(pause))
+                    FAULT_PAUSE=str(pause), **({"FAULT_GO": str(go)} if go else {}))
     return subprocess.Popen([sys.executable, "-c", CHILD, *map(str, args)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def wait_for(marker: Path, child: subprocess.Popen, timeout: float = 120.0) -> None:
+def wait_for(marker: Path, child: subprocess.Popen, timeout: float = 300.0) -> None:
     """Until the child reached its fault point (fails if it ended first)."""
     deadline = time.monotonic() + timeout
     while not marker.exists():
@@ -95,12 +103,23 @@ def wait_for(marker: Path, child: subprocess.Popen, timeout: float = 120.0) -> N
         time.sleep(0.02)
 
 
+def wait_for_commits(out: Path, n: int, child: subprocess.Popen,
+                     timeout: float = 300.0) -> None:
+    """Until the cache at `out` has `n` commit records (fails if `child` ended first)."""
+    deadline = time.monotonic() + timeout
+    while len(list((out / "commits").glob("*.json"))) < n:
+        if child.poll() is not None:
+            raise AssertionError(f"child ended early: {child.stderr.read()}")
+        assert time.monotonic() < deadline, f"no {n} commits within {timeout} s"
+        time.sleep(0.05)
+
+
 def kill(child: subprocess.Popen) -> None:
     child.send_signal(signal.SIGKILL)
     child.communicate()
 
 
-def finish(child: subprocess.Popen, timeout: float = 300.0) -> str:
+def finish(child: subprocess.Popen, timeout: float = 540.0) -> str:
     """The child's stdout after it exits 0 (its stderr in the failure message otherwise)."""
     out, err = child.communicate(timeout=timeout)
     assert child.returncode == 0, f"exit {child.returncode}: {err[-2000:]}"
@@ -132,6 +151,7 @@ def snli_root(tmp_path_factory) -> Path:
 def faults():
     """The helpers above, for the test modules."""
     return SimpleNamespace(start_cli=start_cli, wait_for=wait_for, kill=kill, finish=finish,
+                           wait_for_commits=wait_for_commits,
                            extract_args=extract_args, child_env=child_env,
                            make_world=cache_helpers.make_world,
                            make_manifest=cache_helpers.make_manifest,

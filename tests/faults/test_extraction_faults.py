@@ -160,12 +160,18 @@ def test_a_rank_killed_mid_shard_resumes_to_the_same_cache(tmp_path, snli_root, 
 @pytest.mark.slow
 def test_the_same_rank_started_twice_splits_the_work_and_corrupts_nothing(
         tmp_path, snli_root, tiny_clip, reference, faults):
-    """Two processes both started as the only rank: each shard is claimed by one of them, so
-    together they write every shard exactly once, and the cache equals the reference."""
-    out = tmp_path / "c"
+    """Two processes both started as the only rank. The first is held just before committing
+    its first shard (its claim held) until the second has committed a shard: the second skips
+    the claimed shard, and together they write every shard exactly once (no shard twice, none
+    lost); the cache equals the reference."""
+    out, held, go = tmp_path / "c", tmp_path / "held", tmp_path / "go"
     args = faults.extract_args(snli_root, out, tiny_clip)
-    children = [faults.start_cli(args, point="after-shard", pause=0.3) for _ in range(2)]
-    outputs = [faults.finish(child) for child in children]
+    first = faults.start_cli(args, point="before-commit", marker=held, go=go)
+    faults.wait_for(held, first)
+    second = faults.start_cli(args)
+    faults.wait_for_commits(out, 1, second)
+    go.touch()
+    outputs = [faults.finish(child) for child in (first, second)]
     written = [int(o.split("shards")[1].split("(")[1].split(" written")[0]) for o in outputs]
     assert sum(written) == faults.snli_images and min(written) > 0, outputs
     pids = {e["writer"]["pid"] for e in open_cache(out).manifest["shards"]}
