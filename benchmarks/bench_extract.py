@@ -9,7 +9,13 @@
 
 Both run alternately (`--repeats`, medians), one torch thread in the main process each time.
 Goal: extract / forward >= 0.8 (examples per second). Prints a JSON line; < 2 minutes.
-    python benchmarks/bench_extract.py [--examples 256] [--workers 1] [--repeats 3]
+
+`--ranks 2` adds the scale-out check (docs/extraction.md, "Scaling out"): the same split
+extracted by one `madcache extract` process and by 2 processes (`--rank/--world-size`, one torch
+thread each, started together) into one cache; prints throughput(2 ranks) / throughput(1 rank)
+(examples / the slowest rank's extraction seconds, model loading excluded) and whether the two
+caches hold equal arrays.
+    python benchmarks/bench_extract.py [--examples 256] [--workers 1] [--repeats 3] [--ranks 2]
 """
 
 from __future__ import annotations
@@ -48,6 +54,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--model", choices=["demo", "vit-b-like"], default="demo",
                         help="demo: madcache-demo (tiny); vit-b-like: 6-layer 96 px towers")
+    parser.add_argument("--ranks", type=int, default=0,
+                        help="also time this many `--rank` processes against one (0: skip)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -64,6 +72,9 @@ def main() -> None:
             forward.append(time_forward(teacher, inputs))
             out = Path(tmp) / f"cache-{repeat}"
             full.append(time_extract(teacher, config, out))
+        if args.ranks > 1:
+            print(json.dumps(scale_out(teacher, name, config, Path(tmp), args.ranks,
+                                        inputs["examples"])))
     n = inputs["examples"]
     rate = {"forward": n / statistics.median(forward), "extract": n / statistics.median(full)}
     print(json.dumps({
@@ -127,6 +138,54 @@ def time_extract(teacher, config: ExtractConfig, out: Path) -> float:
     started = time.perf_counter()
     extract(replace(config, out=out), teacher_loader=lambda *a, **k: teacher)
     return time.perf_counter() - started
+
+
+def scale_out(teacher, name: str, config: ExtractConfig, tmp: Path, ranks: int,
+              n: int) -> dict:
+    """One process vs `ranks` processes on the same split, each a real `madcache extract`."""
+    import numpy as np
+    from safetensors.torch import save_file
+
+    from madcache.cache.reader import open_cache
+
+    checkpoint = tmp / "teacher.safetensors"
+    save_file({k: v.contiguous() for k, v in teacher.model.state_dict().items()}, str(checkpoint))
+    args = ["extract", "--teacher", name, "--checkpoint", str(checkpoint), "--dataset", "vcr",
+            "--root", str(config.root), "--split", "train", "--limit", str(config.limit),
+            "--shard-size", str(config.shard_size), "--batch-size", str(config.batch_size),
+            "--workers", str(config.workers), "--no-progress"]
+    one = run_ranks(args + ["--out", str(tmp / "one")], 1)
+    many = run_ranks(args + ["--out", str(tmp / "many")], ranks)
+    expected, actual = open_cache(tmp / "one").arrays(), open_cache(tmp / "many").arrays()
+    equal = sorted(expected) == sorted(actual) and all(
+        np.array_equal(expected[k], actual[k], equal_nan=expected[k].dtype.kind == "f")
+        for k in expected)
+    return {"benchmark": "extract-scale-out", "ranks": ranks, "cores": os.cpu_count(),
+            "one_rank_samples_per_s": round(n / max(one), 1),
+            f"{ranks}_ranks_samples_per_s": round(n / max(many), 1),
+            "ratio_ranks_over_one": round(max(one) / max(many), 3),
+            "rank_seconds": [round(t, 2) for t in many], "caches_equal": equal}
+
+
+def run_ranks(args: list[str], ranks: int) -> list[float]:
+    """Start `ranks` processes together; each one's extraction seconds (from its summary)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    flags = [[] if ranks == 1 else ["--rank", str(r), "--world-size", str(ranks)]
+             for r in range(ranks)]
+    children = [subprocess.Popen([sys.executable, "-m", "madcache", *args, *extra], env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for extra in flags]
+    seconds = []
+    for child in children:
+        out, err = child.communicate()
+        if child.returncode != 0:
+            raise SystemExit(f"madcache extract failed: {err[-2000:]}")
+        seconds.append(float(next(line.split()[1] for line in out.splitlines()
+                                  if line.startswith("seconds"))))
+    return seconds
 
 
 if __name__ == "__main__":

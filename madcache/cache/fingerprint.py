@@ -57,6 +57,8 @@ def dataset_fingerprint(dataset: str, root: str | Path, split: str,
     and the read options that decide the texts (e.g. VCR `renderer`, `modes`).
 
     The root itself is left out: the same files under another directory give the same cache.
+    The options are resolved (defaults filled in, values normalised), so a default spelled out
+    on the command line gives the same fingerprint as leaving it out.
     """
     from madcache.data import DATASETS
 
@@ -64,7 +66,17 @@ def dataset_fingerprint(dataset: str, root: str | Path, split: str,
     files = DATASETS.get(dataset).annotation_files(root, split, **(read_options or {}))
     return {"name": dataset, "split": split,
             "files": {_relative(Path(f), root): file_sha256(f) for f in files},
-            "read_options": to_json(read_options or {})}
+            "read_options": resolved_read_options(dataset, read_options)}
+
+
+def resolved_read_options(dataset: str, read_options: dict[str, Any] | None) -> dict[str, Any]:
+    """The dataset's `resolve_options(**read_options)` when it has one, else the options as
+    given; as plain JSON."""
+    from madcache.data import DATASETS
+
+    resolve = getattr(DATASETS.get(dataset), "resolve_options", None)
+    options = dict(read_options or {})
+    return to_json(resolve(**options) if resolve is not None else options)
 
 
 def _relative(path: Path, root: Path) -> str:

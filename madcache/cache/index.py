@@ -2,12 +2,11 @@
 
 The writer stores one small part per shard (`index-parts/00000.parquet`) with the shard, so a
 resumed extraction still knows the columns of shards written by an earlier run; `finish` joins
-the parts, in shard order, into `index.parquet`.
+the parts, in shard order, into `index.parquet`. Both go through the cache's `Store`.
 """
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -15,20 +14,20 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from madcache.cache.manifest import INDEX, INDEX_PARTS
+from madcache.cache.store import Store, as_store
 from madcache.core.errors import CacheCorruptError
 
 RESERVED = ("example_id", "shard", "row", "image_id")
 
 
-def part_path(root: Path, shard: int) -> Path:
-    return root / INDEX_PARTS / f"{shard:05d}.parquet"
+def part_key(shard: int) -> str:
+    return f"{INDEX_PARTS}/{shard:05d}.parquet"
 
 
-def write_part(root: Path, shard: int, arrays: Mapping[str, np.ndarray],
+def write_part(root: Path | Store, shard: int, arrays: Mapping[str, np.ndarray],
                columns: Mapping[str, list[Any]] | None) -> None:
-    """The index rows of one shard, written atomically (tmp + os.replace)."""
+    """The index rows of one shard, written whole (`Store.write_bytes`)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     ids = arrays["example_id"].tolist()
     data: dict[str, Any] = {"example_id": pa.array(ids, pa.string()),
@@ -42,11 +41,24 @@ def write_part(root: Path, shard: int, arrays: Mapping[str, np.ndarray],
             raise ValueError(f"index column {name!r} has {len(values)} values for "
                              f"{len(ids)} examples")
         data[name] = pa.array(list(values))
-    path = part_path(root, shard)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(pa.table(data), temp)
-    os.replace(temp, path)
+    as_store(root).write_bytes(part_key(shard), table_bytes(pa.table(data)))
+
+
+def table_bytes(table) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+def read_table(store: Store, key: str, columns: list[str] | None = None):
+    """A parquet object of the store as a pyarrow Table (`FileNotFoundError` if absent)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    return pq.read_table(pa.BufferReader(store.read_bytes(key)), columns=columns)
 
 
 def _image_ids(arrays: Mapping[str, np.ndarray], columns: Mapping[str, list[Any]] | None,
@@ -59,12 +71,12 @@ def _image_ids(arrays: Mapping[str, np.ndarray], columns: Mapping[str, list[Any]
     return [None] * n
 
 
-def read_parts(root: Path, shards: Iterable[int]):
+def read_parts(root: Path | Store, shards: Iterable[int]):
     """The index of the given shards, in shard order, as one pyarrow Table."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    tables = [pq.read_table(part_path(root, s)) for s in sorted(shards)]
+    store = as_store(root)
+    tables = [_read_part(store, s) for s in sorted(shards)]
     if not tables:
         return pa.table({"example_id": pa.array([], pa.string()),
                          "shard": pa.array([], pa.int32()), "row": pa.array([], pa.int64()),
@@ -72,15 +84,20 @@ def read_parts(root: Path, shards: Iterable[int]):
     return pa.concat_tables(tables, promote_options="default")
 
 
-def build_index(root: Path, shards: Iterable[int]) -> None:
-    """Join the parts into `index.parquet`; duplicate example ids -> `CacheCorruptError`."""
-    import pyarrow.parquet as pq
+def _read_part(store: Store, shard: int):
+    try:
+        return read_table(store, part_key(shard))
+    except FileNotFoundError:
+        raise CacheCorruptError(f"the index part of shard {shard} ({part_key(shard)}) is "
+                                "missing: rerun the extraction to redo that shard") from None
 
-    table = read_parts(root, shards)
+
+def build_index(root: Path | Store, shards: Iterable[int]) -> None:
+    """Join the parts into `index.parquet`; duplicate example ids -> `CacheCorruptError`."""
+    store = as_store(root)
+    table = read_parts(store, shards)
     check_unique(table.column("example_id").to_pylist())
-    temp = root / f".{INDEX}.tmp-{os.getpid()}"
-    pq.write_table(table, temp)
-    os.replace(temp, root / INDEX)
+    store.write_bytes(INDEX, table_bytes(table))
 
 
 def check_unique(ids: list[str]) -> None:
@@ -92,7 +109,5 @@ def check_unique(ids: list[str]) -> None:
                             "written to exactly one shard")
 
 
-def read_index(root: Path):
-    import pyarrow.parquet as pq
-
-    return pq.read_table(root / INDEX)
+def read_index(root: Path | Store, columns: list[str] | None = None):
+    return read_table(as_store(root), INDEX, columns)

@@ -1,14 +1,14 @@
 """`manifest.json`: the one file that says what a cache is, and what is in it.
 
-Reading it never needs the shards; every update replaces it atomically (write a temporary file,
-then `os.replace`), so a reader or a killed writer never sees half a manifest.
+Reading it never needs the shards; every update replaces it whole (`Store.write_bytes`), so a
+reader or a killed writer never sees half a manifest. The first writer of a cache creates it with
+`Store.create` (only if absent), so writers started at once agree on one manifest.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -16,6 +16,7 @@ import numpy as np
 
 from madcache.cache.backends import as_unicode, is_string_array
 from madcache.cache.fingerprint import canonical_json, digest
+from madcache.cache.store import Store, as_store
 from madcache.core.errors import CacheCorruptError, CacheNotFoundError
 
 FORMAT_VERSION = 2
@@ -27,33 +28,47 @@ STATE_COMPLETE = "complete"
 REQUIRED_KEYS = ("fingerprint", "dataset", "split", "num_choices", "dims", "settings")
 
 
-def read_manifest(root: str | Path) -> dict[str, Any]:
+def read_manifest(root: str | Path | Store) -> dict[str, Any]:
     """The manifest of the cache at `root`; `CacheNotFoundError` if there is none."""
-    root = Path(root)
-    path = root / MANIFEST
-    if not path.is_file():
-        hint = ("the directory exists but holds no manifest.json (not a madcache cache, or an "
-                "extraction that never wrote a shard)" if root.is_dir()
-                else "no such directory")
-        raise CacheNotFoundError(f"no cache at {root}: {hint}. Build one with "
-                                 f"`madcache extract ... --out {root}` or check the path.")
+    store = as_store(root)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CacheCorruptError(f"{path}: not valid JSON ({exc}); re-run the extraction "
-                                "with --force") from None
+        data = store.read_bytes(MANIFEST)
+    except FileNotFoundError:
+        raise CacheNotFoundError(f"no cache at {_where(store)}: {_missing_hint(store)}. Build "
+                                 f"one with `madcache extract ... --out {_where(store)}` or "
+                                 "check the path.") from None
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CacheCorruptError(f"{_where(store)}/{MANIFEST}: not valid JSON ({exc}); re-run "
+                                "the extraction with --force") from None
 
 
-def write_manifest(root: str | Path, manifest: dict[str, Any]) -> None:
-    """Atomically replace `root/manifest.json` (tmp file + fsync + os.replace)."""
-    root = Path(root)
-    temp = root / f".{MANIFEST}.tmp-{os.getpid()}"
+def _where(store: Store) -> str:
+    return str(getattr(store, "root", store))
+
+
+def _missing_hint(store: Store) -> str:
+    root = getattr(store, "root", None)
+    if root is not None and not Path(root).is_dir():
+        return "no such directory"
+    return ("the directory exists but holds no manifest.json (not a madcache cache, or an "
+            "extraction that never started writing)")
+
+
+def manifest_bytes(manifest: dict[str, Any]) -> bytes:
     text = json.dumps(json.loads(canonical_json(manifest)), indent=1, sort_keys=True)
-    with open(temp, "w", encoding="utf-8") as handle:
-        handle.write(text + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, root / MANIFEST)
+    return (text + "\n").encode("utf-8")
+
+
+def write_manifest(root: str | Path | Store, manifest: dict[str, Any]) -> None:
+    """Replace `manifest.json` whole."""
+    as_store(root).write_bytes(MANIFEST, manifest_bytes(manifest))
+
+
+def create_manifest(root: str | Path | Store, manifest: dict[str, Any]) -> bool:
+    """Write `manifest.json` only if there is none yet (False if another writer was first)."""
+    return as_store(root).create(MANIFEST, manifest_bytes(manifest))
 
 
 def check_required(manifest: dict[str, Any]) -> None:

@@ -16,12 +16,15 @@ import numpy as np
 
 from madcache.cache import index as cache_index
 from madcache.cache.backends import Backend, get_backend
-from madcache.cache.fingerprint import diff_fingerprints
-from madcache.cache.manifest import (FORMAT_VERSION, INDEX, STATE_COMPLETE, fingerprint_digest,
+from madcache.cache.commits import read_commits
+from madcache.cache.fingerprint import diff_fingerprints, resolved_read_options
+from madcache.cache.manifest import (FORMAT_VERSION, STATE_COMPLETE, fingerprint_digest,
                                      read_manifest)
+from madcache.cache.store import LocalStore
+from madcache.cache.verify import open_problems, read_index_or_none
 from madcache.cache.targets import kmeans_logits, Targets, WordTargets
 from madcache.core.errors import CacheCorruptError, CacheError, FingerprintMismatchError, \
-    MissingTargetError
+    MadcacheError, MissingTargetError
 
 WORD_FIELDS = {"feat": ("word_feat", np.float32), "span": ("word_span", np.int32),
                "vr": ("word_vr", np.float32), "yake": ("word_yake", np.float32),
@@ -30,28 +33,56 @@ ROW_INDEXES = {"example_image": "images", "example_texts": "texts"}
 PER_EXAMPLE = ("example_image", "example_texts", "candidates", "similarity")
 
 
-def open_cache(path: str | Path, *, allow_incomplete: bool = False) -> "Cache":
+def open_cache(path: str | Path, *, allow_incomplete: bool = False,
+               check: bool = True) -> "Cache":
     """Open the cache at `path` read-only. `CacheNotFoundError` if there is none; an
-    incomplete cache (extraction still running or killed) only with `allow_incomplete`."""
+    incomplete cache (extraction still running or killed) only with `allow_incomplete`.
+
+    A complete cache is checked cheaply before use (no shard is read): shards listed and on
+    disk, one precision, an index whose rows and ids match what the manifest recorded per shard.
+    A damaged one raises `CacheCorruptError` telling to run `madcache cache verify`
+    (`check=False` skips this, for `madcache cache info` on a damaged cache)."""
     root = Path(path)
     manifest = read_manifest(root)
-    if manifest.get("state") != STATE_COMPLETE and not allow_incomplete:
-        done = len(manifest.get("shards", []))
-        planned = manifest.get("num_shards", "?")
-        raise CacheError(f"the cache at {root} is incomplete (state {manifest.get('state')!r}, "
-                         f"{done}/{planned} shards): resume the extraction with the same "
-                         "command, or open it with allow_incomplete=True")
-    return Cache(root, manifest, get_backend(manifest.get("format", "zarr")))
+    backend = get_backend(manifest.get("format", "zarr"))
+    if manifest.get("state") != STATE_COMPLETE:
+        if not allow_incomplete:
+            raise CacheError(_incomplete_message(root, manifest))
+        return Cache(root, manifest, backend)
+    if not check:
+        return Cache(root, manifest, backend)
+    table = read_index_or_none(root)
+    problems = open_problems(root, manifest, backend, table)
+    if problems:
+        raise CacheCorruptError(f"the cache at {root} is damaged: {'; '.join(problems[:3])}"
+                                f"{' ...' if len(problems) > 3 else ''}. Run `madcache cache "
+                                f"verify {root}` for a full check; rerunning the extraction "
+                                "command redoes missing shards, --force rebuilds it")
+    return Cache(root, manifest, backend, index=table)
+
+
+def _incomplete_message(root: Path, manifest: dict[str, Any]) -> str:
+    done = len(read_commits(LocalStore(root)))
+    planned = manifest.get("num_shards", "?")
+    if done == planned:
+        return (f"the cache at {root} has all {done} shards committed but was not finished: "
+                f"run `madcache cache finish {root}`")
+    return (f"the cache at {root} is incomplete (state {manifest.get('state')!r}, {done}/"
+            f"{planned} shards committed): resume the extraction with the same command (any "
+            "number of ranks), or open it with allow_incomplete=True")
 
 
 class Cache:
     """An opened cache. Cheap to create; shards are read only when asked."""
 
-    def __init__(self, path: Path, manifest: dict[str, Any], backend: Backend) -> None:
+    def __init__(self, path: Path, manifest: dict[str, Any], backend: Backend,
+                 index=None) -> None:
         self.path = path
         self.manifest = manifest
         self.backend = backend
+        self._index = index
         self._locations: dict[str, tuple[int, int]] | None = None
+        self._shards: list[dict[str, Any]] | None = None
 
     @property
     def format(self) -> str:
@@ -67,7 +98,16 @@ class Cache:
 
     @property
     def shards(self) -> list[dict[str, Any]]:
-        return sorted(self.manifest.get("shards", []), key=lambda e: int(e["index"]))
+        """The manifest's shard list; while writing, the shards committed so far."""
+        if self._shards is None:
+            entries = self.manifest.get("shards", []) if self.complete \
+                else read_commits(LocalStore(self.path)).values()
+            self._shards = sorted(entries, key=lambda e: int(e["index"]))
+        return self._shards
+
+    @property
+    def complete(self) -> bool:
+        return self.manifest.get("state") == STATE_COMPLETE
 
     def __repr__(self) -> str:
         return f"Cache({str(self.path)!r}, format={self.format!r}, shards={len(self.shards)})"
@@ -76,9 +116,10 @@ class Cache:
 
     def index(self):
         """`index.parquet` as a pyarrow Table (example_id, shard, row, image_id, ...)."""
-        if self.manifest.get("state") == STATE_COMPLETE and (self.path / INDEX).is_file():
-            return cache_index.read_index(self.path)
-        return cache_index.read_parts(self.path, [int(e["index"]) for e in self.shards])
+        if self._index is None:
+            self._index = cache_index.read_index(self.path) if self.complete else \
+                cache_index.read_parts(self.path, [int(e["index"]) for e in self.shards])
+        return self._index
 
     def example_ids(self) -> list[str]:
         return self.index().column("example_id").to_pylist()
@@ -143,17 +184,26 @@ class Cache:
                                         f"shard {template['index']}: run `madcache cache verify`")
             positions = np.flatnonzero(shard_of == shard)
             read = partial(self.backend.read_rows, self._shard_path(entries[shard]))
-            out.add_shard(positions, row_of[positions], read)
+            try:
+                stored_ids = out.add_shard(positions, row_of[positions], read)
+            except Exception as exc:  # a damaged or replaced shard can fail in any decoder
+                raise CacheCorruptError(
+                    f"shard {shard} of {self.path} does not hold what the manifest describes "
+                    f"({type(exc).__name__}: {exc}): run `madcache cache verify {self.path}`") \
+                    from None
+            _check_ids(self.path, shard, [ids[p] for p in positions], stored_ids)
         return out.targets(ids, self.manifest)
 
     # ------------------------------------------------------------------ checks and info
 
     def check_compatible(self, expected_fingerprint_parts: dict[str, Any]) -> None:
         """Raise `FingerprintMismatchError` if any given part (e.g. `{"dataset": ...}`)
-        differs from this cache's fingerprint; parts not given are not compared."""
-        actual = {key: self.fingerprint[key] for key in expected_fingerprint_parts
+        differs from this cache's fingerprint; parts not given are not compared. Dataset read
+        options are compared resolved on both sides (a default spelled out is no difference)."""
+        actual = {key: _resolved(key, self.fingerprint[key]) for key in expected_fingerprint_parts
                   if key in self.fingerprint}
-        differences = diff_fingerprints(dict(expected_fingerprint_parts), actual)
+        expected = {key: _resolved(key, part) for key, part in expected_fingerprint_parts.items()}
+        differences = diff_fingerprints(expected, actual)
         if differences:
             raise FingerprintMismatchError(
                 f"the cache at {self.path} was built for something else (requested != cache):"
@@ -177,6 +227,8 @@ class Cache:
             or fingerprint_digest(self.manifest),
             "summary": self.manifest.get("summary", {}),
             "unavailable": list(self.manifest.get("unavailable") or []),
+            "writers": _writers(self.shards),
+            "precision": self.manifest.get("precision"),
         }
 
     def _disk_bytes(self) -> int:
@@ -214,11 +266,48 @@ def _rebased(name: str, arrays: dict[str, np.ndarray], before: list[dict[str, An
     return array
 
 
+def _resolved(key: str, part: Any) -> Any:
+    """A fingerprint part with a dataset's read options resolved (caches from before options
+    were resolved at extraction compare equal to the same read spelled another way)."""
+    if key != "dataset" or not isinstance(part, dict) or "read_options" not in part:
+        return part
+    from madcache.data import DATASETS
+
+    if part.get("name") not in DATASETS:
+        return part
+    try:
+        options = resolved_read_options(part["name"], part["read_options"])
+    except MadcacheError:   # options this version no longer knows: compare as written
+        return part
+    return {**part, "read_options": options}
+
+
+def _check_ids(path: Path, shard: int, wanted: list[str], stored: np.ndarray) -> None:
+    """The rows the index pointed at hold the ids asked for (else targets would be misaligned)."""
+    wrong = [i for i, (w, s) in enumerate(zip(wanted, stored.tolist())) if w != s]
+    if wrong:
+        raise CacheCorruptError(
+            f"the index of {path} points {len(wrong)} id(s) of shard {shard} at rows holding "
+            f"other examples (e.g. {wanted[wrong[0]]!r} -> {stored[wrong[0]]!r}): run "
+            f"`madcache cache verify {path}`")
+
+
 def _target_names(entry: dict[str, Any]) -> list[str]:
     """The arrays `load_targets` needs (not the string arrays: the index has the ids)."""
     wanted = {"example_image", "example_texts", "image_feat", "text_eos", "word_offsets",
               "candidates", "similarity", *(name for name, _ in WORD_FIELDS.values())}
     return [name for name in entry["arrays"] if name in wanted or name.startswith("logits/")]
+
+
+def _writers(shards: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Who wrote the shards: one entry per (rank, world size, host) with its shard count."""
+    counts: dict[tuple, int] = {}
+    for entry in shards:
+        writer = entry.get("writer", {})
+        key = (writer.get("rank"), writer.get("world_size"), writer.get("host"))
+        counts[key] = counts.get(key, 0) + 1
+    return [{"rank": r, "world_size": w, "host": h, "shards": n}
+            for (r, w, h), n in sorted(counts.items(), key=lambda kv: str(kv[0]))]
 
 
 def _array_summary(shards: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -298,14 +387,16 @@ class _Assembler:
             self.rows[name] = np.zeros((self.n, *trailing), dtype=dtype)
         return self.rows[name]
 
-    def add_shard(self, positions: np.ndarray, rows: np.ndarray, read) -> None:
+    def add_shard(self, positions: np.ndarray, rows: np.ndarray, read) -> np.ndarray:
         """Gather one shard's rows with two batched reads: the per-example arrays (and
         `word_offsets`), then the image, text and word rows they point at.
-        `read({name: sorted unique rows | None})` reads from the shard."""
+        `read({name: sorted unique rows | None})` reads from the shard. Returns the
+        `example_id`s stored at `rows`, for the caller to check against the index."""
         names = set(_target_names({"arrays": self.records}))
         example_rows, inverse = np.unique(rows, return_inverse=True)
         first = {n: example_rows for n in names if n in PER_EXAMPLE or n.startswith("logits/")}
         first.update({"word_offsets": None} if "word_offsets" in names else {})
+        first["example_id"] = example_rows
         per_example = read(first)
         for name, array in per_example.items():
             if name.startswith("logits/") or name in ("candidates", "similarity"):
@@ -326,6 +417,7 @@ class _Assembler:
             self.counts[targets] = counts
             words = {n: a[take] for n, a in stored.items() if n.startswith("word_")}
             self.word_parts.append((targets, counts, words))
+        return per_example["example_id"][inverse]
 
     def _words(self) -> WordTargets | None:
         if "word_offsets" not in self.records:

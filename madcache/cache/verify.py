@@ -2,7 +2,8 @@
 
 `shard_problems` checks one shard's arrays against the layout (docs/cache-format.md); the writer
 runs it before storing a shard, `verify_cache` runs it again on what is on disk, together with
-checksums, the shard list and the index.
+checksums, the shard list, the commit records and the index. `open_problems` is the cheap subset
+every reader runs when it opens a cache (no shard is read): the full pass stays in `verify`.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ from typing import Any
 import numpy as np
 
 from madcache.cache.backends import Backend, get_backend
+from madcache.cache.commits import check_one_precision, read_commits
+from madcache.cache.index import read_index
 from madcache.cache.manifest import (INDEX, STATE_COMPLETE, array_checksum, dtype_name,
                                      fingerprint_digest, read_manifest)
+from madcache.cache.store import LocalStore
 from madcache.core.errors import CacheError
 
 IMAGE_ARRAYS = ("image_id", "image_feat")
@@ -86,9 +90,10 @@ def _word_problems(arrays: dict[str, np.ndarray], n_txt: int | None) -> list[str
 def verify_cache(path: str | Path) -> list[str]:
     """Every problem found in the cache at `path` (empty list = the cache is sound).
 
-    Checks: state complete; fingerprint digest; shards listed == shards present; every array's
-    dtype, shape and sha256 against the manifest; each shard's layout; the index covers every
-    example row exactly once with the ids stored in the shards.
+    Checks: state complete; fingerprint digest; shards listed == shards present == commit
+    records; one precision; every array's dtype, shape and sha256 against the manifest; each
+    shard's layout; the index covers every example row exactly once with the ids stored in the
+    shards.
     """
     root = Path(path)
     try:
@@ -97,12 +102,20 @@ def verify_cache(path: str | Path) -> list[str]:
     except CacheError as exc:
         return [str(exc)]
     problems = _manifest_problems(manifest)
-    listed = {int(s["index"]): s for s in manifest.get("shards", [])}
+    complete = manifest.get("state") == STATE_COMPLETE
+    try:   # while writing, the committed shards are the ones with a commit record
+        listed = {int(s["index"]): s for s in manifest.get("shards", [])} if complete \
+            else read_commits(LocalStore(root))
+    except CacheError as exc:
+        return problems + [str(exc)]
     present = backend.shards_present(root)
     problems += [f"shard {i} is listed in the manifest but missing on disk"
                  for i in sorted(set(listed) - set(present))]
-    problems += [f"shard {i} is on disk but not listed in the manifest ({present[i].name})"
+    unlisted = "listed in the manifest" if complete else "committed"
+    problems += [f"shard {i} is on disk but not {unlisted} ({present[i].name})"
                  for i in sorted(set(present) - set(listed))]
+    if complete:
+        problems += _commit_problems(root, listed)
     stored_ids: dict[int, np.ndarray] = {}
     for index in sorted(set(listed) & set(present)):
         found, ids = _shard_check(backend, present[index], listed[index])
@@ -112,6 +125,92 @@ def verify_cache(path: str | Path) -> list[str]:
     if manifest.get("state") == STATE_COMPLETE:
         problems += _index_problems(root / INDEX, stored_ids, listed)
     return problems
+
+
+def open_problems(root: Path, manifest: dict[str, Any], backend: Backend,
+                  index_table) -> list[str]:
+    """What a reader checks when it opens a complete cache, without reading a shard: the
+    fingerprint digest, the planned shards listed once each and present on disk, one
+    precision, and an index (`index_table`, None if missing or unreadable) that covers every
+    shard's rows exactly once with the example ids the manifest recorded for that shard."""
+    problems = _manifest_problems(manifest)
+    entries = manifest.get("shards", [])
+    listed = {int(e["index"]): e for e in entries}
+    if len(listed) != len(entries):
+        problems.append("the manifest lists a shard twice")
+    planned = manifest.get("num_shards")
+    if planned is not None and sorted(listed) != list(range(int(planned))):
+        problems.append(f"the manifest lists shards {_span(sorted(listed))}, planned "
+                        f"0..{int(planned) - 1}")
+    missing = [i for i in sorted(listed) if not backend.exists(root / listed[i]["name"])]
+    if missing:
+        problems.append(f"shard(s) {_span(missing)} listed in the manifest are missing on disk")
+    try:
+        check_one_precision(listed, None, "the cache")
+    except CacheError as exc:
+        problems.append(str(exc))
+    if index_table is None:
+        return problems + [f"{INDEX} is missing or unreadable"]
+    return problems + _index_matches_manifest(index_table, listed)
+
+
+def _index_matches_manifest(table, listed: dict[int, dict[str, Any]]) -> list[str]:
+    """Per shard, the index's rows are 0..n-1 once each, and its ids (in row order) hash to the
+    `example_id` checksum the manifest recorded for that shard."""
+    ids = np.array(table.column("example_id").to_pylist(), dtype=str)
+    shards = table.column("shard").to_numpy()
+    rows = table.column("row").to_numpy()
+    problems = []
+    if len(np.unique(ids)) != len(ids):
+        problems.append(f"{INDEX} lists {len(ids) - len(np.unique(ids))} duplicate example ids")
+    unknown = sorted(set(shards.tolist()) - set(listed))
+    if unknown:
+        problems.append(f"{INDEX} points at shards not in the manifest: {unknown[:5]}")
+    for shard, entry in sorted(listed.items()):
+        where = np.flatnonzero(shards == shard)
+        order = where[np.argsort(rows[where], kind="stable")]
+        n_ex = int(entry.get("examples", 0))
+        if not np.array_equal(rows[order], np.arange(n_ex)):
+            problems.append(f"{INDEX} does not cover shard {shard}'s {n_ex} example rows "
+                            f"exactly once ({len(where)} entries)")
+            continue
+        recorded = entry.get("arrays", {}).get("example_id", {}).get("sha256")
+        if recorded and array_checksum(ids[order]) != recorded:
+            problems.append(f"{INDEX}: the ids of shard {shard} are not the ids the manifest "
+                            "recorded for that shard (index from another extraction?)")
+    return problems
+
+
+def _commit_problems(root: Path, listed: dict[int, dict[str, Any]]) -> list[str]:
+    """A finished cache's shard list equals its commit records."""
+    try:
+        records = read_commits(LocalStore(root))
+    except CacheError as exc:
+        return [str(exc)]
+    if not records:
+        return []                 # a cache finished before commit records existed
+    problems = [f"shard {i} has no commit record" for i in sorted(set(listed) - set(records))]
+    problems += [f"commit record of shard {i} is not in the manifest"
+                 for i in sorted(set(records) - set(listed))]
+    problems += [f"shard {i}: the commit record and the manifest disagree"
+                 for i in sorted(set(listed) & set(records))
+                 if records[i].get("arrays") != listed[i].get("arrays")]
+    try:
+        check_one_precision(records, None, "the cache")
+    except CacheError as exc:
+        problems.append(str(exc))
+    return problems
+
+
+def _span(values: list[int]) -> str:
+    return ", ".join(map(str, values[:8])) + (" ..." if len(values) > 8 else "")
+
+
+def read_index_or_none(root: Path):
+    try:
+        return read_index(LocalStore(root))
+    except Exception:  # a missing or damaged parquet file fails in many ways
+        return None
 
 
 def _manifest_problems(manifest: dict[str, Any]) -> list[str]:

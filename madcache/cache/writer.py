@@ -1,10 +1,12 @@
-"""`CacheWriter`: writes a cache shard by shard, atomically, and resumes a killed run.
+"""`CacheWriter`: writes a cache shard by shard; any number of writers (ranks) may share one cache.
 
-A shard is complete or absent: its arrays go to a temporary name (`.tmp-shard-00007.zarr.<pid>`)
-that is renamed into place when whole, then the manifest (rewritten atomically) records its
-shapes and checksums. On reopening, a shard counts as complete only if it is both on disk and in
-the manifest; anything else (a temp shard, a renamed shard whose manifest update was lost) is
-removed and redone, so a resumed extraction equals an uninterrupted one.
+Commit protocol (docs/cache-format.md): a shard is committed iff its commit record
+`commits/NNNNN.json` exists (and its data is on disk). The record is written last, after the
+arrays and the index part, by the one writer holding the shard's claim; nothing else is rewritten
+while extracting, so W writers never race on one file. `finish` (run once, after every planned
+shard is committed) joins the index parts, copies the records into the manifest's shard list and
+marks the cache `complete`. A killed writer leaves at most an uncommitted shard, which the next
+writer to claim it deletes and redoes, so a resumed extraction equals an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -19,144 +21,253 @@ import numpy as np
 
 from madcache.cache import index as cache_index
 from madcache.cache.backends import Backend, get_backend
+from madcache.cache.commits import (CLAIMS, COMMITS, check_one_precision, claim_key,
+                                    commit_key, precision_of, read_commits, write_commit,
+                                    writer_identity)
 from madcache.cache.fingerprint import diff_fingerprints, to_json
 from madcache.cache.manifest import (FORMAT_VERSION, INDEX, INDEX_PARTS, MANIFEST,
                                      STATE_COMPLETE, STATE_WRITING, array_record, check_required,
-                                     fingerprint_digest, read_manifest, shard_counts,
-                                     write_manifest)
+                                     create_manifest, fingerprint_digest, read_manifest,
+                                     shard_counts, write_manifest)
+from madcache.cache.store import Claim, LocalStore, Store
 from madcache.cache.verify import shard_problems
-from madcache.core.errors import CacheError, FingerprintMismatchError
+from madcache.core.errors import CacheCorruptError, CacheError, FingerprintMismatchError
 
-__all__ = ["CacheWriter", "FORMAT_VERSION"]
+__all__ = ["CacheWriter", "FORMAT_VERSION", "finish_cache"]
 
 
 class CacheWriter:
-    """Writes one cache directory. Use `CacheWriter.open`; `write_shard` is thread-safe."""
+    """Writes shards of one cache directory. Use `CacheWriter.open`; `write_shard` is
+    thread-safe. `identity` (rank, world size, host, precision) goes into every commit record."""
 
-    def __init__(self, root: Path, manifest: dict[str, Any], backend: Backend) -> None:
+    def __init__(self, root: Path, manifest: dict[str, Any], backend: Backend, store: Store,
+                 identity: dict[str, Any]) -> None:
         self.root = root
         self.manifest = manifest
         self.backend = backend
+        self.store = store
+        self.identity = identity
         self._lock = threading.Lock()
+        self._claims: dict[int, Claim] = {}
 
     @classmethod
     def open(cls, path: str | Path, *, manifest: dict[str, Any], format: str = "zarr",
-             force: bool = False) -> "CacheWriter":
-        """Create a cache at `path`, or resume the one there if its fingerprint is the same.
+             force: bool = False, identity: dict[str, Any] | None = None) -> "CacheWriter":
+        """Create a cache at `path`, or join the one there if its fingerprint is the same (a
+        resume, or another rank of the same extraction).
 
         A different fingerprint raises `FingerprintMismatchError` listing the differing keys;
-        `force=True` deletes the old cache first.
+        `force=True` deletes the old cache first (one process only: never with other writers).
+        Shards committed under another precision than `identity["precision"]` are refused.
         """
         check_required(manifest)
         root = Path(path)
         backend = get_backend(format)
+        store = LocalStore(root)
         manifest = to_json(manifest)
+        identity = to_json(identity or writer_identity())
         if force:
             _wipe(root, backend)
-        if (root / MANIFEST).is_file():
-            return cls._resume(root, manifest, backend)
-        _check_empty(root)
-        root.mkdir(parents=True, exist_ok=True)
-        manifest.setdefault("created", _now())
-        writer = cls(root, _with_store_keys(manifest, backend, []), backend)
-        writer._save()
+        if not store.exists(MANIFEST):
+            _check_empty(root)
+            root.mkdir(parents=True, exist_ok=True)
+            fresh = {**_with_store_keys(manifest, backend), "created": _now()}
+            if create_manifest(store, fresh):
+                return cls(root, fresh, backend, store, identity)
+        existing = read_manifest(store)
+        _check_same(root, existing, manifest, backend)
+        writer = cls(root, existing, backend, store, identity)
+        check_one_precision(read_commits(store), identity.get("precision"), str(root))
+        writer._reconcile()
         return writer
 
-    @classmethod
-    def _resume(cls, root: Path, manifest: dict[str, Any], backend: Backend) -> "CacheWriter":
-        existing = read_manifest(root)
-        differences = diff_fingerprints(existing.get("fingerprint", {}), manifest["fingerprint"])
-        if differences:
-            raise FingerprintMismatchError(
-                f"{root} holds a cache built with a different fingerprint (cache != requested):"
-                "\n  " + "\n  ".join(differences) + "\nUse --force to overwrite it, or choose "
-                "another --out.", differences)
-        if existing.get("format", backend.name) != backend.name:
-            raise CacheError(f"{root} is stored as {existing.get('format')}, not "
-                             f"{backend.name}: pass that format, --force, or another --out")
-        entries = _reconcile(root, backend, existing.get("shards", []))
-        manifest.setdefault("created", existing.get("created", _now()))
-        writer = cls(root, _with_store_keys(manifest, backend, entries), backend)
-        if existing.get("state") == STATE_COMPLETE and len(entries) == len(existing["shards"]):
-            writer.manifest.update({k: existing[k] for k in ("state", "extra", "summary")
-                                    if k in existing})
-        writer._save()
-        return writer
+    # ------------------------------------------------------------------ state
 
     def completed_shards(self) -> set[int]:
-        """Shards already written (by this run or an earlier one)."""
+        """Committed shards (by any writer, this run or an earlier one) whose data is present."""
+        return {index for index in read_commits(self.store)
+                if self.backend.exists(self.backend.shard_path(self.root, index))}
+
+    def committed_entries(self) -> list[dict[str, Any]]:
+        """The commit records of the committed shards, by index (the manifest's `shards`
+        once finished)."""
+        records = read_commits(self.store)
+        return [records[i] for i in sorted(self.completed_shards() & set(records))]
+
+    def is_committed(self, shard: int) -> bool:
+        return (self.store.exists(commit_key(shard))
+                and self.backend.exists(self.backend.shard_path(self.root, shard)))
+
+    def claim(self, shard: int, *, wait: bool = False) -> bool:
+        """Take shard `shard` for this writer (False: another live writer holds it). The claim
+        is released by `write_shard` for that shard, by `release`, or when the process dies."""
+        claim = self.store.claim(claim_key(shard), wait=wait)
+        if claim is None:
+            return False
         with self._lock:
-            return {int(entry["index"]) for entry in self.manifest["shards"]}
+            self._claims[shard] = claim
+        return True
+
+    def release(self, shard: int) -> None:
+        with self._lock:
+            claim = self._claims.pop(shard, None)
+        if claim is not None:
+            claim.release()
+
+    def close(self) -> None:
+        """Release every claim still held (shards claimed but not written)."""
+        for shard in list(self._claims):
+            self.release(shard)
+
+    # ------------------------------------------------------------------ writing
 
     def write_shard(self, shard: int, arrays: Mapping[str, np.ndarray],
                     index_columns: Mapping[str, list[Any]] | None = None) -> None:
-        """Store one shard atomically. `arrays` follow docs/cache-format.md (at least
+        """Store and commit one shard. `arrays` follow docs/cache-format.md (at least
         `example_id`); `index_columns` are per-example values for `index.parquet` (category,
-        label, group, ...), one per example in `example_id` order."""
+        label, group, ...), one per example in `example_id` order. Claims the shard first
+        (waiting for another writer) unless this writer already holds it."""
         arrays = {name: np.asarray(value) for name, value in arrays.items()}
         problems = shard_problems(arrays)
         if problems:
+            self.release(shard)
             raise ValueError(f"shard {shard} is inconsistent: " + "; ".join(problems))
         entry = {"index": int(shard), "name": self.backend.shard_path(self.root, shard).name,
                  **shard_counts(arrays),
                  "arrays": {name: array_record(a) for name, a in sorted(arrays.items())}}
-        temp = self.backend.temp_path(self.root, shard)
-        self.backend.remove(temp)
-        self.backend.write(temp, arrays)
-        cache_index.write_part(self.root, shard, arrays, index_columns)
-        final = self.backend.shard_path(self.root, shard)
-        self.backend.rename(temp, final)
-        entry["bytes"] = self.backend.nbytes(final)
-        with self._lock:
-            others = [e for e in self.manifest["shards"] if int(e["index"]) != shard]
-            self.manifest["shards"] = sorted([*others, entry], key=lambda e: e["index"])
-            self.manifest["state"] = STATE_WRITING
-            self._save()
+        if shard not in self._claims:
+            self.claim(shard, wait=True)
+        try:
+            self._reopen_for_writing()
+            self.store.delete(commit_key(shard))     # rewriting a shard uncommits it first
+            self._remove_uncommitted(shard)
+            temp = self.backend.temp_path(self.root, shard)
+            self.backend.write(temp, arrays)
+            cache_index.write_part(self.store, shard, arrays, index_columns)
+            final = self.backend.shard_path(self.root, shard)
+            self.backend.rename(temp, final)
+            entry["bytes"] = self.backend.nbytes(final)
+            write_commit(self.store, {**entry, "writer": self.identity, "committed": _now()})
+        finally:
+            self.release(shard)
 
     def read_shard(self, shard: int) -> dict[str, np.ndarray]:
-        """Every array of a completed shard (e.g. to recompute split-level results)."""
-        if shard not in self.completed_shards():
+        """Every array of a committed shard (e.g. to recompute split-level results)."""
+        if not self.is_committed(shard):
             raise KeyError(f"shard {shard} has not been written")
         return self.backend.read(self.backend.shard_path(self.root, shard))
 
     def finish(self, *, extra: dict[str, Any] | None = None,
-               summary: dict[str, Any] | None = None) -> None:
-        """Build `index.parquet`, store `extra` / `summary`, mark the cache complete.
-        Duplicate example ids across shards raise `CacheCorruptError`."""
+               summary: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Mark the cache complete (see `finish_cache`); returns the final manifest."""
         with self._lock:
-            shards = [int(e["index"]) for e in self.manifest["shards"]]
-            cache_index.build_index(self.root, shards)
-            totals = {key: sum(int(e[key]) for e in self.manifest["shards"])
-                      for key in ("examples", "images", "texts", "words")}
-            self.manifest.update(to_json({
-                "extra": extra or {}, "summary": summary or {}, "totals": totals,
-                "state": STATE_COMPLETE, "completed": _now()}))
-            self._save()
+            self.manifest = finish_cache(self.root, extra=extra, summary=summary)
+        return self.manifest
 
-    def _save(self) -> None:
-        write_manifest(self.root, self.manifest)
+    def _reopen_for_writing(self) -> None:
+        """A complete cache that gets a shard (re)written is `writing` again until `finish`."""
+        with self._lock:
+            if self.manifest.get("state") == STATE_COMPLETE:
+                self.manifest = {**self.manifest, "state": STATE_WRITING, "shards": []}
+                write_manifest(self.store, self.manifest)
+
+    def _reconcile(self) -> None:
+        """Delete what killed writers left (temp shards, shards without a commit record), one
+        shard at a time under its claim, so a live writer's work is never touched."""
+        committed = set(read_commits(self.store))
+        temps = {_temp_index(p) for p in self.backend.temp_paths(self.root)}
+        finals = set(self.backend.shards_present(self.root)) - committed
+        for shard in sorted((temps - {None}) | finals):
+            if self.claim(shard, wait=False):
+                if not self.is_committed(shard):
+                    self._remove_uncommitted(shard)
+                self.release(shard)
+
+    def _remove_uncommitted(self, shard: int) -> None:
+        for temp in self.backend.temp_paths(self.root):
+            if _temp_index(temp) == shard:
+                self.backend.remove(temp)
+        self.backend.remove(self.backend.shard_path(self.root, shard))
 
 
-def _with_store_keys(manifest: dict[str, Any], backend: Backend,
-                     entries: list[dict[str, Any]]) -> dict[str, Any]:
+def finish_cache(path: str | Path, *, extra: dict[str, Any] | None = None,
+                 summary: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Check that every planned shard is committed, join the index, copy the commit records
+    into the manifest's shard list, store `extra` / `summary` and mark the cache complete.
+
+    Idempotent (two ranks finishing at once write the same files). Raises `CacheError` naming
+    the shards not committed yet, `CacheCorruptError` for duplicate example ids or a mix of
+    precisions."""
+    root = Path(path)
+    store = LocalStore(root)
+    manifest = read_manifest(store)
+    backend = get_backend(manifest.get("format", "zarr"))
+    records = {i: r for i, r in read_commits(store).items()
+               if backend.exists(backend.shard_path(root, i))}
+    _check_planned(root, manifest, records)
+    check_one_precision(records, None, str(root))
+    shards = sorted(records)
+    cache_index.build_index(store, shards)
+    entries = [records[i] for i in shards]
+    totals = {key: sum(int(e[key]) for e in entries)
+              for key in ("examples", "images", "texts", "words")}
+    precisions = {tuple(precision_of(e).items()) for e in entries}
+    manifest = {**manifest, **to_json({
+        "shards": entries, "extra": {**manifest.get("extra", {}), **(extra or {})},
+        "summary": summary if summary is not None else manifest.get("summary", {}),
+        "totals": totals, "precision": dict(precisions.pop()) if precisions else None,
+        "state": STATE_COMPLETE, "completed": _now()})}
+    write_manifest(store, manifest)
+    return manifest
+
+
+def _check_planned(root: Path, manifest: dict[str, Any], records: Mapping[int, Any]) -> None:
+    planned = manifest.get("num_shards")
+    if planned is None:
+        return
+    missing = [i for i in range(int(planned)) if i not in records]
+    if missing:
+        shown = ", ".join(map(str, missing[:8])) + (" ..." if len(missing) > 8 else "")
+        raise CacheError(f"{root}: {len(missing)} of {planned} shards are not committed yet "
+                         f"(shards {shown}): some ranks are still running or were killed. "
+                         "Rerun the extraction (any --world-size resumes), then `madcache "
+                         f"cache finish {root}`")
+    beyond = sorted(set(records) - set(range(int(planned))))
+    if beyond:
+        raise CacheCorruptError(f"{root}: commit records for shards {beyond[:5]} outside the "
+                                f"plan of {planned} shards: run `madcache cache verify {root}`")
+
+
+def _check_same(root: Path, existing: dict[str, Any], manifest: dict[str, Any],
+                backend: Backend) -> None:
+    differences = diff_fingerprints(existing.get("fingerprint", {}), manifest["fingerprint"])
+    if differences:
+        raise FingerprintMismatchError(
+            f"{root} holds a cache built with a different fingerprint (cache != requested):"
+            "\n  " + "\n  ".join(differences) + "\nUse --force to overwrite it, or choose "
+            "another --out.", differences)
+    if existing.get("format", backend.name) != backend.name:
+        raise CacheError(f"{root} is stored as {existing.get('format')}, not "
+                         f"{backend.name}: pass that format, --force, or another --out")
+
+
+def _with_store_keys(manifest: dict[str, Any], backend: Backend) -> dict[str, Any]:
     return {**manifest, "format": backend.name, "format_version": FORMAT_VERSION,
             "fingerprint_digest": fingerprint_digest(manifest), "state": STATE_WRITING,
-            "shards": entries}
+            "shards": []}
 
 
-def _reconcile(root: Path, backend: Backend, listed: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Keep shards both listed and present; delete temp shards and unlisted shards."""
-    for temp in backend.temp_paths(root):
-        backend.remove(temp)
-    present = backend.shards_present(root)
-    kept = [e for e in listed if int(e["index"]) in present]
-    for index in set(present) - {int(e["index"]) for e in kept}:
-        backend.remove(present[index])
-    return kept
+def _temp_index(path: Path) -> int | None:
+    """The shard number of a temp shard name (`.tmp-shard-00003.zarr.<pid>`)."""
+    digits = path.name[len(".tmp-shard-"):].split(".", 1)[0]
+    return int(digits) if digits.isdigit() else None
 
 
 def _check_empty(root: Path) -> None:
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+    """Refuse a path holding anything but another writer's manifest being created."""
+    creating = f".{MANIFEST}.tmp-"
+    if root.exists() and (not root.is_dir()
+                          or any(not p.name.startswith(creating) for p in root.iterdir())):
         raise CacheError(f"{root} exists and is not a madcache cache (no {MANIFEST}): "
                          "choose another --out")
 
@@ -172,7 +283,8 @@ def _wipe(root: Path, backend: Backend) -> None:
         backend.remove(path)
     for name in (MANIFEST, INDEX):
         (root / name).unlink(missing_ok=True)
-    shutil.rmtree(root / INDEX_PARTS, ignore_errors=True)
+    for folder in (INDEX_PARTS, COMMITS, CLAIMS):
+        shutil.rmtree(root / folder, ignore_errors=True)
     for path in [*root.glob("shard-*"), *root.glob(".tmp-shard-*")]:  # other formats' shards
         if path.is_dir():
             shutil.rmtree(path)

@@ -1,4 +1,5 @@
-"""`madcache cache info PATH [--json]` and `madcache cache verify PATH`."""
+"""`madcache cache info PATH [--json]`, `madcache cache verify PATH`,
+`madcache cache finish PATH`."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def info(path: str, as_json: bool) -> None:
 
     from madcache.method.methods import unavailable_methods
 
-    summary = open_cache(path, allow_incomplete=True).info()
+    summary = open_cache(path, allow_incomplete=True, check=False).info()
     summary["unavailable_methods"] = unavailable_methods(summary["unavailable"])
     if as_json:
         click.echo(json.dumps(summary, indent=1, sort_keys=True))
@@ -50,6 +51,22 @@ def verify(path: str) -> None:
                f"shards ({_size(summary['bytes'])})")
 
 
+@cache.command()
+@click.argument("path", type=click.Path())
+def finish(path: str) -> None:
+    """Complete a cache whose shards were extracted by several processes (a Slurm array,
+    --rank/--world-size): check that every planned shard is committed, compute the split-level
+    results (SNLI-VE k-means centres), join the index, mark the cache complete."""
+    from madcache.extraction.finish import finish_extraction
+
+    manifest = finish_extraction(path)
+    writers = sorted({(e["writer"]["world_size"], e["writer"]["host"])
+                      for e in manifest["shards"] if "writer" in e})
+    click.echo(f"finished {path}: {manifest['totals']['examples']} examples in "
+               f"{len(manifest['shards'])} shards, written by "
+               + (", ".join(f"{w} rank(s) on {h}" for w, h in writers) or "an earlier version"))
+
+
 def format_info(summary: dict[str, Any]) -> str:
     rows = [("path", summary["path"]),
             ("dataset / split", f"{summary['dataset']} / {summary['split']}"),
@@ -61,6 +78,14 @@ def format_info(summary: dict[str, Any]) -> str:
             ("size on disk", _size(summary["bytes"])),
             ("dims", ", ".join(f"{k}={v}" for k, v in summary["dims"].items())),
             ("fingerprint", summary["fingerprint_digest"])]
+    writers = [w for w in summary.get("writers", []) if w["rank"] is not None]
+    if writers:
+        rows.append(("written by", "; ".join(
+            f"rank {w['rank']}/{w['world_size']} on {w['host']}: {w['shards']} shard(s)"
+            for w in writers)))
+    if summary.get("precision"):
+        rows.append(("precision", f"{summary['precision']['device']}/"
+                                  f"{summary['precision']['compute_dtype']}"))
     if summary.get("unavailable"):
         rows.append(("not computed", ", ".join(summary["unavailable"])))
         rows += [(f"cannot run: {name}", why)

@@ -44,7 +44,11 @@ def protocol_names() -> list[str]:
               show_default=True)
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16",
               show_default=True, help="Storage dtype of features.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Rows per worker job (rounded up to whole --forward-batch); never changes "
+                   "the cached values.")
+@click.option("--forward-batch", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Rows per teacher forward (in the fingerprint: results depend on it).")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Worker processes for decoding, tokenising and YAKE (0: in-process).")
 @click.option("--shard-size", type=click.IntRange(min=1), default=1024, show_default=True,
@@ -64,12 +68,20 @@ def protocol_names() -> list[str]:
 @click.option("--option", "read_options", multiple=True, metavar="KEY=VALUE",
               help="A dataset reader option (repeatable), e.g. annotations=FILE for VCR; "
                    "VALUE is parsed as JSON when it can be.")
+@click.option("--rank", type=click.IntRange(min=0),
+              help="This process's rank [default: torchrun's RANK, else SLURM_ARRAY_TASK_ID, "
+                   "else 0]; rank R extracts the shards with index % W == R.")
+@click.option("--world-size", type=click.IntRange(min=1),
+              help="Number of ranks [default: torchrun's WORLD_SIZE, else "
+                   "SLURM_ARRAY_TASK_COUNT, else 1].")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def extract(store_format: str, no_progress: bool, read_options: tuple[str, ...],
             **options: Any) -> None:
     """Run the teachers once over a split and write every MAD target into a sharded cache.
 
     A killed run resumes at the first incomplete shard when run again with the same options.
+    Many processes may extract into one cache (torchrun, --rank/--world-size, a Slurm array);
+    the cache is complete once `madcache cache finish` ran (automatic in most cases).
     """
     from madcache.extraction import ExtractConfig, extract as run_extraction
 
@@ -84,6 +96,10 @@ def extract(store_format: str, no_progress: bool, read_options: tuple[str, ...],
         except FingerprintMismatchError as exc:
             raise UserError(_mismatch_message(exc, config.output_path())) from None
     click.echo(format_summary(summary))
+    if not summary.get("finished"):
+        click.echo(f"rank {summary['rank']} of {summary['world_size']} done; the cache is "
+                   "complete once every rank is: then run `madcache cache finish "
+                   f"{summary['out']}` (rank 0 does it itself under torchrun)")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -102,7 +118,9 @@ def format_summary(summary: dict[str, Any]) -> str:
             ("examples", summary["examples"]), ("images", summary["images"]),
             ("texts", summary["texts"]),
             ("shards", f"{summary['shards']} ({summary['shards_written']} written, "
-                       f"{summary['shards_resumed']} resumed)"),
+                       f"{summary['shards_resumed']} resumed"
+                       + (f" by rank {summary['rank']} of {summary['world_size']}"
+                          if summary.get("world_size", 1) > 1 else "") + ")"),
             ("bytes", _human_bytes(summary["bytes"])), ("seconds", f"{summary['seconds']:.1f}"),
             ("samples/s", summary["samples_per_s"])]
     width = max(len(name) for name, _ in rows)

@@ -21,15 +21,39 @@ _FILE_DIGESTS_LOCK = threading.Lock()
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` through a temporary file in the same folder and a rename."""
     path = Path(path)
+    temp = _written_temp(path, data)
+    try:
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def atomic_create_bytes(path: str | Path, data: bytes) -> bool:
+    """Write `data` to `path` only if nothing is there yet (atomic, also between processes):
+    False, and nothing written, if `path` exists. The whole file appears at once: a temporary
+    file is hard-linked to the name, which fails if the name is taken."""
+    path = Path(path)
+    temp = _written_temp(path, data)
+    try:
+        os.link(temp, path)
+    except FileExistsError:
+        return False
+    finally:
+        temp.unlink(missing_ok=True)
+    return True
+
+
+def _written_temp(path: Path, data: bytes) -> Path:
     temp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     try:
         with open(temp, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temp, path)
-    finally:
+    except BaseException:
         temp.unlink(missing_ok=True)
+        raise
+    return temp
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -51,6 +51,10 @@ class Reader(Protocol):
              **options: Any) -> ReadResult:
         ...
 
+    # Optional: `resolve_options(**options) -> dict`, the options with defaults filled in and
+    # values normalised, so that spelling out a default does not change a cache fingerprint
+    # (`madcache.cache.fingerprint.resolved_read_options`).
+
 
 @dataclass(frozen=True)
 class Dataset:

@@ -83,6 +83,12 @@ class SnliVeReader:
     def annotation_files(self, root: Path, split: str, **options: Any) -> list[Path]:
         return [split_file(Path(root), split, SPLIT_FILES)]
 
+    def resolve_options(self, **options: Any) -> dict[str, Any]:
+        """Every option with its default filled in and its value normalised (what a cache
+        fingerprint records)."""
+        opts = check_options("snli-ve", options, DEFAULT_OPTIONS)
+        return {**opts, "check_files": as_bool(opts["check_files"], "check_files")}
+
     def read(self, root: Path, split: str, *, skip_bad: bool = False, **options: Any) -> ReadResult:
         opts = check_options("snli-ve", options, DEFAULT_OPTIONS)
         root = Path(root)

@@ -224,6 +224,14 @@ class VcrReader:
     def annotation_files(self, root: Path, split: str, **options: Any) -> list[Path]:
         return [self.annotation_file(root, split, options.get("annotations"))]
 
+    def resolve_options(self, **options: Any) -> dict[str, Any]:
+        """Every option with its default filled in and its value normalised (what a cache
+        fingerprint records: `renderer="tag"` given or left out is the same read)."""
+        opts = check_options("vcr", options, DEFAULT_OPTIONS)
+        return {**opts, "modes": list(_modes(opts["modes"])),
+                "renderer": _renderer(opts["renderer"]), "images_dir": str(opts["images_dir"]),
+                "check_files": as_bool(opts["check_files"], "check_files")}
+
     def read(self, root: Path, split: str, *, skip_bad: bool = False, **options: Any) -> ReadResult:
         opts = check_options("vcr", options, DEFAULT_OPTIONS)
         settings = dict(modes=_modes(opts["modes"]), renderer=_renderer(opts["renderer"]),

@@ -296,6 +296,12 @@ class VqaReader:
     def annotation_files(self, root: Path, split: str, **options: Any) -> list[Path]:
         return [p for p in self.files(root, split, **options) if p is not None]
 
+    def resolve_options(self, **options: Any) -> dict[str, Any]:
+        """Every option with its default filled in and its value normalised (what a cache
+        fingerprint records)."""
+        opts = check_options("vqa", options, DEFAULT_OPTIONS)
+        return {**opts, "check_files": as_bool(opts["check_files"], "check_files")}
+
     def read(self, root: Path, split: str, *, skip_bad: bool = False, **options: Any) -> ReadResult:
         opts = check_options("vqa", options, DEFAULT_OPTIONS)
         root = Path(root)

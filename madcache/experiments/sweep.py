@@ -89,6 +89,7 @@ class SweepConfig:
     read_options: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
     adapter: dict[str, Any] = field(default_factory=dict)
+    slurm: dict[str, Any] = field(default_factory=dict)   # executors.SlurmSettings
     source: str | None = None
 
     def __post_init__(self) -> None:
@@ -98,7 +99,7 @@ class SweepConfig:
 # Top-level keys of a pipeline file; `cache` / `eval_caches` are shorthand for one `[[teachers]]`.
 FILE_KEYS = {"dataset", "root", "out", "methods", "seeds", "shots", "teachers", "cache",
              "eval_caches", "students", "regions", "eval", "zero_shot", "train_split",
-             "read_options", "train", "adapter", "vars"}
+             "read_options", "train", "adapter", "slurm", "vars"}
 TEACHER_KEYS = {"name", "cache", "eval_caches"}
 STUDENT_KEYS = {"name", "options", "label"}
 
@@ -531,6 +532,7 @@ class SweepResult:
     failed: list[tuple[RunSpec, str]] = field(default_factory=list)
     zero_shot: list[Path] = field(default_factory=list)
     states: dict[Path, str] = field(default_factory=dict)
+    submitted: list[Any] = field(default_factory=list)     # jobs of a cluster executor
 
 
 def zero_shot_dir(config: SweepConfig, teacher: TeacherCaches, eval_name: str) -> Path:
@@ -572,9 +574,14 @@ def run_sweep(config: SweepConfig, *, jobs: int | None = 1, only: str | None = N
               dry_run: bool = False, runner: Runner | None = None,
               make_split: SplitMaker | None = None, progress: bool = True,
               gpus: Sequence[str] | None = None, jobs_per_gpu: int = 1,
-              report_to: str | None = None) -> SweepResult:
+              report_to: str | None = None, executor: Any = None) -> SweepResult:
     """Run every missing run of the grid; see the module docstring. `jobs` None: one per GPU
-    slot (one without GPUs); `report_to` sets each training run's tracker (--report-to)."""
+    slot (one without GPUs); `report_to` sets each training run's tracker (--report-to). With an
+    `executor` (experiments/executors.py: a Slurm job array) the pending runs are submitted,
+    not run here."""
+    if executor is not None and gpus:
+        raise ConfigError("--gpus places runs on this machine's GPUs; with --executor slurm "
+                          "each run gets the GPUs of its job (--slurm-gpus)")
     slots = gpu_slots(gpus, jobs_per_gpu) if gpus else None
     jobs = jobs if jobs is not None else (len(slots) if slots else 1)
     if jobs < 1:
@@ -600,14 +607,18 @@ def run_sweep(config: SweepConfig, *, jobs: int | None = 1, only: str | None = N
     if config.zero_shot:
         run_zero_shots(config, result)
     ensure_splits(config, pending, make_split or dataset_split_maker(config))
-    run = runner or subprocess_runner
-    from tqdm.auto import tqdm
 
     def payload_of(spec: RunSpec) -> dict[str, Any]:
         payload = job_payload(config, spec)
         if report_to is not None and spec.kind == "train":
             payload["config"]["report_to"] = report_to
         return payload
+
+    if executor is not None:
+        result.submitted = executor.submit(config, pending, payload_of)
+        return result
+    run = runner or subprocess_runner
+    from tqdm.auto import tqdm
 
     with tqdm(total=len(specs), initial=len(result.skipped), desc="sweep", unit="run",
               disable=not progress) as bar:

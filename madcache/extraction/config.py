@@ -34,6 +34,10 @@ class ExtractConfig:
     `vision_teacher` / `text_teacher` override one role. `relevance_model` is the joint-space
     (CLIP-style) model that scores visual relevance and the zero-shot logits; by default the
     vision or text teacher when it is joint-space. Without one, those targets are unavailable.
+
+    `forward_batch` (rows per teacher forward) is in the fingerprint; `batch_size` (rows per
+    worker job, rounded up to whole forward batches), `workers`, `device`, `rank` and
+    `world_size` only change how fast a cache is built, never its values.
     """
 
     dataset: str
@@ -51,6 +55,7 @@ class ExtractConfig:
     format: Literal["zarr", "hdf5"] = "zarr"
     dtype: Literal["float16", "float32"] = "float16"
     batch_size: int = 64
+    forward_batch: int = 64
     workers: int = 0
     shard_size: int = 1024
     limit: int | None = None
@@ -68,6 +73,8 @@ class ExtractConfig:
     answer_top_k: int = 10
     sentence_encoder: Path | None = None
     progress: bool = True
+    rank: int | None = None           # None: torchrun's RANK, else SLURM_ARRAY_TASK_ID, else 0
+    world_size: int | None = None
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "ExtractConfig":
@@ -87,8 +94,8 @@ class ExtractConfig:
             raise ConfigError(f"format must be one of {', '.join(FORMATS)}, not {self.format!r}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
-        for name in ("batch_size", "shard_size", "answer_top_k", "answer_vocab_size",
-                     "yake_max_ngram", "yake_top"):
+        for name in ("batch_size", "forward_batch", "shard_size", "answer_top_k",
+                     "answer_vocab_size", "yake_max_ngram", "yake_top"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.workers < 0:

@@ -6,6 +6,12 @@ batches are ready when the model finishes. The job stream is a *sampler* consume
 main process, so shard plans (and VQA's answer prefiltering) are built just ahead of their jobs.
 Everything a worker holds is picklable: the teachers' `image_transform()` / `text_processor()`
 callables, never a model.
+
+The forward runs in micro-batches of `forward_batch` rows cut from each shard's list of images or
+texts at fixed offsets (0, F, 2F, ...), and every micro-batch is tokenised on its own. A job holds
+whole micro-batches (its size is `batch_size` rounded up to a multiple of F), so what a teacher
+sees in one forward, shapes and padding included, depends on the shard and F but never on
+`--batch-size`: the cached values do not either (docs/extraction.md, "Batch size").
 """
 
 from __future__ import annotations
@@ -35,14 +41,26 @@ class Job:
     items: tuple[Any, ...]
 
 
-def shard_jobs(plan: ShardPlan, batch_size: int, *, with_aux: bool) -> list[Job]:
-    """A shard's jobs in the order the main process consumes them."""
+def shard_jobs(plan: ShardPlan, batch_size: int, *, with_aux: bool,
+               forward_batch: int) -> list[Job]:
+    """A shard's jobs in the order the main process consumes them; each job is whole
+    micro-batches of `forward_batch` rows."""
+    size = job_size(batch_size, forward_batch)
     lists: list[tuple[JobKind, Sequence[Any]]] = [("image", plan.image_paths),
                                                   ("text", plan.texts)]
     if with_aux:
         lists.append(("aux", plan.aux_texts))
-    return [Job(plan.index, kind, start, tuple(items[start:start + batch_size]))
-            for kind, items in lists for start in range(0, len(items), batch_size)]
+    return [Job(plan.index, kind, start, tuple(items[start:start + size]))
+            for kind, items in lists for start in range(0, len(items), size)]
+
+
+def job_size(batch_size: int, forward_batch: int) -> int:
+    """`batch_size` rounded up to whole micro-batches."""
+    return -(-batch_size // forward_batch) * forward_batch
+
+
+def micro_batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[start:start + size] for start in range(0, len(items), size)]
 
 
 @dataclass(frozen=True)
@@ -63,18 +81,22 @@ class Preprocessor:
     def __init__(self, root: Path, *, image_transforms: dict[str, Callable[[Any], torch.Tensor]],
                  text_processors: dict[str, Callable[[Sequence[Text]], Any]],
                  aux_processors: dict[str, Callable[[Sequence[Text]], Any]],
-                 yake: YakeSettings) -> None:
+                 yake: YakeSettings, forward_batch: int) -> None:
         self.root = Path(root)
         self.image_transforms = image_transforms
         self.text_processors = text_processors
         self.aux_processors = aux_processors
         self.yake = yake
+        self.forward_batch = forward_batch
 
     def __call__(self, job: Job) -> dict[str, Any]:
+        """Model inputs per teacher key, as a list with one entry per micro-batch."""
         if job.kind == "image":
             return self.images(job.items)
         processors = self.text_processors if job.kind == "text" else self.aux_processors
-        out: dict[str, Any] = {"tokens": {key: fn(job.items) for key, fn in processors.items()}}
+        chunks = micro_batches(job.items, self.forward_batch)
+        out: dict[str, Any] = {"tokens": {key: [fn(chunk) for chunk in chunks]
+                                          for key, fn in processors.items()}}
         if job.kind == "text":
             out["yake"] = [yake_word_scores(t, max_ngram=self.yake.max_ngram, top=self.yake.top,
                                             language=self.yake.language) for t in job.items]
@@ -84,7 +106,8 @@ class Preprocessor:
     def images(self, paths: Sequence[str]) -> dict[str, Any]:
         """Decode each image once, then apply every teacher's transform."""
         decoded = [load_rgb(self.root, path) for path in paths]
-        return {"pixels": {key: torch.stack([transform(img) for img in decoded])
+        return {"pixels": {key: [torch.stack([transform(img) for img in chunk])
+                                 for chunk in micro_batches(decoded, self.forward_batch)]
                            for key, transform in self.image_transforms.items()}}
 
 
@@ -116,19 +139,25 @@ class JobStream(torch.utils.data.Sampler):
     """Yields the jobs of each pending shard, planning a shard only when its jobs are due.
 
     `plan_shard(index)` runs in the main process (it may use a model: VQA prefiltering) and
-    registers the plan where the consumer finds it.
+    registers the plan where the consumer finds it; it returns None for a shard to skip (another
+    writer holds or has committed it).
     """
 
-    def __init__(self, shard_indices: Iterable[int], plan_shard: Callable[[int], ShardPlan],
-                 batch_size: int, *, with_aux: bool) -> None:
+    def __init__(self, shard_indices: Iterable[int],
+                 plan_shard: Callable[[int], ShardPlan | None], batch_size: int, *,
+                 with_aux: bool, forward_batch: int) -> None:
         self.shard_indices = list(shard_indices)
         self.plan_shard = plan_shard
         self.batch_size = batch_size
         self.with_aux = with_aux
+        self.forward_batch = forward_batch
 
     def __iter__(self) -> Iterator[Job]:
         for index in self.shard_indices:
-            yield from shard_jobs(self.plan_shard(index), self.batch_size, with_aux=self.with_aux)
+            plan = self.plan_shard(index)
+            if plan is not None:
+                yield from shard_jobs(plan, self.batch_size, with_aux=self.with_aux,
+                                      forward_batch=self.forward_batch)
 
 
 def keep_as_is(sample: Any) -> Any:

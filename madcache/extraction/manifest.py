@@ -2,8 +2,9 @@
 
 The fingerprint holds everything that changes a stored value (teacher weights and preprocessing,
 dataset bytes and read options, selection and prompt settings, dtype, which examples and how
-they are sharded). Run-time choices that do not (batch size, workers, device) stay outside it,
-so a resume may change them.
+they are sharded, the forward micro-batch). Run-time choices that do not (batch size, workers,
+device index, ranks) stay outside it, so a resume may change them; the precision of the forward
+(device type and autocast dtype) is recorded per shard and may not change within one cache.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from madcache import __version__
 from madcache.extraction.config import ExtractConfig
 from madcache.extraction.jobs import YakeSettings
 from madcache.extraction.roles import TeacherSet
-from madcache.extraction.protocols import Task
+from madcache.extraction.protocols import Task, VqaTask
 
 ROW_LAYOUT = ("text rows are (image, text) pairs within a shard: a string scored under two "
               "images is stored twice, since word_vr depends on the image")
@@ -33,6 +34,8 @@ def build_fingerprint(config: ExtractConfig, teachers: TeacherSet, task: Task,
         "dtype": config.dtype,
         "examples": {"limit": config.limit, "shard_size": config.shard_size,
                      "skip_bad": config.skip_bad, "grouping": "by image_id, sorted"},
+        "forward": {"micro_batch": config.forward_batch,
+                    "cut": "fixed offsets of each shard's image / text lists"},
     }
 
 
@@ -60,9 +63,18 @@ def build_manifest(config: ExtractConfig, teachers: TeacherSet, task: Task,
                      "zero_shot": "prediction = argmax of the stored logits (SNLI-VE: of "
                                   "-scale * |similarity - kmeans centre|)"},
         "unavailable": missing,
+        "extra": up_front_extra(task, teachers.relevance is not None),
         "skipped_records": skipped,
         "madcache_version": __version__,
     }
+
+
+def up_front_extra(task: Task, has_relevance: bool) -> dict[str, Any]:
+    """Split-level results known before any shard (VQA's answer vocabulary): every rank writes
+    the same, and `finish` needs no teacher to find them."""
+    if isinstance(task, VqaTask) and has_relevance:
+        return {"answer_vocab": list(task.vocab)}
+    return {}
 
 
 def unavailable_targets(task: Task, has_relevance: bool) -> list[str]:

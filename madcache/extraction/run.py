@@ -1,18 +1,26 @@
 """`extract(config)`: read a split, run the teachers once, write a resumable sharded cache.
 
 Top to bottom: read examples -> group into shards -> load teachers -> open the cache (refuses a
-different fingerprint unless `force`) -> for every shard not yet complete: workers prepare
-batches while the main process runs the teachers, then the shard is assembled and written
-atomically in a background thread -> split-level results (SNLI-VE k-means) -> finish.
+different fingerprint unless `force`, and shards of another precision) -> for every shard this
+rank owns that is not committed yet: claim it, workers prepare batches while the main process
+runs the teachers, then the shard is assembled, written and committed in a background thread ->
+finish (split-level results, index, manifest `complete`) once every planned shard is committed.
+
+Ranks (docs/extraction.md, "Scaling out"): rank R of W owns the shards with `index % W == R`.
+Under torchrun, rank 0 finishes after a barrier; separate processes (`--rank/--world-size`, a
+Slurm array) each finish when they see every shard committed, and `madcache cache finish PATH`
+does it by hand. A shard another live process has claimed (the same rank started twice) is left
+to it: this process waits for its commit at the end and redoes it only if that process died.
 """
 
 from __future__ import annotations
 
+import platform
 import time
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +31,8 @@ from madcache.data import Example, read_examples
 from madcache.core.errors import ConfigError
 from madcache.extraction.assemble import RoleKeys, ShardBuffers, EncodedTexts, assemble_shard
 from madcache.extraction.config import ExtractConfig
+from madcache.extraction.distributed import ProcessGroup, Ranks, rank_device, resolve_ranks
+from madcache.extraction.finish import finish_extraction
 from madcache.extraction.jobs import (Job, JobStream, Preprocessor, YakeSettings, make_loader,
                                       shard_jobs)
 from madcache.extraction.manifest import (build_fingerprint, build_manifest,
@@ -37,31 +47,57 @@ Encoder = Any  # SentenceEncoder-like
 
 def extract(config: ExtractConfig, *, teacher_loader: Loader | None = None,
             sentence_encoder: Encoder | None = None) -> dict[str, Any]:
-    """Run one extraction; returns the summary (also stored in the manifest).
+    """Run this process's part of an extraction; returns the summary (stored in the manifest
+    by the process that finishes the cache; `summary["finished"]` says whether this one did).
 
     `teacher_loader` / `sentence_encoder` replace `load_teacher` / the MiniLM encoder (tests).
     """
     started = time.perf_counter()
+    ranks = resolve_ranks(config.rank, config.world_size)
+    if config.force and ranks.world_size > 1 and not ranks.torchrun:
+        raise ConfigError("--force with --world-size > 1 needs torchrun (rank 0 deletes the old "
+                          "cache before the others start): delete it first, or run one process")
+    config = replace(config, device=rank_device(config.device, ranks))
     examples, skipped = _read(config)
     shards = group_into_shards(examples, config.shard_size)
     teachers = load_teacher_set(config, teacher_loader)
     task = _make_task(config, examples, teachers, sentence_encoder)
     yake = YakeSettings(config.yake_max_ngram, config.yake_top, config.yake_language)
-    writer, manifest = _open_writer(config, teachers, task, yake, examples, shards, skipped)
-    message = unavailable_warning(manifest)
-    if message:
-        warnings.warn(message, UserWarning, stacklevel=2)
-    done = set(writer.completed_shards())
-    pending = [i for i in range(len(shards)) if i not in done]
-    task_arrays = ShardPipeline(config, teachers, task, yake, shards, writer).run(pending, done)
-    extra = task.finish([task_arrays[i] for i in sorted(task_arrays)]) \
-        if teachers.relevance is not None else {}
-    if isinstance(task, VqaTask) and teachers.relevance is not None:
-        extra["answer_vocab"] = task.vocab
-    summary = _summary(config, examples, shards, pending, started)
-    writer.finish(extra=extra, summary=summary)
+    group = ProcessGroup.join(ranks)
+    try:
+        writer, manifest = _open_writer(config, ranks, group, teachers, task, yake, examples,
+                                        shards, skipped)
+        message = unavailable_warning(manifest)
+        if message and ranks.rank == 0:
+            warnings.warn(message, UserWarning, stacklevel=2)
+        mine = [i for i in range(len(shards)) if ranks.owns(i)]
+        done = writer.completed_shards()
+        pending = [i for i in mine if i not in done]
+        try:
+            written = ShardPipeline(config, teachers, task, yake, shards, writer).run(pending)
+        finally:
+            writer.close()
+        summary = _summary(config, ranks, examples, shards, mine, written, started)
+        summary["finished"] = _finish(config, ranks, group, writer, task, len(shards), summary)
+    finally:
+        if group is not None:
+            group.close()
     summary["bytes"] = _disk_bytes(config.output_path())
     return summary
+
+
+def _finish(config: ExtractConfig, ranks: Ranks, group: ProcessGroup | None, writer: Any,
+            task: Task, n_shards: int, summary: dict[str, Any]) -> bool:
+    """Finish the cache if this process should: rank 0 after a barrier under torchrun, else
+    whichever process sees every planned shard committed (finishing twice is harmless)."""
+    if group is not None:
+        group.barrier()
+        if ranks.rank != 0:
+            return False
+    elif len(writer.completed_shards()) < n_shards:
+        return False
+    finish_extraction(config.output_path(), task=task, summary=summary)
+    return True
 
 
 def _read(config: ExtractConfig) -> tuple[list[Example], list[dict[str, Any]]]:
@@ -116,9 +152,10 @@ def _directory_fingerprint(directory: Path) -> dict[str, Any]:
     return {"dir": Path(directory).name, "files": {p.name: file_sha256(p) for p in files}}
 
 
-def _open_writer(config: ExtractConfig, teachers: TeacherSet, task: Task, yake: YakeSettings,
-                 examples: list[Example], shards: list[list[Example]],
-                 skipped: list[dict[str, Any]]):
+def _open_writer(config: ExtractConfig, ranks: Ranks, group: ProcessGroup | None,
+                 teachers: TeacherSet, task: Task, yake: YakeSettings, examples: list[Example],
+                 shards: list[list[Example]], skipped: list[dict[str, Any]]):
+    from madcache.cache.commits import writer_identity
     from madcache.cache.fingerprint import dataset_fingerprint
     from madcache.cache.writer import FORMAT_VERSION, CacheWriter
 
@@ -129,9 +166,30 @@ def _open_writer(config: ExtractConfig, teachers: TeacherSet, task: Task, yake: 
     manifest = build_manifest(config, teachers, task, fingerprint,
                               num_choices=num_choices(examples), num_examples=len(examples),
                               num_shards=len(shards), skipped=skipped)
-    writer = CacheWriter.open(config.output_path(), manifest=manifest, format=config.format,
-                              force=config.force)
-    return writer, manifest
+    identity = writer_identity(rank=ranks.rank, world_size=ranks.world_size,
+                               precision=forward_precision(config.device))
+
+    def open_writer(force: bool):
+        return CacheWriter.open(config.output_path(), manifest=manifest, format=config.format,
+                                force=force, identity=identity)
+    if group is None:
+        return open_writer(config.force), manifest
+    # torchrun: rank 0 creates (or wipes) the cache before the others join it
+    writer = open_writer(config.force) if ranks.rank == 0 else None
+    group.barrier()
+    return writer or open_writer(False), manifest
+
+
+def forward_precision(device: str) -> dict[str, Any]:
+    """What the teacher forward computes in (recorded per shard; one cache never mixes two):
+    the device type and the autocast dtype (`_autocast`: bf16 on CUDA), plus the device's name."""
+    kind = torch.device(device).type
+    if kind == "cuda" and torch.cuda.is_available():
+        index = torch.device(device).index or 0
+        return {"device": "cuda", "compute_dtype": "bfloat16",
+                "device_name": torch.cuda.get_device_name(index)}
+    return {"device": kind, "compute_dtype": "float32",
+            "device_name": platform.processor() or platform.machine()}
 
 
 class ShardPipeline:
@@ -152,34 +210,35 @@ class ShardPipeline:
         self.plans: dict[int, ShardPlan] = {}
         self.expected_jobs: dict[int, int] = {}
 
-    def plan_shard(self, index: int) -> ShardPlan:
-        plan = build_shard_plan(index, self.shards[index])
-        if self.keys.relevance is not None:
-            self.task.prepare(plan)
-        self.plans[index] = plan
-        self.expected_jobs[index] = len(shard_jobs(plan, self.config.batch_size, with_aux=True))
-        return plan
+    def run(self, pending: list[int]) -> list[int]:
+        """Write the `pending` shards; returns those this process wrote. A shard another live
+        process has claimed is skipped first, then waited for, and redone if it is still not
+        committed (its process died)."""
+        deferred: list[int] = []
+        written = self._pass(pending, wait=False, deferred=deferred)
+        if deferred:
+            written += self._pass(deferred, wait=True, deferred=[])
+        return written
 
-    def preprocessor(self) -> Preprocessor:
-        teachers = self.teachers.distinct
-        relevance = [] if self.keys.relevance is None else [self.keys.relevance]
-        return Preprocessor(
-            self.config.root,
-            image_transforms={k: teachers[k].image_transform() for k in self.teachers.image_keys()},
-            text_processors={k: teachers[k].text_processor() for k in self.teachers.text_keys()},
-            aux_processors={k: teachers[k].text_processor() for k in relevance},
-            yake=self.yake)
+    def _pass(self, indices: list[int], *, wait: bool, deferred: list[int]) -> list[int]:
+        total = sum(len(self.shards[i]) for i in indices)
+        written: list[int] = []
 
-    def run(self, pending: list[int], done: set[int]) -> dict[int, dict[str, np.ndarray]]:
-        """Process `pending`; returns every shard's task arrays (read back for `done` ones)."""
-        task_arrays = self._read_back(done)
-        total = sum(len(s) for s in self.shards)
-        initial = sum(len(self.shards[i]) for i in done)
-        stream = JobStream(pending, self.plan_shard, self.config.batch_size, with_aux=True)
+        def plan_shard(index: int) -> ShardPlan | None:
+            if not self.writer.claim(index, wait=wait):
+                deferred.append(index)
+                return None
+            if self.writer.is_committed(index):
+                self.writer.release(index)
+                return None
+            written.append(index)
+            return self.plan_shard(index)
+        stream = JobStream(indices, plan_shard, self.config.batch_size, with_aux=True,
+                           forward_batch=self.config.forward_batch)
         loader = make_loader(self.preprocessor(), stream, workers=self.config.workers,
                              pin_memory=self.config.device.startswith("cuda"))
         buffers: dict[int, ShardBuffers] = {}
-        with _progress(total, initial, self.config.progress) as bar, \
+        with _progress(total, self.config.progress) as bar, \
                 ThreadPoolExecutor(max_workers=1) as pool:
             writing: Future | None = None
             for job, payload in loader:
@@ -190,38 +249,46 @@ class ShardPipeline:
                     plan = self.plans.pop(job.shard)
                     arrays, index = assemble_shard(plan, buffers.pop(job.shard), self.keys,
                                                    self.task, dtype=self.dtype)
-                    task_arrays[plan.index] = {k: arrays[k] for k in self.task.arrays
-                                               if k in arrays}
                     _wait(writing)
                     writing = pool.submit(self.writer.write_shard, plan.index, arrays, index)
                     bar.update(len(plan.examples))
             _wait(writing)
-        return task_arrays
+        return written
+
+    def plan_shard(self, index: int) -> ShardPlan:
+        plan = build_shard_plan(index, self.shards[index])
+        if self.keys.relevance is not None:
+            self.task.prepare(plan)
+        self.plans[index] = plan
+        self.expected_jobs[index] = len(shard_jobs(plan, self.config.batch_size, with_aux=True,
+                                                   forward_batch=self.config.forward_batch))
+        return plan
+
+    def preprocessor(self) -> Preprocessor:
+        teachers = self.teachers.distinct
+        relevance = [] if self.keys.relevance is None else [self.keys.relevance]
+        return Preprocessor(
+            self.config.root,
+            image_transforms={k: teachers[k].image_transform() for k in self.teachers.image_keys()},
+            text_processors={k: teachers[k].text_processor() for k in self.teachers.text_keys()},
+            aux_processors={k: teachers[k].text_processor() for k in relevance},
+            yake=self.yake, forward_batch=self.config.forward_batch)
 
     def _encode(self, job: Job, payload: dict[str, Any], buf: ShardBuffers) -> None:
+        """Run the teachers on a job, one micro-batch (a list entry of the payload) at a time."""
         teachers = self.teachers.distinct
         with torch.inference_mode(), _autocast(self.config.device):
             if job.kind == "image":
-                for key, pixels in payload["pixels"].items():
-                    buf.images.setdefault(key, []).append(
-                        teachers[key].encode_images(pixels).float().cpu())
+                for key, chunks in payload["pixels"].items():
+                    buf.images.setdefault(key, []).extend(
+                        teachers[key].encode_images(pixels).float().cpu() for pixels in chunks)
                 return
             target = buf.texts if job.kind == "text" else buf.aux
-            for key, tokens in payload["tokens"].items():
-                target.setdefault(key, EncodedTexts()).add(teachers[key].encode_tokens(tokens))
+            for key, chunks in payload["tokens"].items():
+                for tokens in chunks:
+                    target.setdefault(key, EncodedTexts()).add(teachers[key].encode_tokens(tokens))
             buf.yake.extend(payload.get("yake", []))
             buf.content.extend(payload.get("content", []))
-
-    def _read_back(self, done: set[int]) -> dict[int, dict[str, np.ndarray]]:
-        """Task arrays of shards completed by an earlier run (SNLI-VE k-means needs them)."""
-        if not done or self.keys.relevance is None or not _needs_split(self.task):
-            return {}
-        return {i: {k: v for k, v in self.writer.read_shard(i).items() if k in self.task.arrays}
-                for i in sorted(done)}
-
-
-def _needs_split(task: Task) -> bool:
-    return type(task).finish is not Task.finish
 
 
 def _wait(future: Future | None) -> None:
@@ -235,17 +302,18 @@ def _autocast(device: str):
     return nullcontext()
 
 
-def _progress(total: int, initial: int, enabled: bool):
+def _progress(total: int, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, unit="ex", desc="extract", disable=not enabled,
+    return tqdm(total=total, unit="ex", desc="extract", disable=not enabled or total == 0,
                 dynamic_ncols=True)
 
 
-def _summary(config: ExtractConfig, examples: list[Example], shards: list[list[Example]],
-             pending: list[int], started: float) -> dict[str, Any]:
+def _summary(config: ExtractConfig, ranks: Ranks, examples: list[Example],
+             shards: list[list[Example]], mine: list[int], written: list[int],
+             started: float) -> dict[str, Any]:
     seconds = time.perf_counter() - started
-    processed = sum(len(shards[i]) for i in pending)
+    processed = sum(len(shards[i]) for i in written)
     return {
         "out": str(config.output_path()),
         "format": config.format,
@@ -253,8 +321,11 @@ def _summary(config: ExtractConfig, examples: list[Example], shards: list[list[E
         "images": len({ex.image_id for ex in examples}),
         "texts": len({(ex.image_id, t.text) for ex in examples for t in ex.texts}),
         "shards": len(shards),
-        "shards_written": len(pending),
-        "shards_resumed": len(shards) - len(pending),
+        "rank": ranks.rank,
+        "world_size": ranks.world_size,
+        "shards_owned": len(mine),
+        "shards_written": len(written),
+        "shards_resumed": len(mine) - len(written),
         "seconds": round(seconds, 3),
         "samples_per_s": round(processed / seconds, 2) if seconds > 0 else None,
     }

@@ -153,7 +153,7 @@ def build_region_store(*, dataset: str, root: str | Path, split: str | Sequence[
                            index_columns={"image_id": ids})
         written += 1
     bar.close()
-    total = sum(int(e["arrays"]["region_feat"]["shape"][0]) for e in writer.manifest["shards"])
+    total = sum(int(e["arrays"]["region_feat"]["shape"][0]) for e in writer.committed_entries())
     summary = {"images": len(image_ids), "regions": total}
     writer.finish(summary=summary)
     return {"path": str(path), **summary, "shards_written": written,

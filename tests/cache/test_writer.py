@@ -1,4 +1,4 @@
-"""CacheWriter: atomic shards, manifest records, resume, fingerprint refusal, force, finish."""
+"""CacheWriter: atomic shards, commit records, resume, fingerprint refusal, force, finish."""
 
 from __future__ import annotations
 
@@ -8,16 +8,20 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from madcache.cache.commits import read_commits
 from madcache.cache.manifest import FORMAT_VERSION, array_checksum, read_manifest
+from madcache.cache.store import LocalStore
 from madcache.cache.writer import CacheWriter
 from madcache.core.errors import CacheCorruptError, CacheError, FingerprintMismatchError
 
 
-def test_manifest_records_checksums_shapes_and_state(tmp_path, world, fmt, kit):
+def test_commit_records_hold_checksums_shapes_and_writer(tmp_path, world, fmt, kit):
     writer = kit.write_world(tmp_path / "c", world, fmt=fmt, finish=False, shards=[1])
     manifest = read_manifest(tmp_path / "c")
     assert manifest["state"] == "writing" and manifest["format"] == fmt
-    (entry,) = manifest["shards"]
+    assert manifest["shards"] == []            # while writing, the commit records say it
+    (entry,) = read_commits(LocalStore(tmp_path / "c")).values()
+    assert entry["writer"]["rank"] == 0 and entry["writer"]["world_size"] == 1
     arrays = world.shard_arrays(1)
     assert entry["index"] == 1 and entry["examples"] == len(world.shards[1])
     assert entry["words"] == int(arrays["word_offsets"][-1])
@@ -76,7 +80,7 @@ def test_renamed_shard_without_manifest_entry_is_redone(tmp_path, world, fmt, ki
 
 def test_different_fingerprint_names_the_key(tmp_path, world, fmt, kit):
     root = tmp_path / "c"
-    kit.write_world(root, world, fmt=fmt, shards=[0])
+    kit.write_world(root, world, fmt=fmt, shards=[0], finish=False)
     with pytest.raises(FingerprintMismatchError) as info:
         CacheWriter.open(root, manifest=kit.make_manifest(checkpoint="cd" * 32), format=fmt)
     message = str(info.value)
@@ -106,7 +110,7 @@ def test_refuses_a_directory_that_is_not_a_cache(tmp_path, kit):
 
 
 def test_other_format_is_refused_without_force(tmp_path, world, kit):
-    kit.write_world(tmp_path / "c", world, fmt="zarr", shards=[0])
+    kit.write_world(tmp_path / "c", world, fmt="zarr", shards=[0], finish=False)
     with pytest.raises(CacheError, match="stored as zarr"):
         CacheWriter.open(tmp_path / "c", manifest=kit.make_manifest(), format="hdf5")
 
@@ -115,6 +119,7 @@ def test_duplicate_ids_across_shards(tmp_path, world, fmt, kit):
     writer = CacheWriter.open(tmp_path / "c", manifest=kit.make_manifest(), format=fmt)
     writer.write_shard(0, world.shard_arrays(0))
     writer.write_shard(1, world.shard_arrays(0))
+    writer.write_shard(2, world.shard_arrays(2))
     with pytest.raises(CacheCorruptError, match="more than once"):
         writer.finish()
 
@@ -131,8 +136,19 @@ def test_inconsistent_shard_is_rejected_before_writing(tmp_path, world, kit):
 def test_manifest_is_plain_json_with_digest(tmp_path, world, kit):
     from madcache.cache.fingerprint import digest
 
-    kit.write_world(tmp_path / "c", world, fmt="zarr", shards=[0])
+    kit.write_world(tmp_path / "c", world, fmt="zarr", shards=[0], finish=False)
     manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
     assert manifest["fingerprint_digest"] == digest(kit.make_manifest()["fingerprint"])
     assert manifest["format_version"] == FORMAT_VERSION == 2
     assert not list((tmp_path / "c").glob(".*tmp*"))
+
+
+def test_finish_refuses_until_every_planned_shard_is_committed(tmp_path, world, fmt, kit):
+    writer = kit.write_world(tmp_path / "c", world, fmt=fmt, finish=False, shards=[0, 2])
+    with pytest.raises(CacheError, match=r"1 of 3 shards are not committed yet \(shards 1\)"):
+        writer.finish()
+    assert read_manifest(tmp_path / "c")["state"] == "writing"
+    writer.write_shard(1, world.shard_arrays(1), world.index_columns(1))
+    manifest = writer.finish()
+    assert manifest["state"] == "complete" and [e["index"] for e in manifest["shards"]] == [0, 1, 2]
+    assert manifest["shards"][1]["writer"]["host"]

@@ -1,5 +1,7 @@
-"""Fixtures for extraction tests: a tiny CLIP checkpoint saved here, and a toy dataset with real
-image files, registered under its own names so the tests do not depend on the real readers."""
+"""Fixtures for extraction tests: a tiny CLIP checkpoint saved here, a toy dataset with real
+image files, registered under its own names so the tests do not depend on the real readers, and a
+hand-made SNLI-VE split read by the real reader (child processes can extract it).
+tests/faults/conftest.py loads this file for `save_tiny_clip` and `write_snli_split`."""
 
 from __future__ import annotations
 
@@ -52,6 +54,38 @@ def tiny_clip(tmp_path_factory) -> tuple[str, Path]:
     """(teacher name, checkpoint) for `load_teacher`."""
     config, checkpoint = save_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
     return f"openclip-config:{config}", checkpoint
+
+
+# --- a hand-made SNLI-VE split in the original format ----------------------------------------
+
+SNLI_IMAGES = 12
+SNLI_HYPOTHESES = ("A dog runs on the grass.", "Two people sit on a bench near the water.",
+                   "A man is cooking dinner.")
+
+
+def write_snli_split(root: Path) -> Path:
+    """`SNLI_IMAGES` images x 3 hypotheses, split `train` (`snli_ve_train.jsonl`)."""
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(3)
+    lines = []
+    for i in range(SNLI_IMAGES):
+        image_id = str(1000 + i)
+        Image.fromarray(rng.integers(0, 255, (36, 40, 3), np.uint8)).save(
+            root / "images" / f"{image_id}.jpg")
+        for k, (hypothesis, label) in enumerate(zip(SNLI_HYPOTHESES, ("entailment", "neutral",
+                                                                      "contradiction"))):
+            lines.append(json.dumps({"Flickr30K_ID": image_id, "gold_label": label,
+                                     "pairID": f"{image_id}.jpg#0r1{label[0]}{k}",
+                                     "sentence2": hypothesis}))
+    (root / "snli_ve_train.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def snli_root(tmp_path_factory) -> Path:
+    return write_snli_split(tmp_path_factory.mktemp("snli"))
 
 
 # --- a toy dataset: jsonl annotations + PNG images, one reader for three protocols ----------

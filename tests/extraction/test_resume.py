@@ -17,9 +17,7 @@ from click.testing import CliRunner
 from madcache.cache.reader import open_cache
 from madcache.cli import cli
 
-IMAGES = 12
-HYPOTHESES = ("A dog runs on the grass.", "Two people sit on a bench near the water.",
-              "A man is cooking dinner.")
+IMAGES = 12          # conftest.py: snli_root has 12 images x 3 hypotheses
 
 # The real CLI in a child process, with each shard write followed by a pause so the parent can
 # kill it reliably between shards (the kill itself is a plain external SIGKILL).
@@ -37,28 +35,6 @@ main()
 """
 
 
-@pytest.fixture(scope="module")
-def snli_root(tmp_path_factory) -> Path:
-    """A hand-made SNLI-VE split: 12 images x 3 hypotheses, in the original format."""
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("snli")
-    (root / "images").mkdir()
-    rng = np.random.default_rng(3)
-    lines = []
-    for i in range(IMAGES):
-        image_id = str(1000 + i)
-        Image.fromarray(rng.integers(0, 255, (36, 40, 3), np.uint8)).save(
-            root / "images" / f"{image_id}.jpg")
-        for k, (hypothesis, label) in enumerate(zip(HYPOTHESES, ("entailment", "neutral",
-                                                                 "contradiction"))):
-            lines.append(json.dumps({"Flickr30K_ID": image_id, "gold_label": label,
-                                     "pairID": f"{image_id}.jpg#0r1{label[0]}{k}",
-                                     "sentence2": hypothesis}))
-    (root / "snli_ve_train.jsonl").write_text("\n".join(lines) + "\n")
-    return root
-
-
 def cli_args(root: Path, out: Path, tiny_clip, store_format: str) -> list[str]:
     name, checkpoint = tiny_clip
     return ["extract", "--teacher", name, "--checkpoint", str(checkpoint), "--dataset",
@@ -67,21 +43,19 @@ def cli_args(root: Path, out: Path, tiny_clip, store_format: str) -> list[str]:
 
 
 def completed(out: Path) -> int:
-    try:
-        return len(json.loads((out / "manifest.json").read_text())["shards"])
-    except (FileNotFoundError, json.JSONDecodeError, KeyError):
-        return 0
+    """Shards committed so far (one commit record each)."""
+    return len(list((out / "commits").glob("*.json")))
 
 
 def kill_after_first_shard(args: list[str], out: Path) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     child = subprocess.Popen([sys.executable, "-c", SLOW_CLI, *args], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 300   # a deadline, not a speed goal (busy CI cores)
     while completed(out) < 1:
         if child.poll() is not None:
             raise AssertionError(f"extraction ended early: {child.stderr.read().decode()}")
-        assert time.monotonic() < deadline, "no shard completed within 60 s"
+        assert time.monotonic() < deadline, "no shard completed within 300 s"
         time.sleep(0.02)
     child.send_signal(signal.SIGKILL)
     child.wait()

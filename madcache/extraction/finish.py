@@ -1,0 +1,45 @@
+"""`finish_extraction(path)`: the last step of an extraction, after every rank committed its shards.
+
+It computes the split-level results that need every shard (SNLI-VE's k-means centres, from the
+`similarity` arrays read back from all committed shards) and then `finish_cache` joins the index
+and marks the cache complete. It needs no teacher: `madcache cache finish PATH` runs it on its own
+(after a Slurm job array), and rank 0 runs it after a barrier under torchrun.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from madcache.extraction.protocols import Task, make_task
+
+
+def finish_extraction(path: str | Path, *, task: Task | None = None,
+                      summary: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Finish the cache at `path`; returns its final manifest. `task` defaults to the manifest's
+    protocol (`fingerprint.prompts.protocol`)."""
+    from madcache.cache.manifest import read_manifest
+    from madcache.cache.writer import finish_cache
+
+    manifest = read_manifest(path)
+    if task is None:
+        task = make_task(manifest.get("fingerprint", {}).get("prompts", {}).get("protocol", ""))
+    return finish_cache(path, extra=split_results(Path(path), manifest, task), summary=summary)
+
+
+def split_results(path: Path, manifest: dict[str, Any], task: Task) -> dict[str, Any]:
+    """`task.finish` over the task arrays of every committed shard, in shard order."""
+    if type(task).finish is Task.finish or manifest.get("unavailable"):
+        return {}
+    from madcache.cache.backends import get_backend
+    from madcache.cache.commits import read_commits
+    from madcache.cache.store import LocalStore
+
+    backend = get_backend(manifest.get("format", "zarr"))
+    shard_arrays: list[dict[str, np.ndarray]] = []
+    for index, record in sorted(read_commits(LocalStore(path)).items()):
+        names = [name for name in task.arrays if name in record["arrays"]]
+        shard_arrays.append(backend.read(backend.shard_path(path, index), names))
+    return task.finish(shard_arrays)

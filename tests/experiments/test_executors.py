@@ -1,0 +1,97 @@
+"""Sweeps on a cluster: the [slurm] table, the sbatch script `--dry-run` shows, and the submitit
+path run end to end with submitit's local executor (same pickling and job code, no Slurm)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from madcache.cli import cli
+from madcache.core.errors import ConfigError
+from madcache.experiments.executors import RunJob, SlurmSettings, SubmititExecutor
+from madcache.experiments.sweep import load_sweep, plan, run_sweep
+
+pytest.importorskip("submitit", reason="submitit (madcache[slurm]) is not installed")
+
+
+def _sweep_tests():
+    """tests/experiments/test_sweep.py (its pipeline text and toy adapter sweep), by path."""
+    path = Path(__file__).with_name("test_sweep.py")
+    spec = importlib.util.spec_from_file_location("sweep_tests_for_executors", str(path))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+sweep_tests = _sweep_tests()
+SLURM = '\n[slurm]\npartition = "gpu"\ncpus_per_task = 4\ntime_min = 30\nmem_gb = 16\n' \
+        'setup = ["module load cuda"]\n'
+
+
+def test_slurm_table_is_checked_and_flags_win(tmp_path):
+    config = load_sweep(sweep_tests.write(tmp_path, sweep_tests.PIPELINE + SLURM))
+    settings = SlurmSettings.from_table(config.slurm, where="p.toml",
+                                        overrides={"gpus_per_node": 2, "partition": None})
+    assert (settings.partition, settings.gpus_per_node, settings.cpus_per_task) == ("gpu", 2, 4)
+    assert settings.sbatch_parameters("x")["mem"] == "16384MB"
+    with pytest.raises(ConfigError, match=r"p.toml: unknown key 'slurm.gpus'; valid keys"):
+        SlurmSettings.from_table({"gpus": 1}, where="p.toml")
+    with pytest.raises(ConfigError, match=r"'slurm.time_min' must be int, got '1h'"):
+        SlurmSettings.from_table({"time_min": "1h"}, where="p.toml")
+    with pytest.raises(ConfigError, match=r"'slurm.setup' must be a list of shell lines"):
+        SlurmSettings.from_table({"setup": "module load cuda"}, where="p.toml")
+
+
+def test_dry_run_shows_the_sbatch_script_of_one_array(tmp_path):
+    path = sweep_tests.write(tmp_path, sweep_tests.PIPELINE + SLURM)
+    result = CliRunner().invoke(cli, ["sweep", str(path), "--executor", "slurm", "--dry-run",
+                                      "--set", "seeds=[0]", "--slurm-gpus", "2",
+                                      "--slurm-time", "90"])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=2",
+                 "#SBATCH --cpus-per-task=4", "#SBATCH --time=90", "#SBATCH --mem=16384MB",
+                 "#SBATCH --array=0-5%6", "#SBATCH --signal=USR2@90",
+                 "#SBATCH --job-name=madcache-vcr", "module load cuda",
+                 "-m submitit.core._submit", "# task 0: vcr/single-stream/baseline/k2/seed0",
+                 "# task 5: vcr/single-stream/mad/k8/seed0", "requeued up to 3 time(s)"):
+        assert line in out, line
+    assert f"#SBATCH --output={tmp_path}/runs/slurm/%A_%a/%A_%a_0_log.out" in out
+    assert not (tmp_path / "runs" / "slurm").exists()           # nothing submitted
+    bad = CliRunner().invoke(cli, ["sweep", str(sweep_tests.write(
+        tmp_path, sweep_tests.PIPELINE + '\n[slurm]\nnodes = 2\n', "bad.toml")), "--dry-run"])
+    assert bad.exit_code == 2 and "unknown key 'slurm.nodes'" in bad.output
+
+
+def test_a_requeued_task_runs_the_same_job_again(tmp_path):
+    config = load_sweep(sweep_tests.write(tmp_path))
+    spec = plan(config)[0]
+    job = RunJob(spec, {"kind": "train", "config": {}, "evals": []})
+    again = job.checkpoint()
+    assert isinstance(again.function, RunJob) and again.function.spec == spec
+    assert again.function.payload == job.payload
+
+
+@pytest.mark.slow
+def test_sweep_through_submitit_local_executor(tmp_path):
+    """Every pending run becomes a submitit job; each writes its own sweep.log and a complete
+    metrics.json; a second sweep submits nothing."""
+    config = sweep_tests.adapter_sweep(tmp_path)
+    executor = SubmititExecutor(SlurmSettings(time_min=10), cluster="local")
+    result = run_sweep(config, executor=executor, progress=False,
+                       make_split=sweep_tests.index_splits(tmp_path / "caches/train"))
+    assert len(result.submitted) == 4 and not result.ran
+    names = sorted(job.result() for job in result.submitted)
+    assert names == sorted(spec.name for spec in result.planned)
+    for spec in result.planned:
+        metrics = json.loads((spec.run_dir / "metrics.json").read_text())
+        assert metrics["status"] == "complete" and "val" in metrics["eval"]
+        assert (spec.run_dir / "sweep.log").is_file()
+    assert (tmp_path / "runs" / "slurm").is_dir()
+    assert run_sweep(config, executor=executor, progress=False).submitted == []

@@ -1,0 +1,159 @@
+"""The fault-injection suite's shared helpers: caches to damage, and `madcache` child processes
+that stop at a named point so the test can SIGKILL them exactly there.
+
+Each area has its own file (test_cache_faults.py, test_extraction_faults.py, ...). The tiny CLIP,
+the SNLI-VE split and the hand-built cache world come from tests/extraction/conftest.py and
+tests/cache/conftest.py, loaded by path (conftest modules are not importable)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+TESTS = Path(__file__).resolve().parents[1]
+
+
+def _load(relative: str, name: str):
+    spec = importlib.util.spec_from_file_location(name, str(TESTS / relative))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module          # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+extraction_helpers = _load("extraction/conftest.py", "faults_extraction_helpers")
+cache_helpers = _load("cache/conftest.py", "faults_cache_helpers")
+
+# The real CLI in a child process, with a hook at the named point FAULT_POINT: when reached it
+# writes FAULT_MARKER (its pid) and waits, FAULT_PAUSE seconds or, with FAULT_GO, until that file
+# exists; so the parent can kill it there, or hold it there while another process works.
+#   before-commit: a shard's arrays and index part are in place, its commit record is not
+#   after-shard:   after each committed shard
+CHILD = """
+import os, sys, time
+from pathlib import Path
+import madcache.cache.writer as writer
+
+point = os.environ.get("FAULT_POINT", "")
+marker = Path(os.environ.get("FAULT_MARKER", os.devnull))
+pause = float(os.environ.get("FAULT_PAUSE", "60"))
+go = os.environ.get("FAULT_GO")
+
+def reached():
+    marker.write_text(str(os.getpid()))
+    if go is None:
+        time.sleep(pause)
+        return
+    deadline = time.monotonic() + 600
+    while not Path(go).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+if point == "before-commit":
+    commit = writer.write_commit
+    def hooked_commit(store, record):
+        reached()
+        commit(store, record)
+    writer.write_commit = hooked_commit
+elif point == "after-shard":
+    write_shard = writer.CacheWriter.write_shard
+    def hooked_write(self, *args, **kwargs):
+        write_shard(self, *args, **kwargs)
+        reached()
+    writer.CacheWriter.write_shard = hooked_write
+
+from madcache.cli import main
+sys.argv = ["madcache", *sys.argv[1:]]
+main()
+"""
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_ARRAY_TASK_ID",
+                        "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN")}
+    return {**env, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1",
+            "PYTHONPATH": str(TESTS.parent), **extra}
+
+
+def start_cli(args: list[str], *, point: str = "", marker: Path | None = None,
+              pause: float = 60.0, go: Path | None = None) -> subprocess.Popen:
+    """`madcache ARGS` in a child process with the fault hook at `point` (held until the file
+    `go` exists, when given)."""
+    env = child_env(FAULT_POINT=point, FAULT_MARKER=str(marker or os.devnull),
+                    FAULT_PAUSE=str(pause), **({"FAULT_GO": str(go)} if go else {}))
+    return subprocess.Popen([sys.executable, "-c", CHILD, *map(str, args)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(marker: Path, child: subprocess.Popen, timeout: float = 300.0) -> None:
+    """Until the child reached its fault point (fails if it ended first)."""
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        if child.poll() is not None:
+            raise AssertionError(f"child ended before its fault point: {child.stderr.read()}")
+        assert time.monotonic() < deadline, f"no fault point reached within {timeout} s"
+        time.sleep(0.02)
+
+
+def wait_for_commits(out: Path, n: int, child: subprocess.Popen,
+                     timeout: float = 300.0) -> None:
+    """Until the cache at `out` has `n` commit records (fails if `child` ended first)."""
+    deadline = time.monotonic() + timeout
+    while len(list((out / "commits").glob("*.json"))) < n:
+        if child.poll() is not None:
+            raise AssertionError(f"child ended early: {child.stderr.read()}")
+        assert time.monotonic() < deadline, f"no {n} commits within {timeout} s"
+        time.sleep(0.05)
+
+
+def kill(child: subprocess.Popen) -> None:
+    child.send_signal(signal.SIGKILL)
+    child.communicate()
+
+
+def finish(child: subprocess.Popen, timeout: float = 540.0) -> str:
+    """The child's stdout after it exits 0 (its stderr in the failure message otherwise)."""
+    out, err = child.communicate(timeout=timeout)
+    assert child.returncode == 0, f"exit {child.returncode}: {err[-2000:]}"
+    return out
+
+
+def extract_args(root: Path, out: Path, tiny_clip, *extra: str) -> list[str]:
+    """`madcache extract` on the SNLI-VE split: 12 images, one per shard, float32 storage so
+    that equality checks see every bit."""
+    name, checkpoint = tiny_clip
+    return ["extract", "--teacher", name, "--checkpoint", str(checkpoint), "--dataset",
+            "snli-ve", "--root", str(root), "--split", "train", "--out", str(out),
+            "--shard-size", "3", "--batch-size", "2", "--forward-batch", "2",
+            "--dtype", "float32", "--no-progress", *extra]
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory) -> tuple[str, Path]:
+    config, checkpoint = extraction_helpers.save_tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
+    return f"openclip-config:{config}", checkpoint
+
+
+@pytest.fixture(scope="session")
+def snli_root(tmp_path_factory) -> Path:
+    return extraction_helpers.write_snli_split(tmp_path_factory.mktemp("snli"))
+
+
+@pytest.fixture
+def faults():
+    """The helpers above, for the test modules."""
+    return SimpleNamespace(start_cli=start_cli, wait_for=wait_for, kill=kill, finish=finish,
+                           wait_for_commits=wait_for_commits,
+                           extract_args=extract_args, child_env=child_env,
+                           make_world=cache_helpers.make_world,
+                           make_manifest=cache_helpers.make_manifest,
+                           write_world=cache_helpers.write_world,
+                           snli_images=extraction_helpers.SNLI_IMAGES)
