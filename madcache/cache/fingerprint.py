@@ -70,13 +70,11 @@ def dataset_fingerprint(dataset: str, root: str | Path, split: str,
 
 
 def resolved_read_options(dataset: str, read_options: dict[str, Any] | None) -> dict[str, Any]:
-    """The dataset's `resolve_options(**read_options)` when it has one, else the options as
-    given; as plain JSON."""
+    """The dataset's options with defaults filled in and values normalised
+    (`Dataset.resolve_options`), as plain JSON."""
     from madcache.data import DATASETS
 
-    resolve = getattr(DATASETS.get(dataset), "resolve_options", None)
-    options = dict(read_options or {})
-    return to_json(resolve(**options) if resolve is not None else options)
+    return to_json(DATASETS.get(dataset).resolve_options(**dict(read_options or {})))
 
 
 def _relative(path: Path, root: Path) -> str:

@@ -105,6 +105,12 @@ class Dataset:
     def annotation_files(self, root: Path, split: str, **options: Any) -> list[Path]:
         return self.reader.annotation_files(Path(root), split, **options)
 
+    def resolve_options(self, **options: Any) -> dict[str, Any]:
+        """The reader's options with defaults filled in and values normalised (the reader's
+        optional `resolve_options`; else as given), so a default spelled out is no difference."""
+        resolve = getattr(self.reader, "resolve_options", None)
+        return resolve(**options) if resolve is not None else dict(options)
+
     def check_sm(self) -> None:
         """Refuse shortcut mitigation for a dataset that has no SM version."""
         if not self.sm:

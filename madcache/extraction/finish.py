@@ -25,8 +25,17 @@ def finish_extraction(path: str | Path, *, task: Task | None = None,
 
     manifest = read_manifest(path)
     if task is None:
-        task = make_task(manifest.get("fingerprint", {}).get("prompts", {}).get("protocol", ""))
+        task = recorded_task(manifest.get("fingerprint", {}).get("prompts", {}))
     return finish_cache(path, extra=split_results(Path(path), manifest, task), summary=summary)
+
+
+def recorded_task(prompts: dict[str, Any]) -> Task:
+    """The task an extraction ran, rebuilt from its fingerprint's `prompts` part: the protocol
+    and the relevance model's logit scale and bias (SNLI-VE's k-means logits use the scale)."""
+    task = make_task(prompts.get("protocol") or "none")
+    task.logit_scale = float(prompts.get("scale", task.logit_scale))
+    task.logit_bias = float(prompts.get("bias", task.logit_bias))
+    return task
 
 
 def split_results(path: Path, manifest: dict[str, Any], task: Task) -> dict[str, Any]:

@@ -43,9 +43,12 @@ def test_dataset_fingerprint_hashes_annotation_files(tmp_path, monkeypatch):
     (tmp_path / "ann").mkdir()
     (tmp_path / "ann" / "train.jsonl").write_text('{"id": 1}\n')
 
-    class Fake:
+    class Fake:                        # the two members of a Dataset spec a fingerprint uses
         def annotation_files(self, root: Path, split: str, **options) -> list[Path]:
             return [root / "ann" / f"{split}.jsonl"]
+
+        def resolve_options(self, **options):
+            return options
 
     monkeypatch.setattr(DATASETS, "get", lambda name: Fake())
     part = fp.dataset_fingerprint("fake", tmp_path, "train", {"modes": ("qa",), "renderer": "x"})
