@@ -225,6 +225,14 @@ def tables(cells: Mapping[CellKey, Cell]) -> list[tuple[str, str]]:
     return sorted(found, key=lambda t: (t[0], _metric_sort(t[1])))
 
 
+def ordered_keys(cells: Mapping[CellKey, Cell]) -> list[CellKey]:
+    """Every cell's key in report order: tables, then rows, then settings."""
+    return [(dataset, *row, split, shots, metric)
+            for dataset, metric in tables(cells) for row in rows(cells, dataset, metric)
+            for split, shots in settings(cells, dataset, metric)
+            if (dataset, *row, split, shots, metric) in cells]
+
+
 # ----------------------------------------------------------------------------- pairing
 
 @dataclass
@@ -244,7 +252,8 @@ def check_baseline(cells: Mapping[CellKey, Cell], baseline: str) -> None:
                                f"methods found: {', '.join(methods) or 'none'}")
 
 
-def paired_cells(cells: Mapping[CellKey, Cell], baseline: str = BASELINE) -> dict[CellKey, Pairing]:
+def paired_cells(cells: Mapping[CellKey, Cell],
+                 baseline: str = BASELINE) -> dict[CellKey, Pairing]:
     """Every other method's cell paired with the `baseline` cell of the same dataset, student,
     split, shots and metric: the baseline row with the same teachers if there is one, else the
     only baseline row (a baseline trains without a teacher cache, so its teachers are "-"). Seeds
@@ -256,8 +265,7 @@ def paired_cells(cells: Mapping[CellKey, Cell], baseline: str = BASELINE) -> dic
     pairs = {}
     for key, cell in cells.items():
         candidates = baselines.get((key[0], key[1], *key[4:]), {})
-        teachers = key[3] if key[3] in candidates else \
-            next(iter(candidates)) if len(candidates) == 1 else None
+        teachers = _baseline_teachers(key[3], candidates)
         if key[2] == baseline or teachers is None:
             continue
         method_values, method_left = cell.by_seed()
@@ -266,6 +274,13 @@ def paired_cells(cells: Mapping[CellKey, Cell], baseline: str = BASELINE) -> dic
             method_values, baseline_values, unpaired_method=method_left,
             unpaired_baseline=baseline_left))
     return pairs
+
+
+def _baseline_teachers(teachers: str, candidates: Mapping[str, Cell]) -> str | None:
+    """The baseline row (by its teachers) a row with `teachers` pairs with, if any."""
+    if teachers in candidates:
+        return teachers
+    return next(iter(candidates)) if len(candidates) == 1 else None
 
 
 def paired_text(difference: PairedDifference) -> str:
@@ -285,13 +300,12 @@ def paired_text(difference: PairedDifference) -> str:
 # ----------------------------------------------------------------------------- output
 
 def markdown_grid(title: str, columns: Sequence[tuple[str, str]],
-                  row_keys: Sequence[tuple[str, str, str]], text: Callable[[str, str, str, str, str], str],
-                  note: str = "") -> str:
+                  row_keys: Sequence[tuple[str, str, str]],
+                  text: Callable[..., str]) -> str:
     """A table: rows (student, method, teachers) x columns (split, shots); `text(*row, split,
     shots)` gives a cell ("" for none)."""
     header = ["student", "method", "teachers", *(f"{split} {shots}" for split, shots in columns)]
-    lines = [f"### {title}", "", *([note, ""] if note else []),
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in row_keys:
         lines.append("| " + " | ".join([*row, *(text(*row, *c) for c in columns)]) + " |")
     return "\n".join(lines) + "\n"
@@ -366,18 +380,12 @@ def cell_rows(cells: Mapping[CellKey, Cell],
               zero_shot: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """report.csv: one row per cell; `ci_low`/`ci_high` = the 95% t interval of the mean."""
     out = []
-    for dataset, metric in tables(cells):
-        for row in rows(cells, dataset, metric):
-            for split, shots in settings(cells, dataset, metric):
-                cell = cells.get((dataset, *row, split, shots, metric))
-                if cell is None:
-                    continue
-                interval = cell.interval
-                out.append(dict(zip(CELL_FIELDS[:7], (dataset, *row, split, shots, metric)),
-                                mean=_rounded(cell.mean), std=_rounded(cell.std),
-                                ci_low=_rounded(interval and interval.low),
-                                ci_high=_rounded(interval and interval.high),
-                                n=cell.n, runs=";".join(cell.runs)))
+    for key in ordered_keys(cells):
+        cell, interval = cells[key], cells[key].interval
+        out.append(dict(zip(CELL_FIELDS[:7], key), mean=_rounded(cell.mean),
+                        std=_rounded(cell.std), ci_low=_rounded(interval and interval.low),
+                        ci_high=_rounded(interval and interval.high), n=cell.n,
+                        runs=";".join(cell.runs)))
     for result in zero_shot:
         for protocol, scores in result["protocols"].items():
             for metric, value in scores["overall"].items():
@@ -401,28 +409,23 @@ def paired_rows(cells: Mapping[CellKey, Cell],
                 pairs: Mapping[CellKey, Pairing]) -> list[dict[str, Any]]:
     """paired.csv: one row per paired cell, both 95% intervals (t and percentile bootstrap)."""
     out = []
-    for dataset, metric in tables(cells):
-        for row in rows(cells, dataset, metric):
-            for split, shots in settings(cells, dataset, metric):
-                pairing = pairs.get((dataset, *row, split, shots, metric))
-                if pairing is None:
-                    continue
-                d = pairing.difference
-                t, boot = d.t, d.bootstrap
-                out.append({
-                    "dataset": dataset, "student": row[0], "method": row[1], "teachers": row[2],
-                    "baseline": pairing.baseline, "baseline_teachers": pairing.baseline_teachers,
-                    "split": split, "shots": shots, "metric": metric, "n_pairs": d.n,
-                    "unpaired_method": d.unpaired_method,
-                    "unpaired_baseline": d.unpaired_baseline,
-                    "mean_diff": _rounded(d.mean), "std_diff": _rounded(d.std),
-                    "t_low": _rounded(t and t.low), "t_high": _rounded(t and t.high),
-                    "t_excludes_zero": t and t.excludes_zero,
-                    "boot_low": _rounded(boot and boot.low),
-                    "boot_high": _rounded(boot and boot.high),
-                    "boot_excludes_zero": boot and boot.excludes_zero,
-                    "seeds": ";".join(map(str, d.seeds)),
-                    "differences": ";".join(f"{v:.6g}" for v in d.differences)})
+    for key in (k for k in ordered_keys(cells) if k in pairs):
+        dataset, student, method, teachers, split, shots, metric = key
+        pairing = pairs[key]
+        d = pairing.difference
+        t, boot = d.t, d.bootstrap
+        out.append({
+            "dataset": dataset, "student": student, "method": method, "teachers": teachers,
+            "baseline": pairing.baseline, "baseline_teachers": pairing.baseline_teachers,
+            "split": split, "shots": shots, "metric": metric, "n_pairs": d.n,
+            "unpaired_method": d.unpaired_method, "unpaired_baseline": d.unpaired_baseline,
+            "mean_diff": _rounded(d.mean), "std_diff": _rounded(d.std),
+            "t_low": _rounded(t and t.low), "t_high": _rounded(t and t.high),
+            "t_excludes_zero": t and t.excludes_zero,
+            "boot_low": _rounded(boot and boot.low), "boot_high": _rounded(boot and boot.high),
+            "boot_excludes_zero": boot and boot.excludes_zero,
+            "seeds": ";".join(map(str, d.seeds)),
+            "differences": ";".join(f"{v:.6g}" for v in d.differences)})
     return out
 
 

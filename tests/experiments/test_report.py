@@ -191,8 +191,9 @@ def test_paired_differences_to_the_baseline(paired_runs, tmp_path):
     markdown = result["markdown"]
     table = markdown.split("### vcr: q2a, paired difference to baseline")[1].split("###")[0]
     assert "| student | method | teachers | val k8 |" in table
-    assert f"| s1 | mad | clip-b16 | +3.00 [{3 - half:+.2f}, {3 + half:+.2f}] * (n=3, 2 unpaired) |" \
-        in table
+    mad_cell = f"+3.00 [{3 - half:+.2f}, {3 + half:+.2f}] * (n=3, 2 unpaired)"
+    assert mad_cell == "+3.00 [+0.52, +5.48] * (n=3, 2 unpaired)"
+    assert f"| s1 | mad | clip-b16 | {mad_cell} |" in table
     assert "| s1 | md | clip-b16 | +0.67 [" in table and "] (n=3, 1 unpaired) |" in table
     assert "| s1 | baseline |" not in table
     std = statistics.stdev(PAIRED["mad"].values())
