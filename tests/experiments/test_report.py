@@ -139,3 +139,117 @@ def test_cli_prints_the_table(runs, tmp_path):
     assert result.exit_code == 0, result.output
     assert "### vcr: q2a" in result.output and "(n=4)" in result.output
     assert (tmp_path / "o" / "runs.csv").is_file()
+
+
+# ----------------------------------------------------------------------------- paired statistics
+
+T_975_2 = 4.302653     # t_{0.975, 2}, from a t table: 3 pairs
+PAIRED = {  # method -> {seed: val q2a}; the baseline trains without a teacher (teachers "-")
+    "baseline": {0: 30.0, 1: 32.0, 2: 31.0, 3: 29.0},
+    "md": {0: 29.0, 1: 34.0, 2: 32.0},                  # d = -1, 2, 1: interval spans 0
+    "mad": {0: 33.0, 1: 36.0, 2: 33.0, 5: 50.0},         # d = 3, 4, 2; seed 5 has no baseline
+}
+
+
+@pytest.fixture
+def paired_runs(tmp_path):
+    root = tmp_path / "runs"
+    for method, values in PAIRED.items():
+        for seed, value in values.items():
+            write_run(root, method=method, shots=8, seed=seed, q2a=value,
+                      teachers=None if method == "baseline" else TEACHERS)
+    write_run(root, method="baseline", shots=8, seed=4, q2a=90.0, status="failed")  # not counted
+    return root
+
+
+def paired_csv(out):
+    with open(out / "paired.csv") as handle:
+        return {(r["method"], r["split"], r["metric"]): r for r in csv.DictReader(handle)}
+
+
+def test_paired_differences_to_the_baseline(paired_runs, tmp_path):
+    out = tmp_path / "r"
+    result = build_report(paired_runs, out=out)
+    half = T_975_2 * 1.0 / 3 ** 0.5                       # d = 3, 4, 2: mean 3, s = 1
+    mad = paired_csv(out)[("mad", "val", "q2a")]
+    assert (mad["baseline"], mad["teachers"], mad["baseline_teachers"]) == \
+        ("baseline", "clip-b16", "-")
+    assert (mad["n_pairs"], mad["unpaired_method"], mad["unpaired_baseline"]) == ("3", "1", "1")
+    assert mad["seeds"] == "0;1;2" and mad["differences"] == "3;4;2"
+    assert float(mad["mean_diff"]) == 3.0 and float(mad["std_diff"]) == 1.0
+    assert float(mad["t_low"]) == pytest.approx(3 - half, abs=1e-5)
+    assert float(mad["t_high"]) == pytest.approx(3 + half, abs=1e-5)
+    assert (float(mad["boot_low"]), float(mad["boot_high"])) == (2.0, 4.0)  # exact: see test_stats
+    assert mad["t_excludes_zero"] == "True" and mad["boot_excludes_zero"] == "True"
+    md = paired_csv(out)[("md", "val", "q2a")]
+    assert float(md["mean_diff"]) == pytest.approx(2 / 3)
+    assert float(md["t_low"]) < 0 < float(md["t_high"]) and md["t_excludes_zero"] == "False"
+    assert (md["unpaired_method"], md["unpaired_baseline"]) == ("0", "1")
+    qa2r = paired_csv(out)[("mad", "val", "qa2r")]                 # the metric is paired too
+    assert float(qa2r["mean_diff"]) == 1.5
+    assert ("baseline", "val", "q2a") not in paired_csv(out)
+    markdown = result["markdown"]
+    table = markdown.split("### vcr: q2a, paired difference to baseline")[1].split("###")[0]
+    assert "| student | method | teachers | val k8 |" in table
+    mad_cell = f"+3.00 [{3 - half:+.2f}, {3 + half:+.2f}] * (n=3, 2 unpaired)"
+    assert mad_cell == "+3.00 [+0.52, +5.48] * (n=3, 2 unpaired)"
+    assert f"| s1 | mad | clip-b16 | {mad_cell} |" in table
+    assert "| s1 | md | clip-b16 | +0.67 [" in table and "] (n=3, 1 unpaired) |" in table
+    assert "| s1 | baseline |" not in table
+    std = statistics.stdev(PAIRED["mad"].values())
+    assert f"| s1 | mad | clip-b16 | 38.00 ± {std:.2f} (n=4) |" in markdown   # mean ± std stays
+    assert (out / "vcr-val-q2a-paired.png").read_bytes()[:4] == b"\x89PNG"
+    assert out / "paired.csv" in result["files"]
+
+
+def test_report_csv_has_the_interval_of_each_mean(paired_runs, tmp_path):
+    build_report(paired_runs, out=tmp_path / "r", plots=False)
+    with open(tmp_path / "r" / "report.csv") as handle:
+        cells = {(c["method"], c["split"], c["metric"]): c for c in csv.DictReader(handle)}
+    md = cells[("md", "val", "q2a")]                  # 29, 34, 32: mean 31.67, s = 2.5166
+    half = T_975_2 * statistics.stdev([29, 34, 32]) / 3 ** 0.5
+    assert float(md["ci_low"]) == pytest.approx(95 / 3 - half, abs=1e-5)
+    assert float(md["ci_high"]) == pytest.approx(95 / 3 + half, abs=1e-5)
+
+
+def test_a_seed_without_a_usable_pair_is_left_out():
+    cell = Cell([1.0, 2.0, 3.0, 4.0], ["a", "b", "c", "d"], [0, 0, 1, None])
+    assert cell.by_seed() == ({1: 3.0}, 3)                # a repeated seed and no seed
+
+
+def test_no_baseline_omits_the_paired_section(runs, tmp_path):
+    for run in (runs / "vcr" / "s1" / "baseline").rglob("metrics.json"):
+        run.unlink()
+    result = build_report(runs, out=tmp_path / "r")
+    notes = [l for l in result["markdown"].splitlines() if "Paired" in l or "paired" in l]
+    assert notes == ["Paired differences to `baseline`: omitted, no complete `baseline` runs."]
+    assert paired_csv(tmp_path / "r") == {}
+    assert not list((tmp_path / "r").glob("*-paired.png"))
+
+
+def test_baseline_option_pairs_with_another_method(paired_runs, tmp_path):
+    from madcache.cli import cli
+
+    out = tmp_path / "o"
+    result = CliRunner().invoke(cli, ["report", str(paired_runs), "--out", str(out),
+                                      "--baseline", "md", "--no-plots"])
+    assert result.exit_code == 0, result.output
+    assert "### vcr: q2a, paired difference to md" in result.output
+    pairs = paired_csv(out)
+    mad = pairs[("mad", "val", "q2a")]                # d = 4, 2, 1 over seeds 0, 1, 2
+    assert (mad["baseline"], mad["differences"]) == ("md", "4;2;1")
+    assert float(mad["mean_diff"]) == pytest.approx(7 / 3)
+    assert pairs[("baseline", "val", "q2a")]["differences"] == "1;-2;-1"
+    assert ("md", "val", "q2a") not in pairs
+
+
+def test_unknown_baseline_is_a_one_line_error(paired_runs, tmp_path):
+    from madcache.cli import cli
+
+    result = CliRunner().invoke(cli, ["report", str(paired_runs), "--out", str(tmp_path / "o"),
+                                      "--baseline", "linear-probe"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "Error: --baseline 'linear-probe': no complete runs of that method; methods found: "
+        "baseline, md, mad"]
+    assert not (tmp_path / "o").exists()

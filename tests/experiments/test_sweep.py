@@ -431,6 +431,11 @@ def test_end_to_end_tiny_demo_sweep_and_report(tmp_path):
     assert "| single-stream | mad | madcache-demo |" in report["markdown"]
     assert "### vcr: CW fired (% of training instances)" in report["markdown"]
     assert "## Zero-shot: vcr val" in report["markdown"]
+    # the baseline ran without a teacher cache (teachers "-"), and MAD still pairs with it
+    pairing = report["pairs"][("vcr", "single-stream", "mad", "madcache-demo", "val", "k2", "q2a")]
+    assert pairing.baseline_teachers == "-" and pairing.difference.seeds == (0,)
+    assert pairing.difference.differences[0] == \
+        pytest.approx(mad["eval"]["val"]["q2a"] - baseline["eval"]["val"]["q2a"])
 
 
 # ----------------------------------------------------------------------------- GPU slots
