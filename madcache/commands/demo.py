@@ -11,6 +11,7 @@ from madcache.cli import LazyGroup
     "data": "madcache.commands.demo_data:demo_data",
     "teacher": "madcache.commands.demo_teacher:demo_teacher",
     "run": "madcache.commands.demo_run:demo_run",
+    "search": "madcache.commands.demo_search:demo_search",
 })
 def demo() -> None:
     """The demo world: generate data, pretrain its teacher, run the whole pipeline."""
