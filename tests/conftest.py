@@ -44,8 +44,11 @@ def s3_endpoint():
     obstore client)."""
     pytest.importorskip("moto.server", reason="moto[server] is not installed (make test does)")
     pytest.importorskip("obstore", reason="obstore (madcache[s3]) is not installed")
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)     # not one line per request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
