@@ -91,6 +91,12 @@ def measure(name: str, where, ids: list[str], repeat: int,
 
 
 def main() -> None:
+    try:
+        import moto.server  # noqa: F401
+        import obstore  # noqa: F401
+    except ImportError:
+        print("skipped: needs pip install 'madcache[s3,s3-test]' (obstore, moto[server])")
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-shard", type=int, default=600)
     parser.add_argument("--repeat", type=int, default=3)
