@@ -12,6 +12,9 @@ import time
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
+
+from madcache.cli import cli
 
 from madcache.cache.commits import read_commits
 from madcache.cache.location import open_location
@@ -122,6 +125,10 @@ def test_a_cache_in_s3_equals_the_same_cache_on_disk(s3_bucket, tmp_path, kit):
     assert s3.manifest["fingerprint_digest"] == disk.manifest["fingerprint_digest"]
     assert verify_cache(f"{s3_bucket}/cache") == []
     assert not [k for k in store_of(f"{s3_bucket}/cache").list("") if "tmp" in k]  # no renames
+    info = s3.info()
+    assert info["path"] == f"{s3_bucket}/cache" and info["shards"] == 3
+    assert info["bytes"] == sum(store_of(f"{s3_bucket}/cache").size(k) for k in
+                                store_of(f"{s3_bucket}/cache").list("")) > 0
 
 
 def test_a_half_written_shard_is_not_complete_and_is_redone(s3_bucket, kit):
@@ -141,7 +148,8 @@ def test_a_half_written_shard_is_not_complete_and_is_redone(s3_bucket, kit):
     assert reopened.completed_shards() == {0, 1}
     assert not store.exists("shard-00002.zarr")          # the resume removed the leftover
     reopened.write_shard(2, world.shard_arrays(2), index_columns=world.index_columns(2))
-    reopened.finish(extra={"kmeans_centres": world.centres, "kmeans_scale": 100.0})
+    result = CliRunner().invoke(cli, ["cache", "finish", url])
+    assert result.exit_code == 0, result.output
     assert verify_cache(url) == [] and open_cache(url).complete
 
 
@@ -172,10 +180,6 @@ def _keys(store, prefix: str) -> list[str]:
 
 @pytest.mark.parametrize("case", ["no bucket", "unreachable"])
 def test_an_unusable_store_is_one_line_naming_the_url(s3_bucket, monkeypatch, case):
-    from click.testing import CliRunner
-
-    from madcache.cli import cli
-
     url = f"{s3_bucket}/cache"
     if case == "no bucket":
         url = "s3://no-such-bucket-here/cache"
