@@ -116,15 +116,16 @@ def main() -> None:
                             expected)]
             try:
                 import s3fs  # noqa: F401
-                rows.append(measure("s3 s3fs/fsspec", StoreKey(FsspecS3Store("s3://bench/cache")),
-                                    ids, args.repeat, expected))
+                fsspec_root = StoreKey(FsspecS3Store("s3://bench/cache"))
+                rows.append(measure("s3 s3fs/fsspec", fsspec_root, ids, args.repeat, expected))
             except ImportError:
                 print("s3fs not installed: fsspec comparison skipped")
     finally:
         server.stop()
     print(f"cache: {synthetic.SHARDS} shards x {synthetic.PER_SHARD} examples, subset "
           f"{len(ids)} ids ({synthetic.FRACTION:.0%}); server {endpoint}; write disk "
-          f"{write_disk:.2f} s, write s3 {write_s3:.2f} s ({write_s3 / write_disk:.1f}x); a shard is {shard_mb:.0f} MiB")
+          f"{write_disk:.2f} s, write s3 {write_s3:.2f} s ({write_s3 / write_disk:.1f}x); "
+          f"a shard is {shard_mb:.0f} MiB")
     disk_subset, disk_whole = rows[0][1], rows[0][2]
     print(f"{'reader':<24} {'load_targets 3%':>16} {'x disk':>7} {'whole shard':>12} "
           f"{'x disk':>7}")

@@ -46,8 +46,8 @@ class CacheWriter:
     """Writes shards of one cache directory. Use `CacheWriter.open`; `write_shard` is
     thread-safe. `identity` (rank, world size, host, precision) goes into every commit record."""
 
-    def __init__(self, root: Path | StoreKey, manifest: dict[str, Any], backend: Backend, store: Store,
-                 identity: dict[str, Any]) -> None:
+    def __init__(self, root: Path | StoreKey, manifest: dict[str, Any], backend: Backend,
+                 store: Store, identity: dict[str, Any]) -> None:
         self.root = root
         self.manifest = manifest
         self.backend = backend
@@ -244,7 +244,8 @@ def finish_cache(path: str | Path, *, extra: dict[str, Any] | None = None,
     return manifest
 
 
-def _check_planned(root: Path | StoreKey, manifest: dict[str, Any], records: Mapping[int, Any]) -> None:
+def _check_planned(root: Path | StoreKey, manifest: dict[str, Any],
+                   records: Mapping[int, Any]) -> None:
     planned = manifest.get("num_shards")
     if planned is None:
         return
@@ -289,8 +290,8 @@ def _temp_index(path: Path | StoreKey) -> int | None:
 def _check_empty(location: Location) -> None:
     """Refuse a path holding anything but another writer's manifest being created."""
     root = location.root
-    if isinstance(root, StoreKey):
-        if location.store.list(""):
+    if isinstance(root, StoreKey):   # objects, and still no manifest (another writer's is fine)
+        if location.store.list("") and not location.store.exists(MANIFEST):
             raise CacheError(f"{root} holds objects but no {MANIFEST}: it is not a madcache "
                              "cache; choose another --out")
         return
