@@ -1,9 +1,10 @@
 """`S3Store`: a cache's objects in an S3-compatible object store (`s3://bucket/prefix`).
 
-Client: obstore (Rust `object_store` under a small Python API). Its zarr wrapper
-(`zarr.storage.ObjectStore`) read a 3% low-shot subset and whole shards about 2x faster than
-fsspec/s3fs against the same server (docs/performance.md, "Caches in an object store"), it offers the conditional puts
-the commit protocol needs (`If-None-Match: *`, `If-Match: <etag>`) and it needs no event loop.
+Client: obstore (Rust `object_store` under a small Python API). Through its zarr wrapper
+(`zarr.storage.ObjectStore`) a 3% low-shot subset and whole shards read about 2x faster than
+through fsspec/s3fs from the same server (docs/performance.md, "Caches in an object store");
+it offers the conditional puts the commit protocol needs (`If-None-Match: *`,
+`If-Match: <etag>`), and it needs no event loop.
 
 Credentials, region and endpoint come from the standard AWS environment (`AWS_ACCESS_KEY_ID`,
 `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION` / `AWS_DEFAULT_REGION`,
