@@ -49,19 +49,22 @@ def test_extract_kill_resume_verify_train_eval_all_on_s3(tmp_path, s3_bucket, ti
     disk, url = tmp_path / "disk", f"{s3_bucket}/snli/train"
     invoke(*faults.extract_args(root, disk, tiny_clip))
 
-    # a writer killed with shard 0's arrays and index part stored, its commit record not
-    marker = tmp_path / "reached"
-    child = faults.start_cli(faults.extract_args(root, url, tiny_clip), point="before-commit",
-                             marker=marker)
-    faults.wait_for(marker, child)
-    faults.kill(child)
-    store = open_location(url).store
-    assert store.exists("shard-00000.zarr") and read_commits(store) == {}
+    # a writer killed after committing shard 0; the next one killed with shard 1's arrays and
+    # index part stored, its commit record not
+    for point, committed in (("after-shard", [0]), ("before-commit", [0])):
+        marker = tmp_path / f"reached-{point}"
+        child = faults.start_cli(faults.extract_args(root, url, tiny_clip), point=point,
+                                 marker=marker)
+        faults.wait_for(marker, child)
+        faults.kill(child)
+        store = open_location(url).store
+        assert sorted(read_commits(store)) == committed
+    assert store.exists("shard-00001.zarr")             # half-written: arrays, no record
     with pytest.raises(CacheError, match="incomplete"):
         open_cache(url)
 
     output = invoke(*faults.extract_args(root, url, tiny_clip))   # resume
-    assert "12 (12 written, 0 resumed)" in output, output     # one image per shard
+    assert "12 (11 written, 1 resumed)" in output, output     # one image per shard
     invoke("cache", "verify", url)                  # exit 0: every object checked
     local, remote = open_cache(disk), open_cache(url)
     assert remote.manifest["fingerprint_digest"] == local.manifest["fingerprint_digest"]
