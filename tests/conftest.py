@@ -34,3 +34,46 @@ def real_root() -> Path:
         pytest.skip(f"real dataset samples not found at {REAL} (only present beside the "
                     "project's own checkout; set MADCACHE_REAL_FIXTURES to point at them)")
     return REAL
+
+
+# --- a real S3-compatible server on localhost (moto's standalone server) ----------------------
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """`http://127.0.0.1:PORT` of a moto S3 server for this session (skips without moto or the
+    obstore client)."""
+    pytest.importorskip("moto.server", reason="moto[server] is not installed (make test does)")
+    pytest.importorskip("obstore", reason="obstore (madcache[s3]) is not installed")
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)     # not one line per request
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+S3_ENV = {"AWS_ACCESS_KEY_ID": "madcache-test", "AWS_SECRET_ACCESS_KEY": "madcache-test",
+          "AWS_REGION": "us-east-1"}
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint, monkeypatch, request) -> str:
+    """`s3://BUCKET`: a fresh bucket on the session's server, with the AWS environment set
+    (child processes inherit it)."""
+    import re
+
+    import boto3
+
+    for name, value in {**S3_ENV, "AWS_ENDPOINT_URL": s3_endpoint}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    bucket = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower())[:50].strip("-") or "bucket"
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
+                          aws_access_key_id="madcache-test",
+                          aws_secret_access_key="madcache-test")
+    client.create_bucket(Bucket=bucket)
+    return f"s3://{bucket}"

@@ -8,7 +8,11 @@ for single rows.
 
 Strings are stored as variable-length UTF-8 (Zarr's `string` data type, HDF5's vlen str) and
 always come back as a numpy unicode (`U`) array, so every backend round-trips the same values.
-The writer owns atomicity: it writes to a temporary path and `rename`s it into place.
+The writer owns atomicity: on a local file system it writes to a temporary path and `rename`s it
+into place; in an object store (no rename) the commit record written last is what counts.
+
+A shard is addressed by a `Path` (local) or a `StoreKey` (an object store: only Zarr shards,
+through zarr's object-store support). `Shard` names either.
 """
 
 from __future__ import annotations
@@ -18,11 +22,14 @@ import shutil
 import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Union
 
 import numpy as np
 
-from madcache.core.errors import UnknownNameError
+from madcache.cache.store import StoreKey
+from madcache.core.errors import CacheError, UnknownNameError
+
+Shard = Union[Path, StoreKey]
 
 # Zarr chunk size: small enough that loading a sparse subset touches few bytes, large enough
 # that a whole-array read is a few hundred sequential chunk reads (benchmarks/bench_cache_read.py).
@@ -52,21 +59,23 @@ class Backend(ABC):
     name: str
     suffix: str
 
-    def shard_path(self, root: Path, shard: int) -> Path:
+    def shard_path(self, root: Shard, shard: int) -> Shard:
         return root / f"shard-{shard:05d}{self.suffix}"
 
-    def temp_path(self, root: Path, shard: int) -> Path:
+    def temp_path(self, root: Shard, shard: int) -> Shard:
         return root / f".tmp-shard-{shard:05d}{self.suffix}.{os.getpid()}"
 
-    def shards_present(self, root: Path) -> dict[int, Path]:
+    def shards_present(self, root: Shard) -> dict[int, Shard]:
         """Finished shards under `root` by index (temporary ones excluded)."""
         return _by_index(self._entries(root), self.suffix)
 
-    def temp_paths(self, root: Path) -> list[Path]:
+    def temp_paths(self, root: Shard) -> list[Shard]:
         """Half-written shards left by a killed writer."""
         return [p for p in self._entries(root) if p.name.startswith(".tmp-shard-")]
 
-    def _entries(self, root: Path) -> list[Path]:
+    def _entries(self, root: Shard) -> list[Shard]:
+        if isinstance(root, StoreKey):
+            return [StoreKey(root.store, key) for key in root.store.list(root.key)]
         return sorted(root.iterdir()) if root.is_dir() else []
 
     @abstractmethod
@@ -103,21 +112,28 @@ class Backend(ABC):
     def names(self, path: Path) -> list[str]:
         """The names of every array in the shard, sorted."""
 
-    def exists(self, path: Path) -> bool:
+    def exists(self, path: Shard) -> bool:
+        if isinstance(path, StoreKey):
+            return path.store.exists(path.key)
         return path.exists()
 
-    def remove(self, path: Path) -> None:
-        if path.is_dir():
+    def remove(self, path: Shard) -> None:
+        if isinstance(path, StoreKey):
+            path.store.delete_tree(path.key)
+        elif path.is_dir():
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
 
     def rename(self, source: Path, target: Path) -> None:
-        """Move a finished shard into place (atomic on one POSIX file system)."""
+        """Move a finished shard into place (atomic on one POSIX file system; object stores
+        have no rename, and their writers store shards in place)."""
         self.remove(target)
         os.replace(source, target)
 
-    def nbytes(self, path: Path) -> int:
+    def nbytes(self, path: Shard) -> int:
+        if isinstance(path, StoreKey):
+            return path.store.size(path.key)
         if path.is_file():
             return path.stat().st_size
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
@@ -129,10 +145,8 @@ class ZarrBackend(Backend):
     name = "zarr"
     suffix = ".zarr"
 
-    def write(self, path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-        import zarr
-
-        group = zarr.open_group(str(path), mode="w-")
+    def write(self, path: Shard, arrays: Mapping[str, np.ndarray]) -> None:
+        group = _zarr_group(path, "w-")
         for name, array in arrays.items():
             array = np.asarray(array)
             dtype = str if is_string_array(array) else array.dtype
@@ -141,22 +155,18 @@ class ZarrBackend(Backend):
             if array.size:
                 stored[...] = array
 
-    def read(self, path: Path, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
-        import zarr
-
-        group = zarr.open_group(str(path), mode="r")
-        wanted = self.names(path) if names is None else list(names)
+    def read(self, path: Shard, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        group = _zarr_group(path, "r")
+        wanted = _zarr_names(group) if names is None else list(names)
         out = {}
         for name in wanted:
             array = group[name][...]
             out[name] = as_unicode(array) if is_string_array(array) else array
         return out
 
-    def read_rows(self, path: Path,
+    def read_rows(self, path: Shard,
                   rows: Mapping[str, np.ndarray | None]) -> dict[str, np.ndarray]:
-        import zarr
-
-        group = zarr.open_group(str(path), mode="r")
+        group = _zarr_group(path, "r")
         out = {}
         for name, wanted in rows.items():
             stored = group[name]
@@ -170,12 +180,31 @@ class ZarrBackend(Backend):
             out[name] = as_unicode(array) if is_string_array(array) else array
         return out
 
-    def names(self, path: Path) -> list[str]:
-        import zarr
+    def names(self, path: Shard) -> list[str]:
+        return _zarr_names(_zarr_group(path, "r"))
 
-        group = zarr.open_group(str(path), mode="r")
-        return sorted(name for name, node in group.members(max_depth=None)
-                      if isinstance(node, zarr.Array))
+
+def _zarr_names(group) -> list[str]:
+    import zarr
+
+    return sorted(name for name, node in group.members(max_depth=None)
+                  if isinstance(node, zarr.Array))
+
+
+def _zarr_group(path: Shard, mode: str):
+    import zarr
+
+    if isinstance(path, StoreKey):
+        return zarr.open_group(store=path.store.zarr_store(), path=path.key, mode=mode)
+    return zarr.open_group(str(path), mode=mode)
+
+
+def _local(path: Shard, backend: str) -> Path:
+    """The file of a backend that needs a local file system (HDF5, memory)."""
+    if isinstance(path, StoreKey):
+        raise CacheError(f"{path}: {backend} shards need a local path; caches in an object "
+                         "store are stored as zarr (--format zarr)")
+    return path
 
 
 def _dense(rows: np.ndarray, length: int) -> bool:
@@ -205,7 +234,7 @@ class Hdf5Backend(Backend):
     def write(self, path: Path, arrays: Mapping[str, np.ndarray]) -> None:
         import h5py
 
-        with h5py.File(path, "w-") as handle:
+        with h5py.File(_local(path, self.name), "w-") as handle:
             for name, array in arrays.items():
                 array = np.asarray(array)
                 if is_string_array(array):
@@ -217,7 +246,7 @@ class Hdf5Backend(Backend):
     def read(self, path: Path, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
         import h5py
 
-        with h5py.File(path, "r") as handle:
+        with h5py.File(_local(path, self.name), "r") as handle:
             wanted = _h5_names(handle) if names is None else list(names)
             return {name: _h5_read(handle[name]) for name in wanted}
 
@@ -225,7 +254,7 @@ class Hdf5Backend(Backend):
                   rows: Mapping[str, np.ndarray | None]) -> dict[str, np.ndarray]:
         import h5py
 
-        with h5py.File(path, "r") as handle:
+        with h5py.File(_local(path, self.name), "r") as handle:
             out = {}
             for name, wanted in rows.items():
                 dataset = handle[name]
@@ -241,7 +270,7 @@ class Hdf5Backend(Backend):
     def names(self, path: Path) -> list[str]:
         import h5py
 
-        with h5py.File(path, "r") as handle:
+        with h5py.File(_local(path, self.name), "r") as handle:
             return _h5_names(handle)
 
 

@@ -14,7 +14,8 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from madcache.cache.manifest import INDEX, INDEX_PARTS
-from madcache.cache.store import Store, as_store
+from madcache.cache.location import as_store
+from madcache.cache.store import Store
 from madcache.core.errors import CacheCorruptError
 
 RESERVED = ("example_id", "shard", "row", "image_id")

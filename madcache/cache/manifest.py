@@ -16,7 +16,8 @@ import numpy as np
 
 from madcache.cache.backends import as_unicode, is_string_array
 from madcache.cache.fingerprint import canonical_json, digest
-from madcache.cache.store import Store, as_store
+from madcache.cache.location import as_store
+from madcache.cache.store import LocalStore, Store, StoreKey
 from madcache.core.errors import CacheCorruptError, CacheNotFoundError
 
 FORMAT_VERSION = 2
@@ -28,7 +29,7 @@ STATE_COMPLETE = "complete"
 REQUIRED_KEYS = ("fingerprint", "dataset", "split", "num_choices", "dims", "settings")
 
 
-def read_manifest(root: str | Path | Store) -> dict[str, Any]:
+def read_manifest(root: str | Path | Store | StoreKey) -> dict[str, Any]:
     """The manifest of the cache at `root`; `CacheNotFoundError` if there is none."""
     store = as_store(root)
     try:
@@ -45,12 +46,14 @@ def read_manifest(root: str | Path | Store) -> dict[str, Any]:
 
 
 def _where(store: Store) -> str:
-    return str(getattr(store, "root", store))
+    return store.url
 
 
 def _missing_hint(store: Store) -> str:
-    root = getattr(store, "root", None)
-    if root is not None and not Path(root).is_dir():
+    if not isinstance(store, LocalStore):
+        return ("no manifest.json under that prefix (not a madcache cache, or an extraction "
+                "that never started writing)")
+    if not store.root.is_dir():
         return "no such directory"
     return ("the directory exists but holds no manifest.json (not a madcache cache, or an "
             "extraction that never started writing)")
@@ -61,12 +64,12 @@ def manifest_bytes(manifest: dict[str, Any]) -> bytes:
     return (text + "\n").encode("utf-8")
 
 
-def write_manifest(root: str | Path | Store, manifest: dict[str, Any]) -> None:
+def write_manifest(root: str | Path | Store | StoreKey, manifest: dict[str, Any]) -> None:
     """Replace `manifest.json` whole."""
     as_store(root).write_bytes(MANIFEST, manifest_bytes(manifest))
 
 
-def create_manifest(root: str | Path | Store, manifest: dict[str, Any]) -> bool:
+def create_manifest(root: str | Path | Store | StoreKey, manifest: dict[str, Any]) -> bool:
     """Write `manifest.json` only if there is none yet (False if another writer was first)."""
     return as_store(root).create(MANIFEST, manifest_bytes(manifest))
 

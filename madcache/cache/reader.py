@@ -20,7 +20,8 @@ from madcache.cache.commits import read_commits
 from madcache.cache.fingerprint import diff_fingerprints, resolved_read_options
 from madcache.cache.manifest import (FORMAT_VERSION, STATE_COMPLETE, fingerprint_digest,
                                      read_manifest)
-from madcache.cache.store import LocalStore
+from madcache.cache.location import as_store, open_location
+from madcache.cache.store import Store, StoreKey
 from madcache.cache.verify import open_problems, read_index_or_none
 from madcache.cache.targets import kmeans_logits, Targets, WordTargets
 from madcache.core.errors import CacheCorruptError, CacheError, FingerprintMismatchError, \
@@ -41,9 +42,12 @@ def open_cache(path: str | Path, *, allow_incomplete: bool = False,
     A complete cache is checked cheaply before use (no shard is read): shards listed and on
     disk, one precision, an index whose rows and ids match what the manifest recorded per shard.
     A damaged one raises `CacheCorruptError` telling to run `madcache cache verify`
-    (`check=False` skips this, for `madcache cache info` on a damaged cache)."""
-    root = Path(path)
-    manifest = read_manifest(root)
+    (`check=False` skips this, for `madcache cache info` on a damaged cache).
+
+    `path` is a directory or an object-store URL (`s3://bucket/prefix`)."""
+    location = open_location(path)
+    root = location.root
+    manifest = read_manifest(location.store)
     backend = get_backend(manifest.get("format", "zarr"))
     if manifest.get("state") != STATE_COMPLETE:
         if not allow_incomplete:
@@ -51,7 +55,7 @@ def open_cache(path: str | Path, *, allow_incomplete: bool = False,
         return Cache(root, manifest, backend)
     if not check:
         return Cache(root, manifest, backend)
-    table = read_index_or_none(root)
+    table = read_index_or_none(location.store)
     problems = open_problems(root, manifest, backend, table)
     if problems:
         raise CacheCorruptError(f"the cache at {root} is damaged: {'; '.join(problems[:3])}"
@@ -61,8 +65,8 @@ def open_cache(path: str | Path, *, allow_incomplete: bool = False,
     return Cache(root, manifest, backend, index=table)
 
 
-def _incomplete_message(root: Path, manifest: dict[str, Any]) -> str:
-    done = len(read_commits(LocalStore(root)))
+def _incomplete_message(root: Path | StoreKey, manifest: dict[str, Any]) -> str:
+    done = len(read_commits(as_store(root)))
     planned = manifest.get("num_shards", "?")
     if done == planned:
         return (f"the cache at {root} has all {done} shards committed but was not finished: "
@@ -75,9 +79,10 @@ def _incomplete_message(root: Path, manifest: dict[str, Any]) -> str:
 class Cache:
     """An opened cache. Cheap to create; shards are read only when asked."""
 
-    def __init__(self, path: Path, manifest: dict[str, Any], backend: Backend,
+    def __init__(self, path: Path | StoreKey, manifest: dict[str, Any], backend: Backend,
                  index=None) -> None:
-        self.path = path
+        self.path = path                      # a directory, or the root of an object store
+        self.store: Store = as_store(path)
         self.manifest = manifest
         self.backend = backend
         self._index = index
@@ -101,7 +106,7 @@ class Cache:
         """The manifest's shard list; while writing, the shards committed so far."""
         if self._shards is None:
             entries = self.manifest.get("shards", []) if self.complete \
-                else read_commits(LocalStore(self.path)).values()
+                else read_commits(self.store).values()
             self._shards = sorted(entries, key=lambda e: int(e["index"]))
         return self._shards
 
@@ -117,8 +122,8 @@ class Cache:
     def index(self):
         """`index.parquet` as a pyarrow Table (example_id, shard, row, image_id, ...)."""
         if self._index is None:
-            self._index = cache_index.read_index(self.path) if self.complete else \
-                cache_index.read_parts(self.path, [int(e["index"]) for e in self.shards])
+            self._index = cache_index.read_index(self.store) if self.complete else \
+                cache_index.read_parts(self.store, [int(e["index"]) for e in self.shards])
         return self._index
 
     def example_ids(self) -> list[str]:
@@ -147,7 +152,7 @@ class Cache:
 
     # ------------------------------------------------------------------ arrays
 
-    def _shard_path(self, entry: dict[str, Any]) -> Path:
+    def _shard_path(self, entry: dict[str, Any]) -> Path | StoreKey:
         return self.path / entry["name"]
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -232,13 +237,13 @@ class Cache:
         }
 
     def _disk_bytes(self) -> int:
-        files = sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+        files = self.store.size("")
         if self.format == "memory":
             files += sum(self.backend.nbytes(self._shard_path(e)) for e in self.shards)
         return files
 
 
-def check_format_version(manifest: dict[str, Any], path: Path) -> None:
+def check_format_version(manifest: dict[str, Any], path: Path | StoreKey) -> None:
     """Refuse teacher targets written by another format version: their values mean something
     else (docs/cache-format.md, "Format versions"), so they must not be reused silently."""
     version = manifest.get("format_version")
@@ -282,7 +287,7 @@ def _resolved(key: str, part: Any) -> Any:
     return {**part, "read_options": options}
 
 
-def _check_ids(path: Path, shard: int, wanted: list[str], stored: np.ndarray) -> None:
+def _check_ids(path: Path | StoreKey, shard: int, wanted: list[str], stored: np.ndarray) -> None:
     """The rows the index pointed at hold the ids asked for (else targets would be misaligned)."""
     wrong = [i for i, (w, s) in enumerate(zip(wanted, stored.tolist())) if w != s]
     if wrong:

@@ -8,40 +8,64 @@ rename: correctness never depends on one. Keys are relative POSIX paths (`commit
 `LocalStore` implements it on a POSIX file system: writes go through a temporary file, fsync and
 `os.replace`; `create` links the finished temporary file to its name, which fails if the name
 exists. Claims (one writer per shard) are `flock` locks, which the kernel releases when their
-process dies, so a killed writer never leaves a stale claim. An object-store backend would
-implement claims as leases (a conditional create with an expiry).
+process dies, so a killed writer never leaves a stale claim. `S3Store`
+(madcache/cache/objectstore.py) implements claims as leases: a conditional create with an expiry.
+
+Shards (many objects each) are addressed as `StoreKey`s (a store and a folder key) where the
+store is not a local directory; `madcache.cache.location.open_location` maps a location string
+to its store and shard root.
 """
 
 from __future__ import annotations
 
 import fcntl
+import shutil
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import Any, Callable
 
 from madcache.core import io
 
 
 class Claim:
-    """An exclusive claim on one key, held until `release` (or until its process dies)."""
+    """An exclusive claim on one key, held until `release` (or until its process dies).
+    `on_release` undoes it (unlock a file, delete a lease) and runs once; `lost` says whether
+    it was lost meanwhile (a lease that could not be renewed)."""
 
-    def __init__(self, key: str, handle: IO[bytes]) -> None:
+    def __init__(self, key: str, on_release: Callable[[], None],
+                 lost: Callable[[], bool] | None = None) -> None:
         self.key = key
-        self._handle: IO[bytes] | None = handle
+        self._on_release: Callable[[], None] | None = on_release
+        self._lost = lost
+
+    @property
+    def lost(self) -> bool:
+        return self._lost is not None and self._lost()
 
     def release(self) -> None:
-        if self._handle is not None:
-            fcntl.flock(self._handle, fcntl.LOCK_UN)
-            self._handle.close()
-            self._handle = None
+        if self._on_release is not None:
+            undo, self._on_release = self._on_release, None
+            undo()
 
     @property
     def held(self) -> bool:
-        return self._handle is not None
+        return self._on_release is not None
 
 
 class Store(ABC):
-    """The small objects of one cache, addressed by relative keys."""
+    """The small objects of one cache, addressed by relative keys.
+
+    `renames` says whether a folder can be renamed atomically (a POSIX directory can, an
+    object-store prefix cannot): the writer then stores a shard under a temporary name first.
+    Correctness never depends on it (the commit record, written last, decides)."""
+
+    renames: bool = False
+
+    @property
+    @abstractmethod
+    def url(self) -> str:
+        """Where the store is, as the user wrote it (for messages)."""
 
     @abstractmethod
     def read_bytes(self, key: str) -> bytes:
@@ -71,15 +95,33 @@ class Store(ABC):
         """Take the exclusive claim `key`: None if another live writer holds it (`wait=False`),
         or block until it is free (`wait=True`)."""
 
+    @abstractmethod
+    def delete_tree(self, key: str) -> None:
+        """Remove the object `key` and everything under the folder `key` (a shard)."""
+
+    @abstractmethod
+    def size(self, key: str) -> int:
+        """Bytes of the object `key`, or of everything under the folder `key` ("" = all)."""
+
+    @abstractmethod
+    def zarr_store(self) -> Any:
+        """A zarr store (or store-like) rooted at this store's root, for shards' arrays."""
+
 
 class LocalStore(Store):
     """A `Store` on a local or shared POSIX file system (NFS, Lustre, ...)."""
+
+    renames = True
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
 
     def __repr__(self) -> str:
         return f"LocalStore({str(self.root)!r})"
+
+    @property
+    def url(self) -> str:
+        return str(self.root)
 
     def path(self, key: str) -> Path:
         return self.root / key
@@ -117,8 +159,44 @@ class LocalStore(Store):
         except BlockingIOError:
             handle.close()
             return None
-        return Claim(key, handle)
+
+        def unlock() -> None:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+        return Claim(key, unlock)
+
+    def delete_tree(self, key: str) -> None:
+        path = self.path(key)
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+    def size(self, key: str) -> int:
+        path = self.path(key)
+        if path.is_file():
+            return path.stat().st_size
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+    def zarr_store(self) -> str:
+        return str(self.root)
 
 
-def as_store(root: str | Path | Store) -> Store:
-    return root if isinstance(root, Store) else LocalStore(root)
+@dataclass(frozen=True)
+class StoreKey:
+    """A folder or object inside a `Store` that is not a local directory: what the shard
+    backends get instead of a `Path` there. `/` and `name` behave like `Path`'s."""
+
+    store: Store
+    key: str = ""
+
+    def __truediv__(self, name: str) -> "StoreKey":
+        return StoreKey(self.store, f"{self.key}/{name}" if self.key else name)
+
+    @property
+    def name(self) -> str:
+        return self.key.rsplit("/", 1)[-1]
+
+    def __str__(self) -> str:
+        return f"{self.store.url.rstrip('/')}/{self.key}" if self.key else self.store.url
+

@@ -15,10 +15,11 @@ import numpy as np
 
 from madcache.cache.backends import Backend, get_backend
 from madcache.cache.commits import check_one_precision, read_commits
-from madcache.cache.index import read_index
+from madcache.cache.index import read_index, read_table
+from madcache.cache.location import open_location
 from madcache.cache.manifest import (INDEX, STATE_COMPLETE, array_checksum, dtype_name,
                                      fingerprint_digest, read_manifest)
-from madcache.cache.store import LocalStore
+from madcache.cache.store import Store, StoreKey
 from madcache.core.errors import CacheError
 
 IMAGE_ARRAYS = ("image_id", "image_feat")
@@ -93,11 +94,12 @@ def verify_cache(path: str | Path) -> list[str]:
     Checks: state complete; fingerprint digest; shards listed == shards present == commit
     records; one precision; every array's dtype, shape and sha256 against the manifest; each
     shard's layout; the index covers every example row exactly once with the ids stored in the
-    shards.
+    shards. `path` is a directory or an object-store URL.
     """
-    root = Path(path)
+    location = open_location(path)   # an unusable object store is an error, not a finding
+    root, store = location.root, location.store
     try:
-        manifest = read_manifest(root)
+        manifest = read_manifest(store)
         backend = get_backend(manifest.get("format", "zarr"))
     except CacheError as exc:
         return [str(exc)]
@@ -105,7 +107,7 @@ def verify_cache(path: str | Path) -> list[str]:
     complete = manifest.get("state") == STATE_COMPLETE
     try:   # while writing, the committed shards are the ones with a commit record
         listed = {int(s["index"]): s for s in manifest.get("shards", [])} if complete \
-            else read_commits(LocalStore(root))
+            else read_commits(store)
     except CacheError as exc:
         return problems + [str(exc)]
     present = backend.shards_present(root)
@@ -115,7 +117,7 @@ def verify_cache(path: str | Path) -> list[str]:
     problems += [f"shard {i} is on disk but not {unlisted} ({present[i].name})"
                  for i in sorted(set(present) - set(listed))]
     if complete:
-        problems += _commit_problems(root, listed)
+        problems += _commit_problems(store, listed)
     stored_ids: dict[int, np.ndarray] = {}
     for index in sorted(set(listed) & set(present)):
         found, ids = _shard_check(backend, present[index], listed[index])
@@ -123,11 +125,11 @@ def verify_cache(path: str | Path) -> list[str]:
         if ids is not None:
             stored_ids[index] = ids
     if manifest.get("state") == STATE_COMPLETE:
-        problems += _index_problems(root / INDEX, stored_ids, listed)
+        problems += _index_problems(store, stored_ids, listed)
     return problems
 
 
-def open_problems(root: Path, manifest: dict[str, Any], backend: Backend,
+def open_problems(root: Path | StoreKey, manifest: dict[str, Any], backend: Backend,
                   index_table) -> list[str]:
     """What a reader checks when it opens a complete cache, without reading a shard: the
     fingerprint digest, the planned shards listed once each and present on disk, one
@@ -181,10 +183,10 @@ def _index_matches_manifest(table, listed: dict[int, dict[str, Any]]) -> list[st
     return problems
 
 
-def _commit_problems(root: Path, listed: dict[int, dict[str, Any]]) -> list[str]:
+def _commit_problems(store: Store, listed: dict[int, dict[str, Any]]) -> list[str]:
     """A finished cache's shard list equals its commit records."""
     try:
-        records = read_commits(LocalStore(root))
+        records = read_commits(store)
     except CacheError as exc:
         return [str(exc)]
     if not records:
@@ -206,9 +208,9 @@ def _span(values: list[int]) -> str:
     return ", ".join(map(str, values[:8])) + (" ..." if len(values) > 8 else "")
 
 
-def read_index_or_none(root: Path):
+def read_index_or_none(store: Store):
     try:
-        return read_index(LocalStore(root))
+        return read_index(store)
     except Exception:  # a missing or damaged parquet file fails in many ways
         return None
 
@@ -225,7 +227,7 @@ def _manifest_problems(manifest: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _shard_check(backend: Backend, path: Path,
+def _shard_check(backend: Backend, path: Path | StoreKey,
                  entry: dict[str, Any]) -> tuple[list[str], np.ndarray | None]:
     try:
         arrays = backend.read(path)
@@ -251,33 +253,31 @@ def _array_problems(name: str, array: np.ndarray, record: dict[str, Any]) -> lis
     return problems
 
 
-def _index_problems(path: Path, stored_ids: dict[int, np.ndarray],
+def _index_problems(store: Store, stored_ids: dict[int, np.ndarray],
                     listed: dict[int, dict[str, Any]]) -> list[str]:
-    import pyarrow.parquet as pq
-
-    if not path.is_file():
-        return [f"{path.name} is missing"]
     try:
-        table = pq.read_table(path, columns=["example_id", "shard", "row"])
+        table = read_table(store, INDEX, columns=["example_id", "shard", "row"])
+    except FileNotFoundError:
+        return [f"{INDEX} is missing"]
     except Exception as exc:
-        return [f"{path.name} is unreadable ({type(exc).__name__}: {exc})"]
+        return [f"{INDEX} is unreadable ({type(exc).__name__}: {exc})"]
     ids = table.column("example_id").to_pylist()
     shards = table.column("shard").to_numpy()
     rows = table.column("row").to_numpy()
     problems = []
     if len(set(ids)) != len(ids):
-        problems.append(f"{path.name} lists {len(ids) - len(set(ids))} duplicate example ids")
+        problems.append(f"{INDEX} lists {len(ids) - len(set(ids))} duplicate example ids")
     for shard, entry in sorted(listed.items()):
         mine = np.sort(rows[shards == shard])
         n_ex = int(entry.get("examples", 0))
         if not np.array_equal(mine, np.arange(n_ex)):
-            problems.append(f"{path.name} does not cover shard {shard}'s {n_ex} example rows "
+            problems.append(f"{INDEX} does not cover shard {shard}'s {n_ex} example rows "
                             f"exactly once ({len(mine)} entries)")
         elif shard in stored_ids:
-            problems += _ids_match(path.name, shard, ids, shards, rows, stored_ids[shard])
+            problems += _ids_match(INDEX, shard, ids, shards, rows, stored_ids[shard])
     unknown = sorted(set(shards.tolist()) - set(listed))
     if unknown:
-        problems.append(f"{path.name} points at shards not in the manifest: {unknown[:5]}")
+        problems.append(f"{INDEX} points at shards not in the manifest: {unknown[:5]}")
     return problems
 
 

@@ -7,6 +7,11 @@ while extracting, so W writers never race on one file. `finish` (run once, after
 shard is committed) joins the index parts, copies the records into the manifest's shard list and
 marks the cache `complete`. A killed writer leaves at most an uncommitted shard, which the next
 writer to claim it deletes and redoes, so a resumed extraction equals an uninterrupted one.
+
+The cache may be a local directory or an object-store prefix (`s3://bucket/prefix`,
+`madcache.cache.location`): on a local file system a shard is written under a temporary name
+and renamed into place; an object store has no rename, so its shards are written in place, and
+the commit record written last is still what makes one count.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ from madcache.cache.manifest import (FORMAT_VERSION, INDEX, INDEX_PARTS, MANIFES
                                      STATE_COMPLETE, STATE_WRITING, array_record, check_required,
                                      create_manifest, fingerprint_digest, read_manifest,
                                      shard_counts, write_manifest)
-from madcache.cache.store import Claim, LocalStore, Store
+from madcache.cache.location import Location, open_location
+from madcache.cache.store import Claim, Store, StoreKey
 from madcache.cache.verify import shard_problems
 from madcache.core.errors import CacheCorruptError, CacheError, FingerprintMismatchError
 
@@ -40,8 +46,8 @@ class CacheWriter:
     """Writes shards of one cache directory. Use `CacheWriter.open`; `write_shard` is
     thread-safe. `identity` (rank, world size, host, precision) goes into every commit record."""
 
-    def __init__(self, root: Path, manifest: dict[str, Any], backend: Backend, store: Store,
-                 identity: dict[str, Any]) -> None:
+    def __init__(self, root: Path | StoreKey, manifest: dict[str, Any], backend: Backend,
+                 store: Store, identity: dict[str, Any]) -> None:
         self.root = root
         self.manifest = manifest
         self.backend = backend
@@ -61,16 +67,20 @@ class CacheWriter:
         Shards committed under another precision than `identity["precision"]` are refused.
         """
         check_required(manifest)
-        root = Path(path)
+        location = open_location(path)
+        root, store = location.root, location.store
         backend = get_backend(format)
-        store = LocalStore(root)
+        if not location.local and backend.name != "zarr":
+            raise CacheError(f"{root}: caches in an object store are stored as zarr, not "
+                             f"{backend.name}: pass --format zarr")
         manifest = to_json(manifest)
         identity = to_json(identity or writer_identity())
         if force:
-            _wipe(root, backend)
+            _wipe(location, backend)
         if not store.exists(MANIFEST):
-            _check_empty(root)
-            root.mkdir(parents=True, exist_ok=True)
+            _check_empty(location)
+            if location.local:
+                root.mkdir(parents=True, exist_ok=True)
             fresh = {**_with_store_keys(manifest, backend), "created": _now()}
             if create_manifest(store, fresh):
                 return cls(root, fresh, backend, store, identity)
@@ -141,12 +151,17 @@ class CacheWriter:
             self._reopen_for_writing()
             self.store.delete(commit_key(shard))     # rewriting a shard uncommits it first
             self._remove_uncommitted(shard)
-            temp = self.backend.temp_path(self.root, shard)
-            self.backend.write(temp, arrays)
-            cache_index.write_part(self.store, shard, arrays, index_columns)
             final = self.backend.shard_path(self.root, shard)
-            self.backend.rename(temp, final)
+            if self.store.renames:
+                temp = self.backend.temp_path(self.root, shard)
+                self.backend.write(temp, arrays)
+                cache_index.write_part(self.store, shard, arrays, index_columns)
+                self.backend.rename(temp, final)
+            else:                # no rename: in place, uncommitted until the record exists
+                self.backend.write(final, arrays)
+                cache_index.write_part(self.store, shard, arrays, index_columns)
             entry["bytes"] = self.backend.nbytes(final)
+            self._check_claim_held(shard)
             write_commit(self.store, {**entry, "writer": self.identity, "committed": _now()})
         finally:
             self.release(shard)
@@ -163,6 +178,14 @@ class CacheWriter:
         with self._lock:
             self.manifest = finish_cache(self.root, extra=extra, summary=summary)
         return self.manifest
+
+    def _check_claim_held(self, shard: int) -> None:
+        """Refuse to commit a shard whose lease was lost (another writer may redo it)."""
+        claim = self._claims.get(shard)
+        if claim is not None and claim.lost:
+            raise CacheError(f"{self.root}: lost the claim on shard {shard} while writing it "
+                             "(the object store was unreachable for longer than the lease): "
+                             "rerun the extraction to redo it")
 
     def _reopen_for_writing(self) -> None:
         """A complete cache that gets a shard (re)written is `writing` again until `finish`."""
@@ -198,8 +221,8 @@ def finish_cache(path: str | Path, *, extra: dict[str, Any] | None = None,
     Idempotent (two ranks finishing at once write the same files). Raises `CacheError` naming
     the shards not committed yet, `CacheCorruptError` for duplicate example ids or a mix of
     precisions."""
-    root = Path(path)
-    store = LocalStore(root)
+    location = open_location(path)
+    root, store = location.root, location.store
     manifest = read_manifest(store)
     backend = get_backend(manifest.get("format", "zarr"))
     records = {i: r for i, r in read_commits(store).items()
@@ -221,7 +244,8 @@ def finish_cache(path: str | Path, *, extra: dict[str, Any] | None = None,
     return manifest
 
 
-def _check_planned(root: Path, manifest: dict[str, Any], records: Mapping[int, Any]) -> None:
+def _check_planned(root: Path | StoreKey, manifest: dict[str, Any],
+                   records: Mapping[int, Any]) -> None:
     planned = manifest.get("num_shards")
     if planned is None:
         return
@@ -238,7 +262,7 @@ def _check_planned(root: Path, manifest: dict[str, Any], records: Mapping[int, A
                                 f"plan of {planned} shards: run `madcache cache verify {root}`")
 
 
-def _check_same(root: Path, existing: dict[str, Any], manifest: dict[str, Any],
+def _check_same(root: Path | StoreKey, existing: dict[str, Any], manifest: dict[str, Any],
                 backend: Backend) -> None:
     differences = diff_fingerprints(existing.get("fingerprint", {}), manifest["fingerprint"])
     if differences:
@@ -257,14 +281,20 @@ def _with_store_keys(manifest: dict[str, Any], backend: Backend) -> dict[str, An
             "shards": []}
 
 
-def _temp_index(path: Path) -> int | None:
+def _temp_index(path: Path | StoreKey) -> int | None:
     """The shard number of a temp shard name (`.tmp-shard-00003.zarr.<pid>`)."""
     digits = path.name[len(".tmp-shard-"):].split(".", 1)[0]
     return int(digits) if digits.isdigit() else None
 
 
-def _check_empty(root: Path) -> None:
+def _check_empty(location: Location) -> None:
     """Refuse a path holding anything but another writer's manifest being created."""
+    root = location.root
+    if isinstance(root, StoreKey):   # objects, and still no manifest (another writer's is fine)
+        if location.store.list("") and not location.store.exists(MANIFEST):
+            raise CacheError(f"{root} holds objects but no {MANIFEST}: it is not a madcache "
+                             "cache; choose another --out")
+        return
     creating = f".{MANIFEST}.tmp-"
     if root.exists() and (not root.is_dir()
                           or any(not p.name.startswith(creating) for p in root.iterdir())):
@@ -272,12 +302,22 @@ def _check_empty(root: Path) -> None:
                          "choose another --out")
 
 
-def _wipe(root: Path, backend: Backend) -> None:
+def _wipe(location: Location, backend: Backend) -> None:
     """Delete the cache at `root` (only a cache: a directory with a manifest, or empty)."""
+    root = location.root
+    if isinstance(root, StoreKey):
+        if not location.store.exists(MANIFEST):
+            _check_empty(location)
+            return
+        for key in location.store.list(""):
+            if key != MANIFEST:
+                location.store.delete_tree(key)
+        location.store.delete(MANIFEST)       # last: until then it is still a cache
+        return
     if not root.exists():
         return
     if not (root / MANIFEST).is_file():
-        _check_empty(root)
+        _check_empty(location)
         return
     for path in list(backend.shards_present(root).values()) + backend.temp_paths(root):
         backend.remove(path)

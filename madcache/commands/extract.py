@@ -13,7 +13,6 @@ from madcache.commands.options import NameChoice, dataset_names
 from madcache.core.config import parse_key_values
 from madcache.core.errors import FingerprintMismatchError
 
-_path = click.Path(path_type=Path)
 _existing = click.Path(path_type=Path, exists=True)
 
 
@@ -39,7 +38,9 @@ def protocol_names() -> list[str]:
               help="Teacher-logit protocol [default: the dataset spec's `teacher_logits`].")
 @click.option("--root", required=True, type=_existing, help="Dataset root (original files).")
 @click.option("--split", required=True)
-@click.option("--out", type=_path, help="Cache path [default: cache/<dataset>/<split>/<teachers>].")
+@click.option("--out", metavar="PATH|s3://BUCKET/PREFIX",
+              help="Cache directory or object-store URL "
+                   "[default: cache/<dataset>/<split>/<teachers>].")
 @click.option("--format", "store_format", type=click.Choice(["zarr", "hdf5"]), default="zarr",
               show_default=True)
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16",
@@ -106,7 +107,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     click.secho(f"warning: {message}", fg="yellow", err=True)
 
 
-def _mismatch_message(exc: FingerprintMismatchError, out: Path) -> str:
+def _mismatch_message(exc: FingerprintMismatchError, out: Path | str) -> str:
     differs = "\n".join(f"  - {d}" for d in exc.differences) or f"  {exc}"
     return (f"the cache at {out} was built with a different fingerprint; what differs:\n"
             f"{differs}\nuse --force to overwrite it, or --out for a new cache")

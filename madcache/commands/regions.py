@@ -9,7 +9,6 @@ import click
 
 from madcache.core.config import parse_key_values
 
-_path = click.Path(path_type=Path)
 _existing = click.Path(path_type=Path, exists=True)
 
 
@@ -25,7 +24,8 @@ _existing = click.Path(path_type=Path, exists=True)
 @click.option("--image-size", type=click.IntRange(min=32), help="backbone: input size [224].")
 @click.option("--device", help="backbone: cpu, cuda or cuda:N [cpu].")
 @click.option("--tsv", type=_existing, help="butd-tsv: the bottom-up-attention TSV file.")
-@click.option("--out", type=_path, help="Store path [default: cache/<dataset>/<split>/"
+@click.option("--out", metavar="PATH|s3://BUCKET/PREFIX",
+              help="Store directory or object-store URL [default: cache/<dataset>/<split>/"
                                         "regions-<extractor>]; splits joined by +.")
 @click.option("--max-regions", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--shard-size", type=click.IntRange(min=1), default=256, show_default=True,
@@ -36,7 +36,7 @@ _existing = click.Path(path_type=Path, exists=True)
 @click.option("--read-option", "read_options", multiple=True, metavar="KEY=VALUE",
               help="A dataset reader option (repeatable), e.g. annotations=FILE for VCR.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def regions(dataset: str, root: Path, split: str, extractor: str, out: Path | None,
+def regions(dataset: str, root: Path, split: str, extractor: str, out: str | None,
             max_regions: int, shard_size: int, store_format: str, force: bool,
             read_options: tuple[str, ...], no_progress: bool, **extractor_options: Any) -> None:
     """Extract region features (one entry per image) for the student; resumable."""

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
+from madcache.cache.location import is_url
 from madcache.core.config import check_value, check_values, parse_key_values, parse_value
 from madcache.core.errors import ConfigError, ConfigValueError, MadcacheError
 from madcache.data import DATASETS
@@ -196,6 +197,9 @@ def from_dict(data: Mapping[str, Any], *, base: Path, source: Path | None = None
 
 
 def resolve(value: str, base: Path) -> str:
+    """A path of the pipeline file, relative to its folder; an object-store URL as is."""
+    if is_url(value):
+        return value
     path = Path(value).expanduser()
     return str(path if path.is_absolute() else (base / path).resolve())
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
+from madcache.cache.location import is_url
 from madcache.core.config import config_from_dict
 from madcache.core.errors import ConfigError
 from madcache.data import DATASETS
@@ -51,7 +52,7 @@ class ExtractConfig:
     text_checkpoint: Path | None = None
     relevance_model: str | None = None
     relevance_checkpoint: Path | None = None
-    out: Path | None = None
+    out: str | Path | None = None      # a directory, or an object-store URL (s3://...)
     format: Literal["zarr", "hdf5"] = "zarr"
     dtype: Literal["float16", "float32"] = "float16"
     batch_size: int = 64
@@ -85,7 +86,7 @@ class ExtractConfig:
         for name in ("root", "out", "checkpoint", "vision_checkpoint", "text_checkpoint",
                      "relevance_checkpoint", "answer_vocab", "sentence_encoder"):
             value = getattr(self, name)
-            if value is not None and not isinstance(value, Path):
+            if value is not None and not isinstance(value, Path) and not is_url(value):
                 object.__setattr__(self, name, Path(value).expanduser())
         self._validate()
 
@@ -159,8 +160,9 @@ class ExtractConfig:
         unique = list(dict.fromkeys(_slug(name) for name in names))
         return "+".join(unique)
 
-    def output_path(self) -> Path:
-        """`out`, else `cache/<dataset>/<split>/<teacher-set>`."""
+    def output_path(self) -> Path | str:
+        """`out` (a directory, or an object-store URL), else
+        `cache/<dataset>/<split>/<teacher-set>`."""
         if self.out is not None:
             return self.out
         return Path("cache") / self.dataset / _slug(self.split) / self.teacher_set_name()

@@ -26,7 +26,7 @@ def finish_extraction(path: str | Path, *, task: Task | None = None,
     manifest = read_manifest(path)
     if task is None:
         task = recorded_task(manifest.get("fingerprint", {}).get("prompts", {}))
-    return finish_cache(path, extra=split_results(Path(path), manifest, task), summary=summary)
+    return finish_cache(path, extra=split_results(path, manifest, task), summary=summary)
 
 
 def recorded_task(prompts: dict[str, Any]) -> Task:
@@ -38,17 +38,18 @@ def recorded_task(prompts: dict[str, Any]) -> Task:
     return task
 
 
-def split_results(path: Path, manifest: dict[str, Any], task: Task) -> dict[str, Any]:
+def split_results(path: str | Path, manifest: dict[str, Any], task: Task) -> dict[str, Any]:
     """`task.finish` over the task arrays of every committed shard, in shard order."""
     if type(task).finish is Task.finish or manifest.get("unavailable"):
         return {}
     from madcache.cache.backends import get_backend
     from madcache.cache.commits import read_commits
-    from madcache.cache.store import LocalStore
+    from madcache.cache.location import open_location
 
+    location = open_location(path)
     backend = get_backend(manifest.get("format", "zarr"))
     shard_arrays: list[dict[str, np.ndarray]] = []
-    for index, record in sorted(read_commits(LocalStore(path)).items()):
+    for index, record in sorted(read_commits(location.store).items()):
         names = [name for name in task.arrays if name in record["arrays"]]
-        shard_arrays.append(backend.read(backend.shard_path(path, index), names))
+        shard_arrays.append(backend.read(backend.shard_path(location.root, index), names))
     return task.finish(shard_arrays)

@@ -331,10 +331,9 @@ def _summary(config: ExtractConfig, ranks: Ranks, examples: list[Example],
     }
 
 
-def _disk_bytes(path: Path) -> int:
-    path = Path(path)
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+def _disk_bytes(path: str | Path) -> int:
+    from madcache.cache.location import open_location
+
+    return open_location(path).store.size("")
 
 

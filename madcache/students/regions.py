@@ -131,7 +131,7 @@ def build_region_store(*, dataset: str, root: str | Path, split: str | Sequence[
     splits = split_list(split)
     examples = [ex for s in splits for ex in read_examples(dataset, root, s, **read_options).examples]
     extractor_obj = build_extractor(extractor, **dict(extractor_options or {}))
-    path = Path(out) if out is not None else default_out(dataset, splits, extractor)
+    path = out if out is not None else default_out(dataset, splits, extractor)
     manifest = region_manifest(dataset=dataset, root=root, splits=splits, extractor=extractor_obj,
                                max_regions=max_regions, read_options=read_options)
     writer = CacheWriter.open(path, manifest=manifest, format=format, force=force)
@@ -163,7 +163,8 @@ def build_region_store(*, dataset: str, root: str | Path, split: str | Sequence[
 # ----------------------------------------------------------------------------- reading
 
 def open_regions(path: str | Path) -> "RegionStore":
-    """Open a region store read-only (`CacheNotFoundError` if there is none)."""
+    """Open a region store (a directory or an object-store URL) read-only
+    (`CacheNotFoundError` if there is none)."""
     from madcache.cache.reader import open_cache
 
     cache = open_cache(path)

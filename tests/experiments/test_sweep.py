@@ -534,3 +534,14 @@ def test_cli_passes_gpus_jobs_per_gpu_and_report_to(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert (seen["gpus"], seen["jobs_per_gpu"], seen["jobs"], seen["report_to"]) == \
         (["0", "1", "2", "3"], 2, None, "tensorboard")
+
+
+def test_object_store_locations_are_kept_as_urls(tmp_path):
+    """s3:// caches and region stores are not paths relative to the pipeline file."""
+    text = (PIPELINE.replace('cache = "caches/train"', 'cache = "s3://bkt/caches/train"')
+            .replace('{ val = "caches/val" }', '{ val = "s3://bkt/caches/val" }')
+            .replace('regions = "regions"', 'regions = "s3://bkt/regions"'))
+    config = load_sweep(write(tmp_path, text))
+    assert config.teachers[0].cache == "s3://bkt/caches/train"
+    assert config.teachers[0].eval_caches == {"val": "s3://bkt/caches/val"}
+    assert config.regions == "s3://bkt/regions"

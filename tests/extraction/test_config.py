@@ -23,3 +23,10 @@ def test_values_are_checked_naming_the_option():
         ExtractConfig.from_dict({**VALUES, "shards": 3})
     config = ExtractConfig.from_dict({**VALUES, "out": "cache/x"})
     assert config.root == Path("data/vcr") and config.out == Path("cache/x")
+
+
+def test_an_object_store_out_stays_a_url():
+    values = dict(dataset="vcr", root="/data", split="val", teacher="madcache-demo")
+    assert ExtractConfig.from_dict({**values, "out": "s3://bkt/c/vcr"}).output_path() == \
+        "s3://bkt/c/vcr"
+    assert ExtractConfig.from_dict({**values, "out": "rel/c"}).output_path() == Path("rel/c")
