@@ -34,7 +34,7 @@ from madcache.extraction.config import ExtractConfig
 from madcache.extraction.distributed import ProcessGroup, Ranks, rank_device, resolve_ranks
 from madcache.extraction.finish import finish_extraction
 from madcache.extraction.jobs import (Job, JobStream, Preprocessor, YakeSettings, make_loader,
-                                      shard_jobs)
+                                      payload_of, shard_jobs)
 from madcache.extraction.manifest import (build_fingerprint, build_manifest,
                                           unavailable_warning)
 from madcache.extraction.plan import ShardPlan, build_shard_plan, group_into_shards, num_choices
@@ -241,7 +241,8 @@ class ShardPipeline:
         with _progress(total, self.config.progress) as bar, \
                 ThreadPoolExecutor(max_workers=1) as pool:
             writing: Future | None = None
-            for job, payload in loader:
+            for job, received in loader:
+                payload = payload_of(received)
                 buf = buffers.setdefault(job.shard, ShardBuffers())
                 self._encode(job, payload, buf)
                 buf.jobs_done += 1

@@ -72,7 +72,11 @@ class TrainConfig:
                                                        "end only).")
     chunk_size: int = setting(4096, minimum=1, help="Full-data runs: examples loaded per "
                                                     "chunk.")
-    resume: bool = setting(False, help="Continue from the last checkpoint.")
+    resume: bool = setting(False, help="Continue the run in --out from its last checkpoint "
+                                       "(settings that change the result must be the same).")
+    overwrite: bool = setting(False, help="Delete the run files madcache wrote in --out "
+                                          "(config, checkpoint, metrics, student, ...) and train "
+                                          "again; nothing else there is touched.")
     device: str = setting("cpu", help="Torch device: cpu, cuda or cuda:N (under torchrun: cpu "
                                       "or cuda, each process taking the GPU of its LOCAL_RANK).")
     grad_accum: int = setting(1, minimum=1, help="Micro-batches per optimizer step on each "
