@@ -107,15 +107,26 @@ def load_weights(path: str | Path, *, what: str = "weights") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointNotFoundError(f"{what} not found: {path}")
-    try:
+    with loading(path, what=what):
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # safetensors, pickle and zip errors alike: the file is unreadable
-        raise CheckpointCorruptError(unreadable(path, exc, what=what)) from None
     return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+@contextlib.contextmanager
+def loading(path: str | Path, *, what: str) -> Iterator[None]:
+    """Around the load of a weights file or folder (safetensors, torch.load, transformers'
+    `from_pretrained`, open_clip): any failure that is not already a `MadcacheError` means the
+    file is unreadable, and becomes one `CheckpointCorruptError` line naming `path`."""
+    try:
+        yield
+    except MadcacheError:
+        raise
+    except Exception as exc:  # safetensors, pickle, zip, JSON, transformers' OSError alike
+        raise CheckpointCorruptError(unreadable(path, exc, what=what)) from None
 
 
 def unreadable(path: str | Path, exc: BaseException, *, what: str = "file") -> str:

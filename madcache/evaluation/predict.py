@@ -27,6 +27,7 @@ from madcache.data.snli_ve import LABELS as SNLI_VE_LABELS
 from madcache.students.predict import load_run_student, predict_logits
 from madcache.students.visual import loader_for
 from madcache.train.config import TrainConfig
+from madcache.train.rundir import load_run
 from madcache.train.setup import load_eval_examples
 
 VCR_COLUMNS = ["annot_id", *(f"answer_{i}" for i in range(4)),
@@ -41,7 +42,7 @@ def write_predictions(run_dir: str | Path, *, split: str, out: str | Path,
     run_dir, out = Path(run_dir), Path(out)
     if out.exists() and not force:
         raise ConfigError(f"{out} exists; choose another --out or pass --force")
-    config = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    config = load_run(run_dir)
     if root is not None:
         config.root = str(root)
     if config.dataset not in FORMATS:

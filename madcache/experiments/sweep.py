@@ -27,13 +27,13 @@ import queue
 import re
 import subprocess
 import sys
-import tomllib
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
-from madcache.core.config import check_value, check_values, parse_key_values, parse_value
+from madcache.core.config import (check_value, check_values, parse_key_values, parse_value,
+                                  read_toml)
 from madcache.core.errors import ConfigError, ConfigValueError, MadcacheError
 from madcache.data import DATASETS
 from madcache.evaluation.adapters import ADAPTER_STUDENT, ADAPTERS, is_adapter
@@ -110,12 +110,7 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> SweepConfig:
     or `train.epochs=2` (values parsed as JSON when they are JSON). A bad value names the key
     and where it came from: `FILE: train.lr: ...` or `--set train.lr: ...`."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"pipeline file not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    data = read_toml(path, what="pipeline file")
     variables, settings = split_overrides(overrides)
     defaults = {k: str(v) for k, v in data.pop("vars", {}).items()}
     for key, value in settings.items():
@@ -398,7 +393,7 @@ def split_path(config: SweepConfig, shots: int, seed: int) -> Path:
 def read_metrics(directory: Path) -> dict[str, Any] | None:
     try:
         return json.loads((directory / "metrics.json").read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         return None
 
 

@@ -85,8 +85,18 @@ def clear_run_files(run_dir: Path) -> None:
 
 
 def load_run_config(run_dir: Path) -> dict[str, Any]:
+    """A run's config.json as written; one error line when it is missing or unreadable."""
+    if not (run_dir / CONFIG).is_file():
+        raise RunDirectoryError(f"no run in {run_dir} (no {CONFIG}); give a directory written "
+                                "by `madcache train`")
     return read_json(run_dir / CONFIG, error=RunDirectoryError,
-                     hint="restore it, or pass --overwrite to start the run again")
+                     hint="restore it, or train the run again with --overwrite")
+
+
+def load_run(run_dir: str | Path) -> TrainConfig:
+    """The `TrainConfig` a run was trained with (evaluation, prediction)."""
+    path = Path(run_dir)
+    return TrainConfig.from_dict(load_run_config(path), where=f"{path / CONFIG}: ")
 
 
 def check_resume(run_dir: Path, config: Mapping[str, Any], inputs: Mapping[str, Any]) -> None:
