@@ -168,7 +168,8 @@ def check_output_location(out: str | Path, *, inputs: Iterable[str | Path | None
                           inside_root_ok: bool = False) -> None:
     """Refuse an output location that is, contains or lies inside one of the command's `inputs`
     (files or folders it reads), or lies inside a dataset root in `roots` (unless
-    `inside_root_ok`), or contains a root (a clear of the output would delete the dataset).
+    `inside_root_ok`, and even then never over an existing file), or contains a root (clearing
+    the output would delete the dataset).
     The one check every command that writes files runs before it writes anything."""
     target = _resolved(out)
     for given in (p for p in inputs if p is not None):
@@ -185,6 +186,9 @@ def check_output_location(out: str | Path, *, inputs: Iterable[str | Path | None
             raise OutputLocationError(f"{option} {out} is inside the dataset root {given}; "
                                       "madcache never writes into a dataset unless asked: "
                                       "choose a location outside it")
+        if _within(target, root) and target.exists():
+            raise OutputLocationError(f"{option} {out} would overwrite a file of the dataset "
+                                      f"root {given}; choose a new name")
 
 
 def _resolved(path: str | Path) -> Path:

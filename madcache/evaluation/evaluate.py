@@ -10,12 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
-from madcache.core.io import read_json, write_json
+from madcache.core.io import check_output_location, read_json, write_json
 from madcache.data import DATASETS
 from madcache.data.metrics import score_logits, without_counts
 from madcache.students.predict import load_run_student, predict_logits
 from madcache.students.visual import loader_for
-from madcache.train.rundir import load_run
+from madcache.train.rundir import METRICS, load_run
 from madcache.train.setup import load_eval_examples
 
 
@@ -27,6 +27,7 @@ def evaluate_run(run_dir: str | Path, *, split: str, sm: bool = False,
     `regions` its region store (default: the run's eval-split store for its eval split)."""
     run_dir = Path(run_dir)
     config = load_run(run_dir)
+    check_output_location(run_dir / METRICS, roots=[root or config.root], option="--run")
     if sm:
         DATASETS.get(config.dataset).check_sm()
     if root is not None:

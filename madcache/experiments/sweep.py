@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 from madcache.core.config import (check_value, check_values, parse_key_values, parse_value,
                                   read_toml)
 from madcache.core.errors import ConfigError, ConfigValueError, MadcacheError
+from madcache.core.io import check_output_location
 from madcache.data import DATASETS
 from madcache.evaluation.adapters import ADAPTER_STUDENT, ADAPTERS, is_adapter
 
@@ -577,6 +578,9 @@ def run_sweep(config: SweepConfig, *, jobs: int | None = 1, only: str | None = N
     if executor is not None and gpus:
         raise ConfigError("--gpus places runs on this machine's GPUs; with --executor slurm "
                           "each run gets the GPUs of its job (--slurm-gpus)")
+    check_output_location(config.out, roots=[config.root], option="out",
+                          inputs=[config.regions, *(t.cache for t in config.teachers),
+                                  *(c for t in config.teachers for c in t.eval_caches.values())])
     slots = gpu_slots(gpus, jobs_per_gpu) if gpus else None
     jobs = jobs if jobs is not None else (len(slots) if slots else 1)
     if jobs < 1:

@@ -29,6 +29,7 @@ import torch
 
 from madcache.data import Example, read_examples
 from madcache.core.errors import ConfigError
+from madcache.core.io import check_output_location
 from madcache.extraction.assemble import RoleKeys, ShardBuffers, EncodedTexts, assemble_shard
 from madcache.extraction.config import ExtractConfig
 from madcache.extraction.distributed import ProcessGroup, Ranks, rank_device, resolve_ranks
@@ -53,6 +54,10 @@ def extract(config: ExtractConfig, *, teacher_loader: Loader | None = None,
     `teacher_loader` / `sentence_encoder` replace `load_teacher` / the MiniLM encoder (tests).
     """
     started = time.perf_counter()
+    check_output_location(config.output_path(), roots=[config.root],
+                          inputs=[config.checkpoint, config.vision_checkpoint,
+                                  config.text_checkpoint, config.relevance_checkpoint,
+                                  config.answer_vocab, config.sentence_encoder])
     ranks = resolve_ranks(config.rank, config.world_size)
     if config.force and ranks.world_size > 1 and not ranks.torchrun:
         raise ConfigError("--force with --world-size > 1 needs torchrun (rank 0 deletes the old "

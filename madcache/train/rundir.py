@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from madcache.core.errors import ConfigError, RunDirectoryError
-from madcache.core.io import read_json, write_json, writing
+from madcache.core.io import check_output_location, read_json, write_json, writing
 from madcache.students.predict import STUDENT_DIR
 from madcache.train.checkpoint import CHECKPOINT, TRAINER_STATE
 from madcache.train.config import TrainConfig
@@ -46,6 +46,9 @@ def open_run_dir(config: TrainConfig) -> None:
     anything without --resume or --overwrite; with --overwrite, delete madcache's run files
     (rank 0 alone, under torchrun)."""
     run_dir = Path(config.out)
+    check_output_location(run_dir, roots=[config.root],
+                          inputs=[config.cache, config.regions, config.eval_regions,
+                                  config.split_file, *student_paths(config)])
     if config.resume and config.overwrite:
         raise ConfigError("--resume continues the run in --out and --overwrite deletes it; "
                           "give one of them")
@@ -65,6 +68,17 @@ def open_run_dir(config: TrainConfig) -> None:
                                 f"{', ...' if len(entries) > 5 else ''}); pass --resume to "
                                 "continue a run there, --overwrite to replace madcache's run "
                                 "files in it, or choose a new --out")
+
+
+def run_files(run_dir: str | Path) -> list[Path]:
+    """The paths of what `madcache train` writes into `run_dir` (whether present or not)."""
+    return [Path(run_dir) / name for name in RUN_FILES]
+
+
+def student_paths(config: TrainConfig) -> list[str]:
+    """The files and folders a student's options name (pretrained checkpoints, tokenizers)."""
+    return [value for key, value in config.student_options.items()
+            if isinstance(value, str) and (key.endswith(("_dir", "_from")) or key == "checkpoint")]
 
 
 def clear_run_files(run_dir: Path) -> None:
