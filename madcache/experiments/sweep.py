@@ -300,6 +300,23 @@ def _check_tables(config: SweepConfig, where: str) -> None:
         _no_unknown(values, {f.name for f in dataclasses.fields(cls)} - owned, where,
                     f"{table}.")
         setattr(config, table, check_values(cls, values, where=f"{where}: ", table=table))
+    _check_run_configs(config, where)
+
+
+def _check_run_configs(config: SweepConfig, where: str) -> None:
+    """Build each method's training config now, so that a `[train]` value that does not suit a
+    method (`m = 0` for a method that selects words, `af_epochs = 0` for one with an AF stage)
+    is refused when the pipeline loads, not inside each of its runs."""
+    from madcache.train.config import TrainConfig
+
+    teacher = config.teachers[0] if config.teachers else None
+    for method in (m for m in config.methods if m not in ADAPTERS):
+        spec = RunSpec(config.dataset, method, config.students[0], teacher, None, 0,
+                       Path(config.out), (), "")
+        try:
+            TrainConfig.from_dict({**config.train, **run_settings(config, spec)})
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: [train] for method {method}: {exc}") from None
 
 
 def _probe(config: SweepConfig, kind: str) -> RunSpec:
