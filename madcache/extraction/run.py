@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from madcache.data import Example, read_examples
-from madcache.core.errors import ConfigError
-from madcache.core.io import check_output_location
+from madcache.core.errors import CacheError, ConfigError
+from madcache.core.io import check_output_location, writing
 from madcache.extraction.assemble import RoleKeys, ShardBuffers, EncodedTexts, assemble_shard
 from madcache.extraction.config import ExtractConfig
 from madcache.extraction.distributed import ProcessGroup, Ranks, rank_device, resolve_ranks
@@ -44,6 +44,11 @@ from madcache.data.vqa import build_answer_vocab, read_answer_vocab
 from madcache.extraction.protocols import Task, VqaTask, make_task, with_logit_scale
 
 Encoder = Any  # SentenceEncoder-like
+
+
+# a disk that refuses a shard (full, read-only) leaves the committed shards: the cache resumes
+RESUMABLE_NOTE = ("the cache is resumable: free space or fix the permissions, then rerun the "
+                  "same command (committed shards are kept)")
 
 
 def extract(config: ExtractConfig, *, teacher_loader: Loader | None = None,
@@ -70,8 +75,9 @@ def extract(config: ExtractConfig, *, teacher_loader: Loader | None = None,
     yake = YakeSettings(config.yake_max_ngram, config.yake_top, config.yake_language)
     group = ProcessGroup.join(ranks)
     try:
-        writer, manifest = _open_writer(config, ranks, group, teachers, task, yake, examples,
-                                        shards, skipped)
+        with writing(config.output_path(), error=CacheError, then=RESUMABLE_NOTE):
+            writer, manifest = _open_writer(config, ranks, group, teachers, task, yake,
+                                            examples, shards, skipped)
         message = unavailable_warning(manifest)
         if message and ranks.rank == 0:
             warnings.warn(message, UserWarning, stacklevel=2)
@@ -79,7 +85,9 @@ def extract(config: ExtractConfig, *, teacher_loader: Loader | None = None,
         done = writer.completed_shards()
         pending = [i for i in mine if i not in done]
         try:
-            written = ShardPipeline(config, teachers, task, yake, shards, writer).run(pending)
+            with writing(config.output_path(), error=CacheError, then=RESUMABLE_NOTE):
+                written = ShardPipeline(config, teachers, task, yake, shards,
+                                        writer).run(pending)
         finally:
             writer.close()
         summary = _summary(config, ranks, examples, shards, mine, written, started)
