@@ -156,7 +156,8 @@ class Backbone:
         self.spec, self.weights, self.image_size = backbone, Path(weights), image_size
         self.device = torch.device(device)
         model, self.features = build_backbone(backbone)
-        missing, _ = model.load_state_dict(load_weights(self.weights, what="backbone weights"), strict=False)
+        state = load_weights(self.weights, what="backbone weights")
+        missing, _ = model.load_state_dict(state, strict=False)
         if missing:
             raise ConfigError(f"{self.weights} does not fit backbone {backbone!r}: missing "
                               f"{', '.join(missing[:5])}")

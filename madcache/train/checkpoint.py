@@ -1,8 +1,8 @@
 """Checkpoints: student + projections + optimizer tensors as safetensors (no pickles), with the
-scalar trainer state as JSON in the same file's metadata, so one rename commits both (a kill
-never pairs new weights with an old step), with a sha256 over both recorded in the same metadata
-and verified on load (a changed byte is refused, naming the file). `trainer_state.json` mirrors that state for people
-and tools. No RNG state is needed: every random draw of a step (dropout, AF masks)
+scalar trainer state as JSON in the same file's metadata and a sha256 over both, so one rename
+commits weights, state and checksum together (a kill never pairs new weights with an old step)
+and a changed byte is refused on load, naming the file. `trainer_state.json` mirrors the state
+for people and tools. No RNG state is needed: every random draw of a step (dropout, AF masks)
 is seeded from (seed, stage, step, rank, micro-batch), and the data order from (seed, stage,
 epoch), so a resumed run continues exactly where the checkpoint left off."""
 

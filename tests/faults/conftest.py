@@ -151,6 +151,23 @@ def wait_for_commits(out: Path, n: int, child: subprocess.Popen,
         time.sleep(0.05)
 
 
+def invoke(*args: object):
+    """`madcache ARGS` in this process (click's runner)."""
+    from click.testing import CliRunner
+
+    from madcache.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def one_line_error(result, code: int = 2) -> str:
+    """The CLI's error output, checked to be one line without a traceback, and `code`."""
+    assert result.exit_code == code, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    return lines[0]
+
+
 def kill(child: subprocess.Popen) -> None:
     child.send_signal(signal.SIGKILL)
     child.communicate()
@@ -234,7 +251,8 @@ def faults():
     return SimpleNamespace(start_cli=start_cli, wait_for=wait_for, kill=kill, finish=finish,
                            wait_for_commits=wait_for_commits,
                            extract_args=extract_args, child_env=child_env,
-                           train_args=train_args,
+                           train_args=train_args, invoke=invoke,
+                           one_line_error=one_line_error,
                            make_world=cache_helpers.make_world,
                            make_manifest=cache_helpers.make_manifest,
                            write_world=cache_helpers.write_world,

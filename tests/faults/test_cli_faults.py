@@ -8,22 +8,9 @@ import json
 import shutil
 
 import pytest
-from click.testing import CliRunner
 
-from madcache.cli import cli
 from madcache.core.errors import DataError, OutputLocationError
 from madcache.core.io import check_output_location
-
-
-def invoke(*args: object):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def one_line_error(result, code: int = 2) -> str:
-    assert result.exit_code == code, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.output, result.output
-    return lines[0]
 
 
 @pytest.fixture
@@ -34,21 +21,21 @@ def snli(tmp_path, faults, snli_root):
     return root
 
 
-def stats(root, *extra):
-    return invoke("data", "stats", "--dataset", "snli-ve", "--root", root, "--split", "train",
-                  *extra)
+def stats(faults, root, *extra):
+    return faults.invoke("data", "stats", "--dataset", "snli-ve", "--root", root, "--split",
+                         "train", *extra)
 
 
 # ----------------------------------------------------------------------------- bugs and --debug
 
-def test_an_internal_error_is_one_line_and_exit_1_unless_debug(monkeypatch):
+def test_an_internal_error_is_one_line_and_exit_1_unless_debug(monkeypatch, faults):
     import madcache.experiments.report as report
 
     monkeypatch.setattr(report, "build_report", lambda *a, **k: {}["missing"])
-    line = one_line_error(invoke("report", "."), code=1)
+    line = faults.one_line_error(faults.invoke("report", "."), code=1)
     assert line == ("Error: internal error: KeyError: 'missing' — this is a bug, please report "
                     "it (rerun with --debug for the traceback)")
-    debug = invoke("--debug", "report", ".")
+    debug = faults.invoke("--debug", "report", ".")
     assert debug.exit_code == 1 and isinstance(debug.exception, KeyError)
 
 
@@ -56,13 +43,14 @@ def test_an_internal_error_is_one_line_and_exit_1_unless_debug(monkeypatch):
 
 @pytest.mark.parametrize("bad,problem", [(b'{"pairID": "caf\xe9"}', "not UTF-8: byte 0xe9"),
                                          (b"[" * 100_000, "nested too deeply")])
-def test_a_bad_annotation_line_names_file_and_line_and_skip_bad_skips_it(snli, bad, problem):
+def test_a_bad_annotation_line_names_file_and_line_and_skip_bad_skips_it(snli, bad, problem,
+                                                                         faults):
     path = snli / "snli_ve_train.jsonl"
     lines = path.read_bytes().splitlines()
     path.write_bytes(b"\n".join([*lines[:2], bad, *lines[2:]]) + b"\n")
-    line = one_line_error(stats(snli))
+    line = faults.one_line_error(stats(faults, snli))
     assert f"{path}:3: {problem}" in line
-    skipped = stats(snli, "--skip-bad", "--json")
+    skipped = stats(faults, snli, "--skip-bad", "--json")
     assert skipped.exit_code == 0, skipped.output
     result = json.loads(skipped.output)
     assert result["examples"] == len(lines)
@@ -82,7 +70,7 @@ def test_a_cache_manifest_nested_too_deeply_is_one_line(tmp_path, faults):
     root = tmp_path / "cache"
     faults.write_world(root, faults.make_world(), fmt="zarr")
     (root / "manifest.json").write_bytes(b"{\"a\":" * 50_000)
-    line = one_line_error(invoke("cache", "info", root))
+    line = faults.one_line_error(faults.invoke("cache", "info", root))
     assert "manifest.json: not valid JSON" in line
 
 
@@ -94,11 +82,11 @@ def test_a_cache_manifest_nested_too_deeply_is_one_line(tmp_path, faults):
     (b'[train]\nmethod = "caf\xe9"\n', ":2: not UTF-8 (byte 0xe9)"),
     (b'[train]\nseed = [1]\n', "train.seed: expected an integer, got [1]"),
 ])
-def test_a_bad_training_toml_names_the_key_or_line(tmp_path, text, expected):
+def test_a_bad_training_toml_names_the_key_or_line(tmp_path, text, expected, faults):
     path = tmp_path / "t.toml"
     path.write_bytes(text)
-    line = one_line_error(invoke("train", "--config", path, "--dataset", "vcr", "--root",
-                                 tmp_path, "--out", tmp_path / "run"))
+    line = faults.one_line_error(faults.invoke("train", "--config", path, "--dataset", "vcr",
+                                               "--root", tmp_path, "--out", tmp_path / "run"))
     assert f"{path}" in line and expected in line
 
 
@@ -108,20 +96,21 @@ def test_a_bad_training_toml_names_the_key_or_line(tmp_path, text, expected):
     ("seeds=3", "seeds: expected a list, got 3"),
     ("train.lr=-1", "train.lr: must be > 0, got -1"),
 ])
-def test_a_malformed_set_value_is_one_line(tmp_path, option, expected):
+def test_a_malformed_set_value_is_one_line(tmp_path, option, expected, faults):
     path = tmp_path / "p.toml"
     path.write_text(f'dataset = "vcr"\nroot = "{tmp_path}"\nout = "{tmp_path / "runs"}"\n'
                     'methods = ["baseline"]\nseeds = [0]\n')
-    line = one_line_error(invoke("sweep", path, "--dry-run", "--set", option))
+    line = faults.one_line_error(faults.invoke("sweep", path, "--dry-run", "--set", option))
     assert expected in line
 
 
-def test_a_train_value_that_does_not_suit_a_method_is_refused_when_the_sweep_loads(tmp_path):
+def test_a_train_value_that_does_not_suit_a_method_is_refused_when_the_sweep_loads(tmp_path,
+                                                                                   faults):
     path = tmp_path / "p.toml"
     path.write_text(f'dataset = "vcr"\nroot = "{tmp_path}"\nout = "{tmp_path / "runs"}"\n'
                     f'methods = ["baseline", "mad"]\nseeds = [0]\ncache = "{tmp_path}/c"\n'
                     '[train]\nm = 0\n')
-    line = one_line_error(invoke("sweep", path, "--dry-run"))
+    line = faults.one_line_error(faults.invoke("sweep", path, "--dry-run"))
     assert "[train] for method mad: m: method 'mad' selects m words per text" in line
 
 
@@ -132,8 +121,8 @@ def test_a_worker_process_failure_is_the_workers_one_line(tmp_path, snli, tiny_c
     traceback (the DataLoader re-raises errors wrapped in it)."""
     image = snli / "images" / "1003.jpg"
     image.write_bytes(b"not a jpeg")
-    line = one_line_error(invoke(*faults.extract_args(snli, tmp_path / "cache", tiny_clip,
-                                                      "--workers", "1")))
+    args = faults.extract_args(snli, tmp_path / "cache", tiny_clip, "--workers", "1")
+    line = faults.one_line_error(faults.invoke(*args))
     assert f"{image}: image cannot be decoded" in line
 
 
@@ -165,35 +154,35 @@ def test_commands_refuse_to_write_into_a_dataset_root_or_over_an_input(tmp_path,
         "demo teacher": ["demo", "teacher", "--data", snli, "--out", inside / "t.safetensors"],
     }
     for name, args in cases.items():
-        line = one_line_error(invoke(*args))
+        line = faults.one_line_error(faults.invoke(*args))
         assert f"{inside}" in line and "is inside the dataset root" in line, name
         assert not inside.exists(), name
     cache = tmp_path / "cache"
     cache.mkdir()
-    line = one_line_error(invoke("train", "--dataset", "snli-ve", "--root", snli, "--cache",
-                                 cache, "--out", cache, "--method", "md"))
+    line = faults.one_line_error(faults.invoke("train", "--dataset", "snli-ve", "--root", snli,
+                                               "--cache", cache, "--out", cache, "--method", "md"))
     assert f"--out {cache} would overwrite the input {cache}" in line
 
 
 def test_data_commands_write_into_a_root_only_when_asked_and_never_over_its_files(tmp_path,
-                                                                                  snli):
+                                                                                  snli, faults):
     lowshot = ["data", "lowshot", "--dataset", "snli-ve", "--root", snli, "--split", "train",
                "--per-category", 1, "--seed", 0, "--into-root", "--out"]
-    assert invoke(*lowshot, snli / "k1.json").exit_code == 0
+    assert faults.invoke(*lowshot, snli / "k1.json").exit_code == 0
     before = (snli / "snli_ve_train.jsonl").read_bytes()
-    line = one_line_error(invoke(*lowshot, snli / "snli_ve_train.jsonl"))
+    line = faults.one_line_error(faults.invoke(*lowshot, snli / "snli_ve_train.jsonl"))
     assert "would overwrite a file of the dataset root" in line
     vcr = tmp_path / "vcr"
     vcr.mkdir()
     (vcr / "val.jsonl").write_text("{}\n")
-    line = one_line_error(invoke("data", "sm", "--root", vcr, "--split", "val", "--out", vcr,
-                                 "--into-root"))
+    line = faults.one_line_error(faults.invoke("data", "sm", "--root", vcr, "--split", "val",
+                                               "--out", vcr, "--into-root"))
     assert f"would overwrite the input {vcr / 'val.jsonl'}" in line
     assert (snli / "snli_ve_train.jsonl").read_bytes() == before
     assert (vcr / "val.jsonl").read_text() == "{}\n"
 
 
-def test_predict_refuses_to_overwrite_a_run_file(tmp_path, snli):
+def test_predict_refuses_to_overwrite_a_run_file(tmp_path, snli, faults):
     from madcache.train.config import TrainConfig
 
     run = tmp_path / "run"
@@ -201,6 +190,6 @@ def test_predict_refuses_to_overwrite_a_run_file(tmp_path, snli):
     config = TrainConfig(dataset="snli-ve", root=str(snli), out=str(run)).to_dict()
     (run / "config.json").write_text(json.dumps(config))
     before = (run / "config.json").read_bytes()
-    line = one_line_error(invoke("predict", "--run", run, "--split", "train", "--out",
+    line = faults.one_line_error(faults.invoke("predict", "--run", run, "--split", "train", "--out",
                                  run / "config.json", "--force"))
     assert "would overwrite the input" in line and (run / "config.json").read_bytes() == before

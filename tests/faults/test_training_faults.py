@@ -16,25 +16,11 @@ import shutil
 
 import pytest
 import torch
-from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from madcache.cli import cli
 from madcache.core.errors import CheckpointCorruptError, ConfigError, RunDirectoryError
 from madcache.train.checkpoint import CHECKPOINT, read_checkpoint
 from madcache.train.loop import train
-
-
-def invoke(*args: object):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def one_line_error(result, code: int = 2) -> str:
-    """The CLI's error output, checked to be one line without a traceback."""
-    assert result.exit_code == code, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.output, result.output
-    return lines[0]
 
 
 def same_run(a, b) -> None:
@@ -99,7 +85,8 @@ def test_rerun_into_a_used_run_directory_is_refused(used_run, train_world, fault
     """Without --resume or --overwrite a used run directory is left alone (a rerun with another
     seed used to mix its checkpoint with the old run's "complete" metrics)."""
     out, before = used_run
-    line = one_line_error(invoke(*faults.train_args(train_world, out, "--seed", "1")))
+    args = faults.train_args(train_world, out, "--seed", "1")
+    line = faults.one_line_error(faults.invoke(*args))
     assert "already holds a run" in line and "--resume" in line and "--overwrite" in line
     assert snapshot(out) == before
 
@@ -108,7 +95,7 @@ def test_a_non_empty_directory_is_refused_and_left_alone(tmp_path, train_world, 
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("keep")
-    line = one_line_error(invoke(*faults.train_args(train_world, out)))
+    line = faults.one_line_error(faults.invoke(*faults.train_args(train_world, out)))
     assert "is not empty (notes.txt)" in line and "--overwrite" in line
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
@@ -120,7 +107,7 @@ def test_resume_with_other_settings_names_every_difference(used_run, train_world
     args = faults.train_args(train_world, out, "--resume", "--seed", "3", "--lr", "0.5",
                              method="mad")
     args[args.index("--cache") + 1] = str(train_world.other_cache)
-    line = one_line_error(invoke(*args))
+    line = faults.one_line_error(faults.invoke(*args))
     for named in ("cache_fingerprint: run ", "lr: run 0.001, now 0.5", "method: run 'md', now "
                   "'mad'", "seed: run 0, now 3"):
         assert named in line, line
@@ -135,10 +122,10 @@ def test_another_cache_at_the_same_path_is_refused(tmp_path, train_world, faults
     out = tmp_path / "run"
     args = faults.train_args(train_world, out, "--max-steps", "2")
     args[args.index("--cache") + 1] = str(cache)
-    assert invoke(*args).exit_code == 0
+    assert faults.invoke(*args).exit_code == 0
     shutil.rmtree(cache)
     shutil.copytree(train_world.other_cache, cache)
-    line = one_line_error(invoke(*args, "--resume"))
+    line = faults.one_line_error(faults.invoke(*args, "--resume"))
     assert "cache_fingerprint: run " in line and "lr" not in line.split("settings:")[1]
 
 
@@ -152,7 +139,7 @@ def test_resume_accepts_a_moved_cache_and_the_allowed_changes(used_run, tmp_path
     args = faults.train_args(train_world, out, "--resume", "--eval-every", "3", "--prefetch", "1",
                              "--grad-accum", "2", "--checkpoint-every", "5")
     args[args.index("--cache") + 1] = str(moved)
-    result = invoke(*args)
+    result = faults.invoke(*args)
     assert result.exit_code == 0, result.output
     after = json.loads((out / "metrics.json").read_text())
     assert after["history"] == json.loads(before["metrics.json"])["history"]
@@ -163,7 +150,7 @@ def test_overwrite_replaces_only_the_run_files(used_run, train_world, faults):
     (out / "notes.txt").write_text("keep")
     (out / "mine").mkdir()
     (out / "mine" / "a.txt").write_text("keep")
-    result = invoke(*faults.train_args(train_world, out, "--overwrite", "--seed", "1"))
+    result = faults.invoke(*faults.train_args(train_world, out, "--overwrite", "--seed", "1"))
     assert result.exit_code == 0, result.output
     assert (out / "notes.txt").read_text() == "keep" and (out / "mine" / "a.txt").is_file()
     assert json.loads((out / "config.json").read_text())["seed"] == 1
@@ -172,7 +159,7 @@ def test_overwrite_replaces_only_the_run_files(used_run, train_world, faults):
 
 def test_resume_and_overwrite_together_are_refused(used_run, train_world, faults):
     out, before = used_run
-    line = one_line_error(invoke(*faults.train_args(train_world, out, "--resume",
+    line = faults.one_line_error(faults.invoke(*faults.train_args(train_world, out, "--resume",
                                                     "--overwrite")))
     assert "give one of them" in line and snapshot(out) == before
 
@@ -202,7 +189,7 @@ def test_a_damaged_checkpoint_is_refused_naming_the_file(used_run, train_world, 
         path.write_bytes(b"")
     with pytest.raises(CheckpointCorruptError, match=str(path)):
         read_checkpoint(path)
-    line = one_line_error(invoke(*faults.train_args(train_world, out, "--resume")))
+    line = faults.one_line_error(faults.invoke(*faults.train_args(train_world, out, "--resume")))
     assert str(path) in line and ("checksum mismatch" in line or "corrupt or truncated" in line)
 
 
@@ -227,15 +214,15 @@ def test_a_damaged_run_json_file_is_one_line_naming_it(used_run, train_world, fa
     (out / name).write_bytes(content)
     command = faults.train_args(train_world, out, "--resume") if name != "metrics.json" \
         else ["eval", "--run", out, "--split", "train"]
-    line = one_line_error(invoke(*command))
+    line = faults.one_line_error(faults.invoke(*command))
     assert str(out / name) in line and "not a readable JSON file" in line
 
 
-def test_damaged_student_weights_are_one_line_naming_the_file(used_run):
+def test_damaged_student_weights_are_one_line_naming_the_file(used_run, faults):
     out, _ = used_run
     weights = out / "student" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
-    line = one_line_error(invoke("eval", "--run", out, "--split", "train"))
+    line = faults.one_line_error(faults.invoke("eval", "--run", out, "--split", "train"))
     assert str(weights) in line and "student weights file is corrupt or truncated" in line
 
 
@@ -293,20 +280,21 @@ def test_a_read_only_run_directory_is_one_line(used_run, train_world, faults):
     out, _ = used_run
     os.chmod(out, 0o555)
     try:
-        line = one_line_error(invoke(*faults.train_args(train_world, out, "--overwrite")))
+        args = faults.train_args(train_world, out, "--overwrite")
+        line = faults.one_line_error(faults.invoke(*args))
     finally:
         os.chmod(out, 0o755)
     assert str(out) in line and "permission denied" in line.lower()
 
 
-def test_the_cli_turns_a_disk_error_into_one_line(monkeypatch):
+def test_the_cli_turns_a_disk_error_into_one_line(monkeypatch, faults):
     import madcache.experiments.report as report
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/runs/report.md")
 
     monkeypatch.setattr(report, "build_report", full)
-    line = one_line_error(invoke("report", "."))
+    line = faults.one_line_error(faults.invoke("report", "."))
     assert line == "Error: /runs/report.md: no space left on the device"
 
 
