@@ -686,12 +686,18 @@ def _attempt(run: Runner, spec: RunSpec, payload: dict[str, Any]) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m madcache.experiments.sweep JOB.json`: execute one job file written by the sweep."""
+    """`python -m madcache.experiments.sweep JOB.json`: execute one job file written by the sweep.
+    A `MadcacheError` (a refused resume, bad data) is one line on stderr and exit code 2, so the
+    sweep's failure summary quotes it rather than the end of a traceback."""
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 1:
         print("usage: python -m madcache.experiments.sweep JOB.json", file=sys.stderr)
         return 2
-    execute(json.loads(Path(args[0]).read_text(encoding="utf-8")))
+    try:
+        execute(json.loads(Path(args[0]).read_text(encoding="utf-8")))
+    except MadcacheError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -149,8 +149,9 @@ def run_inputs(provenance: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def record_run(run_dir: Path, config: Mapping[str, Any], inputs: Mapping[str, Any]) -> None:
-    """Write config.json and inputs.json (after every check passed)."""
+    """Write inputs.json, then config.json (after every check passed): config.json is what says
+    a run was recorded, so a kill between the two leaves a directory that resumes."""
     with writing(run_dir, error=RunDirectoryError, then=RESUMABLE_NOTE):
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / CONFIG, dict(config))
         write_json(run_dir / INPUTS, dict(inputs))
+        write_json(run_dir / CONFIG, dict(config))

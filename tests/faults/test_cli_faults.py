@@ -193,3 +193,15 @@ def test_predict_refuses_to_overwrite_a_run_file(tmp_path, snli, faults):
     line = faults.one_line_error(faults.invoke("predict", "--run", run, "--split", "train", "--out",
                                  run / "config.json", "--force"))
     assert "would overwrite the input" in line and (run / "config.json").read_bytes() == before
+
+
+def test_a_sweep_job_process_reports_one_line(tmp_path, capsys):
+    """A sweep's job process (`python -m madcache.experiments.sweep JOB.json`) ends a refused
+    run with one line, which the sweep's failure summary quotes from its log."""
+    from madcache.experiments.sweep import main
+
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"kind": "train", "evals": [], "config": {
+        "dataset": "vcr", "root": str(tmp_path), "out": str(tmp_path / "run"), "lr": -1}}))
+    assert main([str(job)]) == 2
+    assert capsys.readouterr().err == "error: train.lr: must be > 0, got -1.0\n"
