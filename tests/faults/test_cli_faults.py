@@ -205,3 +205,13 @@ def test_a_sweep_job_process_reports_one_line(tmp_path, capsys):
         "dataset": "vcr", "root": str(tmp_path), "out": str(tmp_path / "run"), "lr": -1}}))
     assert main([str(job)]) == 2
     assert capsys.readouterr().err == "error: train.lr: must be > 0, got -1.0\n"
+
+
+def test_truncated_teacher_weights_are_one_line_naming_the_file(tmp_path, snli, tiny_clip,
+                                                                faults):
+    name, checkpoint = tiny_clip
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(checkpoint.read_bytes()[:300])
+    line = faults.one_line_error(faults.invoke(*faults.extract_args(
+        snli, tmp_path / "cache", (name, broken))))
+    assert f"{broken}: teacher weights file is corrupt or truncated" in line
