@@ -1,6 +1,10 @@
 """The `madcache` command line: a thin click layer; each command builds a config and calls one
 library function. Subcommands live in `madcache/commands/` and are imported only when used, so
-`madcache train` never imports a teacher module (or open_clip)."""
+`madcache train` never imports a teacher module (or open_clip).
+
+Errors: a `MadcacheError` (bad input, a refused run) or a disk error (full, read-only) is one line
+and exit code 2; any other exception is a bug in madcache: one line saying so and exit code 1,
+or the traceback with `madcache --debug ...`."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import importlib
 import click
 
 from madcache.core.errors import MadcacheError
+from madcache.core.io import disk_problem
 
 # name -> "module:attribute" of a click command or group
 COMMANDS = {
@@ -29,6 +34,20 @@ class UserError(click.ClickException):
     """A `MadcacheError` shown as one line (no traceback), exit code 2."""
 
     exit_code = 2
+
+
+class InternalError(click.ClickException):
+    """An unexpected exception (a bug), shown as one line without --debug; exit code 1."""
+
+    exit_code = 1
+
+
+# click's own control flow, which passes through untouched
+CLICK_FLOW = (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort)
+
+
+def one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 class LazyGroup(click.Group):
@@ -53,11 +72,22 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except MadcacheError as exc:
             raise UserError(str(exc)) from None
+        except CLICK_FLOW:
+            raise
+        except Exception as exc:
+            if ctx.find_root().params.get("debug"):
+                raise
+            if isinstance(exc, OSError) and disk_problem(exc):
+                raise UserError(f"{exc.filename or 'a file'}: {disk_problem(exc)}") from None
+            raise InternalError(f"internal error: {type(exc).__name__}: {one_line(exc)} — this "
+                                "is a bug, please report it (rerun with --debug for the "
+                                "traceback)") from None
 
 
 @click.group(cls=LazyGroup, lazy=COMMANDS)
 @click.version_option(package_name="madcache")
-def cli() -> None:
+@click.option("--debug", is_flag=True, help="Show the traceback of an unexpected error.")
+def cli(debug: bool) -> None:
     """madcache: run teachers once into a cache, then train students many times (MAD)."""
 
 

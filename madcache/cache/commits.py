@@ -43,7 +43,7 @@ def read_commits(store: Store) -> dict[int, dict[str, Any]]:
             record = json.loads(store.read_bytes(key).decode("utf-8"))
         except FileNotFoundError:
             continue                      # deleted by a writer redoing that shard
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise CacheCorruptError(f"commit record {key} is not valid JSON ({exc}): run "
                                     "`madcache cache verify`") from None
         records[int(record["index"])] = record

@@ -40,7 +40,7 @@ def read_manifest(root: str | Path | Store | StoreKey) -> dict[str, Any]:
                                  "check the path.") from None
     try:
         return json.loads(data.decode("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise CacheCorruptError(f"{_where(store)}/{MANIFEST}: not valid JSON ({exc}); re-run "
                                 "the extraction with --force") from None
 

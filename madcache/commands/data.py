@@ -12,7 +12,15 @@ import click
 
 from madcache.commands.options import NameChoice, dataset_names
 from madcache.core.config import parse_key_values
+from madcache.core.io import check_output_location
 from madcache.data.records import ReadResult
+
+
+SM_REPORT = "sm_report.json"
+# commands that write a file derived from a dataset write it outside the dataset's root unless
+# asked (core.io.check_output_location)
+INTO_ROOT = click.option("--into-root", is_flag=True,
+                         help="Allow --out inside the dataset root (never over a file of it).")
 
 
 def read_options(func):
@@ -92,11 +100,13 @@ def stats(dataset: str, root: Path, split: str, skip_bad: bool, options: tuple[s
               help="Units per category (VCR questions, SNLI-VE / VQA images).")
 @click.option("--seed", required=True, type=int)
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@INTO_ROOT
 def lowshot(dataset: str, root: Path, split: str, skip_bad: bool, options: tuple[str, ...],
-            k: int, seed: int, out: Path) -> None:
+            k: int, seed: int, out: Path, into_root: bool) -> None:
     """Draw a seeded low-shot split and save it as JSON."""
     from madcache.data.lowshot import sample_per_category
 
+    check_output_location(out, roots=[root], inside_root_ok=into_root)
     result = _read(dataset, root, split, skip_bad, options)
     drawn = sample_per_category(result.examples, k=k, seed=seed)
     if result.skipped:
@@ -119,7 +129,9 @@ def lowshot(dataset: str, root: Path, split: str, skip_bad: bool, options: tuple
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for <split>.jsonl and sm_report.json.")
 @click.option("--skip-bad", is_flag=True)
-def sm(root: Path, split: str, annotations: Path | None, out: Path, skip_bad: bool) -> None:
+@INTO_ROOT
+def sm(root: Path, split: str, annotations: Path | None, out: Path, skip_bad: bool,
+       into_root: bool) -> None:
     """Write the shortcut-mitigated version of a VCR split (Ye & Kovashka 2021)."""
     from madcache.data.sm import shortcut_mitigate_file
     from madcache.data.vcr import VcrReader
@@ -127,8 +139,11 @@ def sm(root: Path, split: str, annotations: Path | None, out: Path, skip_bad: bo
     source = VcrReader().annotation_file(root, split, None if annotations is None
                                           else str(annotations))
     name = Path(split).name if split.endswith(".jsonl") else f"{split}.jsonl"
+    check_output_location(out / name, roots=[root], inputs=[source], inside_root_ok=into_root)
+    check_output_location(out / SM_REPORT, roots=[root], inputs=[source],
+                          inside_root_ok=into_root)
     report = shortcut_mitigate_file(source, out / name, skip_bad=skip_bad)
-    (out / "sm_report.json").write_text(json.dumps(report.to_json(), indent=1) + "\n",
+    (out / SM_REPORT).write_text(json.dumps(report.to_json(), indent=1) + "\n",
                                         encoding="utf-8")
     rules = ", ".join(f"{rule} {counts.records}" for rule, counts in report.rules.items())
     click.echo(f"{report.written} of {report.records} records in the SM split ({rules}); "

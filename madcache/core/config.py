@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import json
 import math
+import tomllib
 import types
 import typing
 from pathlib import Path
@@ -190,6 +191,22 @@ def _show(value: Any) -> str:
 
 def _dotted(table: str, name: str) -> str:
     return f"{table}.{name}" if table else name
+
+
+def read_toml(path: str | Path, *, what: str = "config file") -> dict[str, Any]:
+    """A TOML file's tables. A missing file, bytes that are not UTF-8 or a syntax error are one
+    `ConfigError` naming the file (and the line and column of a syntax error)."""
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found: {path}") from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 (byte 0x{exc.object[exc.start]:02x})") \
+            from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
 
 
 # ----------------------------------------------------------------------------- KEY=VALUE

@@ -63,6 +63,21 @@ class CheckpointNotFoundError(MadcacheError, FileNotFoundError):
     """A teacher/student checkpoint is missing; the message says which file to provide."""
 
 
+class CheckpointCorruptError(MadcacheError):
+    """A weights, checkpoint or run file exists but cannot be read, or its bytes changed since
+    it was written (checksum); the message names the file."""
+
+
+class RunDirectoryError(MadcacheError):
+    """A run directory cannot be written as asked: it holds another run (without --resume or
+    --overwrite), its recorded settings differ from this one's, or the disk refused a write."""
+
+
+class OutputLocationError(MadcacheError):
+    """An output location would overwrite a command's own input or a dataset file, or lies
+    inside a dataset root."""
+
+
 class CacheError(MadcacheError):
     """A teacher-target cache is unusable."""
 

@@ -9,31 +9,52 @@ from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 from madcache.data.records import BadRecord
 from madcache.core.errors import ConfigError, DataError, DataFileNotFoundError
+from madcache.core.io import json_problem
 
 T = TypeVar("T")
 
 
 def iter_json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any] | DataError]]:
-    """`(line number, record)` for each non-blank line; a malformed line yields its DataError
-    instead of raising, so the caller decides (raise, or skip under `skip_bad`)."""
+    """`(line number, record)` for each non-blank line; a malformed line (bad JSON, bytes that
+    are not UTF-8, nesting deeper than Python parses) yields its DataError instead of raising,
+    so the caller decides (raise, or skip under `skip_bad`)."""
     if not path.is_file():
         raise DataFileNotFoundError(f"annotation file not found: {path}; check --root and the "
                                     "split name", file=path)
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
                 continue
             try:
-                record = json.loads(line)
+                record = json.loads(raw.decode("utf-8"))
             except json.JSONDecodeError as exc:
                 yield number, DataError(f"malformed JSON ({exc.msg} at column {exc.colno}); fix "
                                         "or remove the line", file=path, line=number)
+                continue
+            except (UnicodeDecodeError, RecursionError) as exc:
+                yield number, DataError(f"{json_problem(exc)}; fix or remove the line",
+                                        file=path, line=number)
                 continue
             if not isinstance(record, dict):
                 yield number, DataError(f"expected a JSON object, got {type(record).__name__}",
                                         file=path, line=number)
                 continue
             yield number, record
+
+
+def load_json_file(path: Path) -> Any:
+    """A whole JSON file's value; malformed JSON, bytes that are not UTF-8 or nesting deeper
+    than Python parses raise a DataError naming the file and line."""
+    raw = path.read_bytes()
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"malformed JSON ({exc.msg})", file=path, line=exc.lineno) from None
+    except UnicodeDecodeError as exc:
+        raise DataError(json_problem(exc), file=path,
+                        line=raw[:exc.start].count(b"\n") + 1) from None
+    except RecursionError as exc:
+        raise DataError(json_problem(exc), file=path) from None
 
 
 def bad_record(error: DataError) -> BadRecord:

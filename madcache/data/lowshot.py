@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from madcache.data.base import DATASETS
+from madcache.data.jsonl import load_json_file
 from madcache.data.records import Example
 from madcache.core.errors import ConfigError, DataError, DataFileNotFoundError
 
@@ -61,10 +62,7 @@ def load_split(path: str | Path) -> Split:
     path = Path(path)
     if not path.is_file():
         raise DataFileNotFoundError(f"split file not found: {path}", file=path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"malformed JSON ({exc.msg})", file=path, line=exc.lineno) from None
+    data = load_json_file(path)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise DataError(f"not a madcache split file (expected format {FORMAT!r})", file=path,
                         field="format")

@@ -9,7 +9,6 @@ references are lists of 0-based indices into `objects`; they become words ("pers
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping, Sequence
@@ -17,7 +16,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from madcache.data.categories import vcr_category
-from madcache.data.jsonl import as_bool, check_options, guarded, iter_json_lines, split_file
+from madcache.data.jsonl import (as_bool, check_options, guarded, iter_json_lines,
+                                  load_json_file, split_file)
 from madcache.data.paths import safe_join
 from madcache.data.records import BadRecord, Example, ReadResult, Text, Word
 from madcache.core.errors import ConfigError, DataError, DataFileNotFoundError
@@ -287,10 +287,7 @@ def load_vcr_metadata(root: str | Path, example: Example) -> VcrMetadata:
     if not path.is_file():
         raise DataFileNotFoundError(f"metadata file not found: {path}", file=path,
                                     record_id=example.id)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"malformed JSON ({exc.msg})", file=path, line=exc.lineno) from None
+    data = load_json_file(path)
     for key in ("boxes", "names", "width", "height", "segms"):
         if key not in data:
             raise DataError(f"missing required key '{key}'", file=path, field=key)

@@ -9,14 +9,13 @@ training targets `answer_scores` are the soft scores of the normalised answers (
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from madcache.data.categories import vqa_category
-from madcache.data.jsonl import as_bool, bad_record, check_options
+from madcache.data.jsonl import as_bool, bad_record, check_options, load_json_file
 from madcache.data.paths import safe_join
 from madcache.data.records import BadRecord, Example, ReadResult, Text
 from madcache.core.errors import ConfigError, DataError, DataFileNotFoundError
@@ -147,10 +146,7 @@ def read_vqa_results(path: str | Path) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
         raise DataFileNotFoundError(f"VQA results file not found: {path}", file=path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"malformed JSON ({exc.msg})", file=path, line=exc.lineno) from None
+    data = load_json_file(path)
     if not isinstance(data, list):
         raise DataError("results must be a JSON list of {question_id, answer} objects", file=path)
     found: dict[str, str] = {}
@@ -174,13 +170,10 @@ def load_answer_vocab(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise DataFileNotFoundError(f"answer vocabulary not found: {path}", file=path)
-    text = path.read_text(encoding="utf-8")
     if path.suffix != ".json":
+        text = path.read_text(encoding="utf-8")
         return _unique(text.split("\n")[:-1] if text.endswith("\n") else text.split("\n"), path)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"malformed JSON ({exc.msg})", file=path, line=exc.lineno) from None
+    data = load_json_file(path)
     if isinstance(data, list) and len(data) == 2 and all(isinstance(d, dict) for d in data):
         return _by_index({answer: int(i) for i, answer in data[1].items()}, path, "[1]")
     if isinstance(data, dict):
@@ -262,10 +255,7 @@ def default_images_dir(root: Path, subtype: str) -> str:
 
 
 def _load_json(path: Path, key: str) -> list[Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"malformed JSON ({exc.msg})", file=path, line=exc.lineno) from None
+    data = load_json_file(path)
     if not isinstance(data, dict) or not isinstance(data.get(key), list):
         raise DataError(f"expected an object with a '{key}' list", file=path, field=key)
     return data[key]

@@ -7,16 +7,15 @@ Metric names: VCR `q2a`, `qa2r`, `q2ar`; SNLI-VE `accuracy`; VQA `vqa_accuracy`;
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Mapping
 
-from madcache.core.io import write_json
+from madcache.core.io import check_output_location, read_json, write_json
 from madcache.data import DATASETS
 from madcache.data.metrics import score_logits, without_counts
 from madcache.students.predict import load_run_student, predict_logits
 from madcache.students.visual import loader_for
-from madcache.train.config import TrainConfig
+from madcache.train.rundir import METRICS, load_run
 from madcache.train.setup import load_eval_examples
 
 
@@ -27,7 +26,8 @@ def evaluate_run(run_dir: str | Path, *, split: str, sm: bool = False,
     metrics.json["eval"][split or f"{split}_sm"]. `root` overrides the run's dataset root,
     `regions` its region store (default: the run's eval-split store for its eval split)."""
     run_dir = Path(run_dir)
-    config = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    config = load_run(run_dir)
+    check_output_location(run_dir / METRICS, roots=[root or config.root], option="--run")
     if sm:
         DATASETS.get(config.dataset).check_sm()
     if root is not None:
@@ -48,6 +48,7 @@ def evaluate_run(run_dir: str | Path, *, split: str, sm: bool = False,
 def record_eval(run_dir: Path, key: str, result: Mapping[str, float]) -> None:
     """Write `result` under metrics.json["eval"][key], keeping everything else."""
     path = run_dir / "metrics.json"
-    metrics = json.loads(path.read_text()) if path.exists() else {}
+    metrics = read_json(path, hint="restore it or delete it (the evaluation rewrites it)") \
+        if path.exists() else {}
     metrics.setdefault("eval", {})[key] = dict(result)
     write_json(path, metrics)

@@ -20,13 +20,14 @@ from typing import Any, Callable, Sequence
 import torch
 
 from madcache.core.errors import ConfigError, DataError, DataFileNotFoundError
-from madcache.core.io import atomic_write_text
+from madcache.core.io import atomic_write_text, check_output_location
 from madcache.data.metrics import accuracy_scores, vcr_scores, vqa_scores, without_counts
 from madcache.data.records import Example
 from madcache.data.snli_ve import LABELS as SNLI_VE_LABELS
 from madcache.students.predict import load_run_student, predict_logits
 from madcache.students.visual import loader_for
 from madcache.train.config import TrainConfig
+from madcache.train.rundir import load_run, run_files
 from madcache.train.setup import load_eval_examples
 
 VCR_COLUMNS = ["annot_id", *(f"answer_{i}" for i in range(4)),
@@ -39,11 +40,14 @@ def write_predictions(run_dir: str | Path, *, split: str, out: str | Path,
     """Predict `split` with the run's saved student and write the dataset's submission file to
     `out` (refused if it exists, unless `force`). Returns a summary."""
     run_dir, out = Path(run_dir), Path(out)
-    if out.exists() and not force:
-        raise ConfigError(f"{out} exists; choose another --out or pass --force")
-    config = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    config = load_run(run_dir)
     if root is not None:
         config.root = str(root)
+    check_output_location(out, roots=[config.root],
+                          inputs=[*run_files(run_dir), regions, config.regions,
+                                  config.eval_regions])
+    if out.exists() and not force:
+        raise ConfigError(f"{out} exists; choose another --out or pass --force")
     if config.dataset not in FORMATS:
         raise ConfigError(f"no submission format for dataset {config.dataset!r}; formats: "
                           f"{', '.join(sorted(FORMATS))}")

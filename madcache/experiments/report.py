@@ -126,7 +126,7 @@ def collect_runs(runs_dir: str | Path) -> list[RunRecord]:
     for path in sorted(root.rglob("metrics.json")):
         try:
             records.append(read_run(path, root))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise ConfigError(f"{path}: not a readable metrics.json ({exc})") from None
     return records
 

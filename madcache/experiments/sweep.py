@@ -27,15 +27,16 @@ import queue
 import re
 import subprocess
 import sys
-import tomllib
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
 from madcache.cache.location import is_url
-from madcache.core.config import check_value, check_values, parse_key_values, parse_value
+from madcache.core.config import (check_value, check_values, parse_key_values, parse_value,
+                                  read_toml)
 from madcache.core.errors import ConfigError, ConfigValueError, MadcacheError
+from madcache.core.io import check_output_location
 from madcache.data import DATASETS
 from madcache.evaluation.adapters import ADAPTER_STUDENT, ADAPTERS, is_adapter
 
@@ -111,12 +112,7 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> SweepConfig:
     or `train.epochs=2` (values parsed as JSON when they are JSON). A bad value names the key
     and where it came from: `FILE: train.lr: ...` or `--set train.lr: ...`."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"pipeline file not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    data = read_toml(path, what="pipeline file")
     variables, settings = split_overrides(overrides)
     defaults = {k: str(v) for k, v in data.pop("vars", {}).items()}
     for key, value in settings.items():
@@ -308,6 +304,23 @@ def _check_tables(config: SweepConfig, where: str) -> None:
         _no_unknown(values, {f.name for f in dataclasses.fields(cls)} - owned, where,
                     f"{table}.")
         setattr(config, table, check_values(cls, values, where=f"{where}: ", table=table))
+    _check_run_configs(config, where)
+
+
+def _check_run_configs(config: SweepConfig, where: str) -> None:
+    """Build each method's training config now, so that a `[train]` value that does not suit a
+    method (`m = 0` for a method that selects words, `af_epochs = 0` for one with an AF stage)
+    is refused when the pipeline loads, not inside each of its runs."""
+    from madcache.train.config import TrainConfig
+
+    teacher = config.teachers[0] if config.teachers else None
+    for method in (m for m in config.methods if m not in ADAPTERS):
+        spec = RunSpec(config.dataset, method, config.students[0], teacher, None, 0,
+                       Path(config.out), (), "")
+        try:
+            TrainConfig.from_dict({**config.train, **run_settings(config, spec)})
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: [train] for method {method}: {exc}") from None
 
 
 def _probe(config: SweepConfig, kind: str) -> RunSpec:
@@ -402,7 +415,7 @@ def split_path(config: SweepConfig, shots: int, seed: int) -> Path:
 def read_metrics(directory: Path) -> dict[str, Any] | None:
     try:
         return json.loads((directory / "metrics.json").read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         return None
 
 
@@ -586,6 +599,9 @@ def run_sweep(config: SweepConfig, *, jobs: int | None = 1, only: str | None = N
     if executor is not None and gpus:
         raise ConfigError("--gpus places runs on this machine's GPUs; with --executor slurm "
                           "each run gets the GPUs of its job (--slurm-gpus)")
+    check_output_location(config.out, roots=[config.root], option="out",
+                          inputs=[config.regions, *(t.cache for t in config.teachers),
+                                  *(c for t in config.teachers for c in t.eval_caches.values())])
     slots = gpu_slots(gpus, jobs_per_gpu) if gpus else None
     jobs = jobs if jobs is not None else (len(slots) if slots else 1)
     if jobs < 1:
@@ -674,12 +690,18 @@ def _attempt(run: Runner, spec: RunSpec, payload: dict[str, Any]) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m madcache.experiments.sweep JOB.json`: execute one job file written by the sweep."""
+    """`python -m madcache.experiments.sweep JOB.json`: execute one job file written by the sweep.
+    A `MadcacheError` (a refused resume, bad data) is one line on stderr and exit code 2, so the
+    sweep's failure summary quotes it rather than the end of a traceback."""
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 1:
         print("usage: python -m madcache.experiments.sweep JOB.json", file=sys.stderr)
         return 2
-    execute(json.loads(Path(args[0]).read_text(encoding="utf-8")))
+    try:
+        execute(json.loads(Path(args[0]).read_text(encoding="utf-8")))
+    except MadcacheError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

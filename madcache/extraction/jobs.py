@@ -24,7 +24,7 @@ import torch
 
 from madcache.data.paths import safe_join
 from madcache.data.records import Text
-from madcache.core.errors import DataError, DataFileNotFoundError
+from madcache.core.errors import DataError, DataFileNotFoundError, MadcacheError
 from madcache.extraction.plan import ShardPlan
 from madcache.extraction.scores import content_words, yake_word_scores
 
@@ -131,8 +131,35 @@ class JobDataset(torch.utils.data.Dataset):
     def __init__(self, preprocessor: Preprocessor) -> None:
         self.preprocessor = preprocessor
 
-    def __getitem__(self, job: Job) -> tuple[Job, dict[str, Any]]:
-        return job, self.preprocessor(job)
+    def __getitem__(self, job: Job) -> tuple[Job, dict[str, Any] | WorkerFailure]:
+        try:
+            return job, self.preprocessor(job)
+        except MadcacheError as exc:
+            return job, WorkerFailure(type(exc), str(exc))
+
+
+@dataclass(frozen=True)
+class WorkerFailure:
+    """A `MadcacheError` raised in a worker process, returned as data: the main process raises
+    it with the worker's one-line message (a DataLoader would re-raise it wrapped in the
+    worker's traceback)."""
+
+    kind: type
+    message: str
+
+    def reraise(self) -> None:
+        try:
+            error = self.kind(self.message)
+        except TypeError:              # an error class whose constructor takes more than a message
+            error = MadcacheError(self.message)
+        raise error
+
+
+def payload_of(received: dict[str, Any] | WorkerFailure) -> dict[str, Any]:
+    """A job's payload as the loader delivered it; a worker's failure is raised here."""
+    if isinstance(received, WorkerFailure):
+        received.reraise()
+    return received
 
 
 class JobStream(torch.utils.data.Sampler):

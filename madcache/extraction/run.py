@@ -28,13 +28,14 @@ import numpy as np
 import torch
 
 from madcache.data import Example, read_examples
-from madcache.core.errors import ConfigError
+from madcache.core.errors import CacheError, ConfigError
+from madcache.core.io import check_output_location, writing
 from madcache.extraction.assemble import RoleKeys, ShardBuffers, EncodedTexts, assemble_shard
 from madcache.extraction.config import ExtractConfig
 from madcache.extraction.distributed import ProcessGroup, Ranks, rank_device, resolve_ranks
 from madcache.extraction.finish import finish_extraction
 from madcache.extraction.jobs import (Job, JobStream, Preprocessor, YakeSettings, make_loader,
-                                      shard_jobs)
+                                      payload_of, shard_jobs)
 from madcache.extraction.manifest import (build_fingerprint, build_manifest,
                                           unavailable_warning)
 from madcache.extraction.plan import ShardPlan, build_shard_plan, group_into_shards, num_choices
@@ -45,6 +46,11 @@ from madcache.extraction.protocols import Task, VqaTask, make_task, with_logit_s
 Encoder = Any  # SentenceEncoder-like
 
 
+# a disk that refuses a shard (full, read-only) leaves the committed shards: the cache resumes
+RESUMABLE_NOTE = ("the cache is resumable: free space or fix the permissions, then rerun the "
+                  "same command (committed shards are kept)")
+
+
 def extract(config: ExtractConfig, *, teacher_loader: Loader | None = None,
             sentence_encoder: Encoder | None = None) -> dict[str, Any]:
     """Run this process's part of an extraction; returns the summary (stored in the manifest
@@ -53,6 +59,10 @@ def extract(config: ExtractConfig, *, teacher_loader: Loader | None = None,
     `teacher_loader` / `sentence_encoder` replace `load_teacher` / the MiniLM encoder (tests).
     """
     started = time.perf_counter()
+    check_output_location(config.output_path(), roots=[config.root],
+                          inputs=[config.checkpoint, config.vision_checkpoint,
+                                  config.text_checkpoint, config.relevance_checkpoint,
+                                  config.answer_vocab, config.sentence_encoder])
     ranks = resolve_ranks(config.rank, config.world_size)
     if config.force and ranks.world_size > 1 and not ranks.torchrun:
         raise ConfigError("--force with --world-size > 1 needs torchrun (rank 0 deletes the old "
@@ -65,8 +75,9 @@ def extract(config: ExtractConfig, *, teacher_loader: Loader | None = None,
     yake = YakeSettings(config.yake_max_ngram, config.yake_top, config.yake_language)
     group = ProcessGroup.join(ranks)
     try:
-        writer, manifest = _open_writer(config, ranks, group, teachers, task, yake, examples,
-                                        shards, skipped)
+        with writing(config.output_path(), error=CacheError, then=RESUMABLE_NOTE):
+            writer, manifest = _open_writer(config, ranks, group, teachers, task, yake,
+                                            examples, shards, skipped)
         message = unavailable_warning(manifest)
         if message and ranks.rank == 0:
             warnings.warn(message, UserWarning, stacklevel=2)
@@ -74,7 +85,9 @@ def extract(config: ExtractConfig, *, teacher_loader: Loader | None = None,
         done = writer.completed_shards()
         pending = [i for i in mine if i not in done]
         try:
-            written = ShardPipeline(config, teachers, task, yake, shards, writer).run(pending)
+            with writing(config.output_path(), error=CacheError, then=RESUMABLE_NOTE):
+                written = ShardPipeline(config, teachers, task, yake, shards,
+                                        writer).run(pending)
         finally:
             writer.close()
         summary = _summary(config, ranks, examples, shards, mine, written, started)
@@ -241,7 +254,8 @@ class ShardPipeline:
         with _progress(total, self.config.progress) as bar, \
                 ThreadPoolExecutor(max_workers=1) as pool:
             writing: Future | None = None
-            for job, payload in loader:
+            for job, received in loader:
+                payload = payload_of(received)
                 buf = buffers.setdefault(job.shard, ShardBuffers())
                 self._encode(job, payload, buf)
                 buf.jobs_done += 1

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from madcache.core.errors import CheckpointNotFoundError
+from madcache.core.io import load_weights, loading, read_json
 from madcache.students.base import STUDENTS, RegionInputs, Student, StudentOutput, check_student
 from madcache.students.single_stream import single_stream
 from madcache.students.vilt import vilt
@@ -53,19 +54,21 @@ def save_student(model, directory: str | Path) -> None:
 
 
 def load_student(directory: str | Path):
-    """The student `save_student` wrote (eval mode is left to the caller)."""
-    from safetensors.torch import load_file
-
+    """The student `save_student` wrote (eval mode is left to the caller); a missing, corrupt
+    or non-matching file is one error line naming it."""
     directory = Path(directory)
     if not (directory / STUDENT_JSON).is_file():
         raise CheckpointNotFoundError(f"no saved student in {directory} (no {STUDENT_JSON})")
-    meta = json.loads((directory / STUDENT_JSON).read_text())
+    meta = read_json(directory / STUDENT_JSON)
     options = dict(meta["options"])
     for key in PATH_OPTIONS:
         if options.get(key) is not None and not Path(options[key]).is_absolute():
             options[key] = str(directory / options[key])
     model = build_student(meta["student"], **options)
-    model.load_state_dict(load_file(str(directory / STUDENT_WEIGHTS)))
+    weights = directory / STUDENT_WEIGHTS
+    state = load_weights(weights, what="student weights")
+    with loading(weights, what="student weights"):
+        model.load_state_dict(state)
     return model
 
 

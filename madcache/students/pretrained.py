@@ -22,6 +22,7 @@ from torch.nn import functional as F
 
 from madcache.core.config import config_from_dict
 from madcache.core.errors import CheckpointNotFoundError, ConfigError
+from madcache.core.io import loading
 from madcache.data.base import TASKS
 from madcache.data.records import Example
 from madcache.data.vqa import read_answer_vocab
@@ -97,7 +98,8 @@ def load_model(model_cls, config: PretrainedStudentConfig):
         return model_cls(model_cls.config_class.from_dict(config.model_config))
     path = checkpoint_dir(config.checkpoint, config.student)
     os.environ["HF_HUB_OFFLINE"] = "1"
-    return model_cls.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
+    with loading(path, what=f"{config.student} checkpoint"):
+        return model_cls.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
 
 
 def tokenizer_for(config: PretrainedStudentConfig):

@@ -23,8 +23,8 @@ from typing import Any, Callable, Protocol
 import numpy as np
 import torch
 
-from madcache.core.errors import CheckpointNotFoundError, ConfigError, DataError, \
-    DataFileNotFoundError
+from madcache.core.errors import ConfigError, DataError, DataFileNotFoundError
+from madcache.core.io import load_weights
 from madcache.core.registry import Registry
 
 GEOMETRY_DIM = 7
@@ -121,18 +121,6 @@ class BoxCrop:
         return np.concatenate([pixels, geometry], axis=1).astype(np.float32), item.boxes
 
 
-def load_weights(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from .safetensors, or any other file via `torch.load(weights_only=True)`."""
-    if not path.is_file():
-        raise CheckpointNotFoundError(f"backbone weights not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state.get("state_dict", state) if isinstance(state, dict) else state
-
-
 def build_backbone(spec: str) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
     """(model with random weights, feature-map function). `NAME` / `timm:NAME` is a timm model
     (its `forward_features`); `torchvision:NAME` keeps the children before the global pool."""
@@ -168,7 +156,8 @@ class Backbone:
         self.spec, self.weights, self.image_size = backbone, Path(weights), image_size
         self.device = torch.device(device)
         model, self.features = build_backbone(backbone)
-        missing, _ = model.load_state_dict(load_weights(self.weights), strict=False)
+        state = load_weights(self.weights, what="backbone weights")
+        missing, _ = model.load_state_dict(state, strict=False)
         if missing:
             raise ConfigError(f"{self.weights} does not fit backbone {backbone!r}: missing "
                               f"{', '.join(missing[:5])}")

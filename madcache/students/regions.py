@@ -29,6 +29,7 @@ import torch
 from madcache.data.records import Example
 from madcache.cache.reader import ragged_index
 from madcache.core.errors import CacheError, ConfigError
+from madcache.core.io import check_output_location
 from madcache.students.base import RegionInputs
 from madcache.students.region_extractors import (GEOMETRY_DIM, WHOLE_IMAGE, ImageItem,
                                                  RegionExtractor, box_geometry, build_extractor,
@@ -129,9 +130,11 @@ def build_region_store(*, dataset: str, root: str | Path, split: str | Sequence[
         raise CacheError("max_regions and shard_size must be >= 1")
     read_options = dict(read_options or {})
     splits = split_list(split)
-    examples = [ex for s in splits for ex in read_examples(dataset, root, s, **read_options).examples]
-    extractor_obj = build_extractor(extractor, **dict(extractor_options or {}))
     path = out if out is not None else default_out(dataset, splits, extractor)
+    options = dict(extractor_options or {})
+    check_output_location(path, roots=[root], inputs=[options.get("weights"), options.get("tsv")])
+    examples = [ex for s in splits for ex in read_examples(dataset, root, s, **read_options).examples]
+    extractor_obj = build_extractor(extractor, **options)
     manifest = region_manifest(dataset=dataset, root=root, splits=splits, extractor=extractor_obj,
                                max_regions=max_regions, read_options=read_options)
     writer = CacheWriter.open(path, manifest=manifest, format=format, force=force)

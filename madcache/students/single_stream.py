@@ -39,6 +39,7 @@ from madcache.data.base import TASKS
 from madcache.data.records import Example
 from madcache.data.vqa import read_answer_vocab
 from madcache.core.errors import CheckpointNotFoundError, ConfigError
+from madcache.core.io import loading
 from madcache.students.base import RegionInputs, StudentOutput, task_logits, to_device
 from madcache.students.regions import GEOMETRY_DIM, box_geometry
 from madcache.students.region_extractors import BOXCROP_DIM
@@ -145,8 +146,9 @@ def build_encoder(config: SingleStreamConfig, vocab_size: int):
         if not (source / "config.json").is_file():
             raise CheckpointNotFoundError(f"init_text_from: {source} is not a local transformers "
                                           "directory (no config.json)")
-        return BertModel.from_pretrained(str(source), add_pooling_layer=False,
-                                         local_files_only=True)
+        with loading(source, what="init_text_from checkpoint"):
+            return BertModel.from_pretrained(str(source), add_pooling_layer=False,
+                                             local_files_only=True)
     bert_config = BertConfig(
         vocab_size=vocab_size, hidden_size=config.hidden_size,
         num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,

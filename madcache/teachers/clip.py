@@ -26,7 +26,7 @@ from madcache.data.records import Text
 from madcache.core.errors import CheckpointNotFoundError, ConfigError
 from madcache.teachers.base import (TextEncoding, TokenBatch, inference_autocast, pool_words,
                                     word_piece_batch)
-from madcache.core.io import file_sha256
+from madcache.core.io import file_sha256, loading
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 # Hub repos (open_clip's own pretrained table) whose files count as a local cache hit.
@@ -251,8 +251,9 @@ def _build(name: str, model_name: str, config: dict[str, Any], path: Path | None
            tag: dict[str, Any], device: str, autocast: bool) -> OpenClipTeacher:
     preprocess = {k: tag[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag}
     quick_gelu = bool(tag.get("quick_gelu", False))
-    model = create_model(model_name, pretrained=None if path is None else str(path),
-                         force_quick_gelu=quick_gelu, force_preprocess_cfg=preprocess)
+    with loading(path or model_name, what="teacher weights"):
+        model = create_model(model_name, pretrained=None if path is None else str(path),
+                             force_quick_gelu=quick_gelu, force_preprocess_cfg=preprocess)
     config = copy.deepcopy(config)
     if quick_gelu:
         config["quick_gelu"] = True

@@ -24,7 +24,7 @@ import torch
 from madcache.data.records import Text
 from madcache.core.errors import CheckpointNotFoundError, ConfigError
 from madcache.teachers.base import TextEncoding, TokenBatch, inference_autocast, pool_words
-from madcache.core.io import file_sha256
+from madcache.core.io import file_sha256, loading
 from madcache.teachers.weights import load_state_dict
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
@@ -64,11 +64,13 @@ def _weights(path: Path, checkpoint: str | Path | None, name: str) -> Path:
 def _load_model(path: Path, weights: Path, auto_cls) -> torch.nn.Module:
     """`from_pretrained` on the directory, or its config + an external state-dict file."""
     if weights.parent == path and weights.name in WEIGHT_FILES:
-        return auto_cls.from_pretrained(str(path), local_files_only=True)
+        with loading(path, what="teacher checkpoint"):
+            return auto_cls.from_pretrained(str(path), local_files_only=True)
     from transformers import AutoConfig
 
     build = getattr(auto_cls, "from_config", auto_cls)  # AutoModel.from_config, or ViTModel(...)
-    model = build(AutoConfig.from_pretrained(str(path), local_files_only=True))
+    with loading(path / "config.json", what="teacher config"):
+        model = build(AutoConfig.from_pretrained(str(path), local_files_only=True))
     state = load_state_dict(weights)
     prefix = model.base_model_prefix + "."
     state = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}

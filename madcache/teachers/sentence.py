@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from madcache.core.errors import CheckpointNotFoundError
+from madcache.core.io import loading
 
 
 def default_sentence_encoder_dir() -> Path | None:
@@ -37,8 +38,10 @@ class SentenceEncoder:
         os.environ["HF_HUB_OFFLINE"] = "1"
         from transformers import AutoModel, AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.local_dir), local_files_only=True)
-        self.model = AutoModel.from_pretrained(str(self.local_dir), local_files_only=True)
+        with loading(self.local_dir, what="sentence encoder"):
+            self.tokenizer = AutoTokenizer.from_pretrained(str(self.local_dir),
+                                                           local_files_only=True)
+            self.model = AutoModel.from_pretrained(str(self.local_dir), local_files_only=True)
         self.model.to(device).eval().requires_grad_(False)
         self.device = device
         self.batch_size = batch_size

@@ -1,13 +1,15 @@
 """Checkpoints: student + projections + optimizer tensors as safetensors (no pickles), with the
-scalar trainer state as JSON in the same file's metadata, so one rename commits both (a kill
-never pairs new weights with an old step). `trainer_state.json` mirrors that state for people
-and tools. No RNG state is needed: every random draw of a step (dropout, AF masks)
+scalar trainer state as JSON in the same file's metadata and a sha256 over both, so one rename
+commits weights, state and checksum together (a kill never pairs new weights with an old step)
+and a changed byte is refused on load, naming the file. `trainer_state.json` mirrors the state
+for people and tools. No RNG state is needed: every random draw of a step (dropout, AF masks)
 is seeded from (seed, stage, step, rank, micro-batch), and the data order from (seed, stage,
 epoch), so a resumed run continues exactly where the checkpoint left off."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,15 +17,16 @@ from typing import Any, Mapping
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
-from madcache.core.errors import ConfigError
-from madcache.core.io import write_json
+from madcache.core.errors import CheckpointCorruptError
+from madcache.core.io import atomic_write_bytes, unreadable, write_json
 from madcache.train.setup import Setup
 
 CHECKPOINT = "checkpoint.safetensors"
 TRAINER_STATE = "trainer_state.json"
 STATE_KEY = "madcache.trainer_state"
+CHECKSUM_KEY = "madcache.checksum"
 
 
 @dataclass
@@ -55,25 +58,57 @@ class TrainerState:
 
 def save_checkpoint(run_dir: Path, setup: Setup, state: TrainerState, optimizer) -> None:
     """Student + projections + optimizer tensors as safetensors (no pickles), the scalar state
-    as JSON metadata of the same file; written to a temp name, then renamed. Then the mirror."""
+    as JSON metadata of the same file, and a checksum over both; written to a temporary name,
+    synced and renamed (core.io). Then the readable mirror `trainer_state.json`."""
     tensors = {f"student.{k}": v for k, v in setup.student.state_dict().items()}
     tensors.update({f"projections.{k}": v for k, v in setup.projections.state_dict().items()})
     optim = optimizer.state_dict()
     for index, values in optim["state"].items():
         tensors.update({f"optim.{index}.{k}": torch.as_tensor(v) for k, v in values.items()})
+    tensors = {k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}
     payload = {**dataclasses.asdict(state), "optimizer_param_groups": optim["param_groups"]}
-    tmp = run_dir / (CHECKPOINT + ".tmp")
-    save_file({k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}, str(tmp),
-              metadata={STATE_KEY: json.dumps(payload)})
-    tmp.replace(run_dir / CHECKPOINT)
+    text = json.dumps(payload)
+    metadata = {STATE_KEY: text, CHECKSUM_KEY: checkpoint_digest(tensors, text)}
+    atomic_write_bytes(run_dir / CHECKPOINT, save(tensors, metadata=metadata))
     write_json(run_dir / TRAINER_STATE, payload)
 
 
+def checkpoint_digest(tensors: Mapping[str, torch.Tensor], state: str) -> str:
+    """sha256 over the trainer state's JSON and every tensor's name, dtype, shape and bytes:
+    any changed byte of the file (data, names, offsets, state) changes it or fails the load."""
+    sha = hashlib.sha256(state.encode("utf-8"))
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        sha.update(f"\0{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        sha.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes()
+                   if tensor.numel() else b"")
+    return sha.hexdigest()
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(trainer state payload, tensors) of a checkpoint, its checksum verified. A truncated,
+    unreadable or changed file raises `CheckpointCorruptError` naming it."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        tensors = load_file(str(path))
+    except Exception as exc:  # safetensors' own error type, OSError: the file is unreadable
+        raise CheckpointCorruptError(unreadable(path, exc, what="checkpoint")) from None
+    text, recorded = metadata.get(STATE_KEY), metadata.get(CHECKSUM_KEY)
+    if text is None or recorded is None:
+        raise CheckpointCorruptError(f"{path}: checkpoint has no madcache trainer state or "
+                                     "checksum; it was not written by `madcache train` (or by "
+                                     "an older version): train into a new --out")
+    if checkpoint_digest(tensors, text) != recorded:
+        raise CheckpointCorruptError(f"{path}: checkpoint checksum mismatch (its bytes changed "
+                                     "since it was written); restore it, or pass --overwrite to "
+                                     "train the run again")
+    return json.loads(text), tensors
+
+
 def load_checkpoint(run_dir: Path, setup: Setup, optimizer) -> TrainerState:
-    """Restore what `save_checkpoint` wrote; returns the trainer state."""
-    with safe_open(str(run_dir / CHECKPOINT), framework="pt") as handle:
-        payload = json.loads(handle.metadata()[STATE_KEY])
-    tensors = load_file(str(run_dir / CHECKPOINT))
+    """Restore what `save_checkpoint` wrote (checksum verified); returns the trainer state."""
+    payload, tensors = read_checkpoint(run_dir / CHECKPOINT)
     setup.student.load_state_dict(_prefixed(tensors, "student."))
     setup.projections.load_state_dict(_prefixed(tensors, "projections."))
     groups = payload.pop("optimizer_param_groups")
@@ -84,23 +119,6 @@ def load_checkpoint(run_dir: Path, setup: Setup, optimizer) -> TrainerState:
     if payload["stage"] != "done":
         optimizer.load_state_dict({"state": state, "param_groups": groups})
     return TrainerState(**payload)
-
-
-# settings that may change on --resume: they change where and how fast a run trains, not what
-# it computes (grad_accum splits the same global batch; see docs/training.md)
-RESUMABLE_CHANGES = frozenset({"resume", "device", "grad_accum", "prefetch", "report_to",
-                               "checkpoint_every"})
-
-
-def check_resume(saved: dict[str, Any], config: dict[str, Any], run_dir: Path) -> None:
-    """Refuse to resume with settings that would change the result (`saved` is the run's
-    config.json), naming the first one that differs."""
-    for key in sorted(set(saved) | set(config)):
-        if key in RESUMABLE_CHANGES or saved.get(key) == config.get(key):
-            continue
-        raise ConfigError(f"--resume: '{key}' is {config.get(key)!r} but the run in {run_dir} "
-                          f"was trained with {saved.get(key)!r}; resume with the same settings "
-                          "or train into a new --out")
 
 
 def _prefixed(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

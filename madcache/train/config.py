@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from madcache.core.config import check_ranges, config_from_dict, setting
+from madcache.core.config import check_ranges, config_from_dict, read_toml, setting
 from madcache.core.errors import ConfigError
 from madcache.method.methods import AF, METHOD_ORDER, W_PRIME_RULES, get_method
 from madcache.train.precision import PRECISIONS
@@ -72,7 +71,11 @@ class TrainConfig:
                                                        "end only).")
     chunk_size: int = setting(4096, minimum=1, help="Full-data runs: examples loaded per "
                                                     "chunk.")
-    resume: bool = setting(False, help="Continue from the last checkpoint.")
+    resume: bool = setting(False, help="Continue the run in --out from its last checkpoint "
+                                       "(settings that change the result must be the same).")
+    overwrite: bool = setting(False, help="Delete the run files madcache wrote in --out "
+                                          "(config, checkpoint, metrics, student, ...) and train "
+                                          "again; nothing else there is touched.")
     device: str = setting("cpu", help="Torch device: cpu, cuda or cuda:N (under torchrun: cpu "
                                       "or cuda, each process taking the GPU of its LOCAL_RANK).")
     grad_accum: int = setting(1, minimum=1, help="Micro-batches per optimizer step on each "
@@ -113,10 +116,7 @@ class TrainConfig:
     @classmethod
     def from_toml(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
         """Values from a TOML file (a `[train]` table or the top level), then `overrides`."""
-        try:
-            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+        data = read_toml(path, what="training config file")
         table = "train" if isinstance(data.get("train"), dict) else ""
         values = {**(data["train"] if table else data), **overrides}
         return cls.from_dict(values, where=f"{path}: ", table=table)

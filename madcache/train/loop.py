@@ -17,7 +17,6 @@ from a teacher comes from the cache.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -29,19 +28,20 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from madcache.core.errors import ConfigError
-from madcache.core.io import write_json
+from madcache.core.errors import ConfigError, RunDirectoryError
+from madcache.core.io import write_json, writing
 from madcache.data.metrics import score_logits, without_counts
 from madcache.students.base import Preparer, to_device
 from madcache.students.predict import STUDENT_DIR, predict_logits
-from madcache.train.checkpoint import (CHECKPOINT, TrainerState, check_resume,
-                                       load_checkpoint, save_checkpoint)
+from madcache.train.checkpoint import CHECKPOINT, TrainerState, load_checkpoint, save_checkpoint
 from madcache.train.config import TrainConfig
 from madcache.train.data import DataSource, derive_seed
 from madcache.train.distributed import (Dist, TrainModule, contiguous_share, current, gather,
                                         init_distributed, shutdown, sum_across, sync_context,
                                         wrap)
 from madcache.train.precision import autocast, configure_matmuls, resolve_precision
+from madcache.train.rundir import (METRICS, RESUMABLE_NOTE, check_resume, open_run_dir,
+                                   record_run, run_inputs)
 from madcache.train.setup import Setup, setup
 from madcache.train.step import loss_step
 from madcache.train.stream import Batch, Layout, StageStream
@@ -106,12 +106,12 @@ def train(setup: Setup) -> dict[str, Any]:
     state = TrainerState(stage=stages(setup)[0][0], world_size=where.world_size,
                          precision=precision)
     optimizer = make_optimizer(setup)
-    if config.resume and (run_dir / CHECKPOINT).exists():
-        check_resume(json.loads((run_dir / "config.json").read_text()), config.to_dict(), run_dir)
-        state = resumed_state(load_checkpoint(run_dir, setup, optimizer), where, precision)
+    if config.resume:
+        check_resume(run_dir, config.to_dict(), run_inputs(setup.provenance))
+        if (run_dir / CHECKPOINT).exists():
+            state = resumed_state(load_checkpoint(run_dir, setup, optimizer), where, precision)
     if where.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "config.json", config.to_dict())
+        record_run(run_dir, config.to_dict(), run_inputs(setup.provenance))
     tracker = open_tracker(config.report_to if where.is_main else "none", run_dir,
                            start_step=state.global_step)
     run = Run(setup, wrap(TrainModule(setup, loss_step), where, config.device), optimizer,
@@ -129,9 +129,10 @@ def train(setup: Setup) -> dict[str, Any]:
     state.stage = "done"
     metrics = run_metrics(setup, state, training_summary(run))
     if where.is_main:
-        save_checkpoint(run_dir, setup, state, run.optimizer)
-        setup.save_student(setup.student, run_dir / STUDENT_DIR)
-        write_json(run_dir / "metrics.json", metrics)
+        with writing(run_dir, error=RunDirectoryError, then=RESUMABLE_NOTE):
+            save_checkpoint(run_dir, setup, state, run.optimizer)
+            setup.save_student(setup.student, run_dir / STUDENT_DIR)
+            write_json(run_dir / METRICS, metrics)
     return metrics
 
 
@@ -244,7 +245,8 @@ def _periodic(run: Run, total: int) -> None:
         record(run, validate(run.setup, run.where))
     if config.checkpoint_every and state.global_step % config.checkpoint_every == 0 \
             and run.where.is_main:
-        save_checkpoint(Path(config.out), run.setup, state, run.optimizer)
+        with writing(config.out, error=RunDirectoryError, then=RESUMABLE_NOTE):
+            save_checkpoint(Path(config.out), run.setup, state, run.optimizer)
 
 
 def record(run: Run, evaluation: dict[str, float] | None) -> None:
@@ -307,6 +309,8 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
     Under torchrun, joins the process group first (train/distributed.py)."""
     started = init_distributed(config.device)
     try:
+        if current().is_main:
+            open_run_dir(config)
         return train(setup(config))
     finally:
         shutdown(started)

@@ -73,7 +73,8 @@ def test_lowshot_writes_a_loadable_split(real_root, tmp_path):
 
 def test_sm_writes_val_jsonl_and_report(tmp_path):
     (tmp_path / "val.jsonl").write_text(json.dumps(RECORD) + "\n")
-    result = run("data", "sm", "--root", tmp_path, "--split", "val", "--out", tmp_path / "sm")
+    result = run("data", "sm", "--root", tmp_path, "--split", "val", "--out", tmp_path / "sm",
+                 "--into-root")
     assert result.exit_code == 0, result.output
     assert "1 of 1 records in the SM split (singular 1, plural 0)" in result.output
     [changed] = [json.loads(line) for line in (tmp_path / "sm" / "val.jsonl").open()]

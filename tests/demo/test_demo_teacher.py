@@ -76,6 +76,7 @@ def test_missing_corpus_is_a_clean_error(tmp_path):
 
     with pytest.raises(DataFileNotFoundError, match="captions.jsonl"):
         read_captions(tmp_path)
-    result = CliRunner().invoke(cli, ["demo", "teacher", "--data", str(tmp_path), "--out",
-                                      str(tmp_path / "t.safetensors"), "--quiet"])
+    (tmp_path / "world").mkdir()
+    result = CliRunner().invoke(cli, ["demo", "teacher", "--data", str(tmp_path / "world"),
+                                      "--out", str(tmp_path / "t.safetensors"), "--quiet"])
     assert result.exit_code == 2 and "madcache demo data" in result.output

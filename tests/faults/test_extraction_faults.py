@@ -7,7 +7,9 @@ run must end in a cache whose arrays equal it bit for bit (float32 storage) and 
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 
 import numpy as np
 import pytest
@@ -195,4 +197,31 @@ def test_resume_after_changing_the_world_size(tmp_path, snli_root, tiny_clip, re
         {(1, 3), (0, 2), (1, 2)}
     info = CliRunner().invoke(cli, ["cache", "info", str(out)]).output
     assert "rank 1/3 on" in info and ": 4 shard(s)" in info and "cpu/float32" in info
+    assert_same_cache(out, reference)
+
+
+# ----------------------------------------------------------------------------- disks that refuse
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_a_refused_shard_write_is_one_line_and_the_cache_resumes(tmp_path, snli_root, tiny_clip,
+                                                                monkeypatch, reference, code):
+    """Simulated at the writer seam (`CacheWriter.write_shard`), in process: a real full disk
+    needs a tmpfs this suite cannot mount. The third shard fails; the error names the cache and
+    says it is resumable, and the rerun ends in the reference cache."""
+    from madcache.cache.writer import CacheWriter
+
+    real, calls = CacheWriter.write_shard, []
+
+    def refusing(self, *args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 3:
+            raise OSError(code, os.strerror(code))
+        return real(self, *args, **kwargs)
+
+    out = tmp_path / "cache"
+    monkeypatch.setattr(CacheWriter, "write_shard", refusing)
+    with pytest.raises(CacheError, match=f"cannot write {out}: .*the cache is resumable"):
+        extract(config(snli_root, tiny_clip, out))
+    monkeypatch.setattr(CacheWriter, "write_shard", real)
+    extract(config(snli_root, tiny_clip, out))
     assert_same_cache(out, reference)

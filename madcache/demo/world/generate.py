@@ -19,6 +19,7 @@ import numpy as np
 
 from madcache.demo.world import captions_files, snli_ve_files, vcr_files, vqa_files
 from madcache.core.errors import ConfigError
+from madcache.core.io import read_json
 
 GENERATOR_VERSION = 1
 DONE = "DONE"
@@ -62,7 +63,8 @@ def _prepare(out: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
     start (after removing a broken earlier run's files)."""
     done = out / DONE
     if done.is_file():
-        summary = json.loads(done.read_text(encoding="utf-8"))
+        summary = read_json(done, error=ConfigError,
+                            hint=f"delete {out} and generate the world again")
         if {k: summary.get(k) for k in settings} == settings:
             return summary
         raise ConfigError(

@@ -1,0 +1,157 @@
+"""The run directory is a contract (docs/training.md, "The run directory").
+
+- A new run goes into an empty (or absent) directory. A directory that holds anything is refused
+  unless `--resume` (continue the run there) or `--overwrite` (delete madcache's own run files
+  first, never anything else) is given.
+- `--resume` refuses, naming every difference at once, any setting that would change the result:
+  every key of `config.json` except the `RESUMABLE_CHANGES` allow-list, and the digests of what
+  the run reads (`inputs.json`: the cache's fingerprint, the low-shot split's bytes), so a
+  different cache at the same path is refused while a moved one is not.
+- `config.json` and `inputs.json` are written only after every check passed.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Mapping
+
+from madcache.core.errors import ConfigError, RunDirectoryError
+from madcache.core.io import check_output_location, read_json, write_json, writing
+from madcache.students.predict import STUDENT_DIR
+from madcache.train.checkpoint import CHECKPOINT, TRAINER_STATE
+from madcache.train.config import TrainConfig
+
+CONFIG = "config.json"
+INPUTS = "inputs.json"
+METRICS = "metrics.json"
+SPLIT = "split.json"
+TENSORBOARD = "tensorboard"
+# what `madcache train` writes into a run directory: all `--overwrite` deletes
+RUN_FILES = (CONFIG, INPUTS, CHECKPOINT, TRAINER_STATE, METRICS, SPLIT, STUDENT_DIR, TENSORBOARD)
+
+# settings that may change on --resume: they change where and how fast a run trains, or how
+# often it reports, not what it computes (grad_accum splits the same global batch; the weights
+# after each step do not depend on eval_every). `cache` and `split_file` are paths: the run
+# compares what they hold (inputs.json), so a moved cache or split file resumes.
+RESUMABLE_CHANGES = frozenset({"resume", "overwrite", "out", "device", "grad_accum", "prefetch",
+                               "report_to", "checkpoint_every", "eval_every", "cache",
+                               "split_file"})
+RESUMABLE_NOTE = ("the run is resumable: free space or fix the permissions, then rerun "
+                  "with --resume")
+
+
+def open_run_dir(config: TrainConfig) -> None:
+    """Before anything is read or written: refuse to train into a directory that holds
+    anything without --resume or --overwrite; with --overwrite, delete madcache's run files
+    (rank 0 alone, under torchrun)."""
+    run_dir = Path(config.out)
+    check_output_location(run_dir, roots=[config.root],
+                          inputs=[config.cache, config.regions, config.eval_regions,
+                                  config.split_file, *student_paths(config)])
+    if config.resume and config.overwrite:
+        raise ConfigError("--resume continues the run in --out and --overwrite deletes it; "
+                          "give one of them")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirectoryError(f"--out {run_dir} is a file; give a directory for the run")
+    if config.overwrite:
+        clear_run_files(run_dir)
+        return
+    if config.resume or not run_dir.is_dir():
+        return
+    entries = sorted(p.name for p in run_dir.iterdir())
+    if (run_dir / CONFIG).is_file():
+        raise RunDirectoryError(f"--out {run_dir} already holds a run; pass --resume to "
+                                "continue it, --overwrite to replace it, or choose a new --out")
+    if entries:
+        raise RunDirectoryError(f"--out {run_dir} is not empty ({', '.join(entries[:5])}"
+                                f"{', ...' if len(entries) > 5 else ''}); pass --resume to "
+                                "continue a run there, --overwrite to replace madcache's run "
+                                "files in it, or choose a new --out")
+
+
+def run_files(run_dir: str | Path) -> list[Path]:
+    """The paths of what `madcache train` writes into `run_dir` (whether present or not)."""
+    return [Path(run_dir) / name for name in RUN_FILES]
+
+
+def student_paths(config: TrainConfig) -> list[str]:
+    """The files and folders a student's options name (pretrained checkpoints, tokenizers)."""
+    return [value for key, value in config.student_options.items()
+            if isinstance(value, str) and (key.endswith(("_dir", "_from")) or key == "checkpoint")]
+
+
+def clear_run_files(run_dir: Path) -> None:
+    """Delete what `madcache train` writes into `run_dir` (RUN_FILES and their temporary files),
+    nothing else."""
+    if not run_dir.is_dir():
+        return
+    with writing(run_dir, error=RunDirectoryError, then="fix the permissions and rerun"):
+        for entry in run_dir.iterdir():
+            name = entry.name
+            own = name in RUN_FILES or any(name.startswith(f".{f}.tmp-") for f in RUN_FILES)
+            if not own:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+
+
+def load_run_config(run_dir: Path) -> dict[str, Any]:
+    """A run's config.json as written; one error line when it is missing or unreadable."""
+    if not (run_dir / CONFIG).is_file():
+        raise RunDirectoryError(f"no run in {run_dir} (no {CONFIG}); give a directory written "
+                                "by `madcache train`")
+    return read_json(run_dir / CONFIG, error=RunDirectoryError,
+                     hint="restore it, or train the run again with --overwrite")
+
+
+def load_run(run_dir: str | Path) -> TrainConfig:
+    """The `TrainConfig` a run was trained with (evaluation, prediction)."""
+    path = Path(run_dir)
+    return TrainConfig.from_dict(load_run_config(path), where=f"{path / CONFIG}: ")
+
+
+def check_resume(run_dir: Path, config: Mapping[str, Any], inputs: Mapping[str, Any]) -> None:
+    """Refuse to resume the run in `run_dir` with settings or inputs that would change its
+    result, naming every one that differs (what the run recorded, what this call has)."""
+    if not (run_dir / CONFIG).is_file():
+        return                                    # nothing was recorded: a fresh start
+    saved = load_run_config(run_dir)
+    saved_inputs = read_json(run_dir / INPUTS, error=RunDirectoryError,
+                             hint="restore it, or pass --overwrite to start the run again") \
+        if (run_dir / INPUTS).is_file() else {}
+    differing = differences(saved, config, saved_inputs, inputs)
+    if differing:
+        raise ConfigError(f"--resume: the run in {run_dir} was trained with other settings: "
+                          f"{'; '.join(differing)}. Resume with the same settings "
+                          "(docs/training.md lists those that may change) or train into a new "
+                          "--out")
+
+
+def differences(saved: Mapping[str, Any], config: Mapping[str, Any],
+                saved_inputs: Mapping[str, Any], inputs: Mapping[str, Any]) -> list[str]:
+    """'key: run X, now Y' for every result-changing setting or input digest that differs."""
+    out = [f"{key}: run {saved.get(key)!r}, now {config.get(key)!r}"
+           for key in sorted(set(saved) | set(config))
+           if key not in RESUMABLE_CHANGES and saved.get(key) != config.get(key)]
+    out += [f"{key}: run {saved_inputs.get(key)}, now {inputs.get(key)}"
+            for key in sorted(set(saved_inputs) | set(inputs))
+            if saved_inputs.get(key) != inputs.get(key)]
+    return out
+
+
+def run_inputs(provenance: Mapping[str, Any]) -> dict[str, Any]:
+    """The digests of what a run reads (inputs.json): the cache's fingerprint and the split."""
+    return {"cache_fingerprint": provenance.get("cache_fingerprint"),
+            "split_digest": provenance.get("split_digest")}
+
+
+def record_run(run_dir: Path, config: Mapping[str, Any], inputs: Mapping[str, Any]) -> None:
+    """Write inputs.json, then config.json (after every check passed): config.json is what says
+    a run was recorded, so a kill between the two leaves a directory that resumes."""
+    with writing(run_dir, error=RunDirectoryError, then=RESUMABLE_NOTE):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / INPUTS, dict(inputs))
+        write_json(run_dir / CONFIG, dict(config))
