@@ -4,8 +4,8 @@ A dev split is held out of the demo world's *train* split (`dev_fraction` of its
 their questions, so no image is on both sides) and written as its own dataset root: `train.jsonl`
 (the rest) and `val.jsonl` (the dev questions), images hard-linked. Each point of the grid in
 search.toml is a baseline sweep over shots x seeds on that root, validated on the dev split every
-`eval_every` steps. The point with the best mean final dev Q2A wins; val, the SM split and every
-other method stay unseen. Outputs under `<out>/search/`: search.json, search.md and
+`eval_every` steps. The point with the best mean final dev Q2A among those within the spec's
+`[budget]` (the demo's CPU time) wins; val, the SM split and every other method stay unseen. Outputs under `<out>/search/`: search.json, search.md and
 curves.png (train loss and dev Q2A per step, one line per point and shot size).
 """
 
@@ -149,27 +149,39 @@ def point_result(name: str, point: Mapping[str, Any], run_dirs: Sequence[Path]
             "mean": sum(r["final"] for r in runs) / len(runs)}
 
 
+def within_budget(point: Mapping[str, Any], budget: Mapping[str, Any]) -> bool:
+    return all(point.get(key, limit) <= limit for key, limit in budget.items())
+
+
 def summarise(results: Sequence[Mapping[str, Any]], spec: Mapping[str, Any]) -> dict[str, Any]:
-    """Rank the points by mean final dev Q2A; ties go to the cheaper point (fewer steps)."""
-    ranked = sorted(results, key=lambda r: (-round(r["mean"], 6),
-                                            r["point"].get("max_steps", 0)))
+    """Rank the points within the budget by mean final dev Q2A; ties go to the cheaper point
+    (fewer steps)."""
+    budget = spec.get("budget", {})
+    allowed = [r for r in results if within_budget(r["point"], budget)]
+    if not allowed:
+        raise ConfigError(f"no grid point is within the search budget {budget}")
+    ranked = sorted(allowed, key=lambda r: (-round(r["mean"], 6), r["point"].get("max_steps", 0)))
     return {"metric": METRIC, "split": "dev (held out of train)", "shots": spec["shots"],
-            "seeds": spec["seeds"], "eval_every": spec["eval_every"],
-            "chosen": dict(ranked[0]["point"]), "points": [dict(r) for r in results]}
+            "seeds": spec["seeds"], "eval_every": spec["eval_every"], "budget": dict(budget),
+            "chosen": dict(ranked[0]["point"]),
+            "points": [{**r, "within_budget": within_budget(r["point"], budget)}
+                       for r in results]}
 
 
 def search_markdown(summary: Mapping[str, Any]) -> str:
     shots = summary["shots"]
-    lines = [f"Baseline dev {METRIC} (final, mean over seeds {summary['seeds']}); chosen: "
-             f"{point_name(summary['chosen'])}", "",
-             "| point | " + " | ".join(f"k{k}" for k in shots) + " | mean |",
-             "|---" * (len(shots) + 2) + "|"]
+    lines = [f"Baseline dev {METRIC} (final, mean over seeds {summary['seeds']}); budget "
+             f"{summary.get('budget', {})}; chosen: {point_name(summary['chosen'])}", "",
+             "| point | " + " | ".join(f"k{k}" for k in shots) + " | mean | within budget |",
+             "|---" * (len(shots) + 3) + "|"]
     for result in summary["points"]:
         cells = []
         for k in shots:
             values = [r["final"] for r in result["runs"] if r["shots"] == k]
             cells.append(f"{sum(values) / len(values):.2f}")
-        lines.append(f"| {result['name']} | " + " | ".join(cells) + f" | {result['mean']:.2f} |")
+        inside = "yes" if result.get("within_budget", True) else "no"
+        lines.append(f"| {result['name']} | " + " | ".join(cells)
+                     + f" | {result['mean']:.2f} | {inside} |")
     return "\n".join(lines) + "\n"
 
 

@@ -58,7 +58,18 @@ def test_best_mean_wins_and_ties_go_to_fewer_steps():
     summary = summarise(results, spec)
     assert summary["chosen"] == {"max_steps": 150}
     table = search_markdown(summary)
-    assert "| a | 40.00 | 50.00 | 45.00 |" in table
+    assert "| a | 40.00 | 50.00 | 45.00 | yes |" in table
+
+
+def test_points_over_the_budget_are_shown_but_never_chosen():
+    spec = {"shots": [8], "seeds": [0], "eval_every": 50, "budget": {"max_steps": 150}}
+    results = [_result("long", {"max_steps": 300}, {(8, 0): 60.0}),
+               _result("short", {"max_steps": 150}, {(8, 0): 40.0})]
+    summary = summarise(results, spec)
+    assert summary["chosen"] == {"max_steps": 150}
+    assert "| long | 60.00 | 60.00 | no |" in search_markdown(summary)
+    with pytest.raises(ConfigError, match="budget"):
+        summarise(results[:1], spec)
 
 
 def test_bad_spec_names_the_key(tmp_path):
