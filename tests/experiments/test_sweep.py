@@ -3,6 +3,7 @@ split files made once per (k, seed), and one real job through `python -m madcach
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 
@@ -365,6 +366,26 @@ def test_one_job_as_a_subprocess(tmp_path):
     assert json.loads((spec.run_dir / "metrics.json").read_text())["status"] == "complete"
     assert (spec.run_dir / "sweep-job.json").is_file() and (spec.run_dir / "sweep.log").is_file()
     execute(job_payload(config, spec))          # complete: nothing to do, no error
+
+
+def test_a_forked_run_keeps_the_subprocess_contract(tmp_path):
+    """forked_runner (the default without GPUs): job file, log, a fresh process per run, its
+    exit code; the same adapter job as test_one_job_as_a_subprocess, then a job that fails."""
+    from madcache.experiments.sweep import RunFailed, ensure_splits, forked_runner
+
+    config = adapter_sweep(tmp_path)
+    spec = plan(config)[0]
+    ensure_splits(config, [spec], index_splits(tmp_path / "caches/train"))
+    forked_runner(spec, {**job_payload(config, spec), "threads": 1})
+    assert json.loads((spec.run_dir / "metrics.json").read_text())["status"] == "complete"
+    assert (spec.run_dir / "sweep-job.json").is_file()
+
+    broken = {**job_payload(config, spec), "env": {"TQDM_DISABLE": "1"}}
+    broken["config"] = {**broken["config"], "cache": str(tmp_path / "no-such-cache")}
+    broken["config"]["out"] = str(tmp_path / "other-run")
+    failing = dataclasses.replace(spec, run_dir=tmp_path / "other-run")
+    with pytest.raises(RunFailed, match="exit code 2; see .*sweep.log: error: .*no-such-cache"):
+        forked_runner(failing, broken)
 
 
 # ----------------------------------------------------------------------------- end to end
