@@ -48,11 +48,11 @@ def test_paper_protocols(name, monkeypatch):
 
 def test_the_demo_pipeline():
     config = load_sweep(DEMO_PIPELINE, ["DEMO_DIR=/tmp/somewhere/demo"])
-    assert {"baseline", "md", "mad"} <= set(config.methods)
-    assert len(config.seeds) >= 4 and len([s for s in config.shots if s is not None]) == 2
+    assert {"baseline", "md", "mad", "mad-af-plain"} <= set(config.methods)   # issue 13
+    assert len(config.seeds) >= 6 and config.shots == [32]
     assert config.dataset == "vcr" and "val_sm" in config.eval and config.zero_shot
     demo = Path("/tmp/somewhere/demo")
     assert config.root == str(demo / "world" / "vcr")
     assert config.out == str(demo / "runs")
     assert config.teachers[0].cache.startswith(str(demo / "cache"))
-    assert len(plan(config)) == len(config.methods) * 2 * len(config.seeds)
+    assert len(plan(config)) == len(config.methods) * len(config.seeds)
