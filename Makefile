@@ -24,12 +24,16 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/madcache demo run --out $(DEMO_DIR)
 
+# Two worker processes, whole files per worker (module fixtures stay together); most tests run
+# single-threaded, so two workers use both cores of a 2-core machine.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The inner loop: everything but the end-to-end tests marked `slow` (make test runs them all).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
