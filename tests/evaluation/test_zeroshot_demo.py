@@ -1,5 +1,7 @@
 """The zero-shot protocol itself, on the default demo world: a teacher pretrained on the demo
-captions is above chance from the cache alone, and the same model randomly initialised is not."""
+captions is above chance from the cache alone, and the same model randomly initialised is not.
+The teacher trains for 200 of the demo's 300 steps (measured on this world: Q2A 39.0 IQA / 39.6 IA
+at 200 steps, 29.6 / 28.0 for the random one), which keeps the test's cost in `make test` down."""
 
 import pytest
 import torch
@@ -24,7 +26,7 @@ def test_pretrained_demo_teacher_is_above_chance_and_a_random_one_is_not(tmp_pat
     world = tmp_path / "world"
     generate_demo_world(world, size="default", seed=0)
     trained = tmp_path / "trained.safetensors"
-    pretrain_demo_teacher(DemoTeacherConfig(data=world, out=trained), progress=False)
+    pretrain_demo_teacher(DemoTeacherConfig(data=world, out=trained, steps=200), progress=False)
     torch.manual_seed(123)
     random = tmp_path / "random.safetensors"
     save_file({k: v.contiguous() for k, v in create_model("madcache-demo").state_dict().items()},
