@@ -91,7 +91,7 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path, snli_root, tiny_clip, si
 @pytest.mark.slow
 def test_two_plain_processes_equal_one_process(tmp_path, snli_root, tiny_clip, single):
     out = tmp_path / "c"
-    children = [subprocess.Popen([sys.executable, "-m", "madcache",
+    children = [subprocess.Popen([sys.executable, "-m", "madcache", "--debug",
                                   *args(snli_root, out, tiny_clip, "--rank", str(r),
                                         "--world-size", "2")],
                                  env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
