@@ -19,6 +19,7 @@ to its store and shard root.
 from __future__ import annotations
 
 import fcntl
+import os
 import shutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -173,10 +174,14 @@ class LocalStore(Store):
             path.unlink(missing_ok=True)
 
     def size(self, key: str) -> int:
+        """Bytes under `key`. Other ranks rename their temporary shards while this walks the
+        folder: a file or folder gone mid-walk is skipped, not an error (os.walk ignores
+        vanished folders; a vanished file counts 0)."""
         path = self.path(key)
         if path.is_file():
             return path.stat().st_size
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        return sum(_size_or_zero(Path(folder) / name)
+                   for folder, _, names in os.walk(path) for name in names)
 
     def zarr_store(self) -> str:
         return str(self.root)
@@ -200,3 +205,10 @@ class StoreKey:
     def __str__(self) -> str:
         return f"{self.store.url.rstrip('/')}/{self.key}" if self.key else self.store.url
 
+
+
+def _size_or_zero(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0

@@ -152,3 +152,22 @@ def test_finish_refuses_until_every_planned_shard_is_committed(tmp_path, world, 
     manifest = writer.finish()
     assert manifest["state"] == "complete" and [e["index"] for e in manifest["shards"]] == [0, 1, 2]
     assert manifest["shards"][1]["writer"]["host"]
+
+
+def test_store_size_skips_files_another_rank_renames_mid_walk(tmp_path, monkeypatch):
+    """`cache size` walks the folder while other ranks rename their temporary shards: a file
+    gone between the listing and its stat counts 0 instead of failing the extraction."""
+    import os
+
+    from madcache.cache import store as store_module
+    from madcache.cache.store import LocalStore
+
+    (tmp_path / "shard-00000.zarr").mkdir()
+    (tmp_path / "shard-00000.zarr" / "a").write_bytes(b"abc")
+    real_walk = os.walk
+
+    def walk_listing_a_vanished_file(top, *args, **kwargs):
+        for folder, dirs, names in real_walk(top, *args, **kwargs):
+            yield folder, dirs, [*names, "renamed-away"]
+    monkeypatch.setattr(store_module.os, "walk", walk_listing_a_vanished_file)
+    assert LocalStore(tmp_path).size("") == 3
