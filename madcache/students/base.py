@@ -172,3 +172,19 @@ def to_device(value: Any, device: str | torch.device, *, non_blocking: bool = Fa
 
 StudentFactory = Callable[..., Student]
 STUDENTS: Registry[StudentFactory] = Registry("student")
+
+
+def image_of(batch: int, choices: int, device: torch.device) -> torch.Tensor:
+    """The image row of each of the B x C flattened (example, choice) sequences."""
+    return torch.arange(batch, device=device).repeat_interleave(choices)
+
+
+TOKENIZER_SUBDIR = "tokenizer"
+
+
+def exported_options(config: Any, tokenizer: Any, directory: Path, **resolved: Any
+                     ) -> dict[str, Any]:
+    """A student's options for `save_student`: its config with the `resolved` values (the
+    built model's config, no source checkpoint), the tokenizer saved beside the weights."""
+    tokenizer.save_pretrained(str(directory / TOKENIZER_SUBDIR))
+    return {**dataclasses.asdict(config), "tokenizer_dir": TOKENIZER_SUBDIR, **resolved}

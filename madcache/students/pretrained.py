@@ -11,7 +11,6 @@ label.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,11 +25,11 @@ from madcache.core.io import loading
 from madcache.data.base import TASKS
 from madcache.data.records import Example
 from madcache.data.vqa import read_answer_vocab
-from madcache.students.base import StudentOutput, task_logits
+from madcache.students.base import (StudentOutput, exported_options,
+                                    image_of, task_logits)
 from madcache.students.tokens import encode_texts
 from madcache.students.pretraining import itm_batch, mask_tokens
 
-TOKENIZER_SUBDIR = "tokenizer"
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 
 
@@ -124,16 +123,8 @@ def check_vocabulary(tokenizer, model_config, student: str) -> None:
 def export_options(model, directory: Path) -> dict[str, Any]:
     """Options that rebuild `model` (`save_student`): the resolved model config, the tokenizer
     written to `directory/tokenizer`."""
-    model.tokenizer.save_pretrained(str(directory / TOKENIZER_SUBDIR))
-    options = dataclasses.asdict(model.config)
-    options.update(checkpoint=None, tokenizer_dir=TOKENIZER_SUBDIR,
-                   model_config=model.model.config.to_dict())
-    return options
-
-
-def image_of(batch: int, choices: int, device: torch.device) -> torch.Tensor:
-    """The image row of each of the B x C sequences."""
-    return torch.arange(batch, device=device).repeat_interleave(choices)
+    return exported_options(model.config, model.tokenizer, directory, checkpoint=None,
+                            model_config=model.model.config.to_dict())
 
 
 def num_choices(examples: Sequence[Example]) -> int:

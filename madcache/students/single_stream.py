@@ -23,7 +23,6 @@ SNLI-VE premise) with its own image is a positive, with another image of the bat
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,13 +39,13 @@ from madcache.data.records import Example
 from madcache.data.vqa import read_answer_vocab
 from madcache.core.errors import CheckpointNotFoundError, ConfigError
 from madcache.core.io import loading
-from madcache.students.base import RegionInputs, StudentOutput, task_logits, to_device
+from madcache.students.base import (RegionInputs, StudentOutput,
+                                    exported_options, image_of, task_logits, to_device)
 from madcache.students.regions import GEOMETRY_DIM, box_geometry
 from madcache.students.region_extractors import BOXCROP_DIM
 from madcache.students.tokens import TOKENIZER_LOCK, encode_texts
 from madcache.students.pretraining import itm_batch, mask_tokens
 
-TOKENIZER_SUBDIR = "tokenizer"
 
 
 @dataclass
@@ -290,7 +289,7 @@ class SingleStreamStudent(nn.Module):
         ids, choices = inputs["input_ids"], inputs["num_choices"]
         batch, length = ids.shape[0] // choices, ids.shape[1]
         hidden = self.encode(ids, inputs["attention_mask"], inputs["regions"],
-                             _image_of(batch, choices, ids.device))
+                             image_of(batch, choices, ids.device))
         cls, img = hidden[:, 0], hidden[:, length]
         size = hidden.shape[-1]
         return StudentOutput(
@@ -312,7 +311,7 @@ class SingleStreamStudent(nn.Module):
         generator), so the masks and pairings repeat for a seed."""
         ids, choices = inputs["input_ids"], inputs["num_choices"]
         batch = ids.shape[0] // choices
-        own = _image_of(batch, choices, ids.device)
+        own = image_of(batch, choices, ids.device)
         real = inputs["token_spans"][..., 0] >= 0
         masked_ids, selected = mask_tokens(ids, real, generator, vocab_size=len(self.tokenizer),
                                            mask_id=self.tokenizer.mask_token_id)
@@ -342,15 +341,8 @@ class SingleStreamStudent(nn.Module):
 
     def export_options(self, directory: Path) -> dict[str, Any]:
         """Options that rebuild this architecture (`save_student`); writes the tokenizer."""
-        self.tokenizer.save_pretrained(str(directory / TOKENIZER_SUBDIR))
-        options = dataclasses.asdict(self.config)
-        options.update(tokenizer_dir=TOKENIZER_SUBDIR, init_text_from=None,
-                       bert_config=self.bert.config.to_dict())
-        return options
-
-
-def _image_of(batch: int, choices: int, device: torch.device) -> torch.Tensor:
-    return torch.arange(batch, device=device).repeat_interleave(choices)
+        return exported_options(self.config, self.tokenizer, directory, init_text_from=None,
+                                bert_config=self.bert.config.to_dict())
 
 
 def _num_choices(items: Sequence[TokenisedExample]) -> int:
