@@ -64,11 +64,12 @@ def make_dev_root(source: Path, out: Path, *, fraction: float, seed: int = 0) ->
     if done.exists():
         return json.loads(done.read_text(encoding="utf-8"))
     lines = (source / "train.jsonl").read_text(encoding="utf-8").splitlines()
-    images = sorted({json.loads(line)["img_id"] for line in lines})
+    image_of_line = [json.loads(line)["img_id"] for line in lines]
+    images = sorted(set(image_of_line))
     random.Random(seed).shuffle(images)
     dev = set(images[: max(1, round(len(images) * fraction))])
-    kept = [line for line in lines if json.loads(line)["img_id"] not in dev]
-    held = [line for line in lines if json.loads(line)["img_id"] in dev]
+    kept = [line for line, image in zip(lines, image_of_line) if image not in dev]
+    held = [line for line, image in zip(lines, image_of_line) if image in dev]
     out.mkdir(parents=True, exist_ok=True)
     if not (out / "vcr1images").exists():
         shutil.copytree(source / "vcr1images", out / "vcr1images", copy_function=_link_or_copy)
