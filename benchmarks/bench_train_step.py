@@ -41,7 +41,8 @@ from madcache.train.config import TrainConfig
 from madcache.train.data import BatchTargets, DataSource
 from madcache.train.precision import autocast, configure_matmuls
 from madcache.train.setup import Setup
-from madcache.train.step import loss_step
+from madcache.train.loop import loss_step
+from madcache.train.stream import MicroBatch
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_TEACHER = REPO / "madcache" / "teachers" / "configs" / "madcache-demo.json"
@@ -225,7 +226,7 @@ def main() -> None:
         m = get_method(method)
         return Setup(config=config, method=m, student=student,
                      projections=Projections(student.hidden_size, image_dim=dim, text_dim=dim,
-                                             words=m.words).to(device),
+                                             words=m.distils_words).to(device),
                      task_source=DataSource([], [[]], lambda e: None), af_source=None,
                      regions=lambda e: regions, eval_examples=[], provenance={},
                      save_student=lambda s, p: None)
@@ -251,8 +252,9 @@ def main() -> None:
             targets = (online_targets(teachers[name], batches[k], 2, device) if name in teachers
                        else cached[k])
             with autocast(precision[name], device):
-                loss, _ = loss_step(setup, "task", batches[k], None if name.startswith("baseline")
-                                    else targets, inputs[k], generator)
+                micro = MicroBatch(batches[k], None if name.startswith("baseline") else targets,
+                                   inputs[k], 1.0)
+                loss, _ = loss_step(setup, stage="task", micro=micro, generator=generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -15,7 +15,7 @@ from madcache.data.categories import VCR_CATEGORIES, VQA_CATEGORIES
 from madcache.data.records import BadRecord, Example, ReadResult, Text, Word
 from madcache.data.snli_ve import LABELS as SNLI_VE_LABELS
 from madcache.data.snli_ve import SnliVeReader
-from madcache.data.vcr import VcrReader
+from madcache.data.vcr import VcrReader, label_free_view
 from madcache.data.vqa import VqaReader
 
 # The built-in readers check that images exist when extraction reads a split.
@@ -25,7 +25,8 @@ DATASETS.register("vcr", Dataset(
     name="vcr", reader=VcrReader(), task=MULTIPLE_CHOICE, score=metrics.score_vcr,
     sample=lowshot.sample_groups, categories=VCR_CATEGORIES,
     chance={"q2a": 25.0, "qa2r": 25.0, "q2ar": 6.25},
-    teacher_logits="vcr", zero_shot="logits", sm=True, extraction_options=CHECK_FILES))
+    teacher_logits="vcr", zero_shot="logits", sm=True, extraction_options=CHECK_FILES,
+    label_free=label_free_view))
 DATASETS.register("snli-ve", Dataset(
     name="snli-ve", reader=SnliVeReader(), task=CLASSIFICATION, score=metrics.score_accuracy,
     sample=lowshot.sample_snli_ve, categories=SNLI_VE_LABELS, label_names=SNLI_VE_LABELS,

@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 from madcache.core.errors import ConfigError
 from madcache.core.registry import Registry
-from madcache.data.records import Example, ReadResult
+from madcache.data.records import Example, ReadResult, without_labels
 
 MULTIPLE_CHOICE = "multiple_choice"   # one score per text of the example (VCR: 4 choices)
 CLASSIFICATION = "classification"     # one of `label_names` (SNLI-VE: 3 classes)
@@ -75,6 +75,8 @@ class Dataset:
     - `sm`: a shortcut-mitigated version of its splits exists (`madcache.data.sm`).
     - `extraction_options`: reader options extraction adds (overridden by the user's), e.g.
       `check_files` so a missing image is a bad record at read time.
+    - `label_free`: an example as adaptive finetuning (no task labels) may see it, or None to
+      leave it out (VCR leaves out QA->R: its context holds the correct answer).
     """
 
     name: str
@@ -89,6 +91,7 @@ class Dataset:
     zero_shot: str | None = None
     sm: bool = False
     extraction_options: Mapping[str, Any] = field(default_factory=dict)
+    label_free: Callable[[Example], Example | None] = without_labels
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:

@@ -7,6 +7,7 @@ student tokenizers differ, so both sides pool their sub-tokens over a word's cha
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -102,6 +103,12 @@ class Example:
     @property
     def num_choices(self) -> int:
         return len(self.choices)
+
+
+def without_labels(example: Example) -> Example:
+    """`example` as a label-free stage (adaptive finetuning) may see it: no label, no answer
+    scores, no human answers. What it scores is unchanged."""
+    return dataclasses.replace(example, label=None, answer_scores=None, answers=())
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from madcache.data.categories import vcr_category
 from madcache.data.jsonl import (as_bool, check_options, guarded, iter_json_lines,
                                   load_json_file, split_file)
 from madcache.data.paths import safe_join
-from madcache.data.records import BadRecord, Example, ReadResult, Text, Word
+from madcache.data.records import BadRecord, Example, ReadResult, Text, Word, without_labels
 from madcache.core.errors import ConfigError, DataError, DataFileNotFoundError
 
 SPLIT_FILES = {"train": "train.jsonl", "val": "val.jsonl", "test": "test.jsonl"}
@@ -171,7 +171,8 @@ def record_examples(record: Mapping[str, Any], *, split: str, file: object, line
     objects = record["objects"]
     question = render_tokens(record["question"], objects, renderer)
     answers = tuple(render_tokens(t, objects, renderer) for t in record["answer_choices"])
-    common = dict(dataset="vcr", split=split, group=annot_id, raw=record, label_free_text=question,
+    common = dict(dataset="vcr", split=split, group=annot_id, raw=record,
+                  label_free_text=question.concat(objects_text(objects)),
                   image_id=str(record.get("img_id") or record["img_fn"]),
                   image_path=paths["img_fn"], meta_path=paths["metadata_fn"],
                   category=vcr_category(render_tokens(record["question"], objects, "tag").text))
@@ -185,6 +186,23 @@ def record_examples(record: Mapping[str, Any], *, split: str, file: object, line
         examples.append(Example(id=f"{annot_id}:qar", choices=rationales, label=rationale_label,
                                 context=question.concat(answers[answer_label]), **common))
     return examples
+
+
+def objects_text(objects: Sequence[str]) -> Text:
+    """The image's detected objects as words ("objects: person, person, bag."): with the
+    question, the image-specific label-free text of adaptive finetuning's image-text matching
+    (a question alone, "What is person1 doing?", fits nearly every image)."""
+    return Text.from_string("objects: " + ", ".join(objects) + ".")
+
+
+def label_free_view(example: Example) -> Example | None:
+    """A VCR example as adaptive finetuning may see it (MAD.md: no task labels). A Q->A example
+    shows the question with each of its four answers alike, so it stays (unlabelled). A QA->R
+    example is left out: its context is the question with the *correct* answer, which is the
+    Q->A label itself."""
+    if example.id.endswith(":qar"):
+        return None
+    return without_labels(example)
 
 
 def conditioned_rationale_examples(example: Example, renderer: str = "tag") -> list[Example]:

@@ -166,3 +166,11 @@ class Projections(nn.Module):
         self.vision = nn.Linear(hidden, image_dim) if image_dim else None
         self.text = nn.Linear(hidden, text_dim) if text_dim else None
         self.word = nn.Linear(hidden, text_dim) if (text_dim and words) else None
+
+
+def candidate_logits(out: StudentOutput, targets: TeacherBatch) -> torch.Tensor:
+    """The student's logits over the teacher's candidates, for CW's max softmax (VQA: gathered
+    at the cached answer ids; elsewhere all of them)."""
+    if targets.candidates is None:
+        return out.logits
+    return out.logits.gather(1, targets.candidates.clamp(min=0))

@@ -92,15 +92,15 @@ class Method:
         return tuple(dict.fromkeys(t for s in self.stages for t in s.terms))
 
     @property
-    def vision(self) -> bool:
+    def distils_image(self) -> bool:
         return "dv" in self.terms
 
     @property
-    def text(self) -> bool:
+    def distils_text(self) -> bool:
         return "dt" in self.terms
 
     @property
-    def words(self) -> bool:
+    def distils_words(self) -> bool:
         return "dwt" in self.terms
 
     @property
@@ -176,7 +176,7 @@ def unavailable_methods(missing: list[str]) -> dict[str, str]:
         why = []
         if method.confidence:
             why.append("confidence weighting needs teacher logits")
-        if method.words and method.selection == "top":
+        if method.distils_words and method.selection == "top":
             why.append("token selection needs word_vr / word_score")
         if why:
             reasons[name] = "; ".join(why)

@@ -65,6 +65,11 @@ class TrainConfig:
                                                 "that have one.")
     af_max_steps: int | None = setting(None, minimum=1, help="AF-stage steps (overrides "
                                                              "af_epochs).")
+    af_lr: float = setting(3e-5, above=0, help="Peak learning rate of the AF stage (AdamW). "
+                                               "Default: UNITER's VCR second-stage "
+                                               "pretraining, 3e-5 (docs/method.md).")
+    af_warmup: float = setting(0.1, minimum=0, below=1, help="Fraction of the AF stage's steps "
+                                                             "spent warming up.")
     eval_every: int = setting(0, minimum=0, help="Task steps between validations (0: at the "
                                                  "end only).")
     checkpoint_every: int = setting(0, minimum=0, help="Steps between checkpoints (0: at the "
@@ -87,6 +92,9 @@ class TrainConfig:
     precision: Literal[PRECISIONS] | None = setting(None, help="fp32, or bf16 autocast "
                                                     "(default: bf16 on CUDA, fp32 on the CPU). "
                                                     "TF32 matmuls are on for CUDA either way.")
+    threads: int = setting(1, minimum=1, help="CPU threads torch may use. Pinned (not the "
+                                              "machine's core count) so that the same command "
+                                              "gives the same numbers; recorded in inputs.json.")
     prefetch: int = setting(4, minimum=1, help="Batches the loader thread prepares ahead of "
                                                "the training step.")
     report_to: str = setting("none", help="Also log scalars to: none, or tensorboard "
@@ -96,7 +104,7 @@ class TrainConfig:
         check_ranges(self)
         TRACKERS.get(self.report_to)      # unknown names list the valid ones
         method = get_method(self.method)  # unknown names list the valid ones
-        if method.words and self.m < 1:
+        if method.distils_words and self.m < 1:
             raise ConfigError(f"m: method '{self.method}' selects m words per text; m must be "
                               f">= 1, got {self.m}")
         af_length = self.af_epochs if self.af_max_steps is None else self.af_max_steps

@@ -45,11 +45,11 @@ def targets_to_tensors(targets: Targets, method: Method, *, m: int, logits: str 
                        seed: int) -> BatchTargets:
     """Keep what `method` needs, as tensors; run word selection (TS) once, here."""
     out = BatchTargets()
-    if method.vision:
+    if method.distils_image:
         out.image = torch.from_numpy(np.asarray(targets.image, dtype=np.float32))
-    if method.text:
+    if method.distils_text:
         out.text_eos = torch.from_numpy(np.asarray(targets.text_eos, dtype=np.float32))
-    if method.words:
+    if method.distils_words:
         generator = torch.Generator().manual_seed(seed) if method.selection == "random" else None
         chosen = select_words(targets.words, num_examples=len(targets.example_ids),
                               num_choices=targets.num_choices, m=m, generator=generator)

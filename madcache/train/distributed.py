@@ -87,8 +87,8 @@ def main_first() -> Iterator[Dist]:
 
 class TrainModule(nn.Module):
     """The student and the projections as one module, so that DDP registers every trainable
-    parameter and the whole stage loss runs inside its forward: `loss_of(stage, ...)` is the
-    trainer's dispatch to `loss_step` / `af_step` (AF's `pretrain_losses` included)."""
+    parameter and the whole stage loss runs inside its forward: `loss_of` is the trainer's
+    `loss_step(setup, *, stage, micro, generator)` (AF's `pretrain_losses` included)."""
 
     def __init__(self, setup: Any, loss_of: Callable[..., tuple[torch.Tensor, dict[str, float]]]
                  ) -> None:
@@ -98,8 +98,9 @@ class TrainModule(nn.Module):
         self.setup = setup
         self.loss_of = loss_of
 
-    def forward(self, stage: str, *args: Any) -> tuple[torch.Tensor, dict[str, float]]:
-        return self.loss_of(self.setup, stage, *args)
+    def forward(self, *, stage: str, micro: Any, generator: torch.Generator
+                ) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.loss_of(self.setup, stage=stage, micro=micro, generator=generator)
 
 
 def wrap(module: TrainModule, where: Dist, device: str) -> nn.Module:

@@ -1,28 +1,32 @@
 """The training loop: a student, cached teacher targets, a method (docs/method.md).
 
-Reads top to bottom: `TrainConfig` (train/config.py) -> `setup` (train/setup.py: examples,
-low-shot split, cached targets, regions, student, projections) -> `train` (the stages the
-method has: AF, then the task; checkpoints; periodic validation) -> the run directory of
-docs/architecture.md. Batches come from the data pipeline (train/stream.py), read and tokenised
-ahead of the step. The data order is a pure function of (seed, stage, epoch) and every random
+Read it top to bottom: `run_training` (the entry point) -> `train` (the stages the method has:
+AF, then the task; checkpoints; validation) -> `run_stage` (one stage's steps) -> `train_step`
+(one optimizer step over this process's micro-batches) -> `loss_step` (one micro-batch's loss,
+composed from the method's registry entry). `setup` (train/setup.py) reads the data, the
+low-shot split and the cache and builds the student; batches come from the data pipeline
+(train/stream.py), read and tokenised ahead of the step.
+
+Reproducibility: the data order is a pure function of (seed, stage, epoch) and every random
 draw of a step of (seed, stage, step, rank, micro-batch), so a resumed run ends with the same
-weights and metrics as an uninterrupted one.
+weights and metrics as an uninterrupted one; torch's CPU thread count is pinned by `threads`
+(recorded in inputs.json), so the numbers do not follow the machine's load (docs/guarantees.md).
 
 Under torchrun every process runs this loop on its share of each global batch; DDP averages the
 gradients (train/distributed.py) and rank 0 alone writes the run directory (docs/training.md).
-
 This package never imports a teacher (madcache.teachers) or open_clip: everything a loss needs
 from a teacher comes from the cache.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -31,6 +35,9 @@ from tqdm.auto import tqdm
 from madcache.core.errors import ConfigError, RunDirectoryError
 from madcache.core.io import write_json, writing
 from madcache.data.metrics import score_logits, without_counts
+from madcache.method.losses import (TERMS, candidate_logits, confidence_weights,
+                                    distillation_loss, task_loss)
+from madcache.method.methods import AF, TASK, stage_weight
 from madcache.students.base import Preparer, to_device
 from madcache.students.predict import STUDENT_DIR, predict_logits
 from madcache.train.checkpoint import CHECKPOINT, TrainerState, load_checkpoint, save_checkpoint
@@ -42,25 +49,115 @@ from madcache.train.distributed import (Dist, TrainModule, contiguous_share, cur
 from madcache.train.precision import autocast, configure_matmuls, resolve_precision
 from madcache.train.rundir import (METRICS, RESUMABLE_NOTE, check_resume, open_run_dir,
                                    record_run, run_inputs)
-from madcache.train.setup import Setup, setup
-from madcache.train.step import loss_step
-from madcache.train.stream import Batch, Layout, StageStream
+from madcache.train.setup import Setup, pin_threads, setup
+from madcache.train.stream import Batch, Layout, MicroBatch, StageStream
 from madcache.train.tracking import Tracker, open_tracker
 
 
-def stages(setup: Setup) -> list[tuple[str, DataSource, int]]:
-    """(name, data, steps) of each stage the method has, in order: AF (the whole training
-    split, `af_epochs` or `af_max_steps` long), then the task."""
-    config, out = setup.config, []
+# ----------------------------------------------------------------------------- entry points
+
+def run_training(config: TrainConfig) -> dict[str, Any]:
+    """Train a student as `config` says and write the run directory; returns metrics.json.
+    Under torchrun, joins the process group first (train/distributed.py)."""
+    pin_threads(config.threads)
+    started = init_distributed(config.device)
+    try:
+        if current().is_main:
+            open_run_dir(config)
+        return train(setup(config))
+    finally:
+        shutdown(started)
+
+
+@dataclass
+class Training:
+    """What the stages of one `train` call share."""
+
+    setup: Setup
+    model: nn.Module                  # TrainModule, under DDP when there are several processes
+    optimizer: torch.optim.Optimizer
+    state: TrainerState
+    ranks: Dist                       # this process's rank in the job (rank 0 of 1 alone)
+    precision: str
+    tracker: Tracker
+    data_figures: dict[str, dict[str, Any]] = field(default_factory=dict)  # per stage
+
+
+def train(setup: Setup) -> dict[str, Any]:
+    """Run (or resume) all stages, then validate and write metrics.json. Returns the metrics."""
+    config, run_dir, ranks = setup.config, Path(setup.config.out), current()
+    precision = resolve_precision(config.precision, config.device)
+    configure_matmuls(config.device)
+    plans = stage_plans(setup)
+
+    # Resume: the settings and inputs must be those the run recorded; the checkpoint holds the
+    # weights, the optimizer moments and where in which stage the run was.
+    state = TrainerState(stage=plans[0].name, world_size=ranks.world_size, precision=precision)
+    optimizer = make_optimizer(setup)
+    if config.resume:
+        check_resume(run_dir, config.to_dict(), run_inputs(setup.provenance))
+        if (run_dir / CHECKPOINT).exists():
+            state = resumed_state(load_checkpoint(run_dir, setup, optimizer), ranks, precision)
+    if ranks.is_main:
+        record_run(run_dir, config.to_dict(), run_inputs(setup.provenance))
+    tracker = open_tracker(config.report_to if ranks.is_main else "none", run_dir,
+                           start_step=state.global_step)
+    training = Training(setup, wrap(TrainModule(setup, loss_step), ranks, config.device),
+                        optimizer, state, ranks, precision, tracker)
+
+    # The stages in order (AF, then the task). What the task stage inherits from AF: the
+    # weights (encoder, embeddings, heads). What it does not: the optimizer (a fresh AdamW, no
+    # moments) and the schedule (its own warm-up and decay), as UNITER finetunes its
+    # second-stage-pretrained checkpoint with a new optimizer (docs/method.md, "AF").
+    try:
+        for plan in plans:
+            if _stage_done(state.stage, plan.name):
+                continue
+            if state.stage != plan.name:
+                start_stage_with_fresh_optimizer(training, plan.name)
+            run_stage(training, plan)
+            record(training, validate(setup, ranks) if plan.name == TASK else None)
+    finally:
+        tracker.close()
+
+    # The finished run: final checkpoint, the inference student, metrics.json (rank 0).
+    state.stage = "done"
+    metrics = run_metrics(setup, state, training_summary(training))
+    if ranks.is_main:
+        with writing(run_dir, error=RunDirectoryError, then=RESUMABLE_NOTE):
+            save_checkpoint(run_dir, setup, state, training.optimizer)
+            setup.save_student(setup.student, run_dir / STUDENT_DIR)
+            write_json(run_dir / METRICS, metrics)
+    return metrics
+
+
+# ----------------------------------------------------------------------------- stages
+
+class StagePlan(NamedTuple):
+    """One stage of the run: its data, length and learning-rate schedule."""
+
+    name: str                 # "af" or "task"
+    source: DataSource
+    steps: int
+    lr: float                 # peak learning rate
+    warmup: float             # fraction of `steps` spent warming up
+
+
+def stage_plans(setup: Setup) -> list[StagePlan]:
+    """The stages the method has, in order: AF (the whole training split, label-free; its own
+    `af_*` length and schedule), then the task (`epochs` / `max_steps`, `lr`, `warmup`)."""
+    config, plans = setup.config, []
     for name in setup.method.stage_names:
-        af = name == "af"
-        source = setup.af_source if af else setup.task_source
-        epochs, max_steps = (config.af_epochs, config.af_max_steps) if af else \
-            (config.epochs, config.max_steps)
+        if name == AF:
+            source, epochs, max_steps = setup.af_source, config.af_epochs, config.af_max_steps
+            lr, warmup = config.af_lr, config.af_warmup
+        else:
+            source, epochs, max_steps = setup.task_source, config.epochs, config.max_steps
+            lr, warmup = config.lr, config.warmup
         steps = max_steps if max_steps is not None else \
             epochs * source.steps_per_epoch(config.batch_size)
-        out.append((name, source, steps))
-    return out
+        plans.append(StagePlan(name, source, steps, lr, warmup))
+    return plans
 
 
 def lr_at(step: int, total: int, *, base: float, warmup: float) -> float:
@@ -80,143 +177,146 @@ def make_optimizer(setup: Setup) -> torch.optim.AdamW:
         lr=setup.config.lr)
 
 
+def start_stage_with_fresh_optimizer(training: Training, name: str) -> None:
+    """Enter stage `name` at its step 0 with a new AdamW: no optimizer state crosses stages."""
+    training.state.stage, training.state.stage_step = name, 0
+    training.optimizer = make_optimizer(training.setup)
+
+
 def _trainables(setup: Setup) -> list[torch.nn.Parameter]:
     return list(setup.student.parameters()) + list(setup.projections.parameters())
 
 
-@dataclass
-class Run:
-    """What the stages of one `train` call share."""
-
-    setup: Setup
-    model: nn.Module                  # TrainModule, under DDP when there are several processes
-    optimizer: torch.optim.Optimizer
-    state: TrainerState
-    where: Dist
-    precision: str
-    tracker: Tracker
-    data: dict[str, dict[str, Any]] = field(default_factory=dict)   # per stage: reads, waits
-
-
-def train(setup: Setup) -> dict[str, Any]:
-    """Run (or resume) all stages, then validate and write metrics.json. Returns the metrics."""
-    config, run_dir, where = setup.config, Path(setup.config.out), current()
-    precision = resolve_precision(config.precision, config.device)
-    configure_matmuls(config.device)
-    state = TrainerState(stage=stages(setup)[0][0], world_size=where.world_size,
-                         precision=precision)
-    optimizer = make_optimizer(setup)
-    if config.resume:
-        check_resume(run_dir, config.to_dict(), run_inputs(setup.provenance))
-        if (run_dir / CHECKPOINT).exists():
-            state = resumed_state(load_checkpoint(run_dir, setup, optimizer), where, precision)
-    if where.is_main:
-        record_run(run_dir, config.to_dict(), run_inputs(setup.provenance))
-    tracker = open_tracker(config.report_to if where.is_main else "none", run_dir,
-                           start_step=state.global_step)
-    run = Run(setup, wrap(TrainModule(setup, loss_step), where, config.device), optimizer,
-              state, where, precision, tracker)
-    try:
-        for name, source, total in stages(setup):
-            if _stage_done(state.stage, name):
-                continue
-            if state.stage != name:
-                state.stage, state.stage_step, run.optimizer = name, 0, make_optimizer(setup)
-            run_stage(run, source, total)
-            record(run, validate(setup, where) if name == "task" else None)
-    finally:
-        tracker.close()
-    state.stage = "done"
-    metrics = run_metrics(setup, state, training_summary(run))
-    if where.is_main:
-        with writing(run_dir, error=RunDirectoryError, then=RESUMABLE_NOTE):
-            save_checkpoint(run_dir, setup, state, run.optimizer)
-            setup.save_student(setup.student, run_dir / STUDENT_DIR)
-            write_json(run_dir / METRICS, metrics)
-    return metrics
-
-
-def resumed_state(state: TrainerState, where: Dist, precision: str) -> TrainerState:
+def resumed_state(state: TrainerState, ranks: Dist, precision: str) -> TrainerState:
     """A checkpoint's state, continued by this job. Its world size may differ (the global batch
     and the data order do not depend on it; dropout draws do, per rank); its precision may not."""
     if state.precision != precision:
         raise ConfigError(f"--resume: this run trained in {state.precision} and would continue in "
                           f"{precision}; pass --precision {state.precision}")
-    if state.world_size != where.world_size and where.is_main:
+    if state.world_size != ranks.world_size and ranks.is_main:
         print(f"resuming a run trained by {state.world_size} process(es) with "
-              f"{where.world_size}: same global batches, dropout draws differ", file=sys.stderr)
-    state.world_size = where.world_size
+              f"{ranks.world_size}: same global batches, dropout draws differ", file=sys.stderr)
+    state.world_size = ranks.world_size
     return state
 
 
-def run_stage(run: Run, source: DataSource, total: int) -> None:
-    """Train one stage from `state.stage_step` to `total` steps."""
-    setup, state, config = run.setup, run.state, run.setup.config
-    if state.stage_step >= total:
+def run_stage(training: Training, plan: StagePlan) -> None:
+    """Train one stage from `state.stage_step` to `plan.steps` steps."""
+    setup, state, config = training.setup, training.state, training.setup.config
+    if state.stage_step >= plan.steps:
         return
     setup.student.train()
-    layout = Layout(run.where.rank, run.where.world_size, config.grad_accum)
-    stream = StageStream(source, preparer=Preparer(setup.student), regions=setup.regions,
-                         seed=config.seed, stage=state.stage, batch_size=config.batch_size,
-                         start=state.stage_step, stop=total, layout=layout,
-                         depth=config.prefetch,
-                         pin=config.device.startswith("cuda"))
-    bar = tqdm(total=total, initial=state.stage_step, desc=f"{state.stage} ({config.method})",
-               disable=None if run.where.is_main else True)
+    layout = Layout(training.ranks.rank, training.ranks.world_size, config.grad_accum)
+    pipeline = StageStream(plan.source, preparer=Preparer(setup.student), regions=setup.regions,
+                           seed=config.seed, stage=state.stage, batch_size=config.batch_size,
+                           start=state.stage_step, stop=plan.steps, layout=layout,
+                           depth=config.prefetch, pin=config.device.startswith("cuda"))
+    bar = tqdm(total=plan.steps, initial=state.stage_step, desc=f"{state.stage} ({config.method})",
+               disable=None if training.ranks.is_main else True)
     started, steps = time.perf_counter(), 0
-    with stream as batches:
-        while state.stage_step < total:
-            waited = stream.wait_s
+    with pipeline as batches:
+        while state.stage_step < plan.steps:
+            waited = pipeline.wait_s
             batch = next(batches)
-            lr = lr_at(state.stage_step, total, base=config.lr, warmup=config.warmup)
-            parts = train_step(run, batch, lr)
+            lr = lr_at(state.stage_step, plan.steps, base=plan.lr, warmup=plan.warmup)
+            parts = train_step(training, batch, lr)
             state.count_cw(parts)
             state.stage_step += 1
             state.global_step += 1
             state.loss_sum += parts["loss"]
             state.loss_count += 1
             steps += 1
-            run.tracker.scalars({**{f"{state.stage}/{k}": v for k, v in logged(parts).items()},
-                                 f"{state.stage}/lr": lr,
-                                 f"{state.stage}/data_wait_s": stream.wait_s - waited},
-                                state.global_step)
+            training.tracker.scalars(
+                {**{f"{state.stage}/{k}": v for k, v in logged(parts).items()},
+                 f"{state.stage}/lr": lr, f"{state.stage}/data_wait_s": pipeline.wait_s - waited},
+                state.global_step)
             bar.update(1)
             bar.set_postfix(loss=f"{parts['loss']:.4f}")
-            _periodic(run, total)
+            _periodic(training, plan.steps)
     bar.close()
     elapsed = time.perf_counter() - started
-    run.data[state.stage] = {"steps": steps, "rows_read": gather(stream.rows_read, run.where),
-                             "data_wait_share": round(stream.wait_s / max(elapsed, 1e-9), 4)}
+    training.data_figures[state.stage] = {
+        "steps": steps, "rows_read": gather(pipeline.rows_read, training.ranks),
+        "data_wait_share": round(pipeline.wait_s / max(elapsed, 1e-9), 4)}
 
 
-def train_step(run: Run, batch: Batch, lr: float) -> dict[str, float]:
-    """One optimizer step over this rank's micro-batches of a global batch. Each micro-batch's
-    loss is weighted by its share of the global batch (x world size, as DDP averages over ranks),
-    so the update equals one process's on the whole batch; the gradients are all-reduced with the
-    last micro-batch, clipped and applied. Returns the loss terms as global-batch means, and
-    CW's counts (`cw_fired`, `cw_seen`) as global-batch totals."""
-    setup, config, state = run.setup, run.setup.config, run.state
-    for group in run.optimizer.param_groups:
+# ----------------------------------------------------------------------------- one step
+
+def train_step(training: Training, batch: Batch, lr: float) -> dict[str, float]:
+    """One optimizer step over this rank's micro-batches of a global batch. Returns the loss
+    terms as global-batch means, and CW's counts (`cw_fired`, `cw_seen`) as totals."""
+    config, state, ranks = training.setup.config, training.state, training.ranks
+    for group in training.optimizer.param_groups:
         group["lr"] = lr
+
+    # Forward + backward per micro-batch. Each loss is weighted by its share of the global
+    # batch (x world size, as DDP averages over ranks), so the update equals one process's on
+    # the whole batch; DDP all-reduces the gradients with the last micro-batch only.
     sums: dict[str, float] = {}
     last = len(batch.micro) - 1
     for i, micro in enumerate(batch.micro):
-        generator = seed_draws(config.seed, state.stage, batch.step, run.where.rank, i)
-        targets = to_device(micro.targets, config.device, non_blocking=True)
-        inputs = to_device(micro.inputs, config.device, non_blocking=True)
-        with sync_context(run.model, i == last):
-            with autocast(run.precision, config.device):
-                loss, parts = run.model(state.stage, micro.examples, targets, inputs, generator)
-            (loss * (micro.weight * run.where.world_size)).backward()
+        generator = seed_draws(config.seed, state.stage, batch.step, ranks.rank, i)
+        on_device = dataclasses.replace(
+            micro, targets=to_device(micro.targets, config.device, non_blocking=True),
+            inputs=to_device(micro.inputs, config.device, non_blocking=True))
+        with sync_context(training.model, i == last):
+            with autocast(training.precision, config.device):
+                loss, parts = training.model(stage=state.stage, micro=on_device,
+                                             generator=generator)
+            (loss * (micro.weight * ranks.world_size)).backward()
         for key, value in {**parts, "loss": loss.item()}.items():
             sums[key] = sums.get(key, 0.0) + (value if key in COUNTS else value * micro.weight)
-    sums = sum_across(sums, run.where)
+    sums = sum_across(sums, ranks)
+
+    # Clip (optional), apply, clear.
     if config.grad_clip is not None:
-        norm = torch.nn.utils.clip_grad_norm_(_trainables(setup), config.grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(_trainables(training.setup), config.grad_clip)
         sums["grad_norm"] = norm.item()
-    run.optimizer.step()
-    run.optimizer.zero_grad(set_to_none=True)
+    training.optimizer.step()
+    training.optimizer.zero_grad(set_to_none=True)
     return sums
+
+
+def loss_step(setup: Setup, *, stage: str, micro: MicroBatch, generator: torch.Generator
+              ) -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss of one micro-batch in `stage` ("af" or "task"), as the method's registry entry
+    composes it, and its parts for logging (what `TrainModule.forward` computes under DDP):
+
+        task stage:  L_task        + weight * (the stage's terms)   (MAD.md: L_MD, L_MAD)
+        af stage:    L_MLM + L_ITM + w      * (the stage's terms)   (MAD.md: L_AF)
+
+    `weight` is w or w' (`stage_weight`), replaced per instance by CW's w_r when the stage has
+    confidence weighting. Nothing here names a method."""
+    spec, config, student = setup.method.stage(stage), setup.config, setup.student
+
+    # 1. The stage's own loss: AF's label-free MLM + ITM (the student output only when the
+    #    stage distils), or the task loss.
+    if spec.name == AF:
+        own = student.pretrain_losses(micro.inputs, micro.examples, generator)
+        out = student(micro.inputs) if spec.terms else None
+    else:
+        out = student(micro.inputs)
+        own = {"task": task_loss(student, out.logits, micro.examples)}
+    base = sum(own.values(), torch.zeros((), device=next(iter(own.values())).device))
+
+    # 2. The distillation terms, per instance [B]: L_dv, L_dt, L'_dt (method/losses.py TERMS).
+    terms = {name: TERMS[name].compute(out, micro.targets, setup.projections)
+             for name in spec.terms}
+
+    # 3. Their weight: w or w'; with CW, w_r per instance (0 where the student is the surer).
+    parts = {name: value.item() for name, value in own.items()}
+    weights: torch.Tensor | float = stage_weight(spec, w=config.w, m=config.m,
+                                                 w_prime=config.w_prime,
+                                                 w_prime_rule=config.w_prime_rule)
+    if spec.confidence:
+        weights = confidence_weights(micro.targets.logits, candidate_logits(out, micro.targets),
+                                     weights)
+        parts.update(cw_fired=float((weights > 0).sum().item()), cw_seen=float(weights.numel()))
+
+    loss = distillation_loss(base, list(terms.values()), weights)
+    parts["loss"] = loss.item()
+    parts.update({name: term.mean().item() for name, term in terms.items()})
+    return loss, parts
 
 
 COUNTS = ("cw_fired", "cw_seen")       # loss parts that add up over a batch (not means)
@@ -238,53 +338,56 @@ def seed_draws(seed: int, stage: str, step: int, rank: int, micro: int) -> torch
     return torch.Generator().manual_seed(derive_seed(seed, stage, step, rank, micro, "draws"))
 
 
-def _periodic(run: Run, total: int) -> None:
-    config, state = run.setup.config, run.state
-    if state.stage == "task" and config.eval_every and state.stage_step % config.eval_every == 0 \
+# ----------------------------------------------------------------------------- records
+
+def _periodic(training: Training, total: int) -> None:
+    config, state = training.setup.config, training.state
+    if state.stage == TASK and config.eval_every and state.stage_step % config.eval_every == 0 \
             and state.stage_step < total:
-        record(run, validate(run.setup, run.where))
+        record(training, validate(training.setup, training.ranks))
     if config.checkpoint_every and state.global_step % config.checkpoint_every == 0 \
-            and run.where.is_main:
+            and training.ranks.is_main:
         with writing(config.out, error=RunDirectoryError, then=RESUMABLE_NOTE):
-            save_checkpoint(Path(config.out), run.setup, state, run.optimizer)
+            save_checkpoint(Path(config.out), training.setup, state, training.optimizer)
 
 
-def record(run: Run, evaluation: dict[str, float] | None) -> None:
+def record(training: Training, evaluation: dict[str, float] | None) -> None:
     """Append the mean loss since the last record (and a validation result) to the history."""
-    state = run.state
+    state = training.state
     entry = {"stage": state.stage, "step": state.stage_step, "global_step": state.global_step,
              "loss": state.loss_sum / max(state.loss_count, 1)}
     if evaluation is not None:
         entry["eval"] = evaluation
-        split = run.setup.config.eval_split
-        run.tracker.scalars({f"eval/{split}/{k}": v for k, v in evaluation.items()},
-                            state.global_step)
+        split = training.setup.config.eval_split
+        training.tracker.scalars({f"eval/{split}/{k}": v for k, v in evaluation.items()},
+                                 state.global_step)
     state.history.append(entry)
     state.loss_sum, state.loss_count = 0.0, 0
 
 
-def validate(setup: Setup, where: Dist = Dist()) -> dict[str, float] | None:
+def validate(setup: Setup, ranks: Dist = Dist()) -> dict[str, float] | None:
     """Score the eval split: each rank predicts its contiguous share, the logits are gathered in
     order, and every rank computes the same metrics."""
     if not setup.eval_examples:
         return None
     config = setup.config
-    share = contiguous_share(setup.eval_examples, where)
+    share = contiguous_share(setup.eval_examples, ranks)
     logits = predict_logits(setup.student, share, regions=setup.eval_regions or setup.regions,
                             batch_size=config.batch_size, device=config.device)
-    parts = [part for part in gather(logits, where) if part.numel()]
+    parts = [part for part in gather(logits, ranks) if part.numel()]
     return without_counts(score_logits(config.dataset, setup.eval_examples, torch.cat(parts),
                                        getattr(setup.student, "answers", None)))
 
 
-def training_summary(run: Run) -> dict[str, Any]:
+def training_summary(training: Training) -> dict[str, Any]:
     """How this run trained: metrics.json["training"] (the data figures cover this call)."""
-    config, world = run.setup.config, run.where.world_size
+    config, world = training.setup.config, training.ranks.world_size
     per_rank = math.ceil(config.batch_size / world)
     return {"world_size": world, "batch_size": config.batch_size, "per_rank_batch": per_rank,
             "grad_accum": config.grad_accum,
             "micro_batch": math.ceil(per_rank / config.grad_accum),
-            "precision": run.precision, "device": config.device, "data": run.data}
+            "precision": training.precision, "device": config.device,
+            "data": training.data_figures}
 
 
 def run_metrics(setup: Setup, state: TrainerState, training: dict[str, Any]) -> dict[str, Any]:
@@ -299,18 +402,6 @@ def run_metrics(setup: Setup, state: TrainerState, training: dict[str, Any]) -> 
             "training": training, "provenance": setup.provenance}
 
 
-def _stage_done(current: str, name: str) -> bool:
-    order = ["af", "task", "done"]
-    return order.index(current) > order.index(name)
-
-
-def run_training(config: TrainConfig) -> dict[str, Any]:
-    """Train a student as `config` says and write the run directory; returns metrics.json.
-    Under torchrun, joins the process group first (train/distributed.py)."""
-    started = init_distributed(config.device)
-    try:
-        if current().is_main:
-            open_run_dir(config)
-        return train(setup(config))
-    finally:
-        shutdown(started)
+def _stage_done(current_stage: str, name: str) -> bool:
+    order = [AF, TASK, "done"]
+    return order.index(current_stage) > order.index(name)

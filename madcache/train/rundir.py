@@ -143,9 +143,12 @@ def differences(saved: Mapping[str, Any], config: Mapping[str, Any],
 
 
 def run_inputs(provenance: Mapping[str, Any]) -> dict[str, Any]:
-    """The digests of what a run reads (inputs.json): the cache's fingerprint and the split."""
+    """What a run's result depends on besides config.json (inputs.json): the digests of what it
+    reads (the cache's fingerprint, the split) and torch's thread count and determinism mode."""
     return {"cache_fingerprint": provenance.get("cache_fingerprint"),
-            "split_digest": provenance.get("split_digest")}
+            "split_digest": provenance.get("split_digest"),
+            "torch_threads": provenance.get("torch_threads"),
+            "deterministic_algorithms": provenance.get("deterministic_algorithms")}
 
 
 def record_run(run_dir: Path, config: Mapping[str, Any], inputs: Mapping[str, Any]) -> None:

@@ -60,14 +60,14 @@ def setup(config: TrainConfig) -> Setup:
     student = build_student(config.student, **options).to(config.device)
     regions = visual_loader(student, root=config.root, store=store)
     whole = config.split_file is None and config.per_category is None
-    stream = _cache_order(examples, cache)
-    task_source = _source(stream if whole else subset,
+    in_cache_order = _cache_order(examples, cache)
+    task_source = _source(in_cache_order if whole else subset,
                           target_loader(config, method.only(TASK), cache),
                           config.chunk_size if whole else None)
     af_source = None
-    if method.stage(AF) is not None:      # AF: the whole training split, the AF stage's targets
-        af_source = _source(stream, target_loader(config, method.only(AF), cache),
-                            config.chunk_size)
+    if method.stage(AF) is not None:      # AF: the whole training split, label-free
+        af_source = _source(label_free_examples(config.dataset, in_cache_order),
+                            target_loader(config, method.only(AF), cache), config.chunk_size)
     return Setup(
         config=config, method=method, student=student,
         projections=make_projections(student, cache, method).to(config.device),
@@ -75,9 +75,30 @@ def setup(config: TrainConfig) -> Setup:
         eval_examples=load_eval_examples(config, config.eval_split) if config.eval_split else [],
         eval_regions=loader_for(student, root=config.root, regions=config.eval_regions)
         if config.eval_regions else regions,
-        provenance={"cache_fingerprint": None if cache is None else cache_digest(cache.manifest), **split_info,
+        provenance={"cache_fingerprint": None if cache is None else cache_digest(cache.manifest),
+                    **split_info, **numerics(),
                     "git_commit": git_commit(), "madcache_version": madcache.__version__},
         save_student=save_student, teachers=None if cache is None else cache.manifest.get("teachers"))
+
+
+def pin_threads(threads: int) -> None:
+    """Run torch's CPU kernels on exactly `threads` threads. The count decides how reductions
+    are split, so a count that followed the machine (its cores, a sweep's jobs) would change
+    the last bits of every result."""
+    torch.set_num_threads(threads)
+
+
+def numerics() -> dict[str, Any]:
+    """What decides the floating-point path besides the settings (inputs.json)."""
+    return {"torch_threads": torch.get_num_threads(),
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled()}
+
+
+def label_free_examples(dataset: str, examples: list[Example]) -> list[Example]:
+    """The examples adaptive finetuning trains on: each as its dataset's `label_free` view
+    (no labels; VCR without the QA->R texts that hold the correct answer)."""
+    view = DATASETS.get(dataset).label_free
+    return [seen for seen in map(view, examples) if seen is not None]
 
 
 def training_subset(config: TrainConfig, examples: list[Example]) -> tuple[list[Example], dict]:
@@ -139,9 +160,9 @@ def target_loader(config: TrainConfig, method: Method, cache) -> Callable:
 def make_projections(student, cache, method: Method) -> Projections:
     dims = cache.manifest.get("dims", {}) if cache is not None else {}
     return Projections(student.hidden_size,
-                       image_dim=dims.get("image") if method.vision else None,
-                       text_dim=dims.get("text") if (method.text or method.words) else None,
-                       words=method.words)
+                       image_dim=dims.get("image") if method.distils_image else None,
+                       text_dim=dims.get("text") if (method.distils_text or method.distils_words) else None,
+                       words=method.distils_words)
 
 
 def student_defaults(config: TrainConfig, cache, store) -> dict[str, Any]:

@@ -241,8 +241,10 @@ def test_label_free_text_and_answer_conditioned_rationales(tmp_path):
     examples = read_examples("vcr", tmp_path / "vcr", "val", renderer="name").examples
     qa = next(ex for ex in examples if ex.id.endswith(":qa"))
     qar = next(ex for ex in examples if ex.id == f"{qa.group}:qar")
-    assert qa.label_free_text == qa.context
-    assert qar.label_free_text == qa.context          # the question alone, without the answer
+    objects = ", ".join(qa.raw["objects"])
+    # the question and the image's objects, without any answer (an image-specific ITM text)
+    assert qa.label_free_text.text == f"{qa.context.text} objects: {objects}."
+    assert qar.label_free_text == qa.label_free_text
     conditioned = conditioned_rationale_examples(qa, renderer="name")
     assert [ex.id for ex in conditioned] == [f"{qa.group}:qar|a{i}" for i in range(4)]
     assert [ex.context.text for ex in conditioned] == [

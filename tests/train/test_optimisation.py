@@ -84,9 +84,9 @@ def test_bf16_runs_the_forward_under_autocast(standins, tmp_path, monkeypatch, p
     seen = []
     real = train_mod.loss_step
 
-    def spy(setup, stage, examples, targets, inputs, generator):
+    def spy(setup, **kwargs):
         seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
-        return real(setup, stage, examples, targets, inputs, generator)
+        return real(setup, **kwargs)
 
     monkeypatch.setattr(train_mod, "loss_step", spy)
     metrics = train(standins.make_setup(tmp_path, method="mad", precision=precision, epochs=1))

@@ -21,7 +21,8 @@ from madcache.train.config import TrainConfig
 from madcache.train.data import DataSource, epoch_order, targets_to_tensors
 from madcache.train.loop import lr_at, train
 from madcache.train.setup import Setup
-from madcache.train.step import loss_step
+from madcache.train.loop import loss_step
+from madcache.train.stream import MicroBatch
 
 VOCAB, H, DV, DT, DR = 64, 8, 6, 5, 4
 
@@ -139,7 +140,7 @@ def make_setup(tmp_path, method="mad", chunk=None, **overrides):
     chunks = [list(range(i, min(i + size, 10))) for i in range(0, 10, size)]
     source = DataSource(train_examples, chunks, load)
     return Setup(config=config, method=m, student=student,
-                 projections=Projections(H, image_dim=DV, text_dim=DT, words=m.words),
+                 projections=Projections(H, image_dim=DV, text_dim=DT, words=m.distils_words),
                  task_source=source,
                  af_source=DataSource(train_examples, chunks, load) if m.stage("af") else None,
                  regions=regions, eval_examples=make_examples(6, "val"),
@@ -205,8 +206,8 @@ def test_loss_step_baseline_is_cross_entropy(tmp_path):
     setup = make_setup(tmp_path, method="baseline")
     setup.student.eval()
     examples = setup.task_source.examples[:4]
-    loss, parts = loss_step(setup, "task", examples, None,
-                            setup.student.prepare(examples, regions(examples)), torch.Generator())
+    micro = MicroBatch(examples, None, setup.student.prepare(examples, regions(examples)), 1.0)
+    loss, parts = loss_step(setup, stage="task", micro=micro, generator=torch.Generator())
     logits = setup.student(setup.student.prepare(examples, regions(examples))).logits
     expected = torch.nn.functional.cross_entropy(logits, torch.tensor([e.label for e in examples]))
     assert loss.item() == pytest.approx(expected.item()) and set(parts) == {"task", "loss"}
@@ -217,8 +218,8 @@ def test_loss_step_mad_matches_a_hand_assembled_total(tmp_path):
     setup.student.eval()
     examples = setup.task_source.examples[:4]
     targets = setup.task_source.chunk(0).targets.rows(torch.arange(4))
-    loss, parts = loss_step(setup, "task", examples, targets,
-                            setup.student.prepare(examples, regions(examples)), torch.Generator())
+    micro = MicroBatch(examples, targets, setup.student.prepare(examples, regions(examples)), 1.0)
+    loss, parts = loss_step(setup, stage="task", micro=micro, generator=torch.Generator())
     out = setup.student(setup.student.prepare(examples, regions(examples)))
     p = setup.projections
     dv = (targets.image[:, None] - p.vision(out.image_token)).abs().mean(-1).mean(1)
@@ -309,9 +310,9 @@ def test_af_stage_runs_first_without_labels(tmp_path, monkeypatch):
     seen = []
     real = train_mod.loss_step
 
-    def spy(setup, stage, examples, *args):
-        seen.append((stage, len(examples), examples[0].label is not None))
-        return real(setup, stage, examples, *args)
+    def spy(setup, *, stage, micro, generator):
+        seen.append((stage, len(micro.examples), micro.examples[0].label is not None))
+        return real(setup, stage=stage, micro=micro, generator=generator)
 
     monkeypatch.setattr(train_mod, "loss_step", spy)
     metrics = train(make_setup(tmp_path, method="mad", af_epochs=2, epochs=1))
@@ -346,8 +347,8 @@ def test_cw_firing_rate_is_recorded_per_stage(tmp_path, monkeypatch):
     parts_seen = []
     real = train_mod.loss_step
 
-    def spy(setup, stage, *args):
-        loss, parts = real(setup, stage, *args)
+    def spy(setup, *, stage, **kwargs):
+        loss, parts = real(setup, stage=stage, **kwargs)
         parts_seen.append((stage, parts))
         return loss, parts
 
@@ -673,3 +674,26 @@ def test_demo_torchrun_two_processes_match_one(demo):
     # gradient is 0, and Adam turns float noise there into full-size steps
     for key in a.keys() - {"head.2.bias", "head.3.bias"}:
         assert torch.allclose(a[key], b[key], atol=1e-3), (key, (a[key] - b[key]).abs().max())
+
+
+def test_af_texts_carry_no_task_label(tmp_path):
+    """Adaptive finetuning reads the whole train split, so none of its texts may tell which
+    choice is correct: every answer of a question appears in its AF texts equally often (VCR's
+    QA->R texts, question + *correct* answer + rationale, are left out), and no label reaches
+    the stage."""
+    from collections import Counter
+
+    from madcache.data import read_examples
+    from madcache.demo.world import generate_demo_world
+    from madcache.train.setup import label_free_examples
+
+    generate_demo_world(tmp_path, size="small", progress=False)
+    examples = read_examples("vcr", tmp_path / "vcr", "train").examples
+    af = label_free_examples("vcr", examples)
+    assert af and all(ex.label is None and ex.answer_scores is None for ex in af)
+    for question in (ex for ex in examples if ex.id.endswith(":qa")):
+        texts = [t.text for ex in af if ex.group == question.group for t in ex.texts]
+        uses = Counter(answer.text for answer in question.choices
+                       for text in texts if answer.text in text)
+        assert len(set(uses.values())) == 1, (question.group, uses)
+    assert not any(ex.id.endswith(":qar") for ex in af)
