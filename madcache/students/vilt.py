@@ -116,10 +116,22 @@ class ViltStudent(nn.Module):
         return {**text_inputs(self, examples), "pixels": pixels.to(self.device)}
 
     def patches(self, pixels: PixelInputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """([image CLS] + patch embeddings [B, 1 + P, H], mask [B, 1 + P]), once per image."""
-        embeds, mask, _ = self.model.vilt.embeddings.visual_embed(
-            pixels.pixels, pixels.mask.long(), max_image_length=self.model.config.max_image_length)
-        return embeds, mask
+        """([image CLS] + patch embeddings [B, 1 + P, H], mask [B, 1 + P]), once per image.
+
+        Training samples `max_image_length` patches per image, as ViLT does (transformers'
+        `visual_embed`, drawing from the global RNG that the trainer seeds per step). At
+        evaluation every valid patch is used, each image on its own and under a fixed seed:
+        `visual_embed` shuffles patches and fills a batch's padding with the global RNG, so
+        scores would otherwise depend on the batch an example lands in and on the RNG state
+        (`madcache predict` and `madcache eval` of one run disagreed)."""
+        embed = self.model.vilt.embeddings.visual_embed
+        if self.training:
+            embeds, mask, _ = embed(pixels.pixels, pixels.mask.long(),
+                                    max_image_length=self.model.config.max_image_length)
+            return embeds, mask
+        parts = [_one_image_patches(embed, pixels.pixels[i], pixels.mask[i])
+                 for i in range(pixels.pixels.shape[0])]
+        return _pad_patches(parts)
 
     def encode(self, ids: torch.Tensor, mask: torch.Tensor,
                patches: tuple[torch.Tensor, torch.Tensor],
@@ -144,6 +156,28 @@ class ViltStudent(nn.Module):
         """`export_options` of students/pretrained.py, plus the image processor's settings."""
         self.processor.save_pretrained(str(directory / PROCESSOR_SUBDIR))
         return {**export_options(self, directory), "image_processor_dir": PROCESSOR_SUBDIR}
+
+
+def _one_image_patches(embed: Any, pixels: torch.Tensor, mask: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """All patches of one image (cropped to its own pixels), shuffled by a fixed seed."""
+    rows, cols = int(mask.any(dim=1).sum()), int(mask.any(dim=0).sum())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        embeds, patch_mask, _ = embed(pixels[None, :, :rows, :cols],
+                                      mask[None, :rows, :cols].long(), max_image_length=-1)
+    return embeds[0], patch_mask[0]
+
+
+def _pad_patches(parts: Sequence[tuple[torch.Tensor, torch.Tensor]]
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image (embeddings [1 + P_i, H], mask [1 + P_i]) -> a padded batch and its mask."""
+    longest = max(e.shape[0] for e, _ in parts)
+    embeds = parts[0][0].new_zeros(len(parts), longest, parts[0][0].shape[-1])
+    mask = parts[0][1].new_zeros(len(parts), longest)
+    for i, (e, m) in enumerate(parts):
+        embeds[i, :e.shape[0]], mask[i, :m.shape[0]] = e, m
+    return embeds, mask
 
 
 def vilt(**options: Any) -> ViltStudent:

@@ -215,6 +215,25 @@ def test_vilt_patches_once_per_image_equal_the_per_sequence_path(vilt_dir, make)
     torch.testing.assert_close(out.cls_token.reshape(8, -1), direct[:, 0])          # T_s
 
 
+def test_vilt_scores_an_example_alike_in_any_batch_and_rng_state(vilt_dir, make):
+    """transformers' `visual_embed` shuffles patches and pads a batch with the global RNG; at
+    evaluation the student must not let that reach a score (predict and eval batch
+    differently). Images of different sizes, so one is padded when batched."""
+    config = {"max_image_length": 5}
+    model = build_student("vilt", checkpoint=str(vilt_dir)).eval()
+    model.model.config.update(config)
+    processor = model.image_processor()
+    images = [processor(image) for image in _images(3)]
+    examples = [make.vcr(i) for i in range(3)]
+    torch.manual_seed(1)
+    together = model(model.prepare(examples, collate_pixels(images))).logits
+    torch.manual_seed(2)
+    alone = torch.cat([model(model.prepare([ex], collate_pixels([image]))).logits
+                       for ex, image in zip(examples, images)])
+    torch.testing.assert_close(together, alone, rtol=0, atol=1e-6)
+    assert together.argmax(-1).tolist() == alone.argmax(-1).tolist()
+
+
 def test_vilt_refuses_region_inputs(vilt_dir, make):
     model = build_student("vilt", checkpoint=str(vilt_dir))
     with pytest.raises(ConfigError, match="reads the images themselves"):
