@@ -23,6 +23,7 @@ SNLI-VE premise) with its own image is a positive, with another image of the bat
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,8 +39,8 @@ from madcache.data.base import TASKS
 from madcache.data.records import Example
 from madcache.data.vqa import read_answer_vocab
 from madcache.core.errors import CheckpointNotFoundError, ConfigError
-from madcache.core.io import loading
-from madcache.students.base import (RegionInputs, StudentOutput,
+from madcache.core.io import load_weights, loading, read_json
+from madcache.students.base import (TOKENIZER_SUBDIR, RegionInputs, StudentOutput,
                                     exported_options, image_of, task_logits, to_device)
 from madcache.students.regions import GEOMETRY_DIM, box_geometry
 from madcache.students.region_extractors import BOXCROP_DIM
@@ -84,6 +85,10 @@ class SingleStreamConfig:
     tokenizer_dir: str | None = setting(None, help="Local tokenizer directory.")
     init_text_from: str | None = setting(None, help="Local BERT-family directory the encoder "
                                                     "starts from.")
+    init_from: str | None = setting(None, help="A saved single-stream student (`save_student` "
+                                               "directory, e.g. `madcache demo student`) whose "
+                                               "weights the student starts from; its task head "
+                                               "is new.")
     bert_config: dict[str, Any] | None = setting(None, help="Internal: the resolved encoder "
                                                             "config (save_student).")
 
@@ -342,7 +347,7 @@ class SingleStreamStudent(nn.Module):
     def export_options(self, directory: Path) -> dict[str, Any]:
         """Options that rebuild this architecture (`save_student`); writes the tokenizer."""
         return exported_options(self.config, self.tokenizer, directory, init_text_from=None,
-                                bert_config=self.bert.config.to_dict())
+                                init_from=None, bert_config=self.bert.config.to_dict())
 
 
 def _num_choices(items: Sequence[TokenisedExample]) -> int:
@@ -355,6 +360,48 @@ def _num_choices(items: Sequence[TokenisedExample]) -> int:
 def single_stream(**options: Any) -> SingleStreamStudent:
     """Build the student from `--student-option` values (see `SingleStreamConfig`)."""
     config = SingleStreamConfig.from_options(options)
+    if config.init_from is not None:
+        return from_saved_student(config)
     tokenizer_dir = config.tokenizer_dir or config.init_text_from or default_tokenizer_dir()
     tokenizer = load_tokenizer(tokenizer_dir)
     return SingleStreamStudent(config, tokenizer, build_encoder(config, len(tokenizer)))
+
+
+# the weights a saved student does not hand on: the task head is the new task's own
+NEW_HEAD = "head."
+
+
+def from_saved_student(config: SingleStreamConfig) -> SingleStreamStudent:
+    """A student for `config`'s task whose encoder, embeddings, region layers and MLM/ITM heads
+    are those of the saved single-stream student in `init_from` (its tokenizer and encoder
+    config too); the task head starts afresh (VL-BERT finetuning: pretrained body, new head)."""
+    from madcache.students import STUDENT_JSON, STUDENT_WEIGHTS
+
+    source = Path(config.init_from)
+    meta_path = source / STUDENT_JSON
+    if not meta_path.is_file():
+        raise CheckpointNotFoundError(f"init_from: {source} holds no saved student (no "
+                                      f"{STUDENT_JSON}); give a directory `save_student` wrote")
+    saved = read_json(meta_path)
+    if saved.get("student") != SingleStreamStudent.name:
+        raise ConfigError(f"init_from: {source} holds a {saved.get('student')!r} student; "
+                          f"single-stream starts only from a single-stream one")
+    options = saved.get("options", {})
+    if options.get("region_dim") != config.region_dim:
+        raise ConfigError(f"init_from: {source} reads {options.get('region_dim')}-dim region "
+                          f"features, these regions have {config.region_dim}")
+    config = dataclasses.replace(config, init_from=None, init_text_from=None,
+                                 bert_config=options["bert_config"],
+                                 max_length=options.get("max_length", config.max_length))
+    tokenizer = load_tokenizer(source / options.get("tokenizer_dir", TOKENIZER_SUBDIR))
+    student = SingleStreamStudent(config, tokenizer, build_encoder(config, len(tokenizer)))
+    weights = source / STUDENT_WEIGHTS
+    state = {k: v for k, v in load_weights(weights, what="init_from weights").items()
+             if not k.startswith(NEW_HEAD)}
+    with loading(weights, what="init_from weights"):
+        missing, unexpected = student.load_state_dict(state, strict=False)
+    if unexpected or any(not key.startswith(NEW_HEAD) for key in missing):
+        raise ConfigError(f"init_from: {weights} does not fit this student (missing "
+                          f"{[k for k in missing if not k.startswith(NEW_HEAD)][:3]}, "
+                          f"unexpected {unexpected[:3]})")
+    return student
