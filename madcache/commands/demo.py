@@ -10,8 +10,9 @@ from madcache.cli import LazyGroup
 @click.group(cls=LazyGroup, lazy={
     "data": "madcache.commands.demo_data:demo_data",
     "teacher": "madcache.commands.demo_teacher:demo_teacher",
+    "student": "madcache.commands.demo_student:demo_student",
     "run": "madcache.commands.demo_run:demo_run",
     "search": "madcache.commands.demo_search:demo_search",
 })
 def demo() -> None:
-    """The demo world: generate data, pretrain its teacher, run the whole pipeline."""
+    """The demo world: generate data, pretrain its teacher and student, run the whole pipeline."""

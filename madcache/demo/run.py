@@ -1,8 +1,10 @@
 """The main job on the built-in demo world, end to end: what `make demo` runs.
 
-world -> demo teacher (pretrained on the world's captions) -> teacher caches (train, val) ->
-student region features -> the demo sweep (baseline / MD / MAD x seeds x shot sizes, standard
-and SM evaluation, zero-shot) -> report. Every step keeps what an earlier run finished, so a
+world -> demo teacher (pretrained on the world's captions) -> demo student (VL-pretrained on
+the same captions with MLM + ITM) -> teacher caches (train, val) -> student region features ->
+the regime check (teacher zero-shot vs the baseline on a dev split held out of train: it picks
+the shot size) -> the demo sweep (baseline / MD / MAD / ablations x seeds, standard and SM
+evaluation, zero-shot) -> report. Every step keeps what an earlier run finished, so a
 rerun (or a run after a kill) only does what is missing.
 
 This module drives the pipeline through the same library functions the CLI commands call; it
@@ -20,6 +22,7 @@ from madcache.core.config import check_ranges, config_from_dict, setting
 
 DEMO_DATASET = "vcr"
 PIPELINE = Path(__file__).with_name("demo.toml")
+REGIME = Path(__file__).with_name("regime.toml")
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,10 @@ class DemoPaths:
 
     def cache(self, split: str) -> Path:
         return self.out / "cache" / f"{DEMO_DATASET}-{split}"
+
+    @property
+    def student(self) -> Path:
+        return self.out / "student"
 
     @property
     def regions(self) -> Path:
@@ -59,9 +66,12 @@ class DemoConfig:
     seed: int = setting(0, minimum=0, help="World and teacher seed.")
     teacher_steps: int | None = setting(None, minimum=1, help="Demo teacher pretraining steps "
                                                               "(default: the teacher's own).")
+    student_steps: int | None = setting(None, minimum=1, help="Demo student pretraining steps "
+                                                              "(default: the student's own).")
     jobs: int = setting(2, minimum=1, help="Training runs at once.")
     workers: int = setting(0, minimum=0, help="Extraction worker processes.")
     pipeline: Path = setting(PIPELINE, help="The demo pipeline file.")
+    regime: Path = setting(REGIME, help="The regime check's spec (shots tried, seeds, margin).")
     overrides: tuple[str, ...] = setting((), help="Extra `KEY=VALUE` settings for the sweep.")
     progress: bool = setting(True, help="Show progress bars.")
 
@@ -88,16 +98,19 @@ def run_demo(config: DemoConfig, *, log: Callable[[str], None] = print) -> dict[
         log(f"[demo] {name}: done in {timings[name]:.1f} s")
         return result
 
-    pipeline = load_pipeline(paths, config)     # a bad --set fails now, not after the caches
+    load_pipeline(paths, config)                # a bad --set fails now, not after the caches
     stage("world", lambda: make_world(paths, config))
     teacher = stage("teacher", lambda: make_teacher(paths, config))
+    student = stage("student", lambda: make_student(paths, config))
     for split in ("train", "val"):
         stage(f"cache {split}", lambda split=split: make_cache(paths, config, split))
     stage("regions", lambda: make_regions(paths, config))
+    regime = stage("regime", lambda: check_regime_first(paths, config, log))
+    pipeline = load_pipeline(paths, config, shots=regime["shots"])
     sweep = stage("sweep", lambda: run_sweep(pipeline, jobs=config.jobs, progress=config.progress))
-    report = stage("report", lambda: make_report(paths))
-    return {"paths": paths, "timings": timings, "teacher": teacher, "sweep": sweep,
-            "report": report}
+    report = stage("report", lambda: make_report(paths, regime, student))
+    return {"paths": paths, "timings": timings, "teacher": teacher, "student": student,
+            "regime": regime, "sweep": sweep, "report": report}
 
 
 def make_world(paths: DemoPaths, config: DemoConfig) -> dict[str, Any]:
@@ -117,6 +130,29 @@ def make_teacher(paths: DemoPaths, config: DemoConfig) -> dict[str, Any]:
                                  progress=config.progress)
 
 
+def make_student(paths: DemoPaths, config: DemoConfig) -> dict[str, Any]:
+    from madcache.demo.student import DemoStudentConfig, pretrain_demo_student
+
+    options: dict[str, Any] = {"seed": config.seed}
+    if config.student_steps is not None:
+        options["steps"] = config.student_steps
+    return pretrain_demo_student(DemoStudentConfig(data=paths.world, out=paths.student,
+                                                   **options), progress=config.progress)
+
+
+def check_regime_first(paths: DemoPaths, config: DemoConfig,
+                       log: Callable[[str], None]) -> dict[str, Any]:
+    """The preconditions on the dev split, with the baseline and the teacher alone
+    (madcache/demo/regime.py): they choose the shot size every method then runs at."""
+    from madcache.demo.regime import check_regime, load_regime
+    from madcache.demo.search import resolved_base
+
+    pipeline = load_pipeline(paths, config)
+    return check_regime(paths.out, pipeline=pipeline, base=resolved_base(pipeline),
+                        cache=paths.cache("train"), spec=load_regime(config.regime), jobs=config.jobs,
+                        progress=config.progress, log=log)
+
+
 def make_cache(paths: DemoPaths, config: DemoConfig, split: str) -> dict[str, Any]:
     from madcache.extraction import ExtractConfig, extract
 
@@ -134,16 +170,44 @@ def make_regions(paths: DemoPaths, config: DemoConfig) -> dict[str, Any]:
                               progress=config.progress)
 
 
-def load_pipeline(paths: DemoPaths, config: DemoConfig):
-    """The demo sweep's config: the pipeline file with `DEMO_DIR` and the `--set` overrides."""
+def load_pipeline(paths: DemoPaths, config: DemoConfig, *, shots: int | None = None):
+    """The demo sweep's config: the pipeline file with `DEMO_DIR`, the shot size the regime
+    check chose (when given), then the `--set` overrides."""
     from madcache.experiments.sweep import load_sweep
 
     directory = f"DEMO_DIR={Path(paths.out).resolve()}"
-    return load_sweep(config.pipeline, [directory, *config.overrides])
+    chosen = [f"shots=[{shots}]"] if shots is not None else []
+    return load_sweep(config.pipeline, [directory, *chosen, *config.overrides])
 
 
-def make_report(paths: DemoPaths) -> dict[str, Any]:
+def make_report(paths: DemoPaths, regime: Mapping[str, Any] | None = None,
+                student: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The sweep's report, preceded by what was checked before any method ran: the demo
+    student's pretraining and the regime's preconditions (written as report/regime.md)."""
+    from madcache.core.io import atomic_write_text
+    from madcache.demo.regime import regime_markdown
     from madcache.experiments.report import build_report
 
-    return build_report(paths.runs, out=paths.report)
+    report = build_report(paths.runs, out=paths.report)
+    sections = []
+    if student is not None:
+        sections.append(student_markdown(student))
+    if regime is not None:
+        sections.append("## Preconditions (dev split, baseline and teacher alone)\n\n"
+                        + regime_markdown(regime))
+    if sections:
+        atomic_write_text(paths.report / "regime.md", "\n".join(sections))
+        report = {**report, "markdown": "\n".join([*sections, report["markdown"]])}
+    return report
+
+
+def student_markdown(summary: Mapping[str, Any]) -> str:
+    """The demo student's pretraining: held-out MLM and ITM loss before and after."""
+    first, last = summary["curve"][0], summary["curve"][-1]
+    return (f"## Demo student: VL-pretrained on the captions (MLM + ITM)\n\n"
+            f"{summary['steps']} steps of batch {summary['batch_size']} on "
+            f"{summary['captions']} captions ({summary['parameters']:,} parameters, "
+            f"{summary['seconds']} s). Held-out captions ({summary['held_out_captions']}): "
+            f"MLM loss {first['mlm']:.3f} -> {last['mlm']:.3f}; ITM loss {first['itm']:.3f} "
+            f"-> {last['itm']:.3f} (chance ln 2 = 0.693).\n")
 

@@ -87,6 +87,14 @@ def _link_or_copy(source: str, target: str) -> None:
         shutil.copy2(source, target)
 
 
+def resolved_base(pipeline) -> dict[str, Any]:
+    """The demo pipeline's dataset, students and `[train]` table as plain values (placeholders
+    substituted), for the dev-split baseline sweeps of the regime check and the search."""
+    return {"dataset": pipeline.dataset, "train": dict(pipeline.train),
+            "students": [{"name": s.name, "options": dict(s.options), "label": s.label}
+                         for s in pipeline.students]}
+
+
 def point_pipeline(base: Mapping[str, Any], point: Mapping[str, Any], spec: Mapping[str, Any], *,
                    root: Path, regions: Path, out: Path) -> dict[str, Any]:
     """One grid point as a baseline-only pipeline on the dev root: the demo's `[train]` table
@@ -117,7 +125,9 @@ def run_search(demo_out: Path, *, pipeline: Path, spec: Mapping[str, Any],
     counts = make_dev_root(world, root, fraction=spec["dev_fraction"])
     log(f"[search] dev split: {counts['dev']} questions ({counts['dev_images']} images) held "
         f"out of train; {counts['train']} left to sample from")
-    base = tomllib.loads(Path(pipeline).read_text(encoding="utf-8"))
+    from madcache.experiments.sweep import load_sweep
+
+    base = resolved_base(load_sweep(pipeline, [f"DEMO_DIR={demo_out.resolve()}"]))
     results = []
     for point in grid_points(spec["grid"]):
         name = point_name(point)

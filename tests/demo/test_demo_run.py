@@ -15,7 +15,8 @@ from click.testing import CliRunner
 from madcache.cli import cli
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = ["--size", "small", "--teacher-steps", "5", "--jobs", "1", "--quiet",
+TINY = ["--size", "small", "--teacher-steps", "5", "--student-steps", "2", "--jobs", "1",
+        "--quiet", "--regime", "regime.toml",
         "--set", "seeds=[0]", "--set", "shots=[4]", "--set", 'methods=["baseline","mad"]',
         "--set", "train.epochs=1", "--set", "train.af_max_steps=2", "--set", "adapter.epochs=1"]
 
@@ -72,6 +73,8 @@ def test_bad_settings_fail_before_the_first_stage(tmp_path):
 @pytest.mark.slow
 def test_demo_run_builds_every_stage_and_a_rerun_reuses_them(installed, tmp_path):
     out = tmp_path / "demo"
+    (tmp_path / "regime.toml").write_text("shots = [2]\nseeds = [0]\nmargin = 5.0\n"
+                                          "dev_fraction = 0.2\n")
     first = madcache(["demo", "run", "--out", "demo", *TINY], installed, tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     runs = sorted(p.parent.relative_to(out / "runs").as_posix()
@@ -81,6 +84,11 @@ def test_demo_run_builds_every_stage_and_a_rerun_reuses_them(installed, tmp_path
     assert metrics["status"] == "complete" and set(metrics["eval"]) == {"val", "val_sm"}
     assert (out / "report" / "report.md").is_file() and (out / "report" / "report.csv").is_file()
     assert "| single-stream | mad |" in first.stdout.replace("  ", " ")
+    regime = json.loads((out / "regime" / "regime.json").read_text())
+    assert [t["shots"] for t in regime["tried"]] == [2] and regime["shots"] == 2
+    assert (out / "student" / "student.json").is_file()
+    assert json.loads((out / "runs" / runs[0] / "config.json").read_text())[
+        "student_options"]["init_from"] == str((out / "student").resolve())
 
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")}
     second = madcache(["demo", "run", "--out", "demo", *TINY], installed, tmp_path)

@@ -697,3 +697,40 @@ def test_af_texts_carry_no_task_label(tmp_path):
                        for text in texts if answer.text in text)
         assert len(set(uses.values())) == 1, (question.group, uses)
     assert not any(ex.id.endswith(":qar") for ex in af)
+
+
+@pytest.mark.slow
+def test_demo_same_command_same_numbers_whatever_the_threads_and_prefetch(demo):
+    """MD and MAD trained twice from the CLI: once where torch would take 2 threads and the
+    loader thread prepares 1 batch ahead, once with 1 thread and 4 ahead (a sweep with --jobs 2
+    on 2 cores gives its runs OMP_NUM_THREADS=1). Weights and metrics are equal to the bit:
+    the run pins torch's threads (`threads`, recorded in inputs.json)."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    for method in ("md", "mad"):
+        weights, metrics = [], []
+        for name, threads, prefetch in (("a", "2", "1"), ("b", "1", "4")):
+            run = demo / "runs" / f"threads-{method}-{name}"
+            args = ["train", "--method", method, "--dataset", "vcr",
+                    "--root", str(demo / "world" / "vcr"), "--cache", str(demo / "cache"),
+                    "--regions", str(demo / "regions-train"),
+                    "--eval-regions", str(demo / "regions-val"),
+                    "--split-file", str(demo / "split.json"), "--max-steps", "3",
+                    "--af-max-steps", "2", "--batch-size", "4", "--lr", "1e-3",
+                    "--prefetch", prefetch, "--out", str(run)]
+            args += [f"--student-option={k}={v}" for k, v in TINY_STUDENT.items()]
+            env = {**os.environ, "OMP_NUM_THREADS": threads, "TQDM_DISABLE": "1"}
+            done = subprocess.run([sys.executable, "-m", "madcache", *args], env=env,
+                                  capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, done.stderr[-2000:]
+            weights.append(load_file(str(run / "student" / "model.safetensors")))
+            saved = json.loads((run / "metrics.json").read_text())
+            metrics.append((saved["history"], saved["eval"]))
+            inputs = json.loads((run / "inputs.json").read_text())
+            assert inputs["torch_threads"] == 1 and inputs["deterministic_algorithms"] is False
+        assert metrics[0] == metrics[1], method
+        assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0]), method

@@ -1,7 +1,9 @@
 """The demo world's caption corpus: `captions/captions.jsonl` + `captions/images/*.jpg`.
 
 Cheap, plentiful image-text pairs (the CLIP-style teacher's pretraining data): each image gets
-several captions that name what is visible and what it means in this world.
+several captions that name what is visible and what it means in this world. Each line also
+carries the image's object classes and pixel boxes (as a detector would give them), so a
+region-based student can be pretrained on the same pairs (`madcache demo student`).
 """
 
 from __future__ import annotations
@@ -28,8 +30,11 @@ def write_captions(root: Path, n_images: int, per_image: int, rng: np.random.Gen
         scene = sample_scene(rng, OPEN_SCENES)
         relative = f"captions/images/{index:06d}.jpg"
         (root / relative).write_bytes(render_scene(scene, rng))
+        boxes = [[float(v) for v in thing.box] for thing in scene.things]
+        objects = [thing.kind for thing in scene.things]
         for caption in image_captions(scene, rng, per_image):
-            lines.append(json.dumps({"image": relative, "caption": caption}))
+            lines.append(json.dumps({"image": relative, "caption": caption, "objects": objects,
+                                     "boxes": boxes}))
         tick()
     (out / "captions.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return {"images": n_images, "captions": len(lines)}

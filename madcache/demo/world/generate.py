@@ -21,7 +21,7 @@ from madcache.demo.world import captions_files, snli_ve_files, vcr_files, vqa_fi
 from madcache.core.errors import ConfigError
 from madcache.core.io import read_json
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 DONE = "DONE"
 IN_PROGRESS = "IN_PROGRESS"
 DATASET_DIRS = ("vcr", "snli-ve", "vqa", "captions")
