@@ -74,6 +74,9 @@ class DemoConfig:
     regime: Path = setting(REGIME, help="The regime check's spec (shots tried, seeds, margin).")
     overrides: tuple[str, ...] = setting((), help="Extra `KEY=VALUE` settings for the sweep.")
     progress: bool = setting(True, help="Show progress bars.")
+    threads: int = setting(2, minimum=1, help="torch threads of the demo's own stages (teacher, "
+                                              "student, caches); pinned so a rerun on the same "
+                                              "machine gives the same numbers.")
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -87,8 +90,11 @@ def run_demo(config: DemoConfig, *, log: Callable[[str], None] = print) -> dict[
     """Run (or finish) every stage; return the report summary and the stage timings."""
     from madcache.experiments.sweep import run_sweep
 
+    import torch
+
     paths = DemoPaths(Path(config.out))
     timings: dict[str, float] = {}
+    torch.set_num_threads(config.threads)
 
     def stage(name: str, action: Callable[[], Any]) -> Any:
         log(f"[demo] {name} ...")

@@ -95,8 +95,10 @@ def caption_regions(root: Path, examples: Sequence[Example]
 
 
 def split_held_out(data: CaptionData, count: int) -> tuple[list[Example], list[Example]]:
-    """(train, held out): the last `count` images with all their captions are held out."""
+    """(train, held out): the last `count` images (at most a tenth) with all their captions
+    are held out."""
     images = sorted(data.regions)
+    count = min(count, len(images) // 10)
     held = set(images[-count:]) if count else set()
     return ([ex for ex in data.examples if ex.image_id not in held],
             [ex for ex in data.examples if ex.image_id in held])

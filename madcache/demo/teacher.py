@@ -43,6 +43,7 @@ class DemoTeacherConfig:
     warmup: int = 30
     seed: int = 0
     holdout_every: int = 10  # every 10th image (by name hash) is held out for retrieval
+    threads: int = 2         # pinned, not the machine's cores: the same command, the same teacher
 
 
 @dataclass
@@ -175,6 +176,7 @@ def pretrain_demo_teacher(cfg: DemoTeacherConfig, *, progress: bool = True) -> d
     from madcache.teachers.clip import create_model, encode_text_trimmed
     from open_clip.loss import ClipLoss
 
+    torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     model = create_model(MODEL_NAME)
     corpus = load_corpus(Path(cfg.data), model)

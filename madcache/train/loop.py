@@ -341,10 +341,13 @@ def seed_draws(seed: int, stage: str, step: int, rank: int, micro: int) -> torch
 # ----------------------------------------------------------------------------- records
 
 def _periodic(training: Training, total: int) -> None:
+    """Every `eval_every` steps: a history record (the mean loss; in the task stage also a
+    validation); every `checkpoint_every` steps: a checkpoint."""
     config, state = training.setup.config, training.state
-    if state.stage == TASK and config.eval_every and state.stage_step % config.eval_every == 0 \
+    if config.eval_every and state.stage_step % config.eval_every == 0 \
             and state.stage_step < total:
-        record(training, validate(training.setup, training.ranks))
+        record(training, validate(training.setup, training.ranks) if state.stage == TASK
+               else None)
     if config.checkpoint_every and state.global_step % config.checkpoint_every == 0 \
             and training.ranks.is_main:
         with writing(config.out, error=RunDirectoryError, then=RESUMABLE_NOTE):
