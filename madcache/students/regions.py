@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from madcache.data.records import Example
-from madcache.cache.reader import ragged_index
+from madcache.cache.gather import ragged_index
 from madcache.core.errors import CacheError, ConfigError
 from madcache.core.io import check_output_location
 from madcache.students.base import RegionInputs
