@@ -12,6 +12,7 @@ from madcache.cli import UserError
 from madcache.commands.options import NameChoice, dataset_names
 from madcache.core.config import parse_key_values
 from madcache.core.errors import FingerprintMismatchError
+from madcache.core.io import human_bytes
 
 _existing = click.Path(path_type=Path, exists=True)
 
@@ -122,15 +123,7 @@ def format_summary(summary: dict[str, Any]) -> str:
                        f"{summary['shards_resumed']} resumed"
                        + (f" by rank {summary['rank']} of {summary['world_size']}"
                           if summary.get("world_size", 1) > 1 else "") + ")"),
-            ("bytes", _human_bytes(summary["bytes"])), ("seconds", f"{summary['seconds']:.1f}"),
+            ("bytes", human_bytes(summary["bytes"])), ("seconds", f"{summary['seconds']:.1f}"),
             ("samples/s", summary["samples_per_s"])]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
-
-
-def _human_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
