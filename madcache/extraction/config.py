@@ -14,9 +14,6 @@ from madcache.data import DATASETS
 
 DTYPES = ("float16", "float32")
 FORMATS = ("zarr", "hdf5")
-# The zero-shot protocol whose logits confidence weighting uses by default (docs/extraction.md):
-# VCR's answer-only prompt scored best zero-shot in the paper (54.82 vs 50.27 for IQA).
-DEFAULT_LOGITS = {"vcr": "ia", "snli-ve": "kmeans", "vqa": "template"}
 
 
 @dataclass(frozen=True)
@@ -150,7 +147,10 @@ class ExtractConfig:
 
     @property
     def logits_default(self) -> str:
-        return self.default_logits or DEFAULT_LOGITS.get(self.task_protocol, "")
+        """`default_logits`, else the protocol's (`Task.default_logits`)."""
+        from madcache.extraction.protocols import PROTOCOLS
+
+        return self.default_logits or PROTOCOLS.get(self.task_protocol).default_logits
 
     def teacher_set_name(self) -> str:
         """A path-safe name for the teacher set, e.g. `clip-vit-b16` or `vit-x+roberta-y`."""
