@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from madcache.core.io import human_bytes
+
 
 @click.group()
 def cache() -> None:
@@ -48,7 +50,7 @@ def verify(path: str) -> None:
     summary = open_cache(path).info()
     click.echo(f"OK {path}: {summary['examples']} examples, {summary['images']} images, "
                f"{summary['texts']} texts, {summary['words']} words in {summary['shards']} "
-               f"shards ({_size(summary['bytes'])})")
+               f"shards ({human_bytes(summary['bytes'])})")
 
 
 @cache.command()
@@ -75,7 +77,7 @@ def format_info(summary: dict[str, Any]) -> str:
             ("examples", summary["examples"]), ("images", summary["images"]),
             ("texts", summary["texts"]), ("words", summary["words"]),
             ("choices per example", summary["num_choices"]), ("shards", summary["shards"]),
-            ("size on disk", _size(summary["bytes"])),
+            ("size on disk", human_bytes(summary["bytes"])),
             ("dims", ", ".join(f"{k}={v}" for k, v in summary["dims"].items())),
             ("fingerprint", summary["fingerprint_digest"])]
     writers = [w for w in summary.get("writers", []) if w["rank"] is not None]
@@ -94,14 +96,11 @@ def format_info(summary: dict[str, Any]) -> str:
     lines = [f"{k:<{width}}  {v}" for k, v in rows]
     if summary["arrays"]:
         lines.append("arrays:")
-        lines += [f"  {name:<{width}}{spec['dtype']:<9} [n{''.join(f', {d}' for d in spec['row_shape'])}]"
+        lines += [f"  {name:<{width}}{spec['dtype']:<9} [n{_trailing(spec['row_shape'])}]"
                   for name, spec in summary["arrays"].items()]
     return "\n".join(lines)
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
+def _trailing(row_shape: list[int]) -> str:
+    """`, 512, 2` for a row shape [512, 2]: the dims after an array's row count."""
+    return "".join(f", {d}" for d in row_shape)

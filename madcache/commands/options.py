@@ -1,6 +1,7 @@
 """Click options generated from a config dataclass: one flag per setting, whose name, type,
 range and help come from the field (`madcache.core.config.setting`), so a new field is a new
-typed flag. Unset flags are None and supply nothing (a TOML file's value stands)."""
+typed flag. Unset flags are None and supply nothing (a TOML file's value, or the field's default,
+stands). `madcache train`, `madcache extract` and `madcache regions` get their flags here."""
 
 from __future__ import annotations
 
@@ -17,22 +18,29 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def config_options(cls: type, *, skip: tuple[str, ...] = (),
-                   replace: Mapping[str, Mapping[str, Any]] = {}) -> Callable[[F], F]:
+                   replace: Mapping[str, Mapping[str, Any]] = {},
+                   required: bool = False) -> Callable[[F], F]:
     """Decorate a click command with a flag for each field of `cls` (less `skip`), in field
-    order. `replace` updates the click arguments of a flag (e.g. wider choices)."""
+    order. `replace` updates the click arguments of a flag (e.g. wider choices). `required`:
+    the flags of fields without a default must be given (a command without a config file that
+    could supply them)."""
     def decorate(command: F) -> F:
         for f in reversed(dataclasses.fields(cls)):
             if f.name not in skip:
-                decls, kwargs = option_spec(f, field_types(cls)[f.name])
+                decls, kwargs = option_spec(f, field_types(cls)[f.name],
+                                            required=required and not _has_default(f))
                 command = click.option(*decls, **{**kwargs, **replace.get(f.name, {})})(command)
         return command
     return decorate
 
 
-def option_spec(field: dataclasses.Field, hint: Any) -> tuple[list[str], dict[str, Any]]:
+def option_spec(field: dataclasses.Field, hint: Any, *,
+                required: bool = False) -> tuple[list[str], dict[str, Any]]:
     """The declarations and click arguments of the flag of `field`."""
     flag = "--" + field.metadata.get("flag", field.name.replace("_", "-"))
-    kwargs: dict[str, Any] = {"default": None, "help": flag_help(field)}
+    kwargs: dict[str, Any] = {"default": None, "help": flag_help(field), "required": required}
+    if "metavar" in field.metadata:
+        kwargs["metavar"] = field.metadata["metavar"]
     hint = _without_none(hint)
     origin = get_origin(hint)
     if hint is bool:
@@ -60,6 +68,8 @@ def _click_type(field: dataclasses.Field, hint: Any) -> click.ParamType | None:
         return click.Choice(get_args(hint))
     if field.metadata.get("existing_file"):
         return click.Path(exists=True, dir_okay=False)
+    if field.metadata.get("existing_path"):
+        return click.Path(path_type=Path, exists=True)
     if hint in (int, float):
         kind = click.IntRange if hint is int else click.FloatRange
         if low is None and above is None and below is None:
@@ -68,15 +78,24 @@ def _click_type(field: dataclasses.Field, hint: Any) -> click.ParamType | None:
                     min_open=above is not None, max_open=below is not None)
     if hint is Path:
         return click.Path(path_type=Path)
-    return click.STRING if hint is str else None
+    if hint is str or str in _arms(hint):      # a value that may be text: taken as is
+        return click.STRING
+    return None
+
+
+def _has_default(field: dataclasses.Field) -> bool:
+    return field.default is not dataclasses.MISSING \
+        or field.default_factory is not dataclasses.MISSING
+
+
+def _arms(hint: Any) -> tuple[Any, ...]:
+    """The types of a union (`str | Path` -> (str, Path)); () for any other hint."""
+    return get_args(hint) if get_origin(hint) in (Union, types.UnionType) else ()
 
 
 def _without_none(hint: Any) -> Any:
-    if get_origin(hint) in (Union, types.UnionType):
-        arms = [a for a in get_args(hint) if a is not type(None)]
-        if len(arms) == 1:
-            return arms[0]
-    return hint
+    arms = [a for a in _arms(hint) if a is not type(None)]
+    return arms[0] if len(arms) == 1 else hint
 
 
 def flag_help(field: dataclasses.Field, *, extra: str = "") -> str:

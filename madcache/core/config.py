@@ -28,13 +28,16 @@ C = TypeVar("C")
 def setting(default: Any = dataclasses.MISSING, *, help: str,
             factory: Any = dataclasses.MISSING, minimum: float | None = None,
             above: float | None = None, below: float | None = None, flag: str | None = None,
-            existing_file: bool = False) -> Any:
+            existing_file: bool = False, existing_path: bool = False,
+            metavar: str | None = None) -> Any:
     """A config field: its default (or `factory`), its help text, and its range: `minimum`
     (inclusive), `above` / `below` (exclusive). `flag` renames its click flag (`--flag`; a table
     field becomes a repeatable `--flag KEY=VALUE`); `existing_file` makes the flag check that the
-    path is a file."""
+    path is a file, `existing_path` that it exists (a file or a folder); `metavar` is the
+    flag's placeholder in `--help`."""
     metadata = {"help": help, "minimum": minimum, "above": above, "below": below, "flag": flag,
-                "existing_file": existing_file}
+                "existing_file": existing_file, "existing_path": existing_path,
+                "metavar": metavar}
     return dataclasses.field(default=default, default_factory=factory,
                              metadata={k: v for k, v in metadata.items()
                                        if v is not None and v is not False})

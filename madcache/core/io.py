@@ -1,5 +1,6 @@
 """Small file helpers every stage shares: atomic writes, JSON and weight files read with one-line
-errors, output locations checked against inputs and dataset roots, file digests, the git commit.
+errors, output locations checked against inputs and dataset roots, file digests, the git commit,
+byte counts for people.
 
 Atomic = written to a temporary name in the same folder, then renamed over the target, so a
 reader (or a rerun after a kill) sees the old file or the new one, never half of one.
@@ -219,6 +220,15 @@ def file_sha256(path: str | Path, *, chunk_size: int = 4 * 2**20) -> str:
     with _FILE_DIGESTS_LOCK:
         _FILE_DIGESTS[key] = sha.hexdigest()
     return sha.hexdigest()
+
+
+def human_bytes(n: float) -> str:
+    """A byte count for people: `512 B`, `1.5 KiB`, `3.2 MiB`, `12.0 GiB` (GiB the largest)."""
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
 
 
 def git_commit() -> str | None:

@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, get_args
 
 from madcache.cache.location import is_url
-from madcache.core.config import config_from_dict
+from madcache.core.config import check_ranges, config_from_dict, field_types, setting
 from madcache.core.errors import ConfigError
 from madcache.data import DATASETS
-
-DTYPES = ("float16", "float32")
-FORMATS = ("zarr", "hdf5")
-# The zero-shot protocol whose logits confidence weighting uses by default (docs/extraction.md):
-# VCR's answer-only prompt scored best zero-shot in the paper (54.82 vs 50.27 for IQA).
-DEFAULT_LOGITS = {"vcr": "ia", "snli-ve": "kmeans", "vqa": "template"}
 
 
 @dataclass(frozen=True)
@@ -41,41 +35,75 @@ class ExtractConfig:
     `world_size` only change how fast a cache is built, never its values.
     """
 
-    dataset: str
-    root: Path
-    split: str
-    teacher: str | None = None
-    checkpoint: Path | None = None
-    vision_teacher: str | None = None
-    vision_checkpoint: Path | None = None
-    text_teacher: str | None = None
-    text_checkpoint: Path | None = None
-    relevance_model: str | None = None
-    relevance_checkpoint: Path | None = None
-    out: str | Path | None = None      # a directory, or an object-store URL (s3://...)
-    format: Literal["zarr", "hdf5"] = "zarr"
-    dtype: Literal["float16", "float32"] = "float16"
-    batch_size: int = 64
-    forward_batch: int = 64
-    workers: int = 0
-    shard_size: int = 1024
-    limit: int | None = None
-    device: str = "cpu"
-    force: bool = False
-    skip_bad: bool = False
-    read_options: dict[str, Any] = field(default_factory=dict)
-    yake_max_ngram: int = 3
-    yake_top: int = 20
-    yake_language: str = "en"
-    protocol: str | None = None
-    default_logits: str | None = None
-    answer_vocab: Path | None = None
-    answer_vocab_size: int = 3129
-    answer_top_k: int = 10
-    sentence_encoder: Path | None = None
-    progress: bool = True
-    rank: int | None = None           # None: torchrun's RANK, else SLURM_ARRAY_TASK_ID, else 0
-    world_size: int | None = None
+    dataset: str = setting(help="A registered dataset.")
+    root: Path = setting(existing_path=True, help="Dataset root (original files).")
+    split: str = setting(help="The split to extract, e.g. train.")
+    teacher: str | None = setting(None, help="Teacher for both towers, e.g. clip-vit-b16, "
+                                             "madcache-demo.")
+    checkpoint: Path | None = setting(None, existing_path=True, help="Local weights of --teacher.")
+    vision_teacher: str | None = setting(None, help="Image teacher (overrides --teacher), e.g. "
+                                                    "vit:DIR.")
+    vision_checkpoint: Path | None = setting(None, existing_path=True,
+                                             help="Local weights of --vision-teacher.")
+    text_teacher: str | None = setting(None, help="Text teacher (overrides --teacher), e.g. "
+                                                  "roberta:DIR.")
+    text_checkpoint: Path | None = setting(None, existing_path=True,
+                                           help="Local weights of --text-teacher.")
+    relevance_model: str | None = setting(None, help="Joint-space (CLIP) model for word relevance "
+                                                     "and logits; default: the CLIP teacher when "
+                                                     "one is used.")
+    relevance_checkpoint: Path | None = setting(None, existing_path=True,
+                                                help="Local weights of --relevance-model.")
+    out: str | Path | None = setting(None, metavar="PATH|s3://BUCKET/PREFIX",
+                                     help="Cache directory or object-store URL "
+                                          "[default: cache/<dataset>/<split>/<teachers>].")
+    format: Literal["zarr", "hdf5"] = setting("zarr", help="Storage format of the shards.")
+    dtype: Literal["float16", "float32"] = setting("float16", help="Storage dtype of features.")
+    batch_size: int = setting(64, minimum=1, help="Rows per worker job (rounded up to whole "
+                                                  "--forward-batch); never changes the cached "
+                                                  "values.")
+    forward_batch: int = setting(64, minimum=1, help="Rows per teacher forward (in the "
+                                                     "fingerprint: results depend on it).")
+    workers: int = setting(0, minimum=0, help="Worker processes for decoding, tokenising and "
+                                              "YAKE (0: in-process).")
+    shard_size: int = setting(1024, minimum=1, help="About this many examples per shard (whole "
+                                                    "images).")
+    limit: int | None = setting(None, minimum=1, help="Keep the first N examples.")
+    device: str = setting("cpu", help="cpu, cuda or cuda:N.")
+    force: bool = setting(False, help="Overwrite a cache built with another fingerprint.")
+    skip_bad: bool = setting(False, help="Skip malformed records (listed in the manifest).")
+    read_options: dict[str, Any] = setting(factory=dict, flag="option",
+                                           help="A dataset reader option (repeatable), e.g. "
+                                                "annotations=FILE for VCR; VALUE is parsed as "
+                                                "JSON when it can be.")
+    yake_max_ngram: int = setting(3, minimum=1, help="YAKE: the longest keyword, in words.")
+    yake_top: int = setting(20, minimum=1, help="YAKE: keywords kept per text.")
+    yake_language: str = setting("en", help="YAKE: the language of its stop-word list.")
+    protocol: str | None = setting(None, help="Teacher-logit protocol [default: the dataset "
+                                              "spec's `teacher_logits`].")
+    default_logits: str | None = setting(None, help="Logits used for confidence weighting "
+                                                    "[default: the protocol's, "
+                                                    "docs/extraction.md].")
+    answer_vocab: Path | None = setting(None, existing_path=True,
+                                        help="VQA answer vocabulary (.txt or .json) [default: "
+                                             "ROOT/answers.txt, else the split's most frequent "
+                                             "answers].")
+    answer_vocab_size: int = setting(3129, minimum=1, help="VQA without a vocabulary file: "
+                                                           "this many most frequent answers of "
+                                                           "the split.")
+    answer_top_k: int = setting(10, minimum=1, help="VQA: candidate answers per question "
+                                                    "(prefiltered by the sentence encoder).")
+    sentence_encoder: Path | None = setting(None, existing_path=True,
+                                            help="Sentence encoder directory for VQA answer "
+                                                 "prefiltering [default: MiniLM].")
+    progress: bool = setting(True, help="Show a progress bar.")
+    rank: int | None = setting(None, minimum=0,
+                               help="This process's rank [default: torchrun's RANK, else "
+                                    "SLURM_ARRAY_TASK_ID, else 0]; rank R extracts the shards "
+                                    "with index % W == R.")
+    world_size: int | None = setting(None, minimum=1,
+                                     help="Number of ranks [default: torchrun's WORLD_SIZE, else "
+                                          "SLURM_ARRAY_TASK_COUNT, else 1].")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "ExtractConfig":
@@ -91,18 +119,12 @@ class ExtractConfig:
         self._validate()
 
     def _validate(self) -> None:
-        if self.format not in FORMATS:
-            raise ConfigError(f"format must be one of {', '.join(FORMATS)}, not {self.format!r}")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
-        for name in ("batch_size", "forward_batch", "shard_size", "answer_top_k",
-                     "answer_vocab_size", "yake_max_ngram", "yake_top"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.workers < 0:
-            raise ConfigError(f"workers must be >= 0, got {self.workers}")
-        if self.limit is not None and self.limit < 1:
-            raise ConfigError(f"limit must be >= 1, got {self.limit}")
+        for name in ("format", "dtype"):     # also when built in Python, not from values
+            choices = get_args(field_types(ExtractConfig)[name])
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"{name} must be one of {', '.join(choices)}, not "
+                                  f"{getattr(self, name)!r}")
+        check_ranges(self)
         if self.vision_spec is None or self.text_spec is None:
             raise ConfigError("name the teachers: --teacher NAME, or both --vision-teacher and "
                               "--text-teacher")
@@ -150,7 +172,10 @@ class ExtractConfig:
 
     @property
     def logits_default(self) -> str:
-        return self.default_logits or DEFAULT_LOGITS.get(self.task_protocol, "")
+        """`default_logits`, else the protocol's (`Task.default_logits`)."""
+        from madcache.extraction.protocols import PROTOCOLS
+
+        return self.default_logits or PROTOCOLS.get(self.task_protocol).default_logits
 
     def teacher_set_name(self) -> str:
         """A path-safe name for the teacher set, e.g. `clip-vit-b16` or `vit-x+roberta-y`."""

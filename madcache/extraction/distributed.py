@@ -11,31 +11,13 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from dataclasses import dataclass
 from typing import Mapping
 
 from madcache.core.errors import ConfigError
+from madcache.core.ranks import Ranks
 
 # The barrier before `finish` waits for the slowest rank: ranks may end hours apart.
 BARRIER_TIMEOUT = dt.timedelta(days=7)
-
-
-@dataclass(frozen=True)
-class Ranks:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    launcher: str = "single"      # single | flags | torchrun | slurm-array
-
-    @property
-    def torchrun(self) -> bool:
-        return self.launcher == "torchrun"
-
-    def owns(self, shard: int) -> bool:
-        return shard % self.world_size == self.rank
-
-    def describe(self) -> str:
-        return f"rank {self.rank} of {self.world_size} ({self.launcher})"
 
 
 def resolve_ranks(rank: int | None = None, world_size: int | None = None,

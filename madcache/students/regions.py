@@ -20,14 +20,16 @@ a manifest with the extractor fingerprint and the dataset digest), one row per u
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from madcache.data.records import Example
-from madcache.cache.reader import ragged_index
+from madcache.cache.gather import ragged_index
+from madcache.core.config import check_ranges, config_from_dict, setting
 from madcache.core.errors import CacheError, ConfigError
 from madcache.core.io import check_output_location
 from madcache.students.base import RegionInputs
@@ -39,7 +41,8 @@ KIND = "regions"
 BOX_RULE = "metadata boxes after the whole image, else grid (1, 2, 3)"
 
 __all__ = ["GEOMETRY_DIM", "box_geometry", "grid_boxes", "image_boxes", "image_items",
-           "build_region_store", "default_out", "open_regions", "RegionStore", "collate_regions"]
+           "RegionsConfig", "build_region_store", "default_out", "open_regions", "RegionStore",
+           "collate_regions"]
 
 
 # ----------------------------------------------------------------------------- boxes
@@ -111,48 +114,101 @@ def shard_arrays(image_ids: list[str], regions: list[tuple[np.ndarray, np.ndarra
             "region_boxes": np.concatenate(boxes).astype(np.float32)}
 
 
-def build_region_store(*, dataset: str, root: str | Path, split: str | Sequence[str],
-                       extractor: str,
-                       out: str | Path | None = None, max_regions: int = 16,
-                       format: str = "zarr", force: bool = False, shard_size: int = 256,
-                       read_options: Mapping[str, Any] | None = None,
-                       extractor_options: Mapping[str, Any] | None = None,
-                       progress: bool = True) -> dict[str, Any]:
+# the extractor options `madcache regions` has flags for (RegionsConfig fields)
+EXTRACTOR_OPTIONS = ("weights", "backbone", "image_size", "device", "tsv")
+
+
+@dataclass(frozen=True)
+class RegionsConfig:
+    """Everything a region store depends on: `build_region_store`'s keywords and the flags of
+    `madcache regions` (generated from these fields). `weights`, `backbone`, `image_size`,
+    `device` and `tsv` are options of the extractor named (`extractor_options` any other)."""
+
+    dataset: str = setting(help="A registered dataset: vcr, snli-ve, vqa.")
+    root: Path = setting(existing_path=True, help="Dataset root (original files).")
+    split: str | list[str] = setting(help="A split, or several: train,val (one store for "
+                                          "training and validation).")
+    extractor: str = setting("boxcrop", help="boxcrop, backbone or butd-tsv.")
+    weights: Path | None = setting(None, existing_path=True,
+                                   help="backbone: local weights (.safetensors / .pt).")
+    backbone: str | None = setting(None, help="backbone: a timm name or torchvision:NAME "
+                                              "[default: resnet50].")
+    image_size: int | None = setting(None, minimum=32, help="backbone: input size [224].")
+    device: str | None = setting(None, help="backbone: cpu, cuda or cuda:N [cpu].")
+    tsv: Path | None = setting(None, existing_path=True,
+                               help="butd-tsv: the bottom-up-attention TSV file.")
+    extractor_options: dict[str, Any] = setting(factory=dict, flag="extractor-option",
+                                                help="Another option of the extractor "
+                                                     "(repeatable).")
+    out: str | Path | None = setting(None, metavar="PATH|s3://BUCKET/PREFIX",
+                                     help="Store directory or object-store URL [default: "
+                                          "cache/<dataset>/<split>/regions-<extractor>]; splits "
+                                          "joined by +.")
+    max_regions: int = setting(16, minimum=1, help="Regions kept per image, the whole image "
+                                                   "first.")
+    shard_size: int = setting(256, minimum=1, help="Images per shard.")
+    format: Literal["zarr", "hdf5"] = setting("zarr", help="Storage format of the shards.")
+    force: bool = setting(False, help="Overwrite a store built with another fingerprint.")
+    read_options: dict[str, Any] = setting(factory=dict, flag="read-option",
+                                           help="A dataset reader option (repeatable), e.g. "
+                                                "annotations=FILE for VCR.")
+    progress: bool = setting(True, help="Show a progress bar.")
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "RegionsConfig":
+        """Checked values (`madcache.core.config`): a wrong type names the key."""
+        return config_from_dict(cls, values, noun="region store option")
+
+    def extractor_arguments(self) -> dict[str, Any]:
+        """The keyword arguments of the extractor: the named options given, and the others."""
+        named = {name: getattr(self, name) for name in EXTRACTOR_OPTIONS}
+        return {**self.extractor_options, **{k: v for k, v in named.items() if v is not None}}
+
+
+def build_region_store(**values: Any) -> dict[str, Any]:
     """Extract region features of every image of one or more splits (`"train,val"`: one store
-    for training and validation) into a store; resumes a killed run. Returns a summary: path, images, regions, shards written now, shards reused.
-    """
+    for training and validation) into a store; resumes a killed run. `values` are the fields of
+    `RegionsConfig` (checked; an unknown or mistyped one is a `ConfigError` naming it). Returns a
+    summary: path, images, regions, shards written now, shards reused."""
     from tqdm.auto import tqdm
 
     from madcache.cache.writer import CacheWriter
     from madcache.data import read_examples
 
-    if max_regions < 1 or shard_size < 1:
-        raise CacheError("max_regions and shard_size must be >= 1")
-    read_options = dict(read_options or {})
-    splits = split_list(split)
-    path = out if out is not None else default_out(dataset, splits, extractor)
-    options = dict(extractor_options or {})
-    check_output_location(path, roots=[root], inputs=[options.get("weights"), options.get("tsv")])
-    examples = [ex for s in splits for ex in read_examples(dataset, root, s, **read_options).examples]
-    extractor_obj = build_extractor(extractor, **options)
-    manifest = region_manifest(dataset=dataset, root=root, splits=splits, extractor=extractor_obj,
-                               max_regions=max_regions, read_options=read_options)
-    writer = CacheWriter.open(path, manifest=manifest, format=format, force=force)
+    config = RegionsConfig.from_dict(values)
+    splits = split_list(config.split)
+    path = config.out if config.out is not None else \
+        default_out(config.dataset, splits, config.extractor)
+    options = config.extractor_arguments()
+    check_output_location(path, roots=[config.root],
+                          inputs=[options.get("weights"), options.get("tsv")])
+    examples = [ex for split in splits for ex in read_examples(
+        config.dataset, config.root, split, **config.read_options).examples]
+    extractor = build_extractor(config.extractor, **options)
+    manifest = region_manifest(dataset=config.dataset, root=config.root, splits=splits,
+                               extractor=extractor, max_regions=config.max_regions,
+                               read_options=config.read_options)
+    writer = CacheWriter.open(path, manifest=manifest, format=config.format, force=config.force)
     done = writer.completed_shards()
     image_ids = list(dict.fromkeys(ex.image_id for ex in examples))
     by_image = {ex.image_id: ex for ex in reversed(examples)}
-    shards = [image_ids[i:i + shard_size] for i in range(0, len(image_ids), shard_size)]
-    bar = tqdm(total=len(image_ids), desc=f"regions {extractor}", unit="img", disable=not progress)
+    size = config.shard_size
+    shards = [image_ids[i:i + size] for i in range(0, len(image_ids), size)]
+    bar = tqdm(total=len(image_ids), desc=f"regions {config.extractor}", unit="img",
+               disable=not config.progress)
     written = 0
     for index, ids in enumerate(shards):
         if index in done:
             bar.update(len(ids))
             continue
         regions = []
-        for item in image_items(root, [by_image[i] for i in ids], max_regions):
-            regions.append(extractor_obj.regions(item))
+        for item in image_items(config.root, [by_image[i] for i in ids], config.max_regions):
+            regions.append(extractor.regions(item))
             bar.update(1)
-        writer.write_shard(index, shard_arrays(ids, regions, max_regions),
+        writer.write_shard(index, shard_arrays(ids, regions, config.max_regions),
                            index_columns={"image_id": ids})
         written += 1
     bar.close()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -26,23 +25,7 @@ import torch.distributed as torch_dist
 from torch import nn
 
 from madcache.core.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class Dist:
-    """This process's place in the job (one process: rank 0 of 1)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
+from madcache.core.ranks import Ranks as Dist
 
 
 def current() -> Dist:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from madcache.cache.reader import open_cache, ragged_index
+from madcache.cache.gather import ragged_index
+from madcache.cache.reader import open_cache
 from madcache.core.errors import (CacheError, CacheNotFoundError, FingerprintMismatchError,
                              MissingTargetError)
 

@@ -30,3 +30,40 @@ def test_an_object_store_out_stays_a_url():
     assert ExtractConfig.from_dict({**values, "out": "s3://bkt/c/vcr"}).output_path() == \
         "s3://bkt/c/vcr"
     assert ExtractConfig.from_dict({**values, "out": "rel/c"}).output_path() == Path("rel/c")
+
+
+def test_extract_flags_are_the_config_fields_with_their_defaults():
+    import dataclasses
+
+    from madcache.commands.extract import extract
+
+    flags = {p.name: p for p in extract.params}
+    fields = {f.name: f for f in dataclasses.fields(ExtractConfig)}
+    assert set(flags) == set(fields)
+    assert flags["read_options"].opts == ["--option"] and flags["format"].opts == ["--format"]
+    assert [n for n, p in flags.items() if p.required] == ["dataset", "root", "split"]
+    config = ExtractConfig(dataset="vcr", root=Path("data"), split="val", teacher="t")
+    assert (config.batch_size, config.shard_size, config.device, config.progress) == \
+        (64, 1024, "cpu", True)
+
+
+@pytest.mark.parametrize("flag,value", [("--batch-size", "0"), ("--workers", "-1"),
+                                        ("--dtype", "float64"), ("--rank", "x")])
+def test_a_bad_extract_flag_is_exit_2_naming_the_flag(tmp_path, flag, value):
+    from click.testing import CliRunner
+
+    from madcache.cli import cli
+
+    result = CliRunner().invoke(cli, ["extract", "--dataset", "vcr", "--root", str(tmp_path),
+                                      "--split", "val", "--teacher", "t", flag, value])
+    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert result.exit_code == 2 and len(errors) == 1 and f"'{flag}'" in errors[0]
+
+
+def test_each_protocol_names_its_default_logits():
+    from madcache.extraction.protocols import PROTOCOLS
+
+    assert {name: PROTOCOLS.get(name).default_logits for name in PROTOCOLS.names()} == \
+        {"none": "", "vcr": "ia", "snli-ve": "kmeans", "vqa": "template"}
+    assert ExtractConfig.from_dict(VALUES).logits_default == "ia"
+    assert ExtractConfig.from_dict({**VALUES, "default_logits": "iqa"}).logits_default == "iqa"

@@ -253,3 +253,19 @@ def test_one_store_for_several_splits(tmp_path, demo_root):
     assert set(store.image_ids()) == wanted and summary["regions"] == 2 * len(wanted)
     assert sorted(store.manifest["fingerprint"]["dataset"]) == ["train", "val"]
     assert store.manifest["split"] == "train+val"
+
+
+def test_region_store_values_are_checked_naming_the_key_or_flag(tmp_path, demo_root):
+    from madcache.cli import cli
+
+    root = demo_root / "vcr"
+    with pytest.raises(ConfigError, match="^max_regions: must be >= 1, got 0$"):
+        build_region_store(dataset="vcr", root=root, split="val", extractor="boxcrop",
+                           out=tmp_path / "s", max_regions=0)
+    with pytest.raises(ConfigError, match="unknown region store option\\(s\\) regions"):
+        build_region_store(dataset="vcr", root=root, split="val", regions=3)
+    result = CliRunner().invoke(cli, ["regions", "--dataset", "vcr", "--root", str(root),
+                                      "--split", "val", "--shard-size", "0"])
+    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert result.exit_code == 2 and len(errors) == 1 and "'--shard-size'" in errors[0]
+    assert not (tmp_path / "s").exists()
