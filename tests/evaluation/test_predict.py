@@ -5,6 +5,7 @@ in tests/train/test_train.py.)"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -12,10 +13,11 @@ import torch
 from click.testing import CliRunner
 
 from madcache.cli import cli
-from madcache.data import read_examples
+from madcache.core.errors import UnknownNameError
+from madcache.data import DATASETS, read_examples
 from madcache.data.vqa import read_answer_vocab, read_vqa_results
 from madcache.evaluation.evaluate import evaluate_run
-from madcache.evaluation.predict import score_predictions, write_predictions
+from madcache.evaluation.predict import SUBMISSION_FORMATS, score_predictions, write_predictions
 from madcache.students import build_student, save_student
 from madcache.students.predict import STUDENT_DIR
 from madcache.train.config import TrainConfig
@@ -93,3 +95,14 @@ def test_predict_refuses_to_overwrite_and_unknown_datasets(demo_root, vilt_dir, 
     with pytest.raises(Exception, match="no submission format"):
         score_predictions("demo", out, [])
 
+
+def test_a_dataset_names_its_submission_format_and_a_wrong_name_lists_the_formats(monkeypatch,
+                                                                                  tmp_path):
+    named = {DATASETS.get(name).submission for name in DATASETS} - {None}
+    assert {"vcr-leaderboard", "vqa-results", "snli-ve-predictions"} <= named
+    assert all(format in SUBMISSION_FORMATS for format in named)
+    monkeypatch.setitem(DATASETS._entries, "vcr",
+                        dataclasses.replace(DATASETS.get("vcr"), submission="vcr-typo"))
+    with pytest.raises(UnknownNameError, match="unknown submission format 'vcr-typo'. Available: "
+                       "snli-ve-predictions, vcr-leaderboard, vqa-results"):
+        score_predictions("vcr", tmp_path / "vcr.csv", [])
