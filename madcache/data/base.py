@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 from madcache.core.errors import ConfigError
 from madcache.core.registry import Registry
+from madcache.data.jsonl import as_bool, check_options
 from madcache.data.records import Example, ReadResult
 
 MULTIPLE_CHOICE = "multiple_choice"   # one score per text of the example (VCR: 4 choices)
@@ -54,7 +55,21 @@ class Reader(Protocol):
 
     # Optional: `resolve_options(**options) -> dict`, the options with defaults filled in and
     # values normalised, so that spelling out a default does not change a cache fingerprint
-    # (`madcache.cache.fingerprint.resolved_read_options`).
+    # (`madcache.cache.fingerprint.resolved_read_options`); the built-in readers build it with
+    # `reader_options` and read with what it returns.
+
+
+def reader_options(dataset: str, options: Mapping[str, Any], defaults: Mapping[str, Any],
+                   **normalise: Callable[[Any], Any]) -> dict[str, Any]:
+    """A built-in reader's options: `defaults` updated with `options` (an unknown option names
+    the valid ones), each option in `normalise` passed through its function (which refuses a
+    bad value), and `check_files` read as a boolean (it may come from the command line as
+    text)."""
+    resolved = check_options(dataset, options, defaults)
+    for key, function in normalise.items():
+        resolved[key] = function(resolved[key])
+    resolved["check_files"] = as_bool(resolved["check_files"], "check_files")
+    return resolved
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from madcache.data.categories import vqa_category
-from madcache.data.jsonl import as_bool, bad_record, check_options, load_json_file
+from madcache.data.base import reader_options
+from madcache.data.jsonl import bad_record, load_json_file
 from madcache.data.paths import safe_join
 from madcache.data.records import BadRecord, Example, ReadResult, Text
 from madcache.core.errors import ConfigError, DataError, DataFileNotFoundError
@@ -289,16 +290,15 @@ class VqaReader:
     def resolve_options(self, **options: Any) -> dict[str, Any]:
         """Every option with its default filled in and its value normalised (what a cache
         fingerprint records)."""
-        opts = check_options("vqa", options, DEFAULT_OPTIONS)
-        return {**opts, "check_files": as_bool(opts["check_files"], "check_files")}
+        return reader_options("vqa", options, DEFAULT_OPTIONS)
 
     def read(self, root: Path, split: str, *, skip_bad: bool = False, **options: Any) -> ReadResult:
-        opts = check_options("vqa", options, DEFAULT_OPTIONS)
+        opts = self.resolve_options(**options)
         root = Path(root)
         subtype = subtype_of(split)
         questions_path, annotations_path = self.files(root, split, **opts)
         images_dir = opts["images_dir"] or default_images_dir(root, subtype)
-        check_files = as_bool(opts["check_files"], "check_files")
+        check_files = opts["check_files"]
         skipped: list[BadRecord] = []
         answers = {} if annotations_path is None else \
             self._answers(annotations_path, skipped, skip_bad)
