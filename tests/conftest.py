@@ -1,10 +1,12 @@
-"""Shared fixtures: the real-data folder beside the checkout, fixed seeds, one torch thread."""
+"""Shared fixtures: the real-data folder beside the checkout, the generated demo worlds, fixed
+seeds, one torch thread."""
 
 from __future__ import annotations
 
 import os
 import random
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -34,6 +36,32 @@ def real_root() -> Path:
         pytest.skip(f"real dataset samples not found at {REAL} (only present beside the "
                     "project's own checkout; set MADCACHE_REAL_FIXTURES to point at them)")
     return REAL
+
+
+# --- the demo world (madcache.demo.world, docs/demo-world.md) -------------------------------
+
+@pytest.fixture(scope="session")
+def demo_worlds(tmp_path_factory) -> Callable[..., tuple[Path, dict[str, Any]]]:
+    """`demo_worlds(size="small", seed=0) -> (root, summary)`: a demo world generated once per
+    session for each size and seed, with the summary its generation returned. Tests share it:
+    they read it and write their outputs elsewhere."""
+    from madcache.demo.world import generate_demo_world
+
+    made: dict[tuple[str, int], tuple[Path, dict[str, Any]]] = {}
+
+    def world(size: str = "small", seed: int = 0) -> tuple[Path, dict[str, Any]]:
+        if (size, seed) not in made:
+            root = tmp_path_factory.mktemp(f"demo-world-{size}-{seed}")
+            made[size, seed] = root, generate_demo_world(root, size=size, seed=seed)
+        return made[size, seed]
+
+    return world
+
+
+@pytest.fixture(scope="session")
+def demo_root(demo_worlds) -> Path:
+    """The root of the small demo world (seed 0) that most tests read."""
+    return demo_worlds()[0]
 
 
 # --- a real S3-compatible server on localhost (moto's standalone server) ----------------------

@@ -25,17 +25,19 @@ DATASETS.register("vcr", Dataset(
     name="vcr", reader=VcrReader(), task=MULTIPLE_CHOICE, score=metrics.score_vcr,
     sample=lowshot.sample_groups, categories=VCR_CATEGORIES,
     chance={"q2a": 25.0, "qa2r": 25.0, "q2ar": 6.25},
-    teacher_logits="vcr", zero_shot="logits", sm=True, extraction_options=CHECK_FILES,
-    label_free=label_free_view))
+    teacher_logits="vcr", zero_shot="logits", submission="vcr-leaderboard", sm=True,
+    extraction_options=CHECK_FILES, label_free=label_free_view))
 DATASETS.register("snli-ve", Dataset(
     name="snli-ve", reader=SnliVeReader(), task=CLASSIFICATION, score=metrics.score_accuracy,
     sample=lowshot.sample_snli_ve, categories=SNLI_VE_LABELS, label_names=SNLI_VE_LABELS,
     chance={"accuracy": 100.0 / len(SNLI_VE_LABELS)},
-    teacher_logits="snli-ve", zero_shot="logits", extraction_options=CHECK_FILES))
+    teacher_logits="snli-ve", zero_shot="logits", submission="snli-ve-predictions",
+    extraction_options=CHECK_FILES))
 DATASETS.register("vqa", Dataset(
     name="vqa", reader=VqaReader(), task=MULTILABEL, score=metrics.score_vqa,
     sample=lowshot.sample_vqa, categories=VQA_CATEGORIES,
-    teacher_logits="vqa", zero_shot="answer-candidates", extraction_options=CHECK_FILES))
+    teacher_logits="vqa", zero_shot="answer-candidates", submission="vqa-results",
+    extraction_options=CHECK_FILES))
 
 
 def read_examples(dataset: str, root: str | Path, split: str, *, skip_bad: bool = False,

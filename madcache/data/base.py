@@ -2,10 +2,11 @@
 
 A dataset is a reader of its original files plus the facts the later stages look up instead of
 branching on the dataset's name: the task type, how predictions are scored, chance levels, the
-low-shot sampler, the teacher-logit and zero-shot protocols, SM support. Data comes first in the
-flow, so a spec names the later stages' protocols by string; each stage keeps its own small table
-of them (`madcache.extraction.protocols.PROTOCOLS`, `madcache.evaluation.zeroshot.ZERO_SHOT`)
-and an unknown name is an error there that lists the valid ones.
+low-shot sampler, the teacher-logit and zero-shot protocols, the submission format, SM support.
+Data comes first in the flow, so a spec names the later stages' protocols by string; each stage
+keeps its own small registry of them (`madcache.extraction.protocols.PROTOCOLS`,
+`madcache.evaluation.zeroshot.ZERO_SHOT`, `madcache.evaluation.predict.SUBMISSION_FORMATS`) and an
+unknown name is an error there that lists the valid ones.
 
 Adding a dataset = one reader module and one `DATASETS.register("name", Dataset(...))` line
 (docs/architecture.md, "Adding things", has a worked example).
@@ -19,6 +20,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 from madcache.core.errors import ConfigError
 from madcache.core.registry import Registry
+from madcache.data.jsonl import as_bool, check_options
 from madcache.data.records import Example, ReadResult, without_labels
 
 MULTIPLE_CHOICE = "multiple_choice"   # one score per text of the example (VCR: 4 choices)
@@ -53,7 +55,21 @@ class Reader(Protocol):
 
     # Optional: `resolve_options(**options) -> dict`, the options with defaults filled in and
     # values normalised, so that spelling out a default does not change a cache fingerprint
-    # (`madcache.cache.fingerprint.resolved_read_options`).
+    # (`madcache.cache.fingerprint.resolved_read_options`); the built-in readers build it with
+    # `reader_options` and read with what it returns.
+
+
+def reader_options(dataset: str, options: Mapping[str, Any], defaults: Mapping[str, Any],
+                   **normalise: Callable[[Any], Any]) -> dict[str, Any]:
+    """A built-in reader's options: `defaults` updated with `options` (an unknown option names
+    the valid ones), each option in `normalise` passed through its function (which refuses a
+    bad value), and `check_files` read as a boolean (it may come from the command line as
+    text)."""
+    resolved = check_options(dataset, options, defaults)
+    for key, function in normalise.items():
+        resolved[key] = function(resolved[key])
+    resolved["check_files"] = as_bool(resolved["check_files"], "check_files")
+    return resolved
 
 
 @dataclass(frozen=True)
@@ -72,6 +88,9 @@ class Dataset:
       (a name in `madcache.extraction.protocols.PROTOCOLS`; `"none"`: no teacher logits).
     - `zero_shot`: how the teacher alone is evaluated from a cache (a name in
       `madcache.evaluation.zeroshot.ZERO_SHOT`; None: no zero-shot evaluation).
+    - `submission`: the file format `madcache predict` writes for a leaderboard and
+      `score_predictions` reads back (a name in `madcache.evaluation.predict.SUBMISSION_FORMATS`;
+      None: no submission format).
     - `sm`: a shortcut-mitigated version of its splits exists (`madcache.data.sm`).
     - `extraction_options`: reader options extraction adds (overridden by the user's), e.g.
       `check_files` so a missing image is a bad record at read time.
@@ -89,6 +108,7 @@ class Dataset:
     chance: Mapping[str, float] = field(default_factory=dict)
     teacher_logits: str = "none"
     zero_shot: str | None = None
+    submission: str | None = None
     sm: bool = False
     extraction_options: Mapping[str, Any] = field(default_factory=dict)
     label_free: Callable[[Example], Example | None] = without_labels

@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping
 
-from madcache.data.jsonl import as_bool, check_options, guarded, iter_json_lines, split_file
+from madcache.data.base import reader_options
+from madcache.data.jsonl import guarded, iter_json_lines, split_file
 from madcache.data.paths import safe_join
 from madcache.data.records import BadRecord, Example, ReadResult, Text
 from madcache.core.errors import DataError, DataFileNotFoundError
@@ -86,14 +87,13 @@ class SnliVeReader:
     def resolve_options(self, **options: Any) -> dict[str, Any]:
         """Every option with its default filled in and its value normalised (what a cache
         fingerprint records)."""
-        opts = check_options("snli-ve", options, DEFAULT_OPTIONS)
-        return {**opts, "check_files": as_bool(opts["check_files"], "check_files")}
+        return reader_options("snli-ve", options, DEFAULT_OPTIONS)
 
     def read(self, root: Path, split: str, *, skip_bad: bool = False, **options: Any) -> ReadResult:
-        opts = check_options("snli-ve", options, DEFAULT_OPTIONS)
+        opts = self.resolve_options(**options)
         root = Path(root)
         images_dir = opts["images_dir"] or default_images_dir(root)
-        check_files = as_bool(opts["check_files"], "check_files")
+        check_files = opts["check_files"]
         path = split_file(root, split, SPLIT_FILES)
         examples: list[Example] = []
         skipped: list[BadRecord] = []

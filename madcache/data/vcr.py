@@ -16,8 +16,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from madcache.data.categories import vcr_category
-from madcache.data.jsonl import (as_bool, check_options, guarded, iter_json_lines,
-                                  load_json_file, split_file)
+from madcache.data.base import reader_options
+from madcache.data.jsonl import guarded, iter_json_lines, load_json_file, split_file
 from madcache.data.paths import safe_join
 from madcache.data.records import BadRecord, Example, ReadResult, Text, Word, without_labels
 from madcache.core.errors import ConfigError, DataError, DataFileNotFoundError
@@ -245,16 +245,13 @@ class VcrReader:
     def resolve_options(self, **options: Any) -> dict[str, Any]:
         """Every option with its default filled in and its value normalised (what a cache
         fingerprint records: `renderer="tag"` given or left out is the same read)."""
-        opts = check_options("vcr", options, DEFAULT_OPTIONS)
-        return {**opts, "modes": list(_modes(opts["modes"])),
-                "renderer": _renderer(opts["renderer"]), "images_dir": str(opts["images_dir"]),
-                "check_files": as_bool(opts["check_files"], "check_files")}
+        return reader_options("vcr", options, DEFAULT_OPTIONS,
+                              modes=lambda value: list(_modes(value)), renderer=_renderer,
+                              images_dir=str)
 
     def read(self, root: Path, split: str, *, skip_bad: bool = False, **options: Any) -> ReadResult:
-        opts = check_options("vcr", options, DEFAULT_OPTIONS)
-        settings = dict(modes=_modes(opts["modes"]), renderer=_renderer(opts["renderer"]),
-                        images_dir=str(opts["images_dir"]),
-                        check_files=as_bool(opts["check_files"], "check_files"))
+        opts = self.resolve_options(**options)
+        settings = {key: opts[key] for key in ("modes", "renderer", "images_dir", "check_files")}
         path = self.annotation_file(Path(root), split, opts["annotations"])
         examples: list[Example] = []
         skipped: list[BadRecord] = []

@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from madcache.data.categories import vqa_category
-from madcache.data.jsonl import as_bool, bad_record, check_options, load_json_file
+from madcache.data.base import reader_options
+from madcache.data.jsonl import bad_record, load_json_file
 from madcache.data.paths import safe_join
 from madcache.data.records import BadRecord, Example, ReadResult, Text
 from madcache.core.errors import ConfigError, DataError, DataFileNotFoundError
+from madcache.core.io import json_problem
 
 SUBTYPES = {"train": "train2014", "val": "val2014", "test": "test2015",
             "test-dev": "test-dev2015"}
@@ -171,8 +173,7 @@ def load_answer_vocab(path: str | Path) -> list[str]:
     if not path.is_file():
         raise DataFileNotFoundError(f"answer vocabulary not found: {path}", file=path)
     if path.suffix != ".json":
-        text = path.read_text(encoding="utf-8")
-        return _unique(text.split("\n")[:-1] if text.endswith("\n") else text.split("\n"), path)
+        return _unique(_text_lines(path), path)
     data = load_json_file(path)
     if isinstance(data, list) and len(data) == 2 and all(isinstance(d, dict) for d in data):
         return _by_index({answer: int(i) for i, answer in data[1].items()}, path, "[1]")
@@ -183,6 +184,19 @@ def load_answer_vocab(path: str | Path) -> list[str]:
     raise DataError("unknown answer vocabulary format: expected a list of answers, an "
                     "{answer: id} dict or [ans_to_ix, ix_to_ans]", file=path)
 
+
+def _text_lines(path: Path) -> list[str]:
+    """The lines of a plain-text vocabulary, any newline convention (a final newline ends the
+    last line, it starts no empty one); bytes that are not UTF-8 are a DataError naming the file
+    and line."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{json_problem(exc)}; save the answer vocabulary as UTF-8, one answer "
+                        "per line", file=path, line=raw[:exc.start].count(b"\n") + 1) from None
+    lines = text.split("\n")
+    return lines[:-1] if text.endswith("\n") else lines
 
 
 IGNORED_ANSWERS = {"", "<unk>"}
@@ -289,16 +303,15 @@ class VqaReader:
     def resolve_options(self, **options: Any) -> dict[str, Any]:
         """Every option with its default filled in and its value normalised (what a cache
         fingerprint records)."""
-        opts = check_options("vqa", options, DEFAULT_OPTIONS)
-        return {**opts, "check_files": as_bool(opts["check_files"], "check_files")}
+        return reader_options("vqa", options, DEFAULT_OPTIONS)
 
     def read(self, root: Path, split: str, *, skip_bad: bool = False, **options: Any) -> ReadResult:
-        opts = check_options("vqa", options, DEFAULT_OPTIONS)
+        opts = self.resolve_options(**options)
         root = Path(root)
         subtype = subtype_of(split)
         questions_path, annotations_path = self.files(root, split, **opts)
         images_dir = opts["images_dir"] or default_images_dir(root, subtype)
-        check_files = as_bool(opts["check_files"], "check_files")
+        check_files = opts["check_files"]
         skipped: list[BadRecord] = []
         answers = {} if annotations_path is None else \
             self._answers(annotations_path, skipped, skip_bad)

@@ -2,11 +2,13 @@
 are hidden: their leaderboards score these files), and scoring such a file against labels with
 madcache's own metrics (the round trip the tests run on labelled splits).
 
-| dataset | file | format (checked against its public description) |
-|---|---|---|
-| `vcr` | `.csv` | the VCR leaderboard's: header `annot_id, answer_0..3, rationale_conditioned_on_a{i}_{j}` (i, j = 0..3); one row per question in the annotation file's order; answer probabilities (softmax over the 4 answers) and, for each answer i, the rationale probabilities with context = question + answer i. The leaderboard takes the arg-max answer, then the arg-max rationale of the row conditioned on the right answer |
-| `vqa` | `.json` | the VQA evaluation server's results: `[{"question_id": int, "answer": str}]`, one per question, the arg-max of the run's answer vocabulary |
-| `snli-ve` | `.jsonl` | SNLI-VE has no evaluation server (its test labels are public, `madcache eval --split test` scores them): one line per pair, `{"pairID", "Flickr30K_ID", "prediction": label, "probabilities": {label: p}}`, with the dataset's own keys and label names |
+A dataset's spec names its format (`Dataset.submission`), one of `SUBMISSION_FORMATS`:
+
+| format | dataset | file | format (checked against its public description) |
+|---|---|---|---|
+| `vcr-leaderboard` | `vcr` | `.csv` | the VCR leaderboard's: header `annot_id, answer_0..3, rationale_conditioned_on_a{i}_{j}` (i, j = 0..3); one row per question in the annotation file's order; answer probabilities (softmax over the 4 answers) and, for each answer i, the rationale probabilities with context = question + answer i. The leaderboard takes the arg-max answer, then the arg-max rationale of the row conditioned on the right answer |
+| `vqa-results` | `vqa` | `.json` | the VQA evaluation server's results: `[{"question_id": int, "answer": str}]`, one per question, the arg-max of the run's answer vocabulary |
+| `snli-ve-predictions` | `snli-ve` | `.jsonl` | SNLI-VE has no evaluation server (its test labels are public, `madcache eval --split test` scores them): one line per pair, `{"pairID", "Flickr30K_ID", "prediction": label, "probabilities": {label: p}}`, with the dataset's own keys and label names |
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -21,6 +24,8 @@ import torch
 
 from madcache.core.errors import ConfigError, DataError, DataFileNotFoundError
 from madcache.core.io import atomic_write_text, check_output_location
+from madcache.core.registry import Registry
+from madcache.data.base import DATASETS
 from madcache.data.metrics import accuracy_scores, vcr_scores, vqa_scores, without_counts
 from madcache.data.records import Example
 from madcache.data.snli_ve import LABELS as SNLI_VE_LABELS
@@ -48,9 +53,7 @@ def write_predictions(run_dir: str | Path, *, split: str, out: str | Path,
                                   config.eval_regions])
     if out.exists() and not force:
         raise ConfigError(f"{out} exists; choose another --out or pass --force")
-    if config.dataset not in FORMATS:
-        raise ConfigError(f"no submission format for dataset {config.dataset!r}; formats: "
-                          f"{', '.join(sorted(FORMATS))}")
+    submission = submission_format(config.dataset)
     if regions is None:
         regions = (config.eval_regions if split == config.eval_split else None) or config.regions
     student = load_run_student(run_dir, device=config.device)
@@ -60,8 +63,7 @@ def write_predictions(run_dir: str | Path, *, split: str, out: str | Path,
         return predict_logits(student, examples, regions=loader, batch_size=config.batch_size,
                               device=config.device)
 
-    write, _ = FORMATS[config.dataset]
-    rows = write(config, split, student, logits, out)
+    rows = submission.write(config, split, student, logits, out)
     return {"dataset": config.dataset, "split": split, "out": str(out), "rows": rows}
 
 
@@ -69,11 +71,21 @@ def score_predictions(dataset: str, path: str | Path, examples: Sequence[Example
                       ) -> dict[str, float]:
     """A submission file scored against labelled `examples` with madcache's metrics
     (`madcache.data.metrics`), read back the way its evaluation server reads it."""
-    if dataset not in FORMATS:
-        raise ConfigError(f"no submission format for dataset {dataset!r}")
+    submission = submission_format(dataset)
     if not Path(path).is_file():
         raise DataFileNotFoundError("prediction file not found", file=path)
-    return without_counts(FORMATS[dataset][1](Path(path), examples))
+    return without_counts(submission.score(Path(path), examples))
+
+
+def submission_format(dataset: str) -> SubmissionFormat:
+    """The format the spec of `dataset` names; a dataset without one is a ConfigError listing
+    the datasets that have one."""
+    name = DATASETS.get(dataset).submission if dataset in DATASETS else None
+    if name is None:
+        having = [n for n in DATASETS if DATASETS.get(n).submission is not None]
+        raise ConfigError(f"no submission format for dataset {dataset!r}; datasets with one: "
+                          f"{', '.join(having)}")
+    return SUBMISSION_FORMATS.get(name)
 
 
 # ----------------------------------------------------------------------------- VCR
@@ -185,9 +197,21 @@ def score_snli_ve(path: Path, examples: Sequence[Example]) -> dict[str, float]:
     return accuracy_scores([ex.label for ex in scored], [predicted[ex.id] for ex in scored])
 
 
-# dataset -> (write the file, score a file); one entry per dataset with a submission format
-FORMATS: dict[str, tuple[Callable, Callable]] = {
-    "vcr": (write_vcr, score_vcr),
-    "vqa": (write_vqa, score_vqa),
-    "snli-ve": (write_snli_ve, score_snli_ve),
-}
+# ----------------------------------------------------------------------------- the formats
+
+@dataclass(frozen=True)
+class SubmissionFormat:
+    """One submission file format: `write(config, split, student, logits, out) -> rows` writes
+    a run's predictions of `split` to `out` (`logits(examples)` runs the student);
+    `score(path, examples) -> {metric: percent, "n": count}` reads a file back as its
+    evaluation server does and scores it."""
+
+    write: Callable[[TrainConfig, str, Any, Callable, Path], int]
+    score: Callable[[Path, Sequence[Example]], dict[str, float]]
+
+
+# The submission formats a dataset spec names (`Dataset.submission`).
+SUBMISSION_FORMATS: Registry[SubmissionFormat] = Registry("submission format")
+SUBMISSION_FORMATS.register("vcr-leaderboard", SubmissionFormat(write_vcr, score_vcr))
+SUBMISSION_FORMATS.register("vqa-results", SubmissionFormat(write_vqa, score_vqa))
+SUBMISSION_FORMATS.register("snli-ve-predictions", SubmissionFormat(write_snli_ve, score_snli_ve))

@@ -3,29 +3,52 @@ pretrained transformers students `visualbert` and `vilt` (pretrained.py), region
 (regions.py, region_extractors.py), pixels or regions by student (visual.py) and word pooling
 (tokens.py). docs/students.md.
 
-Adding a student = one module with a factory and one `STUDENTS.register` line below.
+Adding a student = one module with a factory and one `STUDENTS.register` line below: a
+`StudentSpec` of the factory and the options that name files beside a saved student.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from madcache.core.errors import CheckpointNotFoundError
 from madcache.core.io import load_weights, loading, read_json
-from madcache.students.base import STUDENTS, RegionInputs, Student, StudentOutput, check_student
+from madcache.students.base import (STUDENTS, RegionInputs, Student, StudentFactory,
+                                    StudentOutput, check_student)
 from madcache.students.single_stream import single_stream
 from madcache.students.vilt import vilt
+from madcache.students.visual import visual_input
 from madcache.students.visualbert import visualbert
 
-STUDENTS.register("single-stream", single_stream)
-STUDENTS.register("visualbert", visualbert)
-STUDENTS.register("vilt", vilt)
+
+@dataclass(frozen=True)
+class StudentSpec:
+    """A registered student: `factory(**options)` builds it; `path_options` are the options
+    naming files or folders that `export_options` may give relative to the saved student's
+    directory (`load_student` resolves them against it)."""
+
+    factory: StudentFactory
+    path_options: tuple[str, ...] = ()
+
+    def __call__(self, **options: Any) -> Student:
+        return self.factory(**options)
+
+    @property
+    def visual_input(self) -> str:
+        """What the student reads (`students/visual.py`), as its factory declares."""
+        return visual_input(self.factory)
+
+
+STUDENTS.register("single-stream", StudentSpec(single_stream, path_options=("tokenizer_dir",)))
+STUDENTS.register("visualbert", StudentSpec(visualbert, path_options=("tokenizer_dir",)))
+STUDENTS.register("vilt", StudentSpec(vilt, path_options=("tokenizer_dir",
+                                                          "image_processor_dir")))
 
 STUDENT_JSON = "student.json"
 STUDENT_WEIGHTS = "model.safetensors"
-PATH_OPTIONS = ("tokenizer_dir", "image_processor_dir")
 
 
 def build_student(name: str, **options: Any) -> Student:
@@ -61,7 +84,7 @@ def load_student(directory: str | Path):
         raise CheckpointNotFoundError(f"no saved student in {directory} (no {STUDENT_JSON})")
     meta = read_json(directory / STUDENT_JSON)
     options = dict(meta["options"])
-    for key in PATH_OPTIONS:
+    for key in STUDENTS.get(meta["student"]).path_options:
         if options.get(key) is not None and not Path(options[key]).is_absolute():
             options[key] = str(directory / options[key])
     model = build_student(meta["student"], **options)
@@ -72,5 +95,5 @@ def load_student(directory: str | Path):
     return model
 
 
-__all__ = ["STUDENTS", "RegionInputs", "Student", "StudentOutput", "build_student",
+__all__ = ["STUDENTS", "StudentSpec", "RegionInputs", "Student", "StudentOutput", "build_student",
            "save_student", "load_student"]

@@ -1,12 +1,13 @@
 """What the students built on pretrained transformers checkpoints (`visualbert`, `vilt`) share:
-their options, loading a local `save_pretrained` directory, saving, task logits, and the
-label-free texts of image-text matching.
+their options, loading a local `save_pretrained` directory (`pretrained_parts`), the
+`PretrainedStudent` base class (its parts and saving), task logits, and the label-free texts of
+image-text matching.
 
 Image-text matching in the adaptive-finetuning stage has no task labels (MAD.md, "Adaptive
 finetuning"): a positive must be a text that is true of its image without knowing the answer.
-each reader puts one in `Example.label_free_text`: the question (VCR, VQA) or the premise
-caption (SNLI-VE's `sentence1`, a Flickr30k caption of the image). A VCR answer choice is never used: three of the four are wrong, and the right one is a
-label.
+Each reader puts one in `Example.label_free_text`: the question (VCR, VQA) or the premise
+caption (SNLI-VE's `sentence1`, a Flickr30k caption of the image). A VCR answer choice is never
+used: three of the four are wrong, and the right one is a label.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from madcache.core.config import config_from_dict
@@ -120,11 +122,37 @@ def check_vocabulary(tokenizer, model_config, student: str) -> None:
                           "tokenizer with tokenizer_dir=DIR")
 
 
-def export_options(model, directory: Path) -> dict[str, Any]:
-    """Options that rebuild `model` (`save_student`): the resolved model config, the tokenizer
-    written to `directory/tokenizer`."""
-    return exported_options(model.config, model.tokenizer, directory, checkpoint=None,
-                            model_config=model.model.config.to_dict())
+def pretrained_parts(config_cls: type[PretrainedStudentConfig], model_cls,
+                     options: Mapping[str, Any]) -> tuple[PretrainedStudentConfig, Any, Any]:
+    """(config, tokenizer, model) of a pretrained student built from its `--student-option`
+    values: the options checked into `config_cls`, `tokenizer_for` and `load_model`."""
+    config = config_cls.from_options(options)
+    return config, tokenizer_for(config), load_model(model_cls, config)
+
+
+class PretrainedStudent(nn.Module):
+    """What `visualbert` and `vilt` keep of their parts: the config, the tokenizer (checked to
+    fit the model's vocabulary), the transformers model and the sizes read from it. Subclasses
+    set `name` and add their heads."""
+
+    name = "pretrained"
+
+    def __init__(self, config: PretrainedStudentConfig, tokenizer, model) -> None:
+        super().__init__()
+        check_vocabulary(tokenizer, model.config, self.name)
+        self.config = config
+        self.tokenizer = tokenizer
+        self.model = model
+        self.hidden_size = model.config.hidden_size
+        self.task = config.task
+        self.answers = list(config.answers)
+        self.max_length = min(config.max_length, model.config.max_position_embeddings)
+
+    def export_options(self, directory: Path) -> dict[str, Any]:
+        """Options that rebuild the student (`save_student`): the resolved model config, the
+        tokenizer written to `directory/tokenizer`."""
+        return exported_options(self.config, self.tokenizer, directory, checkpoint=None,
+                                model_config=self.model.config.to_dict())
 
 
 def num_choices(examples: Sequence[Example]) -> int:

@@ -35,9 +35,9 @@ from torch import nn
 from madcache.core.errors import CheckpointNotFoundError, ConfigError
 from madcache.data.records import Example
 from madcache.students.base import PixelInputs, StudentOutput
-from madcache.students.pretrained import (PretrainedStudentConfig, check_vocabulary,
-                                          export_options, load_model, mlm_itm_losses,
-                                          student_output, text_inputs, tokenizer_for)
+from madcache.students.pretrained import (PretrainedStudent, PretrainedStudentConfig,
+                                          mlm_itm_losses, pretrained_parts, student_output,
+                                          text_inputs)
 
 PROCESSOR_FILE = "preprocessor_config.json"
 PROCESSOR_SUBDIR = "image_processor"
@@ -78,24 +78,17 @@ def load_image_processor(config: ViltConfig):
     return ViltImageProcessor()
 
 
-class ViltStudent(nn.Module):
-    """See the module docstring. Build with `vilt(checkpoint=DIR, ...)`."""
+class ViltStudent(PretrainedStudent):
+    """See the module docstring. Build with `vilt(checkpoint=DIR, ...)`; `model` is a
+    `ViltForMaskedLM`."""
 
     name = "vilt"
     visual_input = "pixels"
 
     def __init__(self, config: ViltConfig, tokenizer, model, processor) -> None:
-        super().__init__()
-        check_vocabulary(tokenizer, model.config, self.name)
-        self.config = config
-        self.tokenizer = tokenizer
-        self.model = model                          # ViltForMaskedLM
+        super().__init__(config, tokenizer, model)
         self.processor = processor
-        hidden = model.config.hidden_size
-        self.hidden_size = hidden
-        self.task = config.task
-        self.answers = list(config.answers)
-        self.max_length = min(config.max_length, model.config.max_position_embeddings)
+        hidden = self.hidden_size
         self.head = nn.Sequential(nn.Linear(hidden, 2 * hidden), nn.LayerNorm(2 * hidden),
                                   nn.GELU(), nn.Linear(2 * hidden, config.num_outputs()))
         self.itm_head = nn.Linear(hidden, 2)
@@ -153,9 +146,9 @@ class ViltStudent(nn.Module):
                               match_label=1)
 
     def export_options(self, directory: Path) -> dict[str, Any]:
-        """`export_options` of students/pretrained.py, plus the image processor's settings."""
+        """`PretrainedStudent.export_options`, plus the image processor's settings."""
         self.processor.save_pretrained(str(directory / PROCESSOR_SUBDIR))
-        return {**export_options(self, directory), "image_processor_dir": PROCESSOR_SUBDIR}
+        return {**super().export_options(directory), "image_processor_dir": PROCESSOR_SUBDIR}
 
 
 def _one_image_patches(embed: Any, pixels: torch.Tensor, mask: torch.Tensor
@@ -184,9 +177,8 @@ def vilt(**options: Any) -> ViltStudent:
     """Build the student from `--student-option` values (see `ViltConfig`)."""
     from transformers import ViltForMaskedLM
 
-    config = ViltConfig.from_options(options)
-    return ViltStudent(config, tokenizer_for(config), load_model(ViltForMaskedLM, config),
-                       load_image_processor(config))
+    config, tokenizer, model = pretrained_parts(ViltConfig, ViltForMaskedLM, options)
+    return ViltStudent(config, tokenizer, model, load_image_processor(config))
 
 
 vilt.visual_input = "pixels"

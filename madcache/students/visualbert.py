@@ -26,7 +26,6 @@ One sequence per scored text (docs/students.md):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -35,9 +34,9 @@ from torch import nn
 from madcache.core.errors import ConfigError
 from madcache.data.records import Example
 from madcache.students.base import RegionInputs, StudentOutput
-from madcache.students.pretrained import (PretrainedStudentConfig, check_vocabulary,
-                                          export_options, load_model, mlm_itm_losses,
-                                          student_output, text_inputs, tokenizer_for)
+from madcache.students.pretrained import (PretrainedStudent, PretrainedStudentConfig,
+                                          mlm_itm_losses, pretrained_parts, student_output,
+                                          text_inputs)
 
 
 @dataclass
@@ -50,28 +49,20 @@ class VisualBertConfig(PretrainedStudentConfig):
     student = "visualbert"
 
 
-class VisualBertStudent(nn.Module):
-    """See the module docstring. Build with `visualbert(checkpoint=DIR, ...)`."""
+class VisualBertStudent(PretrainedStudent):
+    """See the module docstring. Build with `visualbert(checkpoint=DIR, ...)`; `model` is a
+    `VisualBertForPreTraining`."""
 
     name = "visualbert"
     visual_input = "regions"
 
     def __init__(self, config: VisualBertConfig, tokenizer, model) -> None:
-        super().__init__()
-        check_vocabulary(tokenizer, model.config, self.name)
-        self.config = config
-        self.tokenizer = tokenizer
-        self.model = model                          # VisualBertForPreTraining
-        hidden = model.config.hidden_size
-        self.hidden_size = hidden
-        self.task = config.task
-        self.answers = list(config.answers)
-        self.max_length = min(config.max_length, model.config.max_position_embeddings)
+        super().__init__(config, tokenizer, model)
         width = model.config.visual_embedding_dim
         region_dim = config.region_dim or width
         self.region_proj = nn.Linear(region_dim, width) if region_dim != width else nn.Identity()
         self.dropout = nn.Dropout(model.config.hidden_dropout_prob)
-        self.head = nn.Linear(hidden, config.num_outputs())
+        self.head = nn.Linear(self.hidden_size, config.num_outputs())
 
     @property
     def device(self) -> torch.device:
@@ -110,17 +101,13 @@ class VisualBertStudent(nn.Module):
                               mlm_head=self.model.cls.predictions,
                               itm_head=self.model.cls.seq_relationship, match_label=0)
 
-    def export_options(self, directory: Path) -> dict[str, Any]:
-        return export_options(self, directory)
-
 
 def visualbert(**options: Any) -> VisualBertStudent:
     """Build the student from `--student-option` values (see `VisualBertConfig`)."""
     from transformers import VisualBertForPreTraining
 
-    config = VisualBertConfig.from_options(options)
-    return VisualBertStudent(config, tokenizer_for(config),
-                             load_model(VisualBertForPreTraining, config))
+    return VisualBertStudent(*pretrained_parts(VisualBertConfig, VisualBertForPreTraining,
+                                               options))
 
 
 visualbert.visual_input = "regions"

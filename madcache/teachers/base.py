@@ -85,6 +85,20 @@ def pool_words(token_feat: torch.Tensor, token_word: torch.Tensor,
     return feats, lost
 
 
+def text_encoding(eos: torch.Tensor, token_feat: torch.Tensor, batch: TokenBatch) -> TextEncoding:
+    """The `TextEncoding` of `batch` from a forward pass: the text embeddings `eos` [B, Dt] and
+    the words pooled from the token features `token_feat` [B, L', Dt] (L' <= L: a teacher may
+    trim the batch's padding), on the CPU in float32. A word is flagged truncated when the
+    tokenizer cut it (`extra["word_truncated"]`) or none of its tokens is left."""
+    word_feat, no_token = pool_words(token_feat.float().cpu(),
+                                     batch.token_word[:, :token_feat.shape[1]], batch.n_words)
+    cut = batch.extra.get("word_truncated") or [torch.zeros(n, dtype=torch.bool)
+                                                for n in batch.n_words]
+    return TextEncoding(eos=eos.float().cpu(), word_feat=word_feat,
+                        word_truncated=[c | z for c, z in zip(cut, no_token)],
+                        truncated=batch.truncated.clone())
+
+
 def word_piece_batch(texts: Sequence[Text], pieces_of: Callable[[str], Sequence[int]], *,
                      prefix: Sequence[int], suffix: Sequence[int], length: int, pad_id: int,
                      pad_to_length: bool) -> TokenBatch:

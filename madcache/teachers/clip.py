@@ -24,7 +24,7 @@ import torch
 
 from madcache.data.records import Text
 from madcache.core.errors import CheckpointNotFoundError, ConfigError
-from madcache.teachers.base import (TextEncoding, TokenBatch, inference_autocast, pool_words,
+from madcache.teachers.base import (TextEncoding, TokenBatch, inference_autocast, text_encoding,
                                     word_piece_batch)
 from madcache.core.io import file_sha256, loading
 
@@ -125,13 +125,7 @@ class OpenClipTeacher:
             tokens = self.token_features(ids)
             eos = project_text(self.model, pool_eos(self.model, tokens, ids))
             tokens = project_text(self.model, tokens)
-        word_feat, no_token = pool_words(tokens.float().cpu(), batch.token_word[:, :ids.shape[1]],
-                                         batch.n_words)
-        cut = batch.extra.get("word_truncated") or [torch.zeros(n, dtype=torch.bool)
-                                                    for n in batch.n_words]
-        return TextEncoding(eos=eos.float().cpu(), word_feat=word_feat,
-                            word_truncated=[c | z for c, z in zip(cut, no_token)],
-                            truncated=batch.truncated.clone())
+        return text_encoding(eos, tokens, batch)
 
     def token_features(self, ids: torch.Tensor) -> torch.Tensor:
         """Per-token text features after `ln_final` (unprojected), as in `encode_text`."""

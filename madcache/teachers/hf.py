@@ -23,7 +23,7 @@ import torch
 
 from madcache.data.records import Text
 from madcache.core.errors import CheckpointNotFoundError, ConfigError
-from madcache.teachers.base import TextEncoding, TokenBatch, inference_autocast, pool_words
+from madcache.teachers.base import TextEncoding, TokenBatch, inference_autocast, text_encoding
 from madcache.core.io import file_sha256, loading
 from madcache.teachers.weights import load_state_dict
 
@@ -297,12 +297,7 @@ class HFTextTeacher(_HFTeacher):
             eos = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
         else:
             eos = hidden[:, 0]
-        word_feat, no_token = pool_words(hidden.cpu(), batch.token_word, batch.n_words)
-        cut = batch.extra.get("word_truncated") or [torch.zeros(n, dtype=torch.bool)
-                                                    for n in batch.n_words]
-        return TextEncoding(eos=eos.cpu(), word_feat=word_feat,
-                            word_truncated=[c | z for c, z in zip(cut, no_token)],
-                            truncated=batch.truncated.clone())
+        return text_encoding(eos, hidden, batch)
 
     def fingerprint(self) -> dict[str, Any]:
         tok_file = self.path / "tokenizer.json"

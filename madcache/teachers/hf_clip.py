@@ -33,7 +33,7 @@ import torch
 from madcache.core.errors import ConfigError
 from madcache.core.io import file_sha256
 from madcache.data.records import Text
-from madcache.teachers.base import TextEncoding, TokenBatch, pool_words, word_piece_batch
+from madcache.teachers.base import TextEncoding, TokenBatch, text_encoding, word_piece_batch
 from madcache.teachers.hf import _HFTeacher, _load_model, _model_dir, _weights, processor_transform
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "spiece.model",
@@ -123,12 +123,7 @@ class _JointTeacher(_HFTeacher):
             tokens, pooled = self.text_features(batch.input_ids.to(self.device),
                                                 batch.attention_mask.to(self.device))
             eos, tokens = self.project(pooled), self.project(tokens)
-        word_feat, no_token = pool_words(tokens.float().cpu(), batch.token_word, batch.n_words)
-        cut = batch.extra.get("word_truncated") or [torch.zeros(n, dtype=torch.bool)
-                                                    for n in batch.n_words]
-        return TextEncoding(eos=eos.float().cpu(), word_feat=word_feat,
-                            word_truncated=[c | z for c, z in zip(cut, no_token)],
-                            truncated=batch.truncated.clone())
+        return text_encoding(eos, tokens, batch)
 
     def fingerprint(self) -> dict[str, Any]:
         files = {name: file_sha256(self.path / name) for name in TOKENIZER_FILES

@@ -233,12 +233,10 @@ def test_readers_are_registered_datasets():
         assert isinstance(DATASETS.get(name), Dataset) and DATASETS.get(name).name == name
 
 
-def test_label_free_text_and_answer_conditioned_rationales(tmp_path):
+def test_label_free_text_and_answer_conditioned_rationales(demo_root):
     from madcache.data.vcr import conditioned_rationale_examples
-    from madcache.demo.world import generate_demo_world
 
-    generate_demo_world(tmp_path, size="small", progress=False)
-    examples = read_examples("vcr", tmp_path / "vcr", "val", renderer="name").examples
+    examples = read_examples("vcr", demo_root / "vcr", "val", renderer="name").examples
     qa = next(ex for ex in examples if ex.id.endswith(":qa"))
     qar = next(ex for ex in examples if ex.id == f"{qa.group}:qar")
     objects = ", ".join(qa.raw["objects"])

@@ -203,3 +203,23 @@ def test_malformed_vocab_and_json(tmp_path):
     with pytest.raises(DataError, match="malformed JSON"):
         read_examples("vqa", tmp_path, "val")
 
+
+def test_a_plain_text_vocabulary_that_is_not_utf8_is_one_cli_line(demo_root, tmp_path):
+    from click.testing import CliRunner
+
+    from madcache.cli import cli
+
+    vocab = tmp_path / "answers-latin1.txt"
+    vocab.write_bytes("yes\ncaf\xe9\n".encode("latin-1"))
+    with pytest.raises(DataError, match="not UTF-8: byte 0xe9") as err:
+        load_answer_vocab(vocab)
+    assert err.value.file == str(vocab) and err.value.line == 2
+    result = CliRunner().invoke(cli, ["train", "--dataset", "vqa", "--root", str(demo_root / "vqa"),
+                                      "--student", "vilt", "--student-option",
+                                      f"answer_vocab={vocab}", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines() == [
+        f"Error: {vocab}:2: not UTF-8: byte 0xe9 at offset 7; save the answer vocabulary as "
+        "UTF-8, one answer per line"]
+    assert not (tmp_path / "run").exists()
+

@@ -31,10 +31,10 @@ SNLI_KEYS = ("Flickr30K_ID", "annotator_labels", "captionID", "gold_label", "pai
              "sentence2_binary_parse", "sentence2_parse")
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> tuple[Path, dict]:
-    root = tmp_path_factory.mktemp("demo") / "world"
-    return root, generate_demo_world(root, size="small", seed=0)
+@pytest.fixture
+def world(demo_worlds) -> tuple[Path, dict]:
+    """The shared small world of seed 0 (tests/conftest.py) and its generation's summary."""
+    return demo_worlds("small", seed=0)
 
 
 def _lines(path: Path) -> list[dict]:

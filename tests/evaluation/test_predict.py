@@ -5,6 +5,7 @@ in tests/train/test_train.py.)"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -12,22 +13,14 @@ import torch
 from click.testing import CliRunner
 
 from madcache.cli import cli
-from madcache.data import read_examples
+from madcache.core.errors import UnknownNameError
+from madcache.data import DATASETS, read_examples
 from madcache.data.vqa import read_answer_vocab, read_vqa_results
 from madcache.evaluation.evaluate import evaluate_run
-from madcache.evaluation.predict import score_predictions, write_predictions
+from madcache.evaluation.predict import SUBMISSION_FORMATS, score_predictions, write_predictions
 from madcache.students import build_student, save_student
 from madcache.students.predict import STUDENT_DIR
 from madcache.train.config import TrainConfig
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from madcache.demo.world import generate_demo_world
-
-    root = tmp_path_factory.mktemp("world")
-    generate_demo_world(root, size="small", progress=False)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +52,8 @@ def make_run(directory, dataset, root, vilt_dir, eval_split, **options):
     return directory
 
 
-def test_vqa_results_file_round_trips_through_the_official_metric(world, vilt_dir, tmp_path):
-    root = world / "vqa"
+def test_vqa_results_file_round_trips_through_the_official_metric(demo_root, vilt_dir, tmp_path):
+    root = demo_root / "vqa"
     answers = read_answer_vocab(root / "answers.txt")
     run = make_run(tmp_path / "run", "vqa", root, vilt_dir, "val", task="multilabel",
                    answers=answers)
@@ -77,8 +70,8 @@ def test_vqa_results_file_round_trips_through_the_official_metric(world, vilt_di
     assert scored == evaluate_run(run, split="val") and set(scored) == {"vqa_accuracy"}
 
 
-def test_snli_ve_predictions_round_trip(world, vilt_dir, tmp_path):
-    root = world / "snli-ve"
+def test_snli_ve_predictions_round_trip(demo_root, vilt_dir, tmp_path):
+    root = demo_root / "snli-ve"
     run = make_run(tmp_path / "run", "snli-ve", root, vilt_dir, "dev", task="classification")
     out = tmp_path / "snli_ve_test_predictions.jsonl"
     result = CliRunner().invoke(cli, ["predict", "--run", str(run), "--split", "test",
@@ -92,8 +85,8 @@ def test_snli_ve_predictions_round_trip(world, vilt_dir, tmp_path):
     assert score_predictions("snli-ve", out, examples) == evaluate_run(run, split="test")
 
 
-def test_predict_refuses_to_overwrite_and_unknown_datasets(world, vilt_dir, tmp_path):
-    run = make_run(tmp_path / "run", "snli-ve", world / "snli-ve", vilt_dir, "dev",
+def test_predict_refuses_to_overwrite_and_unknown_datasets(demo_root, vilt_dir, tmp_path):
+    run = make_run(tmp_path / "run", "snli-ve", demo_root / "snli-ve", vilt_dir, "dev",
                    task="classification")
     out = tmp_path / "taken.jsonl"
     out.write_text("mine\n")
@@ -101,3 +94,15 @@ def test_predict_refuses_to_overwrite_and_unknown_datasets(world, vilt_dir, tmp_
     assert result.exit_code == 2 and "exists" in result.output and out.read_text() == "mine\n"
     with pytest.raises(Exception, match="no submission format"):
         score_predictions("demo", out, [])
+
+
+def test_a_dataset_names_its_submission_format_and_a_wrong_name_lists_the_formats(monkeypatch,
+                                                                                  tmp_path):
+    named = {DATASETS.get(name).submission for name in DATASETS} - {None}
+    assert {"vcr-leaderboard", "vqa-results", "snli-ve-predictions"} <= named
+    assert all(format in SUBMISSION_FORMATS for format in named)
+    monkeypatch.setitem(DATASETS._entries, "vcr",
+                        dataclasses.replace(DATASETS.get("vcr"), submission="vcr-typo"))
+    with pytest.raises(UnknownNameError, match="unknown submission format 'vcr-typo'. Available: "
+                       "snli-ve-predictions, vcr-leaderboard, vqa-results"):
+        score_predictions("vcr", tmp_path / "vcr.csv", [])

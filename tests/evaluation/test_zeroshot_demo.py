@@ -7,7 +7,6 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from madcache.demo.world import generate_demo_world
 from madcache.demo.teacher import DemoTeacherConfig, pretrain_demo_teacher
 from madcache.extraction import ExtractConfig, extract
 from madcache.teachers.clip import create_model
@@ -22,9 +21,8 @@ def zero_shot_of(world, checkpoint, out):
 
 
 @pytest.mark.slow
-def test_pretrained_demo_teacher_is_above_chance_and_a_random_one_is_not(tmp_path):
-    world = tmp_path / "world"
-    generate_demo_world(world, size="default", seed=0)
+def test_pretrained_demo_teacher_is_above_chance_and_a_random_one_is_not(demo_worlds, tmp_path):
+    world, _ = demo_worlds("default", seed=0)
     trained = tmp_path / "trained.safetensors"
     pretrain_demo_teacher(DemoTeacherConfig(data=world, out=trained, steps=200), progress=False)
     torch.manual_seed(123)

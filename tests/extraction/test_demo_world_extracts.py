@@ -9,15 +9,6 @@ from madcache.cache.reader import open_cache
 from madcache.extraction import ExtractConfig, extract
 
 
-@pytest.fixture(scope="module")
-def demo_root(tmp_path_factory):
-    from madcache.demo.world import generate_demo_world
-
-    root = tmp_path_factory.mktemp("demo-world")
-    generate_demo_world(root, size="small")
-    return root
-
-
 @pytest.mark.parametrize("dataset, split, store_format", [
     ("vcr", "val", "zarr"), ("snli-ve", "dev", "hdf5"), ("vqa", "val", "zarr")])
 def test_demo_world_extracts(demo_root, tiny_clip, tmp_path, minilm_dir, dataset, split,

@@ -1,4 +1,5 @@
-"""Fixtures for the student tests: tiny examples, regions, one built student, the demo world."""
+"""Fixtures for the student tests: tiny examples, regions, one built student (the demo
+world: `demo_root` of tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -49,11 +50,3 @@ def student():
     torch.manual_seed(0)
     return build_student("single-stream").eval()
 
-
-@pytest.fixture(scope="session")
-def demo_root(tmp_path_factory):
-    from madcache.demo.world import generate_demo_world
-
-    root = tmp_path_factory.mktemp("demo-world")
-    generate_demo_world(root, size="small", progress=False)
-    return root

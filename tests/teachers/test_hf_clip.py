@@ -26,15 +26,6 @@ EXACT = ("example_id", "image_id", "text_key", "word_offsets", "word_span", "wor
 VCR_LINE = "extracted/val-1_from_iflytek_VLE_examples_VCR_README.jsonl"
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from madcache.demo.world import generate_demo_world
-
-    root = tmp_path_factory.mktemp("world")
-    generate_demo_world(root, size="small", progress=False)
-    return root
-
-
 def test_names_are_registered_and_missing_directories_fail_at_once(tmp_path):
     assert {"hf-clip:<dir>", "siglip:<dir>"} <= set(TEACHERS.names())
     with pytest.raises(CheckpointNotFoundError, match="no config.json"):
@@ -80,20 +71,20 @@ def test_clip_eos_is_the_models_own_text_features(clip_pair):
     torch.testing.assert_close(enc.eos, direct, atol=1e-5, rtol=1e-5)
 
 
-def _extract(world, teacher: str, out, checkpoint=None):
+def _extract(demo_root, teacher: str, out, checkpoint=None):
     from madcache.cache.reader import open_cache
     from madcache.extraction import ExtractConfig, extract
 
-    extract(ExtractConfig(dataset="vcr", root=world / "vcr", split="train", teacher=teacher,
+    extract(ExtractConfig(dataset="vcr", root=demo_root / "vcr", split="train", teacher=teacher,
                           checkpoint=checkpoint, out=out, limit=12, shard_size=6,
                           progress=False))
     return open_cache(out)
 
 
-def test_same_weights_give_the_same_cached_targets(clip_pair, world, tmp_path):
+def test_same_weights_give_the_same_cached_targets(clip_pair, demo_root, tmp_path):
     config, checkpoint, hf_dir = clip_pair
-    ours = _extract(world, f"openclip-config:{config}", tmp_path / "open_clip", checkpoint)
-    hf = _extract(world, f"hf-clip:{hf_dir}", tmp_path / "hf", None)
+    ours = _extract(demo_root, f"openclip-config:{config}", tmp_path / "open_clip", checkpoint)
+    hf = _extract(demo_root, f"hf-clip:{hf_dir}", tmp_path / "hf", None)
     a, b = ours.arrays(), hf.arrays()
     assert a["text_truncated"].any()  # the 24-token context cuts rationales: truncation compared
     for key in EXACT:
@@ -200,8 +191,8 @@ def test_siglip_punctuation_words_have_no_tokens_and_are_flagged(siglip_dir):
     assert enc.word_truncated[0].tolist() == punctuation
 
 
-def test_siglip_logits_carry_the_bias(siglip_dir, world, tmp_path):
-    cache = _extract(world, f"siglip:{siglip_dir}", tmp_path / "siglip")
+def test_siglip_logits_carry_the_bias(siglip_dir, demo_root, tmp_path):
+    cache = _extract(demo_root, f"siglip:{siglip_dir}", tmp_path / "siglip")
     arrays = cache.arrays()
     settings = cache.fingerprint["prompts"]
     assert settings["scale"] == pytest.approx(np.exp(2.0)) and settings["bias"] == pytest.approx(-1.5)

@@ -47,16 +47,14 @@ def stand_in(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """The small demo world's VCR train split and its region store."""
-    from madcache.demo.world import generate_demo_world
+def regions(tmp_path_factory, demo_root):
+    """A region store of the small demo world's VCR train split."""
     from madcache.students.regions import build_region_store
 
-    base = tmp_path_factory.mktemp("world")
-    generate_demo_world(base / "world", size="small", progress=False)
-    build_region_store(dataset="vcr", root=base / "world" / "vcr", split="train",
-                       extractor="boxcrop", out=base / "regions", max_regions=4, progress=False)
-    return base
+    out = tmp_path_factory.mktemp("regions") / "store"
+    build_region_store(dataset="vcr", root=demo_root / "vcr", split="train",
+                       extractor="boxcrop", out=out, max_regions=4, progress=False)
+    return out
 
 
 def test_missing_members_are_listed():
@@ -71,12 +69,12 @@ def test_build_student_refuses_an_incomplete_student(stand_in):
         build_student("no-export")
 
 
-def test_training_fails_before_step_1(world, stand_in, monkeypatch, tmp_path):
+def test_training_fails_before_step_1(demo_root, regions, stand_in, monkeypatch, tmp_path):
     steps = []
     monkeypatch.setattr(loop_mod, "loss_step", lambda *a, **k: steps.append(1))
-    config = TrainConfig(dataset="vcr", root=str(world / "world" / "vcr"),
+    config = TrainConfig(dataset="vcr", root=str(demo_root / "vcr"),
                          out=str(tmp_path / "run"),
-                         regions=str(world / "regions"), student="no-export", eval_split=None,
+                         regions=str(regions), student="no-export", eval_split=None,
                          max_steps=2, batch_size=4)
     with pytest.raises(ConfigError, match="student 'no-export'.*missing export_options"):
         loop_mod.run_training(config)

@@ -437,16 +437,15 @@ finally:
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """A small demo world, a tiny CLIP's cache and region stores (the slow tests below)."""
-    """The small demo world, a cache of its VCR training split extracted with a tiny CLIP,
-    region stores for train and val, and a low-shot split file of cached examples."""
+def demo(tmp_path_factory, demo_root):
+    """The small demo world (`world/`, a link to the session's shared one), a cache of its VCR
+    training split extracted with a tiny CLIP, region stores for train and val, and a low-shot
+    split file of cached examples (the slow tests below)."""
     import importlib.util
     import sys
 
     from madcache.cache.reader import open_cache
     from madcache.data import read_examples
-    from madcache.demo.world import generate_demo_world
     from madcache.data.lowshot import sample_per_category
     from madcache.extraction import ExtractConfig, extract
     from madcache.students.regions import build_region_store
@@ -456,7 +455,7 @@ def demo(tmp_path_factory):
     helpers = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(helpers)
     base = tmp_path_factory.mktemp("demo")
-    generate_demo_world(base / "world", size="small")
+    (base / "world").symlink_to(demo_root, target_is_directory=True)
     root = base / "world" / "vcr"
     config, checkpoint = helpers.save_tiny_clip(base / "clip")
     extract(ExtractConfig(dataset="vcr", root=root, split="train",
