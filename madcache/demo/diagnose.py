@@ -163,9 +163,7 @@ def gradient_probe(run_dir: str) -> dict[str, dict[str, float]]:
 
     config = load_run(run_dir)
     with tempfile.TemporaryDirectory() as scratch:
-        config.out, config.split_file, config.per_category = \
-            scratch, str(Path(run_dir) / "split.json"), None
-        config.method = "md-ts"
+        config.out, config.method = scratch, "md-ts"       # the run's own low-shot split
         built = setup(config)
     student = built.student.eval()
     chunk = built.task_source.chunk(0)

@@ -274,15 +274,16 @@ def test_save_and_load_give_the_same_logits(name, visualbert_dir, vilt_dir, make
 def test_itm_positives_are_label_free(vcr_demo, demo_root):
     qa = next(ex for ex in vcr_demo if ex.id.endswith(":qa"))
     qar = next(ex for ex in vcr_demo if ex.id == qa.group + ":qar")
-    assert qa.label_free_text == qa.context                       # the question
+    objects = ", ".join(qa.raw["objects"])
+    assert qa.label_free_text.text == f"{qa.context.text} objects: {objects}."   # the question
     question = qar.label_free_text
-    assert question.text == qa.context.text                        # not question + answer
+    assert question == qa.label_free_text                          # not question + answer
     assert all(choice.text not in question.text for choice in qa.choices)
     snli = read_examples("snli-ve", demo_root / "snli-ve", "train").examples[0]
     assert snli.label_free_text.text == snli.raw["sentence1"]     # the premise caption
     vqa = read_examples("vqa", demo_root / "vqa", "train").examples[0]
     assert vqa.label_free_text == vqa.choices[0]
     texts, rows, matched = itm_batch([qa, qar, snli, vqa], torch.Generator().manual_seed(0))
-    assert texts == [qa.context.text, qa.context.text, snli.raw["sentence1"], vqa.choices[0].text]
+    assert texts == [question.text, question.text, snli.raw["sentence1"], vqa.choices[0].text]
     assert rows.shape == matched.shape == (4,)
     assert bool(matched[0]) == (rows[0].item() in (0, 1))  # qa and qar share their image

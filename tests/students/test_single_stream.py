@@ -192,7 +192,9 @@ def test_readers_give_label_free_texts(real_root):
     vcr = read_examples("vcr", real_root / "vcr",
                         "extracted/val-1_from_iflytek_VLE_examples_VCR_README.jsonl").examples
     assert all(ex.label_free_text == vcr[0].label_free_text for ex in vcr[:2])
-    assert vcr[1].context.text.startswith(vcr[1].label_free_text.text + " ")
+    question, objects = vcr[0].context.text, ", ".join(vcr[0].raw["objects"])
+    assert vcr[0].label_free_text.text == f"{question} objects: {objects}."   # no answer
+    assert vcr[1].context.text.startswith(question + " ")
 
 
 def test_save_load_round_trip(tmp_path, student, make):
