@@ -10,7 +10,10 @@ import statistics
 import pytest
 from click.testing import CliRunner
 
-from madcache.experiments.report import Cell, aggregate, build_report, collect_runs, teachers_label
+from madcache.evaluation.zeroshot import teachers_label
+from madcache.experiments.cells import Cell, aggregate
+from madcache.experiments.report import build_report
+from madcache.experiments.runs import collect_runs
 
 TEACHERS = {"vision": "clip-b16", "text": "clip-b16", "relevance": "clip-b16"}
 Q2A = {  # (method, shots) -> per-seed q2a on val
