@@ -2,12 +2,9 @@
 "adapters over frozen CLIP" rows), in seconds and without a student or a teacher model.
 
 Input per scored text (choice) c of an example: `[image_feat ; text_eos_c]` (both L2-normalised
-by default, as a CLIP linear probe does). Heads:
-
-- `adapter-linear`: one linear layer;
-- `adapter-mlp3`: three linear layers (ReLU between);
-- `adapter-transformer`: the image and the text feature as two tokens (each linearly projected
-  to `hidden`), one transformer encoder layer, mean-pooled, one linear layer.
+by default, as a CLIP linear probe does). The heads are the entries of `ADAPTERS` (what each
+trains; `AdapterHead` builds them); the rest of madcache asks that registry whether a method is
+an adapter.
 
 Outputs follow the dataset spec's task: multiple choice scores each choice (one logit per choice,
 softmax over choices: VCR's 4); classification is a classifier over the spec's `label_names`
@@ -36,18 +33,34 @@ from madcache.core.config import check_ranges, config_from_dict, setting
 from madcache.cache.manifest import cache_digest
 from madcache.core.errors import ConfigError
 from madcache.core.io import file_sha256, git_commit, write_json
+from madcache.core.registry import Registry
 from madcache.data import DATASETS, Dataset, Example
 from madcache.data.base import CLASSIFICATION, MULTILABEL, MULTIPLE_CHOICE
 from madcache.data.metrics import score_logits, without_counts
 from madcache.evaluation.cached import dataset_examples, index_examples
 
-ADAPTERS = ("adapter-linear", "adapter-mlp3", "adapter-transformer")
-ADAPTER_STUDENT = "frozen-teacher"    # the "student" column of adapter rows in reports
+ADAPTER_STUDENT = "frozen-teacher"    # the "student" column of every adapter's rows in reports
 ADAPTER_WEIGHTS = "adapter.safetensors"
 
 
-def is_adapter(method: str) -> bool:
-    return method.startswith("adapter-")
+@dataclass(frozen=True)
+class Adapter:
+    """An adapter baseline, a method that trains a head on frozen cached teacher features
+    instead of a student (`madcache train --method`, a pipeline's `methods`)."""
+
+    name: str              # the method name, e.g. "adapter-linear"
+    trains: str            # the head it trains on [image_feat ; text_eos_c]
+    report_order: int      # its rank among the adapters' rows of a report (after the students')
+
+
+ADAPTERS: Registry[Adapter] = Registry("adapter")
+for _adapter in (
+    Adapter("adapter-linear", "one linear layer", report_order=0),
+    Adapter("adapter-mlp3", "three linear layers, ReLU + dropout between", report_order=1),
+    Adapter("adapter-transformer", "image and text as two tokens, one transformer encoder "
+            "layer, mean pool, linear", report_order=2),
+):
+    ADAPTERS.register(_adapter.name, _adapter)
 
 
 @dataclass

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping, NamedTuple
 
 from madcache.core.errors import UnknownNameError
+from madcache.evaluation.adapters import ADAPTERS
 from madcache.experiments.runs import FULL, Row, RunRecord
 from madcache.experiments.stats import (Interval, PairedDifference, paired_difference,
                                         sample_std, t_interval)
@@ -149,9 +150,13 @@ def shots_order(label: str) -> tuple[int, int]:
 
 
 def method_order(method: str) -> tuple[int, str]:
+    """The registered methods in their registry's order, then unknown ones by name, then the
+    adapters in their registry's report order."""
     if method in METHOD_ORDER:
         return (0, f"{METHOD_ORDER.index(method):02d}")
-    return (2 if method.startswith("adapter-") else 1, method)
+    if method in ADAPTERS:
+        return (2, f"{ADAPTERS.get(method).report_order:02d}")
+    return (1, method)
 
 
 def row_order(row: Row) -> tuple[str, tuple[int, str], str]:

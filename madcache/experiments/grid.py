@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from madcache.core.errors import ConfigError
-from madcache.evaluation.adapters import ADAPTER_STUDENT, is_adapter
+from madcache.evaluation.adapters import ADAPTER_STUDENT, ADAPTERS
 
 SM_SUFFIX = "_sm"
 SPLITS_DIR = "splits"
@@ -83,7 +83,7 @@ class RunSpec:
 
     @property
     def kind(self) -> str:
-        return "adapter" if is_adapter(self.method) else "train"
+        return "adapter" if self.method in ADAPTERS else "train"
 
     @property
     def split_key(self) -> tuple[int, int] | None:
@@ -111,7 +111,7 @@ def plan(config: SweepConfig) -> list[RunSpec]:
     many = len(config.teachers) > 1
     for student in config.students:
         for method in config.methods:
-            adapter = is_adapter(method)
+            adapter = method in ADAPTERS
             if adapter and student != config.students[0]:
                 continue
             uses_teacher = adapter or METHODS.get(method).distils

@@ -21,7 +21,7 @@ from madcache.core.config import (check_value, check_values, parse_key_values, p
                                   read_toml)
 from madcache.core.errors import ConfigError, ConfigValueError, MadcacheError
 from madcache.data import DATASETS
-from madcache.evaluation.adapters import ADAPTERS, AdapterConfig, is_adapter
+from madcache.evaluation.adapters import ADAPTERS, AdapterConfig
 from madcache.experiments.grid import (SM_SUFFIX, RunSpec, StudentSpec, SweepConfig,
                                        TeacherCaches, run_settings)
 
@@ -210,11 +210,11 @@ def validate(config: SweepConfig) -> None:
             except MadcacheError as exc:
                 raise ConfigError(f"{where}: eval '{name}': {exc}") from None
     _check_tables(config, where)
-    needs_cache = [m for m in config.methods if is_adapter(m) or METHODS.get(m).distils]
+    needs_cache = [m for m in config.methods if m in ADAPTERS or METHODS.get(m).distils]
     if needs_cache and not config.teachers:
         raise ConfigError(f"{where}: methods {', '.join(needs_cache)} need a teacher cache "
                           "('cache' or [[teachers]])")
-    adapters = [m for m in config.methods if is_adapter(m)]
+    adapters = [m for m in config.methods if m in ADAPTERS]
     for teacher in config.teachers:
         if (adapters or config.zero_shot) and not (set(config.eval) & set(teacher.eval_caches)):
             raise ConfigError(f"{where}: {'adapters' if adapters else 'zero_shot'} need(s) a "
@@ -259,6 +259,6 @@ def _probe(config: SweepConfig, kind: str) -> RunSpec:
     """A stand-in run of `kind` ("train" or "adapter"), to ask `run_settings` which keys the
     sweep sets for such runs."""
     teacher = config.teachers[0] if config.teachers else TeacherCaches("probe", "")
-    method = ADAPTERS[0] if kind == "adapter" else "baseline"
+    method = ADAPTERS.names()[0] if kind == "adapter" else "baseline"
     return RunSpec(config.dataset, method, config.students[0], teacher, None, 0,
                    Path(config.out), (), "")

@@ -71,7 +71,7 @@ def vcr_caches(tmp_path_factory):
     return vcr_cache(root / "train", 60, "train", 0), vcr_cache(root / "val", 40, "val", 1)
 
 
-@pytest.mark.parametrize("method", ADAPTERS)
+@pytest.mark.parametrize("method", ADAPTERS.names())
 def test_adapters_learn_vcr_toy_task_and_write_a_run_dir(tmp_path, vcr_caches, method):
     train, val = vcr_caches
     out = tmp_path / "run"
