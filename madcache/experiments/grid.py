@@ -151,14 +151,16 @@ def job_payload(config: SweepConfig, spec: RunSpec) -> dict[str, Any]:
 
 
 def run_settings(config: SweepConfig, spec: RunSpec) -> dict[str, Any]:
-    """The settings the sweep sets for one run (so `[train]` / `[adapter]` may not set them)."""
+    """The settings the sweep sets for one run (so `[train]` / `[adapter]` may not set them).
+    Every run resumes: its directory already holds the sweep's job file and log, and a rerun of
+    the sweep continues a killed run (the run directory contract, docs/training.md)."""
     split = None if spec.shots is None else str(split_path(config, spec.shots, spec.seed))
     if spec.kind == "adapter":
         return {"dataset": config.dataset, "cache": spec.teacher.cache,
                 "out": str(spec.run_dir), "method": spec.method, "root": config.root,
                 "eval_caches": {e: spec.teacher.eval_caches[e] for e in spec.evals},
                 "split_file": split, "per_category": spec.shots, "seed": spec.seed,
-                "read_options": config.read_options}
+                "read_options": config.read_options, "resume": True}
     plain = [e for e in spec.evals if not e.endswith(SM_SUFFIX)]
     return {"dataset": config.dataset, "root": config.root, "out": str(spec.run_dir),
             "method": spec.method, "cache": spec.teacher.cache if spec.teacher else None,
