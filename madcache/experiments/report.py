@@ -18,11 +18,13 @@ Read top-down, a report is four steps, one module each:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+from madcache.core.errors import OutputLocationError
+from madcache.core.io import check_output_location
 from madcache.experiments.cells import BASELINE, aggregate, check_baseline, paired_cells
 from madcache.experiments.plots import plot_cells
-from madcache.experiments.runs import collect_runs, collect_zero_shot
+from madcache.experiments.runs import RunRecord, collect_runs, collect_zero_shot
 from madcache.experiments.tables import (CELL_FIELDS, PAIRED_FIELDS, RUN_FIELDS, cell_rows,
                                          markdown_report, paired_rows, run_rows, write_csv)
 
@@ -41,6 +43,7 @@ def build_report(runs_dir: str | Path, *, out: str | Path | None = None, plots: 
     baseline = baseline or BASELINE
     pairs = paired_cells(cells, baseline)
     out = Path(out if out is not None else runs_dir)
+    check_report_location(out, records)
     out.mkdir(parents=True, exist_ok=True)
     markdown = markdown_report(cells, records, zero_shot, baseline=baseline)
     (out / "report.md").write_text(markdown, encoding="utf-8")
@@ -52,3 +55,13 @@ def build_report(runs_dir: str | Path, *, out: str | Path | None = None, plots: 
     return {"markdown": markdown, "cells": cells, "pairs": pairs, "records": records,
             "files": [out / "report.md", out / "report.csv", out / "paired.csv",
                       out / "runs.csv", *images]}
+
+
+def check_report_location(out: Path, records: Sequence[RunRecord]) -> None:
+    """Before anything is written, as every command that writes checks (core.io): the report
+    goes into a folder, which may not lie inside, nor contain, the dataset root of a run it
+    reads (madcache never writes into a dataset)."""
+    if out.exists() and not out.is_dir():
+        raise OutputLocationError(f"--out {out} is a file; give a folder for the report")
+    roots = sorted({str(r.config["root"]) for r in records if r.config.get("root")})
+    check_output_location(out, roots=roots)
