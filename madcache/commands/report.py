@@ -8,8 +8,8 @@ import click
 
 @click.command()
 @click.argument("runs_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--out", help="Where to write report.md / report.csv / paired.csv / runs.csv / "
-              "plots (default: RUNS_DIR).")
+@click.option("--out", help="The folder to write report.md / report.csv / paired.csv / runs.csv "
+              "/ plots into (default: RUNS_DIR); never inside a dataset root of the runs.")
 @click.option("--baseline", metavar="METHOD", help="The method every other one is paired with, "
               "seed by seed (default: baseline; when given, it must have complete runs).")
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")

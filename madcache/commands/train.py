@@ -42,7 +42,7 @@ def train(config_file: str | None, eval_cache: tuple[str, ...], **flags: Any) ->
     """Train a student on cached teacher targets (baseline, md, mad and ablations), or an
     adapter head on the frozen cached features (adapter-*)."""
     values = {k: v for k, v in flags.items() if v is not None}
-    if str(values.get("method", "")).startswith("adapter-"):
+    if values.get("method") in ADAPTERS:
         eval_caches = parse_key_values(eval_cache, option="--eval-cache", as_json=False)
         train_adapter(values, eval_caches, config_file)
         return

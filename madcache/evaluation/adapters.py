@@ -2,20 +2,20 @@
 "adapters over frozen CLIP" rows), in seconds and without a student or a teacher model.
 
 Input per scored text (choice) c of an example: `[image_feat ; text_eos_c]` (both L2-normalised
-by default, as a CLIP linear probe does). Heads:
-
-- `adapter-linear`: one linear layer;
-- `adapter-mlp3`: three linear layers (ReLU between);
-- `adapter-transformer`: the image and the text feature as two tokens (each linearly projected
-  to `hidden`), one transformer encoder layer, mean-pooled, one linear layer.
+by default, as a CLIP linear probe does). The heads are the entries of `ADAPTERS` (what each
+trains; `AdapterHead` builds them); the rest of madcache asks that registry whether a method is
+an adapter.
 
 Outputs follow the dataset spec's task: multiple choice scores each choice (one logit per choice,
 softmax over choices: VCR's 4); classification is a classifier over the spec's `label_names`
 (SNLI-VE's 3); multilabel a classifier over the cache's answer vocabulary trained with the soft
-VQA scores (BCE). Training uses the same low-shot split files as the students (`split_file`),
-is seeded, and writes a run directory in the trainer's contract (docs/architecture.md), so
-reports show adapters beside baseline / MD / MAD. Evaluation needs a cache of each evaluated
-split (`eval_caches`: e.g. `{"val": ..., "val_sm": ...}`).
+VQA scores (BCE). Training uses the students' low-shot split (`train.setup.training_subset`:
+a `split_file`, or `per_category` sampled with `seed`), is seeded, and keeps the trainer's run
+directory contract (train/rundir.py, docs/training.md "The run directory"): a new run needs an
+empty `out`, `resume` refuses a setting that would change the result, config.json and
+inputs.json are recorded after every check, metrics.json last. So reports show adapters beside
+baseline / MD / MAD. Evaluation needs a cache of each evaluated split (`eval_caches`: e.g.
+`{"val": ..., "val_sm": ...}`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -34,20 +35,36 @@ from torch.nn import functional as F
 
 from madcache.core.config import check_ranges, config_from_dict, setting
 from madcache.cache.manifest import cache_digest
-from madcache.core.errors import ConfigError
-from madcache.core.io import file_sha256, git_commit, write_json
+from madcache.core.errors import ConfigError, RunDirectoryError
+from madcache.core.io import check_output_location, git_commit, write_json, writing
+from madcache.core.registry import Registry
 from madcache.data import DATASETS, Dataset, Example
 from madcache.data.base import CLASSIFICATION, MULTILABEL, MULTIPLE_CHOICE
 from madcache.data.metrics import score_logits, without_counts
 from madcache.evaluation.cached import dataset_examples, index_examples
 
-ADAPTERS = ("adapter-linear", "adapter-mlp3", "adapter-transformer")
-ADAPTER_STUDENT = "frozen-teacher"    # the "student" column of adapter rows in reports
+ADAPTER_STUDENT = "frozen-teacher"    # the "student" column of every adapter's rows in reports
 ADAPTER_WEIGHTS = "adapter.safetensors"
 
 
-def is_adapter(method: str) -> bool:
-    return method.startswith("adapter-")
+@dataclass(frozen=True)
+class Adapter:
+    """An adapter baseline, a method that trains a head on frozen cached teacher features
+    instead of a student (`madcache train --method`, a pipeline's `methods`)."""
+
+    name: str              # the method name, e.g. "adapter-linear"
+    trains: str            # the head it trains on [image_feat ; text_eos_c]
+    report_order: int      # its rank among the adapters' rows of a report (after the students')
+
+
+ADAPTERS: Registry[Adapter] = Registry("adapter")
+for _adapter in (
+    Adapter("adapter-linear", "one linear layer", report_order=0),
+    Adapter("adapter-mlp3", "three linear layers, ReLU + dropout between", report_order=1),
+    Adapter("adapter-transformer", "image and text as two tokens, one transformer encoder "
+            "layer, mean pool, linear", report_order=2),
+):
+    ADAPTERS.register(_adapter.name, _adapter)
 
 
 @dataclass
@@ -79,7 +96,18 @@ class AdapterConfig:
     normalize: bool = setting(True, help="L2-normalise the cached features first.")
     read_options: dict[str, Any] = setting(factory=dict, flag="read-option",
                                            help="A dataset reader option (repeatable).")
+    resume: bool = setting(False, help="Run again in --out, whose run was started with the "
+                                       "same settings (an adapter has no checkpoint: it trains "
+                                       "from the start).")
+    overwrite: bool = setting(False, help="Delete the run files madcache wrote in --out and "
+                                          "train again; nothing else there is touched.")
     device: str = setting("cpu", help="Torch device: cpu, cuda or cuda:N.")
+
+    # what the trainer's run-directory check (train/rundir.py: open_run_dir) reads of a run's
+    # config besides the fields above: an adapter reads no region store and trains no student
+    regions: ClassVar[None] = None
+    eval_regions: ClassVar[None] = None
+    student_options: ClassVar[Mapping[str, Any]] = MappingProxyType({})
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -158,47 +186,31 @@ class FeatureSet:
         return [ex.id for ex in self.examples]
 
 
-def load_features(cache_path: str | Path, ids: Sequence[str] | None = None, *,
-                  normalize: bool = True) -> tuple[FeatureSet, dict[str, Any]]:
-    """Features (and index labels, groups, categories) of `ids` (default: every cached example)
-    from the cache at `cache_path`; returns them with the cache manifest."""
-    from madcache.cache.reader import open_cache
-
-    cache = open_cache(cache_path)
-    by_id = {ex.id: ex for ex in index_examples(cache)}
-    wanted = list(by_id) if ids is None else list(ids)
-    missing = [eid for eid in wanted if eid not in by_id]
-    if missing:
-        raise ConfigError(f"{len(missing)} split ids (e.g. {missing[0]!r}) are not in the cache "
-                          f"{cache_path}: was it extracted from this split?")
-    targets = cache.load_targets(wanted)
+def load_features(cache: Any, examples: Sequence[Example], *,
+                  normalize: bool = True) -> FeatureSet:
+    """The cached image and text features of `examples` (stand-ins from the cache index) from
+    the open `cache`."""
+    targets = cache.load_targets([ex.id for ex in examples])
     if targets.image is None or targets.text_eos is None:
-        raise ConfigError(f"adapters need image and text features; the cache {cache_path} "
+        raise ConfigError(f"adapters need image and text features; the cache {cache.path} "
                           "lacks one of them")
     image = torch.from_numpy(np.asarray(targets.image, dtype=np.float32))
     text = torch.from_numpy(np.asarray(targets.text_eos, dtype=np.float32))
     if normalize:
         image, text = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
-    return FeatureSet([by_id[eid] for eid in wanted], image, text), cache.manifest
+    return FeatureSet(list(examples), image, text)
 
 
-def training_ids(config: AdapterConfig, cache_path: str) -> tuple[list[str] | None, dict[str, Any]]:
-    """The low-shot ids (split file, or sampled per category from the cache index) or None."""
+def training_features(config: AdapterConfig) -> tuple[FeatureSet, Any, dict[str, Any]]:
+    """The features of the training examples: the low-shot split the students use (a split
+    file, or sampled per category from the cache index), else every cached example; with the
+    open cache and the split's provenance (`split_file`, `split_digest`)."""
     from madcache.cache.reader import open_cache
-    from madcache.data import lowshot
+    from madcache.train.setup import training_subset
 
-    if config.split_file is not None:
-        split = lowshot.Split.load(config.split_file)
-        return split.ids, {"split_file": config.split_file,
-                           "split_digest": file_sha256(config.split_file)}
-    if config.per_category is not None:
-        split = lowshot.sample_per_category(index_examples(open_cache(cache_path),
-                                                           config.dataset),
-                                            k=config.per_category, seed=config.seed)
-        path = Path(config.out) / "split.json"
-        split.save(path)
-        return split.ids, {"split_file": str(path), "split_digest": file_sha256(path)}
-    return None, {"split_file": None, "split_digest": None}
+    cache = open_cache(config.cache)
+    subset, split_info = training_subset(config, index_examples(cache, config.dataset))
+    return load_features(cache, subset, normalize=config.normalize), cache, split_info
 
 
 def attach_answers(features: FeatureSet, vocab: Sequence[str], config: AdapterConfig,
@@ -282,18 +294,22 @@ def score(dataset: str, features: FeatureSet, logits: torch.Tensor,
 
 def run_adapter(config: AdapterConfig) -> dict[str, Any]:
     """Train one adapter on cached features, evaluate it on each eval cache, and write the run
-    directory (config.json first; metrics.json with status "complete" last). Returns metrics."""
-    import madcache
+    directory as a training run does (train/rundir.py): checked before anything is written,
+    config.json and inputs.json once every check passed, metrics.json with status "complete"
+    last. Returns the metrics."""
+    from madcache.train.rundir import METRICS, RESUMABLE_NOTE, record_run, run_inputs
 
     run_dir = Path(config.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", config.to_dict())
+    open_adapter_run_dir(config)
     torch.manual_seed(config.seed)
-    ids, split_info = training_ids(config, config.cache)
-    train, manifest = load_features(config.cache, ids, normalize=config.normalize)
-    vocab = _vocab(config, manifest)
+    train, cache, split_info = training_features(config)
+    provenance = run_provenance(cache.manifest, split_info)
+    if config.resume:
+        check_adapter_resume(run_dir, config, run_inputs(provenance))
+    record_run(run_dir, config.to_dict(), run_inputs(provenance))
+    vocab = _vocab(config, cache.manifest)
     if vocab is not None:
-        attach_answers(train, vocab, config, manifest.get("split", "train"))
+        attach_answers(train, vocab, config, cache.manifest.get("split", "train"))
     head = AdapterHead(config.method, train.image.shape[1], train.text.shape[2],
                        output_size(DATASETS.get(config.dataset), vocab),
                        hidden=config.hidden, heads=config.heads, dropout=config.dropout)
@@ -301,23 +317,57 @@ def run_adapter(config: AdapterConfig) -> dict[str, Any]:
     evaluation = {name: evaluate_head(head, config, path, vocab)
                   for name, path in config.eval_caches.items()}
     metrics = {"run": run_dir.name, "dataset": config.dataset, "method": config.method,
-               "student": ADAPTER_STUDENT, "teachers": manifest.get("teachers"),
+               "student": ADAPTER_STUDENT, "teachers": cache.manifest.get("teachers"),
                "shots": config.per_category, "seed": config.seed, "status": "complete",
-               "history": history, "eval": evaluation,
-               "provenance": {"cache_fingerprint": cache_digest(manifest), **split_info,
-                              "git_commit": git_commit(),
-                              "madcache_version": madcache.__version__}}
-    save_file({k: v.contiguous() for k, v in head.state_dict().items()},
-              str(run_dir / ADAPTER_WEIGHTS))
-    write_json(run_dir / "metrics.json", metrics)
+               "history": history, "eval": evaluation, "provenance": provenance}
+    with writing(run_dir, error=RunDirectoryError, then=RESUMABLE_NOTE):
+        save_file({k: v.contiguous() for k, v in head.state_dict().items()},
+                  str(run_dir / ADAPTER_WEIGHTS))
+        write_json(run_dir / METRICS, metrics)
     return metrics
+
+
+def open_adapter_run_dir(config: AdapterConfig) -> None:
+    """The trainer's checks of `out` (train/rundir.py: open_run_dir: empty unless resume or
+    overwrite, never over an input or inside the dataset root), the evaluated caches counted
+    as inputs too; overwrite also deletes the adapter's weights."""
+    from madcache.train.rundir import open_run_dir
+
+    check_output_location(config.out, inputs=config.eval_caches.values())
+    open_run_dir(config)
+    if config.overwrite:
+        (Path(config.out) / ADAPTER_WEIGHTS).unlink(missing_ok=True)
+
+
+def check_adapter_resume(run_dir: Path, config: AdapterConfig,
+                         inputs: Mapping[str, Any]) -> None:
+    """The trainer's resume check (train/rundir.py: check_resume), except that the evaluated
+    caches may change: they choose what the head is scored on, not the head (a sweep that adds
+    an evaluated split runs its adapters again)."""
+    from madcache.train.rundir import CONFIG, check_resume, load_run_config
+
+    values = config.to_dict()
+    if (run_dir / CONFIG).is_file():
+        values["eval_caches"] = load_run_config(run_dir).get("eval_caches")
+    check_resume(run_dir, values, inputs)
+
+
+def run_provenance(manifest: Mapping[str, Any], split_info: Mapping[str, Any]) -> dict[str, Any]:
+    """What the run read (the cache's fingerprint, the split) and the code that ran it."""
+    import madcache
+
+    return {"cache_fingerprint": cache_digest(manifest), **split_info,
+            "git_commit": git_commit(), "madcache_version": madcache.__version__}
 
 
 def evaluate_head(head: AdapterHead, config: AdapterConfig, cache_path: str,
                   vocab: Sequence[str] | None) -> dict[str, float]:
-    features, manifest = load_features(cache_path, normalize=config.normalize)
+    from madcache.cache.reader import open_cache
+
+    cache = open_cache(cache_path)
+    features = load_features(cache, index_examples(cache), normalize=config.normalize)
     if vocab is not None:
-        attach_answers(features, vocab, config, manifest.get("split", "val"))
+        attach_answers(features, vocab, config, cache.manifest.get("split", "val"))
     return score(config.dataset, features, predict(head, features), vocab)
 
 
@@ -327,4 +377,3 @@ def _vocab(config: AdapterConfig, manifest: Mapping[str, Any]) -> list[str] | No
     from madcache.evaluation.zeroshot import answer_vocabulary
 
     return answer_vocabulary(manifest, Path(config.root) if config.root else None)
-

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from madcache.core.errors import ConfigError
-from madcache.experiments.sweep import RunSpec, SweepConfig, job_payload, subprocess_runner
+from madcache.experiments.grid import RunSpec, SweepConfig, job_payload
+from madcache.experiments.runners import subprocess_runner
 
 SLURM_DIR = "slurm"
 EXECUTORS = ("local", "slurm")

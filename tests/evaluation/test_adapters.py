@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from madcache.evaluation.adapters import ADAPTERS, AdapterConfig, AdapterHead, run_adapter
-from madcache.core.errors import ConfigError
+from madcache.core.errors import ConfigError, OutputLocationError, RunDirectoryError
 
 DV, DT = 8, 6
 
@@ -71,7 +71,7 @@ def vcr_caches(tmp_path_factory):
     return vcr_cache(root / "train", 60, "train", 0), vcr_cache(root / "val", 40, "val", 1)
 
 
-@pytest.mark.parametrize("method", ADAPTERS)
+@pytest.mark.parametrize("method", ADAPTERS.names())
 def test_adapters_learn_vcr_toy_task_and_write_a_run_dir(tmp_path, vcr_caches, method):
     train, val = vcr_caches
     out = tmp_path / "run"
@@ -177,3 +177,73 @@ def test_train_command_runs_an_adapter_method(tmp_path, vcr_caches):
     refused = CliRunner().invoke(cli, ["train", "--method", "adapter-mlp3", "--dataset", "vcr",
                                        "--cache", train, "--regions", "r", "--out", str(out)])
     assert refused.exit_code == 2 and "does not take regions" in refused.output
+
+
+# ----------------------------------------------------------------------------- the run directory
+
+def small_run(out, train, val, **settings):
+    return AdapterConfig(**{"dataset": "vcr", "cache": train, "out": str(out),
+                            "eval_caches": {"val": val}, "epochs": 2, **settings})
+
+
+def snapshot(directory):
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def test_an_adapter_run_writes_the_training_run_files(tmp_path, vcr_caches):
+    """config.json and inputs.json (the digests a resume compares), split.json when sampled,
+    metrics.json: the files of a training run (train/rundir.py), plus the head's weights."""
+    from madcache.train.rundir import CONFIG, INPUTS, METRICS, SPLIT
+
+    train, val = vcr_caches
+    out = tmp_path / "run"
+    metrics = run_adapter(small_run(out, train, val, per_category=2))
+    assert {p.name for p in out.iterdir()} == {CONFIG, INPUTS, METRICS, SPLIT,
+                                               "adapter.safetensors"}
+    inputs = json.loads((out / INPUTS).read_text())
+    assert inputs["cache_fingerprint"] == metrics["provenance"]["cache_fingerprint"]
+    assert inputs["split_digest"] == metrics["provenance"]["split_digest"]
+    assert json.loads((out / CONFIG).read_text())["per_category"] == 2
+
+
+def test_an_adapter_refuses_a_used_or_non_empty_directory(tmp_path, vcr_caches):
+    train, val = vcr_caches
+    out = tmp_path / "run"
+    run_adapter(small_run(out, train, val))
+    before = snapshot(out)
+    with pytest.raises(RunDirectoryError, match="already holds a run; pass --resume"):
+        run_adapter(small_run(out, train, val))
+    assert snapshot(out) == before
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(RunDirectoryError, match=r"is not empty \(notes.txt\)"):
+        run_adapter(small_run(mine, train, val))
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    with pytest.raises(OutputLocationError, match="would overwrite the input"):
+        run_adapter(small_run(tmp_path / "run2", train, str(tmp_path / "run2")))
+
+
+def test_an_adapter_resume_with_another_setting_is_refused(tmp_path, vcr_caches):
+    """As for a training run: every result-changing setting is named, before anything is
+    written; the evaluated caches may change (a sweep that adds an eval)."""
+    train, val = vcr_caches
+    out = tmp_path / "run"
+    run_adapter(small_run(out, train, val))
+    before = snapshot(out)
+    with pytest.raises(ConfigError, match="other settings: epochs: run 2, now 3; lr: run "):
+        run_adapter(small_run(out, train, val, resume=True, epochs=3, lr=0.5))
+    assert snapshot(out) == before
+    again = run_adapter(small_run(out, train, val, resume=True,
+                                  eval_caches={"val": val, "train": train}))
+    assert set(again["eval"]) == {"val", "train"}
+
+
+def test_an_adapter_overwrite_trains_again(tmp_path, vcr_caches):
+    train, val = vcr_caches
+    out = tmp_path / "run"
+    run_adapter(small_run(out, train, val))
+    (out / "notes.txt").write_text("keep")
+    metrics = run_adapter(small_run(out, train, val, overwrite=True, seed=5))
+    assert metrics["seed"] == 5 and (out / "notes.txt").read_text() == "keep"
+    assert json.loads((out / "config.json").read_text())["seed"] == 5

@@ -10,7 +10,10 @@ import statistics
 import pytest
 from click.testing import CliRunner
 
-from madcache.experiments.report import Cell, aggregate, build_report, collect_runs, teachers_label
+from madcache.evaluation.zeroshot import teachers_label
+from madcache.experiments.cells import Cell, aggregate
+from madcache.experiments.report import build_report
+from madcache.experiments.runs import collect_runs
 
 TEACHERS = {"vision": "clip-b16", "text": "clip-b16", "relevance": "clip-b16"}
 Q2A = {  # (method, shots) -> per-seed q2a on val
@@ -139,6 +142,33 @@ def test_cli_prints_the_table(runs, tmp_path):
     assert result.exit_code == 0, result.output
     assert "### vcr: q2a" in result.output and "(n=4)" in result.output
     assert (tmp_path / "o" / "runs.csv").is_file()
+
+
+
+@pytest.mark.parametrize("where,problem", [
+    ("file", "is a file; give a folder for the report"),
+    ("in-root", "is inside the dataset root"),
+    ("root-parent", "contains the dataset root")])
+def test_cli_refuses_an_output_location_like_every_command(runs, tmp_path, where, problem):
+    """One line, exit code 2, nothing written: `--out` may not be a file, lie inside the dataset
+    root a run trained on, or contain it (core.io.check_output_location)."""
+    from madcache.cli import cli
+
+    data = tmp_path / "data" / "vcr"
+    (data / "images").mkdir(parents=True)
+    for config in runs.rglob("config.json"):
+        config.write_text(json.dumps({**json.loads(config.read_text()), "root": str(data)}))
+    (tmp_path / "file").write_text("mine")
+    out = {"file": tmp_path / "file", "in-root": data / "report",
+           "root-parent": tmp_path / "data"}[where]
+    before = sorted(p.name for p in out.parent.iterdir())
+    result = CliRunner().invoke(cli, ["report", str(runs), "--out", str(out), "--no-plots"])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output
+    assert lines[0].startswith(f"Error: --out {out} ") and problem in lines[0]
+    assert sorted(p.name for p in out.parent.iterdir()) == before
+    assert (tmp_path / "file").read_text() == "mine"
 
 
 # ----------------------------------------------------------------------------- paired statistics

@@ -12,8 +12,10 @@ import pytest
 
 from madcache.data.lowshot import Split
 from madcache.core.errors import ConfigError
-from madcache.experiments.sweep import (execute, in_process_runner, job_payload, load_sweep, plan, run_state,
-                            run_sweep, subprocess_runner)
+from madcache.experiments.grid import job_payload, plan
+from madcache.experiments.pipeline import load_sweep
+from madcache.experiments.runners import execute, in_process_runner, run_state, subprocess_runner
+from madcache.experiments.sweep import run_sweep
 
 PIPELINE = """
 dataset = "vcr"
@@ -371,7 +373,8 @@ def test_one_job_as_a_subprocess(tmp_path):
 def test_a_forked_run_keeps_the_subprocess_contract(tmp_path):
     """forked_runner (the default without GPUs): job file, log, a fresh process per run, its
     exit code; the same adapter job as test_one_job_as_a_subprocess, then a job that fails."""
-    from madcache.experiments.sweep import RunFailed, ensure_splits, forked_runner
+    from madcache.experiments.runners import RunFailed, forked_runner
+    from madcache.experiments.sweep import ensure_splits
 
     config = adapter_sweep(tmp_path)
     spec = plan(config)[0]
@@ -530,7 +533,7 @@ def test_a_subprocess_job_sees_only_its_gpu(tmp_path, monkeypatch):
         seen.update(env)
         return sp.CompletedProcess(command, 0)
 
-    monkeypatch.setattr("madcache.experiments.sweep.subprocess.run", fake_run)
+    monkeypatch.setattr("madcache.experiments.runners.subprocess.run", fake_run)
     config = load_sweep(write(tmp_path))
     spec = plan(config)[0]
     subprocess_runner(spec, {**job_payload(config, spec), "env": {"CUDA_VISIBLE_DEVICES": "3"}})
