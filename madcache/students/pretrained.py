@@ -105,7 +105,7 @@ def load_model(model_cls, config: PretrainedStudentConfig):
 
 def tokenizer_for(config: PretrainedStudentConfig):
     """The fast tokenizer `tokenizer_dir`, else the checkpoint's own, else MiniLM's."""
-    from madcache.students.single_stream import default_tokenizer_dir, load_tokenizer
+    from madcache.students.tokens import default_tokenizer_dir, load_tokenizer
 
     if config.tokenizer_dir is not None:
         return load_tokenizer(config.tokenizer_dir)

