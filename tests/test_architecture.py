@@ -113,3 +113,12 @@ def test_no_dataset_branches_outside_the_data_package():
              if pattern.search(line)]
     assert not found, "choose behaviour through the dataset spec (madcache/data/base.py):\n" + \
         "\n".join(found)
+
+
+def test_the_module_map_names_every_module():
+    """docs/architecture.md's module map stays the map: each module of a stage is named there."""
+    doc = (PACKAGE.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    missing = [str(p.relative_to(PACKAGE)) for p in sorted(PACKAGE.rglob("*.py"))
+               if p.name != "__init__.py" and "commands" not in p.parts
+               and not re.search(rf"\b{re.escape(p.stem)}\b", doc)]
+    assert not missing, f"not in docs/architecture.md: {missing}"

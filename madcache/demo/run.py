@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from madcache.core.config import check_ranges, config_from_dict, setting
+from madcache.core.errors import MadcacheError
 
 DEMO_DATASET = "vcr"
 PIPELINE = Path(__file__).with_name("demo.toml")
@@ -74,8 +75,9 @@ class DemoConfig:
     regime: Path = setting(REGIME, help="The regime check's spec (shots tried, seeds, margin).")
     overrides: tuple[str, ...] = setting((), help="Extra `KEY=VALUE` settings for the sweep.")
     progress: bool = setting(True, help="Show progress bars.")
-    threads: int = setting(2, minimum=1, help="torch threads of the demo's own stages (teacher, "
-                                              "student, caches); pinned so a rerun on the same "
+    threads: int = setting(1, minimum=1, help="torch threads of each of the demo's own stages "
+                                              "(teacher, student, caches), which run side by "
+                                              "side instead: pinned so a rerun on the same "
                                               "machine gives the same numbers.")
 
     def __post_init__(self) -> None:
@@ -106,10 +108,12 @@ def run_demo(config: DemoConfig, *, log: Callable[[str], None] = print) -> dict[
 
     load_pipeline(paths, config)                # a bad --set fails now, not after the caches
     stage("world", lambda: make_world(paths, config))
-    teacher = stage("teacher", lambda: make_teacher(paths, config))
-    student = stage("student", lambda: make_student(paths, config))
-    for split in ("train", "val"):
-        stage(f"cache {split}", lambda split=split: make_cache(paths, config, split))
+    # The teacher and the student learn from the captions alone, and the two caches need only
+    # the teacher: each pair runs side by side, one process and one thread each.
+    teacher, student = stage("teacher + student", lambda: side_by_side(
+        (make_teacher, paths, config), (make_student, paths, config)))
+    stage("caches", lambda: side_by_side((make_cache, paths, config, "train"),
+                                         (make_cache, paths, config, "val")))
     stage("regions", lambda: make_regions(paths, config))
     regime = stage("regime", lambda: check_regime_first(paths, config, log))
     pipeline = load_pipeline(paths, config, shots=regime["shots"])
@@ -117,6 +121,30 @@ def run_demo(config: DemoConfig, *, log: Callable[[str], None] = print) -> dict[
     report = stage("report", lambda: make_report(paths, regime, student))
     return {"paths": paths, "timings": timings, "teacher": teacher, "student": student,
             "regime": regime, "sweep": sweep, "report": report}
+
+
+def side_by_side(*calls: tuple) -> list[Any]:
+    """`function(*args)` of each call in a process of its own (spawned, so torch starts fresh),
+    at the same time; their results in order. A `MadcacheError` in one is raised here, as one
+    line."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=len(calls), mp_context=context) as pool:
+        futures = [pool.submit(_call_reporting_errors, call[0], *call[1:]) for call in calls]
+        outcomes = [future.result() for future in futures]
+    for outcome in outcomes:
+        if "error" in outcome:
+            raise MadcacheError(outcome["error"])
+    return [outcome["result"] for outcome in outcomes]
+
+
+def _call_reporting_errors(function: Callable[..., Any], *args: Any) -> dict[str, Any]:
+    try:
+        return {"result": function(*args)}
+    except MadcacheError as exc:          # its own attributes may not survive pickling
+        return {"error": str(exc)}
 
 
 def make_world(paths: DemoPaths, config: DemoConfig) -> dict[str, Any]:
@@ -129,7 +157,7 @@ def make_world(paths: DemoPaths, config: DemoConfig) -> dict[str, Any]:
 def make_teacher(paths: DemoPaths, config: DemoConfig) -> dict[str, Any]:
     from madcache.demo.teacher import DemoTeacherConfig, pretrain_demo_teacher
 
-    options: dict[str, Any] = {"seed": config.seed}
+    options: dict[str, Any] = {"seed": config.seed, "threads": config.threads}
     if config.teacher_steps is not None:
         options["steps"] = config.teacher_steps
     return pretrain_demo_teacher(DemoTeacherConfig(data=paths.world, out=paths.teacher, **options),
@@ -139,7 +167,7 @@ def make_teacher(paths: DemoPaths, config: DemoConfig) -> dict[str, Any]:
 def make_student(paths: DemoPaths, config: DemoConfig) -> dict[str, Any]:
     from madcache.demo.student import DemoStudentConfig, pretrain_demo_student
 
-    options: dict[str, Any] = {"seed": config.seed}
+    options: dict[str, Any] = {"seed": config.seed, "threads": config.threads}
     if config.student_steps is not None:
         options["steps"] = config.student_steps
     return pretrain_demo_student(DemoStudentConfig(data=paths.world, out=paths.student,
@@ -165,7 +193,7 @@ def make_cache(paths: DemoPaths, config: DemoConfig, split: str) -> dict[str, An
     return extract(ExtractConfig(
         dataset=DEMO_DATASET, root=paths.world / DEMO_DATASET, split=split,
         teacher="madcache-demo", checkpoint=paths.teacher, out=paths.cache(split),
-        workers=config.workers, progress=config.progress))
+        workers=config.workers, threads=config.threads, progress=config.progress))
 
 
 def make_regions(paths: DemoPaths, config: DemoConfig) -> dict[str, Any]:

@@ -59,6 +59,7 @@ def extract(config: ExtractConfig, *, teacher_loader: Loader | None = None,
     `teacher_loader` / `sentence_encoder` replace `load_teacher` / the MiniLM encoder (tests).
     """
     started = time.perf_counter()
+    torch.set_num_threads(config.threads)
     check_output_location(config.output_path(), roots=[config.root],
                           inputs=[config.checkpoint, config.vision_checkpoint,
                                   config.text_checkpoint, config.relevance_checkpoint,
