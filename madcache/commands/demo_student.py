@@ -12,7 +12,7 @@ import click
               help="Demo world root (holds captions/captions.jsonl and images/).")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory of the saved student (`--student-option init_from=OUT`).")
-@click.option("--steps", default=600, show_default=True, type=click.IntRange(min=1))
+@click.option("--steps", default=500, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def demo_student(data: Path, out: Path, steps: int, seed: int, quiet: bool) -> None:

@@ -80,9 +80,13 @@ def run_facts(run_dir: Path) -> dict[str, Any]:
 
     metrics = json.loads((Path(run_dir) / "metrics.json").read_text(encoding="utf-8"))
     config = load_run(run_dir)
-    curves: dict[str, list[tuple[int, float, float | None]]] = {"af": [], "task": []}
+    curves: dict[str, list[tuple[int, float, float | None]]] = {"af": [], "task": [],
+                                                                "af_itm": [], "af_mlm": []}
     for h in metrics["history"]:
         curves[h["stage"]].append((h["step"], h["loss"], (h.get("eval") or {}).get("q2a")))
+        if h["stage"] == "af":
+            for part in ("itm", "mlm"):
+                curves[f"af_{part}"].append((h["step"], h["parts"][part], None))
     probes = text_side(Path(run_dir) / "student", root=config.root,
                        regions=config.eval_regions or config.regions)
     return {"dir": str(run_dir), "method": metrics["method"], "seed": metrics["seed"],
@@ -131,7 +135,7 @@ def summarise(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         out[method] = {key: sum(r[key] for r in mine) / len(mine)
                        for key in ("final", "tag_cosine", "choice_logit_std")}
         out[method]["curves"] = {stage: mean_curve([r["curves"][stage] for r in mine])
-                                 for stage in ("af", "task")}
+                                 for stage in ("af", "task", "af_itm", "af_mlm")}
     return out
 
 
@@ -205,6 +209,14 @@ def diagnosis_markdown(summary: Mapping[str, Any]) -> str:
     for method, row in summary["methods"].items():
         lines.append(f"| {method} | {row['final']:.2f} | {row['tag_cosine']:.3f} | "
                      f"{row['choice_logit_std']:.4f} |")
+    af_rows = [(m, r["curves"]) for m, r in summary["methods"].items() if r["curves"]["af_itm"]]
+    if af_rows:
+        lines += ["", "The AF stage (mean over seeds; first and last record; ITM chance is "
+                  "ln 2 = 0.693):", "", "| method | AF ITM loss | AF MLM loss |", "|---|---|---|"]
+        for method, curves in af_rows:
+            itm, mlm = curves["af_itm"], curves["af_mlm"]
+            lines.append(f"| {method} | {itm[0][1]:.3f} -> {itm[-1][1]:.3f} | "
+                         f"{mlm[0][1]:.3f} -> {mlm[-1][1]:.3f} |")
     lines += ["", "Gradients at the start of the task stage (pretrained student, one low-shot "
               "batch; md-ts terms with their weight w'):", "",
               "| term | weight | loss | gradient norm | cosine with the task gradient |",
@@ -224,13 +236,14 @@ def plot_curves(summary: Mapping[str, Any], path: Path) -> Path:
 
     fig, (af_ax, loss_ax, acc_ax) = plt.subplots(1, 3, figsize=(15, 4))
     for method, row in summary["methods"].items():
-        af, task = row["curves"]["af"], row["curves"]["task"]
+        af, task = row["curves"]["af_itm"], row["curves"]["task"]
         if af:
             af_ax.plot([s for s, _, _ in af], [v for _, v, _ in af], marker=".", label=method)
         loss_ax.plot([s for s, _, _ in task], [v for _, v, _ in task], marker=".", label=method)
         acc_ax.plot([s for s, _, q in task if q is not None],
                     [q for _, _, q in task if q is not None], marker=".", label=method)
-    af_ax.set(xlabel="AF step", ylabel="AF loss (MLM + ITM + w terms)", title="adaptive finetuning")
+    af_ax.set(xlabel="AF step", ylabel="ITM loss", title="adaptive finetuning: ITM")
+    af_ax.axhline(0.6931, color="grey", linestyle=":", label="ln 2")
     loss_ax.set(xlabel="task step", ylabel="task-stage loss", title="task stage: loss")
     acc_ax.set(xlabel="task step", ylabel="val Q2A (%)", title="task stage: val Q2A")
     acc_ax.axhline(25.0, color="grey", linestyle=":", label="chance")

@@ -37,7 +37,7 @@ MAX_REGIONS = 16                     # the region store's default (students/regi
 class DemoStudentConfig:
     data: Path                       # the demo world root (captions/)
     out: Path                        # the saved student's directory
-    steps: int = 600
+    steps: int = 500
     batch_size: int = 32
     lr: float = 5e-4
     warmup: float = 0.1

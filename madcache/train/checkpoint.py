@@ -38,6 +38,7 @@ class TrainerState:
     global_step: int = 0
     loss_sum: float = 0.0
     loss_count: int = 0
+    part_sums: dict[str, float] = field(default_factory=dict)   # per loss part, since a record
     history: list[dict[str, Any]] = field(default_factory=list)
     world_size: int = 1               # processes that trained up to this state
     precision: str = "fp32"           # the resolved --precision

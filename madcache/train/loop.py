@@ -227,6 +227,8 @@ def run_stage(training: Training, plan: StagePlan) -> None:
             state.global_step += 1
             state.loss_sum += parts["loss"]
             state.loss_count += 1
+            for key, value in logged(parts).items():
+                state.part_sums[key] = state.part_sums.get(key, 0.0) + value
             steps += 1
             training.tracker.scalars(
                 {**{f"{state.stage}/{k}": v for k, v in logged(parts).items()},
@@ -371,17 +373,20 @@ def validate(setup: Setup, ranks: Dist = Dist()) -> dict[str, float] | None:
 
 
 def record(training: Training, evaluation: dict[str, float] | None) -> None:
-    """Append the mean loss since the last record (and a validation result) to the history."""
+    """Append the mean loss and loss parts (MLM, ITM, task, dv, ...) since the last record (and a
+    validation result) to the history."""
     state = training.state
+    count = max(state.loss_count, 1)
     entry = {"stage": state.stage, "step": state.stage_step, "global_step": state.global_step,
-             "loss": state.loss_sum / max(state.loss_count, 1)}
+             "loss": state.loss_sum / count,
+             "parts": {k: v / count for k, v in state.part_sums.items() if k != "loss"}}
     if evaluation is not None:
         entry["eval"] = evaluation
         split = training.setup.config.eval_split
         training.tracker.scalars({f"eval/{split}/{k}": v for k, v in evaluation.items()},
                                  state.global_step)
     state.history.append(entry)
-    state.loss_sum, state.loss_count = 0.0, 0
+    state.loss_sum, state.loss_count, state.part_sums = 0.0, 0, {}
 
 
 def _stage_done(current_stage: str, name: str) -> bool:
