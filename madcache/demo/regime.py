@@ -74,7 +74,8 @@ def check_regime(demo_out: Path, *, pipeline: Any, base: Mapping[str, Any], cach
     from madcache.demo.search import make_dev_root, point_pipeline
     from madcache.experiments.sweep import from_dict, run_sweep
 
-    regime_dir = Path(demo_out) / "regime"
+    demo_out = Path(demo_out).resolve()      # the sweep takes relative paths from its folder
+    regime_dir = demo_out / "regime"
     done = regime_dir / RESULT
     if done.is_file():
         return json.loads(done.read_text(encoding="utf-8"))

@@ -113,7 +113,7 @@ def run_search(demo_out: Path, *, pipeline: Path, spec: Mapping[str, Any],
     summary. Needs the demo world and region store (`madcache demo run` makes them)."""
     from madcache.experiments.sweep import from_dict, run_sweep
 
-    demo_out = Path(demo_out)
+    demo_out = Path(demo_out).resolve()      # the sweep takes relative paths from its folder
     world = demo_out / "world" / "vcr"
     regions = demo_out / "regions"
     for needed in (world / "train.jsonl", regions):
