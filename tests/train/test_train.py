@@ -733,3 +733,26 @@ def test_demo_same_command_same_numbers_whatever_the_threads_and_prefetch(demo):
             assert inputs["torch_threads"] == 1 and inputs["deterministic_algorithms"] is False
         assert metrics[0] == metrics[1], method
         assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0]), method
+
+
+def test_af_has_its_own_learning_rate_and_the_task_a_fresh_optimizer(tmp_path, monkeypatch):
+    """AF's steps follow `af_lr` / `af_warmup`; the task stage starts a new AdamW (no moments
+    carried over) on its own `lr` schedule."""
+    seen, optimizers = [], []
+    real = train_mod.train_step
+
+    def spy(training, batch, lr):
+        seen.append((training.state.stage, lr))
+        optimizers.append((training.state.stage, id(training.optimizer)))
+        return real(training, batch, lr)
+
+    monkeypatch.setattr(train_mod, "train_step", spy)
+    train(make_setup(tmp_path, method="mad", af_epochs=1, epochs=1, lr=1e-2, af_lr=1e-4,
+                     af_warmup=0.0, warmup=0.0))
+    af = [lr for stage, lr in seen if stage == "af"]
+    task = [lr for stage, lr in seen if stage == "task"]
+    assert af[0] == pytest.approx(1e-4) and max(af) <= 1e-4
+    assert task[0] == pytest.approx(1e-2)
+    assert len({o for s, o in optimizers if s == "af"}) == 1
+    assert {o for s, o in optimizers if s == "af"}.isdisjoint(o for s, o in optimizers
+                                                              if s == "task")
