@@ -87,14 +87,14 @@ def substitute(value: Any, lookup: Callable[[str], str | None], path: Path) -> A
     if not isinstance(value, str):
         return value
 
-    def one(match: re.Match) -> str:
+    def placeholder_value(match: re.Match) -> str:
         found = lookup(match.group(1))
         if found is None:
             name = match.group(1)
             raise ConfigError(f"{path}: ${{{name}}} is not set: pass --set {name}=VALUE "
                               f"(or set the environment variable {name})")
         return found
-    return PLACEHOLDER.sub(one, value)
+    return PLACEHOLDER.sub(placeholder_value, value)
 
 
 def from_dict(data: Mapping[str, Any], *, base: Path, source: Path | None = None) -> SweepConfig:

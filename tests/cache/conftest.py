@@ -146,7 +146,7 @@ def fmt(request) -> str:
 
 
 @pytest.fixture
-def kit():
+def cache_helpers():
     """The helpers above, for test modules (conftest is not importable under importlib mode)."""
     from types import SimpleNamespace
 

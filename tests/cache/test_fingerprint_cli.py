@@ -60,8 +60,8 @@ def test_dataset_fingerprint_hashes_annotation_files(tmp_path, monkeypatch):
     assert fp.diff_fingerprints(part, changed)[0].startswith("fingerprint.files.ann/train.jsonl")
 
 
-def test_cli_info_and_verify(tmp_path, world, kit):
-    kit.write_world(tmp_path / "c", world, fmt="hdf5")
+def test_cli_info_and_verify(tmp_path, world, cache_helpers):
+    cache_helpers.write_world(tmp_path / "c", world, fmt="hdf5")
     runner = CliRunner()
     result = runner.invoke(cli, ["cache", "info", str(tmp_path / "c")])
     assert result.exit_code == 0, result.output
@@ -73,8 +73,8 @@ def test_cli_info_and_verify(tmp_path, world, kit):
     assert "23 examples" in result.output
 
 
-def test_cli_verify_reports_problems(tmp_path, world, kit):
-    kit.write_world(tmp_path / "c", world, fmt="zarr")
+def test_cli_verify_reports_problems(tmp_path, world, cache_helpers):
+    cache_helpers.write_world(tmp_path / "c", world, fmt="zarr")
     import shutil
 
     shutil.rmtree(tmp_path / "c" / "shard-00001.zarr")

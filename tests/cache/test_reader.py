@@ -12,8 +12,8 @@ from madcache.core.errors import (CacheError, CacheNotFoundError, FingerprintMis
 
 
 @pytest.fixture
-def cache(tmp_path, world, fmt, kit):
-    kit.write_world(tmp_path / "c", world, fmt=fmt)
+def cache(tmp_path, world, fmt, cache_helpers):
+    cache_helpers.write_world(tmp_path / "c", world, fmt=fmt)
     return open_cache(tmp_path / "c")
 
 
@@ -23,17 +23,17 @@ def requested(world) -> list[str]:
     return [ids[7], ids[0], ids[22], ids[3], ids[7], ids[15], ids[1]]
 
 
-def test_load_targets_matches_reference(cache, world, kit):
+def test_load_targets_matches_reference(cache, world, cache_helpers):
     ids = requested(world)
     targets = cache.load_targets(ids)
     by_id = {e.id: e for e in world.examples}
-    assert targets.example_ids == ids and targets.num_choices == kit.C
+    assert targets.example_ids == ids and targets.num_choices == cache_helpers.C
     expected_image = np.stack([world.image_feat[by_id[i].image] for i in ids]).astype(np.float32)
     np.testing.assert_array_equal(targets.image, expected_image)
     assert targets.image.dtype == np.float32
     expected_eos = np.stack([[world.text_eos[t] for t in by_id[i].texts] for i in ids])
     np.testing.assert_array_equal(targets.text_eos, expected_eos.astype(np.float32))
-    assert targets.text_eos.shape == (len(ids), kit.C, kit.DT)
+    assert targets.text_eos.shape == (len(ids), cache_helpers.C, cache_helpers.DT)
     np.testing.assert_array_equal(targets.logits["iqa"], np.stack([by_id[i].logits for i in ids]))
     assert targets.default_logits == "iqa"
     assert targets.candidates is None
@@ -67,10 +67,10 @@ def test_kmeans_logits_from_similarity_and_centres(cache, world):
                                                    abs=1e-4)
 
 
-def test_empty_request_has_shapes(cache, kit):
+def test_empty_request_has_shapes(cache, cache_helpers):
     targets = cache.load_targets([])
-    assert targets.image.shape == (0, kit.DV)
-    assert targets.text_eos.shape == (0, kit.C, kit.DT)
+    assert targets.image.shape == (0, cache_helpers.DV)
+    assert targets.text_eos.shape == (0, cache_helpers.C, cache_helpers.DT)
     assert targets.words.offsets.tolist() == [0]
     assert targets.logits["kmeans"].shape == (0, 3)
 
@@ -109,8 +109,8 @@ def test_missing_cache_is_a_file_not_found(tmp_path):
         open_cache(tmp_path)
 
 
-def test_incomplete_cache_needs_allow_incomplete(tmp_path, world, kit):
-    kit.write_world(tmp_path / "c", world, fmt="zarr", finish=False, shards=[0, 2])
+def test_incomplete_cache_needs_allow_incomplete(tmp_path, world, cache_helpers):
+    cache_helpers.write_world(tmp_path / "c", world, fmt="zarr", finish=False, shards=[0, 2])
     with pytest.raises(CacheError, match=r"incomplete .*2/3 shards"):
         open_cache(tmp_path / "c")
     cache = open_cache(tmp_path / "c", allow_incomplete=True)
@@ -119,8 +119,8 @@ def test_incomplete_cache_needs_allow_incomplete(tmp_path, world, kit):
                                   np.stack([e.logits for e in world.shards[2][:2]]))
 
 
-def test_check_compatible_compares_only_given_parts(cache, kit):
-    fingerprint = kit.make_manifest()["fingerprint"]
+def test_check_compatible_compares_only_given_parts(cache, cache_helpers):
+    fingerprint = cache_helpers.make_manifest()["fingerprint"]
     cache.check_compatible({"dataset": fingerprint["dataset"]})
     other = {**fingerprint["dataset"], "files": {"a.jsonl": "11"}}
     with pytest.raises(FingerprintMismatchError) as info:
@@ -140,8 +140,8 @@ def test_info(cache, world, fmt):
     assert info["summary"] == {"seconds": 1.5}
 
 
-def test_memory_backend_behind_the_same_reader(tmp_path, world, kit):
-    kit.write_world(tmp_path / "m", world, fmt="memory")
+def test_memory_backend_behind_the_same_reader(tmp_path, world, cache_helpers):
+    cache_helpers.write_world(tmp_path / "m", world, fmt="memory")
     ids = requested(world)
     targets = open_cache(tmp_path / "m").load_targets(ids)
     np.testing.assert_array_equal(targets.words.offsets, world.expected_words(ids)["offsets"])
@@ -152,12 +152,12 @@ def test_ragged_index():
     assert ragged_index(np.array([], int), np.array([], int)).tolist() == []
 
 
-def test_targets_of_another_format_version_are_refused(tmp_path, world, kit):
+def test_targets_of_another_format_version_are_refused(tmp_path, world, cache_helpers):
     """Caches of format 1 hold token-selection scores that gave stopwords and punctuation a
     score, and SNLI-VE logits on the raw cosine scale: never reuse them silently."""
     import json
 
-    kit.write_world(tmp_path / "c", world, fmt="hdf5")
+    cache_helpers.write_world(tmp_path / "c", world, fmt="hdf5")
     path = tmp_path / "c" / "manifest.json"
     manifest = json.loads(path.read_text())
     path.write_text(json.dumps({**manifest, "format_version": 1}))

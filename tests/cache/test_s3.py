@@ -108,10 +108,10 @@ def test_a_held_lease_is_renewed(s3_bucket):
 
 # ----------------------------------------------------------------------------- caches
 
-def test_a_cache_in_s3_equals_the_same_cache_on_disk(s3_bucket, tmp_path, kit):
-    world = kit.make_world()
-    kit.write_world(tmp_path / "disk", world, fmt="zarr")
-    kit.write_world(f"{s3_bucket}/cache", world, fmt="zarr")
+def test_a_cache_in_s3_equals_the_same_cache_on_disk(s3_bucket, tmp_path, cache_helpers):
+    world = cache_helpers.make_world()
+    cache_helpers.write_world(tmp_path / "disk", world, fmt="zarr")
+    cache_helpers.write_world(f"{s3_bucket}/cache", world, fmt="zarr")
     disk, s3 = open_cache(tmp_path / "disk"), open_cache(f"{s3_bucket}/cache")
     assert str(s3.path) == f"{s3_bucket}/cache" and s3.complete
     for name, array in disk.arrays().items():
@@ -131,10 +131,10 @@ def test_a_cache_in_s3_equals_the_same_cache_on_disk(s3_bucket, tmp_path, kit):
                                 store_of(f"{s3_bucket}/cache").list("")) > 0
 
 
-def test_a_half_written_shard_is_not_complete_and_is_redone(s3_bucket, kit):
-    world = kit.make_world()
+def test_a_half_written_shard_is_not_complete_and_is_redone(s3_bucket, cache_helpers):
+    world = cache_helpers.make_world()
     url = f"{s3_bucket}/cache"
-    writer = kit.write_world(url, world, fmt="zarr", finish=False, shards=[0, 1])
+    writer = cache_helpers.write_world(url, world, fmt="zarr", finish=False, shards=[0, 1])
     # shard 2's arrays and index part in place, as a writer killed before its commit leaves it
     writer.backend.write(writer.backend.shard_path(writer.root, 2), world.shard_arrays(2))
     store = store_of(url)
@@ -144,7 +144,7 @@ def test_a_half_written_shard_is_not_complete_and_is_redone(s3_bucket, kit):
     with pytest.raises(CacheError, match="1 of 3 shards are not committed"):
         writer.finish()
     assert any("shard 2 is on disk but not committed" in p for p in verify_cache(url))
-    reopened = CacheWriter.open(url, manifest=kit.make_manifest(), format="zarr")
+    reopened = CacheWriter.open(url, manifest=cache_helpers.make_manifest(), format="zarr")
     assert reopened.completed_shards() == {0, 1}
     assert not store.exists("shard-00002.zarr")          # the resume removed the leftover
     reopened.write_shard(2, world.shard_arrays(2), index_columns=world.index_columns(2))
@@ -153,9 +153,9 @@ def test_a_half_written_shard_is_not_complete_and_is_redone(s3_bucket, kit):
     assert verify_cache(url) == [] and open_cache(url).complete
 
 
-def test_a_flipped_byte_in_an_object_fails_verify(s3_bucket, kit):
+def test_a_flipped_byte_in_an_object_fails_verify(s3_bucket, cache_helpers):
     url = f"{s3_bucket}/cache"
-    kit.write_world(url, kit.make_world(), fmt="zarr")
+    cache_helpers.write_world(url, cache_helpers.make_world(), fmt="zarr")
     store = store_of(url)
     chunk = next(k for k in _keys(store, "shard-00001.zarr/image_feat") if "/c/" in k)
     data = bytearray(store.read_bytes(chunk))
@@ -165,9 +165,9 @@ def test_a_flipped_byte_in_an_object_fails_verify(s3_bucket, kit):
     assert problems == ["shard 1: image_feat checksum mismatch (stored bytes changed)"]
 
 
-def test_hdf5_in_an_object_store_is_refused(s3_bucket, kit):
+def test_hdf5_in_an_object_store_is_refused(s3_bucket, cache_helpers):
     with pytest.raises(CacheError, match="object store are stored as zarr"):
-        CacheWriter.open(f"{s3_bucket}/h", manifest=kit.make_manifest(), format="hdf5")
+        CacheWriter.open(f"{s3_bucket}/h", manifest=cache_helpers.make_manifest(), format="hdf5")
 
 
 def _keys(store, prefix: str) -> list[str]:

@@ -11,8 +11,8 @@ from madcache.cache.verify import shard_problems, verify_cache
 
 
 @pytest.fixture
-def root(tmp_path, world, fmt, kit):
-    kit.write_world(tmp_path / "c", world, fmt=fmt)
+def root(tmp_path, world, fmt, cache_helpers):
+    cache_helpers.write_world(tmp_path / "c", world, fmt=fmt)
     return tmp_path / "c"
 
 
@@ -87,8 +87,8 @@ def test_index_not_covering_rows(root):
     assert len(problems) == 1 and "does not cover shard 0" in problems[0]
 
 
-def test_incomplete_and_missing(tmp_path, world, kit):
-    kit.write_world(tmp_path / "c", world, fmt="zarr", finish=False, shards=[0])
+def test_incomplete_and_missing(tmp_path, world, cache_helpers):
+    cache_helpers.write_world(tmp_path / "c", world, fmt="zarr", finish=False, shards=[0])
     assert verify_cache(tmp_path / "c") == [
         "the cache is incomplete (state 'writing'): resume the extraction with the same command"]
     assert "no cache at" in verify_cache(tmp_path / "absent")[0]
