@@ -436,15 +436,16 @@ def test_end_to_end_tiny_demo_sweep_and_report(tmp_path):
     assert len(result.ran) == 4 and not result.failed, result.failed
     mad = json.loads((tmp_path / "runs/vcr/single-stream/mad/k2/seed0/metrics.json").read_text())
     assert mad["status"] == "complete" and set(mad["eval"]) == {"val", "val_sm"}
-    # af_epochs in [train] gives an AF stage (one epoch over the 240 training examples, batch 8)
-    # to mad only: the paper's baseline and MD have none
+    # af_epochs in [train] gives an AF stage to mad only (the paper's baseline and MD have none):
+    # one epoch over the 120 label-free Q->A examples of the 240 (QA->R holds the right answer),
+    # batch 8
     stages = {}
     for method in ("baseline", "md", "mad"):
         run = tmp_path / f"runs/vcr/single-stream/{method}/k2/seed0"
         stages[method] = [(h["stage"], h["step"])
                           for h in json.loads((run / "metrics.json").read_text())["history"]]
     assert stages == {"baseline": [("task", 2)], "md": [("task", 2)],
-                      "mad": [("af", 30), ("task", 2)]}
+                      "mad": [("af", 15), ("task", 2)]}
     assert set(mad["cw_fired"]) == {"task"}
     assert mad["provenance"]["split_file"] == str(tmp_path / "runs/splits/vcr-k2-seed0.json")
     baseline = json.loads(
