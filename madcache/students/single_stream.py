@@ -15,8 +15,9 @@ The encoder is transformers' `BertModel` (random init from a small config, or th
 embeddings/encoder of a local BERT-family directory with `init_text_from`). Heads read the
 [CLS] output: one score per (image, text_c) pair ("multiple_choice", VCR), 3 classes
 ("classification", SNLI-VE) or one logit per answer ("multilabel", VQA). The adaptive-finetuning
-losses are MLM over the scored texts (15% of text tokens; 80% [MASK] / 10% random / 10% kept) and
-image-text matching on label-free pairs only: each example's `label_free_text` (VCR/VQA question,
+losses are MLM over the scored texts (15% of text tokens; 80% [MASK] / 10% random / 10% kept;
+the vocabulary head computed at the masked positions only, its decoder *not* tied to the word
+embedding: see `SingleStreamStudent`) and image-text matching on label-free pairs only: each example's `label_free_text` (VCR/VQA question,
 SNLI-VE premise) with its own image is a positive, with another image of the batch a negative
 (a binary head on [CLS]); a choice is never an ITM text, since it may be wrong.
 """
@@ -167,7 +168,14 @@ class SingleStreamStudent(nn.Module):
         self.itm_head = nn.Linear(hidden, 2)
         self.mlm_transform = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(),
                                            nn.LayerNorm(hidden))
-        self.mlm_bias = nn.Parameter(torch.zeros(encoder.config.vocab_size))
+        # Untied from the word embedding on purpose. With a tied decoder, every vocabulary row
+        # that a small corpus never has as a target (30k of BERT's 30.5k on the demo captions)
+        # gets only the softmax's "not this word" gradient, one shared direction; AdamW turns
+        # those tiny gradients into full-size steps, so the input embeddings of all unseen
+        # words converge (the demo's person-tag pieces ##1/##2/##3: cosine 0.06 -> 0.88 in 500
+        # caption steps) and the student can no longer tell person1 from person2. Untied,
+        # an unseen word's input embedding keeps its initialisation until a task uses it.
+        self.mlm_decoder = nn.Linear(hidden, encoder.config.vocab_size)
 
     def _num_outputs(self) -> int:
         return {"multiple_choice": 1, "classification": self.config.num_classes,
@@ -312,7 +320,7 @@ class SingleStreamStudent(nn.Module):
         if not selected.any():
             return hidden.sum() * 0.0
         states = self.mlm_transform(hidden[selected])
-        logits = states @ self.bert.embeddings.word_embeddings.weight.T + self.mlm_bias
+        logits = self.mlm_decoder(states)
         return F.cross_entropy(logits, ids[selected])
 
     # ------------------------------------------------------------------ saving

@@ -129,8 +129,36 @@ def test_pretrain_losses_finite_and_deterministic(student, make):
     assert runs[0]["itm"].item() == runs[1]["itm"].item()
     assert runs[0]["mlm"].item() != other["mlm"].item()
     (runs[0]["mlm"] + runs[0]["itm"]).backward()
-    assert student.mlm_bias.grad is not None and student.itm_head.weight.grad is not None
+    assert student.mlm_decoder.weight.grad is not None and student.itm_head.weight.grad is not None
     student.zero_grad()
+
+
+def test_mlm_leaves_the_input_embeddings_of_absent_words_alone(make):
+    """The MLM decoder is untied: an AdamW step on the AF losses moves no word-embedding row of
+    a word the batch does not contain (tied, every row moved, and the demo captions' unseen
+    person-tag pieces collapsed together)."""
+    torch.manual_seed(0)
+    student = build_student("single-stream", dropout=0.0)
+    examples = [make.vcr(0), make.vcr(1)]
+    inputs = student.prepare(examples, make.regions((3, 5)))
+    before = student.bert.embeddings.word_embeddings.weight.detach().clone()
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-2, weight_decay=0.0)
+    losses = student.pretrain_losses(inputs, examples, torch.Generator().manual_seed(0))
+    (losses["mlm"] + losses["itm"]).backward()
+    optimizer.step()
+    after = student.bert.embeddings.word_embeddings.weight.detach()
+    real = inputs["token_spans"][..., 0] >= 0     # what pretrain_losses draws first
+    masked, _ = mask_tokens(inputs["input_ids"], real, torch.Generator().manual_seed(0),
+                            vocab_size=len(student.tokenizer),
+                            mask_id=student.tokenizer.mask_token_id)
+    itm_texts = [ex.label_free_text.text for ex in examples]
+    seen = torch.zeros(len(before), dtype=torch.bool)
+    for ids in (inputs["input_ids"], masked, student.tokenizer(itm_texts, padding=True,
+                                                               return_tensors="pt")["input_ids"]):
+        seen[ids.unique()] = True
+    moved = (after != before).any(dim=1)
+    assert moved[seen].any()
+    assert not moved[~seen].any()
 
 
 def test_mask_tokens_rates_and_specials():
