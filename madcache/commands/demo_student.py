@@ -12,17 +12,20 @@ import click
               help="Demo world root (holds captions/captions.jsonl and images/).")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory of the saved student (`--student-option init_from=OUT`).")
-@click.option("--steps", default=500, show_default=True, type=click.IntRange(min=1))
+@click.option("--steps", default=None, type=click.IntRange(min=1),
+              help="Pretraining steps (default: the student's own, 1000).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def demo_student(data: Path, out: Path, steps: int, seed: int, quiet: bool) -> None:
+def demo_student(data: Path, out: Path, steps: int | None, seed: int, quiet: bool) -> None:
     """MLM + image-text matching on the captions (no task labels); a finished student in OUT
-    is kept as is. Every demo method starts from it."""
+    is kept as is, and refused if it was pretrained with other settings. Every demo method
+    starts from it."""
     from madcache.core.io import check_output_location
     from madcache.demo.student import DemoStudentConfig, pretrain_demo_student
 
     check_output_location(out, roots=[data])
-    summary = pretrain_demo_student(DemoStudentConfig(data=data, out=out, steps=steps, seed=seed),
+    options = {"seed": seed} if steps is None else {"seed": seed, "steps": steps}
+    summary = pretrain_demo_student(DemoStudentConfig(data=data, out=out, **options),
                                     progress=not quiet,
                                     log=lambda line: click.echo(line, err=True))
     first, last = summary["curve"][0], summary["curve"][-1]

@@ -38,3 +38,21 @@ def test_a_finished_student_is_reused_only_with_the_same_settings(tmp_path):
     write_json(config.out / SUMMARY, {**settings_of(config), "version": 1, "curve": []})
     with pytest.raises(ConfigError, match=r"version=1 \(now 2\); delete .*student"):
         pretrain_demo_student(config, progress=False)
+
+
+def test_cli_refuses_a_student_pretrained_otherwise_in_one_line(tmp_path, demo_root):
+    from click.testing import CliRunner
+
+    from madcache.cli import cli
+    from madcache.core.io import write_json
+    from madcache.demo.student import SUMMARY, DemoStudentConfig, settings_of
+
+    out = tmp_path / "student"
+    out.mkdir()
+    write_json(out / SUMMARY, {**settings_of(DemoStudentConfig(data=demo_root, out=out)),
+                               "steps": 500, "curve": []})
+    result = CliRunner().invoke(cli, ["demo", "student", "--data", str(demo_root),
+                                      "--out", str(out), "--quiet"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1].endswith(
+        f"steps=500 (now 1000); delete {out} to pretrain it again, or choose another --out")
