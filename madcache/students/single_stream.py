@@ -17,9 +17,10 @@ embeddings/encoder of a local BERT-family directory with `init_text_from`). Head
 ("classification", SNLI-VE) or one logit per answer ("multilabel", VQA). The adaptive-finetuning
 losses are MLM over the scored texts (15% of text tokens; 80% [MASK] / 10% random / 10% kept;
 the vocabulary head computed at the masked positions only, its decoder *not* tied to the word
-embedding: see `SingleStreamStudent`) and image-text matching on label-free pairs only: each example's `label_free_text` (VCR/VQA question,
-SNLI-VE premise) with its own image is a positive, with another image of the batch a negative
-(a binary head on [CLS]); a choice is never an ITM text, since it may be wrong.
+embedding: see `SingleStreamStudent`) and image-text matching on label-free pairs only: each
+example's `label_free_text` (VCR/VQA question, SNLI-VE premise) with its own image is a
+positive, with another image of the batch a negative (a binary head on [CLS]); a choice is
+never an ITM text, since it may be wrong.
 """
 
 from __future__ import annotations
