@@ -105,6 +105,14 @@ class Example:
         return len(self.choices)
 
 
+def image_order(examples: list[Example]) -> list[Example]:
+    """`examples` grouped by image: images sorted by id, reader order within an image (a stable
+    sort). The one order of a whole split: caches store it (so a chunk is whole shards read in
+    sequence) and full-split training reads it for every method, with or without a cache, so
+    the baseline and the distilling methods see the same batches (docs/training.md)."""
+    return sorted(examples, key=lambda ex: ex.image_id)
+
+
 def without_labels(example: Example) -> Example:
     """`example` as a label-free stage (adaptive finetuning) may see it: no label, no answer
     scores, no human answers. What it scores is unchanged."""

@@ -17,7 +17,7 @@ from itertools import groupby
 
 import numpy as np
 
-from madcache.data.records import Example, Text
+from madcache.data.records import Example, Text, image_order
 from madcache.core.errors import DataError
 
 
@@ -38,7 +38,7 @@ class ShardPlan:
 
 def group_into_shards(examples: list[Example], shard_size: int) -> list[list[Example]]:
     """Whole images, sorted by image id, cut after the image that reaches `shard_size`."""
-    by_image = sorted(examples, key=lambda ex: ex.image_id)  # stable: reader order within
+    by_image = image_order(examples)
     shards: list[list[Example]] = []
     current: list[Example] = []
     for _, group in groupby(by_image, key=lambda ex: ex.image_id):

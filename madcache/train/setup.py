@@ -14,7 +14,7 @@ from madcache.cache.manifest import cache_digest
 from madcache.core.errors import ConfigError
 from madcache.core.io import file_sha256, git_commit
 from madcache.data.base import CLASSIFICATION, DATASETS
-from madcache.data.records import Example
+from madcache.data.records import Example, image_order
 from madcache.method.losses import Projections
 from madcache.method.methods import AF, TASK, Method, check_targets, get_method
 from madcache.students.base import RegionInputs
@@ -60,13 +60,13 @@ def setup(config: TrainConfig) -> Setup:
     student = build_student(config.student, **options).to(config.device)
     regions = visual_loader(student, root=config.root, store=store)
     whole = config.split_file is None and config.per_category is None
-    in_cache_order = _cache_order(examples, cache)
-    task_source = _source(in_cache_order if whole else subset,
+    in_image_order = image_order(examples)   # every method, cache or not: the same batches
+    task_source = _source(in_image_order if whole else subset,
                           target_loader(config, method.only(TASK), cache),
                           config.chunk_size if whole else None)
     af_source = None
     if method.stage(AF) is not None:      # AF: the whole training split, label-free
-        af_source = _source(label_free_examples(config.dataset, in_cache_order),
+        af_source = _source(label_free_examples(config.dataset, in_image_order),
                             target_loader(config, method.only(AF), cache), config.chunk_size)
     return Setup(
         config=config, method=method, student=student,
@@ -190,14 +190,6 @@ def load_eval_examples(config: TrainConfig, split: str, *, sm: bool = False) -> 
 
         examples = shortcut_mitigate(examples)
     return examples
-
-
-def _cache_order(examples: list[Example], cache) -> list[Example]:
-    """`examples` in the cache's storage order (whole shards read in sequence when streaming)."""
-    if cache is None:
-        return examples
-    rank = {eid: i for i, eid in enumerate(cache.example_ids())}
-    return sorted(examples, key=lambda ex: rank.get(ex.id, len(rank)))
 
 
 def _source(examples: list[Example], load: Callable, chunk_size: int | None) -> DataSource:

@@ -545,6 +545,29 @@ def test_demo_resume_equals_uninterrupted(demo, monkeypatch):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
+def test_demo_full_split_batches_are_the_same_for_every_method(demo, monkeypatch):
+    """A full-split run reads one order whatever the method (and whether it has a cache): the
+    baseline, MD and MAD see the same examples at every task step (issue 33: the baseline read
+    the file's order and the distilling methods the cache's, so no batch matched)."""
+    real = train_mod.loss_step
+    seen: dict[str, list[list[str]]] = {}
+
+    def spy(setup, *, stage, micro, generator):
+        if stage == "task":
+            seen.setdefault(setup.config.method, []).append([ex.id for ex in micro.examples])
+        return real(setup, stage=stage, micro=micro, generator=generator)
+
+    monkeypatch.setattr(train_mod, "loss_step", spy)
+    for method in ("baseline", "md", "mad"):
+        overrides = {"cache": None} if method == "baseline" else {}
+        train_mod.run_training(_demo_config(demo, f"order-{method}", method=method,
+                                            split_file=None, max_steps=3, eval_split=None,
+                                            chunk_size=16, **overrides))
+    assert len(seen["baseline"]) == 3 and all(len(ids) == 4 for ids in seen["baseline"])
+    assert seen["md"] == seen["baseline"] and seen["mad"] == seen["baseline"]
+
+
 # ---------------------------------------------------------------- pretrained students, end to end
 
 @pytest.fixture(scope="module")
