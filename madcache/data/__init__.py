@@ -15,7 +15,9 @@ from madcache.data.categories import VCR_CATEGORIES, VQA_CATEGORIES
 from madcache.data.records import BadRecord, Example, ReadResult, Text, Word
 from madcache.data.snli_ve import LABELS as SNLI_VE_LABELS
 from madcache.data.snli_ve import SnliVeReader
-from madcache.data.vcr import VcrReader, label_free_view
+from madcache.data.snli_ve import label_free_view as snli_ve_label_free
+from madcache.data.vcr import VcrReader
+from madcache.data.vcr import label_free_view as vcr_label_free
 from madcache.data.vqa import VqaReader
 
 # The built-in readers check that images exist when extraction reads a split.
@@ -26,13 +28,13 @@ DATASETS.register("vcr", Dataset(
     sample=lowshot.sample_groups, categories=VCR_CATEGORIES,
     chance={"q2a": 25.0, "qa2r": 25.0, "q2ar": 6.25},
     teacher_logits="vcr", zero_shot="logits", submission="vcr-leaderboard", sm=True,
-    extraction_options=CHECK_FILES, label_free=label_free_view))
+    extraction_options=CHECK_FILES, label_free=vcr_label_free))
 DATASETS.register("snli-ve", Dataset(
     name="snli-ve", reader=SnliVeReader(), task=CLASSIFICATION, score=metrics.score_accuracy,
     sample=lowshot.sample_snli_ve, categories=SNLI_VE_LABELS, label_names=SNLI_VE_LABELS,
     chance={"accuracy": 100.0 / len(SNLI_VE_LABELS)},
     teacher_logits="snli-ve", zero_shot="logits", submission="snli-ve-predictions",
-    extraction_options=CHECK_FILES))
+    extraction_options=CHECK_FILES, label_free=snli_ve_label_free))
 DATASETS.register("vqa", Dataset(
     name="vqa", reader=VqaReader(), task=MULTILABEL, score=metrics.score_vqa,
     sample=lowshot.sample_vqa, categories=VQA_CATEGORIES,

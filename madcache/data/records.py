@@ -113,10 +113,16 @@ def image_order(examples: list[Example]) -> list[Example]:
     return sorted(examples, key=lambda ex: ex.image_id)
 
 
-def without_labels(example: Example) -> Example:
+def without_labels(example: Example, *, keep_raw: tuple[str, ...] = (),
+                   category: str | None = None) -> Example:
     """`example` as a label-free stage (adaptive finetuning) may see it: no label, no answer
-    scores, no human answers. What it scores is unchanged."""
-    return dataclasses.replace(example, label=None, answer_scores=None, answers=())
+    scores, no human answers, of the original record only the keys `keep_raw` (a record holds
+    its labels and text derived from them: VCR's `answer_orig`, SNLI-VE's `gold_label`, VQA's
+    `answers`), and `category` in place of one derived from the label. What it scores is
+    unchanged."""
+    return dataclasses.replace(example, label=None, answer_scores=None, answers=(),
+                               raw={k: example.raw[k] for k in keep_raw if k in example.raw},
+                               category=example.category if category is None else category)
 
 
 @dataclass(frozen=True)

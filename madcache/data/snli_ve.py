@@ -12,7 +12,7 @@ from typing import Any, Mapping
 from madcache.data.base import reader_options
 from madcache.data.jsonl import guarded, iter_json_lines, split_file
 from madcache.data.paths import safe_join
-from madcache.data.records import BadRecord, Example, ReadResult, Text
+from madcache.data.records import BadRecord, Example, ReadResult, Text, without_labels
 from madcache.core.errors import DataError, DataFileNotFoundError
 
 LABELS = ("entailment", "neutral", "contradiction")
@@ -76,6 +76,13 @@ def record_example(record: Mapping[str, Any], *, split: str, file: object, line:
                    label_free_text=Text.from_string(premise) if isinstance(premise, str)
                    and premise.strip() else None,
                    category=UNLABELLED if label is None else LABELS[label], raw=record)
+
+
+def label_free_view(example: Example) -> Example:
+    """An SNLI-VE pair as adaptive finetuning may see it: no label, its category (the label's
+    name) unlabelled, none of the original record (`gold_label`, `annotator_labels`). The
+    pairID, whose last letter is the label's, is replaced by the training setup's opaque id."""
+    return without_labels(example, category=UNLABELLED)
 
 
 class SnliVeReader:

@@ -202,7 +202,14 @@ def label_free_view(example: Example) -> Example | None:
     Q->A label itself."""
     if example.id.endswith(":qar"):
         return None
-    return without_labels(example)
+    return without_labels(example, keep_raw=UNLABELLED_KEYS)
+
+
+# The keys of a VCR record that say nothing of its labels: not `answer_label`/`rationale_label`,
+# nor `answer_orig`/`rationale_orig` (the correct texts), `*_sources`/`*_match_iter` (where the
+# correct choice came from), or the rationales (the correct one restates the answer).
+UNLABELLED_KEYS = ("annot_id", "movie", "img_fn", "metadata_fn", "img_id", "objects",
+                   "question", "question_orig", "answer_choices", "question_number")
 
 
 def conditioned_rationale_examples(example: Example, renderer: str = "tag") -> list[Example]:

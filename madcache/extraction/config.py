@@ -89,11 +89,11 @@ class ExtractConfig:
                                                     "docs/extraction.md].")
     answer_vocab: Path | None = setting(None, existing_path=True,
                                         help="VQA answer vocabulary (.txt or .json) [default: "
-                                             "ROOT/answers.txt, else the split's most frequent "
-                                             "answers].")
+                                             "ROOT/answers.txt, else the train split's most "
+                                             "frequent answers].")
     answer_vocab_size: int = setting(3129, minimum=1, help="VQA without a vocabulary file: "
                                                            "this many most frequent answers of "
-                                                           "the split.")
+                                                           "the train split.")
     answer_top_k: int = setting(10, minimum=1, help="VQA: candidate answers per question "
                                                     "(prefiltered by the sentence encoder).")
     sentence_encoder: Path | None = setting(None, existing_path=True,

@@ -144,8 +144,23 @@ def _answer_vocab(config: ExtractConfig, examples: list[Example]) -> tuple[list[
         path = config.root / "answers.txt"
     if path is not None:
         return read_answer_vocab(path), path.name
-    return build_answer_vocab(examples, config.answer_vocab_size), \
-        f"top {config.answer_vocab_size} answers of the split's annotations"
+    return build_answer_vocab(_vocabulary_examples(config, examples), config.answer_vocab_size), \
+        f"top {config.answer_vocab_size} answers of the train split's annotations"
+
+
+def _vocabulary_examples(config: ExtractConfig, examples: list[Example]) -> list[Example]:
+    """The examples a built vocabulary counts answers over: the train split's, whichever split
+    is extracted (a val vocabulary built from val answers would put the answers being scored
+    among the candidates)."""
+    if config.split == "train":
+        return examples
+    try:
+        return read_examples(config.dataset, config.root, "train",   # answers only: no images
+                             **{**config.read_options, "check_files": False}).examples
+    except FileNotFoundError as error:
+        raise ConfigError(f"the {config.split} split's answer vocabulary is built from the train "
+                          f"split's annotations, which are not under {config.root} ({error}); "
+                          "pass --answer-vocab FILE") from None
 
 
 def _load_sentence_encoder(config: ExtractConfig) -> tuple[Encoder, dict[str, Any]]:

@@ -3,6 +3,8 @@ the student and the projections. Everything `madcache.train.loop.train` needs, i
 
 from __future__ import annotations
 
+import dataclasses
+import operator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -66,8 +68,10 @@ def setup(config: TrainConfig) -> Setup:
                           config.chunk_size if whole else None)
     af_source = None
     if method.stage(AF) is not None:      # AF: the whole training split, label-free
-        af_source = _source(label_free_examples(config.dataset, in_image_order),
-                            target_loader(config, method.only(AF), cache), config.chunk_size)
+        views, original_id = label_free_examples(config.dataset, in_image_order)
+        af_source = _source(views, target_loader(config, method.only(AF), cache,
+                                                 key=lambda ex: original_id[ex.id]),
+                            config.chunk_size)
     return Setup(
         config=config, method=method, student=student,
         projections=make_projections(student, cache, method).to(config.device),
@@ -94,11 +98,17 @@ def numerics() -> dict[str, Any]:
             "deterministic_algorithms": torch.are_deterministic_algorithms_enabled()}
 
 
-def label_free_examples(dataset: str, examples: list[Example]) -> list[Example]:
-    """The examples adaptive finetuning trains on: each as its dataset's `label_free` view
-    (no labels; VCR without the QA->R texts that hold the correct answer)."""
+def label_free_examples(dataset: str, examples: list[Example]
+                        ) -> tuple[list[Example], dict[str, str]]:
+    """The examples adaptive finetuning trains on, each as its dataset's `label_free` view (no
+    label nor any field derived from one; VCR without the QA->R texts that hold the correct
+    answer), under an opaque id `af:<i>` (an SNLI-VE pairID ends in its label's letter), and
+    the map from those ids back to the original ones, which only target loading reads."""
     view = DATASETS.get(dataset).label_free
-    return [seen for seen in map(view, examples) if seen is not None]
+    seen = [(example.id, shown) for example, shown in zip(examples, map(view, examples))
+            if shown is not None]
+    views = [dataclasses.replace(shown, id=f"af:{i}") for i, (_, shown) in enumerate(seen)]
+    return views, {f"af:{i}": original for i, (original, _) in enumerate(seen)}
 
 
 def training_subset(config: TrainConfig, examples: list[Example]) -> tuple[list[Example], dict]:
@@ -145,12 +155,14 @@ def open_checked_cache(config: TrainConfig, method: Method):
 TEXT_NEUTRAL_OPTIONS = ("check_files",)
 
 
-def target_loader(config: TrainConfig, method: Method, cache) -> Callable:
-    """Loads the targets `method` (one stage of the run's method) needs, as tensors."""
+def target_loader(config: TrainConfig, method: Method, cache,
+                  key: Callable[[Example], str] = operator.attrgetter("id")) -> Callable:
+    """Loads the targets `method` (one stage of the run's method) needs, as tensors; `key`
+    gives an example's id in the cache."""
     def load(examples: list[Example]) -> BatchTargets | None:
         if not method.distils:
             return None
-        targets = cache.load_targets([ex.id for ex in examples])
+        targets = cache.load_targets([key(ex) for ex in examples])
         check_targets(method, targets, cache=config.cache, logits=config.teacher_logits)
         return targets_to_tensors(targets, method, m=config.m, logits=config.teacher_logits,
                                   seed=config.seed)

@@ -711,7 +711,7 @@ def test_af_texts_carry_no_task_label(tmp_path):
 
     generate_demo_world(tmp_path, size="small", progress=False)
     examples = read_examples("vcr", tmp_path / "vcr", "train").examples
-    af = label_free_examples("vcr", examples)
+    af, _ = label_free_examples("vcr", examples)
     assert af and all(ex.label is None and ex.answer_scores is None for ex in af)
     for question in (ex for ex in examples if ex.id.endswith(":qa")):
         texts = [t.text for ex in af if ex.group == question.group for t in ex.texts]

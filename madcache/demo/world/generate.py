@@ -21,7 +21,7 @@ from madcache.demo.world import captions_files, snli_ve_files, vcr_files, vqa_fi
 from madcache.core.errors import ConfigError
 from madcache.core.io import read_json
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 DONE = "DONE"
 IN_PROGRESS = "IN_PROGRESS"
 DATASET_DIRS = ("vcr", "snli-ve", "vqa", "captions")
@@ -121,7 +121,9 @@ def _write_all(out: Path, plan: dict[str, Any], seed: int, tick) -> dict[str, An
     answers: set[str] = set()
     for split, n in plan["vqa"].items():
         written = vqa_files.write_vqa_split(out, split, n, _rng(seed, "vqa", split), tick)
-        answers |= written.pop("answers")
+        used = written.pop("answers")
+        if split == "train":            # the vocabulary never learns from held-out answers
+            answers |= used
         counts["vqa"][split] = written
     counts["vqa"]["answer_vocabulary"] = vqa_files.write_answer_vocabulary(out, answers)
     caption_plan = plan["captions"]
