@@ -103,3 +103,7 @@ class MissingTargetError(CacheError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class NonFiniteLossError(MadcacheError, FloatingPointError):
+    """A training step's loss is NaN or infinite; the run stops before applying it."""

@@ -31,6 +31,7 @@ from madcache.data.records import Example
 from madcache.cache.gather import ragged_index
 from madcache.core.config import check_ranges, config_from_dict, setting
 from madcache.core.errors import CacheError, ConfigError
+from madcache.core.finite import check_finite
 from madcache.core.io import check_output_location
 from madcache.students.base import RegionInputs
 from madcache.students.region_extractors import (GEOMETRY_DIM, WHOLE_IMAGE, ImageItem,
@@ -278,6 +279,8 @@ class RegionStore:
             counts = np.array([offsets[where[i][1] + 1] for i in ids], dtype=np.int64) - starts
             rows = ragged_index(starts, counts)      # sorted: images in row order
             arrays = self.cache.backend.read_rows(path, {"region_feat": rows, "region_boxes": rows})
+            check_finite(arrays, np.repeat(ids, counts).tolist(), source=f"region store {path}",
+                         fix=f"run `madcache cache verify {self.path}` and rebuild the store")
             ends = np.cumsum(counts)
             for image_id, end, count in zip(ids, ends, counts):
                 piece = slice(int(end - count), int(end))

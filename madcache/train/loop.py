@@ -21,6 +21,7 @@ from a teacher comes from the cache.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from madcache.core.errors import ConfigError, RunDirectoryError
+from madcache.core.errors import ConfigError, NonFiniteLossError, RunDirectoryError
 from madcache.core.io import write_json, writing
 from madcache.data.metrics import score_logits, without_counts
 from madcache.method.losses import (TERMS, candidate_logits, confidence_weights,
@@ -271,6 +272,7 @@ def train_step(training: Training, batch: Batch, lr: float) -> dict[str, float]:
         for key, value in {**parts, "loss": loss.item()}.items():
             sums[key] = sums.get(key, 0.0) + (value if key in COUNTS else value * micro.weight)
     sums = sum_across(sums, ranks)
+    refuse_non_finite_loss(sums, batch, state.stage)
 
     # Clip (optional), apply, clear.
     if config.grad_clip is not None:
@@ -279,6 +281,20 @@ def train_step(training: Training, batch: Batch, lr: float) -> dict[str, float]:
     training.optimizer.step()
     training.optimizer.zero_grad(set_to_none=True)
     return sums
+
+
+def refuse_non_finite_loss(parts: dict[str, float], batch: Batch, stage: str) -> None:
+    """Stop the run, before the step is applied, when its loss is NaN or infinite: one line
+    naming the step, the loss parts and the batch's first examples. The last checkpoint stays,
+    and the run is not complete."""
+    if math.isfinite(parts["loss"]):
+        return
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in parts.items() if k not in COUNTS)
+    ids = [ex.id for micro in batch.micro for ex in micro.examples][:3]
+    raise NonFiniteLossError(
+        f"{stage} step {batch.step}: the loss is not finite ({shown}); batch examples "
+        f"{', '.join(map(repr, ids))}: check the cache and region store with `madcache cache "
+        "verify`, or lower the learning rate; the run stopped without applying the step")
 
 
 def loss_step(setup: Setup, *, stage: str, micro: MicroBatch, generator: torch.Generator

@@ -14,6 +14,7 @@ import torch
 import madcache
 from madcache.cache.manifest import cache_digest
 from madcache.core.errors import ConfigError
+from madcache.core.finite import check_finite
 from madcache.core.io import file_sha256, git_commit
 from madcache.data.base import CLASSIFICATION, DATASETS
 from madcache.data.records import Example, image_order
@@ -162,10 +163,14 @@ def target_loader(config: TrainConfig, method: Method, cache,
     def load(examples: list[Example]) -> BatchTargets | None:
         if not method.distils:
             return None
-        targets = cache.load_targets([key(ex) for ex in examples])
+        ids = [key(ex) for ex in examples]
+        targets = cache.load_targets(ids)
         check_targets(method, targets, cache=config.cache, logits=config.teacher_logits)
-        return targets_to_tensors(targets, method, m=config.m, logits=config.teacher_logits,
-                                  seed=config.seed)
+        tensors = targets_to_tensors(targets, method, m=config.m, logits=config.teacher_logits,
+                                     seed=config.seed)
+        check_finite(vars(tensors), ids, source=f"cache {config.cache}",
+                     fix=f"run `madcache cache verify {config.cache}` and re-extract")
+        return tensors
     return load
 
 

@@ -1,0 +1,51 @@
+"""Nothing silently wrong (issue 31): data that would make training "complete" on wrong numbers
+is refused in one line, before any step uses it.
+
+Non-finite numbers: a NaN in a cached target or a region feature is refused when the chunk is
+read (`madcache.core.finite`); a step whose loss is not finite stops the run before it is
+applied, and the run is not complete."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import zarr
+
+from madcache.core.errors import NonFiniteLossError
+from madcache.train.loop import train
+
+
+def _poison(store_dir, array: str) -> None:
+    """Write NaN into the first row of `array` in the first shard of a cache or region store."""
+    manifest = json.loads((store_dir / "manifest.json").read_text())
+    shard = sorted(manifest["shards"], key=lambda e: e["index"])[0]["name"]
+    stored = zarr.open_group(str(store_dir / shard), mode="r+")[array]
+    row = np.array(stored[:1])
+    row[...] = np.nan
+    stored[:1] = row
+
+
+@pytest.mark.parametrize("store, array, named", [("cache", "image_feat", "image"),
+                                               ("regions", "region_feat", "region_feat")])
+def test_nan_in_a_cache_or_region_store_is_refused_in_one_line(tmp_path, train_world, faults,
+                                                               store, array, named):
+    damaged = tmp_path / store
+    shutil.copytree(getattr(train_world, store), damaged)
+    _poison(damaged, array)
+    world = type(train_world)(**{**vars(train_world), store: damaged})
+    out = tmp_path / "run"
+    line = faults.one_line_error(faults.invoke(*faults.train_args(world, out)))
+    assert "NaN or infinite" in line and str(damaged) in line
+    assert f"{named} holds" in line and "verify" in line
+    assert not (out / "metrics.json").exists()      # nothing reports the run complete
+
+
+def test_a_non_finite_loss_stops_the_run_before_the_step_is_applied(tmp_path, standins):
+    setup = standins.make_setup(tmp_path, method="md", lr=1e30, weight_decay=0.0, epochs=20)
+    with pytest.raises(NonFiniteLossError, match="the loss is not finite") as raised:
+        train(setup)
+    assert "task step" in str(raised.value) and "lower the learning rate" in str(raised.value)
+    assert not (tmp_path / "run" / "metrics.json").exists()
