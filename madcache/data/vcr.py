@@ -263,9 +263,12 @@ class VcrReader:
         examples: list[Example] = []
         skipped: list[BadRecord] = []
         seen: dict[str, tuple[int, Any]] = {}
+        images: dict[str, tuple[int, str]] = {}
         for line, record in iter_json_lines(path):
             found = guarded(lambda: self._convert(record, seen, path, line, root, split, settings),
                             skipped, skip_bad)
+            found = guarded(lambda: _one_file_per_image(found, images, path, line),
+                            skipped, skip_bad) if found else found
             examples.extend(found or [])
         return ReadResult(examples, skipped)
 
@@ -287,6 +290,19 @@ class VcrReader:
         return examples
 
 
+def _one_file_per_image(examples: list[Example], images: dict[str, tuple[int, str]],
+                        path: Path, line: int) -> list[Example]:
+    """Refuse a record whose `img_id` names another record's image file: caches and region
+    stores key images by id, so the example would get the other image's features."""
+    example = examples[0]
+    first_line, first_file = images.setdefault(example.image_id, (line, example.image_path))
+    if first_file != example.image_path:
+        raise DataError(f"img_id {example.image_id!r} names {example.image_path} here but "
+                        f"{first_file} on line {first_line}; an image id must name one file",
+                        file=path, line=line, field="img_id", record_id=example.group)
+    return examples
+
+
 # ----------------------------------------------------------------------------- metadata
 
 @dataclass(frozen=True)
@@ -299,6 +315,19 @@ class VcrMetadata:
     width: int
     height: int
     segms: list[Any]
+
+
+def _check_boxes(boxes: np.ndarray, path: Path) -> None:
+    """Boxes are finite, with x1 <= x2 and y1 <= y2 (an inverted or infinite box would be
+    clipped to a wrong region without a word)."""
+    if not np.isfinite(boxes).all():
+        row = int(np.flatnonzero(~np.isfinite(boxes).all(axis=1))[0])
+        raise DataError(f"box {row} holds a non-finite number: {boxes[row].tolist()}",
+                        file=path, field="boxes")
+    inverted = np.flatnonzero((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1]))
+    if len(inverted):
+        raise DataError(f"box {int(inverted[0])} is inverted (x2 < x1 or y2 < y1): "
+                        f"{boxes[inverted[0], :4].tolist()}", file=path, field="boxes")
 
 
 def load_vcr_metadata(root: str | Path, example: Example) -> VcrMetadata:
@@ -332,5 +361,6 @@ def load_vcr_metadata(root: str | Path, example: Example) -> VcrMetadata:
     for key in ("width", "height"):
         if isinstance(data[key], bool) or not isinstance(data[key], int) or data[key] <= 0:
             raise DataError(f"must be a positive integer, got {data[key]!r}", file=path, field=key)
+    _check_boxes(boxes.reshape(-1, 5), path)
     return VcrMetadata(boxes.reshape(-1, 5), list(names), data["width"], data["height"],
                        data["segms"])

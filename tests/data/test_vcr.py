@@ -249,3 +249,31 @@ def test_label_free_text_and_answer_conditioned_rationales(demo_root):
         f"{qa.context.text} {answer.text}" for answer in qa.choices]
     assert conditioned[qa.label].texts == qar.texts   # the right answer's row is the :qar example
     assert all(ex.label is None and ex.choices == qar.choices for ex in conditioned)
+
+
+def test_one_image_id_names_one_image_file(tmp_path):
+    """Caches and region stores key images by id: a record whose img_id names another file
+    would get that file's features (issue 31.2), so it is a bad record."""
+    write(tmp_path, record(), record(annot_id="val-2", img_fn="m/b.jpg"),
+          record(annot_id="val-3", img_id="val-9", img_fn="m/b.jpg"))
+    with pytest.raises(DataError, match="img_id 'val-0' names vcr1images/m/b.jpg here but "
+                                        "vcr1images/m/a.jpg on line 1") as err:
+        read_examples("vcr", tmp_path, "val")
+    assert (err.value.line, err.value.field) == (2, "img_id")
+    result = read_examples("vcr", tmp_path, "val", skip_bad=True)
+    assert sorted({ex.group for ex in result.examples}) == ["val-1", "val-3"]
+
+
+@pytest.mark.parametrize("box, message", [([10, 5, 2, 9, 0.9], "inverted"),
+                                          ([0, 0, float("inf"), 9, 0.9], "non-finite")])
+def test_inverted_or_infinite_metadata_boxes_are_refused(tmp_path, box, message):
+    write(tmp_path, record())
+    meta = {"boxes": [[0, 0, 5, 5, 0.9], box, [1, 1, 3, 3, 0.8], [2, 2, 4, 4, 0.7]],
+            "names": BASE["objects"], "width": 20, "height": 20, "segms": [[]] * 4}
+    (tmp_path / "vcr1images" / "m").mkdir(parents=True)
+    (tmp_path / "vcr1images" / "m" / "a.json").write_text(json.dumps(meta).replace("Infinity",
+                                                                                   "1e999"))
+    example = read_examples("vcr", tmp_path, "val").examples[0]
+    with pytest.raises(DataError, match=message) as err:
+        load_vcr_metadata(tmp_path, example)
+    assert err.value.field == "boxes" and "a.json" in str(err.value) and "box 1" in str(err.value)
