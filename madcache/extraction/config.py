@@ -133,7 +133,16 @@ class ExtractConfig:
                               "--text-teacher")
         from madcache.extraction.protocols import PROTOCOLS
 
-        PROTOCOLS.get(self.task_protocol)  # an unknown dataset or protocol lists the valid ones
+        task = PROTOCOLS.get(self.task_protocol)  # an unknown name lists the valid ones
+        if self.default_logits is not None and self.default_logits not in task.logit_names:
+            raise ConfigError(f"--default-logits {self.default_logits!r}: protocol "
+                              f"'{self.task_protocol}' writes "
+                              f"{', '.join(task.logit_names) or 'no logits'}; pass one of them")
+        languages = yake_languages()
+        if self.yake_language not in languages:
+            raise ConfigError(f"--yake-language {self.yake_language!r}: YAKE has no stop-word "
+                              f"list for it (without one, stop words would score as keywords); "
+                              f"pass one of {', '.join(languages)}")
 
     @property
     def vision_spec(self) -> TeacherSpec | None:
@@ -194,6 +203,17 @@ class ExtractConfig:
         if self.out is not None:
             return self.out
         return Path("cache") / self.dataset / _slug(self.split) / self.teacher_set_name()
+
+
+def yake_languages() -> list[str]:
+    """The languages of the stop-word lists the installed yake ships (`stopwords_<xx>.txt`;
+    not its `noLang` fallback, which holds no language's stop words)."""
+    from importlib.resources import files
+
+    found = files("yake").joinpath("core", "StopwordsList")
+    names = (p.name[len("stopwords_"):-len(".txt")] for p in found.iterdir()
+             if p.name.startswith("stopwords_") and p.name.endswith(".txt"))
+    return sorted(name for name in names if name != "noLang")
 
 
 def _slug(name: str) -> str:

@@ -126,6 +126,10 @@ class TrainConfig:
         """Values from a TOML file (a `[train]` table or the top level), then `overrides`."""
         data = read_toml(path, what="training config file")
         table = "train" if isinstance(data.get("train"), dict) else ""
+        stray = [key for key, value in data.items() if table and not isinstance(value, dict)]
+        if stray:
+            raise ConfigError(f"{path}: {', '.join(stray)} stand(s) above the [train] table, "
+                              "where nothing reads them; move them into [train]")
         values = {**(data["train"] if table else data), **overrides}
         return cls.from_dict(values, where=f"{path}: ", table=table)
 

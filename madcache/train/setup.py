@@ -130,6 +130,11 @@ def training_subset(config: TrainConfig, examples: list[Example]) -> tuple[list[
         return examples, {"split_file": None, "split_digest": None}
     wanted = set(split.ids)
     subset = [ex for ex in examples if ex.id in wanted]
+    if len(subset) != len(wanted):
+        unknown = sorted(wanted - {ex.id for ex in subset})
+        raise ConfigError(f"{path}: {len(unknown)} of its {len(wanted)} ids are not in the "
+                          f"{config.dataset} {config.split} split under {config.root} (e.g. "
+                          f"{', '.join(map(repr, unknown[:3]))}); was it sampled from this split?")
     return subset, {"split_file": path, "split_digest": file_sha256(path)}
 
 

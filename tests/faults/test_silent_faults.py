@@ -49,3 +49,41 @@ def test_a_non_finite_loss_stops_the_run_before_the_step_is_applied(tmp_path, st
         train(setup)
     assert "task step" in str(raised.value) and "lower the learning rate" in str(raised.value)
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+# ----------------------------------------------------------------------------- options and files
+
+@pytest.mark.parametrize("flag, value, named", [("--yake-language", "xx", "stop-word list"),
+                                                ("--default-logits", "nosuch", "writes")])
+def test_an_extraction_option_with_no_meaning_is_refused(tmp_path, snli_root, tiny_clip, faults,
+                                                         flag, value, named):
+    out = tmp_path / "cache"
+    line = faults.one_line_error(faults.invoke(*faults.extract_args(snli_root, out, tiny_clip,
+                                                                    flag, value)))
+    assert flag in line and named in line and not out.exists()
+
+
+def test_a_key_above_the_train_table_is_refused(tmp_path):
+    from madcache.core.errors import ConfigError
+    from madcache.train.config import TrainConfig
+
+    path = tmp_path / "run.toml"
+    path.write_text('lr = 1.0\n[train]\ndataset = "vcr"\nroot = "r"\nout = "o"\n')
+    with pytest.raises(ConfigError, match="lr stand"):
+        TrainConfig.from_toml(path)
+
+
+def test_a_split_file_with_ids_the_split_lacks_is_refused(tmp_path, train_world, faults):
+    from madcache.data import read_examples
+    from madcache.data.lowshot import Split
+
+    known = [ex.id for ex in read_examples("snli-ve", train_world.root, "train").examples[:2]]
+    path = Split(dataset="snli-ve", source_split="train", params={"k": 1, "seed": 0},
+                 ids=[*known, "nosuch.jpg#0r1e"], counts={"entailment": 3},
+                 example_counts={"entailment": 3}).save(
+        tmp_path / "split.json")
+    out = tmp_path / "run"
+    line = faults.one_line_error(faults.invoke(*faults.train_args(train_world, out,
+                                                                  "--split-file", path)))
+    assert "1 of its 3 ids are not in the snli-ve train split" in line and "nosuch" in line
+    assert not (out / "metrics.json").exists()
