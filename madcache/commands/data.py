@@ -12,7 +12,7 @@ import click
 
 from madcache.commands.options import NameChoice, dataset_names
 from madcache.core.config import parse_key_values
-from madcache.core.io import check_output_location
+from madcache.core.io import check_output_location, refuse_foreign_file
 from madcache.data.records import ReadResult
 
 
@@ -104,9 +104,10 @@ def stats(dataset: str, root: Path, split: str, skip_bad: bool, options: tuple[s
 def lowshot(dataset: str, root: Path, split: str, skip_bad: bool, options: tuple[str, ...],
             k: int, seed: int, out: Path, into_root: bool) -> None:
     """Draw a seeded low-shot split and save it as JSON."""
-    from madcache.data.lowshot import sample_per_category
+    from madcache.data.lowshot import is_split_file, sample_per_category
 
     check_output_location(out, roots=[root], inside_root_ok=into_root)
+    refuse_foreign_file(out, ours=is_split_file, what="low-shot split")
     result = _read(dataset, root, split, skip_bad, options)
     drawn = sample_per_category(result.examples, k=k, seed=seed)
     if result.skipped:

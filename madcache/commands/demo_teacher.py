@@ -20,10 +20,11 @@ def demo_teacher(data: Path, out: Path, steps: int, batch_size: int, seed: int,
                  quiet: bool) -> None:
     """Pretrain `madcache-demo` (CLIP loss, CPU-sized); a complete checkpoint with the same
     settings is kept as is. Load it with `--teacher madcache-demo --checkpoint OUT`."""
-    from madcache.core.io import check_output_location
-    from madcache.demo.teacher import DemoTeacherConfig, pretrain_demo_teacher
+    from madcache.core.io import check_output_location, refuse_foreign_file
+    from madcache.demo.teacher import DemoTeacherConfig, is_demo_teacher, pretrain_demo_teacher
 
     check_output_location(out, roots=[data])
+    refuse_foreign_file(out, ours=is_demo_teacher, what="demo teacher checkpoint")
 
     cfg = DemoTeacherConfig(data=data, out=out, steps=steps, batch_size=batch_size, seed=seed)
     summary = pretrain_demo_teacher(cfg, progress=not quiet)

@@ -195,6 +195,34 @@ def check_output_location(out: str | Path, *, inputs: Iterable[str | Path | None
                                       f"root {given}; choose a new name")
 
 
+def refuse_foreign_file(path: str | Path, *, ours: Callable[[Path], bool], what: str,
+                        option: str = "--out") -> None:
+    """Refuse to replace an existing file that madcache did not write as `what` (`ours(path)`
+    says whether it did): nothing a user gave is overwritten. A file madcache wrote there
+    before is replaced, as a rerun expects."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputLocationError(f"{option} {path} is a folder; give a file name")
+    if path.exists() and not _is_ours(path, ours):
+        raise OutputLocationError(f"{option} {path} already exists and is not a {what} madcache "
+                                  "wrote; choose a new name or delete it yourself")
+
+
+def _is_ours(path: Path, ours: Callable[[Path], bool]) -> bool:
+    try:
+        return bool(ours(path))
+    except (OSError, ValueError):       # unreadable, or not what `ours` can parse
+        return False
+
+
+def starts_with(prefix: bytes) -> Callable[[Path], bool]:
+    """`ours` for `refuse_foreign_file`: the file's first bytes are `prefix`."""
+    def check(path: Path) -> bool:
+        with open(path, "rb") as handle:
+            return handle.read(len(prefix)) == prefix
+    return check
+
+
 def _resolved(path: str | Path) -> Path:
     return Path(path).expanduser().resolve()
 

@@ -20,6 +20,7 @@ from madcache.data.base import DATASETS
 from madcache.data.jsonl import load_json_file
 from madcache.data.records import Example
 from madcache.core.errors import ConfigError, DataError, DataFileNotFoundError
+from madcache.core.io import atomic_write_text
 
 FORMAT = "madcache-split/1"
 VQA_QUESTIONS_PER_IMAGE = 2
@@ -52,9 +53,14 @@ class Split:
 def save_split(split: Split, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"format": FORMAT, **asdict(split)}, indent=1) + "\n",
-                    encoding="utf-8")
+    atomic_write_text(path, json.dumps({"format": FORMAT, **asdict(split)}, indent=1) + "\n")
     return path
+
+
+def is_split_file(path: Path) -> bool:
+    """Whether `path` holds a split madcache saved (its `format` marker)."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    return isinstance(data, dict) and data.get("format") == FORMAT
 
 
 def load_split(path: str | Path) -> Split:

@@ -160,6 +160,17 @@ def lr_at(step: int, cfg: DemoTeacherConfig) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def is_demo_teacher(path: Path) -> bool:
+    """Whether `path` is a checkpoint this module saved (its safetensors metadata names it)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return (handle.metadata() or {}).get("model") == MODEL_NAME
+    except Exception:                     # safetensors raises its own error for other bytes
+        return False
+
+
 def sidecar_path(out: Path) -> Path:
     return out.with_name(out.name + ".json")
 

@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from madcache.core.errors import OutputLocationError
-from madcache.core.io import check_output_location
+from madcache.core.io import check_output_location, refuse_foreign_file, starts_with
 from madcache.experiments.cells import BASELINE, aggregate, check_baseline, paired_cells
 from madcache.experiments.plots import plot_cells
 from madcache.experiments.runs import RunRecord, collect_runs, collect_zero_shot
-from madcache.experiments.tables import (CELL_FIELDS, PAIRED_FIELDS, RUN_FIELDS, cell_rows,
-                                         markdown_report, paired_rows, run_rows, write_csv)
+from madcache.experiments.tables import (CELL_FIELDS, PAIRED_FIELDS, REPORT_TITLE, RUN_FIELDS,
+                                         cell_rows, markdown_report, paired_rows, run_rows,
+                                         write_csv)
 
 
 def build_report(runs_dir: str | Path, *, out: str | Path | None = None, plots: bool = True,
@@ -63,5 +64,7 @@ def check_report_location(out: Path, records: Sequence[RunRecord]) -> None:
     reads (madcache never writes into a dataset)."""
     if out.exists() and not out.is_dir():
         raise OutputLocationError(f"--out {out} is a file; give a folder for the report")
+    refuse_foreign_file(out / "report.md", ours=starts_with(REPORT_TITLE.encode()),
+                        what="report")
     roots = sorted({str(r.config["root"]) for r in records if r.config.get("root")})
     check_output_location(out, roots=roots)

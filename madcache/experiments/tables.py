@@ -18,6 +18,8 @@ from madcache.experiments.cells import (BASELINE, Cell, CellKey, CwKey, Pairing,
 from madcache.experiments.runs import Row, RunRecord
 from madcache.experiments.stats import PairedDifference
 
+REPORT_TITLE = "# Report"   # the first line of every report.md (a rerun may replace it)
+
 
 # ----------------------------------------------------------------------------- report.md
 
@@ -103,7 +105,7 @@ def markdown_report(cells: Mapping[CellKey, Cell], records: Sequence[RunRecord],
                     baseline: str = BASELINE) -> str:
     complete = sum(r.complete for r in records)
     pairs = paired_cells(cells, baseline)
-    parts = ["# Report", "",
+    parts = [REPORT_TITLE, "",
              f"{complete} complete run(s) of {len(records)}. Cells: mean ± sample std "
              "(ddof = 1) over seeds, n = runs; every run is listed in runs.csv.", "",
              paired_note(cells, baseline), ""]

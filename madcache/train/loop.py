@@ -33,7 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from madcache.core.errors import ConfigError, NonFiniteLossError, RunDirectoryError
-from madcache.core.io import write_json, writing
+from madcache.core.io import read_json, write_json, writing
 from madcache.data.metrics import score_logits, without_counts
 from madcache.method.losses import (TERMS, candidate_logits, confidence_weights,
                                     distillation_loss, task_loss)
@@ -99,6 +99,9 @@ def train(setup: Setup) -> dict[str, Any]:
         check_resume(run_dir, config.to_dict(), run_inputs(setup.provenance))
         if (run_dir / CHECKPOINT).exists():
             state = resumed_state(load_checkpoint(run_dir, setup, optimizer), ranks, precision)
+        finished = finished_metrics(run_dir, state)
+        if finished is not None:
+            return finished
     if ranks.is_main:
         record_run(run_dir, config.to_dict(), run_inputs(setup.provenance))
     tracker = open_tracker(config.report_to if ranks.is_main else "none", run_dir,
@@ -131,6 +134,19 @@ def train(setup: Setup) -> dict[str, Any]:
             save_checkpoint(run_dir, setup, state, training.optimizer)
             setup.save_student(setup.student, run_dir / STUDENT_DIR)
             write_json(run_dir / METRICS, metrics)
+    return metrics
+
+
+def finished_metrics(run_dir: Path, state: TrainerState) -> dict[str, Any] | None:
+    """A resumed run that had already finished: its metrics.json as it is (with whatever
+    `madcache eval` added), and nothing rewritten. None when there is training left."""
+    if state.stage != "done" or not (run_dir / METRICS).is_file():
+        return None
+    metrics = read_json(run_dir / METRICS, error=RunDirectoryError,
+                        hint="delete it and run again with --resume")
+    if metrics.get("status") != "complete":
+        return None
+    print(f"--resume: {run_dir} is already complete; nothing to do", file=sys.stderr)
     return metrics
 
 

@@ -87,3 +87,47 @@ def test_a_split_file_with_ids_the_split_lacks_is_refused(tmp_path, train_world,
                                                                   "--split-file", path)))
     assert "1 of its 3 ids are not in the snli-ve train split" in line and "nosuch" in line
     assert not (out / "metrics.json").exists()
+
+
+# ----------------------------------------------------------------------------- nothing clobbered
+
+def test_lowshot_never_replaces_a_file_it_did_not_write(tmp_path, train_world, faults):
+    precious = tmp_path / "weights.safetensors"
+    precious.write_bytes(b"\x00user data" * 100)
+    args = ["data", "lowshot", "--dataset", "snli-ve", "--root", train_world.root,
+            "--split", "train", "--per-category", "1", "--seed", "0"]
+    line = faults.one_line_error(faults.invoke(*args, "--out", precious))
+    assert str(precious) in line and "not a low-shot split" in line
+    assert precious.read_bytes() == b"\x00user data" * 100
+    split = tmp_path / "split.json"
+    assert faults.invoke(*args, "--out", split).exit_code == 0
+    assert faults.invoke(*args, "--seed", "1", "--out", split).exit_code == 0   # a rerun: ours
+
+
+def test_report_never_replaces_a_report_md_it_did_not_write(tmp_path, faults):
+    (tmp_path / "runs").mkdir()
+    mine = tmp_path / "notes" / "report.md"
+    mine.parent.mkdir()
+    mine.write_text("my own notes\n")
+    line = faults.one_line_error(faults.invoke("report", tmp_path / "runs", "--out", mine.parent))
+    assert "report.md already exists" in line and mine.read_text() == "my own notes\n"
+
+
+def test_demo_teacher_never_replaces_another_checkpoint(tmp_path, demo_root, faults):
+    other = tmp_path / "model.safetensors"
+    other.write_bytes(b"not the demo teacher")
+    line = faults.one_line_error(faults.invoke("demo", "teacher", "--data", demo_root,
+                                               "--out", other, "--steps", "1", "--quiet"))
+    assert "not a demo teacher checkpoint" in line and other.read_bytes() == b"not the demo teacher"
+
+
+def test_resume_of_a_finished_run_changes_nothing(tmp_path, train_world, faults):
+    out = tmp_path / "run"
+    assert faults.invoke(*faults.train_args(train_world, out)).exit_code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    metrics["eval"]["val_sm"] = {"q2a": 12.5}          # what `madcache eval --sm` adds
+    (out / "metrics.json").write_text(json.dumps(metrics))
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    result = faults.invoke(*faults.train_args(train_world, out, "--resume"))
+    assert result.exit_code == 0, result.output
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
