@@ -206,11 +206,12 @@ def training_features(config: AdapterConfig) -> tuple[FeatureSet, Any, dict[str,
     file, or sampled per category from the cache index), else every cached example; with the
     open cache and the split's provenance (`split_file`, `split_digest`)."""
     from madcache.cache.reader import open_cache
-    from madcache.train.setup import training_subset
+    from madcache.train.setup import record_split, training_subset
 
     cache = open_cache(config.cache)
-    subset, split_info = training_subset(config, index_examples(cache, config.dataset))
-    return load_features(cache, subset, normalize=config.normalize), cache, split_info
+    subset, split = training_subset(config, index_examples(cache, config.dataset))
+    features = load_features(cache, subset, normalize=config.normalize)
+    return features, cache, record_split(config, split)
 
 
 def attach_answers(features: FeatureSet, vocab: Sequence[str], config: AdapterConfig,

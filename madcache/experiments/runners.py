@@ -70,7 +70,11 @@ def execute(payload: Mapping[str, Any]) -> None:
 
             run_adapter(AdapterConfig.from_dict(payload["config"]))
         return
-    if not trained(metrics):
+    if trained(metrics):
+        from madcache.train.rundir import check_same_run
+
+        check_same_run(directory, payload["config"])
+    else:
         from madcache.train.config import TrainConfig
         from madcache.train.loop import run_training
 

@@ -79,6 +79,7 @@ def run_sweep(config: SweepConfig, *, jobs: int | None = 1, only: str | None = N
     result = SweepResult(planned=specs, states={s.run_dir: run_state(s) for s in specs})
     pending = [s for s in specs if result.states[s.run_dir] != "complete"]
     result.skipped = [s for s in specs if result.states[s.run_dir] == "complete"]
+    check_finished_runs_are_ours(config, result.skipped)
     if dry_run:
         return result
     if config.zero_shot:
@@ -106,6 +107,15 @@ def run_sweep(config: SweepConfig, *, jobs: int | None = 1, only: str | None = N
 
 
 # ----------------------------------------------------------------------------- checks
+
+def check_finished_runs_are_ours(config: SweepConfig, finished: Sequence[RunSpec]) -> None:
+    """A finished run counts as this sweep's only if it was trained with this sweep's settings
+    (another sweep over the same runs folder may have written it)."""
+    from madcache.train.rundir import check_same_run
+
+    for spec in (s for s in finished if s.kind == "train"):
+        check_same_run(spec.run_dir, job_payload(config, spec)["config"])
+
 
 def check_locations(config: SweepConfig, *, executor: Any, gpus: Sequence[str] | None) -> None:
     """The runs root may not overwrite an input or lie in the dataset root; --gpus is for

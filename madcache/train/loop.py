@@ -20,6 +20,7 @@ from a teacher comes from the cache.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import sys
@@ -48,8 +49,8 @@ from madcache.train.distributed import (Dist, TrainModule, contiguous_share, cur
                                         wrap)
 from madcache.train.precision import autocast, configure_matmuls, resolve_precision
 from madcache.train.records import run_metrics, training_summary
-from madcache.train.rundir import (METRICS, RESUMABLE_NOTE, check_resume, open_run_dir,
-                                   record_run, run_inputs)
+from madcache.train.rundir import (METRICS, RESUMABLE_NOTE, check_resume, one_writer,
+                                   open_run_dir, record_run, run_inputs)
 from madcache.train.setup import Setup, pin_threads, setup
 from madcache.train.stream import Batch, Layout, MicroBatch, StageStream
 from madcache.train.tracking import Tracker, open_tracker
@@ -62,10 +63,12 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
     Under torchrun, joins the process group first (train/distributed.py)."""
     pin_threads(config.threads)
     started = init_distributed(config.device)
+    is_main = current().is_main
     try:
-        if current().is_main:
-            open_run_dir(config)
-        return train(setup(config))
+        with one_writer(Path(config.out)) if is_main else contextlib.nullcontext():
+            if is_main:
+                open_run_dir(config)
+            return train(setup(config))
     finally:
         shutdown(started)
 

@@ -8,13 +8,18 @@
   the run reads (`inputs.json`: the cache's fingerprint, the low-shot split's bytes), so a
   different cache at the same path is refused while a moved one is not.
 - `config.json` and `inputs.json` are written only after every check passed.
+- One writer: a training process holds an exclusive lock on the directory (`one_writer`) from
+  its first check to its last write; a second one is refused in one line.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import shutil
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from madcache.core.errors import ConfigError, RunDirectoryError
 from madcache.core.io import check_output_location, read_json, write_json, writing
@@ -68,6 +73,44 @@ def open_run_dir(config: TrainConfig) -> None:
                                 f"{', ...' if len(entries) > 5 else ''}); pass --resume to "
                                 "continue a run there, --overwrite to replace madcache's run "
                                 "files in it, or choose a new --out")
+
+
+@contextlib.contextmanager
+def one_writer(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `run_dir` (flock on the folder itself, released when the
+    process ends, however it ends): two processes never write one run. A folder this call had
+    to create is removed again if the run is refused before writing anything into it."""
+    if run_dir.exists() and not run_dir.is_dir():
+        yield                                   # open_run_dir refuses it in one line
+        return
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = os.open(run_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunDirectoryError(f"--out {run_dir} is being written by another madcache "
+                                    "process; wait for it to end or choose another --out") \
+                from None
+        yield
+    except BaseException:
+        if created and not any(run_dir.iterdir()):
+            run_dir.rmdir()
+        raise
+    finally:
+        os.close(handle)
+
+
+def check_same_run(run_dir: Path, config: Mapping[str, Any]) -> None:
+    """Refuse to count the finished run in `run_dir` as this job's when it was trained with
+    other settings (another sweep over the same runs folder wrote it)."""
+    resolved = TrainConfig.from_dict(config).to_dict()     # defaults filled in, as recorded
+    differing = differences(load_run_config(run_dir), resolved, {}, {})
+    if differing:
+        raise RunDirectoryError(f"{run_dir} holds a run trained with other settings "
+                                f"({'; '.join(differing[:3])}): another sweep wrote it; give "
+                                "this sweep its own runs folder")
 
 
 def run_files(run_dir: str | Path) -> list[Path]:

@@ -56,7 +56,7 @@ def setup(config: TrainConfig) -> Setup:
     torch.manual_seed(config.seed)
     examples = read_examples(config.dataset, config.root, config.split,
                              **config.read_options).examples
-    subset, split_info = training_subset(config, examples)
+    subset, split = training_subset(config, examples)
     cache = open_checked_cache(config, method)
     store = region_store_for(config.student, config.regions)  # None: the student reads pixels
     options = student_defaults(config, cache, store) | config.student_options
@@ -73,15 +73,16 @@ def setup(config: TrainConfig) -> Setup:
         af_source = _source(views, target_loader(config, method.only(AF), cache,
                                                  key=lambda ex: original_id[ex.id]),
                             config.chunk_size)
+    eval_examples = load_eval_examples(config, config.eval_split) if config.eval_split else []
+    eval_regions = loader_for(student, root=config.root, regions=config.eval_regions) \
+        if config.eval_regions else regions
     return Setup(
         config=config, method=method, student=student,
         projections=make_projections(student, cache, method).to(config.device),
         task_source=task_source, af_source=af_source, regions=regions,
-        eval_examples=load_eval_examples(config, config.eval_split) if config.eval_split else [],
-        eval_regions=loader_for(student, root=config.root, regions=config.eval_regions)
-        if config.eval_regions else regions,
+        eval_examples=eval_examples, eval_regions=eval_regions,
         provenance={"cache_fingerprint": None if cache is None else cache_digest(cache.manifest),
-                    **split_info, **numerics(),
+                    **record_split(config, split), **numerics(),
                     "git_commit": git_commit(), "madcache_version": madcache.__version__},
         save_student=save_student, teachers=None if cache is None else cache.manifest.get("teachers"))
 
@@ -112,30 +113,43 @@ def label_free_examples(dataset: str, examples: list[Example]
     return views, {f"af:{i}": original for i, (original, _) in enumerate(seen)}
 
 
-def training_subset(config: TrainConfig, examples: list[Example]) -> tuple[list[Example], dict]:
-    """The low-shot subset (from `split_file`, or sampled per category with `seed`) or all."""
+def training_subset(config: TrainConfig, examples: list[Example]
+                    ) -> tuple[list[Example], Any]:
+    """The low-shot subset and its split (from `split_file`, or sampled per category with
+    `seed`; None: all examples). A sampled split is saved by `record_split`, once every check
+    passed, so a refused run leaves nothing in its run folder."""
     from madcache.data import lowshot
 
     if config.split_file is not None:
         split = lowshot.Split.load(config.split_file)
-        path = config.split_file
     elif config.per_category is not None:
         split = lowshot.sample_per_category(examples, k=config.per_category, seed=config.seed)
-        path = str(Path(config.out) / "split.json")
-        with main_first() as where:     # under torchrun, rank 0 writes it, the others read it
-            if where.is_main:
-                Path(config.out).mkdir(parents=True, exist_ok=True)
-                split.save(path)
     else:
-        return examples, {"split_file": None, "split_digest": None}
+        return examples, None
     wanted = set(split.ids)
     subset = [ex for ex in examples if ex.id in wanted]
     if len(subset) != len(wanted):
         unknown = sorted(wanted - {ex.id for ex in subset})
-        raise ConfigError(f"{path}: {len(unknown)} of its {len(wanted)} ids are not in the "
-                          f"{config.dataset} {config.split} split under {config.root} (e.g. "
+        raise ConfigError(f"{config.split_file or 'the sampled split'}: {len(unknown)} of its "
+                          f"{len(wanted)} ids are not in the {config.dataset} "
+                          f"{getattr(config, 'split', 'training')} split (e.g. "
                           f"{', '.join(map(repr, unknown[:3]))}); was it sampled from this split?")
-    return subset, {"split_file": path, "split_digest": file_sha256(path)}
+    return subset, split
+
+
+def record_split(config: TrainConfig, split: Any) -> dict[str, Any]:
+    """The split's file and digest for the run's inputs; a sampled split is written into the
+    run folder first (under torchrun by rank 0, the others read it)."""
+    if split is None:
+        return {"split_file": None, "split_digest": None}
+    path = config.split_file
+    if path is None:
+        path = str(Path(config.out) / "split.json")
+        with main_first() as where:
+            if where.is_main:
+                Path(config.out).mkdir(parents=True, exist_ok=True)
+                split.save(path)
+    return {"split_file": path, "split_digest": file_sha256(path)}
 
 
 def open_checked_cache(config: TrainConfig, method: Method):

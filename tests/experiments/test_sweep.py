@@ -12,6 +12,7 @@ import pytest
 
 from madcache.data.lowshot import Split
 from madcache.core.errors import ConfigError
+from madcache.train.config import TrainConfig
 from madcache.experiments.grid import job_payload, plan
 from madcache.experiments.pipeline import load_sweep
 from madcache.experiments.runners import execute, in_process_runner, run_state, subprocess_runner
@@ -49,7 +50,8 @@ def write(tmp_path, text=PIPELINE, name="p.toml"):
 
 
 class FakeRunner:
-    """Writes a complete metrics.json (every eval) for each run; records the calls."""
+    """Writes config.json and a complete metrics.json (every eval) for each run, as a real run
+    does; records the calls."""
 
     def __init__(self, fail_on: int | None = None, interrupt_on: int | None = None):
         self.calls: list[str] = []
@@ -68,6 +70,9 @@ class FakeRunner:
             spec.run_dir.mkdir(parents=True, exist_ok=True)   # a killed run: no metrics.json
             raise RuntimeError("boom")
         spec.run_dir.mkdir(parents=True, exist_ok=True)
+        if spec.kind == "train":
+            resolved = TrainConfig.from_dict(payload["config"]).to_dict()
+            (spec.run_dir / "config.json").write_text(json.dumps(resolved))
         metrics = {"status": "complete", "method": spec.method, "seed": spec.seed,
                    "eval": {e: {"q2a": 50.0} for e in spec.evals}}
         (spec.run_dir / "metrics.json").write_text(json.dumps(metrics))
@@ -146,6 +151,19 @@ def test_rerun_does_no_work_and_splits_are_made_once(tmp_path):
     assert Split.load(splits[("mad", 8, 3)]).ids[0] == "q3-0:qa"
     again = run_sweep(config, runner=FakeRunner(), make_split=fake_splits(made), progress=False)
     assert not again.ran and len(again.skipped) == 24 and len(made) == 8
+
+
+def test_a_finished_run_of_another_sweep_is_refused_not_counted(tmp_path):
+    """Two sweeps with other settings over one runs folder: the second may not report the
+    first's runs as its own (issue 31.7)."""
+    from madcache.core.errors import RunDirectoryError
+
+    config = load_sweep(write(tmp_path))
+    run_sweep(config, runner=FakeRunner(), make_split=fake_splits([]), progress=False)
+    other = dataclasses.replace(config, train={**config.train, "lr": 0.5})
+    with pytest.raises(RunDirectoryError, match="holds a run trained with other settings "
+                                                r"\(lr: run .*, now 0.5\)"):
+        run_sweep(other, runner=FakeRunner(), make_split=fake_splits([]), progress=False)
 
 
 def test_a_failed_run_is_the_only_one_rerun(tmp_path):

@@ -131,3 +131,24 @@ def test_resume_of_a_finished_run_changes_nothing(tmp_path, train_world, faults)
     result = faults.invoke(*faults.train_args(train_world, out, "--resume"))
     assert result.exit_code == 0, result.output
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_a_second_writer_of_a_run_is_refused(tmp_path, train_world, faults):
+    """One writer per run (issue 31.7): while a process holds the run folder, another training
+    into it is refused in one line and writes nothing."""
+    from madcache.train.rundir import one_writer
+
+    out = tmp_path / "run"
+    with one_writer(out):
+        line = faults.one_line_error(faults.invoke(*faults.train_args(train_world, out,
+                                                                      "--overwrite")))
+        assert "being written by another madcache process" in line
+        assert not any(out.iterdir())
+    assert faults.invoke(*faults.train_args(train_world, out)).exit_code == 0
+
+
+def test_a_refused_run_leaves_no_folder_behind(tmp_path, train_world, faults):
+    out = tmp_path / "run"
+    line = faults.one_line_error(faults.invoke(*faults.train_args(
+        train_world, out, "--per-category", "1", "--regions", tmp_path / "no-such-store")))
+    assert "no-such-store" in line and not out.exists()    # no split.json left behind

@@ -125,8 +125,8 @@ def test_resume_refuses_settings_that_change_the_result(standins, tmp_path):
     # how the global batch is split is not part of the result
     again = train(standins.make_setup(tmp_path, method="md", checkpoint_every=2, resume=True,
                                grad_accum=2))
-    assert again["status"] == "complete"
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["grad_accum"] == 2
+    assert again["status"] == "complete"     # accepted; a finished run is left as it was
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["grad_accum"] == 1
 
 
 def test_train_command_takes_the_scaling_flags(standins, monkeypatch, tmp_path):
