@@ -211,6 +211,8 @@ def test_paired_differences_to_the_baseline(paired_runs, tmp_path):
     assert float(mad["t_high"]) == pytest.approx(3 + half, abs=1e-5)
     assert (float(mad["boot_low"]), float(mad["boot_high"])) == (2.0, 4.0)  # exact: see test_stats
     assert mad["t_excludes_zero"] == "True" and mad["boot_excludes_zero"] == "True"
+    assert float(mad["mde"]) == pytest.approx(3.264044, abs=1e-6)
+    assert mad["seeds_for_half_width_3"] == "3"
     md = paired_csv(out)[("md", "val", "q2a")]
     assert float(md["mean_diff"]) == pytest.approx(2 / 3)
     assert float(md["t_low"]) < 0 < float(md["t_high"]) and md["t_excludes_zero"] == "False"
@@ -223,8 +225,13 @@ def test_paired_differences_to_the_baseline(paired_runs, tmp_path):
     assert "| student | method | teachers | val k8 |" in table
     mad_cell = f"+3.00 [{3 - half:+.2f}, {3 + half:+.2f}] * (n=3, 2 unpaired)"
     assert mad_cell == "+3.00 [+0.52, +5.48] * (n=3, 2 unpaired)"
-    assert f"| s1 | mad | clip-b16 | {mad_cell} |" in table
-    assert "| s1 | md | clip-b16 | +0.67 [" in table and "] (n=3, 1 unpaired) |" in table
+    # then its power (test_stats checks the numbers): s = 1 at n = 3 gives MDE 3.264 (nct), and
+    # +-3 needs n = 3 (t_{0.975, 2} / sqrt(3) = 2.48 <= 3 < t_{0.975, 1} / sqrt(2) = 8.98)
+    assert f"| s1 | mad | clip-b16 | {mad_cell}; MDE 3.26, ±3 needs n=3 |" in table
+    # md: d = -1, 2, 1, s = sqrt(7/3) = 1.5275: MDE 3.264 * 1.5275 = 4.99; n = 4 gives
+    # 3.182 * 1.5275 / 2 = 2.43 <= 3 < 4.303 * 1.5275 / sqrt(3) = 3.79
+    assert "| s1 | md | clip-b16 | +0.67 [" in table
+    assert "] (n=3, 1 unpaired); MDE 4.99, ±3 needs n=4 |" in table
     assert "| s1 | baseline |" not in table
     std = statistics.stdev(PAIRED["mad"].values())
     assert f"| s1 | mad | clip-b16 | 38.00 ± {std:.2f} (n=4) |" in markdown   # mean ± std stays
