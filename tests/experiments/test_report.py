@@ -290,3 +290,46 @@ def test_unknown_baseline_is_a_one_line_error(paired_runs, tmp_path):
         "Error: --baseline 'linear-probe': no complete runs of that method; methods found: "
         "baseline, md, mad"]
     assert not (tmp_path / "o").exists()
+
+
+# ----------------------------------------------------------------------------- the demo's report
+
+DEMO_TEACHERS = {"vision": "madcache-demo", "text": "madcache-demo",
+                 "relevance": "madcache-demo"}
+DEMO_POWER = {  # (method, split) -> the power text at the demo's 4 seeds (s from the per-seed
+    ("md", "val"): "MDE 10.93, ±3 needs n=14",          # table: 5.136, 1.470, 10.984, 12.847;
+    ("mad", "val"): "MDE 3.13, ±3 needs n=4",           # MDE = 2.12795 s, checked in test_stats)
+    ("md", "val_sm"): "MDE 23.37, ±3 needs n=54",
+    ("mad", "val_sm"): "MDE 27.34, ±3 needs n=73",
+}
+
+
+def test_the_demo_prints_the_mde_beside_each_paired_interval(demo_report, tmp_path):
+    """The demo's report step (madcache.demo.run.make_report, whose Markdown `make demo` prints)
+    on runs with the committed demo's per-seed Q2A: the Q2A table is the committed one, and each
+    paired cell is the committed one followed by the MDE at its 4 seeds and the seeds for ±3."""
+    from madcache.demo.run import DemoPaths, make_report
+
+    paths = DemoPaths(tmp_path / "demo")
+    val, sm = demo_report.per_seed["val"], demo_report.per_seed["val_sm"]
+    for method in val:
+        for seed, (q2a, sm_q2a) in enumerate(zip(val[method], sm[method])):
+            write_run(paths.runs, method=method, shots=32, seed=seed, q2a=q2a, sm=sm_q2a,
+                      student="single-stream",
+                      teachers=None if method == "baseline" else DEMO_TEACHERS)
+    markdown = make_report(paths)["markdown"]
+
+    def table(text, title):
+        return [line for line in text.split(f"### {title}\n")[1].split("###")[0].splitlines()
+                if line.startswith("| single-stream")]
+
+    assert table(markdown, "vcr: q2a") == table(demo_report.printed, "vcr: q2a")
+    committed = table(demo_report.printed, "vcr: q2a, paired difference to baseline")
+    printed = table(markdown, "vcr: q2a, paired difference to baseline")
+    assert len(printed) == len(committed) == 2
+    for ours, theirs in zip(printed, committed):
+        method = theirs.split(" | ")[1]
+        cells = theirs.strip(" |").split(" | ")
+        cells[3] += f"; {DEMO_POWER[(method, 'val')]}"
+        cells[4] += f"; {DEMO_POWER[(method, 'val_sm')]}"
+        assert ours == "| " + " | ".join(cells) + " |"
