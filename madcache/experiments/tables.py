@@ -1,8 +1,8 @@
 """A report's tables: report.md (Markdown tables, paired tables, CW firing rates, zero-shot
 results) and its CSV files: report.csv (one row per cell, with the run directories behind it),
-paired.csv (one row per paired cell, both intervals) and runs.csv (one row per run with its
-provenance: cache fingerprint, split file and digest, seed, git commit, CW firing rates,
-config)."""
+paired.csv (one row per paired cell, both intervals, the MDE and the seeds for ±3) and runs.csv
+(one row per run with its provenance: cache fingerprint, split file and digest, seed, git
+commit, CW firing rates, config)."""
 
 from __future__ import annotations
 
