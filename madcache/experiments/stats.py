@@ -134,9 +134,10 @@ def seeds_for_half_width(std: float, *, half_width: float = HALF_WIDTH,
     t_{(1+level)/2, n-1} · std / sqrt(n) <= half_width."""
     if half_width <= 0:
         raise ValueError(f"half_width must be > 0, got {half_width}")
-    # t > z for every df, so no n below the normal answer can do: start the search there.
+    # t > z for every df, so no n below the normal answer can do: start the search there (one
+    # lower, against rounding).
     z = float(stats.norm.ppf(0.5 + level / 2))
-    n = max(2, math.ceil((z * std / half_width) ** 2))
+    n = max(2, math.ceil((z * std / half_width) ** 2) - 1)
     while t_half_width(std, n, level=level) > half_width:
         n += 1
     return n
