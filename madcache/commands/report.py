@@ -15,7 +15,7 @@ import click
 @click.option("--no-plots", is_flag=True, help="Skip the PNG plots.")
 def report(runs_dir: str, out: str | None, baseline: str | None, no_plots: bool) -> None:
     """Aggregate every metrics.json under RUNS_DIR: mean ± std over seeds per cell, and each
-    method's paired difference to the baseline with 95% intervals."""
+    method's paired difference to the baseline with 95% intervals and its power (MDE)."""
     from madcache.experiments.report import build_report
 
     result = build_report(runs_dir, out=out, plots=not no_plots, baseline=baseline)

@@ -8,10 +8,12 @@ Read top-down, a report is four steps, one module each:
    (evaluated split x shots, e.g. `val k100`, `val_sm full`), one table per (dataset, metric);
    a cell is the mean over seeds with the *sample* standard deviation (ddof = 1) and n. Methods
    of a sweep share seeds and low-shot splits, so each method is paired with the baseline: per
-   seed, method - baseline, with its mean and 95% intervals (`madcache.experiments.stats`);
+   seed, method - baseline, with its mean, 95% intervals and power: the minimum detectable
+   effect at its seed count and the seeds a ±3-point interval needs
+   (`madcache.experiments.stats`);
 3. experiments/tables.py: report.md (tables, paired tables, zero-shot results), report.csv (one
-   row per cell, with the run directories behind it), paired.csv (both intervals of each paired
-   cell) and runs.csv (one row per run with its provenance);
+   row per cell, with the run directories behind it), paired.csv (both intervals and the power
+   of each paired cell) and runs.csv (one row per run with its provenance);
 4. experiments/plots.py: PNG plots, per (dataset, split, metric).
 """
 

@@ -1,8 +1,8 @@
 """A report's tables: report.md (Markdown tables, paired tables, CW firing rates, zero-shot
 results) and its CSV files: report.csv (one row per cell, with the run directories behind it),
-paired.csv (one row per paired cell, both intervals) and runs.csv (one row per run with its
-provenance: cache fingerprint, split file and digest, seed, git commit, CW firing rates,
-config)."""
+paired.csv (one row per paired cell, both intervals, the MDE and the seeds for ±3) and runs.csv
+(one row per run with its provenance: cache fingerprint, split file and digest, seed, git
+commit, CW firing rates, config)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from madcache.experiments.cells import (BASELINE, Cell, CellKey, CwKey, Pairing,
                                         cw_cells, ordered_keys, paired_cells, row_order, rows,
                                         settings, shots_order, tables)
 from madcache.experiments.runs import Row, RunRecord
-from madcache.experiments.stats import PairedDifference
+from madcache.experiments.stats import HALF_WIDTH, PairedDifference
 
 REPORT_TITLE = "# Report"   # the first line of every report.md (a rerun may replace it)
 
@@ -44,7 +44,8 @@ def markdown_table(cells: Mapping[CellKey, Cell], dataset: str, metric: str) -> 
 
 
 def paired_text(difference: PairedDifference) -> str:
-    """`+2.50 [+0.41, +4.59] * (n=4, 1 unpaired)`: mean [95% t interval], * when it excludes 0."""
+    """`+2.50 [+0.41, +4.59] * (n=4, 1 unpaired); MDE 2.79, ±3 needs n=4`: mean [95% t
+    interval], * when it excludes 0, then the comparison's power (`power_text`)."""
     if difference.n == 0:
         text = "no common seed"
     else:
@@ -54,7 +55,19 @@ def paired_text(difference: PairedDifference) -> str:
             text += f" [{interval.low:+.2f}, {interval.high:+.2f}]"
             text += " *" if interval.excludes_zero else ""
     left = difference.unpaired_method + difference.unpaired_baseline
-    return f"{text} (n={difference.n}" + (f", {left} unpaired)" if left else ")")
+    text += f" (n={difference.n}" + (f", {left} unpaired)" if left else ")")
+    power = power_text(difference)
+    return f"{text}; {power}" if power else text
+
+
+def power_text(difference: PairedDifference) -> str:
+    """`MDE 2.79, ±3 needs n=4`: the minimum detectable effect at the comparison's n (two-sided
+    5%, 80% power) and the seeds a ±3-point t interval needs, both at the observed paired std;
+    "" below two pairs."""
+    mde, needed = difference.mde, difference.seeds_needed
+    if mde is None or needed is None:
+        return ""
+    return f"MDE {mde:.2f}, ±{HALF_WIDTH:g} needs n={needed}"
 
 
 def paired_markdown(cells: Mapping[CellKey, Cell], pairs: Mapping[CellKey, Pairing],
@@ -79,6 +92,10 @@ def paired_note(cells: Mapping[CellKey, Cell], baseline: str) -> str:
     return (f"Paired tables: per seed, method minus `{baseline}` (same seed, same low-shot split); "
             "mean [95% t interval] over the seeds both have, n = pairs, runs of a seed the other "
             "side lacks are left out and counted as unpaired; * = the interval excludes 0. "
+            "MDE = the minimum detectable effect at that n (paired t-test, two-sided 5%, 80% "
+            f"power, at the observed paired std); ±{HALF_WIDTH:g} needs n = the seeds a "
+            f"±{HALF_WIDTH:g}-point t interval would need at that std. An interval that includes "
+            "0 with an MDE above the effect of interest cannot decide: too few seeds. "
             "paired.csv adds the percentile bootstrap interval.")
 
 
@@ -154,15 +171,18 @@ def cell_rows(cells: Mapping[CellKey, Cell],
     return out
 
 
+SEEDS_NEEDED_FIELD = f"seeds_for_half_width_{HALF_WIDTH:g}"
 PAIRED_FIELDS = ("dataset", "student", "method", "teachers", "baseline", "baseline_teachers",
                  "split", "shots", "metric", "n_pairs", "unpaired_method", "unpaired_baseline",
                  "mean_diff", "std_diff", "t_low", "t_high", "t_excludes_zero", "boot_low",
-                 "boot_high", "boot_excludes_zero", "seeds", "differences")
+                 "boot_high", "boot_excludes_zero", "mde", SEEDS_NEEDED_FIELD, "seeds",
+                 "differences")
 
 
 def paired_rows(cells: Mapping[CellKey, Cell],
                 pairs: Mapping[CellKey, Pairing]) -> list[dict[str, Any]]:
-    """paired.csv: one row per paired cell, both 95% intervals (t and percentile bootstrap)."""
+    """paired.csv: one row per paired cell, both 95% intervals (t and percentile bootstrap), the
+    minimum detectable effect and the seeds a ±HALF_WIDTH-point t interval needs."""
     out = []
     for key in (k for k in ordered_keys(cells) if k in pairs):
         pairing = pairs[key]
@@ -177,6 +197,7 @@ def paired_rows(cells: Mapping[CellKey, Cell],
             "t_excludes_zero": t and t.excludes_zero,
             "boot_low": _rounded(boot and boot.low), "boot_high": _rounded(boot and boot.high),
             "boot_excludes_zero": boot and boot.excludes_zero,
+            "mde": _rounded(d.mde), SEEDS_NEEDED_FIELD: d.seeds_needed,
             "seeds": ";".join(map(str, d.seeds)),
             "differences": ";".join(f"{v:.6g}" for v in d.differences)})
     return out

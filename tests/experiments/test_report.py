@@ -211,6 +211,8 @@ def test_paired_differences_to_the_baseline(paired_runs, tmp_path):
     assert float(mad["t_high"]) == pytest.approx(3 + half, abs=1e-5)
     assert (float(mad["boot_low"]), float(mad["boot_high"])) == (2.0, 4.0)  # exact: see test_stats
     assert mad["t_excludes_zero"] == "True" and mad["boot_excludes_zero"] == "True"
+    assert float(mad["mde"]) == pytest.approx(3.264044, abs=1e-6)
+    assert mad["seeds_for_half_width_3"] == "3"
     md = paired_csv(out)[("md", "val", "q2a")]
     assert float(md["mean_diff"]) == pytest.approx(2 / 3)
     assert float(md["t_low"]) < 0 < float(md["t_high"]) and md["t_excludes_zero"] == "False"
@@ -223,8 +225,13 @@ def test_paired_differences_to_the_baseline(paired_runs, tmp_path):
     assert "| student | method | teachers | val k8 |" in table
     mad_cell = f"+3.00 [{3 - half:+.2f}, {3 + half:+.2f}] * (n=3, 2 unpaired)"
     assert mad_cell == "+3.00 [+0.52, +5.48] * (n=3, 2 unpaired)"
-    assert f"| s1 | mad | clip-b16 | {mad_cell} |" in table
-    assert "| s1 | md | clip-b16 | +0.67 [" in table and "] (n=3, 1 unpaired) |" in table
+    # then its power (test_stats checks the numbers): s = 1 at n = 3 gives MDE 3.264 (nct), and
+    # +-3 needs n = 3 (t_{0.975, 2} / sqrt(3) = 2.48 <= 3 < t_{0.975, 1} / sqrt(2) = 8.98)
+    assert f"| s1 | mad | clip-b16 | {mad_cell}; MDE 3.26, ±3 needs n=3 |" in table
+    # md: d = -1, 2, 1, s = sqrt(7/3) = 1.5275: MDE 3.264 * 1.5275 = 4.99; n = 4 gives
+    # 3.182 * 1.5275 / 2 = 2.43 <= 3 < 4.303 * 1.5275 / sqrt(3) = 3.79
+    assert "| s1 | md | clip-b16 | +0.67 [" in table
+    assert "] (n=3, 1 unpaired); MDE 4.99, ±3 needs n=4 |" in table
     assert "| s1 | baseline |" not in table
     std = statistics.stdev(PAIRED["mad"].values())
     assert f"| s1 | mad | clip-b16 | 38.00 ± {std:.2f} (n=4) |" in markdown   # mean ± std stays
@@ -283,3 +290,46 @@ def test_unknown_baseline_is_a_one_line_error(paired_runs, tmp_path):
         "Error: --baseline 'linear-probe': no complete runs of that method; methods found: "
         "baseline, md, mad"]
     assert not (tmp_path / "o").exists()
+
+
+# ----------------------------------------------------------------------------- the demo's report
+
+DEMO_TEACHERS = {"vision": "madcache-demo", "text": "madcache-demo",
+                 "relevance": "madcache-demo"}
+DEMO_POWER = {  # (method, split) -> the power text at the demo's 4 seeds (s from the per-seed
+    ("md", "val"): "MDE 10.93, ±3 needs n=14",          # table: 5.136, 1.470, 10.984, 12.847;
+    ("mad", "val"): "MDE 3.13, ±3 needs n=4",           # MDE = 2.12795 s, checked in test_stats)
+    ("md", "val_sm"): "MDE 23.37, ±3 needs n=54",
+    ("mad", "val_sm"): "MDE 27.34, ±3 needs n=73",
+}
+
+
+def test_the_demo_prints_the_mde_beside_each_paired_interval(demo_report, tmp_path):
+    """The demo's report step (madcache.demo.run.make_report, whose Markdown `make demo` prints)
+    on runs with the committed demo's per-seed Q2A: the Q2A table is the committed one, and each
+    paired cell is the committed one followed by the MDE at its 4 seeds and the seeds for ±3."""
+    from madcache.demo.run import DemoPaths, make_report
+
+    paths = DemoPaths(tmp_path / "demo")
+    val, sm = demo_report.per_seed["val"], demo_report.per_seed["val_sm"]
+    for method in val:
+        for seed, (q2a, sm_q2a) in enumerate(zip(val[method], sm[method])):
+            write_run(paths.runs, method=method, shots=32, seed=seed, q2a=q2a, sm=sm_q2a,
+                      student="single-stream",
+                      teachers=None if method == "baseline" else DEMO_TEACHERS)
+    markdown = make_report(paths)["markdown"]
+
+    def table(text, title):
+        return [line for line in text.split(f"### {title}\n")[1].split("###")[0].splitlines()
+                if line.startswith("| single-stream")]
+
+    assert table(markdown, "vcr: q2a") == table(demo_report.printed, "vcr: q2a")
+    committed = table(demo_report.printed, "vcr: q2a, paired difference to baseline")
+    printed = table(markdown, "vcr: q2a, paired difference to baseline")
+    assert len(printed) == len(committed) == 2
+    for ours, theirs in zip(printed, committed):
+        method = theirs.split(" | ")[1]
+        cells = theirs.strip(" |").split(" | ")
+        cells[3] += f"; {DEMO_POWER[(method, 'val')]}"
+        cells[4] += f"; {DEMO_POWER[(method, 'val_sm')]}"
+        assert ours == "| " + " | ".join(cells) + " |"
