@@ -15,6 +15,7 @@ import os
 import socket
 from typing import Any, Mapping
 
+from madcache.cache.manifest import extraction_digest
 from madcache.cache.store import Store
 from madcache.core.errors import CacheCorruptError, CacheError
 
@@ -54,6 +55,27 @@ def write_commit(store: Store, record: Mapping[str, Any]) -> None:
     """Commit one shard (the last write of a shard; the caller holds its claim)."""
     data = json.dumps(record, indent=1, sort_keys=True).encode("utf-8") + b"\n"
     store.write_bytes(commit_key(int(record["index"])), data)
+
+
+STAMP = "extraction"      # the commit record's key holding `extraction_digest(manifest)`
+
+
+def foreign_shards(records: Mapping[int, Mapping[str, Any]],
+                   manifest: Mapping[str, Any]) -> list[int]:
+    """The shards whose commit record (or manifest entry) another extraction wrote: its stamp
+    differs from this manifest's `extraction_digest`, or it has none while others have one.
+    A cache written before records were stamped (none has one) has no foreign shards."""
+    if not any(STAMP in record for record in records.values()):
+        return []
+    mine = extraction_digest(manifest)
+    return sorted(i for i, record in records.items() if record.get(STAMP) != mine)
+
+
+def foreign_problem(shards: list[int], where: str) -> str:
+    shown = ", ".join(map(str, shards[:8])) + (" ..." if len(shards) > 8 else "")
+    return (f"{where}: shard(s) {shown} were written by another extraction (other teachers, "
+            "settings or data) or the manifest was edited since; re-extract them (delete the "
+            "shards and their commit records, then rerun the extraction)")
 
 
 def writer_identity(*, rank: int = 0, world_size: int = 1,

@@ -82,6 +82,18 @@ def check_required(manifest: dict[str, Any]) -> None:
         raise ValueError("manifest['fingerprint'] must be a dict of named parts")
 
 
+# What an extraction fixes before its first shard. Every commit record carries the digest of
+# these keys (`extraction_digest`), so a shard of another extraction (other teachers, settings
+# or data) cannot join a cache, and a manifest edited afterwards no longer matches its shards.
+IDENTITY_KEYS = ("fingerprint", "fingerprint_digest", "teachers", "dims", "dataset", "split",
+                 "num_choices", "num_examples", "num_shards", "dtype", "logits",
+                 "default_logits", "kind")
+
+
+def extraction_digest(manifest: Mapping[str, Any]) -> str:
+    return digest({key: manifest.get(key) for key in IDENTITY_KEYS})
+
+
 def fingerprint_digest(manifest: dict[str, Any]) -> str:
     return digest(manifest["fingerprint"])
 

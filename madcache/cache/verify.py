@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from madcache.cache.backends import Backend, get_backend
-from madcache.cache.commits import check_one_precision, read_commits
+from madcache.cache.commits import (STAMP, check_one_precision, foreign_problem, foreign_shards,
+                                    read_commits)
 from madcache.cache.index import read_index, read_table
 from madcache.cache.location import open_location
 from madcache.cache.manifest import (INDEX, STATE_COMPLETE, array_checksum, dtype_name,
@@ -116,6 +117,9 @@ def verify_cache(path: str | Path) -> list[str]:
     unlisted = "listed in the manifest" if complete else "committed"
     problems += [f"shard {i} is on disk but not {unlisted} ({present[i].name})"
                  for i in sorted(set(present) - set(listed))]
+    foreign = foreign_shards(listed, manifest)
+    if foreign:
+        problems.append(foreign_problem(foreign, "the cache"))
     if complete:
         problems += _commit_problems(store, listed)
     stored_ids: dict[int, np.ndarray] = {}
@@ -147,6 +151,9 @@ def open_problems(root: Path | StoreKey, manifest: dict[str, Any], backend: Back
     missing = [i for i in sorted(listed) if not backend.exists(root / listed[i]["name"])]
     if missing:
         problems.append(f"shard(s) {_span(missing)} listed in the manifest are missing on disk")
+    foreign = foreign_shards(listed, manifest)
+    if foreign:
+        problems.append(foreign_problem(foreign, "the cache"))
     try:
         check_one_precision(listed, None, "the cache")
     except CacheError as exc:
@@ -196,7 +203,8 @@ def _commit_problems(store: Store, listed: dict[int, dict[str, Any]]) -> list[st
                  for i in sorted(set(records) - set(listed))]
     problems += [f"shard {i}: the commit record and the manifest disagree"
                  for i in sorted(set(listed) & set(records))
-                 if records[i].get("arrays") != listed[i].get("arrays")]
+                 if records[i].get("arrays") != listed[i].get("arrays")
+                 or records[i].get(STAMP) != listed[i].get(STAMP)]
     try:
         check_one_precision(records, None, "the cache")
     except CacheError as exc:

@@ -26,14 +26,14 @@ import numpy as np
 
 from madcache.cache import index as cache_index
 from madcache.cache.backends import Backend, get_backend
-from madcache.cache.commits import (CLAIMS, COMMITS, check_one_precision, claim_key,
-                                    commit_key, precision_of, read_commits, write_commit,
-                                    writer_identity)
+from madcache.cache.commits import (CLAIMS, COMMITS, STAMP, check_one_precision, claim_key,
+                                    commit_key, foreign_problem, foreign_shards, precision_of,
+                                    read_commits, write_commit, writer_identity)
 from madcache.cache.fingerprint import diff_fingerprints, to_json
 from madcache.cache.manifest import (FORMAT_VERSION, INDEX, INDEX_PARTS, MANIFEST,
                                      STATE_COMPLETE, STATE_WRITING, array_record, check_required,
-                                     create_manifest, fingerprint_digest, read_manifest,
-                                     shard_counts, write_manifest)
+                                     create_manifest, extraction_digest, fingerprint_digest,
+                                     read_manifest, shard_counts, write_manifest)
 from madcache.cache.location import Location, open_location
 from madcache.cache.store import Claim, Store, StoreKey
 from madcache.cache.verify import shard_problems
@@ -162,7 +162,8 @@ class CacheWriter:
                 cache_index.write_part(self.store, shard, arrays, index_columns)
             entry["bytes"] = self.backend.nbytes(final)
             self._check_claim_held(shard)
-            write_commit(self.store, {**entry, "writer": self.identity, "committed": _now()})
+            write_commit(self.store, {**entry, "writer": self.identity, "committed": _now(),
+                                      STAMP: extraction_digest(self.manifest)})
         finally:
             self.release(shard)
 
@@ -228,6 +229,9 @@ def finish_cache(path: str | Path, *, extra: dict[str, Any] | None = None,
     records = {i: r for i, r in read_commits(store).items()
                if backend.exists(backend.shard_path(root, i))}
     _check_planned(root, manifest, records)
+    foreign = foreign_shards(records, manifest)
+    if foreign:
+        raise CacheCorruptError(foreign_problem(foreign, str(root)))
     check_one_precision(records, None, str(root))
     shards = sorted(records)
     cache_index.build_index(store, shards)

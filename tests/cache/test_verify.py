@@ -73,9 +73,10 @@ def test_index_and_manifest_faults(root):
     manifest = json.loads((root / "manifest.json").read_text())
     manifest["fingerprint"]["selection"]["yake_top"] = 99
     (root / "manifest.json").write_text(json.dumps(manifest))
-    assert verify_cache(root) == [
-        "fingerprint_digest does not match the fingerprint (manifest edited?)",
-        "index.parquet is missing"]
+    problems = verify_cache(root)
+    assert problems[0] == "fingerprint_digest does not match the fingerprint (manifest edited?)"
+    assert "shard(s) 0, 1, 2 were written by another extraction" in problems[1]  # the stamps
+    assert problems[2:] == ["index.parquet is missing"]
 
 
 def test_index_not_covering_rows(root):

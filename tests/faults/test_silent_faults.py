@@ -152,3 +152,46 @@ def test_a_refused_run_leaves_no_folder_behind(tmp_path, train_world, faults):
     line = faults.one_line_error(faults.invoke(*faults.train_args(
         train_world, out, "--per-category", "1", "--regions", tmp_path / "no-such-store")))
     assert "no-such-store" in line and not out.exists()    # no split.json left behind
+
+
+# ----------------------------------------------------------------------------- one extraction
+
+def _spliced(tmp_path, train_world):
+    """A copy of the cache whose shard 0 and its commit record (and index part) come from
+    another teacher's extraction of the same split, with the same layout."""
+    cache = tmp_path / "cache"
+    shutil.copytree(train_world.cache, cache)
+    other = train_world.other_cache
+    shutil.rmtree(cache / "shard-00000.zarr")
+    shutil.copytree(other / "shard-00000.zarr", cache / "shard-00000.zarr")
+    for part in ("commits/00000.json", *(p.relative_to(other).as_posix()
+                                         for p in (other / "index-parts").glob("00000*"))):
+        shutil.copy(other / part, cache / part)
+    return cache
+
+
+def test_a_shard_of_another_extraction_cannot_be_finished_into_a_cache(tmp_path, train_world,
+                                                                       faults):
+    cache = _spliced(tmp_path, train_world)
+    line = faults.one_line_error(faults.invoke("cache", "finish", cache))
+    assert "shard(s) 0 were written by another extraction" in line
+
+
+def test_a_spliced_shard_with_its_record_fails_verify(tmp_path, train_world, faults):
+    cache = _spliced(tmp_path, train_world)
+    result = faults.invoke("cache", "verify", cache)
+    assert result.exit_code != 0 and "shard(s) 0 were written by another extraction" \
+        in result.output
+
+
+def test_an_edited_teacher_name_fails_verify_and_training(tmp_path, train_world, faults):
+    cache = tmp_path / "cache"
+    shutil.copytree(train_world.cache, cache)
+    manifest = json.loads((cache / "manifest.json").read_text())
+    manifest["teachers"] = {k: "openclip:ViT-L-14" for k in manifest["teachers"]}
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+    assert "another extraction" in faults.invoke("cache", "verify", cache).output
+    world = type(train_world)(**{**vars(train_world), "cache": cache})
+    out = tmp_path / "run"
+    line = faults.one_line_error(faults.invoke(*faults.train_args(world, out)))
+    assert "another extraction" in line and not (out / "metrics.json").exists()
