@@ -181,12 +181,13 @@ def with_ground_truth(item: "ImageItem", gt: Regions, detected: Regions | None, 
     if len(gt_feat) != len(expected):
         raise DataError(f"{len(gt_feat)} ground-truth regions for image {item.image_id!r}, but "
                         f"its metadata has {len(expected)} objects", file=source)
-    if len(expected) and not np.allclose(gt_boxes, expected, atol=GT_BOX_TOLERANCE):
-        worst = int(np.abs(gt_boxes - expected).max(axis=1).argmax())
-        raise DataError(f"ground-truth region {worst + 1} of image {item.image_id!r} is box "
-                        f"{np.round(gt_boxes[worst], 3).tolist()}, the metadata's object "
-                        f"{worst + 1} is {np.round(expected[worst], 3).tolist()}: the regions "
-                        "are not in object order", file=source)
+    off = np.abs(gt_boxes - expected).max(axis=1) > GT_BOX_TOLERANCE if len(expected) else []
+    if np.any(off):
+        first = int(np.argmax(off))
+        raise DataError(f"ground-truth region {first + 1} of image {item.image_id!r} is box "
+                        f"{[round(float(v), 3) for v in gt_boxes[first]]}, the metadata's object "
+                        f"{first + 1} is {[round(float(v), 3) for v in expected[first]]}: the "
+                        "regions are not in object order", file=source)
     feats, boxes = [gt_feat], [gt_boxes]
     if detected is not None:
         feats.append(detected[0])
@@ -450,14 +451,16 @@ class ImgDb:
                 self.name2nbb = self._read_nbb(nbb)
         if compressed:
             db_name += "_compressed"
+        why = ""
         if conf_th != -1 and self.name2nbb is None:      # no nbb json: all boxes, counted here
             db_name = "all_compressed" if compressed else "all"
+            why = f", no nbb_th{conf_th}_max{max_bb}_min{min_bb}.json so {db_name} as UNITER"
         self.db = self.path / db_name
         if not (self.db / "data.mdb").is_file():
             present = sorted(p.name for p in self.path.iterdir() if (p / "data.mdb").is_file())
             raise DataFileNotFoundError(
                 f"no LMDB for conf_th={conf_th}, max_bb={max_bb}, min_bb={min_bb}, "
-                f"num_bb={num_bb}, compressed={str(compressed).lower()} (present: "
+                f"num_bb={num_bb}, compressed={str(compressed).lower()}{why} (present: "
                 f"{', '.join(present) or 'none'})", file=self.db)
         lmdb = require("lmdb")
         self.env = lmdb.open(str(self.db), readonly=True, create=False, lock=False,
