@@ -9,8 +9,10 @@
   and ground-truth boxes.
 
 Boxes are normalised (x1, y1, x2, y2) / (width, height); the first box is the whole image
-(except for released formats on datasets without ground-truth boxes). Adding an extractor = a class with `name`, `feature_dim`,
-`fingerprint()` and `regions(item)`, and one `REGION_EXTRACTORS.register` line below.
+(except for released formats on datasets without ground-truth boxes). Adding an extractor = a
+class with `name`, `feature_dim`, `fingerprint()` and `regions(item)`, and one
+`REGION_EXTRACTORS.register` line below (a released format: a `REGION_FORMATS` line in
+region_formats.py).
 """
 
 from __future__ import annotations

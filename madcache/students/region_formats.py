@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
@@ -200,21 +201,30 @@ def with_ground_truth(item: "ImageItem", gt: Regions, detected: Regions | None, 
 
 
 def no_ground_truth_source(name: str, option: str) -> ConfigError:
-    return ConfigError(f"{name}: this dataset has ground-truth boxes (VCR): pass {option} (features "
-                       "at the metadata boxes, in object order) so person1 stays region 1")
+    return ConfigError(f"{name}: this dataset has ground-truth boxes (VCR): pass {option} "
+                       "(features at the metadata boxes, in object order) so person1 stays "
+                       "region 1")
 
 
 def key_candidates(item: "ImageItem", template: str | None, **fields: str) -> list[str]:
-    """The names an image may have in a released file: the template given, else its id and its
-    file stem, as is and + `.npz`, and (UNITER) `{db}_{stem}.npz`."""
-    values = {"image_id": item.image_id, "stem": item.path.stem, **fields}
+    """The names an image may have in a released file: the `key` template given (fields
+    `image_id`, `stem` of the image file, `number`: the id's trailing digits as an int, and
+    `db`: the img_db directory's name), else, in order, (UNITER) `{db}_{stem}.npz`,
+    `{db}_{image_id}.npz`, `{db}_{number:012d}.npz`, then the id and the stem, as is and + .npz."""
+    digits = re.search(r"(\d+)$", item.image_id) or re.search(r"(\d+)$", item.path.stem)
+    number = int(digits.group(1)) if digits else None
+    values = {"image_id": item.image_id, "stem": item.path.stem, "number": number, **fields}
     if template is not None:
         try:
             return [template.format(**values)]
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ConfigError(f"key template {template!r}: {exc!r} (fields: "
-                              f"{', '.join(values)})") from None
-    names = [f"{fields['db']}_{item.path.stem}.npz"] if "db" in fields else []
+        except (KeyError, IndexError, ValueError, TypeError) as exc:
+            raise ConfigError(f"key template {template!r} for image {item.image_id!r}: {exc!r} "
+                              f"(fields: {', '.join(values)})") from None
+    names = []
+    if "db" in fields:
+        db = fields["db"]
+        names += [f"{db}_{item.path.stem}.npz", f"{db}_{item.image_id}.npz"]
+        names += [f"{db}_{number:012d}.npz"] if number is not None else []
     names += [item.image_id, f"{item.image_id}.npz", item.path.stem, f"{item.path.stem}.npz"]
     return list(dict.fromkeys(names))
 
@@ -428,6 +438,19 @@ def compute_num_bb(confs: np.ndarray, conf_th: float, min_bb: int, max_bb: int) 
     return int(min(max_bb, max(min_bb, int((np.asarray(confs) > conf_th).sum()))))
 
 
+_ENVIRONMENTS: dict[str, Any] = {}
+
+
+def open_lmdb(path: Path):
+    """A read-only LMDB environment, opened once per process (lmdb refuses a second open)."""
+    lmdb = require("lmdb")
+    key = str(path.resolve())
+    if key not in _ENVIRONMENTS:
+        _ENVIRONMENTS[key] = lmdb.open(key, readonly=True, create=False, lock=False,
+                                       readahead=False)
+    return _ENVIRONMENTS[key]
+
+
 class ImgDb:
     """One UNITER img_db directory, opened as UNITER's `DetectFeatLmdb` opens it: which LMDB, how
     many boxes per image (`nbb`), and the value encoding (npz if compressed, else msgpack)."""
@@ -462,9 +485,7 @@ class ImgDb:
                 f"no LMDB for conf_th={conf_th}, max_bb={max_bb}, min_bb={min_bb}, "
                 f"num_bb={num_bb}, compressed={str(compressed).lower()}{why} (present: "
                 f"{', '.join(present) or 'none'})", file=self.db)
-        lmdb = require("lmdb")
-        self.env = lmdb.open(str(self.db), readonly=True, create=False, lock=False,
-                             readahead=False)
+        self.env = open_lmdb(self.db)
 
     @staticmethod
     def _read_nbb(path: Path) -> dict[str, int]:

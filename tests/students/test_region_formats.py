@@ -150,8 +150,16 @@ def test_uniter_imgdb_counts_boxes_without_nbb_json_and_fixed_num_bb(tmp_path):
                                                     r"no nbb_th0.2_max100_min10.json so all "
                                                     r"as UNITER \(present: feat_numbb6\)$"):
         build_extractor("uniter-imgdb", img_db=tmp_path / "fixed")
-    with pytest.raises(DataError, match="'nope'.*tried keys fixed_nope.npz, nope, nope.npz"):
+    with pytest.raises(DataError, match=r"'nope'.*tried keys fixed_nope.npz, nope, nope.npz\)$"):
         fixed.regions(item("nope"))
+    # UNITER's COCO names: coco_val2014_000000000042.npz for image 42 (COCO_val2014_...42.jpg)
+    write_img_db(tmp_path / "coco_val2014", {"coco_val2014_000000000042.npz": dumps["a.npz"]},
+                 conf_th=-1, num_bb=6)
+    coco = build_extractor("uniter-imgdb", img_db=tmp_path / "coco_val2014", conf_th=-1, num_bb=6)
+    assert len(coco.regions(item("42", "COCO_val2014_000000000042"))[0]) == 6
+    with pytest.raises(ConfigError, match="key template '{number:03d}' for image 'x'"):
+        build_extractor("uniter-imgdb", img_db=tmp_path / "coco_val2014", conf_th=-1,
+                        num_bb=6, key="{number:03d}").regions(item("x"))
 
 
 @pytest.mark.parametrize("compress", [False, True], ids=["msgpack", "npz"])
@@ -370,14 +378,17 @@ def test_cli_uniter_imgdb_and_a_refused_pickle(tmp_path, demo_root):
     manifest = json.loads((tmp_path / "store" / "manifest.json").read_text())
     assert manifest["fingerprint"]["regions"]["name"] == "uniter-imgdb"
     # a gt value whose features are pickled: one line, exit 2, nothing unpickled
-    marker = tmp_path / "ran"
-    env = lmdb.open(str(tmp_path / "vcr_gt_val" / "feat_numbb100"), map_size=1 << 26)
+    marker, bad = tmp_path / "ran", tmp_path / "bad"
+    vcr_sources(bad, root, "val")
+    env = lmdb.open(str(bad / "vcr_gt_val" / "feat_numbb100"), map_size=1 << 26)
     key = f"vcr_gt_val_{items[0].path.stem}.npz"
     with env.begin(write=True) as txn:
         value = msgpack.loads(txn.get(key.encode()), object_hook=msgpack_numpy.decode)
         value["features"] = trap_array(marker)
         txn.put(key.encode(), encode(value, compress=False))
     env.close()
+    args[args.index(f"img_db={tmp_path}/vcr_gt_val;{tmp_path}/vcr_val")] = \
+        f"img_db={bad}/vcr_gt_val;{bad}/vcr_val"
     result = CliRunner().invoke(cli, args + ["--out", str(tmp_path / "store2")])
     lines = result.output.strip().splitlines()
     assert result.exit_code == 2 and len(lines) == 1, result.output
