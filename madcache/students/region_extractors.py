@@ -28,12 +28,11 @@ import torch
 from madcache.core.errors import ConfigError, DataError, DataFileNotFoundError
 from madcache.core.io import load_weights
 from madcache.core.registry import Registry
-from madcache.students.region_formats import REGION_FORMATS
+from madcache.students.region_formats import REGION_FORMATS, WHOLE_IMAGE
 
 GEOMETRY_DIM = 7
 BOXCROP_GRID = 8
 BOXCROP_DIM = 3 * BOXCROP_GRID * BOXCROP_GRID + GEOMETRY_DIM
-WHOLE_IMAGE = np.array([[0.0, 0.0, 1.0, 1.0]], dtype=np.float32)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

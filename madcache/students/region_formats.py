@@ -30,7 +30,7 @@ import io
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -38,14 +38,21 @@ from madcache.core.errors import (ConfigError, DataError, DataFileNotFoundError,
                                   PickleRefusedError)
 from madcache.core.registry import Registry
 
-if TYPE_CHECKING:
-    from madcache.students.region_extractors import ImageItem, RegionExtractor
-
-REGION_FORMATS: Registry[Callable[..., "RegionExtractor"]] = Registry("region format")
+REGION_FORMATS: Registry[Callable[..., Any]] = Registry("region format")
+WHOLE_IMAGE = np.array([[0.0, 0.0, 1.0, 1.0]], dtype=np.float32)
 GT_BOX_TOLERANCE = 0.02        # normalised units: a ground-truth region's box vs the metadata's
 VCR_ORDER = "whole image (mean feature), ground-truth boxes in object order, then detected"
 
 Regions = tuple[np.ndarray, np.ndarray]
+
+
+class ImageItem(Protocol):
+    """What a format reads of `region_extractors.ImageItem` (not imported: that module imports
+    this one)."""
+
+    image_id: str
+    path: Path
+    gt_boxes: np.ndarray | None
 
 
 def require(module: str, extra: str = "uniter"):
@@ -171,12 +178,10 @@ def normalise(boxes: np.ndarray, width: float, height: float) -> np.ndarray:
     return np.clip(np.asarray(boxes, np.float32)[:, :4] / scale, 0.0, 1.0).astype(np.float32)
 
 
-def with_ground_truth(item: "ImageItem", gt: Regions, detected: Regions | None, *,
+def with_ground_truth(item: ImageItem, gt: Regions, detected: Regions | None, *,
                       source: object) -> Regions:
     """VCR's fixed order: whole image (mean of the imported features), the ground-truth regions in
     object order (checked against the metadata's boxes: `person1` = region 1), then detected."""
-    from madcache.students.region_extractors import WHOLE_IMAGE
-
     gt_feat, gt_boxes = gt
     expected = item.gt_boxes
     if len(gt_feat) != len(expected):
@@ -206,7 +211,7 @@ def no_ground_truth_source(name: str, option: str) -> ConfigError:
                        "region 1")
 
 
-def key_candidates(item: "ImageItem", template: str | None, **fields: str) -> list[str]:
+def key_candidates(item: ImageItem, template: str | None, **fields: str) -> list[str]:
     """The names an image may have in a released file: the `key` template given (fields
     `image_id`, `stem` of the image file, `number`: the id's trailing digits as an int, and
     `db`: the img_db directory's name), else, in order, (UNITER) `{db}_{stem}.npz`,
@@ -288,7 +293,7 @@ class TsvFile:
                             file=self.path, record_id=image_id)
         return parse_tsv_row(fields)
 
-    def find(self, item: "ImageItem") -> dict[str, Any]:
+    def find(self, item: ImageItem) -> dict[str, Any]:
         key = item.image_id if item.image_id in self.offsets else item.path.stem
         if key not in self.offsets:
             raise DataError(f"image {item.image_id!r} (file stem {item.path.stem!r}) has no row",
@@ -339,7 +344,7 @@ class ButdTsv:
         return (row["features"][order].astype(np.float32),
                 normalise(row["boxes"][order], row["img_w"], row["img_h"]))
 
-    def regions(self, item: "ImageItem") -> Regions:
+    def regions(self, item: ImageItem) -> Regions:
         detected = self._regions(self.tsv.find(item), by_confidence=True)
         if item.gt_boxes is None:
             return detected
@@ -378,7 +383,7 @@ class NpzDir:
         return feat.astype(np.float32), normalise(boxes, float(arrays["image_w"]),
                                                   float(arrays["image_h"]))
 
-    def find(self, item: "ImageItem") -> Regions:
+    def find(self, item: ImageItem) -> Regions:
         names = key_candidates(item, self.key)
         for name in names:
             name = name if name.endswith(".npz") else f"{name}.npz"
@@ -422,7 +427,7 @@ class ButdNpz:
             out["gt"] = {**self.gt.fingerprint(), "order": VCR_ORDER}
         return out
 
-    def regions(self, item: "ImageItem") -> Regions:
+    def regions(self, item: ImageItem) -> Regions:
         detected = self.detected.find(item)
         if item.gt_boxes is None:
             return detected
@@ -592,7 +597,7 @@ class UniterImgDb:
                 "detected": [db.fingerprint() for db in self.detected],
                 "gt": [db.fingerprint() for db in self.gt], "order": "file"}
 
-    def _find(self, dbs: list[ImgDb], item: "ImageItem") -> Regions:
+    def _find(self, dbs: list[ImgDb], item: ImageItem) -> Regions:
         tried = []
         for db in dbs:
             for key in key_candidates(item, self.key, db=db.path.name):
@@ -604,7 +609,7 @@ class UniterImgDb:
                         f"(tried keys {', '.join(dict.fromkeys(tried))})",
                         record_id=item.image_id)
 
-    def regions(self, item: "ImageItem") -> Regions:
+    def regions(self, item: ImageItem) -> Regions:
         if item.gt_boxes is None:
             if not self.detected:
                 raise ConfigError("uniter-imgdb: this dataset has no ground-truth boxes: give a "
