@@ -196,6 +196,9 @@ def with_ground_truth(item: ImageItem, gt: Regions, detected: Regions | None, *,
                         "regions are not in object order", file=source)
     feats, boxes = [gt_feat], [gt_boxes]
     if detected is not None:
+        if detected[0].shape[1] != gt_feat.shape[1]:
+            raise DataError(f"ground-truth features have {gt_feat.shape[1]} numbers, the detected "
+                            f"ones {detected[0].shape[1]} (image {item.image_id!r})", file=source)
         feats.append(detected[0])
         boxes.append(detected[1])
     every = np.concatenate(feats).astype(np.float32)
