@@ -28,7 +28,7 @@ import torch
 from madcache.core.errors import ConfigError, DataError, DataFileNotFoundError
 from madcache.core.io import load_weights
 from madcache.core.registry import Registry
-from madcache.students.region_formats import REGION_FORMATS, WHOLE_IMAGE
+from madcache.students.region_formats import REGION_FORMATS, WHOLE_IMAGE  # WHOLE_IMAGE: re-exported
 
 GEOMETRY_DIM = 7
 BOXCROP_GRID = 8
