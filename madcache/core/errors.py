@@ -39,6 +39,10 @@ class UnsafePathError(DataError):
     """A path in a dataset file escapes the dataset root."""
 
 
+class PickleRefusedError(DataError):
+    """A data file holds an object array (a pickle): madcache never unpickles."""
+
+
 class UnknownNameError(MadcacheError, KeyError):
     """A registry lookup failed; the message lists the valid names."""
 

@@ -4,17 +4,19 @@
   flattened (row-major, HWC), followed by the box geometry (7 numbers). The demo default.
 - `backbone`: a frozen CNN (timm, or `torchvision:NAME`) from a LOCAL weights file; its last
   feature map, `roi_align` (2x2, aligned) over the boxes, averaged -> C numbers per region.
-- `butd-tsv`: bottom-up-attention detector features from a TSV file (LXMERT / VisualBERT
-  format); the TSV's own boxes replace the dataset's, highest detector confidence first.
+- released formats (region_formats.py: `butd-tsv`, `butd-npz`, `uniter-imgdb`): detector
+  features imported from their files; their boxes replace a grid, and follow VCR's whole image
+  and ground-truth boxes.
 
 Boxes are normalised (x1, y1, x2, y2) / (width, height); the first box is the whole image
-(except for `butd-tsv`). Adding an extractor = a class with `name`, `feature_dim`,
-`fingerprint()` and `regions(item)`, and one `REGION_EXTRACTORS.register` line below.
+(except for released formats on datasets without ground-truth boxes). Adding an extractor = a
+class with `name`, `feature_dim`, `fingerprint()` and `regions(item)`, and one
+`REGION_EXTRACTORS.register` line below (a released format: a `REGION_FORMATS` line in
+region_formats.py).
 """
 
 from __future__ import annotations
 
-import base64
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +28,11 @@ import torch
 from madcache.core.errors import ConfigError, DataError, DataFileNotFoundError
 from madcache.core.io import load_weights
 from madcache.core.registry import Registry
+from madcache.students.region_formats import REGION_FORMATS, WHOLE_IMAGE  # WHOLE_IMAGE: re-exported
 
 GEOMETRY_DIM = 7
 BOXCROP_GRID = 8
 BOXCROP_DIM = 3 * BOXCROP_GRID * BOXCROP_GRID + GEOMETRY_DIM
-WHOLE_IMAGE = np.array([[0.0, 0.0, 1.0, 1.0]], dtype=np.float32)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -52,11 +54,14 @@ def grid_boxes(levels: tuple[int, ...] = (1, 2, 3)) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ImageItem:
-    """One image to extract: its id, file, and normalised boxes [R, 4] (whole image first)."""
+    """One image to extract: its id, file, and normalised boxes [R, 4] (whole image first);
+    `gt_boxes` [n, 4]: the dataset's ground-truth boxes in object order, all of them (VCR), or
+    None (a grid)."""
 
     image_id: str
     path: Path
     boxes: np.ndarray
+    gt_boxes: np.ndarray | None = None
 
 
 def load_image(path: Path):
@@ -199,81 +204,11 @@ class Backbone:
         return pooled.mean(dim=(2, 3)).float().cpu().numpy(), item.boxes
 
 
-TSV_FIELDS = ("img_id", "img_h", "img_w", "objects_id", "objects_conf", "attrs_id", "attrs_conf",
-              "num_boxes", "boxes", "features")
-
-
-def decode_array(text: bytes | str, dtype: str, rows: int) -> np.ndarray:
-    """A base64 field of a bottom-up-attention TSV -> [rows, -1]."""
-    return np.frombuffer(base64.b64decode(text), dtype=dtype).reshape(rows, -1)
-
-
-def parse_tsv_row(fields: list[str]) -> dict[str, Any]:
-    """One TSV row -> img_id, img_h, img_w, boxes [N, 4] px, features [N, D], objects_conf [N]."""
-    row = dict(zip(TSV_FIELDS, fields))
-    n = int(row["num_boxes"])
-    return {"img_id": row["img_id"], "img_h": int(row["img_h"]), "img_w": int(row["img_w"]),
-            "objects_conf": decode_array(row["objects_conf"], "float32", n).reshape(n),
-            "boxes": decode_array(row["boxes"], "float32", n),
-            "features": decode_array(row["features"], "float32", n)}
-
-
-class ButdTsv:
-    """Detector features from a bottom-up-attention TSV (matched on image id, then file stem)."""
-
-    name = "butd-tsv"
-
-    def __init__(self, *, tsv: str | Path | None = None) -> None:
-        if tsv is None:
-            raise ConfigError("the butd-tsv extractor needs --tsv PATH")
-        self.path = Path(tsv)
-        if not self.path.is_file():
-            raise DataFileNotFoundError("bottom-up-attention TSV not found", file=self.path)
-        self.offsets = self._index()
-        if not self.offsets:
-            raise DataError("no rows", file=self.path)
-        self.feature_dim = int(self._row(next(iter(self.offsets)))["features"].shape[1])
-
-    def _index(self) -> dict[str, int]:
-        """img_id -> byte offset of its row (one pass; rows are read on demand)."""
-        offsets, position = {}, 0
-        with open(self.path, "rb") as handle:
-            for line in handle:
-                offsets[line.split(b"\t", 1)[0].decode()] = position
-                position += len(line)
-        return offsets
-
-    def _row(self, image_id: str) -> dict[str, Any]:
-        with open(self.path, "rb") as handle:
-            handle.seek(self.offsets[image_id])
-            fields = handle.readline().decode().rstrip("\r\n").split("\t")
-        if len(fields) != len(TSV_FIELDS):
-            raise DataError(f"row has {len(fields)} columns, expected {len(TSV_FIELDS)} "
-                            f"({', '.join(TSV_FIELDS)})", file=self.path, record_id=image_id)
-        return parse_tsv_row(fields)
-
-    def fingerprint(self) -> dict[str, Any]:
-        from madcache.cache.fingerprint import file_sha256
-
-        return {"name": self.name, "version": 1, "file": self.path.name,
-                "sha256": file_sha256(self.path), "order": "confidence"}
-
-    def regions(self, item: ImageItem) -> tuple[np.ndarray, np.ndarray]:
-        key = item.image_id if item.image_id in self.offsets else item.path.stem
-        if key not in self.offsets:
-            raise DataError(f"image {item.image_id!r} (file stem {item.path.stem!r}) has no row",
-                            file=self.path, record_id=item.image_id)
-        row = self._row(key)
-        order = np.argsort(-row["objects_conf"], kind="stable")
-        scale = np.array([row["img_w"], row["img_h"], row["img_w"], row["img_h"]], np.float32)
-        boxes = np.clip(row["boxes"][order] / scale, 0.0, 1.0).astype(np.float32)
-        return row["features"][order].astype(np.float32), boxes
-
-
 REGION_EXTRACTORS: Registry[Callable[..., RegionExtractor]] = Registry("region extractor")
 REGION_EXTRACTORS.register("boxcrop", BoxCrop)
 REGION_EXTRACTORS.register("backbone", Backbone)
-REGION_EXTRACTORS.register("butd-tsv", ButdTsv)
+for _name in REGION_FORMATS:          # released formats (region_formats.py) are extractors too
+    REGION_EXTRACTORS.register(_name, REGION_FORMATS.get(_name))
 
 
 def build_extractor(name: str, **options: Any) -> RegionExtractor:

@@ -1,7 +1,8 @@
 """Region features for the student: which boxes, the region store, and batching.
 
 Boxes per image: datasets with per-image metadata (VCR, the demo VCR) give the whole image
-followed by the metadata's boxes in object order (so `person1` stays box 1); datasets without
+followed by the metadata's boxes in object order (so `person1` stays region 1, for every
+extractor and released format: region_formats.py); datasets without
 boxes (SNLI-VE, VQA without a TSV) use a fixed grid: the whole image, 2x2 and 3x3 cells. At most
 `max_regions` regions per image are kept.
 
@@ -48,15 +49,23 @@ __all__ = ["GEOMETRY_DIM", "box_geometry", "grid_boxes", "image_boxes", "image_i
 
 # ----------------------------------------------------------------------------- boxes
 
-def image_boxes(root: str | Path, example: Example, max_regions: int) -> np.ndarray:
-    """Normalised boxes of `example`'s image: [min(R, max_regions), 4], whole image first."""
+def ground_truth_boxes(root: str | Path, example: Example) -> np.ndarray | None:
+    """The normalised metadata boxes of `example`'s image in object order (VCR: object i is
+    `person{i+1}` and region i + 1), or None for a dataset without boxes."""
     if example.meta_path is None:
-        return grid_boxes()[:max_regions]
+        return None
     from madcache.data.vcr import load_vcr_metadata
 
     meta = load_vcr_metadata(root, example)
     scale = np.array([meta.width, meta.height, meta.width, meta.height], np.float32)
-    boxes = np.clip(meta.boxes[:, :4] / scale, 0.0, 1.0).astype(np.float32)
+    return np.clip(meta.boxes[:, :4] / scale, 0.0, 1.0).astype(np.float32)
+
+
+def image_boxes(root: str | Path, example: Example, max_regions: int) -> np.ndarray:
+    """Normalised boxes of `example`'s image: [min(R, max_regions), 4], whole image first."""
+    boxes = ground_truth_boxes(root, example)
+    if boxes is None:
+        return grid_boxes()[:max_regions]
     return np.concatenate([WHOLE_IMAGE, boxes])[:max_regions]
 
 
@@ -70,7 +79,9 @@ def image_items(root: str | Path, examples: Sequence[Example],
         first.setdefault(example.image_id, example)
     for image_id, example in first.items():
         path = safe_join(root, example.image_path, field="image_path")
-        yield ImageItem(image_id, path, image_boxes(root, example, max_regions))
+        gt = ground_truth_boxes(root, example)
+        boxes = grid_boxes() if gt is None else np.concatenate([WHOLE_IMAGE, gt])
+        yield ImageItem(image_id, path, boxes[:max_regions], gt)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -129,7 +140,8 @@ class RegionsConfig:
     root: Path = setting(existing_path=True, help="Dataset root (original files).")
     split: str | list[str] = setting(help="A split, or several: train,val (one store for "
                                           "training and validation).")
-    extractor: str = setting("boxcrop", help="boxcrop, backbone or butd-tsv.")
+    extractor: str = setting("boxcrop", help="boxcrop, backbone, or a released format: "
+                                             "butd-tsv, butd-npz, uniter-imgdb.")
     weights: Path | None = setting(None, existing_path=True,
                                    help="backbone: local weights (.safetensors / .pt).")
     backbone: str | None = setting(None, help="backbone: a timm name or torchvision:NAME "
@@ -137,7 +149,8 @@ class RegionsConfig:
     image_size: int | None = setting(None, minimum=32, help="backbone: input size [224].")
     device: str | None = setting(None, help="backbone: cpu, cuda or cuda:N [cpu].")
     tsv: Path | None = setting(None, existing_path=True,
-                               help="butd-tsv: the bottom-up-attention TSV file.")
+                               help="butd-tsv: the bottom-up-attention TSV file (6 or 10 "
+                                    "columns).")
     extractor_options: dict[str, Any] = setting(factory=dict, flag="extractor-option",
                                                 help="Another option of the extractor "
                                                      "(repeatable).")
@@ -189,6 +202,8 @@ def build_region_store(**values: Any) -> dict[str, Any]:
     examples = [ex for split in splits for ex in read_examples(
         config.dataset, config.root, split, **config.read_options).examples]
     extractor = build_extractor(config.extractor, **options)
+    # released formats name the files and directories they read
+    check_output_location(path, inputs=getattr(extractor, "input_paths", list)())
     manifest = region_manifest(dataset=config.dataset, root=config.root, splits=splits,
                                extractor=extractor, max_regions=config.max_regions,
                                read_options=config.read_options)

@@ -13,8 +13,8 @@ One sequence per scored text (docs/students.md):
   ResNet's 1024 into the 2048 of the COCO checkpoints), then the model's own `visual_projection`.
   VisualBERT takes no box coordinates;
 - V_s is the output at the first visual token (the region store's first region: the whole image
-  for VCR and grid boxes, the most confident detection for a `butd-tsv` store), T_s the [CLS]
-  output;
+  for VCR and grid boxes, else a released format's first region, e.g. the most confident
+  detection of a 10-column `butd-tsv`), T_s the [CLS] output;
 - task heads on the pooled [CLS] (tanh pooler), as transformers' VisualBERT task models: dropout
   + linear;
 - adaptive finetuning through the model's own pretraining heads (`VisualBertForPreTraining.cls`):
