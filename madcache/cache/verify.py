@@ -121,7 +121,7 @@ def verify_cache(path: str | Path) -> list[str]:
     if foreign:
         problems.append(foreign_problem(foreign, "the cache"))
     if complete:
-        problems += _commit_problems(store, listed)
+        problems += _commit_problems(store, listed, manifest)
     stored_ids: dict[int, np.ndarray] = {}
     for index in sorted(set(listed) & set(present)):
         found, ids = _shard_check(backend, present[index], listed[index])
@@ -190,15 +190,18 @@ def _index_matches_manifest(table, listed: dict[int, dict[str, Any]]) -> list[st
     return problems
 
 
-def _commit_problems(store: Store, listed: dict[int, dict[str, Any]]) -> list[str]:
-    """A finished cache's shard list equals its commit records."""
+def _commit_problems(store: Store, listed: dict[int, dict[str, Any]],
+                     manifest: dict[str, Any]) -> list[str]:
+    """A finished cache's shard list equals its commit records, stamped by its extraction."""
     try:
         records = read_commits(store)
     except CacheError as exc:
         return [str(exc)]
     if not records:
         return []                 # a cache finished before commit records existed
-    problems = [f"shard {i} has no commit record" for i in sorted(set(listed) - set(records))]
+    foreign = foreign_shards(records, manifest)
+    problems = [foreign_problem(foreign, "the commit records")] if foreign else []
+    problems += [f"shard {i} has no commit record" for i in sorted(set(listed) - set(records))]
     problems += [f"commit record of shard {i} is not in the manifest"
                  for i in sorted(set(records) - set(listed))]
     problems += [f"shard {i}: the commit record and the manifest disagree"

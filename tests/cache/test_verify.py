@@ -76,7 +76,8 @@ def test_index_and_manifest_faults(root):
     problems = verify_cache(root)
     assert problems[0] == "fingerprint_digest does not match the fingerprint (manifest edited?)"
     assert "shard(s) 0, 1, 2 were written by another extraction" in problems[1]  # the stamps
-    assert problems[2:] == ["index.parquet is missing"]
+    assert "the commit records: shard(s) 0, 1, 2" in problems[2]
+    assert problems[3:] == ["index.parquet is missing"]
 
 
 def test_index_not_covering_rows(root):
