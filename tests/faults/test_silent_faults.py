@@ -195,3 +195,25 @@ def test_an_edited_teacher_name_fails_verify_and_training(tmp_path, train_world,
     out = tmp_path / "run"
     line = faults.one_line_error(faults.invoke(*faults.train_args(world, out)))
     assert "another extraction" in line and not (out / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_the_order_of_the_index_rows_changes_no_result(tmp_path, train_world, faults):
+    """Training reads a split in the dataset's image order, never in the index's row order
+    (issue 31.4: reordered rows changed AF's loss and the weights)."""
+    import pyarrow.parquet as pq
+
+    cache = tmp_path / "cache"
+    shutil.copytree(train_world.cache, cache)
+    table = pq.read_table(cache / "index.parquet")
+    pq.write_table(table.take(np.arange(table.num_rows)[::-1]), cache / "index.parquet")
+    runs = []
+    for name, source in (("as-built", train_world.cache), ("reordered", cache)):
+        world = type(train_world)(**{**vars(train_world), "cache": source})
+        out = tmp_path / name
+        result = faults.invoke(*faults.train_args(world, out, "--af-max-steps", "2",
+                                                  method="mad"))
+        assert result.exit_code == 0, result.output
+        runs.append(out)
+    a, b = (json.loads((out / "metrics.json").read_text()) for out in runs)
+    assert a["history"] == b["history"] and a["eval"] == b["eval"]
