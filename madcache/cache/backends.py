@@ -112,6 +112,11 @@ class Backend(ABC):
     def names(self, path: Path) -> list[str]:
         """The names of every array in the shard, sorted."""
 
+    def missing_chunks(self, path: Shard, names: Iterable[str]) -> dict[str, int]:
+        """{array: chunks absent from storage} for the named arrays (backends without separately
+        stored chunks lose none: empty)."""
+        return {}
+
     def exists(self, path: Shard) -> bool:
         if isinstance(path, StoreKey):
             return path.store.exists(path.key)
@@ -151,7 +156,8 @@ class ZarrBackend(Backend):
             array = np.asarray(array)
             dtype = str if is_string_array(array) else array.dtype
             stored = group.create_array(name, shape=array.shape, dtype=dtype,
-                                        chunks=_chunks(array), compressors=None, filters=None)
+                                        chunks=_chunks(array), compressors=None, filters=None,
+                                        config={"write_empty_chunks": True})
             if array.size:
                 stored[...] = array
 
@@ -182,6 +188,13 @@ class ZarrBackend(Backend):
 
     def names(self, path: Shard) -> list[str]:
         return _zarr_names(_zarr_group(path, "r"))
+
+    def missing_chunks(self, path: Shard, names: Iterable[str]) -> dict[str, int]:
+        """Zarr reads an absent chunk as the fill value (zeros) without a word. Every chunk is
+        written (`write_empty_chunks`, even an all-zero one), so an absent one was lost."""
+        group = _zarr_group(path, "r")
+        lost = {name: group[name].nchunks - group[name].nchunks_initialized for name in names}
+        return {name: n for name, n in lost.items() if n > 0}
 
 
 def _zarr_names(group) -> list[str]:

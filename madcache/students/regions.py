@@ -287,6 +287,7 @@ class RegionStore:
         entries = {int(e["index"]): e for e in self.cache.shards}
         out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for shard in sorted({where[i][0] for i in wanted}):
+            self.cache.check_whole(entries[shard])
             path = self.path / entries[shard]["name"]
             ids = sorted({i for i in wanted if where[i][0] == shard}, key=lambda i: where[i][1])
             offsets = self.cache.backend.read(path, ["region_offsets"])["region_offsets"]

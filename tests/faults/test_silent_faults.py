@@ -217,3 +217,18 @@ def test_the_order_of_the_index_rows_changes_no_result(tmp_path, train_world, fa
         runs.append(out)
     a, b = (json.loads((out / "metrics.json").read_text()) for out in runs)
     assert a["history"] == b["history"] and a["eval"] == b["eval"]
+
+
+@pytest.mark.parametrize("store, array", [("cache", "image_feat"), ("regions", "region_feat")])
+def test_a_lost_zarr_chunk_is_refused_not_read_as_zeros(tmp_path, train_world, faults, store,
+                                                        array):
+    damaged = tmp_path / store
+    shutil.copytree(getattr(train_world, store), damaged)
+    chunk = next(p for p in sorted((damaged / "shard-00000.zarr" / array / "c").rglob("*"))
+                 if p.is_file())
+    chunk.unlink()
+    world = type(train_world)(**{**vars(train_world), store: damaged})
+    out = tmp_path / "run"
+    line = faults.one_line_error(faults.invoke(*faults.train_args(world, out)))
+    assert f"shard 0 has lost stored chunks of {array} (1)" in line and "verify" in line
+    assert not (out / "metrics.json").exists()
