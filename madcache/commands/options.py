@@ -63,7 +63,8 @@ def option_spec(field: dataclasses.Field, hint: Any, *,
 
 def _click_type(field: dataclasses.Field, hint: Any) -> click.ParamType | None:
     """The click type of a scalar setting (with its range); None for any other type."""
-    low, above, below = (field.metadata.get(k) for k in ("minimum", "above", "below"))
+    low, high, above, below = (field.metadata.get(k)
+                               for k in ("minimum", "maximum", "above", "below"))
     if get_origin(hint) is Literal and all(isinstance(a, str) for a in get_args(hint)):
         return click.Choice(get_args(hint))
     if field.metadata.get("existing_file"):
@@ -72,9 +73,10 @@ def _click_type(field: dataclasses.Field, hint: Any) -> click.ParamType | None:
         return click.Path(path_type=Path, exists=True)
     if hint in (int, float):
         kind = click.IntRange if hint is int else click.FloatRange
-        if low is None and above is None and below is None:
+        if low is None and high is None and above is None and below is None:
             return click.INT if hint is int else click.FLOAT
-        return kind(min=above if above is not None else low, max=below,
+        return kind(min=above if above is not None else low,
+                    max=below if below is not None else high,
                     min_open=above is not None, max_open=below is not None)
     if hint is Path:
         return click.Path(path_type=Path)

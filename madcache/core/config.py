@@ -25,17 +25,22 @@ from madcache.core.errors import ConfigError, ConfigValueError
 C = TypeVar("C")
 
 
+MAX_THREADS = 256   # the most CPU threads a command may ask torch for (it starts them at once)
+
+
 def setting(default: Any = dataclasses.MISSING, *, help: str,
             factory: Any = dataclasses.MISSING, minimum: float | None = None,
+            maximum: float | None = None,
             above: float | None = None, below: float | None = None, flag: str | None = None,
             existing_file: bool = False, existing_path: bool = False,
             metavar: str | None = None) -> Any:
-    """A config field: its default (or `factory`), its help text, and its range: `minimum`
-    (inclusive), `above` / `below` (exclusive). `flag` renames its click flag (`--flag`; a table
+    """A config field: its default (or `factory`), its help text, and its range: `minimum` /
+    `maximum` (inclusive), `above` / `below` (exclusive). `flag` renames its click flag (`--flag`; a table
     field becomes a repeatable `--flag KEY=VALUE`); `existing_file` makes the flag check that the
     path is a file, `existing_path` that it exists (a file or a folder); `metavar` is the
     flag's placeholder in `--help`."""
-    metadata = {"help": help, "minimum": minimum, "above": above, "below": below, "flag": flag,
+    metadata = {"help": help, "minimum": minimum, "maximum": maximum, "above": above,
+                "below": below, "flag": flag,
                 "existing_file": existing_file, "existing_path": existing_path,
                 "metavar": metavar}
     return dataclasses.field(default=default, default_factory=factory,
@@ -155,9 +160,12 @@ def check_range(field: dataclasses.Field, value: Any, *, key: str) -> None:
     """Refuse a number outside the field's `minimum` / `above` / `below` (see `setting`)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return
-    minimum, above, below = (field.metadata.get(k) for k in ("minimum", "above", "below"))
+    minimum, maximum, above, below = (field.metadata.get(k)
+                                      for k in ("minimum", "maximum", "above", "below"))
     if minimum is not None and value < minimum:
         raise ConfigValueError(key, f"must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigValueError(key, f"must be <= {maximum}, got {value}")
     if above is not None and value <= above:
         raise ConfigValueError(key, f"must be > {above}, got {value}")
     if below is not None and value >= below:

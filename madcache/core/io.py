@@ -131,7 +131,14 @@ def loading(path: str | Path, *, what: str) -> Iterator[None]:
 
 
 def unreadable(path: str | Path, exc: BaseException, *, what: str = "file") -> str:
-    """The one-line message for a file that exists but does not load."""
+    """The one-line message for a file that exists but does not load. A pickle that holds more
+    than tensors and plain containers is named as such (torch's own refusal advises loading it
+    with `weights_only=False`, which would run whatever code it holds: madcache never does)."""
+    if "weights only load failed" in str(exc).lower() or type(exc).__name__ == \
+            "UnpicklingError":
+        return (f"{path}: {what} file holds Python objects besides tensors, which madcache never "
+                "unpickles (that could run code); save the state dict alone, e.g. "
+                "torch.save(model.state_dict(), path) or safetensors")
     reason = " ".join(str(exc).split())[:200] or type(exc).__name__
     return f"{path}: {what} file is corrupt or truncated ({reason}); restore or recreate it"
 

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, get_args
 
 from madcache.cache.location import is_url
-from madcache.core.config import check_ranges, config_from_dict, field_types, setting
+from madcache.core.config import (MAX_THREADS, check_ranges, config_from_dict, field_types,
+                                  setting)
 from madcache.core.errors import ConfigError
 from madcache.data import DATASETS
 
@@ -66,9 +67,10 @@ class ExtractConfig:
                                                      "fingerprint: results depend on it).")
     workers: int = setting(0, minimum=0, help="Worker processes for decoding, tokenising and "
                                               "YAKE (0: in-process).")
-    threads: int = setting(1, minimum=1, help="CPU threads of the teacher forward. Pinned: "
-                                              "with more than one, a loaded machine changed "
-                                              "the last bits of features (docs/guarantees.md).")
+    threads: int = setting(1, minimum=1, maximum=MAX_THREADS,
+                           help="CPU threads of the teacher forward. Pinned: with more than one, "
+                                "a loaded machine changed the last bits of features "
+                                "(docs/guarantees.md).")
     shard_size: int = setting(1024, minimum=1, help="About this many examples per shard (whole "
                                                     "images).")
     limit: int | None = setting(None, minimum=1, help="Keep the first N examples.")

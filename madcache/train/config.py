@@ -7,11 +7,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from madcache.core.config import check_ranges, config_from_dict, read_toml, setting
+from madcache.core.config import MAX_THREADS, check_ranges, config_from_dict, read_toml, setting
 from madcache.core.errors import ConfigError
 from madcache.method.methods import AF, METHOD_ORDER, W_PRIME_RULES, get_method
 from madcache.train.precision import PRECISIONS
 from madcache.train.tracking import TRACKERS
+
+
+MAX_SEED = 2**63 - 1      # seeds are int64 wherever they reach torch
+MAX_WORDS = 64            # TS pads every text's targets to m words: m beyond a text's length
+                          # only costs memory ([chunk, C, m, D] floats)
 
 
 @dataclass
@@ -36,8 +41,9 @@ class TrainConfig:
     student_options: dict[str, Any] = setting(factory=dict, flag="student-option",
                                               help="A student option (repeatable; "
                                                    "docs/students.md).")
-    seed: int = setting(0, minimum=0, help="Seed of the low-shot sample, the initialisation "
-                                           "and the data order.")
+    seed: int = setting(0, minimum=0, maximum=MAX_SEED,
+                        help="Seed of the low-shot sample, the initialisation and the data "
+                             "order.")
     per_category: int | None = setting(None, minimum=1, help="Low-shot: K examples per "
                                                              "category (sampled with seed).")
     split_file: str | None = setting(None, existing_file=True,
@@ -52,7 +58,8 @@ class TrainConfig:
     warmup: float = setting(0.1, minimum=0, below=1, help="Fraction of a stage's steps spent "
                                                           "warming up.")
     w: float = setting(0.05, minimum=0, help="MD weight w.")
-    m: int = setting(2, minimum=0, help="Words selected per text (TS).")
+    m: int = setting(2, minimum=0, maximum=MAX_WORDS, help="Words selected per text (TS; at "
+                     f"most {MAX_WORDS}: the targets are padded to m words).")
     w_prime: float | None = setting(None, minimum=0, help="MAD weight w' (default: by "
                                                           "w_prime_rule).")
     w_prime_rule: Literal[tuple(W_PRIME_RULES)] = setting(
@@ -92,9 +99,10 @@ class TrainConfig:
     precision: Literal[PRECISIONS] | None = setting(None, help="fp32, or bf16 autocast "
                                                     "(default: bf16 on CUDA, fp32 on the CPU). "
                                                     "TF32 matmuls are on for CUDA either way.")
-    threads: int = setting(1, minimum=1, help="CPU threads torch may use. Pinned (not the "
-                                              "machine's core count) so that the same command "
-                                              "gives the same numbers; recorded in inputs.json.")
+    threads: int = setting(1, minimum=1, maximum=MAX_THREADS,
+                           help="CPU threads torch may use. Pinned (not the machine's core "
+                                "count) so that the same command gives the same numbers; "
+                                "recorded in inputs.json.")
     prefetch: int = setting(4, minimum=1, help="Batches the loader thread prepares ahead of "
                                                "the training step.")
     report_to: str = setting("none", help="Also log scalars to: none, or tensorboard "
