@@ -194,18 +194,21 @@ def test_the_built_in_students_declare_their_head():
 
 SGD = dict(method="md-ts-cw", optimizer="sgd", momentum=0.9, weight_decay=1e-3,
            no_decay="none", schedule="multistep", lr_steps=[0.5], warmup=0.2, lr=5e-2,
-           eval_every=2, checkpoint_every=4)
+           head_lr_mul=3.0, eval_every=2, checkpoint_every=4)
 
 
 def test_sgd_resumed_equals_uninterrupted(standins, tmp_path, monkeypatch):
-    """Momentum buffers are checkpointed and restored: the resumed run takes the same steps
-    (per-step losses and rates) and ends at the same weights, bit for bit."""
+    """Momentum buffers and the head's lr_mul are checkpointed and restored: the resumed run
+    takes the same steps (per-step losses and rates, the head's at 3 x) and ends at the same
+    weights, bit for bit."""
+    monkeypatch.setattr(standins.TinyStudent, "head_prefixes", ("head.",), raising=False)
     steps = []
     real_step = loop_mod.train_step
 
     def spy(training, batch, lr):
         parts = real_step(training, batch, lr)
-        steps.append((training.state.global_step, lr, parts["loss"]))
+        rates = tuple(g["lr"] for g in training.optimizer.param_groups)
+        steps.append((training.state.global_step, lr, rates, parts["loss"]))
         return parts
 
     monkeypatch.setattr(loop_mod, "train_step", spy)
@@ -237,18 +240,21 @@ def test_sgd_resumed_equals_uninterrupted(standins, tmp_path, monkeypatch):
     assert before == full_steps[:len(before)]
     assert steps == full_steps[4:] and len(steps) == len(full_steps) - 4   # from step 4's ckpt
     # 9 steps: warm-up (2), the peak, x 0.1 from t = floor(0.5 x 9) = 4
-    assert sorted({lr for _, lr, _ in full_steps}) == pytest.approx([5e-3, 2.5e-2, 5e-2])
+    assert sorted({lr for _, lr, _, _ in full_steps}) == pytest.approx([5e-3, 2.5e-2, 5e-2])
+    assert all(rates == pytest.approx((lr, lr, 3 * lr, 3 * lr)) for _, lr, rates, _ in steps)
     assert resumed["history"] == full["history"] and resumed["eval"] == full["eval"]
     assert full_weights.keys() == resumed_weights.keys()
     for key in full_weights:
         assert torch.equal(full_weights[key], resumed_weights[key]), key
 
 
-def test_a_changed_optimizer_or_schedule_is_refused_on_resume(standins, tmp_path):
+def test_a_changed_optimizer_or_schedule_is_refused_on_resume(standins, tmp_path, monkeypatch):
+    monkeypatch.setattr(standins.TinyStudent, "head_prefixes", ("head.",), raising=False)
     loop_mod.train(standins.make_setup(tmp_path, **{**SGD, "epochs": 1}))
     for change, message in (({"optimizer": "adamw"}, "optimizer: run 'sgd', now 'adamw'"),
                             ({"momentum": 0.5}, "momentum: run 0.9, now 0.5"),
-                            ({"lr_steps": [0.6]}, "lr_steps: run [0.5], now [0.6]")):
+                            ({"lr_steps": [0.6]}, "lr_steps: run [0.5], now [0.6]"),
+                            ({"head_lr_mul": 1.0}, "head_lr_mul: run 3.0, now 1.0")):
         with pytest.raises(ConfigError, match=r"^--resume: .*" + message.replace("[", r"\[")
                            .replace("]", r"\]")):
             loop_mod.train(standins.make_setup(tmp_path, **{**SGD, "epochs": 1, **change,
