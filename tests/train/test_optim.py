@@ -243,6 +243,7 @@ def test_sgd_resumed_equals_uninterrupted(standins, tmp_path, monkeypatch):
     assert sorted({lr for _, lr, _, _ in full_steps}) == pytest.approx([5e-3, 2.5e-2, 5e-2])
     assert all(rates == pytest.approx((lr, lr, 3 * lr, 3 * lr)) for _, lr, rates, _ in steps)
     assert resumed["history"] == full["history"] and resumed["eval"] == full["eval"]
+    assert (full["training"]["optimizer"], full["training"]["schedule"]) == ("sgd", "multistep")
     assert full_weights.keys() == resumed_weights.keys()
     for key in full_weights:
         assert torch.equal(full_weights[key], resumed_weights[key]), key
