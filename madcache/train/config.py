@@ -13,7 +13,7 @@ from madcache.method.methods import AF, METHOD_ORDER, W_PRIME_RULES, get_method
 from madcache.train.precision import PRECISIONS
 from madcache.train.tracking import TRACKERS
 
-OPTIMIZERS = ("adamw", "sgd")
+OPTIMIZERS = ("adamw", "uniter-adamw", "sgd")
 NO_DECAY_RULES = ("ndim", "names", "none")
 SCHEDULES = ("linear", "uniter-linear", "multistep")
 WARMUP_METHODS = ("linear", "constant")
@@ -62,10 +62,13 @@ class TrainConfig:
                                                         "no_decay names).")
     warmup: float = setting(0.1, minimum=0, below=1, help="Fraction of a stage's steps spent "
                                                           "warming up.")
-    optimizer: Literal[OPTIMIZERS] = setting("adamw", help="adamw (torch AdamW) or sgd (torch "
-                                                           "SGD with momentum, as VL-BERT); "
+    optimizer: Literal[OPTIMIZERS] = setting("adamw", help="adamw (torch AdamW), uniter-adamw "
+                                                           "(UNITER's AdamW: eps outside the "
+                                                           "bias correction, decay after the "
+                                                           "update) or sgd (torch SGD with "
+                                                           "momentum, as VL-BERT); "
                                                            "docs/training.md.")
-    adam_beta1: float = setting(0.9, minimum=0, below=1, help="AdamW beta1.")
+    adam_beta1: float = setting(0.9, minimum=0, below=1, help="AdamW beta1 (both AdamWs).")
     adam_beta2: float = setting(0.999, minimum=0, below=1, help="AdamW beta2 (torch's 0.999; "
                                                                 "UNITER uses 0.98).")
     adam_eps: float = setting(1e-8, above=0, help="AdamW epsilon (torch's 1e-8; UNITER's "

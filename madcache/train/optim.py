@@ -138,13 +138,53 @@ def param_groups(student: nn.Module, projections: nn.Module, config: TrainConfig
 
 def make_optimizer(student: nn.Module, projections: nn.Module, config: TrainConfig
                    ) -> torch.optim.Optimizer:
-    """torch AdamW (betas, eps) or SGD (momentum; weight decay added to the gradient, as torch
-    and VL-BERT do) over `param_groups`."""
+    """torch AdamW (betas, eps), UNITER's AdamW (`UniterAdamW`) or torch SGD (momentum; weight
+    decay added to the gradient, as VL-BERT's) over `param_groups`."""
     groups = param_groups(student, projections, config)
+    betas = (config.adam_beta1, config.adam_beta2)
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.adam_beta1, config.adam_beta2),
-                             eps=config.adam_eps)
+    if config.optimizer == "uniter-adamw":
+        return UniterAdamW(groups, lr=config.lr, betas=betas, eps=config.adam_eps)
+    return torch.optim.AdamW(groups, lr=config.lr, betas=betas, eps=config.adam_eps)
+
+
+class UniterAdamW(torch.optim.Optimizer):
+    """AdamW as UNITER's `optim/adamw.py` computes it (the BERT-era AdamW), which differs from
+    `torch.optim.AdamW` in two places. With m, v the moment averages after n steps:
+
+        p <- p - lr sqrt(1 - beta2^n) / (1 - beta1^n) x m / (sqrt(v) + eps)
+        p <- p - lr wd p                     (decay after the update, on the updated weights)
+
+    torch divides sqrt(v) by sqrt(1 - beta2^n) before adding eps (UNITER's eps is in effect
+    eps / sqrt(1 - beta2^n), larger early on) and decays before the update."""
+
+    def __init__(self, params: Any, *, lr: float, betas: tuple[float, float], eps: float,
+                 weight_decay: float = 0.0) -> None:
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps,
+                                  "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                state = self.state[param]
+                if not state:            # `step` a tensor, as torch's, so checkpoints hold it
+                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(param)
+                    state["exp_avg_sq"] = torch.zeros_like(param)
+                state["step"] += 1
+                n = int(state["step"].item())
+                avg, avg_sq = state["exp_avg"], state["exp_avg_sq"]
+                avg.mul_(beta1).add_(param.grad, alpha=1 - beta1)
+                avg_sq.mul_(beta2).addcmul_(param.grad, param.grad, value=1 - beta2)
+                size = group["lr"] * math.sqrt(1 - beta2 ** n) / (1 - beta1 ** n)
+                param.addcdiv_(avg, avg_sq.sqrt().add_(group["eps"]), value=-size)
+                if group["weight_decay"] > 0:
+                    param.add_(param, alpha=-group["lr"] * group["weight_decay"])
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -17,7 +17,7 @@ PAPER = {"vcr-lowshot": ("vcr", [100, 1000, None], ["val", "val_sm"]),
          "snli-ve-lowshot": ("snli-ve", [100, 1000], ["dev"]),
          "vqa-lowshot": ("vqa", [100, 1000], ["val"])}
 # the students' recipes: the student and the [train] values their published configs give
-UNITER_VCR = {"optimizer": "adamw", "adam_beta1": 0.9, "adam_beta2": 0.98, "adam_eps": 1e-6,
+UNITER_VCR = {"optimizer": "uniter-adamw", "adam_beta1": 0.9, "adam_beta2": 0.98, "adam_eps": 1e-6,
               "lr": 6e-5, "weight_decay": 0.01, "no_decay": "names", "head_lr_mul": 1.0,
               "schedule": "uniter-linear", "warmup": 0.1, "max_steps": 8000, "grad_clip": 2.0}
 RECIPES = {"vcr-lowshot-uniter": ("uniter", UNITER_VCR),

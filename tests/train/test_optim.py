@@ -81,7 +81,8 @@ def test_schedule_settings_are_checked_in_one_line(monkeypatch):
         config(lr_steps=[0.5])
     with pytest.raises(ConfigError, match=r"^lr_steps: fractions .* got \[0.9, 0.5\]"):
         config(schedule="multistep", lr_steps=[0.9, 0.5])
-    with pytest.raises(ConfigError, match=r"train.optimizer: expected one of 'adamw', 'sgd'"):
+    with pytest.raises(ConfigError, match=r"train.optimizer: expected one of 'adamw', "
+                                          r"'uniter-adamw', 'sgd', got 'adam'"):
         config(optimizer="adam")
     monkeypatch.setattr(loop_mod, "run_training", lambda c: {"history": [], "eval": {}})
     base = ["train", "--dataset", "vcr", "--root", "r", "--out", "o"]
@@ -163,6 +164,34 @@ def test_the_optimizers_and_their_settings():
     assert isinstance(sgd, torch.optim.SGD)
     assert sgd.param_groups[0]["momentum"] == 0.9 and sgd.param_groups[0]["weight_decay"] == 1e-4
     assert not sgd.param_groups[0]["nesterov"] and sgd.param_groups[0]["dampening"] == 0
+
+
+def test_uniter_adamw_is_optim_adamw_py_step_for_step():
+    """Two steps on one weight, worked by hand from UNITER's optim/adamw.py: the step size
+    lr sqrt(1 - b2^n) / (1 - b1^n), eps added to sqrt(v) itself, the decay after the update."""
+    p = nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
+    optimizer = make_optimizer(nn.ParameterDict({"w": p}), nn.Module(),
+                               config(optimizer="uniter-adamw", adam_beta2=0.98, adam_eps=1e-6,
+                                      weight_decay=0.01, no_decay="none", lr=0.1))
+    assert type(optimizer).__name__ == "UniterAdamW"
+    x, m, v = 1.0, 0.0, 0.0
+    for n, g in ((1, 0.5), (2, -0.25)):
+        p.grad = torch.tensor([g], dtype=torch.float64)
+        optimizer.step()
+        m, v = 0.9 * m + 0.1 * g, 0.98 * v + 0.02 * g * g
+        x -= 0.1 * (1 - 0.98 ** n) ** 0.5 / (1 - 0.9 ** n) * m / (v ** 0.5 + 1e-6)
+        x -= 0.1 * 0.01 * x
+        assert p.item() == pytest.approx(x, rel=1e-15, abs=0)
+    assert float(optimizer.state_dict()["state"][0]["step"]) == 2.0
+    # torch's AdamW from the same start: eps inside the bias correction, decay first
+    q = nn.Parameter(torch.tensor([1.0], dtype=torch.float64))
+    torch_adamw = make_optimizer(nn.ParameterDict({"w": q}), nn.Module(),
+                                 config(adam_beta2=0.98, adam_eps=1e-6, weight_decay=0.01,
+                                        no_decay="none", lr=0.1))
+    for g in (0.5, -0.25):
+        q.grad = torch.tensor([g], dtype=torch.float64)
+        torch_adamw.step()
+    assert q.item() != p.item() and q.item() == pytest.approx(p.item(), abs=1e-3)
 
 
 def test_a_head_multiplier_needs_a_declared_head():
