@@ -165,8 +165,9 @@ def stage_plans(setup: Setup) -> list[StagePlan]:
 
 
 def make_optimizer(setup: Setup) -> torch.optim.Optimizer:
-    """The `[train]` optimizer (AdamW or SGD) over student + projections, in groups: weight
-    decay or not (`no_decay`), the student's head at `head_lr_mul` (train/optim.py)."""
+    """The `[train]` optimizer (AdamW, UNITER's AdamW or SGD) over student + projections, in
+    groups: weight decay or not (`no_decay`), the student's head at `head_lr_mul`
+    (train/optim.py)."""
     return optim.make_optimizer(setup.student, setup.projections, setup.config)
 
 

@@ -2,10 +2,11 @@
 "Optimizers and schedules"): what UNITER's and VL-BERT's published VCR recipes use, beside
 madcache's own default (AdamW, linear warm-up and decay).
 
-- `make_optimizer`: torch AdamW or SGD with momentum over the student and the projections, in
-  parameter groups: with / without weight decay (`no_decay`), and the student's task head (the
-  parameters under its `head_prefixes`) at `head_lr_mul` x the rate, as UNITER's
-  `train_vcr.py` `build_optimizer` groups them. Each group carries its `lr_mul`.
+- `make_optimizer`: torch AdamW, UNITER's AdamW (`UniterAdamW`) or torch SGD with momentum
+  over the student and the projections, in parameter groups: with / without weight decay
+  (`no_decay`), and the student's task head (the parameters under its `head_prefixes`) at
+  `head_lr_mul` x the rate, as UNITER's `train_vcr.py` `build_optimizer` groups them. Each
+  group carries its `lr_mul`.
 - `lr_at`: the rate of a stage's step (0-based) under `schedule`: `linear` (madcache's),
   `uniter-linear` (UNITER `optim/sched.py` `get_lr_sched`) or `multistep` (VL-BERT
   `common/lr_scheduler.py` `WarmupMultiStepLR` as `vcr/function/train.py` steps it).
