@@ -226,10 +226,13 @@ SGD = dict(method="md-ts-cw", optimizer="sgd", momentum=0.9, weight_decay=1e-3,
            head_lr_mul=3.0, eval_every=2, checkpoint_every=4)
 
 
-def test_sgd_resumed_equals_uninterrupted(standins, tmp_path, monkeypatch):
-    """Momentum buffers and the head's lr_mul are checkpointed and restored: the resumed run
-    takes the same steps (per-step losses and rates, the head's at 3 x) and ends at the same
-    weights, bit for bit."""
+@pytest.mark.parametrize("optimizer, buffer", [("sgd", "momentum_buffer"),
+                                               ("uniter-adamw", "exp_avg_sq")])
+def test_resumed_equals_uninterrupted(standins, tmp_path, monkeypatch, optimizer, buffer):
+    """SGD's momentum buffers (UNITER's AdamW's moments and step) and the head's lr_mul are
+    checkpointed and restored: the resumed run takes the same steps (per-step losses and rates,
+    the head's at 3 x) and ends at the same weights, bit for bit."""
+    recipe = {**SGD, "optimizer": optimizer}
     monkeypatch.setattr(standins.TinyStudent, "head_prefixes", ("head.",), raising=False)
     steps = []
     real_step = loop_mod.train_step
@@ -241,10 +244,10 @@ def test_sgd_resumed_equals_uninterrupted(standins, tmp_path, monkeypatch):
         return parts
 
     monkeypatch.setattr(loop_mod, "train_step", spy)
-    full = loop_mod.train(standins.make_setup(tmp_path / "full", **SGD))
+    full = loop_mod.train(standins.make_setup(tmp_path / "full", **recipe))
     full_steps, steps[:] = list(steps), []
     full_weights = load_file(str(tmp_path / "full" / "run" / "checkpoint.safetensors"))
-    assert any(k.endswith("momentum_buffer") for k in full_weights)
+    assert any(k.endswith(buffer) for k in full_weights)
 
     calls = {"n": 0}
     real_loss = loop_mod.loss_step
@@ -257,13 +260,13 @@ def test_sgd_resumed_equals_uninterrupted(standins, tmp_path, monkeypatch):
 
     monkeypatch.setattr(loop_mod, "loss_step", crash_after_five)
     with pytest.raises(KeyboardInterrupt):
-        loop_mod.train(standins.make_setup(tmp_path / "cut", **SGD))
+        loop_mod.train(standins.make_setup(tmp_path / "cut", **recipe))
     before = list(steps)
     saved = load_file(str(tmp_path / "cut" / "run" / "checkpoint.safetensors"))
-    assert any(k.endswith("momentum_buffer") for k in saved)
+    assert any(k.endswith(buffer) for k in saved)
     steps[:] = []
     monkeypatch.setattr(loop_mod, "loss_step", real_loss)
-    resumed = loop_mod.train(standins.make_setup(tmp_path / "cut", **SGD, resume=True))
+    resumed = loop_mod.train(standins.make_setup(tmp_path / "cut", **recipe, resume=True))
     resumed_weights = load_file(str(tmp_path / "cut" / "run" / "checkpoint.safetensors"))
 
     assert before == full_steps[:len(before)]
@@ -272,7 +275,8 @@ def test_sgd_resumed_equals_uninterrupted(standins, tmp_path, monkeypatch):
     assert sorted({lr for _, lr, _, _ in full_steps}) == pytest.approx([5e-3, 2.5e-2, 5e-2])
     assert all(rates == pytest.approx((lr, lr, 3 * lr, 3 * lr)) for _, lr, rates, _ in steps)
     assert resumed["history"] == full["history"] and resumed["eval"] == full["eval"]
-    assert (full["training"]["optimizer"], full["training"]["schedule"]) == ("sgd", "multistep")
+    assert (full["training"]["optimizer"], full["training"]["schedule"]) == (optimizer,
+                                                                              "multistep")
     assert full_weights.keys() == resumed_weights.keys()
     for key in full_weights:
         assert torch.equal(full_weights[key], resumed_weights[key]), key
