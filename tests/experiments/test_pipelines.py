@@ -26,7 +26,7 @@ RECIPES = {"vcr-lowshot-uniter": ("uniter", UNITER_VCR),
                "optimizer": "sgd", "momentum": 0.9, "weight_decay": 1e-4, "no_decay": "none",
                "batch_size": 64, "lr": 7e-5 * 64, "schedule": "multistep",
                "warmup_method": "linear", "warmup_factor": 0.0, "lr_steps": [14 / 20, 18 / 20],
-               "lr_factor": 0.1, "grad_clip": 10.0, "epochs": 30})}
+               "lr_factor": 0.1, "grad_clip": 10.0, "epochs": 30, "precision": "fp32"})}
 
 
 def placeholders(path: Path) -> list[str]:
