@@ -72,7 +72,12 @@ class StudentOutput:
 class Student(Protocol):
     """A student may also declare `visual_input = "pixels"` (its factory and its class): it then
     gets `PixelInputs` from its own `image_processor()` instead of `RegionInputs` from a region
-    store (madcache/students/visual.py). Without it, a student reads regions."""
+    store (madcache/students/visual.py). Without it, a student reads regions.
+
+    A student may also declare `head_prefixes`, the parameter-name prefixes of its task head
+    (e.g. `("head.",)`): `--head-lr-mul` gives those parameters a multiple of the learning rate,
+    as UNITER's `lr_mul` does its `vcr_output` (train/optim.py). Without it, it has no head to
+    set apart and `head_lr_mul` must stay 1."""
 
     name: str                    # its registry name (`student.json` records it)
     hidden_size: int

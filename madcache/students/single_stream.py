@@ -146,6 +146,7 @@ class SingleStreamStudent(nn.Module):
     """See the module docstring. Build with `single_stream(**options)`."""
 
     name = "single-stream"
+    head_prefixes = ("head.",)  # the task head: --head-lr-mul (train/optim.py)
 
     def __init__(self, config: SingleStreamConfig, tokenizer, encoder) -> None:
         super().__init__()

@@ -84,6 +84,7 @@ class ViltStudent(PretrainedStudent):
 
     name = "vilt"
     visual_input = "pixels"
+    head_prefixes = ("head.",)  # the task head: --head-lr-mul (train/optim.py)
 
     def __init__(self, config: ViltConfig, tokenizer, model, processor) -> None:
         super().__init__(config, tokenizer, model)

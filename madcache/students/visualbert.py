@@ -55,6 +55,7 @@ class VisualBertStudent(PretrainedStudent):
 
     name = "visualbert"
     visual_input = "regions"
+    head_prefixes = ("head.",)  # the task head: --head-lr-mul (train/optim.py)
 
     def __init__(self, config: VisualBertConfig, tokenizer, model) -> None:
         super().__init__(config, tokenizer, model)

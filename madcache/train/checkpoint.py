@@ -1,4 +1,5 @@
-"""Checkpoints: student + projections + optimizer tensors as safetensors (no pickles), with the
+"""Checkpoints: student + projections + optimizer tensors (AdamW's moments and step counts,
+SGD's momentum buffers) as safetensors (no pickles), with the
 scalar trainer state as JSON in the same file's metadata and a sha256 over both, so one rename
 commits weights, state and checksum together (a kill never pairs new weights with an old step)
 and a changed byte is refused on load, naming the file. `trainer_state.json` mirrors the state
@@ -65,7 +66,8 @@ def save_checkpoint(run_dir: Path, setup: Setup, state: TrainerState, optimizer)
     tensors.update({f"projections.{k}": v for k, v in setup.projections.state_dict().items()})
     optim = optimizer.state_dict()
     for index, values in optim["state"].items():
-        tensors.update({f"optim.{index}.{k}": torch.as_tensor(v) for k, v in values.items()})
+        tensors.update({f"optim.{index}.{k}": torch.as_tensor(v) for k, v in values.items()
+                        if v is not None})    # SGD without momentum keeps no buffer
     tensors = {k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}
     payload = {**dataclasses.asdict(state), "optimizer_param_groups": optim["param_groups"]}
     text = json.dumps(payload)

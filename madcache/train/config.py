@@ -13,6 +13,16 @@ from madcache.method.methods import AF, METHOD_ORDER, W_PRIME_RULES, get_method
 from madcache.train.precision import PRECISIONS
 from madcache.train.tracking import TRACKERS
 
+OPTIMIZERS = ("adamw", "uniter-adamw", "sgd")
+NO_DECAY_RULES = ("ndim", "names", "none")
+SCHEDULES = ("linear", "uniter-linear", "multistep")
+WARMUP_METHODS = ("linear", "constant")
+# the optimizer and schedule settings; a run recorded before they existed trained with their
+# defaults, so a missing key in its config.json means the default (rundir.check_resume)
+OPTIMIZER_KEYS = ("optimizer", "adam_beta1", "adam_beta2", "adam_eps", "momentum", "no_decay",
+                  "head_lr_mul", "schedule", "lr_steps", "lr_factor", "warmup_method",
+                  "warmup_factor")
+
 
 MAX_SEED = 2**63 - 1      # seeds are int64 wherever they reach torch
 MAX_WORDS = 64            # TS pads every text's targets to m words: m beyond a text's length
@@ -52,11 +62,44 @@ class TrainConfig:
     max_steps: int | None = setting(None, minimum=1, help="Task-stage steps (overrides epochs).")
     batch_size: int = setting(16, minimum=1, help="Examples per optimizer step, over all "
                                                   "processes and micro-batches.")
-    lr: float = setting(6e-5, above=0, help="Peak learning rate (AdamW).")
-    weight_decay: float = setting(0.01, minimum=0, help="AdamW weight decay (not on biases and "
-                                                        "norms).")
+    lr: float = setting(6e-5, above=0, help="Peak learning rate (of the optimizer and schedule "
+                                            "below).")
+    weight_decay: float = setting(0.01, minimum=0, help="Weight decay (not on the parameters "
+                                                        "no_decay names).")
     warmup: float = setting(0.1, minimum=0, below=1, help="Fraction of a stage's steps spent "
                                                           "warming up.")
+    optimizer: Literal[OPTIMIZERS] = setting("adamw", help="adamw (torch AdamW), uniter-adamw "
+                                                           "(UNITER's AdamW: eps outside the "
+                                                           "bias correction, decay after the "
+                                                           "update) or sgd (torch SGD with "
+                                                           "momentum, as VL-BERT); "
+                                                           "docs/training.md.")
+    adam_beta1: float = setting(0.9, minimum=0, below=1, help="AdamW beta1 (both AdamWs).")
+    adam_beta2: float = setting(0.999, minimum=0, below=1, help="AdamW beta2 (torch's 0.999; "
+                                                                "UNITER uses 0.98).")
+    adam_eps: float = setting(1e-8, above=0, help="AdamW epsilon (torch's 1e-8; UNITER's "
+                                                  "AdamW 1e-6).")
+    momentum: float = setting(0.9, minimum=0, below=1, help="SGD momentum.")
+    no_decay: Literal[NO_DECAY_RULES] = setting(
+        "ndim", help="Parameters without weight decay: ndim (fewer than 2 dims: biases, norms, "
+                     "learned vectors), names (UNITER's rule: names containing 'bias', "
+                     "'LayerNorm.bias' or 'LayerNorm.weight') or none (all decay, as VL-BERT).")
+    head_lr_mul: float = setting(1.0, above=0, help="Learning-rate multiplier of the student's "
+                                                    "task head (UNITER's lr_mul); the "
+                                                    "projections get the base rate.")
+    schedule: Literal[SCHEDULES] = setting(
+        "linear", help="linear (warm-up, then linear decay to 0), uniter-linear (UNITER's "
+                       "get_lr_sched: the same, counted from step 1, ending at 1e-8) or "
+                       "multistep (VL-BERT's WarmupMultiStepLR); docs/training.md.")
+    lr_steps: list[float] = setting(factory=list, help="multistep: where the rate is multiplied "
+                                                       "by lr_factor, as fractions of a stage's "
+                                                       "steps, increasing, in (0, 1].")
+    lr_factor: float = setting(0.1, above=0, help="multistep: the factor at each of lr_steps.")
+    warmup_method: Literal[WARMUP_METHODS] = setting(
+        "linear", help="multistep: warm-up from warmup_factor x lr rising linearly to lr, or "
+                       "constant at warmup_factor x lr.")
+    warmup_factor: float = setting(0.0, minimum=0, help="multistep: the factor the warm-up "
+                                                        "starts from (WARMUP_FACTOR).")
     w: float = setting(0.05, minimum=0, help="MD weight w.")
     m: int = setting(2, minimum=0, maximum=MAX_WORDS, help="Words selected per text (TS; at "
                      f"most {MAX_WORDS}: the targets are padded to m words).")
@@ -111,6 +154,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_ranges(self)
         TRACKERS.get(self.report_to)      # unknown names list the valid ones
+        self._check_schedule()
         method = get_method(self.method)  # unknown names list the valid ones
         if method.distils_words and self.m < 1:
             raise ConfigError(f"m: method '{self.method}' selects m words per text; m must be "
@@ -121,6 +165,16 @@ class TrainConfig:
                               "stage, so af_epochs (or af_max_steps) must be >= 1; the methods "
                               "without AF are " + ", ".join(n for n in METHOD_ORDER
                                                             if get_method(n).stage(AF) is None))
+
+    def _check_schedule(self) -> None:
+        steps = self.lr_steps
+        if steps and self.schedule != "multistep":
+            raise ConfigError(f"lr_steps: only the multistep schedule decays in steps; set "
+                              f"schedule = \"multistep\" or drop lr_steps (schedule is "
+                              f"'{self.schedule}')")
+        if any(not 0 < f <= 1 for f in steps) or list(steps) != sorted(steps):
+            raise ConfigError(f"lr_steps: fractions of a stage's steps, increasing, each in "
+                              f"(0, 1], got {list(steps)}")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], *, where: str = "",

@@ -41,12 +41,14 @@ from madcache.method.losses import (TERMS, candidate_logits, confidence_weights,
 from madcache.method.methods import AF, TASK, stage_weight
 from madcache.students.base import Preparer, to_device
 from madcache.students.predict import STUDENT_DIR, predict_logits
+from madcache.train import optim
 from madcache.train.checkpoint import CHECKPOINT, TrainerState, load_checkpoint, save_checkpoint
 from madcache.train.config import TrainConfig
 from madcache.train.data import DataSource, derive_seed
 from madcache.train.distributed import (Dist, TrainModule, contiguous_share, current, gather,
                                         init_distributed, shutdown, sum_across, sync_context,
                                         wrap)
+from madcache.train.optim import lr_at
 from madcache.train.precision import autocast, configure_matmuls, resolve_precision
 from madcache.train.records import run_metrics, training_summary
 from madcache.train.rundir import (METRICS, RESUMABLE_NOTE, check_resume, one_writer,
@@ -113,7 +115,7 @@ def train(setup: Setup) -> dict[str, Any]:
                         optimizer, state, ranks, precision, tracker)
 
     # The stages in order (AF, then the task). What the task stage inherits from AF: the
-    # weights (encoder, embeddings, heads). What it does not: the optimizer (a fresh AdamW, no
+    # weights (encoder, embeddings, heads). What it does not: the optimizer (a fresh one, no
     # moments) and the schedule (its own warm-up and decay), as UNITER finetunes its
     # second-stage-pretrained checkpoint with a new optimizer (docs/method.md, "AF").
     try:
@@ -182,25 +184,16 @@ def stage_plans(setup: Setup) -> list[StagePlan]:
     return plans
 
 
-def lr_at(step: int, total: int, *, base: float, warmup: float) -> float:
-    """Linear warm-up over the first `warmup` fraction of `total` steps, then linear decay to 0."""
-    warm = int(round(warmup * total))
-    if step < warm:
-        return base * (step + 1) / warm
-    return base * max(0.0, (total - step) / max(1, total - warm))
-
-
-def make_optimizer(setup: Setup) -> torch.optim.AdamW:
-    """AdamW over student + projections; no weight decay on biases and norms (ndim < 2)."""
-    params = [p for p in _trainables(setup) if p.requires_grad]
-    return torch.optim.AdamW(
-        [{"params": [p for p in params if p.ndim >= 2], "weight_decay": setup.config.weight_decay},
-         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
-        lr=setup.config.lr)
+def make_optimizer(setup: Setup) -> torch.optim.Optimizer:
+    """The `[train]` optimizer (AdamW, UNITER's AdamW or SGD) over student + projections, in
+    groups: weight decay or not (`no_decay`), the student's head at `head_lr_mul`
+    (train/optim.py)."""
+    return optim.make_optimizer(setup.student, setup.projections, setup.config)
 
 
 def start_stage_with_fresh_optimizer(training: Training, name: str) -> None:
-    """Enter stage `name` at its step 0 with a new AdamW: no optimizer state crosses stages."""
+    """Enter stage `name` at its step 0 with a new optimizer: no optimizer state (Adam's
+    moments, SGD's momentum) crosses stages."""
     training.state.stage, training.state.stage_step = name, 0
     training.optimizer = make_optimizer(training.setup)
 
@@ -240,7 +233,8 @@ def run_stage(training: Training, plan: StagePlan) -> None:
         while state.stage_step < plan.steps:
             waited = pipeline.wait_s
             batch = next(batches)
-            lr = lr_at(state.stage_step, plan.steps, base=plan.lr, warmup=plan.warmup)
+            lr = lr_at(state.stage_step, plan.steps, base=plan.lr, warmup=plan.warmup,
+                       config=config)
             parts = train_step(training, batch, lr)
             state.count_cw(parts)
             state.stage_step += 1
@@ -270,8 +264,7 @@ def train_step(training: Training, batch: Batch, lr: float) -> dict[str, float]:
     """One optimizer step over this rank's micro-batches of a global batch. Returns the loss
     terms as global-batch means, and CW's counts (`cw_fired`, `cw_seen`) as totals."""
     config, state, ranks = training.setup.config, training.state, training.ranks
-    for group in training.optimizer.param_groups:
-        group["lr"] = lr
+    optim.set_lr(training.optimizer, lr)      # x each group's lr_mul (the head's)
 
     # Forward + backward per micro-batch. Each loss is weighted by its share of the global
     # batch (x world size, as DDP averages over ranks), so the update equals one process's on

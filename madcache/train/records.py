@@ -19,7 +19,8 @@ def training_summary(config: TrainConfig, *, world: int, precision: str,
     return {"world_size": world, "batch_size": config.batch_size, "per_rank_batch": per_rank,
             "grad_accum": config.grad_accum,
             "micro_batch": math.ceil(per_rank / config.grad_accum),
-            "precision": precision, "device": config.device, "data": data_figures}
+            "precision": precision, "device": config.device, "optimizer": config.optimizer,
+            "schedule": config.schedule, "data": data_figures}
 
 
 def run_metrics(setup: Setup, state: TrainerState, training: dict[str, Any]) -> dict[str, Any]:

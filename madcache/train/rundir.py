@@ -25,7 +25,7 @@ from madcache.core.errors import ConfigError, RunDirectoryError
 from madcache.core.io import check_output_location, read_json, write_json, writing
 from madcache.students.predict import STUDENT_DIR
 from madcache.train.checkpoint import CHECKPOINT, TRAINER_STATE
-from madcache.train.config import TrainConfig
+from madcache.train.config import OPTIMIZER_KEYS, TrainConfig
 
 CONFIG = "config.json"
 INPUTS = "inputs.json"
@@ -161,7 +161,7 @@ def check_resume(run_dir: Path, config: Mapping[str, Any], inputs: Mapping[str, 
     result, naming every one that differs (what the run recorded, what this call has)."""
     if not (run_dir / CONFIG).is_file():
         return                                    # nothing was recorded: a fresh start
-    saved = load_run_config(run_dir)
+    saved = with_optimizer_defaults(load_run_config(run_dir))
     saved_inputs = read_json(run_dir / INPUTS, error=RunDirectoryError,
                              hint="restore it, or pass --overwrite to start the run again") \
         if (run_dir / INPUTS).is_file() else {}
@@ -171,6 +171,13 @@ def check_resume(run_dir: Path, config: Mapping[str, Any], inputs: Mapping[str, 
                           f"{'; '.join(differing)}. Resume with the same settings "
                           "(docs/training.md lists those that may change) or train into a new "
                           "--out")
+
+
+def with_optimizer_defaults(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """A recorded config with the optimizer and schedule settings it lacks (a run recorded before
+    they existed) set to their defaults: the AdamW and linear schedule that run trained with."""
+    defaults = TrainConfig(dataset="", root="", out="").to_dict()
+    return {**{key: defaults[key] for key in OPTIMIZER_KEYS}, **saved}
 
 
 def differences(saved: Mapping[str, Any], config: Mapping[str, Any],
