@@ -14,6 +14,28 @@ from madcache.core.io import json_problem
 T = TypeVar("T")
 
 
+class DuplicateKeyError(ValueError):
+    """A JSON object names one key twice (json keeps the last value without a word)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"the key {key!r} appears twice in one object (JSON would keep the "
+                         "last value silently); keep one")
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    record = dict(pairs)
+    if len(record) != len(pairs):
+        seen: set[str] = set()
+        raise DuplicateKeyError(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return record
+
+
+def parse_json(text: str) -> Any:
+    """`json.loads` that refuses an object with a key twice (`DuplicateKeyError`)."""
+    return json.loads(text, object_pairs_hook=_unique_keys)
+
+
 def iter_json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any] | DataError]]:
     """`(line number, record)` for each non-blank line; a malformed line (bad JSON, bytes that
     are not UTF-8, nesting deeper than Python parses) yields its DataError instead of raising,
@@ -26,10 +48,13 @@ def iter_json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any] | DataErro
             if not raw.strip():
                 continue
             try:
-                record = json.loads(raw.decode("utf-8"))
+                record = parse_json(raw.decode("utf-8"))
             except json.JSONDecodeError as exc:
                 yield number, DataError(f"malformed JSON ({exc.msg} at column {exc.colno}); fix "
                                         "or remove the line", file=path, line=number)
+                continue
+            except DuplicateKeyError as exc:
+                yield number, DataError(str(exc), file=path, line=number, field=exc.key)
                 continue
             except (UnicodeDecodeError, RecursionError) as exc:
                 yield number, DataError(f"{json_problem(exc)}; fix or remove the line",
@@ -47,9 +72,11 @@ def load_json_file(path: Path) -> Any:
     than Python parses raise a DataError naming the file and line."""
     raw = path.read_bytes()
     try:
-        return json.loads(raw.decode("utf-8"))
+        return parse_json(raw.decode("utf-8"))
     except json.JSONDecodeError as exc:
         raise DataError(f"malformed JSON ({exc.msg})", file=path, line=exc.lineno) from None
+    except DuplicateKeyError as exc:
+        raise DataError(str(exc), file=path, field=exc.key) from None
     except UnicodeDecodeError as exc:
         raise DataError(json_problem(exc), file=path,
                         line=raw[:exc.start].count(b"\n") + 1) from None

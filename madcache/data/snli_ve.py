@@ -33,12 +33,22 @@ def _image_id(record: Mapping[str, Any], where: dict[str, Any]) -> str:
     if key is None:
         raise DataError(f"missing the image id (one of {', '.join(IMAGE_KEYS)})", **where,
                         field=IMAGE_KEYS[0])
+    values = {_bare(record[k]) for k in IMAGE_KEYS if k in record}
+    if len(values) > 1:
+        raise DataError(f"{' and '.join(IMAGE_KEYS)} name different images "
+                        f"({', '.join(sorted(map(str, values)))}); keep one", **where, field=key)
     value = record[key]
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str) or not value.strip():
         raise DataError(f"image id must be a non-empty string, got {value!r}", **where, field=key)
     return value[:-len(".jpg")] if value.endswith(".jpg") else value
+
+
+def _bare(value: Any) -> Any:
+    """An image id as both formats write it: "123", 123 and "123.jpg" are one image."""
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    return text[:-len(".jpg")] if isinstance(text, str) and text.endswith(".jpg") else text
 
 
 def _label(record: Mapping[str, Any], where: dict[str, Any]) -> int | None:

@@ -26,6 +26,7 @@ SUBTYPES = {"train": "train2014", "val": "val2014", "test": "test2015",
             "test-dev": "test-dev2015"}
 UNLABELLED_SUBTYPES = ("test2015", "test-dev2015")
 FILE_DIRS = (".", "questions", "annotations")
+HUMANS = 10                 # human answers per VQA v2 question
 DEFAULT_OPTIONS: dict[str, Any] = {"questions_file": None, "annotations_file": None,
                                    "images_dir": None, "check_files": False}
 
@@ -346,6 +347,11 @@ class VqaReader:
                     raise DataError("answers must be a non-empty list of {answer: str}",
                                     **{**where, "field": where["field"] + ".answers"},
                                     record_id=str(question_id))
+                if len(raw) != HUMANS:
+                    raise DataError(f"{len(raw)} answers; VQA v2 annotations hold {HUMANS} human "
+                                    "answers each (the accuracy averages over its 10 leave-one-"
+                                    "out subsets)", **{**where, "field": where["field"] +
+                                                       ".answers"}, record_id=str(question_id))
                 if question_id in found:
                     raise DataError("duplicate question_id", **where, record_id=str(question_id))
             except DataError as error:

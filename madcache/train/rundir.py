@@ -161,7 +161,7 @@ def check_resume(run_dir: Path, config: Mapping[str, Any], inputs: Mapping[str, 
     result, naming every one that differs (what the run recorded, what this call has)."""
     if not (run_dir / CONFIG).is_file():
         return                                    # nothing was recorded: a fresh start
-    saved = with_optimizer_defaults(load_run_config(run_dir))
+    saved = with_optimizer_defaults(load_run_config(run_dir), config)
     saved_inputs = read_json(run_dir / INPUTS, error=RunDirectoryError,
                              hint="restore it, or pass --overwrite to start the run again") \
         if (run_dir / INPUTS).is_file() else {}
@@ -173,11 +173,13 @@ def check_resume(run_dir: Path, config: Mapping[str, Any], inputs: Mapping[str, 
                           "--out")
 
 
-def with_optimizer_defaults(saved: Mapping[str, Any]) -> dict[str, Any]:
-    """A recorded config with the optimizer and schedule settings it lacks (a run recorded before
-    they existed) set to their defaults: the AdamW and linear schedule that run trained with."""
+def with_optimizer_defaults(saved: Mapping[str, Any], config: Mapping[str, Any]
+                            ) -> dict[str, Any]:
+    """A recorded training config with the optimizer and schedule settings it lacks (a run
+    recorded before they existed) set to their defaults: the AdamW and linear schedule that run
+    trained with. Only keys `config` has are filled (an adapter's config has none)."""
     defaults = TrainConfig(dataset="", root="", out="").to_dict()
-    return {**{key: defaults[key] for key in OPTIMIZER_KEYS}, **saved}
+    return {**{key: defaults[key] for key in OPTIMIZER_KEYS if key in config}, **saved}
 
 
 def differences(saved: Mapping[str, Any], config: Mapping[str, Any],

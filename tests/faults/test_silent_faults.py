@@ -232,3 +232,45 @@ def test_a_lost_zarr_chunk_is_refused_not_read_as_zeros(tmp_path, train_world, f
     line = faults.one_line_error(faults.invoke(*faults.train_args(world, out)))
     assert f"shard 0 has lost stored chunks of {array} (1)" in line and "verify" in line
     assert not (out / "metrics.json").exists()
+
+
+# ----------------------------------------------------------------------------- records
+
+def test_a_json_key_given_twice_is_a_bad_record(tmp_path):
+    from madcache.core.errors import DataError
+    from madcache.data import read_examples
+
+    path = tmp_path / "snli_ve_train.jsonl"
+    path.write_text('{"pairID": "1.jpg#0r1e", "Flickr30K_ID": "1", "sentence2": "a", '
+                    '"gold_label": "entailment", "gold_label": "contradiction"}\n')
+    with pytest.raises(DataError, match="'gold_label' appears twice") as raised:
+        read_examples("snli-ve", tmp_path, "train")
+    assert (raised.value.line, raised.value.field) == (1, "gold_label")
+
+
+def test_snli_ve_image_keys_that_disagree_are_a_bad_record(tmp_path):
+    from madcache.core.errors import DataError
+    from madcache.data import read_examples
+
+    (tmp_path / "snli_ve_train.jsonl").write_text(
+        '{"pairID": "1.jpg#0r1e", "Flickr30K_ID": "1", "Flikr30kID": "2.jpg", '
+        '"sentence2": "a", "gold_label": "entailment"}\n'
+        '{"pairID": "3.jpg#0r1e", "Flickr30K_ID": 3, "Flikr30kID": "3.jpg", '
+        '"sentence2": "a", "gold_label": "entailment"}\n')
+    result = read_examples("snli-ve", tmp_path, "train", skip_bad=True)
+    assert [ex.image_id for ex in result.examples] == ["3"]
+    assert "name different images (1, 2)" in result.skipped[0].reason
+
+
+def test_a_vqa_annotation_without_ten_answers_is_a_bad_record(demo_root, tmp_path):
+    from madcache.core.errors import DataError
+    from madcache.data import read_examples
+
+    root = tmp_path / "vqa"
+    shutil.copytree(demo_root / "vqa", root, ignore=shutil.ignore_patterns("*.jpg"))
+    path = root / "v2_mscoco_train2014_annotations.json"
+    data = json.loads(path.read_text())
+    data["annotations"][0]["answers"] = data["annotations"][0]["answers"][:9]
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match="9 answers; VQA v2 annotations hold 10"):
+        read_examples("vqa", root, "train")
