@@ -68,6 +68,7 @@ class LazyGroup(click.Group):
         return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context):
+        given = list(ctx.args)          # click empties it once the subcommand is resolved
         try:
             return super().invoke(ctx)
         except MadcacheError as exc:
@@ -78,10 +79,25 @@ class LazyGroup(click.Group):
             if ctx.find_root().params.get("debug"):
                 raise
             if isinstance(exc, OSError) and disk_problem(exc):
-                raise UserError(f"{exc.filename or 'a file'}: {disk_problem(exc)}") from None
+                where = exc.filename or output_named(given) or "a file this command writes"
+                raise UserError(f"{where}: {disk_problem(exc)}; free space or fix the "
+                                "permissions, then rerun the same command") from None
             raise InternalError(f"internal error: {type(exc).__name__}: {one_line(exc)} — this "
                                 "is a bug, please report it (rerun with --debug for the "
                                 "traceback)") from None
+
+
+OUTPUT_FLAGS = ("--out", "--output")
+
+
+def output_named(args: list[str]) -> str | None:
+    """The output path given on the command line (`--out X` or `--out=X`): what a disk error
+    without a file name (a failed write of an open file) was writing."""
+    for i, arg in enumerate(args):
+        flag, eq, value = arg.partition("=")
+        if flag in OUTPUT_FLAGS:
+            return value if eq else (args[i + 1] if i + 1 < len(args) else None)
+    return None
 
 
 @click.group(cls=LazyGroup, lazy=COMMANDS)

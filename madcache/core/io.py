@@ -145,14 +145,15 @@ def unreadable(path: str | Path, exc: BaseException, *, what: str = "file") -> s
 
 # errors of the disk, not of madcache: shown as one line naming the path
 DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
-                         errno.EIO})
+                         errno.EIO, errno.EFBIG})
 
 
 def disk_problem(exc: OSError) -> str | None:
     """'disk full', 'read-only file system'... when `exc` is a disk error, else None."""
     if exc.errno not in DISK_ERRORS:
         return None
-    return {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded"
+    return {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+            errno.EFBIG: "file larger than allowed (ulimit -f or the file system's limit)"
             }.get(exc.errno, (exc.strerror or str(exc)).lower())
 
 

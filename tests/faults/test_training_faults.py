@@ -295,7 +295,24 @@ def test_the_cli_turns_a_disk_error_into_one_line(monkeypatch, faults):
 
     monkeypatch.setattr(report, "build_report", full)
     line = faults.one_line_error(faults.invoke("report", "."))
-    assert line == "Error: /runs/report.md: no space left on the device"
+    assert line == ("Error: /runs/report.md: no space left on the device; free space or fix the "
+                    "permissions, then rerun the same command")
+
+
+@pytest.mark.parametrize("code, problem", [(errno.ENOSPC, "no space left on the device"),
+                                           (errno.EFBIG, "file larger than allowed")])
+def test_a_failed_write_without_a_file_name_names_the_output(monkeypatch, faults, code,
+                                                            problem):
+    """A write to an open file fails without a file name (full disk, ulimit -f): the line
+    names the command's --out instead of "a file" (issue 31.8)."""
+    import madcache.experiments.report as report
+
+    def full(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(report, "build_report", full)
+    line = faults.one_line_error(faults.invoke("report", ".", "--out", "/somewhere/report"))
+    assert line.startswith(f"Error: /somewhere/report: {problem}")
 
 
 # ----------------------------------------------------------------------------- in process
