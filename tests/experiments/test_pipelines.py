@@ -13,6 +13,8 @@ from madcache.demo.run import PIPELINE as DEMO_PIPELINE
 from madcache.experiments.sweep import load_sweep, plan
 
 PIPELINES = Path(__file__).resolve().parents[2] / "pipelines"
+# recipes of students not ported yet: kept (and validated) beside the docs, not shipped to run
+PENDING = Path(__file__).resolve().parents[2] / "docs" / "recipes"
 PAPER = {"vcr-lowshot": ("vcr", [100, 1000, None], ["val", "val_sm"]),
          "snli-ve-lowshot": ("snli-ve", [100, 1000], ["dev"]),
          "vqa-lowshot": ("vqa", [100, 1000], ["val"])}
@@ -37,7 +39,8 @@ def placeholders(path: Path) -> list[str]:
 
 
 def test_every_shipped_pipeline_is_tested():
-    assert sorted(p.stem for p in PIPELINES.glob("*.toml")) == sorted({**PAPER, **RECIPES})
+    shipped = sorted(p.stem for p in [*PIPELINES.glob("*.toml"), *PENDING.glob("*.toml")])
+    assert shipped == sorted({**PAPER, **RECIPES})
     assert DEMO_PIPELINE.is_file()
 
 
@@ -76,7 +79,7 @@ def test_the_demo_pipeline():
 def test_student_recipes(name, monkeypatch):
     """The paper's VCR protocol with a student's published optimizer, schedule and clipping;
     every [train] value is checked (and each method's run config built) when the file loads."""
-    path = PIPELINES / f"{name}.toml"
+    path = recipe_path(name)
     student, published = RECIPES[name]
     for item in placeholders(path):
         monkeypatch.delenv(item.split("=")[0], raising=False)
@@ -94,12 +97,14 @@ def test_student_recipes(name, monkeypatch):
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_student_recipes_name_a_registered_student(name):
-    """Passes once the student is on this branch: `uniter` and `vl-bert` are ported on their own
-    branches (uniter-model, ...)."""
+    """A shipped recipe's student is registered; a pending one's (docs/recipes) is not yet, and
+    this fails once it is, so the recipe moves into pipelines/ with its student."""
     from madcache.students import STUDENTS
 
-    student = RECIPES[name][0]
-    if student not in STUDENTS.names():
-        pytest.skip(f"student '{student}' is not registered on this branch yet (its port is on "
-                    "another branch); this check passes after the merge")
-    assert student in STUDENTS.names()
+    registered = RECIPES[name][0] in STUDENTS.names()
+    assert registered == (recipe_path(name).parent == PIPELINES), (name, registered)
+
+
+def recipe_path(name: str) -> Path:
+    shipped = PIPELINES / f"{name}.toml"
+    return shipped if shipped.is_file() else PENDING / f"{name}.toml"
