@@ -140,7 +140,16 @@ def unreadable(path: str | Path, exc: BaseException, *, what: str = "file") -> s
                 "unpickles (that could run code); save the state dict alone, e.g. "
                 "torch.save(model.state_dict(), path) or safetensors")
     reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+    if any(sign in reason for sign in ARCHITECTURE_SIGNS):
+        return (f"{path}: {what} file holds weights of another architecture or size ({reason}); "
+                "check that the model name or config matches the checkpoint")
     return f"{path}: {what} file is corrupt or truncated ({reason}); restore or recreate it"
+
+
+# what loaders say when a readable file holds another model's weights (torch's load_state_dict,
+# open_clip's position-embedding resizing), not a damaged file
+ARCHITECTURE_SIGNS = ("size mismatch", "Missing key(s)", "Unexpected key(s)", "width changed",
+                      "Error(s) in loading state_dict")
 
 
 # errors of the disk, not of madcache: shown as one line naming the path

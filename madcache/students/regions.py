@@ -31,7 +31,7 @@ import torch
 from madcache.data.records import Example
 from madcache.cache.gather import ragged_index
 from madcache.core.config import check_ranges, config_from_dict, setting
-from madcache.core.errors import CacheError, ConfigError
+from madcache.core.errors import CacheError, CacheNotFoundError, ConfigError
 from madcache.core.finite import check_finite
 from madcache.core.io import check_output_location
 from madcache.students.base import RegionInputs
@@ -242,7 +242,12 @@ def open_regions(path: str | Path) -> "RegionStore":
     (`CacheNotFoundError` if there is none)."""
     from madcache.cache.reader import open_cache
 
-    cache = open_cache(path)
+    try:
+        cache = open_cache(path)
+    except CacheNotFoundError:
+        raise CacheNotFoundError(f"no region store at {path}: build one with `madcache regions "
+                                 f"--dataset ... --split ... --out {path}`, or check the "
+                                 "path") from None
     if cache.manifest.get("kind") != KIND:
         raise CacheError(f"{path} is not a region store (it is a teacher-target cache?): build "
                          "one with `madcache regions`")

@@ -30,6 +30,8 @@ def run_metrics(setup: Setup, state: TrainerState, training: dict[str, Any]) -> 
     evaluation = {config.eval_split: final} if final is not None else {}
     return {"run": Path(config.out).name, "dataset": config.dataset, "method": config.method,
             "student": config.student, "teachers": setup.teachers,
-            "shots": config.per_category, "seed": config.seed, "status": "complete",
+            "shots": config.per_category if config.per_category is not None
+            else setup.provenance.get("split_shots"),
+            "seed": config.seed, "status": "complete",
             "history": state.history, "eval": evaluation, "cw_fired": state.cw_fired(),
             "training": training, "provenance": setup.provenance}

@@ -122,6 +122,11 @@ def training_subset(config: TrainConfig, examples: list[Example]
 
     if config.split_file is not None:
         split = lowshot.Split.load(config.split_file)
+        drawn_with = split.params.get("seed")
+        if drawn_with is not None and drawn_with != config.seed:
+            raise ConfigError(f"{config.split_file} was drawn with seed {drawn_with} but the run "
+                              f"has --seed {config.seed}: pass --seed {drawn_with}, or the split "
+                              f"file of seed {config.seed}")
     elif config.per_category is not None:
         split = lowshot.sample_per_category(examples, k=config.per_category, seed=config.seed)
     else:
@@ -141,7 +146,7 @@ def record_split(config: TrainConfig, split: Any) -> dict[str, Any]:
     """The split's file and digest for the run's inputs; a sampled split is written into the
     run folder first (under torchrun by rank 0, the others read it)."""
     if split is None:
-        return {"split_file": None, "split_digest": None}
+        return {"split_file": None, "split_digest": None, "split_shots": None}
     path = config.split_file
     if path is None:
         path = str(Path(config.out) / "split.json")
@@ -149,7 +154,8 @@ def record_split(config: TrainConfig, split: Any) -> dict[str, Any]:
             if where.is_main:
                 Path(config.out).mkdir(parents=True, exist_ok=True)
                 split.save(path)
-    return {"split_file": path, "split_digest": file_sha256(path)}
+    return {"split_file": path, "split_digest": file_sha256(path),
+            "split_shots": split.params.get("per_category")}
 
 
 def open_checked_cache(config: TrainConfig, method: Method):

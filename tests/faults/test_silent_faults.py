@@ -274,3 +274,40 @@ def test_a_vqa_annotation_without_ten_answers_is_a_bad_record(demo_root, tmp_pat
     path.write_text(json.dumps(data))
     with pytest.raises(DataError, match="9 answers; VQA v2 annotations hold 10"):
         read_examples("vqa", root, "train")
+
+
+# ----------------------------------------------------------------------------- the README's path
+
+def test_a_split_file_run_records_its_shots_and_refuses_another_seed(tmp_path, train_world,
+                                                                      faults):
+    """README step 3 (issue 32.1): a --split-file run carries the split's shot count (the
+    report labelled it "full"), and a --seed other than the split's is refused in one line."""
+    split = tmp_path / "split.json"
+    args = ["data", "lowshot", "--dataset", "snli-ve", "--root", train_world.root, "--split",
+            "train", "--per-category", "2", "--seed", "0", "--out", split]
+    assert faults.invoke(*args).exit_code == 0
+    refused = tmp_path / "refused"
+    line = faults.one_line_error(faults.invoke(*faults.train_args(
+        train_world, refused, "--split-file", split, "--seed", "3")))
+    assert "drawn with seed 0 but the run has --seed 3" in line and not refused.exists()
+    out = tmp_path / "run"
+    assert faults.invoke(*faults.train_args(train_world, out, "--split-file", split)).exit_code == 0
+    assert json.loads((out / "metrics.json").read_text())["shots"] == 2
+
+
+def test_a_missing_region_store_names_the_command_that_builds_one(tmp_path, train_world, faults):
+    line = faults.one_line_error(faults.invoke(*faults.train_args(
+        train_world, tmp_path / "run", "--regions", tmp_path / "nowhere")))
+    assert "no region store at" in line and "madcache regions" in line
+    assert "madcache extract" not in line
+
+
+def test_weights_of_another_architecture_are_not_called_corrupt(tmp_path):
+    from madcache.core.errors import CheckpointCorruptError
+    from madcache.core.io import loading
+
+    with pytest.raises(CheckpointCorruptError) as raised:
+        with loading(tmp_path / "teacher.pt", what="teacher weights"):
+            raise RuntimeError("Error(s) in loading state_dict for CLIP: size mismatch for "
+                               "positional_embedding")
+    assert "another architecture" in str(raised.value) and "corrupt" not in str(raised.value)
