@@ -53,14 +53,13 @@ def question_words(example: Example) -> int:
 
 
 def segments(example: Example, choice: Text) -> tuple[Text, list[tuple[int, int, int]]]:
-    """The scored text of `choice` and its segments (char start, char end, token type)."""
+    """The scored text of `choice` and its segments (char start, char end, token type). A context
+    is VCR's (`Example.context`: the question, or question + answer in QA->R)."""
     if example.context is None:
         return choice, [(0, len(choice.text), QUESTION)]
     context = example.context
     text = context.concat(choice)
     start = len(context.text) + 1
-    if example.dataset != "vcr":
-        return text, [(0, len(context.text), QUESTION), (start, len(text.text), QUESTION)]
     n = question_words(example)
     if n >= len(context.words):                                        # Q->A
         return text, [(0, len(context.text), QUESTION), (start, len(text.text), ANSWER)]
