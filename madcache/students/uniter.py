@@ -93,7 +93,9 @@ class UniterStudent(nn.Module):
                               "directory as tokenizer_dir")
         tags = (config.task == "multiple_choice" and base == vocab - NUM_OBJECT_TAGS
                 and model_config["type_vocab_size"] >= VCR_TYPES)
-        self.encoder = UniterTextEncoder(tokenizer, max_length=config.max_length, tags=tags)
+        self.encoder = UniterTextEncoder(
+            tokenizer, tags=tags,
+            max_length=min(config.max_length, model_config["max_position_embeddings"]))
         self.hidden_size = hidden = model_config["hidden_size"]
         self.task, self.answers = config.task, list(config.answers)
         self.uniter = UniterModel(model_config)

@@ -88,8 +88,9 @@ class SelfAttention(nn.Module):
         def split(t: torch.Tensor) -> torch.Tensor:
             return t.view(n, length, self.heads, hidden // self.heads).transpose(1, 2)
 
-        out = F.scaled_dot_product_attention(split(self.query(x)), split(self.key(x)),
-                                             split(self.value(x)), attn_mask=bias,
+        query = split(self.query(x))
+        out = F.scaled_dot_product_attention(query, split(self.key(x)), split(self.value(x)),
+                                             attn_mask=bias.to(query.dtype),
                                              dropout_p=self.p if self.training else 0.0)
         return out.transpose(1, 2).reshape(n, length, hidden)
 
