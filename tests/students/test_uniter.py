@@ -164,3 +164,13 @@ def test_conversion_is_pure_and_extends_a_first_stage_checkpoint():
     assert released["bert.embeddings.word_embeddings.weight"].shape == (5, 4)   # untouched
     plain = convert_state_dict(released, vcr=False, generator=torch.Generator())
     assert plain["uniter.embeddings.token_type_embeddings.weight"].shape == (2, 4)
+
+
+def test_single_text_tasks_are_cls_text_sep_of_type_0(student, make):
+    s = build_student("uniter", model_config=student.model_config,
+                      tokenizer_dir=student.config.tokenizer_dir, task="classification")
+    item = s.tokenise([make.single(0, "the man is holding a red square .")])[0]
+    assert decoded(s, item.ids[0]) == ["[CLS]", "the", "man", "is", "holding", "a", "red",
+                                       "square", ".", "[SEP]"]
+    assert item.types[0].tolist() == [0] * 10
+    assert item.spans[0][1].tolist() == [0, 3] and item.spans[0][0].tolist() == [-1, -1]
