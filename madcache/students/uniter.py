@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from madcache.core.errors import CheckpointCorruptError, ConfigError
+from madcache.core.errors import CheckpointCorruptError, CheckpointNotFoundError, ConfigError
 from madcache.core.io import load_weights, read_json
 from madcache.data.records import Example
 from madcache.students.base import (RegionInputs, StudentOutput, exported_options, image_of,
@@ -294,7 +294,7 @@ def uniter(**options: Any) -> UniterStudent:
     else:
         path = Path(config.checkpoint).expanduser()
         state = read_checkpoint(path, vcr=config.task == "multiple_choice", seed=config.seed)
-        given = read_json(config.config_json) if config.config_json else None
+        given = read_config_json(config.config_json) if config.config_json else None
         student = UniterStudent(config, tokenizer, released_config(state, given))
         student.load_report = load_released(student, state, path)
         LOG.warning(student.load_report)
@@ -304,6 +304,18 @@ def uniter(**options: Any) -> UniterStudent:
                           f"{student.model_config['img_dim']}-d ones (img_linear): build the "
                           "region store with the detector's features of that width")
     return student
+
+
+def read_config_json(path: str) -> dict[str, Any]:
+    """UNITER's config JSON (`config/uniter-base.json`); a missing or unreadable file is one
+    error line naming it."""
+    if not Path(path).is_file():
+        raise CheckpointNotFoundError(f"uniter: config_json {path} not found; pass UNITER's "
+                                      "config (config/uniter-base.json or uniter-large.json)")
+    config = read_json(path, hint="pass UNITER's config (config/uniter-base.json)")
+    if not isinstance(config, dict):
+        raise CheckpointCorruptError(f"uniter: config_json {path} is not a JSON object")
+    return config
 
 
 def read_checkpoint(path: Path, *, vcr: bool, seed: int) -> dict[str, torch.Tensor]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from madcache.core.errors import CheckpointCorruptError, ConfigError
+from madcache.core.errors import CheckpointCorruptError, CheckpointNotFoundError, ConfigError
 from madcache.data.vcr import record_examples
 from madcache.students import build_student, load_student, save_student
 from madcache.students.uniter_model import convert_state_dict
@@ -138,6 +138,9 @@ def test_checkpoint_errors_are_one_line(uniter_files, tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointCorruptError, match="junk.pt"):
         build_student("uniter", checkpoint=str(tmp_path / "junk.pt"), tokenizer_dir=str(tokenizer))
+    with pytest.raises(CheckpointNotFoundError, match="nowhere.json"):
+        build_student("uniter", checkpoint=str(paths["vcr"]), tokenizer_dir=str(tokenizer),
+                      config_json=str(tmp_path / "nowhere.json"))
     with pytest.raises(ConfigError, match="tokenizer_dir"):
         build_student("uniter", checkpoint=str(paths["vcr"]))
     with pytest.raises(ConfigError, match="checkpoint=FILE"):
