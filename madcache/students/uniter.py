@@ -93,7 +93,7 @@ class UniterStudent(nn.Module):
                               "directory as tokenizer_dir")
         tags = (config.task == "multiple_choice" and base == vocab - NUM_OBJECT_TAGS
                 and model_config["type_vocab_size"] >= VCR_TYPES)
-        self.encoder = UniterTextEncoder(
+        self.text_input = UniterTextEncoder(
             tokenizer, tags=tags,
             max_length=min(config.max_length, model_config["max_position_embeddings"]))
         self.hidden_size = hidden = model_config["hidden_size"]
@@ -127,7 +127,7 @@ class UniterStudent(nn.Module):
     # ------------------------------------------------------------------ inputs
 
     def tokenise(self, examples: Sequence[Example]) -> list[UniterTokens]:
-        return [self.encoder.example(ex) for ex in examples]
+        return [self.text_input.example(ex) for ex in examples]
 
     def collate(self, items: Sequence[UniterTokens], regions: RegionInputs) -> dict[str, Any]:
         if not isinstance(regions, RegionInputs):
@@ -206,7 +206,7 @@ class UniterStudent(nn.Module):
         return losses
 
     def _texts(self, texts) -> dict[str, torch.Tensor]:
-        arrays = pad(self.encoder.texts(texts), self.tokenizer.pad_token_id)
+        arrays = pad(self.text_input.texts(texts), self.tokenizer.pad_token_id)
         return {k: torch.from_numpy(v).to(self.device) for k, v in arrays.items()}
 
     def _mrfr(self, text: Mapping[str, torch.Tensor], regions: RegionInputs, rows: torch.Tensor,
