@@ -10,7 +10,9 @@ All three run side by side in one process on the same batches, interleaved after
 `--student` picks the student: the built-in `single-stream` (default), or `visualbert` / `vilt`
 built from a base-like random checkpoint written with `save_pretrained` to a temporary directory
 (hidden 256, 4 layers; VisualBERT reads 36 regions of 64 dims, ViLT 224-px images as its image
-processor prepares them).
+processor prepares them), or `uniter`: UNITER-base's shape (hidden 768, 12 layers, bert-base
+vocabulary + 81 object tags; `--layers N` for fewer) with random weights saved as a released
+`.pt` state dict, 36 regions of 64 dims.
 
 On CUDA the student's step also runs in bf16 autocast (`--precision bf16`, the default there):
 `mad-bf16` / `baseline-bf16` and the fp32 / bf16 speed-up are printed too.
@@ -121,14 +123,33 @@ def cached_targets(examples: list[Example], dv: int, dt: int, m: int,
                         word_mask=torch.from_numpy(words.mask), logits=torch.randn(n, c))
 
 
+UNITER_BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+               "intermediate_size": 3072, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
+               "attention_probs_dropout_prob": 0.1, "max_position_embeddings": 512,
+               "type_vocab_size": 2, "initializer_range": 0.02, "img_dim": 64}
 PRETRAINED = dict(vocab_size=30522, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
                   intermediate_size=1024)
 
 
-def build_student(name: str, directory: Path):
+def build_student(name: str, directory: Path, layers: int | None = None):
     """(student, its visual inputs for a batch) — a pretrained student from a checkpoint saved
     in `directory` as a user's would be."""
     from madcache.students import build_student as build
+
+    if name == "uniter":      # UNITER-base shape, random weights, saved as a released .pt
+        from madcache.students.tokens import default_tokenizer_dir, load_tokenizer
+        from madcache.students.uniter_model import TIED
+
+        tokenizer = default_tokenizer_dir()
+        config = dict(UNITER_BASE, vocab_size=len(load_tokenizer(tokenizer)))
+        if layers:
+            config["num_hidden_layers"] = layers
+        model = build("uniter", model_config=config, tokenizer_dir=str(tokenizer),
+                      task="classification")
+        state = {k: v for k, v in model.state_dict().items() if not k.startswith("vqa_output.")}
+        torch.save({**state, **{k: state[v] for k, v in TIED.items()}}, directory / "uniter.pt")
+        return build("uniter", checkpoint=str(directory / "uniter.pt"),
+                     tokenizer_dir=str(tokenizer), region_dim=64)
 
     if name == "visualbert":
         from transformers import VisualBertConfig, VisualBertForPreTraining
@@ -200,7 +221,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--student", default="single-stream",
-                        choices=["single-stream", "visualbert", "vilt"])
+                        choices=["single-stream", "visualbert", "vilt", "uniter"])
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="cpu: this process's CPU time (time.process_time), steadier than "
+                             "wall time on a shared CPU machine; ignored on CUDA")
+    parser.add_argument("--layers", type=int, default=None,
+                        help="uniter: encoder layers (default 12, UNITER-base)")
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -212,7 +238,7 @@ def main() -> None:
         teachers["mad-online-demo"] = build_teacher(json.loads(DEMO_TEACHER.read_text()), device)
     dim = 128
     with tempfile.TemporaryDirectory() as directory:
-        student = build_student(args.student, Path(directory))
+        student = build_student(args.student, Path(directory), args.layers)
     student_name = getattr(student, "name", "bench-stand-in")
     student.to(device)
     regions = visual_inputs(student, args.batch_size)
@@ -242,13 +268,14 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in setups}
     names = list(setups)
     generator = torch.Generator().manual_seed(0)
+    clock = time.process_time if args.clock == "cpu" and device == "cpu" else time.perf_counter
     for it in range(args.warmup + args.iters):
         k = it % len(batches)
         shift = it % len(names)
         for name in names[shift:] + names[:shift]:  # rotate so no method always runs first
             setup = setups[name]
             synchronize(device)
-            start = time.perf_counter()
+            start = clock()
             targets = (online_targets(teachers[name], batches[k], 2, device) if name in teachers
                        else cached[k])
             with autocast(precision[name], device):
@@ -260,13 +287,15 @@ def main() -> None:
             optimizer.step()
             synchronize(device)
             if it >= args.warmup:
-                times[name].append(time.perf_counter() - start)
+                times[name].append(clock() - start)
     med = {name: statistics.median(v) for name, v in times.items()}
     bf16 = {"mad_bf16_over_baseline_bf16": round(med["mad-bf16"] / med["baseline-bf16"], 3),
             "mad_fp32_over_mad_bf16": round(med["mad"] / med["mad-bf16"], 3)} \
         if device == "cuda" else {"bf16": "skipped: no CUDA device"}
     print(json.dumps({
         "student": student_name, "batch_size": args.batch_size, "device": device,
+        "clock": "cpu" if clock is time.process_time else "wall",
+        "layers": getattr(student, "model_config", {}).get("num_hidden_layers"),
         "median_s": {k: round(v, 5) for k, v in med.items()},
         "mad_over_baseline": round(med["mad"] / med["baseline"], 3),
         **{f"{name}_over_baseline": round(med[name] / med["baseline"], 3) for name in teachers},

@@ -19,6 +19,7 @@ from madcache.core.io import load_weights, loading, read_json
 from madcache.students.base import (STUDENTS, RegionInputs, Student, StudentFactory,
                                     StudentOutput, check_student)
 from madcache.students.single_stream import single_stream
+from madcache.students.uniter import uniter
 from madcache.students.vilt import vilt
 from madcache.students.visual import visual_input
 from madcache.students.visualbert import visualbert
@@ -44,6 +45,7 @@ class StudentSpec:
 
 STUDENTS.register("single-stream", StudentSpec(single_stream, path_options=("tokenizer_dir",)))
 STUDENTS.register("visualbert", StudentSpec(visualbert, path_options=("tokenizer_dir",)))
+STUDENTS.register("uniter", StudentSpec(uniter, path_options=("tokenizer_dir",)))
 STUDENTS.register("vilt", StudentSpec(vilt, path_options=("tokenizer_dir",
                                                           "image_processor_dir")))
 

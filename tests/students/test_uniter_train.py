@@ -1,0 +1,148 @@
+"""End to end: `madcache train --student uniter --method mad` on the demo world's VCR, with a
+tiny random UNITER checkpoint in the released key layout (`.pt`), the demo's boxcrop region
+store and a teacher cache; a resumed run equals an uninterrupted one."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from madcache.students import build_student
+from madcache.students.uniter_model import TIED
+from madcache.train import loop as train_mod
+from madcache.train.config import TrainConfig
+
+TINY = {"vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+        "intermediate_size": 64, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
+        "attention_probs_dropout_prob": 0.1, "max_position_embeddings": 128,
+        "type_vocab_size": 2, "initializer_range": 0.02, "img_dim": 199}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, demo_root, uniter_files):
+    """The demo world's VCR, a cache of its training split (a tiny CLIP), boxcrop region stores
+    (199-d) for train and val, a low-shot split, and a first-stage UNITER checkpoint (`.pt`,
+    released key names, tied keys stored twice) with its config JSON."""
+    from madcache.cache.reader import open_cache
+    from madcache.data import read_examples
+    from madcache.data.lowshot import sample_per_category
+    from madcache.extraction import ExtractConfig, extract
+    from madcache.students.regions import build_region_store
+
+    spec = importlib.util.spec_from_file_location(
+        "extraction_conftest", str(Path(__file__).parents[1] / "extraction" / "conftest.py"))
+    helpers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helpers)
+    base = tmp_path_factory.mktemp("uniter-demo")
+    root = demo_root / "vcr"
+    config, checkpoint = helpers.save_tiny_clip(base / "clip")
+    extract(ExtractConfig(dataset="vcr", root=root, split="train",
+                          teacher=f"openclip-config:{config}", checkpoint=checkpoint,
+                          out=base / "cache", progress=False, shard_size=64))
+    for split in ("train", "val"):
+        build_region_store(dataset="vcr", root=root, split=split, extractor="boxcrop",
+                           out=base / f"regions-{split}", max_regions=4, progress=False)
+    cached = set(open_cache(base / "cache").example_ids())
+    examples = [e for e in read_examples("vcr", root, "train").examples if e.id in cached]
+    sample_per_category(examples, k=2, seed=0).save(base / "split.json")
+    tokenizer, _ = uniter_files
+    torch.manual_seed(3)
+    model = build_student("uniter", model_config=TINY, tokenizer_dir=str(tokenizer),
+                          task="classification")
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("vqa_output.")}
+    state.update({k: state[src].clone() for k, src in TIED.items()})
+    torch.save(state, base / "uniter-tiny.pt")
+    (base / "uniter-tiny.json").write_text(json.dumps({k: v for k, v in TINY.items()
+                                                       if k != "img_dim"}))
+    return base, root, tokenizer
+
+
+def options(world) -> dict[str, str]:
+    base, _, tokenizer = world
+    return {"checkpoint": str(base / "uniter-tiny.pt"), "tokenizer_dir": str(tokenizer),
+            "config_json": str(base / "uniter-tiny.json")}
+
+
+def config(world, name, **overrides) -> TrainConfig:
+    base, root, _ = world
+    values = dict(dataset="vcr", root=str(root), out=str(base / "runs" / name), student="uniter",
+                  cache=str(base / "cache"), regions=str(base / "regions-train"),
+                  eval_regions=str(base / "regions-val"), split_file=str(base / "split.json"),
+                  method="mad", max_steps=2, af_max_steps=1, batch_size=4, lr=1e-3,
+                  student_options=options(world))
+    return TrainConfig(**{**values, **overrides})
+
+
+@pytest.mark.slow
+def test_train_cli_uniter_mad(world):
+    from click.testing import CliRunner
+
+    from madcache.cli import cli
+    from madcache.evaluation.evaluate import evaluate_run
+
+    base, root, _ = world
+    run = base / "runs" / "cli"
+    args = ["train", "--student", "uniter", "--method", "mad", "--dataset", "vcr",
+            "--root", str(root), "--cache", str(base / "cache"),
+            "--regions", str(base / "regions-train"), "--eval-regions", str(base / "regions-val"),
+            "--split-file", str(base / "split.json"), "--max-steps", "2",
+            "--af-max-steps", "1", "--batch-size", "4", "--out", str(run)]
+    args += [f"--student-option={k}={v}" for k, v in options(world).items()]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["student"] == "uniter" and metrics["status"] == "complete"
+    assert set(metrics["eval"]["val"]) == {"q2a", "qa2r", "q2ar"}
+    af = [h for h in metrics["history"] if h.get("stage") == "af"]
+    assert af and {"mlm", "itm", "mrfr"} <= set(af[0]["parts"]), af
+    saved = json.loads((run / "student" / "student.json").read_text())
+    assert saved["student"] == "uniter" and saved["options"]["checkpoint"] is None
+    assert evaluate_run(run, split="val") == metrics["eval"]["val"]
+
+
+@pytest.mark.slow
+def test_train_cli_reports_a_bad_checkpoint_in_one_line(world, tmp_path):
+    from click.testing import CliRunner
+
+    from madcache.cli import cli
+
+    base, root, tokenizer = world
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    result = CliRunner().invoke(cli, [
+        "train", "--student", "uniter", "--method", "baseline", "--dataset", "vcr",
+        "--root", str(root), "--regions", str(base / "regions-train"), "--max-steps", "1",
+        "--out", str(tmp_path / "run"), f"--student-option=checkpoint={tmp_path / 'junk.pt'}",
+        f"--student-option=tokenizer_dir={tokenizer}"])
+    assert result.exit_code == 2, result.output
+    assert "junk.pt" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_uniter_resume_equals_uninterrupted(world, monkeypatch):
+    base = world[0]
+    settings = dict(max_steps=4, checkpoint_every=2, eval_split=None)
+    full = train_mod.run_training(config(world, "full", **settings))
+    real = train_mod.loss_step
+    calls = {"n": 0}
+
+    def crash_at_fourth(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "loss_step", crash_at_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.run_training(config(world, "cut", **settings))
+    monkeypatch.setattr(train_mod, "loss_step", real)
+    resumed = train_mod.run_training(config(world, "cut", resume=True, **settings))
+    assert resumed["history"] == full["history"]
+    a = load_file(str(base / "runs" / "full" / "student" / "model.safetensors"))
+    b = load_file(str(base / "runs" / "cut" / "student" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
