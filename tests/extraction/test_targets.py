@@ -179,7 +179,13 @@ class CharEncoder:
 
 
 def test_vqa_candidates_and_template_logits(cache, tmp_path, tiny_clip, toy_root, teacher):
+    """The vocabulary extraction builds counts the train split's answers: here the toy's one
+    split serves as both (a copy named train)."""
+    import shutil
+
     name, checkpoint = tiny_clip
+    toy_root = shutil.copytree(toy_root, tmp_path / "toy")
+    shutil.copy(toy_root / "vqa.jsonl", toy_root / "train.jsonl")
     config = ExtractConfig(dataset="toy-vqa", root=toy_root, split="vqa", protocol="vqa",
                            teacher=name, checkpoint=checkpoint, out=tmp_path / "vqa",
                            answer_top_k=3, progress=False)
