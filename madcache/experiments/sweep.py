@@ -127,7 +127,7 @@ def check_jobs(config: SweepConfig, jobs: int | None, slots: list[str] | None,
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     for table in ("train", "adapter"):
         device = getattr(config, table).get("device")
-        if slots and device is not None and device != "cuda":
+        if slots and device is not None and device not in ("cuda", "auto"):
             raise ConfigError(f"--gpus runs every job on its GPU slot ('cuda') but {table}.device "
                               f"is {device!r}: drop it from the pipeline or drop --gpus")
     if slots and jobs > len(slots):

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from madcache.core.device import resolve_device
 from madcache.core.errors import ConfigError, RunDirectoryError
 from madcache.core.io import write_json, writing
 from madcache.data.metrics import score_logits, without_counts
@@ -60,6 +61,7 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
     """Train a student as `config` says and write the run directory; returns metrics.json.
     Under torchrun, joins the process group first (train/distributed.py)."""
     pin_threads(config.threads)
+    config = dataclasses.replace(config, device=resolve_device(config.device))
     started = init_distributed(config.device)
     try:
         if current().is_main:
@@ -85,6 +87,7 @@ class Training:
 
 def train(setup: Setup) -> dict[str, Any]:
     """Run (or resume) all stages, then validate and write metrics.json. Returns the metrics."""
+    setup.config = dataclasses.replace(setup.config, device=resolve_device(setup.config.device))
     config, run_dir, ranks = setup.config, Path(setup.config.out), current()
     precision = resolve_precision(config.precision, config.device)
     configure_matmuls(config.device)
@@ -95,11 +98,13 @@ def train(setup: Setup) -> dict[str, Any]:
     state = TrainerState(stage=plans[0].name, world_size=ranks.world_size, precision=precision)
     optimizer = make_optimizer(setup)
     if config.resume:
-        check_resume(run_dir, config.to_dict(), run_inputs(setup.provenance))
+        check_resume(run_dir, config.to_dict(), run_inputs(setup.provenance,
+                                                           device=config.device))
         if (run_dir / CHECKPOINT).exists():
             state = resumed_state(load_checkpoint(run_dir, setup, optimizer), ranks, precision)
     if ranks.is_main:
-        record_run(run_dir, config.to_dict(), run_inputs(setup.provenance))
+        record_run(run_dir, config.to_dict(), run_inputs(setup.provenance,
+                                                         device=config.device))
     tracker = open_tracker(config.report_to if ranks.is_main else "none", run_dir,
                            start_step=state.global_step)
     training = Training(setup, wrap(TrainModule(setup, loss_step), ranks, config.device),
