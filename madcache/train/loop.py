@@ -29,11 +29,11 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from madcache.core.device import resolve_device
 from madcache.core.errors import ConfigError, RunDirectoryError
 from madcache.core.io import write_json, writing
+from madcache.core.progress import progress
 from madcache.data.metrics import score_logits, without_counts
 from madcache.method.losses import (TERMS, candidate_logits, confidence_weights,
                                     distillation_loss, task_loss)
@@ -46,6 +46,7 @@ from madcache.train.data import DataSource, derive_seed
 from madcache.train.distributed import (Dist, TrainModule, contiguous_share, current, gather,
                                         init_distributed, shutdown, sum_across, sync_context,
                                         wrap)
+from madcache.train.preemption import PREEMPTED_EXIT, Preempted, StopFlag, watch_signals
 from madcache.train.precision import autocast, configure_matmuls, resolve_precision
 from madcache.train.records import run_metrics, training_summary
 from madcache.train.rundir import (METRICS, RESUMABLE_NOTE, check_resume, open_run_dir,
@@ -83,6 +84,8 @@ class Training:
     precision: str
     tracker: Tracker
     data_figures: dict[str, dict[str, Any]] = field(default_factory=dict)  # per stage
+    stop: StopFlag = field(default_factory=StopFlag)     # set by SIGTERM/SIGUSR1/SIGUSR2
+    saved_at: float = field(default_factory=time.monotonic)   # the last checkpoint (or start)
 
 
 def train(setup: Setup) -> dict[str, Any]:
@@ -115,13 +118,14 @@ def train(setup: Setup) -> dict[str, Any]:
     # moments) and the schedule (its own warm-up and decay), as UNITER finetunes its
     # second-stage-pretrained checkpoint with a new optimizer (docs/method.md, "AF").
     try:
-        for plan in plans:
-            if _stage_done(state.stage, plan.name):
-                continue
-            if state.stage != plan.name:
-                start_stage_with_fresh_optimizer(training, plan.name)
-            run_stage(training, plan)
-            record(training, validate(setup, ranks) if plan.name == TASK else None)
+        with watch_signals() as training.stop:
+            for plan in plans:
+                if _stage_done(state.stage, plan.name):
+                    continue
+                if state.stage != plan.name:
+                    start_stage_with_fresh_optimizer(training, plan.name)
+                run_stage(training, plan)
+                record(training, validate(setup, ranks) if plan.name == TASK else None)
     finally:
         tracker.close()
 
@@ -218,8 +222,9 @@ def run_stage(training: Training, plan: StagePlan) -> None:
                            seed=config.seed, stage=state.stage, batch_size=config.batch_size,
                            start=state.stage_step, stop=plan.steps, layout=layout,
                            depth=config.prefetch, pin=config.device.startswith("cuda"))
-    bar = tqdm(total=plan.steps, initial=state.stage_step, desc=f"{state.stage} ({config.method})",
-               disable=None if training.ranks.is_main else True)
+    bar = progress(total=plan.steps, initial=state.stage_step, unit="step",
+                   desc=f"{state.stage} ({config.method})", per_unit=config.batch_size,
+                   disable=not training.ranks.is_main)
     started, steps = time.perf_counter(), 0
     with pipeline as batches:
         while state.stage_step < plan.steps:
@@ -239,8 +244,8 @@ def run_stage(training: Training, plan: StagePlan) -> None:
                 {**{f"{state.stage}/{k}": v for k, v in logged(parts).items()},
                  f"{state.stage}/lr": lr, f"{state.stage}/data_wait_s": pipeline.wait_s - waited},
                 state.global_step)
-            bar.update(1)
             bar.set_postfix(loss=f"{parts['loss']:.4f}")
+            bar.update(1)
             _periodic(training, plan.steps)
     bar.close()
     elapsed = time.perf_counter() - started
@@ -275,7 +280,11 @@ def train_step(training: Training, batch: Batch, lr: float) -> dict[str, float]:
             (loss * (micro.weight * ranks.world_size)).backward()
         for key, value in {**parts, "loss": loss.item()}.items():
             sums[key] = sums.get(key, 0.0) + (value if key in COUNTS else value * micro.weight)
+    if ranks.enabled:              # every rank stops at the step where any was signalled
+        sums[STOP] = float(training.stop.requested)
     sums = sum_across(sums, ranks)
+    if sums.pop(STOP, 0.0) and not training.stop.requested:
+        training.stop.signal = "a signal to another rank"
 
     # Clip (optional), apply, clear.
     if config.grad_clip is not None:
@@ -329,6 +338,7 @@ def loss_step(setup: Setup, *, stage: str, micro: MicroBatch, generator: torch.G
 
 
 COUNTS = ("cw_fired", "cw_seen")       # loss parts that add up over a batch (not means)
+STOP = "_stop"                         # ranks signalled at this step (never logged)
 
 
 def logged(parts: dict[str, float]) -> dict[str, float]:
@@ -351,16 +361,27 @@ def seed_draws(seed: int, stage: str, step: int, rank: int, micro: int) -> torch
 
 def _periodic(training: Training, total: int) -> None:
     """Every `eval_every` steps: a history record (the mean loss; in the task stage also a
-    validation); every `checkpoint_every` steps: a checkpoint."""
+    validation). A checkpoint every `checkpoint_every` steps, when `checkpoint_minutes` passed
+    since the last one, and when a signal asked to stop (then `Preempted`: train/preemption.py).
+    A checkpoint is a pure save: it never changes what the run computes."""
     config, state = training.setup.config, training.state
     if config.eval_every and state.stage_step % config.eval_every == 0 \
             and state.stage_step < total:
         record(training, validate(training.setup, training.ranks) if state.stage == TASK
                else None)
-    if config.checkpoint_every and state.global_step % config.checkpoint_every == 0 \
-            and training.ranks.is_main:
+    stop = training.stop.requested
+    every = config.checkpoint_every and state.global_step % config.checkpoint_every == 0
+    timed = config.checkpoint_minutes and \
+        time.monotonic() - training.saved_at >= config.checkpoint_minutes * 60
+    if (every or timed or stop) and training.ranks.is_main:
         with writing(config.out, error=RunDirectoryError, then=RESUMABLE_NOTE):
             save_checkpoint(Path(config.out), training.setup, state, training.optimizer)
+        training.saved_at = time.monotonic()
+    if stop:
+        raise Preempted(f"stopped by {training.stop.signal} after {state.stage} step "
+                        f"{state.stage_step} (global step {state.global_step}); the checkpoint "
+                        f"in {config.out} is written: rerun with --resume to continue from it "
+                        f"(exit code {PREEMPTED_EXIT})")
 
 
 def validate(setup: Setup, ranks: Dist = Dist()) -> dict[str, float] | None:

@@ -57,7 +57,7 @@ def test_dry_run_shows_the_sbatch_script_of_one_array(tmp_path):
     out = result.output
     for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=2",
                  "#SBATCH --cpus-per-task=4", "#SBATCH --time=90", "#SBATCH --mem=16384MB",
-                 "#SBATCH --array=0-5%6", "#SBATCH --signal=USR2@90",
+                 "#SBATCH --array=0-5%6", "#SBATCH --signal=USR2@120",
                  "#SBATCH --job-name=madcache-vcr", "module load cuda",
                  "-m submitit.core._submit", "# task 0: vcr/single-stream/baseline/k2/seed0",
                  "# task 5: vcr/single-stream/mad/k8/seed0", "requeued up to 3 time(s)"):
@@ -69,13 +69,33 @@ def test_dry_run_shows_the_sbatch_script_of_one_array(tmp_path):
     assert bad.exit_code == 2 and "unknown key 'slurm.nodes'" in bad.output
 
 
-def test_a_requeued_task_runs_the_same_job_again(tmp_path):
+def test_slurm_resources_map_to_submitit(tmp_path):
+    """[slurm] keys -> submitit's SlurmExecutor parameters (the #SBATCH lines)."""
+    settings = SlurmSettings.from_table(
+        {"partition": "gpu", "account": "lab", "qos": "high", "gpus_per_task": 1,
+         "cpus_per_task": 16, "time_min": 60, "array_parallelism": 8}, where="p.toml")
+    params = settings.sbatch_parameters("x")
+    assert {k: params[k] for k in ("partition", "account", "qos", "gpus_per_task",
+                                   "cpus_per_task", "time", "array_parallelism",
+                                   "signal_delay_s")} == \
+        {"partition": "gpu", "account": "lab", "qos": "high", "gpus_per_task": 1,
+         "cpus_per_task": 16, "time": 60, "array_parallelism": 8, "signal_delay_s": 120}
+    assert "gpus_per_node" not in params
+    with pytest.raises(ConfigError, match=r"'slurm.signal_delay_s' must be >= 100"):
+        SlurmSettings.from_table({"signal_delay_s": 30}, where="p.toml")
+
+
+def test_a_requeued_task_resumes_its_run(tmp_path):
+    """submitit's checkpoint hook requeues the same run with resume = true: the requeued task
+    continues from the checkpoint, never from step 0 (the pickled job holds no process)."""
+    import pickle
+
     config = load_sweep(sweep_tests.write(tmp_path))
     spec = plan(config)[0]
-    job = RunJob(spec, {"kind": "train", "config": {}, "evals": []})
-    again = job.checkpoint()
-    assert isinstance(again.function, RunJob) and again.function.spec == spec
-    assert again.function.payload == job.payload
+    job = RunJob(spec, {"kind": "train", "config": {"resume": False, "out": "o"}, "evals": []})
+    again = pickle.loads(pickle.dumps(job.checkpoint().function))
+    assert isinstance(again, RunJob) and again.spec == spec
+    assert again.payload["config"] == {"resume": True, "overwrite": False, "out": "o"}
 
 
 @pytest.mark.slow

@@ -526,15 +526,16 @@ def test_gpu_slot_requests_are_checked_before_running(tmp_path):
 
 def test_a_subprocess_job_sees_only_its_gpu(tmp_path, monkeypatch):
     """The real runner hands the slot to the job's process environment."""
-    import subprocess as sp
-
     seen = {}
 
-    def fake_run(command, stdout, stderr, env):
-        seen.update(env)
-        return sp.CompletedProcess(command, 0)
+    class FakePopen:
+        def __init__(self, command, stdout, stderr, env):
+            seen.update(env)
 
-    monkeypatch.setattr("madcache.experiments.runners.subprocess.run", fake_run)
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr("madcache.experiments.runners.subprocess.Popen", FakePopen)
     config = load_sweep(write(tmp_path))
     spec = plan(config)[0]
     subprocess_runner(spec, {**job_payload(config, spec), "env": {"CUDA_VISIBLE_DEVICES": "3"}})
