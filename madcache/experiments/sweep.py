@@ -95,10 +95,10 @@ def run_sweep(config: SweepConfig, *, jobs: int | None = 1, only: str | None = N
         result.submitted = executor.submit(config, pending, payload_of)
         return result
     run = runner or (subprocess_runner if slots else forked_runner)
-    from tqdm.auto import tqdm
+    from madcache.core.progress import progress as progress_display
 
-    with tqdm(total=len(specs), initial=len(result.skipped), desc="sweep", unit="run",
-              disable=not progress) as bar:
+    with progress_display(total=len(specs), initial=len(result.skipped), desc="sweep", unit="run",
+                          disable=not progress) as bar:
         for spec, error in _dispatch(pending, payload_of, run, jobs, slots):
             (result.failed.append((spec, error)) if error else result.ran.append(spec))
             bar.update(1)

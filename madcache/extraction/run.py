@@ -335,10 +335,10 @@ def _autocast(device: str):
 
 
 def _progress(total: int, enabled: bool):
-    from tqdm.auto import tqdm
+    from madcache.core.progress import progress
 
-    return tqdm(total=total, unit="ex", desc="extract", disable=not enabled or total == 0,
-                dynamic_ncols=True)
+    return progress(total=total, unit="example", desc="extract",
+                    disable=not enabled or total == 0)
 
 
 def _summary(config: ExtractConfig, ranks: Ranks, examples: list[Example],
