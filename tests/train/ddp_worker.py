@@ -5,8 +5,9 @@
 Trains the stand-in setup of test_train.py (`make_setup(OUT / "work", **OPTIONS)`) with the real
 `train` under DDP (gloo), and writes what this rank saw to OUT/rank<R>.json: the sizes of the
 eval shares it predicted, whether it saved checkpoints, a digest of its final weights, and the
-metrics `train` returned. OPTIONS may also hold `dropout` (default 0.2) and `crash_at_call` (rank
-1 exits hard at that call of `loss_step`, as a killed process would).
+metrics `train` returned. OPTIONS may also hold `dropout` (default 0.2), `crash_at_call` (rank
+1 exits hard at that call of `loss_step`, as a killed process would) and `device` ("cuda": NCCL,
+tests/train/test_gpu.py).
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ def main() -> None:
     from madcache.train.distributed import init_distributed, shutdown
 
     torch.set_num_threads(1)
-    started = init_distributed("cpu")
-    rank = dist.get_rank()
+    device = options.get("device", "cpu")       # "cuda": NCCL, each rank its LOCAL_RANK's GPU
+    started = init_distributed(device)
+    rank = dist.get_rank() if dist.is_initialized() else 0
     dropout = options.pop("dropout", 0.2)
     crash = options.pop("crash_at_call", None)
     seen = {"eval_sizes": [], "saved": 0}
@@ -71,6 +73,10 @@ def main() -> None:
         loss_step, predict_logits, save_checkpoint
     setup = load_standins().make_setup(out / "work", **options)
     setup.student.drop.p = dropout
+    if device != "cpu":        # the stand-in's inputs stay on the CPU: no validation on a GPU
+        setup.student.to(device)
+        setup.projections.to(device)
+        setup.eval_examples = []
     metrics = loop.train(setup)
     digest = hashlib.sha256()
     for key, value in sorted(setup.student.state_dict().items()):
