@@ -115,3 +115,15 @@ def test_sweep_through_submitit_local_executor(tmp_path):
         assert (spec.run_dir / "sweep.log").is_file()
     assert (tmp_path / "runs" / "slurm").is_dir()
     assert run_sweep(config, executor=executor, progress=False).submitted == []
+
+
+def test_an_array_task_trains_on_its_allocations_gpu(tmp_path):
+    """A sweep's job payload leaves the device to `auto` (cuda wherever Slurm gave a GPU), and
+    every training run checkpoints on a timer by default."""
+    from madcache.experiments.grid import job_payload
+    from madcache.train.config import TrainConfig
+
+    config = load_sweep(sweep_tests.write(tmp_path))
+    spec = next(s for s in plan(config) if s.kind == "train")
+    run = TrainConfig.from_dict(job_payload(config, spec)["config"])
+    assert run.device == "auto" and run.resume and run.checkpoint_minutes == 30
