@@ -16,10 +16,12 @@ task -> run table instead of submitting.
 from __future__ import annotations
 
 import dataclasses
+import os
 import shlex
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -125,7 +127,10 @@ class RunJob:
     def __call__(self) -> str:
         self._child = start_job(self.spec, self.payload)
         try:
-            code = self._child.wait()
+            # poll, not wait(): a blocking wait holds the Popen's lock, and submitit runs
+            # `checkpoint` as a signal handler in this very thread
+            while (code := self._child.poll()) is None:
+                time.sleep(0.5)
         finally:
             self._child = None
         check_exit(self.spec, code)
@@ -140,13 +145,26 @@ class RunJob:
         from submitit.helpers import DelayedSubmission
 
         child = self._child
-        if child is not None and child.poll() is None:
+        if child is not None and child.returncode is None:
             child.send_signal(signal.SIGTERM)
-            try:
-                child.wait(timeout=CHECKPOINT_GRACE_S)
-            except subprocess.TimeoutExpired:
-                pass                    # the last periodic checkpoint is what resumes
+            exited(child, timeout=CHECKPOINT_GRACE_S)   # else the last timed checkpoint resumes
         return DelayedSubmission(RunJob(self.spec, resumed(self.payload)))
+
+
+def exited(child: subprocess.Popen, *, timeout: float) -> bool:
+    """Whether `child` exits within `timeout` seconds. Watches it without reaping it
+    (waitid WNOWAIT) and without the Popen's lock, which the interrupted code may hold."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.returncode is not None:
+            return True
+        try:
+            if os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
+                return True
+        except ChildProcessError:                  # reaped meanwhile by its own wait
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def resumed(payload: dict[str, Any]) -> dict[str, Any]:

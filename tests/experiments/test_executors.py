@@ -127,3 +127,57 @@ def test_an_array_task_trains_on_its_allocations_gpu(tmp_path):
     spec = next(s for s in plan(config) if s.kind == "train")
     run = TrainConfig.from_dict(job_payload(config, spec)["config"])
     assert run.device == "auto" and run.resume and run.checkpoint_minutes == 30
+
+
+SUBMITIT_LIKE = r"""
+import json, signal, subprocess, sys, time
+from types import SimpleNamespace
+from madcache.experiments import executors
+
+# the run: a process that takes 0.3 s to "checkpoint" after SIGTERM, then exits 75
+CHILD = ("import signal, sys, time\n"
+         "signal.signal(signal.SIGTERM, lambda *a: (time.sleep(0.3), sys.exit(75)))\n"
+         "print('ready', flush=True)\n"
+         "time.sleep(60)\n")
+executors.start_job = lambda spec, payload: subprocess.Popen([sys.executable, "-c", CHILD],
+                                                             stdout=subprocess.PIPE, text=True)
+job = executors.RunJob(SimpleNamespace(name="r", run_dir=None),
+                       {"kind": "train", "config": {"resume": False}, "evals": []})
+
+def handler(signum, frame):            # what submitit does on SIGUSR2: checkpoint, then exit
+    started = time.monotonic()
+    child = job._child
+    again = job.checkpoint()
+    print(json.dumps({"seconds": time.monotonic() - started,
+                      "child_exit": child.wait(timeout=5),
+                      "resume": again.function.payload["config"]["resume"]}), flush=True)
+    sys.exit(0)
+
+signal.signal(signal.SIGUSR2, handler)
+print("started", flush=True)
+job()
+"""
+
+
+def test_checkpoint_as_a_signal_handler_waits_only_for_the_run(tmp_path):
+    """submitit calls `RunJob.checkpoint` as a signal handler in the thread that waits for the
+    run: it forwards SIGTERM, sees the run exit (0.3 s here) without the Popen lock that thread
+    holds, and requeues with resume = true; no 90-second timeout."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen([sys.executable, "-c", SUBMITIT_LIKE], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env)
+    assert process.stdout.readline().strip() == "started"
+    time.sleep(1.5)                            # the run has started and the task is waiting
+    process.send_signal(signal.SIGUSR2)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err[-2000:]
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["child_exit"] == 75 and result["resume"] is True
+    assert result["seconds"] < 10
