@@ -11,6 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"     # this checkout's madcache
 status=0
 if [[ "${1:-}" != "--dry" ]]; then
     echo "=== pytest -m gpu"
