@@ -85,6 +85,7 @@ class Training:
     tracker: Tracker
     data_figures: dict[str, dict[str, Any]] = field(default_factory=dict)  # per stage
     stop: StopFlag = field(default_factory=StopFlag)     # set by SIGTERM/SIGUSR1/SIGUSR2
+    stop_agreed: bool = False         # under DDP: some rank was signalled by this step
     saved_at: float = field(default_factory=time.monotonic)   # the last checkpoint (or start)
 
 
@@ -280,11 +281,10 @@ def train_step(training: Training, batch: Batch, lr: float) -> dict[str, float]:
             (loss * (micro.weight * ranks.world_size)).backward()
         for key, value in {**parts, "loss": loss.item()}.items():
             sums[key] = sums.get(key, 0.0) + (value if key in COUNTS else value * micro.weight)
-    if ranks.enabled:              # every rank stops at the step where any was signalled
+    if ranks.enabled:     # the ranks agree here, so all stop after the same step
         sums[STOP] = float(training.stop.requested)
     sums = sum_across(sums, ranks)
-    if sums.pop(STOP, 0.0) and not training.stop.requested:
-        training.stop.signal = "a signal to another rank"
+    training.stop_agreed = bool(sums.pop(STOP, 0.0))
 
     # Clip (optional), apply, clear.
     if config.grad_clip is not None:
@@ -369,7 +369,8 @@ def _periodic(training: Training, total: int) -> None:
             and state.stage_step < total:
         record(training, validate(training.setup, training.ranks) if state.stage == TASK
                else None)
-    stop = training.stop.requested
+    # under DDP the step's agreed flag, not this rank's own (a signal may land in between)
+    stop = training.stop_agreed if training.ranks.enabled else training.stop.requested
     every = config.checkpoint_every and state.global_step % config.checkpoint_every == 0
     timed = config.checkpoint_minutes and \
         time.monotonic() - training.saved_at >= config.checkpoint_minutes * 60
@@ -378,7 +379,8 @@ def _periodic(training: Training, total: int) -> None:
             save_checkpoint(Path(config.out), training.setup, state, training.optimizer)
         training.saved_at = time.monotonic()
     if stop:
-        raise Preempted(f"stopped by {training.stop.signal} after {state.stage} step "
+        raise Preempted(f"stopped by {training.stop.signal or 'a signal to another rank'} "
+                        f"after {state.stage} step "
                         f"{state.stage_step} (global step {state.global_step}); the checkpoint "
                         f"in {config.out} is written: rerun with --resume to continue from it "
                         f"(exit code {PREEMPTED_EXIT})")
