@@ -885,3 +885,62 @@ def test_demo_sweep_task_preempted_resumes_from_its_checkpoint(demo, monkeypatch
     requeued.function()
     assert f"task (mad): {step['stage_step'] + 1}/40" in log.read_text().split("stopped by")[-1]
     _same_run(demo / "runs" / "task-full", demo / "runs" / "task-cut")
+
+
+def _child_pids(pid):
+    """The pids whose parent is `pid` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.slow
+def test_demo_sweep_task_on_submitits_local_executor_survives_preemption(demo, monkeypatch,
+                                                                          tmp_path):
+    """The real submitit path without Slurm: a training run submitted with submitit's local
+    executor gets submitit's preemption signal (SIGUSR2) mid-task; submitit calls
+    `RunJob.checkpoint`, the run checkpoints, submitit requeues the task, and the requeued task
+    resumes from that step and ends where an uninterrupted run ends."""
+    import os
+    import signal
+    from types import SimpleNamespace
+
+    pytest.importorskip("submitit", reason="submitit (madcache[slurm]) is not installed")
+    import submitit
+
+    from madcache.experiments.executors import RunJob
+    from madcache.experiments.runners import LOG_FILE
+
+    monkeypatch.setenv("MADCACHE_PROGRESS_EVERY", "1")
+
+    def job(name):
+        config = _demo_config(demo, name, method="mad", max_steps=40, af_max_steps=2,
+                              resume=True)
+        return RunJob(SimpleNamespace(run_dir=demo / "runs" / name, name=name),
+                      {"kind": "train", "config": config.to_dict(), "evals": [], "threads": 1})
+
+    job("local-full")()
+    executor = submitit.LocalExecutor(folder=tmp_path / "submitit" / "%j", max_num_timeout=3)
+    executor.update_parameters(timeout_min=10)
+    handle = executor.submit(job("local-cut"))
+    log = demo / "runs" / "local-cut" / LOG_FILE
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (log.is_file() and "task (mad): 3/40"
+                                                in log.read_text()):
+        time.sleep(0.05)
+    tasks = _child_pids(handle._process.pid)          # the controller's task process
+    assert len(tasks) == 1
+    os.kill(tasks[0], signal.SIGUSR2)
+    assert handle.result() == "local-cut"                 # requeued once, then complete
+    text = log.read_text()
+    assert "stopped by SIGTERM" in text
+    step = int(text.split("stopped by SIGTERM after task step ")[1].split()[0])
+    assert 3 <= step < 40
+    assert f"task (mad): {step + 1}/40" in text.split("stopped by SIGTERM")[1]
+    _same_run(demo / "runs" / "local-full", demo / "runs" / "local-cut")
