@@ -52,13 +52,15 @@ def test_dry_run_shows_the_sbatch_script_of_one_array(tmp_path):
     path = sweep_tests.write(tmp_path, sweep_tests.PIPELINE + SLURM)
     result = CliRunner().invoke(cli, ["sweep", str(path), "--executor", "slurm", "--dry-run",
                                       "--set", "seeds=[0]", "--slurm-gpus", "2",
-                                      "--slurm-time", "90"])
+                                      "--slurm-time", "90", "--slurm-account", "lab",
+                                      "--slurm-qos", "high"])
     assert result.exit_code == 0, result.output
     out = result.output
     for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=2",
                  "#SBATCH --cpus-per-task=4", "#SBATCH --time=90", "#SBATCH --mem=16384MB",
                  "#SBATCH --array=0-5%6", "#SBATCH --signal=USR2@120",
                  "#SBATCH --job-name=madcache-vcr", "module load cuda",
+                 "#SBATCH --account=lab", "#SBATCH --qos=high",
                  "-m submitit.core._submit", "# task 0: vcr/single-stream/baseline/k2/seed0",
                  "# task 5: vcr/single-stream/mad/k8/seed0", "requeued up to 3 time(s)"):
         assert line in out, line
