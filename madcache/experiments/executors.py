@@ -9,8 +9,8 @@ local run (`python -m madcache.experiments.sweep JOB.json`, output to the run's 
 task `signal_delay_s` early, submitit calls `RunJob.checkpoint`, which has the training process
 write a checkpoint at its next step boundary (train/preemption.py), and requeues the task (at
 most `max_requeue` times) with `resume = true`: the requeued run continues from that checkpoint,
-which the trainer makes exact, and a run that already finished only evaluates what is missing. `--dry-run` prints the sbatch script and the
-task -> run table instead of submitting.
+which the trainer makes exact, and a run that already finished only evaluates what is missing.
+`--dry-run` prints the sbatch script and the task -> run table instead of submitting.
 """
 
 from __future__ import annotations

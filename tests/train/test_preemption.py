@@ -52,8 +52,8 @@ def run_files(out: Path) -> tuple[dict, dict[str, torch.Tensor]]:
             load_file(str(run / "checkpoint.safetensors")))
 
 
-@pytest.mark.parametrize("signum,after", [(signal.SIGTERM, 7),
-                                             pytest.param(signal.SIGUSR1, 2, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("signum,after", [
+    (signal.SIGTERM, 7), pytest.param(signal.SIGUSR1, 2, marks=pytest.mark.slow)])
 def test_a_signalled_run_checkpoints_and_resumes_to_the_uninterrupted_result(tmp_path, signum,
                                                                               after):
     """SIGTERM in the task stage, SIGUSR1 in the AF stage: exit 75 with a checkpoint at the
