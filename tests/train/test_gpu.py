@@ -15,7 +15,11 @@ Tolerances (the GPU computes the same formulas with other rounding, docs/guarant
 - a resume on the GPU vs an uninterrupted GPU run: losses within RESUME_RTOL and weights within
   RESUME_ATOL (CUDA's embedding backward adds with atomics, so bits may differ; on the CPU the
   same helper checks equality to the bit);
-- DDP with 2 GPUs (NCCL, fp32) vs 1 process: losses within DDP_RTOL, weights within DDP_ATOL.
+- DDP with 2 GPUs (NCCL, fp32 with TF32 matmuls) vs 1 process: losses within DDP_RTOL, weights
+  within DDP_ATOL.
+Both weight comparisons leave out the multiple-choice head's bias (`NOISE_ONLY`): its true
+gradient is 0, and Adam turns float noise there into full-size steps (as in
+tests/train/test_distributed.py).
 """
 
 from __future__ import annotations
@@ -36,8 +40,9 @@ from madcache.train.loop import train
 
 EXTRACT_MIN_COSINE = 0.995
 BF16_LOSS_RTOL = 0.02
-RESUME_RTOL, RESUME_ATOL = 1e-4, 1e-5
-DDP_RTOL, DDP_ATOL = 1e-4, 1e-4
+RESUME_RTOL, RESUME_ATOL = 1e-4, 1e-4
+DDP_RTOL, DDP_ATOL = 1e-3, 1e-3
+NOISE_ONLY = {"student.head.bias"}
 
 CUDA = torch.cuda.is_available()
 cuda_only = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
@@ -133,7 +138,11 @@ def extract_features(root: Path, out: Path, clip: tuple[Path, Path], device: str
 
 
 def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = torch.from_numpy(a), torch.from_numpy(b)
+    """The smallest cosine similarity of matching rows. Rows that are zero (words cut by the
+    context length) must be zero in both and are left out."""
+    zero_a, zero_b = ~a.any(axis=-1), ~b.any(axis=-1)
+    assert (zero_a == zero_b).all(), "zero rows differ"
+    a, b = torch.from_numpy(a[~zero_a]), torch.from_numpy(b[~zero_b])
     return float(torch.nn.functional.cosine_similarity(a, b, dim=-1).min())
 
 
@@ -191,7 +200,8 @@ def test_resume_on_cuda_equals_uninterrupted(standins, tmp_path, monkeypatch):
     for x, y in zip(full["history"], resumed["history"], strict=True):
         assert x["loss"] == pytest.approx(y["loss"], rel=RESUME_RTOL)
     assert a.keys() == b.keys()
-    assert all(torch.allclose(a[k], b[k], atol=RESUME_ATOL) for k in a)
+    for key in a.keys() - NOISE_ONLY:
+        assert torch.allclose(a[key], b[key], atol=RESUME_ATOL), key
 
 
 @pytest.mark.gpu
@@ -229,7 +239,8 @@ def test_ddp_on_nccl_two_gpus_equals_one_process(tmp_path):
         assert x["loss"] == pytest.approx(y["loss"], rel=DDP_RTOL)
     a, b = (load_file(str(tmp_path / n / "work" / "run" / "checkpoint.safetensors"))
             for n in ("one", "two"))
-    assert all(torch.allclose(a[k], b[k], atol=DDP_ATOL) for k in a if k.startswith("student."))
+    for key in {k for k in a if k.startswith("student.")} - NOISE_ONLY:
+        assert torch.allclose(a[key], b[key], atol=DDP_ATOL), key
 
 
 # ----------------------------------------------------------------------------- the CPU guard
@@ -259,4 +270,5 @@ def test_the_gpu_helpers_run_on_the_cpu(standins, tmp_path, monkeypatch, demo_ro
 
     features = extract_features(demo_root / "vcr", tmp_path / "cache", tiny_clip(tmp_path),
                                 "cpu", limit=2)
-    assert min_cosine(features["image"], features["image"]) >= EXTRACT_MIN_COSINE
+    for name, values in features.items():
+        assert min_cosine(values, values) >= EXTRACT_MIN_COSINE, name
