@@ -72,7 +72,9 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except MadcacheError as exc:
-            raise UserError(str(exc)) from None
+            error = UserError(str(exc))      # exit 2, or the error's own (a preempted run: 75)
+            error.exit_code = getattr(exc, "exit_code", UserError.exit_code)
+            raise error from None
         except CLICK_FLOW:
             raise
         except Exception as exc:

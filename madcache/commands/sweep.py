@@ -39,9 +39,11 @@ class SweepFailed(MadcacheError):
               help="CPUs per run [slurm.cpus_per_task, 8].")
 @click.option("--slurm-time", "time_min", type=click.IntRange(min=1),
               help="Minutes per run before requeue [slurm.time_min, 240].")
+@click.option("--slurm-account", "account", help="Slurm account [slurm.account].")
+@click.option("--slurm-qos", "qos", help="Slurm QOS [slurm.qos].")
 def sweep(pipeline: str, jobs: int | None, gpus: str | None, jobs_per_gpu: int,
           report_to: str | None, dry_run: bool, only: str | None, overrides: tuple[str, ...],
-          executor: str, slurm_partition: str | None, **slurm: int | None) -> None:
+          executor: str, slurm_partition: str | None, **slurm: int | str | None) -> None:
     """Train and evaluate every missing run of a pipeline (methods x shots x seeds x students)."""
     from madcache.experiments.executors import make_executor
     from madcache.experiments.sweep import load_sweep, run_sweep

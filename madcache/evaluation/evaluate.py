@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
+from madcache.core.device import resolve_device
 from madcache.core.io import check_output_location, read_json, write_json
 from madcache.data import DATASETS
 from madcache.data.metrics import score_logits, without_counts
@@ -35,6 +36,7 @@ def evaluate_run(run_dir: str | Path, *, split: str, sm: bool = False,
     if regions is None:
         regions = (config.eval_regions if split == config.eval_split else None) or config.regions
     examples = load_eval_examples(config, split, sm=sm)
+    config.device = resolve_device(config.device, option="the run's device")  # auto -> here
     student = load_run_student(run_dir, device=config.device)
     logits = predict_logits(student, examples,
                             regions=loader_for(student, root=config.root, regions=regions),

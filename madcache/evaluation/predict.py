@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from madcache.core.errors import ConfigError, DataError, DataFileNotFoundError
+from madcache.core.device import resolve_device
 from madcache.core.io import atomic_write_text, check_output_location
 from madcache.core.registry import Registry
 from madcache.data.base import DATASETS
@@ -56,6 +57,7 @@ def write_predictions(run_dir: str | Path, *, split: str, out: str | Path,
     submission = submission_format(config.dataset)
     if regions is None:
         regions = (config.eval_regions if split == config.eval_split else None) or config.regions
+    config.device = resolve_device(config.device, option="the run's device")  # auto -> here
     student = load_run_student(run_dir, device=config.device)
     loader = loader_for(student, root=config.root, regions=regions)
 

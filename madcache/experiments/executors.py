@@ -4,27 +4,36 @@
 (the library Meta's research code uses for Slurm). Resources come from the pipeline's `[slurm]`
 table, overridden by `--slurm-*` flags (`SlurmSettings`). Each task runs the same job file as a
 local run (`python -m madcache.experiments.sweep JOB.json`, output to the run's own
-`sweep.log`); submitit's logs go to `<out>/slurm/`. On preemption or time-out Slurm signals the
-task, submitit calls `RunJob.checkpoint` and requeues the task (at most `max_requeue` times): the
-requeued run resumes from its last checkpoint, which the trainer makes exact, and a run that
-already finished only evaluates what is missing. `--dry-run` prints the sbatch script and the
-task -> run table instead of submitting.
+`sweep.log`); submitit's logs go to `<out>/slurm/`. A task's run takes its allocation's GPU
+(`device = "auto"`: Slurm's CUDA_VISIBLE_DEVICES). On preemption or time-out Slurm signals the
+task `signal_delay_s` early, submitit calls `RunJob.checkpoint`, which has the training process
+write a checkpoint at its next step boundary (train/preemption.py), and requeues the task (at
+most `max_requeue` times) with `resume = true`: the requeued run continues from that checkpoint,
+which the trainer makes exact, and a run that already finished only evaluates what is missing.
+`--dry-run` prints the sbatch script and the task -> run table instead of submitting.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import shlex
+import signal
+import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from madcache.core.errors import ConfigError
 from madcache.experiments.grid import RunSpec, SweepConfig, job_payload
-from madcache.experiments.runners import subprocess_runner
+from madcache.experiments.runners import check_exit, start_job
 
 SLURM_DIR = "slurm"
+# Seconds `RunJob.checkpoint` waits for the run to write its checkpoint and exit; submitit's
+# `signal_delay_s` (the warning before the kill) must be longer (SlurmSettings: 120).
+CHECKPOINT_GRACE_S = 90
 EXECUTORS = ("local", "slurm")
 
 
@@ -33,7 +42,8 @@ class SlurmSettings:
     """One array task's resources (a run). Keys of a pipeline's `[slurm]` table."""
 
     partition: str | None = None
-    gpus_per_node: int = 1
+    gpus_per_node: int = 1            # one task per array element, so: GPUs per run
+    gpus_per_task: int | None = None  # --gpus-per-task instead of --gpus-per-node when given
     cpus_per_task: int = 8
     time_min: int = 240
     mem_gb: float | None = None
@@ -42,6 +52,7 @@ class SlurmSettings:
     constraint: str | None = None
     array_parallelism: int = 64       # tasks running at once
     max_requeue: int = 3              # requeues after preemption / time-out
+    signal_delay_s: int = 120         # the warning signal's lead on the kill (> the grace)
     setup: tuple[str, ...] = ()       # shell lines before the task (module load, venv)
 
     @classmethod
@@ -64,8 +75,11 @@ class SlurmSettings:
         params: dict[str, Any] = {
             "job_name": name, "time": self.time_min, "cpus_per_task": self.cpus_per_task,
             "array_parallelism": self.array_parallelism, "setup": list(self.setup)}
-        if self.gpus_per_node:
+        if self.gpus_per_task is not None:
+            params["gpus_per_task"] = self.gpus_per_task
+        elif self.gpus_per_node:
             params["gpus_per_node"] = self.gpus_per_node
+        params["signal_delay_s"] = self.signal_delay_s
         optional = {"partition": self.partition, "account": self.account, "qos": self.qos,
                     "constraint": self.constraint,
                     "mem": None if self.mem_gb is None else f"{int(self.mem_gb * 1024)}MB"}
@@ -74,10 +88,11 @@ class SlurmSettings:
 
 
 _TYPES = {"partition": str, "account": str, "qos": str, "constraint": str, "gpus_per_node": int,
-          "cpus_per_task": int, "time_min": int, "array_parallelism": int, "max_requeue": int,
-          "mem_gb": (int, float)}
-_MINIMUM = {"gpus_per_node": 0, "cpus_per_task": 1, "time_min": 1, "array_parallelism": 1,
-            "max_requeue": 0, "mem_gb": 0}
+          "gpus_per_task": int, "cpus_per_task": int, "time_min": int, "array_parallelism": int,
+          "max_requeue": int, "signal_delay_s": int, "mem_gb": (int, float)}
+_MINIMUM = {"gpus_per_node": 0, "gpus_per_task": 0, "cpus_per_task": 1, "time_min": 1,
+            "array_parallelism": 1, "max_requeue": 0, "signal_delay_s": CHECKPOINT_GRACE_S + 10,
+            "mem_gb": 0}
 
 
 def _checked(name: str, value: Any, where: str) -> Any:
@@ -95,22 +110,69 @@ def _checked(name: str, value: Any, where: str) -> Any:
 
 
 class RunJob:
-    """One array task: execute one run's job file (requeued as is on preemption)."""
+    """One array task: execute one run's job file in a child process; on preemption, have it
+    checkpoint and requeue the task so that it resumes from there."""
 
     def __init__(self, spec: RunSpec, payload: dict[str, Any]) -> None:
         self.spec = spec
         self.payload = payload
+        self._child: subprocess.Popen | None = None
+
+    def __getstate__(self) -> dict[str, Any]:      # submitit pickles the job, not the process
+        return {"spec": self.spec, "payload": self.payload}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["spec"], state["payload"])
 
     def __call__(self) -> str:
-        subprocess_runner(self.spec, self.payload)
+        self._child = start_job(self.spec, self.payload)
+        try:
+            # poll, not wait(): a blocking wait holds the Popen's lock, and submitit runs
+            # `checkpoint` as a signal handler in this very thread
+            while (code := self._child.poll()) is None:
+                time.sleep(0.5)
+        finally:
+            self._child = None
+        check_exit(self.spec, code)
         return self.spec.name
 
     def checkpoint(self, *args: Any, **kwargs: Any):
-        """submitit calls this when Slurm signals preemption or time-out: resubmit the same
-        run, which resumes from the trainer's last checkpoint (exact resume)."""
+        """submitit calls this when Slurm signals preemption or time-out (SIGUSR2 in this,
+        submitit's, process): forward SIGTERM to the training process, which writes a
+        checkpoint at its next step boundary and exits (train/preemption.py), wait for it,
+        then requeue the run with `resume = true`, so the requeued task continues from that
+        checkpoint instead of step 0."""
         from submitit.helpers import DelayedSubmission
 
-        return DelayedSubmission(RunJob(self.spec, self.payload))
+        child = self._child
+        if child is not None and child.returncode is None:
+            child.send_signal(signal.SIGTERM)
+            exited(child, timeout=CHECKPOINT_GRACE_S)   # else the last timed checkpoint resumes
+        return DelayedSubmission(RunJob(self.spec, resumed(self.payload)))
+
+
+def exited(child: subprocess.Popen, *, timeout: float) -> bool:
+    """Whether `child` exits within `timeout` seconds. Watches it without reaping it
+    (waitid WNOWAIT) and without the Popen's lock, which the interrupted code may hold."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.returncode is not None:
+            return True
+        try:
+            if os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
+                return True
+        except ChildProcessError:                  # reaped meanwhile by its own wait
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def resumed(payload: dict[str, Any]) -> dict[str, Any]:
+    """A job payload whose training run continues from its checkpoint when there is one
+    (`resume` on a directory without a run starts afresh)."""
+    if payload.get("kind") == "adapter":
+        return payload
+    return {**payload, "config": {**payload["config"], "resume": True, "overwrite": False}}
 
 
 class SubmititExecutor:
@@ -147,7 +209,8 @@ class SubmititExecutor:
         if self.cluster == "local":
             executor = submitit.LocalExecutor(folder=folder,
                                               max_num_timeout=self.settings.max_requeue)
-            executor.update_parameters(timeout_min=self.settings.time_min)
+            executor.update_parameters(timeout_min=self.settings.time_min,
+                                       signal_delay_s=self.settings.signal_delay_s)
             return executor
         executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=self.settings.max_requeue)
         executor.update_parameters(**self.settings.sbatch_parameters(self.job_name(config)))

@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from madcache.core.errors import MadcacheError
 from madcache.experiments.grid import SM_SUFFIX, RunSpec
+from madcache.train.preemption import PREEMPTED_EXIT
 
 JOB_FILE = "sweep-job.json"
 LOG_FILE = "sweep.log"
@@ -98,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         execute(json.loads(Path(args[0]).read_text(encoding="utf-8")))
     except MadcacheError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)          # a preempted run: 75 (train/preemption.py)
     return 0
 
 
@@ -114,11 +115,16 @@ class RunFailed(RuntimeError):
 def subprocess_runner(spec: RunSpec, payload: dict[str, Any]) -> None:
     """Run a job as its own process (`python -m madcache.experiments.sweep JOB.json`), output
     to its log."""
+    check_exit(spec, start_job(spec, payload).wait())
+
+
+def start_job(spec: RunSpec, payload: dict[str, Any]) -> subprocess.Popen:
+    """Start `python -m madcache.experiments.sweep JOB.json` for a job, output to its log; the
+    caller waits (a Slurm task keeps the handle to forward preemption: executors.RunJob)."""
     job, env = _job_file(spec, payload)
     with open(spec.run_dir / LOG_FILE, "a", encoding="utf-8") as log:
-        code = subprocess.run([sys.executable, *JOB_COMMAND, str(job)], stdout=log,
-                              stderr=subprocess.STDOUT, env={**os.environ, **env}).returncode
-    _check_exit(spec, code)
+        return subprocess.Popen([sys.executable, *JOB_COMMAND, str(job)], stdout=log,
+                                stderr=subprocess.STDOUT, env={**os.environ, **env})
 
 
 def forked_runner(spec: RunSpec, payload: dict[str, Any]) -> None:
@@ -130,7 +136,7 @@ def forked_runner(spec: RunSpec, payload: dict[str, Any]) -> None:
                                     args=(str(job), str(spec.run_dir / LOG_FILE), env))
     process.start()
     process.join()
-    _check_exit(spec, process.exitcode)
+    check_exit(spec, process.exitcode)
 
 
 def in_process_runner(spec: RunSpec, payload: dict[str, Any]) -> None:
@@ -179,7 +185,10 @@ def _job_file(spec: RunSpec, payload: dict[str, Any]) -> tuple[Path, dict[str, s
     return job, env
 
 
-def _check_exit(spec: RunSpec, code: int | None) -> None:
+def check_exit(spec: RunSpec, code: int | None) -> None:
+    if code == PREEMPTED_EXIT:
+        raise RunFailed(f"preempted (exit code {code}): its checkpoint is written; rerun the "
+                        f"sweep to resume it from there (see {spec.run_dir / LOG_FILE})")
     if code != 0:
         tail = (spec.run_dir / LOG_FILE).read_text(encoding="utf-8").strip().splitlines()[-3:]
         raise RunFailed(f"exit code {code}; see {spec.run_dir / LOG_FILE}: " + " | ".join(tail))

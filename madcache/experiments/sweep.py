@@ -96,10 +96,10 @@ def run_sweep(config: SweepConfig, *, jobs: int | None = 1, only: str | None = N
         result.submitted = executor.submit(config, pending, payload_of)
         return result
     run = runner or (subprocess_runner if slots else forked_runner)
-    from tqdm.auto import tqdm
+    from madcache.core.progress import progress as progress_display
 
-    with tqdm(total=len(specs), initial=len(result.skipped), desc="sweep", unit="run",
-              disable=not progress) as bar:
+    with progress_display(total=len(specs), initial=len(result.skipped), desc="sweep", unit="run",
+                          disable=not progress) as bar:
         for spec, error in _dispatch(pending, payload_of, run, jobs, slots):
             (result.failed.append((spec, error)) if error else result.ran.append(spec))
             bar.update(1)
@@ -137,7 +137,7 @@ def check_jobs(config: SweepConfig, jobs: int | None, slots: list[str] | None,
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     for table in ("train", "adapter"):
         device = getattr(config, table).get("device")
-        if slots and device is not None and device != "cuda":
+        if slots and device is not None and device not in ("cuda", "auto"):
             raise ConfigError(f"--gpus runs every job on its GPU slot ('cuda') but {table}.device "
                               f"is {device!r}: drop it from the pipeline or drop --gpus")
     if slots and jobs > len(slots):

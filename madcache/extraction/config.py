@@ -74,7 +74,9 @@ class ExtractConfig:
     shard_size: int = setting(1024, minimum=1, help="About this many examples per shard (whole "
                                                     "images).")
     limit: int | None = setting(None, minimum=1, help="Keep the first N examples.")
-    device: str = setting("cpu", help="cpu, cuda or cuda:N.")
+    device: str = setting("auto", help="auto (the GPU when there is one, cuda:LOCAL_RANK "
+                                       "under torchrun, else the CPU), cpu, cuda or cuda:N; "
+                                       "the manifest records the resolved one.")
     force: bool = setting(False, help="Overwrite a cache built with another fingerprint.")
     skip_bad: bool = setting(False, help="Skip malformed records (listed in the manifest).")
     read_options: dict[str, Any] = setting(factory=dict, flag="option",

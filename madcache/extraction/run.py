@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from madcache.data import Example, read_examples
+from madcache.core.device import resolve_device
 from madcache.core.errors import CacheError, ConfigError
 from madcache.core.io import check_output_location, writing
 from madcache.extraction.assemble import RoleKeys, ShardBuffers, EncodedTexts, assemble_shard
@@ -59,6 +60,7 @@ def extract(config: ExtractConfig, *, teacher_loader: Loader | None = None,
     `teacher_loader` / `sentence_encoder` replace `load_teacher` / the MiniLM encoder (tests).
     """
     started = time.perf_counter()
+    config = replace(config, device=resolve_device(config.device))   # first: a bad one is 1 line
     torch.set_num_threads(config.threads)
     check_output_location(config.output_path(), roots=[config.root],
                           inputs=[config.checkpoint, config.vision_checkpoint,
@@ -333,10 +335,10 @@ def _autocast(device: str):
 
 
 def _progress(total: int, enabled: bool):
-    from tqdm.auto import tqdm
+    from madcache.core.progress import progress
 
-    return tqdm(total=total, unit="ex", desc="extract", disable=not enabled or total == 0,
-                dynamic_ncols=True)
+    return progress(total=total, unit="example", desc="extract",
+                    disable=not enabled or total == 0)
 
 
 def _summary(config: ExtractConfig, ranks: Ranks, examples: list[Example],

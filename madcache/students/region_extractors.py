@@ -25,6 +25,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 import torch
 
+from madcache.core.device import resolve_device
 from madcache.core.errors import ConfigError, DataError, DataFileNotFoundError
 from madcache.core.io import load_weights
 from madcache.core.registry import Registry
@@ -154,12 +155,12 @@ class Backbone:
     name = "backbone"
 
     def __init__(self, *, backbone: str = "resnet50", weights: str | Path | None = None,
-                 image_size: int = 224, device: str = "cpu") -> None:
+                 image_size: int = 224, device: str = "auto") -> None:
         if weights is None:
             raise ConfigError("the backbone extractor needs --weights PATH (a local .safetensors "
                               "or torch state-dict file); madcache never downloads")
         self.spec, self.weights, self.image_size = backbone, Path(weights), image_size
-        self.device = torch.device(device)
+        self.device = torch.device(resolve_device(device))
         model, self.features = build_backbone(backbone)
         state = load_weights(self.weights, what="backbone weights")
         missing, _ = model.load_state_dict(state, strict=False)

@@ -147,7 +147,8 @@ class RegionsConfig:
     backbone: str | None = setting(None, help="backbone: a timm name or torchvision:NAME "
                                               "[default: resnet50].")
     image_size: int | None = setting(None, minimum=32, help="backbone: input size [224].")
-    device: str | None = setting(None, help="backbone: cpu, cuda or cuda:N [cpu].")
+    device: str | None = setting(None, help="backbone: auto, cpu, cuda or cuda:N [auto: the "
+                                            "GPU when there is one].")
     tsv: Path | None = setting(None, existing_path=True,
                                help="butd-tsv: the bottom-up-attention TSV file (6 or 10 "
                                     "columns).")

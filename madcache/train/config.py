@@ -122,8 +122,12 @@ class TrainConfig:
                                                              "spent warming up.")
     eval_every: int = setting(0, minimum=0, help="Task steps between validations (0: at the "
                                                  "end only).")
-    checkpoint_every: int = setting(0, minimum=0, help="Steps between checkpoints (0: at the "
-                                                       "end only).")
+    checkpoint_every: int = setting(0, minimum=0, help="Steps between checkpoints (0: by "
+                                                       "checkpoint_minutes, and at the end).")
+    checkpoint_minutes: float = setting(30.0, minimum=0, help="Also checkpoint when this many "
+                                                              "minutes passed since the last "
+                                                              "one (0: off). A pure save: "
+                                                              "never changes the result.")
     chunk_size: int = setting(4096, minimum=1, help="Full-data runs: examples loaded per "
                                                     "chunk.")
     resume: bool = setting(False, help="Continue the run in --out from its last checkpoint "
@@ -131,8 +135,13 @@ class TrainConfig:
     overwrite: bool = setting(False, help="Delete the run files madcache wrote in --out "
                                           "(config, checkpoint, metrics, student, ...) and train "
                                           "again; nothing else there is touched.")
-    device: str = setting("cpu", help="Torch device: cpu, cuda or cuda:N (under torchrun: cpu "
-                                      "or cuda, each process taking the GPU of its LOCAL_RANK).")
+    device: str = setting("auto", help="Torch device: auto (the GPU when there is one, "
+                                       "cuda:LOCAL_RANK under torchrun, else the CPU), cpu, "
+                                       "cuda or cuda:N. The resolved device is recorded in "
+                                       "config.json and inputs.json.")
+    allow_device_change: bool = setting(False, help="--resume on another device kind (cpu <-> "
+                                                    "cuda) although its numbers differ from "
+                                                    "the run's (docs/guarantees.md).")
     grad_accum: int = setting(1, minimum=1, help="Micro-batches per optimizer step on each "
                                                  "process: the same global batch_size in N "
                                                  "smaller pieces (less memory, same update).")

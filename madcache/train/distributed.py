@@ -43,9 +43,10 @@ def init_distributed(device: str) -> bool:
     if world <= 1 or torch_dist.is_initialized():
         return False
     cuda = device.startswith("cuda")
-    if device not in ("cpu", "cuda"):
-        raise ConfigError(f"under torchrun --device is 'cuda' (each process takes the GPU of its "
-                          f"LOCAL_RANK) or 'cpu', got {device!r}")
+    local = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    if device not in ("cpu", "cuda", local):
+        raise ConfigError(f"under torchrun --device is auto or 'cuda' (each process takes the "
+                          f"GPU of its LOCAL_RANK) or 'cpu', got {device!r}")
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     torch_dist.init_process_group("nccl" if cuda else "gloo")

@@ -31,10 +31,11 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from madcache.core.device import resolve_device
 from madcache.core.errors import ConfigError, NonFiniteLossError, RunDirectoryError
 from madcache.core.io import read_json, write_json, writing
+from madcache.core.progress import progress
 from madcache.data.metrics import score_logits, without_counts
 from madcache.method.losses import (TERMS, candidate_logits, confidence_weights,
                                     distillation_loss, task_loss)
@@ -49,6 +50,7 @@ from madcache.train.distributed import (Dist, TrainModule, contiguous_share, cur
                                         init_distributed, shutdown, sum_across, sync_context,
                                         wrap)
 from madcache.train.optim import lr_at
+from madcache.train.preemption import PREEMPTED_EXIT, Preempted, StopFlag, watch_signals
 from madcache.train.precision import autocast, configure_matmuls, resolve_precision
 from madcache.train.records import run_metrics, training_summary
 from madcache.train.rundir import (METRICS, RESUMABLE_NOTE, check_resume, one_writer,
@@ -64,6 +66,7 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
     """Train a student as `config` says and write the run directory; returns metrics.json.
     Under torchrun, joins the process group first (train/distributed.py)."""
     pin_threads(config.threads)
+    config = dataclasses.replace(config, device=resolve_device(config.device))
     started = init_distributed(config.device)
     is_main = current().is_main
     try:
@@ -87,10 +90,14 @@ class Training:
     precision: str
     tracker: Tracker
     data_figures: dict[str, dict[str, Any]] = field(default_factory=dict)  # per stage
+    stop: StopFlag = field(default_factory=StopFlag)     # set by SIGTERM/SIGUSR1/SIGUSR2
+    stop_agreed: bool = False         # under DDP: some rank was signalled by this step
+    saved_at: float = field(default_factory=time.monotonic)   # the last checkpoint (or start)
 
 
 def train(setup: Setup) -> dict[str, Any]:
     """Run (or resume) all stages, then validate and write metrics.json. Returns the metrics."""
+    setup.config = dataclasses.replace(setup.config, device=resolve_device(setup.config.device))
     config, run_dir, ranks = setup.config, Path(setup.config.out), current()
     precision = resolve_precision(config.precision, config.device)
     configure_matmuls(config.device)
@@ -101,14 +108,16 @@ def train(setup: Setup) -> dict[str, Any]:
     state = TrainerState(stage=plans[0].name, world_size=ranks.world_size, precision=precision)
     optimizer = make_optimizer(setup)
     if config.resume:
-        check_resume(run_dir, config.to_dict(), run_inputs(setup.provenance))
+        check_resume(run_dir, config.to_dict(), run_inputs(setup.provenance,
+                                                           device=config.device))
         if (run_dir / CHECKPOINT).exists():
             state = resumed_state(load_checkpoint(run_dir, setup, optimizer), ranks, precision)
         finished = finished_metrics(run_dir, state)
         if finished is not None:
             return finished
     if ranks.is_main:
-        record_run(run_dir, config.to_dict(), run_inputs(setup.provenance))
+        record_run(run_dir, config.to_dict(), run_inputs(setup.provenance,
+                                                         device=config.device))
     tracker = open_tracker(config.report_to if ranks.is_main else "none", run_dir,
                            start_step=state.global_step)
     training = Training(setup, wrap(TrainModule(setup, loss_step), ranks, config.device),
@@ -119,13 +128,14 @@ def train(setup: Setup) -> dict[str, Any]:
     # moments) and the schedule (its own warm-up and decay), as UNITER finetunes its
     # second-stage-pretrained checkpoint with a new optimizer (docs/method.md, "AF").
     try:
-        for plan in plans:
-            if _stage_done(state.stage, plan.name):
-                continue
-            if state.stage != plan.name:
-                start_stage_with_fresh_optimizer(training, plan.name)
-            run_stage(training, plan)
-            record(training, validate(setup, ranks) if plan.name == TASK else None)
+        with watch_signals() as training.stop:
+            for plan in plans:
+                if _stage_done(state.stage, plan.name):
+                    continue
+                if state.stage != plan.name:
+                    start_stage_with_fresh_optimizer(training, plan.name)
+                run_stage(training, plan)
+                record(training, validate(setup, ranks) if plan.name == TASK else None)
     finally:
         tracker.close()
 
@@ -226,8 +236,9 @@ def run_stage(training: Training, plan: StagePlan) -> None:
                            seed=config.seed, stage=state.stage, batch_size=config.batch_size,
                            start=state.stage_step, stop=plan.steps, layout=layout,
                            depth=config.prefetch, pin=config.device.startswith("cuda"))
-    bar = tqdm(total=plan.steps, initial=state.stage_step, desc=f"{state.stage} ({config.method})",
-               disable=None if training.ranks.is_main else True)
+    bar = progress(total=plan.steps, initial=state.stage_step, unit="step",
+                   desc=f"{state.stage} ({config.method})", per_unit=config.batch_size,
+                   disable=not training.ranks.is_main)
     started, steps = time.perf_counter(), 0
     with pipeline as batches:
         while state.stage_step < plan.steps:
@@ -248,8 +259,8 @@ def run_stage(training: Training, plan: StagePlan) -> None:
                 {**{f"{state.stage}/{k}": v for k, v in logged(parts).items()},
                  f"{state.stage}/lr": lr, f"{state.stage}/data_wait_s": pipeline.wait_s - waited},
                 state.global_step)
-            bar.update(1)
             bar.set_postfix(loss=f"{parts['loss']:.4f}")
+            bar.update(1)
             _periodic(training, plan.steps)
     bar.close()
     elapsed = time.perf_counter() - started
@@ -283,7 +294,10 @@ def train_step(training: Training, batch: Batch, lr: float) -> dict[str, float]:
             (loss * (micro.weight * ranks.world_size)).backward()
         for key, value in {**parts, "loss": loss.item()}.items():
             sums[key] = sums.get(key, 0.0) + (value if key in COUNTS else value * micro.weight)
+    if ranks.enabled:     # the ranks agree here, so all stop after the same step
+        sums[STOP] = float(training.stop.requested)
     sums = sum_across(sums, ranks)
+    training.stop_agreed = bool(sums.pop(STOP, 0.0))
     refuse_non_finite_loss(sums, batch, state.stage)
 
     # Clip (optional), apply, clear.
@@ -352,6 +366,7 @@ def loss_step(setup: Setup, *, stage: str, micro: MicroBatch, generator: torch.G
 
 
 COUNTS = ("cw_fired", "cw_seen")       # loss parts that add up over a batch (not means)
+STOP = "_stop"                         # ranks signalled at this step (never logged)
 
 
 def logged(parts: dict[str, float]) -> dict[str, float]:
@@ -374,16 +389,29 @@ def seed_draws(seed: int, stage: str, step: int, rank: int, micro: int) -> torch
 
 def _periodic(training: Training, total: int) -> None:
     """Every `eval_every` steps: a history record (the mean loss; in the task stage also a
-    validation); every `checkpoint_every` steps: a checkpoint."""
+    validation). A checkpoint every `checkpoint_every` steps, when `checkpoint_minutes` passed
+    since the last one, and when a signal asked to stop (then `Preempted`: train/preemption.py).
+    A checkpoint is a pure save: it never changes what the run computes."""
     config, state = training.setup.config, training.state
     if config.eval_every and state.stage_step % config.eval_every == 0 \
             and state.stage_step < total:
         record(training, validate(training.setup, training.ranks) if state.stage == TASK
                else None)
-    if config.checkpoint_every and state.global_step % config.checkpoint_every == 0 \
-            and training.ranks.is_main:
+    # under DDP the step's agreed flag, not this rank's own (a signal may land in between)
+    stop = training.stop_agreed if training.ranks.enabled else training.stop.requested
+    every = config.checkpoint_every and state.global_step % config.checkpoint_every == 0
+    timed = config.checkpoint_minutes and \
+        time.monotonic() - training.saved_at >= config.checkpoint_minutes * 60
+    if (every or timed or stop) and training.ranks.is_main:
         with writing(config.out, error=RunDirectoryError, then=RESUMABLE_NOTE):
             save_checkpoint(Path(config.out), training.setup, state, training.optimizer)
+        training.saved_at = time.monotonic()
+    if stop:
+        raise Preempted(f"stopped by {training.stop.signal or 'a signal to another rank'} "
+                        f"after {state.stage} step "
+                        f"{state.stage_step} (global step {state.global_step}); the checkpoint "
+                        f"in {config.out} is written: rerun with --resume to continue from it "
+                        f"(exit code {PREEMPTED_EXIT})")
 
 
 def validate(setup: Setup, ranks: Dist = Dist()) -> dict[str, float] | None:

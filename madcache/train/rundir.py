@@ -21,6 +21,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from madcache.core.device import device_kind
 from madcache.core.errors import ConfigError, RunDirectoryError
 from madcache.core.io import check_output_location, read_json, write_json, writing
 from madcache.students.predict import STUDENT_DIR
@@ -39,9 +40,10 @@ RUN_FILES = (CONFIG, INPUTS, CHECKPOINT, TRAINER_STATE, METRICS, SPLIT, STUDENT_
 # often it reports, not what it computes (grad_accum splits the same global batch; the weights
 # after each step do not depend on eval_every). `cache` and `split_file` are paths: the run
 # compares what they hold (inputs.json), so a moved cache or split file resumes.
+# `device` may change within its kind (cuda:0 -> cuda:1); a change of kind is `device_change`'s.
 RESUMABLE_CHANGES = frozenset({"resume", "overwrite", "out", "device", "grad_accum", "prefetch",
-                               "report_to", "checkpoint_every", "eval_every", "cache",
-                               "split_file"})
+                               "report_to", "checkpoint_every", "checkpoint_minutes",
+                               "eval_every", "cache", "split_file", "allow_device_change"})
 RESUMABLE_NOTE = ("the run is resumable: free space or fix the permissions, then rerun "
                   "with --resume")
 
@@ -165,6 +167,13 @@ def check_resume(run_dir: Path, config: Mapping[str, Any], inputs: Mapping[str, 
     saved_inputs = read_json(run_dir / INPUTS, error=RunDirectoryError,
                              hint="restore it, or pass --overwrite to start the run again") \
         if (run_dir / INPUTS).is_file() else {}
+    saved_inputs, inputs = dict(saved_inputs), dict(inputs)
+    if "device" in inputs:          # a run recorded before devices were: its config's device
+        change = device_change(saved_inputs.pop("device", saved.get("device")),
+                               inputs.pop("device"), allowed=config.get("allow_device_change"))
+        if change:
+            raise ConfigError(f"--resume: {change}")
+    saved_inputs.pop("device", None)
     differing = differences(saved, config, saved_inputs, inputs)
     if differing:
         raise ConfigError(f"--resume: the run in {run_dir} was trained with other settings: "
@@ -194,13 +203,30 @@ def differences(saved: Mapping[str, Any], config: Mapping[str, Any],
     return out
 
 
-def run_inputs(provenance: Mapping[str, Any]) -> dict[str, Any]:
+def device_change(run: str | None, now: str, *, allowed: bool | None = False) -> str | None:
+    """Why a run trained on device `run` may not continue on `now`, or None. Results are defined
+    to match within a device kind only (docs/guarantees.md, "Resuming on another device"):
+    cpu -> cpu, cuda -> cuda; cpu <-> cuda changes the arithmetic (kernels, bf16 by default on
+    CUDA), so it is refused unless `allowed` (--allow-device-change)."""
+    if run is None or allowed or device_kind(run) == device_kind(now):
+        return None
+    return (f"the run trained on {run} and would continue on {now}; results differ between "
+            f"device kinds, so resume with --device {device_kind(run)} (on a machine that has "
+            "it), or pass --allow-device-change to continue anyway (the result then matches "
+            "neither an uninterrupted cpu nor cuda run)")
+
+
+def run_inputs(provenance: Mapping[str, Any], *, device: str | None = None) -> dict[str, Any]:
     """What a run's result depends on besides config.json (inputs.json): the digests of what it
-    reads (the cache's fingerprint, the split) and torch's thread count and determinism mode."""
-    return {"cache_fingerprint": provenance.get("cache_fingerprint"),
-            "split_digest": provenance.get("split_digest"),
-            "torch_threads": provenance.get("torch_threads"),
-            "deterministic_algorithms": provenance.get("deterministic_algorithms")}
+    reads (the cache's fingerprint, the split), torch's thread count and determinism mode and,
+    for a training run, the resolved device (`--device auto` made concrete)."""
+    inputs = {"cache_fingerprint": provenance.get("cache_fingerprint"),
+              "split_digest": provenance.get("split_digest"),
+              "torch_threads": provenance.get("torch_threads"),
+              "deterministic_algorithms": provenance.get("deterministic_algorithms")}
+    if device is not None:
+        inputs["device"] = device
+    return inputs
 
 
 def record_run(run_dir: Path, config: Mapping[str, Any], inputs: Mapping[str, Any]) -> None:

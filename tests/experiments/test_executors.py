@@ -52,13 +52,15 @@ def test_dry_run_shows_the_sbatch_script_of_one_array(tmp_path):
     path = sweep_tests.write(tmp_path, sweep_tests.PIPELINE + SLURM)
     result = CliRunner().invoke(cli, ["sweep", str(path), "--executor", "slurm", "--dry-run",
                                       "--set", "seeds=[0]", "--slurm-gpus", "2",
-                                      "--slurm-time", "90"])
+                                      "--slurm-time", "90", "--slurm-account", "lab",
+                                      "--slurm-qos", "high"])
     assert result.exit_code == 0, result.output
     out = result.output
     for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=2",
                  "#SBATCH --cpus-per-task=4", "#SBATCH --time=90", "#SBATCH --mem=16384MB",
-                 "#SBATCH --array=0-5%6", "#SBATCH --signal=USR2@90",
+                 "#SBATCH --array=0-5%6", "#SBATCH --signal=USR2@120",
                  "#SBATCH --job-name=madcache-vcr", "module load cuda",
+                 "#SBATCH --account=lab", "#SBATCH --qos=high",
                  "-m submitit.core._submit", "# task 0: vcr/single-stream/baseline/k2/seed0",
                  "# task 5: vcr/single-stream/mad/k8/seed0", "requeued up to 3 time(s)"):
         assert line in out, line
@@ -69,13 +71,33 @@ def test_dry_run_shows_the_sbatch_script_of_one_array(tmp_path):
     assert bad.exit_code == 2 and "unknown key 'slurm.nodes'" in bad.output
 
 
-def test_a_requeued_task_runs_the_same_job_again(tmp_path):
+def test_slurm_resources_map_to_submitit(tmp_path):
+    """[slurm] keys -> submitit's SlurmExecutor parameters (the #SBATCH lines)."""
+    settings = SlurmSettings.from_table(
+        {"partition": "gpu", "account": "lab", "qos": "high", "gpus_per_task": 1,
+         "cpus_per_task": 16, "time_min": 60, "array_parallelism": 8}, where="p.toml")
+    params = settings.sbatch_parameters("x")
+    assert {k: params[k] for k in ("partition", "account", "qos", "gpus_per_task",
+                                   "cpus_per_task", "time", "array_parallelism",
+                                   "signal_delay_s")} == \
+        {"partition": "gpu", "account": "lab", "qos": "high", "gpus_per_task": 1,
+         "cpus_per_task": 16, "time": 60, "array_parallelism": 8, "signal_delay_s": 120}
+    assert "gpus_per_node" not in params
+    with pytest.raises(ConfigError, match=r"'slurm.signal_delay_s' must be >= 100"):
+        SlurmSettings.from_table({"signal_delay_s": 30}, where="p.toml")
+
+
+def test_a_requeued_task_resumes_its_run(tmp_path):
+    """submitit's checkpoint hook requeues the same run with resume = true: the requeued task
+    continues from the checkpoint, never from step 0 (the pickled job holds no process)."""
+    import pickle
+
     config = load_sweep(sweep_tests.write(tmp_path))
     spec = plan(config)[0]
-    job = RunJob(spec, {"kind": "train", "config": {}, "evals": []})
-    again = job.checkpoint()
-    assert isinstance(again.function, RunJob) and again.function.spec == spec
-    assert again.function.payload == job.payload
+    job = RunJob(spec, {"kind": "train", "config": {"resume": False, "out": "o"}, "evals": []})
+    again = pickle.loads(pickle.dumps(job.checkpoint().function))
+    assert isinstance(again, RunJob) and again.spec == spec
+    assert again.payload["config"] == {"resume": True, "overwrite": False, "out": "o"}
 
 
 @pytest.mark.slow
@@ -95,3 +117,69 @@ def test_sweep_through_submitit_local_executor(tmp_path):
         assert (spec.run_dir / "sweep.log").is_file()
     assert (tmp_path / "runs" / "slurm").is_dir()
     assert run_sweep(config, executor=executor, progress=False).submitted == []
+
+
+def test_an_array_task_trains_on_its_allocations_gpu(tmp_path):
+    """A sweep's job payload leaves the device to `auto` (cuda wherever Slurm gave a GPU), and
+    every training run checkpoints on a timer by default."""
+    from madcache.experiments.grid import job_payload
+    from madcache.train.config import TrainConfig
+
+    config = load_sweep(sweep_tests.write(tmp_path))
+    spec = next(s for s in plan(config) if s.kind == "train")
+    run = TrainConfig.from_dict(job_payload(config, spec)["config"])
+    assert run.device == "auto" and run.resume and run.checkpoint_minutes == 30
+
+
+SUBMITIT_LIKE = r"""
+import json, signal, subprocess, sys, time
+from types import SimpleNamespace
+from madcache.experiments import executors
+
+# the run: a process that takes 0.3 s to "checkpoint" after SIGTERM, then exits 75
+CHILD = ("import signal, sys, time\n"
+         "signal.signal(signal.SIGTERM, lambda *a: (time.sleep(0.3), sys.exit(75)))\n"
+         "print('ready', flush=True)\n"
+         "time.sleep(60)\n")
+executors.start_job = lambda spec, payload: subprocess.Popen([sys.executable, "-c", CHILD],
+                                                             stdout=subprocess.PIPE, text=True)
+job = executors.RunJob(SimpleNamespace(name="r", run_dir=None),
+                       {"kind": "train", "config": {"resume": False}, "evals": []})
+
+def handler(signum, frame):            # what submitit does on SIGUSR2: checkpoint, then exit
+    started = time.monotonic()
+    child = job._child
+    again = job.checkpoint()
+    print(json.dumps({"seconds": time.monotonic() - started,
+                      "child_exit": child.wait(timeout=5),
+                      "resume": again.function.payload["config"]["resume"]}), flush=True)
+    sys.exit(0)
+
+signal.signal(signal.SIGUSR2, handler)
+print("started", flush=True)
+job()
+"""
+
+
+def test_checkpoint_as_a_signal_handler_waits_only_for_the_run(tmp_path):
+    """submitit calls `RunJob.checkpoint` as a signal handler in the thread that waits for the
+    run: it forwards SIGTERM, sees the run exit (0.3 s here) without the Popen lock that thread
+    holds, and requeues with resume = true; no 90-second timeout."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen([sys.executable, "-c", SUBMITIT_LIKE], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env)
+    assert process.stdout.readline().strip() == "started"
+    time.sleep(1.5)                            # the run has started and the task is waiting
+    process.send_signal(signal.SIGUSR2)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err[-2000:]
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["child_exit"] == 75 and result["resume"] is True
+    assert result["seconds"] < 10

@@ -544,15 +544,16 @@ def test_gpu_slot_requests_are_checked_before_running(tmp_path):
 
 def test_a_subprocess_job_sees_only_its_gpu(tmp_path, monkeypatch):
     """The real runner hands the slot to the job's process environment."""
-    import subprocess as sp
-
     seen = {}
 
-    def fake_run(command, stdout, stderr, env):
-        seen.update(env)
-        return sp.CompletedProcess(command, 0)
+    class FakePopen:
+        def __init__(self, command, stdout, stderr, env):
+            seen.update(env)
 
-    monkeypatch.setattr("madcache.experiments.runners.subprocess.run", fake_run)
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr("madcache.experiments.runners.subprocess.Popen", FakePopen)
     config = load_sweep(write(tmp_path))
     spec = plan(config)[0]
     subprocess_runner(spec, {**job_payload(config, spec), "env": {"CUDA_VISIBLE_DEVICES": "3"}})
@@ -588,3 +589,15 @@ def test_object_store_locations_are_kept_as_urls(tmp_path):
     assert config.teachers[0].cache == "s3://bkt/caches/train"
     assert config.teachers[0].eval_caches == {"val": "s3://bkt/caches/val"}
     assert config.regions == "s3://bkt/regions"
+
+
+def test_sweep_progress_is_plain_lines_in_a_batch_log(tmp_path, monkeypatch, capsys):
+    """Without a TTY (a Slurm log, nohup) the sweep's progress is one plain line per N runs."""
+    monkeypatch.setenv("MADCACHE_PROGRESS_EVERY", "6")
+    config = load_sweep(write(tmp_path))           # 3 methods x 2 shots x 4 seeds
+    result = run_sweep(config, runner=FakeRunner(), make_split=fake_splits([]), progress=True)
+    assert len(result.ran) == 24
+    lines = [l for l in capsys.readouterr().err.splitlines() if l.startswith("sweep: ")]
+    assert [l.split(",")[0] for l in lines] == [f"sweep: {n}/24 runs ({100 * n // 24}%)"
+                                                for n in (6, 12, 18, 24)]
+    assert all("runs/s" in l and "ETA" in l for l in lines)

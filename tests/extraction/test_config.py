@@ -44,7 +44,7 @@ def test_extract_flags_are_the_config_fields_with_their_defaults():
     assert [n for n, p in flags.items() if p.required] == ["dataset", "root", "split"]
     config = ExtractConfig(dataset="vcr", root=Path("data"), split="val", teacher="t")
     assert (config.batch_size, config.shard_size, config.device, config.progress) == \
-        (64, 1024, "cpu", True)
+        (64, 1024, "auto", True)
 
 
 @pytest.mark.parametrize("flag,value", [("--batch-size", "0"), ("--workers", "-1"),

@@ -148,3 +148,41 @@ def test_a_two_process_run_resumes_on_one_process(tmp_path, reference):
     for a, b in zip(one["history"], resumed["history"], strict=True):
         assert a["step"] == b["step"] and a["loss"] == pytest.approx(b["loss"], rel=1e-5)
     assert_close_weights(weights(reference / "one"), weights(tmp_path))
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_rank_stops_both_at_the_same_step_and_resumes(tmp_path):
+    """SIGUSR1 to rank 1 only: both ranks stop after the same step (the flag travels with the
+    step's loss parts), rank 0 writes the checkpoint, both exit 75; the resumed job ends bit for
+    bit where an uninterrupted one ends."""
+    import signal
+    import time
+
+    options = dict(method="md", af_epochs=1, chunk=4, batch_size=4, epochs=2, eval_every=2)
+    torchrun(tmp_path / "full", options)
+    out = tmp_path / "cut"
+    out.mkdir()
+    path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, "PYTHONHASHSEED": "0"}
+    job = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                            "--nproc-per-node", "2", str(WORKER), str(out),
+                            json.dumps({**options, "sleep": 0.2})],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    calls = out / "calls1"
+    while time.monotonic() < deadline and not (calls.is_file() and calls.read_text()
+                                               and int(calls.read_text()) >= 4):
+        time.sleep(0.05)
+    os.kill(int((out / "pid1").read_text()), signal.SIGUSR1)
+    _, err = job.communicate(timeout=300)
+    assert job.returncode != 0
+    stopped = [(out / f"rank{r}.stopped").read_text() for r in (0, 1)]
+    assert "stopped by a signal to another rank" in stopped[0]
+    assert "stopped by SIGUSR1" in stopped[1]
+    step = json.loads((out / "work" / "run" / "trainer_state.json").read_text())["global_step"]
+    assert all(f"(global step {step})" in text for text in stopped), stopped
+    torchrun(out, {**options, "resume": True})
+    resumed, full = ranks(out), ranks(tmp_path / "full")
+    assert resumed[0]["metrics"]["history"] == full[0]["metrics"]["history"]
+    a, b = weights(tmp_path / "full"), weights(out)
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -1,6 +1,7 @@
 """The training loop on stand-ins defined here (a tiny Student, hand-built Targets)."""
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -813,3 +814,167 @@ def test_af_has_its_own_learning_rate_and_the_task_a_fresh_optimizer(tmp_path, m
     assert len({o for s, o in optimizers if s == "af"}) == 1
     assert {o for s, o in optimizers if s == "af"}.isdisjoint(o for s, o in optimizers
                                                               if s == "task")
+
+
+# ---------------------------------------------------------------- preemption on the demo world
+
+def _preempt_args(demo, out):
+    args = ["train", "--method", "mad", "--dataset", "vcr", "--root", str(demo / "world" / "vcr"),
+            "--cache", str(demo / "cache"), "--regions", str(demo / "regions-train"),
+            "--eval-regions", str(demo / "regions-val"), "--split-file", str(demo / "split.json"),
+            "--max-steps", "40", "--af-max-steps", "2", "--batch-size", "4", "--lr", "1e-3",
+            "--out", str(out)]
+    return args + [f"--student-option={k}={v}" for k, v in TINY_STUDENT.items()]
+
+
+def _signal_when(process, pattern, signum):
+    """Read the process's plain progress lines (stderr, no TTY) until `pattern`, then signal."""
+    for line in process.stderr:
+        if pattern in line:
+            process.send_signal(signum)
+            break
+    return process.communicate(timeout=300)
+
+
+def _same_run(a, b):
+    ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (a, b))
+    assert ma["history"] == mb["history"] and ma["eval"] == mb["eval"]
+    wa, wb = (load_file(str(r / "student" / "model.safetensors")) for r in (a, b))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.slow
+def test_demo_cli_signalled_then_resumed_equals_uninterrupted(demo):
+    """`madcache train` gets SIGTERM mid-stage: exit 75 and a checkpoint; `--resume` continues
+    from that step and ends with the uninterrupted run's weights and metrics."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MADCACHE_PROGRESS_EVERY": "1"}
+    command = [sys.executable, "-m", "madcache"]
+    full, cut = demo / "runs" / "sig-full", demo / "runs" / "sig-cut"
+    done = subprocess.run([*command, *_preempt_args(demo, full)], capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    process = subprocess.Popen([*command, *_preempt_args(demo, cut)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env)
+    _, err = _signal_when(process, "task (mad): 3/40", signal.SIGTERM)
+    assert process.returncode == 75, err[-3000:]
+    assert "stopped by SIGTERM" in err and "--resume" in err
+    step = json.loads((cut / "trainer_state.json").read_text())["stage_step"]
+    assert 3 <= step < 40
+    done = subprocess.run([*command, *_preempt_args(demo, cut), "--resume"], capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"task (mad): {step + 1}/40" in done.stderr          # it continued at step + 1
+    assert "task (mad): 1/40" not in done.stderr
+    _same_run(full, cut)
+
+
+@pytest.mark.slow
+def test_demo_sweep_task_preempted_resumes_from_its_checkpoint(demo, monkeypatch):
+    """A sweep's Slurm task (executors.RunJob, as submitit runs it): submitit's checkpoint hook
+    makes the training process checkpoint and exit, and the requeued task resumes from that
+    step (resume = true), never from step 0; it ends where an uninterrupted task ends."""
+    import threading
+    from types import SimpleNamespace
+
+    from madcache.experiments.executors import RunJob
+    from madcache.experiments.runners import LOG_FILE, RunFailed
+
+    monkeypatch.setenv("MADCACHE_PROGRESS_EVERY", "1")
+
+    def job(name):
+        out = demo / "runs" / name
+        config = _demo_config(demo, name, method="mad", max_steps=40, af_max_steps=2,
+                              resume=True)
+        spec = SimpleNamespace(run_dir=out, name=name)
+        return RunJob(spec, {"kind": "train", "config": config.to_dict(), "evals": [],
+                             "threads": 1})
+
+    job("task-full")()
+    task, failure = job("task-cut"), []
+
+    def run():
+        try:
+            task()
+        except RunFailed as exc:
+            failure.append(str(exc))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    log = demo / "runs" / "task-cut" / LOG_FILE
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (log.is_file() and "task (mad): 3/40"
+                                                in log.read_text()):
+        time.sleep(0.02)
+    requeued = task.checkpoint()                 # what submitit calls on SIGUSR2
+    thread.join(timeout=300)
+    assert failure and "preempted (exit code 75)" in failure[0]
+    step = json.loads((demo / "runs" / "task-cut" / "trainer_state.json").read_text())
+    assert 3 <= step["stage_step"] < 40 and step["stage"] == "task"
+    assert requeued.function.payload["config"]["resume"] is True
+    requeued.function()
+    assert f"task (mad): {step['stage_step'] + 1}/40" in log.read_text().split("stopped by")[-1]
+    _same_run(demo / "runs" / "task-full", demo / "runs" / "task-cut")
+
+
+def _child_pids(pid):
+    """The pids whose parent is `pid` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.slow
+def test_demo_sweep_task_on_submitits_local_executor_survives_preemption(demo, monkeypatch,
+                                                                          tmp_path):
+    """The real submitit path without Slurm: a training run submitted with submitit's local
+    executor gets submitit's preemption signal (SIGUSR2) mid-task; submitit calls
+    `RunJob.checkpoint`, the run checkpoints, submitit requeues the task, and the requeued task
+    resumes from that step and ends where an uninterrupted run ends."""
+    import os
+    import signal
+    from types import SimpleNamespace
+
+    pytest.importorskip("submitit", reason="submitit (madcache[slurm]) is not installed")
+    import submitit
+
+    from madcache.experiments.executors import RunJob
+    from madcache.experiments.runners import LOG_FILE
+
+    monkeypatch.setenv("MADCACHE_PROGRESS_EVERY", "1")
+
+    def job(name):
+        config = _demo_config(demo, name, method="mad", max_steps=40, af_max_steps=2,
+                              resume=True)
+        return RunJob(SimpleNamespace(run_dir=demo / "runs" / name, name=name),
+                      {"kind": "train", "config": config.to_dict(), "evals": [], "threads": 1})
+
+    job("local-full")()
+    executor = submitit.LocalExecutor(folder=tmp_path / "submitit" / "%j", max_num_timeout=3)
+    executor.update_parameters(timeout_min=10)
+    handle = executor.submit(job("local-cut"))
+    log = demo / "runs" / "local-cut" / LOG_FILE
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (log.is_file() and "task (mad): 3/40"
+                                                in log.read_text()):
+        time.sleep(0.05)
+    tasks = _child_pids(handle._process.pid)          # the controller's task process
+    assert len(tasks) == 1
+    os.kill(tasks[0], signal.SIGUSR2)
+    assert handle.result() == "local-cut"                 # requeued once, then complete
+    text = log.read_text()
+    assert "stopped by SIGTERM" in text
+    step = int(text.split("stopped by SIGTERM after task step ")[1].split()[0])
+    assert 3 <= step < 40
+    assert f"task (mad): {step + 1}/40" in text.split("stopped by SIGTERM")[1]
+    _same_run(demo / "runs" / "local-full", demo / "runs" / "local-cut")
