@@ -105,3 +105,45 @@ def s3_bucket(s3_endpoint, monkeypatch, request) -> str:
                           aws_secret_access_key="madcache-test")
     client.create_bucket(Bucket=bucket)
     return f"s3://{bucket}"
+
+
+# --- a training run cut by an interruption and resumed ---------------------------------------
+
+@pytest.fixture
+def cut_and_resume(monkeypatch) -> Callable[..., tuple[dict, dict]]:
+    """`cut_and_resume(make, at=N) -> (uninterrupted metrics, resumed metrics)`: trains
+    `make("full")`, then `make("cut")` interrupted (KeyboardInterrupt) at its N-th loss step,
+    then `make("cut", resume=True)`. `make(name, **extra)` returns a `TrainConfig`."""
+    from madcache.train import loop
+
+    def run(make: Callable[..., Any], *, at: int) -> tuple[dict, dict]:
+        full = loop.run_training(make("full"))
+        real, calls = loop.loss_step, [0]
+
+        def interrupted(*args, **kwargs):
+            calls[0] += 1
+            if calls[0] == at:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(loop, "loss_step", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_training(make("cut"))
+        monkeypatch.setattr(loop, "loss_step", real)
+        return full, loop.run_training(make("cut", resume=True))
+
+    return run
+
+
+def same_tensors(a: Path, b: Path) -> bool:
+    """Two safetensors files hold the same names and bit-identical tensors."""
+    import torch
+    from safetensors.torch import load_file
+
+    first, second = load_file(str(a)), load_file(str(b))
+    return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+@pytest.fixture(scope="session")
+def tensors_equal() -> Callable[[Path, Path], bool]:
+    return same_tensors

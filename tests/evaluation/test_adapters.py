@@ -103,7 +103,7 @@ def test_same_seed_same_result_and_low_shot_split_file(tmp_path, vcr_caches):
     from madcache.data.lowshot import Split
 
     train, val = vcr_caches
-    split = Split(dataset="vcr", source_split="train", params={"per_category": 3, "seed": 0},
+    split = Split(dataset="vcr", source_split="train", params={"per_category": 3, "seed": 1},
                   ids=["q0:qa", "q0:qar", "q1:qa", "q1:qar"], counts={"a": 2},
                   example_counts={"a": 4})
     path = split.save(tmp_path / "split.json")

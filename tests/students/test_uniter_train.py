@@ -10,11 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from madcache.students import build_student
 from madcache.students.uniter_model import TIED
-from madcache.train import loop as train_mod
 from madcache.train.config import TrainConfig
 
 TINY = {"vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -124,25 +122,11 @@ def test_train_cli_reports_a_bad_checkpoint_in_one_line(world, tmp_path):
 
 
 @pytest.mark.slow
-def test_uniter_resume_equals_uninterrupted(world, monkeypatch):
+def test_uniter_resume_equals_uninterrupted(world, cut_and_resume, tensors_equal):
     base = world[0]
     settings = dict(max_steps=4, checkpoint_every=2, eval_split=None)
-    full = train_mod.run_training(config(world, "full", **settings))
-    real = train_mod.loss_step
-    calls = {"n": 0}
-
-    def crash_at_fourth(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(train_mod, "loss_step", crash_at_fourth)
-    with pytest.raises(KeyboardInterrupt):
-        train_mod.run_training(config(world, "cut", **settings))
-    monkeypatch.setattr(train_mod, "loss_step", real)
-    resumed = train_mod.run_training(config(world, "cut", resume=True, **settings))
+    full, resumed = cut_and_resume(
+        lambda name, **extra: config(world, name, **settings, **extra), at=4)
     assert resumed["history"] == full["history"]
-    a = load_file(str(base / "runs" / "full" / "student" / "model.safetensors"))
-    b = load_file(str(base / "runs" / "cut" / "student" / "model.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert tensors_equal(*(base / "runs" / n / "student" / "model.safetensors"
+                           for n in ("full", "cut")))

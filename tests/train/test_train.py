@@ -523,27 +523,13 @@ def test_demo_mad_on_a_cache_for_another_split_is_refused(demo):
 
 
 @pytest.mark.slow
-def test_demo_resume_equals_uninterrupted(demo, monkeypatch):
+def test_demo_resume_equals_uninterrupted(demo, cut_and_resume, tensors_equal):
     config = dict(method="mad", max_steps=4, checkpoint_every=2, eval_split=None)
-    full = train_mod.run_training(_demo_config(demo, "full", **config))
-    real = train_mod.loss_step
-    calls = {"n": 0}
-
-    def crash_at_third(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(train_mod, "loss_step", crash_at_third)
-    with pytest.raises(KeyboardInterrupt):
-        train_mod.run_training(_demo_config(demo, "cut", **config))
-    monkeypatch.setattr(train_mod, "loss_step", real)
-    resumed = train_mod.run_training(_demo_config(demo, "cut", resume=True, **config))
+    full, resumed = cut_and_resume(
+        lambda name, **extra: _demo_config(demo, name, **config, **extra), at=3)
     assert resumed["history"] == full["history"]
-    a = load_file(str(demo / "runs" / "full" / "student" / "model.safetensors"))
-    b = load_file(str(demo / "runs" / "cut" / "student" / "model.safetensors"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert tensors_equal(*(demo / "runs" / n / "student" / "model.safetensors"
+                           for n in ("full", "cut")))
 
 
 @pytest.mark.slow
@@ -570,7 +556,7 @@ def test_demo_full_split_batches_are_the_same_for_every_method(demo, monkeypatch
 
 
 @pytest.mark.slow
-def test_demo_sgd_recipe_with_a_head_rate_resumes_equal(demo, monkeypatch):
+def test_demo_sgd_recipe_with_a_head_rate_resumes_equal(demo, cut_and_resume, tensors_equal):
     """The built-in student under VL-BERT's optimizer and schedule, UNITER's no-decay names and
     a head at 10 x the rate: AF then the task, killed and resumed, ends where an uninterrupted
     run ends (train/optim.py)."""
@@ -578,29 +564,15 @@ def test_demo_sgd_recipe_with_a_head_rate_resumes_equal(demo, monkeypatch):
                   optimizer="sgd", momentum=0.9, weight_decay=1e-4, schedule="multistep",
                   lr_steps=[0.5], warmup_method="constant", warmup_factor=0.5, warmup=0.25,
                   no_decay="names", head_lr_mul=10.0, lr=1e-2, af_lr=5e-3)
-    full = train_mod.run_training(_demo_config(demo, "sgd-full", **config))
-    real = train_mod.loss_step
-    calls = {"n": 0}
-
-    def crash_at_fourth(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(train_mod, "loss_step", crash_at_fourth)
-    with pytest.raises(KeyboardInterrupt):
-        train_mod.run_training(_demo_config(demo, "sgd-cut", **config))
-    monkeypatch.setattr(train_mod, "loss_step", real)
-    resumed = train_mod.run_training(_demo_config(demo, "sgd-cut", resume=True, **config))
+    full, resumed = cut_and_resume(
+        lambda name, **extra: _demo_config(demo, f"sgd-{name}", **config, **extra), at=4)
     assert resumed["history"] == full["history"]
     assert (full["training"]["optimizer"], full["training"]["schedule"]) == ("sgd", "multistep")
     state = json.loads((demo / "runs" / "sgd-full" / "trainer_state.json").read_text())
     assert [g["lr_mul"] for g in state["optimizer_param_groups"]] == [1.0, 1.0, 10.0, 10.0]
-    a = load_file(str(demo / "runs" / "sgd-full" / "checkpoint.safetensors"))
-    b = load_file(str(demo / "runs" / "sgd-cut" / "checkpoint.safetensors"))
-    assert any(k.endswith("momentum_buffer") for k in a) and a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    a, b = (demo / "runs" / n / "checkpoint.safetensors" for n in ("sgd-full", "sgd-cut"))
+    assert any(k.endswith("momentum_buffer") for k in load_file(str(a)))
+    assert tensors_equal(a, b)
 
 
 # ---------------------------------------------------------------- pretrained students, end to end
