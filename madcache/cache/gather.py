@@ -29,18 +29,41 @@ PER_EXAMPLE = ("example_image", "example_texts", "candidates", "similarity")
 ReadRows = Callable[[dict[str, Any], dict[str, np.ndarray | None]], dict[str, np.ndarray]]
 
 
+# the stored arrays each kind of target (`Method.needs`) is read from
+ARRAYS_OF_NEED = {"image": ("image_feat", "example_image"),
+                  "text_eos": ("text_eos", "example_texts"),
+                  "words": ("example_texts", "word_offsets",
+                            *(name for name, _ in WORD_FIELDS.values())),
+                  "logits": ("logits/", "candidates", "similarity")}
+
+
+def arrays_for(needs: Iterable[str] | None, names: Iterable[str]) -> set[str]:
+    """Of the stored array `names`, those the target kinds `needs` read (None: all)."""
+    names = set(names)
+    if needs is None:
+        return names
+    wanted = [a for need in needs for a in ARRAYS_OF_NEED[need]]
+    return {n for n in names if any(n == a or (a.endswith("/") and n.startswith(a))
+                                    for a in wanted)}
+
+
 def gather_targets(ids: list[str], shard_of: np.ndarray, row_of: np.ndarray, *,
                    shards: list[dict[str, Any]], read_rows: ReadRows,
                    manifest: dict[str, Any], where: Path | StoreKey,
-                   progress: bool = False) -> Targets:
+                   progress: bool = False, needs: Iterable[str] | None = None) -> Targets:
     """The targets of `ids`, whose rows are `row_of` in the shards `shard_of` (indexes into the
-    manifest entries `shards`), in the order of `ids`. `where` (the cache) names the cache in
-    errors: a shard holding other arrays, rows a decoder cannot read or ids the index did not
-    promise are a `CacheCorruptError`."""
+    manifest entries `shards`), in the order of `ids`; with `needs` (`Method.needs`: "image",
+    "text_eos", "words", "logits"), only the arrays those read (the others come back None).
+    `where` (the cache) names the cache in errors: a shard holding other arrays, rows a decoder
+    cannot read or ids the index did not promise are a `CacheCorruptError`."""
     entries = {int(e["index"]): e for e in shards}
     needed = sorted(set(shard_of.tolist()))
     template = entries[needed[0]] if needed else (shards[0] if shards else None)
-    out = _Assembler(len(ids), int(manifest["num_choices"]), template)
+    read = None
+    if template is not None:
+        keep = arrays_for(needs, template["arrays"]) | {"example_id"}
+        read = {**template, "arrays": {n: r for n, r in template["arrays"].items() if n in keep}}
+    out = _Assembler(len(ids), int(manifest["num_choices"]), read)
     for shard in _progress(needed, progress):
         if set(_target_names(entries[shard])) != set(_target_names(template)):
             raise CacheCorruptError(f"shard {shard} of {where} holds other arrays than "

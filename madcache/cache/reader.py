@@ -166,7 +166,8 @@ class Cache:
             out[name] = np.concatenate(pieces)
         return out
 
-    def load_targets(self, example_ids: Sequence[str], *, progress: bool = False) -> Targets:
+    def load_targets(self, example_ids: Sequence[str], *, progress: bool = False,
+                     needs: Sequence[str] | None = None) -> Targets:
         """Teacher targets of `example_ids`, rows in that order (see `Targets`).
 
         One pass over the needed shards in order. Per shard, the needed rows of each array are
@@ -177,7 +178,8 @@ class Cache:
         ids = list(example_ids)
         shard_of, row_of = self._locate(ids)
         return gather_targets(ids, shard_of, row_of, shards=self.shards, manifest=self.manifest,
-                              read_rows=self._read_rows, where=self.path, progress=progress)
+                              read_rows=self._read_rows, where=self.path, progress=progress,
+                              needs=needs)
 
     def _read_rows(self, entry: dict[str, Any],
                    rows: dict[str, np.ndarray | None]) -> dict[str, np.ndarray]:

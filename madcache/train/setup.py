@@ -189,7 +189,7 @@ def target_loader(config: TrainConfig, method: Method, cache,
         if not method.distils:
             return None
         ids = [key(ex) for ex in examples]
-        targets = cache.load_targets(ids)
+        targets = cache.load_targets(ids, needs=method.needs)   # only what the stage reads
         check_targets(method, targets, cache=config.cache, logits=config.teacher_logits)
         tensors = targets_to_tensors(targets, method, m=config.m, logits=config.teacher_logits,
                                      seed=config.seed)

@@ -166,3 +166,35 @@ def test_targets_of_another_format_version_are_refused(tmp_path, world, cache_he
     with pytest.raises(CacheError, match=r"format version 1, but this madcache reads version 2.*"
                                          r"Re-extract"):
         cache.load_targets(requested(world))
+
+
+@pytest.mark.parametrize("needs, read, empty", [
+    (("image",), {"example_id", "example_image", "image_feat"}, ("text_eos", "words")),
+    (("image", "text_eos"), {"example_id", "example_image", "example_texts", "image_feat",
+                             "text_eos"}, ("words",)),
+    (("logits",), {"example_id", "candidates", "similarity", "logits/ia", "logits/iqa"},
+     ("image", "text_eos", "words"))])
+def test_load_targets_reads_only_what_a_method_needs(cache, world, monkeypatch, needs, read,
+                                                    empty):
+    """MD and AF read the image and text EOS targets, never the per-word arrays (issue 30.3):
+    the arrays asked of the backend are those `needs` names, and their values are the full
+    load's."""
+    asked: set[str] = set()
+    real = cache.backend.read_rows
+
+    def spy(path, rows):
+        asked.update(rows)
+        return real(path, rows)
+
+    ids = requested(world)
+    full = cache.load_targets(ids)
+    monkeypatch.setattr(cache.backend, "read_rows", spy)
+    part = cache.load_targets(ids, needs=needs)
+    assert asked == read & (set(cache.shards[0]["arrays"]) | {"example_id"})
+    assert all(getattr(part, field) is None for field in empty)
+    if "image" in needs:
+        np.testing.assert_array_equal(part.image, full.image)
+    if "text_eos" in needs:
+        np.testing.assert_array_equal(part.text_eos, full.text_eos)
+    if "logits" in needs:
+        assert part.logits.keys() == full.logits.keys()
