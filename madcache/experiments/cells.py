@@ -142,6 +142,31 @@ def cw_cells(records: Iterable[RunRecord]) -> dict[CwKey, Cell]:
     return cells
 
 
+TRANSFER_MEASURES = (("image", "centred_cosine", "V: centred cos"), ("image", "r2", "V: R²"),
+                     ("image", "mean_only_r2", "V: mean-only R²"),
+                     ("text", "centred_cosine", "T: centred cos"), ("text", "r2", "T: R²"),
+                     ("text", "mean_only_r2", "T: mean-only R²"),
+                     ("distilled_zero_shot", None, "distilled zero-shot"))
+
+
+def transfer_cells(records: Iterable[RunRecord]) -> dict[CwKey, Cell]:
+    """The transfer diagnostics (train/transfer.py) over seeds, from the complete runs:
+    (dataset, student, method, teachers, measure, shots) -> Cell (the `stage` field of the
+    key names the measure)."""
+    cells: dict[CwKey, Cell] = {}
+    for record in (r for r in records if r.complete and r.transfer):
+        for part, name, label in TRANSFER_MEASURES:
+            value = record.transfer.get(part)
+            value = value.get(name) if isinstance(value, dict) else value
+            if not isinstance(value, (int, float)):
+                continue
+            cell = cells.setdefault(CwKey(record.dataset, *record.row, label, record.shots),
+                                    Cell([], []))
+            cell.values.append(float(value))
+            cell.runs.append(record.path)
+    return cells
+
+
 # ----------------------------------------------------------------------------- order
 
 def shots_order(label: str) -> tuple[int, int]:

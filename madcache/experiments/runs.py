@@ -38,6 +38,7 @@ class RunRecord:
     provenance: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     cw_fired: dict[str, float] = field(default_factory=dict)   # stage -> fraction of instances
+    transfer: dict[str, Any] = field(default_factory=dict)     # train/transfer.py
 
     @property
     def row(self) -> Row:
@@ -66,7 +67,8 @@ def read_run(path: Path, root: Path) -> RunRecord:
         teachers=teachers_label(metrics.get("teachers")), shots=shots_label(shots),
         seed=metrics.get("seed", config.get("seed")), eval=dict(metrics.get("eval") or {}),
         provenance=dict(metrics.get("provenance") or {}), config=config,
-        cw_fired=dict(metrics.get("cw_fired") or {}))
+        cw_fired=dict(metrics.get("cw_fired") or {}),
+        transfer=dict(metrics.get("transfer") or {}))
 
 
 def collect_runs(runs_dir: str | Path) -> list[RunRecord]:

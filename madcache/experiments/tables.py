@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from madcache.evaluation.zeroshot import teachers_label, zero_shot_markdown
 from madcache.experiments.cells import (BASELINE, Cell, CellKey, CwKey, Pairing, Setting,
                                         cw_cells, ordered_keys, paired_cells, row_order, rows,
-                                        settings, shots_order, tables)
+                                        settings, shots_order, tables, transfer_cells)
 from madcache.experiments.runs import Row, RunRecord
 from madcache.experiments.stats import HALF_WIDTH, PairedDifference
 
@@ -99,9 +99,11 @@ def paired_note(cells: Mapping[CellKey, Cell], baseline: str) -> str:
             "paired.csv adds the percentile bootstrap interval.")
 
 
-def cw_markdown(cells: Mapping[CwKey, Cell]) -> str:
+def cw_markdown(cells: Mapping[CwKey, Cell],
+                title: str = "{dataset}: CW fired (% of training instances)") -> str:
     """One table per dataset: how often confidence weighting fired (so a run whose teacher is
-    never more confident than its student, i.e. MAD silently reduced to MD, is visible)."""
+    never more confident than its student, i.e. MAD silently reduced to MD, is visible); with
+    another `title`, any per-run measure keyed like it (the transfer diagnostics)."""
     parts = []
     for dataset in sorted({k.dataset for k in cells}):
         keys = [k for k in cells if k.dataset == dataset]
@@ -112,7 +114,7 @@ def cw_markdown(cells: Mapping[CwKey, Cell]) -> str:
 
         columns = sorted({Setting(k.stage, k.shots) for k in keys},
                          key=lambda c: (c.split, shots_order(c.shots)))
-        parts.append(markdown_grid(f"{dataset}: CW fired (% of training instances)", columns,
+        parts.append(markdown_grid(title.format(dataset=dataset), columns,
                                    sorted({k.row for k in keys}, key=row_order), text))
     return "\n".join(parts)
 
@@ -134,8 +136,18 @@ def markdown_report(cells: Mapping[CellKey, Cell], records: Sequence[RunRecord],
     fired = cw_cells(records)
     if fired:
         parts.append(cw_markdown(fired))
+    moved = transfer_cells(records)
+    if moved:
+        parts += [cw_markdown(moved, TRANSFER_TITLE), TRANSFER_NOTE, ""]
     parts += [zero_shot_markdown(result) for result in zero_shot]
     return "\n".join(parts)
+
+
+TRANSFER_TITLE = "{dataset}: did distillation transfer? (held-out eval examples)"
+TRANSFER_NOTE = ("Projected student features against the teacher's on held-out examples "
+                 "(docs/evaluation.md): centred cosine 0 and R² <= the mean-only R² mean the "
+                 "student matched only the targets' mean; distilled zero-shot is the student "
+                 "scoring the choices by cos(P_v V_s, P_t T_s), as the teacher does.")
 
 
 # ----------------------------------------------------------------------------- CSV files

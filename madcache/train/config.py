@@ -43,6 +43,10 @@ class TrainConfig:
     regions: str | None = setting(None, help="Region feature store of the training split.")
     eval_regions: str | None = setting(None, help="Region feature store of the eval split "
                                                   "(default: regions).")
+    eval_cache: str | None = setting(None, help="Teacher-target cache of the eval split: a "
+                                                "distilling run then reports how far its "
+                                                "features moved toward the teacher's "
+                                                "(metrics.json 'transfer').")
     split: str = setting("train", help="Training split.")
     eval_split: str | None = setting("val", help="Validation split.")
     read_options: dict[str, Any] = setting(factory=dict, flag="read-option",

@@ -144,6 +144,9 @@ def train(setup: Setup) -> dict[str, Any]:
     metrics = run_metrics(setup, state, training_summary(
         config, world=ranks.world_size, precision=precision,
         data_figures=training.data_figures))
+    if setup.transfer is not None:       # how far distillation moved the features (held out)
+        metrics["transfer"] = setup.transfer(setup.student, setup.projections,
+                                             setup.eval_regions or setup.regions)
     if ranks.is_main:
         with writing(run_dir, error=RunDirectoryError, then=RESUMABLE_NOTE):
             save_checkpoint(run_dir, setup, state, training.optimizer)

@@ -43,7 +43,8 @@ RUN_FILES = (CONFIG, INPUTS, CHECKPOINT, TRAINER_STATE, METRICS, SPLIT, STUDENT_
 # `device` may change within its kind (cuda:0 -> cuda:1); a change of kind is `device_change`'s.
 RESUMABLE_CHANGES = frozenset({"resume", "overwrite", "out", "device", "grad_accum", "prefetch",
                                "report_to", "checkpoint_every", "checkpoint_minutes",
-                               "eval_every", "cache", "split_file", "allow_device_change"})
+                               "eval_every", "cache", "split_file", "allow_device_change",
+                               "eval_cache"})
 RESUMABLE_NOTE = ("the run is resumable: free space or fix the permissions, then rerun "
                   "with --resume")
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 
 import madcache
@@ -16,7 +17,7 @@ from madcache.cache.manifest import cache_digest
 from madcache.core.errors import ConfigError
 from madcache.core.finite import check_finite
 from madcache.core.io import file_sha256, git_commit
-from madcache.data.base import CLASSIFICATION, DATASETS
+from madcache.data.base import CLASSIFICATION, DATASETS, MULTIPLE_CHOICE
 from madcache.data.records import Example, image_order
 from madcache.method.losses import Projections
 from madcache.method.methods import AF, TASK, Method, check_targets, get_method
@@ -45,6 +46,8 @@ class Setup:
     save_student: Callable[[Any, Path], None]
     teachers: Any = None                  # the cache manifest's teacher names
     eval_regions: Callable[[Sequence[Example]], RegionInputs] | None = None  # None: `regions`
+    # (student, projections, regions) -> metrics.json 'transfer' (train/transfer.py), or None
+    transfer: Callable[[Any, Any, Any], dict] | None = None
 
 
 def setup(config: TrainConfig) -> Setup:
@@ -76,6 +79,7 @@ def setup(config: TrainConfig) -> Setup:
     eval_examples = load_eval_examples(config, config.eval_split) if config.eval_split else []
     eval_regions = loader_for(student, root=config.root, regions=config.eval_regions) \
         if config.eval_regions else regions
+    probe = transfer_probe(config, method, cache, task_source.examples, eval_examples)
     return Setup(
         config=config, method=method, student=student,
         projections=make_projections(student, cache, method).to(config.device),
@@ -84,7 +88,8 @@ def setup(config: TrainConfig) -> Setup:
         provenance={"cache_fingerprint": None if cache is None else cache_digest(cache.manifest),
                     **record_split(config, split), **numerics(),
                     "git_commit": git_commit(), "madcache_version": madcache.__version__},
-        save_student=save_student, teachers=None if cache is None else cache.manifest.get("teachers"))
+        save_student=save_student, transfer=probe,
+        teachers=None if cache is None else cache.manifest.get("teachers"))
 
 
 def pin_threads(threads: int) -> None:
@@ -165,16 +170,55 @@ def open_checked_cache(config: TrainConfig, method: Method):
         if method.distils:
             raise ConfigError(f"method '{method.name}' needs --cache")
         return None
+    return open_split_cache(config.cache, config, config.split)
+
+
+def open_split_cache(path: str, config: TrainConfig, split: str):
+    """The cache at `path`, refused unless it was built for `split` of the run's dataset (files,
+    read options and text rendering: its dataset fingerprint)."""
     from madcache.cache.fingerprint import dataset_fingerprint
     from madcache.cache.reader import open_cache
 
-    cache = open_cache(config.cache)
-    expected = dataset_fingerprint(config.dataset, config.root, config.split, config.read_options)
+    cache = open_cache(path)
+    expected = dataset_fingerprint(config.dataset, config.root, split, config.read_options)
     cached_options = cache.fingerprint.get("dataset", {}).get("read_options", {})
     options = {k: v for k, v in expected["read_options"].items() if k not in TEXT_NEUTRAL_OPTIONS}
     options |= {k: v for k, v in cached_options.items() if k in TEXT_NEUTRAL_OPTIONS}
     cache.check_compatible({"dataset": {**expected, "read_options": options}})
     return cache
+
+
+def transfer_probe(config: TrainConfig, method: Method, cache, train_examples: list[Example],
+                   eval_examples: list[Example]) -> Callable[[Any, Any, Any], dict] | None:
+    """`probe(student, projections, regions) -> metrics.json 'transfer'` for a distilling run
+    with an eval cache (train/transfer.py), else None. Its targets are read now, so a wrong
+    eval cache is refused before the first step."""
+    from madcache.train.transfer import HELD_OUT, transfer_report
+
+    needs = tuple(n for n in ("image", "text_eos") if n in method.needs)
+    if config.eval_cache is None or config.eval_split is None or not needs:
+        return None
+    held_out = image_order(eval_examples)[:HELD_OUT]
+    targets = tensors_of(open_split_cache(config.eval_cache, config, config.eval_split)
+                         .load_targets([ex.id for ex in held_out], needs=needs))
+    trained = tensors_of(cache.load_targets([ex.id for ex in train_examples[:HELD_OUT]],
+                                            needs=needs))
+    means = {n: getattr(trained, n).reshape(-1, getattr(trained, n).shape[-1]).mean(dim=0)
+             for n in needs}
+    multiple_choice = DATASETS.get(config.dataset).task == MULTIPLE_CHOICE
+
+    def probe(student, projections, regions) -> dict:
+        return transfer_report(student, projections, held_out, targets, train_means=means,
+                               regions=regions, batch_size=config.batch_size,
+                               device=config.device, multiple_choice=multiple_choice)
+    return probe
+
+
+def tensors_of(targets) -> BatchTargets:
+    """The image and text EOS targets as float32 tensors (None where not loaded)."""
+    def tensor(array):
+        return None if array is None else torch.from_numpy(np.asarray(array, dtype=np.float32))
+    return BatchTargets(image=tensor(targets.image), text_eos=tensor(targets.text_eos))
 
 
 # reader options that do not change any text a teacher saw (extraction sets check_files=True)

@@ -950,3 +950,26 @@ def test_demo_sweep_task_on_submitits_local_executor_survives_preemption(demo, m
     assert 3 <= step < 40
     assert f"task (mad): {step + 1}/40" in text.split("stopped by SIGTERM")[1]
     _same_run(demo / "runs" / "local-full", demo / "runs" / "local-cut")
+
+
+@pytest.mark.slow
+def test_demo_md_run_reports_its_transfer_diagnostics(demo, tmp_path):
+    """With an eval cache, a distilling run's metrics.json and report say how far its features
+    moved toward the teacher's (issue 33.3); the baseline's say nothing (it distils nothing)."""
+    import math
+
+    from madcache.experiments.report import build_report
+
+    for method in ("md", "baseline"):
+        metrics = train_mod.run_training(_demo_config(
+            demo, f"transfer/{method}", method=method, eval_split="train",
+            eval_regions=str(demo / "regions-train"), eval_cache=str(demo / "cache")))
+    assert "transfer" not in metrics                      # the baseline's
+    md = json.loads((demo / "runs" / "transfer" / "md" / "metrics.json").read_text())
+    moved = md["transfer"]
+    assert moved["examples"] > 0 and 0 <= moved["distilled_zero_shot"] <= 100
+    for part in ("image", "text"):
+        assert set(moved[part]) == {"centred_cosine", "r2", "mean_only_r2"}
+        assert all(math.isfinite(v) for v in moved[part].values())
+    markdown = build_report(demo / "runs" / "transfer", out=tmp_path, plots=False)["markdown"]
+    assert "did distillation transfer?" in markdown and "V: centred cos" in markdown
