@@ -14,7 +14,6 @@ from typing import Any
 import click
 
 from madcache.commands.options import config_options, flag_help
-from madcache.core.config import parse_key_values
 from madcache.core.errors import ConfigError
 from madcache.evaluation.adapters import ADAPTERS, AdapterConfig
 from madcache.method.methods import METHODS
@@ -35,16 +34,13 @@ METHOD_FLAG = {"type": click.Choice([*METHODS.names(), *ADAPTERS]),
 @click.command()
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
               help="TOML file with training settings (a [train] table); flags override it.")
-@click.option("--eval-cache", "eval_cache", multiple=True, metavar="SPLIT=PATH",
-              help="adapter-* only: the cache of an evaluated split (e.g. val=cache/vcr/val).")
 @config_options(TrainConfig, replace={"method": METHOD_FLAG})
-def train(config_file: str | None, eval_cache: tuple[str, ...], **flags: Any) -> None:
+def train(config_file: str | None, **flags: Any) -> None:
     """Train a student on cached teacher targets (baseline, md, mad and ablations), or an
     adapter head on the frozen cached features (adapter-*)."""
     values = {k: v for k, v in flags.items() if v is not None}
     if values.get("method") in ADAPTERS:
-        eval_caches = parse_key_values(eval_cache, option="--eval-cache", as_json=False)
-        train_adapter(values, eval_caches, config_file)
+        train_adapter(values, config_file)
         return
     from madcache.train.loop import run_training
 
@@ -59,15 +55,14 @@ def train(config_file: str | None, eval_cache: tuple[str, ...], **flags: Any) ->
         click.echo(f"  {split}: " + ", ".join(f"{k} {v:.2f}" for k, v in result.items()))
 
 
-def train_adapter(values: dict[str, Any], eval_caches: dict[str, Any],
-                  config_file: str | None) -> None:
+def train_adapter(values: dict[str, Any], config_file: str | None) -> None:
     from madcache.evaluation.adapters import run_adapter
 
     unsupported = sorted(set(values) - ADAPTER_FLAGS) + (["--config"] if config_file else [])
     if unsupported:
         raise ConfigError(f"{values['method']} trains on cached features only; it does not take "
                           f"{', '.join(unsupported)}")
-    metrics = run_adapter(AdapterConfig.from_dict({**values, "eval_caches": eval_caches}))
+    metrics = run_adapter(AdapterConfig.from_dict(values))
     click.echo(f"run {values.get('out')}: method {values['method']}")
     for split, result in metrics["eval"].items():
         click.echo(f"  {split}: " + ", ".join(f"{k} {v:.2f}" for k, v in result.items()))

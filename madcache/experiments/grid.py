@@ -162,10 +162,11 @@ def run_settings(config: SweepConfig, spec: RunSpec) -> dict[str, Any]:
                 "split_file": split, "per_category": spec.shots, "seed": spec.seed,
                 "read_options": config.read_options, "resume": True}
     plain = [e for e in spec.evals if not e.endswith(SM_SUFFIX)]
-    eval_cache = spec.teacher.eval_caches.get(plain[0]) if spec.teacher and plain else None
+    eval_caches = {plain[0]: spec.teacher.eval_caches[plain[0]]} \
+        if spec.teacher and plain and plain[0] in spec.teacher.eval_caches else {}
     return {"dataset": config.dataset, "root": config.root, "out": str(spec.run_dir),
             "method": spec.method, "cache": spec.teacher.cache if spec.teacher else None,
-            "eval_cache": eval_cache,
+            "eval_caches": eval_caches,
             "regions": config.regions, "split": config.train_split,
             "eval_split": plain[0] if plain else None, "read_options": config.read_options,
             "student": spec.student.name, "student_options": spec.student.options,

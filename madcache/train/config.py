@@ -43,10 +43,11 @@ class TrainConfig:
     regions: str | None = setting(None, help="Region feature store of the training split.")
     eval_regions: str | None = setting(None, help="Region feature store of the eval split "
                                                   "(default: regions).")
-    eval_cache: str | None = setting(None, help="Teacher-target cache of the eval split: a "
-                                                "distilling run then reports how far its "
-                                                "features moved toward the teacher's "
-                                                "(metrics.json 'transfer').")
+    eval_caches: dict[str, str] = setting(
+        factory=dict, flag="eval-cache", metavar="SPLIT=PATH",
+        help="The teacher cache of an evaluated split (repeatable): a distilling run reports on "
+             "its eval split's how far its features moved toward the teacher's (metrics.json "
+             "'transfer'); adapter-* evaluate on each.")
     split: str = setting("train", help="Training split.")
     eval_split: str | None = setting("val", help="Validation split.")
     read_options: dict[str, Any] = setting(factory=dict, flag="read-option",

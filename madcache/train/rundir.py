@@ -44,7 +44,7 @@ RUN_FILES = (CONFIG, INPUTS, CHECKPOINT, TRAINER_STATE, METRICS, SPLIT, STUDENT_
 RESUMABLE_CHANGES = frozenset({"resume", "overwrite", "out", "device", "grad_accum", "prefetch",
                                "report_to", "checkpoint_every", "checkpoint_minutes",
                                "eval_every", "cache", "split_file", "allow_device_change",
-                               "eval_cache"})
+                               "eval_caches"})
 RESUMABLE_NOTE = ("the run is resumable: free space or fix the permissions, then rerun "
                   "with --resume")
 

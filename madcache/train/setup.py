@@ -196,10 +196,11 @@ def transfer_probe(config: TrainConfig, method: Method, cache, train_examples: l
     from madcache.train.transfer import HELD_OUT, transfer_report
 
     needs = tuple(n for n in ("image", "text_eos") if n in method.needs)
-    if config.eval_cache is None or config.eval_split is None or not needs:
+    path = config.eval_caches.get(config.eval_split) if config.eval_split else None
+    if path is None or not needs:
         return None
     held_out = image_order(eval_examples)[:HELD_OUT]
-    targets = tensors_of(open_split_cache(config.eval_cache, config, config.eval_split)
+    targets = tensors_of(open_split_cache(path, config, config.eval_split)
                          .load_targets([ex.id for ex in held_out], needs=needs))
     trained = tensors_of(cache.load_targets([ex.id for ex in train_examples[:HELD_OUT]],
                                             needs=needs))

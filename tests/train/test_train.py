@@ -963,7 +963,7 @@ def test_demo_md_run_reports_its_transfer_diagnostics(demo, tmp_path):
     for method in ("md", "baseline"):
         metrics = train_mod.run_training(_demo_config(
             demo, f"transfer/{method}", method=method, eval_split="train",
-            eval_regions=str(demo / "regions-train"), eval_cache=str(demo / "cache")))
+            eval_regions=str(demo / "regions-train"), eval_caches={"train": str(demo / "cache")}))
     assert "transfer" not in metrics                      # the baseline's
     md = json.loads((demo / "runs" / "transfer" / "md" / "metrics.json").read_text())
     moved = md["transfer"]
