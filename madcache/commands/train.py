@@ -19,6 +19,7 @@ from madcache.core.errors import ConfigError
 from madcache.evaluation.adapters import ADAPTERS, AdapterConfig
 from madcache.method.methods import METHODS
 from madcache.train.config import TrainConfig
+from madcache.train.tracking import TRACKERS
 
 # The paper's adapter baselines train on frozen cached teacher features, not a student
 # (madcache/evaluation/adapters.py); `madcache train --method adapter-*` runs them with the
@@ -37,7 +38,8 @@ METHOD_FLAG = {"type": click.Choice([*METHODS.names(), *ADAPTERS]),
               help="TOML file with training settings (a [train] table); flags override it.")
 @click.option("--eval-cache", "eval_cache", multiple=True, metavar="SPLIT=PATH",
               help="adapter-* only: the cache of an evaluated split (e.g. val=cache/vcr/val).")
-@config_options(TrainConfig, replace={"method": METHOD_FLAG})
+@config_options(TrainConfig, replace={"method": METHOD_FLAG,
+                                      "report_to": {"type": click.Choice(TRACKERS.names())}})
 def train(config_file: str | None, eval_cache: tuple[str, ...], **flags: Any) -> None:
     """Train a student on cached teacher targets (baseline, md, mad and ablations), or an
     adapter head on the frozen cached features (adapter-*)."""
