@@ -21,8 +21,9 @@ class SweepFailed(MadcacheError):
 @click.option("--jobs-per-gpu", type=int, default=1, show_default=True,
               help="Small jobs sharing one GPU (slots per GPU).")
 @click.option("--report-to", type=click.Choice(TRACKERS.names()),
-              help="Also log each training run's scalars, e.g. to TensorBoard "
-                   "(<run>/tensorboard/).")
+              help="Also log each training run's scalars to a tracker: tensorboard "
+                   "(<run>/tensorboard/), wandb (<run>/wandb/) or mlflow (MLFLOW_TRACKING_URI, "
+                   "else <run>/mlruns).")
 @click.option("--dry-run", is_flag=True, help="List the runs and their state; run nothing.")
 @click.option("--only", metavar="REGEX", help="Only runs whose name (dataset/student/method/"
               "k<K>/seed<S>) matches.")

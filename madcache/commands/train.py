@@ -18,6 +18,7 @@ from madcache.core.errors import ConfigError
 from madcache.evaluation.adapters import ADAPTERS, AdapterConfig
 from madcache.method.methods import METHODS
 from madcache.train.config import TrainConfig
+from madcache.train.tracking import TRACKERS
 
 # The paper's adapter baselines train on frozen cached teacher features, not a student
 # (madcache/evaluation/adapters.py); `madcache train --method adapter-*` runs them with the
@@ -34,7 +35,8 @@ METHOD_FLAG = {"type": click.Choice([*METHODS.names(), *ADAPTERS]),
 @click.command()
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
               help="TOML file with training settings (a [train] table); flags override it.")
-@config_options(TrainConfig, replace={"method": METHOD_FLAG})
+@config_options(TrainConfig, replace={"method": METHOD_FLAG,
+                                      "report_to": {"type": click.Choice(TRACKERS.names())}})
 def train(config_file: str | None, **flags: Any) -> None:
     """Train a student on cached teacher targets (baseline, md, mad and ablations), or an
     adapter head on the frozen cached features (adapter-*)."""

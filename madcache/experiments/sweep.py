@@ -72,9 +72,9 @@ def run_sweep(config: SweepConfig, *, jobs: int | None = 1, only: str | None = N
     slots = gpu_slots(gpus, jobs_per_gpu) if gpus else None
     jobs = check_jobs(config, jobs, slots, jobs_per_gpu)
     if report_to is not None:
-        from madcache.train.tracking import TRACKERS
+        from madcache.train.tracking import check_tracker
 
-        TRACKERS.get(report_to)
+        check_tracker(report_to)      # a name and an installed package, before any run
     specs = select(plan(config), only)
     result = SweepResult(planned=specs, states={s.run_dir: run_state(s) for s in specs})
     pending = [s for s in specs if result.states[s.run_dir] != "complete"]

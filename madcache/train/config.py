@@ -162,8 +162,10 @@ class TrainConfig:
                                 "recorded in inputs.json.")
     prefetch: int = setting(4, minimum=1, help="Batches the loader thread prepares ahead of "
                                                "the training step.")
-    report_to: str = setting("none", help="Also log scalars to: none, or tensorboard "
-                                          "(<run>/tensorboard/; metrics.json stays the record).")
+    report_to: str = setting("none", help="Also log scalars to a tracker: none, tensorboard "
+                                          "(<run>/tensorboard/), wandb (<run>/wandb/) or mlflow "
+                                          "(MLFLOW_TRACKING_URI, else <run>/mlruns); "
+                                          "metrics.json stays the record.")
 
     def __post_init__(self) -> None:
         check_ranges(self)

@@ -33,8 +33,10 @@ INPUTS = "inputs.json"
 METRICS = "metrics.json"
 SPLIT = "split.json"
 TENSORBOARD = "tensorboard"
+TRACKER_FILES = ("wandb", "mlruns", "mlflow-run.json")    # --report-to wandb / mlflow
 # what `madcache train` writes into a run directory: all `--overwrite` deletes
-RUN_FILES = (CONFIG, INPUTS, CHECKPOINT, TRAINER_STATE, METRICS, SPLIT, STUDENT_DIR, TENSORBOARD)
+RUN_FILES = (CONFIG, INPUTS, CHECKPOINT, TRAINER_STATE, METRICS, SPLIT, STUDENT_DIR, TENSORBOARD,
+             *TRACKER_FILES)
 
 # settings that may change on --resume: they change where and how fast a run trains, or how
 # often it reports, not what it computes (grad_accum splits the same global batch; the weights

@@ -67,6 +67,6 @@ def test_a_resumed_run_continues_the_curves_without_forks(standins, tmp_path, mo
 
 
 def test_report_to_names_are_checked():
-    with pytest.raises(UnknownNameError, match="unknown tracker 'wandb'. Available: none, "
-                                               "tensorboard"):
-        TrainConfig(dataset="vcr", root=".", out="o", report_to="wandb")
+    with pytest.raises(UnknownNameError, match="unknown tracker 'neptune'. Available: mlflow, "
+                                               "none, tensorboard, wandb"):
+        TrainConfig(dataset="vcr", root=".", out="o", report_to="neptune")
