@@ -50,6 +50,10 @@ class UnknownNameError(MadcacheError, KeyError):
         return str(self.args[0])
 
 
+class PluginError(MadcacheError):
+    """A plugin's entry point (another package's registry entry) failed to load."""
+
+
 class ConfigError(MadcacheError, ValueError):
     """A config file or option is invalid (unknown key, wrong type, bad value)."""
 

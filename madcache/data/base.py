@@ -142,4 +142,4 @@ class Dataset:
                               f"{', '.join(n for n in DATASETS if DATASETS.get(n).sm) or 'none'})")
 
 
-DATASETS: Registry[Dataset] = Registry("dataset")
+DATASETS: Registry[Dataset] = Registry("dataset", group="madcache.datasets")

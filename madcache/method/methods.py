@@ -154,7 +154,7 @@ REGISTERED = (
     Method("mad-random", (MAD_AF, MAD_TASK), selection="random",
            paper="MAD with random word selection"),
 )
-METHODS: Registry[Method] = Registry("method")
+METHODS: Registry[Method] = Registry("method", group="madcache.methods")
 for _method in REGISTERED:
     METHODS.register(_method.name, _method)
 METHOD_ORDER = tuple(m.name for m in REGISTERED)

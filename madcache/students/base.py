@@ -176,7 +176,7 @@ def to_device(value: Any, device: str | torch.device, *, non_blocking: bool = Fa
 
 
 StudentFactory = Callable[..., Student]
-STUDENTS: Registry[StudentFactory] = Registry("student")
+STUDENTS: Registry[StudentFactory] = Registry("student", group="madcache.students")
 
 
 def image_of(batch: int, choices: int, device: torch.device) -> torch.Tensor:

@@ -38,7 +38,8 @@ from madcache.core.errors import (ConfigError, DataError, DataFileNotFoundError,
                                   PickleRefusedError)
 from madcache.core.registry import Registry
 
-REGION_FORMATS: Registry[Callable[..., Any]] = Registry("region format")
+REGION_FORMATS: Registry[Callable[..., Any]] = Registry("region format",
+                                                         group="madcache.region_formats")
 WHOLE_IMAGE = np.array([[0.0, 0.0, 1.0, 1.0]], dtype=np.float32)
 GT_BOX_TOLERANCE = 0.02        # normalised units: a ground-truth region's box vs the metadata's
 VCR_ORDER = "whole image (mean feature), ground-truth boxes in object order, then detected"

@@ -146,4 +146,4 @@ def inference_autocast(device: str, enabled: bool) -> Callable[[], AbstractConte
 
 
 TeacherFactory = Callable[..., Teacher]
-TEACHERS: Registry[TeacherFactory] = Registry("teacher")
+TEACHERS: Registry[TeacherFactory] = Registry("teacher", group="madcache.teachers")

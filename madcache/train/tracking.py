@@ -255,7 +255,7 @@ class MlflowTracker:
 
 
 TrackerFactory = Callable[..., Tracker]
-TRACKERS: Registry[TrackerFactory] = Registry("tracker")
+TRACKERS: Registry[TrackerFactory] = Registry("tracker", group="madcache.trackers")
 TRACKERS.register("none", lambda run_dir, *, start_step: NoTracker())
 TRACKERS.register("tensorboard", TensorBoardTracker)
 TRACKERS.register("wandb", WandbTracker)
