@@ -13,6 +13,7 @@ import torch
 
 from madcache.students import build_student
 from madcache.students.uniter_model import TIED
+from madcache.train import loop as train_mod
 from madcache.train.config import TrainConfig
 
 TINY = {"vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -130,3 +131,32 @@ def test_uniter_resume_equals_uninterrupted(world, cut_and_resume, tensors_equal
     assert resumed["history"] == full["history"]
     assert tensors_equal(*(base / "runs" / n / "student" / "model.safetensors"
                            for n in ("full", "cut")))
+
+@pytest.mark.slow
+def test_uniter_mad_trains_on_features_imported_from_uniters_img_db(world, tmp_path):
+    """End to end on UNITER's own region format (issue 27): LMDB img_dbs in the released layout
+    (VCR's pair: vcr_gt_SPLIT + vcr_SPLIT, msgpack values, 199-d features) imported with
+    `uniter-imgdb`, then `--student uniter --method mad` trains on them."""
+    from madcache.students.regions import build_region_store, open_regions
+
+    spec = importlib.util.spec_from_file_location(
+        "region_formats_tests", str(Path(__file__).with_name("test_region_formats.py")))
+    formats = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(formats)
+    _, root, _ = world
+    stores = {}
+    for split in ("train", "val"):
+        dbs = tmp_path / f"db-{split}"
+        formats.vcr_sources(dbs, root, split, dim=TINY["img_dim"])
+        stores[split] = tmp_path / f"regions-{split}"
+        build_region_store(dataset="vcr", root=root, split=split, extractor="uniter-imgdb",
+                           extractor_options={"img_db": f"{dbs}/vcr_gt_{split};{dbs}/vcr_{split}",
+                                              "min_bb": 1},
+                           out=stores[split], max_regions=8, progress=False)
+    assert open_regions(stores["train"]).feature_dim == TINY["img_dim"]
+    metrics = train_mod.run_training(config(world, "img-db", regions=str(stores["train"]),
+                                            eval_regions=str(stores["val"])))
+    assert metrics["status"] == "complete" and set(metrics["eval"]["val"]) == \
+        {"q2a", "qa2r", "q2ar"}
+    assert {"mlm", "itm", "mrfr"} <= set(next(h for h in metrics["history"]
+                                              if h["stage"] == "af")["parts"])
