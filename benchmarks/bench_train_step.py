@@ -214,6 +214,19 @@ def online_targets(teacher, examples: list[Example], m: int, device: str) -> Bat
                         logits=100 * torch.randn(n, c, device=device))
 
 
+def step_setup(student, method: str, *, dim: int, device: str, regions) -> Setup:
+    """The trainer's `Setup` for timing bare steps of `method`: the student, projections to
+    teacher width `dim`, no data sources (the benchmark feeds the batches itself)."""
+    config = TrainConfig(dataset="vcr", root=".", out="unused", method=method, device=device)
+    m = get_method(method)
+    return Setup(config=config, method=m, student=student,
+                 projections=Projections(student.hidden_size, image_dim=dim, text_dim=dim,
+                                         words=m.distils_words).to(device),
+                 task_source=DataSource([], [[]], lambda e: None), af_source=None,
+                 regions=lambda e: regions, eval_examples=[], provenance={},
+                 save_student=lambda s, p: None)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--iters", type=int, default=15)
@@ -247,15 +260,8 @@ def main() -> None:
     inputs = [to_device(student.prepare(b, regions), device) for b in batches]
     cached = [to_device(cached_targets(b, dim, dim, 2, rng), device) for b in batches]
 
-    def make(method: str, dim: int = dim) -> Setup:
-        config = TrainConfig(dataset="vcr", root=".", out="unused", method=method, device=device)
-        m = get_method(method)
-        return Setup(config=config, method=m, student=student,
-                     projections=Projections(student.hidden_size, image_dim=dim, text_dim=dim,
-                                             words=m.distils_words).to(device),
-                     task_source=DataSource([], [[]], lambda e: None), af_source=None,
-                     regions=lambda e: regions, eval_examples=[], provenance={},
-                     save_student=lambda s, p: None)
+    def make(method: str, width: int = dim) -> Setup:
+        return step_setup(student, method, dim=width, device=device, regions=regions)
 
     setups = {"baseline": make("baseline"), "mad": make("mad"),
               **{name: make("mad", t[2]["embed_dim"]) for name, t in teachers.items()}}

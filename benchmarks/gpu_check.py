@@ -215,15 +215,10 @@ def decoding(root: Path, device: str, *, dry: bool, workers: int) -> dict:
 
 def steps(device: str, *, dry: bool, iters: int) -> dict:
     """Median step time of baseline / MAD on cached targets, bf16 and fp32, interleaved."""
-    from madcache.method.losses import Projections
-    from madcache.method.methods import get_method
     from madcache.students import build_student
     from madcache.students.base import to_device
-    from madcache.train.config import TrainConfig
-    from madcache.train.data import DataSource
     from madcache.train.loop import loss_step
     from madcache.train.precision import autocast, configure_matmuls
-    from madcache.train.setup import Setup
     from madcache.train.stream import MicroBatch
 
     bench = load_bench("bench_train_step")
@@ -238,17 +233,8 @@ def steps(device: str, *, dry: bool, iters: int) -> dict:
     inputs = [to_device(student.prepare(b, regions), device) for b in batches]
     cached = [to_device(bench.cached_targets(b, dim, dim, 2, rng), device) for b in batches]
 
-    def make(method: str) -> Setup:
-        m = get_method(method)
-        config = TrainConfig(dataset="vcr", root=".", out="unused", method=method, device=device)
-        return Setup(config=config, method=m, student=student,
-                     projections=Projections(student.hidden_size, image_dim=dim, text_dim=dim,
-                                             words=m.distils_words).to(device),
-                     task_source=DataSource([], [[]], lambda e: None), af_source=None,
-                     regions=lambda e: regions, eval_examples=[], provenance={},
-                     save_student=lambda s, p: None)
-
-    setups = {"baseline": make("baseline"), "mad": make("mad")}
+    setups = {method: bench.step_setup(student, method, dim=dim, device=device,
+                                       regions=regions) for method in ("baseline", "mad")}
     runs = {"baseline-bf16": ("baseline", "bf16"), "mad-bf16": ("mad", "bf16"),
             "mad-fp32": ("mad", "fp32")}
     params = list(student.parameters()) + [p for s in setups.values()

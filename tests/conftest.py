@@ -147,3 +147,38 @@ def same_tensors(a: Path, b: Path) -> bool:
 @pytest.fixture(scope="session")
 def tensors_equal() -> Callable[[Path, Path], bool]:
     return same_tensors
+
+
+# --- what a training run on the demo VCR reads ------------------------------------------------
+
+def build_vcr_training_inputs(base: Path, root: Path) -> None:
+    """Under `base`: `cache/` (the VCR training split at `root`, extracted with a tiny CLIP),
+    `regions-train/` and `regions-val/` (boxcrop, 4 regions) and `split.json` (k = 2, seed 0,
+    of cached examples)."""
+    import importlib.util
+
+    from madcache.cache.reader import open_cache
+    from madcache.data import read_examples
+    from madcache.data.lowshot import sample_per_category
+    from madcache.extraction import ExtractConfig, extract
+    from madcache.students.regions import build_region_store
+
+    spec = importlib.util.spec_from_file_location(
+        "extraction_conftest", str(Path(__file__).parent / "extraction" / "conftest.py"))
+    helpers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helpers)
+    config, checkpoint = helpers.save_tiny_clip(base / "clip")
+    extract(ExtractConfig(dataset="vcr", root=root, split="train",
+                          teacher=f"openclip-config:{config}", checkpoint=checkpoint,
+                          out=base / "cache", progress=False, shard_size=64))
+    for split in ("train", "val"):
+        build_region_store(dataset="vcr", root=root, split=split, extractor="boxcrop",
+                           out=base / f"regions-{split}", max_regions=4, progress=False)
+    cached = set(open_cache(base / "cache").example_ids())
+    examples = [e for e in read_examples("vcr", root, "train").examples if e.id in cached]
+    sample_per_category(examples, k=2, seed=0).save(base / "split.json")
+
+
+@pytest.fixture(scope="session")
+def vcr_training_inputs() -> Callable[[Path, Path], None]:
+    return build_vcr_training_inputs

@@ -23,32 +23,13 @@ TINY = {"vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 2, "num_atten
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, demo_root, uniter_files):
+def world(tmp_path_factory, demo_root, uniter_files, vcr_training_inputs):
     """The demo world's VCR, a cache of its training split (a tiny CLIP), boxcrop region stores
     (199-d) for train and val, a low-shot split, and a first-stage UNITER checkpoint (`.pt`,
     released key names, tied keys stored twice) with its config JSON."""
-    from madcache.cache.reader import open_cache
-    from madcache.data import read_examples
-    from madcache.data.lowshot import sample_per_category
-    from madcache.extraction import ExtractConfig, extract
-    from madcache.students.regions import build_region_store
-
-    spec = importlib.util.spec_from_file_location(
-        "extraction_conftest", str(Path(__file__).parents[1] / "extraction" / "conftest.py"))
-    helpers = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(helpers)
     base = tmp_path_factory.mktemp("uniter-demo")
     root = demo_root / "vcr"
-    config, checkpoint = helpers.save_tiny_clip(base / "clip")
-    extract(ExtractConfig(dataset="vcr", root=root, split="train",
-                          teacher=f"openclip-config:{config}", checkpoint=checkpoint,
-                          out=base / "cache", progress=False, shard_size=64))
-    for split in ("train", "val"):
-        build_region_store(dataset="vcr", root=root, split=split, extractor="boxcrop",
-                           out=base / f"regions-{split}", max_regions=4, progress=False)
-    cached = set(open_cache(base / "cache").example_ids())
-    examples = [e for e in read_examples("vcr", root, "train").examples if e.id in cached]
-    sample_per_category(examples, k=2, seed=0).save(base / "split.json")
+    vcr_training_inputs(base, root)
     tokenizer, _ = uniter_files
     torch.manual_seed(3)
     model = build_student("uniter", model_config=TINY, tokenizer_dir=str(tokenizer),

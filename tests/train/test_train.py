@@ -438,36 +438,15 @@ finally:
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory, demo_root):
+def demo(tmp_path_factory, demo_root, vcr_training_inputs):
     """The small demo world (`world/`, a link to the session's shared one), a cache of its VCR
     training split extracted with a tiny CLIP, region stores for train and val, and a low-shot
     split file of cached examples (the slow tests below)."""
-    import importlib.util
     import sys
 
-    from madcache.cache.reader import open_cache
-    from madcache.data import read_examples
-    from madcache.data.lowshot import sample_per_category
-    from madcache.extraction import ExtractConfig, extract
-    from madcache.students.regions import build_region_store
-
-    spec = importlib.util.spec_from_file_location(
-        "extraction_conftest", str(Path(__file__).parents[1] / "extraction" / "conftest.py"))
-    helpers = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(helpers)
     base = tmp_path_factory.mktemp("demo")
     (base / "world").symlink_to(demo_root, target_is_directory=True)
-    root = base / "world" / "vcr"
-    config, checkpoint = helpers.save_tiny_clip(base / "clip")
-    extract(ExtractConfig(dataset="vcr", root=root, split="train",
-                          teacher=f"openclip-config:{config}", checkpoint=checkpoint,
-                          out=base / "cache", progress=False, shard_size=64))
-    for split in ("train", "val"):
-        build_region_store(dataset="vcr", root=root, split=split, extractor="boxcrop",
-                           out=base / f"regions-{split}", max_regions=4, progress=False)
-    cached = set(open_cache(base / "cache").example_ids())
-    examples = [e for e in read_examples("vcr", root, "train").examples if e.id in cached]
-    sample_per_category(examples, k=2, seed=0).save(base / "split.json")
+    vcr_training_inputs(base, base / "world" / "vcr")
     assert "open_clip" in sys.modules  # extraction ran a teacher in *this* process
     return base
 
