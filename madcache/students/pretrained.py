@@ -154,6 +154,44 @@ class PretrainedStudent(nn.Module):
         return exported_options(self.config, self.tokenizer, directory, checkpoint=None,
                                 model_config=self.model.config.to_dict())
 
+    def transformers_model(self):
+        """The trained student as one transformers task model (subclasses)."""
+        raise NotImplementedError
+
+    def save_transformers(self, directory: Path) -> dict[str, Any]:
+        """`save_pretrained` (safetensors) of `transformers_model()` and of the tokenizer into
+        `directory`, so transformers loads the trained student without madcache; returns what
+        was written for the run's record: the class, the task and the tokens per text the
+        student kept (`max_length`: longer texts were cut there)."""
+        model = self.transformers_model()
+        model.save_pretrained(str(directory), safe_serialization=True)
+        self.tokenizer.save_pretrained(str(directory))
+        return {"class": type(model).__name__, "task": self.task, "max_length": self.max_length}
+
+    def task_labels(self) -> dict[str, Any]:
+        """The transformers config's label fields of the student's head: the answers as
+        `id2label` for a VQA-style (multilabel) head, else transformers' `LABEL_i` names."""
+        count = self.config.num_outputs()
+        names = self.answers if self.task == "multilabel" else [f"LABEL_{i}"
+                                                                for i in range(count)]
+        return {"id2label": dict(enumerate(names)),
+                "label2id": {name: i for i, name in enumerate(names)}}
+
+
+def transformers_task_model(model_cls, config, weights: Mapping[str, torch.Tensor],
+                            **changes: Any):
+    """`model_cls` (a transformers task model) with `config` updated by `changes`, holding
+    exactly `weights` (every parameter and buffer named, none left at its random init)."""
+    model = model_cls(type(config).from_dict({**config.to_dict(), **changes}))
+    missing, unexpected = model.load_state_dict(
+        {k: v.detach().clone() for k, v in weights.items()}, strict=False)
+    buffers = {name for name, _ in model.named_buffers()}
+    missing = [k for k in missing if k not in buffers]
+    if missing or unexpected:
+        raise ValueError(f"{model_cls.__name__}: no student weights for {missing[:5]}, "
+                         f"unused {unexpected[:5]}")
+    return model.eval()
+
 
 def num_choices(examples: Sequence[Example]) -> int:
     counts = {ex.num_choices for ex in examples}

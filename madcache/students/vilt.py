@@ -37,7 +37,7 @@ from madcache.data.records import Example
 from madcache.students.base import PixelInputs, StudentOutput
 from madcache.students.pretrained import (PretrainedStudent, PretrainedStudentConfig,
                                           mlm_itm_losses, pretrained_parts, student_output,
-                                          text_inputs)
+                                          text_inputs, transformers_task_model)
 
 PROCESSOR_FILE = "preprocessor_config.json"
 PROCESSOR_SUBDIR = "image_processor"
@@ -150,6 +150,22 @@ class ViltStudent(PretrainedStudent):
         """`PretrainedStudent.export_options`, plus the image processor's settings."""
         self.processor.save_pretrained(str(directory / PROCESSOR_SUBDIR))
         return {**super().export_options(directory), "image_processor_dir": PROCESSOR_SUBDIR}
+
+    def transformers_model(self):
+        """The trained student as transformers' `ViltForQuestionAnswering`, whose classifier has
+        the head's shape: logits per (text, image) pair (one per pair for multiple choice)."""
+        from transformers import ViltForQuestionAnswering
+
+        weights = {f"vilt.{k}": v for k, v in self.model.vilt.state_dict().items()}
+        weights.update({f"classifier.{k}": v for k, v in self.head.state_dict().items()})
+        return transformers_task_model(ViltForQuestionAnswering, self.model.config, weights,
+                                       **self.task_labels())
+
+    def save_transformers(self, directory: Path) -> dict[str, Any]:
+        """`PretrainedStudent.save_transformers`, plus the image processor's settings, so
+        `ViltProcessor.from_pretrained(directory)` prepares inputs as madcache does."""
+        self.processor.save_pretrained(str(directory))
+        return super().save_transformers(directory)
 
 
 def _one_image_patches(embed: Any, pixels: torch.Tensor, mask: torch.Tensor

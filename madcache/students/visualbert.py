@@ -36,7 +36,7 @@ from madcache.data.records import Example
 from madcache.students.base import RegionInputs, StudentOutput
 from madcache.students.pretrained import (PretrainedStudent, PretrainedStudentConfig,
                                           mlm_itm_losses, pretrained_parts, student_output,
-                                          text_inputs)
+                                          text_inputs, transformers_task_model)
 
 
 @dataclass
@@ -101,6 +101,35 @@ class VisualBertStudent(PretrainedStudent):
         return mlm_itm_losses(self, inputs, examples, inputs["regions"], generator,
                               mlm_head=self.model.cls.predictions,
                               itm_head=self.model.cls.seq_relationship, match_label=0)
+
+    def transformers_model(self):
+        """The trained student as transformers' `VisualBertForMultipleChoice` (VCR-style tasks)
+        or `VisualBertForVisualReasoning` (a head on the pooled output: classification, and VQA
+        with the answers as labels; transformers' own VQA class reads another position). Its
+        `visual_projection` takes the region features themselves: a `region_proj` is folded in
+        (the product of the two linear maps, exact up to float rounding)."""
+        from transformers import VisualBertForMultipleChoice, VisualBertForVisualReasoning
+
+        task_cls = (VisualBertForMultipleChoice if self.task == "multiple_choice"
+                    else VisualBertForVisualReasoning)
+        weights = {f"visual_bert.{k}": v for k, v in self.model.visual_bert.state_dict().items()}
+        weights.update({"cls.weight": self.head.weight, "cls.bias": self.head.bias})
+        changes = self.task_labels()
+        if isinstance(self.region_proj, nn.Linear):
+            prefix = "visual_bert.embeddings.visual_projection."
+            weight, bias = _folded(self.region_proj, weights[f"{prefix}weight"],
+                                   weights[f"{prefix}bias"])
+            weights.update({f"{prefix}weight": weight, f"{prefix}bias": bias})
+            changes["visual_embedding_dim"] = self.region_proj.in_features
+        return transformers_task_model(task_cls, self.model.config, weights, **changes)
+
+
+def _folded(first: nn.Linear, weight: torch.Tensor, bias: torch.Tensor
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One linear map equal to `first` followed by (weight, bias), computed in float64."""
+    w1, b1 = first.weight.detach().double(), first.bias.detach().double()
+    w2, b2 = weight.detach().double(), bias.detach().double()
+    return (w2 @ w1).to(weight.dtype), (w2 @ b1 + b2).to(bias.dtype)
 
 
 def visualbert(**options: Any) -> VisualBertStudent:

@@ -41,7 +41,7 @@ from madcache.method.losses import (TERMS, candidate_logits, confidence_weights,
                                     distillation_loss, task_loss)
 from madcache.method.methods import AF, TASK, stage_weight
 from madcache.students.base import Preparer, to_device
-from madcache.students.predict import STUDENT_DIR, predict_logits
+from madcache.students.predict import predict_logits
 from madcache.train import optim
 from madcache.train.checkpoint import CHECKPOINT, TrainerState, load_checkpoint, save_checkpoint
 from madcache.train.config import TrainConfig
@@ -54,7 +54,7 @@ from madcache.train.preemption import PREEMPTED_EXIT, Preempted, StopFlag, watch
 from madcache.train.precision import autocast, configure_matmuls, resolve_precision
 from madcache.train.records import run_metrics, training_summary
 from madcache.train.rundir import (METRICS, RESUMABLE_NOTE, check_resume, one_writer,
-                                   open_run_dir, record_run, run_inputs)
+                                   open_run_dir, record_run, run_inputs, save_run_student)
 from madcache.train.setup import Setup, pin_threads, setup
 from madcache.train.stream import Batch, Layout, MicroBatch, StageStream
 from madcache.train.tracking import Tracker, open_tracker
@@ -150,7 +150,7 @@ def train(setup: Setup) -> dict[str, Any]:
     if ranks.is_main:
         with writing(run_dir, error=RunDirectoryError, then=RESUMABLE_NOTE):
             save_checkpoint(run_dir, setup, state, training.optimizer)
-            setup.save_student(setup.student, run_dir / STUDENT_DIR)
+            metrics.update(save_run_student(setup.save_student, setup.student, run_dir))
             write_json(run_dir / METRICS, metrics)
     return metrics
 

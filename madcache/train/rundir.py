@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from madcache.core.device import device_kind
-from madcache.core.errors import ConfigError, RunDirectoryError
+from madcache.core.errors import ConfigError, OutputLocationError, RunDirectoryError
 from madcache.core.io import check_output_location, read_json, write_json, writing
 from madcache.students.predict import STUDENT_DIR
 from madcache.train.checkpoint import CHECKPOINT, TRAINER_STATE
@@ -33,10 +34,12 @@ INPUTS = "inputs.json"
 METRICS = "metrics.json"
 SPLIT = "split.json"
 TENSORBOARD = "tensorboard"
+TRANSFORMERS_DIR = "hf"          # a transformers student's save_pretrained (save_run_student)
+TRANSFORMERS_RECORD = "madcache.json"
 TRACKER_FILES = ("wandb", "mlruns", "mlflow-run.json")    # --report-to wandb / mlflow
 # what `madcache train` writes into a run directory: all `--overwrite` deletes
-RUN_FILES = (CONFIG, INPUTS, CHECKPOINT, TRAINER_STATE, METRICS, SPLIT, STUDENT_DIR, TENSORBOARD,
-             *TRACKER_FILES)
+RUN_FILES = (CONFIG, INPUTS, CHECKPOINT, TRAINER_STATE, METRICS, SPLIT, STUDENT_DIR,
+             TRANSFORMERS_DIR, TENSORBOARD, *TRACKER_FILES)
 
 # settings that may change on --resume: they change where and how fast a run trains, or how
 # often it reports, not what it computes (grad_accum splits the same global batch; the weights
@@ -239,3 +242,44 @@ def record_run(run_dir: Path, config: Mapping[str, Any], inputs: Mapping[str, An
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / INPUTS, dict(inputs))
         write_json(run_dir / CONFIG, dict(config))
+
+
+def save_run_student(save_student: Callable[[Any, Path], None], student: Any,
+                     run_dir: Path) -> dict[str, Any]:
+    """The finished run's student: madcache's `student/` (`save_student`) and, for a student
+    wrapping a transformers model (`save_transformers`), `hf/`: its `save_pretrained` folder,
+    written whole or not at all. Returns the run's record of `hf/` (metrics.json's
+    `transformers`), empty for other students."""
+    save_student(student, run_dir / STUDENT_DIR)
+    save = getattr(student, "save_transformers", None)
+    if save is None:
+        return {}
+    record = replace_folder(run_dir / TRANSFORMERS_DIR, lambda folder: {
+        "student": student.name, **save(folder)})
+    return {"transformers": {"dir": TRANSFORMERS_DIR, **record}}
+
+
+def replace_folder(target: Path, write: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+    """Fill a temporary folder beside `target` with `write(folder)` (which returns the record
+    kept in it as madcache.json), then rename it to `target`: a kill leaves the old folder or
+    the new one. An existing `target` is replaced only if madcache wrote it (its record)."""
+    if target.exists() and not (target / TRANSFORMERS_RECORD).is_file():
+        raise OutputLocationError(f"{target} exists and was not written by madcache; move it "
+                                  "away and rerun with --resume")
+    temp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    old = target.with_name(f".{target.name}.tmp-{os.getpid()}-old")
+    for leftover in (temp, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    temp.mkdir()
+    try:
+        record = write(temp)
+        (temp / TRANSFORMERS_RECORD).write_text(json.dumps(record, indent=1, sort_keys=True)
+                                                + "\n")
+        if target.exists():
+            os.replace(target, old)
+        os.replace(temp, target)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return record

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from madcache.core.errors import CheckpointNotFoundError, ConfigError
+from madcache.core.errors import CheckpointNotFoundError, ConfigError, OutputLocationError
 from madcache.data import read_examples
 from madcache.data.records import Example, Text
 from madcache.students import STUDENTS, build_student, load_student, save_student
@@ -287,3 +287,106 @@ def test_itm_positives_are_label_free(vcr_demo, demo_root):
     assert texts == [question.text, question.text, snli.raw["sentence1"], vqa.choices[0].text]
     assert rows.shape == matched.shape == (4,)
     assert bool(matched[0]) == (rows[0].item() in (0, 1))  # qa and qar share their image
+
+
+# ----------------------------------------------------------------------------- transformers
+
+def _trained(model):
+    """The student with every weight moved off the checkpoint's (as training does)."""
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=generator))
+    return model.eval()
+
+
+@pytest.mark.parametrize("task, options, hf_class", [
+    ("multiple_choice", {}, "VisualBertForMultipleChoice"),
+    ("multilabel", {"answers": ["red", "blue", "2"]}, "VisualBertForVisualReasoning")])
+def test_visualbert_saved_for_transformers_gives_the_students_logits(
+        visualbert_dir, make, tmp_path, task, options, hf_class):
+    """`save_transformers` -> transformers' own class loads it and, on the same token ids and
+    region features (199-d: the student's region_proj is folded into visual_projection),
+    returns the student's logits."""
+    import transformers
+
+    model = _trained(build_student("visualbert", checkpoint=str(visualbert_dir), region_dim=199,
+                                   task=task, **options))
+    record = model.save_transformers(tmp_path / "hf")
+    assert record == {"class": hf_class, "task": task, "max_length": 64}
+    loaded = getattr(transformers, hf_class).from_pretrained(str(tmp_path / "hf")).eval()
+    examples = ([make.vcr(0), make.vcr(1)] if task == "multiple_choice"
+                else [make.single(0), make.single(1)])
+    regions = make.regions((3, 5))
+    inputs = model.prepare(examples, regions)
+    with torch.no_grad():
+        expected = model(inputs).logits
+        choices = inputs["num_choices"]
+        shape = (2, choices, -1) if task == "multiple_choice" else (2, -1)
+        rows = torch.arange(2).repeat_interleave(choices)
+        got = loaded(input_ids=inputs["input_ids"].reshape(shape),
+                     attention_mask=inputs["attention_mask"].long().reshape(shape),
+                     visual_embeds=regions.feat[rows].reshape(*shape[:-1], 5, 199),
+                     visual_attention_mask=regions.mask[rows].long().reshape(*shape[:-1], 5)
+                     ).logits
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    assert not torch.allclose(expected, expected.mean())          # not a constant
+    if task == "multilabel":
+        assert loaded.config.id2label == {0: "red", 1: "blue", 2: "2"}
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    ids = tokenizer([t.text for ex in examples for t in ex.texts], padding="max_length",
+                    max_length=inputs["input_ids"].shape[1], return_tensors="pt")["input_ids"]
+    assert torch.equal(ids, inputs["input_ids"].cpu())
+
+
+@pytest.mark.parametrize("task, options", [("multiple_choice", {}),
+                                           ("multilabel", {"answers": ["red", "blue", "2"]})])
+def test_vilt_saved_for_transformers_gives_the_students_logits(vilt_dir, make, tmp_path, task,
+                                                               options):
+    """`ViltProcessor` + `ViltForQuestionAnswering` from the saved folder reproduce the
+    student's pixels and logits, one (text, image) pair per call, each image on its own under
+    seed 0 (the student's evaluation: all patches, shuffled under a fixed seed)."""
+    from transformers import ViltForQuestionAnswering, ViltProcessor
+
+    model = _trained(build_student("vilt", checkpoint=str(vilt_dir), task=task, **options))
+    assert model.save_transformers(tmp_path / "hf")["class"] == "ViltForQuestionAnswering"
+    loaded = ViltForQuestionAnswering.from_pretrained(str(tmp_path / "hf")).eval()
+    processor = ViltProcessor.from_pretrained(str(tmp_path / "hf"))
+    images = _images(2)
+    examples = ([make.vcr(0), make.vcr(1)] if task == "multiple_choice"
+                else [make.single(0), make.single(1)])
+    pixels = [model.image_processor()(image) for image in images]
+    with torch.no_grad():
+        expected = model(model.prepare(examples, collate_pixels(pixels))).logits
+        got = []
+        for ex, image, (own, _) in zip(examples, images, pixels):
+            for text in ex.texts:
+                inputs = processor(images=image, text=text.text, return_tensors="pt")
+                assert torch.equal(inputs["pixel_values"][0], own)
+                torch.manual_seed(0)
+                got.append(loaded(**inputs).logits[0])
+    got = torch.stack(got).reshape(expected.shape)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    assert not torch.allclose(expected, expected.mean())
+
+
+def test_the_run_writes_the_transformers_folder_whole_and_only_over_its_own(visualbert_dir,
+                                                                            tmp_path):
+    """`save_run_student`: `student/` and `hf/`, recorded; a second save (a resumed run)
+    writes the same bytes; a folder named hf that madcache did not write is never replaced."""
+    from madcache.train.rundir import save_run_student
+
+    model = _trained(build_student("visualbert", checkpoint=str(visualbert_dir)))
+    record = save_run_student(save_student, model, tmp_path)
+    assert record == {"transformers": {"dir": "hf", "student": "visualbert",
+                                       "class": "VisualBertForMultipleChoice",
+                                       "task": "multiple_choice", "max_length": 64}}
+    files = {p.name: p.read_bytes() for p in (tmp_path / "hf").iterdir()}
+    assert {"model.safetensors", "config.json", "madcache.json", "tokenizer.json"} <= set(files)
+    save_run_student(save_student, model, tmp_path)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "hf").iterdir()} == files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "student"]   # no leftovers
+    (tmp_path / "hf" / "madcache.json").unlink()
+    with pytest.raises(OutputLocationError, match="not written by madcache"):
+        save_run_student(save_student, model, tmp_path)
+    assert (tmp_path / "hf" / "model.safetensors").read_bytes() == files["model.safetensors"]

@@ -609,6 +609,50 @@ def _submission_round_trip(demo, run, extra):
         assert all(sum(r) == pytest.approx(1, abs=1e-5) for r in rationales)
 
 
+def _transformers_folder_scores_like_the_student(run, student, root):
+    """transformers loads the run's hf/ folder on its own and scores two val questions as the
+    run's student does (VisualBERT: on the same region features; ViLT: from the image, through
+    the saved processor, one (text, image) pair per call under seed 0)."""
+    import transformers
+    from PIL import Image
+
+    from madcache.data import read_examples
+    from madcache.students.predict import load_run_student
+    from madcache.students.regions import collate_regions
+    from madcache.students.visual import collate_pixels
+
+    model = load_run_student(run).eval()
+    examples = read_examples("vcr", root, "val").examples[:2]
+    hf = getattr(transformers, model.transformers_model().__class__.__name__).from_pretrained(
+        str(run / "hf")).eval()
+    with torch.no_grad():
+        if student == "visualbert":
+            generator = torch.Generator().manual_seed(0)
+            regions = collate_regions([(torch.randn(3, 199, generator=generator),
+                                        torch.tensor([[0.0, 0.0, 1.0, 1.0]] * 3))] * 2)
+            inputs = model.prepare(examples, regions)
+            expected = model(inputs).logits
+            rows = torch.arange(2).repeat_interleave(4)
+            got = hf(input_ids=inputs["input_ids"].reshape(2, 4, -1),
+                     attention_mask=inputs["attention_mask"].long().reshape(2, 4, -1),
+                     visual_embeds=regions.feat[rows].reshape(2, 4, 3, 199),
+                     visual_attention_mask=regions.mask[rows].long().reshape(2, 4, 3)).logits
+        else:
+            images = [Image.open(root / ex.image_path).convert("RGB") for ex in examples]
+            pixels = collate_pixels([model.image_processor()(image) for image in images])
+            expected = model(model.prepare(examples, pixels)).logits
+            processor = transformers.ViltProcessor.from_pretrained(str(run / "hf"))
+            got = []
+            for ex, image in zip(examples, images):
+                for text in ex.texts:
+                    torch.manual_seed(0)
+                    got.append(hf(**processor(images=image, text=text.text, truncation=True,
+                                              max_length=model.max_length,
+                                              return_tensors="pt")).logits[0])
+            got = torch.stack(got).reshape(expected.shape)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("student", ["visualbert", "vilt"])
 def test_demo_train_cli_pretrained_student_mad(demo, hf_students, student):
@@ -638,6 +682,11 @@ def test_demo_train_cli_pretrained_student_mad(demo, hf_students, student):
     assert set(metrics["eval"]["val"]) == {"q2a", "qa2r", "q2ar"}
     saved = json.loads((run / "student" / "student.json").read_text())
     assert saved["student"] == student and saved["options"]["checkpoint"] is None
+    hf_class = {"visualbert": "VisualBertForMultipleChoice", "vilt": "ViltForQuestionAnswering"}
+    assert metrics["transformers"] == {"dir": "hf", "student": student, "task": "multiple_choice",
+                                       "class": hf_class[student],
+                                       "max_length": {"visualbert": 128, "vilt": 40}[student]}
+    _transformers_folder_scores_like_the_student(run, student, root)
     if student == "visualbert":
         build_region_store(dataset="vcr", root=root, split="test", extractor="boxcrop",
                            out=demo / "regions-test", max_regions=4, progress=False)
