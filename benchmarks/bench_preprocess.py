@@ -1,50 +1,89 @@
 """Extraction's CPU side per example, on the real VCR samples: can 16 cores keep a GPU busy?
 
 Measured on `../shared/fixtures/real/vcr` (the 159 VCR val annotation lines, 143 images named
-there, and the one real image of the fixture, decoded as many times as there are images):
+there, and the one real image of the fixture, decoded as many times as there are images), one
+thread, before and after the changes of issue 29 item 6, interleaved in one process:
 
 - `read`: JSON parsing + word splitting (the VCR reader builds each `Text` from its tokens);
-- `decode`: JPEG decode + RGB (`extraction.jobs.load_rgb`) of the real image;
-- `transform`: the ViT-B/16 CLIP image transform (resize 224, crop, normalise);
-- `bpe`: open_clip's BPE, word by word (`WordTokenizer`, per-process word memo cold, then warm);
-- `yake`: YAKE keyword scores + content words per scored text (memo cold: every text new).
+- `decode`: JPEG decode to RGB: before, `Image.open(..).convert("RGB")` (a whole-frame copy of an
+  RGB JPEG); after, `extraction.jobs.load_rgb` (the decoded image itself);
+- `transform`: the ViT-B/16 CLIP image transform (resize 224, crop, normalise), unchanged;
+- `bpe`: open_clip's BPE, word by word (`WordTokenizer`, per-process word memo cold);
+- `yake`: YAKE keyword scores + content words per scored text (memos cold: every text new);
+  before, the content-word rule ran twice per text (inside the YAKE scores and for the stored
+  mask), after once (memoised per text);
+- `preprocessor`: the real `Preprocessor` over the real shard's jobs (images and texts), memos
+  cold, its per-example total (a check on the sum of the steps).
 
 Prints each cost per example (an example is one QA or QA->R item; a VCR image serves
-`examples / images` of them), the sum, and the projection for a 16-core node: 15 worker
-processes (the main process feeds the GPU) x 1 / (CPU seconds per example). Beside it:
-clip-retrieval's ~1,100 images/s per A100 for a ViT-B/16 image tower, in examples/s.
-    python benchmarks/bench_preprocess.py [--root ../shared/fixtures/real/vcr] [--repeats 3]
+`examples / images` of them), the projection for a 16-core node, 15 worker processes (the main
+process feeds the GPU) x 1 / (CPU seconds per example), against what a ViT-B/16 image tower
+consumes at clip-retrieval's ~1,100 images/s per A100, and what extraction's default `--workers`
+gives on that node: before, 0 (one process prepares and feeds the GPU: at best 1 / cost); after,
+`preprocess_workers`' count, 15.
+    python benchmarks/bench_preprocess.py [--root ../shared/fixtures/real/vcr] [--repeats 5]
+    python benchmarks/bench_preprocess.py --quick     (24 examples, 1 repeat: tests)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
 ANNOTATIONS = "annotations/vcr_cs_val_original.jsonl"
-WORKERS_16_CORES = 15
+CORES = 16
+WORKERS_16_CORES = CORES - 1
 CLIP_RETRIEVAL_A100 = 1100
 
 
-def seconds(fn, repeats: int) -> float:
-    times = []
+def load_rgb_before(root: Path, relative: str):
+    """`load_rgb` before this change: `convert("RGB")` copies an RGB JPEG whole."""
+    from PIL import Image
+
+    with Image.open(root / relative) as image:
+        return image.convert("RGB")
+
+
+@contextlib.contextmanager
+def before_change():
+    """Extraction as it was: the copying decode and the content-word rule without its memo."""
+    from madcache.extraction import jobs, scores
+
+    saved = jobs.load_rgb, scores._content_words
+    jobs.load_rgb, scores._content_words = load_rgb_before, scores._content_words.__wrapped__
+    try:
+        yield
+    finally:
+        jobs.load_rgb, scores._content_words = saved
+
+
+def interleaved(variants: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each variant, the variants alternating within each repeat."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+        for name, fn in variants.items():
+            started = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path(os.environ.get(
         "MADCACHE_REAL_FIXTURES", REPO.parent / "shared" / "fixtures" / "real")) / "vcr")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="24 examples, 1 repeat (tests)")
     args = parser.parse_args(argv)
     if not (args.root / ANNOTATIONS).is_file():
         result = {"benchmark": "preprocess", "skipped": f"no real VCR samples at {args.root} "
@@ -56,50 +95,87 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from madcache.data import read_examples
-    from madcache.extraction import scores
-    from madcache.extraction.jobs import load_rgb
+    from madcache.extraction import jobs, scores
+    from madcache.extraction.plan import build_shard_plan
     from madcache.teachers import clip as clip_module
 
     torch.set_num_threads(1)
-    examples = read_examples("vcr", args.root, ANNOTATIONS, skip_bad=True).examples
+    repeats = 1 if args.quick else args.repeats
+    everything = read_examples("vcr", args.root, ANNOTATIONS, skip_bad=True).examples
+    examples = everything[:24] if args.quick else everything
     images = len({e.image_id for e in examples})
     texts = [t for e in examples for t in e.texts]
-    image = next(p.relative_to(args.root) for p in (args.root / "vcr1images").rglob("*.jpg"))
+    image = str(next(p.relative_to(args.root) for p in (args.root / "vcr1images").rglob("*.jpg")))
     config = open_clip.get_model_config("ViT-B-16")
     preprocess = open_clip.transform.PreprocessCfg(size=config["vision_cfg"]["image_size"])
     transform = open_clip.transform.image_transform_v2(preprocess, is_train=False)
     tokenizer = clip_module.WordTokenizer(config["text_cfg"]["context_length"])
-    decoded = load_rgb(args.root, str(image))
+    decoded = jobs.load_rgb(args.root, image)
+    preprocessor = jobs.Preprocessor(args.root, image_transforms={"clip": transform},
+                                     text_processors={"clip": tokenizer}, aux_processors={},
+                                     yake=jobs.YakeSettings(), forward_batch=64)
+    plan = build_shard_plan(0, examples)
+    plan.image_paths = [image] * len(plan.image_paths)     # the fixture's one real frame
+    shard = jobs.shard_jobs(plan, 64, with_aux=False, forward_batch=64)
+
+    memos = (clip_module._word_pieces, scores._yake_word_scores, scores._content_words)
+
+    def cold():
+        for memo in memos:
+            memo.cache_clear()
+
+    def decode():
+        return [jobs.load_rgb(args.root, image) for _ in range(images)]
 
     def bpe_cold():
-        clip_module._word_pieces.cache_clear()
+        cold()
         tokenizer(texts)
 
     def yake_cold():
-        scores._yake_word_scores.cache_clear()
+        cold()
         for text in texts:
             scores.yake_word_scores(text)
             scores.content_words(text)
 
-    total = {
-        "read": seconds(lambda: read_examples("vcr", args.root, ANNOTATIONS, skip_bad=True),
-                        args.repeats),
-        "decode": seconds(lambda: [load_rgb(args.root, str(image)) for _ in range(images)],
-                          args.repeats),
-        "transform": seconds(lambda: [transform(decoded) for _ in range(images)], args.repeats),
-        "bpe_cold": seconds(bpe_cold, args.repeats),
-        "bpe_warm": seconds(lambda: tokenizer(texts), args.repeats),
-        "yake_cold": seconds(yake_cold, args.repeats),
-    }
+    def preprocessor_cold():
+        cold()
+        for job in shard:
+            preprocessor(job)
+
+    def before(fn):
+        def run():
+            with before_change():
+                fn()
+        return run
+
+    steps = {"read": lambda: read_examples("vcr", args.root, ANNOTATIONS, skip_bad=True),
+             "decode": decode, "transform": lambda: [transform(decoded) for _ in range(images)],
+             "bpe": bpe_cold, "yake": yake_cold, "preprocessor": preprocessor_cold}
+    variants = {}
+    for name, fn in steps.items():
+        variants[f"{name}/before"] = before(fn)
+        variants[f"{name}/after"] = fn
+    seconds = interleaved(variants, repeats)
     n = len(examples)
-    per_example_ms = {k: round(1e3 * v / n, 3) for k, v in total.items()}
-    cost = sum(v for k, v in per_example_ms.items() if k != "bpe_warm")
-    result = {"benchmark": "preprocess", "examples": n, "images": images, "texts": len(texts),
-              "image_size": list(decoded.size), "per_example_ms": per_example_ms,
-              "cpu_ms_per_example": round(cost, 3),
-              "dominant": max((k for k in per_example_ms if k != "bpe_warm"),
-                              key=per_example_ms.get),
-              "projected_examples_per_s_16_cores": round(WORKERS_16_CORES * 1e3 / cost, 1),
+    table = {}
+    for variant in ("before", "after"):
+        ms = {name: 1e3 * seconds[f"{name}/{variant}"] / n for name in steps}
+        ms["read"] *= n / len(everything)           # the reader reads the whole file
+        ms = {k: round(v, 3) for k, v in ms.items()}
+        cost = sum(v for k, v in ms.items() if k != "preprocessor")
+        workers = 0 if variant == "before" else jobs.preprocess_workers(None, "cuda",
+                                                                        cores=CORES, environ={})
+        table[variant] = {
+            "per_example_ms": ms, "cpu_ms_per_example": round(cost, 3),
+            "dominant": max((k for k in ms if k != "preprocessor"), key=ms.get),
+            "projected_examples_per_s_16_cores": round(WORKERS_16_CORES * 1e3 / cost, 1),
+            "default_workers_16_core_cuda_node": workers,
+            "default_examples_per_s_16_core_cuda_node": round(max(workers, 1) * 1e3 / cost, 1)}
+    result = {"benchmark": "preprocess", "quick": args.quick, "examples": n, "images": images,
+              "texts": len(texts), "image_size": list(decoded.size), "repeats": repeats,
+              **table,
+              "after_over_before_cpu_ms": round(table["after"]["cpu_ms_per_example"]
+                                                / table["before"]["cpu_ms_per_example"], 3),
               "clip_retrieval_a100_examples_per_s": round(CLIP_RETRIEVAL_A100 * n / images, 1)}
     print(json.dumps(result))
     return result

@@ -1,5 +1,6 @@
 """benchmarks/gpu_check.sh in its dry mode (tiny shapes on the CPU): every part of the GPU check
-still runs, so the script cannot rot between the runs on a GPU machine."""
+still runs, so the script cannot rot between the runs on a GPU machine; bench_preprocess.py in
+its quick mode on the real VCR sample."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,3 +28,23 @@ def test_gpu_check_runs_dry():
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     assert figures["dry"] and figures["extraction"]["examples"] == 8
     assert figures["steps"]["mad_over_baseline_bf16"] > 0
+
+
+@pytest.mark.real
+def test_preprocess_bench_runs_quick(real_root):
+    """benchmarks/bench_preprocess.py --quick on the real VCR sample: both variants measured,
+    the same steps, positive costs, the default worker count of a 16-core CUDA node."""
+    env = {**os.environ, "MADCACHE_REAL_FIXTURES": str(real_root), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_preprocess.py"),
+                           "--quick"], capture_output=True, text=True, timeout=300, env=env,
+                          cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert figures["quick"] and figures["examples"] == 24 and figures["texts"] == 96
+    before, after = figures["before"], figures["after"]
+    assert set(before["per_example_ms"]) == set(after["per_example_ms"]) == {
+        "read", "decode", "transform", "bpe", "yake", "preprocessor"}
+    assert all(v > 0 for v in [*before["per_example_ms"].values(),
+                               *after["per_example_ms"].values()])
+    assert (before["default_workers_16_core_cuda_node"],
+            after["default_workers_16_core_cuda_node"]) == (0, 15)

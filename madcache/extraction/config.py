@@ -65,8 +65,11 @@ class ExtractConfig:
                                                   "values.")
     forward_batch: int = setting(64, minimum=1, help="Rows per teacher forward (in the "
                                                      "fingerprint: results depend on it).")
-    workers: int = setting(0, minimum=0, help="Worker processes for decoding, tokenising and "
-                                              "YAKE (0: in-process).")
+    workers: int | None = setting(None, minimum=0, help="Worker processes for decoding, "
+                                                        "tokenising and YAKE (0: in-process) "
+                                                        "[default: on CUDA, this process's "
+                                                        "share of the cores but one; on the "
+                                                        "CPU, 0].")
     threads: int = setting(1, minimum=1, maximum=MAX_THREADS,
                            help="CPU threads of the teacher forward. Pinned: with more than one, "
                                 "a loaded machine changed the last bits of features "

@@ -1,6 +1,7 @@
 """The CPU side of extraction: jobs that decode images, tokenise texts and score YAKE keywords.
 
-Jobs run in DataLoader worker processes (`workers` > 0) while the main process runs the teacher
+Jobs run in DataLoader worker processes (`workers` > 0; on CUDA by default one per core but one,
+`preprocess_workers`) while the main process runs the teacher
 forward on earlier jobs: the loader keeps `prefetch_factor` jobs per worker in flight, so the next
 batches are ready when the model finishes. The job stream is a *sampler* consumed lazily in the
 main process, so shard plans (and VQA's answer prefiltering) are built just ahead of their jobs.
@@ -16,9 +17,10 @@ sees in one forward, shapes and padding included, depends on the shard and F but
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
+from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
 
 import torch
 
@@ -112,13 +114,16 @@ class Preprocessor:
 
 
 def load_rgb(root: Path, relative: str):
-    """A dataset image as an RGB PIL image; a missing or broken file names its path."""
+    """A dataset image as an RGB PIL image; a missing or broken file names its path. An image
+    decoded as RGB (most JPEGs) is returned as decoded: `convert("RGB")` would copy it whole,
+    a tenth of extraction's image time on full-size frames (docs/performance.md)."""
     from PIL import Image, UnidentifiedImageError
 
     path = safe_join(root, relative)
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            image.load()
+            return image if image.mode == "RGB" else image.convert("RGB")
     except FileNotFoundError:
         raise DataFileNotFoundError("image not found", file=path) from None
     except (UnidentifiedImageError, OSError) as exc:
@@ -190,6 +195,23 @@ class JobStream(torch.utils.data.Sampler):
 def keep_as_is(sample: Any) -> Any:
     """DataLoader collate_fn: jobs are already batches."""
     return sample
+
+
+def preprocess_workers(requested: int | None, device: str, *, cores: int | None = None,
+                       environ: Mapping[str, str] = os.environ) -> int:
+    """`--workers`, else by default: on CUDA, this process's share of the usable cores
+    (torchrun's `LOCAL_WORLD_SIZE` processes per node share them) less one for the process
+    feeding the GPU: per example, decoding and resizing a full-size frame cost the CPU more
+    than the GPU's forward (docs/performance.md). On the CPU 0: the forward has the cores."""
+    if requested is not None:
+        return requested
+    if not device.startswith("cuda"):
+        return 0
+    if cores is None:
+        cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                 else os.cpu_count() or 1)
+    per_node = max(int(environ.get("LOCAL_WORLD_SIZE", "1")), 1)
+    return max(cores // per_node - 1, 0)
 
 
 def make_loader(preprocessor: Preprocessor, stream: JobStream, *, workers: int,

@@ -36,7 +36,7 @@ from madcache.extraction.config import ExtractConfig
 from madcache.extraction.distributed import ProcessGroup, Ranks, rank_device, resolve_ranks
 from madcache.extraction.finish import finish_extraction
 from madcache.extraction.jobs import (Job, JobStream, Preprocessor, YakeSettings, make_loader,
-                                      payload_of, shard_jobs)
+                                      payload_of, preprocess_workers, shard_jobs)
 from madcache.extraction.manifest import (build_fingerprint, build_manifest,
                                           unavailable_warning)
 from madcache.extraction.plan import ShardPlan, build_shard_plan, group_into_shards, num_choices
@@ -61,6 +61,7 @@ def extract(config: ExtractConfig, *, teacher_loader: Loader | None = None,
     """
     started = time.perf_counter()
     config = replace(config, device=resolve_device(config.device))   # first: a bad one is 1 line
+    config = replace(config, workers=preprocess_workers(config.workers, config.device))
     torch.set_num_threads(config.threads)
     check_output_location(config.output_path(), roots=[config.root],
                           inputs=[config.checkpoint, config.vision_checkpoint,

@@ -50,10 +50,16 @@ def _yake_extractor(language: str, max_ngram: int, top: int):
 
 def content_words(text: Text, language: str = "en") -> np.ndarray:
     """[W] bool: the words token selection may pick. False for stopwords (YAKE's own stopword
-    list of `language`, compared lower-cased) and for words without a letter or digit."""
+    list of `language`, compared lower-cased) and for words without a letter or digit.
+    Memoised per process, as `yake_word_scores` (which masks with it) is."""
+    return np.array(_content_words(text, language), dtype=bool)
+
+
+@lru_cache(maxsize=65_536)
+def _content_words(text: Text, language: str) -> tuple[bool, ...]:
     stopwords = _yake_extractor(language, 3, 20).stopword_set
-    return np.array([any(c.isalnum() for c in w.text) and w.text.lower() not in stopwords
-                     for w in text.words], dtype=bool)
+    return tuple(any(c.isalnum() for c in w.text) and w.text.lower() not in stopwords
+                 for w in text.words)
 
 
 def yake_word_scores(text: Text, *, max_ngram: int = 3, top: int = 20,

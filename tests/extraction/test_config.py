@@ -67,3 +67,18 @@ def test_each_protocol_names_its_default_logits():
         {"none": "", "vcr": "ia", "snli-ve": "kmeans", "vqa": "template"}
     assert ExtractConfig.from_dict(VALUES).logits_default == "ia"
     assert ExtractConfig.from_dict({**VALUES, "default_logits": "iqa"}).logits_default == "iqa"
+
+
+@pytest.mark.parametrize("requested, device, env, expected", [
+    (3, "cuda:0", {}, 3), (0, "cuda", {}, 0), (None, "cpu", {}, 0), (None, "cuda:0", {}, 15),
+    (None, "cuda:1", {"LOCAL_WORLD_SIZE": "2"}, 7),
+    (None, "cuda:7", {"LOCAL_WORLD_SIZE": "32"}, 0)])
+def test_workers_default_to_the_cores_on_cuda_only(requested, device, env, expected):
+    """--workers, else on CUDA this process's share of the cores less one (the process that
+    feeds the GPU); on the CPU 0, the forward keeping the cores."""
+    from madcache.extraction.jobs import preprocess_workers
+
+    assert preprocess_workers(requested, device, cores=16, environ=env) == expected
+    assert preprocess_workers(None, "cuda") >= 0          # this machine's cores
+    config = ExtractConfig(dataset="vcr", root=Path("data"), split="val", teacher="t")
+    assert config.workers is None

@@ -65,3 +65,18 @@ def test_stopwords_and_punctuation_get_a_zero_selection_score():
     assert all(score[i] == 0 for i, c in enumerate(content) if not c)
     assert score[torch.from_numpy(content)].sum() == pytest.approx(2.0)   # both parts normalised
     assert {words[i] for i in top_words(score, 2)} <= {"dress", "red", "sending", "telegram"}
+
+
+def test_content_words_are_memoised_per_text_and_equal_the_direct_rule():
+    from madcache.extraction import scores
+
+    text = Text.from_string("Why is person1 sending the telegram , and to whom ?")
+    stopwords = scores._yake_extractor("en", 3, 20).stopword_set
+    direct = [any(c.isalnum() for c in w.text) and w.text.lower() not in stopwords
+              for w in text.words]
+    scores._content_words.cache_clear()
+    first = content_words(text)
+    first[:] = False                                  # a caller's copy, not the memo
+    again = content_words(text)
+    assert again.tolist() == direct and again.dtype == bool and any(direct)
+    assert scores._content_words.cache_info().hits == 1
