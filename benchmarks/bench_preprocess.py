@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     from madcache.data import read_examples
     from madcache.extraction import scores
     from madcache.extraction.jobs import load_rgb
-    from madcache.teachers import clip as clip_module
+    from madcache.data import wordpieces
 
     torch.set_num_threads(1)
     examples = read_examples("vcr", args.root, ANNOTATIONS, skip_bad=True).examples
@@ -68,11 +68,11 @@ def main(argv: list[str] | None = None) -> dict:
     config = open_clip.get_model_config("ViT-B-16")
     preprocess = open_clip.transform.PreprocessCfg(size=config["vision_cfg"]["image_size"])
     transform = open_clip.transform.image_transform_v2(preprocess, is_train=False)
-    tokenizer = clip_module.WordTokenizer(config["text_cfg"]["context_length"])
+    tokenizer = wordpieces.WordTokenizer(config["text_cfg"]["context_length"])
     decoded = load_rgb(args.root, str(image))
 
     def bpe_cold():
-        clip_module._word_pieces.cache_clear()
+        wordpieces._word_pieces.cache_clear()
         tokenizer(texts)
 
     def yake_cold():

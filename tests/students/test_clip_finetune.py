@@ -179,12 +179,15 @@ def test_baseline_training_moves_the_weights(tiny_clip, demo_root, tmp_path):
 
     from madcache.train.loop import run_training
 
-    metrics = run_training(_train_config(tiny_clip, demo_root / "vcr", tmp_path / "run"))
+    metrics = run_training(_train_config(tiny_clip, demo_root / "vcr", tmp_path / "run",
+                                         eval_every=2))
     trained = load_file(str(tmp_path / "run" / "student" / "model.safetensors"))
     start = student_of(tiny_clip, task="multiple_choice").state_dict()
     moved = [k for k in start if not torch.equal(start[k], trained[k])]
     assert "model.visual.conv1.weight" in moved and "model.token_embedding.weight" in moved
-    assert all(np.isfinite(h["loss"]) for h in metrics["history"] if "loss" in h)
+    assert "model.logit_scale" in moved                       # s is trained too
+    losses = [h["loss"] for h in metrics["history"]]
+    assert len(losses) == 2 and all(np.isfinite(losses)) and metrics["status"] == "complete"
 
 
 @pytest.mark.parametrize("method", ["md", "mad"])
