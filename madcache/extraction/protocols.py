@@ -15,6 +15,9 @@ candidates of an example, for confidence weighting and zero-shot evaluation, and
 A task adds relevance-only prompt texts to a shard plan (`prepare`), turns the relevance model's
 embeddings into per-example arrays (`score`), and may need the whole split afterwards
 (`finish`: SNLI-VE's k-means anchors). All logits come from the relevance model.
+
+The texts each protocol scores (VCR prompts, VQA `TEMPLATES`) and the scaled cosine live in
+`madcache.data.prompts`, the one implementation the `clip-finetune` student scores with too.
 """
 
 from __future__ import annotations
