@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from madcache.core.errors import CheckpointNotFoundError, ConfigError
+from madcache.core.errors import CheckpointNotFoundError
 from madcache.core.io import load_weights, loading, read_json
 from madcache.students.base import (STUDENTS, RegionInputs, Student, StudentFactory,
                                     StudentOutput, check_student)
@@ -33,7 +33,7 @@ class StudentSpec:
     naming files or folders that `export_options` may give relative to the saved student's
     directory (`load_student` resolves them against it). `is_teacher`: the student is a teacher
     architecture itself (`clip-finetune`), so a method that distils a teacher into it, or has an
-    adaptive-finetuning stage, is refused (`refuse_method`)."""
+    adaptive-finetuning stage, is refused (`madcache.train.config`)."""
 
     factory: StudentFactory
     path_options: tuple[str, ...] = ()
@@ -61,16 +61,10 @@ STUDENT_JSON = "student.json"
 STUDENT_WEIGHTS = "model.safetensors"
 
 
-def refuse_method(student: str, method: Any) -> None:
-    """One line refusing `method` (a `madcache.method.methods.Method`) for a student that is a
-    teacher architecture itself: only a method without distillation and without AF (baseline)
-    trains it. Students not registered (yet) are left to `build_student`."""
-    if student not in STUDENTS or not getattr(STUDENTS.get(student), "is_teacher", False):
-        return
-    if method.distils or method.stage_names != ("task",):
-        raise ConfigError(f"method: student '{student}' is the teacher's own architecture "
-                          f"(Direct Finetune): distilling a model into itself is refused; use "
-                          f"--method baseline, not '{method.name}'")
+def is_teacher(name: str) -> bool:
+    """Whether the registered student `name` is a teacher architecture itself (its spec's
+    `is_teacher`); False for a name not registered (`build_student` refuses it later)."""
+    return name in STUDENTS and bool(getattr(STUDENTS.get(name), "is_teacher", False))
 
 
 def build_student(name: str, **options: Any) -> Student:
@@ -118,4 +112,4 @@ def load_student(directory: str | Path):
 
 
 __all__ = ["STUDENTS", "StudentSpec", "RegionInputs", "Student", "StudentOutput", "build_student",
-           "save_student", "load_student", "refuse_method"]
+           "save_student", "load_student", "is_teacher"]
