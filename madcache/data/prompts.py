@@ -15,7 +15,7 @@ texts and the same cosine so that at step 0 it equals the zero-shot numbers
 from __future__ import annotations
 
 import re
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -96,3 +96,13 @@ def question_to_statement(question: str, answer: str) -> str:
         if m:
             return fn(m, a)
     return f"{question.strip()} {a}"
+
+
+def vqa_question(example: Example) -> str:
+    """The question a VQA example asks (its one choice)."""
+    return example.choices[0].text
+
+
+def statement_texts(question: str, answers: Sequence[str]) -> list[Text]:
+    """One statement `Text` per candidate answer (`question_to_statement`)."""
+    return [Text.from_string(question_to_statement(question, answer)) for answer in answers]

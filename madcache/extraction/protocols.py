@@ -32,8 +32,8 @@ import torch
 
 from madcache.core.registry import Registry
 from madcache.data.prompts import (LOGIT_SCALE, SNLI_VE_ORDER, TEMPLATES, VCR_PROTOCOLS,
-                                   cosine_logits, question_to_statement, vcr_texts)
-from madcache.data.records import Text
+                                   cosine_logits, statement_texts,
+                                   vcr_texts, vqa_question)
 from madcache.extraction.plan import ShardPlan, unique_texts
 
 if TYPE_CHECKING:
@@ -214,11 +214,11 @@ class VqaTask(Task):
     _vocab_emb: torch.Tensor | None = field(default=None, repr=False)
 
     def prepare(self, plan: ShardPlan) -> None:
-        questions = [ex.choices[0].text for ex in plan.examples]
+        questions = [vqa_question(ex) for ex in plan.examples]
         candidates = prefilter_answers(questions, self.vocab, _VocabCache(self),
                                                k=self.top_k)
-        statements = [[Text.from_string(question_to_statement(q, self.vocab[a]))
-                       for a in row] for q, row in zip(questions, candidates)]
+        statements = [statement_texts(q, [self.vocab[a] for a in row])
+                      for q, row in zip(questions, candidates)]
         plan.aux_texts, plan.example_aux = unique_texts(statements)
         plan.arrays["candidates"] = candidates.astype(np.int64)
 

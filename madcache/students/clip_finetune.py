@@ -39,7 +39,8 @@ from madcache.core.config import config_from_dict
 from madcache.core.errors import CheckpointNotFoundError, ConfigError
 from madcache.core.io import loading, read_json
 from madcache.data.base import CLASSIFICATION, MULTILABEL, MULTIPLE_CHOICE, TASKS
-from madcache.data.prompts import VCR_PROTOCOLS, cosine_logits, question_to_statement, vcr_texts
+from madcache.data.prompts import (VCR_PROTOCOLS, cosine_logits, statement_texts, vcr_texts,
+                                   vqa_question)
 from madcache.data.records import Example, Text
 from madcache.data.vqa import read_answer_vocab
 from madcache.data.wordpieces import WordTokenizer
@@ -257,9 +258,7 @@ class ClipFinetuneStudent(nn.Module):
         if self.task == MULTIPLE_CHOICE:
             return list(vcr_texts(example, self.config.prompt))
         if self.task == MULTILABEL:
-            question = example.texts[0].text
-            return [Text.from_string(question_to_statement(question, answer))
-                    for answer in self.answers]
+            return statement_texts(vqa_question(example), self.answers)
         return list(example.texts)
 
     def prepare(self, examples: Sequence[Example], pixels: PixelInputs) -> dict[str, Any]:
