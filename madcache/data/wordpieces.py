@@ -1,6 +1,7 @@
 """Texts tokenised word by word (the dataset layer's words), so every token knows its word:
 the `TokenBatch` a teacher's text processor returns, `word_piece_batch` (any tokenizer's pieces
-of one word), and `WordTokenizer`, open_clip's BPE word by word.
+of one word), `WordTokenizer` (open_clip's BPE word by word) and `HFWordPieces` (a transformers
+tokenizer directory's, word by word).
 
 Shared by the open_clip teacher (teachers/clip.py) and the `clip-finetune` student
 (students/clip_finetune.py), which must tokenise exactly as the teacher did to score, at step 0,
@@ -11,10 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import lru_cache
+import os
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
+from madcache.core.errors import ConfigError
 from madcache.data.records import Text
 
 
@@ -95,3 +99,54 @@ class WordTokenizer:
         return word_piece_batch(texts, lambda word: _word_pieces(self.tokenizer_kwargs, word),
                                 prefix=[tok.sot_token_id], suffix=[tok.eot_token_id],
                                 length=self.context_length, pad_id=0, pad_to_length=True)
+
+
+# --- a transformers tokenizer (CLIP's byte-level BPE, SigLIP's SentencePiece) ---------------
+
+PROBE = "a"
+
+
+@lru_cache(maxsize=4)
+def hf_tokenizer(path: str):
+    """The directory's tokenizer, fast or not (SigLIP's is SentencePiece, slow only)."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, ImportError) as exc:
+        raise ConfigError(f"{path}: cannot load its tokenizer ({str(exc).splitlines()[0]}); a "
+                          "SigLIP directory needs `pip install madcache[siglip]` "
+                          "(sentencepiece)") from None
+
+
+@lru_cache(maxsize=262_144)
+def _pieces(path: str, word: str) -> tuple[int, ...]:
+    return tuple(hf_tokenizer(path)(word, add_special_tokens=False)["input_ids"])
+
+
+def special_tokens(tokenizer) -> tuple[list[int], list[int]]:
+    """(prefix, suffix): the special token ids the tokenizer puts around a text."""
+    full = list(tokenizer(PROBE)["input_ids"])
+    core = list(tokenizer(PROBE, add_special_tokens=False)["input_ids"])
+    for start in range(len(full) - len(core) + 1):
+        if full[start:start + len(core)] == core:
+            return full[:start], full[start + len(core):]
+    raise ConfigError(f"cannot find the special tokens of {type(tokenizer).__name__}")
+
+
+class HFWordPieces:
+    """Texts -> `TokenBatch` word by word with a directory's tokenizer. Picklable (the
+    tokenizer is loaded once per process)."""
+
+    def __init__(self, path: str | Path, length: int, pad_to_length: bool) -> None:
+        self.path = str(path)
+        self.length = length
+        self.pad_to_length = pad_to_length
+
+    def __call__(self, texts: Sequence[Text]) -> TokenBatch:
+        tok = hf_tokenizer(self.path)
+        prefix, suffix = special_tokens(tok)
+        return word_piece_batch(texts, lambda word: _pieces(self.path, word), prefix=prefix,
+                                suffix=suffix, length=self.length, pad_id=int(tok.pad_token_id),
+                                pad_to_length=self.pad_to_length)

@@ -55,7 +55,7 @@ STUDENTS.register("vilt", StudentSpec(vilt, path_options=("tokenizer_dir",
                                                           "image_processor_dir")))
 
 STUDENTS.register("clip-finetune", StudentSpec(clip_finetune, path_options=(
-    "model", "checkpoint", "zero_shot_cache", "answer_vocab"), is_teacher=True))
+    "model", "checkpoint", "hf_clip", "zero_shot_cache", "answer_vocab"), is_teacher=True))
 
 STUDENT_JSON = "student.json"
 STUDENT_WEIGHTS = "model.safetensors"

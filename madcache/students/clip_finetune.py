@@ -1,5 +1,6 @@
-"""The `clip-finetune` student: the teacher's own architecture, an open_clip `CLIP` loaded from
-a local checkpoint, finetuned end to end (the paper's "Direct Finetune" row). docs/students.md.
+"""The `clip-finetune` student: the teacher's own architecture, an open_clip `CLIP` or a
+transformers `CLIPModel` loaded from a local checkpoint (clip_finetune_towers.py), finetuned end
+to end (the paper's "Direct Finetune" row). docs/students.md.
 
 Its task logits are its own scaled cosines, computed with the code and texts of the zero-shot
 protocols (`madcache.data.prompts`, `madcache.data.wordpieces`), so that at step 0 it scores
@@ -17,16 +18,14 @@ what `madcache zeroshot` reports for a cache this checkpoint extracted:
   top-k candidates).
 
 `s` is the checkpoint's own logit scale (`exp(logit_scale)`, trained with the rest). Pixels come
-from the checkpoint's own open_clip preprocessing and texts are tokenised word by word with its
-BPE, as the teacher does. The student distils nothing (distilling a model into itself is refused
-when the run is configured): V_s is the image embedding, T_s the text embedding of
+from the checkpoint's own preprocessing and texts are tokenised word by word with its tokenizer,
+as the teacher of that kind does. The student distils nothing (distilling a model into itself
+is refused when the run is configured): V_s is the image embedding, T_s the text embedding of
 `example.texts`, and it has no per-token outputs (`token_spans` all -1).
 """
 
 from __future__ import annotations
 
-import copy
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -37,16 +36,14 @@ from torch.nn import functional as F
 
 from madcache.core.config import config_from_dict
 from madcache.core.errors import CheckpointNotFoundError, ConfigError
-from madcache.core.io import loading, read_json
 from madcache.data.base import CLASSIFICATION, MULTILABEL, MULTIPLE_CHOICE, TASKS
 from madcache.data.prompts import (VCR_PROTOCOLS, cosine_logits, statement_texts, vcr_texts,
                                    vqa_question)
 from madcache.data.records import Example, Text
 from madcache.data.vqa import read_answer_vocab
-from madcache.data.wordpieces import WordTokenizer
 from madcache.students.base import PixelInputs, StudentOutput
-
-NAME = "clip-finetune"
+from madcache.students.clip_finetune_towers import (NAME, ImageTransform, hf_clip_model,
+                                                    open_clip_model)
 
 
 @dataclass
@@ -57,6 +54,8 @@ class ClipFinetuneConfig:
     - `checkpoint`: its local weights file (madcache never downloads);
     - `pretrained`: the open_clip tag the weights come from (e.g. `openai`), whose preprocessing
       and QuickGELU setting they were trained with, as for the teacher;
+    - or `hf_clip`: a local transformers `CLIPModel` directory (weights, tokenizer,
+      `preprocessor_config.json`), as the `hf-clip:` teacher;
     - `prompt`: the VCR texts (`iqa` question + answer, `ia` the answer alone);
     - `zero_shot_cache`: SNLI-VE: the cache whose k-means centres (manifest
       `extra.kmeans_centres`) the head starts from, or `kmeans_centres` given directly;
@@ -68,6 +67,7 @@ class ClipFinetuneConfig:
     model: str | None = None
     checkpoint: str | None = None
     pretrained: str | None = None
+    hf_clip: str | None = None
     prompt: str = "iqa"
     zero_shot_cache: str | None = None
     kmeans_centres: list[float] | None = None
@@ -90,12 +90,16 @@ class ClipFinetuneConfig:
         if self.task == MULTILABEL and not self.answers:
             raise ConfigError(f"{NAME} task=multilabel (VQA) needs the answer vocabulary: "
                               "answer_vocab=FILE, the same as the cache's")
-        if self.model is None and self.model_config is None:
-            raise ConfigError(f"{NAME} needs model=NAME_OR_CONFIG_JSON (an open_clip model name "
-                              "or model-config file) and checkpoint=FILE (its local weights)")
-        if self.model_config is None and self.checkpoint is None:
+        if (self.model is None) == (self.hf_clip is None) and self.model_config is None:
+            raise ConfigError(f"{NAME} needs one of model=NAME_OR_CONFIG_JSON (an open_clip "
+                              "model name or model-config file, with checkpoint=FILE) or "
+                              "hf_clip=DIR (a transformers CLIPModel directory)")
+        if self.model is not None and self.model_config is None and self.checkpoint is None:
             raise CheckpointNotFoundError(f"{NAME} needs checkpoint=FILE: the local weights of "
                                           f"{self.model} (madcache never downloads)")
+        if self.hf_clip is not None and self.checkpoint is not None:
+            raise ConfigError(f"{NAME}: checkpoint is for an open_clip model; hf_clip reads the "
+                              "directory's own weights")
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> "ClipFinetuneConfig":
@@ -104,74 +108,6 @@ class ClipFinetuneConfig:
 
 
 # ----------------------------------------------------------------------------- loading
-
-def _open_clip():
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    import open_clip
-
-    return open_clip
-
-
-def model_config(config: ClipFinetuneConfig) -> dict[str, Any]:
-    """The open_clip model config: a built-in name's, or a JSON file's; QuickGELU as the
-    `pretrained` tag says. Only `open_clip.CLIP` models with open_clip's own BPE."""
-    open_clip = _open_clip()
-    if config.model_config is not None:
-        return copy.deepcopy(config.model_config)
-    path = Path(config.model)
-    if path.suffix == ".json":
-        if not path.is_file():
-            raise ConfigError(f"{NAME}: open_clip model config not found: {path}")
-        cfg = read_json(path)
-    else:
-        cfg = open_clip.get_model_config(config.model)
-        if cfg is None:
-            raise ConfigError(f"{NAME}: open_clip has no model '{config.model}'. Available: "
-                              f"{', '.join(open_clip.list_models())}")
-    if cfg.get("custom_text") or "hf_tokenizer_name" in cfg.get("text_cfg", {}):
-        raise ConfigError(f"{NAME}: {config.model} is not an open_clip CLIP with its own BPE "
-                          "tokenizer (custom_text / hf_tokenizer_name); only those are supported")
-    if _tag(config).get("quick_gelu"):
-        cfg["quick_gelu"] = True
-    return cfg
-
-
-def _tag(config: ClipFinetuneConfig) -> dict[str, Any]:
-    if not config.pretrained or config.model is None:
-        return {}
-    return _open_clip().get_pretrained_cfg(config.model, config.pretrained) or {}
-
-
-def preprocess_config(config: ClipFinetuneConfig, cfg: dict[str, Any], model) -> dict[str, Any]:
-    """open_clip's preprocessing settings, merged as `open_clip.create_model` merges them: the
-    defaults, the config's `preprocess_cfg`, the model's image size, the tag's mean / std /
-    interpolation / resize mode."""
-    if config.preprocess is not None:
-        return dict(config.preprocess)
-    from open_clip.transform import PreprocessCfg, merge_preprocess_dict
-
-    merged = merge_preprocess_dict(asdict(PreprocessCfg()), cfg.get("preprocess_cfg", {}))
-    merged["size"] = model.visual.image_size
-    tag = _tag(config)
-    forced = {k: tag[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag}
-    merged = merge_preprocess_dict(merged, forced)
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in merged.items()}
-
-
-def load_clip(config: ClipFinetuneConfig, cfg: dict[str, Any]) -> nn.Module:
-    """An `open_clip.CLIP` in float32: the checkpoint's weights (strict), or none for a saved
-    student (`load_student` loads them)."""
-    open_clip = _open_clip()
-    model = open_clip.CLIP(**{k: v for k, v in cfg.items() if k != "preprocess_cfg"})
-    if config.model_config is not None:
-        return model
-    path = Path(config.checkpoint).expanduser()
-    if not path.is_file():
-        raise CheckpointNotFoundError(f"{NAME}: checkpoint not found: {path}")
-    with loading(path, what=f"{NAME} checkpoint"):
-        open_clip.load_checkpoint(model, str(path), strict=True)
-    return model
-
 
 def kmeans_centres(config: ClipFinetuneConfig) -> list[float]:
     """SNLI-VE's zero-shot centres (entailment, neutral, contradiction)."""
@@ -192,25 +128,6 @@ def kmeans_centres(config: ClipFinetuneConfig) -> list[float]:
     return centres
 
 
-class ClipPixels:
-    """RGB PIL image -> (pixels [3, H, W], no mask): open_clip's eval transform for the
-    checkpoint's preprocessing settings. Picklable (settings only; built on first use)."""
-
-    def __init__(self, preprocess: dict[str, Any]) -> None:
-        self.preprocess = preprocess
-        self.transform = None
-
-    def __call__(self, image) -> tuple[torch.Tensor, None]:
-        if self.transform is None:
-            from open_clip.transform import PreprocessCfg, image_transform_v2
-
-            self.transform = image_transform_v2(PreprocessCfg(**self.preprocess), is_train=False)
-        return self.transform(image), None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"preprocess": self.preprocess, "transform": None}
-
-
 # ----------------------------------------------------------------------------- the student
 
 class ClipFinetuneStudent(nn.Module):
@@ -220,19 +137,15 @@ class ClipFinetuneStudent(nn.Module):
     visual_input = "pixels"
     head_prefixes = ("head.",)   # SNLI-VE's 3-way head (--head-lr-mul); none for VCR / VQA
 
-    def __init__(self, config: ClipFinetuneConfig, cfg: dict[str, Any], model: nn.Module,
-                 preprocess: dict[str, Any]) -> None:
+    def __init__(self, config: ClipFinetuneConfig, model: nn.Module, towers: Any) -> None:
         super().__init__()
         self.config = config
-        self.model_cfg = cfg
         self.model = model
-        self.preprocess = preprocess
+        self.towers = towers        # OpenClipTowers | HFClipTowers (clip_finetune_towers.py)
         self.task = config.task
         self.answers = list(config.answers)
-        self.hidden_size = int(cfg["embed_dim"])
-        text_cfg = cfg.get("text_cfg", {})
-        self.words = WordTokenizer(int(model.context_length),
-                                   dict(text_cfg.get("tokenizer_kwargs", {})))
+        self.hidden_size = towers.embed_dim(model)
+        self.words = towers.tokeniser(model)
         if self.task == CLASSIFICATION:
             self.head = nn.Linear(self.hidden_size, config.num_classes)
             if config.model_config is None:
@@ -249,9 +162,9 @@ class ClipFinetuneStudent(nn.Module):
     def device(self) -> torch.device:
         return self.model.logit_scale.device
 
-    def image_processor(self) -> ClipPixels:
+    def image_processor(self) -> ImageTransform:
         """The pixel loader's per-image processing (students/visual.py)."""
-        return ClipPixels(self.preprocess)
+        return self.towers.image_transform(self.model)
 
     def scored_texts(self, example: Example) -> list[Text]:
         """The texts whose cosines are the logits (module docstring)."""
@@ -273,12 +186,14 @@ class ClipFinetuneStudent(nn.Module):
         texts = [t for texts in scored for t in texts]
         if self.task == MULTILABEL:
             texts += [ex.texts[0] for ex in examples]
-        return {"ids": self.words(texts).input_ids.to(self.device),
+        tokens = self.words(texts)
+        return {"ids": tokens.input_ids.to(self.device),
+                "mask": tokens.attention_mask.to(self.device),
                 "pixels": pixels.pixels.to(self.device), "per_example": len(scored[0])}
 
     def forward(self, inputs: Mapping[str, Any]) -> StudentOutput:
-        image = self.model.encode_image(inputs["pixels"])                     # [B, D]
-        text = self.model.encode_text(inputs["ids"])                          # [N, D]
+        image = self.towers.image(self.model, inputs["pixels"])               # [B, D]
+        text = self.towers.text(self.model, inputs["ids"], inputs["mask"])    # [N, D]
         batch, per = image.shape[0], inputs["per_example"]
         scored = text[:batch * per].reshape(batch, per, -1)
         scale = self.model.logit_scale.exp()
@@ -304,19 +219,17 @@ class ClipFinetuneStudent(nn.Module):
 
     def export_options(self, directory: Path) -> dict[str, Any]:
         """The resolved architecture and preprocessing; the weights hold the rest (the head)."""
-        options = asdict(self.config)
-        options.update(model=None, checkpoint=None, pretrained=None, zero_shot_cache=None,
-                       kmeans_centres=None, answer_vocab=None, answers=self.answers,
-                       model_config=self.model_cfg, preprocess=self.preprocess)
-        return options
+        return {**asdict(self.config), "model": None, "checkpoint": None, "pretrained": None,
+                "hf_clip": None, "zero_shot_cache": None, "kmeans_centres": None,
+                "answer_vocab": None, "answers": self.answers,
+                **self.towers.export(self.model, directory)}
 
 
 def clip_finetune(**options: Any) -> ClipFinetuneStudent:
     """Build the student from `--student-option` values (see `ClipFinetuneConfig`)."""
     config = ClipFinetuneConfig.from_options(options)
-    cfg = model_config(config)
-    model = load_clip(config, cfg)
-    return ClipFinetuneStudent(config, cfg, model, preprocess_config(config, cfg, model))
+    model, towers = (open_clip_model if config.hf_clip is None else hf_clip_model)(config)
+    return ClipFinetuneStudent(config, model, towers)
 
 
 clip_finetune.visual_input = "pixels"
