@@ -24,16 +24,37 @@ from madcache.students import build_student, load_student, save_student
 from madcache.students.predict import predict_logits
 from madcache.students.visual import loader_for
 
-HELPERS = Path(__file__).parents[1] / "extraction" / "conftest.py"
+TESTS = Path(__file__).parents[1]
+
+
+def helpers(name: str):
+    """A conftest of another test folder, as a module (conftests are not importable)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_conftest",
+                                                  str(TESTS / name / "conftest.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory) -> tuple[Path, Path]:
     """(model-config JSON, safetensors checkpoint) of the extraction tests' seeded tiny CLIP."""
-    spec = importlib.util.spec_from_file_location("extraction_conftest", str(HELPERS))
-    helpers = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(helpers)
-    return helpers.save_tiny_clip(tmp_path_factory.mktemp("clip-finetune"))
+    return helpers("extraction").save_tiny_clip(tmp_path_factory.mktemp("clip-finetune"))
+
+
+@pytest.fixture(scope="module")
+def hf_clip(tiny_clip, tmp_path_factory) -> Path:
+    """The same tiny CLIP as a transformers CLIPModel directory (tests/teachers' converter)."""
+    import open_clip
+    from safetensors.torch import load_file
+
+    config, checkpoint = tiny_clip
+    cfg = json.loads(config.read_text())
+    model = open_clip.CLIP(**cfg).eval()
+    model.load_state_dict(load_file(str(checkpoint)))
+    directory = tmp_path_factory.mktemp("hf-clip")
+    helpers("teachers").save_hf_clip(model, cfg, directory)
+    return directory
 
 
 def cache_of(tiny_clip, dataset: str, root: Path, split: str, out: Path) -> Path:
@@ -42,6 +63,11 @@ def cache_of(tiny_clip, dataset: str, root: Path, split: str, out: Path) -> Path
                           teacher=f"openclip-config:{config}", checkpoint=checkpoint, out=out,
                           progress=False))
     return out
+
+
+def step_0_logits(student, examples, root: Path):
+    return predict_logits(student, examples, regions=loader_for(student, root=root, regions=None),
+                          batch_size=8)
 
 
 def student_of(tiny_clip, **options):
@@ -62,8 +88,7 @@ def test_vcr_at_step_0_equals_zero_shot_iqa(tiny_clip, demo_root, tmp_path):
     cache = cache_of(tiny_clip, "vcr", root, "val", tmp_path / "cache")
     examples, opened = cached_order(cache, "vcr", root, "val")
     student = student_of(tiny_clip, task="multiple_choice")
-    logits = predict_logits(student, examples, regions=loader_for(student, root=root,
-                                                                  regions=None), batch_size=8)
+    logits = step_0_logits(student, examples, root)
 
     zero_shot = run_zero_shot(cache)["protocols"]["iqa"]["overall"]
     assert without_counts(score_logits("vcr", examples, logits)) == without_counts(zero_shot)
@@ -78,8 +103,7 @@ def test_the_ia_prompt_scores_the_answers_alone(tiny_clip, demo_root, tmp_path):
     cache = cache_of(tiny_clip, "vcr", root, "val", tmp_path / "cache")
     examples, opened = cached_order(cache, "vcr", root, "val")
     student = student_of(tiny_clip, task="multiple_choice", prompt="ia")
-    logits = predict_logits(student, examples[:8], regions=loader_for(student, root=root,
-                                                                      regions=None), batch_size=8)
+    logits = step_0_logits(student, examples[:8], root)
     stored = opened.load_targets([ex.id for ex in examples[:8]]).logits["ia"]
     np.testing.assert_allclose(logits.numpy(), stored, rtol=0, atol=1e-5)
 
@@ -91,8 +115,7 @@ def test_snli_ve_head_starts_at_the_zero_shot_kmeans_accuracy(tiny_clip, demo_ro
     cache = cache_of(tiny_clip, "snli-ve", root, "dev", tmp_path / "cache")
     examples, opened = cached_order(cache, "snli-ve", root, "dev")
     student = student_of(tiny_clip, task="classification", zero_shot_cache=str(cache))
-    logits = predict_logits(student, examples, regions=loader_for(student, root=root,
-                                                                  regions=None), batch_size=5)
+    logits = step_0_logits(student, examples, root)
 
     zero_shot = run_zero_shot(cache)["protocols"]["kmeans"]["overall"]
     assert without_counts(score_logits("snli-ve", examples, logits)) == without_counts(zero_shot)
@@ -113,6 +136,28 @@ def test_snli_ve_head_starts_at_the_zero_shot_kmeans_accuracy(tiny_clip, demo_ro
     assert len({int(c) for c in logits.argmax(1)}) > 1        # not one class for every example
 
 
+def test_a_transformers_clip_at_step_0_equals_its_zero_shot(hf_clip, demo_root, tmp_path):
+    """hf_clip=DIR against a cache of the `hf-clip:DIR` teacher: its pixels (the directory's
+    preprocessor settings), tokenizer and pooled features, as the teacher reads them."""
+    root = demo_root / "vcr"
+    extract(ExtractConfig(dataset="vcr", root=root, split="val", teacher=f"hf-clip:{hf_clip}",
+                          out=tmp_path / "cache", progress=False))
+    examples, opened = cached_order(tmp_path / "cache", "vcr", root, "val")
+    student = build_student("clip-finetune", hf_clip=str(hf_clip), task="multiple_choice")
+    logits = step_0_logits(student, examples, root)
+
+    zero_shot = run_zero_shot(tmp_path / "cache")["protocols"]["iqa"]["overall"]
+    assert without_counts(score_logits("vcr", examples, logits)) == without_counts(zero_shot)
+    stored = opened.load_targets([ex.id for ex in examples]).logits["iqa"]
+    np.testing.assert_allclose(logits.numpy(), stored, rtol=0, atol=1e-5)
+
+    save_student(student, tmp_path / "student")               # rebuilt without the directory
+    again = load_student(tmp_path / "student")
+    assert json.loads((tmp_path / "student" / "student.json").read_text())["options"][
+        "hf_clip"] == "clip"
+    assert torch.equal(step_0_logits(again, examples[:4], root), logits[:4])
+
+
 def test_snli_ve_needs_the_centres_in_one_line(tiny_clip):
     from madcache.core.errors import ConfigError
 
@@ -130,8 +175,7 @@ def test_vqa_scores_template_statements_over_the_vocabulary(tiny_clip, demo_root
     examples, opened = cached_order(cache, "vqa", root, "val")
     vocab = opened.manifest["extra"]["answer_vocab"]
     student = student_of(tiny_clip, task="multilabel", answers=vocab)
-    logits = predict_logits(student, examples, regions=loader_for(student, root=root,
-                                                                  regions=None), batch_size=8)
+    logits = step_0_logits(student, examples, root)
     stored = opened.load_targets([ex.id for ex in examples])
     at_candidates = torch.gather(logits, 1, torch.as_tensor(stored.candidates).clamp(min=0))
     real = np.asarray(stored.candidates) >= 0
