@@ -212,8 +212,8 @@ class ClipFinetuneStudent(nn.Module):
 
     def pretrain_losses(self, inputs: Mapping[str, Any], examples: Sequence[Example],
                         generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """None: Direct Finetune has no adaptive-finetuning stage (such methods are refused
-        before the run starts; this guards a plugin method that slipped through)."""
+        """Refused: Direct Finetune has no adaptive-finetuning stage. A method with one is
+        refused before the run starts (train/config.py); this guards any other caller."""
         raise ConfigError(f"{NAME} trains the task alone (Direct Finetune): use --method "
                           "baseline")
 
