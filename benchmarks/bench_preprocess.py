@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     from madcache.data import read_examples
     from madcache.extraction import jobs, scores
     from madcache.extraction.plan import build_shard_plan
-    from madcache.teachers import clip as clip_module
+    from madcache.data import wordpieces
 
     torch.set_num_threads(1)
     repeats = 1 if args.quick else args.repeats
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     config = open_clip.get_model_config("ViT-B-16")
     preprocess = open_clip.transform.PreprocessCfg(size=config["vision_cfg"]["image_size"])
     transform = open_clip.transform.image_transform_v2(preprocess, is_train=False)
-    tokenizer = clip_module.WordTokenizer(config["text_cfg"]["context_length"])
+    tokenizer = wordpieces.WordTokenizer(config["text_cfg"]["context_length"])
     decoded = jobs.load_rgb(args.root, image)
     preprocessor = jobs.Preprocessor(args.root, image_transforms={"clip": transform},
                                      text_processors={"clip": tokenizer}, aux_processors={},
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     plan.image_paths = [image] * len(plan.image_paths)     # the fixture's one real frame
     shard = jobs.shard_jobs(plan, 64, with_aux=False, forward_batch=64)
 
-    memos = (clip_module._word_pieces, scores._yake_word_scores, scores._content_words)
+    memos = (wordpieces._word_pieces, scores._yake_word_scores, scores._content_words)
 
     def cold():
         for memo in memos:

@@ -15,49 +15,32 @@ candidates of an example, for confidence weighting and zero-shot evaluation, and
 A task adds relevance-only prompt texts to a shard plan (`prepare`), turns the relevance model's
 embeddings into per-example arrays (`score`), and may need the whole split afterwards
 (`finish`: SNLI-VE's k-means anchors). All logits come from the relevance model.
+
+The texts each protocol scores (VCR prompts, VQA `TEMPLATES`) and the scaled cosine live in
+`madcache.data.prompts`, the one implementation the `clip-finetune` student scores with too.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 
 from madcache.core.registry import Registry
-from madcache.data.records import Example, Text
+from madcache.data.prompts import (LOGIT_SCALE, SNLI_VE_ORDER, TEMPLATES, VCR_PROTOCOLS,
+                                   cosine_logits, statement_texts,
+                                   vcr_texts, vqa_question)
 from madcache.extraction.plan import ShardPlan, unique_texts
 
 if TYPE_CHECKING:
     from madcache.teachers.sentence import SentenceEncoder
 
-LOGIT_SCALE = 100.0
-VCR_PROTOCOLS = ("iqa", "ia")
-SNLI_VE_ORDER = ("entailment", "neutral", "contradiction")
-
-
-def cosine_logits(image_emb: torch.Tensor, text_embs: torch.Tensor,
-                  scale: float = LOGIT_SCALE) -> torch.Tensor:
-    """`scale * cos(image, text_c)`: image [D] / [B, D], texts [C, D] / [B, C, D] -> [C] / [B, C]."""
-    image = torch.nn.functional.normalize(image_emb.float(), dim=-1).unsqueeze(-2)
-    texts = torch.nn.functional.normalize(text_embs.float(), dim=-1)
-    return scale * (image * texts).sum(-1)
-
 
 # --- VCR -----------------------------------------------------------------------------------
-
-def vcr_texts(example: Example, protocol: str) -> tuple[Text, ...]:
-    """The texts a teacher encodes for one VCR example: `iqa` = context + choice, `ia` = choice."""
-    if protocol == "iqa":
-        return example.texts
-    if protocol == "ia":
-        return example.choices
-    raise ValueError(f"unknown VCR protocol {protocol!r}; use one of {VCR_PROTOCOLS}")
-
 
 def vcr_logits(image_emb: torch.Tensor, text_embs: torch.Tensor) -> torch.Tensor:
     """100 * cos(image, text_i) over the candidates (MAD.md, VCR Q->A and QA->R)."""
@@ -92,61 +75,6 @@ def kmeans_anchors(similarities: np.ndarray, k: int = 3, seed: int = 0,
 
 
 # --- VQA -----------------------------------------------------------------------------------
-
-YES = {"yes", "yeah", "yep", "true"}
-
-StatementFn = Callable[[re.Match, str], str]
-
-
-def _yes(answer: str) -> bool:
-    return answer.strip().lower() in YES
-
-
-def _exist(m: re.Match, a: str) -> str:
-    verb, rest = m["verb"], m["rest"]
-    return f"there {verb} {re.sub(r'^any ', '', rest)}" if _yes(a) else f"there {verb} no {_drop_article(rest)}"
-
-
-def _this_is(m: re.Match, a: str) -> str:
-    return f"{m['subj']} is {m['rest']}" if _yes(a) else f"{m['subj']} is not {m['rest']}"
-
-
-def _drop_article(phrase: str) -> str:
-    return re.sub(r"^(a|an|any|the)\s+", "", phrase)
-
-
-# (name, pattern on the lower-cased question without "?", statement from match + answer).
-# First match wins; no match -> "question answer".
-TEMPLATES: tuple[tuple[str, re.Pattern, StatementFn], ...] = tuple(
-    (name, re.compile(pattern), fn) for name, pattern, fn in [
-        ("color", r"^what colou?r (?P<verb>is|are) (?P<subj>.+)$",
-         lambda m, a: f"{m['subj']} {m['verb']} {a}"),
-        ("count", r"^how many (?P<subj>.+?)(?: (?:are|is) (?:there|in|on|shown|visible).*"
-                  r"| do you see.*| can you see.*)?$",
-         lambda m, a: f"there are {a} {m['subj']}"),
-        ("exist", r"^(?P<verb>is|are) there (?P<rest>.+)$", _exist),
-        ("this-is", r"^is (?P<subj>this|that|it) (?P<rest>.+)$", _this_is),
-        ("doing", r"^what (?:is|are) (?P<subj>.+?) doing$", lambda m, a: f"{m['subj']} is {a}"),
-        ("kind", r"^what (?:kind|type|sort) of (?P<what>.+?) (?:is|are) (?P<rest>.+)$",
-         lambda m, a: f"{m['rest']} is a {a} {m['what']}"),
-        ("what-is-this", r"^what (?:is|are) (?P<subj>this|that|these|those|it)$",
-         lambda m, a: f"{m['subj']} is {a}"),
-        ("where", r"^where (?:is|are) (?P<subj>.+)$", lambda m, a: f"{m['subj']} is in {a}"),
-    ])
-
-
-def question_to_statement(question: str, answer: str) -> str:
-    """A declarative statement for (question, candidate answer) by the first matching template
-    in `TEMPLATES`, e.g. ("What color is the bus?", "red") -> "the bus is red"; a question no
-    template matches becomes "question answer"."""
-    q = " ".join(question.strip().lower().rstrip("?").split())
-    a = " ".join(answer.strip().split())
-    for _, pattern, fn in TEMPLATES:
-        m = pattern.match(q)
-        if m:
-            return fn(m, a)
-    return f"{question.strip()} {a}"
-
 
 def prefilter_answers(questions: list[str], vocab: list[str], encoder: "SentenceEncoder",
                       k: int = 10, chunk: int = 1024) -> np.ndarray:
@@ -286,11 +214,11 @@ class VqaTask(Task):
     _vocab_emb: torch.Tensor | None = field(default=None, repr=False)
 
     def prepare(self, plan: ShardPlan) -> None:
-        questions = [ex.choices[0].text for ex in plan.examples]
+        questions = [vqa_question(ex) for ex in plan.examples]
         candidates = prefilter_answers(questions, self.vocab, _VocabCache(self),
                                                k=self.top_k)
-        statements = [[Text.from_string(question_to_statement(q, self.vocab[a]))
-                       for a in row] for q, row in zip(questions, candidates)]
+        statements = [statement_texts(q, [self.vocab[a] for a in row])
+                      for q, row in zip(questions, candidates)]
         plan.aux_texts, plan.example_aux = unique_texts(statements)
         plan.arrays["candidates"] = candidates.astype(np.int64)
 

@@ -1,7 +1,8 @@
 """Students: the `Student` protocol (base.py), the built-in single-stream VL transformer, the
 pretrained transformers students `visualbert` and `vilt` (pretrained.py), region features
-(regions.py, region_extractors.py), pixels or regions by student (visual.py) and word pooling
-(tokens.py). docs/students.md.
+(regions.py, region_extractors.py), pixels or regions by student (visual.py), word pooling
+(tokens.py) and `clip-finetune`, the teacher's own architecture finetuned (clip_finetune.py).
+docs/students.md.
 
 Adding a student = one module with a factory and one `STUDENTS.register` line below: a
 `StudentSpec` of the factory and the options that name files beside a saved student.
@@ -18,6 +19,7 @@ from madcache.core.errors import CheckpointNotFoundError
 from madcache.core.io import load_weights, loading, read_json
 from madcache.students.base import (STUDENTS, RegionInputs, Student, StudentFactory,
                                     StudentOutput, check_student)
+from madcache.students.clip_finetune import clip_finetune
 from madcache.students.single_stream import single_stream
 from madcache.students.uniter import uniter
 from madcache.students.vilt import vilt
@@ -29,10 +31,13 @@ from madcache.students.visualbert import visualbert
 class StudentSpec:
     """A registered student: `factory(**options)` builds it; `path_options` are the options
     naming files or folders that `export_options` may give relative to the saved student's
-    directory (`load_student` resolves them against it)."""
+    directory (`load_student` resolves them against it). `is_teacher`: the student is a teacher
+    architecture itself (`clip-finetune`), so a method that distils a teacher into it, or has an
+    adaptive-finetuning stage, is refused (`madcache.train.config`)."""
 
     factory: StudentFactory
     path_options: tuple[str, ...] = ()
+    is_teacher: bool = False
 
     def __call__(self, **options: Any) -> Student:
         return self.factory(**options)
@@ -49,8 +54,17 @@ STUDENTS.register("uniter", StudentSpec(uniter, path_options=("tokenizer_dir",))
 STUDENTS.register("vilt", StudentSpec(vilt, path_options=("tokenizer_dir",
                                                           "image_processor_dir")))
 
+STUDENTS.register("clip-finetune", StudentSpec(clip_finetune, path_options=(
+    "model", "checkpoint", "hf_clip", "zero_shot_cache", "answer_vocab"), is_teacher=True))
+
 STUDENT_JSON = "student.json"
 STUDENT_WEIGHTS = "model.safetensors"
+
+
+def is_teacher(name: str) -> bool:
+    """Whether the registered student `name` is a teacher architecture itself (its spec's
+    `is_teacher`); False for a name not registered (`build_student` refuses it later)."""
+    return name in STUDENTS and bool(getattr(STUDENTS.get(name), "is_teacher", False))
 
 
 def build_student(name: str, **options: Any) -> Student:
@@ -98,4 +112,4 @@ def load_student(directory: str | Path):
 
 
 __all__ = ["STUDENTS", "StudentSpec", "RegionInputs", "Student", "StudentOutput", "build_student",
-           "save_student", "load_student"]
+           "save_student", "load_student", "is_teacher"]

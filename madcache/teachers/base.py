@@ -11,25 +11,14 @@ is the mean of its sub-token features, in the same space as the text embedding.
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import torch
 
 from madcache.data.records import Text
+from madcache.data.wordpieces import TokenBatch
 from madcache.core.registry import Registry
-
-
-@dataclass
-class TokenBatch:
-    """Tokenised texts. `token_word[b, l]` is the word index of token l (-1: special/padding)."""
-
-    input_ids: torch.Tensor          # [B, L] long
-    attention_mask: torch.Tensor     # [B, L] long/bool
-    token_word: torch.Tensor         # [B, L] long
-    n_words: list[int]               # words per text (the dataset layer's words)
-    truncated: torch.Tensor          # [B] bool: the text did not fit the context length
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -97,44 +86,6 @@ def text_encoding(eos: torch.Tensor, token_feat: torch.Tensor, batch: TokenBatch
     return TextEncoding(eos=eos.float().cpu(), word_feat=word_feat,
                         word_truncated=[c | z for c, z in zip(cut, no_token)],
                         truncated=batch.truncated.clone())
-
-
-def word_piece_batch(texts: Sequence[Text], pieces_of: Callable[[str], Sequence[int]], *,
-                     prefix: Sequence[int], suffix: Sequence[int], length: int, pad_id: int,
-                     pad_to_length: bool) -> TokenBatch:
-    """Texts tokenised word by word (the dataset layer's words), so every token knows its word:
-    `prefix` + the pieces of each word + `suffix`. A row longer than `length` keeps its first
-    `length - len(suffix)` tokens, then the suffix (open_clip's truncation: EOT stays last); the
-    words that lost a token are flagged. Rows are padded with `pad_id` to `length`
-    (`pad_to_length`) or to the longest row; `attention_mask` marks the real tokens."""
-    rows, owners, cuts = [], [], []
-    truncated = torch.zeros(len(texts), dtype=torch.bool)
-    for b, text in enumerate(texts):
-        row, words = list(prefix), [-1] * len(prefix)
-        for i, word in enumerate(text.words):
-            pieces = list(pieces_of(word.text))
-            row += pieces
-            words += [i] * len(pieces)
-        cut = torch.zeros(len(text.words), dtype=torch.bool)
-        if len(row) + len(suffix) > length:
-            keep = length - len(suffix)
-            cut[[w for w in words[keep:] if w >= 0]] = True
-            row, words = row[:keep], words[:keep]
-            truncated[b] = True
-        rows.append(row + list(suffix))
-        owners.append(words + [-1] * len(suffix))
-        cuts.append(cut)
-    width = length if pad_to_length else max((len(r) for r in rows), default=0)
-    ids = torch.full((len(texts), width), pad_id, dtype=torch.long)
-    owner = torch.full((len(texts), width), -1, dtype=torch.long)
-    mask = torch.zeros(len(texts), width, dtype=torch.long)
-    for b, (row, words) in enumerate(zip(rows, owners)):
-        ids[b, :len(row)] = torch.tensor(row, dtype=torch.long)
-        owner[b, :len(row)] = torch.tensor(words, dtype=torch.long)
-        mask[b, :len(row)] = 1
-    return TokenBatch(input_ids=ids, attention_mask=mask, token_word=owner,
-                      n_words=[len(t.words) for t in texts], truncated=truncated,
-                      extra={"word_truncated": cuts})
 
 
 def inference_autocast(device: str, enabled: bool) -> Callable[[], AbstractContextManager]:

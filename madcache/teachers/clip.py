@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import os
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -24,8 +23,8 @@ import torch
 
 from madcache.data.records import Text
 from madcache.core.errors import CheckpointNotFoundError, ConfigError
-from madcache.teachers.base import (TextEncoding, TokenBatch, inference_autocast, text_encoding,
-                                    word_piece_batch)
+from madcache.data.wordpieces import TokenBatch, WordTokenizer
+from madcache.teachers.base import TextEncoding, inference_autocast, text_encoding
 from madcache.core.io import file_sha256, loading
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -42,35 +41,6 @@ def _open_clip():
     if "madcache-demo" not in open_clip.list_models():
         open_clip.add_model_config(CONFIG_DIR)
     return open_clip
-
-
-@lru_cache(maxsize=4)
-def _simple_tokenizer(kwargs: tuple[tuple[str, Any], ...]):
-    from open_clip.tokenizer import SimpleTokenizer
-
-    return SimpleTokenizer(**dict(kwargs))
-
-
-@lru_cache(maxsize=262_144)
-def _word_pieces(tokenizer_kwargs: tuple, word: str) -> tuple[int, ...]:
-    """BPE ids of one word, memoised per process: datasets repeat words endlessly, and open_clip's
-    text cleaning (ftfy) dominated extraction's CPU time when run on every occurrence."""
-    return tuple(_simple_tokenizer(tokenizer_kwargs).encode(word))
-
-
-class WordTokenizer:
-    """Texts -> `TokenBatch`, word by word with open_clip's BPE. Picklable (no vocab inside:
-    each process builds the tokenizer once)."""
-
-    def __init__(self, context_length: int, tokenizer_kwargs: dict[str, Any] | None = None):
-        self.context_length = context_length
-        self.tokenizer_kwargs = tuple(sorted((tokenizer_kwargs or {}).items()))
-
-    def __call__(self, texts: Sequence[Text]) -> TokenBatch:
-        tok = _simple_tokenizer(self.tokenizer_kwargs)
-        return word_piece_batch(texts, lambda word: _word_pieces(self.tokenizer_kwargs, word),
-                                prefix=[tok.sot_token_id], suffix=[tok.eot_token_id],
-                                length=self.context_length, pad_id=0, pad_to_length=True)
 
 
 class OpenClipTeacher:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -33,58 +32,13 @@ import torch
 from madcache.core.errors import ConfigError
 from madcache.core.io import file_sha256
 from madcache.data.records import Text
-from madcache.teachers.base import TextEncoding, TokenBatch, text_encoding, word_piece_batch
-from madcache.teachers.hf import _HFTeacher, _load_model, _model_dir, _weights, processor_transform
+from madcache.data.wordpieces import HFWordPieces, TokenBatch, hf_tokenizer
+from madcache.data.pixels import processor_transform
+from madcache.teachers.base import TextEncoding, text_encoding
+from madcache.teachers.hf import _HFTeacher, _load_model, _model_dir, _weights
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "spiece.model",
                    "tokenizer_config.json", "special_tokens_map.json")
-PROBE = "a"
-
-
-@lru_cache(maxsize=4)
-def _tokenizer(path: str):
-    """The directory's tokenizer, fast or not (SigLIP's is SentencePiece, slow only)."""
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError, ImportError) as exc:
-        raise ConfigError(f"{path}: cannot load its tokenizer ({str(exc).splitlines()[0]}); a "
-                          "SigLIP directory needs `pip install madcache[siglip]` "
-                          "(sentencepiece)") from None
-
-
-@lru_cache(maxsize=262_144)
-def _pieces(path: str, word: str) -> tuple[int, ...]:
-    return tuple(_tokenizer(path)(word, add_special_tokens=False)["input_ids"])
-
-
-def special_tokens(tokenizer) -> tuple[list[int], list[int]]:
-    """(prefix, suffix): the special token ids the tokenizer puts around a text."""
-    full = list(tokenizer(PROBE)["input_ids"])
-    core = list(tokenizer(PROBE, add_special_tokens=False)["input_ids"])
-    for start in range(len(full) - len(core) + 1):
-        if full[start:start + len(core)] == core:
-            return full[:start], full[start + len(core):]
-    raise ConfigError(f"cannot find the special tokens of {type(tokenizer).__name__}")
-
-
-class HFWordPieces:
-    """Texts -> `TokenBatch` word by word with a directory's tokenizer. Picklable (the
-    tokenizer is loaded once per process)."""
-
-    def __init__(self, path: str | Path, length: int, pad_to_length: bool) -> None:
-        self.path = str(path)
-        self.length = length
-        self.pad_to_length = pad_to_length
-
-    def __call__(self, texts: Sequence[Text]) -> TokenBatch:
-        tok = _tokenizer(self.path)
-        prefix, suffix = special_tokens(tok)
-        return word_piece_batch(texts, lambda word: _pieces(self.path, word), prefix=prefix,
-                                suffix=suffix, length=self.length, pad_id=int(tok.pad_token_id),
-                                pad_to_length=self.pad_to_length)
 
 
 class _JointTeacher(_HFTeacher):
@@ -130,7 +84,7 @@ class _JointTeacher(_HFTeacher):
                  if (self.path / name).is_file()}
         return self._fingerprint(
             preprocess=repr(self.image_transform()), context_length=self.context_length,
-            tokenizer={"class": type(_tokenizer(str(self.path))).__name__, "files": files,
+            tokenizer={"class": type(hf_tokenizer(str(self.path))).__name__, "files": files,
                        "mapping": "word by word", "pad_to_length": self.pad_to_length},
             logits={"scale": self.logit_scale, "bias": self.logit_bias})
 
@@ -186,7 +140,7 @@ def _load(teacher_cls, model_cls, *, arg: str, name: str, checkpoint: str | Path
     weights = _weights(path, checkpoint, name)
     os.environ["HF_HUB_OFFLINE"] = "1"
     model = _load_model(path, weights, model_cls)
-    _tokenizer(str(path))  # fail now, not in a worker
+    hf_tokenizer(str(path))  # fail now, not in a worker
     return teacher_cls(model.float(), name=name, path=path, weights=weights, device=device,
                        autocast=autocast)
 

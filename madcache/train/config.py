@@ -10,6 +10,7 @@ from typing import Any, Literal, Mapping
 from madcache.core.config import MAX_THREADS, check_ranges, config_from_dict, read_toml, setting
 from madcache.core.errors import ConfigError
 from madcache.method.methods import AF, METHOD_ORDER, W_PRIME_RULES, get_method
+from madcache.students import is_teacher
 from madcache.train.precision import PRECISIONS
 from madcache.train.tracking import TRACKERS
 
@@ -181,6 +182,10 @@ class TrainConfig:
                               "stage, so af_epochs (or af_max_steps) must be >= 1; the methods "
                               "without AF are " + ", ".join(n for n in METHOD_ORDER
                                                             if get_method(n).stage(AF) is None))
+        if is_teacher(self.student) and (method.distils or method.stage(AF) is not None):
+            raise ConfigError(f"method: student '{self.student}' is the teacher's own "
+                              "architecture (Direct Finetune): distilling a model into itself "
+                              f"is refused; use --method baseline, not '{self.method}'")
 
     def _check_schedule(self) -> None:
         steps = self.lr_steps

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from madcache.data.records import Example, Text
+from madcache.data.prompts import question_to_statement
 from madcache.extraction.protocols import (cosine_logits, kmeans_anchors, prefilter_answers,
-                                          question_to_statement, vcr_logits, vcr_texts)
+                                          vcr_logits, vcr_texts)
 
 
 def test_kmeans_anchors_on_three_clear_groups():

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from madcache.data.prompts import question_to_statement
 from madcache.extraction import protocols
 from madcache.data import read_examples
 from madcache.extraction import ExtractConfig, extract
@@ -200,7 +201,7 @@ def test_vqa_candidates_and_template_logits(cache, tmp_path, tiny_clip, toy_root
     np.testing.assert_array_equal(shard["candidates"], expected)
     example = examples[str(shard["example_id"][0])]
     image = image_embedding(teacher, toy_root, example.image_id)
-    statements = [protocols.question_to_statement(questions[0], vocab[a]) for a in expected[0]]
+    statements = [question_to_statement(questions[0], vocab[a]) for a in expected[0]]
     from madcache.data.records import Text
 
     eos = torch.stack([direct_text(teacher, Text.from_string(s))[0] for s in statements])
