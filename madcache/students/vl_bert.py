@@ -37,7 +37,8 @@ from torch.nn import functional as F
 from madcache.core.errors import CheckpointCorruptError, ConfigError
 from madcache.core.io import load_weights
 from madcache.data.records import Example
-from madcache.students.base import StudentOutput, exported_options, image_of, task_logits
+from madcache.students.base import (StudentOutput, exported_options, image_of, task_logits,
+                                    to_device)
 from madcache.students.pretrained import PretrainedStudentConfig
 from madcache.students.pretraining import mask_tokens
 from madcache.students.vl_bert_inputs import (BoxPixelInputs, VlBertImages, VlBertTextEncoder,
@@ -155,8 +156,6 @@ class VlBertStudent(nn.Module):
                 "images": images}
 
     def prepare(self, examples: Sequence[Example], images: BoxPixelInputs) -> dict[str, Any]:
-        from madcache.students.base import to_device
-
         return to_device(self.collate(self.tokenise(examples), images), self.device)
 
     # ------------------------------------------------------------------ model

@@ -260,5 +260,5 @@ def xavier_head(head: nn.Sequential) -> None:
             nn.init.xavier_uniform_(m.weight), nn.init.zeros_(m.bias)
 
 
-__all__ = ["FastRCNN", "VisualLinguisticBert", "region_classifier", "mlm_head", "renamed",
-           "convert_state_dict", "released_config", "init_weights", "xavier_head"]
+__all__ = ["FastRCNN", "VisualLinguisticBert", "convert_state_dict", "init_weights", "mlm_head",
+           "region_classifier", "released_config", "renamed", "xavier_head"]
