@@ -14,7 +14,7 @@ processor prepares them), or `uniter`: UNITER-base's shape (hidden 768, 12 layer
 vocabulary + 81 object tags; `--layers N` for fewer) with random weights saved as a released
 `.pt` state dict, 36 regions of 64 dims; or `vl-bert`: VL-BERT-base's VCR model (hidden 768,
 12 layers, ResNet-101 on the images with 8 boxes each; `--layers N`, `--scales S L` for the image
-sides, default 240 400 on CPU) with random weights saved as a released `.model` file.
+sides, default 240 400 on CPU, `--boxes N`) with random weights saved as a released `.model` file.
 
 On CUDA the student's step also runs in bf16 autocast (`--precision bf16`, the default there):
 `mad-bf16` / `baseline-bf16` and the fp32 / bf16 speed-up are printed too.
@@ -190,11 +190,11 @@ def build_student(name: str, directory: Path, layers: int | None = None,
         return BenchStudent()
 
 
-def visual_inputs(student, batch: int, examples: list[Example] | None = None):
+def visual_inputs(student, batch: int, examples: list[Example] | None = None, boxes: int = 8):
     """What the student reads for a batch: 36 regions per image, or processed random images
-    (with 8 boxes and their polygons each, for a student that reads the dataset's boxes)."""
+    (with `boxes` boxes and their polygons each, for a student that reads the dataset's boxes)."""
     if callable(getattr(student, "pixel_loader", None)):
-        return boxed_images(student, examples)
+        return boxed_images(student, examples, boxes)
     if getattr(student, "visual_input", "regions") == "pixels":
         from PIL import Image
 
@@ -209,9 +209,9 @@ def visual_inputs(student, batch: int, examples: list[Example] | None = None):
                         torch.ones(batch, 36, dtype=torch.bool))
 
 
-def boxed_images(student, examples: list[Example]):
-    """Random 320 x 240 images with 8 VCR-style boxes (metadata json: boxes, polygons) each,
-    through the student's own loader."""
+def boxed_images(student, examples: list[Example], count: int):
+    """Random 320 x 240 images with `count` VCR-style boxes (metadata json: boxes, polygons)
+    each, through the student's own loader."""
     import dataclasses
 
     from PIL import Image
@@ -222,9 +222,9 @@ def boxed_images(student, examples: list[Example]):
         for ex in examples:
             Image.fromarray(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)) \
                 .save(root / f"{ex.image_id}.png")
-            corner = rng.uniform(0, 160, (8, 2))
-            boxes = np.concatenate([corner, corner + rng.uniform(20, 80, (8, 2))], axis=1)
-            meta = {"boxes": [[*b.tolist(), 0.9] for b in boxes], "names": ["person"] * 8,
+            corner = rng.uniform(0, 160, (count, 2))
+            boxes = np.concatenate([corner, corner + rng.uniform(20, 80, (count, 2))], axis=1)
+            meta = {"boxes": [[*b.tolist(), 0.9] for b in boxes], "names": ["person"] * count,
                     "width": 320, "height": 240,
                     "segms": [[[[b[0], b[1]], [b[2], b[1]], [b[2], b[3]]]] for b in boxes]}
             (root / f"{ex.image_id}.json").write_text(json.dumps(meta))
@@ -291,6 +291,8 @@ def main() -> None:
     parser.add_argument("--scales", type=int, nargs=2, default=None,
                         help="vl-bert: shorter and longest image side (default 240 400 on CPU, "
                              "VL-BERT's 600 1200 on CUDA)")
+    parser.add_argument("--boxes", type=int, default=8,
+                        help="vl-bert: object boxes per image (after the whole-image box)")
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -307,7 +309,7 @@ def main() -> None:
     student_name = getattr(student, "name", "bench-stand-in")
     student.to(device)
     batches = [make_batch(args.batch_size, rng) for _ in range(4)]
-    regions = visual_inputs(student, args.batch_size, batches[0])
+    regions = visual_inputs(student, args.batch_size, batches[0], args.boxes)
     # the training pipeline tokenises and collates ahead of the step (train/stream.py): not timed
     inputs = [to_device(student.prepare(b, regions), device) for b in batches]
     cached = [to_device(cached_targets(b, dim, dim, 2, rng), device) for b in batches]

@@ -107,6 +107,19 @@ def test_frozen_stages_and_batchnorm_as_vl_berts_cfgs(files):
     assert student.vlbert.training
 
 
+def test_saved_student_reloads_without_the_model_file(files, tmp_path):
+    from madcache.students import load_student, save_student
+
+    student = build(files, "vcr", frozen_stages=[1])
+    save_student(student, tmp_path / "saved")
+    again = load_student(tmp_path / "saved")
+    assert again.config.checkpoint is None and again.config.scales == SCALES
+    assert again.model_config == student.model_config
+    ours, theirs = student.state_dict(), again.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert again.image_feature_extractor.backbone.layer1[0].conv1.weight.requires_grad
+
+
 def test_a_file_of_another_model_is_one_line_naming_the_keys(files, tmp_path):
     _, paths, _ = files
     state = torch.load(paths["vcr"], weights_only=True)["state_dict"]
@@ -121,6 +134,7 @@ def test_a_file_of_another_model_is_one_line_naming_the_keys(files, tmp_path):
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, demo_root, vcr_training_inputs, files):
+    pytest.importorskip("skimage", reason="scikit-image (madcache[vlbert]) is not installed")
     base = tmp_path_factory.mktemp("vlbert-demo")
     vcr_training_inputs(base, demo_root / "vcr")
     return base, demo_root / "vcr"

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+pytest.importorskip("skimage", reason="scikit-image (madcache[vlbert]) is not installed")
 GOLDEN = Path(__file__).parent / "golden" / "vl_bert_tiny.json"
 TOLERANCE = 1e-4
 
