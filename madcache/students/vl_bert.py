@@ -1,8 +1,8 @@
 """The `vl-bert` student: VL-BERT (Su et al. 2020) as its VCR model `ResNetVLBERT` is published,
-loaded from its released `.model` files as they are (`vl-bert-base-e2e.model`, the pretrained
-file the VCR cfgs start from, and the VCR finetuned `vl-bert_base_a_res101-*.model`): torch
-dicts `{"state_dict": ...}` with DataParallel's `module.` prefixes, read with
-`torch.load(weights_only=True)`.
+loaded from its `.model` files as they are (the released `vl-bert-{base,large}-e2e.model`, the
+pretrained files the VCR cfgs start from, and the VCR checkpoints `vcr/train_end2end.py` writes,
+`vl-bert_base_a_res101-0019.model`): torch dicts `{"state_dict": ...}` with DataParallel's
+`module.` prefixes, read with `torch.load(weights_only=True)`.
 
 - network and checkpoint conversion: `vl_bert_model.py`; the input VL-BERT's VCR dataset
   builds (object tags grounded to their boxes, the answer / rationale layout, pixels and the

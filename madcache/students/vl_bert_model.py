@@ -230,9 +230,12 @@ def released_config(state: Mapping[str, torch.Tensor], heads: int | None) -> dic
     layers = {int(k.split(".")[3]) for k in state if k.startswith("vlbert.encoder.layer.")}
     blocks = {int(k.split(".")[3]) for k in state
               if k.startswith("image_feature_extractor.backbone.layer3.")}
-    depth = {v[2]: d for d, v in RESNET_BLOCKS.items()}.get(max(blocks, default=-1) + 1)
+    if not blocks:
+        raise ValueError("no ResNet (image_feature_extractor.backbone.*): a *-prec.model of "
+                         "precomputed features cannot drive the pixel model; pass an *-e2e.model")
+    depth = {v[2]: d for d, v in RESNET_BLOCKS.items()}.get(max(blocks) + 1)
     if depth is None:
-        raise ValueError(f"layer3 has {max(blocks, default=-1) + 1} blocks, not a ResNet-50/101/152")
+        raise ValueError(f"layer3 has {max(blocks) + 1} blocks, not a ResNet-50/101/152")
     return {"vocab_size": words.shape[0], "hidden_size": hidden,
             "num_hidden_layers": max(layers) + 1, "num_attention_heads": heads or hidden // 64,
             "intermediate_size": state["vlbert.encoder.layer.0.intermediate.dense.weight"].shape[0],

@@ -128,6 +128,11 @@ def test_a_file_of_another_model_is_one_line_naming_the_keys(files, tmp_path):
     with pytest.raises(CheckpointCorruptError, match=r"odd\.model .*unexpected vlbert\.extra"):
         build_student("vl-bert", checkpoint=str(tmp_path / "odd.model"),
                       tokenizer_dir=str(files[0]), num_attention_heads=2)
+    prec = {k: v for k, v in state.items() if ".backbone." not in k and ".extra." not in k}
+    torch.save({"state_dict": prec}, tmp_path / "vl-bert-base-prec.model")
+    with pytest.raises(CheckpointCorruptError, match=r"prec\.model does not fit .*no ResNet"):
+        build_student("vl-bert", checkpoint=str(tmp_path / "vl-bert-base-prec.model"),
+                      tokenizer_dir=str(files[0]), num_attention_heads=2)
     with pytest.raises(ConfigError, match="frozen_stages are 1-5"):
         build(files, "vcr", frozen_stages=[6])
 
