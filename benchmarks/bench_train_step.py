@@ -12,7 +12,9 @@ built from a base-like random checkpoint written with `save_pretrained` to a tem
 (hidden 256, 4 layers; VisualBERT reads 36 regions of 64 dims, ViLT 224-px images as its image
 processor prepares them), or `uniter`: UNITER-base's shape (hidden 768, 12 layers, bert-base
 vocabulary + 81 object tags; `--layers N` for fewer) with random weights saved as a released
-`.pt` state dict, 36 regions of 64 dims.
+`.pt` state dict, 36 regions of 64 dims; or `vl-bert`: VL-BERT-base's VCR model (hidden 768,
+12 layers, ResNet-101 on the images with 8 boxes each; `--layers N`, `--scales S L` for the image
+sides, default 240 400 on CPU, `--boxes N`) with random weights saved as a released `.model` file.
 
 On CUDA the student's step also runs in bf16 autocast (`--precision bf16`, the default there):
 `mad-bf16` / `baseline-bf16` and the fp32 / bf16 speed-up are printed too.
@@ -127,11 +129,17 @@ UNITER_BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads
                "intermediate_size": 3072, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
                "attention_probs_dropout_prob": 0.1, "max_position_embeddings": 512,
                "type_vocab_size": 2, "initializer_range": 0.02, "img_dim": 64}
+VLBERT_BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+               "intermediate_size": 3072, "max_position_embeddings": 512, "type_vocab_size": 3,
+               "visual_size": 768, "hidden_dropout_prob": 0.1,
+               "attention_probs_dropout_prob": 0.1, "initializer_range": 0.02,
+               "image_num_layers": 101}
 PRETRAINED = dict(vocab_size=30522, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
                   intermediate_size=1024)
 
 
-def build_student(name: str, directory: Path, layers: int | None = None):
+def build_student(name: str, directory: Path, layers: int | None = None,
+                  scales: list[int] | None = None):
     """(student, its visual inputs for a batch) — a pretrained student from a checkpoint saved
     in `directory` as a user's would be."""
     from madcache.students import build_student as build
@@ -151,6 +159,19 @@ def build_student(name: str, directory: Path, layers: int | None = None):
         return build("uniter", checkpoint=str(directory / "uniter.pt"),
                      tokenizer_dir=str(tokenizer), region_dim=64)
 
+    if name == "vl-bert":      # VL-BERT-base's VCR model, random weights, a released .model
+        from madcache.students.tokens import default_tokenizer_dir, load_tokenizer
+
+        tokenizer = default_tokenizer_dir()
+        config = dict(VLBERT_BASE, vocab_size=len(load_tokenizer(tokenizer)))
+        if layers:
+            config["num_hidden_layers"] = layers
+        model = build("vl-bert", model_config=config, tokenizer_dir=str(tokenizer))
+        state = {"module." + k.replace("vlbert.", "vlbert._module.", 1): v
+                 for k, v in model.state_dict().items() if not k.startswith("mlm_head.")}
+        torch.save({"state_dict": state}, directory / "vl-bert.model")
+        return build("vl-bert", checkpoint=str(directory / "vl-bert.model"),
+                     tokenizer_dir=str(tokenizer), scales=scales)
     if name == "visualbert":
         from transformers import VisualBertConfig, VisualBertForPreTraining
 
@@ -169,8 +190,11 @@ def build_student(name: str, directory: Path, layers: int | None = None):
         return BenchStudent()
 
 
-def visual_inputs(student, batch: int):
-    """What the student reads for a batch: 36 regions per image, or processed random images."""
+def visual_inputs(student, batch: int, examples: list[Example] | None = None, boxes: int = 8):
+    """What the student reads for a batch: 36 regions per image, or processed random images
+    (with `boxes` boxes and their polygons each, for a student that reads the dataset's boxes)."""
+    if callable(getattr(student, "pixel_loader", None)):
+        return boxed_images(student, examples, boxes)
     if getattr(student, "visual_input", "regions") == "pixels":
         from PIL import Image
 
@@ -183,6 +207,30 @@ def visual_inputs(student, batch: int):
                                for _ in range(batch)])
     return RegionInputs(torch.randn(batch, 36, 64), torch.rand(batch, 36, 4),
                         torch.ones(batch, 36, dtype=torch.bool))
+
+
+def boxed_images(student, examples: list[Example], count: int):
+    """Random 320 x 240 images with `count` VCR-style boxes (metadata json: boxes, polygons)
+    each, through the student's own loader."""
+    import dataclasses
+
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    with tempfile.TemporaryDirectory() as directory:
+        root, named = Path(directory), []
+        for ex in examples:
+            Image.fromarray(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)) \
+                .save(root / f"{ex.image_id}.png")
+            corner = rng.uniform(0, 160, (count, 2))
+            boxes = np.concatenate([corner, corner + rng.uniform(20, 80, (count, 2))], axis=1)
+            meta = {"boxes": [[*b.tolist(), 0.9] for b in boxes], "names": ["person"] * count,
+                    "width": 320, "height": 240,
+                    "segms": [[[[b[0], b[1]], [b[2], b[1]], [b[2], b[3]]]] for b in boxes]}
+            (root / f"{ex.image_id}.json").write_text(json.dumps(meta))
+            named.append(dataclasses.replace(ex, image_path=f"{ex.image_id}.png",
+                                             meta_path=f"{ex.image_id}.json"))
+        return student.pixel_loader(root)(named)
 
 
 def build_teacher(config: dict, device: str):
@@ -234,12 +282,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--student", default="single-stream",
-                        choices=["single-stream", "visualbert", "vilt", "uniter"])
+                        choices=["single-stream", "visualbert", "vilt", "uniter", "vl-bert"])
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="cpu: this process's CPU time (time.process_time), steadier than "
                              "wall time on a shared CPU machine; ignored on CUDA")
     parser.add_argument("--layers", type=int, default=None,
-                        help="uniter: encoder layers (default 12, UNITER-base)")
+                        help="uniter, vl-bert: encoder layers (default 12, the base models)")
+    parser.add_argument("--scales", type=int, nargs=2, default=None,
+                        help="vl-bert: shorter and longest image side (default 240 400 on CPU, "
+                             "VL-BERT's 600 1200 on CUDA)")
+    parser.add_argument("--boxes", type=int, default=8,
+                        help="vl-bert: object boxes per image (after the whole-image box)")
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -251,11 +304,12 @@ def main() -> None:
         teachers["mad-online-demo"] = build_teacher(json.loads(DEMO_TEACHER.read_text()), device)
     dim = 128
     with tempfile.TemporaryDirectory() as directory:
-        student = build_student(args.student, Path(directory), args.layers)
+        scales = args.scales or ([600, 1200] if device == "cuda" else [240, 400])
+        student = build_student(args.student, Path(directory), args.layers, scales)
     student_name = getattr(student, "name", "bench-stand-in")
     student.to(device)
-    regions = visual_inputs(student, args.batch_size)
     batches = [make_batch(args.batch_size, rng) for _ in range(4)]
+    regions = visual_inputs(student, args.batch_size, batches[0], args.boxes)
     # the training pipeline tokenises and collates ahead of the step (train/stream.py): not timed
     inputs = [to_device(student.prepare(b, regions), device) for b in batches]
     cached = [to_device(cached_targets(b, dim, dim, 2, rng), device) for b in batches]

@@ -23,6 +23,7 @@ from madcache.students.clip_finetune import clip_finetune
 from madcache.students.single_stream import single_stream
 from madcache.students.uniter import uniter
 from madcache.students.vilt import vilt
+from madcache.students.vl_bert import vl_bert
 from madcache.students.visual import visual_input
 from madcache.students.visualbert import visualbert
 
@@ -53,6 +54,7 @@ STUDENTS.register("visualbert", StudentSpec(visualbert, path_options=("tokenizer
 STUDENTS.register("uniter", StudentSpec(uniter, path_options=("tokenizer_dir",)))
 STUDENTS.register("vilt", StudentSpec(vilt, path_options=("tokenizer_dir",
                                                           "image_processor_dir")))
+STUDENTS.register("vl-bert", StudentSpec(vl_bert, path_options=("tokenizer_dir",)))
 
 STUDENTS.register("clip-finetune", StudentSpec(clip_finetune, path_options=(
     "model", "checkpoint", "hf_clip", "zero_shot_cache", "answer_vocab"), is_teacher=True))

@@ -4,7 +4,9 @@
   batched as `RegionInputs` (regions.py);
 - `"pixels"`: the image file itself, prepared by the student's own `image_processor()` (a
   picklable callable: RGB PIL image -> (pixels [3, H, W], mask [H, W] bool or None)), batched as
-  `PixelInputs` (zero padding to the batch's largest image + mask).
+  `PixelInputs` (zero padding to the batch's largest image + mask); a pixel student that
+  needs more of an example than its image (`vl-bert`: the dataset's boxes) has a
+  `pixel_loader(root)` method instead, returning its own loader (examples -> its inputs).
 
 A student says which with a `visual_input` attribute on its registry factory (read before the
 student is built: a region student takes its `region_dim` from the store) and on its class (read
@@ -58,7 +60,8 @@ def visual_loader(student: Any, *, root: str | Path, store: RegionStore | None) 
     """Examples -> the visual inputs `student.prepare` takes: regions from `store`, or the
     images under `root` through the student's own image processor."""
     if visual_input(student) == PIXELS:
-        return PixelLoader(root, student.image_processor())
+        own = getattr(student, "pixel_loader", None)   # a pixel student with its own loader
+        return own(root) if callable(own) else PixelLoader(root, student.image_processor())
     if store is None:
         raise ConfigError("this student reads region features: pass --regions (a region feature "
                           "store: `madcache regions`)")
