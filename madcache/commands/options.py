@@ -22,6 +22,7 @@ import click
 from madcache.core.config import config_from_dict, field_types, parse_key_values, parse_value
 
 F = TypeVar("F", bound=Callable[..., Any])
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 C = TypeVar("C")
 
 # The flags not generated from a config field: they choose where settings come from (--config),
@@ -191,6 +192,8 @@ def flag_help(field: dataclasses.Field, *, extra: str = "") -> str:
     if default is dataclasses.MISSING or default is None or default in ("", ()):
         return text
     shown = str(default).lower() if isinstance(default, bool) else default
+    if isinstance(default, Path) and default.is_relative_to(PACKAGE_ROOT):
+        shown = default.relative_to(PACKAGE_ROOT)      # a file shipped with madcache
     return f"{text} [default: {shown}]"
 
 
