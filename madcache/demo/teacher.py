@@ -44,7 +44,8 @@ class DemoTeacherConfig:
     batch_size: int = setting(64, minimum=2, help="Captions per contrastive batch.")
     lr: float = setting(1e-3, above=0, help="Peak learning rate (AdamW, cosine decay).")
     weight_decay: float = setting(0.1, minimum=0, help="AdamW weight decay.")
-    warmup: int = setting(30, minimum=0, help="Warm-up steps (at most a fifth of the steps).")
+    warmup: int = setting(30, minimum=0, flag="warmup-steps",       # --warmup is a fraction
+                          help="Warm-up steps (at most a fifth of the steps).")
     seed: int = setting(0, minimum=0, help="Seed of the initialisation and the batches.")
     holdout_every: int = setting(10, minimum=2, help="Every Nth image (by name hash) is held "
                                                      "out for the retrieval check.")
