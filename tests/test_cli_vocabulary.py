@@ -217,3 +217,23 @@ def test_top_level_help_imports_no_command_and_no_registry():
     assert stages <= {"cli", "core", "commands"}, loaded
     assert [m for m in loaded if m.startswith("madcache.commands")] == ["madcache.commands",
                                                                         "madcache.commands.demo"]
+
+
+@pytest.mark.parametrize("flags,hidden", [([], False), (["--no-progress"], True)])
+def test_train_no_progress_hides_the_training_progress(monkeypatch, flags, hidden):
+    """`train` has no progress argument to pass on: its displays are off inside
+    `core.progress.shown(False)`."""
+    import madcache.train.loop as loop
+    from madcache.core.progress import progress
+
+    seen = {}
+
+    def fake(config):
+        seen["disabled"] = progress(total=3, desc="task").disable
+        return {"history": [], "eval": {}}
+
+    monkeypatch.setattr(loop, "run_training", fake)
+    result = CliRunner().invoke(cli, ["train", "--dataset", "vcr", "--root", "r", "--out", "o",
+                                      *flags])
+    assert result.exit_code == 0, result.output
+    assert seen["disabled"] is hidden
