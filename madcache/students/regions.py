@@ -142,8 +142,9 @@ class RegionsConfig:
     split: str | list[str] = setting(help="A split, or several: train,val (one store for "
                                           "training and validation).")
     extractor: str = setting("boxcrop", names="region extractor",
-                             help="How region features are made: boxcrop, backbone, or read "
-                                  "from a released format (butd-tsv, butd-npz, uniter-imgdb).")
+                             help="How region features are made: from the images (boxcrop, "
+                                  "backbone) or read from a released format's files (the "
+                                  "others).")
     weights: Path | None = setting(None, existing_path=True,
                                    help="backbone: local weights (.safetensors / .pt).")
     backbone: str | None = setting(None, help="backbone: a timm name or torchvision:NAME "
