@@ -15,18 +15,35 @@ import click
 from madcache.core.errors import MadcacheError
 from madcache.core.io import disk_problem
 
-# name -> "module:attribute" of a click command or group
+# name -> ("module:attribute" of a click command or group, its one-line help). The line is
+# here so that `madcache --help` lists the commands without importing them (nor, through their
+# configs, any registry); tests/test_cli_vocabulary.py checks it against each command's own.
 COMMANDS = {
-    "data": "madcache.commands.data:data",
-    "demo": "madcache.commands.demo:demo",
-    "extract": "madcache.commands.extract:extract",
-    "cache": "madcache.commands.cache:cache",
-    "regions": "madcache.commands.regions:regions",
-    "train": "madcache.commands.train:train",
-    "eval": "madcache.commands.evaluate:eval_command",
-    "predict": "madcache.commands.predict:predict",
-    "sweep": "madcache.commands.sweep:sweep",
-    "report": "madcache.commands.report:report",
+    "data": ("madcache.commands.data:data",
+             "Dataset tools: statistics, low-shot splits, shortcut-mitigated VCR."),
+    "demo": ("madcache.commands.demo:demo",
+             "The demo world: generate data, pretrain its teacher and student, run the whole "
+             "pipeline."),
+    "extract": ("madcache.commands.extract:extract",
+                "Run the teachers once over a split and write every MAD target into a sharded "
+                "cache."),
+    "cache": ("madcache.commands.cache:cache", "Inspect and check teacher-target caches."),
+    "regions": ("madcache.commands.regions:regions",
+                "Extract region features (one entry per image) for the student; resumable."),
+    "train": ("madcache.commands.train:train",
+              "Train a student on cached teacher targets (baseline, md, mad and ablations), or "
+              "an adapter head on the frozen cached features (adapter-*)."),
+    "eval": ("madcache.commands.evaluate:eval_command",
+             "Evaluate a run (metrics into its metrics.json) or a teacher zero-shot."),
+    "predict": ("madcache.commands.predict:predict",
+                "Write a run's predictions on SPLIT as a submission file (docs/evaluation.md)."),
+    "sweep": ("madcache.commands.sweep:sweep",
+              "Train and evaluate every missing run of a pipeline (methods x shots x seeds x "
+              "students)."),
+    "report": ("madcache.commands.report:report",
+               "Aggregate every metrics.json under RUNS_DIR: mean ± std over seeds per cell, "
+               "and each method's paired difference to the baseline with 95% intervals and its "
+               "power (MDE)."),
 }
 
 
@@ -51,10 +68,11 @@ def one_line(exc: BaseException) -> str:
 
 
 class LazyGroup(click.Group):
-    """Imports a subcommand's module only when that subcommand runs, and turns any
-    `MadcacheError` raised below it into a clean one-line error."""
+    """Imports a subcommand's module only when that subcommand runs (its one-line help in
+    `--help` comes from `lazy`), and turns any `MadcacheError` raised below it into a clean
+    one-line error."""
 
-    def __init__(self, *args, lazy: dict[str, str] | None = None, **kwargs) -> None:
+    def __init__(self, *args, lazy: dict[str, tuple[str, str]] | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.lazy = lazy or {}
 
@@ -63,9 +81,20 @@ class LazyGroup(click.Group):
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name in self.lazy:
-            module_name, attr = self.lazy[name].split(":")
+            module_name, attr = self.lazy[name][0].split(":")
             return getattr(importlib.import_module(module_name), attr)
         return super().get_command(ctx, name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The commands and their one-line help, without importing a lazy one."""
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max((len(name) for name in names), default=0)
+        rows = [(name, (click.Command(name, help=self.lazy[name][1]) if name in self.lazy
+                        else self.get_command(ctx, name)).get_short_help_str(limit))
+                for name in names]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context):
         given = list(ctx.args)          # click empties it once the subcommand is resolved

@@ -10,43 +10,12 @@ from typing import Any
 
 import click
 
-from madcache.commands.options import NameChoice, dataset_names
-from madcache.core.config import parse_key_values
+from madcache.commands.options import build_config, config_options
 from madcache.core.io import check_output_location, refuse_foreign_file
-from madcache.data.records import ReadResult
+from madcache.data.config import LowshotConfig, ReadConfig, SmConfig
 
 
 SM_REPORT = "sm_report.json"
-# commands that write a file derived from a dataset write it outside the dataset's root unless
-# asked (core.io.check_output_location)
-INTO_ROOT = click.option("--into-root", is_flag=True,
-                         help="Allow --out inside the dataset root (never over a file of it).")
-
-
-def read_options(func):
-    """The options every `data` command that reads a split takes."""
-    decorators = [
-        click.option("--dataset", required=True, type=NameChoice(dataset_names)),
-        click.option("--root", required=True, type=click.Path(file_okay=False, path_type=Path),
-                     help="The dataset's root folder."),
-        click.option("--split", required=True,
-                     help="train/val/test (dev for SNLI-VE) or a .jsonl path under the root."),
-        click.option("--skip-bad", is_flag=True,
-                     help="Skip malformed records and list them, instead of stopping."),
-        click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
-                     help="A reader option, e.g. renderer=name or check_files=true."),
-    ]
-    for decorator in reversed(decorators):
-        func = decorator(func)
-    return func
-
-
-def _read(dataset: str, root: Path, split: str, skip_bad: bool, options: tuple[str, ...]
-          ) -> ReadResult:
-    from madcache.data import read_examples
-
-    return read_examples(dataset, root, split, skip_bad=skip_bad,
-                         **parse_key_values(options, option="--option"))
 
 
 def split_stats(dataset: str, result: ReadResult) -> dict[str, Any]:
@@ -82,12 +51,12 @@ def data() -> None:
 
 
 @data.command()
-@read_options
+@config_options(ReadConfig, required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def stats(dataset: str, root: Path, split: str, skip_bad: bool, options: tuple[str, ...],
-          as_json: bool) -> None:
+def stats(as_json: bool, **flags: Any) -> None:
     """Read a split and print its counts."""
-    result = split_stats(dataset, _read(dataset, root, split, skip_bad, options))
+    config = build_config(ReadConfig, flags)
+    result = split_stats(config.dataset, config.read())
     if as_json:
         click.echo(json.dumps(result, indent=1))
     else:
@@ -95,26 +64,22 @@ def stats(dataset: str, root: Path, split: str, skip_bad: bool, options: tuple[s
 
 
 @data.command()
-@read_options
-@click.option("--per-category", "k", required=True, type=click.IntRange(min=1),
-              help="Units per category (VCR questions, SNLI-VE / VQA images).")
-@click.option("--seed", required=True, type=int)
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
-@INTO_ROOT
-def lowshot(dataset: str, root: Path, split: str, skip_bad: bool, options: tuple[str, ...],
-            k: int, seed: int, out: Path, into_root: bool) -> None:
+@config_options(LowshotConfig, required=True)
+def lowshot(**flags: Any) -> None:
     """Draw a seeded low-shot split and save it as JSON."""
     from madcache.data.lowshot import is_split_file, sample_per_category
 
-    check_output_location(out, roots=[root], inside_root_ok=into_root)
-    refuse_foreign_file(out, ours=is_split_file, what="low-shot split")
-    result = _read(dataset, root, split, skip_bad, options)
-    drawn = sample_per_category(result.examples, k=k, seed=seed)
+    config = build_config(LowshotConfig, flags)
+    # a file derived from a dataset goes outside the dataset's root unless asked
+    check_output_location(config.out, roots=[config.root], inside_root_ok=config.into_root)
+    refuse_foreign_file(config.out, ours=is_split_file, what="low-shot split")
+    result = config.read()
+    drawn = sample_per_category(result.examples, k=config.per_category, seed=config.seed)
     if result.skipped:
         drawn.params["skipped_records"] = [asdict(bad) for bad in result.skipped]
-    drawn.save(out)
+    drawn.save(config.out)
     click.echo(f"{len(drawn.ids)} examples from {sum(drawn.counts.values())} "
-               f"{drawn.params['unit']}s -> {out}")
+               f"{drawn.params['unit']}s -> {config.out}")
     for category, short in drawn.shortfalls.items():
         click.echo(f"shortfall: {category} has {short['available']} of {short['wanted']}")
     for bad in result.skipped:
@@ -122,30 +87,23 @@ def lowshot(dataset: str, root: Path, split: str, skip_bad: bool, options: tuple
 
 
 @data.command()
-@click.option("--root", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--split", default="val", show_default=True,
-              help="val/train/test or a .jsonl path under the root.")
-@click.option("--annotations", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Read this annotation file instead of the split's.")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for <split>.jsonl and sm_report.json.")
-@click.option("--skip-bad", is_flag=True)
-@INTO_ROOT
-def sm(root: Path, split: str, annotations: Path | None, out: Path, skip_bad: bool,
-       into_root: bool) -> None:
+@config_options(SmConfig, required=True)
+def sm(**flags: Any) -> None:
     """Write the shortcut-mitigated version of a VCR split (Ye & Kovashka 2021)."""
     from madcache.data.sm import shortcut_mitigate_file
     from madcache.data.vcr import VcrReader
 
-    source = VcrReader().annotation_file(root, split, None if annotations is None
-                                          else str(annotations))
+    config = build_config(SmConfig, flags)
+    root, split, out = config.root, config.split, config.out
+    source = VcrReader().annotation_file(root, split, None if config.annotations is None
+                                          else str(config.annotations))
     name = Path(split).name if split.endswith(".jsonl") else f"{split}.jsonl"
-    check_output_location(out / name, roots=[root], inputs=[source], inside_root_ok=into_root)
-    check_output_location(out / SM_REPORT, roots=[root], inputs=[source],
-                          inside_root_ok=into_root)
-    report = shortcut_mitigate_file(source, out / name, skip_bad=skip_bad)
+    for written in (out / name, out / SM_REPORT):
+        check_output_location(written, roots=[root], inputs=[source],
+                              inside_root_ok=config.into_root)
+    report = shortcut_mitigate_file(source, out / name, skip_bad=config.skip_bad)
     (out / SM_REPORT).write_text(json.dumps(report.to_json(), indent=1) + "\n",
-                                        encoding="utf-8")
+                                 encoding="utf-8")
     rules = ", ".join(f"{rule} {counts.records}" for rule, counts in report.rules.items())
     click.echo(f"{report.written} of {report.records} records in the SM split ({rules}); "
                f"{len(report.not_qualifying)} fit neither rule, {len(report.skipped)} skipped "

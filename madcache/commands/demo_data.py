@@ -1,26 +1,26 @@
-"""`madcache demo data`: generate the synthetic demo world (no download)."""
+"""`madcache demo data`: generate the synthetic demo world (no download). Flags: `WorldConfig`'s
+fields."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
 import click
 
+from madcache.commands.options import build_config, config_options
+from madcache.demo.config import WorldConfig
+
 
 @click.command("data")
-@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder to write (vcr/, snli-ve/, vqa/, captions/ and a DONE marker).")
-@click.option("--size", default="default", show_default=True,
-              type=click.Choice(["small", "default"]),
-              help="small: seconds, for tests; default: the demo's size.")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def demo_data(out: Path, size: str, seed: int, quiet: bool) -> None:
+@config_options(WorldConfig, required=True)
+def demo_data(**flags: Any) -> None:
     """Generate the demo world in the original VCR / SNLI-VE / VQA v2 formats plus a caption
     corpus. Same seed, same bytes; a complete folder is left as it is."""
     from madcache.demo.world import generate_demo_world
 
-    summary = generate_demo_world(out, size=size, seed=seed, progress=not quiet)
+    config = build_config(WorldConfig, flags)
+    out, size, seed = config.out, config.size, config.seed
+    summary = generate_demo_world(out, size=size, seed=seed, progress=config.progress)
     counts = summary["counts"]
     if summary["skipped"]:
         click.echo(f"demo world already complete in {out} (size {size}, seed {seed}); "

@@ -11,22 +11,14 @@ from typing import Any
 import click
 
 from madcache.cli import UserError
-from madcache.commands.options import NameChoice, config_options, dataset_names
+from madcache.commands.options import build_config, config_options
 from madcache.core.errors import FingerprintMismatchError
 from madcache.core.io import human_bytes
 from madcache.extraction.config import ExtractConfig
 
 
-def protocol_names() -> list[str]:
-    from madcache.extraction.protocols import PROTOCOLS
-
-    return PROTOCOLS.names()
-
-
 @click.command("extract")
-@config_options(ExtractConfig, required=True,
-                replace={"dataset": {"type": NameChoice(dataset_names)},
-                         "protocol": {"type": NameChoice(protocol_names)}})
+@config_options(ExtractConfig, required=True)
 def extract(**flags: Any) -> None:
     """Run the teachers once over a split and write every MAD target into a sharded cache.
 
@@ -36,7 +28,7 @@ def extract(**flags: Any) -> None:
     """
     from madcache.extraction import extract as run_extraction
 
-    config = ExtractConfig.from_dict({k: v for k, v in flags.items() if v is not None})
+    config = build_config(ExtractConfig, flags, noun="extract option")
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = _show_warning

@@ -33,19 +33,24 @@ def setting(default: Any = dataclasses.MISSING, *, help: str,
             maximum: float | None = None,
             above: float | None = None, below: float | None = None, flag: str | None = None,
             existing_file: bool = False, existing_path: bool = False,
-            metavar: str | None = None) -> Any:
+            metavar: str | None = None, names: str | None = None, short: str | None = None,
+            deprecated: tuple[str, ...] = ()) -> Any:
     """A config field: its default (or `factory`), its help text, and its range: `minimum` /
     `maximum` (inclusive), `above` / `below` (exclusive). `flag` renames its click flag (`--flag`; a table
     field becomes a repeatable `--flag KEY=VALUE`); `existing_file` makes the flag check that the
     path is a file, `existing_path` that it exists (a file or a folder); `metavar` is the
-    flag's placeholder in `--help`."""
+    flag's placeholder in `--help`. `names`: the kind of registry entry the value names
+    ("dataset", "student", "method", "teacher", ...; its flag accepts and lists that registry's
+    names). `short`: a one-letter alias (`-j`); `deprecated`: old spellings of the flag that
+    still work, hidden from `--help` (a documented command used them)."""
     metadata = {"help": help, "minimum": minimum, "maximum": maximum, "above": above,
                 "below": below, "flag": flag,
                 "existing_file": existing_file, "existing_path": existing_path,
-                "metavar": metavar}
+                "metavar": metavar, "names": names, "short": short,
+                "deprecated": tuple(deprecated)}
     return dataclasses.field(default=default, default_factory=factory,
                              metadata={k: v for k, v in metadata.items()
-                                       if v is not None and v is not False})
+                                       if v is not None and v is not False and v != ()})
 
 
 @functools.cache

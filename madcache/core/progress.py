@@ -7,7 +7,9 @@ as `500` for every 500 steps):
 
     train (mad): 1200/5000 steps (24%), loss 0.4312, 211.3 examples/s, ETA 0:18:02
 
-and a last line when it closes (if it printed any). `disable=True` shows nothing either way.
+and a last line when it closes (if it printed any). `disable=True` shows nothing either way, and
+so does every display opened inside `shown(False)` (`--no-progress` of a command whose library
+function takes no `progress` argument, e.g. `madcache train`).
 """
 
 from __future__ import annotations
@@ -16,10 +18,36 @@ import datetime as dt
 import os
 import sys
 import time
-from typing import Any, TextIO
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, Iterator, TextIO
+
+from madcache.core.config import setting
 
 EVERY_ENV = "MADCACHE_PROGRESS_EVERY"
 DEFAULT_EVERY = "60s"
+PROGRESS_HELP = "Show progress on stderr."
+
+_SHOWN: ContextVar[bool] = ContextVar("madcache_progress_shown", default=True)
+
+
+@dataclass(frozen=True)
+class ProgressSetting:
+    """The `--progress/--no-progress` flag of a command whose own config has no such field
+    (a config recorded with its results, where a display setting does not belong)."""
+
+    progress: bool = setting(True, help=PROGRESS_HELP)
+
+
+@contextmanager
+def shown(enabled: bool) -> Iterator[None]:
+    """Progress displays opened inside are shown only when `enabled`."""
+    token = _SHOWN.set(enabled)
+    try:
+        yield
+    finally:
+        _SHOWN.reset(token)
 
 
 def progress(*, total: int | None, desc: str, unit: str = "it", initial: int = 0,
@@ -28,6 +56,7 @@ def progress(*, total: int | None, desc: str, unit: str = "it", initial: int = 0
     """A tqdm bar on a TTY, else a `LineProgress`. `per_unit`: examples per unit (a training
     step's batch size), so that the lines give examples/s as well."""
     stream = sys.stderr if stream is None else stream
+    disable = disable or not _SHOWN.get()
     if not disable and _isatty(stream):
         from tqdm.auto import tqdm
 

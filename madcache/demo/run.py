@@ -16,10 +16,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 from madcache.core.config import check_ranges, config_from_dict, setting
 from madcache.core.errors import MadcacheError
+from madcache.core.progress import PROGRESS_HELP
+from madcache.demo.world import SIZES
 
 DEMO_DATASET = "vcr"
 PIPELINE = Path(__file__).with_name("demo.toml")
@@ -62,8 +64,11 @@ class DemoPaths:
 
 @dataclass(frozen=True)
 class DemoConfig:
-    out: Path = setting(Path("demo"), help="Folder for every stage's output.")
-    size: str = setting("default", help="Demo world size (small: a quick smoke run).")
+    """The demo's settings (the flags of `madcache demo run`)."""
+
+    out: Path = setting(Path("demo"), help="Folder for every stage's output (reused on rerun).")
+    size: Literal[tuple(SIZES)] = setting("default", help="Demo world size (small: a quick "
+                                                          "smoke run).")
     seed: int = setting(0, minimum=0, help="World and teacher seed.")
     teacher_steps: int | None = setting(None, minimum=1, help="Demo teacher pretraining steps "
                                                               "(default: the teacher's own).")
@@ -71,10 +76,14 @@ class DemoConfig:
                                                               "(default: the student's own).")
     jobs: int = setting(2, minimum=1, help="Training runs at once.")
     workers: int = setting(0, minimum=0, help="Extraction worker processes.")
-    pipeline: Path = setting(PIPELINE, help="The demo pipeline file.")
-    regime: Path = setting(REGIME, help="The regime check's spec (shots tried, seeds, margin).")
-    overrides: tuple[str, ...] = setting((), help="Extra `KEY=VALUE` settings for the sweep.")
-    progress: bool = setting(True, help="Show progress bars.")
+    pipeline: Path = setting(PIPELINE, existing_file=True, help="The demo pipeline file.")
+    regime: Path = setting(REGIME, existing_file=True,
+                           help="The regime check's spec (shots tried, seeds, margin).")
+    overrides: tuple[str, ...] = setting((), flag="set", metavar="KEY=VALUE",
+                                         help="Override a setting of the demo pipeline "
+                                              "(madcache/demo/demo.toml), e.g. seeds=[0,1] "
+                                              "(repeatable).")
+    progress: bool = setting(True, help=PROGRESS_HELP)
     threads: int = setting(1, minimum=1, help="torch threads of each of the demo's own stages "
                                               "(teacher, student, caches), which run side by "
                                               "side instead: pinned so a rerun on the same "

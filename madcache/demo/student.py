@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from madcache.core.config import MAX_THREADS, setting
 from madcache.core.errors import ConfigError, DataError
 from madcache.core.io import read_json, write_json
 from madcache.data.records import Example, Text
@@ -43,20 +44,27 @@ MAX_REGIONS = 16                     # the region store's default (students/regi
 
 @dataclass(frozen=True)
 class DemoStudentConfig:
-    data: Path                       # the demo world root (captions/)
-    out: Path                        # the saved student's directory
+    """The demo student's VL pretraining (the flags of `madcache demo student`)."""
+
+    data: Path = setting(help="Demo world root (holds captions/captions.jsonl and images/).")
+    out: Path = setting(help="Directory of the saved student (`--student-option "
+                             "init_from=OUT`).")
     # chosen on the pretraining's own held-out losses, never on a task: at 5e-4 x 500 steps the
     # held-out ITM loss was still at chance (0.678); at 1e-3 x 1000 it is 0.327 (MLM 0.90),
     # ~220 s on one thread, inside the demo teacher's time beside it
-    steps: int = 1000
-    batch_size: int = 32
-    lr: float = 1e-3
-    warmup: float = 0.1
-    weight_decay: float = 0.01
-    seed: int = 0
-    threads: int = 1                 # pinned: with more, a loaded machine changed the last bits
-    eval_every: int = 100
-    held_out_images: int = 100       # caption images kept out of training, for the curves
+    steps: int = setting(1000, minimum=1, help="Pretraining steps.")
+    batch_size: int = setting(32, minimum=1, help="Captions per step.")
+    lr: float = setting(1e-3, above=0, help="Peak learning rate (AdamW).")
+    warmup: float = setting(0.1, minimum=0, below=1, help="Fraction of the steps spent warming "
+                                                          "up.")
+    weight_decay: float = setting(0.01, minimum=0, help="AdamW weight decay.")
+    seed: int = setting(0, minimum=0, help="Seed of the initialisation and the batches.")
+    threads: int = setting(1, minimum=1, maximum=MAX_THREADS,
+                           help="CPU threads torch may use. Pinned: with more, a loaded machine "
+                                "changed the last bits.")
+    eval_every: int = setting(100, minimum=1, help="Steps between held-out MLM / ITM losses.")
+    held_out_images: int = setting(100, minimum=1, help="Caption images kept out of training, "
+                                                        "for the curves.")
 
 
 @dataclass

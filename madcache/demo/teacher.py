@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from madcache.core.config import MAX_THREADS, setting
 from madcache.core.errors import DataError, DataFileNotFoundError
 from madcache.core.io import file_sha256
 
@@ -34,16 +35,23 @@ CAPTION_KEYS = ("caption", "text")
 
 @dataclass(frozen=True)
 class DemoTeacherConfig:
-    data: Path
-    out: Path
-    steps: int = 300
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.1
-    warmup: int = 30
-    seed: int = 0
-    holdout_every: int = 10  # every 10th image (by name hash) is held out for retrieval
-    threads: int = 1         # pinned: with more, a loaded machine changed the last bits
+    """The demo teacher's pretraining (the flags of `madcache demo teacher`)."""
+
+    data: Path = setting(help="Demo world root (holds captions/captions.jsonl and images/).")
+    out: Path = setting(help="Checkpoint to write (.safetensors); a PATH.json sidecar goes "
+                             "beside it.")
+    steps: int = setting(300, minimum=1, help="Pretraining steps.")
+    batch_size: int = setting(64, minimum=2, help="Captions per contrastive batch.")
+    lr: float = setting(1e-3, above=0, help="Peak learning rate (AdamW, cosine decay).")
+    weight_decay: float = setting(0.1, minimum=0, help="AdamW weight decay.")
+    warmup: int = setting(30, minimum=0, flag="warmup-steps",       # --warmup is a fraction
+                          help="Warm-up steps (at most a fifth of the steps).")
+    seed: int = setting(0, minimum=0, help="Seed of the initialisation and the batches.")
+    holdout_every: int = setting(10, minimum=2, help="Every Nth image (by name hash) is held "
+                                                     "out for the retrieval check.")
+    threads: int = setting(1, minimum=1, maximum=MAX_THREADS,
+                           help="CPU threads torch may use. Pinned: with more, a loaded machine "
+                                "changed the last bits.")
 
 
 @dataclass

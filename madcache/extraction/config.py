@@ -11,6 +11,7 @@ from madcache.cache.location import is_url
 from madcache.core.config import (MAX_THREADS, check_ranges, config_from_dict, field_types,
                                   setting)
 from madcache.core.errors import ConfigError
+from madcache.core.progress import PROGRESS_HELP
 from madcache.data import DATASETS
 
 
@@ -36,21 +37,20 @@ class ExtractConfig:
     `world_size` only change how fast a cache is built, never its values.
     """
 
-    dataset: str = setting(help="A registered dataset.")
+    dataset: str = setting(names="dataset", help="A registered dataset.")
     root: Path = setting(existing_path=True, help="Dataset root (original files).")
     split: str = setting(help="The split to extract, e.g. train.")
-    teacher: str | None = setting(None, help="Teacher for both towers, e.g. clip-vit-b16, "
-                                             "madcache-demo.")
+    teacher: str | None = setting(None, names="teacher", help="Teacher for both towers.")
     checkpoint: Path | None = setting(None, existing_path=True, help="Local weights of --teacher.")
-    vision_teacher: str | None = setting(None, help="Image teacher (overrides --teacher), e.g. "
-                                                    "vit:DIR.")
+    vision_teacher: str | None = setting(None, names="teacher",
+                                         help="Image teacher (overrides --teacher).")
     vision_checkpoint: Path | None = setting(None, existing_path=True,
                                              help="Local weights of --vision-teacher.")
-    text_teacher: str | None = setting(None, help="Text teacher (overrides --teacher), e.g. "
-                                                  "roberta:DIR.")
+    text_teacher: str | None = setting(None, names="teacher",
+                                       help="Text teacher (overrides --teacher).")
     text_checkpoint: Path | None = setting(None, existing_path=True,
                                            help="Local weights of --text-teacher.")
-    relevance_model: str | None = setting(None, help="Joint-space (CLIP) model for word relevance "
+    relevance_model: str | None = setting(None, names="teacher", help="Joint-space (CLIP) model for word relevance "
                                                      "and logits; default: the CLIP teacher when "
                                                      "one is used.")
     relevance_checkpoint: Path | None = setting(None, existing_path=True,
@@ -82,14 +82,14 @@ class ExtractConfig:
                                        "the manifest records the resolved one.")
     force: bool = setting(False, help="Overwrite a cache built with another fingerprint.")
     skip_bad: bool = setting(False, help="Skip malformed records (listed in the manifest).")
-    read_options: dict[str, Any] = setting(factory=dict, flag="option",
+    read_options: dict[str, Any] = setting(factory=dict, flag="read-option", deprecated=("option",),
                                            help="A dataset reader option (repeatable), e.g. "
                                                 "annotations=FILE for VCR; VALUE is parsed as "
                                                 "JSON when it can be.")
     yake_max_ngram: int = setting(3, minimum=1, help="YAKE: the longest keyword, in words.")
     yake_top: int = setting(20, minimum=1, help="YAKE: keywords kept per text.")
     yake_language: str = setting("en", help="YAKE: the language of its stop-word list.")
-    protocol: str | None = setting(None, help="Teacher-logit protocol [default: the dataset "
+    protocol: str | None = setting(None, names="protocol", help="Teacher-logit protocol [default: the dataset "
                                               "spec's `teacher_logits`].")
     default_logits: str | None = setting(None, help="Logits used for confidence weighting "
                                                     "[default: the protocol's, "
@@ -106,7 +106,7 @@ class ExtractConfig:
     sentence_encoder: Path | None = setting(None, existing_path=True,
                                             help="Sentence encoder directory for VQA answer "
                                                  "prefiltering [default: MiniLM].")
-    progress: bool = setting(True, help="Show a progress bar.")
+    progress: bool = setting(True, help=PROGRESS_HELP)
     rank: int | None = setting(None, minimum=0,
                                help="This process's rank [default: torchrun's RANK, else "
                                     "SLURM_ARRAY_TASK_ID, else 0]; rank R extracts the shards "

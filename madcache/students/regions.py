@@ -34,6 +34,7 @@ from madcache.core.config import check_ranges, config_from_dict, setting
 from madcache.core.errors import CacheError, CacheNotFoundError, ConfigError
 from madcache.core.finite import check_finite
 from madcache.core.io import check_output_location
+from madcache.core.progress import PROGRESS_HELP
 from madcache.students.base import RegionInputs
 from madcache.students.region_extractors import (GEOMETRY_DIM, WHOLE_IMAGE, ImageItem,
                                                  RegionExtractor, box_geometry, build_extractor,
@@ -136,12 +137,14 @@ class RegionsConfig:
     `madcache regions` (generated from these fields). `weights`, `backbone`, `image_size`,
     `device` and `tsv` are options of the extractor named (`extractor_options` any other)."""
 
-    dataset: str = setting(help="A registered dataset: vcr, snli-ve, vqa.")
+    dataset: str = setting(names="dataset", help="A registered dataset.")
     root: Path = setting(existing_path=True, help="Dataset root (original files).")
     split: str | list[str] = setting(help="A split, or several: train,val (one store for "
                                           "training and validation).")
-    extractor: str = setting("boxcrop", help="boxcrop, backbone, or a released format: "
-                                             "butd-tsv, butd-npz, uniter-imgdb.")
+    extractor: str = setting("boxcrop", names="region extractor",
+                             help="How region features are made: from the images (boxcrop, "
+                                  "backbone) or read from a released format's files (the "
+                                  "others).")
     weights: Path | None = setting(None, existing_path=True,
                                    help="backbone: local weights (.safetensors / .pt).")
     backbone: str | None = setting(None, help="backbone: a timm name or torchvision:NAME "
@@ -167,7 +170,7 @@ class RegionsConfig:
     read_options: dict[str, Any] = setting(factory=dict, flag="read-option",
                                            help="A dataset reader option (repeatable), e.g. "
                                                 "annotations=FILE for VCR.")
-    progress: bool = setting(True, help="Show a progress bar.")
+    progress: bool = setting(True, help=PROGRESS_HELP)
 
     def __post_init__(self) -> None:
         check_ranges(self)

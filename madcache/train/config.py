@@ -35,10 +35,10 @@ class TrainConfig:
     """Everything a training run depends on. TOML files, `--set` and the `madcache train` flags
     (generated from these fields: name, type, help, range) only supply values."""
 
-    dataset: str = setting(help="A registered dataset (vcr, snli-ve, vqa, ...).")
+    dataset: str = setting(names="dataset", help="A registered dataset.")
     root: str = setting(help="Dataset root (its original files).")
     out: str = setting(help="Run directory, e.g. runs/NAME.")
-    method: str = setting("baseline", help="Training method: baseline, md, mad or an ablation "
+    method: str = setting("baseline", names="method", help="Training method: baseline, md, mad or an ablation "
                                            "(docs/method.md).")
     cache: str | None = setting(None, help="Teacher-target cache (not needed for baseline).")
     regions: str | None = setting(None, help="Region feature store of the training split.")
@@ -53,7 +53,7 @@ class TrainConfig:
     eval_split: str | None = setting("val", help="Validation split.")
     read_options: dict[str, Any] = setting(factory=dict, flag="read-option",
                                            help="A dataset reader option (repeatable).")
-    student: str = setting("single-stream", help="Registered student.")
+    student: str = setting("single-stream", names="student", help="A registered student.")
     student_options: dict[str, Any] = setting(factory=dict, flag="student-option",
                                               help="A student option (repeatable; "
                                                    "docs/students.md).")
@@ -163,7 +163,7 @@ class TrainConfig:
                                 "recorded in inputs.json.")
     prefetch: int = setting(4, minimum=1, help="Batches the loader thread prepares ahead of "
                                                "the training step.")
-    report_to: str = setting("none", help="Also log scalars to a tracker: none, tensorboard "
+    report_to: str = setting("none", names="tracker", help="Also log scalars to a tracker: none, tensorboard "
                                           "(<run>/tensorboard/), wandb (<run>/wandb/) or mlflow "
                                           "(MLFLOW_TRACKING_URI, else <run>/mlruns); "
                                           "metrics.json stays the record.")

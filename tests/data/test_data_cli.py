@@ -40,7 +40,7 @@ def test_stats_on_vcr_cs_fails_cleanly_then_skips_bad(real_root):
     stats = json.loads(lenient.output)
     assert stats["examples"] == 304 and len(stats["skipped"]) == 7
     assert stats["skipped"][0]["line"] == 98 and stats["categories"]["mental"] == 102
-    table = run(*args, "--skip-bad", "--option", "modes=qa")
+    table = run(*args, "--skip-bad", "--read-option", "modes=qa")
     assert table.exit_code == 0
     assert "vcr: 152 examples, 143 images, 7 skipped" in table.output
     assert "skipped " in table.output and ":159 field annot_id" in table.output
@@ -49,11 +49,11 @@ def test_stats_on_vcr_cs_fails_cleanly_then_skips_bad(real_root):
 @pytest.mark.real
 def test_stats_vqa_with_options(real_root):
     result = run("data", "stats", "--dataset", "vqa", "--root", real_root / "vqa_v2", "--split",
-                 "train", "--json", "--option",
+                 "train", "--json", "--read-option",
                  "questions_file=multimodal_testdata/v2_OpenEnded_mscoco_train2014_questions.json",
-                 "--option",
+                 "--read-option",
                  "annotations_file=multimodal_testdata/v2_mscoco_train2014_annotations.json",
-                 "--option", "check_files=true", "--skip-bad")
+                 "--read-option", "check_files=true", "--skip-bad")
     stats = json.loads(result.output)
     assert stats["examples"] == 4 and stats["images"] == 1 and stats["labels"] == {"none": 4}
     assert stats["skipped"][0]["record_id"] == "262146000"
@@ -90,9 +90,9 @@ def test_bad_input_gives_one_line_errors(tmp_path):
     escaped = run(*base)
     assert escaped.exit_code == 2 and "escapes the dataset root" in escaped.output
     assert "Traceback" not in escaped.output
-    unknown = run(*base, "--option", "colour=red")
+    unknown = run(*base, "--read-option", "colour=red")
     assert unknown.exit_code == 2 and "Valid options" in unknown.output
-    malformed = run(*base, "--option", "renderer")
+    malformed = run(*base, "--read-option", "renderer")
     assert malformed.exit_code == 2 and "KEY=VALUE" in malformed.output
     missing = run("data", "stats", "--dataset", "snli-ve", "--root", tmp_path, "--split", "dev")
     assert missing.exit_code == 2 and "annotation file not found" in missing.output

@@ -16,7 +16,7 @@ from madcache.cli import cli
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["--size", "small", "--teacher-steps", "5", "--student-steps", "2", "--jobs", "1",
-        "--quiet", "--regime", "regime.toml",
+        "--no-progress", "--regime", "regime.toml",
         "--set", "seeds=[0]", "--set", "shots=[4]", "--set", 'methods=["baseline","mad"]',
         "--set", "train.epochs=1", "--set", "train.af_max_steps=2", "--set", "adapter.epochs=1"]
 

@@ -54,7 +54,7 @@ def test_cli_refuses_a_student_pretrained_otherwise_in_one_line(tmp_path, demo_r
     write_json(out / SUMMARY, {**settings_of(DemoStudentConfig(data=demo_root, out=out)),
                                "steps": 500, "curve": []})
     result = CliRunner().invoke(cli, ["demo", "student", "--data", str(demo_root),
-                                      "--out", str(out), "--quiet"])
+                                      "--out", str(out), "--no-progress"])
     assert result.exit_code == 2
     assert result.output.strip().splitlines()[-1].endswith(
         f"steps=500 (now 1000); delete {out} to pretrain it again, or choose another --out")

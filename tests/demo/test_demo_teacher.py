@@ -47,7 +47,7 @@ def test_pretrain_lowers_the_loss_and_reloads(world, tmp_path):
 
     out = tmp_path / "teacher.safetensors"
     args = ["demo", "teacher", "--data", str(world), "--out", str(out), "--steps", "20",
-            "--batch-size", "8", "--quiet"]
+            "--batch-size", "8", "--no-progress"]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert "held-out image->caption top-1" in result.output
@@ -78,5 +78,5 @@ def test_missing_corpus_is_a_clean_error(tmp_path):
         read_captions(tmp_path)
     (tmp_path / "world").mkdir()
     result = CliRunner().invoke(cli, ["demo", "teacher", "--data", str(tmp_path / "world"),
-                                      "--out", str(tmp_path / "t.safetensors"), "--quiet"])
+                                      "--out", str(tmp_path / "t.safetensors"), "--no-progress"])
     assert result.exit_code == 2 and "madcache demo data" in result.output

@@ -281,7 +281,7 @@ def test_cli_writes_then_skips(world):
 
     root, _ = world
     result = CliRunner().invoke(cli, ["demo", "data", "--out", str(root), "--size", "small",
-                                      "--quiet"])
+                                      "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "already complete" in result.output
     result = CliRunner().invoke(cli, ["demo", "data", "--out", str(root), "--size", "default"])

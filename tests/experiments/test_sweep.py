@@ -429,7 +429,7 @@ def test_end_to_end_tiny_demo_sweep_and_report(tmp_path):
         assert result.exit_code == 0, result.output
         return result.output
 
-    invoke("demo", "data", "--out", tmp_path / "world", "--size", "small", "--quiet")
+    invoke("demo", "data", "--out", tmp_path / "world", "--size", "small", "--no-progress")
     load_teacher("madcache-demo", random_init=True)          # registers the shipped config
     torch.manual_seed(3)
     model = open_clip.create_model("madcache-demo").eval()

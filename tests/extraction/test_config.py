@@ -37,10 +37,10 @@ def test_extract_flags_are_the_config_fields_with_their_defaults():
 
     from madcache.commands.extract import extract
 
-    flags = {p.name: p for p in extract.params}
+    flags = {p.name: p for p in extract.params if not p.hidden}
     fields = {f.name: f for f in dataclasses.fields(ExtractConfig)}
     assert set(flags) == set(fields)
-    assert flags["read_options"].opts == ["--option"] and flags["format"].opts == ["--format"]
+    assert flags["read_options"].opts == ["--read-option"] and flags["format"].opts == ["--format"]
     assert [n for n, p in flags.items() if p.required] == ["dataset", "root", "split"]
     config = ExtractConfig(dataset="vcr", root=Path("data"), split="val", teacher="t")
     assert (config.batch_size, config.shard_size, config.device, config.progress) == \
@@ -55,7 +55,7 @@ def test_a_bad_extract_flag_is_exit_2_naming_the_flag(tmp_path, flag, value):
     from madcache.cli import cli
 
     result = CliRunner().invoke(cli, ["extract", "--dataset", "vcr", "--root", str(tmp_path),
-                                      "--split", "val", "--teacher", "t", flag, value])
+                                      "--split", "val", "--teacher", "madcache-demo", flag, value])
     errors = [line for line in result.output.splitlines() if line.startswith("Error")]
     assert result.exit_code == 2 and len(errors) == 1 and f"'{flag}'" in errors[0]
 

@@ -117,7 +117,7 @@ def test_demo_teacher_never_replaces_another_checkpoint(tmp_path, demo_root, fau
     other = tmp_path / "model.safetensors"
     other.write_bytes(b"not the demo teacher")
     line = faults.one_line_error(faults.invoke("demo", "teacher", "--data", demo_root,
-                                               "--out", other, "--steps", "1", "--quiet"))
+                                               "--out", other, "--steps", "1", "--no-progress"))
     assert "not a demo teacher checkpoint" in line and other.read_bytes() == b"not the demo teacher"
 
 
