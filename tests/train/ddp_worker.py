@@ -2,7 +2,7 @@
 
     python -m torch.distributed.run --standalone --nproc-per-node 2 ddp_worker.py OUT OPTIONS
 
-Trains the stand-in setup of test_train.py (`make_setup(OUT / "work", **OPTIONS)`) with the real
+Trains the stand-in setup of standins.py (`make_setup(OUT / "work", **OPTIONS)`) with the real
 `train` under DDP (gloo), and writes what this rank saw to OUT/rank<R>.json: the sizes of the
 eval shares it predicted, whether it saved checkpoints, a digest of its final weights, and the
 metrics `train` returned. OPTIONS may also hold `dropout` (default 0.2), `crash_at_call` (rank
@@ -27,7 +27,7 @@ import torch.distributed as dist
 
 
 def load_standins():
-    """test_train.py's stand-ins, through tests/train/conftest.py (loaded by path)."""
+    """The stand-ins of standins.py, through tests/train/conftest.py (loaded by path)."""
     spec = importlib.util.spec_from_file_location("train_conftest",
                                                   Path(__file__).with_name("conftest.py"))
     conftest = importlib.util.module_from_spec(spec)

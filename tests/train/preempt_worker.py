@@ -2,7 +2,7 @@
 
     python preempt_worker.py OUT OPTIONS_JSON
 
-Trains the stand-in setup of test_train.py (`make_setup(OUT / "work", **OPTIONS)`) with the real
+Trains the stand-in setup of standins.py (`make_setup(OUT / "work", **OPTIONS)`) with the real
 `train`, in a process of its own so that a test can signal it. Each `loss_step` call appends a
 line to OUT/calls (how far the run got; `sleep` seconds per call, default 0, give a test time to
 send its signal). A `Preempted` stop exits with its code (75), as `madcache train` does.

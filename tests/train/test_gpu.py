@@ -6,7 +6,7 @@ same helpers with device "cpu" in the CPU suite, so a change of the loop's call 
 (`loss_step(setup, *, stage, micro, generator)`, `make_setup`, `train`) or of the extraction
 API fails there, on every run, instead of rotting behind a skip on machines without a GPU (the
 old spy here took `(setup, examples, targets, inputs)` long after the loop changed). Stand-ins
-come from test_train.py.
+come from standins.py.
 
 Tolerances (the GPU computes the same formulas with other rounding, docs/guarantees.md):
 - extraction on cuda (bf16 autocast) vs cpu (fp32), cached as float16: every feature row's

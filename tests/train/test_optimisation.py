@@ -1,5 +1,5 @@
 """Gradient accumulation, precision, gradient clipping and what --resume refuses. Stand-ins come
-from test_train.py."""
+from standins.py."""
 
 from __future__ import annotations
 
@@ -130,7 +130,7 @@ def test_resume_refuses_settings_that_change_the_result(standins, tmp_path):
 
 
 def test_train_command_takes_the_scaling_flags(standins, monkeypatch, tmp_path):
-    result, config = standins._run_cli(monkeypatch, [
+    result, config = standins.run_cli(monkeypatch, [
         "--dataset", "vcr", "--root", "r", "--out", str(tmp_path / "o"), "--precision", "bf16",
         "--grad-accum", "4", "--grad-clip", "1.5", "--prefetch", "2",
         "--report-to", "tensorboard"])
@@ -138,8 +138,8 @@ def test_train_command_takes_the_scaling_flags(standins, monkeypatch, tmp_path):
     assert (config.precision, config.grad_accum, config.grad_clip, config.prefetch,
             config.report_to) == ("bf16", 4, 1.5, 2, "tensorboard")
     monkeypatch.setenv("RANK", "1")          # under torchrun only rank 0 reports
-    result, _ = standins._run_cli(monkeypatch, ["--dataset", "vcr", "--root", "r", "--out", "o"])
+    result, _ = standins.run_cli(monkeypatch, ["--dataset", "vcr", "--root", "r", "--out", "o"])
     assert result.exit_code == 0 and result.output == ""
-    bad, _ = standins._run_cli(monkeypatch, ["--dataset", "vcr", "--root", "r", "--out", "o",
+    bad, _ = standins.run_cli(monkeypatch, ["--dataset", "vcr", "--root", "r", "--out", "o",
                                       "--grad-accum", "0"])
     assert bad.exit_code == 2 and "'--grad-accum': 0 is not in the range x>=1" in bad.output

@@ -1,7 +1,7 @@
 """`--report-to wandb` (offline: local run files) and `--report-to mlflow` (a local file store):
 the run's scalars per step, a resumed run without forked curves, the same choices on every
 command, a missing package named in one line, the report's files as artifacts. No network:
-WANDB_MODE=offline, MLflow's file store. Stand-ins come from test_train.py."""
+WANDB_MODE=offline, MLflow's file store. Stand-ins come from standins.py."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """`--report-to tensorboard`: the event files hold the run's scalars, per stage and step, and a
-resumed run continues the curves. Stand-ins come from test_train.py."""
+resumed run continues the curves. Stand-ins come from standins.py."""
 
 from __future__ import annotations
 
