@@ -13,14 +13,15 @@ with confidence weighting (CW). `needs` lists the cached targets a method reads;
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
+import torch
 
 from madcache.cache.targets import Targets
 from madcache.core.errors import MissingTargetError
 from madcache.core.registry import Registry
-from madcache.method.losses import TERMS
+from madcache.method.losses import TERMS, candidate_logits, confidence_weights
 
 AF, TASK = "af", "task"
 STAGE_ORDER = (AF, TASK)
@@ -127,6 +128,33 @@ def stage_weight(stage: Stage, *, w: float, m: int, w_prime: float | None = None
     if w_prime is not None:
         return w_prime
     return W_PRIME_RULES[w_prime_rule](w, m if "dwt" in stage.terms else 0)
+
+
+# CW's loss parts: per-batch counts that add up over micro-batches and ranks (every other part
+# is a mean); a run's tracker and history show their ratio, the firing rate.
+COUNTS = ("cw_fired", "cw_seen")
+
+
+def term_weights(stage: Stage, out: Any, targets: Any, *, w: float, m: int,
+                 w_prime: float | None = None, w_prime_rule: str = "proportional"
+                 ) -> tuple[torch.Tensor | float, dict[str, float]]:
+    """The weight of a stage's distillation terms: `stage_weight`, or with CW (`confidence`)
+    w_r per instance [B] (0 where the student is the surer: MAD.md, "Confidence weighting"),
+    with CW's counts (`COUNTS`) for the run's firing rate."""
+    weight = stage_weight(stage, w=w, m=m, w_prime=w_prime, w_prime_rule=w_prime_rule)
+    if not stage.confidence:
+        return weight, {}
+    weights = confidence_weights(targets.logits, candidate_logits(out, targets), weight)
+    return weights, {"cw_fired": float((weights > 0).sum().item()),
+                     "cw_seen": float(weights.numel())}
+
+
+def logged(parts: dict[str, float]) -> dict[str, float]:
+    """A step's scalars for the tracker and the history: CW's counts become its firing rate."""
+    out = {k: v for k, v in parts.items() if k not in COUNTS}
+    if parts.get("cw_seen"):
+        out["cw_fired"] = parts["cw_fired"] / parts["cw_seen"]
+    return out
 
 
 MD_TERMS = ("dv", "dt")

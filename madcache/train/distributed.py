@@ -8,9 +8,10 @@ What makes N processes train like one (docs/training.md, "Scaling up"):
 - `batch_size` is the *global* batch: every step's rows are split across the ranks (and each
   rank's share into `grad_accum` micro-batches), each micro-batch loss is weighted by its share of
   the global batch, and DDP averages the gradients, so the update is the one process's update;
-- `TrainModule` puts the student and the projections in one module whose forward computes the
-  stage's whole loss (task terms, distillation, AF's `pretrain_losses`), so DDP synchronises
-  every gradient of every stage;
+- the trainer's `StageLoss` (train/loop.py) puts the student and the projections in one module
+  whose forward computes the stage's whole loss (task terms, distillation, AF's
+  `pretrain_losses`); `wrap` puts it under DDP, which so synchronises every gradient of every
+  stage;
 - rank 0 alone writes checkpoints, metrics.json, the split file and logs; every rank reads them.
 """
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.distributed as torch_dist
@@ -69,25 +70,7 @@ def main_first() -> Iterator[Dist]:
         torch_dist.barrier()
 
 
-class TrainModule(nn.Module):
-    """The student and the projections as one module, so that DDP registers every trainable
-    parameter and the whole stage loss runs inside its forward: `loss_of` is the trainer's
-    `loss_step(setup, *, stage, micro, generator)` (AF's `pretrain_losses` included)."""
-
-    def __init__(self, setup: Any, loss_of: Callable[..., tuple[torch.Tensor, dict[str, float]]]
-                 ) -> None:
-        super().__init__()
-        self.student = setup.student
-        self.projections = setup.projections
-        self.setup = setup
-        self.loss_of = loss_of
-
-    def forward(self, *, stage: str, micro: Any, generator: torch.Generator
-                ) -> tuple[torch.Tensor, dict[str, float]]:
-        return self.loss_of(self.setup, stage=stage, micro=micro, generator=generator)
-
-
-def wrap(module: TrainModule, where: Dist, device: str) -> nn.Module:
+def wrap(module: nn.Module, where: Dist, device: str) -> nn.Module:
     """`module` under DDP when there are several processes. `find_unused_parameters`: each stage
     uses only some heads (the ITM/MLM heads in AF, the task head and projections in the task)."""
     if not where.enabled:

@@ -250,7 +250,7 @@ def test_resumed_equals_uninterrupted(standins, tmp_path, monkeypatch, optimizer
     assert any(k.endswith(buffer) for k in full_weights)
 
     calls = {"n": 0}
-    real_loss = loop_mod.loss_step
+    real_loss = loop_mod.StageLoss.forward
 
     def crash_after_five(*args, **kwargs):
         calls["n"] += 1
@@ -258,14 +258,14 @@ def test_resumed_equals_uninterrupted(standins, tmp_path, monkeypatch, optimizer
             raise KeyboardInterrupt
         return real_loss(*args, **kwargs)
 
-    monkeypatch.setattr(loop_mod, "loss_step", crash_after_five)
+    monkeypatch.setattr(loop_mod.StageLoss, "forward", crash_after_five)
     with pytest.raises(KeyboardInterrupt):
         loop_mod.train(standins.make_setup(tmp_path / "cut", **recipe))
     before = list(steps)
     saved = load_file(str(tmp_path / "cut" / "run" / "checkpoint.safetensors"))
     assert any(k.endswith(buffer) for k in saved)
     steps[:] = []
-    monkeypatch.setattr(loop_mod, "loss_step", real_loss)
+    monkeypatch.setattr(loop_mod.StageLoss, "forward", real_loss)
     resumed = loop_mod.train(standins.make_setup(tmp_path / "cut", **recipe, resume=True))
     resumed_weights = load_file(str(tmp_path / "cut" / "run" / "checkpoint.safetensors"))
 

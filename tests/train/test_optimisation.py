@@ -82,13 +82,13 @@ def test_precision_defaults_bf16_on_cuda_fp32_on_cpu():
 def test_bf16_runs_the_forward_under_autocast(standins, tmp_path, monkeypatch, precision,
                                               autocast):
     seen = []
-    real = train_mod.loss_step
+    real = train_mod.StageLoss.forward
 
-    def spy(setup, **kwargs):
+    def spy(module, **kwargs):
         seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
-        return real(setup, **kwargs)
+        return real(module, **kwargs)
 
-    monkeypatch.setattr(train_mod, "loss_step", spy)
+    monkeypatch.setattr(train_mod.StageLoss, "forward", spy)
     metrics = train(standins.make_setup(tmp_path, method="mad", precision=precision, epochs=1))
     assert seen and all(enabled == autocast for enabled, _ in seen)
     if autocast:

@@ -14,7 +14,7 @@ from madcache.students.tokens import pool_token_spans
 from madcache.train import loop as train_mod
 from madcache.train.config import TrainConfig
 from madcache.train.data import DataSource, epoch_order
-from madcache.train.loop import loss_step, lr_at, train
+from madcache.train.loop import StageLoss, lr_at, train
 from madcache.train.stream import MicroBatch
 from train_standins import DT, make_setup, regions, run_cli  # registered by conftest.py
 
@@ -63,24 +63,24 @@ def test_epoch_order_is_a_pure_function_of_seed_stage_epoch():
     assert sorted(len(r) for _, r in a) == [2, 4, 4]  # 6 -> 4 + 2, 4 -> 4: batches stay inside their chunk
 
 
-def test_loss_step_baseline_is_cross_entropy(tmp_path):
+def test_stage_loss_baseline_is_cross_entropy(tmp_path):
     setup = make_setup(tmp_path, method="baseline")
     setup.student.eval()
     examples = setup.task_source.examples[:4]
     micro = MicroBatch(examples, None, setup.student.prepare(examples, regions(examples)), 1.0)
-    loss, parts = loss_step(setup, stage="task", micro=micro, generator=torch.Generator())
+    loss, parts = StageLoss(setup)(stage="task", micro=micro, generator=torch.Generator())
     logits = setup.student(setup.student.prepare(examples, regions(examples))).logits
     expected = torch.nn.functional.cross_entropy(logits, torch.tensor([e.label for e in examples]))
     assert loss.item() == pytest.approx(expected.item()) and set(parts) == {"task", "loss"}
 
 
-def test_loss_step_mad_matches_a_hand_assembled_total(tmp_path):
+def test_stage_loss_mad_matches_a_hand_assembled_total(tmp_path):
     setup = make_setup(tmp_path, method="mad")
     setup.student.eval()
     examples = setup.task_source.examples[:4]
     targets = setup.task_source.chunk(0).targets.rows(torch.arange(4))
     micro = MicroBatch(examples, targets, setup.student.prepare(examples, regions(examples)), 1.0)
-    loss, parts = loss_step(setup, stage="task", micro=micro, generator=torch.Generator())
+    loss, parts = StageLoss(setup)(stage="task", micro=micro, generator=torch.Generator())
     out = setup.student(setup.student.prepare(examples, regions(examples)))
     p = setup.projections
     dv = (targets.image[:, None] - p.vision(out.image_token)).abs().mean(-1).mean(1)
@@ -144,7 +144,7 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch, m
     full_weights = load_file(str(tmp_path / "full" / "run" / "checkpoint.safetensors"))
 
     calls = {"n": 0}
-    real = train_mod.loss_step
+    real = train_mod.StageLoss.forward
 
     def crash_after_five(*args, **kwargs):
         calls["n"] += 1
@@ -152,11 +152,11 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch, m
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "loss_step", crash_after_five)
+    monkeypatch.setattr(train_mod.StageLoss, "forward", crash_after_five)
     with pytest.raises(KeyboardInterrupt):
         train(make_setup(tmp_path / "cut", method=method, af_epochs=af, chunk=chunk,
                          eval_every=2, checkpoint_every=4))
-    monkeypatch.setattr(train_mod, "loss_step", real)
+    monkeypatch.setattr(train_mod.StageLoss, "forward", real)
     resumed = train(make_setup(tmp_path / "cut", method=method, af_epochs=af, chunk=chunk,
                                eval_every=2, checkpoint_every=4, resume=True))
     resumed_weights = load_file(str(tmp_path / "cut" / "run" / "checkpoint.safetensors"))
@@ -169,13 +169,13 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch, m
 
 def test_af_stage_runs_first_without_labels(tmp_path, monkeypatch):
     seen = []
-    real = train_mod.loss_step
+    real = train_mod.StageLoss.forward
 
-    def spy(setup, *, stage, micro, generator):
+    def spy(module, *, stage, micro, generator):
         seen.append((stage, len(micro.examples), micro.examples[0].label is not None))
-        return real(setup, stage=stage, micro=micro, generator=generator)
+        return real(module, stage=stage, micro=micro, generator=generator)
 
-    monkeypatch.setattr(train_mod, "loss_step", spy)
+    monkeypatch.setattr(train_mod.StageLoss, "forward", spy)
     metrics = train(make_setup(tmp_path, method="mad", af_epochs=2, epochs=1))
     assert sum(n for stage, n, _ in seen if stage == "af") == 20  # 2 AF epochs over all 10
     assert [stage for stage, _, _ in seen] == ["af"] * 6 + ["task"] * 3
@@ -206,14 +206,14 @@ def test_af_epochs_of_a_sweep_give_an_af_stage_to_mad_only(tmp_path):
 
 def test_cw_firing_rate_is_recorded_per_stage(tmp_path, monkeypatch):
     parts_seen = []
-    real = train_mod.loss_step
+    real = train_mod.StageLoss.forward
 
-    def spy(setup, *, stage, **kwargs):
-        loss, parts = real(setup, stage=stage, **kwargs)
+    def spy(module, *, stage, **kwargs):
+        loss, parts = real(module, stage=stage, **kwargs)
         parts_seen.append((stage, parts))
         return loss, parts
 
-    monkeypatch.setattr(train_mod, "loss_step", spy)
+    monkeypatch.setattr(train_mod.StageLoss, "forward", spy)
     metrics = train(make_setup(tmp_path, method="mad", epochs=2))
     task = [parts for stage, parts in parts_seen if stage == "task"]
     assert not any("cw_seen" in parts for stage, parts in parts_seen if stage == "af")
@@ -360,15 +360,15 @@ def test_demo_full_split_batches_are_the_same_for_every_method(demo, monkeypatch
     """A full-split run reads one order whatever the method (and whether it has a cache): the
     baseline, MD and MAD see the same examples at every task step (issue 33: the baseline read
     the file's order and the distilling methods the cache's, so no batch matched)."""
-    real = train_mod.loss_step
+    real = train_mod.StageLoss.forward
     seen: dict[str, list[list[str]]] = {}
 
-    def spy(setup, *, stage, micro, generator):
+    def spy(module, *, stage, micro, generator):
         if stage == "task":
             seen.setdefault(setup.config.method, []).append([ex.id for ex in micro.examples])
-        return real(setup, stage=stage, micro=micro, generator=generator)
+        return real(module, stage=stage, micro=micro, generator=generator)
 
-    monkeypatch.setattr(train_mod, "loss_step", spy)
+    monkeypatch.setattr(train_mod.StageLoss, "forward", spy)
     for method in ("baseline", "md", "mad"):
         overrides = {"cache": None} if method == "baseline" else {}
         train_mod.run_training(_demo_config(demo, f"order-{method}", method=method,
