@@ -220,8 +220,9 @@ def step_setup(student, method: str, *, dim: int, device: str, regions) -> Setup
     config = TrainConfig(dataset="vcr", root=".", out="unused", method=method, device=device)
     m = get_method(method)
     return Setup(config=config, method=m, student=student,
-                 projections=Projections(student.hidden_size, image_dim=dim, text_dim=dim,
-                                         words=m.distils_words).to(device),
+                 projections=Projections(student.hidden_size, {
+                     "vision": dim, "text": dim, "word": dim if m.distils_words else None}
+                                         ).to(device),
                  task_source=DataSource([], [[]], lambda e: None), af_source=None,
                  regions=lambda e: regions, eval_examples=[], provenance={},
                  save_student=lambda s, p: None)

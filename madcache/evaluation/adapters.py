@@ -2,9 +2,9 @@
 "adapters over frozen CLIP" rows), in seconds and without a student or a teacher model.
 
 Input per scored text (choice) c of an example: `[image_feat ; text_eos_c]` (both L2-normalised
-by default, as a CLIP linear probe does). The heads are the entries of `ADAPTERS` (what each
-trains; `AdapterHead` builds them); the rest of madcache asks that registry whether a method is
-an adapter.
+by default, as a CLIP linear probe does). The heads are the entries of `ADAPTERS` (each names its
+`AdapterHead` subclass; `adapter_head` builds one); the rest of madcache asks that registry
+whether a method is an adapter.
 
 Outputs follow the dataset spec's task: multiple choice scores each choice (one logit per choice,
 softmax over choices: VCR's 4); classification is a classifier over the spec's `label_names`
@@ -47,25 +47,91 @@ ADAPTER_STUDENT = "frozen-teacher"    # the "student" column of every adapter's 
 ADAPTER_WEIGHTS = "adapter.safetensors"
 
 
+# ----------------------------------------------------------------------------- the heads
+
+class AdapterHead(nn.Module):
+    """Maps image [N, Dv] and per-choice text [N, C, Dt] features to logits: `out_dim == 1`:
+    one score per choice -> [N, C]; otherwise (C == 1) class logits [N, out_dim]. Each
+    `ADAPTERS` entry is a subclass, built with (image_dim, text_dim, out_dim, hidden, heads,
+    dropout), whose `score` maps the pairs [N, C, Dv] x [N, C, Dt] to [N, C, out_dim]."""
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        n, c = text.shape[:2]
+        out = self.score(image[:, None, :].expand(n, c, image.shape[-1]), text)
+        return out.squeeze(-1) if out.shape[-1] == 1 else out[:, 0, :]
+
+    def score(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class LinearHead(AdapterHead):
+    """One linear layer on [image ; text]."""
+
+    def __init__(self, image_dim: int, text_dim: int, out_dim: int, **_: Any) -> None:
+        super().__init__()
+        self.body = nn.Linear(image_dim + text_dim, out_dim)
+
+    def score(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return self.body(torch.cat([image, text], dim=-1))
+
+
+class MLP3Head(AdapterHead):
+    """Three linear layers on [image ; text], ReLU + dropout between."""
+
+    def __init__(self, image_dim: int, text_dim: int, out_dim: int, *, hidden: int,
+                 dropout: float, **_: Any) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(image_dim + text_dim, hidden), nn.ReLU(),
+                                  nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.ReLU(),
+                                  nn.Dropout(dropout), nn.Linear(hidden, out_dim))
+
+    def score(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return self.body(torch.cat([image, text], dim=-1))
+
+
+class TransformerHead(AdapterHead):
+    """Image and text as two tokens, one transformer encoder layer, mean pool, linear."""
+
+    def __init__(self, image_dim: int, text_dim: int, out_dim: int, *, hidden: int, heads: int,
+                 dropout: float) -> None:
+        super().__init__()
+        self.image_in = nn.Linear(image_dim, hidden)
+        self.text_in = nn.Linear(text_dim, hidden)
+        self.layer = nn.TransformerEncoderLayer(hidden, heads, dim_feedforward=2 * hidden,
+                                                dropout=dropout, batch_first=True)
+        self.body = nn.Linear(hidden, out_dim)
+
+    def score(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        n, c = text.shape[:2]
+        tokens = torch.stack([self.image_in(image), self.text_in(text)], dim=2)
+        return self.body(self.layer(tokens.reshape(n * c, 2, -1)).mean(dim=1).reshape(n, c, -1))
+
+
 @dataclass(frozen=True)
 class Adapter:
     """An adapter baseline, a method that trains a head on frozen cached teacher features
     instead of a student (`madcache train --method`, a pipeline's `methods`)."""
 
     name: str              # the method name, e.g. "adapter-linear"
-    trains: str            # the head it trains on [image_feat ; text_eos_c]
+    head: type[AdapterHead]  # the head it trains on [image_feat ; text_eos_c]
     report_order: int      # its rank among the adapters' rows of a report (after the students')
 
 
 ADAPTERS: Registry[Adapter] = Registry("adapter")
-for _adapter in (
-    Adapter("adapter-linear", "one linear layer", report_order=0),
-    Adapter("adapter-mlp3", "three linear layers, ReLU + dropout between", report_order=1),
-    Adapter("adapter-transformer", "image and text as two tokens, one transformer encoder "
-            "layer, mean pool, linear", report_order=2),
-):
+for _adapter in (Adapter("adapter-linear", LinearHead, report_order=0),
+                 Adapter("adapter-mlp3", MLP3Head, report_order=1),
+                 Adapter("adapter-transformer", TransformerHead, report_order=2)):
     ADAPTERS.register(_adapter.name, _adapter)
 
+
+def adapter_head(kind: str, image_dim: int, text_dim: int, out_dim: int, *, hidden: int = 256,
+                 heads: int = 4, dropout: float = 0.1) -> AdapterHead:
+    """The head of the adapter `kind` (an `ADAPTERS` name)."""
+    return ADAPTERS.get(kind).head(image_dim, text_dim, out_dim, hidden=hidden, heads=heads,
+                                   dropout=dropout)
+
+
+# ----------------------------------------------------------------------------- the run's settings
 
 @dataclass
 class AdapterConfig:
@@ -125,47 +191,6 @@ class AdapterConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-# ----------------------------------------------------------------------------- the heads
-
-class AdapterHead(nn.Module):
-    """Maps image [N, Dv] and per-choice text [N, C, Dt] features to logits.
-
-    `out_dim == 1`: one score per choice -> [N, C]; otherwise (C == 1) class logits [N, out_dim].
-    """
-
-    def __init__(self, kind: str, image_dim: int, text_dim: int, out_dim: int, *,
-                 hidden: int = 256, heads: int = 4, dropout: float = 0.1) -> None:
-        super().__init__()
-        self.kind = kind
-        width = image_dim + text_dim
-        if kind == "adapter-linear":
-            self.body = nn.Linear(width, out_dim)
-        elif kind == "adapter-mlp3":
-            self.body = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(dropout),
-                                      nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
-                                      nn.Linear(hidden, out_dim))
-        elif kind == "adapter-transformer":
-            self.image_in = nn.Linear(image_dim, hidden)
-            self.text_in = nn.Linear(text_dim, hidden)
-            self.layer = nn.TransformerEncoderLayer(hidden, heads, dim_feedforward=2 * hidden,
-                                                    dropout=dropout, batch_first=True)
-            self.body = nn.Linear(hidden, out_dim)
-        else:
-            raise ConfigError(f"unknown adapter '{kind}'. Available: {', '.join(ADAPTERS)}")
-        self.image_dim = image_dim
-
-    def forward(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        n, c = text.shape[:2]
-        image = image[:, None, :].expand(n, c, image.shape[-1])
-        if self.kind == "adapter-transformer":
-            tokens = torch.stack([self.image_in(image), self.text_in(text)], dim=2)
-            pooled = self.layer(tokens.reshape(n * c, 2, -1)).mean(dim=1).reshape(n, c, -1)
-            out = self.body(pooled)
-        else:
-            out = self.body(torch.cat([image, text], dim=-1))
-        return out.squeeze(-1) if out.shape[-1] == 1 else out[:, 0, :]
 
 
 # ----------------------------------------------------------------------------- data
@@ -311,7 +336,7 @@ def run_adapter(config: AdapterConfig) -> dict[str, Any]:
     vocab = _vocab(config, cache.manifest)
     if vocab is not None:
         attach_answers(train, vocab, config, cache.manifest.get("split", "train"))
-    head = AdapterHead(config.method, train.image.shape[1], train.text.shape[2],
+    head = adapter_head(config.method, train.image.shape[1], train.text.shape[2],
                        output_size(DATASETS.get(config.dataset), vocab),
                        hidden=config.hidden, heads=config.heads, dropout=config.dropout)
     history = fit(head, train, config)

@@ -1,12 +1,14 @@
 """The method registry: each method says which training stages it has and what each stage
 optimises (docs/method.md). A new method is one `Method(...)` entry in `METHODS`; a new
-distillation term is a function in `madcache.method.losses` plus its `TERMS` entry.
+distillation term is a function in `madcache.method.losses` plus its `TERMS` entry, whose
+declared needs decide the rest (the targets loaded, the projections trained).
 
 A method is data. Its `stages` run in order: `af` (adaptive finetuning: the student's label-free
 MLM + ITM losses on the whole training split) and/or `task` (the task loss on the training set,
 low-shot or full). Each stage adds distillation `terms` (MAD.md: `dv` = L_dv, `dt` = L_dt,
 `dwt` = L'_dt over the selected words) with the weight `w` (MD) or `w'` (MAD), or per instance
-with confidence weighting (CW). `needs` lists the cached targets a method reads;
+with confidence weighting (CW). `needs` lists the cached targets a method reads (its terms'
+`Term.needs`, and the teacher logits for CW);
 `check_targets` raises a `MissingTargetError` naming the target and the cache when one is absent.
 """
 
@@ -92,17 +94,15 @@ class Method:
     def terms(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(t for s in self.stages for t in s.terms))
 
-    @property
-    def distils_image(self) -> bool:
-        return "dv" in self.terms
-
-    @property
-    def distils_text(self) -> bool:
-        return "dt" in self.terms
+    def reads(self, target: str) -> bool:
+        """Whether the method loads the cached `target` ("image", "text_eos", "words",
+        "logits")."""
+        return target in self.needs
 
     @property
     def distils_words(self) -> bool:
-        return "dwt" in self.terms
+        """Whether a term distils TS's selected words (then `m` words are selected)."""
+        return any(TERMS.get(t).selects_words for t in self.terms)
 
     @property
     def confidence(self) -> bool:
@@ -115,7 +115,7 @@ class Method:
     @property
     def needs(self) -> tuple[str, ...]:
         """The cached targets this method reads (baseline: none)."""
-        found = [TERMS[t].needs for t in self.terms] + (["logits"] if self.confidence else [])
+        found = [TERMS.get(t).needs for t in self.terms] + (["logits"] if self.confidence else [])
         return tuple(dict.fromkeys(found))
 
 
@@ -127,7 +127,8 @@ def stage_weight(stage: Stage, *, w: float, m: int, w_prime: float | None = None
         return w
     if w_prime is not None:
         return w_prime
-    return W_PRIME_RULES[w_prime_rule](w, m if "dwt" in stage.terms else 0)
+    words = any(TERMS.get(t).selects_words for t in stage.terms)
+    return W_PRIME_RULES[w_prime_rule](w, m if words else 0)
 
 
 # CW's loss parts: per-batch counts that add up over micro-batches and ranks (every other part
@@ -220,7 +221,7 @@ def check_targets(method: Method, targets: Targets, *, cache: str, logits: str |
         else:
             missing = getattr(targets, need) is None
             what = {"image": "image features (V_t)", "text_eos": "text features (T_t)",
-                    "words": "per-word features"}[need]
+                    "words": "per-word features"}.get(need, f"'{need}' targets")
         if need == "words" and not missing and method.selection == "top":
             scores = targets.words.score
             missing = scores.size > 0 and bool(np.isnan(scores).all())

@@ -371,7 +371,7 @@ class StageLoss(nn.Module):
         base = sum(own.values(), torch.zeros((), device=next(iter(own.values())).device))
 
         # 2. The distillation terms, per instance [B]: L_dv, L_dt, L'_dt (method/losses.py).
-        terms = {name: TERMS[name].compute(out, micro.targets, self.projections)
+        terms = {name: TERMS.get(name).compute(out, micro.targets, self.projections)
                  for name in spec.terms}
 
         # 3. Their weight: w or w'; with CW, w_r per instance and its counts.

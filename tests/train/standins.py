@@ -19,7 +19,7 @@ from torch import nn
 
 from madcache.cache.targets import Targets, WordTargets
 from madcache.data.records import Example, Text
-from madcache.method.losses import Projections
+from madcache.method.losses import Projections, projection_widths
 from madcache.method.methods import get_method
 from madcache.students.base import RegionInputs, StudentOutput
 from madcache.train import loop
@@ -143,13 +143,19 @@ def make_setup(tmp_path, method="mad", chunk=None, **overrides):
     chunks = [list(range(i, min(i + size, 10))) for i in range(0, 10, size)]
     source = DataSource(train_examples, chunks, load)
     return Setup(config=config, method=m, student=student,
-                 projections=Projections(H, image_dim=DV, text_dim=DT, words=m.distils_words),
+                 projections=Projections(H, projections(m)),
                  task_source=source,
                  af_source=DataSource(train_examples, chunks, load) if m.stage("af") else None,
                  regions=regions, eval_examples=make_examples(6, "val"),
                  provenance={"cache_fingerprint": "abc"},
                  save_student=lambda s, p: (p.mkdir(parents=True, exist_ok=True),
                                             save_file(s.state_dict(), str(p / "model.safetensors"))))
+
+
+def projections(method):
+    """The method's projections, and for every method P_v and P_t (the stand-ins always had
+    them; they are drawn after the student, so the baseline's numbers do not depend on them)."""
+    return {"vision": DV, "text": DT, **projection_widths(method.terms, {"image": DV, "text": DT})}
 
 
 def _word_rows(words, rows):
