@@ -124,7 +124,7 @@ def pretrain_demo_student(config: DemoStudentConfig, *, progress: bool = True,
     """
     from madcache.students import build_student, save_student
     from madcache.students.region_extractors import BOXCROP_DIM
-    from madcache.train.loop import lr_at
+    from madcache.train.optim import lr_at
 
     out = Path(config.out)
     if (out / SUMMARY).is_file():

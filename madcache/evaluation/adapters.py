@@ -42,6 +42,8 @@ from madcache.data import DATASETS, Dataset, Example
 from madcache.data.base import CLASSIFICATION, MULTILABEL, MULTIPLE_CHOICE
 from madcache.data.metrics import score_logits, without_counts
 from madcache.evaluation.cached import dataset_examples, index_examples
+from madcache.method.losses import task_criterion
+from madcache.train import optim
 
 ADAPTER_STUDENT = "frozen-teacher"    # the "student" column of every adapter's rows in reports
 ADAPTER_WEIGHTS = "adapter.safetensors"
@@ -267,11 +269,11 @@ def output_size(dataset: Dataset, vocab: Sequence[str] | None) -> int:
 
 
 def adapter_loss(logits: torch.Tensor, features: FeatureSet, rows: torch.Tensor) -> torch.Tensor:
+    """The students' task loss (`task_criterion`) on the soft scores or the labels of `rows`."""
     if features.soft is not None:
-        target = features.soft[rows]
-        return F.binary_cross_entropy_with_logits(logits, target) * logits.shape[1]
-    labels = torch.tensor([features.examples[i].label for i in rows.tolist()])
-    return F.cross_entropy(logits, labels)
+        return task_criterion(logits, features.soft[rows])
+    return task_criterion(logits, torch.tensor([features.examples[i].label
+                                                for i in rows.tolist()]))
 
 
 def fit(head: AdapterHead, features: FeatureSet, config: AdapterConfig) -> list[dict[str, Any]]:
@@ -282,10 +284,8 @@ def fit(head: AdapterHead, features: FeatureSet, config: AdapterConfig) -> list[
         raise ConfigError("no labelled training examples for the adapter")
     optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps = config.epochs * math.ceil(len(rows) / config.batch_size)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     generator = torch.Generator().manual_seed(config.seed)
-    history = []
+    history, step = [], 0
     head.train()
     for epoch in range(config.epochs):
         order = rows[torch.randperm(len(rows), generator=generator)]
@@ -293,10 +293,11 @@ def fit(head: AdapterHead, features: FeatureSet, config: AdapterConfig) -> list[
         for start in range(0, len(order), config.batch_size):
             batch = order[start:start + config.batch_size]
             loss = adapter_loss(head(features.image[batch], features.text[batch]), features, batch)
+            optim.set_lr(optimizer, optim.cosine(step, steps, base=config.lr))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            schedule.step()
+            step += 1
             total, count = total + loss.item() * len(batch), count + len(batch)
         history.append({"stage": "task", "epoch": epoch + 1, "loss": total / count})
     return history

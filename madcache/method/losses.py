@@ -90,8 +90,8 @@ def _batch_mean(x: torch.Tensor) -> torch.Tensor:
 
 
 def task_loss(student: Any, logits: torch.Tensor, examples: Sequence[Example]) -> torch.Tensor:
-    """L_task: cross-entropy over choices/classes; VQA: BCE against the soft answer scores,
-    summed over the answer vocabulary (mean x V), as UNITER does."""
+    """L_task of a student's logits on `examples` (`task_criterion`): their labels, or for a
+    multilabel student (VQA) their soft scores over its answer vocabulary."""
     if student.task == "multilabel":
         target = torch.zeros_like(logits)
         index = {a: i for i, a in enumerate(student.answers)}
@@ -99,9 +99,18 @@ def task_loss(student: Any, logits: torch.Tensor, examples: Sequence[Example]) -
             for answer, value in (ex.answer_scores or {}).items():
                 if answer in index:
                     target[b, index[answer]] = value
+        return task_criterion(logits, target)
+    return task_criterion(logits, torch.tensor([ex.label for ex in examples],
+                                               device=logits.device))
+
+
+def task_criterion(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L_task: cross-entropy over choices/classes for integer labels [B]; for soft scores
+    [B, V] (VQA) BCE summed over the answer vocabulary (mean x V), as UNITER does. The students'
+    and the adapter heads' task loss."""
+    if target.is_floating_point():
         return F.binary_cross_entropy_with_logits(logits, target) * logits.shape[1]
-    labels = torch.tensor([ex.label for ex in examples], device=logits.device)
-    return F.cross_entropy(logits, labels)
+    return F.cross_entropy(logits, target)
 
 
 # ----------------------------------------------------------------------------- the terms
