@@ -26,14 +26,14 @@ import torch.distributed as torch_dist
 from torch import nn
 
 from madcache.core.errors import ConfigError
-from madcache.core.ranks import Ranks as Dist
+from madcache.core.ranks import Ranks
 
 
-def current() -> Dist:
+def current() -> Ranks:
     """The process group this process is in (one process when none was started)."""
     if not (torch_dist.is_available() and torch_dist.is_initialized()):
-        return Dist()
-    return Dist(torch_dist.get_rank(), torch_dist.get_world_size(),
+        return Ranks()
+    return Ranks(torch_dist.get_rank(), torch_dist.get_world_size(),
                 int(os.environ.get("LOCAL_RANK", torch_dist.get_rank())))
 
 
@@ -60,7 +60,7 @@ def shutdown(started: bool) -> None:
 
 
 @contextlib.contextmanager
-def main_first() -> Iterator[Dist]:
+def main_first() -> Iterator[Ranks]:
     """Rank 0 runs the block first (e.g. writes a file), the other ranks after it."""
     where = current()
     if where.enabled and not where.is_main:
@@ -70,7 +70,7 @@ def main_first() -> Iterator[Dist]:
         torch_dist.barrier()
 
 
-def wrap(module: nn.Module, where: Dist, device: str) -> nn.Module:
+def wrap(module: nn.Module, where: Ranks, device: str) -> nn.Module:
     """`module` under DDP when there are several processes. `find_unused_parameters`: each stage
     uses only some heads (the ITM/MLM heads in AF, the task head and projections in the task)."""
     if not where.enabled:
@@ -88,7 +88,7 @@ def sync_context(model: nn.Module, sync: bool) -> contextlib.AbstractContextMana
     return model.no_sync()
 
 
-def sum_across(values: dict[str, float], where: Dist) -> dict[str, float]:
+def sum_across(values: dict[str, float], where: Ranks) -> dict[str, float]:
     """Per-key sums of every rank's `values` (keys may differ between ranks)."""
     if not where.enabled:
         return dict(values)
@@ -101,7 +101,7 @@ def sum_across(values: dict[str, float], where: Dist) -> dict[str, float]:
     return total
 
 
-def gather(value: Any, where: Dist) -> list[Any]:
+def gather(value: Any, where: Ranks) -> list[Any]:
     """Every rank's `value`, in rank order (a one-element list in one process)."""
     if not where.enabled:
         return [value]
@@ -110,7 +110,7 @@ def gather(value: Any, where: Dist) -> list[Any]:
     return gathered
 
 
-def contiguous_share(items: Sequence[Any], where: Dist) -> Sequence[Any]:
+def contiguous_share(items: Sequence[Any], where: Ranks) -> Sequence[Any]:
     """This rank's contiguous part of `items` (parts differ in size by at most one)."""
     size, extra = divmod(len(items), where.world_size)
     start = where.rank * size + min(where.rank, extra)

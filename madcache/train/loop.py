@@ -37,6 +37,7 @@ from madcache.core.device import resolve_device
 from madcache.core.errors import ConfigError, NonFiniteLossError, RunDirectoryError
 from madcache.core.io import read_json, write_json, writing
 from madcache.core.progress import progress
+from madcache.core.ranks import Ranks
 from madcache.data.metrics import score_logits, without_counts
 from madcache.method.losses import TERMS, distillation_loss, task_loss
 from madcache.method.methods import AF, COUNTS, STAGE_ORDER, TASK, logged, term_weights
@@ -46,7 +47,7 @@ from madcache.train import optim
 from madcache.train.checkpoint import CHECKPOINT, TrainerState, load_checkpoint, save_checkpoint
 from madcache.train.config import TrainConfig
 from madcache.train.data import DataSource, derive_seed
-from madcache.train.distributed import (Dist, contiguous_share, current, gather,
+from madcache.train.distributed import (contiguous_share, current, gather,
                                         init_distributed, shutdown, sum_across, sync_context,
                                         wrap)
 from madcache.train.optim import lr_at
@@ -87,7 +88,7 @@ class Training:
     model: nn.Module                  # StageLoss, under DDP when there are several processes
     optimizer: torch.optim.Optimizer
     state: TrainerState
-    ranks: Dist                       # this process's rank in the job (rank 0 of 1 alone)
+    ranks: Ranks                      # this process's rank in the job (rank 0 of 1 alone)
     precision: str
     tracker: Tracker
     data_figures: dict[str, dict[str, Any]] = field(default_factory=dict)  # per stage
@@ -136,7 +137,7 @@ def train(setup: Setup) -> dict[str, Any]:
                 if state.stage != plan.name:
                     start_stage_with_fresh_optimizer(training, plan.name)
                 run_stage(training, plan)
-                record(training, validate(setup, ranks) if plan.name == TASK else None)
+                record(training, score_eval_split(setup, ranks) if plan.name == TASK else None)
     finally:
         tracker.close()
 
@@ -216,7 +217,7 @@ def _trainables(setup: Setup) -> list[torch.nn.Parameter]:
     return list(setup.student.parameters()) + list(setup.projections.parameters())
 
 
-def resumed_state(state: TrainerState, ranks: Dist, precision: str) -> TrainerState:
+def resumed_state(state: TrainerState, ranks: Ranks, precision: str) -> TrainerState:
     """A checkpoint's state, continued by this job. Its world size may differ (the global batch
     and the data order do not depend on it; dropout draws do, per rank); its precision may not."""
     if state.precision != precision:
@@ -406,8 +407,8 @@ def _periodic(training: Training, total: int) -> None:
     config, state = training.setup.config, training.state
     if config.eval_every and state.stage_step % config.eval_every == 0 \
             and state.stage_step < total:
-        record(training, validate(training.setup, training.ranks) if state.stage == TASK
-               else None)
+        record(training, score_eval_split(training.setup, training.ranks)
+               if state.stage == TASK else None)
     # under DDP the step's agreed flag, not this rank's own (a signal may land in between)
     stop = training.stop_agreed if training.ranks.enabled else training.stop.requested
     every = config.checkpoint_every and state.global_step % config.checkpoint_every == 0
@@ -425,7 +426,7 @@ def _periodic(training: Training, total: int) -> None:
                         f"(exit code {PREEMPTED_EXIT})")
 
 
-def validate(setup: Setup, ranks: Dist = Dist()) -> dict[str, float] | None:
+def score_eval_split(setup: Setup, ranks: Ranks = Ranks()) -> dict[str, float] | None:
     """Score the eval split: each rank predicts its contiguous share, the logits are gathered in
     order, and every rank computes the same metrics."""
     if not setup.eval_examples:
