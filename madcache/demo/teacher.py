@@ -22,9 +22,10 @@ from typing import Any
 
 import torch
 
+from madcache.core.config import changed_settings
 from madcache.core.errors import DataError, DataFileNotFoundError
 from madcache.core.io import atomic_write_bytes, file_sha256, write_json
-from madcache.train.optim import cosine
+from madcache.train.optim import cosine, descend
 
 MODEL_NAME = "madcache-demo"
 CAPTIONS = Path("captions") / "captions.jsonl"
@@ -199,17 +200,13 @@ def pretrain_demo_teacher(cfg: DemoTeacherConfig, *, progress: bool = True) -> d
     history, start = [], time.perf_counter()
     model.train()
     for step in _progress(range(cfg.steps), progress):
-        for group in optimizer.param_groups:
-            group["lr"] = teacher_lr(step, cfg)
         batch = _batch(train_rows, corpus, cfg.batch_size, generator)
         pixels = normalise_pixels(corpus.images[corpus.caption_image[batch]], model)
         image_f = model.encode_image(pixels, normalize=True)
         text_f = torch.nn.functional.normalize(encode_text_trimmed(model, corpus.tokens[batch]),
                                                dim=-1)
         loss = loss_fn(image_f, text_f, model.logit_scale.exp())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        descend(optimizer, loss, lr=teacher_lr(step, cfg))
         with torch.no_grad():  # as CLIP: the temperature stays below 100
             model.logit_scale.clamp_(0, math.log(100))
         history.append(round(loss.item(), 5))
@@ -253,7 +250,7 @@ def _existing(cfg: DemoTeacherConfig, digest: str) -> dict[str, Any] | None:
         return None
     summary = json.loads(side.read_text())
     same = (summary.get("status") == "complete" and summary.get("corpus_digest") == digest
-            and all(summary.get(k) == v for k, v in _settings(cfg).items())
+            and not changed_settings(summary, _settings(cfg))
             and summary.get("checkpoint_sha256") == file_sha256(out))
     return summary if same else None
 

@@ -293,10 +293,7 @@ def fit(head: AdapterHead, features: FeatureSet, config: AdapterConfig) -> list[
         for start in range(0, len(order), config.batch_size):
             batch = order[start:start + config.batch_size]
             loss = adapter_loss(head(features.image[batch], features.text[batch]), features, batch)
-            optim.set_lr(optimizer, optim.cosine(step, steps, base=config.lr))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            optim.descend(optimizer, loss, lr=optim.cosine(step, steps, base=config.lr))
             step += 1
             total, count = total + loss.item() * len(batch), count + len(batch)
         history.append({"stage": "task", "epoch": epoch + 1, "loss": total / count})

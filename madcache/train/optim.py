@@ -199,6 +199,17 @@ class UniterAdamW(torch.optim.Optimizer):
                     param.add_(param, alpha=-group["lr"] * group["weight_decay"])
 
 
+def descend(optimizer: torch.optim.Optimizer, loss: torch.Tensor, *, lr: float) -> None:
+    """One plain optimizer step of the trainers beside the `[train]` loop (the adapter heads, the
+    demo teacher and student): every group at `lr` (x its `lr_mul`), the gradients cleared,
+    `loss` back-propagated, the step applied. The loop's `train_step` does this over
+    micro-batches and ranks, with clipping and the non-finite check."""
+    set_lr(optimizer, lr)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Each group's rate for the next step: `lr` x its `lr_mul` (1 in a checkpoint saved before
     groups carried one)."""
