@@ -288,9 +288,13 @@ class StepMeter:
 
 # ----------------------------------------------------------------------------- one step
 
+STOP = "_stop"                         # ranks signalled at this step (never logged)
+
+
 def train_step(training: Training, batch: Batch, lr: float) -> dict[str, float]:
-    """One optimizer step over this rank's micro-batches of a global batch. Returns the loss
-    terms as global-batch means, and CW's counts (`cw_fired`, `cw_seen`) as totals."""
+    """One optimizer step over this rank's micro-batches of a global batch, each micro-batch's
+    loss from `StageLoss` (below). Returns the loss parts as global-batch means, and the counts
+    of `COUNTS` (CW's) as totals."""
     config, state, ranks = training.setup.config, training.state, training.ranks
     optim.set_lr(training.optimizer, lr)      # x each group's lr_mul (the head's)
 
@@ -324,20 +328,6 @@ def train_step(training: Training, batch: Batch, lr: float) -> dict[str, float]:
     training.optimizer.step()
     training.optimizer.zero_grad(set_to_none=True)
     return sums
-
-
-def refuse_non_finite_loss(parts: dict[str, float], batch: Batch, stage: str) -> None:
-    """Stop the run, before the step is applied, when its loss is NaN or infinite: one line
-    naming the step, the loss parts and the batch's first examples. The last checkpoint stays,
-    and the run is not complete."""
-    if math.isfinite(parts["loss"]):
-        return
-    shown = ", ".join(f"{k} {v:.4g}" for k, v in parts.items() if k not in COUNTS)
-    ids = [ex.id for micro in batch.micro for ex in micro.examples][:3]
-    raise NonFiniteLossError(
-        f"{stage} step {batch.step}: the loss is not finite ({shown}); batch examples "
-        f"{', '.join(map(repr, ids))}: check the cache and region store with `madcache cache "
-        "verify`, or lower the learning rate; the run stopped without applying the step")
 
 
 class StageLoss(nn.Module):
@@ -386,7 +376,20 @@ class StageLoss(nn.Module):
         return loss, parts
 
 
-STOP = "_stop"                         # ranks signalled at this step (never logged)
+def refuse_non_finite_loss(parts: dict[str, float], batch: Batch, stage: str) -> None:
+    """Stop the run, before the step is applied, when its loss is NaN or infinite: one line
+    naming the step, the loss parts and the batch's first examples. The last checkpoint stays,
+    and the run is not complete."""
+    if math.isfinite(parts["loss"]):
+        return
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in parts.items() if k not in COUNTS)
+    ids = [ex.id for micro in batch.micro for ex in micro.examples][:3]
+    raise NonFiniteLossError(
+        f"{stage} step {batch.step}: the loss is not finite ({shown}); batch examples "
+        f"{', '.join(map(repr, ids))}: check the cache and region store with `madcache cache "
+        "verify`, or lower the learning rate; the run stopped without applying the step")
+
+
 
 
 def seed_draws(seed: int, stage: str, step: int, rank: int, micro: int) -> torch.Generator:
