@@ -365,7 +365,8 @@ def test_demo_full_split_batches_are_the_same_for_every_method(demo, monkeypatch
 
     def spy(module, *, stage, micro, generator):
         if stage == "task":
-            seen.setdefault(setup.config.method, []).append([ex.id for ex in micro.examples])
+            seen.setdefault(module.setup.config.method, []).append(
+                [ex.id for ex in micro.examples])
         return real(module, stage=stage, micro=micro, generator=generator)
 
     monkeypatch.setattr(train_mod.StageLoss, "forward", spy)
