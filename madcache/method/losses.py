@@ -2,9 +2,9 @@
 
 Everything here works on tensors: a student output and a batch of cached teacher targets give the
 per-instance terms `L_dv`, `L_dt`, `L'_dt` (each [B], registered in `TERMS` by the names methods
-use, each with what it reads and trains), and `distillation_loss` adds them to a stage's own loss (`task_loss`, or the student's
-MLM + ITM). Word selection (TS) happens once, when targets are loaded
-(`madcache.method.selection.select_words`), never in the training step.
+use, each with what it reads and trains), and `distillation_loss` adds them to a stage's own
+loss (`task_loss`, or the student's MLM + ITM). Word selection (TS) happens once, when targets
+are loaded (`madcache.method.selection.select_words`), never in the training step.
 """
 
 from __future__ import annotations

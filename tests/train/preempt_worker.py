@@ -4,8 +4,8 @@
 
 Trains the stand-in setup of standins.py (`make_setup(OUT / "work", **OPTIONS)`) with the real
 `train`, in a process of its own so that a test can signal it. Each `StageLoss.forward` call
-appends a line to OUT/calls (how far the run got; `sleep` seconds per call, default 0, give a test time to
-send its signal). A `Preempted` stop exits with its code (75), as `madcache train` does.
+appends a line to OUT/calls (how far the run got; `sleep` seconds per call, default 0, give a
+test time to send its signal). A `Preempted` stop exits with its code (75), as `madcache train` does.
 """
 
 from __future__ import annotations
