@@ -45,7 +45,7 @@ from madcache.train.config import TrainConfig
 from madcache.train.data import BatchTargets, DataSource
 from madcache.train.precision import autocast, configure_matmuls
 from madcache.train.setup import Setup
-from madcache.train.loop import loss_step
+from madcache.train.loop import StageLoss
 from madcache.train.stream import MicroBatch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -268,8 +268,9 @@ def step_setup(student, method: str, *, dim: int, device: str, regions) -> Setup
     config = TrainConfig(dataset="vcr", root=".", out="unused", method=method, device=device)
     m = get_method(method)
     return Setup(config=config, method=m, student=student,
-                 projections=Projections(student.hidden_size, image_dim=dim, text_dim=dim,
-                                         words=m.distils_words).to(device),
+                 projections=Projections(student.hidden_size, {
+                     "vision": dim, "text": dim, "word": dim if m.distils_words else None}
+                                         ).to(device),
                  task_source=DataSource([], [[]], lambda e: None), af_source=None,
                  regions=lambda e: regions, eval_examples=[], provenance={},
                  save_student=lambda s, p: None)
@@ -327,13 +328,13 @@ def main() -> None:
     optimizer = torch.optim.AdamW(params, lr=1e-5)
     times: dict[str, list[float]] = {name: [] for name in setups}
     names = list(setups)
+    losses = {name: StageLoss(setup) for name, setup in setups.items()}
     generator = torch.Generator().manual_seed(0)
     clock = time.process_time if args.clock == "cpu" and device == "cpu" else time.perf_counter
     for it in range(args.warmup + args.iters):
         k = it % len(batches)
         shift = it % len(names)
         for name in names[shift:] + names[:shift]:  # rotate so no method always runs first
-            setup = setups[name]
             synchronize(device)
             start = clock()
             targets = (online_targets(teachers[name], batches[k], 2, device) if name in teachers
@@ -341,7 +342,7 @@ def main() -> None:
             with autocast(precision[name], device):
                 micro = MicroBatch(batches[k], None if name.startswith("baseline") else targets,
                                    inputs[k], 1.0)
-                loss, _ = loss_step(setup, stage="task", micro=micro, generator=generator)
+                loss, _ = losses[name](stage="task", micro=micro, generator=generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -217,7 +217,7 @@ def steps(device: str, *, dry: bool, iters: int) -> dict:
     """Median step time of baseline / MAD on cached targets, bf16 and fp32, interleaved."""
     from madcache.students import build_student
     from madcache.students.base import to_device
-    from madcache.train.loop import loss_step
+    from madcache.train.loop import StageLoss
     from madcache.train.precision import autocast, configure_matmuls
     from madcache.train.stream import MicroBatch
 
@@ -235,6 +235,7 @@ def steps(device: str, *, dry: bool, iters: int) -> dict:
 
     setups = {method: bench.step_setup(student, method, dim=dim, device=device,
                                        regions=regions) for method in ("baseline", "mad")}
+    losses = {method: StageLoss(setup) for method, setup in setups.items()}
     runs = {"baseline-bf16": ("baseline", "bf16"), "mad-bf16": ("mad", "bf16"),
             "mad-fp32": ("mad", "fp32")}
     params = list(student.parameters()) + [p for s in setups.values()
@@ -253,8 +254,7 @@ def steps(device: str, *, dry: bool, iters: int) -> dict:
             with autocast(precision, device):
                 micro = MicroBatch(batches[k], None if method == "baseline" else cached[k],
                                    inputs[k], 1.0)
-                loss, _ = loss_step(setups[method], stage="task", micro=micro,
-                                    generator=generator)
+                loss, _ = losses[method](stage="task", micro=micro, generator=generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

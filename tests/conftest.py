@@ -118,7 +118,7 @@ def cut_and_resume(monkeypatch) -> Callable[..., tuple[dict, dict]]:
 
     def run(make: Callable[..., Any], *, at: int) -> tuple[dict, dict]:
         full = loop.run_training(make("full"))
-        real, calls = loop.loss_step, [0]
+        real, calls = loop.StageLoss.forward, [0]
 
         def interrupted(*args, **kwargs):
             calls[0] += 1
@@ -126,10 +126,10 @@ def cut_and_resume(monkeypatch) -> Callable[..., tuple[dict, dict]]:
                 raise KeyboardInterrupt
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(loop, "loss_step", interrupted)
+        monkeypatch.setattr(loop.StageLoss, "forward", interrupted)
         with pytest.raises(KeyboardInterrupt):
             loop.run_training(make("cut"))
-        monkeypatch.setattr(loop, "loss_step", real)
+        monkeypatch.setattr(loop.StageLoss, "forward", real)
         return full, loop.run_training(make("cut", resume=True))
 
     return run

@@ -225,6 +225,13 @@ def read_toml(path: str | Path, *, what: str = "config file") -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
 
 
+def changed_settings(recorded: Mapping[str, Any], wanted: Mapping[str, Any]
+                     ) -> dict[str, tuple[Any, Any]]:
+    """The settings of `wanted` that a finished output recorded (`recorded`: its summary) with
+    another value: name -> (recorded, wanted). Empty: the output may be reused as it is."""
+    return {k: (recorded.get(k), v) for k, v in wanted.items() if recorded.get(k) != v}
+
+
 # ----------------------------------------------------------------------------- KEY=VALUE
 
 def parse_key_values(pairs: Iterable[str], *, option: str,

@@ -1,8 +1,7 @@
 """`Ranks`: this process's place in a job of several processes (rank R of world size W).
 
 Extraction finds it from flags or the launcher's environment (`extraction.distributed`), training
-from torch's process group (`train.distributed`, which calls it `Dist`); one process is rank 0
-of 1.
+from torch's process group (`train.distributed`); one process is rank 0 of 1.
 """
 
 from __future__ import annotations

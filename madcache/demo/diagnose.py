@@ -180,7 +180,7 @@ def gradient_probe(run_dir: str) -> dict[str, dict[str, float]]:
     weight = stage_weight(spec, w=config.w, m=config.m, w_prime=config.w_prime,
                           w_prime_rule=config.w_prime_rule)
     losses = {"task": task_loss(student, out.logits, examples)}
-    losses |= {name: weight * TERMS[name].compute(out, targets, built.projections).mean()
+    losses |= {name: weight * TERMS.get(name).compute(out, targets, built.projections).mean()
                for name in spec.terms}
     params = [p for p in student.parameters() if p.requires_grad]
     grads = {}

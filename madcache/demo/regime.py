@@ -19,11 +19,11 @@ No MD or MAD number is looked at; the choice depends on the baseline and the tea
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from madcache.core import io
+from madcache.core.config import read_toml
 from madcache.core.errors import ConfigError
 
 METRIC = "q2a"
@@ -34,7 +34,7 @@ def load_regime(path: str | Path) -> dict[str, Any]:
     """The check's spec: candidate `shots` (tried largest first), `seeds`, `margin`,
     `dev_fraction`."""
     path = Path(path)
-    spec = tomllib.loads(path.read_text(encoding="utf-8"))
+    spec = read_toml(path, what="regime spec")
     for key in ("shots", "seeds", "margin", "dev_fraction"):
         if key not in spec:
             raise ConfigError(f"{path}: missing key '{key}'")

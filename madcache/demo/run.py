@@ -3,9 +3,9 @@
 world -> demo teacher (pretrained on the world's captions) -> demo student (VL-pretrained on
 the same captions with MLM + ITM) -> teacher caches (train, val) -> student region features ->
 the regime check (teacher zero-shot vs the baseline on a dev split held out of train: it picks
-the shot size) -> the demo sweep (baseline / MD / MAD / ablations x seeds, standard and SM
-evaluation, zero-shot) -> report. Every step keeps what an earlier run finished, so a
-rerun (or a run after a kill) only does what is missing.
+the shot size) -> the demo sweep (baseline / MD / MAD x seeds, standard and SM evaluation,
+zero-shot) -> report (the ablations are `madcache demo diagnose`). Every step keeps what an
+earlier run finished, so a rerun (or a run after a kill) only does what is missing.
 
 This module drives the pipeline through the same library functions the CLI commands call; it
 is the one place that sees both sides of the cache, which is why the trainer itself never does.

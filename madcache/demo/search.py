@@ -16,11 +16,11 @@ import json
 import os
 import random
 import shutil
-import tomllib
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from madcache.core import io
+from madcache.core.config import read_toml
 from madcache.core.errors import ConfigError
 
 SEARCH_FILE = Path(__file__).with_name("search.toml")
@@ -31,10 +31,7 @@ BASELINE = "baseline"
 def load_search(path: str | Path = SEARCH_FILE) -> dict[str, Any]:
     """The search spec: shots, seeds, dev_fraction, eval_every and the `[grid]` of settings."""
     path = Path(path)
-    try:
-        spec = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    spec = read_toml(path, what="search spec")
     for key in ("shots", "seeds", "dev_fraction", "eval_every", "grid"):
         if key not in spec:
             raise ConfigError(f"{path}: missing key '{key}'")

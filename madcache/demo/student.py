@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from madcache.core.config import MAX_THREADS, setting
+from madcache.core.config import MAX_THREADS, changed_settings, setting
 from madcache.core.errors import ConfigError, DataError
 from madcache.core.io import read_json, write_json
 from madcache.data.records import Example, Text
@@ -132,7 +132,7 @@ def pretrain_demo_student(config: DemoStudentConfig, *, progress: bool = True,
     """
     from madcache.students import build_student, save_student
     from madcache.students.region_extractors import BOXCROP_DIM
-    from madcache.train.loop import lr_at
+    from madcache.train.optim import descend, lr_at
 
     out = Path(config.out)
     if (out / SUMMARY).is_file():
@@ -155,11 +155,8 @@ def pretrain_demo_student(config: DemoStudentConfig, *, progress: bool = True,
         batch = [train[i] for i in order.choice(len(train), config.batch_size, replace=False)]
         losses = batch_losses(student, data, batch, seed=config.seed * 100_003 + step)
         loss = losses["mlm"] + losses["itm"]
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, config.steps, base=config.lr, warmup=config.warmup)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        descend(optimizer, loss, lr=lr_at(step, config.steps, base=config.lr,
+                                          warmup=config.warmup))
         bar.update(1)
         if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
             curve.append({"step": step + 1, **held_out_losses(student, data, held)})
@@ -185,11 +182,9 @@ def finished_summary(out: Path, config: DemoStudentConfig) -> dict[str, Any]:
     """The summary of the student already in `out`, refused (one line) when it was pretrained
     with other settings or by an older version."""
     summary = read_json(out / SUMMARY, error=ConfigError, hint=f"delete {out} and rerun")
-    wanted = settings_of(config)
-    found = {key: summary.get(key) for key in wanted}
-    if found != wanted:
-        changed = ", ".join(f"{k}={found[k]!r} (now {wanted[k]!r})" for k in wanted
-                            if found[k] != wanted[k])
+    changed = ", ".join(f"{k}={found!r} (now {now!r})" for k, (found, now)
+                        in changed_settings(summary, settings_of(config)).items())
+    if changed:
         raise ConfigError(f"{out} holds a demo student pretrained with {changed}; delete {out} "
                           "to pretrain it again, or choose another --out")
     return summary

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,9 +22,10 @@ from typing import Any
 
 import torch
 
-from madcache.core.config import MAX_THREADS, setting
+from madcache.core.config import MAX_THREADS, changed_settings, setting
 from madcache.core.errors import DataError, DataFileNotFoundError
-from madcache.core.io import file_sha256
+from madcache.core.io import atomic_write_bytes, file_sha256, write_json
+from madcache.train.optim import cosine, descend
 
 MODEL_NAME = "madcache-demo"
 CAPTIONS = Path("captions") / "captions.jsonl"
@@ -159,13 +159,9 @@ def retrieval_top1(model: torch.nn.Module, corpus: Corpus, rows: torch.Tensor) -
     return 100.0 * sum(hits) / len(hits)
 
 
-def lr_at(step: int, cfg: DemoTeacherConfig) -> float:
+def teacher_lr(step: int, cfg: DemoTeacherConfig) -> float:
     """Linear warm-up (at most a fifth of the run), then cosine decay to 0."""
-    warmup = max(1, min(cfg.warmup, cfg.steps // 5))
-    if step < warmup:
-        return cfg.lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, cfg.steps - warmup)
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
+    return cosine(step, cfg.steps, base=cfg.lr, warm=max(1, min(cfg.warmup, cfg.steps // 5)))
 
 
 def is_demo_teacher(path: Path) -> bool:
@@ -211,17 +207,13 @@ def pretrain_demo_teacher(cfg: DemoTeacherConfig, *, progress: bool = True) -> d
     history, start = [], time.perf_counter()
     model.train()
     for step in _progress(range(cfg.steps), progress):
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg)
         batch = _batch(train_rows, corpus, cfg.batch_size, generator)
         pixels = normalise_pixels(corpus.images[corpus.caption_image[batch]], model)
         image_f = model.encode_image(pixels, normalize=True)
         text_f = torch.nn.functional.normalize(encode_text_trimmed(model, corpus.tokens[batch]),
                                                dim=-1)
         loss = loss_fn(image_f, text_f, model.logit_scale.exp())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        descend(optimizer, loss, lr=teacher_lr(step, cfg))
         with torch.no_grad():  # as CLIP: the temperature stays below 100
             model.logit_scale.clamp_(0, math.log(100))
         history.append(round(loss.item(), 5))
@@ -265,24 +257,20 @@ def _existing(cfg: DemoTeacherConfig, digest: str) -> dict[str, Any] | None:
         return None
     summary = json.loads(side.read_text())
     same = (summary.get("status") == "complete" and summary.get("corpus_digest") == digest
-            and all(summary.get(k) == v for k, v in _settings(cfg).items())
+            and not changed_settings(summary, _settings(cfg))
             and summary.get("checkpoint_sha256") == file_sha256(out))
     return summary if same else None
 
 
 def _save(model: torch.nn.Module, out: Path, summary: dict[str, Any]) -> None:
-    """Atomic: the checkpoint, then the sidecar that marks it complete."""
-    from safetensors.torch import save_file
+    """Atomic (core/io): the checkpoint, then the sidecar that marks it complete."""
+    from safetensors.torch import save
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp), metadata={"model": MODEL_NAME})
-    os.replace(tmp, out)
+    atomic_write_bytes(out, save(state, metadata={"model": MODEL_NAME}))
     summary["checkpoint_sha256"] = file_sha256(out)
-    side = sidecar_path(out)
-    side.with_name(side.name + ".tmp").write_text(json.dumps(summary, indent=2))
-    os.replace(side.with_name(side.name + ".tmp"), side)
+    write_json(sidecar_path(out), summary)
 
 
 def _progress(steps: range, enabled: bool):

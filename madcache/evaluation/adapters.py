@@ -2,9 +2,9 @@
 "adapters over frozen CLIP" rows), in seconds and without a student or a teacher model.
 
 Input per scored text (choice) c of an example: `[image_feat ; text_eos_c]` (both L2-normalised
-by default, as a CLIP linear probe does). The heads are the entries of `ADAPTERS` (what each
-trains; `AdapterHead` builds them); the rest of madcache asks that registry whether a method is
-an adapter.
+by default, as a CLIP linear probe does). The heads are the entries of `ADAPTERS` (each names its
+`AdapterHead` subclass; `adapter_head` builds one); the rest of madcache asks that registry
+whether a method is an adapter.
 
 Outputs follow the dataset spec's task: multiple choice scores each choice (one logit per choice,
 softmax over choices: VCR's 4); classification is a classifier over the spec's `label_names`
@@ -42,9 +42,71 @@ from madcache.data import DATASETS, Dataset, Example
 from madcache.data.base import CLASSIFICATION, MULTILABEL, MULTIPLE_CHOICE
 from madcache.data.metrics import score_logits, without_counts
 from madcache.evaluation.cached import dataset_examples, index_examples
+from madcache.method.losses import task_criterion
+from madcache.train import optim
 
 ADAPTER_STUDENT = "frozen-teacher"    # the "student" column of every adapter's rows in reports
 ADAPTER_WEIGHTS = "adapter.safetensors"
+
+
+# ----------------------------------------------------------------------------- the heads
+
+class AdapterHead(nn.Module):
+    """Maps image [N, Dv] and per-choice text [N, C, Dt] features to logits: `out_dim == 1`:
+    one score per choice -> [N, C]; otherwise (C == 1) class logits [N, out_dim]. Each
+    `ADAPTERS` entry is a subclass, built with (image_dim, text_dim, out_dim, hidden, heads,
+    dropout), whose `score` maps the pairs [N, C, Dv] x [N, C, Dt] to [N, C, out_dim]."""
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        n, c = text.shape[:2]
+        out = self.score(image[:, None, :].expand(n, c, image.shape[-1]), text)
+        return out.squeeze(-1) if out.shape[-1] == 1 else out[:, 0, :]
+
+    def score(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class LinearHead(AdapterHead):
+    """One linear layer on [image ; text]."""
+
+    def __init__(self, image_dim: int, text_dim: int, out_dim: int, **_: Any) -> None:
+        super().__init__()
+        self.body = nn.Linear(image_dim + text_dim, out_dim)
+
+    def score(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return self.body(torch.cat([image, text], dim=-1))
+
+
+class MLP3Head(AdapterHead):
+    """Three linear layers on [image ; text], ReLU + dropout between."""
+
+    def __init__(self, image_dim: int, text_dim: int, out_dim: int, *, hidden: int,
+                 dropout: float, **_: Any) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(image_dim + text_dim, hidden), nn.ReLU(),
+                                  nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.ReLU(),
+                                  nn.Dropout(dropout), nn.Linear(hidden, out_dim))
+
+    def score(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return self.body(torch.cat([image, text], dim=-1))
+
+
+class TransformerHead(AdapterHead):
+    """Image and text as two tokens, one transformer encoder layer, mean pool, linear."""
+
+    def __init__(self, image_dim: int, text_dim: int, out_dim: int, *, hidden: int, heads: int,
+                 dropout: float) -> None:
+        super().__init__()
+        self.image_in = nn.Linear(image_dim, hidden)
+        self.text_in = nn.Linear(text_dim, hidden)
+        self.layer = nn.TransformerEncoderLayer(hidden, heads, dim_feedforward=2 * hidden,
+                                                dropout=dropout, batch_first=True)
+        self.body = nn.Linear(hidden, out_dim)
+
+    def score(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        n, c = text.shape[:2]
+        tokens = torch.stack([self.image_in(image), self.text_in(text)], dim=2)
+        return self.body(self.layer(tokens.reshape(n * c, 2, -1)).mean(dim=1).reshape(n, c, -1))
 
 
 @dataclass(frozen=True)
@@ -53,19 +115,25 @@ class Adapter:
     instead of a student (`madcache train --method`, a pipeline's `methods`)."""
 
     name: str              # the method name, e.g. "adapter-linear"
-    trains: str            # the head it trains on [image_feat ; text_eos_c]
+    head: type[AdapterHead]  # the head it trains on [image_feat ; text_eos_c]
     report_order: int      # its rank among the adapters' rows of a report (after the students')
 
 
 ADAPTERS: Registry[Adapter] = Registry("adapter")
-for _adapter in (
-    Adapter("adapter-linear", "one linear layer", report_order=0),
-    Adapter("adapter-mlp3", "three linear layers, ReLU + dropout between", report_order=1),
-    Adapter("adapter-transformer", "image and text as two tokens, one transformer encoder "
-            "layer, mean pool, linear", report_order=2),
-):
+for _adapter in (Adapter("adapter-linear", LinearHead, report_order=0),
+                 Adapter("adapter-mlp3", MLP3Head, report_order=1),
+                 Adapter("adapter-transformer", TransformerHead, report_order=2)):
     ADAPTERS.register(_adapter.name, _adapter)
 
+
+def adapter_head(kind: str, image_dim: int, text_dim: int, out_dim: int, *, hidden: int = 256,
+                 heads: int = 4, dropout: float = 0.1) -> AdapterHead:
+    """The head of the adapter `kind` (an `ADAPTERS` name)."""
+    return ADAPTERS.get(kind).head(image_dim, text_dim, out_dim, hidden=hidden, heads=heads,
+                                   dropout=dropout)
+
+
+# ----------------------------------------------------------------------------- the run's settings
 
 @dataclass
 class AdapterConfig:
@@ -125,47 +193,6 @@ class AdapterConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-# ----------------------------------------------------------------------------- the heads
-
-class AdapterHead(nn.Module):
-    """Maps image [N, Dv] and per-choice text [N, C, Dt] features to logits.
-
-    `out_dim == 1`: one score per choice -> [N, C]; otherwise (C == 1) class logits [N, out_dim].
-    """
-
-    def __init__(self, kind: str, image_dim: int, text_dim: int, out_dim: int, *,
-                 hidden: int = 256, heads: int = 4, dropout: float = 0.1) -> None:
-        super().__init__()
-        self.kind = kind
-        width = image_dim + text_dim
-        if kind == "adapter-linear":
-            self.body = nn.Linear(width, out_dim)
-        elif kind == "adapter-mlp3":
-            self.body = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(dropout),
-                                      nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
-                                      nn.Linear(hidden, out_dim))
-        elif kind == "adapter-transformer":
-            self.image_in = nn.Linear(image_dim, hidden)
-            self.text_in = nn.Linear(text_dim, hidden)
-            self.layer = nn.TransformerEncoderLayer(hidden, heads, dim_feedforward=2 * hidden,
-                                                    dropout=dropout, batch_first=True)
-            self.body = nn.Linear(hidden, out_dim)
-        else:
-            raise ConfigError(f"unknown adapter '{kind}'. Available: {', '.join(ADAPTERS)}")
-        self.image_dim = image_dim
-
-    def forward(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        n, c = text.shape[:2]
-        image = image[:, None, :].expand(n, c, image.shape[-1])
-        if self.kind == "adapter-transformer":
-            tokens = torch.stack([self.image_in(image), self.text_in(text)], dim=2)
-            pooled = self.layer(tokens.reshape(n * c, 2, -1)).mean(dim=1).reshape(n, c, -1)
-            out = self.body(pooled)
-        else:
-            out = self.body(torch.cat([image, text], dim=-1))
-        return out.squeeze(-1) if out.shape[-1] == 1 else out[:, 0, :]
 
 
 # ----------------------------------------------------------------------------- data
@@ -242,11 +269,11 @@ def output_size(dataset: Dataset, vocab: Sequence[str] | None) -> int:
 
 
 def adapter_loss(logits: torch.Tensor, features: FeatureSet, rows: torch.Tensor) -> torch.Tensor:
+    """The students' task loss (`task_criterion`) on the soft scores or the labels of `rows`."""
     if features.soft is not None:
-        target = features.soft[rows]
-        return F.binary_cross_entropy_with_logits(logits, target) * logits.shape[1]
-    labels = torch.tensor([features.examples[i].label for i in rows.tolist()])
-    return F.cross_entropy(logits, labels)
+        return task_criterion(logits, features.soft[rows])
+    return task_criterion(logits, torch.tensor([features.examples[i].label
+                                                for i in rows.tolist()]))
 
 
 def fit(head: AdapterHead, features: FeatureSet, config: AdapterConfig) -> list[dict[str, Any]]:
@@ -257,10 +284,8 @@ def fit(head: AdapterHead, features: FeatureSet, config: AdapterConfig) -> list[
         raise ConfigError("no labelled training examples for the adapter")
     optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps = config.epochs * math.ceil(len(rows) / config.batch_size)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
     generator = torch.Generator().manual_seed(config.seed)
-    history = []
+    history, step = [], 0
     head.train()
     for epoch in range(config.epochs):
         order = rows[torch.randperm(len(rows), generator=generator)]
@@ -268,10 +293,8 @@ def fit(head: AdapterHead, features: FeatureSet, config: AdapterConfig) -> list[
         for start in range(0, len(order), config.batch_size):
             batch = order[start:start + config.batch_size]
             loss = adapter_loss(head(features.image[batch], features.text[batch]), features, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
+            optim.descend(optimizer, loss, lr=optim.cosine(step, steps, base=config.lr))
+            step += 1
             total, count = total + loss.item() * len(batch), count + len(batch)
         history.append({"stage": "task", "epoch": epoch + 1, "loss": total / count})
     return history
@@ -311,7 +334,7 @@ def run_adapter(config: AdapterConfig) -> dict[str, Any]:
     vocab = _vocab(config, cache.manifest)
     if vocab is not None:
         attach_answers(train, vocab, config, cache.manifest.get("split", "train"))
-    head = AdapterHead(config.method, train.image.shape[1], train.text.shape[2],
+    head = adapter_head(config.method, train.image.shape[1], train.text.shape[2],
                        output_size(DATASETS.get(config.dataset), vocab),
                        hidden=config.hidden, heads=config.heads, dropout=config.dropout)
     history = fit(head, train, config)

@@ -140,7 +140,7 @@ def read_vcr_predictions(path: Path) -> dict[str, tuple[list[float], list[list[f
     return found
 
 
-def score_vcr(path: Path, examples: Sequence[Example]) -> dict[str, float]:
+def score_vcr_file(path: Path, examples: Sequence[Example]) -> dict[str, float]:
     """As the leaderboard: arg-max answer; arg-max rationale of the row of the right answer."""
     rows = read_vcr_predictions(path)
     answer_label = {ex.group: ex.label for ex in examples if ex.id.endswith(":qa")}
@@ -165,7 +165,7 @@ def write_vqa(config: TrainConfig, split: str, student, logits: Callable, out: P
     return len(results)
 
 
-def score_vqa(path: Path, examples: Sequence[Example]) -> dict[str, float]:
+def score_vqa_file(path: Path, examples: Sequence[Example]) -> dict[str, float]:
     """The results file read as the official loader reads it, scored with `vqa_accuracy`."""
     from madcache.data.vqa import read_vqa_results
 
@@ -214,6 +214,6 @@ class SubmissionFormat:
 
 # The submission formats a dataset spec names (`Dataset.submission`).
 SUBMISSION_FORMATS: Registry[SubmissionFormat] = Registry("submission format")
-SUBMISSION_FORMATS.register("vcr-leaderboard", SubmissionFormat(write_vcr, score_vcr))
-SUBMISSION_FORMATS.register("vqa-results", SubmissionFormat(write_vqa, score_vqa))
+SUBMISSION_FORMATS.register("vcr-leaderboard", SubmissionFormat(write_vcr, score_vcr_file))
+SUBMISSION_FORMATS.register("vqa-results", SubmissionFormat(write_vqa, score_vqa_file))
 SUBMISSION_FORMATS.register("snli-ve-predictions", SubmissionFormat(write_snli_ve, score_snli_ve))

@@ -33,7 +33,10 @@ class TeacherCaches:
 
 
 @dataclass(frozen=True)
-class StudentSpec:
+class SweepStudent:
+    """A student of a sweep's `students` list: its registered name, options and the folder
+    label of its runs (the registry's entry is `madcache.students.StudentSpec`)."""
+
     name: str
     options: dict[str, Any] = field(default_factory=dict)
     label: str = ""
@@ -55,7 +58,7 @@ class SweepConfig:
     seeds: list[int]
     shots: list[int | None] = field(default_factory=lambda: [None])     # None = full data
     teachers: list[TeacherCaches] = field(default_factory=list)
-    students: list[StudentSpec] = field(default_factory=lambda: [StudentSpec("single-stream")])
+    students: list[SweepStudent] = field(default_factory=lambda: [SweepStudent("single-stream")])
     regions: str | None = None
     eval: list[str] = field(default_factory=lambda: ["val"])
     zero_shot: bool = False
@@ -73,7 +76,7 @@ class RunSpec:
 
     dataset: str
     method: str
-    student: StudentSpec | None          # None for adapters (frozen teacher features)
+    student: SweepStudent | None          # None for adapters (frozen teacher features)
     teacher: TeacherCaches | None        # None for a method that needs no teacher
     shots: int | None                    # None = full data
     seed: int

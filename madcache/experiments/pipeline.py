@@ -22,7 +22,7 @@ from madcache.core.config import (check_value, check_values, parse_key_values, p
 from madcache.core.errors import ConfigError, ConfigValueError, MadcacheError
 from madcache.data import DATASETS
 from madcache.evaluation.adapters import ADAPTERS, AdapterConfig
-from madcache.experiments.grid import (SM_SUFFIX, RunSpec, StudentSpec, SweepConfig,
+from madcache.experiments.grid import (SM_SUFFIX, RunSpec, SweepStudent, SweepConfig,
                                        TeacherCaches, run_settings)
 
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -171,13 +171,13 @@ def _teachers(data: Mapping[str, Any], base: Path, where: str) -> list[TeacherCa
     return out
 
 
-def _student(entry: str | dict[str, Any], i: int, where: str) -> StudentSpec:
+def _student(entry: str | dict[str, Any], i: int, where: str) -> SweepStudent:
     if isinstance(entry, str):
-        return StudentSpec(entry)
+        return SweepStudent(entry)
     if "name" not in entry:
         raise ConfigError(f"{where}: a student is a name or a table with 'name'")
     _no_unknown(entry, STUDENT_KEYS, where, "students.")
-    return StudentSpec(**check_values(StudentSpec, entry, where=f"{where}: ",
+    return SweepStudent(**check_values(SweepStudent, entry, where=f"{where}: ",
                                       table=f"students[{i}]"))
 
 

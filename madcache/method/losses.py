@@ -2,20 +2,21 @@
 
 Everything here works on tensors: a student output and a batch of cached teacher targets give the
 per-instance terms `L_dv`, `L_dt`, `L'_dt` (each [B], registered in `TERMS` by the names methods
-use), and `distillation_loss` adds them to a stage's own loss (`task_loss`, or the student's
-MLM + ITM). Word selection (TS) happens once, when targets are loaded
-(`madcache.method.selection.select_words`), never in the training step.
+use, each with what it reads and trains), and `distillation_loss` adds them to a stage's own
+loss (`task_loss`, or the student's MLM + ITM). Word selection (TS) happens once, when targets
+are loaded (`madcache.method.selection.select_words`), never in the training step.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from madcache.core.registry import Registry
 from madcache.data.records import Example
 from madcache.students.base import StudentOutput
 from madcache.students.tokens import pool_token_spans
@@ -89,8 +90,8 @@ def _batch_mean(x: torch.Tensor) -> torch.Tensor:
 
 
 def task_loss(student: Any, logits: torch.Tensor, examples: Sequence[Example]) -> torch.Tensor:
-    """L_task: cross-entropy over choices/classes; VQA: BCE against the soft answer scores,
-    summed over the answer vocabulary (mean x V), as UNITER does."""
+    """L_task of a student's logits on `examples` (`task_criterion`): their labels, or for a
+    multilabel student (VQA) their soft scores over its answer vocabulary."""
     if student.task == "multilabel":
         target = torch.zeros_like(logits)
         index = {a: i for i, a in enumerate(student.answers)}
@@ -98,9 +99,18 @@ def task_loss(student: Any, logits: torch.Tensor, examples: Sequence[Example]) -
             for answer, value in (ex.answer_scores or {}).items():
                 if answer in index:
                     target[b, index[answer]] = value
+        return task_criterion(logits, target)
+    return task_criterion(logits, torch.tensor([ex.label for ex in examples],
+                                               device=logits.device))
+
+
+def task_criterion(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L_task: cross-entropy over choices/classes for integer labels [B]; for soft scores
+    [B, V] (VQA) BCE summed over the answer vocabulary (mean x V), as UNITER does. The students'
+    and the adapter heads' task loss."""
+    if target.is_floating_point():
         return F.binary_cross_entropy_with_logits(logits, target) * logits.shape[1]
-    labels = torch.tensor([ex.label for ex in examples], device=logits.device)
-    return F.cross_entropy(logits, labels)
+    return F.cross_entropy(logits, target)
 
 
 # ----------------------------------------------------------------------------- the terms
@@ -142,30 +152,54 @@ def word_distillation(out: StudentOutput, targets: TeacherBatch,
 @dataclass(frozen=True)
 class Term:
     """A distillation term: `compute(student output, teacher batch, projections) -> [B]`, and
-    the cached target it reads (`Targets` field: image, text_eos or words)."""
+    what it declares, from which everything else follows (the targets a method loads, the
+    projections a run trains, w' of TS): the cached target it reads (`needs`: a `Targets` field,
+    "image", "text_eos" or "words"), and the learned projection it maps the student through
+    (`projection`, an attribute of `Projections`) to the teacher width `dim` (a key of the cache
+    manifest's `dims`: "image" or "text")."""
 
     needs: str
     compute: Callable[[StudentOutput, TeacherBatch, "Projections"], torch.Tensor]
+    projection: str
+    dim: str
+
+    @property
+    def selects_words(self) -> bool:
+        """Whether the term distils TS's selected words (then w' counts them: `stage_weight`)."""
+        return self.needs == "words"
 
 
-TERMS: dict[str, Term] = {
-    "dv": Term("image", vision_distillation),         # L_dv
-    "dt": Term("text_eos", text_distillation),        # L_dt
-    "dwt": Term("words", word_distillation),          # L'_dt (TS)
-}
+# A new term: a function above and one entry here (or a plugin's "madcache.terms" entry point).
+TERMS: Registry[Term] = Registry("distillation term", group="madcache.terms")
+TERMS.register("dv", Term("image", vision_distillation, "vision", "image"))      # L_dv
+TERMS.register("dt", Term("text_eos", text_distillation, "text", "text"))        # L_dt
+TERMS.register("dwt", Term("words", word_distillation, "word", "text"))          # L'_dt (TS)
 
 
 class Projections(nn.Module):
-    """FitNets-style learned projections from the student width to each teacher width:
-    P_v (V_s -> Dv), P_t (T_s -> Dt) and P_w (word features -> Dt). Training-only: they live in
-    the trainer state for resume and are dropped from the inference checkpoint."""
+    """FitNets-style learned projections from the student width to each teacher width, one per
+    distilled term (its `Term.projection`): P_v (V_s -> Dv), P_t (T_s -> Dt) and P_w (word
+    features -> Dt) for the paper's terms. `widths` maps a projection to its output width, in
+    creation order (None: not trained; a term's projection that is absent reads as None).
+    Training-only: they live in the trainer state for resume and are dropped from the inference
+    checkpoint."""
 
-    def __init__(self, hidden: int, *, image_dim: int | None, text_dim: int | None,
-                 words: bool) -> None:
+    def __init__(self, hidden: int, widths: Mapping[str, int | None]) -> None:
         super().__init__()
-        self.vision = nn.Linear(hidden, image_dim) if image_dim else None
-        self.text = nn.Linear(hidden, text_dim) if text_dim else None
-        self.word = nn.Linear(hidden, text_dim) if (text_dim and words) else None
+        for name in TERMS:
+            setattr(self, TERMS.get(name).projection, None)
+        for name, width in widths.items():
+            setattr(self, name, nn.Linear(hidden, width) if width else None)
+
+
+def projection_widths(terms: Sequence[str], dims: Mapping[str, int]) -> dict[str, int | None]:
+    """The projections that distilling `terms` trains, in the order of `terms`: each term's
+    `projection` to its teacher width (`dims`: a cache manifest's "image" / "text" widths)."""
+    widths: dict[str, int | None] = {}
+    for name in terms:
+        term = TERMS.get(name)
+        widths.setdefault(term.projection, dims.get(term.dim))
+    return widths
 
 
 def candidate_logits(out: StudentOutput, targets: TeacherBatch) -> torch.Tensor:

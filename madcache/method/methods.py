@@ -1,26 +1,29 @@
 """The method registry: each method says which training stages it has and what each stage
 optimises (docs/method.md). A new method is one `Method(...)` entry in `METHODS`; a new
-distillation term is a function in `madcache.method.losses` plus its `TERMS` entry.
+distillation term is a function in `madcache.method.losses` plus its `TERMS` entry, whose
+declared needs decide the rest (the targets loaded, the projections trained).
 
 A method is data. Its `stages` run in order: `af` (adaptive finetuning: the student's label-free
 MLM + ITM losses on the whole training split) and/or `task` (the task loss on the training set,
 low-shot or full). Each stage adds distillation `terms` (MAD.md: `dv` = L_dv, `dt` = L_dt,
 `dwt` = L'_dt over the selected words) with the weight `w` (MD) or `w'` (MAD), or per instance
-with confidence weighting (CW). `needs` lists the cached targets a method reads;
+with confidence weighting (CW). `needs` lists the cached targets a method reads (its terms'
+`Term.needs`, and the teacher logits for CW);
 `check_targets` raises a `MissingTargetError` naming the target and the cache when one is absent.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
+import torch
 
 from madcache.cache.targets import Targets
 from madcache.core.errors import MissingTargetError
 from madcache.core.registry import Registry
-from madcache.method.losses import TERMS
+from madcache.method.losses import TERMS, candidate_logits, confidence_weights
 
 AF, TASK = "af", "task"
 STAGE_ORDER = (AF, TASK)
@@ -91,17 +94,15 @@ class Method:
     def terms(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(t for s in self.stages for t in s.terms))
 
-    @property
-    def distils_image(self) -> bool:
-        return "dv" in self.terms
-
-    @property
-    def distils_text(self) -> bool:
-        return "dt" in self.terms
+    def reads(self, target: str) -> bool:
+        """Whether the method loads the cached `target` ("image", "text_eos", "words",
+        "logits")."""
+        return target in self.needs
 
     @property
     def distils_words(self) -> bool:
-        return "dwt" in self.terms
+        """Whether a term distils TS's selected words (then `m` words are selected)."""
+        return any(TERMS.get(t).selects_words for t in self.terms)
 
     @property
     def confidence(self) -> bool:
@@ -114,7 +115,7 @@ class Method:
     @property
     def needs(self) -> tuple[str, ...]:
         """The cached targets this method reads (baseline: none)."""
-        found = [TERMS[t].needs for t in self.terms] + (["logits"] if self.confidence else [])
+        found = [TERMS.get(t).needs for t in self.terms] + (["logits"] if self.confidence else [])
         return tuple(dict.fromkeys(found))
 
 
@@ -126,7 +127,35 @@ def stage_weight(stage: Stage, *, w: float, m: int, w_prime: float | None = None
         return w
     if w_prime is not None:
         return w_prime
-    return W_PRIME_RULES[w_prime_rule](w, m if "dwt" in stage.terms else 0)
+    words = any(TERMS.get(t).selects_words for t in stage.terms)
+    return W_PRIME_RULES[w_prime_rule](w, m if words else 0)
+
+
+# CW's loss parts: per-batch counts that add up over micro-batches and ranks (every other part
+# is a mean); a run's tracker and history show their ratio, the firing rate.
+COUNTS = ("cw_fired", "cw_seen")
+
+
+def term_weights(stage: Stage, out: Any, targets: Any, *, w: float, m: int,
+                 w_prime: float | None = None, w_prime_rule: str = "proportional"
+                 ) -> tuple[torch.Tensor | float, dict[str, float]]:
+    """The weight of a stage's distillation terms: `stage_weight`, or with CW (`confidence`)
+    w_r per instance [B] (0 where the student is the surer: MAD.md, "Confidence weighting"),
+    with CW's counts (`COUNTS`) for the run's firing rate."""
+    weight = stage_weight(stage, w=w, m=m, w_prime=w_prime, w_prime_rule=w_prime_rule)
+    if not stage.confidence:
+        return weight, {}
+    weights = confidence_weights(targets.logits, candidate_logits(out, targets), weight)
+    return weights, {"cw_fired": float((weights > 0).sum().item()),
+                     "cw_seen": float(weights.numel())}
+
+
+def logged(parts: dict[str, float]) -> dict[str, float]:
+    """A step's scalars for the tracker and the history: CW's counts become its firing rate."""
+    out = {k: v for k, v in parts.items() if k not in COUNTS}
+    if parts.get("cw_seen"):
+        out["cw_fired"] = parts["cw_fired"] / parts["cw_seen"]
+    return out
 
 
 MD_TERMS = ("dv", "dt")
@@ -192,7 +221,7 @@ def check_targets(method: Method, targets: Targets, *, cache: str, logits: str |
         else:
             missing = getattr(targets, need) is None
             what = {"image": "image features (V_t)", "text_eos": "text features (T_t)",
-                    "words": "per-word features"}[need]
+                    "words": "per-word features"}.get(need, f"'{need}' targets")
         if need == "words" and not missing and method.selection == "top":
             scores = targets.words.score
             missing = scores.size > 0 and bool(np.isnan(scores).all())

@@ -45,18 +45,18 @@ def targets_to_tensors(targets: Targets, method: Method, *, m: int, logits: str 
                        seed: int) -> BatchTargets:
     """Keep what `method` needs, as tensors; run word selection (TS) once, here."""
     out = BatchTargets()
-    if method.distils_image:
+    if method.reads("image"):
         out.image = torch.from_numpy(np.asarray(targets.image, dtype=np.float32))
-    if method.distils_text:
+    if method.reads("text_eos"):
         out.text_eos = torch.from_numpy(np.asarray(targets.text_eos, dtype=np.float32))
-    if method.distils_words:
+    if method.reads("words"):
         generator = torch.Generator().manual_seed(seed) if method.selection == "random" else None
         chosen = select_words(targets.words, num_examples=len(targets.example_ids),
                               num_choices=targets.num_choices, m=m, generator=generator)
         out.word_feat = torch.from_numpy(chosen.feat)
         out.word_span = torch.from_numpy(chosen.span)
         out.word_mask = torch.from_numpy(chosen.mask)
-    if method.confidence:
+    if method.reads("logits"):
         name = logits or targets.default_logits or sorted(targets.logits)[0]
         out.logits = torch.from_numpy(np.asarray(targets.logits[name], dtype=np.float32))
         if targets.candidates is not None:

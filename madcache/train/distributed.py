@@ -8,9 +8,10 @@ What makes N processes train like one (docs/training.md, "Scaling up"):
 - `batch_size` is the *global* batch: every step's rows are split across the ranks (and each
   rank's share into `grad_accum` micro-batches), each micro-batch loss is weighted by its share of
   the global batch, and DDP averages the gradients, so the update is the one process's update;
-- `TrainModule` puts the student and the projections in one module whose forward computes the
-  stage's whole loss (task terms, distillation, AF's `pretrain_losses`), so DDP synchronises
-  every gradient of every stage;
+- the trainer's `StageLoss` (train/loop.py) puts the student and the projections in one module
+  whose forward computes the stage's whole loss (task terms, distillation, AF's
+  `pretrain_losses`); `wrap` puts it under DDP, which so synchronises every gradient of every
+  stage;
 - rank 0 alone writes checkpoints, metrics.json, the split file and logs; every rank reads them.
 """
 
@@ -18,21 +19,21 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.distributed as torch_dist
 from torch import nn
 
 from madcache.core.errors import ConfigError
-from madcache.core.ranks import Ranks as Dist
+from madcache.core.ranks import Ranks
 
 
-def current() -> Dist:
+def current() -> Ranks:
     """The process group this process is in (one process when none was started)."""
     if not (torch_dist.is_available() and torch_dist.is_initialized()):
-        return Dist()
-    return Dist(torch_dist.get_rank(), torch_dist.get_world_size(),
+        return Ranks()
+    return Ranks(torch_dist.get_rank(), torch_dist.get_world_size(),
                 int(os.environ.get("LOCAL_RANK", torch_dist.get_rank())))
 
 
@@ -59,7 +60,7 @@ def shutdown(started: bool) -> None:
 
 
 @contextlib.contextmanager
-def main_first() -> Iterator[Dist]:
+def main_first() -> Iterator[Ranks]:
     """Rank 0 runs the block first (e.g. writes a file), the other ranks after it."""
     where = current()
     if where.enabled and not where.is_main:
@@ -69,25 +70,7 @@ def main_first() -> Iterator[Dist]:
         torch_dist.barrier()
 
 
-class TrainModule(nn.Module):
-    """The student and the projections as one module, so that DDP registers every trainable
-    parameter and the whole stage loss runs inside its forward: `loss_of` is the trainer's
-    `loss_step(setup, *, stage, micro, generator)` (AF's `pretrain_losses` included)."""
-
-    def __init__(self, setup: Any, loss_of: Callable[..., tuple[torch.Tensor, dict[str, float]]]
-                 ) -> None:
-        super().__init__()
-        self.student = setup.student
-        self.projections = setup.projections
-        self.setup = setup
-        self.loss_of = loss_of
-
-    def forward(self, *, stage: str, micro: Any, generator: torch.Generator
-                ) -> tuple[torch.Tensor, dict[str, float]]:
-        return self.loss_of(self.setup, stage=stage, micro=micro, generator=generator)
-
-
-def wrap(module: TrainModule, where: Dist, device: str) -> nn.Module:
+def wrap(module: nn.Module, where: Ranks, device: str) -> nn.Module:
     """`module` under DDP when there are several processes. `find_unused_parameters`: each stage
     uses only some heads (the ITM/MLM heads in AF, the task head and projections in the task)."""
     if not where.enabled:
@@ -105,7 +88,7 @@ def sync_context(model: nn.Module, sync: bool) -> contextlib.AbstractContextMana
     return model.no_sync()
 
 
-def sum_across(values: dict[str, float], where: Dist) -> dict[str, float]:
+def sum_across(values: dict[str, float], where: Ranks) -> dict[str, float]:
     """Per-key sums of every rank's `values` (keys may differ between ranks)."""
     if not where.enabled:
         return dict(values)
@@ -118,7 +101,7 @@ def sum_across(values: dict[str, float], where: Dist) -> dict[str, float]:
     return total
 
 
-def gather(value: Any, where: Dist) -> list[Any]:
+def gather(value: Any, where: Ranks) -> list[Any]:
     """Every rank's `value`, in rank order (a one-element list in one process)."""
     if not where.enabled:
         return [value]
@@ -127,7 +110,7 @@ def gather(value: Any, where: Dist) -> list[Any]:
     return gathered
 
 
-def contiguous_share(items: Sequence[Any], where: Dist) -> Sequence[Any]:
+def contiguous_share(items: Sequence[Any], where: Ranks) -> Sequence[Any]:
     """This rank's contiguous part of `items` (parts differ in size by at most one)."""
     size, extra = divmod(len(items), where.world_size)
     start = where.rank * size + min(where.rank, extra)

@@ -1,11 +1,12 @@
 """The training loop: a student, cached teacher targets, a method (docs/method.md).
 
 Read it top to bottom: `run_training` (the entry point) -> `train` (the stages the method has:
-AF, then the task; checkpoints; validation) -> `run_stage` (one stage's steps) -> `train_step`
-(one optimizer step over this process's micro-batches) -> `loss_step` (one micro-batch's loss,
-composed from the method's registry entry). `setup` (train/setup.py) reads the data, the
-low-shot split and the cache and builds the student; batches come from the data pipeline
-(train/stream.py), read and tokenised ahead of the step.
+AF, then the task; checkpoints; validation) -> `run_stage` (one stage's steps, their figures
+in a `StepMeter`) -> `train_step` (one optimizer step over this process's micro-batches) ->
+`StageLoss` (one micro-batch's loss, composed from the method's registry entry: the module DDP
+wraps). `build_setup` (train/setup.py) reads the data, the low-shot split and the cache and
+builds the student; batches come from the data pipeline (train/stream.py), read and tokenised
+ahead of the step.
 
 Reproducibility: the data order is a pure function of (seed, stage, epoch) and every random
 draw of a step of (seed, stage, step, rank, micro-batch), so a resumed run ends with the same
@@ -36,17 +37,17 @@ from madcache.core.device import resolve_device
 from madcache.core.errors import ConfigError, NonFiniteLossError, RunDirectoryError
 from madcache.core.io import read_json, write_json, writing
 from madcache.core.progress import progress
+from madcache.core.ranks import Ranks
 from madcache.data.metrics import score_logits, without_counts
-from madcache.method.losses import (TERMS, candidate_logits, confidence_weights,
-                                    distillation_loss, task_loss)
-from madcache.method.methods import AF, TASK, stage_weight
+from madcache.method.losses import TERMS, distillation_loss, task_loss
+from madcache.method.methods import AF, COUNTS, STAGE_ORDER, TASK, logged, term_weights
 from madcache.students.base import Preparer, to_device
 from madcache.students.predict import predict_logits
 from madcache.train import optim
 from madcache.train.checkpoint import CHECKPOINT, TrainerState, load_checkpoint, save_checkpoint
 from madcache.train.config import TrainConfig
 from madcache.train.data import DataSource, derive_seed
-from madcache.train.distributed import (Dist, TrainModule, contiguous_share, current, gather,
+from madcache.train.distributed import (contiguous_share, current, gather,
                                         init_distributed, shutdown, sum_across, sync_context,
                                         wrap)
 from madcache.train.optim import lr_at
@@ -55,7 +56,8 @@ from madcache.train.precision import autocast, configure_matmuls, resolve_precis
 from madcache.train.records import run_metrics, training_summary
 from madcache.train.rundir import (METRICS, RESUMABLE_NOTE, check_resume, one_writer,
                                    open_run_dir, record_run, run_inputs, save_run_student)
-from madcache.train.setup import Setup, pin_threads, setup
+from madcache.train.setup import Setup, pin_threads
+from madcache.train.setup import setup as build_setup
 from madcache.train.stream import Batch, Layout, MicroBatch, StageStream
 from madcache.train.tracking import Tracker, open_tracker
 
@@ -73,7 +75,7 @@ def run_training(config: TrainConfig) -> dict[str, Any]:
         with one_writer(Path(config.out)) if is_main else contextlib.nullcontext():
             if is_main:
                 open_run_dir(config)
-            return train(setup(config))
+            return train(build_setup(config))
     finally:
         shutdown(started)
 
@@ -83,10 +85,10 @@ class Training:
     """What the stages of one `train` call share."""
 
     setup: Setup
-    model: nn.Module                  # TrainModule, under DDP when there are several processes
+    model: nn.Module                  # StageLoss, under DDP when there are several processes
     optimizer: torch.optim.Optimizer
     state: TrainerState
-    ranks: Dist                       # this process's rank in the job (rank 0 of 1 alone)
+    ranks: Ranks                      # this process's rank in the job (rank 0 of 1 alone)
     precision: str
     tracker: Tracker
     data_figures: dict[str, dict[str, Any]] = field(default_factory=dict)  # per stage
@@ -120,7 +122,7 @@ def train(setup: Setup) -> dict[str, Any]:
                                                          device=config.device))
     tracker = open_tracker(config.report_to if ranks.is_main else "none", run_dir,
                            start_step=state.global_step)
-    training = Training(setup, wrap(TrainModule(setup, loss_step), ranks, config.device),
+    training = Training(setup, wrap(StageLoss(setup), ranks, config.device),
                         optimizer, state, ranks, precision, tracker)
 
     # The stages in order (AF, then the task). What the task stage inherits from AF: the
@@ -135,7 +137,7 @@ def train(setup: Setup) -> dict[str, Any]:
                 if state.stage != plan.name:
                     start_stage_with_fresh_optimizer(training, plan.name)
                 run_stage(training, plan)
-                record(training, validate(setup, ranks) if plan.name == TASK else None)
+                record(training, score_eval_split(setup, ranks) if plan.name == TASK else None)
     finally:
         tracker.close()
 
@@ -215,7 +217,7 @@ def _trainables(setup: Setup) -> list[torch.nn.Parameter]:
     return list(setup.student.parameters()) + list(setup.projections.parameters())
 
 
-def resumed_state(state: TrainerState, ranks: Dist, precision: str) -> TrainerState:
+def resumed_state(state: TrainerState, ranks: Ranks, precision: str) -> TrainerState:
     """A checkpoint's state, continued by this job. Its world size may differ (the global batch
     and the data order do not depend on it; dropout draws do, per rank); its precision may not."""
     if state.precision != precision:
@@ -242,41 +244,57 @@ def run_stage(training: Training, plan: StagePlan) -> None:
     bar = progress(total=plan.steps, initial=state.stage_step, unit="step",
                    desc=f"{state.stage} ({config.method})", per_unit=config.batch_size,
                    disable=not training.ranks.is_main)
-    started, steps = time.perf_counter(), 0
+    meter, started = StepMeter(training, bar), time.perf_counter()
     with pipeline as batches:
         while state.stage_step < plan.steps:
             waited = pipeline.wait_s
             batch = next(batches)
             lr = lr_at(state.stage_step, plan.steps, base=plan.lr, warmup=plan.warmup,
                        config=config)
-            parts = train_step(training, batch, lr)
-            state.count_cw(parts)
-            state.stage_step += 1
-            state.global_step += 1
-            state.loss_sum += parts["loss"]
-            state.loss_count += 1
-            for key, value in logged(parts).items():
-                state.part_sums[key] = state.part_sums.get(key, 0.0) + value
-            steps += 1
-            training.tracker.scalars(
-                {**{f"{state.stage}/{k}": v for k, v in logged(parts).items()},
-                 f"{state.stage}/lr": lr, f"{state.stage}/data_wait_s": pipeline.wait_s - waited},
-                state.global_step)
-            bar.set_postfix(loss=f"{parts['loss']:.4f}")
-            bar.update(1)
+            meter.add(train_step(training, batch, lr), lr=lr, waited=pipeline.wait_s - waited)
             _periodic(training, plan.steps)
     bar.close()
     elapsed = time.perf_counter() - started
     training.data_figures[state.stage] = {
-        "steps": steps, "rows_read": gather(pipeline.rows_read, training.ranks),
+        "steps": meter.steps, "rows_read": gather(pipeline.rows_read, training.ranks),
         "data_wait_share": round(pipeline.wait_s / max(elapsed, 1e-9), 4)}
+
+
+@dataclass
+class StepMeter:
+    """A stage's running figures, one `add` per step: the step counters, the sums a history
+    record averages (`record`), the counts of `COUNTS` per stage, the tracker and the bar."""
+
+    training: Training
+    bar: Any
+    steps: int = 0
+
+    def add(self, parts: dict[str, float], *, lr: float, waited: float) -> None:
+        state, scalars = self.training.state, logged(parts)
+        state.count_cw(parts)
+        state.stage_step += 1
+        state.global_step += 1
+        state.loss_sum += parts["loss"]
+        state.loss_count += 1
+        for key, value in scalars.items():
+            state.part_sums[key] = state.part_sums.get(key, 0.0) + value
+        self.steps += 1
+        self.training.tracker.scalars(
+            {**{f"{state.stage}/{k}": v for k, v in scalars.items()},
+             f"{state.stage}/lr": lr, f"{state.stage}/data_wait_s": waited}, state.global_step)
+        self.bar.set_postfix(loss=f"{parts['loss']:.4f}")
+        self.bar.update(1)
 
 
 # ----------------------------------------------------------------------------- one step
 
+STOP = "_stop"                         # ranks signalled at this step (never logged)
+
+
 def train_step(training: Training, batch: Batch, lr: float) -> dict[str, float]:
-    """One optimizer step over this rank's micro-batches of a global batch. Returns the loss
-    terms as global-batch means, and CW's counts (`cw_fired`, `cw_seen`) as totals."""
+    """One optimizer step over this rank's micro-batches of a global batch, each micro-batch's
+    loss from `StageLoss` (below). Returns the loss parts as global-batch means, and the counts
+    of `COUNTS` (CW's) as totals."""
     config, state, ranks = training.setup.config, training.state, training.ranks
     optim.set_lr(training.optimizer, lr)      # x each group's lr_mul (the head's)
 
@@ -312,6 +330,52 @@ def train_step(training: Training, batch: Batch, lr: float) -> dict[str, float]:
     return sums
 
 
+class StageLoss(nn.Module):
+    """One micro-batch's loss: the student and the projections as one module, so that DDP
+    registers every trainable parameter and the whole stage loss (AF's `pretrain_losses`
+    included) runs inside the forward it wraps."""
+
+    def __init__(self, setup: Setup) -> None:
+        super().__init__()
+        self.student, self.projections, self.setup = setup.student, setup.projections, setup
+
+    def forward(self, *, stage: str, micro: MicroBatch, generator: torch.Generator
+                ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss of `micro` in `stage` ("af" or "task"), as the method's registry entry
+        composes it, and its parts for logging:
+
+            task stage:  L_task        + weight * (the stage's terms)   (MAD.md: L_MD, L_MAD)
+            af stage:    L_MLM + L_ITM + weight * (the stage's terms)   (MAD.md: L_AF)
+
+        `weight` is w or w', or per instance (CW) as the stage says (`term_weights`). Nothing
+        here names a method."""
+        spec, config, student = self.setup.method.stage(stage), self.setup.config, self.student
+
+        # 1. The stage's own loss: AF's label-free MLM + ITM (the student output only when the
+        #    stage distils), or the task loss.
+        if spec.name == AF:
+            own = student.pretrain_losses(micro.inputs, micro.examples, generator)
+            out = student(micro.inputs) if spec.terms else None
+        else:
+            out = student(micro.inputs)
+            own = {"task": task_loss(student, out.logits, micro.examples)}
+        base = sum(own.values(), torch.zeros((), device=next(iter(own.values())).device))
+
+        # 2. The distillation terms, per instance [B]: L_dv, L_dt, L'_dt (method/losses.py).
+        terms = {name: TERMS.get(name).compute(out, micro.targets, self.projections)
+                 for name in spec.terms}
+
+        # 3. Their weight: w or w'; with CW, w_r per instance and its counts.
+        weights, counts = term_weights(spec, out, micro.targets, w=config.w, m=config.m,
+                                       w_prime=config.w_prime,
+                                       w_prime_rule=config.w_prime_rule)
+        loss = distillation_loss(base, list(terms.values()), weights)
+        parts = {name: value.item() for name, value in own.items()} | counts
+        parts["loss"] = loss.item()
+        parts.update({name: term.mean().item() for name, term in terms.items()})
+        return loss, parts
+
+
 def refuse_non_finite_loss(parts: dict[str, float], batch: Batch, stage: str) -> None:
     """Stop the run, before the step is applied, when its loss is NaN or infinite: one line
     naming the step, the loss parts and the batch's first examples. The last checkpoint stays,
@@ -326,58 +390,6 @@ def refuse_non_finite_loss(parts: dict[str, float], batch: Batch, stage: str) ->
         "verify`, or lower the learning rate; the run stopped without applying the step")
 
 
-def loss_step(setup: Setup, *, stage: str, micro: MicroBatch, generator: torch.Generator
-              ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The loss of one micro-batch in `stage` ("af" or "task"), as the method's registry entry
-    composes it, and its parts for logging (what `TrainModule.forward` computes under DDP):
-
-        task stage:  L_task        + weight * (the stage's terms)   (MAD.md: L_MD, L_MAD)
-        af stage:    L_MLM + L_ITM + w      * (the stage's terms)   (MAD.md: L_AF)
-
-    `weight` is w or w' (`stage_weight`), replaced per instance by CW's w_r when the stage has
-    confidence weighting. Nothing here names a method."""
-    spec, config, student = setup.method.stage(stage), setup.config, setup.student
-
-    # 1. The stage's own loss: AF's label-free MLM + ITM (the student output only when the
-    #    stage distils), or the task loss.
-    if spec.name == AF:
-        own = student.pretrain_losses(micro.inputs, micro.examples, generator)
-        out = student(micro.inputs) if spec.terms else None
-    else:
-        out = student(micro.inputs)
-        own = {"task": task_loss(student, out.logits, micro.examples)}
-    base = sum(own.values(), torch.zeros((), device=next(iter(own.values())).device))
-
-    # 2. The distillation terms, per instance [B]: L_dv, L_dt, L'_dt (method/losses.py TERMS).
-    terms = {name: TERMS[name].compute(out, micro.targets, setup.projections)
-             for name in spec.terms}
-
-    # 3. Their weight: w or w'; with CW, w_r per instance (0 where the student is the surer).
-    parts = {name: value.item() for name, value in own.items()}
-    weights: torch.Tensor | float = stage_weight(spec, w=config.w, m=config.m,
-                                                 w_prime=config.w_prime,
-                                                 w_prime_rule=config.w_prime_rule)
-    if spec.confidence:
-        weights = confidence_weights(micro.targets.logits, candidate_logits(out, micro.targets),
-                                     weights)
-        parts.update(cw_fired=float((weights > 0).sum().item()), cw_seen=float(weights.numel()))
-
-    loss = distillation_loss(base, list(terms.values()), weights)
-    parts["loss"] = loss.item()
-    parts.update({name: term.mean().item() for name, term in terms.items()})
-    return loss, parts
-
-
-COUNTS = ("cw_fired", "cw_seen")       # loss parts that add up over a batch (not means)
-STOP = "_stop"                         # ranks signalled at this step (never logged)
-
-
-def logged(parts: dict[str, float]) -> dict[str, float]:
-    """A step's scalars for the tracker: CW's counts become its firing rate."""
-    out = {k: v for k, v in parts.items() if k not in COUNTS}
-    if parts.get("cw_seen"):
-        out["cw_fired"] = parts["cw_fired"] / parts["cw_seen"]
-    return out
 
 
 def seed_draws(seed: int, stage: str, step: int, rank: int, micro: int) -> torch.Generator:
@@ -398,8 +410,8 @@ def _periodic(training: Training, total: int) -> None:
     config, state = training.setup.config, training.state
     if config.eval_every and state.stage_step % config.eval_every == 0 \
             and state.stage_step < total:
-        record(training, validate(training.setup, training.ranks) if state.stage == TASK
-               else None)
+        record(training, score_eval_split(training.setup, training.ranks)
+               if state.stage == TASK else None)
     # under DDP the step's agreed flag, not this rank's own (a signal may land in between)
     stop = training.stop_agreed if training.ranks.enabled else training.stop.requested
     every = config.checkpoint_every and state.global_step % config.checkpoint_every == 0
@@ -417,7 +429,7 @@ def _periodic(training: Training, total: int) -> None:
                         f"(exit code {PREEMPTED_EXIT})")
 
 
-def validate(setup: Setup, ranks: Dist = Dist()) -> dict[str, float] | None:
+def score_eval_split(setup: Setup, ranks: Ranks = Ranks()) -> dict[str, float] | None:
     """Score the eval split: each rank predicts its contiguous share, the logits are gathered in
     order, and every rank computes the same metrics."""
     if not setup.eval_examples:
@@ -449,5 +461,5 @@ def record(training: Training, evaluation: dict[str, float] | None) -> None:
 
 
 def _stage_done(current_stage: str, name: str) -> bool:
-    order = [AF, TASK, "done"]
+    order = (*STAGE_ORDER, "done")
     return order.index(current_stage) > order.index(name)

@@ -10,6 +10,8 @@ madcache's own default (AdamW, linear warm-up and decay).
 - `lr_at`: the rate of a stage's step (0-based) under `schedule`: `linear` (madcache's),
   `uniter-linear` (UNITER `optim/sched.py` `get_lr_sched`) or `multistep` (VL-BERT
   `common/lr_scheduler.py` `WarmupMultiStepLR` as `vcr/function/train.py` steps it).
+- `cosine`: warm-up, then cosine decay to 0, for the trainers outside the `[train]` loop (the
+  demo teacher's CLIP pretraining, the adapter heads). Every schedule of madcache is here.
 """
 
 from __future__ import annotations
@@ -54,6 +56,15 @@ def linear(step: int, total: int, *, base: float, warm: int) -> float:
     if step < warm:
         return base * (step + 1) / warm
     return base * max(0.0, (total - step) / max(1, total - warm))
+
+
+def cosine(step: int, total: int, *, base: float, warm: int = 0) -> float:
+    """base x (step + 1) / warm during the warm-up, then base x (1 + cos(pi x progress)) / 2,
+    progress going from 0 (the first step after the warm-up) towards 1 (step `total`)."""
+    if step < warm:
+        return base * (step + 1) / warm
+    progress = (step - warm) / max(1, total - warm)
+    return base * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def uniter_linear(step: int, total: int, *, base: float, warm: int) -> float:
@@ -186,6 +197,17 @@ class UniterAdamW(torch.optim.Optimizer):
                 param.addcdiv_(avg, avg_sq.sqrt().add_(group["eps"]), value=-size)
                 if group["weight_decay"] > 0:
                     param.add_(param, alpha=-group["lr"] * group["weight_decay"])
+
+
+def descend(optimizer: torch.optim.Optimizer, loss: torch.Tensor, *, lr: float) -> None:
+    """One plain optimizer step of the trainers beside the `[train]` loop (the adapter heads, the
+    demo teacher and student): every group at `lr` (x its `lr_mul`), the gradients cleared,
+    `loss` back-propagated, the step applied. The loop's `train_step` does this over
+    micro-batches and ranks, with clipping and the non-finite check."""
+    set_lr(optimizer, lr)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

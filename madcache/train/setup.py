@@ -19,7 +19,7 @@ from madcache.core.finite import check_finite
 from madcache.core.io import file_sha256, git_commit
 from madcache.data.base import CLASSIFICATION, DATASETS, MULTIPLE_CHOICE
 from madcache.data.records import Example, image_order
-from madcache.method.losses import Projections
+from madcache.method.losses import Projections, projection_widths
 from madcache.method.methods import AF, TASK, Method, check_targets, get_method
 from madcache.students.base import RegionInputs
 from madcache.students.visual import loader_for, region_store_for, visual_loader
@@ -245,11 +245,9 @@ def target_loader(config: TrainConfig, method: Method, cache,
 
 
 def make_projections(student, cache, method: Method) -> Projections:
+    """The projections the method's terms train, to the cache's teacher widths."""
     dims = cache.manifest.get("dims", {}) if cache is not None else {}
-    return Projections(student.hidden_size,
-                       image_dim=dims.get("image") if method.distils_image else None,
-                       text_dim=dims.get("text") if (method.distils_text or method.distils_words) else None,
-                       words=method.distils_words)
+    return Projections(student.hidden_size, projection_widths(method.terms, dims))
 
 
 def student_defaults(config: TrainConfig, cache, store) -> dict[str, Any]:

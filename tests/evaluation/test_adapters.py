@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from madcache.evaluation.adapters import ADAPTERS, AdapterConfig, AdapterHead, run_adapter
+from madcache.evaluation.adapters import ADAPTERS, AdapterConfig, adapter_head, run_adapter
 from madcache.core.errors import ConfigError, OutputLocationError, RunDirectoryError
 
 DV, DT = 8, 6
@@ -129,8 +129,8 @@ def test_per_category_sampling_from_the_cache_index(tmp_path, vcr_caches):
 def test_head_shapes():
     image, text = torch.zeros(5, DV), torch.zeros(5, 4, DT)
     for kind in ADAPTERS:
-        assert AdapterHead(kind, DV, DT, 1, hidden=8, heads=2)(image, text).shape == (5, 4)
-        assert AdapterHead(kind, DV, DT, 3, hidden=8, heads=2)(image, text[:, :1]).shape == (5, 3)
+        assert adapter_head(kind, DV, DT, 1, hidden=8, heads=2)(image, text).shape == (5, 4)
+        assert adapter_head(kind, DV, DT, 3, hidden=8, heads=2)(image, text[:, :1]).shape == (5, 3)
 
 
 def test_output_layout_follows_the_dataset_task():

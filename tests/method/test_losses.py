@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from madcache.method.losses import (Projections, confidence_weights, distillation_loss, feature_l1,
-                                    text_term, vision_term, word_term)
+                                    projection_widths, text_term, vision_term, word_term)
 
 
 def test_feature_l1_is_mean_absolute_error_over_last_dim():
@@ -82,10 +82,10 @@ def test_af_adds_pretraining_losses_and_md():
 
 
 def test_projections_map_student_width_to_teacher_widths():
-    proj = Projections(8, image_dim=4, text_dim=6, words=True)
+    proj = Projections(8, projection_widths(("dv", "dt", "dwt"), {"image": 4, "text": 6}))
     assert proj.vision(torch.zeros(1, 8)).shape == (1, 4)
     assert proj.word(torch.zeros(1, 8)).shape == (1, 6)
-    assert Projections(8, image_dim=None, text_dim=6, words=False).word is None
+    assert Projections(8, projection_widths(("dt",), {"image": 4, "text": 6})).word is None
 
 
 def test_cw_fires_on_a_cache_of_realistic_snli_ve_cosines(tmp_path):

@@ -2,14 +2,14 @@
 
     python -m torch.distributed.run --standalone --nproc-per-node 2 ddp_worker.py OUT OPTIONS
 
-Trains the stand-in setup of test_train.py (`make_setup(OUT / "work", **OPTIONS)`) with the real
+Trains the stand-in setup of standins.py (`make_setup(OUT / "work", **OPTIONS)`) with the real
 `train` under DDP (gloo), and writes what this rank saw to OUT/rank<R>.json: the sizes of the
 eval shares it predicted, whether it saved checkpoints, a digest of its final weights, and the
 metrics `train` returned. OPTIONS may also hold `dropout` (default 0.2), `crash_at_call` (rank
-1 exits hard at that call of `loss_step`, as a killed process would), `sleep` (seconds per
-`loss_step`, to give a test time to signal) and `device` ("cuda": NCCL, tests/train/test_gpu.py).
-Each rank writes its pid to OUT/pid<R> and its `loss_step` count to OUT/calls<R>; a signal's
-`Preempted` stop exits 75 after writing OUT/rank<R>.stopped.
+1 exits hard at that call of `StageLoss.forward`, as a killed process would), `sleep` (seconds
+per loss call, to give a test time to signal) and `device` ("cuda": NCCL,
+tests/train/test_gpu.py). Each rank writes its pid to OUT/pid<R> and its count of loss calls to
+OUT/calls<R>; a signal's `Preempted` stop exits 75 after writing OUT/rank<R>.stopped.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch.distributed as dist
 
 
 def load_standins():
-    """test_train.py's stand-ins, through tests/train/conftest.py (loaded by path)."""
+    """The stand-ins of standins.py, through tests/train/conftest.py (loaded by path)."""
     spec = importlib.util.spec_from_file_location("train_conftest",
                                                   Path(__file__).with_name("conftest.py"))
     conftest = importlib.util.module_from_spec(spec)
@@ -59,7 +59,8 @@ def main() -> None:
     sleep = options.pop("sleep", 0.0)
     (out / f"pid{rank}").write_text(str(os.getpid()))
     seen = {"eval_sizes": [], "saved": 0}
-    real_loss, real_predict, real_save = loop.loss_step, loop.predict_logits, loop.save_checkpoint
+    real_loss, real_predict = loop.StageLoss.forward, loop.predict_logits
+    real_save = loop.save_checkpoint
 
     def loss_step(*args, **kwargs):
         seen["calls"] = seen.get("calls", 0) + 1
@@ -77,7 +78,7 @@ def main() -> None:
         seen["saved"] += 1
         return real_save(*args, **kwargs)
 
-    loop.loss_step, loop.predict_logits, loop.save_checkpoint = \
+    loop.StageLoss.forward, loop.predict_logits, loop.save_checkpoint = \
         loss_step, predict_logits, save_checkpoint
     setup = load_standins().make_setup(out / "work", **options)
     setup.student.drop.p = dropout

@@ -2,10 +2,10 @@
 
     python preempt_worker.py OUT OPTIONS_JSON
 
-Trains the stand-in setup of test_train.py (`make_setup(OUT / "work", **OPTIONS)`) with the real
-`train`, in a process of its own so that a test can signal it. Each `loss_step` call appends a
-line to OUT/calls (how far the run got; `sleep` seconds per call, default 0, give a test time to
-send its signal). A `Preempted` stop exits with its code (75), as `madcache train` does.
+Trains the stand-in setup of standins.py (`make_setup(OUT / "work", **OPTIONS)`) with the real
+`train`, in a process of its own so that a test can signal it. Each `StageLoss.forward` call
+appends a line to OUT/calls (how far the run got; `sleep` seconds per call, default 0, give a
+test time to send its signal). A `Preempted` stop exits with its code (75), as `madcache train` does.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def main() -> int:
 
     torch.set_num_threads(1)
     sleep = options.pop("sleep", 0.0)
-    real = loop.loss_step
+    real = loop.StageLoss.forward
 
     def loss_step(*args, **kwargs):
         with open(out / "calls", "a", encoding="utf-8") as calls:
@@ -42,7 +42,7 @@ def main() -> int:
         time.sleep(sleep)
         return real(*args, **kwargs)
 
-    loop.loss_step = loss_step
+    loop.StageLoss.forward = loss_step
     try:
         loop.train(load_standins().make_setup(out / "work", **options))
     except Preempted as exc:

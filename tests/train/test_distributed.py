@@ -1,4 +1,4 @@
-"""DDP under torchrun on the CPU (gloo, 2 processes) with the stand-ins of test_train.py, run by
+"""DDP under torchrun on the CPU (gloo, 2 processes) with the stand-ins of standins.py, run by
 tests/train/ddp_worker.py: 2 processes train like 1, each reads only its share, evaluation is
 gathered, rank 0 alone writes, a kill + resume ends where an uninterrupted run ends (also on a
 changed world size), and the AF stage's gradients are synchronised."""

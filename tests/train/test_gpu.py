@@ -3,10 +3,10 @@ cpu, a bf16 MAD step vs fp32, a resume on the GPU, DDP on NCCL (2 GPUs) vs 1 pro
 
 Each GPU test is a helper run with device "cuda". `test_the_gpu_helpers_run_on_the_cpu` runs the
 same helpers with device "cpu" in the CPU suite, so a change of the loop's call signatures
-(`loss_step(setup, *, stage, micro, generator)`, `make_setup`, `train`) or of the extraction
+(`StageLoss.forward(self, *, stage, micro, generator)`, `make_setup`, `train`) or of the extraction
 API fails there, on every run, instead of rotting behind a skip on machines without a GPU (the
 old spy here took `(setup, examples, targets, inputs)` long after the loop changed). Stand-ins
-come from test_train.py.
+come from standins.py.
 
 Tolerances (the GPU computes the same formulas with other rounding, docs/guarantees.md):
 - extraction on cuda (bf16 autocast) vs cpu (fp32), cached as float16: every feature row's
@@ -63,18 +63,18 @@ def on_device(setup, device):
 # ----------------------------------------------------------------------------- helpers
 
 def spy_on_training(standins, tmp_path, monkeypatch, device):
-    """MAD with an AF stage on `device`; what every `loss_step` call saw: where its inputs and
+    """MAD with an AF stage on `device`; what every `StageLoss` call saw: where its inputs and
     targets were, and the autocast state. Returns (metrics, seen, setup, weights before)."""
     seen = []
-    real = train_mod.loss_step
+    real = train_mod.StageLoss.forward
 
-    def spy(setup, *, stage, micro, generator):
+    def spy(module, *, stage, micro, generator):
         kind = torch.device(device).type
         seen.append((micro.inputs["ids"].device.type, micro.targets.image.device.type,
                      torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind)))
-        return real(setup, stage=stage, micro=micro, generator=generator)
+        return real(module, stage=stage, micro=micro, generator=generator)
 
-    monkeypatch.setattr(train_mod, "loss_step", spy)
+    monkeypatch.setattr(train_mod.StageLoss, "forward", spy)
     setup = on_device(standins.make_setup(tmp_path, method="mad", device=device, chunk=4,
                                           epochs=2), device)
     before = setup.student.emb.weight.detach().clone()
@@ -100,18 +100,18 @@ def resumed_and_uninterrupted(standins, tmp_path, monkeypatch, device):
     that is interrupted at its 6th step and resumed."""
     options = dict(method="mad", af_epochs=1, chunk=4, device=device, checkpoint_every=4)
     full = train(on_device(standins.make_setup(tmp_path / "full", **options), device))
-    real, calls = train_mod.loss_step, {"n": 0}
+    real, calls = train_mod.StageLoss.forward, {"n": 0}
 
-    def crash_at_sixth(setup, *, stage, micro, generator):
+    def crash_at_sixth(module, *, stage, micro, generator):
         calls["n"] += 1
         if calls["n"] == 6:
             raise KeyboardInterrupt
-        return real(setup, stage=stage, micro=micro, generator=generator)
+        return real(module, stage=stage, micro=micro, generator=generator)
 
-    monkeypatch.setattr(train_mod, "loss_step", crash_at_sixth)
+    monkeypatch.setattr(train_mod.StageLoss, "forward", crash_at_sixth)
     with pytest.raises(KeyboardInterrupt):
         train(on_device(standins.make_setup(tmp_path / "cut", **options), device))
-    monkeypatch.setattr(train_mod, "loss_step", real)
+    monkeypatch.setattr(train_mod.StageLoss, "forward", real)
     resumed = train(on_device(standins.make_setup(tmp_path / "cut", resume=True, **options),
                               device))
     weights = [load_file(str(tmp_path / name / "run" / "checkpoint.safetensors"))
@@ -251,9 +251,9 @@ def test_the_gpu_helpers_run_on_the_cpu(standins, tmp_path, monkeypatch, demo_ro
     reads what it wrote."""
     import inspect
 
-    params = inspect.signature(train_mod.loss_step).parameters
+    params = inspect.signature(train_mod.StageLoss.forward).parameters
     assert [(n, p.kind.name) for n, p in params.items()] == \
-        [("setup", "POSITIONAL_OR_KEYWORD"), ("stage", "KEYWORD_ONLY"),
+        [("self", "POSITIONAL_OR_KEYWORD"), ("stage", "KEYWORD_ONLY"),
          ("micro", "KEYWORD_ONLY"), ("generator", "KEYWORD_ONLY")]
 
     metrics, seen, _, _ = spy_on_training(standins, tmp_path / "spy", monkeypatch, "cpu")

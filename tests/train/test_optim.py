@@ -5,6 +5,7 @@ uninterrupted, and a changed optimizer refused on --resume."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -16,7 +17,8 @@ from madcache.cli import cli
 from madcache.core.errors import ConfigError
 from madcache.train import loop as loop_mod
 from madcache.train.config import OPTIMIZER_KEYS, TrainConfig
-from madcache.train.optim import (lr_at, make_optimizer, milestones, param_groups, set_lr)
+from madcache.train.optim import (cosine, lr_at, make_optimizer, milestones, param_groups,
+                                  set_lr)
 from madcache.train.rundir import check_resume
 
 REQUIRED = {"dataset": "vcr", "root": "r", "out": "o"}
@@ -27,6 +29,14 @@ def config(**values) -> TrainConfig:
 
 
 # ----------------------------------------------------------------------------- schedules
+
+def test_cosine_warms_up_then_decays_to_zero():
+    """The demo teacher's schedule (2 warm-up steps of 6) and the adapters' (no warm-up)."""
+    assert [cosine(k, 6, base=1.0, warm=2) for k in range(6)] == pytest.approx(
+        [0.5, 1.0, 1.0, (1 + math.cos(math.pi / 4)) / 2, 0.5, (1 + math.cos(3 * math.pi / 4)) / 2])
+    assert [cosine(k, 4, base=2.0) for k in range(4)] == pytest.approx(
+        [2.0, 1 + math.cos(math.pi / 4), 1.0, 1 + math.cos(3 * math.pi / 4)])
+
 
 def test_uniter_linear_is_get_lr_sched_counted_from_step_1():
     # UNITER optim/sched.py: lr(s) = base * (s / W if s < W else max(0, (T - s) / (T - W))),
@@ -250,7 +260,7 @@ def test_resumed_equals_uninterrupted(standins, tmp_path, monkeypatch, optimizer
     assert any(k.endswith(buffer) for k in full_weights)
 
     calls = {"n": 0}
-    real_loss = loop_mod.loss_step
+    real_loss = loop_mod.StageLoss.forward
 
     def crash_after_five(*args, **kwargs):
         calls["n"] += 1
@@ -258,14 +268,14 @@ def test_resumed_equals_uninterrupted(standins, tmp_path, monkeypatch, optimizer
             raise KeyboardInterrupt
         return real_loss(*args, **kwargs)
 
-    monkeypatch.setattr(loop_mod, "loss_step", crash_after_five)
+    monkeypatch.setattr(loop_mod.StageLoss, "forward", crash_after_five)
     with pytest.raises(KeyboardInterrupt):
         loop_mod.train(standins.make_setup(tmp_path / "cut", **recipe))
     before = list(steps)
     saved = load_file(str(tmp_path / "cut" / "run" / "checkpoint.safetensors"))
     assert any(k.endswith(buffer) for k in saved)
     steps[:] = []
-    monkeypatch.setattr(loop_mod, "loss_step", real_loss)
+    monkeypatch.setattr(loop_mod.StageLoss, "forward", real_loss)
     resumed = loop_mod.train(standins.make_setup(tmp_path / "cut", **recipe, resume=True))
     resumed_weights = load_file(str(tmp_path / "cut" / "run" / "checkpoint.safetensors"))
 

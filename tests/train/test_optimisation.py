@@ -1,5 +1,5 @@
 """Gradient accumulation, precision, gradient clipping and what --resume refuses. Stand-ins come
-from test_train.py."""
+from standins.py."""
 
 from __future__ import annotations
 
@@ -82,13 +82,13 @@ def test_precision_defaults_bf16_on_cuda_fp32_on_cpu():
 def test_bf16_runs_the_forward_under_autocast(standins, tmp_path, monkeypatch, precision,
                                               autocast):
     seen = []
-    real = train_mod.loss_step
+    real = train_mod.StageLoss.forward
 
-    def spy(setup, **kwargs):
+    def spy(module, **kwargs):
         seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
-        return real(setup, **kwargs)
+        return real(module, **kwargs)
 
-    monkeypatch.setattr(train_mod, "loss_step", spy)
+    monkeypatch.setattr(train_mod.StageLoss, "forward", spy)
     metrics = train(standins.make_setup(tmp_path, method="mad", precision=precision, epochs=1))
     assert seen and all(enabled == autocast for enabled, _ in seen)
     if autocast:
@@ -130,7 +130,7 @@ def test_resume_refuses_settings_that_change_the_result(standins, tmp_path):
 
 
 def test_train_command_takes_the_scaling_flags(standins, monkeypatch, tmp_path):
-    result, config = standins._run_cli(monkeypatch, [
+    result, config = standins.run_cli(monkeypatch, [
         "--dataset", "vcr", "--root", "r", "--out", str(tmp_path / "o"), "--precision", "bf16",
         "--grad-accum", "4", "--grad-clip", "1.5", "--prefetch", "2",
         "--report-to", "tensorboard"])
@@ -138,8 +138,8 @@ def test_train_command_takes_the_scaling_flags(standins, monkeypatch, tmp_path):
     assert (config.precision, config.grad_accum, config.grad_clip, config.prefetch,
             config.report_to) == ("bf16", 4, 1.5, 2, "tensorboard")
     monkeypatch.setenv("RANK", "1")          # under torchrun only rank 0 reports
-    result, _ = standins._run_cli(monkeypatch, ["--dataset", "vcr", "--root", "r", "--out", "o"])
+    result, _ = standins.run_cli(monkeypatch, ["--dataset", "vcr", "--root", "r", "--out", "o"])
     assert result.exit_code == 0 and result.output == ""
-    bad, _ = standins._run_cli(monkeypatch, ["--dataset", "vcr", "--root", "r", "--out", "o",
+    bad, _ = standins.run_cli(monkeypatch, ["--dataset", "vcr", "--root", "r", "--out", "o",
                                       "--grad-accum", "0"])
     assert bad.exit_code == 2 and "'--grad-accum': 0 is not in the range x>=1" in bad.output

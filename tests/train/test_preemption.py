@@ -2,7 +2,7 @@
 at the next step boundary and exits 75; `--resume` continues from that step (never from 0) and
 ends with the weights and metrics of an uninterrupted run. Timed checkpoints
 (`checkpoint_minutes`) are pure saves. The processes are real (tests/train/preempt_worker.py
-trains test_train.py's stand-ins), the signals too."""
+trains the stand-ins of standins.py), the signals too."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The training data pipeline (train/stream.py): reads per epoch, order, ranks, tokenisation,
-errors, and the prefetch threads. Stand-ins come from test_train.py."""
+errors, and the prefetch threads. Stand-ins come from standins.py."""
 
 from __future__ import annotations
 

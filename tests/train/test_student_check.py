@@ -71,7 +71,7 @@ def test_build_student_refuses_an_incomplete_student(stand_in):
 
 def test_training_fails_before_step_1(demo_root, regions, stand_in, monkeypatch, tmp_path):
     steps = []
-    monkeypatch.setattr(loop_mod, "loss_step", lambda *a, **k: steps.append(1))
+    monkeypatch.setattr(loop_mod.StageLoss, "forward", lambda *a, **k: steps.append(1))
     config = TrainConfig(dataset="vcr", root=str(demo_root / "vcr"),
                          out=str(tmp_path / "run"),
                          regions=str(regions), student="no-export", eval_split=None,

@@ -1,7 +1,7 @@
 """`--report-to wandb` (offline: local run files) and `--report-to mlflow` (a local file store):
 the run's scalars per step, a resumed run without forked curves, the same choices on every
 command, a missing package named in one line, the report's files as artifacts. No network:
-WANDB_MODE=offline, MLflow's file store. Stand-ins come from test_train.py."""
+WANDB_MODE=offline, MLflow's file store. Stand-ins come from standins.py."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def logged_eventually(run_dir: Path, key: str, timeout: float = 20.0) -> dict:
 
 
 def crash_then_resume(standins, tmp_path, monkeypatch, options):
-    real = train_mod.loss_step
+    real = train_mod.StageLoss.forward
     calls = {"n": 0}
 
     def crash_at_five(*args, **kwargs):
@@ -82,10 +82,10 @@ def crash_then_resume(standins, tmp_path, monkeypatch, options):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "loss_step", crash_at_five)
+    monkeypatch.setattr(train_mod.StageLoss, "forward", crash_at_five)
     with pytest.raises(KeyboardInterrupt):
         train(standins.make_setup(tmp_path, **options))
-    monkeypatch.setattr(train_mod, "loss_step", real)
+    monkeypatch.setattr(train_mod.StageLoss, "forward", real)
     return train(standins.make_setup(tmp_path, resume=True, **options))
 
 

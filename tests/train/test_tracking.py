@@ -1,5 +1,5 @@
 """`--report-to tensorboard`: the event files hold the run's scalars, per stage and step, and a
-resumed run continues the curves. Stand-ins come from test_train.py."""
+resumed run continues the curves. Stand-ins come from standins.py."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def test_event_files_hold_loss_terms_lr_cw_fired_and_eval(standins, tmp_path):
 
 
 def test_a_resumed_run_continues_the_curves_without_forks(standins, tmp_path, monkeypatch):
-    real = train_mod.loss_step
+    real = train_mod.StageLoss.forward
     calls = {"n": 0}
 
     def crash_at_five(*args, **kwargs):
@@ -57,10 +57,10 @@ def test_a_resumed_run_continues_the_curves_without_forks(standins, tmp_path, mo
         return real(*args, **kwargs)
 
     options = dict(method="md", epochs=3, checkpoint_every=3, report_to="tensorboard")
-    monkeypatch.setattr(train_mod, "loss_step", crash_at_five)
+    monkeypatch.setattr(train_mod.StageLoss, "forward", crash_at_five)
     with pytest.raises(KeyboardInterrupt):
         train(standins.make_setup(tmp_path, **options))
-    monkeypatch.setattr(train_mod, "loss_step", real)
+    monkeypatch.setattr(train_mod.StageLoss, "forward", real)
     train(standins.make_setup(tmp_path, resume=True, **options))
     steps = [s for s, _ in scalars(tmp_path / "run")["task/loss"]]
     assert steps == list(range(1, 10))     # step 4 (logged, then lost) is purged, not doubled

@@ -1,162 +1,22 @@
-"""The training loop on stand-ins defined here (a tiny Student, hand-built Targets)."""
+"""The training loop on the stand-ins of tests/train/standins.py (a tiny Student, hand-built
+Targets)."""
 
 import json
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-from torch import nn
+from safetensors.torch import load_file
 
-from madcache.train import loop as train_mod
-from madcache.cache.targets import Targets, WordTargets
-from madcache.data.records import Example, Text
-from madcache.method.losses import Projections
 from madcache.core.errors import ConfigError
-from madcache.method.methods import get_method
-from madcache.students.base import RegionInputs, StudentOutput
 from madcache.students.tokens import pool_token_spans
+from madcache.train import loop as train_mod
 from madcache.train.config import TrainConfig
-from madcache.train.data import DataSource, epoch_order, targets_to_tensors
-from madcache.train.loop import lr_at, train
-from madcache.train.setup import Setup
-from madcache.train.loop import loss_step
+from madcache.train.data import DataSource, epoch_order
+from madcache.train.loop import StageLoss, lr_at, train
 from madcache.train.stream import MicroBatch
-
-VOCAB, H, DV, DT, DR = 64, 8, 6, 5, 4
-
-
-class TinyStudent(nn.Module):
-    """Implements the Student protocol: one token per word, mean pooling, dropout."""
-
-    hidden_size = H
-    task = "multiple_choice"
-
-    def __init__(self):
-        super().__init__()
-        self.emb = nn.Embedding(VOCAB, H)
-        self.region = nn.Linear(DR, H)
-        self.drop = nn.Dropout(0.2)
-        self.head = nn.Linear(H, 1)
-        self.mlm = nn.Linear(H, VOCAB)
-
-    def prepare(self, examples, regions):
-        texts = [[t for t in ex.texts] for ex in examples]
-        length = max(len(t.words) for row in texts for t in row)
-        ids = torch.zeros(len(examples), len(texts[0]), length, dtype=torch.long)
-        spans = torch.full((len(examples), len(texts[0]), length, 2), -1, dtype=torch.long)
-        for b, row in enumerate(texts):
-            for c, text in enumerate(row):
-                for i, word in enumerate(text.words):
-                    ids[b, c, i] = sum(map(ord, word.text.lower())) % (VOCAB - 1) + 1
-                    spans[b, c, i] = torch.tensor([word.start, word.end])
-        return {"ids": ids, "spans": spans, "regions": regions}
-
-    def forward(self, inputs):
-        ids, regions = inputs["ids"], inputs["regions"]
-        img = self.region(regions.feat).mean(dim=1)                    # [B, H]
-        tokens = self.drop(self.emb(ids)) + img[:, None, None, :]     # [B, C, L, H]
-        real = (ids > 0).unsqueeze(-1).float()
-        cls = (tokens * real).sum(2) / real.sum(2).clamp(min=1)       # [B, C, H]
-        image_token = img[:, None, :] + 0.5 * cls
-        return StudentOutput(logits=self.head(torch.tanh(cls + image_token)).squeeze(-1),
-                             image_token=image_token, cls_token=cls, text_tokens=tokens,
-                             token_spans=inputs["spans"])
-
-    def pretrain_losses(self, inputs, examples, generator):
-        ids = inputs["ids"]
-        masked = ids.clone()
-        pick = (torch.rand(ids.shape, generator=generator) < 0.3) & (ids > 0)
-        masked[pick] = 0
-        out = self({**inputs, "ids": masked})
-        mlm = nn.functional.cross_entropy(self.mlm(out.text_tokens).flatten(0, 2),
-                                          ids.flatten(), reduction="mean")
-        itm = out.logits.pow(2).mean()
-        return {"mlm": mlm, "itm": itm}
-
-
-SENTENCES = ["a red dog runs", "the cat sleeps here", "two birds fly high", "a man reads books",
-             "people walk on streets", "the car is blue"]
-
-
-def make_examples(n, split="train"):
-    rng = np.random.default_rng(7 if split == "train" else 8)
-    out = []
-    for i in range(n):
-        choices = tuple(Text.from_string(SENTENCES[(i + k) % len(SENTENCES)]) for k in range(4))
-        out.append(Example(id=f"{split}{i}:qa", dataset="vcr", split=split, image_id=f"img{i % 5}",
-                           image_path=f"img{i % 5}.jpg", choices=choices,
-                           label=int(rng.integers(4)), category="activity", group=f"{split}{i}",
-                           context=Text.from_string("what is it?")))
-    return out
-
-
-def make_targets(examples):
-    rng = np.random.default_rng(abs(hash(tuple(e.id for e in examples))) % 2**32)
-    texts = [t for ex in examples for t in ex.texts]
-    counts = [len(t.words) for t in texts]
-    n_words = sum(counts)
-    words = WordTargets(
-        offsets=np.cumsum([0] + counts).astype(np.int64),
-        feat=rng.standard_normal((n_words, DT)).astype(np.float32),
-        span=np.array([[w.start, w.end] for t in texts for w in t.words], dtype=np.int32),
-        vr=np.zeros(n_words, np.float32), yake=np.zeros(n_words, np.float32),
-        score=rng.random(n_words).astype(np.float32), truncated=np.zeros(n_words, bool))
-    return Targets(example_ids=[e.id for e in examples], num_choices=4,
-                   image=rng.standard_normal((len(examples), DV)).astype(np.float32),
-                   text_eos=rng.standard_normal((len(examples), 4, DT)).astype(np.float32),
-                   words=words, logits={"ia": rng.standard_normal((len(examples), 4))
-                                        .astype(np.float32)}, default_logits="ia")
-
-
-def regions(examples):
-    feats = torch.stack([torch.sin(torch.arange(3 * DR, dtype=torch.float32).reshape(3, DR)
-                                   * (1 + int(ex.image_id[3:]))) for ex in examples])
-    return RegionInputs(feats, torch.zeros(len(examples), 3, 4), torch.ones(len(examples), 3, dtype=bool))
-
-
-def make_setup(tmp_path, method="mad", chunk=None, **overrides):
-    torch.manual_seed(0)
-    values = dict(dataset="vcr", root=str(tmp_path), out=str(tmp_path / "run"), method=method,
-                  cache="hand-built", batch_size=4, lr=1e-2, epochs=3, eval_split="val")
-    config = TrainConfig(**{**values, **overrides})
-    m = get_method(method)
-    student = TinyStudent()
-    train_examples = make_examples(10)
-    table = make_targets(train_examples)
-    index = table.row_of()
-
-    def load(examples):
-        if not m.distils:
-            return None
-        rows = [index[e.id] for e in examples]
-        sub = Targets(example_ids=[e.id for e in examples], num_choices=4, image=table.image[rows],
-                      text_eos=table.text_eos[rows], words=_word_rows(table.words, rows),
-                      logits={"ia": table.logits["ia"][rows]}, default_logits="ia")
-        return targets_to_tensors(sub, m, m=config.m, logits=None, seed=config.seed)
-
-    size = chunk or len(train_examples)
-    chunks = [list(range(i, min(i + size, 10))) for i in range(0, 10, size)]
-    source = DataSource(train_examples, chunks, load)
-    return Setup(config=config, method=m, student=student,
-                 projections=Projections(H, image_dim=DV, text_dim=DT, words=m.distils_words),
-                 task_source=source,
-                 af_source=DataSource(train_examples, chunks, load) if m.stage("af") else None,
-                 regions=regions, eval_examples=make_examples(6, "val"),
-                 provenance={"cache_fingerprint": "abc"},
-                 save_student=lambda s, p: (p.mkdir(parents=True, exist_ok=True),
-                                            save_file(s.state_dict(), str(p / "model.safetensors"))))
-
-
-def _word_rows(words, rows):
-    pieces = [slice(words.offsets[r * 4], words.offsets[r * 4 + 4]) for r in rows]
-    counts = np.concatenate([np.diff(words.offsets[r * 4:r * 4 + 5]) for r in rows])
-    cat = lambda a: np.concatenate([a[p] for p in pieces])
-    return WordTargets(offsets=np.cumsum([0, *counts]).astype(np.int64), feat=cat(words.feat),
-                       span=cat(words.span), vr=cat(words.vr), yake=cat(words.yake),
-                       score=cat(words.score), truncated=cat(words.truncated))
+from train_standins import DT, make_setup, regions, run_cli  # registered by conftest.py
 
 
 # ---------------------------------------------------------------- config
@@ -203,24 +63,24 @@ def test_epoch_order_is_a_pure_function_of_seed_stage_epoch():
     assert sorted(len(r) for _, r in a) == [2, 4, 4]  # 6 -> 4 + 2, 4 -> 4: batches stay inside their chunk
 
 
-def test_loss_step_baseline_is_cross_entropy(tmp_path):
+def test_stage_loss_baseline_is_cross_entropy(tmp_path):
     setup = make_setup(tmp_path, method="baseline")
     setup.student.eval()
     examples = setup.task_source.examples[:4]
     micro = MicroBatch(examples, None, setup.student.prepare(examples, regions(examples)), 1.0)
-    loss, parts = loss_step(setup, stage="task", micro=micro, generator=torch.Generator())
+    loss, parts = StageLoss(setup)(stage="task", micro=micro, generator=torch.Generator())
     logits = setup.student(setup.student.prepare(examples, regions(examples))).logits
     expected = torch.nn.functional.cross_entropy(logits, torch.tensor([e.label for e in examples]))
     assert loss.item() == pytest.approx(expected.item()) and set(parts) == {"task", "loss"}
 
 
-def test_loss_step_mad_matches_a_hand_assembled_total(tmp_path):
+def test_stage_loss_mad_matches_a_hand_assembled_total(tmp_path):
     setup = make_setup(tmp_path, method="mad")
     setup.student.eval()
     examples = setup.task_source.examples[:4]
     targets = setup.task_source.chunk(0).targets.rows(torch.arange(4))
     micro = MicroBatch(examples, targets, setup.student.prepare(examples, regions(examples)), 1.0)
-    loss, parts = loss_step(setup, stage="task", micro=micro, generator=torch.Generator())
+    loss, parts = StageLoss(setup)(stage="task", micro=micro, generator=torch.Generator())
     out = setup.student(setup.student.prepare(examples, regions(examples)))
     p = setup.projections
     dv = (targets.image[:, None] - p.vision(out.image_token)).abs().mean(-1).mean(1)
@@ -284,7 +144,7 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch, m
     full_weights = load_file(str(tmp_path / "full" / "run" / "checkpoint.safetensors"))
 
     calls = {"n": 0}
-    real = train_mod.loss_step
+    real = train_mod.StageLoss.forward
 
     def crash_after_five(*args, **kwargs):
         calls["n"] += 1
@@ -292,11 +152,11 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch, m
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "loss_step", crash_after_five)
+    monkeypatch.setattr(train_mod.StageLoss, "forward", crash_after_five)
     with pytest.raises(KeyboardInterrupt):
         train(make_setup(tmp_path / "cut", method=method, af_epochs=af, chunk=chunk,
                          eval_every=2, checkpoint_every=4))
-    monkeypatch.setattr(train_mod, "loss_step", real)
+    monkeypatch.setattr(train_mod.StageLoss, "forward", real)
     resumed = train(make_setup(tmp_path / "cut", method=method, af_epochs=af, chunk=chunk,
                                eval_every=2, checkpoint_every=4, resume=True))
     resumed_weights = load_file(str(tmp_path / "cut" / "run" / "checkpoint.safetensors"))
@@ -309,13 +169,13 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch, m
 
 def test_af_stage_runs_first_without_labels(tmp_path, monkeypatch):
     seen = []
-    real = train_mod.loss_step
+    real = train_mod.StageLoss.forward
 
-    def spy(setup, *, stage, micro, generator):
+    def spy(module, *, stage, micro, generator):
         seen.append((stage, len(micro.examples), micro.examples[0].label is not None))
-        return real(setup, stage=stage, micro=micro, generator=generator)
+        return real(module, stage=stage, micro=micro, generator=generator)
 
-    monkeypatch.setattr(train_mod, "loss_step", spy)
+    monkeypatch.setattr(train_mod.StageLoss, "forward", spy)
     metrics = train(make_setup(tmp_path, method="mad", af_epochs=2, epochs=1))
     assert sum(n for stage, n, _ in seen if stage == "af") == 20  # 2 AF epochs over all 10
     assert [stage for stage, _, _ in seen] == ["af"] * 6 + ["task"] * 3
@@ -346,14 +206,14 @@ def test_af_epochs_of_a_sweep_give_an_af_stage_to_mad_only(tmp_path):
 
 def test_cw_firing_rate_is_recorded_per_stage(tmp_path, monkeypatch):
     parts_seen = []
-    real = train_mod.loss_step
+    real = train_mod.StageLoss.forward
 
-    def spy(setup, *, stage, **kwargs):
-        loss, parts = real(setup, stage=stage, **kwargs)
+    def spy(module, *, stage, **kwargs):
+        loss, parts = real(module, stage=stage, **kwargs)
         parts_seen.append((stage, parts))
         return loss, parts
 
-    monkeypatch.setattr(train_mod, "loss_step", spy)
+    monkeypatch.setattr(train_mod.StageLoss, "forward", spy)
     metrics = train(make_setup(tmp_path, method="mad", epochs=2))
     task = [parts for stage, parts in parts_seen if stage == "task"]
     assert not any("cw_seen" in parts for stage, parts in parts_seen if stage == "af")
@@ -364,26 +224,10 @@ def test_cw_firing_rate_is_recorded_per_stage(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- the command
 
-def _run_cli(monkeypatch, args):
-    from click.testing import CliRunner
-
-    from madcache.cli import cli
-
-    seen = {}
-
-    def fake(config):
-        seen["config"] = config
-        return {"history": [{"global_step": 3}], "eval": {"val": {"q2a": 50.0}}}
-
-    monkeypatch.setattr(train_mod, "run_training", fake)
-    result = CliRunner().invoke(cli, ["train", *args])
-    return result, seen.get("config")
-
-
 def test_train_command_builds_the_config_from_flags_and_toml(monkeypatch, tmp_path):
     toml = tmp_path / "run.toml"
     toml.write_text('[train]\ndataset = "vcr"\nroot = "data"\nlr = 0.001\nbatch_size = 4\n')
-    result, config = _run_cli(monkeypatch, [
+    result, config = run_cli(monkeypatch, [
         "--config", str(toml), "--method", "mad", "--cache", "c", "--out", "runs/x",
         "--per-category", "5", "--seed", "2", "--batch-size", "8", "--student-option", "layers=2",
         "--student-option", "name=tiny", "--af-epochs", "1"])
@@ -398,7 +242,7 @@ def test_train_command_builds_the_config_from_flags_and_toml(monkeypatch, tmp_pa
 def test_train_command_reports_config_errors_in_one_line(monkeypatch, tmp_path):
     toml = tmp_path / "bad.toml"
     toml.write_text('dataset = "vcr"\nroot = "r"\nout = "o"\nlearning_rate = 1\n')
-    result, _ = _run_cli(monkeypatch, ["--config", str(toml)])
+    result, _ = run_cli(monkeypatch, ["--config", str(toml)])
     assert result.exit_code == 2 and "unknown training config key(s) learning_rate" in result.output
     assert "Traceback" not in result.output
 
@@ -516,15 +360,16 @@ def test_demo_full_split_batches_are_the_same_for_every_method(demo, monkeypatch
     """A full-split run reads one order whatever the method (and whether it has a cache): the
     baseline, MD and MAD see the same examples at every task step (issue 33: the baseline read
     the file's order and the distilling methods the cache's, so no batch matched)."""
-    real = train_mod.loss_step
+    real = train_mod.StageLoss.forward
     seen: dict[str, list[list[str]]] = {}
 
-    def spy(setup, *, stage, micro, generator):
+    def spy(module, *, stage, micro, generator):
         if stage == "task":
-            seen.setdefault(setup.config.method, []).append([ex.id for ex in micro.examples])
-        return real(setup, stage=stage, micro=micro, generator=generator)
+            seen.setdefault(module.setup.config.method, []).append(
+                [ex.id for ex in micro.examples])
+        return real(module, stage=stage, micro=micro, generator=generator)
 
-    monkeypatch.setattr(train_mod, "loss_step", spy)
+    monkeypatch.setattr(train_mod.StageLoss, "forward", spy)
     for method in ("baseline", "md", "mad"):
         overrides = {"cache": None} if method == "baseline" else {}
         train_mod.run_training(_demo_config(demo, f"order-{method}", method=method,

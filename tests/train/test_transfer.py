@@ -49,7 +49,7 @@ def test_the_report_of_a_student_whose_features_are_the_teachers():
     examples = [Example(id=f"e{i}", dataset="vcr", split="val", image_id=f"i{i}", image_path="",
                         choices=tuple(Text.from_string(w) for w in "abc"), label=i % 3,
                         category="x") for i in range(6)]
-    projections = Projections(3, image_dim=3, text_dim=3, words=False)
+    projections = Projections(3, {"vision": 3, "text": 3})
     for layer in (projections.vision, projections.text):
         nn.init.eye_(layer.weight)
         nn.init.zeros_(layer.bias)

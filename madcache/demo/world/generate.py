@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from madcache.demo.world import captions_files, snli_ve_files, vcr_files, vqa_files
+from madcache.core.config import changed_settings
 from madcache.core.errors import ConfigError
 from madcache.core.io import read_json
 
@@ -65,7 +66,7 @@ def _prepare(out: Path, settings: dict[str, Any]) -> dict[str, Any] | None:
     if done.is_file():
         summary = read_json(done, error=ConfigError,
                             hint=f"delete {out} and generate the world again")
-        if {k: summary.get(k) for k in settings} == settings:
+        if not changed_settings(summary, settings):
             return summary
         raise ConfigError(
             f"{out} already holds a demo world with size={summary.get('size')!r}, "
