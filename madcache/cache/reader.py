@@ -9,7 +9,7 @@ shard in order, batched reads, then gathered in memory).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -84,7 +84,7 @@ class Cache:
         self._index = index
         self._locations: dict[str, tuple[int, int]] | None = None
         self._shards: list[dict[str, Any]] | None = None
-        self._whole: set[int] = set()         # shards checked to have every stored chunk
+        self._whole: set[tuple[int, str]] = set()   # (shard, array) checked whole
 
     @property
     def format(self) -> str:
@@ -183,23 +183,29 @@ class Cache:
 
     def _read_rows(self, entry: dict[str, Any],
                    rows: dict[str, np.ndarray | None]) -> dict[str, np.ndarray]:
-        self.check_whole(entry)
+        self.check_whole(entry, rows)
         return self.backend.read_rows(self._shard_path(entry), rows)
 
-    def check_whole(self, entry: dict[str, Any]) -> None:
-        """Once per shard and process, before its rows are read: none of its chunks was lost
-        (a lost Zarr chunk reads back as zeros). Shards of caches written before every chunk
-        was stored (no extraction stamp) are not checked."""
+    def check_whole(self, entry: dict[str, Any], names: Iterable[str] | None = None) -> None:
+        """Once per shard, array and process, before its rows are read: none of the chunks of
+        the arrays `names` (default: all) was lost (a lost Zarr chunk reads back as zeros).
+        Shards of caches written before every chunk was stored (no extraction stamp) are not
+        checked."""
         index = int(entry["index"])
-        if index in self._whole or STAMP not in entry:
+        if STAMP not in entry:
             return
-        lost = self.backend.missing_chunks(self._shard_path(entry), entry.get("arrays", {}))
+        stored = entry.get("arrays", {})
+        unchecked = [n for n in (stored if names is None else names)
+                     if n in stored and (index, n) not in self._whole]
+        if not unchecked:
+            return
+        lost = self.backend.missing_chunks(self._shard_path(entry), unchecked)
         if lost:
             shown = ", ".join(f"{name} ({n})" for name, n in sorted(lost.items()))
             raise CacheCorruptError(f"{self.path}: shard {index} has lost stored chunks of "
                                     f"{shown}, which would read back as zeros: run `madcache "
                                     f"cache verify {self.path}` and re-extract")
-        self._whole.add(index)
+        self._whole.update((index, n) for n in unchecked)
 
     # ------------------------------------------------------------------ checks and info
 
