@@ -17,7 +17,7 @@ from madcache.cache import index as cache_index
 from madcache.cache.backends import Backend, get_backend
 from madcache.cache.commits import STAMP, read_commits
 from madcache.cache.fingerprint import diff_fingerprints, resolved_read_options
-from madcache.cache.gather import gather_targets
+from madcache.cache.gather import ChooseWords, gather_targets
 from madcache.cache.manifest import (FORMAT_VERSION, STATE_COMPLETE, fingerprint_digest,
                                      read_manifest)
 from madcache.cache.location import as_store, open_location
@@ -167,19 +167,21 @@ class Cache:
         return out
 
     def load_targets(self, example_ids: Sequence[str], *, progress: bool = False,
-                     needs: Sequence[str] | None = None) -> Targets:
+                     needs: Sequence[str] | None = None,
+                     choose_words: ChooseWords | None = None) -> Targets:
         """Teacher targets of `example_ids`, rows in that order (see `Targets`).
 
         One pass over the needed shards in order. Per shard, the needed rows of each array are
         read in one batched, sorted request (whole arrays when most rows are needed; never one
         read per row), then gathered in memory. fp16 features come back as float32. A cache of
-        another format version is refused (`check_format_version`)."""
+        another format version is refused (`check_format_version`). With `choose_words`, of
+        the per-word features only those of the words it picks are read (token selection)."""
         check_format_version(self.manifest, self.path)
         ids = list(example_ids)
         shard_of, row_of = self._locate(ids)
         return gather_targets(ids, shard_of, row_of, shards=self.shards, manifest=self.manifest,
                               read_rows=self._read_rows, where=self.path, progress=progress,
-                              needs=needs)
+                              needs=needs, choose_words=choose_words)
 
     def _read_rows(self, entry: dict[str, Any],
                    rows: dict[str, np.ndarray | None]) -> dict[str, np.ndarray]:

@@ -12,10 +12,10 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from madcache.cache.targets import Targets
+from madcache.cache.targets import Targets, WordTargets
 from madcache.data.records import Example
 from madcache.method.methods import Method
-from madcache.method.selection import select_words
+from madcache.method.selection import choose_words, select_words
 
 
 @dataclass
@@ -50,9 +50,9 @@ def targets_to_tensors(targets: Targets, method: Method, *, m: int, logits: str 
     if method.distils_text:
         out.text_eos = torch.from_numpy(np.asarray(targets.text_eos, dtype=np.float32))
     if method.distils_words:
-        generator = torch.Generator().manual_seed(seed) if method.selection == "random" else None
         chosen = select_words(targets.words, num_examples=len(targets.example_ids),
-                              num_choices=targets.num_choices, m=m, generator=generator)
+                              num_choices=targets.num_choices, m=m,
+                              generator=_selection_generator(method, seed))
         out.word_feat = torch.from_numpy(chosen.feat)
         out.word_span = torch.from_numpy(chosen.span)
         out.word_mask = torch.from_numpy(chosen.mask)
@@ -62,6 +62,24 @@ def targets_to_tensors(targets: Targets, method: Method, *, m: int, logits: str 
         if targets.candidates is not None:
             out.candidates = torch.from_numpy(np.asarray(targets.candidates, dtype=np.int64))
     return out
+
+
+def _selection_generator(method: Method, seed: int) -> torch.Generator | None:
+    return torch.Generator().manual_seed(seed) if method.selection == "random" else None
+
+
+def word_chooser(method: Method, *, m: int, seed: int
+                 ) -> Callable[[WordTargets], np.ndarray] | None:
+    """`Cache.load_targets(..., choose_words=)` for `method`: the flat indices of the words
+    token selection keeps (the same words `targets_to_tensors` then selects), so only their
+    features are read; None when the method distils no words."""
+    if not method.distils_words:
+        return None
+
+    def chosen(words: WordTargets) -> np.ndarray:
+        picked, mask = choose_words(words, m=m, generator=_selection_generator(method, seed))
+        return picked[mask]
+    return chosen
 
 
 @dataclass
