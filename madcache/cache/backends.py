@@ -61,6 +61,11 @@ class Backend(ABC):
     name: str
     suffix: str
 
+    def __init__(self) -> None:
+        # (shard, array) -> its RowFile (None: read by the format's library). A finished shard
+        # never changes under a reader, and each opened Cache has its own backend.
+        self._layouts: dict[tuple[str, str], RowFile | None] = {}
+
     def shard_path(self, root: Shard, shard: int) -> Shard:
         return root / f"shard-{shard:05d}{self.suffix}"
 
@@ -175,7 +180,7 @@ class ZarrBackend(Backend):
     def read_rows(self, path: Shard,
                   rows: Mapping[str, np.ndarray | None]) -> dict[str, np.ndarray]:
         out = {}
-        layouts = {name: _zarr_layout(path, name) for name in rows}
+        layouts = {name: self._layout(path, name) for name in rows}
         for name, layout in layouts.items():
             if layout is not None:
                 out[name] = layout.read(rows[name])
@@ -194,6 +199,12 @@ class ZarrBackend(Backend):
             out[name] = as_unicode(array) if is_string_array(array) else array
         return out
 
+    def _layout(self, path: Shard, name: str) -> RowFile | None:
+        key = (str(path), name)
+        if key not in self._layouts:
+            self._layouts[key] = _zarr_layout(path, name)
+        return self._layouts[key]
+
     def names(self, path: Shard) -> list[str]:
         return _zarr_names(_zarr_group(path, "r"))
 
@@ -203,7 +214,7 @@ class ZarrBackend(Backend):
         lost = {}
         group = None
         for name in names:
-            layout = _zarr_layout(path, name)
+            layout = self._layout(path, name)
             if layout is not None:
                 lost[name] = layout.missing()
                 continue
@@ -220,7 +231,7 @@ class RowFile:
     format library (~1 ms per Zarr array opened, docs/performance.md "Full-size splits") and no
     whole chunk read for a few of its rows."""
 
-    def __init__(self, files: Callable[[int], Path], *, shape: tuple[int, ...], dtype: np.dtype,
+    def __init__(self, files: Callable[[int], str | Path], *, shape: tuple[int, ...], dtype: np.dtype,
                  chunk_rows: int, offset: int = 0) -> None:
         self.files = files
         self.shape = shape
@@ -268,7 +279,29 @@ class RowFile:
     def missing(self) -> int:
         """Chunk files absent from storage."""
         count = -(-self.shape[0] // self.chunk_rows)
-        return sum(not self.files(i).is_file() for i in range(count))
+        return sum(not os.path.isfile(self.files(i)) for i in range(count))
+
+
+class StringFile(RowFile):
+    """Rows of a Zarr v3 string array (vlen-utf8 chunks, decoded by numcodecs as zarr does):
+    each touched chunk read whole, once, without zarr's per-call overhead."""
+
+    def read(self, rows: np.ndarray | None) -> np.ndarray:
+        from numcodecs.vlen import VLenUTF8
+
+        rows = np.arange(self.shape[0], dtype=np.int64) if rows is None \
+            else np.asarray(rows, dtype=np.int64)
+        chunk = rows // self.chunk_rows
+        out = np.empty(len(rows), dtype=object)
+        for index in np.unique(chunk).tolist():
+            fd = self._open(index)
+            try:
+                raw = os.read(fd, os.fstat(fd).st_size)
+            finally:
+                os.close(fd)
+            here = chunk == index
+            out[here] = VLenUTF8().decode(raw)[rows[here] - index * self.chunk_rows]
+        return as_unicode(out) if len(out) else np.zeros(0, dtype="<U1")
 
 
 # the data types a Zarr v3 array of plain, uncompressed rows may have (numpy names)
@@ -277,25 +310,26 @@ PLAIN_TYPES = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "ui
 
 
 def _zarr_layout(path: Shard, name: str) -> RowFile | None:
-    """A local Zarr v3 array of plain uncompressed rows (what `ZarrBackend.write` stores for
-    numbers), as a `RowFile`; None for anything else (strings, codecs, object stores), which
-    zarr reads."""
+    """A local Zarr v3 array as `ZarrBackend.write` stores it (plain uncompressed rows of
+    numbers, or vlen-utf8 strings), as a `RowFile` / `StringFile`; None for anything else
+    (other codecs, object stores), which zarr reads."""
     if isinstance(path, StoreKey):
         return None
-    folder = Path(path) / name
+    folder = os.path.join(path, name)
     try:
-        meta = json.loads((folder / "zarr.json").read_text())
+        with open(os.path.join(folder, "zarr.json"), encoding="utf-8") as handle:
+            meta = json.load(handle)
     except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
         return None
-    codecs = meta.get("codecs") or []
+    codecs = [c.get("name") for c in meta.get("codecs") or []]
     encoding = meta.get("chunk_key_encoding") or {}
     grid = meta.get("chunk_grid") or {}
     shape = tuple(meta.get("shape") or ())
-    if (meta.get("data_type") not in PLAIN_TYPES or len(shape) == 0
-            or [c.get("name") for c in codecs] != ["bytes"]
-            or (codecs[0].get("configuration") or {}).get("endian", "little") != "little"
-            or encoding.get("name") != "default" or grid.get("name") != "regular"
-            or meta.get("storage_transformers")):
+    strings = meta.get("data_type") == "string" and codecs == ["vlen-utf8"] and len(shape) == 1
+    plain = meta.get("data_type") in PLAIN_TYPES and codecs == ["bytes"] and \
+        (meta["codecs"][0].get("configuration") or {}).get("endian", "little") == "little"
+    if (not (strings or plain) or len(shape) == 0 or encoding.get("name") != "default"
+            or grid.get("name") != "regular" or meta.get("storage_transformers")):
         return None
     chunks = grid["configuration"]["chunk_shape"]
     if list(chunks[1:]) != [max(1, s) for s in shape[1:]] or any(s == 0 for s in shape[1:]):
@@ -303,9 +337,12 @@ def _zarr_layout(path: Shard, name: str) -> RowFile | None:
     separator = (encoding.get("configuration") or {}).get("separator", "/")
     trailing = [0] * (len(shape) - 1)
 
-    def chunk_file(index: int) -> Path:
-        return folder / separator.join(map(str, ["c", index, *trailing]))
+    def chunk_file(index: int) -> str:
+        return os.path.join(folder, separator.join(map(str, ["c", index, *trailing])))
 
+    if strings:
+        return StringFile(chunk_file, shape=shape, dtype=np.dtype(object),
+                          chunk_rows=int(chunks[0]))
     return RowFile(chunk_file, shape=shape, dtype=np.dtype(meta["data_type"]).newbyteorder("<"),
                    chunk_rows=int(chunks[0]))
 
@@ -380,21 +417,26 @@ class Hdf5Backend(Backend):
                   rows: Mapping[str, np.ndarray | None]) -> dict[str, np.ndarray]:
         import h5py
 
+        known = {n: self._layouts.get((str(path), n)) for n in rows}
+        if all(known.values()):     # every array's layout seen before: no need to open it
+            return {name: layout.read(rows[name]) for name, layout in known.items()}
         with h5py.File(_local(path, self.name), "r") as handle:
+            for name in _h5_names(handle):      # every array's, so the next read opens nothing
+                self._layouts.setdefault((str(path), name), _h5_layout(path, handle[name]))
             out = {}
             for name, wanted in rows.items():
                 dataset = handle[name]
-                layout = _h5_layout(path, dataset)
+                layout = self._layouts[(str(path), name)]
                 if layout is not None:
                     out[name] = layout.read(wanted)
                     continue
-                if wanted is None or _dense(wanted, dataset.shape[0]):
+                strings = h5py.check_string_dtype(dataset.dtype) is not None
+                # strings (the ids, a few bytes a row): whole, one call instead of one per run
+                if wanted is None or strings or _dense(wanted, dataset.shape[0]):
                     array = _h5_read(dataset)
                     out[name] = array if wanted is None else array[wanted]
                 else:
                     out[name] = _h5_runs(dataset, np.asarray(wanted, dtype=np.int64))
-                    if h5py.check_string_dtype(dataset.dtype) is not None:
-                        out[name] = as_unicode(out[name])
             return out
 
     def names(self, path: Path) -> list[str]:

@@ -82,7 +82,6 @@ class Cache:
         self.manifest = manifest
         self.backend = backend
         self._index = index
-        self._locations: dict[str, tuple[int, int]] | None = None
         self._shards: list[dict[str, Any]] | None = None
         self._whole: set[tuple[int, str]] = set()   # (shard, array) checked whole
 
@@ -127,25 +126,31 @@ class Cache:
         return self.index().column("example_id").to_pylist()
 
     def _location_map(self) -> dict[str, tuple[int, int]]:
-        if self._locations is None:
-            table = self.index()
-            ids = table.column("example_id").to_pylist()
-            shards = table.column("shard").to_numpy().tolist()
-            rows = table.column("row").to_numpy().tolist()
-            self._locations = dict(zip(ids, zip(shards, rows)))
-        return self._locations
+        """{example id: (shard, row)} (benchmarks and tests; `_locate` needs no dict)."""
+        table = self.index()
+        return dict(zip(table.column("example_id").to_pylist(),
+                        zip(table.column("shard").to_pylist(), table.column("row").to_pylist())))
 
     def _locate(self, example_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        where = self._location_map()
-        missing = [eid for eid in example_ids if eid not in where]
-        if missing:
+        """The shard and row of each id: a hash lookup in the index's id column (pyarrow), no
+        Python object per cached example."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        table = self.index()
+        found = pc.index_in(pa.array(example_ids, pa.string()),
+                            value_set=table.column("example_id"))
+        if found.null_count:
+            missing = [eid for eid, at in zip(example_ids, found.is_null().to_pylist()) if at]
             shown = ", ".join(repr(e) for e in missing[:5])
             raise MissingTargetError(
                 f"{len(missing)} of {len(example_ids)} example ids are not in the cache at "
                 f"{self.path} (e.g. {shown}): was it extracted for this dataset split (and "
                 "without --limit)?")
-        pairs = np.array([where[eid] for eid in example_ids], dtype=np.int64).reshape(-1, 2)
-        return pairs[:, 0], pairs[:, 1]
+        at = found.to_numpy(zero_copy_only=False).astype(np.int64)
+        shards = table.column("shard").to_numpy().astype(np.int64)
+        rows = table.column("row").to_numpy().astype(np.int64)
+        return shards[at], rows[at]
 
     # ------------------------------------------------------------------ arrays
 
