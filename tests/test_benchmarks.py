@@ -1,5 +1,6 @@
-"""benchmarks/gpu_check.sh in its dry mode (tiny shapes on the CPU): every part of the GPU check
-still runs, so the script cannot rot between the runs on a GPU machine."""
+"""Benchmarks that must not rot between their real runs: benchmarks/gpu_check.sh in its dry mode
+(tiny shapes on the CPU: every part of the GPU check still runs) and bench_scale.py at a tiny
+fraction of the real split sizes."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,6 +30,7 @@ def test_gpu_check_runs_dry():
     assert figures["steps"]["mad_over_baseline_bf16"] > 0
 
 
+@pytest.mark.slow
 def test_bench_scale_runs_tiny():
     """benchmarks/bench_scale.py at 0.5% of SNLI-VE's size: the real readers, setup and caches
     (zarr and hdf5 agree), every figure of the table printed."""
@@ -43,8 +47,9 @@ def test_bench_scale_runs_tiny():
     assert all(r["zarr_checksum"] == r["hdf5_checksum"] and r["zarr_rows_per_s"] > 0
                for r in loads)
     lowshot = [r for r in lines if r.get("measure") == "lowshot"]
-    assert all(r["rows"] == 24 and r["bytes_used"] > 0 and r["mad"]["bytes_read"] > 0
-               for r in lowshot)
+    assert len(lowshot) == 2 and all(r["rows"] > 0 and r["bytes_used"] > 0
+                                     and r["mad"]["bytes_used"] > r["bytes_used"]
+                                     for r in lowshot)
     for row in ("low-shot MD run: peak RSS (MB)", "low-shot MAD task load: bytes read / used",
                 "random 3% load, hdf5: rows/s"):
         assert row in done.stdout, row
