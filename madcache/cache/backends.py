@@ -3,8 +3,8 @@
 A shard is one unit of storage holding named arrays: a Zarr group directory (`shard-00000.zarr`)
 or one HDF5 file (`shard-00000.h5`). Names may contain "/" (`logits/iqa`): both formats store
 them as nested groups. Arrays are written once, whole, uncompressed (compression gains ~1.08x
-on fp16 features, docs/cache-format.md) and read back whole: the reader never asks a backend
-for single rows.
+on fp16 features, docs/cache-format.md). The reader asks for batches of sorted rows
+(`read_rows`), never a row at a time; on a local disk those are read as byte ranges (`RowFile`).
 
 Strings are stored as variable-length UTF-8 (Zarr's `string` data type, HDF5's vlen str) and
 always come back as a numpy unicode (`U`) array, so every backend round-trips the same values.
