@@ -269,11 +269,12 @@ def timed_load(load, examples, dim: int) -> dict:
     """One target load of `examples`: rows/s, bytes read / used. A load of one other example
     first, so that lazy imports and metadata caches are not counted."""
     load(examples[-1:])
-    read0, started = bytes_read(), time.perf_counter()
+    read0, started, cpu = bytes_read(), time.perf_counter(), time.process_time()
     targets = load(examples)
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     feature, other = used_bytes(examples, targets, dim)
     return {"rows": len(examples), "rows_per_s": round(len(examples) / seconds),
+            "rows_per_cpu_s": round(len(examples) / max(cpu, 1e-6)),
             "bytes_read": bytes_read() - read0, "bytes_used": feature + other,
             "feature_bytes": feature}
 
@@ -395,6 +396,7 @@ def summary(results: dict, dim: int) -> list[str]:
                ("mad", "read/used@512", "low-shot MAD task load: read / used at D=512"),
                ("af", "read/used@512", "AF epoch: read / used at D=512"),
                ("lowshot", "rows_per_s", "low-shot MD subset load: rows/s"),
+               ("lowshot", "rows_per_cpu_s", "low-shot MD subset load: rows per CPU s"),
                ("load", "zarr_rows_per_s", "random 3% load, zarr: rows/s"),
                ("load", "hdf5_rows_per_s", "random 3% load, hdf5: rows/s"),
                ("load", "zarr_rows_per_cpu_s", "random 3% load, zarr: rows per CPU s"),
