@@ -421,22 +421,24 @@ class Hdf5Backend(Backend):
         if all(known.values()):     # every array's layout seen before: no need to open it
             return {name: layout.read(rows[name]) for name, layout in known.items()}
         with h5py.File(_local(path, self.name), "r") as handle:
-            for name in _h5_names(handle):      # every array's, so the next read opens nothing
-                self._layouts.setdefault((str(path), name), _h5_layout(path, handle[name]))
             out = {}
             for name, wanted in rows.items():
-                dataset = handle[name]
-                layout = self._layouts[(str(path), name)]
-                if layout is not None:
-                    out[name] = layout.read(wanted)
+                key = (str(path), name)
+                if key not in self._layouts:
+                    self._layouts[key] = _h5_layout(path, h5py.h5d.open(handle.id, name.encode()))
+                if self._layouts[key] is not None:
+                    out[name] = self._layouts[key].read(wanted)
                     continue
+                dataset = handle[name]
                 strings = h5py.check_string_dtype(dataset.dtype) is not None
-                # strings (the ids, a few bytes a row): whole, one call instead of one per run
-                if wanted is None or strings or _dense(wanted, dataset.shape[0]):
+                if wanted is None or _dense(wanted, dataset.shape[0]):
                     array = _h5_read(dataset)
                     out[name] = array if wanted is None else array[wanted]
+                elif strings and len(wanted):   # the ids: one point selection, ~10x a slice's
+                    out[name] = as_unicode(dataset.asstr()[np.asarray(wanted, dtype=np.int64)])
                 else:
                     out[name] = _h5_runs(dataset, np.asarray(wanted, dtype=np.int64))
+                    out[name] = as_unicode(out[name]) if strings else out[name]
             return out
 
     def names(self, path: Path) -> list[str]:
@@ -447,16 +449,19 @@ class Hdf5Backend(Backend):
 
 
 def _h5_layout(path: Path, dataset) -> RowFile | None:
-    """A contiguous, unfiltered HDF5 dataset of numbers (what `Hdf5Backend.write` stores) as a
-    `RowFile` over the shard file; None for anything else, which h5py reads."""
-    offset = dataset.id.get_offset()
-    dtype = dataset.dtype
-    if (offset is None or dataset.chunks is not None or dataset.ndim == 0
-            or dtype.kind not in "biuf" or dtype.byteorder == ">"
-            or (dtype.byteorder == "=" and np.little_endian is False)):
+    """A contiguous HDF5 dataset of numbers (what `Hdf5Backend.write` stores; contiguous means
+    unfiltered) as a `RowFile` over the shard file; None for anything else, which h5py reads.
+    `dataset` is a low-level `DatasetID` (its properties cost far less than `Dataset`'s)."""
+    import h5py
+
+    offset = dataset.get_offset()
+    dtype, shape = dataset.dtype, dataset.shape
+    if (offset is None or len(shape) == 0 or dtype.kind not in "biuf"
+            or dataset.get_create_plist().get_layout() != h5py.h5d.CONTIGUOUS
+            or dtype.byteorder == ">" or (dtype.byteorder == "=" and not np.little_endian)):
         return None
-    return RowFile(lambda _: Path(path), shape=dataset.shape, dtype=dtype,
-                   chunk_rows=max(1, dataset.shape[0]), offset=offset)
+    return RowFile(lambda _: Path(path), shape=shape, dtype=dtype,
+                   chunk_rows=max(1, shape[0]), offset=offset)
 
 
 def _h5_runs(dataset, rows: np.ndarray) -> np.ndarray:
