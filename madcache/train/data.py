@@ -50,9 +50,9 @@ def targets_to_tensors(targets: Targets, method: Method, *, m: int, logits: str 
     if method.distils_text:
         out.text_eos = torch.from_numpy(np.asarray(targets.text_eos, dtype=np.float32))
     if method.distils_words:
+        generator = torch.Generator().manual_seed(seed) if method.selection == "random" else None
         chosen = select_words(targets.words, num_examples=len(targets.example_ids),
-                              num_choices=targets.num_choices, m=m,
-                              generator=_selection_generator(method, seed))
+                              num_choices=targets.num_choices, m=m, generator=generator)
         out.word_feat = torch.from_numpy(chosen.feat)
         out.word_span = torch.from_numpy(chosen.span)
         out.word_mask = torch.from_numpy(chosen.mask)
@@ -64,10 +64,6 @@ def targets_to_tensors(targets: Targets, method: Method, *, m: int, logits: str 
     return out
 
 
-def _selection_generator(method: Method, seed: int) -> torch.Generator | None:
-    return torch.Generator().manual_seed(seed) if method.selection == "random" else None
-
-
 def word_chooser(method: Method, *, m: int, seed: int
                  ) -> Callable[[WordTargets], np.ndarray] | None:
     """`Cache.load_targets(..., choose_words=)` for `method`: the flat indices of the words
@@ -76,8 +72,10 @@ def word_chooser(method: Method, *, m: int, seed: int
     if not method.distils_words:
         return None
 
-    def chosen(words: WordTargets) -> np.ndarray:
-        picked, mask = choose_words(words, m=m, generator=_selection_generator(method, seed))
+    def chosen(words: WordTargets) -> np.ndarray:   # the draw `targets_to_tensors` repeats
+        random = method.selection == "random"
+        picked, mask = choose_words(words, m=m, generator=torch.Generator().manual_seed(seed)
+                                    if random else None)
         return picked[mask]
     return chosen
 
