@@ -68,7 +68,7 @@ class _Split:
                  examples: Sequence[Example] | None = None, method: str | Method = "md",
                  m: int = 2, seed: int = 0, teacher_logits: str | None = None,
                  read_options: dict[str, Any] | None = None) -> None:
-        self.path = cache.path if isinstance(cache, Cache) else cache
+        self.path = str(cache.path) if isinstance(cache, Cache) else cache   # a dir or a URL
         self._cache = cache if isinstance(cache, Cache) else None
         if examples is None:
             if dataset is None or root is None:
