@@ -1,6 +1,6 @@
-"""benchmarks/gpu_check.sh in its dry mode (tiny shapes on the CPU): every part of the GPU check
-still runs, so the script cannot rot between the runs on a GPU machine; bench_preprocess.py in
-its quick mode on the real VCR sample."""
+"""Benchmarks that must not rot between their real runs: benchmarks/gpu_check.sh in its dry mode
+(tiny shapes on the CPU: every part of the GPU check still runs), bench_preprocess.py in its quick
+mode on the real VCR sample and bench_scale.py at a tiny fraction of the real split sizes."""
 
 from __future__ import annotations
 
@@ -48,3 +48,28 @@ def test_preprocess_bench_runs_quick(real_root):
                                *after["per_example_ms"].values()])
     assert (before["default_workers_16_core_cuda_node"],
             after["default_workers_16_core_cuda_node"]) == (0, 15)
+
+
+@pytest.mark.slow
+def test_bench_scale_runs_tiny():
+    """benchmarks/bench_scale.py at 0.5% of SNLI-VE's size: the real readers, setup and caches
+    (zarr and hdf5 agree), every figure of the table printed."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_scale.py"),
+                           "--fraction", "0.005", "--datasets", "snli-ve", "--measures",
+                           "lowshot,load", "--shots", "8"],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    loads = [r for r in lines if r.get("measure") == "load"]
+    assert [r["examples"] for r in loads] == [264, 2647]
+    assert all(r["zarr_checksum"] == r["hdf5_checksum"] and r["zarr_rows_per_s"] > 0
+               for r in loads)
+    lowshot = [r for r in lines if r.get("measure") == "lowshot"]
+    assert len(lowshot) == 2 and all(r["rows"] > 0 and r["bytes_used"] > 0
+                                     and r["mad"]["bytes_used"] > r["bytes_used"]
+                                     for r in lowshot)
+    for row in ("low-shot MD run: peak RSS (MB)", "low-shot MAD task load: bytes read / used",
+                "random 3% load, hdf5: rows/s"):
+        assert row in done.stdout, row

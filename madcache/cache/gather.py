@@ -11,6 +11,7 @@ builds the `Targets`. Fetching rows one by one would cost ~0.35 ms per Zarr chun
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -47,13 +48,20 @@ def arrays_for(needs: Iterable[str] | None, names: Iterable[str]) -> set[str]:
                                     for a in wanted)}
 
 
+# the words whose features to read, as sorted flat word indices, chosen from every word's
+# offsets, spans and scores (`WordTargets` with no features yet; token selection, MAD.md)
+ChooseWords = Callable[[WordTargets], np.ndarray]
+
+
 def gather_targets(ids: list[str], shard_of: np.ndarray, row_of: np.ndarray, *,
                    shards: list[dict[str, Any]], read_rows: ReadRows,
                    manifest: dict[str, Any], where: Path | StoreKey,
-                   progress: bool = False, needs: Iterable[str] | None = None) -> Targets:
+                   progress: bool = False, needs: Iterable[str] | None = None,
+                   choose_words: ChooseWords | None = None) -> Targets:
     """The targets of `ids`, whose rows are `row_of` in the shards `shard_of` (indexes into the
     manifest entries `shards`), in the order of `ids`; with `needs` (`Method.needs`: "image",
-    "text_eos", "words", "logits"), only the arrays those read (the others come back None).
+    "text_eos", "words", "logits"), only the arrays those read (the others come back None);
+    with `choose_words`, only the chosen words' features (`WordTargets.feat_rows`).
     `where` (the cache) names the cache in errors: a shard holding other arrays, rows a decoder
     cannot read or ids the index did not promise are a `CacheCorruptError`."""
     entries = {int(e["index"]): e for e in shards}
@@ -63,7 +71,8 @@ def gather_targets(ids: list[str], shard_of: np.ndarray, row_of: np.ndarray, *,
     if template is not None:
         keep = arrays_for(needs, template["arrays"]) | {"example_id"}
         read = {**template, "arrays": {n: r for n, r in template["arrays"].items() if n in keep}}
-    out = _Assembler(len(ids), int(manifest["num_choices"]), read)
+    out = _Assembler(len(ids), int(manifest["num_choices"]), read,
+                     defer_feat=choose_words is not None)
     for shard in _progress(needed, progress):
         if set(_target_names(entries[shard])) != set(_target_names(template)):
             raise CacheCorruptError(f"shard {shard} of {where} holds other arrays than "
@@ -72,14 +81,24 @@ def gather_targets(ids: list[str], shard_of: np.ndarray, row_of: np.ndarray, *,
         entry = entries[shard]
         try:
             stored_ids = out.add_shard(positions, row_of[positions],
-                                       lambda rows: read_rows(entry, rows))
+                                       functools.partial(read_rows, entry))
         except Exception as exc:  # a damaged or replaced shard can fail in any decoder
             raise CacheCorruptError(
                 f"shard {shard} of {where} does not hold what the manifest describes "
                 f"({type(exc).__name__}: {exc}): run `madcache cache verify {where}`") \
                 from None
         _check_ids(where, shard, [ids[p] for p in positions], stored_ids)
-    return out.targets(ids, manifest)
+    targets = out.targets(ids, manifest)
+    if choose_words is not None and targets.words is not None:
+        chosen = np.unique(np.asarray(choose_words(targets.words), dtype=np.int64))
+        try:
+            targets.words.feat = out.chosen_features(chosen)
+        except Exception as exc:
+            raise CacheCorruptError(f"the word features of {where} cannot be read ("
+                                    f"{type(exc).__name__}: {exc}): run `madcache cache verify "
+                                    f"{where}`") from None
+        targets.words.feat_rows = chosen
+    return targets
 
 
 def ragged_index(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -130,8 +149,8 @@ class _RowPlan:
     unique, as the store wants them), and how to map them back to requested order."""
 
     def __init__(self, per_example: dict[str, np.ndarray], inverse: np.ndarray,
-                 names: set[str]) -> None:
-        self.names = names
+                 names: set[str], defer_feat: bool = False) -> None:
+        self.names = names - {"word_feat"} if defer_feat else names
         self.image_rows = self.image_inverse = None
         if "image_feat" in names:
             self.image_rows, self.image_inverse = np.unique(
@@ -164,13 +183,17 @@ class _RowPlan:
 class _Assembler:
     """Collects each shard's gathered rows and scatters them into request order."""
 
-    def __init__(self, n: int, num_choices: int, template: dict[str, Any] | None) -> None:
+    def __init__(self, n: int, num_choices: int, template: dict[str, Any] | None,
+                 defer_feat: bool = False) -> None:
+        self.defer_feat = defer_feat      # word features read later, only the chosen ones
         self.n = n
         self.c = num_choices
         self.records = template["arrays"] if template else {}
         self.rows: dict[str, np.ndarray] = {}
         self.word_parts: list[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]] = []
         self.counts = np.zeros(n * num_choices, dtype=np.int64)
+        self.word_sources: list[tuple[Callable, np.ndarray]] = []  # (shard reader, shard rows)
+        self.offsets: np.ndarray | None = None
 
     def _out(self, name: str, trailing: Sequence[int], dtype) -> np.ndarray:
         if name not in self.rows:
@@ -192,7 +215,7 @@ class _Assembler:
             if name.startswith("logits/") or name in ("candidates", "similarity"):
                 dtype = np.int64 if name == "candidates" else np.float32
                 self._out(name, array.shape[1:], dtype)[positions] = array[inverse]
-        plan = _RowPlan(per_example, inverse, names)
+        plan = _RowPlan(per_example, inverse, names, self.defer_feat)
         stored = read(plan.requests())
         if "image_feat" in stored:
             feat = stored["image_feat"][plan.image_inverse]
@@ -207,23 +230,43 @@ class _Assembler:
             self.counts[targets] = counts
             words = {n: a[take] for n, a in stored.items() if n.startswith("word_")}
             self.word_parts.append((targets, counts, words))
+            self.word_sources.append((read, plan.word_rows[take]))
         return per_example["example_id"][inverse]
 
     def _words(self) -> WordTargets | None:
         if "word_offsets" not in self.records:
             return None
         offsets = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
+        self.offsets = offsets
         fields = {}
         for field, (name, dtype) in WORD_FIELDS.items():
             trailing = self.records[name]["shape"][1:] if name in self.records else \
                 ([2] if field == "span" else [])
             fill = np.nan if dtype is np.float32 and field != "feat" else 0
-            out = np.full((int(offsets[-1]), *trailing), fill, dtype=dtype)
+            rows = 0 if field == "feat" and self.defer_feat else int(offsets[-1])
+            out = np.full((rows, *trailing), fill, dtype=dtype)
             for targets, counts, words in self.word_parts:
                 if name in words:
                     out[ragged_index(offsets[targets], counts)] = words[name]
             fields[field] = out
         return WordTargets(offsets=offsets, **fields)
+
+    def chosen_features(self, chosen: np.ndarray) -> np.ndarray:
+        """The features of the flat word indices `chosen` (sorted, unique): per shard, one
+        batched read of just those words' rows."""
+        if "word_feat" not in self.records:
+            return np.zeros((len(chosen), 0), dtype=np.float32)
+        trailing = self.records["word_feat"]["shape"][1:]
+        feat = np.zeros((len(chosen), *trailing), dtype=np.float32)
+        for (targets, counts, _), (read, shard_rows) in zip(self.word_parts, self.word_sources):
+            flat = ragged_index(self.offsets[targets], counts)
+            at = np.minimum(np.searchsorted(chosen, flat), max(len(chosen) - 1, 0))
+            hit = chosen[at] == flat if len(chosen) else np.zeros(len(flat), bool)
+            if not hit.any():
+                continue
+            rows, inverse = np.unique(shard_rows[hit], return_inverse=True)
+            feat[at[hit]] = read({"word_feat": rows})["word_feat"][inverse]
+        return feat
 
     def _ensure(self, name: str, dtype, trailing: Sequence[int] | None = None) -> np.ndarray | None:
         """The output for `name`, also when no row was requested (shapes from the manifest)."""

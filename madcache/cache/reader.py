@@ -9,7 +9,7 @@ shard in order, batched reads, then gathered in memory).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -17,7 +17,7 @@ from madcache.cache import index as cache_index
 from madcache.cache.backends import Backend, get_backend
 from madcache.cache.commits import STAMP, read_commits
 from madcache.cache.fingerprint import diff_fingerprints, resolved_read_options
-from madcache.cache.gather import gather_targets
+from madcache.cache.gather import ChooseWords, gather_targets
 from madcache.cache.manifest import (FORMAT_VERSION, STATE_COMPLETE, fingerprint_digest,
                                      read_manifest)
 from madcache.cache.location import as_store, open_location
@@ -82,9 +82,8 @@ class Cache:
         self.manifest = manifest
         self.backend = backend
         self._index = index
-        self._locations: dict[str, tuple[int, int]] | None = None
         self._shards: list[dict[str, Any]] | None = None
-        self._whole: set[int] = set()         # shards checked to have every stored chunk
+        self._whole: set[tuple[int, str]] = set()   # (shard, array) checked whole
 
     @property
     def format(self) -> str:
@@ -127,25 +126,31 @@ class Cache:
         return self.index().column("example_id").to_pylist()
 
     def _location_map(self) -> dict[str, tuple[int, int]]:
-        if self._locations is None:
-            table = self.index()
-            ids = table.column("example_id").to_pylist()
-            shards = table.column("shard").to_numpy().tolist()
-            rows = table.column("row").to_numpy().tolist()
-            self._locations = dict(zip(ids, zip(shards, rows)))
-        return self._locations
+        """{example id: (shard, row)} (benchmarks and tests; `_locate` needs no dict)."""
+        table = self.index()
+        return dict(zip(table.column("example_id").to_pylist(),
+                        zip(table.column("shard").to_pylist(), table.column("row").to_pylist())))
 
     def _locate(self, example_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        where = self._location_map()
-        missing = [eid for eid in example_ids if eid not in where]
-        if missing:
+        """The shard and row of each id: a hash lookup in the index's id column (pyarrow), no
+        Python object per cached example."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        table = self.index()
+        found = pc.index_in(pa.array(example_ids, pa.string()),
+                            value_set=table.column("example_id"))
+        if found.null_count:
+            missing = [eid for eid, at in zip(example_ids, found.is_null().to_pylist()) if at]
             shown = ", ".join(repr(e) for e in missing[:5])
             raise MissingTargetError(
                 f"{len(missing)} of {len(example_ids)} example ids are not in the cache at "
                 f"{self.path} (e.g. {shown}): was it extracted for this dataset split (and "
                 "without --limit)?")
-        pairs = np.array([where[eid] for eid in example_ids], dtype=np.int64).reshape(-1, 2)
-        return pairs[:, 0], pairs[:, 1]
+        at = found.to_numpy(zero_copy_only=False).astype(np.int64)
+        shards = table.column("shard").to_numpy().astype(np.int64)
+        rows = table.column("row").to_numpy().astype(np.int64)
+        return shards[at], rows[at]
 
     # ------------------------------------------------------------------ arrays
 
@@ -167,39 +172,47 @@ class Cache:
         return out
 
     def load_targets(self, example_ids: Sequence[str], *, progress: bool = False,
-                     needs: Sequence[str] | None = None) -> Targets:
+                     needs: Sequence[str] | None = None,
+                     choose_words: ChooseWords | None = None) -> Targets:
         """Teacher targets of `example_ids`, rows in that order (see `Targets`).
 
         One pass over the needed shards in order. Per shard, the needed rows of each array are
         read in one batched, sorted request (whole arrays when most rows are needed; never one
         read per row), then gathered in memory. fp16 features come back as float32. A cache of
-        another format version is refused (`check_format_version`)."""
+        another format version is refused (`check_format_version`). With `choose_words`, of
+        the per-word features only those of the words it picks are read (token selection)."""
         check_format_version(self.manifest, self.path)
         ids = list(example_ids)
         shard_of, row_of = self._locate(ids)
         return gather_targets(ids, shard_of, row_of, shards=self.shards, manifest=self.manifest,
                               read_rows=self._read_rows, where=self.path, progress=progress,
-                              needs=needs)
+                              needs=needs, choose_words=choose_words)
 
     def _read_rows(self, entry: dict[str, Any],
                    rows: dict[str, np.ndarray | None]) -> dict[str, np.ndarray]:
-        self.check_whole(entry)
+        self.check_whole(entry, rows)
         return self.backend.read_rows(self._shard_path(entry), rows)
 
-    def check_whole(self, entry: dict[str, Any]) -> None:
-        """Once per shard and process, before its rows are read: none of its chunks was lost
-        (a lost Zarr chunk reads back as zeros). Shards of caches written before every chunk
-        was stored (no extraction stamp) are not checked."""
+    def check_whole(self, entry: dict[str, Any], names: Iterable[str] | None = None) -> None:
+        """Once per shard, array and process, before its rows are read: none of the chunks of
+        the arrays `names` (default: all) was lost (a lost Zarr chunk reads back as zeros).
+        Shards of caches written before every chunk was stored (no extraction stamp) are not
+        checked."""
         index = int(entry["index"])
-        if index in self._whole or STAMP not in entry:
+        if STAMP not in entry:
             return
-        lost = self.backend.missing_chunks(self._shard_path(entry), entry.get("arrays", {}))
+        stored = entry.get("arrays", {})
+        unchecked = [n for n in (stored if names is None else names)
+                     if n in stored and (index, n) not in self._whole]
+        if not unchecked:
+            return
+        lost = self.backend.missing_chunks(self._shard_path(entry), unchecked)
         if lost:
             shown = ", ".join(f"{name} ({n})" for name, n in sorted(lost.items()))
             raise CacheCorruptError(f"{self.path}: shard {index} has lost stored chunks of "
                                     f"{shown}, which would read back as zeros: run `madcache "
                                     f"cache verify {self.path}` and re-extract")
-        self._whole.add(index)
+        self._whole.update((index, n) for n in unchecked)
 
     # ------------------------------------------------------------------ checks and info
 

@@ -21,9 +21,23 @@ class WordTargets:
     yake: np.ndarray         # [T] float32: 1 / (1 + YAKE score), max over containing keywords
     score: np.ndarray        # [T] float32: combine_scores(vr, yake) per text
     truncated: np.ndarray    # [T] bool: the word fell (partly) beyond the teacher's context
+    # None: `feat` holds every word's features. Else the sorted flat word indices whose features
+    # `feat` holds, one row each (`load_targets(..., choose_words=)` read only those).
+    feat_rows: np.ndarray | None = None
 
     def text_slice(self, row: int) -> slice:
         return slice(int(self.offsets[row]), int(self.offsets[row + 1]))
+
+    def features(self, words: np.ndarray) -> np.ndarray:
+        """The features of the flat word indices `words` (each must have been read)."""
+        words = np.asarray(words, dtype=np.int64)
+        if self.feat_rows is None:
+            return self.feat[words]
+        at = np.searchsorted(self.feat_rows, words)
+        if len(words) and (at.max() >= len(self.feat_rows)
+                           or not np.array_equal(self.feat_rows[at], words)):
+            raise KeyError("features of words that were not read (not chosen at load time)")
+        return self.feat[at]
 
 
 @dataclass

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Word:
     """One word of a `Text`: its characters `text == owner.text[start:end]`.
 
@@ -35,7 +35,7 @@ def split_words(text: str) -> tuple[Word, ...]:
     return tuple(Word(m.group(), m.start(), m.end()) for m in _WORD.finditer(text))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Text:
     """A string and its words with character spans (validated on construction)."""
 
@@ -58,7 +58,7 @@ class Text:
         return Text(self.text + sep + other.text, self.words + moved)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Example:
     """One scored item of a dataset.
 

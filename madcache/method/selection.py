@@ -31,19 +31,18 @@ class SelectedWords:
     mask: np.ndarray   # [N, C, m] bool
 
 
-def select_words(words: WordTargets, *, num_examples: int, num_choices: int, m: int,
-                 generator: torch.Generator | None = None) -> SelectedWords:
-    """Token selection (TS), done once at load time: per text row take the top-m words by the
-    cached combined score S_j (or m random words when `generator` is given: the ablation control).
+def choose_words(words: WordTargets, *, m: int, generator: torch.Generator | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Token selection (TS) from the cached scores alone (no features needed): per text row the
+    top-m words by the combined score S_j (or m random words when `generator` is given: the
+    ablation control), as flat word indices `[rows, m]` (0 where `mask` is False) and `mask`.
 
     Words the teacher truncated are never selected (their feature is incomplete). Top-m picks
     only words with a positive score (stopwords and punctuation score 0, NaN counts as 0), so a
     text with fewer such words gets fewer than m; random selection draws from all usable words.
     """
-    dim = words.feat.shape[1]
-    rows = num_examples * num_choices
-    feat = np.zeros((rows, m, dim), dtype=np.float32)
-    span = np.zeros((rows, m, 2), dtype=np.int64)
+    rows = len(words.offsets) - 1
+    picked = np.zeros((rows, m), dtype=np.int64)
     mask = np.zeros((rows, m), dtype=bool)
     for row in range(rows):
         sl = words.text_slice(row)
@@ -54,10 +53,21 @@ def select_words(words: WordTargets, *, num_examples: int, num_choices: int, m: 
         else:
             usable = np.flatnonzero(~words.truncated[sl])
             chosen = random_words(len(usable), m, generator)
-        picked = sl.start + usable[chosen.numpy()]
-        k = len(picked)
-        feat[row, :k] = words.feat[picked]
-        span[row, :k] = words.span[picked]
+        k = len(chosen)
+        picked[row, :k] = sl.start + usable[chosen.numpy()]
         mask[row, :k] = True
+    return picked, mask
+
+
+def select_words(words: WordTargets, *, num_examples: int, num_choices: int, m: int,
+                 generator: torch.Generator | None = None) -> SelectedWords:
+    """Token selection (TS), done once at load time: the features and spans of the words
+    `choose_words` picks, dense per text row (zeros where fewer than m were picked)."""
+    picked, mask = choose_words(words, m=m, generator=generator)
+    dim = words.feat.shape[1]
+    feat = np.zeros((len(picked), m, dim), dtype=np.float32)
+    span = np.zeros((len(picked), m, 2), dtype=np.int64)
+    feat[mask] = words.features(picked[mask])
+    span[mask] = words.span[picked[mask]]
     shape = (num_examples, num_choices, m)
     return SelectedWords(feat.reshape(*shape, dim), span.reshape(*shape, 2), mask.reshape(shape))

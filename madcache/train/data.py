@@ -12,10 +12,10 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from madcache.cache.targets import Targets
+from madcache.cache.targets import Targets, WordTargets
 from madcache.data.records import Example
 from madcache.method.methods import Method
-from madcache.method.selection import select_words
+from madcache.method.selection import choose_words, select_words
 
 
 @dataclass
@@ -62,6 +62,22 @@ def targets_to_tensors(targets: Targets, method: Method, *, m: int, logits: str 
         if targets.candidates is not None:
             out.candidates = torch.from_numpy(np.asarray(targets.candidates, dtype=np.int64))
     return out
+
+
+def word_chooser(method: Method, *, m: int, seed: int
+                 ) -> Callable[[WordTargets], np.ndarray] | None:
+    """`Cache.load_targets(..., choose_words=)` for `method`: the flat indices of the words
+    token selection keeps (the same words `targets_to_tensors` then selects), so only their
+    features are read; None when the method distils no words."""
+    if not method.distils_words:
+        return None
+
+    def chosen(words: WordTargets) -> np.ndarray:   # the draw `targets_to_tensors` repeats
+        random = method.selection == "random"
+        picked, mask = choose_words(words, m=m, generator=torch.Generator().manual_seed(seed)
+                                    if random else None)
+        return picked[mask]
+    return chosen
 
 
 @dataclass

@@ -24,7 +24,7 @@ from madcache.method.methods import AF, TASK, Method, check_targets, get_method
 from madcache.students.base import RegionInputs
 from madcache.students.visual import loader_for, region_store_for, visual_loader
 from madcache.train.config import TrainConfig
-from madcache.train.data import BatchTargets, DataSource, targets_to_tensors
+from madcache.train.data import BatchTargets, DataSource, targets_to_tensors, word_chooser
 from madcache.train.distributed import main_first
 
 
@@ -234,7 +234,9 @@ def target_loader(config: TrainConfig, method: Method, cache,
         if not method.distils:
             return None
         ids = [key(ex) for ex in examples]
-        targets = cache.load_targets(ids, needs=method.needs)   # only what the stage reads
+        targets = cache.load_targets(ids, needs=method.needs,   # only what the stage reads
+                                     choose_words=word_chooser(method, m=config.m,
+                                                               seed=config.seed))
         check_targets(method, targets, cache=config.cache, logits=config.teacher_logits)
         tensors = targets_to_tensors(targets, method, m=config.m, logits=config.teacher_logits,
                                      seed=config.seed)

@@ -198,3 +198,31 @@ def test_load_targets_reads_only_what_a_method_needs(cache, world, monkeypatch, 
         np.testing.assert_array_equal(part.text_eos, full.text_eos)
     if "logits" in needs:
         assert part.logits.keys() == full.logits.keys()
+
+
+@pytest.mark.parametrize("selection", ["top", "random"])
+def test_only_the_chosen_words_features_are_read(cache, world, monkeypatch, selection):
+    """MAD's task stage (issue 30.3): with `choose_words`, word_feat is asked only for the words
+    token selection keeps, and the selected targets equal those of a full load."""
+    from madcache.method.methods import get_method
+    from madcache.train.data import targets_to_tensors, word_chooser
+
+    method = get_method("mad" if selection == "top" else "mad-random").only("task")
+    ids = requested(world)
+    full = targets_to_tensors(cache.load_targets(ids, needs=method.needs), method, m=2,
+                              logits=None, seed=3)
+    asked: list[int] = []
+    real = cache.backend.read_rows
+
+    def spy(path, rows):
+        asked.extend(len(r) for n, r in rows.items() if n == "word_feat")
+        return real(path, rows)
+
+    monkeypatch.setattr(cache.backend, "read_rows", spy)
+    part = cache.load_targets(ids, needs=method.needs,
+                              choose_words=word_chooser(method, m=2, seed=3))
+    kept = targets_to_tensors(part, method, m=2, logits=None, seed=3)
+    assert len(part.words.feat) == len(part.words.feat_rows) == int(full.word_mask.sum())
+    assert 0 < sum(asked) <= int(full.word_mask.sum()) < len(part.words.span)
+    for name in ("word_feat", "word_span", "word_mask", "image", "text_eos"):
+        assert getattr(kept, name).equal(getattr(full, name)), name

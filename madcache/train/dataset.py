@@ -1,0 +1,157 @@
+"""Torch Datasets over a cache split and its dataset records, for notebooks and other trainers.
+
+`CacheDataset` (map-style) and `CacheStream` (iterable) yield `CacheItem`s, an example with its
+teacher targets as tensors (what `madcache train` feeds its losses: `BatchTargets`, token
+selection done), and work with a plain `DataLoader` (`collate_fn=madcache.collate`), its worker
+processes and a `DistributedSampler`.
+
+They live in the training layer, not beside the readers or the cache: `madcache.data` comes
+before the cache in the data flow and may not import it, and the cache layer may not import
+token selection (`madcache.method`), which turns cached words into the selected words' targets.
+Here both are at hand, and the targets are made by the trainer's own `targets_to_tensors`, so a
+notebook's batches hold what a training run's do (docs/notebook.md).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
+
+from madcache.cache.reader import Cache, open_cache
+from madcache.data.records import Example, image_order
+from madcache.method.methods import Method, get_method
+from madcache.train.data import BatchTargets, targets_to_tensors, word_chooser
+
+
+@dataclass
+class CacheItem:
+    """One example and its targets (each tensor with a leading dimension of 1)."""
+
+    example: Example
+    targets: BatchTargets
+
+
+@dataclass
+class CacheBatch:
+    """Collated items: the examples and their targets, rows aligned (`BatchTargets` fields:
+    image [B, Dv], text_eos [B, C, Dt], word_feat [B, C, m, Dt], ...; None when not needed)."""
+
+    examples: list[Example]
+    targets: BatchTargets
+
+    def __getattr__(self, name: str) -> Any:      # batch.image == batch.targets.image
+        if name in {f.name for f in fields(BatchTargets)}:
+            return getattr(self.targets, name)
+        raise AttributeError(name)
+
+
+def collate(items: Sequence[CacheItem]) -> CacheBatch:
+    """`DataLoader(collate_fn=collate)`: the items' targets concatenated row by row."""
+    tensors = {}
+    for field in fields(BatchTargets):
+        parts = [getattr(item.targets, field.name) for item in items]
+        tensors[field.name] = None if parts[0] is None else torch.cat(parts)
+    return CacheBatch([item.example for item in items], BatchTargets(**tensors))
+
+
+class _Split:
+    """What both Datasets share: the split's examples in the cache's order, and the loading of
+    their targets. The cache is opened lazily in each process (worker processes included)."""
+
+    def __init__(self, cache: str | Path | Cache, *, dataset: str | None = None,
+                 root: str | Path | None = None, split: str = "train",
+                 examples: Sequence[Example] | None = None, method: str | Method = "md",
+                 m: int = 2, seed: int = 0, teacher_logits: str | None = None,
+                 read_options: dict[str, Any] | None = None) -> None:
+        self.path = str(cache.path) if isinstance(cache, Cache) else cache   # a dir or a URL
+        self._cache = cache if isinstance(cache, Cache) else None
+        if examples is None:
+            if dataset is None or root is None:
+                raise TypeError("give dataset= and root= (the split's original files), or "
+                                "examples=")
+            from madcache.data import read_examples
+
+            examples = read_examples(dataset, root, split, **(read_options or {})).examples
+        self.examples = image_order(list(examples))   # the cache's order: chunks = shards
+        self.method = get_method(method) if isinstance(method, str) else method
+        self.m, self.seed, self.teacher_logits = m, seed, teacher_logits
+
+    @property
+    def cache(self) -> Cache:
+        if self._cache is None:
+            self._cache = open_cache(self.path)
+        return self._cache
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_cache": None}     # each worker opens its own
+
+    def load(self, examples: Sequence[Example]) -> list[CacheItem]:
+        """The items of `examples`, their targets read in one `load_targets` call."""
+        ids = [ex.id for ex in examples]
+        targets = self.cache.load_targets(ids, needs=self.method.needs,
+                                          choose_words=word_chooser(self.method, m=self.m,
+                                                                    seed=self.seed))
+        tensors = targets_to_tensors(targets, self.method, m=self.m, logits=self.teacher_logits,
+                                     seed=self.seed)
+        return [CacheItem(ex, tensors.rows(torch.tensor([i]))) for i, ex in enumerate(examples)]
+
+
+class CacheDataset(_Split, Dataset):
+    """Map-style: `dataset[i]` is the i-th example of the split (in the cache's order) with its
+    targets. A `DataLoader` with a batch size fetches a batch's indices at once
+    (`__getitems__`): one batched read of just those rows, so any sampler (shuffling,
+    `DistributedSampler`) reads each example once per epoch.
+
+    `cache` is a path or an opened `Cache`; the examples come from `dataset`/`root`/`split`
+    (read with `read_options`), or are given as `examples`. `method` ("md", "mad", ... or a
+    `Method`) decides which targets are read (its `needs`); `m`, `seed`, `teacher_logits` are
+    the training settings of the same names (token selection, confidence weighting)."""
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> CacheItem:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[CacheItem]:
+        return self.load([self.examples[i] for i in indices])
+
+
+class CacheStream(_Split, IterableDataset):
+    """Iterable: the split in the cache's order, `chunk_size` examples read at once, each chunk
+    once, one chunk in memory at a time. The chunks are dealt round-robin to the DataLoader's
+    workers and, under `torch.distributed` (or with `rank` / `world_size` given), to the ranks:
+    each example is yielded by exactly one worker of one rank. Arguments as `CacheDataset`'s."""
+
+    def __init__(self, cache: str | Path | Cache, *, chunk_size: int = 4096,
+                 rank: int | None = None, world_size: int | None = None, **options: Any) -> None:
+        super().__init__(cache, **options)
+        self.chunk_size = chunk_size
+        self.rank, self.world_size = rank, world_size
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def chunks(self) -> list[Sequence[Example]]:
+        """This worker's chunks of the split."""
+        rank, world = self.rank, self.world_size
+        if rank is None or world is None:
+            distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+            rank = torch.distributed.get_rank() if distributed else 0
+            world = torch.distributed.get_world_size() if distributed else 1
+        worker = get_worker_info()
+        part, parts = rank, world
+        if worker is not None:
+            part, parts = rank * worker.num_workers + worker.id, world * worker.num_workers
+        count = math.ceil(len(self.examples) / self.chunk_size)
+        return [self.examples[i * self.chunk_size:(i + 1) * self.chunk_size]
+                for i in range(part, count, parts)]
+
+    def __iter__(self) -> Iterator[CacheItem]:
+        for chunk in self.chunks():
+            yield from self.load(chunk)
