@@ -22,6 +22,7 @@ from madcache.cache.manifest import (FORMAT_VERSION, STATE_COMPLETE, fingerprint
                                      read_manifest)
 from madcache.cache.location import as_store, open_location
 from madcache.cache.store import Store, StoreKey
+from madcache.cache.verified import VerifiedShards
 from madcache.cache.verify import open_problems, read_index_or_none
 from madcache.cache.targets import Targets
 from madcache.core.errors import CacheCorruptError, CacheError, FingerprintMismatchError, \
@@ -85,6 +86,7 @@ class Cache:
         self._locations: dict[str, tuple[int, int]] | None = None
         self._shards: list[dict[str, Any]] | None = None
         self._whole: set[int] = set()         # shards checked to have every stored chunk
+        self.verified = VerifiedShards(self)  # arrays checked against their sha256s
 
     @property
     def format(self) -> str:
@@ -183,7 +185,7 @@ class Cache:
 
     def _read_rows(self, entry: dict[str, Any],
                    rows: dict[str, np.ndarray | None]) -> dict[str, np.ndarray]:
-        self.check_whole(entry)
+        self.verified.check(entry, rows)
         return self.backend.read_rows(self._shard_path(entry), rows)
 
     def check_whole(self, entry: dict[str, Any]) -> None:

@@ -40,6 +40,7 @@ from madcache.students.region_extractors import (GEOMETRY_DIM, WHOLE_IMAGE, Imag
                                                  grid_boxes)
 
 KIND = "regions"
+ARRAYS = ("example_id", "region_offsets", "region_feat", "region_boxes")   # what `load` reads
 BOX_RULE = "metadata boxes after the whole image, else grid (1, 2, 3)"
 
 __all__ = ["GEOMETRY_DIM", "box_geometry", "grid_boxes", "image_boxes", "image_items",
@@ -52,11 +53,19 @@ __all__ = ["GEOMETRY_DIM", "box_geometry", "grid_boxes", "image_boxes", "image_i
 def ground_truth_boxes(root: str | Path, example: Example) -> np.ndarray | None:
     """The normalised metadata boxes of `example`'s image in object order (VCR: object i is
     `person{i+1}` and region i + 1), or None for a dataset without boxes."""
+    meta = _metadata(root, example)
+    return None if meta is None else _normalised(meta)
+
+
+def _metadata(root: str | Path, example: Example):
     if example.meta_path is None:
         return None
     from madcache.data.vcr import load_vcr_metadata
 
-    meta = load_vcr_metadata(root, example)
+    return load_vcr_metadata(root, example)
+
+
+def _normalised(meta) -> np.ndarray:
     scale = np.array([meta.width, meta.height, meta.width, meta.height], np.float32)
     return np.clip(meta.boxes[:, :4] / scale, 0.0, 1.0).astype(np.float32)
 
@@ -71,7 +80,8 @@ def image_boxes(root: str | Path, example: Example, max_regions: int) -> np.ndar
 
 def image_items(root: str | Path, examples: Sequence[Example],
                 max_regions: int) -> Iterator[ImageItem]:
-    """One item per unique image id, in order of first appearance (boxes read lazily)."""
+    """One item per unique image id, in order of first appearance (boxes read lazily). An image
+    with metadata carries the size the metadata gives, which its pixels must have."""
     from madcache.data.paths import safe_join
 
     first: dict[str, Example] = {}
@@ -79,9 +89,14 @@ def image_items(root: str | Path, examples: Sequence[Example],
         first.setdefault(example.image_id, example)
     for image_id, example in first.items():
         path = safe_join(root, example.image_path, field="image_path")
-        gt = ground_truth_boxes(root, example)
-        boxes = grid_boxes() if gt is None else np.concatenate([WHOLE_IMAGE, gt])
-        yield ImageItem(image_id, path, boxes[:max_regions], gt)
+        meta = _metadata(root, example)
+        if meta is None:
+            yield ImageItem(image_id, path, grid_boxes()[:max_regions])
+            continue
+        gt = _normalised(meta)
+        yield ImageItem(image_id, path, np.concatenate([WHOLE_IMAGE, gt])[:max_regions], gt,
+                        size=(meta.width, meta.height),
+                        size_from=safe_join(root, example.meta_path, field="metadata_fn"))
 
 
 # ----------------------------------------------------------------------------- writing
@@ -293,7 +308,7 @@ class RegionStore:
         entries = {int(e["index"]): e for e in self.cache.shards}
         out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for shard in sorted({where[i][0] for i in wanted}):
-            self.cache.check_whole(entries[shard])
+            self.cache.verified.check(entries[shard], ARRAYS)
             path = self.path / entries[shard]["name"]
             ids = sorted({i for i in wanted if where[i][0] == shard}, key=lambda i: where[i][1])
             offsets = self.cache.backend.read(path, ["region_offsets"])["region_offsets"]

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -115,7 +116,7 @@ def test_index_rows_pointing_at_other_examples_are_refused_at_open(root):
 
 def test_swapped_shards_are_caught_when_targets_load(root, fmt, world):
     """Manifest and index agree with each other, but the shard directories were swapped: the
-    reader notices when the rows it reads hold other ids than the index promised."""
+    reader's checksum check refuses the first shard it reads, before any row is used."""
     from madcache.cache.backends import get_backend
 
     backend = get_backend(fmt)
@@ -124,15 +125,40 @@ def test_swapped_shards_are_caught_when_targets_load(root, fmt, world):
     one.rename(zero)
     (root / "swap").rename(one)
     cache = open_cache(root)
-    with pytest.raises(CacheCorruptError, match=r"(points \d+ id\(s\) of shard 0 at rows "
-                                                r"holding other examples|shard 0 of .* does not "
-                                                r"hold what the manifest describes).*madcache "
-                                                r"cache verify"):
-        cache.load_targets([e.id for e in world.shards[0]])
-    with pytest.raises(CacheCorruptError, match=r"points 1 id\(s\) of shard 1 at rows holding "
-                                                r"other examples"):
-        cache.load_targets([world.shards[1][0].id])     # row 0 exists in both shards
+    for shard, ids in ((0, [e.id for e in world.shards[0]]), (1, [world.shards[1][0].id])):
+        with pytest.raises(CacheCorruptError, match=rf"shard {shard} does not hold what its "
+                                                    r"extraction recorded: \w+ (has shape|"
+                                                    r"checksum mismatch).*madcache cache verify"):
+            cache.load_targets(ids)
     assert any("checksum mismatch" in p for p in verify_cache(root))
+
+
+def test_each_array_of_a_shard_is_verified_once_per_process(root, fmt, world, monkeypatch):
+    """Verified reads cost one whole read of each needed array per shard and process: loading
+    the same rows again (or others of that shard) checks nothing twice; an array first needed
+    later is checked then."""
+    import madcache.cache.verified as verified
+
+    cache = open_cache(root)
+    checked = []
+    original = verified.array_problems
+    monkeypatch.setattr(verified, "array_problems",
+                        lambda name, *a: checked.append(name) or original(name, *a))
+    ids = [e.id for e in world.shards[0]]
+    first = cache.load_targets(ids, needs=("image",))
+    assert sorted(checked) == ["example_id", "example_image", "image_feat"]
+    cache.load_targets(ids[:2], needs=("image",))
+    assert len(checked) == 3
+    again = cache.load_targets(ids, needs=("image", "text_eos"))
+    assert sorted(checked[3:]) == ["example_texts", "text_eos"]
+    np.testing.assert_array_equal(again.image, first.image)
+    assert list(cache.verified.record()) == [backend_name(fmt, 0)]
+
+
+def backend_name(fmt: str, shard: int) -> str:
+    from madcache.cache.backends import get_backend
+
+    return get_backend(fmt).shard_path(Path("."), shard).name
 
 
 @pytest.mark.parametrize("edit, match", [

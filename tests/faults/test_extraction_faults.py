@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -225,3 +226,46 @@ def test_a_refused_shard_write_is_one_line_and_the_cache_resumes(tmp_path, snli_
     monkeypatch.setattr(CacheWriter, "write_shard", real)
     extract(config(snli_root, tiny_clip, out))
     assert_same_cache(out, reference)
+
+
+# ----------------------------------------------------------------------------- image metadata
+
+def _vcr_copy(tmp_path, demo_root):
+    """The demo VCR train split cut to its first record, and that record's image and
+    metadata paths."""
+    root = tmp_path / "vcr"
+    shutil.copytree(demo_root / "vcr", root)
+    first = (root / "train.jsonl").read_text().splitlines()[0]
+    (root / "train.jsonl").write_text(first + "\n")
+    record = json.loads(first)
+    return root, root / "vcr1images" / record["img_fn"], root / "vcr1images" / \
+        record["metadata_fn"]
+
+
+def _change_box(meta, box) -> None:
+    data = json.loads(meta.read_text())
+    data["boxes"][0] = box
+    meta.write_text(json.dumps(data).replace("Infinity", "1e999"))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda image, meta: __import__("PIL.Image").Image.new("RGB", (1, 1)).save(image),
+     "the image is 1x1 pixels but its metadata"),
+    (lambda image, meta: _change_box(meta, [40, 30, 10, 50, 0.9]), "box 0 is inverted"),
+    (lambda image, meta: _change_box(meta, [0, 0, float("inf"), 9, 0.9]),
+     "box 0 holds a non-finite number"),
+])
+def test_an_image_that_disagrees_with_its_metadata_is_refused_by_regions(tmp_path, demo_root,
+                                                                         faults, damage,
+                                                                         message):
+    """Issue 31.5: pixels of another size than the metadata says (1x1 vs 96x96), an inverted
+    box, an infinite coordinate: `madcache regions` refuses the image in one line naming the
+    file, and stores nothing."""
+    root, image, meta = _vcr_copy(tmp_path, demo_root)
+    damage(image, meta)
+    out = tmp_path / "regions"
+    line = faults.one_line_error(faults.invoke("regions", "--dataset", "vcr", "--root", root,
+                                               "--split", "train", "--extractor", "boxcrop",
+                                               "--out", out, "--no-progress"))
+    assert message in line and (image.name in line or meta.name in line)
+    assert not list(out.glob("shard-*"))
