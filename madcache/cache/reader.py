@@ -15,7 +15,7 @@ import numpy as np
 
 from madcache.cache import index as cache_index
 from madcache.cache.backends import Backend, get_backend
-from madcache.cache.commits import STAMP, read_commits
+from madcache.cache.commits import read_commits
 from madcache.cache.fingerprint import diff_fingerprints, resolved_read_options
 from madcache.cache.gather import gather_targets
 from madcache.cache.manifest import (FORMAT_VERSION, STATE_COMPLETE, fingerprint_digest,
@@ -85,7 +85,6 @@ class Cache:
         self._index = index
         self._locations: dict[str, tuple[int, int]] | None = None
         self._shards: list[dict[str, Any]] | None = None
-        self._whole: set[int] = set()         # shards checked to have every stored chunk
         self.verified = VerifiedShards(self)  # arrays checked against their sha256s
 
     @property
@@ -187,21 +186,6 @@ class Cache:
                    rows: dict[str, np.ndarray | None]) -> dict[str, np.ndarray]:
         self.verified.check(entry, rows)
         return self.backend.read_rows(self._shard_path(entry), rows)
-
-    def check_whole(self, entry: dict[str, Any]) -> None:
-        """Once per shard and process, before its rows are read: none of its chunks was lost
-        (a lost Zarr chunk reads back as zeros). Shards of caches written before every chunk
-        was stored (no extraction stamp) are not checked."""
-        index = int(entry["index"])
-        if index in self._whole or STAMP not in entry:
-            return
-        lost = self.backend.missing_chunks(self._shard_path(entry), entry.get("arrays", {}))
-        if lost:
-            shown = ", ".join(f"{name} ({n})" for name, n in sorted(lost.items()))
-            raise CacheCorruptError(f"{self.path}: shard {index} has lost stored chunks of "
-                                    f"{shown}, which would read back as zeros: run `madcache "
-                                    f"cache verify {self.path}` and re-extract")
-        self._whole.add(index)
 
     # ------------------------------------------------------------------ checks and info
 

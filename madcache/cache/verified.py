@@ -1,5 +1,6 @@
 """Verified reads (issue 31.1): a process reads a shard's arrays only after checking them against
-the sha256s its extraction recorded, once per shard and array, and keeps what it verified.
+the sha256s its extraction recorded, once per shard and array, and keeps what it verified. A
+lost Zarr chunk (read back as zeros) fails the same check, and is named as lost.
 
 The recorded sha256s are the manifest's shard entries (each a copy of the shard's commit
 record), the ones `madcache cache verify` checks: the comparison is `verify.array_problems`, one
@@ -33,7 +34,6 @@ class VerifiedShards:
         """Before the arrays `names` of the shard `entry` (its manifest entry) are read: none of
         its chunks was lost and, the first time each array is asked for, its stored values hash
         to the sha256 the extraction recorded. A mismatch is one `CacheCorruptError` line."""
-        self.cache.check_whole(entry)
         index = int(entry["index"])
         done = self.done.setdefault(index, {})
         todo = sorted(set(names) - set(done))
@@ -52,9 +52,21 @@ class VerifiedShards:
         problems += [p for name, array in arrays.items()
                      for p in array_problems(name, array, records[name])]
         if problems:
-            self._refuse(index, problems[0] + (f" (and {len(problems) - 1} more)"
-                                               if len(problems) > 1 else ""))
+            self._refuse(index, self._lost(entry, todo) or problems[0] + (
+                f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
         done.update({name: records[name]["sha256"] for name in arrays})
+
+    def _lost(self, entry: dict[str, Any], names: list[str]) -> str | None:
+        """Why a checksum failed when a stored chunk is absent: a lost Zarr chunk reads back as
+        zeros (every chunk is written, `write_empty_chunks`, so an absent one was lost)."""
+        try:
+            lost = self.cache.backend.missing_chunks(self.cache.path / entry["name"], names)
+        except Exception:  # the shard is damaged in another way: the checksum says it
+            return None
+        if not lost:
+            return None
+        shown = ", ".join(f"{name} ({n})" for name, n in sorted(lost.items()))
+        return f"it has lost stored chunks of {shown}, which would read back as zeros"
 
     def _refuse(self, index: int, problem: str) -> None:
         where = self.cache.path

@@ -278,7 +278,8 @@ def test_a_lost_zarr_chunk_is_refused_not_read_as_zeros(tmp_path, train_world, f
     chunk.unlink()
     out = tmp_path / "run"
     line = faults.one_line_error(faults.invoke(*faults.train_args(world, out)))
-    assert f"shard 0 has lost stored chunks of {array} (1)" in line and "verify" in line
+    assert f"shard 0 does not hold what its extraction recorded: it has lost stored chunks of "\
+        f"{array} (1)" in line and "verify" in line
     assert not (out / "metrics.json").exists()
 
 
