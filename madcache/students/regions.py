@@ -295,16 +295,21 @@ class RegionStore:
     def image_ids(self) -> list[str]:
         return list(self._locations())
 
-    def load(self, image_ids: Iterable[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """{image id: (features [R, Dr] float32, normalised boxes [R, 4] float32)}; per shard,
-        only the wanted images' rows are read (one batched request, never a read per image)."""
-        wanted = list(dict.fromkeys(image_ids))
+    def check_holds(self, image_ids: Iterable[str]) -> None:
+        """Refuse image ids the store does not hold (built for another split?)."""
         where = self._locations()
-        missing = [i for i in wanted if i not in where]
+        missing = [i for i in image_ids if i not in where]
         if missing:
             raise CacheError(f"{len(missing)} image(s) are not in the region store {self.path} "
                              f"(e.g. {', '.join(map(repr, missing[:5]))}): build it for this "
                              "dataset split")
+
+    def load(self, image_ids: Iterable[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """{image id: (features [R, Dr] float32, normalised boxes [R, 4] float32)}; per shard,
+        only the wanted images' rows are read (one batched request, never a read per image)."""
+        wanted = list(dict.fromkeys(image_ids))
+        self.check_holds(wanted)
+        where = self._locations()
         entries = {int(e["index"]): e for e in self.cache.shards}
         out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for shard in sorted({where[i][0] for i in wanted}):

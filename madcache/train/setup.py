@@ -115,6 +115,7 @@ def verify_reads(cache, stages: list[tuple[Method, list[str]]], store,
                 cache.verified.ahead(ids, arrays_for(stage.needs, names) | {"example_id"})
         reads["cache"] = cache.verified.record()
     if store is not None:
+        store.check_holds(sorted(image_ids))      # before training, not at the first eval
         store.cache.verified.ahead(image_ids, ARRAYS)
         reads["regions"] = store.cache.verified.record()
     return reads

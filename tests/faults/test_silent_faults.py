@@ -75,6 +75,25 @@ def test_a_value_changed_after_extraction_is_refused_before_training(tmp_path, t
     assert not out.exists()                         # refused before anything was recorded
 
 
+def test_eval_images_missing_from_the_region_store_are_refused_before_training(tmp_path,
+                                                                              train_world,
+                                                                              faults):
+    """The region store must hold the eval split's images too: refused before the first step
+    (it was refused at the first validation, after training), and nothing is written."""
+    root = tmp_path / "snli"
+    shutil.copytree(train_world.root, root)
+    shutil.copy(root / "images" / "1000.jpg", root / "images" / "2000.jpg")
+    (root / "snli_ve_dev.jsonl").write_text(json.dumps(
+        {"Flickr30K_ID": "2000", "gold_label": "neutral", "pairID": "2000.jpg#0r1n",
+         "sentence2": "a hypothesis"}) + "\n")
+    world = type(train_world)(**{**vars(train_world), "root": root})
+    out = tmp_path / "run"
+    line = faults.one_line_error(faults.invoke(*faults.train_args(world, out),
+                                               "--eval-split", "dev"))
+    assert "1 image(s) are not in the region store" in line and "'2000'" in line
+    assert not out.exists()
+
+
 def test_a_run_records_the_shards_it_verified(tmp_path, train_world, faults):
     """inputs.json names every shard the run read, with the digest of the sha256s it checked;
     each shard is read for verification once per process."""
