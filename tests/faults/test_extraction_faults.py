@@ -269,3 +269,38 @@ def test_an_image_that_disagrees_with_its_metadata_is_refused_by_regions(tmp_pat
                                                "--out", out, "--no-progress"))
     assert message in line and (image.name in line or meta.name in line)
     assert not list(out.glob("shard-*"))
+
+
+KILL_A_WORKER = """
+import os, signal, sys
+import torch
+import madcache.extraction.jobs as jobs
+get = jobs.JobDataset.__getitem__
+def dying(self, job):
+    if torch.utils.data.get_worker_info() is not None and job.shard == 1:
+        os.kill(os.getpid(), signal.SIGKILL)         # as the kernel's OOM killer would
+    return get(self, job)
+jobs.JobDataset.__getitem__ = dying
+from madcache.cli import main
+sys.argv = ["madcache", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_killed_data_loading_worker_is_one_line_and_the_cache_resumes(tmp_path, snli_root,
+                                                                        tiny_clip, faults,
+                                                                        reference):
+    import subprocess
+    import sys
+
+    out = tmp_path / "cache"
+    args = faults.extract_args(snli_root, out, tiny_clip, "--workers", "1")
+    result = subprocess.run([sys.executable, "-c", KILL_A_WORKER, *map(str, args)],
+                            env=faults.child_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert f"extracting into {out}: a data-loading worker process died" in lines[0]
+    assert "Rerun the same command" in lines[0]
+    assert faults.invoke(*args).exit_code == 0
+    assert_same_cache(out, reference)
