@@ -330,6 +330,43 @@ def test_snli_ve_image_keys_that_disagree_are_a_bad_record(tmp_path):
     assert "name different images (1, 2)" in result.skipped[0].reason
 
 
+def _demo_vcr_lines(demo_root, tmp_path, change):
+    """A copy of the demo VCR train split (annotations only) whose second record `change`d."""
+    root = tmp_path / "vcr"
+    root.mkdir()
+    lines = (demo_root / "vcr" / "train.jsonl").read_text().splitlines()
+    record = json.loads(lines[1])
+    change(record)
+    lines[1] = json.dumps(record)
+    (root / "train.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.mark.parametrize("change, message, field", [
+    (lambda r: r.pop("rationale_label"), "has answer_label but no rationale_label",
+     "rationale_label"),
+    (lambda r: r.update(annot_id=r["annot_id"] + "\x00"), "holds a NUL character", None),
+    (lambda r: r["answer_choices"][0].append("a\x00b"), "holds a NUL character", None),
+])
+def test_a_record_training_would_refuse_is_refused_by_every_reader(demo_root, tmp_path, faults,
+                                                                   change, message, field):
+    """One reader for every command: `data stats` and `data lowshot` counted a VCR record
+    without a rationale label (or with a NUL in its id) that training refused; now each names
+    the file and line."""
+    from madcache.core.errors import DataError
+    from madcache.data import read_examples
+
+    root = _demo_vcr_lines(demo_root, tmp_path, change)
+    with pytest.raises(DataError, match=message) as raised:
+        read_examples("vcr", root, "train")
+    assert (raised.value.line, raised.value.field) == (2, field)
+    for args in (["stats"], ["lowshot", "--per-category", "1", "--seed", "0", "--out", tmp_path / "s.json"]):
+        line = faults.one_line_error(faults.invoke("data", *args, "--dataset", "vcr", "--root",
+                                                   root, "--split", "train"))
+        assert message in line and "train.jsonl:2" in line
+    assert len(read_examples("vcr", root, "train", skip_bad=True).skipped) == 1
+
+
 def test_a_vqa_annotation_without_ten_answers_is_a_bad_record(demo_root, tmp_path):
     from madcache.core.errors import DataError
     from madcache.data import read_examples
