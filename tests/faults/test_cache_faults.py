@@ -284,3 +284,56 @@ def test_a_writer_killed_before_its_commit_leaves_no_data_a_reader_takes(tmp_pat
         resumed.write_shard(s, world.shard_arrays(s), world.index_columns(s))
     resumed.finish()
     assert verify_cache(root) == []
+
+
+class _Touch:
+    """Unpickling this creates the file `path`: the sign that a pickle ran."""
+
+    def __init__(self, path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def _pickle_shard(shard: Path, marker: Path) -> None:
+    """Rewrite a Zarr shard as a Zarr v2 group whose `example_id` is an object array behind
+    numcodecs' pickle filter (its chunk would create `marker` if unpickled); the numeric
+    arrays are kept as v2 arrays."""
+    import pickle
+
+    import zarr
+
+    source = zarr.open_group(str(shard), mode="r")
+    arrays = {name: np.asarray(node[...]) for name, node in source.members(max_depth=None)
+              if isinstance(node, zarr.Array)}
+    shutil.rmtree(shard)
+    group = zarr.open_group(str(shard), mode="w", zarr_format=2)
+    for name, array in arrays.items():
+        if array.dtype.kind not in "UOT":
+            group.create_array(name, shape=array.shape, dtype=array.dtype, chunks=array.shape,
+                               compressors=None, filters=None)[...] = array
+    (shard / "example_id").mkdir()
+    n = len(arrays["example_id"])
+    (shard / "example_id" / ".zarray").write_text(json.dumps(
+        {"zarr_format": 2, "shape": [n], "chunks": [n], "dtype": "|O", "compressor": None,
+         "fill_value": 0, "filters": [{"id": "pickle", "protocol": 4}], "order": "C"}))
+    (shard / "example_id" / "0").write_bytes(pickle.dumps(np.array([_Touch(marker)] * n,
+                                                                   dtype=object)))
+
+
+def test_a_zarr_v2_shard_with_a_pickle_codec_is_one_line_and_never_unpickled(tmp_path, world,
+                                                                            faults):
+    root = tmp_path / "c"
+    faults.write_world(root, world, fmt="zarr")
+    marker = tmp_path / "unpickled"
+    _pickle_shard(root / "shard-00000.zarr", marker)
+    result = CliRunner().invoke(cli, ["cache", "verify", str(root)])
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        "PROBLEM: shard 0: unreadable (ValueError: No Zarr data type found that matches "
+        "{'name': '|O', 'object_codec_id': 'pickle'})", f"1 problem(s) in {root}"]
+    with pytest.raises(CacheCorruptError, match="shard 0 does not hold what its extraction "
+                                                "recorded: unreadable") as raised:
+        open_cache(root).load_targets([e.id for e in world.shards[0]])
+    assert "\n" not in str(raised.value) and not marker.exists()
