@@ -233,7 +233,7 @@ def build_region_store(**values: Any) -> dict[str, Any]:
                disable=not config.progress)
     written = 0
     for index, ids in enumerate(shards):
-        if index in done:
+        if index in done or not claim_unwritten(writer, index):
             bar.update(len(ids))
             continue
         regions = []
@@ -249,6 +249,17 @@ def build_region_store(**values: Any) -> dict[str, Any]:
     writer.finish(summary=summary)
     return {"path": str(path), **summary, "shards_written": written,
             "shards_reused": len(shards) - written}
+
+
+def claim_unwritten(writer, index: int) -> bool:
+    """Take shard `index` unless another process committed it (waiting while one writes it):
+    two `madcache regions` into one store share the work, as extraction ranks do, instead of
+    rewriting each other's shards (a shard being rewritten is uncommitted meanwhile)."""
+    writer.claim(index, wait=True)
+    if writer.is_committed(index):
+        writer.release(index)
+        return False
+    return True
 
 
 # ----------------------------------------------------------------------------- reading

@@ -304,3 +304,27 @@ def test_a_killed_data_loading_worker_is_one_line_and_the_cache_resumes(tmp_path
     assert "Rerun the same command" in lines[0]
     assert faults.invoke(*args).exit_code == 0
     assert_same_cache(out, reference)
+
+
+def test_two_region_builds_into_one_store_share_the_shards(tmp_path, snli_root, faults):
+    """Two `madcache regions` started at once into one --out: every shard is written once (the
+    second waits for the first's claim, then skips the committed shard), both report the
+    same store, and it verifies. Before, each rewrote the other's shards, and one reported a
+    region count read while a shard was uncommitted."""
+    import re
+    import subprocess
+    import sys
+
+    out = tmp_path / "regions"
+    args = [sys.executable, "-m", "madcache", "regions", "--dataset", "snli-ve", "--root",
+            str(snli_root), "--split", "train", "--out", str(out), "--shard-size", "2",
+            "--no-progress"]
+    children = [subprocess.Popen(args, env=faults.child_env(), stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [child.communicate(timeout=300) for child in children]
+    assert [c.returncode for c in children] == [0, 0], outputs
+    counts = [re.search(r"(\d+) images, (\d+) regions \((\d+) shards written, (\d+) reused",
+                        stdout).groups() for stdout, _ in outputs]
+    assert counts[0][:2] == counts[1][:2]
+    assert int(counts[0][2]) + int(counts[1][2]) == 6          # 12 images, 2 per shard
+    assert verify_cache(out) == []
