@@ -109,6 +109,9 @@ class LazyGroup(click.Group):
         except Exception as exc:
             if ctx.find_root().params.get("debug"):
                 raise
+            if isinstance(exc, FileNotFoundError) and NO_TEMP in str(exc):
+                raise UserError(f"{one_line(exc)} (full or read-only?): free space there or "
+                                "set TMPDIR to a writable folder, then rerun") from None
             if isinstance(exc, OSError) and disk_problem(exc):
                 where = exc.filename or output_named(given) or "a file this command writes"
                 raise UserError(f"{where}: {disk_problem(exc)}; free space or fix the "
@@ -119,6 +122,7 @@ class LazyGroup(click.Group):
 
 
 OUTPUT_FLAGS = ("--out", "--output")
+NO_TEMP = "No usable temporary directory"        # tempfile's error when none is writable
 
 
 def output_named(args: list[str]) -> str | None:

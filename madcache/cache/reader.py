@@ -15,13 +15,14 @@ import numpy as np
 
 from madcache.cache import index as cache_index
 from madcache.cache.backends import Backend, get_backend
-from madcache.cache.commits import STAMP, read_commits
+from madcache.cache.commits import read_commits
 from madcache.cache.fingerprint import diff_fingerprints, resolved_read_options
 from madcache.cache.gather import ChooseWords, gather_targets
 from madcache.cache.manifest import (FORMAT_VERSION, STATE_COMPLETE, fingerprint_digest,
                                      read_manifest)
 from madcache.cache.location import as_store, open_location
 from madcache.cache.store import Store, StoreKey
+from madcache.cache.verified import VerifiedShards
 from madcache.cache.verify import open_problems, read_index_or_none
 from madcache.cache.targets import Targets
 from madcache.core.errors import CacheCorruptError, CacheError, FingerprintMismatchError, \
@@ -83,7 +84,7 @@ class Cache:
         self.backend = backend
         self._index = index
         self._shards: list[dict[str, Any]] | None = None
-        self._whole: set[tuple[int, str]] = set()   # (shard, array) checked whole
+        self.verified = VerifiedShards(self)  # arrays checked against their sha256s
 
     @property
     def format(self) -> str:
@@ -190,29 +191,8 @@ class Cache:
 
     def _read_rows(self, entry: dict[str, Any],
                    rows: dict[str, np.ndarray | None]) -> dict[str, np.ndarray]:
-        self.check_whole(entry, rows)
+        self.verified.check(entry, rows)
         return self.backend.read_rows(self._shard_path(entry), rows)
-
-    def check_whole(self, entry: dict[str, Any], names: Iterable[str] | None = None) -> None:
-        """Once per shard, array and process, before its rows are read: none of the chunks of
-        the arrays `names` (default: all) was lost (a lost Zarr chunk reads back as zeros).
-        Shards of caches written before every chunk was stored (no extraction stamp) are not
-        checked."""
-        index = int(entry["index"])
-        if STAMP not in entry:
-            return
-        stored = entry.get("arrays", {})
-        unchecked = [n for n in (stored if names is None else names)
-                     if n in stored and (index, n) not in self._whole]
-        if not unchecked:
-            return
-        lost = self.backend.missing_chunks(self._shard_path(entry), unchecked)
-        if lost:
-            shown = ", ".join(f"{name} ({n})" for name, n in sorted(lost.items()))
-            raise CacheCorruptError(f"{self.path}: shard {index} has lost stored chunks of "
-                                    f"{shown}, which would read back as zeros: run `madcache "
-                                    f"cache verify {self.path}` and re-extract")
-        self._whole.update((index, n) for n in unchecked)
 
     # ------------------------------------------------------------------ checks and info
 

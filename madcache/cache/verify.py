@@ -248,12 +248,13 @@ def _shard_check(backend: Backend, path: Path | StoreKey,
     problems = [f"array {name} is missing" for name in sorted(set(expected) - set(arrays))]
     problems += [f"array {name} is not in the manifest" for name in sorted(set(arrays) - set(expected))]
     for name in sorted(set(expected) & set(arrays)):
-        problems += _array_problems(name, arrays[name], expected[name])
+        problems += array_problems(name, arrays[name], expected[name])
     problems += shard_problems(arrays)
     return problems, arrays.get("example_id")
 
 
-def _array_problems(name: str, array: np.ndarray, record: dict[str, Any]) -> list[str]:
+def array_problems(name: str, array: np.ndarray, record: dict[str, Any]) -> list[str]:
+    """What differs between a stored array and its manifest record (shape, dtype, sha256)."""
     problems = []
     if list(array.shape) != list(record["shape"]):
         problems.append(f"{name} has shape {list(array.shape)}, manifest says {record['shape']}")

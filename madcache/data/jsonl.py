@@ -64,7 +64,23 @@ def iter_json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any] | DataErro
                 yield number, DataError(f"expected a JSON object, got {type(record).__name__}",
                                         file=path, line=number)
                 continue
+            if b"\\u0000" in raw and _holds_nul(record):
+                yield number, DataError("holds a NUL character (\\u0000), which no id or text "
+                                        "of a dataset has (a damaged file?); fix or remove the "
+                                        "line", file=path, line=number)
+                continue
             yield number, record
+
+
+def _holds_nul(value: Any) -> bool:
+    """Whether a NUL character is in any string of a JSON value (keys included)."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False
 
 
 def load_json_file(path: Path) -> Any:

@@ -136,8 +136,13 @@ def validate_record(record: Mapping[str, Any], *, file: object, line: int | None
             raise DataError(f"expected {NUM_CHOICES} choices, got {count}", **where, field=key)
         for c, tokens in enumerate(choices):
             _check_tokens(tokens, objects, {**where, "field": f"{key}[{c}]"})
-    return _check_label(record, "answer_label", where), _check_label(record, "rationale_label",
-                                                                      where)
+    labels = {key: _check_label(record, key, where) for key in ("answer_label", "rationale_label")}
+    given = [key for key, label in labels.items() if label is not None]
+    if len(given) == 1:       # stats and lowshot would count it, training would refuse it
+        missing = next(key for key in labels if key not in given)
+        raise DataError(f"has {given[0]} but no {missing}: a labelled record has both, a test "
+                        "record neither", **where, field=missing)
+    return labels["answer_label"], labels["rationale_label"]
 
 
 # ----------------------------------------------------------------------------- examples

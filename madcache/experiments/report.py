@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from madcache.core.errors import OutputLocationError
-from madcache.core.io import check_output_location, refuse_foreign_file, starts_with
+from madcache.core.io import (atomic_write_text, check_output_location, refuse_foreign_file,
+                              starts_with)
 from madcache.experiments.cells import BASELINE, aggregate, check_baseline, paired_cells
 from madcache.experiments.plots import plot_cells
 from madcache.experiments.runs import RunRecord, collect_runs, collect_zero_shot
@@ -49,7 +50,7 @@ def build_report(runs_dir: str | Path, *, out: str | Path | None = None, plots: 
     check_report_location(out, records)
     out.mkdir(parents=True, exist_ok=True)
     markdown = markdown_report(cells, records, zero_shot, baseline=baseline)
-    (out / "report.md").write_text(markdown, encoding="utf-8")
+    atomic_write_text(out / "report.md", markdown)
     write_csv(out / "report.csv", CELL_FIELDS, cell_rows(cells, zero_shot))
     write_csv(out / "paired.csv", PAIRED_FIELDS, paired_rows(cells, pairs))
     write_csv(out / "runs.csv", RUN_FIELDS, run_rows(records))

@@ -7,10 +7,12 @@ commit, CW firing rates, config)."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from madcache.core.io import atomic_write_text
 from madcache.evaluation.zeroshot import teachers_label, zero_shot_markdown
 from madcache.experiments.cells import (BASELINE, Cell, CellKey, CwKey, Pairing, Setting,
                                         cw_cells, ordered_keys, paired_cells, row_order, rows,
@@ -231,8 +233,10 @@ def run_rows(records: Sequence[RunRecord]) -> list[dict[str, Any]]:
 
 
 def write_csv(path: Path, fields: Sequence[str], data: Iterable[Mapping[str, Any]]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(fields))
-        writer.writeheader()
-        for item in data:
-            writer.writerow({k: "" if item.get(k) is None else item.get(k) for k in fields})
+    """Atomic: a refused write (a full disk) leaves the old file or none, never half of one."""
+    handle = io.StringIO(newline="")
+    writer = csv.DictWriter(handle, fieldnames=list(fields))
+    writer.writeheader()
+    for item in data:
+        writer.writerow({k: "" if item.get(k) is None else item.get(k) for k in fields})
+    atomic_write_text(path, handle.getvalue())

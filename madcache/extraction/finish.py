@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from madcache.core.errors import CacheError
+from madcache.core.io import writing
 from madcache.extraction.protocols import Task, make_task
 
 
@@ -26,7 +28,9 @@ def finish_extraction(path: str | Path, *, task: Task | None = None,
     manifest = read_manifest(path)
     if task is None:
         task = recorded_task(manifest.get("fingerprint", {}).get("prompts", {}))
-    return finish_cache(path, extra=split_results(path, manifest, task), summary=summary)
+    with writing(path, error=CacheError, then="free space or fix the permissions, then rerun "
+                 "`madcache cache finish` (the committed shards are kept)"):
+        return finish_cache(path, extra=split_results(path, manifest, task), summary=summary)
 
 
 def recorded_task(prompts: dict[str, Any]) -> Task:

@@ -17,7 +17,10 @@ sees in one forward, shapes and padding included, depends on the shard and F but
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
@@ -26,7 +29,7 @@ import torch
 
 from madcache.data.paths import safe_join
 from madcache.data.records import Text
-from madcache.core.errors import DataError, DataFileNotFoundError, MadcacheError
+from madcache.core.errors import CacheError, DataError, DataFileNotFoundError, MadcacheError
 from madcache.extraction.plan import ShardPlan
 from madcache.extraction.scores import content_words, yake_word_scores
 
@@ -212,6 +215,26 @@ def preprocess_workers(requested: int | None, device: str, *, cores: int | None 
                  else os.cpu_count() or 1)
     per_node = max(int(environ.get("LOCAL_WORLD_SIZE", "1")), 1)
     return max(cores // per_node - 1, 0)
+
+
+@contextlib.contextmanager
+def worker_deaths(out: object) -> Iterator[None]:
+    """Around the use of a job loader: a worker process that died (the kernel killed it: out of
+    memory?) is one `CacheError` line naming the cache `out`, not torch's RuntimeError (raised
+    from its SIGCHLD handler, anywhere in the loop) or a broken pipe to the worker."""
+    try:
+        yield
+    except (RuntimeError, ConnectionError, EOFError) as exc:
+        if isinstance(exc, RuntimeError) and "DataLoader worker" not in str(exc):
+            raise
+        # torch's SIGCHLD handler would raise again for the dead worker (anywhere, even while
+        # this line is printed); the extraction is over, so the signal goes back to its default
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        raise CacheError(f"extracting into {out}: a data-loading worker process died ("
+                         f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}); out of "
+                         "memory? Rerun the same command (committed shards are kept), with "
+                         "fewer --workers or a smaller --batch-size") from None
 
 
 def make_loader(preprocessor: Preprocessor, stream: JobStream, *, workers: int,

@@ -36,7 +36,7 @@ from madcache.extraction.config import ExtractConfig
 from madcache.extraction.distributed import ProcessGroup, Ranks, rank_device, resolve_ranks
 from madcache.extraction.finish import finish_extraction
 from madcache.extraction.jobs import (Job, JobStream, Preprocessor, YakeSettings, make_loader,
-                                      payload_of, preprocess_workers, shard_jobs)
+                                      payload_of, preprocess_workers, shard_jobs, worker_deaths)
 from madcache.extraction.manifest import (build_fingerprint, build_manifest,
                                           unavailable_warning)
 from madcache.extraction.plan import ShardPlan, build_shard_plan, group_into_shards, num_choices
@@ -270,7 +270,8 @@ class ShardPipeline:
         loader = make_loader(self.preprocessor(), stream, workers=self.config.workers,
                              pin_memory=self.config.device.startswith("cuda"))
         buffers: dict[int, ShardBuffers] = {}
-        with _progress(total, self.config.progress) as bar, \
+        with worker_deaths(self.config.output_path()), \
+                _progress(total, self.config.progress) as bar, \
                 ThreadPoolExecutor(max_workers=1) as pool:
             writing: Future | None = None
             for job, received in loader:

@@ -63,6 +63,19 @@ class ImageItem:
     path: Path
     boxes: np.ndarray
     gt_boxes: np.ndarray | None = None
+    size: tuple[int, int] | None = None      # (width, height) the metadata `size_from` gives
+    size_from: Path | None = None
+
+
+def item_image(item: ImageItem):
+    """The item's image as RGB, refused when its pixels disagree with the size its metadata
+    gives (the boxes were measured on that size: they would cut other regions)."""
+    image = load_image(item.path)
+    if item.size is not None and tuple(image.size) != tuple(item.size):
+        raise DataError(f"the image is {image.size[0]}x{image.size[1]} pixels but its metadata "
+                        f"{item.size_from} says {item.size[0]}x{item.size[1]}: the boxes would "
+                        "cut other regions; restore the image or its metadata", file=item.path)
+    return image
 
 
 def load_image(path: Path):
@@ -121,7 +134,7 @@ class BoxCrop:
         return np.asarray(patch, dtype=np.float32).reshape(-1) / 255.0
 
     def regions(self, item: ImageItem) -> tuple[np.ndarray, np.ndarray]:
-        image = load_image(item.path)
+        image = item_image(item)
         pixels = np.stack([self.crop(image, box) for box in item.boxes])
         geometry = box_geometry(torch.from_numpy(item.boxes)).numpy()
         return np.concatenate([pixels, geometry], axis=1).astype(np.float32), item.boxes
@@ -197,7 +210,7 @@ class Backbone:
     def regions(self, item: ImageItem) -> tuple[np.ndarray, np.ndarray]:
         from torchvision.ops import roi_align
 
-        fmap = self._feature_map(self.pixels(load_image(item.path)))
+        fmap = self._feature_map(self.pixels(item_image(item)))
         rois = torch.from_numpy(item.boxes).float() * self.image_size
         rois = torch.cat([torch.zeros(len(rois), 1), rois], 1).to(fmap)
         pooled = roi_align(fmap, rois, output_size=2, spatial_scale=fmap.shape[-1] / self.image_size,

@@ -41,6 +41,7 @@ from madcache.students.region_extractors import (GEOMETRY_DIM, WHOLE_IMAGE, Imag
                                                  grid_boxes)
 
 KIND = "regions"
+ARRAYS = ("example_id", "region_offsets", "region_feat", "region_boxes")   # what `load` reads
 BOX_RULE = "metadata boxes after the whole image, else grid (1, 2, 3)"
 
 __all__ = ["GEOMETRY_DIM", "box_geometry", "grid_boxes", "image_boxes", "image_items",
@@ -53,11 +54,19 @@ __all__ = ["GEOMETRY_DIM", "box_geometry", "grid_boxes", "image_boxes", "image_i
 def ground_truth_boxes(root: str | Path, example: Example) -> np.ndarray | None:
     """The normalised metadata boxes of `example`'s image in object order (VCR: object i is
     `person{i+1}` and region i + 1), or None for a dataset without boxes."""
+    meta = _metadata(root, example)
+    return None if meta is None else _normalised(meta)
+
+
+def _metadata(root: str | Path, example: Example):
     if example.meta_path is None:
         return None
     from madcache.data.vcr import load_vcr_metadata
 
-    meta = load_vcr_metadata(root, example)
+    return load_vcr_metadata(root, example)
+
+
+def _normalised(meta) -> np.ndarray:
     scale = np.array([meta.width, meta.height, meta.width, meta.height], np.float32)
     return np.clip(meta.boxes[:, :4] / scale, 0.0, 1.0).astype(np.float32)
 
@@ -72,7 +81,8 @@ def image_boxes(root: str | Path, example: Example, max_regions: int) -> np.ndar
 
 def image_items(root: str | Path, examples: Sequence[Example],
                 max_regions: int) -> Iterator[ImageItem]:
-    """One item per unique image id, in order of first appearance (boxes read lazily)."""
+    """One item per unique image id, in order of first appearance (boxes read lazily). An image
+    with metadata carries the size the metadata gives, which its pixels must have."""
     from madcache.data.paths import safe_join
 
     first: dict[str, Example] = {}
@@ -80,9 +90,14 @@ def image_items(root: str | Path, examples: Sequence[Example],
         first.setdefault(example.image_id, example)
     for image_id, example in first.items():
         path = safe_join(root, example.image_path, field="image_path")
-        gt = ground_truth_boxes(root, example)
-        boxes = grid_boxes() if gt is None else np.concatenate([WHOLE_IMAGE, gt])
-        yield ImageItem(image_id, path, boxes[:max_regions], gt)
+        meta = _metadata(root, example)
+        if meta is None:
+            yield ImageItem(image_id, path, grid_boxes()[:max_regions])
+            continue
+        gt = _normalised(meta)
+        yield ImageItem(image_id, path, np.concatenate([WHOLE_IMAGE, gt])[:max_regions], gt,
+                        size=(meta.width, meta.height),
+                        size_from=safe_join(root, example.meta_path, field="metadata_fn"))
 
 
 # ----------------------------------------------------------------------------- writing
@@ -221,7 +236,7 @@ def build_region_store(**values: Any) -> dict[str, Any]:
                disable=not config.progress)
     written = 0
     for index, ids in enumerate(shards):
-        if index in done:
+        if index in done or not claim_unwritten(writer, index):
             bar.update(len(ids))
             continue
         regions = []
@@ -237,6 +252,17 @@ def build_region_store(**values: Any) -> dict[str, Any]:
     writer.finish(summary=summary)
     return {"path": str(path), **summary, "shards_written": written,
             "shards_reused": len(shards) - written}
+
+
+def claim_unwritten(writer, index: int) -> bool:
+    """Take shard `index` unless another process committed it (waiting while one writes it):
+    two `madcache regions` into one store share the work, as extraction ranks do, instead of
+    rewriting each other's shards (a shard being rewritten is uncommitted meanwhile)."""
+    writer.claim(index, wait=True)
+    if writer.is_committed(index):
+        writer.release(index)
+        return False
+    return True
 
 
 # ----------------------------------------------------------------------------- reading
@@ -283,20 +309,25 @@ class RegionStore:
     def image_ids(self) -> list[str]:
         return list(self._locations())
 
-    def load(self, image_ids: Iterable[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """{image id: (features [R, Dr] float32, normalised boxes [R, 4] float32)}; per shard,
-        only the wanted images' rows are read (one batched request, never a read per image)."""
-        wanted = list(dict.fromkeys(image_ids))
+    def check_holds(self, image_ids: Iterable[str]) -> None:
+        """Refuse image ids the store does not hold (built for another split?)."""
         where = self._locations()
-        missing = [i for i in wanted if i not in where]
+        missing = [i for i in image_ids if i not in where]
         if missing:
             raise CacheError(f"{len(missing)} image(s) are not in the region store {self.path} "
                              f"(e.g. {', '.join(map(repr, missing[:5]))}): build it for this "
                              "dataset split")
+
+    def load(self, image_ids: Iterable[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """{image id: (features [R, Dr] float32, normalised boxes [R, 4] float32)}; per shard,
+        only the wanted images' rows are read (one batched request, never a read per image)."""
+        wanted = list(dict.fromkeys(image_ids))
+        self.check_holds(wanted)
+        where = self._locations()
         entries = {int(e["index"]): e for e in self.cache.shards}
         out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for shard in sorted({where[i][0] for i in wanted}):
-            self.cache.check_whole(entries[shard])
+            self.cache.verified.check(entries[shard], ARRAYS)
             path = self.path / entries[shard]["name"]
             ids = sorted({i for i in wanted if where[i][0] == shard}, key=lambda i: where[i][1])
             offsets = self.cache.backend.read(path, ["region_offsets"])["region_offsets"]

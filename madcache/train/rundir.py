@@ -33,6 +33,7 @@ CONFIG = "config.json"
 INPUTS = "inputs.json"
 METRICS = "metrics.json"
 SPLIT = "split.json"
+VERIFIED = "verified_reads"     # inputs.json: the shards checked against their sha256s
 TENSORBOARD = "tensorboard"
 TRANSFORMERS_DIR = "hf"          # a transformers student's save_pretrained (save_run_student)
 TRANSFORMERS_RECORD = "madcache.json"
@@ -174,6 +175,8 @@ def check_resume(run_dir: Path, config: Mapping[str, Any], inputs: Mapping[str, 
                              hint="restore it, or pass --overwrite to start the run again") \
         if (run_dir / INPUTS).is_file() else {}
     saved_inputs, inputs = dict(saved_inputs), dict(inputs)
+    for recorded in (saved_inputs, inputs):     # a record of checks, not a setting: the
+        recorded.pop(VERIFIED, None)            # cache's identity is its fingerprint
     if "device" in inputs:          # a run recorded before devices were: its config's device
         change = device_change(saved_inputs.pop("device", saved.get("device")),
                                inputs.pop("device"), allowed=config.get("allow_device_change"))
@@ -224,10 +227,13 @@ def device_change(run: str | None, now: str, *, allowed: bool | None = False) ->
 
 def run_inputs(provenance: Mapping[str, Any], *, device: str | None = None) -> dict[str, Any]:
     """What a run's result depends on besides config.json (inputs.json): the digests of what it
-    reads (the cache's fingerprint, the split), torch's thread count and determinism mode and,
-    for a training run, the resolved device (`--device auto` made concrete)."""
+    reads (the cache's fingerprint, the split), the shards it verified before its first step
+    (`verified_reads`: {"cache"|"regions": {shard: digest}}, cache/verified.py), torch's thread
+    count and determinism mode and, for a training run, the resolved device (`--device auto`
+    made concrete)."""
     inputs = {"cache_fingerprint": provenance.get("cache_fingerprint"),
               "split_digest": provenance.get("split_digest"),
+              VERIFIED: provenance.get(VERIFIED),
               "torch_threads": provenance.get("torch_threads"),
               "deterministic_algorithms": provenance.get("deterministic_algorithms")}
     if device is not None:

@@ -70,7 +70,7 @@ def setup(config: TrainConfig) -> Setup:
     task_source = _source(in_image_order if whole else subset,
                           target_loader(config, method.only(TASK), cache),
                           config.chunk_size if whole else None)
-    af_source = None
+    af_source, original_id = None, {}
     if method.stage(AF) is not None:      # AF: the whole training split, label-free
         views, original_id = label_free_examples(config.dataset, in_image_order)
         af_source = _source(views, target_loader(config, method.only(AF), cache,
@@ -80,16 +80,45 @@ def setup(config: TrainConfig) -> Setup:
     eval_regions = loader_for(student, root=config.root, regions=config.eval_regions) \
         if config.eval_regions else regions
     probe = transfer_probe(config, method, cache, task_source.examples, eval_examples)
+    stages = [(method.only(TASK), [ex.id for ex in task_source.examples])]
+    if af_source is not None:
+        stages.append((method.only(AF), [original_id[ex.id] for ex in af_source.examples]))
+    shown = [*task_source.examples, *(af_source.examples if af_source else []),
+             *(eval_examples if config.eval_regions is None else [])]
+    reads = verify_reads(cache, stages, store, {ex.image_id for ex in shown})
     return Setup(
         config=config, method=method, student=student,
         projections=make_projections(student, cache, method).to(config.device),
         task_source=task_source, af_source=af_source, regions=regions,
         eval_examples=eval_examples, eval_regions=eval_regions,
         provenance={"cache_fingerprint": None if cache is None else cache_digest(cache.manifest),
-                    **record_split(config, split), **numerics(),
+                    "verified_reads": reads, **record_split(config, split), **numerics(),
                     "git_commit": git_commit(), "madcache_version": madcache.__version__},
         save_student=save_student, transfer=probe,
         teachers=None if cache is None else cache.manifest.get("teachers"))
+
+
+def verify_reads(cache, stages: list[tuple[Method, list[str]]], store,
+                 image_ids: set[str]) -> dict[str, dict[str, str]]:
+    """Before the first step, check every shard the run will read against the sha256s its
+    extraction recorded (madcache/cache/verified.py): the cache's shards holding each stage's
+    example ids (the arrays that stage needs), and the region store's holding `image_ids`.
+    What was verified, for inputs.json."""
+    from madcache.cache.gather import arrays_for
+    from madcache.students.regions import ARRAYS
+
+    reads: dict[str, dict[str, str]] = {}
+    if cache is not None:
+        names = {n for e in cache.shards for n in e.get("arrays", {})}
+        for stage, ids in stages:
+            if stage.distils:
+                cache.verified.ahead(ids, arrays_for(stage.needs, names) | {"example_id"})
+        reads["cache"] = cache.verified.record()
+    if store is not None:
+        store.check_holds(sorted(image_ids))      # before training, not at the first eval
+        store.cache.verified.ahead(image_ids, ARRAYS)
+        reads["regions"] = store.cache.verified.record()
+    return reads
 
 
 def pin_threads(threads: int) -> None:

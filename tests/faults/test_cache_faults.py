@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -115,7 +116,7 @@ def test_index_rows_pointing_at_other_examples_are_refused_at_open(root):
 
 def test_swapped_shards_are_caught_when_targets_load(root, fmt, world):
     """Manifest and index agree with each other, but the shard directories were swapped: the
-    reader notices when the rows it reads hold other ids than the index promised."""
+    reader's checksum check refuses the first shard it reads, before any row is used."""
     from madcache.cache.backends import get_backend
 
     backend = get_backend(fmt)
@@ -124,15 +125,40 @@ def test_swapped_shards_are_caught_when_targets_load(root, fmt, world):
     one.rename(zero)
     (root / "swap").rename(one)
     cache = open_cache(root)
-    with pytest.raises(CacheCorruptError, match=r"(points \d+ id\(s\) of shard 0 at rows "
-                                                r"holding other examples|shard 0 of .* does not "
-                                                r"hold what the manifest describes).*madcache "
-                                                r"cache verify"):
-        cache.load_targets([e.id for e in world.shards[0]])
-    with pytest.raises(CacheCorruptError, match=r"points 1 id\(s\) of shard 1 at rows holding "
-                                                r"other examples"):
-        cache.load_targets([world.shards[1][0].id])     # row 0 exists in both shards
+    for shard, ids in ((0, [e.id for e in world.shards[0]]), (1, [world.shards[1][0].id])):
+        with pytest.raises(CacheCorruptError, match=rf"shard {shard} does not hold what its "
+                                                    r"extraction recorded: \w+ (has shape|"
+                                                    r"checksum mismatch).*madcache cache verify"):
+            cache.load_targets(ids)
     assert any("checksum mismatch" in p for p in verify_cache(root))
+
+
+def test_each_array_of_a_shard_is_verified_once_per_process(root, fmt, world, monkeypatch):
+    """Verified reads cost one whole read of each needed array per shard and process: loading
+    the same rows again (or others of that shard) checks nothing twice; an array first needed
+    later is checked then."""
+    import madcache.cache.verified as verified
+
+    cache = open_cache(root)
+    checked = []
+    original = verified.array_problems
+    monkeypatch.setattr(verified, "array_problems",
+                        lambda name, *a: checked.append(name) or original(name, *a))
+    ids = [e.id for e in world.shards[0]]
+    first = cache.load_targets(ids, needs=("image",))
+    assert sorted(checked) == ["example_id", "example_image", "image_feat"]
+    cache.load_targets(ids[:2], needs=("image",))
+    assert len(checked) == 3
+    again = cache.load_targets(ids, needs=("image", "text_eos"))
+    assert sorted(checked[3:]) == ["example_texts", "text_eos"]
+    np.testing.assert_array_equal(again.image, first.image)
+    assert list(cache.verified.record()) == [backend_name(fmt, 0)]
+
+
+def backend_name(fmt: str, shard: int) -> str:
+    from madcache.cache.backends import get_backend
+
+    return get_backend(fmt).shard_path(Path("."), shard).name
 
 
 @pytest.mark.parametrize("edit, match", [
@@ -258,3 +284,56 @@ def test_a_writer_killed_before_its_commit_leaves_no_data_a_reader_takes(tmp_pat
         resumed.write_shard(s, world.shard_arrays(s), world.index_columns(s))
     resumed.finish()
     assert verify_cache(root) == []
+
+
+class _Touch:
+    """Unpickling this creates the file `path`: the sign that a pickle ran."""
+
+    def __init__(self, path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def _pickle_shard(shard: Path, marker: Path) -> None:
+    """Rewrite a Zarr shard as a Zarr v2 group whose `example_id` is an object array behind
+    numcodecs' pickle filter (its chunk would create `marker` if unpickled); the numeric
+    arrays are kept as v2 arrays."""
+    import pickle
+
+    import zarr
+
+    source = zarr.open_group(str(shard), mode="r")
+    arrays = {name: np.asarray(node[...]) for name, node in source.members(max_depth=None)
+              if isinstance(node, zarr.Array)}
+    shutil.rmtree(shard)
+    group = zarr.open_group(str(shard), mode="w", zarr_format=2)
+    for name, array in arrays.items():
+        if array.dtype.kind not in "UOT":
+            group.create_array(name, shape=array.shape, dtype=array.dtype, chunks=array.shape,
+                               compressors=None, filters=None)[...] = array
+    (shard / "example_id").mkdir()
+    n = len(arrays["example_id"])
+    (shard / "example_id" / ".zarray").write_text(json.dumps(
+        {"zarr_format": 2, "shape": [n], "chunks": [n], "dtype": "|O", "compressor": None,
+         "fill_value": 0, "filters": [{"id": "pickle", "protocol": 4}], "order": "C"}))
+    (shard / "example_id" / "0").write_bytes(pickle.dumps(np.array([_Touch(marker)] * n,
+                                                                   dtype=object)))
+
+
+def test_a_zarr_v2_shard_with_a_pickle_codec_is_one_line_and_never_unpickled(tmp_path, world,
+                                                                            faults):
+    root = tmp_path / "c"
+    faults.write_world(root, world, fmt="zarr")
+    marker = tmp_path / "unpickled"
+    _pickle_shard(root / "shard-00000.zarr", marker)
+    result = CliRunner().invoke(cli, ["cache", "verify", str(root)])
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        "PROBLEM: shard 0: unreadable (ValueError: No Zarr data type found that matches "
+        "{'name': '|O', 'object_codec_id': 'pickle'})", f"1 problem(s) in {root}"]
+    with pytest.raises(CacheCorruptError, match="shard 0 does not hold what its extraction "
+                                                "recorded: unreadable") as raised:
+        open_cache(root).load_targets([e.id for e in world.shards[0]])
+    assert "\n" not in str(raised.value) and not marker.exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -225,3 +226,105 @@ def test_a_refused_shard_write_is_one_line_and_the_cache_resumes(tmp_path, snli_
     monkeypatch.setattr(CacheWriter, "write_shard", real)
     extract(config(snli_root, tiny_clip, out))
     assert_same_cache(out, reference)
+
+
+# ----------------------------------------------------------------------------- image metadata
+
+def _vcr_copy(tmp_path, demo_root):
+    """The demo VCR train split cut to its first record, and that record's image and
+    metadata paths."""
+    root = tmp_path / "vcr"
+    shutil.copytree(demo_root / "vcr", root)
+    first = (root / "train.jsonl").read_text().splitlines()[0]
+    (root / "train.jsonl").write_text(first + "\n")
+    record = json.loads(first)
+    return root, root / "vcr1images" / record["img_fn"], root / "vcr1images" / \
+        record["metadata_fn"]
+
+
+def _change_box(meta, box) -> None:
+    data = json.loads(meta.read_text())
+    data["boxes"][0] = box
+    meta.write_text(json.dumps(data).replace("Infinity", "1e999"))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda image, meta: __import__("PIL.Image").Image.new("RGB", (1, 1)).save(image),
+     "the image is 1x1 pixels but its metadata"),
+    (lambda image, meta: _change_box(meta, [40, 30, 10, 50, 0.9]), "box 0 is inverted"),
+    (lambda image, meta: _change_box(meta, [0, 0, float("inf"), 9, 0.9]),
+     "box 0 holds a non-finite number"),
+])
+def test_an_image_that_disagrees_with_its_metadata_is_refused_by_regions(tmp_path, demo_root,
+                                                                         faults, damage,
+                                                                         message):
+    """Issue 31.5: pixels of another size than the metadata says (1x1 vs 96x96), an inverted
+    box, an infinite coordinate: `madcache regions` refuses the image in one line naming the
+    file, and stores nothing."""
+    root, image, meta = _vcr_copy(tmp_path, demo_root)
+    damage(image, meta)
+    out = tmp_path / "regions"
+    line = faults.one_line_error(faults.invoke("regions", "--dataset", "vcr", "--root", root,
+                                               "--split", "train", "--extractor", "boxcrop",
+                                               "--out", out, "--no-progress"))
+    assert message in line and (image.name in line or meta.name in line)
+    assert not list(out.glob("shard-*"))
+
+
+KILL_A_WORKER = """
+import os, signal, sys
+import torch
+import madcache.extraction.jobs as jobs
+get = jobs.JobDataset.__getitem__
+def dying(self, job):
+    if torch.utils.data.get_worker_info() is not None and job.shard == 1:
+        os.kill(os.getpid(), signal.SIGKILL)         # as the kernel's OOM killer would
+    return get(self, job)
+jobs.JobDataset.__getitem__ = dying
+from madcache.cli import main
+sys.argv = ["madcache", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_killed_data_loading_worker_is_one_line_and_the_cache_resumes(tmp_path, snli_root,
+                                                                        tiny_clip, faults,
+                                                                        reference):
+    import subprocess
+    import sys
+
+    out = tmp_path / "cache"
+    args = faults.extract_args(snli_root, out, tiny_clip, "--workers", "1")
+    result = subprocess.run([sys.executable, "-c", KILL_A_WORKER, *map(str, args)],
+                            env=faults.child_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert f"extracting into {out}: a data-loading worker process died" in lines[0]
+    assert "Rerun the same command" in lines[0]
+    assert faults.invoke(*args).exit_code == 0
+    assert_same_cache(out, reference)
+
+
+def test_two_region_builds_into_one_store_share_the_shards(tmp_path, snli_root, faults):
+    """Two `madcache regions` started at once into one --out: every shard is written once (the
+    second waits for the first's claim, then skips the committed shard), both report the
+    same store, and it verifies. Before, each rewrote the other's shards, and one reported a
+    region count read while a shard was uncommitted."""
+    import re
+    import subprocess
+    import sys
+
+    out = tmp_path / "regions"
+    args = [sys.executable, "-m", "madcache", "regions", "--dataset", "snli-ve", "--root",
+            str(snli_root), "--split", "train", "--out", str(out), "--shard-size", "2",
+            "--no-progress"]
+    children = [subprocess.Popen(args, env=faults.child_env(), stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [child.communicate(timeout=300) for child in children]
+    assert [c.returncode for c in children] == [0, 0], outputs
+    counts = [re.search(r"(\d+) images, (\d+) regions \((\d+) shards written, (\d+) reused",
+                        stdout).groups() for stdout, _ in outputs]
+    assert counts[0][:2] == counts[1][:2]
+    assert int(counts[0][2]) + int(counts[1][2]) == 6          # 12 images, 2 per shard
+    assert verify_cache(out) == []

@@ -18,30 +18,99 @@ from madcache.core.errors import NonFiniteLossError
 from madcache.train.loop import train
 
 
-def _poison(store_dir, array: str) -> None:
-    """Write NaN into the first row of `array` in the first shard of a cache or region store."""
-    manifest = json.loads((store_dir / "manifest.json").read_text())
-    shard = sorted(manifest["shards"], key=lambda e: e["index"])[0]["name"]
-    stored = zarr.open_group(str(store_dir / shard), mode="r+")[array]
+def _poison(store_dir, array: str, *, recorded: bool, value: float = np.nan) -> None:
+    """Write `value` into the first row of `array` in the first shard of a cache or region
+    store; `recorded`: also record the new values' sha256 in the manifest and the commit record
+    (as an extraction that computed NaN would have), else the stored values no longer match."""
+    from madcache.cache.manifest import array_record
+
+    path = store_dir / "manifest.json"
+    manifest = json.loads(path.read_text())
+    entry = sorted(manifest["shards"], key=lambda e: e["index"])[0]
+    stored = zarr.open_group(str(store_dir / entry["name"]), mode="r+")[array]
     row = np.array(stored[:1])
-    row[...] = np.nan
+    row[...] = value
     stored[:1] = row
+    if recorded:
+        entry["arrays"][array] = array_record(np.array(stored[...]))
+        path.write_text(json.dumps(manifest))
+        commit = store_dir / "commits" / f"{entry['index']:05d}.json"
+        record = json.loads(commit.read_text())
+        record["arrays"][array] = entry["arrays"][array]
+        commit.write_text(json.dumps(record))
+
+
+def _damaged(tmp_path, train_world, store: str):
+    damaged = tmp_path / store
+    shutil.copytree(getattr(train_world, store), damaged)
+    return damaged, type(train_world)(**{**vars(train_world), store: damaged})
 
 
 @pytest.mark.parametrize("store, array, named", [("cache", "image_feat", "image"),
                                                ("regions", "region_feat", "region_feat")])
 def test_nan_in_a_cache_or_region_store_is_refused_in_one_line(tmp_path, train_world, faults,
                                                                store, array, named):
-    damaged = tmp_path / store
-    shutil.copytree(getattr(train_world, store), damaged)
-    _poison(damaged, array)
-    world = type(train_world)(**{**vars(train_world), store: damaged})
+    """NaN the extraction itself wrote (its checksums match): refused when read."""
+    damaged, world = _damaged(tmp_path, train_world, store)
+    _poison(damaged, array, recorded=True)
     out = tmp_path / "run"
     line = faults.one_line_error(faults.invoke(*faults.train_args(world, out)))
     assert "NaN or infinite" in line and str(damaged) in line
     assert f"{named} holds" in line and "verify" in line
     assert not (out / "metrics.json").exists()      # nothing reports the run complete
 
+
+@pytest.mark.parametrize("store, array", [("cache", "image_feat"), ("cache", "example_texts"),
+                                          ("regions", "region_boxes")])
+def test_a_value_changed_after_extraction_is_refused_before_training(tmp_path, train_world,
+                                                                     faults, store, array):
+    """Verified reads (issue 31.1): a stored value changed since extraction (here a finite one,
+    which no NaN check sees) is refused before the first step, by its shard's checksum."""
+    damaged, world = _damaged(tmp_path, train_world, store)
+    _poison(damaged, array, recorded=False, value=0.5 if array != "example_texts" else 1)
+    out = tmp_path / "run"
+    line = faults.one_line_error(faults.invoke(*faults.train_args(world, out)))
+    assert f"{damaged}: shard 0 does not hold what its extraction recorded: {array} " \
+        "checksum mismatch" in line and "cache verify" in line
+    assert not out.exists()                         # refused before anything was recorded
+
+
+def test_eval_images_missing_from_the_region_store_are_refused_before_training(tmp_path,
+                                                                              train_world,
+                                                                              faults):
+    """The region store must hold the eval split's images too: refused before the first step
+    (it was refused at the first validation, after training), and nothing is written."""
+    root = tmp_path / "snli"
+    shutil.copytree(train_world.root, root)
+    shutil.copy(root / "images" / "1000.jpg", root / "images" / "2000.jpg")
+    (root / "snli_ve_dev.jsonl").write_text(json.dumps(
+        {"Flickr30K_ID": "2000", "gold_label": "neutral", "pairID": "2000.jpg#0r1n",
+         "sentence2": "a hypothesis"}) + "\n")
+    world = type(train_world)(**{**vars(train_world), "root": root})
+    out = tmp_path / "run"
+    line = faults.one_line_error(faults.invoke(*faults.train_args(world, out),
+                                               "--eval-split", "dev"))
+    assert "1 image(s) are not in the region store" in line and "'2000'" in line
+    assert not out.exists()
+
+
+def test_a_run_records_the_shards_it_verified(tmp_path, train_world, faults):
+    """inputs.json names every shard the run read, with the digest of the sha256s it checked;
+    each shard is read for verification once per process."""
+    from madcache.cache.reader import open_cache
+    from madcache.cache.verified import _digest
+
+    out = tmp_path / "run"
+    assert faults.invoke(*faults.train_args(train_world, out)).exit_code == 0
+    reads = json.loads((out / "inputs.json").read_text())["verified_reads"]
+    for key, path, names in (("cache", train_world.cache,
+                              ("example_id", "example_image", "example_texts", "image_feat",
+                               "text_eos")),
+                             ("regions", train_world.regions,
+                              ("example_id", "region_boxes", "region_feat", "region_offsets"))):
+        shards = open_cache(path).shards
+        assert reads[key] == {e["name"]: _digest({n: e["arrays"][n]["sha256"] for n in names})
+                              for e in shards}
 
 def test_a_non_finite_loss_stops_the_run_before_the_step_is_applied(tmp_path, standins):
     setup = standins.make_setup(tmp_path, method="md", lr=1e30, weight_decay=0.0, epochs=20)
@@ -222,15 +291,14 @@ def test_the_order_of_the_index_rows_changes_no_result(tmp_path, train_world, fa
 @pytest.mark.parametrize("store, array", [("cache", "image_feat"), ("regions", "region_feat")])
 def test_a_lost_zarr_chunk_is_refused_not_read_as_zeros(tmp_path, train_world, faults, store,
                                                         array):
-    damaged = tmp_path / store
-    shutil.copytree(getattr(train_world, store), damaged)
+    damaged, world = _damaged(tmp_path, train_world, store)
     chunk = next(p for p in sorted((damaged / "shard-00000.zarr" / array / "c").rglob("*"))
                  if p.is_file())
     chunk.unlink()
-    world = type(train_world)(**{**vars(train_world), store: damaged})
     out = tmp_path / "run"
     line = faults.one_line_error(faults.invoke(*faults.train_args(world, out)))
-    assert f"shard 0 has lost stored chunks of {array} (1)" in line and "verify" in line
+    assert f"shard 0 does not hold what its extraction recorded: it has lost stored chunks of "\
+        f"{array} (1)" in line and "verify" in line
     assert not (out / "metrics.json").exists()
 
 
@@ -260,6 +328,43 @@ def test_snli_ve_image_keys_that_disagree_are_a_bad_record(tmp_path):
     result = read_examples("snli-ve", tmp_path, "train", skip_bad=True)
     assert [ex.image_id for ex in result.examples] == ["3"]
     assert "name different images (1, 2)" in result.skipped[0].reason
+
+
+def _demo_vcr_lines(demo_root, tmp_path, change):
+    """A copy of the demo VCR train split (annotations only) whose second record `change`d."""
+    root = tmp_path / "vcr"
+    root.mkdir()
+    lines = (demo_root / "vcr" / "train.jsonl").read_text().splitlines()
+    record = json.loads(lines[1])
+    change(record)
+    lines[1] = json.dumps(record)
+    (root / "train.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.mark.parametrize("change, message, field", [
+    (lambda r: r.pop("rationale_label"), "has answer_label but no rationale_label",
+     "rationale_label"),
+    (lambda r: r.update(annot_id=r["annot_id"] + "\x00"), "holds a NUL character", None),
+    (lambda r: r["answer_choices"][0].append("a\x00b"), "holds a NUL character", None),
+])
+def test_a_record_training_would_refuse_is_refused_by_every_reader(demo_root, tmp_path, faults,
+                                                                   change, message, field):
+    """One reader for every command: `data stats` and `data lowshot` counted a VCR record
+    without a rationale label (or with a NUL in its id) that training refused; now each names
+    the file and line."""
+    from madcache.core.errors import DataError
+    from madcache.data import read_examples
+
+    root = _demo_vcr_lines(demo_root, tmp_path, change)
+    with pytest.raises(DataError, match=message) as raised:
+        read_examples("vcr", root, "train")
+    assert (raised.value.line, raised.value.field) == (2, field)
+    for args in (["stats"], ["lowshot", "--per-category", "1", "--seed", "0", "--out", tmp_path / "s.json"]):
+        line = faults.one_line_error(faults.invoke("data", *args, "--dataset", "vcr", "--root",
+                                                   root, "--split", "train"))
+        assert message in line and "train.jsonl:2" in line
+    assert len(read_examples("vcr", root, "train", skip_bad=True).skipped) == 1
 
 
 def test_a_vqa_annotation_without_ten_answers_is_a_bad_record(demo_root, tmp_path):
