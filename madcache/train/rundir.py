@@ -25,7 +25,7 @@ from madcache.core.device import device_kind
 from madcache.core.errors import ConfigError, RunDirectoryError
 from madcache.core.io import check_output_location, read_json, write_json, writing
 from madcache.students.predict import STUDENT_DIR
-from madcache.train.checkpoint import CHECKPOINT, TRAINER_STATE
+from madcache.train.checkpoint import CHECKPOINT, SELECTED, TRAINER_STATE
 from madcache.train.config import OPTIMIZER_KEYS, SELECTION_KEYS, TrainConfig
 
 CONFIG = "config.json"
@@ -35,7 +35,8 @@ SPLIT = "split.json"
 TENSORBOARD = "tensorboard"
 TRACKER_FILES = ("wandb", "mlruns", "mlflow-run.json")    # --report-to wandb / mlflow
 # what `madcache train` writes into a run directory: all `--overwrite` deletes
-RUN_FILES = (CONFIG, INPUTS, CHECKPOINT, TRAINER_STATE, METRICS, SPLIT, STUDENT_DIR, TENSORBOARD,
+RUN_FILES = (CONFIG, INPUTS, CHECKPOINT, SELECTED, TRAINER_STATE, METRICS, SPLIT, STUDENT_DIR,
+             TENSORBOARD,
              *TRACKER_FILES)
 
 # settings that may change on --resume: they change where and how fast a run trains, or how
