@@ -13,6 +13,7 @@ from madcache.cli import LazyGroup
     "student": "madcache.commands.demo_student:demo_student",
     "run": "madcache.commands.demo_run:demo_run",
     "search": "madcache.commands.demo_search:demo_search",
+    "study": "madcache.commands.demo_study:demo_study",
     "diagnose": "madcache.commands.demo_diagnose:demo_diagnose",
 })
 def demo() -> None:

@@ -206,11 +206,9 @@ class TrainConfig:
                               f"(0, 1], got {list(steps)}")
 
     def _check_selection(self) -> None:
-        if self.select == "best" and (not self.eval_every or not self.eval_split):
+        if self.select == "best" and not self.eval_every:
             raise ConfigError("select: 'best' picks among the eval split's validations every "
-                              "eval_every task steps; set eval_every >= 1 and an eval_split "
-                              f"(got eval_every {self.eval_every}, eval_split "
-                              f"{self.eval_split!r})")
+                              "eval_every task steps; set eval_every >= 1")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], *, where: str = "",

@@ -32,7 +32,7 @@ def test_best_step_is_the_earliest_maximum_of_the_task_validations():
 
 
 def test_select_best_needs_validations():
-    with pytest.raises(ConfigError, match="select: 'best' .* eval_every >= 1"):
+    with pytest.raises(ConfigError, match="select: .best. .* set eval_every >= 1"):
         TrainConfig(dataset="vcr", root=".", out="o", select="best")
     TrainConfig(dataset="vcr", root=".", out="o", select="best", eval_every=5)
 
