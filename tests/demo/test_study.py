@@ -77,3 +77,44 @@ def test_demo_study_runs_every_stage_and_a_rerun_finishes_only_what_is_missing(t
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     again = json.loads((out / "study" / "study.json").read_text())
     assert again["runs"] == summary["runs"] and again["recipe"] == summary["recipe"]
+
+
+def test_the_study_adds_the_seeds_the_sm_spread_needs_up_to_max_seeds(tmp_path, monkeypatch):
+    """The growth loop alone (sweeps stubbed): 4 seeds whose paired SM differences spread by
+    about 6 points need more for ±5; the study grows to that need, then stops."""
+    from types import SimpleNamespace
+
+    import madcache.experiments.sweep as sweep_module
+    from madcache.demo import study
+    from madcache.demo.run import DemoPaths
+
+    swings = [6.0, -6.0, 5.0, -5.0, 7.0, -7.0, 6.0, -6.0, 5.0, -5.0, 6.0, -6.0]
+    calls = []
+
+    def fake_sweep(pipeline, **_):
+        calls.append(len(pipeline["seeds"]))
+        planned = [SimpleNamespace(method=m, run_dir=(m, s)) for m in study.METHODS
+                   for s in pipeline["seeds"]]
+        return SimpleNamespace(failed=[], planned=planned)
+
+    def fake_selected(run_dir):
+        method, seed = run_dir
+        sm = 50.0 + (swings[seed] if method == "md" else 0.0)
+        return {"seed": seed, "step": 100, "dev": 50.0, "curve": [], "val": 50.0, "val_sm": sm}
+
+    monkeypatch.setattr(sweep_module, "run_sweep", fake_sweep)
+    monkeypatch.setattr(sweep_module, "from_dict", lambda data, base: data)
+    monkeypatch.setattr(study, "write_splits", lambda paths, pipeline: None)
+    monkeypatch.setattr(study, "selected", fake_selected)
+    monkeypatch.setattr(study, "make_study_report", lambda paths: {"markdown": ""})
+    base = {"dataset": "vcr", "students": [], "train": {}}
+    config = study.StudyConfig(seeds=4, max_seeds=12)
+    result = study.study_runs(DemoPaths(tmp_path), tmp_path, base, 8, config, lambda line: None)
+    first = {m: {s: fake_selected((m, s)) for s in range(4)} for m in study.METHODS}
+    needed = study.seeds_needed(first, 5.0)["seeds"]
+    assert 4 < needed <= 12 and calls[:2] == [4, needed]
+    assert result["seeds"] == calls[-1] and len(calls) <= 3
+    assert result["rounds"][-1]["needed"]["seeds"] <= result["seeds"]
+    capped = study.study_runs(DemoPaths(tmp_path), tmp_path, base, 8,
+                              study.StudyConfig(seeds=4, max_seeds=5), lambda line: None)
+    assert capped["seeds"] == 5 and [r["seeds"] for r in capped["rounds"]] == [4, 5]
