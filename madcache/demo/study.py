@@ -88,7 +88,7 @@ class StudyConfig:
 
 
 def run_study(config: StudyConfig, *, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run (or finish) the four stages of the module docstring; returns the summary that
+    """Run (or finish) the stages of the module docstring; returns the summary that
     `study.json` holds."""
     from madcache.demo.regime import load_regime
     from madcache.demo.run import load_pipeline
