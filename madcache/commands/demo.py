@@ -25,6 +25,11 @@ from madcache.cli import LazyGroup
     "search": ("madcache.commands.demo_search:demo_search",
                "Baseline-only search of the demo's training settings on a dev split held out "
                "of the demo's train data (never val, never MD/MAD)."),
+    "study": ("madcache.commands.demo_study:demo_study",
+              "Recipe (lr) chosen on the baseline with dev early stopping -> regime check at "
+              "convergence -> baseline / MD / MAD x seeds (grown until the SM paired half-width "
+              "reaches the target), each evaluated on val and SM with its dev-selected step -> "
+              "OUT/study/study.md. Rerunning finishes only what is missing."),
     "diagnose": ("madcache.commands.demo_diagnose:demo_diagnose",
                  "baseline, md, md-ts, md-ts-cw, mad-af-plain, mad x 2 seeds at the demo's shot "
                  "size, with learning curves, text-side probes and the task-start gradients of "

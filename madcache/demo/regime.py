@@ -69,13 +69,16 @@ def dev_question_ids(dev_root: Path) -> list[str]:
 
 def check_regime(demo_out: Path, *, pipeline: Any, base: Mapping[str, Any], cache: Path,
                  spec: Mapping[str, Any], jobs: int = 2, progress: bool = True,
-                 log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Measure the preconditions (or reuse `<out>/regime/regime.json`) and choose the shots."""
+                 log: Callable[[str], None] = print, directory: Path | None = None,
+                 eval_every: int = 0) -> dict[str, Any]:
+    """Measure the preconditions (or reuse `<directory>/regime.json`, default
+    `<out>/regime/`) and choose the shots. `eval_every`: the baseline runs' validations (a
+    `[train]` table with select = "best" needs them: its dev score is then the best step's)."""
     from madcache.demo.search import make_dev_root, point_pipeline
     from madcache.experiments.sweep import from_dict, run_sweep
 
     demo_out = Path(demo_out).resolve()      # the sweep takes relative paths from its folder
-    regime_dir = demo_out / "regime"
+    regime_dir = Path(directory).resolve() if directory is not None else demo_out / "regime"
     done = regime_dir / RESULT
     if done.is_file():
         return json.loads(done.read_text(encoding="utf-8"))
@@ -89,7 +92,7 @@ def check_regime(demo_out: Path, *, pipeline: Any, base: Mapping[str, Any], cach
     tried = []
     for shots in spec["shots"]:
         data = point_pipeline(base, {}, {"shots": [shots], "seeds": spec["seeds"],
-                                         "eval_every": 0},
+                                         "eval_every": eval_every},
                               root=dev_root, regions=Path(demo_out) / "regions",
                               out=regime_dir / "runs")
         sweep = run_sweep(from_dict(data, base=regime_dir), jobs=jobs, progress=progress)

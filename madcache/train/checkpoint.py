@@ -20,8 +20,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save
 
-from madcache.core.errors import CheckpointCorruptError
+from madcache.core.errors import CheckpointCorruptError, ConfigError
 from madcache.core.io import atomic_write_bytes, unreadable, write_json
+from madcache.method.methods import TASK
+from madcache.train.distributed import main_first
 from madcache.train.setup import Setup
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -62,8 +64,7 @@ def save_checkpoint(run_dir: Path, setup: Setup, state: TrainerState, optimizer)
     """Student + projections + optimizer tensors as safetensors (no pickles), the scalar state
     as JSON metadata of the same file, and a checksum over both; written to a temporary name,
     synced and renamed (core.io). Then the readable mirror `trainer_state.json`."""
-    tensors = {f"student.{k}": v for k, v in setup.student.state_dict().items()}
-    tensors.update({f"projections.{k}": v for k, v in setup.projections.state_dict().items()})
+    tensors = _weights(setup)
     optim = optimizer.state_dict()
     for index, values in optim["state"].items():
         tensors.update({f"optim.{index}.{k}": torch.as_tensor(v) for k, v in values.items()
@@ -126,3 +127,75 @@ def load_checkpoint(run_dir: Path, setup: Setup, optimizer) -> TrainerState:
 
 def _prefixed(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+# ----------------------------------------------------------------------------- select = best
+# Early stopping without stopping: the run trains all its steps, validating every `eval_every`
+# task steps; when a validation beats every earlier one, the student + projections are written
+# to `selected.safetensors`, and at the end of the task stage the run continues with those
+# weights (what it saves, evaluates and reports). A resumed run validates the same steps with
+# the same weights, so it rewrites the same file and ends where an uninterrupted run ends.
+
+SELECTED = "selected.safetensors"
+SELECTED_KEY = "madcache.selected"
+
+
+def best_step(history: list[dict[str, Any]], metric: str | None) -> dict[str, Any] | None:
+    """The task step with the highest validated `metric` (the earliest on a tie), as
+    {"step", "score", "metric", "curve": [[step, score], ...]}; None before any validation.
+    `metric` None: the first metric the validations report."""
+    validated = [h for h in history if h["stage"] == TASK and "eval" in h]
+    if not validated:
+        return None
+    name = metric or next(iter(validated[0]["eval"]))
+    if name not in validated[0]["eval"]:
+        raise ConfigError(f"select_metric: the eval split reports {', '.join(validated[0]['eval'])}"
+                          f", not '{name}'")
+    curve = [[h["step"], h["eval"][name]] for h in validated]
+    step, score = max(curve, key=lambda point: (point[1], -point[0]))
+    return {"metric": name, "step": step, "score": score, "curve": curve}
+
+
+def keep_if_best(run_dir: Path, setup: Setup, state: TrainerState) -> None:
+    """select = best, after a task-stage validation: write the weights when this step is the
+    best so far (rank 0; the other ranks wait for the file)."""
+    if setup.config.select != "best" or state.stage != TASK:
+        return
+    best = best_step(state.history, setup.config.select_metric)
+    with main_first() as where:
+        if where.is_main and best is not None and best["step"] == state.stage_step:
+            tensors = _weights(setup)
+            text = json.dumps({"step": best["step"], "score": best["score"]})
+            metadata = {SELECTED_KEY: text, CHECKSUM_KEY: checkpoint_digest(tensors, text)}
+            atomic_write_bytes(run_dir / SELECTED, save(tensors, metadata=metadata))
+
+
+def restore_selected(run_dir: Path, setup: Setup, state: TrainerState) -> None:
+    """select = best, after the task stage: load the best validated step's weights into the
+    student and projections. The file must hold the step the run's validations chose."""
+    if setup.config.select != "best":
+        return
+    best = best_step(state.history, setup.config.select_metric)
+    if best is None:
+        return
+    path = run_dir / SELECTED
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        tensors = load_file(str(path))
+    except Exception as exc:  # safetensors' own error type, OSError: unreadable or missing
+        raise CheckpointCorruptError(unreadable(path, exc, what="selected weights")) from None
+    text = metadata.get(SELECTED_KEY, "{}")
+    step = json.loads(text).get("step")
+    if step != best["step"] or checkpoint_digest(tensors, text) != metadata.get(CHECKSUM_KEY):
+        raise CheckpointCorruptError(f"{path}: holds task step {step} (or bytes changed since "
+                                     f"it was written), but the run's validations chose step "
+                                     f"{best['step']}; pass --overwrite to train the run again")
+    setup.student.load_state_dict(_prefixed(tensors, "student."))
+    setup.projections.load_state_dict(_prefixed(tensors, "projections."))
+
+
+def _weights(setup: Setup) -> dict[str, torch.Tensor]:
+    tensors = {f"student.{k}": v for k, v in setup.student.state_dict().items()}
+    tensors.update({f"projections.{k}": v for k, v in setup.projections.state_dict().items()})
+    return {k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}

@@ -18,6 +18,9 @@ OPTIMIZERS = ("adamw", "uniter-adamw", "sgd")
 NO_DECAY_RULES = ("ndim", "names", "none")
 SCHEDULES = ("linear", "uniter-linear", "multistep")
 WARMUP_METHODS = ("linear", "constant")
+SELECTIONS = ("last", "best")    # which task step's weights a run ends with
+# a run recorded before these settings existed resumes with their defaults (train/rundir.py)
+SELECTION_KEYS = ("select", "select_metric")
 # the optimizer and schedule settings; a run recorded before they existed trained with their
 # defaults, so a missing key in its config.json means the default (rundir.check_resume)
 OPTIMIZER_KEYS = ("optimizer", "adam_beta1", "adam_beta2", "adam_eps", "momentum", "no_decay",
@@ -128,6 +131,15 @@ class TrainConfig:
                                                              "spent warming up.")
     eval_every: int = setting(0, minimum=0, help="Task steps between validations (0: at the "
                                                  "end only).")
+    select: Literal[SELECTIONS] = setting(
+        "last", help="The task step whose weights the run ends with (saved, evaluated, "
+                     "reported): last, or best: the step with the highest select_metric on the "
+                     "eval split, validated every eval_every task steps (early stopping when "
+                     "the eval split is a dev split held out of train; metrics.json "
+                     "'selection' records the curve and the step).")
+    select_metric: str | None = setting(None, help="select = best: the eval split's metric "
+                                                   "to maximise (default: the first the "
+                                                   "dataset scores, e.g. q2a for VCR).")
     checkpoint_every: int = setting(0, minimum=0, help="Steps between checkpoints (0: by "
                                                        "checkpoint_minutes, and at the end).")
     checkpoint_minutes: float = setting(30.0, minimum=0, help="Also checkpoint when this many "
@@ -172,6 +184,7 @@ class TrainConfig:
         check_ranges(self)
         TRACKERS.get(self.report_to)      # unknown names list the valid ones
         self._check_schedule()
+        self._check_selection()
         method = get_method(self.method)  # unknown names list the valid ones
         if method.distils_words and self.m < 1:
             raise ConfigError(f"m: method '{self.method}' selects m words per text; m must be "
@@ -196,6 +209,11 @@ class TrainConfig:
         if any(not 0 < f <= 1 for f in steps) or list(steps) != sorted(steps):
             raise ConfigError(f"lr_steps: fractions of a stage's steps, increasing, each in "
                               f"(0, 1], got {list(steps)}")
+
+    def _check_selection(self) -> None:
+        if self.select == "best" and not self.eval_every:
+            raise ConfigError("select: 'best' picks among the eval split's validations every "
+                              "eval_every task steps; set eval_every >= 1")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], *, where: str = "",

@@ -44,7 +44,8 @@ from madcache.method.methods import AF, COUNTS, STAGE_ORDER, TASK, logged, term_
 from madcache.students.base import Preparer, to_device
 from madcache.students.predict import predict_logits
 from madcache.train import optim
-from madcache.train.checkpoint import CHECKPOINT, TrainerState, load_checkpoint, save_checkpoint
+from madcache.train.checkpoint import (CHECKPOINT, TrainerState, keep_if_best, load_checkpoint,
+                                       restore_selected, save_checkpoint)
 from madcache.train.config import TrainConfig
 from madcache.train.data import DataSource, derive_seed
 from madcache.train.distributed import (contiguous_share, current, gather,
@@ -140,6 +141,7 @@ def train(setup: Setup) -> dict[str, Any]:
                 record(training, score_eval_split(setup, ranks) if plan.name == TASK else None)
     finally:
         tracker.close()
+    restore_selected(run_dir, setup, state)    # select = best: that step's weights from here on
 
     # The finished run: final checkpoint, the inference student, metrics.json (rank 0).
     state.stage = "done"
@@ -458,6 +460,8 @@ def record(training: Training, evaluation: dict[str, float] | None) -> None:
                                  state.global_step)
     state.history.append(entry)
     state.loss_sum, state.loss_count, state.part_sums = 0.0, 0, {}
+    if evaluation is not None:          # select = best: the weights of the best step so far
+        keep_if_best(Path(training.setup.config.out), training.setup, state)
 
 
 def _stage_done(current_stage: str, name: str) -> bool:

@@ -7,7 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from madcache.train.checkpoint import TrainerState
+from madcache.method.methods import TASK
+from madcache.train.checkpoint import TrainerState, best_step
 from madcache.train.config import TrainConfig
 from madcache.train.setup import Setup
 
@@ -24,9 +25,15 @@ def training_summary(config: TrainConfig, *, world: int, precision: str,
 
 
 def run_metrics(setup: Setup, state: TrainerState, training: dict[str, Any]) -> dict[str, Any]:
-    """metrics.json (docs/architecture.md): the history and the final validation."""
+    """metrics.json (docs/architecture.md): the history and the final validation (select =
+    best: the chosen step's, with the dev curve and the step as 'selection')."""
     config = setup.config
     final = state.history[-1].get("eval") if state.history else None
+    selection = best_step(state.history, config.select_metric) \
+        if config.select == "best" else None
+    if selection is not None:            # the weights the run ended with: the chosen step's
+        final = next(h["eval"] for h in state.history
+                     if h["stage"] == TASK and h["step"] == selection["step"] and "eval" in h)
     evaluation = {config.eval_split: final} if final is not None else {}
     return {"run": Path(config.out).name, "dataset": config.dataset, "method": config.method,
             "student": config.student, "teachers": setup.teachers,
@@ -34,4 +41,5 @@ def run_metrics(setup: Setup, state: TrainerState, training: dict[str, Any]) -> 
             else setup.provenance.get("split_shots"),
             "seed": config.seed, "status": "complete",
             "history": state.history, "eval": evaluation, "cw_fired": state.cw_fired(),
-            "training": training, "provenance": setup.provenance}
+            "training": training, "provenance": setup.provenance,
+            **({"selection": {**selection, "split": config.eval_split}} if selection else {})}

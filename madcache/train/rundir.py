@@ -26,8 +26,8 @@ from madcache.core.device import device_kind
 from madcache.core.errors import ConfigError, OutputLocationError, RunDirectoryError
 from madcache.core.io import check_output_location, read_json, write_json, writing
 from madcache.students.predict import STUDENT_DIR
-from madcache.train.checkpoint import CHECKPOINT, TRAINER_STATE
-from madcache.train.config import OPTIMIZER_KEYS, TrainConfig
+from madcache.train.checkpoint import CHECKPOINT, SELECTED, TRAINER_STATE
+from madcache.train.config import OPTIMIZER_KEYS, SELECTION_KEYS, TrainConfig
 
 CONFIG = "config.json"
 INPUTS = "inputs.json"
@@ -39,7 +39,7 @@ TRANSFORMERS_DIR = "hf"          # a transformers student's save_pretrained (sav
 TRANSFORMERS_RECORD = "madcache.json"
 TRACKER_FILES = ("wandb", "mlruns", "mlflow-run.json")    # --report-to wandb / mlflow
 # what `madcache train` writes into a run directory: all `--overwrite` deletes
-RUN_FILES = (CONFIG, INPUTS, CHECKPOINT, TRAINER_STATE, METRICS, SPLIT, STUDENT_DIR,
+RUN_FILES = (CONFIG, INPUTS, CHECKPOINT, SELECTED, TRAINER_STATE, METRICS, SPLIT, STUDENT_DIR,
              TRANSFORMERS_DIR, TENSORBOARD, *TRACKER_FILES)
 
 # settings that may change on --resume: they change where and how fast a run trains, or how
@@ -115,7 +115,8 @@ def check_same_run(run_dir: Path, config: Mapping[str, Any]) -> None:
     """Refuse to count the finished run in `run_dir` as this job's when it was trained with
     other settings (another sweep over the same runs folder wrote it)."""
     resolved = TrainConfig.from_dict(config).to_dict()     # defaults filled in, as recorded
-    differing = differences(load_run_config(run_dir), resolved, {}, {})
+    differing = differences(with_optimizer_defaults(load_run_config(run_dir), resolved),
+                            resolved, {}, {})
     if differing:
         raise RunDirectoryError(f"{run_dir} holds a run trained with other settings "
                                 f"({'; '.join(differing[:3])}): another sweep wrote it; give "
@@ -193,11 +194,13 @@ def check_resume(run_dir: Path, config: Mapping[str, Any], inputs: Mapping[str, 
 
 def with_optimizer_defaults(saved: Mapping[str, Any], config: Mapping[str, Any]
                             ) -> dict[str, Any]:
-    """A recorded training config with the optimizer and schedule settings it lacks (a run
-    recorded before they existed) set to their defaults: the AdamW and linear schedule that run
-    trained with. Only keys `config` has are filled (an adapter's config has none)."""
+    """A recorded training config with the optimizer, schedule and selection settings it lacks
+    (a run recorded before they existed) set to their defaults: the AdamW, linear schedule and
+    last step's weights that run trained with. Only keys `config` has are filled (an adapter's
+    config has none)."""
     defaults = TrainConfig(dataset="", root="", out="").to_dict()
-    return {**{key: defaults[key] for key in OPTIMIZER_KEYS if key in config}, **saved}
+    return {**{key: defaults[key] for key in (*OPTIMIZER_KEYS, *SELECTION_KEYS) if key in config},
+            **saved}
 
 
 def differences(saved: Mapping[str, Any], config: Mapping[str, Any],
@@ -205,11 +208,19 @@ def differences(saved: Mapping[str, Any], config: Mapping[str, Any],
     """'key: run X, now Y' for every result-changing setting or input digest that differs."""
     out = [f"{key}: run {saved.get(key)!r}, now {config.get(key)!r}"
            for key in sorted(set(saved) | set(config))
-           if key not in RESUMABLE_CHANGES and saved.get(key) != config.get(key)]
+           if not may_change(key, config) and saved.get(key) != config.get(key)]
     out += [f"{key}: run {saved_inputs.get(key)}, now {inputs.get(key)}"
             for key in sorted(set(saved_inputs) | set(inputs))
             if saved_inputs.get(key) != inputs.get(key)]
     return out
+
+
+def may_change(key: str, config: Mapping[str, Any]) -> bool:
+    """Whether setting `key` may differ on --resume. eval_every may, unless the run keeps its
+    best validated step (select = best): then the steps it validates choose the weights."""
+    if key == "eval_every" and config.get("select") == "best":
+        return False
+    return key in RESUMABLE_CHANGES
 
 
 def device_change(run: str | None, now: str, *, allowed: bool | None = False) -> str | None:

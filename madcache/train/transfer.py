@@ -16,6 +16,11 @@ P_v(V_s) and P_t(T_s) are compared with the teacher targets V_t and T_t:
   the student scoring the choices as the teacher does (CLIP's image-text cosine).
 
 Images are compared once per example (the first choice's V_s), texts per choice.
+
+`input_probe` asks the question before any of this: can the student's *inputs* (its region
+features and boxes) express what the teacher sees at all? A ridge regression from the inputs to
+V_t, fitted on training images and scored the same way on held-out images: an R^2 near 0 means
+no student, however distilled, could match the image targets from what it is given.
 """
 
 from __future__ import annotations
@@ -93,3 +98,27 @@ def transfer_report(student: Any, projections: Projections, examples: Sequence[E
         report["distilled_zero_shot"] = 100.0 * (scores.argmax(dim=1) == labels).float() \
             .mean().item()
     return report
+
+
+def region_vectors(inputs: RegionInputs) -> torch.Tensor:
+    """Each image's inputs as one vector [N, R * (D + 4) + D]: every region's features and box
+    in the store's order (padding zeroed), then the mean over its regions."""
+    mask = inputs.mask.unsqueeze(-1).float()
+    per_region = torch.cat([inputs.feat.float(), inputs.boxes.float()], dim=-1) * mask
+    mean = (inputs.feat.float() * mask).sum(1) / mask.sum(1).clamp(min=1)
+    return torch.cat([per_region.flatten(1), mean], dim=1)
+
+
+def input_probe(train_x: torch.Tensor, train_y: torch.Tensor, eval_x: torch.Tensor,
+                eval_y: torch.Tensor, *, ridge: float = 1.0) -> dict[str, float]:
+    """Ridge regression (inputs standardised on train, penalty `ridge` x the number of
+    training rows) from inputs to targets, fitted on (train_x, train_y) and scored on the
+    held-out rows with `feature_fit` (the train targets' mean as the mean-only predictor)."""
+    mean_x, std_x = train_x.mean(0), train_x.std(0).clamp(min=1e-6)
+    x = ((train_x - mean_x) / std_x).double()
+    mean_y = train_y.mean(0)
+    gram = x.T @ x + ridge * len(x) * torch.eye(x.shape[1], dtype=x.dtype)
+    weights = torch.linalg.solve(gram, x.T @ (train_y - mean_y).double())
+    pred = (((eval_x - mean_x) / std_x).double() @ weights).float() + mean_y
+    return {**feature_fit(pred, eval_y, mean_y), "train_rows": len(train_x),
+            "eval_rows": len(eval_x), "ridge": ridge}

@@ -66,3 +66,29 @@ def test_the_report_of_a_student_whose_features_are_the_teachers():
     assert report["image"]["centred_cosine"] == pytest.approx(1.0)
     assert report["image"]["mean_only_r2"] < 0
     assert report["text"]["r2"] == pytest.approx(1.0) and "mean_only_r2" not in report["text"]
+
+
+def test_input_probe_recovers_a_linear_map_and_not_noise():
+    from madcache.train.transfer import input_probe
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 6, generator=generator)
+    mix = torch.randn(6, 3, generator=generator)
+    y = x @ mix + 2.0
+    fit = input_probe(x[:300], y[:300], x[300:], y[300:], ridge=1e-6)
+    assert fit["r2"] == pytest.approx(1.0, abs=1e-4)
+    assert fit["centred_cosine"] == pytest.approx(1.0, abs=1e-4)
+    noise = torch.randn(400, 3, generator=generator)
+    blind = input_probe(x[:300], noise[:300], x[300:], noise[300:], ridge=1e-6)
+    assert blind["r2"] < 0.05 and abs(blind["centred_cosine"]) < 0.15
+    assert (fit["train_rows"], fit["eval_rows"]) == (300, 100)
+
+
+def test_region_vectors_zero_the_padding_and_append_the_mean():
+    from madcache.students.base import RegionInputs
+    from madcache.train.transfer import region_vectors
+
+    feat = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]])
+    boxes = torch.ones(1, 2, 4)
+    vectors = region_vectors(RegionInputs(feat, boxes, torch.tensor([[True, False]])))
+    assert vectors.tolist() == [[1.0, 2.0, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 1.0, 2.0]]
