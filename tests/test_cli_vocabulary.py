@@ -20,7 +20,7 @@ from madcache.commands.options import (HAND_WRITTEN, NameChoice, SettingOption,
 
 # commands that show progress: each takes --progress/--no-progress
 SHOWS_PROGRESS = {"extract", "regions", "train", "sweep", "demo data", "demo teacher",
-                  "demo student", "demo run", "demo search", "demo diagnose"}
+                  "demo student", "demo run", "demo search", "demo diagnose", "demo study"}
 # the spellings this vocabulary replaced (issue 32.2): none is a visible flag any more
 REPLACED = {"--option": "--read-option", "--quiet": "--no-progress"}
 
@@ -67,7 +67,7 @@ def test_the_walk_sees_every_command():
     names = {" ".join(path) for path, _ in COMMAND_LIST}
     assert {"train", "extract", "regions", "sweep", "report", "eval", "predict", "data stats",
             "data lowshot", "data sm", "cache info", "demo run", "demo teacher"} <= names
-    assert len(names) == 19
+    assert len(names) == 20
 
 
 def test_every_flag_comes_from_a_config_field():

@@ -48,7 +48,7 @@ class StudyConfig:
     out: Path = setting(Path("demo"), help="The demo folder (`madcache demo run` makes its "
                                            "world, models, caches and regions; missing ones "
                                            "are made here). Results go to OUT/study.")
-    lrs: list[float] = setting(factory=lambda: [1e-3, 5e-4], flag="lr",
+    lrs: list[float] = setting(factory=lambda: [1e-3, 5e-4],
                                help="A learning rate the recipe is chosen from (repeatable; "
                                     "baseline only, dev early stopping).")
     steps: int = setting(600, minimum=1, help="Task steps of every run (the schedule's "

@@ -11,7 +11,7 @@ from madcache.cli import cli
 from madcache.core.errors import ConfigError
 from madcache.demo.study import StudyConfig, seeds_needed
 
-TINY = ["--lr", "1e-3", "--steps", "4", "--eval-every", "2", "--recipe-shots", "2",
+TINY = ["--lrs", "1e-3", "--steps", "4", "--eval-every", "2", "--recipe-shots", "2",
         "--recipe-seeds", "1", "--seeds", "2", "--max-seeds", "2", "--half-width", "0.01",
         "--jobs", "1", "--no-progress", "--set", "train.af_max_steps=2"]
 
