@@ -36,7 +36,7 @@ from madcache.data import read_examples  # noqa: E402
 from madcache.extraction import ExtractConfig, extract  # noqa: E402
 from madcache.extraction.jobs import load_rgb  # noqa: E402
 from madcache.extraction.plan import build_shard_plan, group_into_shards  # noqa: E402
-from madcache.extraction.protocols import make_task  # noqa: E402
+from madcache.extraction.protocols import make_protocol  # noqa: E402
 from madcache.teachers import load_teacher  # noqa: E402
 
 VIT_B_LIKE = {"embed_dim": 256, "vision_cfg": {"image_size": 96, "layers": 6, "width": 384,
@@ -105,7 +105,7 @@ def demo_root(tmp: Path) -> Path:
 def prepared_inputs(teacher, config: ExtractConfig) -> dict:
     """Pixel batches and token batches of exactly what extraction encodes, per shard."""
     examples = read_examples("vcr", config.root, "train").examples[:config.limit]
-    task = make_task("vcr")
+    task = make_protocol("vcr")
     transform, tokenize = teacher.image_transform(), teacher.text_processor()
     images, texts, n_images, n_texts = [], [], 0, 0
     for index, shard in enumerate(group_into_shards(examples, config.shard_size)):

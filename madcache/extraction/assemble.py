@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from madcache.extraction.plan import ShardPlan
-from madcache.extraction.protocols import RelevanceFeatures, Task
+from madcache.extraction.protocols import RelevanceFeatures, LogitProtocol
 from madcache.extraction.scores import combine_scores, visual_relevance
 from madcache.teachers.base import TextEncoding
 
@@ -58,7 +58,7 @@ class RoleKeys:
     relevance: str | None
 
 
-def assemble_shard(plan: ShardPlan, buffers: ShardBuffers, keys: RoleKeys, task: Task, *,
+def assemble_shard(plan: ShardPlan, buffers: ShardBuffers, keys: RoleKeys, task: LogitProtocol, *,
                    dtype: np.dtype) -> tuple[dict[str, np.ndarray], dict[str, list]]:
     """The shard arrays and index columns, ready for `CacheWriter.write_shard`."""
     arrays: dict[str, np.ndarray] = {

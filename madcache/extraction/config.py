@@ -191,7 +191,7 @@ class ExtractConfig:
 
     @property
     def logits_default(self) -> str:
-        """`default_logits`, else the protocol's (`Task.default_logits`)."""
+        """`default_logits`, else the protocol's (`LogitProtocol.default_logits`)."""
         from madcache.extraction.protocols import PROTOCOLS
 
         return self.default_logits or PROTOCOLS.get(self.task_protocol).default_logits

@@ -15,10 +15,10 @@ import numpy as np
 
 from madcache.core.errors import CacheError
 from madcache.core.io import writing
-from madcache.extraction.protocols import Task, make_task
+from madcache.extraction.protocols import LogitProtocol, make_protocol
 
 
-def finish_extraction(path: str | Path, *, task: Task | None = None,
+def finish_extraction(path: str | Path, *, task: LogitProtocol | None = None,
                       summary: dict[str, Any] | None = None) -> dict[str, Any]:
     """Finish the cache at `path`; returns its final manifest. `task` defaults to the manifest's
     protocol (`fingerprint.prompts.protocol`)."""
@@ -27,24 +27,24 @@ def finish_extraction(path: str | Path, *, task: Task | None = None,
 
     manifest = read_manifest(path)
     if task is None:
-        task = recorded_task(manifest.get("fingerprint", {}).get("prompts", {}))
+        task = recorded_protocol(manifest.get("fingerprint", {}).get("prompts", {}))
     with writing(path, error=CacheError, then="free space or fix the permissions, then rerun "
                  "`madcache cache finish` (the committed shards are kept)"):
         return finish_cache(path, extra=split_results(path, manifest, task), summary=summary)
 
 
-def recorded_task(prompts: dict[str, Any]) -> Task:
+def recorded_protocol(prompts: dict[str, Any]) -> LogitProtocol:
     """The task an extraction ran, rebuilt from its fingerprint's `prompts` part: the protocol
     and the relevance model's logit scale and bias (SNLI-VE's k-means logits use the scale)."""
-    task = make_task(prompts.get("protocol") or "none")
+    task = make_protocol(prompts.get("protocol") or "none")
     task.logit_scale = float(prompts.get("scale", task.logit_scale))
     task.logit_bias = float(prompts.get("bias", task.logit_bias))
     return task
 
 
-def split_results(path: str | Path, manifest: dict[str, Any], task: Task) -> dict[str, Any]:
+def split_results(path: str | Path, manifest: dict[str, Any], task: LogitProtocol) -> dict[str, Any]:
     """`task.finish` over the task arrays of every committed shard, in shard order."""
-    if type(task).finish is Task.finish or manifest.get("unavailable"):
+    if type(task).finish is LogitProtocol.finish or manifest.get("unavailable"):
         return {}
     from madcache.cache.backends import get_backend
     from madcache.cache.commits import read_commits

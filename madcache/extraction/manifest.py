@@ -15,13 +15,13 @@ from madcache import __version__
 from madcache.extraction.config import ExtractConfig
 from madcache.extraction.jobs import YakeSettings
 from madcache.extraction.roles import TeacherSet
-from madcache.extraction.protocols import Task, VqaTask
+from madcache.extraction.protocols import LogitProtocol, VqaProtocol
 
 ROW_LAYOUT = ("text rows are (image, text) pairs within a shard: a string scored under two "
               "images is stored twice, since word_vr depends on the image")
 
 
-def build_fingerprint(config: ExtractConfig, teachers: TeacherSet, task: Task,
+def build_fingerprint(config: ExtractConfig, teachers: TeacherSet, task: LogitProtocol,
                       yake: YakeSettings, dataset_fp: dict[str, Any],
                       format_version: Any) -> dict[str, Any]:
     return {
@@ -39,7 +39,7 @@ def build_fingerprint(config: ExtractConfig, teachers: TeacherSet, task: Task,
     }
 
 
-def build_manifest(config: ExtractConfig, teachers: TeacherSet, task: Task,
+def build_manifest(config: ExtractConfig, teachers: TeacherSet, task: LogitProtocol,
                    fingerprint: dict[str, Any], *, num_choices: int, num_examples: int,
                    num_shards: int, skipped: list[dict[str, Any]]) -> dict[str, Any]:
     missing = unavailable_targets(task, teachers.relevance is not None)
@@ -70,15 +70,15 @@ def build_manifest(config: ExtractConfig, teachers: TeacherSet, task: Task,
     }
 
 
-def up_front_extra(task: Task, has_relevance: bool) -> dict[str, Any]:
+def up_front_extra(task: LogitProtocol, has_relevance: bool) -> dict[str, Any]:
     """Split-level results known before any shard (VQA's answer vocabulary): every rank writes
     the same, and `finish` needs no teacher to find them."""
-    if isinstance(task, VqaTask) and has_relevance:
+    if isinstance(task, VqaProtocol) and has_relevance:
         return {"answer_vocab": list(task.vocab)}
     return {}
 
 
-def unavailable_targets(task: Task, has_relevance: bool) -> list[str]:
+def unavailable_targets(task: LogitProtocol, has_relevance: bool) -> list[str]:
     """Targets that need a joint-space relevance model, when there is none."""
     if has_relevance:
         return []

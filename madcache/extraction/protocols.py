@@ -1,6 +1,6 @@
 """Teacher-logit protocols (MAD.md, "Teacher logits"): how a joint-space teacher scores the
 candidates of an example, for confidence weighting and zero-shot evaluation, and the per-dataset
-`Task` objects extraction runs.
+`LogitProtocol` objects extraction runs.
 
 - VCR: `iqa` scores question + answer texts (`example.texts`), `ia` the answers alone
   (`example.choices`); logit = s * cos(image, text) + b with the relevance model's own logit
@@ -100,7 +100,7 @@ class RelevanceFeatures:
     aux_eos: torch.Tensor | None = None  # [n_aux, D] (plan.aux_texts)
 
 
-class Task:
+class LogitProtocol:
     """No teacher logits (a dataset without a protocol).
 
     `default_logits` names the logits confidence weighting uses unless `--default-logits` says
@@ -147,7 +147,7 @@ def _aux_eos(plan: ShardPlan, rel: RelevanceFeatures) -> torch.Tensor:
     return rel.aux_eos[torch.as_tensor(plan.example_aux)]
 
 
-class VcrTask(Task):
+class VcrProtocol(LogitProtocol):
     """`iqa`: 100 cos(image, question + choice); `ia`: 100 cos(image, choice alone)."""
 
     arrays = ("logits/iqa", "logits/ia")
@@ -168,7 +168,7 @@ class VcrTask(Task):
         return {"logits": list(self.logit_names), **self.scale_settings()}
 
 
-class SnliVeTask(Task):
+class SnliVeProtocol(LogitProtocol):
     """`similarity` = cos(image, hypothesis); k-means centres over the whole split at the end."""
 
     arrays = ("similarity",)
@@ -199,7 +199,7 @@ class SnliVeTask(Task):
 
 
 @dataclass
-class VqaTask(Task):
+class VqaProtocol(LogitProtocol):
     """Top-k answers by sentence similarity to the question; `template` = 100 cos(image,
     statement(question, answer_k)) over those `candidates` (ids into `vocab`)."""
 
@@ -237,7 +237,7 @@ class VqaTask(Task):
 class _VocabCache:
     """Wraps the sentence encoder so the answer vocabulary is embedded once per run."""
 
-    def __init__(self, task: VqaTask) -> None:
+    def __init__(self, task: VqaProtocol) -> None:
         self.task = task
 
     def encode(self, sentences: list[str]) -> torch.Tensor:
@@ -252,7 +252,7 @@ def _digest(values: list[str]) -> str:
     return hashlib.sha256(json.dumps(values).encode()).hexdigest()
 
 
-def with_logit_scale(task: Task, teacher: Any) -> Task:
+def with_logit_scale(task: LogitProtocol, teacher: Any) -> LogitProtocol:
     """`task` scoring with the relevance model's own logit scale and bias (`teacher.logit_scale`,
     `teacher.logit_bias`; a teacher without them keeps CLIP's 100 and no bias)."""
     task.logit_scale = float(getattr(teacher, "logit_scale", LOGIT_SCALE))
@@ -261,16 +261,16 @@ def with_logit_scale(task: Task, teacher: Any) -> Task:
 
 
 # The teacher-logit protocols a dataset spec names (`Dataset.teacher_logits`), or `--protocol`.
-PROTOCOLS: Registry[type[Task]] = Registry("teacher-logit protocol")
-PROTOCOLS.register("none", Task)
-PROTOCOLS.register("vcr", VcrTask)
-PROTOCOLS.register("snli-ve", SnliVeTask)
-PROTOCOLS.register("vqa", VqaTask)
+PROTOCOLS: Registry[type[LogitProtocol]] = Registry("teacher-logit protocol")
+PROTOCOLS.register("none", LogitProtocol)
+PROTOCOLS.register("vcr", VcrProtocol)
+PROTOCOLS.register("snli-ve", SnliVeProtocol)
+PROTOCOLS.register("vqa", VqaProtocol)
 
 
-def make_task(protocol: str) -> Task:
+def make_protocol(protocol: str) -> LogitProtocol:
     """The task of a protocol that needs no extra inputs. VQA's needs an answer vocabulary and
     a sentence encoder (`extraction.run` builds it); asked for here, without a relevance model,
     it is the task without logits."""
     task = PROTOCOLS.get(protocol)
-    return Task() if task is VqaTask else task()
+    return LogitProtocol() if task is VqaProtocol else task()

@@ -42,7 +42,7 @@ from madcache.extraction.manifest import (build_fingerprint, build_manifest,
 from madcache.extraction.plan import ShardPlan, build_shard_plan, group_into_shards, num_choices
 from madcache.extraction.roles import Loader, TeacherSet, load_teacher_set
 from madcache.data.vqa import build_answer_vocab, read_answer_vocab
-from madcache.extraction.protocols import Task, VqaTask, make_task, with_logit_scale
+from madcache.extraction.protocols import LogitProtocol, VqaProtocol, make_protocol, with_logit_scale
 
 Encoder = Any  # SentenceEncoder-like
 
@@ -75,7 +75,7 @@ def extract(config: ExtractConfig, *, teacher_loader: Loader | None = None,
     examples, skipped = _read(config)
     shards = group_into_shards(examples, config.shard_size)
     teachers = load_teacher_set(config, teacher_loader)
-    task = _make_task(config, examples, teachers, sentence_encoder)
+    task = _make_protocol(config, examples, teachers, sentence_encoder)
     yake = YakeSettings(config.yake_max_ngram, config.yake_top, config.yake_language)
     group = ProcessGroup.join(ranks)
     try:
@@ -104,7 +104,7 @@ def extract(config: ExtractConfig, *, teacher_loader: Loader | None = None,
 
 
 def _finish(config: ExtractConfig, ranks: Ranks, group: ProcessGroup | None, writer: Any,
-            task: Task, n_shards: int, summary: dict[str, Any]) -> bool:
+            task: LogitProtocol, n_shards: int, summary: dict[str, Any]) -> bool:
     """Finish the cache if this process should: rank 0 after a barrier under torchrun, else
     whichever process sees every planned shard committed (finishing twice is harmless)."""
     if group is not None:
@@ -127,16 +127,16 @@ def _read(config: ExtractConfig) -> tuple[list[Example], list[dict[str, Any]]]:
     return examples, [asdict(bad) for bad in result.skipped]
 
 
-def _make_task(config: ExtractConfig, examples: list[Example], teachers: TeacherSet,
-               encoder: Encoder | None) -> Task:
+def _make_protocol(config: ExtractConfig, examples: list[Example], teachers: TeacherSet,
+               encoder: Encoder | None) -> LogitProtocol:
     if config.task_protocol != "vqa" or teachers.relevance is None:
-        return with_logit_scale(make_task(config.task_protocol), teachers.relevance)
+        return with_logit_scale(make_protocol(config.task_protocol), teachers.relevance)
     vocab, source = _answer_vocab(config, examples)
     if encoder is None:
         encoder, encoder_fp = _load_sentence_encoder(config)
     else:
         encoder_fp = getattr(encoder, "fingerprint", lambda: {"name": type(encoder).__name__})()
-    return with_logit_scale(VqaTask(vocab=vocab, vocab_source=source, encoder=encoder,
+    return with_logit_scale(VqaProtocol(vocab=vocab, vocab_source=source, encoder=encoder,
                                     encoder_fingerprint=encoder_fp, top_k=config.answer_top_k),
                             teachers.relevance)
 
@@ -185,7 +185,7 @@ def _directory_fingerprint(directory: Path) -> dict[str, Any]:
 
 
 def _open_writer(config: ExtractConfig, ranks: Ranks, group: ProcessGroup | None,
-                 teachers: TeacherSet, task: Task, yake: YakeSettings, examples: list[Example],
+                 teachers: TeacherSet, task: LogitProtocol, yake: YakeSettings, examples: list[Example],
                  shards: list[list[Example]], skipped: list[dict[str, Any]]):
     from madcache.cache.commits import writer_identity
     from madcache.cache.fingerprint import dataset_fingerprint
@@ -227,7 +227,7 @@ def forward_precision(device: str) -> dict[str, Any]:
 class ShardPipeline:
     """Feeds pending shards through workers and teachers, and writes each shard when done."""
 
-    def __init__(self, config: ExtractConfig, teachers: TeacherSet, task: Task,
+    def __init__(self, config: ExtractConfig, teachers: TeacherSet, task: LogitProtocol,
                  yake: YakeSettings, shards: list[list[Example]], writer: Any) -> None:
         self.config = config
         self.teachers = teachers

@@ -96,7 +96,7 @@ def test_cw_fires_on_a_cache_of_realistic_snli_ve_cosines(tmp_path):
     (format 1) the teacher's max softmax stayed ~0.34 and CW never fired (MAD became MD)."""
     from madcache.cache.reader import open_cache
     from madcache.cache.writer import CacheWriter
-    from madcache.extraction.protocols import SnliVeTask
+    from madcache.extraction.protocols import SnliVeProtocol
 
     rng = np.random.default_rng(0)
     sims = np.concatenate([rng.normal(mean, 0.03, 300) for mean in (0.28, 0.26, 0.23)])
@@ -112,7 +112,7 @@ def test_cw_fires_on_a_cache_of_realistic_snli_ve_cosines(tmp_path):
     writer = CacheWriter.open(tmp_path / "c", manifest=manifest, format="hdf5")
     writer.write_shard(0, arrays, index_columns={"category": ["x"] * n, "label": [0] * n,
                                                  "group": [""] * n})
-    writer.finish(extra=SnliVeTask().finish([{"similarity": sims.astype(np.float32)}]))
+    writer.finish(extra=SnliVeProtocol().finish([{"similarity": sims.astype(np.float32)}]))
     cache = open_cache(tmp_path / "c")
     assert cache.manifest["extra"]["kmeans_scale"] == 100.0
     teacher = torch.from_numpy(cache.load_targets([f"p{i}" for i in range(n)]).logits["kmeans"])
