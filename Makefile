@@ -7,7 +7,7 @@ DEMO_DIR ?= demo
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test test-fast env bench clean-demo
+.PHONY: demo test test-fast lint format env bench clean-demo
 
 env: $(STAMP)
 
@@ -28,8 +28,19 @@ demo: $(STAMP)
 # single-threaded, so two workers use both cores of a 2-core machine.
 TEST_WORKERS ?= 2
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
+# ruff: lint and format checks (pyproject.toml's [tool.ruff]); `make format` applies both.
+LINTED := madcache tests benchmarks
+
+lint: $(STAMP)
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix $(LINTED)
+	$(BIN)/ruff format $(LINTED)
 
 # The inner loop: everything but the end-to-end tests marked `slow` (make test runs them all).
 test-fast: $(STAMP)

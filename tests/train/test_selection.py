@@ -60,7 +60,7 @@ def test_the_run_ends_with_the_best_validated_weights(standins, tmp_path):
     # the student it saved scores what the chosen step scored
     setup = standins.make_setup(tmp_path / "again", **SETTINGS, device="cpu")
     setup.student.load_state_dict(student)
-    assert loop.validate(setup)["q2a"] == selection["score"]
+    assert loop.score_eval_split(setup)["q2a"] == selection["score"]
 
 
 def test_last_is_the_default_and_writes_no_selection(standins, tmp_path):
@@ -71,7 +71,7 @@ def test_last_is_the_default_and_writes_no_selection(standins, tmp_path):
 
 def test_a_resumed_select_best_run_ends_as_an_uninterrupted_one(standins, tmp_path, monkeypatch):
     full = loop.train(standins.make_setup(tmp_path / "full", **SETTINGS, checkpoint_every=4))
-    real, calls = loop.loss_step, [0]
+    real, calls = loop.StageLoss.forward, [0]
 
     def interrupted(*args, **kwargs):
         calls[0] += 1
@@ -79,10 +79,10 @@ def test_a_resumed_select_best_run_ends_as_an_uninterrupted_one(standins, tmp_pa
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "loss_step", interrupted)
+    monkeypatch.setattr(loop.StageLoss, "forward", interrupted)
     with pytest.raises(KeyboardInterrupt):
         loop.train(standins.make_setup(tmp_path / "cut", **SETTINGS, checkpoint_every=4))
-    monkeypatch.setattr(loop, "loss_step", real)
+    monkeypatch.setattr(loop.StageLoss, "forward", real)
     resumed = loop.train(standins.make_setup(tmp_path / "cut", **SETTINGS, checkpoint_every=4,
                                              resume=True))
     assert resumed["selection"] == full["selection"] and resumed["eval"] == full["eval"]
