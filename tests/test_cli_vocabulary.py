@@ -84,7 +84,7 @@ def test_one_name_per_idea_and_one_idea_per_name():
     flag sets one setting (demo teacher's warm-up is a step count, --warmup elsewhere a
     fraction: --warmup-steps)."""
     flags_of, fields_of = defaultdict(set), defaultdict(set)
-    for path, option in options():
+    for _path, option in options():
         flags_of[option.name, kind(option)].add(option.opts[0])
         fields_of[option.opts[0]].add(option.name)
     assert {name: flags for name, flags in flags_of.items() if len(flags) > 1} == {}

@@ -31,7 +31,7 @@ import numpy as np
 from madcache.cache.store import StoreKey
 from madcache.core.errors import CacheError, UnknownNameError
 
-Shard = Union[Path, StoreKey]
+Shard = Path | StoreKey
 
 # Zarr chunk size: small enough that loading a sparse subset touches few bytes, large enough
 # that a whole-array read is a few hundred sequential chunk reads (benchmarks/bench_cache_read.py).

@@ -6,13 +6,16 @@ import json
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from madcache.commands.options import build_config, config_options
 from madcache.core.io import check_output_location, refuse_foreign_file
 from madcache.data.config import LowshotConfig, ReadConfig, SmConfig
+
+if TYPE_CHECKING:
+    from madcache.data.records import ReadResult
 
 
 SM_REPORT = "sm_report.json"

@@ -20,7 +20,7 @@ def test_lines_every_n_seconds_with_rate_and_eta():
     out, clock = io.StringIO(), Clock()
     bar = LineProgress(total=100, desc="task (mad)", unit="step", per_unit=16, stream=out,
                        every="30s", clock=clock)
-    for step in range(50):
+    for _ in range(50):
         clock.now += 1.0
         bar.set_postfix(loss="0.5000")
         bar.update(1)
@@ -35,7 +35,7 @@ def test_lines_every_n_units_and_nothing_when_disabled_or_quiet():
     with LineProgress(total=None, desc="sweep", unit="run", stream=out, every="2") as bar:
         for _ in range(5):
             bar.update(1)
-    assert [l.split(",")[0] for l in out.getvalue().splitlines()] == \
+    assert [line.split(",")[0] for line in out.getvalue().splitlines()] == \
         ["sweep: 2 runs", "sweep: 4 runs", "sweep: 5 runs"]
     quiet = io.StringIO()
     with LineProgress(total=3, desc="x", unit="step", stream=quiet, every="60s") as bar:

@@ -73,8 +73,8 @@ def test_report_files(runs, tmp_path):
     assert "| student | method | teachers | val k100 | val full | val_sm k100 |" in markdown
     assert f"| s1 | mad | clip-b16 | {mean:.2f} ± {std:.2f} (n=4) |" in markdown
     lines = markdown.splitlines()
-    assert lines.index(next(l for l in lines if "| s1 | baseline |" in l)) < \
-        lines.index(next(l for l in lines if "| s1 | mad |" in l))
+    assert lines.index(next(line for line in lines if "| s1 | baseline |" in line)) < \
+        lines.index(next(line for line in lines if "| s1 | mad |" in line))
     with open(out / "report.csv") as handle:
         cells = list(csv.DictReader(handle))
     mad = next(c for c in cells if c["method"] == "mad" and c["shots"] == "k100"
@@ -258,7 +258,7 @@ def test_no_baseline_omits_the_paired_section(runs, tmp_path):
     for run in (runs / "vcr" / "s1" / "baseline").rglob("metrics.json"):
         run.unlink()
     result = build_report(runs, out=tmp_path / "r")
-    notes = [l for l in result["markdown"].splitlines() if "Paired" in l or "paired" in l]
+    notes = [line for line in result["markdown"].splitlines() if "paired" in line.lower()]
     assert notes == ["Paired differences to `baseline`: omitted, no complete `baseline` runs."]
     assert paired_csv(tmp_path / "r") == {}
     assert not list((tmp_path / "r").glob("*-paired.png"))

@@ -99,7 +99,7 @@ def test_the_committed_demo_report_is_reproduced(demo_report):
     """Cells and paired t intervals of val and SM val Q2A, recomputed from the per-seed table of
     docs/demo-report.md (its values are exact: accuracies on 500 questions, multiples of 0.2),
     equal the report printed there. (Its qa2r and q2ar numbers have no per-seed table.)"""
-    for (split, method), (cell, paired) in DEMO_PRINTED.items():
+    for (split, method), (cell, _paired) in DEMO_PRINTED.items():
         values = demo_report.per_seed[split][method]
         assert Cell(values, ["run"] * len(values)).text() == cell
         assert f"| {cell} |" in demo_report.printed

@@ -597,7 +597,7 @@ def test_sweep_progress_is_plain_lines_in_a_batch_log(tmp_path, monkeypatch, cap
     config = load_sweep(write(tmp_path))           # 3 methods x 2 shots x 4 seeds
     result = run_sweep(config, runner=FakeRunner(), make_split=fake_splits([]), progress=True)
     assert len(result.ran) == 24
-    lines = [l for l in capsys.readouterr().err.splitlines() if l.startswith("sweep: ")]
-    assert [l.split(",")[0] for l in lines] == [f"sweep: {n}/24 runs ({100 * n // 24}%)"
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sweep: ")]
+    assert [line.split(",")[0] for line in lines] == [f"sweep: {n}/24 runs ({100 * n // 24}%)"
                                                 for n in (6, 12, 18, 24)]
-    assert all("runs/s" in l and "ETA" in l for l in lines)
+    assert all("runs/s" in line and "ETA" in line for line in lines)

@@ -161,7 +161,8 @@ def projections(method):
 def _word_rows(words, rows):
     pieces = [slice(words.offsets[r * 4], words.offsets[r * 4 + 4]) for r in rows]
     counts = np.concatenate([np.diff(words.offsets[r * 4:r * 4 + 5]) for r in rows])
-    cat = lambda a: np.concatenate([a[p] for p in pieces])
+    def cat(a):
+        return np.concatenate([a[p] for p in pieces])
     return WordTargets(offsets=np.cumsum([0, *counts]).astype(np.int64), feat=cat(words.feat),
                        span=cat(words.span), vr=cat(words.vr), yake=cat(words.yake),
                        score=cat(words.score), truncated=cat(words.truncated))

@@ -97,5 +97,5 @@ def test_the_exports_are_lazy_and_listed():
     assert {"open_cache", "CacheDataset", "CacheStream", "collate", "vision_term"} \
         <= set(dir(madcache))
     with pytest.raises(AttributeError):
-        madcache.no_such_thing
+        _ = madcache.no_such_thing
     assert torch.is_tensor(madcache.text_term(torch.zeros(1, 2, 3), torch.ones(1, 2, 3)))

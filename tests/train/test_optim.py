@@ -49,7 +49,8 @@ def test_uniter_linear_is_get_lr_sched_counted_from_step_1():
     linear = [lr_at(k, 10, base=1.0, warmup=0.2) for k in range(10)]
     assert linear == pytest.approx([0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125])
     # the published recipe (config/train-vcr-base-4gpu.json): 6e-5, 800 of 8000 steps
-    at = lambda k: lr_at(k, 8000, base=6e-5, warmup=0.1, config=c)
+    def at(k):
+        return lr_at(k, 8000, base=6e-5, warmup=0.1, config=c)
     assert at(0) == pytest.approx(6e-5 / 800) and at(798) == pytest.approx(6e-5 * 799 / 800)
     assert at(799) == pytest.approx(6e-5) and at(800) == pytest.approx(6e-5 * 7199 / 7200)
     assert at(7998) == pytest.approx(6e-5 / 7200) and at(7999) == 1e-8
@@ -63,7 +64,8 @@ def test_multistep_is_vlbert_warmup_multistep_lr_stepped_before_each_update():
     base = 7e-5 * 64
     c = config(schedule="multistep", lr_steps=[14 / 20, 18 / 20], lr_factor=0.1,
                warmup_method="linear", warmup_factor=0.0)
-    at = lambda k: lr_at(k, 20000, base=base, warmup=0.05, config=c)
+    def at(k):
+        return lr_at(k, 20000, base=base, warmup=0.05, config=c)
     assert at(0) == pytest.approx(base * 1 / 1000) and at(499) == pytest.approx(base * 0.5)
     assert at(998) == pytest.approx(base * 0.999) and at(999) == pytest.approx(base)
     assert at(13998) == pytest.approx(base) and at(13999) == pytest.approx(base * 0.1)
