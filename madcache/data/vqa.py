@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from madcache.data.categories import vqa_category
 from madcache.data.base import reader_options
@@ -307,16 +307,25 @@ class VqaReader:
         return reader_options("vqa", options, DEFAULT_OPTIONS)
 
     def read(self, root: Path, split: str, *, skip_bad: bool = False, **options: Any) -> ReadResult:
+        skipped: list[BadRecord] = []
+        examples = list(self.iter_examples(root, split, skip_bad=skip_bad, skipped=skipped,
+                                           **options))
+        return ReadResult(examples, skipped)
+
+    def iter_examples(self, root: Path, split: str, *, skip_bad: bool = False,
+                      skipped: list[BadRecord] | None = None, **options: Any
+                      ) -> Iterator[Example]:
+        """`read`'s examples one question at a time, with the same refusals (records skipped
+        under `skip_bad` go to `skipped`). The JSON files are still parsed whole."""
         opts = self.resolve_options(**options)
         root = Path(root)
         subtype = subtype_of(split)
         questions_path, annotations_path = self.files(root, split, **opts)
         images_dir = opts["images_dir"] or default_images_dir(root, subtype)
         check_files = opts["check_files"]
-        skipped: list[BadRecord] = []
+        skipped = [] if skipped is None else skipped
         answers = {} if annotations_path is None else \
             self._answers(annotations_path, skipped, skip_bad)
-        examples: list[Example] = []
         seen: set[int] = set()
         for position, record in enumerate(_load_json(questions_path, "questions")):
             where = {"file": questions_path, "line": None, "field": f"questions[{position}]"}
@@ -328,8 +337,7 @@ class VqaReader:
                     raise
                 skipped.append(bad_record(error))
                 continue
-            examples.append(example)
-        return ReadResult(examples, skipped)
+            yield example
 
     @staticmethod
     def _answers(path: Path, skipped: list[BadRecord], skip_bad: bool
