@@ -13,7 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Collection, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -270,12 +270,14 @@ class VcrReader:
         return ReadResult(examples, skipped)
 
     def iter_examples(self, root: Path, split: str, *, skip_bad: bool = False,
-                      skipped: list[BadRecord] | None = None, **options: Any
-                      ) -> Iterator[Example]:
+                      skipped: list[BadRecord] | None = None,
+                      only: Collection[str] | None = None, **options: Any) -> Iterator[Example]:
         """`read`'s examples one record at a time, with the same refusals (records skipped
         under `skip_bad` go to `skipped`). What it keeps across records is per id and per
         image, not the records, so a caller that keeps few examples reads a split in little
-        memory (the low-shot path of `madcache.train.setup`)."""
+        memory (the low-shot path of `madcache.train.setup`). `only`: build just the examples
+        with these ids and pass over the other records unchecked (a second read, after a whole
+        one checked them)."""
         opts = self.resolve_options(**options)
         settings = {key: opts[key] for key in ("modes", "renderer", "images_dir", "check_files")}
         path = self.annotation_file(Path(root), split, opts["annotations"])
@@ -283,11 +285,15 @@ class VcrReader:
         seen: dict[str, tuple[int, bytes]] = {}
         images: dict[str, tuple[int, str]] = {}
         for line, record in iter_json_lines(path):
+            annot_id = record.get("annot_id") if isinstance(record, dict) else None
+            if only is not None and isinstance(annot_id, str) and \
+                    not any(f"{annot_id}:{mode}" in only for mode in MODES):
+                continue
             found = guarded(lambda: self._convert(record, seen, path, line, root, split, settings),
                             skipped, skip_bad)
             found = guarded(lambda: _one_file_per_image(found, images, path, line),
                             skipped, skip_bad) if found else found
-            yield from found or []
+            yield from (ex for ex in found or [] if only is None or ex.id in only)
 
     @staticmethod
     def _convert(record: Any, seen: dict[str, tuple[int, bytes]], path: Path, line: int,

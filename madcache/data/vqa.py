@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Collection, Iterator, Mapping, Sequence
 
 from madcache.data.categories import vqa_category
 from madcache.data.base import reader_options
@@ -313,10 +313,12 @@ class VqaReader:
         return ReadResult(examples, skipped)
 
     def iter_examples(self, root: Path, split: str, *, skip_bad: bool = False,
-                      skipped: list[BadRecord] | None = None, **options: Any
-                      ) -> Iterator[Example]:
+                      skipped: list[BadRecord] | None = None,
+                      only: Collection[str] | None = None, **options: Any) -> Iterator[Example]:
         """`read`'s examples one question at a time, with the same refusals (records skipped
-        under `skip_bad` go to `skipped`). The JSON files are still parsed whole."""
+        under `skip_bad` go to `skipped`); the JSON files are still parsed whole. `only`: build
+        just the examples with these ids and pass over the other records unchecked (a second
+        read, after a whole one checked them)."""
         opts = self.resolve_options(**options)
         root = Path(root)
         subtype = subtype_of(split)
@@ -328,6 +330,9 @@ class VqaReader:
             self._answers(annotations_path, skipped, skip_bad)
         seen: set[int] = set()
         for position, record in enumerate(_load_json(questions_path, "questions")):
+            question_id = record.get("question_id") if isinstance(record, dict) else None
+            if only is not None and isinstance(question_id, int) and str(question_id) not in only:
+                continue
             where = {"file": questions_path, "line": None, "field": f"questions[{position}]"}
             try:
                 example = self._example(record, where, answers, annotations_path, root,

@@ -64,8 +64,8 @@ def setup(config: TrainConfig) -> Setup:
                                  **config.read_options).examples
         subset, split = training_subset(config, examples)
     else:                                         # low-shot: only the subset is kept
-        subset, split = training_subset(config, lambda: iter_examples(
-            config.dataset, config.root, config.split, **config.read_options))
+        subset, split = training_subset(config, lambda only=None: iter_examples(
+            config.dataset, config.root, config.split, only=only, **config.read_options))
     cache = open_checked_cache(config, method)
     store = region_store_for(config.student, config.regions)  # None: the student reads pixels
     options = student_defaults(config, cache, store) | config.student_options
@@ -153,18 +153,20 @@ def label_free_examples(dataset: str, examples: list[Example]
 
 
 def training_subset(config: TrainConfig,
-                    examples: Sequence[Example] | Callable[[], Iterable[Example]]
+                    examples: Sequence[Example] | Callable[..., Iterable[Example]]
                     ) -> tuple[list[Example], Any]:
     """The low-shot subset and its split (from `split_file`, or sampled per category with
     `seed`; None: all examples). A sampled split is saved by `record_split`, once every check
     passed, so a refused run leaves nothing in its run folder.
 
-    `examples`: the split, or a function that reads it anew at each call. Then the split is
-    read in two passes, neither keeping it: the sampler draws from its slim index
-    (`lowshot.index`, same ids in the same order), and the second keeps the drawn examples."""
+    `examples`: the split, or `read(only=None)`, which reads it anew at each call (`only`: just
+    the examples with these ids, the other records passed over unchecked). Then the split is
+    never kept whole: a sampled split is drawn from a slim index of a whole read
+    (`lowshot.index`: the same ids in the same order), then only the drawn examples are read;
+    a split file's examples come from one whole read."""
     from madcache.data import lowshot
 
-    read = examples if callable(examples) else lambda: examples
+    read = examples if callable(examples) else lambda only=None: examples
     if config.split_file is not None:
         split = lowshot.Split.load(config.split_file)
         drawn_with = split.params.get("seed")
@@ -178,7 +180,8 @@ def training_subset(config: TrainConfig,
     else:
         return list(read()), None
     wanted = set(split.ids)
-    subset = [ex for ex in read() if ex.id in wanted]
+    checked = config.split_file is None        # the index's read checked every record
+    subset = [ex for ex in read(wanted if checked else None) if ex.id in wanted]
     if len(subset) != len(wanted):
         unknown = sorted(wanted - {ex.id for ex in subset})
         raise ConfigError(f"{config.split_file or 'the sampled split'}: {len(unknown)} of its "

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from madcache.data import read_examples
+from madcache.data import iter_examples, read_examples
 from madcache.data.lowshot import (Split, index, load_split, sample_per_category,
                                    sample_snli_ve, sample_vcr, sample_vqa, save_split)
 from madcache.data.records import Example, Text
@@ -104,5 +104,8 @@ def test_real_snli_ve_split(real_root):
                              "sample_pairs.jsonl").examples
     split = sample_per_category(examples, k=1, seed=3)
     assert sample_per_category(index(examples), k=1, seed=3) == split
+    only = iter_examples("snli-ve", real_root / "snli_ve" / "allennlp_fixture",
+                         "sample_pairs.jsonl", only=set(split.ids))
+    assert [ex.id for ex in only] == split.ids
     assert split.example_counts == {"contradiction": 4, "entailment": 1, "neutral": 6}
     assert "402978771.jpg#1r1e" in split.ids

@@ -34,7 +34,7 @@ def _config(root, **overrides):
 
 
 def _stream(root):
-    return lambda: iter_examples("vcr", root, "train")
+    return lambda only=None: iter_examples("vcr", root, "train", only=only)
 
 
 def test_two_pass_subset_and_split_equal_the_whole_read(tmp_path):
@@ -50,6 +50,8 @@ def test_two_pass_subset_and_split_equal_the_whole_read(tmp_path):
     path = split.save(tmp_path / "split.json")
     from_file, _ = training_subset(_config(root, split_file=str(path)), _stream(root))
     assert from_file == subset
+    only = list(iter_examples("vcr", root, "train", only={"train-7:qar", "train-9:qa"}))
+    assert [ex.id for ex in only] == ["train-7:qar", "train-9:qa"]
 
 
 def test_two_pass_read_keeps_every_refusal(tmp_path):
@@ -65,3 +67,10 @@ def test_two_pass_read_keeps_every_refusal(tmp_path):
     split.save(path)
     with pytest.raises(ConfigError, match="1 of its .* ids are not in the vcr train split"):
         training_subset(_config(other, split_file=str(path)), _stream(other))
+    bad = _root(tmp_path, [_record(i) for i in range(6)] + [{**_record(6), "objects": []}])
+    split.ids.pop()
+    split.example_counts["role"] -= 1
+    split.save(path)                  # a split file's run still checks every record
+    with pytest.raises(DataError, match="object index 0 is out of range") as err:
+        training_subset(_config(bad, split_file=str(path)), _stream(bad))
+    assert err.value.line == 7
