@@ -188,6 +188,9 @@ def training_subset(config: TrainConfig,
                           f"{len(wanted)} ids are not in the {config.dataset} "
                           f"{getattr(config, 'split', 'training')} split (e.g. "
                           f"{', '.join(map(repr, unknown[:3]))}); was it sampled from this split?")
+    if checked:   # the same ids, in the same (reader) order, as the second pass's strings: the
+        # index's few hundred, scattered over the first pass's memory, would keep it from the OS
+        split.ids = [ex.id for ex in subset]
     return subset, split
 
 
