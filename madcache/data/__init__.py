@@ -7,7 +7,7 @@ field decides). Adding a dataset = one reader module and one `DATASETS.register`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection, Iterator
 
 from madcache.data import lowshot, metrics
 from madcache.data.base import CLASSIFICATION, DATASETS, MULTILABEL, MULTIPLE_CHOICE, Dataset
@@ -48,5 +48,13 @@ def read_examples(dataset: str, root: str | Path, split: str, *, skip_bad: bool 
     return DATASETS.get(dataset).read(Path(root), split, skip_bad=skip_bad, **options)
 
 
+def iter_examples(dataset: str, root: str | Path, split: str, *,
+                  only: Collection[str] | None = None, **options: Any) -> Iterator[Example]:
+    """`read_examples`' examples one at a time (a bad record raises): each call reads the
+    files anew, so a caller that keeps few examples needs little memory. `only`: just the
+    examples with these ids, the other records passed over unchecked (a second read)."""
+    return DATASETS.get(dataset).iter_examples(Path(root), split, only=only, **options)
+
+
 __all__ = ["DATASETS", "Dataset", "Example", "Text", "Word", "BadRecord", "ReadResult",
-           "read_examples"]
+           "read_examples", "iter_examples"]

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import (Any, Callable, Collection, Iterator, Mapping, Protocol, Sequence,
+                    runtime_checkable)
 
 from madcache.core.errors import ConfigError
 from madcache.core.registry import Registry
@@ -53,6 +54,11 @@ class Reader(Protocol):
              **options: Any) -> ReadResult:
         ...
 
+    # Optional: `iter_examples(root, split, *, skip_bad=False, skipped=None, only=None,
+    # **options)`, `read`'s examples as a generator with the same refusals (skipped records
+    # appended to `skipped`; `only`: a set of ids, the other records passed over unchecked), so
+    # a caller that keeps few of them reads a split in little memory; a reader without it is
+    # read whole (`Dataset.iter_examples`).
     # Optional: `resolve_options(**options) -> dict`, the options with defaults filled in and
     # values normalised, so that spelling out a default does not change a cache fingerprint
     # (`madcache.cache.fingerprint.resolved_read_options`); the built-in readers build it with
@@ -124,6 +130,18 @@ class Dataset:
     def read(self, root: Path, split: str, *, skip_bad: bool = False,
              **options: Any) -> ReadResult:
         return self.reader.read(Path(root), split, skip_bad=skip_bad, **options)
+
+    def iter_examples(self, root: Path, split: str, *, only: Collection[str] | None = None,
+                      **options: Any) -> Iterator[Example]:
+        """The examples of `read` one at a time: the reader's `iter_examples` where it has one
+        (the built-in readers), else `read`'s list. Bad records raise, as `read` does. `only`:
+        just the examples with these ids (the reader may pass over the other records
+        unchecked: for a second read, after a whole one)."""
+        stream = getattr(self.reader, "iter_examples", None)
+        if stream is None:
+            examples = self.read(root, split, **options).examples
+            return iter(examples if only is None else [ex for ex in examples if ex.id in only])
+        return stream(Path(root), split, only=only, **options)
 
     def annotation_files(self, root: Path, split: str, **options: Any) -> list[Path]:
         return self.reader.annotation_files(Path(root), split, **options)

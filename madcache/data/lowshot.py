@@ -14,7 +14,7 @@ import random
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 from madcache.data.base import DATASETS
 from madcache.data.jsonl import load_json_file
@@ -89,6 +89,25 @@ def load_split(path: str | Path) -> Split:
 
 # ----------------------------------------------------------------------------- sampling
 
+class IndexRow(NamedTuple):
+    """What a sampler reads of an `Example`: a split's index holds one per example instead of
+    the example (texts, record), so sampling a large split keeps little in memory."""
+
+    id: str
+    dataset: str
+    split: str
+    image_id: str
+    category: str
+    group: str
+    label: int | None
+
+
+def index(examples: Iterable[Example]) -> list[IndexRow]:
+    """The sampler's view of `examples`, in their order (the samplers take either)."""
+    return [IndexRow(ex.id, ex.dataset, ex.split, ex.image_id, ex.category, ex.group, ex.label)
+            for ex in examples]
+
+
 Units = dict[str, dict[str, list[str]]]  # category -> unit key -> example ids
 
 
@@ -111,7 +130,7 @@ def _draw(units: Units, k: int, seed: int, pick: Callable[[random.Random, list[s
     return chosen, counts, example_counts, shortfalls
 
 
-def _split(examples: Sequence[Example], units: Units, k: int, seed: int, unit: str,
+def _split(examples: Sequence[Example | IndexRow], units: Units, k: int, seed: int, unit: str,
            pick: Callable[[random.Random, list[str]], list[str]] = lambda rng, ids: ids,
            **params: Any) -> Split:
     if k < 1:
@@ -131,7 +150,7 @@ def _group(pairs: Iterable[tuple[str, str, str]]) -> Units:
     return {c: dict(u) for c, u in units.items()}
 
 
-def sample_groups(examples: Sequence[Example], *, k: int, seed: int) -> Split:
+def sample_groups(examples: Sequence[Example | IndexRow], *, k: int, seed: int) -> Split:
     """k groups per category, each with all its examples (an example without a group is its
     own group). VCR: k questions, each with its `:qa` and `:qar` examples."""
     units = _group((ex.category, ex.group or ex.id, ex.id) for ex in examples)
@@ -141,14 +160,14 @@ def sample_groups(examples: Sequence[Example], *, k: int, seed: int) -> Split:
 sample_vcr = sample_groups
 
 
-def sample_snli_ve(examples: Sequence[Example], *, k: int, seed: int) -> Split:
+def sample_snli_ve(examples: Sequence[Example | IndexRow], *, k: int, seed: int) -> Split:
     """Per class, k images, each with all its hypotheses of that class (unlabelled ones are
     never drawn)."""
     units = _group((ex.category, ex.image_id, ex.id) for ex in examples if ex.label is not None)
     return _split(examples, units, k, seed, unit="image")
 
 
-def sample_vqa(examples: Sequence[Example], *, k: int, seed: int,
+def sample_vqa(examples: Sequence[Example | IndexRow], *, k: int, seed: int,
                per_image: int = VQA_QUESTIONS_PER_IMAGE) -> Split:
     """Per question type, k images, each with up to `per_image` of its questions of the type."""
     units = _group((ex.category, ex.image_id, ex.id) for ex in examples)
@@ -160,7 +179,7 @@ def sample_vqa(examples: Sequence[Example], *, k: int, seed: int,
                   questions_per_image=per_image)
 
 
-def sample_per_category(examples: Sequence[Example], *, k: int, seed: int) -> Split:
+def sample_per_category(examples: Sequence[Example | IndexRow], *, k: int, seed: int) -> Split:
     """The dataset's own sampler: the `sample` of the spec named by `examples[0].dataset`."""
     if not examples:
         raise ConfigError("cannot sample a low-shot split from no examples")

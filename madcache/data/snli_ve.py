@@ -7,7 +7,7 @@ Both the current format (`Flickr30K_ID: "123"`) and the old generator's (`Flikr3
 from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
-from typing import Any, Mapping
+from typing import Any, Collection, Iterator, Mapping
 
 from madcache.data.base import reader_options
 from madcache.data.jsonl import guarded, iter_json_lines, split_file
@@ -107,13 +107,23 @@ class SnliVeReader:
         return reader_options("snli-ve", options, DEFAULT_OPTIONS)
 
     def read(self, root: Path, split: str, *, skip_bad: bool = False, **options: Any) -> ReadResult:
+        skipped: list[BadRecord] = []
+        examples = list(self.iter_examples(root, split, skip_bad=skip_bad, skipped=skipped,
+                                           **options))
+        return ReadResult(examples, skipped)
+
+    def iter_examples(self, root: Path, split: str, *, skip_bad: bool = False,
+                      skipped: list[BadRecord] | None = None,
+                      only: Collection[str] | None = None, **options: Any) -> Iterator[Example]:
+        """`read`'s examples one record at a time, with the same refusals (records skipped
+        under `skip_bad` go to `skipped`). `only`: build just the examples with these ids and
+        pass over the other records unchecked (a second read, after a whole one checked them)."""
         opts = self.resolve_options(**options)
         root = Path(root)
         images_dir = opts["images_dir"] or default_images_dir(root)
         check_files = opts["check_files"]
         path = split_file(root, split, SPLIT_FILES)
-        examples: list[Example] = []
-        skipped: list[BadRecord] = []
+        skipped = [] if skipped is None else skipped
         seen: dict[str, int] = {}
 
         def convert(line: int, record: Any) -> Example:
@@ -128,7 +138,9 @@ class SnliVeReader:
             return example
 
         for line, record in iter_json_lines(path):
+            pair_id = record.get("pairID") if isinstance(record, dict) else None
+            if only is not None and isinstance(pair_id, str) and pair_id not in only:
+                continue
             example = guarded(lambda: convert(line, record), skipped, skip_bad)
             if example is not None:
-                examples.append(example)
-        return ReadResult(examples, skipped)
+                yield example

@@ -9,9 +9,11 @@ references are lists of 0-based indices into `objects`; they become words ("pers
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -262,37 +264,60 @@ class VcrReader:
                               images_dir=str)
 
     def read(self, root: Path, split: str, *, skip_bad: bool = False, **options: Any) -> ReadResult:
+        skipped: list[BadRecord] = []
+        examples = list(self.iter_examples(root, split, skip_bad=skip_bad, skipped=skipped,
+                                           **options))
+        return ReadResult(examples, skipped)
+
+    def iter_examples(self, root: Path, split: str, *, skip_bad: bool = False,
+                      skipped: list[BadRecord] | None = None,
+                      only: Collection[str] | None = None, **options: Any) -> Iterator[Example]:
+        """`read`'s examples one record at a time, with the same refusals (records skipped
+        under `skip_bad` go to `skipped`). What it keeps across records is per id and per
+        image, not the records, so a caller that keeps few examples reads a split in little
+        memory (the low-shot path of `madcache.train.setup`). `only`: build just the examples
+        with these ids and pass over the other records unchecked (a second read, after a whole
+        one checked them)."""
         opts = self.resolve_options(**options)
         settings = {key: opts[key] for key in ("modes", "renderer", "images_dir", "check_files")}
         path = self.annotation_file(Path(root), split, opts["annotations"])
-        examples: list[Example] = []
-        skipped: list[BadRecord] = []
-        seen: dict[str, tuple[int, Any]] = {}
+        skipped = [] if skipped is None else skipped
+        seen: dict[str, tuple[int, bytes]] = {}
         images: dict[str, tuple[int, str]] = {}
         for line, record in iter_json_lines(path):
+            annot_id = record.get("annot_id") if isinstance(record, dict) else None
+            if only is not None and isinstance(annot_id, str) and \
+                    not any(f"{annot_id}:{mode}" in only for mode in MODES):
+                continue
             found = guarded(lambda: self._convert(record, seen, path, line, root, split, settings),
                             skipped, skip_bad)
             found = guarded(lambda: _one_file_per_image(found, images, path, line),
                             skipped, skip_bad) if found else found
-            examples.extend(found or [])
-        return ReadResult(examples, skipped)
+            yield from (ex for ex in found or [] if only is None or ex.id in only)
 
     @staticmethod
-    def _convert(record: Any, seen: dict[str, tuple[int, Any]], path: Path, line: int,
+    def _convert(record: Any, seen: dict[str, tuple[int, bytes]], path: Path, line: int,
                  root: Path, split: str, settings: dict[str, Any]) -> list[Example]:
         if isinstance(record, DataError):
             raise record
         examples = record_examples(record, split=split, file=path, line=line, root=Path(root),
                                    **settings)
         annot_id = record["annot_id"]
+        digest = _digest(record)
         if annot_id in seen:
             first_line, first = seen[annot_id]
-            kind = "an identical copy" if first == record else "a conflicting copy"
+            kind = "an identical copy" if first == digest else "a conflicting copy"
             raise DataError(f"duplicate annot_id: {kind} of line {first_line}; ids must be "
                             "unique (--skip-bad keeps the first and reports this one)",
                             file=path, line=line, field="annot_id", record_id=annot_id)
-        seen[annot_id] = (line, record)
+        seen[annot_id] = (line, digest)
         return examples
+
+
+def _digest(record: Mapping[str, Any]) -> bytes:
+    """A record's content in 16 bytes (keys sorted): what tells an identical duplicate from a
+    conflicting one without keeping every record."""
+    return hashlib.blake2b(json.dumps(record, sort_keys=True).encode(), digest_size=16).digest()
 
 
 def _one_file_per_image(examples: list[Example], images: dict[str, tuple[int, str]],

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Iterator, Mapping, Sequence
 
 from madcache.data.categories import vqa_category
 from madcache.data.base import reader_options
@@ -307,18 +307,32 @@ class VqaReader:
         return reader_options("vqa", options, DEFAULT_OPTIONS)
 
     def read(self, root: Path, split: str, *, skip_bad: bool = False, **options: Any) -> ReadResult:
+        skipped: list[BadRecord] = []
+        examples = list(self.iter_examples(root, split, skip_bad=skip_bad, skipped=skipped,
+                                           **options))
+        return ReadResult(examples, skipped)
+
+    def iter_examples(self, root: Path, split: str, *, skip_bad: bool = False,
+                      skipped: list[BadRecord] | None = None,
+                      only: Collection[str] | None = None, **options: Any) -> Iterator[Example]:
+        """`read`'s examples one question at a time, with the same refusals (records skipped
+        under `skip_bad` go to `skipped`); the JSON files are still parsed whole. `only`: build
+        just the examples with these ids and pass over the other records unchecked (a second
+        read, after a whole one checked them)."""
         opts = self.resolve_options(**options)
         root = Path(root)
         subtype = subtype_of(split)
         questions_path, annotations_path = self.files(root, split, **opts)
         images_dir = opts["images_dir"] or default_images_dir(root, subtype)
         check_files = opts["check_files"]
-        skipped: list[BadRecord] = []
+        skipped = [] if skipped is None else skipped
         answers = {} if annotations_path is None else \
             self._answers(annotations_path, skipped, skip_bad)
-        examples: list[Example] = []
         seen: set[int] = set()
         for position, record in enumerate(_load_json(questions_path, "questions")):
+            question_id = record.get("question_id") if isinstance(record, dict) else None
+            if only is not None and isinstance(question_id, int) and str(question_id) not in only:
+                continue
             where = {"file": questions_path, "line": None, "field": f"questions[{position}]"}
             try:
                 example = self._example(record, where, answers, annotations_path, root,
@@ -328,8 +342,7 @@ class VqaReader:
                     raise
                 skipped.append(bad_record(error))
                 continue
-            examples.append(example)
-        return ReadResult(examples, skipped)
+            yield example
 
     @staticmethod
     def _answers(path: Path, skipped: list[BadRecord], skip_bad: bool

@@ -7,7 +7,7 @@ import dataclasses
 import operator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -52,20 +52,25 @@ class Setup:
 
 def setup(config: TrainConfig) -> Setup:
     """Read the data, the low-shot split, the cache (fingerprint checked) and build the student."""
-    from madcache.data import read_examples
+    from madcache.data import iter_examples, read_examples
     from madcache.students import build_student, save_student
 
     method = get_method(config.method)
     torch.manual_seed(config.seed)
-    examples = read_examples(config.dataset, config.root, config.split,
-                             **config.read_options).examples
-    subset, split = training_subset(config, examples)
+    whole = config.split_file is None and config.per_category is None
+    examples: list[Example] = []
+    if whole or method.stage(AF) is not None:     # the whole split is trained on
+        examples = read_examples(config.dataset, config.root, config.split,
+                                 **config.read_options).examples
+        subset, split = training_subset(config, examples)
+    else:                                         # low-shot: only the subset is kept
+        subset, split = training_subset(config, lambda only=None: iter_examples(
+            config.dataset, config.root, config.split, only=only, **config.read_options))
     cache = open_checked_cache(config, method)
     store = region_store_for(config.student, config.regions)  # None: the student reads pixels
     options = student_defaults(config, cache, store) | config.student_options
     student = build_student(config.student, **options).to(config.device)
     regions = visual_loader(student, root=config.root, store=store)
-    whole = config.split_file is None and config.per_category is None
     in_image_order = image_order(examples)   # every method, cache or not: the same batches
     task_source = _source(in_image_order if whole else subset,
                           target_loader(config, method.only(TASK), cache),
@@ -147,13 +152,21 @@ def label_free_examples(dataset: str, examples: list[Example]
     return views, {f"af:{i}": original for i, (original, _) in enumerate(seen)}
 
 
-def training_subset(config: TrainConfig, examples: list[Example]
+def training_subset(config: TrainConfig,
+                    examples: Sequence[Example] | Callable[..., Iterable[Example]]
                     ) -> tuple[list[Example], Any]:
     """The low-shot subset and its split (from `split_file`, or sampled per category with
     `seed`; None: all examples). A sampled split is saved by `record_split`, once every check
-    passed, so a refused run leaves nothing in its run folder."""
+    passed, so a refused run leaves nothing in its run folder.
+
+    `examples`: the split, or `read(only=None)`, which reads it anew at each call (`only`: just
+    the examples with these ids, the other records passed over unchecked). Then the split is
+    never kept whole: a sampled split is drawn from a slim index of a whole read
+    (`lowshot.index`: the same ids in the same order), then only the drawn examples are read;
+    a split file's examples come from one whole read."""
     from madcache.data import lowshot
 
+    read = examples if callable(examples) else lambda only=None: examples
     if config.split_file is not None:
         split = lowshot.Split.load(config.split_file)
         drawn_with = split.params.get("seed")
@@ -162,17 +175,22 @@ def training_subset(config: TrainConfig, examples: list[Example]
                               f"has --seed {config.seed}: pass --seed {drawn_with}, or the split "
                               f"file of seed {config.seed}")
     elif config.per_category is not None:
-        split = lowshot.sample_per_category(examples, k=config.per_category, seed=config.seed)
+        split = lowshot.sample_per_category(lowshot.index(read()), k=config.per_category,
+                                            seed=config.seed)
     else:
-        return examples, None
+        return list(read()), None
     wanted = set(split.ids)
-    subset = [ex for ex in examples if ex.id in wanted]
+    checked = config.split_file is None        # the index's read checked every record
+    subset = [ex for ex in read(wanted if checked else None) if ex.id in wanted]
     if len(subset) != len(wanted):
         unknown = sorted(wanted - {ex.id for ex in subset})
         raise ConfigError(f"{config.split_file or 'the sampled split'}: {len(unknown)} of its "
                           f"{len(wanted)} ids are not in the {config.dataset} "
                           f"{getattr(config, 'split', 'training')} split (e.g. "
                           f"{', '.join(map(repr, unknown[:3]))}); was it sampled from this split?")
+    if checked:   # the same ids, in the same (reader) order, as the second pass's strings: the
+        # index's few hundred, scattered over the first pass's memory, would keep it from the OS
+        split.ids = [ex.id for ex in subset]
     return subset, split
 
 

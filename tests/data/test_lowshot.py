@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from madcache.data import read_examples
-from madcache.data.lowshot import (Split, load_split, sample_per_category, sample_snli_ve,
-                                   sample_vcr, sample_vqa, save_split)
+from madcache.data import iter_examples, read_examples
+from madcache.data.lowshot import (Split, index, load_split, sample_per_category,
+                                   sample_snli_ve, sample_vcr, sample_vqa, save_split)
 from madcache.data.records import Example, Text
 from madcache.core.errors import ConfigError, DataError
 
@@ -54,6 +54,7 @@ def test_snli_ve_per_class_images_with_their_hypotheses_of_the_class():
     assert split.example_counts == {"contradiction": 3, "entailment": 3, "neutral": 1}
     assert len(split.ids) == 7 and "d#0" not in split.ids
     assert split.shortfalls["entailment"] == {"wanted": 5, "available": 2}
+    assert sample_snli_ve(index(examples), k=5, seed=0) == split
 
 
 def test_vqa_at_most_two_questions_of_the_type_per_image():
@@ -65,6 +66,7 @@ def test_vqa_at_most_two_questions_of_the_type_per_image():
     assert split.example_counts == {"what": 3, "why": 1}
     assert len([i for i in split.ids if i.startswith("a-what")]) == 2 and "b-what0" in split.ids
     assert split.params["questions_per_image"] == 2
+    assert sample_vqa(index(examples), k=2, seed=4) == split
     with pytest.raises(ConfigError, match="k must be >= 1"):
         sample_vqa(examples, k=0, seed=1)
 
@@ -88,6 +90,7 @@ def test_real_vcr_cs_split_is_exact(real_root):
     examples = read_examples("vcr", real_root / "vcr", "annotations/vcr_cs_val_original.jsonl",
                              skip_bad=True).examples
     split = sample_per_category(examples, k=10, seed=0)
+    assert sample_per_category(index(examples), k=10, seed=0) == split   # the slim index
     assert split.counts == {"activity": 10, "explanation": 10, "hypothetical": 5, "mental": 10,
                             "role": 10, "temporal": 10}
     assert len(split.ids) == 2 * 55 == sum(split.example_counts.values())
@@ -100,5 +103,9 @@ def test_real_snli_ve_split(real_root):
     examples = read_examples("snli-ve", real_root / "snli_ve" / "allennlp_fixture",
                              "sample_pairs.jsonl").examples
     split = sample_per_category(examples, k=1, seed=3)
+    assert sample_per_category(index(examples), k=1, seed=3) == split
+    only = iter_examples("snli-ve", real_root / "snli_ve" / "allennlp_fixture",
+                         "sample_pairs.jsonl", only=set(split.ids))
+    assert [ex.id for ex in only] == split.ids
     assert split.example_counts == {"contradiction": 4, "entailment": 1, "neutral": 6}
     assert "402978771.jpg#1r1e" in split.ids

@@ -55,6 +55,10 @@ def test_vcr_cs_reads_152_questions_and_reports_the_7_duplicates(real_root):
     assert len(result.examples) == 304
     assert [bad.line for bad in result.skipped] == [98, 100, 102, 140, 144, 146, 159]
     assert "conflicting copy of line 154" in result.skipped[-1].reason
+    skipped = []      # the streaming form: the same examples and reports, one record at a time
+    assert list(DATASETS.get("vcr").iter_examples(real_root / "vcr", VCR_CS, skip_bad=True,
+                                                  skipped=skipped)) == result.examples
+    assert skipped == result.skipped
     qa = {ex.group: ex for ex in result.examples if ex.id.endswith(":qa")}
     assert len(qa) == 152 and len({ex.image_id for ex in qa.values()}) == 143
 

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from madcache.data import read_examples
+from madcache.data import iter_examples, read_examples
 from madcache.data.vqa import (answer_scores, build_answer_vocab, load_answer_vocab,
                                normalize_answer, process_punctuation, read_vqa_results, soft_score,
                                vqa_accuracy)
@@ -31,6 +31,9 @@ def test_real_questions_answers_and_soft_scores(real_root):
     assert first.image_id == "458752" and first.label is None
     assert [ex.category for ex in examples] == ["what", "what", "what color", "yes/no",
                                                 "what color"]
+    only = iter_examples("vqa", real_root / "vqa_v2", "train", only={"458752003", "262146000"},
+                         **FILES)
+    assert list(only) == examples[3:]
 
 
 @pytest.mark.real
