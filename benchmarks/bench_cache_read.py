@@ -47,8 +47,14 @@ def shard_arrays(shard: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
 
 def build(root: Path, fmt: str) -> float:
     rng = np.random.default_rng(0)
-    manifest = {"fingerprint": {"bench": 1}, "dataset": "bench", "split": "train",
-                "num_choices": C, "dims": {"image": DV, "text": DT}, "settings": {}}
+    manifest = {
+        "fingerprint": {"bench": 1},
+        "dataset": "bench",
+        "split": "train",
+        "num_choices": C,
+        "dims": {"image": DV, "text": DT},
+        "settings": {},
+    }
     started = time.perf_counter()
     writer = CacheWriter.open(root, manifest=manifest, format=fmt)
     for shard in range(SHARDS):
@@ -79,13 +85,15 @@ class NaiveReader:
         shard, row = self.where[example_id]
         g = self.handles[shard]
         texts = g["example_texts"][row]
-        out = {"image": g["image_feat"][int(g["example_image"][row])].astype(np.float32),
-               "text_eos": np.stack([g["text_eos"][int(t)] for t in texts]).astype(np.float32),
-               "iqa": g["logits/iqa"][row]}
+        out = {
+            "image": g["image_feat"][int(g["example_image"][row])].astype(np.float32),
+            "text_eos": np.stack([g["text_eos"][int(t)] for t in texts]).astype(np.float32),
+            "iqa": g["logits/iqa"][row],
+        }
         words = []
         for t in texts:
-            start, end = g["word_offsets"][int(t):int(t) + 2]
-            words.append(g["word_feat"][int(start):int(end)].astype(np.float32))
+            start, end = g["word_offsets"][int(t) : int(t) + 2]
+            words.append(g["word_feat"][int(start) : int(end)].astype(np.float32))
         out["words"] = words
         return out
 
@@ -112,8 +120,10 @@ def main() -> None:
     rng = np.random.default_rng(1)
     ids = [f"ex{s}-{i}" for s in range(SHARDS) for i in range(PER_SHARD)]
     subset = [ids[i] for i in rng.choice(len(ids), int(len(ids) * FRACTION), replace=False)]
-    print(f"{SHARDS} shards x {PER_SHARD} examples, C={C}, D={DT}, ~{WORDS} words/text; "
-          f"subset {len(subset)} ids ({FRACTION:.0%}), random")
+    print(
+        f"{SHARDS} shards x {PER_SHARD} examples, C={C}, D={DT}, ~{WORDS} words/text; "
+        f"subset {len(subset)} ids ({FRACTION:.0%}), random"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for fmt in ("zarr", "hdf5"):
             root = Path(tmp) / fmt
@@ -127,13 +137,16 @@ def main() -> None:
             rows = [naive.row(eid) for eid in subset]
             slow = time.perf_counter() - started
             np.testing.assert_array_equal(targets.image[5], rows[5]["image"])
-            np.testing.assert_array_equal(targets.words.feat[targets.words.text_slice(5 * C)],
-                                          rows[5]["words"][0])
+            np.testing.assert_array_equal(
+                targets.words.feat[targets.words.text_slice(5 * C)], rows[5]["words"][0]
+            )
             size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) / 2**20
-            print(f"{fmt:5s} write {SHARDS * PER_SHARD / write_s:>8,.0f} ex/s ({size:.0f} MiB) | "
-                  f"load_targets {rate(len(subset), fast)} | whole shards "
-                  f"{rate(len(subset), whole)} | row-by-row {rate(len(subset), slow)} | "
-                  f"load_targets / row-by-row {slow / fast:.1f}x")
+            print(
+                f"{fmt:5s} write {SHARDS * PER_SHARD / write_s:>8,.0f} ex/s ({size:.0f} MiB) | "
+                f"load_targets {rate(len(subset), fast)} | whole shards "
+                f"{rate(len(subset), whole)} | row-by-row {rate(len(subset), slow)} | "
+                f"load_targets / row-by-row {slow / fast:.1f}x"
+            )
 
 
 if __name__ == "__main__":

@@ -34,8 +34,8 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -80,24 +80,31 @@ def interleaved(variants: dict[str, Callable[[], object]], repeats: int) -> dict
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", type=Path, default=Path(os.environ.get(
-        "MADCACHE_REAL_FIXTURES", REPO.parent / "shared" / "fixtures" / "real")) / "vcr")
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=Path(
+            os.environ.get("MADCACHE_REAL_FIXTURES", REPO.parent / "shared" / "fixtures" / "real")
+        )
+        / "vcr",
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="24 examples, 1 repeat (tests)")
     args = parser.parse_args(argv)
     if not (args.root / ANNOTATIONS).is_file():
-        result = {"benchmark": "preprocess", "skipped": f"no real VCR samples at {args.root} "
-                                                        "(set MADCACHE_REAL_FIXTURES)"}
+        result = {
+            "benchmark": "preprocess",
+            "skipped": f"no real VCR samples at {args.root} (set MADCACHE_REAL_FIXTURES)",
+        }
         print(json.dumps(result))
         return result
 
     import open_clip
     import torch
 
-    from madcache.data import read_examples
+    from madcache.data import read_examples, wordpieces
     from madcache.extraction import jobs, scores
     from madcache.extraction.plan import build_shard_plan
-    from madcache.data import wordpieces
 
     torch.set_num_threads(1)
     repeats = 1 if args.quick else args.repeats
@@ -111,11 +118,16 @@ def main(argv: list[str] | None = None) -> dict:
     transform = open_clip.transform.image_transform_v2(preprocess, is_train=False)
     tokenizer = wordpieces.WordTokenizer(config["text_cfg"]["context_length"])
     decoded = jobs.load_rgb(args.root, image)
-    preprocessor = jobs.Preprocessor(args.root, image_transforms={"clip": transform},
-                                     text_processors={"clip": tokenizer}, aux_processors={},
-                                     yake=jobs.YakeSettings(), forward_batch=64)
+    preprocessor = jobs.Preprocessor(
+        args.root,
+        image_transforms={"clip": transform},
+        text_processors={"clip": tokenizer},
+        aux_processors={},
+        yake=jobs.YakeSettings(),
+        forward_batch=64,
+    )
     plan = build_shard_plan(0, examples)
-    plan.image_paths = [image] * len(plan.image_paths)     # the fixture's one real frame
+    plan.image_paths = [image] * len(plan.image_paths)  # the fixture's one real frame
     shard = jobs.shard_jobs(plan, 64, with_aux=False, forward_batch=64)
 
     memos = (wordpieces._word_pieces, scores._yake_word_scores, scores._content_words)
@@ -146,11 +158,17 @@ def main(argv: list[str] | None = None) -> dict:
         def run():
             with before_change():
                 fn()
+
         return run
 
-    steps = {"read": lambda: read_examples("vcr", args.root, ANNOTATIONS, skip_bad=True),
-             "decode": decode, "transform": lambda: [transform(decoded) for _ in range(images)],
-             "bpe": bpe_cold, "yake": yake_cold, "preprocessor": preprocessor_cold}
+    steps = {
+        "read": lambda: read_examples("vcr", args.root, ANNOTATIONS, skip_bad=True),
+        "decode": decode,
+        "transform": lambda: [transform(decoded) for _ in range(images)],
+        "bpe": bpe_cold,
+        "yake": yake_cold,
+        "preprocessor": preprocessor_cold,
+    }
     variants = {}
     for name, fn in steps.items():
         variants[f"{name}/before"] = before(fn)
@@ -160,23 +178,36 @@ def main(argv: list[str] | None = None) -> dict:
     table = {}
     for variant in ("before", "after"):
         ms = {name: 1e3 * seconds[f"{name}/{variant}"] / n for name in steps}
-        ms["read"] *= n / len(everything)           # the reader reads the whole file
+        ms["read"] *= n / len(everything)  # the reader reads the whole file
         ms = {k: round(v, 3) for k, v in ms.items()}
         cost = sum(v for k, v in ms.items() if k != "preprocessor")
-        workers = 0 if variant == "before" else jobs.preprocess_workers(None, "cuda",
-                                                                        cores=CORES, environ={})
+        workers = (
+            0
+            if variant == "before"
+            else jobs.preprocess_workers(None, "cuda", cores=CORES, environ={})
+        )
         table[variant] = {
-            "per_example_ms": ms, "cpu_ms_per_example": round(cost, 3),
+            "per_example_ms": ms,
+            "cpu_ms_per_example": round(cost, 3),
             "dominant": max((k for k in ms if k != "preprocessor"), key=ms.get),
             "projected_examples_per_s_16_cores": round(WORKERS_16_CORES * 1e3 / cost, 1),
             "default_workers_16_core_cuda_node": workers,
-            "default_examples_per_s_16_core_cuda_node": round(max(workers, 1) * 1e3 / cost, 1)}
-    result = {"benchmark": "preprocess", "quick": args.quick, "examples": n, "images": images,
-              "texts": len(texts), "image_size": list(decoded.size), "repeats": repeats,
-              **table,
-              "after_over_before_cpu_ms": round(table["after"]["cpu_ms_per_example"]
-                                                / table["before"]["cpu_ms_per_example"], 3),
-              "clip_retrieval_a100_examples_per_s": round(CLIP_RETRIEVAL_A100 * n / images, 1)}
+            "default_examples_per_s_16_core_cuda_node": round(max(workers, 1) * 1e3 / cost, 1),
+        }
+    result = {
+        "benchmark": "preprocess",
+        "quick": args.quick,
+        "examples": n,
+        "images": images,
+        "texts": len(texts),
+        "image_size": list(decoded.size),
+        "repeats": repeats,
+        **table,
+        "after_over_before_cpu_ms": round(
+            table["after"]["cpu_ms_per_example"] / table["before"]["cpu_ms_per_example"], 3
+        ),
+        "clip_retrieval_a100_examples_per_s": round(CLIP_RETRIEVAL_A100 * n / images, 1),
+    }
     print(json.dumps(result))
     return result
 

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_cache_read as synthetic  # noqa: E402
+
 from madcache.cache.objectstore import S3Store  # noqa: E402
 from madcache.cache.reader import open_cache  # noqa: E402
 from madcache.cache.store import StoreKey  # noqa: E402
@@ -39,10 +40,13 @@ class FsspecS3Store(S3Store):
         import s3fs
         from zarr.storage import FsspecStore
 
-        fs = s3fs.S3FileSystem(key=os.environ["AWS_ACCESS_KEY_ID"],
-                               secret=os.environ["AWS_SECRET_ACCESS_KEY"],
-                               endpoint_url=os.environ["AWS_ENDPOINT_URL"], asynchronous=True,
-                               client_kwargs={"region_name": "us-east-1"})
+        fs = s3fs.S3FileSystem(
+            key=os.environ["AWS_ACCESS_KEY_ID"],
+            secret=os.environ["AWS_SECRET_ACCESS_KEY"],
+            endpoint_url=os.environ["AWS_ENDPOINT_URL"],
+            asynchronous=True,
+            client_kwargs={"region_name": "us-east-1"},
+        )
         return FsspecStore(fs, path=f"{self.bucket}/{self.prefix}")
 
 
@@ -50,15 +54,20 @@ def start_server() -> tuple[object, str]:
     import boto3
     from moto.server import ThreadedMotoServer
 
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)       # one line per request
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench",
-                       "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1"})
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(
-        Bucket="bench")
+    os.environ.update(
+        {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_REGION": "us-east-1",
+        }
+    )
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="bench")
     return server, endpoint
 
 
@@ -77,10 +86,11 @@ def subset(root, fraction: float) -> list[str]:
     return sorted(rng.choice(ids, max(1, int(fraction * len(ids))), replace=False).tolist())
 
 
-def measure(name: str, where, ids: list[str], repeat: int,
-            expected=None) -> tuple[str, float, float]:
+def measure(
+    name: str, where, ids: list[str], repeat: int, expected=None
+) -> tuple[str, float, float]:
     targets = open_cache(where).load_targets(ids)
-    if expected is not None:      # every reader returns the same values
+    if expected is not None:  # every reader returns the same values
         np.testing.assert_array_equal(targets.words.feat, expected.words.feat)
         np.testing.assert_array_equal(targets.image, expected.image)
     subset_s = best(lambda: open_cache(where).load_targets(ids), repeat)
@@ -111,30 +121,37 @@ def main() -> None:
             ids = subset(disk, synthetic.FRACTION)
             shard_mb = open_cache(disk).shards[0]["bytes"] / 2**20
             expected = open_cache(disk).load_targets(ids)
-            rows = [measure("disk (zarr LocalStore)", disk, ids, args.repeat),
-                    measure("s3 obstore (chosen)", "s3://bench/cache", ids, args.repeat,
-                            expected)]
+            rows = [
+                measure("disk (zarr LocalStore)", disk, ids, args.repeat),
+                measure("s3 obstore (chosen)", "s3://bench/cache", ids, args.repeat, expected),
+            ]
             try:
                 import s3fs  # noqa: F401
+
                 fsspec_root = StoreKey(FsspecS3Store("s3://bench/cache"))
                 rows.append(measure("s3 s3fs/fsspec", fsspec_root, ids, args.repeat, expected))
             except ImportError:
                 print("s3fs not installed: fsspec comparison skipped")
     finally:
         server.stop()
-    print(f"cache: {synthetic.SHARDS} shards x {synthetic.PER_SHARD} examples, subset "
-          f"{len(ids)} ids ({synthetic.FRACTION:.0%}); server {endpoint}; write disk "
-          f"{write_disk:.2f} s, write s3 {write_s3:.2f} s ({write_s3 / write_disk:.1f}x); "
-          f"a shard is {shard_mb:.0f} MiB")
+    print(
+        f"cache: {synthetic.SHARDS} shards x {synthetic.PER_SHARD} examples, subset "
+        f"{len(ids)} ids ({synthetic.FRACTION:.0%}); server {endpoint}; write disk "
+        f"{write_disk:.2f} s, write s3 {write_s3:.2f} s ({write_s3 / write_disk:.1f}x); "
+        f"a shard is {shard_mb:.0f} MiB"
+    )
     disk_subset, disk_whole = rows[0][1], rows[0][2]
-    print(f"{'reader':<24} {'load_targets 3%':>16} {'x disk':>7} {'whole shard':>12} "
-          f"{'x disk':>7}")
+    print(f"{'reader':<24} {'load_targets 3%':>16} {'x disk':>7} {'whole shard':>12} {'x disk':>7}")
     for name, subset_s, whole_s in rows:
-        print(f"{name:<24} {subset_s:>14.3f} s {subset_s / disk_subset:>6.1f}x "
-              f"{whole_s:>10.3f} s {whole_s / disk_whole:>6.1f}x")
+        print(
+            f"{name:<24} {subset_s:>14.3f} s {subset_s / disk_subset:>6.1f}x "
+            f"{whole_s:>10.3f} s {whole_s / disk_whole:>6.1f}x"
+        )
     if len(rows) == 3:
-        print(f"s3fs / obstore: load_targets {rows[2][1] / rows[1][1]:.2f}x, whole shard "
-              f"{rows[2][2] / rows[1][2]:.2f}x (above 1: obstore is faster)")
+        print(
+            f"s3fs / obstore: load_targets {rows[2][1] / rows[1][1]:.2f}x, whole shard "
+            f"{rows[2][2] / rows[1][2]:.2f}x (above 1: obstore is faster)"
+        )
 
 
 if __name__ == "__main__":

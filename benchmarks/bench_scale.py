@@ -44,18 +44,21 @@ if __name__ == "__main__" and "--measure" not in sys.argv:
     sys.path.insert(0, str(REPO))
 
 SIZES = {"vcr": 425_846, "vqa": 443_757, "snli-ve": 529_527}
-PER_IMAGE = {"vcr": 4, "vqa": 5, "snli-ve": 18}   # examples per image (VCR: 2 questions x 2)
+PER_IMAGE = {"vcr": 4, "vqa": 5, "snli-ve": 18}  # examples per image (VCR: 2 questions x 2)
 CHOICES = {"vcr": 4, "vqa": 1, "snli-ve": 1}
-SHARD = 1024                                      # extraction's default shard size
-VQA_K = 8                                         # candidate answers with teacher logits
+SHARD = 1024  # extraction's default shard size
+VQA_K = 8  # candidate answers with teacher logits
 STUDENT = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_length=40)
-WORDS = ("person man woman dog car street table holding looking walking red blue old young "
-         "because happy angry door window phone cup bag hat shirt").split()
+WORDS = (
+    "person man woman dog car street table holding looking walking red blue old young "
+    "because happy angry door window phone cup bag hat shirt"
+).split()
 QUESTIONS = ("Why is", "What is", "Where is", "How is", "What will", "What does")
 VQA_QUESTIONS = ("how many", "is the", "what color is the", "what is the", "is there a")
 
 
 # ----------------------------------------------------------------------------- dataset files
+
 
 def sentence(rng: np.random.Generator, low: int, high: int) -> list[str]:
     return [str(w) for w in rng.choice(WORDS, int(rng.integers(low, high)))]
@@ -69,15 +72,25 @@ def write_vcr(root: Path, n: int, rng: np.random.Generator) -> list[tuple[str, s
     with open(folder / "train.jsonl", "w", encoding="utf-8") as handle:
         for q in range(n // 2):
             image = f"img{q // 2:07d}"
-            record = {"annot_id": f"train-{q}", "movie": "m", "img_id": image,
-                      "img_fn": f"lsmdc_m/{image}.jpg", "metadata_fn": f"lsmdc_m/{image}.json",
-                      "objects": ["person", "person", "car"],
-                      "question": [*QUESTIONS[q % len(QUESTIONS)].split(), [0],
-                                   *sentence(rng, 2, 6), "?"],
-                      "answer_choices": [[[1], *sentence(rng, 3, 8), "."] for _ in range(4)],
-                      "rationale_choices": [sentence(rng, 4, 10) + ["."] for _ in range(4)],
-                      "answer_label": int(rng.integers(4)),
-                      "rationale_label": int(rng.integers(4)), "question_number": 0}
+            record = {
+                "annot_id": f"train-{q}",
+                "movie": "m",
+                "img_id": image,
+                "img_fn": f"lsmdc_m/{image}.jpg",
+                "metadata_fn": f"lsmdc_m/{image}.json",
+                "objects": ["person", "person", "car"],
+                "question": [
+                    *QUESTIONS[q % len(QUESTIONS)].split(),
+                    [0],
+                    *sentence(rng, 2, 6),
+                    "?",
+                ],
+                "answer_choices": [[[1], *sentence(rng, 3, 8), "."] for _ in range(4)],
+                "rationale_choices": [sentence(rng, 4, 10) + ["."] for _ in range(4)],
+                "answer_label": int(rng.integers(4)),
+                "rationale_label": int(rng.integers(4)),
+                "question_number": 0,
+            }
             handle.write(json.dumps(record) + "\n")
             out += [(f"train-{q}:qa", image), (f"train-{q}:qar", image)]
     return out
@@ -91,17 +104,32 @@ def write_vqa(root: Path, n: int, rng: np.random.Generator) -> list[tuple[str, s
         image = 1_000_000 + q // PER_IMAGE["vqa"]
         qid = image * 100 + q % PER_IMAGE["vqa"]
         kind = VQA_QUESTIONS[q % len(VQA_QUESTIONS)]
-        questions.append({"image_id": image, "question": " ".join([kind, *sentence(rng, 1, 5)])
-                          + "?", "question_id": qid})
+        questions.append(
+            {
+                "image_id": image,
+                "question": " ".join([kind, *sentence(rng, 1, 5)]) + "?",
+                "question_id": qid,
+            }
+        )
         answer = str(rng.choice(WORDS))
-        annotations.append({"question_id": qid, "image_id": image, "question_type": kind,
-                            "answer_type": "other", "multiple_choice_answer": answer,
-                            "answers": [{"answer": answer, "answer_confidence": "yes",
-                                         "answer_id": k + 1} for k in range(10)]})
+        annotations.append(
+            {
+                "question_id": qid,
+                "image_id": image,
+                "question_type": kind,
+                "answer_type": "other",
+                "multiple_choice_answer": answer,
+                "answers": [
+                    {"answer": answer, "answer_confidence": "yes", "answer_id": k + 1}
+                    for k in range(10)
+                ],
+            }
+        )
         out.append((str(qid), str(image)))
-    for name, key, rows in (("v2_OpenEnded_mscoco_train2014_questions.json", "questions",
-                             questions),
-                            ("v2_mscoco_train2014_annotations.json", "annotations", annotations)):
+    for name, key, rows in (
+        ("v2_OpenEnded_mscoco_train2014_questions.json", "questions", questions),
+        ("v2_mscoco_train2014_annotations.json", "annotations", annotations),
+    ):
         (folder / name).write_text(json.dumps({key: rows}), encoding="utf-8")
     return out
 
@@ -116,10 +144,18 @@ def write_snli_ve(root: Path, n: int, rng: np.random.Generator) -> list[tuple[st
             image = str(1_000_000 + i // PER_IMAGE["snli-ve"])
             label = labels[i % 3]
             pair = f"{i}{label[0]}"
-            handle.write(json.dumps({"pairID": pair, "Flickr30K_ID": image,
-                                     "sentence1": " ".join(sentence(rng, 6, 12)),
-                                     "sentence2": " ".join(sentence(rng, 4, 9)),
-                                     "gold_label": label}) + "\n")
+            handle.write(
+                json.dumps(
+                    {
+                        "pairID": pair,
+                        "Flickr30K_ID": image,
+                        "sentence1": " ".join(sentence(rng, 6, 12)),
+                        "sentence2": " ".join(sentence(rng, 4, 9)),
+                        "gold_label": label,
+                    }
+                )
+                + "\n"
+            )
             out.append((pair, image))
     return out
 
@@ -129,21 +165,25 @@ WRITERS = {"vcr": write_vcr, "vqa": write_vqa, "snli-ve": write_snli_ve}
 
 # ----------------------------------------------------------------------------- caches
 
+
 def normal(rng: np.random.Generator, *shape: int) -> np.ndarray:
     return rng.standard_normal(shape, dtype=np.float32).astype(np.float16)
 
 
-def cache_shard(dataset: str, examples: list[tuple[str, str]], rng: np.random.Generator,
-                dim: int, words: int) -> dict[str, np.ndarray]:
+def cache_shard(
+    dataset: str, examples: list[tuple[str, str]], rng: np.random.Generator, dim: int, words: int
+) -> dict[str, np.ndarray]:
     """One shard's arrays (examples in image order, `words` words per scored text)."""
     c, n = CHOICES[dataset], len(examples)
     images, example_image = np.unique([image for _, image in examples], return_inverse=True)
     n_texts, n_words = n * c, n * c * words
     arrays = {
-        "example_id": np.array([eid for eid, _ in examples]), "image_id": images,
+        "example_id": np.array([eid for eid, _ in examples]),
+        "image_id": images,
         "example_image": example_image.astype(np.int64),
         "example_texts": np.arange(n_texts, dtype=np.int64).reshape(n, c),
-        "image_feat": normal(rng, len(images), dim), "text_eos": normal(rng, n_texts, dim),
+        "image_feat": normal(rng, len(images), dim),
+        "text_eos": normal(rng, n_texts, dim),
         "text_truncated": np.zeros(n_texts, bool),
         "word_offsets": np.arange(0, n_words + 1, words, dtype=np.int64),
         "word_feat": normal(rng, n_words, dim),
@@ -151,7 +191,8 @@ def cache_shard(dataset: str, examples: list[tuple[str, str]], rng: np.random.Ge
         "word_truncated": np.zeros(n_words, bool),
         "word_vr": rng.random(n_words, dtype=np.float32),
         "word_yake": rng.random(n_words, dtype=np.float32),
-        "word_score": rng.random(n_words, dtype=np.float32)}
+        "word_score": rng.random(n_words, dtype=np.float32),
+    }
     if dataset == "vcr":
         arrays["logits/iqa"] = rng.normal(size=(n, c)).astype(np.float32)
     elif dataset == "vqa":
@@ -162,24 +203,40 @@ def cache_shard(dataset: str, examples: list[tuple[str, str]], rng: np.random.Ge
     return arrays
 
 
-def write_cache(path: Path, dataset: str, root: Path, examples: list[tuple[str, str]], *,
-                fmt: str, dim: int, words: int) -> None:
+def write_cache(
+    path: Path,
+    dataset: str,
+    root: Path,
+    examples: list[tuple[str, str]],
+    *,
+    fmt: str,
+    dim: int,
+    words: int,
+) -> None:
     from madcache.cache.fingerprint import dataset_fingerprint
     from madcache.cache.writer import CacheWriter
 
     logits = {"vcr": "iqa", "vqa": "template", "snli-ve": "kmeans"}[dataset]
-    manifest = {"fingerprint": {"dataset": dataset_fingerprint(dataset, root, "train", {})},
-                "dataset": dataset, "split": "train", "num_choices": CHOICES[dataset],
-                "dims": {"image": dim, "text": dim}, "settings": {"default_logits": logits},
-                "teachers": {"vision": "bench", "text": "bench"},
-                "extra": {"kmeans_centres": [0.3, 0.2, 0.1], "kmeans_scale": 100.0,
-                          **({"answer_vocab": [f"answer{i}" for i in range(100)]}
-                             if dataset == "vqa" else {})}}
+    manifest = {
+        "fingerprint": {"dataset": dataset_fingerprint(dataset, root, "train", {})},
+        "dataset": dataset,
+        "split": "train",
+        "num_choices": CHOICES[dataset],
+        "dims": {"image": dim, "text": dim},
+        "settings": {"default_logits": logits},
+        "teachers": {"vision": "bench", "text": "bench"},
+        "extra": {
+            "kmeans_centres": [0.3, 0.2, 0.1],
+            "kmeans_scale": 100.0,
+            **({"answer_vocab": [f"answer{i}" for i in range(100)]} if dataset == "vqa" else {}),
+        },
+    }
     rng = np.random.default_rng(1)
     writer = CacheWriter.open(path, manifest=manifest, format=fmt)
     for shard, start in enumerate(range(0, len(examples), SHARD)):
-        writer.write_shard(shard, cache_shard(dataset, examples[start:start + SHARD], rng,
-                                              dim, words))
+        writer.write_shard(
+            shard, cache_shard(dataset, examples[start : start + SHARD], rng, dim, words)
+        )
     writer.finish()
 
 
@@ -189,31 +246,43 @@ def write_regions(path: Path, images: list[str]) -> None:
     from madcache.students.regions import shard_arrays
 
     rng = np.random.default_rng(2)
-    manifest = {"kind": "regions", "fingerprint": {"bench": 1}, "dataset": "bench",
-                "split": "train", "num_choices": 0, "dims": {"region": 8},
-                "settings": {"extractor": "bench", "max_regions": 2, "splits": ["train"]}}
+    manifest = {
+        "kind": "regions",
+        "fingerprint": {"bench": 1},
+        "dataset": "bench",
+        "split": "train",
+        "num_choices": 0,
+        "dims": {"region": 8},
+        "settings": {"extractor": "bench", "max_regions": 2, "splits": ["train"]},
+    }
     writer = CacheWriter.open(path, manifest=manifest, format="zarr")
     for shard, start in enumerate(range(0, len(images), SHARD)):
-        ids = images[start:start + SHARD]
+        ids = images[start : start + SHARD]
         boxes = np.tile(np.array([[0.1, 0.1, 0.9, 0.9]], np.float32), (2, 1))
-        writer.write_shard(shard, shard_arrays(ids, [(rng.normal(size=(2, 8)).astype(
-            np.float32), boxes) for _ in ids], 2), index_columns={"image_id": ids})
+        writer.write_shard(
+            shard,
+            shard_arrays(
+                ids, [(rng.normal(size=(2, 8)).astype(np.float32), boxes) for _ in ids], 2
+            ),
+            index_columns={"image_id": ids},
+        )
     writer.finish()
 
 
-def build(folder: Path, dataset: str, n: int, *, dim: int, words: int,
-          formats: tuple[str, ...]) -> list[str]:
+def build(
+    folder: Path, dataset: str, n: int, *, dim: int, words: int, formats: tuple[str, ...]
+) -> list[str]:
     """Dataset files under `folder/data`, caches under `folder/<format>`; the example ids."""
     examples = WRITERS[dataset](folder / "data", n, np.random.default_rng(0))
-    examples.sort(key=lambda e: e[1])          # image order (stable), as caches store it
+    examples.sort(key=lambda e: e[1])  # image order (stable), as caches store it
     for fmt in formats:
-        write_cache(folder / fmt, dataset, folder / "data", examples, fmt=fmt, dim=dim,
-                    words=words)
+        write_cache(folder / fmt, dataset, folder / "data", examples, fmt=fmt, dim=dim, words=words)
     write_regions(folder / "regions", list(dict.fromkeys(image for _, image in examples)))
     return [eid for eid, _ in examples]
 
 
 # ----------------------------------------------------------------------------- measuring
+
 
 def rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -250,8 +319,11 @@ def used_bytes(examples, targets, dim: int) -> tuple[int, int]:
         feature += targets.text_eos.numel() * 2
     if targets.word_mask is not None:
         feature += int(targets.word_mask.sum()) * dim * 2
-    other = sum(getattr(targets, name).numel() * getattr(targets, name).element_size()
-                for name in ("logits", "candidates") if getattr(targets, name) is not None)
+    other = sum(
+        getattr(targets, name).numel() * getattr(targets, name).element_size()
+        for name in ("logits", "candidates")
+        if getattr(targets, name) is not None
+    )
     return feature, other
 
 
@@ -262,10 +334,18 @@ def run_setup(folder: Path, dataset: str, method: str, shots: int):
     from madcache.train.setup import setup
 
     torch.set_num_threads(1)
-    config = TrainConfig(dataset=dataset, root=str(folder / "data"), out=str(folder / "run"),
-                         method=method, cache=str(folder / "zarr"), per_category=shots,
-                         regions=str(folder / "regions"),
-                         eval_split=None, student_options=STUDENT, device="cpu")
+    config = TrainConfig(
+        dataset=dataset,
+        root=str(folder / "data"),
+        out=str(folder / "run"),
+        method=method,
+        cache=str(folder / "zarr"),
+        per_category=shots,
+        regions=str(folder / "regions"),
+        eval_split=None,
+        student_options=STUDENT,
+        device="cpu",
+    )
     return setup(config)
 
 
@@ -277,10 +357,14 @@ def timed_load(load, examples, dim: int) -> dict:
     targets = load(examples)
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     feature, other = used_bytes(examples, targets, dim)
-    return {"rows": len(examples), "rows_per_s": round(len(examples) / seconds),
-            "rows_per_cpu_s": round(len(examples) / max(cpu, 1e-6)),
-            "bytes_read": bytes_read() - read0, "bytes_used": feature + other,
-            "feature_bytes": feature}
+    return {
+        "rows": len(examples),
+        "rows_per_s": round(len(examples) / seconds),
+        "rows_per_cpu_s": round(len(examples) / max(cpu, 1e-6)),
+        "bytes_read": bytes_read() - read0,
+        "bytes_used": feature + other,
+        "feature_bytes": feature,
+    }
 
 
 def measure_lowshot(folder: Path, dataset: str, shots: int, dim: int) -> dict:
@@ -298,17 +382,21 @@ def measure_lowshot(folder: Path, dataset: str, shots: int, dim: int) -> dict:
     peak = peak_mb()
     from madcache.cache.reader import open_cache
 
-    mad = target_loader(built.config, get_method("mad").only(TASK),
-                        open_cache(built.config.cache))
-    return {**md, "setup_s": round(setup_s, 1), "rss_after_setup_mb": round(rss_mb()),
-            "peak_rss_mb": round(peak), "mad": timed_load(mad, examples, dim)}
+    mad = target_loader(built.config, get_method("mad").only(TASK), open_cache(built.config.cache))
+    return {
+        **md,
+        "setup_s": round(setup_s, 1),
+        "rss_after_setup_mb": round(rss_mb()),
+        "peak_rss_mb": round(peak),
+        "mad": timed_load(mad, examples, dim),
+    }
 
 
 def measure_af(folder: Path, dataset: str, shots: int, dim: int) -> dict:
     built = run_setup(folder, dataset, "mad", shots)
     source = built.af_source
     after_setup = rss_mb()
-    source.load(source.examples[:1])       # lazy imports and metadata, not counted
+    source.load(source.examples[:1])  # lazy imports and metadata, not counted
     read = feature = other = rows = 0
     started = time.perf_counter()
     for index in range(len(source.chunks)):
@@ -319,9 +407,16 @@ def measure_af(folder: Path, dataset: str, shots: int, dim: int) -> dict:
         feature, other, rows = feature + f, other + o, rows + len(chunk.examples)
         del chunk
     seconds = time.perf_counter() - started
-    return {"rows": rows, "chunks": len(source.chunks), "rows_per_s": round(rows / seconds),
-            "bytes_read": read, "bytes_used": feature + other, "feature_bytes": feature,
-            "rss_after_setup_mb": round(after_setup), "peak_rss_mb": round(peak_mb())}
+    return {
+        "rows": rows,
+        "chunks": len(source.chunks),
+        "rows_per_s": round(rows / seconds),
+        "bytes_read": read,
+        "bytes_used": feature + other,
+        "feature_bytes": feature,
+        "rss_after_setup_mb": round(after_setup),
+        "peak_rss_mb": round(peak_mb()),
+    }
 
 
 def measure_load(folder: Path, ids: list[str], dim: int) -> dict:
@@ -329,8 +424,9 @@ def measure_load(folder: Path, ids: list[str], dim: int) -> dict:
     from madcache.cache.reader import open_cache
 
     rng = np.random.default_rng(3)
-    subset = [ids[i] for i in np.sort(rng.choice(len(ids), max(1, len(ids) * 3 // 100),
-                                                 replace=False))]
+    subset = [
+        ids[i] for i in np.sort(rng.choice(len(ids), max(1, len(ids) * 3 // 100), replace=False))
+    ]
     rng.shuffle(subset)
     out = {"rows": len(subset)}
     for fmt in ("zarr", "hdf5"):
@@ -366,18 +462,39 @@ def measure(kind: str, folder: Path, dataset: str, *, shots: int, dim: int) -> d
 
 def in_process(code: Path, kind: str, folder: Path, dataset: str, args) -> dict:
     """One measurement in a fresh process whose `madcache` is the checkout `code`."""
-    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(code), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, __file__, "--measure", kind, "--folder", str(folder),
-                           "--datasets", dataset, "--shots", str(args.shots),
-                           "--dim", str(args.dim)], cwd=code, env=env, capture_output=True,
-                          text=True)
+    env = {
+        **os.environ,
+        "TQDM_DISABLE": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(code), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--measure",
+            kind,
+            "--folder",
+            str(folder),
+            "--datasets",
+            dataset,
+            "--shots",
+            str(args.shots),
+            "--dim",
+            str(args.dim),
+        ],
+        cwd=code,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         raise SystemExit(f"{kind} {dataset} ({code}) failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 # ----------------------------------------------------------------------------- report
+
 
 def projected(result: dict, dim: int, to: int = 512) -> float:
     """bytes read / bytes used with D = `to`: feature bytes scale with D, the rest does not."""
@@ -390,21 +507,23 @@ def projected(result: dict, dim: int, to: int = 512) -> float:
 def summary(results: dict, dim: int) -> list[str]:
     """Rows of `label | 10% | 100% | 100% / 10%` per code, dataset and figure."""
     lines = ["| code | dataset | figure | 10% | 100% | 100% / 10% |", "|---|---|---|---|---|---|"]
-    figures = (("lowshot", "peak_rss_mb", "low-shot MD run: peak RSS (MB)"),
-               ("af", "rss_after_setup_mb", "AF epoch: RSS after setup (MB)"),
-               ("af", "peak_rss_mb", "AF epoch: peak RSS (MB)"),
-               ("lowshot", "read/used", "low-shot MD load: bytes read / used"),
-               ("mad", "read/used", "low-shot MAD task load: bytes read / used"),
-               ("af", "read/used", "AF epoch: bytes read / used"),
-               ("lowshot", "read/used@512", "low-shot MD load: read / used at D=512"),
-               ("mad", "read/used@512", "low-shot MAD task load: read / used at D=512"),
-               ("af", "read/used@512", "AF epoch: read / used at D=512"),
-               ("lowshot", "rows_per_s", "low-shot MD subset load: rows/s"),
-               ("lowshot", "rows_per_cpu_s", "low-shot MD subset load: rows per CPU s"),
-               ("load", "zarr_rows_per_s", "random 3% load, zarr: rows/s"),
-               ("load", "hdf5_rows_per_s", "random 3% load, hdf5: rows/s"),
-               ("load", "zarr_rows_per_cpu_s", "random 3% load, zarr: rows per CPU s"),
-               ("load", "hdf5_rows_per_cpu_s", "random 3% load, hdf5: rows per CPU s"))
+    figures = (
+        ("lowshot", "peak_rss_mb", "low-shot MD run: peak RSS (MB)"),
+        ("af", "rss_after_setup_mb", "AF epoch: RSS after setup (MB)"),
+        ("af", "peak_rss_mb", "AF epoch: peak RSS (MB)"),
+        ("lowshot", "read/used", "low-shot MD load: bytes read / used"),
+        ("mad", "read/used", "low-shot MAD task load: bytes read / used"),
+        ("af", "read/used", "AF epoch: bytes read / used"),
+        ("lowshot", "read/used@512", "low-shot MD load: read / used at D=512"),
+        ("mad", "read/used@512", "low-shot MAD task load: read / used at D=512"),
+        ("af", "read/used@512", "AF epoch: read / used at D=512"),
+        ("lowshot", "rows_per_s", "low-shot MD subset load: rows/s"),
+        ("lowshot", "rows_per_cpu_s", "low-shot MD subset load: rows per CPU s"),
+        ("load", "zarr_rows_per_s", "random 3% load, zarr: rows/s"),
+        ("load", "hdf5_rows_per_s", "random 3% load, hdf5: rows/s"),
+        ("load", "zarr_rows_per_cpu_s", "random 3% load, zarr: rows per CPU s"),
+        ("load", "hdf5_rows_per_cpu_s", "random 3% load, hdf5: rows per CPU s"),
+    )
     for (code, dataset), sizes in results.items():
         for kind, key, label in figures:
             values = []
@@ -422,10 +541,14 @@ def summary(results: dict, dim: int) -> list[str]:
             if all(v is None for v in values):
                 continue
             growth = values[1] / values[0] if None not in values and values[0] else None
-            shown = [f"{v:,.2f}" if isinstance(v, float) else f"{v:,}" if v is not None
-                     else "-" for v in values]
-            lines.append(f"| {code} | {dataset} | {label} | {shown[0]} | {shown[1]} | "
-                         f"{'-' if growth is None else f'{growth:.2f}'} |")
+            shown = [
+                f"{v:,.2f}" if isinstance(v, float) else f"{v:,}" if v is not None else "-"
+                for v in values
+            ]
+            lines.append(
+                f"| {code} | {dataset} | {label} | {shown[0]} | {shown[1]} | "
+                f"{'-' if growth is None else f'{growth:.2f}'} |"
+            )
     return lines
 
 
@@ -434,14 +557,24 @@ def best(old: dict | None, new: dict) -> dict:
     in every run; the first run's are kept)."""
     if old is None:
         return new
-    return {**old, **{k: max(v, old.get(k, 0)) for k, v in new.items() if k.endswith("per_s")
-                      or k.endswith("per_cpu_s")}}
+    return {
+        **old,
+        **{
+            k: max(v, old.get(k, 0))
+            for k, v in new.items()
+            if k.endswith("per_s") or k.endswith("per_cpu_s")
+        },
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--fraction", type=float, default=1.0,
-                        help="of the real example counts (the '100%%' size; '10%%' is a tenth)")
+    parser.add_argument(
+        "--fraction",
+        type=float,
+        default=1.0,
+        help="of the real example counts (the '100%%' size; '10%%' is a tenth)",
+    )
     parser.add_argument("--datasets", default="vcr,vqa,snli-ve")
     parser.add_argument("--dim", type=int, default=16, help="teacher feature width")
     parser.add_argument("--words", type=int, default=6, help="cached words per text")
@@ -450,16 +583,24 @@ def main() -> None:
     parser.add_argument("--formats", default="zarr,hdf5")
     parser.add_argument("--code", default=str(REPO), help="checkout to measure")
     parser.add_argument("--compare", default=None, help="another checkout, measured alike")
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="run each measurement this many times, checkouts alternating; "
-                             "rows/s: the best")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run each measurement this many times, checkouts alternating; rows/s: the best",
+    )
     parser.add_argument("--measure", choices=MEASURES, help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args()
     datasets = args.datasets.split(",")
     if args.measure:
-        print(json.dumps(measure(args.measure, Path(args.folder), datasets[0], shots=args.shots,
-                                 dim=args.dim)))
+        print(
+            json.dumps(
+                measure(
+                    args.measure, Path(args.folder), datasets[0], shots=args.shots, dim=args.dim
+                )
+            )
+        )
         return
     codes = [Path(args.code)] + ([Path(args.compare)] if args.compare else [])
     results: dict = {}
@@ -469,21 +610,47 @@ def main() -> None:
             for size, n in (("10%", full // 10), ("100%", full)):
                 folder = Path(tmp) / f"{dataset}-{n}"
                 started = time.perf_counter()
-                ids = build(folder, dataset, n, dim=args.dim, words=args.words,
-                            formats=tuple(args.formats.split(",")))
+                ids = build(
+                    folder,
+                    dataset,
+                    n,
+                    dim=args.dim,
+                    words=args.words,
+                    formats=tuple(args.formats.split(",")),
+                )
                 (folder / "ids.json").write_text(json.dumps(ids))
-                print(json.dumps({"dataset": dataset, "size": size, "examples": len(ids),
-                                  "build_s": round(time.perf_counter() - started, 1)}),
-                      flush=True)
-                for _, code, kind in itertools.product(range(args.repeat), codes,
-                                                       args.measures.split(",")):
-                    result = best(results.get((code.name, dataset), {}).get(size, {}).get(kind),
-                                  in_process(code, kind, folder, dataset, args))
-                    results.setdefault((code.name, dataset), {}).setdefault(size, {})[
-                        kind] = result
-                    print(json.dumps({"code": str(code), "dataset": dataset, "size": size,
-                                      "examples": len(ids), "measure": kind, **result}),
-                          flush=True)
+                print(
+                    json.dumps(
+                        {
+                            "dataset": dataset,
+                            "size": size,
+                            "examples": len(ids),
+                            "build_s": round(time.perf_counter() - started, 1),
+                        }
+                    ),
+                    flush=True,
+                )
+                for _, code, kind in itertools.product(
+                    range(args.repeat), codes, args.measures.split(",")
+                ):
+                    result = best(
+                        results.get((code.name, dataset), {}).get(size, {}).get(kind),
+                        in_process(code, kind, folder, dataset, args),
+                    )
+                    results.setdefault((code.name, dataset), {}).setdefault(size, {})[kind] = result
+                    print(
+                        json.dumps(
+                            {
+                                "code": str(code),
+                                "dataset": dataset,
+                                "size": size,
+                                "examples": len(ids),
+                                "measure": kind,
+                                **result,
+                            }
+                        ),
+                        flush=True,
+                    )
                 del ids
                 subprocess.run(["rm", "-rf", str(folder)], check=False)
     print("\n".join(summary(results, args.dim)))

@@ -34,10 +34,19 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 C, REGION_DIM, REGIONS, PER_IMAGE, SHARD = 4, 32, 4, 4, 2048
-STUDENT = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_length=40,
-               region_dim=REGION_DIM, dropout=0.1)
-WORDS = ("person man woman dog car street table holding looking walking red blue old young "
-         "because happy angry door window phone cup bag hat shirt").split()
+STUDENT = dict(
+    hidden_size=32,
+    num_layers=1,
+    num_heads=2,
+    intermediate_size=64,
+    max_length=40,
+    region_dim=REGION_DIM,
+    dropout=0.1,
+)
+WORDS = (
+    "person man woman dog car street table holding looking walking red blue old young "
+    "because happy angry door window phone cup bag hat shirt"
+).split()
 
 
 def make_examples(n: int):
@@ -49,12 +58,21 @@ def make_examples(n: int):
     def sentence(low: int, high: int) -> str:
         return " ".join(rng.choice(WORDS, int(rng.integers(low, high))))
 
-    return [Example(id=f"q{i}:qa", dataset="vcr", split="train", image_id=f"img{i // PER_IMAGE}",
-                    image_path=f"img{i // PER_IMAGE}.jpg",
-                    choices=tuple(Text.from_string(sentence(3, 8)) for _ in range(C)),
-                    label=int(rng.integers(C)), category="activity", group=f"q{i}",
-                    context=Text.from_string(sentence(4, 9) + "?"))
-            for i in range(n)]
+    return [
+        Example(
+            id=f"q{i}:qa",
+            dataset="vcr",
+            split="train",
+            image_id=f"img{i // PER_IMAGE}",
+            image_path=f"img{i // PER_IMAGE}.jpg",
+            choices=tuple(Text.from_string(sentence(3, 8)) for _ in range(C)),
+            label=int(rng.integers(C)),
+            category="activity",
+            group=f"q{i}",
+            context=Text.from_string(sentence(4, 9) + "?"),
+        )
+        for i in range(n)
+    ]
 
 
 def normal(rng: np.random.Generator, *shape: int) -> np.ndarray:
@@ -67,7 +85,8 @@ def cache_shard(examples, rng: np.random.Generator, dim: int) -> dict[str, np.nd
     counts = np.array([len(t.words) for t in texts], dtype=np.int64)
     n_words = int(counts.sum())
     return {
-        "image_id": np.array(images), "image_feat": normal(rng, len(images), dim),
+        "image_id": np.array(images),
+        "image_feat": normal(rng, len(images), dim),
         "text_key": np.array([f"{ex.id}-{c}" for ex in examples for c in range(C)]),
         "text_eos": normal(rng, len(texts), dim),
         "text_truncated": np.zeros(len(texts), bool),
@@ -92,26 +111,43 @@ def build(root: Path, n: int, dim: int) -> None:
 
     rng = np.random.default_rng(1)
     examples = make_examples(n)
-    manifest = {"fingerprint": {"bench": 1}, "dataset": "vcr", "split": "train", "num_choices": C,
-                "dims": {"image": dim, "text": dim}, "settings": {},
-                "teachers": {"vision": "bench", "text": "bench"}}
+    manifest = {
+        "fingerprint": {"bench": 1},
+        "dataset": "vcr",
+        "split": "train",
+        "num_choices": C,
+        "dims": {"image": dim, "text": dim},
+        "settings": {},
+        "teachers": {"vision": "bench", "text": "bench"},
+    }
     writer = CacheWriter.open(root / "cache", manifest=manifest, format="zarr")
     for shard, start in enumerate(range(0, n, SHARD)):
-        writer.write_shard(shard, cache_shard(examples[start:start + SHARD], rng, dim))
+        writer.write_shard(shard, cache_shard(examples[start : start + SHARD], rng, dim))
     writer.finish()
     images = list(dict.fromkeys(ex.image_id for ex in examples))
-    manifest = {"kind": "regions", "fingerprint": {"bench": 1}, "dataset": "vcr",
-                "split": "train", "num_choices": 0, "dims": {"region": REGION_DIM},
-                "settings": {"extractor": "bench", "max_regions": REGIONS, "splits": ["train"]}}
+    manifest = {
+        "kind": "regions",
+        "fingerprint": {"bench": 1},
+        "dataset": "vcr",
+        "split": "train",
+        "num_choices": 0,
+        "dims": {"region": REGION_DIM},
+        "settings": {"extractor": "bench", "max_regions": REGIONS, "splits": ["train"]},
+    }
     writer = CacheWriter.open(root / "regions", manifest=manifest, format="zarr")
     per_shard = SHARD // PER_IMAGE
     for shard, start in enumerate(range(0, len(images), per_shard)):
-        ids = images[start:start + per_shard]
-        regions = [(rng.normal(size=(REGIONS, REGION_DIM)).astype(np.float32),
-                    np.tile(np.array([[0.1, 0.1, 0.9, 0.9]], np.float32), (REGIONS, 1)))
-                   for _ in ids]
-        writer.write_shard(shard, shard_arrays(ids, regions, REGIONS),
-                           index_columns={"image_id": ids})
+        ids = images[start : start + per_shard]
+        regions = [
+            (
+                rng.normal(size=(REGIONS, REGION_DIM)).astype(np.float32),
+                np.tile(np.array([[0.1, 0.1, 0.9, 0.9]], np.float32), (REGIONS, 1)),
+            )
+            for _ in ids
+        ]
+        writer.write_shard(
+            shard, shard_arrays(ids, regions, REGIONS), index_columns={"image_id": ids}
+        )
     writer.finish()
 
 
@@ -138,10 +174,21 @@ def train_epoch(root: Path, n: int, chunk_size: int, batch_size: int) -> dict:
     torch.manual_seed(0)
     torch.set_num_threads(1)
     examples = make_examples(n)
-    config = TrainConfig(dataset="vcr", root=str(root), out=str(root / "run"), method="md",
-                         cache=str(root / "cache"), regions=str(root / "regions"), af_epochs=1,
-                         epochs=0, batch_size=batch_size, chunk_size=chunk_size, eval_split=None,
-                         student_options=STUDENT, lr=1e-4)
+    config = TrainConfig(
+        dataset="vcr",
+        root=str(root),
+        out=str(root / "run"),
+        method="md",
+        cache=str(root / "cache"),
+        regions=str(root / "regions"),
+        af_epochs=1,
+        epochs=0,
+        batch_size=batch_size,
+        chunk_size=chunk_size,
+        eval_split=None,
+        student_options=STUDENT,
+        lr=1e-4,
+    )
     method = get_method(config.method)
     cache = open_cache(config.cache)
     asked = {"targets": 0, "images": 0}
@@ -162,14 +209,21 @@ def train_epoch(root: Path, n: int, chunk_size: int, batch_size: int) -> dict:
 
     regions.store.load = counting_images
     loader = target_loader(config, method, cache)
-    torch.optim.AdamW([torch.zeros(1, requires_grad=True)]).step()   # its lazy imports: not data
+    torch.optim.AdamW([torch.zeros(1, requires_grad=True)]).step()  # its lazy imports: not data
     chunks = [list(range(i, min(i + chunk_size, n))) for i in range(0, n, chunk_size)]
     student = build_student("single-stream", **STUDENT)
-    setup = Setup(config=config, method=method, student=student,
-                  projections=make_projections(student, cache, method),
-                  task_source=DataSource([], [[]], loader),
-                  af_source=DataSource(examples, chunks, loader), regions=regions,
-                  eval_examples=[], provenance={}, save_student=lambda s, p: None)
+    setup = Setup(
+        config=config,
+        method=method,
+        student=student,
+        projections=make_projections(student, cache, method),
+        task_source=DataSource([], [[]], loader),
+        af_source=DataSource(examples, chunks, loader),
+        regions=regions,
+        eval_examples=[],
+        provenance={},
+        save_student=lambda s, p: None,
+    )
     before = rss_mb()
     started = time.perf_counter()
     metrics = train(setup)
@@ -183,16 +237,23 @@ def train_epoch(root: Path, n: int, chunk_size: int, batch_size: int) -> dict:
     read_mb = (raw.image.nbytes + raw.text_eos.nbytes + raw.words.feat.nbytes) / 2**20
     af = metrics["training"]["data"]["af"]
     images = len({ex.image_id for ex in examples})
-    return {"examples": n, "chunk_size": chunk_size, "batch_size": batch_size,
-            "steps": af["steps"], "epoch_s": round(seconds, 1),
-            "target_rows_read_per_example": round(reads["targets"] / n, 4),
-            "region_images_read_per_image": round(reads["images"] / images, 4),
-            "data_wait_share": af["data_wait_share"],
-            "rss_before_training_mb": round(before), "peak_rss_mb": round(peak),
-            "rss_growth_mb": round(peak - before),
-            "chunk_read_mb": round(read_mb, 1), "chunk_kept_mb": round(kept_mb, 1),
-            "split_read_mb": round(read_mb * n / len(chunk), 1),
-            "split_kept_mb": round(kept_mb * n / len(chunk), 1)}
+    return {
+        "examples": n,
+        "chunk_size": chunk_size,
+        "batch_size": batch_size,
+        "steps": af["steps"],
+        "epoch_s": round(seconds, 1),
+        "target_rows_read_per_example": round(reads["targets"] / n, 4),
+        "region_images_read_per_image": round(reads["images"] / images, 4),
+        "data_wait_share": af["data_wait_share"],
+        "rss_before_training_mb": round(before),
+        "peak_rss_mb": round(peak),
+        "rss_growth_mb": round(peak - before),
+        "chunk_read_mb": round(read_mb, 1),
+        "chunk_kept_mb": round(kept_mb, 1),
+        "split_read_mb": round(read_mb * n / len(chunk), 1),
+        "split_kept_mb": round(kept_mb * n / len(chunk), 1),
+    }
 
 
 def main() -> None:
@@ -204,25 +265,49 @@ def main() -> None:
     parser.add_argument("--train", metavar="DIR", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.train:
-        print(json.dumps(train_epoch(Path(args.train), args.examples, args.chunk_size,
-                                     args.batch_size)))
+        print(
+            json.dumps(
+                train_epoch(Path(args.train), args.examples, args.chunk_size, args.batch_size)
+            )
+        )
         return
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         build(Path(tmp), args.examples, args.dim)
         built = time.perf_counter() - started
-        done = subprocess.run([sys.executable, __file__, "--train", tmp, "--examples",
-                               str(args.examples), "--chunk-size", str(args.chunk_size),
-                               "--batch-size", str(args.batch_size)],
-                              capture_output=True, text=True,
-                              env={**os.environ, "TQDM_DISABLE": "1"})
+        done = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--train",
+                tmp,
+                "--examples",
+                str(args.examples),
+                "--chunk-size",
+                str(args.chunk_size),
+                "--batch-size",
+                str(args.batch_size),
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "TQDM_DISABLE": "1"},
+        )
         if done.returncode != 0:
             sys.exit(done.stderr[-3000:])
         result = json.loads(done.stdout.strip().splitlines()[-1])
-        print(json.dumps({**result, "cache_build_s": round(built, 1),
-                          "goals": {"target_rows_read_per_example": "<= 1.05",
-                                    "data_wait_share": "< 0.05",
-                                    "rss_growth_mb": "~ 2 x chunk, not the split"}}))
+        print(
+            json.dumps(
+                {
+                    **result,
+                    "cache_build_s": round(built, 1),
+                    "goals": {
+                        "target_rows_read_per_example": "<= 1.05",
+                        "data_wait_share": "< 0.05",
+                        "rss_growth_mb": "~ 2 x chunk, not the split",
+                    },
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

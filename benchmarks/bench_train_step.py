@@ -38,22 +38,23 @@ from torch import nn
 
 from madcache.data.records import Example, Text
 from madcache.method.losses import Projections
-from madcache.method.selection import SelectedWords
 from madcache.method.methods import get_method
+from madcache.method.selection import SelectedWords
 from madcache.students.base import RegionInputs, StudentOutput, to_device
 from madcache.train.config import TrainConfig
 from madcache.train.data import BatchTargets, DataSource
+from madcache.train.loop import StageLoss
 from madcache.train.precision import autocast, configure_matmuls
 from madcache.train.setup import Setup
-from madcache.train.loop import StageLoss
 from madcache.train.stream import MicroBatch
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_TEACHER = REPO / "madcache" / "teachers" / "configs" / "madcache-demo.json"
-VIT_B_LIKE = {"embed_dim": 256, "vision_cfg": {"image_size": 96, "layers": 6, "width": 384,
-                                               "patch_size": 16},
-              "text_cfg": {"context_length": 64, "vocab_size": 49408, "width": 256, "heads": 4,
-                           "layers": 6}}
+VIT_B_LIKE = {
+    "embed_dim": 256,
+    "vision_cfg": {"image_size": 96, "layers": 6, "width": 384, "patch_size": 16},
+    "text_cfg": {"context_length": 64, "vocab_size": 49408, "width": 256, "heads": 4, "layers": 6},
+}
 WORDS = "a man holds the red umbrella while two dogs run across wet street near old car".split()
 
 
@@ -92,11 +93,14 @@ class BenchStudent(nn.Module):
         special = torch.stack([self.img, self.cls]).expand(rows, 2, -1)
         x = self.encoder(torch.cat([special, visual, self.tok(ids)], dim=1))
         b = rows // c
-        text = x[:, 2 + visual.shape[1]:]
-        return StudentOutput(logits=self.head(x[:, 1]).view(b, c), image_token=x[:, 0].view(b, c, -1),
-                             cls_token=x[:, 1].view(b, c, -1),
-                             text_tokens=text.reshape(b, c, *text.shape[1:]),
-                             token_spans=inputs["spans"].view(b, c, *inputs["spans"].shape[1:]))
+        text = x[:, 2 + visual.shape[1] :]
+        return StudentOutput(
+            logits=self.head(x[:, 1]).view(b, c),
+            image_token=x[:, 0].view(b, c, -1),
+            cls_token=x[:, 1].view(b, c, -1),
+            text_tokens=text.reshape(b, c, *text.shape[1:]),
+            token_spans=inputs["spans"].view(b, c, *inputs["spans"].shape[1:]),
+        )
 
     def pretrain_losses(self, inputs, examples, generator):
         raise NotImplementedError
@@ -106,45 +110,87 @@ def make_batch(batch: int, rng: np.random.Generator) -> list[Example]:
     out = []
     for i in range(batch):
         choices = tuple(Text.from_string(" ".join(rng.choice(WORDS, 8))) for _ in range(4))
-        out.append(Example(id=f"{i}:qa", dataset="vcr", split="train", image_id=str(i),
-                           image_path=f"{i}.jpg", choices=choices, label=int(rng.integers(4)),
-                           category="activity", group=str(i),
-                           context=Text.from_string(" ".join(rng.choice(WORDS, 6)))))
+        out.append(
+            Example(
+                id=f"{i}:qa",
+                dataset="vcr",
+                split="train",
+                image_id=str(i),
+                image_path=f"{i}.jpg",
+                choices=choices,
+                label=int(rng.integers(4)),
+                category="activity",
+                group=str(i),
+                context=Text.from_string(" ".join(rng.choice(WORDS, 6))),
+            )
+        )
     return out
 
 
-def cached_targets(examples: list[Example], dv: int, dt: int, m: int,
-                   rng: np.random.Generator) -> BatchTargets:
+def cached_targets(
+    examples: list[Example], dv: int, dt: int, m: int, rng: np.random.Generator
+) -> BatchTargets:
     n, c = len(examples), 4
-    span = np.array([[[[w.start, w.end] for w in t.words[:m]] for t in ex.texts]
-                     for ex in examples], dtype=np.int64)
-    words = SelectedWords(rng.standard_normal((n, c, m, dt)).astype(np.float32), span,
-                          np.ones((n, c, m), dtype=bool))
-    return BatchTargets(image=torch.randn(n, dv), text_eos=torch.randn(n, c, dt),
-                        word_feat=torch.from_numpy(words.feat), word_span=torch.from_numpy(span),
-                        word_mask=torch.from_numpy(words.mask), logits=torch.randn(n, c))
+    span = np.array(
+        [[[[w.start, w.end] for w in t.words[:m]] for t in ex.texts] for ex in examples],
+        dtype=np.int64,
+    )
+    words = SelectedWords(
+        rng.standard_normal((n, c, m, dt)).astype(np.float32), span, np.ones((n, c, m), dtype=bool)
+    )
+    return BatchTargets(
+        image=torch.randn(n, dv),
+        text_eos=torch.randn(n, c, dt),
+        word_feat=torch.from_numpy(words.feat),
+        word_span=torch.from_numpy(span),
+        word_mask=torch.from_numpy(words.mask),
+        logits=torch.randn(n, c),
+    )
 
 
-UNITER_BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
-               "intermediate_size": 3072, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
-               "attention_probs_dropout_prob": 0.1, "max_position_embeddings": 512,
-               "type_vocab_size": 2, "initializer_range": 0.02, "img_dim": 64}
-VLBERT_BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
-               "intermediate_size": 3072, "max_position_embeddings": 512, "type_vocab_size": 3,
-               "visual_size": 768, "hidden_dropout_prob": 0.1,
-               "attention_probs_dropout_prob": 0.1, "initializer_range": 0.02,
-               "image_num_layers": 101}
-PRETRAINED = dict(vocab_size=30522, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
-                  intermediate_size=1024)
+UNITER_BASE = {
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.1,
+    "max_position_embeddings": 512,
+    "type_vocab_size": 2,
+    "initializer_range": 0.02,
+    "img_dim": 64,
+}
+VLBERT_BASE = {
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "max_position_embeddings": 512,
+    "type_vocab_size": 3,
+    "visual_size": 768,
+    "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.1,
+    "initializer_range": 0.02,
+    "image_num_layers": 101,
+}
+PRETRAINED = dict(
+    vocab_size=30522,
+    hidden_size=256,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    intermediate_size=1024,
+)
 
 
-def build_student(name: str, directory: Path, layers: int | None = None,
-                  scales: list[int] | None = None):
+def build_student(
+    name: str, directory: Path, layers: int | None = None, scales: list[int] | None = None
+):
     """(student, its visual inputs for a batch) — a pretrained student from a checkpoint saved
     in `directory` as a user's would be."""
     from madcache.students import build_student as build
 
-    if name == "uniter":      # UNITER-base shape, random weights, saved as a released .pt
+    if name == "uniter":  # UNITER-base shape, random weights, saved as a released .pt
         from madcache.students.tokens import default_tokenizer_dir, load_tokenizer
         from madcache.students.uniter_model import TIED
 
@@ -152,14 +198,19 @@ def build_student(name: str, directory: Path, layers: int | None = None,
         config = dict(UNITER_BASE, vocab_size=len(load_tokenizer(tokenizer)))
         if layers:
             config["num_hidden_layers"] = layers
-        model = build("uniter", model_config=config, tokenizer_dir=str(tokenizer),
-                      task="classification")
+        model = build(
+            "uniter", model_config=config, tokenizer_dir=str(tokenizer), task="classification"
+        )
         state = {k: v for k, v in model.state_dict().items() if not k.startswith("vqa_output.")}
         torch.save({**state, **{k: state[v] for k, v in TIED.items()}}, directory / "uniter.pt")
-        return build("uniter", checkpoint=str(directory / "uniter.pt"),
-                     tokenizer_dir=str(tokenizer), region_dim=64)
+        return build(
+            "uniter",
+            checkpoint=str(directory / "uniter.pt"),
+            tokenizer_dir=str(tokenizer),
+            region_dim=64,
+        )
 
-    if name == "vl-bert":      # VL-BERT-base's VCR model, random weights, a released .model
+    if name == "vl-bert":  # VL-BERT-base's VCR model, random weights, a released .model
         from madcache.students.tokens import default_tokenizer_dir, load_tokenizer
 
         tokenizer = default_tokenizer_dir()
@@ -167,16 +218,24 @@ def build_student(name: str, directory: Path, layers: int | None = None,
         if layers:
             config["num_hidden_layers"] = layers
         model = build("vl-bert", model_config=config, tokenizer_dir=str(tokenizer))
-        state = {"module." + k.replace("vlbert.", "vlbert._module.", 1): v
-                 for k, v in model.state_dict().items() if not k.startswith("mlm_head.")}
+        state = {
+            "module." + k.replace("vlbert.", "vlbert._module.", 1): v
+            for k, v in model.state_dict().items()
+            if not k.startswith("mlm_head.")
+        }
         torch.save({"state_dict": state}, directory / "vl-bert.model")
-        return build("vl-bert", checkpoint=str(directory / "vl-bert.model"),
-                     tokenizer_dir=str(tokenizer), scales=scales)
+        return build(
+            "vl-bert",
+            checkpoint=str(directory / "vl-bert.model"),
+            tokenizer_dir=str(tokenizer),
+            scales=scales,
+        )
     if name == "visualbert":
         from transformers import VisualBertConfig, VisualBertForPreTraining
 
-        VisualBertForPreTraining(VisualBertConfig(visual_embedding_dim=64, **PRETRAINED)) \
-            .save_pretrained(str(directory))
+        VisualBertForPreTraining(
+            VisualBertConfig(visual_embedding_dim=64, **PRETRAINED)
+        ).save_pretrained(str(directory))
         return build("visualbert", checkpoint=str(directory), region_dim=64)
     if name == "vilt":
         from transformers import ViltConfig, ViltForMaskedLM, ViltImageProcessor
@@ -202,11 +261,17 @@ def visual_inputs(student, batch: int, examples: list[Example] | None = None, bo
 
         rng = np.random.default_rng(1)
         process = student.image_processor()
-        return collate_pixels([process(Image.fromarray(rng.integers(0, 255, (240, 320, 3),
-                                                                    dtype=np.uint8)))
-                               for _ in range(batch)])
-    return RegionInputs(torch.randn(batch, 36, 64), torch.rand(batch, 36, 4),
-                        torch.ones(batch, 36, dtype=torch.bool))
+        return collate_pixels(
+            [
+                process(Image.fromarray(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)))
+                for _ in range(batch)
+            ]
+        )
+    return RegionInputs(
+        torch.randn(batch, 36, 64),
+        torch.rand(batch, 36, 4),
+        torch.ones(batch, 36, dtype=torch.bool),
+    )
 
 
 def boxed_images(student, examples: list[Example], count: int):
@@ -220,16 +285,24 @@ def boxed_images(student, examples: list[Example], count: int):
     with tempfile.TemporaryDirectory() as directory:
         root, named = Path(directory), []
         for ex in examples:
-            Image.fromarray(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)) \
-                .save(root / f"{ex.image_id}.png")
+            Image.fromarray(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)).save(
+                root / f"{ex.image_id}.png"
+            )
             corner = rng.uniform(0, 160, (count, 2))
             boxes = np.concatenate([corner, corner + rng.uniform(20, 80, (count, 2))], axis=1)
-            meta = {"boxes": [[*b.tolist(), 0.9] for b in boxes], "names": ["person"] * count,
-                    "width": 320, "height": 240,
-                    "segms": [[[[b[0], b[1]], [b[2], b[1]], [b[2], b[3]]]] for b in boxes]}
+            meta = {
+                "boxes": [[*b.tolist(), 0.9] for b in boxes],
+                "names": ["person"] * count,
+                "width": 320,
+                "height": 240,
+                "segms": [[[[b[0], b[1]], [b[2], b[1]], [b[2], b[3]]]] for b in boxes],
+            }
             (root / f"{ex.image_id}.json").write_text(json.dumps(meta))
-            named.append(dataclasses.replace(ex, image_path=f"{ex.image_id}.png",
-                                             meta_path=f"{ex.image_id}.json"))
+            named.append(
+                dataclasses.replace(
+                    ex, image_path=f"{ex.image_id}.png", meta_path=f"{ex.image_id}.json"
+                )
+            )
         return student.pixel_loader(root)(named)
 
 
@@ -249,17 +322,26 @@ def online_targets(teacher, examples: list[Example], m: int, device: str) -> Bat
     with torch.no_grad():
         image = model.encode_image(torch.randn(len(examples), 3, size, size, device=device))
         tokens = tokenizer(texts).to(device)
-        x = model.token_embedding(tokens) + model.positional_embedding[:tokens.shape[1]]
-        x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:tokens.shape[1], :tokens.shape[1]]))
+        x = model.token_embedding(tokens) + model.positional_embedding[: tokens.shape[1]]
+        x = model.ln_final(
+            model.transformer(x, attn_mask=model.attn_mask[: tokens.shape[1], : tokens.shape[1]])
+        )
         eos = x[torch.arange(len(texts)), tokens.argmax(-1)] @ model.text_projection
-        words = (x[:, 1:1 + m] @ model.text_projection)
+        words = x[:, 1 : 1 + m] @ model.text_projection
     n, c = len(examples), 4
-    span = torch.tensor([[[[w.start, w.end] for w in t.words[:m]] for t in ex.texts]
-                         for ex in examples], dtype=torch.long, device=device)
-    return BatchTargets(image=image, text_eos=eos.view(n, c, -1),
-                        word_feat=words.reshape(n, c, m, -1), word_span=span,
-                        word_mask=torch.ones(n, c, m, dtype=torch.bool, device=device),
-                        logits=100 * torch.randn(n, c, device=device))
+    span = torch.tensor(
+        [[[[w.start, w.end] for w in t.words[:m]] for t in ex.texts] for ex in examples],
+        dtype=torch.long,
+        device=device,
+    )
+    return BatchTargets(
+        image=image,
+        text_eos=eos.view(n, c, -1),
+        word_feat=words.reshape(n, c, m, -1),
+        word_span=span,
+        word_mask=torch.ones(n, c, m, dtype=torch.bool, device=device),
+        logits=100 * torch.randn(n, c, device=device),
+    )
 
 
 def step_setup(student, method: str, *, dim: int, device: str, regions) -> Setup:
@@ -267,13 +349,21 @@ def step_setup(student, method: str, *, dim: int, device: str, regions) -> Setup
     teacher width `dim`, no data sources (the benchmark feeds the batches itself)."""
     config = TrainConfig(dataset="vcr", root=".", out="unused", method=method, device=device)
     m = get_method(method)
-    return Setup(config=config, method=m, student=student,
-                 projections=Projections(student.hidden_size, {
-                     "vision": dim, "text": dim, "word": dim if m.distils_words else None}
-                                         ).to(device),
-                 task_source=DataSource([], [[]], lambda e: None), af_source=None,
-                 regions=lambda e: regions, eval_examples=[], provenance={},
-                 save_student=lambda s, p: None)
+    return Setup(
+        config=config,
+        method=m,
+        student=student,
+        projections=Projections(
+            student.hidden_size,
+            {"vision": dim, "text": dim, "word": dim if m.distils_words else None},
+        ).to(device),
+        task_source=DataSource([], [[]], lambda e: None),
+        af_source=None,
+        regions=lambda e: regions,
+        eval_examples=[],
+        provenance={},
+        save_student=lambda s, p: None,
+    )
 
 
 def main() -> None:
@@ -282,18 +372,38 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--student", default="single-stream",
-                        choices=["single-stream", "visualbert", "vilt", "uniter", "vl-bert"])
-    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
-                        help="cpu: this process's CPU time (time.process_time), steadier than "
-                             "wall time on a shared CPU machine; ignored on CUDA")
-    parser.add_argument("--layers", type=int, default=None,
-                        help="uniter, vl-bert: encoder layers (default 12, the base models)")
-    parser.add_argument("--scales", type=int, nargs=2, default=None,
-                        help="vl-bert: shorter and longest image side (default 240 400 on CPU, "
-                             "VL-BERT's 600 1200 on CUDA)")
-    parser.add_argument("--boxes", type=int, default=8,
-                        help="vl-bert: object boxes per image (after the whole-image box)")
+    parser.add_argument(
+        "--student",
+        default="single-stream",
+        choices=["single-stream", "visualbert", "vilt", "uniter", "vl-bert"],
+    )
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="cpu: this process's CPU time (time.process_time), steadier than "
+        "wall time on a shared CPU machine; ignored on CUDA",
+    )
+    parser.add_argument(
+        "--layers",
+        type=int,
+        default=None,
+        help="uniter, vl-bert: encoder layers (default 12, the base models)",
+    )
+    parser.add_argument(
+        "--scales",
+        type=int,
+        nargs=2,
+        default=None,
+        help="vl-bert: shorter and longest image side (default 240 400 on CPU, "
+        "VL-BERT's 600 1200 on CUDA)",
+    )
+    parser.add_argument(
+        "--boxes",
+        type=int,
+        default=8,
+        help="vl-bert: object boxes per image (after the whole-image box)",
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -318,13 +428,18 @@ def main() -> None:
     def make(method: str, width: int = dim) -> Setup:
         return step_setup(student, method, dim=width, device=device, regions=regions)
 
-    setups = {"baseline": make("baseline"), "mad": make("mad"),
-              **{name: make("mad", t[2]["embed_dim"]) for name, t in teachers.items()}}
+    setups = {
+        "baseline": make("baseline"),
+        "mad": make("mad"),
+        **{name: make("mad", t[2]["embed_dim"]) for name, t in teachers.items()},
+    }
     precision = {name: "fp32" for name in setups}
-    if device == "cuda":          # the bf16 path (--precision bf16, the default on CUDA)
+    if device == "cuda":  # the bf16 path (--precision bf16, the default on CUDA)
         setups.update({"baseline-bf16": setups["baseline"], "mad-bf16": setups["mad"]})
         precision.update({"baseline-bf16": "bf16", "mad-bf16": "bf16"})
-    params = list(student.parameters()) + [p for s in setups.values() for p in s.projections.parameters()]
+    params = list(student.parameters()) + [
+        p for s in setups.values() for p in s.projections.parameters()
+    ]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
     times: dict[str, list[float]] = {name: [] for name in setups}
     names = list(setups)
@@ -337,11 +452,15 @@ def main() -> None:
         for name in names[shift:] + names[:shift]:  # rotate so no method always runs first
             synchronize(device)
             start = clock()
-            targets = (online_targets(teachers[name], batches[k], 2, device) if name in teachers
-                       else cached[k])
+            targets = (
+                online_targets(teachers[name], batches[k], 2, device)
+                if name in teachers
+                else cached[k]
+            )
             with autocast(precision[name], device):
-                micro = MicroBatch(batches[k], None if name.startswith("baseline") else targets,
-                                   inputs[k], 1.0)
+                micro = MicroBatch(
+                    batches[k], None if name.startswith("baseline") else targets, inputs[k], 1.0
+                )
                 loss, _ = losses[name](stage="task", micro=micro, generator=generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -350,17 +469,33 @@ def main() -> None:
             if it >= args.warmup:
                 times[name].append(clock() - start)
     med = {name: statistics.median(v) for name, v in times.items()}
-    bf16 = {"mad_bf16_over_baseline_bf16": round(med["mad-bf16"] / med["baseline-bf16"], 3),
-            "mad_fp32_over_mad_bf16": round(med["mad"] / med["mad-bf16"], 3)} \
-        if device == "cuda" else {"bf16": "skipped: no CUDA device"}
-    print(json.dumps({
-        "student": student_name, "batch_size": args.batch_size, "device": device,
-        "clock": "cpu" if clock is time.process_time else "wall",
-        "layers": getattr(student, "model_config", {}).get("num_hidden_layers"),
-        "median_s": {k: round(v, 5) for k, v in med.items()},
-        "mad_over_baseline": round(med["mad"] / med["baseline"], 3),
-        **{f"{name}_over_baseline": round(med[name] / med["baseline"], 3) for name in teachers},
-        **bf16, "goal_mad_over_baseline": 1.10}))
+    bf16 = (
+        {
+            "mad_bf16_over_baseline_bf16": round(med["mad-bf16"] / med["baseline-bf16"], 3),
+            "mad_fp32_over_mad_bf16": round(med["mad"] / med["mad-bf16"], 3),
+        }
+        if device == "cuda"
+        else {"bf16": "skipped: no CUDA device"}
+    )
+    print(
+        json.dumps(
+            {
+                "student": student_name,
+                "batch_size": args.batch_size,
+                "device": device,
+                "clock": "cpu" if clock is time.process_time else "wall",
+                "layers": getattr(student, "model_config", {}).get("num_hidden_layers"),
+                "median_s": {k: round(v, 5) for k, v in med.items()},
+                "mad_over_baseline": round(med["mad"] / med["baseline"], 3),
+                **{
+                    f"{name}_over_baseline": round(med[name] / med["baseline"], 3)
+                    for name in teachers
+                },
+                **bf16,
+                "goal_mad_over_baseline": 1.10,
+            }
+        )
+    )
 
 
 def synchronize(device: str) -> None:

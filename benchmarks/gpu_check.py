@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import io
 import json
 import os
 import statistics
@@ -38,12 +37,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-CLIP_RETRIEVAL_A100 = 1100          # images/s per A100, clip-retrieval's README (ViT-B/16)
-TINY_CLIP = {"embed_dim": 16,
-             "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16,
-                            "patch_size": 16},
-             "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 32, "heads": 2,
-                          "layers": 1}}
+CLIP_RETRIEVAL_A100 = 1100  # images/s per A100, clip-retrieval's README (ViT-B/16)
+TINY_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
+    "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
 BASE_STUDENT = dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072)
 TINY_STUDENT = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
 
@@ -70,6 +69,7 @@ def peak_gib(device: str) -> float | None:
 
 
 # ----------------------------------------------------------------------------- 1. extraction
+
 
 def make_world(tmp: Path, *, dry: bool, size: int) -> Path:
     """The demo world's VCR split with its train images re-encoded as `size` px JPEGs."""
@@ -109,10 +109,20 @@ def extraction(tmp: Path, root: Path, device: str, *, dry: bool, workers: int) -
     name, checkpoint = clip_teacher(tmp, dry=dry)
     teacher = load_teacher(name, checkpoint=checkpoint, device=device)
     batch = 8 if dry else 256
-    config = ExtractConfig(dataset="vcr", root=root, split="train", teacher=name,
-                           checkpoint=checkpoint, device=device, limit=8 if dry else None,
-                           batch_size=batch, forward_batch=batch, shard_size=1024,
-                           workers=workers, progress=False)
+    config = ExtractConfig(
+        dataset="vcr",
+        root=root,
+        split="train",
+        teacher=name,
+        checkpoint=checkpoint,
+        device=device,
+        limit=8 if dry else None,
+        batch_size=batch,
+        forward_batch=batch,
+        shard_size=1024,
+        workers=workers,
+        progress=False,
+    )
     inputs = bench.prepared_inputs(teacher, config)
     pixels = [p.to(device) for p in inputs["pixel_batches"]]
     tokens = [t.to(device) if torch.is_tensor(t) else t for t in inputs["token_batches"]]
@@ -136,7 +146,7 @@ def extraction(tmp: Path, root: Path, device: str, *, dry: bool, workers: int) -
         sync(device)
         return time.perf_counter() - started
 
-    forward()                                       # warm-up (kernels, autotuning)
+    forward()  # warm-up (kernels, autotuning)
     peak_gib(device)
     repeats = 1 if dry else 2
     forwards, extracts = [], []
@@ -147,16 +157,22 @@ def extraction(tmp: Path, root: Path, device: str, *, dry: bool, workers: int) -
     forward_s = statistics.median(f[0] for f in forwards)
     image_s = statistics.median(f[1] for f in forwards)
     extract_s = statistics.median(extracts)
-    return {"teacher": "tiny CLIP" if dry else "open_clip ViT-B-16 (random weights)",
-            "examples": n, "images": images, "texts": inputs["texts"], "workers": workers,
-            "forward_examples_per_s": round(n / forward_s, 1),
-            "extract_examples_per_s": round(n / extract_s, 1),
-            "extract_over_forward": round(forward_s / extract_s, 3),
-            "image_tower_images_per_s": round(images / max(image_s, 1e-9), 1),
-            "peak_gib": peak_gib(device)}
+    return {
+        "teacher": "tiny CLIP" if dry else "open_clip ViT-B-16 (random weights)",
+        "examples": n,
+        "images": images,
+        "texts": inputs["texts"],
+        "workers": workers,
+        "forward_examples_per_s": round(n / forward_s, 1),
+        "extract_examples_per_s": round(n / extract_s, 1),
+        "extract_over_forward": round(forward_s / extract_s, 3),
+        "image_tower_images_per_s": round(images / max(image_s, 1e-9), 1),
+        "peak_gib": peak_gib(device),
+    }
 
 
 # ----------------------------------------------------------------------------- 2. decoding
+
 
 def _pil_decode(path: str, size: int = 224) -> int:
     from PIL import Image
@@ -171,7 +187,7 @@ def decoding(root: Path, device: str, *, dry: bool, workers: int) -> dict:
     from torchvision.io import decode_jpeg
 
     paths = sorted(str(p) for p in (root / "vcr1images").rglob("*.jpg"))
-    paths = (paths * (1 if dry else 3))[:8 if dry else None]
+    paths = (paths * (1 if dry else 3))[: 8 if dry else None]
     data = [torchvision.io.read_file(p) for p in paths]
     batch = 8 if dry else 128
 
@@ -179,10 +195,15 @@ def decoding(root: Path, device: str, *, dry: bool, workers: int) -> dict:
         sync(device)
         started = time.perf_counter()
         for i in range(0, len(data), batch):
-            images = decode_jpeg(data[i:i + batch], device=device)
-            torch.stack([torch.nn.functional.interpolate(
-                image[None].float(), size=(224, 224), mode="bilinear",
-                antialias=True)[0] for image in images])
+            images = decode_jpeg(data[i : i + batch], device=device)
+            torch.stack(
+                [
+                    torch.nn.functional.interpolate(
+                        image[None].float(), size=(224, 224), mode="bilinear", antialias=True
+                    )[0]
+                    for image in images
+                ]
+            )
         sync(device)
         return time.perf_counter() - started
 
@@ -196,22 +217,27 @@ def decoding(root: Path, device: str, *, dry: bool, workers: int) -> dict:
 
             # fork: the workers only run PIL (no CUDA), and start without re-importing torch
             with multiprocessing.get_context("fork").Pool(workers) as pool:
-                pool.map(_pil_decode, paths[:workers], chunksize=1)   # start-up not counted
+                pool.map(_pil_decode, paths[:workers], chunksize=1)  # start-up not counted
                 started = time.perf_counter()
                 pool.map(_pil_decode, paths, chunksize=16)
         return time.perf_counter() - started
 
-    gpu()                                           # warm-up
+    gpu()  # warm-up
     peak_gib(device)
     gpu_s, cpu_s = gpu(), cpu()
-    return {"images": len(paths), "decoder": "nvjpeg" if device.startswith("cuda") else
-            "torchvision (CPU, dry)", "gpu_images_per_s": round(len(paths) / gpu_s, 1),
-            "cpu_workers": max(workers, 1),
-            "cpu_images_per_s": round(len(paths) / cpu_s, 1),
-            "gpu_over_cpu": round(cpu_s / gpu_s, 2), "peak_gib": peak_gib(device)}
+    return {
+        "images": len(paths),
+        "decoder": "nvjpeg" if device.startswith("cuda") else "torchvision (CPU, dry)",
+        "gpu_images_per_s": round(len(paths) / gpu_s, 1),
+        "cpu_workers": max(workers, 1),
+        "cpu_images_per_s": round(len(paths) / cpu_s, 1),
+        "gpu_over_cpu": round(cpu_s / gpu_s, 2),
+        "peak_gib": peak_gib(device),
+    }
 
 
 # ----------------------------------------------------------------------------- 3. steps
+
 
 def steps(device: str, *, dry: bool, iters: int) -> dict:
     """Median step time of baseline / MAD on cached targets, bf16 and fp32, interleaved."""
@@ -225,21 +251,28 @@ def steps(device: str, *, dry: bool, iters: int) -> dict:
     configure_matmuls(device)
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    student = build_student("single-stream", region_dim=64,
-                            **(TINY_STUDENT if dry else BASE_STUDENT)).to(device)
+    student = build_student(
+        "single-stream", region_dim=64, **(TINY_STUDENT if dry else BASE_STUDENT)
+    ).to(device)
     size, dim = (2, 16) if dry else (32, 512)
     regions = bench.visual_inputs(student, size)
     batches = [bench.make_batch(size, rng) for _ in range(4)]
     inputs = [to_device(student.prepare(b, regions), device) for b in batches]
     cached = [to_device(bench.cached_targets(b, dim, dim, 2, rng), device) for b in batches]
 
-    setups = {method: bench.step_setup(student, method, dim=dim, device=device,
-                                       regions=regions) for method in ("baseline", "mad")}
+    setups = {
+        method: bench.step_setup(student, method, dim=dim, device=device, regions=regions)
+        for method in ("baseline", "mad")
+    }
     losses = {method: StageLoss(setup) for method, setup in setups.items()}
-    runs = {"baseline-bf16": ("baseline", "bf16"), "mad-bf16": ("mad", "bf16"),
-            "mad-fp32": ("mad", "fp32")}
-    params = list(student.parameters()) + [p for s in setups.values()
-                                           for p in s.projections.parameters()]
+    runs = {
+        "baseline-bf16": ("baseline", "bf16"),
+        "mad-bf16": ("mad", "bf16"),
+        "mad-fp32": ("mad", "fp32"),
+    }
+    params = list(student.parameters()) + [
+        p for s in setups.values() for p in s.projections.parameters()
+    ]
     optimizer = torch.optim.AdamW(params, lr=1e-5)
     generator = torch.Generator().manual_seed(0)
     times: dict[str, list[float]] = {name: [] for name in runs}
@@ -247,13 +280,14 @@ def steps(device: str, *, dry: bool, iters: int) -> dict:
     peak_gib(device)
     for it in range(warmup + iters):
         k, shift = it % len(batches), it % len(names)
-        for name in names[shift:] + names[:shift]:        # no variant always runs first
+        for name in names[shift:] + names[:shift]:  # no variant always runs first
             method, precision = runs[name]
             sync(device)
             started = time.perf_counter()
             with autocast(precision, device):
-                micro = MicroBatch(batches[k], None if method == "baseline" else cached[k],
-                                   inputs[k], 1.0)
+                micro = MicroBatch(
+                    batches[k], None if method == "baseline" else cached[k], inputs[k], 1.0
+                )
                 loss, _ = losses[method](stage="task", micro=micro, generator=generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -262,29 +296,44 @@ def steps(device: str, *, dry: bool, iters: int) -> dict:
             if it >= warmup:
                 times[name].append(time.perf_counter() - started)
     med = {name: statistics.median(v) for name, v in times.items()}
-    return {"student": "single-stream " + ("tiny" if dry else "base (768 x 12)"),
-            "batch_size": size, "median_ms": {k: round(v * 1e3, 2) for k, v in med.items()},
-            "mad_over_baseline_bf16": round(med["mad-bf16"] / med["baseline-bf16"], 3),
-            "fp32_over_bf16_mad": round(med["mad-fp32"] / med["mad-bf16"], 3),
-            "peak_gib": peak_gib(device)}
+    return {
+        "student": "single-stream " + ("tiny" if dry else "base (768 x 12)"),
+        "batch_size": size,
+        "median_ms": {k: round(v * 1e3, 2) for k, v in med.items()},
+        "mad_over_baseline_bf16": round(med["mad-bf16"] / med["baseline-bf16"], 3),
+        "fp32_over_bf16_mad": round(med["mad-fp32"] / med["mad-bf16"], 3),
+        "peak_gib": peak_gib(device),
+    }
 
 
 # ----------------------------------------------------------------------------- report
 
+
 def report(device_name: str, ex: dict, dec: dict, st: dict) -> str:
     rows = [
-        ("extract / teacher forward (examples/s)",
-         f"{ex['extract_examples_per_s']} / {ex['forward_examples_per_s']} = "
-         f"{ex['extract_over_forward']}", ">= 0.9"),
-        ("image tower alone (images/s)", str(ex["image_tower_images_per_s"]),
-         f"clip-retrieval ~{CLIP_RETRIEVAL_A100}/A100"),
-        (f"JPEG decode+resize: {dec['decoder']} vs {dec['cpu_workers']} CPU workers (img/s)",
-         f"{dec['gpu_images_per_s']} vs {dec['cpu_images_per_s']} "
-         f"(x{dec['gpu_over_cpu']})", ""),
+        (
+            "extract / teacher forward (examples/s)",
+            f"{ex['extract_examples_per_s']} / {ex['forward_examples_per_s']} = "
+            f"{ex['extract_over_forward']}",
+            ">= 0.9",
+        ),
+        (
+            "image tower alone (images/s)",
+            str(ex["image_tower_images_per_s"]),
+            f"clip-retrieval ~{CLIP_RETRIEVAL_A100}/A100",
+        ),
+        (
+            f"JPEG decode+resize: {dec['decoder']} vs {dec['cpu_workers']} CPU workers (img/s)",
+            f"{dec['gpu_images_per_s']} vs {dec['cpu_images_per_s']} (x{dec['gpu_over_cpu']})",
+            "",
+        ),
         ("cached MAD / baseline step, bf16", str(st["mad_over_baseline_bf16"]), "<= 1.05"),
         ("MAD step fp32 / bf16 (speed-up)", str(st["fp32_over_bf16_mad"]), ""),
-        ("peak GPU memory GiB (extract, decode, steps)",
-         f"{ex['peak_gib']}, {dec['peak_gib']}, {st['peak_gib']}", ""),
+        (
+            "peak GPU memory GiB (extract, decode, steps)",
+            f"{ex['peak_gib']}, {dec['peak_gib']}, {st['peak_gib']}",
+            "",
+        ),
     ]
     width = max(len(r[0]) for r in rows)
     lines = [f"device: {device_name}"]
@@ -299,8 +348,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=20)
     args = parser.parse_args(argv)
     if not args.dry and not torch.cuda.is_available():
-        print("gpu_check: no CUDA device here; use --dry to check that the script runs",
-              file=sys.stderr)
+        print(
+            "gpu_check: no CUDA device here; use --dry to check that the script runs",
+            file=sys.stderr,
+        )
         return 2
     device = "cpu" if args.dry else "cuda"
     torch.set_num_threads(1 if args.dry else min(8, os.cpu_count() or 1))
@@ -313,8 +364,18 @@ def main(argv: list[str] | None = None) -> int:
         dec = decoding(root, device, dry=args.dry, workers=workers)
     st = steps(device, dry=args.dry, iters=2 if args.dry else args.iters)
     print(report(name, ex, dec, st))
-    print(json.dumps({"benchmark": "gpu_check", "device": name, "dry": args.dry,
-                      "extraction": ex, "decoding": dec, "steps": st}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "gpu_check",
+                "device": name,
+                "dry": args.dry,
+                "extraction": ex,
+                "decoding": dec,
+                "steps": st,
+            }
+        )
+    )
     return 0
 
 

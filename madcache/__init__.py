@@ -18,11 +18,15 @@ __version__ = "0.1.0"
 # madcache stays cheap and comes before torch.
 _EXPORTS = {
     "open_cache": "madcache.cache.reader",
-    "CacheDataset": "madcache.train.dataset", "CacheStream": "madcache.train.dataset",
-    "CacheBatch": "madcache.train.dataset", "collate": "madcache.train.dataset",
+    "CacheDataset": "madcache.train.dataset",
+    "CacheStream": "madcache.train.dataset",
+    "CacheBatch": "madcache.train.dataset",
+    "collate": "madcache.train.dataset",
     "get_method": "madcache.method.methods",
-    "vision_term": "madcache.method.losses", "text_term": "madcache.method.losses",
-    "word_term": "madcache.method.losses", "confidence_weights": "madcache.method.losses",
+    "vision_term": "madcache.method.losses",
+    "text_term": "madcache.method.losses",
+    "word_term": "madcache.method.losses",
+    "confidence_weights": "madcache.method.losses",
     "distillation_loss": "madcache.method.losses",
 }
 

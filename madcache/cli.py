@@ -19,31 +19,46 @@ from madcache.core.io import disk_problem
 # here so that `madcache --help` lists the commands without importing them (nor, through their
 # configs, any registry); tests/test_cli_vocabulary.py checks it against each command's own.
 COMMANDS = {
-    "data": ("madcache.commands.data:data",
-             "Dataset tools: statistics, low-shot splits, shortcut-mitigated VCR."),
-    "demo": ("madcache.commands.demo:demo",
-             "The demo world: generate data, pretrain its teacher and student, run the whole "
-             "pipeline."),
-    "extract": ("madcache.commands.extract:extract",
-                "Run the teachers once over a split and write every MAD target into a sharded "
-                "cache."),
+    "data": (
+        "madcache.commands.data:data",
+        "Dataset tools: statistics, low-shot splits, shortcut-mitigated VCR.",
+    ),
+    "demo": (
+        "madcache.commands.demo:demo",
+        "The demo world: generate data, pretrain its teacher and student, run the whole pipeline.",
+    ),
+    "extract": (
+        "madcache.commands.extract:extract",
+        "Run the teachers once over a split and write every MAD target into a sharded cache.",
+    ),
     "cache": ("madcache.commands.cache:cache", "Inspect and check teacher-target caches."),
-    "regions": ("madcache.commands.regions:regions",
-                "Extract region features (one entry per image) for the student; resumable."),
-    "train": ("madcache.commands.train:train",
-              "Train a student on cached teacher targets (baseline, md, mad and ablations), or "
-              "an adapter head on the frozen cached features (adapter-*)."),
-    "eval": ("madcache.commands.evaluate:eval_command",
-             "Evaluate a run (metrics into its metrics.json) or a teacher zero-shot."),
-    "predict": ("madcache.commands.predict:predict",
-                "Write a run's predictions on SPLIT as a submission file (docs/evaluation.md)."),
-    "sweep": ("madcache.commands.sweep:sweep",
-              "Train and evaluate every missing run of a pipeline (methods x shots x seeds x "
-              "students)."),
-    "report": ("madcache.commands.report:report",
-               "Aggregate every metrics.json under RUNS_DIR: mean ± std over seeds per cell, "
-               "and each method's paired difference to the baseline with 95% intervals and its "
-               "power (MDE)."),
+    "regions": (
+        "madcache.commands.regions:regions",
+        "Extract region features (one entry per image) for the student; resumable.",
+    ),
+    "train": (
+        "madcache.commands.train:train",
+        "Train a student on cached teacher targets (baseline, md, mad and ablations), or "
+        "an adapter head on the frozen cached features (adapter-*).",
+    ),
+    "eval": (
+        "madcache.commands.evaluate:eval_command",
+        "Evaluate a run (metrics into its metrics.json) or a teacher zero-shot.",
+    ),
+    "predict": (
+        "madcache.commands.predict:predict",
+        "Write a run's predictions on SPLIT as a submission file (docs/evaluation.md).",
+    ),
+    "sweep": (
+        "madcache.commands.sweep:sweep",
+        "Train and evaluate every missing run of a pipeline (methods x shots x seeds x students).",
+    ),
+    "report": (
+        "madcache.commands.report:report",
+        "Aggregate every metrics.json under RUNS_DIR: mean ± std over seeds per cell, "
+        "and each method's paired difference to the baseline with 95% intervals and its "
+        "power (MDE).",
+    ),
 }
 
 
@@ -89,19 +104,27 @@ class LazyGroup(click.Group):
         """The commands and their one-line help, without importing a lazy one."""
         names = self.list_commands(ctx)
         limit = formatter.width - 6 - max((len(name) for name in names), default=0)
-        rows = [(name, (click.Command(name, help=self.lazy[name][1]) if name in self.lazy
-                        else self.get_command(ctx, name)).get_short_help_str(limit))
-                for name in names]
+        rows = [
+            (
+                name,
+                (
+                    click.Command(name, help=self.lazy[name][1])
+                    if name in self.lazy
+                    else self.get_command(ctx, name)
+                ).get_short_help_str(limit),
+            )
+            for name in names
+        ]
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context):
-        given = list(ctx.args)          # click empties it once the subcommand is resolved
+        given = list(ctx.args)  # click empties it once the subcommand is resolved
         try:
             return super().invoke(ctx)
         except MadcacheError as exc:
-            error = UserError(str(exc))      # exit 2, or the error's own (a preempted run: 75)
+            error = UserError(str(exc))  # exit 2, or the error's own (a preempted run: 75)
             error.exit_code = getattr(exc, "exit_code", UserError.exit_code)
             raise error from None
         except CLICK_FLOW:
@@ -110,19 +133,25 @@ class LazyGroup(click.Group):
             if ctx.find_root().params.get("debug"):
                 raise
             if isinstance(exc, FileNotFoundError) and NO_TEMP in str(exc):
-                raise UserError(f"{one_line(exc)} (full or read-only?): free space there or "
-                                "set TMPDIR to a writable folder, then rerun") from None
+                raise UserError(
+                    f"{one_line(exc)} (full or read-only?): free space there or "
+                    "set TMPDIR to a writable folder, then rerun"
+                ) from None
             if isinstance(exc, OSError) and disk_problem(exc):
                 where = exc.filename or output_named(given) or "a file this command writes"
-                raise UserError(f"{where}: {disk_problem(exc)}; free space or fix the "
-                                "permissions, then rerun the same command") from None
-            raise InternalError(f"internal error: {type(exc).__name__}: {one_line(exc)} — this "
-                                "is a bug, please report it (rerun with --debug for the "
-                                "traceback)") from None
+                raise UserError(
+                    f"{where}: {disk_problem(exc)}; free space or fix the "
+                    "permissions, then rerun the same command"
+                ) from None
+            raise InternalError(
+                f"internal error: {type(exc).__name__}: {one_line(exc)} — this "
+                "is a bug, please report it (rerun with --debug for the "
+                "traceback)"
+            ) from None
 
 
 OUTPUT_FLAGS = ("--out", "--output")
-NO_TEMP = "No usable temporary directory"        # tempfile's error when none is writable
+NO_TEMP = "No usable temporary directory"  # tempfile's error when none is writable
 
 
 def output_named(args: list[str]) -> str | None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -33,12 +34,15 @@ def _seeded():
 def real_root() -> Path:
     """`../shared/fixtures/real`; tests that need it skip with a reason where it is absent."""
     if not REAL.is_dir():
-        pytest.skip(f"real dataset samples not found at {REAL} (only present beside the "
-                    "project's own checkout; set MADCACHE_REAL_FIXTURES to point at them)")
+        pytest.skip(
+            f"real dataset samples not found at {REAL} (only present beside the "
+            "project's own checkout; set MADCACHE_REAL_FIXTURES to point at them)"
+        )
     return REAL
 
 
 # --- the demo world (madcache.demo.world, docs/demo-world.md) -------------------------------
+
 
 @pytest.fixture(scope="session")
 def demo_worlds(tmp_path_factory) -> Callable[..., tuple[Path, dict[str, Any]]]:
@@ -66,6 +70,7 @@ def demo_root(demo_worlds) -> Path:
 
 # --- a real S3-compatible server on localhost (moto's standalone server) ----------------------
 
+
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """`http://127.0.0.1:PORT` of a moto S3 server for this session (skips without moto or the
@@ -76,7 +81,7 @@ def s3_endpoint():
 
     from moto.server import ThreadedMotoServer
 
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)     # not one line per request
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not one line per request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -84,8 +89,11 @@ def s3_endpoint():
     server.stop()
 
 
-S3_ENV = {"AWS_ACCESS_KEY_ID": "madcache-test", "AWS_SECRET_ACCESS_KEY": "madcache-test",
-          "AWS_REGION": "us-east-1"}
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "madcache-test",
+    "AWS_SECRET_ACCESS_KEY": "madcache-test",
+    "AWS_REGION": "us-east-1",
+}
 
 
 @pytest.fixture
@@ -100,14 +108,19 @@ def s3_bucket(s3_endpoint, monkeypatch, request) -> str:
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     bucket = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower())[:50].strip("-") or "bucket"
-    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
-                          aws_access_key_id="madcache-test",
-                          aws_secret_access_key="madcache-test")
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="madcache-test",
+        aws_secret_access_key="madcache-test",
+    )
     client.create_bucket(Bucket=bucket)
     return f"s3://{bucket}"
 
 
 # --- a training run cut by an interruption and resumed ---------------------------------------
+
 
 @pytest.fixture
 def cut_and_resume(monkeypatch) -> Callable[..., tuple[dict, dict]]:
@@ -151,6 +164,7 @@ def tensors_equal() -> Callable[[Path, Path], bool]:
 
 # --- what a training run on the demo VCR reads ------------------------------------------------
 
+
 def build_vcr_training_inputs(base: Path, root: Path) -> None:
     """Under `base`: `cache/` (the VCR training split at `root`, extracted with a tiny CLIP),
     `regions-train/` and `regions-val/` (boxcrop, 4 regions) and `split.json` (k = 2, seed 0,
@@ -164,16 +178,33 @@ def build_vcr_training_inputs(base: Path, root: Path) -> None:
     from madcache.students.regions import build_region_store
 
     spec = importlib.util.spec_from_file_location(
-        "extraction_conftest", str(Path(__file__).parent / "extraction" / "conftest.py"))
+        "extraction_conftest", str(Path(__file__).parent / "extraction" / "conftest.py")
+    )
     helpers = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(helpers)
     config, checkpoint = helpers.save_tiny_clip(base / "clip")
-    extract(ExtractConfig(dataset="vcr", root=root, split="train",
-                          teacher=f"openclip-config:{config}", checkpoint=checkpoint,
-                          out=base / "cache", progress=False, shard_size=64))
+    extract(
+        ExtractConfig(
+            dataset="vcr",
+            root=root,
+            split="train",
+            teacher=f"openclip-config:{config}",
+            checkpoint=checkpoint,
+            out=base / "cache",
+            progress=False,
+            shard_size=64,
+        )
+    )
     for split in ("train", "val"):
-        build_region_store(dataset="vcr", root=root, split=split, extractor="boxcrop",
-                           out=base / f"regions-{split}", max_regions=4, progress=False)
+        build_region_store(
+            dataset="vcr",
+            root=root,
+            split=split,
+            extractor="boxcrop",
+            out=base / f"regions-{split}",
+            max_regions=4,
+            progress=False,
+        )
     cached = set(open_cache(base / "cache").example_ids())
     examples = [e for e in read_examples("vcr", root, "train").examples if e.id in cached]
     sample_per_category(examples, k=2, seed=0).save(base / "split.json")

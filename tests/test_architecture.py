@@ -24,11 +24,21 @@ ALLOWED = {
     "train": {"core", "data", "cache", "students", "method"},
     "evaluation": {"core", "data", "cache", "students", "method", "train"},
     "experiments": {"core", "data", "cache", "students", "method", "train", "evaluation"},
-    "demo": {"core", "data", "teachers", "cache", "extraction", "students", "method", "train",
-             "evaluation", "experiments"},
+    "demo": {
+        "core",
+        "data",
+        "teachers",
+        "cache",
+        "extraction",
+        "students",
+        "method",
+        "train",
+        "evaluation",
+        "experiments",
+    },
 }
-TOP = {"__init__", "__main__", "cli", "commands"}   # the entry points may import anything
-VERSION = "madcache"                                 # `madcache.__version__`, imported by all
+TOP = {"__init__", "__main__", "cli", "commands"}  # the entry points may import anything
+VERSION = "madcache"  # `madcache.__version__`, imported by all
 
 
 def module_name(path: Path) -> str:
@@ -46,8 +56,11 @@ def imports_of(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                package = name.split(".")[: -node.level] if path.name != "__init__.py" \
+                package = (
+                    name.split(".")[: -node.level]
+                    if path.name != "__init__.py"
                     else name.split(".")[: len(name.split(".")) - node.level + 1]
+                )
                 base = ".".join(package + ([base] if base else []))
             if base.startswith("madcache"):
                 found.add(base)
@@ -57,8 +70,10 @@ def imports_of(path: Path) -> set[str]:
 
 def graph() -> dict[str, set[str]]:
     modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
-    return {name: {m for m in imports_of(path) if m in modules and m != name}
-            for name, path in modules.items()}
+    return {
+        name: {m for m in imports_of(path) if m in modules and m != name}
+        for name, path in modules.items()
+    }
 
 
 def stage(module: str) -> str:
@@ -74,8 +89,11 @@ def test_every_import_follows_the_data_flow():
             continue
         assert source in ALLOWED, f"{module}: stage '{source}' is not in the architecture table"
         for target in targets:
-            if target != VERSION and stage(target) != source \
-                    and stage(target) not in ALLOWED[source]:
+            if (
+                target != VERSION
+                and stage(target) != source
+                and stage(target) not in ALLOWED[source]
+            ):
                 wrong.append(f"{module} -> {target}")
     assert not wrong, "imports against the data flow:\n" + "\n".join(sorted(wrong))
 
@@ -93,7 +111,7 @@ def test_no_import_cycles():
         stack.append(node)
         for nxt in sorted(edges.get(node, ())):
             if seen.get(nxt) == 1:
-                cycles.append(stack[stack.index(nxt):] + [nxt])
+                cycles.append(stack[stack.index(nxt) :] + [nxt])
             elif nxt not in seen:
                 visit(nxt)
         stack.pop()
@@ -107,18 +125,26 @@ def test_no_import_cycles():
 
 def test_no_dataset_branches_outside_the_data_package():
     pattern = re.compile(r"""dataset\s*(==|!=|in)\s*\(?["']""")
-    found = [f"{p.relative_to(PACKAGE.parent)}:{i}" for p in PACKAGE.rglob("*.py")
-             if stage(module_name(p)) not in {"data", "demo"}
-             for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
-             if pattern.search(line)]
-    assert not found, "choose behaviour through the dataset spec (madcache/data/base.py):\n" + \
-        "\n".join(found)
+    found = [
+        f"{p.relative_to(PACKAGE.parent)}:{i}"
+        for p in PACKAGE.rglob("*.py")
+        if stage(module_name(p)) not in {"data", "demo"}
+        for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert not found, (
+        "choose behaviour through the dataset spec (madcache/data/base.py):\n" + "\n".join(found)
+    )
 
 
 def test_the_module_map_names_every_module():
     """docs/architecture.md's module map stays the map: each module of a stage is named there."""
     doc = (PACKAGE.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
-    missing = [str(p.relative_to(PACKAGE)) for p in sorted(PACKAGE.rglob("*.py"))
-               if p.name != "__init__.py" and "commands" not in p.parts
-               and not re.search(rf"\b{re.escape(p.stem)}\b", doc)]
+    missing = [
+        str(p.relative_to(PACKAGE))
+        for p in sorted(PACKAGE.rglob("*.py"))
+        if p.name != "__init__.py"
+        and "commands" not in p.parts
+        and not re.search(rf"\b{re.escape(p.stem)}\b", doc)
+    ]
     assert not missing, f"not in docs/architecture.md: {missing}"

@@ -16,14 +16,30 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_gpu_check_runs_dry():
-    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--dry"],
-                          capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--dry"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=REPO,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "pytest -m gpu" not in done.stdout
-    for row in ("extract / teacher forward", "image tower alone", "JPEG decode+resize",
-                "cached MAD / baseline step, bf16", "MAD step fp32 / bf16", "peak GPU memory"):
+    for row in (
+        "extract / teacher forward",
+        "image tower alone",
+        "JPEG decode+resize",
+        "cached MAD / baseline step, bf16",
+        "MAD step fp32 / bf16",
+        "peak GPU memory",
+    ):
         assert row in done.stdout, row
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     assert figures["dry"] and figures["extraction"]["examples"] == 8
@@ -35,41 +51,73 @@ def test_preprocess_bench_runs_quick(real_root):
     """benchmarks/bench_preprocess.py --quick on the real VCR sample: both variants measured,
     the same steps, positive costs, the default worker count of a 16-core CUDA node."""
     env = {**os.environ, "MADCACHE_REAL_FIXTURES": str(real_root), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_preprocess.py"),
-                           "--quick"], capture_output=True, text=True, timeout=300, env=env,
-                          cwd=REPO)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench_preprocess.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=REPO,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     assert figures["quick"] and figures["examples"] == 24 and figures["texts"] == 96
     before, after = figures["before"], figures["after"]
-    assert set(before["per_example_ms"]) == set(after["per_example_ms"]) == {
-        "read", "decode", "transform", "bpe", "yake", "preprocessor"}
-    assert all(v > 0 for v in [*before["per_example_ms"].values(),
-                               *after["per_example_ms"].values()])
-    assert (before["default_workers_16_core_cuda_node"],
-            after["default_workers_16_core_cuda_node"]) == (0, 15)
+    assert (
+        set(before["per_example_ms"])
+        == set(after["per_example_ms"])
+        == {"read", "decode", "transform", "bpe", "yake", "preprocessor"}
+    )
+    assert all(
+        v > 0 for v in [*before["per_example_ms"].values(), *after["per_example_ms"].values()]
+    )
+    assert (
+        before["default_workers_16_core_cuda_node"],
+        after["default_workers_16_core_cuda_node"],
+    ) == (0, 15)
 
 
 @pytest.mark.slow
 def test_bench_scale_runs_tiny():
     """benchmarks/bench_scale.py at 0.5% of SNLI-VE's size: the real readers, setup and caches
     (zarr and hdf5 agree), every figure of the table printed."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_scale.py"),
-                           "--fraction", "0.005", "--datasets", "snli-ve", "--measures",
-                           "lowshot,load", "--shots", "8"],
-                          capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "bench_scale.py"),
+            "--fraction",
+            "0.005",
+            "--datasets",
+            "snli-ve",
+            "--measures",
+            "lowshot,load",
+            "--shots",
+            "8",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=REPO,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     loads = [r for r in lines if r.get("measure") == "load"]
     assert [r["examples"] for r in loads] == [264, 2647]
-    assert all(r["zarr_checksum"] == r["hdf5_checksum"] and r["zarr_rows_per_s"] > 0
-               for r in loads)
+    assert all(r["zarr_checksum"] == r["hdf5_checksum"] and r["zarr_rows_per_s"] > 0 for r in loads)
     lowshot = [r for r in lines if r.get("measure") == "lowshot"]
-    assert len(lowshot) == 2 and all(r["rows"] > 0 and r["bytes_used"] > 0
-                                     and r["mad"]["bytes_used"] > r["bytes_used"]
-                                     for r in lowshot)
-    for row in ("low-shot MD run: peak RSS (MB)", "low-shot MAD task load: bytes read / used",
-                "random 3% load, hdf5: rows/s"):
+    assert len(lowshot) == 2 and all(
+        r["rows"] > 0 and r["bytes_used"] > 0 and r["mad"]["bytes_used"] > r["bytes_used"]
+        for r in lowshot
+    )
+    for row in (
+        "low-shot MD run: peak RSS (MB)",
+        "low-shot MAD task load: bytes read / used",
+        "random 3% load, hdf5: rows/s",
+    ):
         assert row in done.stdout, row

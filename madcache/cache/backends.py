@@ -23,8 +23,8 @@ import os
 import shutil
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Union
 
 import numpy as np
 
@@ -51,8 +51,11 @@ def as_unicode(array: np.ndarray) -> np.ndarray:
     if array.dtype.kind == "U":
         return array
     flat = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in array.ravel().tolist()]
-    return np.array(flat, dtype=str).reshape(array.shape) if flat \
+    return (
+        np.array(flat, dtype=str).reshape(array.shape)
+        if flat
         else np.zeros(array.shape, dtype="<U1")
+    )
 
 
 class Backend(ABC):
@@ -93,8 +96,7 @@ class Backend(ABC):
     def read(self, path: Path, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
         """Read the named arrays (default: all) whole; strings come back as `U` arrays."""
 
-    def read_rows(self, path: Path,
-                  rows: Mapping[str, np.ndarray | None]) -> dict[str, np.ndarray]:
+    def read_rows(self, path: Path, rows: Mapping[str, np.ndarray | None]) -> dict[str, np.ndarray]:
         """For each name, the rows at sorted unique indices `rows[name]` (None = all rows).
 
         Never a read per row: whole arrays when most rows are wanted, else the backend's
@@ -111,8 +113,7 @@ class Backend(ABC):
     def _length(self, path: Path, name: str) -> int:
         return len(self.read(path, [name])[name])
 
-    def _read_selected(self, path: Path,
-                       rows: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _read_selected(self, path: Path, rows: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {name: array[rows[name]] for name, array in self.read(path, list(rows)).items()}
 
     @abstractmethod
@@ -162,9 +163,15 @@ class ZarrBackend(Backend):
         for name, array in arrays.items():
             array = np.asarray(array)
             dtype = str if is_string_array(array) else array.dtype
-            stored = group.create_array(name, shape=array.shape, dtype=dtype,
-                                        chunks=_chunks(array), compressors=None, filters=None,
-                                        config={"write_empty_chunks": True})
+            stored = group.create_array(
+                name,
+                shape=array.shape,
+                dtype=dtype,
+                chunks=_chunks(array),
+                compressors=None,
+                filters=None,
+                config={"write_empty_chunks": True},
+            )
             if array.size:
                 stored[...] = array
 
@@ -177,8 +184,9 @@ class ZarrBackend(Backend):
             out[name] = as_unicode(array) if is_string_array(array) else array
         return out
 
-    def read_rows(self, path: Shard,
-                  rows: Mapping[str, np.ndarray | None]) -> dict[str, np.ndarray]:
+    def read_rows(
+        self, path: Shard, rows: Mapping[str, np.ndarray | None]
+    ) -> dict[str, np.ndarray]:
         out = {}
         layouts = {name: self._layout(path, name) for name in rows}
         for name, layout in layouts.items():
@@ -195,7 +203,8 @@ class ZarrBackend(Backend):
                 array = np.zeros((0, *stored.shape[1:]), dtype=stored.dtype)
             else:  # one call: zarr fetches the touched chunks concurrently
                 array = stored.get_orthogonal_selection(
-                    (np.asarray(wanted, dtype=np.int64), *[slice(None)] * (stored.ndim - 1)))
+                    (np.asarray(wanted, dtype=np.int64), *[slice(None)] * (stored.ndim - 1))
+                )
             out[name] = as_unicode(array) if is_string_array(array) else array
         return out
 
@@ -231,8 +240,15 @@ class RowFile:
     format library (~1 ms per Zarr array opened, docs/performance.md "Full-size splits") and no
     whole chunk read for a few of its rows."""
 
-    def __init__(self, files: Callable[[int], str | Path], *, shape: tuple[int, ...], dtype: np.dtype,
-                 chunk_rows: int, offset: int = 0) -> None:
+    def __init__(
+        self,
+        files: Callable[[int], str | Path],
+        *,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        chunk_rows: int,
+        offset: int = 0,
+    ) -> None:
         self.files = files
         self.shape = shape
         self.dtype = dtype
@@ -241,8 +257,11 @@ class RowFile:
         self.row_bytes = dtype.itemsize * math.prod(shape[1:])
 
     def read(self, rows: np.ndarray | None) -> np.ndarray:
-        rows = np.arange(self.shape[0], dtype=np.int64) if rows is None \
+        rows = (
+            np.arange(self.shape[0], dtype=np.int64)
+            if rows is None
             else np.asarray(rows, dtype=np.int64)
+        )
         out = np.empty((len(rows), *self.shape[1:]), dtype=self.dtype)
         if len(rows) == 0 or self.row_bytes == 0:
             return out
@@ -255,13 +274,15 @@ class RowFile:
         for index in np.unique(chunk).tolist():
             fd = self._open(index)
             try:
-                for a, b in zip(starts[chunk[starts] == index].tolist(),
-                                ends[chunk[starts] == index].tolist()):
+                for a, b in zip(
+                    starts[chunk[starts] == index].tolist(), ends[chunk[starts] == index].tolist()
+                ):
                     size = (b - a) * self.row_bytes
                     at = self.offset + (int(rows[a]) - index * self.chunk_rows) * self.row_bytes
-                    if os.preadv(fd, [buffer[position:position + size]], at) != size:
-                        raise CacheError(f"{self.files(index)} is shorter than its array's "
-                                         "metadata says")
+                    if os.preadv(fd, [buffer[position : position + size]], at) != size:
+                        raise CacheError(
+                            f"{self.files(index)} is shorter than its array's metadata says"
+                        )
                     position += size
             finally:
                 os.close(fd)
@@ -273,8 +294,9 @@ class RowFile:
         except FileNotFoundError:
             from madcache.core.errors import CacheCorruptError
 
-            raise CacheCorruptError(f"{self.files(index)}: a stored chunk is missing (it would "
-                                    "read back as zeros)") from None
+            raise CacheCorruptError(
+                f"{self.files(index)}: a stored chunk is missing (it would read back as zeros)"
+            ) from None
 
     def missing(self) -> int:
         """Chunk files absent from storage."""
@@ -289,8 +311,11 @@ class StringFile(RowFile):
     def read(self, rows: np.ndarray | None) -> np.ndarray:
         from numcodecs.vlen import VLenUTF8
 
-        rows = np.arange(self.shape[0], dtype=np.int64) if rows is None \
+        rows = (
+            np.arange(self.shape[0], dtype=np.int64)
+            if rows is None
             else np.asarray(rows, dtype=np.int64)
+        )
         chunk = rows // self.chunk_rows
         out = np.empty(len(rows), dtype=object)
         for index in np.unique(chunk).tolist():
@@ -305,8 +330,20 @@ class StringFile(RowFile):
 
 
 # the data types a Zarr v3 array of plain, uncompressed rows may have (numpy names)
-PLAIN_TYPES = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
-               "float16", "float32", "float64")
+PLAIN_TYPES = (
+    "bool",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "float16",
+    "float32",
+    "float64",
+)
 
 
 def _zarr_layout(path: Shard, name: str) -> RowFile | None:
@@ -326,10 +363,18 @@ def _zarr_layout(path: Shard, name: str) -> RowFile | None:
     grid = meta.get("chunk_grid") or {}
     shape = tuple(meta.get("shape") or ())
     strings = meta.get("data_type") == "string" and codecs == ["vlen-utf8"] and len(shape) == 1
-    plain = meta.get("data_type") in PLAIN_TYPES and codecs == ["bytes"] and \
-        (meta["codecs"][0].get("configuration") or {}).get("endian", "little") == "little"
-    if (not (strings or plain) or len(shape) == 0 or encoding.get("name") != "default"
-            or grid.get("name") != "regular" or meta.get("storage_transformers")):
+    plain = (
+        meta.get("data_type") in PLAIN_TYPES
+        and codecs == ["bytes"]
+        and (meta["codecs"][0].get("configuration") or {}).get("endian", "little") == "little"
+    )
+    if (
+        not (strings or plain)
+        or len(shape) == 0
+        or encoding.get("name") != "default"
+        or grid.get("name") != "regular"
+        or meta.get("storage_transformers")
+    ):
         return None
     chunks = grid["configuration"]["chunk_shape"]
     if list(chunks[1:]) != [max(1, s) for s in shape[1:]] or any(s == 0 for s in shape[1:]):
@@ -341,17 +386,23 @@ def _zarr_layout(path: Shard, name: str) -> RowFile | None:
         return os.path.join(folder, separator.join(map(str, ["c", index, *trailing])))
 
     if strings:
-        return StringFile(chunk_file, shape=shape, dtype=np.dtype(object),
-                          chunk_rows=int(chunks[0]))
-    return RowFile(chunk_file, shape=shape, dtype=np.dtype(meta["data_type"]).newbyteorder("<"),
-                   chunk_rows=int(chunks[0]))
+        return StringFile(
+            chunk_file, shape=shape, dtype=np.dtype(object), chunk_rows=int(chunks[0])
+        )
+    return RowFile(
+        chunk_file,
+        shape=shape,
+        dtype=np.dtype(meta["data_type"]).newbyteorder("<"),
+        chunk_rows=int(chunks[0]),
+    )
 
 
 def _zarr_names(group) -> list[str]:
     import zarr
 
-    return sorted(name for name, node in group.members(max_depth=None)
-                  if isinstance(node, zarr.Array))
+    return sorted(
+        name for name, node in group.members(max_depth=None) if isinstance(node, zarr.Array)
+    )
 
 
 def _zarr_group(path: Shard, mode: str):
@@ -365,8 +416,10 @@ def _zarr_group(path: Shard, mode: str):
 def _local(path: Shard, backend: str) -> Path:
     """The file of a backend that needs a local file system (HDF5, memory)."""
     if isinstance(path, StoreKey):
-        raise CacheError(f"{path}: {backend} shards need a local path; caches in an object "
-                         "store are stored as zarr (--format zarr)")
+        raise CacheError(
+            f"{path}: {backend} shards need a local path; caches in an object "
+            "store are stored as zarr (--format zarr)"
+        )
     return path
 
 
@@ -401,8 +454,11 @@ class Hdf5Backend(Backend):
             for name, array in arrays.items():
                 array = np.asarray(array)
                 if is_string_array(array):
-                    handle.create_dataset(name, data=as_unicode(array).astype(object),
-                                          dtype=h5py.string_dtype("utf-8"))
+                    handle.create_dataset(
+                        name,
+                        data=as_unicode(array).astype(object),
+                        dtype=h5py.string_dtype("utf-8"),
+                    )
                 else:
                     handle.create_dataset(name, data=array)
 
@@ -413,12 +469,11 @@ class Hdf5Backend(Backend):
             wanted = _h5_names(handle) if names is None else list(names)
             return {name: _h5_read(handle[name]) for name in wanted}
 
-    def read_rows(self, path: Path,
-                  rows: Mapping[str, np.ndarray | None]) -> dict[str, np.ndarray]:
+    def read_rows(self, path: Path, rows: Mapping[str, np.ndarray | None]) -> dict[str, np.ndarray]:
         import h5py
 
         known = {n: self._layouts.get((str(path), n)) for n in rows}
-        if all(known.values()):     # every array's layout seen before: no need to open it
+        if all(known.values()):  # every array's layout seen before: no need to open it
             return {name: layout.read(rows[name]) for name, layout in known.items()}
         with h5py.File(_local(path, self.name), "r") as handle:
             out = {}
@@ -434,7 +489,7 @@ class Hdf5Backend(Backend):
                 if wanted is None or _dense(wanted, dataset.shape[0]):
                     array = _h5_read(dataset)
                     out[name] = array if wanted is None else array[wanted]
-                elif strings and len(wanted):   # the ids: one point selection, ~10x a slice's
+                elif strings and len(wanted):  # the ids: one point selection, ~10x a slice's
                     out[name] = as_unicode(dataset.asstr()[np.asarray(wanted, dtype=np.int64)])
                 else:
                     out[name] = _h5_runs(dataset, np.asarray(wanted, dtype=np.int64))
@@ -456,12 +511,18 @@ def _h5_layout(path: Path, dataset) -> RowFile | None:
 
     offset = dataset.get_offset()
     dtype, shape = dataset.dtype, dataset.shape
-    if (offset is None or len(shape) == 0 or dtype.kind not in "biuf"
-            or dataset.get_create_plist().get_layout() != h5py.h5d.CONTIGUOUS
-            or dtype.byteorder == ">" or (dtype.byteorder == "=" and not np.little_endian)):
+    if (
+        offset is None
+        or len(shape) == 0
+        or dtype.kind not in "biuf"
+        or dataset.get_create_plist().get_layout() != h5py.h5d.CONTIGUOUS
+        or dtype.byteorder == ">"
+        or (dtype.byteorder == "=" and not np.little_endian)
+    ):
         return None
-    return RowFile(lambda _: Path(path), shape=shape, dtype=dtype,
-                   chunk_rows=max(1, shape[0]), offset=offset)
+    return RowFile(
+        lambda _: Path(path), shape=shape, dtype=dtype, chunk_rows=max(1, shape[0]), offset=offset
+    )
 
 
 def _h5_runs(dataset, rows: np.ndarray) -> np.ndarray:
@@ -471,7 +532,7 @@ def _h5_runs(dataset, rows: np.ndarray) -> np.ndarray:
     breaks = np.flatnonzero(np.diff(rows) > MAX_GAP_ROWS + 1) + 1
     starts = rows[np.concatenate([[0], breaks])]
     ends = rows[np.concatenate([breaks - 1, [len(rows) - 1]])] + 1
-    blocks = np.concatenate([dataset[int(a):int(b)] for a, b in zip(starts, ends)])
+    blocks = np.concatenate([dataset[int(a) : int(b)] for a, b in zip(starts, ends)])
     block_start = np.concatenate([[0], np.cumsum(ends - starts)[:-1]])
     run = np.searchsorted(starts, rows, side="right") - 1
     return blocks[rows - starts[run] + block_start[run]]
@@ -481,8 +542,9 @@ def _h5_names(handle) -> list[str]:
     import h5py
 
     found: list[str] = []
-    handle.visititems(lambda name, node: found.append(name)
-                      if isinstance(node, h5py.Dataset) else None)
+    handle.visititems(
+        lambda name, node: found.append(name) if isinstance(node, h5py.Dataset) else None
+    )
     return sorted(found)
 
 
@@ -507,8 +569,11 @@ class MemoryBackend(Backend):
             if str(path) in self._store:
                 raise FileExistsError(path)
             self._store[str(path)] = {
-                name: as_unicode(np.asarray(a)) if is_string_array(np.asarray(a))
-                else np.array(a, copy=True) for name, a in arrays.items()}
+                name: as_unicode(np.asarray(a))
+                if is_string_array(np.asarray(a))
+                else np.array(a, copy=True)
+                for name, a in arrays.items()
+            }
 
     def read(self, path: Path, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
         shard = self._store[str(path)]
@@ -534,25 +599,32 @@ class MemoryBackend(Backend):
 
     def _entries(self, root: Path) -> list[Path]:
         prefix = str(root) + os.sep
-        return sorted(Path(key) for key in self._store
-                      if key.startswith(prefix) and os.sep not in key[len(prefix):])
+        return sorted(
+            Path(key)
+            for key in self._store
+            if key.startswith(prefix) and os.sep not in key[len(prefix) :]
+        )
 
 
 def _by_index(paths: Iterable[Path], suffix: str) -> dict[int, Path]:
     found = {}
     for path in paths:
-        stem = path.name[len("shard-"):-len(suffix)] if path.name.endswith(suffix) else ""
+        stem = path.name[len("shard-") : -len(suffix)] if path.name.endswith(suffix) else ""
         if path.name.startswith("shard-") and stem.isdigit():
             found[int(stem)] = path
     return found
 
 
-BACKENDS: dict[str, type[Backend]] = {"zarr": ZarrBackend, "hdf5": Hdf5Backend,
-                                      "memory": MemoryBackend}
+BACKENDS: dict[str, type[Backend]] = {
+    "zarr": ZarrBackend,
+    "hdf5": Hdf5Backend,
+    "memory": MemoryBackend,
+}
 
 
 def get_backend(name: str) -> Backend:
     if name not in BACKENDS:
-        raise UnknownNameError(f"cache format '{name}' not found. Available: "
-                               f"{', '.join(sorted(BACKENDS))}")
+        raise UnknownNameError(
+            f"cache format '{name}' not found. Available: {', '.join(sorted(BACKENDS))}"
+        )
     return BACKENDS[name]()

@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import os
 import socket
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from madcache.cache.manifest import extraction_digest
 from madcache.cache.store import Store
@@ -38,15 +39,16 @@ def read_commits(store: Store) -> dict[int, dict[str, Any]]:
     records = {}
     for key in store.list(COMMITS):
         name = key.rsplit("/", 1)[-1]
-        if not (name.endswith(".json") and name[:-len(".json")].isdigit()):
+        if not (name.endswith(".json") and name[: -len(".json")].isdigit()):
             continue
         try:
             record = json.loads(store.read_bytes(key).decode("utf-8"))
         except FileNotFoundError:
-            continue                      # deleted by a writer redoing that shard
+            continue  # deleted by a writer redoing that shard
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-            raise CacheCorruptError(f"commit record {key} is not valid JSON ({exc}): run "
-                                    "`madcache cache verify`") from None
+            raise CacheCorruptError(
+                f"commit record {key} is not valid JSON ({exc}): run `madcache cache verify`"
+            ) from None
         records[int(record["index"])] = record
     return records
 
@@ -57,11 +59,12 @@ def write_commit(store: Store, record: Mapping[str, Any]) -> None:
     store.write_bytes(commit_key(int(record["index"])), data)
 
 
-STAMP = "extraction"      # the commit record's key holding `extraction_digest(manifest)`
+STAMP = "extraction"  # the commit record's key holding `extraction_digest(manifest)`
 
 
-def foreign_shards(records: Mapping[int, Mapping[str, Any]],
-                   manifest: Mapping[str, Any]) -> list[int]:
+def foreign_shards(
+    records: Mapping[int, Mapping[str, Any]], manifest: Mapping[str, Any]
+) -> list[int]:
     """The shards whose commit record (or manifest entry) another extraction wrote: its stamp
     differs from this manifest's `extraction_digest`, or it has none while others have one.
     A cache written before records were stamped (none has one) has no foreign shards."""
@@ -73,16 +76,24 @@ def foreign_shards(records: Mapping[int, Mapping[str, Any]],
 
 def foreign_problem(shards: list[int], where: str) -> str:
     shown = ", ".join(map(str, shards[:8])) + (" ..." if len(shards) > 8 else "")
-    return (f"{where}: shard(s) {shown} were written by another extraction (other teachers, "
-            "settings or data) or the manifest was edited since; re-extract them (delete the "
-            "shards and their commit records, then rerun the extraction)")
+    return (
+        f"{where}: shard(s) {shown} were written by another extraction (other teachers, "
+        "settings or data) or the manifest was edited since; re-extract them (delete the "
+        "shards and their commit records, then rerun the extraction)"
+    )
 
 
-def writer_identity(*, rank: int = 0, world_size: int = 1,
-                    precision: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def writer_identity(
+    *, rank: int = 0, world_size: int = 1, precision: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """Who writes: recorded in every commit record (and so in the manifest's shard list)."""
-    return {"rank": int(rank), "world_size": int(world_size), "host": socket.gethostname(),
-            "pid": os.getpid(), "precision": dict(precision or {})}
+    return {
+        "rank": int(rank),
+        "world_size": int(world_size),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "precision": dict(precision or {}),
+    }
 
 
 def precision_of(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -90,8 +101,9 @@ def precision_of(record: Mapping[str, Any]) -> dict[str, Any]:
     return {key: precision.get(key) for key in PRECISION_KEYS}
 
 
-def check_one_precision(records: Mapping[int, Mapping[str, Any]],
-                        wanted: Mapping[str, Any] | None, where: str) -> None:
+def check_one_precision(
+    records: Mapping[int, Mapping[str, Any]], wanted: Mapping[str, Any] | None, where: str
+) -> None:
     """Refuse shards made under different precisions in one cache (e.g. CPU float32 and CUDA
     bfloat16): their values differ in the low bits, so a mix is not one extraction."""
     seen: dict[tuple, list[int]] = {}
@@ -106,12 +118,15 @@ def check_one_precision(records: Mapping[int, Mapping[str, Any]],
             raise CacheError(
                 f"{where} holds shards made under another precision ({_show(key)}, shards "
                 f"{_few(shards)}) than this run ({_show(mine)}): one cache never mixes them. "
-                "Run on the same kind of device, or use --force / another --out")
+                "Run on the same kind of device, or use --force / another --out"
+            )
     elif len(seen) > 1:
         parts = "; ".join(f"{_show(key)}: shards {_few(shards)}" for key, shards in seen.items())
-        raise CacheCorruptError(f"{where} mixes shards made under different precisions "
-                                f"({parts}): re-extract the minority with the same device, "
-                                "or rebuild with --force")
+        raise CacheCorruptError(
+            f"{where} mixes shards made under different precisions "
+            f"({parts}): re-extract the minority with the same device, "
+            "or rebuild with --force"
+        )
 
 
 def _show(key: tuple) -> str:

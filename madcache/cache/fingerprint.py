@@ -47,12 +47,14 @@ def file_sha256(path: str | Path) -> str:
     try:
         return io.file_sha256(path)
     except FileNotFoundError:
-        raise DataFileNotFoundError("file not found (needed for the cache fingerprint)",
-                                    file=path) from None
+        raise DataFileNotFoundError(
+            "file not found (needed for the cache fingerprint)", file=path
+        ) from None
 
 
-def dataset_fingerprint(dataset: str, root: str | Path, split: str,
-                        read_options: dict[str, Any] | None) -> dict[str, Any]:
+def dataset_fingerprint(
+    dataset: str, root: str | Path, split: str, read_options: dict[str, Any] | None
+) -> dict[str, Any]:
     """The dataset part of a fingerprint: the split's annotation files (relative path -> sha256)
     and the read options that decide the texts (e.g. VCR `renderer`, `modes`).
 
@@ -64,9 +66,12 @@ def dataset_fingerprint(dataset: str, root: str | Path, split: str,
 
     root = Path(root)
     files = DATASETS.get(dataset).annotation_files(root, split, **(read_options or {}))
-    return {"name": dataset, "split": split,
-            "files": {_relative(Path(f), root): file_sha256(f) for f in files},
-            "read_options": resolved_read_options(dataset, read_options)}
+    return {
+        "name": dataset,
+        "split": split,
+        "files": {_relative(Path(f), root): file_sha256(f) for f in files},
+        "read_options": resolved_read_options(dataset, read_options),
+    }
 
 
 def resolved_read_options(dataset: str, read_options: dict[str, Any] | None) -> dict[str, Any]:
@@ -84,8 +89,9 @@ def _relative(path: Path, root: Path) -> str:
         return path.name
 
 
-def diff_fingerprints(expected: dict[str, Any], actual: dict[str, Any], *,
-                      prefix: str = "fingerprint") -> list[str]:
+def diff_fingerprints(
+    expected: dict[str, Any], actual: dict[str, Any], *, prefix: str = "fingerprint"
+) -> list[str]:
     """Human-readable differences, one per dotted key: `prefix.a.b: 'exp..' != 'act..'`.
 
     Missing keys show as `<missing>`; long strings (digests) are shortened.
@@ -100,13 +106,14 @@ def _diff(expected: Any, actual: Any, key: str) -> list[str]:
     if isinstance(expected, dict) and isinstance(actual, dict):
         out = []
         for name in sorted(set(expected) | set(actual), key=str):
-            out += _diff(expected.get(name, _MISSING), actual.get(name, _MISSING),
-                         f"{key}.{name}")
+            out += _diff(expected.get(name, _MISSING), actual.get(name, _MISSING), f"{key}.{name}")
         return out
-    if (isinstance(expected, list) and isinstance(actual, list)
-            and len(expected) == len(actual)):
-        return [line for i, (e, a) in enumerate(zip(expected, actual))
-                for line in _diff(e, a, f"{key}[{i}]")]
+    if isinstance(expected, list) and isinstance(actual, list) and len(expected) == len(actual):
+        return [
+            line
+            for i, (e, a) in enumerate(zip(expected, actual))
+            for line in _diff(e, a, f"{key}[{i}]")
+        ]
     if expected == actual:
         return []
     return [f"{key}: {_show(expected)} != {_show(actual)}"]
@@ -119,4 +126,3 @@ def _show(value: Any) -> str:
         return repr(value[:_SHORT] + "..")
     text = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
-

@@ -12,18 +12,24 @@ builds the `Targets`. Fetching rows one by one would cost ~0.35 ms per Zarr chun
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
 from madcache.cache.store import StoreKey
-from madcache.cache.targets import kmeans_logits, Targets, WordTargets
+from madcache.cache.targets import Targets, WordTargets, kmeans_logits
 from madcache.core.errors import CacheCorruptError
 
-WORD_FIELDS = {"feat": ("word_feat", np.float32), "span": ("word_span", np.int32),
-               "vr": ("word_vr", np.float32), "yake": ("word_yake", np.float32),
-               "score": ("word_score", np.float32), "truncated": ("word_truncated", bool)}
+WORD_FIELDS = {
+    "feat": ("word_feat", np.float32),
+    "span": ("word_span", np.int32),
+    "vr": ("word_vr", np.float32),
+    "yake": ("word_yake", np.float32),
+    "score": ("word_score", np.float32),
+    "truncated": ("word_truncated", bool),
+}
 PER_EXAMPLE = ("example_image", "example_texts", "candidates", "similarity")
 
 # (shard entry of the manifest, {array name: sorted unique rows | None for all}) -> the arrays
@@ -31,11 +37,12 @@ ReadRows = Callable[[dict[str, Any], dict[str, np.ndarray | None]], dict[str, np
 
 
 # the stored arrays each kind of target (`Method.needs`) is read from
-ARRAYS_OF_NEED = {"image": ("image_feat", "example_image"),
-                  "text_eos": ("text_eos", "example_texts"),
-                  "words": ("example_texts", "word_offsets",
-                            *(name for name, _ in WORD_FIELDS.values())),
-                  "logits": ("logits/", "candidates", "similarity")}
+ARRAYS_OF_NEED = {
+    "image": ("image_feat", "example_image"),
+    "text_eos": ("text_eos", "example_texts"),
+    "words": ("example_texts", "word_offsets", *(name for name, _ in WORD_FIELDS.values())),
+    "logits": ("logits/", "candidates", "similarity"),
+}
 
 
 def arrays_for(needs: Iterable[str] | None, names: Iterable[str]) -> set[str]:
@@ -44,8 +51,9 @@ def arrays_for(needs: Iterable[str] | None, names: Iterable[str]) -> set[str]:
     if needs is None:
         return names
     wanted = [a for need in needs for a in ARRAYS_OF_NEED[need]]
-    return {n for n in names if any(n == a or (a.endswith("/") and n.startswith(a))
-                                    for a in wanted)}
+    return {
+        n for n in names if any(n == a or (a.endswith("/") and n.startswith(a)) for a in wanted)
+    }
 
 
 # the words whose features to read, as sorted flat word indices, chosen from every word's
@@ -53,11 +61,19 @@ def arrays_for(needs: Iterable[str] | None, names: Iterable[str]) -> set[str]:
 ChooseWords = Callable[[WordTargets], np.ndarray]
 
 
-def gather_targets(ids: list[str], shard_of: np.ndarray, row_of: np.ndarray, *,
-                   shards: list[dict[str, Any]], read_rows: ReadRows,
-                   manifest: dict[str, Any], where: Path | StoreKey,
-                   progress: bool = False, needs: Iterable[str] | None = None,
-                   choose_words: ChooseWords | None = None) -> Targets:
+def gather_targets(
+    ids: list[str],
+    shard_of: np.ndarray,
+    row_of: np.ndarray,
+    *,
+    shards: list[dict[str, Any]],
+    read_rows: ReadRows,
+    manifest: dict[str, Any],
+    where: Path | StoreKey,
+    progress: bool = False,
+    needs: Iterable[str] | None = None,
+    choose_words: ChooseWords | None = None,
+) -> Targets:
     """The targets of `ids`, whose rows are `row_of` in the shards `shard_of` (indexes into the
     manifest entries `shards`), in the order of `ids`; with `needs` (`Method.needs`: "image",
     "text_eos", "words", "logits"), only the arrays those read (the others come back None);
@@ -71,22 +87,26 @@ def gather_targets(ids: list[str], shard_of: np.ndarray, row_of: np.ndarray, *,
     if template is not None:
         keep = arrays_for(needs, template["arrays"]) | {"example_id"}
         read = {**template, "arrays": {n: r for n, r in template["arrays"].items() if n in keep}}
-    out = _Assembler(len(ids), int(manifest["num_choices"]), read,
-                     defer_feat=choose_words is not None)
+    out = _Assembler(
+        len(ids), int(manifest["num_choices"]), read, defer_feat=choose_words is not None
+    )
     for shard in _progress(needed, progress):
         if set(_target_names(entries[shard])) != set(_target_names(template)):
-            raise CacheCorruptError(f"shard {shard} of {where} holds other arrays than "
-                                    f"shard {template['index']}: run `madcache cache verify`")
+            raise CacheCorruptError(
+                f"shard {shard} of {where} holds other arrays than "
+                f"shard {template['index']}: run `madcache cache verify`"
+            )
         positions = np.flatnonzero(shard_of == shard)
         entry = entries[shard]
         try:
-            stored_ids = out.add_shard(positions, row_of[positions],
-                                       functools.partial(read_rows, entry))
+            stored_ids = out.add_shard(
+                positions, row_of[positions], functools.partial(read_rows, entry)
+            )
         except Exception as exc:  # a damaged or replaced shard can fail in any decoder
             raise CacheCorruptError(
                 f"shard {shard} of {where} does not hold what the manifest describes "
-                f"({type(exc).__name__}: {exc}): run `madcache cache verify {where}`") \
-                from None
+                f"({type(exc).__name__}: {exc}): run `madcache cache verify {where}`"
+            ) from None
         _check_ids(where, shard, [ids[p] for p in positions], stored_ids)
     targets = out.targets(ids, manifest)
     if choose_words is not None and targets.words is not None:
@@ -94,9 +114,11 @@ def gather_targets(ids: list[str], shard_of: np.ndarray, row_of: np.ndarray, *,
         try:
             targets.words.feat = out.chosen_features(chosen)
         except Exception as exc:
-            raise CacheCorruptError(f"the word features of {where} cannot be read ("
-                                    f"{type(exc).__name__}: {exc}): run `madcache cache verify "
-                                    f"{where}`") from None
+            raise CacheCorruptError(
+                f"the word features of {where} cannot be read ("
+                f"{type(exc).__name__}: {exc}): run `madcache cache verify "
+                f"{where}`"
+            ) from None
         targets.words.feat_rows = chosen
     return targets
 
@@ -114,8 +136,9 @@ def ragged_index(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
 def _kmeans_scale(manifest: dict[str, Any]) -> float:
     scale = manifest.get("extra", {}).get("kmeans_scale")
     if scale is None:
-        raise CacheCorruptError("the manifest has extra.kmeans_centres but no "
-                                "extra.kmeans_scale: re-extract the cache")
+        raise CacheCorruptError(
+            "the manifest has extra.kmeans_centres but no extra.kmeans_scale: re-extract the cache"
+        )
     return float(scale)
 
 
@@ -126,13 +149,22 @@ def _check_ids(path: Path | StoreKey, shard: int, wanted: list[str], stored: np.
         raise CacheCorruptError(
             f"the index of {path} points {len(wrong)} id(s) of shard {shard} at rows holding "
             f"other examples (e.g. {wanted[wrong[0]]!r} -> {stored[wrong[0]]!r}): run "
-            f"`madcache cache verify {path}`")
+            f"`madcache cache verify {path}`"
+        )
 
 
 def _target_names(entry: dict[str, Any]) -> list[str]:
     """The arrays `load_targets` needs (not the string arrays: the index has the ids)."""
-    wanted = {"example_image", "example_texts", "image_feat", "text_eos", "word_offsets",
-              "candidates", "similarity", *(name for name, _ in WORD_FIELDS.values())}
+    wanted = {
+        "example_image",
+        "example_texts",
+        "image_feat",
+        "text_eos",
+        "word_offsets",
+        "candidates",
+        "similarity",
+        *(name for name, _ in WORD_FIELDS.values()),
+    }
     return [name for name in entry["arrays"] if name in wanted or name.startswith("logits/")]
 
 
@@ -148,23 +180,30 @@ class _RowPlan:
     """Which image, text and word rows of a shard the requested examples need (sorted,
     unique, as the store wants them), and how to map them back to requested order."""
 
-    def __init__(self, per_example: dict[str, np.ndarray], inverse: np.ndarray,
-                 names: set[str], defer_feat: bool = False) -> None:
+    def __init__(
+        self,
+        per_example: dict[str, np.ndarray],
+        inverse: np.ndarray,
+        names: set[str],
+        defer_feat: bool = False,
+    ) -> None:
         self.names = names - {"word_feat"} if defer_feat else names
         self.image_rows = self.image_inverse = None
         if "image_feat" in names:
             self.image_rows, self.image_inverse = np.unique(
-                per_example["example_image"][inverse], return_inverse=True)
+                per_example["example_image"][inverse], return_inverse=True
+            )
         self.text_rows = self.text_inverse = self.word_rows = None
         if "example_texts" in per_example:
-            texts = per_example["example_texts"][inverse].reshape(-1)   # n*C scored texts
+            texts = per_example["example_texts"][inverse].reshape(-1)  # n*C scored texts
             self.text_rows, self.text_inverse = np.unique(texts, return_inverse=True)
             self.text_inverse = self.text_inverse.reshape(-1)
         if "word_offsets" in per_example and self.text_rows is not None:
             offsets = per_example["word_offsets"]
             self.text_counts = offsets[self.text_rows + 1] - offsets[self.text_rows]
             self.text_compact_start = np.concatenate(
-                [[0], np.cumsum(self.text_counts)[:-1]]).astype(np.int64)
+                [[0], np.cumsum(self.text_counts)[:-1]]
+            ).astype(np.int64)
             # sorted, since the texts' word ranges are disjoint and in order
             self.word_rows = ragged_index(offsets[self.text_rows], self.text_counts)
 
@@ -175,17 +214,19 @@ class _RowPlan:
         if self.text_rows is not None and "text_eos" in self.names:
             wanted["text_eos"] = self.text_rows
         if self.word_rows is not None:
-            wanted.update({name: self.word_rows for name, _ in WORD_FIELDS.values()
-                           if name in self.names})
+            wanted.update(
+                {name: self.word_rows for name, _ in WORD_FIELDS.values() if name in self.names}
+            )
         return wanted
 
 
 class _Assembler:
     """Collects each shard's gathered rows and scatters them into request order."""
 
-    def __init__(self, n: int, num_choices: int, template: dict[str, Any] | None,
-                 defer_feat: bool = False) -> None:
-        self.defer_feat = defer_feat      # word features read later, only the chosen ones
+    def __init__(
+        self, n: int, num_choices: int, template: dict[str, Any] | None, defer_feat: bool = False
+    ) -> None:
+        self.defer_feat = defer_feat  # word features read later, only the chosen ones
         self.n = n
         self.c = num_choices
         self.records = template["arrays"] if template else {}
@@ -240,8 +281,11 @@ class _Assembler:
         self.offsets = offsets
         fields = {}
         for field, (name, dtype) in WORD_FIELDS.items():
-            trailing = self.records[name]["shape"][1:] if name in self.records else \
-                ([2] if field == "span" else [])
+            trailing = (
+                self.records[name]["shape"][1:]
+                if name in self.records
+                else ([2] if field == "span" else [])
+            )
             fill = np.nan if dtype is np.float32 and field != "feat" else 0
             rows = 0 if field == "feat" and self.defer_feat else int(offsets[-1])
             out = np.full((rows, *trailing), fill, dtype=dtype)
@@ -279,8 +323,11 @@ class _Assembler:
         return np.zeros((self.n, *shape), dtype=dtype)
 
     def targets(self, ids: list[str], manifest: dict[str, Any]) -> Targets:
-        logits = {name[len("logits/"):]: self._ensure(name, np.float32)
-                  for name in self.records if name.startswith("logits/")}
+        logits = {
+            name[len("logits/") :]: self._ensure(name, np.float32)
+            for name in self.records
+            if name.startswith("logits/")
+        }
         similarity = self._ensure("similarity", np.float32)
         centres = manifest.get("extra", {}).get("kmeans_centres")
         if similarity is not None and centres:
@@ -288,15 +335,22 @@ class _Assembler:
         eos_shape = None
         if "text_eos" in self.records:
             eos_shape = [self.c, *self.records["text_eos"]["shape"][1:]]
-        return Targets(example_ids=ids, num_choices=self.c,
-                       image=self._ensure("image", np.float32),
-                       text_eos=self._ensure("text_eos", np.float32, eos_shape),
-                       words=self._words(), logits=logits,
-                       candidates=self._ensure("candidates", np.int64),
-                       default_logits=_default_logits(manifest, logits))
+        return Targets(
+            example_ids=ids,
+            num_choices=self.c,
+            image=self._ensure("image", np.float32),
+            text_eos=self._ensure("text_eos", np.float32, eos_shape),
+            words=self._words(),
+            logits=logits,
+            candidates=self._ensure("candidates", np.int64),
+            default_logits=_default_logits(manifest, logits),
+        )
 
 
 def _default_logits(manifest: dict[str, Any], logits: dict[str, np.ndarray]) -> str | None:
-    name = manifest["default_logits"] if "default_logits" in manifest \
+    name = (
+        manifest["default_logits"]
+        if "default_logits" in manifest
         else manifest.get("settings", {}).get("default_logits")
+    )
     return name if name in logits else None

@@ -17,9 +17,16 @@ from madcache.core.errors import CacheError
 
 SCHEMES = ("s3",)
 # what an opened object store depends on besides its URL (a change opens it again)
-ENVIRONMENT = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID",
-               "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_REGION",
-               "AWS_DEFAULT_REGION")
+ENVIRONMENT = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+)
 _OPENED: dict[tuple, Store] = {}
 
 
@@ -62,8 +69,10 @@ def open_location(location: str | Path | Store | StoreKey | Location) -> Locatio
     url = str(location).rstrip("/")
     scheme = url.split("://", 1)[0].lower()
     if scheme not in SCHEMES:
-        raise CacheError(f"{url}: object stores are given as s3://BUCKET/PREFIX ("
-                         f"{scheme}:// is not supported); or give a local path")
+        raise CacheError(
+            f"{url}: object stores are given as s3://BUCKET/PREFIX ("
+            f"{scheme}:// is not supported); or give a local path"
+        )
     key = (url, *(os.environ.get(name) for name in ENVIRONMENT))
     if key not in _OPENED:
         from madcache.cache.objectstore import S3Store

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -35,14 +36,18 @@ def read_manifest(root: str | Path | Store | StoreKey) -> dict[str, Any]:
     try:
         data = store.read_bytes(MANIFEST)
     except FileNotFoundError:
-        raise CacheNotFoundError(f"no cache at {_where(store)}: {_missing_hint(store)}. Build "
-                                 f"one with `madcache extract ... --out {_where(store)}` or "
-                                 "check the path.") from None
+        raise CacheNotFoundError(
+            f"no cache at {_where(store)}: {_missing_hint(store)}. Build "
+            f"one with `madcache extract ... --out {_where(store)}` or "
+            "check the path."
+        ) from None
     try:
         return json.loads(data.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise CacheCorruptError(f"{_where(store)}/{MANIFEST}: not valid JSON ({exc}); re-run "
-                                "the extraction with --force") from None
+        raise CacheCorruptError(
+            f"{_where(store)}/{MANIFEST}: not valid JSON ({exc}); re-run "
+            "the extraction with --force"
+        ) from None
 
 
 def _where(store: Store) -> str:
@@ -51,12 +56,16 @@ def _where(store: Store) -> str:
 
 def _missing_hint(store: Store) -> str:
     if not isinstance(store, LocalStore):
-        return ("no manifest.json under that prefix (not a madcache cache, or an extraction "
-                "that never started writing)")
+        return (
+            "no manifest.json under that prefix (not a madcache cache, or an extraction "
+            "that never started writing)"
+        )
     if not store.root.is_dir():
         return "no such directory"
-    return ("the directory exists but holds no manifest.json (not a madcache cache, or an "
-            "extraction that never started writing)")
+    return (
+        "the directory exists but holds no manifest.json (not a madcache cache, or an "
+        "extraction that never started writing)"
+    )
 
 
 def manifest_bytes(manifest: dict[str, Any]) -> bytes:
@@ -85,9 +94,21 @@ def check_required(manifest: dict[str, Any]) -> None:
 # What an extraction fixes before its first shard. Every commit record carries the digest of
 # these keys (`extraction_digest`), so a shard of another extraction (other teachers, settings
 # or data) cannot join a cache, and a manifest edited afterwards no longer matches its shards.
-IDENTITY_KEYS = ("fingerprint", "fingerprint_digest", "teachers", "dims", "dataset", "split",
-                 "num_choices", "num_examples", "num_shards", "dtype", "logits",
-                 "default_logits", "kind")
+IDENTITY_KEYS = (
+    "fingerprint",
+    "fingerprint_digest",
+    "teachers",
+    "dims",
+    "dataset",
+    "split",
+    "num_choices",
+    "num_examples",
+    "num_shards",
+    "dtype",
+    "logits",
+    "default_logits",
+    "kind",
+)
 
 
 def extraction_digest(manifest: Mapping[str, Any]) -> str:
@@ -126,18 +147,24 @@ def dtype_name(array: np.ndarray) -> str:
 
 
 def array_record(array: np.ndarray) -> dict[str, Any]:
-    return {"shape": list(array.shape), "dtype": dtype_name(array),
-            "sha256": array_checksum(array)}
+    return {"shape": list(array.shape), "dtype": dtype_name(array), "sha256": array_checksum(array)}
 
 
 def shard_counts(arrays: dict[str, np.ndarray]) -> dict[str, int]:
     """Rows of each kind in a shard (examples, images, texts, words)."""
+
     def rows(name: str) -> int:
         return int(arrays[name].shape[0]) if name in arrays else 0
 
     offsets = arrays.get("word_offsets")
-    texts = rows("text_eos") or rows("text_key") or (len(offsets) - 1 if offsets is not None
-                                                     and len(offsets) else 0)
-    return {"examples": rows("example_id"), "images": rows("image_id") or rows("image_feat"),
-            "texts": texts,
-            "words": int(offsets[-1]) if offsets is not None and len(offsets) else 0}
+    texts = (
+        rows("text_eos")
+        or rows("text_key")
+        or (len(offsets) - 1 if offsets is not None and len(offsets) else 0)
+    )
+    return {
+        "examples": rows("example_id"),
+        "images": rows("image_id") or rows("image_feat"),
+        "texts": texts,
+        "words": int(offsets[-1]) if offsets is not None and len(offsets) else 0,
+    }

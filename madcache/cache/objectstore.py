@@ -106,13 +106,12 @@ class S3Store(Store):
         found = obstore.list_with_delimiter(self.client, folder or None)
         names = [p.rsplit("/", 1)[-1] for p in found["common_prefixes"]]
         names += [o["path"].rsplit("/", 1)[-1] for o in found["objects"]]
-        return sorted(f"{folder}/{n}" if folder else n for n in set(names)
-                      if not n.startswith("."))
+        return sorted(f"{folder}/{n}" if folder else n for n in set(names) if not n.startswith("."))
 
     def delete(self, key: str) -> None:
         import obstore
 
-        obstore.delete(self.client, key)    # S3 DELETE of an absent key succeeds
+        obstore.delete(self.client, key)  # S3 DELETE of an absent key succeeds
 
     def delete_tree(self, key: str) -> None:
         import obstore
@@ -129,8 +128,7 @@ class S3Store(Store):
         if head is not None:
             return int(head["size"])
         prefix = f"{key.strip('/')}/" if key else None
-        return sum(int(o["size"]) for batch in obstore.list(self.client, prefix)
-                   for o in batch)
+        return sum(int(o["size"]) for batch in obstore.list(self.client, prefix) for o in batch)
 
     def zarr_store(self):
         if self._zarr is None:
@@ -169,7 +167,7 @@ class S3Store(Store):
                 return None
             time.sleep(POLL_SECONDS)
 
-    def _try_lease(self, key: str) -> "_Lease | None":
+    def _try_lease(self, key: str) -> _Lease | None:
         """Create the lease, or take over one that expired or whose holder died here."""
         import obstore
         from obstore.exceptions import PreconditionError
@@ -179,7 +177,7 @@ class S3Store(Store):
             return lease.started(self._head(key))
         head = self._head(key)
         if head is None:
-            return None                      # released meanwhile: the next poll creates it
+            return None  # released meanwhile: the next poll creates it
         try:
             holder = json.loads(self.read_bytes(key))
         except (FileNotFoundError, ValueError):
@@ -187,10 +185,9 @@ class S3Store(Store):
         if not _stale(holder):
             return None
         try:
-            result = obstore.put(self.client, key, lease.record(),
-                                 mode={"e_tag": head["e_tag"]})
+            result = obstore.put(self.client, key, lease.record(), mode={"e_tag": head["e_tag"]})
         except (PreconditionError, FileNotFoundError):
-            return None                      # another writer took it over first
+            return None  # another writer took it over first
         return lease.started({"e_tag": result["e_tag"]})
 
 
@@ -207,14 +204,18 @@ class _Lease:
         self._thread: threading.Thread | None = None
 
     def record(self) -> bytes:
-        return json.dumps({"owner": self.owner, "host": socket.gethostname(),
-                           "pid": os.getpid(),
-                           "expires": time.time() + self.store.lease_seconds}).encode()
+        return json.dumps(
+            {
+                "owner": self.owner,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "expires": time.time() + self.store.lease_seconds,
+            }
+        ).encode()
 
-    def started(self, head: dict[str, Any] | None) -> "_Lease":
+    def started(self, head: dict[str, Any] | None) -> _Lease:
         self.e_tag = head["e_tag"] if head else None
-        self._thread = threading.Thread(target=self._renew, name=f"lease {self.key}",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._renew, name=f"lease {self.key}", daemon=True)
         self._thread.start()
         return self
 
@@ -223,10 +224,11 @@ class _Lease:
 
         while not self._stop.wait(self.store.lease_seconds / 3):
             try:
-                result = obstore.put(self.store.client, self.key, self.record(),
-                                     mode={"e_tag": self.e_tag})
+                result = obstore.put(
+                    self.store.client, self.key, self.record(), mode={"e_tag": self.e_tag}
+                )
                 self.e_tag = result["e_tag"]
-            except Exception:   # taken over after expiring, or the store is unreachable
+            except Exception:  # taken over after expiring, or the store is unreachable
                 self.lost = True
                 return
 
@@ -263,7 +265,7 @@ def _alive(pid: int) -> bool:
 
 def split_s3_url(url: str) -> tuple[str, str]:
     """`s3://bucket/some/prefix` -> ("bucket", "some/prefix")."""
-    rest = url[len("s3://"):] if url.startswith("s3://") else ""
+    rest = url[len("s3://") :] if url.startswith("s3://") else ""
     bucket, _, prefix = rest.partition("/")
     if not bucket:
         raise ObjectStoreError(f"{url}: an object-store location is s3://BUCKET/PREFIX")
@@ -275,8 +277,9 @@ def _client(bucket: str, prefix: str):
     try:
         from obstore.store import S3Store as ObstoreS3
     except ImportError:
-        raise ObjectStoreError(f"s3://{bucket}: s3:// caches need the obstore client: "
-                               "pip install 'madcache[s3]'") from None
+        raise ObjectStoreError(
+            f"s3://{bucket}: s3:// caches need the obstore client: pip install 'madcache[s3]'"
+        ) from None
     env = os.environ
     config: dict[str, Any] = {}
     endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
@@ -287,31 +290,39 @@ def _client(bucket: str, prefix: str):
     client_options: dict[str, Any] = {"connect_timeout": timedelta(seconds=10)}
     if endpoint and endpoint.startswith("http://"):
         client_options["allow_http"] = True
-    return ObstoreS3(bucket, prefix=prefix or None, config=config,
-                     client_options=client_options,
-                     retry_config={"max_retries": 3, "retry_timeout": timedelta(seconds=30)},
-                     credential_provider=_profile_credentials())
+    return ObstoreS3(
+        bucket,
+        prefix=prefix or None,
+        config=config,
+        client_options=client_options,
+        retry_config={"max_retries": 3, "retry_timeout": timedelta(seconds=30)},
+        credential_provider=_profile_credentials(),
+    )
 
 
 def _profile_credentials():
     """boto3's credentials for an AWS profile, when the keys are not in the environment."""
     env = os.environ
     if env.get("AWS_ACCESS_KEY_ID") or not (env.get("AWS_PROFILE") or _has_shared_files()):
-        return None          # obstore reads the environment (and instance metadata) itself
+        return None  # obstore reads the environment (and instance metadata) itself
     try:
         import boto3
         from obstore.auth.boto3 import Boto3CredentialProvider
     except ImportError:
-        raise ObjectStoreError("an AWS profile needs boto3 to read it: pip install "
-                               "'madcache[s3]', or set AWS_ACCESS_KEY_ID and "
-                               "AWS_SECRET_ACCESS_KEY") from None
+        raise ObjectStoreError(
+            "an AWS profile needs boto3 to read it: pip install "
+            "'madcache[s3]', or set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY"
+        ) from None
     return Boto3CredentialProvider(boto3.Session(profile_name=env.get("AWS_PROFILE")))
 
 
 def _has_shared_files() -> bool:
     home = os.path.expanduser("~/.aws")
-    files = (os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.join(home, "credentials"),
-             os.environ.get("AWS_CONFIG_FILE") or os.path.join(home, "config"))
+    files = (
+        os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.join(home, "credentials"),
+        os.environ.get("AWS_CONFIG_FILE") or os.path.join(home, "config"),
+    )
     return any(os.path.isfile(f) for f in files)
 
 
@@ -319,14 +330,20 @@ def _reason(exc: Exception) -> str:
     """A one-line reason from an obstore error, with what to check."""
     text = str(exc)
     if "NoSuchBucket" in text or "bucket does not exist" in text.lower():
-        return ("the bucket does not exist: create it, or check the URL and AWS_ENDPOINT_URL")
-    if any(code in text for code in ("InvalidAccessKeyId", "SignatureDoesNotMatch",
-                                     "AccessDenied", "403", "401")):
-        return ("the credentials were refused: check AWS_ACCESS_KEY_ID / "
-                "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)")
+        return "the bucket does not exist: create it, or check the URL and AWS_ENDPOINT_URL"
+    if any(
+        code in text
+        for code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "401")
+    ):
+        return (
+            "the credentials were refused: check AWS_ACCESS_KEY_ID / "
+            "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
+        )
     if any(word in text.lower() for word in ("connect", "dns", "timed out", "timeout")):
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        return (f"the endpoint {endpoint or 'of AWS S3'} cannot be reached: check "
-                "AWS_ENDPOINT_URL and the network")
+        return (
+            f"the endpoint {endpoint or 'of AWS S3'} cannot be reached: check "
+            "AWS_ENDPOINT_URL and the network"
+        )
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     return f"the object store refused the request ({first[:200]})"

@@ -8,8 +8,9 @@ shard in order, batched reads, then gathered in memory).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -18,21 +19,29 @@ from madcache.cache.backends import Backend, get_backend
 from madcache.cache.commits import read_commits
 from madcache.cache.fingerprint import diff_fingerprints, resolved_read_options
 from madcache.cache.gather import ChooseWords, gather_targets
-from madcache.cache.manifest import (FORMAT_VERSION, STATE_COMPLETE, fingerprint_digest,
-                                     read_manifest)
 from madcache.cache.location import as_store, open_location
+from madcache.cache.manifest import (
+    FORMAT_VERSION,
+    STATE_COMPLETE,
+    fingerprint_digest,
+    read_manifest,
+)
 from madcache.cache.store import Store, StoreKey
+from madcache.cache.targets import Targets
 from madcache.cache.verified import VerifiedShards
 from madcache.cache.verify import open_problems, read_index_or_none
-from madcache.cache.targets import Targets
-from madcache.core.errors import CacheCorruptError, CacheError, FingerprintMismatchError, \
-    MadcacheError, MissingTargetError
+from madcache.core.errors import (
+    CacheCorruptError,
+    CacheError,
+    FingerprintMismatchError,
+    MadcacheError,
+    MissingTargetError,
+)
 
 ROW_INDEXES = {"example_image": "images", "example_texts": "texts"}
 
 
-def open_cache(path: str | Path, *, allow_incomplete: bool = False,
-               check: bool = True) -> "Cache":
+def open_cache(path: str | Path, *, allow_incomplete: bool = False, check: bool = True) -> Cache:
     """Open the cache at `path` read-only. `CacheNotFoundError` if there is none; an
     incomplete cache (extraction still running or killed) only with `allow_incomplete`.
 
@@ -55,10 +64,12 @@ def open_cache(path: str | Path, *, allow_incomplete: bool = False,
     table = read_index_or_none(location.store)
     problems = open_problems(root, manifest, backend, table)
     if problems:
-        raise CacheCorruptError(f"the cache at {root} is damaged: {'; '.join(problems[:3])}"
-                                f"{' ...' if len(problems) > 3 else ''}. Run `madcache cache "
-                                f"verify {root}` for a full check; rerunning the extraction "
-                                "command redoes missing shards, --force rebuilds it")
+        raise CacheCorruptError(
+            f"the cache at {root} is damaged: {'; '.join(problems[:3])}"
+            f"{' ...' if len(problems) > 3 else ''}. Run `madcache cache "
+            f"verify {root}` for a full check; rerunning the extraction "
+            "command redoes missing shards, --force rebuilds it"
+        )
     return Cache(root, manifest, backend, index=table)
 
 
@@ -66,19 +77,24 @@ def _incomplete_message(root: Path | StoreKey, manifest: dict[str, Any]) -> str:
     done = len(read_commits(as_store(root)))
     planned = manifest.get("num_shards", "?")
     if done == planned:
-        return (f"the cache at {root} has all {done} shards committed but was not finished: "
-                f"run `madcache cache finish {root}`")
-    return (f"the cache at {root} is incomplete (state {manifest.get('state')!r}, {done}/"
-            f"{planned} shards committed): resume the extraction with the same command (any "
-            "number of ranks), or open it with allow_incomplete=True")
+        return (
+            f"the cache at {root} has all {done} shards committed but was not finished: "
+            f"run `madcache cache finish {root}`"
+        )
+    return (
+        f"the cache at {root} is incomplete (state {manifest.get('state')!r}, {done}/"
+        f"{planned} shards committed): resume the extraction with the same command (any "
+        "number of ranks), or open it with allow_incomplete=True"
+    )
 
 
 class Cache:
     """An opened cache. Cheap to create; shards are read only when asked."""
 
-    def __init__(self, path: Path | StoreKey, manifest: dict[str, Any], backend: Backend,
-                 index=None) -> None:
-        self.path = path                      # a directory, or the root of an object store
+    def __init__(
+        self, path: Path | StoreKey, manifest: dict[str, Any], backend: Backend, index=None
+    ) -> None:
+        self.path = path  # a directory, or the root of an object store
         self.store: Store = as_store(path)
         self.manifest = manifest
         self.backend = backend
@@ -102,8 +118,11 @@ class Cache:
     def shards(self) -> list[dict[str, Any]]:
         """The manifest's shard list; while writing, the shards committed so far."""
         if self._shards is None:
-            entries = self.manifest.get("shards", []) if self.complete \
+            entries = (
+                self.manifest.get("shards", [])
+                if self.complete
                 else read_commits(self.store).values()
+            )
             self._shards = sorted(entries, key=lambda e: int(e["index"]))
         return self._shards
 
@@ -119,8 +138,11 @@ class Cache:
     def index(self):
         """`index.parquet` as a pyarrow Table (example_id, shard, row, image_id, ...)."""
         if self._index is None:
-            self._index = cache_index.read_index(self.store) if self.complete else \
-                cache_index.read_parts(self.store, [int(e["index"]) for e in self.shards])
+            self._index = (
+                cache_index.read_index(self.store)
+                if self.complete
+                else cache_index.read_parts(self.store, [int(e["index"]) for e in self.shards])
+            )
         return self._index
 
     def example_ids(self) -> list[str]:
@@ -129,8 +151,12 @@ class Cache:
     def _location_map(self) -> dict[str, tuple[int, int]]:
         """{example id: (shard, row)} (benchmarks and tests; `_locate` needs no dict)."""
         table = self.index()
-        return dict(zip(table.column("example_id").to_pylist(),
-                        zip(table.column("shard").to_pylist(), table.column("row").to_pylist())))
+        return dict(
+            zip(
+                table.column("example_id").to_pylist(),
+                zip(table.column("shard").to_pylist(), table.column("row").to_pylist()),
+            )
+        )
 
     def _locate(self, example_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """The shard and row of each id: a hash lookup in the index's id column (pyarrow), no
@@ -139,15 +165,17 @@ class Cache:
         import pyarrow.compute as pc
 
         table = self.index()
-        found = pc.index_in(pa.array(example_ids, pa.string()),
-                            value_set=table.column("example_id"))
+        found = pc.index_in(
+            pa.array(example_ids, pa.string()), value_set=table.column("example_id")
+        )
         if found.null_count:
             missing = [eid for eid, at in zip(example_ids, found.is_null().to_pylist()) if at]
             shown = ", ".join(repr(e) for e in missing[:5])
             raise MissingTargetError(
                 f"{len(missing)} of {len(example_ids)} example ids are not in the cache at "
                 f"{self.path} (e.g. {shown}): was it extracted for this dataset split (and "
-                "without --limit)?")
+                "without --limit)?"
+            )
         at = found.to_numpy(zero_copy_only=False).astype(np.int64)
         shards = table.column("shard").to_numpy().astype(np.int64)
         rows = table.column("row").to_numpy().astype(np.int64)
@@ -172,9 +200,14 @@ class Cache:
             out[name] = np.concatenate(pieces)
         return out
 
-    def load_targets(self, example_ids: Sequence[str], *, progress: bool = False,
-                     needs: Sequence[str] | None = None,
-                     choose_words: ChooseWords | None = None) -> Targets:
+    def load_targets(
+        self,
+        example_ids: Sequence[str],
+        *,
+        progress: bool = False,
+        needs: Sequence[str] | None = None,
+        choose_words: ChooseWords | None = None,
+    ) -> Targets:
         """Teacher targets of `example_ids`, rows in that order (see `Targets`).
 
         One pass over the needed shards in order. Per shard, the needed rows of each array are
@@ -185,12 +218,22 @@ class Cache:
         check_format_version(self.manifest, self.path)
         ids = list(example_ids)
         shard_of, row_of = self._locate(ids)
-        return gather_targets(ids, shard_of, row_of, shards=self.shards, manifest=self.manifest,
-                              read_rows=self._read_rows, where=self.path, progress=progress,
-                              needs=needs, choose_words=choose_words)
+        return gather_targets(
+            ids,
+            shard_of,
+            row_of,
+            shards=self.shards,
+            manifest=self.manifest,
+            read_rows=self._read_rows,
+            where=self.path,
+            progress=progress,
+            needs=needs,
+            choose_words=choose_words,
+        )
 
-    def _read_rows(self, entry: dict[str, Any],
-                   rows: dict[str, np.ndarray | None]) -> dict[str, np.ndarray]:
+    def _read_rows(
+        self, entry: dict[str, Any], rows: dict[str, np.ndarray | None]
+    ) -> dict[str, np.ndarray]:
         self.verified.check(entry, rows)
         return self.backend.read_rows(self._shard_path(entry), rows)
 
@@ -200,27 +243,39 @@ class Cache:
         """Raise `FingerprintMismatchError` if any given part (e.g. `{"dataset": ...}`)
         differs from this cache's fingerprint; parts not given are not compared. Dataset read
         options are compared resolved on both sides (a default spelled out is no difference)."""
-        actual = {key: _resolved(key, self.fingerprint[key]) for key in expected_fingerprint_parts
-                  if key in self.fingerprint}
+        actual = {
+            key: _resolved(key, self.fingerprint[key])
+            for key in expected_fingerprint_parts
+            if key in self.fingerprint
+        }
         expected = {key: _resolved(key, part) for key, part in expected_fingerprint_parts.items()}
         differences = diff_fingerprints(expected, actual)
         if differences:
             raise FingerprintMismatchError(
                 f"the cache at {self.path} was built for something else (requested != cache):"
                 "\n  " + "\n  ".join(differences) + "\nRe-extract for this data (`madcache "
-                "extract ... --out NEW_DIR`) or pass a matching --cache.", differences)
+                "extract ... --out NEW_DIR`) or pass a matching --cache.",
+                differences,
+            )
 
     def info(self) -> dict[str, Any]:
         """A summary for `madcache cache info` (counts, size, dims, fingerprint, state)."""
-        totals = {key: sum(int(e.get(key, 0)) for e in self.shards)
-                  for key in ("examples", "images", "texts", "words")}
+        totals = {
+            key: sum(int(e.get(key, 0)) for e in self.shards)
+            for key in ("examples", "images", "texts", "words")
+        }
         return {
-            "path": str(self.path), "format": self.format,
+            "path": str(self.path),
+            "format": self.format,
             "format_version": self.manifest.get("format_version"),
-            "state": self.manifest.get("state"), "created": self.manifest.get("created"),
-            "dataset": self.manifest.get("dataset"), "split": self.manifest.get("split"),
-            "num_choices": self.manifest.get("num_choices"), **totals,
-            "shards": len(self.shards), "bytes": self._disk_bytes(),
+            "state": self.manifest.get("state"),
+            "created": self.manifest.get("created"),
+            "dataset": self.manifest.get("dataset"),
+            "split": self.manifest.get("split"),
+            "num_choices": self.manifest.get("num_choices"),
+            **totals,
+            "shards": len(self.shards),
+            "bytes": self._disk_bytes(),
             "dims": self.manifest.get("dims", {}),
             "arrays": _array_summary(self.shards),
             "fingerprint_digest": self.manifest.get("fingerprint_digest")
@@ -246,7 +301,8 @@ def check_format_version(manifest: dict[str, Any], path: Path | StoreKey) -> Non
         raise CacheError(
             f"the cache at {path} has format version {version}, but this madcache reads version "
             f"{FORMAT_VERSION}: its stored values were computed differently (docs/cache-format.md,"
-            " \"Format versions\"). Re-extract it: `madcache extract ... --out NEW_DIR`.")
+            ' "Format versions"). Re-extract it: `madcache extract ... --out NEW_DIR`.'
+        )
 
 
 def _rebased(name: str, arrays: dict[str, np.ndarray], before: list[dict[str, Any]]) -> np.ndarray:
@@ -269,7 +325,7 @@ def _resolved(key: str, part: Any) -> Any:
         return part
     try:
         options = resolved_read_options(part["name"], part["read_options"])
-    except MadcacheError:   # options this version no longer knows: compare as written
+    except MadcacheError:  # options this version no longer knows: compare as written
         return part
     return {**part, "read_options": options}
 
@@ -281,12 +337,16 @@ def _writers(shards: list[dict[str, Any]]) -> list[dict[str, Any]]:
         writer = entry.get("writer", {})
         key = (writer.get("rank"), writer.get("world_size"), writer.get("host"))
         counts[key] = counts.get(key, 0) + 1
-    return [{"rank": r, "world_size": w, "host": h, "shards": n}
-            for (r, w, h), n in sorted(counts.items(), key=lambda kv: str(kv[0]))]
+    return [
+        {"rank": r, "world_size": w, "host": h, "shards": n}
+        for (r, w, h), n in sorted(counts.items(), key=lambda kv: str(kv[0]))
+    ]
 
 
 def _array_summary(shards: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     if not shards:
         return {}
-    return {name: {"dtype": rec["dtype"], "row_shape": rec["shape"][1:]}
-            for name, rec in shards[0]["arrays"].items()}
+    return {
+        name: {"dtype": rec["dtype"], "row_shape": rec["shape"][1:]}
+        for name, rec in shards[0]["arrays"].items()
+    }

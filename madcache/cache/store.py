@@ -22,9 +22,10 @@ import fcntl
 import os
 import shutil
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from madcache.core import io
 
@@ -34,8 +35,9 @@ class Claim:
     `on_release` undoes it (unlock a file, delete a lease) and runs once; `lost` says whether
     it was lost meanwhile (a lease that could not be renewed)."""
 
-    def __init__(self, key: str, on_release: Callable[[], None],
-                 lost: Callable[[], bool] | None = None) -> None:
+    def __init__(
+        self, key: str, on_release: Callable[[], None], lost: Callable[[], bool] | None = None
+    ) -> None:
         self.key = key
         self._on_release: Callable[[], None] | None = on_release
         self._lost = lost
@@ -145,8 +147,9 @@ class LocalStore(Store):
         folder = self.path(prefix)
         if not folder.is_dir():
             return []
-        return sorted(f"{prefix.rstrip('/')}/{p.name}" for p in folder.iterdir()
-                      if not p.name.startswith("."))
+        return sorted(
+            f"{prefix.rstrip('/')}/{p.name}" for p in folder.iterdir() if not p.name.startswith(".")
+        )
 
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
@@ -164,6 +167,7 @@ class LocalStore(Store):
         def unlock() -> None:
             fcntl.flock(handle, fcntl.LOCK_UN)
             handle.close()
+
         return Claim(key, unlock)
 
     def delete_tree(self, key: str) -> None:
@@ -180,8 +184,11 @@ class LocalStore(Store):
         path = self.path(key)
         if path.is_file():
             return path.stat().st_size
-        return sum(_size_or_zero(Path(folder) / name)
-                   for folder, _, names in os.walk(path) for name in names)
+        return sum(
+            _size_or_zero(Path(folder) / name)
+            for folder, _, names in os.walk(path)
+            for name in names
+        )
 
     def zarr_store(self) -> str:
         return str(self.root)
@@ -195,7 +202,7 @@ class StoreKey:
     store: Store
     key: str = ""
 
-    def __truediv__(self, name: str) -> "StoreKey":
+    def __truediv__(self, name: str) -> StoreKey:
         return StoreKey(self.store, f"{self.key}/{name}" if self.key else name)
 
     @property
@@ -204,7 +211,6 @@ class StoreKey:
 
     def __str__(self) -> str:
         return f"{self.store.url.rstrip('/')}/{self.key}" if self.key else self.store.url
-
 
 
 def _size_or_zero(path: Path) -> int:

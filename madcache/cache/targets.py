@@ -14,13 +14,13 @@ import numpy as np
 
 @dataclass
 class WordTargets:
-    offsets: np.ndarray      # [N*C + 1] int64: words of text row r are flat[offsets[r]:offsets[r+1]]
-    feat: np.ndarray         # [T, Dt] float32: teacher word features (mean of sub-tokens)
-    span: np.ndarray         # [T, 2] int32: char spans in examples[n].texts[c].text
-    vr: np.ndarray           # [T] float32: visual relevance cos(V_t, word feature) (nan if unavailable)
-    yake: np.ndarray         # [T] float32: 1 / (1 + YAKE score), max over containing keywords
-    score: np.ndarray        # [T] float32: combine_scores(vr, yake) per text
-    truncated: np.ndarray    # [T] bool: the word fell (partly) beyond the teacher's context
+    offsets: np.ndarray  # [N*C + 1] int64: words of text row r are flat[offsets[r]:offsets[r+1]]
+    feat: np.ndarray  # [T, Dt] float32: teacher word features (mean of sub-tokens)
+    span: np.ndarray  # [T, 2] int32: char spans in examples[n].texts[c].text
+    vr: np.ndarray  # [T] float32: visual relevance cos(V_t, word feature) (nan if unavailable)
+    yake: np.ndarray  # [T] float32: 1 / (1 + YAKE score), max over containing keywords
+    score: np.ndarray  # [T] float32: combine_scores(vr, yake) per text
+    truncated: np.ndarray  # [T] bool: the word fell (partly) beyond the teacher's context
     # None: `feat` holds every word's features. Else the sorted flat word indices whose features
     # `feat` holds, one row each (`load_targets(..., choose_words=)` read only those).
     feat_rows: np.ndarray | None = None
@@ -34,8 +34,9 @@ class WordTargets:
         if self.feat_rows is None:
             return self.feat[words]
         at = np.searchsorted(self.feat_rows, words)
-        if len(words) and (at.max() >= len(self.feat_rows)
-                           or not np.array_equal(self.feat_rows[at], words)):
+        if len(words) and (
+            at.max() >= len(self.feat_rows) or not np.array_equal(self.feat_rows[at], words)
+        ):
             raise KeyError("features of words that were not read (not chosen at load time)")
         return self.feat[at]
 
@@ -46,15 +47,15 @@ class Targets:
     (e.g. no vision teacher); `MissingTargetError` is raised by methods that need it."""
 
     example_ids: list[str]
-    num_choices: int                          # C: texts per example (VCR 4, SNLI-VE 1, VQA 1)
-    image: np.ndarray | None                  # [N, Dv] float32: V_t
-    text_eos: np.ndarray | None               # [N, C, Dt] float32: T_t per scored text
-    words: WordTargets | None                 # per-word targets of the N*C scored texts
+    num_choices: int  # C: texts per example (VCR 4, SNLI-VE 1, VQA 1)
+    image: np.ndarray | None  # [N, Dv] float32: V_t
+    text_eos: np.ndarray | None  # [N, C, Dt] float32: T_t per scored text
+    words: WordTargets | None  # per-word targets of the N*C scored texts
     logits: dict[str, np.ndarray] = field(default_factory=dict)
     """Teacher logits over each example's candidates, by prompt/protocol name: VCR 'iqa' / 'ia'
     [N, 4]; SNLI-VE 'kmeans' [N, 3]; VQA 'template' [N, K] over `candidates`."""
-    candidates: np.ndarray | None = None      # [N, K] int64 VQA answer-vocab ids of the logits
-    default_logits: str | None = None         # the logits used for confidence weighting
+    candidates: np.ndarray | None = None  # [N, K] int64 VQA answer-vocab ids of the logits
+    default_logits: str | None = None  # the logits used for confidence weighting
 
     def row_of(self) -> dict[str, int]:
         return {eid: i for i, eid in enumerate(self.example_ids)}

@@ -17,7 +17,8 @@ extra whole read (and hash) of the needed arrays of each shard touched, once per
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from madcache.cache.verify import array_problems
 from madcache.core.errors import CacheCorruptError
@@ -28,7 +29,7 @@ class VerifiedShards:
 
     def __init__(self, cache: Any) -> None:
         self.cache = cache
-        self.done: dict[int, dict[str, str]] = {}       # shard index -> {array: sha256}
+        self.done: dict[int, dict[str, str]] = {}  # shard index -> {array: sha256}
 
     def check(self, entry: dict[str, Any], names: Iterable[str]) -> None:
         """Before the arrays `names` of the shard `entry` (its manifest entry) are read: none of
@@ -47,13 +48,18 @@ class VerifiedShards:
             arrays = self.cache.backend.read(path, [n for n in todo if n in records])
         except Exception as exc:  # a damaged shard can fail in any decoder
             arrays = {}
-            problems.append(f"unreadable ({type(exc).__name__}: "
-                            f"{' '.join(str(exc).split())[:160]})")
-        problems += [p for name, array in arrays.items()
-                     for p in array_problems(name, array, records[name])]
+            problems.append(
+                f"unreadable ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})"
+            )
+        problems += [
+            p for name, array in arrays.items() for p in array_problems(name, array, records[name])
+        ]
         if problems:
-            self._refuse(index, self._lost(entry, todo) or problems[0] + (
-                f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+            self._refuse(
+                index,
+                self._lost(entry, todo)
+                or problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
+            )
         done.update({name: records[name]["sha256"] for name in arrays})
 
     def _lost(self, entry: dict[str, Any], names: list[str]) -> str | None:
@@ -70,9 +76,11 @@ class VerifiedShards:
 
     def _refuse(self, index: int, problem: str) -> None:
         where = self.cache.path
-        raise CacheCorruptError(f"{where}: shard {index} does not hold what its extraction "
-                                f"recorded: {problem}; nothing was trained on it. Run `madcache "
-                                f"cache verify {where}` and re-extract (or rebuild) it")
+        raise CacheCorruptError(
+            f"{where}: shard {index} does not hold what its extraction "
+            f"recorded: {problem}; nothing was trained on it. Run `madcache "
+            f"cache verify {where}` and re-extract (or rebuild) it"
+        )
 
     def ahead(self, ids: Iterable[str], names: Iterable[str]) -> None:
         """Check now, shard by shard in order, every shard holding one of the row keys `ids`
@@ -90,8 +98,9 @@ class VerifiedShards:
         """{shard name: sha256 over the verified arrays' names and recorded sha256s}, for the
         run's inputs.json."""
         names = {int(e["index"]): e["name"] for e in self.cache.shards}
-        return {names[index]: _digest(arrays) for index, arrays in sorted(self.done.items())
-                if arrays}
+        return {
+            names[index]: _digest(arrays) for index, arrays in sorted(self.done.items()) if arrays
+        }
 
 
 def _digest(arrays: dict[str, str]) -> str:

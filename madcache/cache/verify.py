@@ -14,12 +14,23 @@ from typing import Any
 import numpy as np
 
 from madcache.cache.backends import Backend, get_backend
-from madcache.cache.commits import (STAMP, check_one_precision, foreign_problem, foreign_shards,
-                                    read_commits)
+from madcache.cache.commits import (
+    STAMP,
+    check_one_precision,
+    foreign_problem,
+    foreign_shards,
+    read_commits,
+)
 from madcache.cache.index import read_index, read_table
 from madcache.cache.location import open_location
-from madcache.cache.manifest import (INDEX, STATE_COMPLETE, array_checksum, dtype_name,
-                                     fingerprint_digest, read_manifest)
+from madcache.cache.manifest import (
+    INDEX,
+    STATE_COMPLETE,
+    array_checksum,
+    dtype_name,
+    fingerprint_digest,
+    read_manifest,
+)
 from madcache.cache.store import Store, StoreKey
 from madcache.core.errors import CacheError
 
@@ -34,8 +45,12 @@ def shard_problems(arrays: dict[str, np.ndarray]) -> list[str]:
     if "example_id" not in arrays:
         return ["no 'example_id' array"]
     n_ex = len(arrays["example_id"])
-    problems = _same_rows(arrays, [n for n in arrays if n in EXAMPLE_ARRAYS
-                                   or n.startswith("logits/")], n_ex, "examples")
+    problems = _same_rows(
+        arrays,
+        [n for n in arrays if n in EXAMPLE_ARRAYS or n.startswith("logits/")],
+        n_ex,
+        "examples",
+    )
     n_img = _rows(arrays, IMAGE_ARRAYS)
     n_txt = _rows(arrays, TEXT_ARRAYS)
     problems += _same_rows(arrays, IMAGE_ARRAYS, n_img, "images")
@@ -56,17 +71,20 @@ def _rows(arrays: dict[str, np.ndarray], names: tuple[str, ...]) -> int | None:
     return present[0] if present else None
 
 
-def _same_rows(arrays: dict[str, np.ndarray], names, expected: int | None,
-               what: str) -> list[str]:
-    return [f"{name} has {len(arrays[name])} rows, expected {expected} ({what})"
-            for name in names if name in arrays and expected is not None
-            and len(arrays[name]) != expected]
+def _same_rows(arrays: dict[str, np.ndarray], names, expected: int | None, what: str) -> list[str]:
+    return [
+        f"{name} has {len(arrays[name])} rows, expected {expected} ({what})"
+        for name in names
+        if name in arrays and expected is not None and len(arrays[name]) != expected
+    ]
 
 
 def _in_range(values: np.ndarray, limit: int, name: str, what: str) -> list[str]:
     if values.size and (values.min() < 0 or values.max() >= limit):
-        return [f"{name} points outside the shard's {limit} {what} "
-                f"(range {values.min()}..{values.max()})"]
+        return [
+            f"{name} points outside the shard's {limit} {what} "
+            f"(range {values.min()}..{values.max()})"
+        ]
     return []
 
 
@@ -77,8 +95,9 @@ def _word_problems(arrays: dict[str, np.ndarray], n_txt: int | None) -> list[str
     offsets = arrays["word_offsets"]
     problems = []
     if n_txt is not None and len(offsets) != n_txt + 1:
-        problems.append(f"word_offsets has {len(offsets)} entries, expected {n_txt + 1} "
-                        "(texts + 1)")
+        problems.append(
+            f"word_offsets has {len(offsets)} entries, expected {n_txt + 1} (texts + 1)"
+        )
     if len(offsets) == 0 or offsets[0] != 0:
         problems.append("word_offsets does not start at 0")
     elif np.any(np.diff(offsets) < 0):
@@ -97,7 +116,7 @@ def verify_cache(path: str | Path) -> list[str]:
     shard's layout; the index covers every example row exactly once with the ids stored in the
     shards. `path` is a directory or an object-store URL.
     """
-    location = open_location(path)   # an unusable object store is an error, not a finding
+    location = open_location(path)  # an unusable object store is an error, not a finding
     root, store = location.root, location.store
     try:
         manifest = read_manifest(store)
@@ -106,17 +125,24 @@ def verify_cache(path: str | Path) -> list[str]:
         return [str(exc)]
     problems = _manifest_problems(manifest)
     complete = manifest.get("state") == STATE_COMPLETE
-    try:   # while writing, the committed shards are the ones with a commit record
-        listed = {int(s["index"]): s for s in manifest.get("shards", [])} if complete \
+    try:  # while writing, the committed shards are the ones with a commit record
+        listed = (
+            {int(s["index"]): s for s in manifest.get("shards", [])}
+            if complete
             else read_commits(store)
+        )
     except CacheError as exc:
         return problems + [str(exc)]
     present = backend.shards_present(root)
-    problems += [f"shard {i} is listed in the manifest but missing on disk"
-                 for i in sorted(set(listed) - set(present))]
+    problems += [
+        f"shard {i} is listed in the manifest but missing on disk"
+        for i in sorted(set(listed) - set(present))
+    ]
     unlisted = "listed in the manifest" if complete else "committed"
-    problems += [f"shard {i} is on disk but not {unlisted} ({present[i].name})"
-                 for i in sorted(set(present) - set(listed))]
+    problems += [
+        f"shard {i} is on disk but not {unlisted} ({present[i].name})"
+        for i in sorted(set(present) - set(listed))
+    ]
     foreign = foreign_shards(listed, manifest)
     if foreign:
         problems.append(foreign_problem(foreign, "the cache"))
@@ -133,8 +159,9 @@ def verify_cache(path: str | Path) -> list[str]:
     return problems
 
 
-def open_problems(root: Path | StoreKey, manifest: dict[str, Any], backend: Backend,
-                  index_table) -> list[str]:
+def open_problems(
+    root: Path | StoreKey, manifest: dict[str, Any], backend: Backend, index_table
+) -> list[str]:
     """What a reader checks when it opens a complete cache, without reading a shard: the
     fingerprint digest, the planned shards listed once each and present on disk, one
     precision, and an index (`index_table`, None if missing or unreadable) that covers every
@@ -146,8 +173,9 @@ def open_problems(root: Path | StoreKey, manifest: dict[str, Any], backend: Back
         problems.append("the manifest lists a shard twice")
     planned = manifest.get("num_shards")
     if planned is not None and sorted(listed) != list(range(int(planned))):
-        problems.append(f"the manifest lists shards {_span(sorted(listed))}, planned "
-                        f"0..{int(planned) - 1}")
+        problems.append(
+            f"the manifest lists shards {_span(sorted(listed))}, planned 0..{int(planned) - 1}"
+        )
     missing = [i for i in sorted(listed) if not backend.exists(root / listed[i]["name"])]
     if missing:
         problems.append(f"shard(s) {_span(missing)} listed in the manifest are missing on disk")
@@ -180,34 +208,43 @@ def _index_matches_manifest(table, listed: dict[int, dict[str, Any]]) -> list[st
         order = where[np.argsort(rows[where], kind="stable")]
         n_ex = int(entry.get("examples", 0))
         if not np.array_equal(rows[order], np.arange(n_ex)):
-            problems.append(f"{INDEX} does not cover shard {shard}'s {n_ex} example rows "
-                            f"exactly once ({len(where)} entries)")
+            problems.append(
+                f"{INDEX} does not cover shard {shard}'s {n_ex} example rows "
+                f"exactly once ({len(where)} entries)"
+            )
             continue
         recorded = entry.get("arrays", {}).get("example_id", {}).get("sha256")
         if recorded and array_checksum(ids[order]) != recorded:
-            problems.append(f"{INDEX}: the ids of shard {shard} are not the ids the manifest "
-                            "recorded for that shard (index from another extraction?)")
+            problems.append(
+                f"{INDEX}: the ids of shard {shard} are not the ids the manifest "
+                "recorded for that shard (index from another extraction?)"
+            )
     return problems
 
 
-def _commit_problems(store: Store, listed: dict[int, dict[str, Any]],
-                     manifest: dict[str, Any]) -> list[str]:
+def _commit_problems(
+    store: Store, listed: dict[int, dict[str, Any]], manifest: dict[str, Any]
+) -> list[str]:
     """A finished cache's shard list equals its commit records, stamped by its extraction."""
     try:
         records = read_commits(store)
     except CacheError as exc:
         return [str(exc)]
     if not records:
-        return []                 # a cache finished before commit records existed
+        return []  # a cache finished before commit records existed
     foreign = foreign_shards(records, manifest)
     problems = [foreign_problem(foreign, "the commit records")] if foreign else []
     problems += [f"shard {i} has no commit record" for i in sorted(set(listed) - set(records))]
-    problems += [f"commit record of shard {i} is not in the manifest"
-                 for i in sorted(set(records) - set(listed))]
-    problems += [f"shard {i}: the commit record and the manifest disagree"
-                 for i in sorted(set(listed) & set(records))
-                 if records[i].get("arrays") != listed[i].get("arrays")
-                 or records[i].get(STAMP) != listed[i].get(STAMP)]
+    problems += [
+        f"commit record of shard {i} is not in the manifest"
+        for i in sorted(set(records) - set(listed))
+    ]
+    problems += [
+        f"shard {i}: the commit record and the manifest disagree"
+        for i in sorted(set(listed) & set(records))
+        if records[i].get("arrays") != listed[i].get("arrays")
+        or records[i].get(STAMP) != listed[i].get(STAMP)
+    ]
     try:
         check_one_precision(records, None, "the cache")
     except CacheError as exc:
@@ -229,8 +266,10 @@ def read_index_or_none(store: Store):
 def _manifest_problems(manifest: dict[str, Any]) -> list[str]:
     problems = []
     if manifest.get("state") != STATE_COMPLETE:
-        problems.append(f"the cache is incomplete (state {manifest.get('state')!r}): resume "
-                        "the extraction with the same command")
+        problems.append(
+            f"the cache is incomplete (state {manifest.get('state')!r}): resume "
+            "the extraction with the same command"
+        )
     if "fingerprint" not in manifest:
         problems.append("the manifest has no fingerprint")
     elif manifest.get("fingerprint_digest") != fingerprint_digest(manifest):
@@ -238,15 +277,18 @@ def _manifest_problems(manifest: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _shard_check(backend: Backend, path: Path | StoreKey,
-                 entry: dict[str, Any]) -> tuple[list[str], np.ndarray | None]:
+def _shard_check(
+    backend: Backend, path: Path | StoreKey, entry: dict[str, Any]
+) -> tuple[list[str], np.ndarray | None]:
     try:
         arrays = backend.read(path)
     except Exception as exc:  # a damaged file can fail in any decoder
         return [f"unreadable ({type(exc).__name__}: {exc})"], None
     expected = entry.get("arrays", {})
     problems = [f"array {name} is missing" for name in sorted(set(expected) - set(arrays))]
-    problems += [f"array {name} is not in the manifest" for name in sorted(set(arrays) - set(expected))]
+    problems += [
+        f"array {name} is not in the manifest" for name in sorted(set(arrays) - set(expected))
+    ]
     for name in sorted(set(expected) & set(arrays)):
         problems += array_problems(name, arrays[name], expected[name])
     problems += shard_problems(arrays)
@@ -265,8 +307,9 @@ def array_problems(name: str, array: np.ndarray, record: dict[str, Any]) -> list
     return problems
 
 
-def _index_problems(store: Store, stored_ids: dict[int, np.ndarray],
-                    listed: dict[int, dict[str, Any]]) -> list[str]:
+def _index_problems(
+    store: Store, stored_ids: dict[int, np.ndarray], listed: dict[int, dict[str, Any]]
+) -> list[str]:
     try:
         table = read_table(store, INDEX, columns=["example_id", "shard", "row"])
     except FileNotFoundError:
@@ -283,8 +326,10 @@ def _index_problems(store: Store, stored_ids: dict[int, np.ndarray],
         mine = np.sort(rows[shards == shard])
         n_ex = int(entry.get("examples", 0))
         if not np.array_equal(mine, np.arange(n_ex)):
-            problems.append(f"{INDEX} does not cover shard {shard}'s {n_ex} example rows "
-                            f"exactly once ({len(mine)} entries)")
+            problems.append(
+                f"{INDEX} does not cover shard {shard}'s {n_ex} example rows "
+                f"exactly once ({len(mine)} entries)"
+            )
         elif shard in stored_ids:
             problems += _ids_match(INDEX, shard, ids, shards, rows, stored_ids[shard])
     unknown = sorted(set(shards.tolist()) - set(listed))
@@ -293,11 +338,14 @@ def _index_problems(store: Store, stored_ids: dict[int, np.ndarray],
     return problems
 
 
-def _ids_match(name: str, shard: int, ids: list[str], shards: np.ndarray, rows: np.ndarray,
-               stored: np.ndarray) -> list[str]:
+def _ids_match(
+    name: str, shard: int, ids: list[str], shards: np.ndarray, rows: np.ndarray, stored: np.ndarray
+) -> list[str]:
     where = np.flatnonzero(shards == shard)
     wrong = [i for i in where if rows[i] >= len(stored) or ids[i] != stored[rows[i]]]
     if wrong:
-        return [f"{name}: {len(wrong)} ids of shard {shard} differ from the shard's example_id "
-                f"(e.g. {ids[wrong[0]]!r})"]
+        return [
+            f"{name}: {len(wrong)} ids of shard {shard} differ from the shard's example_id "
+            f"(e.g. {ids[wrong[0]]!r})"
+        ]
     return []

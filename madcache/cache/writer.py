@@ -19,22 +19,46 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 import threading
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 from madcache.cache import index as cache_index
 from madcache.cache.backends import Backend, get_backend
-from madcache.cache.commits import (CLAIMS, COMMITS, STAMP, check_one_precision, claim_key,
-                                    commit_key, foreign_problem, foreign_shards, precision_of,
-                                    read_commits, write_commit, writer_identity)
+from madcache.cache.commits import (
+    CLAIMS,
+    COMMITS,
+    STAMP,
+    check_one_precision,
+    claim_key,
+    commit_key,
+    foreign_problem,
+    foreign_shards,
+    precision_of,
+    read_commits,
+    write_commit,
+    writer_identity,
+)
 from madcache.cache.fingerprint import diff_fingerprints, to_json
-from madcache.cache.manifest import (FORMAT_VERSION, INDEX, INDEX_PARTS, MANIFEST,
-                                     STATE_COMPLETE, STATE_WRITING, array_record, check_required,
-                                     create_manifest, extraction_digest, fingerprint_digest,
-                                     read_manifest, shard_counts, write_manifest)
 from madcache.cache.location import Location, open_location
+from madcache.cache.manifest import (
+    FORMAT_VERSION,
+    INDEX,
+    INDEX_PARTS,
+    MANIFEST,
+    STATE_COMPLETE,
+    STATE_WRITING,
+    array_record,
+    check_required,
+    create_manifest,
+    extraction_digest,
+    fingerprint_digest,
+    read_manifest,
+    shard_counts,
+    write_manifest,
+)
 from madcache.cache.store import Claim, Store, StoreKey
 from madcache.cache.verify import shard_problems
 from madcache.core.errors import CacheCorruptError, CacheError, FingerprintMismatchError
@@ -46,8 +70,14 @@ class CacheWriter:
     """Writes shards of one cache directory. Use `CacheWriter.open`; `write_shard` is
     thread-safe. `identity` (rank, world size, host, precision) goes into every commit record."""
 
-    def __init__(self, root: Path | StoreKey, manifest: dict[str, Any], backend: Backend,
-                 store: Store, identity: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        root: Path | StoreKey,
+        manifest: dict[str, Any],
+        backend: Backend,
+        store: Store,
+        identity: dict[str, Any],
+    ) -> None:
         self.root = root
         self.manifest = manifest
         self.backend = backend
@@ -57,8 +87,15 @@ class CacheWriter:
         self._claims: dict[int, Claim] = {}
 
     @classmethod
-    def open(cls, path: str | Path, *, manifest: dict[str, Any], format: str = "zarr",
-             force: bool = False, identity: dict[str, Any] | None = None) -> "CacheWriter":
+    def open(
+        cls,
+        path: str | Path,
+        *,
+        manifest: dict[str, Any],
+        format: str = "zarr",
+        force: bool = False,
+        identity: dict[str, Any] | None = None,
+    ) -> CacheWriter:
         """Create a cache at `path`, or join the one there if its fingerprint is the same (a
         resume, or another rank of the same extraction).
 
@@ -71,8 +108,10 @@ class CacheWriter:
         root, store = location.root, location.store
         backend = get_backend(format)
         if not location.local and backend.name != "zarr":
-            raise CacheError(f"{root}: caches in an object store are stored as zarr, not "
-                             f"{backend.name}: pass --format zarr")
+            raise CacheError(
+                f"{root}: caches in an object store are stored as zarr, not "
+                f"{backend.name}: pass --format zarr"
+            )
         manifest = to_json(manifest)
         identity = to_json(identity or writer_identity())
         if force:
@@ -95,8 +134,11 @@ class CacheWriter:
 
     def completed_shards(self) -> set[int]:
         """Committed shards (by any writer, this run or an earlier one) whose data is present."""
-        return {index for index in read_commits(self.store)
-                if self.backend.exists(self.backend.shard_path(self.root, index))}
+        return {
+            index
+            for index in read_commits(self.store)
+            if self.backend.exists(self.backend.shard_path(self.root, index))
+        }
 
     def committed_entries(self) -> list[dict[str, Any]]:
         """The commit records of the committed shards, by index (the manifest's `shards`
@@ -105,8 +147,9 @@ class CacheWriter:
         return [records[i] for i in sorted(self.completed_shards() & set(records))]
 
     def is_committed(self, shard: int) -> bool:
-        return (self.store.exists(commit_key(shard))
-                and self.backend.exists(self.backend.shard_path(self.root, shard)))
+        return self.store.exists(commit_key(shard)) and self.backend.exists(
+            self.backend.shard_path(self.root, shard)
+        )
 
     def claim(self, shard: int, *, wait: bool = False) -> bool:
         """Take shard `shard` for this writer (False: another live writer holds it). The claim
@@ -131,8 +174,12 @@ class CacheWriter:
 
     # ------------------------------------------------------------------ writing
 
-    def write_shard(self, shard: int, arrays: Mapping[str, np.ndarray],
-                    index_columns: Mapping[str, list[Any]] | None = None) -> None:
+    def write_shard(
+        self,
+        shard: int,
+        arrays: Mapping[str, np.ndarray],
+        index_columns: Mapping[str, list[Any]] | None = None,
+    ) -> None:
         """Store and commit one shard. `arrays` follow docs/cache-format.md (at least
         `example_id`); `index_columns` are per-example values for `index.parquet` (category,
         label, group, ...), one per example in `example_id` order. Claims the shard first
@@ -142,14 +189,17 @@ class CacheWriter:
         if problems:
             self.release(shard)
             raise ValueError(f"shard {shard} is inconsistent: " + "; ".join(problems))
-        entry = {"index": int(shard), "name": self.backend.shard_path(self.root, shard).name,
-                 **shard_counts(arrays),
-                 "arrays": {name: array_record(a) for name, a in sorted(arrays.items())}}
+        entry = {
+            "index": int(shard),
+            "name": self.backend.shard_path(self.root, shard).name,
+            **shard_counts(arrays),
+            "arrays": {name: array_record(a) for name, a in sorted(arrays.items())},
+        }
         if shard not in self._claims:
             self.claim(shard, wait=True)
         try:
             self._reopen_for_writing()
-            self.store.delete(commit_key(shard))     # rewriting a shard uncommits it first
+            self.store.delete(commit_key(shard))  # rewriting a shard uncommits it first
             self._remove_uncommitted(shard)
             final = self.backend.shard_path(self.root, shard)
             if self.store.renames:
@@ -157,13 +207,20 @@ class CacheWriter:
                 self.backend.write(temp, arrays)
                 cache_index.write_part(self.store, shard, arrays, index_columns)
                 self.backend.rename(temp, final)
-            else:                # no rename: in place, uncommitted until the record exists
+            else:  # no rename: in place, uncommitted until the record exists
                 self.backend.write(final, arrays)
                 cache_index.write_part(self.store, shard, arrays, index_columns)
             entry["bytes"] = self.backend.nbytes(final)
             self._check_claim_held(shard)
-            write_commit(self.store, {**entry, "writer": self.identity, "committed": _now(),
-                                      STAMP: extraction_digest(self.manifest)})
+            write_commit(
+                self.store,
+                {
+                    **entry,
+                    "writer": self.identity,
+                    "committed": _now(),
+                    STAMP: extraction_digest(self.manifest),
+                },
+            )
         finally:
             self.release(shard)
 
@@ -173,8 +230,9 @@ class CacheWriter:
             raise KeyError(f"shard {shard} has not been written")
         return self.backend.read(self.backend.shard_path(self.root, shard))
 
-    def finish(self, *, extra: dict[str, Any] | None = None,
-               summary: dict[str, Any] | None = None) -> dict[str, Any]:
+    def finish(
+        self, *, extra: dict[str, Any] | None = None, summary: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Mark the cache complete (see `finish_cache`); returns the final manifest."""
         with self._lock:
             self.manifest = finish_cache(self.root, extra=extra, summary=summary)
@@ -184,9 +242,11 @@ class CacheWriter:
         """Refuse to commit a shard whose lease was lost (another writer may redo it)."""
         claim = self._claims.get(shard)
         if claim is not None and claim.lost:
-            raise CacheError(f"{self.root}: lost the claim on shard {shard} while writing it "
-                             "(the object store was unreachable for longer than the lease): "
-                             "rerun the extraction to redo it")
+            raise CacheError(
+                f"{self.root}: lost the claim on shard {shard} while writing it "
+                "(the object store was unreachable for longer than the lease): "
+                "rerun the extraction to redo it"
+            )
 
     def _reopen_for_writing(self) -> None:
         """A complete cache that gets a shard (re)written is `writing` again until `finish`."""
@@ -214,8 +274,9 @@ class CacheWriter:
         self.backend.remove(self.backend.shard_path(self.root, shard))
 
 
-def finish_cache(path: str | Path, *, extra: dict[str, Any] | None = None,
-                 summary: dict[str, Any] | None = None) -> dict[str, Any]:
+def finish_cache(
+    path: str | Path, *, extra: dict[str, Any] | None = None, summary: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Check that every planned shard is committed, join the index, copy the commit records
     into the manifest's shard list, store `extra` / `summary` and mark the cache complete.
 
@@ -226,8 +287,9 @@ def finish_cache(path: str | Path, *, extra: dict[str, Any] | None = None,
     root, store = location.root, location.store
     manifest = read_manifest(store)
     backend = get_backend(manifest.get("format", "zarr"))
-    records = {i: r for i, r in read_commits(store).items()
-               if backend.exists(backend.shard_path(root, i))}
+    records = {
+        i: r for i, r in read_commits(store).items() if backend.exists(backend.shard_path(root, i))
+    }
     _check_planned(root, manifest, records)
     foreign = foreign_shards(records, manifest)
     if foreign:
@@ -236,74 +298,103 @@ def finish_cache(path: str | Path, *, extra: dict[str, Any] | None = None,
     shards = sorted(records)
     cache_index.build_index(store, shards)
     entries = [records[i] for i in shards]
-    totals = {key: sum(int(e[key]) for e in entries)
-              for key in ("examples", "images", "texts", "words")}
+    totals = {
+        key: sum(int(e[key]) for e in entries) for key in ("examples", "images", "texts", "words")
+    }
     precisions = {tuple(precision_of(e).items()) for e in entries}
-    manifest = {**manifest, **to_json({
-        "shards": entries, "extra": {**manifest.get("extra", {}), **(extra or {})},
-        "summary": summary if summary is not None else manifest.get("summary", {}),
-        "totals": totals, "precision": dict(precisions.pop()) if precisions else None,
-        "state": STATE_COMPLETE, "completed": _now()})}
+    manifest = {
+        **manifest,
+        **to_json(
+            {
+                "shards": entries,
+                "extra": {**manifest.get("extra", {}), **(extra or {})},
+                "summary": summary if summary is not None else manifest.get("summary", {}),
+                "totals": totals,
+                "precision": dict(precisions.pop()) if precisions else None,
+                "state": STATE_COMPLETE,
+                "completed": _now(),
+            }
+        ),
+    }
     write_manifest(store, manifest)
     return manifest
 
 
-def _check_planned(root: Path | StoreKey, manifest: dict[str, Any],
-                   records: Mapping[int, Any]) -> None:
+def _check_planned(
+    root: Path | StoreKey, manifest: dict[str, Any], records: Mapping[int, Any]
+) -> None:
     planned = manifest.get("num_shards")
     if planned is None:
         return
     missing = [i for i in range(int(planned)) if i not in records]
     if missing:
         shown = ", ".join(map(str, missing[:8])) + (" ..." if len(missing) > 8 else "")
-        raise CacheError(f"{root}: {len(missing)} of {planned} shards are not committed yet "
-                         f"(shards {shown}): some ranks are still running or were killed. "
-                         "Rerun the extraction (any --world-size resumes), then `madcache "
-                         f"cache finish {root}`")
+        raise CacheError(
+            f"{root}: {len(missing)} of {planned} shards are not committed yet "
+            f"(shards {shown}): some ranks are still running or were killed. "
+            "Rerun the extraction (any --world-size resumes), then `madcache "
+            f"cache finish {root}`"
+        )
     beyond = sorted(set(records) - set(range(int(planned))))
     if beyond:
-        raise CacheCorruptError(f"{root}: commit records for shards {beyond[:5]} outside the "
-                                f"plan of {planned} shards: run `madcache cache verify {root}`")
+        raise CacheCorruptError(
+            f"{root}: commit records for shards {beyond[:5]} outside the "
+            f"plan of {planned} shards: run `madcache cache verify {root}`"
+        )
 
 
-def _check_same(root: Path | StoreKey, existing: dict[str, Any], manifest: dict[str, Any],
-                backend: Backend) -> None:
+def _check_same(
+    root: Path | StoreKey, existing: dict[str, Any], manifest: dict[str, Any], backend: Backend
+) -> None:
     differences = diff_fingerprints(existing.get("fingerprint", {}), manifest["fingerprint"])
     if differences:
         raise FingerprintMismatchError(
             f"{root} holds a cache built with a different fingerprint (cache != requested):"
             "\n  " + "\n  ".join(differences) + "\nUse --force to overwrite it, or choose "
-            "another --out.", differences)
+            "another --out.",
+            differences,
+        )
     if existing.get("format", backend.name) != backend.name:
-        raise CacheError(f"{root} is stored as {existing.get('format')}, not "
-                         f"{backend.name}: pass that format, --force, or another --out")
+        raise CacheError(
+            f"{root} is stored as {existing.get('format')}, not "
+            f"{backend.name}: pass that format, --force, or another --out"
+        )
 
 
 def _with_store_keys(manifest: dict[str, Any], backend: Backend) -> dict[str, Any]:
-    return {**manifest, "format": backend.name, "format_version": FORMAT_VERSION,
-            "fingerprint_digest": fingerprint_digest(manifest), "state": STATE_WRITING,
-            "shards": []}
+    return {
+        **manifest,
+        "format": backend.name,
+        "format_version": FORMAT_VERSION,
+        "fingerprint_digest": fingerprint_digest(manifest),
+        "state": STATE_WRITING,
+        "shards": [],
+    }
 
 
 def _temp_index(path: Path | StoreKey) -> int | None:
     """The shard number of a temp shard name (`.tmp-shard-00003.zarr.<pid>`)."""
-    digits = path.name[len(".tmp-shard-"):].split(".", 1)[0]
+    digits = path.name[len(".tmp-shard-") :].split(".", 1)[0]
     return int(digits) if digits.isdigit() else None
 
 
 def _check_empty(location: Location) -> None:
     """Refuse a path holding anything but another writer's manifest being created."""
     root = location.root
-    if isinstance(root, StoreKey):   # objects, and still no manifest (another writer's is fine)
+    if isinstance(root, StoreKey):  # objects, and still no manifest (another writer's is fine)
         if location.store.list("") and not location.store.exists(MANIFEST):
-            raise CacheError(f"{root} holds objects but no {MANIFEST}: it is not a madcache "
-                             "cache; choose another --out")
+            raise CacheError(
+                f"{root} holds objects but no {MANIFEST}: it is not a madcache "
+                "cache; choose another --out"
+            )
         return
     creating = f".{MANIFEST}.tmp-"
-    if root.exists() and (not root.is_dir()
-                          or any(not p.name.startswith(creating) for p in root.iterdir())):
-        raise CacheError(f"{root} exists and is not a madcache cache (no {MANIFEST}): "
-                         "choose another --out")
+    if root.exists() and (
+        not root.is_dir() or any(not p.name.startswith(creating) for p in root.iterdir())
+    ):
+        raise CacheError(
+            f"{root} exists and is not a madcache cache (no {MANIFEST}): choose another --out"
+        )
 
 
 def _wipe(location: Location, backend: Backend) -> None:
@@ -316,7 +407,7 @@ def _wipe(location: Location, backend: Backend) -> None:
         for key in location.store.list(""):
             if key != MANIFEST:
                 location.store.delete_tree(key)
-        location.store.delete(MANIFEST)       # last: until then it is still a cache
+        location.store.delete(MANIFEST)  # last: until then it is still a cache
         return
     if not root.exists():
         return

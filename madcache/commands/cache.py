@@ -22,7 +22,6 @@ def cache() -> None:
 def info(path: str, as_json: bool) -> None:
     """What a cache holds: counts, size, dims, arrays, fingerprint, state."""
     from madcache.cache.reader import open_cache
-
     from madcache.method.methods import unavailable_methods
 
     summary = open_cache(path, allow_incomplete=True, check=False).info()
@@ -48,9 +47,11 @@ def verify(path: str) -> None:
         click.echo(f"{len(problems)} problem(s) in {path}", err=True)
         raise SystemExit(1)
     summary = open_cache(path).info()
-    click.echo(f"OK {path}: {summary['examples']} examples, {summary['images']} images, "
-               f"{summary['texts']} texts, {summary['words']} words in {summary['shards']} "
-               f"shards ({human_bytes(summary['bytes'])})")
+    click.echo(
+        f"OK {path}: {summary['examples']} examples, {summary['images']} images, "
+        f"{summary['texts']} texts, {summary['words']} words in {summary['shards']} "
+        f"shards ({human_bytes(summary['bytes'])})"
+    )
 
 
 @cache.command()
@@ -62,42 +63,69 @@ def finish(path: str) -> None:
     from madcache.extraction.finish import finish_extraction
 
     manifest = finish_extraction(path)
-    writers = sorted({(e["writer"]["world_size"], e["writer"]["host"])
-                      for e in manifest["shards"] if "writer" in e})
-    click.echo(f"finished {path}: {manifest['totals']['examples']} examples in "
-               f"{len(manifest['shards'])} shards, written by "
-               + (", ".join(f"{w} rank(s) on {h}" for w, h in writers) or "an earlier version"))
+    writers = sorted(
+        {
+            (e["writer"]["world_size"], e["writer"]["host"])
+            for e in manifest["shards"]
+            if "writer" in e
+        }
+    )
+    click.echo(
+        f"finished {path}: {manifest['totals']['examples']} examples in "
+        f"{len(manifest['shards'])} shards, written by "
+        + (", ".join(f"{w} rank(s) on {h}" for w, h in writers) or "an earlier version")
+    )
 
 
 def format_info(summary: dict[str, Any]) -> str:
-    rows = [("path", summary["path"]),
-            ("dataset / split", f"{summary['dataset']} / {summary['split']}"),
-            ("format", f"{summary['format']} (version {summary['format_version']})"),
-            ("state", summary["state"]), ("created", summary["created"]),
-            ("examples", summary["examples"]), ("images", summary["images"]),
-            ("texts", summary["texts"]), ("words", summary["words"]),
-            ("choices per example", summary["num_choices"]), ("shards", summary["shards"]),
-            ("size on disk", human_bytes(summary["bytes"])),
-            ("dims", ", ".join(f"{k}={v}" for k, v in summary["dims"].items())),
-            ("fingerprint", summary["fingerprint_digest"])]
+    rows = [
+        ("path", summary["path"]),
+        ("dataset / split", f"{summary['dataset']} / {summary['split']}"),
+        ("format", f"{summary['format']} (version {summary['format_version']})"),
+        ("state", summary["state"]),
+        ("created", summary["created"]),
+        ("examples", summary["examples"]),
+        ("images", summary["images"]),
+        ("texts", summary["texts"]),
+        ("words", summary["words"]),
+        ("choices per example", summary["num_choices"]),
+        ("shards", summary["shards"]),
+        ("size on disk", human_bytes(summary["bytes"])),
+        ("dims", ", ".join(f"{k}={v}" for k, v in summary["dims"].items())),
+        ("fingerprint", summary["fingerprint_digest"]),
+    ]
     writers = [w for w in summary.get("writers", []) if w["rank"] is not None]
     if writers:
-        rows.append(("written by", "; ".join(
-            f"rank {w['rank']}/{w['world_size']} on {w['host']}: {w['shards']} shard(s)"
-            for w in writers)))
+        rows.append(
+            (
+                "written by",
+                "; ".join(
+                    f"rank {w['rank']}/{w['world_size']} on {w['host']}: {w['shards']} shard(s)"
+                    for w in writers
+                ),
+            )
+        )
     if summary.get("precision"):
-        rows.append(("precision", f"{summary['precision']['device']}/"
-                                  f"{summary['precision']['compute_dtype']}"))
+        rows.append(
+            (
+                "precision",
+                f"{summary['precision']['device']}/{summary['precision']['compute_dtype']}",
+            )
+        )
     if summary.get("unavailable"):
         rows.append(("not computed", ", ".join(summary["unavailable"])))
-        rows += [(f"cannot run: {name}", why)
-                 for name, why in summary.get("unavailable_methods", {}).items()]
+        rows += [
+            (f"cannot run: {name}", why)
+            for name, why in summary.get("unavailable_methods", {}).items()
+        ]
     width = max(len(k) for k, _ in rows)
     lines = [f"{k:<{width}}  {v}" for k, v in rows]
     if summary["arrays"]:
         lines.append("arrays:")
-        lines += [f"  {name:<{width}}{spec['dtype']:<9} [n{_trailing(spec['row_shape'])}]"
-                  for name, spec in summary["arrays"].items()]
+        lines += [
+            f"  {name:<{width}}{spec['dtype']:<9} [n{_trailing(spec['row_shape'])}]"
+            for name, spec in summary["arrays"].items()
+        ]
     return "\n".join(lines)
 
 

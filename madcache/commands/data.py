@@ -26,19 +26,25 @@ def split_stats(dataset: str, result: ReadResult) -> dict[str, Any]:
     from madcache.data import DATASETS
 
     names = DATASETS.get(dataset).label_names
-    labels = Counter("none" if ex.label is None else names[ex.label] if names else str(ex.label)
-                     for ex in result.examples)
-    return {"dataset": dataset,
-            "examples": len(result.examples),
-            "images": len({ex.image_id for ex in result.examples}),
-            "labels": dict(sorted(labels.items())),
-            "categories": dict(sorted(Counter(ex.category for ex in result.examples).items())),
-            "skipped": [asdict(bad) for bad in result.skipped]}
+    labels = Counter(
+        "none" if ex.label is None else names[ex.label] if names else str(ex.label)
+        for ex in result.examples
+    )
+    return {
+        "dataset": dataset,
+        "examples": len(result.examples),
+        "images": len({ex.image_id for ex in result.examples}),
+        "labels": dict(sorted(labels.items())),
+        "categories": dict(sorted(Counter(ex.category for ex in result.examples).items())),
+        "skipped": [asdict(bad) for bad in result.skipped],
+    }
 
 
 def _echo_table(stats: dict[str, Any]) -> None:
-    click.echo(f"{stats['dataset']}: {stats['examples']} examples, {stats['images']} images, "
-               f"{len(stats['skipped'])} skipped")
+    click.echo(
+        f"{stats['dataset']}: {stats['examples']} examples, {stats['images']} images, "
+        f"{len(stats['skipped'])} skipped"
+    )
     for title in ("labels", "categories"):
         click.echo(f"{title}:")
         for name, count in stats[title].items():
@@ -81,8 +87,10 @@ def lowshot(**flags: Any) -> None:
     if result.skipped:
         drawn.params["skipped_records"] = [asdict(bad) for bad in result.skipped]
     drawn.save(config.out)
-    click.echo(f"{len(drawn.ids)} examples from {sum(drawn.counts.values())} "
-               f"{drawn.params['unit']}s -> {config.out}")
+    click.echo(
+        f"{len(drawn.ids)} examples from {sum(drawn.counts.values())} "
+        f"{drawn.params['unit']}s -> {config.out}"
+    )
     for category, short in drawn.shortfalls.items():
         click.echo(f"shortfall: {category} has {short['available']} of {short['wanted']}")
     for bad in result.skipped:
@@ -98,16 +106,19 @@ def sm(**flags: Any) -> None:
 
     config = build_config(SmConfig, flags)
     root, split, out = config.root, config.split, config.out
-    source = VcrReader().annotation_file(root, split, None if config.annotations is None
-                                          else str(config.annotations))
+    source = VcrReader().annotation_file(
+        root, split, None if config.annotations is None else str(config.annotations)
+    )
     name = Path(split).name if split.endswith(".jsonl") else f"{split}.jsonl"
     for written in (out / name, out / SM_REPORT):
-        check_output_location(written, roots=[root], inputs=[source],
-                              inside_root_ok=config.into_root)
+        check_output_location(
+            written, roots=[root], inputs=[source], inside_root_ok=config.into_root
+        )
     report = shortcut_mitigate_file(source, out / name, skip_bad=config.skip_bad)
-    (out / SM_REPORT).write_text(json.dumps(report.to_json(), indent=1) + "\n",
-                                 encoding="utf-8")
+    (out / SM_REPORT).write_text(json.dumps(report.to_json(), indent=1) + "\n", encoding="utf-8")
     rules = ", ".join(f"{rule} {counts.records}" for rule, counts in report.rules.items())
-    click.echo(f"{report.written} of {report.records} records in the SM split ({rules}); "
-               f"{len(report.not_qualifying)} fit neither rule, {len(report.skipped)} skipped "
-               f"-> {out / name}")
+    click.echo(
+        f"{report.written} of {report.records} records in the SM split ({rules}); "
+        f"{len(report.not_qualifying)} fit neither rule, {len(report.skipped)} skipped "
+        f"-> {out / name}"
+    )

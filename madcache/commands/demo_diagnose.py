@@ -20,7 +20,11 @@ def demo_diagnose(**flags: Any) -> None:
     from madcache.demo.diagnose import diagnosis_markdown, run_diagnosis
 
     config = build_config(DiagnoseConfig, flags)
-    summary = run_diagnosis(config.out, jobs=config.jobs, progress=config.progress,
-                            log=lambda line: click.echo(line, err=True))
+    summary = run_diagnosis(
+        config.out,
+        jobs=config.jobs,
+        progress=config.progress,
+        log=lambda line: click.echo(line, err=True),
+    )
     click.echo(diagnosis_markdown(summary))
     click.echo(f"curves: {config.out / 'diagnosis' / 'curves.png'}")

@@ -25,5 +25,7 @@ def demo_run(**flags: Any) -> None:
     click.echo("")
     click.echo(result["report"]["markdown"])
     click.echo(f"stage times (s): {result['timings']}")
-    click.echo(f"report: {paths.report / 'report.md'}  (CSV: report.csv, runs.csv; plots: "
-               f"{', '.join(p.name for p in result['report']['files'] if p.suffix == '.png')})")
+    click.echo(
+        f"report: {paths.report / 'report.md'}  (CSV: report.csv, runs.csv; plots: "
+        f"{', '.join(p.name for p in result['report']['files'] if p.suffix == '.png')})"
+    )

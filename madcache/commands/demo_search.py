@@ -21,8 +21,13 @@ def demo_search(**flags: Any) -> None:
     from madcache.demo.search import SEARCH_FILE, load_search, run_search, search_markdown
 
     config = build_config(SearchConfig, flags)
-    summary = run_search(config.out, pipeline=PIPELINE,
-                         spec=load_search(config.spec or SEARCH_FILE), jobs=config.jobs,
-                         progress=config.progress, log=lambda line: click.echo(line, err=True))
+    summary = run_search(
+        config.out,
+        pipeline=PIPELINE,
+        spec=load_search(config.spec or SEARCH_FILE),
+        jobs=config.jobs,
+        progress=config.progress,
+        log=lambda line: click.echo(line, err=True),
+    )
     click.echo(search_markdown(summary))
     click.echo(f"curves: {config.out / 'search' / 'curves.png'}")

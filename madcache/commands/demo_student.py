@@ -24,9 +24,12 @@ def demo_student(progress: bool | None, **flags: Any) -> None:
 
     config = build_config(DemoStudentConfig, flags)
     check_output_location(config.out, roots=[config.data])
-    summary = pretrain_demo_student(config, progress=progress is not False,
-                                    log=lambda line: click.echo(line, err=True))
+    summary = pretrain_demo_student(
+        config, progress=progress is not False, log=lambda line: click.echo(line, err=True)
+    )
     first, last = summary["curve"][0], summary["curve"][-1]
     click.echo(f"demo student: {config.out} ({summary['steps']} steps, {summary['seconds']} s)")
-    click.echo(f"held-out MLM {first['mlm']:.3f} -> {last['mlm']:.3f}, ITM {first['itm']:.3f} "
-               f"-> {last['itm']:.3f} (chance ln 2 = 0.693)")
+    click.echo(
+        f"held-out MLM {first['mlm']:.3f} -> {last['mlm']:.3f}, ITM {first['itm']:.3f} "
+        f"-> {last['itm']:.3f} (chance ln 2 = 0.693)"
+    )

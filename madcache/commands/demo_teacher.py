@@ -25,7 +25,11 @@ def demo_teacher(progress: bool | None, **flags: Any) -> None:
     check_output_location(cfg.out, roots=[cfg.data])
     refuse_foreign_file(cfg.out, ours=is_demo_teacher, what="demo teacher checkpoint")
     summary = pretrain_demo_teacher(cfg, progress=progress is not False)
-    click.echo(f"demo teacher: {cfg.out} ({summary['steps']} steps, final loss "
-               f"{summary['final_loss']}, {summary['steps_per_s']} steps/s)")
-    click.echo(f"held-out image->caption top-1: {summary['retrieval_top1_before']:.1f}% before, "
-               f"{summary['retrieval_top1_after']:.1f}% after")
+    click.echo(
+        f"demo teacher: {cfg.out} ({summary['steps']} steps, final loss "
+        f"{summary['final_loss']}, {summary['steps_per_s']} steps/s)"
+    )
+    click.echo(
+        f"held-out image->caption top-1: {summary['retrieval_top1_before']:.1f}% before, "
+        f"{summary['retrieval_top1_after']:.1f}% after"
+    )

@@ -24,7 +24,8 @@ def eval_command(**flags: Any) -> None:
         return
     from madcache.evaluation.evaluate import evaluate_run
 
-    result = evaluate_run(config.run, split=config.split, sm=config.sm, root=config.root,
-                          regions=config.regions)
+    result = evaluate_run(
+        config.run, split=config.split, sm=config.sm, root=config.root, regions=config.regions
+    )
     key = f"{config.split}_sm" if config.sm else config.split
     click.echo(f"{key}: " + ", ".join(f"{k} {v:.2f}" for k, v in result.items()))

@@ -38,9 +38,11 @@ def extract(**flags: Any) -> None:
             raise UserError(_mismatch_message(exc, config.output_path())) from None
     click.echo(format_summary(summary))
     if not summary.get("finished"):
-        click.echo(f"rank {summary['rank']} of {summary['world_size']} done; the cache is "
-                   "complete once every rank is: then run `madcache cache finish "
-                   f"{summary['out']}` (rank 0 does it itself under torchrun)")
+        click.echo(
+            f"rank {summary['rank']} of {summary['world_size']} done; the cache is "
+            "complete once every rank is: then run `madcache cache finish "
+            f"{summary['out']}` (rank 0 does it itself under torchrun)"
+        )
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -49,20 +51,34 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def _mismatch_message(exc: FingerprintMismatchError, out: Path | str) -> str:
     differs = "\n".join(f"  - {d}" for d in exc.differences) or f"  {exc}"
-    return (f"the cache at {out} was built with a different fingerprint; what differs:\n"
-            f"{differs}\nuse --force to overwrite it, or --out for a new cache")
+    return (
+        f"the cache at {out} was built with a different fingerprint; what differs:\n"
+        f"{differs}\nuse --force to overwrite it, or --out for a new cache"
+    )
 
 
 def format_summary(summary: dict[str, Any]) -> str:
     """The final summary as a two-column table."""
-    rows = [("cache", summary["out"]), ("format", summary["format"]),
-            ("examples", summary["examples"]), ("images", summary["images"]),
-            ("texts", summary["texts"]),
-            ("shards", f"{summary['shards']} ({summary['shards_written']} written, "
-                       f"{summary['shards_resumed']} resumed"
-                       + (f" by rank {summary['rank']} of {summary['world_size']}"
-                          if summary.get("world_size", 1) > 1 else "") + ")"),
-            ("bytes", human_bytes(summary["bytes"])), ("seconds", f"{summary['seconds']:.1f}"),
-            ("samples/s", summary["samples_per_s"])]
+    rows = [
+        ("cache", summary["out"]),
+        ("format", summary["format"]),
+        ("examples", summary["examples"]),
+        ("images", summary["images"]),
+        ("texts", summary["texts"]),
+        (
+            "shards",
+            f"{summary['shards']} ({summary['shards_written']} written, "
+            f"{summary['shards_resumed']} resumed"
+            + (
+                f" by rank {summary['rank']} of {summary['world_size']}"
+                if summary.get("world_size", 1) > 1
+                else ""
+            )
+            + ")",
+        ),
+        ("bytes", human_bytes(summary["bytes"])),
+        ("seconds", f"{summary['seconds']:.1f}"),
+        ("samples/s", summary["samples_per_s"]),
+    ]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)

@@ -14,8 +14,9 @@ import dataclasses
 import functools
 import importlib
 import types
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, TypeVar, Union, get_args, get_origin
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import click
 
@@ -30,43 +31,54 @@ C = TypeVar("C")
 HAND_WRITTEN = frozenset({"--config", "--json", "--debug", "--version", "--help"})
 
 
-def config_options(cls: type, *, skip: tuple[str, ...] = (),
-                   replace: Mapping[str, Mapping[str, Any]] = {},
-                   required: bool = False) -> Callable[[F], F]:
+def config_options(
+    cls: type,
+    *,
+    skip: tuple[str, ...] = (),
+    replace: Mapping[str, Mapping[str, Any]] = {},
+    required: bool = False,
+) -> Callable[[F], F]:
     """Decorate a click command with a flag for each field of `cls` (less `skip`), in field
     order. `replace` updates the click arguments of a flag (`extra_help`: a sentence added to
     the field's help, for what this command accepts beyond the config). `required`:
     the flags of fields without a default must be given (a command without a config file that
     could supply them). A field's `deprecated` spellings become hidden flags whose value goes
     to the field (with a warning)."""
+
     def decorate(command: F) -> F:
         aliases: dict[str, tuple[str, str, str]] = {}
         options: list[tuple[list[str], dict[str, Any]]] = []
         for f in dataclasses.fields(cls):
             if f.name in skip:
                 continue
-            decls, kwargs = option_spec(f, field_types(cls)[f.name],
-                                        required=required and not _has_default(f))
+            decls, kwargs = option_spec(
+                f, field_types(cls)[f.name], required=required and not _has_default(f)
+            )
             kwargs.update(replace.get(f.name, {}), field=f)
             options.append((decls, kwargs))
             for i, old in enumerate(f.metadata.get("deprecated", ())):
                 dest = f"{f.name}__deprecated{i}"
                 boolean = "/" in decls[0]
                 aliases[dest] = (f.name, f"--{old}", decls[0].split("/")[0])
-                options.append(([f"--{old}/--no-{old}" if boolean else f"--{old}", dest],
-                                {**kwargs, "hidden": True, "required": False,
-                                 "alias_of": f.name}))
+                options.append(
+                    (
+                        [f"--{old}/--no-{old}" if boolean else f"--{old}", dest],
+                        {**kwargs, "hidden": True, "required": False, "alias_of": f.name},
+                    )
+                )
         if aliases:
             command = _merging_aliases(command, aliases)
         for decls, kwargs in reversed(options):
             command = click.option(*decls, cls=SettingOption, **kwargs)(command)
         return command
+
     return decorate
 
 
 def _merging_aliases(command: F, aliases: Mapping[str, tuple[str, str, str]]) -> F:
     """`command` taking each deprecated spelling's value as its field's (the new spelling's
     value wins; repeatable KEY=VALUE tables are merged)."""
+
     @functools.wraps(command)
     def wrapper(**flags: Any) -> Any:
         for dest, (name, old, new) in aliases.items():
@@ -80,22 +92,31 @@ def _merging_aliases(command: F, aliases: Mapping[str, tuple[str, str, str]]) ->
             elif given is None:
                 flags[name] = value
         return command(**flags)
+
     return wrapper  # type: ignore[return-value]
 
 
 def build_config(cls: type[C], flags: Mapping[str, Any], *, noun: str = "option") -> C:
     """`cls` from the flags given (None: not given, the field's default stands), checked."""
     names = {f.name for f in dataclasses.fields(cls)}
-    return config_from_dict(cls, {k: v for k, v in flags.items() if v is not None and k in names},
-                            noun=noun)
+    return config_from_dict(
+        cls, {k: v for k, v in flags.items() if v is not None and k in names}, noun=noun
+    )
 
 
 class SettingOption(click.Option):
     """A flag generated from the config field `field` (`alias_of`: a deprecated spelling of
     that field's flag). The help of a registry-backed flag lists the names when shown."""
 
-    def __init__(self, decls: list[str], *, field: dataclasses.Field,
-                 alias_of: str | None = None, extra_help: str = "", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        decls: list[str],
+        *,
+        field: dataclasses.Field,
+        alias_of: str | None = None,
+        extra_help: str = "",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(decls, **{**kwargs, "help": flag_help(field, extra=extra_help)})
         self.field, self.alias_of, self.extra_help = field, alias_of, extra_help
 
@@ -105,8 +126,9 @@ class SettingOption(click.Option):
         return super().get_help_record(ctx)
 
 
-def option_spec(field: dataclasses.Field, hint: Any, *,
-                required: bool = False) -> tuple[list[str], dict[str, Any]]:
+def option_spec(
+    field: dataclasses.Field, hint: Any, *, required: bool = False
+) -> tuple[list[str], dict[str, Any]]:
     """The declarations and click arguments of the flag of `field`."""
     flag = "--" + field.metadata.get("flag", field.name.replace("_", "-"))
     short = [f"-{field.metadata['short']}"] if "short" in field.metadata else []
@@ -120,17 +142,28 @@ def option_spec(field: dataclasses.Field, hint: Any, *,
         return [f"{flag}/--no-{flag[2:]}", *short, field.name], kwargs
     if origin is dict:
         as_json = get_args(hint)[1:] != (str,)
-        kwargs.update(multiple=True, metavar=kwargs.get("metavar", "KEY=VALUE"),
-                      callback=lambda ctx, param, pairs: parse_key_values(
-                          pairs, option=flag, as_json=as_json) if pairs else None)
+        kwargs.update(
+            multiple=True,
+            metavar=kwargs.get("metavar", "KEY=VALUE"),
+            callback=lambda ctx, param, pairs: (
+                parse_key_values(pairs, option=flag, as_json=as_json) if pairs else None
+            ),
+        )
     elif item is not None and _click_type(field, item) is not None:
-        kwargs.update(multiple=True, type=_click_type(field, item),
-                      callback=lambda ctx, param, values: list(values) if values else None)
+        kwargs.update(
+            multiple=True,
+            type=_click_type(field, item),
+            callback=lambda ctx, param, values: list(values) if values else None,
+        )
     elif _click_type(field, hint) is not None:
         kwargs["type"] = _click_type(field, hint)
-    else:       # any other type: JSON, checked against the annotation when the config loads
-        kwargs.update(metavar="JSON", callback=lambda ctx, param, text: None if text is None
-                      else parse_value(text, option=flag))
+    else:  # any other type: JSON, checked against the annotation when the config loads
+        kwargs.update(
+            metavar="JSON",
+            callback=lambda ctx, param, text: (
+                None if text is None else parse_value(text, option=flag)
+            ),
+        )
     return [flag, *short, field.name], kwargs
 
 
@@ -146,8 +179,9 @@ def _repeated_item(hint: Any) -> Any:
 
 def _click_type(field: dataclasses.Field, hint: Any) -> click.ParamType | None:
     """The click type of a scalar setting (with its range); None for any other type."""
-    low, high, above, below = (field.metadata.get(k)
-                               for k in ("minimum", "maximum", "above", "below"))
+    low, high, above, below = (
+        field.metadata.get(k) for k in ("minimum", "maximum", "above", "below")
+    )
     if "names" in field.metadata:
         return NameChoice(field.metadata["names"])
     if get_origin(hint) is Literal and all(isinstance(a, str) for a in get_args(hint)):
@@ -160,19 +194,23 @@ def _click_type(field: dataclasses.Field, hint: Any) -> click.ParamType | None:
         kind = click.IntRange if hint is int else click.FloatRange
         if low is None and high is None and above is None and below is None:
             return click.INT if hint is int else click.FLOAT
-        return kind(min=above if above is not None else low,
-                    max=below if below is not None else high,
-                    min_open=above is not None, max_open=below is not None)
+        return kind(
+            min=above if above is not None else low,
+            max=below if below is not None else high,
+            min_open=above is not None,
+            max_open=below is not None,
+        )
     if hint is Path:
         return click.Path(path_type=Path)
-    if hint is str or str in _arms(hint):      # a value that may be text: taken as is
+    if hint is str or str in _arms(hint):  # a value that may be text: taken as is
         return click.STRING
     return None
 
 
 def _has_default(field: dataclasses.Field) -> bool:
-    return field.default is not dataclasses.MISSING \
-        or field.default_factory is not dataclasses.MISSING
+    return (
+        field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING
+    )
 
 
 def _arms(hint: Any) -> tuple[Any, ...]:
@@ -193,7 +231,7 @@ def flag_help(field: dataclasses.Field, *, extra: str = "") -> str:
         return text
     shown = str(default).lower() if isinstance(default, bool) else default
     if isinstance(default, Path) and default.is_relative_to(PACKAGE_ROOT):
-        shown = default.relative_to(PACKAGE_ROOT)      # a file shipped with madcache
+        shown = default.relative_to(PACKAGE_ROOT)  # a file shipped with madcache
     return f"{text} [default: {shown}]"
 
 
@@ -253,10 +291,15 @@ class NameChoice(click.Choice):
         """`One of: a, b, c.`: what `--help` says after the flag's own help."""
         return f"One of: {', '.join(self.choices)}."
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-                ) -> Any:
-        if isinstance(value, str) and ":" in value and any(
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if (
+            isinstance(value, str)
+            and ":" in value
+            and any(
                 name.endswith(">") and name.startswith(value.split(":", 1)[0] + ":<")
-                for name in self.choices) and value.split(":", 1)[1]:
+                for name in self.choices
+            )
+            and value.split(":", 1)[1]
+        ):
             return value
         return super().convert(value, param, ctx)

@@ -19,7 +19,14 @@ def predict(**flags: Any) -> None:
     from madcache.evaluation.predict import write_predictions
 
     config = build_config(PredictConfig, flags)
-    summary = write_predictions(config.run, split=config.split, out=config.out, root=config.root,
-                                regions=config.regions, force=config.force)
-    click.echo(f"{summary['dataset']} {summary['split']}: {summary['rows']} rows -> "
-               f"{summary['out']}")
+    summary = write_predictions(
+        config.run,
+        split=config.split,
+        out=config.out,
+        root=config.root,
+        regions=config.regions,
+        force=config.force,
+    )
+    click.echo(
+        f"{summary['dataset']} {summary['split']}: {summary['rows']} rows -> {summary['out']}"
+    )

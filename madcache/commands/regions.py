@@ -19,6 +19,8 @@ def regions(**flags: Any) -> None:
     from madcache.students.regions import build_region_store
 
     summary = build_region_store(**{k: v for k, v in flags.items() if v is not None})
-    click.echo(f"region store {summary['path']}: {summary['images']} images, "
-               f"{summary['regions']} regions ({summary['shards_written']} shards written, "
-               f"{summary['shards_reused']} reused)")
+    click.echo(
+        f"region store {summary['path']}: {summary['images']} images, "
+        f"{summary['regions']} regions ({summary['shards_written']} shards written, "
+        f"{summary['shards_reused']} reused)"
+    )

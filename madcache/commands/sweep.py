@@ -26,9 +26,17 @@ def sweep(pipeline: str, **flags: Any) -> None:
     options = build_config(SweepRunConfig, flags)
     config = load_sweep(pipeline, options.overrides)
     cluster = make_executor(options.executor, config, options.slurm_overrides())
-    result = run_sweep(config, jobs=options.jobs, only=options.only, dry_run=options.dry_run,
-                       gpus=options.gpu_ids(), jobs_per_gpu=options.jobs_per_gpu,
-                       report_to=options.report_to, executor=cluster, progress=options.progress)
+    result = run_sweep(
+        config,
+        jobs=options.jobs,
+        only=options.only,
+        dry_run=options.dry_run,
+        gpus=options.gpu_ids(),
+        jobs_per_gpu=options.jobs_per_gpu,
+        report_to=options.report_to,
+        executor=cluster,
+        progress=options.progress,
+    )
     if options.dry_run:
         for spec in result.planned:
             click.echo(f"{result.states[spec.run_dir]:>9}  {spec.name}")
@@ -36,15 +44,21 @@ def sweep(pipeline: str, **flags: Any) -> None:
             pending = [s for s in result.planned if result.states[s.run_dir] != "complete"]
             click.echo(cluster.preview(config, pending))
     if result.submitted:
-        click.echo(f"submitted {len(result.submitted)} run(s) as Slurm job "
-                   f"{str(result.submitted[0].job_id).split('_')[0]}; logs in "
-                   f"{cluster.folder(config)} and each run's sweep.log; rerun this command "
-                   "to see what is complete")
-    click.echo(f"{len(result.planned)} runs: {len(result.skipped)} complete already, "
-               f"{len(result.ran)} ran, {len(result.failed)} failed"
-               + (f"; zero-shot: {len(result.zero_shot)} result(s)" if result.zero_shot else ""))
+        click.echo(
+            f"submitted {len(result.submitted)} run(s) as Slurm job "
+            f"{str(result.submitted[0].job_id).split('_')[0]}; logs in "
+            f"{cluster.folder(config)} and each run's sweep.log; rerun this command "
+            "to see what is complete"
+        )
+    click.echo(
+        f"{len(result.planned)} runs: {len(result.skipped)} complete already, "
+        f"{len(result.ran)} ran, {len(result.failed)} failed"
+        + (f"; zero-shot: {len(result.zero_shot)} result(s)" if result.zero_shot else "")
+    )
     for spec, error in result.failed:
         click.echo(f"FAILED {spec.name}: {error}", err=True)
     if result.failed:
-        raise SweepFailed(f"{len(result.failed)} run(s) failed; rerun the same command to retry "
-                          "only the missing runs")
+        raise SweepFailed(
+            f"{len(result.failed)} run(s) failed; rerun the same command to retry "
+            "only the missing runs"
+        )

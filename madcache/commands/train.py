@@ -23,15 +23,24 @@ from madcache.train.config import TrainConfig
 # The paper's adapter baselines train on frozen cached teacher features, not a student
 # (madcache/evaluation/adapters.py); `madcache train --method adapter-*` runs them with the
 # flags of the settings the two configs share.
-ADAPTER_FLAGS = ({f.name for f in dataclasses.fields(TrainConfig)}
-                 & {f.name for f in dataclasses.fields(AdapterConfig)})
+ADAPTER_FLAGS = {f.name for f in dataclasses.fields(TrainConfig)} & {
+    f.name for f in dataclasses.fields(AdapterConfig)
+}
 
 
 @click.command()
-@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
-              help="TOML file with training settings (a [train] table); flags override it.")
-@config_options(TrainConfig, replace={"method": {
-    "extra_help": " adapter-* train a head on frozen cached teacher features."}})
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="TOML file with training settings (a [train] table); flags override it.",
+)
+@config_options(
+    TrainConfig,
+    replace={
+        "method": {"extra_help": " adapter-* train a head on frozen cached teacher features."}
+    },
+)
 @config_options(ProgressSetting)
 def train(config_file: str | None, progress: bool | None, **flags: Any) -> None:
     """Train a student on cached teacher targets (baseline, md, mad and ablations), or an
@@ -42,11 +51,14 @@ def train(config_file: str | None, progress: bool | None, **flags: Any) -> None:
         return
     from madcache.train.loop import run_training
 
-    config = (TrainConfig.from_toml(config_file, **values) if config_file
-              else TrainConfig.from_dict(values))
+    config = (
+        TrainConfig.from_toml(config_file, **values)
+        if config_file
+        else TrainConfig.from_dict(values)
+    )
     with shown(progress is not False):
         metrics = run_training(config)
-    if int(os.environ.get("RANK", "0")) != 0:      # under torchrun, rank 0 reports
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return
     steps = metrics["history"][-1]["global_step"] if metrics["history"] else 0
     click.echo(f"run {config.out}: method {config.method}, {steps} steps")
@@ -59,8 +71,10 @@ def train_adapter(values: dict[str, Any], config_file: str | None) -> None:
 
     unsupported = sorted(set(values) - ADAPTER_FLAGS) + (["--config"] if config_file else [])
     if unsupported:
-        raise ConfigError(f"{values['method']} trains on cached features only; it does not take "
-                          f"{', '.join(unsupported)}")
+        raise ConfigError(
+            f"{values['method']} trains on cached features only; it does not take "
+            f"{', '.join(unsupported)}"
+        )
     metrics = run_adapter(AdapterConfig.from_dict(values))
     click.echo(f"run {values.get('out')}: method {values['method']}")
     for split, result in metrics["eval"].items():

@@ -14,27 +14,39 @@ import dataclasses
 import functools
 import json
 import math
-import tomllib
 import types
 import typing
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping, TypeVar, Union, get_args, get_origin
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+
+import tomllib
 
 from madcache.core.errors import ConfigError, ConfigValueError
 
 C = TypeVar("C")
 
 
-MAX_THREADS = 256   # the most CPU threads a command may ask torch for (it starts them at once)
+MAX_THREADS = 256  # the most CPU threads a command may ask torch for (it starts them at once)
 
 
-def setting(default: Any = dataclasses.MISSING, *, help: str,
-            factory: Any = dataclasses.MISSING, minimum: float | None = None,
-            maximum: float | None = None,
-            above: float | None = None, below: float | None = None, flag: str | None = None,
-            existing_file: bool = False, existing_path: bool = False,
-            metavar: str | None = None, names: str | None = None, short: str | None = None,
-            deprecated: tuple[str, ...] = ()) -> Any:
+def setting(
+    default: Any = dataclasses.MISSING,
+    *,
+    help: str,
+    factory: Any = dataclasses.MISSING,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    above: float | None = None,
+    below: float | None = None,
+    flag: str | None = None,
+    existing_file: bool = False,
+    existing_path: bool = False,
+    metavar: str | None = None,
+    names: str | None = None,
+    short: str | None = None,
+    deprecated: tuple[str, ...] = (),
+) -> Any:
     """A config field: its default (or `factory`), its help text, and its range: `minimum` /
     `maximum` (inclusive), `above` / `below` (exclusive). `flag` renames its click flag (`--flag`; a table
     field becomes a repeatable `--flag KEY=VALUE`); `existing_file` makes the flag check that the
@@ -43,14 +55,27 @@ def setting(default: Any = dataclasses.MISSING, *, help: str,
     ("dataset", "student", "method", "teacher", ...; its flag accepts and lists that registry's
     names). `short`: a one-letter alias (`-j`); `deprecated`: old spellings of the flag that
     still work, hidden from `--help` (a documented command used them)."""
-    metadata = {"help": help, "minimum": minimum, "maximum": maximum, "above": above,
-                "below": below, "flag": flag,
-                "existing_file": existing_file, "existing_path": existing_path,
-                "metavar": metavar, "names": names, "short": short,
-                "deprecated": tuple(deprecated)}
-    return dataclasses.field(default=default, default_factory=factory,
-                             metadata={k: v for k, v in metadata.items()
-                                       if v is not None and v is not False and v != ()})
+    metadata = {
+        "help": help,
+        "minimum": minimum,
+        "maximum": maximum,
+        "above": above,
+        "below": below,
+        "flag": flag,
+        "existing_file": existing_file,
+        "existing_path": existing_path,
+        "metavar": metavar,
+        "names": names,
+        "short": short,
+        "deprecated": tuple(deprecated),
+    }
+    return dataclasses.field(
+        default=default,
+        default_factory=factory,
+        metadata={
+            k: v for k, v in metadata.items() if v is not None and v is not False and v != ()
+        },
+    )
 
 
 @functools.cache
@@ -60,26 +85,42 @@ def field_types(cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def config_from_dict(cls: type[C], values: Mapping[str, Any], *, noun: str, where: str = "",
-                     table: str = "", hidden: frozenset[str] = frozenset()) -> C:
+def config_from_dict(
+    cls: type[C],
+    values: Mapping[str, Any],
+    *,
+    noun: str,
+    where: str = "",
+    table: str = "",
+    hidden: frozenset[str] = frozenset(),
+) -> C:
     """`cls(**values)` with every value checked (`check_values`). Unknown keys are refused by
     name ("{where}unknown {noun}(s) ...", listing the valid ones less `hidden`), so are missing
     required ones."""
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ConfigError(f"{where}unknown {noun}(s) {', '.join(unknown)}; valid: "
-                          f"{', '.join(sorted(known - hidden))}")
-    missing = [f.name for f in dataclasses.fields(cls) if f.name not in values
-               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        raise ConfigError(
+            f"{where}unknown {noun}(s) {', '.join(unknown)}; valid: "
+            f"{', '.join(sorted(known - hidden))}"
+        )
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.name not in values
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
-        raise ConfigError(f"{where}missing {noun}(s) "
-                          f"{', '.join(_dotted(table, m) for m in missing)}")
+        raise ConfigError(
+            f"{where}missing {noun}(s) {', '.join(_dotted(table, m) for m in missing)}"
+        )
     return cls(**check_values(cls, values, where=where, table=table))
 
 
-def check_values(cls: type, values: Mapping[str, Any], *, where: str = "",
-                 table: str = "") -> dict[str, Any]:
+def check_values(
+    cls: type, values: Mapping[str, Any], *, where: str = "", table: str = ""
+) -> dict[str, Any]:
     """`values` (some fields of the dataclass `cls`) checked against the fields' annotations
     and ranges; ints given for floats become floats. An error names the key as `table.key`,
     after `where` (a file or an option)."""
@@ -118,11 +159,13 @@ def _check(hint: Any, value: Any, key: str) -> Any:
         if isinstance(value, (list, tuple)):
             fixed = origin is tuple and len(args) > 1 and args[-1] is not Ellipsis
             if fixed and len(value) != len(args):
-                raise ConfigValueError(key, f"expected a list of {len(args)} values, "
-                                            f"got {_show(value)}")
+                raise ConfigValueError(
+                    key, f"expected a list of {len(args)} values, got {_show(value)}"
+                )
             items = args if fixed else [args[0] if args else Any] * len(value)
-            checked = [_check(item, v, f"{key}[{i}]")
-                       for i, (item, v) in enumerate(zip(items, value))]
+            checked = [
+                _check(item, v, f"{key}[{i}]") for i, (item, v) in enumerate(zip(items, value))
+            ]
             return checked if origin is list else tuple(checked)
     elif origin is dict or hint is dict:
         if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
@@ -156,7 +199,7 @@ def _check_union(hint: Any, args: tuple, value: Any, key: str) -> Any:
         try:
             return _check(arm, value, key)
         except ConfigValueError as exc:
-            if exc.key != key:          # inside a list/table that matched: the precise error
+            if exc.key != key:  # inside a list/table that matched: the precise error
                 raise
     raise ConfigValueError(key, f"expected {describe(hint)}, got {_show(value)}")
 
@@ -165,8 +208,9 @@ def check_range(field: dataclasses.Field, value: Any, *, key: str) -> None:
     """Refuse a number outside the field's `minimum` / `above` / `below` (see `setting`)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return
-    minimum, maximum, above, below = (field.metadata.get(k)
-                                      for k in ("minimum", "maximum", "above", "below"))
+    minimum, maximum, above, below = (
+        field.metadata.get(k) for k in ("minimum", "maximum", "above", "below")
+    )
     if minimum is not None and value < minimum:
         raise ConfigValueError(key, f"must be >= {minimum}, got {value}")
     if maximum is not None and value > maximum:
@@ -195,8 +239,13 @@ def describe(hint: Any) -> str:
         return "a list"
     if origin is dict or hint is dict or dataclasses.is_dataclass(hint):
         return "a table"
-    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-             Path: "a path"}
+    names = {
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        Path: "a path",
+    }
     return names.get(hint, f"a {getattr(hint, '__name__', hint)}")
 
 
@@ -218,15 +267,17 @@ def read_toml(path: str | Path, *, what: str = "config file") -> dict[str, Any]:
     except FileNotFoundError:
         raise ConfigError(f"{what} not found: {path}") from None
     except UnicodeDecodeError as exc:
-        line = exc.object[:exc.start].count(b"\n") + 1
-        raise ConfigError(f"{path}:{line}: not UTF-8 (byte 0x{exc.object[exc.start]:02x})") \
-            from None
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}:{line}: not UTF-8 (byte 0x{exc.object[exc.start]:02x})"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
 
 
-def changed_settings(recorded: Mapping[str, Any], wanted: Mapping[str, Any]
-                     ) -> dict[str, tuple[Any, Any]]:
+def changed_settings(
+    recorded: Mapping[str, Any], wanted: Mapping[str, Any]
+) -> dict[str, tuple[Any, Any]]:
     """The settings of `wanted` that a finished output recorded (`recorded`: its summary) with
     another value: name -> (recorded, wanted). Empty: the output may be reused as it is."""
     return {k: (recorded.get(k), v) for k, v in wanted.items() if recorded.get(k) != v}
@@ -234,8 +285,8 @@ def changed_settings(recorded: Mapping[str, Any], wanted: Mapping[str, Any]
 
 # ----------------------------------------------------------------------------- KEY=VALUE
 
-def parse_key_values(pairs: Iterable[str], *, option: str,
-                     as_json: bool = True) -> dict[str, Any]:
+
+def parse_key_values(pairs: Iterable[str], *, option: str, as_json: bool = True) -> dict[str, Any]:
     """`KEY=VALUE` pairs given to `option` (`--set`, `--student-option`, ...). A VALUE that
     parses as JSON (true, 3, ["qa"]) is taken as such, anything else as a string; with
     `as_json=False` every VALUE stays a string."""
@@ -260,6 +311,8 @@ def parse_value(text: str, *, option: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         if text.lstrip()[:1] in ("[", "{"):
-            raise ConfigError(f"{option}={text}: not valid JSON ({exc.msg}); write lists as "
-                              "[1, 2] and strings in them quoted") from None
+            raise ConfigError(
+                f"{option}={text}: not valid JSON ({exc.msg}); write lists as "
+                "[1, 2] and strings in them quoted"
+            ) from None
         return text

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 from madcache.core.errors import ConfigError
 
@@ -25,8 +25,9 @@ AUTO = "auto"
 _FORM = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
 
 
-def resolve_device(value: str | None, *, option: str = "--device",
-                   env: Mapping[str, str] | None = None) -> str:
+def resolve_device(
+    value: str | None, *, option: str = "--device", env: Mapping[str, str] | None = None
+) -> str:
     """The torch device `value` stands for on this machine ("auto"/None: see the module
     docstring). Raises `ConfigError` for a name torch does not know here or a GPU that is not
     there."""
@@ -43,23 +44,29 @@ def resolve_device(value: str | None, *, option: str = "--device",
         return "cuda"
     match = _FORM.match(text)
     if match is None:
-        raise ConfigError(f"{option}: unknown device {value!r}; use auto (the GPU when there is "
-                          "one, else the CPU), cpu, cuda or cuda:N")
+        raise ConfigError(
+            f"{option}: unknown device {value!r}; use auto (the GPU when there is "
+            "one, else the CPU), cpu, cuda or cuda:N"
+        )
     kind, index = match.group(1), match.group(2)
     if kind == "cpu":
         if index is not None:
             raise ConfigError(f"{option}: {value!r} names a CPU index; use cpu")
         return "cpu"
     if not cuda:
-        raise ConfigError(f"{option} {value}: this machine has no CUDA device (torch sees none); "
-                          "use --device auto or cpu")
+        raise ConfigError(
+            f"{option} {value}: this machine has no CUDA device (torch sees none); "
+            "use --device auto or cpu"
+        )
     if index is not None and int(index) >= torch.cuda.device_count():
-        raise ConfigError(f"{option} {value}: this machine has {torch.cuda.device_count()} "
-                          f"visible CUDA device(s) (cuda:0..cuda:"
-                          f"{torch.cuda.device_count() - 1}); use --device auto or one of those")
+        raise ConfigError(
+            f"{option} {value}: this machine has {torch.cuda.device_count()} "
+            f"visible CUDA device(s) (cuda:0..cuda:"
+            f"{torch.cuda.device_count() - 1}); use --device auto or one of those"
+        )
     return text
 
 
 def device_kind(device: str | None) -> str:
-    """"cpu" or "cuda" (what decides the numbers a run computes; the GPU's index does not)."""
+    """ "cpu" or "cuda" (what decides the numbers a run computes; the GPU's index does not)."""
     return str(device or "cpu").split(":", 1)[0]

@@ -13,8 +13,15 @@ class MadcacheError(Exception):
 class DataError(MadcacheError, ValueError):
     """A dataset file is malformed. Carries where: file, line (1-based) and field."""
 
-    def __init__(self, message: str, *, file: object = None, line: int | None = None,
-                 field: str | None = None, record_id: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: object = None,
+        line: int | None = None,
+        field: str | None = None,
+        record_id: str | None = None,
+    ) -> None:
         self.file = None if file is None else str(file)
         self.line = line
         self.field = field

@@ -4,7 +4,7 @@ target or a region feature would otherwise flow into the loss, and a run could f
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -20,8 +20,9 @@ def non_finite_rows(array) -> np.ndarray:
     return np.flatnonzero(bad)
 
 
-def check_finite(arrays: Mapping[str, object], ids: Sequence[str], *, source: object,
-                 fix: str) -> None:
+def check_finite(
+    arrays: Mapping[str, object], ids: Sequence[str], *, source: object, fix: str
+) -> None:
     """Refuse arrays whose rows (aligned with `ids`) hold a non-finite number: one line naming
     `source`, the array, how many rows and the first ids, and `fix` (what to do)."""
     for name, array in arrays.items():
@@ -32,5 +33,7 @@ def check_finite(arrays: Mapping[str, object], ids: Sequence[str], *, source: ob
         rows = non_finite_rows(array)
         if len(rows):
             shown = ", ".join(repr(ids[r]) for r in rows[:3])
-            raise CacheCorruptError(f"{source}: {name} holds NaN or infinite values in "
-                                    f"{len(rows)} of {len(ids)} rows read (e.g. {shown}); {fix}")
+            raise CacheCorruptError(
+                f"{source}: {name} holds NaN or infinite values in "
+                f"{len(rows)} of {len(ids)} rows read (e.g. {shown}); {fix}"
+            )

@@ -15,11 +15,16 @@ import json
 import os
 import subprocess
 import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any
 
-from madcache.core.errors import (CheckpointCorruptError, CheckpointNotFoundError, MadcacheError,
-                                  OutputLocationError)
+from madcache.core.errors import (
+    CheckpointCorruptError,
+    CheckpointNotFoundError,
+    MadcacheError,
+    OutputLocationError,
+)
 
 _FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
 _FILE_DIGESTS_LOCK = threading.Lock()
@@ -70,22 +75,29 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def write_json(path: str | Path, payload: Mapping[str, Any] | list, *,
-               default: Callable[[Any], Any] | None = None) -> None:
+def write_json(
+    path: str | Path,
+    payload: Mapping[str, Any] | list,
+    *,
+    default: Callable[[Any], Any] | None = None,
+) -> None:
     """Atomic JSON write (indented, keys in the given order, trailing newline)."""
     atomic_write_text(path, json.dumps(payload, indent=2, default=default) + "\n")
 
 
-def read_json(path: str | Path, *, error: type[MadcacheError] = CheckpointCorruptError,
-              hint: str = "") -> Any:
+def read_json(
+    path: str | Path, *, error: type[MadcacheError] = CheckpointCorruptError, hint: str = ""
+) -> Any:
     """A JSON file's value. A file that is not UTF-8 JSON (truncated, binary, nested deeper than
     Python parses) raises `error` naming the file, followed by `hint` (what to do)."""
     path = Path(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise error(f"{path}: not a readable JSON file ({json_problem(exc)})"
-                    + (f"; {hint}" if hint else "")) from None
+        raise error(
+            f"{path}: not a readable JSON file ({json_problem(exc)})"
+            + (f"; {hint}" if hint else "")
+        ) from None
 
 
 def json_problem(exc: Exception) -> str:
@@ -134,36 +146,47 @@ def unreadable(path: str | Path, exc: BaseException, *, what: str = "file") -> s
     """The one-line message for a file that exists but does not load. A pickle that holds more
     than tensors and plain containers is named as such (torch's own refusal advises loading it
     with `weights_only=False`, which would run whatever code it holds: madcache never does)."""
-    if "weights only load failed" in str(exc).lower() or type(exc).__name__ == \
-            "UnpicklingError":
-        return (f"{path}: {what} file holds Python objects besides tensors, which madcache never "
-                "unpickles (that could run code); save the state dict alone, e.g. "
-                "torch.save(model.state_dict(), path) or safetensors")
+    if "weights only load failed" in str(exc).lower() or type(exc).__name__ == "UnpicklingError":
+        return (
+            f"{path}: {what} file holds Python objects besides tensors, which madcache never "
+            "unpickles (that could run code); save the state dict alone, e.g. "
+            "torch.save(model.state_dict(), path) or safetensors"
+        )
     reason = " ".join(str(exc).split())[:200] or type(exc).__name__
     if any(sign in reason for sign in ARCHITECTURE_SIGNS):
-        return (f"{path}: {what} file holds weights of another architecture or size ({reason}); "
-                "check that the model name or config matches the checkpoint")
+        return (
+            f"{path}: {what} file holds weights of another architecture or size ({reason}); "
+            "check that the model name or config matches the checkpoint"
+        )
     return f"{path}: {what} file is corrupt or truncated ({reason}); restore or recreate it"
 
 
 # what loaders say when a readable file holds another model's weights (torch's load_state_dict,
 # open_clip's position-embedding resizing), not a damaged file
-ARCHITECTURE_SIGNS = ("size mismatch", "Missing key(s)", "Unexpected key(s)", "width changed",
-                      "Error(s) in loading state_dict")
+ARCHITECTURE_SIGNS = (
+    "size mismatch",
+    "Missing key(s)",
+    "Unexpected key(s)",
+    "width changed",
+    "Error(s) in loading state_dict",
+)
 
 
 # errors of the disk, not of madcache: shown as one line naming the path
-DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
-                         errno.EIO, errno.EFBIG})
+DISK_ERRORS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG}
+)
 
 
 def disk_problem(exc: OSError) -> str | None:
     """'disk full', 'read-only file system'... when `exc` is a disk error, else None."""
     if exc.errno not in DISK_ERRORS:
         return None
-    return {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
-            errno.EFBIG: "file larger than allowed (ulimit -f or the file system's limit)"
-            }.get(exc.errno, (exc.strerror or str(exc)).lower())
+    return {
+        errno.ENOSPC: "no space left on the device",
+        errno.EDQUOT: "disk quota exceeded",
+        errno.EFBIG: "file larger than allowed (ulimit -f or the file system's limit)",
+    }.get(exc.errno, (exc.strerror or str(exc)).lower())
 
 
 @contextlib.contextmanager
@@ -181,9 +204,15 @@ def writing(path: str | Path, *, error: type[MadcacheError], then: str) -> Itera
 
 # ----------------------------------------------------------------------------- output locations
 
-def check_output_location(out: str | Path, *, inputs: Iterable[str | Path | None] = (),
-                          roots: Iterable[str | Path | None] = (), option: str = "--out",
-                          inside_root_ok: bool = False) -> None:
+
+def check_output_location(
+    out: str | Path,
+    *,
+    inputs: Iterable[str | Path | None] = (),
+    roots: Iterable[str | Path | None] = (),
+    option: str = "--out",
+    inside_root_ok: bool = False,
+) -> None:
     """Refuse an output location that is, contains or lies inside one of the command's `inputs`
     (files or folders it reads), or lies inside a dataset root in `roots` (unless
     `inside_root_ok`, and even then never over an existing file), or contains a root (clearing
@@ -196,24 +225,32 @@ def check_output_location(out: str | Path, *, inputs: Iterable[str | Path | None
     for given in (p for p in inputs if p is not None):
         source = _resolved(given)
         if target == source or _within(source, target) or _within(target, source):
-            raise OutputLocationError(f"{option} {out} would overwrite the input {given}; "
-                                      "choose another output location")
+            raise OutputLocationError(
+                f"{option} {out} would overwrite the input {given}; choose another output location"
+            )
     for given in (r for r in roots if r is not None):
         root = _resolved(given)
         if _within(root, target) or target == root:
-            raise OutputLocationError(f"{option} {out} contains the dataset root {given}; "
-                                      "choose an output location outside it")
+            raise OutputLocationError(
+                f"{option} {out} contains the dataset root {given}; "
+                "choose an output location outside it"
+            )
         if _within(target, root) and not inside_root_ok:
-            raise OutputLocationError(f"{option} {out} is inside the dataset root {given}; "
-                                      "madcache never writes into a dataset unless asked: "
-                                      "choose a location outside it")
+            raise OutputLocationError(
+                f"{option} {out} is inside the dataset root {given}; "
+                "madcache never writes into a dataset unless asked: "
+                "choose a location outside it"
+            )
         if _within(target, root) and target.exists():
-            raise OutputLocationError(f"{option} {out} would overwrite a file of the dataset "
-                                      f"root {given}; choose a new name")
+            raise OutputLocationError(
+                f"{option} {out} would overwrite a file of the dataset "
+                f"root {given}; choose a new name"
+            )
 
 
-def refuse_foreign_file(path: str | Path, *, ours: Callable[[Path], bool], what: str,
-                        option: str = "--out") -> None:
+def refuse_foreign_file(
+    path: str | Path, *, ours: Callable[[Path], bool], what: str, option: str = "--out"
+) -> None:
     """Refuse to replace an existing file that madcache did not write as `what` (`ours(path)`
     says whether it did): nothing a user gave is overwritten. A file madcache wrote there
     before is replaced, as a rerun expects."""
@@ -221,22 +258,26 @@ def refuse_foreign_file(path: str | Path, *, ours: Callable[[Path], bool], what:
     if path.is_dir():
         raise OutputLocationError(f"{option} {path} is a folder; give a file name")
     if path.exists() and not _is_ours(path, ours):
-        raise OutputLocationError(f"{option} {path} already exists and is not a {what} madcache "
-                                  "wrote; choose a new name or delete it yourself")
+        raise OutputLocationError(
+            f"{option} {path} already exists and is not a {what} madcache "
+            "wrote; choose a new name or delete it yourself"
+        )
 
 
 def _is_ours(path: Path, ours: Callable[[Path], bool]) -> bool:
     try:
         return bool(ours(path))
-    except (OSError, ValueError):       # unreadable, or not what `ours` can parse
+    except (OSError, ValueError):  # unreadable, or not what `ours` can parse
         return False
 
 
 def starts_with(prefix: bytes) -> Callable[[Path], bool]:
     """`ours` for `refuse_foreign_file`: the file's first bytes are `prefix`."""
+
     def check(path: Path) -> bool:
         with open(path, "rb") as handle:
             return handle.read(len(prefix)) == prefix
+
     return check
 
 
@@ -279,8 +320,13 @@ def human_bytes(n: float) -> str:
 def git_commit() -> str | None:
     """The commit of the madcache checkout this code runs from (None outside a git checkout)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            timeout=5,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None

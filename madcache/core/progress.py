@@ -18,10 +18,11 @@ import datetime as dt
 import os
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Iterator, TextIO
+from typing import Any, TextIO
 
 from madcache.core.config import setting
 
@@ -50,9 +51,17 @@ def shown(enabled: bool) -> Iterator[None]:
         _SHOWN.reset(token)
 
 
-def progress(*, total: int | None, desc: str, unit: str = "it", initial: int = 0,
-             disable: bool = False, per_unit: int | None = None, per_unit_name: str = "examples",
-             stream: TextIO | None = None) -> Any:
+def progress(
+    *,
+    total: int | None,
+    desc: str,
+    unit: str = "it",
+    initial: int = 0,
+    disable: bool = False,
+    per_unit: int | None = None,
+    per_unit_name: str = "examples",
+    stream: TextIO | None = None,
+) -> Any:
     """A tqdm bar on a TTY, else a `LineProgress`. `per_unit`: examples per unit (a training
     step's batch size), so that the lines give examples/s as well."""
     stream = sys.stderr if stream is None else stream
@@ -60,21 +69,40 @@ def progress(*, total: int | None, desc: str, unit: str = "it", initial: int = 0
     if not disable and _isatty(stream):
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, initial=initial, desc=desc, unit=unit, file=stream,
-                    dynamic_ncols=True)
-    return LineProgress(total=total, desc=desc, unit=unit, initial=initial, disable=disable,
-                        per_unit=per_unit, per_unit_name=per_unit_name, stream=stream,
-                        every=os.environ.get(EVERY_ENV, DEFAULT_EVERY))
+        return tqdm(
+            total=total, initial=initial, desc=desc, unit=unit, file=stream, dynamic_ncols=True
+        )
+    return LineProgress(
+        total=total,
+        desc=desc,
+        unit=unit,
+        initial=initial,
+        disable=disable,
+        per_unit=per_unit,
+        per_unit_name=per_unit_name,
+        stream=stream,
+        every=os.environ.get(EVERY_ENV, DEFAULT_EVERY),
+    )
 
 
 class LineProgress:
     """tqdm's `update` / `set_postfix` / `close` (and `with`), printing a plain line every
     `every` ("60s": seconds, "500": units)."""
 
-    def __init__(self, *, total: int | None, desc: str, unit: str, initial: int = 0,
-                 disable: bool = False, per_unit: int | None = None,
-                 per_unit_name: str = "examples", stream: TextIO, every: str = DEFAULT_EVERY,
-                 clock=time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        total: int | None,
+        desc: str,
+        unit: str,
+        initial: int = 0,
+        disable: bool = False,
+        per_unit: int | None = None,
+        per_unit_name: str = "examples",
+        stream: TextIO,
+        every: str = DEFAULT_EVERY,
+        clock=time.monotonic,
+    ) -> None:
         self.total, self.desc, self.unit, self.n = total, desc, unit, initial
         self.disable, self.per_unit, self.per_unit_name = disable, per_unit, per_unit_name
         self.stream, self.clock = stream, clock
@@ -84,7 +112,7 @@ class LineProgress:
         self.postfix: dict[str, Any] = {}
         self.printed = False
 
-    def __enter__(self) -> "LineProgress":
+    def __enter__(self) -> LineProgress:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -98,8 +126,9 @@ class LineProgress:
         if self.disable:
             return
         now = self.clock()
-        due = (self.every_n and self.n - self.last_n >= self.every_n) or \
-            (self.every_s is not None and now - self.last_time >= self.every_s)
+        due = (self.every_n and self.n - self.last_n >= self.every_n) or (
+            self.every_s is not None and now - self.last_time >= self.every_s
+        )
         if due:
             self._print(now)
 
@@ -116,8 +145,10 @@ class LineProgress:
         if self.total:
             parts[0] += f" ({100 * self.n / self.total:.0f}%)"
         parts += [f"{k} {v}" for k, v in self.postfix.items()]
-        parts.append(f"{rate * (self.per_unit or 1):.1f} "
-                     f"{self.per_unit_name if self.per_unit else self.unit + 's'}/s")
+        parts.append(
+            f"{rate * (self.per_unit or 1):.1f} "
+            f"{self.per_unit_name if self.per_unit else self.unit + 's'}/s"
+        )
         if self.total and rate > 0:
             left = max(self.total - self.n, 0) / rate
             parts.append(f"ETA {dt.timedelta(seconds=round(left))}")
@@ -129,7 +160,7 @@ class LineProgress:
 
 
 def _parse_every(text: str) -> tuple[float | None, int | None]:
-    """"60s" -> (60.0, None); "500" -> (None, 500). A bad value falls back to the default."""
+    """ "60s" -> (60.0, None); "500" -> (None, 500). A bad value falls back to the default."""
     value = str(text).strip().lower()
     try:
         if value.endswith("s"):

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import sys
 import warnings
+from collections.abc import Callable, Iterator
 from importlib import metadata
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from typing import Any, Generic, TypeVar
 
 from madcache.core.errors import PluginError, UnknownNameError
 
@@ -36,8 +37,10 @@ def _origin(entry_point: Any) -> str:
     """`distribution 'NAME VERSION' (entry point 'name = module:attr' in group)`."""
     dist = getattr(entry_point, "dist", None)
     where = f"{dist.metadata['Name']} {dist.version}" if dist is not None else "unknown"
-    return (f"distribution '{where}' (entry point '{entry_point.name} = {entry_point.value}' "
-            f"in {entry_point.group})")
+    return (
+        f"distribution '{where}' (entry point '{entry_point.name} = {entry_point.value}' "
+        f"in {entry_point.group})"
+    )
 
 
 class Registry(Generic[T]):
@@ -46,18 +49,21 @@ class Registry(Generic[T]):
         self.kind = kind
         self.group = group
         self._entries: dict[str, T] = {}
-        self._plugins: dict[str, list[Any]] = {}     # name -> [entry point, loaded object]
+        self._plugins: dict[str, list[Any]] = {}  # name -> [entry point, loaded object]
         self._scanned_path: tuple[str, ...] | None = None
 
     def register(self, name: str, entry: T) -> T:
         if name in self._entries:
-            warnings.warn(f"{self.kind} '{name}' registered twice; the later one wins", stacklevel=2)
+            warnings.warn(
+                f"{self.kind} '{name}' registered twice; the later one wins", stacklevel=2
+            )
         self._entries[name] = entry
         return entry
 
     def decorator(self, name: str) -> Callable[[T], T]:
         def wrap(entry: T) -> T:
             return self.register(name, entry)
+
         return wrap
 
     def _scan(self) -> dict[str, list[Any]]:
@@ -71,13 +77,19 @@ class Registry(Generic[T]):
         old, self._plugins, self._scanned_path = self._plugins, {}, path
         for ep in metadata.entry_points(group=self.group):
             if ep.name in self._entries:
-                warnings.warn(f"{self.kind} '{ep.name}' of plugin {_origin(ep)} is ignored: "
-                              f"the built-in {self.kind} of that name wins", PluginWarning,
-                              stacklevel=3)
+                warnings.warn(
+                    f"{self.kind} '{ep.name}' of plugin {_origin(ep)} is ignored: "
+                    f"the built-in {self.kind} of that name wins",
+                    PluginWarning,
+                    stacklevel=3,
+                )
             elif ep.name in self._plugins:
-                warnings.warn(f"{self.kind} '{ep.name}' of plugin {_origin(ep)} is ignored: "
-                              f"{_origin(self._plugins[ep.name][0])} registers it first",
-                              PluginWarning, stacklevel=3)
+                warnings.warn(
+                    f"{self.kind} '{ep.name}' of plugin {_origin(ep)} is ignored: "
+                    f"{_origin(self._plugins[ep.name][0])} registers it first",
+                    PluginWarning,
+                    stacklevel=3,
+                )
             else:
                 same = old.get(ep.name)
                 keep = same is not None and same[0] == ep
@@ -89,22 +101,25 @@ class Registry(Generic[T]):
         if slot[1] is _NOT_LOADED:
             try:
                 slot[1] = slot[0].load()
-            except Exception as exc:    # any error of the plugin's own code: one line
+            except Exception as exc:  # any error of the plugin's own code: one line
                 detail = str(exc).splitlines()[0] if str(exc) else ""
-                raise PluginError(f"{self.kind} '{name}': plugin {_origin(slot[0])} failed to "
-                                  f"load: {type(exc).__name__}"
-                                  + (f": {detail}" if detail else "")
-                                  + "; fix or uninstall that package") from None
+                raise PluginError(
+                    f"{self.kind} '{name}': plugin {_origin(slot[0])} failed to "
+                    f"load: {type(exc).__name__}"
+                    + (f": {detail}" if detail else "")
+                    + "; fix or uninstall that package"
+                ) from None
         return slot[1]
 
     def get(self, name: str) -> T:
-        plugins = self._scan()       # also when a built-in answers: a clash is warned about
+        plugins = self._scan()  # also when a built-in answers: a clash is warned about
         if name in self._entries:
             return self._entries[name]
         if name in plugins:
             return self._load(name)
         raise UnknownNameError(
-            f"unknown {self.kind} '{name}'. Available: {', '.join(self.names())}") from None
+            f"unknown {self.kind} '{name}'. Available: {', '.join(self.names())}"
+        ) from None
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries or name in self._scan()

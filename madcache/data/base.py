@@ -14,19 +14,23 @@ Adding a dataset = one reader module and one `DATASETS.register("name", Dataset(
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import (Any, Callable, Collection, Iterator, Mapping, Protocol, Sequence,
-                    runtime_checkable)
+from typing import (
+    Any,
+    Protocol,
+    runtime_checkable,
+)
 
 from madcache.core.errors import ConfigError
 from madcache.core.registry import Registry
 from madcache.data.jsonl import as_bool, check_options
 from madcache.data.records import Example, ReadResult, without_labels
 
-MULTIPLE_CHOICE = "multiple_choice"   # one score per text of the example (VCR: 4 choices)
-CLASSIFICATION = "classification"     # one of `label_names` (SNLI-VE: 3 classes)
-MULTILABEL = "multilabel"             # soft scores over an answer vocabulary (VQA)
+MULTIPLE_CHOICE = "multiple_choice"  # one score per text of the example (VCR: 4 choices)
+CLASSIFICATION = "classification"  # one of `label_names` (SNLI-VE: 3 classes)
+MULTILABEL = "multilabel"  # soft scores over an answer vocabulary (VQA)
 TASKS = (MULTIPLE_CHOICE, CLASSIFICATION, MULTILABEL)
 
 # Scores predictions over examples -> {metric: percent, ..., "n": count}
@@ -50,9 +54,9 @@ class Reader(Protocol):
         `options` as `read` (e.g. VCR `annotations=`, VQA `questions_file=`) pick the files."""
         ...
 
-    def read(self, root: Path, split: str, *, skip_bad: bool = False,
-             **options: Any) -> ReadResult:
-        ...
+    def read(
+        self, root: Path, split: str, *, skip_bad: bool = False, **options: Any
+    ) -> ReadResult: ...
 
     # Optional: `iter_examples(root, split, *, skip_bad=False, skipped=None, only=None,
     # **options)`, `read`'s examples as a generator with the same refusals (skipped records
@@ -65,8 +69,12 @@ class Reader(Protocol):
     # `reader_options` and read with what it returns.
 
 
-def reader_options(dataset: str, options: Mapping[str, Any], defaults: Mapping[str, Any],
-                   **normalise: Callable[[Any], Any]) -> dict[str, Any]:
+def reader_options(
+    dataset: str,
+    options: Mapping[str, Any],
+    defaults: Mapping[str, Any],
+    **normalise: Callable[[Any], Any],
+) -> dict[str, Any]:
     """A built-in reader's options: `defaults` updated with `options` (an unknown option names
     the valid ones), each option in `normalise` passed through its function (which refuses a
     bad value), and `check_files` read as a boolean (it may come from the command line as
@@ -121,18 +129,20 @@ class Dataset:
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
-            raise ConfigError(f"dataset '{self.name}': unknown task {self.task!r}; valid: "
-                              f"{', '.join(TASKS)}")
+            raise ConfigError(
+                f"dataset '{self.name}': unknown task {self.task!r}; valid: {', '.join(TASKS)}"
+            )
         if self.task == CLASSIFICATION and not self.label_names:
-            raise ConfigError(f"dataset '{self.name}': a classification dataset needs "
-                              "label_names (one per class)")
+            raise ConfigError(
+                f"dataset '{self.name}': a classification dataset needs label_names (one per class)"
+            )
 
-    def read(self, root: Path, split: str, *, skip_bad: bool = False,
-             **options: Any) -> ReadResult:
+    def read(self, root: Path, split: str, *, skip_bad: bool = False, **options: Any) -> ReadResult:
         return self.reader.read(Path(root), split, skip_bad=skip_bad, **options)
 
-    def iter_examples(self, root: Path, split: str, *, only: Collection[str] | None = None,
-                      **options: Any) -> Iterator[Example]:
+    def iter_examples(
+        self, root: Path, split: str, *, only: Collection[str] | None = None, **options: Any
+    ) -> Iterator[Example]:
         """The examples of `read` one at a time: the reader's `iter_examples` where it has one
         (the built-in readers), else `read`'s list. Bad records raise, as `read` does. `only`:
         just the examples with these ids (the reader may pass over the other records
@@ -155,9 +165,11 @@ class Dataset:
     def check_sm(self) -> None:
         """Refuse shortcut mitigation for a dataset that has no SM version."""
         if not self.sm:
-            raise ConfigError(f"shortcut mitigation (SM) is not defined for dataset "
-                              f"'{self.name}' (datasets with SM: "
-                              f"{', '.join(n for n in DATASETS if DATASETS.get(n).sm) or 'none'})")
+            raise ConfigError(
+                f"shortcut mitigation (SM) is not defined for dataset "
+                f"'{self.name}' (datasets with SM: "
+                f"{', '.join(n for n in DATASETS if DATASETS.get(n).sm) or 'none'})"
+            )
 
 
 DATASETS: Registry[Dataset] = Registry("dataset", group="madcache.datasets")

@@ -4,12 +4,13 @@ handling under `skip_bad`, and option checking."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, TypeVar
+from typing import Any, TypeVar
 
-from madcache.data.records import BadRecord
 from madcache.core.errors import ConfigError, DataError, DataFileNotFoundError
 from madcache.core.io import json_problem
+from madcache.data.records import BadRecord
 
 T = TypeVar("T")
 
@@ -18,8 +19,10 @@ class DuplicateKeyError(ValueError):
     """A JSON object names one key twice (json keeps the last value without a word)."""
 
     def __init__(self, key: str) -> None:
-        super().__init__(f"the key {key!r} appears twice in one object (JSON would keep the "
-                         "last value silently); keep one")
+        super().__init__(
+            f"the key {key!r} appears twice in one object (JSON would keep the "
+            "last value silently); keep one"
+        )
         self.key = key
 
 
@@ -41,8 +44,9 @@ def iter_json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any] | DataErro
     are not UTF-8, nesting deeper than Python parses) yields its DataError instead of raising,
     so the caller decides (raise, or skip under `skip_bad`)."""
     if not path.is_file():
-        raise DataFileNotFoundError(f"annotation file not found: {path}; check --root and the "
-                                    "split name", file=path)
+        raise DataFileNotFoundError(
+            f"annotation file not found: {path}; check --root and the split name", file=path
+        )
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
             if not raw.strip():
@@ -50,24 +54,47 @@ def iter_json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any] | DataErro
             try:
                 record = parse_json(raw.decode("utf-8"))
             except json.JSONDecodeError as exc:
-                yield number, DataError(f"malformed JSON ({exc.msg} at column {exc.colno}); fix "
-                                        "or remove the line", file=path, line=number)
+                yield (
+                    number,
+                    DataError(
+                        f"malformed JSON ({exc.msg} at column {exc.colno}); fix or remove the line",
+                        file=path,
+                        line=number,
+                    ),
+                )
                 continue
             except DuplicateKeyError as exc:
                 yield number, DataError(str(exc), file=path, line=number, field=exc.key)
                 continue
             except (UnicodeDecodeError, RecursionError) as exc:
-                yield number, DataError(f"{json_problem(exc)}; fix or remove the line",
-                                        file=path, line=number)
+                yield (
+                    number,
+                    DataError(
+                        f"{json_problem(exc)}; fix or remove the line", file=path, line=number
+                    ),
+                )
                 continue
             if not isinstance(record, dict):
-                yield number, DataError(f"expected a JSON object, got {type(record).__name__}",
-                                        file=path, line=number)
+                yield (
+                    number,
+                    DataError(
+                        f"expected a JSON object, got {type(record).__name__}",
+                        file=path,
+                        line=number,
+                    ),
+                )
                 continue
             if b"\\u0000" in raw and _holds_nul(record):
-                yield number, DataError("holds a NUL character (\\u0000), which no id or text "
-                                        "of a dataset has (a damaged file?); fix or remove the "
-                                        "line", file=path, line=number)
+                yield (
+                    number,
+                    DataError(
+                        "holds a NUL character (\\u0000), which no id or text "
+                        "of a dataset has (a damaged file?); fix or remove the "
+                        "line",
+                        file=path,
+                        line=number,
+                    ),
+                )
                 continue
             yield number, record
 
@@ -94,15 +121,21 @@ def load_json_file(path: Path) -> Any:
     except DuplicateKeyError as exc:
         raise DataError(str(exc), file=path, field=exc.key) from None
     except UnicodeDecodeError as exc:
-        raise DataError(json_problem(exc), file=path,
-                        line=raw[:exc.start].count(b"\n") + 1) from None
+        raise DataError(
+            json_problem(exc), file=path, line=raw[: exc.start].count(b"\n") + 1
+        ) from None
     except RecursionError as exc:
         raise DataError(json_problem(exc), file=path) from None
 
 
 def bad_record(error: DataError) -> BadRecord:
-    return BadRecord(file=error.file or "", line=error.line, field=error.field,
-                     record_id=error.record_id, reason=error.reason)
+    return BadRecord(
+        file=error.file or "",
+        line=error.line,
+        field=error.field,
+        record_id=error.record_id,
+        reason=error.reason,
+    )
 
 
 def guarded(convert: Callable[[], T], skipped: list[BadRecord], skip_bad: bool) -> T | None:
@@ -116,13 +149,16 @@ def guarded(convert: Callable[[], T], skipped: list[BadRecord], skip_bad: bool) 
         return None
 
 
-def check_options(dataset: str, options: Mapping[str, Any], defaults: Mapping[str, Any]
-                  ) -> dict[str, Any]:
+def check_options(
+    dataset: str, options: Mapping[str, Any], defaults: Mapping[str, Any]
+) -> dict[str, Any]:
     """`defaults` updated with `options`; an unknown option names the valid ones."""
     unknown = sorted(set(options) - set(defaults))
     if unknown:
-        raise ConfigError(f"unknown {dataset} option(s) {', '.join(unknown)}. Valid options: "
-                          f"{', '.join(sorted(defaults))}")
+        raise ConfigError(
+            f"unknown {dataset} option(s) {', '.join(unknown)}. Valid options: "
+            f"{', '.join(sorted(defaults))}"
+        )
     return {**defaults, **options}
 
 
@@ -144,5 +180,7 @@ def split_file(root: Path, split: str, named: Mapping[str, str]) -> Path:
         return root / named[split]
     if split.endswith(".jsonl"):
         return safe_join(root, split, field="split")
-    raise ConfigError(f"unknown split {split!r}: use one of {', '.join(named)} or a .jsonl path "
-                      "relative to the root")
+    raise ConfigError(
+        f"unknown split {split!r}: use one of {', '.join(named)} or a .jsonl path "
+        "relative to the root"
+    )

@@ -12,15 +12,16 @@ from __future__ import annotations
 import json
 import random
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
+from madcache.core.errors import ConfigError, DataError, DataFileNotFoundError
+from madcache.core.io import atomic_write_text
 from madcache.data.base import DATASETS
 from madcache.data.jsonl import load_json_file
 from madcache.data.records import Example
-from madcache.core.errors import ConfigError, DataError, DataFileNotFoundError
-from madcache.core.io import atomic_write_text
 
 FORMAT = "madcache-split/1"
 VQA_QUESTIONS_PER_IMAGE = 2
@@ -46,7 +47,7 @@ class Split:
         return save_split(self, path)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Split":
+    def load(cls, path: str | Path) -> Split:
         return load_split(path)
 
 
@@ -70,10 +71,18 @@ def load_split(path: str | Path) -> Split:
         raise DataFileNotFoundError(f"split file not found: {path}", file=path)
     data = load_json_file(path)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise DataError(f"not a madcache split file (expected format {FORMAT!r})", file=path,
-                        field="format")
-    expected = {"dataset": str, "source_split": str, "params": dict, "ids": list, "counts": dict,
-                "example_counts": dict, "shortfalls": dict}
+        raise DataError(
+            f"not a madcache split file (expected format {FORMAT!r})", file=path, field="format"
+        )
+    expected = {
+        "dataset": str,
+        "source_split": str,
+        "params": dict,
+        "ids": list,
+        "counts": dict,
+        "example_counts": dict,
+        "shortfalls": dict,
+    }
     for key, kind in expected.items():
         if not isinstance(data.get(key), kind):
             raise DataError(f"must be a {kind.__name__}", file=path, field=key)
@@ -81,13 +90,17 @@ def load_split(path: str | Path) -> Split:
     if not all(isinstance(i, str) for i in ids) or len(set(ids)) != len(ids):
         raise DataError("ids must be unique strings", file=path, field="ids")
     if sum(data["example_counts"].values()) != len(ids):
-        raise DataError(f"example_counts add up to {sum(data['example_counts'].values())} but "
-                        f"there are {len(ids)} ids; the file was edited by hand?", file=path,
-                        field="example_counts")
+        raise DataError(
+            f"example_counts add up to {sum(data['example_counts'].values())} but "
+            f"there are {len(ids)} ids; the file was edited by hand?",
+            file=path,
+            field="example_counts",
+        )
     return Split(**{key: data[key] for key in expected})
 
 
 # ----------------------------------------------------------------------------- sampling
+
 
 class IndexRow(NamedTuple):
     """What a sampler reads of an `Example`: a split's index holds one per example instead of
@@ -104,15 +117,18 @@ class IndexRow(NamedTuple):
 
 def index(examples: Iterable[Example]) -> list[IndexRow]:
     """The sampler's view of `examples`, in their order (the samplers take either)."""
-    return [IndexRow(ex.id, ex.dataset, ex.split, ex.image_id, ex.category, ex.group, ex.label)
-            for ex in examples]
+    return [
+        IndexRow(ex.id, ex.dataset, ex.split, ex.image_id, ex.category, ex.group, ex.label)
+        for ex in examples
+    ]
 
 
 Units = dict[str, dict[str, list[str]]]  # category -> unit key -> example ids
 
 
-def _draw(units: Units, k: int, seed: int, pick: Callable[[random.Random, list[str]], list[str]]
-          ) -> tuple[set[str], dict[str, int], dict[str, int], dict[str, dict[str, int]]]:
+def _draw(
+    units: Units, k: int, seed: int, pick: Callable[[random.Random, list[str]], list[str]]
+) -> tuple[set[str], dict[str, int], dict[str, int], dict[str, dict[str, int]]]:
     chosen: set[str] = set()
     counts: dict[str, int] = {}
     example_counts: dict[str, int] = {}
@@ -130,17 +146,28 @@ def _draw(units: Units, k: int, seed: int, pick: Callable[[random.Random, list[s
     return chosen, counts, example_counts, shortfalls
 
 
-def _split(examples: Sequence[Example | IndexRow], units: Units, k: int, seed: int, unit: str,
-           pick: Callable[[random.Random, list[str]], list[str]] = lambda rng, ids: ids,
-           **params: Any) -> Split:
+def _split(
+    examples: Sequence[Example | IndexRow],
+    units: Units,
+    k: int,
+    seed: int,
+    unit: str,
+    pick: Callable[[random.Random, list[str]], list[str]] = lambda rng, ids: ids,
+    **params: Any,
+) -> Split:
     if k < 1:
         raise ConfigError(f"per-category k must be >= 1, got {k}")
     chosen, counts, example_counts, shortfalls = _draw(units, k, seed, pick)
     first = examples[0]
-    return Split(dataset=first.dataset, source_split=first.split,
-                 params={"per_category": k, "seed": seed, "unit": unit, **params},
-                 ids=[ex.id for ex in examples if ex.id in chosen], counts=counts,
-                 example_counts=example_counts, shortfalls=shortfalls)
+    return Split(
+        dataset=first.dataset,
+        source_split=first.split,
+        params={"per_category": k, "seed": seed, "unit": unit, **params},
+        ids=[ex.id for ex in examples if ex.id in chosen],
+        counts=counts,
+        example_counts=example_counts,
+        shortfalls=shortfalls,
+    )
 
 
 def _group(pairs: Iterable[tuple[str, str, str]]) -> Units:
@@ -167,16 +194,20 @@ def sample_snli_ve(examples: Sequence[Example | IndexRow], *, k: int, seed: int)
     return _split(examples, units, k, seed, unit="image")
 
 
-def sample_vqa(examples: Sequence[Example | IndexRow], *, k: int, seed: int,
-               per_image: int = VQA_QUESTIONS_PER_IMAGE) -> Split:
+def sample_vqa(
+    examples: Sequence[Example | IndexRow],
+    *,
+    k: int,
+    seed: int,
+    per_image: int = VQA_QUESTIONS_PER_IMAGE,
+) -> Split:
     """Per question type, k images, each with up to `per_image` of its questions of the type."""
     units = _group((ex.category, ex.image_id, ex.id) for ex in examples)
 
     def pick(rng: random.Random, ids: list[str]) -> list[str]:
         return ids if len(ids) <= per_image else rng.sample(sorted(ids), per_image)
 
-    return _split(examples, units, k, seed, unit="image", pick=pick,
-                  questions_per_image=per_image)
+    return _split(examples, units, k, seed, unit="image", pick=pick, questions_per_image=per_image)
 
 
 def sample_per_category(examples: Sequence[Example | IndexRow], *, k: int, seed: int) -> Split:

@@ -11,7 +11,8 @@ Conventions:
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from madcache.data.base import DATASETS, MULTILABEL
 from madcache.data.records import Example
@@ -19,8 +20,12 @@ from madcache.data.records import Example
 COUNT = "n"
 
 
-def vcr_scores(ids: Sequence[str], labels: Sequence[int | None], groups: Sequence[str | None],
-               predictions: Sequence[int]) -> dict[str, float]:
+def vcr_scores(
+    ids: Sequence[str],
+    labels: Sequence[int | None],
+    groups: Sequence[str | None],
+    predictions: Sequence[int],
+) -> dict[str, float]:
     """Q2A over the `:qa` examples, QA2R over the `:qar` examples, and Q2AR over the questions
     with a `:qa` example: right only when both its `:qa` and its `:qar` predictions are (a
     question without a `:qar` example counts as wrong). Examples are joined into questions by
@@ -80,10 +85,15 @@ def _put(out: dict[str, float], name: str, flags: Iterable[bool]) -> None:
 # What a `Dataset` spec's `score` names: metrics of predictions over examples (a prediction is a
 # choice or class index; for a multilabel dataset, the predicted answer string).
 
+
 def score_vcr(examples: Sequence[Example], predictions: Sequence[Any]) -> dict[str, float]:
     """Q2A / QA2R / Q2AR (`vcr_scores`), examples joined into questions by `group`."""
-    return vcr_scores([ex.id for ex in examples], [ex.label for ex in examples],
-                      [ex.group for ex in examples], predictions)
+    return vcr_scores(
+        [ex.id for ex in examples],
+        [ex.label for ex in examples],
+        [ex.group for ex in examples],
+        predictions,
+    )
 
 
 def score_accuracy(examples: Sequence[Example], predictions: Sequence[Any]) -> dict[str, float]:
@@ -96,8 +106,9 @@ def score_vqa(examples: Sequence[Example], predictions: Sequence[Any]) -> dict[s
     return vqa_scores(predictions, [ex.answers for ex in examples])
 
 
-def score_logits(dataset: str, examples: Sequence[Example], logits: Any,
-                 answers: Sequence[str] | None = None) -> dict[str, float]:
+def score_logits(
+    dataset: str, examples: Sequence[Example], logits: Any, answers: Sequence[str] | None = None
+) -> dict[str, float]:
     """Metrics of `dataset` (its spec's `score`) from a model's logits [N, K] over `examples`:
     the arg-max is the prediction (a multilabel dataset: an index into `answers`, the model's
     answer vocabulary)."""

@@ -41,14 +41,19 @@ def processor_transform(path: Path, image_size: int):
     size = _size(cfg.get("size", image_size), crop=crop)
     steps = [_to_rgb]
     if cfg.get("do_resize", True):
-        mode = getattr(transforms.InterpolationMode, RESAMPLE.get(cfg.get("resample", 2), "BILINEAR"))
-        target = size["shortest_edge"] if "shortest_edge" in size else (size["height"], size["width"])
+        mode = getattr(
+            transforms.InterpolationMode, RESAMPLE.get(cfg.get("resample", 2), "BILINEAR")
+        )
+        target = (
+            size["shortest_edge"] if "shortest_edge" in size else (size["height"], size["width"])
+        )
         steps.append(transforms.Resize(target, interpolation=mode))
     if crop:
         crop_size = _size(cfg.get("crop_size", image_size), crop=False)
         steps.append(transforms.CenterCrop((crop_size["height"], crop_size["width"])))
     steps.append(transforms.ToTensor())
     if cfg.get("do_normalize", True):
-        steps.append(transforms.Normalize(cfg.get("image_mean", [0.5] * 3),
-                                          cfg.get("image_std", [0.5] * 3)))
+        steps.append(
+            transforms.Normalize(cfg.get("image_mean", [0.5] * 3), cfg.get("image_std", [0.5] * 3))
+        )
     return transforms.Compose(steps)

@@ -15,7 +15,7 @@ texts and the same cosine so that at step 0 it equals the zero-shot numbers
 from __future__ import annotations
 
 import re
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -26,8 +26,9 @@ VCR_PROTOCOLS = ("iqa", "ia")
 SNLI_VE_ORDER = ("entailment", "neutral", "contradiction")
 
 
-def cosine_logits(image_emb: torch.Tensor, text_embs: torch.Tensor,
-                  scale: float = LOGIT_SCALE) -> torch.Tensor:
+def cosine_logits(
+    image_emb: torch.Tensor, text_embs: torch.Tensor, scale: float = LOGIT_SCALE
+) -> torch.Tensor:
     """`scale * cos(image, text_c)`: image [D] / [B, D], texts [C, D] / [B, C, D] -> [C] / [B, C]."""
     image = torch.nn.functional.normalize(image_emb.float(), dim=-1).unsqueeze(-2)
     texts = torch.nn.functional.normalize(text_embs.float(), dim=-1)
@@ -54,7 +55,11 @@ def _yes(answer: str) -> bool:
 
 def _exist(m: re.Match, a: str) -> str:
     verb, rest = m["verb"], m["rest"]
-    return f"there {verb} {re.sub(r'^any ', '', rest)}" if _yes(a) else f"there {verb} no {_drop_article(rest)}"
+    return (
+        f"there {verb} {re.sub(r'^any ', '', rest)}"
+        if _yes(a)
+        else f"there {verb} no {_drop_article(rest)}"
+    )
 
 
 def _this_is(m: re.Match, a: str) -> str:
@@ -68,21 +73,35 @@ def _drop_article(phrase: str) -> str:
 # (name, pattern on the lower-cased question without "?", statement from match + answer).
 # First match wins; no match -> "question answer".
 TEMPLATES: tuple[tuple[str, re.Pattern, StatementFn], ...] = tuple(
-    (name, re.compile(pattern), fn) for name, pattern, fn in [
-        ("color", r"^what colou?r (?P<verb>is|are) (?P<subj>.+)$",
-         lambda m, a: f"{m['subj']} {m['verb']} {a}"),
-        ("count", r"^how many (?P<subj>.+?)(?: (?:are|is) (?:there|in|on|shown|visible).*"
-                  r"| do you see.*| can you see.*)?$",
-         lambda m, a: f"there are {a} {m['subj']}"),
+    (name, re.compile(pattern), fn)
+    for name, pattern, fn in [
+        (
+            "color",
+            r"^what colou?r (?P<verb>is|are) (?P<subj>.+)$",
+            lambda m, a: f"{m['subj']} {m['verb']} {a}",
+        ),
+        (
+            "count",
+            r"^how many (?P<subj>.+?)(?: (?:are|is) (?:there|in|on|shown|visible).*"
+            r"| do you see.*| can you see.*)?$",
+            lambda m, a: f"there are {a} {m['subj']}",
+        ),
         ("exist", r"^(?P<verb>is|are) there (?P<rest>.+)$", _exist),
         ("this-is", r"^is (?P<subj>this|that|it) (?P<rest>.+)$", _this_is),
         ("doing", r"^what (?:is|are) (?P<subj>.+?) doing$", lambda m, a: f"{m['subj']} is {a}"),
-        ("kind", r"^what (?:kind|type|sort) of (?P<what>.+?) (?:is|are) (?P<rest>.+)$",
-         lambda m, a: f"{m['rest']} is a {a} {m['what']}"),
-        ("what-is-this", r"^what (?:is|are) (?P<subj>this|that|these|those|it)$",
-         lambda m, a: f"{m['subj']} is {a}"),
+        (
+            "kind",
+            r"^what (?:kind|type|sort) of (?P<what>.+?) (?:is|are) (?P<rest>.+)$",
+            lambda m, a: f"{m['rest']} is a {a} {m['what']}",
+        ),
+        (
+            "what-is-this",
+            r"^what (?:is|are) (?P<subj>this|that|these|those|it)$",
+            lambda m, a: f"{m['subj']} is {a}",
+        ),
         ("where", r"^where (?:is|are) (?P<subj>.+)$", lambda m, a: f"{m['subj']} is in {a}"),
-    ])
+    ]
+)
 
 
 def question_to_statement(question: str, answer: str) -> str:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,14 +45,14 @@ class Text:
 
     def __post_init__(self) -> None:
         for word in self.words:
-            if self.text[word.start:word.end] != word.text:
+            if self.text[word.start : word.end] != word.text:
                 raise ValueError(f"word {word!r} does not match span of {self.text!r}")
 
     @classmethod
-    def from_string(cls, text: str) -> "Text":
+    def from_string(cls, text: str) -> Text:
         return cls(text, split_words(text))
 
-    def concat(self, other: "Text", sep: str = " ") -> "Text":
+    def concat(self, other: Text, sep: str = " ") -> Text:
         """`self + sep + other` with `other`'s word spans shifted."""
         shift = len(self.text) + len(sep)
         moved = tuple(Word(w.text, w.start + shift, w.end + shift, w.boxes) for w in other.words)
@@ -113,16 +114,22 @@ def image_order(examples: list[Example]) -> list[Example]:
     return sorted(examples, key=lambda ex: ex.image_id)
 
 
-def without_labels(example: Example, *, keep_raw: tuple[str, ...] = (),
-                   category: str | None = None) -> Example:
+def without_labels(
+    example: Example, *, keep_raw: tuple[str, ...] = (), category: str | None = None
+) -> Example:
     """`example` as a label-free stage (adaptive finetuning) may see it: no label, no answer
     scores, no human answers, of the original record only the keys `keep_raw` (a record holds
     its labels and text derived from them: VCR's `answer_orig`, SNLI-VE's `gold_label`, VQA's
     `answers`), and `category` in place of one derived from the label. What it scores is
     unchanged."""
-    return dataclasses.replace(example, label=None, answer_scores=None, answers=(),
-                               raw={k: example.raw[k] for k in keep_raw if k in example.raw},
-                               category=example.category if category is None else category)
+    return dataclasses.replace(
+        example,
+        label=None,
+        answer_scores=None,
+        answers=(),
+        raw={k: example.raw[k] for k in keep_raw if k in example.raw},
+        category=example.category if category is None else category,
+    )
 
 
 @dataclass(frozen=True)

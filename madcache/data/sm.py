@@ -26,9 +26,10 @@ part of the SM split.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from madcache.core.errors import ConfigError, DataError
 from madcache.data.jsonl import bad_record, iter_json_lines
@@ -38,28 +39,31 @@ from madcache.data.vcr import RENDERERS, reference_name, render_tokens, validate
 PERSON = "person"
 SINGULAR, PLURAL = "singular", "plural"
 RULES = (SINGULAR, PLURAL)
-DEFAULT_PRONOUN = "he"                       # their `--default_gender_pronoun`
-HE_SHE = ("he", "she", "He", "She")          # what a wrong choice loses (singular)
+DEFAULT_PRONOUN = "he"  # their `--default_gender_pronoun`
+HE_SHE = ("he", "she", "He", "She")  # what a wrong choice loses (singular)
 THEY = ("they", "They")
 MASCULINE = frozenset({"he", "his", "him", "He", "His", "Him"})
 FEMININE = frozenset({"she", "her", "hers", "She", "Her", "Hers"})
 CHOICE_KEYS = (("answer_choices", "answer_label"), ("rationale_choices", "rationale_label"))
 
-Tokens = Sequence[Any]   # VCR tokens: words (str) and tag groups (lists of object indices)
+Tokens = Sequence[Any]  # VCR tokens: words (str) and tag groups (lists of object indices)
 
 
 # ----------------------------------------------------------------------------- what a text names
 
+
 def person_tags(tokens: Tokens, objects: Sequence[str]) -> set[int]:
     """The distinct person indices over every tag group of `tokens`."""
-    return {i for token in tokens if isinstance(token, list) for i in token
-            if objects[i] == PERSON}
+    return {i for token in tokens if isinstance(token, list) for i in token if objects[i] == PERSON}
 
 
 def he_she(tokens: Tokens) -> set[str]:
     """The distinct singular personal pronouns of `tokens`, lower-cased ("HE" counts too)."""
-    return {token.lower() for token in tokens
-            if isinstance(token, str) and token.lower() in ("he", "she")}
+    return {
+        token.lower()
+        for token in tokens
+        if isinstance(token, str) and token.lower() in ("he", "she")
+    }
 
 
 def only_person_group(tokens: Tokens, objects: Sequence[str]) -> list[int] | None:
@@ -72,7 +76,7 @@ def only_person_group(tokens: Tokens, objects: Sequence[str]) -> list[int] | Non
 
 
 def likely_pronoun(choice: Tokens, question: Tokens, default: str = DEFAULT_PRONOUN) -> str:
-    """"he" or "she": the gender the choice's words point to, the question's on a tie (counted
+    """ "he" or "she": the gender the choice's words point to, the question's on a tie (counted
     together with the choice's), `default` when still tied."""
     count = {"he": 0, "she": 0}
 
@@ -81,6 +85,7 @@ def likely_pronoun(choice: Tokens, question: Tokens, default: str = DEFAULT_PRON
             if isinstance(token, str):
                 count["he"] += token in MASCULINE
                 count["she"] += token in FEMININE
+
     add(choice)
     if count["he"] == count["she"]:
         add(question)
@@ -100,21 +105,24 @@ def _swap(tokens: Tokens, matches, new) -> list[Any]:
 
 # ----------------------------------------------------------------------------- the two rules
 
-def rephrase_singular(choice: Tokens, *, correct: bool, question: Tokens, person: int,
-                      objects: Sequence[str]) -> list[Any] | None:
+
+def rephrase_singular(
+    choice: Tokens, *, correct: bool, question: Tokens, person: int, objects: Sequence[str]
+) -> list[Any] | None:
     """The singular rule on one choice; None when the choice does not name exactly one person."""
     tags = person_tags(choice, objects)
     if len(tags) + len(he_she(choice)) != 1:
         return None
-    group = sorted(tags)        # [t], or [] when the one person is a pronoun (matches no token)
+    group = sorted(tags)  # [t], or [] when the one person is a pronoun (matches no token)
     if correct:
         pronoun = likely_pronoun(choice, question)
         return _swap(choice, lambda t: t == group, lambda i: _as_pronoun(pronoun, i))
     return _swap(choice, lambda t: t == group or t in HE_SHE, lambda i: [person])
 
 
-def rephrase_plural(choice: Tokens, *, correct: bool, group: list[int],
-                    objects: Sequence[str]) -> list[Any] | None:
+def rephrase_plural(
+    choice: Tokens, *, correct: bool, group: list[int], objects: Sequence[str]
+) -> list[Any] | None:
     """The plural rule on one choice; None when it names no person group and has no "they"."""
     own = only_person_group(choice, objects)
     if own is None and not any(t in THEY for t in choice if isinstance(t, str)):
@@ -125,7 +133,7 @@ def rephrase_plural(choice: Tokens, *, correct: bool, group: list[int],
 
 
 def rule_of(record: Mapping[str, Any]) -> str | None:
-    """"singular", "plural", or None when the question fits neither (not in the SM split).
+    """ "singular", "plural", or None when the question fits neither (not in the SM split).
     A question whose one group repeats one person (`[0, 0]`) fits both; singular wins."""
     question, objects = record["question"], record["objects"]
     if len(person_tags(question, objects)) == 1:
@@ -159,29 +167,34 @@ def mitigate_record(record: Mapping[str, Any]) -> Rephrased | None:
         [person] = person_tags(question, objects)
 
         def rephrase(choice: Tokens, correct: bool) -> list[Any] | None:
-            return rephrase_singular(choice, correct=correct, question=question, person=person,
-                                     objects=objects)
+            return rephrase_singular(
+                choice, correct=correct, question=question, person=person, objects=objects
+            )
     else:
         group = only_person_group(question, objects)
 
         def rephrase(choice: Tokens, correct: bool) -> list[Any] | None:
             return rephrase_plural(choice, correct=correct, group=group, objects=objects)
+
     new, counts = dict(record), []
     for choices_key, label_key in CHOICE_KEYS:
-        changed = [rephrase(choice, c == record[label_key])
-                   for c, choice in enumerate(record[choices_key])]
-        new[choices_key] = [old if ch is None else ch
-                            for old, ch in zip(record[choices_key], changed)]
+        changed = [
+            rephrase(choice, c == record[label_key]) for c, choice in enumerate(record[choices_key])
+        ]
+        new[choices_key] = [
+            old if ch is None else ch for old, ch in zip(record[choices_key], changed)
+        ]
         counts.append(sum(ch is not None for ch in changed))
     return Rephrased(new, rule, *counts)
 
 
 # ----------------------------------------------------------------------------- files
 
+
 @dataclass
 class RuleCounts:
     records: int = 0
-    answer_choices: int = 0        # answer choices rephrased (of 4 per record)
+    answer_choices: int = 0  # answer choices rephrased (of 4 per record)
     rationale_choices: int = 0
 
 
@@ -191,10 +204,10 @@ class SmReport:
 
     source: str
     output: str
-    records: int = 0                                   # valid records read
-    written: int = 0                                   # records in the SM split
+    records: int = 0  # valid records read
+    written: int = 0  # records in the SM split
     rules: dict[str, RuleCounts] = field(default_factory=lambda: {r: RuleCounts() for r in RULES})
-    not_qualifying: list[str] = field(default_factory=list)   # annot_ids left out
+    not_qualifying: list[str] = field(default_factory=list)  # annot_ids left out
     skipped: list[BadRecord] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -206,13 +219,19 @@ def _labelled(record: Mapping[str, Any], *, file: object, line: int | None) -> N
     labels = validate_record(record, file=file, line=line)
     for (_, key), label in zip(CHOICE_KEYS, labels):
         if label is None:
-            raise DataError("SM needs the right answer and rationale, but the label is missing "
-                            "(a test split has none)", file=file, line=line, field=key,
-                            record_id=record["annot_id"])
+            raise DataError(
+                "SM needs the right answer and rationale, but the label is missing "
+                "(a test split has none)",
+                file=file,
+                line=line,
+                field=key,
+                record_id=record["annot_id"],
+            )
 
 
-def shortcut_mitigate_file(source: str | Path, output: str | Path, *, skip_bad: bool = False
-                           ) -> SmReport:
+def shortcut_mitigate_file(
+    source: str | Path, output: str | Path, *, skip_bad: bool = False
+) -> SmReport:
     """Write the SM split of the VCR annotation file `source` to `output` (same format): the
     rephrased records whose question fits a rule, in input order. Invalid or unlabelled records
     raise, or under `skip_bad` are left out and listed in the report's `skipped`."""
@@ -247,6 +266,7 @@ def shortcut_mitigate_file(source: str | Path, output: str | Path, *, skip_bad: 
 
 # ----------------------------------------------------------------------------- examples
 
+
 def _infer_renderer(example: Example) -> str:
     """The renderer that produced `example`'s reference words (tag when there are none)."""
     objects = example.raw["objects"]
@@ -258,8 +278,7 @@ def _infer_renderer(example: Example) -> str:
     return "tag"
 
 
-def shortcut_mitigate(examples: Sequence[Example], *, renderer: str | None = None
-                      ) -> list[Example]:
+def shortcut_mitigate(examples: Sequence[Example], *, renderer: str | None = None) -> list[Example]:
     """The SM split of VCR examples: examples of records that fit a rule, rephrased (ids and
     labels unchanged); the others are left out. `:qa` examples get the rephrased answers;
     `:qar` examples the rephrased rationales, after the question + the rephrased right answer.
@@ -267,11 +286,15 @@ def shortcut_mitigate(examples: Sequence[Example], *, renderer: str | None = Non
     out = []
     for example in examples:
         if example.dataset != "vcr" or "objects" not in example.raw:
-            raise ConfigError(f"shortcut mitigation applies to VCR examples read from their "
-                              f"files; {example.id} is from '{example.dataset}'")
+            raise ConfigError(
+                f"shortcut mitigation applies to VCR examples read from their "
+                f"files; {example.id} is from '{example.dataset}'"
+            )
         if example.raw.get("answer_label") is None or example.raw.get("rationale_label") is None:
-            raise ConfigError(f"shortcut mitigation needs labelled VCR records; {example.id} has "
-                              "no answer or rationale label (a test split)")
+            raise ConfigError(
+                f"shortcut mitigation needs labelled VCR records; {example.id} has "
+                "no answer or rationale label (a test split)"
+            )
         done = mitigate_record(example.raw)
         if done is None:
             continue
@@ -280,11 +303,18 @@ def shortcut_mitigate(examples: Sequence[Example], *, renderer: str | None = Non
 
         def rendered(key: str) -> tuple:
             return tuple(render_tokens(tokens, objects, render) for tokens in new[key])
+
         if example.id.endswith(":qar"):
             answer = render_tokens(new["answer_choices"][new["answer_label"]], objects, render)
             question = render_tokens(new["question"], objects, render)
-            out.append(replace(example, context=question.concat(answer),
-                               choices=rendered("rationale_choices"), raw=new))
+            out.append(
+                replace(
+                    example,
+                    context=question.concat(answer),
+                    choices=rendered("rationale_choices"),
+                    raw=new,
+                )
+            )
         else:
             out.append(replace(example, choices=rendered("answer_choices"), raw=new))
     return out

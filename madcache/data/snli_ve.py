@@ -6,14 +6,15 @@ Both the current format (`Flickr30K_ID: "123"`) and the old generator's (`Flikr3
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path, PurePosixPath
-from typing import Any, Collection, Iterator, Mapping
+from typing import Any
 
+from madcache.core.errors import DataError, DataFileNotFoundError
 from madcache.data.base import reader_options
 from madcache.data.jsonl import guarded, iter_json_lines, split_file
 from madcache.data.paths import safe_join
 from madcache.data.records import BadRecord, Example, ReadResult, Text, without_labels
-from madcache.core.errors import DataError, DataFileNotFoundError
 
 LABELS = ("entailment", "neutral", "contradiction")
 UNLABELLED = "unlabelled"
@@ -31,24 +32,29 @@ def default_images_dir(root: Path) -> str:
 def _image_id(record: Mapping[str, Any], where: dict[str, Any]) -> str:
     key = next((k for k in IMAGE_KEYS if k in record), None)
     if key is None:
-        raise DataError(f"missing the image id (one of {', '.join(IMAGE_KEYS)})", **where,
-                        field=IMAGE_KEYS[0])
+        raise DataError(
+            f"missing the image id (one of {', '.join(IMAGE_KEYS)})", **where, field=IMAGE_KEYS[0]
+        )
     values = {_bare(record[k]) for k in IMAGE_KEYS if k in record}
     if len(values) > 1:
-        raise DataError(f"{' and '.join(IMAGE_KEYS)} name different images "
-                        f"({', '.join(sorted(map(str, values)))}); keep one", **where, field=key)
+        raise DataError(
+            f"{' and '.join(IMAGE_KEYS)} name different images "
+            f"({', '.join(sorted(map(str, values)))}); keep one",
+            **where,
+            field=key,
+        )
     value = record[key]
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str) or not value.strip():
         raise DataError(f"image id must be a non-empty string, got {value!r}", **where, field=key)
-    return value[:-len(".jpg")] if value.endswith(".jpg") else value
+    return value[: -len(".jpg")] if value.endswith(".jpg") else value
 
 
 def _bare(value: Any) -> Any:
     """An image id as both formats write it: "123", 123 and "123.jpg" are one image."""
     text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
-    return text[:-len(".jpg")] if isinstance(text, str) and text.endswith(".jpg") else text
+    return text[: -len(".jpg")] if isinstance(text, str) and text.endswith(".jpg") else text
 
 
 def _label(record: Mapping[str, Any], where: dict[str, Any]) -> int | None:
@@ -56,36 +62,66 @@ def _label(record: Mapping[str, Any], where: dict[str, Any]) -> int | None:
     if gold is None:
         return None
     if gold not in LABELS:
-        raise DataError(f"unknown gold_label {gold!r}; expected one of {', '.join(LABELS)}",
-                        **where, field="gold_label")
+        raise DataError(
+            f"unknown gold_label {gold!r}; expected one of {', '.join(LABELS)}",
+            **where,
+            field="gold_label",
+        )
     return LABELS.index(gold)
 
 
-def record_example(record: Mapping[str, Any], *, split: str, file: object, line: int,
-                   root: Path, images_dir: str, check_files: bool) -> Example:
+def record_example(
+    record: Mapping[str, Any],
+    *,
+    split: str,
+    file: object,
+    line: int,
+    root: Path,
+    images_dir: str,
+    check_files: bool,
+) -> Example:
     pair_id = record.get("pairID")
-    where: dict[str, Any] = {"file": file, "line": line,
-                             "record_id": pair_id if isinstance(pair_id, str) else None}
+    where: dict[str, Any] = {
+        "file": file,
+        "line": line,
+        "record_id": pair_id if isinstance(pair_id, str) else None,
+    }
     if not isinstance(pair_id, str) or not pair_id:
         raise DataError("missing or empty pairID", **where, field="pairID")
     hypothesis = record.get("sentence2")
     if not isinstance(hypothesis, str) or not hypothesis.strip():
-        raise DataError("empty text: the hypothesis must be a non-empty string", **where,
-                        field="sentence2")
+        raise DataError(
+            "empty text: the hypothesis must be a non-empty string", **where, field="sentence2"
+        )
     image_id = _image_id(record, where)
     label = _label(record, where)
-    relative = str(PurePosixPath(images_dir) / f"{image_id}.jpg") if images_dir != "." \
+    relative = (
+        str(PurePosixPath(images_dir) / f"{image_id}.jpg")
+        if images_dir != "."
         else f"{image_id}.jpg"
+    )
     full = safe_join(root, relative, file=file, line=line, field="Flickr30K_ID")
     if check_files and not full.is_file():
-        raise DataFileNotFoundError(f"image {full} does not exist; check --root and the "
-                                    "images_dir option", **where, field="Flickr30K_ID")
-    premise = record.get("sentence1")       # the Flickr30k caption the hypothesis came from
-    return Example(id=pair_id, dataset="snli-ve", split=split, image_id=image_id,
-                   image_path=relative, choices=(Text.from_string(hypothesis),), label=label,
-                   label_free_text=Text.from_string(premise) if isinstance(premise, str)
-                   and premise.strip() else None,
-                   category=UNLABELLED if label is None else LABELS[label], raw=record)
+        raise DataFileNotFoundError(
+            f"image {full} does not exist; check --root and the images_dir option",
+            **where,
+            field="Flickr30K_ID",
+        )
+    premise = record.get("sentence1")  # the Flickr30k caption the hypothesis came from
+    return Example(
+        id=pair_id,
+        dataset="snli-ve",
+        split=split,
+        image_id=image_id,
+        image_path=relative,
+        choices=(Text.from_string(hypothesis),),
+        label=label,
+        label_free_text=Text.from_string(premise)
+        if isinstance(premise, str) and premise.strip()
+        else None,
+        category=UNLABELLED if label is None else LABELS[label],
+        raw=record,
+    )
 
 
 def label_free_view(example: Example) -> Example:
@@ -108,13 +144,21 @@ class SnliVeReader:
 
     def read(self, root: Path, split: str, *, skip_bad: bool = False, **options: Any) -> ReadResult:
         skipped: list[BadRecord] = []
-        examples = list(self.iter_examples(root, split, skip_bad=skip_bad, skipped=skipped,
-                                           **options))
+        examples = list(
+            self.iter_examples(root, split, skip_bad=skip_bad, skipped=skipped, **options)
+        )
         return ReadResult(examples, skipped)
 
-    def iter_examples(self, root: Path, split: str, *, skip_bad: bool = False,
-                      skipped: list[BadRecord] | None = None,
-                      only: Collection[str] | None = None, **options: Any) -> Iterator[Example]:
+    def iter_examples(
+        self,
+        root: Path,
+        split: str,
+        *,
+        skip_bad: bool = False,
+        skipped: list[BadRecord] | None = None,
+        only: Collection[str] | None = None,
+        **options: Any,
+    ) -> Iterator[Example]:
         """`read`'s examples one record at a time, with the same refusals (records skipped
         under `skip_bad` go to `skipped`). `only`: build just the examples with these ids and
         pass over the other records unchecked (a second read, after a whole one checked them)."""
@@ -129,11 +173,23 @@ class SnliVeReader:
         def convert(line: int, record: Any) -> Example:
             if isinstance(record, DataError):
                 raise record
-            example = record_example(record, split=split, file=path, line=line, root=root,
-                                     images_dir=images_dir, check_files=check_files)
+            example = record_example(
+                record,
+                split=split,
+                file=path,
+                line=line,
+                root=root,
+                images_dir=images_dir,
+                check_files=check_files,
+            )
             if example.id in seen:
-                raise DataError(f"duplicate pairID (first seen on line {seen[example.id]})",
-                                file=path, line=line, field="pairID", record_id=example.id)
+                raise DataError(
+                    f"duplicate pairID (first seen on line {seen[example.id]})",
+                    file=path,
+                    line=line,
+                    field="pairID",
+                    record_id=example.id,
+                )
             seen[example.id] = line
             return example
 

@@ -11,68 +11,192 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Collection, Iterator, Mapping, Sequence
+from typing import Any
 
-from madcache.data.categories import vqa_category
+from madcache.core.errors import ConfigError, DataError, DataFileNotFoundError
+from madcache.core.io import json_problem
 from madcache.data.base import reader_options
+from madcache.data.categories import vqa_category
 from madcache.data.jsonl import bad_record, load_json_file
 from madcache.data.paths import safe_join
 from madcache.data.records import BadRecord, Example, ReadResult, Text
-from madcache.core.errors import ConfigError, DataError, DataFileNotFoundError
-from madcache.core.io import json_problem
 
-SUBTYPES = {"train": "train2014", "val": "val2014", "test": "test2015",
-            "test-dev": "test-dev2015"}
+SUBTYPES = {"train": "train2014", "val": "val2014", "test": "test2015", "test-dev": "test-dev2015"}
 UNLABELLED_SUBTYPES = ("test2015", "test-dev2015")
 FILE_DIRS = (".", "questions", "annotations")
-HUMANS = 10                 # human answers per VQA v2 question
-DEFAULT_OPTIONS: dict[str, Any] = {"questions_file": None, "annotations_file": None,
-                                   "images_dir": None, "check_files": False}
+HUMANS = 10  # human answers per VQA v2 question
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "questions_file": None,
+    "annotations_file": None,
+    "images_dir": None,
+    "check_files": False,
+}
 
 # ----------------------------------------------------------------------------- normalisation
 # The official evaluator's tables (GT-Vision-Lab/VQA, vqaEval.py), kept as they are.
 
 CONTRACTIONS = {
-    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've",
-    "couldnt": "couldn't", "couldn'tve": "couldn't've", "couldnt've": "couldn't've",
-    "didnt": "didn't", "doesnt": "doesn't", "dont": "don't", "hadnt": "hadn't",
-    "hadnt've": "hadn't've", "hadn'tve": "hadn't've", "hasnt": "hasn't", "havent": "haven't",
-    "hed": "he'd", "hed've": "he'd've", "he'dve": "he'd've", "hes": "he's", "howd": "how'd",
-    "howll": "how'll", "hows": "how's", "Id've": "I'd've", "I'dve": "I'd've", "Im": "I'm",
-    "Ive": "I've", "isnt": "isn't", "itd": "it'd", "itd've": "it'd've", "it'dve": "it'd've",
-    "itll": "it'll", "let's": "let's", "maam": "ma'am", "mightnt": "mightn't",
-    "mightnt've": "mightn't've", "mightn'tve": "mightn't've", "mightve": "might've",
-    "mustnt": "mustn't", "mustve": "must've", "neednt": "needn't", "notve": "not've",
-    "oclock": "o'clock", "oughtnt": "oughtn't", "ow's'at": "'ow's'at", "'ows'at": "'ow's'at",
-    "'ow'sat": "'ow's'at", "shant": "shan't", "shed've": "she'd've", "she'dve": "she'd've",
-    "she's": "she's", "shouldve": "should've", "shouldnt": "shouldn't",
-    "shouldnt've": "shouldn't've", "shouldn'tve": "shouldn't've", "somebody'd": "somebodyd",
-    "somebodyd've": "somebody'd've", "somebody'dve": "somebody'd've",
-    "somebodyll": "somebody'll", "somebodys": "somebody's", "someoned": "someone'd",
-    "someoned've": "someone'd've", "someone'dve": "someone'd've", "someonell": "someone'll",
-    "someones": "someone's", "somethingd": "something'd", "somethingd've": "something'd've",
-    "something'dve": "something'd've", "somethingll": "something'll", "thats": "that's",
-    "thered": "there'd", "thered've": "there'd've", "there'dve": "there'd've",
-    "therere": "there're", "theres": "there's", "theyd": "they'd", "theyd've": "they'd've",
-    "they'dve": "they'd've", "theyll": "they'll", "theyre": "they're", "theyve": "they've",
-    "twas": "'twas", "wasnt": "wasn't", "wed've": "we'd've", "we'dve": "we'd've",
-    "weve": "we've", "werent": "weren't", "whatll": "what'll", "whatre": "what're",
-    "whats": "what's", "whatve": "what've", "whens": "when's", "whered": "where'd",
-    "wheres": "where's", "whereve": "where've", "whod": "who'd", "whod've": "who'd've",
-    "who'dve": "who'd've", "wholl": "who'll", "whos": "who's", "whove": "who've",
-    "whyll": "why'll", "whyre": "why're", "whys": "why's", "wont": "won't",
-    "wouldve": "would've", "wouldnt": "wouldn't", "wouldnt've": "wouldn't've",
-    "wouldn'tve": "wouldn't've", "yall": "y'all", "yall'll": "y'all'll", "y'allll": "y'all'll",
-    "yall'd've": "y'all'd've", "y'alld've": "y'all'd've", "y'all'dve": "y'all'd've",
-    "youd": "you'd", "youd've": "you'd've", "you'dve": "you'd've", "youll": "you'll",
-    "youre": "you're", "youve": "you've",
+    "aint": "ain't",
+    "arent": "aren't",
+    "cant": "can't",
+    "couldve": "could've",
+    "couldnt": "couldn't",
+    "couldn'tve": "couldn't've",
+    "couldnt've": "couldn't've",
+    "didnt": "didn't",
+    "doesnt": "doesn't",
+    "dont": "don't",
+    "hadnt": "hadn't",
+    "hadnt've": "hadn't've",
+    "hadn'tve": "hadn't've",
+    "hasnt": "hasn't",
+    "havent": "haven't",
+    "hed": "he'd",
+    "hed've": "he'd've",
+    "he'dve": "he'd've",
+    "hes": "he's",
+    "howd": "how'd",
+    "howll": "how'll",
+    "hows": "how's",
+    "Id've": "I'd've",
+    "I'dve": "I'd've",
+    "Im": "I'm",
+    "Ive": "I've",
+    "isnt": "isn't",
+    "itd": "it'd",
+    "itd've": "it'd've",
+    "it'dve": "it'd've",
+    "itll": "it'll",
+    "let's": "let's",
+    "maam": "ma'am",
+    "mightnt": "mightn't",
+    "mightnt've": "mightn't've",
+    "mightn'tve": "mightn't've",
+    "mightve": "might've",
+    "mustnt": "mustn't",
+    "mustve": "must've",
+    "neednt": "needn't",
+    "notve": "not've",
+    "oclock": "o'clock",
+    "oughtnt": "oughtn't",
+    "ow's'at": "'ow's'at",
+    "'ows'at": "'ow's'at",
+    "'ow'sat": "'ow's'at",
+    "shant": "shan't",
+    "shed've": "she'd've",
+    "she'dve": "she'd've",
+    "she's": "she's",
+    "shouldve": "should've",
+    "shouldnt": "shouldn't",
+    "shouldnt've": "shouldn't've",
+    "shouldn'tve": "shouldn't've",
+    "somebody'd": "somebodyd",
+    "somebodyd've": "somebody'd've",
+    "somebody'dve": "somebody'd've",
+    "somebodyll": "somebody'll",
+    "somebodys": "somebody's",
+    "someoned": "someone'd",
+    "someoned've": "someone'd've",
+    "someone'dve": "someone'd've",
+    "someonell": "someone'll",
+    "someones": "someone's",
+    "somethingd": "something'd",
+    "somethingd've": "something'd've",
+    "something'dve": "something'd've",
+    "somethingll": "something'll",
+    "thats": "that's",
+    "thered": "there'd",
+    "thered've": "there'd've",
+    "there'dve": "there'd've",
+    "therere": "there're",
+    "theres": "there's",
+    "theyd": "they'd",
+    "theyd've": "they'd've",
+    "they'dve": "they'd've",
+    "theyll": "they'll",
+    "theyre": "they're",
+    "theyve": "they've",
+    "twas": "'twas",
+    "wasnt": "wasn't",
+    "wed've": "we'd've",
+    "we'dve": "we'd've",
+    "weve": "we've",
+    "werent": "weren't",
+    "whatll": "what'll",
+    "whatre": "what're",
+    "whats": "what's",
+    "whatve": "what've",
+    "whens": "when's",
+    "whered": "where'd",
+    "wheres": "where's",
+    "whereve": "where've",
+    "whod": "who'd",
+    "whod've": "who'd've",
+    "who'dve": "who'd've",
+    "wholl": "who'll",
+    "whos": "who's",
+    "whove": "who've",
+    "whyll": "why'll",
+    "whyre": "why're",
+    "whys": "why's",
+    "wont": "won't",
+    "wouldve": "would've",
+    "wouldnt": "wouldn't",
+    "wouldnt've": "wouldn't've",
+    "wouldn'tve": "wouldn't've",
+    "yall": "y'all",
+    "yall'll": "y'all'll",
+    "y'allll": "y'all'll",
+    "yall'd've": "y'all'd've",
+    "y'alld've": "y'all'd've",
+    "y'all'dve": "y'all'd've",
+    "youd": "you'd",
+    "youd've": "you'd've",
+    "you'dve": "you'd've",
+    "youll": "you'll",
+    "youre": "you're",
+    "youve": "you've",
 }
-NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4",
-                "five": "5", "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
+NUMBER_WORDS = {
+    "none": "0",
+    "zero": "0",
+    "one": "1",
+    "two": "2",
+    "three": "3",
+    "four": "4",
+    "five": "5",
+    "six": "6",
+    "seven": "7",
+    "eight": "8",
+    "nine": "9",
+    "ten": "10",
+}
 ARTICLES = ("a", "an", "the")
-PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<",
-               "@", "`", ",", "?", "!")
+PUNCTUATION = (
+    ";",
+    "/",
+    "[",
+    "]",
+    '"',
+    "{",
+    "}",
+    "(",
+    ")",
+    "=",
+    "+",
+    "\\",
+    "_",
+    "-",
+    ">",
+    "<",
+    "@",
+    "`",
+    ",",
+    "?",
+    "!",
+)
 # The official regexes, quirks included: "(?!<=\d)" is a lookahead, not a lookbehind.
 _PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
 _COMMA_STRIP = re.compile(r"(\d)(\,)(\d)")
@@ -166,6 +290,7 @@ def read_vqa_results(path: str | Path) -> dict[str, str]:
 
 # ----------------------------------------------------------------------------- vocabularies
 
+
 def load_answer_vocab(path: str | Path) -> list[str]:
     """Answers by label id from LXMERT `label2ans` (a list) / `ans2label` (a dict), MCAN
     `answer_dict.json` (`[ans_to_ix, ix_to_ans]`), or plain text (one per line, e.g. mmf's with
@@ -182,8 +307,11 @@ def load_answer_vocab(path: str | Path) -> list[str]:
         return _by_index(data, path, None)
     if isinstance(data, list) and all(isinstance(a, str) for a in data):
         return _unique(data, path)
-    raise DataError("unknown answer vocabulary format: expected a list of answers, an "
-                    "{answer: id} dict or [ans_to_ix, ix_to_ans]", file=path)
+    raise DataError(
+        "unknown answer vocabulary format: expected a list of answers, an "
+        "{answer: id} dict or [ans_to_ix, ix_to_ans]",
+        file=path,
+    )
 
 
 def _text_lines(path: Path) -> list[str]:
@@ -194,8 +322,11 @@ def _text_lines(path: Path) -> list[str]:
     try:
         text = raw.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
     except UnicodeDecodeError as exc:
-        raise DataError(f"{json_problem(exc)}; save the answer vocabulary as UTF-8, one answer "
-                        "per line", file=path, line=raw[:exc.start].count(b"\n") + 1) from None
+        raise DataError(
+            f"{json_problem(exc)}; save the answer vocabulary as UTF-8, one answer per line",
+            file=path,
+            line=raw[: exc.start].count(b"\n") + 1,
+        ) from None
     lines = text.split("\n")
     return lines[:-1] if text.endswith("\n") else lines
 
@@ -215,20 +346,25 @@ def read_answer_vocab(path: str | Path) -> list[str]:
 
 def build_answer_vocab(examples: list[Example], size: int) -> list[str]:
     """The `size` most frequent normalised annotated answers of the split (ties: alphabetical)."""
-    counts = Counter(normalize_answer(a) for ex in examples for a in ex.answers
-                     if a.strip() not in IGNORED_ANSWERS)
+    counts = Counter(
+        normalize_answer(a)
+        for ex in examples
+        for a in ex.answers
+        if a.strip() not in IGNORED_ANSWERS
+    )
     ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
     vocab = [answer for answer, _ in ranked[:size]]
     if not vocab:
-        raise ConfigError("no answer vocabulary: the split has no annotated answers; pass "
-                          "--answer-vocab FILE")
+        raise ConfigError(
+            "no answer vocabulary: the split has no annotated answers; pass --answer-vocab FILE"
+        )
     return vocab
+
 
 def _by_index(answer_to_id: Mapping[str, Any], path: Path, field: str | None) -> list[str]:
     ids = sorted(answer_to_id.values())
     if ids != list(range(len(ids))):
-        raise DataError("answer ids must be 0..n-1 without gaps or repeats", file=path,
-                        field=field)
+        raise DataError("answer ids must be 0..n-1 without gaps or repeats", file=path, field=field)
     return _unique(sorted(answer_to_id, key=answer_to_id.__getitem__), path)
 
 
@@ -241,6 +377,7 @@ def _unique(answers: list[str], path: Path) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- reader
+
 
 def subtype_of(split: str) -> str:
     if split in SUBTYPES:
@@ -260,13 +397,17 @@ def _find(root: Path, given: str | None, name: str, what: str) -> Path:
         path = root / directory / name
         if path.is_file():
             return path
-    raise DataFileNotFoundError(f"{name} not found in {root} or its questions/, annotations/ "
-                                f"folders; pass --option {what}_file=PATH", file=root / name)
+    raise DataFileNotFoundError(
+        f"{name} not found in {root} or its questions/, annotations/ "
+        f"folders; pass --option {what}_file=PATH",
+        file=root / name,
+    )
 
 
 def default_images_dir(root: Path, subtype: str) -> str:
-    return next(d for d in (subtype, f"images/{subtype}", "images", ".")
-                if (Path(root) / d).is_dir())
+    return next(
+        d for d in (subtype, f"images/{subtype}", "images", ".") if (Path(root) / d).is_dir()
+    )
 
 
 def _load_json(path: Path, key: str) -> list[Any]:
@@ -279,8 +420,10 @@ def _load_json(path: Path, key: str) -> list[Any]:
 def _int_field(record: Any, key: str, where: dict[str, Any]) -> int:
     value = record.get(key) if isinstance(record, dict) else None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise DataError(f"{key} must be an integer, got {value!r}",
-                        **{**where, "field": f"{where['field']}.{key}"})
+        raise DataError(
+            f"{key} must be an integer, got {value!r}",
+            **{**where, "field": f"{where['field']}.{key}"},
+        )
     return value
 
 
@@ -290,12 +433,20 @@ class VqaReader:
 
     def files(self, root: Path, split: str, **options: Any) -> tuple[Path, Path | None]:
         subtype = subtype_of(split)
-        questions = _find(Path(root), options.get("questions_file"),
-                          f"v2_OpenEnded_mscoco_{subtype}_questions.json", "questions")
+        questions = _find(
+            Path(root),
+            options.get("questions_file"),
+            f"v2_OpenEnded_mscoco_{subtype}_questions.json",
+            "questions",
+        )
         if subtype in UNLABELLED_SUBTYPES and options.get("annotations_file") is None:
             return questions, None
-        annotations = _find(Path(root), options.get("annotations_file"),
-                            f"v2_mscoco_{subtype}_annotations.json", "annotations")
+        annotations = _find(
+            Path(root),
+            options.get("annotations_file"),
+            f"v2_mscoco_{subtype}_annotations.json",
+            "annotations",
+        )
         return questions, annotations
 
     def annotation_files(self, root: Path, split: str, **options: Any) -> list[Path]:
@@ -308,13 +459,21 @@ class VqaReader:
 
     def read(self, root: Path, split: str, *, skip_bad: bool = False, **options: Any) -> ReadResult:
         skipped: list[BadRecord] = []
-        examples = list(self.iter_examples(root, split, skip_bad=skip_bad, skipped=skipped,
-                                           **options))
+        examples = list(
+            self.iter_examples(root, split, skip_bad=skip_bad, skipped=skipped, **options)
+        )
         return ReadResult(examples, skipped)
 
-    def iter_examples(self, root: Path, split: str, *, skip_bad: bool = False,
-                      skipped: list[BadRecord] | None = None,
-                      only: Collection[str] | None = None, **options: Any) -> Iterator[Example]:
+    def iter_examples(
+        self,
+        root: Path,
+        split: str,
+        *,
+        skip_bad: bool = False,
+        skipped: list[BadRecord] | None = None,
+        only: Collection[str] | None = None,
+        **options: Any,
+    ) -> Iterator[Example]:
         """`read`'s examples one question at a time, with the same refusals (records skipped
         under `skip_bad` go to `skipped`); the JSON files are still parsed whole. `only`: build
         just the examples with these ids and pass over the other records unchecked (a second
@@ -326,8 +485,9 @@ class VqaReader:
         images_dir = opts["images_dir"] or default_images_dir(root, subtype)
         check_files = opts["check_files"]
         skipped = [] if skipped is None else skipped
-        answers = {} if annotations_path is None else \
-            self._answers(annotations_path, skipped, skip_bad)
+        answers = (
+            {} if annotations_path is None else self._answers(annotations_path, skipped, skip_bad)
+        )
         seen: set[int] = set()
         for position, record in enumerate(_load_json(questions_path, "questions")):
             question_id = record.get("question_id") if isinstance(record, dict) else None
@@ -335,8 +495,18 @@ class VqaReader:
                 continue
             where = {"file": questions_path, "line": None, "field": f"questions[{position}]"}
             try:
-                example = self._example(record, where, answers, annotations_path, root,
-                                        split, subtype, images_dir, check_files, seen)
+                example = self._example(
+                    record,
+                    where,
+                    answers,
+                    annotations_path,
+                    root,
+                    split,
+                    subtype,
+                    images_dir,
+                    check_files,
+                    seen,
+                )
             except DataError as error:
                 if not skip_bad:
                     raise
@@ -345,8 +515,9 @@ class VqaReader:
             yield example
 
     @staticmethod
-    def _answers(path: Path, skipped: list[BadRecord], skip_bad: bool
-                 ) -> dict[int, tuple[int, tuple[str, ...]]]:
+    def _answers(
+        path: Path, skipped: list[BadRecord], skip_bad: bool
+    ) -> dict[int, tuple[int, tuple[str, ...]]]:
         """question_id -> (image_id, the human answers as written), validated."""
         found: dict[int, tuple[int, tuple[str, ...]]] = {}
         for position, record in enumerate(_load_json(path, "annotations")):
@@ -355,16 +526,26 @@ class VqaReader:
                 question_id = _int_field(record, "question_id", where)
                 image_id = _int_field(record, "image_id", where)
                 raw = record.get("answers")
-                if not isinstance(raw, list) or not raw or not all(
-                        isinstance(a, dict) and isinstance(a.get("answer"), str) for a in raw):
-                    raise DataError("answers must be a non-empty list of {answer: str}",
-                                    **{**where, "field": where["field"] + ".answers"},
-                                    record_id=str(question_id))
+                if (
+                    not isinstance(raw, list)
+                    or not raw
+                    or not all(
+                        isinstance(a, dict) and isinstance(a.get("answer"), str) for a in raw
+                    )
+                ):
+                    raise DataError(
+                        "answers must be a non-empty list of {answer: str}",
+                        **{**where, "field": where["field"] + ".answers"},
+                        record_id=str(question_id),
+                    )
                 if len(raw) != HUMANS:
-                    raise DataError(f"{len(raw)} answers; VQA v2 annotations hold {HUMANS} human "
-                                    "answers each (the accuracy averages over its 10 leave-one-"
-                                    "out subsets)", **{**where, "field": where["field"] +
-                                                       ".answers"}, record_id=str(question_id))
+                    raise DataError(
+                        f"{len(raw)} answers; VQA v2 annotations hold {HUMANS} human "
+                        "answers each (the accuracy averages over its 10 leave-one-"
+                        "out subsets)",
+                        **{**where, "field": where["field"] + ".answers"},
+                        record_id=str(question_id),
+                    )
                 if question_id in found:
                     raise DataError("duplicate question_id", **where, record_id=str(question_id))
             except DataError as error:
@@ -376,16 +557,27 @@ class VqaReader:
         return found
 
     @staticmethod
-    def _example(record: Any, where: dict[str, Any], answers: Mapping[int, Any],
-                 annotations_path: Path | None, root: Path, split: str, subtype: str,
-                 images_dir: str, check_files: bool, seen: set[int]) -> Example:
+    def _example(
+        record: Any,
+        where: dict[str, Any],
+        answers: Mapping[int, Any],
+        annotations_path: Path | None,
+        root: Path,
+        split: str,
+        subtype: str,
+        images_dir: str,
+        check_files: bool,
+        seen: set[int],
+    ) -> Example:
         question_id = _int_field(record, "question_id", where)
         image_id = _int_field(record, "image_id", where)
         ident = {**where, "record_id": str(question_id)}
         question = record.get("question")
         if not isinstance(question, str) or not question.strip():
-            raise DataError("empty text: question must be a non-empty string",
-                            **{**ident, "field": where["field"] + ".question"})
+            raise DataError(
+                "empty text: question must be a non-empty string",
+                **{**ident, "field": where["field"] + ".question"},
+            )
         if question_id in seen:
             raise DataError("duplicate question_id", **ident)
         seen.add(question_id)
@@ -395,16 +587,28 @@ class VqaReader:
                 raise DataError(f"question has no annotation in {annotations_path}", **ident)
             annotated_image, human = answers[question_id]
             if annotated_image != image_id:
-                raise DataError(f"image_id {image_id} differs from the annotation's "
-                                f"{annotated_image}", **ident)
+                raise DataError(
+                    f"image_id {image_id} differs from the annotation's {annotated_image}", **ident
+                )
         name = f"COCO_{subtype}_{image_id:012d}.jpg"
         relative = name if images_dir == "." else f"{images_dir}/{name}"
         full = safe_join(root, relative, field="images_dir")
         if check_files and not full.is_file():
-            raise DataFileNotFoundError(f"image {full} does not exist; check --root and the "
-                                        "images_dir option", **ident)
+            raise DataFileNotFoundError(
+                f"image {full} does not exist; check --root and the images_dir option", **ident
+            )
         text = Text.from_string(question)
-        return Example(id=str(question_id), dataset="vqa", split=split, image_id=str(image_id),
-                       image_path=relative, choices=(text,), label=None, label_free_text=text,
-                       category=vqa_category(question), answers=human,
-                       answer_scores=answer_scores(human) if human else None, raw=record)
+        return Example(
+            id=str(question_id),
+            dataset="vqa",
+            split=split,
+            image_id=str(image_id),
+            image_path=relative,
+            choices=(text,),
+            label=None,
+            label_free_text=text,
+            category=vqa_category(question),
+            answers=human,
+            answer_scores=answer_scores(human) if human else None,
+            raw=record,
+        )

@@ -10,11 +10,12 @@ exactly what the teacher scored.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-import os
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -26,17 +27,24 @@ from madcache.data.records import Text
 class TokenBatch:
     """Tokenised texts. `token_word[b, l]` is the word index of token l (-1: special/padding)."""
 
-    input_ids: torch.Tensor          # [B, L] long
-    attention_mask: torch.Tensor     # [B, L] long/bool
-    token_word: torch.Tensor         # [B, L] long
-    n_words: list[int]               # words per text (the dataset layer's words)
-    truncated: torch.Tensor          # [B] bool: the text did not fit the context length
+    input_ids: torch.Tensor  # [B, L] long
+    attention_mask: torch.Tensor  # [B, L] long/bool
+    token_word: torch.Tensor  # [B, L] long
+    n_words: list[int]  # words per text (the dataset layer's words)
+    truncated: torch.Tensor  # [B] bool: the text did not fit the context length
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def word_piece_batch(texts: Sequence[Text], pieces_of: Callable[[str], Sequence[int]], *,
-                     prefix: Sequence[int], suffix: Sequence[int], length: int, pad_id: int,
-                     pad_to_length: bool) -> TokenBatch:
+def word_piece_batch(
+    texts: Sequence[Text],
+    pieces_of: Callable[[str], Sequence[int]],
+    *,
+    prefix: Sequence[int],
+    suffix: Sequence[int],
+    length: int,
+    pad_id: int,
+    pad_to_length: bool,
+) -> TokenBatch:
     """Texts tokenised word by word (the dataset layer's words), so every token knows its word:
     `prefix` + the pieces of each word + `suffix`. A row longer than `length` keeps its first
     `length - len(suffix)` tokens, then the suffix (open_clip's truncation: EOT stays last); the
@@ -64,12 +72,17 @@ def word_piece_batch(texts: Sequence[Text], pieces_of: Callable[[str], Sequence[
     owner = torch.full((len(texts), width), -1, dtype=torch.long)
     mask = torch.zeros(len(texts), width, dtype=torch.long)
     for b, (row, words) in enumerate(zip(rows, owners)):
-        ids[b, :len(row)] = torch.tensor(row, dtype=torch.long)
-        owner[b, :len(row)] = torch.tensor(words, dtype=torch.long)
-        mask[b, :len(row)] = 1
-    return TokenBatch(input_ids=ids, attention_mask=mask, token_word=owner,
-                      n_words=[len(t.words) for t in texts], truncated=truncated,
-                      extra={"word_truncated": cuts})
+        ids[b, : len(row)] = torch.tensor(row, dtype=torch.long)
+        owner[b, : len(row)] = torch.tensor(words, dtype=torch.long)
+        mask[b, : len(row)] = 1
+    return TokenBatch(
+        input_ids=ids,
+        attention_mask=mask,
+        token_word=owner,
+        n_words=[len(t.words) for t in texts],
+        truncated=truncated,
+        extra={"word_truncated": cuts},
+    )
 
 
 @lru_cache(maxsize=4)
@@ -96,9 +109,15 @@ class WordTokenizer:
 
     def __call__(self, texts: Sequence[Text]) -> TokenBatch:
         tok = _simple_tokenizer(self.tokenizer_kwargs)
-        return word_piece_batch(texts, lambda word: _word_pieces(self.tokenizer_kwargs, word),
-                                prefix=[tok.sot_token_id], suffix=[tok.eot_token_id],
-                                length=self.context_length, pad_id=0, pad_to_length=True)
+        return word_piece_batch(
+            texts,
+            lambda word: _word_pieces(self.tokenizer_kwargs, word),
+            prefix=[tok.sot_token_id],
+            suffix=[tok.eot_token_id],
+            length=self.context_length,
+            pad_id=0,
+            pad_to_length=True,
+        )
 
 
 # --- a transformers tokenizer (CLIP's byte-level BPE, SigLIP's SentencePiece) ---------------
@@ -115,9 +134,11 @@ def hf_tokenizer(path: str):
     try:
         return AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, ImportError) as exc:
-        raise ConfigError(f"{path}: cannot load its tokenizer ({str(exc).splitlines()[0]}); a "
-                          "SigLIP directory needs `pip install madcache[siglip]` "
-                          "(sentencepiece)") from None
+        raise ConfigError(
+            f"{path}: cannot load its tokenizer ({str(exc).splitlines()[0]}); a "
+            "SigLIP directory needs `pip install madcache[siglip]` "
+            "(sentencepiece)"
+        ) from None
 
 
 @lru_cache(maxsize=262_144)
@@ -130,8 +151,8 @@ def special_tokens(tokenizer) -> tuple[list[int], list[int]]:
     full = list(tokenizer(PROBE)["input_ids"])
     core = list(tokenizer(PROBE, add_special_tokens=False)["input_ids"])
     for start in range(len(full) - len(core) + 1):
-        if full[start:start + len(core)] == core:
-            return full[:start], full[start + len(core):]
+        if full[start : start + len(core)] == core:
+            return full[:start], full[start + len(core) :]
     raise ConfigError(f"cannot find the special tokens of {type(tokenizer).__name__}")
 
 
@@ -147,6 +168,12 @@ class HFWordPieces:
     def __call__(self, texts: Sequence[Text]) -> TokenBatch:
         tok = hf_tokenizer(self.path)
         prefix, suffix = special_tokens(tok)
-        return word_piece_batch(texts, lambda word: _pieces(self.path, word), prefix=prefix,
-                                suffix=suffix, length=self.length, pad_id=int(tok.pad_token_id),
-                                pad_to_length=self.pad_to_length)
+        return word_piece_batch(
+            texts,
+            lambda word: _pieces(self.path, word),
+            prefix=prefix,
+            suffix=suffix,
+            length=self.length,
+            pad_id=int(tok.pad_token_id),
+            pad_to_length=self.pad_to_length,
+        )

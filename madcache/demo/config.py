@@ -20,10 +20,10 @@ JOBS_HELP = "Training runs at once."
 class WorldConfig:
     """The synthetic demo world to generate."""
 
-    out: Path = setting(help="Folder to write (vcr/, snli-ve/, vqa/, captions/ and a DONE "
-                             "marker).")
-    size: Literal[tuple(SIZES)] = setting("default", help="small: seconds, for tests; default: "
-                                                          "the demo's size.")
+    out: Path = setting(help="Folder to write (vcr/, snli-ve/, vqa/, captions/ and a DONE marker).")
+    size: Literal[tuple(SIZES)] = setting(
+        "default", help="small: seconds, for tests; default: the demo's size."
+    )
     seed: int = setting(0, minimum=0, help="Seed of the world: same seed, same bytes.")
     progress: bool = setting(True, help=PROGRESS_HELP)
 
@@ -32,10 +32,13 @@ class WorldConfig:
 class SearchConfig:
     """The baseline-only search of the demo's training settings."""
 
-    out: Path = setting(Path("demo"), help=DEMO_OUT_HELP + " (its world and region store are "
-                                           "reused; results go to OUT/search).")
-    spec: Path | None = setting(None, existing_file=True,
-                                help="The search spec (default: madcache/demo/search.toml).")
+    out: Path = setting(
+        Path("demo"),
+        help=DEMO_OUT_HELP + " (its world and region store are reused; results go to OUT/search).",
+    )
+    spec: Path | None = setting(
+        None, existing_file=True, help="The search spec (default: madcache/demo/search.toml)."
+    )
     jobs: int = setting(2, minimum=1, help=JOBS_HELP)
     progress: bool = setting(True, help=PROGRESS_HELP)
 

@@ -23,8 +23,9 @@ regime.toml). Outputs under `<out>/diagnosis/`: diagnosis.json, diagnosis.md, cu
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -33,12 +34,18 @@ from madcache.core.errors import ConfigError
 
 METHODS = ("baseline", "md", "md-ts", "md-ts-cw", "mad-af-plain", "mad")
 TAG_PIECES = ("##1", "##2", "##3")
-PROBE_EXAMPLES = 200           # val Q->A questions the logit spread is measured on
+PROBE_EXAMPLES = 200  # val Q->A questions the logit spread is measured on
 
 
-def run_diagnosis(demo_out: Path, *, seeds: Sequence[int] = (0, 1), every: int = 25,
-                  jobs: int = 2, progress: bool = True,
-                  log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_diagnosis(
+    demo_out: Path,
+    *,
+    seeds: Sequence[int] = (0, 1),
+    every: int = 25,
+    jobs: int = 2,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Train the ladder (or reuse its runs), measure, and write the diagnosis."""
     from madcache.demo.run import PIPELINE
     from madcache.experiments.sweep import load_sweep, run_sweep
@@ -46,26 +53,44 @@ def run_diagnosis(demo_out: Path, *, seeds: Sequence[int] = (0, 1), every: int =
     demo_out = Path(demo_out).resolve()
     regime_file = demo_out / "regime" / "regime.json"
     if not regime_file.is_file():
-        raise ConfigError(f"{regime_file} is missing: run `madcache demo run --out {demo_out}` "
-                          "first (the diagnosis reuses its stages and its shot size)")
+        raise ConfigError(
+            f"{regime_file} is missing: run `madcache demo run --out {demo_out}` "
+            "first (the diagnosis reuses its stages and its shot size)"
+        )
     shots = json.loads(regime_file.read_text(encoding="utf-8"))["shots"]
     out = demo_out / "diagnosis"
-    pipeline = load_sweep(PIPELINE, [
-        f"DEMO_DIR={demo_out}", f"shots=[{shots}]", f"seeds={list(seeds)}",
-        f"methods={json.dumps(list(METHODS))}", f"out={out / 'runs'}", 'eval=["val"]',
-        "zero_shot=false", f"train.eval_every={every}"])
-    log(f"[diagnose] {len(METHODS)} methods x {len(seeds)} seeds at k{shots}, a record every "
-        f"{every} steps")
+    pipeline = load_sweep(
+        PIPELINE,
+        [
+            f"DEMO_DIR={demo_out}",
+            f"shots=[{shots}]",
+            f"seeds={list(seeds)}",
+            f"methods={json.dumps(list(METHODS))}",
+            f"out={out / 'runs'}",
+            'eval=["val"]',
+            "zero_shot=false",
+            f"train.eval_every={every}",
+        ],
+    )
+    log(
+        f"[diagnose] {len(METHODS)} methods x {len(seeds)} seeds at k{shots}, a record every "
+        f"{every} steps"
+    )
     sweep = run_sweep(pipeline, jobs=jobs, progress=progress)
     if sweep.failed:
         raise ConfigError(f"diagnosis: a run failed; see {sweep.failed[0][0].run_dir}/sweep.log")
     runs = [run_facts(spec.run_dir) for spec in sweep.planned]
     init = Path(pipeline.students[0].options["init_from"])
-    summary = {"shots": shots, "seeds": list(seeds), "every": every,
-               "init": text_side(init, root=pipeline.root, regions=pipeline.regions, log=log),
-               "methods": summarise(runs),
-               "gradients": gradient_probe(next(r["dir"] for r in runs if r["method"] == "mad"
-                                                and r["seed"] == seeds[0]))}
+    summary = {
+        "shots": shots,
+        "seeds": list(seeds),
+        "every": every,
+        "init": text_side(init, root=pipeline.root, regions=pipeline.regions, log=log),
+        "methods": summarise(runs),
+        "gradients": gradient_probe(
+            next(r["dir"] for r in runs if r["method"] == "mad" and r["seed"] == seeds[0])
+        ),
+    }
     io.write_json(out / "diagnosis.json", summary)
     io.atomic_write_text(out / "diagnosis.md", diagnosis_markdown(summary))
     plot_curves(summary, out / "curves.png")
@@ -74,27 +99,44 @@ def run_diagnosis(demo_out: Path, *, seeds: Sequence[int] = (0, 1), every: int =
 
 # ----------------------------------------------------------------------------- per run
 
+
 def run_facts(run_dir: Path) -> dict[str, Any]:
     """A finished run's curves and its student's text-side probes."""
     from madcache.train.rundir import load_run
 
     metrics = json.loads((Path(run_dir) / "metrics.json").read_text(encoding="utf-8"))
     config = load_run(run_dir)
-    curves: dict[str, list[tuple[int, float, float | None]]] = {"af": [], "task": [],
-                                                                "af_itm": [], "af_mlm": []}
+    curves: dict[str, list[tuple[int, float, float | None]]] = {
+        "af": [],
+        "task": [],
+        "af_itm": [],
+        "af_mlm": [],
+    }
     for h in metrics["history"]:
         curves[h["stage"]].append((h["step"], h["loss"], (h.get("eval") or {}).get("q2a")))
         if h["stage"] == "af":
             for part in ("itm", "mlm"):
                 curves[f"af_{part}"].append((h["step"], h["parts"][part], None))
-    probes = text_side(Path(run_dir) / "student", root=config.root,
-                       regions=config.eval_regions or config.regions)
-    return {"dir": str(run_dir), "method": metrics["method"], "seed": metrics["seed"],
-            "final": metrics["eval"]["val"]["q2a"], "curves": curves, **probes}
+    probes = text_side(
+        Path(run_dir) / "student", root=config.root, regions=config.eval_regions or config.regions
+    )
+    return {
+        "dir": str(run_dir),
+        "method": metrics["method"],
+        "seed": metrics["seed"],
+        "final": metrics["eval"]["val"]["q2a"],
+        "curves": curves,
+        **probes,
+    }
 
 
-def text_side(student_dir: Path, *, root: str | Path, regions: str | Path | None,
-              log: Callable[[str], None] | None = None) -> dict[str, float]:
+def text_side(
+    student_dir: Path,
+    *,
+    root: str | Path,
+    regions: str | Path | None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, float]:
     """Tag-piece cosine and the logit spread across the answers of the first val questions."""
     from madcache.data import read_examples
     from madcache.students import load_student
@@ -102,16 +144,21 @@ def text_side(student_dir: Path, *, root: str | Path, regions: str | Path | None
     from madcache.students.visual import loader_for
 
     student = load_student(student_dir).eval()
-    questions = [ex for ex in read_examples("vcr", root, "val").examples
-                 if ex.id.endswith(":qa")][:PROBE_EXAMPLES]
-    logits = predict_logits(student, questions,
-                            regions=loader_for(student, root=root, regions=regions),
-                            batch_size=32)
-    result = {"tag_cosine": tag_cosine(student), "choice_logit_std":
-              float(logits.std(dim=1).mean())}
+    questions = [ex for ex in read_examples("vcr", root, "val").examples if ex.id.endswith(":qa")][
+        :PROBE_EXAMPLES
+    ]
+    logits = predict_logits(
+        student, questions, regions=loader_for(student, root=root, regions=regions), batch_size=32
+    )
+    result = {
+        "tag_cosine": tag_cosine(student),
+        "choice_logit_std": float(logits.std(dim=1).mean()),
+    }
     if log is not None:
-        log(f"[diagnose] pretrained student: tag cosine {result['tag_cosine']:.3f}, logit "
-            f"std across answers {result['choice_logit_std']:.4f}")
+        log(
+            f"[diagnose] pretrained student: tag cosine {result['tag_cosine']:.3f}, logit "
+            f"std across answers {result['choice_logit_std']:.4f}"
+        )
     return result
 
 
@@ -132,10 +179,14 @@ def summarise(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         mine = [r for r in runs if r["method"] == method]
         if not mine:
             continue
-        out[method] = {key: sum(r[key] for r in mine) / len(mine)
-                       for key in ("final", "tag_cosine", "choice_logit_std")}
-        out[method]["curves"] = {stage: mean_curve([r["curves"][stage] for r in mine])
-                                 for stage in ("af", "task", "af_itm", "af_mlm")}
+        out[method] = {
+            key: sum(r[key] for r in mine) / len(mine)
+            for key in ("final", "tag_cosine", "choice_logit_std")
+        }
+        out[method]["curves"] = {
+            stage: mean_curve([r["curves"][stage] for r in mine])
+            for stage in ("af", "task", "af_itm", "af_mlm")
+        }
     return out
 
 
@@ -146,12 +197,12 @@ def mean_curve(curves: Sequence[Sequence[tuple[int, float, float | None]]]) -> l
     for i, (step, _, _) in enumerate(curves[0]):
         losses = [c[i][1] for c in curves]
         evals = [c[i][2] for c in curves if c[i][2] is not None]
-        rows.append([step, sum(losses) / len(losses),
-                     sum(evals) / len(evals) if evals else None])
+        rows.append([step, sum(losses) / len(losses), sum(evals) / len(evals) if evals else None])
     return rows
 
 
 # ----------------------------------------------------------------------------- gradients
+
 
 def gradient_probe(run_dir: str) -> dict[str, dict[str, float]]:
     """At the pretrained student, on one low-shot batch of the `mad` run: for the task loss
@@ -167,7 +218,7 @@ def gradient_probe(run_dir: str) -> dict[str, dict[str, float]]:
 
     config = load_run(run_dir)
     with tempfile.TemporaryDirectory() as scratch:
-        config.out, config.method = scratch, "md-ts"       # the run's own low-shot split
+        config.out, config.method = scratch, "md-ts"  # the run's own low-shot split
         built = setup(config)
     student = built.student.eval()
     chunk = built.task_source.chunk(0)
@@ -177,53 +228,80 @@ def gradient_probe(run_dir: str) -> dict[str, dict[str, float]]:
     inputs = to_device(student.prepare(examples, built.regions(examples)), "cpu")
     out = student(inputs)
     spec = built.method.stage("task")
-    weight = stage_weight(spec, w=config.w, m=config.m, w_prime=config.w_prime,
-                          w_prime_rule=config.w_prime_rule)
+    weight = stage_weight(
+        spec, w=config.w, m=config.m, w_prime=config.w_prime, w_prime_rule=config.w_prime_rule
+    )
     losses = {"task": task_loss(student, out.logits, examples)}
-    losses |= {name: weight * TERMS.get(name).compute(out, targets, built.projections).mean()
-               for name in spec.terms}
+    losses |= {
+        name: weight * TERMS.get(name).compute(out, targets, built.projections).mean()
+        for name in spec.terms
+    }
     params = [p for p in student.parameters() if p.requires_grad]
     grads = {}
     for name, loss in losses.items():
         parts = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-        grads[name] = torch.cat([(g if g is not None else torch.zeros_like(p)).flatten()
-                                 for g, p in zip(parts, params)])
+        grads[name] = torch.cat(
+            [(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(parts, params)]
+        )
     task = grads["task"]
-    return {name: {"weight": 1.0 if name == "task" else weight,
-                   "loss": float(losses[name]), "grad_norm": float(g.norm()),
-                   "cosine_with_task": float(torch.nn.functional.cosine_similarity(
-                       g, task, dim=0))}
-            for name, g in grads.items()}
+    return {
+        name: {
+            "weight": 1.0 if name == "task" else weight,
+            "loss": float(losses[name]),
+            "grad_norm": float(g.norm()),
+            "cosine_with_task": float(torch.nn.functional.cosine_similarity(g, task, dim=0)),
+        }
+        for name, g in grads.items()
+    }
 
 
 # ----------------------------------------------------------------------------- output
 
+
 def diagnosis_markdown(summary: Mapping[str, Any]) -> str:
     init = summary["init"]
-    lines = [f"Diagnosis at k = {summary['shots']}, seeds {summary['seeds']} (val Q2A; a "
-             f"record every {summary['every']} steps).", "",
-             "| method | final val Q2A | tag-piece cosine | logit std across answers |",
-             "|---|---|---|---|",
-             f"| (pretrained student, before any task step) | – | {init['tag_cosine']:.3f} | "
-             f"{init['choice_logit_std']:.4f} |"]
+    lines = [
+        f"Diagnosis at k = {summary['shots']}, seeds {summary['seeds']} (val Q2A; a "
+        f"record every {summary['every']} steps).",
+        "",
+        "| method | final val Q2A | tag-piece cosine | logit std across answers |",
+        "|---|---|---|---|",
+        f"| (pretrained student, before any task step) | – | {init['tag_cosine']:.3f} | "
+        f"{init['choice_logit_std']:.4f} |",
+    ]
     for method, row in summary["methods"].items():
-        lines.append(f"| {method} | {row['final']:.2f} | {row['tag_cosine']:.3f} | "
-                     f"{row['choice_logit_std']:.4f} |")
+        lines.append(
+            f"| {method} | {row['final']:.2f} | {row['tag_cosine']:.3f} | "
+            f"{row['choice_logit_std']:.4f} |"
+        )
     af_rows = [(m, r["curves"]) for m, r in summary["methods"].items() if r["curves"]["af_itm"]]
     if af_rows:
-        lines += ["", "The AF stage (mean over seeds; first and last record; ITM chance is "
-                  "ln 2 = 0.693):", "", "| method | AF ITM loss | AF MLM loss |", "|---|---|---|"]
+        lines += [
+            "",
+            "The AF stage (mean over seeds; first and last record; ITM chance is ln 2 = 0.693):",
+            "",
+            "| method | AF ITM loss | AF MLM loss |",
+            "|---|---|---|",
+        ]
         for method, curves in af_rows:
             itm, mlm = curves["af_itm"], curves["af_mlm"]
-            lines.append(f"| {method} | {itm[0][1]:.3f} -> {itm[-1][1]:.3f} | "
-                         f"{mlm[0][1]:.3f} -> {mlm[-1][1]:.3f} |")
-    lines += ["", "Gradients at the start of the task stage (pretrained student, one low-shot "
-              "batch; md-ts terms with their weight w'):", "",
-              "| term | weight | loss | gradient norm | cosine with the task gradient |",
-              "|---|---|---|---|---|"]
+            lines.append(
+                f"| {method} | {itm[0][1]:.3f} -> {itm[-1][1]:.3f} | "
+                f"{mlm[0][1]:.3f} -> {mlm[-1][1]:.3f} |"
+            )
+    lines += [
+        "",
+        "Gradients at the start of the task stage (pretrained student, one low-shot "
+        "batch; md-ts terms with their weight w'):",
+        "",
+        "| term | weight | loss | gradient norm | cosine with the task gradient |",
+        "|---|---|---|---|---|",
+    ]
     for name, row in summary["gradients"].items():
-        lines.append(f"| {name} | {row['weight']:g} | {row['loss']:.4f} | "
-                     f"{row['grad_norm']:.4f} | {row['cosine_with_task']:+.3f} |")
+        lines.append(
+            f"| {name} | {row['weight']:g} | {row['loss']:.4f} | "
+            f"{row['grad_norm']:.4f} | {row['cosine_with_task']:+.3f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -240,8 +318,12 @@ def plot_curves(summary: Mapping[str, Any], path: Path) -> Path:
         if af:
             af_ax.plot([s for s, _, _ in af], [v for _, v, _ in af], marker=".", label=method)
         loss_ax.plot([s for s, _, _ in task], [v for _, v, _ in task], marker=".", label=method)
-        acc_ax.plot([s for s, _, q in task if q is not None],
-                    [q for _, _, q in task if q is not None], marker=".", label=method)
+        acc_ax.plot(
+            [s for s, _, q in task if q is not None],
+            [q for _, _, q in task if q is not None],
+            marker=".",
+            label=method,
+        )
     af_ax.set(xlabel="AF step", ylabel="ITM loss", title="adaptive finetuning: ITM")
     af_ax.axhline(0.6931, color="grey", linestyle=":", label="ln 2")
     loss_ax.set(xlabel="task step", ylabel="task-stage loss", title="task stage: loss")

@@ -14,9 +14,10 @@ is the one place that sees both sides of the cache, which is why the trainer its
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Literal
 
 from madcache.core.config import check_ranges, config_from_dict, setting
 from madcache.core.errors import MadcacheError
@@ -67,41 +68,53 @@ class DemoConfig:
     """The demo's settings (the flags of `madcache demo run`)."""
 
     out: Path = setting(Path("demo"), help="Folder for every stage's output (reused on rerun).")
-    size: Literal[tuple(SIZES)] = setting("default", help="Demo world size (small: a quick "
-                                                          "smoke run).")
+    size: Literal[tuple(SIZES)] = setting(
+        "default", help="Demo world size (small: a quick smoke run)."
+    )
     seed: int = setting(0, minimum=0, help="World and teacher seed.")
-    teacher_steps: int | None = setting(None, minimum=1, help="Demo teacher pretraining steps "
-                                                              "(default: the teacher's own).")
-    student_steps: int | None = setting(None, minimum=1, help="Demo student pretraining steps "
-                                                              "(default: the student's own).")
+    teacher_steps: int | None = setting(
+        None, minimum=1, help="Demo teacher pretraining steps (default: the teacher's own)."
+    )
+    student_steps: int | None = setting(
+        None, minimum=1, help="Demo student pretraining steps (default: the student's own)."
+    )
     jobs: int = setting(2, minimum=1, help="Training runs at once.")
     workers: int = setting(0, minimum=0, help="Extraction worker processes.")
     pipeline: Path = setting(PIPELINE, existing_file=True, help="The demo pipeline file.")
-    regime: Path = setting(REGIME, existing_file=True,
-                           help="The regime check's spec (shots tried, seeds, margin).")
-    overrides: tuple[str, ...] = setting((), flag="set", metavar="KEY=VALUE",
-                                         help="Override a setting of the demo pipeline "
-                                              "(madcache/demo/demo.toml), e.g. seeds=[0,1] "
-                                              "(repeatable).")
+    regime: Path = setting(
+        REGIME, existing_file=True, help="The regime check's spec (shots tried, seeds, margin)."
+    )
+    overrides: tuple[str, ...] = setting(
+        (),
+        flag="set",
+        metavar="KEY=VALUE",
+        help="Override a setting of the demo pipeline "
+        "(madcache/demo/demo.toml), e.g. seeds=[0,1] "
+        "(repeatable).",
+    )
     progress: bool = setting(True, help=PROGRESS_HELP)
-    threads: int = setting(1, minimum=1, help="torch threads of each of the demo's own stages "
-                                              "(teacher, student, caches), which run side by "
-                                              "side instead: pinned so a rerun on the same "
-                                              "machine gives the same numbers.")
+    threads: int = setting(
+        1,
+        minimum=1,
+        help="torch threads of each of the demo's own stages "
+        "(teacher, student, caches), which run side by "
+        "side instead: pinned so a rerun on the same "
+        "machine gives the same numbers.",
+    )
 
     def __post_init__(self) -> None:
         check_ranges(self)
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "DemoConfig":
+    def from_dict(cls, values: Mapping[str, Any]) -> DemoConfig:
         return config_from_dict(cls, values, noun="demo option")
 
 
 def run_demo(config: DemoConfig, *, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or finish) every stage; return the report summary and the stage timings."""
-    from madcache.experiments.sweep import run_sweep
-
     import torch
+
+    from madcache.experiments.sweep import run_sweep
 
     paths = DemoPaths(Path(config.out))
     timings: dict[str, float] = {}
@@ -115,21 +128,34 @@ def run_demo(config: DemoConfig, *, log: Callable[[str], None] = print) -> dict[
         log(f"[demo] {name}: done in {timings[name]:.1f} s")
         return result
 
-    load_pipeline(paths, config)                # a bad --set fails now, not after the caches
+    load_pipeline(paths, config)  # a bad --set fails now, not after the caches
     stage("world", lambda: make_world(paths, config))
     # The teacher and the student learn from the captions alone, and the two caches need only
     # the teacher: each pair runs side by side, one process and one thread each.
-    teacher, student = stage("teacher + student", lambda: side_by_side(
-        (make_teacher, paths, config), (make_student, paths, config)))
-    stage("caches", lambda: side_by_side((make_cache, paths, config, "train"),
-                                         (make_cache, paths, config, "val")))
+    teacher, student = stage(
+        "teacher + student",
+        lambda: side_by_side((make_teacher, paths, config), (make_student, paths, config)),
+    )
+    stage(
+        "caches",
+        lambda: side_by_side(
+            (make_cache, paths, config, "train"), (make_cache, paths, config, "val")
+        ),
+    )
     stage("regions", lambda: make_regions(paths, config))
     regime = stage("regime", lambda: check_regime_first(paths, config, log))
     pipeline = load_pipeline(paths, config, shots=regime["shots"])
     sweep = stage("sweep", lambda: run_sweep(pipeline, jobs=config.jobs, progress=config.progress))
     report = stage("report", lambda: make_report(paths, regime, student))
-    return {"paths": paths, "timings": timings, "teacher": teacher, "student": student,
-            "regime": regime, "sweep": sweep, "report": report}
+    return {
+        "paths": paths,
+        "timings": timings,
+        "teacher": teacher,
+        "student": student,
+        "regime": regime,
+        "sweep": sweep,
+        "report": report,
+    }
 
 
 def side_by_side(*calls: tuple) -> list[Any]:
@@ -152,15 +178,16 @@ def side_by_side(*calls: tuple) -> list[Any]:
 def _call_reporting_errors(function: Callable[..., Any], *args: Any) -> dict[str, Any]:
     try:
         return {"result": function(*args)}
-    except MadcacheError as exc:          # its own attributes may not survive pickling
+    except MadcacheError as exc:  # its own attributes may not survive pickling
         return {"error": str(exc)}
 
 
 def make_world(paths: DemoPaths, config: DemoConfig) -> dict[str, Any]:
     from madcache.demo.world import generate_demo_world
 
-    return generate_demo_world(paths.world, size=config.size, seed=config.seed,
-                               progress=config.progress)
+    return generate_demo_world(
+        paths.world, size=config.size, seed=config.seed, progress=config.progress
+    )
 
 
 def make_teacher(paths: DemoPaths, config: DemoConfig) -> dict[str, Any]:
@@ -169,8 +196,9 @@ def make_teacher(paths: DemoPaths, config: DemoConfig) -> dict[str, Any]:
     options: dict[str, Any] = {"seed": config.seed, "threads": config.threads}
     if config.teacher_steps is not None:
         options["steps"] = config.teacher_steps
-    return pretrain_demo_teacher(DemoTeacherConfig(data=paths.world, out=paths.teacher, **options),
-                                 progress=config.progress)
+    return pretrain_demo_teacher(
+        DemoTeacherConfig(data=paths.world, out=paths.teacher, **options), progress=config.progress
+    )
 
 
 def make_student(paths: DemoPaths, config: DemoConfig) -> dict[str, Any]:
@@ -179,38 +207,61 @@ def make_student(paths: DemoPaths, config: DemoConfig) -> dict[str, Any]:
     options: dict[str, Any] = {"seed": config.seed, "threads": config.threads}
     if config.student_steps is not None:
         options["steps"] = config.student_steps
-    return pretrain_demo_student(DemoStudentConfig(data=paths.world, out=paths.student,
-                                                   **options), progress=config.progress)
+    return pretrain_demo_student(
+        DemoStudentConfig(data=paths.world, out=paths.student, **options), progress=config.progress
+    )
 
 
-def check_regime_first(paths: DemoPaths, config: DemoConfig,
-                       log: Callable[[str], None]) -> dict[str, Any]:
+def check_regime_first(
+    paths: DemoPaths, config: DemoConfig, log: Callable[[str], None]
+) -> dict[str, Any]:
     """The preconditions on the dev split, with the baseline and the teacher alone
     (madcache/demo/regime.py): they choose the shot size every method then runs at."""
     from madcache.demo.regime import check_regime, load_regime
     from madcache.demo.search import resolved_base
 
     pipeline = load_pipeline(paths, config)
-    return check_regime(paths.out, pipeline=pipeline, base=resolved_base(pipeline),
-                        cache=paths.cache("train"), spec=load_regime(config.regime), jobs=config.jobs,
-                        progress=config.progress, log=log)
+    return check_regime(
+        paths.out,
+        pipeline=pipeline,
+        base=resolved_base(pipeline),
+        cache=paths.cache("train"),
+        spec=load_regime(config.regime),
+        jobs=config.jobs,
+        progress=config.progress,
+        log=log,
+    )
 
 
 def make_cache(paths: DemoPaths, config: DemoConfig, split: str) -> dict[str, Any]:
     from madcache.extraction import ExtractConfig, extract
 
-    return extract(ExtractConfig(
-        dataset=DEMO_DATASET, root=paths.world / DEMO_DATASET, split=split,
-        teacher="madcache-demo", checkpoint=paths.teacher, out=paths.cache(split),
-        workers=config.workers, threads=config.threads, progress=config.progress))
+    return extract(
+        ExtractConfig(
+            dataset=DEMO_DATASET,
+            root=paths.world / DEMO_DATASET,
+            split=split,
+            teacher="madcache-demo",
+            checkpoint=paths.teacher,
+            out=paths.cache(split),
+            workers=config.workers,
+            threads=config.threads,
+            progress=config.progress,
+        )
+    )
 
 
 def make_regions(paths: DemoPaths, config: DemoConfig) -> dict[str, Any]:
     from madcache.students.regions import build_region_store
 
-    return build_region_store(dataset=DEMO_DATASET, root=paths.world / DEMO_DATASET,
-                              split=["train", "val"], extractor="boxcrop", out=paths.regions,
-                              progress=config.progress)
+    return build_region_store(
+        dataset=DEMO_DATASET,
+        root=paths.world / DEMO_DATASET,
+        split=["train", "val"],
+        extractor="boxcrop",
+        out=paths.regions,
+        progress=config.progress,
+    )
 
 
 def load_pipeline(paths: DemoPaths, config: DemoConfig, *, shots: int | None = None):
@@ -223,8 +274,11 @@ def load_pipeline(paths: DemoPaths, config: DemoConfig, *, shots: int | None = N
     return load_sweep(config.pipeline, [directory, *chosen, *config.overrides])
 
 
-def make_report(paths: DemoPaths, regime: Mapping[str, Any] | None = None,
-                student: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def make_report(
+    paths: DemoPaths,
+    regime: Mapping[str, Any] | None = None,
+    student: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """The sweep's report, preceded by what was checked before any method ran: the demo
     student's pretraining and the regime's preconditions (written as report/regime.md)."""
     from madcache.core.io import atomic_write_text
@@ -236,8 +290,9 @@ def make_report(paths: DemoPaths, regime: Mapping[str, Any] | None = None,
     if student is not None:
         sections.append(student_markdown(student))
     if regime is not None:
-        sections.append("## Preconditions (dev split, baseline and teacher alone)\n\n"
-                        + regime_markdown(regime))
+        sections.append(
+            "## Preconditions (dev split, baseline and teacher alone)\n\n" + regime_markdown(regime)
+        )
     if sections:
         atomic_write_text(paths.report / "regime.md", "\n".join(sections))
         report = {**report, "markdown": "\n".join([*sections, report["markdown"]])}
@@ -247,10 +302,11 @@ def make_report(paths: DemoPaths, regime: Mapping[str, Any] | None = None,
 def student_markdown(summary: Mapping[str, Any]) -> str:
     """The demo student's pretraining: held-out MLM and ITM loss before and after."""
     first, last = summary["curve"][0], summary["curve"][-1]
-    return (f"## Demo student: VL-pretrained on the captions (MLM + ITM)\n\n"
-            f"{summary['steps']} steps of batch {summary['batch_size']} on "
-            f"{summary['captions']} captions ({summary['parameters']:,} parameters, "
-            f"{summary['seconds']} s). Held-out captions ({summary['held_out_captions']}): "
-            f"MLM loss {first['mlm']:.3f} -> {last['mlm']:.3f}; ITM loss {first['itm']:.3f} "
-            f"-> {last['itm']:.3f} (chance ln 2 = 0.693).\n")
-
+    return (
+        f"## Demo student: VL-pretrained on the captions (MLM + ITM)\n\n"
+        f"{summary['steps']} steps of batch {summary['batch_size']} on "
+        f"{summary['captions']} captions ({summary['parameters']:,} parameters, "
+        f"{summary['seconds']} s). Held-out captions ({summary['held_out_captions']}): "
+        f"MLM loss {first['mlm']:.3f} -> {last['mlm']:.3f}; ITM loss {first['itm']:.3f} "
+        f"-> {last['itm']:.3f} (chance ln 2 = 0.693).\n"
+    )

@@ -16,8 +16,9 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from madcache.core import io
 from madcache.core.config import read_toml
@@ -87,54 +88,88 @@ def _link_or_copy(source: str, target: str) -> None:
 def resolved_base(pipeline) -> dict[str, Any]:
     """The demo pipeline's dataset, students and `[train]` table as plain values (placeholders
     substituted), for the dev-split baseline sweeps of the regime check and the search."""
-    return {"dataset": pipeline.dataset, "train": dict(pipeline.train),
-            "students": [{"name": s.name, "options": dict(s.options), "label": s.label}
-                         for s in pipeline.students]}
+    return {
+        "dataset": pipeline.dataset,
+        "train": dict(pipeline.train),
+        "students": [
+            {"name": s.name, "options": dict(s.options), "label": s.label}
+            for s in pipeline.students
+        ],
+    }
 
 
-def point_pipeline(base: Mapping[str, Any], point: Mapping[str, Any], spec: Mapping[str, Any], *,
-                   root: Path, regions: Path, out: Path) -> dict[str, Any]:
+def point_pipeline(
+    base: Mapping[str, Any],
+    point: Mapping[str, Any],
+    spec: Mapping[str, Any],
+    *,
+    root: Path,
+    regions: Path,
+    out: Path,
+) -> dict[str, Any]:
     """One grid point as a baseline-only pipeline on the dev root: the demo's `[train]` table
     with the point's values, validated every `eval_every` steps."""
     train = {**base["train"], **point, "eval_every": spec["eval_every"]}
-    return {"dataset": base["dataset"], "root": str(root), "out": str(out),
-            "regions": str(regions), "methods": [BASELINE], "shots": spec["shots"],
-            "seeds": spec["seeds"], "students": base.get("students", ["single-stream"]),
-            "eval": ["val"], "zero_shot": False, "train": train}
+    return {
+        "dataset": base["dataset"],
+        "root": str(root),
+        "out": str(out),
+        "regions": str(regions),
+        "methods": [BASELINE],
+        "shots": spec["shots"],
+        "seeds": spec["seeds"],
+        "students": base.get("students", ["single-stream"]),
+        "eval": ["val"],
+        "zero_shot": False,
+        "train": train,
+    }
 
 
-def run_search(demo_out: Path, *, pipeline: Path, spec: Mapping[str, Any],
-               jobs: int = 2, progress: bool = True,
-               log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_search(
+    demo_out: Path,
+    *,
+    pipeline: Path,
+    spec: Mapping[str, Any],
+    jobs: int = 2,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Run (or finish) every grid point's baseline sweep on the dev split; write and return the
     summary. Needs the demo world and region store (`madcache demo run` makes them)."""
     from madcache.experiments.sweep import from_dict, run_sweep
 
-    demo_out = Path(demo_out).resolve()      # the sweep takes relative paths from its folder
+    demo_out = Path(demo_out).resolve()  # the sweep takes relative paths from its folder
     world = demo_out / "world" / "vcr"
     regions = demo_out / "regions"
     for needed in (world / "train.jsonl", regions):
         if not needed.exists():
-            raise ConfigError(f"{needed} is missing: run `madcache demo run --out {demo_out}` "
-                              "first (the search needs its world and region store)")
+            raise ConfigError(
+                f"{needed} is missing: run `madcache demo run --out {demo_out}` "
+                "first (the search needs its world and region store)"
+            )
     search_dir = demo_out / "search"
     root = search_dir / "dev" / "vcr"
     counts = make_dev_root(world, root, fraction=spec["dev_fraction"])
-    log(f"[search] dev split: {counts['dev']} questions ({counts['dev_images']} images) held "
-        f"out of train; {counts['train']} left to sample from")
+    log(
+        f"[search] dev split: {counts['dev']} questions ({counts['dev_images']} images) held "
+        f"out of train; {counts['train']} left to sample from"
+    )
     from madcache.experiments.sweep import load_sweep
 
     base = resolved_base(load_sweep(pipeline, [f"DEMO_DIR={demo_out.resolve()}"]))
     results = []
     for point in grid_points(spec["grid"]):
         name = point_name(point)
-        data = point_pipeline(base, point, spec, root=root, regions=regions,
-                              out=search_dir / "runs" / name)
+        data = point_pipeline(
+            base, point, spec, root=root, regions=regions, out=search_dir / "runs" / name
+        )
         log(f"[search] {name}")
         sweep = run_sweep(from_dict(data, base=search_dir), jobs=jobs, progress=progress)
         if sweep.failed:
-            raise ConfigError(f"search point {name}: {len(sweep.failed)} run(s) failed; see "
-                              f"{sweep.failed[0][0].run_dir}/sweep.log")
+            raise ConfigError(
+                f"search point {name}: {len(sweep.failed)} run(s) failed; see "
+                f"{sweep.failed[0][0].run_dir}/sweep.log"
+            )
         results.append(point_result(name, point, [s.run_dir for s in sweep.planned]))
     summary = summarise(results, spec)
     io.write_json(search_dir / "search.json", summary)
@@ -143,18 +178,30 @@ def run_search(demo_out: Path, *, pipeline: Path, spec: Mapping[str, Any],
     return summary
 
 
-def point_result(name: str, point: Mapping[str, Any], run_dirs: Sequence[Path]
-                 ) -> dict[str, Any]:
+def point_result(name: str, point: Mapping[str, Any], run_dirs: Sequence[Path]) -> dict[str, Any]:
     """Final dev Q2A per (shots, seed) and the mean learning curve per shot size."""
     runs = []
     for run_dir in run_dirs:
         metrics = json.loads((Path(run_dir) / "metrics.json").read_text(encoding="utf-8"))
-        curve = [(h["step"], h["loss"], h.get("eval", {}).get(METRIC))
-                 for h in metrics["history"] if h["stage"] == "task"]
-        runs.append({"shots": metrics["shots"], "seed": metrics["seed"],
-                     "final": metrics["eval"]["val"][METRIC], "curve": curve})
-    return {"name": name, "point": dict(point), "runs": runs,
-            "mean": sum(r["final"] for r in runs) / len(runs)}
+        curve = [
+            (h["step"], h["loss"], h.get("eval", {}).get(METRIC))
+            for h in metrics["history"]
+            if h["stage"] == "task"
+        ]
+        runs.append(
+            {
+                "shots": metrics["shots"],
+                "seed": metrics["seed"],
+                "final": metrics["eval"]["val"][METRIC],
+                "curve": curve,
+            }
+        )
+    return {
+        "name": name,
+        "point": dict(point),
+        "runs": runs,
+        "mean": sum(r["final"] for r in runs) / len(runs),
+    }
 
 
 def within_budget(point: Mapping[str, Any], budget: Mapping[str, Any]) -> bool:
@@ -169,27 +216,36 @@ def summarise(results: Sequence[Mapping[str, Any]], spec: Mapping[str, Any]) -> 
     if not allowed:
         raise ConfigError(f"no grid point is within the search budget {budget}")
     ranked = sorted(allowed, key=lambda r: (-round(r["mean"], 6), r["point"].get("max_steps", 0)))
-    return {"metric": METRIC, "split": "dev (held out of train)", "shots": spec["shots"],
-            "seeds": spec["seeds"], "eval_every": spec["eval_every"], "budget": dict(budget),
-            "chosen": dict(ranked[0]["point"]),
-            "points": [{**r, "within_budget": within_budget(r["point"], budget)}
-                       for r in results]}
+    return {
+        "metric": METRIC,
+        "split": "dev (held out of train)",
+        "shots": spec["shots"],
+        "seeds": spec["seeds"],
+        "eval_every": spec["eval_every"],
+        "budget": dict(budget),
+        "chosen": dict(ranked[0]["point"]),
+        "points": [{**r, "within_budget": within_budget(r["point"], budget)} for r in results],
+    }
 
 
 def search_markdown(summary: Mapping[str, Any]) -> str:
     shots = summary["shots"]
-    lines = [f"Baseline dev {METRIC} (final, mean over seeds {summary['seeds']}); budget "
-             f"{summary.get('budget', {})}; chosen: {point_name(summary['chosen'])}", "",
-             "| point | " + " | ".join(f"k{k}" for k in shots) + " | mean | within budget |",
-             "|---" * (len(shots) + 3) + "|"]
+    lines = [
+        f"Baseline dev {METRIC} (final, mean over seeds {summary['seeds']}); budget "
+        f"{summary.get('budget', {})}; chosen: {point_name(summary['chosen'])}",
+        "",
+        "| point | " + " | ".join(f"k{k}" for k in shots) + " | mean | within budget |",
+        "|---" * (len(shots) + 3) + "|",
+    ]
     for result in summary["points"]:
         cells = []
         for k in shots:
             values = [r["final"] for r in result["runs"] if r["shots"] == k]
             cells.append(f"{sum(values) / len(values):.2f}")
         inside = "yes" if result.get("within_budget", True) else "no"
-        lines.append(f"| {result['name']} | " + " | ".join(cells)
-                     + f" | {result['mean']:.2f} | {inside} |")
+        lines.append(
+            f"| {result['name']} | " + " | ".join(cells) + f" | {result['mean']:.2f} | {inside} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -210,8 +266,9 @@ def plot_curves(results: Sequence[Mapping[str, Any]], path: Path) -> Path:
             label = f"{result['name']} k{k}"
             loss_ax.plot(steps, loss, marker=".", label=label)
             acc_ax.plot(steps, acc, marker=".", label=label)
-    loss_ax.set(xlabel="step", ylabel="train loss (mean since last point)", title="baseline: "
-                "train loss")
+    loss_ax.set(
+        xlabel="step", ylabel="train loss (mean since last point)", title="baseline: train loss"
+    )
     acc_ax.set(xlabel="step", ylabel=f"dev {METRIC} (%)", title=f"baseline: dev {METRIC}")
     acc_ax.axhline(25.0, color="grey", linestyle=":", label="chance")
     acc_ax.legend(fontsize=6, ncol=2)

@@ -22,9 +22,10 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,7 +40,7 @@ SUMMARY = "pretraining.json"
 # 2: the untied MLM decoder and ITM on the describing caption (a version-1 student's weights do
 # not fit the student any more)
 VERSION = 2
-MAX_REGIONS = 16                     # the region store's default (students/regions.py)
+MAX_REGIONS = 16  # the region store's default (students/regions.py)
 
 
 @dataclass(frozen=True)
@@ -47,24 +48,27 @@ class DemoStudentConfig:
     """The demo student's VL pretraining (the flags of `madcache demo student`)."""
 
     data: Path = setting(help="Demo world root (holds captions/captions.jsonl and images/).")
-    out: Path = setting(help="Directory of the saved student (`--student-option "
-                             "init_from=OUT`).")
+    out: Path = setting(help="Directory of the saved student (`--student-option init_from=OUT`).")
     # chosen on the pretraining's own held-out losses, never on a task: at 5e-4 x 500 steps the
     # held-out ITM loss was still at chance (0.678); at 1e-3 x 1000 it is 0.327 (MLM 0.90),
     # ~220 s on one thread, inside the demo teacher's time beside it
     steps: int = setting(1000, minimum=1, help="Pretraining steps.")
     batch_size: int = setting(32, minimum=1, help="Captions per step.")
     lr: float = setting(1e-3, above=0, help="Peak learning rate (AdamW).")
-    warmup: float = setting(0.1, minimum=0, below=1, help="Fraction of the steps spent warming "
-                                                          "up.")
+    warmup: float = setting(0.1, minimum=0, below=1, help="Fraction of the steps spent warming up.")
     weight_decay: float = setting(0.01, minimum=0, help="AdamW weight decay.")
     seed: int = setting(0, minimum=0, help="Seed of the initialisation and the batches.")
-    threads: int = setting(1, minimum=1, maximum=MAX_THREADS,
-                           help="CPU threads torch may use. Pinned: with more, a loaded machine "
-                                "changed the last bits.")
+    threads: int = setting(
+        1,
+        minimum=1,
+        maximum=MAX_THREADS,
+        help="CPU threads torch may use. Pinned: with more, a loaded machine "
+        "changed the last bits.",
+    )
     eval_every: int = setting(100, minimum=1, help="Steps between held-out MLM / ITM losses.")
-    held_out_images: int = setting(100, minimum=1, help="Caption images kept out of training, "
-                                                        "for the curves.")
+    held_out_images: int = setting(
+        100, minimum=1, help="Caption images kept out of training, for the curves."
+    )
 
 
 @dataclass
@@ -72,7 +76,7 @@ class CaptionData:
     """Captions as label-free examples, with every image's region features in memory."""
 
     examples: list[Example]
-    regions: dict[str, tuple[torch.Tensor, torch.Tensor]]   # image -> (features, boxes)
+    regions: dict[str, tuple[torch.Tensor, torch.Tensor]]  # image -> (features, boxes)
 
 
 def caption_examples(root: Path) -> list[Example]:
@@ -85,21 +89,35 @@ def caption_examples(root: Path) -> list[Example]:
     for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         record = json.loads(line)
         if not isinstance(record.get("boxes"), list):
-            raise DataError("a caption line needs the image's object 'boxes' (regenerate the "
-                            "demo world with `madcache demo data`)", file=path, line=line_no)
+            raise DataError(
+                "a caption line needs the image's object 'boxes' (regenerate the "
+                "demo world with `madcache demo data`)",
+                file=path,
+                line=line_no,
+            )
         safe_join(root, record["image"], field="image")
         text = Text.from_string(record["caption"])
         describing.setdefault(record["image"], text)
-        examples.append(Example(
-            id=f"caption-{line_no}", dataset="captions", split="train",
-            image_id=record["image"], image_path=record["image"], choices=(text,), label=None,
-            category="caption", label_free_text=describing[record["image"]],
-            raw={"boxes": record["boxes"]}))
+        examples.append(
+            Example(
+                id=f"caption-{line_no}",
+                dataset="captions",
+                split="train",
+                image_id=record["image"],
+                image_path=record["image"],
+                choices=(text,),
+                label=None,
+                category="caption",
+                label_free_text=describing[record["image"]],
+                raw={"boxes": record["boxes"]},
+            )
+        )
     return examples
 
 
-def caption_regions(root: Path, examples: Sequence[Example]
-                    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def caption_regions(
+    root: Path, examples: Sequence[Example]
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """boxcrop features of each caption image: the whole image, then each object's box."""
     from madcache.demo.world.world import IMAGE_SIZE
     from madcache.students.region_extractors import WHOLE_IMAGE, BoxCrop, ImageItem
@@ -109,8 +127,11 @@ def caption_regions(root: Path, examples: Sequence[Example]
         if example.image_id in out:
             continue
         boxes = np.asarray(example.raw["boxes"], dtype=np.float32).reshape(-1, 4) / IMAGE_SIZE
-        item = ImageItem(example.image_id, root / example.image_path,
-                         np.concatenate([WHOLE_IMAGE, np.clip(boxes, 0, 1)])[:MAX_REGIONS])
+        item = ImageItem(
+            example.image_id,
+            root / example.image_path,
+            np.concatenate([WHOLE_IMAGE, np.clip(boxes, 0, 1)])[:MAX_REGIONS],
+        )
         feat, box = extractor.regions(item)
         out[example.image_id] = (torch.from_numpy(feat), torch.from_numpy(box))
     return out
@@ -122,14 +143,16 @@ def split_held_out(data: CaptionData, count: int) -> tuple[list[Example], list[E
     images = sorted(data.regions)
     count = min(count, len(images) // 10)
     held = set(images[-count:]) if count else set()
-    return ([ex for ex in data.examples if ex.image_id not in held],
-            [ex for ex in data.examples if ex.image_id in held])
+    return (
+        [ex for ex in data.examples if ex.image_id not in held],
+        [ex for ex in data.examples if ex.image_id in held],
+    )
 
 
-def pretrain_demo_student(config: DemoStudentConfig, *, progress: bool = True,
-                          log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Pretrain (or reuse) the demo student; returns the summary (also `out/pretraining.json`).
-    """
+def pretrain_demo_student(
+    config: DemoStudentConfig, *, progress: bool = True, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Pretrain (or reuse) the demo student; returns the summary (also `out/pretraining.json`)."""
     from madcache.students import build_student, save_student
     from madcache.students.region_extractors import BOXCROP_DIM
     from madcache.train.optim import descend, lr_at
@@ -144,8 +167,9 @@ def pretrain_demo_student(config: DemoStudentConfig, *, progress: bool = True,
     data = CaptionData(examples, caption_regions(Path(config.data), examples))
     train, held = split_held_out(data, config.held_out_images)
     student = build_student("single-stream", task="multiple_choice", region_dim=BOXCROP_DIM)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr,
-                                  weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        student.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
     order = np.random.default_rng(config.seed)
     curve = [{"step": 0, **held_out_losses(student, data, held)}]
     log(f"[student] step 0: held-out {_show(curve[-1])}")
@@ -155,43 +179,58 @@ def pretrain_demo_student(config: DemoStudentConfig, *, progress: bool = True,
         batch = [train[i] for i in order.choice(len(train), config.batch_size, replace=False)]
         losses = batch_losses(student, data, batch, seed=config.seed * 100_003 + step)
         loss = losses["mlm"] + losses["itm"]
-        descend(optimizer, loss, lr=lr_at(step, config.steps, base=config.lr,
-                                          warmup=config.warmup))
+        descend(optimizer, loss, lr=lr_at(step, config.steps, base=config.lr, warmup=config.warmup))
         bar.update(1)
         if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
             curve.append({"step": step + 1, **held_out_losses(student, data, held)})
             log(f"[student] step {step + 1}: held-out {_show(curve[-1])}")
     bar.close()
     save_student(student, out)
-    summary = {**settings_of(config), "captions": len(train),
-               "held_out_captions": len(held), "held_out_images": config.held_out_images,
-               "parameters": sum(p.numel() for p in student.parameters()),
-               "chance": {"itm": math.log(2)}, "curve": curve,
-               "seconds": round(time.perf_counter() - started, 1)}
+    summary = {
+        **settings_of(config),
+        "captions": len(train),
+        "held_out_captions": len(held),
+        "held_out_images": config.held_out_images,
+        "parameters": sum(p.numel() for p in student.parameters()),
+        "chance": {"itm": math.log(2)},
+        "curve": curve,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
     write_json(out / SUMMARY, summary)
     return summary
 
 
 def settings_of(config: DemoStudentConfig) -> dict[str, Any]:
     """What decides the saved student: a finished one is reused only if these match."""
-    return {"version": VERSION, "steps": config.steps, "batch_size": config.batch_size,
-            "lr": config.lr, "seed": config.seed, "threads": config.threads}
+    return {
+        "version": VERSION,
+        "steps": config.steps,
+        "batch_size": config.batch_size,
+        "lr": config.lr,
+        "seed": config.seed,
+        "threads": config.threads,
+    }
 
 
 def finished_summary(out: Path, config: DemoStudentConfig) -> dict[str, Any]:
     """The summary of the student already in `out`, refused (one line) when it was pretrained
     with other settings or by an older version."""
     summary = read_json(out / SUMMARY, error=ConfigError, hint=f"delete {out} and rerun")
-    changed = ", ".join(f"{k}={found!r} (now {now!r})" for k, (found, now)
-                        in changed_settings(summary, settings_of(config)).items())
+    changed = ", ".join(
+        f"{k}={found!r} (now {now!r})"
+        for k, (found, now) in changed_settings(summary, settings_of(config)).items()
+    )
     if changed:
-        raise ConfigError(f"{out} holds a demo student pretrained with {changed}; delete {out} "
-                          "to pretrain it again, or choose another --out")
+        raise ConfigError(
+            f"{out} holds a demo student pretrained with {changed}; delete {out} "
+            "to pretrain it again, or choose another --out"
+        )
     return summary
 
 
-def batch_losses(student, data: CaptionData, batch: Sequence[Example], *, seed: int
-                 ) -> dict[str, torch.Tensor]:
+def batch_losses(
+    student, data: CaptionData, batch: Sequence[Example], *, seed: int
+) -> dict[str, torch.Tensor]:
     """The student's own MLM + ITM losses on a batch of captions (masks and pairings seeded)."""
     from madcache.students.regions import collate_regions
 
@@ -201,14 +240,15 @@ def batch_losses(student, data: CaptionData, batch: Sequence[Example], *, seed: 
 
 
 @torch.no_grad()
-def held_out_losses(student, data: CaptionData, held: Sequence[Example],
-                    batch_size: int = 64) -> dict[str, float]:
+def held_out_losses(
+    student, data: CaptionData, held: Sequence[Example], batch_size: int = 64
+) -> dict[str, float]:
     """Mean MLM and ITM loss on the held-out captions (fixed masks and pairings)."""
     if not held:
         return {}
     student.eval()
     sums = {"mlm": 0.0, "itm": 0.0}
-    batches = [held[i:i + batch_size] for i in range(0, len(held), batch_size)]
+    batches = [held[i : i + batch_size] for i in range(0, len(held), batch_size)]
     for n, batch in enumerate(batches):
         for key, value in batch_losses(student, data, batch, seed=n).items():
             sums[key] += value.item() / len(batches)

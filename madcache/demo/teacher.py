@@ -38,28 +38,38 @@ class DemoTeacherConfig:
     """The demo teacher's pretraining (the flags of `madcache demo teacher`)."""
 
     data: Path = setting(help="Demo world root (holds captions/captions.jsonl and images/).")
-    out: Path = setting(help="Checkpoint to write (.safetensors); a PATH.json sidecar goes "
-                             "beside it.")
+    out: Path = setting(
+        help="Checkpoint to write (.safetensors); a PATH.json sidecar goes beside it."
+    )
     steps: int = setting(300, minimum=1, help="Pretraining steps.")
     batch_size: int = setting(64, minimum=2, help="Captions per contrastive batch.")
     lr: float = setting(1e-3, above=0, help="Peak learning rate (AdamW, cosine decay).")
     weight_decay: float = setting(0.1, minimum=0, help="AdamW weight decay.")
-    warmup: int = setting(30, minimum=0, flag="warmup-steps",       # --warmup is a fraction
-                          help="Warm-up steps (at most a fifth of the steps).")
+    warmup: int = setting(
+        30,
+        minimum=0,
+        flag="warmup-steps",  # --warmup is a fraction
+        help="Warm-up steps (at most a fifth of the steps).",
+    )
     seed: int = setting(0, minimum=0, help="Seed of the initialisation and the batches.")
-    holdout_every: int = setting(10, minimum=2, help="Every Nth image (by name hash) is held "
-                                                     "out for the retrieval check.")
-    threads: int = setting(1, minimum=1, maximum=MAX_THREADS,
-                           help="CPU threads torch may use. Pinned: with more, a loaded machine "
-                                "changed the last bits.")
+    holdout_every: int = setting(
+        10, minimum=2, help="Every Nth image (by name hash) is held out for the retrieval check."
+    )
+    threads: int = setting(
+        1,
+        minimum=1,
+        maximum=MAX_THREADS,
+        help="CPU threads torch may use. Pinned: with more, a loaded machine "
+        "changed the last bits.",
+    )
 
 
 @dataclass
 class Corpus:
-    images: torch.Tensor       # [N_img, 3, H, W] uint8, resized and cropped
-    tokens: torch.Tensor       # [N_cap, L] long
+    images: torch.Tensor  # [N_img, 3, H, W] uint8, resized and cropped
+    tokens: torch.Tensor  # [N_cap, L] long
     caption_image: torch.Tensor  # [N_cap] row in `images`
-    caption_text: torch.Tensor   # [N_cap] id of the caption's distinct token sequence
+    caption_text: torch.Tensor  # [N_cap] id of the caption's distinct token sequence
     image_names: list[str]
     digest: str
 
@@ -70,8 +80,10 @@ def read_captions(root: Path) -> list[tuple[str, str]]:
 
     path = root / CAPTIONS
     if not path.is_file():
-        raise DataFileNotFoundError("caption corpus not found (generate the demo world with "
-                                    "`madcache demo data`)", file=path)
+        raise DataFileNotFoundError(
+            "caption corpus not found (generate the demo world with `madcache demo data`)",
+            file=path,
+        )
     pairs = []
     for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -83,8 +95,11 @@ def read_captions(root: Path) -> list[tuple[str, str]]:
         image = next((record[k] for k in IMAGE_KEYS if k in record), None)
         caption = next((record[k] for k in CAPTION_KEYS if k in record), None)
         if not isinstance(image, str) or not isinstance(caption, str):
-            raise DataError(f"needs string fields {IMAGE_KEYS[0]!r} and {CAPTION_KEYS[0]!r}",
-                            file=path, line=line_no)
+            raise DataError(
+                f"needs string fields {IMAGE_KEYS[0]!r} and {CAPTION_KEYS[0]!r}",
+                file=path,
+                line=line_no,
+            )
         safe_join(root, image)
         pairs.append((image, caption))
     if not pairs:
@@ -101,8 +116,9 @@ def load_corpus(root: Path, model: torch.nn.Module) -> Corpus:
     pairs = read_captions(root)
     names = sorted({image for image, _ in pairs})
     row = {name: i for i, name in enumerate(names)}
-    transform = image_transform_v2(PreprocessCfg(**open_clip.get_model_preprocess_cfg(model)),
-                                   is_train=False)
+    transform = image_transform_v2(
+        PreprocessCfg(**open_clip.get_model_preprocess_cfg(model)), is_train=False
+    )
     to_unit = transform.transforms[:-1]  # all but Normalize, applied per batch
     images = []
     for name in names:
@@ -116,14 +132,21 @@ def load_corpus(root: Path, model: torch.nn.Module) -> Corpus:
     digest = hashlib.sha256(json.dumps(pairs).encode())
     for name in names:
         digest.update(file_sha256(root / name).encode())
-    return Corpus(torch.stack(images), tokens, torch.tensor([row[image] for image, _ in pairs]),
-                  tokens.unique(dim=0, return_inverse=True)[1], names, digest.hexdigest())
+    return Corpus(
+        torch.stack(images),
+        tokens,
+        torch.tensor([row[image] for image, _ in pairs]),
+        tokens.unique(dim=0, return_inverse=True)[1],
+        names,
+        digest.hexdigest(),
+    )
 
 
 def split_holdout(corpus: Corpus, every: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Caption rows for training and held-out evaluation, split by image (stable name hash)."""
-    held = torch.tensor([int(hashlib.sha1(n.encode()).hexdigest(), 16) % every == 0
-                         for n in corpus.image_names])
+    held = torch.tensor(
+        [int(hashlib.sha1(n.encode()).hexdigest(), 16) % every == 0 for n in corpus.image_names]
+    )
     if held.all() or not held.any():  # tiny corpora: hold out the last image instead
         held = torch.zeros(len(corpus.image_names), dtype=torch.bool)
         held[-1] = len(corpus.image_names) > 1
@@ -171,7 +194,7 @@ def is_demo_teacher(path: Path) -> bool:
     try:
         with safe_open(str(path), framework="pt") as handle:
             return (handle.metadata() or {}).get("model") == MODEL_NAME
-    except Exception:                     # safetensors raises its own error for other bytes
+    except Exception:  # safetensors raises its own error for other bytes
         return False
 
 
@@ -188,8 +211,9 @@ def _settings(cfg: DemoTeacherConfig) -> dict[str, Any]:
 
 def pretrain_demo_teacher(cfg: DemoTeacherConfig, *, progress: bool = True) -> dict[str, Any]:
     """Train, save `cfg.out` (+ sidecar) and return the sidecar's summary."""
-    from madcache.teachers.clip import create_model, encode_text_trimmed
     from open_clip.loss import ClipLoss
+
+    from madcache.teachers.clip import create_model, encode_text_trimmed
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -210,8 +234,9 @@ def pretrain_demo_teacher(cfg: DemoTeacherConfig, *, progress: bool = True) -> d
         batch = _batch(train_rows, corpus, cfg.batch_size, generator)
         pixels = normalise_pixels(corpus.images[corpus.caption_image[batch]], model)
         image_f = model.encode_image(pixels, normalize=True)
-        text_f = torch.nn.functional.normalize(encode_text_trimmed(model, corpus.tokens[batch]),
-                                               dim=-1)
+        text_f = torch.nn.functional.normalize(
+            encode_text_trimmed(model, corpus.tokens[batch]), dim=-1
+        )
         loss = loss_fn(image_f, text_f, model.logit_scale.exp())
         descend(optimizer, loss, lr=teacher_lr(step, cfg))
         with torch.no_grad():  # as CLIP: the temperature stays below 100
@@ -220,20 +245,27 @@ def pretrain_demo_teacher(cfg: DemoTeacherConfig, *, progress: bool = True) -> d
     seconds = time.perf_counter() - start
 
     summary = {
-        "status": "complete", "model": MODEL_NAME, **_settings(cfg),
-        "corpus_digest": corpus.digest, "n_images": len(corpus.image_names),
-        "n_captions": len(corpus.tokens), "n_heldout_captions": len(held_rows),
-        "final_loss": history[-1] if history else None, "loss_history": history,
+        "status": "complete",
+        "model": MODEL_NAME,
+        **_settings(cfg),
+        "corpus_digest": corpus.digest,
+        "n_images": len(corpus.image_names),
+        "n_captions": len(corpus.tokens),
+        "n_heldout_captions": len(held_rows),
+        "final_loss": history[-1] if history else None,
+        "loss_history": history,
         "retrieval_top1_before": before,
         "retrieval_top1_after": retrieval_top1(model, corpus, held_rows),
-        "seconds": round(seconds, 2), "steps_per_s": round(cfg.steps / max(seconds, 1e-9), 2),
+        "seconds": round(seconds, 2),
+        "steps_per_s": round(cfg.steps / max(seconds, 1e-9), 2),
     }
     _save(model, Path(cfg.out), summary)
     return summary
 
 
-def _batch(rows: torch.Tensor, corpus: Corpus, size: int,
-           generator: torch.Generator) -> torch.Tensor:
+def _batch(
+    rows: torch.Tensor, corpus: Corpus, size: int, generator: torch.Generator
+) -> torch.Tensor:
     """A random batch of caption rows with no image and no caption text twice: ClipLoss treats
     every other pair in the batch as a negative, so a repeat would be a false negative."""
     order = rows[torch.randperm(len(rows), generator=generator)].tolist()
@@ -256,9 +288,12 @@ def _existing(cfg: DemoTeacherConfig, digest: str) -> dict[str, Any] | None:
     if not (out.is_file() and side.is_file()):
         return None
     summary = json.loads(side.read_text())
-    same = (summary.get("status") == "complete" and summary.get("corpus_digest") == digest
-            and not changed_settings(summary, _settings(cfg))
-            and summary.get("checkpoint_sha256") == file_sha256(out))
+    same = (
+        summary.get("status") == "complete"
+        and summary.get("corpus_digest") == digest
+        and not changed_settings(summary, _settings(cfg))
+        and summary.get("checkpoint_sha256") == file_sha256(out)
+    )
     return summary if same else None
 
 

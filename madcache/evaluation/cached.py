@@ -5,8 +5,9 @@ answers)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from madcache.core.errors import ConfigError
 from madcache.data.records import Example
@@ -19,15 +20,29 @@ def index_examples(cache: Any, dataset: str | None = None) -> list[Example]:
     of an open cache; `dataset` defaults to the manifest's."""
     dataset = dataset or cache.manifest.get("dataset", "")
     split = cache.manifest.get("split") or ""
-    return [Example(id=row["example_id"], dataset=dataset, split=split,
-                    image_id=row.get("image_id") or "", image_path="", choices=(),
-                    label=row.get("label"), category=row.get("category") or UNCATEGORISED,
-                    group=row.get("group") or "")
-            for row in cache.index().to_pylist()]
+    return [
+        Example(
+            id=row["example_id"],
+            dataset=dataset,
+            split=split,
+            image_id=row.get("image_id") or "",
+            image_path="",
+            choices=(),
+            label=row.get("label"),
+            category=row.get("category") or UNCATEGORISED,
+            group=row.get("group") or "",
+        )
+        for row in cache.index().to_pylist()
+    ]
 
 
-def dataset_examples(dataset: str, root: str | Path, split: str | None, ids: Sequence[str],
-                     options: Mapping[str, Any] | None = None) -> list[Example]:
+def dataset_examples(
+    dataset: str,
+    root: str | Path,
+    split: str | None,
+    ids: Sequence[str],
+    options: Mapping[str, Any] | None = None,
+) -> list[Example]:
     """The dataset's own examples of `ids` (in that order), read from its files under `root`."""
     from madcache.data import read_examples
 
@@ -37,7 +52,9 @@ def dataset_examples(dataset: str, root: str | Path, split: str | None, ids: Seq
     by_id = {ex.id: ex for ex in read.examples}
     missing = [i for i in ids if i not in by_id]
     if missing:
-        raise ConfigError(f"{len(missing)} cached examples (e.g. {missing[0]!r}) are not in "
-                          f"{dataset} {split} under {root}: is this the root the cache was "
-                          "built from?")
+        raise ConfigError(
+            f"{len(missing)} cached examples (e.g. {missing[0]!r}) are not in "
+            f"{dataset} {split} under {root}: is this the root the cache was "
+            "built from?"
+        )
     return [by_id[i] for i in ids]

@@ -39,9 +39,9 @@ class PredictConfig:
 
     run: Path = setting(existing_path=True, help=RUN_HELP)
     split: str = setting("test", help="The split to predict.")
-    out: Path = setting(help="The file to write (.csv for VCR, .json for VQA, .jsonl for "
-                             "SNLI-VE).")
+    out: Path = setting(help="The file to write (.csv for VCR, .json for VQA, .jsonl for SNLI-VE).")
     root: str | None = setting(None, help=ROOT_HELP)
-    regions: str | None = setting(None, help="Region store holding the split's images (region "
-                                             "students).")
+    regions: str | None = setting(
+        None, help="Region store holding the split's images (region students)."
+    )
     force: bool = setting(False, help="Replace an existing --out file.")

@@ -7,8 +7,8 @@ Metric names: VCR `q2a`, `qa2r`, `q2ar`; SNLI-VE `accuracy`; VQA `vqa_accuracy`;
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from madcache.core.device import resolve_device
 from madcache.core.io import check_output_location, read_json, write_json
@@ -20,9 +20,14 @@ from madcache.train.rundir import METRICS, load_run
 from madcache.train.setup import load_eval_examples
 
 
-def evaluate_run(run_dir: str | Path, *, split: str, sm: bool = False,
-                 root: str | Path | None = None, regions: str | Path | None = None
-                 ) -> dict[str, float]:
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    split: str,
+    sm: bool = False,
+    root: str | Path | None = None,
+    regions: str | Path | None = None,
+) -> dict[str, float]:
     """Score a run's saved student on `split` (SM-transformed when `sm`) and record the result in
     metrics.json["eval"][split or f"{split}_sm"]. `root` overrides the run's dataset root,
     `regions` its region store (default: the run's eval-split store for its eval split)."""
@@ -38,11 +43,16 @@ def evaluate_run(run_dir: str | Path, *, split: str, sm: bool = False,
     examples = load_eval_examples(config, split, sm=sm)
     config.device = resolve_device(config.device, option="the run's device")  # auto -> here
     student = load_run_student(run_dir, device=config.device)
-    logits = predict_logits(student, examples,
-                            regions=loader_for(student, root=config.root, regions=regions),
-                            batch_size=config.batch_size, device=config.device)
-    result = without_counts(score_logits(config.dataset, examples, logits,
-                                         getattr(student, "answers", None)))
+    logits = predict_logits(
+        student,
+        examples,
+        regions=loader_for(student, root=config.root, regions=regions),
+        batch_size=config.batch_size,
+        device=config.device,
+    )
+    result = without_counts(
+        score_logits(config.dataset, examples, logits, getattr(student, "answers", None))
+    )
     record_eval(run_dir, f"{split}_sm" if sm else split, result)
     return result
 
@@ -50,7 +60,10 @@ def evaluate_run(run_dir: str | Path, *, split: str, sm: bool = False,
 def record_eval(run_dir: Path, key: str, result: Mapping[str, float]) -> None:
     """Write `result` under metrics.json["eval"][key], keeping everything else."""
     path = run_dir / "metrics.json"
-    metrics = read_json(path, hint="restore it or delete it (the evaluation rewrites it)") \
-        if path.exists() else {}
+    metrics = (
+        read_json(path, hint="restore it or delete it (the evaluation rewrites it)")
+        if path.exists()
+        else {}
+    )
     metrics.setdefault("eval", {})[key] = dict(result)
     write_json(path, metrics)

@@ -16,14 +16,15 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
-from madcache.core.errors import ConfigError, DataError, DataFileNotFoundError
 from madcache.core.device import resolve_device
+from madcache.core.errors import ConfigError, DataError, DataFileNotFoundError
 from madcache.core.io import atomic_write_text, check_output_location
 from madcache.core.registry import Registry
 from madcache.data.base import DATASETS
@@ -36,22 +37,33 @@ from madcache.train.config import TrainConfig
 from madcache.train.rundir import load_run, run_files
 from madcache.train.setup import load_eval_examples
 
-VCR_COLUMNS = ["annot_id", *(f"answer_{i}" for i in range(4)),
-               *(f"rationale_conditioned_on_a{i}_{j}" for i in range(4) for j in range(4))]
+VCR_COLUMNS = [
+    "annot_id",
+    *(f"answer_{i}" for i in range(4)),
+    *(f"rationale_conditioned_on_a{i}_{j}" for i in range(4) for j in range(4)),
+]
 
 
-def write_predictions(run_dir: str | Path, *, split: str, out: str | Path,
-                      root: str | Path | None = None, regions: str | Path | None = None,
-                      force: bool = False) -> dict[str, Any]:
+def write_predictions(
+    run_dir: str | Path,
+    *,
+    split: str,
+    out: str | Path,
+    root: str | Path | None = None,
+    regions: str | Path | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
     """Predict `split` with the run's saved student and write the dataset's submission file to
     `out` (refused if it exists, unless `force`). Returns a summary."""
     run_dir, out = Path(run_dir), Path(out)
     config = load_run(run_dir)
     if root is not None:
         config.root = str(root)
-    check_output_location(out, roots=[config.root],
-                          inputs=[*run_files(run_dir), regions, config.regions,
-                                  config.eval_regions])
+    check_output_location(
+        out,
+        roots=[config.root],
+        inputs=[*run_files(run_dir), regions, config.regions, config.eval_regions],
+    )
     if out.exists() and not force:
         raise ConfigError(f"{out} exists; choose another --out or pass --force")
     submission = submission_format(config.dataset)
@@ -62,15 +74,17 @@ def write_predictions(run_dir: str | Path, *, split: str, out: str | Path,
     loader = loader_for(student, root=config.root, regions=regions)
 
     def logits(examples: Sequence[Example]) -> torch.Tensor:
-        return predict_logits(student, examples, regions=loader, batch_size=config.batch_size,
-                              device=config.device)
+        return predict_logits(
+            student, examples, regions=loader, batch_size=config.batch_size, device=config.device
+        )
 
     rows = submission.write(config, split, student, logits, out)
     return {"dataset": config.dataset, "split": split, "out": str(out), "rows": rows}
 
 
-def score_predictions(dataset: str, path: str | Path, examples: Sequence[Example]
-                      ) -> dict[str, float]:
+def score_predictions(
+    dataset: str, path: str | Path, examples: Sequence[Example]
+) -> dict[str, float]:
     """A submission file scored against labelled `examples` with madcache's metrics
     (`madcache.data.metrics`), read back the way its evaluation server reads it."""
     submission = submission_format(dataset)
@@ -85,12 +99,14 @@ def submission_format(dataset: str) -> SubmissionFormat:
     name = DATASETS.get(dataset).submission if dataset in DATASETS else None
     if name is None:
         having = [n for n in DATASETS if DATASETS.get(n).submission is not None]
-        raise ConfigError(f"no submission format for dataset {dataset!r}; datasets with one: "
-                          f"{', '.join(having)}")
+        raise ConfigError(
+            f"no submission format for dataset {dataset!r}; datasets with one: {', '.join(having)}"
+        )
     return SUBMISSION_FORMATS.get(name)
 
 
 # ----------------------------------------------------------------------------- VCR
+
 
 def _vcr_rows(config: TrainConfig, split: str, logits: Callable) -> list[list[Any]]:
     from madcache.data.vcr import conditioned_rationale_examples
@@ -100,14 +116,17 @@ def _vcr_rows(config: TrainConfig, split: str, logits: Callable) -> list[list[An
     renderer = config.read_options.get("renderer", "tag")
     conditioned = [r for ex in questions for r in conditioned_rationale_examples(ex, renderer)]
     rationales = logits(conditioned).softmax(-1).reshape(len(questions), 4, 4)
-    return [[ex.group, *answers[n].tolist(), *rationales[n].flatten().tolist()]
-            for n, ex in enumerate(questions)]
+    return [
+        [ex.group, *answers[n].tolist(), *rationales[n].flatten().tolist()]
+        for n, ex in enumerate(questions)
+    ]
 
 
 def _only_qa(config: TrainConfig) -> TrainConfig:
     """The run's config reading `:qa` examples only (one per question, in file order)."""
-    return TrainConfig.from_dict({**config.to_dict(),
-                                  "read_options": {**config.read_options, "modes": ["qa"]}})
+    return TrainConfig.from_dict(
+        {**config.to_dict(), "read_options": {**config.read_options, "modes": ["qa"]}}
+    )
 
 
 def write_vcr(config: TrainConfig, split: str, student, logits: Callable, out: Path) -> int:
@@ -126,8 +145,9 @@ def read_vcr_predictions(path: Path) -> dict[str, tuple[list[float], list[list[f
         reader = csv.reader(handle)
         header = next(reader, None)
         if header != VCR_COLUMNS:
-            raise DataError(f"expected the VCR leaderboard columns {VCR_COLUMNS[:3]}...",
-                            file=path, line=1)
+            raise DataError(
+                f"expected the VCR leaderboard columns {VCR_COLUMNS[:3]}...", file=path, line=1
+            )
         found = {}
         for line, row in enumerate(reader, 2):
             try:
@@ -136,7 +156,7 @@ def read_vcr_predictions(path: Path) -> dict[str, tuple[list[float], list[list[f
                 raise DataError("probabilities must be numbers", file=path, line=line) from None
             if len(values) != 20:
                 raise DataError(f"expected 21 columns, got {len(row)}", file=path, line=line)
-            found[row[0]] = (values[:4], [values[4 + 4 * i: 8 + 4 * i] for i in range(4)])
+            found[row[0]] = (values[:4], [values[4 + 4 * i : 8 + 4 * i] for i in range(4)])
     return found
 
 
@@ -150,17 +170,23 @@ def score_vcr_file(path: Path, examples: Sequence[Example]) -> dict[str, float]:
         answers, rationales = rows[ex.group]
         scores = answers if ex.id.endswith(":qa") else rationales[answer_label[ex.group]]
         predictions.append(max(range(4), key=scores.__getitem__))
-    return vcr_scores([ex.id for ex in labelled], [ex.label for ex in labelled],
-                      [ex.group for ex in labelled], predictions)
+    return vcr_scores(
+        [ex.id for ex in labelled],
+        [ex.label for ex in labelled],
+        [ex.group for ex in labelled],
+        predictions,
+    )
 
 
 # ----------------------------------------------------------------------------- VQA
 
+
 def write_vqa(config: TrainConfig, split: str, student, logits: Callable, out: Path) -> int:
     examples = load_eval_examples(config, split)
     best = logits(examples).argmax(-1).tolist()
-    results = [{"question_id": int(ex.id), "answer": student.answers[i]}
-               for ex, i in zip(examples, best)]
+    results = [
+        {"question_id": int(ex.id), "answer": student.answers[i]} for ex, i in zip(examples, best)
+    ]
     atomic_write_text(out, json.dumps(results) + "\n")
     return len(results)
 
@@ -176,13 +202,21 @@ def score_vqa_file(path: Path, examples: Sequence[Example]) -> dict[str, float]:
 
 # ----------------------------------------------------------------------------- SNLI-VE
 
+
 def write_snli_ve(config: TrainConfig, split: str, student, logits: Callable, out: Path) -> int:
     examples = load_eval_examples(config, split)
     probabilities = logits(examples).softmax(-1)
-    lines = [json.dumps({"pairID": ex.id, "Flickr30K_ID": ex.image_id,
-                         "prediction": SNLI_VE_LABELS[int(p.argmax())],
-                         "probabilities": dict(zip(SNLI_VE_LABELS, p.tolist()))})
-             for ex, p in zip(examples, probabilities)]
+    lines = [
+        json.dumps(
+            {
+                "pairID": ex.id,
+                "Flickr30K_ID": ex.image_id,
+                "prediction": SNLI_VE_LABELS[int(p.argmax())],
+                "probabilities": dict(zip(SNLI_VE_LABELS, p.tolist())),
+            }
+        )
+        for ex, p in zip(examples, probabilities)
+    ]
     atomic_write_text(out, "".join(line + "\n" for line in lines))
     return len(lines)
 
@@ -192,14 +226,19 @@ def score_snli_ve(path: Path, examples: Sequence[Example]) -> dict[str, float]:
     for line, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         record = json.loads(text)
         if record.get("prediction") not in SNLI_VE_LABELS:
-            raise DataError(f"prediction must be one of {', '.join(SNLI_VE_LABELS)}", file=path,
-                            line=line, field="prediction")
+            raise DataError(
+                f"prediction must be one of {', '.join(SNLI_VE_LABELS)}",
+                file=path,
+                line=line,
+                field="prediction",
+            )
         predicted[record["pairID"]] = SNLI_VE_LABELS.index(record["prediction"])
     scored = [ex for ex in examples if ex.id in predicted]
     return accuracy_scores([ex.label for ex in scored], [predicted[ex.id] for ex in scored])
 
 
 # ----------------------------------------------------------------------------- the formats
+
 
 @dataclass(frozen=True)
 class SubmissionFormat:

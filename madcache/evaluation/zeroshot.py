@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -45,8 +46,10 @@ RESULT_MD = "zeroshot.md"
 
 # ----------------------------------------------------------------------------- scoring
 
-def overall_and_by_category(examples: Sequence[Example], predictions: Sequence[Any],
-                            score: Scorer) -> dict[str, Any]:
+
+def overall_and_by_category(
+    examples: Sequence[Example], predictions: Sequence[Any], score: Scorer
+) -> dict[str, Any]:
     """`score` over all examples and over the examples of each category."""
     rows_of: dict[str, list[int]] = defaultdict(list)
     for i, example in enumerate(examples):
@@ -55,22 +58,32 @@ def overall_and_by_category(examples: Sequence[Example], predictions: Sequence[A
     def on(rows: Sequence[int]) -> dict[str, float]:
         return score([examples[r] for r in rows], [predictions[r] for r in rows])
 
-    return {"overall": on(range(len(examples))),
-            "by_category": {c: on(rows_of[c]) for c in sorted(rows_of)}}
+    return {
+        "overall": on(range(len(examples))),
+        "by_category": {c: on(rows_of[c]) for c in sorted(rows_of)},
+    }
 
 
-def logits_zero_shot(examples: Sequence[Example], logits: Mapping[str, np.ndarray],
-                     score: Scorer, order: Sequence[str] = ()) -> dict[str, Any]:
+def logits_zero_shot(
+    examples: Sequence[Example],
+    logits: Mapping[str, np.ndarray],
+    score: Scorer,
+    order: Sequence[str] = (),
+) -> dict[str, Any]:
     """Per stored logits name (those in `order` first, then the rest by name): the arg-max
     choice or class, scored overall and per category."""
     names = [n for n in order if n in logits] + sorted(set(logits) - set(order))
-    return {name: overall_and_by_category(
-                examples, np.asarray(logits[name]).argmax(axis=1).tolist(), score)
-            for name in names}
+    return {
+        name: overall_and_by_category(
+            examples, np.asarray(logits[name]).argmax(axis=1).tolist(), score
+        )
+        for name in names
+    }
 
 
-def vqa_predictions(logits: np.ndarray, candidates: np.ndarray, vocab: Sequence[str],
-                    top_k: int) -> list[str]:
+def vqa_predictions(
+    logits: np.ndarray, candidates: np.ndarray, vocab: Sequence[str], top_k: int
+) -> list[str]:
     """The answer of the best of the first `top_k` candidates (padding ids < 0 never win)."""
     scores = np.asarray(logits, dtype=np.float64)[:, :top_k].copy()
     ids = np.asarray(candidates)[:, :top_k]
@@ -79,19 +92,31 @@ def vqa_predictions(logits: np.ndarray, candidates: np.ndarray, vocab: Sequence[
     return [vocab[i] if i >= 0 else "" for i in best.tolist()]
 
 
-def vqa_zero_shot(examples: Sequence[Example], logits: Mapping[str, np.ndarray],
-                  candidates: np.ndarray | None, vocab: Sequence[str], score: Scorer,
-                  top_ks: Sequence[int] = VQA_TOP_K) -> dict[str, Any]:
+def vqa_zero_shot(
+    examples: Sequence[Example],
+    logits: Mapping[str, np.ndarray],
+    candidates: np.ndarray | None,
+    vocab: Sequence[str],
+    score: Scorer,
+    top_ks: Sequence[int] = VQA_TOP_K,
+) -> dict[str, Any]:
     """`template` logits with top-1/3/10 prefiltering, overall and per question type."""
     if "template" not in logits or candidates is None:
-        raise ConfigError("this VQA cache has no template logits/candidates (extracted "
-                          "without a relevance model?)")
-    return {f"template-top{k}": overall_and_by_category(
-                examples, vqa_predictions(logits["template"], candidates, vocab, k), score)
-            for k in top_ks if k <= candidates.shape[1]}
+        raise ConfigError(
+            "this VQA cache has no template logits/candidates (extracted "
+            "without a relevance model?)"
+        )
+    return {
+        f"template-top{k}": overall_and_by_category(
+            examples, vqa_predictions(logits["template"], candidates, vocab, k), score
+        )
+        for k in top_ks
+        if k <= candidates.shape[1]
+    }
 
 
 # ----------------------------------------------------------------------------- protocols
+
 
 @dataclass
 class CachedSplit:
@@ -108,20 +133,32 @@ class CachedSplit:
 
 def stored_logits(split: CachedSplit) -> dict[str, Any]:
     if not split.targets.logits:
-        raise ConfigError(f"this {split.dataset.name} cache has no teacher logits (extracted "
-                          "without a relevance model?)")
-    return logits_zero_shot(split.examples, split.targets.logits, split.dataset.score,
-                            order=split.manifest.get("logits") or ())
+        raise ConfigError(
+            f"this {split.dataset.name} cache has no teacher logits (extracted "
+            "without a relevance model?)"
+        )
+    return logits_zero_shot(
+        split.examples,
+        split.targets.logits,
+        split.dataset.score,
+        order=split.manifest.get("logits") or (),
+    )
 
 
 def answer_candidates(split: CachedSplit) -> dict[str, Any]:
     root = _dataset_root(split.manifest, split.root)
     vocab = answer_vocabulary(split.manifest, root)
     options = split.manifest.get("fingerprint", {}).get("dataset", {}).get("read_options", {})
-    examples = dataset_examples(split.dataset.name, root, split.manifest.get("split"),
-                                [ex.id for ex in split.examples], options)
-    return vqa_zero_shot(examples, split.targets.logits, split.targets.candidates, vocab,
-                         split.dataset.score)
+    examples = dataset_examples(
+        split.dataset.name,
+        root,
+        split.manifest.get("split"),
+        [ex.id for ex in split.examples],
+        options,
+    )
+    return vqa_zero_shot(
+        examples, split.targets.logits, split.targets.candidates, vocab, split.dataset.score
+    )
 
 
 # The zero-shot protocols a dataset spec names (`Dataset.zero_shot`).
@@ -132,8 +169,10 @@ ZERO_SHOT.register("answer-candidates", answer_candidates)
 
 # ----------------------------------------------------------------------------- from a cache
 
-def run_zero_shot(cache_path: str | Path, *, root: str | Path | None = None,
-                  out: str | Path | None = None) -> dict[str, Any]:
+
+def run_zero_shot(
+    cache_path: str | Path, *, root: str | Path | None = None, out: str | Path | None = None
+) -> dict[str, Any]:
     """Zero-shot results of the teacher whose targets are cached at `cache_path` (the cache of
     the *evaluated* split). With `out`, writes `zeroshot.json` and `zeroshot.md` there."""
     from madcache.cache.reader import open_cache
@@ -141,18 +180,28 @@ def run_zero_shot(cache_path: str | Path, *, root: str | Path | None = None,
     cache = open_cache(cache_path)
     dataset = DATASETS.get(cache.manifest.get("dataset"))
     if dataset.zero_shot is None:
-        raise ConfigError(f"dataset '{dataset.name}' has no zero-shot protocol (its spec's "
-                          f"zero_shot; available: {', '.join(ZERO_SHOT.names())})")
+        raise ConfigError(
+            f"dataset '{dataset.name}' has no zero-shot protocol (its spec's "
+            f"zero_shot; available: {', '.join(ZERO_SHOT.names())})"
+        )
     protocol = ZERO_SHOT.get(dataset.zero_shot)
     examples = index_examples(cache)
     targets = cache.load_targets([ex.id for ex in examples])
-    protocols = protocol(CachedSplit(dataset, examples, targets, cache.manifest,
-                                     None if root is None else Path(root)))
-    result = {"dataset": dataset.name, "split": cache.manifest.get("split"),
-              "cache": str(cache_path), "teachers": cache.manifest.get("teachers"),
-              "cache_fingerprint": cache_digest(cache.manifest),
-              "num_examples": len(examples), "chance": dict(dataset.chance),
-              "protocols": protocols}
+    protocols = protocol(
+        CachedSplit(
+            dataset, examples, targets, cache.manifest, None if root is None else Path(root)
+        )
+    )
+    result = {
+        "dataset": dataset.name,
+        "split": cache.manifest.get("split"),
+        "cache": str(cache_path),
+        "teachers": cache.manifest.get("teachers"),
+        "cache_fingerprint": cache_digest(cache.manifest),
+        "num_examples": len(examples),
+        "chance": dict(dataset.chance),
+        "protocols": protocols,
+    }
     if out is not None:
         write_zero_shot(result, out)
     return result
@@ -161,8 +210,10 @@ def run_zero_shot(cache_path: str | Path, *, root: str | Path | None = None,
 def _dataset_root(manifest: Mapping[str, Any], root: Path | None) -> Path:
     candidate = root if root is not None else manifest.get("root")
     if candidate is None or not Path(candidate).is_dir():
-        raise ConfigError("VQA zero-shot accuracy needs the 10 human answers per question, "
-                          "which are not in the cache: pass the dataset root (--root DIR)")
+        raise ConfigError(
+            "VQA zero-shot accuracy needs the 10 human answers per question, "
+            "which are not in the cache: pass the dataset root (--root DIR)"
+        )
     return Path(candidate)
 
 
@@ -175,11 +226,14 @@ def answer_vocabulary(manifest: Mapping[str, Any], root: Path | None) -> list[st
         from madcache.data.vqa import read_answer_vocab
 
         return read_answer_vocab(Path(root) / "answers.txt")
-    raise ConfigError("the cache's manifest holds no answer vocabulary (extra.answer_vocab) "
-                      "and there is no answers.txt under the dataset root")
+    raise ConfigError(
+        "the cache's manifest holds no answer vocabulary (extra.answer_vocab) "
+        "and there is no answers.txt under the dataset root"
+    )
 
 
 # ----------------------------------------------------------------------------- output
+
 
 def metric_names(result: Mapping[str, Any]) -> list[str]:
     """The metric columns of a result, in a stable order (counts last)."""
@@ -194,16 +248,20 @@ def metric_names(result: Mapping[str, Any]) -> list[str]:
 def zero_shot_markdown(result: Mapping[str, Any]) -> str:
     """One row per (prompt, category); chance levels in the last row."""
     names = metric_names(result)
-    lines = [f"## Zero-shot: {result['dataset']} {result.get('split') or ''} "
-             f"(teachers: {teachers_label(result.get('teachers'))})", "",
-             "| protocol | category | " + " | ".join(names) + " | n |",
-             "|---|---|" + "---|" * (len(names) + 1)]
+    lines = [
+        f"## Zero-shot: {result['dataset']} {result.get('split') or ''} "
+        f"(teachers: {teachers_label(result.get('teachers'))})",
+        "",
+        "| protocol | category | " + " | ".join(names) + " | n |",
+        "|---|---|" + "---|" * (len(names) + 1),
+    ]
     for prompt, scores in result["protocols"].items():
         rows = [("all", scores["overall"]), *scores["by_category"].items()]
         for category, values in rows:
             cells = [_fmt(values.get(name)) for name in names]
-            lines.append(f"| {prompt} | {category} | " + " | ".join(cells)
-                         + f" | {values.get('n', '')} |")
+            lines.append(
+                f"| {prompt} | {category} | " + " | ".join(cells) + f" | {values.get('n', '')} |"
+            )
     if result.get("chance"):
         cells = [_fmt(result["chance"].get(name)) for name in names]
         lines.append("| chance | | " + " | ".join(cells) + " | |")

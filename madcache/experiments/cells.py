@@ -10,18 +10,24 @@ baseline's cell of the same setting (`madcache.experiments.stats`).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, NamedTuple
+from typing import NamedTuple
 
 from madcache.core.errors import UnknownNameError
 from madcache.evaluation.adapters import ADAPTERS
 from madcache.experiments.runs import FULL, Row, RunRecord
-from madcache.experiments.stats import (Interval, PairedDifference, paired_difference,
-                                        sample_std, t_interval)
+from madcache.experiments.stats import (
+    Interval,
+    PairedDifference,
+    paired_difference,
+    sample_std,
+    t_interval,
+)
 from madcache.method.methods import METHOD_ORDER
 
 METRIC_ORDER = ("q2a", "qa2r", "q2ar", "accuracy", "vqa_accuracy")
-BASELINE = "baseline"     # the method every other one is paired with, unless told otherwise
+BASELINE = "baseline"  # the method every other one is paired with, unless told otherwise
 
 
 class Setting(NamedTuple):
@@ -41,7 +47,7 @@ class CellKey(NamedTuple):
     metric: str
 
     @classmethod
-    def of(cls, dataset: str, row: Row, setting: Setting, metric: str) -> "CellKey":
+    def of(cls, dataset: str, row: Row, setting: Setting, metric: str) -> CellKey:
         return cls(dataset, *row, *setting, metric)
 
     @property
@@ -72,7 +78,7 @@ class CwKey(NamedTuple):
 class Cell:
     values: list[float]
     runs: list[str]
-    seeds: list[int | None] = field(default_factory=list)   # of each value, when known
+    seeds: list[int | None] = field(default_factory=list)  # of each value, when known
 
     @property
     def n(self) -> int:
@@ -103,11 +109,15 @@ class Cell:
 
     def text(self) -> str:
         std = self.std
-        return f"{self.mean:.2f} ± {std:.2f} (n={self.n})" if std is not None \
+        return (
+            f"{self.mean:.2f} ± {std:.2f} (n={self.n})"
+            if std is not None
             else f"{self.mean:.2f} (n={self.n})"
+        )
 
 
 # ----------------------------------------------------------------------------- aggregation
+
 
 def aggregate(records: Iterable[RunRecord]) -> dict[CellKey, Cell]:
     """Cells over seeds from the complete runs: (dataset, row, split, shots, metric) -> Cell."""
@@ -142,11 +152,15 @@ def cw_cells(records: Iterable[RunRecord]) -> dict[CwKey, Cell]:
     return cells
 
 
-TRANSFER_MEASURES = (("image", "centred_cosine", "V: centred cos"), ("image", "r2", "V: R²"),
-                     ("image", "mean_only_r2", "V: mean-only R²"),
-                     ("text", "centred_cosine", "T: centred cos"), ("text", "r2", "T: R²"),
-                     ("text", "mean_only_r2", "T: mean-only R²"),
-                     ("distilled_zero_shot", None, "distilled zero-shot"))
+TRANSFER_MEASURES = (
+    ("image", "centred_cosine", "V: centred cos"),
+    ("image", "r2", "V: R²"),
+    ("image", "mean_only_r2", "V: mean-only R²"),
+    ("text", "centred_cosine", "T: centred cos"),
+    ("text", "r2", "T: R²"),
+    ("text", "mean_only_r2", "T: mean-only R²"),
+    ("distilled_zero_shot", None, "distilled zero-shot"),
+)
 
 
 def transfer_cells(records: Iterable[RunRecord]) -> dict[CwKey, Cell]:
@@ -160,14 +174,16 @@ def transfer_cells(records: Iterable[RunRecord]) -> dict[CwKey, Cell]:
             value = value.get(name) if isinstance(value, dict) else value
             if not isinstance(value, (int, float)):
                 continue
-            cell = cells.setdefault(CwKey(record.dataset, *record.row, label, record.shots),
-                                    Cell([], []))
+            cell = cells.setdefault(
+                CwKey(record.dataset, *record.row, label, record.shots), Cell([], [])
+            )
             cell.values.append(float(value))
             cell.runs.append(record.path)
     return cells
 
 
 # ----------------------------------------------------------------------------- order
+
 
 def shots_order(label: str) -> tuple[int, int]:
     """k ascending, full last."""
@@ -212,13 +228,17 @@ def tables(cells: Mapping[CellKey, Cell]) -> list[tuple[str, str]]:
 
 def ordered_keys(cells: Mapping[CellKey, Cell]) -> list[CellKey]:
     """Every cell's key in report order: tables, then rows, then settings."""
-    keys = (CellKey.of(dataset, row, setting, metric)
-            for dataset, metric in tables(cells) for row in rows(cells, dataset, metric)
-            for setting in settings(cells, dataset, metric))
+    keys = (
+        CellKey.of(dataset, row, setting, metric)
+        for dataset, metric in tables(cells)
+        for row in rows(cells, dataset, metric)
+        for setting in settings(cells, dataset, metric)
+    )
     return [key for key in keys if key in cells]
 
 
 # ----------------------------------------------------------------------------- pairing
+
 
 @dataclass
 class Pairing:
@@ -233,12 +253,13 @@ def check_baseline(cells: Mapping[CellKey, Cell], baseline: str) -> None:
     """A baseline the user named must have complete runs (the default one may be absent)."""
     methods = sorted({k.method for k in cells}, key=method_order)
     if baseline not in methods:
-        raise UnknownNameError(f"--baseline {baseline!r}: no complete runs of that method; "
-                               f"methods found: {', '.join(methods) or 'none'}")
+        raise UnknownNameError(
+            f"--baseline {baseline!r}: no complete runs of that method; "
+            f"methods found: {', '.join(methods) or 'none'}"
+        )
 
 
-def paired_cells(cells: Mapping[CellKey, Cell],
-                 baseline: str = BASELINE) -> dict[CellKey, Pairing]:
+def paired_cells(cells: Mapping[CellKey, Cell], baseline: str = BASELINE) -> dict[CellKey, Pairing]:
     """Every other method's cell paired with the `baseline` cell of the same dataset, student,
     split, shots and metric: the baseline row with the same teachers if there is one, else the
     only baseline row (a baseline trains without a teacher cache, so its teachers are "-"). Seeds
@@ -255,9 +276,16 @@ def paired_cells(cells: Mapping[CellKey, Cell],
             continue
         method_values, method_left = cell.by_seed()
         baseline_values, baseline_left = candidates[teachers].by_seed()
-        pairs[key] = Pairing(baseline, teachers, paired_difference(
-            method_values, baseline_values, unpaired_method=method_left,
-            unpaired_baseline=baseline_left))
+        pairs[key] = Pairing(
+            baseline,
+            teachers,
+            paired_difference(
+                method_values,
+                baseline_values,
+                unpaired_method=method_left,
+                unpaired_baseline=baseline_left,
+            ),
+        )
     return pairs
 
 

@@ -22,9 +22,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from madcache.core.errors import ConfigError
 from madcache.experiments.grid import RunSpec, SweepConfig, job_payload
@@ -42,7 +43,7 @@ class SlurmSettings:
     """One array task's resources (a run). Keys of a pipeline's `[slurm]` table."""
 
     partition: str | None = None
-    gpus_per_node: int = 1            # one task per array element, so: GPUs per run
+    gpus_per_node: int = 1  # one task per array element, so: GPUs per run
     gpus_per_task: int | None = None  # --gpus-per-task instead of --gpus-per-node when given
     cpus_per_task: int = 8
     time_min: int = 240
@@ -50,14 +51,15 @@ class SlurmSettings:
     account: str | None = None
     qos: str | None = None
     constraint: str | None = None
-    array_parallelism: int = 64       # tasks running at once
-    max_requeue: int = 3              # requeues after preemption / time-out
-    signal_delay_s: int = 120         # the warning signal's lead on the kill (> the grace)
-    setup: tuple[str, ...] = ()       # shell lines before the task (module load, venv)
+    array_parallelism: int = 64  # tasks running at once
+    max_requeue: int = 3  # requeues after preemption / time-out
+    signal_delay_s: int = 120  # the warning signal's lead on the kill (> the grace)
+    setup: tuple[str, ...] = ()  # shell lines before the task (module load, venv)
 
     @classmethod
-    def from_table(cls, table: Mapping[str, Any], *, where: str,
-                   overrides: Mapping[str, Any] | None = None) -> "SlurmSettings":
+    def from_table(
+        cls, table: Mapping[str, Any], *, where: str, overrides: Mapping[str, Any] | None = None
+    ) -> SlurmSettings:
         """From a `[slurm]` table; `overrides` (CLI flags, None = not given) win. Unknown keys
         and wrong types raise `ConfigError` naming the key and the file."""
         if not isinstance(table, Mapping):
@@ -65,34 +67,62 @@ class SlurmSettings:
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(table) - set(fields))
         if unknown:
-            raise ConfigError(f"{where}: unknown key 'slurm.{unknown[0]}'; valid keys in "
-                              f"[slurm]: {', '.join(sorted(fields))}")
+            raise ConfigError(
+                f"{where}: unknown key 'slurm.{unknown[0]}'; valid keys in "
+                f"[slurm]: {', '.join(sorted(fields))}"
+            )
         values = {**table, **{k: v for k, v in (overrides or {}).items() if v is not None}}
         return cls(**{name: _checked(name, value, where) for name, value in values.items()})
 
     def sbatch_parameters(self, name: str) -> dict[str, Any]:
         """The parameters of submitit's `SlurmExecutor` (they become the `#SBATCH` lines)."""
         params: dict[str, Any] = {
-            "job_name": name, "time": self.time_min, "cpus_per_task": self.cpus_per_task,
-            "array_parallelism": self.array_parallelism, "setup": list(self.setup)}
+            "job_name": name,
+            "time": self.time_min,
+            "cpus_per_task": self.cpus_per_task,
+            "array_parallelism": self.array_parallelism,
+            "setup": list(self.setup),
+        }
         if self.gpus_per_task is not None:
             params["gpus_per_task"] = self.gpus_per_task
         elif self.gpus_per_node:
             params["gpus_per_node"] = self.gpus_per_node
         params["signal_delay_s"] = self.signal_delay_s
-        optional = {"partition": self.partition, "account": self.account, "qos": self.qos,
-                    "constraint": self.constraint,
-                    "mem": None if self.mem_gb is None else f"{int(self.mem_gb * 1024)}MB"}
+        optional = {
+            "partition": self.partition,
+            "account": self.account,
+            "qos": self.qos,
+            "constraint": self.constraint,
+            "mem": None if self.mem_gb is None else f"{int(self.mem_gb * 1024)}MB",
+        }
         params.update({k: v for k, v in optional.items() if v is not None})
         return params
 
 
-_TYPES = {"partition": str, "account": str, "qos": str, "constraint": str, "gpus_per_node": int,
-          "gpus_per_task": int, "cpus_per_task": int, "time_min": int, "array_parallelism": int,
-          "max_requeue": int, "signal_delay_s": int, "mem_gb": (int, float)}
-_MINIMUM = {"gpus_per_node": 0, "gpus_per_task": 0, "cpus_per_task": 1, "time_min": 1,
-            "array_parallelism": 1, "max_requeue": 0, "signal_delay_s": CHECKPOINT_GRACE_S + 10,
-            "mem_gb": 0}
+_TYPES = {
+    "partition": str,
+    "account": str,
+    "qos": str,
+    "constraint": str,
+    "gpus_per_node": int,
+    "gpus_per_task": int,
+    "cpus_per_task": int,
+    "time_min": int,
+    "array_parallelism": int,
+    "max_requeue": int,
+    "signal_delay_s": int,
+    "mem_gb": (int, float),
+}
+_MINIMUM = {
+    "gpus_per_node": 0,
+    "gpus_per_task": 0,
+    "cpus_per_task": 1,
+    "time_min": 1,
+    "array_parallelism": 1,
+    "max_requeue": 0,
+    "signal_delay_s": CHECKPOINT_GRACE_S + 10,
+    "mem_gb": 0,
+}
 
 
 def _checked(name: str, value: Any, where: str) -> Any:
@@ -118,7 +148,7 @@ class RunJob:
         self.payload = payload
         self._child: subprocess.Popen | None = None
 
-    def __getstate__(self) -> dict[str, Any]:      # submitit pickles the job, not the process
+    def __getstate__(self) -> dict[str, Any]:  # submitit pickles the job, not the process
         return {"spec": self.spec, "payload": self.payload}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -147,7 +177,7 @@ class RunJob:
         child = self._child
         if child is not None and child.returncode is None:
             child.send_signal(signal.SIGTERM)
-            exited(child, timeout=CHECKPOINT_GRACE_S)   # else the last timed checkpoint resumes
+            exited(child, timeout=CHECKPOINT_GRACE_S)  # else the last timed checkpoint resumes
         return DelayedSubmission(RunJob(self.spec, resumed(self.payload)))
 
 
@@ -161,7 +191,7 @@ def exited(child: subprocess.Popen, *, timeout: float) -> bool:
         try:
             if os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
                 return True
-        except ChildProcessError:                  # reaped meanwhile by its own wait
+        except ChildProcessError:  # reaped meanwhile by its own wait
             return True
         time.sleep(0.05)
     return False
@@ -189,8 +219,12 @@ class SubmititExecutor:
     def job_name(self, config: SweepConfig) -> str:
         return f"madcache-{config.dataset}"
 
-    def submit(self, config: SweepConfig, pending: Sequence[RunSpec],
-               payload_of: Callable[[RunSpec], dict[str, Any]] | None = None) -> list[Any]:
+    def submit(
+        self,
+        config: SweepConfig,
+        pending: Sequence[RunSpec],
+        payload_of: Callable[[RunSpec], dict[str, Any]] | None = None,
+    ) -> list[Any]:
         """Submit one task per run (one array on Slurm); returns submitit's job handles.
         `payload_of` builds a run's job (default: the sweep's `job_payload`)."""
         payload_of = payload_of or (lambda spec: job_payload(config, spec))
@@ -207,10 +241,12 @@ class SubmititExecutor:
         submitit = _submitit()
         folder = self.folder(config) / "%j"
         if self.cluster == "local":
-            executor = submitit.LocalExecutor(folder=folder,
-                                              max_num_timeout=self.settings.max_requeue)
-            executor.update_parameters(timeout_min=self.settings.time_min,
-                                       signal_delay_s=self.settings.signal_delay_s)
+            executor = submitit.LocalExecutor(
+                folder=folder, max_num_timeout=self.settings.max_requeue
+            )
+            executor.update_parameters(
+                timeout_min=self.settings.time_min, signal_delay_s=self.settings.signal_delay_s
+            )
             return executor
         executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=self.settings.max_requeue)
         executor.update_parameters(**self.settings.sbatch_parameters(self.job_name(config)))
@@ -221,31 +257,44 @@ class SubmititExecutor:
         _submitit()
         from submitit.slurm.slurm import _make_sbatch_string
 
-        command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit",
-                            shlex.quote(str(self.folder(config) / "%j"))])
-        script = _make_sbatch_string(command=command, folder=self.folder(config) / "%j",
-                                     map_count=len(pending) or None,
-                                     **self.settings.sbatch_parameters(self.job_name(config)))
+        command = " ".join(
+            [
+                shlex.quote(sys.executable),
+                "-u -m submitit.core._submit",
+                shlex.quote(str(self.folder(config) / "%j")),
+            ]
+        )
+        script = _make_sbatch_string(
+            command=command,
+            folder=self.folder(config) / "%j",
+            map_count=len(pending) or None,
+            **self.settings.sbatch_parameters(self.job_name(config)),
+        )
         table = "\n".join(f"# task {i}: {spec.name}" for i, spec in enumerate(pending))
-        return (f"{script}\n# {len(pending)} array task(s), requeued up to "
-                f"{self.settings.max_requeue} time(s) on preemption or time-out\n{table}")
+        return (
+            f"{script}\n# {len(pending)} array task(s), requeued up to "
+            f"{self.settings.max_requeue} time(s) on preemption or time-out\n{table}"
+        )
 
 
 def _submitit():
     try:
         import submitit
     except ImportError:
-        raise ConfigError("--executor slurm needs submitit: pip install 'madcache[slurm]'") \
-            from None
+        raise ConfigError(
+            "--executor slurm needs submitit: pip install 'madcache[slurm]'"
+        ) from None
     return submitit
 
 
-def make_executor(kind: str, config: SweepConfig,
-                  overrides: Mapping[str, Any] | None = None) -> SubmititExecutor | None:
+def make_executor(
+    kind: str, config: SweepConfig, overrides: Mapping[str, Any] | None = None
+) -> SubmititExecutor | None:
     """None for `local` (the sweep's own process runner); the `[slurm]` table is checked for
     every kind, so a typo shows before any run."""
     if kind not in EXECUTORS:
         raise ConfigError(f"unknown executor {kind!r}; use one of {', '.join(EXECUTORS)}")
-    settings = SlurmSettings.from_table(config.slurm, where=config.source or "sweep config",
-                                        overrides=overrides)
+    settings = SlurmSettings.from_table(
+        config.slurm, where=config.source or "sweep config", overrides=overrides
+    )
     return None if kind == "local" else SubmititExecutor(settings)

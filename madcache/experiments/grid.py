@@ -11,9 +11,10 @@ run directory derived from its cell:
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from madcache.core.errors import ConfigError
 from madcache.evaluation.adapters import ADAPTER_STUDENT, ADAPTERS
@@ -56,7 +57,7 @@ class SweepConfig:
     out: str
     methods: list[str]
     seeds: list[int]
-    shots: list[int | None] = field(default_factory=lambda: [None])     # None = full data
+    shots: list[int | None] = field(default_factory=lambda: [None])  # None = full data
     teachers: list[TeacherCaches] = field(default_factory=list)
     students: list[SweepStudent] = field(default_factory=lambda: [SweepStudent("single-stream")])
     regions: str | None = None
@@ -66,7 +67,7 @@ class SweepConfig:
     read_options: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
     adapter: dict[str, Any] = field(default_factory=dict)
-    slurm: dict[str, Any] = field(default_factory=dict)   # executors.SlurmSettings
+    slurm: dict[str, Any] = field(default_factory=dict)  # executors.SlurmSettings
     source: str | None = None
 
 
@@ -76,13 +77,13 @@ class RunSpec:
 
     dataset: str
     method: str
-    student: SweepStudent | None          # None for adapters (frozen teacher features)
-    teacher: TeacherCaches | None        # None for a method that needs no teacher
-    shots: int | None                    # None = full data
+    student: SweepStudent | None  # None for adapters (frozen teacher features)
+    teacher: TeacherCaches | None  # None for a method that needs no teacher
+    shots: int | None  # None = full data
     seed: int
     run_dir: Path
     evals: tuple[str, ...]
-    name: str                            # run_dir below the runs root (what --only matches)
+    name: str  # run_dir below the runs root (what --only matches)
 
     @property
     def kind(self) -> str:
@@ -97,8 +98,9 @@ def shots_dir(shots: int | None) -> str:
     return "full" if shots is None else f"k{shots}"
 
 
-def run_name(dataset: str, *, student: str, method: str, teacher: str | None,
-             shots: int | None, seed: int) -> str:
+def run_name(
+    dataset: str, *, student: str, method: str, teacher: str | None, shots: int | None, seed: int
+) -> str:
     """`<dataset>/<student>/<method>[/<teachers>]/k<K>|full/seed<S>`."""
     parts = [dataset, student, method] + ([teacher] if teacher else [])
     return "/".join([*parts, shots_dir(shots), f"seed{seed}"])
@@ -123,12 +125,27 @@ def plan(config: SweepConfig) -> list[RunSpec]:
                 evals = tuple(e for e in config.eval if not adapter or e in teacher.eval_caches)
                 for shots in config.shots:
                     for seed in config.seeds:
-                        name = run_name(config.dataset, method=method, shots=shots, seed=seed,
-                                        student=ADAPTER_STUDENT if adapter else student.dirname,
-                                        teacher=teacher.name if many and uses_teacher else None)
-                        specs.append(RunSpec(config.dataset, method, None if adapter else student,
-                                             teacher, shots, seed, Path(config.out) / name,
-                                             evals, name))
+                        name = run_name(
+                            config.dataset,
+                            method=method,
+                            shots=shots,
+                            seed=seed,
+                            student=ADAPTER_STUDENT if adapter else student.dirname,
+                            teacher=teacher.name if many and uses_teacher else None,
+                        )
+                        specs.append(
+                            RunSpec(
+                                config.dataset,
+                                method,
+                                None if adapter else student,
+                                teacher,
+                                shots,
+                                seed,
+                                Path(config.out) / name,
+                                evals,
+                                name,
+                            )
+                        )
     return specs
 
 
@@ -149,8 +166,11 @@ def split_path(config: SweepConfig, shots: int, seed: int) -> Path:
 def job_payload(config: SweepConfig, spec: RunSpec) -> dict[str, Any]:
     """What the worker process needs: the run's resolved config and the evals to have."""
     table = config.adapter if spec.kind == "adapter" else config.train
-    return {"kind": spec.kind, "config": {**table, **run_settings(config, spec)},
-            "evals": list(spec.evals)}
+    return {
+        "kind": spec.kind,
+        "config": {**table, **run_settings(config, spec)},
+        "evals": list(spec.evals),
+    }
 
 
 def run_settings(config: SweepConfig, spec: RunSpec) -> dict[str, Any]:
@@ -159,18 +179,40 @@ def run_settings(config: SweepConfig, spec: RunSpec) -> dict[str, Any]:
     the sweep continues a killed run (the run directory contract, docs/training.md)."""
     split = None if spec.shots is None else str(split_path(config, spec.shots, spec.seed))
     if spec.kind == "adapter":
-        return {"dataset": config.dataset, "cache": spec.teacher.cache,
-                "out": str(spec.run_dir), "method": spec.method, "root": config.root,
-                "eval_caches": {e: spec.teacher.eval_caches[e] for e in spec.evals},
-                "split_file": split, "per_category": spec.shots, "seed": spec.seed,
-                "read_options": config.read_options, "resume": True}
+        return {
+            "dataset": config.dataset,
+            "cache": spec.teacher.cache,
+            "out": str(spec.run_dir),
+            "method": spec.method,
+            "root": config.root,
+            "eval_caches": {e: spec.teacher.eval_caches[e] for e in spec.evals},
+            "split_file": split,
+            "per_category": spec.shots,
+            "seed": spec.seed,
+            "read_options": config.read_options,
+            "resume": True,
+        }
     plain = [e for e in spec.evals if not e.endswith(SM_SUFFIX)]
-    eval_caches = {plain[0]: spec.teacher.eval_caches[plain[0]]} \
-        if spec.teacher and plain and plain[0] in spec.teacher.eval_caches else {}
-    return {"dataset": config.dataset, "root": config.root, "out": str(spec.run_dir),
-            "method": spec.method, "cache": spec.teacher.cache if spec.teacher else None,
-            "eval_caches": eval_caches,
-            "regions": config.regions, "split": config.train_split,
-            "eval_split": plain[0] if plain else None, "read_options": config.read_options,
-            "student": spec.student.name, "student_options": spec.student.options,
-            "seed": spec.seed, "per_category": spec.shots, "split_file": split, "resume": True}
+    eval_caches = (
+        {plain[0]: spec.teacher.eval_caches[plain[0]]}
+        if spec.teacher and plain and plain[0] in spec.teacher.eval_caches
+        else {}
+    )
+    return {
+        "dataset": config.dataset,
+        "root": config.root,
+        "out": str(spec.run_dir),
+        "method": spec.method,
+        "cache": spec.teacher.cache if spec.teacher else None,
+        "eval_caches": eval_caches,
+        "regions": config.regions,
+        "split": config.train_split,
+        "eval_split": plain[0] if plain else None,
+        "read_options": config.read_options,
+        "student": spec.student.name,
+        "student_options": spec.student.options,
+        "seed": spec.seed,
+        "per_category": spec.shots,
+        "split_file": split,
+        "resume": True,
+    }

@@ -13,25 +13,49 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 from madcache.cache.location import is_url
-from madcache.core.config import (check_value, check_values, parse_key_values, parse_value,
-                                  read_toml)
+from madcache.core.config import check_value, check_values, parse_key_values, parse_value, read_toml
 from madcache.core.errors import ConfigError, ConfigValueError, MadcacheError
 from madcache.data import DATASETS
 from madcache.evaluation.adapters import ADAPTERS, AdapterConfig
-from madcache.experiments.grid import (SM_SUFFIX, RunSpec, SweepStudent, SweepConfig,
-                                       TeacherCaches, run_settings)
+from madcache.experiments.grid import (
+    SM_SUFFIX,
+    RunSpec,
+    SweepConfig,
+    SweepStudent,
+    TeacherCaches,
+    run_settings,
+)
 
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 VARIABLE = re.compile(r"[A-Z][A-Z0-9_]*")
 
 # Top-level keys of a pipeline file; `cache` / `eval_caches` are shorthand for one `[[teachers]]`.
-FILE_KEYS = {"dataset", "root", "out", "methods", "seeds", "shots", "teachers", "cache",
-             "eval_caches", "students", "regions", "eval", "zero_shot", "train_split",
-             "read_options", "train", "adapter", "slurm", "vars"}
+FILE_KEYS = {
+    "dataset",
+    "root",
+    "out",
+    "methods",
+    "seeds",
+    "shots",
+    "teachers",
+    "cache",
+    "eval_caches",
+    "students",
+    "regions",
+    "eval",
+    "zero_shot",
+    "train_split",
+    "read_options",
+    "train",
+    "adapter",
+    "slurm",
+    "vars",
+}
 TEACHER_KEYS = {"name", "cache", "eval_caches"}
 STUDENT_KEYS = {"name", "options", "label"}
 
@@ -51,6 +75,7 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> SweepConfig:
     def lookup(name: str) -> str | None:
         """`--set NAME=...`, else the environment, else the file's `[vars]` table."""
         return variables.get(name, os.environ.get(name, defaults.get(name)))
+
     data = substitute(data, lookup, path)
     try:
         return from_dict(data, base=path.parent, source=path)
@@ -64,8 +89,9 @@ def split_overrides(overrides: Sequence[str]) -> tuple[dict[str, str], dict[str,
     """(placeholder variables, as given; settings, parsed like every `KEY=VALUE` option)."""
     pairs = parse_key_values(overrides, option="--set", as_json=False)
     variables = {k: v for k, v in pairs.items() if VARIABLE.fullmatch(k)}
-    settings = {k: parse_value(v, option=f"--set {k}") for k, v in pairs.items()
-                if k not in variables}
+    settings = {
+        k: parse_value(v, option=f"--set {k}") for k, v in pairs.items() if k not in variables
+    }
     return variables, settings
 
 
@@ -91,9 +117,12 @@ def substitute(value: Any, lookup: Callable[[str], str | None], path: Path) -> A
         found = lookup(match.group(1))
         if found is None:
             name = match.group(1)
-            raise ConfigError(f"{path}: ${{{name}}} is not set: pass --set {name}=VALUE "
-                              f"(or set the environment variable {name})")
+            raise ConfigError(
+                f"{path}: ${{{name}}} is not set: pass --set {name}=VALUE "
+                f"(or set the environment variable {name})"
+            )
         return found
+
     return PLACEHOLDER.sub(placeholder_value, value)
 
 
@@ -107,15 +136,26 @@ def from_dict(data: Mapping[str, Any], *, base: Path, source: Path | None = None
         if key not in data:
             raise ConfigError(f"{where}: missing key '{key}'")
     teachers = _teachers(data, base, where)
-    students = [_student(s, i, where) for i, s in enumerate(
-        check_value(list[str | dict[str, Any]], data.get("students", ["single-stream"]),
-                    key="students", where=f"{where}: "))]
-    values = {k: v for k, v in data.items() if k not in {"teachers", "cache", "eval_caches",
-                                                         "students"}}
-    shots = check_value(list[int | Literal["full"]], data.get("shots", ["full"]), key="shots",
-                        where=f"{where}: ")
-    values = check_values(SweepConfig, {**values, "shots": [_shot(s, where) for s in shots]},
-                          where=f"{where}: ")
+    students = [
+        _student(s, i, where)
+        for i, s in enumerate(
+            check_value(
+                list[str | dict[str, Any]],
+                data.get("students", ["single-stream"]),
+                key="students",
+                where=f"{where}: ",
+            )
+        )
+    ]
+    values = {
+        k: v for k, v in data.items() if k not in {"teachers", "cache", "eval_caches", "students"}
+    }
+    shots = check_value(
+        list[int | Literal["full"]], data.get("shots", ["full"]), key="shots", where=f"{where}: "
+    )
+    values = check_values(
+        SweepConfig, {**values, "shots": [_shot(s, where) for s in shots]}, where=f"{where}: "
+    )
     for key in ("root", "out", "regions"):
         if values.get(key) is not None:
             values[key] = resolve(values[key], base)
@@ -135,9 +175,11 @@ def resolve(value: str, base: Path) -> str:
 def _no_unknown(data: Mapping[str, Any], known: set[str], where: str, table: str) -> None:
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ConfigError(f"{where}: unknown key '{table}{unknown[0]}'; valid keys"
-                          f"{' in [' + table.rstrip('.') + ']' if table else ''}: "
-                          f"{', '.join(sorted(known))}")
+        raise ConfigError(
+            f"{where}: unknown key '{table}{unknown[0]}'; valid keys"
+            f"{' in [' + table.rstrip('.') + ']' if table else ''}: "
+            f"{', '.join(sorted(known))}"
+        )
 
 
 def _teachers(data: Mapping[str, Any], base: Path, where: str) -> list[TeacherCaches]:
@@ -148,11 +190,11 @@ def _teachers(data: Mapping[str, Any], base: Path, where: str) -> list[TeacherCa
     if entries is None:
         if "cache" not in data:
             return []
-        entries = [{"name": "teacher", "cache": data["cache"],
-                    "eval_caches": data.get("eval_caches", {})}]
-        table = ""                      # the shorthand: errors name 'cache' / 'eval_caches'
-    entries = check_value(list[str | dict[str, Any]], entries, key="teachers",
-                          where=f"{where}: ")
+        entries = [
+            {"name": "teacher", "cache": data["cache"], "eval_caches": data.get("eval_caches", {})}
+        ]
+        table = ""  # the shorthand: errors name 'cache' / 'eval_caches'
+    entries = check_value(list[str | dict[str, Any]], entries, key="teachers", where=f"{where}: ")
     out = []
     for i, entry in enumerate(entries):
         if isinstance(entry, str):
@@ -160,8 +202,9 @@ def _teachers(data: Mapping[str, Any], base: Path, where: str) -> list[TeacherCa
         _no_unknown(entry, TEACHER_KEYS, where, "teachers.")
         if "cache" not in entry:
             raise ConfigError(f"{where}: teachers[{i}] needs 'cache'")
-        entry = check_values(TeacherCaches, entry, where=f"{where}: ",
-                             table=f"{table}[{i}]" if table else "")
+        entry = check_values(
+            TeacherCaches, entry, where=f"{where}: ", table=f"{table}[{i}]" if table else ""
+        )
         evals = {k: resolve(v, base) for k, v in entry.get("eval_caches", {}).items()}
         name = entry.get("name") or Path(entry["cache"]).name
         out.append(TeacherCaches(name, resolve(entry["cache"], base), evals))
@@ -177,15 +220,16 @@ def _student(entry: str | dict[str, Any], i: int, where: str) -> SweepStudent:
     if "name" not in entry:
         raise ConfigError(f"{where}: a student is a name or a table with 'name'")
     _no_unknown(entry, STUDENT_KEYS, where, "students.")
-    return SweepStudent(**check_values(SweepStudent, entry, where=f"{where}: ",
-                                      table=f"students[{i}]"))
+    return SweepStudent(
+        **check_values(SweepStudent, entry, where=f"{where}: ", table=f"students[{i}]")
+    )
 
 
 def _shot(value: int | str, where: str) -> int | None:
     if value == "full":
         return None
     if value < 1:
-        raise ConfigError(f"{where}: shots are per-category k >= 1 or \"full\", got {value!r}")
+        raise ConfigError(f'{where}: shots are per-category k >= 1 or "full", got {value!r}')
     return value
 
 
@@ -197,8 +241,9 @@ def validate(config: SweepConfig) -> None:
     for method in config.methods:
         if method not in METHODS and method not in ADAPTERS:
             valid = ", ".join(sorted([*METHODS.names(), *ADAPTERS]))
-            raise ConfigError(f"{where}: unknown method '{method}' in 'methods'. "
-                              f"Available: {valid}")
+            raise ConfigError(
+                f"{where}: unknown method '{method}' in 'methods'. Available: {valid}"
+            )
     if not config.methods or not config.seeds or not config.students:
         raise ConfigError(f"{where}: 'methods', 'seeds' and 'students' must not be empty")
     if len(set(config.seeds)) != len(config.seeds) or min(config.seeds) < 0:
@@ -212,14 +257,18 @@ def validate(config: SweepConfig) -> None:
     _check_tables(config, where)
     needs_cache = [m for m in config.methods if m in ADAPTERS or METHODS.get(m).distils]
     if needs_cache and not config.teachers:
-        raise ConfigError(f"{where}: methods {', '.join(needs_cache)} need a teacher cache "
-                          "('cache' or [[teachers]])")
+        raise ConfigError(
+            f"{where}: methods {', '.join(needs_cache)} need a teacher cache "
+            "('cache' or [[teachers]])"
+        )
     adapters = [m for m in config.methods if m in ADAPTERS]
     for teacher in config.teachers:
         if (adapters or config.zero_shot) and not (set(config.eval) & set(teacher.eval_caches)):
-            raise ConfigError(f"{where}: {'adapters' if adapters else 'zero_shot'} need(s) a "
-                              f"cache of an evaluated split: 'eval_caches' of teacher "
-                              f"'{teacher.name}' has none of {config.eval}")
+            raise ConfigError(
+                f"{where}: {'adapters' if adapters else 'zero_shot'} need(s) a "
+                f"cache of an evaluated split: 'eval_caches' of teacher "
+                f"'{teacher.name}' has none of {config.eval}"
+            )
 
 
 def _check_tables(config: SweepConfig, where: str) -> None:
@@ -231,10 +280,11 @@ def _check_tables(config: SweepConfig, where: str) -> None:
         owned = set(run_settings(config, _probe(config, table)))
         for key in values:
             if key in owned:
-                raise ConfigError(f"{where}: '{table}.{key}' is set by the sweep for each run; "
-                                  "use the top-level keys instead")
-        _no_unknown(values, {f.name for f in dataclasses.fields(cls)} - owned, where,
-                    f"{table}.")
+                raise ConfigError(
+                    f"{where}: '{table}.{key}' is set by the sweep for each run; "
+                    "use the top-level keys instead"
+                )
+        _no_unknown(values, {f.name for f in dataclasses.fields(cls)} - owned, where, f"{table}.")
         setattr(config, table, check_values(cls, values, where=f"{where}: ", table=table))
     _check_run_configs(config, where)
 
@@ -247,8 +297,9 @@ def _check_run_configs(config: SweepConfig, where: str) -> None:
 
     teacher = config.teachers[0] if config.teachers else None
     for method in (m for m in config.methods if m not in ADAPTERS):
-        spec = RunSpec(config.dataset, method, config.students[0], teacher, None, 0,
-                       Path(config.out), (), "")
+        spec = RunSpec(
+            config.dataset, method, config.students[0], teacher, None, 0, Path(config.out), (), ""
+        )
         try:
             TrainConfig.from_dict({**config.train, **run_settings(config, spec)})
         except ConfigError as exc:
@@ -260,5 +311,6 @@ def _probe(config: SweepConfig, kind: str) -> RunSpec:
     sweep sets for such runs."""
     teacher = config.teachers[0] if config.teachers else TeacherCaches("probe", "")
     method = ADAPTERS.names()[0] if kind == "adapter" else "baseline"
-    return RunSpec(config.dataset, method, config.students[0], teacher, None, 0,
-                   Path(config.out), (), "")
+    return RunSpec(
+        config.dataset, method, config.students[0], teacher, None, 0, Path(config.out), (), ""
+    )

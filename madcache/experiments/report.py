@@ -19,22 +19,40 @@ Read top-down, a report is four steps, one module each:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from madcache.core.errors import OutputLocationError
-from madcache.core.io import (atomic_write_text, check_output_location, refuse_foreign_file,
-                              starts_with)
+from madcache.core.io import (
+    atomic_write_text,
+    check_output_location,
+    refuse_foreign_file,
+    starts_with,
+)
 from madcache.experiments.cells import BASELINE, aggregate, check_baseline, paired_cells
 from madcache.experiments.plots import plot_cells
 from madcache.experiments.runs import RunRecord, collect_runs, collect_zero_shot
-from madcache.experiments.tables import (CELL_FIELDS, PAIRED_FIELDS, REPORT_TITLE, RUN_FIELDS,
-                                         cell_rows, markdown_report, paired_rows, run_rows,
-                                         write_csv)
+from madcache.experiments.tables import (
+    CELL_FIELDS,
+    PAIRED_FIELDS,
+    REPORT_TITLE,
+    RUN_FIELDS,
+    cell_rows,
+    markdown_report,
+    paired_rows,
+    run_rows,
+    write_csv,
+)
 
 
-def build_report(runs_dir: str | Path, *, out: str | Path | None = None, plots: bool = True,
-                 baseline: str | None = None) -> dict[str, Any]:
+def build_report(
+    runs_dir: str | Path,
+    *,
+    out: str | Path | None = None,
+    plots: bool = True,
+    baseline: str | None = None,
+) -> dict[str, Any]:
     """Read every run under `runs_dir` and write report.md, report.csv, paired.csv, runs.csv and
     plots to `out` (default: `runs_dir`). Methods are paired with `baseline` (default "baseline",
     whose absence only omits the paired tables; a name given must have complete runs). Returns
@@ -54,11 +72,20 @@ def build_report(runs_dir: str | Path, *, out: str | Path | None = None, plots: 
     write_csv(out / "report.csv", CELL_FIELDS, cell_rows(cells, zero_shot))
     write_csv(out / "paired.csv", PAIRED_FIELDS, paired_rows(cells, pairs))
     write_csv(out / "runs.csv", RUN_FIELDS, run_rows(records))
-    images = plot_cells(cells, zero_shot, out, pairs=pairs, baseline=baseline) \
-        if plots else []
-    return {"markdown": markdown, "cells": cells, "pairs": pairs, "records": records,
-            "files": [out / "report.md", out / "report.csv", out / "paired.csv",
-                      out / "runs.csv", *images]}
+    images = plot_cells(cells, zero_shot, out, pairs=pairs, baseline=baseline) if plots else []
+    return {
+        "markdown": markdown,
+        "cells": cells,
+        "pairs": pairs,
+        "records": records,
+        "files": [
+            out / "report.md",
+            out / "report.csv",
+            out / "paired.csv",
+            out / "runs.csv",
+            *images,
+        ],
+    }
 
 
 def check_report_location(out: Path, records: Sequence[RunRecord]) -> None:
@@ -67,7 +94,6 @@ def check_report_location(out: Path, records: Sequence[RunRecord]) -> None:
     reads (madcache never writes into a dataset)."""
     if out.exists() and not out.is_dir():
         raise OutputLocationError(f"--out {out} is a file; give a folder for the report")
-    refuse_foreign_file(out / "report.md", ours=starts_with(REPORT_TITLE.encode()),
-                        what="report")
+    refuse_foreign_file(out / "report.md", ours=starts_with(REPORT_TITLE.encode()), what="report")
     roots = sorted({str(r.config["root"]) for r in records if r.config.get("root")})
     check_output_location(out, roots=roots)

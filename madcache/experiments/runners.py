@@ -18,8 +18,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from madcache.core.errors import MadcacheError
 from madcache.experiments.grid import SM_SUFFIX, RunSpec
@@ -32,6 +33,7 @@ JOB_COMMAND = ("-m", "madcache.experiments.sweep")
 
 
 # ----------------------------------------------------------------------------- a run's state
+
 
 def read_metrics(directory: Path) -> dict[str, Any] | None:
     try:
@@ -50,7 +52,7 @@ def missing_evals(metrics: Mapping[str, Any] | None, evals: Sequence[str]) -> li
 
 
 def run_state(spec: RunSpec) -> str:
-    """"complete" (trained and every eval present), "evaluate" (trained, an eval missing) or
+    """ "complete" (trained and every eval present), "evaluate" (trained, an eval missing) or
     "todo"."""
     metrics = read_metrics(spec.run_dir)
     if not trained(metrics):
@@ -59,6 +61,7 @@ def run_state(spec: RunSpec) -> str:
 
 
 # ----------------------------------------------------------------------------- a job
+
 
 def execute(payload: Mapping[str, Any]) -> None:
     """Run one job in this process: train (or resume) unless complete, then the missing evals.
@@ -84,7 +87,7 @@ def execute(payload: Mapping[str, Any]) -> None:
 
     for name in missing_evals(metrics, payload["evals"]):
         sm = name.endswith(SM_SUFFIX)
-        evaluate_run(directory, split=name[:-len(SM_SUFFIX)] if sm else name, sm=sm)
+        evaluate_run(directory, split=name[: -len(SM_SUFFIX)] if sm else name, sm=sm)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -99,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         execute(json.loads(Path(args[0]).read_text(encoding="utf-8")))
     except MadcacheError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return getattr(exc, "exit_code", 2)          # a preempted run: 75 (train/preemption.py)
+        return getattr(exc, "exit_code", 2)  # a preempted run: 75 (train/preemption.py)
     return 0
 
 
@@ -123,8 +126,12 @@ def start_job(spec: RunSpec, payload: dict[str, Any]) -> subprocess.Popen:
     caller waits (a Slurm task keeps the handle to forward preemption: executors.RunJob)."""
     job, env = _job_file(spec, payload)
     with open(spec.run_dir / LOG_FILE, "a", encoding="utf-8") as log:
-        return subprocess.Popen([sys.executable, *JOB_COMMAND, str(job)], stdout=log,
-                                stderr=subprocess.STDOUT, env={**os.environ, **env})
+        return subprocess.Popen(
+            [sys.executable, *JOB_COMMAND, str(job)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **env},
+        )
 
 
 def forked_runner(spec: RunSpec, payload: dict[str, Any]) -> None:
@@ -132,8 +139,9 @@ def forked_runner(spec: RunSpec, payload: dict[str, Any]) -> None:
     run) without paying the start-up of Python, torch and transformers for every run (~5-10 s on
     a busy 2-core machine): each run is forked from a forkserver that imported them once."""
     job, env = _job_file(spec, payload)
-    process = _forkserver().Process(target=_run_forked,
-                                    args=(str(job), str(spec.run_dir / LOG_FILE), env))
+    process = _forkserver().Process(
+        target=_run_forked, args=(str(job), str(spec.run_dir / LOG_FILE), env)
+    )
     process.start()
     process.join()
     check_exit(spec, process.exitcode)
@@ -145,8 +153,13 @@ def in_process_runner(spec: RunSpec, payload: dict[str, Any]) -> None:
 
 
 # Imported once by the forkserver, so every forked run starts with them loaded.
-PRELOAD = ("madcache.train.loop", "madcache.evaluation.evaluate", "madcache.students",
-           "madcache.students.single_stream", "transformers.models.bert.modeling_bert")
+PRELOAD = (
+    "madcache.train.loop",
+    "madcache.evaluation.evaluate",
+    "madcache.students",
+    "madcache.students.single_stream",
+    "transformers.models.bert.modeling_bert",
+)
 
 
 def _forkserver():
@@ -181,14 +194,16 @@ def _job_file(spec: RunSpec, payload: dict[str, Any]) -> tuple[Path, dict[str, s
     job.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
     env = {"TQDM_DISABLE": "1", **payload.get("env", {})}
     if "threads" in payload and "OMP_NUM_THREADS" not in {**os.environ, **env}:
-        env["OMP_NUM_THREADS"] = str(payload["threads"])   # N jobs x all cores each would thrash
+        env["OMP_NUM_THREADS"] = str(payload["threads"])  # N jobs x all cores each would thrash
     return job, env
 
 
 def check_exit(spec: RunSpec, code: int | None) -> None:
     if code == PREEMPTED_EXIT:
-        raise RunFailed(f"preempted (exit code {code}): its checkpoint is written; rerun the "
-                        f"sweep to resume it from there (see {spec.run_dir / LOG_FILE})")
+        raise RunFailed(
+            f"preempted (exit code {code}): its checkpoint is written; rerun the "
+            f"sweep to resume it from there (see {spec.run_dir / LOG_FILE})"
+        )
     if code != 0:
         tail = (spec.run_dir / LOG_FILE).read_text(encoding="utf-8").strip().splitlines()[-3:]
         raise RunFailed(f"exit code {code}; see {spec.run_dir / LOG_FILE}: " + " | ".join(tail))

@@ -26,19 +26,19 @@ class Row(NamedTuple):
 class RunRecord:
     """One run directory, as the report sees it."""
 
-    path: str                          # relative to the runs folder
+    path: str  # relative to the runs folder
     status: str
     dataset: str
     student: str
     method: str
     teachers: str
-    shots: str                         # "k<K>" or "full"
+    shots: str  # "k<K>" or "full"
     seed: int | None
     eval: dict[str, dict[str, float]]
     provenance: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
-    cw_fired: dict[str, float] = field(default_factory=dict)   # stage -> fraction of instances
-    transfer: dict[str, Any] = field(default_factory=dict)     # train/transfer.py
+    cw_fired: dict[str, float] = field(default_factory=dict)  # stage -> fraction of instances
+    transfer: dict[str, Any] = field(default_factory=dict)  # train/transfer.py
 
     @property
     def row(self) -> Row:
@@ -60,15 +60,20 @@ def read_run(path: Path, root: Path) -> RunRecord:
     config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
     shots = metrics.get("shots", config.get("per_category"))
     return RunRecord(
-        path=path.parent.relative_to(root).as_posix(), status=str(metrics.get("status", "?")),
+        path=path.parent.relative_to(root).as_posix(),
+        status=str(metrics.get("status", "?")),
         dataset=str(metrics.get("dataset") or config.get("dataset") or "?"),
         student=str(metrics.get("student") or config.get("student") or "?"),
         method=str(metrics.get("method") or config.get("method") or "?"),
-        teachers=teachers_label(metrics.get("teachers")), shots=shots_label(shots),
-        seed=metrics.get("seed", config.get("seed")), eval=dict(metrics.get("eval") or {}),
-        provenance=dict(metrics.get("provenance") or {}), config=config,
+        teachers=teachers_label(metrics.get("teachers")),
+        shots=shots_label(shots),
+        seed=metrics.get("seed", config.get("seed")),
+        eval=dict(metrics.get("eval") or {}),
+        provenance=dict(metrics.get("provenance") or {}),
+        config=config,
         cw_fired=dict(metrics.get("cw_fired") or {}),
-        transfer=dict(metrics.get("transfer") or {}))
+        transfer=dict(metrics.get("transfer") or {}),
+    )
 
 
 def collect_runs(runs_dir: str | Path) -> list[RunRecord]:

@@ -28,8 +28,8 @@ Power of a paired comparison of n pairs with paired sample std s (two-sided, alp
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 from scipy import optimize, stats
@@ -37,9 +37,9 @@ from scipy import optimize, stats
 LEVEL = 0.95
 RESAMPLES = 10_000
 SEED = 0
-ALPHA = 0.05          # two-sided test level of the MDE
-POWER = 0.80          # power of the MDE
-HALF_WIDTH = 3.0      # points: the target half-width of a paired t interval (seeds needed)
+ALPHA = 0.05  # two-sided test level of the MDE
+POWER = 0.80  # power of the MDE
+HALF_WIDTH = 3.0  # points: the target half-width of a paired t interval (seeds needed)
 
 
 @dataclass(frozen=True)
@@ -80,20 +80,28 @@ def t_interval(values: Sequence[float], *, level: float = LEVEL) -> Interval | N
     return Interval(mean - half, mean + half)
 
 
-def bootstrap_interval(values: Sequence[float], *, level: float = LEVEL,
-                       resamples: int = RESAMPLES, seed: int = SEED) -> Interval | None:
+def bootstrap_interval(
+    values: Sequence[float], *, level: float = LEVEL, resamples: int = RESAMPLES, seed: int = SEED
+) -> Interval | None:
     """The percentile bootstrap interval of the mean of `values` (`scipy.stats.bootstrap`,
     deterministic: a generator seeded with `seed`); None for fewer than two values."""
     if len(values) < 2:
         return None
-    result = stats.bootstrap((np.asarray(values, dtype=np.float64),), np.mean, vectorized=True,
-                             n_resamples=resamples, confidence_level=level, method="percentile",
-                             rng=np.random.default_rng(seed))
+    result = stats.bootstrap(
+        (np.asarray(values, dtype=np.float64),),
+        np.mean,
+        vectorized=True,
+        n_resamples=resamples,
+        confidence_level=level,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
     interval = result.confidence_interval
     return Interval(float(interval.low), float(interval.high))
 
 
 # ----------------------------------------------------------------------------- power
+
 
 def paired_t_power(effect: float, std: float, n: int, *, alpha: float = ALPHA) -> float:
     """The power of a two-sided paired t-test at level `alpha` over n >= 2 pairs whose
@@ -105,12 +113,14 @@ def paired_t_power(effect: float, std: float, n: int, *, alpha: float = ALPHA) -
 def _power_at(noncentrality: float, df: int, alpha: float) -> float:
     critical = float(stats.t.ppf(1 - alpha / 2, df))
     # P(T < -c) as P(T' > c), T' ~ nct(df, -nc): nct.cdf(-c, 1, 8) is NaN in scipy 1.17.
-    return float(stats.nct.sf(critical, df, noncentrality)
-                 + stats.nct.sf(critical, df, -noncentrality))
+    return float(
+        stats.nct.sf(critical, df, noncentrality) + stats.nct.sf(critical, df, -noncentrality)
+    )
 
 
-def minimum_detectable_effect(std: float, n: int, *, alpha: float = ALPHA,
-                              power: float = POWER) -> float | None:
+def minimum_detectable_effect(
+    std: float, n: int, *, alpha: float = ALPHA, power: float = POWER
+) -> float | None:
     """The smallest true mean difference that a two-sided paired t-test at level `alpha` over n
     pairs with paired std `std` detects with probability `power` (exact, by the noncentral t);
     None for fewer than two pairs, 0 when the pairs do not vary."""
@@ -120,16 +130,18 @@ def minimum_detectable_effect(std: float, n: int, *, alpha: float = ALPHA,
         return None
     if std == 0:
         return 0.0
-    high = 1.0                     # the power rises from alpha (no effect) towards 1
+    high = 1.0  # the power rises from alpha (no effect) towards 1
     while _power_at(high, n - 1, alpha) < power:
         high *= 2
-    noncentrality = optimize.brentq(lambda nc: _power_at(nc, n - 1, alpha) - power, 0.0, high,
-                                    xtol=1e-12, rtol=1e-12)
+    noncentrality = optimize.brentq(
+        lambda nc: _power_at(nc, n - 1, alpha) - power, 0.0, high, xtol=1e-12, rtol=1e-12
+    )
     return noncentrality * std / math.sqrt(n)
 
 
-def seeds_for_half_width(std: float, *, half_width: float = HALF_WIDTH,
-                         level: float = LEVEL) -> int:
+def seeds_for_half_width(
+    std: float, *, half_width: float = HALF_WIDTH, level: float = LEVEL
+) -> int:
     """The smallest n >= 2 whose t interval, at paired std `std`, is at most ± `half_width`:
     t_{(1+level)/2, n-1} · std / sqrt(n) <= half_width."""
     if half_width <= 0:
@@ -147,10 +159,10 @@ def seeds_for_half_width(std: float, *, half_width: float = HALF_WIDTH,
 class PairedDifference:
     """A method minus the baseline over the seeds both have: d_s = method_s - baseline_s."""
 
-    seeds: tuple[int, ...]            # the paired seeds, ascending
-    differences: tuple[float, ...]    # d_s in the order of `seeds`
-    unpaired_method: int              # the method's runs left out (no baseline run of that seed)
-    unpaired_baseline: int            # the baseline's runs left out
+    seeds: tuple[int, ...]  # the paired seeds, ascending
+    differences: tuple[float, ...]  # d_s in the order of `seeds`
+    unpaired_method: int  # the method's runs left out (no baseline run of that seed)
+    unpaired_baseline: int  # the baseline's runs left out
 
     @property
     def n(self) -> int:
@@ -185,12 +197,19 @@ class PairedDifference:
         return None if std is None else seeds_for_half_width(std)
 
 
-def paired_difference(method: Mapping[int, float], baseline: Mapping[int, float], *,
-                      unpaired_method: int = 0, unpaired_baseline: int = 0) -> PairedDifference:
+def paired_difference(
+    method: Mapping[int, float],
+    baseline: Mapping[int, float],
+    *,
+    unpaired_method: int = 0,
+    unpaired_baseline: int = 0,
+) -> PairedDifference:
     """Pair two {seed: value} maps on their common seeds; the other seeds are counted (added to
     the `unpaired_*` runs the caller already left out, e.g. runs without a usable seed)."""
     common = sorted(set(method) & set(baseline))
     return PairedDifference(
-        seeds=tuple(common), differences=tuple(method[s] - baseline[s] for s in common),
+        seeds=tuple(common),
+        differences=tuple(method[s] - baseline[s] for s in common),
         unpaired_method=unpaired_method + len(set(method) - set(common)),
-        unpaired_baseline=unpaired_baseline + len(set(baseline) - set(common)))
+        unpaired_baseline=unpaired_baseline + len(set(baseline) - set(common)),
+    )

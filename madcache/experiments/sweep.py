@@ -27,25 +27,40 @@ from __future__ import annotations
 import os
 import queue
 import sys
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from madcache.core.errors import ConfigError
 from madcache.core.io import check_output_location
-from madcache.experiments.grid import (RunSpec, SweepConfig, TeacherCaches, job_payload, plan,
-                                       select, split_path)
+from madcache.experiments.grid import (
+    RunSpec,
+    SweepConfig,
+    TeacherCaches,
+    job_payload,
+    plan,
+    select,
+    split_path,
+)
 from madcache.experiments.pipeline import from_dict, load_sweep
-from madcache.experiments.runners import (Runner, forked_runner, main, run_state,
-                                          subprocess_runner)
+from madcache.experiments.runners import Runner, forked_runner, main, run_state, subprocess_runner
 
 # the entry points, for `from madcache.experiments.sweep import ...`
-__all__ = ["SweepConfig", "SweepResult", "from_dict", "job_payload", "load_sweep", "main",
-           "plan", "run_sweep"]
+__all__ = [
+    "SweepConfig",
+    "SweepResult",
+    "from_dict",
+    "job_payload",
+    "load_sweep",
+    "main",
+    "plan",
+    "run_sweep",
+]
 
 ZERO_SHOT_DIR = "zero-shot"
-SplitMaker = Callable[[int, int], Any]     # (k, seed) -> madcache.data.lowshot.Split
+SplitMaker = Callable[[int, int], Any]  # (k, seed) -> madcache.data.lowshot.Split
 
 
 @dataclass
@@ -56,14 +71,23 @@ class SweepResult:
     failed: list[tuple[RunSpec, str]] = field(default_factory=list)
     zero_shot: list[Path] = field(default_factory=list)
     states: dict[Path, str] = field(default_factory=dict)
-    submitted: list[Any] = field(default_factory=list)     # jobs of a cluster executor
+    submitted: list[Any] = field(default_factory=list)  # jobs of a cluster executor
 
 
-def run_sweep(config: SweepConfig, *, jobs: int | None = 1, only: str | None = None,
-              dry_run: bool = False, runner: Runner | None = None,
-              make_split: SplitMaker | None = None, progress: bool = True,
-              gpus: Sequence[str] | None = None, jobs_per_gpu: int = 1,
-              report_to: str | None = None, executor: Any = None) -> SweepResult:
+def run_sweep(
+    config: SweepConfig,
+    *,
+    jobs: int | None = 1,
+    only: str | None = None,
+    dry_run: bool = False,
+    runner: Runner | None = None,
+    make_split: SplitMaker | None = None,
+    progress: bool = True,
+    gpus: Sequence[str] | None = None,
+    jobs_per_gpu: int = 1,
+    report_to: str | None = None,
+    executor: Any = None,
+) -> SweepResult:
     """Run every missing run of the grid; see the module docstring. `jobs` None: one per GPU
     slot (one without GPUs); `report_to` sets each training run's tracker (--report-to). With an
     `executor` (experiments/executors.py: a Slurm job array) the pending runs are submitted,
@@ -74,7 +98,7 @@ def run_sweep(config: SweepConfig, *, jobs: int | None = 1, only: str | None = N
     if report_to is not None:
         from madcache.train.tracking import check_tracker
 
-        check_tracker(report_to)      # a name and an installed package, before any run
+        check_tracker(report_to)  # a name and an installed package, before any run
     specs = select(plan(config), only)
     result = SweepResult(planned=specs, states={s.run_dir: run_state(s) for s in specs})
     pending = [s for s in specs if result.states[s.run_dir] != "complete"]
@@ -98,8 +122,13 @@ def run_sweep(config: SweepConfig, *, jobs: int | None = 1, only: str | None = N
     run = runner or (subprocess_runner if slots else forked_runner)
     from madcache.core.progress import progress as progress_display
 
-    with progress_display(total=len(specs), initial=len(result.skipped), desc="sweep", unit="run",
-                          disable=not progress) as bar:
+    with progress_display(
+        total=len(specs),
+        initial=len(result.skipped),
+        desc="sweep",
+        unit="run",
+        disable=not progress,
+    ) as bar:
         for spec, error in _dispatch(pending, payload_of, run, jobs, slots):
             (result.failed.append((spec, error)) if error else result.ran.append(spec))
             bar.update(1)
@@ -107,6 +136,7 @@ def run_sweep(config: SweepConfig, *, jobs: int | None = 1, only: str | None = N
 
 
 # ----------------------------------------------------------------------------- checks
+
 
 def check_finished_runs_are_ours(config: SweepConfig, finished: Sequence[RunSpec]) -> None:
     """A finished run counts as this sweep's only if it was trained with this sweep's settings
@@ -121,15 +151,25 @@ def check_locations(config: SweepConfig, *, executor: Any, gpus: Sequence[str] |
     """The runs root may not overwrite an input or lie in the dataset root; --gpus is for
     local runs only."""
     if executor is not None and gpus:
-        raise ConfigError("--gpus places runs on this machine's GPUs; with --executor slurm "
-                          "each run gets the GPUs of its job (--slurm-gpus)")
-    check_output_location(config.out, roots=[config.root], option="out",
-                          inputs=[config.regions, *(t.cache for t in config.teachers),
-                                  *(c for t in config.teachers for c in t.eval_caches.values())])
+        raise ConfigError(
+            "--gpus places runs on this machine's GPUs; with --executor slurm "
+            "each run gets the GPUs of its job (--slurm-gpus)"
+        )
+    check_output_location(
+        config.out,
+        roots=[config.root],
+        option="out",
+        inputs=[
+            config.regions,
+            *(t.cache for t in config.teachers),
+            *(c for t in config.teachers for c in t.eval_caches.values()),
+        ],
+    )
 
 
-def check_jobs(config: SweepConfig, jobs: int | None, slots: list[str] | None,
-               jobs_per_gpu: int) -> int:
+def check_jobs(
+    config: SweepConfig, jobs: int | None, slots: list[str] | None, jobs_per_gpu: int
+) -> int:
     """The number of runs at once (default: one per GPU slot, else 1), checked against the
     slots and the device the pipeline's tables ask for."""
     jobs = jobs if jobs is not None else (len(slots) if slots else 1)
@@ -138,11 +178,15 @@ def check_jobs(config: SweepConfig, jobs: int | None, slots: list[str] | None,
     for table in ("train", "adapter"):
         device = getattr(config, table).get("device")
         if slots and device is not None and device not in ("cuda", "auto"):
-            raise ConfigError(f"--gpus runs every job on its GPU slot ('cuda') but {table}.device "
-                              f"is {device!r}: drop it from the pipeline or drop --gpus")
+            raise ConfigError(
+                f"--gpus runs every job on its GPU slot ('cuda') but {table}.device "
+                f"is {device!r}: drop it from the pipeline or drop --gpus"
+            )
     if slots and jobs > len(slots):
-        raise ConfigError(f"--jobs {jobs} is more than the {len(slots)} GPU slot(s) of --gpus "
-                          f"{','.join(dict.fromkeys(slots))} x --jobs-per-gpu {jobs_per_gpu}")
+        raise ConfigError(
+            f"--jobs {jobs} is more than the {len(slots)} GPU slot(s) of --gpus "
+            f"{','.join(dict.fromkeys(slots))} x --jobs-per-gpu {jobs_per_gpu}"
+        )
     return jobs
 
 
@@ -159,6 +203,7 @@ def gpu_slots(gpus: Sequence[str], jobs_per_gpu: int) -> list[str]:
 
 # ----------------------------------------------------------------------------- before the runs
 
+
 def dataset_split_maker(config: SweepConfig) -> SplitMaker:
     """Samples splits from the training split's examples (read once, on first use)."""
     examples: list[Any] = []
@@ -167,9 +212,13 @@ def dataset_split_maker(config: SweepConfig) -> SplitMaker:
         from madcache.data import lowshot, read_examples
 
         if not examples:
-            examples.extend(read_examples(config.dataset, config.root, config.train_split,
-                                          **config.read_options).examples)
+            examples.extend(
+                read_examples(
+                    config.dataset, config.root, config.train_split, **config.read_options
+                ).examples
+            )
         return lowshot.sample_per_category(examples, k=k, seed=seed)
+
     return make
 
 
@@ -207,15 +256,23 @@ def run_zero_shots(config: SweepConfig, result: SweepResult) -> None:
 
 # ----------------------------------------------------------------------------- dispatch
 
+
 def on_slot(payload: dict[str, Any], gpu: str) -> dict[str, Any]:
     """`payload` for a job on GPU `gpu`: that GPU is the job's only visible one, its "cuda"."""
-    return {**payload, "config": {**payload["config"], "device": "cuda"},
-            "env": {**payload.get("env", {}), "CUDA_VISIBLE_DEVICES": gpu}}
+    return {
+        **payload,
+        "config": {**payload["config"], "device": "cuda"},
+        "env": {**payload.get("env", {}), "CUDA_VISIBLE_DEVICES": gpu},
+    }
 
 
-def _dispatch(pending: list[RunSpec], payload_of: Callable[[RunSpec], dict[str, Any]],
-              run: Runner, jobs: int, slots: list[str] | None
-              ) -> Iterable[tuple[RunSpec, str | None]]:
+def _dispatch(
+    pending: list[RunSpec],
+    payload_of: Callable[[RunSpec], dict[str, Any]],
+    run: Runner,
+    jobs: int,
+    slots: list[str] | None,
+) -> Iterable[tuple[RunSpec, str | None]]:
     """Yield (spec, error or None) as runs finish; one at a time in this thread when jobs == 1
     (an interrupt stops the sweep at once), else `jobs` at once. With GPU slots, each job holds
     a free slot while it runs."""
@@ -240,8 +297,9 @@ def _dispatch(pending: list[RunSpec], payload_of: Callable[[RunSpec], dict[str, 
         return
     threads = max(1, (os.cpu_count() or 1) // jobs)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(attempt, s, {**payload_of(s), "threads": threads}): s
-                   for s in pending}
+        futures = {
+            pool.submit(attempt, s, {**payload_of(s), "threads": threads}): s for s in pending
+        }
         for future in as_completed(futures):
             yield futures[future], future.result()
 
@@ -249,7 +307,7 @@ def _dispatch(pending: list[RunSpec], payload_of: Callable[[RunSpec], dict[str, 
 def _attempt(run: Runner, spec: RunSpec, payload: dict[str, Any]) -> str | None:
     try:
         run(spec, payload)
-    except Exception as exc:          # one failed run does not stop the others
+    except Exception as exc:  # one failed run does not stop the others
         return f"{type(exc).__name__}: {exc}"
     return None
 

@@ -9,24 +9,44 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from madcache.core.io import atomic_write_text
 from madcache.evaluation.zeroshot import teachers_label, zero_shot_markdown
-from madcache.experiments.cells import (BASELINE, Cell, CellKey, CwKey, Pairing, Setting,
-                                        cw_cells, ordered_keys, paired_cells, row_order, rows,
-                                        settings, shots_order, tables, transfer_cells)
+from madcache.experiments.cells import (
+    BASELINE,
+    Cell,
+    CellKey,
+    CwKey,
+    Pairing,
+    Setting,
+    cw_cells,
+    ordered_keys,
+    paired_cells,
+    row_order,
+    rows,
+    settings,
+    shots_order,
+    tables,
+    transfer_cells,
+)
 from madcache.experiments.runs import Row, RunRecord
 from madcache.experiments.stats import HALF_WIDTH, PairedDifference
 
-REPORT_TITLE = "# Report"   # the first line of every report.md (a rerun may replace it)
+REPORT_TITLE = "# Report"  # the first line of every report.md (a rerun may replace it)
 
 
 # ----------------------------------------------------------------------------- report.md
 
-def markdown_grid(title: str, columns: Sequence[Setting], row_keys: Sequence[Row],
-                  text: Callable[[Row, Setting], str]) -> str:
+
+def markdown_grid(
+    title: str,
+    columns: Sequence[Setting],
+    row_keys: Sequence[Row],
+    text: Callable[[Row, Setting], str],
+) -> str:
     """A table: rows (student, method, teachers) x columns (split, shots); `text(row, column)`
     gives a cell ("" for none)."""
     header = ["student", "method", "teachers", *(f"{split} {shots}" for split, shots in columns)]
@@ -41,8 +61,9 @@ def markdown_table(cells: Mapping[CellKey, Cell], dataset: str, metric: str) -> 
         cell = cells.get(CellKey.of(dataset, row, setting, metric))
         return "" if cell is None else cell.text()
 
-    return markdown_grid(f"{dataset}: {metric}", settings(cells, dataset, metric),
-                         rows(cells, dataset, metric), text)
+    return markdown_grid(
+        f"{dataset}: {metric}", settings(cells, dataset, metric), rows(cells, dataset, metric), text
+    )
 
 
 def paired_text(difference: PairedDifference) -> str:
@@ -72,9 +93,15 @@ def power_text(difference: PairedDifference) -> str:
     return f"MDE {mde:.2f}, ±{HALF_WIDTH:g} needs n={needed}"
 
 
-def paired_markdown(cells: Mapping[CellKey, Cell], pairs: Mapping[CellKey, Pairing],
-                    dataset: str, metric: str, baseline: str) -> str:
+def paired_markdown(
+    cells: Mapping[CellKey, Cell],
+    pairs: Mapping[CellKey, Pairing],
+    dataset: str,
+    metric: str,
+    baseline: str,
+) -> str:
     """The paired table of one (dataset, metric); "" when nothing pairs."""
+
     def text(row: Row, setting: Setting) -> str:
         pairing = pairs.get(CellKey.of(dataset, row, setting, metric))
         return "" if pairing is None else paired_text(pairing.difference)
@@ -84,25 +111,29 @@ def paired_markdown(cells: Mapping[CellKey, Cell], pairs: Mapping[CellKey, Pairi
         return ""
     columns = [c for c in settings(cells, dataset, metric) if c in {k.setting for k in keys}]
     paired_rows = [r for r in rows(cells, dataset, metric) if r in {k.row for k in keys}]
-    return markdown_grid(f"{dataset}: {metric}, paired difference to {baseline}", columns,
-                         paired_rows, text)
+    return markdown_grid(
+        f"{dataset}: {metric}, paired difference to {baseline}", columns, paired_rows, text
+    )
 
 
 def paired_note(cells: Mapping[CellKey, Cell], baseline: str) -> str:
     if not any(k.method == baseline for k in cells):
         return f"Paired differences to `{baseline}`: omitted, no complete `{baseline}` runs."
-    return (f"Paired tables: per seed, method minus `{baseline}` (same seed, same low-shot split); "
-            "mean [95% t interval] over the seeds both have, n = pairs, runs of a seed the other "
-            "side lacks are left out and counted as unpaired; * = the interval excludes 0. "
-            "MDE = the minimum detectable effect at that n (paired t-test, two-sided 5%, 80% "
-            f"power, at the observed paired std); ±{HALF_WIDTH:g} needs n = the seeds a "
-            f"±{HALF_WIDTH:g}-point t interval would need at that std. An interval that includes "
-            "0 with an MDE above the effect of interest cannot decide: too few seeds. "
-            "paired.csv adds the percentile bootstrap interval.")
+    return (
+        f"Paired tables: per seed, method minus `{baseline}` (same seed, same low-shot split); "
+        "mean [95% t interval] over the seeds both have, n = pairs, runs of a seed the other "
+        "side lacks are left out and counted as unpaired; * = the interval excludes 0. "
+        "MDE = the minimum detectable effect at that n (paired t-test, two-sided 5%, 80% "
+        f"power, at the observed paired std); ±{HALF_WIDTH:g} needs n = the seeds a "
+        f"±{HALF_WIDTH:g}-point t interval would need at that std. An interval that includes "
+        "0 with an MDE above the effect of interest cannot decide: too few seeds. "
+        "paired.csv adds the percentile bootstrap interval."
+    )
 
 
-def cw_markdown(cells: Mapping[CwKey, Cell],
-                title: str = "{dataset}: CW fired (% of training instances)") -> str:
+def cw_markdown(
+    cells: Mapping[CwKey, Cell], title: str = "{dataset}: CW fired (% of training instances)"
+) -> str:
     """One table per dataset: how often confidence weighting fired (so a run whose teacher is
     never more confident than its student, i.e. MAD silently reduced to MD, is visible); with
     another `title`, any per-run measure keyed like it (the transfer diagnostics)."""
@@ -114,22 +145,38 @@ def cw_markdown(cells: Mapping[CwKey, Cell],
             cell = cells.get(CwKey(dataset, *row, *column))
             return "" if cell is None else cell.text()
 
-        columns = sorted({Setting(k.stage, k.shots) for k in keys},
-                         key=lambda c: (c.split, shots_order(c.shots)))
-        parts.append(markdown_grid(title.format(dataset=dataset), columns,
-                                   sorted({k.row for k in keys}, key=row_order), text))
+        columns = sorted(
+            {Setting(k.stage, k.shots) for k in keys}, key=lambda c: (c.split, shots_order(c.shots))
+        )
+        parts.append(
+            markdown_grid(
+                title.format(dataset=dataset),
+                columns,
+                sorted({k.row for k in keys}, key=row_order),
+                text,
+            )
+        )
     return "\n".join(parts)
 
 
-def markdown_report(cells: Mapping[CellKey, Cell], records: Sequence[RunRecord],
-                    zero_shot: Sequence[Mapping[str, Any]], *,
-                    baseline: str = BASELINE) -> str:
+def markdown_report(
+    cells: Mapping[CellKey, Cell],
+    records: Sequence[RunRecord],
+    zero_shot: Sequence[Mapping[str, Any]],
+    *,
+    baseline: str = BASELINE,
+) -> str:
     complete = sum(r.complete for r in records)
     pairs = paired_cells(cells, baseline)
-    parts = [REPORT_TITLE, "",
-             f"{complete} complete run(s) of {len(records)}. Cells: mean ± sample std "
-             "(ddof = 1) over seeds, n = runs; every run is listed in runs.csv.", "",
-             paired_note(cells, baseline), ""]
+    parts = [
+        REPORT_TITLE,
+        "",
+        f"{complete} complete run(s) of {len(records)}. Cells: mean ± sample std "
+        "(ddof = 1) over seeds, n = runs; every run is listed in runs.csv.",
+        "",
+        paired_note(cells, baseline),
+        "",
+    ]
     for dataset, metric in tables(cells):
         parts.append(markdown_table(cells, dataset, metric))
         paired = paired_markdown(cells, pairs, dataset, metric, baseline)
@@ -146,55 +193,112 @@ def markdown_report(cells: Mapping[CellKey, Cell], records: Sequence[RunRecord],
 
 
 TRANSFER_TITLE = "{dataset}: did distillation transfer? (held-out eval examples)"
-TRANSFER_NOTE = ("Projected student features against the teacher's on held-out examples "
-                 "(docs/evaluation.md): centred cosine 0 and R² <= the mean-only R² mean the "
-                 "student matched only the targets' mean; distilled zero-shot is the student "
-                 "scoring the choices by cos(P_v V_s, P_t T_s), as the teacher does.")
+TRANSFER_NOTE = (
+    "Projected student features against the teacher's on held-out examples "
+    "(docs/evaluation.md): centred cosine 0 and R² <= the mean-only R² mean the "
+    "student matched only the targets' mean; distilled zero-shot is the student "
+    "scoring the choices by cos(P_v V_s, P_t T_s), as the teacher does."
+)
 
 
 # ----------------------------------------------------------------------------- CSV files
 
-CELL_FIELDS = ("dataset", "student", "method", "teachers", "split", "shots", "metric", "mean",
-               "std", "ci_low", "ci_high", "n", "runs")
+CELL_FIELDS = (
+    "dataset",
+    "student",
+    "method",
+    "teachers",
+    "split",
+    "shots",
+    "metric",
+    "mean",
+    "std",
+    "ci_low",
+    "ci_high",
+    "n",
+    "runs",
+)
 
 
 def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 6)
 
 
-def cell_rows(cells: Mapping[CellKey, Cell],
-              zero_shot: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def cell_rows(
+    cells: Mapping[CellKey, Cell], zero_shot: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
     """report.csv: one row per cell; `ci_low`/`ci_high` = the 95% t interval of the mean."""
     out = []
     for key in ordered_keys(cells):
         cell, interval = cells[key], cells[key].interval
-        out.append({**key._asdict(), "mean": _rounded(cell.mean), "std": _rounded(cell.std),
-                    "ci_low": _rounded(interval and interval.low),
-                    "ci_high": _rounded(interval and interval.high), "n": cell.n,
-                    "runs": ";".join(cell.runs)})
+        out.append(
+            {
+                **key._asdict(),
+                "mean": _rounded(cell.mean),
+                "std": _rounded(cell.std),
+                "ci_low": _rounded(interval and interval.low),
+                "ci_high": _rounded(interval and interval.high),
+                "n": cell.n,
+                "runs": ";".join(cell.runs),
+            }
+        )
     for result in zero_shot:
         for protocol, scores in result["protocols"].items():
             for metric, value in scores["overall"].items():
                 if metric == "n":
                     continue
-                key = CellKey(result["dataset"], "-", f"zero-shot:{protocol}",
-                              teachers_label(result.get("teachers")), result.get("split") or "",
-                              "zero-shot", metric)
-                out.append({**key._asdict(), "mean": round(float(value), 6), "n": 1,
-                            "runs": result.get("cache", "")})
+                key = CellKey(
+                    result["dataset"],
+                    "-",
+                    f"zero-shot:{protocol}",
+                    teachers_label(result.get("teachers")),
+                    result.get("split") or "",
+                    "zero-shot",
+                    metric,
+                )
+                out.append(
+                    {
+                        **key._asdict(),
+                        "mean": round(float(value), 6),
+                        "n": 1,
+                        "runs": result.get("cache", ""),
+                    }
+                )
     return out
 
 
 SEEDS_NEEDED_FIELD = f"seeds_for_half_width_{HALF_WIDTH:g}"
-PAIRED_FIELDS = ("dataset", "student", "method", "teachers", "baseline", "baseline_teachers",
-                 "split", "shots", "metric", "n_pairs", "unpaired_method", "unpaired_baseline",
-                 "mean_diff", "std_diff", "t_low", "t_high", "t_excludes_zero", "boot_low",
-                 "boot_high", "boot_excludes_zero", "mde", SEEDS_NEEDED_FIELD, "seeds",
-                 "differences")
+PAIRED_FIELDS = (
+    "dataset",
+    "student",
+    "method",
+    "teachers",
+    "baseline",
+    "baseline_teachers",
+    "split",
+    "shots",
+    "metric",
+    "n_pairs",
+    "unpaired_method",
+    "unpaired_baseline",
+    "mean_diff",
+    "std_diff",
+    "t_low",
+    "t_high",
+    "t_excludes_zero",
+    "boot_low",
+    "boot_high",
+    "boot_excludes_zero",
+    "mde",
+    SEEDS_NEEDED_FIELD,
+    "seeds",
+    "differences",
+)
 
 
-def paired_rows(cells: Mapping[CellKey, Cell],
-                pairs: Mapping[CellKey, Pairing]) -> list[dict[str, Any]]:
+def paired_rows(
+    cells: Mapping[CellKey, Cell], pairs: Mapping[CellKey, Pairing]
+) -> list[dict[str, Any]]:
     """paired.csv: one row per paired cell, both 95% intervals (t and percentile bootstrap), the
     minimum detectable effect and the seeds a ±HALF_WIDTH-point t interval needs."""
     out = []
@@ -202,34 +306,70 @@ def paired_rows(cells: Mapping[CellKey, Cell],
         pairing = pairs[key]
         d = pairing.difference
         t, boot = d.t, d.bootstrap
-        out.append({
-            **key._asdict(), "baseline": pairing.baseline,
-            "baseline_teachers": pairing.baseline_teachers, "n_pairs": d.n,
-            "unpaired_method": d.unpaired_method, "unpaired_baseline": d.unpaired_baseline,
-            "mean_diff": _rounded(d.mean), "std_diff": _rounded(d.std),
-            "t_low": _rounded(t and t.low), "t_high": _rounded(t and t.high),
-            "t_excludes_zero": t and t.excludes_zero,
-            "boot_low": _rounded(boot and boot.low), "boot_high": _rounded(boot and boot.high),
-            "boot_excludes_zero": boot and boot.excludes_zero,
-            "mde": _rounded(d.mde), SEEDS_NEEDED_FIELD: d.seeds_needed,
-            "seeds": ";".join(map(str, d.seeds)),
-            "differences": ";".join(f"{v:.6g}" for v in d.differences)})
+        out.append(
+            {
+                **key._asdict(),
+                "baseline": pairing.baseline,
+                "baseline_teachers": pairing.baseline_teachers,
+                "n_pairs": d.n,
+                "unpaired_method": d.unpaired_method,
+                "unpaired_baseline": d.unpaired_baseline,
+                "mean_diff": _rounded(d.mean),
+                "std_diff": _rounded(d.std),
+                "t_low": _rounded(t and t.low),
+                "t_high": _rounded(t and t.high),
+                "t_excludes_zero": t and t.excludes_zero,
+                "boot_low": _rounded(boot and boot.low),
+                "boot_high": _rounded(boot and boot.high),
+                "boot_excludes_zero": boot and boot.excludes_zero,
+                "mde": _rounded(d.mde),
+                SEEDS_NEEDED_FIELD: d.seeds_needed,
+                "seeds": ";".join(map(str, d.seeds)),
+                "differences": ";".join(f"{v:.6g}" for v in d.differences),
+            }
+        )
     return out
 
 
-RUN_FIELDS = ("run", "status", "dataset", "student", "method", "teachers", "shots", "seed",
-              "eval", "cache_fingerprint", "split_file", "split_digest", "git_commit",
-              "madcache_version", "cw_fired", "config")
+RUN_FIELDS = (
+    "run",
+    "status",
+    "dataset",
+    "student",
+    "method",
+    "teachers",
+    "shots",
+    "seed",
+    "eval",
+    "cache_fingerprint",
+    "split_file",
+    "split_digest",
+    "git_commit",
+    "madcache_version",
+    "cw_fired",
+    "config",
+)
 PROVENANCE_FIELDS = RUN_FIELDS[9:14]
 
 
 def run_rows(records: Sequence[RunRecord]) -> list[dict[str, Any]]:
-    return [{"run": r.path, "status": r.status, "dataset": r.dataset, "student": r.student,
-             "method": r.method, "teachers": r.teachers, "shots": r.shots, "seed": r.seed,
-             "eval": json.dumps(r.eval, sort_keys=True),
-             **{k: r.provenance.get(k, "") for k in PROVENANCE_FIELDS},
-             "cw_fired": json.dumps(r.cw_fired, sort_keys=True) if r.cw_fired else "",
-             "config": json.dumps(r.config, sort_keys=True)} for r in records]
+    return [
+        {
+            "run": r.path,
+            "status": r.status,
+            "dataset": r.dataset,
+            "student": r.student,
+            "method": r.method,
+            "teachers": r.teachers,
+            "shots": r.shots,
+            "seed": r.seed,
+            "eval": json.dumps(r.eval, sort_keys=True),
+            **{k: r.provenance.get(k, "") for k in PROVENANCE_FIELDS},
+            "cw_fired": json.dumps(r.cw_fired, sort_keys=True) if r.cw_fired else "",
+            "config": json.dumps(r.config, sort_keys=True),
+        }
+        for r in records
+    ]
 
 
 def write_csv(path: Path, fields: Sequence[str], data: Iterable[Mapping[str, Any]]) -> None:

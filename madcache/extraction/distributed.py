@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 from madcache.core.errors import ConfigError
 from madcache.core.ranks import Ranks
@@ -20,8 +20,9 @@ from madcache.core.ranks import Ranks
 BARRIER_TIMEOUT = dt.timedelta(days=7)
 
 
-def resolve_ranks(rank: int | None = None, world_size: int | None = None,
-                  env: Mapping[str, str] | None = None) -> Ranks:
+def resolve_ranks(
+    rank: int | None = None, world_size: int | None = None, env: Mapping[str, str] | None = None
+) -> Ranks:
     """The rank of this process; see the module docstring for the order of the sources."""
     env = os.environ if env is None else env
     if rank is not None or world_size is not None:
@@ -29,13 +30,22 @@ def resolve_ranks(rank: int | None = None, world_size: int | None = None,
             raise ConfigError("give --rank and --world-size together")
         return _checked(rank, world_size, int(env.get("LOCAL_RANK", 0)), "flags", "--rank")
     if "RANK" in env and "WORLD_SIZE" in env:
-        return _checked(_int(env, "RANK"), _int(env, "WORLD_SIZE"),
-                        _int(env, "LOCAL_RANK") if "LOCAL_RANK" in env else 0, "torchrun", "RANK")
+        return _checked(
+            _int(env, "RANK"),
+            _int(env, "WORLD_SIZE"),
+            _int(env, "LOCAL_RANK") if "LOCAL_RANK" in env else 0,
+            "torchrun",
+            "RANK",
+        )
     if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
         first = _int(env, "SLURM_ARRAY_TASK_MIN") if "SLURM_ARRAY_TASK_MIN" in env else 0
-        return _checked(_int(env, "SLURM_ARRAY_TASK_ID") - first,
-                        _int(env, "SLURM_ARRAY_TASK_COUNT"), 0, "slurm-array",
-                        "SLURM_ARRAY_TASK_ID")
+        return _checked(
+            _int(env, "SLURM_ARRAY_TASK_ID") - first,
+            _int(env, "SLURM_ARRAY_TASK_COUNT"),
+            0,
+            "slurm-array",
+            "SLURM_ARRAY_TASK_ID",
+        )
     return Ranks()
 
 
@@ -43,16 +53,17 @@ def _int(env: Mapping[str, str], name: str) -> int:
     try:
         return int(env[name])
     except ValueError:
-        raise ConfigError(f"environment variable {name}={env[name]!r} is not an integer") \
-            from None
+        raise ConfigError(f"environment variable {name}={env[name]!r} is not an integer") from None
 
 
 def _checked(rank: int, world_size: int, local_rank: int, launcher: str, name: str) -> Ranks:
     if world_size < 1:
         raise ConfigError(f"world size must be >= 1, got {world_size}")
     if not 0 <= rank < world_size:
-        raise ConfigError(f"{name}: rank {rank} is outside 0..{world_size - 1} (world size "
-                          f"{world_size}); a Slurm array should be --array=0-{world_size - 1}")
+        raise ConfigError(
+            f"{name}: rank {rank} is outside 0..{world_size - 1} (world size "
+            f"{world_size}); a Slurm array should be --array=0-{world_size - 1}"
+        )
     return Ranks(rank, world_size, local_rank, launcher)
 
 
@@ -68,7 +79,7 @@ class ProcessGroup:
         self.owned = owned
 
     @classmethod
-    def join(cls, ranks: Ranks) -> "ProcessGroup | None":
+    def join(cls, ranks: Ranks) -> ProcessGroup | None:
         """Join (or reuse) the default process group under torchrun; None otherwise."""
         if not ranks.torchrun or ranks.world_size == 1:
             return None
@@ -76,8 +87,9 @@ class ProcessGroup:
 
         if dist.is_initialized():
             return cls(owned=False)
-        dist.init_process_group("gloo", rank=ranks.rank, world_size=ranks.world_size,
-                                timeout=BARRIER_TIMEOUT)
+        dist.init_process_group(
+            "gloo", rank=ranks.rank, world_size=ranks.world_size, timeout=BARRIER_TIMEOUT
+        )
         return cls(owned=True)
 
     def barrier(self) -> None:

@@ -18,8 +18,9 @@ from madcache.core.io import writing
 from madcache.extraction.protocols import LogitProtocol, make_protocol
 
 
-def finish_extraction(path: str | Path, *, task: LogitProtocol | None = None,
-                      summary: dict[str, Any] | None = None) -> dict[str, Any]:
+def finish_extraction(
+    path: str | Path, *, task: LogitProtocol | None = None, summary: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Finish the cache at `path`; returns its final manifest. `task` defaults to the manifest's
     protocol (`fingerprint.prompts.protocol`)."""
     from madcache.cache.manifest import read_manifest
@@ -28,8 +29,12 @@ def finish_extraction(path: str | Path, *, task: LogitProtocol | None = None,
     manifest = read_manifest(path)
     if task is None:
         task = recorded_protocol(manifest.get("fingerprint", {}).get("prompts", {}))
-    with writing(path, error=CacheError, then="free space or fix the permissions, then rerun "
-                 "`madcache cache finish` (the committed shards are kept)"):
+    with writing(
+        path,
+        error=CacheError,
+        then="free space or fix the permissions, then rerun "
+        "`madcache cache finish` (the committed shards are kept)",
+    ):
         return finish_cache(path, extra=split_results(path, manifest, task), summary=summary)
 
 
@@ -42,7 +47,9 @@ def recorded_protocol(prompts: dict[str, Any]) -> LogitProtocol:
     return task
 
 
-def split_results(path: str | Path, manifest: dict[str, Any], task: LogitProtocol) -> dict[str, Any]:
+def split_results(
+    path: str | Path, manifest: dict[str, Any], task: LogitProtocol
+) -> dict[str, Any]:
     """`task.finish` over the task arrays of every committed shard, in shard order."""
     if type(task).finish is LogitProtocol.finish or manifest.get("unavailable"):
         return {}

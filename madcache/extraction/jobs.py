@@ -21,15 +21,16 @@ import contextlib
 import os
 import signal
 import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import torch
 
+from madcache.core.errors import CacheError, DataError, DataFileNotFoundError, MadcacheError
 from madcache.data.paths import safe_join
 from madcache.data.records import Text
-from madcache.core.errors import CacheError, DataError, DataFileNotFoundError, MadcacheError
 from madcache.extraction.plan import ShardPlan
 from madcache.extraction.scores import content_words, yake_word_scores
 
@@ -42,21 +43,24 @@ class Job:
 
     shard: int
     kind: JobKind
-    start: int                  # offset of the batch in the shard's list of that kind
+    start: int  # offset of the batch in the shard's list of that kind
     items: tuple[Any, ...]
 
 
-def shard_jobs(plan: ShardPlan, batch_size: int, *, with_aux: bool,
-               forward_batch: int) -> list[Job]:
+def shard_jobs(
+    plan: ShardPlan, batch_size: int, *, with_aux: bool, forward_batch: int
+) -> list[Job]:
     """A shard's jobs in the order the main process consumes them; each job is whole
     micro-batches of `forward_batch` rows."""
     size = job_size(batch_size, forward_batch)
-    lists: list[tuple[JobKind, Sequence[Any]]] = [("image", plan.image_paths),
-                                                  ("text", plan.texts)]
+    lists: list[tuple[JobKind, Sequence[Any]]] = [("image", plan.image_paths), ("text", plan.texts)]
     if with_aux:
         lists.append(("aux", plan.aux_texts))
-    return [Job(plan.index, kind, start, tuple(items[start:start + size]))
-            for kind, items in lists for start in range(0, len(items), size)]
+    return [
+        Job(plan.index, kind, start, tuple(items[start : start + size]))
+        for kind, items in lists
+        for start in range(0, len(items), size)
+    ]
 
 
 def job_size(batch_size: int, forward_batch: int) -> int:
@@ -65,7 +69,7 @@ def job_size(batch_size: int, forward_batch: int) -> int:
 
 
 def micro_batches(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
-    return [items[start:start + size] for start in range(0, len(items), size)]
+    return [items[start : start + size] for start in range(0, len(items), size)]
 
 
 @dataclass(frozen=True)
@@ -75,18 +79,29 @@ class YakeSettings:
     language: str = "en"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"method": "yake", "n": self.max_ngram, "top": self.top,
-                "language": self.language, "word_score": "max over keywords of 1 / (1 + score)",
-                "non_content": "stopwords (yake's list) and punctuation-only words score 0"}
+        return {
+            "method": "yake",
+            "n": self.max_ngram,
+            "top": self.top,
+            "language": self.language,
+            "word_score": "max over keywords of 1 / (1 + score)",
+            "non_content": "stopwords (yake's list) and punctuation-only words score 0",
+        }
 
 
 class Preprocessor:
     """Turns a `Job` into model inputs. Runs in worker processes (picklable)."""
 
-    def __init__(self, root: Path, *, image_transforms: dict[str, Callable[[Any], torch.Tensor]],
-                 text_processors: dict[str, Callable[[Sequence[Text]], Any]],
-                 aux_processors: dict[str, Callable[[Sequence[Text]], Any]],
-                 yake: YakeSettings, forward_batch: int) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        image_transforms: dict[str, Callable[[Any], torch.Tensor]],
+        text_processors: dict[str, Callable[[Sequence[Text]], Any]],
+        aux_processors: dict[str, Callable[[Sequence[Text]], Any]],
+        yake: YakeSettings,
+        forward_batch: int,
+    ) -> None:
         self.root = Path(root)
         self.image_transforms = image_transforms
         self.text_processors = text_processors
@@ -100,20 +115,31 @@ class Preprocessor:
             return self.images(job.items)
         processors = self.text_processors if job.kind == "text" else self.aux_processors
         chunks = micro_batches(job.items, self.forward_batch)
-        out: dict[str, Any] = {"tokens": {key: [fn(chunk) for chunk in chunks]
-                                          for key, fn in processors.items()}}
+        out: dict[str, Any] = {
+            "tokens": {key: [fn(chunk) for chunk in chunks] for key, fn in processors.items()}
+        }
         if job.kind == "text":
-            out["yake"] = [yake_word_scores(t, max_ngram=self.yake.max_ngram, top=self.yake.top,
-                                            language=self.yake.language) for t in job.items]
+            out["yake"] = [
+                yake_word_scores(
+                    t, max_ngram=self.yake.max_ngram, top=self.yake.top, language=self.yake.language
+                )
+                for t in job.items
+            ]
             out["content"] = [content_words(t, self.yake.language) for t in job.items]
         return out
 
     def images(self, paths: Sequence[str]) -> dict[str, Any]:
         """Decode each image once, then apply every teacher's transform."""
         decoded = [load_rgb(self.root, path) for path in paths]
-        return {"pixels": {key: [torch.stack([transform(img) for img in chunk])
-                                 for chunk in micro_batches(decoded, self.forward_batch)]
-                           for key, transform in self.image_transforms.items()}}
+        return {
+            "pixels": {
+                key: [
+                    torch.stack([transform(img) for img in chunk])
+                    for chunk in micro_batches(decoded, self.forward_batch)
+                ]
+                for key, transform in self.image_transforms.items()
+            }
+        }
 
 
 def load_rgb(root: Path, relative: str):
@@ -158,7 +184,7 @@ class WorkerFailure:
     def reraise(self) -> None:
         try:
             error = self.kind(self.message)
-        except TypeError:              # an error class whose constructor takes more than a message
+        except TypeError:  # an error class whose constructor takes more than a message
             error = MadcacheError(self.message)
         raise error
 
@@ -178,9 +204,15 @@ class JobStream(torch.utils.data.Sampler):
     writer holds or has committed it).
     """
 
-    def __init__(self, shard_indices: Iterable[int],
-                 plan_shard: Callable[[int], ShardPlan | None], batch_size: int, *,
-                 with_aux: bool, forward_batch: int) -> None:
+    def __init__(
+        self,
+        shard_indices: Iterable[int],
+        plan_shard: Callable[[int], ShardPlan | None],
+        batch_size: int,
+        *,
+        with_aux: bool,
+        forward_batch: int,
+    ) -> None:
         self.shard_indices = list(shard_indices)
         self.plan_shard = plan_shard
         self.batch_size = batch_size
@@ -191,8 +223,9 @@ class JobStream(torch.utils.data.Sampler):
         for index in self.shard_indices:
             plan = self.plan_shard(index)
             if plan is not None:
-                yield from shard_jobs(plan, self.batch_size, with_aux=self.with_aux,
-                                      forward_batch=self.forward_batch)
+                yield from shard_jobs(
+                    plan, self.batch_size, with_aux=self.with_aux, forward_batch=self.forward_batch
+                )
 
 
 def keep_as_is(sample: Any) -> Any:
@@ -200,8 +233,13 @@ def keep_as_is(sample: Any) -> Any:
     return sample
 
 
-def preprocess_workers(requested: int | None, device: str, *, cores: int | None = None,
-                       environ: Mapping[str, str] = os.environ) -> int:
+def preprocess_workers(
+    requested: int | None,
+    device: str,
+    *,
+    cores: int | None = None,
+    environ: Mapping[str, str] = os.environ,
+) -> int:
     """`--workers`, else by default: on CUDA, this process's share of the usable cores
     (torchrun's `LOCAL_WORLD_SIZE` processes per node share them) less one for the process
     feeding the GPU: per example, decoding and resizing a full-size frame cost the CPU more
@@ -211,8 +249,11 @@ def preprocess_workers(requested: int | None, device: str, *, cores: int | None 
     if not device.startswith("cuda"):
         return 0
     if cores is None:
-        cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                 else os.cpu_count() or 1)
+        cores = (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else os.cpu_count() or 1
+        )
     per_node = max(int(environ.get("LOCAL_WORLD_SIZE", "1")), 1)
     return max(cores // per_node - 1, 0)
 
@@ -231,16 +272,24 @@ def worker_deaths(out: object) -> Iterator[None]:
         # this line is printed); the extraction is over, so the signal goes back to its default
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        raise CacheError(f"extracting into {out}: a data-loading worker process died ("
-                         f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}); out of "
-                         "memory? Rerun the same command (committed shards are kept), with "
-                         "fewer --workers or a smaller --batch-size") from None
+        raise CacheError(
+            f"extracting into {out}: a data-loading worker process died ("
+            f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}); out of "
+            "memory? Rerun the same command (committed shards are kept), with "
+            "fewer --workers or a smaller --batch-size"
+        ) from None
 
 
-def make_loader(preprocessor: Preprocessor, stream: JobStream, *, workers: int,
-                pin_memory: bool) -> torch.utils.data.DataLoader:
+def make_loader(
+    preprocessor: Preprocessor, stream: JobStream, *, workers: int, pin_memory: bool
+) -> torch.utils.data.DataLoader:
     extra = {"prefetch_factor": 4} if workers > 0 else {}
-    return torch.utils.data.DataLoader(JobDataset(preprocessor), sampler=stream, batch_size=None,
-                                       collate_fn=keep_as_is, num_workers=workers,
-                                       pin_memory=pin_memory, **extra)
-
+    return torch.utils.data.DataLoader(
+        JobDataset(preprocessor),
+        sampler=stream,
+        batch_size=None,
+        collate_fn=keep_as_is,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        **extra,
+    )

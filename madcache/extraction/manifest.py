@@ -14,34 +14,58 @@ from typing import Any
 from madcache import __version__
 from madcache.extraction.config import ExtractConfig
 from madcache.extraction.jobs import YakeSettings
-from madcache.extraction.roles import TeacherSet
 from madcache.extraction.protocols import LogitProtocol, VqaProtocol
+from madcache.extraction.roles import TeacherSet
 
-ROW_LAYOUT = ("text rows are (image, text) pairs within a shard: a string scored under two "
-              "images is stored twice, since word_vr depends on the image")
+ROW_LAYOUT = (
+    "text rows are (image, text) pairs within a shard: a string scored under two "
+    "images is stored twice, since word_vr depends on the image"
+)
 
 
-def build_fingerprint(config: ExtractConfig, teachers: TeacherSet, task: LogitProtocol,
-                      yake: YakeSettings, dataset_fp: dict[str, Any],
-                      format_version: Any) -> dict[str, Any]:
+def build_fingerprint(
+    config: ExtractConfig,
+    teachers: TeacherSet,
+    task: LogitProtocol,
+    yake: YakeSettings,
+    dataset_fp: dict[str, Any],
+    format_version: Any,
+) -> dict[str, Any]:
     return {
         "format_version": format_version,
         "dataset": dataset_fp,
         "teachers": teachers.fingerprint(),
         "selection": yake.as_dict(),
-        "prompts": {"protocol": config.task_protocol, **task.settings(),
-                    "default_logits": config.logits_default},
+        "prompts": {
+            "protocol": config.task_protocol,
+            **task.settings(),
+            "default_logits": config.logits_default,
+        },
         "dtype": config.dtype,
-        "examples": {"limit": config.limit, "shard_size": config.shard_size,
-                     "skip_bad": config.skip_bad, "grouping": "by image_id, sorted"},
-        "forward": {"micro_batch": config.forward_batch,
-                    "cut": "fixed offsets of each shard's image / text lists"},
+        "examples": {
+            "limit": config.limit,
+            "shard_size": config.shard_size,
+            "skip_bad": config.skip_bad,
+            "grouping": "by image_id, sorted",
+        },
+        "forward": {
+            "micro_batch": config.forward_batch,
+            "cut": "fixed offsets of each shard's image / text lists",
+        },
     }
 
 
-def build_manifest(config: ExtractConfig, teachers: TeacherSet, task: LogitProtocol,
-                   fingerprint: dict[str, Any], *, num_choices: int, num_examples: int,
-                   num_shards: int, skipped: list[dict[str, Any]]) -> dict[str, Any]:
+def build_manifest(
+    config: ExtractConfig,
+    teachers: TeacherSet,
+    task: LogitProtocol,
+    fingerprint: dict[str, Any],
+    *,
+    num_choices: int,
+    num_examples: int,
+    num_shards: int,
+    skipped: list[dict[str, Any]],
+) -> dict[str, Any]:
     missing = unavailable_targets(task, teachers.relevance is not None)
     return {
         "fingerprint": fingerprint,
@@ -56,13 +80,18 @@ def build_manifest(config: ExtractConfig, teachers: TeacherSet, task: LogitProto
         "dtype": config.dtype,
         "logits": [] if missing else list(task.logit_names),
         "default_logits": None if missing else config.logits_default,
-        "settings": {"default_logits": config.logits_default, "shard_size": config.shard_size,
-                     "limit": config.limit, "batch_size": config.batch_size,
-                     "workers": config.workers, "threads": config.threads,
-                     "device": config.device,
-                     "text_rows": ROW_LAYOUT,
-                     "zero_shot": "prediction = argmax of the stored logits (SNLI-VE: of "
-                                  "-scale * |similarity - kmeans centre|)"},
+        "settings": {
+            "default_logits": config.logits_default,
+            "shard_size": config.shard_size,
+            "limit": config.limit,
+            "batch_size": config.batch_size,
+            "workers": config.workers,
+            "threads": config.threads,
+            "device": config.device,
+            "text_rows": ROW_LAYOUT,
+            "zero_shot": "prediction = argmax of the stored logits (SNLI-VE: of "
+            "-scale * |similarity - kmeans centre|)",
+        },
         "unavailable": missing,
         "extra": up_front_extra(task, teachers.relevance is not None),
         "skipped_records": skipped,
@@ -90,7 +119,9 @@ def unavailable_warning(manifest: dict[str, Any]) -> str | None:
     missing = manifest["unavailable"]
     if not missing:
         return None
-    return (f"no joint-space relevance model (pass --relevance-model, e.g. a CLIP teacher): "
-            f"targets {', '.join(missing)} are not computed (word_vr is stored as NaN), so "
-            "methods with token selection or confidence weighting (mad and its TS/CW ablations) "
-            "cannot run on this cache; `madcache cache info` lists them")
+    return (
+        f"no joint-space relevance model (pass --relevance-model, e.g. a CLIP teacher): "
+        f"targets {', '.join(missing)} are not computed (word_vr is stored as NaN), so "
+        "methods with token selection or confidence weighting (mad and its TS/CW ablations) "
+        "cannot run on this cache; `madcache cache info` lists them"
+    )

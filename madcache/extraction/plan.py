@@ -17,8 +17,8 @@ from itertools import groupby
 
 import numpy as np
 
-from madcache.data.records import Example, Text, image_order
 from madcache.core.errors import DataError
+from madcache.data.records import Example, Text, image_order
 
 
 @dataclass
@@ -26,13 +26,13 @@ class ShardPlan:
     index: int
     examples: list[Example]
     image_ids: list[str]
-    image_paths: list[str]            # relative to the dataset root
-    texts: list[Text]                 # unique scored strings, each encoded once
-    text_rows: np.ndarray             # [n_rows, 2]: (image row, index into `texts`)
-    example_image: np.ndarray         # [n_ex] image row
-    example_texts: np.ndarray         # [n_ex, C] text rows (the scored texts)
+    image_paths: list[str]  # relative to the dataset root
+    texts: list[Text]  # unique scored strings, each encoded once
+    text_rows: np.ndarray  # [n_rows, 2]: (image row, index into `texts`)
+    example_image: np.ndarray  # [n_ex] image row
+    example_texts: np.ndarray  # [n_ex, C] text rows (the scored texts)
     aux_texts: list[Text] = field(default_factory=list)  # relevance-only texts (prompts)
-    example_aux: np.ndarray | None = None                # [n_ex, K] index into `aux_texts`
+    example_aux: np.ndarray | None = None  # [n_ex, K] index into `aux_texts`
     arrays: dict[str, np.ndarray] = field(default_factory=dict)  # task arrays known up front
 
 
@@ -56,8 +56,11 @@ def num_choices(examples: list[Example]) -> int:
     counts = {ex.num_choices for ex in examples}
     if len(counts) > 1:
         odd = next(ex for ex in examples if ex.num_choices != examples[0].num_choices)
-        raise DataError(f"examples have different numbers of choices {sorted(counts)}; a cache "
-                        "needs one C per split", record_id=odd.id)
+        raise DataError(
+            f"examples have different numbers of choices {sorted(counts)}; a cache "
+            "needs one C per split",
+            record_id=odd.id,
+        )
     return counts.pop() if counts else 0
 
 
@@ -84,10 +87,16 @@ def build_shard_plan(index: int, examples: list[Example]) -> ShardPlan:
         example_texts.append(rows)
     text_rows = np.array(list(row_of), dtype=np.int64).reshape(-1, 2)
     c = num_choices(examples)
-    return ShardPlan(index=index, examples=examples, image_ids=list(image_row),
-                     image_paths=image_paths, texts=texts, text_rows=text_rows,
-                     example_image=np.array(example_image, dtype=np.int64),
-                     example_texts=np.array(example_texts, dtype=np.int64).reshape(-1, c))
+    return ShardPlan(
+        index=index,
+        examples=examples,
+        image_ids=list(image_row),
+        image_paths=image_paths,
+        texts=texts,
+        text_rows=text_rows,
+        example_image=np.array(example_image, dtype=np.int64),
+        example_texts=np.array(example_texts, dtype=np.int64).reshape(-1, c),
+    )
 
 
 def unique_texts(per_example: list[list[Text]]) -> tuple[list[Text], np.ndarray]:

@@ -31,9 +31,16 @@ import numpy as np
 import torch
 
 from madcache.core.registry import Registry
-from madcache.data.prompts import (LOGIT_SCALE, SNLI_VE_ORDER, TEMPLATES, VCR_PROTOCOLS,
-                                   cosine_logits, statement_texts,
-                                   vcr_texts, vqa_question)
+from madcache.data.prompts import (
+    LOGIT_SCALE,
+    SNLI_VE_ORDER,
+    TEMPLATES,
+    VCR_PROTOCOLS,
+    cosine_logits,
+    statement_texts,
+    vcr_texts,
+    vqa_question,
+)
 from madcache.extraction.plan import ShardPlan, unique_texts
 
 if TYPE_CHECKING:
@@ -42,6 +49,7 @@ if TYPE_CHECKING:
 
 # --- VCR -----------------------------------------------------------------------------------
 
+
 def vcr_logits(image_emb: torch.Tensor, text_embs: torch.Tensor) -> torch.Tensor:
     """100 * cos(image, text_i) over the candidates (MAD.md, VCR Q->A and QA->R)."""
     return cosine_logits(image_emb, text_embs)
@@ -49,8 +57,10 @@ def vcr_logits(image_emb: torch.Tensor, text_embs: torch.Tensor) -> torch.Tensor
 
 # --- SNLI-VE -------------------------------------------------------------------------------
 
-def kmeans_anchors(similarities: np.ndarray, k: int = 3, seed: int = 0,
-                   max_iter: int = 300) -> np.ndarray:
+
+def kmeans_anchors(
+    similarities: np.ndarray, k: int = 3, seed: int = 0, max_iter: int = 300
+) -> np.ndarray:
     """1-D k-means on a split's image-hypothesis cosines; centres sorted descending
     (entailment, neutral, contradiction for k = 3).
 
@@ -76,27 +86,30 @@ def kmeans_anchors(similarities: np.ndarray, k: int = 3, seed: int = 0,
 
 # --- VQA -----------------------------------------------------------------------------------
 
-def prefilter_answers(questions: list[str], vocab: list[str], encoder: "SentenceEncoder",
-                      k: int = 10, chunk: int = 1024) -> np.ndarray:
+
+def prefilter_answers(
+    questions: list[str], vocab: list[str], encoder: SentenceEncoder, k: int = 10, chunk: int = 1024
+) -> np.ndarray:
     """[Q, k] answer-vocabulary ids ranked by the cosine between question and answer sentence
     embeddings (best first; ties -> lower id). Questions are encoded and scored in chunks."""
     k = min(k, len(vocab))
     answers = encoder.encode(list(vocab))
     out = np.zeros((len(questions), k), dtype=np.int64)
     for i in range(0, len(questions), chunk):
-        sims = (encoder.encode(list(questions[i:i + chunk])) @ answers.T).numpy()
-        out[i:i + chunk] = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        sims = (encoder.encode(list(questions[i : i + chunk])) @ answers.T).numpy()
+        out[i : i + chunk] = np.argsort(-sims, axis=1, kind="stable")[:, :k]
     return out
 
 
 # --- extraction tasks ----------------------------------------------------------------------
 
+
 @dataclass
 class RelevanceFeatures:
     """The relevance model's float32 embeddings for one shard."""
 
-    image: torch.Tensor                  # [n_img, D]
-    text_eos: torch.Tensor               # [n_unique_texts, D] (plan.texts)
+    image: torch.Tensor  # [n_img, D]
+    text_eos: torch.Tensor  # [n_unique_texts, D] (plan.texts)
     aux_eos: torch.Tensor | None = None  # [n_aux, D] (plan.aux_texts)
 
 
@@ -106,10 +119,10 @@ class LogitProtocol:
     `default_logits` names the logits confidence weighting uses unless `--default-logits` says
     otherwise (the manifest's `default_logits`; "" for none)."""
 
-    arrays: tuple[str, ...] = ()         # per-example arrays that need the relevance model
+    arrays: tuple[str, ...] = ()  # per-example arrays that need the relevance model
     logit_names: tuple[str, ...] = ()
     default_logits: ClassVar[str] = ""
-    logit_scale: float = LOGIT_SCALE     # the relevance model's (`with_logit_scale`)
+    logit_scale: float = LOGIT_SCALE  # the relevance model's (`with_logit_scale`)
     logit_bias: float = 0.0
 
     def logits(self, image: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
@@ -157,12 +170,15 @@ class VcrProtocol(LogitProtocol):
 
     def prepare(self, plan: ShardPlan) -> None:
         plan.aux_texts, plan.example_aux = unique_texts(
-            [list(vcr_texts(ex, "ia")) for ex in plan.examples])
+            [list(vcr_texts(ex, "ia")) for ex in plan.examples]
+        )
 
     def score(self, plan: ShardPlan, rel: RelevanceFeatures) -> dict[str, np.ndarray]:
         image = _example_image(plan, rel)
-        return {"logits/iqa": self.logits(image, _scored_eos(plan, rel)).numpy(),
-                "logits/ia": self.logits(image, _aux_eos(plan, rel)).numpy()}
+        return {
+            "logits/iqa": self.logits(image, _scored_eos(plan, rel)).numpy(),
+            "logits/ia": self.logits(image, _aux_eos(plan, rel)).numpy(),
+        }
 
     def settings(self) -> dict[str, Any]:
         return {"logits": list(self.logit_names), **self.scale_settings()}
@@ -179,8 +195,9 @@ class SnliVeProtocol(LogitProtocol):
     def score(self, plan: ShardPlan, rel: RelevanceFeatures) -> dict[str, np.ndarray]:
         image = _example_image(plan, rel)
         hypothesis = _scored_eos(plan, rel)[:, 0]
-        return {"similarity": cosine_logits(image, hypothesis.unsqueeze(1),
-                                                     scale=1.0)[:, 0].numpy()}
+        return {
+            "similarity": cosine_logits(image, hypothesis.unsqueeze(1), scale=1.0)[:, 0].numpy()
+        }
 
     def finish(self, shard_arrays: list[dict[str, np.ndarray]]) -> dict[str, Any]:
         values = [a["similarity"] for a in shard_arrays if "similarity" in a]
@@ -190,12 +207,20 @@ class SnliVeProtocol(LogitProtocol):
         if similarities.size < self.k:
             return {}
         centres = kmeans_anchors(similarities, k=self.k)
-        return {"kmeans_centres": [float(c) for c in centres],
-                "kmeans_order": list(SNLI_VE_ORDER), "kmeans_scale": self.logit_scale}
+        return {
+            "kmeans_centres": [float(c) for c in centres],
+            "kmeans_order": list(SNLI_VE_ORDER),
+            "kmeans_scale": self.logit_scale,
+        }
 
     def settings(self) -> dict[str, Any]:
-        return {"logits": ["kmeans"], "similarity": "cos(image, hypothesis)", "kmeans_k": self.k,
-                "kmeans_logits": "-scale * |similarity - centre_k|", "scale": self.logit_scale}
+        return {
+            "logits": ["kmeans"],
+            "similarity": "cos(image, hypothesis)",
+            "kmeans_k": self.k,
+            "kmeans_logits": "-scale * |similarity - centre_k|",
+            "scale": self.logit_scale,
+        }
 
 
 @dataclass
@@ -205,7 +230,7 @@ class VqaProtocol(LogitProtocol):
 
     vocab: list[str]
     vocab_source: str
-    encoder: Any                       # SentenceEncoder-like: .encode(list[str]) -> [N, D]
+    encoder: Any  # SentenceEncoder-like: .encode(list[str]) -> [N, D]
     encoder_fingerprint: dict[str, Any]
     top_k: int = 10
     arrays: tuple[str, ...] = ("logits/template", "candidates")
@@ -215,10 +240,11 @@ class VqaProtocol(LogitProtocol):
 
     def prepare(self, plan: ShardPlan) -> None:
         questions = [vqa_question(ex) for ex in plan.examples]
-        candidates = prefilter_answers(questions, self.vocab, _VocabCache(self),
-                                               k=self.top_k)
-        statements = [statement_texts(q, [self.vocab[a] for a in row])
-                      for q, row in zip(questions, candidates)]
+        candidates = prefilter_answers(questions, self.vocab, _VocabCache(self), k=self.top_k)
+        statements = [
+            statement_texts(q, [self.vocab[a] for a in row])
+            for q, row in zip(questions, candidates)
+        ]
         plan.aux_texts, plan.example_aux = unique_texts(statements)
         plan.arrays["candidates"] = candidates.astype(np.int64)
 
@@ -227,11 +253,18 @@ class VqaProtocol(LogitProtocol):
         return {"logits/template": self.logits(image, _aux_eos(plan, rel)).numpy()}
 
     def settings(self) -> dict[str, Any]:
-        return {"logits": ["template"], **self.scale_settings(), "top_k": self.top_k,
-                "answer_vocab": {"source": self.vocab_source, "size": len(self.vocab),
-                                 "sha256": _digest(self.vocab)},
-                "sentence_encoder": self.encoder_fingerprint,
-                "templates": [[name, pattern.pattern] for name, pattern, _ in TEMPLATES]}
+        return {
+            "logits": ["template"],
+            **self.scale_settings(),
+            "top_k": self.top_k,
+            "answer_vocab": {
+                "source": self.vocab_source,
+                "size": len(self.vocab),
+                "sha256": _digest(self.vocab),
+            },
+            "sentence_encoder": self.encoder_fingerprint,
+            "templates": [[name, pattern.pattern] for name, pattern, _ in TEMPLATES],
+        }
 
 
 class _VocabCache:

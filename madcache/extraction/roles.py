@@ -7,8 +7,9 @@ fills all three); each distinct teacher is loaded once and runs each input once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from madcache.core.errors import ConfigError
 from madcache.extraction.config import ExtractConfig, TeacherSpec
@@ -46,8 +47,10 @@ class TeacherSet:
         return _unique_keys(self, [self.text, self.relevance])
 
     def fingerprint(self) -> dict[str, Any]:
-        return {role: None if getattr(self, role) is None else getattr(self, role).fingerprint()
-                for role in ("vision", "text", "relevance")}
+        return {
+            role: None if getattr(self, role) is None else getattr(self, role).fingerprint()
+            for role in ("vision", "text", "relevance")
+        }
 
     def names(self) -> dict[str, str | None]:
         return {role: None if spec is None else spec.name for role, spec in self.specs.items()}
@@ -76,17 +79,23 @@ def load_teacher_set(config: ExtractConfig, loader: Loader | None = None) -> Tea
     if relevance_spec is not None:
         relevance = get(relevance_spec)
         if not _is_joint(relevance):
-            raise ConfigError(f"relevance model {relevance_spec.name} must embed images and texts "
-                              "in one space (a CLIP-style teacher)")
+            raise ConfigError(
+                f"relevance model {relevance_spec.name} must embed images and texts "
+                "in one space (a CLIP-style teacher)"
+            )
     else:
         relevance_spec, relevance = _default_relevance(config, vision, text)
-    return TeacherSet(vision, text, relevance,
-                      {"vision": config.vision_spec, "text": config.text_spec,
-                       "relevance": relevance_spec})
+    return TeacherSet(
+        vision,
+        text,
+        relevance,
+        {"vision": config.vision_spec, "text": config.text_spec, "relevance": relevance_spec},
+    )
 
 
-def _default_relevance(config: ExtractConfig, vision: Teacher,
-                       text: Teacher) -> tuple[TeacherSpec | None, Teacher | None]:
+def _default_relevance(
+    config: ExtractConfig, vision: Teacher, text: Teacher
+) -> tuple[TeacherSpec | None, Teacher | None]:
     for spec, teacher in ((config.vision_spec, vision), (config.text_spec, text)):
         if _is_joint(teacher):
             return spec, teacher
@@ -99,5 +108,7 @@ def _is_joint(teacher: Teacher) -> bool:
 
 def _require(teacher: Teacher, modality: str, role: str, name: str) -> None:
     if modality not in teacher.modalities:
-        raise ConfigError(f"{role} {name} has no {modality} encoder (it encodes "
-                          f"{', '.join(sorted(teacher.modalities))})")
+        raise ConfigError(
+            f"{role} {name} has no {modality} encoder (it encodes "
+            f"{', '.join(sorted(teacher.modalities))})"
+        )

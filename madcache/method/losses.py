@@ -9,8 +9,9 @@ are loaded (`madcache.method.selection.select_words`), never in the training ste
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -30,8 +31,9 @@ def feature_l1(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
     return (teacher - student).abs().mean(dim=-1)
 
 
-def confidence_weights(teacher_logits: torch.Tensor, student_logits: torch.Tensor,
-                       weight: float) -> torch.Tensor:
+def confidence_weights(
+    teacher_logits: torch.Tensor, student_logits: torch.Tensor, weight: float
+) -> torch.Tensor:
     """CW (MAD.md, "Confidence weighting"): r = max softmax(L_c) / max softmax(L_b) per instance,
     w_r = weight if r > 1 else 0. The student side is detached; the result carries no gradient.
 
@@ -58,8 +60,9 @@ def text_term(teacher_text: torch.Tensor, student_text: torch.Tensor) -> torch.T
     return feature_l1(teacher_text, student_text).mean(dim=1)
 
 
-def word_term(teacher_words: torch.Tensor, student_words: torch.Tensor,
-              mask: torch.Tensor) -> torch.Tensor:
+def word_term(
+    teacher_words: torch.Tensor, student_words: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     """L'_dt per instance: mean over the selected words (all C texts) of ||f_tt(w) - P_w(f_st(w))||_1.
 
     teacher_words, student_words [B, C, m, Dt]; mask [B, C, m] bool. An instance with no selected
@@ -70,8 +73,9 @@ def word_term(teacher_words: torch.Tensor, student_words: torch.Tensor,
     return per_word.flatten(1).sum(dim=1) / count
 
 
-def distillation_loss(own: torch.Tensor, terms: Sequence[torch.Tensor],
-                      weights: torch.Tensor | float) -> torch.Tensor:
+def distillation_loss(
+    own: torch.Tensor, terms: Sequence[torch.Tensor], weights: torch.Tensor | float
+) -> torch.Tensor:
     """A stage's loss: its own loss plus the weighted distillation terms, averaged over the batch:
     `own + mean_b(weight_b * sum_k term_k,b)`.
 
@@ -100,8 +104,7 @@ def task_loss(student: Any, logits: torch.Tensor, examples: Sequence[Example]) -
                 if answer in index:
                     target[b, index[answer]] = value
         return task_criterion(logits, target)
-    return task_criterion(logits, torch.tensor([ex.label for ex in examples],
-                                               device=logits.device))
+    return task_criterion(logits, torch.tensor([ex.label for ex in examples], device=logits.device))
 
 
 def task_criterion(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -115,37 +118,38 @@ def task_criterion(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- the terms
 
+
 class TeacherBatch(Protocol):
     """The cached teacher targets of a batch as tensors, rows aligned with the examples (the
     trainer's `BatchTargets`); a field a method does not need is None."""
 
-    image: torch.Tensor | None        # [B, Dv]
-    text_eos: torch.Tensor | None     # [B, C, Dt]
-    word_feat: torch.Tensor | None    # [B, C, m, Dt]
-    word_span: torch.Tensor | None    # [B, C, m, 2]
-    word_mask: torch.Tensor | None    # [B, C, m]
-    logits: torch.Tensor | None       # [B, K]
-    candidates: torch.Tensor | None   # [B, K]
+    image: torch.Tensor | None  # [B, Dv]
+    text_eos: torch.Tensor | None  # [B, C, Dt]
+    word_feat: torch.Tensor | None  # [B, C, m, Dt]
+    word_span: torch.Tensor | None  # [B, C, m, 2]
+    word_mask: torch.Tensor | None  # [B, C, m]
+    logits: torch.Tensor | None  # [B, K]
+    candidates: torch.Tensor | None  # [B, K]
 
 
-def vision_distillation(out: StudentOutput, targets: TeacherBatch,
-                        proj: "Projections") -> torch.Tensor:
+def vision_distillation(
+    out: StudentOutput, targets: TeacherBatch, proj: Projections
+) -> torch.Tensor:
     """L_dv per instance, from the student's image tokens."""
     return vision_term(targets.image, proj.vision(out.image_token))
 
 
-def text_distillation(out: StudentOutput, targets: TeacherBatch,
-                      proj: "Projections") -> torch.Tensor:
+def text_distillation(out: StudentOutput, targets: TeacherBatch, proj: Projections) -> torch.Tensor:
     """L_dt per instance, from the student's CLS tokens."""
     return text_term(targets.text_eos, proj.text(out.cls_token))
 
 
-def word_distillation(out: StudentOutput, targets: TeacherBatch,
-                      proj: "Projections") -> torch.Tensor:
+def word_distillation(out: StudentOutput, targets: TeacherBatch, proj: Projections) -> torch.Tensor:
     """L'_dt per instance: f_st(w) is the mean of the student's sub-token outputs over each
     selected word's character span."""
-    feat, mask = pool_token_spans(out.text_tokens, out.token_spans, targets.word_span,
-                                  targets.word_mask)
+    feat, mask = pool_token_spans(
+        out.text_tokens, out.token_spans, targets.word_span, targets.word_mask
+    )
     return word_term(targets.word_feat, proj.word(feat), mask & targets.word_mask)
 
 
@@ -159,7 +163,7 @@ class Term:
     manifest's `dims`: "image" or "text")."""
 
     needs: str
-    compute: Callable[[StudentOutput, TeacherBatch, "Projections"], torch.Tensor]
+    compute: Callable[[StudentOutput, TeacherBatch, Projections], torch.Tensor]
     projection: str
     dim: str
 
@@ -171,9 +175,9 @@ class Term:
 
 # A new term: a function above and one entry here (or a plugin's "madcache.terms" entry point).
 TERMS: Registry[Term] = Registry("distillation term", group="madcache.terms")
-TERMS.register("dv", Term("image", vision_distillation, "vision", "image"))      # L_dv
-TERMS.register("dt", Term("text_eos", text_distillation, "text", "text"))        # L_dt
-TERMS.register("dwt", Term("words", word_distillation, "word", "text"))          # L'_dt (TS)
+TERMS.register("dv", Term("image", vision_distillation, "vision", "image"))  # L_dv
+TERMS.register("dt", Term("text_eos", text_distillation, "text", "text"))  # L_dt
+TERMS.register("dwt", Term("words", word_distillation, "word", "text"))  # L'_dt (TS)
 
 
 class Projections(nn.Module):

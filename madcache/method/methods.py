@@ -14,8 +14,9 @@ with confidence weighting (CW). `needs` lists the cached targets a method reads 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -31,8 +32,8 @@ STAGE_ORDER = (AF, TASK)
 # The two readings of MAD's "proportionally updated" w' (docs/method.md, "w'"); `m` is the number
 # of selected words the stage distils (0 without TS).
 W_PRIME_RULES: dict[str, Callable[[float, int], float]] = {
-    "proportional": lambda w, m: w * (2 + m) / 2,   # MAD.md: w scaled by (2 + m) features / MD's 2
-    "per-feature": lambda w, m: w * (m + 2),        # supplement "0.05, Token#+2": w per feature
+    "proportional": lambda w, m: w * (2 + m) / 2,  # MAD.md: w scaled by (2 + m) features / MD's 2
+    "per-feature": lambda w, m: w * (m + 2),  # supplement "0.05, Token#+2": w per feature
 }
 
 
@@ -50,8 +51,10 @@ class Stage:
     def __post_init__(self) -> None:
         unknown = [t for t in self.terms if t not in TERMS]
         if self.name not in STAGE_ORDER or unknown:
-            raise ValueError(f"stage {self.name!r} (valid: {STAGE_ORDER}) with unknown terms "
-                             f"{unknown} (valid: {sorted(TERMS)})")
+            raise ValueError(
+                f"stage {self.name!r} (valid: {STAGE_ORDER}) with unknown terms "
+                f"{unknown} (valid: {sorted(TERMS)})"
+            )
 
 
 def task(*terms: str, weight: Literal["w", "w_prime"] = "w", confidence: bool = False) -> Stage:
@@ -76,8 +79,9 @@ class Method:
     def __post_init__(self) -> None:
         names = [s.name for s in self.stages]
         if names != [n for n in STAGE_ORDER if n in names]:
-            raise ValueError(f"method {self.name}: stages {names} must be a subsequence of "
-                             f"{STAGE_ORDER}")
+            raise ValueError(
+                f"method {self.name}: stages {names} must be a subsequence of {STAGE_ORDER}"
+            )
 
     def stage(self, name: str) -> Stage | None:
         return next((s for s in self.stages if s.name == name), None)
@@ -86,7 +90,7 @@ class Method:
     def stage_names(self) -> tuple[str, ...]:
         return tuple(s.name for s in self.stages)
 
-    def only(self, name: str) -> "Method":
+    def only(self, name: str) -> Method:
         """This method restricted to one stage (what that stage's data loader must load)."""
         return replace(self, stages=tuple(s for s in self.stages if s.name == name))
 
@@ -119,8 +123,14 @@ class Method:
         return tuple(dict.fromkeys(found))
 
 
-def stage_weight(stage: Stage, *, w: float, m: int, w_prime: float | None = None,
-                 w_prime_rule: str = "proportional") -> float:
+def stage_weight(
+    stage: Stage,
+    *,
+    w: float,
+    m: int,
+    w_prime: float | None = None,
+    w_prime_rule: str = "proportional",
+) -> float:
     """The distillation weight of a stage: `w`, or `w'` (set, or by `w_prime_rule` from w and
     the number of distilled words: m with TS, 0 without)."""
     if stage.weight == "w":
@@ -136,9 +146,16 @@ def stage_weight(stage: Stage, *, w: float, m: int, w_prime: float | None = None
 COUNTS = ("cw_fired", "cw_seen")
 
 
-def term_weights(stage: Stage, out: Any, targets: Any, *, w: float, m: int,
-                 w_prime: float | None = None, w_prime_rule: str = "proportional"
-                 ) -> tuple[torch.Tensor | float, dict[str, float]]:
+def term_weights(
+    stage: Stage,
+    out: Any,
+    targets: Any,
+    *,
+    w: float,
+    m: int,
+    w_prime: float | None = None,
+    w_prime_rule: str = "proportional",
+) -> tuple[torch.Tensor | float, dict[str, float]]:
     """The weight of a stage's distillation terms: `stage_weight`, or with CW (`confidence`)
     w_r per instance [B] (0 where the student is the surer: MAD.md, "Confidence weighting"),
     with CW's counts (`COUNTS`) for the run's firing rate."""
@@ -146,8 +163,10 @@ def term_weights(stage: Stage, out: Any, targets: Any, *, w: float, m: int,
     if not stage.confidence:
         return weight, {}
     weights = confidence_weights(targets.logits, candidate_logits(out, targets), weight)
-    return weights, {"cw_fired": float((weights > 0).sum().item()),
-                     "cw_seen": float(weights.numel())}
+    return weights, {
+        "cw_fired": float((weights > 0).sum().item()),
+        "cw_seen": float(weights.numel()),
+    }
 
 
 def logged(parts: dict[str, float]) -> dict[str, float]:
@@ -170,18 +189,29 @@ REGISTERED = (
     Method("md-text", (task("dt"),), paper="Unimodal distillation (L.)"),
     Method("md", (task(*MD_TERMS),), paper="Multimodal distillation (V. + L.)"),
     Method("md-ts", (task(*TS_TERMS, weight="w_prime"),), paper="+ TS (V. L. TS)"),
-    Method("md-ts-random", (task(*TS_TERMS, weight="w_prime"),), selection="random",
-           paper="+ TS w/o language prior (random selection)"),
+    Method(
+        "md-ts-random",
+        (task(*TS_TERMS, weight="w_prime"),),
+        selection="random",
+        paper="+ TS w/o language prior (random selection)",
+    ),
     Method("md-ts-cw", (MAD_TASK,), paper="+ CW (V. L. TS CW), no AF"),
     Method("md-af", (MAD_AF, task(*MD_TERMS)), paper="MD + AF (not a paper row)"),
-    Method("mad-af-plain", (adaptive_finetuning(), MAD_TASK),
-           paper="+ AF w/o distillation (2nd-stage \"pretraining\")"),
+    Method(
+        "mad-af-plain",
+        (adaptive_finetuning(), MAD_TASK),
+        paper='+ AF w/o distillation (2nd-stage "pretraining")',
+    ),
     Method("mad", (MAD_AF, MAD_TASK), paper="MAD: V. L. TS CW AF (AF w/ distillation)"),
     Method("mad-no-cw", (MAD_AF, task(*TS_TERMS, weight="w_prime")), paper="MAD without CW"),
-    Method("mad-no-ts", (MAD_AF, task(*MD_TERMS, weight="w_prime", confidence=True)),
-           paper="MAD without TS"),
-    Method("mad-random", (MAD_AF, MAD_TASK), selection="random",
-           paper="MAD with random word selection"),
+    Method(
+        "mad-no-ts",
+        (MAD_AF, task(*MD_TERMS, weight="w_prime", confidence=True)),
+        paper="MAD without TS",
+    ),
+    Method(
+        "mad-random", (MAD_AF, MAD_TASK), selection="random", paper="MAD with random word selection"
+    ),
 )
 METHODS: Registry[Method] = Registry("method", group="madcache.methods")
 for _method in REGISTERED:
@@ -212,7 +242,9 @@ def unavailable_methods(missing: list[str]) -> dict[str, str]:
     return reasons
 
 
-def check_targets(method: Method, targets: Targets, *, cache: str, logits: str | None = None) -> None:
+def check_targets(
+    method: Method, targets: Targets, *, cache: str, logits: str | None = None
+) -> None:
     """Raise `MissingTargetError` if `targets` lacks something `method` needs."""
     for need in method.needs:
         if need == "logits":
@@ -220,8 +252,11 @@ def check_targets(method: Method, targets: Targets, *, cache: str, logits: str |
             what = f"teacher logits '{logits}'" if logits else "teacher logits"
         else:
             missing = getattr(targets, need) is None
-            what = {"image": "image features (V_t)", "text_eos": "text features (T_t)",
-                    "words": "per-word features"}.get(need, f"'{need}' targets")
+            what = {
+                "image": "image features (V_t)",
+                "text_eos": "text features (T_t)",
+                "words": "per-word features",
+            }.get(need, f"'{need}' targets")
         if need == "words" and not missing and method.selection == "top":
             scores = targets.words.score
             missing = scores.size > 0 and bool(np.isnan(scores).all())
@@ -229,4 +264,5 @@ def check_targets(method: Method, targets: Targets, *, cache: str, logits: str |
         if missing:
             raise MissingTargetError(
                 f"method '{method.name}' needs {what} but the cache {cache} has none; "
-                f"re-extract with a teacher that provides them or pick another method")
+                f"re-extract with a teacher that provides them or pick another method"
+            )

@@ -26,13 +26,14 @@ def random_words(n_words: int, m: int, generator: torch.Generator) -> torch.Tens
 class SelectedWords:
     """Dense per-word teacher targets for the m selected words of every scored text."""
 
-    feat: np.ndarray   # [N, C, m, Dt] float32
-    span: np.ndarray   # [N, C, m, 2] int64 (char spans in examples[n].texts[c].text)
-    mask: np.ndarray   # [N, C, m] bool
+    feat: np.ndarray  # [N, C, m, Dt] float32
+    span: np.ndarray  # [N, C, m, 2] int64 (char spans in examples[n].texts[c].text)
+    mask: np.ndarray  # [N, C, m] bool
 
 
-def choose_words(words: WordTargets, *, m: int, generator: torch.Generator | None = None
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def choose_words(
+    words: WordTargets, *, m: int, generator: torch.Generator | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Token selection (TS) from the cached scores alone (no features needed): per text row the
     top-m words by the combined score S_j (or m random words when `generator` is given: the
     ablation control), as flat word indices `[rows, m]` (0 where `mask` is False) and `mask`.
@@ -59,8 +60,14 @@ def choose_words(words: WordTargets, *, m: int, generator: torch.Generator | Non
     return picked, mask
 
 
-def select_words(words: WordTargets, *, num_examples: int, num_choices: int, m: int,
-                 generator: torch.Generator | None = None) -> SelectedWords:
+def select_words(
+    words: WordTargets,
+    *,
+    num_examples: int,
+    num_choices: int,
+    m: int,
+    generator: torch.Generator | None = None,
+) -> SelectedWords:
     """Token selection (TS), done once at load time: the features and spans of the words
     `choose_words` picks, dense per text row (zeros where fewer than m were picked)."""
     picked, mask = choose_words(words, m=m, generator=generator)

@@ -17,15 +17,21 @@ from typing import Any
 
 from madcache.core.errors import CheckpointNotFoundError
 from madcache.core.io import load_weights, loading, read_json
-from madcache.students.base import (STUDENTS, RegionInputs, Student, StudentFactory,
-                                    StudentOutput, check_student)
+from madcache.students.base import (
+    STUDENTS,
+    RegionInputs,
+    Student,
+    StudentFactory,
+    StudentOutput,
+    check_student,
+)
 from madcache.students.clip_finetune import clip_finetune
 from madcache.students.single_stream import single_stream
 from madcache.students.uniter import uniter
 from madcache.students.vilt import vilt
-from madcache.students.vl_bert import vl_bert
 from madcache.students.visual import visual_input
 from madcache.students.visualbert import visualbert
+from madcache.students.vl_bert import vl_bert
 
 
 @dataclass(frozen=True)
@@ -52,12 +58,17 @@ class StudentSpec:
 STUDENTS.register("single-stream", StudentSpec(single_stream, path_options=("tokenizer_dir",)))
 STUDENTS.register("visualbert", StudentSpec(visualbert, path_options=("tokenizer_dir",)))
 STUDENTS.register("uniter", StudentSpec(uniter, path_options=("tokenizer_dir",)))
-STUDENTS.register("vilt", StudentSpec(vilt, path_options=("tokenizer_dir",
-                                                          "image_processor_dir")))
+STUDENTS.register("vilt", StudentSpec(vilt, path_options=("tokenizer_dir", "image_processor_dir")))
 STUDENTS.register("vl-bert", StudentSpec(vl_bert, path_options=("tokenizer_dir",)))
 
-STUDENTS.register("clip-finetune", StudentSpec(clip_finetune, path_options=(
-    "model", "checkpoint", "hf_clip", "zero_shot_cache", "answer_vocab"), is_teacher=True))
+STUDENTS.register(
+    "clip-finetune",
+    StudentSpec(
+        clip_finetune,
+        path_options=("model", "checkpoint", "hf_clip", "zero_shot_cache", "answer_vocab"),
+        is_teacher=True,
+    ),
+)
 
 STUDENT_JSON = "student.json"
 STUDENT_WEIGHTS = "model.safetensors"
@@ -113,5 +124,14 @@ def load_student(directory: str | Path):
     return model
 
 
-__all__ = ["STUDENTS", "StudentSpec", "RegionInputs", "Student", "StudentOutput", "build_student",
-           "save_student", "load_student", "is_teacher"]
+__all__ = [
+    "STUDENTS",
+    "StudentSpec",
+    "RegionInputs",
+    "Student",
+    "StudentOutput",
+    "build_student",
+    "save_student",
+    "load_student",
+    "is_teacher",
+]

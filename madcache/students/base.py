@@ -21,26 +21,27 @@ is prepared whole per batch with `prepare`.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from madcache.data.records import Example
 from madcache.core.errors import ConfigError
 from madcache.core.registry import Registry
+from madcache.data.records import Example
 
 
 @dataclass
 class RegionInputs:
     """Visual inputs for a batch of images: region features + normalised boxes."""
 
-    feat: torch.Tensor       # [B, R, Dr] float32
-    boxes: torch.Tensor      # [B, R, 4] float32, (x1, y1, x2, y2) / (width, height)
-    mask: torch.Tensor       # [B, R] bool: real region (False = padding)
+    feat: torch.Tensor  # [B, R, Dr] float32
+    boxes: torch.Tensor  # [B, R, 4] float32, (x1, y1, x2, y2) / (width, height)
+    mask: torch.Tensor  # [B, R] bool: real region (False = padding)
 
-    def to(self, device: str | torch.device) -> "RegionInputs":
+    def to(self, device: str | torch.device) -> RegionInputs:
         return RegionInputs(self.feat.to(device), self.boxes.to(device), self.mask.to(device))
 
 
@@ -49,10 +50,10 @@ class PixelInputs:
     """Visual inputs of a student that reads the image itself (`visual_input = "pixels"`): the
     images as its own image processor prepared them, zero-padded to the batch's largest."""
 
-    pixels: torch.Tensor     # [B, 3, H, W] float32
-    mask: torch.Tensor       # [B, H, W] bool: real pixel (False = padding)
+    pixels: torch.Tensor  # [B, 3, H, W] float32
+    mask: torch.Tensor  # [B, H, W] bool: real pixel (False = padding)
 
-    def to(self, device: str | torch.device) -> "PixelInputs":
+    def to(self, device: str | torch.device) -> PixelInputs:
         return PixelInputs(self.pixels.to(device), self.mask.to(device))
 
 
@@ -61,11 +62,11 @@ VisualInputs = RegionInputs | PixelInputs
 
 @dataclass
 class StudentOutput:
-    logits: torch.Tensor         # [B, K]
-    image_token: torch.Tensor    # [B, C, H]  V_s
-    cls_token: torch.Tensor      # [B, C, H]  T_s
-    text_tokens: torch.Tensor    # [B, C, L, H]
-    token_spans: torch.Tensor    # [B, C, L, 2] long; (-1, -1) for special tokens and padding
+    logits: torch.Tensor  # [B, K]
+    image_token: torch.Tensor  # [B, C, H]  V_s
+    cls_token: torch.Tensor  # [B, C, H]  T_s
+    text_tokens: torch.Tensor  # [B, C, L, H]
+    token_spans: torch.Tensor  # [B, C, L, 2] long; (-1, -1) for special tokens and padding
 
 
 @runtime_checkable
@@ -79,9 +80,9 @@ class Student(Protocol):
     as UNITER's `lr_mul` does its `vcr_output` (train/optim.py). Without it, it has no head to
     set apart and `head_lr_mul` must stay 1."""
 
-    name: str                    # its registry name (`student.json` records it)
+    name: str  # its registry name (`student.json` records it)
     hidden_size: int
-    task: str                    # "multiple_choice" | "classification" | "multilabel"
+    task: str  # "multiple_choice" | "classification" | "multilabel"
 
     def prepare(self, examples: Sequence[Example], regions: VisualInputs) -> Mapping[str, Any]:
         """Tokenise texts and build model inputs for a batch (no teacher involved)."""
@@ -89,8 +90,9 @@ class Student(Protocol):
 
     def __call__(self, inputs: Mapping[str, Any]) -> StudentOutput: ...
 
-    def pretrain_losses(self, inputs: Mapping[str, Any], examples: Sequence[Example],
-                        generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def pretrain_losses(
+        self, inputs: Mapping[str, Any], examples: Sequence[Example], generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
         """Adaptive-finetuning stage losses without task labels, e.g. {'mlm': .., 'itm': ..}:
         `inputs` is `prepare(examples, regions)`; ITM positives come only from
         `example.label_free_text` (see the module docstring). Random draws use `generator`."""
@@ -104,9 +106,14 @@ class Student(Protocol):
 
 def missing_members(student: object) -> list[str]:
     """The members of the `Student` protocol that `student` lacks."""
-    members = [*Student.__annotations__,
-               *(n for n, v in vars(Student).items()
-                 if callable(v) and (n == "__call__" or not n.startswith("_")))]
+    members = [
+        *Student.__annotations__,
+        *(
+            n
+            for n, v in vars(Student).items()
+            if callable(v) and (n == "__call__" or not n.startswith("_"))
+        ),
+    ]
     return sorted(n for n in members if not hasattr(student, n))
 
 
@@ -115,9 +122,11 @@ def check_student(student: object, name: str) -> None:
     (`save_student` needs `name` and `export_options` at the end of a run)."""
     missing = missing_members(student)
     if missing:
-        raise ConfigError(f"student '{name}' ({type(student).__name__}) does not implement the "
-                          f"Student protocol: missing {', '.join(missing)} "
-                          "(madcache/students/base.py, docs/students.md)")
+        raise ConfigError(
+            f"student '{name}' ({type(student).__name__}) does not implement the "
+            f"Student protocol: missing {', '.join(missing)} "
+            "(madcache/students/base.py, docs/students.md)"
+        )
 
 
 def task_logits(scores: torch.Tensor, task: str, batch: int, choices: int) -> torch.Tensor:
@@ -144,15 +153,19 @@ class Preparer:
 
     def __init__(self, student: Any) -> None:
         self.student = student
-        self.split = callable(getattr(student, "tokenise", None)) and \
-            callable(getattr(student, "collate", None))
+        self.split = callable(getattr(student, "tokenise", None)) and callable(
+            getattr(student, "collate", None)
+        )
 
     def tokenise(self, examples: Sequence[Example]) -> list[Any]:
         return self.student.tokenise(examples) if self.split else list(examples)
 
     def collate(self, items: Sequence[Any], regions: RegionInputs) -> Mapping[str, Any]:
-        return self.student.collate(items, regions) if self.split \
+        return (
+            self.student.collate(items, regions)
+            if self.split
             else self.student.prepare(items, regions)
+        )
 
 
 def map_tensors(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
@@ -165,8 +178,14 @@ def map_tensors(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(map_tensors(v, fn) for v in value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.replace(value, **{f.name: map_tensors(getattr(value, f.name), fn)
-                                             for f in dataclasses.fields(value) if f.init})
+        return dataclasses.replace(
+            value,
+            **{
+                f.name: map_tensors(getattr(value, f.name), fn)
+                for f in dataclasses.fields(value)
+                if f.init
+            },
+        )
     return value
 
 
@@ -187,8 +206,9 @@ def image_of(batch: int, choices: int, device: torch.device) -> torch.Tensor:
 TOKENIZER_SUBDIR = "tokenizer"
 
 
-def exported_options(config: Any, tokenizer: Any, directory: Path, **resolved: Any
-                     ) -> dict[str, Any]:
+def exported_options(
+    config: Any, tokenizer: Any, directory: Path, **resolved: Any
+) -> dict[str, Any]:
     """A student's options for `save_student`: its config with the `resolved` values (the
     built model's config, no source checkpoint), the tokenizer saved beside the weights."""
     tokenizer.save_pretrained(str(directory / TOKENIZER_SUBDIR))

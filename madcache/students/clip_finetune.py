@@ -26,9 +26,10 @@ is refused when the run is configured): V_s is the image embedding, T_s the text
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,13 +38,22 @@ from torch.nn import functional as F
 from madcache.core.config import config_from_dict
 from madcache.core.errors import CheckpointNotFoundError, ConfigError
 from madcache.data.base import CLASSIFICATION, MULTILABEL, MULTIPLE_CHOICE, TASKS
-from madcache.data.prompts import (VCR_PROTOCOLS, cosine_logits, statement_texts, vcr_texts,
-                                   vqa_question)
+from madcache.data.prompts import (
+    VCR_PROTOCOLS,
+    cosine_logits,
+    statement_texts,
+    vcr_texts,
+    vqa_question,
+)
 from madcache.data.records import Example, Text
 from madcache.data.vqa import read_answer_vocab
 from madcache.students.base import PixelInputs, StudentOutput
-from madcache.students.clip_finetune_towers import (NAME, ImageTransform, hf_clip_model,
-                                                    open_clip_model)
+from madcache.students.clip_finetune_towers import (
+    NAME,
+    ImageTransform,
+    hf_clip_model,
+    open_clip_model,
+)
 
 
 @dataclass
@@ -82,32 +92,47 @@ class ClipFinetuneConfig:
         if self.task not in TASKS:
             raise ConfigError(f"{NAME}: unknown task {self.task!r}; valid: {', '.join(TASKS)}")
         if self.prompt not in VCR_PROTOCOLS:
-            raise ConfigError(f"{NAME}: prompt must be one of {', '.join(VCR_PROTOCOLS)}, got "
-                              f"{self.prompt!r}")
+            raise ConfigError(
+                f"{NAME}: prompt must be one of {', '.join(VCR_PROTOCOLS)}, got {self.prompt!r}"
+            )
         if self.answer_vocab is not None and not self.answers:
             self.answers = read_answer_vocab(self.answer_vocab)
             self.answer_vocab = None
         if self.task == MULTILABEL and not self.answers:
-            raise ConfigError(f"{NAME} task=multilabel (VQA) needs the answer vocabulary: "
-                              "answer_vocab=FILE, the same as the cache's")
+            raise ConfigError(
+                f"{NAME} task=multilabel (VQA) needs the answer vocabulary: "
+                "answer_vocab=FILE, the same as the cache's"
+            )
         if (self.model is None) == (self.hf_clip is None) and self.model_config is None:
-            raise ConfigError(f"{NAME} needs one of model=NAME_OR_CONFIG_JSON (an open_clip "
-                              "model name or model-config file, with checkpoint=FILE) or "
-                              "hf_clip=DIR (a transformers CLIPModel directory)")
+            raise ConfigError(
+                f"{NAME} needs one of model=NAME_OR_CONFIG_JSON (an open_clip "
+                "model name or model-config file, with checkpoint=FILE) or "
+                "hf_clip=DIR (a transformers CLIPModel directory)"
+            )
         if self.model is not None and self.model_config is None and self.checkpoint is None:
-            raise CheckpointNotFoundError(f"{NAME} needs checkpoint=FILE: the local weights of "
-                                          f"{self.model} (madcache never downloads)")
+            raise CheckpointNotFoundError(
+                f"{NAME} needs checkpoint=FILE: the local weights of "
+                f"{self.model} (madcache never downloads)"
+            )
         if self.hf_clip is not None and self.checkpoint is not None:
-            raise ConfigError(f"{NAME}: checkpoint is for an open_clip model; hf_clip reads the "
-                              "directory's own weights")
+            raise ConfigError(
+                f"{NAME}: checkpoint is for an open_clip model; hf_clip reads the "
+                "directory's own weights"
+            )
 
     @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> "ClipFinetuneConfig":
-        return config_from_dict(cls, options, noun="option", where=f"{NAME}: ",
-                                hidden=frozenset({"model_config", "preprocess"}))
+    def from_options(cls, options: Mapping[str, Any]) -> ClipFinetuneConfig:
+        return config_from_dict(
+            cls,
+            options,
+            noun="option",
+            where=f"{NAME}: ",
+            hidden=frozenset({"model_config", "preprocess"}),
+        )
 
 
 # ----------------------------------------------------------------------------- loading
+
 
 def kmeans_centres(config: ClipFinetuneConfig) -> list[float]:
     """SNLI-VE's zero-shot centres (entailment, neutral, contradiction)."""
@@ -119,29 +144,34 @@ def kmeans_centres(config: ClipFinetuneConfig) -> list[float]:
         extra = open_cache(config.zero_shot_cache).manifest.get("extra") or {}
         centres = [float(c) for c in extra.get("kmeans_centres") or ()]
     else:
-        raise ConfigError(f"{NAME} task=classification (SNLI-VE) starts its head from the "
-                          "zero-shot k-means centres: pass zero_shot_cache=CACHE (the teacher "
-                          "cache of the split to start from) or kmeans_centres=[e, n, c]")
+        raise ConfigError(
+            f"{NAME} task=classification (SNLI-VE) starts its head from the "
+            "zero-shot k-means centres: pass zero_shot_cache=CACHE (the teacher "
+            "cache of the split to start from) or kmeans_centres=[e, n, c]"
+        )
     if len(centres) != config.num_classes:
-        raise ConfigError(f"{NAME}: {config.num_classes} k-means centres needed, got "
-                          f"{len(centres)} (from {config.zero_shot_cache or 'kmeans_centres'})")
+        raise ConfigError(
+            f"{NAME}: {config.num_classes} k-means centres needed, got "
+            f"{len(centres)} (from {config.zero_shot_cache or 'kmeans_centres'})"
+        )
     return centres
 
 
 # ----------------------------------------------------------------------------- the student
+
 
 class ClipFinetuneStudent(nn.Module):
     """See the module docstring. Build with `clip_finetune(model=..., checkpoint=...)`."""
 
     name = NAME
     visual_input = "pixels"
-    head_prefixes = ("head.",)   # SNLI-VE's 3-way head (--head-lr-mul); none for VCR / VQA
+    head_prefixes = ("head.",)  # SNLI-VE's 3-way head (--head-lr-mul); none for VCR / VQA
 
     def __init__(self, config: ClipFinetuneConfig, model: nn.Module, towers: Any) -> None:
         super().__init__()
         self.config = config
         self.model = model
-        self.towers = towers        # OpenClipTowers | HFClipTowers (clip_finetune_towers.py)
+        self.towers = towers  # OpenClipTowers | HFClipTowers (clip_finetune_towers.py)
         self.task = config.task
         self.answers = list(config.answers)
         self.hidden_size = towers.embed_dim(model)
@@ -177,25 +207,30 @@ class ClipFinetuneStudent(nn.Module):
     def prepare(self, examples: Sequence[Example], pixels: PixelInputs) -> dict[str, Any]:
         """Token ids of every example's scored texts (and, for VQA, of `example.texts`, T_s)."""
         if not isinstance(pixels, PixelInputs):
-            raise ConfigError(f"{NAME} reads the images themselves (PixelInputs), not region "
-                              "features")
+            raise ConfigError(
+                f"{NAME} reads the images themselves (PixelInputs), not region features"
+            )
         scored = [self.scored_texts(ex) for ex in examples]
         if len({len(texts) for texts in scored}) != 1:
-            raise ValueError(f"a batch mixes examples with {sorted({len(t) for t in scored})} "
-                             "texts")
+            raise ValueError(
+                f"a batch mixes examples with {sorted({len(t) for t in scored})} texts"
+            )
         texts = [t for texts in scored for t in texts]
         if self.task == MULTILABEL:
             texts += [ex.texts[0] for ex in examples]
         tokens = self.words(texts)
-        return {"ids": tokens.input_ids.to(self.device),
-                "mask": tokens.attention_mask.to(self.device),
-                "pixels": pixels.pixels.to(self.device), "per_example": len(scored[0])}
+        return {
+            "ids": tokens.input_ids.to(self.device),
+            "mask": tokens.attention_mask.to(self.device),
+            "pixels": pixels.pixels.to(self.device),
+            "per_example": len(scored[0]),
+        }
 
     def forward(self, inputs: Mapping[str, Any]) -> StudentOutput:
-        image = self.towers.image(self.model, inputs["pixels"])               # [B, D]
-        text = self.towers.text(self.model, inputs["ids"], inputs["mask"])    # [N, D]
+        image = self.towers.image(self.model, inputs["pixels"])  # [B, D]
+        text = self.towers.text(self.model, inputs["ids"], inputs["mask"])  # [N, D]
         batch, per = image.shape[0], inputs["per_example"]
-        scored = text[:batch * per].reshape(batch, per, -1)
+        scored = text[: batch * per].reshape(batch, per, -1)
         scale = self.model.logit_scale.exp()
         if self.task == CLASSIFICATION:
             joint = F.normalize(image, dim=-1) * F.normalize(scored[:, 0], dim=-1)
@@ -203,26 +238,38 @@ class ClipFinetuneStudent(nn.Module):
         else:
             bias = getattr(self.model, "logit_bias", None)
             logits = cosine_logits(image, scored, scale=scale) + (0.0 if bias is None else bias)
-        texts = text[batch * per:, None] if self.task == MULTILABEL else scored
+        texts = text[batch * per :, None] if self.task == MULTILABEL else scored
         return StudentOutput(
-            logits=logits, image_token=image[:, None].expand(-1, texts.shape[1], -1),
-            cls_token=texts, text_tokens=texts[:, :, None],
-            token_spans=torch.full((*texts.shape[:2], 1, 2), -1, dtype=torch.long,
-                                   device=texts.device))
+            logits=logits,
+            image_token=image[:, None].expand(-1, texts.shape[1], -1),
+            cls_token=texts,
+            text_tokens=texts[:, :, None],
+            token_spans=torch.full(
+                (*texts.shape[:2], 1, 2), -1, dtype=torch.long, device=texts.device
+            ),
+        )
 
-    def pretrain_losses(self, inputs: Mapping[str, Any], examples: Sequence[Example],
-                        generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def pretrain_losses(
+        self, inputs: Mapping[str, Any], examples: Sequence[Example], generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
         """Refused: Direct Finetune has no adaptive-finetuning stage. A method with one is
         refused before the run starts (train/config.py); this guards any other caller."""
-        raise ConfigError(f"{NAME} trains the task alone (Direct Finetune): use --method "
-                          "baseline")
+        raise ConfigError(f"{NAME} trains the task alone (Direct Finetune): use --method baseline")
 
     def export_options(self, directory: Path) -> dict[str, Any]:
         """The resolved architecture and preprocessing; the weights hold the rest (the head)."""
-        return {**asdict(self.config), "model": None, "checkpoint": None, "pretrained": None,
-                "hf_clip": None, "zero_shot_cache": None, "kmeans_centres": None,
-                "answer_vocab": None, "answers": self.answers,
-                **self.towers.export(self.model, directory)}
+        return {
+            **asdict(self.config),
+            "model": None,
+            "checkpoint": None,
+            "pretrained": None,
+            "hf_clip": None,
+            "zero_shot_cache": None,
+            "kmeans_centres": None,
+            "answer_vocab": None,
+            "answers": self.answers,
+            **self.towers.export(self.model, directory),
+        }
 
 
 def clip_finetune(**options: Any) -> ClipFinetuneStudent:

@@ -17,9 +17,10 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -50,6 +51,7 @@ def _offline() -> None:
 
 # ----------------------------------------------------------------------------- open_clip
 
+
 class OpenClipTowers:
     """An open_clip `CLIP` (open_clip's own BPE only, as the teacher)."""
 
@@ -66,8 +68,7 @@ class OpenClipTowers:
     def image_transform(self, model: nn.Module) -> ImageTransform:
         from open_clip.transform import PreprocessCfg, image_transform_v2
 
-        return ImageTransform(image_transform_v2(PreprocessCfg(**self.preprocess),
-                                                 is_train=False))
+        return ImageTransform(image_transform_v2(PreprocessCfg(**self.preprocess), is_train=False))
 
     @staticmethod
     def image(model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
@@ -96,8 +97,11 @@ def open_clip_model(options: Any) -> tuple[nn.Module, OpenClipTowers]:
             raise CheckpointNotFoundError(f"{NAME}: checkpoint not found: {path}")
         with loading(path, what=f"{NAME} checkpoint"):
             open_clip.load_checkpoint(model, str(path), strict=True)
-    preprocess = dict(options.preprocess) if options.preprocess is not None else \
-        _preprocess(options, cfg, model, open_clip)
+    preprocess = (
+        dict(options.preprocess)
+        if options.preprocess is not None
+        else _preprocess(options, cfg, model, open_clip)
+    )
     return model, OpenClipTowers(cfg, preprocess)
 
 
@@ -113,11 +117,15 @@ def _model_config(options: Any, open_clip: Any) -> dict[str, Any]:
     else:
         cfg = open_clip.get_model_config(options.model)
         if cfg is None:
-            raise ConfigError(f"{NAME}: open_clip has no model '{options.model}'. Available: "
-                              f"{', '.join(open_clip.list_models())}")
+            raise ConfigError(
+                f"{NAME}: open_clip has no model '{options.model}'. Available: "
+                f"{', '.join(open_clip.list_models())}"
+            )
     if cfg.get("custom_text") or "hf_tokenizer_name" in cfg.get("text_cfg", {}):
-        raise ConfigError(f"{NAME}: {options.model} is not an open_clip CLIP with its own BPE "
-                          "tokenizer (custom_text / hf_tokenizer_name); only those are supported")
+        raise ConfigError(
+            f"{NAME}: {options.model} is not an open_clip CLIP with its own BPE "
+            "tokenizer (custom_text / hf_tokenizer_name); only those are supported"
+        )
     if _tag(options, open_clip).get("quick_gelu"):
         cfg["quick_gelu"] = True
     return cfg
@@ -129,8 +137,9 @@ def _tag(options: Any, open_clip: Any) -> dict[str, Any]:
     return open_clip.get_pretrained_cfg(options.model, options.pretrained) or {}
 
 
-def _preprocess(options: Any, cfg: dict[str, Any], model: nn.Module,
-                open_clip: Any) -> dict[str, Any]:
+def _preprocess(
+    options: Any, cfg: dict[str, Any], model: nn.Module, open_clip: Any
+) -> dict[str, Any]:
     """The preprocessing settings merged as `open_clip.create_model` merges them: defaults, the
     config's `preprocess_cfg`, the model's image size, the tag's mean / std / interpolation /
     resize mode (what the teacher's `image_transform` uses)."""
@@ -146,6 +155,7 @@ def _preprocess(options: Any, cfg: dict[str, Any], model: nn.Module,
 
 # ----------------------------------------------------------------------------- transformers
 
+
 class HFClipTowers:
     """A transformers `CLIPModel` directory (its tokenizer and preprocessor settings too)."""
 
@@ -156,12 +166,14 @@ class HFClipTowers:
         return int(model.config.projection_dim)
 
     def tokeniser(self, model: nn.Module) -> Callable:
-        return HFWordPieces(self.path, int(model.config.text_config.max_position_embeddings),
-                            pad_to_length=False)
+        return HFWordPieces(
+            self.path, int(model.config.text_config.max_position_embeddings), pad_to_length=False
+        )
 
     def image_transform(self, model: nn.Module) -> ImageTransform:
-        return ImageTransform(processor_transform(self.path,
-                                                  int(model.config.vision_config.image_size)))
+        return ImageTransform(
+            processor_transform(self.path, int(model.config.vision_config.image_size))
+        )
 
     @staticmethod
     def image(model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
@@ -191,13 +203,15 @@ def hf_clip_model(options: Any) -> tuple[nn.Module, HFClipTowers]:
     if options.model_config is not None:
         return CLIPModel(CLIPConfig.from_dict(options.model_config)), HFClipTowers(path)
     if not (path / "config.json").is_file():
-        raise CheckpointNotFoundError(f"{NAME}: hf_clip {path} is not a local transformers "
-                                      "directory (no config.json); pass a CLIPModel directory "
-                                      "written by save_pretrained")
+        raise CheckpointNotFoundError(
+            f"{NAME}: hf_clip {path} is not a local transformers "
+            "directory (no config.json); pass a CLIPModel directory "
+            "written by save_pretrained"
+        )
     found = read_json(path / "config.json").get("model_type")
     if found != "clip":
         raise ConfigError(f"{NAME}: {path} holds a {found} model, not clip")
-    hf_tokenizer(str(path))   # a missing tokenizer fails now, naming the directory
+    hf_tokenizer(str(path))  # a missing tokenizer fails now, naming the directory
     with loading(path, what=f"{NAME} checkpoint"):
         model = CLIPModel.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
     return model, HFClipTowers(path)

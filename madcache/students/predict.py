@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
@@ -14,16 +14,21 @@ STUDENT_DIR = "student"
 
 
 @torch.no_grad()
-def predict_logits(student, examples: Sequence[Example], *,
-                   regions: Callable[[Sequence[Example]], RegionInputs], batch_size: int,
-                   device: str | torch.device = "cpu") -> torch.Tensor:
+def predict_logits(
+    student,
+    examples: Sequence[Example],
+    *,
+    regions: Callable[[Sequence[Example]], RegionInputs],
+    batch_size: int,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
     """The student's logits for `examples`, in order, on the CPU (eval mode; the student's
     train/eval mode is restored afterwards)."""
     was_training = student.training
     student.eval()
     out = []
     for i in range(0, len(examples), batch_size):
-        batch = examples[i:i + batch_size]
+        batch = examples[i : i + batch_size]
         inputs = student.prepare(batch, regions(batch).to(device))
         out.append(student(inputs).logits.float().cpu())
     student.train(was_training)

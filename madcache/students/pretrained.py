@@ -13,9 +13,10 @@ used: three of the four are wrong, and the right one is a label.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,10 +28,9 @@ from madcache.core.io import loading
 from madcache.data.base import TASKS
 from madcache.data.records import Example
 from madcache.data.vqa import read_answer_vocab
-from madcache.students.base import (StudentOutput, exported_options,
-                                    image_of, task_logits)
-from madcache.students.tokens import encode_texts
+from madcache.students.base import StudentOutput, exported_options, image_of, task_logits
 from madcache.students.pretraining import itm_batch, mask_tokens
+from madcache.students.tokens import encode_texts
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 
@@ -58,37 +58,52 @@ class PretrainedStudentConfig:
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
-            raise ConfigError(f"{self.student}: unknown task {self.task!r}; valid: "
-                              f"{', '.join(TASKS)}")
+            raise ConfigError(
+                f"{self.student}: unknown task {self.task!r}; valid: {', '.join(TASKS)}"
+            )
         if self.answer_vocab is not None and not self.answers:
             self.answers = read_answer_vocab(self.answer_vocab)
             self.answer_vocab = None
         if self.task == "multilabel" and not self.answers:
-            raise ConfigError(f"{self.student} task=multilabel (VQA) needs the answer vocabulary: "
-                              "answer_vocab=FILE, the same as the cache's (manifest "
-                              "extra.answer_vocab)")
+            raise ConfigError(
+                f"{self.student} task=multilabel (VQA) needs the answer vocabulary: "
+                "answer_vocab=FILE, the same as the cache's (manifest "
+                "extra.answer_vocab)"
+            )
         if self.checkpoint is None and self.model_config is None:
-            raise ConfigError(f"{self.student} needs checkpoint=DIR: a local directory written "
-                              "by save_pretrained (madcache never downloads)")
+            raise ConfigError(
+                f"{self.student} needs checkpoint=DIR: a local directory written "
+                "by save_pretrained (madcache never downloads)"
+            )
         if self.max_length < 3:
             raise ConfigError(f"{self.student}: max_length must be >= 3, got {self.max_length}")
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]):
-        return config_from_dict(cls, options, noun="option", where=f"{cls.student}: ",
-                                hidden=frozenset({"model_config"}))
+        return config_from_dict(
+            cls,
+            options,
+            noun="option",
+            where=f"{cls.student}: ",
+            hidden=frozenset({"model_config"}),
+        )
 
     def num_outputs(self) -> int:
-        return {"multiple_choice": 1, "classification": self.num_classes,
-                "multilabel": len(self.answers)}[self.task]
+        return {
+            "multiple_choice": 1,
+            "classification": self.num_classes,
+            "multilabel": len(self.answers),
+        }[self.task]
 
 
 def checkpoint_dir(path: str, student: str) -> Path:
     directory = Path(path).expanduser()
     if not (directory / "config.json").is_file():
-        raise CheckpointNotFoundError(f"{student}: checkpoint {directory} is not a local "
-                                      "transformers directory (no config.json); pass a directory "
-                                      "written by save_pretrained")
+        raise CheckpointNotFoundError(
+            f"{student}: checkpoint {directory} is not a local "
+            "transformers directory (no config.json); pass a directory "
+            "written by save_pretrained"
+        )
     return directory
 
 
@@ -117,13 +132,16 @@ def tokenizer_for(config: PretrainedStudentConfig):
 
 def check_vocabulary(tokenizer, model_config, student: str) -> None:
     if len(tokenizer) > model_config.vocab_size:
-        raise ConfigError(f"{student}: the tokenizer has {len(tokenizer)} tokens but the model's "
-                          f"vocabulary only {model_config.vocab_size}: pass the checkpoint's own "
-                          "tokenizer with tokenizer_dir=DIR")
+        raise ConfigError(
+            f"{student}: the tokenizer has {len(tokenizer)} tokens but the model's "
+            f"vocabulary only {model_config.vocab_size}: pass the checkpoint's own "
+            "tokenizer with tokenizer_dir=DIR"
+        )
 
 
-def pretrained_parts(config_cls: type[PretrainedStudentConfig], model_cls,
-                     options: Mapping[str, Any]) -> tuple[PretrainedStudentConfig, Any, Any]:
+def pretrained_parts(
+    config_cls: type[PretrainedStudentConfig], model_cls, options: Mapping[str, Any]
+) -> tuple[PretrainedStudentConfig, Any, Any]:
     """(config, tokenizer, model) of a pretrained student built from its `--student-option`
     values: the options checked into `config_cls`, `tokenizer_for` and `load_model`."""
     config = config_cls.from_options(options)
@@ -151,8 +169,13 @@ class PretrainedStudent(nn.Module):
     def export_options(self, directory: Path) -> dict[str, Any]:
         """Options that rebuild the student (`save_student`): the resolved model config, the
         tokenizer written to `directory/tokenizer`."""
-        return exported_options(self.config, self.tokenizer, directory, checkpoint=None,
-                                model_config=self.model.config.to_dict())
+        return exported_options(
+            self.config,
+            self.tokenizer,
+            directory,
+            checkpoint=None,
+            model_config=self.model.config.to_dict(),
+        )
 
     def transformers_model(self):
         """The trained student as one transformers task model (subclasses)."""
@@ -172,24 +195,26 @@ class PretrainedStudent(nn.Module):
         """The transformers config's label fields of the student's head: the answers as
         `id2label` for a VQA-style (multilabel) head, else transformers' `LABEL_i` names."""
         count = self.config.num_outputs()
-        names = self.answers if self.task == "multilabel" else [f"LABEL_{i}"
-                                                                for i in range(count)]
-        return {"id2label": dict(enumerate(names)),
-                "label2id": {name: i for i, name in enumerate(names)}}
+        names = self.answers if self.task == "multilabel" else [f"LABEL_{i}" for i in range(count)]
+        return {
+            "id2label": dict(enumerate(names)),
+            "label2id": {name: i for i, name in enumerate(names)},
+        }
 
 
-def transformers_task_model(model_cls, config, weights: Mapping[str, torch.Tensor],
-                            **changes: Any):
+def transformers_task_model(model_cls, config, weights: Mapping[str, torch.Tensor], **changes: Any):
     """`model_cls` (a transformers task model) with `config` updated by `changes`, holding
     exactly `weights` (every parameter and buffer named, none left at its random init)."""
     model = model_cls(type(config).from_dict({**config.to_dict(), **changes}))
     missing, unexpected = model.load_state_dict(
-        {k: v.detach().clone() for k, v in weights.items()}, strict=False)
+        {k: v.detach().clone() for k, v in weights.items()}, strict=False
+    )
     buffers = {name for name, _ in model.named_buffers()}
     missing = [k for k in missing if k not in buffers]
     if missing or unexpected:
-        raise ValueError(f"{model_cls.__name__}: no student weights for {missing[:5]}, "
-                         f"unused {unexpected[:5]}")
+        raise ValueError(
+            f"{model_cls.__name__}: no student weights for {missing[:5]}, unused {unexpected[:5]}"
+        )
     return model.eval()
 
 
@@ -204,36 +229,49 @@ def num_choices(examples: Sequence[Example]) -> int:
 # Both students have `encode(ids, mask, visual, rows) -> (hidden [N, L + V, H], pooled [N, H])`,
 # where sequence n sees image rows[n] of `visual` (VisualBERT: regions; ViLT: patch embeddings).
 
+
 def text_inputs(student, examples: Sequence[Example]) -> dict[str, Any]:
     """Every `example.texts[c]` (B x C sequences) tokenised with character offsets, on the
     student's device, with the examples themselves (the ITM texts come from them)."""
     texts = [text.text for ex in examples for text in ex.texts]
     encoded = encode_texts(student.tokenizer, texts, max_length=student.max_length)
-    return {**{k: v.to(student.device) for k, v in encoded.items()},
-            "num_choices": num_choices(examples)}
+    return {
+        **{k: v.to(student.device) for k, v in encoded.items()},
+        "num_choices": num_choices(examples),
+    }
 
 
-def student_output(student, inputs: Mapping[str, Any], visual: Any,
-                   head: Callable[[torch.Tensor], torch.Tensor]) -> StudentOutput:
+def student_output(
+    student, inputs: Mapping[str, Any], visual: Any, head: Callable[[torch.Tensor], torch.Tensor]
+) -> StudentOutput:
     """Run the B x C sequences: logits from `head(pooled)`, V_s at the first visual position
     (right after the L text positions), T_s at the text [CLS]."""
     ids, choices = inputs["input_ids"], inputs["num_choices"]
     batch, length = ids.shape[0] // choices, ids.shape[1]
-    hidden, pooled = student.encode(ids, inputs["attention_mask"], visual,
-                                    image_of(batch, choices, ids.device))
+    hidden, pooled = student.encode(
+        ids, inputs["attention_mask"], visual, image_of(batch, choices, ids.device)
+    )
     size = hidden.shape[-1]
     return StudentOutput(
         logits=task_logits(head(pooled), student.task, batch, choices),
         image_token=hidden[:, length].reshape(batch, choices, size),
         cls_token=hidden[:, 0].reshape(batch, choices, size),
         text_tokens=hidden[:, :length].reshape(batch, choices, length, size),
-        token_spans=inputs["token_spans"].reshape(batch, choices, length, 2))
+        token_spans=inputs["token_spans"].reshape(batch, choices, length, 2),
+    )
 
 
-def mlm_itm_losses(student, inputs: Mapping[str, Any], examples: Sequence[Example], visual: Any,
-                   generator: torch.Generator,
-                   *, mlm_head: Callable, itm_head: Callable, match_label: int
-                   ) -> dict[str, torch.Tensor]:
+def mlm_itm_losses(
+    student,
+    inputs: Mapping[str, Any],
+    examples: Sequence[Example],
+    visual: Any,
+    generator: torch.Generator,
+    *,
+    mlm_head: Callable,
+    itm_head: Callable,
+    match_label: int,
+) -> dict[str, torch.Tensor]:
     """The AF losses without task labels: MLM (`mask_tokens`: 15% of the real tokens of the
     scored texts, with their own image) through `mlm_head`, and image-text matching of the
     label-free texts (`itm_batch`) through `itm_head` on the pooled output, `match_label` being
@@ -242,19 +280,31 @@ def mlm_itm_losses(student, inputs: Mapping[str, Any], examples: Sequence[Exampl
     ids, choices = inputs["input_ids"], inputs["num_choices"]
     batch = ids.shape[0] // choices
     real = inputs["token_spans"][..., 0] >= 0
-    masked, selected = mask_tokens(ids, real, generator, vocab_size=len(student.tokenizer),
-                                   mask_id=student.tokenizer.mask_token_id)
-    hidden, _ = student.encode(masked, inputs["attention_mask"], visual,
-                               image_of(batch, choices, ids.device))
-    text = hidden[:, :ids.shape[1]]
-    mlm = (F.cross_entropy(mlm_head(text[selected]), ids[selected])
-           if selected.any() else text.sum() * 0.0)
+    masked, selected = mask_tokens(
+        ids,
+        real,
+        generator,
+        vocab_size=len(student.tokenizer),
+        mask_id=student.tokenizer.mask_token_id,
+    )
+    hidden, _ = student.encode(
+        masked, inputs["attention_mask"], visual, image_of(batch, choices, ids.device)
+    )
+    text = hidden[:, : ids.shape[1]]
+    mlm = (
+        F.cross_entropy(mlm_head(text[selected]), ids[selected])
+        if selected.any()
+        else text.sum() * 0.0
+    )
     texts, rows, matched = itm_batch(examples, generator)
     if not texts:
         return {"mlm": mlm, "itm": mlm * 0.0}
     pair = encode_texts(student.tokenizer, texts, max_length=student.max_length)
-    _, pooled = student.encode(pair["input_ids"].to(ids.device),
-                               pair["attention_mask"].to(ids.device), visual,
-                               rows.to(ids.device))
+    _, pooled = student.encode(
+        pair["input_ids"].to(ids.device),
+        pair["attention_mask"].to(ids.device),
+        visual,
+        rows.to(ids.device),
+    )
     labels = torch.where(matched, match_label, 1 - match_label).long().to(ids.device)
     return {"mlm": mlm, "itm": F.cross_entropy(itm_head(pooled), labels)}

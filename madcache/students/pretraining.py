@@ -6,16 +6,22 @@ Random draws come from a CPU generator, so masks and pairings repeat for a seed.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
 from madcache.data.records import Example
 
 
-def mask_tokens(ids: torch.Tensor, real: torch.Tensor, generator: torch.Generator, *,
-                vocab_size: int, mask_id: int, rate: float = 0.15
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def mask_tokens(
+    ids: torch.Tensor,
+    real: torch.Tensor,
+    generator: torch.Generator,
+    *,
+    vocab_size: int,
+    mask_id: int,
+    rate: float = 0.15,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT masking: select `rate` of the real tokens; 80% -> [MASK], 10% -> random, 10% kept.
     Returns (masked ids, selected [N, L] bool)."""
     draw = torch.rand(ids.shape, generator=generator).to(ids.device)
@@ -29,8 +35,9 @@ def mask_tokens(ids: torch.Tensor, real: torch.Tensor, generator: torch.Generato
     return masked, selected
 
 
-def itm_pairs(image_ids: Sequence[str], rows: Sequence[int], generator: torch.Generator
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+def itm_pairs(
+    image_ids: Sequence[str], rows: Sequence[int], generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """For the label-free text of each example in `rows`: the image (batch row) it is paired
     with, and whether that is its own image.
 
@@ -43,12 +50,15 @@ def itm_pairs(image_ids: Sequence[str], rows: Sequence[int], generator: torch.Ge
     flip = torch.rand(own.shape, generator=generator) < 0.5
     shift = torch.randint(1, max(batch, 2), own.shape, generator=generator)
     other = torch.where(flip & (batch > 1), (own + shift) % batch, own)
-    same = torch.tensor([image_ids[a] == image_ids[b] for a, b in zip(own.tolist(), other.tolist())])
+    same = torch.tensor(
+        [image_ids[a] == image_ids[b] for a, b in zip(own.tolist(), other.tolist())]
+    )
     return other, same
 
 
-def itm_batch(examples: Sequence[Example], generator: torch.Generator
-              ) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+def itm_batch(
+    examples: Sequence[Example], generator: torch.Generator
+) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     """Image-text matching pairs of a batch: (the label-free texts, the batch row of the image
     each is paired with, whether that pair matches). Examples without a label-free text take no
     part; the pairing is `itm_pairs` over the whole batch's images."""

@@ -18,9 +18,10 @@ region_formats.py).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ from madcache.core.device import resolve_device
 from madcache.core.errors import ConfigError, DataError, DataFileNotFoundError
 from madcache.core.io import load_weights
 from madcache.core.registry import Registry
-from madcache.students.region_formats import REGION_FORMATS, WHOLE_IMAGE  # WHOLE_IMAGE: re-exported
+from madcache.students.region_formats import REGION_FORMATS  # WHOLE_IMAGE: re-exported
 
 GEOMETRY_DIM = 7
 BOXCROP_GRID = 8
@@ -48,8 +49,9 @@ def box_geometry(boxes: torch.Tensor) -> torch.Tensor:
 def grid_boxes(levels: tuple[int, ...] = (1, 2, 3)) -> np.ndarray:
     """The fixed regions of datasets without boxes: whole image, then 2x2, then 3x3 cells
     (row-major) -> [1 + 4 + 9, 4]."""
-    cells = [[c / n, r / n, (c + 1) / n, (r + 1) / n]
-             for n in levels for r in range(n) for c in range(n)]
+    cells = [
+        [c / n, r / n, (c + 1) / n, (r + 1) / n] for n in levels for r in range(n) for c in range(n)
+    ]
     return np.asarray(cells, dtype=np.float32)
 
 
@@ -63,7 +65,7 @@ class ImageItem:
     path: Path
     boxes: np.ndarray
     gt_boxes: np.ndarray | None = None
-    size: tuple[int, int] | None = None      # (width, height) the metadata `size_from` gives
+    size: tuple[int, int] | None = None  # (width, height) the metadata `size_from` gives
     size_from: Path | None = None
 
 
@@ -72,9 +74,12 @@ def item_image(item: ImageItem):
     gives (the boxes were measured on that size: they would cut other regions)."""
     image = load_image(item.path)
     if item.size is not None and tuple(image.size) != tuple(item.size):
-        raise DataError(f"the image is {image.size[0]}x{image.size[1]} pixels but its metadata "
-                        f"{item.size_from} says {item.size[0]}x{item.size[1]}: the boxes would "
-                        "cut other regions; restore the image or its metadata", file=item.path)
+        raise DataError(
+            f"the image is {image.size[0]}x{image.size[1]} pixels but its metadata "
+            f"{item.size_from} says {item.size[0]}x{item.size[1]}: the boxes would "
+            "cut other regions; restore the image or its metadata",
+            file=item.path,
+        )
     return image
 
 
@@ -167,35 +172,54 @@ class Backbone:
 
     name = "backbone"
 
-    def __init__(self, *, backbone: str = "resnet50", weights: str | Path | None = None,
-                 image_size: int = 224, device: str = "auto") -> None:
+    def __init__(
+        self,
+        *,
+        backbone: str = "resnet50",
+        weights: str | Path | None = None,
+        image_size: int = 224,
+        device: str = "auto",
+    ) -> None:
         if weights is None:
-            raise ConfigError("the backbone extractor needs --weights PATH (a local .safetensors "
-                              "or torch state-dict file); madcache never downloads")
+            raise ConfigError(
+                "the backbone extractor needs --weights PATH (a local .safetensors "
+                "or torch state-dict file); madcache never downloads"
+            )
         self.spec, self.weights, self.image_size = backbone, Path(weights), image_size
         self.device = torch.device(resolve_device(device))
         model, self.features = build_backbone(backbone)
         state = load_weights(self.weights, what="backbone weights")
         missing, _ = model.load_state_dict(state, strict=False)
         if missing:
-            raise ConfigError(f"{self.weights} does not fit backbone {backbone!r}: missing "
-                              f"{', '.join(missing[:5])}")
+            raise ConfigError(
+                f"{self.weights} does not fit backbone {backbone!r}: missing "
+                f"{', '.join(missing[:5])}"
+            )
         self.model = model.to(self.device).eval().requires_grad_(False)
-        self.feature_dim = int(self._feature_map(torch.zeros(1, 3, image_size, image_size)).shape[1])
+        self.feature_dim = int(
+            self._feature_map(torch.zeros(1, 3, image_size, image_size)).shape[1]
+        )
 
     def fingerprint(self) -> dict[str, Any]:
         from madcache.cache.fingerprint import file_sha256
 
-        return {"name": self.name, "version": 1, "backbone": self.spec,
-                "weights_sha256": file_sha256(self.weights), "image_size": self.image_size,
-                "roi": {"output": 2, "sampling_ratio": 2, "aligned": True, "pool": "mean"}}
+        return {
+            "name": self.name,
+            "version": 1,
+            "backbone": self.spec,
+            "weights_sha256": file_sha256(self.weights),
+            "image_size": self.image_size,
+            "roi": {"output": 2, "sampling_ratio": 2, "aligned": True, "pool": "mean"},
+        }
 
     @torch.no_grad()
     def _feature_map(self, pixels: torch.Tensor) -> torch.Tensor:
         out = self.features(pixels.to(self.device))
         if out.ndim != 4:
-            raise ConfigError(f"backbone {self.spec!r} gives shape {tuple(out.shape)}, not a "
-                              "[B, C, H, W] feature map: choose a CNN")
+            raise ConfigError(
+                f"backbone {self.spec!r} gives shape {tuple(out.shape)}, not a "
+                "[B, C, H, W] feature map: choose a CNN"
+            )
         return out
 
     def pixels(self, image) -> torch.Tensor:
@@ -213,15 +237,21 @@ class Backbone:
         fmap = self._feature_map(self.pixels(item_image(item)))
         rois = torch.from_numpy(item.boxes).float() * self.image_size
         rois = torch.cat([torch.zeros(len(rois), 1), rois], 1).to(fmap)
-        pooled = roi_align(fmap, rois, output_size=2, spatial_scale=fmap.shape[-1] / self.image_size,
-                           sampling_ratio=2, aligned=True)
+        pooled = roi_align(
+            fmap,
+            rois,
+            output_size=2,
+            spatial_scale=fmap.shape[-1] / self.image_size,
+            sampling_ratio=2,
+            aligned=True,
+        )
         return pooled.mean(dim=(2, 3)).float().cpu().numpy(), item.boxes
 
 
 REGION_EXTRACTORS: Registry[Callable[..., RegionExtractor]] = Registry("region extractor")
 REGION_EXTRACTORS.register("boxcrop", BoxCrop)
 REGION_EXTRACTORS.register("backbone", Backbone)
-for _name in REGION_FORMATS:          # released formats (region_formats.py) are extractors too
+for _name in REGION_FORMATS:  # released formats (region_formats.py) are extractors too
     REGION_EXTRACTORS.register(_name, REGION_FORMATS.get(_name))
 
 
@@ -231,5 +261,7 @@ def build_extractor(name: str, **options: Any) -> RegionExtractor:
     try:
         return factory(**options)
     except TypeError as exc:
-        raise ConfigError(f"region extractor {name!r}: {exc} (given: "
-                          f"{', '.join(sorted(options)) or 'no options'})") from None
+        raise ConfigError(
+            f"region extractor {name!r}: {exc} (given: "
+            f"{', '.join(sorted(options)) or 'no options'})"
+        ) from None

@@ -29,19 +29,20 @@ import base64
 import io
 import json
 import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
-from madcache.core.errors import (ConfigError, DataError, DataFileNotFoundError,
-                                  PickleRefusedError)
+from madcache.core.errors import ConfigError, DataError, DataFileNotFoundError, PickleRefusedError
 from madcache.core.registry import Registry
 
-REGION_FORMATS: Registry[Callable[..., Any]] = Registry("region format",
-                                                         group="madcache.region_formats")
+REGION_FORMATS: Registry[Callable[..., Any]] = Registry(
+    "region format", group="madcache.region_formats"
+)
 WHOLE_IMAGE = np.array([[0.0, 0.0, 1.0, 1.0]], dtype=np.float32)
-GT_BOX_TOLERANCE = 0.02        # normalised units: a ground-truth region's box vs the metadata's
+GT_BOX_TOLERANCE = 0.02  # normalised units: a ground-truth region's box vs the metadata's
 VCR_ORDER = "whole image (mean feature), ground-truth boxes in object order, then detected"
 
 Regions = tuple[np.ndarray, np.ndarray]
@@ -63,19 +64,26 @@ def require(module: str, extra: str = "uniter"):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ConfigError(f"reading this region format needs the {module!r} package: pip install "
-                          f"'madcache[{extra}]'") from None
+        raise ConfigError(
+            f"reading this region format needs the {module!r} package: pip install "
+            f"'madcache[{extra}]'"
+        ) from None
 
 
 # ----------------------------------------------------------------------------- safe decoding
 
+
 def refuse_pickle(file: object, key: str) -> PickleRefusedError:
-    return PickleRefusedError("an object array (a pickle); madcache never unpickles: store it "
-                              "as a numeric array", file=file, field=key)
+    return PickleRefusedError(
+        "an object array (a pickle); madcache never unpickles: store it as a numeric array",
+        file=file,
+        field=key,
+    )
 
 
-def npz_arrays(source: str | Path | bytes, keys: Iterable[str], *, file: object,
-               optional: Sequence[str] = ()) -> dict[str, np.ndarray]:
+def npz_arrays(
+    source: str | Path | bytes, keys: Iterable[str], *, file: object, optional: Sequence[str] = ()
+) -> dict[str, np.ndarray]:
     """The arrays `keys` of an .npz (a path, or its bytes), read with `allow_pickle=False`.
     Other keys are never read (bottom-up-attention.pytorch pickles its `info` dict); a wanted key
     that holds an object array is refused naming the file and key; a missing one is an error
@@ -115,6 +123,7 @@ class _Packed:
 def _msgpack_hook(obj: dict) -> Any:
     """object_hook: msgpack_numpy's {nd, type, kind, shape, data} maps -> `_Packed` (raw bytes);
     never its decoder, which unpickles object arrays."""
+
     def get(name: str) -> Any:
         return obj.get(name.encode(), obj.get(name))
 
@@ -124,14 +133,14 @@ def _msgpack_hook(obj: dict) -> Any:
     return _Packed(get("type"), get("shape"), get("data"), scalar=flag is not True)
 
 
-def msgpack_arrays(data: bytes, keys: Iterable[str], *, file: object,
-                   optional: Sequence[str] = ()) -> dict[str, np.ndarray]:
+def msgpack_arrays(
+    data: bytes, keys: Iterable[str], *, file: object, optional: Sequence[str] = ()
+) -> dict[str, np.ndarray]:
     """The arrays `keys` of a msgpack map whose values msgpack_numpy encoded (UNITER's
     uncompressed img_db values), decoded without pickle: an object dtype is refused."""
     msgpack = require("msgpack")
     try:
-        unpacked = msgpack.unpackb(data, raw=False, object_hook=_msgpack_hook,
-                                   strict_map_key=False)
+        unpacked = msgpack.unpackb(data, raw=False, object_hook=_msgpack_hook, strict_map_key=False)
     except (ValueError, msgpack.UnpackException) as exc:
         raise DataError(f"not a msgpack value ({exc})", file=file) from None
     if not isinstance(unpacked, dict):
@@ -145,8 +154,9 @@ def msgpack_arrays(data: bytes, keys: Iterable[str], *, file: object,
             raise DataError(f"no array {key!r} (has: {', '.join(map(str, unpacked))})", file=file)
         value = unpacked[key]
         if not isinstance(value, _Packed):
-            raise DataError(f"not a msgpack_numpy array ({type(value).__name__})", file=file,
-                            field=key)
+            raise DataError(
+                f"not a msgpack_numpy array ({type(value).__name__})", file=file, field=key
+            )
         out[key] = _decode_packed(value, file=file, key=key)
     return out
 
@@ -167,11 +177,13 @@ def _decode_packed(value: _Packed, *, file: object, key: str) -> np.ndarray:
         array = np.frombuffer(value.data, dtype=dtype)
         return array[0] if value.scalar else array.reshape(value.shape)
     except (TypeError, ValueError, IndexError) as exc:
-        raise DataError(f"array data does not fit its shape ({exc})", file=file,
-                        field=key) from None
+        raise DataError(
+            f"array data does not fit its shape ({exc})", file=file, field=key
+        ) from None
 
 
 # ----------------------------------------------------------------------------- region order
+
 
 def normalise(boxes: np.ndarray, width: float, height: float) -> np.ndarray:
     """Pixel (x1, y1, x2, y2) -> normalised, clipped to [0, 1], float32."""
@@ -179,40 +191,57 @@ def normalise(boxes: np.ndarray, width: float, height: float) -> np.ndarray:
     return np.clip(np.asarray(boxes, np.float32)[:, :4] / scale, 0.0, 1.0).astype(np.float32)
 
 
-def with_ground_truth(item: ImageItem, gt: Regions, detected: Regions | None, *,
-                      source: object) -> Regions:
+def with_ground_truth(
+    item: ImageItem, gt: Regions, detected: Regions | None, *, source: object
+) -> Regions:
     """VCR's fixed order: whole image (mean of the imported features), the ground-truth regions in
     object order (checked against the metadata's boxes: `person1` = region 1), then detected."""
     gt_feat, gt_boxes = gt
     expected = item.gt_boxes
     if len(gt_feat) != len(expected):
-        raise DataError(f"{len(gt_feat)} ground-truth regions for image {item.image_id!r}, but "
-                        f"its metadata has {len(expected)} objects", file=source)
+        raise DataError(
+            f"{len(gt_feat)} ground-truth regions for image {item.image_id!r}, but "
+            f"its metadata has {len(expected)} objects",
+            file=source,
+        )
     off = np.abs(gt_boxes - expected).max(axis=1) > GT_BOX_TOLERANCE if len(expected) else []
     if np.any(off):
         first = int(np.argmax(off))
-        raise DataError(f"ground-truth region {first + 1} of image {item.image_id!r} is box "
-                        f"{[round(float(v), 3) for v in gt_boxes[first]]}, the metadata's object "
-                        f"{first + 1} is {[round(float(v), 3) for v in expected[first]]}: the "
-                        "regions are not in object order", file=source)
+        raise DataError(
+            f"ground-truth region {first + 1} of image {item.image_id!r} is box "
+            f"{[round(float(v), 3) for v in gt_boxes[first]]}, the metadata's object "
+            f"{first + 1} is {[round(float(v), 3) for v in expected[first]]}: the "
+            "regions are not in object order",
+            file=source,
+        )
     feats, boxes = [gt_feat], [gt_boxes]
     if detected is not None:
         if detected[0].shape[1] != gt_feat.shape[1]:
-            raise DataError(f"ground-truth features have {gt_feat.shape[1]} numbers, the detected "
-                            f"ones {detected[0].shape[1]} (image {item.image_id!r})", file=source)
+            raise DataError(
+                f"ground-truth features have {gt_feat.shape[1]} numbers, the detected "
+                f"ones {detected[0].shape[1]} (image {item.image_id!r})",
+                file=source,
+            )
         feats.append(detected[0])
         boxes.append(detected[1])
     every = np.concatenate(feats).astype(np.float32)
-    whole = every.mean(axis=0, keepdims=True) if len(every) else \
-        np.zeros((1, every.shape[1]), np.float32)
-    return (np.concatenate([whole, every]).astype(np.float32),
-            np.concatenate([WHOLE_IMAGE, *boxes]).astype(np.float32))
+    whole = (
+        every.mean(axis=0, keepdims=True)
+        if len(every)
+        else np.zeros((1, every.shape[1]), np.float32)
+    )
+    return (
+        np.concatenate([whole, every]).astype(np.float32),
+        np.concatenate([WHOLE_IMAGE, *boxes]).astype(np.float32),
+    )
 
 
 def no_ground_truth_source(name: str, option: str) -> ConfigError:
-    return ConfigError(f"{name}: this dataset has ground-truth boxes (VCR): pass {option} "
-                       "(features at the metadata boxes, in object order) so person1 stays "
-                       "region 1")
+    return ConfigError(
+        f"{name}: this dataset has ground-truth boxes (VCR): pass {option} "
+        "(features at the metadata boxes, in object order) so person1 stays "
+        "region 1"
+    )
 
 
 def key_candidates(item: ImageItem, template: str | None, **fields: str) -> list[str]:
@@ -227,8 +256,10 @@ def key_candidates(item: ImageItem, template: str | None, **fields: str) -> list
         try:
             return [template.format(**values)]
         except (KeyError, IndexError, ValueError, TypeError) as exc:
-            raise ConfigError(f"key template {template!r} for image {item.image_id!r}: {exc!r} "
-                              f"(fields: {', '.join(values)})") from None
+            raise ConfigError(
+                f"key template {template!r} for image {item.image_id!r}: {exc!r} "
+                f"(fields: {', '.join(values)})"
+            ) from None
     names = []
     if "db" in fields:
         db = fields["db"]
@@ -240,8 +271,18 @@ def key_candidates(item: ImageItem, template: str | None, **fields: str) -> list
 
 # ----------------------------------------------------------------------------- butd-tsv
 
-TSV_FIELDS = ("img_id", "img_h", "img_w", "objects_id", "objects_conf", "attrs_id", "attrs_conf",
-              "num_boxes", "boxes", "features")
+TSV_FIELDS = (
+    "img_id",
+    "img_h",
+    "img_w",
+    "objects_id",
+    "objects_conf",
+    "attrs_id",
+    "attrs_conf",
+    "num_boxes",
+    "boxes",
+    "features",
+)
 TSV6_FIELDS = ("image_id", "image_w", "image_h", "num_boxes", "boxes", "features")
 
 
@@ -259,9 +300,13 @@ def parse_tsv_row(fields: list[str]) -> dict[str, Any]:
     else:
         row = dict(zip(TSV_FIELDS, fields))
     n = int(row["num_boxes"])
-    out = {"img_id": row["img_id"], "img_h": int(row["img_h"]), "img_w": int(row["img_w"]),
-           "boxes": decode_array(row["boxes"], "float32", n),
-           "features": decode_array(row["features"], "float32", n)}
+    out = {
+        "img_id": row["img_id"],
+        "img_h": int(row["img_h"]),
+        "img_w": int(row["img_w"]),
+        "boxes": decode_array(row["boxes"], "float32", n),
+        "features": decode_array(row["features"], "float32", n),
+    }
     if "objects_conf" in row:
         out["objects_conf"] = decode_array(row["objects_conf"], "float32", n).reshape(n)
     return out
@@ -285,23 +330,29 @@ class TsvFile:
         if not self.offsets:
             raise DataError("no rows", file=self.path)
         self.columns = columns
-        self.row(next(iter(self.offsets)))      # the column count is checked on the first row
+        self.row(next(iter(self.offsets)))  # the column count is checked on the first row
 
     def row(self, image_id: str) -> dict[str, Any]:
         with open(self.path, "rb") as handle:
             handle.seek(self.offsets[image_id])
             fields = handle.readline().decode().rstrip("\r\n").split("\t")
         if len(fields) not in (len(TSV_FIELDS), len(TSV6_FIELDS)) or len(fields) != self.columns:
-            raise DataError(f"row has {len(fields)} columns, expected 10 ({', '.join(TSV_FIELDS)})"
-                            f" or 6 ({', '.join(TSV6_FIELDS)}), as the file's first row",
-                            file=self.path, record_id=image_id)
+            raise DataError(
+                f"row has {len(fields)} columns, expected 10 ({', '.join(TSV_FIELDS)})"
+                f" or 6 ({', '.join(TSV6_FIELDS)}), as the file's first row",
+                file=self.path,
+                record_id=image_id,
+            )
         return parse_tsv_row(fields)
 
     def find(self, item: ImageItem) -> dict[str, Any]:
         key = item.image_id if item.image_id in self.offsets else item.path.stem
         if key not in self.offsets:
-            raise DataError(f"image {item.image_id!r} (file stem {item.path.stem!r}) has no row",
-                            file=self.path, record_id=item.image_id)
+            raise DataError(
+                f"image {item.image_id!r} (file stem {item.path.stem!r}) has no row",
+                file=self.path,
+                record_id=item.image_id,
+            )
         return self.row(key)
 
     def fingerprint(self) -> dict[str, Any]:
@@ -326,8 +377,10 @@ class ButdTsv:
         if self.gt is not None:
             gt_dim = self.gt.row(next(iter(self.gt.offsets)))["features"].shape[1]
             if gt_dim != self.feature_dim:
-                raise DataError(f"features have {gt_dim} numbers, the tsv's {self.feature_dim}",
-                                file=self.gt.path)
+                raise DataError(
+                    f"features have {gt_dim} numbers, the tsv's {self.feature_dim}",
+                    file=self.gt.path,
+                )
 
     def input_paths(self) -> list[Path]:
         return [self.tsv.path] + ([self.gt.path] if self.gt else [])
@@ -343,10 +396,15 @@ class ButdTsv:
 
     @staticmethod
     def _regions(row: dict[str, Any], *, by_confidence: bool) -> Regions:
-        order = np.argsort(-row["objects_conf"], kind="stable") \
-            if by_confidence and "objects_conf" in row else np.arange(len(row["boxes"]))
-        return (row["features"][order].astype(np.float32),
-                normalise(row["boxes"][order], row["img_w"], row["img_h"]))
+        order = (
+            np.argsort(-row["objects_conf"], kind="stable")
+            if by_confidence and "objects_conf" in row
+            else np.arange(len(row["boxes"]))
+        )
+        return (
+            row["features"][order].astype(np.float32),
+            normalise(row["boxes"][order], row["img_w"], row["img_h"]),
+        )
 
     def regions(self, item: ImageItem) -> Regions:
         detected = self._regions(self.tsv.find(item), by_confidence=True)
@@ -379,13 +437,18 @@ class NpzDir:
         arrays = npz_arrays(file, NPZ_KEYS + ("num_bbox",), file=file, optional=("num_bbox",))
         feat, boxes = np.asarray(arrays["x"]), np.asarray(arrays["bbox"])
         if feat.ndim != 2 or boxes.ndim != 2 or boxes.shape[1] < 4 or len(feat) != len(boxes):
-            raise DataError(f"x {feat.shape} and bbox {boxes.shape} do not fit ([N, D], [N, 4])",
-                            file=file)
+            raise DataError(
+                f"x {feat.shape} and bbox {boxes.shape} do not fit ([N, D], [N, 4])", file=file
+            )
         if "num_bbox" in arrays and int(arrays["num_bbox"]) != len(feat):
-            raise DataError(f"num_bbox is {int(arrays['num_bbox'])} but x has {len(feat)} rows",
-                            file=file, field="num_bbox")
-        return feat.astype(np.float32), normalise(boxes, float(arrays["image_w"]),
-                                                  float(arrays["image_h"]))
+            raise DataError(
+                f"num_bbox is {int(arrays['num_bbox'])} but x has {len(feat)} rows",
+                file=file,
+                field="num_bbox",
+            )
+        return feat.astype(np.float32), normalise(
+            boxes, float(arrays["image_w"]), float(arrays["image_h"])
+        )
 
     def find(self, item: ImageItem) -> Regions:
         names = key_candidates(item, self.key)
@@ -393,8 +456,11 @@ class NpzDir:
             name = name if name.endswith(".npz") else f"{name}.npz"
             if (self.path / name).is_file():
                 return self.read(name)
-        raise DataError(f"image {item.image_id!r} has no file (tried {', '.join(names)})",
-                        file=self.path, record_id=item.image_id)
+        raise DataError(
+            f"image {item.image_id!r} has no file (tried {', '.join(names)})",
+            file=self.path,
+            record_id=item.image_id,
+        )
 
     def fingerprint(self) -> dict[str, Any]:
         import hashlib
@@ -402,8 +468,11 @@ class NpzDir:
         listing = hashlib.sha256()
         for name in self.files:
             listing.update(f"{name}\t{(self.path / name).stat().st_size}\n".encode())
-        return {"dir": self.path.name, "files": len(self.files),
-                "listing_sha256": listing.hexdigest()}
+        return {
+            "dir": self.path.name,
+            "files": len(self.files),
+            "listing_sha256": listing.hexdigest(),
+        }
 
 
 class ButdNpz:
@@ -412,8 +481,13 @@ class ButdNpz:
 
     name = "butd-npz"
 
-    def __init__(self, *, npz_dir: str | Path | None = None, gt_dir: str | Path | None = None,
-                 key: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        npz_dir: str | Path | None = None,
+        gt_dir: str | Path | None = None,
+        key: str | None = None,
+    ) -> None:
         if npz_dir is None:
             raise ConfigError("the butd-npz extractor needs --extractor-option npz_dir=DIR")
         self.detected = NpzDir(npz_dir, key)
@@ -425,8 +499,13 @@ class ButdNpz:
         return [self.detected.path] + ([self.gt.path] if self.gt else [])
 
     def fingerprint(self) -> dict[str, Any]:
-        out = {"name": self.name, "version": 1, **self.detected.fingerprint(), "order": "file",
-               "key": self.key}
+        out = {
+            "name": self.name,
+            "version": 1,
+            **self.detected.fingerprint(),
+            "order": "file",
+            "key": self.key,
+        }
         if self.gt is not None:
             out["gt"] = {**self.gt.fingerprint(), "order": VCR_ORDER}
         return out
@@ -442,6 +521,7 @@ class ButdNpz:
 
 # ----------------------------------------------------------------------------- uniter-imgdb
 
+
 def compute_num_bb(confs: np.ndarray, conf_th: float, min_bb: int, max_bb: int) -> int:
     """UNITER's box count: at least `min_bb`, at most `max_bb`, else those above `conf_th`."""
     return int(min(max_bb, max(min_bb, int((np.asarray(confs) > conf_th).sum()))))
@@ -455,8 +535,9 @@ def open_lmdb(path: Path):
     lmdb = require("lmdb")
     key = str(path.resolve())
     if key not in _ENVIRONMENTS:
-        _ENVIRONMENTS[key] = lmdb.open(key, readonly=True, create=False, lock=False,
-                                       readahead=False)
+        _ENVIRONMENTS[key] = lmdb.open(
+            key, readonly=True, create=False, lock=False, readahead=False
+        )
     return _ENVIRONMENTS[key]
 
 
@@ -464,8 +545,16 @@ class ImgDb:
     """One UNITER img_db directory, opened as UNITER's `DetectFeatLmdb` opens it: which LMDB, how
     many boxes per image (`nbb`), and the value encoding (npz if compressed, else msgpack)."""
 
-    def __init__(self, path: str | Path, *, conf_th: float, max_bb: int, min_bb: int,
-                 num_bb: int, compressed: bool) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        conf_th: float,
+        max_bb: int,
+        min_bb: int,
+        num_bb: int,
+        compressed: bool,
+    ) -> None:
         self.path = Path(path)
         if not self.path.is_dir():
             raise DataFileNotFoundError("UNITER img_db directory not found", file=self.path)
@@ -484,7 +573,7 @@ class ImgDb:
         if compressed:
             db_name += "_compressed"
         why = ""
-        if conf_th != -1 and self.name2nbb is None:      # no nbb json: all boxes, counted here
+        if conf_th != -1 and self.name2nbb is None:  # no nbb json: all boxes, counted here
             db_name = "all_compressed" if compressed else "all"
             why = f", no nbb_th{conf_th}_max{max_bb}_min{min_bb}.json so {db_name} as UNITER"
         self.db = self.path / db_name
@@ -493,7 +582,9 @@ class ImgDb:
             raise DataFileNotFoundError(
                 f"no LMDB for conf_th={conf_th}, max_bb={max_bb}, min_bb={min_bb}, "
                 f"num_bb={num_bb}, compressed={str(compressed).lower()}{why} (present: "
-                f"{', '.join(present) or 'none'})", file=self.db)
+                f"{', '.join(present) or 'none'})",
+                file=self.db,
+            )
         self.env = open_lmdb(self.db)
 
     @staticmethod
@@ -522,22 +613,31 @@ class ImgDb:
     def read(self, key: str, value: bytes) -> Regions:
         """features [nbb, D] float32, normalised boxes [nbb, 4] (the first 4 of `norm_bb`)."""
         where = f"{self.db}[{key}]"
-        counted = self.conf_th != -1 and self.name2nbb is None      # nbb from `conf`
+        counted = self.conf_th != -1 and self.name2nbb is None  # nbb from `conf`
         decode = npz_arrays if self.compressed else msgpack_arrays
-        arrays = decode(bytes(value), ("features", "norm_bb", "conf"), file=where,
-                        optional=() if counted else ("conf",))
+        arrays = decode(
+            bytes(value),
+            ("features", "norm_bb", "conf"),
+            file=where,
+            optional=() if counted else ("conf",),
+        )
         feat, boxes = np.asarray(arrays["features"]), np.asarray(arrays["norm_bb"])
         if feat.ndim != 2 or boxes.ndim != 2 or boxes.shape[1] < 4 or len(feat) != len(boxes):
-            raise DataError(f"features {feat.shape} and norm_bb {boxes.shape} do not fit "
-                            "([N, D], [N, >= 4])", file=where)
+            raise DataError(
+                f"features {feat.shape} and norm_bb {boxes.shape} do not fit ([N, D], [N, >= 4])",
+                file=where,
+            )
         n = self.nbb(key, arrays.get("conf"))
         return feat[:n].astype(np.float32), boxes[:n, :4].astype(np.float32)
 
     def fingerprint(self) -> dict[str, Any]:
         from madcache.cache.fingerprint import file_sha256
 
-        out = {"dir": self.path.name, "db": self.db.name,
-               "sha256": file_sha256(self.db / "data.mdb")}
+        out = {
+            "dir": self.path.name,
+            "db": self.db.name,
+            "sha256": file_sha256(self.db / "data.mdb"),
+        }
         if self.nbb_file is not None:
             out["nbb_sha256"] = file_sha256(self.nbb_file)
         return out
@@ -545,8 +645,11 @@ class ImgDb:
 
 def db_paths(img_db: str | Path | Sequence[str | Path]) -> list[Path]:
     """`img_db` as UNITER writes it ("vcr_gt_val/;vcr_val/"), or a list of directories."""
-    parts = str(img_db).split(";") if isinstance(img_db, (str, Path)) else \
-        [p for item in img_db for p in str(item).split(";")]
+    parts = (
+        str(img_db).split(";")
+        if isinstance(img_db, (str, Path))
+        else [p for item in img_db for p in str(item).split(";")]
+    )
     paths = [Path(p.strip()) for p in parts if p.strip()]
     if not paths:
         raise ConfigError("uniter-imgdb: img_db names no directory")
@@ -559,30 +662,62 @@ class UniterImgDb:
 
     name = "uniter-imgdb"
 
-    def __init__(self, *, img_db: str | Path | Sequence[str] | None = None, conf_th: float = 0.2,
-                 max_bb: int = 100, min_bb: int = 10, num_bb: int = 36, compressed: bool = False,
-                 key: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        img_db: str | Path | Sequence[str] | None = None,
+        conf_th: float = 0.2,
+        max_bb: int = 100,
+        min_bb: int = 10,
+        num_bb: int = 36,
+        compressed: bool = False,
+        key: str | None = None,
+    ) -> None:
         if img_db is None:
-            raise ConfigError("the uniter-imgdb extractor needs --extractor-option img_db=DIR "
-                              "(VCR: img_db='vcr_gt_val;vcr_val')")
+            raise ConfigError(
+                "the uniter-imgdb extractor needs --extractor-option img_db=DIR "
+                "(VCR: img_db='vcr_gt_val;vcr_val')"
+            )
         for option, value in (("max_bb", max_bb), ("min_bb", min_bb), ("num_bb", num_bb)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"uniter-imgdb: {option} must be a whole number >= 0, "
-                                  f"got {value!r}")
+                raise ConfigError(
+                    f"uniter-imgdb: {option} must be a whole number >= 0, got {value!r}"
+                )
         if isinstance(conf_th, bool) or not isinstance(conf_th, (int, float)):
             raise ConfigError(f"uniter-imgdb: conf_th must be a number, got {conf_th!r}")
-        conf_th = float(conf_th)      # UNITER's --conf_th is a float: 0 names `feat_th0.0_...`
-        self.settings = {"conf_th": conf_th, "max_bb": max_bb, "min_bb": min_bb,
-                         "num_bb": num_bb, "compressed": bool(compressed)}
+        conf_th = float(conf_th)  # UNITER's --conf_th is a float: 0 names `feat_th0.0_...`
+        self.settings = {
+            "conf_th": conf_th,
+            "max_bb": max_bb,
+            "min_bb": min_bb,
+            "num_bb": num_bb,
+            "compressed": bool(compressed),
+        }
         self.key = key
         self.gt, self.detected = [], []
         for path in db_paths(img_db):
-            if "gt" in path.name:     # UNITER: the gt db, all its boxes (-1, num_bb 100)
-                self.gt.append(ImgDb(path, conf_th=-1, max_bb=max_bb, min_bb=min_bb,
-                                     num_bb=100, compressed=bool(compressed)))
+            if "gt" in path.name:  # UNITER: the gt db, all its boxes (-1, num_bb 100)
+                self.gt.append(
+                    ImgDb(
+                        path,
+                        conf_th=-1,
+                        max_bb=max_bb,
+                        min_bb=min_bb,
+                        num_bb=100,
+                        compressed=bool(compressed),
+                    )
+                )
             else:
-                self.detected.append(ImgDb(path, conf_th=conf_th, max_bb=max_bb, min_bb=min_bb,
-                                           num_bb=num_bb, compressed=bool(compressed)))
+                self.detected.append(
+                    ImgDb(
+                        path,
+                        conf_th=conf_th,
+                        max_bb=max_bb,
+                        min_bb=min_bb,
+                        num_bb=num_bb,
+                        compressed=bool(compressed),
+                    )
+                )
         self.feature_dim = self._first_dim()
 
     def _first_dim(self) -> int:
@@ -597,9 +732,15 @@ class UniterImgDb:
         return [db.path for db in self.gt + self.detected]
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"name": self.name, "version": 1, **self.settings, "key": self.key,
-                "detected": [db.fingerprint() for db in self.detected],
-                "gt": [db.fingerprint() for db in self.gt], "order": "file"}
+        return {
+            "name": self.name,
+            "version": 1,
+            **self.settings,
+            "key": self.key,
+            "detected": [db.fingerprint() for db in self.detected],
+            "gt": [db.fingerprint() for db in self.gt],
+            "order": "file",
+        }
 
     def _find(self, dbs: list[ImgDb], item: ImageItem) -> Regions:
         tried = []
@@ -609,21 +750,29 @@ class UniterImgDb:
                 if value is not None:
                     return db.read(key, value)
                 tried.append(key)
-        raise DataError(f"image {item.image_id!r} is not in {', '.join(str(d.db) for d in dbs)} "
-                        f"(tried keys {', '.join(dict.fromkeys(tried))})",
-                        record_id=item.image_id)
+        raise DataError(
+            f"image {item.image_id!r} is not in {', '.join(str(d.db) for d in dbs)} "
+            f"(tried keys {', '.join(dict.fromkeys(tried))})",
+            record_id=item.image_id,
+        )
 
     def regions(self, item: ImageItem) -> Regions:
         if item.gt_boxes is None:
             if not self.detected:
-                raise ConfigError("uniter-imgdb: this dataset has no ground-truth boxes: give a "
-                                  "detected img_db (a directory without 'gt' in its name)")
+                raise ConfigError(
+                    "uniter-imgdb: this dataset has no ground-truth boxes: give a "
+                    "detected img_db (a directory without 'gt' in its name)"
+                )
             return self._find(self.detected, item)
         if not self.gt:
             raise no_ground_truth_source(self.name, "img_db='vcr_gt_SPLIT;vcr_SPLIT'")
         detected = self._find(self.detected, item) if self.detected else None
-        return with_ground_truth(item, self._find(self.gt, item), detected,
-                                 source=", ".join(str(db.db) for db in self.gt))
+        return with_ground_truth(
+            item,
+            self._find(self.gt, item),
+            detected,
+            source=", ".join(str(db.db) for db in self.gt),
+        )
 
 
 REGION_FORMATS.register("butd-tsv", ButdTsv)

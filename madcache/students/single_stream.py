@@ -26,9 +26,10 @@ never an ITM text, since it may be wrong.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -36,19 +37,29 @@ from torch import nn
 from torch.nn import functional as F
 
 from madcache.core.config import check_ranges, config_from_dict, setting
+from madcache.core.errors import CheckpointNotFoundError, ConfigError
+from madcache.core.io import load_weights, loading, read_json
 from madcache.data.base import TASKS
 from madcache.data.records import Example
 from madcache.data.vqa import read_answer_vocab
-from madcache.core.errors import CheckpointNotFoundError, ConfigError
-from madcache.core.io import load_weights, loading, read_json
-from madcache.students.base import (TOKENIZER_SUBDIR, RegionInputs, StudentOutput,
-                                    exported_options, image_of, task_logits, to_device)
-from madcache.students.regions import GEOMETRY_DIM, box_geometry
-from madcache.students.region_extractors import BOXCROP_DIM
-from madcache.students.tokens import (TOKENIZER_LOCK, default_tokenizer_dir, encode_texts,
-                                      load_tokenizer)
+from madcache.students.base import (
+    TOKENIZER_SUBDIR,
+    RegionInputs,
+    StudentOutput,
+    exported_options,
+    image_of,
+    task_logits,
+    to_device,
+)
 from madcache.students.pretraining import itm_batch, mask_tokens
-
+from madcache.students.region_extractors import BOXCROP_DIM
+from madcache.students.regions import GEOMETRY_DIM, box_geometry
+from madcache.students.tokens import (
+    TOKENIZER_LOCK,
+    default_tokenizer_dir,
+    encode_texts,
+    load_tokenizer,
+)
 
 
 @dataclass
@@ -71,28 +82,34 @@ class SingleStreamConfig:
     """
 
     task: Literal[TASKS] = setting(
-        "multiple_choice", help="classification for SNLI-VE, multilabel for VQA.")
+        "multiple_choice", help="classification for SNLI-VE, multilabel for VQA."
+    )
     num_classes: int = setting(3, minimum=2, help="Classes of the classification task.")
     answers: list[str] = setting(factory=list, help="VQA: the answer vocabulary.")
-    answer_vocab: str | None = setting(None, help="VQA: a file with the answer vocabulary "
-                                                  "(.txt one per line, or a .json list).")
+    answer_vocab: str | None = setting(
+        None, help="VQA: a file with the answer vocabulary (.txt one per line, or a .json list)."
+    )
     region_dim: int = setting(BOXCROP_DIM, minimum=1, help="Region feature width.")
     hidden_size: int = setting(128, minimum=1, help="Random-init encoder width.")
     num_layers: int = setting(2, minimum=1, help="Random-init encoder layers.")
     num_heads: int = setting(4, minimum=1, help="Random-init encoder attention heads.")
     intermediate_size: int = setting(512, minimum=1, help="Random-init encoder MLP width.")
     dropout: float = setting(0.1, minimum=0, below=1, help="Hidden and attention dropout.")
-    max_length: int = setting(128, minimum=3, help="Text tokens per sequence, specials "
-                                                   "included.")
+    max_length: int = setting(128, minimum=3, help="Text tokens per sequence, specials included.")
     tokenizer_dir: str | None = setting(None, help="Local tokenizer directory.")
-    init_text_from: str | None = setting(None, help="Local BERT-family directory the encoder "
-                                                    "starts from.")
-    init_from: str | None = setting(None, help="A saved single-stream student (`save_student` "
-                                               "directory, e.g. `madcache demo student`) whose "
-                                               "weights the student starts from; its task head "
-                                               "is new.")
-    bert_config: dict[str, Any] | None = setting(None, help="Internal: the resolved encoder "
-                                                            "config (save_student).")
+    init_text_from: str | None = setting(
+        None, help="Local BERT-family directory the encoder starts from."
+    )
+    init_from: str | None = setting(
+        None,
+        help="A saved single-stream student (`save_student` "
+        "directory, e.g. `madcache demo student`) whose "
+        "weights the student starts from; its task head "
+        "is new.",
+    )
+    bert_config: dict[str, Any] | None = setting(
+        None, help="Internal: the resolved encoder config (save_student)."
+    )
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -100,18 +117,23 @@ class SingleStreamConfig:
             self.answers = read_answer_vocab(self.answer_vocab)
             self.answer_vocab = None
         if self.task == "multilabel" and not self.answers:
-            raise ConfigError("single-stream task=multilabel (VQA) needs the answer vocabulary: "
-                              "answer_vocab=FILE (.txt one per line, or a .json list), the same "
-                              "vocabulary as the cache's (manifest extra.answer_vocab)")
+            raise ConfigError(
+                "single-stream task=multilabel (VQA) needs the answer vocabulary: "
+                "answer_vocab=FILE (.txt one per line, or a .json list), the same "
+                "vocabulary as the cache's (manifest extra.answer_vocab)"
+            )
         sized_here = self.bert_config is None and self.init_text_from is None
         if sized_here and self.hidden_size % self.num_heads:
-            raise ConfigError(f"single-stream: hidden_size ({self.hidden_size}) must be a "
-                              f"multiple of num_heads ({self.num_heads})")
+            raise ConfigError(
+                f"single-stream: hidden_size ({self.hidden_size}) must be a "
+                f"multiple of num_heads ({self.num_heads})"
+            )
 
     @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> "SingleStreamConfig":
-        return config_from_dict(cls, options, noun="option", where="single-stream: ",
-                                hidden=frozenset({"bert_config"}))
+    def from_options(cls, options: Mapping[str, Any]) -> SingleStreamConfig:
+        return config_from_dict(
+            cls, options, noun="option", where="single-stream: ", hidden=frozenset({"bert_config"})
+        )
 
 
 def build_encoder(config: SingleStreamConfig, vocab_size: int):
@@ -123,23 +145,31 @@ def build_encoder(config: SingleStreamConfig, vocab_size: int):
     if config.init_text_from is not None:
         source = Path(config.init_text_from)
         if not (source / "config.json").is_file():
-            raise CheckpointNotFoundError(f"init_text_from: {source} is not a local transformers "
-                                          "directory (no config.json)")
+            raise CheckpointNotFoundError(
+                f"init_text_from: {source} is not a local transformers directory (no config.json)"
+            )
         with loading(source, what="init_text_from checkpoint"):
-            return BertModel.from_pretrained(str(source), add_pooling_layer=False,
-                                             local_files_only=True)
+            return BertModel.from_pretrained(
+                str(source), add_pooling_layer=False, local_files_only=True
+            )
     bert_config = BertConfig(
-        vocab_size=vocab_size, hidden_size=config.hidden_size,
-        num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
-        intermediate_size=config.intermediate_size, hidden_dropout_prob=config.dropout,
+        vocab_size=vocab_size,
+        hidden_size=config.hidden_size,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads,
+        intermediate_size=config.intermediate_size,
+        hidden_dropout_prob=config.dropout,
         attention_probs_dropout_prob=config.dropout,
-        max_position_embeddings=max(512, config.max_length), type_vocab_size=2)
+        max_position_embeddings=max(512, config.max_length),
+        type_vocab_size=2,
+    )
     return BertModel(bert_config, add_pooling_layer=False)
 
 
 def _head(hidden: int, out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.LayerNorm(hidden),
-                         nn.Linear(hidden, out))
+    return nn.Sequential(
+        nn.Linear(hidden, hidden), nn.GELU(), nn.LayerNorm(hidden), nn.Linear(hidden, out)
+    )
 
 
 class SingleStreamStudent(nn.Module):
@@ -155,11 +185,14 @@ class SingleStreamStudent(nn.Module):
         self.bert = encoder
         hidden = encoder.config.hidden_size
         if encoder.config.type_vocab_size < 2:
-            raise ConfigError("single-stream needs an encoder with type_vocab_size >= 2 "
-                              "(the modality embedding)")
+            raise ConfigError(
+                "single-stream needs an encoder with type_vocab_size >= 2 (the modality embedding)"
+            )
         if len(tokenizer) > encoder.config.vocab_size:
-            raise ConfigError(f"tokenizer has {len(tokenizer)} tokens but the encoder's "
-                              f"vocabulary only {encoder.config.vocab_size}")
+            raise ConfigError(
+                f"tokenizer has {len(tokenizer)} tokens but the encoder's "
+                f"vocabulary only {encoder.config.vocab_size}"
+            )
         self.hidden_size = hidden
         self.task = config.task
         self.answers = list(config.answers)
@@ -168,8 +201,9 @@ class SingleStreamStudent(nn.Module):
         self.region_geom = nn.Sequential(nn.Linear(GEOMETRY_DIM, hidden), nn.LayerNorm(hidden))
         self.head = _head(hidden, self._num_outputs())
         self.itm_head = nn.Linear(hidden, 2)
-        self.mlm_transform = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(),
-                                           nn.LayerNorm(hidden))
+        self.mlm_transform = nn.Sequential(
+            nn.Linear(hidden, hidden), nn.GELU(), nn.LayerNorm(hidden)
+        )
         # Untied from the word embedding on purpose. With a tied decoder, every vocabulary row
         # that a small corpus never has as a target (30k of BERT's 30.5k on the demo captions)
         # gets only the softmax's "not this word" gradient, one shared direction; AdamW turns
@@ -180,8 +214,11 @@ class SingleStreamStudent(nn.Module):
         self.mlm_decoder = nn.Linear(hidden, encoder.config.vocab_size)
 
     def _num_outputs(self) -> int:
-        return {"multiple_choice": 1, "classification": self.config.num_classes,
-                "multilabel": len(self.answers)}[self.task]
+        return {
+            "multiple_choice": 1,
+            "classification": self.config.num_classes,
+            "multilabel": len(self.answers),
+        }[self.task]
 
     @property
     def device(self) -> torch.device:
@@ -199,10 +236,14 @@ class SingleStreamStudent(nn.Module):
         texts = [text.text for ex in examples for text in ex.texts]
         if not texts:
             return []
-        with TOKENIZER_LOCK:    # the Rust tokenizer refuses concurrent use from two threads
-            encoded = self.tokenizer(texts, truncation=True, max_length=self.config.max_length,
-                                     return_offsets_mapping=True,
-                                     return_special_tokens_mask=True)
+        with TOKENIZER_LOCK:  # the Rust tokenizer refuses concurrent use from two threads
+            encoded = self.tokenizer(
+                texts,
+                truncation=True,
+                max_length=self.config.max_length,
+                return_offsets_mapping=True,
+                return_special_tokens_mask=True,
+            )
         out, row = [], 0
         for ex in examples:
             ids, spans = [], []
@@ -221,23 +262,30 @@ class SingleStreamStudent(nn.Module):
         if regions.feat.shape[0] != len(items):
             raise ValueError(f"{len(items)} examples but regions for {regions.feat.shape[0]}")
         if regions.feat.shape[-1] != self.config.region_dim:
-            raise ConfigError(f"region features have {regions.feat.shape[-1]} dims but the "
-                              f"student expects region_dim={self.config.region_dim}: pass "
-                              f"--student-option region_dim={regions.feat.shape[-1]}")
+            raise ConfigError(
+                f"region features have {regions.feat.shape[-1]} dims but the "
+                f"student expects region_dim={self.config.region_dim}: pass "
+                f"--student-option region_dim={regions.feat.shape[-1]}"
+            )
         sequences = [(ids, span) for item in items for ids, span in zip(item.ids, item.spans)]
         length = max(len(ids) for ids, _ in sequences)
         input_ids = np.full((len(sequences), length), self.tokenizer.pad_token_id, np.int64)
         mask = np.zeros((len(sequences), length), dtype=bool)
         spans = np.full((len(sequences), length, 2), -1, dtype=np.int64)
         for n, (ids, span) in enumerate(sequences):
-            input_ids[n, :len(ids)] = ids
-            mask[n, :len(ids)] = True
-            spans[n, :len(ids)] = span
-        return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask),
-                "token_spans": torch.from_numpy(spans), "num_choices": num_choices,
-                "image_ids": [item.image_id for item in items],
-                "regions": RegionInputs(regions.feat.float(), regions.boxes.float(),
-                                        regions.mask.bool())}
+            input_ids[n, : len(ids)] = ids
+            mask[n, : len(ids)] = True
+            spans[n, : len(ids)] = span
+        return {
+            "input_ids": torch.from_numpy(input_ids),
+            "attention_mask": torch.from_numpy(mask),
+            "token_spans": torch.from_numpy(spans),
+            "num_choices": num_choices,
+            "image_ids": [item.image_id for item in items],
+            "regions": RegionInputs(
+                regions.feat.float(), regions.boxes.float(), regions.mask.bool()
+            ),
+        }
 
     def _encode_texts(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """WordPiece ids, attention mask and each token's char span ((-1, -1) for specials and
@@ -255,8 +303,13 @@ class SingleStreamStudent(nn.Module):
         ones = torch.ones(batch, 1, dtype=torch.bool, device=regions.mask.device)
         return torch.cat([img, tokens], dim=1), torch.cat([ones, regions.mask], dim=1)
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, regions: RegionInputs,
-               image_of: torch.Tensor) -> torch.Tensor:
+    def encode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        regions: RegionInputs,
+        image_of: torch.Tensor,
+    ) -> torch.Tensor:
         """Last hidden states [N, L + 1 + R, H]; sequence n sees the regions of image_of[n]."""
         n, length = input_ids.shape
         visual, visual_mask = self.visual_embeddings(regions)
@@ -264,20 +317,32 @@ class SingleStreamStudent(nn.Module):
         words = self.bert.embeddings.word_embeddings(input_ids)
         embeds = torch.cat([words, visual], dim=1)
         n_visual = visual.shape[1]
-        types = torch.cat([torch.zeros(n, length, dtype=torch.long, device=embeds.device),
-                           torch.ones(n, n_visual, dtype=torch.long, device=embeds.device)], 1)
-        positions = torch.cat([torch.arange(length, device=embeds.device).expand(n, length),
-                               torch.zeros(n, n_visual, dtype=torch.long, device=embeds.device)], 1)
+        types = torch.cat(
+            [
+                torch.zeros(n, length, dtype=torch.long, device=embeds.device),
+                torch.ones(n, n_visual, dtype=torch.long, device=embeds.device),
+            ],
+            1,
+        )
+        positions = torch.cat(
+            [
+                torch.arange(length, device=embeds.device).expand(n, length),
+                torch.zeros(n, n_visual, dtype=torch.long, device=embeds.device),
+            ],
+            1,
+        )
         mask = torch.cat([attention_mask, visual_mask], dim=1).long()
-        out = self.bert(inputs_embeds=embeds, attention_mask=mask, token_type_ids=types,
-                        position_ids=positions)
+        out = self.bert(
+            inputs_embeds=embeds, attention_mask=mask, token_type_ids=types, position_ids=positions
+        )
         return out.last_hidden_state
 
     def forward(self, inputs: Mapping[str, Any]) -> StudentOutput:
         ids, choices = inputs["input_ids"], inputs["num_choices"]
         batch, length = ids.shape[0] // choices, ids.shape[1]
-        hidden = self.encode(ids, inputs["attention_mask"], inputs["regions"],
-                             image_of(batch, choices, ids.device))
+        hidden = self.encode(
+            ids, inputs["attention_mask"], inputs["regions"], image_of(batch, choices, ids.device)
+        )
         cls, img = hidden[:, 0], hidden[:, length]
         size = hidden.shape[-1]
         return StudentOutput(
@@ -285,15 +350,17 @@ class SingleStreamStudent(nn.Module):
             image_token=img.reshape(batch, choices, size),
             cls_token=cls.reshape(batch, choices, size),
             text_tokens=hidden[:, :length].reshape(batch, choices, length, size),
-            token_spans=inputs["token_spans"].reshape(batch, choices, length, 2))
+            token_spans=inputs["token_spans"].reshape(batch, choices, length, 2),
+        )
 
     def _logits(self, cls: torch.Tensor, batch: int, choices: int) -> torch.Tensor:
         return task_logits(self.head(cls), self.task, batch, choices)
 
     # ------------------------------------------------------------------ AF stage
 
-    def pretrain_losses(self, inputs: Mapping[str, Any], examples: Sequence[Example],
-                        generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def pretrain_losses(
+        self, inputs: Mapping[str, Any], examples: Sequence[Example], generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
         """MLM on the prepared (scored) texts + ITM on the examples' label-free texts (no task
         labels; see the module docstring). Random choices come from `generator` (a CPU
         generator), so the masks and pairings repeat for a seed."""
@@ -301,24 +368,32 @@ class SingleStreamStudent(nn.Module):
         batch = ids.shape[0] // choices
         own = image_of(batch, choices, ids.device)
         real = inputs["token_spans"][..., 0] >= 0
-        masked_ids, selected = mask_tokens(ids, real, generator, vocab_size=len(self.tokenizer),
-                                           mask_id=self.tokenizer.mask_token_id)
+        masked_ids, selected = mask_tokens(
+            ids,
+            real,
+            generator,
+            vocab_size=len(self.tokenizer),
+            mask_id=self.tokenizer.mask_token_id,
+        )
         hidden = self.encode(masked_ids, inputs["attention_mask"], inputs["regions"], own)
-        mlm = self._mlm_loss(hidden[:, :ids.shape[1]], ids, selected)
+        mlm = self._mlm_loss(hidden[:, : ids.shape[1]], ids, selected)
         return {"mlm": mlm, "itm": self._itm_loss(inputs, examples, generator)}
 
-    def _itm_loss(self, inputs: Mapping[str, Any], examples: Sequence[Example],
-                  generator: torch.Generator) -> torch.Tensor:
-        if all(ex.label_free_text is None for ex in examples):   # no ITM pair in the batch
+    def _itm_loss(
+        self, inputs: Mapping[str, Any], examples: Sequence[Example], generator: torch.Generator
+    ) -> torch.Tensor:
+        if all(ex.label_free_text is None for ex in examples):  # no ITM pair in the batch
             return self.itm_head.weight.sum() * 0.0
         texts, image, matched = itm_batch(examples, generator)
         text = self._encode_texts(texts)
-        hidden = self.encode(text["input_ids"], text["attention_mask"], inputs["regions"],
-                             image.to(self.device))
+        hidden = self.encode(
+            text["input_ids"], text["attention_mask"], inputs["regions"], image.to(self.device)
+        )
         return F.cross_entropy(self.itm_head(hidden[:, 0]), matched.long().to(self.device))
 
-    def _mlm_loss(self, hidden: torch.Tensor, ids: torch.Tensor,
-                  selected: torch.Tensor) -> torch.Tensor:
+    def _mlm_loss(
+        self, hidden: torch.Tensor, ids: torch.Tensor, selected: torch.Tensor
+    ) -> torch.Tensor:
         if not selected.any():
             return hidden.sum() * 0.0
         states = self.mlm_transform(hidden[selected])
@@ -329,8 +404,14 @@ class SingleStreamStudent(nn.Module):
 
     def export_options(self, directory: Path) -> dict[str, Any]:
         """Options that rebuild this architecture (`save_student`); writes the tokenizer."""
-        return exported_options(self.config, self.tokenizer, directory, init_text_from=None,
-                                init_from=None, bert_config=self.bert.config.to_dict())
+        return exported_options(
+            self.config,
+            self.tokenizer,
+            directory,
+            init_text_from=None,
+            init_from=None,
+            bert_config=self.bert.config.to_dict(),
+        )
 
 
 def _num_choices(items: Sequence[TokenisedExample]) -> int:
@@ -363,28 +444,43 @@ def from_saved_student(config: SingleStreamConfig) -> SingleStreamStudent:
     source = Path(config.init_from)
     meta_path = source / STUDENT_JSON
     if not meta_path.is_file():
-        raise CheckpointNotFoundError(f"init_from: {source} holds no saved student (no "
-                                      f"{STUDENT_JSON}); give a directory `save_student` wrote")
+        raise CheckpointNotFoundError(
+            f"init_from: {source} holds no saved student (no "
+            f"{STUDENT_JSON}); give a directory `save_student` wrote"
+        )
     saved = read_json(meta_path)
     if saved.get("student") != SingleStreamStudent.name:
-        raise ConfigError(f"init_from: {source} holds a {saved.get('student')!r} student; "
-                          f"single-stream starts only from a single-stream one")
+        raise ConfigError(
+            f"init_from: {source} holds a {saved.get('student')!r} student; "
+            f"single-stream starts only from a single-stream one"
+        )
     options = saved.get("options", {})
     if options.get("region_dim") != config.region_dim:
-        raise ConfigError(f"init_from: {source} reads {options.get('region_dim')}-dim region "
-                          f"features, these regions have {config.region_dim}")
-    config = dataclasses.replace(config, init_from=None, init_text_from=None,
-                                 bert_config=options["bert_config"],
-                                 max_length=options.get("max_length", config.max_length))
+        raise ConfigError(
+            f"init_from: {source} reads {options.get('region_dim')}-dim region "
+            f"features, these regions have {config.region_dim}"
+        )
+    config = dataclasses.replace(
+        config,
+        init_from=None,
+        init_text_from=None,
+        bert_config=options["bert_config"],
+        max_length=options.get("max_length", config.max_length),
+    )
     tokenizer = load_tokenizer(source / options.get("tokenizer_dir", TOKENIZER_SUBDIR))
     student = SingleStreamStudent(config, tokenizer, build_encoder(config, len(tokenizer)))
     weights = source / STUDENT_WEIGHTS
-    state = {k: v for k, v in load_weights(weights, what="init_from weights").items()
-             if not k.startswith(NEW_HEAD)}
+    state = {
+        k: v
+        for k, v in load_weights(weights, what="init_from weights").items()
+        if not k.startswith(NEW_HEAD)
+    }
     with loading(weights, what="init_from weights"):
         missing, unexpected = student.load_state_dict(state, strict=False)
     if unexpected or any(not key.startswith(NEW_HEAD) for key in missing):
-        raise ConfigError(f"init_from: {weights} does not fit this student (missing "
-                          f"{[k for k in missing if not k.startswith(NEW_HEAD)][:3]}, "
-                          f"unexpected {unexpected[:3]})")
+        raise ConfigError(
+            f"init_from: {weights} does not fit this student (missing "
+            f"{[k for k in missing if not k.startswith(NEW_HEAD)][:3]}, "
+            f"unexpected {unexpected[:3]})"
+        )
     return student

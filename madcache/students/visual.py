@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -60,18 +61,23 @@ def visual_loader(student: Any, *, root: str | Path, store: RegionStore | None) 
     """Examples -> the visual inputs `student.prepare` takes: regions from `store`, or the
     images under `root` through the student's own image processor."""
     if visual_input(student) == PIXELS:
-        own = getattr(student, "pixel_loader", None)   # a pixel student with its own loader
+        own = getattr(student, "pixel_loader", None)  # a pixel student with its own loader
         return own(root) if callable(own) else PixelLoader(root, student.image_processor())
     if store is None:
-        raise ConfigError("this student reads region features: pass --regions (a region feature "
-                          "store: `madcache regions`)")
+        raise ConfigError(
+            "this student reads region features: pass --regions (a region feature "
+            "store: `madcache regions`)"
+        )
     return RegionLoader(store)
 
 
 def loader_for(student: Any, *, root: str | Path, regions: str | Path | None) -> VisualLoader:
     """`visual_loader` for an already built student, opening the region store it needs."""
-    store = None if visual_input(student) == PIXELS else \
-        region_loader(None if regions is None else str(regions)).store
+    store = (
+        None
+        if visual_input(student) == PIXELS
+        else region_loader(None if regions is None else str(regions)).store
+    )
     return visual_loader(student, root=root, store=store)
 
 

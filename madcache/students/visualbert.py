@@ -25,8 +25,9 @@ One sequence per scored text (docs/students.md):
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -34,9 +35,15 @@ from torch import nn
 from madcache.core.errors import ConfigError
 from madcache.data.records import Example
 from madcache.students.base import RegionInputs, StudentOutput
-from madcache.students.pretrained import (PretrainedStudent, PretrainedStudentConfig,
-                                          mlm_itm_losses, pretrained_parts, student_output,
-                                          text_inputs, transformers_task_model)
+from madcache.students.pretrained import (
+    PretrainedStudent,
+    PretrainedStudentConfig,
+    mlm_itm_losses,
+    pretrained_parts,
+    student_output,
+    text_inputs,
+    transformers_task_model,
+)
 
 
 @dataclass
@@ -72,35 +79,52 @@ class VisualBertStudent(PretrainedStudent):
     def prepare(self, examples: Sequence[Example], regions: RegionInputs) -> dict[str, Any]:
         """Tokenise every `example.texts[c]` (B x C sequences) with character offsets."""
         if not isinstance(regions, RegionInputs):
-            raise ConfigError("visualbert reads region features: build a region store with "
-                              "`madcache regions` and pass --regions")
+            raise ConfigError(
+                "visualbert reads region features: build a region store with "
+                "`madcache regions` and pass --regions"
+            )
         width = self.config.region_dim or self.model.config.visual_embedding_dim
         if regions.feat.shape[-1] != width:
-            raise ConfigError(f"region features have {regions.feat.shape[-1]} dims but the "
-                              f"student expects region_dim={width}: pass --student-option "
-                              f"region_dim={regions.feat.shape[-1]}")
+            raise ConfigError(
+                f"region features have {regions.feat.shape[-1]} dims but the "
+                f"student expects region_dim={width}: pass --student-option "
+                f"region_dim={regions.feat.shape[-1]}"
+            )
         return {**text_inputs(self, examples), "regions": regions.to(self.device)}
 
-    def encode(self, ids: torch.Tensor, mask: torch.Tensor, regions: RegionInputs,
-               rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(
+        self, ids: torch.Tensor, mask: torch.Tensor, regions: RegionInputs, rows: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(last hidden states [N, L + R, H], pooled [N, H]); sequence n sees image rows[n]."""
         visual = self.region_proj(regions.feat.float())[rows]
-        out = self.model.visual_bert(input_ids=ids, attention_mask=mask.long(),
-                                     token_type_ids=torch.zeros_like(ids),
-                                     visual_embeds=visual,
-                                     visual_attention_mask=regions.mask[rows].long())
+        out = self.model.visual_bert(
+            input_ids=ids,
+            attention_mask=mask.long(),
+            token_type_ids=torch.zeros_like(ids),
+            visual_embeds=visual,
+            visual_attention_mask=regions.mask[rows].long(),
+        )
         return out.last_hidden_state, out.pooler_output
 
     def forward(self, inputs: Mapping[str, Any]) -> StudentOutput:
-        return student_output(self, inputs, inputs["regions"],
-                              lambda pooled: self.head(self.dropout(pooled)))
+        return student_output(
+            self, inputs, inputs["regions"], lambda pooled: self.head(self.dropout(pooled))
+        )
 
-    def pretrain_losses(self, inputs: Mapping[str, Any], examples: Sequence[Example],
-                        generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def pretrain_losses(
+        self, inputs: Mapping[str, Any], examples: Sequence[Example], generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
         """MLM + ITM through the checkpoint's pretraining heads (module docstring)."""
-        return mlm_itm_losses(self, inputs, examples, inputs["regions"], generator,
-                              mlm_head=self.model.cls.predictions,
-                              itm_head=self.model.cls.seq_relationship, match_label=0)
+        return mlm_itm_losses(
+            self,
+            inputs,
+            examples,
+            inputs["regions"],
+            generator,
+            mlm_head=self.model.cls.predictions,
+            itm_head=self.model.cls.seq_relationship,
+            match_label=0,
+        )
 
     def transformers_model(self):
         """The trained student as transformers' `VisualBertForMultipleChoice` (VCR-style tasks)
@@ -110,22 +134,27 @@ class VisualBertStudent(PretrainedStudent):
         (the product of the two linear maps, exact up to float rounding)."""
         from transformers import VisualBertForMultipleChoice, VisualBertForVisualReasoning
 
-        task_cls = (VisualBertForMultipleChoice if self.task == "multiple_choice"
-                    else VisualBertForVisualReasoning)
+        task_cls = (
+            VisualBertForMultipleChoice
+            if self.task == "multiple_choice"
+            else VisualBertForVisualReasoning
+        )
         weights = {f"visual_bert.{k}": v for k, v in self.model.visual_bert.state_dict().items()}
         weights.update({"cls.weight": self.head.weight, "cls.bias": self.head.bias})
         changes = self.task_labels()
         if isinstance(self.region_proj, nn.Linear):
             prefix = "visual_bert.embeddings.visual_projection."
-            weight, bias = _folded(self.region_proj, weights[f"{prefix}weight"],
-                                   weights[f"{prefix}bias"])
+            weight, bias = _folded(
+                self.region_proj, weights[f"{prefix}weight"], weights[f"{prefix}bias"]
+            )
             weights.update({f"{prefix}weight": weight, f"{prefix}bias": bias})
             changes["visual_embedding_dim"] = self.region_proj.in_features
         return transformers_task_model(task_cls, self.model.config, weights, **changes)
 
 
-def _folded(first: nn.Linear, weight: torch.Tensor, bias: torch.Tensor
-            ) -> tuple[torch.Tensor, torch.Tensor]:
+def _folded(
+    first: nn.Linear, weight: torch.Tensor, bias: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One linear map equal to `first` followed by (weight, bias), computed in float64."""
     w1, b1 = first.weight.detach().double(), first.bias.detach().double()
     w2, b2 = weight.detach().double(), bias.detach().double()
@@ -136,8 +165,7 @@ def visualbert(**options: Any) -> VisualBertStudent:
     """Build the student from `--student-option` values (see `VisualBertConfig`)."""
     from transformers import VisualBertForPreTraining
 
-    return VisualBertStudent(*pretrained_parts(VisualBertConfig, VisualBertForPreTraining,
-                                               options))
+    return VisualBertStudent(*pretrained_parts(VisualBertConfig, VisualBertForPreTraining, options))
 
 
 visualbert.visual_input = "regions"

@@ -26,9 +26,10 @@ pretrained files the VCR cfgs start from, and the VCR checkpoints `vcr/train_end
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,15 +38,28 @@ from torch.nn import functional as F
 from madcache.core.errors import CheckpointCorruptError, ConfigError
 from madcache.core.io import load_weights
 from madcache.data.records import Example
-from madcache.students.base import (StudentOutput, exported_options, image_of, task_logits,
-                                    to_device)
+from madcache.students.base import StudentOutput, exported_options, image_of, task_logits, to_device
 from madcache.students.pretrained import PretrainedStudentConfig
 from madcache.students.pretraining import mask_tokens
-from madcache.students.vl_bert_inputs import (BoxPixelInputs, VlBertImages, VlBertTextEncoder,
-                                              VlBertTokens, pad_tokens)
-from madcache.students.vl_bert_model import (HEADS, UNUSED, FastRCNN, VisualLinguisticBert,
-                                             convert_state_dict, init_weights, mlm_head,
-                                             region_classifier, released_config, xavier_head)
+from madcache.students.vl_bert_inputs import (
+    BoxPixelInputs,
+    VlBertImages,
+    VlBertTextEncoder,
+    VlBertTokens,
+    pad_tokens,
+)
+from madcache.students.vl_bert_model import (
+    HEADS,
+    UNUSED,
+    FastRCNN,
+    VisualLinguisticBert,
+    convert_state_dict,
+    init_weights,
+    mlm_head,
+    region_classifier,
+    released_config,
+    xavier_head,
+)
 
 LOG = logging.getLogger("madcache.students.vl_bert")
 
@@ -71,14 +85,20 @@ class VlBertConfig(PretrainedStudentConfig):
 
     def __post_init__(self) -> None:
         if self.checkpoint is None and self.model_config is None:
-            raise ConfigError("vl-bert needs checkpoint=FILE: a released VL-BERT .model file "
-                              "(vl-bert-base-e2e.model, vl-bert_base_a_res101-*.model); "
-                              "madcache never downloads")
+            raise ConfigError(
+                "vl-bert needs checkpoint=FILE: a released VL-BERT .model file "
+                "(vl-bert-base-e2e.model, vl-bert_base_a_res101-*.model); "
+                "madcache never downloads"
+            )
         if len(self.scales) != 2 or not 0 < self.scales[0] <= self.scales[1]:
-            raise ConfigError(f"vl-bert: scales must be [shorter, longest] sides, got {self.scales}")
+            raise ConfigError(
+                f"vl-bert: scales must be [shorter, longest] sides, got {self.scales}"
+            )
         if any(s not in (1, 2, 3, 4, 5) for s in self.frozen_stages):
-            raise ConfigError(f"vl-bert: frozen_stages are 1-5 (conv1, layer1-3, RoI head), "
-                              f"got {self.frozen_stages}")
+            raise ConfigError(
+                f"vl-bert: frozen_stages are 1-5 (conv1, layer1-3, RoI head), "
+                f"got {self.frozen_stages}"
+            )
         super().__post_init__()
 
 
@@ -97,13 +117,17 @@ class VlBertStudent(nn.Module):
         self.task, self.answers = config.task, list(config.answers)
         self.text_input = VlBertTextEncoder(tokenizer, seq_len=config.seq_len)
         self.image_feature_extractor = FastRCNN(c["image_num_layers"], c["visual_size"])
-        self.object_linguistic_embeddings = nn.Embedding(1, hidden)   # object_word_embed_mode 2
+        self.object_linguistic_embeddings = nn.Embedding(1, hidden)  # object_word_embed_mode 2
         self.vlbert = VisualLinguisticBert(c)
         self.final_mlp = nn.Sequential(nn.Dropout(0.1), nn.Linear(hidden, config.num_outputs()))
         self.cnn_loss_reg = region_classifier(hidden)
         self.mlm_head = mlm_head(c, self.vlbert.word_embeddings)
-        for part in (self.object_linguistic_embeddings, self.vlbert, self.cnn_loss_reg,
-                     self.mlm_head):
+        for part in (
+            self.object_linguistic_embeddings,
+            self.vlbert,
+            self.cnn_loss_reg,
+            self.mlm_head,
+        ):
             part.apply(init_weights)
         xavier_head(self.final_mlp)
         self.freeze()
@@ -113,9 +137,13 @@ class VlBertStudent(nn.Module):
         """IMAGE_FROZEN_BACKBONE_STAGES / IMAGE_FROZEN_BN (fast_rcnn.py, resnet.py)."""
         extractor = self.image_feature_extractor
         backbone = extractor.backbone
-        stages = {1: (backbone.conv1, backbone.bn1), 2: (backbone.layer1,),
-                  3: (backbone.layer2,), 4: (backbone.layer3,),
-                  5: (extractor.roi_head_feature_extractor,)}
+        stages = {
+            1: (backbone.conv1, backbone.bn1),
+            2: (backbone.layer1,),
+            3: (backbone.layer2,),
+            4: (backbone.layer3,),
+            5: (extractor.roi_head_feature_extractor,),
+        }
         for stage in self.config.frozen_stages:
             for module in stages[stage]:
                 module.requires_grad_(False)
@@ -124,9 +152,9 @@ class VlBertStudent(nn.Module):
                 if isinstance(module, nn.BatchNorm2d):
                     module.requires_grad_(False)
 
-    def train(self, mode: bool = True) -> "VlBertStudent":
+    def train(self, mode: bool = True) -> VlBertStudent:
         super().train(mode)
-        if self.config.frozen_bn:            # ResNetVLBERT.train: frozen BatchNorm stays eval
+        if self.config.frozen_bn:  # ResNetVLBERT.train: frozen BatchNorm stays eval
             for module in self.image_feature_extractor.modules():
                 if isinstance(module, nn.BatchNorm2d):
                     module.eval()
@@ -147,13 +175,18 @@ class VlBertStudent(nn.Module):
 
     def collate(self, items: Sequence[VlBertTokens], images: BoxPixelInputs) -> dict[str, Any]:
         if not isinstance(images, BoxPixelInputs):
-            raise ConfigError("vl-bert reads the images and their boxes itself (its "
-                              "pixel_loader), not region features")
+            raise ConfigError(
+                "vl-bert reads the images and their boxes itself (its "
+                "pixel_loader), not region features"
+            )
         counts = {len(item.ids) for item in items}
         if len(counts) != 1:
             raise ValueError(f"a batch mixes examples with {sorted(counts)} choices")
-        return {**pad_tokens(items, self.tokenizer.pad_token_id), "num_choices": counts.pop(),
-                "images": images}
+        return {
+            **pad_tokens(items, self.tokenizer.pad_token_id),
+            "num_choices": counts.pop(),
+            "images": images,
+        }
 
     def prepare(self, examples: Sequence[Example], images: BoxPixelInputs) -> dict[str, Any]:
         return to_device(self.collate(self.tokenise(examples), images), self.device)
@@ -162,24 +195,38 @@ class VlBertStudent(nn.Module):
 
     def objects(self, images: BoxPixelInputs) -> torch.Tensor:
         """obj_reps [B, R, V]: one vector per box, once per image."""
-        return self.image_feature_extractor(images.pixels, images.boxes, images.box_mask,
-                                            images.masks, images.size)
+        return self.image_feature_extractor(
+            images.pixels, images.boxes, images.box_mask, images.masks, images.size
+        )
 
-    def encode(self, inputs: Mapping[str, Any], obj_reps: torch.Tensor, rows: torch.Tensor,
-               ids: torch.Tensor | None = None) -> torch.Tensor:
+    def encode(
+        self,
+        inputs: Mapping[str, Any],
+        obj_reps: torch.Tensor,
+        rows: torch.Tensor,
+        ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Hidden states [N, L + R + 1, H]; sequence n sees the boxes of image rows[n]."""
         ids = inputs["input_ids"] if ids is None else ids
         objects, box_mask = obj_reps[rows], inputs["images"].box_mask[rows]
         tags = inputs["tags"].clamp(max=objects.shape[1] - 1)
         text_visual = torch.gather(objects, 1, tags[..., None].expand(-1, -1, objects.shape[-1]))
-        return self.vlbert(ids, inputs["token_types"], inputs["attention_mask"], text_visual,
-                           objects, box_mask, self.object_linguistic_embeddings.weight[0])
+        return self.vlbert(
+            ids,
+            inputs["token_types"],
+            inputs["attention_mask"],
+            text_visual,
+            objects,
+            box_mask,
+            self.object_linguistic_embeddings.weight[0],
+        )
 
     def forward(self, inputs: Mapping[str, Any]) -> StudentOutput:
         ids, choices = inputs["input_ids"], inputs["num_choices"]
         batch, length = ids.shape[0] // choices, ids.shape[1]
-        hidden = self.encode(inputs, self.objects(inputs["images"]),
-                             image_of(batch, choices, ids.device))
+        hidden = self.encode(
+            inputs, self.objects(inputs["images"]), image_of(batch, choices, ids.device)
+        )
         scores = self.final_mlp(self.vlbert.pooler(hidden))
         scores = scores[:, 0] if self.task == "multiple_choice" else scores
         size = hidden.shape[-1]
@@ -188,38 +235,51 @@ class VlBertStudent(nn.Module):
             image_token=hidden[:, length].reshape(batch, choices, size),
             cls_token=hidden[:, 0].reshape(batch, choices, size),
             text_tokens=hidden[:, :length].reshape(batch, choices, length, size),
-            token_spans=inputs["token_spans"].reshape(batch, choices, length, 2))
+            token_spans=inputs["token_spans"].reshape(batch, choices, length, 2),
+        )
 
-    def pretrain_losses(self, inputs: Mapping[str, Any], examples: Sequence[Example],
-                        generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def pretrain_losses(
+        self, inputs: Mapping[str, Any], examples: Sequence[Example], generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
         """MLM with visual clues on the scored texts, and cnn_loss_reg on their boxes (module
         docstring), from one forward pass. Random draws come from `generator` (CPU)."""
         ids, choices = inputs["input_ids"], inputs["num_choices"]
         batch, length = ids.shape[0] // choices, ids.shape[1]
         real = inputs["token_spans"][..., 0] >= 0
-        masked, selected = mask_tokens(ids, real, generator, vocab_size=len(self.tokenizer),
-                                       mask_id=self.tokenizer.mask_token_id)
+        masked, selected = mask_tokens(
+            ids,
+            real,
+            generator,
+            vocab_size=len(self.tokenizer),
+            mask_id=self.tokenizer.mask_token_id,
+        )
         images = inputs["images"]
         rows = image_of(batch, choices, ids.device)
         hidden = self.encode(inputs, self.objects(images), rows, ids=masked)
         text = hidden[:, :length]
-        losses = {"mlm": F.cross_entropy(self.mlm_head.predictions(text[selected]), ids[selected])
-                  if selected.any() else text.sum() * 0.0}
+        losses = {
+            "mlm": F.cross_entropy(self.mlm_head.predictions(text[selected]), ids[selected])
+            if selected.any()
+            else text.sum() * 0.0
+        }
         if self.config.cnn_reg:
             boxes = hidden[:, length:-1]
             real_box = images.box_mask[rows]
-            losses["cnn_reg"] = F.cross_entropy(self.cnn_loss_reg(boxes[real_box]),
-                                                images.classes[rows][real_box])
+            losses["cnn_reg"] = F.cross_entropy(
+                self.cnn_loss_reg(boxes[real_box]), images.classes[rows][real_box]
+            )
         return losses
 
     def export_options(self, directory: Path) -> dict[str, Any]:
         """Options that rebuild the student (`save_student`): the resolved model config, the
         tokenizer written to `directory/tokenizer`."""
-        return exported_options(self.config, self.tokenizer, directory, checkpoint=None,
-                                model_config=self.model_config)
+        return exported_options(
+            self.config, self.tokenizer, directory, checkpoint=None, model_config=self.model_config
+        )
 
 
 # ----------------------------------------------------------------------------- loading
+
 
 def load_released(student: VlBertStudent, state: Mapping[str, torch.Tensor], path: Path) -> str:
     """Load a converted state dict into `student`: a missing body weight, an unknown key or a
@@ -228,22 +288,34 @@ def load_released(student: VlBertStudent, state: Mapping[str, torch.Tensor], pat
     own = student.state_dict()
     ignored = sorted(k for k in state if k.startswith(UNUSED))
     unknown = sorted(k for k in state if k not in own and k not in ignored)
-    misfit = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
-              if k in own and v.shape != own[k].shape]
+    misfit = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and v.shape != own[k].shape
+    ]
     new_head = [k for k in misfit if k.startswith("final_mlp.")]
     misfit = [k for k in misfit if k not in new_head]
     missing = sorted(k for k in own if k not in state and not k.endswith("num_batches_tracked"))
     body_missing = [k for k in missing if not k.startswith(HEADS)]
     if unknown or misfit or body_missing:
-        parts = [f"{label} {_names(keys)}" for label, keys in
-                 (("missing", body_missing), ("unexpected", unknown), ("wrong shape", misfit))
-                 if keys]
-        raise CheckpointCorruptError(f"vl-bert: {path} does not fit VL-BERT's VCR model: "
-                                     f"{'; '.join(parts)}; pass a released VL-BERT .model "
-                                     "file (vl-bert-base-e2e.model, vl-bert_base_a_res101-*)")
+        parts = [
+            f"{label} {_names(keys)}"
+            for label, keys in (
+                ("missing", body_missing),
+                ("unexpected", unknown),
+                ("wrong shape", misfit),
+            )
+            if keys
+        ]
+        raise CheckpointCorruptError(
+            f"vl-bert: {path} does not fit VL-BERT's VCR model: "
+            f"{'; '.join(parts)}; pass a released VL-BERT .model "
+            "file (vl-bert-base-e2e.model, vl-bert_base_a_res101-*)"
+        )
     skip = {k.split(" ")[0] for k in new_head}
-    student.load_state_dict({k: v for k, v in state.items() if k in own and k not in skip},
-                            strict=False)
+    student.load_state_dict(
+        {k: v for k, v in state.items() if k in own and k not in skip}, strict=False
+    )
     random = sorted({k.rsplit(".", 1)[0] for k in [*missing, *skip]})
     report = f"vl-bert: loaded {path} ({len(state) - len(ignored) - len(skip)} tensors)"
     if random:
@@ -259,24 +331,31 @@ def _names(keys: Sequence[str], limit: int = 8) -> str:
     return ", ".join(keys[:limit]) + more
 
 
-BODY = ("vlbert.word_embeddings.weight", "vlbert.encoder.layer.0.intermediate.dense.weight",
-        "image_feature_extractor.obj_downsample.1.weight")
+BODY = (
+    "vlbert.word_embeddings.weight",
+    "vlbert.encoder.layer.0.intermediate.dense.weight",
+    "image_feature_extractor.obj_downsample.1.weight",
+)
 
 
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """A released `.model` (torch.load weights_only=True; its `state_dict` unwrapped)
     converted by `convert_state_dict`."""
     released = load_weights(path, what="vl-bert checkpoint")
-    if not isinstance(released, dict) or not all(isinstance(v, torch.Tensor)
-                                                  for v in released.values()):
-        raise CheckpointCorruptError(f"vl-bert: {path} is not a state dict of tensors; pass a "
-                                     "released VL-BERT .model file")
+    if not isinstance(released, dict) or not all(
+        isinstance(v, torch.Tensor) for v in released.values()
+    ):
+        raise CheckpointCorruptError(
+            f"vl-bert: {path} is not a state dict of tensors; pass a released VL-BERT .model file"
+        )
     state = convert_state_dict(released)
     absent = [k for k in BODY if k not in state]
     if absent:
-        raise CheckpointCorruptError(f"vl-bert: {path} does not fit VL-BERT's VCR model: "
-                                     f"missing {_names(absent)}; pass a released VL-BERT "
-                                     ".model file (vl-bert-base-e2e.model, ...)")
+        raise CheckpointCorruptError(
+            f"vl-bert: {path} does not fit VL-BERT's VCR model: "
+            f"missing {_names(absent)}; pass a released VL-BERT "
+            ".model file (vl-bert-base-e2e.model, ...)"
+        )
     return state
 
 
@@ -286,22 +365,27 @@ def vl_bert(**options: Any) -> VlBertStudent:
 
     config = VlBertConfig.from_options(options)
     if config.tokenizer_dir is None:
-        raise ConfigError("vl-bert needs tokenizer_dir=DIR: a local bert-base-uncased directory "
-                          "(vocab.txt), the vocabulary VL-BERT was trained with")
+        raise ConfigError(
+            "vl-bert needs tokenizer_dir=DIR: a local bert-base-uncased directory "
+            "(vocab.txt), the vocabulary VL-BERT was trained with"
+        )
     tokenizer = load_tokenizer(config.tokenizer_dir)
-    if config.model_config is not None:            # a saved student: weights come later
+    if config.model_config is not None:  # a saved student: weights come later
         return VlBertStudent(config, tokenizer, config.model_config)
     path = Path(config.checkpoint).expanduser()
     state = read_checkpoint(path)
     try:
         model_config = released_config(state, config.num_attention_heads)
     except (KeyError, ValueError) as error:
-        raise CheckpointCorruptError(f"vl-bert: {path} does not fit VL-BERT's VCR model: "
-                                     f"{error}") from None
+        raise CheckpointCorruptError(
+            f"vl-bert: {path} does not fit VL-BERT's VCR model: {error}"
+        ) from None
     if len(tokenizer) != model_config["vocab_size"]:
-        raise ConfigError(f"vl-bert: the tokenizer in {config.tokenizer_dir} has "
-                          f"{len(tokenizer)} tokens, the checkpoint's vocabulary "
-                          f"{model_config['vocab_size']}: pass bert-base-uncased's directory")
+        raise ConfigError(
+            f"vl-bert: the tokenizer in {config.tokenizer_dir} has "
+            f"{len(tokenizer)} tokens, the checkpoint's vocabulary "
+            f"{model_config['vocab_size']}: pass bert-base-uncased's directory"
+        )
     student = VlBertStudent(config, tokenizer, model_config)
     student.load_report = load_released(student, state, path)
     LOG.warning(student.load_report)

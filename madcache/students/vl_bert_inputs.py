@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,8 +36,21 @@ from madcache.data.records import Example, Text, Word
 from madcache.students.tokens import TOKENIZER_LOCK
 from madcache.students.uniter_vcr import question_words
 
-NAMES = ("Casey", "Riley", "Jessie", "Jackie", "Avery", "Jaime", "Peyton", "Kerry", "Jody",
-         "Kendall", "Frankie", "Pat", "Quinn")   # vcr.py GENDER_NEUTRAL_NAMES
+NAMES = (
+    "Casey",
+    "Riley",
+    "Jessie",
+    "Jackie",
+    "Avery",
+    "Jaime",
+    "Peyton",
+    "Kerry",
+    "Jody",
+    "Kendall",
+    "Frankie",
+    "Pat",
+    "Quinn",
+)  # vcr.py GENDER_NEUTRAL_NAMES
 CATEGORIES = (
     "__background__ person bicycle car motorcycle airplane bus train truck boat trafficlight "
     "firehydrant stopsign parkingmeter bench bird cat dog horse sheep cow elephant bear zebra "
@@ -44,9 +58,10 @@ CATEGORIES = (
     "baseballbat baseballglove skateboard surfboard tennisracket bottle wineglass cup fork knife "
     "spoon bowl banana apple sandwich orange broccoli carrot hotdog pizza donut cake chair couch "
     "pottedplant bed diningtable toilet tv laptop mouse remote keyboard cellphone microwave oven "
-    "toaster sink refrigerator book clock vase scissors teddybear hairdrier toothbrush").split()
+    "toaster sink refrigerator book clock vase scissors teddybear hairdrier toothbrush"
+).split()
 MASK_SIZE = 14
-Row = tuple[int, int, int, int]          # (id, tag, char start, char end)
+Row = tuple[int, int, int, int]  # (id, tag, char start, char end)
 
 
 @dataclass
@@ -68,31 +83,33 @@ class VlBertTextEncoder:
         if not words:
             return []
         with TOKENIZER_LOCK:
-            enc = self.tokenizer(list(words), add_special_tokens=False,
-                                 return_offsets_mapping=True)
-        return [list(zip(i, (a for a, _ in o), (b for _, b in o)))
-                for i, o in zip(enc["input_ids"], enc["offset_mapping"])]
+            enc = self.tokenizer(list(words), add_special_tokens=False, return_offsets_mapping=True)
+        return [
+            list(zip(i, (a for a, _ in o), (b for _, b in o)))
+            for i, o in zip(enc["input_ids"], enc["offset_mapping"])
+        ]
 
     def words(self, text: Text, words: Sequence[Word], objects: Sequence[str]) -> list[Row]:
         """`retokenize_and_convert_to_ids_with_tag` on madcache's words of `text`."""
         shown = [self._shown(w, k, words, objects) for k, w in enumerate(words)]
         rows: list[Row] = []
         for word, (_, tag), piece in zip(words, shown, self._pieces([s for s, _ in shown])):
-            if tag is None:      # an ordinary word: tag 0, its sub-tokens' own offsets
+            if tag is None:  # an ordinary word: tag 0, its sub-tokens' own offsets
                 rows += [(i, 0, word.start + a, word.start + b) for i, a, b in piece]
-            else:                # a name (or "and") standing for the word: the word's span
+            else:  # a name (or "and") standing for the word: the word's span
                 rows += [(i, tag, word.start, word.end) for i, _, _ in piece]
         return rows
 
     @staticmethod
-    def _shown(word: Word, k: int, words: Sequence[Word], objects: Sequence[str]
-               ) -> tuple[str, int | None]:
+    def _shown(
+        word: Word, k: int, words: Sequence[Word], objects: Sequence[str]
+    ) -> tuple[str, int | None]:
         """What VL-BERT tokenises for a word, and its tag (None: an ordinary word, tag 0)."""
         if len(word.boxes) == 1 and word.boxes[0] < len(objects):
             i = word.boxes[0]
             return (NAMES[i % len(NAMES)] if objects[i] == "person" else objects[i]), i + 1
         between = 0 < k < len(words) - 1 and words[k - 1].boxes and words[k + 1].boxes
-        if word.text == "," and between:   # "a, b and c": VL-BERT joins every pair by "and"
+        if word.text == "," and between:  # "a, b and c": VL-BERT joins every pair by "and"
             return "and", 0
         return word.text, None
 
@@ -103,11 +120,16 @@ class VlBertTextEncoder:
         else:
             rows = self._pairs(example, objects)
         arrays = [np.asarray(r, dtype=np.int64).reshape(-1, 5) for r in rows]
-        return VlBertTokens(example.image_id, [a[:, 0] for a in arrays], [a[:, 1] for a in arrays],
-                            [a[:, 2] for a in arrays], [a[:, 3:] for a in arrays])
+        return VlBertTokens(
+            example.image_id,
+            [a[:, 0] for a in arrays],
+            [a[:, 1] for a in arrays],
+            [a[:, 2] for a in arrays],
+            [a[:, 3:] for a in arrays],
+        )
 
     def _single(self, text: Text, objects: Sequence[str]) -> list[tuple[int, ...]]:
-        body = self.words(text, text.words, objects)[:self.seq_len]
+        body = self.words(text, text.words, objects)[: self.seq_len]
         return self._sequence(body, [])
 
     def _pairs(self, example: Example, objects: Sequence[str]) -> list[list[tuple[int, ...]]]:
@@ -118,9 +140,11 @@ class VlBertTextEncoder:
         shift = len(context.text) + 1
         out = []
         for choice in example.choices:
-            c = [(i, t, s + shift, e + shift) for i, t, s, e in
-                 self.words(choice, choice.words, objects)]
-            if a:                                   # QA->R (vcr.py __getitem__, 'QA2R')
+            c = [
+                (i, t, s + shift, e + shift)
+                for i, t, s, e in self.words(choice, choice.words, objects)
+            ]
+            if a:  # QA->R (vcr.py __getitem__, 'QA2R')
                 while len(q) + len(a) + len(c) > self.seq_len:
                     if len(c) > len(q) + len(a):
                         c.pop()
@@ -128,7 +152,7 @@ class VlBertTextEncoder:
                         q.pop()
                     else:
                         a.pop()
-            else:                                   # Q->A: the question shrinks for good
+            else:  # Q->A: the question shrinks for good
                 while len(q) + len(c) > self.seq_len:
                     (c if len(c) > len(q) else q).pop()
             out.append(self._sequence(q + a, c))
@@ -146,14 +170,19 @@ class VlBertTextEncoder:
 
 def pad_tokens(items: Sequence[VlBertTokens], pad_id: int) -> dict[str, torch.Tensor]:
     """The B x C sequences of a batch, padded: ids, types, tags, mask, spans ((-1, -1) pads)."""
-    rows = [(i, t, g, s) for item in items
-            for i, t, g, s in zip(item.ids, item.types, item.tags, item.spans)]
+    rows = [
+        (i, t, g, s)
+        for item in items
+        for i, t, g, s in zip(item.ids, item.types, item.tags, item.spans)
+    ]
     n, length = len(rows), max(len(r[0]) for r in rows)
-    out = {"input_ids": torch.full((n, length), pad_id, dtype=torch.long),
-           "token_types": torch.zeros((n, length), dtype=torch.long),
-           "tags": torch.zeros((n, length), dtype=torch.long),
-           "attention_mask": torch.zeros((n, length), dtype=torch.bool),
-           "token_spans": torch.full((n, length, 2), -1, dtype=torch.long)}
+    out = {
+        "input_ids": torch.full((n, length), pad_id, dtype=torch.long),
+        "token_types": torch.zeros((n, length), dtype=torch.long),
+        "tags": torch.zeros((n, length), dtype=torch.long),
+        "attention_mask": torch.zeros((n, length), dtype=torch.bool),
+        "token_spans": torch.full((n, length, 2), -1, dtype=torch.long),
+    }
     for k, (ids, types, tags, spans) in enumerate(rows):
         size = len(ids)
         out["input_ids"][k, :size] = torch.from_numpy(ids)
@@ -166,20 +195,25 @@ def pad_tokens(items: Sequence[VlBertTokens], pad_id: int) -> dict[str, torch.Te
 
 # ----------------------------------------------------------------------------- images
 
+
 @dataclass
 class BoxPixelInputs:
     """A batch of images as VL-BERT reads them, with the dataset's boxes (resized pixels)."""
 
-    pixels: torch.Tensor     # [B, 3, H, W] float32, BGR x 255 minus the means
-    boxes: torch.Tensor      # [B, R, 4] float32 (x1, y1, x2, y2): whole image, then objects
-    box_mask: torch.Tensor   # [B, R] bool
-    classes: torch.Tensor    # [B, R] long: CATEGORIES index (0 whole image / padding)
-    masks: torch.Tensor      # [B, R, 14, 14] float32 instance masks
-    size: torch.Tensor       # [B, 2] float32: the resized image's (w, h)
+    pixels: torch.Tensor  # [B, 3, H, W] float32, BGR x 255 minus the means
+    boxes: torch.Tensor  # [B, R, 4] float32 (x1, y1, x2, y2): whole image, then objects
+    box_mask: torch.Tensor  # [B, R] bool
+    classes: torch.Tensor  # [B, R] long: CATEGORIES index (0 whole image / padding)
+    masks: torch.Tensor  # [B, R, 14, 14] float32 instance masks
+    size: torch.Tensor  # [B, 2] float32: the resized image's (w, h)
 
-    def to(self, device: str | torch.device) -> "BoxPixelInputs":
-        return BoxPixelInputs(*(getattr(self, f).to(device) for f in
-                                ("pixels", "boxes", "box_mask", "classes", "masks", "size")))
+    def to(self, device: str | torch.device) -> BoxPixelInputs:
+        return BoxPixelInputs(
+            *(
+                getattr(self, f).to(device)
+                for f in ("pixels", "boxes", "box_mask", "classes", "masks", "size")
+            )
+        )
 
 
 def target_size(width: int, height: int, scales: Sequence[int]) -> tuple[int, int]:
@@ -200,8 +234,9 @@ def instance_mask(polygons: Sequence[Any], box: Sequence[float]) -> torch.Tensor
     try:
         from skimage.draw import polygon as draw
     except ImportError:
-        raise ConfigError("vl-bert draws its instance masks with scikit-image: "
-                          "pip install 'madcache[vlbert]'") from None
+        raise ConfigError(
+            "vl-bert draws its instance masks with scikit-image: pip install 'madcache[vlbert]'"
+        ) from None
     mask = torch.zeros(MASK_SIZE, MASK_SIZE)
     ratio_x = float(MASK_SIZE) / (box[2] - box[0] + 1)
     ratio_y = float(MASK_SIZE) / (box[3] - box[1] + 1)
@@ -218,8 +253,9 @@ class VlBertImages:
     """Examples -> `BoxPixelInputs`: each image read, resized and boxed once (the `keep` most
     recently used kept). Thread-safe, like students/visual.py's PixelLoader."""
 
-    def __init__(self, root: str | Path, *, scales: Sequence[int], means: Sequence[float],
-                 keep: int = 64) -> None:
+    def __init__(
+        self, root: str | Path, *, scales: Sequence[int], means: Sequence[float], keep: int = 64
+    ) -> None:
         self.root, self.scales, self.means, self.keep = Path(root), list(scales), list(means), keep
         self.memo: OrderedDict[str, tuple[torch.Tensor, ...]] = OrderedDict()
         self.lock = threading.Lock()
@@ -229,14 +265,16 @@ class VlBertImages:
         height = max(i[0].shape[1] for i in items)
         width = max(i[0].shape[2] for i in items)
         count = max(i[1].shape[0] for i in items)
-        batch = BoxPixelInputs(torch.zeros(len(items), 3, height, width),
-                               torch.zeros(len(items), count, 4),
-                               torch.zeros(len(items), count, dtype=torch.bool),
-                               torch.zeros(len(items), count, dtype=torch.long),
-                               torch.zeros(len(items), count, MASK_SIZE, MASK_SIZE),
-                               torch.stack([i[4] for i in items]))
+        batch = BoxPixelInputs(
+            torch.zeros(len(items), 3, height, width),
+            torch.zeros(len(items), count, 4),
+            torch.zeros(len(items), count, dtype=torch.bool),
+            torch.zeros(len(items), count, dtype=torch.long),
+            torch.zeros(len(items), count, MASK_SIZE, MASK_SIZE),
+            torch.stack([i[4] for i in items]),
+        )
         for b, (pixels, boxes, classes, masks, _) in enumerate(items):
-            batch.pixels[b, :, :pixels.shape[1], :pixels.shape[2]] = pixels
+            batch.pixels[b, :, : pixels.shape[1], : pixels.shape[2]] = pixels
             n = boxes.shape[0]
             batch.boxes[b, :n], batch.box_mask[b, :n] = boxes, True
             batch.classes[b, :n], batch.masks[b, :n] = classes, masks
@@ -281,5 +319,10 @@ class VlBertImages:
         box = torch.tensor(boxes) * torch.tensor([w / w0, h / h0, w / w0, h / h0])
         box[:, 0::2] = box[:, 0::2].clamp(0, w - 1)
         box[:, 1::2] = box[:, 1::2].clamp(0, h - 1)
-        return (pixels, box, torch.tensor(classes), torch.stack(masks),
-                torch.tensor([float(w), float(h)]))
+        return (
+            pixels,
+            box,
+            torch.tensor(classes),
+            torch.stack(masks),
+            torch.tensor([float(w), float(h)]),
+        )

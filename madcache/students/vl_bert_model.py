@@ -20,7 +20,8 @@ gives, the outputs at real positions are the same).
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,28 +31,32 @@ from madcache.students.uniter_model import EPS, Encoder, MlmHead, Pooler
 
 RESNET_BLOCKS = {50: (3, 4, 6), 101: (3, 4, 23), 152: (3, 8, 36)}
 ROI_SIZE, ROI_SCALE = 14, 1.0 / 16
-COORD_DIM = 256            # fast_rcnn.py: coordinate_embeddings(..., 256): 4 x 2 x 256 = 2048
-NUM_CLASSES = 81           # VCR's COCO categories + background (the cnn_loss_reg head)
+COORD_DIM = 256  # fast_rcnn.py: coordinate_embeddings(..., 256): 4 x 2 x 256 = 2048
+NUM_CLASSES = 81  # VCR's COCO categories + background (the cnn_loss_reg head)
 
 
 def _norm(width: int) -> nn.LayerNorm:
     return nn.LayerNorm(width, eps=EPS)
 
 
-def res_layer(inplanes: int, planes: int, blocks: int, *, stride: int, dilation: int = 1
-              ) -> nn.Sequential:
+def res_layer(
+    inplanes: int, planes: int, blocks: int, *, stride: int, dilation: int = 1
+) -> nn.Sequential:
     """VL-BERT's `ResNet._make_layer` with `stride_in_1x1` (its cfgs: IMAGE_STRIDE_IN_1x1 true):
     torchvision's Bottleneck, the first block striding in conv1 and every block dilated."""
     from torchvision.models.resnet import Bottleneck
 
     downsample = None
     if stride != 1 or inplanes != planes * 4:
-        downsample = nn.Sequential(nn.Conv2d(inplanes, planes * 4, 1, stride=stride, bias=False),
-                                   nn.BatchNorm2d(planes * 4))
+        downsample = nn.Sequential(
+            nn.Conv2d(inplanes, planes * 4, 1, stride=stride, bias=False),
+            nn.BatchNorm2d(planes * 4),
+        )
     first = Bottleneck(inplanes, planes, 1, downsample, dilation=dilation)
     first.conv1.stride = (stride, stride)
-    return nn.Sequential(first, *(Bottleneck(planes * 4, planes, dilation=dilation)
-                                  for _ in range(blocks - 1)))
+    return nn.Sequential(
+        first, *(Bottleneck(planes * 4, planes, dilation=dilation) for _ in range(blocks - 1))
+    )
 
 
 class Backbone(nn.Module):
@@ -75,10 +80,15 @@ def coordinate_embeddings(boxes: torch.Tensor, size: torch.Tensor) -> torch.Tens
     """`common/utils/bbox.py`: boxes [K, 4] (x1, y1, x2, y2 in resized pixels) and the image's
     resized (w, h) [K, 2] -> sin/cos of (centre, size) x 100 / image size, [K, 4 * 2 * 256]."""
     w, h = size[:, 0], size[:, 1]
-    pos = torch.stack([(boxes[:, 0] + boxes[:, 2]) / 2 / w * 100,
-                       (boxes[:, 1] + boxes[:, 3]) / 2 / h * 100,
-                       (boxes[:, 2] - boxes[:, 0]) / w * 100,
-                       (boxes[:, 3] - boxes[:, 1]) / h * 100], dim=1)
+    pos = torch.stack(
+        [
+            (boxes[:, 0] + boxes[:, 2]) / 2 / w * 100,
+            (boxes[:, 1] + boxes[:, 3]) / 2 / h * 100,
+            (boxes[:, 2] - boxes[:, 0]) / w * 100,
+            (boxes[:, 3] - boxes[:, 1]) / h * 100,
+        ],
+        dim=1,
+    )
     dim_mat = 1000 ** (torch.arange(COORD_DIM, dtype=boxes.dtype, device=boxes.device) / COORD_DIM)
     angle = pos[:, :, None] / dim_mat
     return torch.cat([angle.sin(), angle.cos()], dim=-1).flatten(1)
@@ -91,11 +101,18 @@ class FastRCNN(nn.Module):
         super().__init__()
         self.backbone = Backbone(depth)
         self.roi_head_feature_extractor = res_layer(1024, 512, 3, stride=1, dilation=2)
-        self.obj_downsample = nn.Sequential(nn.Dropout(0.1), nn.Linear(2 * 2048, final_dim),
-                                            nn.ReLU())
+        self.obj_downsample = nn.Sequential(
+            nn.Dropout(0.1), nn.Linear(2 * 2048, final_dim), nn.ReLU()
+        )
 
-    def forward(self, images: torch.Tensor, boxes: torch.Tensor, box_mask: torch.Tensor,
-                masks: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        images: torch.Tensor,
+        boxes: torch.Tensor,
+        box_mask: torch.Tensor,
+        masks: torch.Tensor,
+        size: torch.Tensor,
+    ) -> torch.Tensor:
         """images [B, 3, H, W], boxes [B, R, 4] (resized pixels), box_mask [B, R], masks
         [B, R, 14, 14], size [B, 2] (resized w, h) -> obj_reps [B, R, final_dim] (0 at padding)."""
         from torchvision.ops import roi_align
@@ -103,8 +120,14 @@ class FastRCNN(nn.Module):
         index = box_mask.nonzero()
         b, r = index[:, 0], index[:, 1]
         rois = torch.cat([b[:, None].to(boxes.dtype), boxes[b, r]], dim=1)
-        pooled = roi_align(self.backbone(images).float(), rois.float(), (ROI_SIZE, ROI_SIZE),
-                           ROI_SCALE, 1, aligned=False).to(images.dtype)
+        pooled = roi_align(
+            self.backbone(images).float(),
+            rois.float(),
+            (ROI_SIZE, ROI_SIZE),
+            ROI_SCALE,
+            1,
+            aligned=False,
+        ).to(images.dtype)
         feats = self.roi_head_feature_extractor(pooled) * masks[b, r][:, None].to(pooled.dtype)
         feats = feats.mean(dim=(2, 3))
         coords = coordinate_embeddings(boxes[b, r], size[b])
@@ -138,9 +161,16 @@ class VisualLinguisticBert(nn.Module):
         project = getattr(self, f"visual_1x1_{kind}", None)
         return getattr(self, f"visual_ln_{kind}")(x if project is None else project(x))
 
-    def forward(self, ids: torch.Tensor, types: torch.Tensor, text_mask: torch.Tensor,
-                text_visual: torch.Tensor, objects: torch.Tensor, object_mask: torch.Tensor,
-                object_word: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        ids: torch.Tensor,
+        types: torch.Tensor,
+        text_mask: torch.Tensor,
+        text_visual: torch.Tensor,
+        objects: torch.Tensor,
+        object_mask: torch.Tensor,
+        object_word: torch.Tensor,
+    ) -> torch.Tensor:
         """Hidden states [N, L + R + 1, H] of [text (L), boxes (R), END]. `text_visual`
         [N, L, V] the obj_reps of each token's box, `objects` [N, R, V], `object_word` [H]."""
         n, length = ids.shape
@@ -150,8 +180,14 @@ class VisualLinguisticBert(nn.Module):
         end = self.end_embedding.weight.expand(n, 1, -1)
         x = torch.cat([text, boxes, end], dim=1)
         rows = objects.shape[1]
-        positions = torch.cat([torch.arange(length, device=ids.device).expand(n, -1),
-                               text_len.expand(n, rows), text_len + 1], dim=1)
+        positions = torch.cat(
+            [
+                torch.arange(length, device=ids.device).expand(n, -1),
+                text_len.expand(n, rows),
+                text_len + 1,
+            ],
+            dim=1,
+        )
         kinds = torch.cat([types, types.new_full((n, rows + 1), 2)], dim=1)
         x = x + self.position_embeddings(positions) + self.token_type_embeddings(kinds)
         x = self.embedding_dropout(self.embedding_LayerNorm(x))
@@ -190,9 +226,13 @@ def mlm_head(c: Mapping[str, Any], word_embeddings: nn.Embedding) -> nn.Module:
 RENAMES = (("vlbert.mvrc_head.transform.", "cnn_loss_reg.0."), ("vlbert.mlm_head.", "mlm_head."))
 TIED = ("image_feature_extractor.head.0.", "mlm_head.predictions.decoder.")
 # pretraining parts the VCR model has no use for: never an error, reported as not used
-UNUSED = ("vlbert.mvrc_head.region_cls_pred.", "vlbert.relationsip_head.",
-          "object_mask_word_embedding.", "object_mask_visual_embedding.",
-          "aux_text_visual_embedding.")
+UNUSED = (
+    "vlbert.mvrc_head.region_cls_pred.",
+    "vlbert.relationsip_head.",
+    "object_mask_word_embedding.",
+    "object_mask_visual_embedding.",
+    "aux_text_visual_embedding.",
+)
 HEADS = ("final_mlp.", "cnn_loss_reg.", "mlm_head.")
 
 
@@ -204,7 +244,7 @@ def renamed(released: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         key = key.removeprefix("module.").replace("vlbert._module.", "vlbert.", 1)
         for old, new in RENAMES:
             if key.startswith(old):
-                key = new + key[len(old):]
+                key = new + key[len(old) :]
                 break
         if not key.startswith(TIED):
             out[key] = value
@@ -228,22 +268,33 @@ def released_config(state: Mapping[str, torch.Tensor], heads: int | None) -> dic
     words = state["vlbert.word_embeddings.weight"]
     hidden = words.shape[1]
     layers = {int(k.split(".")[3]) for k in state if k.startswith("vlbert.encoder.layer.")}
-    blocks = {int(k.split(".")[3]) for k in state
-              if k.startswith("image_feature_extractor.backbone.layer3.")}
+    blocks = {
+        int(k.split(".")[3])
+        for k in state
+        if k.startswith("image_feature_extractor.backbone.layer3.")
+    }
     if not blocks:
-        raise ValueError("no ResNet (image_feature_extractor.backbone.*): a *-prec.model of "
-                         "precomputed features cannot drive the pixel model; pass an *-e2e.model")
+        raise ValueError(
+            "no ResNet (image_feature_extractor.backbone.*): a *-prec.model of "
+            "precomputed features cannot drive the pixel model; pass an *-e2e.model"
+        )
     depth = {v[2]: d for d, v in RESNET_BLOCKS.items()}.get(max(blocks) + 1)
     if depth is None:
         raise ValueError(f"layer3 has {max(blocks) + 1} blocks, not a ResNet-50/101/152")
-    return {"vocab_size": words.shape[0], "hidden_size": hidden,
-            "num_hidden_layers": max(layers) + 1, "num_attention_heads": heads or hidden // 64,
-            "intermediate_size": state["vlbert.encoder.layer.0.intermediate.dense.weight"].shape[0],
-            "max_position_embeddings": state["vlbert.position_embeddings.weight"].shape[0],
-            "type_vocab_size": state["vlbert.token_type_embeddings.weight"].shape[0],
-            "visual_size": state["image_feature_extractor.obj_downsample.1.weight"].shape[0],
-            "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
-            "initializer_range": 0.02, "image_num_layers": depth}
+    return {
+        "vocab_size": words.shape[0],
+        "hidden_size": hidden,
+        "num_hidden_layers": max(layers) + 1,
+        "num_attention_heads": heads or hidden // 64,
+        "intermediate_size": state["vlbert.encoder.layer.0.intermediate.dense.weight"].shape[0],
+        "max_position_embeddings": state["vlbert.position_embeddings.weight"].shape[0],
+        "type_vocab_size": state["vlbert.token_type_embeddings.weight"].shape[0],
+        "visual_size": state["image_feature_extractor.obj_downsample.1.weight"].shape[0],
+        "hidden_dropout_prob": 0.1,
+        "attention_probs_dropout_prob": 0.1,
+        "initializer_range": 0.02,
+        "image_num_layers": depth,
+    }
 
 
 def init_weights(module: nn.Module, std: float = 0.02) -> None:
@@ -263,5 +314,14 @@ def xavier_head(head: nn.Sequential) -> None:
             nn.init.xavier_uniform_(m.weight), nn.init.zeros_(m.bias)
 
 
-__all__ = ["FastRCNN", "VisualLinguisticBert", "convert_state_dict", "init_weights", "mlm_head",
-           "region_classifier", "released_config", "renamed", "xavier_head"]
+__all__ = [
+    "FastRCNN",
+    "VisualLinguisticBert",
+    "convert_state_dict",
+    "init_weights",
+    "mlm_head",
+    "region_classifier",
+    "released_config",
+    "renamed",
+    "xavier_head",
+]

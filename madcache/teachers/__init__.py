@@ -20,9 +20,11 @@ __all__ = ["TEACHERS", "Teacher", "TextEncoding", "TokenBatch", "pool_words", "l
 
 def _lazy(target: str, **fixed: Any):
     """A factory that imports `module:function` on first use and calls it with `fixed` options."""
+
     def factory(**options: Any) -> Teacher:
         module_name, attr = target.split(":")
         return getattr(importlib.import_module(module_name), attr)(**fixed, **options)
+
     factory.__qualname__ = f"lazy({target})"
     return factory
 
@@ -48,8 +50,9 @@ TEACHERS.register("hf-clip:<dir>", _lazy(_HF_CLIP))
 TEACHERS.register("siglip:<dir>", _lazy(_SIGLIP))
 
 
-def load_teacher(name: str, *, checkpoint: str | Path | None = None, device: str = "cpu",
-                 **options: Any) -> Teacher:
+def load_teacher(
+    name: str, *, checkpoint: str | Path | None = None, device: str = "cpu", **options: Any
+) -> Teacher:
     """Build a frozen teacher by registry name, e.g. `clip-vit-b16`, `openclip:ViT-B-32`,
     `openclip-config:my.json`, `roberta:/models/roberta-base`.
 

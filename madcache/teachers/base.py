@@ -10,23 +10,24 @@ is the mean of its sub-token features, in the same space as the text embedding.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from madcache.core.registry import Registry
 from madcache.data.records import Text
 from madcache.data.wordpieces import TokenBatch
-from madcache.core.registry import Registry
 
 
 @dataclass
 class TextEncoding:
-    eos: torch.Tensor                # [B, Dt] text embedding (CLIP: projected EOS)
-    word_feat: list[torch.Tensor]    # B x [W_b, Dt]: mean of each word's sub-token features
+    eos: torch.Tensor  # [B, Dt] text embedding (CLIP: projected EOS)
+    word_feat: list[torch.Tensor]  # B x [W_b, Dt]: mean of each word's sub-token features
     word_truncated: list[torch.Tensor]  # B x [W_b] bool: word lost (wholly or partly) to truncation
-    truncated: torch.Tensor          # [B] bool
+    truncated: torch.Tensor  # [B] bool
 
 
 @runtime_checkable
@@ -35,8 +36,8 @@ class Teacher(Protocol):
     cosine -> logit map (`logit = logit_scale * cos + logit_bias`), used for teacher logits."""
 
     name: str
-    modalities: frozenset[str]       # subset of {"image", "text"}
-    joint_space: bool                # image/text embeddings comparable by cosine (CLIP-style)
+    modalities: frozenset[str]  # subset of {"image", "text"}
+    joint_space: bool  # image/text embeddings comparable by cosine (CLIP-style)
     image_dim: int | None
     text_dim: int | None
 
@@ -53,8 +54,9 @@ class Teacher(Protocol):
         ...
 
 
-def pool_words(token_feat: torch.Tensor, token_word: torch.Tensor,
-               n_words: Sequence[int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def pool_words(
+    token_feat: torch.Tensor, token_word: torch.Tensor, n_words: Sequence[int]
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Mean of sub-token features per word. Words with no surviving token get zeros + a flag.
 
     token_feat [B, L, D], token_word [B, L] (-1 = not a word token). Returns per text the
@@ -79,13 +81,18 @@ def text_encoding(eos: torch.Tensor, token_feat: torch.Tensor, batch: TokenBatch
     the words pooled from the token features `token_feat` [B, L', Dt] (L' <= L: a teacher may
     trim the batch's padding), on the CPU in float32. A word is flagged truncated when the
     tokenizer cut it (`extra["word_truncated"]`) or none of its tokens is left."""
-    word_feat, no_token = pool_words(token_feat.float().cpu(),
-                                     batch.token_word[:, :token_feat.shape[1]], batch.n_words)
-    cut = batch.extra.get("word_truncated") or [torch.zeros(n, dtype=torch.bool)
-                                                for n in batch.n_words]
-    return TextEncoding(eos=eos.float().cpu(), word_feat=word_feat,
-                        word_truncated=[c | z for c, z in zip(cut, no_token)],
-                        truncated=batch.truncated.clone())
+    word_feat, no_token = pool_words(
+        token_feat.float().cpu(), batch.token_word[:, : token_feat.shape[1]], batch.n_words
+    )
+    cut = batch.extra.get("word_truncated") or [
+        torch.zeros(n, dtype=torch.bool) for n in batch.n_words
+    ]
+    return TextEncoding(
+        eos=eos.float().cpu(),
+        word_feat=word_feat,
+        word_truncated=[c | z for c, z in zip(cut, no_token)],
+        truncated=batch.truncated.clone(),
+    )
 
 
 def inference_autocast(device: str, enabled: bool) -> Callable[[], AbstractContextManager]:

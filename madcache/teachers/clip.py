@@ -16,21 +16,25 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
-from madcache.data.records import Text
 from madcache.core.errors import CheckpointNotFoundError, ConfigError
+from madcache.core.io import file_sha256, loading
+from madcache.data.records import Text
 from madcache.data.wordpieces import TokenBatch, WordTokenizer
 from madcache.teachers.base import TextEncoding, inference_autocast, text_encoding
-from madcache.core.io import file_sha256, loading
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 # Hub repos (open_clip's own pretrained table) whose files count as a local cache hit.
-CACHE_FILENAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
-                   "open_clip_pytorch_model.bin")
+CACHE_FILENAMES = (
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.safetensors",
+    "open_clip_pytorch_model.bin",
+)
 
 
 def _open_clip():
@@ -49,18 +53,30 @@ class OpenClipTeacher:
     modalities = frozenset({"image", "text"})
     joint_space = True
 
-    def __init__(self, model: torch.nn.Module, *, name: str, model_name: str,
-                 config: dict[str, Any], checkpoint: Path | None, device: str = "cpu",
-                 autocast: bool = True) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        name: str,
+        model_name: str,
+        config: dict[str, Any],
+        checkpoint: Path | None,
+        device: str = "cpu",
+        autocast: bool = True,
+    ) -> None:
         open_clip = _open_clip()
         if not isinstance(model, open_clip.CLIP):
-            raise ConfigError(f"teacher {name}: open_clip model {model_name} is a "
-                              f"{type(model).__name__}; madcache reads per-token text features "
-                              "from open_clip.CLIP models only")
+            raise ConfigError(
+                f"teacher {name}: open_clip model {model_name} is a "
+                f"{type(model).__name__}; madcache reads per-token text features "
+                "from open_clip.CLIP models only"
+            )
         text_cfg = config.get("text_cfg", {})
         if "hf_tokenizer_name" in text_cfg:
-            raise ConfigError(f"teacher {name}: open_clip model {model_name} uses a Hugging Face "
-                              "tokenizer; word-by-word tokenisation supports open_clip's BPE only")
+            raise ConfigError(
+                f"teacher {name}: open_clip model {model_name} uses a Hugging Face "
+                "tokenizer; word-by-word tokenisation supports open_clip's BPE only"
+            )
         self.name = name
         self.model_name = model_name
         self.config = config
@@ -90,7 +106,7 @@ class OpenClipTeacher:
     @torch.inference_mode()
     def encode_tokens(self, batch: TokenBatch) -> TextEncoding:
         # trimmed by the attention mask: BPE id 0 is "!" as well as padding
-        ids = batch.input_ids[:, :max(int(batch.attention_mask.sum(1).max()), 1)].to(self.device)
+        ids = batch.input_ids[:, : max(int(batch.attention_mask.sum(1).max()), 1)].to(self.device)
         with self._autocast():
             tokens = self.token_features(ids)
             eos = project_text(self.model, pool_eos(self.model, tokens, ids))
@@ -103,23 +119,31 @@ class OpenClipTeacher:
 
     def fingerprint(self) -> dict[str, Any]:
         open_clip = _open_clip()
-        ckpt = None if self.checkpoint is None else {
-            "file": self.checkpoint.name, "sha256": file_sha256(self.checkpoint)}
+        ckpt = (
+            None
+            if self.checkpoint is None
+            else {"file": self.checkpoint.name, "sha256": file_sha256(self.checkpoint)}
+        )
         return {
             "teacher": self.name,
             "backend": f"open_clip {open_clip.__version__}",
             "model": self.model_name,
             "config": self.config,
             "checkpoint": ckpt,
-            "preprocess": {k: list(v) if isinstance(v, tuple) else v
-                           for k, v in self.preprocess_cfg.items()},
-            "tokenizer": {"kind": "open_clip.SimpleTokenizer, word by word",
-                          "kwargs": self.tokenizer_kwargs},
+            "preprocess": {
+                k: list(v) if isinstance(v, tuple) else v for k, v in self.preprocess_cfg.items()
+            },
+            "tokenizer": {
+                "kind": "open_clip.SimpleTokenizer, word by word",
+                "kwargs": self.tokenizer_kwargs,
+            },
             "context_length": self.context_length,
             "logits": {"scale": self.logit_scale, "bias": self.logit_bias},
-            "features": {"image": "encode_image (projected, unnormalised)",
-                         "eos": "projected EOS token == encode_text (unnormalised)",
-                         "word": "mean of projected sub-token features after ln_final"},
+            "features": {
+                "image": "encode_image (projected, unnormalised)",
+                "eos": "projected EOS token == encode_text (unnormalised)",
+                "word": "mean of projected sub-token features after ln_final",
+            },
         }
 
 
@@ -133,7 +157,7 @@ def trim_padding(ids: torch.Tensor) -> torch.Tensor:
     """Drop the all-padding columns at the end. CLIP's text attention is causal, so tokens never
     see later positions: trimming changes no feature at the kept positions, only saves work."""
     used = int((ids != 0).sum(1).max()) if ids.numel() else 0
-    return ids[:, :max(used, 1)]
+    return ids[:, : max(used, 1)]
 
 
 def text_token_features(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
@@ -151,8 +175,9 @@ def text_token_features(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tens
 def pool_eos(model: torch.nn.Module, tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     from open_clip.transformer import text_global_pool
 
-    return text_global_pool(tokens, ids, model.text_pool_type,
-                            eos_token_id=getattr(model, "text_eos_id", None))
+    return text_global_pool(
+        tokens, ids, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None)
+    )
 
 
 def project_text(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -168,9 +193,16 @@ def encode_text_trimmed(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tens
     return project_text(model, pool_eos(model, text_token_features(model, ids), ids))
 
 
-def load_openclip(*, arg: str, name: str | None = None, checkpoint: str | Path | None = None,
-                  device: str = "cpu", pretrained: str | None = "openai",
-                  random_init: bool = False, autocast: bool = True) -> OpenClipTeacher:
+def load_openclip(
+    *,
+    arg: str,
+    name: str | None = None,
+    checkpoint: str | Path | None = None,
+    device: str = "cpu",
+    pretrained: str | None = "openai",
+    random_init: bool = False,
+    autocast: bool = True,
+) -> OpenClipTeacher:
     """A teacher for an open_clip model name (a built-in config, or madcache's `madcache-demo`).
 
     `pretrained` names the open_clip tag whose preprocessing and QuickGELU setting the weights
@@ -181,16 +213,23 @@ def load_openclip(*, arg: str, name: str | None = None, checkpoint: str | Path |
     open_clip = _open_clip()
     config = open_clip.get_model_config(arg)
     if config is None:
-        raise ConfigError(f"open_clip has no model '{arg}'. Available: "
-                          f"{', '.join(open_clip.list_models())}")
+        raise ConfigError(
+            f"open_clip has no model '{arg}'. Available: {', '.join(open_clip.list_models())}"
+        )
     tag = open_clip.get_pretrained_cfg(arg, pretrained) if pretrained else {}
     path = None if random_init else resolve_checkpoint(arg, checkpoint, tag)
     return _build(name or f"openclip:{arg}", arg, config, path, tag, device, autocast)
 
 
-def load_openclip_config(*, arg: str, name: str | None = None,
-                         checkpoint: str | Path | None = None, device: str = "cpu",
-                         random_init: bool = False, autocast: bool = True) -> OpenClipTeacher:
+def load_openclip_config(
+    *,
+    arg: str,
+    name: str | None = None,
+    checkpoint: str | Path | None = None,
+    device: str = "cpu",
+    random_init: bool = False,
+    autocast: bool = True,
+) -> OpenClipTeacher:
     """A teacher from an open_clip model-config JSON file (registered under the file's stem)."""
     import json
 
@@ -202,27 +241,48 @@ def load_openclip_config(*, arg: str, name: str | None = None,
     config = json.loads(path.read_text())
     known = open_clip.get_model_config(path.stem)
     if known is not None and known != config:
-        raise ConfigError(f"{path}: open_clip already has a model '{path.stem}' with another "
-                          "config; rename the file")
+        raise ConfigError(
+            f"{path}: open_clip already has a model '{path.stem}' with another "
+            "config; rename the file"
+        )
     if known is None:
         open_clip.add_model_config(path)
     weights = None if random_init else resolve_checkpoint(path.stem, checkpoint, {})
-    return _build(name or f"openclip-config:{arg}", path.stem, config, weights, {},
-                  device, autocast)
+    return _build(
+        name or f"openclip-config:{arg}", path.stem, config, weights, {}, device, autocast
+    )
 
 
-def _build(name: str, model_name: str, config: dict[str, Any], path: Path | None,
-           tag: dict[str, Any], device: str, autocast: bool) -> OpenClipTeacher:
+def _build(
+    name: str,
+    model_name: str,
+    config: dict[str, Any],
+    path: Path | None,
+    tag: dict[str, Any],
+    device: str,
+    autocast: bool,
+) -> OpenClipTeacher:
     preprocess = {k: tag[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag}
     quick_gelu = bool(tag.get("quick_gelu", False))
     with loading(path or model_name, what="teacher weights"):
-        model = create_model(model_name, pretrained=None if path is None else str(path),
-                             force_quick_gelu=quick_gelu, force_preprocess_cfg=preprocess)
+        model = create_model(
+            model_name,
+            pretrained=None if path is None else str(path),
+            force_quick_gelu=quick_gelu,
+            force_preprocess_cfg=preprocess,
+        )
     config = copy.deepcopy(config)
     if quick_gelu:
         config["quick_gelu"] = True
-    return OpenClipTeacher(model, name=name, model_name=model_name, config=config,
-                           checkpoint=path, device=device, autocast=autocast)
+    return OpenClipTeacher(
+        model,
+        name=name,
+        model_name=model_name,
+        config=config,
+        checkpoint=path,
+        device=device,
+        autocast=autocast,
+    )
 
 
 def create_model(model_name: str, **kwargs: Any) -> torch.nn.Module:
@@ -239,8 +299,7 @@ def create_model(model_name: str, **kwargs: Any) -> torch.nn.Module:
         root.setLevel(level)
 
 
-def resolve_checkpoint(model_name: str, checkpoint: str | Path | None,
-                       tag: dict[str, Any]) -> Path:
+def resolve_checkpoint(model_name: str, checkpoint: str | Path | None, tag: dict[str, Any]) -> Path:
     """The local weights file: `checkpoint`, else a hub-cache copy of the tag's files.
 
     Never downloads; raises `CheckpointNotFoundError` at once, naming the file to provide.
@@ -263,18 +322,29 @@ def _check_file(model_name: str, checkpoint: str | Path | None) -> Path | None:
         return None
     path = Path(checkpoint).expanduser()
     if not path.is_file():
-        raise CheckpointNotFoundError(f"checkpoint for open_clip model {model_name} not found: "
-                                      f"{path}")
+        raise CheckpointNotFoundError(
+            f"checkpoint for open_clip model {model_name} not found: {path}"
+        )
     return path
 
 
 def _missing_message(model_name: str, repo: str) -> str:
     if model_name == "madcache-demo":
-        return ("teacher madcache-demo needs weights: pretrain them with `madcache demo teacher "
-                "--data DEMO_DIR --out demo-teacher.safetensors`, then pass --checkpoint "
-                "demo-teacher.safetensors")
-    source = (f" (e.g. open_clip_model.safetensors or open_clip_pytorch_model.bin from the "
-              f"Hugging Face repo {repo})") if repo else ""
-    return (f"open_clip model {model_name} needs weights: pass --checkpoint "
-            f"/path/to/{model_name}.safetensors{source}. madcache never downloads; "
-            "nothing was found in the local Hugging Face cache.")
+        return (
+            "teacher madcache-demo needs weights: pretrain them with `madcache demo teacher "
+            "--data DEMO_DIR --out demo-teacher.safetensors`, then pass --checkpoint "
+            "demo-teacher.safetensors"
+        )
+    source = (
+        (
+            f" (e.g. open_clip_model.safetensors or open_clip_pytorch_model.bin from the "
+            f"Hugging Face repo {repo})"
+        )
+        if repo
+        else ""
+    )
+    return (
+        f"open_clip model {model_name} needs weights: pass --checkpoint "
+        f"/path/to/{model_name}.safetensors{source}. madcache never downloads; "
+        "nothing was found in the local Hugging Face cache."
+    )

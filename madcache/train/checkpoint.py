@@ -12,9 +12,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -36,16 +37,16 @@ CHECKSUM_KEY = "madcache.checksum"
 class TrainerState:
     """Where training is: resumable from `checkpoint.safetensors` (tensors + this, as metadata)."""
 
-    stage: str = "af"                 # "af" | "task" | "done"
+    stage: str = "af"  # "af" | "task" | "done"
     stage_step: int = 0
     global_step: int = 0
     loss_sum: float = 0.0
     loss_count: int = 0
-    part_sums: dict[str, float] = field(default_factory=dict)   # per loss part, since a record
+    part_sums: dict[str, float] = field(default_factory=dict)  # per loss part, since a record
     history: list[dict[str, Any]] = field(default_factory=list)
-    world_size: int = 1               # processes that trained up to this state
-    precision: str = "fp32"           # the resolved --precision
-    cw_counts: dict[str, list[int]] = field(default_factory=dict)   # stage -> [fired, seen]
+    world_size: int = 1  # processes that trained up to this state
+    precision: str = "fp32"  # the resolved --precision
+    cw_counts: dict[str, list[int]] = field(default_factory=dict)  # stage -> [fired, seen]
 
     def count_cw(self, parts: Mapping[str, float]) -> None:
         """Add a step's CW counts (`cw_fired` / `cw_seen` in its loss parts) to its stage."""
@@ -67,8 +68,9 @@ def save_checkpoint(run_dir: Path, setup: Setup, state: TrainerState, optimizer)
     tensors = _weights(setup)
     optim = optimizer.state_dict()
     for index, values in optim["state"].items():
-        tensors.update({f"optim.{index}.{k}": torch.as_tensor(v) for k, v in values.items()
-                        if v is not None})    # SGD without momentum keeps no buffer
+        tensors.update(
+            {f"optim.{index}.{k}": torch.as_tensor(v) for k, v in values.items() if v is not None}
+        )  # SGD without momentum keeps no buffer
     tensors = {k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}
     payload = {**dataclasses.asdict(state), "optimizer_param_groups": optim["param_groups"]}
     text = json.dumps(payload)
@@ -84,8 +86,9 @@ def checkpoint_digest(tensors: Mapping[str, torch.Tensor], state: str) -> str:
     for name in sorted(tensors):
         tensor = tensors[name].detach().cpu().contiguous()
         sha.update(f"\0{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
-        sha.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes()
-                   if tensor.numel() else b"")
+        sha.update(
+            tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
+        )
     return sha.hexdigest()
 
 
@@ -100,13 +103,17 @@ def read_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]
         raise CheckpointCorruptError(unreadable(path, exc, what="checkpoint")) from None
     text, recorded = metadata.get(STATE_KEY), metadata.get(CHECKSUM_KEY)
     if text is None or recorded is None:
-        raise CheckpointCorruptError(f"{path}: checkpoint has no madcache trainer state or "
-                                     "checksum; it was not written by `madcache train` (or by "
-                                     "an older version): train into a new --out")
+        raise CheckpointCorruptError(
+            f"{path}: checkpoint has no madcache trainer state or "
+            "checksum; it was not written by `madcache train` (or by "
+            "an older version): train into a new --out"
+        )
     if checkpoint_digest(tensors, text) != recorded:
-        raise CheckpointCorruptError(f"{path}: checkpoint checksum mismatch (its bytes changed "
-                                     "since it was written); restore it, or pass --overwrite to "
-                                     "train the run again")
+        raise CheckpointCorruptError(
+            f"{path}: checkpoint checksum mismatch (its bytes changed "
+            "since it was written); restore it, or pass --overwrite to "
+            "train the run again"
+        )
     return json.loads(text), tensors
 
 
@@ -126,7 +133,7 @@ def load_checkpoint(run_dir: Path, setup: Setup, optimizer) -> TrainerState:
 
 
 def _prefixed(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 # ----------------------------------------------------------------------------- select = best
@@ -149,8 +156,9 @@ def best_step(history: list[dict[str, Any]], metric: str | None) -> dict[str, An
         return None
     name = metric or next(iter(validated[0]["eval"]))
     if name not in validated[0]["eval"]:
-        raise ConfigError(f"select_metric: the eval split reports {', '.join(validated[0]['eval'])}"
-                          f", not '{name}'")
+        raise ConfigError(
+            f"select_metric: the eval split reports {', '.join(validated[0]['eval'])}, not '{name}'"
+        )
     curve = [[h["step"], h["eval"][name]] for h in validated]
     step, score = max(curve, key=lambda point: (point[1], -point[0]))
     return {"metric": name, "step": step, "score": score, "curve": curve}
@@ -188,9 +196,11 @@ def restore_selected(run_dir: Path, setup: Setup, state: TrainerState) -> None:
     text = metadata.get(SELECTED_KEY, "{}")
     step = json.loads(text).get("step")
     if step != best["step"] or checkpoint_digest(tensors, text) != metadata.get(CHECKSUM_KEY):
-        raise CheckpointCorruptError(f"{path}: holds task step {step} (or bytes changed since "
-                                     f"it was written), but the run's validations chose step "
-                                     f"{best['step']}; pass --overwrite to train the run again")
+        raise CheckpointCorruptError(
+            f"{path}: holds task step {step} (or bytes changed since "
+            f"it was written), but the run's validations chose step "
+            f"{best['step']}; pass --overwrite to train the run again"
+        )
     setup.student.load_state_dict(_prefixed(tensors, "student."))
     setup.projections.load_state_dict(_prefixed(tensors, "projections."))
 

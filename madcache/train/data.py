@@ -6,8 +6,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -22,27 +22,34 @@ from madcache.method.selection import choose_words, select_words
 class BatchTargets:
     """Teacher targets as tensors, rows aligned with a list of examples (None = not needed)."""
 
-    image: torch.Tensor | None = None        # [N, Dv]
-    text_eos: torch.Tensor | None = None     # [N, C, Dt]
-    word_feat: torch.Tensor | None = None    # [N, C, m, Dt]
-    word_span: torch.Tensor | None = None    # [N, C, m, 2]
-    word_mask: torch.Tensor | None = None    # [N, C, m]
-    logits: torch.Tensor | None = None       # [N, K] teacher logits for CW
-    candidates: torch.Tensor | None = None   # [N, K] VQA candidate answer ids
+    image: torch.Tensor | None = None  # [N, Dv]
+    text_eos: torch.Tensor | None = None  # [N, C, Dt]
+    word_feat: torch.Tensor | None = None  # [N, C, m, Dt]
+    word_span: torch.Tensor | None = None  # [N, C, m, 2]
+    word_mask: torch.Tensor | None = None  # [N, C, m]
+    logits: torch.Tensor | None = None  # [N, K] teacher logits for CW
+    candidates: torch.Tensor | None = None  # [N, K] VQA candidate answer ids
 
-    def rows(self, index: torch.Tensor) -> "BatchTargets":
-        return BatchTargets(**{f.name: None if getattr(self, f.name) is None
-                               else getattr(self, f.name)[index]
-                               for f in dataclasses.fields(self)})
+    def rows(self, index: torch.Tensor) -> BatchTargets:
+        return BatchTargets(
+            **{
+                f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[index]
+                for f in dataclasses.fields(self)
+            }
+        )
 
-    def to(self, device: str) -> "BatchTargets":
-        return BatchTargets(**{f.name: None if getattr(self, f.name) is None
-                               else getattr(self, f.name).to(device)
-                               for f in dataclasses.fields(self)})
+    def to(self, device: str) -> BatchTargets:
+        return BatchTargets(
+            **{
+                f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
+                for f in dataclasses.fields(self)
+            }
+        )
 
 
-def targets_to_tensors(targets: Targets, method: Method, *, m: int, logits: str | None,
-                       seed: int) -> BatchTargets:
+def targets_to_tensors(
+    targets: Targets, method: Method, *, m: int, logits: str | None, seed: int
+) -> BatchTargets:
     """Keep what `method` needs, as tensors; run word selection (TS) once, here."""
     out = BatchTargets()
     if method.reads("image"):
@@ -51,8 +58,13 @@ def targets_to_tensors(targets: Targets, method: Method, *, m: int, logits: str 
         out.text_eos = torch.from_numpy(np.asarray(targets.text_eos, dtype=np.float32))
     if method.reads("words"):
         generator = torch.Generator().manual_seed(seed) if method.selection == "random" else None
-        chosen = select_words(targets.words, num_examples=len(targets.example_ids),
-                              num_choices=targets.num_choices, m=m, generator=generator)
+        chosen = select_words(
+            targets.words,
+            num_examples=len(targets.example_ids),
+            num_choices=targets.num_choices,
+            m=m,
+            generator=generator,
+        )
         out.word_feat = torch.from_numpy(chosen.feat)
         out.word_span = torch.from_numpy(chosen.span)
         out.word_mask = torch.from_numpy(chosen.mask)
@@ -64,19 +76,22 @@ def targets_to_tensors(targets: Targets, method: Method, *, m: int, logits: str 
     return out
 
 
-def word_chooser(method: Method, *, m: int, seed: int
-                 ) -> Callable[[WordTargets], np.ndarray] | None:
+def word_chooser(
+    method: Method, *, m: int, seed: int
+) -> Callable[[WordTargets], np.ndarray] | None:
     """`Cache.load_targets(..., choose_words=)` for `method`: the flat indices of the words
     token selection keeps (the same words `targets_to_tensors` then selects), so only their
     features are read; None when the method distils no words."""
     if not method.distils_words:
         return None
 
-    def chosen(words: WordTargets) -> np.ndarray:   # the draw `targets_to_tensors` repeats
+    def chosen(words: WordTargets) -> np.ndarray:  # the draw `targets_to_tensors` repeats
         random = method.selection == "random"
-        picked, mask = choose_words(words, m=m, generator=torch.Generator().manual_seed(seed)
-                                    if random else None)
+        picked, mask = choose_words(
+            words, m=m, generator=torch.Generator().manual_seed(seed) if random else None
+        )
         return picked[mask]
+
     return chosen
 
 
@@ -114,13 +129,14 @@ def derive_seed(*key: object) -> int:
     return int.from_bytes(hashlib.sha256(":".join(map(str, key)).encode()).digest()[:8], "little")
 
 
-def epoch_order(source: DataSource, *, seed: int, stage: str, epoch: int,
-                batch_size: int) -> list[tuple[int, torch.Tensor]]:
+def epoch_order(
+    source: DataSource, *, seed: int, stage: str, epoch: int, batch_size: int
+) -> list[tuple[int, torch.Tensor]]:
     """The (chunk, rows) batches of one epoch: a pure function of (seed, stage, epoch).
     Chunks come in a shuffled order, each chunk's batches together (a chunk is read once)."""
     generator = torch.Generator().manual_seed(derive_seed(seed, stage, epoch))
     order = []
     for ci in torch.randperm(len(source.chunks), generator=generator).tolist():
         rows = torch.randperm(len(source.chunks[ci]), generator=generator)
-        order.extend((ci, rows[i:i + batch_size]) for i in range(0, len(rows), batch_size))
+        order.extend((ci, rows[i : i + batch_size]) for i in range(0, len(rows), batch_size))
     return order

@@ -15,9 +15,10 @@ notebook's batches hold what a training run's do (docs/notebook.md).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
@@ -44,7 +45,7 @@ class CacheBatch:
     examples: list[Example]
     targets: BatchTargets
 
-    def __getattr__(self, name: str) -> Any:      # batch.image == batch.targets.image
+    def __getattr__(self, name: str) -> Any:  # batch.image == batch.targets.image
         if name in {f.name for f in fields(BatchTargets)}:
             return getattr(self.targets, name)
         raise AttributeError(name)
@@ -63,21 +64,31 @@ class _Split:
     """What both Datasets share: the split's examples in the cache's order, and the loading of
     their targets. The cache is opened lazily in each process (worker processes included)."""
 
-    def __init__(self, cache: str | Path | Cache, *, dataset: str | None = None,
-                 root: str | Path | None = None, split: str = "train",
-                 examples: Sequence[Example] | None = None, method: str | Method = "md",
-                 m: int = 2, seed: int = 0, teacher_logits: str | None = None,
-                 read_options: dict[str, Any] | None = None) -> None:
-        self.path = str(cache.path) if isinstance(cache, Cache) else cache   # a dir or a URL
+    def __init__(
+        self,
+        cache: str | Path | Cache,
+        *,
+        dataset: str | None = None,
+        root: str | Path | None = None,
+        split: str = "train",
+        examples: Sequence[Example] | None = None,
+        method: str | Method = "md",
+        m: int = 2,
+        seed: int = 0,
+        teacher_logits: str | None = None,
+        read_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.path = str(cache.path) if isinstance(cache, Cache) else cache  # a dir or a URL
         self._cache = cache if isinstance(cache, Cache) else None
         if examples is None:
             if dataset is None or root is None:
-                raise TypeError("give dataset= and root= (the split's original files), or "
-                                "examples=")
+                raise TypeError(
+                    "give dataset= and root= (the split's original files), or examples="
+                )
             from madcache.data import read_examples
 
             examples = read_examples(dataset, root, split, **(read_options or {})).examples
-        self.examples = image_order(list(examples))   # the cache's order: chunks = shards
+        self.examples = image_order(list(examples))  # the cache's order: chunks = shards
         self.method = get_method(method) if isinstance(method, str) else method
         self.m, self.seed, self.teacher_logits = m, seed, teacher_logits
 
@@ -88,16 +99,19 @@ class _Split:
         return self._cache
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_cache": None}     # each worker opens its own
+        return {**self.__dict__, "_cache": None}  # each worker opens its own
 
     def load(self, examples: Sequence[Example]) -> list[CacheItem]:
         """The items of `examples`, their targets read in one `load_targets` call."""
         ids = [ex.id for ex in examples]
-        targets = self.cache.load_targets(ids, needs=self.method.needs,
-                                          choose_words=word_chooser(self.method, m=self.m,
-                                                                    seed=self.seed))
-        tensors = targets_to_tensors(targets, self.method, m=self.m, logits=self.teacher_logits,
-                                     seed=self.seed)
+        targets = self.cache.load_targets(
+            ids,
+            needs=self.method.needs,
+            choose_words=word_chooser(self.method, m=self.m, seed=self.seed),
+        )
+        tensors = targets_to_tensors(
+            targets, self.method, m=self.m, logits=self.teacher_logits, seed=self.seed
+        )
         return [CacheItem(ex, tensors.rows(torch.tensor([i]))) for i, ex in enumerate(examples)]
 
 
@@ -128,8 +142,15 @@ class CacheStream(_Split, IterableDataset):
     workers and, under `torch.distributed` (or with `rank` / `world_size` given), to the ranks:
     each example is yielded by exactly one worker of one rank. Arguments as `CacheDataset`'s."""
 
-    def __init__(self, cache: str | Path | Cache, *, chunk_size: int = 4096,
-                 rank: int | None = None, world_size: int | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        cache: str | Path | Cache,
+        *,
+        chunk_size: int = 4096,
+        rank: int | None = None,
+        world_size: int | None = None,
+        **options: Any,
+    ) -> None:
         super().__init__(cache, **options)
         self.chunk_size = chunk_size
         self.rank, self.world_size = rank, world_size
@@ -149,8 +170,10 @@ class CacheStream(_Split, IterableDataset):
         if worker is not None:
             part, parts = rank * worker.num_workers + worker.id, world * worker.num_workers
         count = math.ceil(len(self.examples) / self.chunk_size)
-        return [self.examples[i * self.chunk_size:(i + 1) * self.chunk_size]
-                for i in range(part, count, parts)]
+        return [
+            self.examples[i * self.chunk_size : (i + 1) * self.chunk_size]
+            for i in range(part, count, parts)
+        ]
 
     def __iter__(self) -> Iterator[CacheItem]:
         for chunk in self.chunks():

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as torch_dist
@@ -33,8 +34,11 @@ def current() -> Ranks:
     """The process group this process is in (one process when none was started)."""
     if not (torch_dist.is_available() and torch_dist.is_initialized()):
         return Ranks()
-    return Ranks(torch_dist.get_rank(), torch_dist.get_world_size(),
-                int(os.environ.get("LOCAL_RANK", torch_dist.get_rank())))
+    return Ranks(
+        torch_dist.get_rank(),
+        torch_dist.get_world_size(),
+        int(os.environ.get("LOCAL_RANK", torch_dist.get_rank())),
+    )
 
 
 def init_distributed(device: str) -> bool:
@@ -46,8 +50,10 @@ def init_distributed(device: str) -> bool:
     cuda = device.startswith("cuda")
     local = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
     if device not in ("cpu", "cuda", local):
-        raise ConfigError(f"under torchrun --device is auto or 'cuda' (each process takes the "
-                          f"GPU of its LOCAL_RANK) or 'cpu', got {device!r}")
+        raise ConfigError(
+            f"under torchrun --device is auto or 'cuda' (each process takes the "
+            f"GPU of its LOCAL_RANK) or 'cpu', got {device!r}"
+        )
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     torch_dist.init_process_group("nccl" if cuda else "gloo")
@@ -114,4 +120,4 @@ def contiguous_share(items: Sequence[Any], where: Ranks) -> Sequence[Any]:
     """This rank's contiguous part of `items` (parts differ in size by at most one)."""
     size, extra = divmod(len(items), where.world_size)
     start = where.rank * size + min(where.rank, extra)
-    return items[start:start + size + (where.rank < extra)]
+    return items[start : start + size + (where.rank < extra)]

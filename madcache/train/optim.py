@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,13 +30,15 @@ from madcache.train.config import TrainConfig
 # UNITER optim/misc.py and train_vcr.py build_optimizer: a parameter whose name contains one of
 # these is not decayed (a substring test: a LayerNorm not named LayerNorm is decayed)
 UNITER_NO_DECAY = ("bias", "LayerNorm.bias", "LayerNorm.weight")
-UNITER_MIN_LR = 1e-8        # get_lr_sched: a rate <= 0 becomes 1e-8 (the last step's)
+UNITER_MIN_LR = 1e-8  # get_lr_sched: a rate <= 0 becomes 1e-8 (the last step's)
 
 
 # ----------------------------------------------------------------------------- schedules
 
-def lr_at(step: int, total: int, *, base: float, warmup: float, config: TrainConfig | None = None
-          ) -> float:
+
+def lr_at(
+    step: int, total: int, *, base: float, warmup: float, config: TrainConfig | None = None
+) -> float:
     """The learning rate of step `step` (0-based) of a stage of `total` steps with peak `base`,
     warming up over round(`warmup` x `total`) steps, under `config.schedule` (default: linear).
     A parameter group's rate is this times its `lr_mul`."""
@@ -45,9 +48,15 @@ def lr_at(step: int, total: int, *, base: float, warmup: float, config: TrainCon
         return linear(step, total, base=base, warm=warm)
     if schedule == "uniter-linear":
         return uniter_linear(step, total, base=base, warm=warm)
-    return multistep(step, base=base, warm=warm, milestones=milestones(config.lr_steps, total),
-                     factor=config.lr_factor, method=config.warmup_method,
-                     warmup_factor=config.warmup_factor)
+    return multistep(
+        step,
+        base=base,
+        warm=warm,
+        milestones=milestones(config.lr_steps, total),
+        factor=config.lr_factor,
+        method=config.warmup_method,
+        warmup_factor=config.warmup_factor,
+    )
 
 
 def linear(step: int, total: int, *, base: float, warm: int) -> float:
@@ -84,8 +93,16 @@ def milestones(fractions: Sequence[float], total: int) -> list[int]:
     return [int(math.floor(f * total + 1e-9)) for f in fractions]
 
 
-def multistep(step: int, *, base: float, warm: int, milestones: Sequence[int], factor: float,
-              method: str, warmup_factor: float) -> float:
+def multistep(
+    step: int,
+    *,
+    base: float,
+    warm: int,
+    milestones: Sequence[int],
+    factor: float,
+    method: str,
+    warmup_factor: float,
+) -> float:
     """VL-BERT's WarmupMultiStepLR as its trainer uses it: the scheduler steps *before* each
     optimizer step, so update `step` (0-based) gets the rate at t = step + 1:
 
@@ -95,12 +112,12 @@ def multistep(step: int, *, base: float, warm: int, milestones: Sequence[int], f
     t = step + 1
     scale = 1.0
     if t < warm:
-        scale = warmup_factor if method == "constant" else \
-            warmup_factor * (1 - t / warm) + t / warm
+        scale = warmup_factor if method == "constant" else warmup_factor * (1 - t / warm) + t / warm
     return base * scale * factor ** bisect_right(list(milestones), t)
 
 
 # ----------------------------------------------------------------------------- optimizers
+
 
 def head_names(student: nn.Module) -> set[str]:
     """The names of the parameters of the student's task head: those under one of its
@@ -118,8 +135,9 @@ def decays(name: str, param: torch.Tensor, rule: str) -> bool:
     return True
 
 
-def param_groups(student: nn.Module, projections: nn.Module, config: TrainConfig
-                 ) -> list[dict[str, Any]]:
+def param_groups(
+    student: nn.Module, projections: nn.Module, config: TrainConfig
+) -> list[dict[str, Any]]:
     """The optimizer's parameter groups (trainable parameters only, in module order):
 
         head_lr_mul == 1:  [decayed, not decayed]                       (madcache's two)
@@ -128,28 +146,34 @@ def param_groups(student: nn.Module, projections: nn.Module, config: TrainConfig
     each with `weight_decay` and `lr_mul`. The head is the student's `head_prefixes`; the
     projections are training-only, not the head: they get the base rate."""
     named = [(n, p) for n, p in student.named_parameters() if p.requires_grad]
-    named += [(f"projections.{n}", p) for n, p in projections.named_parameters()
-              if p.requires_grad]
+    named += [(f"projections.{n}", p) for n, p in projections.named_parameters() if p.requires_grad]
     head = head_names(student)
     if config.head_lr_mul != 1.0 and not head:
-        raise ConfigError(f"head_lr_mul: student '{config.student}' declares no task head "
-                          "(head_prefixes), so it has no head to give another rate; leave "
-                          "head_lr_mul at 1")
-    parts = [(False, 1.0)] if config.head_lr_mul == 1.0 else \
-        [(False, 1.0), (True, config.head_lr_mul)]
+        raise ConfigError(
+            f"head_lr_mul: student '{config.student}' declares no task head "
+            "(head_prefixes), so it has no head to give another rate; leave "
+            "head_lr_mul at 1"
+        )
+    parts = (
+        [(False, 1.0)] if config.head_lr_mul == 1.0 else [(False, 1.0), (True, config.head_lr_mul)]
+    )
     groups = []
     for in_head, mul in parts:
         chosen = [(n, p) for n, p in named if config.head_lr_mul == 1.0 or (n in head) == in_head]
         for decayed in (True, False):
-            groups.append({"params": [p for n, p in chosen
-                                      if decays(n, p, config.no_decay) == decayed],
-                           "weight_decay": config.weight_decay if decayed else 0.0,
-                           "lr_mul": mul})
+            groups.append(
+                {
+                    "params": [p for n, p in chosen if decays(n, p, config.no_decay) == decayed],
+                    "weight_decay": config.weight_decay if decayed else 0.0,
+                    "lr_mul": mul,
+                }
+            )
     return groups
 
 
-def make_optimizer(student: nn.Module, projections: nn.Module, config: TrainConfig
-                   ) -> torch.optim.Optimizer:
+def make_optimizer(
+    student: nn.Module, projections: nn.Module, config: TrainConfig
+) -> torch.optim.Optimizer:
     """torch AdamW (betas, eps), UNITER's AdamW (`UniterAdamW`) or torch SGD (momentum; weight
     decay added to the gradient, as VL-BERT's) over `param_groups`."""
     groups = param_groups(student, projections, config)
@@ -171,10 +195,18 @@ class UniterAdamW(torch.optim.Optimizer):
     torch divides sqrt(v) by sqrt(1 - beta2^n) before adding eps (UNITER's eps is in effect
     eps / sqrt(1 - beta2^n), larger early on) and decays before the update."""
 
-    def __init__(self, params: Any, *, lr: float, betas: tuple[float, float], eps: float,
-                 weight_decay: float = 0.0) -> None:
-        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps,
-                                  "weight_decay": weight_decay})
+    def __init__(
+        self,
+        params: Any,
+        *,
+        lr: float,
+        betas: tuple[float, float],
+        eps: float,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__(
+            params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
+        )
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:
@@ -184,7 +216,7 @@ class UniterAdamW(torch.optim.Optimizer):
                 if param.grad is None:
                     continue
                 state = self.state[param]
-                if not state:            # `step` a tensor, as torch's, so checkpoints hold it
+                if not state:  # `step` a tensor, as torch's, so checkpoints hold it
                     state["step"] = torch.zeros((), dtype=torch.float32)
                     state["exp_avg"] = torch.zeros_like(param)
                     state["exp_avg_sq"] = torch.zeros_like(param)
@@ -193,7 +225,7 @@ class UniterAdamW(torch.optim.Optimizer):
                 avg, avg_sq = state["exp_avg"], state["exp_avg_sq"]
                 avg.mul_(beta1).add_(param.grad, alpha=1 - beta1)
                 avg_sq.mul_(beta2).addcmul_(param.grad, param.grad, value=1 - beta2)
-                size = group["lr"] * math.sqrt(1 - beta2 ** n) / (1 - beta1 ** n)
+                size = group["lr"] * math.sqrt(1 - beta2**n) / (1 - beta1**n)
                 param.addcdiv_(avg, avg_sq.sqrt().add_(group["eps"]), value=-size)
                 if group["weight_decay"] > 0:
                     param.add_(param, alpha=-group["lr"] * group["weight_decay"])
@@ -215,4 +247,3 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     groups carried one)."""
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_mul", 1.0)
-

@@ -16,13 +16,14 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 from madcache.core.errors import MadcacheError
 
-SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGUSR2")
-                if hasattr(signal, name))
-PREEMPTED_EXIT = 75          # EX_TEMPFAIL: the run stopped with a checkpoint; resume it
+SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGUSR2") if hasattr(signal, name)
+)
+PREEMPTED_EXIT = 75  # EX_TEMPFAIL: the run stopped with a checkpoint; resume it
 
 
 class Preempted(MadcacheError):

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import operator
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,7 +45,7 @@ class Setup:
     eval_examples: list[Example]
     provenance: dict[str, Any]
     save_student: Callable[[Any, Path], None]
-    teachers: Any = None                  # the cache manifest's teacher names
+    teachers: Any = None  # the cache manifest's teacher names
     eval_regions: Callable[[Sequence[Example]], RegionInputs] | None = None  # None: `regions`
     # (student, projections, regions) -> metrics.json 'transfer' (train/transfer.py), or None
     transfer: Callable[[Any, Any, Any], dict] | None = None
@@ -59,52 +60,80 @@ def setup(config: TrainConfig) -> Setup:
     torch.manual_seed(config.seed)
     whole = config.split_file is None and config.per_category is None
     examples: list[Example] = []
-    if whole or method.stage(AF) is not None:     # the whole split is trained on
-        examples = read_examples(config.dataset, config.root, config.split,
-                                 **config.read_options).examples
+    if whole or method.stage(AF) is not None:  # the whole split is trained on
+        examples = read_examples(
+            config.dataset, config.root, config.split, **config.read_options
+        ).examples
         subset, split = training_subset(config, examples)
-    else:                                         # low-shot: only the subset is kept
-        subset, split = training_subset(config, lambda only=None: iter_examples(
-            config.dataset, config.root, config.split, only=only, **config.read_options))
+    else:  # low-shot: only the subset is kept
+        subset, split = training_subset(
+            config,
+            lambda only=None: iter_examples(
+                config.dataset, config.root, config.split, only=only, **config.read_options
+            ),
+        )
     cache = open_checked_cache(config, method)
     store = region_store_for(config.student, config.regions)  # None: the student reads pixels
     options = student_defaults(config, cache, store) | config.student_options
     student = build_student(config.student, **options).to(config.device)
     regions = visual_loader(student, root=config.root, store=store)
-    in_image_order = image_order(examples)   # every method, cache or not: the same batches
-    task_source = _source(in_image_order if whole else subset,
-                          target_loader(config, method.only(TASK), cache),
-                          config.chunk_size if whole else None)
+    in_image_order = image_order(examples)  # every method, cache or not: the same batches
+    task_source = _source(
+        in_image_order if whole else subset,
+        target_loader(config, method.only(TASK), cache),
+        config.chunk_size if whole else None,
+    )
     af_source, original_id = None, {}
-    if method.stage(AF) is not None:      # AF: the whole training split, label-free
+    if method.stage(AF) is not None:  # AF: the whole training split, label-free
         views, original_id = label_free_examples(config.dataset, in_image_order)
-        af_source = _source(views, target_loader(config, method.only(AF), cache,
-                                                 key=lambda ex: original_id[ex.id]),
-                            config.chunk_size)
+        af_source = _source(
+            views,
+            target_loader(config, method.only(AF), cache, key=lambda ex: original_id[ex.id]),
+            config.chunk_size,
+        )
     eval_examples = load_eval_examples(config, config.eval_split) if config.eval_split else []
-    eval_regions = loader_for(student, root=config.root, regions=config.eval_regions) \
-        if config.eval_regions else regions
+    eval_regions = (
+        loader_for(student, root=config.root, regions=config.eval_regions)
+        if config.eval_regions
+        else regions
+    )
     probe = transfer_probe(config, method, cache, task_source.examples, eval_examples)
     stages = [(method.only(TASK), [ex.id for ex in task_source.examples])]
     if af_source is not None:
         stages.append((method.only(AF), [original_id[ex.id] for ex in af_source.examples]))
-    shown = [*task_source.examples, *(af_source.examples if af_source else []),
-             *(eval_examples if config.eval_regions is None else [])]
+    shown = [
+        *task_source.examples,
+        *(af_source.examples if af_source else []),
+        *(eval_examples if config.eval_regions is None else []),
+    ]
     reads = verify_reads(cache, stages, store, {ex.image_id for ex in shown})
     return Setup(
-        config=config, method=method, student=student,
+        config=config,
+        method=method,
+        student=student,
         projections=make_projections(student, cache, method).to(config.device),
-        task_source=task_source, af_source=af_source, regions=regions,
-        eval_examples=eval_examples, eval_regions=eval_regions,
-        provenance={"cache_fingerprint": None if cache is None else cache_digest(cache.manifest),
-                    "verified_reads": reads, **record_split(config, split), **numerics(),
-                    "git_commit": git_commit(), "madcache_version": madcache.__version__},
-        save_student=save_student, transfer=probe,
-        teachers=None if cache is None else cache.manifest.get("teachers"))
+        task_source=task_source,
+        af_source=af_source,
+        regions=regions,
+        eval_examples=eval_examples,
+        eval_regions=eval_regions,
+        provenance={
+            "cache_fingerprint": None if cache is None else cache_digest(cache.manifest),
+            "verified_reads": reads,
+            **record_split(config, split),
+            **numerics(),
+            "git_commit": git_commit(),
+            "madcache_version": madcache.__version__,
+        },
+        save_student=save_student,
+        transfer=probe,
+        teachers=None if cache is None else cache.manifest.get("teachers"),
+    )
 
 
-def verify_reads(cache, stages: list[tuple[Method, list[str]]], store,
-                 image_ids: set[str]) -> dict[str, dict[str, str]]:
+def verify_reads(
+    cache, stages: list[tuple[Method, list[str]]], store, image_ids: set[str]
+) -> dict[str, dict[str, str]]:
     """Before the first step, check every shard the run will read against the sha256s its
     extraction recorded (madcache/cache/verified.py): the cache's shards holding each stage's
     example ids (the arrays that stage needs), and the region store's holding `image_ids`.
@@ -120,7 +149,7 @@ def verify_reads(cache, stages: list[tuple[Method, list[str]]], store,
                 cache.verified.ahead(ids, arrays_for(stage.needs, names) | {"example_id"})
         reads["cache"] = cache.verified.record()
     if store is not None:
-        store.check_holds(sorted(image_ids))      # before training, not at the first eval
+        store.check_holds(sorted(image_ids))  # before training, not at the first eval
         store.cache.verified.ahead(image_ids, ARRAYS)
         reads["regions"] = store.cache.verified.record()
     return reads
@@ -135,26 +164,32 @@ def pin_threads(threads: int) -> None:
 
 def numerics() -> dict[str, Any]:
     """What decides the floating-point path besides the settings (inputs.json)."""
-    return {"torch_threads": torch.get_num_threads(),
-            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled()}
+    return {
+        "torch_threads": torch.get_num_threads(),
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+    }
 
 
-def label_free_examples(dataset: str, examples: list[Example]
-                        ) -> tuple[list[Example], dict[str, str]]:
+def label_free_examples(
+    dataset: str, examples: list[Example]
+) -> tuple[list[Example], dict[str, str]]:
     """The examples adaptive finetuning trains on, each as its dataset's `label_free` view (no
     label nor any field derived from one; VCR without the QA->R texts that hold the correct
     answer), under an opaque id `af:<i>` (an SNLI-VE pairID ends in its label's letter), and
     the map from those ids back to the original ones, which only target loading reads."""
     view = DATASETS.get(dataset).label_free
-    seen = [(example.id, shown) for example, shown in zip(examples, map(view, examples))
-            if shown is not None]
+    seen = [
+        (example.id, shown)
+        for example, shown in zip(examples, map(view, examples))
+        if shown is not None
+    ]
     views = [dataclasses.replace(shown, id=f"af:{i}") for i, (_, shown) in enumerate(seen)]
     return views, {f"af:{i}": original for i, (original, _) in enumerate(seen)}
 
 
-def training_subset(config: TrainConfig,
-                    examples: Sequence[Example] | Callable[..., Iterable[Example]]
-                    ) -> tuple[list[Example], Any]:
+def training_subset(
+    config: TrainConfig, examples: Sequence[Example] | Callable[..., Iterable[Example]]
+) -> tuple[list[Example], Any]:
     """The low-shot subset and its split (from `split_file`, or sampled per category with
     `seed`; None: all examples). A sampled split is saved by `record_split`, once every check
     passed, so a refused run leaves nothing in its run folder.
@@ -171,24 +206,29 @@ def training_subset(config: TrainConfig,
         split = lowshot.Split.load(config.split_file)
         drawn_with = split.params.get("seed")
         if drawn_with is not None and drawn_with != config.seed:
-            raise ConfigError(f"{config.split_file} was drawn with seed {drawn_with} but the run "
-                              f"has --seed {config.seed}: pass --seed {drawn_with}, or the split "
-                              f"file of seed {config.seed}")
+            raise ConfigError(
+                f"{config.split_file} was drawn with seed {drawn_with} but the run "
+                f"has --seed {config.seed}: pass --seed {drawn_with}, or the split "
+                f"file of seed {config.seed}"
+            )
     elif config.per_category is not None:
-        split = lowshot.sample_per_category(lowshot.index(read()), k=config.per_category,
-                                            seed=config.seed)
+        split = lowshot.sample_per_category(
+            lowshot.index(read()), k=config.per_category, seed=config.seed
+        )
     else:
         return list(read()), None
     wanted = set(split.ids)
-    checked = config.split_file is None        # the index's read checked every record
+    checked = config.split_file is None  # the index's read checked every record
     subset = [ex for ex in read(wanted if checked else None) if ex.id in wanted]
     if len(subset) != len(wanted):
         unknown = sorted(wanted - {ex.id for ex in subset})
-        raise ConfigError(f"{config.split_file or 'the sampled split'}: {len(unknown)} of its "
-                          f"{len(wanted)} ids are not in the {config.dataset} "
-                          f"{getattr(config, 'split', 'training')} split (e.g. "
-                          f"{', '.join(map(repr, unknown[:3]))}); was it sampled from this split?")
-    if checked:   # the same ids, in the same (reader) order, as the second pass's strings: the
+        raise ConfigError(
+            f"{config.split_file or 'the sampled split'}: {len(unknown)} of its "
+            f"{len(wanted)} ids are not in the {config.dataset} "
+            f"{getattr(config, 'split', 'training')} split (e.g. "
+            f"{', '.join(map(repr, unknown[:3]))}); was it sampled from this split?"
+        )
+    if checked:  # the same ids, in the same (reader) order, as the second pass's strings: the
         # index's few hundred, scattered over the first pass's memory, would keep it from the OS
         split.ids = [ex.id for ex in subset]
     return subset, split
@@ -206,8 +246,11 @@ def record_split(config: TrainConfig, split: Any) -> dict[str, Any]:
             if where.is_main:
                 Path(config.out).mkdir(parents=True, exist_ok=True)
                 split.save(path)
-    return {"split_file": path, "split_digest": file_sha256(path),
-            "split_shots": split.params.get("per_category")}
+    return {
+        "split_file": path,
+        "split_digest": file_sha256(path),
+        "split_shots": split.params.get("per_category"),
+    }
 
 
 def open_checked_cache(config: TrainConfig, method: Method):
@@ -235,8 +278,13 @@ def open_split_cache(path: str, config: TrainConfig, split: str):
     return cache
 
 
-def transfer_probe(config: TrainConfig, method: Method, cache, train_examples: list[Example],
-                   eval_examples: list[Example]) -> Callable[[Any, Any, Any], dict] | None:
+def transfer_probe(
+    config: TrainConfig,
+    method: Method,
+    cache,
+    train_examples: list[Example],
+    eval_examples: list[Example],
+) -> Callable[[Any, Any, Any], dict] | None:
     """`probe(student, projections, regions) -> metrics.json 'transfer'` for a distilling run
     with an eval cache (train/transfer.py), else None. Its targets are read now, so a wrong
     eval cache is refused before the first step."""
@@ -247,25 +295,41 @@ def transfer_probe(config: TrainConfig, method: Method, cache, train_examples: l
     if path is None or not needs:
         return None
     held_out = image_order(eval_examples)[:HELD_OUT]
-    targets = tensors_of(open_split_cache(path, config, config.eval_split)
-                         .load_targets([ex.id for ex in held_out], needs=needs))
-    trained = tensors_of(cache.load_targets([ex.id for ex in train_examples[:HELD_OUT]],
-                                            needs=needs))
-    means = {n: getattr(trained, n).reshape(-1, getattr(trained, n).shape[-1]).mean(dim=0)
-             for n in needs}
+    targets = tensors_of(
+        open_split_cache(path, config, config.eval_split).load_targets(
+            [ex.id for ex in held_out], needs=needs
+        )
+    )
+    trained = tensors_of(
+        cache.load_targets([ex.id for ex in train_examples[:HELD_OUT]], needs=needs)
+    )
+    means = {
+        n: getattr(trained, n).reshape(-1, getattr(trained, n).shape[-1]).mean(dim=0) for n in needs
+    }
     multiple_choice = DATASETS.get(config.dataset).task == MULTIPLE_CHOICE
 
     def probe(student, projections, regions) -> dict:
-        return transfer_report(student, projections, held_out, targets, train_means=means,
-                               regions=regions, batch_size=config.batch_size,
-                               device=config.device, multiple_choice=multiple_choice)
+        return transfer_report(
+            student,
+            projections,
+            held_out,
+            targets,
+            train_means=means,
+            regions=regions,
+            batch_size=config.batch_size,
+            device=config.device,
+            multiple_choice=multiple_choice,
+        )
+
     return probe
 
 
 def tensors_of(targets) -> BatchTargets:
     """The image and text EOS targets as float32 tensors (None where not loaded)."""
+
     def tensor(array):
         return None if array is None else torch.from_numpy(np.asarray(array, dtype=np.float32))
+
     return BatchTargets(image=tensor(targets.image), text_eos=tensor(targets.text_eos))
 
 
@@ -273,23 +337,36 @@ def tensors_of(targets) -> BatchTargets:
 TEXT_NEUTRAL_OPTIONS = ("check_files",)
 
 
-def target_loader(config: TrainConfig, method: Method, cache,
-                  key: Callable[[Example], str] = operator.attrgetter("id")) -> Callable:
+def target_loader(
+    config: TrainConfig,
+    method: Method,
+    cache,
+    key: Callable[[Example], str] = operator.attrgetter("id"),
+) -> Callable:
     """Loads the targets `method` (one stage of the run's method) needs, as tensors; `key`
     gives an example's id in the cache."""
+
     def load(examples: list[Example]) -> BatchTargets | None:
         if not method.distils:
             return None
         ids = [key(ex) for ex in examples]
-        targets = cache.load_targets(ids, needs=method.needs,   # only what the stage reads
-                                     choose_words=word_chooser(method, m=config.m,
-                                                               seed=config.seed))
+        targets = cache.load_targets(
+            ids,
+            needs=method.needs,  # only what the stage reads
+            choose_words=word_chooser(method, m=config.m, seed=config.seed),
+        )
         check_targets(method, targets, cache=config.cache, logits=config.teacher_logits)
-        tensors = targets_to_tensors(targets, method, m=config.m, logits=config.teacher_logits,
-                                     seed=config.seed)
-        check_finite(vars(tensors), ids, source=f"cache {config.cache}",
-                     fix=f"run `madcache cache verify {config.cache}` and re-extract")
+        tensors = targets_to_tensors(
+            targets, method, m=config.m, logits=config.teacher_logits, seed=config.seed
+        )
+        check_finite(
+            vars(tensors),
+            ids,
+            source=f"cache {config.cache}",
+            fix=f"run `madcache cache verify {config.cache}` and re-extract",
+        )
         return tensors
+
     return load
 
 

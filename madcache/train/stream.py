@@ -22,9 +22,10 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import groupby
-from typing import Any, Callable, Generic, Iterable, Iterator, Sequence, TypeVar
+from typing import Any, Generic, TypeVar
 
 import torch
 from torch.utils.data import IterableDataset
@@ -64,12 +65,20 @@ class Visit:
     this rank reads for the whole visit (so a resumed visit reads what an uninterrupted one did)."""
 
     chunk: int
-    batches: list[tuple[int, torch.Tensor]]   # (stage step, chunk rows of the global batch)
-    rows: list[int]                           # sorted
+    batches: list[tuple[int, torch.Tensor]]  # (stage step, chunk rows of the global batch)
+    rows: list[int]  # sorted
 
 
-def visits(source: DataSource, *, seed: int, stage: str, batch_size: int, start: int,
-           stop: int, layout: Layout) -> Iterator[Visit]:
+def visits(
+    source: DataSource,
+    *,
+    seed: int,
+    stage: str,
+    batch_size: int,
+    start: int,
+    stop: int,
+    layout: Layout,
+) -> Iterator[Visit]:
     """The chunk visits of stage steps `start` to `stop` (exclusive), epoch after epoch."""
     per_epoch = source.steps_per_epoch(batch_size)
     if per_epoch == 0:
@@ -87,10 +96,12 @@ def visits(source: DataSource, *, seed: int, stage: str, batch_size: int, start:
                 continue
             if batches[0][0] >= stop:
                 return
-            mine = {r for _, rows in batches for piece in layout.share(rows)[0]
-                    for r in piece.tolist()}
-            yield Visit(chunk, [(s, rows) for s, rows in batches if start <= s < stop],
-                        sorted(mine))
+            mine = {
+                r for _, rows in batches for piece in layout.share(rows)[0] for r in piece.tolist()
+            }
+            yield Visit(
+                chunk, [(s, rows) for s, rows in batches if start <= s < stop], sorted(mine)
+            )
         epoch += 1
 
 
@@ -98,8 +109,8 @@ def visits(source: DataSource, *, seed: int, stage: str, batch_size: int, start:
 class MicroBatch:
     examples: list[Example]
     targets: BatchTargets | None
-    inputs: Any                  # the student's collated inputs (CPU; pinned on CUDA)
-    weight: float                # rows / rows of the global batch (0 for a borrowed row)
+    inputs: Any  # the student's collated inputs (CPU; pinned on CUDA)
+    weight: float  # rows / rows of the global batch (0 for a borrowed row)
 
 
 @dataclass
@@ -114,9 +125,9 @@ class Batch:
 class LoadedChunk:
     examples: list[Example]
     targets: BatchTargets | None
-    items: list[Any]             # tokenised, one per example
+    items: list[Any]  # tokenised, one per example
     regions: Callable[[Sequence[Example]], RegionInputs]
-    position: dict[int, int]     # chunk row -> index in the lists above
+    position: dict[int, int]  # chunk row -> index in the lists above
 
     def micro_batch(self, rows: list[int], preparer: Preparer, weight: float) -> MicroBatch:
         index = [self.position[r] for r in rows]
@@ -130,8 +141,12 @@ class ChunkLoader:
     """Reads a visit's rows of its chunk (targets, regions) and tokenises them, once. A lone
     chunk (a low-shot subset) is read whole, once per run. `rows_read` counts examples read."""
 
-    def __init__(self, source: DataSource, preparer: Preparer,
-                 regions: Callable[[Sequence[Example]], RegionInputs]) -> None:
+    def __init__(
+        self,
+        source: DataSource,
+        preparer: Preparer,
+        regions: Callable[[Sequence[Example]], RegionInputs],
+    ) -> None:
         self.source = source
         self.preparer = preparer
         self.regions = regions
@@ -146,33 +161,47 @@ class ChunkLoader:
         chunk = self.source.chunk(visit.chunk, rows)
         self.rows_read += len(rows)
         # a region source with `chunk(examples)` reads the chunk's images at once (RegionLoader)
-        regions = self.regions.chunk(chunk.examples) if hasattr(self.regions, "chunk") \
-            else self.regions
-        loaded = LoadedChunk(chunk.examples, chunk.targets, self.preparer.tokenise(chunk.examples),
-                             regions, {r: i for i, r in enumerate(rows)})
+        regions = (
+            self.regions.chunk(chunk.examples) if hasattr(self.regions, "chunk") else self.regions
+        )
+        loaded = LoadedChunk(
+            chunk.examples,
+            chunk.targets,
+            self.preparer.tokenise(chunk.examples),
+            regions,
+            {r: i for i, r in enumerate(rows)},
+        )
         if self.keep:
             self.kept = loaded
         return loaded
 
 
-def step_batches(loaded: Iterable[tuple[Visit, LoadedChunk]], *, layout: Layout,
-                 preparer: Preparer, pin: bool) -> Iterator[Batch]:
+def step_batches(
+    loaded: Iterable[tuple[Visit, LoadedChunk]], *, layout: Layout, preparer: Preparer, pin: bool
+) -> Iterator[Batch]:
     """This rank's micro-batches of every global batch of the loaded visits."""
     for visit, chunk in loaded:
         for step, rows in visit.batches:
             pieces, borrowed = layout.share(rows)
-            micro = [chunk.micro_batch(p.tolist(), preparer,
-                                       0.0 if borrowed else len(p) / len(rows)) for p in pieces]
+            micro = [
+                chunk.micro_batch(p.tolist(), preparer, 0.0 if borrowed else len(p) / len(rows))
+                for p in pieces
+            ]
             yield Batch(step, [pinned(m) for m in micro] if pin else micro)
 
 
 def pinned(micro: MicroBatch) -> MicroBatch:
     """`micro` with its CPU tensors in page-locked memory (asynchronous copies to the GPU)."""
+
     def pin(tensor: torch.Tensor) -> torch.Tensor:
         return tensor.pin_memory() if tensor.device.type == "cpu" else tensor
 
-    return MicroBatch(micro.examples, map_tensors(micro.targets, pin),
-                      map_tensors(micro.inputs, pin), micro.weight)
+    return MicroBatch(
+        micro.examples,
+        map_tensors(micro.targets, pin),
+        map_tensors(micro.inputs, pin),
+        micro.weight,
+    )
 
 
 class StageStream(IterableDataset):
@@ -180,26 +209,44 @@ class StageStream(IterableDataset):
     inside `with` (leaving the block stops the threads). `wait_s` is the time the consumer
     waited for data; `rows_read` the examples read."""
 
-    def __init__(self, source: DataSource, *, preparer: Preparer,
-                 regions: Callable[[Sequence[Example]], RegionInputs], seed: int, stage: str,
-                 batch_size: int, start: int, stop: int, layout: Layout, depth: int,
-                 pin: bool) -> None:
+    def __init__(
+        self,
+        source: DataSource,
+        *,
+        preparer: Preparer,
+        regions: Callable[[Sequence[Example]], RegionInputs],
+        seed: int,
+        stage: str,
+        batch_size: int,
+        start: int,
+        stop: int,
+        layout: Layout,
+        depth: int,
+        pin: bool,
+    ) -> None:
         super().__init__()
         self.source = source
         self.preparer = preparer
         self.loader = ChunkLoader(source, preparer, regions)
-        self.plan = dict(seed=seed, stage=stage, batch_size=batch_size, start=start, stop=stop,
-                         layout=layout)
+        self.plan = dict(
+            seed=seed, stage=stage, batch_size=batch_size, start=start, stop=stop, layout=layout
+        )
         self.layout = layout
         self.depth = depth
         self.pin = pin
         self.threads: list[Prefetcher] = []
 
     def __iter__(self) -> Iterator[Batch]:
-        chunks = Prefetcher(((v, self.loader(v)) for v in visits(self.source, **self.plan)),
-                            depth=2, name="madcache-chunks")
-        batches = Prefetcher(step_batches(chunks, layout=self.layout, preparer=self.preparer,
-                                          pin=self.pin), depth=self.depth, name="madcache-batches")
+        chunks = Prefetcher(
+            ((v, self.loader(v)) for v in visits(self.source, **self.plan)),
+            depth=2,
+            name="madcache-chunks",
+        )
+        batches = Prefetcher(
+            step_batches(chunks, layout=self.layout, preparer=self.preparer, pin=self.pin),
+            depth=self.depth,
+            name="madcache-batches",
+        )
         self.threads = [batches, chunks]
         return batches
 
@@ -251,7 +298,7 @@ class Prefetcher(Iterator[T], Generic[T]):
             except StopIteration:
                 self.queue.put((_END, None))
                 return
-            except BaseException as exc:   # handed to the consumer, raised there
+            except BaseException as exc:  # handed to the consumer, raised there
                 self.queue.put((_END, exc))
                 return
             self.queue.put((item, None))
@@ -264,7 +311,7 @@ class Prefetcher(Iterator[T], Generic[T]):
         item, error = self.queue.get()
         self.wait_s += time.perf_counter() - started
         if item is _END:
-            self.queue.put((item, error))      # stay finished
+            self.queue.put((item, error))  # stay finished
             if error is not None:
                 raise error
             raise StopIteration

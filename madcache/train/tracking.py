@@ -24,18 +24,19 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 from madcache.core.errors import ConfigError
 from madcache.core.registry import Registry
 
 TENSORBOARD_DIR = "tensorboard"
-WANDB_DIR = "wandb"                 # wandb.init(dir=<run>) writes <run>/wandb/
-WANDB_STATE = "madcache.json"       # in WANDB_DIR: the wandb run id and the last step logged
-MLFLOW_DIR = "mlruns"               # the default (file) store
-MLFLOW_RUN = "mlflow-run.json"      # the MLflow run id and its tracking URI
-EXPERIMENT = "madcache"             # wandb project / MLflow experiment unless the env names one
+WANDB_DIR = "wandb"  # wandb.init(dir=<run>) writes <run>/wandb/
+WANDB_STATE = "madcache.json"  # in WANDB_DIR: the wandb run id and the last step logged
+MLFLOW_DIR = "mlruns"  # the default (file) store
+MLFLOW_RUN = "mlflow-run.json"  # the MLflow run id and its tracking URI
+EXPERIMENT = "madcache"  # wandb project / MLflow experiment unless the env names one
 
 
 class Tracker(Protocol):
@@ -60,8 +61,9 @@ class NoTracker:
 
 
 def _missing(name: str, extra: str) -> ConfigError:
-    return ConfigError(f"--report-to {name} needs the {extra} package: "
-                       f"pip install 'madcache[{extra}]'")
+    return ConfigError(
+        f"--report-to {name} needs the {extra} package: pip install 'madcache[{extra}]'"
+    )
 
 
 def _run_name(run_dir: Path) -> str:
@@ -86,8 +88,10 @@ class TensorBoardTracker:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise _missing("tensorboard", "tensorboard") from None
-        self.writer = SummaryWriter(log_dir=str(run_dir / TENSORBOARD_DIR),
-                                    purge_step=start_step + 1 if start_step else None)
+        self.writer = SummaryWriter(
+            log_dir=str(run_dir / TENSORBOARD_DIR),
+            purge_step=start_step + 1 if start_step else None,
+        )
 
     def scalars(self, values: Mapping[str, float], step: int) -> None:
         for tag, value in values.items():
@@ -100,11 +104,14 @@ class TensorBoardTracker:
         for path in paths:
             if path.suffix in (".md", ".csv"):
                 text = path.read_text()
-                self.writer.add_text(path.name, text if path.suffix == ".md"
-                                     else "    " + text.replace("\n", "\n    "))
+                self.writer.add_text(
+                    path.name,
+                    text if path.suffix == ".md" else "    " + text.replace("\n", "\n    "),
+                )
             elif path.suffix == ".png":
-                self.writer.add_image(path.stem, matplotlib.image.imread(str(path))[..., :3],
-                                      dataformats="HWC")
+                self.writer.add_image(
+                    path.stem, matplotlib.image.imread(str(path))[..., :3], dataformats="HWC"
+                )
 
     def close(self) -> None:
         self.writer.close()
@@ -130,24 +137,32 @@ class WandbTracker:
                 state = {}
         run_id = state.get("run_id") or uuid.uuid4().hex[:8]
         self.last_step = int(state.get("last_step", 0)) if start_step else 0
-        self.logged_through = self.last_step       # by an interrupted attempt: skipped
+        self.logged_through = self.last_step  # by an interrupted attempt: skipped
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.run = wandb.init(dir=str(run_dir), id=run_id, resume="allow",
-                                  project=os.environ.get("WANDB_PROJECT", EXPERIMENT),
-                                  name=_run_name(run_dir), config=_run_config(run_dir),
-                                  reinit="create_new")
-        except Exception as exc:     # wandb raises its own types (login, network, settings)
-            raise ConfigError(f"--report-to wandb: wandb could not start a run "
-                              f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
-                              "run `wandb login`, or set WANDB_MODE=offline to log into "
-                              f"{run_dir / WANDB_DIR} only") from None
+            self.run = wandb.init(
+                dir=str(run_dir),
+                id=run_id,
+                resume="allow",
+                project=os.environ.get("WANDB_PROJECT", EXPERIMENT),
+                name=_run_name(run_dir),
+                config=_run_config(run_dir),
+                reinit="create_new",
+            )
+        except Exception as exc:  # wandb raises its own types (login, network, settings)
+            raise ConfigError(
+                f"--report-to wandb: wandb could not start a run "
+                f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                "run `wandb login`, or set WANDB_MODE=offline to log into "
+                f"{run_dir / WANDB_DIR} only"
+            ) from None
         self.run_id = run_id
         self._save_state()
 
     def _save_state(self) -> None:
-        self.state_file.write_text(json.dumps({"run_id": self.run_id,
-                                               "last_step": self.last_step}) + "\n")
+        self.state_file.write_text(
+            json.dumps({"run_id": self.run_id, "last_step": self.last_step}) + "\n"
+        )
 
     def scalars(self, values: Mapping[str, float], step: int) -> None:
         # wandb's step only grows: a resumed run's steps up to the last logged one were logged
@@ -217,23 +232,36 @@ class MlflowTracker:
                 run = self.client.get_run(self.run_id)
                 self.client.update_run(self.run_id, status="RUNNING")
                 self.logged_through = max(
-                    (m.step for key in run.data.metrics
-                     for m in self.client.get_metric_history(self.run_id, key)), default=0)
+                    (
+                        m.step
+                        for key in run.data.metrics
+                        for m in self.client.get_metric_history(self.run_id, key)
+                    ),
+                    default=0,
+                )
             else:
                 name = os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT)
                 experiment = self.client.get_experiment_by_name(name)
-                experiment_id = (experiment.experiment_id if experiment is not None
-                                 else self.client.create_experiment(name))
-                self.run_id = self.client.create_run(experiment_id,
-                                                     run_name=_run_name(run_dir)).info.run_id
-                params = {k: json.dumps(v) if not isinstance(v, str) else v
-                          for k, v in _run_config(run_dir).items()}
+                experiment_id = (
+                    experiment.experiment_id
+                    if experiment is not None
+                    else self.client.create_experiment(name)
+                )
+                self.run_id = self.client.create_run(
+                    experiment_id, run_name=_run_name(run_dir)
+                ).info.run_id
+                params = {
+                    k: json.dumps(v) if not isinstance(v, str) else v
+                    for k, v in _run_config(run_dir).items()
+                }
                 for key, value in params.items():
                     self.client.log_param(self.run_id, key, value[:6000])
-        except Exception as exc:     # MLflow raises MlflowException, OSError, requests errors
-            raise ConfigError(f"--report-to mlflow: cannot open an MLflow run in {uri} "
-                              f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
-                              "; check MLFLOW_TRACKING_URI") from None
+        except Exception as exc:  # MLflow raises MlflowException, OSError, requests errors
+            raise ConfigError(
+                f"--report-to mlflow: cannot open an MLflow run in {uri} "
+                f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+                "; check MLFLOW_TRACKING_URI"
+            ) from None
         self.id_file.write_text(json.dumps({"run_id": self.run_id, "tracking_uri": uri}) + "\n")
 
     def scalars(self, values: Mapping[str, float], step: int) -> None:
@@ -242,13 +270,16 @@ class MlflowTracker:
         if step <= self.logged_through:
             return
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(key, float(value), now, step)
-                                                    for key, value in values.items()])
+        self.client.log_batch(
+            self.run_id,
+            metrics=[Metric(key, float(value), now, step) for key, value in values.items()],
+        )
 
     def artifacts(self, paths: Sequence[Path]) -> None:
         for path in paths:
-            self.client.log_artifact(self.run_id, str(path),
-                                     artifact_path="plots" if path.suffix == ".png" else None)
+            self.client.log_artifact(
+                self.run_id, str(path), artifact_path="plots" if path.suffix == ".png" else None
+            )
 
     def close(self) -> None:
         self.client.set_terminated(self.run_id)
@@ -263,8 +294,11 @@ TRACKERS.register("mlflow", MlflowTracker)
 
 
 # the module each tracker imports and the extra that installs it (`madcache[<extra>]`)
-TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb"),
-                    "mlflow": ("mlflow", "mlflow")}
+TRACKER_PACKAGES = {
+    "tensorboard": ("tensorboard", "tensorboard"),
+    "wandb": ("wandb", "wandb"),
+    "mlflow": ("mlflow", "mlflow"),
+}
 
 
 def check_tracker(name: str) -> None:

@@ -25,7 +25,8 @@ no student, however distilled, could match the image targets from what it is giv
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch.nn import functional as F
@@ -34,7 +35,7 @@ from madcache.data.records import Example
 from madcache.method.losses import Projections
 from madcache.students.base import RegionInputs
 
-HELD_OUT = 256      # eval examples the diagnostics read (the first ones in image order)
+HELD_OUT = 256  # eval examples the diagnostics read (the first ones in image order)
 
 
 def centred_cosine(pred: torch.Tensor, target: torch.Tensor, mean: torch.Tensor) -> float:
@@ -47,8 +48,9 @@ def r2(pred: torch.Tensor, target: torch.Tensor, mean: torch.Tensor) -> float:
     return (1 - residual / spread).item()
 
 
-def feature_fit(pred: torch.Tensor, target: torch.Tensor,
-                train_mean: torch.Tensor | None) -> dict[str, float]:
+def feature_fit(
+    pred: torch.Tensor, target: torch.Tensor, train_mean: torch.Tensor | None
+) -> dict[str, float]:
     """The three numbers of one feature (rows = instances, last dim = features)."""
     mean = target.mean(dim=0)
     fit = {"centred_cosine": centred_cosine(pred, target, mean), "r2": r2(pred, target, mean)}
@@ -58,15 +60,21 @@ def feature_fit(pred: torch.Tensor, target: torch.Tensor,
 
 
 @torch.no_grad()
-def student_features(student: Any, projections: Projections, examples: Sequence[Example], *,
-                     regions: Callable[[Sequence[Example]], RegionInputs], batch_size: int,
-                     device: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+def student_features(
+    student: Any,
+    projections: Projections,
+    examples: Sequence[Example],
+    *,
+    regions: Callable[[Sequence[Example]], RegionInputs],
+    batch_size: int,
+    device: str,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """P_v(V_s) [N, C, Dv] and P_t(T_s) [N, C, Dt] (None without that projection), eval mode."""
     was_training = student.training
     student.eval()
     image, text = [], []
     for i in range(0, len(examples), batch_size):
-        batch = examples[i:i + batch_size]
+        batch = examples[i : i + batch_size]
         out = student(student.prepare(batch, regions(batch).to(device)))
         if projections.vision is not None:
             image.append(projections.vision(out.image_token).float().cpu())
@@ -76,27 +84,38 @@ def student_features(student: Any, projections: Projections, examples: Sequence[
     return (torch.cat(image) if image else None), (torch.cat(text) if text else None)
 
 
-def transfer_report(student: Any, projections: Projections, examples: Sequence[Example],
-                    targets: Any, *, train_means: dict[str, torch.Tensor],
-                    regions: Callable[[Sequence[Example]], RegionInputs], batch_size: int,
-                    device: str, multiple_choice: bool) -> dict[str, Any]:
+def transfer_report(
+    student: Any,
+    projections: Projections,
+    examples: Sequence[Example],
+    targets: Any,
+    *,
+    train_means: dict[str, torch.Tensor],
+    regions: Callable[[Sequence[Example]], RegionInputs],
+    batch_size: int,
+    device: str,
+    multiple_choice: bool,
+) -> dict[str, Any]:
     """The diagnostics of the module docstring for `examples` and their teacher `targets`
     (`BatchTargets` with `image` [N, Dv] and `text_eos` [N, C, Dt] where distilled)."""
-    image, text = student_features(student, projections, examples, regions=regions,
-                                   batch_size=batch_size, device=device)
+    image, text = student_features(
+        student, projections, examples, regions=regions, batch_size=batch_size, device=device
+    )
     report: dict[str, Any] = {"examples": len(examples)}
     if image is not None and targets.image is not None:
         report["image"] = feature_fit(image[:, 0], targets.image, train_means.get("image"))
     if text is not None and targets.text_eos is not None:
         dim = targets.text_eos.shape[-1]
-        report["text"] = feature_fit(text.reshape(-1, dim), targets.text_eos.reshape(-1, dim),
-                                     train_means.get("text_eos"))
+        report["text"] = feature_fit(
+            text.reshape(-1, dim), targets.text_eos.reshape(-1, dim), train_means.get("text_eos")
+        )
     labelled = [i for i, ex in enumerate(examples) if ex.label is not None]
     if multiple_choice and image is not None and text is not None and labelled:
-        scores = F.cosine_similarity(image, text, dim=-1)[labelled]          # [N, C]
+        scores = F.cosine_similarity(image, text, dim=-1)[labelled]  # [N, C]
         labels = torch.tensor([examples[i].label for i in labelled])
-        report["distilled_zero_shot"] = 100.0 * (scores.argmax(dim=1) == labels).float() \
-            .mean().item()
+        report["distilled_zero_shot"] = (
+            100.0 * (scores.argmax(dim=1) == labels).float().mean().item()
+        )
     return report
 
 
@@ -109,8 +128,14 @@ def region_vectors(inputs: RegionInputs) -> torch.Tensor:
     return torch.cat([per_region.flatten(1), mean], dim=1)
 
 
-def input_probe(train_x: torch.Tensor, train_y: torch.Tensor, eval_x: torch.Tensor,
-                eval_y: torch.Tensor, *, ridge: float = 1.0) -> dict[str, float]:
+def input_probe(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    eval_x: torch.Tensor,
+    eval_y: torch.Tensor,
+    *,
+    ridge: float = 1.0,
+) -> dict[str, float]:
     """Ridge regression (inputs standardised on train, penalty `ridge` x the number of
     training rows) from inputs to targets, fitted on (train_x, train_y) and scored on the
     held-out rows with `feature_fit` (the train targets' mean as the mean-only predictor)."""
@@ -120,5 +145,9 @@ def input_probe(train_x: torch.Tensor, train_y: torch.Tensor, eval_x: torch.Tens
     gram = x.T @ x + ridge * len(x) * torch.eye(x.shape[1], dtype=x.dtype)
     weights = torch.linalg.solve(gram, x.T @ (train_y - mean_y).double())
     pred = (((eval_x - mean_x) / std_x).double() @ weights).float() + mean_y
-    return {**feature_fit(pred, eval_y, mean_y), "train_rows": len(train_x),
-            "eval_rows": len(eval_x), "ridge": ridge}
+    return {
+        **feature_fit(pred, eval_y, mean_y),
+        "train_rows": len(train_x),
+        "eval_rows": len(eval_x),
+        "ridge": ridge,
+    }

@@ -57,22 +57,25 @@ class BackendTests:
         back = backend.read(path, ["logits/ia", "example_id"])
         assert sorted(back) == ["example_id", "logits/ia"]
 
-    def test_read_rows_equals_whole_reads_across_chunks(self, backend: Backend, tmp_path: Path,
-                                                         monkeypatch):
+    def test_read_rows_equals_whole_reads_across_chunks(
+        self, backend: Backend, tmp_path: Path, monkeypatch
+    ):
         """Sparse, dense, empty and all-row selections (runs across chunk edges, 3 rows per
         Zarr chunk) equal indexing the whole array; bool, int and fp16 keep their dtype."""
         from madcache.cache import backends
 
         monkeypatch.setattr(backends, "MAX_CHUNK_BYTES", 3 * 4 * 2)
         rng = np.random.default_rng(0)
-        arrays = {"feat": rng.normal(size=(11, 4)).astype(np.float16),
-                  "flag": rng.random(11) > 0.5, "rows": np.arange(22, dtype=np.int64) * 7,
-                  "ids": np.array([f"e{i}" for i in range(11)])}
+        arrays = {
+            "feat": rng.normal(size=(11, 4)).astype(np.float16),
+            "flag": rng.random(11) > 0.5,
+            "rows": np.arange(22, dtype=np.int64) * 7,
+            "ids": np.array([f"e{i}" for i in range(11)]),
+        }
         path = backend.shard_path(tmp_path, 0)
         backend.write(path, arrays)
         for rows in ([0, 1, 2, 3, 7, 10], [5], [], [2, 3, 4, 5, 6, 8, 9, 10], None):
-            wanted = {n: None if rows is None else np.array(rows, dtype=np.int64)
-                      for n in arrays}
+            wanted = {n: None if rows is None else np.array(rows, dtype=np.int64) for n in arrays}
             got = backend.read_rows(path, wanted)
             for name, array in arrays.items():
                 expected = array if rows is None else array[np.array(rows, dtype=np.int64)]
@@ -94,8 +97,9 @@ class BackendTests:
         backend.rename(temp, backend.shard_path(tmp_path, 2))
         assert sorted(backend.shards_present(tmp_path)) == [0, 2]
         assert backend.temp_paths(tmp_path) == []
-        np.testing.assert_array_equal(backend.read(backend.shard_path(tmp_path, 2))["a"],
-                                      np.arange(3))
+        np.testing.assert_array_equal(
+            backend.read(backend.shard_path(tmp_path, 2))["a"], np.arange(3)
+        )
         backend.remove(backend.shard_path(tmp_path, 0))
         assert not backend.exists(backend.shard_path(tmp_path, 0))
         assert sorted(backend.shards_present(tmp_path)) == [2]

@@ -19,14 +19,21 @@ def test_digest_is_order_insensitive_and_content_sensitive():
 
 
 def test_diff_fingerprints_dotted_keys():
-    expected = {"teachers": {"vision": {"sha": "a" * 64}}, "selection": {"m": 2},
-                "dataset": {"files": ["x", "y"]}}
-    actual = {"teachers": {"vision": {"sha": "b" * 64}}, "selection": {"m": 2, "top": 20},
-              "dataset": {"files": ["x", "z"]}}
+    expected = {
+        "teachers": {"vision": {"sha": "a" * 64}},
+        "selection": {"m": 2},
+        "dataset": {"files": ["x", "y"]},
+    }
+    actual = {
+        "teachers": {"vision": {"sha": "b" * 64}},
+        "selection": {"m": 2, "top": 20},
+        "dataset": {"files": ["x", "z"]},
+    }
     assert fp.diff_fingerprints(expected, actual) == [
         "fingerprint.dataset.files[1]: 'y' != 'z'",
         "fingerprint.selection.top: <missing> != 20",
-        "fingerprint.teachers.vision.sha: 'aaaaaaaaaaaa..' != 'bbbbbbbbbbbb..'"]
+        "fingerprint.teachers.vision.sha: 'aaaaaaaaaaaa..' != 'bbbbbbbbbbbb..'",
+    ]
     assert fp.diff_fingerprints(expected, expected) == []
 
 
@@ -43,7 +50,7 @@ def test_dataset_fingerprint_hashes_annotation_files(tmp_path, monkeypatch):
     (tmp_path / "ann").mkdir()
     (tmp_path / "ann" / "train.jsonl").write_text('{"id": 1}\n')
 
-    class Fake:                        # the two members of a Dataset spec a fingerprint uses
+    class Fake:  # the two members of a Dataset spec a fingerprint uses
         def annotation_files(self, root: Path, split: str, **options) -> list[Path]:
             return [root / "ann" / f"{split}.jsonl"]
 
@@ -52,9 +59,12 @@ def test_dataset_fingerprint_hashes_annotation_files(tmp_path, monkeypatch):
 
     monkeypatch.setattr(DATASETS, "get", lambda name: Fake())
     part = fp.dataset_fingerprint("fake", tmp_path, "train", {"modes": ("qa",), "renderer": "x"})
-    assert part == {"name": "fake", "split": "train",
-                    "files": {"ann/train.jsonl": fp.file_sha256(tmp_path / "ann" / "train.jsonl")},
-                    "read_options": {"modes": ["qa"], "renderer": "x"}}
+    assert part == {
+        "name": "fake",
+        "split": "train",
+        "files": {"ann/train.jsonl": fp.file_sha256(tmp_path / "ann" / "train.jsonl")},
+        "read_options": {"modes": ["qa"], "renderer": "x"},
+    }
     (tmp_path / "ann" / "train.jsonl").write_text('{"id": 22}\n')
     changed = fp.dataset_fingerprint("fake", tmp_path, "train", {"modes": ["qa"], "renderer": "x"})
     assert fp.diff_fingerprints(part, changed)[0].startswith("fingerprint.files.ann/train.jsonl")

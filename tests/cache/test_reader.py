@@ -7,8 +7,12 @@ import pytest
 
 from madcache.cache.gather import ragged_index
 from madcache.cache.reader import open_cache
-from madcache.core.errors import (CacheError, CacheNotFoundError, FingerprintMismatchError,
-                             MissingTargetError)
+from madcache.core.errors import (
+    CacheError,
+    CacheNotFoundError,
+    FingerprintMismatchError,
+    MissingTargetError,
+)
 
 
 @pytest.fixture
@@ -53,8 +57,9 @@ def test_ragged_words_in_scored_text_order(cache, world):
     # text row n*C + c is example n's choice c
     n, c = 3, 2
     texts = {e.id: e for e in world.examples}[ids[n]].texts
-    np.testing.assert_array_equal(words.span[words.text_slice(n * 3 + c)],
-                                  world.words[texts[c]]["word_span"])
+    np.testing.assert_array_equal(
+        words.span[words.text_slice(n * 3 + c)], world.words[texts[c]]["word_span"]
+    )
 
 
 def test_kmeans_logits_from_similarity_and_centres(cache, world):
@@ -63,8 +68,9 @@ def test_kmeans_logits_from_similarity_and_centres(cache, world):
     by_id = {e.id: e for e in world.examples}
     for row, eid in enumerate(ids):
         for k, centre in enumerate(world.centres):
-            assert logits[row, k] == pytest.approx(-100 * abs(by_id[eid].similarity - centre),
-                                                   abs=1e-4)
+            assert logits[row, k] == pytest.approx(
+                -100 * abs(by_id[eid].similarity - centre), abs=1e-4
+            )
 
 
 def test_empty_request_has_shapes(cache, cache_helpers):
@@ -91,15 +97,22 @@ def test_arrays_rebased_to_global_rows(cache, world):
             text = by_id[eid].texts[c]
             assert arrays["text_key"][row] == text
             off = arrays["word_offsets"]
-            np.testing.assert_array_equal(arrays["word_feat"][off[row]:off[row + 1]],
-                                          world.words[text]["word_feat"])
+            np.testing.assert_array_equal(
+                arrays["word_feat"][off[row] : off[row + 1]], world.words[text]["word_feat"]
+            )
     assert arrays["word_offsets"][-1] == len(arrays["word_feat"])
 
 
 def test_index_and_example_ids(cache, world):
     assert cache.example_ids() == [e.id for s in world.shards for e in s]
-    assert set(cache.index().column_names) >= {"example_id", "shard", "row", "image_id",
-                                               "category", "label"}
+    assert set(cache.index().column_names) >= {
+        "example_id",
+        "shard",
+        "row",
+        "image_id",
+        "category",
+        "label",
+    }
 
 
 def test_missing_cache_is_a_file_not_found(tmp_path):
@@ -115,8 +128,9 @@ def test_incomplete_cache_needs_allow_incomplete(tmp_path, world, cache_helpers)
         open_cache(tmp_path / "c")
     cache = open_cache(tmp_path / "c", allow_incomplete=True)
     ids = [e.id for e in world.shards[2]][:2]
-    np.testing.assert_array_equal(cache.load_targets(ids).logits["iqa"],
-                                  np.stack([e.logits for e in world.shards[2][:2]]))
+    np.testing.assert_array_equal(
+        cache.load_targets(ids).logits["iqa"], np.stack([e.logits for e in world.shards[2][:2]])
+    )
 
 
 def test_check_compatible_compares_only_given_parts(cache, cache_helpers):
@@ -162,20 +176,32 @@ def test_targets_of_another_format_version_are_refused(tmp_path, world, cache_he
     manifest = json.loads(path.read_text())
     path.write_text(json.dumps({**manifest, "format_version": 1}))
     cache = open_cache(tmp_path / "c")
-    assert cache.info()["format_version"] == 1                # still inspectable
-    with pytest.raises(CacheError, match=r"format version 1, but this madcache reads version 2.*"
-                                         r"Re-extract"):
+    assert cache.info()["format_version"] == 1  # still inspectable
+    with pytest.raises(
+        CacheError,
+        match=r"format version 1, but this madcache reads version 2.*"
+        r"Re-extract",
+    ):
         cache.load_targets(requested(world))
 
 
-@pytest.mark.parametrize("needs, read, empty", [
-    (("image",), {"example_id", "example_image", "image_feat"}, ("text_eos", "words")),
-    (("image", "text_eos"), {"example_id", "example_image", "example_texts", "image_feat",
-                             "text_eos"}, ("words",)),
-    (("logits",), {"example_id", "candidates", "similarity", "logits/ia", "logits/iqa"},
-     ("image", "text_eos", "words"))])
-def test_load_targets_reads_only_what_a_method_needs(cache, world, monkeypatch, needs, read,
-                                                    empty):
+@pytest.mark.parametrize(
+    "needs, read, empty",
+    [
+        (("image",), {"example_id", "example_image", "image_feat"}, ("text_eos", "words")),
+        (
+            ("image", "text_eos"),
+            {"example_id", "example_image", "example_texts", "image_feat", "text_eos"},
+            ("words",),
+        ),
+        (
+            ("logits",),
+            {"example_id", "candidates", "similarity", "logits/ia", "logits/iqa"},
+            ("image", "text_eos", "words"),
+        ),
+    ],
+)
+def test_load_targets_reads_only_what_a_method_needs(cache, world, monkeypatch, needs, read, empty):
     """MD and AF read the image and text EOS targets, never the per-word arrays (issue 30.3):
     the arrays asked of the backend are those `needs` names, and their values are the full
     load's."""
@@ -209,8 +235,9 @@ def test_only_the_chosen_words_features_are_read(cache, world, monkeypatch, sele
 
     method = get_method("mad" if selection == "top" else "mad-random").only("task")
     ids = requested(world)
-    full = targets_to_tensors(cache.load_targets(ids, needs=method.needs), method, m=2,
-                              logits=None, seed=3)
+    full = targets_to_tensors(
+        cache.load_targets(ids, needs=method.needs), method, m=2, logits=None, seed=3
+    )
     asked: list[int] = []
     real = cache.backend.read_rows
 
@@ -219,8 +246,9 @@ def test_only_the_chosen_words_features_are_read(cache, world, monkeypatch, sele
         return real(path, rows)
 
     monkeypatch.setattr(cache.backend, "read_rows", spy)
-    part = cache.load_targets(ids, needs=method.needs,
-                              choose_words=word_chooser(method, m=2, seed=3))
+    part = cache.load_targets(
+        ids, needs=method.needs, choose_words=word_chooser(method, m=2, seed=3)
+    )
     kept = targets_to_tensors(part, method, m=2, logits=None, seed=3)
     assert len(part.words.feat) == len(part.words.feat_rows) == int(full.word_mask.sum())
     assert 0 < sum(asked) <= int(full.word_mask.sum()) < len(part.words.span)

@@ -14,13 +14,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from madcache.cli import cli
-
 from madcache.cache.commits import read_commits
 from madcache.cache.location import open_location
 from madcache.cache.reader import open_cache
 from madcache.cache.verify import verify_cache
 from madcache.cache.writer import CacheWriter
+from madcache.cli import cli
 from madcache.core.errors import CacheError
 
 pytestmark = pytest.mark.timeout(300)
@@ -32,10 +31,11 @@ def store_of(url: str):
 
 # ----------------------------------------------------------------------------- small objects
 
+
 def test_create_is_conditional_and_write_replaces(s3_bucket):
     store = store_of(f"{s3_bucket}/c")
     assert store.create("manifest.json", b"first")
-    assert not store.create("manifest.json", b"second")      # If-None-Match: * refused it
+    assert not store.create("manifest.json", b"second")  # If-None-Match: * refused it
     assert store.read_bytes("manifest.json") == b"first"
     store.write_bytes("manifest.json", b"third")
     assert store.read_bytes("manifest.json") == b"third"
@@ -45,8 +45,12 @@ def test_create_is_conditional_and_write_replaces(s3_bucket):
 
 def test_list_folders_delete_tree_and_size(s3_bucket):
     store = store_of(f"{s3_bucket}/c")
-    for key in ("commits/00000.json", "commits/00001.json", "shard-00000.zarr/zarr.json",
-                "shard-00000.zarr/a/c/0"):
+    for key in (
+        "commits/00000.json",
+        "commits/00001.json",
+        "shard-00000.zarr/zarr.json",
+        "shard-00000.zarr/a/c/0",
+    ):
         store.write_bytes(key, b"12345")
     assert store.list("commits") == ["commits/00000.json", "commits/00001.json"]
     assert store.list("") == ["commits", "shard-00000.zarr"]
@@ -57,6 +61,7 @@ def test_list_folders_delete_tree_and_size(s3_bucket):
 
 
 # ----------------------------------------------------------------------------- leases
+
 
 def test_a_lease_is_exclusive_until_released(s3_bucket):
     store = store_of(f"{s3_bucket}/c")
@@ -74,7 +79,7 @@ def test_an_expired_lease_of_another_host_is_taken_over(s3_bucket):
     store = store_of(f"{s3_bucket}/c")
     live = {"owner": "x", "host": "elsewhere", "pid": 1, "expires": time.time() + 60}
     store.write_bytes("claims/00001", json.dumps(live).encode())
-    assert store.claim("claims/00001", wait=False) is None       # another host, not expired
+    assert store.claim("claims/00001", wait=False) is None  # another host, not expired
     store.write_bytes("claims/00001", json.dumps({**live, "expires": time.time() - 1}).encode())
     taken = store.claim("claims/00001", wait=False)
     assert taken is not None
@@ -84,10 +89,18 @@ def test_an_expired_lease_of_another_host_is_taken_over(s3_bucket):
 
 def test_a_lease_of_a_dead_process_on_this_host_is_taken_over_at_once(s3_bucket):
     store = store_of(f"{s3_bucket}/c")
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
-    record = {"owner": "x", "host": socket.gethostname(), "pid": int(dead.stdout),
-              "expires": time.time() + 600}
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    record = {
+        "owner": "x",
+        "host": socket.gethostname(),
+        "pid": int(dead.stdout),
+        "expires": time.time() + 600,
+    }
     store.write_bytes("claims/00002", json.dumps(record).encode())
     taken = store.claim("claims/00002", wait=False)
     assert taken is not None
@@ -108,6 +121,7 @@ def test_a_held_lease_is_renewed(s3_bucket):
 
 # ----------------------------------------------------------------------------- caches
 
+
 def test_a_cache_in_s3_equals_the_same_cache_on_disk(s3_bucket, tmp_path, cache_helpers):
     world = cache_helpers.make_world()
     cache_helpers.write_world(tmp_path / "disk", world, fmt="zarr")
@@ -127,8 +141,13 @@ def test_a_cache_in_s3_equals_the_same_cache_on_disk(s3_bucket, tmp_path, cache_
     assert not [k for k in store_of(f"{s3_bucket}/cache").list("") if "tmp" in k]  # no renames
     info = s3.info()
     assert info["path"] == f"{s3_bucket}/cache" and info["shards"] == 3
-    assert info["bytes"] == sum(store_of(f"{s3_bucket}/cache").size(k) for k in
-                                store_of(f"{s3_bucket}/cache").list("")) > 0
+    assert (
+        info["bytes"]
+        == sum(
+            store_of(f"{s3_bucket}/cache").size(k) for k in store_of(f"{s3_bucket}/cache").list("")
+        )
+        > 0
+    )
 
 
 def test_a_half_written_shard_is_not_complete_and_is_redone(s3_bucket, cache_helpers):
@@ -146,7 +165,7 @@ def test_a_half_written_shard_is_not_complete_and_is_redone(s3_bucket, cache_hel
     assert any("shard 2 is on disk but not committed" in p for p in verify_cache(url))
     reopened = CacheWriter.open(url, manifest=cache_helpers.make_manifest(), format="zarr")
     assert reopened.completed_shards() == {0, 1}
-    assert not store.exists("shard-00002.zarr")          # the resume removed the leftover
+    assert not store.exists("shard-00002.zarr")  # the resume removed the leftover
     reopened.write_shard(2, world.shard_arrays(2), index_columns=world.index_columns(2))
     result = CliRunner().invoke(cli, ["cache", "finish", url])
     assert result.exit_code == 0, result.output
@@ -178,6 +197,7 @@ def _keys(store, prefix: str) -> list[str]:
 
 # ----------------------------------------------------------------------------- errors
 
+
 @pytest.mark.parametrize("case", ["no bucket", "unreachable"])
 def test_an_unusable_store_is_one_line_naming_the_url(s3_bucket, monkeypatch, case):
     url = f"{s3_bucket}/cache"
@@ -190,8 +210,7 @@ def test_an_unusable_store_is_one_line_naming_the_url(s3_bucket, monkeypatch, ca
         assert result.exit_code == 2, result.output
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and url in lines[0], result.output
-        expected = {"no bucket": "bucket does not exist",
-                    "unreachable": "cannot be reached"}[case]
+        expected = {"no bucket": "bucket does not exist", "unreachable": "cannot be reached"}[case]
         assert expected in lines[0], lines[0]
 
 

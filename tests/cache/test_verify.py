@@ -92,17 +92,25 @@ def test_index_not_covering_rows(root):
 def test_incomplete_and_missing(tmp_path, world, cache_helpers):
     cache_helpers.write_world(tmp_path / "c", world, fmt="zarr", finish=False, shards=[0])
     assert verify_cache(tmp_path / "c") == [
-        "the cache is incomplete (state 'writing'): resume the extraction with the same command"]
+        "the cache is incomplete (state 'writing'): resume the extraction with the same command"
+    ]
     assert "no cache at" in verify_cache(tmp_path / "absent")[0]
 
 
 def test_shard_problems_ranges():
-    arrays = {"example_id": np.array(["a", "b"]), "image_feat": np.zeros((1, 2)),
-              "example_image": np.array([0, 1]), "text_eos": np.zeros((2, 2)),
-              "example_texts": np.array([[0], [2]]), "word_offsets": np.array([0, 2, 1]),
-              "word_feat": np.zeros((1, 2)), "logits/iqa": np.zeros((3, 4))}
+    arrays = {
+        "example_id": np.array(["a", "b"]),
+        "image_feat": np.zeros((1, 2)),
+        "example_image": np.array([0, 1]),
+        "text_eos": np.zeros((2, 2)),
+        "example_texts": np.array([[0], [2]]),
+        "word_offsets": np.array([0, 2, 1]),
+        "word_feat": np.zeros((1, 2)),
+        "logits/iqa": np.zeros((3, 4)),
+    }
     assert shard_problems(arrays) == [
         "logits/iqa has 3 rows, expected 2 (examples)",
         "example_image points outside the shard's 1 images (range 0..1)",
         "example_texts points outside the shard's 2 texts (range 0..2)",
-        "word_offsets is not monotone"]
+        "word_offsets is not monotone",
+    ]

@@ -19,7 +19,7 @@ def test_commit_records_hold_checksums_shapes_and_writer(tmp_path, world, fmt, c
     writer = cache_helpers.write_world(tmp_path / "c", world, fmt=fmt, finish=False, shards=[1])
     manifest = read_manifest(tmp_path / "c")
     assert manifest["state"] == "writing" and manifest["format"] == fmt
-    assert manifest["shards"] == []            # while writing, the commit records say it
+    assert manifest["shards"] == []  # while writing, the commit records say it
     (entry,) = read_commits(LocalStore(tmp_path / "c")).values()
     assert entry["writer"]["rank"] == 0 and entry["writer"]["world_size"] == 1
     arrays = world.shard_arrays(1)
@@ -65,7 +65,8 @@ def test_resume_keeps_completed_and_removes_stale_temp(tmp_path, world, fmt, cac
     for name in ("example_id", "word_feat", "logits/iqa"):
         np.testing.assert_array_equal(reopened.read_shard(2)[name], fresh.read_shard(2)[name])
     assert pq.read_table(root / "index.parquet").equals(
-        pq.read_table(tmp_path / "fresh" / "index.parquet"))
+        pq.read_table(tmp_path / "fresh" / "index.parquet")
+    )
 
 
 def test_renamed_shard_without_manifest_entry_is_redone(tmp_path, world, fmt, cache_helpers):
@@ -82,10 +83,13 @@ def test_different_fingerprint_names_the_key(tmp_path, world, fmt, cache_helpers
     root = tmp_path / "c"
     cache_helpers.write_world(root, world, fmt=fmt, shards=[0], finish=False)
     with pytest.raises(FingerprintMismatchError) as info:
-        CacheWriter.open(root, manifest=cache_helpers.make_manifest(checkpoint="cd" * 32), format=fmt)
+        CacheWriter.open(
+            root, manifest=cache_helpers.make_manifest(checkpoint="cd" * 32), format=fmt
+        )
     message = str(info.value)
-    assert ("fingerprint.teachers.vision.checkpoint_sha256: 'abababababab..' != "
-            "'cdcdcdcdcdcd..'") in message
+    assert (
+        "fingerprint.teachers.vision.checkpoint_sha256: 'abababababab..' != 'cdcdcdcdcdcd..'"
+    ) in message
     assert "--force" in message and "--out" in message
     assert info.value.differences == [message.splitlines()[1].strip()]
 
@@ -93,12 +97,15 @@ def test_different_fingerprint_names_the_key(tmp_path, world, fmt, cache_helpers
 def test_force_wipes(tmp_path, world, fmt, cache_helpers):
     root = tmp_path / "c"
     cache_helpers.write_world(root, world, fmt=fmt)
-    writer = CacheWriter.open(root, manifest=cache_helpers.make_manifest(checkpoint="cd" * 32),
-                              format=fmt, force=True)
+    writer = CacheWriter.open(
+        root, manifest=cache_helpers.make_manifest(checkpoint="cd" * 32), format=fmt, force=True
+    )
     assert writer.completed_shards() == set()
     assert not (root / "index.parquet").exists()
     assert writer.backend.shards_present(root) == {}
-    assert read_manifest(root)["fingerprint"]["teachers"]["vision"]["checkpoint_sha256"] == "cd" * 32
+    assert (
+        read_manifest(root)["fingerprint"]["teachers"]["vision"]["checkpoint_sha256"] == "cd" * 32
+    )
 
 
 def test_refuses_a_directory_that_is_not_a_cache(tmp_path, cache_helpers):
@@ -169,5 +176,6 @@ def test_store_size_skips_files_another_rank_renames_mid_walk(tmp_path, monkeypa
     def walk_listing_a_vanished_file(top, *args, **kwargs):
         for folder, dirs, names in real_walk(top, *args, **kwargs):
             yield folder, dirs, [*names, "renamed-away"]
+
     monkeypatch.setattr(store_module.os, "walk", walk_listing_a_vanished_file)
     assert LocalStore(tmp_path).size("") == 3

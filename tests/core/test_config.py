@@ -9,8 +9,13 @@ from typing import Any, Literal
 
 import pytest
 
-from madcache.core.config import (check_ranges, check_value, config_from_dict, parse_key_values,
-                                  setting)
+from madcache.core.config import (
+    check_ranges,
+    check_value,
+    config_from_dict,
+    parse_key_values,
+    setting,
+)
 from madcache.core.errors import ConfigError, ConfigValueError
 
 
@@ -38,30 +43,34 @@ class Example:
 
 
 def build(**values):
-    return config_from_dict(Example, {"name": "x", **values}, noun="key", where="f.toml: ",
-                            table="train")
+    return config_from_dict(
+        Example, {"name": "x", **values}, noun="key", where="f.toml: ", table="train"
+    )
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"lr": "fast"}, "f.toml: train.lr: expected a number, got 'fast'"),
-    ({"lr": True}, "train.lr: expected a number, got True"),
-    ({"lr": float("inf")}, "train.lr: expected a finite number, got inf"),
-    ({"steps": "3"}, "train.steps: expected an integer, got '3'"),
-    ({"steps": 2.0}, "train.steps: expected an integer, got 2.0"),
-    ({"resume": "no"}, "train.resume: expected true or false, got 'no'"),
-    ({"resume": 1}, "train.resume: expected true or false, got 1"),
-    ({"name": 3}, "train.name: expected a string, got 3"),
-    ({"limit": "10"}, "train.limit: expected an integer, got '10'"),
-    ({"kind": "c"}, "train.kind: expected one of 'a', 'b', got 'c'"),
-    ({"tags": "qa"}, "train.tags: expected a list, got 'qa'"),
-    ({"tags": ["qa", 1]}, r"train.tags\[1\]: expected a string, got 1"),
-    ({"options": [1]}, "train.options: expected a table, got \\[1\\]"),
-    ({"paths": {"val": 3}}, "train.paths.val: expected a string, got 3"),
-    ({"where": 3}, "train.where: expected a path, got 3"),
-    ({"inner": {"size": "big"}}, "train.inner.size: expected an integer, got 'big'"),
-    ({"lr": 0}, "train.lr: must be > 0, got 0"),
-    ({"steps": 0}, "train.steps: must be >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"lr": "fast"}, "f.toml: train.lr: expected a number, got 'fast'"),
+        ({"lr": True}, "train.lr: expected a number, got True"),
+        ({"lr": float("inf")}, "train.lr: expected a finite number, got inf"),
+        ({"steps": "3"}, "train.steps: expected an integer, got '3'"),
+        ({"steps": 2.0}, "train.steps: expected an integer, got 2.0"),
+        ({"resume": "no"}, "train.resume: expected true or false, got 'no'"),
+        ({"resume": 1}, "train.resume: expected true or false, got 1"),
+        ({"name": 3}, "train.name: expected a string, got 3"),
+        ({"limit": "10"}, "train.limit: expected an integer, got '10'"),
+        ({"kind": "c"}, "train.kind: expected one of 'a', 'b', got 'c'"),
+        ({"tags": "qa"}, "train.tags: expected a list, got 'qa'"),
+        ({"tags": ["qa", 1]}, r"train.tags\[1\]: expected a string, got 1"),
+        ({"options": [1]}, "train.options: expected a table, got \\[1\\]"),
+        ({"paths": {"val": 3}}, "train.paths.val: expected a string, got 3"),
+        ({"where": 3}, "train.where: expected a path, got 3"),
+        ({"inner": {"size": "big"}}, "train.inner.size: expected an integer, got 'big'"),
+        ({"lr": 0}, "train.lr: must be > 0, got 0"),
+        ({"steps": 0}, "train.steps: must be >= 1, got 0"),
+    ],
+)
 def test_wrong_values_are_refused_naming_the_key(values, message):
     with pytest.raises(ConfigValueError, match=message):
         build(**values)
@@ -98,8 +107,9 @@ def test_check_value_alone():
 
 
 def test_key_values_parse_json_or_keep_strings():
-    parsed = parse_key_values(["a=3", "b=true", 'c=["qa"]', "d=cache/val", "e=1=2"],
-                              option="--student-option")
+    parsed = parse_key_values(
+        ["a=3", "b=true", 'c=["qa"]', "d=cache/val", "e=1=2"], option="--student-option"
+    )
     assert parsed == {"a": 3, "b": True, "c": ["qa"], "d": "cache/val", "e": "1=2"}
     assert parse_key_values(["val=123"], option="--eval-cache", as_json=False) == {"val": "123"}
     with pytest.raises(ConfigError, match="^--set: expected KEY=VALUE, got 'seeds'$"):

@@ -18,8 +18,9 @@ class Clock:
 
 def test_lines_every_n_seconds_with_rate_and_eta():
     out, clock = io.StringIO(), Clock()
-    bar = LineProgress(total=100, desc="task (mad)", unit="step", per_unit=16, stream=out,
-                       every="30s", clock=clock)
+    bar = LineProgress(
+        total=100, desc="task (mad)", unit="step", per_unit=16, stream=out, every="30s", clock=clock
+    )
     for _ in range(50):
         clock.now += 1.0
         bar.set_postfix(loss="0.5000")
@@ -35,11 +36,14 @@ def test_lines_every_n_units_and_nothing_when_disabled_or_quiet():
     with LineProgress(total=None, desc="sweep", unit="run", stream=out, every="2") as bar:
         for _ in range(5):
             bar.update(1)
-    assert [line.split(",")[0] for line in out.getvalue().splitlines()] == \
-        ["sweep: 2 runs", "sweep: 4 runs", "sweep: 5 runs"]
+    assert [line.split(",")[0] for line in out.getvalue().splitlines()] == [
+        "sweep: 2 runs",
+        "sweep: 4 runs",
+        "sweep: 5 runs",
+    ]
     quiet = io.StringIO()
     with LineProgress(total=3, desc="x", unit="step", stream=quiet, every="60s") as bar:
-        bar.update(3)                    # a short run under the interval prints nothing
+        bar.update(3)  # a short run under the interval prints nothing
     with progress(total=3, desc="x", disable=True, stream=quiet) as bar:
         bar.update(3)
     assert quiet.getvalue() == ""

@@ -7,11 +7,17 @@ from madcache.cli import cli
 from madcache.data.lowshot import load_split
 
 VCR_CS = "annotations/vcr_cs_val_original.jsonl"
-RECORD = {"annot_id": "val-1", "objects": ["person", "person"], "img_fn": "m/a.jpg",
-          "metadata_fn": "m/a.json", "question": ["Is", [0], "ok", "?"],
-          "answer_choices": [[[0], "is", "."], [[1], "is", "."], ["no"], ["yes"]],
-          "rationale_choices": [["a"], ["b"], ["c"], ["d"]], "answer_label": 0,
-          "rationale_label": 2}
+RECORD = {
+    "annot_id": "val-1",
+    "objects": ["person", "person"],
+    "img_fn": "m/a.jpg",
+    "metadata_fn": "m/a.json",
+    "question": ["Is", [0], "ok", "?"],
+    "answer_choices": [[[0], "is", "."], [[1], "is", "."], ["no"], ["yes"]],
+    "rationale_choices": [["a"], ["b"], ["c"], ["d"]],
+    "answer_label": 0,
+    "rationale_label": 2,
+}
 
 
 def run(*args):
@@ -20,9 +26,17 @@ def run(*args):
 
 @pytest.mark.real
 def test_stats_json_on_snli_ve(real_root):
-    result = run("data", "stats", "--dataset", "snli-ve", "--root",
-                 real_root / "snli_ve" / "allennlp_fixture", "--split", "sample_pairs.jsonl",
-                 "--json")
+    result = run(
+        "data",
+        "stats",
+        "--dataset",
+        "snli-ve",
+        "--root",
+        real_root / "snli_ve" / "allennlp_fixture",
+        "--split",
+        "sample_pairs.jsonl",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     stats = json.loads(result.output)
     assert (stats["examples"], stats["images"], stats["skipped"]) == (16, 2, [])
@@ -48,12 +62,24 @@ def test_stats_on_vcr_cs_fails_cleanly_then_skips_bad(real_root):
 
 @pytest.mark.real
 def test_stats_vqa_with_options(real_root):
-    result = run("data", "stats", "--dataset", "vqa", "--root", real_root / "vqa_v2", "--split",
-                 "train", "--json", "--read-option",
-                 "questions_file=multimodal_testdata/v2_OpenEnded_mscoco_train2014_questions.json",
-                 "--read-option",
-                 "annotations_file=multimodal_testdata/v2_mscoco_train2014_annotations.json",
-                 "--read-option", "check_files=true", "--skip-bad")
+    result = run(
+        "data",
+        "stats",
+        "--dataset",
+        "vqa",
+        "--root",
+        real_root / "vqa_v2",
+        "--split",
+        "train",
+        "--json",
+        "--read-option",
+        "questions_file=multimodal_testdata/v2_OpenEnded_mscoco_train2014_questions.json",
+        "--read-option",
+        "annotations_file=multimodal_testdata/v2_mscoco_train2014_annotations.json",
+        "--read-option",
+        "check_files=true",
+        "--skip-bad",
+    )
     stats = json.loads(result.output)
     assert stats["examples"] == 4 and stats["images"] == 1 and stats["labels"] == {"none": 4}
     assert stats["skipped"][0]["record_id"] == "262146000"
@@ -62,8 +88,23 @@ def test_stats_vqa_with_options(real_root):
 @pytest.mark.real
 def test_lowshot_writes_a_loadable_split(real_root, tmp_path):
     out = tmp_path / "split.json"
-    result = run("data", "lowshot", "--dataset", "vcr", "--root", real_root / "vcr", "--split",
-                 VCR_CS, "--skip-bad", "--per-category", 10, "--seed", 0, "--out", out)
+    result = run(
+        "data",
+        "lowshot",
+        "--dataset",
+        "vcr",
+        "--root",
+        real_root / "vcr",
+        "--split",
+        VCR_CS,
+        "--skip-bad",
+        "--per-category",
+        10,
+        "--seed",
+        0,
+        "--out",
+        out,
+    )
     assert result.exit_code == 0, result.output
     assert "110 examples from 55 groups" in result.output
     assert "shortfall: hypothetical has 5 of 10" in result.output
@@ -73,15 +114,19 @@ def test_lowshot_writes_a_loadable_split(real_root, tmp_path):
 
 def test_sm_writes_val_jsonl_and_report(tmp_path):
     (tmp_path / "val.jsonl").write_text(json.dumps(RECORD) + "\n")
-    result = run("data", "sm", "--root", tmp_path, "--split", "val", "--out", tmp_path / "sm",
-                 "--into-root")
+    result = run(
+        "data", "sm", "--root", tmp_path, "--split", "val", "--out", tmp_path / "sm", "--into-root"
+    )
     assert result.exit_code == 0, result.output
     assert "1 of 1 records in the SM split (singular 1, plural 0)" in result.output
     [changed] = [json.loads(line) for line in (tmp_path / "sm" / "val.jsonl").open()]
     assert changed["answer_choices"][:2] == [["He", "is", "."], [[0], "is", "."]]
     report = json.loads((tmp_path / "sm" / "sm_report.json").read_text())
-    assert report["rules"]["singular"] == {"records": 1, "answer_choices": 2,
-                                           "rationale_choices": 0}
+    assert report["rules"]["singular"] == {
+        "records": 1,
+        "answer_choices": 2,
+        "rationale_choices": 0,
+    }
 
 
 def test_bad_input_gives_one_line_errors(tmp_path):
@@ -102,8 +147,10 @@ def test_bad_input_gives_one_line_errors(tmp_path):
 def test_sm_on_the_real_vcr_sample_keeps_only_qualifying_records(real_root, tmp_path):
     result = run("data", "sm", "--root", real_root / "vcr", "--split", VCR_CS, "--out", tmp_path)
     assert result.exit_code == 0, result.output
-    assert "128 of 159 records in the SM split (singular 106, plural 22); 31 fit neither rule" \
+    assert (
+        "128 of 159 records in the SM split (singular 106, plural 22); 31 fit neither rule"
         in result.output
+    )
     written = tmp_path / "vcr_cs_val_original.jsonl"
     kept = [json.loads(line)["annot_id"] for line in written.open()]
     report = json.loads((tmp_path / "sm_report.json").read_text())

@@ -2,22 +2,40 @@ import json
 
 import pytest
 
-from madcache.data import iter_examples, read_examples
-from madcache.data.lowshot import (Split, index, load_split, sample_per_category,
-                                   sample_snli_ve, sample_vcr, sample_vqa, save_split)
-from madcache.data.records import Example, Text
 from madcache.core.errors import ConfigError, DataError
+from madcache.data import iter_examples, read_examples
+from madcache.data.lowshot import (
+    Split,
+    index,
+    load_split,
+    sample_per_category,
+    sample_snli_ve,
+    sample_vcr,
+    sample_vqa,
+    save_split,
+)
+from madcache.data.records import Example, Text
 
 
 def _example(dataset, id, category, image="i", group="", label=0):
-    return Example(id=id, dataset=dataset, split="val", image_id=image, image_path=f"{image}.jpg",
-                   choices=(Text.from_string("x"),), label=label, category=category, group=group)
+    return Example(
+        id=id,
+        dataset=dataset,
+        split="val",
+        image_id=image,
+        image_path=f"{image}.jpg",
+        choices=(Text.from_string("x"),),
+        label=label,
+        category=category,
+        group=group,
+    )
 
 
 def _vcr(questions):
     """questions: {annot_id: category} -> qa + qar examples."""
-    return [_example("vcr", f"{a}:{m}", c, group=a) for a, c in questions.items()
-            for m in ("qa", "qar")]
+    return [
+        _example("vcr", f"{a}:{m}", c, group=a) for a, c in questions.items() for m in ("qa", "qar")
+    ]
 
 
 def test_vcr_takes_k_questions_per_category_with_both_modes_and_records_shortfalls():
@@ -44,10 +62,16 @@ def test_one_categorys_pool_does_not_change_anothers_sample():
 
 
 def test_snli_ve_per_class_images_with_their_hypotheses_of_the_class():
-    examples = [_example("snli-ve", f"{img}#{n}{c}", c, image=img)
-                for img, counts in {"a": {"entailment": 2, "neutral": 1}, "b": {"entailment": 1},
-                                    "c": {"contradiction": 3}}.items()
-                for c, k in counts.items() for n in range(k)]
+    examples = [
+        _example("snli-ve", f"{img}#{n}{c}", c, image=img)
+        for img, counts in {
+            "a": {"entailment": 2, "neutral": 1},
+            "b": {"entailment": 1},
+            "c": {"contradiction": 3},
+        }.items()
+        for c, k in counts.items()
+        for n in range(k)
+    ]
     examples.append(_example("snli-ve", "d#0", "unlabelled", image="d", label=None))
     split = sample_snli_ve(examples, k=5, seed=0)
     assert split.counts == {"contradiction": 1, "entailment": 2, "neutral": 1}
@@ -58,9 +82,11 @@ def test_snli_ve_per_class_images_with_their_hypotheses_of_the_class():
 
 
 def test_vqa_at_most_two_questions_of_the_type_per_image():
-    examples = [_example("vqa", f"{img}-{cat}{n}", cat, image=img)
-                for img, cat, count in (("a", "what", 3), ("b", "what", 1), ("a", "why", 1))
-                for n in range(count)]
+    examples = [
+        _example("vqa", f"{img}-{cat}{n}", cat, image=img)
+        for img, cat, count in (("a", "what", 3), ("b", "what", 1), ("a", "why", 1))
+        for n in range(count)
+    ]
     split = sample_vqa(examples, k=2, seed=4)
     assert split.counts == {"what": 2, "why": 1}
     assert split.example_counts == {"what": 3, "why": 1}
@@ -87,12 +113,19 @@ def test_save_load_round_trip_and_validation(tmp_path):
 
 @pytest.mark.real
 def test_real_vcr_cs_split_is_exact(real_root):
-    examples = read_examples("vcr", real_root / "vcr", "annotations/vcr_cs_val_original.jsonl",
-                             skip_bad=True).examples
+    examples = read_examples(
+        "vcr", real_root / "vcr", "annotations/vcr_cs_val_original.jsonl", skip_bad=True
+    ).examples
     split = sample_per_category(examples, k=10, seed=0)
-    assert sample_per_category(index(examples), k=10, seed=0) == split   # the slim index
-    assert split.counts == {"activity": 10, "explanation": 10, "hypothetical": 5, "mental": 10,
-                            "role": 10, "temporal": 10}
+    assert sample_per_category(index(examples), k=10, seed=0) == split  # the slim index
+    assert split.counts == {
+        "activity": 10,
+        "explanation": 10,
+        "hypothetical": 5,
+        "mental": 10,
+        "role": 10,
+        "temporal": 10,
+    }
     assert len(split.ids) == 2 * 55 == sum(split.example_counts.values())
     assert split.shortfalls == {"hypothetical": {"wanted": 10, "available": 5}}
     assert split.ids == sample_per_category(examples, k=10, seed=0).ids
@@ -100,12 +133,17 @@ def test_real_vcr_cs_split_is_exact(real_root):
 
 @pytest.mark.real
 def test_real_snli_ve_split(real_root):
-    examples = read_examples("snli-ve", real_root / "snli_ve" / "allennlp_fixture",
-                             "sample_pairs.jsonl").examples
+    examples = read_examples(
+        "snli-ve", real_root / "snli_ve" / "allennlp_fixture", "sample_pairs.jsonl"
+    ).examples
     split = sample_per_category(examples, k=1, seed=3)
     assert sample_per_category(index(examples), k=1, seed=3) == split
-    only = iter_examples("snli-ve", real_root / "snli_ve" / "allennlp_fixture",
-                         "sample_pairs.jsonl", only=set(split.ids))
+    only = iter_examples(
+        "snli-ve",
+        real_root / "snli_ve" / "allennlp_fixture",
+        "sample_pairs.jsonl",
+        only=set(split.ids),
+    )
     assert [ex.id for ex in only] == split.ids
     assert split.example_counts == {"contradiction": 4, "entailment": 1, "neutral": 6}
     assert "402978771.jpg#1r1e" in split.ids

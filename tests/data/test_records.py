@@ -1,14 +1,22 @@
 import pytest
 
-from madcache.data.paths import safe_join
-from madcache.data.records import Example, Text, Word
-from madcache.data.records import split_words
 from madcache.core.errors import DataError, UnsafePathError
+from madcache.data.paths import safe_join
+from madcache.data.records import Example, Text, Word, split_words
 
 
 def test_split_words_spans_and_punctuation():
     words = split_words("Why isn't person1 at the t-shirt shop?")
-    assert [w.text for w in words] == ["Why", "isn't", "person1", "at", "the", "t-shirt", "shop", "?"]
+    assert [w.text for w in words] == [
+        "Why",
+        "isn't",
+        "person1",
+        "at",
+        "the",
+        "t-shirt",
+        "shop",
+        "?",
+    ]
     assert (words[1].start, words[1].end) == (4, 9)
     assert words[-1].start == len("Why isn't person1 at the t-shirt shop")
 
@@ -19,25 +27,45 @@ def test_text_validates_spans():
 
 
 def test_concat_shifts_spans_and_keeps_boxes():
-    q = Text("Is person1 sad ?", (Word("Is", 0, 2), Word("person1", 3, 10, (0,)),
-                                 Word("sad", 11, 14), Word("?", 15, 16)))
+    q = Text(
+        "Is person1 sad ?",
+        (Word("Is", 0, 2), Word("person1", 3, 10, (0,)), Word("sad", 11, 14), Word("?", 15, 16)),
+    )
     a = Text.from_string("No .")
     joined = q.concat(a)
     assert joined.text == "Is person1 sad ? No ."
     assert [(w.text, w.start, w.end, w.boxes) for w in joined.words[3:]] == [
-        ("?", 15, 16, ()), ("No", 17, 19, ()), (".", 20, 21, ())]
+        ("?", 15, 16, ()),
+        ("No", 17, 19, ()),
+        (".", 20, 21, ()),
+    ]
     assert joined.words[1].boxes == (0,)
 
 
 def test_example_texts_join_context_with_each_choice():
-    ex = Example(id="val-1:qa", dataset="vcr", split="val", image_id="val-0",
-                 image_path="vcr1images/a.jpg", choices=(Text.from_string("yes"),
-                                                         Text.from_string("no")),
-                 label=0, category="mental", context=Text.from_string("Is it?"))
+    ex = Example(
+        id="val-1:qa",
+        dataset="vcr",
+        split="val",
+        image_id="val-0",
+        image_path="vcr1images/a.jpg",
+        choices=(Text.from_string("yes"), Text.from_string("no")),
+        label=0,
+        category="mental",
+        context=Text.from_string("Is it?"),
+    )
     assert [t.text for t in ex.texts] == ["Is it? yes", "Is it? no"]
     assert ex.num_choices == 2
-    plain = Example(id="1", dataset="vqa", split="train", image_id="1", image_path="x.jpg",
-                    choices=(Text.from_string("What?"),), label=None, category="what")
+    plain = Example(
+        id="1",
+        dataset="vqa",
+        split="train",
+        image_id="1",
+        image_path="x.jpg",
+        choices=(Text.from_string("What?"),),
+        label=None,
+        category="what",
+    )
     assert plain.texts == plain.choices
 
 
@@ -58,7 +86,13 @@ def test_safe_join_refuses_symlink_out_of_root(tmp_path):
 
 
 def test_data_error_names_file_line_field():
-    err = DataError("object index 7 out of range (4 objects)", file="val.jsonl", line=12,
-                    field="answer_choices[2]", record_id="val-3")
-    assert str(err) == ("val.jsonl:12, field 'answer_choices[2]', id val-3: "
-                        "object index 7 out of range (4 objects)")
+    err = DataError(
+        "object index 7 out of range (4 objects)",
+        file="val.jsonl",
+        line=12,
+        field="answer_choices[2]",
+        record_id="val-3",
+    )
+    assert str(err) == (
+        "val.jsonl:12, field 'answer_choices[2]', id val-3: object index 7 out of range (4 objects)"
+    )

@@ -7,18 +7,37 @@ import pytest
 
 from madcache.core.errors import ConfigError, DataError
 from madcache.data import read_examples
-from madcache.data.sm import (likely_pronoun, mitigate_record, rule_of, shortcut_mitigate,
-                              shortcut_mitigate_file)
+from madcache.data.sm import (
+    likely_pronoun,
+    mitigate_record,
+    rule_of,
+    shortcut_mitigate,
+    shortcut_mitigate_file,
+)
 
 VCR_CS = "annotations/vcr_cs_val_original.jsonl"
 
 
-def record(question, answers, rationales=None, *, objects=("person",) * 4 + ("tie",),
-           answer_label=0, rationale_label=0):
-    return {"annot_id": "a", "objects": list(objects), "img_fn": "x.jpg",
-            "metadata_fn": "x.json", "question": question, "answer_choices": answers,
-            "rationale_choices": rationales or [["r"], ["s"], ["t"], ["u"]],
-            "answer_label": answer_label, "rationale_label": rationale_label}
+def record(
+    question,
+    answers,
+    rationales=None,
+    *,
+    objects=("person",) * 4 + ("tie",),
+    answer_label=0,
+    rationale_label=0,
+):
+    return {
+        "annot_id": "a",
+        "objects": list(objects),
+        "img_fn": "x.jpg",
+        "metadata_fn": "x.json",
+        "question": question,
+        "answer_choices": answers,
+        "rationale_choices": rationales or [["r"], ["s"], ["t"], ["u"]],
+        "answer_label": answer_label,
+        "rationale_label": rationale_label,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -52,25 +71,45 @@ def test_singular_rule_by_hand_on_real_records(sm_output):
     # val-35 "What is [0] thinking ?" (right answer 3, right rationale 2)
     val35 = by_id["val-35"]
     # wrong answer with only a pronoun: both "She" and "she" become the question's person
-    assert val35["answer_choices"][2] == [[0], "can", "'", "t", "believe", "what", [0], "is",
-                                          "seeing", "."]
-    assert val35["rationale_choices"][0][0] == [0]            # wrong rationale: [5] -> [0]
+    assert val35["answer_choices"][2] == [
+        [0],
+        "can",
+        "'",
+        "t",
+        "believe",
+        "what",
+        [0],
+        "is",
+        "seeing",
+        ".",
+    ]
+    assert val35["rationale_choices"][0][0] == [0]  # wrong rationale: [5] -> [0]
     # a tag plus a pronoun is two mentions: untouched, also the right answer naming [0] and [1]
     assert val35["answer_choices"][0] == originals["val-35"]["answer_choices"][0]
     assert val35["answer_choices"][3] == originals["val-35"]["answer_choices"][3]
     # val-72 "How is [0] feeling ?": right answer -> "He" (no gendered word anywhere: default)
     assert by_id["val-72"]["answer_choices"][1] == ["He", "is", "distressed", "."]
-    assert by_id["val-72"]["answer_choices"][0][0] == [0]     # wrong: [1] -> [0]
+    assert by_id["val-72"]["answer_choices"][0][0] == [0]  # wrong: [1] -> [0]
     # val-6032 "What is [3] doing while she sits ?": the pronoun comes from the question
-    assert by_id["val-6032"]["answer_choices"][by_id["val-6032"]["answer_label"]][:2] == \
-        ["She", "is"]
+    assert by_id["val-6032"]["answer_choices"][by_id["val-6032"]["answer_label"]][:2] == [
+        "She",
+        "is",
+    ]
     # val-8765: "her" in the choice; lower case after the first token
-    assert by_id["val-8765"]["answer_choices"][by_id["val-8765"]["answer_label"]][:4] == \
-        ["Yes", ",", "she", "has"]
+    assert by_id["val-8765"]["answer_choices"][by_id["val-8765"]["answer_label"]][:4] == [
+        "Yes",
+        ",",
+        "she",
+        "has",
+    ]
     # val-6897: their rule turns the one person of the right answer into a pronoun even when
     # it is not the question's person ("Offer to escort [4] to her car .")
-    assert by_id["val-6897"]["answer_choices"][by_id["val-6897"]["answer_label"]][:4] == \
-        ["Offer", "to", "escort", "she"]
+    assert by_id["val-6897"]["answer_choices"][by_id["val-6897"]["answer_label"]][:4] == [
+        "Offer",
+        "to",
+        "escort",
+        "she",
+    ]
 
 
 @pytest.mark.real
@@ -79,8 +118,8 @@ def test_plural_rule_by_hand_on_real_records(sm_output):
     by_id = {r["annot_id"]: r for r in written}
     # val-1658 "Did [5, 8] start this fire ?" (right answer 2)
     val1658 = by_id["val-1658"]["answer_choices"]
-    assert val1658[2][:3] == ["Yes", ",", "they"]             # right: the group -> "they"
-    assert val1658[1][:2] == ["No", [5, 8]]                   # wrong: "they" -> the group
+    assert val1658[2][:3] == ["Yes", ",", "they"]  # right: the group -> "they"
+    assert val1658[1][:2] == ["No", [5, 8]]  # wrong: "they" -> the group
     # val-1869 "What are [12, 9] doing ?": the group is compared sorted ([9, 12]), so the
     # unsorted [12, 9] of a wrong answer stays (exact token equality, as in their script)
     val1869 = by_id["val-1869"]["answer_choices"]
@@ -96,13 +135,14 @@ def test_plural_rule_by_hand_on_real_records(sm_output):
 def test_labels_and_other_keys_are_kept(sm_output, real_root):
     _, _, written, _ = sm_output
     lines = [json.loads(line) for line in (real_root / "vcr" / VCR_CS).open()]
-    kept = [r for r in lines if rule_of(r) is not None]       # in order, duplicates included
+    kept = [r for r in lines if rule_of(r) is not None]  # in order, duplicates included
     assert len(kept) == len(written)
     for before, after in zip(kept, written):
         assert list(after) == list(before)
         changed = {"answer_choices", "rationale_choices"}
-        assert {k: v for k, v in after.items() if k not in changed} == \
-            {k: v for k, v in before.items() if k not in changed}
+        assert {k: v for k, v in after.items() if k not in changed} == {
+            k: v for k, v in before.items() if k not in changed
+        }
 
 
 @pytest.mark.real
@@ -111,7 +151,7 @@ def test_sm_examples_use_the_rephrased_answers_and_rationales(sm_output, real_ro
     reread = read_examples("vcr", real_root / "vcr", "val", annotations=str(out), skip_bad=True)
     by_id = {ex.id: ex for ex in reread.examples}
     assert by_id["val-72:qa"].choices[1].text == "He is distressed ."
-    qar = by_id["val-211:qar"]          # QA->R: rephrased rationales after the right answer
+    qar = by_id["val-211:qar"]  # QA->R: rephrased rationales after the right answer
     assert qar.choices[2].text.startswith("They appear to be walking")
     original = read_examples("vcr", real_root / "vcr", VCR_CS, skip_bad=True).examples
     transformed = shortcut_mitigate(original)
@@ -125,10 +165,12 @@ def test_sm_examples_use_the_rephrased_answers_and_rationales(sm_output, real_ro
 
 def test_singular_rule_quirks():
     question = ["Why", "is", [0], "here", "?"]
-    answers = [[[1], "is", "waiting", "for", "his", "friend", "."],   # right, "his" -> he
-               [[2, 4], "is", "nice", "."],                           # [2] with a tie: kept
-               ["HE", "left", "."],                                   # counts, not replaced
-               [[3], "and", [3], "wait", "."]]                        # one person, twice
+    answers = [
+        [[1], "is", "waiting", "for", "his", "friend", "."],  # right, "his" -> he
+        [[2, 4], "is", "nice", "."],  # [2] with a tie: kept
+        ["HE", "left", "."],  # counts, not replaced
+        [[3], "and", [3], "wait", "."],
+    ]  # one person, twice
     done = mitigate_record(record(question, answers))
     assert done.rule == "singular" and done.answers == 4
     new = done.record["answer_choices"]
@@ -137,23 +179,27 @@ def test_singular_rule_quirks():
     assert new[2] == ["HE", "left", "."]
     assert new[3] == [[0], "and", [0], "wait", "."]
     assert likely_pronoun(["her", "him", "her"], ["he"]) == "she"
-    assert likely_pronoun(["her", "him"], ["She"]) == "she"          # tie: the question decides
+    assert likely_pronoun(["her", "him"], ["She"]) == "she"  # tie: the question decides
     assert likely_pronoun(["a"], ["b"]) == "he"
 
 
 def test_plural_rule_and_who_is_left_out():
     question = ["Are", [1, 0], "friends", "?"]
-    answers = [["Yes", ",", [0, 1], "are", "."], ["No", "they", "are", "not", "."],
-               [[1, 0], "argue", "."], [[2, 3], "and", [0], "argue", "."]]
+    answers = [
+        ["Yes", ",", [0, 1], "are", "."],
+        ["No", "they", "are", "not", "."],
+        [[1, 0], "argue", "."],
+        [[2, 3], "and", [0], "argue", "."],
+    ]
     done = mitigate_record(record(question, answers))
     assert done.rule == "plural" and done.answers == 3
     new = done.record["answer_choices"]
     assert new[0] == ["Yes", ",", "they", "are", "."]
     assert new[1] == ["No", [0, 1], "are", "not", "."]
-    assert new[2] == [[1, 0], "argue", "."]       # unsorted: not equal to the sorted group
-    assert new[3] == answers[3]                    # two tag groups: not a person group
+    assert new[2] == [[1, 0], "argue", "."]  # unsorted: not equal to the sorted group
+    assert new[3] == answers[3]  # two tag groups: not a person group
     assert rule_of(record(["Why", "?"], answers)) is None
-    assert rule_of(record(["Is", [4], "red", "?"], answers)) is None        # a tie, no person
+    assert rule_of(record(["Is", [4], "red", "?"], answers)) is None  # a tie, no person
     assert rule_of(record(["Do", [0], "and", [1], "talk", "?"], answers)) is None
     assert rule_of(record(["Do", [0, 4], "match", "?"], answers)) == "singular"
     assert rule_of(record(["Are", [0, 0], "ok", "?"], answers)) == "singular"  # both: singular
@@ -181,7 +227,15 @@ def test_files_leave_out_unqualified_and_refuse_unlabelled(tmp_path):
 def test_example_level_transform_refuses_other_datasets():
     from madcache.data.records import Example, Text
 
-    ex = Example(id="1", dataset="vqa", split="val", image_id="i", image_path="i.jpg",
-                 choices=(Text.from_string("q"),), label=None, category="what")
+    ex = Example(
+        id="1",
+        dataset="vqa",
+        split="val",
+        image_id="i",
+        image_path="i.jpg",
+        choices=(Text.from_string("q"),),
+        label=None,
+        category="what",
+    )
     with pytest.raises(ConfigError, match="VCR examples"):
         shortcut_mitigate([ex])

@@ -3,19 +3,26 @@ from collections import Counter
 
 import pytest
 
+from madcache.core.errors import DataError, DataFileNotFoundError, UnsafePathError
 from madcache.data import DATASETS, read_examples
 from madcache.data.snli_ve import LABELS, default_images_dir
-from madcache.core.errors import DataError, DataFileNotFoundError, UnsafePathError
 
-PAIR = {"Flickr30K_ID": "42", "gold_label": "neutral", "pairID": "42.jpg#0r1n",
-        "sentence1": "A caption.", "sentence2": "A dog runs."}
+PAIR = {
+    "Flickr30K_ID": "42",
+    "gold_label": "neutral",
+    "pairID": "42.jpg#0r1n",
+    "sentence1": "A caption.",
+    "sentence2": "A dog runs.",
+}
 
 
 def write(root, *records, name="snli_ve_dev.jsonl"):
     root.mkdir(parents=True, exist_ok=True)
     path = root / name
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n"
-                            for r in records), encoding="utf-8")
+    path.write_text(
+        "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records),
+        encoding="utf-8",
+    )
     return path
 
 
@@ -24,8 +31,11 @@ def test_current_format_sample(real_root):
     root = real_root / "snli_ve" / "allennlp_fixture"
     examples = read_examples("snli-ve", root, "sample_pairs.jsonl", check_files=True).examples
     assert len(examples) == 16
-    assert Counter(ex.category for ex in examples) == {"entailment": 6, "neutral": 6,
-                                                       "contradiction": 4}
+    assert Counter(ex.category for ex in examples) == {
+        "entailment": 6,
+        "neutral": 6,
+        "contradiction": 4,
+    }
     first = examples[0]
     assert (first.id, first.label, first.category) == ("2248275918.jpg#2r1c", 2, "contradiction")
     assert first.choices[0].text == "A toddler sleeps outside." and first.context is None
@@ -52,19 +62,23 @@ def test_split_names_images_dir_and_labels(tmp_path):
     assert [(ex.id, ex.label) for ex in examples] == [("42.jpg#0r1n", 1), ("42.jpg#0r1e", 0)]
     assert examples[0].image_path == "Flickr30K/flickr30k_images/42.jpg"
     assert DATASETS.get("snli-ve").label_names == LABELS
-    assert DATASETS.get("snli-ve").annotation_files(tmp_path, "dev") == \
-        [tmp_path / "snli_ve_dev.jsonl"]
+    assert DATASETS.get("snli-ve").annotation_files(tmp_path, "dev") == [
+        tmp_path / "snli_ve_dev.jsonl"
+    ]
     with pytest.raises(DataFileNotFoundError):
         read_examples("snli-ve", tmp_path, "dev", images_dir=".", check_files=True)
 
 
-@pytest.mark.parametrize("pair, field, message", [
-    ({**PAIR, "gold_label": "-"}, "gold_label", "unknown gold_label '-'"),
-    ({**PAIR, "sentence2": " "}, "sentence2", "empty text"),
-    ({k: v for k, v in PAIR.items() if k != "Flickr30K_ID"}, "Flickr30K_ID", "image id"),
-    ({**PAIR, "pairID": ""}, "pairID", "pairID"),
-    (PAIR, "pairID", "duplicate pairID (first seen on line 1)"),
-])
+@pytest.mark.parametrize(
+    "pair, field, message",
+    [
+        ({**PAIR, "gold_label": "-"}, "gold_label", "unknown gold_label '-'"),
+        ({**PAIR, "sentence2": " "}, "sentence2", "empty text"),
+        ({k: v for k, v in PAIR.items() if k != "Flickr30K_ID"}, "Flickr30K_ID", "image id"),
+        ({**PAIR, "pairID": ""}, "pairID", "pairID"),
+        (PAIR, "pairID", "duplicate pairID (first seen on line 1)"),
+    ],
+)
 def test_bad_pairs_name_file_line_and_field(tmp_path, pair, field, message):
     write(tmp_path, PAIR, pair)
     with pytest.raises(DataError) as err:

@@ -30,8 +30,7 @@ def test_itm_text_is_the_images_describing_caption_and_mlm_reads_every_caption(d
 def test_a_finished_student_is_reused_only_with_the_same_settings(tmp_path):
     from madcache.core.errors import ConfigError
     from madcache.core.io import write_json
-    from madcache.demo.student import (SUMMARY, DemoStudentConfig, pretrain_demo_student,
-                                       settings_of)
+    from madcache.demo.student import SUMMARY, DemoStudentConfig, pretrain_demo_student, settings_of
 
     config = DemoStudentConfig(data=tmp_path / "world", out=tmp_path / "student")
     config.out.mkdir()
@@ -51,10 +50,18 @@ def test_cli_refuses_a_student_pretrained_otherwise_in_one_line(tmp_path, demo_r
 
     out = tmp_path / "student"
     out.mkdir()
-    write_json(out / SUMMARY, {**settings_of(DemoStudentConfig(data=demo_root, out=out)),
-                               "steps": 500, "curve": []})
-    result = CliRunner().invoke(cli, ["demo", "student", "--data", str(demo_root),
-                                      "--out", str(out), "--no-progress"])
+    write_json(
+        out / SUMMARY,
+        {**settings_of(DemoStudentConfig(data=demo_root, out=out)), "steps": 500, "curve": []},
+    )
+    result = CliRunner().invoke(
+        cli, ["demo", "student", "--data", str(demo_root), "--out", str(out), "--no-progress"]
+    )
     assert result.exit_code == 2
-    assert result.output.strip().splitlines()[-1].endswith(
-        f"steps=500 (now 1000); delete {out} to pretrain it again, or choose another --out")
+    assert (
+        result.output.strip()
+        .splitlines()[-1]
+        .endswith(
+            f"steps=500 (now 1000); delete {out} to pretrain it again, or choose another --out"
+        )
+    )

@@ -10,8 +10,12 @@ from PIL import Image, ImageDraw
 from madcache.cli import cli
 from madcache.core.errors import DataFileNotFoundError
 
-COLOURS = {"red": (220, 30, 30), "green": (30, 180, 30), "blue": (30, 60, 220),
-           "yellow": (230, 220, 40)}
+COLOURS = {
+    "red": (220, 30, 30),
+    "green": (30, 180, 30),
+    "blue": (30, 60, 220),
+    "yellow": (230, 220, 40),
+}
 SHAPES = ("circle", "square", "triangle")
 
 
@@ -46,8 +50,19 @@ def test_pretrain_lowers_the_loss_and_reloads(world, tmp_path):
     from madcache.teachers.clip import create_model
 
     out = tmp_path / "teacher.safetensors"
-    args = ["demo", "teacher", "--data", str(world), "--out", str(out), "--steps", "20",
-            "--batch-size", "8", "--no-progress"]
+    args = [
+        "demo",
+        "teacher",
+        "--data",
+        str(world),
+        "--out",
+        str(out),
+        "--steps",
+        "20",
+        "--batch-size",
+        "8",
+        "--no-progress",
+    ]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert "held-out image->caption top-1" in result.output
@@ -62,8 +77,9 @@ def test_pretrain_lowers_the_loss_and_reloads(world, tmp_path):
     model.load_state_dict(load_file(str(out)))
     pixels = torch.randn(2, 3, 96, 96)
     with torch.no_grad():
-        torch.testing.assert_close(teacher.encode_images(pixels), model.encode_image(pixels),
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            teacher.encode_images(pixels), model.encode_image(pixels), atol=1e-5, rtol=0
+        )
     assert teacher.fingerprint()["checkpoint"]["sha256"] == summary["checkpoint_sha256"]
 
     stamp = out.stat().st_mtime_ns
@@ -77,6 +93,16 @@ def test_missing_corpus_is_a_clean_error(tmp_path):
     with pytest.raises(DataFileNotFoundError, match="captions.jsonl"):
         read_captions(tmp_path)
     (tmp_path / "world").mkdir()
-    result = CliRunner().invoke(cli, ["demo", "teacher", "--data", str(tmp_path / "world"),
-                                      "--out", str(tmp_path / "t.safetensors"), "--no-progress"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "demo",
+            "teacher",
+            "--data",
+            str(tmp_path / "world"),
+            "--out",
+            str(tmp_path / "t.safetensors"),
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 2 and "madcache demo data" in result.output

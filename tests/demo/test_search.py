@@ -5,8 +5,14 @@ import json
 import pytest
 
 from madcache.core.errors import ConfigError
-from madcache.demo.search import (grid_points, load_search, make_dev_root, point_name,
-                                  search_markdown, summarise)
+from madcache.demo.search import (
+    grid_points,
+    load_search,
+    make_dev_root,
+    point_name,
+    search_markdown,
+    summarise,
+)
 
 
 def _world(root, images=10, per_image=3):
@@ -46,15 +52,16 @@ def test_grid_is_every_combination_in_file_order():
 
 def _result(name, point, finals):
     runs = [{"shots": k, "seed": s, "final": v, "curve": []} for (k, s), v in finals.items()]
-    return {"name": name, "point": point, "runs": runs,
-            "mean": sum(finals.values()) / len(finals)}
+    return {"name": name, "point": point, "runs": runs, "mean": sum(finals.values()) / len(finals)}
 
 
 def test_best_mean_wins_and_ties_go_to_fewer_steps():
     spec = {"shots": [8, 32], "seeds": [0], "eval_every": 50}
-    results = [_result("a", {"max_steps": 300}, {(8, 0): 40.0, (32, 0): 50.0}),
-               _result("b", {"max_steps": 150}, {(8, 0): 50.0, (32, 0): 40.0}),
-               _result("c", {"max_steps": 150}, {(8, 0): 30.0, (32, 0): 40.0})]
+    results = [
+        _result("a", {"max_steps": 300}, {(8, 0): 40.0, (32, 0): 50.0}),
+        _result("b", {"max_steps": 150}, {(8, 0): 50.0, (32, 0): 40.0}),
+        _result("c", {"max_steps": 150}, {(8, 0): 30.0, (32, 0): 40.0}),
+    ]
     summary = summarise(results, spec)
     assert summary["chosen"] == {"max_steps": 150}
     table = search_markdown(summary)
@@ -63,8 +70,10 @@ def test_best_mean_wins_and_ties_go_to_fewer_steps():
 
 def test_points_over_the_budget_are_shown_but_never_chosen():
     spec = {"shots": [8], "seeds": [0], "eval_every": 50, "budget": {"max_steps": 150}}
-    results = [_result("long", {"max_steps": 300}, {(8, 0): 60.0}),
-               _result("short", {"max_steps": 150}, {(8, 0): 40.0})]
+    results = [
+        _result("long", {"max_steps": 300}, {(8, 0): 60.0}),
+        _result("short", {"max_steps": 150}, {(8, 0): 40.0}),
+    ]
     summary = summarise(results, spec)
     assert summary["chosen"] == {"max_steps": 150}
     assert "| long | 60.00 | 60.00 | no |" in search_markdown(summary)
@@ -74,8 +83,10 @@ def test_points_over_the_budget_are_shown_but_never_chosen():
 
 def test_bad_spec_names_the_key(tmp_path):
     spec = tmp_path / "search.toml"
-    spec.write_text("shots = [8]\nseeds = [0]\ndev_fraction = 1.5\neval_every = 5\n[grid]\n"
-                    "lr = [1e-3]\n", encoding="utf-8")
+    spec.write_text(
+        "shots = [8]\nseeds = [0]\ndev_fraction = 1.5\neval_every = 5\n[grid]\nlr = [1e-3]\n",
+        encoding="utf-8",
+    )
     with pytest.raises(ConfigError, match="dev_fraction"):
         load_search(spec)
     spec.write_text("shots = [8]\n", encoding="utf-8")

@@ -11,15 +11,37 @@ from madcache.cli import cli
 from madcache.core.errors import ConfigError
 from madcache.demo.study import StudyConfig, seeds_needed
 
-TINY = ["--lrs", "1e-3", "--steps", "4", "--eval-every", "2", "--recipe-shots", "2",
-        "--recipe-seeds", "1", "--seeds", "2", "--max-seeds", "2", "--half-width", "0.01",
-        "--jobs", "1", "--no-progress", "--set", "train.af_max_steps=2"]
+TINY = [
+    "--lrs",
+    "1e-3",
+    "--steps",
+    "4",
+    "--eval-every",
+    "2",
+    "--recipe-shots",
+    "2",
+    "--recipe-seeds",
+    "1",
+    "--seeds",
+    "2",
+    "--max-seeds",
+    "2",
+    "--half-width",
+    "0.01",
+    "--jobs",
+    "1",
+    "--no-progress",
+    "--set",
+    "train.af_max_steps=2",
+]
 
 
 def test_seeds_needed_follows_the_larger_paired_sm_spread():
-    runs = {"baseline": {s: {"val_sm": 50.0} for s in range(3)},
-            "md": {0: {"val_sm": 50.0}, 1: {"val_sm": 52.0}, 2: {"val_sm": 54.0}},  # sd 2
-            "mad": {s: {"val_sm": 60.0} for s in range(3)}}                         # sd 0
+    runs = {
+        "baseline": {s: {"val_sm": 50.0} for s in range(3)},
+        "md": {0: {"val_sm": 50.0}, 1: {"val_sm": 52.0}, 2: {"val_sm": 54.0}},  # sd 2
+        "mad": {s: {"val_sm": 60.0} for s in range(3)},
+    }  # sd 0
     # t_{0.975, n-1} * 2 / sqrt(n) <= 1: n = 18 (2.110 * 2 / 4.243 = 0.995; n = 17: 1.028)
     assert seeds_needed(runs, 1.0) == {"seeds": 18, "sd": {"md": 2.0, "mad": 0.0}}
 
@@ -33,16 +55,26 @@ def test_bad_study_settings_are_refused():
 
 @pytest.mark.slow
 def test_demo_study_runs_every_stage_and_a_rerun_finishes_only_what_is_missing(tmp_path):
-    from madcache.demo.run import (DemoConfig, DemoPaths, make_cache, make_regions,
-                                   make_student, make_teacher, make_world)
+    from madcache.demo.run import (
+        DemoConfig,
+        DemoPaths,
+        make_cache,
+        make_regions,
+        make_student,
+        make_teacher,
+        make_world,
+    )
 
     out = tmp_path / "demo"
-    paths, demo = DemoPaths(out), DemoConfig(out=out, size="small", teacher_steps=5,
-                                             student_steps=2, progress=False)
+    paths, demo = (
+        DemoPaths(out),
+        DemoConfig(out=out, size="small", teacher_steps=5, student_steps=2, progress=False),
+    )
     make_world(paths, demo), make_teacher(paths, demo), make_student(paths, demo)
     make_cache(paths, demo, "train"), make_cache(paths, demo, "val"), make_regions(paths, demo)
-    (tmp_path / "regime.toml").write_text("shots = [2]\nseeds = [0]\nmargin = 5.0\n"
-                                          "dev_fraction = 0.2\n")
+    (tmp_path / "regime.toml").write_text(
+        "shots = [2]\nseeds = [0]\nmargin = 5.0\ndev_fraction = 0.2\n"
+    )
     args = ["demo", "study", "--out", str(out), "--regime", str(tmp_path / "regime.toml"), *TINY]
     first = CliRunner().invoke(cli, args)
     assert first.exit_code == 0, first.output[-3000:]
@@ -50,8 +82,9 @@ def test_demo_study_runs_every_stage_and_a_rerun_finishes_only_what_is_missing(t
     assert [p["lr"] for p in summary["recipe"]["points"]] == [1e-3]
     assert summary["recipe"]["chosen"] == {"lr": 1e-3} and summary["shots"] == 2
     # the regime check reused the recipe's runs (same settings, same folder)
-    assert summary["regime"]["tried"][0]["baseline_dev"] == \
-        [r["dev"] for r in summary["recipe"]["points"][0]["runs"]]
+    assert summary["regime"]["tried"][0]["baseline_dev"] == [
+        r["dev"] for r in summary["recipe"]["points"][0]["runs"]
+    ]
     # one round: the need of the observed SM spread, capped by --max-seeds
     runs = {m: {int(s): r for s, r in by_seed.items()} for m, by_seed in summary["runs"].items()}
     assert summary["rounds"] == [{"seeds": 2, "needed": seeds_needed(runs, 0.01)}]
@@ -69,8 +102,11 @@ def test_demo_study_runs_every_stage_and_a_rerun_finishes_only_what_is_missing(t
     assert "## 3. Runs: the step each selected on dev" in first.output
 
     # a run lost (killed before it finished): the rerun trains it alone and ends the same
-    stamps = {p: p.stat().st_mtime_ns for p in (out / "study").rglob("metrics.json")
-              if p.parent != run_dir}
+    stamps = {
+        p: p.stat().st_mtime_ns
+        for p in (out / "study").rglob("metrics.json")
+        if p.parent != run_dir
+    }
     (run_dir / "metrics.json").unlink()
     second = CliRunner().invoke(cli, args)
     assert second.exit_code == 0, second.output[-3000:]
@@ -93,8 +129,11 @@ def test_the_study_adds_the_seeds_the_sm_spread_needs_up_to_max_seeds(tmp_path, 
 
     def fake_sweep(pipeline, **_):
         calls.append(len(pipeline["seeds"]))
-        planned = [SimpleNamespace(method=m, run_dir=(m, s)) for m in study.METHODS
-                   for s in pipeline["seeds"]]
+        planned = [
+            SimpleNamespace(method=m, run_dir=(m, s))
+            for m in study.METHODS
+            for s in pipeline["seeds"]
+        ]
         return SimpleNamespace(failed=[], planned=planned)
 
     def fake_selected(run_dir):
@@ -115,6 +154,12 @@ def test_the_study_adds_the_seeds_the_sm_spread_needs_up_to_max_seeds(tmp_path, 
     assert 4 < needed <= 12 and calls[:2] == [4, needed]
     assert result["seeds"] == calls[-1] and len(calls) <= 3
     assert result["rounds"][-1]["needed"]["seeds"] <= result["seeds"]
-    capped = study.study_runs(DemoPaths(tmp_path), tmp_path, base, 8,
-                              study.StudyConfig(seeds=4, max_seeds=5), lambda line: None)
+    capped = study.study_runs(
+        DemoPaths(tmp_path),
+        tmp_path,
+        base,
+        8,
+        study.StudyConfig(seeds=4, max_seeds=5),
+        lambda line: None,
+    )
     assert capped["seeds"] == 5 and [r["seeds"] for r in capped["rounds"]] == [4, 5]

@@ -13,22 +13,65 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from madcache.core.errors import ConfigError
 from madcache.demo.world import generate_demo_world
 from madcache.demo.world.vcr_files import KINDS
 from madcache.demo.world.world import VCR_SCENES, sample_scene
-from madcache.core.errors import ConfigError
 
-VCR_KEYS = ("movie", "objects", "interesting_scores", "answer_likelihood", "img_fn",
-            "metadata_fn", "answer_orig", "question_orig", "rationale_orig", "question",
-            "answer_match_iter", "answer_sources", "answer_choices", "answer_label",
-            "rationale_choices", "rationale_sources", "rationale_match_iter", "rationale_label",
-            "img_id", "question_number", "annot_id", "match_fold", "match_index")
-VCR_TEST_KEYS = ("movie", "objects", "interesting_scores", "answer_likelihood", "img_fn",
-                 "metadata_fn", "question", "answer_choices", "rationale_choices", "img_id",
-                 "question_number", "annot_id", "match_fold", "match_index")
-SNLI_KEYS = ("Flickr30K_ID", "annotator_labels", "captionID", "gold_label", "pairID",
-             "sentence1", "sentence1_binary_parse", "sentence1_parse", "sentence2",
-             "sentence2_binary_parse", "sentence2_parse")
+VCR_KEYS = (
+    "movie",
+    "objects",
+    "interesting_scores",
+    "answer_likelihood",
+    "img_fn",
+    "metadata_fn",
+    "answer_orig",
+    "question_orig",
+    "rationale_orig",
+    "question",
+    "answer_match_iter",
+    "answer_sources",
+    "answer_choices",
+    "answer_label",
+    "rationale_choices",
+    "rationale_sources",
+    "rationale_match_iter",
+    "rationale_label",
+    "img_id",
+    "question_number",
+    "annot_id",
+    "match_fold",
+    "match_index",
+)
+VCR_TEST_KEYS = (
+    "movie",
+    "objects",
+    "interesting_scores",
+    "answer_likelihood",
+    "img_fn",
+    "metadata_fn",
+    "question",
+    "answer_choices",
+    "rationale_choices",
+    "img_id",
+    "question_number",
+    "annot_id",
+    "match_fold",
+    "match_index",
+)
+SNLI_KEYS = (
+    "Flickr30K_ID",
+    "annotator_labels",
+    "captionID",
+    "gold_label",
+    "pairID",
+    "sentence1",
+    "sentence1_binary_parse",
+    "sentence1_parse",
+    "sentence2",
+    "sentence2_binary_parse",
+    "sentence2_parse",
+)
 
 
 @pytest.fixture
@@ -42,21 +85,31 @@ def _lines(path: Path) -> list[dict]:
 
 
 def _digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name != "DONE"}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != "DONE"
+    }
 
 
 def test_layout_and_summary(world):
     root, summary = world
     assert summary["skipped"] is False and summary["size"] == "small" and summary["seed"] == 0
-    for name in ("vcr/train.jsonl", "vcr/val.jsonl", "vcr/test.jsonl",
-                 "snli-ve/snli_ve_train.jsonl", "snli-ve/snli_ve_dev.jsonl",
-                 "snli-ve/snli_ve_test.jsonl",
-                 "vqa/v2_OpenEnded_mscoco_train2014_questions.json",
-                 "vqa/v2_mscoco_train2014_annotations.json",
-                 "vqa/v2_OpenEnded_mscoco_val2014_questions.json",
-                 "vqa/v2_mscoco_val2014_annotations.json", "vqa/answers.txt",
-                 "captions/captions.jsonl", "DONE"):
+    for name in (
+        "vcr/train.jsonl",
+        "vcr/val.jsonl",
+        "vcr/test.jsonl",
+        "snli-ve/snli_ve_train.jsonl",
+        "snli-ve/snli_ve_dev.jsonl",
+        "snli-ve/snli_ve_test.jsonl",
+        "vqa/v2_OpenEnded_mscoco_train2014_questions.json",
+        "vqa/v2_mscoco_train2014_annotations.json",
+        "vqa/v2_OpenEnded_mscoco_val2014_questions.json",
+        "vqa/v2_mscoco_val2014_annotations.json",
+        "vqa/answers.txt",
+        "captions/captions.jsonl",
+        "DONE",
+    ):
         assert (root / name).is_file(), name
     assert not (root / "IN_PROGRESS").exists()
     counts = summary["counts"]
@@ -78,10 +131,12 @@ def test_vcr_records_have_the_original_keys_and_valid_references(world):
             texts = [record["question"], *record["answer_choices"], *record["rationale_choices"]]
             assert len(record["answer_choices"]) == len(record["rationale_choices"]) == 4
             refs = [t for text in texts for t in text if isinstance(t, list)]
-            assert refs and all(0 <= i < n_objects and isinstance(i, int)
-                                for ref in refs for i in ref)
-            assert all(isinstance(t, str) for text in texts for t in text
-                       if not isinstance(t, list))
+            assert refs and all(
+                0 <= i < n_objects and isinstance(i, int) for ref in refs for i in ref
+            )
+            assert all(
+                isinstance(t, str) for text in texts for t in text if not isinstance(t, list)
+            )
             assert record["objects"].count("person") >= 2
             if split != "test":
                 label = record["answer_label"]
@@ -112,8 +167,10 @@ def test_snli_ve_schema(world):
     for split in ("train", "dev", "test"):
         records = _lines(root / "snli-ve" / f"snli_ve_{split}.jsonl")
         assert Counter(r["gold_label"] for r in records) == {
-            "entailment": len(records) // 3, "neutral": len(records) // 3,
-            "contradiction": len(records) // 3}
+            "entailment": len(records) // 3,
+            "neutral": len(records) // 3,
+            "contradiction": len(records) // 3,
+        }
         for r in records:
             assert tuple(r) == SNLI_KEYS
             assert r["Flickr30K_ID"].isdigit()
@@ -121,7 +178,9 @@ def test_snli_ve_schema(world):
             assert r["captionID"] == r["pairID"][:-3]
             assert len(r["annotator_labels"]) == (1 if split == "train" else 5)
             assert Counter(r["annotator_labels"]).most_common(1)[0] == (
-                r["gold_label"], max(Counter(r["annotator_labels"]).values()))
+                r["gold_label"],
+                max(Counter(r["annotator_labels"]).values()),
+            )
             assert (root / "snli-ve/flickr30k_images" / f"{r['Flickr30K_ID']}.jpg").is_file()
 
 
@@ -135,11 +194,18 @@ def test_vqa_schema_and_answer_vocabulary(world):
     assert vocabulary == sorted(set(vocabulary)) and "yes" in vocabulary
     assert load_answer_vocab(root / "vqa/answers.txt") == vocabulary
     for subtype in ("train2014", "val2014"):
-        questions = json.loads((root / f"vqa/v2_OpenEnded_mscoco_{subtype}_questions.json")
-                               .read_text())
+        questions = json.loads(
+            (root / f"vqa/v2_OpenEnded_mscoco_{subtype}_questions.json").read_text()
+        )
         annotations = json.loads((root / f"vqa/v2_mscoco_{subtype}_annotations.json").read_text())
-        assert tuple(questions) == ("info", "task_type", "data_type", "license", "data_subtype",
-                                    "questions")
+        assert tuple(questions) == (
+            "info",
+            "task_type",
+            "data_type",
+            "license",
+            "data_subtype",
+            "questions",
+        )
         assert tuple(annotations) == ("info", "license", "data_subtype", "annotations")
         assert questions["data_subtype"] == annotations["data_subtype"] == subtype
         by_id = {a["question_id"]: a for a in annotations["annotations"]}
@@ -151,9 +217,11 @@ def test_vqa_schema_and_answer_vocabulary(world):
             assert a["answer_type"] in ("yes/no", "number", "other")
             assert [x["answer_id"] for x in a["answers"]] == list(range(1, 11))
             assert {x["answer_confidence"] for x in a["answers"]} <= {"yes", "maybe", "no"}
-            assert a["multiple_choice_answer"] == Counter(
-                x["answer"] for x in a["answers"]).most_common(1)[0][0]
-            if subtype == "train2014":   # the vocabulary holds train answers, never val-only
+            assert (
+                a["multiple_choice_answer"]
+                == Counter(x["answer"] for x in a["answers"]).most_common(1)[0][0]
+            )
+            if subtype == "train2014":  # the vocabulary holds train answers, never val-only
                 assert {x["answer"] for x in a["answers"]} <= set(vocabulary)
             assert (root / "vqa" / subtype / f"COCO_{subtype}_{q['image_id']:012d}.jpg").is_file()
 
@@ -182,8 +250,15 @@ def test_readers_load_every_split_and_all_categories_appear(world):
         qa = [e for e in result.examples if e.id.endswith(":qa")]
         assert len(qa) == counts["vcr"][split]["questions"]
         categories.update(e.category for e in qa)
-    assert set(categories) == {"explanation", "activity", "temporal", "mental", "role",
-                               "scene", "hypothetical"}
+    assert set(categories) == {
+        "explanation",
+        "activity",
+        "temporal",
+        "mental",
+        "role",
+        "scene",
+        "hypothetical",
+    }
     assert categories.most_common(1)[0][0] == "explanation"
     for split in ("train", "dev", "test"):
         result = read_examples("snli-ve", root / "snli-ve", split, check_files=True)
@@ -193,8 +268,16 @@ def test_readers_load_every_split_and_all_categories_appear(world):
         result = read_examples("vqa", root / "vqa", split, check_files=True)
         assert result.skipped == [] and len(result.examples) == counts["vqa"][split]["questions"]
         vqa_categories.update(e.category for e in result.examples)
-    assert set(vqa_categories) == {"yes/no", "what", "what color", "how many", "where", "who",
-                                   "why", "other"}
+    assert set(vqa_categories) == {
+        "yes/no",
+        "what",
+        "what color",
+        "how many",
+        "where",
+        "who",
+        "why",
+        "other",
+    }
 
 
 def test_distractors_use_values_nobody_in_the_image_has():
@@ -207,8 +290,10 @@ def test_distractors_use_values_nobody_in_the_image_has():
             person = scene.persons[0]
             answers, _ = _choice_set(kind, scene, person, rng)
             texts = [template for template, _ in answers]
-            truths = {kind.answer.replace("{v}", kind.value(kind.attribute.key(p), p.size))
-                      for p in scene.persons}
+            truths = {
+                kind.answer.replace("{v}", kind.value(kind.attribute.key(p), p.size))
+                for p in scene.persons
+            }
             assert texts[0] in truths and not truths & set(texts[1:])
             assert answers[0][1] == {"x": scene.index(person)}
 
@@ -220,15 +305,17 @@ def test_correct_answers_overlap_the_question_and_sm_removes_it(world):
 
     def overlap_pick(record: dict) -> int:
         asked = {i for t in record["question"] if isinstance(t, list) for i in t}
-        overlaps = [sum(i in asked for t in choice if isinstance(t, list) for i in t)
-                    for choice in record["answer_choices"]]
+        overlaps = [
+            sum(i in asked for t in choice if isinstance(t, list) for i in t)
+            for choice in record["answer_choices"]
+        ]
         return int(np.argmax(overlaps))
 
     records = _lines(root / "vcr/train.jsonl")
     standard = np.mean([overlap_pick(r) == r["answer_label"] for r in records])
     split = [done.record for done in map(mitigate_record, records) if done is not None]
     mitigated = np.mean([overlap_pick(m) == m["answer_label"] for m in split])
-    assert len(split) > 0.9 * len(records)   # the demo questions ask about one person
+    assert len(split) > 0.9 * len(records)  # the demo questions ask about one person
     assert 0.45 < standard < 0.7 and mitigated < 0.1  # chance: 0.25
 
 
@@ -240,8 +327,9 @@ def test_same_seed_same_bytes_other_seed_other_bytes(world, tmp_path):
     other = tmp_path / "other"
     generate_demo_world(other, size="small", seed=1)
     assert (other / "vcr/train.jsonl").read_bytes() != (root / "vcr/train.jsonl").read_bytes()
-    assert ((other / "captions/images/000000.jpg").read_bytes()
-            != (root / "captions/images/000000.jpg").read_bytes())
+    assert (other / "captions/images/000000.jpg").read_bytes() != (
+        root / "captions/images/000000.jpg"
+    ).read_bytes()
 
 
 def test_rerun_on_a_complete_folder_is_a_no_op(world):
@@ -280,8 +368,9 @@ def test_cli_writes_then_skips(world):
     from madcache.cli import cli
 
     root, _ = world
-    result = CliRunner().invoke(cli, ["demo", "data", "--out", str(root), "--size", "small",
-                                      "--no-progress"])
+    result = CliRunner().invoke(
+        cli, ["demo", "data", "--out", str(root), "--size", "small", "--no-progress"]
+    )
     assert result.exit_code == 0, result.output
     assert "already complete" in result.output
     result = CliRunner().invoke(cli, ["demo", "data", "--out", str(root), "--size", "default"])
@@ -290,16 +379,19 @@ def test_cli_writes_then_skips(world):
 
 def test_real_files_have_the_same_keys(world, real_root):
     root, _ = world
-    real_vcr = json.loads((real_root / "vcr/annotations/vcr_cs_val_original.jsonl")
-                          .read_text().splitlines()[0])
+    real_vcr = json.loads(
+        (real_root / "vcr/annotations/vcr_cs_val_original.jsonl").read_text().splitlines()[0]
+    )
     assert tuple(real_vcr) == VCR_KEYS
     real_snli = _lines(real_root / "snli_ve/allennlp_fixture/sample_pairs.jsonl")[0]
     assert tuple(real_snli) == SNLI_KEYS
-    real_ann = json.loads((real_root / "vqa_v2/multimodal_testdata/"
-                           "v2_mscoco_train2014_annotations.json").read_text())
+    real_ann = json.loads(
+        (real_root / "vqa_v2/multimodal_testdata/v2_mscoco_train2014_annotations.json").read_text()
+    )
     ours = json.loads((root / "vqa/v2_mscoco_train2014_annotations.json").read_text())
     assert set(real_ann) == set(ours)
     assert set(real_ann["annotations"][0]) == set(ours["annotations"][0])
-    official = set((real_root / "vqa_v2/question_types/mscoco_question_types.txt")
-                   .read_text().splitlines())
+    official = set(
+        (real_root / "vqa_v2/question_types/mscoco_question_types.txt").read_text().splitlines()
+    )
     assert {a["question_type"] for a in ours["annotations"]} <= official

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from madcache.evaluation.adapters import ADAPTERS, AdapterConfig, adapter_head, run_adapter
 from madcache.core.errors import ConfigError, OutputLocationError, RunDirectoryError
+from madcache.evaluation.adapters import ADAPTERS, AdapterConfig, adapter_head, run_adapter
 
 DV, DT = 8, 6
 
@@ -21,20 +21,29 @@ def write_cache(path, *, dataset, ids, labels, categories, groups, image, text, 
     from madcache.cache.writer import CacheWriter
 
     n, c = text.shape[:2]
-    arrays = {"example_id": np.array(ids, dtype=str),
-              "image_id": np.array([f"img{i}" for i in range(n)], dtype=str),
-              "image_feat": image.astype(np.float16),
-              "text_key": np.array([f"t{i}" for i in range(n * c)], dtype=str),
-              "text_eos": text.reshape(n * c, -1).astype(np.float16),
-              "example_image": np.arange(n, dtype=np.int64),
-              "example_texts": np.arange(n * c, dtype=np.int64).reshape(n, c)}
-    manifest = {"fingerprint": {"dataset": {"name": dataset, "split": split}},
-                "dataset": dataset, "split": split, "num_choices": c,
-                "dims": {"image": DV, "text": DT}, "settings": {},
-                "teachers": {"vision": "toy", "text": "toy"}, "num_shards": 1}
+    arrays = {
+        "example_id": np.array(ids, dtype=str),
+        "image_id": np.array([f"img{i}" for i in range(n)], dtype=str),
+        "image_feat": image.astype(np.float16),
+        "text_key": np.array([f"t{i}" for i in range(n * c)], dtype=str),
+        "text_eos": text.reshape(n * c, -1).astype(np.float16),
+        "example_image": np.arange(n, dtype=np.int64),
+        "example_texts": np.arange(n * c, dtype=np.int64).reshape(n, c),
+    }
+    manifest = {
+        "fingerprint": {"dataset": {"name": dataset, "split": split}},
+        "dataset": dataset,
+        "split": split,
+        "num_choices": c,
+        "dims": {"image": DV, "text": DT},
+        "settings": {},
+        "teachers": {"vision": "toy", "text": "toy"},
+        "num_shards": 1,
+    }
     writer = CacheWriter.open(path, manifest=manifest, format="hdf5")
-    writer.write_shard(0, arrays, index_columns={"category": categories, "label": labels,
-                                                 "group": groups})
+    writer.write_shard(
+        0, arrays, index_columns={"category": categories, "label": labels, "group": groups}
+    )
     writer.finish()
     return str(path)
 
@@ -49,9 +58,17 @@ def vcr_cache(path, n_questions, split, seed):
     text[np.arange(n), labels, 0] += 2.0
     ids = [f"q{i // 2}:{'qa' if i % 2 == 0 else 'qar'}" for i in range(n)]
     categories = ["activity" if (i // 2) % 2 else "mental" for i in range(n)]
-    return write_cache(path, dataset="vcr", ids=ids, labels=labels.tolist(),
-                       categories=categories, groups=[f"q{i // 2}" for i in range(n)],
-                       image=rng.normal(size=(n, DV)), text=text, split=split)
+    return write_cache(
+        path,
+        dataset="vcr",
+        ids=ids,
+        labels=labels.tolist(),
+        categories=categories,
+        groups=[f"q{i // 2}" for i in range(n)],
+        image=rng.normal(size=(n, DV)),
+        text=text,
+        split=split,
+    )
 
 
 def snli_cache(path, n, split, seed):
@@ -60,9 +77,17 @@ def snli_cache(path, n, split, seed):
     means = np.eye(3, DT) * 2.0
     labels = rng.integers(0, 3, n)
     text = (means[labels] + rng.normal(scale=0.4, size=(n, DT)))[:, None, :]
-    return write_cache(path, dataset="snli-ve", ids=[f"p{i}" for i in range(n)],
-                       labels=labels.tolist(), categories=[f"c{k}" for k in labels],
-                       groups=[""] * n, image=rng.normal(size=(n, DV)), text=text, split=split)
+    return write_cache(
+        path,
+        dataset="snli-ve",
+        ids=[f"p{i}" for i in range(n)],
+        labels=labels.tolist(),
+        categories=[f"c{k}" for k in labels],
+        groups=[""] * n,
+        image=rng.normal(size=(n, DV)),
+        text=text,
+        split=split,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -75,12 +100,23 @@ def vcr_caches(tmp_path_factory):
 def test_adapters_learn_vcr_toy_task_and_write_a_run_dir(tmp_path, vcr_caches, method):
     train, val = vcr_caches
     out = tmp_path / "run"
-    metrics = run_adapter(AdapterConfig(dataset="vcr", cache=train, out=str(out), method=method,
-                                        eval_caches={"val": val}, epochs=40, seed=3,
-                                        hidden=32, heads=2, lr=3e-3))
+    metrics = run_adapter(
+        AdapterConfig(
+            dataset="vcr",
+            cache=train,
+            out=str(out),
+            method=method,
+            eval_caches={"val": val},
+            epochs=40,
+            seed=3,
+            hidden=32,
+            heads=2,
+            lr=3e-3,
+        )
+    )
     scores = metrics["eval"]["val"]
     assert set(scores) == {"q2a", "qa2r", "q2ar"}
-    assert scores["q2a"] > 80 and scores["qa2r"] > 80 and scores["q2ar"] > 60   # chance 25/25/6
+    assert scores["q2a"] > 80 and scores["qa2r"] > 80 and scores["q2ar"] > 60  # chance 25/25/6
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["status"] == "complete" and saved["method"] == method
     assert saved["seed"] == 3 and saved["student"] == "frozen-teacher"
@@ -94,22 +130,47 @@ def test_adapters_learn_vcr_toy_task_and_write_a_run_dir(tmp_path, vcr_caches, m
 def test_snli_ve_adapter_is_a_three_way_classifier(tmp_path):
     train = snli_cache(tmp_path / "train", 90, "train", 0)
     val = snli_cache(tmp_path / "val", 60, "val", 1)
-    metrics = run_adapter(AdapterConfig(dataset="snli-ve", cache=train, out=str(tmp_path / "r"),
-                                        eval_caches={"val": val}, epochs=40, lr=3e-3))
-    assert metrics["eval"]["val"]["accuracy"] > 80          # chance 33.3
+    metrics = run_adapter(
+        AdapterConfig(
+            dataset="snli-ve",
+            cache=train,
+            out=str(tmp_path / "r"),
+            eval_caches={"val": val},
+            epochs=40,
+            lr=3e-3,
+        )
+    )
+    assert metrics["eval"]["val"]["accuracy"] > 80  # chance 33.3
 
 
 def test_same_seed_same_result_and_low_shot_split_file(tmp_path, vcr_caches):
     from madcache.data.lowshot import Split
 
     train, val = vcr_caches
-    split = Split(dataset="vcr", source_split="train", params={"per_category": 3, "seed": 1},
-                  ids=["q0:qa", "q0:qar", "q1:qa", "q1:qar"], counts={"a": 2},
-                  example_counts={"a": 4})
+    split = Split(
+        dataset="vcr",
+        source_split="train",
+        params={"per_category": 3, "seed": 1},
+        ids=["q0:qa", "q0:qar", "q1:qa", "q1:qar"],
+        counts={"a": 2},
+        example_counts={"a": 4},
+    )
     path = split.save(tmp_path / "split.json")
-    runs = [run_adapter(AdapterConfig(dataset="vcr", cache=train, out=str(tmp_path / f"r{i}"),
-                                      eval_caches={"val": val}, split_file=str(path),
-                                      per_category=3, epochs=5, seed=1)) for i in range(2)]
+    runs = [
+        run_adapter(
+            AdapterConfig(
+                dataset="vcr",
+                cache=train,
+                out=str(tmp_path / f"r{i}"),
+                eval_caches={"val": val},
+                split_file=str(path),
+                per_category=3,
+                epochs=5,
+                seed=1,
+            )
+        )
+        for i in range(2)
+    ]
     assert runs[0]["eval"] == runs[1]["eval"]
     assert runs[0]["history"] == runs[1]["history"]
     assert runs[0]["shots"] == 3
@@ -118,8 +179,9 @@ def test_same_seed_same_result_and_low_shot_split_file(tmp_path, vcr_caches):
 
 def test_per_category_sampling_from_the_cache_index(tmp_path, vcr_caches):
     train, _ = vcr_caches
-    metrics = run_adapter(AdapterConfig(dataset="vcr", cache=train, out=str(tmp_path / "r"),
-                                        per_category=2, epochs=2))
+    metrics = run_adapter(
+        AdapterConfig(dataset="vcr", cache=train, out=str(tmp_path / "r"), per_category=2, epochs=2)
+    )
     from madcache.data.lowshot import Split
 
     split = Split.load(metrics["provenance"]["split_file"])
@@ -137,8 +199,8 @@ def test_output_layout_follows_the_dataset_task():
     from madcache.data import DATASETS
     from madcache.evaluation.adapters import output_size
 
-    assert output_size(DATASETS.get("vcr"), None) == 1                # one score per choice
-    assert output_size(DATASETS.get("snli-ve"), None) == 3            # one per label name
+    assert output_size(DATASETS.get("vcr"), None) == 1  # one score per choice
+    assert output_size(DATASETS.get("snli-ve"), None) == 3  # one per label name
     assert output_size(DATASETS.get("vqa"), ["yes", "no", "2"]) == 3  # one per answer
 
 
@@ -167,23 +229,64 @@ def test_train_command_runs_an_adapter_method(tmp_path, vcr_caches):
 
     train, val = vcr_caches
     out = tmp_path / "run"
-    result = CliRunner().invoke(cli, ["train", "--method", "adapter-linear", "--dataset", "vcr",
-                                      "--cache", train, "--eval-cache", f"val={val}",
-                                      "--epochs", "40", "--lr", "3e-3", "--seed", "3",
-                                      "--out", str(out)])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--method",
+            "adapter-linear",
+            "--dataset",
+            "vcr",
+            "--cache",
+            train,
+            "--eval-cache",
+            f"val={val}",
+            "--epochs",
+            "40",
+            "--lr",
+            "3e-3",
+            "--seed",
+            "3",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["method"] == "adapter-linear" and saved["eval"]["val"]["q2a"] > 60  # chance 25
-    refused = CliRunner().invoke(cli, ["train", "--method", "adapter-mlp3", "--dataset", "vcr",
-                                       "--cache", train, "--regions", "r", "--out", str(out)])
+    refused = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--method",
+            "adapter-mlp3",
+            "--dataset",
+            "vcr",
+            "--cache",
+            train,
+            "--regions",
+            "r",
+            "--out",
+            str(out),
+        ],
+    )
     assert refused.exit_code == 2 and "does not take regions" in refused.output
 
 
 # ----------------------------------------------------------------------------- the run directory
 
+
 def small_run(out, train, val, **settings):
-    return AdapterConfig(**{"dataset": "vcr", "cache": train, "out": str(out),
-                            "eval_caches": {"val": val}, "epochs": 2, **settings})
+    return AdapterConfig(
+        **{
+            "dataset": "vcr",
+            "cache": train,
+            "out": str(out),
+            "eval_caches": {"val": val},
+            "epochs": 2,
+            **settings,
+        }
+    )
 
 
 def snapshot(directory):
@@ -198,8 +301,13 @@ def test_an_adapter_run_writes_the_training_run_files(tmp_path, vcr_caches):
     train, val = vcr_caches
     out = tmp_path / "run"
     metrics = run_adapter(small_run(out, train, val, per_category=2))
-    assert {p.name for p in out.iterdir()} == {CONFIG, INPUTS, METRICS, SPLIT,
-                                               "adapter.safetensors"}
+    assert {p.name for p in out.iterdir()} == {
+        CONFIG,
+        INPUTS,
+        METRICS,
+        SPLIT,
+        "adapter.safetensors",
+    }
     inputs = json.loads((out / INPUTS).read_text())
     assert inputs["cache_fingerprint"] == metrics["provenance"]["cache_fingerprint"]
     assert inputs["split_digest"] == metrics["provenance"]["split_digest"]
@@ -234,8 +342,9 @@ def test_an_adapter_resume_with_another_setting_is_refused(tmp_path, vcr_caches)
     with pytest.raises(ConfigError, match="other settings: epochs: run 2, now 3; lr: run "):
         run_adapter(small_run(out, train, val, resume=True, epochs=3, lr=0.5))
     assert snapshot(out) == before
-    again = run_adapter(small_run(out, train, val, resume=True,
-                                  eval_caches={"val": val, "train": train}))
+    again = run_adapter(
+        small_run(out, train, val, resume=True, eval_caches={"val": val, "train": train})
+    )
     assert set(again["eval"]) == {"val", "train"}
 
 

@@ -30,9 +30,17 @@ def vilt_dir(tmp_path_factory):
 
     directory = tmp_path_factory.mktemp("vilt")
     torch.manual_seed(0)
-    ViltForMaskedLM(ViltConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1,
-                               num_attention_heads=2, intermediate_size=64, image_size=64,
-                               patch_size=16)).save_pretrained(str(directory))
+    ViltForMaskedLM(
+        ViltConfig(
+            vocab_size=30522,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            image_size=64,
+            patch_size=16,
+        )
+    ).save_pretrained(str(directory))
     ViltImageProcessor(size={"shortest_edge": 48}, size_divisor=16).save_pretrained(str(directory))
     return directory
 
@@ -43,10 +51,16 @@ def make_run(directory, dataset, root, vilt_dir, eval_split, **options):
     student = build_student("vilt", checkpoint=str(vilt_dir), **options)
     with torch.no_grad():
         for p in student.head.parameters():
-            p.normal_(0, 1.0)             # a decisive head, so predictions differ by example
+            p.normal_(0, 1.0)  # a decisive head, so predictions differ by example
     directory.mkdir(parents=True)
-    config = TrainConfig(dataset=dataset, root=str(root), out=str(directory), student="vilt",
-                         eval_split=eval_split, batch_size=8)
+    config = TrainConfig(
+        dataset=dataset,
+        root=str(root),
+        out=str(directory),
+        student="vilt",
+        eval_split=eval_split,
+        batch_size=8,
+    )
     (directory / "config.json").write_text(json.dumps(config.to_dict()))
     save_student(student, directory / STUDENT_DIR)
     return directory
@@ -55,8 +69,9 @@ def make_run(directory, dataset, root, vilt_dir, eval_split, **options):
 def test_vqa_results_file_round_trips_through_the_official_metric(demo_root, vilt_dir, tmp_path):
     root = demo_root / "vqa"
     answers = read_answer_vocab(root / "answers.txt")
-    run = make_run(tmp_path / "run", "vqa", root, vilt_dir, "val", task="multilabel",
-                   answers=answers)
+    run = make_run(
+        tmp_path / "run", "vqa", root, vilt_dir, "val", task="multilabel", answers=answers
+    )
     out = tmp_path / "vqa_val2014_results.json"
     summary = write_predictions(run, split="val", out=out)
     examples = read_examples("vqa", root, "val").examples
@@ -74,8 +89,9 @@ def test_snli_ve_predictions_round_trip(demo_root, vilt_dir, tmp_path):
     root = demo_root / "snli-ve"
     run = make_run(tmp_path / "run", "snli-ve", root, vilt_dir, "dev", task="classification")
     out = tmp_path / "snli_ve_test_predictions.jsonl"
-    result = CliRunner().invoke(cli, ["predict", "--run", str(run), "--split", "test",
-                                      "--out", str(out)])
+    result = CliRunner().invoke(
+        cli, ["predict", "--run", str(run), "--split", "test", "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     examples = read_examples("snli-ve", root, "test").examples
@@ -86,8 +102,9 @@ def test_snli_ve_predictions_round_trip(demo_root, vilt_dir, tmp_path):
 
 
 def test_predict_refuses_to_overwrite_and_unknown_datasets(demo_root, vilt_dir, tmp_path):
-    run = make_run(tmp_path / "run", "snli-ve", demo_root / "snli-ve", vilt_dir, "dev",
-                   task="classification")
+    run = make_run(
+        tmp_path / "run", "snli-ve", demo_root / "snli-ve", vilt_dir, "dev", task="classification"
+    )
     out = tmp_path / "taken.jsonl"
     out.write_text("mine\n")
     result = CliRunner().invoke(cli, ["predict", "--run", str(run), "--out", str(out)])
@@ -96,13 +113,18 @@ def test_predict_refuses_to_overwrite_and_unknown_datasets(demo_root, vilt_dir, 
         score_predictions("demo", out, [])
 
 
-def test_a_dataset_names_its_submission_format_and_a_wrong_name_lists_the_formats(monkeypatch,
-                                                                                  tmp_path):
+def test_a_dataset_names_its_submission_format_and_a_wrong_name_lists_the_formats(
+    monkeypatch, tmp_path
+):
     named = {DATASETS.get(name).submission for name in DATASETS} - {None}
     assert {"vcr-leaderboard", "vqa-results", "snli-ve-predictions"} <= named
     assert all(format in SUBMISSION_FORMATS for format in named)
-    monkeypatch.setitem(DATASETS._entries, "vcr",
-                        dataclasses.replace(DATASETS.get("vcr"), submission="vcr-typo"))
-    with pytest.raises(UnknownNameError, match="unknown submission format 'vcr-typo'. Available: "
-                       "snli-ve-predictions, vcr-leaderboard, vqa-results"):
+    monkeypatch.setitem(
+        DATASETS._entries, "vcr", dataclasses.replace(DATASETS.get("vcr"), submission="vcr-typo")
+    )
+    with pytest.raises(
+        UnknownNameError,
+        match="unknown submission format 'vcr-typo'. Available: "
+        "snli-ve-predictions, vcr-leaderboard, vqa-results",
+    ):
         score_predictions("vcr", tmp_path / "vcr.csv", [])

@@ -30,14 +30,17 @@ def _sweep_tests():
 
 
 sweep_tests = _sweep_tests()
-SLURM = '\n[slurm]\npartition = "gpu"\ncpus_per_task = 4\ntime_min = 30\nmem_gb = 16\n' \
-        'setup = ["module load cuda"]\n'
+SLURM = (
+    '\n[slurm]\npartition = "gpu"\ncpus_per_task = 4\ntime_min = 30\nmem_gb = 16\n'
+    'setup = ["module load cuda"]\n'
+)
 
 
 def test_slurm_table_is_checked_and_flags_win(tmp_path):
     config = load_sweep(sweep_tests.write(tmp_path, sweep_tests.PIPELINE + SLURM))
-    settings = SlurmSettings.from_table(config.slurm, where="p.toml",
-                                        overrides={"gpus_per_node": 2, "partition": None})
+    settings = SlurmSettings.from_table(
+        config.slurm, where="p.toml", overrides={"gpus_per_node": 2, "partition": None}
+    )
     assert (settings.partition, settings.gpus_per_node, settings.cpus_per_task) == ("gpu", 2, 4)
     assert settings.sbatch_parameters("x")["mem"] == "16384MB"
     with pytest.raises(ConfigError, match=r"p.toml: unknown key 'slurm.gpus'; valid keys"):
@@ -50,38 +53,100 @@ def test_slurm_table_is_checked_and_flags_win(tmp_path):
 
 def test_dry_run_shows_the_sbatch_script_of_one_array(tmp_path):
     path = sweep_tests.write(tmp_path, sweep_tests.PIPELINE + SLURM)
-    result = CliRunner().invoke(cli, ["sweep", str(path), "--executor", "slurm", "--dry-run",
-                                      "--set", "seeds=[0]", "--slurm-gpus", "2",
-                                      "--slurm-time", "90", "--slurm-account", "lab",
-                                      "--slurm-qos", "high"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "sweep",
+            str(path),
+            "--executor",
+            "slurm",
+            "--dry-run",
+            "--set",
+            "seeds=[0]",
+            "--slurm-gpus",
+            "2",
+            "--slurm-time",
+            "90",
+            "--slurm-account",
+            "lab",
+            "--slurm-qos",
+            "high",
+        ],
+    )
     assert result.exit_code == 0, result.output
     out = result.output
-    for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=2",
-                 "#SBATCH --cpus-per-task=4", "#SBATCH --time=90", "#SBATCH --mem=16384MB",
-                 "#SBATCH --array=0-5%6", "#SBATCH --signal=USR2@120",
-                 "#SBATCH --job-name=madcache-vcr", "module load cuda",
-                 "#SBATCH --account=lab", "#SBATCH --qos=high",
-                 "-m submitit.core._submit", "# task 0: vcr/single-stream/baseline/k2/seed0",
-                 "# task 5: vcr/single-stream/mad/k8/seed0", "requeued up to 3 time(s)"):
+    for line in (
+        "#SBATCH --partition=gpu",
+        "#SBATCH --gpus-per-node=2",
+        "#SBATCH --cpus-per-task=4",
+        "#SBATCH --time=90",
+        "#SBATCH --mem=16384MB",
+        "#SBATCH --array=0-5%6",
+        "#SBATCH --signal=USR2@120",
+        "#SBATCH --job-name=madcache-vcr",
+        "module load cuda",
+        "#SBATCH --account=lab",
+        "#SBATCH --qos=high",
+        "-m submitit.core._submit",
+        "# task 0: vcr/single-stream/baseline/k2/seed0",
+        "# task 5: vcr/single-stream/mad/k8/seed0",
+        "requeued up to 3 time(s)",
+    ):
         assert line in out, line
     assert f"#SBATCH --output={tmp_path}/runs/slurm/%A_%a/%A_%a_0_log.out" in out
-    assert not (tmp_path / "runs" / "slurm").exists()           # nothing submitted
-    bad = CliRunner().invoke(cli, ["sweep", str(sweep_tests.write(
-        tmp_path, sweep_tests.PIPELINE + '\n[slurm]\nnodes = 2\n', "bad.toml")), "--dry-run"])
+    assert not (tmp_path / "runs" / "slurm").exists()  # nothing submitted
+    bad = CliRunner().invoke(
+        cli,
+        [
+            "sweep",
+            str(
+                sweep_tests.write(
+                    tmp_path, sweep_tests.PIPELINE + "\n[slurm]\nnodes = 2\n", "bad.toml"
+                )
+            ),
+            "--dry-run",
+        ],
+    )
     assert bad.exit_code == 2 and "unknown key 'slurm.nodes'" in bad.output
 
 
 def test_slurm_resources_map_to_submitit(tmp_path):
     """[slurm] keys -> submitit's SlurmExecutor parameters (the #SBATCH lines)."""
     settings = SlurmSettings.from_table(
-        {"partition": "gpu", "account": "lab", "qos": "high", "gpus_per_task": 1,
-         "cpus_per_task": 16, "time_min": 60, "array_parallelism": 8}, where="p.toml")
+        {
+            "partition": "gpu",
+            "account": "lab",
+            "qos": "high",
+            "gpus_per_task": 1,
+            "cpus_per_task": 16,
+            "time_min": 60,
+            "array_parallelism": 8,
+        },
+        where="p.toml",
+    )
     params = settings.sbatch_parameters("x")
-    assert {k: params[k] for k in ("partition", "account", "qos", "gpus_per_task",
-                                   "cpus_per_task", "time", "array_parallelism",
-                                   "signal_delay_s")} == \
-        {"partition": "gpu", "account": "lab", "qos": "high", "gpus_per_task": 1,
-         "cpus_per_task": 16, "time": 60, "array_parallelism": 8, "signal_delay_s": 120}
+    assert {
+        k: params[k]
+        for k in (
+            "partition",
+            "account",
+            "qos",
+            "gpus_per_task",
+            "cpus_per_task",
+            "time",
+            "array_parallelism",
+            "signal_delay_s",
+        )
+    } == {
+        "partition": "gpu",
+        "account": "lab",
+        "qos": "high",
+        "gpus_per_task": 1,
+        "cpus_per_task": 16,
+        "time": 60,
+        "array_parallelism": 8,
+        "signal_delay_s": 120,
+    }
     assert "gpus_per_node" not in params
     with pytest.raises(ConfigError, match=r"'slurm.signal_delay_s' must be >= 100"):
         SlurmSettings.from_table({"signal_delay_s": 30}, where="p.toml")
@@ -106,8 +171,12 @@ def test_sweep_through_submitit_local_executor(tmp_path):
     metrics.json; a second sweep submits nothing."""
     config = sweep_tests.adapter_sweep(tmp_path)
     executor = SubmititExecutor(SlurmSettings(time_min=10), cluster="local")
-    result = run_sweep(config, executor=executor, progress=False,
-                       make_split=sweep_tests.index_splits(tmp_path / "caches/train"))
+    result = run_sweep(
+        config,
+        executor=executor,
+        progress=False,
+        make_split=sweep_tests.index_splits(tmp_path / "caches/train"),
+    )
     assert len(result.submitted) == 4 and not result.ran
     names = sorted(job.result() for job in result.submitted)
     assert names == sorted(spec.name for spec in result.planned)
@@ -171,12 +240,19 @@ def test_checkpoint_as_a_signal_handler_waits_only_for_the_run(tmp_path):
     import time
 
     repo = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo),
-                                                        os.environ.get("PYTHONPATH", "")])}
-    process = subprocess.Popen([sys.executable, "-c", SUBMITIT_LIKE], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=env)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-c", SUBMITIT_LIKE],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     assert process.stdout.readline().strip() == "started"
-    time.sleep(1.5)                            # the run has started and the task is waiting
+    time.sleep(1.5)  # the run has started and the task is waiting
     process.send_signal(signal.SIGUSR2)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 0, err[-2000:]

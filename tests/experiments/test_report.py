@@ -23,18 +23,46 @@ Q2A = {  # (method, shots) -> per-seed q2a on val
 }
 
 
-def write_run(root, *, method, shots, seed, q2a, sm=None, status="complete", student="s1",
-              teachers=TEACHERS, cw_fired=None):
-    run = root / "vcr" / student / method / ("full" if shots is None else f"k{shots}") / f"seed{seed}"
+def write_run(
+    root,
+    *,
+    method,
+    shots,
+    seed,
+    q2a,
+    sm=None,
+    status="complete",
+    student="s1",
+    teachers=TEACHERS,
+    cw_fired=None,
+):
+    run = (
+        root / "vcr" / student / method / ("full" if shots is None else f"k{shots}") / f"seed{seed}"
+    )
     run.mkdir(parents=True)
     evaluation = {"val": {"q2a": q2a, "qa2r": q2a / 2, "q2ar": q2a / 4}}
     if sm is not None:
         evaluation["val_sm"] = {"q2a": sm, "qa2r": sm / 2, "q2ar": sm / 4}
-    metrics = {"run": run.name, "dataset": "vcr", "method": method, "student": student,
-               "teachers": teachers, "shots": shots, "seed": seed, "status": status,
-               "history": [], "eval": evaluation, "cw_fired": cw_fired or {},
-               "provenance": {"cache_fingerprint": "fp123", "split_file": f"splits/k{shots}-{seed}",
-                              "split_digest": "d", "git_commit": "abc", "madcache_version": "0"}}
+    metrics = {
+        "run": run.name,
+        "dataset": "vcr",
+        "method": method,
+        "student": student,
+        "teachers": teachers,
+        "shots": shots,
+        "seed": seed,
+        "status": status,
+        "history": [],
+        "eval": evaluation,
+        "cw_fired": cw_fired or {},
+        "provenance": {
+            "cache_fingerprint": "fp123",
+            "split_file": f"splits/k{shots}-{seed}",
+            "split_digest": "d",
+            "git_commit": "abc",
+            "madcache_version": "0",
+        },
+    }
     (run / "metrics.json").write_text(json.dumps(metrics))
     (run / "config.json").write_text(json.dumps({"method": method, "seed": seed, "lr": 6e-5}))
     return run
@@ -45,8 +73,14 @@ def runs(tmp_path):
     root = tmp_path / "runs"
     for (method, shots), values in Q2A.items():
         for seed, value in enumerate(values):
-            write_run(root, method=method, shots=shots, seed=seed, q2a=value,
-                      sm=value - 5 if shots == 100 else None)
+            write_run(
+                root,
+                method=method,
+                shots=shots,
+                seed=seed,
+                q2a=value,
+                sm=value - 5 if shots == 100 else None,
+            )
     write_run(root, method="mad", shots=100, seed=9, q2a=99.0, status="running")  # not counted
     return root
 
@@ -58,7 +92,7 @@ def test_cells_are_means_and_sample_stds_over_seeds(runs):
         cell = cells[("vcr", "s1", method, "clip-b16", "val", label, "q2a")]
         assert cell.n == len(values)
         assert cell.mean == pytest.approx(statistics.mean(values))
-        assert cell.std == pytest.approx(statistics.stdev(values))      # ddof = 1
+        assert cell.std == pytest.approx(statistics.stdev(values))  # ddof = 1
     sm = cells[("vcr", "s1", "baseline", "clip-b16", "val_sm", "k100", "q2ar")]
     assert sm.mean == pytest.approx(statistics.mean([(v - 5) / 4 for v in Q2A[("baseline", 100)]]))
     assert Cell([3.0], ["r"]).std is None and Cell([3.0], ["r"]).text() == "3.00 (n=1)"
@@ -73,17 +107,25 @@ def test_report_files(runs, tmp_path):
     assert "| student | method | teachers | val k100 | val full | val_sm k100 |" in markdown
     assert f"| s1 | mad | clip-b16 | {mean:.2f} ± {std:.2f} (n=4) |" in markdown
     lines = markdown.splitlines()
-    assert lines.index(next(line for line in lines if "| s1 | baseline |" in line)) < \
-        lines.index(next(line for line in lines if "| s1 | mad |" in line))
+    assert lines.index(next(line for line in lines if "| s1 | baseline |" in line)) < lines.index(
+        next(line for line in lines if "| s1 | mad |" in line)
+    )
     with open(out / "report.csv") as handle:
         cells = list(csv.DictReader(handle))
-    mad = next(c for c in cells if c["method"] == "mad" and c["shots"] == "k100"
-               and c["split"] == "val" and c["metric"] == "q2a")
+    mad = next(
+        c
+        for c in cells
+        if c["method"] == "mad"
+        and c["shots"] == "k100"
+        and c["split"] == "val"
+        and c["metric"] == "q2a"
+    )
     assert float(mad["mean"]) == pytest.approx(mean) and float(mad["std"]) == pytest.approx(std)
     assert mad["n"] == "4" and len(mad["runs"].split(";")) == 4
     assert "vcr/s1/mad/k100/seed0" in mad["runs"].split(";")
-    full = next(c for c in cells if c["method"] == "mad" and c["shots"] == "full"
-                and c["metric"] == "q2a")
+    full = next(
+        c for c in cells if c["method"] == "mad" and c["shots"] == "full" and c["metric"] == "q2a"
+    )
     assert full["n"] == "2" and float(full["std"]) == pytest.approx(statistics.stdev([77, 78]))
     with open(out / "runs.csv") as handle:
         listed = list(csv.DictReader(handle))
@@ -101,10 +143,17 @@ def test_report_files(runs, tmp_path):
 def test_zero_shot_results_are_included(runs, tmp_path):
     from madcache.evaluation.zeroshot import write_zero_shot
 
-    write_zero_shot({"dataset": "vcr", "split": "val", "teachers": TEACHERS, "cache": "c",
-                     "chance": {"q2a": 25.0},
-                     "protocols": {"ia": {"overall": {"q2a": 54.82, "n": 10},
-                                          "by_category": {}}}}, runs / "vcr/zero-shot/t/val")
+    write_zero_shot(
+        {
+            "dataset": "vcr",
+            "split": "val",
+            "teachers": TEACHERS,
+            "cache": "c",
+            "chance": {"q2a": 25.0},
+            "protocols": {"ia": {"overall": {"q2a": 54.82, "n": 10}, "by_category": {}}},
+        },
+        runs / "vcr/zero-shot/t/val",
+    )
     result = build_report(runs, out=tmp_path / "r", plots=False)
     assert "## Zero-shot: vcr val" in result["markdown"] and "54.82" in result["markdown"]
     with open(tmp_path / "r" / "report.csv") as handle:
@@ -129,26 +178,32 @@ def test_cw_firing_rates_are_reported(tmp_path):
 
 def test_teachers_label():
     assert teachers_label(TEACHERS) == "clip-b16"
-    assert teachers_label({"vision": "vit-b16", "text": "roberta", "relevance": None}) == \
-        "vit-b16+roberta"
+    assert (
+        teachers_label({"vision": "vit-b16", "text": "roberta", "relevance": None})
+        == "vit-b16+roberta"
+    )
     assert teachers_label(None) == "-"
 
 
 def test_cli_prints_the_table(runs, tmp_path):
     from madcache.cli import cli
 
-    result = CliRunner().invoke(cli, ["report", str(runs), "--out", str(tmp_path / "o"),
-                                      "--no-plots"])
+    result = CliRunner().invoke(
+        cli, ["report", str(runs), "--out", str(tmp_path / "o"), "--no-plots"]
+    )
     assert result.exit_code == 0, result.output
     assert "### vcr: q2a" in result.output and "(n=4)" in result.output
     assert (tmp_path / "o" / "runs.csv").is_file()
 
 
-
-@pytest.mark.parametrize("where,problem", [
-    ("file", "is a file; give a folder for the report"),
-    ("in-root", "is inside the dataset root"),
-    ("root-parent", "contains the dataset root")])
+@pytest.mark.parametrize(
+    "where,problem",
+    [
+        ("file", "is a file; give a folder for the report"),
+        ("in-root", "is inside the dataset root"),
+        ("root-parent", "contains the dataset root"),
+    ],
+)
 def test_cli_refuses_an_output_location_like_every_command(runs, tmp_path, where, problem):
     """One line, exit code 2, nothing written: `--out` may not be a file, lie inside the dataset
     root a run trained on, or contain it (core.io.check_output_location)."""
@@ -159,8 +214,9 @@ def test_cli_refuses_an_output_location_like_every_command(runs, tmp_path, where
     for config in runs.rglob("config.json"):
         config.write_text(json.dumps({**json.loads(config.read_text()), "root": str(data)}))
     (tmp_path / "file").write_text("mine")
-    out = {"file": tmp_path / "file", "in-root": data / "report",
-           "root-parent": tmp_path / "data"}[where]
+    out = {"file": tmp_path / "file", "in-root": data / "report", "root-parent": tmp_path / "data"}[
+        where
+    ]
     before = sorted(p.name for p in out.parent.iterdir())
     result = CliRunner().invoke(cli, ["report", str(runs), "--out", str(out), "--no-plots"])
     assert result.exit_code == 2, result.output
@@ -173,11 +229,11 @@ def test_cli_refuses_an_output_location_like_every_command(runs, tmp_path, where
 
 # ----------------------------------------------------------------------------- paired statistics
 
-T_975_2 = 4.302653     # t_{0.975, 2}, from a t table: 3 pairs
+T_975_2 = 4.302653  # t_{0.975, 2}, from a t table: 3 pairs
 PAIRED = {  # method -> {seed: val q2a}; the baseline trains without a teacher (teachers "-")
     "baseline": {0: 30.0, 1: 32.0, 2: 31.0, 3: 29.0},
-    "md": {0: 29.0, 1: 34.0, 2: 32.0},                  # d = -1, 2, 1: interval spans 0
-    "mad": {0: 33.0, 1: 36.0, 2: 33.0, 5: 50.0},         # d = 3, 4, 2; seed 5 has no baseline
+    "md": {0: 29.0, 1: 34.0, 2: 32.0},  # d = -1, 2, 1: interval spans 0
+    "mad": {0: 33.0, 1: 36.0, 2: 33.0, 5: 50.0},  # d = 3, 4, 2; seed 5 has no baseline
 }
 
 
@@ -186,8 +242,14 @@ def paired_runs(tmp_path):
     root = tmp_path / "runs"
     for method, values in PAIRED.items():
         for seed, value in values.items():
-            write_run(root, method=method, shots=8, seed=seed, q2a=value,
-                      teachers=None if method == "baseline" else TEACHERS)
+            write_run(
+                root,
+                method=method,
+                shots=8,
+                seed=seed,
+                q2a=value,
+                teachers=None if method == "baseline" else TEACHERS,
+            )
     write_run(root, method="baseline", shots=8, seed=4, q2a=90.0, status="failed")  # not counted
     return root
 
@@ -200,10 +262,13 @@ def paired_csv(out):
 def test_paired_differences_to_the_baseline(paired_runs, tmp_path):
     out = tmp_path / "r"
     result = build_report(paired_runs, out=out)
-    half = T_975_2 * 1.0 / 3 ** 0.5                       # d = 3, 4, 2: mean 3, s = 1
+    half = T_975_2 * 1.0 / 3**0.5  # d = 3, 4, 2: mean 3, s = 1
     mad = paired_csv(out)[("mad", "val", "q2a")]
-    assert (mad["baseline"], mad["teachers"], mad["baseline_teachers"]) == \
-        ("baseline", "clip-b16", "-")
+    assert (mad["baseline"], mad["teachers"], mad["baseline_teachers"]) == (
+        "baseline",
+        "clip-b16",
+        "-",
+    )
     assert (mad["n_pairs"], mad["unpaired_method"], mad["unpaired_baseline"]) == ("3", "1", "1")
     assert mad["seeds"] == "0;1;2" and mad["differences"] == "3;4;2"
     assert float(mad["mean_diff"]) == 3.0 and float(mad["std_diff"]) == 1.0
@@ -217,7 +282,7 @@ def test_paired_differences_to_the_baseline(paired_runs, tmp_path):
     assert float(md["mean_diff"]) == pytest.approx(2 / 3)
     assert float(md["t_low"]) < 0 < float(md["t_high"]) and md["t_excludes_zero"] == "False"
     assert (md["unpaired_method"], md["unpaired_baseline"]) == ("0", "1")
-    qa2r = paired_csv(out)[("mad", "val", "qa2r")]                 # the metric is paired too
+    qa2r = paired_csv(out)[("mad", "val", "qa2r")]  # the metric is paired too
     assert float(qa2r["mean_diff"]) == 1.5
     assert ("baseline", "val", "q2a") not in paired_csv(out)
     markdown = result["markdown"]
@@ -234,7 +299,7 @@ def test_paired_differences_to_the_baseline(paired_runs, tmp_path):
     assert "] (n=3, 1 unpaired); MDE 4.99, ±3 needs n=4 |" in table
     assert "| s1 | baseline |" not in table
     std = statistics.stdev(PAIRED["mad"].values())
-    assert f"| s1 | mad | clip-b16 | 38.00 ± {std:.2f} (n=4) |" in markdown   # mean ± std stays
+    assert f"| s1 | mad | clip-b16 | 38.00 ± {std:.2f} (n=4) |" in markdown  # mean ± std stays
     assert (out / "vcr-val-q2a-paired.png").read_bytes()[:4] == b"\x89PNG"
     assert out / "paired.csv" in result["files"]
 
@@ -243,15 +308,15 @@ def test_report_csv_has_the_interval_of_each_mean(paired_runs, tmp_path):
     build_report(paired_runs, out=tmp_path / "r", plots=False)
     with open(tmp_path / "r" / "report.csv") as handle:
         cells = {(c["method"], c["split"], c["metric"]): c for c in csv.DictReader(handle)}
-    md = cells[("md", "val", "q2a")]                  # 29, 34, 32: mean 31.67, s = 2.5166
-    half = T_975_2 * statistics.stdev([29, 34, 32]) / 3 ** 0.5
+    md = cells[("md", "val", "q2a")]  # 29, 34, 32: mean 31.67, s = 2.5166
+    half = T_975_2 * statistics.stdev([29, 34, 32]) / 3**0.5
     assert float(md["ci_low"]) == pytest.approx(95 / 3 - half, abs=1e-5)
     assert float(md["ci_high"]) == pytest.approx(95 / 3 + half, abs=1e-5)
 
 
 def test_a_seed_without_a_usable_pair_is_left_out():
     cell = Cell([1.0, 2.0, 3.0, 4.0], ["a", "b", "c", "d"], [0, 0, 1, None])
-    assert cell.by_seed() == ({1: 3.0}, 3)                # a repeated seed and no seed
+    assert cell.by_seed() == ({1: 3.0}, 3)  # a repeated seed and no seed
 
 
 def test_no_baseline_omits_the_paired_section(runs, tmp_path):
@@ -268,12 +333,13 @@ def test_baseline_option_pairs_with_another_method(paired_runs, tmp_path):
     from madcache.cli import cli
 
     out = tmp_path / "o"
-    result = CliRunner().invoke(cli, ["report", str(paired_runs), "--out", str(out),
-                                      "--baseline", "md", "--no-plots"])
+    result = CliRunner().invoke(
+        cli, ["report", str(paired_runs), "--out", str(out), "--baseline", "md", "--no-plots"]
+    )
     assert result.exit_code == 0, result.output
     assert "### vcr: q2a, paired difference to md" in result.output
     pairs = paired_csv(out)
-    mad = pairs[("mad", "val", "q2a")]                # d = 4, 2, 1 over seeds 0, 1, 2
+    mad = pairs[("mad", "val", "q2a")]  # d = 4, 2, 1 over seeds 0, 1, 2
     assert (mad["baseline"], mad["differences"]) == ("md", "4;2;1")
     assert float(mad["mean_diff"]) == pytest.approx(7 / 3)
     assert pairs[("baseline", "val", "q2a")]["differences"] == "1;-2;-1"
@@ -283,22 +349,24 @@ def test_baseline_option_pairs_with_another_method(paired_runs, tmp_path):
 def test_unknown_baseline_is_a_one_line_error(paired_runs, tmp_path):
     from madcache.cli import cli
 
-    result = CliRunner().invoke(cli, ["report", str(paired_runs), "--out", str(tmp_path / "o"),
-                                      "--baseline", "linear-probe"])
+    result = CliRunner().invoke(
+        cli,
+        ["report", str(paired_runs), "--out", str(tmp_path / "o"), "--baseline", "linear-probe"],
+    )
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
         "Error: --baseline 'linear-probe': no complete runs of that method; methods found: "
-        "baseline, md, mad"]
+        "baseline, md, mad"
+    ]
     assert not (tmp_path / "o").exists()
 
 
 # ----------------------------------------------------------------------------- the demo's report
 
-DEMO_TEACHERS = {"vision": "madcache-demo", "text": "madcache-demo",
-                 "relevance": "madcache-demo"}
+DEMO_TEACHERS = {"vision": "madcache-demo", "text": "madcache-demo", "relevance": "madcache-demo"}
 DEMO_POWER = {  # (method, split) -> the power text at the demo's 4 seeds (s from the per-seed
-    ("md", "val"): "MDE 10.93, ±3 needs n=14",          # table: 5.136, 1.470, 10.984, 12.847;
-    ("mad", "val"): "MDE 3.13, ±3 needs n=4",           # MDE = 2.12795 s, checked in test_stats)
+    ("md", "val"): "MDE 10.93, ±3 needs n=14",  # table: 5.136, 1.470, 10.984, 12.847;
+    ("mad", "val"): "MDE 3.13, ±3 needs n=4",  # MDE = 2.12795 s, checked in test_stats)
     ("md", "val_sm"): "MDE 23.37, ±3 needs n=54",
     ("mad", "val_sm"): "MDE 27.34, ±3 needs n=73",
 }
@@ -314,14 +382,24 @@ def test_the_demo_prints_the_mde_beside_each_paired_interval(demo_report, tmp_pa
     val, sm = demo_report.per_seed["val"], demo_report.per_seed["val_sm"]
     for method in val:
         for seed, (q2a, sm_q2a) in enumerate(zip(val[method], sm[method])):
-            write_run(paths.runs, method=method, shots=32, seed=seed, q2a=q2a, sm=sm_q2a,
-                      student="single-stream",
-                      teachers=None if method == "baseline" else DEMO_TEACHERS)
+            write_run(
+                paths.runs,
+                method=method,
+                shots=32,
+                seed=seed,
+                q2a=q2a,
+                sm=sm_q2a,
+                student="single-stream",
+                teachers=None if method == "baseline" else DEMO_TEACHERS,
+            )
     markdown = make_report(paths)["markdown"]
 
     def table(text, title):
-        return [line for line in text.split(f"### {title}\n")[1].split("###")[0].splitlines()
-                if line.startswith("| single-stream")]
+        return [
+            line
+            for line in text.split(f"### {title}\n")[1].split("###")[0].splitlines()
+            if line.startswith("| single-stream")
+        ]
 
     assert table(markdown, "vcr: q2a") == table(demo_report.printed, "vcr: q2a")
     committed = table(demo_report.printed, "vcr: q2a, paired difference to baseline")

@@ -13,21 +13,28 @@ import pytest
 from scipy import integrate, stats
 
 from madcache.experiments.cells import Cell
-from madcache.experiments.stats import (Interval, bootstrap_interval, minimum_detectable_effect,
-                                        paired_difference, paired_t_power, sample_std,
-                                        seeds_for_half_width, t_interval)
+from madcache.experiments.stats import (
+    Interval,
+    bootstrap_interval,
+    minimum_detectable_effect,
+    paired_difference,
+    paired_t_power,
+    sample_std,
+    seeds_for_half_width,
+    t_interval,
+)
 from madcache.experiments.tables import paired_text
 
-T_975_2 = 4.302653     # t_{0.975, 2}, from a t table (n = 3 values)
-T_975_3 = 3.182446     # t_{0.975, 3} (n = 4)
+T_975_2 = 4.302653  # t_{0.975, 2}, from a t table (n = 3 values)
+T_975_3 = 3.182446  # t_{0.975, 3} (n = 4)
 
 
 def test_t_interval_is_the_hand_formula():
-    interval = t_interval([3.0, 4.0, 2.0])                 # mean 3, s = 1
+    interval = t_interval([3.0, 4.0, 2.0])  # mean 3, s = 1
     half = T_975_2 * 1.0 / math.sqrt(3)
     assert interval.low == pytest.approx(3 - half, abs=1e-5)
     assert interval.high == pytest.approx(3 + half, abs=1e-5)
-    values = [10.0, 10.5, 9.5, 8.5]                        # mean 9.625, s = 0.853913
+    values = [10.0, 10.5, 9.5, 8.5]  # mean 9.625, s = 0.853913
     interval = t_interval(values)
     half = T_975_3 * sample_std(values) / 2
     assert (interval.low, interval.high) == pytest.approx((9.625 - half, 9.625 + half), abs=1e-5)
@@ -37,14 +44,14 @@ def test_t_interval_is_the_hand_formula():
 def test_bootstrap_interval_is_deterministic_and_matches_the_resampling_distribution():
     values = [3.0, 4.0, 2.0]
     first = bootstrap_interval(values)
-    assert first == bootstrap_interval(values)             # a seeded generator
+    assert first == bootstrap_interval(values)  # a seeded generator
     # The 27 equally likely resamples put 1/27 = 3.7% > 2.5% on each extreme mean (all 2s, all
     # 4s), so the 2.5th / 97.5th percentiles are exactly those extremes.
     assert (first.low, first.high) == (2.0, 4.0)
     assert first.low <= 3.0 <= first.high
     assert first.high - first.low < t_interval(values).high - t_interval(values).low
     wide = bootstrap_interval([1.0, 7.0, 2.0, 9.0, 4.0, 6.0])
-    assert 1.0 < wide.low < 4.833 < wide.high < 9.0        # inside the range, around the mean
+    assert 1.0 < wide.low < 4.833 < wide.high < 9.0  # inside the range, around the mean
     assert bootstrap_interval([5.0]) is None
 
 
@@ -63,11 +70,17 @@ def test_paired_difference_pairs_common_seeds_and_counts_the_rest():
     assert (d.unpaired_method, d.unpaired_baseline) == (2, 1)
     assert d.t == t_interval([3.0, 4.0, 2.0]) and d.bootstrap == Interval(2.0, 4.0)
     none = paired_difference({1: 2.0}, {0: 1.0})
-    assert (none.n, none.mean, none.t, none.unpaired_method, none.unpaired_baseline) == \
-        (0, None, None, 1, 1)
+    assert (none.n, none.mean, none.t, none.unpaired_method, none.unpaired_baseline) == (
+        0,
+        None,
+        None,
+        1,
+        1,
+    )
 
 
 # ----------------------------------------------------------------------------- scipy, old numbers
+
 
 def old_bootstrap(values, resamples=10_000, seed=0):
     """The percentile bootstrap as madcache computed it before scipy.stats.bootstrap: the
@@ -133,6 +146,7 @@ def test_bootstrap_from_scipy_equals_the_old_code(demo_report):
 
 # ----------------------------------------------------------------------------- power
 
+
 def power_by_integration(effect, std, n, alpha=0.05):
     """P(|T| > c) from the definition T = (Z + nc) / sqrt(V / df), Z normal, V chi2(df):
     independent of scipy's noncentral t."""
@@ -152,7 +166,7 @@ def test_paired_t_power_matches_published_values():
     assert paired_t_power(0.5, 1.0, 34) == pytest.approx(0.8077775, abs=1e-7)
     assert paired_t_power(0.5, 1.0, 33) < 0.8
     assert paired_t_power(0.8, 1.0, 15) == pytest.approx(0.8213105, abs=1e-7)
-    assert paired_t_power(0.0, 2.0, 4) == pytest.approx(0.05)            # no effect: alpha
+    assert paired_t_power(0.0, 2.0, 4) == pytest.approx(0.05)  # no effect: alpha
 
 
 @pytest.mark.parametrize("n", [2, 3, 4, 6, 10])
@@ -162,7 +176,7 @@ def test_mde_has_80_percent_power_by_integration(n):
     assert power_by_integration(mde, std, n) == pytest.approx(0.8, abs=1e-6)
     assert minimum_detectable_effect(1.0, n) * std == pytest.approx(mde, rel=1e-9)  # scales with s
     normal = (stats.norm.ppf(0.975) + stats.norm.ppf(0.8)) * std / math.sqrt(n)
-    assert mde > normal                          # the t-test needs more than the normal test
+    assert mde > normal  # the t-test needs more than the normal test
 
 
 def test_mde_hand_values():
@@ -171,8 +185,7 @@ def test_mde_hand_values():
     approximation 2.8016 / sqrt(1000) = 0.08859 within 0.2%."""
     assert minimum_detectable_effect(1.0, 4) == pytest.approx(2.12795, abs=1e-5)
     assert 0.49 < minimum_detectable_effect(1.0, 34) < 0.5
-    assert minimum_detectable_effect(1.0, 1000) == pytest.approx(2.8016 / math.sqrt(1000),
-                                                                 rel=2e-3)
+    assert minimum_detectable_effect(1.0, 1000) == pytest.approx(2.8016 / math.sqrt(1000), rel=2e-3)
     assert minimum_detectable_effect(0.0, 4) == 0.0
     assert minimum_detectable_effect(1.0, 1) is None
     with pytest.raises(ValueError):
@@ -186,7 +199,7 @@ def test_mde_has_80_percent_power_by_simulation():
     mde = minimum_detectable_effect(std, n)
     d = np.random.default_rng(0).normal(mde, std, size=(200_000, n))
     t = d.mean(axis=1) / (d.std(axis=1, ddof=1) / math.sqrt(n))
-    assert np.mean(np.abs(t) > 3.182446) == pytest.approx(0.8, abs=0.004)   # t_{0.975, 3}
+    assert np.mean(np.abs(t) > 3.182446) == pytest.approx(0.8, abs=0.004)  # t_{0.975, 3}
 
 
 def test_seeds_for_a_3_point_half_width():
@@ -195,15 +208,16 @@ def test_seeds_for_a_3_point_half_width():
     1.050 > 1 at 6, 2.447 / 2.646 = 0.925 at 7); s = 6: n = 18 (2.120 / 4.123 = 0.514 > 0.5 at
     17, 2.110 / 4.243 = 0.497 at 18); s = 0: 2."""
     assert [seeds_for_half_width(s) for s in (0.0, 1.0, 3.0, 6.0)] == [2, 3, 7, 18]
-    for std in (0.5, 2.0, 4.2, 10.0, 17.48):          # against a scan from n = 2
-        scan = next(n for n in range(2, 10_000)
-                    if stats.t.ppf(0.975, n - 1) * std / math.sqrt(n) <= 3)
+    for std in (0.5, 2.0, 4.2, 10.0, 17.48):  # against a scan from n = 2
+        scan = next(
+            n for n in range(2, 10_000) if stats.t.ppf(0.975, n - 1) * std / math.sqrt(n) <= 3
+        )
         assert seeds_for_half_width(std) == scan
     assert seeds_for_half_width(3.0, half_width=1.5) == seeds_for_half_width(6.0)
 
 
 def test_paired_difference_power():
-    d = paired_difference({0: 33.0, 1: 36.0, 2: 33.0}, {0: 30.0, 1: 32.0, 2: 31.0})   # s = 1
+    d = paired_difference({0: 33.0, 1: 36.0, 2: 33.0}, {0: 30.0, 1: 32.0, 2: 31.0})  # s = 1
     assert d.mde == minimum_detectable_effect(1.0, 3) and d.seeds_needed == 3
     one = paired_difference({0: 33.0}, {0: 30.0})
     assert (one.mde, one.seeds_needed) == (None, None)

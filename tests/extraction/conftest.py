@@ -59,8 +59,11 @@ def tiny_clip(tmp_path_factory) -> tuple[str, Path]:
 # --- a hand-made SNLI-VE split in the original format ----------------------------------------
 
 SNLI_IMAGES = 12
-SNLI_HYPOTHESES = ("A dog runs on the grass.", "Two people sit on a bench near the water.",
-                   "A man is cooking dinner.")
+SNLI_HYPOTHESES = (
+    "A dog runs on the grass.",
+    "Two people sit on a bench near the water.",
+    "A man is cooking dinner.",
+)
 
 
 def write_snli_split(root: Path) -> Path:
@@ -73,12 +76,21 @@ def write_snli_split(root: Path) -> Path:
     for i in range(SNLI_IMAGES):
         image_id = str(1000 + i)
         Image.fromarray(rng.integers(0, 255, (36, 40, 3), np.uint8)).save(
-            root / "images" / f"{image_id}.jpg")
-        for k, (hypothesis, label) in enumerate(zip(SNLI_HYPOTHESES, ("entailment", "neutral",
-                                                                      "contradiction"))):
-            lines.append(json.dumps({"Flickr30K_ID": image_id, "gold_label": label,
-                                     "pairID": f"{image_id}.jpg#0r1{label[0]}{k}",
-                                     "sentence2": hypothesis}))
+            root / "images" / f"{image_id}.jpg"
+        )
+        for k, (hypothesis, label) in enumerate(
+            zip(SNLI_HYPOTHESES, ("entailment", "neutral", "contradiction"))
+        ):
+            lines.append(
+                json.dumps(
+                    {
+                        "Flickr30K_ID": image_id,
+                        "gold_label": label,
+                        "pairID": f"{image_id}.jpg#0r1{label[0]}{k}",
+                        "sentence2": hypothesis,
+                    }
+                )
+            )
     (root / "snli_ve_train.jsonl").write_text("\n".join(lines) + "\n")
     return root
 
@@ -110,12 +122,21 @@ class ToyReader:
         for line in self.annotation_files(root, split)[0].read_text().splitlines():
             rec = json.loads(line)
             context = Text.from_string(rec["context"]) if rec.get("context") else None
-            examples.append(Example(
-                id=rec["id"], dataset=self.name, split=split, image_id=rec["image"],
-                image_path=f"images/{rec['image']}.png",
-                choices=tuple(Text.from_string(c) for c in rec["choices"]), label=rec["label"],
-                category="toy", context=context, group=rec["id"].split(":")[0],
-                answers=tuple(rec.get("answers", ()))))
+            examples.append(
+                Example(
+                    id=rec["id"],
+                    dataset=self.name,
+                    split=split,
+                    image_id=rec["image"],
+                    image_path=f"images/{rec['image']}.png",
+                    choices=tuple(Text.from_string(c) for c in rec["choices"]),
+                    label=rec["label"],
+                    category="toy",
+                    context=context,
+                    group=rec["id"].split(":")[0],
+                    answers=tuple(rec.get("answers", ())),
+                )
+            )
         return ReadResult(examples)
 
 
@@ -132,17 +153,42 @@ def write_toy_world(root: Path) -> Path:
     vcr, snli, vqa = [], [], []
     for n in range(12):
         image = f"im{(n * 3) % TOY_IMAGES}"
-        vcr.append({"id": f"v{n}:qa", "image": image, "label": n % 4,
-                    "context": f"What is person {n % 3} doing near the red car?",
-                    "choices": [VCR_CHOICES[0] + f" {n % 2}"] + VCR_CHOICES[1:]})
-        snli.append({"id": f"s{n}", "image": image, "label": n % 3,
-                     "choices": [["A dog runs on the beach.", "Two people sit outside.",
-                                  "A man is cooking dinner in a small kitchen."][n % 3]]})
-        vqa.append({"id": f"{1000 + n}", "image": image, "label": None,
-                    "choices": [["What color is the car?", "How many people are there?",
-                                 "Is there a dog?"][n % 3]],
-                    "answers": [["red", "blue", "red"], ["2", "3", "2"],
-                                ["yes", "no", "yes"]][n % 3]})
+        vcr.append(
+            {
+                "id": f"v{n}:qa",
+                "image": image,
+                "label": n % 4,
+                "context": f"What is person {n % 3} doing near the red car?",
+                "choices": [VCR_CHOICES[0] + f" {n % 2}"] + VCR_CHOICES[1:],
+            }
+        )
+        snli.append(
+            {
+                "id": f"s{n}",
+                "image": image,
+                "label": n % 3,
+                "choices": [
+                    [
+                        "A dog runs on the beach.",
+                        "Two people sit outside.",
+                        "A man is cooking dinner in a small kitchen.",
+                    ][n % 3]
+                ],
+            }
+        )
+        vqa.append(
+            {
+                "id": f"{1000 + n}",
+                "image": image,
+                "label": None,
+                "choices": [
+                    ["What color is the car?", "How many people are there?", "Is there a dog?"][
+                        n % 3
+                    ]
+                ],
+                "answers": [["red", "blue", "red"], ["2", "3", "2"], ["yes", "no", "yes"]][n % 3],
+            }
+        )
     for name, records in (("vcr", vcr), ("snli", snli), ("vqa", vqa)):
         (root / f"{name}.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
     return root
@@ -154,15 +200,24 @@ def register_toy_datasets() -> None:
     from madcache.data.base import DATASETS, Dataset
 
     for name, task, protocol, score in (
-            ("toy-vcr", "multiple_choice", "vcr", metrics.score_accuracy),
-            ("toy-snli", "classification", "snli-ve", metrics.score_accuracy),
-            ("toy-vqa", "multilabel", "vqa", metrics.score_vqa)):
+        ("toy-vcr", "multiple_choice", "vcr", metrics.score_accuracy),
+        ("toy-snli", "classification", "snli-ve", metrics.score_accuracy),
+        ("toy-vqa", "multilabel", "vqa", metrics.score_vqa),
+    ):
         if name not in DATASETS:
-            DATASETS.register(name, Dataset(
-                name=name, reader=ToyReader(name), task=task, score=score,
-                sample=lowshot.sample_groups, categories=("toy",),
-                label_names=("a", "b", "c") if task == "classification" else None,
-                teacher_logits=protocol))
+            DATASETS.register(
+                name,
+                Dataset(
+                    name=name,
+                    reader=ToyReader(name),
+                    task=task,
+                    score=score,
+                    sample=lowshot.sample_groups,
+                    categories=("toy",),
+                    label_names=("a", "b", "c") if task == "classification" else None,
+                    teacher_logits=protocol,
+                ),
+            )
 
 
 @pytest.fixture(scope="session")
@@ -172,6 +227,7 @@ def toy_root(tmp_path_factory) -> Path:
 
 
 # --- reading what extraction wrote --------------------------------------------------------
+
 
 class CacheContents:
     """What extraction wrote: `shards(out)` (arrays per shard, in order), `manifest(out)`."""
@@ -195,8 +251,10 @@ def _read_shards(out: Path) -> list[dict[str, np.ndarray]]:
 
     manifest = _read_manifest(out)
     backend = get_backend(manifest["format"])
-    return [backend.read(backend.shard_path(Path(out), int(entry["index"])))
-            for entry in manifest["shards"]]
+    return [
+        backend.read(backend.shard_path(Path(out), int(entry["index"])))
+        for entry in manifest["shards"]
+    ]
 
 
 def _read_manifest(out: Path) -> dict:

@@ -27,8 +27,10 @@ def test_values_are_checked_naming_the_option():
 
 def test_an_object_store_out_stays_a_url():
     values = dict(dataset="vcr", root="/data", split="val", teacher="madcache-demo")
-    assert ExtractConfig.from_dict({**values, "out": "s3://bkt/c/vcr"}).output_path() == \
-        "s3://bkt/c/vcr"
+    assert (
+        ExtractConfig.from_dict({**values, "out": "s3://bkt/c/vcr"}).output_path()
+        == "s3://bkt/c/vcr"
+    )
     assert ExtractConfig.from_dict({**values, "out": "rel/c"}).output_path() == Path("rel/c")
 
 
@@ -43,19 +45,39 @@ def test_extract_flags_are_the_config_fields_with_their_defaults():
     assert flags["read_options"].opts == ["--read-option"] and flags["format"].opts == ["--format"]
     assert [n for n, p in flags.items() if p.required] == ["dataset", "root", "split"]
     config = ExtractConfig(dataset="vcr", root=Path("data"), split="val", teacher="t")
-    assert (config.batch_size, config.shard_size, config.device, config.progress) == \
-        (64, 1024, "auto", True)
+    assert (config.batch_size, config.shard_size, config.device, config.progress) == (
+        64,
+        1024,
+        "auto",
+        True,
+    )
 
 
-@pytest.mark.parametrize("flag,value", [("--batch-size", "0"), ("--workers", "-1"),
-                                        ("--dtype", "float64"), ("--rank", "x")])
+@pytest.mark.parametrize(
+    "flag,value",
+    [("--batch-size", "0"), ("--workers", "-1"), ("--dtype", "float64"), ("--rank", "x")],
+)
 def test_a_bad_extract_flag_is_exit_2_naming_the_flag(tmp_path, flag, value):
     from click.testing import CliRunner
 
     from madcache.cli import cli
 
-    result = CliRunner().invoke(cli, ["extract", "--dataset", "vcr", "--root", str(tmp_path),
-                                      "--split", "val", "--teacher", "madcache-demo", flag, value])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "extract",
+            "--dataset",
+            "vcr",
+            "--root",
+            str(tmp_path),
+            "--split",
+            "val",
+            "--teacher",
+            "madcache-demo",
+            flag,
+            value,
+        ],
+    )
     errors = [line for line in result.output.splitlines() if line.startswith("Error")]
     assert result.exit_code == 2 and len(errors) == 1 and f"'{flag}'" in errors[0]
 
@@ -63,22 +85,33 @@ def test_a_bad_extract_flag_is_exit_2_naming_the_flag(tmp_path, flag, value):
 def test_each_protocol_names_its_default_logits():
     from madcache.extraction.protocols import PROTOCOLS
 
-    assert {name: PROTOCOLS.get(name).default_logits for name in PROTOCOLS.names()} == \
-        {"none": "", "vcr": "ia", "snli-ve": "kmeans", "vqa": "template"}
+    assert {name: PROTOCOLS.get(name).default_logits for name in PROTOCOLS.names()} == {
+        "none": "",
+        "vcr": "ia",
+        "snli-ve": "kmeans",
+        "vqa": "template",
+    }
     assert ExtractConfig.from_dict(VALUES).logits_default == "ia"
     assert ExtractConfig.from_dict({**VALUES, "default_logits": "iqa"}).logits_default == "iqa"
 
 
-@pytest.mark.parametrize("requested, device, env, expected", [
-    (3, "cuda:0", {}, 3), (0, "cuda", {}, 0), (None, "cpu", {}, 0), (None, "cuda:0", {}, 15),
-    (None, "cuda:1", {"LOCAL_WORLD_SIZE": "2"}, 7),
-    (None, "cuda:7", {"LOCAL_WORLD_SIZE": "32"}, 0)])
+@pytest.mark.parametrize(
+    "requested, device, env, expected",
+    [
+        (3, "cuda:0", {}, 3),
+        (0, "cuda", {}, 0),
+        (None, "cpu", {}, 0),
+        (None, "cuda:0", {}, 15),
+        (None, "cuda:1", {"LOCAL_WORLD_SIZE": "2"}, 7),
+        (None, "cuda:7", {"LOCAL_WORLD_SIZE": "32"}, 0),
+    ],
+)
 def test_workers_default_to_the_cores_on_cuda_only(requested, device, env, expected):
     """--workers, else on CUDA this process's share of the cores less one (the process that
     feeds the GPU); on the CPU 0, the forward keeping the cores."""
     from madcache.extraction.jobs import preprocess_workers
 
     assert preprocess_workers(requested, device, cores=16, environ=env) == expected
-    assert preprocess_workers(None, "cuda") >= 0          # this machine's cores
+    assert preprocess_workers(None, "cuda") >= 0  # this machine's cores
     config = ExtractConfig(dataset="vcr", root=Path("data"), split="val", teacher="t")
     assert config.workers is None

@@ -9,16 +9,30 @@ from madcache.cache.reader import open_cache
 from madcache.extraction import ExtractConfig, extract
 
 
-@pytest.mark.parametrize("dataset, split, store_format", [
-    ("vcr", "val", "zarr"), ("snli-ve", "dev", "hdf5"), ("vqa", "val", "zarr")])
-def test_demo_world_extracts(demo_root, tiny_clip, tmp_path, minilm_dir, dataset, split,
-                             store_format):
+@pytest.mark.parametrize(
+    "dataset, split, store_format",
+    [("vcr", "val", "zarr"), ("snli-ve", "dev", "hdf5"), ("vqa", "val", "zarr")],
+)
+def test_demo_world_extracts(
+    demo_root, tiny_clip, tmp_path, minilm_dir, dataset, split, store_format
+):
     name, checkpoint = tiny_clip
     out = tmp_path / "cache"
-    summary = extract(ExtractConfig(dataset=dataset, root=demo_root / dataset, split=split,
-                                    teacher=name, checkpoint=checkpoint, out=out,
-                                    format=store_format, shard_size=16, batch_size=16,
-                                    sentence_encoder=minilm_dir, progress=False))
+    summary = extract(
+        ExtractConfig(
+            dataset=dataset,
+            root=demo_root / dataset,
+            split=split,
+            teacher=name,
+            checkpoint=checkpoint,
+            out=out,
+            format=store_format,
+            shard_size=16,
+            batch_size=16,
+            sentence_encoder=minilm_dir,
+            progress=False,
+        )
+    )
     cache = open_cache(out)
     arrays = cache.arrays()
     assert len(arrays["example_id"]) == summary["examples"] > 0

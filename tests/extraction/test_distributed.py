@@ -41,10 +41,31 @@ def test_each_rank_uses_its_local_gpu():
 
 def args(root, out, tiny_clip, *extra) -> list[str]:
     name, checkpoint = tiny_clip
-    return ["extract", "--teacher", name, "--checkpoint", str(checkpoint), "--dataset",
-            "snli-ve", "--root", str(root), "--split", "train", "--out", str(out),
-            "--shard-size", "3", "--batch-size", "4", "--forward-batch", "2", "--dtype",
-            "float32", "--no-progress", *extra]
+    return [
+        "extract",
+        "--teacher",
+        name,
+        "--checkpoint",
+        str(checkpoint),
+        "--dataset",
+        "snli-ve",
+        "--root",
+        str(root),
+        "--split",
+        "train",
+        "--out",
+        str(out),
+        "--shard-size",
+        "3",
+        "--batch-size",
+        "4",
+        "--forward-batch",
+        "2",
+        "--dtype",
+        "float32",
+        "--no-progress",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +77,9 @@ def single(tmp_path_factory, snli_root, tiny_clip) -> Path:
 
 
 def env() -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK",
-                                                                         "WORLD_SIZE"))}
+    clean = {
+        k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE"))
+    }
     return {**clean, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
 
 
@@ -67,23 +89,39 @@ def assert_equal_caches(actual: Path, expected: Path, world_size: int) -> None:
     for name, array in e.arrays().items():
         np.testing.assert_array_equal(a.arrays()[name], array, err_msg=name)
     assert a.manifest["extra"]["kmeans_centres"] == e.manifest["extra"]["kmeans_centres"]
-    writers = [(s["index"], s["writer"]["rank"], s["writer"]["world_size"])
-               for s in a.manifest["shards"]]
+    writers = [
+        (s["index"], s["writer"]["rank"], s["writer"]["world_size"]) for s in a.manifest["shards"]
+    ]
     assert writers == [(i, i % world_size, world_size) for i in range(len(writers))]
-    assert all(s["writer"]["host"] and s["writer"]["precision"]["compute_dtype"] == "float32"
-               for s in a.manifest["shards"])
+    assert all(
+        s["writer"]["host"] and s["writer"]["precision"]["compute_dtype"] == "float32"
+        for s in a.manifest["shards"]
+    )
 
 
 @pytest.mark.slow
 def test_torchrun_two_ranks_equal_one_process(tmp_path, snli_root, tiny_clip, single):
     out = tmp_path / "c"
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                          "--nproc-per-node", "2", "-m", "madcache",
-                          *args(snli_root, out, tiny_clip)],
-                         env=env(), capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "madcache",
+            *args(snli_root, out, tiny_clip),
+        ],
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "by rank 0 of 2" in run.stdout and "by rank 1 of 2" in run.stdout
-    assert "cache finish" in run.stdout            # rank 1 says rank 0 finishes
+    assert "cache finish" in run.stdout  # rank 1 says rank 0 finishes
     assert open_cache(out).manifest["state"] == "complete"
     assert_equal_caches(out, single, 2)
 
@@ -91,16 +129,27 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path, snli_root, tiny_clip, si
 @pytest.mark.slow
 def test_two_plain_processes_equal_one_process(tmp_path, snli_root, tiny_clip, single):
     out = tmp_path / "c"
-    children = [subprocess.Popen([sys.executable, "-m", "madcache", "--debug",
-                                  *args(snli_root, out, tiny_clip, "--rank", str(r),
-                                        "--world-size", "2")],
-                                 env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 text=True) for r in (0, 1)]
+    children = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "madcache",
+                "--debug",
+                *args(snli_root, out, tiny_clip, "--rank", str(r), "--world-size", "2"),
+            ],
+            env=env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in (0, 1)
+    ]
     for child in children:
         _, err = child.communicate(timeout=600)
         assert child.returncode == 0, err[-3000:]
     assert_equal_caches(out, single, 2)
-    again = CliRunner().invoke(cli, ["cache", "finish", str(out)])    # idempotent
+    again = CliRunner().invoke(cli, ["cache", "finish", str(out)])  # idempotent
     assert again.exit_code == 0 and "written by 2 rank(s) on" in again.output
     assert_equal_caches(out, single, 2)
 
@@ -113,10 +162,21 @@ def test_slurm_array_tasks_split_the_shards(tmp_path, snli_root, tiny_clip, sing
     monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "1")
     for task in ("3", "1", "2"):
         monkeypatch.setenv("SLURM_ARRAY_TASK_ID", task)
-        summary = extract(ExtractConfig(
-            dataset="snli-ve", root=snli_root, split="train", teacher=name, checkpoint=checkpoint,
-            out=out, shard_size=3, batch_size=4, forward_batch=2, dtype="float32",
-            progress=False))
+        summary = extract(
+            ExtractConfig(
+                dataset="snli-ve",
+                root=snli_root,
+                split="train",
+                teacher=name,
+                checkpoint=checkpoint,
+                out=out,
+                shard_size=3,
+                batch_size=4,
+                forward_batch=2,
+                dtype="float32",
+                progress=False,
+            )
+        )
         assert (summary["rank"], summary["shards_written"]) == (int(task) - 1, 4)
     assert summary["finished"]
     assert_equal_caches(out, single, 3)

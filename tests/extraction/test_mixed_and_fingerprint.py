@@ -20,22 +20,39 @@ def vit_dir(tmp_path_factory):
     from transformers import ViTConfig, ViTModel
 
     torch.manual_seed(0)
-    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1,
-                       num_attention_heads=2, intermediate_size=64)
+    config = ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
     root = tmp_path_factory.mktemp("vit")
     ViTModel(config).eval().save_pretrained(root)
     return root
 
 
 def mixed_config(tmp_path, toy_root, vit_dir, minilm_dir, **options) -> ExtractConfig:
-    return ExtractConfig(dataset="toy-vcr", root=toy_root, split="vcr", protocol="vcr",
-                         vision_teacher=f"vit:{vit_dir}", text_teacher=f"bert:{minilm_dir}",
-                         out=tmp_path / "mixed", shard_size=6, progress=False, **options)
+    return ExtractConfig(
+        dataset="toy-vcr",
+        root=toy_root,
+        split="vcr",
+        protocol="vcr",
+        vision_teacher=f"vit:{vit_dir}",
+        text_teacher=f"bert:{minilm_dir}",
+        out=tmp_path / "mixed",
+        shard_size=6,
+        progress=False,
+        **options,
+    )
 
 
 def test_vit_and_bert_without_relevance_model(tmp_path, toy_root, vit_dir, minilm_dir, cache):
     config = mixed_config(tmp_path, toy_root, vit_dir, minilm_dir)
-    with pytest.warns(UserWarning, match=r"word_vr, word_score, logits.*token selection or confidence weighting"):
+    with pytest.warns(
+        UserWarning, match=r"word_vr, word_score, logits.*token selection or confidence weighting"
+    ):
         extract(config)
     shard = cache.shards(config.out)[0]
     manifest = cache.manifest(config.out)
@@ -46,16 +63,30 @@ def test_vit_and_bert_without_relevance_model(tmp_path, toy_root, vit_dir, minil
     from madcache.method.methods import unavailable_methods
 
     assert set(unavailable_methods(manifest["unavailable"])) == {
-        "md-ts", "md-ts-cw", "mad-af-plain", "mad", "mad-no-cw", "mad-no-ts", "mad-random"}
+        "md-ts",
+        "md-ts-cw",
+        "mad-af-plain",
+        "mad",
+        "mad-no-cw",
+        "mad-no-ts",
+        "mad-random",
+    }
     assert manifest["fingerprint"]["teachers"]["relevance"] is None
     assert manifest["default_logits"] is None
 
 
-def test_clip_relevance_model_scores_words_of_other_teachers(tmp_path, toy_root, vit_dir,
-                                                             minilm_dir, tiny_clip, cache):
+def test_clip_relevance_model_scores_words_of_other_teachers(
+    tmp_path, toy_root, vit_dir, minilm_dir, tiny_clip, cache
+):
     name, checkpoint = tiny_clip
-    config = mixed_config(tmp_path, toy_root, vit_dir, minilm_dir, relevance_model=name,
-                          relevance_checkpoint=checkpoint)
+    config = mixed_config(
+        tmp_path,
+        toy_root,
+        vit_dir,
+        minilm_dir,
+        relevance_model=name,
+        relevance_checkpoint=checkpoint,
+    )
     extract(config)
     shard = cache.shards(config.out)[0]
     manifest = cache.manifest(config.out)
@@ -67,6 +98,7 @@ def test_clip_relevance_model_scores_words_of_other_teachers(tmp_path, toy_root,
 
 # --- fingerprints -------------------------------------------------------------------------
 
+
 @pytest.fixture
 def fresh(tmp_path, toy_root, tiny_clip):
     """A private copy of the toy root and checkpoint, and a finished extraction over them."""
@@ -75,8 +107,17 @@ def fresh(tmp_path, toy_root, tiny_clip):
     name, checkpoint = tiny_clip
     own = tmp_path / "teacher.safetensors"
     shutil.copy(checkpoint, own)
-    config = ExtractConfig(dataset="toy-vcr", root=root, split="vcr", protocol="vcr", teacher=name,
-                           checkpoint=own, out=tmp_path / "cache", shard_size=6, progress=False)
+    config = ExtractConfig(
+        dataset="toy-vcr",
+        root=root,
+        split="vcr",
+        protocol="vcr",
+        teacher=name,
+        checkpoint=own,
+        out=tmp_path / "cache",
+        shard_size=6,
+        progress=False,
+    )
     extract(config)
     return config
 
@@ -118,10 +159,26 @@ def test_changed_setting_is_refused_and_force_overwrites(fresh, cache):
 
 
 def test_cli_names_what_differs_and_prints_a_summary(fresh):
-    args = ["extract", "--teacher", fresh.teacher, "--checkpoint", str(fresh.checkpoint),
-            "--dataset", "toy-vcr", "--protocol", "vcr", "--root", str(fresh.root),
-            "--split", "vcr",
-            "--out", str(fresh.out), "--shard-size", "6", "--no-progress"]
+    args = [
+        "extract",
+        "--teacher",
+        fresh.teacher,
+        "--checkpoint",
+        str(fresh.checkpoint),
+        "--dataset",
+        "toy-vcr",
+        "--protocol",
+        "vcr",
+        "--root",
+        str(fresh.root),
+        "--split",
+        "vcr",
+        "--out",
+        str(fresh.out),
+        "--shard-size",
+        "6",
+        "--no-progress",
+    ]
     result = CliRunner().invoke(cli, args + ["--dtype", "float32"])
     assert result.exit_code == 2, result.output
     assert "fingerprint.dtype: 'float16' != 'float32'" in result.output

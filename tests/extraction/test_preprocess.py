@@ -9,8 +9,9 @@ from PIL import Image
 from madcache.extraction.jobs import load_rgb
 
 
-@pytest.mark.parametrize("mode, suffix", [("RGB", "jpg"), ("L", "jpg"), ("CMYK", "jpg"),
-                                          ("P", "png"), ("RGBA", "png")])
+@pytest.mark.parametrize(
+    "mode, suffix", [("RGB", "jpg"), ("L", "jpg"), ("CMYK", "jpg"), ("P", "png"), ("RGBA", "png")]
+)
 def test_load_rgb_gives_the_pixels_of_convert_rgb(tmp_path, mode, suffix):
     """An RGB image is returned as decoded (no whole-frame copy); any other mode converted.
     Either way the pixels are those of `Image.open(path).convert("RGB")`."""

@@ -4,10 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from madcache.data.records import Example, Text
 from madcache.data.prompts import question_to_statement
-from madcache.extraction.protocols import (cosine_logits, kmeans_anchors, prefilter_answers,
-                                          vcr_logits, vcr_texts)
+from madcache.data.records import Example, Text
+from madcache.extraction.protocols import (
+    cosine_logits,
+    kmeans_anchors,
+    prefilter_answers,
+    vcr_logits,
+    vcr_texts,
+)
 
 
 def test_kmeans_anchors_on_three_clear_groups():
@@ -22,27 +27,38 @@ def test_kmeans_anchors_needs_k_points():
         kmeans_anchors(np.array([0.1, 0.2]), k=3)
 
 
-@pytest.mark.parametrize("question, answer, statement", [
-    ("What color is the bus?", "red", "the bus is red"),
-    ("What colour are the shoes?", "black", "the shoes are black"),
-    ("How many dogs are there?", "3", "there are 3 dogs"),
-    ("How many people can you see in the photo?", "2", "there are 2 people"),
-    ("Is there a cat?", "yes", "there is a cat"),
-    ("Is there a cat?", "no", "there is no cat"),
-    ("Are there any people?", "no", "there are no people"),
-    ("Is this a kitchen?", "no", "this is not a kitchen"),
-    ("What is the man doing?", "surfing", "the man is surfing"),
-    ("Why is he sad?", "rain", "Why is he sad? rain"),
-])
+@pytest.mark.parametrize(
+    "question, answer, statement",
+    [
+        ("What color is the bus?", "red", "the bus is red"),
+        ("What colour are the shoes?", "black", "the shoes are black"),
+        ("How many dogs are there?", "3", "there are 3 dogs"),
+        ("How many people can you see in the photo?", "2", "there are 2 people"),
+        ("Is there a cat?", "yes", "there is a cat"),
+        ("Is there a cat?", "no", "there is no cat"),
+        ("Are there any people?", "no", "there are no people"),
+        ("Is this a kitchen?", "no", "this is not a kitchen"),
+        ("What is the man doing?", "surfing", "the man is surfing"),
+        ("Why is he sad?", "rain", "Why is he sad? rain"),
+    ],
+)
 def test_question_to_statement(question, answer, statement):
     assert question_to_statement(question, answer) == statement
 
 
 def _vcr_example() -> Example:
     answers = tuple(Text.from_string(a) for a in ("He is cooking.", "He is asleep."))
-    return Example(id="a:qa", dataset="vcr", split="val", image_id="i", image_path="i.jpg",
-                   choices=answers, label=0, category="activity",
-                   context=Text.from_string("What is person1 doing?"))
+    return Example(
+        id="a:qa",
+        dataset="vcr",
+        split="val",
+        image_id="i",
+        image_path="i.jpg",
+        choices=answers,
+        label=0,
+        category="activity",
+        context=Text.from_string("What is person1 doing?"),
+    )
 
 
 def test_vcr_protocol_texts():
@@ -56,8 +72,9 @@ def test_vcr_protocol_texts():
 def test_vcr_logits_are_100_cosines():
     image = torch.tensor([2.0, 0.0])
     texts = torch.tensor([[1.0, 0.0], [0.0, 3.0], [1.0, 1.0]])
-    torch.testing.assert_close(vcr_logits(image, texts), torch.tensor([100.0, 0.0, 70.7107]),
-                               atol=1e-3, rtol=0)
+    torch.testing.assert_close(
+        vcr_logits(image, texts), torch.tensor([100.0, 0.0, 70.7107]), atol=1e-3, rtol=0
+    )
     batched = cosine_logits(image.expand(4, 2), texts.expand(4, 3, 2))
     assert batched.shape == (4, 3)
 
@@ -68,8 +85,12 @@ def test_prefilter_answers_with_real_minilm():
 
     encoder = SentenceEncoder(default_sentence_encoder_dir(), batch_size=2)
     vocab = ["red", "2", "tennis", "yes", "kitchen", "dog", "umbrella"]
-    questions = ["what sport is being played?", "what color is the fire truck?",
-                 "what room is this?", "what animal is on the sofa?"]
+    questions = [
+        "what sport is being played?",
+        "what color is the fire truck?",
+        "what room is this?",
+        "what animal is on the sofa?",
+    ]
     top = prefilter_answers(questions, vocab, encoder, k=3)
     assert top.shape == (4, 3) and top.dtype == np.int64
     assert [vocab[i] for i in top[:, 0]] == ["tennis", "red", "kitchen", "dog"]

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from madcache.cache.reader import open_cache
 from madcache.cli import cli
 
-IMAGES = 12          # conftest.py: snli_root has 12 images x 3 hypotheses
+IMAGES = 12  # conftest.py: snli_root has 12 images x 3 hypotheses
 
 # The real CLI in a child process, with each shard write followed by a pause so the parent can
 # kill it reliably between shards (the kill itself is a plain external SIGKILL).
@@ -37,9 +37,28 @@ main()
 
 def cli_args(root: Path, out: Path, tiny_clip, store_format: str) -> list[str]:
     name, checkpoint = tiny_clip
-    return ["extract", "--teacher", name, "--checkpoint", str(checkpoint), "--dataset",
-            "snli-ve", "--root", str(root), "--split", "train", "--out", str(out),
-            "--format", store_format, "--shard-size", "3", "--batch-size", "2", "--no-progress"]
+    return [
+        "extract",
+        "--teacher",
+        name,
+        "--checkpoint",
+        str(checkpoint),
+        "--dataset",
+        "snli-ve",
+        "--root",
+        str(root),
+        "--split",
+        "train",
+        "--out",
+        str(out),
+        "--format",
+        store_format,
+        "--shard-size",
+        "3",
+        "--batch-size",
+        "2",
+        "--no-progress",
+    ]
 
 
 def completed(out: Path) -> int:
@@ -49,9 +68,13 @@ def completed(out: Path) -> int:
 
 def kill_after_first_shard(args: list[str], out: Path) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    child = subprocess.Popen([sys.executable, "-c", SLOW_CLI, *args], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 300   # a deadline, not a speed goal (busy CI cores)
+    child = subprocess.Popen(
+        [sys.executable, "-c", SLOW_CLI, *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 300  # a deadline, not a speed goal (busy CI cores)
     while completed(out) < 1:
         if child.poll() is not None:
             raise AssertionError(f"extraction ended early: {child.stderr.read().decode()}")
@@ -64,8 +87,9 @@ def kill_after_first_shard(args: list[str], out: Path) -> int:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("store_format", ["zarr", "hdf5"])
-def test_killed_extraction_resumes_to_the_uninterrupted_cache(tmp_path, snli_root, tiny_clip,
-                                                              store_format):
+def test_killed_extraction_resumes_to_the_uninterrupted_cache(
+    tmp_path, snli_root, tiny_clip, store_format
+):
     runner = CliRunner()
     reference = tmp_path / "reference"
     result = runner.invoke(cli, cli_args(snli_root, reference, tiny_clip, store_format))

@@ -53,37 +53,71 @@ def test_extract_kill_resume_verify_train_eval_all_on_s3(tmp_path, s3_bucket, ti
     # index part stored, its commit record not
     for point, committed in (("after-shard", [0]), ("before-commit", [0])):
         marker = tmp_path / f"reached-{point}"
-        child = faults.start_cli(faults.extract_args(root, url, tiny_clip), point=point,
-                                 marker=marker)
+        child = faults.start_cli(
+            faults.extract_args(root, url, tiny_clip), point=point, marker=marker
+        )
         faults.wait_for(marker, child)
         faults.kill(child)
         store = open_location(url).store
         assert sorted(read_commits(store)) == committed
-    assert store.exists("shard-00001.zarr")             # half-written: arrays, no record
+    assert store.exists("shard-00001.zarr")  # half-written: arrays, no record
     with pytest.raises(CacheError, match="incomplete"):
         open_cache(url)
 
-    output = invoke(*faults.extract_args(root, url, tiny_clip))   # resume
-    assert "12 (11 written, 1 resumed)" in output, output     # one image per shard
-    invoke("cache", "verify", url)                  # exit 0: every object checked
+    output = invoke(*faults.extract_args(root, url, tiny_clip))  # resume
+    assert "12 (11 written, 1 resumed)" in output, output  # one image per shard
+    invoke("cache", "verify", url)  # exit 0: every object checked
     local, remote = open_cache(disk), open_cache(url)
     assert remote.manifest["fingerprint_digest"] == local.manifest["fingerprint_digest"]
-    assert remote.manifest["extra"] == local.manifest["extra"]          # k-means centres
+    assert remote.manifest["extra"] == local.manifest["extra"]  # k-means centres
     expected = local.arrays()
     for name, array in remote.arrays().items():
         np.testing.assert_array_equal(array, expected[name], err_msg=name)
     assert set(remote.arrays()) == set(expected)
 
     regions = f"{s3_bucket}/snli/regions"
-    invoke("regions", "--dataset", "snli-ve", "--root", root, "--split", "train",
-           "--extractor", "boxcrop", "--max-regions", "4", "--out", regions, "--no-progress")
+    invoke(
+        "regions",
+        "--dataset",
+        "snli-ve",
+        "--root",
+        root,
+        "--split",
+        "train",
+        "--extractor",
+        "boxcrop",
+        "--max-regions",
+        "4",
+        "--out",
+        regions,
+        "--no-progress",
+    )
     run = tmp_path / "run"
-    invoke("train", "--dataset", "snli-ve", "--root", root, "--split", "train",
-           "--eval-split", "train", "--cache", url, "--regions", regions, "--method", "mad",
-           "--max-steps", "2", "--batch-size", "6", "--out", run)
+    invoke(
+        "train",
+        "--dataset",
+        "snli-ve",
+        "--root",
+        root,
+        "--split",
+        "train",
+        "--eval-split",
+        "train",
+        "--cache",
+        url,
+        "--regions",
+        regions,
+        "--method",
+        "mad",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "6",
+        "--out",
+        run,
+    )
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["status"] == "complete" and "train" in metrics["eval"], metrics.keys()
     scored = invoke("eval", "--run", run, "--split", "train", "--regions", regions)
     assert scored.startswith("train: accuracy"), scored
-    assert run_zero_shot(url, root=root)["protocols"] == \
-        run_zero_shot(disk, root=root)["protocols"]
+    assert run_zero_shot(url, root=root)["protocols"] == run_zero_shot(disk, root=root)["protocols"]

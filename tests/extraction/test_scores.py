@@ -3,8 +3,12 @@ import pytest
 import torch
 
 from madcache.data.records import Text
-from madcache.extraction.scores import (combine_scores, content_words, visual_relevance,
-                                        yake_word_scores)
+from madcache.extraction.scores import (
+    combine_scores,
+    content_words,
+    visual_relevance,
+    yake_word_scores,
+)
 from madcache.method.selection import top_words
 
 
@@ -24,7 +28,7 @@ def test_combine_scores_all_zero_vector_stays_zero():
 def test_visual_relevance_is_cosine():
     img = torch.tensor([1.0, 0.0])
     words = torch.tensor([[2.0, 0.0], [0.0, 1.0], [-1.0, 1.0]])
-    assert torch.allclose(visual_relevance(img, words), torch.tensor([1.0, 0.0, -2 ** -0.5]))
+    assert torch.allclose(visual_relevance(img, words), torch.tensor([1.0, 0.0, -(2**-0.5)]))
 
 
 def test_yake_scores_map_to_one_over_one_plus_score_and_take_max():
@@ -34,7 +38,7 @@ def test_yake_scores_map_to_one_over_one_plus_score_and_take_max():
     # yake 0.7.3 ranks "holding a telegram" first (score 0.0494...): its words get 1/(1+0.0494)
     assert scores[words.index("telegram")] == pytest.approx(1 / (1 + 0.04940384002065631), rel=1e-5)
     assert scores[words.index("holding")] == scores[words.index("telegram")]
-    assert scores[words.index("a")] == 0.0          # a stopword inside the keyword: not passed on
+    assert scores[words.index("a")] == 0.0  # a stopword inside the keyword: not passed on
     # "man" alone scored 0.1583...; "Why" is in no keyword
     assert scores[words.index("man")] == pytest.approx(1 / (1 + 0.15831692877998726), rel=1e-5)
     assert scores[words.index("Why")] == 0.0
@@ -60,10 +64,10 @@ def test_stopwords_and_punctuation_get_a_zero_selection_score():
     si = torch.from_numpy(yake_word_scores(text))
     assert si[words.index("is")] == 0.0 and si[words.index("dress")] > 0
     vr = torch.full((len(words),), 0.1)
-    vr[words.index("is")] = vr[words.index(",")] = 0.9          # relevance alone would pick them
+    vr[words.index("is")] = vr[words.index(",")] = 0.9  # relevance alone would pick them
     score = combine_scores(vr, si, torch.from_numpy(content))
     assert all(score[i] == 0 for i, c in enumerate(content) if not c)
-    assert score[torch.from_numpy(content)].sum() == pytest.approx(2.0)   # both parts normalised
+    assert score[torch.from_numpy(content)].sum() == pytest.approx(2.0)  # both parts normalised
     assert {words[i] for i in top_words(score, 2)} <= {"dress", "red", "sending", "telegram"}
 
 
@@ -72,11 +76,12 @@ def test_content_words_are_memoised_per_text_and_equal_the_direct_rule():
 
     text = Text.from_string("Why is person1 sending the telegram , and to whom ?")
     stopwords = scores._yake_extractor("en", 3, 20).stopword_set
-    direct = [any(c.isalnum() for c in w.text) and w.text.lower() not in stopwords
-              for w in text.words]
+    direct = [
+        any(c.isalnum() for c in w.text) and w.text.lower() not in stopwords for w in text.words
+    ]
     scores._content_words.cache_clear()
     first = content_words(text)
-    first[:] = False                                  # a caller's copy, not the memo
+    first[:] = False  # a caller's copy, not the memo
     again = content_words(text)
     assert again.tolist() == direct and again.dtype == bool and any(direct)
     assert scores._content_words.cache_info().hits == 1

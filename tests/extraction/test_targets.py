@@ -9,10 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from madcache.data.prompts import question_to_statement
-from madcache.extraction import protocols
 from madcache.data import read_examples
-from madcache.extraction import ExtractConfig, extract
+from madcache.data.prompts import question_to_statement
+from madcache.extraction import ExtractConfig, extract, protocols
 from madcache.extraction.scores import combine_scores, content_words, yake_word_scores
 from madcache.teachers import load_teacher
 
@@ -27,10 +26,19 @@ def teacher(tiny_clip):
 
 def run(cache, tmp_path, tiny_clip, toy_root, dataset: str, **options):
     name, checkpoint = tiny_clip
-    config = ExtractConfig(dataset=f"toy-{dataset}", root=toy_root, split=dataset,
-                           protocol={"snli": "snli-ve"}.get(dataset, dataset), teacher=name,
-                           checkpoint=checkpoint, out=tmp_path / dataset, shard_size=5,
-                           batch_size=4, progress=False, **options)
+    config = ExtractConfig(
+        dataset=f"toy-{dataset}",
+        root=toy_root,
+        split=dataset,
+        protocol={"snli": "snli-ve"}.get(dataset, dataset),
+        teacher=name,
+        checkpoint=checkpoint,
+        out=tmp_path / dataset,
+        shard_size=5,
+        batch_size=4,
+        progress=False,
+        **options,
+    )
     summary = extract(config)
     return summary, cache.shards(config.out), cache.manifest(config.out)
 
@@ -76,8 +84,13 @@ def toy_vcr_examples(toy_root):
 def test_shards_hold_whole_images_sorted_by_id(vcr):
     summary, shards, _ = vcr
     assert [list(s["image_id"]) for s in shards] == [["im0", "im1"], ["im2", "im3"], ["im4"]]
-    assert [list(s["example_id"]) for s in shards][0] == ["v0:qa", "v5:qa", "v10:qa", "v2:qa",
-                                                          "v7:qa"]
+    assert [list(s["example_id"]) for s in shards][0] == [
+        "v0:qa",
+        "v5:qa",
+        "v10:qa",
+        "v2:qa",
+        "v7:qa",
+    ]
     assert summary["examples"] == 12 and summary["shards"] == 3 and summary["images"] == 5
     for shard in shards:
         assert shard["image_feat"].dtype == np.float16
@@ -114,9 +127,11 @@ def test_selection_scores_follow_mad(vcr, teacher, toy_root, toy_vcr_examples):
         np.testing.assert_allclose(shard["word_yake"][flat], yake, rtol=1e-6)
         np.testing.assert_allclose(shard["word_vr"][flat], vr.numpy(), atol=1e-4)
         content = torch.from_numpy(content_words(text))
-        np.testing.assert_allclose(shard["word_score"][flat],
-                                   combine_scores(vr, torch.from_numpy(yake), content).numpy(),
-                                   atol=1e-4)
+        np.testing.assert_allclose(
+            shard["word_score"][flat],
+            combine_scores(vr, torch.from_numpy(yake), content).numpy(),
+            atol=1e-4,
+        )
         assert (shard["word_score"][flat][~content.numpy()] == 0).all()
     assert shard["word_yake"].max() > 0 and (shard["word_yake"] == 0).any()
 
@@ -132,8 +147,7 @@ def test_a_text_under_two_images_gets_one_row_per_image(vcr):
     assert not np.allclose(shard["word_vr"][first], shard["word_vr"][second])
 
 
-def test_vcr_logits_are_the_teachers_own_scale_times_cos(vcr, teacher, toy_root,
-                                                        toy_vcr_examples):
+def test_vcr_logits_are_the_teachers_own_scale_times_cos(vcr, teacher, toy_root, toy_vcr_examples):
     _, shards, manifest = vcr
     for shard in shards:
         for n, eid in enumerate(shard["example_id"]):
@@ -141,10 +155,10 @@ def test_vcr_logits_are_the_teachers_own_scale_times_cos(vcr, teacher, toy_root,
             image = image_embedding(teacher, toy_root, example.image_id)
             for name, texts in (("iqa", example.texts), ("ia", example.choices)):
                 eos = torch.stack([direct_text(teacher, t)[0] for t in texts])
-                expected = teacher.model.logit_scale.exp() * \
-                    torch.nn.functional.cosine_similarity(eos, image[None], dim=-1)
-                np.testing.assert_allclose(shard[f"logits/{name}"][n], expected.numpy(),
-                                           atol=2e-3)
+                expected = teacher.model.logit_scale.exp() * torch.nn.functional.cosine_similarity(
+                    eos, image[None], dim=-1
+                )
+                np.testing.assert_allclose(shard[f"logits/{name}"][n], expected.numpy(), atol=2e-3)
     assert teacher.logit_scale == pytest.approx(1 / 0.07) and teacher.logit_bias == 0.0
     assert manifest["default_logits"] == "ia" and manifest["num_choices"] == 4
     assert manifest["dims"] == {"image": 16, "text": 16} and manifest["unavailable"] == []
@@ -187,9 +201,17 @@ def test_vqa_candidates_and_template_logits(cache, tmp_path, tiny_clip, toy_root
     name, checkpoint = tiny_clip
     toy_root = shutil.copytree(toy_root, tmp_path / "toy")
     shutil.copy(toy_root / "vqa.jsonl", toy_root / "train.jsonl")
-    config = ExtractConfig(dataset="toy-vqa", root=toy_root, split="vqa", protocol="vqa",
-                           teacher=name, checkpoint=checkpoint, out=tmp_path / "vqa",
-                           answer_top_k=3, progress=False)
+    config = ExtractConfig(
+        dataset="toy-vqa",
+        root=toy_root,
+        split="vqa",
+        protocol="vqa",
+        teacher=name,
+        checkpoint=checkpoint,
+        out=tmp_path / "vqa",
+        answer_top_k=3,
+        progress=False,
+    )
     extract(config, sentence_encoder=CharEncoder())
     shards, manifest = cache.shards(config.out), cache.manifest(config.out)
     vocab = manifest["extra"]["answer_vocab"]

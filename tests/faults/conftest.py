@@ -24,7 +24,7 @@ TESTS = Path(__file__).resolve().parents[1]
 def _load(relative: str, name: str):
     spec = importlib.util.spec_from_file_location(name, str(TESTS / relative))
     module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module          # dataclasses look their module up there
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -112,22 +112,54 @@ main()
 
 
 def child_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_ARRAY_TASK_ID",
-                        "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN")}
-    return {**env, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1",
-            "PYTHONPATH": str(TESTS.parent), **extra}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in (
+            "RANK",
+            "WORLD_SIZE",
+            "LOCAL_RANK",
+            "SLURM_ARRAY_TASK_ID",
+            "SLURM_ARRAY_TASK_COUNT",
+            "SLURM_ARRAY_TASK_MIN",
+        )
+    }
+    return {
+        **env,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TQDM_DISABLE": "1",
+        "PYTHONPATH": str(TESTS.parent),
+        **extra,
+    }
 
 
-def start_cli(args: list[str], *, point: str = "", marker: Path | None = None,
-              pause: float = 60.0, go: Path | None = None, step: int = 1) -> subprocess.Popen:
+def start_cli(
+    args: list[str],
+    *,
+    point: str = "",
+    marker: Path | None = None,
+    pause: float = 60.0,
+    go: Path | None = None,
+    step: int = 1,
+) -> subprocess.Popen:
     """`madcache ARGS` in a child process with the fault hook at `point` (held until the file
     `go` exists, when given; `step`: which checkpoint, for the training points)."""
-    env = child_env(FAULT_POINT=point, FAULT_MARKER=str(marker or os.devnull),
-                    FAULT_PAUSE=str(pause), FAULT_STEP=str(step),
-                    **({"FAULT_GO": str(go)} if go else {}))
-    return subprocess.Popen([sys.executable, "-c", CHILD, *map(str, args)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = child_env(
+        FAULT_POINT=point,
+        FAULT_MARKER=str(marker or os.devnull),
+        FAULT_PAUSE=str(pause),
+        FAULT_STEP=str(step),
+        **({"FAULT_GO": str(go)} if go else {}),
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, *map(str, args)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for(marker: Path, child: subprocess.Popen, timeout: float = 300.0) -> None:
@@ -140,8 +172,7 @@ def wait_for(marker: Path, child: subprocess.Popen, timeout: float = 300.0) -> N
         time.sleep(0.02)
 
 
-def wait_for_commits(out: Path, n: int, child: subprocess.Popen,
-                     timeout: float = 300.0) -> None:
+def wait_for_commits(out: Path, n: int, child: subprocess.Popen, timeout: float = 300.0) -> None:
     """Until the cache at `out` has `n` commit records (fails if `child` ended first)."""
     deadline = time.monotonic() + timeout
     while len(list((out / "commits").glob("*.json"))) < n:
@@ -184,10 +215,31 @@ def extract_args(root: Path, out: Path, tiny_clip, *extra: str) -> list[str]:
     """`madcache extract` on the SNLI-VE split: 12 images, one per shard, float32 storage so
     that equality checks see every bit."""
     name, checkpoint = tiny_clip
-    return ["extract", "--teacher", name, "--checkpoint", str(checkpoint), "--dataset",
-            "snli-ve", "--root", str(root), "--split", "train", "--out", str(out),
-            "--shard-size", "3", "--batch-size", "2", "--forward-batch", "2",
-            "--dtype", "float32", "--no-progress", *extra]
+    return [
+        "extract",
+        "--teacher",
+        name,
+        "--checkpoint",
+        str(checkpoint),
+        "--dataset",
+        "snli-ve",
+        "--root",
+        str(root),
+        "--split",
+        "train",
+        "--out",
+        str(out),
+        "--shard-size",
+        "3",
+        "--batch-size",
+        "2",
+        "--forward-batch",
+        "2",
+        "--dtype",
+        "float32",
+        "--no-progress",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -201,8 +253,7 @@ def snli_root(tmp_path_factory) -> Path:
     return extraction_helpers.write_snli_split(tmp_path_factory.mktemp("snli"))
 
 
-TINY_STUDENT = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
-                    max_length=32)
+TINY_STUDENT = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_length=32)
 
 
 @pytest.fixture(scope="session")
@@ -215,25 +266,68 @@ def train_world(tmp_path_factory, snli_root, tiny_clip) -> SimpleNamespace:
 
     base = tmp_path_factory.mktemp("train-world")
     name, checkpoint = tiny_clip
-    other_config, other_checkpoint = extraction_helpers.save_tiny_clip(base / "other-clip",
-                                                                       seed=2)
-    for out, teacher, weights in ((base / "cache", name, checkpoint),
-                                  (base / "other-cache", f"openclip-config:{other_config}",
-                                   other_checkpoint)):
-        extract(ExtractConfig(dataset="snli-ve", root=snli_root, split="train", teacher=teacher,
-                              checkpoint=weights, out=out, shard_size=6, progress=False))
-    build_region_store(dataset="snli-ve", root=snli_root, split="train", extractor="boxcrop",
-                       out=base / "regions", max_regions=2, progress=False)
-    return SimpleNamespace(root=snli_root, cache=base / "cache", other_cache=base / "other-cache",
-                           regions=base / "regions", base=base)
+    other_config, other_checkpoint = extraction_helpers.save_tiny_clip(base / "other-clip", seed=2)
+    for out, teacher, weights in (
+        (base / "cache", name, checkpoint),
+        (base / "other-cache", f"openclip-config:{other_config}", other_checkpoint),
+    ):
+        extract(
+            ExtractConfig(
+                dataset="snli-ve",
+                root=snli_root,
+                split="train",
+                teacher=teacher,
+                checkpoint=weights,
+                out=out,
+                shard_size=6,
+                progress=False,
+            )
+        )
+    build_region_store(
+        dataset="snli-ve",
+        root=snli_root,
+        split="train",
+        extractor="boxcrop",
+        out=base / "regions",
+        max_regions=2,
+        progress=False,
+    )
+    return SimpleNamespace(
+        root=snli_root,
+        cache=base / "cache",
+        other_cache=base / "other-cache",
+        regions=base / "regions",
+        base=base,
+    )
 
 
 def train_args(world: SimpleNamespace, out: Path, *extra: str, method: str = "md") -> list[str]:
     """`madcache train` on `world`: 36 pairs, batch 8 (5 steps), a checkpoint every 2 steps."""
-    args = ["train", "--method", method, "--dataset", "snli-ve", "--root", str(world.root),
-            "--split", "train", "--eval-split", "train", "--cache", str(world.cache),
-            "--regions", str(world.regions), "--batch-size", "8", "--lr", "1e-3",
-            "--checkpoint-every", "2", "--out", str(out)]
+    args = [
+        "train",
+        "--method",
+        method,
+        "--dataset",
+        "snli-ve",
+        "--root",
+        str(world.root),
+        "--split",
+        "train",
+        "--eval-split",
+        "train",
+        "--cache",
+        str(world.cache),
+        "--regions",
+        str(world.regions),
+        "--batch-size",
+        "8",
+        "--lr",
+        "1e-3",
+        "--checkpoint-every",
+        "2",
+        "--out",
+        str(out),
+    ]
     args += [f"--student-option={k}={v}" for k, v in TINY_STUDENT.items()]
     return [*args, *extra]
 
@@ -248,12 +342,19 @@ def standins():
 @pytest.fixture(scope="session")
 def faults():
     """The helpers above, for the test modules."""
-    return SimpleNamespace(start_cli=start_cli, wait_for=wait_for, kill=kill, finish=finish,
-                           wait_for_commits=wait_for_commits,
-                           extract_args=extract_args, child_env=child_env,
-                           train_args=train_args, invoke=invoke,
-                           one_line_error=one_line_error,
-                           make_world=cache_helpers.make_world,
-                           make_manifest=cache_helpers.make_manifest,
-                           write_world=cache_helpers.write_world,
-                           snli_images=extraction_helpers.SNLI_IMAGES)
+    return SimpleNamespace(
+        start_cli=start_cli,
+        wait_for=wait_for,
+        kill=kill,
+        finish=finish,
+        wait_for_commits=wait_for_commits,
+        extract_args=extract_args,
+        child_env=child_env,
+        train_args=train_args,
+        invoke=invoke,
+        one_line_error=one_line_error,
+        make_world=cache_helpers.make_world,
+        make_manifest=cache_helpers.make_manifest,
+        write_world=cache_helpers.write_world,
+        snli_images=extraction_helpers.SNLI_IMAGES,
+    )

@@ -65,6 +65,7 @@ def edit_manifest(root, change) -> None:
 
 # ----------------------------------------------------------------------------- damaged at rest
 
+
 def test_a_sound_cache_opens_and_loads(root, world):
     cache = open_cache(root)
     targets = cache.load_targets([e.id for e in world.examples[::-1]])
@@ -94,7 +95,7 @@ def test_broken_index_is_refused_at_open(root, damage):
 
 def test_index_of_another_extraction_is_refused_at_open(tmp_path, root, fmt, faults):
     other = faults.make_world(seed=1)
-    for e in other.examples:                    # same shapes, other example ids
+    for e in other.examples:  # same shapes, other example ids
         e.id = e.id.replace("ex-", "other-")
     faults.write_world(tmp_path / "other", other, fmt=fmt)
     shutil.copy(tmp_path / "other" / "index.parquet", root / "index.parquet")
@@ -108,7 +109,7 @@ def test_index_rows_pointing_at_other_examples_are_refused_at_open(root):
     table = pq.read_table(root / "index.parquet")
     rows = table.column("row").to_numpy().copy()
     first = np.flatnonzero(table.column("shard").to_numpy() == 0)[:2]
-    rows[first] = rows[first[::-1]]              # two ids of shard 0 swap rows
+    rows[first] = rows[first[::-1]]  # two ids of shard 0 swap rows
     table = table.set_column(table.schema.get_field_index("row"), "row", pa.array(rows))
     pq.write_table(table, root / "index.parquet")
     refused(root, "the ids of shard 0 are not the ids the manifest recorded")
@@ -126,9 +127,12 @@ def test_swapped_shards_are_caught_when_targets_load(root, fmt, world):
     (root / "swap").rename(one)
     cache = open_cache(root)
     for shard, ids in ((0, [e.id for e in world.shards[0]]), (1, [world.shards[1][0].id])):
-        with pytest.raises(CacheCorruptError, match=rf"shard {shard} does not hold what its "
-                                                    r"extraction recorded: \w+ (has shape|"
-                                                    r"checksum mismatch).*madcache cache verify"):
+        with pytest.raises(
+            CacheCorruptError,
+            match=rf"shard {shard} does not hold what its "
+            r"extraction recorded: \w+ (has shape|"
+            r"checksum mismatch).*madcache cache verify",
+        ):
             cache.load_targets(ids)
     assert any("checksum mismatch" in p for p in verify_cache(root))
 
@@ -142,8 +146,9 @@ def test_each_array_of_a_shard_is_verified_once_per_process(root, fmt, world, mo
     cache = open_cache(root)
     checked = []
     original = verified.array_problems
-    monkeypatch.setattr(verified, "array_problems",
-                        lambda name, *a: checked.append(name) or original(name, *a))
+    monkeypatch.setattr(
+        verified, "array_problems", lambda name, *a: checked.append(name) or original(name, *a)
+    )
     ids = [e.id for e in world.shards[0]]
     first = cache.load_targets(ids, needs=("image",))
     assert sorted(checked) == ["example_id", "example_image", "image_feat"]
@@ -161,11 +166,14 @@ def backend_name(fmt: str, shard: int) -> str:
     return get_backend(fmt).shard_path(Path("."), shard).name
 
 
-@pytest.mark.parametrize("edit, match", [
-    (lambda m: m["shards"].pop(), "the manifest lists shards 0, 1, planned 0..2"),
-    (lambda m: m["shards"].append(m["shards"][0]), "the manifest lists a shard twice"),
-    (lambda m: m["fingerprint"]["teachers"].clear(), "fingerprint_digest does not match"),
-])
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda m: m["shards"].pop(), "the manifest lists shards 0, 1, planned 0..2"),
+        (lambda m: m["shards"].append(m["shards"][0]), "the manifest lists a shard twice"),
+        (lambda m: m["fingerprint"]["teachers"].clear(), "fingerprint_digest does not match"),
+    ],
+)
 def test_edited_manifest_is_refused_at_open(root, edit, match):
     edit_manifest(root, edit)
     refused(root, match)
@@ -174,6 +182,7 @@ def test_edited_manifest_is_refused_at_open(root, edit, match):
 def test_mixed_precisions_are_refused_at_open(root):
     def mix(manifest):
         manifest["shards"][0]["writer"]["precision"] = GPU
+
     edit_manifest(root, mix)
     refused(root, r"mixes shards made under different precisions \(cuda/bfloat16: shards 0")
 
@@ -195,6 +204,7 @@ def test_torn_commit_record_is_reported(tmp_path, world, faults):
 
 # ----------------------------------------------------------------------------- writers
 
+
 def test_finish_of_an_unfinished_cache_is_one_line_naming_the_shards(tmp_path, world, faults):
     root = tmp_path / "c"
     faults.write_world(root, world, fmt="zarr", finish=False, shards=[0, 2])
@@ -208,13 +218,24 @@ def test_finish_of_an_unfinished_cache_is_one_line_naming_the_shards(tmp_path, w
 
 def test_shards_of_another_precision_are_refused_when_writing(tmp_path, world, faults):
     root = tmp_path / "c"
-    first = CacheWriter.open(root, manifest=faults.make_manifest(), format="zarr",
-                             identity={"rank": 0, "world_size": 2, "precision": CPU})
+    first = CacheWriter.open(
+        root,
+        manifest=faults.make_manifest(),
+        format="zarr",
+        identity={"rank": 0, "world_size": 2, "precision": CPU},
+    )
     first.write_shard(0, world.shard_arrays(0))
-    with pytest.raises(CacheError, match=r"another precision \(cpu/float32, shards 0\) than "
-                                         r"this run \(cuda/bfloat16\)"):
-        CacheWriter.open(root, manifest=faults.make_manifest(), format="zarr",
-                         identity={"rank": 1, "world_size": 2, "precision": GPU})
+    with pytest.raises(
+        CacheError,
+        match=r"another precision \(cpu/float32, shards 0\) than "
+        r"this run \(cuda/bfloat16\)",
+    ):
+        CacheWriter.open(
+            root,
+            manifest=faults.make_manifest(),
+            format="zarr",
+            identity={"rank": 1, "world_size": 2, "precision": GPU},
+        )
 
 
 def test_a_claimed_shard_is_not_claimed_twice(tmp_path, faults):
@@ -228,11 +249,17 @@ def test_a_claimed_shard_is_not_claimed_twice(tmp_path, faults):
 def test_a_killed_claimer_leaves_no_stale_claim(tmp_path, faults):
     """The claim is a kernel lock: SIGKILL frees it, no lease or cleanup needed."""
     writer = CacheWriter.open(tmp_path / "c", manifest=faults.make_manifest(), format="zarr")
-    hold = ("import sys, time\nfrom madcache.cache.store import LocalStore\n"
-            "held = LocalStore(sys.argv[1]).claim('claims/00001', wait=False)\nassert held\n"
-            "print('held', flush=True)\ntime.sleep(60)\n")
-    child = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path / "c")],
-                             stdout=subprocess.PIPE, text=True, env=faults.child_env())
+    hold = (
+        "import sys, time\nfrom madcache.cache.store import LocalStore\n"
+        "held = LocalStore(sys.argv[1]).claim('claims/00001', wait=False)\nassert held\n"
+        "print('held', flush=True)\ntime.sleep(60)\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", hold, str(tmp_path / "c")],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=faults.child_env(),
+    )
     assert child.stdout.readline().strip() == "held"
     assert not writer.claim(1)
     faults.kill(child)
@@ -241,10 +268,12 @@ def test_a_killed_claimer_leaves_no_stale_claim(tmp_path, faults):
 
 def test_two_writers_of_one_shard_at_once_commit_it_once(tmp_path, world, faults):
     root = tmp_path / "c"
-    writers = [CacheWriter.open(root, manifest=faults.make_manifest(), format="hdf5")
-               for _ in range(2)]
-    threads = [threading.Thread(target=w.write_shard, args=(0, world.shard_arrays(0)))
-               for w in writers]
+    writers = [
+        CacheWriter.open(root, manifest=faults.make_manifest(), format="hdf5") for _ in range(2)
+    ]
+    threads = [
+        threading.Thread(target=w.write_shard, args=(0, world.shard_arrays(0))) for w in writers
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -256,8 +285,7 @@ def test_two_writers_of_one_shard_at_once_commit_it_once(tmp_path, world, faults
     assert verify_cache(root) == []
 
 
-def test_a_writer_killed_before_its_commit_leaves_no_data_a_reader_takes(tmp_path, world,
-                                                                          faults):
+def test_a_writer_killed_before_its_commit_leaves_no_data_a_reader_takes(tmp_path, world, faults):
     """Killed after the shard's arrays and index part are in place but before the commit
     record: the shard is not committed, and the next writer removes and redoes it."""
     root = tmp_path / "c"
@@ -268,10 +296,14 @@ def test_a_writer_killed_before_its_commit_leaves_no_data_a_reader_takes(tmp_pat
         "def stop(store, record):\n    print('stopped', flush=True); time.sleep(60)\n"
         "w.write_commit = stop\n"
         "writer = w.CacheWriter.open(sys.argv[1], manifest=json.loads(sys.argv[2]))\n"
-        "writer.write_shard(1, {'example_id': np.array(['half', 'done'])})\n")
-    child = subprocess.Popen([sys.executable, "-c", script, str(root),
-                              json.dumps(faults.make_manifest())],
-                             stdout=subprocess.PIPE, text=True, env=faults.child_env())
+        "writer.write_shard(1, {'example_id': np.array(['half', 'done'])})\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, str(root), json.dumps(faults.make_manifest())],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=faults.child_env(),
+    )
     assert child.stdout.readline().strip() == "stopped"
     faults.kill(child)
     assert (root / "shard-00001.zarr").exists() and (root / "index-parts/00001.parquet").exists()
@@ -305,25 +337,47 @@ def _pickle_shard(shard: Path, marker: Path) -> None:
     import zarr
 
     source = zarr.open_group(str(shard), mode="r")
-    arrays = {name: np.asarray(node[...]) for name, node in source.members(max_depth=None)
-              if isinstance(node, zarr.Array)}
+    arrays = {
+        name: np.asarray(node[...])
+        for name, node in source.members(max_depth=None)
+        if isinstance(node, zarr.Array)
+    }
     shutil.rmtree(shard)
     group = zarr.open_group(str(shard), mode="w", zarr_format=2)
     for name, array in arrays.items():
         if array.dtype.kind not in "UOT":
-            group.create_array(name, shape=array.shape, dtype=array.dtype, chunks=array.shape,
-                               compressors=None, filters=None)[...] = array
+            group.create_array(
+                name,
+                shape=array.shape,
+                dtype=array.dtype,
+                chunks=array.shape,
+                compressors=None,
+                filters=None,
+            )[...] = array
     (shard / "example_id").mkdir()
     n = len(arrays["example_id"])
-    (shard / "example_id" / ".zarray").write_text(json.dumps(
-        {"zarr_format": 2, "shape": [n], "chunks": [n], "dtype": "|O", "compressor": None,
-         "fill_value": 0, "filters": [{"id": "pickle", "protocol": 4}], "order": "C"}))
-    (shard / "example_id" / "0").write_bytes(pickle.dumps(np.array([_Touch(marker)] * n,
-                                                                   dtype=object)))
+    (shard / "example_id" / ".zarray").write_text(
+        json.dumps(
+            {
+                "zarr_format": 2,
+                "shape": [n],
+                "chunks": [n],
+                "dtype": "|O",
+                "compressor": None,
+                "fill_value": 0,
+                "filters": [{"id": "pickle", "protocol": 4}],
+                "order": "C",
+            }
+        )
+    )
+    (shard / "example_id" / "0").write_bytes(
+        pickle.dumps(np.array([_Touch(marker)] * n, dtype=object))
+    )
 
 
-def test_a_zarr_v2_shard_with_a_pickle_codec_is_one_line_and_never_unpickled(tmp_path, world,
-                                                                            faults):
+def test_a_zarr_v2_shard_with_a_pickle_codec_is_one_line_and_never_unpickled(
+    tmp_path, world, faults
+):
     root = tmp_path / "c"
     faults.write_world(root, world, fmt="zarr")
     marker = tmp_path / "unpickled"
@@ -332,8 +386,11 @@ def test_a_zarr_v2_shard_with_a_pickle_codec_is_one_line_and_never_unpickled(tmp
     assert result.exit_code == 1
     assert result.output.splitlines() == [
         "PROBLEM: shard 0: unreadable (ValueError: No Zarr data type found that matches "
-        "{'name': '|O', 'object_codec_id': 'pickle'})", f"1 problem(s) in {root}"]
-    with pytest.raises(CacheCorruptError, match="shard 0 does not hold what its extraction "
-                                                "recorded: unreadable") as raised:
+        "{'name': '|O', 'object_codec_id': 'pickle'})",
+        f"1 problem(s) in {root}",
+    ]
+    with pytest.raises(
+        CacheCorruptError, match="shard 0 does not hold what its extraction recorded: unreadable"
+    ) as raised:
         open_cache(root).load_targets([e.id for e in world.shards[0]])
     assert "\n" not in str(raised.value) and not marker.exists()

@@ -44,29 +44,37 @@ def reference(tmp_path_factory, train_world, faults):
 
 # ----------------------------------------------------------------------------- kill and resume
 
-KILL_POINTS = [("after-record", 1), ("checkpoint-unrenamed", 1), ("checkpoint-unmirrored", 2),
-               ("checkpoint-unrenamed", 3), ("before-metrics", 1)]
+KILL_POINTS = [
+    ("after-record", 1),
+    ("checkpoint-unrenamed", 1),
+    ("checkpoint-unmirrored", 2),
+    ("checkpoint-unrenamed", 3),
+    ("before-metrics", 1),
+]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("point,step", KILL_POINTS)
-def test_kill_at_a_named_point_then_resume_equals_uninterrupted(tmp_path, train_world, faults,
-                                                               reference, point, step):
+def test_kill_at_a_named_point_then_resume_equals_uninterrupted(
+    tmp_path, train_world, faults, reference, point, step
+):
     """SIGKILL at each point of the run-directory protocol; `--resume` then ends where the
     uninterrupted run ends (checkpoint 3 is the final one, written after the last step)."""
     out, marker = tmp_path / "run", tmp_path / "reached"
-    child = faults.start_cli(faults.train_args(train_world, out), point=point, marker=marker,
-                             step=step)
+    child = faults.start_cli(
+        faults.train_args(train_world, out), point=point, marker=marker, step=step
+    )
     faults.wait_for(marker, child)
     faults.kill(child)
     assert (out / "config.json").is_file()
     if (out / CHECKPOINT).exists():
-        read_checkpoint(out / CHECKPOINT)          # whatever the kill left verifies
+        read_checkpoint(out / CHECKPOINT)  # whatever the kill left verifies
     faults.finish(faults.start_cli(faults.train_args(train_world, out, "--resume")))
     same_run(out, reference)
 
 
 # ----------------------------------------------------------------------------- the run contract
+
 
 @pytest.fixture
 def used_run(tmp_path, reference):
@@ -77,8 +85,11 @@ def used_run(tmp_path, reference):
 
 
 def snapshot(run_dir) -> dict[str, bytes]:
-    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(run_dir)): p.read_bytes()
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_rerun_into_a_used_run_directory_is_refused(used_run, train_world, faults):
@@ -104,12 +115,17 @@ def test_resume_with_other_settings_names_every_difference(used_run, train_world
     """Another teacher cache at another path, method, seed and lr: all named at once, before
     anything is written (it used to accept the cache, and rewrite config.json first)."""
     out, before = used_run
-    args = faults.train_args(train_world, out, "--resume", "--seed", "3", "--lr", "0.5",
-                             method="mad")
+    args = faults.train_args(
+        train_world, out, "--resume", "--seed", "3", "--lr", "0.5", method="mad"
+    )
     args[args.index("--cache") + 1] = str(train_world.other_cache)
     line = faults.one_line_error(faults.invoke(*args))
-    for named in ("cache_fingerprint: run ", "lr: run 0.001, now 0.5", "method: run 'md', now "
-                  "'mad'", "seed: run 0, now 3"):
+    for named in (
+        "cache_fingerprint: run ",
+        "lr: run 0.001, now 0.5",
+        "method: run 'md', now 'mad'",
+        "seed: run 0, now 3",
+    ):
         assert named in line, line
     assert snapshot(out) == before
 
@@ -129,15 +145,27 @@ def test_another_cache_at_the_same_path_is_refused(tmp_path, train_world, faults
     assert "cache_fingerprint: run " in line and "lr" not in line.split("settings:")[1]
 
 
-def test_resume_accepts_a_moved_cache_and_the_allowed_changes(used_run, tmp_path, train_world,
-                                                              faults):
+def test_resume_accepts_a_moved_cache_and_the_allowed_changes(
+    used_run, tmp_path, train_world, faults
+):
     """Settings on the allow-list (docs/training.md) and a cache moved to another path with the
     same fingerprint resume; the result is unchanged."""
     out, before = used_run
     moved = tmp_path / "moved-cache"
     shutil.copytree(train_world.cache, moved)
-    args = faults.train_args(train_world, out, "--resume", "--eval-every", "3", "--prefetch", "1",
-                             "--grad-accum", "2", "--checkpoint-every", "5")
+    args = faults.train_args(
+        train_world,
+        out,
+        "--resume",
+        "--eval-every",
+        "3",
+        "--prefetch",
+        "1",
+        "--grad-accum",
+        "2",
+        "--checkpoint-every",
+        "5",
+    )
     args[args.index("--cache") + 1] = str(moved)
     result = faults.invoke(*args)
     assert result.exit_code == 0, result.output
@@ -159,12 +187,14 @@ def test_overwrite_replaces_only_the_run_files(used_run, train_world, faults):
 
 def test_resume_and_overwrite_together_are_refused(used_run, train_world, faults):
     out, before = used_run
-    line = faults.one_line_error(faults.invoke(*faults.train_args(train_world, out, "--resume",
-                                                    "--overwrite")))
+    line = faults.one_line_error(
+        faults.invoke(*faults.train_args(train_world, out, "--resume", "--overwrite"))
+    )
     assert "give one of them" in line and snapshot(out) == before
 
 
 # ----------------------------------------------------------------------------- damaged files
+
 
 def flip_byte(path, offset: int) -> None:
     data = bytearray(path.read_bytes())
@@ -180,11 +210,11 @@ def test_a_damaged_checkpoint_is_refused_naming_the_file(used_run, train_world, 
     header = int.from_bytes(path.read_bytes()[:8], "little")
     if damage == "tensor byte":
         flip_byte(path, 8 + header + (size - 8 - header) // 2)
-    elif damage == "state byte":           # a digit of the trainer state in the metadata
-        text = path.read_bytes()[:8 + header]
+    elif damage == "state byte":  # a digit of the trainer state in the metadata
+        text = path.read_bytes()[: 8 + header]
         flip_byte(path, text.index(b'global_step\\": ') + len(b'global_step\\": '))
     elif damage == "truncated":
-        path.write_bytes(path.read_bytes()[:size // 2])
+        path.write_bytes(path.read_bytes()[: size // 2])
     else:
         path.write_bytes(b"")
     with pytest.raises(CheckpointCorruptError, match=str(path)):
@@ -198,22 +228,34 @@ def test_a_checkpoint_without_a_checksum_is_refused(used_run):
     from safetensors.torch import save_file
 
     out, _ = used_run
-    save_file({"student.x": torch.zeros(2)}, str(out / CHECKPOINT),
-              metadata={"madcache.trainer_state": "{}"})
+    save_file(
+        {"student.x": torch.zeros(2)},
+        str(out / CHECKPOINT),
+        metadata={"madcache.trainer_state": "{}"},
+    )
     with pytest.raises(CheckpointCorruptError, match="no madcache trainer state or checksum"):
         read_checkpoint(out / CHECKPOINT)
 
 
-@pytest.mark.parametrize("name,content", [("config.json", b'{"dataset": "snli-ve", '),
-                                          ("config.json", b"\xff\xfe{}"),
-                                          ("inputs.json", b"[" * 100_000),
-                                          ("metrics.json", b"{,}")])
-def test_a_damaged_run_json_file_is_one_line_naming_it(used_run, train_world, faults, name,
-                                                       content):
+@pytest.mark.parametrize(
+    "name,content",
+    [
+        ("config.json", b'{"dataset": "snli-ve", '),
+        ("config.json", b"\xff\xfe{}"),
+        ("inputs.json", b"[" * 100_000),
+        ("metrics.json", b"{,}"),
+    ],
+)
+def test_a_damaged_run_json_file_is_one_line_naming_it(
+    used_run, train_world, faults, name, content
+):
     out, _ = used_run
     (out / name).write_bytes(content)
-    command = faults.train_args(train_world, out, "--resume") if name != "metrics.json" \
+    command = (
+        faults.train_args(train_world, out, "--resume")
+        if name != "metrics.json"
         else ["eval", "--run", out, "--split", "train"]
+    )
     line = faults.one_line_error(faults.invoke(*command))
     assert str(out / name) in line and "not a readable JSON file" in line
 
@@ -234,20 +276,30 @@ def test_damaged_init_weights_are_one_line_naming_the_file(tmp_path):
     from madcache.students import build_student
 
     source = tmp_path / "bert"
-    BertModel(BertConfig(vocab_size=64, hidden_size=8, num_hidden_layers=1,
-                         num_attention_heads=2, intermediate_size=16)).save_pretrained(source)
+    BertModel(
+        BertConfig(
+            vocab_size=64,
+            hidden_size=8,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=16,
+        )
+    ).save_pretrained(source)
     weights = source / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:200])
     with pytest.raises(CheckpointCorruptError, match=f"{source}: init_text_from checkpoint"):
-        build_student("single-stream", task="classification", num_classes=3,
-                      init_text_from=str(source))
+        build_student(
+            "single-stream", task="classification", num_classes=3, init_text_from=str(source)
+        )
 
 
 # ----------------------------------------------------------------------------- disks that refuse
 
+
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES])
-def test_a_refused_checkpoint_write_is_one_line_and_resumable(tmp_path, monkeypatch, standins,
-                                                             code):
+def test_a_refused_checkpoint_write_is_one_line_and_resumable(
+    tmp_path, monkeypatch, standins, code
+):
     """Simulated at the write seam (`core.io`'s temporary file), in process: a real full disk
     needs a tmpfs this suite cannot mount. The second checkpoint fails; the error names the
     run directory, says it is resumable, and --resume then ends where an uninterrupted run
@@ -274,8 +326,10 @@ def test_a_refused_checkpoint_write_is_one_line_and_resumable(tmp_path, monkeypa
     assert resumed["history"] == full["history"] and resumed["eval"] == full["eval"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders; the "
-                                               "in-process EROFS/EACCES cases above cover it")
+@pytest.mark.skipif(
+    os.geteuid() == 0,
+    reason="root writes into read-only folders; the in-process EROFS/EACCES cases above cover it",
+)
 def test_a_read_only_run_directory_is_one_line(used_run, train_world, faults):
     out, _ = used_run
     os.chmod(out, 0o555)
@@ -295,14 +349,17 @@ def test_the_cli_turns_a_disk_error_into_one_line(monkeypatch, faults):
 
     monkeypatch.setattr(report, "build_report", full)
     line = faults.one_line_error(faults.invoke("report", "."))
-    assert line == ("Error: /runs/report.md: no space left on the device; free space or fix the "
-                    "permissions, then rerun the same command")
+    assert line == (
+        "Error: /runs/report.md: no space left on the device; free space or fix the "
+        "permissions, then rerun the same command"
+    )
 
 
-@pytest.mark.parametrize("code, problem", [(errno.ENOSPC, "no space left on the device"),
-                                           (errno.EFBIG, "file larger than allowed")])
-def test_a_failed_write_without_a_file_name_names_the_output(monkeypatch, faults, code,
-                                                            problem):
+@pytest.mark.parametrize(
+    "code, problem",
+    [(errno.ENOSPC, "no space left on the device"), (errno.EFBIG, "file larger than allowed")],
+)
+def test_a_failed_write_without_a_file_name_names_the_output(monkeypatch, faults, code, problem):
     """A write to an open file fails without a file name (full disk, ulimit -f): the line
     names the command's --out instead of "a file" (issue 31.8)."""
     import madcache.experiments.report as report
@@ -317,11 +374,13 @@ def test_a_failed_write_without_a_file_name_names_the_output(monkeypatch, faults
 
 # ----------------------------------------------------------------------------- in process
 
+
 def test_resume_in_process_names_the_cache_fingerprint(tmp_path, standins):
     train(standins.make_setup(tmp_path, method="md", checkpoint_every=2))
-    setup = standins.make_setup(tmp_path, method="md", checkpoint_every=2, resume=True,
-                                seed=4)
+    setup = standins.make_setup(tmp_path, method="md", checkpoint_every=2, resume=True, seed=4)
     setup.provenance["cache_fingerprint"] = "another"
-    with pytest.raises(ConfigError, match="other settings: seed: run 0, now 4; "
-                                          "cache_fingerprint: run abc, now another\\. "):
+    with pytest.raises(
+        ConfigError,
+        match="other settings: seed: run 0, now 4; cache_fingerprint: run abc, now another\\. ",
+    ):
         train(setup)

@@ -2,8 +2,16 @@ import numpy as np
 import pytest
 import torch
 
-from madcache.method.losses import (Projections, confidence_weights, distillation_loss, feature_l1,
-                                    projection_widths, text_term, vision_term, word_term)
+from madcache.method.losses import (
+    Projections,
+    confidence_weights,
+    distillation_loss,
+    feature_l1,
+    projection_widths,
+    text_term,
+    vision_term,
+    word_term,
+)
 
 
 def test_feature_l1_is_mean_absolute_error_over_last_dim():
@@ -42,7 +50,7 @@ def test_vision_and_text_terms_average_over_the_choices():
     student_image = torch.tensor([[[1.0, 1.0], [3.0, 1.0]]])  # l1: 0 and 1 -> 0.5
     assert vision_term(teacher_image, student_image).tolist() == [0.5]
     teacher_text = torch.tensor([[[0.0, 0.0], [2.0, 2.0]]])
-    student_text = torch.tensor([[[1.0, 1.0], [2.0, 0.0]]])   # 1 and 1 -> 1
+    student_text = torch.tensor([[[1.0, 1.0], [2.0, 0.0]]])  # 1 and 1 -> 1
     assert text_term(teacher_text, student_text).tolist() == [1.0]
 
 
@@ -61,12 +69,16 @@ def test_md_and_unimodal_ablations():
     assert distillation_loss(task, [vision, text], 0.05).item() == pytest.approx(0.65)
     assert distillation_loss(task, [vision], 0.05).item() == pytest.approx(0.5 + 0.05 * 2.0)
     assert distillation_loss(task, [text], 0.05).item() == pytest.approx(0.5 + 0.05 * 1.0)
-    assert distillation_loss(task, [], 0.05).item() == 0.5            # baseline
+    assert distillation_loss(task, [], 0.05).item() == 0.5  # baseline
 
 
 def test_mad_with_cw_weights_and_with_constant_w_prime():
     task = torch.tensor(0.5)
-    vision, text, words = torch.tensor([1.0, 3.0]), torch.tensor([2.0, 0.0]), torch.tensor([1.0, 1.0])
+    vision, text, words = (
+        torch.tensor([1.0, 3.0]),
+        torch.tensor([2.0, 0.0]),
+        torch.tensor([1.0, 1.0]),
+    )
     # per instance 4 and 4; CW keeps only the first: (0.075 * 4 + 0) / 2 = 0.15
     cw = torch.tensor([0.075, 0.0])
     assert distillation_loss(task, [vision, text, words], cw).item() == pytest.approx(0.65)
@@ -75,7 +87,7 @@ def test_mad_with_cw_weights_and_with_constant_w_prime():
 
 
 def test_af_adds_pretraining_losses_and_md():
-    own = torch.tensor(1.0) + torch.tensor(0.25)                        # MLM + ITM
+    own = torch.tensor(1.0) + torch.tensor(0.25)  # MLM + ITM
     # 1.25 + 0.05 * mean([1 + 2, 3 + 0]) = 1.4
     total = distillation_loss(own, [torch.tensor([1.0, 3.0]), torch.tensor([2.0, 0.0])], 0.05)
     assert total.item() == pytest.approx(1.4)
@@ -101,17 +113,26 @@ def test_cw_fires_on_a_cache_of_realistic_snli_ve_cosines(tmp_path):
     rng = np.random.default_rng(0)
     sims = np.concatenate([rng.normal(mean, 0.03, 300) for mean in (0.28, 0.26, 0.23)])
     n = len(sims)
-    arrays = {"example_id": np.array([f"p{i}" for i in range(n)], dtype=str),
-              "image_id": np.array([f"i{i}" for i in range(n)], dtype=str),
-              "image_feat": rng.normal(size=(n, 4)).astype(np.float16),
-              "example_image": np.arange(n, dtype=np.int64),
-              "similarity": sims.astype(np.float32)}
-    manifest = {"fingerprint": {"dataset": {"name": "snli-ve", "split": "train"}},
-                "dataset": "snli-ve", "split": "train", "num_choices": 1,
-                "dims": {"image": 4, "text": 4}, "settings": {}, "num_shards": 1}
+    arrays = {
+        "example_id": np.array([f"p{i}" for i in range(n)], dtype=str),
+        "image_id": np.array([f"i{i}" for i in range(n)], dtype=str),
+        "image_feat": rng.normal(size=(n, 4)).astype(np.float16),
+        "example_image": np.arange(n, dtype=np.int64),
+        "similarity": sims.astype(np.float32),
+    }
+    manifest = {
+        "fingerprint": {"dataset": {"name": "snli-ve", "split": "train"}},
+        "dataset": "snli-ve",
+        "split": "train",
+        "num_choices": 1,
+        "dims": {"image": 4, "text": 4},
+        "settings": {},
+        "num_shards": 1,
+    }
     writer = CacheWriter.open(tmp_path / "c", manifest=manifest, format="hdf5")
-    writer.write_shard(0, arrays, index_columns={"category": ["x"] * n, "label": [0] * n,
-                                                 "group": [""] * n})
+    writer.write_shard(
+        0, arrays, index_columns={"category": ["x"] * n, "label": [0] * n, "group": [""] * n}
+    )
     writer.finish(extra=SnliVeProtocol().finish([{"similarity": sims.astype(np.float32)}]))
     cache = open_cache(tmp_path / "c")
     assert cache.manifest["extra"]["kmeans_scale"] == 100.0

@@ -3,8 +3,14 @@ import pytest
 
 from madcache.cache.targets import Targets
 from madcache.core.errors import MissingTargetError, UnknownNameError
-from madcache.method.methods import (METHOD_ORDER, METHODS, Stage, check_targets,
-                                     get_method, stage_weight)
+from madcache.method.methods import (
+    METHOD_ORDER,
+    METHODS,
+    Stage,
+    check_targets,
+    get_method,
+    stage_weight,
+)
 
 
 def _targets(**fields):
@@ -17,15 +23,33 @@ def _words(score):
     from madcache.cache.targets import WordTargets
 
     scores = np.full(2, score, np.float32)
-    return WordTargets(offsets=np.array([0, 2]), feat=np.zeros((2, 3), np.float32),
-                       span=np.zeros((2, 2), np.int32), vr=scores, yake=np.zeros(2, np.float32),
-                       score=scores, truncated=np.zeros(2, bool))
+    return WordTargets(
+        offsets=np.array([0, 2]),
+        feat=np.zeros((2, 3), np.float32),
+        span=np.zeros((2, 2), np.int32),
+        vr=scores,
+        yake=np.zeros(2, np.float32),
+        score=scores,
+        truncated=np.zeros(2, bool),
+    )
 
 
 def test_registry_holds_the_methods_and_ablations():
-    assert METHOD_ORDER == ("baseline", "md-vision", "md-text", "md", "md-ts", "md-ts-random",
-                            "md-ts-cw", "md-af", "mad-af-plain", "mad", "mad-no-cw",
-                            "mad-no-ts", "mad-random")
+    assert METHOD_ORDER == (
+        "baseline",
+        "md-vision",
+        "md-text",
+        "md",
+        "md-ts",
+        "md-ts-random",
+        "md-ts-cw",
+        "md-af",
+        "mad-af-plain",
+        "mad",
+        "mad-no-cw",
+        "mad-no-ts",
+        "mad-random",
+    )
     assert METHODS.names() == sorted(METHOD_ORDER)
     assert get_method("baseline").needs == ()
     assert get_method("md").needs == ("image", "text_eos")
@@ -41,11 +65,11 @@ def test_af_belongs_to_the_methods_of_table_2_that_have_it():
     assert with_af == {"md-af", "mad-af-plain", "mad", "mad-no-cw", "mad-no-ts", "mad-random"}
     mad = get_method("mad")
     assert mad.stage_names == ("af", "task")
-    assert mad.stage("af") == Stage("af", ("dv", "dt"))                 # L_AF: MLM + ITM + w MD
+    assert mad.stage("af") == Stage("af", ("dv", "dt"))  # L_AF: MLM + ITM + w MD
     assert mad.stage("task") == Stage("task", ("dv", "dt", "dwt"), "w_prime", confidence=True)
-    assert get_method("mad-af-plain").stage("af").terms == ()           # AF w/o distillation
-    assert get_method("md-ts-cw").stages == (mad.stage("task"),)        # MAD without AF
-    assert mad.only("af").needs == ("image", "text_eos")                # AF loads no words
+    assert get_method("mad-af-plain").stage("af").terms == ()  # AF w/o distillation
+    assert get_method("md-ts-cw").stages == (mad.stage("task"),)  # MAD without AF
+    assert mad.only("af").needs == ("image", "text_eos")  # AF loads no words
     assert get_method("mad-af-plain").only("af").needs == ()
 
 
@@ -57,11 +81,11 @@ def test_unknown_method_lists_the_valid_ones():
 def test_stage_weights_w_for_md_and_w_prime_by_the_named_rule():
     md, mad, no_ts = (get_method(n).stage("task") for n in ("md", "mad", "mad-no-ts"))
     assert stage_weight(md, w=0.05, m=2) == 0.05
-    assert stage_weight(mad, w=0.05, m=2) == pytest.approx(0.1)          # w (2 + m) / 2
+    assert stage_weight(mad, w=0.05, m=2) == pytest.approx(0.1)  # w (2 + m) / 2
     assert stage_weight(mad, w=0.05, m=3, w_prime_rule="per-feature") == pytest.approx(0.25)
-    assert stage_weight(no_ts, w=0.05, m=2) == pytest.approx(0.05)       # m = 0 without TS
+    assert stage_weight(no_ts, w=0.05, m=2) == pytest.approx(0.05)  # m = 0 without TS
     assert stage_weight(no_ts, w=0.05, m=2, w_prime_rule="per-feature") == pytest.approx(0.1)
-    assert stage_weight(mad, w=0.05, m=2, w_prime=0.3) == 0.3            # set: wins
+    assert stage_weight(mad, w=0.05, m=2, w_prime=0.3) == 0.3  # set: wins
     assert stage_weight(get_method("mad").stage("af"), w=0.05, m=2) == 0.05
 
 
@@ -81,9 +105,16 @@ def test_md_vision_needs_image_features():
 def test_named_logits_must_exist():
     t = _targets(logits={"ia": np.zeros((1, 4))})
     with pytest.raises(MissingTargetError, match="'iqa'"):
-        check_targets(get_method("mad-no-ts"), _targets(image=np.zeros((1, 2)),
-                      text_eos=np.zeros((1, 1, 2)), logits={"ia": np.zeros((1, 4))}),
-                      cache="c", logits="iqa")
+        check_targets(
+            get_method("mad-no-ts"),
+            _targets(
+                image=np.zeros((1, 2)),
+                text_eos=np.zeros((1, 1, 2)),
+                logits={"ia": np.zeros((1, 4))},
+            ),
+            cache="c",
+            logits="iqa",
+        )
     assert t.logits
 
 
@@ -92,6 +123,13 @@ def test_top_selection_needs_word_scores():
     t = _targets(image=np.zeros((1, 2)), text_eos=np.zeros((1, 1, 2)), words=words)
     with pytest.raises(MissingTargetError, match="word_score"):
         check_targets(get_method("mad-no-cw"), t, cache="c")
-    check_targets(get_method("mad-random"), _targets(image=np.zeros((1, 2)),
-                  text_eos=np.zeros((1, 1, 2)), words=words, logits={"ia": np.zeros((1, 1))}),
-                  cache="c")
+    check_targets(
+        get_method("mad-random"),
+        _targets(
+            image=np.zeros((1, 2)),
+            text_eos=np.zeros((1, 1, 2)),
+            words=words,
+            logits={"ia": np.zeros((1, 1))},
+        ),
+        cache="c",
+    )

@@ -13,13 +13,20 @@ def _words(scores_per_text, truncated_per_text=None, dim=2):
     offsets = np.cumsum([0] + [len(s) for s in scores_per_text]).astype(np.int64)
     score = np.concatenate([np.asarray(s, dtype=np.float32) for s in scores_per_text])
     n = len(score)
-    truncated = (np.zeros(n, dtype=bool) if truncated_per_text is None
-                 else np.concatenate(truncated_per_text))
-    return WordTargets(offsets=offsets,
-                       feat=np.arange(n * dim, dtype=np.float32).reshape(n, dim),
-                       span=np.stack([np.arange(n), np.arange(n) + 1], axis=1).astype(np.int32),
-                       vr=np.zeros(n, np.float32), yake=np.zeros(n, np.float32),
-                       score=score, truncated=truncated)
+    truncated = (
+        np.zeros(n, dtype=bool)
+        if truncated_per_text is None
+        else np.concatenate(truncated_per_text)
+    )
+    return WordTargets(
+        offsets=offsets,
+        feat=np.arange(n * dim, dtype=np.float32).reshape(n, dim),
+        span=np.stack([np.arange(n), np.arange(n) + 1], axis=1).astype(np.int32),
+        vr=np.zeros(n, np.float32),
+        yake=np.zeros(n, np.float32),
+        score=score,
+        truncated=truncated,
+    )
 
 
 def test_top_words_ties_go_to_lower_index_and_short_texts_return_all():
@@ -35,8 +42,9 @@ def test_random_words_is_seeded_and_distinct():
 
 
 def test_select_words_top_m_skips_truncated_and_pads_short_texts():
-    words = _words([[0.1, 0.5, 0.5, 0.2], [0.3]],
-                   [np.array([False, True, False, False]), np.array([False])])
+    words = _words(
+        [[0.1, 0.5, 0.5, 0.2], [0.3]], [np.array([False, True, False, False]), np.array([False])]
+    )
     sel = select_words(words, num_examples=1, num_choices=2, m=2)
     # text 0: word 1 truncated -> usable scores [0.1, 0.5, 0.2] -> words 2, 3
     assert sel.feat.shape == (1, 2, 2, 2)
@@ -54,17 +62,21 @@ def test_select_words_on_a_known_sentence_picks_the_expected_words():
     score = combine_scores(vr, yake).numpy()
     words = _words([score])
     sel = select_words(words, num_examples=1, num_choices=1, m=2)
-    picked = [text.text[a:b] for a, b in (
-        (text.words[i].start, text.words[i].end) for i in sel.span[0, 0, :, 0])]
+    picked = [
+        text.text[a:b]
+        for a, b in ((text.words[i].start, text.words[i].end) for i in sel.span[0, 0, :, 0])
+    ]
     assert picked == ["man", "umbrella"]
 
 
 def test_random_selection_is_seeded_and_uses_only_usable_words():
     words = _words([[0.9, 0.1, 0.2, 0.3, 0.4]])
-    a = select_words(words, num_examples=1, num_choices=1, m=2,
-                     generator=torch.Generator().manual_seed(3))
-    b = select_words(words, num_examples=1, num_choices=1, m=2,
-                     generator=torch.Generator().manual_seed(3))
+    a = select_words(
+        words, num_examples=1, num_choices=1, m=2, generator=torch.Generator().manual_seed(3)
+    )
+    b = select_words(
+        words, num_examples=1, num_choices=1, m=2, generator=torch.Generator().manual_seed(3)
+    )
     assert np.array_equal(a.span, b.span) and a.mask.all()
     assert len(set(a.span[0, 0, :, 0].tolist())) == 2
 
@@ -76,6 +88,7 @@ def test_top_selection_never_picks_a_zero_score_word():
     sel = select_words(words, num_examples=1, num_choices=2, m=2)
     assert sel.mask.tolist() == [[[True, False], [False, False]]]
     assert sel.span[0, 0, 0].tolist() == [1, 2]
-    random = select_words(words, num_examples=1, num_choices=2, m=2,
-                          generator=torch.Generator().manual_seed(0))
-    assert random.mask.all()                      # the ablation control draws from every word
+    random = select_words(
+        words, num_examples=1, num_choices=2, m=2, generator=torch.Generator().manual_seed(0)
+    )
+    assert random.mask.all()  # the ablation control draws from every word

@@ -12,15 +12,31 @@ from madcache.data.records import Example, Text
 def vcr_example(i: int, image_id: str | None = None) -> Example:
     choices = ("a red square", "the blue circle on the left", "nothing at all", "person2 is")
     question = Text.from_string(f"What is person{i + 1} holding?")
-    return Example(id=f"a-{i}:qa", dataset="vcr", split="train", image_id=image_id or f"img{i}",
-                   image_path=f"img{i}.jpg", choices=tuple(Text.from_string(c) for c in choices),
-                   label=i % 4, category="activity", context=question, label_free_text=question)
+    return Example(
+        id=f"a-{i}:qa",
+        dataset="vcr",
+        split="train",
+        image_id=image_id or f"img{i}",
+        image_path=f"img{i}.jpg",
+        choices=tuple(Text.from_string(c) for c in choices),
+        label=i % 4,
+        category="activity",
+        context=question,
+        label_free_text=question,
+    )
 
 
 def single_example(i: int, text: str = "Two persons stand near a green triangle.") -> Example:
-    return Example(id=str(i), dataset="snli-ve", split="train", image_id=f"img{i}",
-                   image_path=f"img{i}.jpg", choices=(Text.from_string(text),), label=i % 3,
-                   category="x")
+    return Example(
+        id=str(i),
+        dataset="snli-ve",
+        split="train",
+        image_id=f"img{i}",
+        image_path=f"img{i}.jpg",
+        choices=(Text.from_string(text),),
+        label=i % 3,
+        category="x",
+    )
 
 
 def random_regions(counts: tuple[int, ...], dim: int = 199, seed: int = 0):
@@ -38,9 +54,15 @@ def random_regions(counts: tuple[int, ...], dim: int = 199, seed: int = 0):
 @pytest.fixture
 def make():
     """The helpers above, for test modules (conftest is not importable under importlib mode)."""
-    return type("Make", (), {"vcr": staticmethod(vcr_example),
-                             "single": staticmethod(single_example),
-                             "regions": staticmethod(random_regions)})
+    return type(
+        "Make",
+        (),
+        {
+            "vcr": staticmethod(vcr_example),
+            "single": staticmethod(single_example),
+            "regions": staticmethod(random_regions),
+        },
+    )
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +71,6 @@ def student():
 
     torch.manual_seed(0)
     return build_student("single-stream").eval()
-
 
 
 # ----------------------------------------------------------------------------- uniter
@@ -63,8 +84,10 @@ def golden_value(key: str, shape, index: int, seed: int, scale: float) -> torch.
     (and the heads' LayerNorms, `.net.2.`, `_output.2.`) get 1 added."""
     x = torch.randn(shape, generator=torch.Generator().manual_seed(seed + index)) * scale
     last = key.rsplit(".", 1)[-1]
-    norm = last == "gamma" or (last == "weight" and any(
-        part in key for part in ("LayerNorm", "layer_norm", ".net.2.", "_output.2.")))
+    norm = last == "gamma" or (
+        last == "weight"
+        and any(part in key for part in ("LayerNorm", "layer_norm", ".net.2.", "_output.2."))
+    )
     return x + 1.0 if norm else x
 
 
@@ -72,8 +95,11 @@ def golden_checkpoint(case: dict, scale: float) -> dict[str, torch.Tensor]:
     """A golden case's state dict, in the released key layout it lists."""
     items = sorted(case["keys"].items())
     ties = case["ties"]
-    state = {k: golden_value(k, s, i, case["seed"], scale)
-             for i, (k, s) in enumerate(items) if k not in ties}
+    state = {
+        k: golden_value(k, s, i, case["seed"], scale)
+        for i, (k, s) in enumerate(items)
+        if k not in ties
+    }
     return {**state, **{k: state[src].clone() for k, src in ties.items()}}
 
 
@@ -81,15 +107,44 @@ def write_bert_vocab(directory, size: int = 100):
     """A tiny cased WordPiece tokenizer: [PAD] [UNK] [CLS] [SEP] [MASK] (ids 0-4), then words."""
     from transformers import BertTokenizer
 
-    words = ["the", "man", "is", "holding", "a", "red", "square", "what", "person", "?", ".",
-             ",", "blue", "circle", "on", "left", "nothing", "at", "all", "##1", "##2", "##3",
-             "objects", ":", "and", "why", "he", "she", "because"]
+    words = [
+        "the",
+        "man",
+        "is",
+        "holding",
+        "a",
+        "red",
+        "square",
+        "what",
+        "person",
+        "?",
+        ".",
+        ",",
+        "blue",
+        "circle",
+        "on",
+        "left",
+        "nothing",
+        "at",
+        "all",
+        "##1",
+        "##2",
+        "##3",
+        "objects",
+        ":",
+        "and",
+        "why",
+        "he",
+        "she",
+        "because",
+    ]
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words
     vocab += [f"w{i}" for i in range(size - len(vocab))]
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=False) \
-        .save_pretrained(str(directory))
+    BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=False).save_pretrained(
+        str(directory)
+    )
     return directory
 
 

@@ -23,12 +23,17 @@ def pretrained(tmp_path_factory):
 def test_the_body_is_the_saved_one_and_the_task_head_is_new(pretrained):
     saved = load_student(pretrained).state_dict()
     torch.manual_seed(1)
-    student = build_student("single-stream", task="classification", num_classes=3,
-                            region_dim=24, init_from=str(pretrained))
+    student = build_student(
+        "single-stream",
+        task="classification",
+        num_classes=3,
+        region_dim=24,
+        init_from=str(pretrained),
+    )
     state = student.state_dict()
     body = [k for k in saved if not k.startswith("head.")]
     assert body and all(torch.equal(state[k], saved[k]) for k in body)
-    assert state["head.3.weight"].shape == (3, 32)          # the new task's head, its own init
+    assert state["head.3.weight"].shape == (3, 32)  # the new task's head, its own init
     assert student.bert.config.hidden_size == 32 and student.config.init_from is None
 
 
@@ -37,8 +42,10 @@ def test_a_run_saved_from_it_reloads_without_the_source(pretrained, tmp_path, ma
     save_student(student, tmp_path / "run")
     again = load_student(tmp_path / "run").eval()
     examples, regions = [make.vcr(0)], make.regions((3,), dim=24)
-    torch.testing.assert_close(again(again.prepare(examples, regions)).logits,
-                               student(student.prepare(examples, regions)).logits)
+    torch.testing.assert_close(
+        again(again.prepare(examples, regions)).logits,
+        student(student.prepare(examples, regions)).logits,
+    )
 
 
 def test_what_init_from_refuses(pretrained, tmp_path):

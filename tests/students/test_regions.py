@@ -11,12 +11,22 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from madcache.core.errors import (CacheError, CacheNotFoundError, ConfigError, DataError,
-                             DataFileNotFoundError, FingerprintMismatchError)
-from madcache.students.region_extractors import (BoxCrop, ImageItem, build_extractor,
-                                                 grid_boxes, load_image)
-from madcache.students.regions import (build_region_store, collate_regions, image_boxes,
-                                       open_regions)
+from madcache.core.errors import (
+    CacheError,
+    CacheNotFoundError,
+    ConfigError,
+    DataError,
+    DataFileNotFoundError,
+    FingerprintMismatchError,
+)
+from madcache.students.region_extractors import (
+    BoxCrop,
+    ImageItem,
+    build_extractor,
+    grid_boxes,
+    load_image,
+)
+from madcache.students.regions import build_region_store, collate_regions, image_boxes, open_regions
 
 RED, BLUE, GREEN, WHITE = (255, 0, 0), (0, 0, 255), (0, 255, 0), (255, 255, 255)
 
@@ -36,7 +46,9 @@ def test_grid_boxes():
     assert boxes.shape == (14, 4)
     assert boxes[0].tolist() == [0, 0, 1, 1]
     assert boxes[2].tolist() == [0.5, 0, 1, 0.5]
-    assert np.allclose(boxes[5], [0, 0, 1 / 3, 1 / 3]) and np.allclose(boxes[13], [2 / 3, 2 / 3, 1, 1])
+    assert np.allclose(boxes[5], [0, 0, 1 / 3, 1 / 3]) and np.allclose(
+        boxes[13], [2 / 3, 2 / 3, 1, 1]
+    )
 
 
 def test_boxcrop_equals_hand_computed_crop(quadrants):
@@ -44,7 +56,7 @@ def test_boxcrop_equals_hand_computed_crop(quadrants):
     feat, out_boxes = BoxCrop(grid=2).regions(ImageItem("q", quadrants, boxes))
     assert feat.shape == (2, 2 * 2 * 3 + 7) and feat.dtype == np.float32
     red, blue = np.array(RED) / 255, np.array(BLUE) / 255
-    assert np.array_equal(feat[0, :12], np.tile(red, 4))              # all red
+    assert np.array_equal(feat[0, :12], np.tile(red, 4))  # all red
     assert np.array_equal(feat[1, :12], np.concatenate([red, blue, red, blue]))  # HWC rows
     assert np.allclose(feat[0, 12:], [0, 0, 0.5, 0.5, 0.5, 0.5, 0.25])
     assert np.allclose(feat[1, 12:], [0.25, 0, 0.75, 0.5, 0.5, 0.5, 0.25])
@@ -72,17 +84,19 @@ def test_backbone_with_a_tiny_saved_model(tmp_path, quadrants):
     torch.save(model.state_dict(), tmp_path / "tiny.pt")
     boxes = np.array([[0, 0, 1, 1], [0.5, 0.5, 1, 1]], np.float32)
     item = ImageItem("q", quadrants, boxes)
-    extractor = build_extractor("backbone", backbone="test_resnet",
-                                weights=tmp_path / "tiny.safetensors", image_size=64)
+    extractor = build_extractor(
+        "backbone", backbone="test_resnet", weights=tmp_path / "tiny.safetensors", image_size=64
+    )
     feat, _ = extractor.regions(item)
     assert extractor.feature_dim == 96 and feat.shape == (2, 96)
     with torch.no_grad():
-        fmap = model.forward_features(extractor.pixels(load_image(quadrants)))   # [1, 96, 2, 2]
+        fmap = model.forward_features(extractor.pixels(load_image(quadrants)))  # [1, 96, 2, 2]
         rois = torch.tensor([[0, 0, 0, 64, 64], [0, 32, 32, 64, 64]], dtype=torch.float32)
         expected = roi_align(fmap, rois, 2, spatial_scale=2 / 64, sampling_ratio=2, aligned=True)
     assert np.allclose(feat, expected.mean(dim=(2, 3)).numpy(), atol=1e-6)
-    from_pt = build_extractor("backbone", backbone="timm:test_resnet", weights=tmp_path / "tiny.pt",
-                              image_size=64)
+    from_pt = build_extractor(
+        "backbone", backbone="timm:test_resnet", weights=tmp_path / "tiny.pt", image_size=64
+    )
     assert np.array_equal(from_pt.regions(item)[0], feat)
     assert extractor.fingerprint()["weights_sha256"] != from_pt.fingerprint()["weights_sha256"]
 
@@ -108,20 +122,35 @@ def write_tsv(path, rows: dict[str, dict]) -> None:
     lines = []
     for image_id, row in rows.items():
         n = len(row["boxes"])
-        lines.append("\t".join([
-            image_id, str(row["h"]), str(row["w"]), _b64(np.arange(n, dtype=np.int64)),
-            _b64(row["conf"].astype(np.float32)), _b64(np.zeros(n, np.int64)),
-            _b64(np.zeros(n, np.float32)), str(n), _b64(row["boxes"].astype(np.float32)),
-            _b64(row["features"].astype(np.float32))]))
+        lines.append(
+            "\t".join(
+                [
+                    image_id,
+                    str(row["h"]),
+                    str(row["w"]),
+                    _b64(np.arange(n, dtype=np.int64)),
+                    _b64(row["conf"].astype(np.float32)),
+                    _b64(np.zeros(n, np.int64)),
+                    _b64(np.zeros(n, np.float32)),
+                    str(n),
+                    _b64(row["boxes"].astype(np.float32)),
+                    _b64(row["features"].astype(np.float32)),
+                ]
+            )
+        )
     path.write_text("\n".join(lines) + "\n")
 
 
 def tsv_row(seed: int, n: int = 3, dim: int = 6) -> dict:
     rng = np.random.default_rng(seed)
     corner = rng.uniform(0, 50, (n, 2))
-    return {"h": 100, "w": 200, "conf": rng.uniform(0, 1, n),
-            "boxes": np.concatenate([corner, corner + 40], 1),
-            "features": rng.normal(size=(n, dim))}
+    return {
+        "h": 100,
+        "w": 200,
+        "conf": rng.uniform(0, 1, n),
+        "boxes": np.concatenate([corner, corner + 40], 1),
+        "features": rng.normal(size=(n, dim)),
+    }
 
 
 def test_tsv_import_round_trip(tmp_path):
@@ -140,8 +169,12 @@ def test_tsv_import_round_trip(tmp_path):
 
 
 def test_collate_regions_pads_and_masks():
-    batch = collate_regions([(torch.ones(2, 3), torch.full((2, 4), 0.5)),
-                             (torch.full((4, 3), 2.0), torch.full((4, 4), 0.25))])
+    batch = collate_regions(
+        [
+            (torch.ones(2, 3), torch.full((2, 4), 0.5)),
+            (torch.full((4, 3), 2.0), torch.full((4, 4), 0.25)),
+        ]
+    )
     assert batch.feat.shape == (2, 4, 3) and batch.boxes.shape == (2, 4, 4)
     assert batch.mask.tolist() == [[True, True, False, False], [True] * 4]
     assert batch.feat[0, 2:].abs().sum() == 0 and batch.feat[1].eq(2).all()
@@ -168,9 +201,17 @@ def test_store_write_read_equal(tmp_path, demo_root, store_format, monkeypatch):
 
     root = demo_root / "vcr"
     out = tmp_path / "regions"
-    summary = build_region_store(dataset="vcr", root=root, split="val", extractor="boxcrop",
-                                 out=out, max_regions=3, format=store_format, shard_size=5,
-                                 progress=False)
+    summary = build_region_store(
+        dataset="vcr",
+        root=root,
+        split="val",
+        extractor="boxcrop",
+        out=out,
+        max_regions=3,
+        format=store_format,
+        shard_size=5,
+        progress=False,
+    )
     examples = read_examples("vcr", root, "val").examples
     items = list(image_items(root, examples, max_regions=3))
     assert summary["images"] == len(items) and summary["shards_written"] == -(-len(items) // 5)
@@ -190,21 +231,43 @@ def test_store_write_read_equal(tmp_path, demo_root, store_format, monkeypatch):
 
     requested = []
     read_rows = store.cache.backend.read_rows
-    monkeypatch.setattr(store.cache.backend, "read_rows", lambda path, rows: (
-        requested.append(len(rows.get("region_feat", []))), read_rows(path, rows))[1])
+    monkeypatch.setattr(
+        store.cache.backend,
+        "read_rows",
+        lambda path, rows: (
+            requested.append(len(rows.get("region_feat", []))),
+            read_rows(path, rows),
+        )[1],
+    )
     loader = RegionLoader(store)
     chunk = loader.chunk(examples[:4])
     assert sum(requested) == sum(len(chunk.items[i][0]) for i in chunk.items)
     assert not loader.memo
     by_chunk, by_memo = chunk(examples[3::-1]), loader(examples[3::-1])
     assert torch.equal(by_chunk.feat, by_memo.feat) and torch.equal(by_chunk.mask, by_memo.mask)
-    again = build_region_store(dataset="vcr", root=root, split="val", extractor="boxcrop",
-                               out=out, max_regions=3, format=store_format, shard_size=5,
-                               progress=False)
+    again = build_region_store(
+        dataset="vcr",
+        root=root,
+        split="val",
+        extractor="boxcrop",
+        out=out,
+        max_regions=3,
+        format=store_format,
+        shard_size=5,
+        progress=False,
+    )
     assert again["shards_written"] == 0 and again["shards_reused"] == summary["shards_written"]
     with pytest.raises(FingerprintMismatchError, match="max_regions"):
-        build_region_store(dataset="vcr", root=root, split="val", extractor="boxcrop", out=out,
-                           max_regions=4, format=store_format, progress=False)
+        build_region_store(
+            dataset="vcr",
+            root=root,
+            split="val",
+            extractor="boxcrop",
+            out=out,
+            max_regions=4,
+            format=store_format,
+            progress=False,
+        )
     with pytest.raises(CacheError, match="not in the region store.*'missing-image'"):
         store.load(["missing-image"])
 
@@ -223,10 +286,27 @@ def test_cli_butd_tsv_on_the_demo_snli_ve(tmp_path, demo_root):
     rows = {image_id: tsv_row(i, n=5) for i, image_id in enumerate(image_ids)}
     write_tsv(tmp_path / "dev.tsv", rows)
     out = tmp_path / "store"
-    result = CliRunner().invoke(cli, ["regions", "--dataset", "snli-ve", "--root", str(root),
-                                      "--split", "dev", "--extractor", "butd-tsv", "--tsv",
-                                      str(tmp_path / "dev.tsv"), "--out", str(out),
-                                      "--max-regions", "4", "--no-progress"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "regions",
+            "--dataset",
+            "snli-ve",
+            "--root",
+            str(root),
+            "--split",
+            "dev",
+            "--extractor",
+            "butd-tsv",
+            "--tsv",
+            str(tmp_path / "dev.tsv"),
+            "--out",
+            str(out),
+            "--max-regions",
+            "4",
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert f"{len(image_ids)} images, {4 * len(image_ids)} regions" in result.output
     store = open_regions(out)
@@ -235,10 +315,26 @@ def test_cli_butd_tsv_on_the_demo_snli_ve(tmp_path, demo_root):
     assert manifest["fingerprint"]["dataset"]["dev"]["split"] == "dev"
     feat, boxes = store.load([image_ids[0]])[image_ids[0]]
     order = np.argsort(-rows[image_ids[0]]["conf"])[:4]
-    assert torch.equal(feat, torch.from_numpy(rows[image_ids[0]]["features"][order].astype(np.float32)))
-    result = CliRunner().invoke(cli, ["regions", "--dataset", "snli-ve", "--root", str(root),
-                                      "--split", "dev", "--extractor", "backbone",
-                                      "--out", str(tmp_path / "b"), "--no-progress"])
+    assert torch.equal(
+        feat, torch.from_numpy(rows[image_ids[0]]["features"][order].astype(np.float32))
+    )
+    result = CliRunner().invoke(
+        cli,
+        [
+            "regions",
+            "--dataset",
+            "snli-ve",
+            "--root",
+            str(root),
+            "--split",
+            "dev",
+            "--extractor",
+            "backbone",
+            "--out",
+            str(tmp_path / "b"),
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 2 and "--weights" in result.output
 
 
@@ -246,9 +342,18 @@ def test_one_store_for_several_splits(tmp_path, demo_root):
     from madcache.data import read_examples
 
     root = demo_root / "vqa"
-    summary = build_region_store(dataset="vqa", root=root, split="train,val", extractor="boxcrop",
-                                 out=tmp_path / "s", max_regions=2, progress=False)
-    wanted = {ex.image_id for s in ("train", "val") for ex in read_examples("vqa", root, s).examples}
+    summary = build_region_store(
+        dataset="vqa",
+        root=root,
+        split="train,val",
+        extractor="boxcrop",
+        out=tmp_path / "s",
+        max_regions=2,
+        progress=False,
+    )
+    wanted = {
+        ex.image_id for s in ("train", "val") for ex in read_examples("vqa", root, s).examples
+    }
     store = open_regions(tmp_path / "s")
     assert set(store.image_ids()) == wanted and summary["regions"] == 2 * len(wanted)
     assert sorted(store.manifest["fingerprint"]["dataset"]) == ["train", "val"]
@@ -260,12 +365,20 @@ def test_region_store_values_are_checked_naming_the_key_or_flag(tmp_path, demo_r
 
     root = demo_root / "vcr"
     with pytest.raises(ConfigError, match="^max_regions: must be >= 1, got 0$"):
-        build_region_store(dataset="vcr", root=root, split="val", extractor="boxcrop",
-                           out=tmp_path / "s", max_regions=0)
+        build_region_store(
+            dataset="vcr",
+            root=root,
+            split="val",
+            extractor="boxcrop",
+            out=tmp_path / "s",
+            max_regions=0,
+        )
     with pytest.raises(ConfigError, match="unknown region store option\\(s\\) regions"):
         build_region_store(dataset="vcr", root=root, split="val", regions=3)
-    result = CliRunner().invoke(cli, ["regions", "--dataset", "vcr", "--root", str(root),
-                                      "--split", "val", "--shard-size", "0"])
+    result = CliRunner().invoke(
+        cli,
+        ["regions", "--dataset", "vcr", "--root", str(root), "--split", "val", "--shard-size", "0"],
+    )
     errors = [line for line in result.output.splitlines() if line.startswith("Error")]
     assert result.exit_code == 2 and len(errors) == 1 and "'--shard-size'" in errors[0]
     assert not (tmp_path / "s").exists()

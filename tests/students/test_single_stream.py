@@ -22,16 +22,24 @@ def test_registry_and_protocol(student):
         build_student("single-stream", hiden_size=8)
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"hidden_size": "big"}, "single-stream: hidden_size: expected an integer, got 'big'"),
-    ({"task": "ranking"}, "single-stream: task: expected one of 'multiple_choice', "
-                          "'classification', 'multilabel', got 'ranking'"),
-    ({"answers": "yes"}, "single-stream: answers: expected a list, got 'yes'"),
-    ({"num_layers": 0}, "single-stream: num_layers: must be >= 1, got 0"),
-    ({"dropout": 1.0}, "single-stream: dropout: must be < 1, got 1.0"),
-    ({"hidden_size": 30, "num_heads": 4}, "single-stream: hidden_size \\(30\\) must be a multiple "
-                                          "of num_heads \\(4\\)"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"hidden_size": "big"}, "single-stream: hidden_size: expected an integer, got 'big'"),
+        (
+            {"task": "ranking"},
+            "single-stream: task: expected one of 'multiple_choice', "
+            "'classification', 'multilabel', got 'ranking'",
+        ),
+        ({"answers": "yes"}, "single-stream: answers: expected a list, got 'yes'"),
+        ({"num_layers": 0}, "single-stream: num_layers: must be >= 1, got 0"),
+        ({"dropout": 1.0}, "single-stream: dropout: must be < 1, got 1.0"),
+        (
+            {"hidden_size": 30, "num_heads": 4},
+            "single-stream: hidden_size \\(30\\) must be a multiple of num_heads \\(4\\)",
+        ),
+    ],
+)
 def test_options_are_type_checked_before_anything_is_built(options, message):
     with pytest.raises(ConfigError, match=f"^{message}$"):
         build_student("single-stream", **options)
@@ -47,13 +55,23 @@ def test_multiple_choice_shapes(student, make):
     assert out.token_spans.shape == (3, 4, length, 2) and out.token_spans.dtype == torch.long
 
 
-@pytest.mark.parametrize("task, options, width", [
-    ("classification", {}, 3),
-    ("multilabel", {"answers": ["yes", "no", "2", "red", "square"]}, 5),
-])
+@pytest.mark.parametrize(
+    "task, options, width",
+    [
+        ("classification", {}, 3),
+        ("multilabel", {"answers": ["yes", "no", "2", "red", "square"]}, 5),
+    ],
+)
 def test_single_text_task_shapes(make, task, options, width):
-    model = build_student("single-stream", task=task, hidden_size=32, num_layers=1, num_heads=2,
-                          intermediate_size=64, **options).eval()
+    model = build_student(
+        "single-stream",
+        task=task,
+        hidden_size=32,
+        num_layers=1,
+        num_heads=2,
+        intermediate_size=64,
+        **options,
+    ).eval()
     out = model(model.prepare([make.single(0), make.single(1)], make.regions((4, 1))))
     assert out.logits.shape == (2, width)
     assert out.image_token.shape == out.cls_token.shape == (2, 1, 32)
@@ -73,17 +91,19 @@ def test_vs_is_the_img_position_and_ts_the_cls_position(student, make):
     out = student(inputs)
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
     n, length = ids.shape
-    region_tokens = (student.region_feat(regions.feat)
-                     + student.region_geom(_geometry(regions.boxes)))         # [2, 3, H]
+    region_tokens = student.region_feat(regions.feat) + student.region_geom(
+        _geometry(regions.boxes)
+    )  # [2, 3, H]
     img = student.img_token.expand(2, 1, -1)
-    visual = torch.cat([img, region_tokens], 1).repeat_interleave(4, dim=0)   # [8, 4, H]
+    visual = torch.cat([img, region_tokens], 1).repeat_interleave(4, dim=0)  # [8, 4, H]
     embeds = torch.cat([student.bert.embeddings.word_embeddings(ids), visual], 1)
     visual_mask = torch.cat([torch.ones(2, 1, dtype=torch.bool), regions.mask], 1)
     full_mask = torch.cat([mask, visual_mask.repeat_interleave(4, dim=0)], 1).long()
     types = torch.cat([torch.zeros(n, length), torch.ones(n, 4)], 1).long()
     positions = torch.cat([torch.arange(length).expand(n, -1), torch.zeros(n, 4).long()], 1)
-    hidden = student.bert(inputs_embeds=embeds, attention_mask=full_mask, token_type_ids=types,
-                          position_ids=positions).last_hidden_state
+    hidden = student.bert(
+        inputs_embeds=embeds, attention_mask=full_mask, token_type_ids=types, position_ids=positions
+    ).last_hidden_state
     assert torch.allclose(out.image_token.reshape(n, -1), hidden[:, length], atol=1e-6)
     assert torch.allclose(out.cls_token.reshape(n, -1), hidden[:, 0], atol=1e-6)
     assert torch.allclose(out.text_tokens.reshape(n, length, -1), hidden[:, :length], atol=1e-6)
@@ -92,15 +112,18 @@ def test_vs_is_the_img_position_and_ts_the_cls_position(student, make):
 
 def _geometry(boxes):
     w, h = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
-    return torch.stack([boxes[..., 0], boxes[..., 1], boxes[..., 2], boxes[..., 3], w, h, w * h], -1)
+    return torch.stack(
+        [boxes[..., 0], boxes[..., 1], boxes[..., 2], boxes[..., 3], w, h, w * h], -1
+    )
 
 
 def test_padded_regions_do_not_change_outputs(student, make):
     from madcache.students.regions import collate_regions
 
     regions = make.regions((2,))
-    padded = collate_regions([(regions.feat[0], regions.boxes[0]),
-                              (torch.randn(6, 199), torch.rand(6, 4))])
+    padded = collate_regions(
+        [(regions.feat[0], regions.boxes[0]), (torch.randn(6, 199), torch.rand(6, 4))]
+    )
     alone = student(student.prepare([make.vcr(0)], regions))
     together = student(student.prepare([make.vcr(0), make.vcr(1)], padded))
     assert torch.allclose(alone.logits, together.logits[:1], atol=1e-5)
@@ -147,14 +170,21 @@ def test_mlm_leaves_the_input_embeddings_of_absent_words_alone(make):
     (losses["mlm"] + losses["itm"]).backward()
     optimizer.step()
     after = student.bert.embeddings.word_embeddings.weight.detach()
-    real = inputs["token_spans"][..., 0] >= 0     # what pretrain_losses draws first
-    masked, _ = mask_tokens(inputs["input_ids"], real, torch.Generator().manual_seed(0),
-                            vocab_size=len(student.tokenizer),
-                            mask_id=student.tokenizer.mask_token_id)
+    real = inputs["token_spans"][..., 0] >= 0  # what pretrain_losses draws first
+    masked, _ = mask_tokens(
+        inputs["input_ids"],
+        real,
+        torch.Generator().manual_seed(0),
+        vocab_size=len(student.tokenizer),
+        mask_id=student.tokenizer.mask_token_id,
+    )
     itm_texts = [ex.label_free_text.text for ex in examples]
     seen = torch.zeros(len(before), dtype=torch.bool)
-    for ids in (inputs["input_ids"], masked, student.tokenizer(itm_texts, padding=True,
-                                                               return_tensors="pt")["input_ids"]):
+    for ids in (
+        inputs["input_ids"],
+        masked,
+        student.tokenizer(itm_texts, padding=True, return_tensors="pt")["input_ids"],
+    ):
         seen[ids.unique()] = True
     moved = (after != before).any(dim=1)
     assert moved[seen].any()
@@ -165,8 +195,9 @@ def test_mask_tokens_rates_and_specials():
     ids = torch.randint(1000, 2000, (100, 100))
     real = torch.ones(100, 100, dtype=torch.bool)
     real[:, 0] = real[:, -1] = False
-    masked, selected = mask_tokens(ids, real, torch.Generator().manual_seed(0), vocab_size=3000,
-                                   mask_id=103)
+    masked, selected = mask_tokens(
+        ids, real, torch.Generator().manual_seed(0), vocab_size=3000, mask_id=103
+    )
     assert not selected[~real].any() and torch.equal(masked[~selected], ids[~selected])
     rate = selected.float().mean().item()
     assert 0.13 < rate < 0.17
@@ -190,7 +221,7 @@ def test_itm_positives_are_label_free_texts_never_choices(student, make, monkeyp
     """AF must not teach that wrong answers match the image: every ITM sequence is an
     example's question (VCR) or premise (SNLI-VE), paired with its own image or another one."""
     examples = [make.vcr(i) for i in range(4)]
-    examples[3] = replace(examples[3], label_free_text=None)   # no label-free text: no ITM pair
+    examples[3] = replace(examples[3], label_free_text=None)  # no label-free text: no ITM pair
     inputs = student.prepare(examples, make.regions((3, 5, 2, 4)))
     encoded = []
     real_encode = student.encode
@@ -198,10 +229,11 @@ def test_itm_positives_are_label_free_texts_never_choices(student, make, monkeyp
     def spy(ids, mask, regions, image_of):
         encoded.append((ids, image_of))
         return real_encode(ids, mask, regions, image_of)
+
     monkeypatch.setattr(student, "encode", spy)
     student.pretrain_losses(inputs, examples, torch.Generator().manual_seed(3))
     (mlm_ids, _), (itm_ids, itm_images) = encoded
-    assert mlm_ids.shape[0] == 16                               # MLM: all 4 x 4 scored texts
+    assert mlm_ids.shape[0] == 16  # MLM: all 4 x 4 scored texts
     texts = student.tokenizer.batch_decode(itm_ids, skip_special_tokens=True)
     assert texts == [f"what is person{i + 1} holding?" for i in range(3)]
     choices = {c.text for ex in examples for c in ex.choices}
@@ -213,15 +245,18 @@ def test_itm_positives_are_label_free_texts_never_choices(student, make, monkeyp
 def test_readers_give_label_free_texts(real_root):
     from madcache.data import read_examples
 
-    snli = read_examples("snli-ve", real_root / "snli_ve" / "allennlp_fixture",
-                         "sample_pairs.jsonl").examples[0]
-    assert snli.label_free_text.text == "A toddler poses in front of a computer at a business " \
-                                        "office."                 # the premise, not sentence2
-    vcr = read_examples("vcr", real_root / "vcr",
-                        "extracted/val-1_from_iflytek_VLE_examples_VCR_README.jsonl").examples
+    snli = read_examples(
+        "snli-ve", real_root / "snli_ve" / "allennlp_fixture", "sample_pairs.jsonl"
+    ).examples[0]
+    assert (
+        snli.label_free_text.text == "A toddler poses in front of a computer at a business office."
+    )  # the premise, not sentence2
+    vcr = read_examples(
+        "vcr", real_root / "vcr", "extracted/val-1_from_iflytek_VLE_examples_VCR_README.jsonl"
+    ).examples
     assert all(ex.label_free_text == vcr[0].label_free_text for ex in vcr[:2])
     question, objects = vcr[0].context.text, ", ".join(vcr[0].raw["objects"])
-    assert vcr[0].label_free_text.text == f"{question} objects: {objects}."   # no answer
+    assert vcr[0].label_free_text.text == f"{question} objects: {objects}."  # no answer
     assert vcr[1].context.text.startswith(question + " ")
 
 
@@ -229,13 +264,18 @@ def test_save_load_round_trip(tmp_path, student, make):
     inputs = student.prepare([make.vcr(0), make.vcr(1)], make.regions((3, 2)))
     save_student(student, tmp_path / "s")
     loaded = load_student(tmp_path / "s").eval()
-    before, after = student(inputs), loaded(loaded.prepare([make.vcr(0), make.vcr(1)],
-                                                           make.regions((3, 2))))
+    before, after = (
+        student(inputs),
+        loaded(loaded.prepare([make.vcr(0), make.vcr(1)], make.regions((3, 2)))),
+    )
     assert torch.equal(before.logits, after.logits)
     assert torch.equal(before.image_token, after.image_token)
     assert torch.equal(before.token_spans, after.token_spans)
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [
-        "model.safetensors", "student.json", "tokenizer"]
+        "model.safetensors",
+        "student.json",
+        "tokenizer",
+    ]
 
 
 def test_init_text_from_minilm(tmp_path, make):
@@ -247,10 +287,13 @@ def test_init_text_from_minilm(tmp_path, make):
     model = build_student("single-stream", init_text_from=str(source)).eval()
     reference = AutoModel.from_pretrained(str(source), local_files_only=True)
     assert model.hidden_size == 384 and len(model.bert.encoder.layer) == 6
-    assert torch.equal(model.bert.embeddings.word_embeddings.weight,
-                       reference.embeddings.word_embeddings.weight)
-    assert torch.equal(model.bert.encoder.layer[5].output.dense.weight,
-                       reference.encoder.layer[5].output.dense.weight)
+    assert torch.equal(
+        model.bert.embeddings.word_embeddings.weight, reference.embeddings.word_embeddings.weight
+    )
+    assert torch.equal(
+        model.bert.encoder.layer[5].output.dense.weight,
+        reference.encoder.layer[5].output.dense.weight,
+    )
     save_student(model, tmp_path / "m")
     loaded = load_student(tmp_path / "m").eval()
     inputs = model.prepare([make.single(0)], make.regions((2,)))
@@ -267,10 +310,12 @@ def test_tokenise_once_then_collate_equals_prepare(student, make):
     assert len(items) == 3 and len(items[0].ids) == 4
     prepared = student.prepare(examples, regions)
     for order in ([0, 1, 2], [2, 0]):
-        collated = student.collate([items[i] for i in order],
-                                   make.regions(tuple((3, 5, 2)[i] for i in order)))
-        alone = student.prepare([examples[i] for i in order],
-                                make.regions(tuple((3, 5, 2)[i] for i in order)))
+        collated = student.collate(
+            [items[i] for i in order], make.regions(tuple((3, 5, 2)[i] for i in order))
+        )
+        alone = student.prepare(
+            [examples[i] for i in order], make.regions(tuple((3, 5, 2)[i] for i in order))
+        )
         for key in ("input_ids", "attention_mask", "token_spans"):
             assert torch.equal(collated[key], alone[key]), key
     assert torch.equal(student.collate(items, regions)["input_ids"], prepared["input_ids"])

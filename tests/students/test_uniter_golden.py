@@ -22,23 +22,33 @@ def text_and_regions(golden, tag_free: bool = False, types: bool = True):
         if tag_free:
             ids = torch.where(ids >= golden["config"]["vocab_size"], 50, ids)
         kinds = torch.tensor(kinds) if types else torch.zeros(len(ids), dtype=torch.long)
-        rows.append((ids.numpy(), kinds.numpy(), -torch.ones(len(ids), 2, dtype=torch.long).numpy()))
+        rows.append(
+            (ids.numpy(), kinds.numpy(), -torch.ones(len(ids), 2, dtype=torch.long).numpy())
+        )
     text = {k: torch.from_numpy(v) for k, v in pad(rows, 0).items()}
     counts = [len(f) for f in inp["img_feat"]]
     feat = torch.zeros(len(counts), max(counts), golden["img_dim"])
     boxes = torch.zeros(len(counts), max(counts), 4)
     mask = torch.zeros(len(counts), max(counts), dtype=torch.bool)
     for i, n in enumerate(counts):
-        feat[i, :n], boxes[i, :n], mask[i, :n] = (torch.tensor(inp["img_feat"][i]),
-                                                  torch.tensor(inp["img_boxes"][i]), True)
+        feat[i, :n], boxes[i, :n], mask[i, :n] = (
+            torch.tensor(inp["img_feat"][i]),
+            torch.tensor(inp["img_boxes"][i]),
+            True,
+        )
     return text, RegionInputs(feat, boxes, mask), torch.tensor(inp["image"])
 
 
 def build(path, tokenizer, **options):
     torch.manual_seed(0)
-    return build_student("uniter", checkpoint=str(path), tokenizer_dir=str(tokenizer),
-                         config_json=str(path.parent / "uniter-tiny.json"), region_dim=12,
-                         **options).eval()
+    return build_student(
+        "uniter",
+        checkpoint=str(path),
+        tokenizer_dir=str(tokenizer),
+        config_json=str(path.parent / "uniter-tiny.json"),
+        region_dim=12,
+        **options,
+    ).eval()
 
 
 def close(actual, expected) -> float:
@@ -58,7 +68,7 @@ def test_vcr_checkpoint_gives_uniters_pooled_output_and_rank_scores(uniter_golde
         out = student({**text, "num_choices": 4, "regions": regions})
     close(pooled, case["pooled"])
     close(student.vcr_output(pooled).detach(), case["vcr_logits"])
-    close(out.logits.reshape(-1), case["rank_scores"])          # rank score = logit 1
+    close(out.logits.reshape(-1), case["rank_scores"])  # rank score = logit 1
     close(out.image_token.reshape(8, -1), case["first_region"])  # V_s = the first region
     assert "new, random init" in student.load_report and "vcr_output" not in student.load_report
 
@@ -77,8 +87,9 @@ def test_second_stage_checkpoint_keeps_its_pretraining_heads(uniter_golden, unit
     assert "vcr_output" in student.load_report and "region_classifier" in student.load_report
 
 
-def test_first_stage_checkpoint_with_gamma_beta_names_is_extended_for_vcr(uniter_golden,
-                                                                          uniter_files):
+def test_first_stage_checkpoint_with_gamma_beta_names_is_extended_for_vcr(
+    uniter_golden, uniter_files
+):
     tokenizer, paths = uniter_files
     case = uniter_golden["cases"]["pretrained_gamma_beta"]
     assert any(k.endswith("LayerNorm.gamma") for k in case["keys"])
@@ -93,8 +104,12 @@ def test_first_stage_checkpoint_with_gamma_beta_names_is_extended_for_vcr(uniter
 def test_vqa_head_as_model_vqa(uniter_golden, uniter_files):
     tokenizer, paths = uniter_files
     case = uniter_golden["cases"]["vqa"]
-    student = build(paths["vqa"], tokenizer, task="multilabel",
-                    answers=[f"a{i}" for i in range(uniter_golden["num_answers"])])
+    student = build(
+        paths["vqa"],
+        tokenizer,
+        task="multilabel",
+        answers=[f"a{i}" for i in range(uniter_golden["num_answers"])],
+    )
     text, regions, rows = text_and_regions(uniter_golden, tag_free=True, types=False)
     with torch.no_grad():
         scores = student.vqa_output(student.uniter.pooler(student.encode(text, regions, rows)))
@@ -107,8 +122,9 @@ def test_max_abs_difference(case, uniter_golden, uniter_files, capsys):
     tokenizer, paths = uniter_files
     options = {"task": "multilabel", "answers": ["a"] * 7} if case == "vqa" else {}
     student = build(paths[case], tokenizer, **options)
-    text, regions, rows = text_and_regions(uniter_golden, tag_free=case in ("vqa", "pretrained_gamma_beta"),
-                                           types=case != "vqa")
+    text, regions, rows = text_and_regions(
+        uniter_golden, tag_free=case in ("vqa", "pretrained_gamma_beta"), types=case != "vqa"
+    )
     with torch.no_grad():
         pooled = student.uniter.pooler(student.encode(text, regions, rows))
     expected = uniter_golden["cases"][case].get("pooled")

@@ -17,10 +17,20 @@ from madcache.students import build_student
 
 GOLDEN = Path(__file__).parent / "golden" / "vl_bert_tiny.json"
 # a ResNet-50-shaped backbone keeps the suite cheap (same key layout, 6 blocks in layer3)
-TINY = {"vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-        "intermediate_size": 64, "max_position_embeddings": 64, "type_vocab_size": 3,
-        "visual_size": 32, "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
-        "initializer_range": 0.02, "image_num_layers": 50}
+TINY = {
+    "vocab_size": 100,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 64,
+    "type_vocab_size": 3,
+    "visual_size": 32,
+    "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.1,
+    "initializer_range": 0.02,
+    "image_num_layers": 50,
+}
 SCALES = [48, 80]
 
 
@@ -34,19 +44,25 @@ def released(state: dict[str, torch.Tensor], *, pretrained: bool) -> dict[str, t
         if pretrained and key.startswith(("final_mlp.", "cnn_loss_reg.2.")):
             continue
         if pretrained and key.startswith("cnn_loss_reg.0."):
-            key = "vlbert.mvrc_head.transform." + key[len("cnn_loss_reg.0."):]
+            key = "vlbert.mvrc_head.transform." + key[len("cnn_loss_reg.0.") :]
         elif key.startswith("mlm_head."):
             key = "vlbert." + key
         elif key.startswith("vlbert.") and not pretrained:
-            key = "vlbert._module." + key[len("vlbert."):]
+            key = "vlbert._module." + key[len("vlbert.") :]
         out["module." + key] = value.clone()
     roi = "module.image_feature_extractor.roi_head_feature_extractor."
-    out.update({"module.image_feature_extractor.head.0." + k[len(roi):]: v.clone()
-                for k, v in out.items() if k.startswith(roi)})
+    out.update(
+        {
+            "module.image_feature_extractor.head.0." + k[len(roi) :]: v.clone()
+            for k, v in out.items()
+            if k.startswith(roi)
+        }
+    )
     if pretrained:
         hidden = TINY["hidden_size"]
-        out["module.vlbert.mlm_head.predictions.decoder.weight"] = \
-            out["module.vlbert.word_embeddings.weight"].clone()
+        out["module.vlbert.mlm_head.predictions.decoder.weight"] = out[
+            "module.vlbert.word_embeddings.weight"
+        ].clone()
         out["module.vlbert.mvrc_head.region_cls_pred.weight"] = torch.randn(1601, hidden)
         out["module.vlbert.mvrc_head.region_cls_pred.bias"] = torch.zeros(1601)
         out["module.object_mask_word_embedding.weight"] = torch.randn(1, hidden)
@@ -60,23 +76,35 @@ def files(tmp_path_factory):
 
     base = tmp_path_factory.mktemp("vlbert-files")
     vocab = json.loads(GOLDEN.read_text())["vocab"]
-    BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True) \
-        .save_pretrained(str(base / "bert"))
+    BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True).save_pretrained(
+        str(base / "bert")
+    )
     torch.manual_seed(5)
     model = build_student("vl-bert", model_config=TINY, tokenizer_dir=str(base / "bert"))
     state = model.state_dict()
     paths = {}
     for kind in ("vcr", "pretrained"):
         paths[kind] = base / f"{kind}.model"
-        torch.save({"state_dict": released(state, pretrained=kind == "pretrained"),
-                    "optimizer": {"param_groups": [{"lr": 0.1}], "state": {}}}, paths[kind])
+        torch.save(
+            {
+                "state_dict": released(state, pretrained=kind == "pretrained"),
+                "optimizer": {"param_groups": [{"lr": 0.1}], "state": {}},
+            },
+            paths[kind],
+        )
     return base / "bert", paths, state
 
 
 def build(files, kind: str, **options):
     tokenizer, paths, _ = files
-    return build_student("vl-bert", checkpoint=str(paths[kind]), tokenizer_dir=str(tokenizer),
-                         num_attention_heads=2, scales=SCALES, **options)
+    return build_student(
+        "vl-bert",
+        checkpoint=str(paths[kind]),
+        tokenizer_dir=str(tokenizer),
+        num_attention_heads=2,
+        scales=SCALES,
+        **options,
+    )
 
 
 def test_pretrained_file_loads_with_its_heads_and_segment_init(files):
@@ -84,14 +112,14 @@ def test_pretrained_file_loads_with_its_heads_and_segment_init(files):
     student = build(files, "pretrained")
     report = student.load_report
     assert "new, random init: cnn_loss_reg.2, final_mlp.1" in report
-    assert "not used: object_mask_word_embedding.weight, vlbert.mvrc_head.region_cls_pred" \
-        in report
+    assert "not used: object_mask_word_embedding.weight, vlbert.mvrc_head.region_cls_pred" in report
     ours = student.state_dict()
     assert torch.equal(ours["mlm_head.predictions.bias"], state["mlm_head.predictions.bias"])
     assert torch.equal(ours["cnn_loss_reg.0.dense.weight"], state["cnn_loss_reg.0.dense.weight"])
-    types = ours["vlbert.token_type_embeddings.weight"]        # PARTIAL_PRETRAIN_SEGMB_INIT
-    assert torch.equal(types[1], types[0]) and torch.equal(types[2],
-                                                           state["vlbert.token_type_embeddings.weight"][2])
+    types = ours["vlbert.token_type_embeddings.weight"]  # PARTIAL_PRETRAIN_SEGMB_INIT
+    assert torch.equal(types[1], types[0]) and torch.equal(
+        types[2], state["vlbert.token_type_embeddings.weight"][2]
+    )
 
 
 def test_frozen_stages_and_batchnorm_as_vl_berts_cfgs(files):
@@ -101,7 +129,7 @@ def test_frozen_stages_and_batchnorm_as_vl_berts_cfgs(files):
     assert backbone + "conv1.weight" in frozen and backbone + "layer1.0.conv2.weight" in frozen
     assert backbone + "layer2.0.conv2.weight" not in frozen
     assert "image_feature_extractor.roi_head_feature_extractor.0.conv1.weight" in frozen
-    assert backbone + "layer3.0.bn1.weight" in frozen            # IMAGE_FROZEN_BN
+    assert backbone + "layer3.0.bn1.weight" in frozen  # IMAGE_FROZEN_BN
     student.train()
     assert not student.image_feature_extractor.backbone.layer3[0].bn1.training
     assert student.vlbert.training
@@ -126,13 +154,21 @@ def test_a_file_of_another_model_is_one_line_naming_the_keys(files, tmp_path):
     state["module.vlbert._module.extra.weight"] = torch.zeros(2)
     torch.save({"state_dict": state}, tmp_path / "odd.model")
     with pytest.raises(CheckpointCorruptError, match=r"odd\.model .*unexpected vlbert\.extra"):
-        build_student("vl-bert", checkpoint=str(tmp_path / "odd.model"),
-                      tokenizer_dir=str(files[0]), num_attention_heads=2)
+        build_student(
+            "vl-bert",
+            checkpoint=str(tmp_path / "odd.model"),
+            tokenizer_dir=str(files[0]),
+            num_attention_heads=2,
+        )
     prec = {k: v for k, v in state.items() if ".backbone." not in k and ".extra." not in k}
     torch.save({"state_dict": prec}, tmp_path / "vl-bert-base-prec.model")
     with pytest.raises(CheckpointCorruptError, match=r"prec\.model does not fit .*no ResNet"):
-        build_student("vl-bert", checkpoint=str(tmp_path / "vl-bert-base-prec.model"),
-                      tokenizer_dir=str(files[0]), num_attention_heads=2)
+        build_student(
+            "vl-bert",
+            checkpoint=str(tmp_path / "vl-bert-base-prec.model"),
+            tokenizer_dir=str(files[0]),
+            num_attention_heads=2,
+        )
     with pytest.raises(ConfigError, match="frozen_stages are 1-5"):
         build(files, "vcr", frozen_stages=[6])
 
@@ -147,8 +183,12 @@ def world(tmp_path_factory, demo_root, vcr_training_inputs, files):
 
 def student_options(files) -> dict[str, object]:
     tokenizer, paths, _ = files
-    return {"checkpoint": str(paths["vcr"]), "tokenizer_dir": str(tokenizer),
-            "num_attention_heads": 2, "scales": SCALES}
+    return {
+        "checkpoint": str(paths["vcr"]),
+        "tokenizer_dir": str(tokenizer),
+        "num_attention_heads": 2,
+        "scales": SCALES,
+    }
 
 
 @pytest.mark.slow
@@ -158,10 +198,21 @@ def test_train_vl_bert_baseline(world, files):
     from madcache.train.config import TrainConfig
 
     base, root = world
-    metrics = train_mod.run_training(TrainConfig(
-        dataset="vcr", root=str(root), out=str(base / "runs" / "baseline"), student="vl-bert",
-        split_file=str(base / "split.json"), method="baseline", max_steps=3, batch_size=2,
-        lr=1e-3, eval_split=None, student_options=student_options(files)))
+    metrics = train_mod.run_training(
+        TrainConfig(
+            dataset="vcr",
+            root=str(root),
+            out=str(base / "runs" / "baseline"),
+            student="vl-bert",
+            split_file=str(base / "split.json"),
+            method="baseline",
+            max_steps=3,
+            batch_size=2,
+            lr=1e-3,
+            eval_split=None,
+            student_options=student_options(files),
+        )
+    )
     assert metrics["student"] == "vl-bert" and metrics["status"] == "complete"
     losses = [h["loss"] for h in metrics["history"]]
     assert losses and all(torch.isfinite(torch.tensor(losses)))
@@ -178,10 +229,29 @@ def test_train_cli_vl_bert_mad(world, files):
 
     base, root = world
     run = base / "runs" / "mad"
-    args = ["train", "--student", "vl-bert", "--method", "mad", "--dataset", "vcr",
-            "--root", str(root), "--cache", str(base / "cache"),
-            "--split-file", str(base / "split.json"), "--max-steps", "1",
-            "--af-max-steps", "1", "--batch-size", "2", "--out", str(run)]
+    args = [
+        "train",
+        "--student",
+        "vl-bert",
+        "--method",
+        "mad",
+        "--dataset",
+        "vcr",
+        "--root",
+        str(root),
+        "--cache",
+        str(base / "cache"),
+        "--split-file",
+        str(base / "split.json"),
+        "--max-steps",
+        "1",
+        "--af-max-steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--out",
+        str(run),
+    ]
     args += [f"--student-option={k}={v}" for k, v in student_options(files).items()]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output

@@ -17,8 +17,9 @@ GOLDEN = Path(__file__).parent / "golden" / "vl_bert_tiny.json"
 TOLERANCE = 1e-4
 
 
-def vl_bert_value(key: str, shape, index: int, seed: int, scale: float, gain: float = 0.5
-                  ) -> torch.Tensor:
+def vl_bert_value(
+    key: str, shape, index: int, seed: int, scale: float, gain: float = 0.5
+) -> torch.Tensor:
     """The golden rule: tensor `index` of the sorted keys from seed + index; matrices, convs and
     embeddings randn * gain / sqrt(fan-in), BatchNorm running variances 1 + |randn| * scale,
     norm weights 1 + randn * scale, everything else randn * scale."""
@@ -30,8 +31,9 @@ def vl_bert_value(key: str, shape, index: int, seed: int, scale: float, gain: fl
         return x * gain / math.sqrt(x[0].numel())
     if last == "running_var":
         return 1.0 + x.abs() * scale
-    norm = last == "weight" and any(p in key for p in ("LayerNorm", "visual_ln", ".bn",
-                                                      "downsample.1"))
+    norm = last == "weight" and any(
+        p in key for p in ("LayerNorm", "visual_ln", ".bn", "downsample.1")
+    )
     return x * scale + 1.0 if norm else x * scale
 
 
@@ -64,12 +66,18 @@ def world(tmp_path_factory, golden):
     vocab = golden["vocab"]
     (root / "bert").mkdir()
     (root / "bert" / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True) \
-        .save_pretrained(str(root / "bert"))
+    BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True).save_pretrained(
+        str(root / "bert")
+    )
     (root / "vcr1images").mkdir()
     record = dict(golden["record"])
-    meta = {"boxes": record.pop("boxes"), "segms": record.pop("segms"),
-            "names": record["objects"], "width": 40, "height": 30}
+    meta = {
+        "boxes": record.pop("boxes"),
+        "segms": record.pop("segms"),
+        "names": record["objects"],
+        "width": 40,
+        "height": 30,
+    }
     (root / "vcr1images" / "meta.json").write_text(json.dumps(meta))
     cases = {}
     for name, mode in (("Q2A", 0), ("QA2R", 1)):
@@ -77,8 +85,12 @@ def world(tmp_path_factory, golden):
         write_image(root / "vcr1images" / f"{name}.png", case["image_seed"])
         model = root / f"{name}.model"
         torch.save({"state_dict": vl_bert_checkpoint(case, golden["scale"])}, model)
-        rec = {**record, "annot_id": f"val-{name}", "img_fn": f"{name}.png",
-               "metadata_fn": "meta.json"}
+        rec = {
+            **record,
+            "annot_id": f"val-{name}",
+            "img_fn": f"{name}.png",
+            "metadata_fn": "meta.json",
+        }
         example = record_examples(rec, split="val", file="golden", line=1, root=root)[mode]
         cases[name] = (model, example)
     return root, root / "bert", cases
@@ -90,9 +102,13 @@ def case(request, golden, world):
 
     root, tokenizer, cases = world
     model, example = cases[request.param]
-    student = build_student("vl-bert", checkpoint=str(model), tokenizer_dir=str(tokenizer),
-                            num_attention_heads=golden["vlbert"]["num_attention_heads"],
-                            scales=golden["scales"]).eval()
+    student = build_student(
+        "vl-bert",
+        checkpoint=str(model),
+        tokenizer_dir=str(tokenizer),
+        num_attention_heads=golden["vlbert"]["num_attention_heads"],
+        scales=golden["scales"],
+    ).eval()
     images = student.pixel_loader(root)([example])
     return golden["cases"][request.param], student, example, images
 
@@ -113,8 +129,13 @@ def test_text_input_is_vl_berts(case):
     cls_id, sep_id = student.tokenizer.cls_token_id, student.tokenizer.sep_token_id
     question = [(i, t) for i, t, _ in gold["question"]]
     for c, choice in enumerate(gold["choices"]):
-        expected = [(cls_id, 0), *question, (sep_id, 0), *[(i, t) for i, t, _ in choice],
-                    (sep_id, 0)]
+        expected = [
+            (cls_id, 0),
+            *question,
+            (sep_id, 0),
+            *[(i, t) for i, t, _ in choice],
+            (sep_id, 0),
+        ]
         assert list(zip(tokens.ids[c].tolist(), tokens.tags[c].tolist())) == expected
         types = [0] * (len(question) + 2) + [1] * (len(choice) + 1)
         assert tokens.types[c].tolist() == types

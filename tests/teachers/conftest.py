@@ -40,16 +40,29 @@ def minilm_dir():
 
 # --- the same tiny CLIP as a transformers CLIPModel directory ------------------------------
 
+
 def _layer_keys(prefix_oc: str, prefix_hf: str, state: dict, out: dict, layers: int) -> None:
     for i in range(layers):
         oc, hf = f"{prefix_oc}.resblocks.{i}", f"{prefix_hf}.layers.{i}"
         q, k, v = state[f"{oc}.attn.in_proj_weight"].chunk(3)
         qb, kb, vb = state[f"{oc}.attn.in_proj_bias"].chunk(3)
-        out.update({f"{hf}.self_attn.q_proj.weight": q, f"{hf}.self_attn.k_proj.weight": k,
-                    f"{hf}.self_attn.v_proj.weight": v, f"{hf}.self_attn.q_proj.bias": qb,
-                    f"{hf}.self_attn.k_proj.bias": kb, f"{hf}.self_attn.v_proj.bias": vb})
-        for a, b in (("attn.out_proj", "self_attn.out_proj"), ("ln_1", "layer_norm1"),
-                     ("ln_2", "layer_norm2"), ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2")):
+        out.update(
+            {
+                f"{hf}.self_attn.q_proj.weight": q,
+                f"{hf}.self_attn.k_proj.weight": k,
+                f"{hf}.self_attn.v_proj.weight": v,
+                f"{hf}.self_attn.q_proj.bias": qb,
+                f"{hf}.self_attn.k_proj.bias": kb,
+                f"{hf}.self_attn.v_proj.bias": vb,
+            }
+        )
+        for a, b in (
+            ("attn.out_proj", "self_attn.out_proj"),
+            ("ln_1", "layer_norm1"),
+            ("ln_2", "layer_norm2"),
+            ("mlp.c_fc", "mlp.fc1"),
+            ("mlp.c_proj", "mlp.fc2"),
+        ):
             for p in ("weight", "bias"):
                 out[f"{hf}.{b}.{p}"] = state[f"{oc}.{a}.{p}"]
 
@@ -67,9 +80,11 @@ def open_clip_to_hf_state(state: dict, config: dict) -> dict:
         "text_projection.weight": state["text_projection"].T,
         "logit_scale": state["logit_scale"],
     }
-    for a, b in (("visual.ln_pre", "vision_model.pre_layrnorm"),
-                 ("visual.ln_post", "vision_model.post_layernorm"),
-                 ("ln_final", "text_model.final_layer_norm")):
+    for a, b in (
+        ("visual.ln_pre", "vision_model.pre_layrnorm"),
+        ("visual.ln_post", "vision_model.post_layernorm"),
+        ("ln_final", "text_model.final_layer_norm"),
+    ):
         for p in ("weight", "bias"):
             out[f"{b}.{p}"] = state[f"{a}.{p}"]
     _layer_keys("visual.transformer", "vision_model.encoder", state, out, vision["layers"])
@@ -86,38 +101,70 @@ def save_hf_clip(model, config: dict, directory) -> None:
 
     vision, text = config["vision_cfg"], config["text_cfg"]
     hf_config = CLIPConfig(
-        text_config=dict(vocab_size=text["vocab_size"], hidden_size=text["width"],
-                         intermediate_size=4 * text["width"], num_hidden_layers=text["layers"],
-                         num_attention_heads=text["heads"],
-                         max_position_embeddings=text["context_length"], hidden_act="gelu",
-                         bos_token_id=49406, eos_token_id=49407, pad_token_id=0),
-        vision_config=dict(hidden_size=vision["width"], intermediate_size=4 * vision["width"],
-                           num_hidden_layers=vision["layers"],
-                           num_attention_heads=vision["width"] // vision["head_width"],
-                           image_size=vision["image_size"], patch_size=vision["patch_size"],
-                           hidden_act="gelu"),
-        projection_dim=config["embed_dim"])
+        text_config=dict(
+            vocab_size=text["vocab_size"],
+            hidden_size=text["width"],
+            intermediate_size=4 * text["width"],
+            num_hidden_layers=text["layers"],
+            num_attention_heads=text["heads"],
+            max_position_embeddings=text["context_length"],
+            hidden_act="gelu",
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=0,
+        ),
+        vision_config=dict(
+            hidden_size=vision["width"],
+            intermediate_size=4 * vision["width"],
+            num_hidden_layers=vision["layers"],
+            num_attention_heads=vision["width"] // vision["head_width"],
+            image_size=vision["image_size"],
+            patch_size=vision["patch_size"],
+            hidden_act="gelu",
+        ),
+        projection_dim=config["embed_dim"],
+    )
     hf = CLIPModel(hf_config).eval()
-    missing, unexpected = hf.load_state_dict(open_clip_to_hf_state(model.state_dict(), config),
-                                             strict=False)
+    missing, unexpected = hf.load_state_dict(
+        open_clip_to_hf_state(model.state_dict(), config), strict=False
+    )
     assert not unexpected and all("position_ids" in k for k in missing), (missing, unexpected)
     hf.save_pretrained(str(directory))
     bpe = SimpleTokenizer()
-    vocab = {("<|startoftext|>" if v == bpe.sot_token_id else
-              "<|endoftext|>" if v == bpe.eot_token_id else k): v for k, v in bpe.encoder.items()}
+    vocab = {
+        (
+            "<|startoftext|>"
+            if v == bpe.sot_token_id
+            else "<|endoftext|>"
+            if v == bpe.eot_token_id
+            else k
+        ): v
+        for k, v in bpe.encoder.items()
+    }
     merges = sorted(bpe.bpe_ranks, key=bpe.bpe_ranks.get)
-    CLIPTokenizer(vocab=vocab, merges=merges,
-                  model_max_length=text["context_length"]).save_pretrained(str(directory))
+    CLIPTokenizer(
+        vocab=vocab, merges=merges, model_max_length=text["context_length"]
+    ).save_pretrained(str(directory))
     from open_clip.transform import PreprocessCfg
 
     preprocess = PreprocessCfg(**open_clip.get_model_preprocess_cfg(model))
     assert preprocess.interpolation == "bicubic" and preprocess.resize_mode == "shortest"
-    (directory / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "CLIPImageProcessor", "do_resize": True,
-        "size": {"shortest_edge": vision["image_size"]}, "resample": 3, "do_center_crop": True,
-        "crop_size": {"height": vision["image_size"], "width": vision["image_size"]},
-        "do_rescale": True, "do_normalize": True, "image_mean": list(preprocess.mean),
-        "image_std": list(preprocess.std)}))
+    (directory / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "image_processor_type": "CLIPImageProcessor",
+                "do_resize": True,
+                "size": {"shortest_edge": vision["image_size"]},
+                "resample": 3,
+                "do_center_crop": True,
+                "crop_size": {"height": vision["image_size"], "width": vision["image_size"]},
+                "do_rescale": True,
+                "do_normalize": True,
+                "image_mean": list(preprocess.mean),
+                "image_std": list(preprocess.std),
+            }
+        )
+    )
 
 
 @pytest.fixture(scope="session")

@@ -9,12 +9,14 @@ import pytest
 import torch
 from PIL import Image
 
-from madcache.data.records import Text
 from madcache.core.errors import CheckpointNotFoundError, UnknownNameError
+from madcache.data.records import Text
 from madcache.teachers import Teacher, load_teacher
 
-TEXTS = [Text.from_string("a red car parked near the old house"),
-         Text.from_string("person1 is holding an umbrella, isn't she?")]
+TEXTS = [
+    Text.from_string("a red car parked near the old house"),
+    Text.from_string("person1 is holding an umbrella, isn't she?"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +118,9 @@ def test_madcache_demo_loads_a_checkpoint_by_the_same_path(tmp_path):
     teacher = load_teacher("madcache-demo", checkpoint=path)
     pixels = torch.randn(2, 3, 96, 96)
     with torch.no_grad():
-        torch.testing.assert_close(teacher.encode_images(pixels), model.encode_image(pixels),
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            teacher.encode_images(pixels), model.encode_image(pixels), atol=1e-5, rtol=0
+        )
     assert teacher.context_length == 64 and teacher.image_dim == 128
 
 
@@ -153,5 +156,6 @@ def test_trimmed_text_encoding_equals_encode_text(teacher, tiny_clip):
     ids = teacher.text_processor()(TEXTS).input_ids
     assert trim_padding(ids).shape == (2, 13)  # SOT + 11 tokens + EOT of the longer text
     with torch.no_grad():
-        torch.testing.assert_close(encode_text_trimmed(tiny_clip[2], ids),
-                                   tiny_clip[2].encode_text(ids), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            encode_text_trimmed(tiny_clip[2], ids), tiny_clip[2].encode_text(ids), atol=1e-5, rtol=0
+        )

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from madcache.data.records import Text
 from madcache.core.errors import CheckpointNotFoundError
+from madcache.data.records import Text
 from madcache.teachers import load_teacher
 
 TEXT = Text.from_string("The skateboarder's jump looks unbelievably high, doesn't it?")
@@ -19,8 +19,14 @@ def vit_dir(tmp_path_factory):
     from transformers import ViTConfig, ViTModel
 
     torch.manual_seed(0)
-    config = ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1,
-                       num_attention_heads=2, intermediate_size=64)
+    config = ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
     model = ViTModel(config).eval()
     root = tmp_path_factory.mktemp("vit")
     model.save_pretrained(root)
@@ -103,8 +109,9 @@ def test_bert_cls_pooling_and_truncation(minilm_dir):
     assert enc.word_truncated[0].tolist() == [False] * kept + [True] * (len(TEXT.words) - kept)
     assert 1 <= kept < len(TEXT.words)
     with torch.no_grad():
-        hidden = teacher.model(input_ids=batch.input_ids,
-                               attention_mask=batch.attention_mask).last_hidden_state
+        hidden = teacher.model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask
+        ).last_hidden_state
     torch.testing.assert_close(enc.eos, hidden[:, 0], atol=1e-5, rtol=0)
 
 
@@ -115,5 +122,6 @@ def test_sentence_encoder_matches_mean_pooling_teacher(minilm, minilm_dir):
     assert emb.shape == (2, 384)
     torch.testing.assert_close(emb.norm(dim=-1), torch.ones(2), atol=1e-5, rtol=0)
     eos = minilm.encode_tokens(minilm.text_processor()([TEXT])).eos
-    torch.testing.assert_close(emb[0], torch.nn.functional.normalize(eos, dim=-1)[0],
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        emb[0], torch.nn.functional.normalize(eos, dim=-1)[0], atol=1e-5, rtol=0
+    )

@@ -28,8 +28,9 @@ import torch.distributed as dist
 
 def load_standins():
     """The stand-ins of standins.py, through tests/train/conftest.py (loaded by path)."""
-    spec = importlib.util.spec_from_file_location("train_conftest",
-                                                  Path(__file__).with_name("conftest.py"))
+    spec = importlib.util.spec_from_file_location(
+        "train_conftest", Path(__file__).with_name("conftest.py")
+    )
     conftest = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(conftest)
     return conftest.load_standins()
@@ -51,7 +52,7 @@ def main() -> None:
     from madcache.train.preemption import Preempted
 
     torch.set_num_threads(1)
-    device = options.get("device", "cpu")       # "cuda": NCCL, each rank its LOCAL_RANK's GPU
+    device = options.get("device", "cpu")  # "cuda": NCCL, each rank its LOCAL_RANK's GPU
     started = init_distributed(device)
     rank = dist.get_rank() if dist.is_initialized() else 0
     dropout = options.pop("dropout", 0.2)
@@ -78,25 +79,29 @@ def main() -> None:
         seen["saved"] += 1
         return real_save(*args, **kwargs)
 
-    loop.StageLoss.forward, loop.predict_logits, loop.save_checkpoint = \
-        loss_step, predict_logits, save_checkpoint
+    loop.StageLoss.forward, loop.predict_logits, loop.save_checkpoint = (
+        loss_step,
+        predict_logits,
+        save_checkpoint,
+    )
     setup = load_standins().make_setup(out / "work", **options)
     setup.student.drop.p = dropout
-    if device != "cpu":        # the stand-in's inputs stay on the CPU: no validation on a GPU
+    if device != "cpu":  # the stand-in's inputs stay on the CPU: no validation on a GPU
         setup.student.to(device)
         setup.projections.to(device)
         setup.eval_examples = []
     try:
         metrics = loop.train(setup)
-    except Preempted as exc:            # a signal: the checkpoint is written, exit 75
+    except Preempted as exc:  # a signal: the checkpoint is written, exit 75
         (out / f"rank{rank}.stopped").write_text(str(exc))
         shutdown(started)
         sys.exit(exc.exit_code)
     digest = hashlib.sha256()
     for key, value in sorted(setup.student.state_dict().items()):
         digest.update(key.encode() + value.detach().cpu().numpy().tobytes())
-    (out / f"rank{rank}.json").write_text(json.dumps({**seen, "weights": digest.hexdigest(),
-                                                      "metrics": metrics}))
+    (out / f"rank{rank}.json").write_text(
+        json.dumps({**seen, "weights": digest.hexdigest(), "metrics": metrics})
+    )
     shutdown(started)
 
 

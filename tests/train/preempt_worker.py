@@ -20,8 +20,9 @@ import torch
 
 
 def load_standins():
-    spec = importlib.util.spec_from_file_location("train_conftest",
-                                                  Path(__file__).with_name("conftest.py"))
+    spec = importlib.util.spec_from_file_location(
+        "train_conftest", Path(__file__).with_name("conftest.py")
+    )
     conftest = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(conftest)
     return conftest.load_standins()

@@ -58,14 +58,18 @@ class TinyStudent(nn.Module):
 
     def forward(self, inputs):
         ids, regions = inputs["ids"], inputs["regions"]
-        img = self.region(regions.feat).mean(dim=1)                    # [B, H]
-        tokens = self.drop(self.emb(ids)) + img[:, None, None, :]     # [B, C, L, H]
+        img = self.region(regions.feat).mean(dim=1)  # [B, H]
+        tokens = self.drop(self.emb(ids)) + img[:, None, None, :]  # [B, C, L, H]
         real = (ids > 0).unsqueeze(-1).float()
-        cls = (tokens * real).sum(2) / real.sum(2).clamp(min=1)       # [B, C, H]
+        cls = (tokens * real).sum(2) / real.sum(2).clamp(min=1)  # [B, C, H]
         image_token = img[:, None, :] + 0.5 * cls
-        return StudentOutput(logits=self.head(torch.tanh(cls + image_token)).squeeze(-1),
-                             image_token=image_token, cls_token=cls, text_tokens=tokens,
-                             token_spans=inputs["spans"])
+        return StudentOutput(
+            logits=self.head(torch.tanh(cls + image_token)).squeeze(-1),
+            image_token=image_token,
+            cls_token=cls,
+            text_tokens=tokens,
+            token_spans=inputs["spans"],
+        )
 
     def pretrain_losses(self, inputs, examples, generator):
         ids = inputs["ids"]
@@ -73,14 +77,21 @@ class TinyStudent(nn.Module):
         pick = (torch.rand(ids.shape, generator=generator) < 0.3) & (ids > 0)
         masked[pick] = 0
         out = self({**inputs, "ids": masked})
-        mlm = nn.functional.cross_entropy(self.mlm(out.text_tokens).flatten(0, 2),
-                                          ids.flatten(), reduction="mean")
+        mlm = nn.functional.cross_entropy(
+            self.mlm(out.text_tokens).flatten(0, 2), ids.flatten(), reduction="mean"
+        )
         itm = out.logits.pow(2).mean()
         return {"mlm": mlm, "itm": itm}
 
 
-SENTENCES = ["a red dog runs", "the cat sleeps here", "two birds fly high", "a man reads books",
-             "people walk on streets", "the car is blue"]
+SENTENCES = [
+    "a red dog runs",
+    "the cat sleeps here",
+    "two birds fly high",
+    "a man reads books",
+    "people walk on streets",
+    "the car is blue",
+]
 
 
 def make_examples(n, split="train"):
@@ -88,10 +99,20 @@ def make_examples(n, split="train"):
     out = []
     for i in range(n):
         choices = tuple(Text.from_string(SENTENCES[(i + k) % len(SENTENCES)]) for k in range(4))
-        out.append(Example(id=f"{split}{i}:qa", dataset="vcr", split=split, image_id=f"img{i % 5}",
-                           image_path=f"img{i % 5}.jpg", choices=choices,
-                           label=int(rng.integers(4)), category="activity", group=f"{split}{i}",
-                           context=Text.from_string("what is it?")))
+        out.append(
+            Example(
+                id=f"{split}{i}:qa",
+                dataset="vcr",
+                split=split,
+                image_id=f"img{i % 5}",
+                image_path=f"img{i % 5}.jpg",
+                choices=choices,
+                label=int(rng.integers(4)),
+                category="activity",
+                group=f"{split}{i}",
+                context=Text.from_string("what is it?"),
+            )
+        )
     return out
 
 
@@ -104,25 +125,50 @@ def make_targets(examples):
         offsets=np.cumsum([0] + counts).astype(np.int64),
         feat=rng.standard_normal((n_words, DT)).astype(np.float32),
         span=np.array([[w.start, w.end] for t in texts for w in t.words], dtype=np.int32),
-        vr=np.zeros(n_words, np.float32), yake=np.zeros(n_words, np.float32),
-        score=rng.random(n_words).astype(np.float32), truncated=np.zeros(n_words, bool))
-    return Targets(example_ids=[e.id for e in examples], num_choices=4,
-                   image=rng.standard_normal((len(examples), DV)).astype(np.float32),
-                   text_eos=rng.standard_normal((len(examples), 4, DT)).astype(np.float32),
-                   words=words, logits={"ia": rng.standard_normal((len(examples), 4))
-                                        .astype(np.float32)}, default_logits="ia")
+        vr=np.zeros(n_words, np.float32),
+        yake=np.zeros(n_words, np.float32),
+        score=rng.random(n_words).astype(np.float32),
+        truncated=np.zeros(n_words, bool),
+    )
+    return Targets(
+        example_ids=[e.id for e in examples],
+        num_choices=4,
+        image=rng.standard_normal((len(examples), DV)).astype(np.float32),
+        text_eos=rng.standard_normal((len(examples), 4, DT)).astype(np.float32),
+        words=words,
+        logits={"ia": rng.standard_normal((len(examples), 4)).astype(np.float32)},
+        default_logits="ia",
+    )
 
 
 def regions(examples):
-    feats = torch.stack([torch.sin(torch.arange(3 * DR, dtype=torch.float32).reshape(3, DR)
-                                   * (1 + int(ex.image_id[3:]))) for ex in examples])
-    return RegionInputs(feats, torch.zeros(len(examples), 3, 4), torch.ones(len(examples), 3, dtype=bool))
+    feats = torch.stack(
+        [
+            torch.sin(
+                torch.arange(3 * DR, dtype=torch.float32).reshape(3, DR)
+                * (1 + int(ex.image_id[3:]))
+            )
+            for ex in examples
+        ]
+    )
+    return RegionInputs(
+        feats, torch.zeros(len(examples), 3, 4), torch.ones(len(examples), 3, dtype=bool)
+    )
 
 
 def make_setup(tmp_path, method="mad", chunk=None, **overrides):
     torch.manual_seed(0)
-    values = dict(dataset="vcr", root=str(tmp_path), out=str(tmp_path / "run"), method=method,
-                  cache="hand-built", batch_size=4, lr=1e-2, epochs=3, eval_split="val")
+    values = dict(
+        dataset="vcr",
+        root=str(tmp_path),
+        out=str(tmp_path / "run"),
+        method=method,
+        cache="hand-built",
+        batch_size=4,
+        lr=1e-2,
+        epochs=3,
+        eval_split="val",
+    )
     config = TrainConfig(**{**values, **overrides})
     m = get_method(method)
     student = TinyStudent()
@@ -134,22 +180,35 @@ def make_setup(tmp_path, method="mad", chunk=None, **overrides):
         if not m.distils:
             return None
         rows = [index[e.id] for e in examples]
-        sub = Targets(example_ids=[e.id for e in examples], num_choices=4, image=table.image[rows],
-                      text_eos=table.text_eos[rows], words=_word_rows(table.words, rows),
-                      logits={"ia": table.logits["ia"][rows]}, default_logits="ia")
+        sub = Targets(
+            example_ids=[e.id for e in examples],
+            num_choices=4,
+            image=table.image[rows],
+            text_eos=table.text_eos[rows],
+            words=_word_rows(table.words, rows),
+            logits={"ia": table.logits["ia"][rows]},
+            default_logits="ia",
+        )
         return targets_to_tensors(sub, m, m=config.m, logits=None, seed=config.seed)
 
     size = chunk or len(train_examples)
     chunks = [list(range(i, min(i + size, 10))) for i in range(0, 10, size)]
     source = DataSource(train_examples, chunks, load)
-    return Setup(config=config, method=m, student=student,
-                 projections=Projections(H, projections(m)),
-                 task_source=source,
-                 af_source=DataSource(train_examples, chunks, load) if m.stage("af") else None,
-                 regions=regions, eval_examples=make_examples(6, "val"),
-                 provenance={"cache_fingerprint": "abc"},
-                 save_student=lambda s, p: (p.mkdir(parents=True, exist_ok=True),
-                                            save_file(s.state_dict(), str(p / "model.safetensors"))))
+    return Setup(
+        config=config,
+        method=m,
+        student=student,
+        projections=Projections(H, projections(m)),
+        task_source=source,
+        af_source=DataSource(train_examples, chunks, load) if m.stage("af") else None,
+        regions=regions,
+        eval_examples=make_examples(6, "val"),
+        provenance={"cache_fingerprint": "abc"},
+        save_student=lambda s, p: (
+            p.mkdir(parents=True, exist_ok=True),
+            save_file(s.state_dict(), str(p / "model.safetensors")),
+        ),
+    )
 
 
 def projections(method):
@@ -160,12 +219,20 @@ def projections(method):
 
 def _word_rows(words, rows):
     pieces = [slice(words.offsets[r * 4], words.offsets[r * 4 + 4]) for r in rows]
-    counts = np.concatenate([np.diff(words.offsets[r * 4:r * 4 + 5]) for r in rows])
+    counts = np.concatenate([np.diff(words.offsets[r * 4 : r * 4 + 5]) for r in rows])
+
     def cat(a):
         return np.concatenate([a[p] for p in pieces])
-    return WordTargets(offsets=np.cumsum([0, *counts]).astype(np.int64), feat=cat(words.feat),
-                       span=cat(words.span), vr=cat(words.vr), yake=cat(words.yake),
-                       score=cat(words.score), truncated=cat(words.truncated))
+
+    return WordTargets(
+        offsets=np.cumsum([0, *counts]).astype(np.int64),
+        feat=cat(words.feat),
+        span=cat(words.span),
+        vr=cat(words.vr),
+        yake=cat(words.yake),
+        score=cat(words.score),
+        truncated=cat(words.truncated),
+    )
 
 
 def run_cli(monkeypatch, args):

@@ -15,7 +15,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-
 WORKER = Path(__file__).with_name("ddp_worker.py")
 REPO = Path(__file__).resolve().parents[2]
 
@@ -25,9 +24,23 @@ def torchrun(out: Path, options: dict, *, expect_ok: bool = True) -> subprocess.
     path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
     # same string hashes in every process: the stand-in targets are seeded from hash()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, "PYTHONHASHSEED": "0"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc-per-node", "2", str(WORKER), str(out), json.dumps(options)],
-                          capture_output=True, text=True, timeout=300, env=env)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            str(WORKER),
+            str(out),
+            json.dumps(options),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     if expect_ok:
         assert done.returncode == 0, done.stderr[-4000:]
     return done
@@ -44,15 +57,19 @@ def weights(out: Path) -> dict[str, torch.Tensor]:
 def in_a_fresh_process(*calls: tuple[Path, dict]) -> subprocess.CompletedProcess:
     """`ddp_worker.train_standin(out, options, dropout=0)` for each call, in one plain process
     that hashes strings like the torchrun workers (the stand-in targets are seeded from hash())."""
-    body = "; ".join(f"m.train_standin(Path({str(out)!r}), {options!r}, dropout=0.0)"
-                     for out, options in calls)
-    script = (f"import sys; sys.path[:0] = [{str(REPO)!r}]; import importlib.util; "
-              f"from pathlib import Path; "
-              f"spec = importlib.util.spec_from_file_location('w', {str(WORKER)!r}); "
-              f"m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); {body}")
+    body = "; ".join(
+        f"m.train_standin(Path({str(out)!r}), {options!r}, dropout=0.0)" for out, options in calls
+    )
+    script = (
+        f"import sys; sys.path[:0] = [{str(REPO)!r}]; import importlib.util; "
+        f"from pathlib import Path; "
+        f"spec = importlib.util.spec_from_file_location('w', {str(WORKER)!r}); "
+        f"m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); {body}"
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=300, env=env)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     return done
 
@@ -68,8 +85,7 @@ def assert_close_weights(a: dict, b: dict) -> None:
 
 
 # dropout off, 10 examples in chunks of 4, a global batch of 4 (2 per rank), 3 epochs
-COMMON = dict(method="md-ts", chunk=4, batch_size=4, epochs=3, eval_every=3,
-              checkpoint_every=4)
+COMMON = dict(method="md-ts", chunk=4, batch_size=4, epochs=3, eval_every=3, checkpoint_every=4)
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +134,9 @@ def test_kill_and_resume_under_torchrun_ends_where_an_uninterrupted_run_ends(tmp
     """With dropout on and an AF stage: rank 1 dies in task step 4 (after the checkpoint of
     global step 6), torchrun stops the job; the resumed job ends bit for bit where the
     uninterrupted one ends. Both ranks hold the same weights: AF's gradients were synchronised."""
-    options = dict(method="md", af_epochs=1, chunk=4, batch_size=4, epochs=2,
-                   checkpoint_every=2, eval_every=2)
+    options = dict(
+        method="md", af_epochs=1, chunk=4, batch_size=4, epochs=2, checkpoint_every=2, eval_every=2
+    )
     torchrun(tmp_path / "full", options)
     full = ranks(tmp_path / "full")
     assert full[0]["weights"] == full[1]["weights"]
@@ -164,14 +181,28 @@ def test_a_signal_to_one_rank_stops_both_at_the_same_step_and_resumes(tmp_path):
     out.mkdir()
     path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, "PYTHONHASHSEED": "0"}
-    job = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                            "--nproc-per-node", "2", str(WORKER), str(out),
-                            json.dumps({**options, "sleep": 0.2})],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    job = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            str(WORKER),
+            str(out),
+            json.dumps({**options, "sleep": 0.2}),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     deadline = time.monotonic() + 120
     calls = out / "calls1"
-    while time.monotonic() < deadline and not (calls.is_file() and calls.read_text()
-                                               and int(calls.read_text()) >= 4):
+    while time.monotonic() < deadline and not (
+        calls.is_file() and calls.read_text() and int(calls.read_text()) >= 4
+    ):
         time.sleep(0.05)
     os.kill(int((out / "pid1").read_text()), signal.SIGUSR1)
     _, err = job.communicate(timeout=300)

@@ -33,9 +33,10 @@ RUNS = {
 
 
 def _standins():
-    if "train_standins" not in sys.modules:       # run as a script (--write), not by pytest
-        spec = importlib.util.spec_from_file_location("train_conftest",
-                                                      Path(__file__).with_name("conftest.py"))
+    if "train_standins" not in sys.modules:  # run as a script (--write), not by pytest
+        spec = importlib.util.spec_from_file_location(
+            "train_conftest", Path(__file__).with_name("conftest.py")
+        )
         spec.loader.exec_module(importlib.util.module_from_spec(spec))
     return sys.modules["train_standins"]
 
@@ -45,15 +46,20 @@ def curves(tmp: Path) -> dict[str, dict]:
     from madcache.train.loop import train
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)              # the reductions' split, as `madcache train` pins it
+    torch.set_num_threads(1)  # the reductions' split, as `madcache train` pins it
     try:
         out = {}
         for name, options in RUNS.items():
-            metrics = train(_standins().make_setup(tmp / name, max_steps=STEPS, eval_every=1,
-                                                   **options))
-            out[name] = {"history": [{k: h[k] for k in ("stage", "step", "loss", "parts")}
-                                     for h in metrics["history"]],
-                         "eval": metrics["eval"]}
+            metrics = train(
+                _standins().make_setup(tmp / name, max_steps=STEPS, eval_every=1, **options)
+            )
+            out[name] = {
+                "history": [
+                    {k: h[k] for k in ("stage", "step", "loss", "parts")}
+                    for h in metrics["history"]
+                ],
+                "eval": metrics["eval"],
+            }
         return out
     finally:
         torch.set_num_threads(threads)
@@ -68,15 +74,18 @@ def computed(tmp_path_factory):
 def test_the_loss_curve_is_the_golden_one(computed, name):
     golden = json.loads(GOLDEN.read_text())[name]
     got = computed[name]
-    assert [(h["stage"], h["step"]) for h in got["history"]] == \
-        [(h["stage"], h["step"]) for h in golden["history"]]
+    assert [(h["stage"], h["step"]) for h in got["history"]] == [
+        (h["stage"], h["step"]) for h in golden["history"]
+    ]
     for step, (a, b) in enumerate(zip(got["history"], golden["history"])):
         assert set(a["parts"]) == set(b["parts"]), step
         where = f"{name} {a['stage']} step {a['step']}"
         assert a["loss"] == pytest.approx(b["loss"], rel=TOLERANCE, abs=TOLERANCE), where
         for part, value in b["parts"].items():
-            assert a["parts"][part] == pytest.approx(value, rel=TOLERANCE, abs=TOLERANCE), \
-                (where, part)
+            assert a["parts"][part] == pytest.approx(value, rel=TOLERANCE, abs=TOLERANCE), (
+                where,
+                part,
+            )
     assert got["eval"].keys() == golden["eval"].keys()
     for split, scores in golden["eval"].items():
         assert got["eval"][split] == pytest.approx(scores, rel=TOLERANCE, abs=TOLERANCE), split

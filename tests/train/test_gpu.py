@@ -46,8 +46,9 @@ NOISE_ONLY = {"student.head.bias"}
 
 CUDA = torch.cuda.is_available()
 cuda_only = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
-two_gpus_only = pytest.mark.skipif(not CUDA or torch.cuda.device_count() < 2,
-                                   reason="needs 2 CUDA devices")
+two_gpus_only = pytest.mark.skipif(
+    not CUDA or torch.cuda.device_count() < 2, reason="needs 2 CUDA devices"
+)
 
 
 def on_device(setup, device):
@@ -62,6 +63,7 @@ def on_device(setup, device):
 
 # ----------------------------------------------------------------------------- helpers
 
+
 def spy_on_training(standins, tmp_path, monkeypatch, device):
     """MAD with an AF stage on `device`; what every `StageLoss` call saw: where its inputs and
     targets were, and the autocast state. Returns (metrics, seen, setup, weights before)."""
@@ -70,13 +72,20 @@ def spy_on_training(standins, tmp_path, monkeypatch, device):
 
     def spy(module, *, stage, micro, generator):
         kind = torch.device(device).type
-        seen.append((micro.inputs["ids"].device.type, micro.targets.image.device.type,
-                     torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind)))
+        seen.append(
+            (
+                micro.inputs["ids"].device.type,
+                micro.targets.image.device.type,
+                torch.is_autocast_enabled(kind),
+                torch.get_autocast_dtype(kind),
+            )
+        )
         return real(module, stage=stage, micro=micro, generator=generator)
 
     monkeypatch.setattr(train_mod.StageLoss, "forward", spy)
-    setup = on_device(standins.make_setup(tmp_path, method="mad", device=device, chunk=4,
-                                          epochs=2), device)
+    setup = on_device(
+        standins.make_setup(tmp_path, method="mad", device=device, chunk=4, epochs=2), device
+    )
     before = setup.student.emb.weight.detach().clone()
     return train(setup), seen, setup, before
 
@@ -86,9 +95,18 @@ def bf16_and_fp32_losses(standins, tmp_path, device):
     and batch."""
     losses = {}
     for precision in ("fp32", "bf16"):
-        setup = on_device(standins.make_setup(tmp_path / precision, method="mad", device=device,
-                                              precision=precision, af_max_steps=1, max_steps=1,
-                                              eval_split=None), device)
+        setup = on_device(
+            standins.make_setup(
+                tmp_path / precision,
+                method="mad",
+                device=device,
+                precision=precision,
+                af_max_steps=1,
+                max_steps=1,
+                eval_split=None,
+            ),
+            device,
+        )
         metrics = train(setup)
         assert metrics["training"]["precision"] == precision
         losses[precision] = metrics["history"][0]["loss"]
@@ -112,29 +130,45 @@ def resumed_and_uninterrupted(standins, tmp_path, monkeypatch, device):
     with pytest.raises(KeyboardInterrupt):
         train(on_device(standins.make_setup(tmp_path / "cut", **options), device))
     monkeypatch.setattr(train_mod.StageLoss, "forward", real)
-    resumed = train(on_device(standins.make_setup(tmp_path / "cut", resume=True, **options),
-                              device))
-    weights = [load_file(str(tmp_path / name / "run" / "checkpoint.safetensors"))
-               for name in ("full", "cut")]
+    resumed = train(
+        on_device(standins.make_setup(tmp_path / "cut", resume=True, **options), device)
+    )
+    weights = [
+        load_file(str(tmp_path / name / "run" / "checkpoint.safetensors"))
+        for name in ("full", "cut")
+    ]
     return (full, weights[0]), (resumed, weights[1])
 
 
-def extract_features(root: Path, out: Path, clip: tuple[Path, Path], device: str,
-                     limit: int = 8) -> dict[str, np.ndarray]:
+def extract_features(
+    root: Path, out: Path, clip: tuple[Path, Path], device: str, limit: int = 8
+) -> dict[str, np.ndarray]:
     """The first `limit` VCR train examples of the demo world extracted with the tiny CLIP on
     `device`; the cached image, text and word features (float32)."""
     from madcache.cache.reader import open_cache
     from madcache.extraction import ExtractConfig, extract
 
     config, checkpoint = clip
-    extract(ExtractConfig(dataset="vcr", root=root, split="train", device=device, limit=limit,
-                          teacher=f"openclip-config:{config}", checkpoint=checkpoint, out=out,
-                          progress=False))
+    extract(
+        ExtractConfig(
+            dataset="vcr",
+            root=root,
+            split="train",
+            device=device,
+            limit=limit,
+            teacher=f"openclip-config:{config}",
+            checkpoint=checkpoint,
+            out=out,
+            progress=False,
+        )
+    )
     cache = open_cache(out)
     targets = cache.load_targets(cache.example_ids())
-    return {"image": targets.image.astype(np.float32),
-            "text": targets.text_eos.reshape(-1, targets.text_eos.shape[-1]).astype(np.float32),
-            "words": targets.words.feat.astype(np.float32)}
+    return {
+        "image": targets.image.astype(np.float32),
+        "text": targets.text_eos.reshape(-1, targets.text_eos.shape[-1]).astype(np.float32),
+        "words": targets.words.feat.astype(np.float32),
+    }
 
 
 def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -150,13 +184,15 @@ def tiny_clip(tmp_path: Path) -> tuple[Path, Path]:
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
-        "extraction_conftest_gpu", str(Path(__file__).parents[1] / "extraction" / "conftest.py"))
+        "extraction_conftest_gpu", str(Path(__file__).parents[1] / "extraction" / "conftest.py")
+    )
     helpers = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(helpers)
     return helpers.save_tiny_clip(tmp_path / "clip")
 
 
 # ----------------------------------------------------------------------------- GPU tests
+
 
 @pytest.mark.gpu
 @cuda_only
@@ -172,8 +208,10 @@ def test_bf16_training_on_cuda(standins, tmp_path, monkeypatch):
 @pytest.mark.gpu
 @cuda_only
 def test_fp32_on_cuda_when_asked(standins, tmp_path):
-    setup = on_device(standins.make_setup(tmp_path, method="md", device="cuda",
-                                          precision="fp32", epochs=1), "cuda")
+    setup = on_device(
+        standins.make_setup(tmp_path, method="md", device="cuda", precision="fp32", epochs=1),
+        "cuda",
+    )
     assert train(setup)["training"]["precision"] == "fp32"
 
 
@@ -220,30 +258,52 @@ def test_extraction_on_cuda_matches_cpu(demo_root, tmp_path):
 def test_ddp_on_nccl_two_gpus_equals_one_process(tmp_path):
     worker = Path(__file__).with_name("ddp_worker.py")
     repo = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0",
-           "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
-    options = dict(method="md-ts", device="cuda", precision="fp32", eval_split=None,
-                   dropout=0.0, epochs=2)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONHASHSEED": "0",
+        "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]),
+    }
+    options = dict(
+        method="md-ts", device="cuda", precision="fp32", eval_split=None, dropout=0.0, epochs=2
+    )
     for name, nproc in (("one", 1), ("two", 2)):
         out = tmp_path / name
         out.mkdir()
-        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                               "--nproc-per-node", str(nproc), str(worker), str(out),
-                               json.dumps(options)], capture_output=True, text=True,
-                              timeout=300, env=env)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc-per-node",
+                str(nproc),
+                str(worker),
+                str(out),
+                json.dumps(options),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
         assert done.returncode == 0, done.stderr[-4000:]
-    one, two = (json.loads((tmp_path / n / "rank0.json").read_text())["metrics"]
-                for n in ("one", "two"))
+    one, two = (
+        json.loads((tmp_path / n / "rank0.json").read_text())["metrics"] for n in ("one", "two")
+    )
     assert (one["training"]["world_size"], two["training"]["world_size"]) == (1, 2)
     for x, y in zip(one["history"], two["history"], strict=True):
         assert x["loss"] == pytest.approx(y["loss"], rel=DDP_RTOL)
-    a, b = (load_file(str(tmp_path / n / "work" / "run" / "checkpoint.safetensors"))
-            for n in ("one", "two"))
+    a, b = (
+        load_file(str(tmp_path / n / "work" / "run" / "checkpoint.safetensors"))
+        for n in ("one", "two")
+    )
     for key in {k for k in a if k.startswith("student.")} - NOISE_ONLY:
         assert torch.allclose(a[key], b[key], atol=DDP_ATOL), key
 
 
 # ----------------------------------------------------------------------------- the CPU guard
+
 
 def test_the_gpu_helpers_run_on_the_cpu(standins, tmp_path, monkeypatch, demo_root):
     """Every helper of the GPU tests above, with device "cpu" (see the module docstring): the
@@ -252,23 +312,28 @@ def test_the_gpu_helpers_run_on_the_cpu(standins, tmp_path, monkeypatch, demo_ro
     import inspect
 
     params = inspect.signature(train_mod.StageLoss.forward).parameters
-    assert [(n, p.kind.name) for n, p in params.items()] == \
-        [("self", "POSITIONAL_OR_KEYWORD"), ("stage", "KEYWORD_ONLY"),
-         ("micro", "KEYWORD_ONLY"), ("generator", "KEYWORD_ONLY")]
+    assert [(n, p.kind.name) for n, p in params.items()] == [
+        ("self", "POSITIONAL_OR_KEYWORD"),
+        ("stage", "KEYWORD_ONLY"),
+        ("micro", "KEYWORD_ONLY"),
+        ("generator", "KEYWORD_ONLY"),
+    ]
 
     metrics, seen, _, _ = spy_on_training(standins, tmp_path / "spy", monkeypatch, "cpu")
     assert metrics["training"]["precision"] == "fp32"
     assert seen and all(s[:3] == ("cpu", "cpu", False) for s in seen)
     monkeypatch.undo()
 
-    fp32, bf16 = bf16_and_fp32_losses(standins, tmp_path / "bf16", "cpu")   # CPU autocast
+    fp32, bf16 = bf16_and_fp32_losses(standins, tmp_path / "bf16", "cpu")  # CPU autocast
     assert bf16 == pytest.approx(fp32, rel=BF16_LOSS_RTOL) and bf16 != fp32
 
-    (full, a), (resumed, b) = resumed_and_uninterrupted(standins, tmp_path / "resume",
-                                                        monkeypatch, "cpu")
+    (full, a), (resumed, b) = resumed_and_uninterrupted(
+        standins, tmp_path / "resume", monkeypatch, "cpu"
+    )
     assert resumed["history"] == full["history"] and all(torch.equal(a[k], b[k]) for k in a)
 
-    features = extract_features(demo_root / "vcr", tmp_path / "cache", tiny_clip(tmp_path),
-                                "cpu", limit=2)
+    features = extract_features(
+        demo_root / "vcr", tmp_path / "cache", tiny_clip(tmp_path), "cpu", limit=2
+    )
     for name, values in features.items():
         assert min_cosine(values, values) >= EXTRACT_MIN_COSINE, name

@@ -17,14 +17,17 @@ def _relabel_vcr(root):
         record["answer_label"] = (record["answer_label"] + 1) % 4
         record["rationale_label"] = (record["rationale_label"] + 1) % 4
         record["answer_orig"] = record["rationale_orig"] = "relabelled"
-        for key in ("answer_sources", "answer_match_iter", "rationale_sources",
-                    "rationale_match_iter"):
+        for key in (
+            "answer_sources",
+            "answer_match_iter",
+            "rationale_sources",
+            "rationale_match_iter",
+        ):
             record[key] = record[key][::-1]
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
-SNLI_VE_NEXT = {"entailment": "neutral", "neutral": "contradiction",
-                "contradiction": "entailment"}
+SNLI_VE_NEXT = {"entailment": "neutral", "neutral": "contradiction", "contradiction": "entailment"}
 
 
 def _relabel_snli_ve(root):
@@ -54,18 +57,23 @@ RELABEL = {"vcr": _relabel_vcr, "snli-ve": _relabel_snli_ve, "vqa": _relabel_vqa
 @pytest.mark.parametrize("dataset", sorted(RELABEL))
 def test_label_free_views_do_not_depend_on_the_labels(dataset, demo_root, tmp_path):
     folder = dataset
-    shutil.copytree(demo_root / folder, tmp_path / folder, symlinks=True,
-                    ignore=shutil.ignore_patterns("*.jpg", "*.png"))
+    shutil.copytree(
+        demo_root / folder,
+        tmp_path / folder,
+        symlinks=True,
+        ignore=shutil.ignore_patterns("*.jpg", "*.png"),
+    )
     RELABEL[dataset](tmp_path / folder)
     original = read_examples(dataset, demo_root / folder, "train").examples
     relabelled = read_examples(dataset, tmp_path / folder, "train").examples
-    assert len(original) == len(relabelled) and any(   # the relabelling changed labels
-        a.label != b.label or a.answers != b.answers for a, b in zip(original, relabelled))
+    assert len(original) == len(relabelled) and any(  # the relabelling changed labels
+        a.label != b.label or a.answers != b.answers for a, b in zip(original, relabelled)
+    )
 
     views, original_ids = label_free_examples(dataset, original)
     relabelled_views, relabelled_ids = label_free_examples(dataset, relabelled)
-    assert views == relabelled_views and [v.raw for v in views] == \
-        [v.raw for v in relabelled_views]
+    assert views == relabelled_views and [v.raw for v in views] == [v.raw for v in relabelled_views]
     assert all(v.label is None and v.answer_scores is None and not v.answers for v in views)
-    assert sorted(original_ids.values()) == sorted(ex.id for ex in original
-                                                   if not ex.id.endswith(":qar"))
+    assert sorted(original_ids.values()) == sorted(
+        ex.id for ex in original if not ex.id.endswith(":qar")
+    )

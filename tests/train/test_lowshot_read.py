@@ -10,17 +10,31 @@ from madcache.data import iter_examples, read_examples
 from madcache.train.config import TrainConfig
 from madcache.train.setup import training_subset
 
-QUESTIONS = ["Why is [0] here ?", "What is [0] doing ?", "What will [0] do next ?",
-             "Where is [0] ?", "How does [0] feel ?", "What is [0] 's job ?"]
+QUESTIONS = [
+    "Why is [0] here ?",
+    "What is [0] doing ?",
+    "What will [0] do next ?",
+    "Where is [0] ?",
+    "How does [0] feel ?",
+    "What is [0] 's job ?",
+]
 
 
 def _record(i: int) -> dict:
     question = [[0] if w == "[0]" else w for w in QUESTIONS[i % len(QUESTIONS)].split()]
     choices = [["a", str(c), "."] for c in range(4)]
-    return {"annot_id": f"train-{i}", "img_id": f"img-{i // 3}", "objects": ["person"],
-            "img_fn": f"m/{i // 3}.jpg", "metadata_fn": f"m/{i // 3}.json", "question": question,
-            "answer_choices": choices, "rationale_choices": choices,
-            "answer_label": i % 4, "rationale_label": (i + 1) % 4}
+    return {
+        "annot_id": f"train-{i}",
+        "img_id": f"img-{i // 3}",
+        "objects": ["person"],
+        "img_fn": f"m/{i // 3}.jpg",
+        "metadata_fn": f"m/{i // 3}.json",
+        "question": question,
+        "answer_choices": choices,
+        "rationale_choices": choices,
+        "answer_label": i % 4,
+        "rationale_label": (i + 1) % 4,
+    }
 
 
 def _root(tmp_path, records):
@@ -29,8 +43,16 @@ def _root(tmp_path, records):
 
 
 def _config(root, **overrides):
-    return TrainConfig(**{"dataset": "vcr", "root": str(root), "out": str(root / "run"),
-                          "method": "md", "seed": 5, **overrides})
+    return TrainConfig(
+        **{
+            "dataset": "vcr",
+            "root": str(root),
+            "out": str(root / "run"),
+            "method": "md",
+            "seed": 5,
+            **overrides,
+        }
+    )
 
 
 def _stream(root):
@@ -70,7 +92,7 @@ def test_two_pass_read_keeps_every_refusal(tmp_path):
     bad = _root(tmp_path, [_record(i) for i in range(6)] + [{**_record(6), "objects": []}])
     split.ids.pop()
     split.example_counts["role"] -= 1
-    split.save(path)                  # a split file's run still checks every record
+    split.save(path)  # a split file's run still checks every record
     with pytest.raises(DataError, match="object index 0 is out of range") as err:
         training_subset(_config(bad, split_file=str(path)), _stream(bad))
     assert err.value.line == 7

@@ -9,13 +9,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 from torch.nn import functional as F
+from train_standins import DV, H, make_setup, regions  # registered by conftest.py
 
 from madcache.method.losses import TERMS, Term
 from madcache.method.methods import METHODS, Method, task
 from madcache.train.loop import StageLoss, train
 from madcache.train.setup import make_projections
 from madcache.train.stream import MicroBatch
-from train_standins import DV, H, make_setup, regions  # registered by conftest.py
 
 
 def cls_to_image_cosine(out, targets, projections) -> torch.Tensor:
@@ -30,8 +30,10 @@ def registered(monkeypatch):
     """The term `dci` and the method `md-text-dci` (task + w (L_dt + dci)), for this test only."""
     monkeypatch.setattr(TERMS, "_entries", dict(TERMS._entries))
     monkeypatch.setattr(METHODS, "_entries", dict(METHODS._entries))
-    TERMS.register("dci", Term(needs="image", compute=cls_to_image_cosine,
-                               projection="cls_to_image", dim="image"))
+    TERMS.register(
+        "dci",
+        Term(needs="image", compute=cls_to_image_cosine, projection="cls_to_image", dim="image"),
+    )
     METHODS.register("md-text-dci", Method("md-text-dci", (task("dt", "dci"),)))
     return METHODS.get("md-text-dci")
 
@@ -49,20 +51,25 @@ def test_a_method_with_the_new_term_trains(registered, tmp_path):
     setup = make_setup(tmp_path, method="md-text-dci", max_steps=4)
     targets = setup.task_source.chunk(0).targets
     assert targets.image.shape == (10, DV) and targets.text_eos is not None
-    assert targets.word_feat is None and targets.logits is None        # not needed: not loaded
+    assert targets.word_feat is None and targets.logits is None  # not needed: not loaded
     assert setup.projections.cls_to_image.weight.shape == (DV, H)
 
     # its loss is the task loss + w (L_dt + dci), as any term's
     examples = setup.task_source.examples[:4]
-    micro = MicroBatch(examples, targets.rows(torch.arange(4)),
-                       setup.student.prepare(examples, regions(examples)), 1.0)
+    micro = MicroBatch(
+        examples,
+        targets.rows(torch.arange(4)),
+        setup.student.prepare(examples, regions(examples)),
+        1.0,
+    )
     setup.student.eval()
     loss, parts = StageLoss(setup)(stage="task", micro=micro, generator=torch.Generator())
     assert set(parts) == {"task", "dt", "dci", "loss"}
-    assert loss.item() == pytest.approx(parts["task"] + setup.config.w
-                                        * (parts["dt"] + parts["dci"]), rel=1e-5)
+    assert loss.item() == pytest.approx(
+        parts["task"] + setup.config.w * (parts["dt"] + parts["dci"]), rel=1e-5
+    )
 
     before = setup.projections.cls_to_image.weight.detach().clone()
     metrics = train(setup)
     assert metrics["status"] == "complete" and "dci" in metrics["history"][-1]["parts"]
-    assert not torch.equal(before, setup.projections.cls_to_image.weight)   # it trained
+    assert not torch.equal(before, setup.projections.cls_to_image.weight)  # it trained

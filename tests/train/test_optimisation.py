@@ -29,8 +29,13 @@ def applied_gradients(monkeypatch) -> list[list[torch.Tensor | None]]:
     real_step = torch.optim.AdamW.step
 
     def spy(self, *args, **kwargs):
-        steps.append([None if p.grad is None else p.grad.clone()
-                      for group in self.param_groups for p in group["params"]])
+        steps.append(
+            [
+                None if p.grad is None else p.grad.clone()
+                for group in self.param_groups
+                for p in group["params"]
+            ]
+        )
         return real_step(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.optim.AdamW, "step", spy)
@@ -79,8 +84,7 @@ def test_precision_defaults_bf16_on_cuda_fp32_on_cpu():
 
 
 @pytest.mark.parametrize("precision,autocast", [(None, False), ("bf16", True)])
-def test_bf16_runs_the_forward_under_autocast(standins, tmp_path, monkeypatch, precision,
-                                              autocast):
+def test_bf16_runs_the_forward_under_autocast(standins, tmp_path, monkeypatch, precision, autocast):
     seen = []
     real = train_mod.StageLoss.forward
 
@@ -102,8 +106,9 @@ def test_gradient_clipping_bounds_the_applied_gradient(standins, tmp_path, monke
     real_step = torch.optim.AdamW.step
 
     def spy(self, *args, **kwargs):
-        grads = [p.grad for group in self.param_groups for p in group["params"]
-                 if p.grad is not None]
+        grads = [
+            p.grad for group in self.param_groups for p in group["params"] if p.grad is not None
+        ]
         norms.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
         return real_step(self, *args, **kwargs)
 
@@ -120,26 +125,53 @@ def test_resume_refuses_settings_that_change_the_result(standins, tmp_path):
     with pytest.raises(ConfigError, match=r"other settings: lr: run 0.01, now 0.5\. "):
         train(standins.make_setup(tmp_path, method="md", checkpoint_every=2, resume=True, lr=0.5))
     with pytest.raises(ConfigError, match="precision: run None, now 'bf16'"):
-        train(standins.make_setup(tmp_path, method="md", checkpoint_every=2, resume=True,
-                           precision="bf16"))
+        train(
+            standins.make_setup(
+                tmp_path, method="md", checkpoint_every=2, resume=True, precision="bf16"
+            )
+        )
     # how the global batch is split is not part of the result
-    again = train(standins.make_setup(tmp_path, method="md", checkpoint_every=2, resume=True,
-                               grad_accum=2))
-    assert again["status"] == "complete"     # accepted; a finished run is left as it was
+    again = train(
+        standins.make_setup(tmp_path, method="md", checkpoint_every=2, resume=True, grad_accum=2)
+    )
+    assert again["status"] == "complete"  # accepted; a finished run is left as it was
     assert json.loads((tmp_path / "run" / "config.json").read_text())["grad_accum"] == 1
 
 
 def test_train_command_takes_the_scaling_flags(standins, monkeypatch, tmp_path):
-    result, config = standins.run_cli(monkeypatch, [
-        "--dataset", "vcr", "--root", "r", "--out", str(tmp_path / "o"), "--precision", "bf16",
-        "--grad-accum", "4", "--grad-clip", "1.5", "--prefetch", "2",
-        "--report-to", "tensorboard"])
+    result, config = standins.run_cli(
+        monkeypatch,
+        [
+            "--dataset",
+            "vcr",
+            "--root",
+            "r",
+            "--out",
+            str(tmp_path / "o"),
+            "--precision",
+            "bf16",
+            "--grad-accum",
+            "4",
+            "--grad-clip",
+            "1.5",
+            "--prefetch",
+            "2",
+            "--report-to",
+            "tensorboard",
+        ],
+    )
     assert result.exit_code == 0, result.output
-    assert (config.precision, config.grad_accum, config.grad_clip, config.prefetch,
-            config.report_to) == ("bf16", 4, 1.5, 2, "tensorboard")
-    monkeypatch.setenv("RANK", "1")          # under torchrun only rank 0 reports
+    assert (
+        config.precision,
+        config.grad_accum,
+        config.grad_clip,
+        config.prefetch,
+        config.report_to,
+    ) == ("bf16", 4, 1.5, 2, "tensorboard")
+    monkeypatch.setenv("RANK", "1")  # under torchrun only rank 0 reports
     result, _ = standins.run_cli(monkeypatch, ["--dataset", "vcr", "--root", "r", "--out", "o"])
     assert result.exit_code == 0 and result.output == ""
-    bad, _ = standins.run_cli(monkeypatch, ["--dataset", "vcr", "--root", "r", "--out", "o",
-                                      "--grad-accum", "0"])
+    bad, _ = standins.run_cli(
+        monkeypatch, ["--dataset", "vcr", "--root", "r", "--out", "o", "--grad-accum", "0"]
+    )
     assert bad.exit_code == 2 and "'--grad-accum': 0 is not in the range x>=1" in bad.output

@@ -30,10 +30,20 @@ def start(out: Path, options: dict) -> subprocess.Popen:
     out.mkdir(parents=True, exist_ok=True)
     path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
     # same string hashes in every process: the stand-in targets are seeded from hash()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, "PYTHONHASHSEED": "0",
-           "MADCACHE_PROGRESS_EVERY": "5"}       # a plain progress line every 5 steps
-    return subprocess.Popen([sys.executable, str(WORKER), str(out), json.dumps(options)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": path,
+        "PYTHONHASHSEED": "0",
+        "MADCACHE_PROGRESS_EVERY": "5",
+    }  # a plain progress line every 5 steps
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), str(out), json.dumps(options)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def finish(process: subprocess.Popen) -> tuple[int, str]:
@@ -48,14 +58,18 @@ def calls(out: Path) -> list[str]:
 
 def run_files(out: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     run = out / "work" / "run"
-    return (json.loads((run / "metrics.json").read_text()),
-            load_file(str(run / "checkpoint.safetensors")))
+    return (
+        json.loads((run / "metrics.json").read_text()),
+        load_file(str(run / "checkpoint.safetensors")),
+    )
 
 
-@pytest.mark.parametrize("signum,after", [
-    (signal.SIGTERM, 7), pytest.param(signal.SIGUSR1, 2, marks=pytest.mark.slow)])
-def test_a_signalled_run_checkpoints_and_resumes_to_the_uninterrupted_result(tmp_path, signum,
-                                                                              after):
+@pytest.mark.parametrize(
+    "signum,after", [(signal.SIGTERM, 7), pytest.param(signal.SIGUSR1, 2, marks=pytest.mark.slow)]
+)
+def test_a_signalled_run_checkpoints_and_resumes_to_the_uninterrupted_result(
+    tmp_path, signum, after
+):
     """SIGTERM in the task stage, SIGUSR1 in the AF stage: exit 75 with a checkpoint at the
     step the signal fell in; the resumed process trains only the remaining steps; final
     weights (torch.equal), history, evaluations and CW counts equal an uninterrupted run's."""
@@ -82,7 +96,7 @@ def test_a_signalled_run_checkpoints_and_resumes_to_the_uninterrupted_result(tmp
     (cut / "calls").unlink()
     code, err = finish(start(cut, {**OPTIONS, "resume": True}))
     assert code == 0, err[-3000:]
-    assert len(calls(cut)) == total - done                 # continued; did not start over
+    assert len(calls(cut)) == total - done  # continued; did not start over
     (a, wa), (b, wb) = run_files(full), run_files(cut)
     assert b["history"] == a["history"] and b["eval"] == a["eval"]
     assert b["cw_fired"] == a["cw_fired"]
@@ -93,16 +107,23 @@ def test_timed_checkpoints_are_pure_saves(standins, tmp_path, monkeypatch):
     """checkpoint_minutes tiny (a checkpoint after every step) ends where 0 (off) ends."""
     saves = []
     real = train_mod.save_checkpoint
-    monkeypatch.setattr(train_mod, "save_checkpoint",
-                        lambda run, setup, state, opt: (saves.append(state.global_step),
-                                                        real(run, setup, state, opt)))
-    often = train_mod.train(standins.make_setup(tmp_path / "often", checkpoint_minutes=1e-9,
-                                                **OPTIONS))
+    monkeypatch.setattr(
+        train_mod,
+        "save_checkpoint",
+        lambda run, setup, state, opt: (
+            saves.append(state.global_step),
+            real(run, setup, state, opt),
+        ),
+    )
+    often = train_mod.train(
+        standins.make_setup(tmp_path / "often", checkpoint_minutes=1e-9, **OPTIONS)
+    )
     assert saves[:3] == [1, 2, 3] and len(saves) > 10
     saves.clear()
-    never = train_mod.train(standins.make_setup(tmp_path / "never", checkpoint_minutes=0,
-                                                **OPTIONS))
-    assert saves == [never["history"][-1]["global_step"]]           # the final one only
+    never = train_mod.train(
+        standins.make_setup(tmp_path / "never", checkpoint_minutes=0, **OPTIONS)
+    )
+    assert saves == [never["history"][-1]["global_step"]]  # the final one only
     assert often["history"] == never["history"] and often["eval"] == never["eval"]
     a = load_file(str(tmp_path / "often" / "run" / "checkpoint.safetensors"))
     b = load_file(str(tmp_path / "never" / "run" / "checkpoint.safetensors"))

@@ -17,17 +17,24 @@ SETTINGS = dict(method="md", epochs=6, eval_every=2, lr=5e-2, select="best")
 
 
 def test_best_step_is_the_earliest_maximum_of_the_task_validations():
-    history = [{"stage": "af", "step": 2, "eval": {"q2a": 90.0}},
-               {"stage": "task", "step": 2, "eval": {"q2a": 30.0, "qa2r": 1.0}},
-               {"stage": "task", "step": 3},
-               {"stage": "task", "step": 4, "eval": {"q2a": 50.0, "qa2r": 0.0}},
-               {"stage": "task", "step": 6, "eval": {"q2a": 50.0, "qa2r": 9.0}}]
-    assert best_step(history, None) == {"metric": "q2a", "step": 4, "score": 50.0,
-                                        "curve": [[2, 30.0], [4, 50.0], [6, 50.0]]}
+    history = [
+        {"stage": "af", "step": 2, "eval": {"q2a": 90.0}},
+        {"stage": "task", "step": 2, "eval": {"q2a": 30.0, "qa2r": 1.0}},
+        {"stage": "task", "step": 3},
+        {"stage": "task", "step": 4, "eval": {"q2a": 50.0, "qa2r": 0.0}},
+        {"stage": "task", "step": 6, "eval": {"q2a": 50.0, "qa2r": 9.0}},
+    ]
+    assert best_step(history, None) == {
+        "metric": "q2a",
+        "step": 4,
+        "score": 50.0,
+        "curve": [[2, 30.0], [4, 50.0], [6, 50.0]],
+    }
     assert best_step(history, "qa2r")["step"] == 6
     assert best_step(history[:1], None) is None
-    with pytest.raises(ConfigError, match="select_metric: the eval split reports q2a, qa2r, "
-                                          "not 'acc'"):
+    with pytest.raises(
+        ConfigError, match="select_metric: the eval split reports q2a, qa2r, not 'acc'"
+    ):
         best_step(history, "acc")
 
 
@@ -38,10 +45,15 @@ def test_select_best_needs_validations():
 
 
 def test_eval_every_changes_the_result_of_a_select_best_run_only():
-    assert differences({"eval_every": 2, "select": "last"}, {"eval_every": 3, "select": "last"},
-                       {}, {}) == []
-    assert differences({"eval_every": 2, "select": "best"}, {"eval_every": 3, "select": "best"},
-                       {}, {}) == ["eval_every: run 2, now 3"]
+    assert (
+        differences(
+            {"eval_every": 2, "select": "last"}, {"eval_every": 3, "select": "last"}, {}, {}
+        )
+        == []
+    )
+    assert differences(
+        {"eval_every": 2, "select": "best"}, {"eval_every": 3, "select": "best"}, {}, {}
+    ) == ["eval_every: run 2, now 3"]
 
 
 def test_the_run_ends_with_the_best_validated_weights(standins, tmp_path):
@@ -75,7 +87,7 @@ def test_a_resumed_select_best_run_ends_as_an_uninterrupted_one(standins, tmp_pa
 
     def interrupted(*args, **kwargs):
         calls[0] += 1
-        if calls[0] == 11:             # after the checkpoint of step 8, before that of 12
+        if calls[0] == 11:  # after the checkpoint of step 8, before that of 12
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
@@ -83,12 +95,15 @@ def test_a_resumed_select_best_run_ends_as_an_uninterrupted_one(standins, tmp_pa
     with pytest.raises(KeyboardInterrupt):
         loop.train(standins.make_setup(tmp_path / "cut", **SETTINGS, checkpoint_every=4))
     monkeypatch.setattr(loop.StageLoss, "forward", real)
-    resumed = loop.train(standins.make_setup(tmp_path / "cut", **SETTINGS, checkpoint_every=4,
-                                             resume=True))
+    resumed = loop.train(
+        standins.make_setup(tmp_path / "cut", **SETTINGS, checkpoint_every=4, resume=True)
+    )
     assert resumed["selection"] == full["selection"] and resumed["eval"] == full["eval"]
     assert resumed["history"] == full["history"]
-    a, b = (load_file(str(tmp_path / n / "run" / "student" / "model.safetensors"))
-            for n in ("full", "cut"))
+    a, b = (
+        load_file(str(tmp_path / n / "run" / "student" / "model.safetensors"))
+        for n in ("full", "cut")
+    )
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -49,17 +49,35 @@ def tokenising_student(standins):
     return TokenisingStudent()
 
 
-def stream(standins, source, *, student=None, start=0, stop=1000, layout=Layout(),
-           batch_size=3, stage="task"):
-    return StageStream(source, preparer=Preparer(student or standins.TinyStudent()),
-                       regions=standins.regions, seed=0, stage=stage, batch_size=batch_size,
-                       start=start, stop=stop, layout=layout, depth=3, pin=False)
+def stream(
+    standins,
+    source,
+    *,
+    student=None,
+    start=0,
+    stop=1000,
+    layout=Layout(),
+    batch_size=3,
+    stage="task",
+):
+    return StageStream(
+        source,
+        preparer=Preparer(student or standins.TinyStudent()),
+        regions=standins.regions,
+        seed=0,
+        stage=stage,
+        batch_size=batch_size,
+        start=start,
+        stop=stop,
+        layout=layout,
+        depth=3,
+        pin=False,
+    )
 
 
 def chunked(standins, n, size, load=lambda examples: None):
     examples = standins.make_examples(n)
-    return DataSource(examples, [list(range(i, min(i + size, n))) for i in range(0, n, size)],
-                      load)
+    return DataSource(examples, [list(range(i, min(i + size, n))) for i in range(0, n, size)], load)
 
 
 def take(batches, steps):
@@ -75,7 +93,7 @@ def test_each_example_is_read_once_per_epoch_whatever_the_chunk_size(standins, t
     metrics = train(setup)
     assert counting.rows == 30 and len(counting.calls) == 9
     for epoch in range(3):
-        ids = [i for call in counting.calls[3 * epoch:3 * epoch + 3] for i in call]
+        ids = [i for call in counting.calls[3 * epoch : 3 * epoch + 3] for i in call]
         assert sorted(ids) == sorted(e.id for e in setup.task_source.examples)
     assert metrics["training"]["data"]["task"]["rows_read"] == [30]
     assert 0.0 <= metrics["training"]["data"]["task"]["data_wait_share"] < 1.0
@@ -97,19 +115,27 @@ def test_streamed_chunks_are_tokenised_once_per_epoch_not_per_step(standins):
     steps = 2 * source.steps_per_epoch(2)
     with stream(standins, source, student=student, batch_size=2, stop=steps) as batches:
         take(batches, steps)
-        with pytest.raises(StopIteration):     # nothing is read past the stage's last step
+        with pytest.raises(StopIteration):  # nothing is read past the stage's last step
             next(batches)
     assert len(student.tokenised) == 20 and len(set(student.tokenised)) == 10
 
 
 def test_batches_follow_the_epoch_order_and_a_late_start_resumes_it(standins):
     source = chunked(standins, 10, 4)
-    order = [rows for epoch in range(2)
-             for _, rows in epoch_order(source, seed=0, stage="task", epoch=epoch, batch_size=3)]
-    chunks = [ci for epoch in range(2)
-              for ci, _ in epoch_order(source, seed=0, stage="task", epoch=epoch, batch_size=3)]
-    expected = [[source.examples[source.chunks[c][r]].id for r in rows.tolist()]
-                for c, rows in zip(chunks, order)]
+    order = [
+        rows
+        for epoch in range(2)
+        for _, rows in epoch_order(source, seed=0, stage="task", epoch=epoch, batch_size=3)
+    ]
+    chunks = [
+        ci
+        for epoch in range(2)
+        for ci, _ in epoch_order(source, seed=0, stage="task", epoch=epoch, batch_size=3)
+    ]
+    expected = [
+        [source.examples[source.chunks[c][r]].id for r in rows.tolist()]
+        for c, rows in zip(chunks, order)
+    ]
     with stream(standins, source) as batches:
         got = [[e.id for m in b.micro for e in m.examples] for b in take(batches, len(order))]
     assert got == expected
@@ -126,12 +152,13 @@ def test_two_ranks_split_every_global_batch_and_read_only_their_share(standins):
     with ranks[0] as zero, ranks[1] as one:
         for a, b in zip(take(zero, steps), take(one, steps)):
             assert a.step == b.step
-            ids = [[e.id for m in batch.micro for e in m.examples if m.weight > 0]
-                   for batch in (a, b)]
+            ids = [
+                [e.id for m in batch.micro for e in m.examples if m.weight > 0] for batch in (a, b)
+            ]
             assert not set(ids[0]) & set(ids[1])
             assert sum(m.weight for batch in (a, b) for m in batch.micro) == pytest.approx(1.0)
             assert all(len(m.examples) <= 1 for batch in (a, b) for m in batch.micro)
-    reads = [r.rows_read for r in ranks]   # 2 epochs; a borrowed row (4 batches of 1) is read too
+    reads = [r.rows_read for r in ranks]  # 2 epochs; a borrowed row (4 batches of 1) is read too
     assert 20 <= sum(reads) <= 24 and 0 < min(reads) and max(reads) < 20
 
 
@@ -170,7 +197,7 @@ def test_the_prefetcher_stays_within_its_depth():
     while len(produced) < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
     time.sleep(0.2)
-    assert len(produced) == 2      # the held item and the next one, no more
+    assert len(produced) == 2  # the held item and the next one, no more
     assert next(prefetch) == 1 and next(prefetch) == 2
     prefetch.signal_stop()
     prefetch.thread.join(timeout=5)

@@ -46,15 +46,19 @@ def wandb_history(run_dir: Path) -> list[dict]:
             if 32768 - pos % 32768 < 7:
                 pos += 32768 - pos % 32768
                 continue
-            _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-            chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+            _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+            chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
             buf = chunk if kind in (1, 2) else buf + chunk
             if kind in (1, 4):
                 record = pb.Record()
                 record.ParseFromString(buf)
                 if record.WhichOneof("record_type") == "history":
-                    rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                                 for item in record.history.item})
+                    rows.append(
+                        {
+                            item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                            for item in record.history.item
+                        }
+                    )
     return rows
 
 
@@ -91,8 +95,9 @@ def crash_then_resume(standins, tmp_path, monkeypatch, options):
 
 def test_wandb_offline_run_files_hold_the_scalars(standins, tmp_path):
     pytest.importorskip("wandb")
-    metrics = train(standins.make_setup(tmp_path, method="md", epochs=2, eval_every=3,
-                                        report_to="wandb"))
+    metrics = train(
+        standins.make_setup(tmp_path, method="md", epochs=2, eval_every=3, report_to="wandb")
+    )
     rows = wandb_history(tmp_path / "run")
     loss = [(r["_step"], r["task/loss"]) for r in rows if "task/loss" in r]
     assert [s for s, _ in loss] == list(range(1, 7))
@@ -105,13 +110,17 @@ def test_wandb_offline_run_files_hold_the_scalars(standins, tmp_path):
 
 def test_wandb_resumed_run_keeps_its_id_and_does_not_fork(standins, tmp_path, monkeypatch):
     pytest.importorskip("wandb")
-    crash_then_resume(standins, tmp_path, monkeypatch,
-                      dict(method="md", epochs=3, checkpoint_every=3, report_to="wandb"))
+    crash_then_resume(
+        standins,
+        tmp_path,
+        monkeypatch,
+        dict(method="md", epochs=3, checkpoint_every=3, report_to="wandb"),
+    )
     run_dir = tmp_path / "run"
     attempts = sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
-    assert len(attempts) == 2 and len({p.name for p in attempts}) == 1   # one wandb run id
+    assert len(attempts) == 2 and len({p.name for p in attempts}) == 1  # one wandb run id
     steps = [r["_step"] for r in wandb_history(run_dir) if "task/loss" in r]
-    assert steps == list(range(1, 10))     # step 4 logged once, not again after the resume
+    assert steps == list(range(1, 10))  # step 4 logged once, not again after the resume
 
 
 def mlflow_client(run_dir: Path):
@@ -124,8 +133,9 @@ def mlflow_client(run_dir: Path):
 
 def test_mlflow_file_store_holds_the_metrics(standins, tmp_path):
     pytest.importorskip("mlflow")
-    metrics = train(standins.make_setup(tmp_path, method="md", epochs=2, eval_every=3,
-                                        report_to="mlflow"))
+    metrics = train(
+        standins.make_setup(tmp_path, method="md", epochs=2, eval_every=3, report_to="mlflow")
+    )
     client, run_id = mlflow_client(tmp_path / "run")
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.info.run_name == "run"
@@ -139,8 +149,12 @@ def test_mlflow_file_store_holds_the_metrics(standins, tmp_path):
 
 def test_mlflow_resumed_run_reopens_the_run_without_forks(standins, tmp_path, monkeypatch):
     pytest.importorskip("mlflow")
-    crash_then_resume(standins, tmp_path, monkeypatch,
-                      dict(method="md", epochs=3, checkpoint_every=3, report_to="mlflow"))
+    crash_then_resume(
+        standins,
+        tmp_path,
+        monkeypatch,
+        dict(method="md", epochs=3, checkpoint_every=3, report_to="mlflow"),
+    )
     client, run_id = mlflow_client(tmp_path / "run")
     steps = [m.step for m in client.get_metric_history(run_id, "task/loss")]
     assert sorted(steps) == list(range(1, 10))
@@ -176,8 +190,12 @@ def test_a_missing_package_names_the_extra(standins, tmp_path, monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_wandb)
     from madcache.core.errors import ConfigError
-    with pytest.raises(ConfigError, match=r"^--report-to wandb needs the wandb package: "
-                                          r"pip install 'madcache\[wandb\]'$"):
+
+    with pytest.raises(
+        ConfigError,
+        match=r"^--report-to wandb needs the wandb package: "
+        r"pip install 'madcache\[wandb\]'$",
+    ):
         train(standins.make_setup(tmp_path, method="md", epochs=1, report_to="wandb"))
 
 
@@ -190,8 +208,10 @@ def test_report_logs_its_tables_and_plots(tracker, tmp_path):
     files[0].write_text("# madcache report\n")
     files[1].write_text("method,q2a\nbaseline,50.0\n")
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     plt.figure(figsize=(1, 1)).savefig(files[2])
     plt.close("all")
     tracker_ = open_tracker(tracker, tmp_path, start_step=0)
@@ -203,6 +223,6 @@ def test_report_logs_its_tables_and_plots(tracker, tmp_path):
         assert {"report.md", "report.csv", "plots"} <= names
     else:
         logged = logged_eventually(tmp_path, "report/report/_type")
-        assert logged["report/report/_type"] == "table-file"      # report.csv as a wandb.Table
+        assert logged["report/report/_type"] == "table-file"  # report.csv as a wandb.Table
         assert logged["report/report/nrows"] == 1
         assert logged["report/plot/_type"] == "image-file"

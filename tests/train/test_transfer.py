@@ -40,27 +40,60 @@ class Echo(nn.Module):
         labels = inputs["labels"]
         image = nn.functional.one_hot(labels, 3).float()[:, None].expand(-1, 3, -1)
         text = torch.eye(3)[None].expand(len(labels), -1, -1)
-        return StudentOutput(logits=torch.zeros(len(labels), 3), image_token=image,
-                             cls_token=text, text_tokens=text[:, :, None],
-                             token_spans=torch.zeros(len(labels), 3, 1, 2, dtype=torch.long))
+        return StudentOutput(
+            logits=torch.zeros(len(labels), 3),
+            image_token=image,
+            cls_token=text,
+            text_tokens=text[:, :, None],
+            token_spans=torch.zeros(len(labels), 3, 1, 2, dtype=torch.long),
+        )
 
 
 def test_the_report_of_a_student_whose_features_are_the_teachers():
-    examples = [Example(id=f"e{i}", dataset="vcr", split="val", image_id=f"i{i}", image_path="",
-                        choices=tuple(Text.from_string(w) for w in "abc"), label=i % 3,
-                        category="x") for i in range(6)]
+    examples = [
+        Example(
+            id=f"e{i}",
+            dataset="vcr",
+            split="val",
+            image_id=f"i{i}",
+            image_path="",
+            choices=tuple(Text.from_string(w) for w in "abc"),
+            label=i % 3,
+            category="x",
+        )
+        for i in range(6)
+    ]
     projections = Projections(3, {"vision": 3, "text": 3})
     for layer in (projections.vision, projections.text):
         nn.init.eye_(layer.weight)
         nn.init.zeros_(layer.bias)
-    targets = type("T", (), {"image": nn.functional.one_hot(torch.arange(6) % 3, 3).float(),
-                             "text_eos": torch.eye(3)[None].expand(6, -1, -1)})()
-    regions = lambda batch: RegionInputs(torch.zeros(len(batch), 1, 1),   # noqa: E731
-                                         torch.zeros(len(batch), 1, 4),
-                                         torch.ones(len(batch), 1, dtype=torch.bool))
-    report = transfer_report(Echo(), projections, examples, targets,
-                             train_means={"image": torch.zeros(3)}, regions=regions,
-                             batch_size=4, device="cpu", multiple_choice=True)
+    targets = type(
+        "T",
+        (),
+        {
+            "image": nn.functional.one_hot(torch.arange(6) % 3, 3).float(),
+            "text_eos": torch.eye(3)[None].expand(6, -1, -1),
+        },
+    )()
+
+    def regions(batch):
+        return RegionInputs(
+            torch.zeros(len(batch), 1, 1),
+            torch.zeros(len(batch), 1, 4),
+            torch.ones(len(batch), 1, dtype=torch.bool),
+        )
+
+    report = transfer_report(
+        Echo(),
+        projections,
+        examples,
+        targets,
+        train_means={"image": torch.zeros(3)},
+        regions=regions,
+        batch_size=4,
+        device="cpu",
+        multiple_choice=True,
+    )
     assert report["examples"] == 6 and report["distilled_zero_shot"] == 100.0
     assert report["image"]["r2"] == pytest.approx(1.0)
     assert report["image"]["centred_cosine"] == pytest.approx(1.0)

@@ -9,8 +9,8 @@ region-based student can be pretrained on the same pairs (`madcache demo student
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -19,8 +19,9 @@ from madcache.demo.world.text import image_captions
 from madcache.demo.world.world import OPEN_SCENES, sample_scene
 
 
-def write_captions(root: Path, n_images: int, per_image: int, rng: np.random.Generator,
-                   tick: Callable[[], None]) -> dict:
+def write_captions(
+    root: Path, n_images: int, per_image: int, rng: np.random.Generator, tick: Callable[[], None]
+) -> dict:
     """Write `n_images` images with `per_image` captions each (fewer only for scenes too small
     to describe in that many different ways); returns counts."""
     out = root / "captions"
@@ -33,8 +34,11 @@ def write_captions(root: Path, n_images: int, per_image: int, rng: np.random.Gen
         boxes = [[float(v) for v in thing.box] for thing in scene.things]
         objects = [thing.kind for thing in scene.things]
         for caption in image_captions(scene, rng, per_image):
-            lines.append(json.dumps({"image": relative, "caption": caption, "objects": objects,
-                                     "boxes": boxes}))
+            lines.append(
+                json.dumps(
+                    {"image": relative, "caption": caption, "objects": objects, "boxes": boxes}
+                )
+            )
         tick()
     (out / "captions.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return {"images": n_images, "captions": len(lines)}

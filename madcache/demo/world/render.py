@@ -14,8 +14,9 @@ NOISE_STD = 4.0
 
 
 def _jittered(rgb: tuple[int, int, int], rng: np.random.Generator) -> tuple[int, int, int]:
-    shifted = np.clip(np.array(rgb) + rng.integers(-COLOUR_JITTER, COLOUR_JITTER + 1, size=3),
-                      0, 255)
+    shifted = np.clip(
+        np.array(rgb) + rng.integers(-COLOUR_JITTER, COLOUR_JITTER + 1, size=3), 0, 255
+    )
     return tuple(int(v) for v in shifted)
 
 

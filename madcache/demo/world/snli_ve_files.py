@@ -9,14 +9,21 @@ cannot show to a person who is there ("The angry doctor has two children.").
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from madcache.demo.world.render import render_scene
-from madcache.demo.world.text import (NUMBER_WORDS, OPPOSITE, a, capitalised, image_captions,
-                                     relation, words_of)
+from madcache.demo.world.text import (
+    NUMBER_WORDS,
+    OPPOSITE,
+    a,
+    capitalised,
+    image_captions,
+    relation,
+    words_of,
+)
 from madcache.demo.world.world import COLOURS, SHAPES, Scene, SceneSpec, sample_scene
 
 LABELS = ("entailment", "neutral", "contradiction")
@@ -24,25 +31,35 @@ SNLI_SCENES = SceneSpec(min_persons=1, max_persons=3, max_props=2)
 ID_BASE = {"train": 4_000_000_000, "dev": 4_100_000_000, "test": 4_200_000_000}
 ANNOTATORS = {"train": 1, "dev": 5, "test": 5}  # as in SNLI: 5 validation labels off train
 ANNOTATOR_NOISE = 0.12
-UNSEEABLE = ("has two children", "is waiting for a friend", "just came back from a holiday",
-             "is fifty years old", "was born in a small town", "has a pet cat at home",
-             "is saving money for a car", "is named Alex")
+UNSEEABLE = (
+    "has two children",
+    "is waiting for a friend",
+    "just came back from a holiday",
+    "is fifty years old",
+    "was born in a small town",
+    "has a pet cat at home",
+    "is saving money for a car",
+    "is named Alex",
+)
 
 
 def _entailment(scene: Scene, rng: np.random.Generator) -> str:
     person = _pick(scene.persons, rng)
     options: list[Callable[[], str]] = [
         lambda: f"There is {a(person.look)}.",
-        lambda: f"{capitalised(a(person.colour.mood + ' ' + person.shape.job))} is "
-                f"{person.region.place}.",
+        lambda: (
+            f"{capitalised(a(person.colour.mood + ' ' + person.shape.job))} is "
+            f"{person.region.place}."
+        ),
         lambda: f"Someone is {person.activity}.",
         lambda: f"{capitalised(a(person.shape.job))} is in the picture.",
         lambda: _count_sentence(len(scene.persons)),
     ]
     if len(scene.persons) >= 2:
         other = _pick([p for p in scene.persons if p is not person], rng)
-        options.append(lambda: f"The {person.short_look} is {relation(person, other)} the "
-                               f"{other.short_look}.")
+        options.append(
+            lambda: f"The {person.short_look} is {relation(person, other)} the {other.short_look}."
+        )
     return _pick(options, rng)()
 
 
@@ -52,24 +69,28 @@ def _contradiction(scene: Scene, rng: np.random.Generator) -> str:
     shape = _pick([s for s in SHAPES if s not in {p.shape for p in scene.persons}], rng)
     options: list[Callable[[], str]] = [
         lambda: f"There is {a(colour.name + ' ' + person.shape.name)}.",
-        lambda: f"{capitalised(a(colour.mood + ' ' + person.shape.job))} is "
-                f"{person.region.place}.",
+        lambda: f"{capitalised(a(colour.mood + ' ' + person.shape.job))} is {person.region.place}.",
         lambda: f"{capitalised(a(shape.job))} is in the picture.",
         lambda: f"Nobody is {person.activity}.",
         lambda: _count_sentence(len(scene.persons) + 1),
     ]
     if len(scene.persons) >= 2:
         other = _pick([p for p in scene.persons if p is not person], rng)
-        options.append(lambda: f"The {person.short_look} is "
-                               f"{OPPOSITE[relation(person, other)]} the {other.short_look}.")
+        options.append(
+            lambda: (
+                f"The {person.short_look} is "
+                f"{OPPOSITE[relation(person, other)]} the {other.short_look}."
+            )
+        )
     return _pick(options, rng)()
 
 
 def _neutral(scene: Scene, rng: np.random.Generator) -> str:
     person = _pick(scene.persons, rng)
     fact = _pick(UNSEEABLE, rng)
-    who = _pick([person.short_look, person.colour.mood + " " + person.shape.job,
-                 person.shape.job], rng)
+    who = _pick(
+        [person.short_look, person.colour.mood + " " + person.shape.job, person.shape.job], rng
+    )
     return f"The {who} {fact}."
 
 
@@ -97,8 +118,15 @@ def _annotator_labels(label: str, split: str, rng: np.random.Generator) -> list[
     return labels
 
 
-def _pair(image_id: str, caption_no: int, caption: str, hypothesis: str, label: str,
-          split: str, rng: np.random.Generator) -> dict:
+def _pair(
+    image_id: str,
+    caption_no: int,
+    caption: str,
+    hypothesis: str,
+    label: str,
+    split: str,
+    rng: np.random.Generator,
+) -> dict:
     labels = _annotator_labels(label, split, rng)
     caption = capitalised(caption)
     s1_binary, s1_parse = _parses(caption)
@@ -122,8 +150,9 @@ def _pair(image_id: str, caption_no: int, caption: str, hypothesis: str, label: 
 HYPOTHESES = {"entailment": _entailment, "neutral": _neutral, "contradiction": _contradiction}
 
 
-def write_snli_ve_split(root: Path, split: str, n_images: int, rng: np.random.Generator,
-                        tick: Callable[[], None]) -> dict:
+def write_snli_ve_split(
+    root: Path, split: str, n_images: int, rng: np.random.Generator, tick: Callable[[], None]
+) -> dict:
     """Write `root/snli-ve/snli_ve_{split}.jsonl` (one premise caption and its three hypotheses
     per image) and the images; returns counts."""
     out = root / "snli-ve"
@@ -137,8 +166,9 @@ def write_snli_ve_split(root: Path, split: str, n_images: int, rng: np.random.Ge
         caption = image_captions(scene, rng, 2)[1]
         for label in LABELS:
             hypothesis = HYPOTHESES[label](scene, rng)
-            lines.append(json.dumps(_pair(image_id, caption_no, caption, hypothesis, label,
-                                          split, rng)))
+            lines.append(
+                json.dumps(_pair(image_id, caption_no, caption, hypothesis, label, split, rng))
+            )
         tick()
     (out / f"snli_ve_{split}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return {"pairs": len(lines), "images": n_images}

@@ -8,6 +8,7 @@ them). The labelled datasets only ask about the meanings.
 from __future__ import annotations
 
 import re
+
 import numpy as np
 
 from madcache.demo.world.world import Scene, Thing
@@ -55,6 +56,7 @@ def words_of(sentence: str) -> list[str]:
 
 # ---- captions -------------------------------------------------------------------------------
 
+
 def _who(thing: Thing) -> str:
     return f"{thing.colour.mood} {thing.shape.job}"
 
@@ -63,18 +65,25 @@ PERSON_CAPTIONS = (
     lambda t: f"the {t.look} is {a(_who(t))} {t.activity} {t.region.place}.",
     lambda t: f"{a(t.look)} {t.region.place}: {a(_who(t))}.",
     lambda t: f"{a(_who(t))} {t.activity} {t.region.place}.",
-    lambda t: f"the {t.colour.name} one looks {t.colour.mood} and is about to "
-              f"{t.colour.next_action}.",
-    lambda t: f"{a(t.colour.name + ' ' + t.shape.name)} who feels {t.colour.mood}; they would "
-              f"{t.colour.yelled_reaction} if someone yelled at them.",
+    lambda t: (
+        f"the {t.colour.name} one looks {t.colour.mood} and is about to {t.colour.next_action}."
+    ),
+    lambda t: (
+        f"{a(t.colour.name + ' ' + t.shape.name)} who feels {t.colour.mood}; they would "
+        f"{t.colour.yelled_reaction} if someone yelled at them."
+    ),
     lambda t: f"the {t.shape.name} is {a(t.shape.job)} who came here to {t.shape.purpose}.",
-    lambda t: f"{a(t.shape.job)}, drawn as {a(t.shape.name)}, would {t.shape.help_reaction} "
-              f"if asked for help.",
+    lambda t: (
+        f"{a(t.shape.job)}, drawn as {a(t.shape.name)}, would {t.shape.help_reaction} "
+        f"if asked for help."
+    ),
     lambda t: f"the {t.size} {t.shape.name} is {t.activity}.",
-    lambda t: f"{a(t.look)} {t.region.place} at the {t.region.name}; it just "
-              f"{t.region.before_action}.",
-    lambda t: f"{a(_who(t))} who just {t.region.before_action} and will "
-              f"{t.colour.next_action} next.",
+    lambda t: (
+        f"{a(t.look)} {t.region.place} at the {t.region.name}; it just {t.region.before_action}."
+    ),
+    lambda t: (
+        f"{a(_who(t))} who just {t.region.before_action} and will {t.colour.next_action} next."
+    ),
 )
 
 
@@ -109,8 +118,12 @@ def relation(first: Thing, second: Thing) -> str:
     return "above" if y1 < y2 else "below"
 
 
-OPPOSITE = {"to the left of": "to the right of", "to the right of": "to the left of",
-            "above": "below", "below": "above"}
+OPPOSITE = {
+    "to the left of": "to the right of",
+    "to the right of": "to the left of",
+    "above": "below",
+    "below": "above",
+}
 
 
 def relation_caption(first: Thing, second: Thing) -> str:

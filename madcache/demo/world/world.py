@@ -22,7 +22,7 @@ class Colour:
     name: str
     rgb: tuple[int, int, int]
     mood: str
-    next_action: str      # base form: "[x] will <next_action>"
+    next_action: str  # base form: "[x] will <next_action>"
     yelled_reaction: str  # base form: "[x] would <yelled_reaction> if someone yelled at them"
 
 
@@ -30,9 +30,9 @@ class Colour:
 class Shape:
     name: str
     job: str
-    purpose: str          # base form: "[x] came here to <purpose>"
-    help_reaction: str    # base form: "[x] would <help_reaction> if asked for help"
-    large_activity: str   # gerund phrase
+    purpose: str  # base form: "[x] came here to <purpose>"
+    help_reaction: str  # base form: "[x] would <help_reaction> if asked for help"
+    large_activity: str  # gerund phrase
     small_activity: str
 
 
@@ -42,7 +42,7 @@ class Region:
 
     row: str  # "top" | "bottom"
     col: str  # "left" | "center" | "right"
-    place: str          # "at the window"
+    place: str  # "at the window"
     before_action: str  # past tense: "[x] <before_action> just before this"
 
     @property
@@ -62,18 +62,44 @@ COLOURS = (
 )
 
 SHAPES = (
-    Shape("circle", "doctor", "see a patient", "treat the wound",
-          "treating a patient", "reading a chart"),
-    Shape("square", "police officer", "keep everyone safe", "call for backup",
-          "directing traffic", "writing a ticket"),
-    Shape("triangle", "chef", "cook dinner", "make some soup",
-          "cooking a meal", "tasting the sauce"),
-    Shape("diamond", "teacher", "give a lesson", "explain the problem",
-          "teaching a class", "grading papers"),
-    Shape("cross", "farmer", "sell vegetables", "fix the fence",
-          "driving a tractor", "feeding the chickens"),
-    Shape("ring", "musician", "play a concert", "sing a song",
-          "playing the drums", "tuning a guitar"),
+    Shape(
+        "circle",
+        "doctor",
+        "see a patient",
+        "treat the wound",
+        "treating a patient",
+        "reading a chart",
+    ),
+    Shape(
+        "square",
+        "police officer",
+        "keep everyone safe",
+        "call for backup",
+        "directing traffic",
+        "writing a ticket",
+    ),
+    Shape(
+        "triangle", "chef", "cook dinner", "make some soup", "cooking a meal", "tasting the sauce"
+    ),
+    Shape(
+        "diamond",
+        "teacher",
+        "give a lesson",
+        "explain the problem",
+        "teaching a class",
+        "grading papers",
+    ),
+    Shape(
+        "cross",
+        "farmer",
+        "sell vegetables",
+        "fix the fence",
+        "driving a tractor",
+        "feeding the chickens",
+    ),
+    Shape(
+        "ring", "musician", "play a concert", "sing a song", "playing the drums", "tuning a guitar"
+    ),
 )
 
 REGIONS = (
@@ -184,8 +210,12 @@ def shape_polygon(shape: str, cx: float, cy: float, side: float) -> tuple[tuple[
     elif shape in ("square", "bag"):
         pts = [(cx - h, cy - h), (cx + h, cy - h), (cx + h, cy + h), (cx - h, cy + h)]
     elif shape == "book":
-        pts = [(cx - h, cy - h / 2), (cx + h, cy - h / 2), (cx + h, cy + h / 2),
-               (cx - h, cy + h / 2)]
+        pts = [
+            (cx - h, cy - h / 2),
+            (cx + h, cy - h / 2),
+            (cx + h, cy + h / 2),
+            (cx - h, cy + h / 2),
+        ]
     elif shape == "cup":
         pts = [(cx - h, cy - h), (cx + h, cy - h), (cx + h / 2, cy + h), (cx - h / 2, cy + h)]
     elif shape == "triangle":
@@ -194,21 +224,35 @@ def shape_polygon(shape: str, cx: float, cy: float, side: float) -> tuple[tuple[
         pts = [(cx, cy - h), (cx + h, cy), (cx, cy + h), (cx - h, cy)]
     elif shape == "cross":
         t = h / 3
-        pts = [(cx - t, cy - h), (cx + t, cy - h), (cx + t, cy - t), (cx + h, cy - t),
-               (cx + h, cy + t), (cx + t, cy + t), (cx + t, cy + h), (cx - t, cy + h),
-               (cx - t, cy + t), (cx - h, cy + t), (cx - h, cy - t), (cx - t, cy - t)]
+        pts = [
+            (cx - t, cy - h),
+            (cx + t, cy - h),
+            (cx + t, cy - t),
+            (cx + h, cy - t),
+            (cx + h, cy + t),
+            (cx + t, cy + t),
+            (cx + t, cy + h),
+            (cx - t, cy + h),
+            (cx - t, cy + t),
+            (cx - h, cy + t),
+            (cx - h, cy - t),
+            (cx - t, cy - t),
+        ]
     else:
         raise ValueError(f"unknown shape {shape!r}")
     return tuple((int(round(x)), int(round(y))) for x, y in pts)
 
 
 def _overlaps(box: tuple[float, ...], others: list[tuple[float, ...]], gap: float = 2) -> bool:
-    return any(box[0] < o[2] + gap and o[0] < box[2] + gap and box[1] < o[3] + gap
-               and o[1] < box[3] + gap for o in others)
+    return any(
+        box[0] < o[2] + gap and o[0] < box[2] + gap and box[1] < o[3] + gap and o[1] < box[3] + gap
+        for o in others
+    )
 
 
-def _place(rng: np.random.Generator, side: int, region: Region | None,
-           taken: list[tuple[float, ...]]) -> tuple[float, float, float, float] | None:
+def _place(
+    rng: np.random.Generator, side: int, region: Region | None, taken: list[tuple[float, ...]]
+) -> tuple[float, float, float, float] | None:
     """A box of `side` pixels whose centre lies in `region` (anywhere if None), not overlapping
     `taken`; None after a bounded number of tries."""
     h = side / 2
@@ -231,8 +275,13 @@ def _place(rng: np.random.Generator, side: int, region: Region | None,
     return None
 
 
-def _person(rng: np.random.Generator, colour: Colour, shape: Shape, region: Region | None,
-            taken: list[tuple[float, ...]]) -> Thing | None:
+def _person(
+    rng: np.random.Generator,
+    colour: Colour,
+    shape: Shape,
+    region: Region | None,
+    taken: list[tuple[float, ...]],
+) -> Thing | None:
     size = SIZES[int(rng.integers(2))]
     lo, hi = SIZE_PIXELS[size]
     side = int(rng.integers(lo, hi + 1))
@@ -278,8 +327,9 @@ def _try_scene(rng: np.random.Generator, spec: SceneSpec) -> Scene:
     things: list[Thing] = []
     for colour_i, shape_i, region in zip(colours, shapes, regions):
         for _ in range(6):
-            person = _person(rng, COLOURS[colour_i], SHAPES[shape_i], region,
-                             [t.box for t in things])
+            person = _person(
+                rng, COLOURS[colour_i], SHAPES[shape_i], region, [t.box for t in things]
+            )
             if person is not None:
                 things.append(person)
                 break
