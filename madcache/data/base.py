@@ -26,7 +26,7 @@ from typing import (
 from madcache.core.errors import ConfigError
 from madcache.core.registry import Registry
 from madcache.data.jsonl import as_bool, check_options
-from madcache.data.records import Example, ReadResult, without_labels
+from madcache.data.records import BadRecord, Example, ReadResult, without_labels
 
 MULTIPLE_CHOICE = "multiple_choice"  # one score per text of the example (VCR: 4 choices)
 CLASSIFICATION = "classification"  # one of `label_names` (SNLI-VE: 3 classes)
@@ -67,6 +67,18 @@ class Reader(Protocol):
     # values normalised, so that spelling out a default does not change a cache fingerprint
     # (`madcache.cache.fingerprint.resolved_read_options`); the built-in readers build it with
     # `reader_options` and read with what it returns.
+
+
+class StreamingReader:
+    """A reader whose `read` is its `iter_examples` collected (the built-in readers): one
+    implementation of the two forms, so they cannot disagree."""
+
+    def read(self, root: Path, split: str, *, skip_bad: bool = False, **options: Any) -> ReadResult:
+        skipped: list[BadRecord] = []
+        examples = list(
+            self.iter_examples(root, split, skip_bad=skip_bad, skipped=skipped, **options)
+        )
+        return ReadResult(examples, skipped)
 
 
 def reader_options(

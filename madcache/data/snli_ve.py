@@ -11,10 +11,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from madcache.core.errors import DataError, DataFileNotFoundError
-from madcache.data.base import reader_options
+from madcache.data.base import StreamingReader, reader_options
 from madcache.data.jsonl import guarded, iter_json_lines, split_file
 from madcache.data.paths import safe_join
-from madcache.data.records import BadRecord, Example, ReadResult, Text, without_labels
+from madcache.data.records import BadRecord, Example, Text, without_labels
 
 LABELS = ("entailment", "neutral", "contradiction")
 UNLABELLED = "unlabelled"
@@ -131,7 +131,7 @@ def label_free_view(example: Example) -> Example:
     return without_labels(example, category=UNLABELLED)
 
 
-class SnliVeReader:
+class SnliVeReader(StreamingReader):
     """The reader of SNLI-VE. Options: `images_dir`, `check_files`."""
 
     def annotation_files(self, root: Path, split: str, **options: Any) -> list[Path]:
@@ -141,13 +141,6 @@ class SnliVeReader:
         """Every option with its default filled in and its value normalised (what a cache
         fingerprint records)."""
         return reader_options("snli-ve", options, DEFAULT_OPTIONS)
-
-    def read(self, root: Path, split: str, *, skip_bad: bool = False, **options: Any) -> ReadResult:
-        skipped: list[BadRecord] = []
-        examples = list(
-            self.iter_examples(root, split, skip_bad=skip_bad, skipped=skipped, **options)
-        )
-        return ReadResult(examples, skipped)
 
     def iter_examples(
         self,

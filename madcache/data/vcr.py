@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 
 from madcache.core.errors import ConfigError, DataError, DataFileNotFoundError
-from madcache.data.base import reader_options
+from madcache.data.base import StreamingReader, reader_options
 from madcache.data.categories import vcr_category
 from madcache.data.jsonl import guarded, iter_json_lines, load_json_file, split_file
 from madcache.data.paths import safe_join
-from madcache.data.records import BadRecord, Example, ReadResult, Text, Word, without_labels
+from madcache.data.records import BadRecord, Example, Text, Word, without_labels
 
 SPLIT_FILES = {"train": "train.jsonl", "val": "val.jsonl", "test": "test.jsonl"}
 MODES = ("qa", "qar")
@@ -349,7 +349,7 @@ def _renderer(value: Any) -> str:
     return value
 
 
-class VcrReader:
+class VcrReader(StreamingReader):
     """The reader of VCR. Options: `modes`, `renderer`, `images_dir`, `annotations`,
     `check_files` (see docs/datasets.md)."""
 
@@ -372,13 +372,6 @@ class VcrReader:
             renderer=_renderer,
             images_dir=str,
         )
-
-    def read(self, root: Path, split: str, *, skip_bad: bool = False, **options: Any) -> ReadResult:
-        skipped: list[BadRecord] = []
-        examples = list(
-            self.iter_examples(root, split, skip_bad=skip_bad, skipped=skipped, **options)
-        )
-        return ReadResult(examples, skipped)
 
     def iter_examples(
         self,

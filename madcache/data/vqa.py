@@ -17,11 +17,11 @@ from typing import Any
 
 from madcache.core.errors import ConfigError, DataError, DataFileNotFoundError
 from madcache.core.io import json_problem
-from madcache.data.base import reader_options
+from madcache.data.base import StreamingReader, reader_options
 from madcache.data.categories import vqa_category
 from madcache.data.jsonl import bad_record, load_json_file
 from madcache.data.paths import safe_join
-from madcache.data.records import BadRecord, Example, ReadResult, Text
+from madcache.data.records import BadRecord, Example, Text
 
 SUBTYPES = {"train": "train2014", "val": "val2014", "test": "test2015", "test-dev": "test-dev2015"}
 UNLABELLED_SUBTYPES = ("test2015", "test-dev2015")
@@ -427,7 +427,7 @@ def _int_field(record: Any, key: str, where: dict[str, Any]) -> int:
     return value
 
 
-class VqaReader:
+class VqaReader(StreamingReader):
     """The reader of VQA v2. Options: `questions_file`, `annotations_file`, `images_dir`,
     `check_files`."""
 
@@ -456,13 +456,6 @@ class VqaReader:
         """Every option with its default filled in and its value normalised (what a cache
         fingerprint records)."""
         return reader_options("vqa", options, DEFAULT_OPTIONS)
-
-    def read(self, root: Path, split: str, *, skip_bad: bool = False, **options: Any) -> ReadResult:
-        skipped: list[BadRecord] = []
-        examples = list(
-            self.iter_examples(root, split, skip_bad=skip_bad, skipped=skipped, **options)
-        )
-        return ReadResult(examples, skipped)
 
     def iter_examples(
         self,

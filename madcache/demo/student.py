@@ -120,7 +120,8 @@ def caption_regions(
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """boxcrop features of each caption image: the whole image, then each object's box."""
     from madcache.demo.world.world import IMAGE_SIZE
-    from madcache.students.region_extractors import WHOLE_IMAGE, BoxCrop, ImageItem
+    from madcache.students.region_extractors import BoxCrop, ImageItem
+    from madcache.students.region_formats import WHOLE_IMAGE
 
     extractor, out = BoxCrop(), {}
     for example in examples:

@@ -30,7 +30,7 @@ from madcache.core.device import resolve_device
 from madcache.core.errors import ConfigError, DataError, DataFileNotFoundError
 from madcache.core.io import load_weights
 from madcache.core.registry import Registry
-from madcache.students.region_formats import REGION_FORMATS  # WHOLE_IMAGE: re-exported
+from madcache.students.region_formats import REGION_FORMATS
 
 GEOMETRY_DIM = 7
 BOXCROP_GRID = 8

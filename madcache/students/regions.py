@@ -39,13 +39,13 @@ from madcache.data.records import Example
 from madcache.students.base import RegionInputs
 from madcache.students.region_extractors import (
     GEOMETRY_DIM,
-    WHOLE_IMAGE,
     ImageItem,
     RegionExtractor,
     box_geometry,
     build_extractor,
     grid_boxes,
 )
+from madcache.students.region_formats import WHOLE_IMAGE
 
 KIND = "regions"
 ARRAYS = ("example_id", "region_offsets", "region_feat", "region_boxes")  # what `load` reads
