@@ -138,6 +138,29 @@ def task_logits(scores: torch.Tensor, task: str, batch: int, choices: int) -> to
     return scores
 
 
+def text_then_visual_output(
+    hidden: torch.Tensor,
+    scores: torch.Tensor,
+    *,
+    task: str,
+    batch: int,
+    choices: int,
+    length: int,
+    token_spans: torch.Tensor,
+) -> StudentOutput:
+    """The output of a single-stream student whose B x C sequences hold their L text positions
+    first and the visual ones right after (UNITER, VL-BERT, the transformers students): logits
+    from the head's `scores`, V_s at the first visual position, T_s at the text [CLS]."""
+    size = hidden.shape[-1]
+    return StudentOutput(
+        logits=task_logits(scores, task, batch, choices),
+        image_token=hidden[:, length].reshape(batch, choices, size),
+        cls_token=hidden[:, 0].reshape(batch, choices, size),
+        text_tokens=hidden[:, :length].reshape(batch, choices, length, size),
+        token_spans=token_spans.reshape(batch, choices, length, 2),
+    )
+
+
 class Preparer:
     """How the training data pipeline builds a student's inputs: `tokenise` once per example (in
     the loader thread, when a chunk is loaded), `collate` once per batch (ahead of the step).

@@ -28,7 +28,12 @@ from madcache.core.io import loading
 from madcache.data.base import TASKS
 from madcache.data.records import Example
 from madcache.data.vqa import read_answer_vocab
-from madcache.students.base import StudentOutput, exported_options, image_of, task_logits
+from madcache.students.base import (
+    StudentOutput,
+    exported_options,
+    image_of,
+    text_then_visual_output,
+)
 from madcache.students.pretraining import itm_batch, mask_tokens
 from madcache.students.tokens import encode_texts
 
@@ -251,13 +256,14 @@ def student_output(
     hidden, pooled = student.encode(
         ids, inputs["attention_mask"], visual, image_of(batch, choices, ids.device)
     )
-    size = hidden.shape[-1]
-    return StudentOutput(
-        logits=task_logits(head(pooled), student.task, batch, choices),
-        image_token=hidden[:, length].reshape(batch, choices, size),
-        cls_token=hidden[:, 0].reshape(batch, choices, size),
-        text_tokens=hidden[:, :length].reshape(batch, choices, length, size),
-        token_spans=inputs["token_spans"].reshape(batch, choices, length, 2),
+    return text_then_visual_output(
+        hidden,
+        head(pooled),
+        task=student.task,
+        batch=batch,
+        choices=choices,
+        length=length,
+        token_spans=inputs["token_spans"],
     )
 
 

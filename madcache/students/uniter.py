@@ -39,7 +39,7 @@ from madcache.students.base import (
     StudentOutput,
     exported_options,
     image_of,
-    task_logits,
+    text_then_visual_output,
     to_device,
 )
 from madcache.students.pretrained import PretrainedStudentConfig
@@ -219,13 +219,14 @@ class UniterStudent(nn.Module):
             if self.task == "multiple_choice"
             else self.vqa_output(pooled)
         )
-        size = hidden.shape[-1]
-        return StudentOutput(
-            logits=task_logits(scores, self.task, batch, choices),
-            image_token=hidden[:, length].reshape(batch, choices, size),
-            cls_token=hidden[:, 0].reshape(batch, choices, size),
-            text_tokens=hidden[:, :length].reshape(batch, choices, length, size),
-            token_spans=inputs["token_spans"].reshape(batch, choices, length, 2),
+        return text_then_visual_output(
+            hidden,
+            scores,
+            task=self.task,
+            batch=batch,
+            choices=choices,
+            length=length,
+            token_spans=inputs["token_spans"],
         )
 
     # ------------------------------------------------------------------ AF stage

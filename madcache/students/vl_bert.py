@@ -38,7 +38,13 @@ from torch.nn import functional as F
 from madcache.core.errors import CheckpointCorruptError, ConfigError
 from madcache.core.io import load_weights
 from madcache.data.records import Example
-from madcache.students.base import StudentOutput, exported_options, image_of, task_logits, to_device
+from madcache.students.base import (
+    StudentOutput,
+    exported_options,
+    image_of,
+    text_then_visual_output,
+    to_device,
+)
 from madcache.students.pretrained import PretrainedStudentConfig
 from madcache.students.pretraining import mask_tokens
 from madcache.students.vl_bert_inputs import (
@@ -229,13 +235,14 @@ class VlBertStudent(nn.Module):
         )
         scores = self.final_mlp(self.vlbert.pooler(hidden))
         scores = scores[:, 0] if self.task == "multiple_choice" else scores
-        size = hidden.shape[-1]
-        return StudentOutput(
-            logits=task_logits(scores, self.task, batch, choices),
-            image_token=hidden[:, length].reshape(batch, choices, size),
-            cls_token=hidden[:, 0].reshape(batch, choices, size),
-            text_tokens=hidden[:, :length].reshape(batch, choices, length, size),
-            token_spans=inputs["token_spans"].reshape(batch, choices, length, 2),
+        return text_then_visual_output(
+            hidden,
+            scores,
+            task=self.task,
+            batch=batch,
+            choices=choices,
+            length=length,
+            token_spans=inputs["token_spans"],
         )
 
     def pretrain_losses(
