@@ -138,6 +138,13 @@ def task_logits(scores: torch.Tensor, task: str, batch: int, choices: int) -> to
     return scores
 
 
+def key_list(keys: Sequence[str], limit: int = 8) -> str:
+    """Checkpoint keys for a one-line message: the first `limit`, then how many more."""
+    keys = list(keys)
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
 def text_then_visual_output(
     hidden: torch.Tensor,
     scores: torch.Tensor,

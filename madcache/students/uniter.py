@@ -39,6 +39,7 @@ from madcache.students.base import (
     StudentOutput,
     exported_options,
     image_of,
+    key_list,
     text_then_visual_output,
     to_device,
 )
@@ -336,7 +337,7 @@ def load_released(student: UniterStudent, state: Mapping[str, torch.Tensor], pat
     body_missing = [k for k in missing if not k.startswith(HEADS)]
     if unknown or misfit or body_missing:
         parts = [
-            f"{label} {_names(keys)}"
+            f"{label} {key_list(keys)}"
             for label, keys in (
                 ("missing", body_missing),
                 ("unexpected", unknown),
@@ -356,16 +357,10 @@ def load_released(student: UniterStudent, state: Mapping[str, torch.Tensor], pat
     random = sorted({k.rsplit(".", 1)[0] for k in missing} | {k.rsplit(".", 1)[0] for k in skip})
     report = f"uniter: loaded {path} ({len(state) - len(ignored) - len(skip)} tensors)"
     if random:
-        report += f"; new, random init: {_names(random)}"
+        report += f"; new, random init: {key_list(random)}"
     if ignored:
-        report += f"; not used: {_names(ignored)}"
+        report += f"; not used: {key_list(ignored)}"
     return report
-
-
-def _names(keys: Sequence[str], limit: int = 8) -> str:
-    keys = list(keys)
-    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
 
 
 def uniter(**options: Any) -> UniterStudent:
@@ -429,7 +424,7 @@ def read_checkpoint(path: Path, *, vcr: bool, seed: int) -> dict[str, torch.Tens
     if absent:
         raise CheckpointCorruptError(
             f"uniter: {path} does not fit the UNITER architecture: "
-            f"missing {_names(absent)}; pass a UNITER / VILLA state "
+            f"missing {key_list(absent)}; pass a UNITER / VILLA state "
             "dict (uniter-base.pt, villa-large.pt, ...)"
         )
     return convert_state_dict(released, vcr=vcr, generator=torch.Generator().manual_seed(seed))

@@ -42,6 +42,7 @@ from madcache.students.base import (
     StudentOutput,
     exported_options,
     image_of,
+    key_list,
     text_then_visual_output,
     to_device,
 )
@@ -306,7 +307,7 @@ def load_released(student: VlBertStudent, state: Mapping[str, torch.Tensor], pat
     body_missing = [k for k in missing if not k.startswith(HEADS)]
     if unknown or misfit or body_missing:
         parts = [
-            f"{label} {_names(keys)}"
+            f"{label} {key_list(keys)}"
             for label, keys in (
                 ("missing", body_missing),
                 ("unexpected", unknown),
@@ -326,16 +327,10 @@ def load_released(student: VlBertStudent, state: Mapping[str, torch.Tensor], pat
     random = sorted({k.rsplit(".", 1)[0] for k in [*missing, *skip]})
     report = f"vl-bert: loaded {path} ({len(state) - len(ignored) - len(skip)} tensors)"
     if random:
-        report += f"; new, random init: {_names(random)}"
+        report += f"; new, random init: {key_list(random)}"
     if ignored:
-        report += f"; not used: {_names(ignored)}"
+        report += f"; not used: {key_list(ignored)}"
     return report
-
-
-def _names(keys: Sequence[str], limit: int = 8) -> str:
-    keys = list(keys)
-    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
 
 
 BODY = (
@@ -360,7 +355,7 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     if absent:
         raise CheckpointCorruptError(
             f"vl-bert: {path} does not fit VL-BERT's VCR model: "
-            f"missing {_names(absent)}; pass a released VL-BERT "
+            f"missing {key_list(absent)}; pass a released VL-BERT "
             ".model file (vl-bert-base-e2e.model, ...)"
         )
     return state
