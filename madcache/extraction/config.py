@@ -15,6 +15,9 @@ from madcache.core.progress import PROGRESS_HELP
 from madcache.data import DATASETS
 
 
+ImageDecode = Literal["exact", "crop-first", "gpu"]  # extraction/images.py
+
+
 @dataclass(frozen=True)
 class TeacherSpec:
     """One role's teacher: a registry name and an optional local checkpoint file."""
@@ -118,6 +121,13 @@ class ExtractConfig:
         "annotations=FILE for VCR; VALUE is parsed as "
         "JSON when it can be.",
     )
+    image_decode: ImageDecode = setting(
+        "exact",
+        help="Image path: exact (PIL in the workers, bit-identical), crop-first (resize only "
+        "the centre-crop box: ~1 grey level off in a few pixels) or gpu (workers read bytes; "
+        "decode, resize and normalise on --device); not exact is in the fingerprint "
+        "(docs/extraction.md).",
+    )
     yake_max_ngram: int = setting(3, minimum=1, help="YAKE: the longest keyword, in words.")
     yake_top: int = setting(20, minimum=1, help="YAKE: keywords kept per text.")
     yake_language: str = setting("en", help="YAKE: the language of its stop-word list.")
@@ -189,7 +199,7 @@ class ExtractConfig:
         self._validate()
 
     def _validate(self) -> None:
-        for name in ("format", "dtype"):  # also when built in Python, not from values
+        for name in ("format", "dtype", "image_decode"):  # also when built in Python, not from values
             choices = get_args(field_types(ExtractConfig)[name])
             if getattr(self, name) not in choices:
                 raise ConfigError(

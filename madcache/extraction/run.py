@@ -36,12 +36,14 @@ from madcache.extraction.assemble import EncodedTexts, RoleKeys, ShardBuffers, a
 from madcache.extraction.config import ExtractConfig
 from madcache.extraction.distributed import ProcessGroup, Ranks, rank_device, resolve_ranks
 from madcache.extraction.finish import finish_extraction
+from madcache.extraction.images import TensorTransform, decode_on
 from madcache.extraction.jobs import (
     Job,
     JobStream,
     Preprocessor,
     YakeSettings,
     make_loader,
+    micro_batches,
     payload_of,
     preprocess_workers,
     shard_jobs,
@@ -104,6 +106,7 @@ def extract(
     examples, skipped = _read(config)
     shards = group_into_shards(examples, config.shard_size)
     teachers = load_teacher_set(config, teacher_loader)
+    device_transforms(config, teachers)  # a transform --image-decode gpu cannot run: 1 line now
     task = _make_protocol(config, examples, teachers, sentence_encoder)
     yake = YakeSettings(config.yake_max_ngram, config.yake_top, config.yake_language)
     group = ProcessGroup.join(ranks)
@@ -297,6 +300,17 @@ def _open_writer(
     return writer or open_writer(False), manifest
 
 
+def device_transforms(config: ExtractConfig, teachers: TeacherSet) -> dict[str, TensorTransform]:
+    """`--image-decode gpu`: each image teacher's transform as tensor ops on the device."""
+    if config.image_decode != "gpu":
+        return {}
+    distinct = teachers.distinct
+    return {
+        key: TensorTransform.of(distinct[key].image_transform(), teacher=distinct[key].name)
+        for key in teachers.image_keys()
+    }
+
+
 def forward_precision(device: str) -> dict[str, Any]:
     """What the teacher forward computes in (recorded per shard; one cache never mixes two):
     the device type and the autocast dtype (`_autocast`: bf16 on CUDA), plus the device's name."""
@@ -339,6 +353,7 @@ class ShardPipeline:
             None if teachers.relevance is None else teachers.key_of(teachers.relevance),
         )
         self.dtype = np.dtype(config.dtype)
+        self.device_transforms = device_transforms(config, teachers)
         self.plans: dict[int, ShardPlan] = {}
         self.expected_jobs: dict[int, int] = {}
 
@@ -424,6 +439,7 @@ class ShardPipeline:
             aux_processors={k: teachers[k].text_processor() for k in relevance},
             yake=self.yake,
             forward_batch=self.config.forward_batch,
+            image_decode=self.config.image_decode,
         )
 
     def _encode(self, job: Job, payload: dict[str, Any], buf: ShardBuffers) -> None:
@@ -431,6 +447,8 @@ class ShardPipeline:
         teachers = self.teachers.distinct
         with torch.inference_mode(), _autocast(self.config.device):
             if job.kind == "image":
+                if "encoded" in payload:
+                    payload = self._device_pixels(job, payload["encoded"])
                 for key, chunks in payload["pixels"].items():
                     buf.images.setdefault(key, []).extend(
                         teachers[key].encode_images(pixels).float().cpu() for pixels in chunks
@@ -442,6 +460,22 @@ class ShardPipeline:
                     target.setdefault(key, EncodedTexts()).add(teachers[key].encode_tokens(tokens))
             buf.yake.extend(payload.get("yake", []))
             buf.content.extend(payload.get("content", []))
+
+
+    def _device_pixels(self, job: Job, encoded: list[list[torch.Tensor]]) -> dict[str, Any]:
+        """`--image-decode gpu`: decode each micro-batch once on the device, then every image
+        teacher's pixels from it (the payload `exact` workers would have delivered)."""
+        paths = micro_batches(job.items, self.config.forward_batch)
+        decoded = [
+            decode_on(chunk, self.config.device, root=self.config.root, paths=names)
+            for chunk, names in zip(encoded, paths)
+        ]
+        return {
+            "pixels": {
+                key: [transform(images) for images in decoded]
+                for key, transform in self.device_transforms.items()
+            }
+        }
 
 
 def _wait(future: Future | None) -> None:
