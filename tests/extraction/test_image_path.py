@@ -1,0 +1,218 @@
+"""`--image-decode`: the crop-first and gpu image paths against the exact one (pixels and a
+teacher's image features), images that are not RGB JPEGs, the fingerprint entry that keeps
+caches of different paths apart, and the cuda path against the CPU tensor path (`gpu`).
+
+Tolerances, with ViT-B/16's transform (224 px bicubic, CLIP's mean / std; docs/performance.md),
+in normalised units (one grey level = 1 / 255 / std <= 0.0150):
+- the 9 real JPEGs of ../shared/fixtures/real: both paths within one grey level of `exact` in
+  every pixel; mean |diff| crop-first <= 5e-6, gpu (CPU decode) <= 7.4e-5. Asserted: one grey
+  level, mean <= MEAN_BOUND;
+- generated images (smooth gradients; landscape, portrait, smaller than the crop, grayscale,
+  CMYK, RGBA, palette): within two grey levels (crop-first on a frame barely larger than the
+  crop, gpu when upsampling), mean |diff| <= 1.7e-4. Asserted: two grey levels, MEAN_BOUND.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from madcache.cli import cli
+from madcache.core.errors import ConfigError, DataError
+from madcache.extraction import ExtractConfig, extract
+from madcache.extraction.images import (
+    TensorTransform,
+    crop_first,
+    decode_on,
+    fingerprint_entry,
+    read_encoded,
+)
+from madcache.extraction.jobs import load_rgb
+
+MEAN_BOUND = 3e-4
+
+
+def vit_b16_transform():
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    return image_transform_v2(PreprocessCfg(size=224), is_train=False)
+
+
+def grey_levels(transform, n: int = 1) -> float:
+    """`n` grey levels in normalised units: n / 255 / the smallest std."""
+    return n / 255 / min(transform.transforms[-1].std) + 1e-6
+
+
+def paths_of(root: Path, relative: str, transform) -> dict[str, torch.Tensor]:
+    exact = transform(load_rgb(root, relative))
+    encoded = read_encoded(root, relative)
+    tensor = TensorTransform.of(transform, teacher="t")
+    return {
+        "exact": exact,
+        "crop-first": crop_first(transform)(load_rgb(root, relative)),
+        "gpu": tensor(decode_on([encoded], "cpu", root=root, paths=[relative]))[0],
+    }
+
+
+@pytest.mark.real
+def test_both_paths_are_within_one_grey_level_on_real_jpegs(real_root):
+    transform = vit_b16_transform()
+    files = sorted(p.relative_to(real_root).as_posix() for p in real_root.rglob("*.jpg"))
+    assert len(files) >= 9
+    for relative in files:
+        pixels = paths_of(real_root, relative, transform)
+        assert read_encoded(real_root, relative).dim() == 1  # RGB JPEGs travel as bytes
+        for path in ("crop-first", "gpu"):
+            diff = (pixels[path] - pixels["exact"]).abs()
+            assert pixels[path].shape == (3, 224, 224)
+            assert diff.max() <= grey_levels(transform), (relative, path)
+            assert diff.mean() <= MEAN_BOUND, (relative, path, float(diff.mean()))
+
+
+def smooth(height: int, width: int, seed: int) -> np.ndarray:
+    """A photo-like image (gradients and blobs, not noise), uint8 RGB."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width] / max(height, width)
+    channels = [
+        np.sin(6 * x * rng.uniform(0.5, 2) + rng.uniform(0, 3)) + np.cos(5 * y + rng.uniform(0, 3))
+        for _ in range(3)
+    ]
+    return (np.stack(channels, -1) * 60 + 128).clip(0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    "mode, suffix, size",
+    [
+        ("RGB", "jpg", (300, 451)),  # landscape, odd width
+        ("RGB", "jpg", (517, 230)),  # portrait
+        ("RGB", "jpg", (150, 120)),  # smaller than the crop: upsampled
+        ("L", "jpg", (240, 320)),
+        ("CMYK", "jpg", (240, 320)),
+        ("RGBA", "png", (240, 320)),
+        ("P", "png", (240, 320)),
+    ],
+)
+def test_both_paths_on_generated_images_of_any_mode(tmp_path, mode, suffix, size):
+    """Grayscale / CMYK JPEGs and PNGs are decoded by PIL in the worker (as tensors), RGB JPEGs
+    travel as bytes; every path stays within the bounds of `exact`."""
+    Image.fromarray(smooth(*size, seed=size[0])).convert(mode).save(tmp_path / f"x.{suffix}")
+    transform = vit_b16_transform()
+    encoded = read_encoded(tmp_path, f"x.{suffix}")
+    assert encoded.dim() == (1 if (mode, suffix) == ("RGB", "jpg") else 3)
+    pixels = paths_of(tmp_path, f"x.{suffix}", transform)
+    for path in ("crop-first", "gpu"):
+        diff = (pixels[path] - pixels["exact"]).abs()
+        assert diff.max() <= grey_levels(transform, 2), path
+        assert diff.mean() <= MEAN_BOUND, (path, float(diff.mean()))
+    assert pixels["exact"].std() > 0.1
+
+
+def test_a_truncated_jpeg_names_its_file(tmp_path):
+    buffer = io.BytesIO()
+    Image.fromarray(smooth(256, 320, seed=1)).save(buffer, "JPEG")
+    (tmp_path / "cut.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) * 4 // 5])
+    encoded = read_encoded(tmp_path, "cut.jpg")  # the header reads fine
+    with pytest.raises(DataError, match=r"cut\.jpg.*incomplete or truncated"):
+        decode_on([encoded], "cpu", root=tmp_path, paths=["cut.jpg"])
+
+
+def test_transforms_the_tensor_path_cannot_run_are_refused():
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    longest = image_transform_v2(PreprocessCfg(size=224, resize_mode="longest"), is_train=False)
+    with pytest.raises(ConfigError, match=r"teacher t's .*ResizeKeepRatio.*--image-decode exact"):
+        TensorTransform.of(longest, teacher="t")
+    squash = image_transform_v2(PreprocessCfg(size=224, resize_mode="squash"), is_train=False)
+    assert TensorTransform.of(squash, teacher="t").crop is None
+    assert crop_first(squash) is squash  # no crop: nothing to save
+
+
+# --- extraction with each path -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def snli_paths(real_root, tiny_clip, tmp_path_factory) -> dict[str, Path]:
+    """The real SNLI-VE sample (2 real JPEGs, 16 pairs) extracted with each image path."""
+    name, checkpoint = tiny_clip
+    out = tmp_path_factory.mktemp("paths")
+    for decode in ("exact", "crop-first", "gpu"):
+        extract(
+            ExtractConfig(
+                dataset="snli-ve",
+                root=real_root / "snli_ve" / "allennlp_fixture",
+                split="sample_pairs.jsonl",
+                teacher=name,
+                checkpoint=checkpoint,
+                dtype="float32",
+                image_decode=decode,
+                progress=False,
+                out=out / decode,
+            )
+        )
+    return {decode: out / decode for decode in ("exact", "crop-first", "gpu")}
+
+
+@pytest.mark.real
+def test_extraction_features_of_each_path(snli_paths, cache):
+    """The tiny CLIP's image features (32 px, norm ~3.5) from each path vs exact: measured
+    max |diff| crop-first 9.7e-5 (mean 1.9e-5), gpu 2.7e-4 (mean 8.6e-5); asserted <= 2e-3."""
+    exact = cache.shards(snli_paths["exact"])[0]["image_feat"]
+    assert np.linalg.norm(exact, axis=1).min() > 1
+    for decode in ("crop-first", "gpu"):
+        feat = cache.shards(snli_paths[decode])[0]["image_feat"]
+        assert np.abs(feat - exact).max() <= 2e-3, decode
+        manifest = cache.manifest(snli_paths[decode])
+        assert manifest["fingerprint"]["images"] == fingerprint_entry(decode)
+        assert manifest["settings"]["image_decode"] == decode
+    manifest = cache.manifest(snli_paths["exact"])
+    assert "images" not in manifest["fingerprint"]  # as before the choice existed
+    assert manifest["settings"]["image_decode"] == "exact"
+
+
+def test_resuming_with_another_image_path_is_refused(tmp_path, toy_root, tiny_clip):
+    """A cache made with one path never takes shards of another (toy PNGs: the gpu path's
+    PIL fallback, end to end)."""
+    name, checkpoint = tiny_clip
+    root = tmp_path / "root"
+    shutil.copytree(toy_root, root)
+    args = [
+        "extract",
+        *("--teacher", name, "--checkpoint", str(checkpoint)),
+        *("--dataset", "toy-vcr", "--protocol", "vcr", "--root", str(root), "--split", "vcr"),
+        *("--out", str(tmp_path / "cache"), "--shard-size", "6", "--no-progress"),
+    ]
+    first = CliRunner().invoke(cli, args + ["--image-decode", "gpu"])
+    assert first.exit_code == 0, first.output
+    again = CliRunner().invoke(cli, args + ["--image-decode", "crop-first"])
+    assert again.exit_code == 2, again.output
+    assert "Traceback" not in again.output
+    assert "fingerprint.images.decode: 'gpu' != 'crop-first'" in again.output
+    exact = CliRunner().invoke(cli, args)
+    assert exact.exit_code == 2 and "fingerprint.images: {" in exact.output
+    same = CliRunner().invoke(cli, args + ["--image-decode", "gpu"])
+    assert same.exit_code == 0, same.output
+
+
+@pytest.mark.gpu
+def test_the_cuda_path_matches_the_cpu_tensor_path(real_root):
+    """nvjpeg + CUDA resize vs libjpeg-turbo + CPU resize on the real JPEGs: nvjpeg's IDCT and
+    colour conversion and the float resize round differently; within 3 grey levels per pixel,
+    mean |diff| <= 0.01 in normalised units."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    transform = vit_b16_transform()
+    tensor = TensorTransform.of(transform, teacher="t")
+    files = sorted(p.relative_to(real_root).as_posix() for p in real_root.rglob("*.jpg"))
+    encoded = [read_encoded(real_root, f) for f in files]
+    on_cpu = tensor(decode_on(encoded, "cpu", root=real_root, paths=files))
+    on_cuda = tensor(decode_on(encoded, "cuda", root=real_root, paths=files)).cpu()
+    diff = (on_cuda - on_cpu).abs()
+    assert diff.max() <= grey_levels(transform, 3), float(diff.max())
+    assert diff.mean() <= 0.01, float(diff.mean())
