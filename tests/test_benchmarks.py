@@ -49,7 +49,8 @@ def test_gpu_check_runs_dry():
 @pytest.mark.real
 def test_preprocess_bench_runs_quick(real_root):
     """benchmarks/bench_preprocess.py --quick on the real VCR sample: both variants measured,
-    the same steps, positive costs, the default worker count of a 16-core CUDA node."""
+    the same steps, positive costs, the default worker count of a 16-core CUDA node, and each
+    image path's CPU cost and projection against the GPU's rate."""
     env = {**os.environ, "MADCACHE_REAL_FIXTURES": str(real_root), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "bench_preprocess.py"), "--quick"],
@@ -75,6 +76,21 @@ def test_preprocess_bench_runs_quick(real_root):
         before["default_workers_16_core_cuda_node"],
         after["default_workers_16_core_cuda_node"],
     ) == (0, 15)
+    paths = figures["image_paths"]
+    assert set(paths) == {"exact", "crop-first", "gpu"}
+    assert set(paths["gpu"]["per_example_ms"]) == {"read", "bpe", "yake", "read_bytes"}
+    assert paths["exact"]["per_example_ms"] == {
+        k: after["per_example_ms"][k] for k in ("read", "bpe", "yake", "decode", "transform")
+    }
+    for row in paths.values():
+        assert row["cpu_ms_per_example"] > 0 and row["preprocessor_ms"] > 0
+        assert row["over_gpu_rate"] == pytest.approx(
+            row["projected_examples_per_s_16_cores"]
+            / figures["clip_retrieval_a100_examples_per_s"],
+            abs=0.01,
+        )
+    assert "unmeasured" in paths["gpu"]["device_side"]
+    assert "--image-decode gpu" in done.stdout
 
 
 @pytest.mark.slow

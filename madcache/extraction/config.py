@@ -14,8 +14,7 @@ from madcache.core.errors import ConfigError
 from madcache.core.progress import PROGRESS_HELP
 from madcache.data import DATASETS
 
-
-ImageDecode = Literal["exact", "crop-first", "gpu"]  # extraction/images.py
+ImageDecode = Literal["exact", "crop-first", "tensor", "gpu"]  # extraction/images.py
 
 
 @dataclass(frozen=True)
@@ -123,10 +122,10 @@ class ExtractConfig:
     )
     image_decode: ImageDecode = setting(
         "exact",
-        help="Image path: exact (PIL in the workers, bit-identical), crop-first (resize only "
-        "the centre-crop box: ~1 grey level off in a few pixels) or gpu (workers read bytes; "
-        "decode, resize and normalise on --device); not exact is in the fingerprint "
-        "(docs/extraction.md).",
+        help="Image path: exact (PIL in the workers, bit-identical), crop-first (PIL resizes "
+        "only the centre-crop box), tensor (PIL decodes, torchvision resizes, in the workers) "
+        "or gpu (workers read bytes; decode and resize on --device). All but exact move a few "
+        "pixels by a grey level or two and are in the fingerprint (docs/extraction.md).",
     )
     yake_max_ngram: int = setting(3, minimum=1, help="YAKE: the longest keyword, in words.")
     yake_top: int = setting(20, minimum=1, help="YAKE: keywords kept per text.")
@@ -199,7 +198,8 @@ class ExtractConfig:
         self._validate()
 
     def _validate(self) -> None:
-        for name in ("format", "dtype", "image_decode"):  # also when built in Python, not from values
+        # also when built in Python, not from values
+        for name in ("format", "dtype", "image_decode"):
             choices = get_args(field_types(ExtractConfig)[name])
             if getattr(self, name) not in choices:
                 raise ConfigError(

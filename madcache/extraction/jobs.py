@@ -31,7 +31,7 @@ import torch
 from madcache.core.errors import CacheError, DataError, DataFileNotFoundError, MadcacheError
 from madcache.data.paths import safe_join
 from madcache.data.records import Text
-from madcache.extraction.images import ImageDecode, crop_first, read_encoded
+from madcache.extraction.images import ImageDecode, read_encoded
 from madcache.extraction.plan import ShardPlan
 from madcache.extraction.scores import content_words, yake_word_scores
 
@@ -93,9 +93,10 @@ class YakeSettings:
 class Preprocessor:
     """Turns a `Job` into model inputs. Runs in worker processes (picklable).
 
-    `image_decode` (docs/extraction.md, "The image path"): `exact` and `crop-first` deliver each
-    teacher's pixels; `gpu` delivers each image once, encoded (`images.read_encoded`), for the
-    main process to decode and transform on the extraction device.
+    `image_decode` (docs/extraction.md, "The image path"): `gpu` delivers each image once,
+    encoded (`images.read_encoded`), for the main process to decode and transform on the
+    extraction device; every other path delivers each teacher's pixels, the paths differing only
+    in the `image_transforms` given (`images.worker_transform`).
     """
 
     def __init__(
@@ -111,8 +112,6 @@ class Preprocessor:
     ) -> None:
         self.root = Path(root)
         self.image_decode = image_decode
-        if image_decode == "crop-first":
-            image_transforms = {k: crop_first(t) for k, t in image_transforms.items()}
         self.image_transforms = image_transforms
         self.text_processors = text_processors
         self.aux_processors = aux_processors

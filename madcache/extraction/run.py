@@ -36,7 +36,7 @@ from madcache.extraction.assemble import EncodedTexts, RoleKeys, ShardBuffers, a
 from madcache.extraction.config import ExtractConfig
 from madcache.extraction.distributed import ProcessGroup, Ranks, rank_device, resolve_ranks
 from madcache.extraction.finish import finish_extraction
-from madcache.extraction.images import TensorTransform, decode_on
+from madcache.extraction.images import TensorTransform, decode_on, worker_transform
 from madcache.extraction.jobs import (
     Job,
     JobStream,
@@ -106,7 +106,7 @@ def extract(
     examples, skipped = _read(config)
     shards = group_into_shards(examples, config.shard_size)
     teachers = load_teacher_set(config, teacher_loader)
-    device_transforms(config, teachers)  # a transform --image-decode gpu cannot run: 1 line now
+    image_transforms(config, teachers)  # a transform the image path cannot run: 1 line now
     task = _make_protocol(config, examples, teachers, sentence_encoder)
     yake = YakeSettings(config.yake_max_ngram, config.yake_top, config.yake_language)
     group = ProcessGroup.join(ranks)
@@ -300,15 +300,20 @@ def _open_writer(
     return writer or open_writer(False), manifest
 
 
-def device_transforms(config: ExtractConfig, teachers: TeacherSet) -> dict[str, TensorTransform]:
-    """`--image-decode gpu`: each image teacher's transform as tensor ops on the device."""
-    if config.image_decode != "gpu":
-        return {}
+def image_transforms(
+    config: ExtractConfig, teachers: TeacherSet
+) -> tuple[dict[str, Any], dict[str, TensorTransform]]:
+    """Per image teacher, what the workers apply to a decoded image and (`--image-decode gpu`)
+    what the main process applies on the device (docs/extraction.md, "The image path")."""
     distinct = teachers.distinct
-    return {
-        key: TensorTransform.of(distinct[key].image_transform(), teacher=distinct[key].name)
-        for key in teachers.image_keys()
+    own = {key: distinct[key].image_transform() for key in teachers.image_keys()}
+    names = {key: distinct[key].name for key in own}
+    worker = {
+        key: worker_transform(config.image_decode, t, teacher=names[key]) for key, t in own.items()
     }
+    if config.image_decode != "gpu":
+        return worker, {}
+    return worker, {key: TensorTransform.of(t, teacher=names[key]) for key, t in own.items()}
 
 
 def forward_precision(device: str) -> dict[str, Any]:
@@ -353,7 +358,7 @@ class ShardPipeline:
             None if teachers.relevance is None else teachers.key_of(teachers.relevance),
         )
         self.dtype = np.dtype(config.dtype)
-        self.device_transforms = device_transforms(config, teachers)
+        self.worker_transforms, self.device_transforms = image_transforms(config, teachers)
         self.plans: dict[int, ShardPlan] = {}
         self.expected_jobs: dict[int, int] = {}
 
@@ -434,7 +439,7 @@ class ShardPipeline:
         relevance = [] if self.keys.relevance is None else [self.keys.relevance]
         return Preprocessor(
             self.config.root,
-            image_transforms={k: teachers[k].image_transform() for k in self.teachers.image_keys()},
+            image_transforms=self.worker_transforms,
             text_processors={k: teachers[k].text_processor() for k in self.teachers.text_keys()},
             aux_processors={k: teachers[k].text_processor() for k in relevance},
             yake=self.yake,
@@ -460,7 +465,6 @@ class ShardPipeline:
                     target.setdefault(key, EncodedTexts()).add(teachers[key].encode_tokens(tokens))
             buf.yake.extend(payload.get("yake", []))
             buf.content.extend(payload.get("content", []))
-
 
     def _device_pixels(self, job: Job, encoded: list[list[torch.Tensor]]) -> dict[str, Any]:
         """`--image-decode gpu`: decode each micro-batch once on the device, then every image
