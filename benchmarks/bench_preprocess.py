@@ -23,6 +23,9 @@ its decode + resize running on the extraction device, which this CPU run cannot 
 benchmarks/gpu_check.sh measures the GPU's). Each path's `preprocessor_ms` is the real
 `Preprocessor` with that `image_decode` over the shard's jobs.
 
+Beside the timings (not with `--quick`), `image_path_tolerance`: each path against `exact` on
+every real JPEG of the fixtures (pixels, and a ViT-B-16's image features).
+
 Prints each cost per example (an example is one QA or QA->R item; a VCR image serves
 `examples / images` of them), the projection for a 16-core node, 15 worker processes (the main
 process feeds the GPU) x 1 / (CPU seconds per example), against what a ViT-B/16 image tower
@@ -52,7 +55,7 @@ ANNOTATIONS = "annotations/vcr_cs_val_original.jsonl"
 CORES = 16
 WORKERS_16_CORES = CORES - 1
 CLIP_RETRIEVAL_A100 = 1100
-PATHS = ("exact", "crop-first", "gpu")
+PATHS = ("exact", "crop-first", "tensor", "gpu")
 
 
 def load_rgb_before(root: Path, relative: str):
@@ -89,13 +92,14 @@ def interleaved(variants: dict[str, Callable[[], object]], repeats: int) -> dict
 
 def path_variants(root, image, images, transform, preprocessors, shard, cold) -> dict:
     """The steps that differ between image paths (`exact` is the `after` variant): crop-first's
-    transform; gpu's worker side (file bytes + header) and, for the record, what its device side
+    and tensor's transforms; gpu's worker side (file bytes + header) and, for the record, what its device side
     costs when the device is this CPU (libjpeg-turbo decode + uint8 tensor resize)."""
     from madcache.extraction import images as paths
     from madcache.extraction.jobs import load_rgb
 
     decoded = load_rgb(root, image)
-    cropping = paths.crop_first(transform)
+    cropping = paths.worker_transform("crop-first", transform, teacher="ViT-B-16")
+    on_pil = paths.worker_transform("tensor", transform, teacher="ViT-B-16")
     tensor = paths.TensorTransform.of(transform, teacher="ViT-B-16")
     encoded = paths.read_encoded(root, image)
 
@@ -113,9 +117,11 @@ def path_variants(root, image, images, transform, preprocessors, shard, cold) ->
 
     return {
         "transform/crop-first": lambda: [cropping(decoded) for _ in range(images)],
+        "transform/tensor": lambda: [on_pil(decoded) for _ in range(images)],
         "read_bytes/gpu": lambda: [paths.read_encoded(root, image) for _ in range(images)],
         "device_side_on_cpu/gpu": device_side_on_cpu,
         "preprocessor/crop-first": preprocessor("crop-first"),
+        "preprocessor/tensor": preprocessor("tensor"),
         "preprocessor/gpu": preprocessor("gpu"),
     }
 
@@ -132,6 +138,7 @@ def path_table(exact: dict, seconds: dict, n: int, gpu_rate: float) -> dict:
     steps = {
         "exact": {**text, "decode": exact["decode"], "transform": exact["transform"]},
         "crop-first": {**text, "decode": exact["decode"], "transform": ms("transform/crop-first")},
+        "tensor": {**text, "decode": exact["decode"], "transform": ms("transform/tensor")},
         "gpu": {**text, "read_bytes": ms("read_bytes/gpu")},
     }
     table = {}
@@ -153,6 +160,51 @@ def path_table(exact: dict, seconds: dict, n: int, gpu_rate: float) -> dict:
     )
     table["gpu"]["device_side_on_this_cpu_ms"] = ms("device_side_on_cpu/gpu")
     return table
+
+
+def tolerance(fixtures: Path, transform) -> dict:
+    """Each path against `exact` on every real JPEG under `fixtures` (all datasets' samples):
+    pixels (normalised units; one grey level = 1 / 255 / std) and the image features of
+    open_clip ViT-B-16 (random weights, seed 0: no pretrained weights can be had here), as the
+    largest and the mean |diff| over all images, and the features' largest relative diff."""
+    import torch
+
+    from madcache.extraction import images as paths
+    from madcache.extraction.jobs import load_rgb
+    from madcache.teachers.clip import create_model
+
+    files = sorted(p.relative_to(fixtures).as_posix() for p in fixtures.rglob("*.jpg"))
+    tensor = paths.TensorTransform.of(transform, teacher="ViT-B-16")
+    pixels: dict[str, list] = {path: [] for path in PATHS}
+    for relative in files:
+        image = load_rgb(fixtures, relative)
+        for path in ("exact", "crop-first", "tensor"):
+            worker = paths.worker_transform(path, transform, teacher="ViT-B-16")
+            pixels[path].append(worker(image))
+        encoded = [paths.read_encoded(fixtures, relative)]
+        pixels["gpu"].append(
+            tensor(paths.decode_on(encoded, "cpu", root=fixtures, paths=[relative]))[0]
+        )
+    torch.manual_seed(0)
+    model = create_model("ViT-B-16").eval()
+    batches = {path: torch.stack(images) for path, images in pixels.items()}
+    with torch.inference_mode():
+        features = {path: model.encode_image(batch) for path, batch in batches.items()}
+    grey = 1 / 255 / min(transform.transforms[-1].std)
+    out = {"images": len(files), "grey_level": round(grey, 5)}
+    for path in PATHS[1:]:
+        dp = (batches[path] - batches["exact"]).abs()
+        df = (features[path] - features["exact"]).abs()
+        norm = features["exact"].norm(dim=1, keepdim=True)
+        out[path] = {
+            "pixels_max": round(float(dp.max()), 5),
+            "pixels_mean": float(f"{float(dp.mean()):.3g}"),
+            "pixels_off_fraction": float(f"{float((dp > 1e-6).float().mean()):.3g}"),
+            "features_max": float(f"{float(df.max()):.3g}"),
+            "features_mean": float(f"{float(df.mean()):.3g}"),
+            "features_max_relative": float(f"{float((df.norm(dim=1) / norm[:, 0]).max()):.3g}"),
+        }
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -181,6 +233,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from madcache.data import read_examples, wordpieces
     from madcache.extraction import jobs, scores
+    from madcache.extraction.images import worker_transform
     from madcache.extraction.plan import build_shard_plan
 
     torch.set_num_threads(1)
@@ -198,7 +251,7 @@ def main(argv: list[str] | None = None) -> dict:
     preprocessors = {
         decode: jobs.Preprocessor(
             args.root,
-            image_transforms={"clip": transform},
+            image_transforms={"clip": worker_transform(decode, transform, teacher="ViT-B-16")},
             text_processors={"clip": tokenizer},
             aux_processors={},
             yake=jobs.YakeSettings(),
@@ -293,6 +346,8 @@ def main(argv: list[str] | None = None) -> dict:
         "clip_retrieval_a100_examples_per_s": round(gpu_rate, 1),
         "image_paths": path_table(table["after"]["per_example_ms"], seconds, n, gpu_rate),
     }
+    if not args.quick:
+        result["image_path_tolerance"] = tolerance(args.root.parent, transform)
     for path, row in result["image_paths"].items():
         print(
             f"--image-decode {path:<10} {row['cpu_ms_per_example']:7.2f} CPU ms / example -> "
