@@ -35,7 +35,9 @@ def test_gpu_check_runs_dry():
     for row in (
         "extract / teacher forward",
         "image tower alone",
-        "JPEG decode+resize",
+        "extract --image-decode gpu",
+        "image path CPU side",
+        "image path gpu, device side",
         "cached MAD / baseline step, bf16",
         "MAD step fp32 / bf16",
         "peak GPU memory",
@@ -44,6 +46,10 @@ def test_gpu_check_runs_dry():
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     assert figures["dry"] and figures["extraction"]["examples"] == 8
     assert figures["steps"]["mad_over_baseline_bf16"] > 0
+    paths = figures["image_paths"]
+    assert all(paths[f"cpu_side_{p}_images_per_s"] > 0 for p in ("exact", "tensor", "gpu"))
+    assert paths["device_side_images_per_s"] > 0
+    assert paths["device_vs_cpu_pixels_max_grey_levels"] == 0  # dry: the device is the CPU
 
 
 @pytest.mark.real
