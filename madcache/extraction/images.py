@@ -4,8 +4,8 @@
   (`image_transform()`, a torchvision `Compose`) resizes, crops and normalises it there.
 - `crop-first`: the same, but a resize followed by a centre crop resizes only the region the
   crop keeps (PIL `resize(box=...)`): the same filter at the same sample positions, a fraction
-  of the work on a large frame; PIL's fixed-point passes round a few pixels one grey level
-  apart (docs/performance.md).
+  of the work on a large frame; PIL's fixed-point passes round a few pixels a grey level or
+  two apart (docs/extraction.md, "The image path").
 - `tensor`: PIL decodes in a worker, and `TensorTransform` (below) resizes, crops and
   normalises the uint8 tensor there: torchvision's vectorised antialiased resize, several times
   faster than PIL's on the CPU, within a grey level or two of it.
@@ -16,7 +16,7 @@
   PIL in the worker as in `exact` and joins the rest as a uint8 tensor. On a CPU extraction
   device, its pixels are `tensor`'s (libjpeg-turbo decodes as PIL does, to the bit).
 
-Only `exact` reproduces the pixels bit for bit; the other two are in the cache's fingerprint
+Only `exact` reproduces the pixels bit for bit; the others are in the cache's fingerprint
 (`fingerprint_entry`), so caches made with different paths never mix or resume into each other.
 """
 
@@ -34,8 +34,10 @@ from madcache.core.errors import ConfigError, DataError, DataFileNotFoundError
 from madcache.data.paths import safe_join
 from madcache.extraction.config import ImageDecode
 
-# steps of a teacher's transform that only turn a PIL image into an RGB float tensor in [0, 1]
-_TO_RGB_TENSOR = {"MaybeConvertMode", "MaybeToTensor", "ToTensor", "_convert_to_rgb", "_to_rgb"}
+# steps of a teacher's transform that only make an image RGB (a no-op on what `load_rgb` gives)
+_TO_RGB = {"MaybeConvertMode", "_convert_to_rgb", "_to_rgb"}
+# ... or turn it into a float tensor in [0, 1]
+_TO_RGB_TENSOR = _TO_RGB | {"MaybeToTensor", "ToTensor"}
 _TENSOR_FILTERS = {"bilinear", "bicubic"}
 
 
@@ -93,6 +95,7 @@ class ResizeCrop:
     def box(self, width: int, height: int) -> tuple[float, float, float, float] | None:
         """The source region the crop keeps, in source pixels, computed as torchvision does
         (its resized size, then its rounded crop offsets); None when the crop would pad."""
+        # torchvision's own rule (private): the box is where its resize puts the crop
         from torchvision.transforms.functional import _compute_resized_output_size
 
         new_h, new_w = _compute_resized_output_size((height, width), [self.shortest], self.max_size)
@@ -114,7 +117,7 @@ class CropFirst:
 
         self.full = transform
         self.geometry = geometry
-        self.tail = transforms.Compose(transform.transforms[2:])
+        self.tail = transforms.Compose(_without_leading_rgb(transform.transforms)[2:])
 
     def __call__(self, image) -> torch.Tensor:
         box = self.geometry.box(*image.size)
@@ -138,8 +141,10 @@ def _resize_crop(transform: Any) -> ResizeCrop | None:
     from torchvision import transforms
     from torchvision.transforms.functional import pil_modes_mapping
 
-    steps = getattr(transform, "transforms", None)
-    if not isinstance(transform, transforms.Compose) or len(steps) < 2:
+    if not isinstance(transform, transforms.Compose):
+        return None
+    steps = _without_leading_rgb(transform.transforms)
+    if len(steps) < 2:
         return None
     resize, crop = steps[0], steps[1]
     if type(resize) is not transforms.Resize or type(crop) is not transforms.CenterCrop:
@@ -197,13 +202,14 @@ class TensorTransform:
         naming the teacher, the step, and `--image-decode exact`."""
         from torchvision import transforms
 
-        steps = list(getattr(transform, "transforms", [transform]))
+        steps = _without_leading_rgb(getattr(transform, "transforms", [transform]))
+        first = steps[0] if steps else "no Resize"
         resize = steps.pop(0) if steps and type(steps[0]) is transforms.Resize else None
         crop = steps.pop(0) if steps and type(steps[0]) is transforms.CenterCrop else None
         normalize = steps.pop() if steps and type(steps[-1]) is transforms.Normalize else None
         unknown = [s for s in steps if _step_name(s) not in _TO_RGB_TENSOR]
         if resize is None:
-            unknown.insert(0, "no leading Resize")
+            unknown.insert(0, first)
         elif resize.interpolation.value not in _TENSOR_FILTERS:
             unknown.insert(0, f"Resize {resize.interpolation.value}")
         if unknown:
@@ -232,6 +238,15 @@ class OnPil:
 
     def __call__(self, image) -> torch.Tensor:
         return self.tensor([pil_to_tensor(image)])[0]
+
+
+def _without_leading_rgb(steps: Sequence[Any]) -> list[Any]:
+    """A transform's steps less those that only make the (already RGB) input image RGB before
+    it is resized (transformers' processors convert first: madcache.data.pixels)."""
+    steps = list(steps)
+    while steps and _step_name(steps[0]) in _TO_RGB:
+        steps.pop(0)
+    return steps
 
 
 def _step_name(step: Any) -> str:

@@ -144,6 +144,27 @@ def test_transforms_the_tensor_path_cannot_run_are_refused():
     assert crop_first(squash) is squash  # no crop: nothing to save
 
 
+def test_a_transformers_processor_transform_converts_first(tmp_path):
+    """madcache.data.pixels (the transformers teachers' transform) converts to RGB before it
+    resizes: crop-first and the tensor path still find its resize + crop (a CLIP processor:
+    shortest edge 64, bicubic, crop 48)."""
+    import json
+
+    from madcache.data.pixels import processor_transform
+
+    config = {"do_center_crop": True, "size": {"shortest_edge": 64}, "resample": 3}
+    config |= {"crop_size": {"height": 48, "width": 48}}
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(config))
+    transform = processor_transform(tmp_path, 48)
+    Image.fromarray(smooth(120, 200, seed=5)).save(tmp_path / "x.jpg")
+    assert TensorTransform.of(transform, teacher="t").crop == (48, 48)
+    assert type(crop_first(transform)).__name__ == "CropFirst"
+    pixels = paths_of(tmp_path, "x.jpg", transform)
+    for path in PATHS:
+        assert pixels[path].shape == (3, 48, 48)
+        assert (pixels[path] - pixels["exact"]).abs().max() <= 2 / 255 / 0.5 + 1e-6, path
+
+
 # --- extraction with each path -------------------------------------------------------------
 
 
