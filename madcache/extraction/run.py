@@ -450,10 +450,11 @@ class ShardPipeline:
     def _encode(self, job: Job, payload: dict[str, Any], buf: ShardBuffers) -> None:
         """Run the teachers on a job, one micro-batch (a list entry of the payload) at a time."""
         teachers = self.teachers.distinct
+        if "encoded" in payload:  # --image-decode gpu; pixels in float32, outside the autocast
+            with torch.inference_mode():
+                payload = self._device_pixels(job, payload["encoded"])
         with torch.inference_mode(), _autocast(self.config.device):
             if job.kind == "image":
-                if "encoded" in payload:
-                    payload = self._device_pixels(job, payload["encoded"])
                 for key, chunks in payload["pixels"].items():
                     buf.images.setdefault(key, []).extend(
                         teachers[key].encode_images(pixels).float().cpu() for pixels in chunks

@@ -168,28 +168,34 @@ def test_a_transformers_processor_transform_converts_first(tmp_path):
 # --- extraction with each path -------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def snli_paths(real_root, tiny_clip, tmp_path_factory) -> dict[str, Path]:
-    """The real SNLI-VE sample (2 real JPEGs, 16 pairs) extracted with each image path; gpu's
-    bytes come from a worker process (the payload crosses the DataLoader's queue)."""
+def extract_paths(root: Path, tiny_clip, out: Path, device: str, decodes) -> dict[str, Path]:
+    """The real SNLI-VE sample (2 real JPEGs, 16 pairs) extracted with each image path on
+    `device`; gpu's bytes come from a worker process (the payload crosses the DataLoader's
+    queue)."""
     name, checkpoint = tiny_clip
-    out = tmp_path_factory.mktemp("paths")
-    for decode in ("exact", *PATHS):
+    for decode in decodes:
         extract(
             ExtractConfig(
                 dataset="snli-ve",
-                root=real_root / "snli_ve" / "allennlp_fixture",
+                root=root / "snli_ve" / "allennlp_fixture",
                 split="sample_pairs.jsonl",
                 teacher=name,
                 checkpoint=checkpoint,
                 dtype="float32",
+                device=device,
                 image_decode=decode,
                 workers=1 if decode == "gpu" else 0,
                 progress=False,
                 out=out / decode,
             )
         )
-    return {decode: out / decode for decode in ("exact", *PATHS)}
+    return {decode: out / decode for decode in decodes}
+
+
+@pytest.fixture(scope="module")
+def snli_paths(real_root, tiny_clip, tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("paths")
+    return extract_paths(real_root, tiny_clip, out, "cpu", ("exact", *PATHS))
 
 
 @pytest.mark.real
@@ -250,3 +256,15 @@ def test_the_cuda_path_matches_the_cpu_tensor_path(real_root):
     diff = (on_cuda - on_cpu).abs()
     assert diff.max() <= grey_levels(transform, 3), float(diff.max())
     assert diff.mean() <= 0.01, float(diff.mean())
+
+
+@pytest.mark.gpu
+def test_extraction_on_cuda_with_the_gpu_path(real_root, tiny_clip, tmp_path, cache):
+    """`--image-decode gpu` end to end on CUDA (nvjpeg in the main process, bytes from a
+    worker) vs `exact` on CUDA: the same bf16 forward, image features of cosine >= 0.999."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    made = extract_paths(real_root, tiny_clip, tmp_path, "cuda", ("exact", "gpu"))
+    exact, gpu = (torch.from_numpy(cache.shards(made[d])[0]["image_feat"]) for d in made)
+    assert torch.nn.functional.cosine_similarity(exact, gpu).min() >= 0.999
+    assert cache.manifest(made["gpu"])["fingerprint"]["images"]["decode"] == "gpu"
