@@ -83,7 +83,7 @@ def test_preprocess_bench_runs_quick(real_root):
         after["default_workers_16_core_cuda_node"],
     ) == (0, 15)
     paths = figures["image_paths"]
-    assert set(paths) == {"exact", "crop-first", "gpu"}
+    assert set(paths) == {"exact", "crop-first", "tensor", "gpu"}
     assert set(paths["gpu"]["per_example_ms"]) == {"read", "bpe", "yake", "read_bytes"}
     assert paths["exact"]["per_example_ms"] == {
         k: after["per_example_ms"][k] for k in ("read", "bpe", "yake", "decode", "transform")
