@@ -16,7 +16,8 @@ thread, before and after the changes of issue 29 item 6, interleaved in one proc
   cold, its per-example total (a check on the sum of the steps).
 
 The image paths of `--image-decode` side by side (`image_paths`; docs/extraction.md): `exact`
-is the `after` variant; `crop-first` replaces the transform by `images.crop_first`'s; `gpu`
+is the `after` variant; `crop-first` and `tensor` replace the transform by theirs
+(`images.worker_transform`: PIL's resize of the crop box, torchvision's uint8 resize); `gpu`
 replaces decode + transform by the workers' file read (`images.read_encoded`: bytes + header),
 its decode + resize running on the extraction device, which this CPU run cannot measure
 (`device_side_on_this_cpu_ms` is what it costs when that device is this CPU, for the record;

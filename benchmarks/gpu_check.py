@@ -14,8 +14,8 @@
    12 layers, 12 heads) in bf16: cached MAD / baseline (goal <= 1.05), and MAD fp32 / bf16.
 4. Peak GPU memory of each part.
 
-`--dry`: tiny shapes on the CPU (a 32 px tiny CLIP, 8 examples, a 1-layer student, no nvjpeg,
-no worker pool); it checks that every part still runs (the CPU test suite runs it:
+`--dry`: tiny shapes on the CPU (a 32 px tiny CLIP, 8 examples, eight 64 x 48 frames, a
+1-layer student, no nvjpeg, no worker pool); it checks that every part still runs (the CPU test suite runs it:
 tests/test_benchmarks.py), and its numbers mean nothing.
     python benchmarks/gpu_check.py [--dry] [--workers 15] [--iters 20]
 """
