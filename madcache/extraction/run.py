@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from madcache.core.device import resolve_device
-from madcache.core.errors import CacheError, ConfigError
+from madcache.core.errors import CacheError, ConfigError, MadcacheError
 from madcache.core.io import check_output_location, writing
 from madcache.data import Example, read_examples
 from madcache.data.vqa import build_answer_vocab, read_answer_vocab
@@ -265,6 +265,8 @@ def _open_writer(
     from madcache.cache.fingerprint import dataset_fingerprint
     from madcache.cache.writer import FORMAT_VERSION, CacheWriter
 
+    if not config.force:
+        _check_image_path(config)
     dataset_fp = dataset_fingerprint(
         config.dataset, config.root, config.split, config.dataset_options
     )
@@ -314,6 +316,24 @@ def image_transforms(
     if config.image_decode != "gpu":
         return worker, {}
     return worker, {key: TensorTransform.of(t, teacher=names[key]) for key, t in own.items()}
+
+
+def _check_image_path(config: ExtractConfig) -> None:
+    """A cache made with another `--image-decode` is refused in one line naming both paths,
+    before the fingerprint diff (which would list each differing `images` key)."""
+    from madcache.cache.manifest import read_manifest
+
+    try:
+        fingerprint = read_manifest(config.output_path()).get("fingerprint") or {}
+    except (MadcacheError, OSError):
+        return  # no cache yet, or one the writer reports on
+    made = (fingerprint.get("images") or {}).get("decode", "exact")
+    if made != config.image_decode:
+        raise ConfigError(
+            f"--image-decode {config.image_decode}: the cache at {config.output_path()} was "
+            f"extracted with --image-decode {made}, whose pixels differ; pass --image-decode "
+            f"{made} to resume it, --force to overwrite it, or another --out"
+        )
 
 
 def forward_precision(device: str) -> dict[str, Any]:

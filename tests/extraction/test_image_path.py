@@ -217,8 +217,8 @@ def test_extraction_features_of_each_path(snli_paths, cache):
 
 
 def test_resuming_with_another_image_path_is_refused(tmp_path, toy_root, tiny_clip):
-    """A cache made with one path never takes shards of another (toy PNGs: the gpu path's
-    PIL fallback, end to end)."""
+    """A cache made with one path never takes shards of another: one line, exit 2; the same
+    path resumes, --force overwrites (toy PNGs: the gpu path's PIL fallback, end to end)."""
     name, checkpoint = tiny_clip
     root = tmp_path / "root"
     shutil.copytree(toy_root, root)
@@ -230,14 +230,18 @@ def test_resuming_with_another_image_path_is_refused(tmp_path, toy_root, tiny_cl
     ]
     first = CliRunner().invoke(cli, args + ["--image-decode", "gpu"])
     assert first.exit_code == 0, first.output
-    again = CliRunner().invoke(cli, args + ["--image-decode", "crop-first"])
-    assert again.exit_code == 2, again.output
-    assert "Traceback" not in again.output
-    assert "fingerprint.images.decode: 'gpu' != 'crop-first'" in again.output
-    exact = CliRunner().invoke(cli, args)
-    assert exact.exit_code == 2 and "fingerprint.images: {" in exact.output
+    for other, flag in (("crop-first", ["--image-decode", "crop-first"]), ("exact", [])):
+        again = CliRunner().invoke(cli, args + flag)
+        assert again.exit_code == 2, again.output
+        assert again.output.strip().splitlines() == [
+            f"Error: --image-decode {other}: the cache at {tmp_path / 'cache'} was extracted "
+            "with --image-decode gpu, whose pixels differ; pass --image-decode gpu to resume "
+            "it, --force to overwrite it, or another --out"
+        ]
     same = CliRunner().invoke(cli, args + ["--image-decode", "gpu"])
-    assert same.exit_code == 0, same.output
+    assert same.exit_code == 0 and "(0 written, 2 resumed)" in same.output, same.output
+    forced = CliRunner().invoke(cli, args + ["--image-decode", "crop-first", "--force"])
+    assert forced.exit_code == 0 and "(2 written, 0 resumed)" in forced.output, forced.output
 
 
 @pytest.mark.gpu
