@@ -291,7 +291,7 @@ def decode_on(
     from torchvision.io import ImageReadMode, decode_jpeg
 
     jpegs = [i for i, item in enumerate(encoded) if item.dim() == 1]
-    out = [item.to(device, non_blocking=True) for item in encoded]
+    out = [item if item.dim() == 1 else item.to(device, non_blocking=True) for item in encoded]
     if not jpegs:
         return out
     try:
