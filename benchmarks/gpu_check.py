@@ -247,8 +247,10 @@ def image_paths(tmp: Path, device: str, *, dry: bool, workers: int) -> dict:
             for job in jobs:
                 _worker_side(job)
         else:
-            # fork: the workers inherit _POOL and never touch CUDA
-            with multiprocessing.get_context("fork").Pool(workers) as pool:
+            # fork: the workers inherit _POOL and never touch CUDA; one thread each, as
+            # extraction's DataLoader workers
+            fork = multiprocessing.get_context("fork")
+            with fork.Pool(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
                 pool.map(_worker_side, jobs[:workers], chunksize=1)  # start-up not counted
                 started = time.perf_counter()
                 pool.map(_worker_side, jobs, chunksize=4)
