@@ -15,6 +15,18 @@ thread, before and after the changes of issue 29 item 6, interleaved in one proc
 - `preprocessor`: the real `Preprocessor` over the real shard's jobs (images and texts), memos
   cold, its per-example total (a check on the sum of the steps).
 
+The image paths of `--image-decode` side by side (`image_paths`; docs/extraction.md): `exact`
+is the `after` variant; `crop-first` and `tensor` replace the transform by theirs
+(`images.worker_transform`: PIL's resize of the crop box, torchvision's uint8 resize); `gpu`
+replaces decode + transform by the workers' file read (`images.read_encoded`: bytes + header),
+its decode + resize running on the extraction device, which this CPU run cannot measure
+(`device_side_on_this_cpu_ms` is what it costs when that device is this CPU, for the record;
+benchmarks/gpu_check.sh measures the GPU's). Each path's `preprocessor_ms` is the real
+`Preprocessor` with that `image_decode` over the shard's jobs.
+
+Beside the timings (not with `--quick`), `image_path_tolerance`: each path against `exact` on
+every real JPEG of the fixtures (pixels, and a ViT-B-16's image features).
+
 Prints each cost per example (an example is one QA or QA->R item; a VCR image serves
 `examples / images` of them), the projection for a 16-core node, 15 worker processes (the main
 process feeds the GPU) x 1 / (CPU seconds per example), against what a ViT-B/16 image tower
@@ -44,6 +56,7 @@ ANNOTATIONS = "annotations/vcr_cs_val_original.jsonl"
 CORES = 16
 WORKERS_16_CORES = CORES - 1
 CLIP_RETRIEVAL_A100 = 1100
+PATHS = ("exact", "crop-first", "tensor", "gpu")
 
 
 def load_rgb_before(root: Path, relative: str):
@@ -78,6 +91,123 @@ def interleaved(variants: dict[str, Callable[[], object]], repeats: int) -> dict
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def path_variants(root, image, images, transform, preprocessors, shard, cold) -> dict:
+    """The steps that differ between image paths (`exact` is the `after` variant): crop-first's
+    and tensor's transforms; gpu's worker side (file bytes + header) and, for the record, what its device side
+    costs when the device is this CPU (libjpeg-turbo decode + uint8 tensor resize)."""
+    from madcache.extraction import images as paths
+    from madcache.extraction.jobs import load_rgb
+
+    decoded = load_rgb(root, image)
+    cropping = paths.worker_transform("crop-first", transform, teacher="ViT-B-16")
+    on_pil = paths.worker_transform("tensor", transform, teacher="ViT-B-16")
+    tensor = paths.TensorTransform.of(transform, teacher="ViT-B-16")
+    encoded = paths.read_encoded(root, image)
+
+    def device_side_on_cpu():
+        for _ in range(images):
+            tensor(paths.decode_on([encoded], "cpu", root=root, paths=[image]))
+
+    def preprocessor(decode):
+        def run():
+            cold()
+            for job in shard:
+                preprocessors[decode](job)
+
+        return run
+
+    return {
+        "transform/crop-first": lambda: [cropping(decoded) for _ in range(images)],
+        "transform/tensor": lambda: [on_pil(decoded) for _ in range(images)],
+        "read_bytes/gpu": lambda: [paths.read_encoded(root, image) for _ in range(images)],
+        "device_side_on_cpu/gpu": device_side_on_cpu,
+        "preprocessor/crop-first": preprocessor("crop-first"),
+        "preprocessor/tensor": preprocessor("tensor"),
+        "preprocessor/gpu": preprocessor("gpu"),
+    }
+
+
+def path_table(exact: dict, seconds: dict, n: int, gpu_rate: float) -> dict:
+    """Per image path: the CPU milliseconds per example of the workers' steps (the text steps
+    are the same in every path), and what 15 workers of a 16-core node prepare per second
+    against the GPU's rate. gpu's device side is not a worker cost: listed apart."""
+
+    def ms(key: str) -> float:
+        return round(1e3 * seconds[key] / n, 3)
+
+    text = {k: exact[k] for k in ("read", "bpe", "yake")}
+    steps = {
+        "exact": {**text, "decode": exact["decode"], "transform": exact["transform"]},
+        "crop-first": {**text, "decode": exact["decode"], "transform": ms("transform/crop-first")},
+        "tensor": {**text, "decode": exact["decode"], "transform": ms("transform/tensor")},
+        "gpu": {**text, "read_bytes": ms("read_bytes/gpu")},
+    }
+    table = {}
+    for path, per_example in steps.items():
+        cost = sum(per_example.values())
+        rate = WORKERS_16_CORES * 1e3 / cost
+        whole = exact["preprocessor"] if path == "exact" else ms(f"preprocessor/{path}")
+        table[path] = {
+            "per_example_ms": per_example,
+            "preprocessor_ms": whole,
+            "cpu_ms_per_example": round(cost, 3),
+            "dominant": max(per_example, key=per_example.get),
+            "projected_examples_per_s_16_cores": round(rate, 1),
+            "over_gpu_rate": round(rate / gpu_rate, 2),
+        }
+    table["gpu"]["device_side"] = (
+        "unmeasured here (no GPU): decode + resize on the extraction device; "
+        "benchmarks/gpu_check.sh measures it"
+    )
+    table["gpu"]["device_side_on_this_cpu_ms"] = ms("device_side_on_cpu/gpu")
+    return table
+
+
+def tolerance(fixtures: Path, transform) -> dict:
+    """Each path against `exact` on every real JPEG under `fixtures` (all datasets' samples):
+    pixels (normalised units; one grey level = 1 / 255 / std) and the image features of
+    open_clip ViT-B-16 (random weights, seed 0: no pretrained weights can be had here), as the
+    largest and the mean |diff| over all images, and the features' largest relative diff."""
+    import torch
+
+    from madcache.extraction import images as paths
+    from madcache.extraction.jobs import load_rgb
+    from madcache.teachers.clip import create_model
+
+    files = sorted(p.relative_to(fixtures).as_posix() for p in fixtures.rglob("*.jpg"))
+    tensor = paths.TensorTransform.of(transform, teacher="ViT-B-16")
+    pixels: dict[str, list] = {path: [] for path in PATHS}
+    for relative in files:
+        image = load_rgb(fixtures, relative)
+        for path in ("exact", "crop-first", "tensor"):
+            worker = paths.worker_transform(path, transform, teacher="ViT-B-16")
+            pixels[path].append(worker(image))
+        encoded = [paths.read_encoded(fixtures, relative)]
+        pixels["gpu"].append(
+            tensor(paths.decode_on(encoded, "cpu", root=fixtures, paths=[relative]))[0]
+        )
+    torch.manual_seed(0)
+    model = create_model("ViT-B-16").eval()
+    batches = {path: torch.stack(images) for path, images in pixels.items()}
+    with torch.inference_mode():
+        features = {path: model.encode_image(batch) for path, batch in batches.items()}
+    grey = 1 / 255 / min(transform.transforms[-1].std)
+    out = {"images": len(files), "grey_level": round(grey, 5)}
+    for path in PATHS[1:]:
+        dp = (batches[path] - batches["exact"]).abs()
+        df = (features[path] - features["exact"]).abs()
+        norm = features["exact"].norm(dim=1, keepdim=True)
+        out[path] = {
+            "pixels_max": round(float(dp.max()), 5),
+            "pixels_mean": float(f"{float(dp.mean()):.3g}"),
+            "pixels_off_fraction": float(f"{float((dp > 1e-6).float().mean()):.3g}"),
+            "features_max": float(f"{float(df.max()):.3g}"),
+            "features_mean": float(f"{float(df.mean()):.3g}"),
+            "features_max_relative": float(f"{float((df.norm(dim=1) / norm[:, 0]).max()):.3g}"),
+        }
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -104,6 +234,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from madcache.data import read_examples, wordpieces
     from madcache.extraction import jobs, scores
+    from madcache.extraction.images import worker_transform
     from madcache.extraction.plan import build_shard_plan
 
     torch.set_num_threads(1)
@@ -118,14 +249,19 @@ def main(argv: list[str] | None = None) -> dict:
     transform = open_clip.transform.image_transform_v2(preprocess, is_train=False)
     tokenizer = wordpieces.WordTokenizer(config["text_cfg"]["context_length"])
     decoded = jobs.load_rgb(args.root, image)
-    preprocessor = jobs.Preprocessor(
-        args.root,
-        image_transforms={"clip": transform},
-        text_processors={"clip": tokenizer},
-        aux_processors={},
-        yake=jobs.YakeSettings(),
-        forward_batch=64,
-    )
+    preprocessors = {
+        decode: jobs.Preprocessor(
+            args.root,
+            image_transforms={"clip": worker_transform(decode, transform, teacher="ViT-B-16")},
+            text_processors={"clip": tokenizer},
+            aux_processors={},
+            yake=jobs.YakeSettings(),
+            forward_batch=64,
+            image_decode=decode,
+        )
+        for decode in PATHS
+    }
+    preprocessor = preprocessors["exact"]
     plan = build_shard_plan(0, examples)
     plan.image_paths = [image] * len(plan.image_paths)  # the fixture's one real frame
     shard = jobs.shard_jobs(plan, 64, with_aux=False, forward_batch=64)
@@ -173,6 +309,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name, fn in steps.items():
         variants[f"{name}/before"] = before(fn)
         variants[f"{name}/after"] = fn
+    variants.update(path_variants(args.root, image, images, transform, preprocessors, shard, cold))
     seconds = interleaved(variants, repeats)
     n = len(examples)
     table = {}
@@ -194,6 +331,7 @@ def main(argv: list[str] | None = None) -> dict:
             "default_workers_16_core_cuda_node": workers,
             "default_examples_per_s_16_core_cuda_node": round(max(workers, 1) * 1e3 / cost, 1),
         }
+    gpu_rate = CLIP_RETRIEVAL_A100 * n / images
     result = {
         "benchmark": "preprocess",
         "quick": args.quick,
@@ -206,8 +344,18 @@ def main(argv: list[str] | None = None) -> dict:
         "after_over_before_cpu_ms": round(
             table["after"]["cpu_ms_per_example"] / table["before"]["cpu_ms_per_example"], 3
         ),
-        "clip_retrieval_a100_examples_per_s": round(CLIP_RETRIEVAL_A100 * n / images, 1),
+        "clip_retrieval_a100_examples_per_s": round(gpu_rate, 1),
+        "image_paths": path_table(table["after"]["per_example_ms"], seconds, n, gpu_rate),
     }
+    if not args.quick:
+        result["image_path_tolerance"] = tolerance(args.root.parent, transform)
+    for path, row in result["image_paths"].items():
+        print(
+            f"--image-decode {path:<10} {row['cpu_ms_per_example']:7.2f} CPU ms / example -> "
+            f"{row['projected_examples_per_s_16_cores']:8.1f} examples/s on {WORKERS_16_CORES} "
+            f"workers = {row['over_gpu_rate']:.2f} x the GPU's {gpu_rate:,.0f}/s"
+            + (" (+ its device side, unmeasured)" if path == "gpu" else "")
+        )
     print(json.dumps(result))
     return result
 

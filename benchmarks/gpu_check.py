@@ -6,14 +6,16 @@
    (the same towers on the same pre-decoded batches, same bf16 autocast). Goal: extract /
    forward >= 0.9 (examples/s). The image tower's images/s is printed beside clip-retrieval's
    published ~1,100 images/s per A100 (image embedding inference, decoding included).
-2. JPEG decoding + resize to 224 px: on the GPU (torchvision nvjpeg, batched) vs PIL in
-   `--workers` CPU processes.
+2. The image paths of `--image-decode` (madcache/extraction/images.py) on full-size frames
+   (1920 x 797 JPEGs, as VCR's): images/s of each path's CPU side in `--workers` processes,
+   and of the gpu path's device side (nvjpeg decode + resize + crop + normalise, batches of
+   64), with its pixels' difference from the CPU tensor path's.
 3. One training step of a base-size student (the built-in single-stream student: hidden 768,
    12 layers, 12 heads) in bf16: cached MAD / baseline (goal <= 1.05), and MAD fp32 / bf16.
 4. Peak GPU memory of each part.
 
-`--dry`: tiny shapes on the CPU (a 32 px tiny CLIP, 8 examples, a 1-layer student, no nvjpeg,
-no worker pool); it checks that every part still runs (the CPU test suite runs it:
+`--dry`: tiny shapes on the CPU (a 32 px tiny CLIP, 8 examples, eight 64 x 48 frames, a
+1-layer student, no nvjpeg, no worker pool); it checks that every part still runs (the CPU test suite runs it:
 tests/test_benchmarks.py), and its numbers mean nothing.
     python benchmarks/gpu_check.py [--dry] [--workers 15] [--iters 20]
 """
@@ -140,9 +142,10 @@ def extraction(tmp: Path, root: Path, device: str, *, dry: bool, workers: int) -
         sync(device)
         return time.perf_counter() - started, images_done - started
 
-    def full(out: Path) -> float:
+    def full(out: Path, image_decode: str = "exact") -> float:
         started = time.perf_counter()
-        extract(replace(config, out=out), teacher_loader=lambda *a, **k: teacher)
+        run = replace(config, out=out, image_decode=image_decode)
+        extract(run, teacher_loader=lambda *a, **k: teacher)
         sync(device)
         return time.perf_counter() - started
 
@@ -157,6 +160,7 @@ def extraction(tmp: Path, root: Path, device: str, *, dry: bool, workers: int) -
     forward_s = statistics.median(f[0] for f in forwards)
     image_s = statistics.median(f[1] for f in forwards)
     extract_s = statistics.median(extracts)
+    gpu_path_s = full(tmp / "cache-gpu-path", "gpu")
     return {
         "teacher": "tiny CLIP" if dry else "open_clip ViT-B-16 (random weights)",
         "examples": n,
@@ -166,74 +170,131 @@ def extraction(tmp: Path, root: Path, device: str, *, dry: bool, workers: int) -
         "forward_examples_per_s": round(n / forward_s, 1),
         "extract_examples_per_s": round(n / extract_s, 1),
         "extract_over_forward": round(forward_s / extract_s, 3),
+        "extract_gpu_image_path_examples_per_s": round(n / gpu_path_s, 1),
         "image_tower_images_per_s": round(images / max(image_s, 1e-9), 1),
         "peak_gib": peak_gib(device),
     }
 
 
-# ----------------------------------------------------------------------------- 2. decoding
+# ----------------------------------------------------------------------------- 2. image paths
 
 
-def _pil_decode(path: str, size: int = 224) -> int:
+PATHS = ("exact", "crop-first", "tensor", "gpu")
+_POOL: dict = {}  # what forked pool workers inherit: the transforms of each image path
+
+
+def make_frames(tmp: Path, *, dry: bool) -> list[Path]:
+    """Full-size frames as JPEGs (VCR's are movie frames, e.g. 1920 x 797): smooth gradients
+    plus noise, quality 90, so decoding and resizing cost what a real frame costs."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    height, width = (48, 64) if dry else (797, 1920)
+    y, x = np.mgrid[0:height, 0:width] / width
+    folder = tmp / "frames"
+    folder.mkdir()
+    paths = []
+    for i in range(8 if dry else 64):
+        phase = rng.uniform(0, 3, 3)
+        smooth = np.stack([np.sin(7 * x + p) + np.cos(5 * y + 2 * p) for p in phase], -1)
+        noise = rng.normal(0, 12, (height, width, 3))
+        pixels = (smooth * 60 + 128 + noise).clip(0, 255).astype(np.uint8)
+        paths.append(folder / f"frame{i}.jpg")
+        Image.fromarray(pixels).save(paths[-1], quality=90)
+    return paths
+
+
+def _worker_side(job: tuple[str, str]) -> int:
+    """One image's CPU-worker work under an image path (what `Preprocessor.images` does)."""
+    from madcache.extraction.images import read_encoded
+    from madcache.extraction.jobs import load_rgb
+
+    path, name = job
+    folder, name = str(Path(name).parent), Path(name).name
+    if path == "gpu":
+        return int(read_encoded(Path(folder), name).numel())
+    return int(_POOL[path](load_rgb(Path(folder), name)).numel())
+
+
+def image_paths(tmp: Path, device: str, *, dry: bool, workers: int) -> dict:
+    """Each `--image-decode` path on full-size frames, images/s: the CPU side in `workers`
+    forked processes, and the gpu path's device side (`decode_on` + `TensorTransform`, batches
+    of 64: nvjpeg and CUDA resize on a GPU); its pixels vs the CPU tensor path's."""
+    import multiprocessing
+
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    from madcache.extraction.images import (
+        TensorTransform,
+        decode_on,
+        read_encoded,
+        worker_transform,
+    )
+
+    frames = make_frames(tmp, dry=dry)
+    transform = image_transform_v2(PreprocessCfg(size=32 if dry else 224), is_train=False)
+    for path in PATHS:
+        _POOL[path] = worker_transform(path, transform, teacher="ViT-B-16")
+    names = [str(p) for p in frames] * (1 if dry else 3)
+    out: dict = {
+        "frames": f"{len(frames)} x {frame_size(frames[0])}",
+        "cpu_workers": max(workers, 1),
+    }
+    for path in PATHS:
+        jobs = [(path, name) for name in names]
+        if workers <= 1:
+            started = time.perf_counter()
+            for job in jobs:
+                _worker_side(job)
+        else:
+            # fork: the workers inherit _POOL and never touch CUDA; one thread each, as
+            # extraction's DataLoader workers
+            fork = multiprocessing.get_context("fork")
+            with fork.Pool(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+                pool.map(_worker_side, jobs[:workers], chunksize=1)  # start-up not counted
+                started = time.perf_counter()
+                pool.map(_worker_side, jobs, chunksize=4)
+        out[f"cpu_side_{path}_images_per_s"] = round(len(jobs) / (time.perf_counter() - started), 1)
+    tensor = TensorTransform.of(transform, teacher="ViT-B-16")
+    folder = frames[0].parent
+    files = [p.name for p in frames]
+    encoded = [read_encoded(folder, name) for name in files]
+    batch = 8 if dry else 64
+
+    def device_side() -> float:
+        sync(device)
+        started = time.perf_counter()
+        for _ in range(1 if dry else 3):
+            for i in range(0, len(encoded), batch):
+                chunk = slice(i, i + batch)
+                tensor(decode_on(encoded[chunk], device, root=folder, paths=files[chunk]))
+        sync(device)
+        return time.perf_counter() - started
+
+    device_side()  # warm-up
+    peak_gib(device)
+    seconds = device_side()
+    on_device = tensor(decode_on(encoded, device, root=folder, paths=files)).cpu()
+    on_cpu = tensor(decode_on(encoded, "cpu", root=folder, paths=files))
+    diff = (on_device - on_cpu).abs()
+    grey = 1 / 255 / min(transform.transforms[-1].std)
+    out.update(
+        {
+            "decoder": "nvjpeg" if device.startswith("cuda") else "libjpeg-turbo (CPU, dry)",
+            "device_side_images_per_s": round(len(encoded) * (1 if dry else 3) / seconds, 1),
+            "device_vs_cpu_pixels_max_grey_levels": round(float(diff.max()) / grey, 2),
+            "device_vs_cpu_pixels_mean": float(f"{float(diff.mean()):.3g}"),
+            "peak_gib": peak_gib(device),
+        }
+    )
+    return out
+
+
+def frame_size(path: Path) -> str:
     from PIL import Image
 
     with Image.open(path) as image:
-        return image.convert("RGB").resize((size, size), Image.BICUBIC).size[0]
-
-
-def decoding(root: Path, device: str, *, dry: bool, workers: int) -> dict:
-    """images/s of JPEG decode + resize to 224 px: nvjpeg on the GPU vs PIL in CPU workers."""
-    import torchvision
-    from torchvision.io import decode_jpeg
-
-    paths = sorted(str(p) for p in (root / "vcr1images").rglob("*.jpg"))
-    paths = (paths * (1 if dry else 3))[: 8 if dry else None]
-    data = [torchvision.io.read_file(p) for p in paths]
-    batch = 8 if dry else 128
-
-    def gpu() -> float:
-        sync(device)
-        started = time.perf_counter()
-        for i in range(0, len(data), batch):
-            images = decode_jpeg(data[i : i + batch], device=device)
-            torch.stack(
-                [
-                    torch.nn.functional.interpolate(
-                        image[None].float(), size=(224, 224), mode="bilinear", antialias=True
-                    )[0]
-                    for image in images
-                ]
-            )
-        sync(device)
-        return time.perf_counter() - started
-
-    def cpu() -> float:
-        started = time.perf_counter()
-        if workers <= 1:
-            for path in paths:
-                _pil_decode(path)
-        else:
-            import multiprocessing
-
-            # fork: the workers only run PIL (no CUDA), and start without re-importing torch
-            with multiprocessing.get_context("fork").Pool(workers) as pool:
-                pool.map(_pil_decode, paths[:workers], chunksize=1)  # start-up not counted
-                started = time.perf_counter()
-                pool.map(_pil_decode, paths, chunksize=16)
-        return time.perf_counter() - started
-
-    gpu()  # warm-up
-    peak_gib(device)
-    gpu_s, cpu_s = gpu(), cpu()
-    return {
-        "images": len(paths),
-        "decoder": "nvjpeg" if device.startswith("cuda") else "torchvision (CPU, dry)",
-        "gpu_images_per_s": round(len(paths) / gpu_s, 1),
-        "cpu_workers": max(workers, 1),
-        "cpu_images_per_s": round(len(paths) / cpu_s, 1),
-        "gpu_over_cpu": round(cpu_s / gpu_s, 2),
-        "peak_gib": peak_gib(device),
-    }
+        return f"{image.size[0]} x {image.size[1]}"
 
 
 # ----------------------------------------------------------------------------- 3. steps
@@ -318,13 +379,25 @@ def report(device_name: str, ex: dict, dec: dict, st: dict) -> str:
             ">= 0.9",
         ),
         (
+            "extract --image-decode gpu (examples/s)",
+            str(ex["extract_gpu_image_path_examples_per_s"]),
+            "",
+        ),
+        (
             "image tower alone (images/s)",
             str(ex["image_tower_images_per_s"]),
             f"clip-retrieval ~{CLIP_RETRIEVAL_A100}/A100",
         ),
         (
-            f"JPEG decode+resize: {dec['decoder']} vs {dec['cpu_workers']} CPU workers (img/s)",
-            f"{dec['gpu_images_per_s']} vs {dec['cpu_images_per_s']} (x{dec['gpu_over_cpu']})",
+            f"image path CPU side, {dec['cpu_workers']} workers, {dec['frames']} (img/s)",
+            " / ".join(f"{p} {dec[f'cpu_side_{p}_images_per_s']}" for p in PATHS),
+            "",
+        ),
+        (
+            f"image path gpu, device side: {dec['decoder']} + resize (img/s)",
+            f"{dec['device_side_images_per_s']} (vs CPU: max "
+            f"{dec['device_vs_cpu_pixels_max_grey_levels']} grey, mean "
+            f"{dec['device_vs_cpu_pixels_mean']})",
             "",
         ),
         ("cached MAD / baseline step, bf16", str(st["mad_over_baseline_bf16"]), "<= 1.05"),
@@ -361,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(directory)
         root = make_world(tmp, dry=args.dry, size=32 if args.dry else 224)
         ex = extraction(tmp, root, device, dry=args.dry, workers=workers)
-        dec = decoding(root, device, dry=args.dry, workers=workers)
+        dec = image_paths(tmp, device, dry=args.dry, workers=workers)
     st = steps(device, dry=args.dry, iters=2 if args.dry else args.iters)
     print(report(name, ex, dec, st))
     print(
@@ -371,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
                 "device": name,
                 "dry": args.dry,
                 "extraction": ex,
-                "decoding": dec,
+                "image_paths": dec,
                 "steps": st,
             }
         )

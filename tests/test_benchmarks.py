@@ -35,7 +35,9 @@ def test_gpu_check_runs_dry():
     for row in (
         "extract / teacher forward",
         "image tower alone",
-        "JPEG decode+resize",
+        "extract --image-decode gpu",
+        "image path CPU side",
+        "image path gpu, device side",
         "cached MAD / baseline step, bf16",
         "MAD step fp32 / bf16",
         "peak GPU memory",
@@ -44,12 +46,17 @@ def test_gpu_check_runs_dry():
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     assert figures["dry"] and figures["extraction"]["examples"] == 8
     assert figures["steps"]["mad_over_baseline_bf16"] > 0
+    paths = figures["image_paths"]
+    assert all(paths[f"cpu_side_{p}_images_per_s"] > 0 for p in ("exact", "tensor", "gpu"))
+    assert paths["device_side_images_per_s"] > 0
+    assert paths["device_vs_cpu_pixels_max_grey_levels"] == 0  # dry: the device is the CPU
 
 
 @pytest.mark.real
 def test_preprocess_bench_runs_quick(real_root):
     """benchmarks/bench_preprocess.py --quick on the real VCR sample: both variants measured,
-    the same steps, positive costs, the default worker count of a 16-core CUDA node."""
+    the same steps, positive costs, the default worker count of a 16-core CUDA node, and each
+    image path's CPU cost and projection against the GPU's rate."""
     env = {**os.environ, "MADCACHE_REAL_FIXTURES": str(real_root), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "bench_preprocess.py"), "--quick"],
@@ -75,6 +82,21 @@ def test_preprocess_bench_runs_quick(real_root):
         before["default_workers_16_core_cuda_node"],
         after["default_workers_16_core_cuda_node"],
     ) == (0, 15)
+    paths = figures["image_paths"]
+    assert set(paths) == {"exact", "crop-first", "tensor", "gpu"}
+    assert set(paths["gpu"]["per_example_ms"]) == {"read", "bpe", "yake", "read_bytes"}
+    assert paths["exact"]["per_example_ms"] == {
+        k: after["per_example_ms"][k] for k in ("read", "bpe", "yake", "decode", "transform")
+    }
+    for row in paths.values():
+        assert row["cpu_ms_per_example"] > 0 and row["preprocessor_ms"] > 0
+        assert row["over_gpu_rate"] == pytest.approx(
+            row["projected_examples_per_s_16_cores"]
+            / figures["clip_retrieval_a100_examples_per_s"],
+            abs=0.01,
+        )
+    assert "unmeasured" in paths["gpu"]["device_side"]
+    assert "--image-decode gpu" in done.stdout
 
 
 @pytest.mark.slow

@@ -14,6 +14,8 @@ from madcache.core.errors import ConfigError
 from madcache.core.progress import PROGRESS_HELP
 from madcache.data import DATASETS
 
+ImageDecode = Literal["exact", "crop-first", "tensor", "gpu"]  # extraction/images.py
+
 
 @dataclass(frozen=True)
 class TeacherSpec:
@@ -118,6 +120,13 @@ class ExtractConfig:
         "annotations=FILE for VCR; VALUE is parsed as "
         "JSON when it can be.",
     )
+    image_decode: ImageDecode = setting(
+        "exact",
+        help="Image path: exact (PIL in the workers, bit-identical), crop-first (PIL resizes "
+        "only the centre-crop box), tensor (PIL decodes, torchvision resizes, in the workers) "
+        "or gpu (workers read bytes; decode and resize on --device). All but exact move a few "
+        "pixels by a grey level or two and are in the fingerprint (docs/extraction.md).",
+    )
     yake_max_ngram: int = setting(3, minimum=1, help="YAKE: the longest keyword, in words.")
     yake_top: int = setting(20, minimum=1, help="YAKE: keywords kept per text.")
     yake_language: str = setting("en", help="YAKE: the language of its stop-word list.")
@@ -189,7 +198,8 @@ class ExtractConfig:
         self._validate()
 
     def _validate(self) -> None:
-        for name in ("format", "dtype"):  # also when built in Python, not from values
+        # also when built in Python, not from values
+        for name in ("format", "dtype", "image_decode"):
             choices = get_args(field_types(ExtractConfig)[name])
             if getattr(self, name) not in choices:
                 raise ConfigError(

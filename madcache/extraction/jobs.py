@@ -31,6 +31,7 @@ import torch
 from madcache.core.errors import CacheError, DataError, DataFileNotFoundError, MadcacheError
 from madcache.data.paths import safe_join
 from madcache.data.records import Text
+from madcache.extraction.images import ImageDecode, read_encoded
 from madcache.extraction.plan import ShardPlan
 from madcache.extraction.scores import content_words, yake_word_scores
 
@@ -90,7 +91,13 @@ class YakeSettings:
 
 
 class Preprocessor:
-    """Turns a `Job` into model inputs. Runs in worker processes (picklable)."""
+    """Turns a `Job` into model inputs. Runs in worker processes (picklable).
+
+    `image_decode` (docs/extraction.md, "The image path"): `gpu` delivers each image once,
+    encoded (`images.read_encoded`), for the main process to decode and transform on the
+    extraction device; every other path delivers each teacher's pixels, the paths differing only
+    in the `image_transforms` given (`images.worker_transform`).
+    """
 
     def __init__(
         self,
@@ -101,8 +108,10 @@ class Preprocessor:
         aux_processors: dict[str, Callable[[Sequence[Text]], Any]],
         yake: YakeSettings,
         forward_batch: int,
+        image_decode: ImageDecode = "exact",
     ) -> None:
         self.root = Path(root)
+        self.image_decode = image_decode
         self.image_transforms = image_transforms
         self.text_processors = text_processors
         self.aux_processors = aux_processors
@@ -129,7 +138,11 @@ class Preprocessor:
         return out
 
     def images(self, paths: Sequence[str]) -> dict[str, Any]:
-        """Decode each image once, then apply every teacher's transform."""
+        """Decode each image once, then apply every teacher's transform (`gpu`: read each
+        image once, for the main process)."""
+        if self.image_decode == "gpu":
+            encoded = [read_encoded(self.root, path) for path in paths]
+            return {"encoded": micro_batches(encoded, self.forward_batch)}
         decoded = [load_rgb(self.root, path) for path in paths]
         return {
             "pixels": {

@@ -2,9 +2,10 @@
 
 The fingerprint holds everything that changes a stored value (teacher weights and preprocessing,
 dataset bytes and read options, selection and prompt settings, dtype, which examples and how
-they are sharded, the forward micro-batch). Run-time choices that do not (batch size, workers,
-device index, ranks) stay outside it, so a resume may change them; the precision of the forward
-(device type and autocast dtype) is recorded per shard and may not change within one cache.
+they are sharded, the forward micro-batch, a pixel-changing image path). Run-time choices that
+do not (batch size, workers, device index, ranks) stay outside it, so a resume may change them;
+the precision of the forward (device type and autocast dtype) is recorded per shard and may not
+change within one cache.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from madcache import __version__
 from madcache.extraction.config import ExtractConfig
+from madcache.extraction.images import fingerprint_entry
 from madcache.extraction.jobs import YakeSettings
 from madcache.extraction.protocols import LogitProtocol, VqaProtocol
 from madcache.extraction.roles import TeacherSet
@@ -31,6 +33,9 @@ def build_fingerprint(
     dataset_fp: dict[str, Any],
     format_version: Any,
 ) -> dict[str, Any]:
+    """The fingerprint; `images` only for a pixel-changing `--image-decode` (an `exact` cache's
+    fingerprint is the one it had before the choice existed, so such caches still resume)."""
+    images = fingerprint_entry(config.image_decode)
     return {
         "format_version": format_version,
         "dataset": dataset_fp,
@@ -52,6 +57,7 @@ def build_fingerprint(
             "micro_batch": config.forward_batch,
             "cut": "fixed offsets of each shard's image / text lists",
         },
+        **({} if images is None else {"images": images}),
     }
 
 
@@ -88,6 +94,7 @@ def build_manifest(
             "workers": config.workers,
             "threads": config.threads,
             "device": config.device,
+            "image_decode": config.image_decode,
             "text_rows": ROW_LAYOUT,
             "zero_shot": "prediction = argmax of the stored logits (SNLI-VE: of "
             "-scale * |similarity - kmeans centre|)",

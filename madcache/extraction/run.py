@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from madcache.core.device import resolve_device
-from madcache.core.errors import CacheError, ConfigError
+from madcache.core.errors import CacheError, ConfigError, MadcacheError
 from madcache.core.io import check_output_location, writing
 from madcache.data import Example, read_examples
 from madcache.data.vqa import build_answer_vocab, read_answer_vocab
@@ -36,12 +36,14 @@ from madcache.extraction.assemble import EncodedTexts, RoleKeys, ShardBuffers, a
 from madcache.extraction.config import ExtractConfig
 from madcache.extraction.distributed import ProcessGroup, Ranks, rank_device, resolve_ranks
 from madcache.extraction.finish import finish_extraction
+from madcache.extraction.images import TensorTransform, decode_on, worker_transform
 from madcache.extraction.jobs import (
     Job,
     JobStream,
     Preprocessor,
     YakeSettings,
     make_loader,
+    micro_batches,
     payload_of,
     preprocess_workers,
     shard_jobs,
@@ -104,6 +106,7 @@ def extract(
     examples, skipped = _read(config)
     shards = group_into_shards(examples, config.shard_size)
     teachers = load_teacher_set(config, teacher_loader)
+    image_transforms(config, teachers)  # a transform the image path cannot run: 1 line now
     task = _make_protocol(config, examples, teachers, sentence_encoder)
     yake = YakeSettings(config.yake_max_ngram, config.yake_top, config.yake_language)
     group = ProcessGroup.join(ranks)
@@ -262,6 +265,8 @@ def _open_writer(
     from madcache.cache.fingerprint import dataset_fingerprint
     from madcache.cache.writer import FORMAT_VERSION, CacheWriter
 
+    if not config.force:
+        _check_image_path(config)
     dataset_fp = dataset_fingerprint(
         config.dataset, config.root, config.split, config.dataset_options
     )
@@ -295,6 +300,40 @@ def _open_writer(
     writer = open_writer(config.force) if ranks.rank == 0 else None
     group.barrier()
     return writer or open_writer(False), manifest
+
+
+def image_transforms(
+    config: ExtractConfig, teachers: TeacherSet
+) -> tuple[dict[str, Any], dict[str, TensorTransform]]:
+    """Per image teacher, what the workers apply to a decoded image and (`--image-decode gpu`)
+    what the main process applies on the device (docs/extraction.md, "The image path")."""
+    distinct = teachers.distinct
+    own = {key: distinct[key].image_transform() for key in teachers.image_keys()}
+    names = {key: distinct[key].name for key in own}
+    worker = {
+        key: worker_transform(config.image_decode, t, teacher=names[key]) for key, t in own.items()
+    }
+    if config.image_decode != "gpu":
+        return worker, {}
+    return worker, {key: TensorTransform.of(t, teacher=names[key]) for key, t in own.items()}
+
+
+def _check_image_path(config: ExtractConfig) -> None:
+    """A cache made with another `--image-decode` is refused in one line naming both paths,
+    before the fingerprint diff (which would list each differing `images` key)."""
+    from madcache.cache.manifest import read_manifest
+
+    try:
+        fingerprint = read_manifest(config.output_path()).get("fingerprint") or {}
+    except (MadcacheError, OSError):
+        return  # no cache yet, or one the writer reports on
+    made = (fingerprint.get("images") or {}).get("decode", "exact")
+    if made != config.image_decode:
+        raise ConfigError(
+            f"--image-decode {config.image_decode}: the cache at {config.output_path()} was "
+            f"extracted with --image-decode {made}, whose pixels differ; pass --image-decode "
+            f"{made} to resume it, --force to overwrite it, or another --out"
+        )
 
 
 def forward_precision(device: str) -> dict[str, Any]:
@@ -339,6 +378,7 @@ class ShardPipeline:
             None if teachers.relevance is None else teachers.key_of(teachers.relevance),
         )
         self.dtype = np.dtype(config.dtype)
+        self.worker_transforms, self.device_transforms = image_transforms(config, teachers)
         self.plans: dict[int, ShardPlan] = {}
         self.expected_jobs: dict[int, int] = {}
 
@@ -419,16 +459,20 @@ class ShardPipeline:
         relevance = [] if self.keys.relevance is None else [self.keys.relevance]
         return Preprocessor(
             self.config.root,
-            image_transforms={k: teachers[k].image_transform() for k in self.teachers.image_keys()},
+            image_transforms=self.worker_transforms,
             text_processors={k: teachers[k].text_processor() for k in self.teachers.text_keys()},
             aux_processors={k: teachers[k].text_processor() for k in relevance},
             yake=self.yake,
             forward_batch=self.config.forward_batch,
+            image_decode=self.config.image_decode,
         )
 
     def _encode(self, job: Job, payload: dict[str, Any], buf: ShardBuffers) -> None:
         """Run the teachers on a job, one micro-batch (a list entry of the payload) at a time."""
         teachers = self.teachers.distinct
+        if "encoded" in payload:  # --image-decode gpu; pixels in float32, outside the autocast
+            with torch.inference_mode():
+                payload = self._device_pixels(job, payload["encoded"])
         with torch.inference_mode(), _autocast(self.config.device):
             if job.kind == "image":
                 for key, chunks in payload["pixels"].items():
@@ -442,6 +486,21 @@ class ShardPipeline:
                     target.setdefault(key, EncodedTexts()).add(teachers[key].encode_tokens(tokens))
             buf.yake.extend(payload.get("yake", []))
             buf.content.extend(payload.get("content", []))
+
+    def _device_pixels(self, job: Job, encoded: list[list[torch.Tensor]]) -> dict[str, Any]:
+        """`--image-decode gpu`: decode each micro-batch once on the device, then every image
+        teacher's pixels from it (the payload `exact` workers would have delivered)."""
+        paths = micro_batches(job.items, self.config.forward_batch)
+        decoded = [
+            decode_on(chunk, self.config.device, root=self.config.root, paths=names)
+            for chunk, names in zip(encoded, paths)
+        ]
+        return {
+            "pixels": {
+                key: [transform(images) for images in decoded]
+                for key, transform in self.device_transforms.items()
+            }
+        }
 
 
 def _wait(future: Future | None) -> None:
