@@ -156,14 +156,6 @@ class StoredExamples(Sequence[Example]):
         return StoredExamples(self.records, self.order[stable])
 
 
-def write_examples(examples: Iterable[Example], folder: str | Path | None = None) -> StoredExamples:
-    """`examples` written to disk in their order (one pass: a reader's `iter_examples`)."""
-    writer = ExampleWriter(folder)
-    for example in examples:
-        writer.add(example)
-    return writer.finish()
-
-
 def field_of(examples: Sequence[Example], name: str) -> Iterable[str]:
     """Each example's `name` ("id" or "image_id"), in order: from memory where the sequence
     keeps the column (`StoredExamples`' `ids` and `image_ids`; `LabelFreeViews`' `image_ids`),

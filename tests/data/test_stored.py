@@ -17,7 +17,7 @@ from madcache.data.records import (
     encode_example,
     image_order,
 )
-from madcache.data.stored import field_of, write_examples
+from madcache.data.stored import ExampleWriter, StoredExamples, field_of
 
 REAL_SPLITS = {
     "vcr-cs": ("vcr", "vcr", "annotations/vcr_cs_val_original.jsonl", {"skip_bad": True}),
@@ -33,6 +33,13 @@ REAL_SPLITS = {
         },
     ),
 }
+
+
+def write_examples(examples, folder) -> StoredExamples:
+    writer = ExampleWriter(folder)
+    for example in examples:
+        writer.add(example)
+    return writer.finish()
 
 
 def same(a: Example, b: Example) -> bool:
@@ -84,8 +91,7 @@ def test_every_field_round_trips():
     )
     defaults = Example("", "", "", "", "", (), None, "")
     assert all(
-        getattr(example, f.name) != getattr(defaults, f.name)
-        for f in dataclasses.fields(Example)
+        getattr(example, f.name) != getattr(defaults, f.name) for f in dataclasses.fields(Example)
     )
     assert same(decode_example(encode_example(example)), example)
 
