@@ -180,7 +180,8 @@ def read_training_data(
 ) -> tuple[Sequence[Example], Any, LabelFreeViews | None]:
     """The task stage's examples (a whole split in image order, or the low-shot subset), the
     split (`training_subset`), and adaptive finetuning's label-free views of the whole split in
-    image order (None without an AF stage).
+    image order (None without an AF stage). Image order for every method, cache or not: the
+    same batches (docs/training.md).
 
     The split streams from the reader (`iter_examples`); what is trained on whole (the split,
     the AF views) is written to disk as it passes (data/stored.py: unnamed files in the run
