@@ -13,7 +13,9 @@ then measures, each in a fresh process:
   load of the same subset (+ the selected words' features and the logits): bytes read / used;
 - `af`: a full-split adaptive-finetuning epoch's data (MAD's AF stage, the setup's `af_source`
   read chunk by chunk as the training pipeline does; the student's step is not run, its memory
-  does not depend on the split): peak RSS, RSS after setup, bytes read / used;
+  does not depend on the split): setup's wall seconds and peak RSS, RSS after setup, the
+  epoch's own peak RSS, the chunks' examples per second (read from disk where setup stored
+  them) and their targets' rows/s and bytes read / used;
 - `load`: `Cache.load_targets` of a random 3% of the ids with MD's needs, zarr and hdf5, rows/s.
 
 Every figure is printed for both sizes with the 100% / 10% growth, and projected to D = 512
@@ -300,6 +302,11 @@ def peak_mb() -> float:
     return float("nan")
 
 
+def reset_peak() -> None:
+    """Start VmHWM again from the current RSS (Linux: clear_refs 5)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
 def bytes_read() -> int:
     """Bytes this process's read() calls returned (pread included; page-cache hits count)."""
     for line in Path("/proc/self/io").read_text().splitlines():
@@ -393,28 +400,37 @@ def measure_lowshot(folder: Path, dataset: str, shots: int, dim: int) -> dict:
 
 
 def measure_af(folder: Path, dataset: str, shots: int, dim: int) -> dict:
+    started = time.perf_counter()
     built = run_setup(folder, dataset, "mad", shots)
+    setup_s = time.perf_counter() - started
     source = built.af_source
-    after_setup = rss_mb()
+    after_setup, setup_peak = rss_mb(), peak_mb()
+    reset_peak()  # peak_rss_mb: the epoch's own peak
     source.load(source.examples[:1])  # lazy imports and metadata, not counted
     read = feature = other = rows = 0
-    started = time.perf_counter()
+    loading = examples_s = 0.0
     for index in range(len(source.chunks)):
-        read0 = bytes_read()
-        chunk = source.chunk(index)
+        started = time.perf_counter()  # the chunk's examples (from disk where setup put them)
+        examples = [source.examples[j] for j in source.chunks[index]]
+        examples_s += time.perf_counter() - started
+        read0, started = bytes_read(), time.perf_counter()  # their targets, as DataSource.chunk
+        targets = source.load(examples)
+        loading += time.perf_counter() - started
         read += bytes_read() - read0
-        f, o = used_bytes(chunk.examples, chunk.targets, dim)
-        feature, other, rows = feature + f, other + o, rows + len(chunk.examples)
-        del chunk
-    seconds = time.perf_counter() - started
+        f, o = used_bytes(examples, targets, dim)
+        feature, other, rows = feature + f, other + o, rows + len(examples)
+        del examples, targets
     return {
         "rows": rows,
         "chunks": len(source.chunks),
-        "rows_per_s": round(rows / seconds),
+        "rows_per_s": round(rows / loading),
+        "examples_per_s": round(rows / examples_s),
         "bytes_read": read,
         "bytes_used": feature + other,
         "feature_bytes": feature,
+        "setup_s": round(setup_s, 1),
         "rss_after_setup_mb": round(after_setup),
+        "setup_peak_rss_mb": round(setup_peak),
         "peak_rss_mb": round(peak_mb()),
     }
 
@@ -510,7 +526,11 @@ def summary(results: dict, dim: int) -> list[str]:
     figures = (
         ("lowshot", "peak_rss_mb", "low-shot MD run: peak RSS (MB)"),
         ("af", "rss_after_setup_mb", "AF epoch: RSS after setup (MB)"),
+        ("af", "setup_peak_rss_mb", "AF epoch: peak RSS during setup (MB)"),
         ("af", "peak_rss_mb", "AF epoch: peak RSS (MB)"),
+        ("af", "setup_s", "AF run: setup wall seconds"),
+        ("af", "examples_per_s", "AF epoch: examples/s (setup's examples, one at a time)"),
+        ("lowshot", "setup_s", "low-shot MD run: setup wall seconds"),
         ("lowshot", "read/used", "low-shot MD load: bytes read / used"),
         ("mad", "read/used", "low-shot MAD task load: bytes read / used"),
         ("af", "read/used", "AF epoch: bytes read / used"),

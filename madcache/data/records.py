@@ -8,8 +8,9 @@ student tokenizers differ, so both sides pool their sub-tokens over a word's cha
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,6 +105,61 @@ class Example:
     @property
     def num_choices(self) -> int:
         return len(self.choices)
+
+
+def _text(text: Text | None) -> list | None:
+    if text is None:
+        return None
+    return [
+        text.text,
+        [[w.start, w.end, *([list(w.boxes)] if w.boxes else [])] for w in text.words],
+    ]
+
+
+def _untext(data: list | None) -> Text | None:
+    if data is None:
+        return None
+    text, words = data
+    return Text(
+        text,
+        tuple(
+            Word(text[w[0] : w[1]], w[0], w[1], tuple(w[2]) if len(w) > 2 else ()) for w in words
+        ),
+    )
+
+
+# (encode, decode) of the fields that are not JSON values as they stand
+_CODECS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
+    "choices": (lambda texts: [_text(t) for t in texts], lambda data: tuple(map(_untext, data))),
+    "context": (_text, _untext),
+    "label_free_text": (_text, _untext),
+    "answers": (list, tuple),
+    "answer_scores": (lambda m: None if m is None else dict(m), lambda data: data),
+    "raw": (dict, lambda data: data),
+}
+_FIELDS = tuple(f.name for f in dataclasses.fields(Example))
+
+
+def encode_example(example: Example) -> bytes:
+    """`example` as one JSON array of its fields (a word as its span in its `Text`);
+    `decode_example` gives it back field for field, `raw` included (a reader's `raw` is parsed
+    JSON). What keeps a whole split on disk rather than in memory (data/stored.py)."""
+    values = []
+    for name in _FIELDS:
+        value = getattr(example, name)
+        values.append(_CODECS[name][0](value) if name in _CODECS else value)
+    return json.dumps(values, separators=(",", ":")).encode("ascii")
+
+
+def decode_example(data: bytes) -> Example:
+    """The example `encode_example` wrote."""
+    values = json.loads(data)
+    return Example(
+        *(
+            _CODECS[name][1](value) if name in _CODECS else value
+            for name, value in zip(_FIELDS, values)
+        )
+    )
 
 
 def image_order(examples: list[Example]) -> list[Example]:

@@ -6,14 +6,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 import torch
 
 from madcache.cache.targets import Targets, WordTargets
 from madcache.data.records import Example
+from madcache.data.stored import field_of
 from madcache.method.methods import Method
 from madcache.method.selection import choose_words, select_words
 
@@ -95,6 +97,61 @@ def word_chooser(
     return chosen
 
 
+AF_ID = "af:"  # adaptive finetuning's opaque ids: af:<position in the stage's examples>
+
+
+class LabelFreeViews(Sequence[Example]):
+    """Adaptive finetuning's examples, made on access: `shown[i]` (a label-free view under its
+    example's id) as `af:<i>` (an SNLI-VE pairID ends in its label's letter). `original_ids`
+    maps each `af:<i>` back to `shown`'s id, which only target loading reads: positions, not a
+    dict of every id. `shown` may be on disk (`StoredExamples`): nothing here holds the split."""
+
+    def __init__(self, shown: Sequence[Example], ids: Sequence[str]) -> None:
+        self.shown = shown
+        self.original_ids = OriginalIds(ids)
+
+    def __len__(self) -> int:
+        return len(self.shown)
+
+    @overload
+    def __getitem__(self, i: int) -> Example: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Example]: ...
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(len(self))[i]]
+        i = range(len(self))[i]
+        return dataclasses.replace(self.shown[i], id=f"{AF_ID}{i}")
+
+    @property
+    def image_ids(self) -> Iterable[str]:
+        return field_of(self.shown, "image_id")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class OriginalIds(Mapping[str, str]):
+    """`af:<i>` -> `ids[i]`: the cache's id of adaptive finetuning's i-th example."""
+
+    def __init__(self, ids: Sequence[str]) -> None:
+        self.ids = ids
+
+    def __getitem__(self, key: str) -> str:
+        position = key[len(AF_ID) :] if key.startswith(AF_ID) else ""
+        if not position.isdigit() or int(position) >= len(self.ids):
+            raise KeyError(key)
+        return self.ids[int(position)]
+
+    def __iter__(self) -> Iterator[str]:
+        return (f"{AF_ID}{i}" for i in range(len(self.ids)))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
 @dataclass
 class Chunk:
     examples: list[Example]
@@ -110,8 +167,8 @@ class DataSource:
     only one chunk.
     """
 
-    examples: list[Example]
-    chunks: list[list[int]]
+    examples: Sequence[Example]  # a list, or a whole split on disk (data/stored.py)
+    chunks: Sequence[Sequence[int]]  # positions in `examples`
     load: Callable[[list[Example]], BatchTargets | None]
 
     def chunk(self, i: int, rows: Sequence[int] | None = None) -> Chunk:

@@ -3,9 +3,9 @@ the student and the projections. Everything `madcache.train.loop.train` needs, i
 
 from __future__ import annotations
 
-import dataclasses
 import operator
-from collections.abc import Callable, Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,12 +20,19 @@ from madcache.core.finite import check_finite
 from madcache.core.io import file_sha256, git_commit
 from madcache.data.base import CLASSIFICATION, DATASETS, MULTIPLE_CHOICE
 from madcache.data.records import Example, image_order
+from madcache.data.stored import field_of
 from madcache.method.losses import Projections, projection_widths
 from madcache.method.methods import AF, TASK, Method, check_targets, get_method
 from madcache.students.base import RegionInputs
 from madcache.students.visual import loader_for, region_store_for, visual_loader
 from madcache.train.config import TrainConfig
-from madcache.train.data import BatchTargets, DataSource, targets_to_tensors, word_chooser
+from madcache.train.data import (
+    BatchTargets,
+    DataSource,
+    LabelFreeViews,
+    targets_to_tensors,
+    word_chooser,
+)
 from madcache.train.distributed import main_first
 
 
@@ -53,39 +60,25 @@ class Setup:
 
 def setup(config: TrainConfig) -> Setup:
     """Read the data, the low-shot split, the cache (fingerprint checked) and build the student."""
-    from madcache.data import iter_examples, read_examples
     from madcache.students import build_student, save_student
 
     method = get_method(config.method)
     torch.manual_seed(config.seed)
     whole = config.split_file is None and config.per_category is None
-    examples: list[Example] = []
-    if whole or method.stage(AF) is not None:  # the whole split is trained on
-        examples = read_examples(
-            config.dataset, config.root, config.split, **config.read_options
-        ).examples
-        subset, split = training_subset(config, examples)
-    else:  # low-shot: only the subset is kept
-        subset, split = training_subset(
-            config,
-            lambda only=None: iter_examples(
-                config.dataset, config.root, config.split, only=only, **config.read_options
-            ),
-        )
+    subset, split, views = read_training_data(config, method)
     cache = open_checked_cache(config, method)
     store = region_store_for(config.student, config.regions)  # None: the student reads pixels
     options = student_defaults(config, cache, store) | config.student_options
     student = build_student(config.student, **options).to(config.device)
     regions = visual_loader(student, root=config.root, store=store)
-    in_image_order = image_order(examples)  # every method, cache or not: the same batches
     task_source = _source(
-        in_image_order if whole else subset,
+        subset,
         target_loader(config, method.only(TASK), cache),
         config.chunk_size if whole else None,
     )
-    af_source, original_id = None, {}
-    if method.stage(AF) is not None:  # AF: the whole training split, label-free
-        views, original_id = label_free_examples(config.dataset, in_image_order)
+    af_source = None
+    if views is not None:  # AF: the whole training split, label-free
+        original_id = views.original_ids
         af_source = _source(
             views,
             target_loader(config, method.only(AF), cache, key=lambda ex: original_id[ex.id]),
@@ -98,15 +91,13 @@ def setup(config: TrainConfig) -> Setup:
         else regions
     )
     probe = transfer_probe(config, method, cache, task_source.examples, eval_examples)
-    stages = [(method.only(TASK), [ex.id for ex in task_source.examples])]
-    if af_source is not None:
-        stages.append((method.only(AF), [original_id[ex.id] for ex in af_source.examples]))
-    shown = [
-        *task_source.examples,
-        *(af_source.examples if af_source else []),
-        *(eval_examples if config.eval_regions is None else []),
-    ]
-    reads = verify_reads(cache, stages, store, {ex.image_id for ex in shown})
+    stages = [(method.only(TASK), field_of(task_source.examples, "id"))]
+    if views is not None:
+        stages.append((method.only(AF), views.original_ids.values()))
+    shown = [task_source.examples, *([views] if views is not None else [])]
+    shown += [eval_examples] if config.eval_regions is None else []
+    image_ids = {image for examples in shown for image in field_of(examples, "image_id")}
+    reads = verify_reads(cache, stages, store, image_ids)
     return Setup(
         config=config,
         method=method,
@@ -132,7 +123,7 @@ def setup(config: TrainConfig) -> Setup:
 
 
 def verify_reads(
-    cache, stages: list[tuple[Method, list[str]]], store, image_ids: set[str]
+    cache, stages: list[tuple[Method, Iterable[str]]], store, image_ids: set[str]
 ) -> dict[str, dict[str, str]]:
     """Before the first step, check every shard the run will read against the sha256s its
     extraction recorded (madcache/cache/verified.py): the cache's shards holding each stage's
@@ -171,20 +162,70 @@ def numerics() -> dict[str, Any]:
 
 
 def label_free_examples(
-    dataset: str, examples: list[Example]
-) -> tuple[list[Example], dict[str, str]]:
+    dataset: str, examples: Iterable[Example]
+) -> tuple[LabelFreeViews, Mapping[str, str]]:
     """The examples adaptive finetuning trains on, each as its dataset's `label_free` view (no
     label nor any field derived from one; VCR without the QA->R texts that hold the correct
-    answer), under an opaque id `af:<i>` (an SNLI-VE pairID ends in its label's letter), and
-    the map from those ids back to the original ones, which only target loading reads."""
+    answer), under an opaque id `af:<i>`, and the map from those ids back to the original
+    ones, which only target loading reads (train/data.py). In memory; `read_training_data`
+    keeps a whole split's views on disk."""
     view = DATASETS.get(dataset).label_free
-    seen = [
-        (example.id, shown)
-        for example, shown in zip(examples, map(view, examples))
-        if shown is not None
-    ]
-    views = [dataclasses.replace(shown, id=f"af:{i}") for i, (_, shown) in enumerate(seen)]
-    return views, {f"af:{i}": original for i, (original, _) in enumerate(seen)}
+    shown = [seen for seen in map(view, examples) if seen is not None]
+    views = LabelFreeViews(shown, [ex.id for ex in shown])
+    return views, views.original_ids
+
+
+def read_training_data(
+    config: TrainConfig, method: Method
+) -> tuple[Sequence[Example], Any, LabelFreeViews | None]:
+    """The task stage's examples (a whole split in image order, or the low-shot subset), the
+    split (`training_subset`), and adaptive finetuning's label-free views of the whole split in
+    image order (None without an AF stage). Image order for every method, cache or not: the
+    same batches (docs/training.md).
+
+    The split streams from the reader (`iter_examples`); what is trained on whole (the split,
+    the AF views) is written to disk as it passes (data/stored.py: unnamed files in the run
+    folder, offsets and ids in memory), never held as `Example`s. One pass for a whole-split
+    run; a low-shot run's first pass (`training_subset`'s whole read) also writes the AF
+    views, so MAD reads its split twice, as MD does."""
+    from madcache.data import iter_examples
+    from madcache.data.stored import ExampleWriter
+
+    whole = config.split_file is None and config.per_category is None
+    af = method.stage(AF) is not None
+    folder = None
+    if whole or af:
+        folder = Path(config.out)
+        folder.mkdir(parents=True, exist_ok=True)
+    everything = ExampleWriter(folder) if whole else None
+    shown = ExampleWriter(folder) if af else None
+    view = DATASETS.get(config.dataset).label_free
+
+    def writing(examples: Iterable[Example]) -> Iterator[Example]:
+        for example in examples:
+            if everything is not None:
+                everything.add(example)
+            seen = view(example) if shown is not None else None
+            if seen is not None:
+                shown.add(seen)  # under the example's id (LabelFreeViews gives it af:<i>)
+            yield example
+
+    def read(only: Collection[str] | None = None) -> Iterator[Example]:
+        examples = iter_examples(
+            config.dataset, config.root, config.split, only=only, **config.read_options
+        )
+        return examples if only is not None else writing(examples)  # the one whole read
+
+    if everything is not None:
+        deque(read(), maxlen=0)
+        subset, split = everything.finish().in_image_order(), None
+    else:
+        subset, split = training_subset(config, read)
+    views = None
+    if shown is not None:
+        in_order = shown.finish().in_image_order()
+        views = LabelFreeViews(in_order, in_order.ids)
+    return subset, split, views
 
 
 def training_subset(
@@ -403,7 +444,7 @@ def load_eval_examples(config: TrainConfig, split: str, *, sm: bool = False) -> 
     return examples
 
 
-def _source(examples: list[Example], load: Callable, chunk_size: int | None) -> DataSource:
+def _source(examples: Sequence[Example], load: Callable, chunk_size: int | None) -> DataSource:
     size = chunk_size or max(len(examples), 1)
-    chunks = [list(range(i, min(i + size, len(examples)))) for i in range(0, len(examples), size)]
-    return DataSource(examples, chunks or [[]], load)
+    chunks = [range(i, min(i + size, len(examples))) for i in range(0, len(examples), size)]
+    return DataSource(examples, chunks or [range(0)], load)

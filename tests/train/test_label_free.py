@@ -2,6 +2,7 @@
 the same split relabelled are identical, field by field (raw record and id included)."""
 
 import json
+import os
 import shutil
 
 import pytest
@@ -77,3 +78,42 @@ def test_label_free_views_do_not_depend_on_the_labels(dataset, demo_root, tmp_pa
     assert sorted(original_ids.values()) == sorted(
         ex.id for ex in original if not ex.id.endswith(":qar")
     )
+
+
+@pytest.mark.parametrize("dataset", sorted(RELABEL))
+@pytest.mark.parametrize("per_category", [None, 2], ids=["full-split", "low-shot"])
+def test_the_training_data_on_disk_is_the_data_in_memory(
+    dataset, per_category, demo_root, tmp_path
+):
+    """`read_training_data` (the split and its AF views written to disk as the reader streams
+    them) gives MAD the examples, views, af ids and original ids of the in-memory reading: the
+    split in image order, `label_free_examples` over it, and the low-shot subset of the list."""
+    from madcache.data.records import image_order
+    from madcache.method.methods import get_method
+    from madcache.train.config import TrainConfig
+    from madcache.train.setup import read_training_data, training_subset
+
+    config = TrainConfig(
+        dataset=dataset,
+        root=str(demo_root / dataset),
+        out=str(tmp_path / "run"),
+        method="mad",
+        per_category=per_category,
+    )
+    examples = read_examples(dataset, demo_root / dataset, "train").examples
+    subset, split, views = read_training_data(config, get_method("mad"))
+    assert os.listdir(tmp_path / "run") == []  # its files have no name
+    expected, expected_split = training_subset(config, examples)
+    if per_category is None:
+        expected = image_order(examples)
+    assert [(ex, ex.raw) for ex in subset] == [(ex, ex.raw) for ex in expected]
+    assert (split and split.ids) == (expected_split and expected_split.ids)
+    in_memory, original_ids = label_free_examples(dataset, image_order(examples))
+    assert len(views) == len(in_memory) > 0 and views == in_memory
+    assert [ex.raw for ex in views] == [ex.raw for ex in in_memory]
+    assert views[-1].id == f"af:{len(views) - 1}" and views[1:3] == in_memory[1:3]
+    assert dict(views.original_ids) == dict(original_ids)
+    assert list(views.image_ids) == [ex.image_id for ex in in_memory]
+    for key in ("af:x", f"af:{len(views)}", "0"):
+        with pytest.raises(KeyError):
+            views.original_ids[key]

@@ -503,6 +503,71 @@ def test_demo_full_split_batches_are_the_same_for_every_method(demo, monkeypatch
     assert seen["md"] == seen["baseline"] and seen["mad"] == seen["baseline"]
 
 
+def _in_memory_training_data(config, method):
+    """`setup`'s training data as it was read before the split was kept on disk: the whole
+    split read into a list, image_order, label_free_examples over it."""
+    from madcache.data import read_examples
+    from madcache.data.records import image_order
+    from madcache.train.setup import label_free_examples, training_subset
+
+    examples = read_examples(config.dataset, config.root, config.split).examples
+    subset, split = training_subset(config, examples)
+    ordered = image_order(examples)
+    views = label_free_examples(config.dataset, ordered)[0] if method.stage("af") else None
+    return (ordered if split is None else subset), split, views
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("split_file", [False, True], ids=["full-split", "low-shot"])
+def test_demo_mad_from_the_split_on_disk_equals_the_split_in_memory(
+    demo, monkeypatch, tensors_equal, split_file
+):
+    """MAD (AF on the whole split, then the task stage on the whole split or a low-shot one)
+    trains on the same batches in the same order, to the same bits, whether its examples and
+    label-free views come from disk (`read_training_data`, data/stored.py) or from a list."""
+    from madcache.train import setup as setup_mod
+
+    real = train_mod.StageLoss.forward
+    seen: dict[str, list[tuple[str, list[str]]]] = {}
+
+    for name in ("disk", "memory"):
+        if name == "memory":
+            monkeypatch.setattr(setup_mod, "read_training_data", _in_memory_training_data)
+
+        def spy(module, *, stage, micro, generator, name=name):
+            seen.setdefault(name, []).append((stage, [ex.id for ex in micro.examples]))
+            return real(module, stage=stage, micro=micro, generator=generator)
+
+        monkeypatch.setattr(train_mod.StageLoss, "forward", spy)
+        train_mod.run_training(
+            _demo_config(
+                demo,
+                f"stored-{split_file}-{name}",
+                method="mad",
+                max_steps=3,
+                af_max_steps=4,
+                chunk_size=16,
+                eval_split=None,
+                **({} if split_file else {"split_file": None}),
+            )
+        )
+    assert [stage for stage, _ in seen["disk"]] == ["af"] * 4 + ["task"] * 3
+    assert seen["disk"] == seen["memory"]
+    runs = demo / "runs"
+    assert (
+        json.loads((runs / f"stored-{split_file}-disk" / "metrics.json").read_text())["history"]
+        == json.loads((runs / f"stored-{split_file}-memory" / "metrics.json").read_text())[
+            "history"
+        ]
+    )
+    assert tensors_equal(
+        *(
+            runs / f"stored-{split_file}-{n}" / "student" / "model.safetensors"
+            for n in ("disk", "memory")
+        )
+    )
+
+
 @pytest.mark.slow
 def test_demo_sgd_recipe_with_a_head_rate_resumes_equal(demo, cut_and_resume, tensors_equal):
     """The built-in student under VL-BERT's optimizer and schedule, UNITER's no-decay names and
