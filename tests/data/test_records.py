@@ -85,6 +85,19 @@ def test_safe_join_refuses_symlink_out_of_root(tmp_path):
         safe_join(root, "link/other.jpg")
 
 
+def test_safe_join_refuses_a_symlinked_file_out_of_root_and_keeps_one_inside(tmp_path):
+    root = tmp_path / "root"
+    (root / "images").mkdir(parents=True)
+    (tmp_path / "secret.jpg").write_bytes(b"x")
+    (root / "images" / "a.jpg").write_bytes(b"y")
+    assert safe_join(root, "images/a.jpg") == root.resolve() / "images" / "a.jpg"
+    (root / "images" / "out.jpg").symlink_to(tmp_path / "secret.jpg")
+    (root / "images" / "in.jpg").symlink_to(root / "images" / "a.jpg")
+    with pytest.raises(UnsafePathError, match="symlink"):
+        safe_join(root, "images/out.jpg")  # its directory was resolved (and memoised) above
+    assert safe_join(root, "images/in.jpg") == root.resolve() / "images" / "in.jpg"
+
+
 def test_data_error_names_file_line_field():
     err = DataError(
         "object index 7 out of range (4 objects)",
