@@ -36,7 +36,7 @@ def safe_join(
             line=line,
             field=field,
         )
-    root_path = _resolved_dir(os.fspath(root))
+    root_path = _resolved_dir(os.path.abspath(root))  # absolute: the memo outlives a chdir
     joined = root_path.joinpath(*rel.parts)
     resolved = _resolved_dir(os.fspath(joined.parent)) / joined.name
     if resolved.is_symlink():
