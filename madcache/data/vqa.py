@@ -500,7 +500,7 @@ class _Annotations:
             return None
         if annotated != question_id or annotated in self._ids:
             return None
-        self._ids.add(annotated)
+        self._ids.add(question_id)  # the int the questions' `seen` holds too: stored once
         return found
 
     def _read_keyed(self) -> dict[int, Annotation]:
