@@ -142,14 +142,20 @@ def iter_json_list(path: Path, key: str, *, plain: bool = True) -> Iterator[Any]
     count = 0
     try:
         with path.open("rb") as handle:
+            bounded = _DepthBound(handle, path)
             stream = ijson.items(
-                handle, f"{key}.item", map_type=_recording_repeats(repeated), use_float=True
+                bounded,
+                f"{key}.item",
+                map_type=_recording_repeats(repeated),
+                use_float=True,
+                buf_size=_DepthBound.CHUNK,
             )
             for item in stream:
                 if repeated:
                     raise DataError(
                         str(DuplicateKeyError(repeated[0])), file=path, field=repeated[0]
                     )
+                bounded.item_ended = True
                 count += 1
                 yield _plain(item, path) if plain else item
     except ijson.JSONError as exc:
@@ -157,6 +163,39 @@ def iter_json_list(path: Path, key: str, *, plain: bool = True) -> Iterator[Any]
         raise DataError(f"malformed JSON ({_first_line(exc)})", file=path) from None
     if count == 0:
         _whole_list(path, key)
+
+
+class _DepthBound:
+    """The file ijson reads, in chunks whose nesting is bounded before ijson sees them.
+
+    ijson keeps the path of every open level as a string (memory grows with the square of the
+    depth: a file of 100,000 "[" takes tens of GB), where `json` refuses nesting deeper than
+    Python recurses (~1,000 levels). At the end of an item the depth is that of the list's
+    items (2), and it grows by at most a chunk's "[" and "{" bytes; when that bound passes
+    `LIMIT` (below json's limit, so every file json refuses is caught; in VQA's files it stays
+    under ~500), the whole file is parsed once by `load_json_file`, which refuses it as before
+    ("nested too deeply") or finds it fine and lifts the bound."""
+
+    CHUNK = 16384
+    LIMIT = 900
+
+    def __init__(self, handle: Any, path: Path) -> None:
+        self.handle = handle
+        self.path = path
+        self.item_ended = False  # set by the reader: an item ended in the last chunk
+        self.bound = 0  # of the depth at the end of the last chunk
+        self.last_opens = 0
+        self.checked = False
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self.handle.read(size)
+        opens = chunk.count(b"[") + chunk.count(b"{")
+        start = min(self.bound, 2 + self.last_opens) if self.item_ended else self.bound
+        if start + opens > self.LIMIT and not self.checked:
+            load_json_file(self.path)  # raises if the file is nested too deeply
+            self.checked = True
+        self.bound, self.last_opens, self.item_ended = start + opens, opens, False
+        return chunk
 
 
 def _recording_repeats(repeated: list[str]) -> type[dict]:

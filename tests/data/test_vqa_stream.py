@@ -142,6 +142,24 @@ def test_an_annotations_error_comes_before_an_earlier_questions_error(tmp_path, 
     assert err.value.field == "annotations[6]"
 
 
+def test_deep_nesting_is_refused_before_the_parser_builds_it(tmp_path):
+    """ijson's memory grows with the square of the depth (100,000 levels: tens of GB); json
+    refuses such a file, and so does the stream, at once."""
+    deep = "[" * 100_000 + "]" * 100_000
+    _write(tmp_path, [_question(1)], [_annotation(1)])
+    for relative, key in ((QUESTIONS, "questions"), (ANNOTATIONS, "annotations")):
+        path = tmp_path / relative
+        good = path.read_text()
+        path.write_text(f'{{"{key}": [{{"question_id": 1, "x": {deep}}}]}}')
+        with pytest.raises(DataError, match="nested too deeply") as err:
+            read_examples("vqa", tmp_path, "val", skip_bad=True)
+        assert err.value.file == str(path)
+        path.write_text(good)
+    path.write_text(f'{{"annotations": [{"[" * 800 + "]" * 800}]}}')  # json's limit is ~1,000
+    with pytest.raises(DataError, match="must be an integer"):
+        read_examples("vqa", tmp_path, "val")
+
+
 @pytest.mark.parametrize(
     "text, message, field, line",
     [
