@@ -1,5 +1,6 @@
-"""Shared reading helpers for the readers: JSON lines with 1-based line numbers, per-record error
-handling under `skip_bad`, and option checking."""
+"""Shared reading helpers for the readers: JSON lines with 1-based line numbers, the items of a
+JSON file's list streamed one at a time, per-record error handling under `skip_bad`, and option
+checking."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import json
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
+
+import ijson
 
 from madcache.core.errors import ConfigError, DataError, DataFileNotFoundError
 from madcache.core.io import json_problem
@@ -126,6 +129,119 @@ def load_json_file(path: Path) -> Any:
         ) from None
     except RecursionError as exc:
         raise DataError(json_problem(exc), file=path) from None
+
+
+def iter_json_list(path: Path, key: str, *, plain: bool = True) -> Iterator[Any]:
+    """The items of the `key` list of the JSON object in `path`, parsed one at a time (ijson's
+    C parser), so memory holds one item rather than the file. Refused as `load_json_file`
+    refuses the file (malformed JSON, bytes that are not UTF-8, a key twice in one object), each
+    when the parser reaches it, and a file that is not an object with a `key` list.
+    `plain=False`: objects stay the parser's dict subclass (cheaper, for a caller that only
+    reads their fields). Not noticed: `key` twice at the top (both lists are read)."""
+    repeated: list[str] = []
+    count = 0
+    try:
+        with path.open("rb") as handle:
+            bounded = _DepthBound(handle, path)
+            stream = ijson.items(
+                bounded,
+                f"{key}.item",
+                map_type=_recording_repeats(repeated),
+                use_float=True,
+                buf_size=_DepthBound.CHUNK,
+            )
+            for item in stream:
+                if repeated:
+                    raise DataError(
+                        str(DuplicateKeyError(repeated[0])), file=path, field=repeated[0]
+                    )
+                bounded.item_ended = True
+                count += 1
+                yield _plain(item, path) if plain else item
+    except ijson.JSONError as exc:
+        load_json_file(path)  # the whole parse names the line, as a whole read always did
+        raise DataError(f"malformed JSON ({_first_line(exc)})", file=path) from None
+    if count == 0:
+        _whole_list(path, key)
+
+
+class _DepthBound:
+    """The file ijson reads, in chunks whose nesting is bounded before ijson sees them.
+
+    ijson keeps the path of every open level as a string (memory grows with the square of the
+    depth: a file of 100,000 "[" takes tens of GB), where `json` refuses nesting deeper than
+    Python recurses (~1,000 levels). At the end of an item the depth is that of the list's
+    items (2), and it grows by at most a chunk's "[" and "{" bytes; when that bound passes
+    `LIMIT` (below json's limit, so every file json refuses is caught; in VQA's files it stays
+    under ~500), the whole file is parsed once by `load_json_file`, which refuses it as before
+    ("nested too deeply") or finds it fine and lifts the bound."""
+
+    CHUNK = 16384
+    LIMIT = 900
+
+    def __init__(self, handle: Any, path: Path) -> None:
+        self.handle = handle
+        self.path = path
+        self.item_ended = False  # set by the reader: an item ended in the last chunk
+        self.bound = 0  # of the depth at the end of the last chunk
+        self.last_opens = 0
+        self.checked = False
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self.handle.read(size)
+        opens = chunk.count(b"[") + chunk.count(b"{")
+        start = min(self.bound, 2 + self.last_opens) if self.item_ended else self.bound
+        if start + opens > self.LIMIT and not self.checked:
+            load_json_file(self.path)  # raises if the file is nested too deeply
+            self.checked = True
+        self.bound, self.last_opens, self.item_ended = start + opens, opens, False
+        return chunk
+
+
+def _recording_repeats(repeated: list[str]) -> type[dict]:
+    """A dict type that notes a key set twice in `repeated` (the parser's C code cannot carry
+    an exception raised while it builds an object)."""
+
+    class Recording(dict):
+        def __setitem__(self, key: str, value: Any) -> None:
+            if key in self:
+                repeated.append(key)
+            dict.__setitem__(self, key, value)
+
+    return Recording
+
+
+def _plain(value: Any, path: Path) -> Any:
+    """A parsed item with plain dicts; nesting deeper than Python recurses is a DataError, as
+    a whole parse's is."""
+    try:
+        return _plain_value(value)
+    except RecursionError as exc:
+        raise DataError(json_problem(exc), file=path) from None
+
+
+def _plain_value(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain_value(v) for v in value]
+    return value
+
+
+def _first_line(exc: Exception) -> str:
+    message = exc.args[0] if exc.args else exc
+    if isinstance(message, bytes):
+        message = message.decode("utf-8", "replace")
+    return str(message).splitlines()[0] if str(message) else type(exc).__name__
+
+
+def _whole_list(path: Path, key: str) -> list[Any]:
+    """The `key` list of a whole parse of `path`; a file that is not an object with a `key`
+    list is a DataError naming the file and field."""
+    data = load_json_file(path)
+    if not isinstance(data, dict) or not isinstance(data.get(key), list):
+        raise DataError(f"expected an object with a '{key}' list", file=path, field=key)
+    return data[key]
 
 
 def bad_record(error: DataError) -> BadRecord:

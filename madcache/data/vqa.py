@@ -10,6 +10,7 @@ training targets `answer_scores` are the soft scores of the normalised answers (
 from __future__ import annotations
 
 import re
+import sys
 from collections import Counter
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -19,7 +20,7 @@ from madcache.core.errors import ConfigError, DataError, DataFileNotFoundError
 from madcache.core.io import json_problem
 from madcache.data.base import StreamingReader, reader_options
 from madcache.data.categories import vqa_category
-from madcache.data.jsonl import bad_record, load_json_file
+from madcache.data.jsonl import bad_record, iter_json_list, load_json_file
 from madcache.data.paths import safe_join
 from madcache.data.records import BadRecord, Example, Text
 
@@ -410,13 +411,6 @@ def default_images_dir(root: Path, subtype: str) -> str:
     )
 
 
-def _load_json(path: Path, key: str) -> list[Any]:
-    data = load_json_file(path)
-    if not isinstance(data, dict) or not isinstance(data.get(key), list):
-        raise DataError(f"expected an object with a '{key}' list", file=path, field=key)
-    return data[key]
-
-
 def _int_field(record: Any, key: str, where: dict[str, Any]) -> int:
     value = record.get(key) if isinstance(record, dict) else None
     if isinstance(value, bool) or not isinstance(value, int):
@@ -425,6 +419,132 @@ def _int_field(record: Any, key: str, where: dict[str, Any]) -> int:
             **{**where, "field": f"{where['field']}.{key}"},
         )
     return value
+
+
+Annotation = tuple[int, tuple[str, ...]]  # an annotation's image_id and human answers as written
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _annotation(record: Any, where: dict[str, Any]) -> tuple[int, Annotation]:
+    """One annotation record's question_id and `Annotation`, checked."""
+    question_id = _int_field(record, "question_id", where)
+    image_id = _int_field(record, "image_id", where)
+    answers = record.get("answers")
+    if (
+        not isinstance(answers, list)
+        or not answers
+        or not all(isinstance(a, dict) and isinstance(a.get("answer"), str) for a in answers)
+    ):
+        raise DataError(
+            "answers must be a non-empty list of {answer: str}",
+            **{**where, "field": where["field"] + ".answers"},
+            record_id=str(question_id),
+        )
+    if len(answers) != HUMANS:
+        raise DataError(
+            f"{len(answers)} answers; VQA v2 annotations hold {HUMANS} human answers each (the "
+            "accuracy averages over its 10 leave-one-out subsets)",
+            **{**where, "field": where["field"] + ".answers"},
+            record_id=str(question_id),
+        )
+    return question_id, (image_id, tuple(a["answer"] for a in answers))
+
+
+class _Annotations:
+    """An annotations file read alongside its questions file, one annotation per question.
+
+    While both files list the same question ids in the same order (the official files do), the
+    two are read in step and only the current record is in memory. The first time they differ
+    (or an annotation is bad) the annotations are read once more, whole, into
+    {question_id: Annotation}: the compact fields only, never the parsed records. Every
+    annotation is checked either way, and `check_rest` checks the rest before a question's
+    error is raised, so an annotation's error comes first, as when the file was read first."""
+
+    def __init__(self, path: Path, skip_bad: bool) -> None:
+        self.path = path
+        self.skip_bad = skip_bad
+        self.skipped: list[BadRecord] = []
+        self._stream = iter_json_list(path, "annotations", plain=False)
+        self._records = enumerate(self._stream)
+        self._ids: set[int] = set()  # the question ids of the annotations read in step
+        self._keyed: dict[int, Annotation] | None = None
+
+    def next_for(self, question_id: Any) -> Annotation | None:
+        """The annotation of the next question, whose id is `question_id` (None: it has none)."""
+        if self._keyed is None:
+            found = self._in_step(question_id)
+            if found is not None:
+                return found
+            self._stream.close()
+            self._keyed = self._read_keyed()
+        return self._keyed.get(question_id) if _is_int(question_id) else None
+
+    def check_rest(self) -> None:
+        """Check the annotations not read yet (reading in step stops at the last question)."""
+        if self._keyed is None:
+            for question_id, _ in self._checked(self._records, self._ids):
+                self._ids.add(question_id)
+            self._keyed = {}
+
+    def _in_step(self, question_id: Any) -> Annotation | None:
+        """The next annotation if it is good and belongs to `question_id`, else None."""
+        position, record = next(self._records, (None, None))
+        if position is None or not _is_int(question_id):
+            return None
+        try:
+            annotated, found = _annotation(record, self._where(position))
+        except DataError:
+            return None
+        if annotated != question_id or annotated in self._ids:
+            return None
+        self._ids.add(question_id)  # the int the questions' `seen` holds too: stored once
+        return found
+
+    def _read_keyed(self) -> dict[int, Annotation]:
+        keyed: dict[int, Annotation] = {}
+        records = enumerate(iter_json_list(self.path, "annotations", plain=False))
+        for question_id, (image_id, answers) in self._checked(records, keyed):
+            keyed[question_id] = (image_id, tuple(sys.intern(a) for a in answers))
+        return keyed
+
+    def _checked(
+        self, records: Iterator[tuple[int, Any]], ids: Collection[int]
+    ) -> Iterator[tuple[int, Annotation]]:
+        """Each good annotation's question_id and `Annotation`; a bad one, or one whose
+        question_id is in `ids` (the caller adds those it keeps), raises or, under `skip_bad`,
+        goes to `skipped`."""
+        for position, record in records:
+            where = self._where(position)
+            try:
+                question_id, found = _annotation(record, where)
+                if question_id in ids:
+                    raise DataError("duplicate question_id", **where, record_id=str(question_id))
+            except DataError as error:
+                if not self.skip_bad:
+                    raise
+                self.skipped.append(bad_record(error))
+                continue
+            yield question_id, found
+
+    def _where(self, position: int) -> dict[str, Any]:
+        return {"file": self.path, "line": None, "field": f"annotations[{position}]"}
+
+
+def _questions(path: Path, annotations: _Annotations | None) -> Iterator[Any]:
+    """The question records; an error in the questions file comes after the annotations'."""
+    try:
+        yield from iter_json_list(path, "questions")
+    except DataError:
+        _check_all(annotations)
+        raise
+
+
+def _check_all(annotations: _Annotations | None) -> None:
+    if annotations is not None:
+        annotations.check_rest()
 
 
 class VqaReader(StreamingReader):
@@ -468,9 +588,11 @@ class VqaReader(StreamingReader):
         **options: Any,
     ) -> Iterator[Example]:
         """`read`'s examples one question at a time, with the same refusals (records skipped
-        under `skip_bad` go to `skipped`); the JSON files are still parsed whole. `only`: build
-        just the examples with these ids and pass over the other records unchecked (a second
-        read, after a whole one checked them)."""
+        under `skip_bad` go to `skipped`: the annotations' first, then the questions', as when
+        the annotations were read first). Both JSON files are parsed incrementally and joined
+        by question id (`_Annotations`), so memory holds the ids seen, not the files. `only`:
+        build just the examples with these ids and pass over the other questions unchecked (a
+        second read, after a whole one checked them)."""
         opts = self.resolve_options(**options)
         root = Path(root)
         subtype = subtype_of(split)
@@ -478,82 +600,50 @@ class VqaReader(StreamingReader):
         images_dir = opts["images_dir"] or default_images_dir(root, subtype)
         check_files = opts["check_files"]
         skipped = [] if skipped is None else skipped
-        answers = (
-            {} if annotations_path is None else self._answers(annotations_path, skipped, skip_bad)
-        )
+        annotations = None if annotations_path is None else _Annotations(annotations_path, skip_bad)
+        bad_questions: list[BadRecord] = []
         seen: set[int] = set()
-        for position, record in enumerate(_load_json(questions_path, "questions")):
-            question_id = record.get("question_id") if isinstance(record, dict) else None
-            if only is not None and isinstance(question_id, int) and str(question_id) not in only:
-                continue
-            where = {"file": questions_path, "line": None, "field": f"questions[{position}]"}
-            try:
-                example = self._example(
-                    record,
-                    where,
-                    answers,
-                    annotations_path,
-                    root,
-                    split,
-                    subtype,
-                    images_dir,
-                    check_files,
-                    seen,
-                )
-            except DataError as error:
-                if not skip_bad:
-                    raise
-                skipped.append(bad_record(error))
-                continue
-            yield example
-
-    @staticmethod
-    def _answers(
-        path: Path, skipped: list[BadRecord], skip_bad: bool
-    ) -> dict[int, tuple[int, tuple[str, ...]]]:
-        """question_id -> (image_id, the human answers as written), validated."""
-        found: dict[int, tuple[int, tuple[str, ...]]] = {}
-        for position, record in enumerate(_load_json(path, "annotations")):
-            where = {"file": path, "line": None, "field": f"annotations[{position}]"}
-            try:
-                question_id = _int_field(record, "question_id", where)
-                image_id = _int_field(record, "image_id", where)
-                raw = record.get("answers")
+        try:
+            for position, record in enumerate(_questions(questions_path, annotations)):
+                question_id = record.get("question_id") if isinstance(record, dict) else None
+                annotation = None if annotations is None else annotations.next_for(question_id)
                 if (
-                    not isinstance(raw, list)
-                    or not raw
-                    or not all(
-                        isinstance(a, dict) and isinstance(a.get("answer"), str) for a in raw
-                    )
+                    only is not None
+                    and isinstance(question_id, int)
+                    and str(question_id) not in only
                 ):
-                    raise DataError(
-                        "answers must be a non-empty list of {answer: str}",
-                        **{**where, "field": where["field"] + ".answers"},
-                        record_id=str(question_id),
+                    continue
+                where = {"file": questions_path, "line": None, "field": f"questions[{position}]"}
+                try:
+                    example = self._example(
+                        record,
+                        where,
+                        annotation,
+                        annotations_path,
+                        root,
+                        split,
+                        subtype,
+                        images_dir,
+                        check_files,
+                        seen,
                     )
-                if len(raw) != HUMANS:
-                    raise DataError(
-                        f"{len(raw)} answers; VQA v2 annotations hold {HUMANS} human "
-                        "answers each (the accuracy averages over its 10 leave-one-"
-                        "out subsets)",
-                        **{**where, "field": where["field"] + ".answers"},
-                        record_id=str(question_id),
-                    )
-                if question_id in found:
-                    raise DataError("duplicate question_id", **where, record_id=str(question_id))
-            except DataError as error:
-                if not skip_bad:
-                    raise
-                skipped.append(bad_record(error))
-                continue
-            found[question_id] = (image_id, tuple(a["answer"] for a in raw))
-        return found
+                except DataError as error:
+                    if not skip_bad:
+                        _check_all(annotations)
+                        raise
+                    bad_questions.append(bad_record(error))
+                    continue
+                yield example
+            _check_all(annotations)
+        finally:
+            skipped.extend(annotations.skipped if annotations is not None else [])
+            skipped.extend(bad_questions)
 
     @staticmethod
     def _example(
         record: Any,
         where: dict[str, Any],
-        answers: Mapping[int, Any],
+        annotation: Annotation | None,
         annotations_path: Path | None,
         root: Path,
         split: str,
@@ -576,9 +666,9 @@ class VqaReader(StreamingReader):
         seen.add(question_id)
         human: tuple[str, ...] = ()
         if annotations_path is not None:
-            if question_id not in answers:
+            if annotation is None:
                 raise DataError(f"question has no annotation in {annotations_path}", **ident)
-            annotated_image, human = answers[question_id]
+            annotated_image, human = annotation
             if annotated_image != image_id:
                 raise DataError(
                     f"image_id {image_id} differs from the annotation's {annotated_image}", **ident
