@@ -21,7 +21,7 @@ from madcache.cache.fingerprint import diff_fingerprints, resolved_read_options
 from madcache.cache.gather import ChooseWords, gather_targets
 from madcache.cache.location import as_store, open_location
 from madcache.cache.manifest import (
-    FORMAT_VERSION,
+    READABLE_VERSIONS,
     STATE_COMPLETE,
     fingerprint_digest,
     read_manifest,
@@ -99,6 +99,8 @@ class Cache:
         self.manifest = manifest
         self.backend = backend
         self._index = index
+        # the index was checked against the manifest's sha256 of each shard's ids (open_cache)
+        self.index_checked = index is not None
         self._shards: list[dict[str, Any]] | None = None
         self.verified = VerifiedShards(self)  # arrays checked against their sha256s
 
@@ -157,6 +159,14 @@ class Cache:
                 zip(table.column("shard").to_pylist(), table.column("row").to_pylist()),
             )
         )
+
+    def _known(self, example_ids: list[str]) -> list[str]:
+        """The ids the index holds, in order."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        held = pc.is_in(pa.array(example_ids, pa.string()), value_set=self.index().column("example_id"))
+        return [eid for eid, found in zip(example_ids, held.to_pylist()) if found]
 
     def _locate(self, example_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """The shard and row of each id: a hash lookup in the index's id column (pyarrow), no
@@ -229,13 +239,22 @@ class Cache:
             progress=progress,
             needs=needs,
             choose_words=choose_words,
+            check_ids=not self.index_checked,
         )
 
     def _read_rows(
         self, entry: dict[str, Any], rows: dict[str, np.ndarray | None]
     ) -> dict[str, np.ndarray]:
-        self.verified.check(entry, rows)
-        return self.backend.read_rows(self._shard_path(entry), rows)
+        """Verified rows: those of arrays with row digests checked block by block
+        (`VerifiedShards.read_rows`), the others' arrays checked whole first (a format
+        version 2 cache; strings)."""
+        records = entry.get("arrays", {})
+        digested = {n: r for n, r in rows.items() if "rows" in records.get(n, {})}
+        rest = {n: r for n, r in rows.items() if n not in digested}
+        self.verified.check(entry, rest)
+        out = self.backend.read_rows(self._shard_path(entry), rest) if rest else {}
+        out.update(self.verified.read_rows(entry, digested) if digested else {})
+        return out
 
     # ------------------------------------------------------------------ checks and info
 
@@ -297,10 +316,10 @@ def check_format_version(manifest: dict[str, Any], path: Path | StoreKey) -> Non
     """Refuse teacher targets written by another format version: their values mean something
     else (docs/cache-format.md, "Format versions"), so they must not be reused silently."""
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise CacheError(
-            f"the cache at {path} has format version {version}, but this madcache reads version "
-            f"{FORMAT_VERSION}: its stored values were computed differently (docs/cache-format.md,"
+            f"the cache at {path} has format version {version}, but this madcache reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}: its stored values were computed differently (docs/cache-format.md,"
             ' "Format versions"). Re-extract it: `madcache extract ... --out NEW_DIR`.'
         )
 

@@ -59,6 +59,7 @@ from madcache.cache.manifest import (
     shard_counts,
     write_manifest,
 )
+from madcache.cache.rowtree import with_trees
 from madcache.cache.store import Claim, Store, StoreKey
 from madcache.cache.verify import shard_problems
 from madcache.core.errors import CacheCorruptError, CacheError, FingerprintMismatchError
@@ -189,11 +190,16 @@ class CacheWriter:
         if problems:
             self.release(shard)
             raise ValueError(f"shard {shard} is inconsistent: " + "; ".join(problems))
+        counts = shard_counts(arrays)
+        arrays, trees = with_trees(arrays)
+        records = {name: array_record(a) for name, a in sorted(arrays.items())}
+        for name, rows in trees.items():
+            records[name]["rows"] = rows
         entry = {
             "index": int(shard),
             "name": self.backend.shard_path(self.root, shard).name,
-            **shard_counts(arrays),
-            "arrays": {name: array_record(a) for name, a in sorted(arrays.items())},
+            **counts,
+            "arrays": records,
         }
         if shard not in self._claims:
             self.claim(shard, wait=True)

@@ -7,6 +7,7 @@ import pytest
 
 from madcache.cache.gather import ragged_index
 from madcache.cache.reader import open_cache
+from madcache.cache.rowtree import is_tree, tree_name
 from madcache.core.errors import (
     CacheError,
     CacheNotFoundError,
@@ -179,7 +180,7 @@ def test_targets_of_another_format_version_are_refused(tmp_path, world, cache_he
     assert cache.info()["format_version"] == 1  # still inspectable
     with pytest.raises(
         CacheError,
-        match=r"format version 1, but this madcache reads version 2.*"
+        match=r"format version 1, but this madcache reads versions 2, 3.*"
         r"Re-extract",
     ):
         cache.load_targets(requested(world))
@@ -213,10 +214,13 @@ def test_load_targets_reads_only_what_a_method_needs(cache, world, monkeypatch, 
         return real(path, rows)
 
     ids = requested(world)
-    full = cache.load_targets(ids)
+    full = open_cache(cache.path).load_targets(ids)  # its verified rows are kept: another cache
     monkeypatch.setattr(cache.backend, "read_rows", spy)
     part = cache.load_targets(ids, needs=needs)
-    assert asked == read & (set(cache.shards[0]["arrays"]) | {"example_id"})
+    data = {name for name in asked if not is_tree(name)}
+    # no ids are read: the index was checked against the manifest's ids when opened
+    assert data == (read - {"example_id"}) & set(cache.shards[0]["arrays"])
+    assert asked - data == {tree_name(name) for name in data}  # each checked by its row digests
     assert all(getattr(part, field) is None for field in empty)
     if "image" in needs:
         np.testing.assert_array_equal(part.image, full.image)
@@ -236,7 +240,11 @@ def test_only_the_chosen_words_features_are_read(cache, world, monkeypatch, sele
     method = get_method("mad" if selection == "top" else "mad-random").only("task")
     ids = requested(world)
     full = targets_to_tensors(
-        cache.load_targets(ids, needs=method.needs), method, m=2, logits=None, seed=3
+        open_cache(cache.path).load_targets(ids, needs=method.needs),
+        method,
+        m=2,
+        logits=None,
+        seed=3,
     )
     asked: list[int] = []
     real = cache.backend.read_rows
@@ -251,6 +259,9 @@ def test_only_the_chosen_words_features_are_read(cache, world, monkeypatch, sele
     )
     kept = targets_to_tensors(part, method, m=2, logits=None, seed=3)
     assert len(part.words.feat) == len(part.words.feat_rows) == int(full.word_mask.sum())
-    assert 0 < sum(asked) <= int(full.word_mask.sum()) < len(part.words.span)
+    # whole row blocks are read (each checked by its digest): at most a block per chosen word
+    block = cache.shards[0]["arrays"]["word_feat"]["rows"]["block"]
+    words = sum(e["words"] for e in cache.shards)
+    assert 0 < sum(asked) <= block * int(full.word_mask.sum()) and sum(asked) < words
     for name in ("word_feat", "word_span", "word_mask", "image", "text_eos"):
         assert getattr(kept, name).equal(getattr(full, name)), name
