@@ -120,6 +120,12 @@ class Backend(ABC):
     def names(self, path: Path) -> list[str]:
         """The names of every array in the shard, sorted."""
 
+    def stored_shape(self, path: Shard, name: str) -> tuple[int, ...] | None:
+        """The shape a stored array's metadata gives, where known without reading it (a layout
+        seen before; None otherwise)."""
+        layout = self._layouts.get((str(path), name))
+        return None if layout is None else tuple(layout.shape)
+
     def missing_chunks(self, path: Shard, names: Iterable[str]) -> dict[str, int]:
         """{array: chunks absent from storage} for the named arrays (backends without separately
         stored chunks lose none: empty)."""
@@ -216,6 +222,10 @@ class ZarrBackend(Backend):
 
     def names(self, path: Shard) -> list[str]:
         return _zarr_names(_zarr_group(path, "r"))
+
+    def stored_shape(self, path: Shard, name: str) -> tuple[int, ...] | None:
+        layout = self._layout(path, name)
+        return None if layout is None else tuple(layout.shape)
 
     def missing_chunks(self, path: Shard, names: Iterable[str]) -> dict[str, int]:
         """Zarr reads an absent chunk as the fill value (zeros) without a word. Every chunk is

@@ -165,7 +165,9 @@ class Cache:
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        held = pc.is_in(pa.array(example_ids, pa.string()), value_set=self.index().column("example_id"))
+        held = pc.is_in(
+            pa.array(example_ids, pa.string()), value_set=self.index().column("example_id")
+        )
         return [eid for eid, found in zip(example_ids, held.to_pylist()) if found]
 
     def _locate(self, example_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:

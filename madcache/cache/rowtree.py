@@ -104,9 +104,7 @@ def proof_rows(leaves: int, wanted: np.ndarray) -> np.ndarray:
     return np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
 
 
-def root_of(
-    leaves: int, wanted: np.ndarray, hashes: list[bytes], proof: dict[int, bytes]
-) -> bytes:
+def root_of(leaves: int, wanted: np.ndarray, hashes: list[bytes], proof: dict[int, bytes]) -> bytes:
     """The root computed from the hashes of the leaves `wanted` (sorted, unique) and the tree
     rows `proof` ({tree row: node}, those `proof_rows` named)."""
     sizes = level_sizes(leaves)
@@ -119,8 +117,7 @@ def root_of(
 
         parents = sorted({i // 2 for i in known})
         known = {
-            p: _parent(node(2 * p), node(2 * p + 1) if 2 * p + 1 < size else None)
-            for p in parents
+            p: _parent(node(2 * p), node(2 * p + 1) if 2 * p + 1 < size else None) for p in parents
         }
     return known[0]
 

@@ -95,9 +95,16 @@ class VerifiedShards:
             if plan.missing:
                 request[name] = plan.block_rows(plan.missing)
                 request[plan.tree] = rowtree.proof_rows(plan.leaves, np.array(plan.missing))
+        path = self.cache.path / entry["name"]
         try:
-            got = self.cache.backend.read_rows(self.cache.path / entry["name"], request)
             problems = [
+                f"{name} has shape {list(shape)}, manifest says {records[name]['shape']}"
+                for name in request
+                for shape in [self.cache.backend.stored_shape(path, name)]
+                if shape is not None and list(shape) != list(records[name]["shape"])
+            ]
+            got = {} if problems else self.cache.backend.read_rows(path, request)
+            problems = problems or [
                 p for name, plan in plans.items() if plan.missing for p in plan.verify(name, got)
             ]
         except Exception as exc:  # a damaged shard can fail in any decoder
@@ -174,9 +181,7 @@ class VerifiedShards:
     def _digested(self, entry: dict[str, Any], wanted: set[str]) -> set[str]:
         """Of `wanted`, the teacher-target arrays a load reads that have row digests."""
         records = entry.get("arrays", {})
-        return {
-            n for n in wanted & set(target_names(entry)) if "rows" in records.get(n, {})
-        }
+        return {n for n in wanted & set(target_names(entry)) if "rows" in records.get(n, {})}
 
     def record(self) -> dict[str, str]:
         """{shard name: sha256 over the verified arrays' names and recorded sha256s}, for the
@@ -225,16 +230,20 @@ class _Plan:
         data = got[name]
         shape = [len(self.block_rows(self.missing)), *self.record["shape"][1:]]
         if list(data.shape) != shape or dtype_name(data) != self.record["dtype"]:
-            return [f"{name} has rows of {dtype_name(data)} {list(data.shape[1:])}, manifest "
-                    f"says {self.record['dtype']} {self.record['shape'][1:]}"]
+            return [
+                f"{name} has rows of {dtype_name(data)} {list(data.shape[1:])}, manifest "
+                f"says {self.record['dtype']} {self.record['shape'][1:]}"
+            ]
         blocks = self.split(data)
         hashes = [rowtree.leaf_hashes(blocks[b], self.block)[0] for b in self.missing]
         wanted = np.asarray(self.missing, dtype=np.int64)
         proof_at = rowtree.proof_rows(self.leaves, wanted).tolist()
         proof = {row: bytes(node) for row, node in zip(proof_at, got[self.tree])}
         if rowtree.root_of(self.leaves, wanted, hashes, proof).hex() != self.root:
-            return [f"{name} checksum mismatch (stored bytes of rows in blocks "
-                    f"{_span(self.missing)} of {self.block} rows changed)"]
+            return [
+                f"{name} checksum mismatch (stored bytes of rows in blocks "
+                f"{_span(self.missing)} of {self.block} rows changed)"
+            ]
         return []
 
     def rows_of(self, blocks: dict[int, np.ndarray]) -> np.ndarray:

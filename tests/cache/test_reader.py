@@ -265,3 +265,46 @@ def test_only_the_chosen_words_features_are_read(cache, world, monkeypatch, sele
     assert 0 < sum(asked) <= block * int(full.word_mask.sum()) and sum(asked) < words
     for name in ("word_feat", "word_span", "word_mask", "image", "text_eos"):
         assert getattr(kept, name).equal(getattr(full, name)), name
+
+
+def test_a_version_2_cache_is_read_and_verified_whole(
+    tmp_path, world, fmt, cache_helpers, monkeypatch
+):
+    """A cache written before row digests (format version 2: the same values, no `rowtree/`
+    arrays) loads the same targets, each needed array checked whole against its sha256 once per
+    shard; a changed value is refused."""
+    import madcache.cache.verified as verified
+    import madcache.cache.writer as writer
+
+    cache_helpers.write_world(tmp_path / "v3", world, fmt=fmt)
+    monkeypatch.setattr(writer, "FORMAT_VERSION", 2)
+    monkeypatch.setattr(writer, "with_trees", lambda arrays: (dict(arrays), {}))
+    cache_helpers.write_world(tmp_path / "v2", world, fmt=fmt)
+    old = open_cache(tmp_path / "v2")
+    assert old.manifest["format_version"] == 2
+    assert not any(is_tree(n) or "rows" in r for n, r in old.shards[0]["arrays"].items())
+    whole: list[str] = []
+    real = verified.array_problems
+    monkeypatch.setattr(
+        verified, "array_problems", lambda name, *a: whole.append(name) or real(name, *a)
+    )
+    ids = requested(world)
+    got = old.load_targets(ids, needs=("image", "text_eos"))
+    want = open_cache(tmp_path / "v3").load_targets(ids, needs=("image", "text_eos"))
+    np.testing.assert_array_equal(got.image, want.image)
+    np.testing.assert_array_equal(got.text_eos, want.text_eos)
+    shards = len({s for s, _ in (old._location_map()[i] for i in ids)})
+    assert sorted(set(whole)) == ["example_image", "example_texts", "image_feat", "text_eos"]
+    assert len(whole) == 4 * shards  # once per shard and array (ids: the index was checked)
+    first = old.shards[0]
+    arrays = old.backend.read(old.path / first["name"], ["image_feat"])
+    old.backend.remove(old.path / first["name"])
+    damaged = arrays["image_feat"].copy()
+    damaged[0, 0] += 1
+    full = {**writer.get_backend(fmt).read(tmp_path / "v3" / first["name"]), "image_feat": damaged}
+    old.backend.write(old.path / first["name"], {n: a for n, a in full.items() if not is_tree(n)})
+    with pytest.raises(
+        CacheError,
+        match="shard 0 does not hold what its extraction recorded: image_feat checksum mismatch",
+    ):
+        open_cache(tmp_path / "v2").load_targets([e.id for e in world.examples][:1])
