@@ -105,7 +105,10 @@ class VerifiedShards:
             ]
             got = {} if problems else self.cache.backend.read_rows(path, request)
             problems = problems or [
-                p for name, plan in plans.items() if plan.missing for p in plan.verify(name, got)
+                p
+                for name, plan in sorted(plans.items())
+                if plan.missing
+                for p in plan.verify(name, got)
             ]
         except Exception as exc:  # a damaged shard can fail in any decoder
             problems = [_unreadable(exc)]
