@@ -120,6 +120,24 @@ class Backend(ABC):
     def names(self, path: Path) -> list[str]:
         """The names of every array in the shard, sorted."""
 
+    def chunk_rows(self, array: np.ndarray) -> int | None:
+        """Rows per stored chunk of `array` as `write` stores it (None: not chunked by rows)."""
+        return None
+
+    def assume_layout(
+        self, path: Shard, name: str, shape: list[int], dtype: str, chunk_rows: int
+    ) -> None:
+        """Read the rows of `name` as `write` stored them (`shape`, `dtype`, `chunk_rows`, from
+        the manifest) without reading its metadata. Only for arrays whose rows are checked
+        by their row digests: bytes read at a wrong place fail that check (the reader then
+        reads the shard's metadata). Formats without row chunks read their metadata."""
+        return None
+
+    def forget_layouts(self, path: Shard) -> None:
+        """Drop what is known of a shard's layouts (read them again from its metadata)."""
+        for key in [k for k in self._layouts if k[0] == str(path)]:
+            del self._layouts[key]
+
     def stored_shape(self, path: Shard, name: str) -> tuple[int, ...] | None:
         """The shape a stored array's metadata gives, where known without reading it (a layout
         seen before; None otherwise)."""
@@ -226,6 +244,22 @@ class ZarrBackend(Backend):
     def stored_shape(self, path: Shard, name: str) -> tuple[int, ...] | None:
         layout = self._layout(path, name)
         return None if layout is None else tuple(layout.shape)
+
+    def chunk_rows(self, array: np.ndarray) -> int | None:
+        return _chunks(array)[0] if array.ndim else None
+
+    def assume_layout(
+        self, path: Shard, name: str, shape: list[int], dtype: str, chunk_rows: int
+    ) -> None:
+        key = (str(path), name)
+        if isinstance(path, StoreKey) or key in self._layouts or dtype not in PLAIN_TYPES:
+            return
+        self._layouts[key] = RowFile(
+            _chunk_files(os.path.join(path, name), "/", len(shape)),
+            shape=tuple(shape),
+            dtype=np.dtype(dtype).newbyteorder("<"),
+            chunk_rows=chunk_rows,
+        )
 
     def missing_chunks(self, path: Shard, names: Iterable[str]) -> dict[str, int]:
         """Zarr reads an absent chunk as the fill value (zeros) without a word. Every chunk is
@@ -390,11 +424,7 @@ def _zarr_layout(path: Shard, name: str) -> RowFile | None:
     if list(chunks[1:]) != [max(1, s) for s in shape[1:]] or any(s == 0 for s in shape[1:]):
         return None
     separator = (encoding.get("configuration") or {}).get("separator", "/")
-    trailing = [0] * (len(shape) - 1)
-
-    def chunk_file(index: int) -> str:
-        return os.path.join(folder, separator.join(map(str, ["c", index, *trailing])))
-
+    chunk_file = _chunk_files(folder, separator, len(shape))
     if strings:
         return StringFile(
             chunk_file, shape=shape, dtype=np.dtype(object), chunk_rows=int(chunks[0])
@@ -405,6 +435,16 @@ def _zarr_layout(path: Shard, name: str) -> RowFile | None:
         dtype=np.dtype(meta["data_type"]).newbyteorder("<"),
         chunk_rows=int(chunks[0]),
     )
+
+
+def _chunk_files(folder: str, separator: str, ndim: int) -> Callable[[int], str]:
+    """The file of each row chunk of a Zarr v3 array chunked by rows only."""
+    trailing = [0] * (ndim - 1)
+
+    def chunk_file(index: int) -> str:
+        return os.path.join(folder, separator.join(map(str, ["c", index, *trailing])))
+
+    return chunk_file
 
 
 def _zarr_names(group) -> list[str]:

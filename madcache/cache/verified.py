@@ -96,22 +96,11 @@ class VerifiedShards:
                 request[name] = plan.block_rows(plan.missing)
                 request[plan.tree] = rowtree.proof_rows(plan.leaves, np.array(plan.missing))
         path = self.cache.path / entry["name"]
-        try:
-            problems = [
-                f"{name} has shape {list(shape)}, manifest says {records[name]['shape']}"
-                for name in request
-                for shape in [self.cache.backend.stored_shape(path, name)]
-                if shape is not None and list(shape) != list(records[name]["shape"])
-            ]
-            got = {} if problems else self.cache.backend.read_rows(path, request)
-            problems = problems or [
-                p
-                for name, plan in sorted(plans.items())
-                if plan.missing
-                for p in plan.verify(name, got)
-            ]
-        except Exception as exc:  # a damaged shard can fail in any decoder
-            problems = [_unreadable(exc)]
+        assumed = self._assume_layouts(path, records, plans)
+        got, problems = self._fetch(path, records, plans, request)
+        if problems and assumed:  # read again by the shard's own metadata (and say why)
+            self.cache.backend.forget_layouts(path)
+            got, problems = self._fetch(path, records, plans, request)
         if problems:
             self._refuse(index, self._lost(entry, sorted(request)) or _joined(problems))
         out = {}
@@ -124,6 +113,46 @@ class VerifiedShards:
             out[name] = plan.rows_of({**kept, **fresh})
             self.done.setdefault(index, {})[name] = records[name]["sha256"]
         return out
+
+    def _fetch(
+        self, path: Any, records: dict[str, Any], plans: dict[str, _Plan], request: dict
+    ) -> tuple[dict[str, np.ndarray], list[str]]:
+        """The requested rows and tree nodes, and what is wrong with them (nothing: every
+        block matches its digest and the manifest's root)."""
+        try:
+            problems = self._shape_problems(path, records, request)
+            got = {} if problems else self.cache.backend.read_rows(path, request)
+            return got, problems or [
+                p
+                for name, plan in sorted(plans.items())
+                if plan.missing
+                for p in plan.verify(name, got)
+            ]
+        except Exception as exc:  # a damaged shard can fail in any decoder
+            return {}, [_unreadable(exc)]
+
+    def _assume_layouts(self, path: Any, records: dict[str, Any], plans: dict[str, _Plan]) -> bool:
+        """Row layouts from the manifest (`chunk_rows`), so that no array metadata is read."""
+        assumed = False
+        for name, plan in plans.items():
+            chunk_rows = records[name]["rows"].get("chunk_rows")
+            for array, rows in zip((name, plan.tree), chunk_rows or ()):
+                record = records[array]
+                self.cache.backend.assume_layout(
+                    path, array, record["shape"], record["dtype"], int(rows)
+                )
+                assumed = True
+        return assumed
+
+    def _shape_problems(
+        self, path: Any, records: dict[str, Any], names: Iterable[str]
+    ) -> list[str]:
+        return [
+            f"{name} has shape {list(shape)}, manifest says {records[name]['shape']}"
+            for name in names
+            for shape in [self.cache.backend.stored_shape(path, name)]
+            if shape is not None and list(shape) != list(records[name]["shape"])
+        ]
 
     def _lost(self, entry: dict[str, Any], names: list[str]) -> str | None:
         """Why a checksum failed when a stored chunk is absent: a lost Zarr chunk reads back as

@@ -194,7 +194,7 @@ class CacheWriter:
         arrays, trees = with_trees(arrays)
         records = {name: array_record(a) for name, a in sorted(arrays.items())}
         for name, rows in trees.items():
-            records[name]["rows"] = rows
+            records[name]["rows"] = {**rows, **self._chunk_rows(arrays, name, rows["tree"])}
         entry = {
             "index": int(shard),
             "name": self.backend.shard_path(self.root, shard).name,
@@ -229,6 +229,12 @@ class CacheWriter:
             )
         finally:
             self.release(shard)
+
+    def _chunk_rows(self, arrays: dict[str, np.ndarray], name: str, tree: str) -> dict[str, Any]:
+        """Rows per stored chunk of an array and of its row tree, where the format chunks by
+        rows (Zarr): a reader of a few rows then needs no array metadata (docs/cache-format.md)."""
+        rows = [self.backend.chunk_rows(arrays[name]), self.backend.chunk_rows(arrays[tree])]
+        return {} if None in rows else {"chunk_rows": rows}
 
     def read_shard(self, shard: int) -> dict[str, np.ndarray]:
         """Every array of a committed shard (e.g. to recompute split-level results)."""
