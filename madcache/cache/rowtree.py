@@ -86,38 +86,36 @@ def is_tree(name: str) -> bool:
     return name.startswith(PREFIX)
 
 
-def _paths(leaves: int, wanted: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per level below the root: (the nodes computed from below, the siblings to read)."""
+def _siblings(leaves: int, wanted: list[int]) -> list[list[int]]:
+    """Per level below the root, the nodes to read: siblings of the nodes computed from the
+    leaves `wanted` (a few per level: plain Python sets are faster than numpy here)."""
     out = []
-    known = np.unique(wanted)
+    known = set(wanted)
     for size in level_sizes(leaves)[:-1]:
-        siblings = np.setdiff1d(known ^ 1, known)
-        out.append((known, siblings[siblings < size]))
-        known = np.unique(known // 2)
+        out.append(sorted(i ^ 1 for i in known if (i ^ 1) not in known and (i ^ 1) < size))
+        known = {i // 2 for i in known}
     return out
 
 
-def proof_rows(leaves: int, wanted: np.ndarray) -> np.ndarray:
+def proof_rows(leaves: int, wanted: list[int]) -> np.ndarray:
     """The rows of the tree array (sorted) a check of the leaves `wanted` needs."""
-    starts = np.concatenate([[0], np.cumsum(level_sizes(leaves))[:-1]])
-    parts = [starts[k] + siblings for k, (_, siblings) in enumerate(_paths(leaves, wanted))]
-    return np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+    rows, start = [], 0
+    for size, siblings in zip(level_sizes(leaves), _siblings(leaves, wanted)):
+        rows += [start + i for i in siblings]
+        start += size
+    return np.array(rows, dtype=np.int64)
 
 
-def root_of(leaves: int, wanted: np.ndarray, hashes: list[bytes], proof: dict[int, bytes]) -> bytes:
+def root_of(leaves: int, wanted: list[int], hashes: list[bytes], proof: list[bytes]) -> bytes:
     """The root computed from the hashes of the leaves `wanted` (sorted, unique) and the tree
-    rows `proof` ({tree row: node}, those `proof_rows` named)."""
-    sizes = level_sizes(leaves)
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).tolist()
-    known = dict(zip(np.asarray(wanted).tolist(), hashes))
-    for k, size in enumerate(sizes[:-1]):
-
-        def node(i: int) -> bytes:
-            return known[i] if i in known else proof[starts[k] + i]
-
-        parents = sorted({i // 2 for i in known})
+    nodes `proof` (the rows `proof_rows` named, in that order)."""
+    known = dict(zip(wanted, hashes))
+    nodes = iter(proof)
+    for size, siblings in zip(level_sizes(leaves), _siblings(leaves, wanted)):
+        known.update({i: next(nodes) for i in siblings})
         known = {
-            p: _parent(node(2 * p), node(2 * p + 1) if 2 * p + 1 < size else None) for p in parents
+            p: _parent(known[2 * p], known[2 * p + 1] if 2 * p + 1 < size else None)
+            for p in sorted({i // 2 for i in known})
         }
     return known[0]
 

@@ -94,7 +94,7 @@ class VerifiedShards:
         for name, plan in plans.items():
             if plan.missing:
                 request[name] = plan.block_rows(plan.missing)
-                request[plan.tree] = rowtree.proof_rows(plan.leaves, np.array(plan.missing))
+                request[plan.tree] = rowtree.proof_rows(plan.leaves, plan.missing)
         path = self.cache.path / entry["name"]
         assumed = self._assume_layouts(path, records, plans)
         got, problems = self._fetch(path, records, plans, request)
@@ -268,10 +268,8 @@ class _Plan:
             ]
         blocks = self.split(data)
         hashes = [rowtree.leaf_hashes(blocks[b], self.block)[0] for b in self.missing]
-        wanted = np.asarray(self.missing, dtype=np.int64)
-        proof_at = rowtree.proof_rows(self.leaves, wanted).tolist()
-        proof = {row: bytes(node) for row, node in zip(proof_at, got[self.tree])}
-        if rowtree.root_of(self.leaves, wanted, hashes, proof).hex() != self.root:
+        proof = [bytes(node) for node in got[self.tree]]
+        if rowtree.root_of(self.leaves, self.missing, hashes, proof).hex() != self.root:
             return [
                 f"{name} checksum mismatch (stored bytes of rows in blocks "
                 f"{_span(self.missing)} of {self.block} rows changed)"
