@@ -120,17 +120,19 @@ class Backend(ABC):
     def names(self, path: Path) -> list[str]:
         """The names of every array in the shard, sorted."""
 
-    def chunk_rows(self, array: np.ndarray) -> int | None:
-        """Rows per stored chunk of `array` as `write` stores it (None: not chunked by rows)."""
-        return None
+    def layout_hints(self, path: Shard, arrays: Mapping[str, np.ndarray]) -> dict[str, int]:
+        """For the arrays just written to `path`, what locates their rows without reading
+        metadata (Zarr: rows per chunk; HDF5: the byte offset of a contiguous dataset); the
+        writer keeps it in the manifest. Arrays without one are left out."""
+        return {}
 
     def assume_layout(
-        self, path: Shard, name: str, shape: list[int], dtype: str, chunk_rows: int
+        self, path: Shard, name: str, shape: list[int], dtype: str, hint: int
     ) -> None:
-        """Read the rows of `name` as `write` stored them (`shape`, `dtype`, `chunk_rows`, from
-        the manifest) without reading its metadata. Only for arrays whose rows are checked
-        by their row digests: bytes read at a wrong place fail that check (the reader then
-        reads the shard's metadata). Formats without row chunks read their metadata."""
+        """Read the rows of `name` as `write` stored them (`shape`, `dtype` and the layout
+        `hint`, from the manifest) without reading its metadata. Only for arrays whose rows
+        are checked by their row digests: bytes read at a wrong place fail that check (the
+        reader then reads the shard's metadata)."""
         return None
 
     def forget_layouts(self, path: Shard) -> None:
@@ -245,11 +247,15 @@ class ZarrBackend(Backend):
         layout = self._layout(path, name)
         return None if layout is None else tuple(layout.shape)
 
-    def chunk_rows(self, array: np.ndarray) -> int | None:
-        return _chunks(array)[0] if array.ndim else None
+    def layout_hints(self, path: Shard, arrays: Mapping[str, np.ndarray]) -> dict[str, int]:
+        return {
+            name: _chunks(a)[0]
+            for name, a in arrays.items()
+            if a.ndim and a.dtype.name in PLAIN_TYPES and not isinstance(path, StoreKey)
+        }
 
     def assume_layout(
-        self, path: Shard, name: str, shape: list[int], dtype: str, chunk_rows: int
+        self, path: Shard, name: str, shape: list[int], dtype: str, hint: int
     ) -> None:
         key = (str(path), name)
         if isinstance(path, StoreKey) or key in self._layouts or dtype not in PLAIN_TYPES:
@@ -258,22 +264,8 @@ class ZarrBackend(Backend):
             _chunk_files(os.path.join(path, name), "/", len(shape)),
             shape=tuple(shape),
             dtype=np.dtype(dtype).newbyteorder("<"),
-            chunk_rows=chunk_rows,
+            chunk_rows=hint,
         )
-
-    def missing_chunks(self, path: Shard, names: Iterable[str]) -> dict[str, int]:
-        """Zarr reads an absent chunk as the fill value (zeros) without a word. Every chunk is
-        written (`write_empty_chunks`, even an all-zero one), so an absent one was lost."""
-        lost = {}
-        group = None
-        for name in names:
-            layout = self._layout(path, name)
-            if layout is not None:
-                lost[name] = layout.missing()
-                continue
-            group = group if group is not None else _zarr_group(path, "r")
-            lost[name] = group[name].nchunks - group[name].nchunks_initialized
-        return {name: n for name, n in lost.items() if n > 0}
 
 
 class RowFile:
@@ -551,6 +543,25 @@ class Hdf5Backend(Backend):
 
         with h5py.File(_local(path, self.name), "r") as handle:
             return _h5_names(handle)
+
+    def layout_hints(self, path: Path, arrays: Mapping[str, np.ndarray]) -> dict[str, int]:
+        import h5py
+
+        with h5py.File(_local(path, self.name), "r") as handle:
+            layouts = {n: _h5_layout(path, h5py.h5d.open(handle.id, n.encode())) for n in arrays}
+        return {name: layout.offset for name, layout in layouts.items() if layout is not None}
+
+    def assume_layout(self, path: Path, name: str, shape: list[int], dtype: str, hint: int) -> None:
+        key = (str(path), name)
+        if key in self._layouts or dtype not in PLAIN_TYPES:
+            return
+        self._layouts[key] = RowFile(
+            lambda _: Path(path),
+            shape=tuple(shape),
+            dtype=np.dtype(dtype).newbyteorder("<"),
+            chunk_rows=max(1, shape[0]),
+            offset=hint,
+        )
 
 
 def _h5_layout(path: Path, dataset) -> RowFile | None:

@@ -132,14 +132,14 @@ class VerifiedShards:
             return {}, [_unreadable(exc)]
 
     def _assume_layouts(self, path: Any, records: dict[str, Any], plans: dict[str, _Plan]) -> bool:
-        """Row layouts from the manifest (`chunk_rows`), so that no array metadata is read."""
+        """Row layouts from the manifest (`rows.layout`), so that no array metadata is read."""
         assumed = False
         for name, plan in plans.items():
-            chunk_rows = records[name]["rows"].get("chunk_rows")
-            for array, rows in zip((name, plan.tree), chunk_rows or ()):
+            hints = records[name]["rows"].get("layout")
+            for array, hint in zip((name, plan.tree), hints or ()):
                 record = records[array]
                 self.cache.backend.assume_layout(
-                    path, array, record["shape"], record["dtype"], int(rows)
+                    path, array, record["shape"], record["dtype"], int(hint)
                 )
                 assumed = True
         return assumed

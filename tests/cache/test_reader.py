@@ -310,26 +310,26 @@ def test_a_version_2_cache_is_read_and_verified_whole(
         open_cache(tmp_path / "v2").load_targets([e.id for e in world.examples][:1])
 
 
-def test_a_sparse_zarr_load_reads_no_array_metadata(tmp_path, world, cache_helpers, monkeypatch):
-    """Row layouts come from the manifest (`rows.chunk_rows`): a verified sparse load opens no
-    array's zarr.json; a wrong layout is not trusted (its rows fail their digests), the shard's
-    own metadata is read instead and the values are the same."""
+def test_a_sparse_load_reads_no_array_metadata(tmp_path, world, fmt, cache_helpers, monkeypatch):
+    """Row layouts come from the manifest (`rows.layout`: Zarr rows per chunk, HDF5 offsets):
+    a verified sparse load reads no array's metadata (zarr.json, HDF5 object headers); a wrong
+    layout is not trusted (its rows fail their digests), the shard's own metadata is read
+    instead and the values are the same."""
     import madcache.cache.backends as backends
 
-    cache_helpers.write_world(tmp_path / "c", world, fmt="zarr")
+    cache_helpers.write_world(tmp_path / "c", world, fmt=fmt)
     ids = requested(world)
     want = open_cache(tmp_path / "c").load_targets(ids)
     opened: list[str] = []
-    real = backends._zarr_layout
-    monkeypatch.setattr(
-        backends, "_zarr_layout", lambda path, name: opened.append(name) or real(path, name)
-    )
+    spied = "_zarr_layout" if fmt == "zarr" else "_h5_layout"
+    real = getattr(backends, spied)
+    monkeypatch.setattr(backends, spied, lambda path, name: opened.append(name) or real(path, name))
     cache = open_cache(tmp_path / "c")
     got = cache.load_targets(ids, needs=("image", "text_eos"))
     assert opened == []
     np.testing.assert_array_equal(got.text_eos, want.text_eos)
     wrong = open_cache(tmp_path / "c")
     for entry in wrong.shards:
-        entry["arrays"]["image_feat"]["rows"]["chunk_rows"] = [1, 1]
+        entry["arrays"]["image_feat"]["rows"]["layout"] = [1, 1]
     np.testing.assert_array_equal(wrong.load_targets(ids, needs=("image",)).image, want.image)
-    assert "image_feat" in opened
+    assert opened
