@@ -160,26 +160,10 @@ class Cache:
             )
         )
 
-    def _known(self, example_ids: list[str]) -> list[str]:
-        """The ids the index holds, in order."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        held = pc.is_in(
-            pa.array(example_ids, pa.string()), value_set=self.index().column("example_id")
-        )
-        return [eid for eid, found in zip(example_ids, held.to_pylist()) if found]
-
     def _locate(self, example_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """The shard and row of each id: a hash lookup in the index's id column (pyarrow), no
         Python object per cached example."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        table = self.index()
-        found = pc.index_in(
-            pa.array(example_ids, pa.string()), value_set=table.column("example_id")
-        )
+        found = self._lookup(example_ids)
         if found.null_count:
             missing = [eid for eid, at in zip(example_ids, found.is_null().to_pylist()) if at]
             shown = ", ".join(repr(e) for e in missing[:5])
@@ -188,6 +172,23 @@ class Cache:
                 f"{self.path} (e.g. {shown}): was it extracted for this dataset split (and "
                 "without --limit)?"
             )
+        return self._rows_at(found)
+
+    def _locate_known(self, example_ids: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """The ids the index holds (in order), and their shards and rows."""
+        found = self._lookup(example_ids)
+        held = found.is_valid().to_pylist()
+        return [eid for eid, ok in zip(example_ids, held) if ok], *self._rows_at(found.drop_null())
+
+    def _lookup(self, example_ids: list[str]):
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        column = self.index().column("example_id")
+        return pc.index_in(pa.array(example_ids, pa.string()), value_set=column)
+
+    def _rows_at(self, found) -> tuple[np.ndarray, np.ndarray]:
+        table = self.index()
         at = found.to_numpy(zero_copy_only=False).astype(np.int64)
         shards = table.column("shard").to_numpy().astype(np.int64)
         rows = table.column("row").to_numpy().astype(np.int64)

@@ -184,10 +184,9 @@ class VerifiedShards:
         does (the rows those ids need, block by block; kept for the load, `read_rows`); any
         other array (a region store's, a version 2 cache's) is read and hashed whole."""
         wanted = set(names)
-        known = self.cache._known(list(ids))
+        known, shard_of, row_of = self.cache._locate_known(list(ids))
         if not known:
             return
-        shard_of, row_of = self.cache._locate(known)
         entries = {int(e["index"]): e for e in self.cache.shards}
         touched = [entries[i] for i in sorted(set(shard_of.tolist()))]
         rows = self._digested(touched[0], wanted)
@@ -255,8 +254,10 @@ class _Plan:
         return ragged_index(starts, counts)
 
     def split(self, data: np.ndarray) -> dict[int, np.ndarray]:
-        ends = np.cumsum([min(self.block, self.length - b * self.block) for b in self.missing])
-        return dict(zip(self.missing, np.split(data, ends[:-1])))
+        """{block: its rows} of the rows of the blocks `missing` (sorted; only an array's last
+        block is short, and it comes last)."""
+        b = self.block
+        return {block: data[i * b : (i + 1) * b] for i, block in enumerate(self.missing)}
 
     def verify(self, name: str, got: dict[str, np.ndarray]) -> list[str]:
         data = got[name]
@@ -266,8 +267,7 @@ class _Plan:
                 f"{name} has rows of {dtype_name(data)} {list(data.shape[1:])}, manifest "
                 f"says {self.record['dtype']} {self.record['shape'][1:]}"
             ]
-        blocks = self.split(data)
-        hashes = [rowtree.leaf_hashes(blocks[b], self.block)[0] for b in self.missing]
+        hashes = rowtree.leaf_hashes(data, self.block)  # the blocks follow each other in data
         proof = [bytes(node) for node in got[self.tree]]
         if rowtree.root_of(self.leaves, self.missing, hashes, proof).hex() != self.root:
             return [
