@@ -5,9 +5,11 @@ The rows of an array are cut into blocks of `block_rows` rows (a power of two, t
 holding `BLOCK_BYTES`: one row of a D = 512 fp16 feature, 64 rows of a float32 score). Each block
 is a leaf, sha256(0x00 || its bytes); each node is sha256(0x01 || left || right) (a last node
 without a sibling: sha256(0x01 || left)); the 0x00 / 0x01 prefixes keep a leaf from passing for
-a node. The tree is stored in the shard as the array `rowtree/<name>` (uint8 [nodes, 32], the
-levels one after another, leaves first); the manifest's record of the array keeps its root
-(`"rows": {"block", "tree", "root"}`), and the tree array has its own record like any array.
+a node. The trees of a shard's arrays are stored in it as one array `rowtrees` (uint8
+[nodes, 32]; each tree's levels one after another, leaves first); the manifest's record of an
+array keeps its root and where its tree starts (`"rows": {"block", "root", "tree", "start"}`),
+and `rowtrees` has its own record like any array. (One array, not one per tree: each array
+a Zarr shard holds costs ~2 ms to write.)
 
 So the trust chain of a row is manifest -> root -> the few nodes on its path -> the row: a
 reader hashes the blocks it reads, reads the sibling nodes on their paths (~64 bytes per level,
@@ -24,7 +26,7 @@ from typing import Any
 import numpy as np
 
 BLOCK_BYTES = 256
-PREFIX = "rowtree/"
+TREES = "rowtrees"
 LEAF, NODE = b"\x00", b"\x01"
 
 
@@ -78,12 +80,8 @@ def build_tree(array: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
     return tree, {"block": block, "root": level[0].hex()}
 
 
-def tree_name(name: str) -> str:
-    return PREFIX + name
-
-
 def is_tree(name: str) -> bool:
-    return name.startswith(PREFIX)
+    return name == TREES
 
 
 def _siblings(leaves: int, wanted: list[int]) -> list[list[int]]:
@@ -123,24 +121,28 @@ def root_of(leaves: int, wanted: list[int], hashes: list[bytes], proof: list[byt
 def with_trees(
     arrays: dict[str, np.ndarray],
 ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]]]:
-    """A shard's arrays with a tree added for each numeric array, and {array: its record's
-    `rows` entry}."""
-    out, rows = dict(arrays), {}
-    for name, array in arrays.items():
-        if has_tree(array) and not is_tree(name):
-            tree, info = build_tree(array)
-            out[tree_name(name)] = tree
-            rows[name] = {**info, "tree": tree_name(name)}
-    return out, rows
+    """A shard's arrays with the trees of its numeric arrays added as one array `rowtrees` (one
+    after another, by name), and {array: its record's `rows` entry: block, root, tree, start}."""
+    trees, rows, start = [], {}, 0
+    for name in sorted(arrays):
+        if has_tree(arrays[name]) and not is_tree(name):
+            tree, info = build_tree(arrays[name])
+            trees.append(tree)
+            rows[name] = {**info, "tree": TREES, "start": start}
+            start += len(tree)
+    if not trees:
+        return dict(arrays), {}
+    return {**arrays, TREES: np.concatenate(trees)}, rows
 
 
-def tree_problems(name: str, array: np.ndarray, tree: np.ndarray | None, info: dict) -> list[str]:
+def tree_problems(name: str, array: np.ndarray, trees: np.ndarray | None, info: dict) -> list[str]:
     """What `cache verify` finds wrong with an array's row tree (recomputed from its rows)."""
-    if tree is None:
+    if trees is None:
         return [f"{name}'s row digests ({info.get('tree')}) are missing"]
     expected, built = build_tree(array)
     if built != {"block": info.get("block"), "root": info.get("root")}:
         return [f"{name}'s row digests in the manifest do not match its rows"]
-    if tree.shape != expected.shape or not np.array_equal(tree, expected):
+    start = int(info.get("start", 0))
+    if not np.array_equal(trees[start : start + len(expected)], expected):
         return [f"{name}'s row digests ({info['tree']}) do not match its rows"]
     return []

@@ -91,10 +91,13 @@ class VerifiedShards:
         for name, plan in plans.items():
             plan.missing = [b for b in plan.blocks if b not in self.kept.get((index, name), {})]
         request: dict[str, np.ndarray | None] = {}
+        proofs: dict[str, list[np.ndarray]] = {}
         for name, plan in plans.items():
             if plan.missing:
                 request[name] = plan.block_rows(plan.missing)
-                request[plan.tree] = rowtree.proof_rows(plan.leaves, plan.missing)
+                plan.proof = plan.start + rowtree.proof_rows(plan.leaves, plan.missing)
+                proofs.setdefault(plan.tree, []).append(plan.proof)
+        request.update({tree: np.unique(np.concatenate(p)) for tree, p in proofs.items()})
         path = self.cache.path / entry["name"]
         assumed = self._assume_layouts(path, records, plans)
         got, problems = self._fetch(path, records, plans, request)
@@ -126,7 +129,7 @@ class VerifiedShards:
                 p
                 for name, plan in sorted(plans.items())
                 if plan.missing
-                for p in plan.verify(name, got)
+                for p in plan.verify(name, got, request[plan.tree])
             ]
         except Exception as exc:  # a damaged shard can fail in any decoder
             return {}, [_unreadable(exc)]
@@ -238,6 +241,8 @@ class _Plan:
         info = record["rows"]
         self.record = record
         self.tree, self.block, self.root = info["tree"], int(info["block"]), info["root"]
+        self.start = int(info.get("start", 0))  # of this array's tree in the tree array
+        self.proof = np.zeros(0, dtype=np.int64)
         self.length = int(record["shape"][0])
         self.leaves = -(-self.length // self.block)
         self.wanted = (
@@ -259,7 +264,9 @@ class _Plan:
         b = self.block
         return {block: data[i * b : (i + 1) * b] for i, block in enumerate(self.missing)}
 
-    def verify(self, name: str, got: dict[str, np.ndarray]) -> list[str]:
+    def verify(self, name: str, got: dict[str, np.ndarray], tree_rows: np.ndarray) -> list[str]:
+        """Problems of the blocks read (`got[name]`), checked with the tree rows `tree_rows`
+        read (`got[self.tree]`: the proofs of every array of this read)."""
         data = got[name]
         shape = [len(self.block_rows(self.missing)), *self.record["shape"][1:]]
         if list(data.shape) != shape or dtype_name(data) != self.record["dtype"]:
@@ -268,7 +275,8 @@ class _Plan:
                 f"says {self.record['dtype']} {self.record['shape'][1:]}"
             ]
         hashes = rowtree.leaf_hashes(data, self.block)  # the blocks follow each other in data
-        proof = [bytes(node) for node in got[self.tree]]
+        nodes = got[self.tree][np.searchsorted(tree_rows, self.proof)]
+        proof = [bytes(node) for node in nodes]
         if rowtree.root_of(self.leaves, self.missing, hashes, proof).hex() != self.root:
             return [
                 f"{name} checksum mismatch (stored bytes of rows in blocks "
