@@ -267,6 +267,20 @@ class ZarrBackend(Backend):
             chunk_rows=hint,
         )
 
+    def missing_chunks(self, path: Shard, names: Iterable[str]) -> dict[str, int]:
+        """Zarr reads an absent chunk as the fill value (zeros) without a word. Every chunk is
+        written (`write_empty_chunks`, even an all-zero one), so an absent one was lost."""
+        lost = {}
+        group = None
+        for name in names:
+            layout = self._layout(path, name)
+            if layout is not None:
+                lost[name] = layout.missing()
+                continue
+            group = group if group is not None else _zarr_group(path, "r")
+            lost[name] = group[name].nchunks - group[name].nchunks_initialized
+        return {name: n for name, n in lost.items() if n > 0}
+
 
 class RowFile:
     """Rows of a fixed-width, uncompressed array stored as raw C-order bytes in files of
