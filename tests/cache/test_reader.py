@@ -333,3 +333,22 @@ def test_a_sparse_load_reads_no_array_metadata(tmp_path, world, fmt, cache_helpe
         entry["arrays"]["image_feat"]["rows"]["layout"] = [1, 1]
     np.testing.assert_array_equal(wrong.load_targets(ids, needs=("image",)).image, want.image)
     assert opened
+
+
+def test_the_check_ahead_leaves_word_features_to_the_read(cache, world, monkeypatch):
+    """`VerifiedShards.ahead` reads the rows a load reads, but not `word_feat` (MAD reads only
+    the words it chooses, known at the load): those rows are checked when the load reads them."""
+    asked: list[set[str]] = []
+    real = cache.backend.read_rows
+    monkeypatch.setattr(
+        cache.backend, "read_rows", lambda path, rows: asked.append(set(rows)) or real(path, rows)
+    )
+    ids = requested(world)
+    names = {n for e in cache.shards for n in e["arrays"]} - {"rowtrees"}
+    cache.verified.ahead(ids, names)
+    ahead = set().union(*asked)
+    assert "word_feat" not in ahead and {"image_feat", "text_eos", "word_score"} <= ahead
+    asked.clear()
+    targets = cache.load_targets(ids)
+    assert {"word_feat"} == set().union(*asked) - {"rowtrees"}  # the rest was kept from ahead
+    assert len(targets.words.feat) == int(targets.words.offsets[-1])
