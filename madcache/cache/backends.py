@@ -526,11 +526,11 @@ class Hdf5Backend(Backend):
             return {name: _h5_read(handle[name]) for name in wanted}
 
     def read_rows(self, path: Path, rows: Mapping[str, np.ndarray | None]) -> dict[str, np.ndarray]:
-        import h5py
-
         known = {n: self._layouts.get((str(path), n)) for n in rows}
         if all(known.values()):  # every array's layout seen before: no need to open it
             return {name: layout.read(rows[name]) for name, layout in known.items()}
+        import h5py
+
         with h5py.File(_local(path, self.name), "r") as handle:
             out = {}
             for name, wanted in rows.items():
