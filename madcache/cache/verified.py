@@ -5,12 +5,17 @@ lost Zarr chunk (read back as zeros) fails the same check, and is named as lost.
 The recorded sha256s are the manifest's shard entries (each a copy of the shard's commit
 record), the ones `madcache cache verify` checks: the comparison is `verify.array_problems`, one
 implementation for both. A teacher-target cache and a region store are checked alike: both are
-opened as a `Cache`, whose every row read (`Cache._read_rows`) and every region read
-(`RegionStore.load`) passes `VerifiedShards.check` first.
+opened as a `Cache`, whose every row read (`Cache._read_rows`: `read_rows` below, or `check`
+first) and every region read (`RegionStore.load`: `check` first) is verified.
 
 A training run checks the shards it will read before its first step (`ahead`) and records them
-in `inputs.json` (`record`: {shard name: digest of the verified arrays' sha256s}). The cost is one
-extra whole read (and hash) of the needed arrays of each shard touched, once per process
+in `inputs.json` (`record`: {shard name: digest of the verified arrays' sha256s}).
+
+Since format version 3 the numeric arrays have row digests (`rowtree`): a read hashes only the
+row blocks it reads and checks them against the shard's hash tree, whose root is in the
+manifest (`read_rows`), keeping the verified blocks so that a run's check ahead and its load
+read them once. Strings, a version 2 cache and a region store's reads (`check`) cost one extra
+whole read and hash of each needed array of each shard touched, once per process
 (docs/guarantees.md, "Verified reads").
 """
 
@@ -205,11 +210,12 @@ class VerifiedShards:
             for entry in touched:
                 self.trusted(entry, "example_id")
             rows.add("example_id")
-        if rows - {"example_id"}:
+        for entry in touched if rows - {"example_id"} else ():  # shard by shard: the targets
+            at = np.flatnonzero(shard_of == int(entry["index"]))  # gathered are dropped at once
             gather_targets(
-                known,
-                shard_of,
-                row_of,
+                [known[i] for i in at],
+                shard_of[at],
+                row_of[at],
                 shards=self.cache.shards,
                 manifest=self.cache.manifest,
                 read_rows=self.cache._read_rows,
