@@ -120,6 +120,32 @@ class Backend(ABC):
     def names(self, path: Path) -> list[str]:
         """The names of every array in the shard, sorted."""
 
+    def layout_hints(self, path: Shard, arrays: Mapping[str, np.ndarray]) -> dict[str, int]:
+        """For the arrays just written to `path`, what locates their rows without reading
+        metadata (Zarr: rows per chunk; HDF5: the byte offset of a contiguous dataset); the
+        writer keeps it in the manifest. Arrays without one are left out."""
+        return {}
+
+    def assume_layout(
+        self, path: Shard, name: str, shape: list[int], dtype: str, hint: int
+    ) -> None:
+        """Read the rows of `name` as `write` stored them (`shape`, `dtype` and the layout
+        `hint`, from the manifest) without reading its metadata. Only for arrays whose rows
+        are checked by their row digests: bytes read at a wrong place fail that check (the
+        reader then reads the shard's metadata)."""
+        return None
+
+    def forget_layouts(self, path: Shard) -> None:
+        """Drop what is known of a shard's layouts (read them again from its metadata)."""
+        for key in [k for k in self._layouts if k[0] == str(path)]:
+            del self._layouts[key]
+
+    def stored_shape(self, path: Shard, name: str) -> tuple[int, ...] | None:
+        """The shape a stored array's metadata gives, where known without reading it (a layout
+        seen before; None otherwise)."""
+        layout = self._layouts.get((str(path), name))
+        return None if layout is None else tuple(layout.shape)
+
     def missing_chunks(self, path: Shard, names: Iterable[str]) -> dict[str, int]:
         """{array: chunks absent from storage} for the named arrays (backends without separately
         stored chunks lose none: empty)."""
@@ -216,6 +242,30 @@ class ZarrBackend(Backend):
 
     def names(self, path: Shard) -> list[str]:
         return _zarr_names(_zarr_group(path, "r"))
+
+    def stored_shape(self, path: Shard, name: str) -> tuple[int, ...] | None:
+        layout = self._layout(path, name)
+        return None if layout is None else tuple(layout.shape)
+
+    def layout_hints(self, path: Shard, arrays: Mapping[str, np.ndarray]) -> dict[str, int]:
+        return {
+            name: _chunks(a)[0]
+            for name, a in arrays.items()
+            if a.ndim and a.dtype.name in PLAIN_TYPES and not isinstance(path, StoreKey)
+        }
+
+    def assume_layout(
+        self, path: Shard, name: str, shape: list[int], dtype: str, hint: int
+    ) -> None:
+        key = (str(path), name)
+        if isinstance(path, StoreKey) or key in self._layouts or dtype not in PLAIN_TYPES:
+            return
+        self._layouts[key] = RowFile(
+            _chunk_files(os.path.join(path, name), "/", len(shape)),
+            shape=tuple(shape),
+            dtype=np.dtype(dtype).newbyteorder("<"),
+            chunk_rows=hint,
+        )
 
     def missing_chunks(self, path: Shard, names: Iterable[str]) -> dict[str, int]:
         """Zarr reads an absent chunk as the fill value (zeros) without a word. Every chunk is
@@ -380,11 +430,7 @@ def _zarr_layout(path: Shard, name: str) -> RowFile | None:
     if list(chunks[1:]) != [max(1, s) for s in shape[1:]] or any(s == 0 for s in shape[1:]):
         return None
     separator = (encoding.get("configuration") or {}).get("separator", "/")
-    trailing = [0] * (len(shape) - 1)
-
-    def chunk_file(index: int) -> str:
-        return os.path.join(folder, separator.join(map(str, ["c", index, *trailing])))
-
+    chunk_file = _chunk_files(folder, separator, len(shape))
     if strings:
         return StringFile(
             chunk_file, shape=shape, dtype=np.dtype(object), chunk_rows=int(chunks[0])
@@ -395,6 +441,16 @@ def _zarr_layout(path: Shard, name: str) -> RowFile | None:
         dtype=np.dtype(meta["data_type"]).newbyteorder("<"),
         chunk_rows=int(chunks[0]),
     )
+
+
+def _chunk_files(folder: str, separator: str, ndim: int) -> Callable[[int], str]:
+    """The file of each row chunk of a Zarr v3 array chunked by rows only."""
+    trailing = [0] * (ndim - 1)
+
+    def chunk_file(index: int) -> str:
+        return os.path.join(folder, separator.join(map(str, ["c", index, *trailing])))
+
+    return chunk_file
 
 
 def _zarr_names(group) -> list[str]:
@@ -470,11 +526,11 @@ class Hdf5Backend(Backend):
             return {name: _h5_read(handle[name]) for name in wanted}
 
     def read_rows(self, path: Path, rows: Mapping[str, np.ndarray | None]) -> dict[str, np.ndarray]:
-        import h5py
-
         known = {n: self._layouts.get((str(path), n)) for n in rows}
         if all(known.values()):  # every array's layout seen before: no need to open it
             return {name: layout.read(rows[name]) for name, layout in known.items()}
+        import h5py
+
         with h5py.File(_local(path, self.name), "r") as handle:
             out = {}
             for name, wanted in rows.items():
@@ -501,6 +557,25 @@ class Hdf5Backend(Backend):
 
         with h5py.File(_local(path, self.name), "r") as handle:
             return _h5_names(handle)
+
+    def layout_hints(self, path: Path, arrays: Mapping[str, np.ndarray]) -> dict[str, int]:
+        import h5py
+
+        with h5py.File(_local(path, self.name), "r") as handle:
+            layouts = {n: _h5_layout(path, h5py.h5d.open(handle.id, n.encode())) for n in arrays}
+        return {name: layout.offset for name, layout in layouts.items() if layout is not None}
+
+    def assume_layout(self, path: Path, name: str, shape: list[int], dtype: str, hint: int) -> None:
+        key = (str(path), name)
+        if key in self._layouts or dtype not in PLAIN_TYPES:
+            return
+        self._layouts[key] = RowFile(
+            lambda _: Path(path),
+            shape=tuple(shape),
+            dtype=np.dtype(dtype).newbyteorder("<"),
+            chunk_rows=max(1, shape[0]),
+            offset=hint,
+        )
 
 
 def _h5_layout(path: Path, dataset) -> RowFile | None:

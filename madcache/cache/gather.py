@@ -73,25 +73,35 @@ def gather_targets(
     progress: bool = False,
     needs: Iterable[str] | None = None,
     choose_words: ChooseWords | None = None,
+    arrays: Iterable[str] | None = None,
+    check_ids: bool = True,
 ) -> Targets:
     """The targets of `ids`, whose rows are `row_of` in the shards `shard_of` (indexes into the
     manifest entries `shards`), in the order of `ids`; with `needs` (`Method.needs`: "image",
     "text_eos", "words", "logits"), only the arrays those read (the others come back None);
     with `choose_words`, only the chosen words' features (`WordTargets.feat_rows`).
     `where` (the cache) names the cache in errors: a shard holding other arrays, rows a decoder
-    cannot read or ids the index did not promise are a `CacheCorruptError`."""
+    cannot read or ids the index did not promise are a `CacheCorruptError`. `arrays` (names)
+    narrows the arrays read further. `check_ids=False` reads no `example_id`: for an index
+    already checked against the manifest's sha256 of each shard's ids (`open_cache`), the ids
+    of the rows it points at are the ones asked for."""
     entries = {int(e["index"]): e for e in shards}
     needed = sorted(set(shard_of.tolist()))
     template = entries[needed[0]] if needed else (shards[0] if shards else None)
     read = None
     if template is not None:
         keep = arrays_for(needs, template["arrays"]) | {"example_id"}
+        keep &= set(template["arrays"]) if arrays is None else set(arrays) | {"example_id"}
         read = {**template, "arrays": {n: r for n, r in template["arrays"].items() if n in keep}}
     out = _Assembler(
-        len(ids), int(manifest["num_choices"]), read, defer_feat=choose_words is not None
+        len(ids),
+        int(manifest["num_choices"]),
+        read,
+        defer_feat=choose_words is not None,
+        check_ids=check_ids,
     )
     for shard in _progress(needed, progress):
-        if set(_target_names(entries[shard])) != set(_target_names(template)):
+        if set(target_names(entries[shard])) != set(target_names(template)):
             raise CacheCorruptError(
                 f"shard {shard} of {where} holds other arrays than "
                 f"shard {template['index']}: run `madcache cache verify`"
@@ -102,17 +112,22 @@ def gather_targets(
             stored_ids = out.add_shard(
                 positions, row_of[positions], functools.partial(read_rows, entry)
             )
+        except CacheCorruptError:  # already says which shard and what
+            raise
         except Exception as exc:  # a damaged or replaced shard can fail in any decoder
             raise CacheCorruptError(
                 f"shard {shard} of {where} does not hold what the manifest describes "
                 f"({type(exc).__name__}: {exc}): run `madcache cache verify {where}`"
             ) from None
-        _check_ids(where, shard, [ids[p] for p in positions], stored_ids)
+        if check_ids:
+            _check_ids(where, shard, [ids[p] for p in positions], stored_ids)
     targets = out.targets(ids, manifest)
     if choose_words is not None and targets.words is not None:
         chosen = np.unique(np.asarray(choose_words(targets.words), dtype=np.int64))
         try:
             targets.words.feat = out.chosen_features(chosen)
+        except CacheCorruptError:
+            raise
         except Exception as exc:
             raise CacheCorruptError(
                 f"the word features of {where} cannot be read ("
@@ -153,7 +168,7 @@ def _check_ids(path: Path | StoreKey, shard: int, wanted: list[str], stored: np.
         )
 
 
-def _target_names(entry: dict[str, Any]) -> list[str]:
+def target_names(entry: dict[str, Any]) -> list[str]:
     """The arrays `load_targets` needs (not the string arrays: the index has the ids)."""
     wanted = {
         "example_image",
@@ -174,6 +189,16 @@ def _progress(shards: list[int], enabled: bool) -> Iterable[int]:
     from tqdm import tqdm
 
     return tqdm(shards, desc="loading targets", unit="shard")
+
+
+def _offsets_at(example_texts: np.ndarray, read) -> np.ndarray:
+    """`word_offsets` with only the entries the texts `example_texts` need read (the others 0:
+    a sparse subset reads a few entries, not the shard's whole array)."""
+    texts = np.unique(example_texts)
+    at = np.unique(np.concatenate([texts, texts + 1]))
+    offsets = np.zeros(int(at[-1]) + 1 if len(at) else 0, dtype=np.int64)
+    offsets[at] = read({"word_offsets": at})["word_offsets"]
+    return offsets
 
 
 class _RowPlan:
@@ -224,9 +249,15 @@ class _Assembler:
     """Collects each shard's gathered rows and scatters them into request order."""
 
     def __init__(
-        self, n: int, num_choices: int, template: dict[str, Any] | None, defer_feat: bool = False
+        self,
+        n: int,
+        num_choices: int,
+        template: dict[str, Any] | None,
+        defer_feat: bool = False,
+        check_ids: bool = True,
     ) -> None:
         self.defer_feat = defer_feat  # word features read later, only the chosen ones
+        self.check_ids = check_ids
         self.n = n
         self.c = num_choices
         self.records = template["arrays"] if template else {}
@@ -242,16 +273,19 @@ class _Assembler:
         return self.rows[name]
 
     def add_shard(self, positions: np.ndarray, rows: np.ndarray, read) -> np.ndarray:
-        """Gather one shard's rows with two batched reads: the per-example arrays (and
-        `word_offsets`), then the image, text and word rows they point at.
+        """Gather one shard's rows with batched reads: the per-example arrays, the entries of
+        `word_offsets` their texts need, then the image, text and word rows they point at.
         `read({name: sorted unique rows | None})` reads from the shard. Returns the
-        `example_id`s stored at `rows`, for the caller to check against the index."""
-        names = set(_target_names({"arrays": self.records}))
+        `example_id`s stored at `rows`, for the caller to check against the index (None
+        without `check_ids`)."""
+        names = set(target_names({"arrays": self.records}))
         example_rows, inverse = np.unique(rows, return_inverse=True)
         first = {n: example_rows for n in names if n in PER_EXAMPLE or n.startswith("logits/")}
-        first.update({"word_offsets": None} if "word_offsets" in names else {})
-        first["example_id"] = example_rows
+        if self.check_ids:
+            first["example_id"] = example_rows
         per_example = read(first)
+        if "word_offsets" in names and "example_texts" in per_example:
+            per_example["word_offsets"] = _offsets_at(per_example["example_texts"], read)
         for name, array in per_example.items():
             if name.startswith("logits/") or name in ("candidates", "similarity"):
                 dtype = np.int64 if name == "candidates" else np.float32
@@ -272,7 +306,7 @@ class _Assembler:
             words = {n: a[take] for n, a in stored.items() if n.startswith("word_")}
             self.word_parts.append((targets, counts, words))
             self.word_sources.append((read, plan.word_rows[take]))
-        return per_example["example_id"][inverse]
+        return per_example["example_id"][inverse] if self.check_ids else None
 
     def _words(self) -> WordTargets | None:
         if "word_offsets" not in self.records:

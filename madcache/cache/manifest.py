@@ -21,7 +21,10 @@ from madcache.cache.location import as_store
 from madcache.cache.store import LocalStore, Store, StoreKey
 from madcache.core.errors import CacheCorruptError, CacheNotFoundError
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+# versions whose stored values mean what this madcache's do (3 added row digests to 2's
+# values; a version 2 cache is verified whole-array per shard, docs/cache-format.md)
+READABLE_VERSIONS = (2, 3)
 MANIFEST = "manifest.json"
 INDEX = "index.parquet"
 INDEX_PARTS = "index-parts"

@@ -21,7 +21,7 @@ from madcache.cache.fingerprint import diff_fingerprints, resolved_read_options
 from madcache.cache.gather import ChooseWords, gather_targets
 from madcache.cache.location import as_store, open_location
 from madcache.cache.manifest import (
-    FORMAT_VERSION,
+    READABLE_VERSIONS,
     STATE_COMPLETE,
     fingerprint_digest,
     read_manifest,
@@ -99,6 +99,8 @@ class Cache:
         self.manifest = manifest
         self.backend = backend
         self._index = index
+        # the index was checked against the manifest's sha256 of each shard's ids (open_cache)
+        self.index_checked = index is not None
         self._shards: list[dict[str, Any]] | None = None
         self.verified = VerifiedShards(self)  # arrays checked against their sha256s
 
@@ -161,13 +163,7 @@ class Cache:
     def _locate(self, example_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """The shard and row of each id: a hash lookup in the index's id column (pyarrow), no
         Python object per cached example."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        table = self.index()
-        found = pc.index_in(
-            pa.array(example_ids, pa.string()), value_set=table.column("example_id")
-        )
+        found = self._lookup(example_ids)
         if found.null_count:
             missing = [eid for eid, at in zip(example_ids, found.is_null().to_pylist()) if at]
             shown = ", ".join(repr(e) for e in missing[:5])
@@ -176,6 +172,23 @@ class Cache:
                 f"{self.path} (e.g. {shown}): was it extracted for this dataset split (and "
                 "without --limit)?"
             )
+        return self._rows_at(found)
+
+    def _locate_known(self, example_ids: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """The ids the index holds (in order), and their shards and rows."""
+        found = self._lookup(example_ids)
+        held = found.is_valid().to_pylist()
+        return [eid for eid, ok in zip(example_ids, held) if ok], *self._rows_at(found.drop_null())
+
+    def _lookup(self, example_ids: list[str]):
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        column = self.index().column("example_id")
+        return pc.index_in(pa.array(example_ids, pa.string()), value_set=column)
+
+    def _rows_at(self, found) -> tuple[np.ndarray, np.ndarray]:
+        table = self.index()
         at = found.to_numpy(zero_copy_only=False).astype(np.int64)
         shards = table.column("shard").to_numpy().astype(np.int64)
         rows = table.column("row").to_numpy().astype(np.int64)
@@ -229,13 +242,22 @@ class Cache:
             progress=progress,
             needs=needs,
             choose_words=choose_words,
+            check_ids=not self.index_checked,
         )
 
     def _read_rows(
         self, entry: dict[str, Any], rows: dict[str, np.ndarray | None]
     ) -> dict[str, np.ndarray]:
-        self.verified.check(entry, rows)
-        return self.backend.read_rows(self._shard_path(entry), rows)
+        """Verified rows: those of arrays with row digests checked block by block
+        (`VerifiedShards.read_rows`), the others' arrays checked whole first (a format
+        version 2 cache; strings)."""
+        records = entry.get("arrays", {})
+        digested = {n: r for n, r in rows.items() if "rows" in records.get(n, {})}
+        rest = {n: r for n, r in rows.items() if n not in digested}
+        self.verified.check(entry, rest)
+        out = self.backend.read_rows(self._shard_path(entry), rest) if rest else {}
+        out.update(self.verified.read_rows(entry, digested) if digested else {})
+        return out
 
     # ------------------------------------------------------------------ checks and info
 
@@ -297,10 +319,10 @@ def check_format_version(manifest: dict[str, Any], path: Path | StoreKey) -> Non
     """Refuse teacher targets written by another format version: their values mean something
     else (docs/cache-format.md, "Format versions"), so they must not be reused silently."""
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise CacheError(
-            f"the cache at {path} has format version {version}, but this madcache reads version "
-            f"{FORMAT_VERSION}: its stored values were computed differently (docs/cache-format.md,"
+            f"the cache at {path} has format version {version}, but this madcache reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}: its stored values were computed differently (docs/cache-format.md,"
             ' "Format versions"). Re-extract it: `madcache extract ... --out NEW_DIR`.'
         )
 

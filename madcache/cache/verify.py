@@ -31,6 +31,7 @@ from madcache.cache.manifest import (
     fingerprint_digest,
     read_manifest,
 )
+from madcache.cache.rowtree import is_tree, tree_problems
 from madcache.cache.store import Store, StoreKey
 from madcache.core.errors import CacheError
 
@@ -112,7 +113,8 @@ def verify_cache(path: str | Path) -> list[str]:
     """Every problem found in the cache at `path` (empty list = the cache is sound).
 
     Checks: state complete; fingerprint digest; shards listed == shards present == commit
-    records; one precision; every array's dtype, shape and sha256 against the manifest; each
+    records; one precision; every array's dtype, shape and sha256 against the manifest, and its
+    row digests (format version 3) against its rows; each
     shard's layout; the index covers every example row exactly once with the ids stored in the
     shards. `path` is a directory or an object-store URL.
     """
@@ -290,8 +292,12 @@ def _shard_check(
         f"array {name} is not in the manifest" for name in sorted(set(arrays) - set(expected))
     ]
     for name in sorted(set(expected) & set(arrays)):
-        problems += array_problems(name, arrays[name], expected[name])
-    problems += shard_problems(arrays)
+        found = array_problems(name, arrays[name], expected[name])
+        problems += found
+        if "rows" in expected[name] and not found:  # rows as recorded: do their digests agree?
+            info = expected[name]["rows"]
+            problems += tree_problems(name, arrays[name], arrays.get(info.get("tree")), info)
+    problems += shard_problems({n: a for n, a in arrays.items() if not is_tree(n)})
     return problems, arrays.get("example_id")
 
 

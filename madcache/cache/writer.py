@@ -59,6 +59,7 @@ from madcache.cache.manifest import (
     shard_counts,
     write_manifest,
 )
+from madcache.cache.rowtree import with_trees
 from madcache.cache.store import Claim, Store, StoreKey
 from madcache.cache.verify import shard_problems
 from madcache.core.errors import CacheCorruptError, CacheError, FingerprintMismatchError
@@ -189,11 +190,16 @@ class CacheWriter:
         if problems:
             self.release(shard)
             raise ValueError(f"shard {shard} is inconsistent: " + "; ".join(problems))
+        counts = shard_counts(arrays)
+        arrays, trees = with_trees(arrays)
+        records = {name: array_record(a) for name, a in sorted(arrays.items())}
+        for name, rows in trees.items():
+            records[name]["rows"] = rows
         entry = {
             "index": int(shard),
             "name": self.backend.shard_path(self.root, shard).name,
-            **shard_counts(arrays),
-            "arrays": {name: array_record(a) for name, a in sorted(arrays.items())},
+            **counts,
+            "arrays": records,
         }
         if shard not in self._claims:
             self.claim(shard, wait=True)
@@ -205,10 +211,12 @@ class CacheWriter:
             if self.store.renames:
                 temp = self.backend.temp_path(self.root, shard)
                 self.backend.write(temp, arrays)
+                self._layouts(temp, arrays, entry)
                 cache_index.write_part(self.store, shard, arrays, index_columns)
                 self.backend.rename(temp, final)
             else:  # no rename: in place, uncommitted until the record exists
                 self.backend.write(final, arrays)
+                self._layouts(final, arrays, entry)
                 cache_index.write_part(self.store, shard, arrays, index_columns)
             entry["bytes"] = self.backend.nbytes(final)
             self._check_claim_held(shard)
@@ -223,6 +231,18 @@ class CacheWriter:
             )
         finally:
             self.release(shard)
+
+    def _layouts(self, path: Path | StoreKey, arrays: dict[str, np.ndarray], entry: dict) -> None:
+        """Keep in each row-digested array's `rows` where its rows and its tree's lie (`layout`,
+        `Backend.layout_hints`): a reader of a few rows then reads no array metadata."""
+        records = entry["arrays"]
+        digested = [name for name, record in records.items() if "rows" in record]
+        wanted = {n: arrays[n] for name in digested for n in (name, records[name]["rows"]["tree"])}
+        hints = self.backend.layout_hints(path, wanted) if wanted else {}
+        for name in digested:
+            pair = [hints.get(name), hints.get(records[name]["rows"]["tree"])]
+            if None not in pair:
+                records[name]["rows"]["layout"] = pair
 
     def read_shard(self, shard: int) -> dict[str, np.ndarray]:
         """Every array of a committed shard (e.g. to recompute split-level results)."""

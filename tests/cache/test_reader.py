@@ -7,6 +7,7 @@ import pytest
 
 from madcache.cache.gather import ragged_index
 from madcache.cache.reader import open_cache
+from madcache.cache.rowtree import TREES, is_tree
 from madcache.core.errors import (
     CacheError,
     CacheNotFoundError,
@@ -179,7 +180,7 @@ def test_targets_of_another_format_version_are_refused(tmp_path, world, cache_he
     assert cache.info()["format_version"] == 1  # still inspectable
     with pytest.raises(
         CacheError,
-        match=r"format version 1, but this madcache reads version 2.*"
+        match=r"format version 1, but this madcache reads versions 2, 3.*"
         r"Re-extract",
     ):
         cache.load_targets(requested(world))
@@ -213,10 +214,13 @@ def test_load_targets_reads_only_what_a_method_needs(cache, world, monkeypatch, 
         return real(path, rows)
 
     ids = requested(world)
-    full = cache.load_targets(ids)
+    full = open_cache(cache.path).load_targets(ids)  # its verified rows are kept: another cache
     monkeypatch.setattr(cache.backend, "read_rows", spy)
     part = cache.load_targets(ids, needs=needs)
-    assert asked == read & (set(cache.shards[0]["arrays"]) | {"example_id"})
+    data = {name for name in asked if not is_tree(name)}
+    # no ids are read: the index was checked against the manifest's ids when opened
+    assert data == (read - {"example_id"}) & set(cache.shards[0]["arrays"])
+    assert asked - data == {TREES}  # each checked by its row digests
     assert all(getattr(part, field) is None for field in empty)
     if "image" in needs:
         np.testing.assert_array_equal(part.image, full.image)
@@ -236,7 +240,11 @@ def test_only_the_chosen_words_features_are_read(cache, world, monkeypatch, sele
     method = get_method("mad" if selection == "top" else "mad-random").only("task")
     ids = requested(world)
     full = targets_to_tensors(
-        cache.load_targets(ids, needs=method.needs), method, m=2, logits=None, seed=3
+        open_cache(cache.path).load_targets(ids, needs=method.needs),
+        method,
+        m=2,
+        logits=None,
+        seed=3,
     )
     asked: list[int] = []
     real = cache.backend.read_rows
@@ -251,6 +259,96 @@ def test_only_the_chosen_words_features_are_read(cache, world, monkeypatch, sele
     )
     kept = targets_to_tensors(part, method, m=2, logits=None, seed=3)
     assert len(part.words.feat) == len(part.words.feat_rows) == int(full.word_mask.sum())
-    assert 0 < sum(asked) <= int(full.word_mask.sum()) < len(part.words.span)
+    # whole row blocks are read (each checked by its digest): at most a block per chosen word
+    block = cache.shards[0]["arrays"]["word_feat"]["rows"]["block"]
+    words = sum(e["words"] for e in cache.shards)
+    assert 0 < sum(asked) <= block * int(full.word_mask.sum()) and sum(asked) < words
     for name in ("word_feat", "word_span", "word_mask", "image", "text_eos"):
         assert getattr(kept, name).equal(getattr(full, name)), name
+
+
+def test_a_version_2_cache_is_read_and_verified_whole(
+    tmp_path, world, fmt, cache_helpers, monkeypatch
+):
+    """A cache written before row digests (format version 2: the same values, no `rowtree/`
+    arrays) loads the same targets, each needed array checked whole against its sha256 once per
+    shard; a changed value is refused."""
+    import madcache.cache.verified as verified
+    import madcache.cache.writer as writer
+
+    cache_helpers.write_world(tmp_path / "v3", world, fmt=fmt)
+    monkeypatch.setattr(writer, "FORMAT_VERSION", 2)
+    monkeypatch.setattr(writer, "with_trees", lambda arrays: (dict(arrays), {}))
+    cache_helpers.write_world(tmp_path / "v2", world, fmt=fmt)
+    old = open_cache(tmp_path / "v2")
+    assert old.manifest["format_version"] == 2
+    assert not any(is_tree(n) or "rows" in r for n, r in old.shards[0]["arrays"].items())
+    whole: list[str] = []
+    real = verified.array_problems
+    monkeypatch.setattr(
+        verified, "array_problems", lambda name, *a: whole.append(name) or real(name, *a)
+    )
+    ids = requested(world)
+    got = old.load_targets(ids, needs=("image", "text_eos"))
+    want = open_cache(tmp_path / "v3").load_targets(ids, needs=("image", "text_eos"))
+    np.testing.assert_array_equal(got.image, want.image)
+    np.testing.assert_array_equal(got.text_eos, want.text_eos)
+    shards = len({s for s, _ in (old._location_map()[i] for i in ids)})
+    assert sorted(set(whole)) == ["example_image", "example_texts", "image_feat", "text_eos"]
+    assert len(whole) == 4 * shards  # once per shard and array (ids: the index was checked)
+    first = old.shards[0]
+    arrays = old.backend.read(old.path / first["name"], ["image_feat"])
+    old.backend.remove(old.path / first["name"])
+    damaged = arrays["image_feat"].copy()
+    damaged[0, 0] += 1
+    full = {**writer.get_backend(fmt).read(tmp_path / "v3" / first["name"]), "image_feat": damaged}
+    old.backend.write(old.path / first["name"], {n: a for n, a in full.items() if not is_tree(n)})
+    with pytest.raises(
+        CacheError,
+        match="shard 0 does not hold what its extraction recorded: image_feat checksum mismatch",
+    ):
+        open_cache(tmp_path / "v2").load_targets([e.id for e in world.examples][:1])
+
+
+def test_a_sparse_load_reads_no_array_metadata(tmp_path, world, fmt, cache_helpers, monkeypatch):
+    """Row layouts come from the manifest (`rows.layout`: Zarr rows per chunk, HDF5 offsets):
+    a verified sparse load reads no array's metadata (zarr.json, HDF5 object headers); a wrong
+    layout is not trusted (its rows fail their digests), the shard's own metadata is read
+    instead and the values are the same."""
+    import madcache.cache.backends as backends
+
+    cache_helpers.write_world(tmp_path / "c", world, fmt=fmt)
+    ids = requested(world)
+    want = open_cache(tmp_path / "c").load_targets(ids)
+    opened: list[str] = []
+    spied = "_zarr_layout" if fmt == "zarr" else "_h5_layout"
+    real = getattr(backends, spied)
+    monkeypatch.setattr(backends, spied, lambda path, name: opened.append(name) or real(path, name))
+    cache = open_cache(tmp_path / "c")
+    got = cache.load_targets(ids, needs=("image", "text_eos"))
+    assert opened == []
+    np.testing.assert_array_equal(got.text_eos, want.text_eos)
+    wrong = open_cache(tmp_path / "c")
+    for entry in wrong.shards:
+        entry["arrays"]["image_feat"]["rows"]["layout"] = [1, 1]
+    np.testing.assert_array_equal(wrong.load_targets(ids, needs=("image",)).image, want.image)
+    assert opened
+
+
+def test_the_check_ahead_leaves_word_features_to_the_read(cache, world, monkeypatch):
+    """`VerifiedShards.ahead` reads the rows a load reads, but not `word_feat` (MAD reads only
+    the words it chooses, known at the load): those rows are checked when the load reads them."""
+    asked: list[set[str]] = []
+    real = cache.backend.read_rows
+    monkeypatch.setattr(
+        cache.backend, "read_rows", lambda path, rows: asked.append(set(rows)) or real(path, rows)
+    )
+    ids = requested(world)
+    names = {n for e in cache.shards for n in e["arrays"]} - {"rowtrees"}
+    cache.verified.ahead(ids, names)
+    ahead = set().union(*asked)
+    assert "word_feat" not in ahead and {"image_feat", "text_eos", "word_score"} <= ahead
+    asked.clear()
+    targets = cache.load_targets(ids)
+    assert {"word_feat"} == set().union(*asked) - {"rowtrees"}  # the rest was kept from ahead
+    assert len(targets.words.feat) == int(targets.words.offsets[-1])

@@ -36,6 +36,29 @@ def flip_byte(root, fmt: str, name: str) -> None:
         raw.write(bytes([byte[0] ^ 0xFF]))
 
 
+def test_row_digests_that_disagree_with_their_rows_fail_verify(root, fmt):
+    """`cache verify` recomputes every array's row tree: a digest changed together with its
+    array's recorded sha256 (so that only the digests disagree) is found and named."""
+    from madcache.cache.manifest import array_record
+    from madcache.cache.reader import open_cache
+    from madcache.cache.rowtree import TREES
+
+    flip_byte(root, fmt, TREES)  # the first node: a leaf of the first array with a tree
+    cache = open_cache(root)
+    stored = cache.backend.read(root / cache.shards[1]["name"], [TREES])[TREES]
+    manifest = json.loads((root / "manifest.json").read_text())
+    for record in (manifest["shards"][1], json.loads((root / "commits/00001.json").read_text())):
+        record["arrays"][TREES] = array_record(stored)
+        target = root / (
+            "manifest.json" if record is manifest["shards"][1] else "commits/00001.json"
+        )
+        target.write_text(json.dumps(manifest if target.name == "manifest.json" else record))
+    first = min(
+        n for n, r in manifest["shards"][1]["arrays"].items() if r.get("rows", {}).get("start") == 0
+    )
+    assert verify_cache(root) == [f"shard 1: {first}'s row digests ({TREES}) do not match its rows"]
+
+
 def test_clean_cache_has_no_problems(root):
     assert verify_cache(root) == []
 

@@ -146,7 +146,7 @@ def test_manifest_is_plain_json_with_digest(tmp_path, world, cache_helpers):
     cache_helpers.write_world(tmp_path / "c", world, fmt="zarr", shards=[0], finish=False)
     manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
     assert manifest["fingerprint_digest"] == digest(cache_helpers.make_manifest()["fingerprint"])
-    assert manifest["format_version"] == FORMAT_VERSION == 2
+    assert manifest["format_version"] == FORMAT_VERSION == 3
     assert not list((tmp_path / "c").glob(".*tmp*"))
 
 

@@ -137,26 +137,29 @@ def test_swapped_shards_are_caught_when_targets_load(root, fmt, world):
     assert any("checksum mismatch" in p for p in verify_cache(root))
 
 
-def test_each_array_of_a_shard_is_verified_once_per_process(root, fmt, world, monkeypatch):
-    """Verified reads cost one whole read of each needed array per shard and process: loading
-    the same rows again (or others of that shard) checks nothing twice; an array first needed
-    later is checked then."""
+def test_each_row_block_is_verified_once_per_process(root, fmt, world, monkeypatch):
+    """Verified reads with row digests (format version 3): a load hashes only the row blocks it
+    reads, each once per process (loading the same rows again hashes nothing; rows first
+    needed later are checked then), and no array is hashed whole."""
+    import madcache.cache.rowtree as rowtree
     import madcache.cache.verified as verified
 
     cache = open_cache(root)
-    checked = []
-    original = verified.array_problems
+    whole, blocks = [], []
+    monkeypatch.setattr(verified, "array_problems", lambda name, *a: whole.append(name) or [])
+    real = rowtree.leaf_hashes
     monkeypatch.setattr(
-        verified, "array_problems", lambda name, *a: checked.append(name) or original(name, *a)
+        rowtree, "leaf_hashes", lambda array, block: blocks.append(block) or real(array, block)
     )
     ids = [e.id for e in world.shards[0]]
-    first = cache.load_targets(ids, needs=("image",))
-    assert sorted(checked) == ["example_id", "example_image", "image_feat"]
+    first = cache.load_targets(ids[:2], needs=("image",))
+    checked = len(blocks)
+    assert checked > 0
     cache.load_targets(ids[:2], needs=("image",))
-    assert len(checked) == 3
+    assert len(blocks) == checked
     again = cache.load_targets(ids, needs=("image", "text_eos"))
-    assert sorted(checked[3:]) == ["example_texts", "text_eos"]
-    np.testing.assert_array_equal(again.image, first.image)
+    assert len(blocks) > checked and whole == []
+    np.testing.assert_array_equal(again.image[:2], first.image)
     assert list(cache.verified.record()) == [backend_name(fmt, 0)]
 
 
@@ -389,8 +392,12 @@ def test_a_zarr_v2_shard_with_a_pickle_codec_is_one_line_and_never_unpickled(
         "{'name': '|O', 'object_codec_id': 'pickle'})",
         f"1 problem(s) in {root}",
     ]
+    ids = [e.id for e in world.shards[0]]
+    # its numeric rows are checked by their row digests; the ids are not read (the index was
+    # checked against the manifest's ids when opened), so nothing is unpickled
+    assert open_cache(root).load_targets(ids).example_ids == ids and not marker.exists()
     with pytest.raises(
         CacheCorruptError, match="shard 0 does not hold what its extraction recorded: unreadable"
-    ) as raised:
-        open_cache(root).load_targets([e.id for e in world.shards[0]])
+    ) as raised:  # a reader whose index was not checked reads the ids: refused, not unpickled
+        open_cache(root, check=False).load_targets(ids)
     assert "\n" not in str(raised.value) and not marker.exists()
