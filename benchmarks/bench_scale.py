@@ -334,7 +334,7 @@ def used_bytes(examples, targets, dim: int) -> tuple[int, int]:
     return feature, other
 
 
-def run_setup(folder: Path, dataset: str, method: str, shots: int):
+def run_setup(folder: Path, dataset: str, method: str, shots: int, fmt: str = "zarr"):
     import torch
 
     from madcache.train.config import TrainConfig
@@ -346,7 +346,7 @@ def run_setup(folder: Path, dataset: str, method: str, shots: int):
         root=str(folder / "data"),
         out=str(folder / "run"),
         method=method,
-        cache=str(folder / "zarr"),
+        cache=str(folder / fmt),
         per_category=shots,
         regions=str(folder / "regions"),
         eval_split=None,

@@ -79,28 +79,6 @@ class Ahead:
         VerifiedShards.ahead = ahead
 
 
-def run_setup(folder: Path, dataset: str, fmt: str, method: str, shots: int):
-    import torch
-
-    from madcache.train.config import TrainConfig
-    from madcache.train.setup import setup
-
-    torch.set_num_threads(1)
-    config = TrainConfig(
-        dataset=dataset,
-        root=str(folder / "data"),
-        out=str(folder / "run"),
-        method=method,
-        cache=str(folder / fmt),
-        per_category=shots,
-        regions=str(folder / "regions"),
-        eval_split=None,
-        student_options=scale.STUDENT,
-        device="cpu",
-    )
-    return setup(config)
-
-
 def checked_load(load, examples, dim: int, ahead_bytes: int, ahead_s: float) -> dict:
     """A load of `examples`, with the check done ahead of it (bytes, seconds) counted."""
     read0, started, cpu = scale.bytes_read(), time.perf_counter(), time.process_time()
@@ -132,7 +110,7 @@ def measure_lowshot(folder: Path, dataset: str, fmt: str, shots: int, dim: int) 
     from madcache.train.setup import target_loader
 
     Ahead.install()
-    built = run_setup(folder, dataset, fmt, "md", shots)
+    built = scale.run_setup(folder, dataset, "md", shots, fmt)
     source = built.task_source
     examples = [source.examples[i] for i in source.chunks[0]]
     md = checked_load(source.load, examples, dim, Ahead.bytes, Ahead.seconds)

@@ -143,3 +143,37 @@ def test_bench_scale_runs_tiny():
         "random 3% load, hdf5: rows/s",
     ):
         assert row in done.stdout, row
+
+
+@pytest.mark.slow
+def test_bench_sparse_runs_tiny():
+    """benchmarks/bench_sparse.py at 0.2% of VCR's size: a low-shot load with the run's
+    verification counted, from caches this checkout writes in both formats, which agree."""
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "bench_sparse.py"),
+            *("--fraction", "0.002", "--shots", "2", "--formats", "zarr,hdf5"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    loads = {r["format"]: r for r in lines if r.get("measure") == "load"}
+    assert loads["zarr"]["zarr_checksum"] == loads["hdf5"]["hdf5_checksum"]
+    lowshot = [r for r in lines if r.get("measure") == "lowshot"]
+    assert len(lowshot) == 2
+    for row in lowshot:
+        for method in ("md", "mad"):
+            figures = row[method]
+            assert figures["rows"] > 0 and figures["bytes_read"] >= figures["bytes_used"] > 0
+            assert figures["bytes_read"] == figures["check_bytes"] + figures["load_bytes"]
