@@ -146,7 +146,7 @@ def run_demo(config: DemoConfig, *, log: Callable[[str], None] = print) -> dict[
     regime = stage("regime", lambda: check_regime_first(paths, config, log))
     pipeline = load_pipeline(paths, config, shots=regime["shots"])
     sweep = stage("sweep", lambda: run_sweep(pipeline, jobs=config.jobs, progress=config.progress))
-    report = stage("report", lambda: make_report(paths, regime, student))
+    report = stage("report", lambda: make_report(paths, regime, student, pipeline.train))
     return {
         "paths": paths,
         "timings": timings,
@@ -278,9 +278,11 @@ def make_report(
     paths: DemoPaths,
     regime: Mapping[str, Any] | None = None,
     student: Mapping[str, Any] | None = None,
+    train: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The sweep's report, preceded by what was checked before any method ran: the demo
-    student's pretraining and the regime's preconditions (written as report/regime.md)."""
+    student's pretraining, the regime's preconditions (written as report/regime.md) and, given
+    the sweep's `[train]` settings, whether its runs were trained to convergence."""
     from madcache.core.io import atomic_write_text
     from madcache.demo.regime import regime_markdown
     from madcache.experiments.report import build_report
@@ -293,10 +295,26 @@ def make_report(
         sections.append(
             "## Preconditions (dev split, baseline and teacher alone)\n\n" + regime_markdown(regime)
         )
+    if train is not None and train.get("select", "last") != "best":
+        sections.append(recipe_markdown(train))
     if sections:
         atomic_write_text(paths.report / "regime.md", "\n".join(sections))
         report = {**report, "markdown": "\n".join([*sections, report["markdown"]])}
     return report
+
+
+def recipe_markdown(train: Mapping[str, Any]) -> str:
+    """The timed demo's caveat: its runs stop at `max_steps` without early stopping, which on
+    the demo world leaves some seeds on the loss plateau (issue 33); the converged comparison
+    is `madcache demo study`."""
+    return (
+        f"## Recipe: not trained to convergence\n\n"
+        f"Every run stops after {train.get('max_steps')} task steps and keeps its last weights "
+        "(no early stopping), to fit the demo's time budget. On the demo world that leaves some "
+        "seeds on the loss plateau, so the comparison below cannot decide between methods. "
+        "The converged comparison (600 steps, the best dev step's weights, seeds until the SM "
+        "interval is ±5 points) is `madcache demo study` (docs/demo-study.md).\n"
+    )
 
 
 def student_markdown(summary: Mapping[str, Any]) -> str:

@@ -411,3 +411,19 @@ def test_the_demo_prints_the_mde_beside_each_paired_interval(demo_report, tmp_pa
         cells[3] += f"; {DEMO_POWER[(method, 'val')]}"
         cells[4] += f"; {DEMO_POWER[(method, 'val_sm')]}"
         assert ours == "| " + " | ".join(cells) + " |"
+
+
+def test_the_demo_report_says_when_its_runs_are_not_trained_to_convergence(tmp_path):
+    """`make demo`'s timed recipe (a fixed step count, last weights) is named in its report,
+    with where the converged comparison is; a sweep with dev early stopping gets no caveat."""
+    from madcache.demo.run import DemoPaths, make_report
+
+    paths = DemoPaths(tmp_path / "demo")
+    for seed in (0, 1):
+        write_run(paths.runs, method="baseline", shots=8, seed=seed, q2a=30.0 + seed, sm=20.0)
+    timed = make_report(paths, train={"max_steps": 150, "select": "last"})["markdown"]
+    assert "## Recipe: not trained to convergence" in timed
+    assert "Every run stops after 150 task steps" in timed
+    assert "madcache demo study" in timed
+    converged = make_report(paths, train={"max_steps": 600, "select": "best"})["markdown"]
+    assert "not trained to convergence" not in converged
