@@ -103,32 +103,11 @@ def test_preprocess_bench_runs_quick(real_root):
 def test_bench_scale_runs_tiny():
     """benchmarks/bench_scale.py at 0.5% of SNLI-VE's size: the real readers, setup and caches
     (zarr and hdf5 agree), every figure of the table printed."""
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-    }
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "bench_scale.py"),
-            "--fraction",
-            "0.005",
-            "--datasets",
-            "snli-ve",
-            "--measures",
-            "lowshot,load",
-            "--shots",
-            "8",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=REPO,
+    done, lines = run_bench(
+        "bench_scale.py",
+        *("--fraction", "0.005", "--datasets", "snli-ve", "--measures", "lowshot,load"),
+        *("--shots", "8"),
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     loads = [r for r in lines if r.get("measure") == "load"]
     assert [r["examples"] for r in loads] == [264, 2647]
     assert all(r["zarr_checksum"] == r["hdf5_checksum"] and r["zarr_rows_per_s"] > 0 for r in loads)
@@ -149,25 +128,9 @@ def test_bench_scale_runs_tiny():
 def test_bench_sparse_runs_tiny():
     """benchmarks/bench_sparse.py at 0.2% of VCR's size: a low-shot load with the run's
     verification counted, from caches this checkout writes in both formats, which agree."""
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-    }
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "bench_sparse.py"),
-            *("--fraction", "0.002", "--shots", "2", "--formats", "zarr,hdf5"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=REPO,
+    _, lines = run_bench(
+        "bench_sparse.py", *("--fraction", "0.002", "--shots", "2", "--formats", "zarr,hdf5")
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     loads = {r["format"]: r for r in lines if r.get("measure") == "load"}
     assert loads["zarr"]["zarr_checksum"] == loads["hdf5"]["hdf5_checksum"]
     lowshot = [r for r in lines if r.get("measure") == "lowshot"]
@@ -177,3 +140,23 @@ def test_bench_sparse_runs_tiny():
             figures = row[method]
             assert figures["rows"] > 0 and figures["bytes_read"] >= figures["bytes_used"] > 0
             assert figures["bytes_read"] == figures["check_bytes"] + figures["load_bytes"]
+
+
+def run_bench(script: str, *args: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """`benchmarks/<script> args` on one thread with this checkout first on the path: the
+    finished process (exit 0 asserted) and the JSON rows it printed."""
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done, [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
