@@ -133,7 +133,7 @@ class VerifiedShards:
         """The requested rows and tree nodes, and what is wrong with them (nothing: every
         block matches its digest and the manifest's root)."""
         try:
-            problems = self._shape_problems(path, records, request)
+            problems = self._shape_problems(path, records, sorted(request))
             got = {} if problems else self.cache.backend.read_rows(path, request)
             return got, problems or [
                 p
