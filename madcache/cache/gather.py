@@ -36,11 +36,17 @@ PER_EXAMPLE = ("example_image", "example_texts", "candidates", "similarity")
 ReadRows = Callable[[dict[str, Any], dict[str, np.ndarray | None]], dict[str, np.ndarray]]
 
 
-# the stored arrays each kind of target (`Method.needs`) is read from
+# the stored arrays each kind of target (`Method.needs`) is read from. Token selection ranks
+# words by the combined score alone, so "words" leaves out the two scores it combines
+# (`word_vr`, `word_yake`: NaN in a load with `needs`, read by a load of everything)
 ARRAYS_OF_NEED = {
     "image": ("image_feat", "example_image"),
     "text_eos": ("text_eos", "example_texts"),
-    "words": ("example_texts", "word_offsets", *(name for name, _ in WORD_FIELDS.values())),
+    "words": (
+        "example_texts",
+        "word_offsets",
+        *(name for name, _ in WORD_FIELDS.values() if name not in ("word_vr", "word_yake")),
+    ),
     "logits": ("logits/", "candidates", "similarity"),
 }
 

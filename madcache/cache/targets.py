@@ -17,7 +17,9 @@ class WordTargets:
     offsets: np.ndarray  # [N*C + 1] int64: words of text row r are flat[offsets[r]:offsets[r+1]]
     feat: np.ndarray  # [T, Dt] float32: teacher word features (mean of sub-tokens)
     span: np.ndarray  # [T, 2] int32: char spans in examples[n].texts[c].text
-    vr: np.ndarray  # [T] float32: visual relevance cos(V_t, word feature) (nan if unavailable)
+    # vr and yake: NaN when unavailable, and when the load had `needs` (token selection ranks
+    # by `score` alone, so a method's load does not read the two scores it combines)
+    vr: np.ndarray  # [T] float32: visual relevance cos(V_t, word feature)
     yake: np.ndarray  # [T] float32: 1 / (1 + YAKE score), max over containing keywords
     score: np.ndarray  # [T] float32: combine_scores(vr, yake) per text
     truncated: np.ndarray  # [T] bool: the word fell (partly) beyond the teacher's context
