@@ -165,7 +165,7 @@ def build_data(folder: Path, dataset: str, n: int) -> None:
 def table(results: list[dict], dim: int) -> list[str]:
     lines = [
         "| code | format | load | rows/s (check + load) | load rows/s | check s | "
-        "read/used D=16 | read/used D=512 |",
+        f"read/used D={dim} | read/used D=512 |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:

@@ -2,20 +2,26 @@
 shard, so that a read of a few rows is checked by hashing only those rows.
 
 The rows of an array are cut into blocks of `block_rows` rows (a power of two, the fewest rows
-holding `BLOCK_BYTES`: one row of a D = 512 fp16 feature, 64 rows of a float32 score). Each block
+holding `BLOCK_BYTES`, 64: one row of a feature, 16 of a float32 score, 8 of an int64 index;
+small, since a sparse read over-reads up to a block per run of rows of each small array, and
+those arrays' trees are a negligible part of a shard). Each block
 is a leaf, sha256(0x00 || its bytes); each node is sha256(0x01 || left || right) (a last node
 without a sibling: sha256(0x01 || left)); the 0x00 / 0x01 prefixes keep a leaf from passing for
-a node. The trees of a shard's arrays are stored in it as one array `rowtrees` (uint8
-[nodes, 32]; each tree's levels one after another, leaves first); the manifest's record of an
+a node. Leaves and nodes keep the first `DIGEST_BYTES` (16) bytes of their sha256: the proof of
+a sparse read is the bulk of what it reads besides the rows, and 128 bits still make an
+accidental or mixed-up block pass with probability 2^-128 (a reader takes the width from the
+root's length, so trees of full 32-byte digests read too). The trees of a shard's arrays are
+stored in it as one array `rowtrees` (uint8 [nodes, 16]; each tree's levels one after another,
+leaves first); the manifest's record of an
 array keeps its root and where its tree starts (`"rows": {"block", "root", "tree", "start"}`),
 and `rowtrees` has its own record like any array. (One array, not one per tree: each array
 a Zarr shard holds costs ~2 ms to write.)
 
 So the trust chain of a row is manifest -> root -> the few nodes on its path -> the row: a
-reader hashes the blocks it reads, reads the sibling nodes on their paths (~64 bytes per level,
+reader hashes the blocks it reads, reads the sibling nodes on their paths (16 bytes per level,
 shared by nearby rows) and compares the root it computes with the manifest's. A binary tree
 reads the fewest digest bytes for a sparse read: a flat digest list verified whole would cost
-32 bytes per block of the whole shard for each shard touched (docs/cache-format.md).
+a digest per block of the whole shard for each shard touched (docs/cache-format.md).
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-BLOCK_BYTES = 256
+BLOCK_BYTES = 64
+DIGEST_BYTES = 16
 TREES = "rowtrees"
 LEAF, NODE = b"\x00", b"\x01"
 
@@ -50,25 +57,30 @@ def level_sizes(leaves: int) -> list[int]:
     return sizes
 
 
-def leaf_hashes(array: np.ndarray, block: int) -> list[bytes]:
-    """sha256 of each block of `block` rows (the stored bytes, C order)."""
+def width_of(root: str) -> int:
+    """The digest width of a tree, from its root (hex) in the manifest."""
+    return len(root) // 2
+
+
+def leaf_hashes(array: np.ndarray, block: int, width: int = DIGEST_BYTES) -> list[bytes]:
+    """The digest of each block of `block` rows (the stored bytes, C order)."""
     raw = np.ascontiguousarray(array).reshape(len(array), -1).view(np.uint8)
     out = []
     for start in range(0, len(raw), block):
         sha = hashlib.sha256(LEAF)
         sha.update(raw[start : start + block].data)
-        out.append(sha.digest())
+        out.append(sha.digest()[:width])
     return out
 
 
 def _parent(left: bytes, right: bytes | None) -> bytes:
-    return hashlib.sha256(NODE + left + (right or b"")).digest()
+    return hashlib.sha256(NODE + left + (right or b"")).digest()[: len(left)]
 
 
-def build_tree(array: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+def build_tree(array: np.ndarray, width: int = DIGEST_BYTES) -> tuple[np.ndarray, dict[str, Any]]:
     """The tree array of `array` and what its manifest record keeps (`block`, `root`)."""
     block = block_rows(array)
-    level = leaf_hashes(array, block)
+    level = leaf_hashes(array, block, width)
     nodes = list(level)
     while len(level) > 1:
         level = [
@@ -76,7 +88,7 @@ def build_tree(array: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
             for i in range(0, len(level), 2)
         ]
         nodes += level
-    tree = np.frombuffer(b"".join(nodes), dtype=np.uint8).reshape(len(nodes), 32)
+    tree = np.frombuffer(b"".join(nodes), dtype=np.uint8).reshape(len(nodes), width)
     return tree, {"block": block, "root": level[0].hex()}
 
 
@@ -126,7 +138,7 @@ def with_trees(
     trees, rows, start = [], {}, 0
     for name in sorted(arrays):
         if has_tree(arrays[name]) and not is_tree(name):
-            tree, info = build_tree(arrays[name])
+            tree, info = build_tree(arrays[name], DIGEST_BYTES)
             trees.append(tree)
             rows[name] = {**info, "tree": TREES, "start": start}
             start += len(tree)
@@ -139,7 +151,7 @@ def tree_problems(name: str, array: np.ndarray, trees: np.ndarray | None, info: 
     """What `cache verify` finds wrong with an array's row tree (recomputed from its rows)."""
     if trees is None:
         return [f"{name}'s row digests ({info.get('tree')}) are missing"]
-    expected, built = build_tree(array)
+    expected, built = build_tree(array, width_of(str(info.get("root", ""))) or DIGEST_BYTES)
     if built != {"block": info.get("block"), "root": info.get("root")}:
         return [f"{name}'s row digests in the manifest do not match its rows"]
     start = int(info.get("start", 0))

@@ -288,7 +288,8 @@ class _Plan:
                 f"{name} has rows of {dtype_name(data)} {list(data.shape[1:])}, manifest "
                 f"says {self.record['dtype']} {self.record['shape'][1:]}"
             ]
-        hashes = rowtree.leaf_hashes(data, self.block)  # the blocks follow each other in data
+        width = rowtree.width_of(self.root)
+        hashes = rowtree.leaf_hashes(data, self.block, width)  # blocks follow each other
         nodes = got[self.tree][np.searchsorted(tree_rows, self.proof)]
         proof = [bytes(node) for node in nodes]
         if rowtree.root_of(self.leaves, self.missing, hashes, proof).hex() != self.root:

@@ -149,7 +149,9 @@ def test_each_row_block_is_verified_once_per_process(root, fmt, world, monkeypat
     monkeypatch.setattr(verified, "array_problems", lambda name, *a: whole.append(name) or [])
     real = rowtree.leaf_hashes
     monkeypatch.setattr(
-        rowtree, "leaf_hashes", lambda array, block: blocks.append(block) or real(array, block)
+        rowtree,
+        "leaf_hashes",
+        lambda array, block, *w: blocks.append(block) or real(array, block, *w),
     )
     ids = [e.id for e in world.shards[0]]
     first = cache.load_targets(ids[:2], needs=("image",))
