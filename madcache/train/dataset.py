@@ -71,8 +71,8 @@ def _stored_split(
     if workdir is not None and not Path(workdir).is_dir():
         raise ConfigValueError(
             "workdir",
-            f"{workdir} is not a folder: give one with room for the split's records (about "
-            "the size of its annotation files), or leave workdir out (the system's temp dir)",
+            f"{workdir} is not a folder: give one with room for the split's records (a few "
+            "times the size of its annotation files), or leave workdir out (the system's temp dir)",
         )
     writer = ExampleWriter(workdir)
     for example in iter_examples(dataset, root, split, **options):
@@ -153,12 +153,12 @@ class CacheDataset(_Split, Dataset):
 
     A split read from `dataset`/`root` is not held as `Example`s: it streams from the reader
     into an unnamed temporary file in `workdir` (data/stored.py; default: the system's temp
-    dir, `TMPDIR`), one record an example, about the size of the split's annotation files (a
-    VCR example's is ~3.1 KB: ~1.3 GB for its 425,846 training examples); memory keeps the
-    records' offsets, ids and image ids (~70 bytes an example), and an example is decoded
-    when it is asked for. DataLoader workers, forked or spawned, read the same file. It has
-    no name: nothing is left behind however the process ends (a SIGKILLed notebook
-    included), and its space is freed when the last process holding it (the notebook, a
+    dir, `TMPDIR`), one record an example, a few times the size of the split's annotation
+    files (real VCR: ~3.1 KB a record, 3.4x: ~1.3 GB for its 425,846 training examples);
+    memory keeps the records' offsets, ids and image ids (~50 bytes an example), and an
+    example is decoded when it is asked for. DataLoader workers, forked or spawned, read the
+    same file. It has no name: nothing is left behind however the process ends (a SIGKILLed
+    notebook included), and its space is freed when the last process holding it (the notebook, a
     worker) exits."""
 
     def __len__(self) -> int:
