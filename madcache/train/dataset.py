@@ -24,7 +24,9 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from madcache.cache.reader import Cache, open_cache
+from madcache.core.errors import ConfigValueError
 from madcache.data.records import Example, image_order
+from madcache.data.stored import ExampleWriter, StoredExamples
 from madcache.method.methods import Method, get_method
 from madcache.train.data import BatchTargets, targets_to_tensors, word_chooser
 
@@ -60,9 +62,28 @@ def collate(items: Sequence[CacheItem]) -> CacheBatch:
     return CacheBatch([item.example for item in items], BatchTargets(**tensors))
 
 
+def _stored_split(
+    dataset: str, root: str | Path, split: str, options: dict[str, Any], workdir: str | Path | None
+) -> StoredExamples:
+    """The split as it streams from the reader, written to disk (data/stored.py)."""
+    from madcache.data import iter_examples
+
+    if workdir is not None and not Path(workdir).is_dir():
+        raise ConfigValueError(
+            "workdir",
+            f"{workdir} is not a folder: give one with room for the split's records (a few "
+            "times the size of its annotation files), or leave workdir out (the system's temp dir)",
+        )
+    writer = ExampleWriter(workdir)
+    for example in iter_examples(dataset, root, split, **options):
+        writer.add(example)
+    return writer.finish()
+
+
 class _Split:
     """What both Datasets share: the split's examples in the cache's order, and the loading of
-    their targets. The cache is opened lazily in each process (worker processes included)."""
+    their targets. The cache is opened lazily in each process (worker processes included); a
+    split read from `dataset`/`root` is kept on disk (`CacheDataset`'s doc)."""
 
     def __init__(
         self,
@@ -77,6 +98,7 @@ class _Split:
         seed: int = 0,
         teacher_logits: str | None = None,
         read_options: dict[str, Any] | None = None,
+        workdir: str | Path | None = None,
     ) -> None:
         self.path = str(cache.path) if isinstance(cache, Cache) else cache  # a dir or a URL
         self._cache = cache if isinstance(cache, Cache) else None
@@ -85,10 +107,12 @@ class _Split:
                 raise TypeError(
                     "give dataset= and root= (the split's original files), or examples="
                 )
-            from madcache.data import read_examples
-
-            examples = read_examples(dataset, root, split, **(read_options or {})).examples
-        self.examples = image_order(list(examples))  # the cache's order: chunks = shards
+            examples = _stored_split(dataset, root, split, read_options or {}, workdir)
+        # the cache's order: chunks = shards
+        if isinstance(examples, StoredExamples):
+            self.examples: Sequence[Example] = examples.in_image_order()
+        else:
+            self.examples = image_order(list(examples))
         self.method = get_method(method) if isinstance(method, str) else method
         self.m, self.seed, self.teacher_logits = m, seed, teacher_logits
 
@@ -122,9 +146,20 @@ class CacheDataset(_Split, Dataset):
     `DistributedSampler`) reads each example once per epoch.
 
     `cache` is a path or an opened `Cache`; the examples come from `dataset`/`root`/`split`
-    (read with `read_options`), or are given as `examples`. `method` ("md", "mad", ... or a
-    `Method`) decides which targets are read (its `needs`); `m`, `seed`, `teacher_logits` are
-    the training settings of the same names (token selection, confidence weighting)."""
+    (read with `read_options`), or are given as `examples` (a list, or `StoredExamples`).
+    `method` ("md", "mad", ... or a `Method`) decides which targets are read (its `needs`);
+    `m`, `seed`, `teacher_logits` are the training settings of the same names (token
+    selection, confidence weighting).
+
+    A split read from `dataset`/`root` is not held as `Example`s: it streams from the reader
+    into an unnamed temporary file in `workdir` (data/stored.py; default: the system's temp
+    dir, `TMPDIR`), one record an example, a few times the size of the split's annotation
+    files (real VCR: ~3.1 KB a record, 3.4x: ~1.3 GB for its 425,846 training examples);
+    memory keeps the records' offsets, ids and image ids (~50 bytes an example), and an
+    example is decoded when it is asked for. DataLoader workers, forked or spawned, read the
+    same file. It has no name: nothing is left behind however the process ends (a SIGKILLed
+    notebook included), and its space is freed when the last process holding it (the notebook, a
+    worker) exits."""
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -158,8 +193,8 @@ class CacheStream(_Split, IterableDataset):
     def __len__(self) -> int:
         return len(self.examples)
 
-    def chunks(self) -> list[Sequence[Example]]:
-        """This worker's chunks of the split."""
+    def chunks(self) -> Iterator[Sequence[Example]]:
+        """This worker's chunks of the split, each read from disk when it is reached."""
         rank, world = self.rank, self.world_size
         if rank is None or world is None:
             distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -169,11 +204,9 @@ class CacheStream(_Split, IterableDataset):
         part, parts = rank, world
         if worker is not None:
             part, parts = rank * worker.num_workers + worker.id, world * worker.num_workers
-        count = math.ceil(len(self.examples) / self.chunk_size)
-        return [
-            self.examples[i * self.chunk_size : (i + 1) * self.chunk_size]
-            for i in range(part, count, parts)
-        ]
+        size = self.chunk_size
+        for i in range(part, math.ceil(len(self.examples) / size), parts):
+            yield self.examples[i * size : (i + 1) * size]
 
     def __iter__(self) -> Iterator[CacheItem]:
         for chunk in self.chunks():

@@ -3,7 +3,10 @@ field for field (`raw` too), in the reader's and in image order; nothing is left
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import json
+import multiprocessing
 import os
 
 import pytest
@@ -108,3 +111,29 @@ def test_a_stored_split_is_a_sequence_and_leaves_no_file(demo_root, tmp_path):
     ordered = stored.in_image_order()
     assert [ex.id for ex in ordered] == [ex.id for ex in image_order(examples)]
     assert ordered.ids[3] == image_order(examples)[3].id
+
+
+# run by the child process: what it decodes from the file it was given
+CHILD = """import json, pathlib
+pathlib.Path(out).write_text(json.dumps([[ex.id for ex in stored], list(stored.ids), stored[-1].raw]))
+"""
+
+
+@pytest.mark.parametrize("start", ["fork", "forkserver", "spawn"])
+def test_a_process_started_from_this_one_reads_the_same_unnamed_file(demo_root, tmp_path, start):
+    """A child process gets the open file, not a name (a DataLoader worker's way: inherited by
+    fork, passed at a spawn or forkserver start), and decodes the same examples from it."""
+    folder = tmp_path / "records"
+    folder.mkdir()
+    stored = write_examples(iter_examples("vcr", demo_root / "vcr", "train"), folder)
+    ordered = stored.in_image_order()
+    out = tmp_path / "child.json"
+    names = {"stored": ordered, "out": str(out)}
+    child = multiprocessing.get_context(start).Process(target=exec, args=(CHILD, names))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    ids = [ex.id for ex in ordered]
+    assert json.loads(out.read_text()) == [ids, ids, ordered[-1].raw] and len(ids) > 4
+    assert os.listdir(folder) == []
+    assert copy.deepcopy(ordered).records is ordered.records  # read-only: copies share it
