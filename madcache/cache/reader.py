@@ -181,11 +181,22 @@ class Cache:
         return [eid for eid, ok in zip(example_ids, held) if ok], *self._rows_at(found.drop_null())
 
     def _lookup(self, example_ids: list[str]):
+        """Each id's row in the index (an Arrow int64 array, null where the index lacks it).
+        The index is probed with a hash table of the ids asked for, not the other way round:
+        hashing a 425,846-id index took 55 ms for each lookup of a 640-example subset, probing
+        it 15 ms (docs/performance.md)."""
         import pyarrow as pa
         import pyarrow.compute as pc
 
         column = self.index().column("example_id")
-        return pc.index_in(pa.array(example_ids, pa.string()), value_set=column)
+        query = pa.array(example_ids, pa.string())
+        unique = pc.unique(query)
+        where = pc.index_in(column, value_set=unique).to_numpy(zero_copy_only=False)
+        rows = np.flatnonzero(~np.isnan(where))  # null -> NaN: index rows holding an id asked for
+        position = np.full(len(unique), -1, dtype=np.int64)
+        position[where[rows].astype(np.int64)] = rows
+        found = position[pc.index_in(query, value_set=unique).to_numpy(zero_copy_only=False)]
+        return pa.array(found, type=pa.int64(), mask=found < 0)
 
     def _rows_at(self, found) -> tuple[np.ndarray, np.ndarray]:
         table = self.index()
