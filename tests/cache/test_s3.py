@@ -203,18 +203,17 @@ def test_an_unusable_store_is_one_line_naming_the_url(s3_bucket, monkeypatch, ca
     url = f"{s3_bucket}/cache"
     if case == "no bucket":
         url = "s3://no-such-bucket-here/cache"
-    else:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")
-    for command in (["cache", "info", url], ["cache", "verify", url]):
-        result = CliRunner().invoke(cli, command)
-        assert result.exit_code == 2, result.output
-        lines = result.output.strip().splitlines()
-        assert len(lines) == 1 and url in lines[0], result.output
-        expected = {"no bucket": "bucket does not exist", "unreachable": "cannot be reached"}[case]
-        assert expected in lines[0], lines[0]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    # a port held bound but never listening: connections to it are refused, and no server of
+    # another test (pytest -n) can take it meanwhile
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        if case == "unreachable":
+            port = closed.getsockname()[1]
+            monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+        for command in (["cache", "info", url], ["cache", "verify", url]):
+            result = CliRunner().invoke(cli, command)
+            assert result.exit_code == 2, result.output
+            lines = result.output.strip().splitlines()
+            assert len(lines) == 1 and url in lines[0], result.output
+            expected = {"no bucket": "bucket does not exist", "unreachable": "cannot be reached"}
+            assert expected[case] in lines[0], lines[0]
