@@ -100,6 +100,44 @@ def snli_root(tmp_path_factory) -> Path:
     return write_snli_split(tmp_path_factory.mktemp("snli"))
 
 
+def snli_extract_args(root: Path, out, tiny_clip, *extra: str) -> list[str]:
+    """`madcache extract` on the SNLI-VE split `write_snli_split` wrote: 12 images, one per
+    shard, float32 storage so that equality checks see every bit; `extra` options appended."""
+    name, checkpoint = tiny_clip
+    return [
+        "extract",
+        "--teacher",
+        name,
+        "--checkpoint",
+        str(checkpoint),
+        "--dataset",
+        "snli-ve",
+        "--root",
+        str(root),
+        "--split",
+        "train",
+        "--out",
+        str(out),
+        "--shard-size",
+        "3",
+        "--batch-size",
+        "2",
+        "--forward-batch",
+        "2",
+        "--dtype",
+        "float32",
+        "--no-progress",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="session")
+def extract_args():
+    """`snli_extract_args`, for the test modules (conftest is not importable under
+    `--import-mode=importlib`)."""
+    return snli_extract_args
+
+
 # --- a toy dataset: jsonl annotations + PNG images, one reader for three protocols ----------
 
 TOY_IMAGES = 5

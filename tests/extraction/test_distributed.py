@@ -39,39 +39,10 @@ def test_each_rank_uses_its_local_gpu():
     assert rank_device("cuda", Ranks()) == "cuda"
 
 
-def args(root, out, tiny_clip, *extra) -> list[str]:
-    name, checkpoint = tiny_clip
-    return [
-        "extract",
-        "--teacher",
-        name,
-        "--checkpoint",
-        str(checkpoint),
-        "--dataset",
-        "snli-ve",
-        "--root",
-        str(root),
-        "--split",
-        "train",
-        "--out",
-        str(out),
-        "--shard-size",
-        "3",
-        "--batch-size",
-        "4",
-        "--forward-batch",
-        "2",
-        "--dtype",
-        "float32",
-        "--no-progress",
-        *extra,
-    ]
-
-
 @pytest.fixture(scope="module")
-def single(tmp_path_factory, snli_root, tiny_clip) -> Path:
+def single(tmp_path_factory, snli_root, tiny_clip, extract_args) -> Path:
     out = tmp_path_factory.mktemp("single") / "cache"
-    result = CliRunner().invoke(cli, args(snli_root, out, tiny_clip))
+    result = CliRunner().invoke(cli, extract_args(snli_root, out, tiny_clip))
     assert result.exit_code == 0, result.output
     return out
 
@@ -100,7 +71,7 @@ def assert_equal_caches(actual: Path, expected: Path, world_size: int) -> None:
 
 
 @pytest.mark.slow
-def test_torchrun_two_ranks_equal_one_process(tmp_path, snli_root, tiny_clip, single):
+def test_torchrun_two_ranks_equal_one_process(tmp_path, snli_root, tiny_clip, single, extract_args):
     out = tmp_path / "c"
     run = subprocess.run(
         [
@@ -112,7 +83,7 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path, snli_root, tiny_clip, si
             "2",
             "-m",
             "madcache",
-            *args(snli_root, out, tiny_clip),
+            *extract_args(snli_root, out, tiny_clip),
         ],
         env=env(),
         capture_output=True,
@@ -127,7 +98,9 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path, snli_root, tiny_clip, si
 
 
 @pytest.mark.slow
-def test_two_plain_processes_equal_one_process(tmp_path, snli_root, tiny_clip, single):
+def test_two_plain_processes_equal_one_process(
+    tmp_path, snli_root, tiny_clip, single, extract_args
+):
     out = tmp_path / "c"
     children = [
         subprocess.Popen(
@@ -136,7 +109,7 @@ def test_two_plain_processes_equal_one_process(tmp_path, snli_root, tiny_clip, s
                 "-m",
                 "madcache",
                 "--debug",
-                *args(snli_root, out, tiny_clip, "--rank", str(r), "--world-size", "2"),
+                *extract_args(snli_root, out, tiny_clip, "--rank", str(r), "--world-size", "2"),
             ],
             env=env(),
             stdout=subprocess.PIPE,

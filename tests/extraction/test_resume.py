@@ -35,32 +35,6 @@ main()
 """
 
 
-def cli_args(root: Path, out: Path, tiny_clip, store_format: str) -> list[str]:
-    name, checkpoint = tiny_clip
-    return [
-        "extract",
-        "--teacher",
-        name,
-        "--checkpoint",
-        str(checkpoint),
-        "--dataset",
-        "snli-ve",
-        "--root",
-        str(root),
-        "--split",
-        "train",
-        "--out",
-        str(out),
-        "--format",
-        store_format,
-        "--shard-size",
-        "3",
-        "--batch-size",
-        "2",
-        "--no-progress",
-    ]
-
-
 def completed(out: Path) -> int:
     """Shards committed so far (one commit record each)."""
     return len(list((out / "commits").glob("*.json")))
@@ -88,15 +62,17 @@ def kill_after_first_shard(args: list[str], out: Path) -> int:
 @pytest.mark.slow
 @pytest.mark.parametrize("store_format", ["zarr", "hdf5"])
 def test_killed_extraction_resumes_to_the_uninterrupted_cache(
-    tmp_path, snli_root, tiny_clip, store_format
+    tmp_path, snli_root, tiny_clip, store_format, extract_args
 ):
     runner = CliRunner()
     reference = tmp_path / "reference"
-    result = runner.invoke(cli, cli_args(snli_root, reference, tiny_clip, store_format))
+    result = runner.invoke(
+        cli, extract_args(snli_root, reference, tiny_clip, "--format", store_format)
+    )
     assert result.exit_code == 0, result.output
 
     resumed = tmp_path / "resumed"
-    args = cli_args(snli_root, resumed, tiny_clip, store_format)
+    args = extract_args(snli_root, resumed, tiny_clip, "--format", store_format)
     done = kill_after_first_shard(args, resumed)
     assert 1 <= done < IMAGES, done
     result = runner.invoke(cli, args)

@@ -211,35 +211,7 @@ def finish(child: subprocess.Popen, timeout: float = 540.0) -> str:
     return out
 
 
-def extract_args(root: Path, out: Path, tiny_clip, *extra: str) -> list[str]:
-    """`madcache extract` on the SNLI-VE split: 12 images, one per shard, float32 storage so
-    that equality checks see every bit."""
-    name, checkpoint = tiny_clip
-    return [
-        "extract",
-        "--teacher",
-        name,
-        "--checkpoint",
-        str(checkpoint),
-        "--dataset",
-        "snli-ve",
-        "--root",
-        str(root),
-        "--split",
-        "train",
-        "--out",
-        str(out),
-        "--shard-size",
-        "3",
-        "--batch-size",
-        "2",
-        "--forward-batch",
-        "2",
-        "--dtype",
-        "float32",
-        "--no-progress",
-        *extra,
-    ]
+extract_args = extraction_helpers.snli_extract_args
 
 
 @pytest.fixture(scope="session")
