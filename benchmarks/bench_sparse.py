@@ -18,6 +18,8 @@ The dataset files and region store are written once; each checkout writes its ow
 (a version 3 cache is not readable by a checkout from before row digests).
 
     python benchmarks/bench_sparse.py --dataset vcr --compare /work/main
+    python benchmarks/bench_sparse.py --dataset vcr --fraction 0.1 --dim 512 --shots 6 \\
+        --measures lowshot --compare /work/main   # at D = 512, the density of 64 per category
     python benchmarks/bench_sparse.py --dataset snli-ve --measures load --formats hdf5 \\
         --compare /work/main
 """
