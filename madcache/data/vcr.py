@@ -99,8 +99,9 @@ def _reference_parts(
 def render_tokens(tokens: Sequence[Token], objects: Sequence[str], renderer: str = "tag") -> Text:
     """Join VCR tokens with single spaces; each original token is one `Word`. A reference with
     several indices gives several words ("person2 and person1"; "a, b and c")."""
-    text = ""
+    pieces: list[str] = []
     words: list[Word] = []
+    end = 0
     for token in tokens:
         parts = (
             [(token, (), False)]
@@ -108,11 +109,13 @@ def render_tokens(tokens: Sequence[Token], objects: Sequence[str], renderer: str
             else _reference_parts(token, objects, renderer)
         )
         for part, boxes, glued in parts:
-            if text and not glued:
-                text += " "
-            words.append(Word(part, len(text), len(text) + len(part), boxes))
-            text += part
-    return Text(text, tuple(words))
+            if end and not glued:
+                pieces.append(" ")
+                end += 1
+            words.append(Word(part, end, end + len(part), boxes))
+            pieces.append(part)
+            end += len(part)
+    return Text("".join(pieces), tuple(words))
 
 
 # ----------------------------------------------------------------------------- validation
@@ -258,7 +261,9 @@ def record_examples(
         image_id=str(record.get("img_id") or record["img_fn"]),
         image_path=paths["img_fn"],
         meta_path=paths["metadata_fn"],
-        category=vcr_category(render_tokens(record["question"], objects, "tag").text),
+        category=vcr_category(
+            (question if renderer == "tag" else render_tokens(record["question"], objects)).text
+        ),
     )
     examples = []
     if "qa" in modes:

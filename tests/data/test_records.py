@@ -77,6 +77,19 @@ def test_safe_join_accepts_inside_and_refuses_escapes(tmp_path):
             safe_join(tmp_path, bad, file="train.jsonl", line=3, field="img_fn")
 
 
+def test_safe_join_refuses_a_sibling_whose_name_starts_with_the_root(tmp_path):
+    """`data2` is not inside `data`, though its path starts with `data`'s."""
+    root, sibling = tmp_path / "data", tmp_path / "data2"
+    root.mkdir()
+    sibling.mkdir()
+    (root / "link").symlink_to(sibling)
+    (root / "file.jpg").symlink_to(sibling / "x.jpg")
+    for relative in ("link/x.jpg", "file.jpg"):
+        with pytest.raises(UnsafePathError, match="symlink"):
+            safe_join(root, relative)
+    assert safe_join(root, "./a//b.jpg") == root.resolve() / "a" / "b.jpg"
+
+
 def test_safe_join_refuses_symlink_out_of_root(tmp_path):
     root = tmp_path / "root"
     root.mkdir()
