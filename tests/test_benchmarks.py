@@ -16,21 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_gpu_check_runs_dry():
-    env = {
-        **os.environ,
-        "PYTHON": sys.executable,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-    }
-    done = subprocess.run(
-        ["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--dry"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=REPO,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_in_repo(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--dry"])
     assert "pytest -m gpu" not in done.stdout
     for row in (
         "extract / teacher forward",
@@ -145,18 +131,19 @@ def test_bench_sparse_runs_tiny():
 def run_bench(script: str, *args: str) -> tuple[subprocess.CompletedProcess, list[dict]]:
     """`benchmarks/<script> args` on one thread with this checkout first on the path: the
     finished process (exit 0 asserted) and the JSON rows it printed."""
+    done = run_in_repo([sys.executable, str(REPO / "benchmarks" / script), *args])
+    return done, [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def run_in_repo(command: list[str]) -> subprocess.CompletedProcess:
+    """`command` from the repository root on one thread, this checkout first on the path and
+    `PYTHON` naming this interpreter (for shell scripts); exit 0 asserted."""
     env = {
         **os.environ,
+        "PYTHON": sys.executable,
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
     }
-    done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / script), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=REPO,
-    )
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
-    return done, [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    return done
